@@ -1,0 +1,3 @@
+from llama_orch.cli.main import main
+
+main()

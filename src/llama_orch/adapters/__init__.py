@@ -1,0 +1,1 @@
+"""Engine adapters behind one interface, and the adapter host that fronts them."""

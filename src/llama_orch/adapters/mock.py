@@ -1,0 +1,178 @@
+"""MockEngine: simulation scaffolding behind the real adapter interface (ORCH-3058, D-MOCK-01..03).
+
+It is not inference: it emits words drawn from a fixed vocabulary by a PRNG seeded from the
+determinism key (prompt, seed, sampling parameters), at a configured pace, with fault injection.
+Everything it reports is labelled ``simulated``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import AsyncIterator
+
+from llama_orch.config import MockEngineConfig
+from llama_orch.contracts.engine import EngineEvent, GenerateRequest, WorkerHealth, WorkerProps
+from llama_orch.errors import (
+    DecodeTimeout,
+    WorkerError,
+    WorkerInternal,
+    WorkerReset,
+    WorkerUnavailable,
+)
+from llama_orch.vocab import Engine
+
+_VOCAB = (
+    "the",
+    "a",
+    "GPU",
+    "queue",
+    "token",
+    "stream",
+    "model",
+    "pool",
+    "replica",
+    "slot",
+    "fast",
+    "quiet",
+    "river",
+    "stone",
+    "light",
+    "cloud",
+    "warm",
+    "north",
+    "agent",
+    "plan",
+    "and",
+    "of",
+    "to",
+    "in",
+    "is",
+    "runs",
+    "waits",
+    "sings",
+    "moves",
+    "holds",
+    "bright",
+    "slow",
+    "deep",
+)
+
+_FAULTS: dict[str, type[WorkerError]] = {
+    "internal": WorkerInternal,
+    "reset": WorkerReset,
+    "unavailable": WorkerUnavailable,
+    "timeout": DecodeTimeout,
+}
+
+
+def determinism_seed(request: GenerateRequest) -> int:
+    key = "\x1f".join(
+        str(part)
+        for part in (
+            request.prompt,
+            request.seed,
+            request.temperature,
+            request.top_p,
+            request.top_k,
+            request.repeat_penalty,
+            "\x1e".join(request.stop),
+            request.model,
+        )
+    )
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+
+
+def mock_tokens(request: GenerateRequest) -> list[str]:
+    """The exact token texts a request produces, before pacing and faults."""
+    rng = random.Random(determinism_seed(request))
+    tokens: list[str] = []
+    text = ""
+    for i in range(request.max_tokens):
+        piece = rng.choice(_VOCAB)
+        token = piece if i == 0 else " " + piece
+        text += token
+        if any(stop in text for stop in request.stop):
+            break
+        tokens.append(token)
+    return tokens
+
+
+class MockEngine:
+    """One simulated replica."""
+
+    def __init__(self, config: MockEngineConfig, *, slots: int, model: str) -> None:
+        self._config = config
+        self._slots = slots
+        self._model = model
+        self._active = 0
+        #: Task ids whose stream was closed before it finished (for tests and the status page).
+        self.canceled: list[str] = []
+
+    @property
+    def engine(self) -> Engine:
+        return Engine.MOCK
+
+    async def health(self) -> WorkerHealth:
+        cfg = self._config
+        return WorkerHealth(
+            live=cfg.healthy, ready=cfg.healthy and cfg.ready, detail="simulated engine"
+        )
+
+    async def props(self) -> WorkerProps:
+        return WorkerProps(
+            slots_total=self._slots,
+            slots_free=max(0, self._slots - self._active),
+            ctx_max=self._config.ctx_max,
+            model_id=self._model,
+            perf_tokens_per_s=self._config.tokens_per_s,
+            first_token_ms=float(self._config.ttft_ms),
+            simulated=True,
+        )
+
+    async def engine_version(self) -> str:
+        return self._config.engine_version
+
+    async def submit(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]:
+        cfg = self._config
+        loop = asyncio.get_running_loop()
+        tokens = mock_tokens(request)
+        self._active += 1
+        finished = False
+        try:
+            yield EngineEvent(
+                "started",
+                data={
+                    "engine_version": cfg.engine_version,
+                    "simulated": True,
+                    "tokens_in": max(1, len(request.prompt) // 4),
+                },
+            )
+            start = loop.time()
+            first_at = start + cfg.ttft_ms / 1000
+            interval = 1.0 / cfg.tokens_per_s
+            for i, text in enumerate(tokens):
+                if cfg.reset_at_token is not None and i >= cfg.reset_at_token:
+                    raise WorkerReset(f"simulated engine reset the connection at token {i}")
+                if cfg.fail_at_token is not None and i >= cfg.fail_at_token:
+                    raise _FAULTS[cfg.fail_kind](f"simulated engine failure at token {i}")
+                if cfg.hang_after_token is not None and i >= cfg.hang_after_token:
+                    await asyncio.Event().wait()  # hangs until the watchdog or a cancel
+                delay = first_at + i * interval - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                yield EngineEvent("token", text, i)
+            finished = True
+            yield EngineEvent("end", data={"tokens_out": len(tokens)})
+        finally:
+            self._active -= 1
+            if not finished:
+                self.canceled.append(request.task_id)
+
+    async def cancel(self, task_id: str) -> None:
+        # Closing the stream is the cancel; there is no engine-side state to clear.
+        return None
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""Minimal auth: one shared bearer token, loopback policy, identity breadcrumbs."""

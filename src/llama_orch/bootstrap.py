@@ -1,0 +1,74 @@
+"""Composition root: Settings -> AppDeps. The only module that wires concrete classes together."""
+
+from __future__ import annotations
+
+from llama_orch.adapters.host import AdapterHost
+from llama_orch.adapters.registry import FACTORIES, build_adapter
+from llama_orch.config import Settings
+from llama_orch.dispatch.admission import Admission
+from llama_orch.dispatch.dispatcher import Dispatcher
+from llama_orch.errors import ConfigError, ConfigIssue
+from llama_orch.observability.metrics import Metrics
+from llama_orch.pool.gpus import GpuInventory, nvml_inventory, simulated_inventory
+from llama_orch.pool.manager import PoolManager
+from llama_orch.server.deps import AppDeps
+
+
+def discover_gpus(settings: Settings) -> GpuInventory:
+    simulated = settings.config.gpus.simulated
+    return simulated_inventory(simulated) if simulated is not None else nvml_inventory()
+
+
+def check_serveable(settings: Settings, inventory: GpuInventory) -> None:
+    """Fail fast, with the fix, when a pool cannot be served here (ORCH-1102: no CPU fallback)."""
+    issues = []
+    for index, pool in enumerate(settings.config.pools):
+        where = f"pools.{index}"
+        if pool.engine not in FACTORIES:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.engine", f"engine {pool.engine.value} has no adapter in this build"
+                )
+            )
+        if pool.is_gpu_engine and not inventory.gpus:
+            issues.append(
+                ConfigIssue(
+                    where,
+                    f"pool {pool.id!r} runs {pool.engine.value}, which needs an NVIDIA GPU; none "
+                    f"was found ({inventory.problem}). Install the NVIDIA driver and check "
+                    "`nvidia-smi`; for demos and tests declare gpus.simulated. There is no CPU "
+                    "fallback.",
+                )
+            )
+        missing = sorted(set(pool.devices or []) - set(inventory.indices))
+        if inventory.gpus and missing:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.devices",
+                    f"GPUs {missing} do not exist; present: {list(inventory.indices)}",
+                )
+            )
+    if issues:
+        raise ConfigError(settings.source, issues)
+
+
+def build_deps(
+    settings: Settings, *, inventory: GpuInventory | None = None, probe_interval_s: float = 2.0
+) -> AppDeps:
+    inventory = inventory or discover_gpus(settings)
+    check_serveable(settings, inventory)
+    metrics = Metrics()
+    host = AdapterHost()
+    pools = PoolManager(
+        settings.config.pools,
+        inventory,
+        host,
+        build_adapter,
+        metrics,
+        probe_interval_s=probe_interval_s,
+    )
+    dispatcher = Dispatcher(settings.config, pools, host, metrics)
+    admission = Admission(settings.config, pools, dispatcher, metrics)
+    return AppDeps(
+        settings=settings, pools=pools, dispatcher=dispatcher, admission=admission, metrics=metrics
+    )

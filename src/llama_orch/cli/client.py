@@ -1,0 +1,138 @@
+"""The CLI's HTTP client: submit, stream, cancel (through httpx and httpx-sse)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from types import TracebackType
+from typing import Any
+
+import click
+import httpx
+from httpx_sse import connect_sse
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_UNREACHABLE = 3
+
+
+class OrchClient:
+    def __init__(self, url: str, token: str | None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=httpx.Timeout(10.0, read=None)
+        )
+
+    def __enter__(self) -> OrchClient:
+        return self
+
+    def __exit__(self, *exc: object | TracebackType | None) -> None:
+        self.http.close()
+
+
+def _fail(response: httpx.Response) -> int:
+    try:
+        body = response.json()
+        message = f"{body.get('code')}: {body.get('message')}"
+        if body.get("hint"):
+            message += f" (hint: {body['hint']})"
+        if body.get("retry_after_ms") is not None:
+            message += f" (retry in {body['retry_after_ms']} ms)"
+    except ValueError:
+        message = response.text[:200]
+    click.echo(f"llorch: HTTP {response.status_code} {message}", err=True)
+    return EXIT_ERROR
+
+
+def _pick_pool(client: OrchClient, options: dict[str, Any]) -> dict[str, Any] | None:
+    response = client.http.get("/v1/capabilities")
+    if response.status_code != 200:
+        _fail(response)
+        return None
+    pools = response.json().get("pools", [])
+    wanted = options.get("pool")
+    for pool in pools:
+        if wanted is not None and pool["pool_id"] != wanted:
+            continue
+        if options.get("engine") and pool["engine"] != options["engine"]:
+            continue
+        if options.get("model") and pool["model_id"] != options["model"]:
+            continue
+        if wanted is None and not pool["ready"]:
+            continue
+        return dict(pool)
+    click.echo("llorch: no matching Ready pool; see GET /v1/capabilities", err=True)
+    return None
+
+
+def submit_and_stream(client: OrchClient, prompt: str, options: dict[str, Any]) -> int:
+    try:
+        pool = _pick_pool(client, options)
+        if pool is None:
+            return EXIT_ERROR
+        body: dict[str, Any] = {
+            "task_id": str(uuid.uuid4()),
+            "session_id": options.get("session") or str(uuid.uuid4()),
+            "workload": "completion",
+            "model_ref": options.get("model") or pool["model_id"],
+            "engine": options.get("engine") or pool["engine"],
+            "ctx": options.get("ctx") or pool["ctx_max"] or 2048,
+            "priority": options["priority"],
+            "max_tokens": options["max_tokens"],
+            "deadline_ms": options["deadline_ms"],
+            "prompt": prompt,
+        }
+        if options.get("seed") is not None:
+            body["seed"] = options["seed"]
+        response = client.http.post("/v1/tasks", json=body)
+        if response.status_code != 202:
+            return _fail(response)
+        admitted = response.json()
+        click.echo(
+            f"task {admitted['task_id']} on {admitted.get('pool_id')}: queue position "
+            f"{admitted['queue_position']}, predicted start in {admitted['predicted_start_ms']} ms",
+            err=True,
+        )
+        return _stream(client, admitted["task_id"])
+    except httpx.TransportError as exc:
+        click.echo(f"llorch: cannot reach {client.url}: {exc}; is `make run` up?", err=True)
+        return EXIT_UNREACHABLE
+
+
+def _stream(client: OrchClient, task_id: str) -> int:
+    with connect_sse(client.http, "GET", f"/v1/tasks/{task_id}/stream") as source:
+        if source.response.status_code != 200:
+            source.response.read()
+            return _fail(source.response)
+        for sse in source.iter_sse():
+            data = json.loads(sse.data)
+            if sse.event == "token":
+                sys.stdout.write(data["t"])
+                sys.stdout.flush()
+            elif sse.event == "end":
+                sys.stdout.write("\n")
+                state = "canceled" if data.get("canceled") else "done"
+                click.echo(
+                    f"{state}: {data['tokens_out']} tokens in {data['decode_time_ms']} ms", err=True
+                )
+                return EXIT_OK
+            elif sse.event == "error":
+                sys.stdout.write("\n")
+                click.echo(f"llorch: {data['code']}: {data['message']}", err=True)
+                return EXIT_ERROR
+    click.echo("llorch: the stream ended without a final frame", err=True)
+    return EXIT_ERROR
+
+
+def cancel(client: OrchClient, task_id: str) -> int:
+    try:
+        response = client.http.post(f"/v1/tasks/{task_id}/cancel")
+    except httpx.TransportError as exc:
+        click.echo(f"llorch: cannot reach {client.url}: {exc}", err=True)
+        return EXIT_UNREACHABLE
+    if response.status_code != 204:
+        return _fail(response)
+    click.echo(f"canceled {task_id}", err=True)
+    return EXIT_OK

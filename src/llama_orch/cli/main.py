@@ -1,0 +1,147 @@
+"""``llorch``: serve, submit, cancel, config and contracts commands.
+
+Only this module (and ``bootstrap``) exits the process; everything else raises.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from llama_orch.cli import client as client_mod
+from llama_orch.errors import ConfigError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+@click.group()
+@click.version_option(package_name="llama-orch", prog_name="llorch")
+def cli() -> None:
+    """llama-orch: share one workstation's NVIDIA GPUs between many clients."""
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="YAML config file.",
+)
+@click.option("--bind", default=None, help="host:port; overrides BIND_ADDR and the file.")
+def serve(config_path: str, bind: str | None) -> None:
+    """Serve the data and control planes for CONFIG."""
+    from llama_orch.cli.serve import run_server
+
+    try:
+        run_server(config_path, os.environ, bind)
+    except ConfigError as exc:
+        click.echo(f"llorch: {exc}", err=True)
+        sys.exit(2)
+
+
+@cli.group()
+def config() -> None:
+    """Validate config files and print their schema."""
+
+
+@config.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def config_validate(files: tuple[str, ...]) -> None:
+    """Check config FILES; exits 2 listing every problem with its key path."""
+    from llama_orch.config import read_config_file
+
+    failed = False
+    for path in files:
+        try:
+            cfg = read_config_file(path)
+        except ConfigError as exc:
+            click.echo(str(exc), err=True)
+            failed = True
+        else:
+            click.echo(f"{path}: ok ({len(cfg.pools)} pools)")
+    if failed:
+        sys.exit(2)
+
+
+@config.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of the config file."""
+    from llama_orch.contracts.schema import config_schema_text
+
+    click.echo(config_schema_text(), nl=False)
+
+
+@cli.group()
+def contracts() -> None:
+    """Generated contract files."""
+
+
+@contracts.command("write")
+@click.option(
+    "--root",
+    default=".",
+    type=click.Path(file_okay=False),
+    help="Repository root holding contracts/.",
+)
+def contracts_write(root: str) -> None:
+    """Regenerate contracts/config.schema.json and contracts/openapi/*.yaml (only if changed)."""
+    from llama_orch.contracts.schema import write_contracts
+
+    for path, changed in write_contracts(Path(root)):
+        click.echo(f"{'wrote' if changed else 'unchanged'} {path}")
+
+
+def _client(url: str | None, token_file: str | None) -> client_mod.OrchClient:
+    token = os.environ.get("LLORCH_TOKEN") or None
+    if token is None and token_file:
+        token = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
+    return client_mod.OrchClient(url or os.environ.get("LLORCH_URL") or DEFAULT_URL, token)
+
+
+_url_option = click.option(
+    "--url", default=None, help=f"Server URL (env LLORCH_URL, default {DEFAULT_URL})."
+)
+_token_option = click.option(
+    "--token-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="File holding the bearer token (env LLORCH_TOKEN wins).",
+)
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--pool", default=None, help="Pick the engine and model of this pool.")
+@click.option("--engine", default=None, help="Engine (mock, llamacpp, vllm, ...).")
+@click.option("--model", default=None, help="model_ref the pool serves.")
+@click.option("--priority", type=click.Choice(["interactive", "batch"]), default="interactive")
+@click.option("--seed", type=int, default=None)
+@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option("--ctx", type=int, default=None, help="Context to ask for (default: pool limit).")
+@click.option("--deadline-ms", type=int, default=600_000, show_default=True)
+@click.option("--session", default=None, help="Session UUID (default: a new one).")
+@_url_option
+@_token_option
+def submit(prompt: str, url: str | None, token_file: str | None, **options: Any) -> None:
+    """Submit PROMPT, print its queue position, then stream its tokens."""
+    with _client(url, token_file) as client:
+        sys.exit(client_mod.submit_and_stream(client, prompt, options))
+
+
+@cli.command()
+@click.argument("task_id")
+@_url_option
+@_token_option
+def cancel(task_id: str, url: str | None, token_file: str | None) -> None:
+    """Cancel TASK_ID (idempotent)."""
+    with _client(url, token_file) as client:
+        sys.exit(client_mod.cancel(client, task_id))
+
+
+def main() -> None:
+    cli(prog_name="llorch")

@@ -1,0 +1,46 @@
+"""Configuration: typed models of the YAML file and the one loader of file + environment."""
+
+from llama_orch.config._load import Settings, load_settings, parse_config_text, read_config_file
+from llama_orch.config._models import (
+    AdmissionConfig,
+    BackoffConfig,
+    BudgetsConfig,
+    CircuitBreakerConfig,
+    Config,
+    HttpConfig,
+    MockEngineConfig,
+    PoolConfig,
+    PriorityClassConfig,
+    QueueConfig,
+    ServerConfig,
+    SessionsConfig,
+    SimulatedGpu,
+    SseConfig,
+    TimeoutsConfig,
+    is_loopback_host,
+    parse_host_port,
+)
+
+__all__ = [
+    "AdmissionConfig",
+    "BackoffConfig",
+    "BudgetsConfig",
+    "CircuitBreakerConfig",
+    "Config",
+    "HttpConfig",
+    "MockEngineConfig",
+    "PoolConfig",
+    "PriorityClassConfig",
+    "QueueConfig",
+    "ServerConfig",
+    "SessionsConfig",
+    "Settings",
+    "SimulatedGpu",
+    "SseConfig",
+    "TimeoutsConfig",
+    "is_loopback_host",
+    "load_settings",
+    "parse_config_text",
+    "parse_host_port",
+    "read_config_file",
+]

@@ -1,0 +1,211 @@
+"""Loading: the ONLY place that reads the config file and the environment.
+
+``load_settings(environ, path)`` returns a frozen ``Settings``: the validated file plus the
+deployment values and secrets that come from the environment (env wins over the file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from llama_orch.config._models import Config, is_loopback_host, parse_host_port
+from llama_orch.errors import ConfigError, ConfigIssue
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the server needs to start, resolved once."""
+
+    config: Config
+    source: str
+    host: str
+    port: int
+    auth_token: str | None = field(default=None, repr=False)
+    auth_optional: bool = False
+    trust_proxy_auth: bool = False
+    log_format: str = "json"
+    base_dir: Path = Path(".")
+
+    @property
+    def loopback_bind(self) -> bool:
+        return is_loopback_host(self.host)
+
+
+def read_config_file(path: str | Path) -> Config:
+    """Parse and validate one YAML file; every problem comes back in one ConfigError."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [ConfigIssue("<file>", f"cannot read: {exc.strerror}")]) from exc
+    return parse_config_text(text, source)
+
+
+def parse_config_text(text: str, source: str = "<config>") -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(source, [ConfigIssue(where, f"YAML syntax error: {problem}")]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [ConfigIssue("<root>", "expected a mapping with a pools: key")])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, _issues_from(exc)) from exc
+
+
+def _issues_from(exc: ValidationError) -> list[ConfigIssue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in err["loc"]) or "<root>"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see contracts/config.schema.json)"
+        elif err["type"] == "enum" and "expected" in err.get("ctx", {}):
+            message = f"must be one of {err['ctx']['expected']}, got {err['input']!r}"
+        elif err["type"] == "literal_error":
+            message = f"{message}, got {err['input']!r}"
+        issues.append(ConfigIssue(path, message))
+    return issues
+
+
+def _env_bool(environ: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = environ.get(key)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError("environment", [ConfigIssue(key, f"expected true or false, got {raw!r}")])
+
+
+def _env_int(environ: Mapping[str, str], key: str) -> int | None:
+    raw = environ.get(key)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            "environment", [ConfigIssue(key, f"expected an integer, got {raw!r}")]
+        ) from exc
+
+
+def _read_token_file(path: str, key: str) -> str:
+    try:
+        token = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            "environment", [ConfigIssue(key, f"cannot read token file {path}: {exc.strerror}")]
+        ) from exc
+    if not token:
+        raise ConfigError("environment", [ConfigIssue(key, f"token file {path} is empty")])
+    return token
+
+
+def _sse_overrides(config: Config, environ: Mapping[str, str]) -> Config:
+    sse = config.server.sse
+    updates: dict[str, Any] = {}
+    for env_key, field_name in (
+        ("ORCHD_SSE_CHANNEL_CAP", "channel_cap"),
+        ("ORCHD_SSE_HEARTBEAT_MS", "heartbeat_ms"),
+    ):
+        value = _env_int(environ, env_key)
+        if value is not None:
+            updates[field_name] = value
+    if "ORCHD_SSE_MICROBATCH" in environ:
+        updates["microbatch"] = _env_bool(environ, "ORCHD_SSE_MICROBATCH", sse.microbatch)
+    if "CANCEL_ON_DISCONNECT" in environ:
+        updates["cancel_on_disconnect"] = _env_bool(
+            environ, "CANCEL_ON_DISCONNECT", sse.cancel_on_disconnect
+        )
+    if not updates:
+        return config
+    merged = {**config.model_dump(mode="json")}
+    merged["server"]["sse"].update(updates)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError("environment", _issues_from(exc)) from exc
+
+
+def load_settings(
+    environ: Mapping[str, str],
+    path: str | Path | None = None,
+    *,
+    config: Config | None = None,
+    bind_override: str | None = None,
+) -> Settings:
+    """Resolve the file (or a given ``Config``) and the environment into ``Settings``.
+
+    Refuses a non-loopback bind without a token (AUTH-1002, OC-CONFIG-6032).
+    """
+    if config is None:
+        if path is None:
+            raise ValueError("load_settings needs a path or a config")
+        config = read_config_file(path)
+        source = str(path)
+        base_dir = Path(path).resolve().parent
+    else:
+        source = "<config>"
+        base_dir = Path(".").resolve()
+    config = _sse_overrides(config, environ)
+    server = config.server
+
+    bind = (
+        bind_override or environ.get("BIND_ADDR") or environ.get("ORCHD_ADDR") or server.bind_addr
+    )
+    try:
+        host, port = parse_host_port(bind)
+    except ValueError as exc:
+        raise ConfigError("environment", [ConfigIssue("BIND_ADDR", str(exc))]) from exc
+
+    token = environ.get("AUTH_TOKEN") or None
+    token_file = environ.get("AUTH_TOKEN_FILE") or server.auth_token_file
+    if token is None and token_file:
+        token = _read_token_file(token_file, "AUTH_TOKEN_FILE")
+
+    log_format = environ.get("LOG_FORMAT", config.logging.format)
+    if log_format not in ("json", "pretty"):
+        raise ConfigError(
+            "environment",
+            [ConfigIssue("LOG_FORMAT", f"must be json or pretty, got {log_format!r}")],
+        )
+    settings = Settings(
+        config=config,
+        source=source,
+        host=host,
+        port=port,
+        auth_token=token,
+        auth_optional=_env_bool(environ, "AUTH_OPTIONAL", server.auth_optional),
+        trust_proxy_auth=_env_bool(environ, "TRUST_PROXY_AUTH", server.trust_proxy_auth),
+        log_format=log_format,
+        base_dir=base_dir,
+    )
+    if not settings.loopback_bind and not token:
+        raise ConfigError(
+            source,
+            [
+                ConfigIssue(
+                    "BIND_ADDR",
+                    f"NON_LOOPBACK_WITHOUT_TOKEN (40301): binding {host}:{port} exposes the "
+                    "server beyond this machine; set AUTH_TOKEN (or AUTH_TOKEN_FILE; mint one "
+                    "with `llorch token new`) or bind 127.0.0.1",
+                )
+            ],
+        )
+    return settings

@@ -1,0 +1,359 @@
+"""Typed config models: the shape of the YAML file (SPEC §15) plus the (rec.) keys.
+
+Every model forbids unknown keys, so a typo fails at start-up with the key's path.
+``contracts/config.schema.json`` is generated from ``Config``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from llama_orch.vocab import GPU_ENGINES, Engine, FullPolicy, Priority, ProvisioningMode
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6); raises ValueError with the allowed shape."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"expected host:port (e.g. 127.0.0.1:8080), got {value!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0..65535, got {port}")
+    return host.strip("[]"), port
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SseConfig(_Strict):
+    channel_cap: PositiveInt = 32
+    microbatch: bool = False
+    microbatch_max_delay_ms: PositiveInt = 10
+    microbatch_max_tokens: PositiveInt = 32
+    heartbeat_ms: NonNegativeInt = 0
+    cancel_on_disconnect: bool = True
+    metrics_frame_interval_ms: PositiveInt = 1000
+    #: A client that reads nothing for this long has its task canceled and its slot freed.
+    stall_limit_ms: PositiveInt = 30_000
+
+
+class ServerConfig(_Strict):
+    bind_addr: str = "127.0.0.1:8080"
+    auth_optional: bool = False
+    trust_proxy_auth: bool = False
+    auth_token_file: str | None = None
+    allow_placement_overrides: bool = True
+    sse: SseConfig = SseConfig()
+    artifacts_dir: str = "~/.cache/llama-orch/artifacts"
+    transcript_retention_s: NonNegativeInt = 600
+    #: Upper bound on the bytes of finished transcripts kept for late subscribers.
+    transcript_max_bytes: PositiveInt = 64 * 1024 * 1024
+    #: Prompts longer than this are refused with INVALID_PARAMS before anything else.
+    max_prompt_bytes: PositiveInt = 1_000_000
+    #: Tasks (queued, running or finished but retained) the server tracks at once.
+    max_tracked_tasks: PositiveInt = 200_000
+
+    @field_validator("bind_addr")
+    @classmethod
+    def _bind_addr_shape(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+
+class LoggingConfig(_Strict):
+    format: Literal["json", "pretty"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class SessionsConfig(_Strict):
+    ttl_ms: Annotated[int, Field(gt=0, le=600_000)] = 600_000
+    max_turns: PositiveInt = 8
+
+
+class BudgetsConfig(_Strict):
+    """Per-session budgets; ``null`` disables a budget."""
+
+    tokens: PositiveInt | None = None
+    time_ms: PositiveInt | None = None
+    cost: Annotated[float, Field(gt=0)] | None = None
+    cost_per_token: Annotated[float, Field(ge=0)] = 0.0
+
+
+class NetworkPolicyConfig(_Strict):
+    allow_outbound: bool = False
+    allowed_hosts: list[str] = []
+    allowed_schemes: list[str] = ["file"]
+
+
+class TrustPolicyConfig(_Strict):
+    mode: Literal["strict", "permissive"] = "permissive"
+    allowed_registries: list[str] = []
+    require_signature: bool = False
+    require_sbom: bool = False
+    ca_roots: list[str] = []
+
+
+class CatalogConfig(_Strict):
+    trust_policy: TrustPolicyConfig = TrustPolicyConfig()
+    root: str = "~/.cache/llama-orch/catalog"
+    backend: Literal["fs", "sqlite"] = "fs"
+
+
+class SimulatedGpu(_Strict):
+    index: NonNegativeInt
+    name: str
+    vram_mb: PositiveInt
+
+
+class GpusConfig(_Strict):
+    """A simulated GPU inventory for demos and tests; without it NVML is asked."""
+
+    simulated: list[SimulatedGpu] | None = None
+
+    @field_validator("simulated")
+    @classmethod
+    def _unique_indices(cls, value: list[SimulatedGpu] | None) -> list[SimulatedGpu] | None:
+        if value is not None:
+            indices = [gpu.index for gpu in value]
+            if len(indices) != len(set(indices)):
+                raise ValueError(f"GPU indices must be unique, got {indices}")
+        return value
+
+
+class MockEngineConfig(_Strict):
+    """Pace and fault injection of the simulated engine (D-MOCK-01/02)."""
+
+    ttft_ms: NonNegativeInt = 50
+    tokens_per_s: Annotated[float, Field(gt=0)] = 50.0
+    fail_at_token: NonNegativeInt | None = None
+    fail_kind: Literal["internal", "reset", "unavailable", "timeout"] = "internal"
+    hang_after_token: NonNegativeInt | None = None
+    reset_at_token: NonNegativeInt | None = None
+    healthy: bool = True
+    ready: bool = True
+    engine_version: str = "mock-1.0"
+    ctx_max: PositiveInt = 8192
+
+
+class SourceBuildConfig(_Strict):
+    cmake_flags: list[str] | None = None
+    generator: str | None = None
+    cache_dir: str | None = None
+
+
+class SourceConfig(_Strict):
+    repo: str
+    ref: str
+    submodules: bool | None = None
+    build: SourceBuildConfig = SourceBuildConfig()
+
+
+class ContainerConfig(_Strict):
+    image: str | None = None
+    tag: str | None = None
+    digest: str | None = None
+
+
+class PackageConfig(_Strict):
+    name: str | None = None
+    version: str | None = None
+    repo: str | None = None
+
+
+class BinaryConfig(_Strict):
+    url: str | None = None
+    checksum: str | None = None
+    install_dir: str | None = None
+
+
+class ProvisionModelConfig(_Strict):
+    ref: str | None = None
+    cache_dir: str | None = None
+    checksum: str | None = None
+
+
+class ProvisioningConfig(_Strict):
+    mode: ProvisioningMode
+    allow_package_installs: bool = False
+    allow_binary_downloads: bool = False
+    source: SourceConfig | None = None
+    container: ContainerConfig | None = None
+    package: PackageConfig | None = None
+    binary: BinaryConfig | None = None
+    model: ProvisionModelConfig | None = None
+    ports: list[int] | None = None
+    env: dict[str, str] | None = None
+    flags: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _mode_requirements(self) -> ProvisioningConfig:
+        if self.mode is ProvisioningMode.SOURCE and self.source is None:
+            raise ValueError("source mode requires source.repo and source.ref")
+        if self.mode is ProvisioningMode.CONTAINER and (
+            self.container is None or not self.container.image
+        ):
+            raise ValueError("container mode requires container.image")
+        if self.mode is ProvisioningMode.BINARY:
+            binary = self.binary
+            if binary is None or not binary.url or not binary.checksum:
+                raise ValueError("binary mode requires binary.url and binary.checksum")
+            if not binary.checksum.startswith("sha256:"):
+                raise ValueError("binary.checksum must look like sha256:<hex>")
+        return self
+
+
+class QueueConfig(_Strict):
+    capacity: PositiveInt = 64
+    full_policy: FullPolicy = FullPolicy.REJECT
+
+
+class PriorityClassConfig(_Strict):
+    name: Priority
+    queue_capacity: PositiveInt | None = None
+    rate_limit_rps: PositiveInt | None = None
+    weight: PositiveInt | None = None
+
+
+class AdmissionConfig(_Strict):
+    priorities: list[PriorityClassConfig] = []
+
+    @field_validator("priorities")
+    @classmethod
+    def _unique_names(cls, value: list[PriorityClassConfig]) -> list[PriorityClassConfig]:
+        names = [p.name.value for p in value]
+        if len(names) != len(set(names)):
+            raise ValueError(f"priority class names must be unique, got {names}")
+        return value
+
+
+class TimeoutsConfig(_Strict):
+    wall_ms: PositiveInt = 300_000
+    idle_ms: PositiveInt = 30_000
+
+
+class CircuitBreakerConfig(_Strict):
+    failures: PositiveInt = 5
+    window_s: PositiveInt = 300
+    cooldown_s: PositiveInt = 30
+
+
+class BackoffConfig(_Strict):
+    initial_ms: PositiveInt = 1000
+    factor: Annotated[float, Field(ge=1.0)] = 2.0
+    max_ms: PositiveInt = 60_000
+    jitter: bool = True
+
+
+class HttpConfig(_Strict):
+    connect_timeout_ms: PositiveInt = 2000
+    first_byte_timeout_ms: PositiveInt = 30_000
+    retries: NonNegativeInt = 2
+
+
+class PoolConfig(_Strict):
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    engine: Engine
+    #: A ModelRef; for ``engine: mock`` a plain model name that tasks send as ``model_ref``.
+    model: Annotated[str, Field(min_length=1)]
+    quant: str | None = None
+    ctx: PositiveInt | None = None
+    devices: list[Annotated[int, Field(ge=0)]] | None = None
+    tensor_split: list[Annotated[float, Field(gt=0)]] | None = None
+    preload: bool = True
+    require_same_engine_version: bool = True
+    sampler_profile_version: str | None = None
+    engine_version: str | None = None
+    endpoint: str | None = None
+    api_key_env: str | None = None
+    slots: PositiveInt = 1
+    replicas: PositiveInt = 1
+    provisioning: ProvisioningConfig | None = None
+    queue: QueueConfig = QueueConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    backoff: BackoffConfig = BackoffConfig()
+    http: HttpConfig = HttpConfig()
+    budgets: BudgetsConfig | None = None
+    mock: MockEngineConfig | None = None
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> PoolConfig:
+        if self.tensor_split is not None and len(self.tensor_split) != len(self.devices or []):
+            raise ValueError("tensor_split must have as many entries as devices")
+        if self.engine is Engine.MOCK:
+            if self.provisioning is not None:
+                raise ValueError("a mock pool is simulated in-process; remove provisioning")
+        else:
+            if self.mock is not None:
+                raise ValueError(f"mock options apply only to engine: mock, not {self.engine}")
+            if self.provisioning is None:
+                raise ValueError(
+                    f"engine {self.engine} needs provisioning (e.g. mode: external with endpoint)"
+                )
+            if self.provisioning.mode is ProvisioningMode.EXTERNAL and not self.endpoint:
+                raise ValueError("provisioning.mode external requires endpoint (the engine URL)")
+            ref = self.provisioning.model.ref if self.provisioning.model else None
+            if ref is not None and ref != self.model:
+                raise ValueError(
+                    f"model ({self.model!r}) and provisioning.model.ref ({ref!r}) differ; "
+                    "pools[].model is canonical, set only that"
+                )
+        if (
+            self.engine is Engine.OPENAI
+            and self.provisioning is not None
+            and self.provisioning.mode is not ProvisioningMode.EXTERNAL
+        ):
+            raise ValueError("an openai pool is always provisioning.mode: external")
+        return self
+
+    @property
+    def is_gpu_engine(self) -> bool:
+        return self.engine in GPU_ENGINES
+
+
+class Config(_Strict):
+    """The whole config file."""
+
+    server: ServerConfig = ServerConfig()
+    logging: LoggingConfig = LoggingConfig()
+    sessions: SessionsConfig = SessionsConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
+    network_policy: NetworkPolicyConfig = NetworkPolicyConfig()
+    catalog: CatalogConfig = CatalogConfig()
+    gpus: GpusConfig = GpusConfig()
+    pools: Annotated[list[PoolConfig], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _pool_rules(self) -> Config:
+        ids = [pool.id for pool in self.pools]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"pool ids must be unique; repeated: {duplicates}")
+        if self.gpus.simulated is not None:
+            known = {gpu.index for gpu in self.gpus.simulated}
+            for pool in self.pools:
+                missing = sorted(set(pool.devices or []) - known)
+                if missing:
+                    raise ValueError(
+                        f"pool {pool.id!r} uses devices {missing} that the simulated inventory "
+                        f"does not declare (declared: {sorted(known)})"
+                    )
+        return self

@@ -1,0 +1,148 @@
+"""Request and response models of the data and control planes (SPEC §6.2).
+
+The OpenAPI documents under ``contracts/openapi/`` take their schemas from these models.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llama_orch.errors import ErrorKind
+from llama_orch.vocab import DeterminismLevel, Engine, KVHint, PlacementMode, Priority, Workload
+
+API_VERSION = "1.0.0"
+
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PlacementOverrides(_Wire):
+    """Client placement hints (ORCH-3903); honoured only when the server allows overrides."""
+
+    mode: PlacementMode = PlacementMode.AUTO
+    pin_pool_id: str | None = None
+    prefer_pools: list[str] | None = None
+    avoid_pools: list[str] | None = None
+    require_device_mask: list[Annotated[int, Field(ge=0)]] | None = None
+    allow_fallback: bool = True
+
+
+class Sampling(_Wire):
+    """Optional sampling parameters; part of the determinism key (SPEC §17.17)."""
+
+    temperature: Annotated[float, Field(ge=0, le=10)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    repeat_penalty: Annotated[float, Field(gt=0)] | None = None
+    stop: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16)] | None = None
+
+
+class TaskRequest(_Wire):
+    task_id: UUID
+    session_id: UUID
+    workload: Workload
+    model_ref: Annotated[str, Field(min_length=1, max_length=2048)]
+    engine: Engine
+    ctx: Annotated[int, Field(ge=1, le=2**31 - 1)]
+    priority: Priority
+    max_tokens: Annotated[int, Field(ge=1, le=2**31 - 1)]
+    #: Milliseconds from admission by which the task must start (SPEC §6.2, rec.).
+    deadline_ms: Int64
+    seed: Int64 | None = None
+    determinism: DeterminismLevel | None = None
+    sampler_profile_version: str | None = None
+    prompt: str | None = None
+    inputs: list[str] | None = None
+    expected_tokens: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
+    kv_hint: KVHint | None = None
+    placement: PlacementOverrides | None = None
+    sampling: Sampling | None = None
+
+
+class AdmissionResponse(_Wire):
+    task_id: UUID
+    queue_position: Int32
+    predicted_start_ms: Int64
+    backoff_ms: Int64
+    pool_id: str | None = None
+
+
+class ErrorEnvelope(_Wire):
+    code: ErrorKind
+    message: str
+    engine: str | None = None
+    pool_id: str | None = None
+    retriable: bool | None = None
+    retry_after_ms: Int64 | None = None
+    policy_label: str | None = None
+    hint: str | None = None
+    code_id: int | None = None
+
+
+class SessionInfo(_Wire):
+    ttl_ms_remaining: Int64
+    turns: Int32
+    kv_bytes: Int64
+    kv_warmth: bool
+    tokens_budget_remaining: Int64 | None = None
+    time_budget_remaining_ms: Int64 | None = None
+    cost_budget_remaining: float | None = None
+
+
+class PoolHealth(_Wire):
+    live: bool
+    ready: bool
+    draining: bool
+    metrics: dict[str, Any]
+    last_error: str | None = None
+    engine_version: str | None = None
+    model_id: str | None = None
+    slots_total: int | None = None
+    slots_free: int | None = None
+    active_leases: int | None = None
+    simulated: bool = False
+
+
+class EngineCapability(_Wire):
+    engine: Engine
+    ctx_max: Int32
+    supported_workloads: list[Workload] = [Workload.COMPLETION]
+    rate_limits: dict[str, Any] = {}
+    features: dict[str, Any] = {}
+    concurrency: int | None = None
+    engine_versions: list[str] = []
+
+
+class PoolCapability(_Wire):
+    pool_id: str
+    engine: Engine
+    engine_version: str | None
+    model_id: str
+    ctx_max: Int32
+    slots_total: int
+    ready: bool
+    draining: bool
+    device_mask: list[int]
+    simulated: bool
+
+
+class Capabilities(_Wire):
+    api_version: str
+    engines: list[EngineCapability]
+    pools: list[PoolCapability] = []
+    simulated: bool = False
+
+
+class DrainRequest(_Wire):
+    deadline_ms: Annotated[int, Field(ge=0)]
+
+
+class ReloadRequest(_Wire):
+    new_model_ref: Annotated[str, Field(min_length=1)]

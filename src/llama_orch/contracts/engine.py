@@ -1,0 +1,98 @@
+"""The adapter interface every engine implements (SPEC §7.1, ADAPT-3000).
+
+An adapter speaks one engine's native API. It never spawns processes or stages models.
+
+Streaming contract of ``submit``:
+- it yields ``EngineEvent`` of kind ``started`` once, then ``token`` (indices 0, 1, 2, ...) with
+  optional ``metrics`` between them, then ``end`` once;
+- it reports a failure by raising a ``llama_orch.errors.WorkerError`` subclass, or by yielding a
+  final ``error`` event carrying one (the host treats both the same);
+- cancellation is closing the iterator (``aclose`` / task cancellation): the adapter must then
+  close its upstream request promptly. ``cancel(task_id)`` is the best-effort extra for engines
+  with a cancel endpoint of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from llama_orch.errors import WorkerError
+from llama_orch.vocab import DeterminismLevel, Engine
+
+EventKind = Literal["started", "token", "metrics", "end", "error"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """What the dispatcher asks an engine to do, already validated and normalized."""
+
+    task_id: str
+    prompt: str
+    max_tokens: int
+    model: str
+    seed: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repeat_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+    determinism: DeterminismLevel | None = None
+    session_id: str | None = None
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEvent:
+    kind: EventKind
+    text: str = ""
+    index: int = 0
+    data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    error: WorkerError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHealth:
+    live: bool
+    ready: bool
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerProps:
+    """Capacity and capabilities an engine reports; ``None`` means it cannot be observed."""
+
+    slots_total: int | None = None
+    slots_free: int | None = None
+    ctx_max: int | None = None
+    features: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    model_id: str | None = None
+    model_digest: str | None = None
+    sampler_profile_version: str | None = None
+    perf_tokens_per_s: float | None = None
+    first_token_ms: float | None = None
+    simulated: bool = False
+
+
+@runtime_checkable
+class EngineAdapter(Protocol):
+    """One engine behind the common interface."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    async def health(self) -> WorkerHealth: ...
+
+    async def props(self) -> WorkerProps: ...
+
+    async def engine_version(self) -> str: ...
+
+    def submit(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]: ...
+
+    async def cancel(self, task_id: str) -> None: ...
+
+    async def aclose(self) -> None: ...

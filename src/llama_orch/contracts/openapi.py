@@ -1,0 +1,288 @@
+"""The OpenAPI documents of both planes, built from the API models (deterministically).
+
+``llorch contracts write`` writes them to ``contracts/openapi/``; a test fails when the
+committed files differ from what this module builds, and the server serves the same text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from llama_orch.contracts import api, events
+
+_UUID_PARAM = {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+_CORRELATION = {
+    "name": "X-Correlation-Id",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 128},
+    "description": "Echoed on every non-204 response; a UUIDv4 is minted when absent.",
+}
+_CID_HEADER = {"X-Correlation-Id": {"schema": {"type": "string"}}}
+
+_TASK_EXAMPLE = {
+    "task_id": "11111111-1111-4111-8111-111111111111",
+    "session_id": "22222222-2222-4222-8222-222222222222",
+    "workload": "completion",
+    "model_ref": "demo-8b",
+    "engine": "mock",
+    "ctx": 4096,
+    "priority": "interactive",
+    "max_tokens": 64,
+    "deadline_ms": 30000,
+    "seed": 42,
+    "prompt": "Write a haiku about GPUs.",
+    "placement": {"mode": "auto", "allow_fallback": True},
+}
+_SSE_EXAMPLE = (
+    'event: started\ndata: {"queue_position":0,"predicted_start_ms":0}\n\n'
+    'event: token\ndata: {"t":"quiet","i":0}\n\n'
+    'event: metrics\ndata: {"queue_depth":0,"on_time_probability":1.0,"kv_warmth":false}\n\n'
+    'event: token\ndata: {"t":" river","i":1}\n\n'
+    'event: end\ndata: {"tokens_out":2,"decode_time_ms":40,"decode_ms":40}\n\n'
+)
+
+
+def _error(description: str, example: dict[str, Any] | None = None) -> dict[str, Any]:
+    content: dict[str, Any] = {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}
+    if example is not None:
+        content["example"] = example
+    return {
+        "description": description,
+        "headers": _CID_HEADER,
+        "content": {"application/json": content},
+    }
+
+
+def _json(ref: str, description: str, example: Any = None) -> dict[str, Any]:
+    content: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{ref}"}}
+    if example is not None:
+        content["example"] = example
+    return {
+        "description": description,
+        "headers": _CID_HEADER,
+        "content": {"application/json": content},
+    }
+
+
+def _schemas(models: list[type[BaseModel]]) -> dict[str, Any]:
+    _, top = models_json_schema(
+        [(m, "serialization" if m.__name__ != "TaskRequest" else "validation") for m in models],
+        ref_template="#/components/schemas/{model}",
+    )
+    return dict(sorted(top.get("$defs", {}).items()))
+
+
+def _doc(
+    title: str, description: str, paths: dict[str, Any], models: list[type[BaseModel]]
+) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": api.API_VERSION, "description": description},
+        "components": {
+            "schemas": _schemas(models),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}, {}],
+        "paths": paths,
+    }
+
+
+def data_plane() -> dict[str, Any]:
+    paths = {
+        "/v1/tasks": {
+            "post": {
+                "operationId": "createTask",
+                "summary": "Admit a task into its pool's queue",
+                "parameters": [_CORRELATION],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/TaskRequest"},
+                            "example": _TASK_EXAMPLE,
+                        }
+                    },
+                },
+                "responses": {
+                    "202": _json(
+                        "AdmissionResponse",
+                        "Admitted",
+                        {
+                            "task_id": _TASK_EXAMPLE["task_id"],
+                            "queue_position": 0,
+                            "predicted_start_ms": 0,
+                            "backoff_ms": 0,
+                            "pool_id": "gpu0",
+                        },
+                    ),
+                    "400": _error("Invalid request (INVALID_PARAMS, DEADLINE_UNMET)"),
+                    "401": _error("MISSING_TOKEN or BAD_TOKEN"),
+                    "403": _error("NON_LOOPBACK_WITHOUT_TOKEN"),
+                    "409": _error("CONFLICT: task_id already submitted"),
+                    "429": {
+                        **_error(
+                            "Backpressure (ADMISSION_REJECT, QUEUE_FULL_DROP_LRU)",
+                            {
+                                "code": "QUEUE_FULL_DROP_LRU",
+                                "message": "pool gpu0 queue is full",
+                                "engine": "mock",
+                                "retriable": True,
+                                "retry_after_ms": 1500,
+                                "policy_label": "drop-lru",
+                            },
+                        ),
+                        "headers": {
+                            **_CID_HEADER,
+                            "Retry-After": {"schema": {"type": "integer"}},
+                            "X-Backoff-Ms": {"schema": {"type": "integer"}},
+                        },
+                    },
+                    "503": _error("POOL_UNREADY or POOL_UNAVAILABLE"),
+                },
+                "x-examples": {
+                    "interactive-completion": {"request": _TASK_EXAMPLE, "response_status": 202}
+                },
+            }
+        },
+        "/v1/tasks/{task_id}/stream": {
+            "get": {
+                "operationId": "streamTask",
+                "summary": "Stream a task: started, token*, metrics*, then end or error",
+                "parameters": [{"name": "task_id", **_UUID_PARAM}, _CORRELATION],
+                "responses": {
+                    "200": {
+                        "description": "SSE stream",
+                        "headers": _CID_HEADER,
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {"type": "string"},
+                                "example": _SSE_EXAMPLE,
+                            }
+                        },
+                    },
+                    "400": _error("task_id is not a UUID"),
+                    "404": _error("Unknown task or expired transcript"),
+                    "409": _error("The task already has a live subscriber"),
+                },
+                "x-examples": {"stream": {"response_status": 200, "body": _SSE_EXAMPLE}},
+                "x-sse-events": {
+                    name: {"$ref": f"#/components/schemas/{model.__name__}"}
+                    for name, model in events.PAYLOADS.items()
+                },
+            }
+        },
+        "/v1/tasks/{task_id}/cancel": {
+            "post": {
+                "operationId": "cancelTask",
+                "summary": "Cancel a task; idempotent, no token follows the acknowledgement",
+                "parameters": [{"name": "task_id", **_UUID_PARAM}, _CORRELATION],
+                "responses": {
+                    "204": {"description": "Canceled (or already finished)"},
+                    "404": _error("Unknown task"),
+                },
+                "x-examples": {"cancel": {"response_status": 204}},
+            }
+        },
+        "/v1/sessions/{session_id}": {
+            "get": {
+                "operationId": "getSession",
+                "parameters": [{"name": "session_id", **_UUID_PARAM}, _CORRELATION],
+                "responses": {
+                    "200": _json(
+                        "SessionInfo",
+                        "Session",
+                        {"ttl_ms_remaining": 598000, "turns": 1, "kv_bytes": 0, "kv_warmth": True},
+                    ),
+                    "404": _error("Unknown or expired session"),
+                },
+                "x-examples": {"session": {"response_status": 200}},
+            },
+            "delete": {
+                "operationId": "deleteSession",
+                "parameters": [{"name": "session_id", **_UUID_PARAM}, _CORRELATION],
+                "responses": {"204": {"description": "Session and its KV warmth forgotten"}},
+                "x-examples": {"evict": {"response_status": 204}},
+            },
+        },
+    }
+    models: list[type[BaseModel]] = [
+        api.TaskRequest,
+        api.AdmissionResponse,
+        api.SessionInfo,
+        api.ErrorEnvelope,
+        *events.PAYLOADS.values(),
+    ]
+    return _doc("OrchQueue v1", "llama-orch data plane", paths, models)
+
+
+def control_plane() -> dict[str, Any]:
+    paths = {
+        "/v1/capabilities": {
+            "get": {
+                "operationId": "getCapabilities",
+                "parameters": [_CORRELATION],
+                "responses": {"200": _json("Capabilities", "Engines and pools")},
+                "x-examples": {"capabilities": {"response_status": 200}},
+            }
+        },
+        "/v1/pools/{pool_id}/health": {
+            "get": {
+                "operationId": "getPoolHealth",
+                "parameters": [
+                    {
+                        "name": "pool_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    _CORRELATION,
+                ],
+                "responses": {
+                    "200": _json("PoolHealth", "Liveness, readiness, gates"),
+                    "404": _error("Unknown pool"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "getMetrics",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi/{plane}.yaml": {
+            "get": {
+                "operationId": "getOpenApi",
+                "parameters": [
+                    {
+                        "name": "plane",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": ["data", "control"]},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "This document or its sibling",
+                        "content": {"application/yaml": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+    models: list[type[BaseModel]] = [api.Capabilities, api.PoolHealth, api.ErrorEnvelope]
+    return _doc("llama-orch control plane", "Capabilities, pool health, metrics", paths, models)
+
+
+def render_openapi(plane: str) -> str:
+    document = data_plane() if plane == "data" else control_plane()
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)

@@ -1,0 +1,1 @@
+"""Pure scheduling: queue, guardrails, placement. No I/O, no clock, no threads."""

@@ -1,0 +1,1 @@
+"""Logs with narration, redaction at the sink, and the one metrics registry."""

@@ -1,0 +1,142 @@
+"""Metrics: one application-owned registry; every metric name of the contract is defined here.
+
+Names, types and label sets follow SPEC §16 and ``ci/metrics.lint.json`` exactly. Hot paths use
+label children bound once per (pool, replica) through ``ReplicaMetrics``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+FIRST_TOKEN_BUCKETS = (50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000)
+DECODE_BUCKETS = (250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 12000)
+
+_POOL = ("engine", "engine_version", "pool_id")
+_REPLICA = (*_POOL, "replica_id")
+
+
+class Metrics:
+    """The metric families of the contract, registered on a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.tasks_enqueued_total = Counter(
+            "tasks_enqueued_total",
+            "Tasks admitted to a pool queue",
+            [*_REPLICA, "priority"],
+            registry=r,
+        )
+        self.tasks_started_total = Counter(
+            "tasks_started_total",
+            "Tasks dispatched to a replica",
+            [*_REPLICA, "priority"],
+            registry=r,
+        )
+        self.tasks_canceled_total = Counter(
+            "tasks_canceled_total", "Tasks canceled", [*_REPLICA, "reason"], registry=r
+        )
+        self.tasks_rejected_total = Counter(
+            "tasks_rejected_total", "Tasks refused or evicted", ["engine", "reason"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "queue_depth", "Tasks waiting in a pool queue", [*_POOL, "priority"], registry=r
+        )
+        self.kv_cache_usage_ratio = Gauge(
+            "kv_cache_usage_ratio", "KV cache use of a replica (0..1)", list(_REPLICA), registry=r
+        )
+        self.gpu_utilization = Gauge(
+            "gpu_utilization", "GPU utilization in percent", [*_REPLICA, "device"], registry=r
+        )
+        self.vram_used_bytes = Gauge(
+            "vram_used_bytes", "VRAM in use in bytes", [*_REPLICA, "device"], registry=r
+        )
+        self.latency_first_token_ms = Histogram(
+            "latency_first_token_ms",
+            "Milliseconds from admission to the first token",
+            [*_POOL, "priority"],
+            buckets=FIRST_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.latency_decode_ms = Histogram(
+            "latency_decode_ms",
+            "Milliseconds of decode for a whole stream",
+            [*_POOL, "priority"],
+            buckets=DECODE_BUCKETS,
+            registry=r,
+        )
+        self.tokens_in_total = Counter(
+            "tokens_in_total", "Prompt tokens sent to engines", list(_REPLICA), registry=r
+        )
+        self.tokens_out_total = Counter(
+            "tokens_out_total", "Tokens streamed to clients", list(_REPLICA), registry=r
+        )
+        self.admission_backpressure_events_total = Counter(
+            "admission_backpressure_events_total",
+            "Full-queue policy applications",
+            ["engine", "policy"],
+            registry=r,
+        )
+        self.catalog_verifications_total = Counter(
+            "catalog_verifications_total",
+            "Model digest verifications",
+            ["result", "reason", "engine"],
+            registry=r,
+        )
+        self.model_state = Gauge(
+            "model_state",
+            "1 for the lifecycle state a catalog model is in",
+            ["model_id", "state"],
+            registry=r,
+        )
+        self.active_leases = Gauge(
+            "active_leases", "Tasks holding a slot on a pool", ["pool_id"], registry=r
+        )
+        self.pool_ready = Gauge("pool_ready", "1 when the pool is Ready", ["pool_id"], registry=r)
+        self.sse_backpressure_drops_total = Counter(
+            "sse_backpressure_drops_total",
+            "metrics frames dropped for slow clients",
+            ["pool_id"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def bind_replica(
+        self, engine: str, engine_version: str, pool_id: str, replica_id: str
+    ) -> ReplicaMetrics:
+        labels = (engine, engine_version, pool_id, replica_id)
+        pool_labels = labels[:3]
+        return ReplicaMetrics(
+            started_interactive=self.tasks_started_total.labels(*labels, "interactive"),
+            started_batch=self.tasks_started_total.labels(*labels, "batch"),
+            tokens_in=self.tokens_in_total.labels(*labels),
+            tokens_out=self.tokens_out_total.labels(*labels),
+            first_token_interactive=self.latency_first_token_ms.labels(*pool_labels, "interactive"),
+            first_token_batch=self.latency_first_token_ms.labels(*pool_labels, "batch"),
+            decode_interactive=self.latency_decode_ms.labels(*pool_labels, "interactive"),
+            decode_batch=self.latency_decode_ms.labels(*pool_labels, "batch"),
+            kv_cache_usage_ratio=self.kv_cache_usage_ratio.labels(*labels),
+            labels=labels,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaMetrics:
+    """Label children of one replica, bound once (ORCH-3460)."""
+
+    started_interactive: Counter
+    started_batch: Counter
+    tokens_in: Counter
+    tokens_out: Counter
+    first_token_interactive: Histogram
+    first_token_batch: Histogram
+    decode_interactive: Histogram
+    decode_batch: Histogram
+    kv_cache_usage_ratio: Gauge
+    labels: tuple[str, str, str, str]

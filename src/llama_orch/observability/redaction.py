@@ -1,0 +1,64 @@
+"""Redaction of secrets: bearer tokens, API keys, Authorization headers, URL credentials.
+
+Applied at the log sink and to error bodies (ORCH-3613, OC-CTRL-2041).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+REDACTED = "[REDACTED]"
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
+    (
+        re.compile(
+            r"(?i)\b(authorization|x-api-key|api[_-]?key)([\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"
+        ),
+        r"\1\2" + REDACTED,
+    ),
+    (
+        re.compile(r"(?i)([?&](?:api[_-]?key|token|access_token|key|sig|signature)=)[^&\s\"']+"),
+        r"\1" + REDACTED,
+    ),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@\"']+:[^/\s@\"']+@"), r"\1" + REDACTED + "@"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), REDACTED),
+    (re.compile(r"\bhf_[A-Za-z0-9]{8,}"), REDACTED),
+)
+
+_SECRET_KEYS = frozenset(
+    {"authorization", "x-api-key", "api_key", "apikey", "token", "auth_token", "password", "secret"}
+)
+
+
+class Redactor:
+    """Replaces known secret values and secret-shaped substrings with ``[REDACTED]``."""
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        self._secrets = tuple(s for s in secrets if s)
+
+    def with_secret(self, secret: str | None) -> Redactor:
+        if not secret:
+            return self
+        return Redactor((*self._secrets, secret))
+
+    def text(self, value: str) -> str:
+        for secret in self._secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        for pattern, replacement in _PATTERNS:
+            value = pattern.sub(replacement, value)
+        return value
+
+    def value(self, value: Any, key: str | None = None) -> Any:
+        if key is not None and key.lower() in _SECRET_KEYS and value:
+            return REDACTED
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, Mapping):
+            return {k: self.value(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.value(v) for v in value]
+        return value

@@ -1,0 +1,1 @@
+"""Pool manager: GPU inventory, replicas, readiness, leases and snapshots for placement."""

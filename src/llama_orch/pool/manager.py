@@ -1,0 +1,312 @@
+"""PoolManager: replicas, three-gate readiness, leases, and snapshots for placement.
+
+A replica is Ready only when all three gates pass (ORCH-3504): the model is present, the engine
+is ensured, and the engine's health check passes. The manager binds each replica's adapter into
+the ``AdapterHost``, probes health on a loop, and tells the dispatcher when capacity changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from llama_orch.adapters.host import AdapterHost
+from llama_orch.config import PoolConfig
+from llama_orch.contracts.engine import EngineAdapter
+from llama_orch.core.model import PoolSnapshot, ReplicaView
+from llama_orch.errors import WorkerError
+from llama_orch.observability.metrics import Metrics, ReplicaMetrics
+from llama_orch.observability.narration import narrate
+from llama_orch.pool.gpus import GpuInventory
+from llama_orch.vocab import Engine, ProvisioningMode
+
+#: Context limit used when neither the pool config nor the engine states one.
+UNKNOWN_CTX = 2**31 - 1
+
+AdapterFactory = Callable[[PoolConfig, int], EngineAdapter]
+
+
+class ReplicaState(Enum):
+    #: Created; gates not evaluated yet.
+    STARTING = "starting"
+    #: All three gates pass; placement may use it.
+    READY = "ready"
+    #: A gate fails (``last_error`` says which); the health loop keeps probing.
+    UNREADY = "unready"
+
+
+@dataclass(slots=True)
+class Gates:
+    model_present: bool = False
+    engine_ensured: bool = False
+    healthy: bool = False
+
+    @property
+    def all_pass(self) -> bool:
+        return self.model_present and self.engine_ensured and self.healthy
+
+
+@dataclass(slots=True)
+class Replica:
+    pool_id: str
+    replica_id: str
+    devices: tuple[int, ...]
+    slots_total: int
+    state: ReplicaState = ReplicaState.STARTING
+    gates: Gates = field(default_factory=Gates)
+    active: int = 0
+    engine_version: str = "unknown"
+    ctx_max: int = UNKNOWN_CTX
+    last_error: str | None = None
+    perf_tokens_per_s: float | None = None
+    first_token_ms: float | None = None
+    metrics: ReplicaMetrics | None = None
+
+
+@dataclass(slots=True)
+class PoolRuntime:
+    config: PoolConfig
+    replicas: list[Replica]
+    devices: tuple[int, ...]
+    simulated: bool
+    draining: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    @property
+    def ready(self) -> bool:
+        return any(r.state is ReplicaState.READY for r in self.replicas) and not self.draining
+
+    @property
+    def slots_total(self) -> int:
+        return sum(r.slots_total for r in self.replicas)
+
+    @property
+    def active_leases(self) -> int:
+        return sum(r.active for r in self.replicas)
+
+    @property
+    def ctx_max(self) -> int:
+        """Effective model limit: the smallest of the configured ctx and the engine's limit."""
+        limits = [r.ctx_max for r in self.replicas]
+        engine_limit = min(limits) if limits else UNKNOWN_CTX
+        return min(self.config.ctx or UNKNOWN_CTX, engine_limit)
+
+    @property
+    def engine_version(self) -> str | None:
+        versions = {r.engine_version for r in self.replicas if r.engine_version != "unknown"}
+        return versions.pop() if len(versions) == 1 else None
+
+    @property
+    def last_error(self) -> str | None:
+        return next((r.last_error for r in self.replicas if r.last_error), None)
+
+
+class PoolManager:
+    def __init__(
+        self,
+        pools: list[PoolConfig],
+        inventory: GpuInventory,
+        host: AdapterHost,
+        adapter_factory: AdapterFactory,
+        metrics: Metrics,
+        *,
+        probe_interval_s: float = 2.0,
+    ) -> None:
+        self._host = host
+        self._factory = adapter_factory
+        self._metrics = metrics
+        self._inventory = inventory
+        self._probe_interval_s = probe_interval_s
+        self._probe_task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[str], None]] = []
+        self.pools: dict[str, PoolRuntime] = {}
+        for cfg in pools:
+            devices = tuple(cfg.devices) if cfg.devices is not None else inventory.indices
+            simulated = cfg.engine is Engine.MOCK or inventory.simulated
+            replicas = [Replica(cfg.id, f"r{i}", devices, cfg.slots) for i in range(cfg.replicas)]
+            self.pools[cfg.id] = PoolRuntime(cfg, replicas, devices, simulated)
+
+    @property
+    def inventory(self) -> GpuInventory:
+        return self._inventory
+
+    def on_capacity_change(self, listener: Callable[[str], None]) -> None:
+        """Register a callback run with the pool id whenever slots or readiness change."""
+        self._listeners.append(listener)
+
+    def _notify(self, pool_id: str) -> None:
+        for listener in self._listeners:
+            listener(pool_id)
+
+    async def start(self) -> None:
+        for pool in self.pools.values():
+            for index, replica in enumerate(pool.replicas):
+                self._host.bind(pool.id, replica.replica_id, self._factory(pool.config, index))
+                await self._evaluate(pool, replica)
+        self._probe_task = asyncio.create_task(self._probe_loop(), name="pool-probe")
+
+    async def stop(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+        await self._host.aclose()
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._probe_interval_s)
+            for pool in self.pools.values():
+                for replica in pool.replicas:
+                    await self._evaluate(pool, replica)
+
+    def _engine_gate(self, pool: PoolRuntime) -> str | None:
+        """None when the engine is ensured, else why not."""
+        cfg = pool.config
+        if cfg.engine is Engine.MOCK:
+            return None
+        assert cfg.provisioning is not None  # config validation guarantees it
+        if cfg.provisioning.mode is ProvisioningMode.EXTERNAL:
+            return None
+        return (
+            f"provisioning mode {cfg.provisioning.mode.value} is not available in this build; "
+            "start the engine yourself and use provisioning.mode: external with endpoint"
+        )
+
+    async def _evaluate(self, pool: PoolRuntime, replica: Replica) -> None:
+        """Re-check the three gates of one replica and publish any change."""
+        gates = Gates()
+        error: str | None = self._engine_gate(pool)
+        gates.engine_ensured = error is None
+        # An external engine serves the model it was started with; a mock needs none staged.
+        gates.model_present = True
+        if gates.engine_ensured:
+            try:
+                health = await self._host.health(pool.id, replica.replica_id)
+                gates.healthy = health.live and health.ready
+                if not gates.healthy:
+                    error = f"engine health: live={health.live} ready={health.ready}" + (
+                        f" ({health.detail})" if health.detail else ""
+                    )
+                else:
+                    snapshot = await self._host.refresh_capabilities(pool.id, replica.replica_id)
+                    self._apply_capabilities(
+                        pool, replica, snapshot.engine_version, snapshot.props.ctx_max
+                    )
+                    replica.perf_tokens_per_s = snapshot.props.perf_tokens_per_s
+                    replica.first_token_ms = snapshot.props.first_token_ms
+            except WorkerError as exc:
+                error = exc.message
+        replica.gates = gates
+        new_state = ReplicaState.READY if gates.all_pass else ReplicaState.UNREADY
+        replica.last_error = error
+        if new_state is not replica.state:
+            previous = replica.state
+            replica.state = new_state
+            self._metrics.pool_ready.labels(pool.id).set(1 if pool.ready else 0)
+            narrate(
+                "pool-manager",
+                "readiness",
+                pool.id,
+                f"Replica {pool.id}/{replica.replica_id} turns {new_state.value}"
+                + (f": {error}" if error else "."),
+                level="info" if new_state is ReplicaState.READY else "warning",
+                pool_id=pool.id,
+                replica_id=replica.replica_id,
+                engine=pool.config.engine.value,
+                engine_version=replica.engine_version,
+                previous=previous.value,
+                last_error=error,
+                simulated=pool.simulated,
+            )
+            self._notify(pool.id)
+
+    def _apply_capabilities(
+        self, pool: PoolRuntime, replica: Replica, engine_version: str, ctx_max: int | None
+    ) -> None:
+        replica.ctx_max = ctx_max or UNKNOWN_CTX
+        if engine_version != replica.engine_version or replica.metrics is None:
+            replica.engine_version = engine_version
+            replica.metrics = self._metrics.bind_replica(
+                pool.config.engine.value, engine_version, pool.id, replica.replica_id
+            )
+
+    # -- leases (ORCH-3502/3503) -------------------------------------------------------------
+
+    def allocate_lease(self, pool_id: str, replica_id: str) -> Replica:
+        pool = self.pools[pool_id]
+        replica = next(r for r in pool.replicas if r.replica_id == replica_id)
+        replica.active += 1
+        self._metrics.active_leases.labels(pool_id).set(pool.active_leases)
+        return replica
+
+    def release_lease(self, pool_id: str, replica_id: str) -> None:
+        pool = self.pools[pool_id]
+        replica = next(r for r in pool.replicas if r.replica_id == replica_id)
+        replica.active = max(0, replica.active - 1)
+        self._metrics.active_leases.labels(pool_id).set(pool.active_leases)
+        self._notify(pool_id)
+
+    def get_active_leases(self, pool_id: str) -> int:
+        pool = self.pools.get(pool_id)
+        return pool.active_leases if pool else 0
+
+    # -- snapshots for placement -------------------------------------------------------------
+
+    def _free_vram(self, devices: tuple[int, ...]) -> tuple[int, int]:
+        total = free = 0
+        for index in devices:
+            gpu = self._inventory.by_index(index)
+            if gpu is not None:
+                total += gpu.vram_total_bytes
+                free += gpu.vram_free_bytes
+        return total, free
+
+    def replica_views(self, pool_id: str) -> list[ReplicaView]:
+        pool = self.pools[pool_id]
+        _, free = self._free_vram(pool.devices)
+        return [
+            ReplicaView(
+                replica_id=r.replica_id,
+                pool_id=pool.id,
+                engine=pool.config.engine,
+                engine_version=r.engine_version,
+                free_vram=free,
+                active_slots=r.active,
+                slots_total=r.slots_total,
+                ctx_max_supported=min(r.ctx_max, pool.config.ctx or UNKNOWN_CTX),
+                ready=r.state is ReplicaState.READY,
+                draining=pool.draining,
+                sampler_profile_version=pool.config.sampler_profile_version,
+            )
+            for r in pool.replicas
+        ]
+
+    def snapshot(self, pool_id: str, queued: int = 0) -> PoolSnapshot:
+        pool = self.pools[pool_id]
+        total, free = self._free_vram(pool.devices)
+        perf = [r.perf_tokens_per_s for r in pool.replicas if r.perf_tokens_per_s]
+        first = [r.first_token_ms for r in pool.replicas if r.first_token_ms]
+        return PoolSnapshot(
+            id=pool.id,
+            engine=pool.config.engine,
+            model_id=pool.config.model,
+            slots_total=pool.slots_total,
+            slots_free=pool.slots_total - pool.active_leases,
+            vram_total_bytes=total,
+            vram_free_bytes=free,
+            ready=pool.ready,
+            draining=pool.draining,
+            ctx_max_supported=pool.ctx_max,
+            queued=queued,
+            device_mask=pool.devices,
+            engine_version=pool.engine_version,
+            sampler_profile_version=pool.config.sampler_profile_version,
+            perf_tokens_per_s=sum(perf) / len(perf) if perf else None,
+            first_token_ms=sum(first) / len(first) if first else None,
+        )

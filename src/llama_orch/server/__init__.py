@@ -1,0 +1,1 @@
+"""HTTP only: parse, call the application layer, translate. Decides nothing."""

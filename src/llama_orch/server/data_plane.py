@@ -1,0 +1,206 @@
+"""Data plane (SPEC §6.2): tasks, their SSE streams, cancel, sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from llama_orch.contracts.api import AdmissionResponse, SessionInfo, TaskRequest
+from llama_orch.dispatch.tasks import Task, TaskState
+from llama_orch.errors import Conflict, InvalidParams, NotFound
+from llama_orch.server.deps import AppDeps, deps_of
+from llama_orch.server.middleware import correlation_id_of
+from llama_orch.server.sse import KEEPALIVE, SseResponse, encode_frame
+
+JSON = "application/json"
+
+
+def json_response(
+    body: bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(body, status, headers, media_type=JSON)
+
+
+def _uuid_param(request: Request, name: str) -> str:
+    raw = request.path_params[name]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise InvalidParams(f"{name} must be a UUID, got {raw[:64]!r}") from None
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        parts.append(f"{where}: {message}")
+    more = len(exc.errors()) - 5
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+async def _read_task_request(request: Request, deps: AppDeps) -> TaskRequest:
+    limit = deps.config.server.max_prompt_bytes * 2 + 65_536
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise InvalidParams(
+                f"request body exceeds {limit} bytes; prompts are limited to "
+                f"{deps.config.server.max_prompt_bytes} bytes"
+            )
+    if not body:
+        raise InvalidParams("request body is empty; send a JSON TaskRequest")
+    try:
+        return TaskRequest.model_validate_json(bytes(body), strict=True)
+    except ValidationError as exc:
+        raise InvalidParams(f"invalid TaskRequest: {_validation_message(exc)}") from None
+
+
+async def create_task(request: Request) -> Response:
+    deps = deps_of(request)
+    task_request = await _read_task_request(request, deps)
+    admitted = deps.admission.admit(
+        task_request,
+        correlation_id=correlation_id_of(request.scope),
+        identity=request.scope.get("state", {}).get("identity"),
+    )
+    body = AdmissionResponse(
+        task_id=task_request.task_id,
+        queue_position=admitted.queue_position,
+        predicted_start_ms=admitted.predicted_start_ms,
+        backoff_ms=admitted.backoff_ms,
+        pool_id=admitted.task.pool_id,
+    )
+    headers = {"Location": f"/v1/tasks/{task_request.task_id}/stream"}
+    return json_response(body.model_dump_json().encode(), 202, headers)
+
+
+def _task(request: Request, deps: AppDeps) -> Task:
+    task_id = _uuid_param(request, "task_id")
+    task = deps.dispatcher.tasks.get(task_id)
+    if task is None:
+        raise NotFound(f"task {task_id} is unknown, or its transcript has expired")
+    return task
+
+
+async def stream_task(request: Request) -> SseResponse:
+    deps = deps_of(request)
+    task = _task(request, deps)
+    if task.subscribed:
+        raise Conflict(
+            f"task {task.id} already has a live subscriber; one stream per task at a time"
+        )
+    sse = deps.config.server.sse
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+    async def on_disconnect() -> None:
+        if sse.cancel_on_disconnect and not task.terminal:
+            deps.dispatcher.cancel(task.id, reason="disconnect")
+
+    return SseResponse(_frames(task, deps), headers=headers, on_disconnect=on_disconnect)
+
+
+async def _frames(task: Task, deps: AppDeps) -> AsyncIterator[bytes]:
+    dispatcher = deps.dispatcher
+    lane = dispatcher.lanes[task.pool_id]
+    position = dispatcher.queue_position(task)
+    queued = task.state is TaskState.QUEUED
+    started: dict[str, object] = {
+        "queue_position": position,
+        "predicted_start_ms": (
+            dispatcher.predicted_start_ms(lane, position, task.expected_tokens) if queued else 0
+        ),
+        "task_id": task.id,
+        "pool_id": task.pool_id,
+    }
+    if task.correlation_id:
+        started["correlation_id"] = task.correlation_id
+    if task.engine_version:
+        started["engine_version"] = task.engine_version
+    if lane.pool.simulated:
+        started["simulated"] = True
+    task.subscribed = True
+    try:
+        yield encode_frame("started", orjson.dumps(started))
+        heartbeat_ms = deps.config.server.sse.heartbeat_ms
+        if heartbeat_ms:
+            async for chunk in _with_keepalive(task.stream.follow(), heartbeat_ms / 1000):
+                yield chunk
+        else:
+            async for event, data in task.stream.follow():
+                yield encode_frame(event, data)
+    finally:
+        task.subscribed = False
+
+
+async def _with_keepalive(
+    frames: AsyncIterator[tuple[str, bytes]], interval_s: float
+) -> AsyncIterator[bytes]:
+    """Encoded frames, with a keep-alive comment after every ``interval_s`` of silence."""
+    pending: asyncio.Future[tuple[str, bytes]] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(frames))
+            done, _ = await asyncio.wait({pending}, timeout=interval_s)
+            if not done:
+                yield KEEPALIVE
+                continue
+            try:
+                event, data = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield encode_frame(event, data)
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
+async def cancel_task(request: Request) -> Response:
+    deps = deps_of(request)
+    task = _task(request, deps)
+    deps.dispatcher.cancel(task.id, reason="client")
+    return Response(status_code=204)
+
+
+async def get_session(request: Request) -> Response:
+    deps = deps_of(request)
+    session_id = _uuid_param(request, "session_id")
+    dispatcher = deps.dispatcher
+    now = dispatcher.now()
+    session = dispatcher.sessions.get(session_id, now)
+    if session is None:
+        raise NotFound(f"session {session_id} is unknown or expired")
+    info = SessionInfo(
+        ttl_ms_remaining=dispatcher.sessions.ttl_remaining_ms(session, now),
+        turns=session.turns,
+        kv_bytes=session.kv_bytes,
+        kv_warmth=session.kv_warmth,
+    )
+    return json_response(info.model_dump_json(exclude_none=True).encode())
+
+
+async def delete_session(request: Request) -> Response:
+    deps = deps_of(request)
+    deps.dispatcher.sessions.evict(_uuid_param(request, "session_id"))
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/v1/tasks", create_task, methods=["POST"]),
+    Route("/v1/tasks/{task_id}/stream", stream_task, methods=["GET"]),
+    Route("/v1/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+    Route("/v1/sessions/{session_id}", get_session, methods=["GET"]),
+    Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
+]

@@ -1,0 +1,129 @@
+"""A real llama-orch server on an ephemeral loopback port, inside the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+import yaml
+
+from llama_orch.bootstrap import build_deps
+from llama_orch.config import Config, load_settings
+from llama_orch.server.app import create_app
+from llama_orch.server.deps import AppDeps
+
+SIMULATED_GPUS = {
+    "simulated": [
+        {"index": 0, "name": "RTX 3090 (simulated)", "vram_mb": 24576},
+        {"index": 1, "name": "RTX 3060 (simulated)", "vram_mb": 12288},
+    ]
+}
+
+
+def mock_pool(pool_id: str = "p0", model: str = "m0", **overrides: Any) -> dict[str, Any]:
+    """A fast mock pool; ``mock=`` merges into the default pace."""
+    mock = {"ttft_ms": 5, "tokens_per_s": 500.0, **overrides.pop("mock", {})}
+    return {
+        "id": pool_id,
+        "engine": "mock",
+        "model": model,
+        "ctx": 4096,
+        "devices": [0],
+        "slots": 1,
+        "mock": mock,
+        **overrides,
+    }
+
+
+def config_of(*pools: dict[str, Any], **top: Any) -> Config:
+    raw = {"gpus": SIMULATED_GPUS, "pools": list(pools) or [mock_pool()], **top}
+    return Config.model_validate(raw)
+
+
+def task_body(model: str = "m0", **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "task_id": str(uuid.uuid4()),
+        "session_id": str(uuid.uuid4()),
+        "workload": "completion",
+        "model_ref": model,
+        "engine": "mock",
+        "ctx": 2048,
+        "priority": "interactive",
+        "max_tokens": 16,
+        "deadline_ms": 60_000,
+        "prompt": "hello",
+        "seed": 7,
+    }
+    body.update(overrides)
+    return body
+
+
+@dataclass
+class RunningServer:
+    url: str
+    deps: AppDeps
+    client: httpx.AsyncClient
+
+    async def submit(self, body: dict[str, Any], **kw: Any) -> httpx.Response:
+        return await self.client.post("/v1/tasks", json=body, **kw)
+
+    async def stream(self, task_id: str, **kw: Any) -> list[tuple[str, dict[str, Any]]]:
+        """Read a whole SSE stream into (event, payload) pairs."""
+        frames: list[tuple[str, dict[str, Any]]] = []
+        async for event, data in sse_events(self.client, task_id, **kw):
+            frames.append((event, data))
+        return frames
+
+
+async def sse_events(
+    client: httpx.AsyncClient, task_id: str, **kw: Any
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    import orjson
+    from httpx_sse import aconnect_sse
+
+    async with aconnect_sse(client, "GET", f"/v1/tasks/{task_id}/stream", **kw) as source:
+        source.response.raise_for_status()
+        async for sse in source.aiter_sse():
+            yield sse.event, orjson.loads(sse.data)
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    config: Config,
+    environ: Mapping[str, str] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    client_headers: Mapping[str, str] | None = None,
+) -> AsyncIterator[RunningServer]:
+    settings = load_settings(environ or {}, config=config, bind_override=f"{host}:0")
+    deps = build_deps(settings, probe_interval_s=0.2)
+    app = create_app(deps)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=0, log_config=None, access_log=False, lifespan="on")
+    )
+    serve = asyncio.create_task(server.serve())
+    while not server.started:
+        if serve.done():
+            serve.result()
+            raise RuntimeError("server exited during start-up")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://{host}:{port}"
+    async with httpx.AsyncClient(
+        base_url=url, headers=dict(client_headers or {}), timeout=httpx.Timeout(10.0)
+    ) as client:
+        try:
+            yield RunningServer(url, deps, client)
+        finally:
+            server.should_exit = True
+            await serve
+
+
+def yaml_config(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False)
