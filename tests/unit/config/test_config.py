@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llama_orch.config import load_settings, parse_config_text, read_config_file
+from llama_orch.errors import ConfigError
+
+EXAMPLES = sorted(Path(__file__).resolve().parents[3].joinpath("examples").glob("*.yaml"))
+
+MINIMAL = """
+gpus: {simulated: [{index: 0, name: sim, vram_mb: 1024}]}
+pools:
+  - {id: p0, engine: mock, model: m0}
+"""
+
+
+def issues_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(text, "test.yaml")
+    return [str(issue) for issue in info.value.issues]
+
+
+class TestExamples:
+    @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+    def test_example_validates(self, path: Path) -> None:
+        """Every shipped example config validates cleanly (OC-CONFIG-6002)."""
+        config = read_config_file(path)
+        assert config.pools
+
+    def test_examples_exist(self) -> None:
+        """The demo config the Makefile serves is among the examples."""
+        assert "demo.yaml" in [p.name for p in EXAMPLES]
+
+
+class TestStrictValidation:
+    def test_unknown_key_names_its_path(self) -> None:
+        """A misspelt key is rejected with the exact path of the offending key."""
+        problems = issues_of(MINIMAL.replace("model: m0}", "model: m0, slotz: 2}"))
+        assert [
+            "pools.0.slotz: unknown key (check the spelling; see contracts/config.schema.json)"
+        ] == problems
+
+    def test_wrong_type_names_its_path(self) -> None:
+        """A wrong type names the key and what was expected."""
+        problems = issues_of(MINIMAL.replace("model: m0}", "model: m0, slots: many}"))
+        assert 1 == len(problems)
+        assert problems[0].startswith("pools.0.slots: ")
+
+    def test_enum_lists_allowed_values(self) -> None:
+        """An unknown engine lists the engines that are allowed."""
+        problems = issues_of(MINIMAL.replace("engine: mock", "engine: cuda-magic"))
+        assert 1 == len(problems)
+        assert "'llamacpp'" in problems[0] and "cuda-magic" in problems[0]
+
+    def test_impossible_values_are_rejected(self) -> None:
+        """Zero capacity, duplicate pool ids and unknown devices are impossible values."""
+        text = """
+gpus: {simulated: [{index: 0, name: sim, vram_mb: 1024}]}
+pools:
+  - {id: p0, engine: mock, model: m0, queue: {capacity: 0}}
+"""
+        assert ["pools.0.queue.capacity: Input should be greater than 0"] == issues_of(text)
+        dup = MINIMAL + "  - {id: p0, engine: mock, model: m1}\n"
+        assert any("repeated: ['p0']" in p for p in issues_of(dup))
+        devices = MINIMAL.replace("model: m0}", "model: m0, devices: [3]}")
+        assert any("devices [3]" in p for p in issues_of(devices))
+
+    def test_external_engine_needs_endpoint(self) -> None:
+        """An external engine pool without an endpoint says what is missing."""
+        text = MINIMAL.replace(
+            "{id: p0, engine: mock, model: m0}",
+            "{id: p0, engine: llamacpp, model: 'hf:a/b', provisioning: {mode: external}}",
+        )
+        assert any("requires endpoint" in p for p in issues_of(text))
+
+    def test_yaml_syntax_error_has_position(self) -> None:
+        """Broken YAML reports the line and column, not a traceback."""
+        problems = issues_of("pools: [\n  {id: p0,\n")
+        assert problems[0].startswith("line ")
+
+    def test_not_a_mapping(self) -> None:
+        """A file that is not a mapping says what shape is expected."""
+        assert ["<root>: expected a mapping with a pools: key"] == issues_of("- 1\n- 2\n")
+
+
+class TestEnvironment:
+    def test_env_overrides_bind(self) -> None:
+        """BIND_ADDR (and its alias ORCHD_ADDR) override the file."""
+        config = parse_config_text(MINIMAL)
+        assert 9000 == load_settings({"ORCHD_ADDR": "127.0.0.1:9000"}, config=config).port
+        assert (
+            9001
+            == load_settings(
+                {"BIND_ADDR": "127.0.0.1:9001", "ORCHD_ADDR": "127.0.0.1:9000"}, config=config
+            ).port
+        )
+
+    def test_non_loopback_without_token_is_refused(self) -> None:
+        """A non-loopback bind without AUTH_TOKEN fails with the code and the fix."""
+        config = parse_config_text(MINIMAL)
+        with pytest.raises(ConfigError) as info:
+            load_settings({"BIND_ADDR": "0.0.0.0:8080"}, config=config)
+        assert "NON_LOOPBACK_WITHOUT_TOKEN" in str(info.value)
+        settings = load_settings(
+            {"BIND_ADDR": "0.0.0.0:8080", "AUTH_TOKEN": "s3cret"}, config=config
+        )
+        assert not settings.loopback_bind
+
+    def test_bad_env_bool(self) -> None:
+        """A boolean env var with a non-boolean value names the variable."""
+        config = parse_config_text(MINIMAL)
+        with pytest.raises(ConfigError) as info:
+            load_settings({"AUTH_OPTIONAL": "maybe"}, config=config)
+        assert "AUTH_OPTIONAL: expected true or false, got 'maybe'" == str(info.value.issues[0])
+
+    def test_sse_env_overrides(self) -> None:
+        """ORCHD_SSE_* and CANCEL_ON_DISCONNECT override server.sse."""
+        config = parse_config_text(MINIMAL)
+        sse = load_settings(
+            {"ORCHD_SSE_CHANNEL_CAP": "8", "CANCEL_ON_DISCONNECT": "false"}, config=config
+        ).config.server.sse
+        assert (8, False) == (sse.channel_cap, sse.cancel_on_disconnect)
