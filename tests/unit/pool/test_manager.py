@@ -11,10 +11,15 @@ from llama_orch.pool.manager import AdapterFactory, PoolManager, ReplicaState
 from tests.support.server import config_of, mock_pool
 
 
-def manager_for(config: Config) -> PoolManager:
+def mock_for_any_engine(pool: PoolConfig, _index: int) -> EngineAdapter:
+    """Stands in for an engine whose adapter is not under test here."""
+    return MockEngine(MockEngineConfig(), slots=pool.slots, model=pool.model)
+
+
+def manager_for(config: Config, factory: AdapterFactory = build_adapter) -> PoolManager:
     inventory = simulated_inventory(config.gpus.simulated or [])
     return PoolManager(
-        config.pools, inventory, AdapterHost(), build_adapter, Metrics(), probe_interval_s=60
+        config.pools, inventory, AdapterHost(), factory, Metrics(), probe_interval_s=60
     )
 
 
