@@ -48,14 +48,7 @@ _SSE_EXAMPLE = (
 
 
 def _error(description: str, example: dict[str, Any] | None = None) -> dict[str, Any]:
-    content: dict[str, Any] = {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}
-    if example is not None:
-        content["example"] = example
-    return {
-        "description": description,
-        "headers": _CID_HEADER,
-        "content": {"application/json": content},
-    }
+    return _json("ErrorEnvelope", description, example)
 
 
 def _json(ref: str, description: str, example: Any = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from llama_orch.contracts.engine import GenerateRequest
 from llama_orch.dispatch.streams import TaskStream
@@ -64,6 +65,20 @@ class Task:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    def log_fields(self) -> dict[str, Any]:
+        """The narration taxonomy's identifiers for this task (ORCH-3304, OC-CORE-1040)."""
+        return {
+            "task_id": self.id,
+            "job_id": self.id,
+            "session_id": self.session_id,
+            "pool_id": self.pool_id,
+            "replica_id": self.replica_id,
+            "engine": self.engine.value,
+            "engine_version": self.engine_version,
+            "correlation_id": self.correlation_id,
+            "identity": self.identity,
+        }
 
 
 class TaskRegistry:
