@@ -309,7 +309,7 @@ class Dispatcher:
                 if session is not None:
                     session.kv_warmth = True
                     session.last_replica = (task.pool_id, replica.replica_id)
-            task.stream.publish("token", {"t": event.text, "i": task.tokens_out})
+            task.stream.publish_token(event.text)
             task.tokens_out += 1
             if now >= task.next_metrics_at:
                 task.next_metrics_at = now + self._metrics_interval_s

@@ -1,8 +1,17 @@
-"""TaskStream: one task's event transcript, published by the dispatcher, read by subscribers.
+"""TaskStream: one task's transcript, published by the dispatcher, read by subscribers.
 
 Dispatch never waits for a subscriber (D-TASK-01): frames go into the transcript, and a
-subscriber that arrives late replays it from ``started``. Memory is bounded because a task's
-transcript is bounded by its ``max_tokens`` and the registry evicts finished transcripts.
+subscriber that arrives late replays it from the first frame. The transcript is the durable
+record of the stream; its memory is bounded by the task's ``max_tokens`` while it runs and by
+the registry's retention bounds once it has ended. The bounded per-subscriber channel and its
+drop rules live with the writer (``llama_orch.server.emitter``), which reads this transcript by
+index and never copies it.
+
+Entries are stored in the cheapest shape that still lets the writer re-frame them: a token is
+its text (``str``; its index is its rank among the tokens), any other frame is its event name
+and its JSON bytes. A token therefore costs no dict, no JSON encoding and no bytes object when
+it is published: encoding happens once, in the writer, which can also merge tokens
+(micro-batch) without parsing JSON back.
 """
 
 from __future__ import annotations
@@ -15,17 +24,24 @@ import orjson
 
 from llama_orch.contracts.events import TERMINAL_EVENTS
 
+#: A non-token frame: the event name and its one-line JSON payload.
 Frame = tuple[str, bytes]
+#: A transcript entry: a token's text, or a non-token frame.
+Entry = str | Frame
+
+# Rough per-entry overhead (list slot, object headers) for the retention byte bound.
+_ENTRY_OVERHEAD = 64
 
 
 class TaskStream:
-    __slots__ = ("_closed", "_frames", "_nbytes", "_waiters")
+    __slots__ = ("_closed", "_entries", "_nbytes", "_tokens", "_waiters")
 
     def __init__(self) -> None:
-        self._frames: list[Frame] = []
+        self._entries: list[Entry] = []
         self._closed = False
         self._waiters: list[asyncio.Future[None]] = []
         self._nbytes = 0
+        self._tokens = 0
 
     @property
     def closed(self) -> bool:
@@ -33,40 +49,109 @@ class TaskStream:
 
     @property
     def nbytes(self) -> int:
+        """Approximate memory held by the transcript, for the retention bound."""
         return self._nbytes
 
+    @property
+    def tokens(self) -> int:
+        return self._tokens
+
+    @property
+    def entries(self) -> list[Entry]:
+        """The live transcript; readers index into it and must not mutate it."""
+        return self._entries
+
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self._entries)
+
+    def publish_token(self, text: str) -> None:
+        """Append the next token; its index is the number of tokens before it."""
+        if self._closed:
+            raise RuntimeError("stream is closed; refusing a token frame")
+        self._entries.append(text)
+        self._tokens += 1
+        self._nbytes += len(text) + _ENTRY_OVERHEAD
+        if self._waiters:
+            self._wake()
 
     def publish(self, event: str, payload: dict[str, Any]) -> None:
         """Append one frame; a terminal frame closes the stream. Nothing follows a terminal."""
+        if event == "token":
+            if payload.get("i", self._tokens) != self._tokens:
+                raise ValueError(f"token index {payload.get('i')} != {self._tokens}")
+            self.publish_token(payload["t"])
+            return
         if self._closed:
             raise RuntimeError(f"stream is closed; refusing {event} frame")
         data = orjson.dumps(payload)
-        self._frames.append((event, data))
-        self._nbytes += len(data) + len(event) + 16
+        self._entries.append((event, data))
+        self._nbytes += len(data) + len(event) + _ENTRY_OVERHEAD
         if event in TERMINAL_EVENTS:
             self._closed = True
         if self._waiters:
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self, index: int, within_s: float | None = None) -> bool:
+        """Wait until an entry at ``index`` exists or the stream closes; False on timeout."""
+        if index < len(self._entries) or self._closed:
+            return True
+        loop = asyncio.get_running_loop()
+        # One future per waiting reader: a reader that goes away cancels only its own.
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        if within_s is None:
+            await waiter
+            return True
+        handle = loop.call_later(within_s, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+        if index < len(self._entries) or self._closed:
+            return True
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+        return False
 
     def frames(self) -> list[Frame]:
-        return list(self._frames)
+        """The transcript as (event, JSON) frames, one per token (for tests and proof bundles)."""
+        out: list[Frame] = []
+        index = 0
+        for entry in self._entries:
+            if isinstance(entry, str):
+                out.append(("token", orjson.dumps({"t": entry, "i": index})))
+                index += 1
+            else:
+                out.append(entry)
+        return out
 
     async def follow(self, start: int = 0) -> AsyncIterator[Frame]:
-        """Yield every frame from ``start`` on, waiting for new ones until the terminal frame."""
+        """Yield every frame from entry ``start`` on, waiting for new ones until the terminal."""
         index = start
-        frames = self._frames
+        token_index = sum(1 for e in self._entries[:start] if isinstance(e, str))
+        entries = self._entries
         while True:
-            while index < len(frames):
-                yield frames[index]
+            while index < len(entries):
+                entry = entries[index]
                 index += 1
+                if isinstance(entry, str):
+                    yield "token", orjson.dumps({"t": entry, "i": token_index})
+                    token_index += 1
+                else:
+                    yield entry
             if self._closed:
                 return
-            # One future per subscriber: a subscriber that goes away cancels only its own.
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
+            await self.wait(index)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

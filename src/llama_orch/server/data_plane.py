@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import orjson
 from pydantic import ValidationError
@@ -12,12 +10,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llama_orch.config import SseConfig
 from llama_orch.contracts.api import AdmissionResponse, SessionInfo, TaskRequest
 from llama_orch.dispatch.tasks import Task, TaskState
 from llama_orch.errors import Conflict, InvalidParams, NotFound
 from llama_orch.server.deps import AppDeps, deps_of
+from llama_orch.server.emitter import Emitter, EmitterSettings
 from llama_orch.server.middleware import correlation_id_of
-from llama_orch.server.sse import KEEPALIVE, SseResponse, encode_frame
+from llama_orch.server.sse import Outcome, SseResponse, encode_frame
 
 JSON = "application/json"
 
@@ -95,6 +95,8 @@ def _task(request: Request, deps: AppDeps) -> Task:
 
 async def stream_task(request: Request) -> SseResponse:
     deps = deps_of(request)
+    # Retention is enforced on lookup too, not only when another task ends (D-TASK-01).
+    deps.dispatcher.tasks.evict_expired(deps.dispatcher.now())
     task = _task(request, deps)
     if task.subscribed:
         raise Conflict(
@@ -102,15 +104,41 @@ async def stream_task(request: Request) -> SseResponse:
         )
     sse = deps.config.server.sse
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    drops = deps.metrics.sse_backpressure_drops_total.labels(task.pool_id)
+    emitter = Emitter(
+        task.stream, _started_frame(task, deps), emitter_settings(sse), on_drop=drops.inc
+    )
 
-    async def on_disconnect() -> None:
-        if sse.cancel_on_disconnect and not task.terminal:
+    async def on_end(outcome: Outcome) -> None:
+        task.subscribed = False
+        if task.terminal:
+            return
+        if outcome is Outcome.STALL:
+            deps.dispatcher.cancel(task.id, reason="stall")
+        elif outcome is Outcome.DISCONNECT and sse.cancel_on_disconnect:
             deps.dispatcher.cancel(task.id, reason="disconnect")
 
-    return SseResponse(_frames(task, deps), headers=headers, on_disconnect=on_disconnect)
+    task.subscribed = True
+    return SseResponse(
+        emitter.chunks(),
+        headers=headers,
+        on_end=on_end,
+        stall_limit_s=sse.stall_limit_ms / 1000,
+    )
 
 
-async def _frames(task: Task, deps: AppDeps) -> AsyncIterator[bytes]:
+def emitter_settings(sse: SseConfig) -> EmitterSettings:
+    return EmitterSettings(
+        channel_cap=sse.channel_cap,
+        microbatch=sse.microbatch,
+        max_delay_s=sse.microbatch_max_delay_ms / 1000,
+        max_tokens=sse.microbatch_max_tokens,
+        heartbeat_s=sse.heartbeat_ms / 1000,
+    )
+
+
+def _started_frame(task: Task, deps: AppDeps) -> bytes:
+    """``started`` as the stream opens: the queue position and prediction as they stand now."""
     dispatcher = deps.dispatcher
     lane = dispatcher.lanes[task.pool_id]
     position = dispatcher.queue_position(task)
@@ -129,42 +157,7 @@ async def _frames(task: Task, deps: AppDeps) -> AsyncIterator[bytes]:
         started["engine_version"] = task.engine_version
     if lane.pool.simulated:
         started["simulated"] = True
-    task.subscribed = True
-    try:
-        yield encode_frame("started", orjson.dumps(started))
-        heartbeat_ms = deps.config.server.sse.heartbeat_ms
-        if heartbeat_ms:
-            async for chunk in _with_keepalive(task.stream.follow(), heartbeat_ms / 1000):
-                yield chunk
-        else:
-            async for event, data in task.stream.follow():
-                yield encode_frame(event, data)
-    finally:
-        task.subscribed = False
-
-
-async def _with_keepalive(
-    frames: AsyncIterator[tuple[str, bytes]], interval_s: float
-) -> AsyncIterator[bytes]:
-    """Encoded frames, with a keep-alive comment after every ``interval_s`` of silence."""
-    pending: asyncio.Future[tuple[str, bytes]] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(frames))
-            done, _ = await asyncio.wait({pending}, timeout=interval_s)
-            if not done:
-                yield KEEPALIVE
-                continue
-            try:
-                event, data = pending.result()
-            except StopAsyncIteration:
-                return
-            pending = None
-            yield encode_frame(event, data)
-    finally:
-        if pending is not None:
-            pending.cancel()
+    return encode_frame("started", orjson.dumps(started))
 
 
 async def cancel_task(request: Request) -> Response:

@@ -1,21 +1,27 @@
 """SSE framing and the streaming response: the only place ``data:`` framing exists.
 
-``SseResponse`` writes frames as they come and races the writer against the client's
-disconnect (as Starlette's ``StreamingResponse`` does for older ASGI servers), so a client that
-goes away is noticed even while its task waits in the queue.
+``SseResponse`` writes chunks as they come and races the writer against the client's
+disconnect (as Starlette's ``StreamingResponse`` does), so a client that goes away is noticed
+even while its task waits in the queue. A writer that cannot hand a chunk to the server for
+longer than the stall limit (the client stopped reading and every buffer on the way is full)
+ends the response and reports a stall.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import enum
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 
+import orjson
 from starlette.types import Receive, Scope, Send
 
 KEEPALIVE = b": keep-alive\n\n"
 
 _PREFIXES: dict[str, bytes] = {}
+# Pre-encoded templates: a token frame is one %-format into one bytes object (ORCH-3400).
+_TOKEN = b'event: token\ndata: {"t":%b,"i":%d}\n\n'
+_TOKENS = b'event: token\ndata: {"t":%b,"i":%d,"n":%d}\n\n'
 
 
 def encode_frame(event: str, data: bytes) -> bytes:
@@ -26,48 +32,101 @@ def encode_frame(event: str, data: bytes) -> bytes:
     return prefix + data + b"\n\n"
 
 
+def encode_token(text: str, index: int) -> bytes:
+    """One ``token`` frame ``{t, i}``; byte-identical to ``orjson.dumps({"t":..,"i":..})``."""
+    return _TOKEN % (orjson.dumps(text), index)
+
+
+def encode_tokens(text: str, index: int, count: int) -> bytes:
+    """A micro-batched ``token`` frame: concatenated text, first index, count (§17.14)."""
+    return _TOKENS % (orjson.dumps(text), index, count)
+
+
+class Outcome(enum.Enum):
+    #: Every chunk was written and the body closed.
+    COMPLETE = "complete"
+    #: The client went away (disconnect message, or a failed send).
+    DISCONNECT = "disconnect"
+    #: The writer could not hand a chunk over for longer than the stall limit.
+    STALL = "stall"
+    #: The server canceled the response (shutdown).
+    ABORTED = "aborted"
+
+
 class SseResponse:
-    """ASGI response streaming ``frames``; ``on_disconnect`` runs if the client leaves early."""
+    """ASGI response streaming ``chunks``; ``on_end`` learns how the response ended."""
 
     def __init__(
         self,
-        frames: AsyncIterator[bytes],
+        chunks: AsyncGenerator[bytes, None],
         *,
         headers: Mapping[str, str],
-        on_disconnect: Callable[[], Awaitable[None] | None] | None = None,
+        on_end: Callable[[Outcome], Awaitable[None] | None] | None = None,
+        stall_limit_s: float | None = None,
     ) -> None:
-        self._frames = frames
+        self._chunks = chunks
         self._headers = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
             (k.lower().encode(), v.encode()) for k, v in headers.items()
         ]
-        self._on_disconnect = on_disconnect
+        self._on_end = on_end
+        self._stall_limit_s = stall_limit_s
+        # Loop time at which the current send began; None while the writer is not sending.
+        self._sending_since: float | None = None
+        self._stalled = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = list(self._headers)
         if scope.get("http_version") == "1.1":
-            self._headers.append((b"connection", b"keep-alive"))
-        writer = asyncio.create_task(self._write(send))
+            # Connection-specific headers are forbidden on HTTP/2 (RFC 9113 §8.2.2).
+            headers.append((b"connection", b"keep-alive"))
+        loop = asyncio.get_running_loop()
+        writer = asyncio.create_task(self._write(send, headers))
         listener = asyncio.create_task(self._listen(receive))
+        watchdog: _StallWatch | None = None
+        if self._stall_limit_s is not None:
+            watchdog = self._arm(loop, writer)
+        outcome = Outcome.ABORTED
         try:
             done, _ = await asyncio.wait({writer, listener}, return_when=asyncio.FIRST_COMPLETED)
+            if self._stalled:
+                outcome = Outcome.STALL
+            elif writer in done and not writer.cancelled() and writer.exception() is None:
+                outcome = Outcome.COMPLETE
+            else:
+                outcome = Outcome.DISCONNECT
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             for task in (writer, listener):
                 task.cancel()
+            # wait() never raises a child's error; our own cancellation still propagates.
+            await asyncio.wait({writer, listener})
             for task in (writer, listener):
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await task
-        disconnected = listener in done or (
-            writer in done and not writer.cancelled() and writer.exception() is not None
-        )
-        if disconnected and self._on_disconnect is not None:
-            result = self._on_disconnect()
-            if result is not None:
-                await result
+                if not task.cancelled():
+                    task.exception()
+            await self._chunks.aclose()
+            if self._on_end is not None:
+                result = self._on_end(outcome)
+                if result is not None:
+                    await result
 
-    async def _write(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
-        async for chunk in self._frames:
+    def _arm(self, loop: asyncio.AbstractEventLoop, writer: asyncio.Task[None]) -> _StallWatch:
+        watch = _StallWatch(loop, self._stall_limit_s or 0.0, self, writer)
+        watch.start()
+        return watch
+
+    async def _write(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+        loop = asyncio.get_running_loop()
+        self._sending_since = loop.time()
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        self._sending_since = None
+        async for chunk in self._chunks:
+            self._sending_since = loop.time()
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            self._sending_since = None
+        self._sending_since = loop.time()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self._sending_since = None
 
     @staticmethod
     async def _listen(receive: Receive) -> None:
@@ -75,3 +134,40 @@ class SseResponse:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
+
+
+class _StallWatch:
+    """Checks the writer a few times per stall limit: no timer per chunk on the hot path."""
+
+    __slots__ = ("_handle", "_limit", "_loop", "_period", "_response", "_writer")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        limit_s: float,
+        response: SseResponse,
+        writer: asyncio.Task[None],
+    ) -> None:
+        self._loop = loop
+        self._limit = limit_s
+        self._period = max(0.005, limit_s / 4)
+        self._response = response
+        self._writer = writer
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._handle = self._loop.call_later(self._period, self._check)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        since = self._response._sending_since
+        if since is not None and self._loop.time() - since >= self._limit:
+            self._response._stalled = True
+            self._writer.cancel()
+            self._handle = None
+            return
+        self.start()

@@ -1,0 +1,136 @@
+"""Emitter: one subscriber's view of a task transcript, written as SSE chunks.
+
+The producer (the dispatcher) appends to the task's transcript and never waits. Each
+subscriber's writer reads the transcript by index; the entries it has not yet handed to the
+server form its channel, bounded by ``channel_cap`` (SSE-1004):
+
+- the writer hands at most ``channel_cap`` frames to the server per chunk, so one send is
+  bounded and frames are coalesced into one write whenever the client is behind;
+- when more than ``channel_cap`` live frames wait, the client is under back-pressure and
+  waiting ``metrics`` frames are dropped (counted); ``token`` frames are never dropped or
+  reordered, because they are read from the transcript, which holds every one of them;
+- frames that already existed when the subscriber arrived are a replay (D-TASK-01) and are
+  written in full, never dropped.
+
+The producer is therefore never slowed by a subscriber, and a subscriber's memory is the
+transcript it shares with the registry plus at most one chunk of ``channel_cap`` frames.
+
+Micro-batch mode merges consecutive tokens into one frame (``t`` concatenated, ``i`` the first
+index, ``n`` the count, §17.14). It never holds a token longer than ``max_delay`` after the
+previous write and never merges more than ``max_tokens``; a token arriving after a quiet spell
+longer than ``max_delay`` is written at once, so the first token is never delayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+
+from llama_orch.dispatch.streams import TaskStream
+from llama_orch.server.sse import KEEPALIVE, encode_frame, encode_token, encode_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class EmitterSettings:
+    channel_cap: int = 32
+    microbatch: bool = False
+    max_delay_s: float = 0.010
+    max_tokens: int = 32
+    #: Seconds of silence before a ``: keep-alive`` comment; 0 turns heartbeats off.
+    heartbeat_s: float = 0.0
+
+
+class Emitter:
+    """Turns a transcript into SSE chunks for one subscriber."""
+
+    __slots__ = ("_on_drop", "_settings", "_started", "_stream", "dropped", "frames_written")
+
+    def __init__(
+        self,
+        stream: TaskStream,
+        started: bytes,
+        settings: EmitterSettings,
+        *,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._started = started
+        self._settings = settings
+        self._on_drop = on_drop
+        self.dropped = 0
+        self.frames_written = 0
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """``started`` first, then the transcript, keep-alives while idle; ends after a terminal."""
+        stream = self._stream
+        entries = stream.entries
+        settings = self._settings
+        cap = settings.channel_cap
+        microbatch = settings.microbatch
+        max_tokens = settings.max_tokens
+        heartbeat = settings.heartbeat_s or None
+        loop = asyncio.get_running_loop()
+        # Everything already in the transcript is a replay: written in full, never dropped.
+        live_from = len(entries)
+        index = 0
+        token_index = 0
+        last_write = -1e18
+        yield self._started
+        self.frames_written = 1
+        while True:
+            if index >= len(entries):
+                if stream.closed:
+                    return
+                if not await stream.wait(index, heartbeat):
+                    yield KEEPALIVE
+                    continue
+            if microbatch and not stream.closed:
+                # Hold a run of tokens until the delay budget since the last write is spent.
+                flush_at = last_write + settings.max_delay_s
+                while (
+                    not stream.closed
+                    and len(entries) - index < max_tokens
+                    and type(entries[-1]) is str
+                ):
+                    left = flush_at - loop.time()
+                    if left <= 0:
+                        break
+                    await stream.wait(len(entries), left)
+            end = len(entries)
+            drop_metrics = end - index > cap
+            parts: list[bytes] = []
+            dropped = 0
+            while index < end and len(parts) < cap:
+                entry = entries[index]
+                if isinstance(entry, str):
+                    if microbatch:
+                        stop = min(end, index + max_tokens)
+                        run = index + 1
+                        while run < stop and type(entries[run]) is str:
+                            run += 1
+                        count = run - index
+                        text = entry if count == 1 else "".join(entries[index:run])  # type: ignore[arg-type]
+                        parts.append(encode_tokens(text, token_index, count))
+                        token_index += count
+                        index = run
+                    else:
+                        parts.append(encode_token(entry, token_index))
+                        token_index += 1
+                        index += 1
+                    continue
+                event, data = entry
+                if drop_metrics and event == "metrics" and index >= live_from:
+                    dropped += 1
+                    index += 1
+                    continue
+                parts.append(encode_frame(event, data))
+                index += 1
+            if dropped:
+                self.dropped += dropped
+                if self._on_drop is not None:
+                    self._on_drop(dropped)
+            if parts:
+                self.frames_written += len(parts)
+                last_write = loop.time()
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
