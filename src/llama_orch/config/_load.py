@@ -34,6 +34,8 @@ class Settings:
     trust_proxy_auth: bool = False
     log_format: str = "json"
     base_dir: Path = Path(".")
+    #: pool id -> upstream API key, read from the variable each pool's ``api_key_env`` names.
+    upstream_api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def loopback_bind(self) -> bool:
@@ -143,6 +145,29 @@ def _sse_overrides(config: Config, environ: Mapping[str, str]) -> Config:
         raise ConfigError("environment", _issues_from(exc)) from exc
 
 
+def _upstream_api_keys(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
+    """Each pool's upstream key; a named but unset variable fails start-up with its name."""
+    keys: dict[str, str] = {}
+    issues = []
+    for index, pool in enumerate(config.pools):
+        if pool.api_key_env is None:
+            continue
+        value = environ.get(pool.api_key_env, "").strip()
+        if value:
+            keys[pool.id] = value
+        else:
+            issues.append(
+                ConfigIssue(
+                    f"pools.{index}.api_key_env",
+                    f"environment variable {pool.api_key_env} is not set or empty; export the "
+                    "upstream API key under that name",
+                )
+            )
+    if issues:
+        raise ConfigError("environment", issues)
+    return keys
+
+
 def load_settings(
     environ: Mapping[str, str],
     path: str | Path | None = None,
@@ -195,6 +220,7 @@ def load_settings(
         trust_proxy_auth=_env_bool(environ, "TRUST_PROXY_AUTH", server.trust_proxy_auth),
         log_format=log_format,
         base_dir=base_dir,
+        upstream_api_keys=_upstream_api_keys(config, environ),
     )
     if not settings.loopback_bind and not token:
         raise ConfigError(

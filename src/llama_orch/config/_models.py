@@ -7,6 +7,7 @@ Every model forbids unknown keys, so a typo fails at start-up with the key's pat
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from llama_orch.vocab import GPU_ENGINES, Engine, FullPolicy, Priority, ProvisioningMode
 
 PositiveInt = Annotated[int, Field(gt=0)]
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
@@ -262,9 +264,24 @@ class BackoffConfig(_Strict):
 
 
 class HttpConfig(_Strict):
+    """How llama-orch talks to one upstream engine (ORCH-3610, ORCH-3612)."""
+
     connect_timeout_ms: PositiveInt = 2000
+    #: Stream establishment: from sending a generation request to its response headers.
     first_byte_timeout_ms: PositiveInt = 30_000
-    retries: NonNegativeInt = 2
+    #: Longest silence between two reads of an upstream response, mid-stream included.
+    read_timeout_ms: PositiveInt = 30_000
+    #: Bound on each health/props/version probe, so a hung engine cannot stall readiness.
+    probe_timeout_ms: PositiveInt = 5000
+    #: Extra attempts for idempotent calls (health, props, version); never for generation.
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    #: Pooled connections to this upstream (one keep-alive client per replica).
+    max_connections: PositiveInt = 64
+    #: Offer HTTP/2 (used when the upstream agrees via TLS ALPN; plain http stays HTTP/1.1).
+    http2: bool = True
+    verify_tls: bool = True
+    #: Explicit proxy URL; environment proxy variables are never used (D-HTTP-03).
+    proxy: str | None = None
 
 
 class PoolConfig(_Strict):
@@ -282,6 +299,9 @@ class PoolConfig(_Strict):
     engine_version: str | None = None
     endpoint: str | None = None
     api_key_env: str | None = None
+    #: Which OpenAI-compatible route vllm/openai pools use; null picks the engine's default
+    #: (vllm: completions, openai: chat). Other engines use their native route.
+    upstream_api: Literal["completions", "chat"] | None = None
     slots: PositiveInt = 1
     replicas: PositiveInt = 1
     provisioning: ProvisioningConfig | None = None
@@ -316,6 +336,15 @@ class PoolConfig(_Strict):
                     f"model ({self.model!r}) and provisioning.model.ref ({ref!r}) differ; "
                     "pools[].model is canonical, set only that"
                 )
+        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint must be an http:// or https:// URL, got {self.endpoint!r}")
+        if self.upstream_api is not None and self.engine not in (Engine.VLLM, Engine.OPENAI):
+            raise ValueError(f"upstream_api applies to vllm and openai pools, not {self.engine}")
+        if self.api_key_env is not None and not _ENV_NAME.fullmatch(self.api_key_env):
+            raise ValueError(
+                f"api_key_env names an environment variable (e.g. OPENAI_API_KEY), "
+                f"got {self.api_key_env!r}"
+            )
         if (
             self.engine is Engine.OPENAI
             and self.provisioning is not None

@@ -55,11 +55,20 @@ class EngineEvent:
     error: WorkerError | None = None
 
 
+BreakerState = Literal["closed", "open", "half_open"]
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerHealth:
+    """``live``: the engine answers; ``ready``: it can take a submission now.
+
+    ``breaker`` is filled in by the adapter host (the replica's circuit breaker), not by adapters.
+    """
+
     live: bool
     ready: bool
     detail: str | None = None
+    breaker: BreakerState | None = None
 
 
 @dataclass(frozen=True, slots=True)

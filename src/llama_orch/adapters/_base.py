@@ -1,0 +1,233 @@
+"""HttpAdapter: the plumbing every HTTP engine adapter shares.
+
+An engine module supplies three things: its probes (``health``, ``props``, ``engine_version``),
+``generate_call`` (request -> path and JSON body, mapping every parameter or refusing it), and a
+``StreamParser`` that turns one SSE ``data`` payload into token text. This class sends the
+request with the stream-establishment timeout, maps failures to ``WorkerError``, decodes the
+stream incrementally and enforces the end-of-stream rules of ENGINE_PROTOCOLS.md §6:
+
+- every event is checked for ``error`` before token fields;
+- EOF after the engine's terminal event is success, EOF before it is ``WorkerReset``;
+- nothing is retried once the request is sent (D-HOST-02).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any, ClassVar, Protocol
+
+import httpx
+import orjson
+
+from llama_orch.adapters._http import (
+    error_for_status,
+    map_transport_errors,
+    redact_url,
+    retry_after_ms,
+)
+from llama_orch.adapters._sse import SseDecoder
+from llama_orch.config import PoolConfig
+from llama_orch.contracts.engine import EngineEvent, GenerateRequest
+from llama_orch.errors import WorkerError, WorkerInternal, WorkerReset
+from llama_orch.observability.redaction import Redactor
+from llama_orch.vocab import Engine
+
+#: Upstream error bodies quoted in messages are cut to this many characters.
+_BODY_QUOTE = 300
+#: How long to wait for the body's end once the terminal event arrived.
+_DRAIN_S = 1.0
+
+
+class StreamParser(Protocol):
+    """Per-stream state: ``feed`` returns the token text of one event ('' for none).
+
+    ``done`` turns true on the engine's terminal event; ``eof_is_end`` says that EOF itself is a
+    normal end (Triton without a finish reason), so EOF before ``done`` is not a truncation.
+    """
+
+    done: bool
+    eof_is_end: bool
+    summary: dict[str, Any]
+
+    def feed(self, data: bytes) -> str: ...
+
+
+def loads(data: bytes, engine: str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise WorkerInternal(
+            f"{engine}: malformed stream frame ({len(data)} bytes, not JSON)", engine=engine
+        ) from exc
+
+
+class HttpAdapter:
+    """Base class; subclasses set ``engine_kind`` and implement the engine-specific parts."""
+
+    engine_kind: ClassVar[Engine]
+
+    def __init__(
+        self, pool: PoolConfig, client: httpx.AsyncClient, *, api_key: str | None = None
+    ) -> None:
+        self._pool = pool
+        self._client = client
+        self._redactor = Redactor().with_secret(api_key)
+        self._where = redact_url(client.base_url, self._redactor)
+        self._version: str | None = None
+
+    @property
+    def engine(self) -> Engine:
+        return self.engine_kind
+
+    @property
+    def pool_id(self) -> str:
+        return self._pool.id
+
+    # -- engine-specific surface ---------------------------------------------------------------
+
+    def generate_call(self, request: GenerateRequest) -> tuple[str, dict[str, Any]]:
+        raise NotImplementedError
+
+    def new_parser(self, request: GenerateRequest) -> StreamParser:
+        raise NotImplementedError
+
+    def started_data(self, request: GenerateRequest) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        if self._version is not None:
+            data["engine_version"] = self._version
+        if request.seed is not None:
+            data["seed"] = request.seed
+        return data
+
+    # -- shared calls --------------------------------------------------------------------------
+
+    def _error(self, message: str) -> str:
+        return f"{self.engine.value} at {self._where}: {self._redactor.text(message)}"
+
+    async def get(self, path: str) -> httpx.Response:
+        """One bounded idempotent GET; the host decides about retries."""
+        timeout = self._pool.http.probe_timeout_ms / 1000
+        with map_transport_errors(
+            self.engine.value, f"GET {path}", self._redactor, pool_id=self.pool_id
+        ):
+            return await self._client.get(path, timeout=timeout)
+
+    async def get_json(self, path: str) -> Any:
+        response = await self.get(path)
+        if response.status_code >= 400:
+            raise self.status_error(response, f"GET {path}")
+        return loads(response.content, self.engine.value)
+
+    def status_error(self, response: httpx.Response, what: str) -> WorkerError:
+        body = response.text[:_BODY_QUOTE] if response.content else ""
+        message = self._error(f"{what} answered HTTP {response.status_code}: {body}".rstrip(": "))
+        return error_for_status(
+            response.status_code,
+            message,
+            engine=self.engine.value,
+            pool_id=self.pool_id,
+            retry_after_ms=retry_after_ms(response),
+        )
+
+    async def submit(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]:
+        path, body = self.generate_call(request)
+        engine = self.engine.value
+        where = f"POST {path}"
+        http_request = self._client.build_request(
+            "POST",
+            path,
+            content=orjson.dumps(body),
+            headers={"content-type": "application/json", "accept": "text/event-stream"},
+        )
+        first_byte_s = self._pool.http.first_byte_timeout_ms / 1000
+        with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
+            async with asyncio.timeout(first_byte_s):
+                response = await self._client.send(http_request, stream=True)
+        try:
+            if response.status_code >= 400:
+                with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
+                    await response.aread()
+                raise self.status_error(response, where)
+            yield EngineEvent("started", data=self.started_data(request))
+            events = self._events(request, response, where)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
+        finally:
+            await response.aclose()
+
+    async def _events(
+        self, request: GenerateRequest, response: httpx.Response, where: str
+    ) -> AsyncGenerator[EngineEvent, None]:
+        engine = self.engine.value
+        parser = self.new_parser(request)
+        decoder = SseDecoder()
+        index = 0
+        chunks = response.aiter_bytes()
+        with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
+            async for chunk in chunks:
+                for sse in decoder.feed(chunk):
+                    if parser.done:
+                        continue  # nothing after the terminal event counts
+                    text = parser.feed(sse.data)
+                    if text:
+                        yield EngineEvent("token", text, index)
+                        index += 1
+                if parser.done:
+                    break
+        if parser.done:
+            await _drain(chunks)
+        elif not parser.eof_is_end or decoder.pending:
+            raise WorkerReset(
+                self._error(
+                    f"the stream ended after {index} tokens without the engine's final frame"
+                    + (" (a partial frame was cut off)" if decoder.pending else "")
+                ),
+                engine=engine,
+                pool_id=self.pool_id,
+            )
+        yield EngineEvent("end", data={"tokens_out": index, **parser.summary})
+
+    async def cancel(self, task_id: str) -> None:
+        # These engines have no cancel endpoint: closing the stream (which the host does when
+        # the dispatcher cancels the task) is the cancel (ENGINE_PROTOCOLS.md §6).
+        return None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read the body's last bytes so the keep-alive connection returns to the pool.
+
+    Bounded: an engine that keeps the connection open after its terminal event only costs the
+    connection, and a break after the terminal event is not an error (ENGINE_PROTOCOLS.md §6).
+    """
+    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+        async with asyncio.timeout(_DRAIN_S):
+            async for _ in chunks:
+                pass
+
+
+def in_stream_error(
+    engine: str, pool_id: str, message: str, status: int | None, redactor: Redactor
+) -> WorkerError:
+    """An ``error`` event inside a 200 stream, mapped like the HTTP status it names."""
+    text = f"{engine}: the engine reported an error mid-stream: {redactor.text(message)}"
+    if status is None:
+        return WorkerInternal(text, engine=engine, pool_id=pool_id)
+    return error_for_status(status, text, engine=engine, pool_id=pool_id)
+
+
+def first_error(obj: Mapping[str, Any]) -> tuple[str, int | None] | None:
+    """The message and code of an ``{"error": ...}`` event in any engine's shape, else None."""
+    error = obj.get("error")
+    if not error:
+        return None
+    if isinstance(error, Mapping):
+        code = error.get("code")
+        status = error.get("http_status_code", code)
+        return str(error.get("message", error)), status if isinstance(status, int) else None
+    return str(error), None

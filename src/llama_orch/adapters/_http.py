@@ -1,0 +1,221 @@
+"""The shared HTTP util every engine adapter builds on (SPEC §7.3, D-HTTP-01..03).
+
+- ``build_client``: one pooled ``httpx.AsyncClient`` per upstream (keep-alive, HTTP/2 where the
+  upstream offers it via ALPN, TLS verification on, proxies only when configured).
+- ``with_retries``: capped, jittered exponential backoff (tenacity) for idempotent calls only.
+- ``map_transport_errors``: httpx exceptions -> the ``WorkerError`` tree, ``raise ... from exc``.
+- ``error_for_status``: an upstream HTTP status -> the ``WorkerError`` it means.
+
+Nothing here retries a stream: once a generation request is sent, failures are final (D-HOST-02).
+Messages built here never contain headers, and URLs pass through the redactor first (D-HTTP-03).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random_exponential,
+)
+
+from llama_orch.config import BackoffConfig, HttpConfig
+from llama_orch.errors import (
+    DecodeTimeout,
+    WorkerError,
+    WorkerInternal,
+    WorkerInvalidParams,
+    WorkerReset,
+    WorkerUnavailable,
+)
+from llama_orch.observability.redaction import Redactor
+
+T = TypeVar("T")
+
+#: What a failed idempotent call may be retried on: the engine was unreachable or too slow.
+RETRIABLE: tuple[type[WorkerError], ...] = (WorkerUnavailable, DecodeTimeout, WorkerReset)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """``attempts`` counts the first call too; waits grow from ``initial_s`` by ``factor`` up to
+    ``max_s``, with full jitter when ``jitter`` is set."""
+
+    attempts: int = 3
+    initial_s: float = 1.0
+    factor: float = 2.0
+    max_s: float = 60.0
+    jitter: bool = True
+
+    @classmethod
+    def from_config(cls, http: HttpConfig, backoff: BackoffConfig) -> RetryPolicy:
+        return cls(
+            attempts=http.retries + 1,
+            initial_s=backoff.initial_ms / 1000,
+            factor=backoff.factor,
+            max_s=backoff.max_ms / 1000,
+            jitter=backoff.jitter,
+        )
+
+
+RetryHook = Callable[[int, BaseException, float], None]
+
+
+async def with_retries(
+    fn: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    retry_on: tuple[type[BaseException], ...] = RETRIABLE,
+    on_retry: RetryHook | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """Run an idempotent call, retrying ``retry_on`` failures; the last failure is re-raised."""
+    wait = (
+        wait_random_exponential(
+            multiplier=policy.initial_s, exp_base=policy.factor, max=policy.max_s
+        )
+        if policy.jitter
+        else wait_exponential(multiplier=policy.initial_s, exp_base=policy.factor, max=policy.max_s)
+    )
+
+    def before_sleep(state: RetryCallState) -> None:
+        if on_retry is not None and state.outcome is not None:
+            exc = state.outcome.exception()
+            delay = state.next_action.sleep if state.next_action else 0.0
+            if exc is not None:
+                on_retry(state.attempt_number, exc, delay)
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(max(1, policy.attempts)),
+        wait=wait,
+        retry=retry_if_exception_type(retry_on),
+        reraise=True,
+        sleep=sleep,
+        before_sleep=before_sleep,
+    )
+    return await retrying(fn)
+
+
+def build_client(
+    http: HttpConfig,
+    *,
+    base_url: str,
+    headers: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """One pooled client for one upstream; ``transport`` lets tests pass ``MockTransport``."""
+    timeout = httpx.Timeout(
+        connect=http.connect_timeout_ms / 1000,
+        read=http.read_timeout_ms / 1000,
+        write=http.read_timeout_ms / 1000,
+        pool=http.connect_timeout_ms / 1000,
+    )
+    limits = httpx.Limits(
+        max_connections=http.max_connections,
+        max_keepalive_connections=http.max_connections,
+        keepalive_expiry=30.0,
+    )
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers=dict(headers or {}),
+        timeout=timeout,
+        limits=limits,
+        http2=http.http2,
+        verify=http.verify_tls,
+        # Environment proxies (HTTP_PROXY, ...) would silently reroute engine traffic (D-HTTP-03).
+        trust_env=False,
+        proxy=http.proxy,
+        follow_redirects=False,
+        transport=transport,
+    )
+
+
+def redact_url(url: str | httpx.URL, redactor: Redactor) -> str:
+    """A URL safe for logs and error messages: no userinfo, no secret-looking query values."""
+    parsed = httpx.URL(str(url))
+    if parsed.userinfo:
+        parsed = parsed.copy_with(username=None, password=None)
+    return redactor.text(str(parsed))
+
+
+@contextlib.contextmanager
+def map_transport_errors(
+    engine: str, where: str, redactor: Redactor, *, pool_id: str | None = None
+) -> Iterator[None]:
+    """Translate httpx and timeout errors into the ``WorkerError`` tree; ``where`` names the call
+    (already redacted: engine and path, never headers)."""
+    try:
+        yield
+    except WorkerError:
+        raise
+    except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        raise WorkerUnavailable(
+            f"{engine}: {where}: connecting timed out", engine=engine, pool_id=pool_id
+        ) from exc
+    except httpx.ConnectError as exc:
+        raise WorkerUnavailable(
+            f"{engine}: {where}: cannot connect ({redactor.text(str(exc)) or 'refused'})",
+            engine=engine,
+            pool_id=pool_id,
+        ) from exc
+    except (httpx.ReadTimeout, httpx.WriteTimeout, TimeoutError) as exc:
+        raise DecodeTimeout(
+            f"{engine}: {where}: the engine went silent past the read timeout",
+            engine=engine,
+            pool_id=pool_id,
+        ) from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
+        raise WorkerReset(
+            f"{engine}: {where}: the connection broke ({type(exc).__name__})",
+            engine=engine,
+            pool_id=pool_id,
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise WorkerInternal(
+            f"{engine}: {where}: {type(exc).__name__}: {redactor.text(str(exc))}",
+            engine=engine,
+            pool_id=pool_id,
+        ) from exc
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    *,
+    engine: str,
+    pool_id: str | None = None,
+    retry_after_ms: int | None = None,
+) -> WorkerError:
+    """What an upstream HTTP error status means for the task (docs/adapters.md has the table)."""
+    if status in (400, 413, 422):
+        return WorkerInvalidParams(message, engine=engine, pool_id=pool_id)
+    if status in (401, 403):
+        return WorkerUnavailable(
+            message + " (check the pool's api_key_env)",
+            engine=engine,
+            pool_id=pool_id,
+            retriable=False,
+        )
+    if status == 404:
+        return WorkerUnavailable(message, engine=engine, pool_id=pool_id, retriable=False)
+    if status in (429, 502, 503, 504) or status == 424:
+        return WorkerUnavailable(
+            message, engine=engine, pool_id=pool_id, retry_after_ms=retry_after_ms
+        )
+    return WorkerInternal(message, engine=engine, pool_id=pool_id)
+
+
+def retry_after_ms(response: httpx.Response) -> int | None:
+    raw = response.headers.get("retry-after")
+    if raw is None or not raw.strip().isdigit():
+        return None
+    return int(raw.strip()) * 1000

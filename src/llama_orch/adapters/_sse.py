@@ -1,0 +1,142 @@
+"""Incremental decoders for upstream SSE and NDJSON streams (D-HTTP-01, D-HTTP-02).
+
+Both decoders buffer **bytes** and split only at ``\\n``. A newline byte never occurs inside a
+multi-byte UTF-8 sequence, so every complete line is complete UTF-8 and a chunk boundary anywhere
+(mid-field, mid-character, between ``\\r`` and ``\\n``) cannot change what is decoded.
+
+Why not httpx-sse: its ``SSEDecoder`` works on already-decoded text lines, so correctness on split
+UTF-8 would rest on httpx's line iterator and its incremental text decoder; this module keeps the
+guarantee local, property-tested, and avoids building a ``str`` for the JSON payload at all
+(``data`` stays ``bytes`` and goes straight to ``orjson.loads``).
+
+Supported line endings are ``\\n`` and ``\\r\\n``. A lone ``\\r`` as a line terminator (allowed
+by the SSE grammar, emitted by no engine we talk to) is not recognised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+
+_NL = 0x0A
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    """One dispatched SSE event; ``data`` is the joined ``data:`` lines, UTF-8 bytes."""
+
+    data: bytes
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+
+
+class SseDecoder:
+    """Feed raw body chunks in, get complete events out; comments and unknown fields are dropped."""
+
+    __slots__ = ("_buf", "_data", "_event", "_id", "_retry")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._data: list[bytes] = []
+        self._event: str | None = None
+        self._id: str | None = None
+        self._retry: int | None = None
+
+    @property
+    def pending(self) -> bool:
+        """True while bytes or fields of an unfinished event are held (a truncated frame at EOF)."""
+        return bool(self._buf) or bool(self._data) or self._event is not None
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        buf = self._buf
+        start = len(buf)
+        buf += chunk
+        if buf.find(b"\n", start) < 0:
+            return []
+        events: list[SseEvent] = []
+        pos = 0
+        while True:
+            end = buf.find(b"\n", pos)
+            if end < 0:
+                break
+            stop = end - 1 if end > pos and buf[end - 1] == 0x0D else end
+            if stop == pos:
+                self._dispatch(events)
+            else:
+                self._field(bytes(buf[pos:stop]))
+            pos = end + 1
+        del buf[:pos]
+        return events
+
+    def _field(self, line: bytes) -> None:
+        colon = line.find(b":")
+        if colon == 0:
+            return  # comment / keep-alive
+        if colon < 0:
+            name, value = line, b""
+        else:
+            name = line[:colon]
+            value = line[colon + 2 :] if line[colon + 1 : colon + 2] == b" " else line[colon + 1 :]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name == b"id":
+            if b"\x00" not in value:
+                self._id = value.decode("utf-8", "replace")
+        elif name == b"retry" and value.isdigit():
+            self._retry = int(value)
+
+    def _dispatch(self, events: list[SseEvent]) -> None:
+        if self._data:
+            data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+            events.append(SseEvent(data, self._event or "message", self._id, self._retry))
+        self._data = []
+        self._event = None
+
+
+class NdjsonDecoder:
+    """Feed raw chunks in, get complete non-blank lines (one JSON document each) out."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._buf.strip())
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buf
+        start = len(buf)
+        buf += chunk
+        if buf.find(b"\n", start) < 0:
+            return []
+        cut = buf.rfind(b"\n") + 1
+        lines = [line.rstrip(b"\r") for line in bytes(buf[:cut]).split(b"\n")]
+        del buf[:cut]
+        return [line for line in lines if line.strip()]
+
+    def flush(self) -> list[bytes]:
+        """At EOF a final line without a newline is still a complete document."""
+        rest = bytes(self._buf).strip()
+        self._buf.clear()
+        return [rest] if rest else []
+
+
+async def aiter_sse(chunks: AsyncIterable[bytes], decoder: SseDecoder) -> AsyncIterator[SseEvent]:
+    """Decode a body as it arrives; the caller checks ``decoder.pending`` at EOF."""
+    async for chunk in chunks:
+        for event in decoder.feed(chunk):
+            yield event
+
+
+async def aiter_ndjson(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    decoder = NdjsonDecoder()
+    async for chunk in chunks:
+        for line in decoder.feed(chunk):
+            yield line
+    for line in decoder.flush():
+        yield line
