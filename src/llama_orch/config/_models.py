@@ -87,15 +87,19 @@ class LoggingConfig(_Strict):
 class SessionsConfig(_Strict):
     ttl_ms: Annotated[int, Field(gt=0, le=600_000)] = 600_000
     max_turns: PositiveInt = 8
+    #: Soft TTL of session affinity (ORCH-3480): for this long after a session's last task
+    #: ended, its next task goes back to the same replica when that replica has a free slot.
+    affinity_ttl_ms: PositiveInt = 120_000
 
 
 class BudgetsConfig(_Strict):
-    """Per-session budgets; ``null`` disables a budget."""
+    """Per-session budgets; ``null`` disables a budget (or, in a pool, inherits the server's)."""
 
     tokens: PositiveInt | None = None
     time_ms: PositiveInt | None = None
     cost: Annotated[float, Field(gt=0)] | None = None
-    cost_per_token: Annotated[float, Field(ge=0)] = 0.0
+    #: Price of one generated token in the units of ``cost``; null inherits (server: 0).
+    cost_per_token: Annotated[float, Field(ge=0)] | None = None
 
 
 class NetworkPolicyConfig(_Strict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llama_orch.errors import ErrorKind
 from llama_orch.vocab import DeterminismLevel, Engine, KVHint, PlacementMode, Priority, Workload
@@ -24,14 +24,33 @@ class _Wire(BaseModel):
 
 
 class PlacementOverrides(_Wire):
-    """Client placement hints (ORCH-3903); honoured only when the server allows overrides."""
+    """Client placement hints (ORCH-3903); honoured only when the server allows overrides.
+
+    ``pin`` needs ``pin_pool_id`` and runs only there; ``prefer`` needs ``prefer_pools`` and
+    falls back to any feasible pool unless ``allow_fallback`` is false; ``avoid_pools`` are
+    never used; ``require_device_mask`` keeps only pools with exactly that mask.
+    """
 
     mode: PlacementMode = PlacementMode.AUTO
-    pin_pool_id: str | None = None
-    prefer_pools: list[str] | None = None
-    avoid_pools: list[str] | None = None
-    require_device_mask: list[Annotated[int, Field(ge=0)]] | None = None
+    pin_pool_id: Annotated[str, Field(min_length=1)] | None = None
+    prefer_pools: list[Annotated[str, Field(min_length=1)]] | None = None
+    avoid_pools: list[Annotated[str, Field(min_length=1)]] | None = None
+    require_device_mask: (
+        Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None
+    ) = None
     allow_fallback: bool = True
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> PlacementOverrides:
+        if self.mode is PlacementMode.PIN and self.pin_pool_id is None:
+            raise ValueError("mode pin needs pin_pool_id")
+        if self.mode is not PlacementMode.PIN and self.pin_pool_id is not None:
+            raise ValueError("pin_pool_id is only meaningful with mode pin")
+        if self.mode is PlacementMode.PREFER and not self.prefer_pools:
+            raise ValueError("mode prefer needs a non-empty prefer_pools")
+        if self.mode is not PlacementMode.PREFER and self.prefer_pools:
+            raise ValueError("prefer_pools is only meaningful with mode prefer")
+        return self
 
 
 class Sampling(_Wire):

@@ -38,6 +38,36 @@ _TASK_EXAMPLE = {
     "prompt": "Write a haiku about GPUs.",
     "placement": {"mode": "auto", "allow_fallback": True},
 }
+_PINNED_EXAMPLE = {
+    **_TASK_EXAMPLE,
+    "task_id": "33333333-3333-4333-8333-333333333333",
+    "placement": {"mode": "pin", "pin_pool_id": "gpu0"},
+}
+_PREFER_EXAMPLE = {
+    **_TASK_EXAMPLE,
+    "task_id": "44444444-4444-4444-8444-444444444444",
+    "priority": "batch",
+    "placement": {
+        "mode": "prefer",
+        "prefer_pools": ["gpu1"],
+        "avoid_pools": ["gpu2"],
+        "allow_fallback": True,
+    },
+}
+_BUDGET_HEADERS = {
+    "X-Budget-Tokens-Remaining": {
+        "schema": {"type": "integer"},
+        "description": "Session tokens left after reserving this task's max_tokens",
+    },
+    "X-Budget-Time-Remaining-Ms": {
+        "schema": {"type": "integer"},
+        "description": "Session decode time left, in milliseconds",
+    },
+    "X-Budget-Cost-Remaining": {
+        "schema": {"type": "number"},
+        "description": "Session cost left, in the units of budgets.cost",
+    },
+}
 _SSE_EXAMPLE = (
     'event: started\ndata: {"queue_position":0,"predicted_start_ms":0}\n\n'
     'event: token\ndata: {"t":"quiet","i":0}\n\n'
@@ -102,24 +132,32 @@ def data_plane() -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    "202": _json(
-                        "AdmissionResponse",
-                        "Admitted",
-                        {
-                            "task_id": _TASK_EXAMPLE["task_id"],
-                            "queue_position": 0,
-                            "predicted_start_ms": 0,
-                            "backoff_ms": 0,
-                            "pool_id": "gpu0",
-                        },
+                    "202": {
+                        **_json(
+                            "AdmissionResponse",
+                            "Admitted",
+                            {
+                                "task_id": _TASK_EXAMPLE["task_id"],
+                                "queue_position": 0,
+                                "predicted_start_ms": 0,
+                                "backoff_ms": 0,
+                                "pool_id": "gpu0",
+                            },
+                        ),
+                        "headers": {**_CID_HEADER, **_BUDGET_HEADERS},
+                    },
+                    "400": _error(
+                        "Invalid request (INVALID_PARAMS, DEADLINE_UNMET), including placement "
+                        "overrides naming unknown pools or sent while the server disables them"
                     ),
-                    "400": _error("Invalid request (INVALID_PARAMS, DEADLINE_UNMET)"),
                     "401": _error("MISSING_TOKEN or BAD_TOKEN"),
                     "403": _error("NON_LOOPBACK_WITHOUT_TOKEN"),
                     "409": _error("CONFLICT: task_id already submitted"),
                     "429": {
                         **_error(
-                            "Backpressure (ADMISSION_REJECT, QUEUE_FULL_DROP_LRU)",
+                            "Backpressure (ADMISSION_REJECT, QUEUE_FULL_DROP_LRU): a full queue, "
+                            "a class rate limit (policy_label rate-limit), or a session turn or "
+                            "budget refusal (policy_label session-budget, retriable false)",
                             {
                                 "code": "QUEUE_FULL_DROP_LRU",
                                 "message": "pool gpu0 queue is full",
@@ -135,10 +173,15 @@ def data_plane() -> dict[str, Any]:
                             "X-Backoff-Ms": {"schema": {"type": "integer"}},
                         },
                     },
-                    "503": _error("POOL_UNREADY or POOL_UNAVAILABLE"),
+                    "503": _error(
+                        "POOL_UNREADY or POOL_UNAVAILABLE; the message names the placement "
+                        "outcome (e.g. pinned_pool_infeasible, no_preferred_feasible)"
+                    ),
                 },
                 "x-examples": {
-                    "interactive-completion": {"request": _TASK_EXAMPLE, "response_status": 202}
+                    "interactive-completion": {"request": _TASK_EXAMPLE, "response_status": 202},
+                    "pinned-to-a-pool": {"request": _PINNED_EXAMPLE, "response_status": 202},
+                    "prefer-with-fallback": {"request": _PREFER_EXAMPLE, "response_status": 202},
                 },
             }
         },
@@ -189,7 +232,14 @@ def data_plane() -> dict[str, Any]:
                     "200": _json(
                         "SessionInfo",
                         "Session",
-                        {"ttl_ms_remaining": 598000, "turns": 1, "kv_bytes": 0, "kv_warmth": True},
+                        {
+                            "ttl_ms_remaining": 598000,
+                            "turns": 1,
+                            "kv_bytes": 0,
+                            "kv_warmth": True,
+                            "tokens_budget_remaining": 3936,
+                            "cost_budget_remaining": 0.96,
+                        },
                     ),
                     "404": _error("Unknown or expired session"),
                 },

@@ -33,3 +33,26 @@ def check_context(
             "shorten the prompt, lower max_tokens or raise ctx",
         )
     return None
+
+
+def check_overrides(
+    *,
+    mode: str,
+    pin_pool_id: str | None,
+    prefer_pools: tuple[str, ...],
+    avoid_pools: tuple[str, ...],
+    known_pools: frozenset[str],
+) -> GuardViolation | None:
+    """Placement overrides must name configured pools and must not contradict themselves."""
+    named = [pin_pool_id] if pin_pool_id else []
+    unknown = sorted({p for p in (*named, *prefer_pools, *avoid_pools) if p not in known_pools})
+    if unknown:
+        return GuardViolation(
+            "placement",
+            f"unknown pool id(s) {unknown}; configured pools: {sorted(known_pools)}",
+        )
+    if mode == "pin" and pin_pool_id in avoid_pools:
+        return GuardViolation(
+            "placement", f"pin_pool_id {pin_pool_id} is also in avoid_pools; drop one of them"
+        )
+    return None

@@ -1,99 +1,154 @@
 """The one placement entry point: ``decide(PlacementInput) -> PlacementDecision`` (ORCH-3900).
 
-Feasibility first, then ordering (SPEC §5.5): free VRAM descending, load ascending, perf
-descending, pool id ascending. Every filter reports how many candidates it kept, so the
-``DecisionLog`` explains the outcome.
+Every placement goes through ``decide``: at admission it picks the pool whose queue holds the
+task, at dispatch it picks the replica that runs it (SPEC §17.6). The order is fixed:
+
+1. feasibility (``core.filters``): engine and model match, ctx, extensions, quant, compute
+   capability, VRAM against ``est_kv_bytes``, the exact device mask, Ready, not draining, one
+   replica set; then the same per replica, plus a free slot at dispatch;
+2. overrides: ``pin``, ``avoid``, ``prefer`` with or without fallback (ORCH-3903);
+3. scoring: session affinity while its soft TTL lasts, else the SPEC §5.5 tuple
+   (free VRAM desc, load asc, perf desc, pool id asc, replica id asc).
+
+Each step records what it kept in the ``DecisionLog``. Nothing here reads a clock or does I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-
+from llama_orch.core.filters import (
+    CAPABILITY_FILTERS,
+    MATCH_FILTERS,
+    READY_FILTERS,
+    REPLICA_CAPABILITY_FILTERS,
+    REPLICA_READY_FILTERS,
+    Candidate,
+    apply_chain,
+    free_slot,
+)
 from llama_orch.core.model import (
+    Affinity,
+    AffinityOutcome,
     Assigned,
     DecisionLog,
     JobSpec,
     NoCapacity,
+    NoCapacityReason,
     PlacementDecision,
+    PlacementInput,
     PoolSnapshot,
     ReplicaView,
+    Stage,
 )
+from llama_orch.core.scoring import TIE_BREAKERS, decisive_tie_breakers, order_key
+from llama_orch.vocab import PlacementMode
 
-
-@dataclass(frozen=True, slots=True)
-class PlacementInput:
-    pools: tuple[PoolSnapshot, ...]
-    job: JobSpec
-
-
-PoolFilter = tuple[str, Callable[[PoolSnapshot, JobSpec], bool]]
-
-_MATCH_FILTERS: tuple[PoolFilter, ...] = (
-    ("engine", lambda pool, job: pool.engine is job.engine),
-    ("model", lambda pool, job: pool.model_id == job.model_id),
-)
-_CAPABILITY_FILTERS: tuple[PoolFilter, ...] = (
-    ("ctx", lambda pool, job: pool.ctx_max_supported >= job.required_ctx),
-    ("extensions", lambda pool, job: set(job.required_extensions) <= set(pool.features)),
-    (
-        "vram",
-        lambda pool, job: job.est_kv_bytes is None or pool.vram_free_bytes >= job.est_kv_bytes,
-    ),
-)
-_READY_FILTERS: tuple[PoolFilter, ...] = (
-    ("ready", lambda pool, job: pool.ready),
-    ("not_draining", lambda pool, job: not pool.draining),
-)
-
-
-def _apply(
-    pools: Sequence[PoolSnapshot], job: JobSpec, filters: tuple[PoolFilter, ...], log: list[str]
-) -> list[PoolSnapshot]:
-    for name, keep in filters:
-        before = len(pools)
-        pools = [pool for pool in pools if keep(pool, job)]
-        log.append(f"{name}: {len(pools)}/{before}")
-    return list(pools)
-
-
-def pool_order_key(pool: PoolSnapshot) -> tuple[int, int, float, str]:
-    load = (pool.slots_total - pool.slots_free) + pool.queued
-    return (-pool.vram_free_bytes, load, -(pool.perf_tokens_per_s or 0.0), pool.id)
+__all__ = ["TIE_BREAKERS", "PlacementInput", "decide", "order_key"]
 
 
 def decide(placement: PlacementInput) -> PlacementDecision:
     job = placement.job
-    filters: list[str] = []
-    matched = _apply(placement.pools, job, _MATCH_FILTERS, filters)
-    capable = _apply(matched, job, _CAPABILITY_FILTERS, filters)
-    ready = _apply(capable, job, _READY_FILTERS, filters)
+    overrides = job.placement
+    pinned = overrides.mode is PlacementMode.PIN
+    log: list[str] = []
     considered = len(placement.pools)
-    if not ready:
-        log = DecisionLog(considered, tuple(filters), ())
-        if capable:
-            return NoCapacity("no_ready_pool", considered, log, unready=True)
-        if matched:
-            return NoCapacity("no_capable_pool", considered, log)
-        return NoCapacity("no_pool_serves_engine_and_model", considered, log)
-    chosen = min(ready, key=pool_order_key)
-    log = DecisionLog(
-        considered,
-        tuple(filters),
-        ("free_vram_desc", "load_asc", "perf_desc", "pool_id_asc"),
-        selected_pool_id=chosen.id,
+
+    def refuse(reason: NoCapacityReason, *, unready: bool = False) -> NoCapacity:
+        if pinned:
+            reason = NoCapacityReason.PINNED_POOL_INFEASIBLE
+        decision_log = DecisionLog(considered, tuple(log), (), pinned=pinned)
+        return NoCapacity(reason, considered, decision_log, unready=unready)
+
+    pools = apply_chain(list(placement.pools), job, MATCH_FILTERS, log)
+    if not pools:
+        return refuse(NoCapacityReason.NO_POOL_SERVES)
+    pools = apply_chain(pools, job, CAPABILITY_FILTERS, log)
+    if not pools:
+        return refuse(NoCapacityReason.NO_CAPABLE_POOL)
+    capable_ids = {pool.id for pool in pools}
+    pools = apply_chain(pools, job, READY_FILTERS, log)
+    if not pools:
+        return refuse(NoCapacityReason.NO_READY_POOL, unready=not _pin_missing(job, capable_ids))
+
+    candidates: list[Candidate] = [(pool, r) for pool in pools for r in pool.replicas]
+    candidates = apply_chain(candidates, job, REPLICA_CAPABILITY_FILTERS, log)
+    if not candidates:
+        return refuse(NoCapacityReason.NO_CAPABLE_POOL)
+    candidates = apply_chain(candidates, job, REPLICA_READY_FILTERS, log)
+    if not candidates:
+        return refuse(NoCapacityReason.NO_READY_POOL, unready=not _pin_missing(job, capable_ids))
+    if placement.stage is Stage.DISPATCH:
+        candidates = apply_chain(candidates, job, (free_slot,), log)
+        if not candidates:
+            return refuse(NoCapacityReason.NO_FREE_SLOT)
+
+    # Overrides come after feasibility: they only ever narrow what is feasible.
+    fallback_used = False
+    if pinned:
+        before = len(candidates)
+        candidates = [c for c in candidates if c[0].id == overrides.pin_pool_id]
+        log.append(f"pin {len(candidates)}/{before}")
+        if not candidates:
+            pin_capable = overrides.pin_pool_id in capable_ids
+            return refuse(NoCapacityReason.PINNED_POOL_INFEASIBLE, unready=pin_capable)
+    if overrides.avoid_pools:
+        before = len(candidates)
+        avoid = overrides.avoid_pools
+        candidates = [c for c in candidates if c[0].id not in avoid]
+        log.append(f"avoid {len(candidates)}/{before}")
+        if not candidates:
+            return refuse(NoCapacityReason.ALL_AVOIDED)
+    if overrides.mode is PlacementMode.PREFER:
+        before = len(candidates)
+        prefer = overrides.prefer_pools
+        preferred = [c for c in candidates if c[0].id in prefer]
+        log.append(f"prefer {len(preferred)}/{before}")
+        if preferred:
+            candidates = preferred
+        elif overrides.allow_fallback:
+            fallback_used = True
+            log.append(f"fallback {before}/{before}")
+        else:
+            return refuse(NoCapacityReason.NO_PREFERRED_FEASIBLE)
+
+    pool, replica, affinity, breakers = _score(candidates, job.affinity, placement.now)
+    return Assigned(
+        pool.id,
+        replica.replica_id,
+        DecisionLog(
+            considered,
+            tuple(log),
+            breakers,
+            selected_pool_id=pool.id,
+            selected_replica_id=replica.replica_id,
+            pinned=pinned,
+            fallback_used=fallback_used,
+            affinity=affinity,
+        ),
     )
-    return Assigned(chosen.id, None, log)
 
 
-def replica_order_key(replica: ReplicaView) -> tuple[int, int, str]:
-    """OC-CORE-1017: free VRAM descending, active slots ascending, replica id ascending."""
-    return (-replica.free_vram, replica.active_slots, replica.replica_id)
+def _pin_missing(job: JobSpec, capable_ids: set[str]) -> bool:
+    """A pin on a pool that is not even capable is not a readiness problem."""
+    pin = job.placement.pin_pool_id
+    return job.placement.mode is PlacementMode.PIN and pin not in capable_ids
 
 
-def pick_replica(replicas: Sequence[ReplicaView]) -> ReplicaView | None:
-    """The replica a dispatch goes to: Ready, not draining, with a free slot, best by order."""
-    usable = [r for r in replicas if r.ready and not r.draining and r.slots_free > 0]
-    if not usable:
-        return None
-    return min(usable, key=replica_order_key)
+def _score(
+    candidates: list[Candidate], affinity: Affinity | None, now: float
+) -> tuple[PoolSnapshot, ReplicaView, AffinityOutcome, tuple[str, ...]]:
+    outcome = AffinityOutcome.NONE
+    if affinity is not None and now < affinity.expires_at:
+        for pool, replica in candidates:
+            if (
+                replica.replica_id == affinity.replica_id
+                and pool.id == affinity.pool_id
+                and replica.slots_free > 0
+            ):
+                return pool, replica, AffinityOutcome.KEPT, ("session_affinity",)
+        outcome = AffinityOutcome.FAILOVER
+    if len(candidates) == 1:
+        pool, replica = candidates[0]
+        return pool, replica, outcome, ()
+    keyed = sorted((order_key(pool, replica), i) for i, (pool, replica) in enumerate(candidates))
+    pool, replica = candidates[keyed[0][1]]
+    return pool, replica, outcome, decisive_tie_breakers(keyed[0][0], keyed[1][0])

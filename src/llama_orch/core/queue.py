@@ -2,6 +2,13 @@
 
 Enqueue, dequeue and cancel are O(1): each class is an ``OrderedDict`` keyed by task id, so a
 cancel unlinks its entry instead of leaving a tombstone that dequeue would have to skip.
+
+Dispatch order is interactive first and FIFO within a class, with one anti-starvation rule
+(SPEC §17.10): while batch tasks wait, at most ``interactive_burst`` interactive tasks are
+dispatched in a row; the next dispatch then takes the oldest batch task. The burst comes from
+the class weights (``admission.priorities[].weight``, default 8 : 1), so a waiting batch task
+gets at least one dispatch in every ``burst + 1`` and is never starved forever. The rule counts
+dispatches, not time, so it stays pure and deterministic.
 """
 
 from __future__ import annotations
@@ -13,8 +20,19 @@ from typing import Literal
 
 from llama_orch.vocab import FullPolicy, Priority
 
-#: Dispatch order: the first class with work wins (strict priority, OC-CORE-1004).
+#: Dispatch order: the first class with work wins (OC-CORE-1004), bounded by the burst rule.
 PRIORITY_ORDER: tuple[Priority, ...] = (Priority.INTERACTIVE, Priority.BATCH)
+
+#: Interactive dispatches in a row while batch waits, when no weights are configured.
+DEFAULT_INTERACTIVE_BURST = 8
+
+
+def burst_from_weights(interactive: int | None, batch: int | None) -> int:
+    """``round(w_interactive / w_batch)``, at least 1; defaults 8 and 1."""
+    wi = interactive or DEFAULT_INTERACTIVE_BURST
+    wb = batch or 1
+    return max(1, round(wi / wb))
+
 
 RejectReason = Literal["queue_full", "class_full", "no_lower_priority_victim"]
 
@@ -36,16 +54,31 @@ class Rejected:
 class AdmissionQueue:
     """Bounded per-priority FIFO with the ``reject`` or ``drop-lru`` full policy."""
 
-    __slots__ = ("_capacity", "_class_capacity", "_classes", "_index", "_policy")
+    __slots__ = (
+        "_burst",
+        "_capacity",
+        "_class_capacity",
+        "_classes",
+        "_index",
+        "_policy",
+        "_streak",
+    )
 
     def __init__(
         self,
         capacity: int,
         policy: FullPolicy = FullPolicy.REJECT,
         class_capacity: Mapping[Priority, int] | None = None,
+        *,
+        interactive_burst: int = DEFAULT_INTERACTIVE_BURST,
     ) -> None:
         if capacity <= 0:
             raise ValueError("capacity must be positive")
+        if interactive_burst <= 0:
+            raise ValueError("interactive_burst must be positive")
+        self._burst = interactive_burst
+        #: Interactive dispatches in a row while batch tasks were waiting.
+        self._streak = 0
         self._capacity = capacity
         self._policy = policy
         self._class_capacity = dict(class_capacity or {})
@@ -107,30 +140,50 @@ class AdmissionQueue:
         return None
 
     def _ahead_of_tail(self, priority: Priority) -> int:
-        ahead = 0
-        for p in PRIORITY_ORDER:
-            if p is priority:
-                return ahead + len(self._classes[p]) - 1
-            ahead += len(self._classes[p])
-        raise AssertionError(priority)
+        klass = self._classes[priority]
+        return self._position_at(priority, len(klass) - 1)
 
-    def dequeue(self) -> str | None:
-        """Pop the oldest task of the highest non-empty class, or None when empty."""
-        for p in PRIORITY_ORDER:
-            klass = self._classes[p]
-            if klass:
-                task_id, _ = klass.popitem(last=False)
-                del self._index[task_id]
-                return task_id
+    def position_if_enqueued(self, priority: Priority) -> int:
+        """The position a task of this class would get if it were enqueued now."""
+        return self._position_at(priority, len(self._classes[priority]))
+
+    def _position_at(self, priority: Priority, index: int) -> int:
+        """Dispatches before the ``index``-th task of a class, given the burst rule."""
+        interactive = len(self._classes[Priority.INTERACTIVE])
+        batch = len(self._classes[Priority.BATCH])
+        burst = self._burst
+        first_forced = max(0, burst - self._streak)
+        if priority is Priority.BATCH:
+            return index + min(interactive, first_forced + index * burst)
+        if batch == 0 or index < first_forced:
+            return index
+        return index + min(batch, (index - first_forced) // burst + 1)
+
+    def _next_class(self) -> Priority | None:
+        interactive = self._classes[Priority.INTERACTIVE]
+        batch = self._classes[Priority.BATCH]
+        if batch and (not interactive or self._streak >= self._burst):
+            return Priority.BATCH
+        if interactive:
+            return Priority.INTERACTIVE
         return None
 
-    def dequeue_class(self, priority: Priority) -> str | None:
-        """Pop the oldest task of one class (used by anti-starvation aging)."""
-        klass = self._classes[priority]
-        if not klass:
+    def peek_next(self) -> str | None:
+        """The task ``dequeue`` would return, without removing it."""
+        priority = self._next_class()
+        return None if priority is None else next(iter(self._classes[priority]))
+
+    def dequeue(self) -> str | None:
+        """Pop the next task in dispatch order, or None when empty."""
+        priority = self._next_class()
+        if priority is None:
             return None
-        task_id, _ = klass.popitem(last=False)
+        task_id, _ = self._classes[priority].popitem(last=False)
         del self._index[task_id]
+        if priority is Priority.BATCH or not self._classes[Priority.BATCH]:
+            self._streak = 0
+        else:
+            self._streak += 1
         return task_id
 
     def peek(self, priority: Priority) -> str | None:
@@ -149,16 +202,24 @@ class AdmissionQueue:
         priority = self._index.get(task_id)
         if priority is None:
             return None
-        ahead = 0
-        for p in PRIORITY_ORDER:
-            if p is priority:
-                for i, queued in enumerate(self._classes[p]):
-                    if queued == task_id:
-                        return ahead + i
-            ahead += len(self._classes[p])
+        for i, queued in enumerate(self._classes[priority]):
+            if queued == task_id:
+                return self._position_at(priority, i)
         raise AssertionError(task_id)
 
     def __iter__(self) -> Iterator[str]:
-        """Task ids in dispatch order."""
-        for p in PRIORITY_ORDER:
-            yield from self._classes[p]
+        """Task ids in dispatch order (the burst rule applied to the current contents)."""
+        interactive = iter(self._classes[Priority.INTERACTIVE])
+        batch = iter(self._classes[Priority.BATCH])
+        left_i = len(self._classes[Priority.INTERACTIVE])
+        left_b = len(self._classes[Priority.BATCH])
+        streak = self._streak
+        while left_i or left_b:
+            if left_b and (not left_i or streak >= self._burst):
+                yield next(batch)
+                left_b -= 1
+                streak = 0
+            else:
+                yield next(interactive)
+                left_i -= 1
+                streak = streak + 1 if left_b else 0

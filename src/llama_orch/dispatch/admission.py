@@ -6,15 +6,25 @@ Every refusal is a typed error raised before anything is queued, and is counted 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
-from llama_orch.config import Config
+from llama_orch.config import Config, PoolConfig
 from llama_orch.contracts.api import TaskRequest
 from llama_orch.contracts.engine import GenerateRequest
-from llama_orch.core.guardrails import check_context, estimate_prompt_tokens
-from llama_orch.core.model import JobSpec, NoCapacity
-from llama_orch.core.placement import PlacementInput, decide
+from llama_orch.core.budgets import BudgetUsage, check_budget
+from llama_orch.core.guardrails import check_context, check_overrides, estimate_prompt_tokens
+from llama_orch.core.model import (
+    AUTO,
+    Assigned,
+    JobSpec,
+    PlacementInput,
+    PlacementOverrides,
+    Stage,
+)
+from llama_orch.core.placement import decide
 from llama_orch.dispatch.dispatcher import Dispatcher
+from llama_orch.dispatch.sessions import budget_limits
 from llama_orch.dispatch.tasks import Task
 from llama_orch.errors import (
     AdmissionRejected,
@@ -28,7 +38,7 @@ from llama_orch.errors import (
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.manager import PoolManager
-from llama_orch.vocab import Workload
+from llama_orch.vocab import PlacementMode, Priority, Workload
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +49,8 @@ class Admitted:
     backoff_ms: int
     session_turns: int
     session_ttl_ms_remaining: int
+    #: ``X-Budget-*`` headers with what the session has left after this task's reservation.
+    budget_headers: dict[str, str] = field(default_factory=dict)
 
 
 class Admission:
@@ -85,6 +97,7 @@ class Admission:
     ) -> Admitted:
         dispatcher = self._dispatcher
         task_id = str(request.task_id)
+        session_id = str(request.session_id)
         now = dispatcher.now()
         if task_id in dispatcher.tasks:
             raise Conflict(
@@ -103,39 +116,82 @@ class Admission:
                 f"deadline_ms must be positive, got {request.deadline_ms}; it counts "
                 "milliseconds from admission"
             )
-        pool_id = self._place(request, prompt)
+        job = self._job_of(request, prompt, now)
+        decision = self._place(request, job, now)
+        pool_id = decision.pool_id
         lane = dispatcher.lanes[pool_id]
         pool = lane.pool
+        engine = request.engine.value
 
-        session = dispatcher.sessions.get(str(request.session_id), now)
-        if session is not None and session.turns >= dispatcher.sessions.max_turns:
-            ttl_ms = dispatcher.sessions.ttl_remaining_ms(session, now)
-            raise AdmissionRejected(
-                f"session {request.session_id} used all {session.turns} turns; start a new "
-                "session_id or wait for this one to expire",
-                retriable=False,
-                retry_after_ms=ttl_ms,
-                policy_label="session-budget",
-                pool_id=pool_id,
-                engine=request.engine.value,
+        session = dispatcher.sessions.get(session_id, now)
+        limits = (
+            session.limits
+            if session is not None
+            else budget_limits(self._config.budgets, pool.config.budgets)
+        )
+        price = budget_limits(self._config.budgets, pool.config.budgets).cost_per_token
+        if session is not None:
+            refusal = None
+            if session.turns >= dispatcher.sessions.max_turns:
+                refusal = (
+                    f"session {session_id} used all {session.turns} turns; start a new "
+                    "session_id or wait for this one to expire"
+                )
+            else:
+                refusal = check_budget(
+                    limits, session.usage, max_tokens=request.max_tokens, price=price
+                )
+            if refusal is not None:
+                raise AdmissionRejected(
+                    refusal,
+                    retriable=False,
+                    retry_after_ms=dispatcher.sessions.ttl_remaining_ms(session, now),
+                    policy_label="session-budget",
+                    pool_id=pool_id,
+                    engine=engine,
+                )
+        elif limits.enabled:
+            refusal = check_budget(
+                limits, BudgetUsage(), max_tokens=request.max_tokens, price=price
             )
+            if refusal is not None:
+                raise AdmissionRejected(
+                    refusal,
+                    retriable=False,
+                    retry_after_ms=int(dispatcher.sessions.ttl_s * 1000),
+                    policy_label="session-budget",
+                    pool_id=pool_id,
+                    engine=engine,
+                )
+
+        bucket = lane.rate_limits.get(request.priority)
+        if bucket is not None:
+            wait_ms = math.ceil(bucket.wait_s(now) * 1000)
+            if wait_ms > 0:
+                raise AdmissionRejected(
+                    f"pool {pool_id} admits at most {pool_rate(pool.config, request.priority)} "
+                    f"{request.priority.value} tasks per second; retry in {wait_ms} ms",
+                    retry_after_ms=wait_ms,
+                    policy_label="rate-limit",
+                    pool_id=pool_id,
+                    engine=engine,
+                )
 
         expected = request.expected_tokens or request.max_tokens
-        position_if_queued = len(lane.queue)
-        predicted = dispatcher.predicted_start_ms(lane, position_if_queued, expected)
+        _, predicted = dispatcher.predict_new(lane, request.priority)
         if predicted > request.deadline_ms:
             raise DeadlineUnmet(
                 f"predicted start in {predicted} ms misses deadline_ms {request.deadline_ms}; "
                 "allow more time or retry when the queue is shorter",
                 retry_after_ms=predicted - request.deadline_ms,
                 pool_id=pool_id,
-                engine=request.engine.value,
+                engine=engine,
             )
 
         sampling = request.sampling
         task = Task(
             id=task_id,
-            session_id=str(request.session_id),
+            session_id=session_id,
             pool_id=pool_id,
             engine=request.engine,
             model=request.model_ref,
@@ -152,7 +208,7 @@ class Admission:
                 repeat_penalty=sampling.repeat_penalty if sampling else None,
                 stop=tuple(sampling.stop or ()) if sampling else (),
                 determinism=request.determinism,
-                session_id=str(request.session_id),
+                session_id=session_id,
                 correlation_id=correlation_id,
             ),
             admitted_at=now,
@@ -161,13 +217,20 @@ class Admission:
             correlation_id=correlation_id,
             identity=identity,
             predicted_start_ms=predicted,
+            job=job,
+            decision=decision.log,
+            price_per_token=price,
         )
         position = dispatcher.enqueue(task)
-        session = dispatcher.sessions.get_or_create(task.session_id, now)
+        if bucket is not None:
+            bucket.take(now)
+        session = dispatcher.sessions.get_or_create(session_id, now, limits)
         session.turns += 1
         session.last_used_at = now
+        session.usage.reserve(request.max_tokens, price)
+        task.reserved_tokens = request.max_tokens
         self._metrics.tasks_enqueued_total.labels(
-            request.engine.value,
+            engine,
             pool.engine_version or "unknown",
             pool_id,
             "none",
@@ -181,9 +244,9 @@ class Admission:
             f"start in ~{predicted} ms.",
             task_id=task_id,
             job_id=task_id,
-            session_id=task.session_id,
+            session_id=session_id,
             pool_id=pool_id,
-            engine=request.engine.value,
+            engine=engine,
             correlation_id=correlation_id,
             identity=identity,
             queue_position=position,
@@ -191,6 +254,7 @@ class Admission:
             priority=request.priority.value,
             ctx=request.ctx,
             model_id=request.model_ref,
+            **decision.log.fields(),
         )
         return Admitted(
             task=task,
@@ -199,6 +263,7 @@ class Admission:
             backoff_ms=0,
             session_turns=session.turns,
             session_ttl_ms_remaining=dispatcher.sessions.ttl_remaining_ms(session, now),
+            budget_headers=dispatcher.budget_headers(session_id),
         )
 
     def _prompt_of(self, request: TaskRequest) -> str:
@@ -219,9 +284,44 @@ class Admission:
             )
         return request.prompt
 
-    def _place(self, request: TaskRequest, prompt: str) -> str:
-        """Pick the pool through core ``decide`` after the context guardrails."""
-        dispatcher = self._dispatcher
+    def _overrides_of(self, request: TaskRequest) -> PlacementOverrides:
+        wire = request.placement
+        if wire is None:
+            return AUTO
+        overrides = PlacementOverrides(
+            mode=wire.mode,
+            pin_pool_id=wire.pin_pool_id,
+            prefer_pools=tuple(wire.prefer_pools or ()),
+            avoid_pools=tuple(wire.avoid_pools or ()),
+            require_device_mask=tuple(wire.require_device_mask)
+            if wire.require_device_mask is not None
+            else None,
+            allow_fallback=wire.allow_fallback,
+        )
+        if overrides.is_auto:
+            return AUTO
+        if not self._config.server.allow_placement_overrides:
+            raise InvalidParams(
+                "placement overrides are disabled on this server "
+                "(server.allow_placement_overrides: false); send placement mode auto or none",
+                engine=request.engine.value,
+            )
+        violation = check_overrides(
+            mode=overrides.mode.value,
+            pin_pool_id=overrides.pin_pool_id,
+            prefer_pools=overrides.prefer_pools,
+            avoid_pools=overrides.avoid_pools,
+            known_pools=frozenset(self._pools.pools),
+        )
+        if violation is not None:
+            raise InvalidParams(
+                f"{violation.field}: {violation.message}", engine=request.engine.value
+            )
+        return overrides
+
+    def _job_of(self, request: TaskRequest, prompt: str, now: float) -> JobSpec:
+        """Guardrails on the request, then the job ``decide`` places (OC-CTRL-2010)."""
+        overrides = self._overrides_of(request)
         matching = [
             p
             for p in self._pools.pools.values()
@@ -237,10 +337,9 @@ class Admission:
                 engine=request.engine.value,
                 retriable=False,
             )
-        model_ctx_max = max(p.ctx_max for p in matching)
         violation = check_context(
             ctx=request.ctx,
-            model_ctx_max=model_ctx_max,
+            model_ctx_max=max(p.ctx_max for p in matching),
             prompt_tokens=estimate_prompt_tokens(len(prompt.encode())),
             max_tokens=request.max_tokens,
         )
@@ -248,36 +347,56 @@ class Admission:
             raise InvalidParams(
                 f"{violation.field}: {violation.message}", engine=request.engine.value
             )
-        job = JobSpec(
+        return JobSpec(
             priority=request.priority,
             engine=request.engine,
             model_id=request.model_ref,
             required_ctx=request.ctx,
             expected_tokens=request.expected_tokens,
+            placement=overrides,
             session_id=str(request.session_id),
+            affinity=self._dispatcher.sessions.affinity(str(request.session_id), now),
         )
-        snapshots = tuple(
-            self._pools.snapshot(p.id, queued=len(dispatcher.lanes[p.id].queue))
-            for p in self._pools.pools.values()
+
+    def _place(self, request: TaskRequest, job: JobSpec, now: float) -> Assigned:
+        """Pick the pool through core ``decide``; NoCapacity becomes a typed 503."""
+        decision = decide(PlacementInput(self._dispatcher.snapshots(), job, now, Stage.ADMISSION))
+        if isinstance(decision, Assigned):
+            return decision
+        engine = request.engine.value
+        pools = self._pools.pools
+        pinned = job.placement.pin_pool_id if job.placement.mode is PlacementMode.PIN else None
+        candidates = (
+            [pools[pinned]]
+            if pinned in pools
+            else [
+                p
+                for p in pools.values()
+                if p.config.engine is request.engine and p.config.model == request.model_ref
+            ]
         )
-        decision = decide(PlacementInput(snapshots, job))
-        if isinstance(decision, NoCapacity):
-            errors = [p.last_error for p in matching if p.last_error]
-            detail = f" ({errors[0]})" if errors else ""
-            if decision.unready:
-                raise PoolUnready(
-                    f"pool {matching[0].id} for {request.model_ref!r} is not Ready yet{detail}; "
-                    "retry shortly",
-                    retry_after_ms=2000,
-                    pool_id=matching[0].id,
-                    engine=request.engine.value,
-                )
-            raise PoolUnavailable(
-                f"no pool can take this task: {decision.reason}{detail}",
+        errors = [p.last_error for p in candidates if p.last_error]
+        detail = f" ({errors[0]})" if errors else ""
+        filters = ", ".join(decision.log.filters_applied)
+        if decision.unready:
+            pool_id = candidates[0].id if candidates else None
+            raise PoolUnready(
+                f"pool {pool_id} for {request.model_ref!r} is not Ready yet{detail}; "
+                f"retry shortly [{decision.reason.value}: {filters}]",
                 retry_after_ms=2000,
-                engine=request.engine.value,
+                pool_id=pool_id,
+                engine=engine,
             )
-        return decision.pool_id
+        raise PoolUnavailable(
+            f"no pool can take this task: {decision.reason.value}{detail} [{filters}]",
+            retry_after_ms=2000,
+            pool_id=pinned,
+            engine=engine,
+        )
+
+
+def pool_rate(cfg: PoolConfig, priority: Priority) -> int | None:
+    return next((p.rate_limit_rps for p in cfg.admission.priorities if p.name is priority), None)
 
 
 _COUNTED_REASONS = frozenset(

@@ -1,9 +1,12 @@
-"""Dispatcher: pool queues -> replica slots -> adapter host -> task streams.
+"""Dispatcher: pool queues -> ``core.decide`` -> replica slots -> adapter host -> task streams.
 
 Cancel is race-free because everything that touches a task runs on the event loop thread:
 ``cancel`` flips the task to a terminal state and publishes the terminal frame synchronously,
 and every token is published only after checking that the task is not terminal. The runner is
 then canceled, which closes the adapter stream and so the upstream request.
+
+Placement has one entry point: the replica a task runs on is chosen by ``core.decide`` at the
+dispatch stage, over the snapshot of the pool whose queue held the task (SPEC §17.6).
 """
 
 from __future__ import annotations
@@ -12,47 +15,35 @@ import asyncio
 import contextlib
 import heapq
 from collections.abc import Callable
+from dataclasses import replace
+from itertools import islice
 from typing import Any
 
 from llama_orch.adapters.host import AdapterHost
 from llama_orch.config import Config
-from llama_orch.contracts.engine import EngineEvent
-from llama_orch.core.placement import pick_replica
-from llama_orch.core.queue import AdmissionQueue, Rejected
-from llama_orch.dispatch.predict import PoolPerf, on_time_probability, predicted_wait_s
+from llama_orch.core.model import (
+    AffinityOutcome,
+    Assigned,
+    JobSpec,
+    PlacementInput,
+    PoolSnapshot,
+    Stage,
+)
+from llama_orch.core.placement import decide
+from llama_orch.core.queue import Rejected
+from llama_orch.dispatch.endings import Endings
+from llama_orch.dispatch.lanes import NEVER_MS, PoolLane
+from llama_orch.dispatch.predict import EXACT_LIMIT, on_time_probability
+from llama_orch.dispatch.runner import Runner, replica_labels
 from llama_orch.dispatch.sessions import SessionStore
 from llama_orch.dispatch.tasks import Task, TaskRegistry, TaskState
-from llama_orch.errors import (
-    AdmissionRejected,
-    DeadlineUnmet,
-    DecodeTimeout,
-    OrchError,
-    QueueFullDropLru,
-    WorkerError,
-    WorkerReset,
-)
+from llama_orch.errors import AdmissionRejected, OrchError, QueueFullDropLru
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
-from llama_orch.pool.manager import PoolManager, PoolRuntime, Replica
+from llama_orch.pool.manager import PoolManager, Replica
 from llama_orch.vocab import Priority
 
 Clock = Callable[[], float]
-
-
-class PoolLane:
-    """One pool's queue, perf model and wake-up signal."""
-
-    __slots__ = ("perf", "pool", "queue", "wake")
-
-    def __init__(self, pool: PoolRuntime) -> None:
-        cfg = pool.config
-        class_caps = {
-            p.name: p.queue_capacity for p in cfg.admission.priorities if p.queue_capacity
-        }
-        self.pool = pool
-        self.queue = AdmissionQueue(cfg.queue.capacity, cfg.queue.full_policy, class_caps)
-        self.perf = PoolPerf()
-        self.wake = asyncio.Event()
 
 
 class Dispatcher:
@@ -78,9 +69,25 @@ class Dispatcher:
         )
         self.sessions = SessionStore(config.sessions)
         self.lanes = {pool_id: PoolLane(pool) for pool_id, pool in pools.pools.items()}
-        self._metrics_interval_s = server.sse.metrics_frame_interval_ms / 1000
         self._deadlines: list[tuple[float, str]] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self.endings = Endings(
+            tasks=self.tasks,
+            sessions=self.sessions,
+            lanes=self.lanes,
+            metrics=metrics,
+            clock=self.now,
+        )
+        self._runner = Runner(
+            host=host,
+            pools=pools,
+            sessions=self.sessions,
+            endings=self.endings,
+            metrics=metrics,
+            clock=self.now,
+            metrics_payload=self.metrics_payload,
+            metrics_interval_s=server.sse.metrics_frame_interval_ms / 1000,
+        )
         pools.on_capacity_change(self._wake)
 
     def now(self) -> float:
@@ -117,20 +124,34 @@ class Dispatcher:
 
     # -- admission side ------------------------------------------------------------------------
 
-    def predicted_start_ms(self, lane: PoolLane, position: int, tokens: int) -> int:
-        pool = lane.pool
-        wait = predicted_wait_s(
-            position,
-            pool.slots_total if pool.ready else 0,
-            pool.slots_total - pool.active_leases,
-            lane.perf.service_s(tokens),
+    def snapshots(self) -> tuple[PoolSnapshot, ...]:
+        """Every pool as ``decide`` sees it at admission."""
+        return tuple(lane.snapshot(self._pools) for lane in self.lanes.values())
+
+    def _ahead(self, lane: PoolLane, position: int) -> list[int]:
+        """Expected tokens of the first tasks ahead of ``position``, in dispatch order."""
+        tokens = []
+        for task_id in islice(lane.queue, min(position, EXACT_LIMIT)):
+            task = self.tasks.get(task_id)
+            tokens.append(task.expected_tokens if task is not None else 0)
+        return tokens
+
+    def predicted_start_ms(self, lane: PoolLane, position: int, tokens: int = 0) -> int:
+        """Milliseconds until the task at queue ``position`` starts (docs/predictions.md)."""
+        wait = lane.predicted_start_s(
+            self._pools, self.now(), position, self._ahead(lane, position)
         )
-        return int(wait * 1000) if wait != float("inf") else 2**31 - 1
+        return NEVER_MS if wait == float("inf") else min(NEVER_MS, int(wait * 1000))
+
+    def predict_new(self, lane: PoolLane, priority: Priority) -> tuple[int, int]:
+        """(position, predicted_start_ms) a task of this class would get if enqueued now."""
+        position = lane.queue.position_if_enqueued(priority)
+        return position, self.predicted_start_ms(lane, position)
 
     def enqueue(self, task: Task) -> int:
         """Queue an admitted task; returns its position. Raises on a full queue."""
         lane = self.lanes[task.pool_id]
-        outcome = lane.queue.enqueue(task.id, task.priority)
+        outcome = lane.push(task)
         engine = task.engine.value
         if isinstance(outcome, Rejected):
             policy = lane.queue.policy.value
@@ -166,15 +187,19 @@ class Dispatcher:
 
     def _retry_after_ms(self, lane: PoolLane, tokens: int) -> int:
         slots = max(1, lane.pool.slots_total)
-        return max(250, int(lane.perf.service_s(tokens) * 1000 / slots))
+        perf = [lane.perf_of(r.replica_id) for r in lane.pool.replicas]
+        service = min((p.service_s(tokens) for p in perf), default=1.0)
+        return max(250, int(service * 1000 / slots))
 
     def _evict(self, victim_id: str, *, by: Task) -> None:
         victim = self.tasks.get(victim_id)
         if victim is None or victim.terminal:
             return
-        self._metrics.tasks_rejected_total.labels(victim.engine.value, "QUEUE_FULL_DROP_LRU").inc()
         lane = self.lanes[victim.pool_id]
-        self._fail(
+        # The queue already unlinked the victim, so ``fail`` finds nothing left to drop.
+        lane.popped(victim)
+        self._metrics.tasks_rejected_total.labels(victim.engine.value, "QUEUE_FULL_DROP_LRU").inc()
+        self.endings.fail(
             victim,
             QueueFullDropLru(
                 f"evicted from the full queue of pool {victim.pool_id} to admit a newer "
@@ -205,28 +230,46 @@ class Dispatcher:
         while True:
             await lane.wake.wait()
             lane.wake.clear()
-            while len(lane.queue):
-                replica_view = pick_replica(self._pools.replica_views(lane.pool.id))
-                if replica_view is None:
-                    break
-                task_id = lane.queue.dequeue()
-                if task_id is None:
-                    break
-                task = self.tasks.get(task_id)
-                if task is None or task.terminal:
-                    continue
-                if self.now() > task.deadline_at:
-                    self._expire(task)
-                    continue
-                replica = self._pools.allocate_lease(lane.pool.id, replica_view.replica_id)
-                self._start(task, lane, replica)
-            self._refresh_depth(lane)
+            self._dispatch_ready(lane)
 
-    def _start(self, task: Task, lane: PoolLane, replica: Replica) -> None:
+    def _dispatch_ready(self, lane: PoolLane) -> None:
+        """Start queued tasks while ``decide`` finds a replica with a free slot."""
+        while True:
+            task_id = lane.queue.peek_next()
+            if task_id is None:
+                break
+            task = self.tasks.get(task_id)
+            now = self.now()
+            if task is None or task.terminal:
+                lane.queue.dequeue()
+                continue
+            if now > task.deadline_at:
+                self.endings.expire(task)
+                continue
+            job = self._job_at_dispatch(task, now)
+            decision = decide(
+                PlacementInput((lane.snapshot(self._pools),), job, now, Stage.DISPATCH)
+            )
+            if not isinstance(decision, Assigned):
+                break
+            lane.queue.dequeue()
+            lane.popped(task)
+            replica = self._pools.allocate_lease(lane.id, decision.replica_id)
+            self._start(task, lane, replica, decision)
+        self._refresh_depth(lane)
+
+    def _job_at_dispatch(self, task: Task, now: float) -> JobSpec:
+        """The admission-time job with the session's affinity as it stands now."""
+        assert task.job is not None
+        return replace(task.job, affinity=self.sessions.affinity(task.session_id, now))
+
+    def _start(self, task: Task, lane: PoolLane, replica: Replica, decision: Assigned) -> None:
         task.state = TaskState.RUNNING
         task.replica_id = replica.replica_id
         task.engine_version = replica.engine_version
         task.started_at = self.now()
+        task.decision = decision.log
+        lane.running[task.id] = task
         if replica.metrics is not None:
             started = (
                 replica.metrics.started_interactive
@@ -235,221 +278,84 @@ class Dispatcher:
             )
             started.inc()
         session = self.sessions.get(task.session_id, task.started_at)
-        task.kv_warm = session is not None and session.last_replica == (
-            task.pool_id,
-            replica.replica_id,
-        )
+        warm_here = session is not None and (task.pool_id, replica.replica_id) in session.warm
+        # A failover always starts cold: KV is never migrated (ORCH-3023).
+        task.kv_warm = warm_here and decision.log.affinity is not AffinityOutcome.FAILOVER
+        queue_ms = int((task.started_at - task.admitted_at) * 1000)
         narrate(
             "dispatcher",
             "place",
             task.pool_id,
             f"Places task {task.id[:8]} on {task.pool_id}/{replica.replica_id} after "
-            f"{int((task.started_at - task.admitted_at) * 1000)} ms in queue.",
+            f"{queue_ms} ms in queue ({_why(decision)}).",
             **task.log_fields(),
-            queue_time_ms=int((task.started_at - task.admitted_at) * 1000),
-            kv_warmth=task.kv_warm,
+            queue_time_ms=queue_ms,
+            **{**decision.log.fields(), "kv_warmth": task.kv_warm},
         )
-        task.runner = self._spawn(self._run(task, lane, replica), name=f"task-{task.id}")
+        task.runner = self._spawn(self._runner.run(task, lane, replica), name=f"task-{task.id}")
 
-    async def _run(self, task: Task, lane: PoolLane, replica: Replica) -> None:
-        loop = asyncio.get_running_loop()
-        timeouts = lane.pool.config.timeouts
-        wall_at = loop.time() + timeouts.wall_ms / 1000
-        idle_s = timeouts.idle_ms / 1000
-        stream = self._host.submit(task.pool_id, replica.replica_id, task.request)
-        try:
-            async with asyncio.timeout(min(wall_at, loop.time() + idle_s)) as watchdog:
-                async for event in stream:
-                    if task.terminal:
-                        break
-                    self._on_event(task, lane, replica, event)
-                    if task.terminal:
-                        break
-                    watchdog.reschedule(min(wall_at, loop.time() + idle_s))
-            if not task.terminal:
-                raise WorkerReset(
-                    "the engine stream ended without a final frame",
-                    engine=task.engine.value,
-                    pool_id=task.pool_id,
-                )
-        except WorkerError as exc:
-            if not task.terminal:
-                self._fail(task, exc)
-        except TimeoutError:
-            if not task.terminal:
-                which = "wall" if loop.time() >= wall_at else "idle"
-                limit = timeouts.wall_ms if which == "wall" else timeouts.idle_ms
-                self._metrics.tasks_canceled_total.labels(
-                    *self._replica_labels(task, replica), "watchdog"
-                ).inc()
-                self._fail(
-                    task,
-                    DecodeTimeout(
-                        f"the engine exceeded the {which} timeout of {limit} ms; its slot is freed",
-                        engine=task.engine.value,
-                        pool_id=task.pool_id,
-                    ),
-                )
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-            self._pools.release_lease(task.pool_id, replica.replica_id)
-
-    def _replica_labels(self, task: Task, replica: Replica) -> tuple[str, str, str, str]:
-        if replica.metrics is not None:
-            return replica.metrics.labels
-        return (task.engine.value, replica.engine_version, task.pool_id, replica.replica_id)
-
-    def _on_event(self, task: Task, lane: PoolLane, replica: Replica, event: EngineEvent) -> None:
-        kind = event.kind
-        if kind == "token":
-            now = self.now()
-            if task.first_token_at is None:
-                task.first_token_at = now
-                session = self.sessions.get(task.session_id, now)
-                if session is not None:
-                    session.kv_warmth = True
-                    session.last_replica = (task.pool_id, replica.replica_id)
-            task.stream.publish_token(event.text)
-            task.tokens_out += 1
-            if now >= task.next_metrics_at:
-                task.next_metrics_at = now + self._metrics_interval_s
-                task.stream.publish("metrics", self.metrics_payload(task, lane))
-        elif kind == "started":
-            task.tokens_in = int(event.data.get("tokens_in", 0))
-            version = event.data.get("engine_version")
-            if isinstance(version, str):
-                task.engine_version = version
-        elif kind == "end":
-            self._end(task, TaskState.DONE, lane=lane, replica=replica)
-        elif kind == "error":
-            raise event.error or WorkerReset("the engine reported an error without details")
+    def on_time_probability(self, task: Task, lane: PoolLane) -> float:
+        now = self.now()
+        if task.started_at is not None:
+            return 1.0 if task.started_at <= task.deadline_at else 0.0
+        position = self.queue_position(task)
+        wait = self.predicted_start_ms(lane, position) / 1000
+        slots = max(1, lane.pool.slots_total)
+        cv = sum(p.cv for p in lane.perf.values()) / max(1, len(lane.perf))
+        return on_time_probability(
+            wait, task.deadline_at - now, cv=cv, releases=position // slots + 1
+        )
 
     def metrics_payload(self, task: Task, lane: PoolLane) -> dict[str, Any]:
-        wait = 0.0
-        if task.state is TaskState.QUEUED:
-            wait = (
-                self.predicted_start_ms(lane, self.queue_position(task), task.expected_tokens)
-                / 1000
-            )
-        remaining = task.deadline_at - (task.started_at or self.now())
-        probability = (
-            1.0
-            if task.started_at is not None and remaining >= 0
-            else (on_time_probability(wait, remaining))
-        )
-        return {
+        payload: dict[str, Any] = {
             "queue_depth": len(lane.queue),
-            "on_time_probability": round(probability, 4),
+            "on_time_probability": round(self.on_time_probability(task, lane), 4),
             "kv_warmth": task.kv_warm,
         }
+        if task.decision is not None and task.decision.affinity is AffinityOutcome.FAILOVER:
+            payload["kv_migrated"] = False
+        payload.update(self.budget_fields(task.session_id))
+        return payload
+
+    def budget_fields(self, session_id: str) -> dict[str, Any]:
+        """The session's remaining budgets as SSE ``metrics`` fields (only enabled ones)."""
+        session = self.sessions.get(session_id, self.now())
+        if session is None:
+            return {}
+        left = session.remaining()
+        fields: dict[str, Any] = {}
+        if left.tokens is not None:
+            fields["tokens_budget_remaining"] = left.tokens
+        if left.time_ms is not None:
+            fields["time_budget_remaining_ms"] = left.time_ms
+        if left.cost is not None:
+            fields["cost_budget_remaining"] = left.cost
+        return fields
+
+    def budget_headers(self, session_id: str) -> dict[str, str]:
+        """``X-Budget-*`` response headers for the session's enabled budgets (SPEC §6.2)."""
+        fields = self.budget_fields(session_id)
+        names = {
+            "tokens_budget_remaining": "X-Budget-Tokens-Remaining",
+            "time_budget_remaining_ms": "X-Budget-Time-Remaining-Ms",
+            "cost_budget_remaining": "X-Budget-Cost-Remaining",
+        }
+        return {names[k]: f"{v:g}" if isinstance(v, float) else str(v) for k, v in fields.items()}
 
     # -- endings -------------------------------------------------------------------------------
 
-    def _end(
-        self,
-        task: Task,
-        state: TaskState,
-        *,
-        lane: PoolLane | None = None,
-        replica: Replica | None = None,
-        canceled: bool = False,
-    ) -> None:
-        now = self.now()
-        decode_ms = int((now - task.first_token_at) * 1000) if task.first_token_at else 0
-        payload: dict[str, Any] = {
-            "tokens_out": task.tokens_out,
-            "decode_time_ms": decode_ms,
-            "decode_ms": decode_ms,
-            "tokens_in": task.tokens_in,
-        }
-        if canceled:
-            payload["canceled"] = True
-        task.state = state
-        task.stream.publish("end", payload)
-        self._account(task, now, decode_ms, replica)
-        if lane is not None and state is TaskState.DONE and task.started_at is not None:
-            lane.perf.observe(
-                first_token_s=(task.first_token_at - task.started_at)
-                if task.first_token_at
-                else None,
-                tokens=task.tokens_out,
-                decode_s=decode_ms / 1000,
-            )
-        self.tasks.finished(task, now)
-        narrate(
-            "dispatcher",
-            "cancel" if canceled else "stream-end",
-            task.pool_id,
-            f"Ends task {task.id[:8]}"
-            + (" on cancel" if canceled else "")
-            + f" after {task.tokens_out} tokens.",
-            **task.log_fields(),
-            tokens_in=task.tokens_in,
-            tokens_out=task.tokens_out,
-            decode_time_ms=decode_ms,
-        )
-
-    def _account(self, task: Task, now: float, decode_ms: int, replica: Replica | None) -> None:
-        """Charge the session and count tokens once per task, never per token."""
-        session = self.sessions.get(task.session_id, now)
-        if session is not None:
-            session.tokens_used += task.tokens_out
-            session.time_used_ms += decode_ms
-            session.last_used_at = now
-        if replica is not None and replica.metrics is not None:
-            m = replica.metrics
-            m.tokens_out.inc(task.tokens_out)
-            m.tokens_in.inc(task.tokens_in)
-            interactive = task.priority is Priority.INTERACTIVE
-            if task.first_token_at is not None:
-                (m.first_token_interactive if interactive else m.first_token_batch).observe(
-                    (task.first_token_at - task.admitted_at) * 1000
-                )
-                (m.decode_interactive if interactive else m.decode_batch).observe(decode_ms)
-
-    def _fail(self, task: Task, error: OrchError) -> None:
-        if task.state is TaskState.QUEUED:
-            self.lanes[task.pool_id].queue.cancel(task.id)
-        task.state = TaskState.FAILED
-        payload = error.envelope()
-        payload.setdefault("engine", task.engine.value)
-        task.stream.publish("error", payload)
-        self.tasks.finished(task, self.now())
-        narrate(
-            "dispatcher",
-            "stream-error",
-            task.pool_id,
-            f"Ends task {task.id[:8]} with {error.kind.value}: {error.message}"[:160],
-            level="warning",
-            **task.log_fields(),
-            error_kind=error.kind.value,
-            tokens_out=task.tokens_out,
-            retry_after_ms=error.retry_after_ms,
-        )
-
-    def _expire(self, task: Task) -> None:
-        self._metrics.tasks_canceled_total.labels(
-            task.engine.value, "unknown", task.pool_id, "none", "deadline"
-        ).inc()
-        self._fail(
-            task,
-            DeadlineUnmet(
-                "the task's deadline passed before a slot freed up; resubmit with a longer "
-                "deadline_ms or at a quieter time",
-                pool_id=task.pool_id,
-                engine=task.engine.value,
-            ),
-        )
+    def fail(self, task: Task, error: OrchError) -> None:
+        self.endings.fail(task, error)
 
     async def _deadline_loop(self) -> None:
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
             now = self.now()
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, task_id = heapq.heappop(self._deadlines)
                 task = self.tasks.get(task_id)
                 if task is not None and task.state is TaskState.QUEUED:
-                    self._expire(task)
+                    self.endings.expire(task)
                     self._refresh_depth(self.lanes[task.pool_id])
 
     def cancel(self, task_id: str, *, reason: str = "client") -> Task | None:
@@ -460,14 +366,13 @@ class Dispatcher:
         lane = self.lanes[task.pool_id]
         replica_id = task.replica_id
         if task.state is TaskState.QUEUED:
-            lane.queue.cancel(task.id)
+            self.endings.end(task, TaskState.CANCELED, canceled=True)
             self._refresh_depth(lane)
-            self._end(task, TaskState.CANCELED, canceled=True)
             labels: tuple[str, ...] = (task.engine.value, "unknown", task.pool_id, "none")
         else:
             replica = next(r for r in lane.pool.replicas if r.replica_id == replica_id)
-            self._end(task, TaskState.CANCELED, replica=replica, canceled=True)
-            labels = self._replica_labels(task, replica)
+            self.endings.end(task, TaskState.CANCELED, replica=replica, canceled=True)
+            labels = replica_labels(task, replica)
             if task.runner is not None:
                 task.runner.cancel()
             if replica_id is not None:
@@ -477,3 +382,17 @@ class Dispatcher:
                 )
         self._metrics.tasks_canceled_total.labels(*labels, reason).inc()
         return task
+
+
+def _why(decision: Assigned) -> str:
+    log = decision.log
+    if log.affinity is AffinityOutcome.KEPT:
+        return "session affinity, KV warm"
+    parts = []
+    if log.affinity is AffinityOutcome.FAILOVER:
+        parts.append("affinity failover, KV cold")
+    if log.tie_breakers_applied:
+        parts.append("by " + ", ".join(log.tie_breakers_applied))
+    else:
+        parts.append("only candidate")
+    return "; ".join(parts)

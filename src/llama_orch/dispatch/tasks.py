@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any
 
 from llama_orch.contracts.engine import GenerateRequest
+from llama_orch.core.model import DecisionLog, JobSpec
 from llama_orch.dispatch.streams import TaskStream
 from llama_orch.vocab import Engine, Priority
 
@@ -61,6 +62,13 @@ class Task:
     next_metrics_at: float = 0.0
     subscribed: bool = False
     kv_warm: bool = False
+    #: What placement needs to know; ``decide`` sees it at admission and again at dispatch.
+    job: JobSpec | None = None
+    #: The latest placement decision (admission's, then dispatch's).
+    decision: DecisionLog | None = None
+    #: Tokens of the session budget held for this task until it ends (its ``max_tokens``).
+    reserved_tokens: int = 0
+    price_per_token: float = 0.0
 
     @property
     def terminal(self) -> bool:

@@ -17,6 +17,7 @@ from llama_orch.adapters.host import AdapterHost
 from llama_orch.config import PoolConfig
 from llama_orch.contracts.engine import EngineAdapter
 from llama_orch.core.model import PoolSnapshot, ReplicaView
+from llama_orch.core.replica_set import replica_set_conflict
 from llama_orch.errors import WorkerError
 from llama_orch.observability.metrics import Metrics, ReplicaMetrics
 from llama_orch.observability.narration import narrate
@@ -80,7 +81,23 @@ class PoolRuntime:
 
     @property
     def ready(self) -> bool:
-        return any(r.state is ReplicaState.READY for r in self.replicas) and not self.draining
+        return (
+            any(r.state is ReplicaState.READY for r in self.replicas)
+            and not self.draining
+            and self.replica_set_conflict is None
+        )
+
+    @property
+    def replica_set_conflict(self) -> str | None:
+        """Why the Ready replicas do not form one replica set, if they do not (OC-CORE-1031)."""
+        return replica_set_conflict(
+            self.id,
+            (
+                (r.replica_id, r.engine_version, self.config.sampler_profile_version)
+                for r in self.replicas
+                if r.state is ReplicaState.READY
+            ),
+        )
 
     @property
     def slots_total(self) -> int:
@@ -104,6 +121,9 @@ class PoolRuntime:
 
     @property
     def last_error(self) -> str | None:
+        conflict = self.replica_set_conflict
+        if conflict is not None:
+            return conflict
         return next((r.last_error for r in self.replicas if r.last_error), None)
 
 

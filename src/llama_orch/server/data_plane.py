@@ -81,7 +81,10 @@ async def create_task(request: Request) -> Response:
         backoff_ms=admitted.backoff_ms,
         pool_id=admitted.task.pool_id,
     )
-    headers = {"Location": f"/v1/tasks/{task_request.task_id}/stream"}
+    headers = {
+        "Location": f"/v1/tasks/{task_request.task_id}/stream",
+        **admitted.budget_headers,
+    }
     return json_response(body.model_dump_json().encode(), 202, headers)
 
 
@@ -103,7 +106,11 @@ async def stream_task(request: Request) -> SseResponse:
             f"task {task.id} already has a live subscriber; one stream per task at a time"
         )
     sse = deps.config.server.sse
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    headers = {
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+        **deps.dispatcher.budget_headers(task.session_id),
+    }
     drops = deps.metrics.sse_backpressure_drops_total.labels(task.pool_id)
     emitter = Emitter(
         task.stream, _started_frame(task, deps), emitter_settings(sse), on_drop=drops.inc
@@ -175,11 +182,15 @@ async def get_session(request: Request) -> Response:
     session = dispatcher.sessions.get(session_id, now)
     if session is None:
         raise NotFound(f"session {session_id} is unknown or expired")
+    left = session.remaining()
     info = SessionInfo(
         ttl_ms_remaining=dispatcher.sessions.ttl_remaining_ms(session, now),
         turns=session.turns,
         kv_bytes=session.kv_bytes,
         kv_warmth=session.kv_warmth,
+        tokens_budget_remaining=left.tokens,
+        time_budget_remaining_ms=left.time_ms,
+        cost_budget_remaining=left.cost,
     )
     return json_response(info.model_dump_json(exclude_none=True).encode())
 

@@ -1,0 +1,162 @@
+"""PoolLane: one pool's queue, throttles, running tasks and measured perf, and the views built
+from them for ``core.decide`` and for start-time predictions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from llama_orch.config import PoolConfig
+from llama_orch.core.model import PoolSnapshot, ReplicaView
+from llama_orch.core.queue import AdmissionQueue, Enqueued, Rejected, burst_from_weights
+from llama_orch.core.ratelimit import TokenBucket
+from llama_orch.dispatch.predict import (
+    EXACT_LIMIT,
+    ReplicaPerf,
+    SlotState,
+    predicted_start_s,
+    remaining_s,
+)
+from llama_orch.dispatch.tasks import Task
+from llama_orch.pool.manager import PoolManager, PoolRuntime
+from llama_orch.vocab import Priority
+
+#: What ``predicted_start_ms`` reports when no slot is Ready to ever start the task.
+NEVER_MS = 2**31 - 1
+
+
+def _interactive_burst(cfg: PoolConfig) -> int:
+    weights = {p.name: p.weight for p in cfg.admission.priorities}
+    return burst_from_weights(weights.get(Priority.INTERACTIVE), weights.get(Priority.BATCH))
+
+
+class PoolLane:
+    """One pool's queue, perf model, throttles and wake-up signal."""
+
+    __slots__ = (
+        "perf",
+        "pool",
+        "queue",
+        "queued_tokens",
+        "rate_limits",
+        "running",
+        "wake",
+    )
+
+    def __init__(self, pool: PoolRuntime, now: float = 0.0) -> None:
+        cfg = pool.config
+        class_caps = {
+            p.name: p.queue_capacity for p in cfg.admission.priorities if p.queue_capacity
+        }
+        self.pool = pool
+        self.queue = AdmissionQueue(
+            cfg.queue.capacity,
+            cfg.queue.full_policy,
+            class_caps,
+            interactive_burst=_interactive_burst(cfg),
+        )
+        self.rate_limits: dict[Priority, TokenBucket] = {
+            p.name: TokenBucket(p.rate_limit_rps, now=now)
+            for p in cfg.admission.priorities
+            if p.rate_limit_rps
+        }
+        #: Measured perf per replica id (docs/predictions.md).
+        self.perf: dict[str, ReplicaPerf] = {r.replica_id: ReplicaPerf() for r in pool.replicas}
+        #: Expected tokens of every queued task, summed, for the fluid part of predictions.
+        self.queued_tokens = 0
+        self.running: dict[str, Task] = {}
+        self.wake = asyncio.Event()
+
+    @property
+    def id(self) -> str:
+        return self.pool.id
+
+    def perf_of(self, replica_id: str) -> ReplicaPerf:
+        perf = self.perf.get(replica_id)
+        if perf is None:
+            perf = self.perf[replica_id] = ReplicaPerf()
+        replica = next((r for r in self.pool.replicas if r.replica_id == replica_id), None)
+        if replica is not None:
+            perf.seed(replica.perf_tokens_per_s, replica.first_token_ms)
+        return perf
+
+    # -- queue bookkeeping (keeps ``queued_tokens`` in step with the queue) ------------------
+
+    def push(self, task: Task) -> Enqueued | Rejected:
+        outcome = self.queue.enqueue(task.id, task.priority)
+        if isinstance(outcome, Enqueued):
+            self.queued_tokens += task.expected_tokens
+        return outcome
+
+    def popped(self, task: Task) -> None:
+        """``task`` left the queue through ``dequeue`` or an eviction."""
+        self.queued_tokens = max(0, self.queued_tokens - task.expected_tokens)
+
+    def drop(self, task: Task) -> bool:
+        """Take a queued task out of the queue (cancel, failure, deadline)."""
+        if self.queue.cancel(task.id):
+            self.popped(task)
+            return True
+        return False
+
+    # -- views for decide --------------------------------------------------------------------
+
+    def snapshot(self, pools: PoolManager) -> PoolSnapshot:
+        """The pool and its replica set as core sees them, with measured perf."""
+        views = tuple(self._with_perf(view) for view in pools.replica_views(self.id))
+        base = pools.snapshot(self.id, queued=len(self.queue))
+        measured = [v.perf_tokens_per_s for v in views if v.perf_tokens_per_s]
+        return replace(
+            base,
+            replicas=views,
+            perf_tokens_per_s=sum(measured) / len(measured) if measured else None,
+        )
+
+    def _with_perf(self, view: ReplicaView) -> ReplicaView:
+        perf = self.perf_of(view.replica_id)
+        return replace(
+            view,
+            perf_tokens_per_s=perf.tokens_per_s,
+            first_token_ms=perf.first_token_s * 1000,
+        )
+
+    # -- predictions ---------------------------------------------------------------------------
+
+    def slot_states(self, pools: PoolManager, now: float) -> list[SlotState]:
+        slots: list[SlotState] = []
+        by_replica: dict[str, list[Task]] = {}
+        for task in self.running.values():
+            if task.replica_id is not None:
+                by_replica.setdefault(task.replica_id, []).append(task)
+        if self.pool.draining:
+            return slots
+        for view in pools.replica_views(self.id):
+            if not view.ready:
+                continue
+            perf = self.perf_of(view.replica_id)
+            busy = [
+                remaining_s(
+                    perf,
+                    elapsed_s=now - (t.started_at or now),
+                    expected=t.expected_tokens,
+                    tokens_out=t.tokens_out,
+                )
+                for t in by_replica.get(view.replica_id, ())
+            ]
+            busy.sort()
+            for slot in range(view.slots_total):
+                free_in = busy[slot] if slot < len(busy) else 0.0
+                slots.append(SlotState(free_in, perf))
+        return slots
+
+    def predicted_start_s(
+        self, pools: PoolManager, now: float, position: int, ahead: list[int]
+    ) -> float:
+        """Seconds until the task at ``position`` starts; ``ahead`` holds the expected tokens of
+        the first tasks before it in dispatch order (at most ``EXACT_LIMIT``)."""
+        slots = self.slot_states(pools, now)
+        rest = max(0, position - len(ahead))
+        queued = len(self.queue)
+        mean_tokens = self.queued_tokens / queued if queued else 0.0
+        return predicted_start_s(slots, ahead[:EXACT_LIMIT], rest, rest * mean_tokens)
