@@ -56,6 +56,16 @@ class SseConfig(_Strict):
     stall_limit_ms: PositiveInt = 30_000
 
 
+class TlsConfig(_Strict):
+    """Serve HTTPS with this certificate; HTTP/2 is then negotiated with ALPN (OC-CTRL-2025).
+
+    Relative paths resolve against the config file's directory.
+    """
+
+    certfile: str
+    keyfile: str
+
+
 class ServerConfig(_Strict):
     bind_addr: str = "127.0.0.1:8080"
     auth_optional: bool = False
@@ -63,6 +73,8 @@ class ServerConfig(_Strict):
     auth_token_file: str | None = None
     allow_placement_overrides: bool = True
     sse: SseConfig = SseConfig()
+    #: Without it the server speaks cleartext HTTP/1.1 and HTTP/2 (prior knowledge).
+    tls: TlsConfig | None = None
     artifacts_dir: str = "~/.cache/llama-orch/artifacts"
     transcript_retention_s: NonNegativeInt = 600
     #: Upper bound on the bytes of finished transcripts kept for late subscribers.

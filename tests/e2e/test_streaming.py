@@ -1,0 +1,467 @@
+"""The streaming hot path end to end: micro-batch, heartbeat, cancel on disconnect, stalls,
+back-pressure drops, transcript retention, a cancel stress test, and HTTP/1.1 against HTTP/2 on
+the production server stack (``llorch serve`` in a subprocess)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from llama_orch.server.app import create_app
+from tests.support.serve_process import serve_process
+from tests.support.server import (
+    SIMULATED_GPUS,
+    RunningServer,
+    config_of,
+    mock_pool,
+    running_server,
+    sse_events,
+    task_body,
+)
+
+FAST = {"ttft_ms": 0, "tokens_per_s": 5000}
+
+
+def parse(body: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """(event, payload) per frame; comment lines become ("comment", {})."""
+    frames: list[tuple[str, dict[str, Any]]] = []
+    for block in body.split(b"\n\n"):
+        if not block:
+            continue
+        if block.startswith(b":"):
+            frames.append(("comment", {}))
+            continue
+        event_line, data_line = block.split(b"\n")
+        frames.append((event_line.removeprefix(b"event: ").decode(), orjson.loads(data_line[6:])))
+    return frames
+
+
+async def wait_for(predicate: Any, what: str, timeout_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def task_of(srv: RunningServer, task_id: str) -> Any:
+    return srv.deps.dispatcher.tasks.get(task_id)
+
+
+def counter(srv: RunningServer, name: str, labels: dict[str, str]) -> float:
+    value = srv.deps.metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+def canceled_total(srv: RunningServer, reason: str) -> float:
+    return sum(
+        sample.value
+        for metric in srv.deps.metrics.registry.collect()
+        if metric.name == "tasks_canceled"
+        for sample in metric.samples
+        if sample.name == "tasks_canceled_total" and sample.labels["reason"] == reason
+    )
+
+
+class AsgiClient:
+    """Drives the app's stream endpoint directly, with a send the test controls."""
+
+    def __init__(self, srv: RunningServer) -> None:
+        self.app = create_app(srv.deps)
+        self.messages: list[dict[str, Any]] = []
+        self.release = asyncio.Event()
+        self.block_from: int | None = None
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self.block_from is not None and len(self.messages) >= self.block_from:
+            await self.release.wait()
+        self.messages.append(message)
+
+    async def _receive(self) -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def stream(self, task_id: str) -> None:
+        path = f"/v1/tasks/{task_id}/stream"
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"127.0.0.1")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 80),
+            "state": {},
+        }
+        await self.app(scope, self._receive, self._send)  # type: ignore[arg-type]
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.messages)
+
+
+class TestMicroBatch:
+    async def test_microbatch_keeps_the_token_sequence(self) -> None:
+        """With micro-batch on, frames carry t, i and n, and the text equals the plain mode's."""
+        texts = {}
+        for mode in (False, True):
+            config = config_of(
+                mock_pool(mock=FAST),
+                server={"sse": {"microbatch": mode, "microbatch_max_tokens": 8}},
+            )
+            async with running_server(config) as srv:
+                body = task_body(max_tokens=60, seed=5)
+                await srv.submit(body)
+                frames = await srv.stream(body["task_id"])
+            tokens = [d for e, d in frames if e == "token"]
+            texts[mode] = "".join(d["t"] for d in tokens)
+            if mode:
+                counts = [d["n"] for d in tokens]
+                assert 60 == sum(counts) and max(counts) <= 8
+                assert [d["i"] for d in tokens] == [sum(counts[:k]) for k in range(len(counts))]
+            else:
+                assert [d["i"] for d in tokens] == list(range(60))
+                assert all("n" not in d for d in tokens)
+            assert 60 == frames[-1][1]["tokens_out"]
+        assert texts[False] == texts[True]
+
+    async def test_microbatch_from_the_environment(self) -> None:
+        """ORCHD_SSE_MICROBATCH=true turns it on without a config change."""
+        environ = {"ORCHD_SSE_MICROBATCH": "true"}
+        async with running_server(config_of(mock_pool(mock=FAST)), environ) as srv:
+            body = task_body(max_tokens=10)
+            await srv.submit(body)
+            frames = await srv.stream(body["task_id"])
+        assert all("n" in d for e, d in frames if e == "token")
+
+
+class TestHeartbeat:
+    async def test_keepalive_while_queued(self) -> None:
+        """A stream waiting in the queue carries keep-alive comments after started."""
+        pool = mock_pool(mock={"hang_after_token": 0, "ttft_ms": 0})
+        config = config_of(pool, server={"sse": {"heartbeat_ms": 20}})
+        async with running_server(config) as srv:
+            blocker, queued = task_body(), task_body()
+            await srv.submit(blocker)
+            await wait_for(lambda: task_of(srv, blocker["task_id"]).replica_id, "blocker runs")
+            await srv.submit(queued)
+
+            async def cancel_soon() -> None:
+                await asyncio.sleep(0.15)
+                await srv.client.post(f"/v1/tasks/{queued['task_id']}/cancel")
+
+            canceler = asyncio.create_task(cancel_soon())
+            async with srv.client.stream("GET", f"/v1/tasks/{queued['task_id']}/stream") as r:
+                body = await r.aread()
+            await canceler
+        kinds = [e for e, _ in parse(body)]
+        assert "started" == kinds[0] and "end" == kinds[-1]
+        assert kinds.count("comment") >= 3
+        assert parse(body)[0][1]["predicted_start_ms"] > 0
+
+
+class TestCancelOnDisconnect:
+    async def test_disconnect_is_not_a_cancel_when_turned_off(self) -> None:
+        """With CANCEL_ON_DISCONNECT=false the task runs to its end after the client leaves."""
+        pool = mock_pool(mock={"ttft_ms": 0, "tokens_per_s": 400})
+        environ = {"CANCEL_ON_DISCONNECT": "false"}
+        async with running_server(config_of(pool), environ) as srv:
+            body = task_body(max_tokens=30)
+            await srv.submit(body)
+            async for event, _ in sse_events(srv.client, body["task_id"]):
+                if event == "token":
+                    break
+            task = task_of(srv, body["task_id"])
+            await wait_for(lambda: task.terminal, "the task ends")
+            frames = await srv.stream(body["task_id"])
+        assert "done" == task.state.value
+        assert (30, None) == (frames[-1][1]["tokens_out"], frames[-1][1].get("canceled"))
+
+    async def test_disconnect_counts_reason_disconnect(self) -> None:
+        """A client leaving mid-stream cancels with reason disconnect and frees the slot."""
+        pool = mock_pool(mock={"ttft_ms": 0, "tokens_per_s": 200})
+        async with running_server(config_of(pool)) as srv:
+            body = task_body(max_tokens=500)
+            await srv.submit(body)
+            async for event, _ in sse_events(srv.client, body["task_id"]):
+                if event == "token":
+                    break
+            task = task_of(srv, body["task_id"])
+            await wait_for(lambda: task.terminal, "the task ends")
+            await wait_for(lambda: srv.deps.pools.get_active_leases("p0") == 0, "slot freed")
+            assert "canceled" == task.state.value
+            assert 1.0 == canceled_total(srv, "disconnect")
+
+
+class TestStallAndBackpressure:
+    async def test_stalled_client_cancels_its_task(self) -> None:
+        """A client that accepts nothing for stall_limit_ms loses its task; the slot is freed."""
+        pool = mock_pool(mock={"ttft_ms": 0, "tokens_per_s": 200})
+        config = config_of(pool, server={"sse": {"stall_limit_ms": 80}})
+        async with running_server(config) as srv:
+            body = task_body(max_tokens=2000)
+            await srv.submit(body)
+            client = AsgiClient(srv)
+            client.block_from = 2  # response start and started pass; then nothing moves
+            await asyncio.wait_for(client.stream(body["task_id"]), 5.0)
+            task = task_of(srv, body["task_id"])
+            await wait_for(lambda: srv.deps.pools.get_active_leases("p0") == 0, "slot freed")
+            assert "canceled" == task.state.value
+            assert 1.0 == canceled_total(srv, "stall")
+            assert False is task.subscribed
+
+    async def test_slow_client_loses_metrics_never_tokens(self) -> None:
+        """Behind by more than channel_cap, a client gets every token in order and fewer
+        metrics frames; the drops are counted per pool."""
+        pool = mock_pool(mock={"ttft_ms": 0, "tokens_per_s": 4000})
+        sse = {"channel_cap": 4, "metrics_frame_interval_ms": 1}
+        async with running_server(config_of(pool, server={"sse": sse})) as srv:
+            body = task_body(max_tokens=200)
+            await srv.submit(body)
+            client = AsgiClient(srv)
+            client.block_from = 2
+            streaming = asyncio.create_task(client.stream(body["task_id"]))
+            task = task_of(srv, body["task_id"])
+            await wait_for(lambda: task.terminal, "the task ends")
+            client.release.set()
+            await asyncio.wait_for(streaming, 5.0)
+            published = sum(1 for e, _ in task.stream.frames() if e == "metrics")
+            drops = counter(srv, "sse_backpressure_drops_total", {"pool_id": "p0"})
+        frames = parse(client.body)
+        tokens = [d for e, d in frames if e == "token"]
+        assert list(range(200)) == [d["i"] for d in tokens]
+        assert published > 4 and drops > 0
+        assert published == drops + sum(1 for e, _ in frames if e == "metrics")
+        assert "end" == frames[-1][0]
+
+
+class TestTranscripts:
+    async def test_retention_time_bound(self) -> None:
+        """A finished transcript is served until transcript_retention_s, then it is gone."""
+        config = config_of(server={"transcript_retention_s": 1})
+        async with running_server(config) as srv:
+            body = task_body(max_tokens=3)
+            await srv.submit(body)
+            first = await srv.stream(body["task_id"])
+            await asyncio.sleep(1.05)
+            response = await srv.client.get(f"/v1/tasks/{body['task_id']}/stream")
+        assert "end" == first[-1][0]
+        assert (404, "NOT_FOUND") == (response.status_code, response.json()["code"])
+
+    async def test_retention_memory_bound_evicts_oldest(self) -> None:
+        """Past transcript_max_bytes the oldest finished transcripts go first."""
+        config = config_of(mock_pool(mock=FAST), server={"transcript_max_bytes": 3000})
+        async with running_server(config) as srv:
+            bodies = [task_body(max_tokens=12) for _ in range(6)]
+            for body in bodies:
+                await srv.submit(body)
+                await srv.stream(body["task_id"])
+            codes = []
+            for body in bodies:
+                response = await srv.client.get(f"/v1/tasks/{body['task_id']}/stream")
+                codes.append(response.status_code)
+        assert 404 == codes[0] and 200 == codes[-1]
+        assert codes == sorted(codes, reverse=True)
+
+
+class TestCancelStress:
+    async def test_hundreds_of_cancels_racing_tokens(self) -> None:
+        """240 streams canceled at a random token, half by POST and half by disconnect: no
+        token ever follows the end frame, end counts exactly the tokens sent, every slot is
+        freed."""
+        pool = mock_pool(
+            slots=8, queue={"capacity": 512}, mock={"ttft_ms": 0, "tokens_per_s": 1000}
+        )
+        rng = random.Random(20261125)
+        plan = [(rng.randint(1, 25), rng.random() < 0.5) for _ in range(240)]
+        gate = asyncio.Semaphore(24)
+
+        async def one(srv: RunningServer, cut: int, by_post: bool) -> tuple[str, int, bool]:
+            async with gate:
+                body = task_body(max_tokens=300)
+                assert 202 == (await srv.submit(body)).status_code
+                seen = 0
+                async for event, data in sse_events(srv.client, body["task_id"]):
+                    if event == "token":
+                        seen += 1
+                        if seen == cut:
+                            if not by_post:
+                                break
+                            url = f"/v1/tasks/{body['task_id']}/cancel"
+                            assert 204 == (await srv.client.post(url)).status_code
+                    elif event == "end":
+                        # A cancel that lost the race to the last token changes nothing.
+                        assert data.get("canceled") or 300 == data["tokens_out"]
+                        assert seen == data["tokens_out"]
+                return body["task_id"], seen, by_post
+
+        config = config_of(pool)
+        async with running_server(config) as srv:
+            results = await asyncio.gather(*(one(srv, cut, post) for cut, post in plan))
+            for task_id, _, _ in results:
+                task = task_of(srv, task_id)
+                await wait_for(lambda t=task: t.terminal, "every task ends")
+            await wait_for(lambda: srv.deps.pools.get_active_leases("p0") == 0, "slots freed")
+            canceled = 0
+            for task_id, seen, _by_post in results:
+                frames = task_of(srv, task_id).stream.frames()
+                kinds = [e for e, _ in frames]
+                end = orjson.loads(frames[-1][1])
+                assert ["end"] == [k for k in kinds if k in ("end", "error")]
+                assert "end" == kinds[-1]
+                assert end["tokens_out"] == kinds.count("token") >= seen
+                canceled += bool(end.get("canceled"))
+            assert canceled >= 200
+            disconnects = canceled_total(srv, "disconnect")
+            assert 0 < disconnects <= sum(1 for _, _, post in results if not post)
+
+
+# -- the production server stack ------------------------------------------------------------
+
+
+def serve_config(**server: Any) -> dict[str, Any]:
+    pool = mock_pool(mock={"ttft_ms": 0, "tokens_per_s": 2000})
+    return {"gpus": SIMULATED_GPUS, "server": server, "pools": [pool]}
+
+
+async def read_stream(client: httpx.AsyncClient, task_id: str) -> tuple[str, bytes]:
+    async with client.stream("GET", f"/v1/tasks/{task_id}/stream") as response:
+        response.raise_for_status()
+        return response.http_version, await response.aread()
+
+
+def h2_client(url: str, **kw: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=url, http1=False, http2=True, timeout=10.0, **kw)
+
+
+def h2_read_then_reset(port: int, path: str) -> None:
+    """Open one HTTP/2 stream, read until a token arrives, then RST_STREAM it and linger
+    (httpx closes an abandoned stream without a reset, so it cannot show this)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as sock:
+        conn.initiate_connection()
+        headers = [(":method", "GET"), (":path", path), (":scheme", "http")]
+        conn.send_headers(1, [*headers, (":authority", "127.0.0.1")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        received = b""
+        while b"event: token" not in received:
+            for event in conn.receive_data(sock.recv(65536)):
+                if isinstance(event, h2.events.DataReceived):
+                    received += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+            sock.sendall(conn.data_to_send())
+        conn.reset_stream(1)
+        sock.sendall(conn.data_to_send())
+        time.sleep(0.3)
+
+
+def make_self_signed_cert(directory: Path) -> None:
+    """cert.pem and key.pem for 127.0.0.1, valid for a day."""
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", "key.pem", "-out", "cert.pem", "-subj", "/CN=127.0.0.1"),
+        ],
+        cwd=directory,
+        check=True,
+        capture_output=True,
+    )
+
+
+class TestServerStack:
+    async def test_http1_and_h2c_frames_are_identical(self, tmp_path: Path) -> None:
+        """Over HTTP/1.1 and cleartext HTTP/2 the same task yields byte-identical streams,
+        live and replayed, and the same headers (less the HTTP/1.1-only Connection)."""
+        with serve_process(serve_config(), tmp_path) as srv:
+            async with (
+                httpx.AsyncClient(base_url=srv.url, timeout=10.0) as h1,
+                h2_client(srv.url) as h2,
+            ):
+                live = {}
+                replay = {}
+                for name, client in (("h1", h1), ("h2", h2)):
+                    body = task_body(max_tokens=40, seed=11, prompt="same prompt")
+                    assert 202 == (await client.post("/v1/tasks", json=body)).status_code
+                    version, data = await read_stream(client, body["task_id"])
+                    live[name] = (version, [(e, d) for e, d in parse(data) if e == "token"])
+                    replay[name] = body["task_id"]
+                first = {}
+                headers = {}
+                for name, client in (("h1", h1), ("h2", h2)):
+                    path = f"/v1/tasks/{replay['h1']}/stream"
+                    async with client.stream("GET", path) as response:
+                        first[name] = await response.aread()
+                        headers[name] = dict(response.headers)
+                headers1, headers2 = headers["h1"], headers["h2"]
+        assert ("HTTP/1.1", "HTTP/2") == (live["h1"][0], live["h2"][0])
+        assert live["h1"][1] == live["h2"][1] and 40 == len(live["h1"][1])
+        assert first["h1"] == first["h2"]
+        assert "end" == parse(first["h1"])[-1][0]
+        for key in ("content-type", "cache-control", "x-accel-buffering"):
+            assert headers1[key] == headers2[key]
+        assert "keep-alive" == headers1.get("connection") and "connection" not in headers2
+
+    async def test_h2_stream_reset_cancels_the_task(self, tmp_path: Path) -> None:
+        """An HTTP/2 client resetting its stream (RST_STREAM, connection kept) cancels the
+        task, as a closed HTTP/1.1 connection does."""
+        config = serve_config()
+        config["pools"][0]["mock"] = {"ttft_ms": 0, "tokens_per_s": 100}
+        with serve_process(config, tmp_path) as srv:
+            async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as h1:
+                body = task_body(max_tokens=2000)
+                await h1.post("/v1/tasks", json=body)
+                port = int(srv.url.rsplit(":", 1)[1])
+                path = f"/v1/tasks/{body['task_id']}/stream"
+                await asyncio.to_thread(h2_read_then_reset, port, path)
+                frames: list[tuple[str, dict[str, Any]]] = []
+                for _ in range(300):
+                    await asyncio.sleep(0.01)
+                    async with h1.stream("GET", path) as r:
+                        if r.status_code == 409:  # the first subscriber is still leaving
+                            continue
+                        frames = parse(await r.aread())
+                    if frames[-1][0] == "end":
+                        break
+        assert True is frames[-1][1].get("canceled")
+        assert frames[-1][1]["tokens_out"] < 2000
+
+    @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+    async def test_tls_negotiates_h2_with_alpn(self, tmp_path: Path) -> None:
+        """With server.tls, ALPN picks h2 for an HTTP/2 client and HTTP/1.1 for the rest."""
+        make_self_signed_cert(tmp_path)
+        config = serve_config(tls={"certfile": "cert.pem", "keyfile": "key.pem"})
+        with serve_process(config, tmp_path, scheme="https") as srv:
+            versions = []
+            bodies = []
+            async with (
+                httpx.AsyncClient(base_url=srv.url, verify=False, timeout=10.0) as h1,
+                httpx.AsyncClient(base_url=srv.url, verify=False, http2=True, timeout=10.0) as h2,
+            ):
+                body = task_body(max_tokens=5)
+                await h1.post("/v1/tasks", json=body)
+                for client in (h1, h2):
+                    version, data = await read_stream(client, body["task_id"])
+                    versions.append(version)
+                    bodies.append(data)
+        assert ["HTTP/1.1", "HTTP/2"] == versions
+        assert bodies[0] == bodies[1] and b"event: end" in bodies[0]

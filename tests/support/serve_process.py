@@ -1,0 +1,81 @@
+"""``llorch serve`` as a real subprocess on a free loopback port (the production server stack)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class ServeProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@contextlib.contextmanager
+def serve_process(
+    config: Mapping[str, Any],
+    workdir: Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    scheme: str = "http",
+    start_timeout_s: float = 20.0,
+) -> Iterator[ServeProcess]:
+    """Start ``llorch serve`` on ``config``; stop it with SIGTERM (then SIGKILL) on exit."""
+    config_path = workdir / "llorch.yaml"
+    config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
+    log_path = workdir / "serve.log"
+    port = free_port()
+    env = {**os.environ, **(environ or {})}
+    env.pop("AUTH_TOKEN", None)
+    command = [sys.executable, "-m", "llama_orch", "serve", "--config", str(config_path)]
+    command += ["--bind", f"127.0.0.1:{port}"]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"{scheme}://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process, log_path, start_timeout_s)
+        yield ServeProcess(url, process, log_path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_ready(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=url, verify=False, timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"llorch serve exited: {log_path.read_text()[-2000:]}")
+            try:
+                if client.get("/v1/capabilities").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+    raise RuntimeError(f"llorch serve did not start in {timeout_s} s")
