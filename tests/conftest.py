@@ -6,12 +6,20 @@ import pytest
 import structlog
 
 from llama_orch.observability.logging import reset_logging
+from tests.support.narration import COVERAGE, COVERAGE_GATE, NarrationLog
+
+
+def _count_narration() -> None:
+    """structlog's defaults, plus the coverage counter and the request context."""
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, COVERAGE, *processors])
 
 
 @pytest.fixture(autouse=True)
 def _reset_logging() -> Iterator[None]:
     """Global log setup is reset around every test (structlog's own discipline)."""
     reset_logging()
+    _count_narration()
     yield
     reset_logging()
 
@@ -20,3 +28,21 @@ def _reset_logging() -> Iterator[None]:
 def captured_logs() -> Iterator[list[dict[str, object]]]:
     with structlog.testing.capture_logs() as logs:
         yield logs
+    COVERAGE.observe_all(logs)
+
+
+@pytest.fixture
+def narration() -> Iterator[NarrationLog]:
+    """Every event logged during the test, with the request context merged in."""
+    with structlog.testing.capture_logs([structlog.contextvars.merge_contextvars]) as logs:
+        yield NarrationLog(logs)
+    COVERAGE.observe_all(logs)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Report the share of key events that carried narration (D-OBS-02)."""
+    if not COVERAGE.key_events:
+        return
+    terminalreporter.write_sep("-", "narration")
+    marker = {"green": True} if COVERAGE.ratio >= COVERAGE_GATE else {"yellow": True}
+    terminalreporter.write_line(COVERAGE.summary(), **marker)

@@ -7,7 +7,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 import uvicorn
@@ -15,7 +15,8 @@ import yaml
 
 from llama_orch.bootstrap import build_deps
 from llama_orch.config import Config, load_settings
-from llama_orch.server.app import create_app
+from llama_orch.observability.logging import configure_logging
+from llama_orch.server.app import create_app, redactor_of
 from llama_orch.server.deps import AppDeps
 
 SIMULATED_GPUS = {
@@ -100,8 +101,17 @@ async def running_server(
     *,
     host: str = "127.0.0.1",
     client_headers: Mapping[str, str] | None = None,
+    log_stream: TextIO | None = None,
 ) -> AsyncIterator[RunningServer]:
+    """Serve ``config`` with ``environ`` as the server's environment (AUTH_TOKEN, ...).
+
+    With ``log_stream``, logs are configured as ``llorch serve`` does (JSON Lines, redaction at
+    the sink) and written there.
+    """
     settings = load_settings(environ or {}, config=config, bind_override=f"{host}:0")
+    if log_stream is not None:
+        fmt = "pretty" if settings.log_format == "pretty" else "json"
+        configure_logging(fmt, redactor=redactor_of(settings), stream=log_stream)
     deps = build_deps(settings, probe_interval_s=0.2)
     app = create_app(deps)
     server = uvicorn.Server(

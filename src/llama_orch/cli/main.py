@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,52 @@ def cli() -> None:
     help="YAML config file.",
 )
 @click.option("--bind", default=None, help="host:port; overrides BIND_ADDR and the file.")
-def serve(config_path: str, bind: str | None) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "pretty"]),
+    default=None,
+    help="json (JSON Lines, the default) or pretty; overrides LOG_FORMAT and the file.",
+)
+def serve(config_path: str, bind: str | None, log_format: str | None) -> None:
     """Serve the data and control planes for CONFIG."""
     from llama_orch.cli.serve import run_server
 
     try:
-        run_server(config_path, os.environ, bind)
+        run_server(config_path, os.environ, bind, log_format=log_format)
     except ConfigError as exc:
         click.echo(f"llorch: {exc}", err=True)
         sys.exit(2)
+
+
+@cli.group()
+def token() -> None:
+    """Bearer tokens for AUTH_TOKEN and LLORCH_TOKEN."""
+
+
+@token.command("new")
+@click.option(
+    "--file",
+    "path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write the token to this new file (mode 0600) instead of printing it.",
+)
+def token_new(path: str | None) -> None:
+    """Mint a strong random token (256 bits, URL-safe)."""
+    from llama_orch.auth.tokens import fingerprint, mint_token
+
+    minted = mint_token()
+    if path is None:
+        click.echo(minted)
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        click.echo(f"llorch: cannot create {path}: {exc.strerror}", err=True)
+        sys.exit(2)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(minted + "\n")
+    click.echo(f"wrote a new token to {path} (identity token:{fingerprint(minted)})", err=True)
 
 
 @cli.group()
@@ -96,10 +134,26 @@ def contracts_write(root: str) -> None:
         click.echo(f"{'wrote' if changed else 'unchanged'} {path}")
 
 
+def client_token(token_file: str | None, environ: Mapping[str, str]) -> str | None:
+    """The bearer token to send: --token-file, else LLORCH_TOKEN, else LLORCH_TOKEN_FILE."""
+    if token_file is None:
+        inline = environ.get("LLORCH_TOKEN", "").strip()
+        if inline:
+            return inline
+        token_file = environ.get("LLORCH_TOKEN_FILE") or None
+    if token_file is None:
+        return None
+    try:
+        value = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise click.UsageError(f"cannot read token file {token_file}: {exc.strerror}") from exc
+    if not value:
+        raise click.UsageError(f"token file {token_file} is empty")
+    return value
+
+
 def _client(url: str | None, token_file: str | None) -> client_mod.OrchClient:
-    token = os.environ.get("LLORCH_TOKEN") or None
-    if token is None and token_file:
-        token = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
+    token = client_token(token_file, os.environ)
     return client_mod.OrchClient(url or os.environ.get("LLORCH_URL") or DEFAULT_URL, token)
 
 
@@ -110,7 +164,7 @@ _token_option = click.option(
     "--token-file",
     default=None,
     type=click.Path(dir_okay=False),
-    help="File holding the bearer token (env LLORCH_TOKEN wins).",
+    help="File holding the bearer token (else env LLORCH_TOKEN, else LLORCH_TOKEN_FILE).",
 )
 
 

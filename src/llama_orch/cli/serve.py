@@ -1,52 +1,35 @@
-"""``llorch serve``: load settings, build the app, serve it with granian in the foreground.
-
-granian speaks HTTP/1.1 and HTTP/2 on the same port: cleartext HTTP/2 with prior knowledge, and
-ALPN ``h2`` when ``server.tls`` is configured (OC-CTRL-2025). It runs embedded in this process's
-event loop, so the server, dispatcher and pool manager share one process (SPEC §2.1). Why
-granian and not uvicorn or hypercorn is measured in docs/streaming.md.
-"""
+"""``llorch serve``: load settings, build the app, run uvicorn in the foreground."""
 
 from __future__ import annotations
 
-import asyncio
-import signal
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
 
 import structlog
-from granian.constants import HTTPModes, Interfaces
-from granian.log import LogLevels
-from granian.server.embed import Server
+import uvicorn
 
+from llama_orch.auth.tokens import token_identity
 from llama_orch.bootstrap import build_deps
-from llama_orch.config import Settings, load_settings
+from llama_orch.config import load_settings
 from llama_orch.observability.logging import configure_logging
 from llama_orch.observability.narration import narrate
-from llama_orch.observability.redaction import Redactor
-from llama_orch.server.app import create_app
-
-# Connections queued by the kernel, and requests served at once: 1,000 open streams must fit.
-_BACKLOG = 2048
-_MAX_IN_FLIGHT = 8192
-# granian's own logger only reports errors, through our handlers; its access log stays off.
-_GRANIAN_LOGGING: dict[str, Any] = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {},
-    "loggers": {
-        "_granian": {"level": "ERROR", "propagate": True},
-        "granian.access": {"level": "CRITICAL", "propagate": False},
-    },
-}
+from llama_orch.server.app import create_app, redactor_of
 
 
-def run_server(config_path: str, environ: Mapping[str, str], bind: str | None = None) -> None:
+def run_server(
+    config_path: str,
+    environ: Mapping[str, str],
+    bind: str | None = None,
+    *,
+    log_format: str | None = None,
+) -> None:
+    """Serve in the foreground; ``log_format`` (the --log-format flag) beats LOG_FORMAT."""
+    if log_format is not None:
+        environ = {**environ, "LOG_FORMAT": log_format}
     settings = load_settings(environ, config_path, bind_override=bind)
     configure_logging(
         "pretty" if settings.log_format == "pretty" else "json",
         settings.config.logging.level,
-        redactor=Redactor().with_secret(settings.auth_token),
+        redactor=redactor_of(settings),
     )
     deps = build_deps(settings)
     inventory = deps.pools.inventory
@@ -62,68 +45,41 @@ def run_server(config_path: str, environ: Mapping[str, str], bind: str | None = 
             gpus=[f"{g.index}:{g.name}:{g.vram_total_bytes // 2**20}MiB" for g in inventory.gpus],
         )
     if settings.auth_token is None:
-        log.warning(
-            "open-loopback",
-            actor="server",
-            action="start",
-            target="auth",
-            human="Serves loopback callers without a token; set AUTH_TOKEN to require one.",
+        narrate(
+            "server",
+            "auth-mode",
+            "auth",
+            "Serves loopback callers without a token; set AUTH_TOKEN to require one.",
+            level="warning",
+            auth="open-loopback",
         )
-    scheme = "https" if settings.config.server.tls is not None else "http"
+    else:
+        narrate(
+            "server",
+            "auth-mode",
+            "auth",
+            "Requires the bearer token"
+            + (", except from loopback callers." if settings.auth_optional else " from everyone.")
+            + (" Trusts X-Forwarded-For from the proxy." if settings.trust_proxy_auth else ""),
+            auth="optional-loopback" if settings.auth_optional else "token",
+            identity=token_identity(settings.auth_token),
+            trust_proxy_auth=settings.trust_proxy_auth,
+        )
     narrate(
         "server",
         "start",
         f"{settings.host}:{settings.port}",
-        f"Serves {len(settings.config.pools)} pools on {scheme}://{settings.host}:{settings.port}"
-        " over HTTP/1.1 and HTTP/2.",
+        f"Serves {len(settings.config.pools)} pools on http://{settings.host}:{settings.port}.",
         config=settings.source,
         pools=[p.id for p in settings.config.pools],
     )
-    serve_app(create_app(deps), settings)
-
-
-def serve_app(app: Any, settings: Settings) -> None:
-    """Run ``app`` until SIGINT or SIGTERM; the app's lifespan starts and stops the rest."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve(app, settings))
-
-
-async def _serve(app: Any, settings: Settings) -> None:
-    tls = settings.config.server.tls
-    server = Server(
+    app = create_app(deps)
+    uvicorn.run(
         app,
-        address=settings.host,
+        host=settings.host,
         port=settings.port,
-        interface=Interfaces.ASGI,
-        http=HTTPModes.auto,
-        websockets=False,
-        backlog=_BACKLOG,
-        backpressure=_MAX_IN_FLIGHT,
-        log_level=LogLevels.error,
-        log_dictconfig=_GRANIAN_LOGGING,
-        ssl_cert=_resolve(tls.certfile, settings) if tls else None,
-        ssl_key=_resolve(tls.keyfile, settings) if tls else None,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
     )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, server.stop)
-    try:
-        await server.serve()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
-def _resolve(path: str, settings: Settings) -> Path:
-    """Relative certificate paths resolve against the config file's directory."""
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else settings.base_dir / candidate
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when it is installed (it is, with uvicorn[standard]): cheaper wake-ups per token."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop ships with the pinned dependencies
-        return None
-    return uvloop.new_event_loop

@@ -1,6 +1,8 @@
 """Log setup: JSON Lines by default, pretty console on request; redaction at the sink.
 
-``configure_logging`` may be called again (tests, CLI) and ``reset_logging`` undoes it.
+``configure_logging`` may be called again (tests, CLI) and ``reset_logging`` undoes it. Records
+of the standard library (uvicorn's start-up and error lines) are routed through the same
+processors, so they are JSON Lines too and pass the same redaction.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+#: Marks the root handler this module installed, so a reset removes only that one.
+_HANDLER_MARK = "_llama_orch_handler"
 
 
 class _RedactAtSink:
@@ -41,6 +45,16 @@ class _RedactAtSink:
         return event_dict
 
 
+def _human_first(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Pretty mode leads with the narration sentence; the action stays as a field."""
+    human = event_dict.pop("human", None)
+    if human:
+        event_dict["event"] = human
+    return event_dict
+
+
 def _json_dumps(obj: Any, **_kw: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
@@ -52,27 +66,51 @@ def configure_logging(
     redactor: Redactor | None = None,
     stream: TextIO | None = None,
 ) -> None:
-    """Configure structlog for the whole process."""
+    """Configure structlog, and the standard library's root logger, for the whole process."""
+    out = stream or sys.stderr
     renderer: Any
     if fmt == "pretty":
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
+    sink = _RedactAtSink(redactor or Redactor())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    final: list[Any] = [sink, *([_human_first] if fmt == "pretty" else []), renderer]
+    numeric_level = _LEVELS.get(level, logging.INFO)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            _RedactAtSink(redactor or Redactor()),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        processors=[*shared, structlog.processors.format_exc_info, *final],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                *final,
+            ],
+        )
+    )
+    setattr(handler, _HANDLER_MARK, True)
+    root = logging.getLogger()
+    _remove_our_handlers(root)
+    root.addHandler(handler)
+    root.setLevel(numeric_level)
+
+
+def _remove_our_handlers(root: logging.Logger) -> None:
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(old)
 
 
 def reset_logging() -> None:
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+    _remove_our_handlers(logging.getLogger())

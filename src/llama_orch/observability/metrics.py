@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import generate_latest
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -24,6 +24,8 @@ class Metrics:
     """The metric families of the contract, registered on a private registry."""
 
     def __init__(self) -> None:
+        # ``*_created`` samples would double every counter's series for a value nobody graphs.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.tasks_enqueued_total = Counter(
             "tasks_enqueued_total",
@@ -101,6 +103,11 @@ class Metrics:
             "sse_backpressure_drops_total",
             "metrics frames dropped for slow clients",
             ["pool_id"],
+            registry=r,
+        )
+        self.gpu_inventory_simulated = Gauge(
+            "gpu_inventory_simulated",
+            "1 when gpu_utilization and vram_used_bytes come from a simulated GPU inventory",
             registry=r,
         )
 

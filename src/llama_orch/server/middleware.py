@@ -1,6 +1,8 @@
-"""Pure ASGI middleware: correlation IDs, the access log, and the last-resort error answer.
+"""Pure ASGI middleware: correlation IDs, auth, redaction of what leaves, and the access log.
 
-Pure ASGI (not ``BaseHTTPMiddleware``) so streaming responses pass straight through.
+Pure ASGI (not ``BaseHTTPMiddleware``) so streaming responses pass straight through. The order
+is ``CorrelationMiddleware`` (outermost: every answer, refusals included, carries the ID, is
+redacted and is logged once with its identity), then ``AuthMiddleware``.
 """
 
 from __future__ import annotations
@@ -9,15 +11,22 @@ import re
 import time
 import uuid
 
+import orjson
 import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llama_orch.errors import InternalError
-from llama_orch.server.errors import error_response
+from llama_orch.auth.policy import AuthPolicy
+from llama_orch.errors import AuthError, InternalError
+from llama_orch.observability.narration import narrate
+from llama_orch.observability.redaction import Redactor
+from llama_orch.server.errors import STATUS, error_response
 
 HEADER = "x-correlation-id"
+#: Identity of a request refused by auth; such a request has no identity to log.
+ANONYMOUS = "anonymous"
 _VALID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SSE_ERROR = b"event: error\n"
 _log = structlog.get_logger("llama_orch.server")
 
 
@@ -25,34 +34,81 @@ def correlation_id_of(scope: Scope) -> str:
     return str(scope.get("state", {}).get("correlation_id", ""))
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class _RedactingSend:
+    """Redacts error bodies (buffered; they are small) and SSE ``error`` frames on the way out.
+
+    Token frames pass untouched: a secret never fits in one token frame, and scanning them would
+    cost per token.
+    """
+
+    __slots__ = ("_held", "_redactor", "_send", "_sse", "body", "status")
+
+    def __init__(self, send: Send, redactor: Redactor) -> None:
+        self._send = send
+        self._redactor = redactor
+        self._held: Message | None = None
+        self._sse = False
+        self.body = bytearray()
+        self.status = 0
+
+    def _redact(self, data: bytes) -> bytes:
+        return self._redactor.text(data.decode("utf-8", "replace")).encode()
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            content_type = MutableHeaders(scope=message).get("content-type", "")
+            self._sse = content_type.startswith("text/event-stream")
+            if self.status >= 400 and content_type.startswith("application/json"):
+                self._held = message
+                return
+        elif message["type"] == "http.response.body":
+            if self._held is not None:
+                self.body += message.get("body", b"")
+                if message.get("more_body", False):
+                    return
+                start, self._held = self._held, None
+                data = self._redact(bytes(self.body))
+                MutableHeaders(scope=start)["content-length"] = str(len(data))
+                await self._send(start)
+                await self._send({"type": "http.response.body", "body": data})
+                return
+            chunk = message.get("body", b"")
+            if self._sse and _SSE_ERROR in chunk:
+                message = {**message, "body": self._redact(chunk)}
+        await self._send(message)
+
+
 class CorrelationMiddleware:
     """Echo a sane ``X-Correlation-Id`` or mint a UUIDv4; bind it to the logs (OC-CTRL-2052)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, redactor: Redactor | None = None) -> None:
         self.app = app
+        self.redactor = redactor or Redactor()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = None
-        for name, value in scope["headers"]:
-            if name == b"x-correlation-id":
-                incoming = value.decode("latin-1")
-                break
+        incoming = _header(scope, b"x-correlation-id")
         cid = incoming if incoming and _VALID.match(incoming) else str(uuid.uuid4())
-        scope.setdefault("state", {})["correlation_id"] = cid
+        state = scope.setdefault("state", {})
+        state["correlation_id"] = cid
         structlog.contextvars.bind_contextvars(correlation_id=cid)
         started = time.perf_counter()
-        status = 0
+        redacting = _RedactingSend(send, self.redactor)
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if status != 204:
-                    MutableHeaders(scope=message)[HEADER] = cid
-            await send(message)
+            if message["type"] == "http.response.start" and message["status"] != 204:
+                MutableHeaders(scope=message)[HEADER] = cid
+            await redacting(message)
 
         try:
             await self.app(scope, receive, send_with_id)
@@ -65,7 +121,7 @@ class CorrelationMiddleware:
                 human=f"Fails on {scope['method']} {scope['path']}: {type(exc).__name__}.",
                 exc_info=exc,
             )
-            if status == 0:
+            if redacting.status == 0:
                 response = error_response(
                     InternalError(
                         "the server hit an unexpected error; it is logged with this correlation ID"
@@ -73,15 +129,73 @@ class CorrelationMiddleware:
                 )
                 await response(scope, receive, send_with_id)
         finally:
-            state = scope.get("state", {})
-            _log.info(
+            duration_ms = round((time.perf_counter() - started) * 1000, 2)
+            method, path, status = scope["method"], scope["path"], redacting.status
+            narrate(
+                "server",
                 "request",
-                actor="server",
-                action="request",
-                target=scope["path"],
-                method=scope["method"],
+                path,
+                f"Answers {method} {path} with {status} in {duration_ms:g} ms.",
+                method=method,
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                identity=state.get("identity"),
+                duration_ms=duration_ms,
+                identity=state.get("identity", ANONYMOUS),
             )
             structlog.contextvars.unbind_contextvars("correlation_id")
+
+
+class AuthMiddleware:
+    """Applies the D-AUTH-01 decision to every HTTP request; nothing is exempt (D-AUTH-03)."""
+
+    def __init__(self, app: ASGIApp, policy: AuthPolicy) -> None:
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        state = scope.setdefault("state", {})
+        try:
+            identity = self.policy.authenticate(
+                peer=client[0] if client else None,
+                authorization=_header(scope, b"authorization"),
+                forwarded_for=_header(scope, b"x-forwarded-for"),
+                path=scope["path"],
+            )
+        except AuthError as exc:
+            state["identity"] = ANONYMOUS
+            await self._refuse(exc, scope, receive, send)
+            return
+        state["identity"] = identity
+        structlog.contextvars.bind_contextvars(identity=identity)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            structlog.contextvars.unbind_contextvars("identity")
+
+    async def _refuse(self, exc: AuthError, scope: Scope, receive: Receive, send: Send) -> None:
+        cid = correlation_id_of(scope) or None
+        narrate(
+            "auth",
+            "refuse",
+            scope["path"],
+            f"Refuses {scope['method']} {scope['path']}: {exc.kind.value} ({exc.code_id}).",
+            level="warning",
+            error_kind=exc.kind.value,
+            code_id=exc.code_id,
+            correlation_id=cid,
+            identity=ANONYMOUS,
+        )
+        body = exc.envelope()
+        if cid:
+            body["correlation_id"] = cid
+        status = STATUS[exc.kind]
+        headers = [(b"content-type", b"application/json")]
+        if status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="llama-orch"'))
+        payload = orjson.dumps(body)
+        headers.append((b"content-length", str(len(payload)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,120 @@
+"""Periodic GPU sampling into ``gpu_utilization`` and ``vram_used_bytes`` (ORCH-3028).
+
+NVML calls block, so each sample runs in a worker thread; the event loop only publishes the
+result. A simulated inventory is published as declared and flagged by
+``gpu_inventory_simulated 1``, so no dashboard mistakes it for a real reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from prometheus_client import Gauge
+
+from llama_orch.observability.metrics import Metrics
+from llama_orch.observability.narration import narrate
+from llama_orch.pool.gpus import GpuInventory, nvml_inventory
+from llama_orch.pool.manager import PoolManager
+
+Reader = Callable[[], GpuInventory]
+
+#: (pool_id, replica_id, device) -> the label values its children are bound with.
+_Key = tuple[str, str, int]
+_Labels = tuple[str, str, str, str, str]
+
+
+class GpuSampler:
+    """Owns one background task; ``start`` publishes a first sample before returning."""
+
+    def __init__(
+        self,
+        pools: PoolManager,
+        metrics: Metrics,
+        read: Reader,
+        *,
+        simulated: bool,
+        interval_s: float = 5.0,
+    ) -> None:
+        self._pools = pools
+        self._metrics = metrics
+        self._read = read
+        self._simulated = simulated
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._bound: dict[_Key, tuple[_Labels, Gauge, Gauge]] = {}
+        self._failing = False
+
+    @classmethod
+    def for_pools(
+        cls, pools: PoolManager, metrics: Metrics, *, interval_s: float = 5.0
+    ) -> GpuSampler:
+        """Sample NVML on a real machine; republish the declared inventory when simulated."""
+        inventory = pools.inventory
+        if inventory.simulated:
+            return cls(pools, metrics, lambda: inventory, simulated=True, interval_s=interval_s)
+        return cls(pools, metrics, nvml_inventory, simulated=False, interval_s=interval_s)
+
+    async def start(self) -> None:
+        self._metrics.gpu_inventory_simulated.set(1 if self._simulated else 0)
+        await self.sample_once()
+        self._task = asyncio.create_task(self._loop(), name="gpu-sampler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            await self.sample_once()
+
+    async def sample_once(self) -> None:
+        inventory = await asyncio.to_thread(self._read)
+        if not inventory.gpus:
+            if not self._failing:
+                narrate(
+                    "gpu-sampler",
+                    "sample",
+                    "gpus",
+                    "Cannot read GPU utilization and VRAM; keeps the last values.",
+                    level="warning",
+                    error_kind=inventory.problem or "no GPU reported",
+                )
+            self._failing = True
+            return
+        self._failing = False
+        self.publish(inventory)
+
+    def publish(self, inventory: GpuInventory) -> None:
+        """Set the gauges of every (replica, device) pair; children are bound once per label set."""
+        for pool in self._pools.pools.values():
+            engine = pool.config.engine.value
+            for replica in pool.replicas:
+                for device in replica.devices:
+                    gpu = inventory.by_index(device)
+                    if gpu is None:
+                        continue
+                    util, vram = self._children(
+                        (pool.id, replica.replica_id, device),
+                        (engine, replica.engine_version, pool.id, replica.replica_id, str(device)),
+                    )
+                    util.set(gpu.utilization_pct)
+                    vram.set(gpu.vram_used_bytes)
+
+    def _children(self, key: _Key, labels: _Labels) -> tuple[Gauge, Gauge]:
+        bound = self._bound.get(key)
+        if bound is not None and bound[0] == labels:
+            return bound[1], bound[2]
+        if bound is not None:
+            # The engine version changed: drop the stale series instead of leaving it frozen.
+            self._metrics.gpu_utilization.remove(*bound[0])
+            self._metrics.vram_used_bytes.remove(*bound[0])
+        util = self._metrics.gpu_utilization.labels(*labels)
+        vram = self._metrics.vram_used_bytes.labels(*labels)
+        self._bound[key] = (labels, util, vram)
+        return util, vram

@@ -1,0 +1,151 @@
+"""The auth and correlation middleware on an inline ASGI app, with the peer address injected."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import httpx
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from llama_orch.auth.policy import AuthPolicy
+from llama_orch.auth.tokens import token_identity
+from llama_orch.observability.redaction import Redactor
+from llama_orch.server.middleware import AuthMiddleware, CorrelationMiddleware
+from tests.support.narration import NarrationLog
+
+TOKEN = "tok-0123456789abcdef"
+LAN = ("192.168.1.20", 50000)
+LOOPBACK = ("127.0.0.1", 50000)
+
+
+async def echo_identity(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers with the identity the middleware set, in three body chunks."""
+    identity = scope["state"]["identity"].encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for part in (b"identity=", identity, b""):
+        await send({"type": "http.response.body", "body": part, "more_body": part != b""})
+
+
+def leaky(status: int, body: bytes, content_type: bytes = b"application/json") -> ASGIApp:
+    """Answers ``body`` in two chunks, or in one whole chunk for SSE (frames are never split)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", content_type)]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        half = len(body) if content_type.startswith(b"text/event-stream") else len(body) // 2
+        await send({"type": "http.response.body", "body": body[:half], "more_body": True})
+        await send({"type": "http.response.body", "body": body[half:]})
+
+    return app
+
+
+def stack(policy: AuthPolicy, app: ASGIApp = echo_identity, secrets: Sequence[str] = ()) -> ASGIApp:
+    return CorrelationMiddleware(AuthMiddleware(app, policy), Redactor(tuple(secrets)))
+
+
+async def call(
+    app: ASGIApp,
+    client: tuple[str, int],
+    headers: dict[str, str] | None = None,
+    path: str = "/metrics",
+) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app, client=client)
+    async with httpx.AsyncClient(transport=transport, base_url="http://orch") as http:
+        return await http.get(path, headers=headers or {})
+
+
+class TestAuthMiddleware:
+    async def test_loopback_open_default(self) -> None:
+        """With no token configured a loopback peer passes as localhost."""
+        response = await call(stack(AuthPolicy()), LOOPBACK)
+        assert (200, "identity=localhost") == (response.status_code, response.text)
+
+    async def test_token_identity_reaches_the_app(self) -> None:
+        """A matching token is passed on as token:<fp6>."""
+        response = await call(stack(AuthPolicy(TOKEN)), LAN, {"Authorization": f"Bearer {TOKEN}"})
+        assert f"identity={token_identity(TOKEN)}" == response.text
+
+    async def test_non_loopback_without_token_is_403(self) -> None:
+        """A LAN peer of a tokenless server gets 403 40301 with hint and correlation ID."""
+        response = await call(stack(AuthPolicy()), LAN, {"X-Correlation-Id": "cid-1"})
+        body = response.json()
+        assert (403, "NON_LOOPBACK_WITHOUT_TOKEN", 40301, "cid-1") == (
+            response.status_code,
+            body["code"],
+            body["code_id"],
+            body["correlation_id"],
+        )
+        assert body["hint"] and "cid-1" == response.headers["x-correlation-id"]
+
+    async def test_spoofed_forwarded_for_is_ignored(self) -> None:
+        """X-Forwarded-For: 127.0.0.1 from an untrusted LAN peer earns no loopback exemption."""
+        response = await call(
+            stack(AuthPolicy(TOKEN, optional=True)), LAN, {"X-Forwarded-For": "127.0.0.1"}
+        )
+        assert (401, "MISSING_TOKEN") == (response.status_code, response.json()["code"])
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+    async def test_trusted_proxy_forwarded_client_needs_token(self) -> None:
+        """Behind a trusted proxy, a forwarded LAN client is not loopback (AUTH_OPTIONAL)."""
+        policy = AuthPolicy(TOKEN, optional=True, trust_proxy=True)
+        forwarded = await call(stack(policy), LOOPBACK, {"X-Forwarded-For": LAN[0]})
+        local = await call(stack(policy), LOOPBACK)
+        assert (401, 200) == (forwarded.status_code, local.status_code)
+
+    async def test_no_path_is_exempt(self) -> None:
+        """/metrics, health and capabilities all need the token (D-AUTH-03)."""
+        policy = AuthPolicy(TOKEN)
+        paths = ["/metrics", "/v1/capabilities", "/v1/pools/p0/health", "/openapi/data.yaml"]
+        statuses = [(await call(stack(policy), LOOPBACK, path=p)).status_code for p in paths]
+        assert [401] * len(paths) == statuses
+
+    async def test_refusal_is_logged_without_the_token(self, narration: NarrationLog) -> None:
+        """A BAD_TOKEN refusal is narrated, and the access log says anonymous."""
+        await call(stack(AuthPolicy(TOKEN)), LAN, {"Authorization": "Bearer wrong-token"})
+        refusal = narration.one("refuse")
+        access = narration.one("request")
+        assert ("BAD_TOKEN", 40102, "anonymous", 401) == (
+            refusal["error_kind"],
+            refusal["code_id"],
+            access["identity"],
+            access["status"],
+        )
+        assert "wrong-token" not in str(narration.entries)
+
+    async def test_access_log_carries_identity(self, narration: NarrationLog) -> None:
+        """Every logged request carries identity and a human sentence (AUTH-1008)."""
+        await call(stack(AuthPolicy(TOKEN)), LAN, {"Authorization": f"Bearer {TOKEN}"})
+        await call(stack(AuthPolicy()), LOOPBACK)
+        assert [token_identity(TOKEN), "localhost"] == [
+            e["identity"] for e in narration.events("request")
+        ]
+        assert all(h.startswith("Answers GET /metrics with 200") for h in narration.humans())
+
+
+class TestRedactingSend:
+    async def test_error_body_loses_known_secret_and_patterns(self) -> None:
+        """An error body echoing a secret, a bearer header and URL credentials is redacted."""
+        leak = (
+            b'{"code":"INTERNAL","message":"upstream https://u:pw@engine/x said '
+            b'Bearer abc.def for key sk-proj-0123456789 and tok-0123456789abcdef"}'
+        )
+        response = await call(stack(AuthPolicy(), leaky(500, leak), [TOKEN]), LOOPBACK)
+        text = response.text
+        for secret in ("u:pw", "abc.def", "sk-proj-0123456789", TOKEN):
+            assert secret not in text
+        assert "INTERNAL" == response.json()["code"]
+        assert str(len(response.content)) == response.headers["content-length"]
+
+    async def test_sse_error_frame_is_redacted(self) -> None:
+        """An SSE error frame naming the secret reaches the client redacted."""
+        frames = b'event: error\ndata: {"message":"engine said tok-0123456789abcdef"}\n\n'
+        app = leaky(200, frames, b"text/event-stream")
+        response = await call(stack(AuthPolicy(), app, [TOKEN]), LOOPBACK)
+        assert TOKEN not in response.text
+        assert response.text.startswith("event: error\ndata: ")
+
+    async def test_successful_json_passes_untouched(self) -> None:
+        """A 200 JSON body is never rewritten (only errors are redacted)."""
+        body = b'{"note":"Bearer is a word"}'
+        response = await call(stack(AuthPolicy(), leaky(200, body)), LOOPBACK)
+        assert body == response.content
