@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llama_orch.adapters.host import AdapterHost
-from llama_orch.adapters.registry import FACTORIES, build_adapter
+from llama_orch.adapters.registry import FACTORIES, AdapterContext, adapter_factory
 from llama_orch.config import Settings
 from llama_orch.dispatch.admission import Admission
 from llama_orch.dispatch.dispatcher import Dispatcher
@@ -63,7 +63,8 @@ def build_deps(
         settings.config.pools,
         inventory,
         host,
-        build_adapter,
+        # Upstream API keys were read from the environment once, by load_settings.
+        adapter_factory(AdapterContext(api_keys=settings.upstream_api_keys)),
         metrics,
         probe_interval_s=probe_interval_s,
     )

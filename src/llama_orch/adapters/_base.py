@@ -29,7 +29,7 @@ from llama_orch.adapters._http import (
 )
 from llama_orch.adapters._sse import SseDecoder
 from llama_orch.config import PoolConfig
-from llama_orch.contracts.engine import EngineEvent, GenerateRequest
+from llama_orch.contracts.engine import EngineEvent, GenerateRequest, WorkerHealth, WorkerProps
 from llama_orch.errors import WorkerError, WorkerInternal, WorkerReset
 from llama_orch.observability.redaction import Redactor
 from llama_orch.vocab import Engine
@@ -86,6 +86,15 @@ class HttpAdapter:
         return self._pool.id
 
     # -- engine-specific surface ---------------------------------------------------------------
+
+    async def health(self) -> WorkerHealth:
+        raise NotImplementedError
+
+    async def props(self) -> WorkerProps:
+        raise NotImplementedError
+
+    async def engine_version(self) -> str:
+        raise NotImplementedError
 
     def generate_call(self, request: GenerateRequest) -> tuple[str, dict[str, Any]]:
         raise NotImplementedError

@@ -1,26 +1,55 @@
 """AdapterHost: the in-process registry and facade through which everything reaches an engine.
 
 Registry ``(pool_id, replica_id) -> adapter`` (ORCH-3600); facade ``submit``, ``cancel``,
-``health`` and ``props`` (ORCH-3601); a capability snapshot cache per replica (ORCH-3603).
-The server and dispatcher never hold an adapter themselves.
+``health`` and ``props`` (ORCH-3601); per replica a retry policy for idempotent calls and a
+circuit breaker (ORCH-3602); a capability snapshot cache per replica (ORCH-3603). The server and
+dispatcher never hold an adapter themselves.
+
+Resilience rules:
+- ``health``, ``props`` and ``engine_version`` are idempotent: retried with capped, jittered
+  backoff. ``submit`` is never retried, before or after the first token (D-HOST-02): a failed
+  generation surfaces to the dispatcher, which ends the task with an SSE ``error`` frame.
+- Engine failures (transport, 5xx, broken or truncated streams) count against the replica's
+  breaker; a client's own mistake (``WorkerInvalidParams``) does not. While the breaker is open
+  submissions fail fast and health reports not ready, so the pool manager turns the replica
+  Unready; after the cool-down the next probe or submission is the trial.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
+from llama_orch.adapters._breaker import BreakerPolicy, CircuitBreaker, Clock
+from llama_orch.adapters._http import RetryPolicy, with_retries
 from llama_orch.contracts.engine import (
+    BreakerState,
     EngineAdapter,
     EngineEvent,
     GenerateRequest,
     WorkerHealth,
     WorkerProps,
 )
-from llama_orch.errors import WorkerError, WorkerInternal, WorkerUnavailable
+from llama_orch.errors import (
+    WorkerDeadline,
+    WorkerError,
+    WorkerInternal,
+    WorkerInvalidParams,
+    WorkerUnavailable,
+)
 from llama_orch.observability.narration import narrate
 
+__all__ = ["AdapterHost", "BreakerPolicy", "CapabilitySnapshot", "RetryPolicy"]
+
 ReplicaKey = tuple[str, str]
+T = TypeVar("T")
+
+#: Failures that say nothing about the engine's health.
+_NOT_ENGINE_FAULTS = (WorkerInvalidParams, WorkerDeadline)
+#: Default for replicas bound without a policy (the mock engine, tests): no retries.
+_NO_RETRY = RetryPolicy(attempts=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,39 +59,120 @@ class CapabilitySnapshot:
     props: WorkerProps
 
 
+@dataclass(slots=True)
+class _Binding:
+    adapter: EngineAdapter
+    retry: RetryPolicy
+    breaker: CircuitBreaker = field(init=False)
+    #: Retries spent on idempotent calls and breaker trips since binding (D-HOST-01).
+    retries: int = 0
+    trips: int = 0
+
+
 class AdapterHost:
-    def __init__(self) -> None:
-        self._adapters: dict[ReplicaKey, EngineAdapter] = {}
+    def __init__(self, *, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._bindings: dict[ReplicaKey, _Binding] = {}
         self._capabilities: dict[ReplicaKey, CapabilitySnapshot] = {}
 
-    def bind(self, pool_id: str, replica_id: str, adapter: EngineAdapter) -> None:
-        """Bind (or rebind on reload) one replica's adapter."""
-        self._adapters[(pool_id, replica_id)] = adapter
-        self._capabilities.pop((pool_id, replica_id), None)
+    def bind(
+        self,
+        pool_id: str,
+        replica_id: str,
+        adapter: EngineAdapter,
+        *,
+        retry: RetryPolicy | None = None,
+        breaker: BreakerPolicy | None = None,
+    ) -> None:
+        """Bind (or rebind on reload) one replica's adapter, with a fresh breaker."""
+        key = (pool_id, replica_id)
+        engine = adapter.engine.value
+        binding = _Binding(adapter, retry or _NO_RETRY)
+
+        def on_change(old: BreakerState, new: BreakerState, why: str) -> None:
+            if new == "open":
+                binding.trips += 1
+            narrate(
+                "adapter-host",
+                "breaker",
+                engine,
+                f"Circuit of {pool_id}/{replica_id} goes {old} -> {new}: {why}"[:200],
+                level="warning" if new == "open" else "info",
+                pool_id=pool_id,
+                replica_id=replica_id,
+                engine=engine,
+                breaker=new,
+            )
+
+        binding.breaker = CircuitBreaker(breaker or BreakerPolicy(), self._clock, on_change)
+        self._bindings[key] = binding
+        self._capabilities.pop(key, None)
 
     async def unbind(self, pool_id: str, replica_id: str) -> None:
-        adapter = self._adapters.pop((pool_id, replica_id), None)
+        binding = self._bindings.pop((pool_id, replica_id), None)
         self._capabilities.pop((pool_id, replica_id), None)
-        if adapter is not None:
-            await adapter.aclose()
+        if binding is not None:
+            await binding.adapter.aclose()
 
-    def _adapter(self, pool_id: str, replica_id: str) -> EngineAdapter:
+    def _binding(self, pool_id: str, replica_id: str) -> _Binding:
         try:
-            return self._adapters[(pool_id, replica_id)]
+            return self._bindings[(pool_id, replica_id)]
         except KeyError:
             raise WorkerUnavailable(
                 f"no adapter bound for pool {pool_id} replica {replica_id}", pool_id=pool_id
             ) from None
 
+    def _adapter(self, pool_id: str, replica_id: str) -> EngineAdapter:
+        return self._binding(pool_id, replica_id).adapter
+
+    def breaker_state(self, pool_id: str, replica_id: str) -> BreakerState:
+        return self._binding(pool_id, replica_id).breaker.state
+
+    def retries_spent(self, pool_id: str, replica_id: str) -> int:
+        return self._binding(pool_id, replica_id).retries
+
+    async def _idempotent(self, binding: _Binding, call: Callable[[], Awaitable[T]]) -> T:
+        def count(_attempt: int, _exc: BaseException, _delay: float) -> None:
+            binding.retries += 1
+
+        try:
+            result = await with_retries(call, binding.retry, on_retry=count)
+        except WorkerError as exc:
+            if not isinstance(exc, _NOT_ENGINE_FAULTS):
+                binding.breaker.record_failure(exc.message)
+            raise
+        return result
+
+    # -- facade --------------------------------------------------------------------------------
+
     async def health(self, pool_id: str, replica_id: str) -> WorkerHealth:
-        return await self._adapter(pool_id, replica_id).health()
+        """The replica's health with its breaker state; engine failures read as not live."""
+        binding = self._binding(pool_id, replica_id)
+        breaker = binding.breaker
+        if not breaker.allow():
+            return WorkerHealth(
+                live=False,
+                ready=False,
+                detail=f"circuit open for {breaker.retry_after_s:.0f} s more "
+                f"after repeated failures ({breaker.last_reason})",
+                breaker="open",
+            )
+        try:
+            health = await self._idempotent(binding, binding.adapter.health)
+        except WorkerError as exc:
+            return WorkerHealth(live=False, ready=False, detail=exc.message, breaker=breaker.state)
+        if health.ready:
+            breaker.record_success()
+        return replace(health, breaker=breaker.state)
 
     async def refresh_capabilities(self, pool_id: str, replica_id: str) -> CapabilitySnapshot:
-        adapter = self._adapter(pool_id, replica_id)
+        binding = self._binding(pool_id, replica_id)
+        adapter = binding.adapter
+        props = await self._idempotent(binding, adapter.props)
         snapshot = CapabilitySnapshot(
             engine=adapter.engine.value,
-            engine_version=await adapter.engine_version(),
-            props=await adapter.props(),
+            engine_version=await self._idempotent(binding, adapter.engine_version),
+            props=props,
         )
         self._capabilities[(pool_id, replica_id)] = snapshot
         return snapshot
@@ -71,44 +181,84 @@ class AdapterHost:
         return self._capabilities.get((pool_id, replica_id))
 
     async def props(self, pool_id: str, replica_id: str) -> WorkerProps:
-        return await self._adapter(pool_id, replica_id).props()
+        binding = self._binding(pool_id, replica_id)
+        return await self._idempotent(binding, binding.adapter.props)
 
     async def submit(
         self, pool_id: str, replica_id: str, request: GenerateRequest
     ) -> AsyncIterator[EngineEvent]:
         """Stream one request; every failure surfaces as a ``WorkerError`` (ORCH-3602)."""
-        adapter = self._adapter(pool_id, replica_id)
+        binding = self._binding(pool_id, replica_id)
+        adapter = binding.adapter
+        engine = adapter.engine.value
+        fields: dict[str, Any] = {
+            "task_id": request.task_id,
+            "job_id": request.task_id,
+            "pool_id": pool_id,
+            "replica_id": replica_id,
+            "engine": engine,
+            "correlation_id": request.correlation_id,
+        }
+        breaker = binding.breaker
+        if not breaker.allow():
+            wait_ms = int(breaker.retry_after_s * 1000) + 1
+            raise WorkerUnavailable(
+                f"replica {pool_id}/{replica_id} is paused after repeated engine failures "
+                f"(circuit open, {wait_ms} ms left): {breaker.last_reason}"[:300],
+                pool_id=pool_id,
+                engine=engine,
+                retry_after_ms=wait_ms,
+            )
         narrate(
             "adapter-host",
             "submit",
-            adapter.engine.value,
+            engine,
             f"Sends task {request.task_id[:8]} to {pool_id}/{replica_id}.",
-            task_id=request.task_id,
-            job_id=request.task_id,
-            pool_id=pool_id,
-            replica_id=replica_id,
-            correlation_id=request.correlation_id,
+            **fields,
         )
         stream = adapter.submit(request)
         try:
             async for event in stream:
+                if event.kind == "error":
+                    raise event.error or WorkerInternal(
+                        f"{engine} reported an error without details", engine=engine
+                    )
+                if event.kind == "end":
+                    breaker.record_success()
                 yield event
-        except WorkerError:
+        except WorkerError as exc:
+            self._on_submit_error(binding, exc, fields)
             raise
         except Exception as exc:
             # An adapter bug must not take the server down; the client sees INTERNAL.
-            raise WorkerInternal(
-                f"{adapter.engine.value} adapter failed: {type(exc).__name__}",
-                pool_id=pool_id,
-                engine=adapter.engine.value,
-            ) from exc
+            error = WorkerInternal(
+                f"{engine} adapter failed: {type(exc).__name__}", pool_id=pool_id, engine=engine
+            )
+            self._on_submit_error(binding, error, fields)
+            raise error from exc
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
+    def _on_submit_error(self, binding: _Binding, exc: WorkerError, fields: dict[str, Any]) -> None:
+        if not isinstance(exc, _NOT_ENGINE_FAULTS):
+            binding.breaker.record_failure(exc.message)
+        engine = binding.adapter.engine.value
+        human = f"Task {str(fields['task_id'])[:8]} fails on the engine with {exc.kind.value}."
+        narrate(
+            "adapter-host",
+            "submit-error",
+            engine,
+            human,
+            level="warning",
+            **fields,
+            error_kind=exc.kind.value,
+        )
+
     async def cancel(self, pool_id: str, replica_id: str, task_id: str) -> None:
-        adapter = self._adapters.get((pool_id, replica_id))
-        if adapter is None:
+        binding = self._bindings.get((pool_id, replica_id))
+        if binding is None:
             return
+        adapter = binding.adapter
         narrate(
             "adapter-host",
             "cancel",
@@ -122,5 +272,5 @@ class AdapterHost:
         await adapter.cancel(task_id)
 
     async def aclose(self) -> None:
-        for key in list(self._adapters):
+        for key in list(self._bindings):
             await self.unbind(*key)

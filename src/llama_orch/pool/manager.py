@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from llama_orch.adapters.host import AdapterHost
+from llama_orch.adapters.host import AdapterHost, BreakerPolicy, RetryPolicy
 from llama_orch.config import PoolConfig
 from llama_orch.contracts.engine import EngineAdapter
 from llama_orch.core.model import PoolSnapshot, ReplicaView
@@ -65,6 +65,8 @@ class Replica:
     perf_tokens_per_s: float | None = None
     first_token_ms: float | None = None
     metrics: ReplicaMetrics | None = None
+    #: The adapter host's circuit-breaker state for this replica (closed, open, half_open).
+    breaker: str | None = None
 
 
 @dataclass(slots=True)
@@ -166,9 +168,16 @@ class PoolManager:
 
     async def start(self) -> None:
         for pool in self.pools.values():
+            cfg = pool.config
             for index, replica in enumerate(pool.replicas):
-                self._host.bind(pool.id, replica.replica_id, self._factory(pool.config, index))
-                await self._evaluate(pool, replica)
+                self._host.bind(
+                    pool.id,
+                    replica.replica_id,
+                    self._factory(cfg, index),
+                    retry=RetryPolicy.from_config(cfg.http, cfg.backoff),
+                    breaker=BreakerPolicy.from_config(cfg.circuit_breaker),
+                )
+        await self._evaluate_all()
         self._probe_task = asyncio.create_task(self._probe_loop(), name="pool-probe")
 
     async def stop(self) -> None:
@@ -181,9 +190,13 @@ class PoolManager:
     async def _probe_loop(self) -> None:
         while True:
             await asyncio.sleep(self._probe_interval_s)
-            for pool in self.pools.values():
-                for replica in pool.replicas:
-                    await self._evaluate(pool, replica)
+            await self._evaluate_all()
+
+    async def _evaluate_all(self) -> None:
+        """Probe every replica at once: one slow or hung engine must not delay the others."""
+        await asyncio.gather(
+            *(self._evaluate(pool, r) for pool in self.pools.values() for r in pool.replicas)
+        )
 
     def _engine_gate(self, pool: PoolRuntime) -> str | None:
         """None when the engine is ensured, else why not."""
@@ -207,7 +220,10 @@ class PoolManager:
         gates.model_present = True
         if gates.engine_ensured:
             try:
+                # External engines answer on their own health and props endpoints; the host
+                # retries these idempotent probes and reports the replica's circuit breaker.
                 health = await self._host.health(pool.id, replica.replica_id)
+                replica.breaker = health.breaker
                 gates.healthy = health.live and health.ready
                 if not gates.healthy:
                     error = f"engine health: live={health.live} ready={health.ready}" + (

@@ -1,0 +1,146 @@
+"""Each engine kind end to end: a real server in front of a running fake engine, over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from llama_orch.testing.fake_engines import Behaviour, FakeEngine, generate, start_fake
+from tests.support.server import RunningServer, config_of, running_server, task_body
+
+KINDS = ["llamacpp", "vllm", "tgi", "triton", "openai"]
+UPSTREAM_KEY = "sk-upstream-e2e-0123456789abcdef"
+ENV = {"UPSTREAM_KEY": UPSTREAM_KEY}
+
+
+def engine_pool(kind: str, fake: FakeEngine, **overrides: Any) -> dict[str, Any]:
+    """A pool of ``kind`` with provisioning.mode external, pointed at the running fake."""
+    pool: dict[str, Any] = {
+        "id": f"{kind}-pool",
+        "engine": kind,
+        "model": fake.model,
+        "ctx": 4096,
+        "devices": [0],
+        "slots": 2,
+        "endpoint": fake.url,
+        "provisioning": {"mode": "external"},
+        "backoff": {"initial_ms": 1, "max_ms": 10},
+        "http": {"probe_timeout_ms": 1000},
+    }
+    if kind == "openai":
+        pool["api_key_env"] = "UPSTREAM_KEY"
+    pool.update(overrides)
+    return pool
+
+
+def fake_options(kind: str) -> dict[str, Any]:
+    return {"api_key": UPSTREAM_KEY} if kind == "openai" else {}
+
+
+@contextlib.asynccontextmanager
+async def engine_stack(
+    kind: str, behaviour: Behaviour | None = None, **pool: Any
+) -> AsyncIterator[tuple[FakeEngine, RunningServer]]:
+    async with start_fake(kind, behaviour=behaviour, **fake_options(kind)) as fake:
+        config = config_of(engine_pool(kind, fake, **pool))
+        async with running_server(config, ENV) as srv:
+            yield fake, srv
+
+
+def expected_text(kind: str, prompt: str, seed: int, max_tokens: int) -> str:
+    """What the fake streams: TGI without sampling fields decodes greedily (seed unused)."""
+    greedy = 0.0 if kind == "tgi" else None
+    return "".join(generate(prompt, seed, max_tokens, temperature=greedy).tokens)
+
+
+async def wait_until(predicate: Any, what: str) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+class TestEngineEndToEnd:
+    async def test_task_streams_through(self, kind: str) -> None:
+        """A task on an external pool streams the engine's tokens in order, then ends."""
+        async with engine_stack(kind) as (fake, srv):
+            body = task_body(model=fake.model, engine=kind, max_tokens=12, prompt="héllo wörld")
+            assert 202 == (await srv.submit(body)).status_code
+            frames = await srv.stream(body["task_id"])
+        kinds = [event for event, _ in frames]
+        assert ("started", "end") == (kinds[0], kinds[-1])
+        tokens = [data for event, data in frames if event == "token"]
+        assert list(range(len(tokens))) == [t["i"] for t in tokens]
+        assert expected_text(kind, "héllo wörld", 7, 12) == "".join(t["t"] for t in tokens)
+        assert len(tokens) == frames[-1][1]["tokens_out"]
+
+    async def test_cancel_closes_the_upstream_request(self, kind: str) -> None:
+        """Canceling a running task closes its upstream request, and the fake sees it close."""
+        async with engine_stack(kind, Behaviour(tokens_per_s=50)) as (fake, srv):
+            body = task_body(model=fake.model, engine=kind, max_tokens=500)
+            await srv.submit(body)
+            await wait_until(lambda: fake.requests and fake.requests[-1].tokens_sent > 0, "tokens")
+            response = await srv.client.post(f"/v1/tasks/{body['task_id']}/cancel")
+            record = fake.requests[-1]
+            await asyncio.wait_for(record.done.wait(), 5)
+            frames = await srv.stream(body["task_id"])
+        assert 204 == response.status_code
+        assert (True, False) == (record.closed_early, record.completed)
+        assert ("end", True) == (frames[-1][0], frames[-1][1].get("canceled"))
+
+    async def test_engine_error_becomes_an_sse_error_frame(self, kind: str) -> None:
+        """An engine failing mid-stream ends the client's stream with one typed error frame."""
+        async with engine_stack(kind, Behaviour(close_after=2)) as (fake, srv):
+            body = task_body(model=fake.model, engine=kind, max_tokens=20)
+            await srv.submit(body)
+            frames = await srv.stream(body["task_id"])
+        assert "error" == frames[-1][0]
+        assert ("WORKER_RESET", kind) == (frames[-1][1]["code"], frames[-1][1]["engine"])
+        assert 2 == sum(1 for event, _ in frames if event == "token")
+
+
+class TestExternalReadiness:
+    async def test_replica_turns_ready_only_when_the_engine_answers(self) -> None:
+        """A refused connection keeps the pool Unready; once the engine listens it turns Ready."""
+        async with start_fake("vllm", listening=False) as fake:
+            async with running_server(config_of(engine_pool("vllm", fake)), ENV) as srv:
+                pool = srv.deps.pools.pools["vllm-pool"]
+                refused = await srv.submit(task_body(model=fake.model, engine="vllm"))
+                await fake.set_listening(True)
+                await wait_until(lambda: pool.ready, "the pool to turn Ready")
+                accepted = await srv.submit(task_body(model=fake.model, engine="vllm"))
+        assert (503, "POOL_UNREADY") == (refused.status_code, refused.json()["code"])
+        assert 202 == accepted.status_code
+
+    async def test_loading_llamacpp_is_unready_then_ready(self) -> None:
+        """llama.cpp's 503 "Loading model" keeps the replica Unready until it answers 200."""
+        async with start_fake("llamacpp", behaviour=Behaviour(loading=True)) as fake:
+            async with running_server(config_of(engine_pool("llamacpp", fake))) as srv:
+                pool = srv.deps.pools.pools["llamacpp-pool"]
+                loading_error = pool.last_error
+                fake.behaviour.loading = False
+                await wait_until(lambda: pool.ready, "the pool to turn Ready")
+        assert loading_error is not None and "Loading model" in loading_error
+
+    async def test_failing_engine_turns_unready(self) -> None:
+        """A Ready replica whose engine stops answering turns Unready on the next probes."""
+        async with start_fake("tgi") as fake:
+            async with running_server(config_of(engine_pool("tgi", fake))) as srv:
+                pool = srv.deps.pools.pools["tgi-pool"]
+                was_ready = pool.ready
+                fake.behaviour.health_status = 503
+                await wait_until(lambda: not pool.ready, "the pool to turn Unready")
+        assert was_ready
+
+    async def test_capabilities_report_the_engine_version(self) -> None:
+        """/v1/capabilities shows the version the engine itself reported."""
+        async with engine_stack("tgi") as (_fake, srv):
+            caps = (await srv.client.get("/v1/capabilities")).json()
+        pool = next(p for p in caps["pools"] if p["pool_id"] == "tgi-pool")
+        assert "3.3.6+simulated" == pool["engine_version"]
