@@ -1,18 +1,44 @@
-"""``llorch serve``: load settings, build the app, run uvicorn in the foreground."""
+"""``llorch serve``: load settings, build the app, serve it with granian in the foreground.
+
+granian speaks HTTP/1.1 and HTTP/2 on the same port: cleartext HTTP/2 with prior knowledge, and
+ALPN ``h2`` when ``server.tls`` is configured (OC-CTRL-2025). It runs embedded in this process's
+event loop, so the server, dispatcher and pool manager share one process (SPEC §2.1). Why
+granian and not uvicorn or hypercorn is measured in docs/streaming.md.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import signal
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import structlog
-import uvicorn
+from granian.constants import HTTPModes, Interfaces
+from granian.log import LogLevels
+from granian.server.embed import Server
 
 from llama_orch.auth.tokens import token_identity
 from llama_orch.bootstrap import build_deps
-from llama_orch.config import load_settings
+from llama_orch.config import Settings, load_settings
 from llama_orch.observability.logging import configure_logging
 from llama_orch.observability.narration import narrate
 from llama_orch.server.app import create_app, redactor_of
+
+# Connections queued by the kernel, and requests served at once: 1,000 open streams must fit.
+_BACKLOG = 2048
+_MAX_IN_FLIGHT = 8192
+# granian's own logger only reports errors, through our handlers; its access log stays off.
+_GRANIAN_LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {},
+    "loggers": {
+        "_granian": {"level": "ERROR", "propagate": True},
+        "granian.access": {"level": "CRITICAL", "propagate": False},
+    },
+}
 
 
 def run_server(
@@ -65,21 +91,61 @@ def run_server(
             identity=token_identity(settings.auth_token),
             trust_proxy_auth=settings.trust_proxy_auth,
         )
+    scheme = "https" if settings.config.server.tls is not None else "http"
     narrate(
         "server",
         "start",
         f"{settings.host}:{settings.port}",
-        f"Serves {len(settings.config.pools)} pools on http://{settings.host}:{settings.port}.",
+        f"Serves {len(settings.config.pools)} pools on {scheme}://{settings.host}:{settings.port}"
+        " over HTTP/1.1 and HTTP/2.",
         config=settings.source,
         pools=[p.id for p in settings.config.pools],
     )
-    app = create_app(deps)
-    uvicorn.run(
+    serve_app(create_app(deps), settings)
+
+
+def serve_app(app: Any, settings: Settings) -> None:
+    """Run ``app`` until SIGINT or SIGTERM; the app's lifespan starts and stops the rest."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_serve(app, settings))
+
+
+async def _serve(app: Any, settings: Settings) -> None:
+    tls = settings.config.server.tls
+    server = Server(
         app,
-        host=settings.host,
+        address=settings.host,
         port=settings.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
+        interface=Interfaces.ASGI,
+        http=HTTPModes.auto,
+        websockets=False,
+        backlog=_BACKLOG,
+        backpressure=_MAX_IN_FLIGHT,
+        log_level=LogLevels.error,
+        log_dictconfig=_GRANIAN_LOGGING,
+        ssl_cert=_resolve(tls.certfile, settings) if tls else None,
+        ssl_key=_resolve(tls.keyfile, settings) if tls else None,
     )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.stop)
+    try:
+        await server.serve()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _resolve(path: str, settings: Settings) -> Path:
+    """Relative certificate paths resolve against the config file's directory."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else settings.base_dir / candidate
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (it is, with uvicorn[standard]): cheaper wake-ups per token."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop ships with the pinned dependencies
+        return None
+    return uvloop.new_event_loop
