@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from llama_orch.config import SessionsConfig
-from llama_orch.dispatch.sessions import SessionStore
+from llama_orch.config import BudgetsConfig, SessionsConfig
+from llama_orch.core.budgets import BudgetLimits
+from llama_orch.dispatch.sessions import SessionStore, budget_limits
 
 
 class TestSessionStore:
@@ -34,3 +35,37 @@ class TestSessionStore:
         store.get_or_create("c", now=0.0)
         assert 1 == store.prune(now=5.5)
         assert ["b"] == [s for s in ("a", "b", "c") if store.get(s, now=5.5)]
+
+
+class TestAffinityAndWarmth:
+    def test_affinity_lasts_for_the_soft_ttl(self) -> None:
+        """After a task is served, affinity points at its replica until the soft TTL ends."""
+        store = SessionStore(SessionsConfig(affinity_ttl_ms=2000))
+        session = store.get_or_create("s1", now=0.0)
+        assert None is store.affinity("s1", now=0.0)
+        store.served(session, ("p0", "r1"), now=1.0)
+        affinity = store.affinity("s1", now=1.5)
+        assert affinity is not None
+        assert ("p0", "r1", 3.0) == (affinity.pool_id, affinity.replica_id, affinity.expires_at)
+
+    def test_warmth_is_per_replica(self) -> None:
+        """kv_warmth is true only when the last replica holds the session's KV."""
+        store = SessionStore(SessionsConfig())
+        session = store.get_or_create("s1", now=0.0)
+        store.mark_warm(session, ("p0", "r0"), now=0.0)
+        store.served(session, ("p0", "r1"), now=1.0)
+        assert not session.kv_warmth
+        store.mark_warm(session, ("p0", "r1"), now=1.0)
+        assert session.kv_warmth
+        store.forget_replica(("p0", "r1"))
+        assert not session.kv_warmth
+
+
+class TestBudgetLimits:
+    def test_pool_overrides_server_key_by_key(self) -> None:
+        """A pool's budgets override the server's per key; null keys inherit."""
+        server = BudgetsConfig(tokens=1000, cost=5.0, cost_per_token=0.01)
+        pool = BudgetsConfig(tokens=100)
+        assert BudgetLimits(100, None, 5.0, 0.01) == budget_limits(server, pool)
+        assert BudgetLimits(1000, None, 5.0, 0.01) == budget_limits(server, None)
+        assert 0.0 == budget_limits(BudgetsConfig(), None).cost_per_token
