@@ -11,7 +11,7 @@ STAMP := $(VENV)/.synced
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup run test lint fmt schema bench clean
+.PHONY: help setup promtool run test lint fmt schema bench clean
 
 help:
 	@echo "make run     set up, then serve $(CONFIG) on 127.0.0.1:8080"
@@ -31,10 +31,20 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 
 setup: $(STAMP)
 
+# promtool (Debian package `prometheus`) checks the /metrics scrape in tests/e2e/test_metrics.py.
+# Installed once through apt when missing and possible; otherwise that one check skips, loudly.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing promtool (apt package prometheus)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends prometheus >/dev/null || echo "warning: promtool install failed"; \
+	  else echo "warning: promtool unavailable and apt-get unusable; its check will skip"; fi; }
+
 run: setup
 	$(VENV)/bin/llorch serve --config $(CONFIG)
 
-test: setup
+test: setup promtool
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
