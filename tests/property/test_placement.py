@@ -37,7 +37,7 @@ def feasible(pool: PoolSnapshot, replica: ReplicaView, job: JobSpec, stage: Stag
         and (mask is None or sorted(set(mask)) == sorted(set(pool.device_mask)))
         and pool.ready
         and not pool.draining
-        and len({r.engine_version for r in pool.replicas}) == 1
+        and len({r.engine_version for r in pool.replicas if r.ready}) <= 1
         and replica.ctx_max_supported >= job.required_ctx
         and replica.ready
         and not replica.draining

@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from llama_orch.core.model import JobSpec, PoolSnapshot, ReplicaView
-from llama_orch.core.replica_set import replica_set_conflict
 
 Candidate = tuple[PoolSnapshot, ReplicaView]
 T = TypeVar("T")
@@ -100,15 +99,14 @@ def not_draining(pools: list[PoolSnapshot], job: JobSpec) -> list[PoolSnapshot]:
 
 
 def replica_set(pools: list[PoolSnapshot], job: JobSpec) -> list[PoolSnapshot]:
-    """A pool whose replicas disagree on versions is no single replica set (OC-CORE-1031)."""
+    """A pool whose Ready replicas disagree on versions is no single replica set (OC-CORE-1031).
+
+    Only the fact is checked here, on the hot path; ``replica_set_conflict`` explains it.
+    """
     return [
         p
         for p in pools
-        if replica_set_conflict(
-            p.id,
-            ((r.replica_id, r.engine_version, r.sampler_profile_version) for r in p.replicas),
-        )
-        is None
+        if len({(r.engine_version, r.sampler_profile_version) for r in p.replicas if r.ready}) <= 1
     ]
 
 

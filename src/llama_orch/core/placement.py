@@ -149,6 +149,19 @@ def _score(
     if len(candidates) == 1:
         pool, replica = candidates[0]
         return pool, replica, outcome, ()
-    keyed = sorted((order_key(pool, replica), i) for i, (pool, replica) in enumerate(candidates))
-    pool, replica = candidates[keyed[0][1]]
-    return pool, replica, outcome, decisive_tie_breakers(keyed[0][0], keyed[1][0])
+    # The SPEC §5.5 tuple (``scoring.order_key``), inlined: this loop is the hot path.
+    keyed = [
+        (
+            -r.free_vram,
+            r.active_slots + p.queued,
+            -(r.perf_tokens_per_s or p.perf_tokens_per_s or 0.0),
+            p.id,
+            r.replica_id,
+            i,
+        )
+        for i, (p, r) in enumerate(candidates)
+    ]
+    keyed.sort()
+    best, runner_up = keyed[0], keyed[1]
+    pool, replica = candidates[best[5]]
+    return pool, replica, outcome, decisive_tie_breakers(best[:5], runner_up[:5])
