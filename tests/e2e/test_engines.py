@@ -108,34 +108,40 @@ class TestEngineEndToEnd:
 class TestExternalReadiness:
     async def test_replica_turns_ready_only_when_the_engine_answers(self) -> None:
         """A refused connection keeps the pool Unready; once the engine listens it turns Ready."""
-        async with start_fake("vllm", listening=False) as fake:
-            async with running_server(config_of(engine_pool("vllm", fake)), ENV) as srv:
-                pool = srv.deps.pools.pools["vllm-pool"]
-                refused = await srv.submit(task_body(model=fake.model, engine="vllm"))
-                await fake.set_listening(True)
-                await wait_until(lambda: pool.ready, "the pool to turn Ready")
-                accepted = await srv.submit(task_body(model=fake.model, engine="vllm"))
+        async with (
+            start_fake("vllm", listening=False) as fake,
+            running_server(config_of(engine_pool("vllm", fake)), ENV) as srv,
+        ):
+            pool = srv.deps.pools.pools["vllm-pool"]
+            refused = await srv.submit(task_body(model=fake.model, engine="vllm"))
+            await fake.set_listening(True)
+            await wait_until(lambda: pool.ready, "the pool to turn Ready")
+            accepted = await srv.submit(task_body(model=fake.model, engine="vllm"))
         assert (503, "POOL_UNREADY") == (refused.status_code, refused.json()["code"])
         assert 202 == accepted.status_code
 
     async def test_loading_llamacpp_is_unready_then_ready(self) -> None:
         """llama.cpp's 503 "Loading model" keeps the replica Unready until it answers 200."""
-        async with start_fake("llamacpp", behaviour=Behaviour(loading=True)) as fake:
-            async with running_server(config_of(engine_pool("llamacpp", fake))) as srv:
-                pool = srv.deps.pools.pools["llamacpp-pool"]
-                loading_error = pool.last_error
-                fake.behaviour.loading = False
-                await wait_until(lambda: pool.ready, "the pool to turn Ready")
+        async with (
+            start_fake("llamacpp", behaviour=Behaviour(loading=True)) as fake,
+            running_server(config_of(engine_pool("llamacpp", fake))) as srv,
+        ):
+            pool = srv.deps.pools.pools["llamacpp-pool"]
+            loading_error = pool.last_error
+            fake.behaviour.loading = False
+            await wait_until(lambda: pool.ready, "the pool to turn Ready")
         assert loading_error is not None and "Loading model" in loading_error
 
     async def test_failing_engine_turns_unready(self) -> None:
         """A Ready replica whose engine stops answering turns Unready on the next probes."""
-        async with start_fake("tgi") as fake:
-            async with running_server(config_of(engine_pool("tgi", fake))) as srv:
-                pool = srv.deps.pools.pools["tgi-pool"]
-                was_ready = pool.ready
-                fake.behaviour.health_status = 503
-                await wait_until(lambda: not pool.ready, "the pool to turn Unready")
+        async with (
+            start_fake("tgi") as fake,
+            running_server(config_of(engine_pool("tgi", fake))) as srv,
+        ):
+            pool = srv.deps.pools.pools["tgi-pool"]
+            was_ready = pool.ready
+            fake.behaviour.health_status = 503
+            await wait_until(lambda: not pool.ready, "the pool to turn Unready")
         assert was_ready
 
     async def test_capabilities_report_the_engine_version(self) -> None:

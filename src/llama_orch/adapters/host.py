@@ -17,6 +17,7 @@ Resilience rules:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -201,7 +202,7 @@ class AdapterHost:
         }
         breaker = binding.breaker
         if not breaker.allow():
-            wait_ms = int(breaker.retry_after_s * 1000) + 1
+            wait_ms = max(1, math.ceil(breaker.retry_after_s * 1000))
             raise WorkerUnavailable(
                 f"replica {pool_id}/{replica_id} is paused after repeated engine failures "
                 f"(circuit open, {wait_ms} ms left): {breaker.last_reason}"[:300],

@@ -31,6 +31,8 @@ from starlette.types import Receive, Scope, Send
 
 #: Frames batched into one write when streaming as fast as possible.
 FAST_BATCH = 64
+#: Yielded by a frame source to push batched frames out now (before a stall).
+FLUSH = b""
 
 
 @dataclass(slots=True)
@@ -96,7 +98,6 @@ class FakeEngine:
         self._want_listening = listening
         self._sock: socket.socket | None = None
         self._server: uvicorn.Server | None = None
-        self._serve_task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self.app = Starlette(routes=list(self.routes()))
         self.started_at = time.time()
@@ -169,25 +170,31 @@ class FakeEngine:
         )
         server = uvicorn.Server(config)
         self._server = server
-        # _serve, not serve: a library server must not take over the process's signal handlers.
-        self._serve_task = asyncio.create_task(
-            server._serve([self._sock]), name=f"fake-{self.kind}"
-        )
-        while not server.started:
-            if self._serve_task.done():
-                self._serve_task.result()
-                raise RuntimeError("fake engine exited during start-up")
-            await asyncio.sleep(0.005)
+        # startup() rather than serve(): a library server must neither take over the process's
+        # signal handlers nor pay serve()'s 0.1 s polling on every stop.
+        config.load()
+        server.lifespan = config.lifespan_class(config)
+        await server.startup(sockets=[self._sock])
 
     async def _stop_server(self) -> None:
-        server, task = self._server, self._serve_task
-        self._server = self._serve_task = None
-        if server is None or task is None:
+        server = self._server
+        self._server = None
+        if server is None:
             return
-        self._closing.set()
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        self._closing.set()  # hung and stalled streams end now
+        for listener in server.servers:
+            listener.close()
+        for connection in list(server.server_state.connections):
+            connection.shutdown()
+        tasks = set(server.server_state.tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        for task in server.server_state.tasks:
+            task.cancel()
+        for listener in server.servers:
+            await listener.wait_closed()
+        if self._sock is not None:
+            self._sock.close()
         self._closing = asyncio.Event()
 
     # -- helpers for subclasses ----------------------------------------------------------------
@@ -287,6 +294,11 @@ class EventStream:
         first = True
         try:
             async for frame in self.frames:
+                if not frame:  # FLUSH
+                    if batch:
+                        await _send_body(send, b"".join(batch))
+                        batch.clear()
+                    continue
                 if b.split_frames:
                     await _send_split(send, frame)
                 elif fast:
@@ -345,6 +357,7 @@ async def token_frames(
         if b.close_after is not None and i >= b.close_after:
             raise _AbortConnection
         if b.stall_after is not None and i >= b.stall_after:
+            yield FLUSH  # what was generated before the stall reaches the client
             await fake.hang()
         yield frame_of(i)
         record.tokens_sent += 1

@@ -125,14 +125,16 @@ class _OpenAICompatible(FakeEngine):
         return prompt, max_tokens
 
     async def _generate(self, request: Request, *, chat: bool) -> Response | EventStream:
-        denied = self.auth_failure(request)
-        if denied is not None:
-            return denied
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
-            return self.error(400, "invalid JSON body")
+            body = None
         record = self.record("POST", request.url.path, dict(request.headers), body)
+        denied = self.auth_failure(request)
+        if denied is not None:
+            return denied
+        if not isinstance(body, dict):
+            return self.error(400, "invalid JSON body")
         b = self.behaviour
         if b.fail_status is not None:
             return self.error(b.fail_status, "simulated failure")

@@ -1,0 +1,48 @@
+"""The upstream stream decoders give the same events however the bytes are split (D-HTTP-02)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+
+from llama_orch.adapters._sse import NdjsonDecoder, SseDecoder, SseEvent
+from tests.property.sse_strategies import Frame, ndjson_byte_splits, sse_byte_splits
+
+
+def decode(chunks: list[bytes]) -> tuple[list[SseEvent], bool]:
+    decoder = SseDecoder()
+    events = [event for chunk in chunks for event in decoder.feed(chunk)]
+    return events, decoder.pending
+
+
+class TestSseDecoderSplits:
+    @given(sse_byte_splits())
+    def test_any_split_decodes_like_the_whole(self, case: tuple[list[Frame], list[bytes]]) -> None:
+        """Splitting the stream at arbitrary bytes, even inside a character, changes nothing."""
+        _, chunks = case
+        assert decode([b"".join(chunks)]) == decode(chunks)
+
+    @given(sse_byte_splits())
+    def test_events_match_what_the_engine_sent(self, case: tuple[list[Frame], list[bytes]]) -> None:
+        """Each data frame comes back with exactly its payload bytes and event name, in order."""
+        frames, chunks = case
+        events, pending = decode(chunks)
+        expected = [(f.data, f.event) for f in frames if f.data is not None]
+        assert (expected, False) == ([(e.data, e.event) for e in events], pending)
+
+    @given(sse_byte_splits())
+    def test_payloads_are_valid_utf8(self, case: tuple[list[Frame], list[bytes]]) -> None:
+        """No payload ever ends or starts in the middle of a UTF-8 sequence."""
+        _, chunks = case
+        events, _ = decode(chunks)
+        for event in events:
+            event.data.decode("utf-8")
+
+
+class TestNdjsonDecoderSplits:
+    @given(ndjson_byte_splits())
+    def test_any_split_gives_the_documents(self, case: tuple[list[bytes], list[bytes]]) -> None:
+        """Every JSON line comes back whole, whatever the chunking and line ending."""
+        docs, chunks = case
+        decoder = NdjsonDecoder()
+        lines = [line for chunk in chunks for line in decoder.feed(chunk)] + decoder.flush()
+        assert docs == lines

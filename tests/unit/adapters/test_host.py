@@ -1,0 +1,160 @@
+"""The adapter host: retry caps on probes, no retry of generation, circuit breaker, cache."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from llama_orch.adapters.host import AdapterHost, BreakerPolicy, RetryPolicy
+from llama_orch.adapters.mock import MockEngine
+from llama_orch.config import MockEngineConfig
+from llama_orch.errors import WorkerInternal, WorkerInvalidParams, WorkerReset, WorkerUnavailable
+from tests.unit.adapters.engine_support import adapter_for, request
+
+FAST_RETRY = RetryPolicy(attempts=3, initial_s=0.001, max_s=0.002)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """Answers every request with ``respond`` and counts requests per path."""
+
+    def __init__(self, respond: httpx.Response | Exception) -> None:
+        self.respond = respond
+        self.calls: dict[str, int] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls[request.url.path] = self.calls.get(request.url.path, 0) + 1
+        if isinstance(self.respond, Exception):
+            raise self.respond
+        return self.respond
+
+
+class BrokenStream(httpx.AsyncByteStream):
+    """Two llama.cpp token frames, then the connection breaks."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b'data: {"content":"a","stop":false}\n\ndata: {"content":"b","stop":false}\n\n'
+        raise httpx.ReadError("connection reset by peer")
+
+
+def failing_mock() -> MockEngine:
+    config = MockEngineConfig(ttft_ms=0, tokens_per_s=10_000, fail_at_token=0)
+    return MockEngine(config, slots=1, model="m")
+
+
+class TestRetries:
+    async def test_health_retries_are_capped_and_counted(self) -> None:
+        """An unreachable engine is probed exactly retries+1 times, then reads as not live."""
+        transport = CountingTransport(httpx.ConnectError("refused"))
+        host = AdapterHost()
+        host.bind(
+            "p",
+            "r0",
+            adapter_for("vllm", "http://engine", "m", transport=transport),
+            retry=FAST_RETRY,
+        )
+        health = await host.health("p", "r0")
+        assert ({"/health": 3}, 2) == (transport.calls, host.retries_spent("p", "r0"))
+        assert (False, False, "closed") == (health.live, health.ready, health.breaker)
+        assert "cannot connect" in (health.detail or "")
+
+    async def test_submit_is_never_retried(self) -> None:
+        """A failed generation request is sent once, whatever the retry policy says."""
+        transport = CountingTransport(httpx.Response(503, json={"error": {"code": 503}}))
+        host = AdapterHost()
+        host.bind(
+            "p",
+            "r0",
+            adapter_for("llamacpp", "http://e", "m", transport=transport),
+            retry=FAST_RETRY,
+        )
+        with pytest.raises(WorkerUnavailable):
+            [e async for e in host.submit("p", "r0", request())]
+        assert {"/completion": 1} == transport.calls
+
+    async def test_nothing_is_retried_after_the_first_token(self) -> None:
+        """A stream that breaks after tokens is a reset, and the request is not sent again."""
+        response = httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=BrokenStream()
+        )
+        transport = CountingTransport(response)
+        host = AdapterHost()
+        host.bind(
+            "p",
+            "r0",
+            adapter_for("llamacpp", "http://e", "m", transport=transport),
+            retry=FAST_RETRY,
+        )
+        texts: list[str] = []
+        with pytest.raises(WorkerReset):
+            async for event in host.submit("p", "r0", request()):
+                texts.append(event.text)
+        assert (["", "a", "b"], {"/completion": 1}) == (texts, transport.calls)
+
+
+class TestCircuitBreaker:
+    async def test_repeated_failures_open_the_breaker(
+        self, captured_logs: list[dict[str, object]]
+    ) -> None:
+        """After the configured failures, submissions fail fast and health says open."""
+        clock = Clock()
+        host = AdapterHost(clock=clock)
+        host.bind("p", "r0", failing_mock(), breaker=BreakerPolicy(failures=2, cooldown_s=30))
+        for _ in range(2):
+            with pytest.raises(WorkerInternal):
+                [e async for e in host.submit("p", "r0", request())]
+        with pytest.raises(WorkerUnavailable) as info:
+            [e async for e in host.submit("p", "r0", request())]
+        health = await host.health("p", "r0")
+        assert ("open", False) == (health.breaker, health.ready)
+        assert 30_000 == info.value.retry_after_ms
+        opened = [log for log in captured_logs if log.get("action") == "breaker"]
+        assert ["open"] == [log["breaker"] for log in opened]
+
+    async def test_cooldown_then_healthy_probe_closes(self) -> None:
+        """After the cool-down the next probe is the trial; a healthy answer closes the breaker."""
+        clock = Clock()
+        host = AdapterHost(clock=clock)
+        host.bind("p", "r0", failing_mock(), breaker=BreakerPolicy(failures=1, cooldown_s=10))
+        with pytest.raises(WorkerInternal):
+            [e async for e in host.submit("p", "r0", request())]
+        assert "open" == host.breaker_state("p", "r0")
+        clock.now += 10
+        health = await host.health("p", "r0")
+        assert (True, "closed") == (health.ready, health.breaker)
+
+    async def test_client_mistakes_do_not_trip(self) -> None:
+        """Requests the engine rejects as invalid say nothing about its health."""
+        transport = CountingTransport(httpx.Response(400, json={"error": {"code": 400}}))
+        host = AdapterHost()
+        host.bind(
+            "p",
+            "r0",
+            adapter_for("llamacpp", "http://e", "m", transport=transport),
+            breaker=BreakerPolicy(failures=1),
+        )
+        for _ in range(3):
+            with pytest.raises(WorkerInvalidParams):
+                [e async for e in host.submit("p", "r0", request())]
+        assert "closed" == host.breaker_state("p", "r0")
+
+
+class TestCapabilityCache:
+    async def test_refresh_fills_and_rebind_clears(self) -> None:
+        """A refresh caches the snapshot; rebinding the replica forgets it."""
+        host = AdapterHost()
+        mock = MockEngine(MockEngineConfig(engine_version="mock-9"), slots=2, model="m")
+        host.bind("p", "r0", mock)
+        snapshot = await host.refresh_capabilities("p", "r0")
+        assert ("mock-9", snapshot) == (snapshot.engine_version, host.capabilities("p", "r0"))
+        host.bind("p", "r0", mock)
+        assert host.capabilities("p", "r0") is None

@@ -1,0 +1,206 @@
+"""The shared HTTP util: client settings, retry caps, and error translation."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from llama_orch.adapters._http import (
+    RetryPolicy,
+    build_client,
+    error_for_status,
+    map_transport_errors,
+    redact_url,
+    with_retries,
+)
+from llama_orch.config import BackoffConfig, HttpConfig
+from llama_orch.errors import (
+    DecodeTimeout,
+    WorkerError,
+    WorkerInternal,
+    WorkerInvalidParams,
+    WorkerReset,
+    WorkerUnavailable,
+)
+from llama_orch.observability.redaction import Redactor
+
+
+class Sleeps:
+    """Records backoff delays instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+class TestWithRetries:
+    async def test_retries_are_capped(self) -> None:
+        """A call that keeps failing is attempted exactly ``attempts`` times, then re-raised."""
+        calls = 0
+
+        async def failing() -> None:
+            nonlocal calls
+            calls += 1
+            raise WorkerUnavailable("down")
+
+        sleeps = Sleeps()
+        with pytest.raises(WorkerUnavailable):
+            await with_retries(failing, RetryPolicy(attempts=4, initial_s=0.1), sleep=sleeps)
+        assert (4, 3) == (calls, len(sleeps.delays))
+
+    async def test_backoff_is_jittered_and_capped(self) -> None:
+        """Waits are random within the exponential envelope and never exceed the cap."""
+        sleeps = Sleeps()
+
+        async def failing() -> None:
+            raise DecodeTimeout("slow")
+
+        policy = RetryPolicy(attempts=8, initial_s=1.0, factor=2.0, max_s=3.0, jitter=True)
+        with pytest.raises(DecodeTimeout):
+            await with_retries(failing, policy, sleep=sleeps)
+        assert 7 == len(sleeps.delays)
+        assert all(0 <= d <= 3.0 for d in sleeps.delays)
+        assert len(set(sleeps.delays)) > 1
+
+    async def test_without_jitter_backoff_doubles(self) -> None:
+        """With jitter off, the waits are initial * factor**n up to the cap."""
+        sleeps = Sleeps()
+
+        async def failing() -> None:
+            raise WorkerReset("reset")
+
+        policy = RetryPolicy(attempts=5, initial_s=0.5, factor=2.0, max_s=3.0, jitter=False)
+        with pytest.raises(WorkerReset):
+            await with_retries(failing, policy, sleep=sleeps)
+        assert [0.5, 1.0, 2.0, 3.0] == sleeps.delays
+
+    async def test_client_mistakes_are_not_retried(self) -> None:
+        """An error that retrying cannot fix is raised after one attempt."""
+        calls = 0
+
+        async def refused() -> None:
+            nonlocal calls
+            calls += 1
+            raise WorkerInvalidParams("bad")
+
+        with pytest.raises(WorkerInvalidParams):
+            await with_retries(refused, RetryPolicy(attempts=5), sleep=Sleeps())
+        assert 1 == calls
+
+    async def test_success_after_failures(self) -> None:
+        """A transient failure followed by success returns the result and reports each retry."""
+        outcomes = [WorkerUnavailable("a"), WorkerUnavailable("b"), "ok"]
+        retried: list[int] = []
+
+        async def flaky() -> str:
+            outcome = outcomes.pop(0)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+        result = await with_retries(
+            flaky,
+            RetryPolicy(attempts=3),
+            sleep=Sleeps(),
+            on_retry=lambda n, _e, _d: retried.append(n),
+        )
+        assert ("ok", [1, 2]) == (result, retried)
+
+    def test_policy_from_config(self) -> None:
+        """retries: N means N+1 attempts; backoff settings carry over in seconds."""
+        policy = RetryPolicy.from_config(
+            HttpConfig(retries=3), BackoffConfig(initial_ms=250, factor=3.0, max_ms=4000)
+        )
+        assert RetryPolicy(4, 0.25, 3.0, 4.0, True) == policy
+
+
+class TestBuildClient:
+    async def test_client_settings(self) -> None:
+        """Timeouts come from the pool; env proxies are ignored; redirects are not followed."""
+        http = HttpConfig(connect_timeout_ms=1500, read_timeout_ms=7000)
+        async with build_client(http, base_url="http://127.0.0.1:9") as client:
+            timeout = client.timeout
+            assert (1.5, 7.0) == (timeout.connect, timeout.read)
+            assert (False, False) == (client.trust_env, client.follow_redirects)
+            assert "http://127.0.0.1:9" == str(client.base_url)
+
+    async def test_default_headers(self) -> None:
+        """Headers given at build time go on every request (the bearer key, for instance)."""
+        seen: list[str] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            seen.append(request.headers["authorization"])
+            return httpx.Response(200)
+
+        client = build_client(
+            HttpConfig(),
+            base_url="http://engine",
+            headers={"authorization": "Bearer k"},
+            transport=httpx.MockTransport(handler),
+        )
+        async with client:
+            await client.get("/health")
+        assert ["Bearer k"] == seen
+
+
+TRANSPORT_ERRORS: list[tuple[Exception, type[WorkerError]]] = [
+    (httpx.ConnectError("refused"), WorkerUnavailable),
+    (httpx.ConnectTimeout("slow"), WorkerUnavailable),
+    (httpx.PoolTimeout("full"), WorkerUnavailable),
+    (httpx.ReadTimeout("silent"), DecodeTimeout),
+    (TimeoutError(), DecodeTimeout),
+    (httpx.RemoteProtocolError("incomplete chunked read"), WorkerReset),
+    (httpx.ReadError("reset by peer"), WorkerReset),
+    (httpx.UnsupportedProtocol("ftp"), WorkerInternal),
+]
+
+
+class TestMapTransportErrors:
+    @pytest.mark.parametrize(
+        ("raised", "expected"),
+        TRANSPORT_ERRORS,
+        ids=[type(e).__name__ for e, _ in TRANSPORT_ERRORS],
+    )
+    def test_translation(self, raised: Exception, expected: type[WorkerError]) -> None:
+        """Each httpx failure becomes its WorkerError, chained to the original."""
+        mapping = map_transport_errors("vllm", "POST /v1/completions", Redactor(), pool_id="p")
+        with pytest.raises(WorkerError) as info, mapping:
+            raise raised
+        assert expected is type(info.value)
+        assert (raised, "vllm", "p") == (
+            info.value.__cause__,
+            info.value.engine,
+            info.value.pool_id,
+        )
+
+
+class TestErrorForStatus:
+    @pytest.mark.parametrize(
+        ("status", "expected", "retriable"),
+        [
+            (400, WorkerInvalidParams, False),
+            (422, WorkerInvalidParams, False),
+            (401, WorkerUnavailable, False),
+            (404, WorkerUnavailable, False),
+            (429, WorkerUnavailable, True),
+            (500, WorkerInternal, False),
+            (503, WorkerUnavailable, True),
+        ],
+    )
+    def test_status_mapping(
+        self, status: int, expected: type[WorkerError], retriable: bool
+    ) -> None:
+        """An upstream status maps to the error the client should see, with retry advice."""
+        error = error_for_status(status, "m", engine="tgi")
+        assert (expected, retriable) == (type(error), error.retriable)
+
+
+class TestRedactUrl:
+    def test_credentials_and_tokens_are_removed(self) -> None:
+        """Userinfo and secret-looking query values never survive into a message."""
+        url = "https://alice:hunter2@engine.example:8443/v1?api_key=abc123&x=1"
+        redacted = redact_url(url, Redactor())
+        assert "hunter2" not in redacted and "abc123" not in redacted and "alice" not in redacted
+        assert redacted.startswith("https://engine.example:8443/v1?api_key=")

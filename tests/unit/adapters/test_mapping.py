@@ -1,0 +1,144 @@
+"""Each adapter maps seed, max_tokens, sampling and stop onto its engine's own field names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from llama_orch.testing.fake_engines import start_fake
+from llama_orch.vocab import DeterminismLevel
+from tests.unit.adapters.engine_support import adapter_for, collect, fake_and_adapter, request
+
+SAMPLED = {
+    "seed": 11,
+    "max_tokens": 5,
+    "temperature": 0.7,
+    "top_p": 0.9,
+    "top_k": 40,
+    "repeat_penalty": 1.1,
+    "stop": ("\n\n",),
+}
+
+EXPECTED: dict[str, dict[str, Any]] = {
+    "llamacpp": {
+        "n_predict": 5,
+        "seed": 11,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 40,
+        "repeat_penalty": 1.1,
+        "stop": ["\n\n"],
+        "stream": True,
+    },
+    "vllm": {
+        "max_tokens": 5,
+        "seed": 11,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 40,
+        "repetition_penalty": 1.1,
+        "stop": ["\n\n"],
+        "stream": True,
+        "model": "tiny",
+    },
+    "tgi": {
+        "max_new_tokens": 5,
+        "seed": 11,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 40,
+        "repetition_penalty": 1.1,
+        "stop": ["\n\n"],
+        "do_sample": True,
+        "details": True,
+    },
+    "triton": {
+        "max_tokens": 5,
+        "seed": 11,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 40,
+        "repetition_penalty": 1.1,
+        "stop": ["\n\n"],
+        "stream": True,
+        "exclude_input_in_output": True,
+        "return_finish_reason": True,
+    },
+    "openai": {
+        "max_completion_tokens": 5,
+        "seed": 11,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "stop": ["\n\n"],
+        "stream": True,
+        "model": "tiny",
+    },
+}
+
+
+def sent_params(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The generation parameters wherever the engine expects them."""
+    if kind == "tgi":
+        return dict(body["parameters"])
+    if kind == "triton":
+        return dict(body["parameters"])
+    return {k: v for k, v in body.items() if k not in ("prompt", "messages", "stream_options")}
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+class TestParameterMapping:
+    async def test_sampled_request(self, kind: str) -> None:
+        """Every parameter the engine takes is sent under its name, nothing silently dropped."""
+        async with fake_and_adapter(kind) as (fake, adapter):
+            events = await collect(adapter, request(**SAMPLED))
+        assert EXPECTED[kind] == sent_params(kind, fake.requests[-1].body)
+        if kind == "openai":  # what OpenAI cannot take is reported, not silently dropped
+            assert ["top_k", "repeat_penalty"] == events[0].data["unsupported_params"]
+
+    async def test_greedy_request(self, kind: str) -> None:
+        """temperature 0 is greedy everywhere; TGI gets no sampling fields at all."""
+        async with fake_and_adapter(kind) as (fake, adapter):
+            await collect(adapter, request(temperature=0.0, top_p=1.0, top_k=0))
+        params = sent_params(kind, fake.requests[-1].body)
+        if kind == "tgi":
+            assert ({"max_new_tokens", "seed", "do_sample", "details"}, False) == (
+                set(params),
+                params["do_sample"],
+            )
+        else:
+            assert 0.0 == params["temperature"]
+
+    async def test_strict_determinism_is_noted(self, kind: str) -> None:
+        """A strict task says which engine settings strict determinism needs (or, for OpenAI,
+        carries no promise)."""
+        options = {"slots": 2} if kind == "llamacpp" else None
+        async with fake_and_adapter(kind, fake_options=options) as (fake, adapter):
+            events = await collect(adapter, request(determinism=DeterminismLevel.STRICT))
+        started = events[0].data
+        if kind == "openai":
+            assert "determinism" not in started
+        else:
+            assert "strict" == started["determinism"]
+        if kind == "llamacpp":
+            assert False is fake.requests[-1].body["cache_prompt"]
+            assert "runs 2 slots" in started["determinism_note"]
+            assert "--parallel 1 --no-cont-batching" in started["determinism_note"]
+
+
+class TestRoutes:
+    async def test_vllm_chat_route(self) -> None:
+        """upstream_api: chat sends the prompt as one user message to chat completions."""
+
+        async with start_fake("vllm") as fake:
+            adapter = adapter_for("vllm", fake.url, fake.model, upstream_api="chat")
+            try:
+                events = await collect(adapter, request(max_tokens=4))
+            finally:
+                await adapter.aclose()
+        record = fake.requests[-1]
+        assert ("/v1/chat/completions", [{"role": "user", "content": "hello wörld"}]) == (
+            record.path,
+            record.body["messages"],
+        )
+        assert 4 == events[-1].data["tokens_out"]
