@@ -115,7 +115,17 @@ async def running_server(
     deps = build_deps(settings, probe_interval_s=0.2)
     app = create_app(deps)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=0, log_config=None, access_log=False, lifespan="on")
+        uvicorn.Config(
+            app,
+            host=host,
+            port=0,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            # uvicorn would rewrite the client address from X-Forwarded-For sent by a loopback
+            # peer; only the auth policy may decide that (TRUST_PROXY_AUTH, D-AUTH-01).
+            proxy_headers=False,
+        )
     )
     serve = asyncio.create_task(server.serve())
     while not server.started:
