@@ -18,6 +18,7 @@ from llama_orch.core.model import (
     AUTO,
     Assigned,
     JobSpec,
+    ModelRequirements,
     PlacementInput,
     PlacementOverrides,
     Stage,
@@ -37,7 +38,7 @@ from llama_orch.errors import (
 )
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
-from llama_orch.pool.manager import PoolManager
+from llama_orch.pool.manager import PoolManager, PoolRuntime
 from llama_orch.vocab import PlacementMode, Priority, Workload
 
 
@@ -337,9 +338,11 @@ class Admission:
                 engine=request.engine.value,
                 retriable=False,
             )
+        # ModelRequirements per pool (SPEC §17.8); the task must fit at least one of them.
+        requirements = [model_requirements(p) for p in matching]
         violation = check_context(
             ctx=request.ctx,
-            model_ctx_max=max(p.ctx_max for p in matching),
+            model_ctx_max=max(r.ctx_max for r in requirements),
             prompt_tokens=estimate_prompt_tokens(len(prompt.encode())),
             max_tokens=request.max_tokens,
         )
@@ -393,6 +396,20 @@ class Admission:
             pool_id=pinned,
             engine=engine,
         )
+
+
+def model_requirements(pool: PoolRuntime) -> ModelRequirements:
+    """What the pool's model needs, from config and what the engine reported (D-CORE-05).
+
+    ``ctx_max`` is the smaller of the configured ctx and the engine's limit; fields nobody can
+    observe yet (digest, extensions) stay empty rather than guessed.
+    """
+    return ModelRequirements(
+        model_id=pool.config.model,
+        ctx_max=pool.ctx_max,
+        quant=pool.config.quant,
+        streaming=True,
+    )
 
 
 def pool_rate(cfg: PoolConfig, priority: Priority) -> int | None:

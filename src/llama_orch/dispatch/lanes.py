@@ -110,6 +110,7 @@ class PoolLane:
         return replace(
             base,
             replicas=views,
+            quant=self.pool.config.quant,
             perf_tokens_per_s=sum(measured) / len(measured) if measured else None,
         )
 
