@@ -40,7 +40,7 @@ from llama_orch.dispatch.tasks import Task, TaskRegistry, TaskState
 from llama_orch.errors import AdmissionRejected, OrchError, QueueFullDropLru
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
-from llama_orch.pool.manager import PoolManager, Replica
+from llama_orch.pool.manager import PoolManager, Replica, ReplicaState
 from llama_orch.vocab import Priority
 
 Clock = Callable[[], float]
@@ -119,8 +119,14 @@ class Dispatcher:
 
     def _wake(self, pool_id: str) -> None:
         lane = self.lanes.get(pool_id)
-        if lane is not None:
-            lane.wake.set()
+        if lane is None:
+            return
+        ready_now = {r.replica_id for r in lane.pool.replicas if r.state is ReplicaState.READY}
+        # A replica that dropped out of Ready (restart, failure) lost every session's KV cache.
+        for lost in lane.ready_replicas - ready_now:
+            self.sessions.forget_replica((pool_id, lost))
+        lane.ready_replicas = ready_now
+        lane.wake.set()
 
     # -- admission side ------------------------------------------------------------------------
 

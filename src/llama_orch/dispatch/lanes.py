@@ -40,6 +40,7 @@ class PoolLane:
         "queue",
         "queued_tokens",
         "rate_limits",
+        "ready_replicas",
         "running",
         "wake",
     )
@@ -66,6 +67,8 @@ class PoolLane:
         #: Expected tokens of every queued task, summed, for the fluid part of predictions.
         self.queued_tokens = 0
         self.running: dict[str, Task] = {}
+        #: Replica ids that were Ready when the pool last reported a change.
+        self.ready_replicas: set[str] = set()
         self.wake = asyncio.Event()
 
     @property
