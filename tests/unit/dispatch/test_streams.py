@@ -51,3 +51,59 @@ class TestTaskStream:
         await asyncio.sleep(0)
         stream.publish("token", {"t": "a", "i": 0})
         assert "token" == (await second)[0]
+
+
+class TestTranscriptShape:
+    def test_tokens_are_stored_as_text_and_framed_on_read(self) -> None:
+        """A token costs its text; frames() rebuilds the {t, i} JSON frames in order."""
+        stream = TaskStream()
+        stream.publish_token("a")
+        stream.publish("metrics", {"queue_depth": 0})
+        stream.publish_token("b")
+        stream.publish("end", {"tokens_out": 2})
+        assert ["a", "b"] == [e for e in stream.entries if isinstance(e, str)]
+        assert [
+            ("token", b'{"t":"a","i":0}'),
+            ("metrics", b'{"queue_depth":0}'),
+            ("token", b'{"t":"b","i":1}'),
+            ("end", b'{"tokens_out":2}'),
+        ] == stream.frames()
+        assert (2, True) == (stream.tokens, stream.closed)
+
+    def test_publish_token_through_the_generic_path(self) -> None:
+        """publish("token", {t, i}) still works and refuses an index out of sequence."""
+        stream = TaskStream()
+        stream.publish("token", {"t": "x", "i": 0})
+        with pytest.raises(ValueError):
+            stream.publish("token", {"t": "y", "i": 5})
+        assert 1 == stream.tokens
+
+    def test_nbytes_grows_with_the_transcript(self) -> None:
+        """The retention bound sees the transcript's size, tokens included."""
+        stream = TaskStream()
+        before = stream.nbytes
+        stream.publish_token("hello")
+        middle = stream.nbytes
+        stream.publish("end", {"tokens_out": 1})
+        assert before < middle < stream.nbytes
+
+
+class TestWait:
+    async def test_wait_times_out_without_frames(self) -> None:
+        """wait() with a limit returns False when nothing arrives, and leaves no waiter."""
+        stream = TaskStream()
+        assert False is await stream.wait(0, 0.01)
+        stream.publish_token("a")
+        assert True is await stream.wait(0, 0.01)
+
+    async def test_wait_wakes_on_publish_and_on_close(self) -> None:
+        """A waiter wakes for a new frame, and for the terminal frame."""
+        stream = TaskStream()
+        waiter = asyncio.create_task(stream.wait(0, 5.0))
+        await asyncio.sleep(0)
+        stream.publish_token("a")
+        assert True is await waiter
+        closer = asyncio.create_task(stream.wait(5, 5.0))
+        await asyncio.sleep(0)
+        stream.publish("end", {"tokens_out": 1})
+        assert True is await closer
