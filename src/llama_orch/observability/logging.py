@@ -27,6 +27,9 @@ _LEVELS = {
 }
 #: Marks the root handler this module installed, so a reset removes only that one.
 _HANDLER_MARK = "_llama_orch_handler"
+#: Libraries that log a line per HTTP request at INFO (every engine probe, every token stream);
+#: their warnings still come through.
+_CHATTY = ("httpx", "httpcore", "hpack")
 
 
 class _RedactAtSink:
@@ -103,6 +106,8 @@ def configure_logging(
     _remove_our_handlers(root)
     root.addHandler(handler)
     root.setLevel(numeric_level)
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(max(numeric_level, logging.WARNING))
 
 
 def _remove_our_handlers(root: logging.Logger) -> None:
@@ -113,4 +118,8 @@ def _remove_our_handlers(root: logging.Logger) -> None:
 def reset_logging() -> None:
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
-    _remove_our_handlers(logging.getLogger())
+    root = logging.getLogger()
+    _remove_our_handlers(root)
+    root.setLevel(logging.WARNING)
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.NOTSET)

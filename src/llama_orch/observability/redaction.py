@@ -11,14 +11,19 @@ from typing import Any
 
 REDACTED = "[REDACTED]"
 
+# Credentials shorter than 8 characters, or written as a ``<placeholder>``, are prose ("the
+# bearer token does not match", "send Authorization: Bearer <token>"), not secrets; configured
+# secrets of any length are redacted by value.
+_CREDENTIAL = r"[^\s\"',;&<>]{8,}"
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
     (
         re.compile(
-            r"(?i)\b(authorization|x-api-key|api[_-]?key)([\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"
+            r"(?i)\b(authorization|x-api-key|api[_-]?key)([\"']?\s*[:=]\s*[\"']?)"
+            r"(?:(?:bearer|basic|token)\s+)?" + _CREDENTIAL
         ),
         r"\1\2" + REDACTED,
     ),
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
     (
         re.compile(r"(?i)([?&](?:api[_-]?key|token|access_token|key|sig|signature)=)[^&\s\"']+"),
         r"\1" + REDACTED,

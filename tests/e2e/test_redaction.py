@@ -1,0 +1,92 @@
+"""No secret reaches a log line, an error body or an SSE frame (ORCH-3037, ORCH-3613, ORCH-3257).
+
+Traffic carries known secrets: the server's AUTH_TOKEN, the upstream API keys of two OpenAI-style
+pools (one key right, one wrong, which the fake engine echoes back in its 401), an ``sk-`` key and
+URL credentials. Every rendered log line and every response body is then searched for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import httpx
+
+from llama_orch.testing.fake_engines import start_fake
+from tests.support.server import config_of, mock_pool, running_server, task_body
+
+AUTH_TOKEN = "redaction-auth-token-8c1e44d09b"
+GOOD_KEY = "sk-upstream-good-5d7a19c3e2f4"
+BAD_KEY = "sk-upstream-bad-0f9e8d7c6b5a"
+LOOSE_KEY = "sk-live-9a8b7c6d5e4f3a2b"
+URL_PASSWORD = "hunter2-url-password"
+SECRETS = (AUTH_TOKEN, GOOD_KEY, BAD_KEY, LOOSE_KEY, URL_PASSWORD)
+BEARER = {"Authorization": f"Bearer {AUTH_TOKEN}"}
+
+
+def openai_pool(pool_id: str, url: str, key_env: str, model: str) -> dict[str, object]:
+    return {
+        "id": pool_id,
+        "engine": "openai",
+        "model": model,
+        "ctx": 4096,
+        "devices": [0],
+        "endpoint": url,
+        "api_key_env": key_env,
+        "provisioning": {"mode": "external"},
+        "backoff": {"initial_ms": 1, "max_ms": 10},
+        "http": {"probe_timeout_ms": 1000, "retries": 0},
+    }
+
+
+async def traffic(http: httpx.AsyncClient) -> list[httpx.Response]:
+    """Requests that put each secret in a header, a path, a body or an upstream error."""
+    leaky_prompt = f"fetch https://admin:{URL_PASSWORD}@example.com/?api_key={LOOSE_KEY}"
+    good = task_body("gpt-sim", engine="openai", max_tokens=3, prompt=leaky_prompt)
+    responses = [await http.post("/v1/tasks", json=good)]
+    async with http.stream("GET", f"/v1/tasks/{good['task_id']}/stream") as stream:
+        await stream.aread()
+    responses.append(stream)
+    requests = [
+        http.post("/v1/tasks", json=task_body("m0", prompt=f"Bearer {AUTH_TOKEN}")),
+        http.get(f"/v1/tasks/{AUTH_TOKEN}/stream"),
+        http.get(f"/v1/tasks/{LOOSE_KEY}/stream"),
+        http.get(f"/v1/tasks/{GOOD_KEY}/cancel"),
+        http.get("/v1/capabilities", headers={"X-Api-Key": GOOD_KEY}),
+        http.get("/v1/capabilities", headers={"Authorization": f"Bearer {BAD_KEY}"}),
+        http.get(f"/metrics?api_key={LOOSE_KEY}"),
+        http.get("/v1/pools/bad/health"),
+        http.get("/v1/pools/good/health"),
+        http.post("/v1/tasks", content=b'{"prompt": "' + AUTH_TOKEN.encode() + b'", "x": }'),
+        http.post("/v1/tasks", json=task_body("gpt-bad", engine="openai", max_tokens=2)),
+    ]
+    for request in requests:
+        responses.append(await request)
+    return responses
+
+
+class TestRedaction:
+    async def test_no_secret_in_logs_or_responses(self) -> None:
+        """Every known secret has zero hits across all log lines and all response bodies."""
+        env = {"AUTH_TOKEN": AUTH_TOKEN, "GOOD_KEY": GOOD_KEY, "BAD_KEY": BAD_KEY}
+        logs = io.StringIO()
+        async with (
+            start_fake("openai", api_key=GOOD_KEY, model="gpt-sim") as good_engine,
+            start_fake("openai", api_key=GOOD_KEY, model="gpt-bad") as bad_engine,
+        ):
+            config = config_of(
+                mock_pool(),
+                openai_pool("good", good_engine.url, "GOOD_KEY", "gpt-sim"),
+                openai_pool("bad", bad_engine.url, "BAD_KEY", "gpt-bad"),
+            )
+            async with running_server(config, env, client_headers=BEARER, log_stream=logs) as srv:
+                await asyncio.sleep(0.3)  # a few readiness probes of the bad pool fail
+                responses = await traffic(srv.client)
+        bodies = "\n".join(r.text for r in responses)
+        lines = logs.getvalue().splitlines()
+        hits = {s: [line for line in [*lines, bodies] if s in line] for s in SECRETS}
+        assert {s: [] for s in SECRETS} == hits
+        # The traffic really happened and was logged: a streamed task and refusals.
+        assert 202 == responses[0].status_code and "event: end" in responses[1].text
+        assert any('"code":"BAD_TOKEN"' in r.text for r in responses)
+        assert len(lines) > 10

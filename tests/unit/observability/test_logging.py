@@ -1,0 +1,101 @@
+"""Log output: JSON Lines by default, pretty on request, narration in both, redaction at sink."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import orjson
+import structlog
+
+from llama_orch.observability.logging import configure_logging
+from llama_orch.observability.narration import narrate
+from llama_orch.observability.redaction import Redactor
+
+
+def lines_of(stream: io.StringIO) -> list[str]:
+    return stream.getvalue().splitlines()
+
+
+class TestJsonLines:
+    def test_narration_is_one_json_object_per_line(self) -> None:
+        """A narrated event is one JSON line with the taxonomy fields and the request context."""
+        out = io.StringIO()
+        configure_logging("json", stream=out)
+        structlog.contextvars.bind_contextvars(correlation_id="cid-7")
+        narrate("admission", "admit", "p0", "Admits task abcd1234 to p0.", pool_id="p0", x=None)
+        (line,) = lines_of(out)
+        event = orjson.loads(line)
+        assert {
+            "actor": "admission",
+            "action": "admit",
+            "target": "p0",
+            "human": "Admits task abcd1234 to p0.",
+            "pool_id": "p0",
+            "correlation_id": "cid-7",
+            "level": "info",
+        } == {
+            k: event[k]
+            for k in ("actor", "action", "target", "human", "pool_id", "correlation_id", "level")
+        }
+        assert "x" not in event and "timestamp" in event
+
+    def test_levels_below_the_threshold_are_dropped(self) -> None:
+        """At level warning, info narration is not written."""
+        out = io.StringIO()
+        configure_logging("json", "warning", stream=out)
+        narrate("a", "b", "c", "Quiet.")
+        narrate("a", "b", "c", "Loud.", level="warning")
+        assert ["Loud."] == [orjson.loads(line)["human"] for line in lines_of(out)]
+
+
+class TestPretty:
+    def test_human_sentence_leads(self) -> None:
+        """Pretty mode starts each line with the narration; structured fields follow."""
+        out = io.StringIO()
+        configure_logging("pretty", stream=out)
+        narrate("dispatcher", "place", "p0", "Places task 1234 on p0/r0.", pool_id="p0")
+        (line,) = lines_of(out)
+        assert "Places task 1234 on p0/r0." in line
+        assert line.index("Places task") < line.index("actor=dispatcher")
+        assert "pool_id=p0" in line and "human=" not in line
+
+
+class TestSink:
+    def test_secrets_in_fields_are_redacted(self) -> None:
+        """Configured secrets and secret shapes never reach the rendered line."""
+        out = io.StringIO()
+        configure_logging("json", redactor=Redactor(("s3cr3t-value",)), stream=out)
+        narrate(
+            "adapter-host",
+            "error",
+            "p0",
+            "Fails with s3cr3t-value.",
+            detail="GET https://u:pw123@engine/v1?api_key=abcdef Authorization: Bearer abcdefgh12",
+            authorization="Bearer abc",
+        )
+        text = out.getvalue()
+        for secret in ("s3cr3t-value", "pw123", "api_key=abcdef", "abcdefgh12", "Bearer abc"):
+            assert secret not in text
+        assert 1 == len(lines_of(out))
+
+    def test_stdlib_records_share_the_sink(self) -> None:
+        """Server records from the standard library become redacted JSON lines too."""
+        out = io.StringIO()
+        configure_logging("json", redactor=Redactor(("tok-abcdef",)), stream=out)
+        logging.getLogger("uvicorn.error").warning("client sent tok-abcdef")
+        (line,) = lines_of(out)
+        event = orjson.loads(line)
+        assert ("client sent [REDACTED]", "warning", "uvicorn.error") == (
+            event["event"],
+            event["level"],
+            event["logger"],
+        )
+
+    def test_http_client_chatter_is_quiet(self) -> None:
+        """httpx's per-request INFO lines (engine probes, streams) are not logged."""
+        out = io.StringIO()
+        configure_logging("json", stream=out)
+        logging.getLogger("httpx").info("HTTP Request: GET http://engine/health")
+        logging.getLogger("httpx").warning("connection pool is full")
+        assert ["connection pool is full"] == [orjson.loads(x)["event"] for x in lines_of(out)]

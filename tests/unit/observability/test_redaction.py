@@ -1,0 +1,78 @@
+"""Redaction: secret-shaped strings and configured secrets become [REDACTED]; prose survives."""
+
+from __future__ import annotations
+
+import pytest
+
+from llama_orch.auth.policy import AuthPolicy
+from llama_orch.errors import AuthError
+from llama_orch.observability.redaction import REDACTED, Redactor
+
+
+class TestPatterns:
+    @pytest.mark.parametrize(
+        ("raw", "expected"),
+        [
+            ("Authorization: Bearer abcdef123456", f"Authorization: {REDACTED}"),
+            ('{"authorization": "Bearer abcdef123456"}', f'{{"authorization": "{REDACTED}"}}'),
+            ("x-api-key=0123456789abcdef", f"x-api-key={REDACTED}"),
+            ("api_key: 'supersecretvalue'", f"api_key: '{REDACTED}'"),
+            ("sent bearer eyJhbGciOi.payload.sig", f"sent bearer {REDACTED}"),
+            ("GET /v1/x?api_key=abc&n=1", f"GET /v1/x?api_key={REDACTED}&n=1"),
+            ("https://user:pa55@host/p", f"https://{REDACTED}@host/p"),
+            ("key sk-proj-0123456789abcdef", f"key {REDACTED}"),
+            ("hf_abcdefghijklmnop token", f"{REDACTED} token"),
+        ],
+    )
+    def test_secret_shapes_are_redacted(self, raw: str, expected: str) -> None:
+        """Bearer tokens, API keys, Authorization headers and URL credentials are replaced."""
+        assert expected == Redactor().text(raw)
+
+    @pytest.mark.parametrize(
+        "prose",
+        [
+            "the bearer token does not match",
+            "send `Authorization: Bearer <token>`",
+            "check api_key_env",
+            "https://example.com/path?n=1",
+            "Admits task 1234abcd to p0 at position 0.",
+        ],
+    )
+    def test_prose_survives(self, prose: str) -> None:
+        """Sentences that merely mention tokens and headers are left as they are."""
+        assert prose == Redactor().text(prose)
+
+    def test_auth_errors_survive_redaction(self) -> None:
+        """No auth error message or hint is mangled by the redaction of error bodies."""
+        cases = [
+            (AuthPolicy("t0ken-value"), "127.0.0.1", None),
+            (AuthPolicy("t0ken-value"), "127.0.0.1", "Bearer nope"),
+            (AuthPolicy(), "10.0.0.1", None),
+        ]
+        for policy, peer, header in cases:
+            with pytest.raises(AuthError) as info:
+                policy.authenticate(peer=peer, authorization=header)
+            body = info.value.envelope()
+            assert body == Redactor(("t0ken-value",)).value(body)
+
+
+class TestKnownSecrets:
+    def test_configured_secret_of_any_shape(self) -> None:
+        """A configured secret is redacted wherever it appears, however short or plain."""
+        redactor = Redactor(("plainword",)).with_secret("x9")
+        assert f"a {REDACTED} b {REDACTED}" == redactor.text("a plainword b x9")
+
+    def test_empty_secrets_are_ignored(self) -> None:
+        """An unset token adds nothing to redact."""
+        assert "abc" == Redactor(("", None or "")).with_secret(None).text("abc")
+
+    def test_secret_keys_and_nesting(self) -> None:
+        """Values under secret-named keys are dropped, inside mappings and lists too."""
+        value = {
+            "headers": {"Authorization": "x", "accept": "json"},
+            "items": ["Bearer abcdefgh12"],
+        }
+        assert {
+            "headers": {"Authorization": REDACTED, "accept": "json"},
+            "items": [f"Bearer {REDACTED}"],
+        } == Redactor().value(value)
