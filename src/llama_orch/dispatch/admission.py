@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from llama_orch.config import Config, PoolConfig
 from llama_orch.contracts.api import TaskRequest
 from llama_orch.contracts.engine import GenerateRequest
-from llama_orch.core.budgets import BudgetUsage, check_budget
+from llama_orch.core.budgets import BudgetLimits, BudgetUsage, check_budget
 from llama_orch.core.guardrails import check_context, check_overrides, estimate_prompt_tokens
 from llama_orch.core.model import (
     AUTO,
@@ -24,7 +24,9 @@ from llama_orch.core.model import (
     Stage,
 )
 from llama_orch.core.placement import decide
+from llama_orch.core.ratelimit import TokenBucket
 from llama_orch.dispatch.dispatcher import Dispatcher
+from llama_orch.dispatch.lanes import PoolLane
 from llama_orch.dispatch.sessions import budget_limits
 from llama_orch.dispatch.tasks import Task
 from llama_orch.errors import (
@@ -124,59 +126,8 @@ class Admission:
         pool = lane.pool
         engine = request.engine.value
 
-        session = dispatcher.sessions.get(session_id, now)
-        limits = (
-            session.limits
-            if session is not None
-            else budget_limits(self._config.budgets, pool.config.budgets)
-        )
-        price = budget_limits(self._config.budgets, pool.config.budgets).cost_per_token
-        if session is not None:
-            refusal = None
-            if session.turns >= dispatcher.sessions.max_turns:
-                refusal = (
-                    f"session {session_id} used all {session.turns} turns; start a new "
-                    "session_id or wait for this one to expire"
-                )
-            else:
-                refusal = check_budget(
-                    limits, session.usage, max_tokens=request.max_tokens, price=price
-                )
-            if refusal is not None:
-                raise AdmissionRejected(
-                    refusal,
-                    retriable=False,
-                    retry_after_ms=dispatcher.sessions.ttl_remaining_ms(session, now),
-                    policy_label="session-budget",
-                    pool_id=pool_id,
-                    engine=engine,
-                )
-        elif limits.enabled:
-            refusal = check_budget(
-                limits, BudgetUsage(), max_tokens=request.max_tokens, price=price
-            )
-            if refusal is not None:
-                raise AdmissionRejected(
-                    refusal,
-                    retriable=False,
-                    retry_after_ms=int(dispatcher.sessions.ttl_s * 1000),
-                    policy_label="session-budget",
-                    pool_id=pool_id,
-                    engine=engine,
-                )
-
-        bucket = lane.rate_limits.get(request.priority)
-        if bucket is not None:
-            wait_ms = math.ceil(bucket.wait_s(now) * 1000)
-            if wait_ms > 0:
-                raise AdmissionRejected(
-                    f"pool {pool_id} admits at most {pool_rate(pool.config, request.priority)} "
-                    f"{request.priority.value} tasks per second; retry in {wait_ms} ms",
-                    retry_after_ms=wait_ms,
-                    policy_label="rate-limit",
-                    pool_id=pool_id,
-                    engine=engine,
-                )
+        limits, price = self._check_session(request, pool, now)
+        bucket = self._check_rate(request, lane, now)
 
         expected = request.expected_tokens or request.max_tokens
         _, predicted = dispatcher.predict_new(lane, request.priority)
@@ -266,6 +217,61 @@ class Admission:
             session_ttl_ms_remaining=dispatcher.sessions.ttl_remaining_ms(session, now),
             budget_headers=dispatcher.budget_headers(session_id),
         )
+
+    def _check_session(
+        self, request: TaskRequest, pool: PoolRuntime, now: float
+    ) -> tuple[BudgetLimits, float]:
+        """Turns and budgets of the task's session (OC-CORE-1023, SPEC §17.11).
+
+        Returns the session's limits (a new session takes its pool's) and this pool's price.
+        """
+        sessions = self._dispatcher.sessions
+        session_id = str(request.session_id)
+        session = sessions.get(session_id, now)
+        pool_limits = budget_limits(self._config.budgets, pool.config.budgets)
+        limits = session.limits if session is not None else pool_limits
+        price = pool_limits.cost_per_token
+        if session is not None and session.turns >= sessions.max_turns:
+            refusal: str | None = (
+                f"session {session_id} used all {session.turns} turns; start a new "
+                "session_id or wait for this one to expire"
+            )
+        else:
+            usage = session.usage if session is not None else BudgetUsage()
+            refusal = check_budget(limits, usage, max_tokens=request.max_tokens, price=price)
+        if refusal is not None:
+            ttl_ms = (
+                sessions.ttl_remaining_ms(session, now)
+                if session is not None
+                else int(sessions.ttl_s * 1000)
+            )
+            raise AdmissionRejected(
+                refusal,
+                retriable=False,
+                retry_after_ms=ttl_ms,
+                policy_label="session-budget",
+                pool_id=pool.id,
+                engine=request.engine.value,
+            )
+        return limits, price
+
+    def _check_rate(self, request: TaskRequest, lane: PoolLane, now: float) -> TokenBucket | None:
+        """The class throttle of the pool (ORCH-3006); the token is spent only on enqueue."""
+        bucket = lane.rate_limits.get(request.priority)
+        if bucket is None:
+            return None
+        wait_ms = math.ceil(bucket.wait_s(now) * 1000)
+        if wait_ms > 0:
+            rate = pool_rate(lane.pool.config, request.priority)
+            raise AdmissionRejected(
+                f"pool {lane.id} admits at most {rate} {request.priority.value} tasks per "
+                f"second; retry in {wait_ms} ms",
+                retry_after_ms=wait_ms,
+                policy_label="rate-limit",
+                pool_id=lane.id,
+                engine=request.engine.value,
+            )
+        return bucket
 
     def _prompt_of(self, request: TaskRequest) -> str:
         if request.workload is not Workload.COMPLETION:
