@@ -127,11 +127,11 @@ class TestRedactingSend:
         """An error body echoing a secret, a bearer header and URL credentials is redacted."""
         leak = (
             b'{"code":"INTERNAL","message":"upstream https://u:pw@engine/x said '
-            b'Bearer abc.def for key sk-proj-0123456789 and tok-0123456789abcdef"}'
+            b'Bearer abc.def.ghi for key sk-proj-0123456789 and tok-0123456789abcdef"}'
         )
         response = await call(stack(AuthPolicy(), leaky(500, leak), [TOKEN]), LOOPBACK)
         text = response.text
-        for secret in ("u:pw", "abc.def", "sk-proj-0123456789", TOKEN):
+        for secret in ("u:pw", "abc.def.ghi", "sk-proj-0123456789", TOKEN):
             assert secret not in text
         assert "INTERNAL" == response.json()["code"]
         assert str(len(response.content)) == response.headers["content-length"]
