@@ -346,7 +346,11 @@ class Dispatcher:
             "time_budget_remaining_ms": "X-Budget-Time-Remaining-Ms",
             "cost_budget_remaining": "X-Budget-Cost-Remaining",
         }
-        return {names[k]: f"{v:g}" if isinstance(v, float) else str(v) for k, v in fields.items()}
+        # Floats are rounded to nano-units so the header never carries binary noise.
+        return {
+            names[k]: str(round(v, 9)) if isinstance(v, float) else str(v)
+            for k, v in fields.items()
+        }
 
     # -- endings -------------------------------------------------------------------------------
 
