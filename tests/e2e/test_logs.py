@@ -91,5 +91,5 @@ class TestNoLinePerToken:
             )
             for task_id in task_ids
         )
-        assert ["admit", "place", "request", "stream-end", "submit"] == short
+        assert ["admit", "place", "request", "stream-end", "stream-start", "submit"] == short
         assert short == long

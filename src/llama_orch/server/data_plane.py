@@ -14,6 +14,7 @@ from llama_orch.config import SseConfig
 from llama_orch.contracts.api import AdmissionResponse, SessionInfo, TaskRequest
 from llama_orch.dispatch.tasks import Task, TaskState
 from llama_orch.errors import Conflict, InvalidParams, NotFound
+from llama_orch.observability.narration import narrate
 from llama_orch.server.deps import AppDeps, deps_of
 from llama_orch.server.emitter import Emitter, EmitterSettings
 from llama_orch.server.middleware import correlation_id_of
@@ -126,6 +127,14 @@ async def stream_task(request: Request) -> SseResponse:
             deps.dispatcher.cancel(task.id, reason="disconnect")
 
     task.subscribed = True
+    narrate(
+        "server",
+        "stream-start",
+        task.pool_id,
+        f"Opens the stream of task {task.id[:8]} ({task.state.value}).",
+        **task.log_fields(),
+        queue_position=deps.dispatcher.queue_position(task),
+    )
     return SseResponse(
         emitter.chunks(),
         headers=headers,
