@@ -102,7 +102,10 @@ class ErrorEnvelope(_Wire):
     retry_after_ms: Int64 | None = None
     policy_label: str | None = None
     hint: str | None = None
+    #: The numeric code of an auth error (40101, 40102, 40301; §17.2).
     code_id: int | None = None
+    #: Auth errors echo the request's correlation ID in the body too (D-AUTH-02).
+    correlation_id: str | None = None
 
 
 class SessionInfo(_Wire):
