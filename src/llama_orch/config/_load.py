@@ -199,10 +199,16 @@ def load_settings(
     except ValueError as exc:
         raise ConfigError("environment", [ConfigIssue("BIND_ADDR", str(exc))]) from exc
 
-    token = environ.get("AUTH_TOKEN") or None
-    token_file = environ.get("AUTH_TOKEN_FILE") or server.auth_token_file
-    if token is None and token_file:
-        token = _read_token_file(token_file, "AUTH_TOKEN_FILE")
+    # AUTH_TOKEN, else AUTH_TOKEN_FILE (relative to the working directory), else the file's
+    # server.auth_token_file (relative to the config file, like every path in it).
+    token = environ.get("AUTH_TOKEN", "").strip() or None
+    if token is None and environ.get("AUTH_TOKEN_FILE"):
+        token = _read_token_file(environ["AUTH_TOKEN_FILE"], "AUTH_TOKEN_FILE")
+    elif token is None and server.auth_token_file:
+        token_path = Path(server.auth_token_file).expanduser()
+        if not token_path.is_absolute():
+            token_path = base_dir / token_path
+        token = _read_token_file(str(token_path), "server.auth_token_file")
 
     log_format = environ.get("LOG_FORMAT", config.logging.format)
     if log_format not in ("json", "pretty"):
