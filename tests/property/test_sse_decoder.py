@@ -37,6 +37,15 @@ class TestSseDecoderSplits:
         for event in events:
             event.data.decode("utf-8")
 
+    @given(sse_byte_splits())
+    def test_data_fast_path_agrees(self, case: tuple[list[Frame], list[bytes]]) -> None:
+        """``feed_data`` (the adapters' hot path) yields exactly the events' data, any split."""
+        _, chunks = case
+        events, pending = decode(chunks)
+        decoder = SseDecoder()
+        payloads = [data for chunk in chunks for data in decoder.feed_data(chunk)]
+        assert ([e.data for e in events], pending) == (payloads, decoder.pending)
+
 
 class TestNdjsonDecoderSplits:
     @given(ndjson_byte_splits())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, Protocol
 
 import httpx
@@ -54,13 +54,17 @@ class StreamParser(Protocol):
     def feed(self, data: bytes) -> str: ...
 
 
+def malformed(engine: str, data: bytes) -> WorkerInternal:
+    return WorkerInternal(
+        f"{engine}: malformed stream frame ({len(data)} bytes, not JSON)", engine=engine
+    )
+
+
 def loads(data: bytes, engine: str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise WorkerInternal(
-            f"{engine}: malformed stream frame ({len(data)} bytes, not JSON)", engine=engine
-        ) from exc
+        raise malformed(engine, data) from exc
 
 
 class HttpAdapter:
@@ -84,6 +88,11 @@ class HttpAdapter:
     @property
     def pool_id(self) -> str:
         return self._pool.id
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The pooled client to this upstream (benchmarks read raw streams through it)."""
+        return self._client
 
     # -- engine-specific surface ---------------------------------------------------------------
 
@@ -160,44 +169,37 @@ class HttpAdapter:
                     await response.aread()
                 raise self.status_error(response, where)
             yield EngineEvent("started", data=self.started_data(request))
-            events = self._events(request, response, where)
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    yield event
+            # One generator level per token on purpose: this loop is the adapter's hot path.
+            parser = self.new_parser(request)
+            decoder = SseDecoder()
+            feed, decode, event = parser.feed, decoder.feed_data, EngineEvent
+            index = 0
+            chunks = response.aiter_bytes()
+            with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
+                async for chunk in chunks:
+                    for data in decode(chunk):
+                        if parser.done:
+                            continue  # nothing after the terminal event counts
+                        text = feed(data)
+                        if text:
+                            yield event("token", text, index)
+                            index += 1
+                    if parser.done:
+                        break
+            if parser.done:
+                await _drain(chunks)
+            elif not parser.eof_is_end or decoder.pending:
+                raise WorkerReset(
+                    self._error(
+                        f"the stream ended after {index} tokens without the engine's final frame"
+                        + (" (a partial frame was cut off)" if decoder.pending else "")
+                    ),
+                    engine=engine,
+                    pool_id=self.pool_id,
+                )
+            yield EngineEvent("end", data={"tokens_out": index, **parser.summary})
         finally:
             await response.aclose()
-
-    async def _events(
-        self, request: GenerateRequest, response: httpx.Response, where: str
-    ) -> AsyncGenerator[EngineEvent, None]:
-        engine = self.engine.value
-        parser = self.new_parser(request)
-        decoder = SseDecoder()
-        index = 0
-        chunks = response.aiter_bytes()
-        with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
-            async for chunk in chunks:
-                for sse in decoder.feed(chunk):
-                    if parser.done:
-                        continue  # nothing after the terminal event counts
-                    text = parser.feed(sse.data)
-                    if text:
-                        yield EngineEvent("token", text, index)
-                        index += 1
-                if parser.done:
-                    break
-        if parser.done:
-            await _drain(chunks)
-        elif not parser.eof_is_end or decoder.pending:
-            raise WorkerReset(
-                self._error(
-                    f"the stream ended after {index} tokens without the engine's final frame"
-                    + (" (a partial frame was cut off)" if decoder.pending else "")
-                ),
-                engine=engine,
-                pool_id=self.pool_id,
-            )
-        yield EngineEvent("end", data={"tokens_out": index, **parser.summary})
 
     async def cancel(self, task_id: str) -> None:
         # These engines have no cancel endpoint: closing the stream (which the host does when

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_orch.adapters._base import HttpAdapter, first_error, in_stream_error, loads
+from orjson import JSONDecodeError
+from orjson import loads as orjson_loads
+
+from llama_orch.adapters._base import HttpAdapter, first_error, in_stream_error, malformed
 from llama_orch.contracts.engine import GenerateRequest
 from llama_orch.observability.redaction import Redactor
 
@@ -36,35 +39,39 @@ class OpenAIStreamParser:
                 return self._truncated()
             self.done = True
             return ""
-        obj = loads(data, self.engine)
-        if not isinstance(obj, dict):
+        try:
+            obj = orjson_loads(data)
+        except JSONDecodeError as exc:
+            raise malformed(self.engine, data) from exc
+        if type(obj) is not dict:
             return ""
         if "error" in obj:
             found = first_error(obj)
             if found is not None:
                 raise in_stream_error(self.engine, self.pool_id, *found, self.redactor)
+        choices = obj.get("choices")
+        if obj.get("usage") or "system_fingerprint" not in self.summary:
+            self._extras(obj)
+        if not choices:
+            return ""
+        choice = choices[0]
+        if choice.get("finish_reason"):
+            self.summary["finish_reason"] = choice["finish_reason"]
+            if choice.get("stop_reason") is not None:
+                self.summary["stop_reason"] = choice["stop_reason"]
+        if self.chat:
+            delta = choice.get("delta")
+            text = delta.get("content") if delta else None
+        else:
+            text = choice.get("text")
+        return text if type(text) is str else ""
+
+    def _extras(self, obj: dict[str, Any]) -> None:
         usage = obj.get("usage")
         if isinstance(usage, dict):
             self.summary["tokens_in"] = usage.get("prompt_tokens")
             self.summary["engine_tokens_out"] = usage.get("completion_tokens")
-        fingerprint = obj.get("system_fingerprint")
-        if fingerprint:
-            self.summary["system_fingerprint"] = fingerprint
-        choices = obj.get("choices")
-        if not choices:
-            return ""
-        choice = choices[0]
-        reason = choice.get("finish_reason")
-        if reason:
-            self.summary["finish_reason"] = reason
-            if choice.get("stop_reason") is not None:
-                self.summary["stop_reason"] = choice["stop_reason"]
-        if self.chat:
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-        else:
-            text = choice.get("text")
-        return text if isinstance(text, str) else ""
+        self.summary["system_fingerprint"] = obj.get("system_fingerprint")
 
     def _truncated(self) -> str:
         # [DONE] without a finish reason: the server gave up without saying why.

@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
-_NL = 0x0A
-
 
 @dataclass(frozen=True, slots=True)
 class SseEvent:
@@ -32,12 +30,16 @@ class SseEvent:
 
 
 class SseDecoder:
-    """Feed raw body chunks in, get complete events out; comments and unknown fields are dropped."""
+    """Feed raw body chunks in, get complete events out; comments and unknown fields are dropped.
+
+    ``feed`` returns ``SseEvent`` objects; ``feed_data`` returns only each event's ``data``
+    bytes, the hot path for engine streams, where event names carry nothing.
+    """
 
     __slots__ = ("_buf", "_data", "_event", "_id", "_retry")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf = b""
         self._data: list[bytes] = []
         self._event: str | None = None
         self._id: str | None = None
@@ -49,30 +51,46 @@ class SseDecoder:
         return bool(self._buf) or bool(self._data) or self._event is not None
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
-        buf = self._buf
-        start = len(buf)
-        buf += chunk
-        if buf.find(b"\n", start) < 0:
-            return []
         events: list[SseEvent] = []
-        pos = 0
-        while True:
-            end = buf.find(b"\n", pos)
-            if end < 0:
-                break
-            stop = end - 1 if end > pos and buf[end - 1] == 0x0D else end
-            if stop == pos:
-                self._dispatch(events)
-            else:
-                self._field(bytes(buf[pos:stop]))
-            pos = end + 1
-        del buf[:pos]
+        self._feed(chunk, events, None)
         return events
+
+    def feed_data(self, chunk: bytes) -> list[bytes]:
+        payloads: list[bytes] = []
+        self._feed(chunk, None, payloads)
+        return payloads
+
+    def _feed(
+        self, chunk: bytes, events: list[SseEvent] | None, payloads: list[bytes] | None
+    ) -> None:
+        data = self._buf + chunk if self._buf else chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._buf = data
+            return
+        self._buf = data[cut + 1 :]
+        pending = self._data
+        # One C-level split per chunk; a newline byte never sits inside a UTF-8 sequence.
+        for line in data[:cut].split(b"\n"):
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            if not line:
+                if pending:
+                    value = pending[0] if len(pending) == 1 else b"\n".join(pending)
+                    if payloads is not None:
+                        payloads.append(value)
+                    elif events is not None:
+                        name = self._event or "message"
+                        events.append(SseEvent(value, name, self._id, self._retry))
+                    pending.clear()
+                self._event = None
+            elif line[:5] == b"data:":
+                pending.append(line[6:] if line[5:6] == b" " else line[5:])
+            elif line[:1] != b":":
+                self._field(line)
 
     def _field(self, line: bytes) -> None:
         colon = line.find(b":")
-        if colon == 0:
-            return  # comment / keep-alive
         if colon < 0:
             name, value = line, b""
         else:
@@ -87,13 +105,6 @@ class SseDecoder:
                 self._id = value.decode("utf-8", "replace")
         elif name == b"retry" and value.isdigit():
             self._retry = int(value)
-
-    def _dispatch(self, events: list[SseEvent]) -> None:
-        if self._data:
-            data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-            events.append(SseEvent(data, self._event or "message", self._id, self._retry))
-        self._data = []
-        self._event = None
 
 
 class NdjsonDecoder:

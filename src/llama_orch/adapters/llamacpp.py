@@ -11,7 +11,17 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from llama_orch.adapters._base import HttpAdapter, StreamParser, first_error, in_stream_error, loads
+from orjson import JSONDecodeError
+from orjson import loads as orjson_loads
+
+from llama_orch.adapters._base import (
+    HttpAdapter,
+    StreamParser,
+    first_error,
+    in_stream_error,
+    loads,
+    malformed,
+)
 from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
 from llama_orch.errors import WorkerError, WorkerInvalidParams
 from llama_orch.observability.redaction import Redactor
@@ -35,9 +45,19 @@ class _Parser:
         self.redactor = redactor
 
     def feed(self, data: bytes) -> str:
-        obj = loads(data, self.engine)
-        if not isinstance(obj, dict):
+        # The hot path: one parse and two lookups per token; the rest only on the last event.
+        try:
+            obj = orjson_loads(data)
+        except JSONDecodeError as exc:
+            raise malformed(self.engine, data) from exc
+        if type(obj) is not dict:
             return ""
+        content = obj.get("content")
+        if "error" in obj or obj.get("stop") is True:
+            self._terminal(obj)
+        return content if type(content) is str else ""
+
+    def _terminal(self, obj: dict[str, Any]) -> None:
         if "error" in obj:
             found = first_error(obj)
             if found is not None:
@@ -52,8 +72,6 @@ class _Parser:
             }
             if obj.get("stopping_word"):
                 self.summary["stopping_word"] = obj["stopping_word"]
-        content = obj.get("content")
-        return content if isinstance(content, str) else ""
 
 
 class LlamaCppAdapter(HttpAdapter):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from llama_orch.errors import WorkerError
 from llama_orch.vocab import DeterminismLevel, Engine
@@ -46,12 +46,18 @@ class GenerateRequest:
     correlation_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class EngineEvent:
+class EngineEvent(NamedTuple):
+    """One event of a ``submit`` stream; immutable.
+
+    A named tuple rather than a frozen dataclass: one is built per token, and a frozen
+    dataclass's ``__init__`` costs several times as much on that hot path.
+    """
+
     kind: EventKind
     text: str = ""
-    index: int = 0
-    data: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    #: Shadows ``tuple.index`` on purpose: the field name is the contract.
+    index: int = 0  # type: ignore[assignment]
+    data: Mapping[str, Any] = _EMPTY
     error: WorkerError | None = None
 
 
