@@ -311,13 +311,13 @@ class TestPriorities:
             },
         )
         async with running_server(config_of(pool)) as srv:
-            blocker = task_body(max_tokens=2)
-            await running(srv, blocker)
+            blocker = await running(srv, task_body(**LONG))
             batch = task_body(priority="batch", max_tokens=1)
             interactive = [task_body(max_tokens=1) for _ in range(4)]
             positions = [
                 (await srv.submit(b)).json()["queue_position"] for b in [batch, *interactive]
             ]
+            await srv.client.post(f"/v1/tasks/{blocker.id}/cancel")
             for body in [batch, *interactive]:
                 await wait_for(srv, body["task_id"], {"done"})
             tasks = srv.deps.dispatcher.tasks
