@@ -105,6 +105,34 @@ class TestEngineEndToEnd:
         assert 2 == sum(1 for event, _ in frames if event == "token")
 
 
+SSE_FAULTS = [
+    ({"error_after": 1}, "INTERNAL"),
+    ({"malformed_after": 1}, "INTERNAL"),
+    ({"stall_after": 1}, "DECODE_TIMEOUT"),
+    ({"hang_before_first_token": True}, "DECODE_TIMEOUT"),
+    ({"fail_status": 503}, "POOL_UNAVAILABLE"),
+    ({"fail_status": 400}, "INVALID_PARAMS"),
+]
+
+
+class TestFaultsReachTheClient:
+    @pytest.mark.parametrize(
+        ("fault", "code"), SSE_FAULTS, ids=[next(iter(f)) + f"-{c}" for f, c in SSE_FAULTS]
+    )
+    async def test_fault_is_one_terminal_error_frame(
+        self, fault: dict[str, Any], code: str
+    ) -> None:
+        """An engine fault ends the client's stream with exactly one error frame of its code."""
+        http = {"probe_timeout_ms": 1000, "read_timeout_ms": 200}
+        async with engine_stack("llamacpp", Behaviour(**fault), http=http) as (fake, srv):
+            body = task_body(model=fake.model, engine="llamacpp", max_tokens=10)
+            await srv.submit(body)
+            frames = await srv.stream(body["task_id"])
+        kinds = [event for event, _ in frames]
+        assert ("error", 1) == (kinds[-1], kinds.count("error") + kinds.count("end"))
+        assert (code, "llamacpp") == (frames[-1][1]["code"], frames[-1][1]["engine"])
+
+
 class TestExternalReadiness:
     async def test_replica_turns_ready_only_when_the_engine_answers(self) -> None:
         """A refused connection keeps the pool Unready; once the engine listens it turns Ready."""
@@ -150,3 +178,10 @@ class TestExternalReadiness:
             caps = (await srv.client.get("/v1/capabilities")).json()
         pool = next(p for p in caps["pools"] if p["pool_id"] == "tgi-pool")
         assert "3.3.6+simulated" == pool["engine_version"]
+
+    async def test_openai_gpu_backing_is_labelled_a_claim(self) -> None:
+        """An openai pool's GPUs are the operator's claim, and capabilities say so."""
+        async with engine_stack("openai") as (_fake, srv):
+            caps = (await srv.client.get("/v1/capabilities")).json()
+        engine = next(e for e in caps["engines"] if e["engine"] == "openai")
+        assert "operator-claimed" == engine["features"]["gpu_backing"]

@@ -50,6 +50,8 @@ def capabilities_of(deps: AppDeps) -> Capabilities:
                     "streaming": True,
                     "simulated": any(p.simulated for p in members),
                     "placement_overrides": deps.config.server.allow_placement_overrides,
+                    # An external API's GPUs are not visible here: the operator vouches for them.
+                    **({"gpu_backing": "operator-claimed"} if engine is Engine.OPENAI else {}),
                 },
             )
         )
