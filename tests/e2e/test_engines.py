@@ -185,3 +185,13 @@ class TestExternalReadiness:
             caps = (await srv.client.get("/v1/capabilities")).json()
         engine = next(e for e in caps["engines"] if e["engine"] == "openai")
         assert "operator-claimed" == engine["features"]["gpu_backing"]
+
+    async def test_props_failure_keeps_the_replica_unready(self) -> None:
+        """An engine whose health answers but whose props fail is not Ready."""
+        async with start_fake("vllm") as fake:
+            # An engine build without the models listing: /v1/models answers 404.
+            fake.app.router.routes = [r for r in fake.app.router.routes if r.path != "/v1/models"]
+            async with running_server(config_of(engine_pool("vllm", fake)), ENV) as srv:
+                pool = srv.deps.pools.pools["vllm-pool"]
+                ready, error = pool.ready, pool.last_error
+        assert (False, True) == (ready, "HTTP 404" in (error or ""))

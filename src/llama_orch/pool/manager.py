@@ -237,6 +237,8 @@ class PoolManager:
                     replica.perf_tokens_per_s = snapshot.props.perf_tokens_per_s
                     replica.first_token_ms = snapshot.props.first_token_ms
             except WorkerError as exc:
+                # Health answered but props or version did not: not Ready until both do.
+                gates.healthy = False
                 error = exc.message
         replica.gates = gates
         new_state = ReplicaState.READY if gates.all_pass else ReplicaState.UNREADY
