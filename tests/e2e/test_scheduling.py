@@ -31,10 +31,11 @@ async def running(srv: RunningServer, body: dict[str, Any]) -> Any:
     return await wait_for(srv, body["task_id"], {"running"})
 
 
-async def leases_drain(srv: RunningServer, pool_id: str = "p0") -> int:
+async def leases_drain(srv: RunningServer, pool_id: str = "p0", *, to: int = 0) -> int:
+    """Wait (bounded) until the pool holds ``to`` leases; returns what it holds."""
     for _ in range(200):
-        if srv.deps.pools.get_active_leases(pool_id) == 0:
-            return 0
+        if srv.deps.pools.get_active_leases(pool_id) == to:
+            return to
         await asyncio.sleep(0.01)
     return srv.deps.pools.get_active_leases(pool_id)
 
@@ -146,16 +147,22 @@ class TestAffinity:
             first = task_body(session_id=session, max_tokens=2)
             await srv.submit(first)
             await srv.stream(first["task_id"])
-            assert "r0" == srv.deps.dispatcher.tasks.get(first["task_id"]).replica_id  # type: ignore[union-attr]
-            blocker = await running(srv, task_body(**LONG))
-            assert "r0" == blocker.replica_id
+            home = srv.deps.dispatcher.tasks.get(first["task_id"]).replica_id  # type: ignore[union-attr]
+            # Fill both replicas, then free the one the session did not use.
+            blockers = [await running(srv, task_body(**LONG)) for _ in range(2)]
+            for blocker in blockers:
+                if blocker.replica_id != home:
+                    await srv.client.post(f"/v1/tasks/{blocker.id}/cancel")
+            assert 1 == await leases_drain(srv, to=1)
             second = task_body(session_id=session, max_tokens=2)
             await srv.submit(second)
             frames = await srv.stream(second["task_id"])
             task = srv.deps.dispatcher.tasks.get(second["task_id"])
-            await srv.client.post(f"/v1/tasks/{blocker.id}/cancel")
+            for blocker in blockers:
+                await srv.client.post(f"/v1/tasks/{blocker.id}/cancel")
         assert task is not None
-        assert ("r1", "failover") == (task.replica_id, task.decision.affinity.value)
+        other = "r1" if home == "r0" else "r0"
+        assert (other, "failover") == (task.replica_id, task.decision.affinity.value)
         metrics = metrics_of(frames)
         assert (False, False) == (metrics["kv_warmth"], metrics["kv_migrated"])
 

@@ -33,7 +33,7 @@ class ModelQueue:
         if class_full or total_full:
             if self.policy is FullPolicy.REJECT:
                 return False
-            if class_full and not total_full:
+            if class_full:
                 victim = self.classes[priority][0] if self.classes[priority] else None
             elif self.classes[BAT]:
                 victim = self.classes[BAT][0]

@@ -118,7 +118,9 @@ class AdmissionQueue:
         if class_full or total_full:
             if self._policy is FullPolicy.REJECT:
                 return Rejected("class_full" if class_full else "queue_full", self._policy)
-            victim = self._victim(priority, same_class_only=class_full and not total_full)
+            # A full class makes room only by losing one of its own: evicting from the other
+            # class would leave this one over its queue_capacity.
+            victim = self._victim(priority, same_class_only=class_full)
             if victim is None:
                 return Rejected("no_lower_priority_victim", self._policy)
             self.cancel(victim)
