@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 import httpx
 import orjson
@@ -40,8 +40,13 @@ _BODY_QUOTE = 300
 _DRAIN_S = 1.0
 
 
+#: What ``parse_payloads`` gives for a ``data: [DONE]`` event (the only non-JSON payload).
+DONE: Final = object()
+
+
 class StreamParser(Protocol):
-    """Per-stream state: ``feed`` returns the token text of one event ('' for none).
+    """Per-stream state: ``feed`` takes one parsed event (a JSON value, or ``DONE``) and returns
+    its token text ('' for none).
 
     ``done`` turns true on the engine's terminal event; ``eof_is_end`` says that EOF itself is a
     normal end (Triton without a finish reason), so EOF before ``done`` is not a truncation.
@@ -51,7 +56,7 @@ class StreamParser(Protocol):
     eof_is_end: bool
     summary: dict[str, Any]
 
-    def feed(self, data: bytes) -> str: ...
+    def feed(self, obj: Any) -> str: ...
 
 
 def malformed(engine: str, data: bytes) -> WorkerInternal:
@@ -65,6 +70,44 @@ def loads(data: bytes, engine: str) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise malformed(engine, data) from exc
+
+
+def parse_payloads(payloads: list[bytes], engine: str) -> list[Any]:
+    """Parse one chunk's event payloads, in one ``orjson`` call when they are all objects.
+
+    Joining ``{...}`` payloads into one JSON array saves a call per token on the hot path. The
+    batch is trusted only when it yields exactly one object per payload; anything else (``[DONE]``,
+    a malformed frame) is parsed payload by payload, which names the bad frame.
+    """
+    if len(payloads) > 1 and all(p[:1] == b"{" and p[-1:] == b"}" for p in payloads):
+        try:
+            objs = orjson.loads(b"[" + b",".join(payloads) + b"]")
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if len(objs) == len(payloads) and all(type(o) is dict for o in objs):
+                return list(objs)
+    parsed: list[Any] = []
+    for payload in payloads:
+        if payload == b"[DONE]":
+            parsed.append(DONE)
+            continue
+        try:
+            parsed.append(orjson.loads(payload))
+        except orjson.JSONDecodeError:
+            # Events before the bad frame still count; the stream fails at the bad one.
+            parsed.append(BadFrame(malformed(engine, payload)))
+            break
+    return parsed
+
+
+class BadFrame:
+    """Stands in the parsed list for a payload that is not JSON."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: WorkerInternal) -> None:
+        self.error = error
 
 
 class HttpAdapter:
@@ -177,10 +220,15 @@ class HttpAdapter:
             chunks = response.aiter_bytes()
             with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
                 async for chunk in chunks:
-                    for data in decode(chunk):
+                    payloads = decode(chunk)
+                    if not payloads:
+                        continue
+                    for obj in parse_payloads(payloads, engine):
                         if parser.done:
                             continue  # nothing after the terminal event counts
-                        text = feed(data)
+                        if type(obj) is BadFrame:
+                            raise obj.error
+                        text = feed(obj)
                         if text:
                             yield event("token", text, index)
                             index += 1

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from orjson import JSONDecodeError
-from orjson import loads as orjson_loads
-
-from llama_orch.adapters._base import HttpAdapter, first_error, in_stream_error, malformed
+from llama_orch.adapters._base import DONE, HttpAdapter, first_error, in_stream_error
 from llama_orch.contracts.engine import GenerateRequest
 from llama_orch.observability.redaction import Redactor
-
-DONE = b"[DONE]"
 
 
 class OpenAIStreamParser:
@@ -33,16 +28,12 @@ class OpenAIStreamParser:
         self.redactor = redactor
         self.chat = chat
 
-    def feed(self, data: bytes) -> str:
-        if data == DONE:
+    def feed(self, obj: Any) -> str:
+        if obj is DONE:
             if "finish_reason" not in self.summary:
                 return self._truncated()
             self.done = True
             return ""
-        try:
-            obj = orjson_loads(data)
-        except JSONDecodeError as exc:
-            raise malformed(self.engine, data) from exc
         if type(obj) is not dict:
             return ""
         if "error" in obj:

@@ -11,16 +11,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from orjson import JSONDecodeError
-from orjson import loads as orjson_loads
-
 from llama_orch.adapters._base import (
     HttpAdapter,
     StreamParser,
     first_error,
     in_stream_error,
     loads,
-    malformed,
 )
 from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
 from llama_orch.errors import WorkerError, WorkerInvalidParams
@@ -44,12 +40,8 @@ class _Parser:
         self.pool_id = pool_id
         self.redactor = redactor
 
-    def feed(self, data: bytes) -> str:
-        # The hot path: one parse and two lookups per token; the rest only on the last event.
-        try:
-            obj = orjson_loads(data)
-        except JSONDecodeError as exc:
-            raise malformed(self.engine, data) from exc
+    def feed(self, obj: Any) -> str:
+        # The hot path: two lookups per token; the rest only on the last event.
         if type(obj) is not dict:
             return ""
         content = obj.get("content")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_orch.adapters._base import HttpAdapter, StreamParser, loads
+from llama_orch.adapters._base import HttpAdapter, StreamParser
 from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
 from llama_orch.errors import WorkerInternal, WorkerReset
 from llama_orch.observability.redaction import Redactor
@@ -33,8 +33,7 @@ class _Parser:
         self.pool_id = pool_id
         self.redactor = redactor
 
-    def feed(self, data: bytes) -> str:
-        obj = loads(data, self.engine)
+    def feed(self, obj: Any) -> str:
         if not isinstance(obj, dict):
             return ""
         error = obj.get("error")
