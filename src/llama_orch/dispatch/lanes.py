@@ -79,9 +79,11 @@ class PoolLane:
         perf = self.perf.get(replica_id)
         if perf is None:
             perf = self.perf[replica_id] = ReplicaPerf()
-        replica = next((r for r in self.pool.replicas if r.replica_id == replica_id), None)
-        if replica is not None:
-            perf.seed(replica.perf_tokens_per_s, replica.first_token_ms)
+        if perf.samples == 0:
+            # Until something was measured, follow the engine's latest perf hints.
+            replica = next((r for r in self.pool.replicas if r.replica_id == replica_id), None)
+            if replica is not None:
+                perf.seed(replica.perf_tokens_per_s, replica.first_token_ms)
         return perf
 
     # -- queue bookkeeping (keeps ``queued_tokens`` in step with the queue) ------------------
