@@ -117,6 +117,25 @@ class TestBudgets:
         assert (202, "0") == (again.status_code, again.headers["x-budget-tokens-remaining"])
 
 
+class TestSessionLimits:
+    async def test_turns_then_ttl(self) -> None:
+        """Past max_turns a session is refused with Retry-After = its remaining TTL; once the TTL
+        has run out the same id starts a fresh session."""
+        config = config_of(sessions={"ttl_ms": 300, "max_turns": 1})
+        async with running_server(config) as srv:
+            session = str(uuid.uuid4())
+            first = task_body(session_id=session, max_tokens=1)
+            await srv.submit(first)
+            await srv.stream(first["task_id"])
+            refused = await srv.submit(task_body(session_id=session, max_tokens=1))
+            await asyncio.sleep(0.35)
+            expired = await srv.client.get(f"/v1/sessions/{session}")
+            fresh = await srv.submit(task_body(session_id=session, max_tokens=1))
+        assert (429, "session-budget") == (refused.status_code, refused.json()["policy_label"])
+        assert 0 < refused.json()["retry_after_ms"] <= 300
+        assert (404, 202) == (expired.status_code, fresh.status_code)
+
+
 class TestAffinity:
     async def test_session_returns_to_its_replica(self) -> None:
         """A session's next task goes back to the replica that served it, though another
