@@ -1,8 +1,9 @@
 """Narration capture for tests (ORCH-3306), and the coverage figure of D-OBS-02.
 
 ``NarrationLog`` wraps ``structlog.testing.capture_logs`` entries with lookups by action.
-``COVERAGE`` counts, over the whole test run, the key events (those with an ``actor``) and how
-many of them carried a ``human`` sentence; ``tests/conftest.py`` prints it at the end.
+``COVERAGE`` counts, over the whole test run, the key events (structlog events at info or above,
+or naming an ``actor``) and how many carried a ``human`` sentence; ``tests/conftest.py`` prints
+it at the end.
 """
 
 from __future__ import annotations
@@ -16,30 +17,38 @@ from typing import Any
 COVERAGE_GATE = 0.80
 
 
+#: Levels at which an event is a key event; debug lines are diagnostics, not narration.
+_KEY_LEVELS = frozenset({"info", "warning", "warn", "error", "critical", "exception"})
+
+
 @dataclass
 class NarrationCoverage:
+    """Key events are structlog events at info or above, and any event naming an ``actor``."""
+
     key_events: int = 0
     narrated: int = 0
     missing: Counter[str] = field(default_factory=Counter)
 
-    def observe(self, event: MutableMapping[str, Any]) -> None:
-        if "actor" not in event:
+    def observe(self, event: MutableMapping[str, Any], level: str | None = None) -> None:
+        level = level or str(event.get("log_level", event.get("level", "info")))
+        if "actor" not in event and level not in _KEY_LEVELS:
             return
         self.key_events += 1
         if event.get("human"):
             self.narrated += 1
         else:
-            self.missing[f"{event['actor']}/{event.get('action', event.get('event'))}"] += 1
+            name = event.get("action", event.get("event"))
+            self.missing[f"{event.get('actor', '?')}/{name}"] += 1
 
     def observe_all(self, events: Iterable[MutableMapping[str, Any]]) -> None:
         for event in events:
             self.observe(event)
 
     def __call__(
-        self, _logger: Any, _name: str, event: MutableMapping[str, Any]
+        self, _logger: Any, method: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         """As a structlog processor: count, then pass the event on."""
-        self.observe(event)
+        self.observe(event, method)
         return event
 
     @property
