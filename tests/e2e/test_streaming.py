@@ -150,6 +150,16 @@ class TestMicroBatch:
             frames = await srv.stream(body["task_id"])
         assert all("n" in d for e, d in frames if e == "token")
 
+    async def test_pool_override_turns_microbatch_on(self) -> None:
+        """pools[].sse.microbatch turns it on for that pool while the server default is off."""
+        pool = mock_pool(mock=FAST, sse={"microbatch": True, "microbatch_max_tokens": 4})
+        async with running_server(config_of(pool)) as srv:
+            body = task_body(max_tokens=12)
+            await srv.submit(body)
+            frames = await srv.stream(body["task_id"])
+        counts = [d["n"] for e, d in frames if e == "token"]
+        assert 12 == sum(counts) and max(counts) <= 4
+
 
 class TestHeartbeat:
     async def test_keepalive_while_queued(self) -> None:

@@ -56,6 +56,14 @@ class SseConfig(_Strict):
     stall_limit_ms: PositiveInt = 30_000
 
 
+class PoolSseConfig(_Strict):
+    """Per-pool overrides of ``server.sse`` micro-batching; unset keys keep the server's."""
+
+    microbatch: bool | None = None
+    microbatch_max_delay_ms: PositiveInt | None = None
+    microbatch_max_tokens: PositiveInt | None = None
+
+
 class TlsConfig(_Strict):
     """Serve HTTPS with this certificate; HTTP/2 is then negotiated with ALPN (OC-CTRL-2025).
 
@@ -328,6 +336,8 @@ class PoolConfig(_Strict):
     backoff: BackoffConfig = BackoffConfig()
     http: HttpConfig = HttpConfig()
     budgets: BudgetsConfig | None = None
+    #: Micro-batch overrides for this pool's streams (§17.14); the rest of server.sse applies.
+    sse: PoolSseConfig | None = None
     mock: MockEngineConfig | None = None
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from llama_orch.config import SseConfig
+from llama_orch.config import PoolSseConfig, SseConfig
 from llama_orch.contracts.api import AdmissionResponse, SessionInfo, TaskRequest
 from llama_orch.dispatch.tasks import Task, TaskState
 from llama_orch.errors import Conflict, InvalidParams, NotFound
@@ -114,7 +114,10 @@ async def stream_task(request: Request) -> SseResponse:
     }
     drops = deps.metrics.sse_backpressure_drops_total.labels(task.pool_id)
     emitter = Emitter(
-        task.stream, _started_frame(task, deps), emitter_settings(sse), on_drop=drops.inc
+        task.stream,
+        _started_frame(task, deps),
+        emitter_settings(sse, deps.dispatcher.lanes[task.pool_id].pool.config.sse),
+        on_drop=drops.inc,
     )
 
     async def on_end(outcome: Outcome) -> None:
@@ -143,12 +146,22 @@ async def stream_task(request: Request) -> SseResponse:
     )
 
 
-def emitter_settings(sse: SseConfig) -> EmitterSettings:
+def emitter_settings(sse: SseConfig, pool: PoolSseConfig | None = None) -> EmitterSettings:
+    """The server's SSE settings with the pool's micro-batch overrides applied."""
+    microbatch, delay_ms, max_tokens = (
+        sse.microbatch,
+        sse.microbatch_max_delay_ms,
+        sse.microbatch_max_tokens,
+    )
+    if pool is not None:
+        microbatch = microbatch if pool.microbatch is None else pool.microbatch
+        delay_ms = pool.microbatch_max_delay_ms or delay_ms
+        max_tokens = pool.microbatch_max_tokens or max_tokens
     return EmitterSettings(
         channel_cap=sse.channel_cap,
-        microbatch=sse.microbatch,
-        max_delay_s=sse.microbatch_max_delay_ms / 1000,
-        max_tokens=sse.microbatch_max_tokens,
+        microbatch=microbatch,
+        max_delay_s=delay_ms / 1000,
+        max_tokens=max_tokens,
         heartbeat_s=sse.heartbeat_ms / 1000,
     )
 
