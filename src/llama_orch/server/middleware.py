@@ -42,7 +42,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class _RedactingSend:
-    """Redacts error bodies (buffered; they are small) and SSE ``error`` frames on the way out.
+    """Redacts JSON bodies (buffered; they are small) and SSE ``error`` frames on the way out.
+
+    Every JSON answer counts, not only 4xx/5xx: a 200 pool health carries ``last_error`` too.
 
     Token frames pass untouched: a secret never fits in one token frame, and scanning them would
     cost per token.
@@ -66,7 +68,7 @@ class _RedactingSend:
             self.status = message["status"]
             content_type = MutableHeaders(scope=message).get("content-type", "")
             self._sse = content_type.startswith("text/event-stream")
-            if self.status >= 400 and content_type.startswith("application/json"):
+            if content_type.startswith("application/json"):
                 self._held = message
                 return
         elif message["type"] == "http.response.body":

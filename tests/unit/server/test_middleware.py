@@ -144,8 +144,9 @@ class TestRedactingSend:
         assert TOKEN not in response.text
         assert response.text.startswith("event: error\ndata: ")
 
-    async def test_successful_json_passes_untouched(self) -> None:
-        """A 200 JSON body is never rewritten (only errors are redacted)."""
-        body = b'{"note":"Bearer is a word"}'
-        response = await call(stack(AuthPolicy(), leaky(200, body)), LOOPBACK)
-        assert body == response.content
+    async def test_successful_json_is_redacted_but_prose_kept(self) -> None:
+        """A 200 JSON body (pool health's last_error) is redacted too; prose is left alone."""
+        body = b'{"last_error":"engine said tok-0123456789abcdef","note":"Bearer is a word"}'
+        response = await call(stack(AuthPolicy(), leaky(200, body), [TOKEN]), LOOPBACK)
+        expected = {"last_error": "engine said [REDACTED]", "note": "Bearer is a word"}
+        assert expected == response.json()
