@@ -368,3 +368,21 @@ class TestGuardrailCounting:
             text = (await srv.client.get("/metrics")).text
         for reason in ("POOL_UNAVAILABLE", "INVALID_PARAMS", "POOL_UNREADY"):
             assert f'tasks_rejected_total{{engine="mock",reason="{reason}"}} 1.0' in text
+
+
+class TestPredictions:
+    async def test_predictions_grow_with_queue_position(self) -> None:
+        """Behind two busy slots, each queued task is predicted to start later than the one
+        ahead of it, by about its predecessors' expected work over the slots."""
+        pool = mock_pool(slots=2, mock={"ttft_ms": 10, "tokens_per_s": 100.0})
+        async with running_server(config_of(pool)) as srv:
+            blockers = [await running(srv, task_body(**LONG, expected_tokens=50)) for _ in "ab"]
+            admitted = [(await srv.submit(task_body(expected_tokens=100))).json() for _ in range(6)]
+            for blocker in blockers:
+                await srv.client.post(f"/v1/tasks/{blocker.id}/cancel")
+        positions = [a["queue_position"] for a in admitted]
+        predicted = [a["predicted_start_ms"] for a in admitted]
+        assert list(range(6)) == positions
+        assert predicted == sorted(predicted) and predicted[0] > 0
+        # Four tasks over two slots: two service times of 10 ms + 100 tokens / 100 tok/s.
+        assert 1900 <= predicted[5] - predicted[1] <= 2150
