@@ -18,7 +18,18 @@ json_objects = st.dictionaries(
 ).map(orjson.dumps)
 # Near-misses: braces in the right places but not one JSON object each, and [DONE].
 junk = st.sampled_from(
-    [b'{"a":1},{"b":2}', b'{"a":"}', b'{","b":1}', b"{", b"}", b'{"x": [1}', b"[DONE]", b"1,2"]
+    [
+        b'{"a":1},{"b":2}',
+        b'{"a":1},0,{"b":2}',
+        b'{"a":"}',
+        b'{","b":1}',
+        b"{",
+        b"}",
+        b'{"x": [1}',
+        b"[DONE]",
+        b"1,2",
+        b"7",
+    ]
 )
 
 

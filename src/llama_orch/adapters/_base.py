@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, Final, Protocol
 
@@ -42,6 +43,9 @@ _DRAIN_S = 1.0
 
 #: What ``parse_payloads`` gives for a ``data: [DONE]`` event (the only non-JSON payload).
 DONE: Final = object()
+#: Separator value between batched payloads; random per process so no engine can forge it.
+_SEP: Final = secrets.randbits(62)
+_SEP_BYTES: Final = b",%d," % _SEP
 
 
 class StreamParser(Protocol):
@@ -73,20 +77,24 @@ def loads(data: bytes, engine: str) -> Any:
 
 
 def parse_payloads(payloads: list[bytes], engine: str) -> list[Any]:
-    """Parse one chunk's event payloads, in one ``orjson`` call when they are all objects.
+    """Parse one chunk's event payloads, in one ``orjson`` call when that is provably the same.
 
-    Joining ``{...}`` payloads into one JSON array saves a call per token on the hot path. The
-    batch is trusted only when it yields exactly one object per payload; anything else (``[DONE]``,
-    a malformed frame) is parsed payload by payload, which names the bad frame.
+    The payloads are joined into one JSON array with a separator value ``_SEP`` between them;
+    the batch is used only when every odd element is that separator. An engine cannot know the
+    process-random separator, so a frame that is not one JSON value (which could otherwise merge
+    or split across a join) always breaks the pattern, and then every payload is parsed on its
+    own: ``[DONE]`` becomes ``DONE``, and the first malformed frame a ``BadFrame`` that ends the
+    list, so the events before it still count.
     """
-    if len(payloads) > 1 and all(p[:1] == b"{" and p[-1:] == b"}" for p in payloads):
+    n = len(payloads)
+    if n > 1:
         try:
-            objs = orjson.loads(b"[" + b",".join(payloads) + b"]")
+            batch: list[Any] = orjson.loads(b"[" + _SEP_BYTES.join(payloads) + b"]")
         except orjson.JSONDecodeError:
             pass
         else:
-            if len(objs) == len(payloads) and all(type(o) is dict for o in objs):
-                return list(objs)
+            if len(batch) == 2 * n - 1 and batch[1::2].count(_SEP) == n - 1:
+                return batch[::2]
     parsed: list[Any] = []
     for payload in payloads:
         if payload == b"[DONE]":

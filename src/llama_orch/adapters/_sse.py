@@ -70,9 +70,10 @@ class SseDecoder:
             return
         self._buf = data[cut + 1 :]
         pending = self._data
+        crlf = b"\r" in data  # one C-level scan spares a check per line on LF-only streams
         # One C-level split per chunk; a newline byte never sits inside a UTF-8 sequence.
         for line in data[:cut].split(b"\n"):
-            if line[-1:] == b"\r":
+            if crlf and line[-1:] == b"\r":
                 line = line[:-1]
             if not line:
                 if pending:
@@ -84,8 +85,10 @@ class SseDecoder:
                         events.append(SseEvent(value, name, self._id, self._retry))
                     pending.clear()
                 self._event = None
+            elif line[:6] == b"data: ":
+                pending.append(line[6:])
             elif line[:5] == b"data:":
-                pending.append(line[6:] if line[5:6] == b" " else line[5:])
+                pending.append(line[5:])
             elif line[:1] != b":":
                 self._field(line)
 
