@@ -31,7 +31,7 @@ from llama_orch.adapters._http import (
 from llama_orch.adapters._sse import SseDecoder
 from llama_orch.config import PoolConfig
 from llama_orch.contracts.engine import EngineEvent, GenerateRequest, WorkerHealth, WorkerProps
-from llama_orch.errors import WorkerError, WorkerInternal, WorkerReset
+from llama_orch.errors import DecodeTimeout, WorkerError, WorkerInternal, WorkerReset
 from llama_orch.observability.redaction import Redactor
 from llama_orch.vocab import Engine
 
@@ -210,10 +210,19 @@ class HttpAdapter:
             content=orjson.dumps(body),
             headers={"content-type": "application/json", "accept": "text/event-stream"},
         )
-        first_byte_s = self._pool.http.first_byte_timeout_ms / 1000
+        first_byte_ms = self._pool.http.first_byte_timeout_ms
         with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
-            async with asyncio.timeout(first_byte_s):
-                response = await self._client.send(http_request, stream=True)
+            try:
+                async with asyncio.timeout(first_byte_ms / 1000):
+                    response = await self._client.send(http_request, stream=True)
+            except TimeoutError as exc:
+                raise DecodeTimeout(
+                    self._error(
+                        f"{where}: no response within first_byte_timeout_ms ({first_byte_ms} ms)"
+                    ),
+                    engine=engine,
+                    pool_id=self.pool_id,
+                ) from exc
         try:
             if response.status_code >= 400:
                 with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):

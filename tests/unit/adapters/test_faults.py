@@ -95,9 +95,10 @@ class TestEngineSpecificFaults:
         async with fake_and_adapter("llamacpp", slow, first_byte_timeout_ms=150) as (_, adapter):
             busy = adapter.submit(request(task_id="t-busy", max_tokens=500))
             await anext(busy)  # type: ignore[arg-type]
-            with pytest.raises(DecodeTimeout):
+            with pytest.raises(DecodeTimeout) as info:
                 await collect(adapter, request(task_id="t-2"))
             await busy.aclose()  # type: ignore[attr-defined]
+        assert "first_byte_timeout_ms (150 ms)" in info.value.message
 
     async def test_llamacpp_context_overflow_is_invalid_params(self) -> None:
         """A prompt over the context is the engine's 400, so INVALID_PARAMS for the client."""
