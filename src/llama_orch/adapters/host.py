@@ -142,6 +142,12 @@ class AdapterHost:
             if not isinstance(exc, _NOT_ENGINE_FAULTS):
                 binding.breaker.record_failure(exc.message)
             raise
+        except Exception as exc:
+            # An adapter bug must not kill the probe loop; it reads as a failed probe.
+            engine = binding.adapter.engine.value
+            error = WorkerInternal(f"{engine} adapter failed: {type(exc).__name__}", engine=engine)
+            binding.breaker.record_failure(error.message)
+            raise error from exc
         return result
 
     # -- facade --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from llama_orch.adapters.host import AdapterHost, BreakerPolicy, RetryPolicy
 from llama_orch.adapters.mock import MockEngine
 from llama_orch.config import MockEngineConfig
+from llama_orch.contracts.engine import WorkerHealth
 from llama_orch.errors import WorkerInternal, WorkerInvalidParams, WorkerReset, WorkerUnavailable
 from tests.unit.adapters.engine_support import adapter_for, request
 
@@ -158,3 +159,19 @@ class TestCapabilityCache:
         assert ("mock-9", snapshot) == (snapshot.engine_version, host.capabilities("p", "r0"))
         host.bind("p", "r0", mock)
         assert host.capabilities("p", "r0") is None
+
+
+class BrokenHealth(MockEngine):
+    """A mock whose health probe has a bug."""
+
+    async def health(self) -> WorkerHealth:
+        raise RuntimeError("bug")
+
+
+class TestAdapterBugs:
+    async def test_a_crashing_probe_reads_as_not_live(self) -> None:
+        """An adapter bug in a probe becomes a failed probe, not a crashed probe loop."""
+        host = AdapterHost()
+        host.bind("p", "r0", BrokenHealth(MockEngineConfig(), slots=1, model="m"))
+        health = await host.health("p", "r0")
+        assert (False, "mock adapter failed: RuntimeError") == (health.live, health.detail)
