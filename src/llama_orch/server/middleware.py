@@ -50,7 +50,7 @@ class _RedactingSend:
     cost per token.
     """
 
-    __slots__ = ("_held", "_redactor", "_send", "_sse", "body", "status")
+    __slots__ = ("_held", "_redactor", "_send", "_sse", "body", "started", "status")
 
     def __init__(self, send: Send, redactor: Redactor) -> None:
         self._send = send
@@ -59,6 +59,8 @@ class _RedactingSend:
         self._sse = False
         self.body = bytearray()
         self.status = 0
+        #: True once a response start reached the server: too late to answer anything else.
+        self.started = False
 
     def _redact(self, data: bytes) -> bytes:
         return self._redactor.text(data.decode("utf-8", "replace")).encode()
@@ -79,12 +81,15 @@ class _RedactingSend:
                 start, self._held = self._held, None
                 data = self._redact(bytes(self.body))
                 MutableHeaders(scope=start)["content-length"] = str(len(data))
+                self.started = True
                 await self._send(start)
                 await self._send({"type": "http.response.body", "body": data})
                 return
             chunk = message.get("body", b"")
             if self._sse and _SSE_ERROR in chunk:
                 message = {**message, "body": self._redact(chunk)}
+        if message["type"] == "http.response.start":
+            self.started = True
         await self._send(message)
 
 
@@ -123,7 +128,8 @@ class CorrelationMiddleware:
                 human=f"Fails on {scope['method']} {scope['path']}: {type(exc).__name__}.",
                 exc_info=exc,
             )
-            if redacting.status == 0:
+            if not redacting.started:
+                redacting.body.clear()
                 response = error_response(
                     InternalError(
                         "the server hit an unexpected error; it is logged with this correlation ID"

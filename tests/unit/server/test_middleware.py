@@ -150,3 +150,19 @@ class TestRedactingSend:
         response = await call(stack(AuthPolicy(), leaky(200, body), [TOKEN]), LOOPBACK)
         expected = {"last_error": "engine said [REDACTED]", "note": "Bearer is a word"}
         assert expected == response.json()
+
+
+class TestUnexpectedErrors:
+    async def test_crash_after_json_start_still_answers_500(self, narration: NarrationLog) -> None:
+        """An app that fails between a JSON start and its body still gets a clean 500."""
+
+        async def crashing(scope: Scope, receive: Receive, send: Send) -> None:
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            raise RuntimeError("boom")
+
+        response = await call(stack(AuthPolicy(), crashing), LOOPBACK)
+        assert (500, "INTERNAL") == (response.status_code, response.json()["code"])
+        assert response.headers["x-correlation-id"]
+        assert "boom" not in response.text
+        assert 1 == len(narration.events("error", log_level="error"))
