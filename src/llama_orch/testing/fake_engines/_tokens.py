@@ -65,24 +65,30 @@ def generate(
     greedy = temperature is not None and temperature <= 0
     key = f"{prompt}\x1f{0 if greedy or seed is None else seed}".encode()
     rng = random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
+    stops = tuple(s for s in stop if s)
+    # A new match must overlap the new piece, so only the last (longest stop - 1) characters of
+    # the text so far need keeping: long generations stay linear.
+    keep = max((len(s) for s in stops), default=1) - 1
+    pieces = [" " + word for word in VOCAB]
     tokens: list[str] = []
     ids: list[int] = []
-    text = ""
+    tail = ""
     for i in range(max_tokens):
         if eos_at is not None and i >= eos_at:
             return Generation(tuple(tokens), tuple(ids), "eos")
         index = rng.randrange(len(VOCAB))
-        piece = VOCAB[index] if i == 0 else " " + VOCAB[index]
-        candidate = text + piece
-        hit = next((s for s in stop if s and s in candidate), None)
-        if hit is not None:
-            # The matched text is never emitted; what precedes it in this token still is.
-            head = candidate[: candidate.index(hit)][len(text) :]
-            if head:
-                tokens.append(head)
-                ids.append(100 + index)
-            return Generation(tuple(tokens), tuple(ids), "stop", hit)
-        text = candidate
+        piece = VOCAB[index] if i == 0 else pieces[index]
+        if stops:
+            window = tail + piece
+            hit = next((s for s in stops if s in window), None)
+            if hit is not None:
+                # The matched text is never emitted; what precedes it in this token still is.
+                head = window[: window.index(hit)][len(tail) :]
+                if head:
+                    tokens.append(head)
+                    ids.append(100 + index)
+                return Generation(tuple(tokens), tuple(ids), "stop", hit)
+            tail = window[-keep:] if keep else ""
         tokens.append(piece)
         ids.append(100 + index)
     return Generation(tuple(tokens), tuple(ids), "length")
