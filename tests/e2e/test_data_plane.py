@@ -257,8 +257,8 @@ class TestBackpressure:
 
     async def test_interactive_dispatched_before_batch(self) -> None:
         """With one slot, a queued interactive task starts before an older batch task."""
-        pool = mock_pool(mock={"ttft_ms": 30, "tokens_per_s": 1000})
-        async with running_server(config_of(pool)) as srv:
+        # Every task hangs after its first token, so the slot frees only when the test says.
+        async with running_server(config_of(mock_pool(mock=HANG))) as srv:
             blocker, batch, interactive = (
                 task_body(max_tokens=2),
                 task_body(priority="batch", max_tokens=2),
@@ -267,15 +267,13 @@ class TestBackpressure:
             await srv.submit(blocker)
             await wait_running(srv, blocker["task_id"])
             admitted = [(await srv.submit(b)).json() for b in (batch, interactive)]
-            assert [0, 0] == [a["queue_position"] for a in admitted]
-            for body in (blocker, batch, interactive):
-                await wait_terminal(srv, body["task_id"])
-            tasks = srv.deps.dispatcher.tasks
-            started = {
-                k: tasks.get(b["task_id"]).started_at  # type: ignore[union-attr]
-                for k, b in (("batch", batch), ("interactive", interactive))
-            }
-        assert started["interactive"] < started["batch"]
+            await srv.client.post(f"/v1/tasks/{blocker['task_id']}/cancel")
+            await wait_running(srv, interactive["task_id"])
+            batch_state = srv.deps.dispatcher.tasks.get(batch["task_id"]).state.value  # type: ignore[union-attr]
+            for body in (batch, interactive):
+                await srv.client.post(f"/v1/tasks/{body['task_id']}/cancel")
+        assert [0, 0] == [a["queue_position"] for a in admitted]
+        assert "queued" == batch_state
 
 
 class TestCancel:
