@@ -94,6 +94,8 @@ def _start_orch(engines: dict[str, Proc], workdir: Path, microbatch: bool) -> Pr
             "endpoint": proc.url,
             "provisioning": {"mode": "external"},
             "queue": {"capacity": 8192},
+            # One upstream connection per slot, plus the health and props probes.
+            "http": {"max_connections": SLOTS[name] + 8},
         }
         for name, proc in engines.items()
     ]
@@ -517,10 +519,15 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 16384)), hard))
     print(f"scale {SCALE}; cpus {os.cpu_count()}; python {sys.version.split()[0]}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-streaming-") as tmp:
-        runner: Any = asyncio.run
-        with contextlib.suppress(ImportError):
-            import uvloop
+    runner: Any = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop
 
-            runner = uvloop.run
+        runner = uvloop.run
+    keep = os.environ.get("BENCH_WORKDIR")  # keep configs and server logs there
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        runner(run(Path(keep)))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-streaming-") as tmp:
         runner(run(Path(tmp)))
