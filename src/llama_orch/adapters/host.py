@@ -133,8 +133,20 @@ class AdapterHost:
         return self._binding(pool_id, replica_id).retries
 
     async def _idempotent(self, binding: _Binding, call: Callable[[], Awaitable[T]]) -> T:
-        def count(_attempt: int, _exc: BaseException, _delay: float) -> None:
+        def count(attempt: int, exc: BaseException, delay: float) -> None:
             binding.retries += 1
+            engine = binding.adapter.engine.value
+            kind = exc.kind.value if isinstance(exc, WorkerError) else type(exc).__name__
+            narrate(
+                "adapter-host",
+                "retry",
+                engine,
+                f"Retries a {engine} call after attempt {attempt} failed with {kind}.",
+                engine=engine,
+                error_kind=kind,
+                backoff_ms=int(delay * 1000),
+                attempt=attempt,
+            )
 
         try:
             result = await with_retries(call, binding.retry, on_retry=count)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import httpx
+
+from llama_orch.adapters.host import AdapterHost, RetryPolicy
 from llama_orch.observability.narration import TAXONOMY, narrate
 from tests.support.narration import NarrationCoverage, NarrationLog
+from tests.unit.adapters.engine_support import adapter_for
 
 
 class TestNarrate:
@@ -78,3 +82,22 @@ class TestCoverage:
             dict(coverage.missing),
         )
         assert coverage.summary().startswith("narration coverage: 33.3% of 3 key events")
+
+
+class TestRetryNarration:
+    async def test_each_retry_is_narrated(self, narration: NarrationLog) -> None:
+        """An adapter-host retry of an idempotent call is a key event with its backoff."""
+
+        def refuse(request: httpx.Request) -> httpx.Response:
+            raise httpx.ConnectError("refused")
+
+        host = AdapterHost()
+        adapter = adapter_for("vllm", "http://engine", "m", transport=httpx.MockTransport(refuse))
+        host.bind("p", "r0", adapter, retry=RetryPolicy(attempts=3, initial_s=0.001, max_s=0.002))
+        await host.health("p", "r0")
+        retries = narration.events("retry", actor="adapter-host")
+        assert ([1, 2], {"vllm"}) == (
+            [e["attempt"] for e in retries],
+            {e["engine"] for e in retries},
+        )
+        assert all(e["human"].startswith("Retries a vllm call") for e in retries)
