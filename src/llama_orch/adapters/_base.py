@@ -87,6 +87,12 @@ def parse_payloads(payloads: list[bytes], engine: str) -> list[Any]:
     list, so the events before it still count.
     """
     n = len(payloads)
+    if n == 1 and payloads[0][:1] == b"{":
+        # One event per chunk is how engines write: skip the batch machinery.
+        try:
+            return [orjson.loads(payloads[0])]
+        except orjson.JSONDecodeError:
+            return [BadFrame(malformed(engine, payloads[0]))]
     if n > 1:
         try:
             batch: list[Any] = orjson.loads(b"[" + _SEP_BYTES.join(payloads) + b"]")

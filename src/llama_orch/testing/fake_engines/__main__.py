@@ -25,6 +25,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--tokens-per-s", type=float, default=0.0, help="0 streams as fast as possible"
     )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=64,
+        help="frames per write when streaming as fast as possible (1: one HTTP chunk per token)",
+    )
     parser.add_argument("--slots", type=int, default=None, help="llamacpp: parallel slots")
     parser.add_argument("--api-key", default=None, help="openai: the bearer key to require")
     return parser.parse_args(argv)
@@ -34,7 +40,9 @@ async def serve(args: argparse.Namespace) -> None:
     options: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
-        "behaviour": Behaviour(ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s),
+        "behaviour": Behaviour(
+            ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s, batch=max(1, args.batch)
+        ),
     }
     if args.model:
         options["model"] = args.model

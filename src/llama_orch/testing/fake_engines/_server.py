@@ -29,7 +29,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
-#: Frames batched into one write when streaming as fast as possible.
+#: Frames batched into one write when streaming as fast as possible (``Behaviour.batch``).
 FAST_BATCH = 64
 #: Yielded by a frame source to push batched frames out now (before a stall).
 FLUSH = b""
@@ -43,6 +43,9 @@ class Behaviour:
     ttft_ms: float = 0.0
     #: Pace after the first token; 0 streams as fast as possible (frames batched per write).
     tokens_per_s: float = 0.0
+    #: Frames per write when streaming as fast as possible. 1 is what real engines do (one
+    #: HTTP chunk per token); larger batches spare the fake's CPU for many concurrent streams.
+    batch: int = FAST_BATCH
     #: llama.cpp only: answer every path with 503 "Loading model".
     loading: bool = False
     #: Status for health probes (None: healthy); the body follows the engine's own shape.
@@ -303,7 +306,7 @@ class EventStream:
                     await _send_split(send, frame)
                 elif fast:
                     batch.append(frame)
-                    if len(batch) >= FAST_BATCH:
+                    if len(batch) >= b.batch:
                         await _send_body(send, b"".join(batch))
                         batch.clear()
                         await asyncio.sleep(0)  # let other streams and the listener run
