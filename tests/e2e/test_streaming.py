@@ -455,6 +455,31 @@ class TestServerStack:
         assert True is frames[-1][1].get("canceled")
         assert frames[-1][1]["tokens_out"] < 2000
 
+    async def test_sigterm_ends_open_streams_and_exits(self, tmp_path: Path) -> None:
+        """SIGTERM ends every open stream, running or queued, with end canceled:true, and the
+        process exits promptly instead of waiting for the streams to run out."""
+        config = serve_config()
+        config["pools"][0]["mock"] = {"ttft_ms": 0, "tokens_per_s": 5}
+        with serve_process(config, tmp_path) as srv:
+            async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as h1:
+                running = task_body(max_tokens=500, deadline_ms=3_600_000)
+                queued = task_body(max_tokens=500, deadline_ms=3_600_000)
+                for body in (running, queued):
+                    assert 202 == (await h1.post("/v1/tasks", json=body)).status_code
+                ends = []
+                for body in (running, queued):
+                    async with h1.stream("GET", f"/v1/tasks/{body['task_id']}/stream") as r:
+                        async for line in r.aiter_lines():
+                            if line.startswith("event: started") and body is queued:
+                                srv.process.terminate()
+                            if line.startswith("event: started") and body is running:
+                                break
+                            if line.startswith('data: {"tokens_out"'):
+                                ends.append(orjson.loads(line[6:]))
+                exit_code = await asyncio.to_thread(srv.process.wait, 10)
+        assert [True] == [end.get("canceled") for end in ends]
+        assert 0 == exit_code
+
     @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
     async def test_tls_negotiates_h2_with_alpn(self, tmp_path: Path) -> None:
         """With server.tls, ALPN picks h2 for an HTTP/2 client and HTTP/1.1 for the rest."""

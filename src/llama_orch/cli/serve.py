@@ -25,6 +25,7 @@ from llama_orch.config import Settings, load_settings
 from llama_orch.observability.logging import configure_logging
 from llama_orch.observability.narration import narrate
 from llama_orch.server.app import create_app, redactor_of
+from llama_orch.server.deps import AppDeps
 
 # Connections queued by the kernel, and requests served at once: 1,000 open streams must fit.
 _BACKLOG = 2048
@@ -101,16 +102,26 @@ def run_server(
         config=settings.source,
         pools=[p.id for p in settings.config.pools],
     )
-    serve_app(create_app(deps), settings)
+    serve_app(create_app(deps), settings, on_stop=lambda: _end_streams(deps))
 
 
-def serve_app(app: Any, settings: Settings) -> None:
+def _end_streams(deps: AppDeps) -> None:
+    """End every open stream with its terminal frame, so the server can close its connections.
+
+    granian stops only once its connections are closed, and runs the app's lifespan shutdown
+    only after that; an SSE stream left open would hold the process for as long as it runs.
+    """
+    for task in deps.dispatcher.tasks.live_tasks():
+        deps.dispatcher.cancel(task.id, reason="shutdown")
+
+
+def serve_app(app: Any, settings: Settings, *, on_stop: Callable[[], None] | None = None) -> None:
     """Run ``app`` until SIGINT or SIGTERM; the app's lifespan starts and stops the rest."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve(app, settings))
+        runner.run(_serve(app, settings, on_stop))
 
 
-async def _serve(app: Any, settings: Settings) -> None:
+async def _serve(app: Any, settings: Settings, on_stop: Callable[[], None] | None) -> None:
     tls = settings.config.server.tls
     server = Server(
         app,
@@ -127,8 +138,15 @@ async def _serve(app: Any, settings: Settings) -> None:
         ssl_key=_resolve(tls.keyfile, settings) if tls else None,
     )
     loop = asyncio.get_running_loop()
+    stop_server: Callable[[], None] = server.stop  # granian's own method is untyped
+
+    def stop() -> None:
+        if on_stop is not None:
+            on_stop()
+        stop_server()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, server.stop)
+        loop.add_signal_handler(sig, stop)
     try:
         await server.serve()
     finally:
