@@ -157,6 +157,120 @@ def processes(workdir: Path) -> Iterator[tuple[dict[str, Proc], dict[bool, Proc]
 # -- one stream, either way ------------------------------------------------------------------
 
 
+class Http:
+    """The client side of one variant: a POST with a JSON answer, and a streamed request."""
+
+    async def post(self, url: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        raise NotImplementedError
+
+    def stream(
+        self, method: str, url: str, body: dict[str, Any] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        raise NotImplementedError
+
+
+class HttpxHttp(Http):
+    """httpx: used for HTTP/2 (prior knowledge), which the lean client does not speak."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def post(self, url: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        response = await self.client.post(url, json=body)
+        return response.status_code, response.content
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, method: str, url: str, body: dict[str, Any] | None = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        async with self.client.stream(method, url, json=body) as response:
+            yield response.aiter_raw()
+
+
+class LeanHttp1(Http):
+    """A minimal keep-alive HTTP/1.1 client over asyncio streams.
+
+    httpx's connection pool scans every connection on every request, so with hundreds of open
+    streams the client, not the server, sets the pace; this client costs the same small
+    amount per request whoever answers. It handles what the servers here send: Content-Length
+    and chunked bodies.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        host, port = base_url.removeprefix("http://").split(":")
+        self._host, self._port = host, int(port)
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def _send(
+        self, method: str, url: str, body: dict[str, Any] | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int, dict[bytes, bytes]]:
+        if self._idle:
+            reader, writer = self._idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self._host, self._port, limit=2**20)
+        payload = b"" if body is None else orjson.dumps(body)
+        path = url if url.startswith("/") else "/" + url.split("/", 3)[3]
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                key, _, value = line.partition(b":")
+                headers[key.strip().lower()] = value.strip()
+        return reader, writer, status, headers
+
+    async def _body(
+        self, reader: asyncio.StreamReader, headers: dict[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        if headers.get(b"transfer-encoding") == b"chunked":
+            while True:
+                size = int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16)
+                if size == 0:
+                    await reader.readuntil(b"\r\n")
+                    return
+                yield (await reader.readexactly(size + 2))[:-2]
+        length = int(headers.get(b"content-length", b"0"))
+        if length:
+            yield await reader.readexactly(length)
+
+    async def post(self, url: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        reader, writer, status, headers = await self._send("POST", url, body)
+        data = b"".join([chunk async for chunk in self._body(reader, headers)])
+        self._idle.append((reader, writer))
+        return status, data
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, method: str, url: str, body: dict[str, Any] | None = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        reader, writer, _, headers = await self._send(method, url, body)
+        finished = False
+
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal finished
+            async for chunk in self._body(reader, headers):
+                yield chunk
+            finished = True
+
+        try:
+            yield chunks()
+        finally:
+            if finished:
+                self._idle.append((reader, writer))
+            else:
+                writer.close()
+
+    async def aclose(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+
+
 @dataclass
 class Result:
     ttft_s: float
@@ -169,7 +283,7 @@ class Variant:
     """A way to run one stream: directly against the fake, or through llama-orch."""
 
     name: str
-    client: httpx.AsyncClient
+    http: Http
     orch: Proc | None = None
     engines: dict[str, Proc] = field(default_factory=dict)
     h2_resets: int = 0
@@ -188,8 +302,8 @@ class Variant:
         start = time.perf_counter()
         first = 0.0
         data = bytearray()
-        async with self.client.stream("POST", url, json=body) as response:
-            async for chunk in response.aiter_raw():
+        async with self.http.stream("POST", url, body) as chunks:
+            async for chunk in chunks:
                 if not first:
                     first = time.perf_counter()
                 data += chunk
@@ -215,15 +329,15 @@ class Variant:
             "seed": 1,
         }
         start = time.perf_counter()
-        response = await self.client.post("/v1/tasks", json=body)
-        if response.status_code != 202:
-            self.errors.append(f"POST /v1/tasks {response.status_code}: {response.text[:160]}")
+        status, answer = await self.http.post("/v1/tasks", body)
+        if status != 202:
+            self.errors.append(f"POST /v1/tasks {status}: {answer[:160]!r}")
             return Result(float("nan"), 0, time.perf_counter() - start), None
         first = 0.0
         acked: float | None = None
         data = bytearray()
-        async with self.client.stream("GET", f"/v1/tasks/{task_id}/stream") as stream:
-            async for chunk in stream.aiter_raw():
+        async with self.http.stream("GET", f"/v1/tasks/{task_id}/stream") as chunks:
+            async for chunk in chunks:
                 data += chunk
                 if not first and b"event: token" in chunk:
                     first = time.perf_counter()
@@ -259,44 +373,62 @@ class Variant:
             "deadline_ms": 600_000,
             "prompt": "bench",
         }
-        response = await self.client.post("/v1/tasks", json=body)
-        response.raise_for_status()
+        status, answer = await self.http.post("/v1/tasks", body)
+        if status != 202:
+            raise RuntimeError(f"POST /v1/tasks {status}: {answer[:160]!r}")
         if cancel:
             await self.cancel(task_id)
 
     async def cancel(self, task_id: str) -> None:
         try:
-            response = await self.client.post(f"/v1/tasks/{task_id}/cancel")
+            status, _ = await self.http.post(f"/v1/tasks/{task_id}/cancel")
         except httpx.LocalProtocolError:
             # httpcore's h2 state machine trips when the server answers 204 and resets the
             # stream (NO_ERROR) before the client's empty END_STREAM frame: the cancel was
             # served, only the client's bookkeeping failed. Counted, not fatal.
             self.h2_resets += 1
             return
-        response.raise_for_status()
+        if status != 204:
+            raise RuntimeError(f"cancel answered {status}")
 
 
 @contextlib.asynccontextmanager
 async def variants(
     engines: dict[str, Proc], orch: dict[bool, Proc]
 ) -> AsyncIterator[list[Variant]]:
+    """direct and orch/h1 use the lean HTTP/1.1 client; orch/h2 uses httpx (HTTP/2)."""
     limits = httpx.Limits(max_connections=4096, max_keepalive_connections=4096)
-    timeout = httpx.Timeout(120.0)
     async with contextlib.AsyncExitStack() as stack:
-
-        async def client(**kw: Any) -> httpx.AsyncClient:
-            made = httpx.AsyncClient(limits=limits, timeout=timeout, **kw)
-            return await stack.enter_async_context(made)
-
-        out = [Variant("direct", await client(), engines=engines)]
+        direct = {name: LeanHttp1(proc.url) for name, proc in engines.items()}
+        out = [Variant("direct", _ByEngine(direct), engines=engines)]
         for microbatch in (False, True):
             proc = orch[microbatch]
             mb = "mb-on" if microbatch else "mb-off"
-            h1 = await client(base_url=proc.url)
-            h2 = await client(base_url=proc.url, http1=False, http2=True)
-            out.append(Variant(f"orch/h1/{mb}", h1, proc, engines))
-            out.append(Variant(f"orch/h2/{mb}", h2, proc, engines))
+            h2 = httpx.AsyncClient(
+                base_url=proc.url, limits=limits, timeout=120.0, http1=False, http2=True
+            )
+            await stack.enter_async_context(h2)
+            out.append(Variant(f"orch/h1/{mb}", LeanHttp1(proc.url), proc, engines))
+            out.append(Variant(f"orch/h2/{mb}", HttpxHttp(h2), proc, engines))
         yield out
+
+
+class _ByEngine(Http):
+    """The direct variant talks to several fake engines: one lean client per engine URL."""
+
+    def __init__(self, clients: dict[str, LeanHttp1]) -> None:
+        self._by_url = {c._host + ":" + str(c._port): c for c in clients.values()}
+
+    def _client(self, url: str) -> LeanHttp1:
+        return self._by_url[url.split("/")[2]]
+
+    async def post(self, url: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        return await self._client(url).post(url, body)
+
+    def stream(
+        self, method: str, url: str, body: dict[str, Any] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        return self._client(url).stream(method, url, body)
 
 
 # -- scenarios -------------------------------------------------------------------------------
