@@ -204,18 +204,28 @@ class LeanHttp1(Http):
     async def _send(
         self, method: str, url: str, body: dict[str, Any] | None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int, dict[bytes, bytes]]:
-        if self._idle:
-            reader, writer = self._idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self._host, self._port, limit=2**20)
         payload = b"" if body is None else orjson.dumps(body)
         path = url if url.startswith("/") else "/" + url.split("/", 3)[3]
-        writer.write(
+        request = (
             f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )
-        head = await reader.readuntil(b"\r\n\r\n")
+        while True:
+            reused = bool(self._idle)
+            if reused:
+                reader, writer = self._idle.pop()
+            else:
+                reader, writer = await asyncio.open_connection(self._host, self._port, limit=2**20)
+            writer.write(request)
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+                break
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+                if not reused:
+                    raise
+                # The server closed this idle keep-alive connection; try a fresh one.
         lines = head.split(b"\r\n")
         status = int(lines[0].split()[1])
         headers = {}
