@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from llama_orch.server.app import create_app
+from llama_orch.testing.fake_engines import Behaviour, start_fake
 from tests.support.serve_process import serve_process
 from tests.support.server import (
     SIMULATED_GPUS,
@@ -217,6 +218,31 @@ class TestCancelOnDisconnect:
             await wait_for(lambda: srv.deps.pools.get_active_leases("p0") == 0, "slot freed")
             assert "canceled" == task.state.value
             assert 1.0 == canceled_total(srv, "disconnect")
+
+    async def test_disconnect_closes_the_upstream_engine_request(self) -> None:
+        """A client leaving mid-stream closes the llama.cpp request upstream, promptly."""
+        async with start_fake("llamacpp", behaviour=Behaviour(tokens_per_s=100)) as fake:
+            pool = {
+                "id": "cpp",
+                "engine": "llamacpp",
+                "model": fake.model,
+                "ctx": 4096,
+                "devices": [0],
+                "slots": 2,
+                "endpoint": fake.url,
+                "provisioning": {"mode": "external"},
+            }
+            async with running_server(config_of(pool)) as srv:
+                body = task_body(model=fake.model, engine="llamacpp", max_tokens=1000)
+                await srv.submit(body)
+                async for event, _ in sse_events(srv.client, body["task_id"]):
+                    if event == "token":
+                        break
+                record = fake.requests[-1]
+                await asyncio.wait_for(record.done.wait(), 2.0)
+                task = task_of(srv, body["task_id"])
+        assert (True, False) == (record.closed_early, record.completed)
+        assert "canceled" == task.state.value
 
 
 class TestStallAndBackpressure:
