@@ -58,7 +58,7 @@ def build_deps(
     inventory = inventory or discover_gpus(settings)
     check_serveable(settings, inventory)
     metrics = Metrics()
-    host = AdapterHost()
+    host = AdapterHost(metrics=metrics)
     pools = PoolManager(
         settings.config.pools,
         inventory,

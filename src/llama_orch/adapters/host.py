@@ -2,8 +2,10 @@
 
 Registry ``(pool_id, replica_id) -> adapter`` (ORCH-3600); facade ``submit``, ``cancel``,
 ``health`` and ``props`` (ORCH-3601); per replica a retry policy for idempotent calls and a
-circuit breaker (ORCH-3602); a capability snapshot cache per replica (ORCH-3603). The server and
-dispatcher never hold an adapter themselves.
+circuit breaker (ORCH-3602); a capability snapshot cache per replica (ORCH-3603), which feeds
+``/v1/capabilities``. The server and dispatcher never hold an adapter themselves. Retries and
+breaker trips are counted per replica and, given a ``Metrics``, in ``adapter_retries_total`` and
+``adapter_breaker_trips_total{engine,pool_id}`` (D-HOST-01).
 
 Resilience rules:
 - ``health``, ``props`` and ``engine_version`` are idempotent: retried with capped, jittered
@@ -40,6 +42,7 @@ from llama_orch.errors import (
     WorkerInvalidParams,
     WorkerUnavailable,
 )
+from llama_orch.observability.metrics import AdapterMetrics, Metrics
 from llama_orch.observability.narration import narrate
 
 __all__ = ["AdapterHost", "BreakerPolicy", "CapabilitySnapshot", "RetryPolicy"]
@@ -55,9 +58,15 @@ _NO_RETRY = RetryPolicy(attempts=1)
 
 @dataclass(frozen=True, slots=True)
 class CapabilitySnapshot:
+    """What one replica's engine last reported; ``/v1/capabilities`` is built from these."""
+
     engine: str
     engine_version: str
     props: WorkerProps
+
+    @property
+    def simulated(self) -> bool:
+        return self.props.simulated
 
 
 @dataclass(slots=True)
@@ -68,11 +77,14 @@ class _Binding:
     #: Retries spent on idempotent calls and breaker trips since binding (D-HOST-01).
     retries: int = 0
     trips: int = 0
+    #: The (engine, pool) counters these feed, when the host was given a ``Metrics``.
+    metrics: AdapterMetrics | None = None
 
 
 class AdapterHost:
-    def __init__(self, *, clock: Clock = time.monotonic) -> None:
+    def __init__(self, *, clock: Clock = time.monotonic, metrics: Metrics | None = None) -> None:
         self._clock = clock
+        self._metrics = metrics
         self._bindings: dict[ReplicaKey, _Binding] = {}
         self._capabilities: dict[ReplicaKey, CapabilitySnapshot] = {}
 
@@ -89,10 +101,14 @@ class AdapterHost:
         key = (pool_id, replica_id)
         engine = adapter.engine.value
         binding = _Binding(adapter, retry or _NO_RETRY)
+        if self._metrics is not None:
+            binding.metrics = self._metrics.bind_adapter(engine, pool_id)
 
         def on_change(old: BreakerState, new: BreakerState, why: str) -> None:
             if new == "open":
                 binding.trips += 1
+                if binding.metrics is not None:
+                    binding.metrics.breaker_trips.inc()
             narrate(
                 "adapter-host",
                 "breaker",
@@ -132,9 +148,14 @@ class AdapterHost:
     def retries_spent(self, pool_id: str, replica_id: str) -> int:
         return self._binding(pool_id, replica_id).retries
 
+    def breaker_trips(self, pool_id: str, replica_id: str) -> int:
+        return self._binding(pool_id, replica_id).trips
+
     async def _idempotent(self, binding: _Binding, call: Callable[[], Awaitable[T]]) -> T:
         def count(attempt: int, exc: BaseException, delay: float) -> None:
             binding.retries += 1
+            if binding.metrics is not None:
+                binding.metrics.retries.inc()
             engine = binding.adapter.engine.value
             kind = exc.kind.value if isinstance(exc, WorkerError) else type(exc).__name__
             narrate(
@@ -197,7 +218,12 @@ class AdapterHost:
         return snapshot
 
     def capabilities(self, pool_id: str, replica_id: str) -> CapabilitySnapshot | None:
+        """The cached snapshot of one replica; None until a probe filled it (ORCH-3603)."""
         return self._capabilities.get((pool_id, replica_id))
+
+    def pool_capabilities(self, pool_id: str) -> dict[str, CapabilitySnapshot]:
+        """Every cached snapshot of one pool, by replica id."""
+        return {r: snap for (p, r), snap in self._capabilities.items() if p == pool_id}
 
     async def props(self, pool_id: str, replica_id: str) -> WorkerProps:
         binding = self._binding(pool_id, replica_id)

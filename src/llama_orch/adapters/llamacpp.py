@@ -18,6 +18,7 @@ from llama_orch.adapters._base import (
     in_stream_error,
     loads,
 )
+from llama_orch.adapters._prom import gauge_value
 from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
 from llama_orch.errors import WorkerError, WorkerInvalidParams
 from llama_orch.observability.redaction import Redactor
@@ -93,6 +94,7 @@ class LlamaCppAdapter(HttpAdapter):
         if isinstance(build, str):
             self._version = build
         free = await self._free_slots()
+        kv_usage = await self._kv_usage() if props.get("endpoint_metrics") else None
         model_path = props.get("model_path")
         return WorkerProps(
             slots_total=self._total_slots,
@@ -102,6 +104,7 @@ class LlamaCppAdapter(HttpAdapter):
             # llama.cpp reports no weights digest; the path+ftype identity is the best it has.
             model_digest=_path_digest(model_path, props.get("model_ftype")),
             sampler_profile_version=self._pool.sampler_profile_version,
+            kv_cache_usage_ratio=kv_usage,
             features={
                 "streaming": True,
                 "metrics": bool(props.get("endpoint_metrics")),
@@ -119,6 +122,14 @@ class LlamaCppAdapter(HttpAdapter):
         if not isinstance(slots, list):
             return None
         return sum(1 for slot in slots if isinstance(slot, dict) and not slot.get("is_processing"))
+
+    async def _kv_usage(self) -> float | None:
+        """``llamacpp:kv_cache_usage_ratio``; builds that dropped the gauge report None."""
+        try:
+            text = await self.metrics_text()
+        except WorkerError:
+            return None  # metrics off or unreachable: unknown, not fatal
+        return gauge_value(text, "llamacpp:kv_cache_usage_ratio")
 
     async def engine_version(self) -> str:
         if self._version is None:

@@ -128,6 +128,8 @@ class MockEngine:
             model_id=self._model,
             perf_tokens_per_s=self._config.tokens_per_s,
             first_token_ms=float(self._config.ttft_ms),
+            # Simulated: the share of slots busy stands in for the share of KV cache in use.
+            kv_cache_usage_ratio=self._active / self._slots if self._slots else 0.0,
             simulated=True,
         )
 

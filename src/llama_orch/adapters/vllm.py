@@ -12,7 +12,9 @@ from typing import Any
 
 from llama_orch.adapters._base import HttpAdapter, StreamParser
 from llama_orch.adapters._openai_compat import OpenAIStreamParser, openai_body
+from llama_orch.adapters._prom import gauge_value
 from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
+from llama_orch.errors import WorkerError
 from llama_orch.vocab import DeterminismLevel, Engine
 
 #: What strict determinism needs on the server side (§2.9); an external server is launched so.
@@ -51,6 +53,7 @@ class VllmAdapter(HttpAdapter):
         ctx = card.get("max_model_len") if card else None
         return WorkerProps(
             ctx_max=ctx if isinstance(ctx, int) else None,
+            kv_cache_usage_ratio=await self._kv_usage(),
             model_id=card.get("id") if card else None,
             # vLLM has no sampler-profile version of its own; the engine version stands for it.
             sampler_profile_version=self._pool.sampler_profile_version or self._version,
@@ -61,6 +64,15 @@ class VllmAdapter(HttpAdapter):
                 "served_models": [c.get("id") for c in cards or [] if isinstance(c, dict)],
             },
         )
+
+    async def _kv_usage(self) -> float | None:
+        """The KV cache fraction in use (``vllm:kv_cache_usage_perc`` is 0..1 despite its name;
+        older releases call it ``vllm:gpu_cache_usage_perc``)."""
+        try:
+            text = await self.metrics_text()
+        except WorkerError:
+            return None  # unreachable metrics: unknown, not fatal
+        return gauge_value(text, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 
     async def metrics_text(self) -> str:
         response = await self.get("/metrics")

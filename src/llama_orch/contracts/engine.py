@@ -90,6 +90,8 @@ class WorkerProps:
     sampler_profile_version: str | None = None
     perf_tokens_per_s: float | None = None
     first_token_ms: float | None = None
+    #: Share of the KV cache in use, 0..1, where the engine reports it (``kv_cache_usage_ratio``).
+    kv_cache_usage_ratio: float | None = None
     simulated: bool = False
 
 

@@ -144,6 +144,8 @@ class PlacementInput:
     #: The caller's clock reading; only the affinity soft TTL uses it.
     now: float = 0.0
     stage: Stage = Stage.ADMISSION
+    #: The pool manager's topology version these snapshots were taken at (ORCH-3410).
+    snapshot_version: int = 0
 
 
 class AffinityOutcome(Enum):
@@ -167,6 +169,8 @@ class DecisionLog:
     pinned: bool = False
     fallback_used: bool = False
     affinity: AffinityOutcome = AffinityOutcome.NONE
+    #: The topology version the decision was made against (ORCH-3410).
+    snapshot_version: int = 0
 
     @property
     def kv_warmth(self) -> bool:
@@ -190,6 +194,7 @@ class DecisionLog:
             "affinity": self.affinity.value,
             "kv_warmth": self.kv_warmth,
             "kv_migrated": self.kv_migrated,
+            "snapshot_version": self.snapshot_version,
         }
 
 

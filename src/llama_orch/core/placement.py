@@ -55,7 +55,13 @@ def decide(placement: PlacementInput) -> PlacementDecision:
     def refuse(reason: NoCapacityReason, *, unready: bool = False) -> NoCapacity:
         if pinned:
             reason = NoCapacityReason.PINNED_POOL_INFEASIBLE
-        decision_log = DecisionLog(considered, tuple(log), (), pinned=pinned)
+        decision_log = DecisionLog(
+            considered,
+            tuple(log),
+            (),
+            pinned=pinned,
+            snapshot_version=placement.snapshot_version,
+        )
         return NoCapacity(reason, considered, decision_log, unready=unready)
 
     pools = apply_chain(list(placement.pools), job, MATCH_FILTERS, log)
@@ -123,6 +129,7 @@ def decide(placement: PlacementInput) -> PlacementDecision:
             pinned=pinned,
             fallback_used=fallback_used,
             affinity=affinity,
+            snapshot_version=placement.snapshot_version,
         ),
     )
 

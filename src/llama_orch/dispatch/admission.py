@@ -19,11 +19,8 @@ from llama_orch.core.model import (
     Assigned,
     JobSpec,
     ModelRequirements,
-    PlacementInput,
     PlacementOverrides,
-    Stage,
 )
-from llama_orch.core.placement import decide
 from llama_orch.core.ratelimit import TokenBucket
 from llama_orch.dispatch.dispatcher import Dispatcher
 from llama_orch.dispatch.lanes import PoolLane
@@ -77,7 +74,7 @@ class Admission:
         except OrchError as exc:
             reason = exc.kind.value
             if reason in _COUNTED_REASONS:
-                self._metrics.tasks_rejected_total.labels(request.engine.value, reason).inc()
+                self._metrics.rejected(request.engine.value, reason).inc()
             narrate(
                 "admission",
                 "reject",
@@ -181,12 +178,8 @@ class Admission:
         session.last_used_at = now
         session.usage.reserve(request.max_tokens, price)
         task.reserved_tokens = request.max_tokens
-        self._metrics.tasks_enqueued_total.labels(
-            engine,
-            pool.engine_version or "unknown",
-            pool_id,
-            "none",
-            request.priority.value,
+        self._metrics.enqueued(
+            engine, pool.engine_version or "unknown", pool_id, request.priority.value
         ).inc()
         narrate(
             "admission",
@@ -369,7 +362,8 @@ class Admission:
 
     def _place(self, request: TaskRequest, job: JobSpec, now: float) -> Assigned:
         """Pick the pool through core ``decide``; NoCapacity becomes a typed 503."""
-        decision = decide(PlacementInput(self._dispatcher.snapshots(), job, now, Stage.ADMISSION))
+        dispatcher = self._dispatcher
+        decision = dispatcher.decide(dispatcher.placement_input(job, now))
         if isinstance(decision, Assigned):
             return decision
         engine = request.engine.value

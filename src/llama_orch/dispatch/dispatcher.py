@@ -25,6 +25,7 @@ from llama_orch.core.model import (
     AffinityOutcome,
     Assigned,
     JobSpec,
+    PlacementDecision,
     PlacementInput,
     PoolSnapshot,
     Stage,
@@ -38,7 +39,7 @@ from llama_orch.dispatch.runner import Runner, replica_labels
 from llama_orch.dispatch.sessions import SessionStore
 from llama_orch.dispatch.tasks import Task, TaskRegistry, TaskState
 from llama_orch.errors import AdmissionRejected, OrchError, QueueFullDropLru
-from llama_orch.observability.metrics import Metrics
+from llama_orch.observability.metrics import Metrics, PlacementMetrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.manager import PoolManager, Replica, ReplicaState
 from llama_orch.vocab import Priority
@@ -60,6 +61,10 @@ class Dispatcher:
         self._pools = pools
         self._host = host
         self._metrics = metrics
+        #: Placement series bound once; admission records its decisions here too (ORCH-3962).
+        self.placement_metrics: PlacementMetrics = metrics.bind_placement()
+        #: ``queue_depth`` children per pool, with the engine_version they were bound for.
+        self._depth_gauges: dict[str, tuple[str, dict[str, Any]]] = {}
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         server = config.server
         self.tasks = TaskRegistry(
@@ -134,6 +139,19 @@ class Dispatcher:
         """Every pool as ``decide`` sees it at admission."""
         return tuple(lane.snapshot(self._pools) for lane in self.lanes.values())
 
+    def placement_input(self, job: JobSpec, now: float) -> PlacementInput:
+        """The admission-stage input: every pool, stamped with the topology version."""
+        pools = self.snapshots()
+        # Read after the snapshots: taking them may mark a stale replica and bump the version.
+        version = self._pools.snapshot_version
+        return PlacementInput(pools, job, now, Stage.ADMISSION, snapshot_version=version)
+
+    def decide(self, placement: PlacementInput) -> PlacementDecision:
+        """``core.decide`` plus its metrics; every placement goes through here (ORCH-3962)."""
+        decision = decide(placement)
+        self.placement_metrics.record(decision)
+        return decision
+
     def _ahead(self, lane: PoolLane, position: int) -> list[int]:
         """Expected tokens of the first tasks ahead of ``position``, in dispatch order."""
         tokens = []
@@ -204,7 +222,7 @@ class Dispatcher:
         lane = self.lanes[victim.pool_id]
         # The queue already unlinked the victim, so ``fail`` finds nothing left to drop.
         lane.popped(victim)
-        self._metrics.tasks_rejected_total.labels(victim.engine.value, "QUEUE_FULL_DROP_LRU").inc()
+        self._metrics.rejected(victim.engine.value, "QUEUE_FULL_DROP_LRU").inc()
         self.endings.fail(
             victim,
             QueueFullDropLru(
@@ -220,10 +238,19 @@ class Dispatcher:
     def _refresh_depth(self, lane: PoolLane) -> None:
         pool = lane.pool
         version = pool.engine_version or "unknown"
+        bound = self._depth_gauges.get(pool.id)
+        if bound is None or bound[0] != version:
+            if bound is not None:
+                # The old version's series would stay frozen at its last depth.
+                for priority in bound[1]:
+                    self._metrics.queue_depth.remove(
+                        pool.config.engine.value, bound[0], pool.id, priority
+                    )
+            gauges = self._metrics.bind_queue_depth(pool.config.engine.value, version, pool.id)
+            bound = self._depth_gauges[pool.id] = (version, gauges)
+        gauges = bound[1]
         for priority in Priority:
-            self._metrics.queue_depth.labels(
-                pool.config.engine.value, version, pool.id, priority.value
-            ).set(lane.queue.depth(priority))
+            gauges[priority.value].set(lane.queue.depth(priority))
 
     def queue_position(self, task: Task) -> int:
         if task.state is not TaskState.QUEUED:
@@ -253,8 +280,15 @@ class Dispatcher:
                 self.endings.expire(task)
                 continue
             job = self._job_at_dispatch(task, now)
-            decision = decide(
-                PlacementInput((lane.snapshot(self._pools),), job, now, Stage.DISPATCH)
+            snapshot = lane.snapshot(self._pools)
+            decision = self.decide(
+                PlacementInput(
+                    (snapshot,),
+                    job,
+                    now,
+                    Stage.DISPATCH,
+                    snapshot_version=self._pools.snapshot_version,
+                )
             )
             if not isinstance(decision, Assigned):
                 break

@@ -11,10 +11,15 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import generate_latest
 
+from llama_orch.core.model import Assigned, PlacementDecision
+from llama_orch.vocab import Priority
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 FIRST_TOKEN_BUCKETS = (50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000)
 DECODE_BUCKETS = (250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 12000)
+#: Pools (admission) or replicas (dispatch) a placement decision looked at.
+CANDIDATE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 _POOL = ("engine", "engine_version", "pool_id")
 _REPLICA = (*_POOL, "replica_id")
@@ -27,6 +32,8 @@ class Metrics:
         # ``*_created`` samples would double every counter's series for a value nobody graphs.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = r = CollectorRegistry(auto_describe=True)
+        self._rejected: dict[tuple[str, str], Counter] = {}
+        self._enqueued: dict[tuple[str, str, str, str], Counter] = {}
         self.tasks_enqueued_total = Counter(
             "tasks_enqueued_total",
             "Tasks admitted to a pool queue",
@@ -105,6 +112,30 @@ class Metrics:
             ["pool_id"],
             registry=r,
         )
+        self.placement_decisions_total = Counter(
+            "placement_decisions_total",
+            "Placement decisions by outcome, pin and fallback (ORCH-3962)",
+            ["outcome", "pinned", "fallback"],
+            registry=r,
+        )
+        self.placement_candidates_considered = Histogram(
+            "placement_candidates_considered",
+            "Candidates a placement decision considered",
+            buckets=CANDIDATE_BUCKETS,
+            registry=r,
+        )
+        self.adapter_retries_total = Counter(
+            "adapter_retries_total",
+            "Retries of idempotent engine calls by the adapter host (D-HOST-01)",
+            ["engine", "pool_id"],
+            registry=r,
+        )
+        self.adapter_breaker_trips_total = Counter(
+            "adapter_breaker_trips_total",
+            "Circuit breaker openings by the adapter host (D-HOST-01)",
+            ["engine", "pool_id"],
+            registry=r,
+        )
         self.gpu_inventory_simulated = Gauge(
             "gpu_inventory_simulated",
             "1 when gpu_utilization and vram_used_bytes come from a simulated GPU inventory",
@@ -113,6 +144,25 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def rejected(self, engine: str, reason: str) -> Counter:
+        """The ``tasks_rejected_total`` child of (engine, reason), bound on first use."""
+        child = self._rejected.get((engine, reason))
+        if child is None:
+            child = self._rejected[(engine, reason)] = self.tasks_rejected_total.labels(
+                engine, reason
+            )
+        return child
+
+    def enqueued(self, engine: str, engine_version: str, pool_id: str, priority: str) -> Counter:
+        """The ``tasks_enqueued_total`` child of one pool and class (replica "none")."""
+        key = (engine, engine_version, pool_id, priority)
+        child = self._enqueued.get(key)
+        if child is None:
+            child = self._enqueued[key] = self.tasks_enqueued_total.labels(
+                engine, engine_version, pool_id, "none", priority
+            )
+        return child
 
     def bind_replica(
         self, engine: str, engine_version: str, pool_id: str, replica_id: str
@@ -128,9 +178,60 @@ class Metrics:
             first_token_batch=self.latency_first_token_ms.labels(*pool_labels, "batch"),
             decode_interactive=self.latency_decode_ms.labels(*pool_labels, "interactive"),
             decode_batch=self.latency_decode_ms.labels(*pool_labels, "batch"),
-            kv_cache_usage_ratio=self.kv_cache_usage_ratio.labels(*labels),
             labels=labels,
         )
+
+    def bind_placement(self) -> PlacementMetrics:
+        """The placement series, bound once: every (outcome, pinned, fallback) child."""
+        children = {
+            (outcome, pinned, fallback): self.placement_decisions_total.labels(
+                outcome, str(pinned).lower(), str(fallback).lower()
+            )
+            for outcome in ("assigned", "no_capacity")
+            for pinned in (False, True)
+            for fallback in (False, True)
+        }
+        return PlacementMetrics(children, self.placement_candidates_considered)
+
+    def bind_queue_depth(self, engine: str, engine_version: str, pool_id: str) -> dict[str, Gauge]:
+        """``queue_depth`` children of one pool, keyed by priority value."""
+        return {
+            priority: self.queue_depth.labels(engine, engine_version, pool_id, priority)
+            for priority in PRIORITIES
+        }
+
+    def bind_adapter(self, engine: str, pool_id: str) -> AdapterMetrics:
+        """Retry and breaker-trip counters of one pool's adapters, bound once."""
+        return AdapterMetrics(
+            retries=self.adapter_retries_total.labels(engine, pool_id),
+            breaker_trips=self.adapter_breaker_trips_total.labels(engine, pool_id),
+        )
+
+
+#: Priority label values, in the order ``queue_depth`` children are bound.
+PRIORITIES = tuple(p.value for p in Priority)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementMetrics:
+    """Children of ``placement_decisions_total`` and the candidates histogram (ORCH-3962)."""
+
+    decisions: dict[tuple[str, bool, bool], Counter]
+    candidates: Histogram
+
+    def record(self, decision: PlacementDecision) -> None:
+        log = decision.log
+        outcome = "assigned" if isinstance(decision, Assigned) else "no_capacity"
+        self.decisions[(outcome, log.pinned, log.fallback_used)].inc()
+        self.candidates.observe(log.candidates_considered)
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterMetrics:
+    """The adapter host's counters for one (engine, pool) (D-HOST-01)."""
+
+    retries: Counter
+    breaker_trips: Counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,5 +246,4 @@ class ReplicaMetrics:
     first_token_batch: Histogram
     decode_interactive: Histogram
     decode_batch: Histogram
-    kv_cache_usage_ratio: Gauge
     labels: tuple[str, str, str, str]

@@ -3,15 +3,26 @@
 A replica is Ready only when all three gates pass (ORCH-3504): the model is present, the engine
 is ensured, and the engine's health check passes. The manager binds each replica's adapter into
 the ``AdapterHost``, probes health on a loop, and tells the dispatcher when capacity changes.
+
+Topology version (ORCH-3410): ``snapshot_version`` is a monotonic counter bumped on every
+readiness flip (a freshness lapse included), drain flag change, replica bind or rebind and
+engine_version change. Placement inputs and decision logs carry it.
+
+Freshness (ORCH-3971, SPEC §17.22): a Ready replica whose last successful health probe is older
+than the stale window (5 s, or two probe intervals when those are longer) is shown to placement
+as not Ready until a probe succeeds again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+
+from prometheus_client import Gauge
 
 from llama_orch.adapters.host import AdapterHost, BreakerPolicy, RetryPolicy
 from llama_orch.config import PoolConfig
@@ -26,6 +37,9 @@ from llama_orch.vocab import Engine, ProvisioningMode
 
 #: Context limit used when neither the pool config nor the engine states one.
 UNKNOWN_CTX = 2**31 - 1
+
+#: Seconds without a successful health probe after which a snapshot is stale (SPEC §17.22).
+STALE_AFTER_S = 5.0
 
 AdapterFactory = Callable[[PoolConfig, int], EngineAdapter]
 
@@ -67,6 +81,12 @@ class Replica:
     metrics: ReplicaMetrics | None = None
     #: The adapter host's circuit-breaker state for this replica (closed, open, half_open).
     breaker: str | None = None
+    #: Manager clock reading of the last successful health probe (the heartbeat).
+    last_heartbeat: float | None = None
+    #: True while the replica is Ready but its heartbeat is older than the stale window.
+    stale: bool = False
+    #: ``kv_cache_usage_ratio`` child, bound on the first value the engine reports.
+    kv_gauge: Gauge | None = None
 
 
 @dataclass(slots=True)
@@ -139,12 +159,19 @@ class PoolManager:
         metrics: Metrics,
         *,
         probe_interval_s: float = 2.0,
+        stale_after_s: float = STALE_AFTER_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._host = host
         self._factory = adapter_factory
         self._metrics = metrics
         self._inventory = inventory
         self._probe_interval_s = probe_interval_s
+        # A probe cadence slower than the window would make every replica flap stale.
+        self.stale_after_s = max(stale_after_s, 2 * probe_interval_s)
+        self._clock = clock
+        #: Monotonic topology version (ORCH-3410); see the module docstring.
+        self.snapshot_version = 0
         self._probe_task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[str], None]] = []
         self.pools: dict[str, PoolRuntime] = {}
@@ -166,6 +193,42 @@ class PoolManager:
         for listener in self._listeners:
             listener(pool_id)
 
+    def _bump(self) -> None:
+        self.snapshot_version += 1
+
+    def set_draining(self, pool_id: str, draining: bool) -> None:
+        """Flip a pool's drain flag; a draining pool takes no new work (ORCH-3505)."""
+        pool = self.pools[pool_id]
+        if pool.draining is draining:
+            return
+        pool.draining = draining
+        self._bump()
+        self._metrics.pool_ready.labels(pool_id).set(1 if pool.ready else 0)
+        narrate(
+            "pool-manager",
+            "drain",
+            pool_id,
+            f"Pool {pool_id} {'starts' if draining else 'stops'} draining.",
+            pool_id=pool_id,
+            draining=draining,
+            snapshot_version=self.snapshot_version,
+        )
+        self._notify(pool_id)
+
+    def fresh(self, replica: Replica) -> bool:
+        """Whether placement may trust the replica's Ready state (ORCH-3971).
+
+        Marks a Ready replica stale, bumping the version, the first time its heartbeat lapses.
+        """
+        if replica.state is not ReplicaState.READY:
+            return False
+        heartbeat = replica.last_heartbeat
+        lapsed = heartbeat is None or self._clock() - heartbeat > self.stale_after_s
+        if lapsed and not replica.stale:
+            replica.stale = True
+            self._bump()
+        return not lapsed
+
     async def start(self) -> None:
         for pool in self.pools.values():
             cfg = pool.config
@@ -177,6 +240,7 @@ class PoolManager:
                     retry=RetryPolicy.from_config(cfg.http, cfg.backoff),
                     breaker=BreakerPolicy.from_config(cfg.circuit_breaker),
                 )
+                self._bump()
         await self._evaluate_all()
         self._probe_task = asyncio.create_task(self._probe_loop(), name="pool-probe")
 
@@ -236,6 +300,8 @@ class PoolManager:
                     )
                     replica.perf_tokens_per_s = snapshot.props.perf_tokens_per_s
                     replica.first_token_ms = snapshot.props.first_token_ms
+                    self._set_kv_usage(replica, snapshot.props.kv_cache_usage_ratio)
+                    replica.last_heartbeat = self._clock()
             except WorkerError as exc:
                 # Health answered but props or version did not: not Ready until both do.
                 gates.healthy = False
@@ -243,9 +309,16 @@ class PoolManager:
         replica.gates = gates
         new_state = ReplicaState.READY if gates.all_pass else ReplicaState.UNREADY
         replica.last_error = error
+        if new_state is ReplicaState.READY and replica.stale and replica.state is new_state:
+            # The heartbeat is back: placement may use the replica again.
+            replica.stale = False
+            self._bump()
+            self._notify(pool.id)
         if new_state is not replica.state:
             previous = replica.state
             replica.state = new_state
+            replica.stale = False
+            self._bump()
             self._metrics.pool_ready.labels(pool.id).set(1 if pool.ready else 0)
             narrate(
                 "pool-manager",
@@ -261,6 +334,7 @@ class PoolManager:
                 previous=previous.value,
                 last_error=error,
                 simulated=pool.simulated,
+                snapshot_version=self.snapshot_version,
             )
             self._notify(pool.id)
 
@@ -269,10 +343,24 @@ class PoolManager:
     ) -> None:
         replica.ctx_max = ctx_max or UNKNOWN_CTX
         if engine_version != replica.engine_version or replica.metrics is None:
+            if engine_version != replica.engine_version:
+                self._bump()
+            if replica.kv_gauge is not None and replica.metrics is not None:
+                # The old version's series would otherwise stay frozen at its last value.
+                self._metrics.kv_cache_usage_ratio.remove(*replica.metrics.labels)
+                replica.kv_gauge = None
             replica.engine_version = engine_version
             replica.metrics = self._metrics.bind_replica(
                 pool.config.engine.value, engine_version, pool.id, replica.replica_id
             )
+
+    def _set_kv_usage(self, replica: Replica, ratio: float | None) -> None:
+        """Publish the engine's KV cache use; engines that cannot report it stay unset."""
+        if ratio is None or replica.metrics is None:
+            return
+        if replica.kv_gauge is None:
+            replica.kv_gauge = self._metrics.kv_cache_usage_ratio.labels(*replica.metrics.labels)
+        replica.kv_gauge.set(min(1.0, max(0.0, ratio)))
 
     # -- leases (ORCH-3502/3503) -------------------------------------------------------------
 
@@ -318,7 +406,7 @@ class PoolManager:
                 active_slots=r.active,
                 slots_total=r.slots_total,
                 ctx_max_supported=min(r.ctx_max, pool.config.ctx or UNKNOWN_CTX),
-                ready=r.state is ReplicaState.READY,
+                ready=self.fresh(r),
                 draining=pool.draining,
                 sampler_profile_version=pool.config.sampler_profile_version,
             )

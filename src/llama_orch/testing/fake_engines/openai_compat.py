@@ -269,11 +269,17 @@ class FakeVllm(_OpenAICompatible):
     async def version(self, request: Request) -> Response:
         return JSONResponse({"version": VLLM_VERSION})
 
+    def kv_cache_usage(self) -> float:
+        """Simulated KV use: a quarter of the cache per running request, capped at all of it."""
+        return min(1.0, self.active / 4)
+
     async def metrics(self, request: Request) -> Response:
         labels = f'engine="0",model_name="{self.model}"'
         lines = [
             "# TYPE vllm:num_requests_running gauge",
             f"vllm:num_requests_running{{{labels}}} {self.active}",
+            "# TYPE vllm:kv_cache_usage_perc gauge",
+            f"vllm:kv_cache_usage_perc{{{labels}}} {self.kv_cache_usage()}",
             "# TYPE vllm:num_requests_waiting gauge",
             f"vllm:num_requests_waiting{{{labels}}} 0",
             "# TYPE vllm:prompt_tokens_total counter",
