@@ -71,5 +71,10 @@ def build_deps(
     dispatcher = Dispatcher(settings.config, pools, host, metrics)
     admission = Admission(settings.config, pools, dispatcher, metrics)
     return AppDeps(
-        settings=settings, pools=pools, dispatcher=dispatcher, admission=admission, metrics=metrics
+        settings=settings,
+        pools=pools,
+        dispatcher=dispatcher,
+        admission=admission,
+        metrics=metrics,
+        host=host,
     )

@@ -130,6 +130,8 @@ class PoolHealth(_Wire):
     slots_free: int | None = None
     active_leases: int | None = None
     simulated: bool = False
+    #: The pool manager's topology version when this was read (ORCH-3410).
+    snapshot_version: int | None = None
 
 
 class EngineCapability(_Wire):
@@ -140,6 +142,21 @@ class EngineCapability(_Wire):
     features: dict[str, Any] = {}
     concurrency: int | None = None
     engine_versions: list[str] = []
+
+
+class ReplicaCapability(_Wire):
+    """One replica's cached capability snapshot (ORCH-3603); ``cached`` is false before the
+    first successful probe, and every other field is then empty."""
+
+    replica_id: str
+    cached: bool
+    engine_version: str | None = None
+    ctx_max: int | None = None
+    slots_total: int | None = None
+    model_id: str | None = None
+    model_digest: str | None = None
+    features: dict[str, Any] = {}
+    simulated: bool = False
 
 
 class PoolCapability(_Wire):
@@ -153,6 +170,15 @@ class PoolCapability(_Wire):
     draining: bool
     device_mask: list[int]
     simulated: bool
+    #: What the engines reported (the adapter host's capability cache), merged over replicas.
+    features: dict[str, Any] = {}
+    #: The model the engine says it serves and its digest, where it reports them.
+    engine_model_id: str | None = None
+    model_digest: str | None = None
+    sampler_profile_version: str | None = None
+    #: Slots the engines themselves report; ``slots_total`` is the declared concurrency.
+    engine_slots_total: int | None = None
+    replicas: list[ReplicaCapability] = []
 
 
 class Capabilities(_Wire):
@@ -160,6 +186,8 @@ class Capabilities(_Wire):
     engines: list[EngineCapability]
     pools: list[PoolCapability] = []
     simulated: bool = False
+    #: The pool manager's topology version when this was read (ORCH-3410).
+    snapshot_version: int | None = None
 
 
 class DrainRequest(_Wire):

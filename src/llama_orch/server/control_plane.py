@@ -1,4 +1,5 @@
-"""Control plane: capabilities, pool health, metrics and the served OpenAPI documents."""
+"""Control plane: capabilities (``server.capabilities``), pool health, metrics and the served
+OpenAPI documents."""
 
 from __future__ import annotations
 
@@ -6,79 +7,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from llama_orch.contracts.api import (
-    API_VERSION,
-    Capabilities,
-    EngineCapability,
-    PoolCapability,
-    PoolHealth,
-)
+from llama_orch.contracts.api import PoolHealth
 from llama_orch.contracts.openapi import render_openapi
 from llama_orch.errors import NotFound
 from llama_orch.observability.metrics import CONTENT_TYPE
-from llama_orch.pool.manager import UNKNOWN_CTX, PoolRuntime, ReplicaState
-from llama_orch.server.deps import AppDeps, deps_of
-from llama_orch.vocab import Engine
-
-
-def _ctx(pool: PoolRuntime) -> int:
-    ctx = pool.ctx_max
-    return ctx if ctx != UNKNOWN_CTX else 0
-
-
-def capabilities_of(deps: AppDeps) -> Capabilities:
-    pools = list(deps.pools.pools.values())
-    engines: dict[Engine, list[PoolRuntime]] = {}
-    for pool in pools:
-        engines.setdefault(pool.config.engine, []).append(pool)
-    engine_caps = []
-    for engine, members in sorted(engines.items(), key=lambda kv: kv[0].value):
-        rate_limits = {
-            f"{p.id}.{klass.name.value}": klass.rate_limit_rps
-            for p in members
-            for klass in p.config.admission.priorities
-            if klass.rate_limit_rps
-        }
-        engine_caps.append(
-            EngineCapability(
-                engine=engine,
-                ctx_max=max(_ctx(p) for p in members),
-                concurrency=sum(p.slots_total for p in members),
-                engine_versions=sorted({p.engine_version for p in members if p.engine_version}),
-                rate_limits=rate_limits,
-                features={
-                    "streaming": True,
-                    "simulated": any(p.simulated for p in members),
-                    "placement_overrides": deps.config.server.allow_placement_overrides,
-                    # An external API's GPUs are not visible here: the operator vouches for them.
-                    **({"gpu_backing": "operator-claimed"} if engine is Engine.OPENAI else {}),
-                },
-            )
-        )
-    return Capabilities(
-        api_version=API_VERSION,
-        engines=engine_caps,
-        pools=[
-            PoolCapability(
-                pool_id=p.id,
-                engine=p.config.engine,
-                engine_version=p.engine_version,
-                model_id=p.config.model,
-                ctx_max=_ctx(p),
-                slots_total=p.slots_total,
-                ready=p.ready,
-                draining=p.draining,
-                device_mask=list(p.devices),
-                simulated=p.simulated,
-            )
-            for p in pools
-        ],
-        simulated=any(p.simulated for p in pools),
-    )
+from llama_orch.pool.manager import ReplicaState
+from llama_orch.server.capabilities import capabilities_of
+from llama_orch.server.deps import deps_of
 
 
 async def capabilities(request: Request) -> Response:
-    body = capabilities_of(deps_of(request)).model_dump_json().encode()
+    deps = deps_of(request)
+    caps = capabilities_of(
+        deps.pools,
+        deps.host,
+        placement_overrides=deps.config.server.allow_placement_overrides,
+    )
+    body = caps.model_dump_json().encode()
     return Response(body, media_type="application/json")
 
 
@@ -107,6 +52,7 @@ async def pool_health(request: Request) -> Response:
                         "healthy": r.gates.healthy,
                     },
                     "last_error": r.last_error,
+                    "stale": r.stale,
                 }
                 for r in pool.replicas
             ],
@@ -118,6 +64,7 @@ async def pool_health(request: Request) -> Response:
         slots_free=pool.slots_total - pool.active_leases,
         active_leases=pool.active_leases,
         simulated=pool.simulated,
+        snapshot_version=deps.pools.snapshot_version,
     )
     return Response(health.model_dump_json().encode(), media_type="application/json")
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from llama_orch.adapters.host import AdapterHost
 from llama_orch.config import Config, Settings
 from llama_orch.dispatch.admission import Admission
 from llama_orch.dispatch.dispatcher import Dispatcher
@@ -20,6 +21,8 @@ class AppDeps:
     dispatcher: Dispatcher
     admission: Admission
     metrics: Metrics
+    #: The adapter host; the control plane reads its capability cache (ORCH-3603).
+    host: AdapterHost
 
     @property
     def config(self) -> Config:

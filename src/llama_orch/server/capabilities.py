@@ -1,0 +1,123 @@
+"""``GET /v1/capabilities`` built from the adapter host's capability cache (ORCH-3603/3095).
+
+Each replica's entry is the snapshot its engine last reported through the host's probes
+(engine_version, ctx_max, slots, model, features, simulated). Pool and engine entries aggregate
+those snapshots; config supplies only what engines cannot know: the declared concurrency, the
+configured ctx cap, rate limits, device masks and the server's own feature switches. A replica
+not probed successfully yet has ``cached: false`` and contributes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama_orch.adapters.host import AdapterHost, CapabilitySnapshot
+from llama_orch.contracts.api import (
+    API_VERSION,
+    Capabilities,
+    EngineCapability,
+    PoolCapability,
+    ReplicaCapability,
+)
+from llama_orch.pool.manager import PoolManager, PoolRuntime
+from llama_orch.vocab import Engine
+
+
+def _replica(replica_id: str, snap: CapabilitySnapshot | None) -> ReplicaCapability:
+    if snap is None:
+        return ReplicaCapability(replica_id=replica_id, cached=False)
+    props = snap.props
+    return ReplicaCapability(
+        replica_id=replica_id,
+        cached=True,
+        engine_version=snap.engine_version,
+        ctx_max=props.ctx_max,
+        slots_total=props.slots_total,
+        model_id=props.model_id,
+        model_digest=props.model_digest,
+        features=dict(props.features),
+        simulated=snap.simulated,
+    )
+
+
+def _one(values: list[Any]) -> Any:
+    """The value every replica agrees on, else None (mixed or unknown)."""
+    distinct = {v for v in values if v is not None}
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+def pool_capability(pool: PoolRuntime, host: AdapterHost) -> PoolCapability:
+    cached = host.pool_capabilities(pool.id)
+    snaps = [cached[r.replica_id] for r in pool.replicas if r.replica_id in cached]
+    replicas = [_replica(r.replica_id, cached.get(r.replica_id)) for r in pool.replicas]
+    engine_ctx = [s.props.ctx_max for s in snaps if s.props.ctx_max]
+    limits = [*engine_ctx, *([pool.config.ctx] if pool.config.ctx else [])]
+    features: dict[str, Any] = {}
+    for snap in reversed(snaps):  # the first replica wins where replicas disagree
+        features.update(snap.props.features)
+    engine_slots = [s.props.slots_total for s in snaps]
+    return PoolCapability(
+        pool_id=pool.id,
+        engine=pool.config.engine,
+        engine_version=_one([s.engine_version for s in snaps]),
+        model_id=pool.config.model,
+        ctx_max=min(limits) if limits else 0,
+        slots_total=pool.slots_total,
+        ready=pool.ready,
+        draining=pool.draining,
+        device_mask=list(pool.devices),
+        simulated=pool.simulated or any(s.simulated for s in snaps),
+        features=features,
+        engine_model_id=_one([s.props.model_id for s in snaps]),
+        model_digest=_one([s.props.model_digest for s in snaps]),
+        sampler_profile_version=_one([s.props.sampler_profile_version for s in snaps])
+        or pool.config.sampler_profile_version,
+        engine_slots_total=sum(n for n in engine_slots if n is not None)
+        if snaps and None not in engine_slots
+        else None,
+        replicas=replicas,
+    )
+
+
+def capabilities_of(
+    pools: PoolManager, host: AdapterHost, *, placement_overrides: bool
+) -> Capabilities:
+    runtimes = list(pools.pools.values())
+    pool_caps = [pool_capability(p, host) for p in runtimes]
+    by_engine: dict[Engine, list[tuple[PoolRuntime, PoolCapability]]] = {}
+    for runtime, cap in zip(runtimes, pool_caps, strict=True):
+        by_engine.setdefault(cap.engine, []).append((runtime, cap))
+    engine_caps = []
+    for engine, members in sorted(by_engine.items(), key=lambda kv: kv[0].value):
+        rate_limits = {
+            f"{p.id}.{klass.name.value}": klass.rate_limit_rps
+            for p, _ in members
+            for klass in p.config.admission.priorities
+            if klass.rate_limit_rps
+        }
+        versions = {
+            r.engine_version for _, cap in members for r in cap.replicas if r.engine_version
+        }
+        engine_caps.append(
+            EngineCapability(
+                engine=engine,
+                ctx_max=max(cap.ctx_max for _, cap in members),
+                concurrency=sum(cap.slots_total for _, cap in members),
+                engine_versions=sorted(versions),
+                rate_limits=rate_limits,
+                features={
+                    "streaming": True,
+                    "simulated": any(cap.simulated for _, cap in members),
+                    "placement_overrides": placement_overrides,
+                    # An external API's GPUs are not visible here: the operator vouches for them.
+                    **({"gpu_backing": "operator-claimed"} if engine is Engine.OPENAI else {}),
+                },
+            )
+        )
+    return Capabilities(
+        api_version=API_VERSION,
+        engines=engine_caps,
+        pools=pool_caps,
+        simulated=any(cap.simulated for cap in pool_caps),
+        snapshot_version=pools.snapshot_version,
+    )
