@@ -501,3 +501,15 @@ class TestCapabilities:
         assert (True, True) == (health.json()["ready"], health.json()["simulated"])
         assert 404 == unknown.status_code
         assert "OrchQueue v1" in spec.text
+
+    async def test_capabilities_and_health_show_the_snapshot_version(self) -> None:
+        """Both report the topology version, and capabilities list each replica's snapshot."""
+        async with running_server(config_of()) as srv:
+            caps = (await srv.client.get("/v1/capabilities")).json()
+            health = (await srv.client.get("/v1/pools/p0/health")).json()
+            version = srv.deps.pools.snapshot_version
+        assert (version, version) == (caps["snapshot_version"], health["snapshot_version"])
+        assert 0 < version
+        assert [("r0", True)] == [
+            (r["replica_id"], r["cached"]) for r in caps["pools"][0]["replicas"]
+        ]

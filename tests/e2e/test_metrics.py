@@ -77,6 +77,24 @@ class TestMetricsContract:
             priorities,
         )
 
+    def test_placement_and_adapter_series_are_emitted(self, scrape: str) -> None:
+        """Admission and dispatch decisions are counted; adapter and KV series exist per pool."""
+        families = parse_scrape(scrape)
+        outcomes = {dict(s)["outcome"] for s in families["placement_decisions_total"].series}
+        auto = 'placement_decisions_total{fallback="false",outcome="assigned",pinned="false"}'
+        assigned = [
+            line for line in scrape.splitlines() if line.startswith(auto) and line != f"{auto} 0.0"
+        ]
+        pools = {
+            name: {dict(s)["pool_id"] for s in families[name].series}
+            for name in ("adapter_retries_total", "adapter_breaker_trips_total")
+        }
+        kv_pools = {dict(s)["pool_id"] for s in families["kv_cache_usage_ratio"].series}
+        assert {"assigned", "no_capacity"} == outcomes
+        assert 1 == len(assigned)
+        assert {"busy", "fast"} == pools["adapter_retries_total"] == kv_pools
+        assert {"busy", "fast"} == pools["adapter_breaker_trips_total"]
+
     def test_gpu_gauges_are_labelled_simulated(self, scrape: str) -> None:
         """GPU gauges cover each replica's devices and the inventory is flagged simulated."""
         families = parse_scrape(scrape)

@@ -241,7 +241,7 @@ class PoolManager:
                     breaker=BreakerPolicy.from_config(cfg.circuit_breaker),
                 )
                 self._bump()
-        await self._evaluate_all()
+        await self.probe_all()
         self._probe_task = asyncio.create_task(self._probe_loop(), name="pool-probe")
 
     async def stop(self) -> None:
@@ -254,9 +254,9 @@ class PoolManager:
     async def _probe_loop(self) -> None:
         while True:
             await asyncio.sleep(self._probe_interval_s)
-            await self._evaluate_all()
+            await self.probe_all()
 
-    async def _evaluate_all(self) -> None:
+    async def probe_all(self) -> None:
         """Probe every replica at once: one slow or hung engine must not delay the others."""
         await asyncio.gather(
             *(self._evaluate(pool, r) for pool in self.pools.values() for r in pool.replicas)

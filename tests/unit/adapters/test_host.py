@@ -12,6 +12,7 @@ from llama_orch.adapters.mock import MockEngine
 from llama_orch.config import MockEngineConfig
 from llama_orch.contracts.engine import WorkerHealth
 from llama_orch.errors import WorkerInternal, WorkerInvalidParams, WorkerReset, WorkerUnavailable
+from llama_orch.observability.metrics import Metrics
 from tests.unit.adapters.engine_support import adapter_for, request
 
 FAST_RETRY = RetryPolicy(attempts=3, initial_s=0.001, max_s=0.002)
@@ -159,6 +160,53 @@ class TestCapabilityCache:
         assert ("mock-9", snapshot) == (snapshot.engine_version, host.capabilities("p", "r0"))
         host.bind("p", "r0", mock)
         assert host.capabilities("p", "r0") is None
+
+    async def test_pool_capabilities_lists_cached_replicas_only(self) -> None:
+        """A pool's snapshots are keyed by replica and hold only probed replicas."""
+        host = AdapterHost()
+        for replica in ("r0", "r1"):
+            host.bind("p", replica, MockEngine(MockEngineConfig(), slots=1, model="m"))
+        host.bind("q", "r0", MockEngine(MockEngineConfig(), slots=1, model="m"))
+        await host.refresh_capabilities("p", "r1")
+        await host.refresh_capabilities("q", "r0")
+        assert ["r1"] == list(host.pool_capabilities("p"))
+
+
+class TestHostMetrics:
+    async def test_retries_reach_the_pool_counter(self) -> None:
+        """Each retry of an idempotent probe counts in adapter_retries_total (D-HOST-01)."""
+        metrics = Metrics()
+        host = AdapterHost(metrics=metrics)
+        transport = CountingTransport(httpx.ConnectError("refused"))
+        adapter = adapter_for("vllm", "http://engine", "m", transport=transport)
+        host.bind("p", "r0", adapter, retry=FAST_RETRY)
+        await host.health("p", "r0")
+        labels = {"engine": "vllm", "pool_id": "p"}
+        assert 2.0 == metrics.registry.get_sample_value("adapter_retries_total", labels)
+
+    async def test_breaker_trips_reach_the_pool_counter(self) -> None:
+        """Each opening of a replica's breaker counts in adapter_breaker_trips_total."""
+        metrics = Metrics()
+        clock = Clock()
+        host = AdapterHost(clock=clock, metrics=metrics)
+        host.bind("p", "r0", failing_mock(), breaker=BreakerPolicy(failures=1, cooldown_s=10))
+        host.bind("p", "r1", failing_mock(), breaker=BreakerPolicy(failures=1, cooldown_s=10))
+        for replica in ("r0", "r1"):
+            with pytest.raises(WorkerInternal):
+                [e async for e in host.submit("p", replica, request())]
+        labels = {"engine": "mock", "pool_id": "p"}
+        trips = metrics.registry.get_sample_value("adapter_breaker_trips_total", labels)
+        assert (2.0, 1) == (trips, host.breaker_trips("p", "r0"))
+
+    async def test_a_host_without_metrics_still_counts_per_replica(self) -> None:
+        """Without a Metrics object the per-replica counts still work."""
+        host = AdapterHost()
+        transport = CountingTransport(httpx.ConnectError("refused"))
+        host.bind(
+            "p", "r0", adapter_for("vllm", "http://e", "m", transport=transport), retry=FAST_RETRY
+        )
+        await host.health("p", "r0")
+        assert 2 == host.retries_spent("p", "r0")
 
 
 class BrokenHealth(MockEngine):

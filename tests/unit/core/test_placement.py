@@ -320,3 +320,17 @@ class TestDecisionLog:
             fields["pinned"],
             fields["fallback_used"],
         )
+
+
+class TestSnapshotVersion:
+    def test_assignments_record_the_input_version(self) -> None:
+        """An Assigned decision's log carries the topology version of its input (ORCH-3410)."""
+        placement = PlacementInput((pool_3090(),), job(), snapshot_version=41)
+        decision = decide(placement)
+        assert (Assigned, 41) == (type(decision), decision.log.snapshot_version)
+
+    def test_refusals_record_the_input_version(self) -> None:
+        """A NoCapacity decision's log carries it too, and so do the narration fields."""
+        placement = PlacementInput((pool_3090(ready=False),), job(), snapshot_version=7)
+        decision = decide(placement)
+        assert (NoCapacity, 7) == (type(decision), decision.log.fields()["snapshot_version"])

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 from llama_orch.adapters.host import AdapterHost
 from llama_orch.adapters.mock import MockEngine
 from llama_orch.adapters.registry import build_adapter
 from llama_orch.config import Config, MockEngineConfig, PoolConfig
-from llama_orch.contracts.engine import EngineAdapter
+from llama_orch.contracts.engine import EngineAdapter, WorkerProps
+from llama_orch.core.model import JobSpec, PlacementInput
+from llama_orch.core.placement import decide
 from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.gpus import simulated_inventory
 from llama_orch.pool.manager import AdapterFactory, PoolManager, ReplicaState
+from llama_orch.vocab import Engine, Priority
 from tests.support.server import config_of, mock_pool
 
 
@@ -116,3 +121,199 @@ class TestReadinessGates:
         finally:
             await manager.stop()
         assert ((1,), 12288 * 2**20) == (snapshot.device_mask, snapshot.vram_total_bytes)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class VersionedMock(MockEngine):
+    """A mock engine whose reported version a test can change between probes."""
+
+    version = "v1"
+
+    async def engine_version(self) -> str:
+        return self.version
+
+
+def clocked_manager(
+    config: Config, clock: FakeClock, factory: AdapterFactory = build_adapter
+) -> tuple[PoolManager, Metrics]:
+    metrics = Metrics()
+    inventory = simulated_inventory(config.gpus.simulated or [])
+    manager = PoolManager(
+        config.pools, inventory, AdapterHost(), factory, metrics, probe_interval_s=60, clock=clock
+    )
+    # The window is the larger of 5 s and two probe intervals; tests drive it by hand.
+    manager.stale_after_s = 5.0
+    return manager, metrics
+
+
+class TestSnapshotVersion:
+    async def test_bind_and_readiness_bump_the_version(self) -> None:
+        """Binding, the first engine_version and the Ready flip each bump it (ORCH-3410)."""
+        manager, _ = clocked_manager(config_of(), FakeClock())
+        before = manager.snapshot_version
+        await manager.start()
+        try:
+            assert (0, 3) == (before, manager.snapshot_version)
+        finally:
+            await manager.stop()
+
+    async def test_steady_probes_leave_the_version_alone(self) -> None:
+        """Probes that change nothing keep the version, so it only moves with the topology."""
+        manager, _ = clocked_manager(config_of(), FakeClock())
+        await manager.start()
+        try:
+            version = manager.snapshot_version
+            await manager.probe_all()
+            assert version == manager.snapshot_version
+        finally:
+            await manager.stop()
+
+    async def test_drain_flag_changes_bump_the_version(self) -> None:
+        """Setting and clearing the drain flag bump it once each; a repeat is a no-op."""
+        manager, _ = clocked_manager(config_of(), FakeClock())
+        await manager.start()
+        try:
+            version = manager.snapshot_version
+            manager.set_draining("p0", True)
+            manager.set_draining("p0", True)
+            draining = (manager.snapshot_version, manager.pools["p0"].ready)
+            manager.set_draining("p0", False)
+            assert ((version + 1, False), version + 2) == (draining, manager.snapshot_version)
+        finally:
+            await manager.stop()
+
+    async def test_engine_version_change_bumps_the_version(self) -> None:
+        """A new engine_version from the engine bumps the version and rebinds its series."""
+        engine = VersionedMock(MockEngineConfig(), slots=1, model="m")
+        manager, metrics = clocked_manager(config_of(), FakeClock(), lambda _p, _i: engine)
+        await manager.start()
+        try:
+            version = manager.snapshot_version
+            engine.version = "v2"
+            await manager.probe_all()
+            replica = manager.pools["p0"].replicas[0]
+            assert (version + 1, "v2") == (manager.snapshot_version, replica.engine_version)
+        finally:
+            await manager.stop()
+        versions = {
+            s.labels["engine_version"]
+            for family in metrics.registry.collect()
+            if family.name == "kv_cache_usage_ratio"
+            for s in family.samples
+        }
+        assert {"v2"} == versions
+
+    async def test_decisions_record_the_version(self) -> None:
+        """The placement input and its decision log carry the version (ORCH-3410)."""
+        manager, _ = clocked_manager(config_of(), FakeClock())
+        await manager.start()
+        try:
+            views = tuple(manager.replica_views("p0"))
+            snapshot = replace(manager.snapshot("p0"), replicas=views)
+            job = JobSpec(Priority.INTERACTIVE, Engine.MOCK, "m", 512)
+            placement = PlacementInput((snapshot,), job, snapshot_version=manager.snapshot_version)
+            decision = decide(placement)
+        finally:
+            await manager.stop()
+        assert manager.snapshot_version == decision.log.snapshot_version
+
+
+class TestFreshness:
+    async def test_a_lapsed_heartbeat_hides_the_replica(self) -> None:
+        """5 s without a successful probe: placement sees the replica as not Ready (ORCH-3971)."""
+        clock = FakeClock()
+        manager, _ = clocked_manager(config_of(), clock)
+        await manager.start()
+        try:
+            fresh = manager.replica_views("p0")[0].ready
+            version = manager.snapshot_version
+            clock.now += 5.5
+            stale = manager.replica_views("p0")[0].ready
+            assert (True, False, version + 1) == (fresh, stale, manager.snapshot_version)
+        finally:
+            await manager.stop()
+
+    async def test_a_probe_restores_a_stale_replica(self) -> None:
+        """The next successful probe makes it placeable again, bumps and wakes listeners."""
+        clock = FakeClock()
+        manager, _ = clocked_manager(config_of(), clock)
+        woken: list[str] = []
+        manager.on_capacity_change(woken.append)
+        await manager.start()
+        try:
+            clock.now += 6
+            manager.replica_views("p0")
+            version = manager.snapshot_version
+            await manager.probe_all()
+            ready = manager.replica_views("p0")[0].ready
+            assert (True, version + 1, ["p0"]) == (ready, manager.snapshot_version, woken[-1:])
+        finally:
+            await manager.stop()
+
+    def test_the_window_follows_a_slow_probe_cadence(self) -> None:
+        """A probe interval longer than 2.5 s widens the window to two intervals."""
+        config = config_of()
+        inventory = simulated_inventory(config.gpus.simulated or [])
+        windows = [
+            PoolManager(
+                config.pools,
+                inventory,
+                AdapterHost(),
+                build_adapter,
+                Metrics(),
+                probe_interval_s=interval,
+            ).stale_after_s
+            for interval in (2.0, 10.0)
+        ]
+        assert [5.0, 20.0] == windows
+
+
+class TestKvCacheUsage:
+    async def test_probes_publish_the_engine_ratio(self) -> None:
+        """The mock's simulated ratio lands in kv_cache_usage_ratio for its replica."""
+        manager, metrics = clocked_manager(config_of(), FakeClock())
+        await manager.start()
+        try:
+            manager.allocate_lease("p0", "r0")
+            value = metrics.registry.get_sample_value(
+                "kv_cache_usage_ratio",
+                {
+                    "engine": "mock",
+                    "engine_version": "mock-1.0",
+                    "pool_id": "p0",
+                    "replica_id": "r0",
+                },
+            )
+        finally:
+            await manager.stop()
+        assert 0.0 == value
+
+    async def test_engines_without_a_ratio_leave_it_unset(self) -> None:
+        """A replica whose engine reports no ratio has no kv_cache_usage_ratio series at all."""
+        manager, metrics = clocked_manager(
+            config_of(external_pool("external")), FakeClock(), mock_for_unreporting_engine
+        )
+        await manager.start()
+        try:
+            families = {f.name: f.samples for f in metrics.registry.collect()}
+        finally:
+            await manager.stop()
+        assert [] == families["kv_cache_usage_ratio"]
+
+
+class UnreportingMock(MockEngine):
+    """A mock standing in for an engine with no KV cache figure."""
+
+    async def props(self) -> WorkerProps:
+        return replace(await super().props(), kv_cache_usage_ratio=None)
+
+
+def mock_for_unreporting_engine(pool: PoolConfig, _index: int) -> EngineAdapter:
+    return UnreportingMock(MockEngineConfig(), slots=pool.slots, model=pool.model)
