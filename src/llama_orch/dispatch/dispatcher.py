@@ -19,6 +19,8 @@ from dataclasses import replace
 from itertools import islice
 from typing import Any
 
+from prometheus_client import Gauge
+
 from llama_orch.adapters.host import AdapterHost
 from llama_orch.config import Config
 from llama_orch.core.model import (
@@ -64,7 +66,7 @@ class Dispatcher:
         #: Placement series bound once; admission records its decisions here too (ORCH-3962).
         self.placement_metrics: PlacementMetrics = metrics.bind_placement()
         #: ``queue_depth`` children per pool, with the engine_version they were bound for.
-        self._depth_gauges: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._depth_gauges: dict[str, tuple[str, dict[str, Gauge]]] = {}
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         server = config.server
         self.tasks = TaskRegistry(
