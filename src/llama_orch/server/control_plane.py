@@ -52,7 +52,7 @@ async def pool_health(request: Request) -> Response:
                         "healthy": r.gates.healthy,
                     },
                     "last_error": r.last_error,
-                    "stale": r.stale,
+                    "stale": r.state is ReplicaState.READY and not deps.pools.fresh(r),
                 }
                 for r in pool.replicas
             ],
