@@ -206,6 +206,19 @@ class TestWatchdog:
         assert 0 == leases
         assert 'reason="watchdog"' in canceled
 
+    async def test_steady_tokens_outlast_the_idle_timeout(self) -> None:
+        """Progress re-arms the idle clock: a stream longer than idle_ms, with every gap shorter,
+        ends normally."""
+        pool = mock_pool(mock={"tokens_per_s": 50.0}, timeouts={"idle_ms": 150})
+        async with running_server(config_of(pool)) as srv:
+            body = task_body(max_tokens=20)
+            await srv.submit(body)
+            frames = await srv.stream(body["task_id"])
+            leases = await leases_drain(srv)
+        assert "end" == frames[-1][0]
+        assert 20 == len([e for e, _ in frames if e == "token"])
+        assert 0 == leases
+
     async def test_wall_timeout(self) -> None:
         """A task that keeps streaming past wall_ms is aborted with DECODE_TIMEOUT."""
         pool = mock_pool(mock={"tokens_per_s": 50.0}, timeouts={"wall_ms": 200})

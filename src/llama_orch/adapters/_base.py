@@ -23,6 +23,7 @@ import httpx
 import orjson
 
 from llama_orch.adapters._http import (
+    UpstreamClients,
     error_for_status,
     map_transport_errors,
     redact_url,
@@ -130,10 +131,16 @@ class HttpAdapter:
     engine_kind: ClassVar[Engine]
 
     def __init__(
-        self, pool: PoolConfig, client: httpx.AsyncClient, *, api_key: str | None = None
+        self,
+        pool: PoolConfig,
+        client: httpx.AsyncClient | UpstreamClients,
+        *,
+        api_key: str | None = None,
     ) -> None:
         self._pool = pool
-        self._client = client
+        if not isinstance(client, UpstreamClients):
+            client = UpstreamClients([client])
+        self._upstream = client
         self._redactor = Redactor().with_secret(api_key)
         self._where = redact_url(client.base_url, self._redactor)
         self._version: str | None = None
@@ -148,8 +155,13 @@ class HttpAdapter:
 
     @property
     def client(self) -> httpx.AsyncClient:
-        """The pooled client to this upstream (benchmarks read raw streams through it)."""
-        return self._client
+        """The first pooled client to this upstream (benchmarks read raw streams through it)."""
+        return self._upstream.clients[0]
+
+    @property
+    def upstream(self) -> UpstreamClients:
+        """Every pooled client to this upstream."""
+        return self._upstream
 
     # -- engine-specific surface ---------------------------------------------------------------
 
@@ -187,7 +199,8 @@ class HttpAdapter:
         with map_transport_errors(
             self.engine.value, f"GET {path}", self._redactor, pool_id=self.pool_id
         ):
-            return await self._client.get(path, timeout=timeout)
+            async with self._upstream.lease() as client:
+                return await client.get(path, timeout=timeout)
 
     async def get_json(self, path: str) -> Any:
         response = await self.get(path)
@@ -207,10 +220,39 @@ class HttpAdapter:
         )
 
     async def submit(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]:
+        """One ``token`` event per token (the ``EngineAdapter`` contract)."""
+        batches = self.submit_batches(request)
+        try:
+            async for event in batches:
+                if event.kind == "tokens":
+                    index = event.index
+                    for text in event.texts:
+                        yield EngineEvent("token", text, index)
+                        index += 1
+                else:
+                    yield event
+        finally:
+            await batches.aclose()  # type: ignore[attr-defined]
+
+    async def submit_batches(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]:
+        """The stream with each upstream read's tokens as one ``tokens`` event: the relay's
+        per-token cost is then one list append here and one extend in the transcript."""
+        async with self._upstream.lease() as client:
+            stream = self._stream(client, request)
+            try:
+                async for event in stream:
+                    yield event
+            finally:
+                # Closing here, not at garbage collection, closes the upstream request now.
+                await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _stream(
+        self, client: httpx.AsyncClient, request: GenerateRequest
+    ) -> AsyncIterator[EngineEvent]:
         path, body = self.generate_call(request)
         engine = self.engine.value
         where = f"POST {path}"
-        http_request = self._client.build_request(
+        http_request = client.build_request(
             "POST",
             path,
             content=orjson.dumps(body),
@@ -220,7 +262,7 @@ class HttpAdapter:
         with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
             try:
                 async with asyncio.timeout(first_byte_ms / 1000):
-                    response = await self._client.send(http_request, stream=True)
+                    response = await client.send(http_request, stream=True)
             except TimeoutError as exc:
                 raise DecodeTimeout(
                     self._error(
@@ -235,7 +277,7 @@ class HttpAdapter:
                     await response.aread()
                 raise self.status_error(response, where)
             yield EngineEvent("started", data=self.started_data(request))
-            # One generator level per token on purpose: this loop is the adapter's hot path.
+            # One generator step per upstream read: this loop is the adapter's hot path.
             parser = self.new_parser(request)
             decoder = SseDecoder()
             feed, decode, event = parser.feed, decoder.feed_data, EngineEvent
@@ -246,15 +288,27 @@ class HttpAdapter:
                     payloads = decode(chunk)
                     if not payloads:
                         continue
+                    texts: list[str] = []
+                    failure: WorkerError | None = None
                     for obj in parse_payloads(payloads, engine):
                         if parser.done:
                             continue  # nothing after the terminal event counts
                         if type(obj) is BadFrame:
-                            raise obj.error
-                        text = feed(obj)
+                            failure = obj.error
+                            break
+                        try:
+                            text = feed(obj)
+                        except WorkerError as exc:
+                            failure = exc
+                            break
                         if text:
-                            yield event("token", text, index)
-                            index += 1
+                            texts.append(text)
+                    if texts:
+                        # Tokens before a bad or error frame still count, in order.
+                        yield event("tokens", "", index, texts=texts)
+                        index += len(texts)
+                    if failure is not None:
+                        raise failure
                     if parser.done:
                         break
             if parser.done:
@@ -278,7 +332,7 @@ class HttpAdapter:
         return None
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._upstream.aclose()
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:

@@ -1,7 +1,9 @@
 """The shared HTTP util every engine adapter builds on (SPEC §7.3, D-HTTP-01..03).
 
-- ``build_client``: one pooled ``httpx.AsyncClient`` per upstream (keep-alive, HTTP/2 where the
-  upstream offers it via ALPN, TLS verification on, proxies only when configured).
+- ``build_client``: one pooled ``httpx.AsyncClient`` (keep-alive, HTTP/2 where the upstream offers
+  it via ALPN, TLS verification on, proxies only when configured).
+- ``build_upstream``: one upstream's ``max_connections`` keep-alive connections as
+  ``UpstreamClients``, several small ``build_client`` pools that requests spread over.
 - ``with_retries``: capped, jittered exponential backoff (tenacity) for idempotent calls only.
 - ``map_transport_errors``: httpx exceptions -> the ``WorkerError`` tree, ``raise ... from exc``.
 - ``error_for_status``: an upstream HTTP status -> the ``WorkerError`` it means.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -105,14 +107,29 @@ async def with_retries(
     return await retrying(fn)
 
 
+#: Idle keep-alive connections are dropped after this long: shorter than the 5 s idle timeout
+#: common to engine HTTP servers (llama-server, uvicorn), so a request never goes out on a
+#: connection the engine has already closed (which would end the task with WORKER_RESET).
+KEEPALIVE_EXPIRY_S = 4.0
+#: Connections per httpx pool in ``UpstreamClients``. httpcore's pool re-scans all of its
+#: connections (and, for the keep-alive bound, all of them again per connection) on every request
+#: and every response close, so its cost grows with the square of its size; small pools keep
+#: that scan short at any number of concurrent streams.
+SHARD_CONNECTIONS = 16
+
+
 def build_client(
     http: HttpConfig,
     *,
     base_url: str,
     headers: Mapping[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    max_connections: int | None = None,
 ) -> httpx.AsyncClient:
-    """One pooled client for one upstream; ``transport`` lets tests pass ``MockTransport``."""
+    """One pooled client for one upstream; ``transport`` lets tests pass ``MockTransport``.
+
+    ``max_connections`` overrides ``http.max_connections`` (unset there too: 64)."""
+    connections = max_connections or http.max_connections or 64
     timeout = httpx.Timeout(
         connect=http.connect_timeout_ms / 1000,
         read=http.read_timeout_ms / 1000,
@@ -120,9 +137,9 @@ def build_client(
         pool=http.connect_timeout_ms / 1000,
     )
     limits = httpx.Limits(
-        max_connections=http.max_connections,
-        max_keepalive_connections=http.max_connections,
-        keepalive_expiry=30.0,
+        max_connections=connections,
+        max_keepalive_connections=connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
     )
     return httpx.AsyncClient(
         base_url=base_url,
@@ -136,6 +153,78 @@ def build_client(
         proxy=http.proxy,
         follow_redirects=False,
         transport=transport,
+    )
+
+
+class UpstreamClients:
+    """One upstream's keep-alive connections, split over small httpx pools (shards).
+
+    Together the shards hold at most ``http.max_connections`` connections, all to the one
+    upstream, each kept alive for reuse as in a single pool. Each call takes the shard with the
+    fewest requests in flight (``lease``), so concurrent streams spread evenly and every httpx
+    pool stays at or under ``SHARD_CONNECTIONS``, where its per-request scan is cheap.
+    """
+
+    __slots__ = ("_busy", "_clients")
+
+    def __init__(self, clients: list[httpx.AsyncClient]) -> None:
+        if not clients:
+            raise ValueError("UpstreamClients needs at least one client")
+        self._clients = clients
+        self._busy = [0] * len(clients)
+
+    @property
+    def clients(self) -> list[httpx.AsyncClient]:
+        return self._clients
+
+    @property
+    def base_url(self) -> httpx.URL:
+        return self._clients[0].base_url
+
+    @property
+    def in_flight(self) -> list[int]:
+        """Requests in flight per shard (a copy)."""
+        return list(self._busy)
+
+    @contextlib.asynccontextmanager
+    async def lease(self) -> AsyncIterator[httpx.AsyncClient]:
+        """The least busy shard, counted busy until the block exits (a stream's whole life)."""
+        busy = self._busy
+        shard = 0 if len(busy) == 1 else busy.index(min(busy))
+        busy[shard] += 1
+        try:
+            yield self._clients[shard]
+        finally:
+            busy[shard] -= 1
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()
+
+
+def build_upstream(
+    http: HttpConfig,
+    *,
+    base_url: str,
+    max_connections: int,
+    headers: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> UpstreamClients:
+    """``max_connections`` connections to one upstream, in pools of ``SHARD_CONNECTIONS``."""
+    total = max_connections
+    shards = -(-total // SHARD_CONNECTIONS)
+    sizes = [total // shards + (1 if i < total % shards else 0) for i in range(shards)]
+    return UpstreamClients(
+        [
+            build_client(
+                http,
+                base_url=base_url,
+                headers=headers,
+                transport=transport,
+                max_connections=size,
+            )
+            for size in sizes
+        ]
     )
 
 

@@ -261,7 +261,10 @@ class AdapterHost:
             f"Sends task {request.task_id[:8]} to {pool_id}/{replica_id}.",
             **fields,
         )
-        stream = adapter.submit(request)
+        # Adapters that can batch hand over one ``tokens`` event per upstream read.
+        stream: AsyncIterator[EngineEvent] = getattr(adapter, "submit_batches", adapter.submit)(
+            request
+        )
         try:
             async for event in stream:
                 if event.kind == "error":

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from llama_orch.adapters._base import HttpAdapter
-from llama_orch.adapters._http import build_client
+from llama_orch.adapters._http import build_upstream
 from llama_orch.adapters.llamacpp import LlamaCppAdapter
 from llama_orch.adapters.mock import MockEngine
 from llama_orch.adapters.openai import OpenAIAdapter
@@ -49,8 +49,12 @@ def _http(cls: type[HttpAdapter]) -> AdapterBuilder:
             )
         key = context.api_keys.get(pool.id)
         headers = {"authorization": f"Bearer {key}"} if key else None
-        client = build_client(
-            pool.http, base_url=pool.endpoint, headers=headers, transport=context.transport
+        client = build_upstream(
+            pool.http,
+            base_url=pool.endpoint,
+            max_connections=pool.max_connections,
+            headers=headers,
+            transport=context.transport,
         )
         return cls(pool, client, api_key=key)
 

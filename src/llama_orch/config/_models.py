@@ -287,6 +287,10 @@ class BackoffConfig(_Strict):
     jitter: bool = True
 
 
+#: Upstream connections beyond ``slots`` when ``http.max_connections`` is unset (probes).
+UPSTREAM_HEADROOM = 8
+
+
 class HttpConfig(_Strict):
     """How llama-orch talks to one upstream engine (ORCH-3610, ORCH-3612)."""
 
@@ -299,8 +303,9 @@ class HttpConfig(_Strict):
     probe_timeout_ms: PositiveInt = 5000
     #: Extra attempts for idempotent calls (health, props, version); never for generation.
     retries: Annotated[int, Field(ge=0, le=10)] = 2
-    #: Pooled connections to this upstream (one keep-alive client per replica).
-    max_connections: PositiveInt = 64
+    #: Pooled keep-alive connections to this upstream, per replica; at least the pool's
+    #: ``slots`` (every running task holds one). Unset: ``slots`` + 8 (probes and headroom).
+    max_connections: PositiveInt | None = None
     #: Offer HTTP/2 (used when the upstream agrees via TLS ALPN; plain http stays HTTP/1.1).
     http2: bool = True
     verify_tls: bool = True
@@ -371,6 +376,12 @@ class PoolConfig(_Strict):
                 f"api_key_env names an environment variable (e.g. OPENAI_API_KEY), "
                 f"got {self.api_key_env!r}"
             )
+        if self.http.max_connections is not None and self.http.max_connections < self.slots:
+            raise ValueError(
+                f"http.max_connections ({self.http.max_connections}) is below slots "
+                f"({self.slots}): tasks beyond it would wait for a connection and fail "
+                "connecting; raise it or leave it unset (slots + 8)"
+            )
         if (
             self.engine is Engine.OPENAI
             and self.provisioning is not None
@@ -378,6 +389,11 @@ class PoolConfig(_Strict):
         ):
             raise ValueError("an openai pool is always provisioning.mode: external")
         return self
+
+    @property
+    def max_connections(self) -> int:
+        """Upstream connections per replica: ``http.max_connections``, or ``slots`` + 8."""
+        return self.http.max_connections or self.slots + UPSTREAM_HEADROOM
 
     @property
     def is_gpu_engine(self) -> bool:

@@ -5,6 +5,9 @@ An adapter speaks one engine's native API. It never spawns processes or stages m
 Streaming contract of ``submit``:
 - it yields ``EngineEvent`` of kind ``started`` once, then ``token`` (indices 0, 1, 2, ...) with
   optional ``metrics`` between them, then ``end`` once;
+- an adapter may also offer ``submit_batches``, the same stream with the tokens of one upstream
+  read carried as one ``tokens`` event (``texts``, the first one at ``index``); the adapter host
+  prefers it, so the relay pays per read rather than per token (order and indices unchanged);
 - it reports a failure by raising a ``llama_orch.errors.WorkerError`` subclass, or by yielding a
   final ``error`` event carrying one (the host treats both the same);
 - cancellation is closing the iterator (``aclose`` / task cancellation): the adapter must then
@@ -14,7 +17,7 @@ Streaming contract of ``submit``:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
@@ -22,7 +25,7 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 from llama_orch.errors import WorkerError
 from llama_orch.vocab import DeterminismLevel, Engine
 
-EventKind = Literal["started", "token", "metrics", "end", "error"]
+EventKind = Literal["started", "token", "tokens", "metrics", "end", "error"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -59,6 +62,8 @@ class EngineEvent(NamedTuple):
     index: int = 0  # type: ignore[assignment]
     data: Mapping[str, Any] = _EMPTY
     error: WorkerError | None = None
+    #: A ``tokens`` event's texts, in order; the first has index ``index``.
+    texts: Sequence[str] = ()
 
 
 BreakerState = Literal["closed", "open", "half_open"]

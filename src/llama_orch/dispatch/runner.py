@@ -56,18 +56,34 @@ class Runner:
     async def run(self, task: Task, lane: PoolLane, replica: Replica) -> None:
         loop = asyncio.get_running_loop()
         timeouts = lane.pool.config.timeouts
-        wall_at = loop.time() + timeouts.wall_ms / 1000
+        started = loop.time()
+        wall_at = started + timeouts.wall_ms / 1000
         idle_s = timeouts.idle_ms / 1000
         stream = self._host.submit(task.pool_id, replica.replica_id, task.request)
+        # The watchdog is one timer that re-arms itself: each event only records the time of
+        # progress (``last``), and the timer, when it comes due, either expires the run (idle
+        # or wall limit passed) or moves on to the next moment either limit could pass.
+        last = started
+        check: asyncio.TimerHandle | None = None
         try:
-            async with asyncio.timeout(min(wall_at, loop.time() + idle_s)) as watchdog:
+            async with asyncio.timeout(None) as watchdog:
+
+                def due() -> None:
+                    nonlocal check
+                    deadline = min(wall_at, last + idle_s)
+                    if loop.time() >= deadline:
+                        watchdog.reschedule(deadline)  # in the past: expires now
+                    else:
+                        check = loop.call_at(deadline, due)
+
+                check = loop.call_at(min(wall_at, started + idle_s), due)
                 async for event in stream:
                     if task.terminal:
                         break
+                    last = loop.time()
                     self._on_event(task, lane, replica, event)
                     if task.terminal:
                         break
-                    watchdog.reschedule(min(wall_at, loop.time() + idle_s))
             if not task.terminal:
                 raise WorkerReset(
                     "the engine stream ended without a final frame",
@@ -93,6 +109,8 @@ class Runner:
                     ),
                 )
         finally:
+            if check is not None:
+                check.cancel()
             lane.running.pop(task.id, None)
             try:
                 await stream.aclose()  # type: ignore[attr-defined]
@@ -101,15 +119,22 @@ class Runner:
 
     def _on_event(self, task: Task, lane: PoolLane, replica: Replica, event: EngineEvent) -> None:
         kind = event.kind
-        if kind == "token":
-            now = self._clock()
+        if kind == "tokens":
+            texts = event.texts
             if task.first_token_at is None:
-                task.first_token_at = now
-                session = self._sessions.get(task.session_id, now)
-                if session is not None:
-                    self._sessions.mark_warm(session, (task.pool_id, replica.replica_id), now)
+                self._first_token(task, replica)
+            task.stream.publish_tokens(texts)
+            task.tokens_out += len(texts)
+            now = self._clock()
+            if now >= task.next_metrics_at:
+                task.next_metrics_at = now + self._metrics_interval_s
+                task.stream.publish("metrics", self._metrics_payload(task, lane))
+        elif kind == "token":
+            if task.first_token_at is None:
+                self._first_token(task, replica)
             task.stream.publish_token(event.text)
             task.tokens_out += 1
+            now = self._clock()
             if now >= task.next_metrics_at:
                 task.next_metrics_at = now + self._metrics_interval_s
                 task.stream.publish("metrics", self._metrics_payload(task, lane))
@@ -122,3 +147,10 @@ class Runner:
             self._endings.end(task, TaskState.DONE, replica=replica)
         elif kind == "error":
             raise event.error or WorkerReset("the engine reported an error without details")
+
+    def _first_token(self, task: Task, replica: Replica) -> None:
+        now = self._clock()
+        task.first_token_at = now
+        session = self._sessions.get(task.session_id, now)
+        if session is not None:
+            self._sessions.mark_warm(session, (task.pool_id, replica.replica_id), now)

@@ -17,7 +17,7 @@ it is published: encoding happens once, in the writer, which can also merge toke
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -71,6 +71,17 @@ class TaskStream:
         self._entries.append(text)
         self._tokens += 1
         self._nbytes += len(text) + _ENTRY_OVERHEAD
+        if self._waiters:
+            self._wake()
+
+    def publish_tokens(self, texts: Sequence[str]) -> None:
+        """Append consecutive tokens (one upstream read's) in order, with one wake-up."""
+        if self._closed:
+            raise RuntimeError("stream is closed; refusing a token frame")
+        self._entries.extend(texts)
+        count = len(texts)
+        self._tokens += count
+        self._nbytes += sum(map(len, texts)) + _ENTRY_OVERHEAD * count
         if self._waiters:
             self._wake()
 

@@ -6,8 +6,12 @@ import httpx
 import pytest
 
 from llama_orch.adapters._http import (
+    KEEPALIVE_EXPIRY_S,
+    SHARD_CONNECTIONS,
     RetryPolicy,
+    UpstreamClients,
     build_client,
+    build_upstream,
     error_for_status,
     map_transport_errors,
     redact_url,
@@ -143,6 +147,46 @@ class TestBuildClient:
         async with client:
             await client.get("/health")
         assert ["Bearer k"] == seen
+
+
+def pool_limits(client: httpx.AsyncClient) -> tuple[int, int, float | None]:
+    pool = client._transport._pool  # type: ignore[attr-defined]
+    return pool._max_connections, pool._max_keepalive_connections, pool._keepalive_expiry
+
+
+class TestUpstreamClients:
+    async def test_connections_are_split_into_small_pools(self) -> None:
+        """max_connections is kept in total, over pools of at most SHARD_CONNECTIONS each."""
+        upstream = build_upstream(HttpConfig(), base_url="http://engine", max_connections=1108)
+        sizes = [pool_limits(c)[0] for c in upstream.clients]
+        assert 1108 == sum(sizes)
+        assert max(sizes) <= SHARD_CONNECTIONS
+        assert max(sizes) - min(sizes) <= 1
+        # Every shard keeps all its connections alive, to the one upstream.
+        assert all(pool_limits(c)[1] == pool_limits(c)[0] for c in upstream.clients)
+        assert {"http://engine"} == {str(c.base_url) for c in upstream.clients}
+        await upstream.aclose()
+
+    async def test_keep_alive_expires_before_engine_idle_timeouts(self) -> None:
+        """Idle connections go before the 5 s idle timeout engine HTTP servers use."""
+        upstream = build_upstream(HttpConfig(), base_url="http://engine", max_connections=8)
+        assert all(pool_limits(c)[2] == KEEPALIVE_EXPIRY_S for c in upstream.clients)
+        assert KEEPALIVE_EXPIRY_S < 5.0
+        await upstream.aclose()
+
+    async def test_a_lease_takes_the_least_busy_shard(self) -> None:
+        """Concurrent leases spread over the shards; one at a time reuses the first shard."""
+        clients = [httpx.AsyncClient() for _ in range(3)]
+        upstream = UpstreamClients(clients)
+        async with upstream.lease() as first:
+            assert clients[0] is first
+        async with upstream.lease() as again:
+            assert clients[0] is again  # sequential calls share one keep-alive pool
+            async with upstream.lease() as second, upstream.lease() as third:
+                assert [clients[1], clients[2]] == [second, third]
+                assert [1, 1, 1] == upstream.in_flight
+        assert [0, 0, 0] == upstream.in_flight
+        await upstream.aclose()
 
 
 TRANSPORT_ERRORS: list[tuple[Exception, type[WorkerError]]] = [

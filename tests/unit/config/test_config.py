@@ -75,6 +75,15 @@ pools:
         )
         assert any("requires endpoint" in p for p in issues_of(text))
 
+    def test_upstream_connections_cover_the_slots(self) -> None:
+        """Unset, http.max_connections is slots + 8; set below slots, it is refused."""
+        derived = MINIMAL.replace("model: m0}", "model: m0, slots: 300}")
+        assert 308 == parse_config_text(derived, "t.yaml").pools[0].max_connections
+        explicit = MINIMAL.replace("model: m0}", "model: m0, http: {max_connections: 5}}")
+        assert 5 == parse_config_text(explicit, "t.yaml").pools[0].max_connections
+        short = MINIMAL.replace("model: m0}", "model: m0, slots: 8, http: {max_connections: 4}}")
+        assert any("is below slots" in p for p in issues_of(short))
+
     def test_yaml_syntax_error_has_position(self) -> None:
         """Broken YAML reports the line and column, not a traceback."""
         problems = issues_of("pools: [\n  {id: p0,\n")

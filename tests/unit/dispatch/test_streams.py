@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
 from llama_orch.dispatch.streams import TaskStream
@@ -33,6 +34,20 @@ class TestTaskStream:
         stream.publish("end", {})
         await reader
         assert ["token", "token", "token", "end"] == received
+
+    def test_a_batch_of_tokens_keeps_order_and_indices(self) -> None:
+        """publish_tokens appends in order; indices continue across single and batched tokens."""
+        stream = TaskStream()
+        stream.publish_token("a")
+        stream.publish_tokens(["b", "c"])
+        stream.publish_tokens([])
+        stream.publish_token("d")
+        stream.publish("end", {"tokens_out": 4})
+        tokens = [orjson.loads(data) for event, data in stream.frames() if event == "token"]
+        assert [{"t": t, "i": i} for i, t in enumerate("abcd")] == tokens
+        assert 4 == stream.tokens
+        with pytest.raises(RuntimeError):
+            stream.publish_tokens(["late"])
 
     def test_nothing_follows_a_terminal_frame(self) -> None:
         """Publishing after the terminal frame is a bug and is refused."""
