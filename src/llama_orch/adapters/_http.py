@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -125,10 +126,12 @@ def build_client(
     headers: Mapping[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     max_connections: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
     """One pooled client for one upstream; ``transport`` lets tests pass ``MockTransport``.
 
-    ``max_connections`` overrides ``http.max_connections`` (unset there too: 64)."""
+    ``max_connections`` overrides ``http.max_connections`` (unset there too: 64); ``ssl_context``
+    (built from ``http.verify_tls``) lets several clients share one CA store."""
     connections = max_connections or http.max_connections or 64
     timeout = httpx.Timeout(
         connect=http.connect_timeout_ms / 1000,
@@ -147,7 +150,7 @@ def build_client(
         timeout=timeout,
         limits=limits,
         http2=http.http2,
-        verify=http.verify_tls,
+        verify=ssl_context or http.verify_tls,
         # Environment proxies (HTTP_PROXY, ...) would silently reroute engine traffic (D-HTTP-03).
         trust_env=False,
         proxy=http.proxy,
@@ -214,6 +217,8 @@ def build_upstream(
     total = max_connections
     shards = -(-total // SHARD_CONNECTIONS)
     sizes = [total // shards + (1 if i < total % shards else 0) for i in range(shards)]
+    # One TLS context (loading the CA store costs ~10 ms and ~1 MB) serves every shard.
+    context = httpx.create_ssl_context(verify=http.verify_tls, trust_env=False)
     return UpstreamClients(
         [
             build_client(
@@ -222,6 +227,7 @@ def build_upstream(
                 headers=headers,
                 transport=transport,
                 max_connections=size,
+                ssl_context=context,
             )
             for size in sizes
         ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import httpx
 import pytest
 
@@ -165,6 +167,11 @@ class TestUpstreamClients:
         # Every shard keeps all its connections alive, to the one upstream.
         assert all(pool_limits(c)[1] == pool_limits(c)[0] for c in upstream.clients)
         assert {"http://engine"} == {str(c.base_url) for c in upstream.clients}
+        # One TLS context, verifying, for all of them.
+        contexts = {id(c._transport._pool._ssl_context) for c in upstream.clients}  # type: ignore[attr-defined]
+        assert 1 == len(contexts)
+        context = upstream.clients[0]._transport._pool._ssl_context  # type: ignore[attr-defined]
+        assert context.verify_mode == ssl.CERT_REQUIRED
         await upstream.aclose()
 
     async def test_keep_alive_expires_before_engine_idle_timeouts(self) -> None:
