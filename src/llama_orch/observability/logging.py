@@ -32,6 +32,11 @@ _HANDLER_MARK = "_llama_orch_handler"
 _CHATTY = ("httpx", "httpcore", "hpack")
 
 
+#: Fields whose values this process writes itself, never from input: not scanned at the sink.
+#: (``event`` is not among them: for standard-library records it is the formatted message.)
+_OWN_FIELDS = frozenset({"timestamp", "level", "logger", "actor", "action"})
+
+
 class _RedactAtSink:
     """The last processor before rendering: no secret gets past it."""
 
@@ -42,8 +47,9 @@ class _RedactAtSink:
         self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         redact = self.redactor.value
+        own = _OWN_FIELDS
         for key, value in event_dict.items():
-            if isinstance(value, str | dict | list | tuple):
+            if key not in own and isinstance(value, str | dict | list | tuple):
                 event_dict[key] = redact(value, key)
         return event_dict
 
