@@ -5,7 +5,9 @@ starts the fake engine in a subprocess streaming as fast as it can, then alterna
 over the same requests and the same pooled httpx client:
 
 - ``raw``: ``client.stream(...)`` and ``aiter_bytes()``, nothing parsed (the physical limit);
-- ``adapter``: ``adapter.submit(...)``: SSE decode, JSON parse, error checks, token events.
+- ``adapter``: ``adapter.submit_batches(...)``, the path the server relays through: SSE decode,
+  JSON parse, error checks, the tokens of each upstream read as one event (``submit``, one event
+  per token, is the same stream unpacked by one more generator).
 
 Two framings are measured: one HTTP chunk per event, as real engines write (llama.cpp, vLLM and
 TGI flush each token), and 64 events per chunk, which makes raw reading nearly free and so
@@ -112,9 +114,9 @@ def requests(round_no: int) -> list[GenerateRequest]:
 async def via_adapter(adapter: HttpAdapter, batch: list[GenerateRequest]) -> tuple[int, float]:
     async def one(request: GenerateRequest) -> int:
         count = 0
-        async for event in adapter.submit(request):
-            if event.kind == "token":
-                count += 1
+        async for event in adapter.submit_batches(request):
+            if event.kind == "tokens":
+                count += len(event.texts)
         return count
 
     start = time.perf_counter()

@@ -237,19 +237,73 @@ class HttpAdapter:
     async def submit_batches(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]:
         """The stream with each upstream read's tokens as one ``tokens`` event: the relay's
         per-token cost is then one list append here and one extend in the transcript."""
-        async with self._upstream.lease() as client:
-            stream = self._stream(client, request)
-            try:
-                async for event in stream:
-                    yield event
-            finally:
-                # Closing here, not at garbage collection, closes the upstream request now.
-                await stream.aclose()  # type: ignore[attr-defined]
-
-    async def _stream(
-        self, client: httpx.AsyncClient, request: GenerateRequest
-    ) -> AsyncIterator[EngineEvent]:
+        # One generator, not a wrapper around another: each upstream read costs one step.
+        # Closing it (the host does, on cancel) closes the upstream response and the lease now.
         path, body = self.generate_call(request)
+        async with self._upstream.lease() as client:
+            engine = self.engine.value
+            where = f"POST {path}"
+            response = await self._open(client, path, body)
+            try:
+                if response.status_code >= 400:
+                    with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
+                        await response.aread()
+                    raise self.status_error(response, where)
+                yield EngineEvent("started", data=self.started_data(request))
+                # One generator step per upstream read: this loop is the adapter's hot path.
+                parser = self.new_parser(request)
+                decoder = SseDecoder()
+                feed, decode, event = parser.feed, decoder.feed_data, EngineEvent
+                index = 0
+                chunks = response.aiter_bytes()
+                with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
+                    async for chunk in chunks:
+                        payloads = decode(chunk)
+                        if not payloads:
+                            continue
+                        texts: list[str] = []
+                        failure: WorkerError | None = None
+                        for obj in parse_payloads(payloads, engine):
+                            if parser.done:
+                                continue  # nothing after the terminal event counts
+                            if type(obj) is BadFrame:
+                                failure = obj.error
+                                break
+                            try:
+                                text = feed(obj)
+                            except WorkerError as exc:
+                                failure = exc
+                                break
+                            if text:
+                                texts.append(text)
+                        if texts:
+                            # Tokens before a bad or error frame still count, in order.
+                            yield event("tokens", "", index, texts=texts)
+                            index += len(texts)
+                        if failure is not None:
+                            raise failure
+                        if parser.done:
+                            break
+                if parser.done:
+                    await _drain(chunks)
+                elif not parser.eof_is_end or decoder.pending:
+                    raise WorkerReset(
+                        self._error(
+                            f"the stream ended after {index} tokens"
+                            " without the engine's final frame"
+                            + (" (a partial frame was cut off)" if decoder.pending else "")
+                        ),
+                        engine=engine,
+                        pool_id=self.pool_id,
+                    )
+                yield EngineEvent("end", data={"tokens_out": index, **parser.summary})
+            finally:
+                await response.aclose()
+
+    async def _open(
+        self, client: httpx.AsyncClient, path: str, body: dict[str, Any]
+    ) -> httpx.Response:
+        """Send the generate request; its headers must arrive within ``first_byte_timeout_ms``."""
         engine = self.engine.value
         where = f"POST {path}"
         http_request = client.build_request(
@@ -262,7 +316,7 @@ class HttpAdapter:
         with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
             try:
                 async with asyncio.timeout(first_byte_ms / 1000):
-                    response = await client.send(http_request, stream=True)
+                    return await client.send(http_request, stream=True)
             except TimeoutError as exc:
                 raise DecodeTimeout(
                     self._error(
@@ -271,60 +325,6 @@ class HttpAdapter:
                     engine=engine,
                     pool_id=self.pool_id,
                 ) from exc
-        try:
-            if response.status_code >= 400:
-                with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
-                    await response.aread()
-                raise self.status_error(response, where)
-            yield EngineEvent("started", data=self.started_data(request))
-            # One generator step per upstream read: this loop is the adapter's hot path.
-            parser = self.new_parser(request)
-            decoder = SseDecoder()
-            feed, decode, event = parser.feed, decoder.feed_data, EngineEvent
-            index = 0
-            chunks = response.aiter_bytes()
-            with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
-                async for chunk in chunks:
-                    payloads = decode(chunk)
-                    if not payloads:
-                        continue
-                    texts: list[str] = []
-                    failure: WorkerError | None = None
-                    for obj in parse_payloads(payloads, engine):
-                        if parser.done:
-                            continue  # nothing after the terminal event counts
-                        if type(obj) is BadFrame:
-                            failure = obj.error
-                            break
-                        try:
-                            text = feed(obj)
-                        except WorkerError as exc:
-                            failure = exc
-                            break
-                        if text:
-                            texts.append(text)
-                    if texts:
-                        # Tokens before a bad or error frame still count, in order.
-                        yield event("tokens", "", index, texts=texts)
-                        index += len(texts)
-                    if failure is not None:
-                        raise failure
-                    if parser.done:
-                        break
-            if parser.done:
-                await _drain(chunks)
-            elif not parser.eof_is_end or decoder.pending:
-                raise WorkerReset(
-                    self._error(
-                        f"the stream ended after {index} tokens without the engine's final frame"
-                        + (" (a partial frame was cut off)" if decoder.pending else "")
-                    ),
-                    engine=engine,
-                    pool_id=self.pool_id,
-                )
-            yield EngineEvent("end", data={"tokens_out": index, **parser.summary})
-        finally:
-            await response.aclose()
 
     async def cancel(self, task_id: str) -> None:
         # These engines have no cancel endpoint: closing the stream (which the host does when
