@@ -161,6 +161,48 @@ class TestMicroBatch:
         counts = [d["n"] for e, d in frames if e == "token"]
         assert 12 == sum(counts) and max(counts) <= 4
 
+    async def test_request_query_overrides_pool_and_server(self) -> None:
+        """?microbatch=... picks this subscriber's mode over the pool's and the server's."""
+        pool = mock_pool(mock=FAST, sse={"microbatch": True, "microbatch_max_tokens": 4})
+        async with running_server(config_of(pool)) as srv:
+            body = task_body(max_tokens=30, seed=9)
+            await srv.submit(body)
+            plain = await srv.stream(body["task_id"], params={"microbatch": "false"})
+            # A late subscriber replays the transcript: same tokens, its own framing.
+            merged = await srv.stream(
+                body["task_id"], params={"microbatch": "on", "microbatch_max_tokens": "7"}
+            )
+        plain_tokens = [d for e, d in plain if e == "token"]
+        assert [d["i"] for d in plain_tokens] == list(range(30))
+        assert all("n" not in d for d in plain_tokens)
+        counts = [d["n"] for e, d in merged if e == "token"]
+        assert 30 == sum(counts) and max(counts) == 7
+        text = "".join(d["t"] for d in plain_tokens)
+        assert text == "".join(d["t"] for e, d in merged if e == "token")
+
+    @pytest.mark.parametrize(
+        "query",
+        [
+            {"microbatch": "maybe"},
+            {"microbatch_max_tokens": "0"},
+            {"microbatch_max_delay_ms": "5000"},
+            {"micro_batch": "true"},
+        ],
+    )
+    async def test_invalid_stream_query_is_a_400_envelope(self, query: dict[str, str]) -> None:
+        async with running_server(config_of(mock_pool(mock=FAST))) as srv:
+            body = task_body(max_tokens=3)
+            await srv.submit(body)
+            response = await srv.client.get(f"/v1/tasks/{body['task_id']}/stream", params=query)
+            # The refusal subscribed nobody: a correct request still streams the task.
+            frames = await srv.stream(body["task_id"])
+        assert 400 == response.status_code
+        envelope = response.json()
+        assert "INVALID_PARAMS" == envelope["code"]
+        assert next(iter(query)) in envelope["message"]
+        assert "allowed: microbatch" in envelope["message"]
+        assert "end" == frames[-1][0]
+
 
 class TestHeartbeat:
     async def test_keepalive_while_queued(self) -> None:

@@ -85,6 +85,18 @@ class TaskRequest(_Wire):
     sampling: Sampling | None = None
 
 
+class StreamOptions(_Wire):
+    """Query parameters of ``GET /v1/tasks/{id}/stream``: this subscriber's micro-batch mode.
+
+    Unset keys keep the pool's ``sse`` settings, then ``server.sse``. The bounds keep a client
+    from asking the server to hold tokens for long or to build unbounded frames.
+    """
+
+    microbatch: bool | None = None
+    microbatch_max_delay_ms: Annotated[int, Field(ge=1, le=1000)] | None = None
+    microbatch_max_tokens: Annotated[int, Field(ge=1, le=1024)] | None = None
+
+
 class AdmissionResponse(_Wire):
     task_id: UUID
     queue_position: Int32

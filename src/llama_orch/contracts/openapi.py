@@ -23,6 +23,30 @@ _CORRELATION = {
     "description": "Echoed on every non-204 response; a UUIDv4 is minted when absent.",
 }
 _CID_HEADER = {"X-Correlation-Id": {"schema": {"type": "string"}}}
+#: This subscriber's micro-batch mode (``StreamOptions``); unset keys keep the pool's settings.
+_STREAM_OPTIONS = [
+    {
+        "name": "microbatch",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "boolean"},
+        "description": "Merge consecutive tokens into one frame (t concatenated, i first, n).",
+    },
+    {
+        "name": "microbatch_max_delay_ms",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "description": "Longest a token is held after the previous write.",
+    },
+    {
+        "name": "microbatch_max_tokens",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1024},
+        "description": "Most tokens merged into one frame.",
+    },
+]
 
 _TASK_EXAMPLE = {
     "task_id": "11111111-1111-4111-8111-111111111111",
@@ -189,7 +213,11 @@ def data_plane() -> dict[str, Any]:
             "get": {
                 "operationId": "streamTask",
                 "summary": "Stream a task: started, token*, metrics*, then end or error",
-                "parameters": [{"name": "task_id", **_UUID_PARAM}, _CORRELATION],
+                "parameters": [
+                    {"name": "task_id", **_UUID_PARAM},
+                    _CORRELATION,
+                    *_STREAM_OPTIONS,
+                ],
                 "responses": {
                     "200": {
                         "description": "SSE stream",
@@ -201,7 +229,7 @@ def data_plane() -> dict[str, Any]:
                             }
                         },
                     },
-                    "400": _error("task_id is not a UUID"),
+                    "400": _error("task_id is not a UUID, or a stream query parameter is invalid"),
                     "404": _error("Unknown task or expired transcript"),
                     "409": _error("The task already has a live subscriber"),
                 },

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from llama_orch.config import PoolSseConfig, SseConfig
-from llama_orch.contracts.api import AdmissionResponse, SessionInfo, TaskRequest
+from llama_orch.contracts.api import AdmissionResponse, SessionInfo, StreamOptions, TaskRequest
 from llama_orch.dispatch.tasks import Task, TaskState
 from llama_orch.errors import Conflict, InvalidParams, NotFound
 from llama_orch.observability.narration import narrate
@@ -102,6 +102,7 @@ async def stream_task(request: Request) -> SseResponse:
     # Retention is enforced on lookup too, not only when another task ends (D-TASK-01).
     deps.dispatcher.tasks.evict_expired(deps.dispatcher.now())
     task = _task(request, deps)
+    options = _stream_options(request)
     if task.subscribed:
         raise Conflict(
             f"task {task.id} already has a live subscriber; one stream per task at a time"
@@ -116,7 +117,7 @@ async def stream_task(request: Request) -> SseResponse:
     emitter = Emitter(
         task.stream,
         _started_frame(task, deps),
-        emitter_settings(sse, deps.dispatcher.lanes[task.pool_id].pool.config.sse),
+        emitter_settings(sse, deps.dispatcher.lanes[task.pool_id].pool.config.sse, options),
         on_drop=drops.inc,
     )
 
@@ -146,17 +147,33 @@ async def stream_task(request: Request) -> SseResponse:
     )
 
 
-def emitter_settings(sse: SseConfig, pool: PoolSseConfig | None = None) -> EmitterSettings:
-    """The server's SSE settings with the pool's micro-batch overrides applied."""
+def _stream_options(request: Request) -> StreamOptions:
+    try:
+        return StreamOptions.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        allowed = ", ".join(StreamOptions.model_fields)
+        raise InvalidParams(
+            f"invalid stream query: {_validation_message(exc)} (allowed: {allowed})"
+        ) from None
+
+
+def emitter_settings(
+    sse: SseConfig,
+    pool: PoolSseConfig | None = None,
+    request: StreamOptions | None = None,
+) -> EmitterSettings:
+    """The server's SSE settings with the pool's, then the request's micro-batch overrides."""
     microbatch, delay_ms, max_tokens = (
         sse.microbatch,
         sse.microbatch_max_delay_ms,
         sse.microbatch_max_tokens,
     )
-    if pool is not None:
-        microbatch = microbatch if pool.microbatch is None else pool.microbatch
-        delay_ms = pool.microbatch_max_delay_ms or delay_ms
-        max_tokens = pool.microbatch_max_tokens or max_tokens
+    for layer in (pool, request):
+        if layer is None:
+            continue
+        microbatch = microbatch if layer.microbatch is None else layer.microbatch
+        delay_ms = layer.microbatch_max_delay_ms or delay_ms
+        max_tokens = layer.microbatch_max_tokens or max_tokens
     return EmitterSettings(
         channel_cap=sse.channel_cap,
         microbatch=microbatch,
