@@ -199,8 +199,7 @@ class HttpAdapter:
         with map_transport_errors(
             self.engine.value, f"GET {path}", self._redactor, pool_id=self.pool_id
         ):
-            async with self._upstream.lease() as client:
-                return await client.get(path, timeout=timeout)
+            return await self._upstream.probe.get(path, timeout=timeout)
 
     async def get_json(self, path: str) -> Any:
         response = await self.get(path)

@@ -117,6 +117,8 @@ KEEPALIVE_EXPIRY_S = 4.0
 #: and every response close, so its cost grows with the square of its size; small pools keep
 #: that scan short at any number of concurrent streams.
 SHARD_CONNECTIONS = 16
+#: Connections of the probes' own pool: the probe loop sends a few GETs per replica at a time.
+PROBE_CONNECTIONS = 4
 
 
 def build_client(
@@ -166,15 +168,28 @@ class UpstreamClients:
     upstream, each kept alive for reuse as in a single pool. Each call takes the shard with the
     fewest requests in flight (``lease``), so concurrent streams spread evenly and every httpx
     pool stays at or under ``SHARD_CONNECTIONS``, where its per-request scan is cheap.
+
+    Probes (health, props, version, metrics) go through ``probe``, a pool of their own: a
+    replica streaming at its connection limit, or one whose canceled streams are still closing,
+    must still answer its readiness probe instead of queueing it behind token traffic (and
+    turning Unready because it is busy).
     """
 
-    __slots__ = ("_busy", "_clients")
+    __slots__ = ("_busy", "_clients", "_probe")
 
-    def __init__(self, clients: list[httpx.AsyncClient]) -> None:
+    def __init__(
+        self, clients: list[httpx.AsyncClient], probe: httpx.AsyncClient | None = None
+    ) -> None:
         if not clients:
             raise ValueError("UpstreamClients needs at least one client")
         self._clients = clients
         self._busy = [0] * len(clients)
+        self._probe = probe
+
+    @property
+    def probe(self) -> httpx.AsyncClient:
+        """The probes' own pool (the first shard when none was built, as in unit tests)."""
+        return self._probe or self._clients[0]
 
     @property
     def clients(self) -> list[httpx.AsyncClient]:
@@ -203,6 +218,8 @@ class UpstreamClients:
     async def aclose(self) -> None:
         for client in self._clients:
             await client.aclose()
+        if self._probe is not None:
+            await self._probe.aclose()
 
 
 def build_upstream(
@@ -219,19 +236,18 @@ def build_upstream(
     sizes = [total // shards + (1 if i < total % shards else 0) for i in range(shards)]
     # One TLS context (loading the CA store costs ~10 ms and ~1 MB) serves every shard.
     context = httpx.create_ssl_context(verify=http.verify_tls, trust_env=False)
-    return UpstreamClients(
-        [
-            build_client(
-                http,
-                base_url=base_url,
-                headers=headers,
-                transport=transport,
-                max_connections=size,
-                ssl_context=context,
-            )
-            for size in sizes
-        ]
-    )
+
+    def client(size: int) -> httpx.AsyncClient:
+        return build_client(
+            http,
+            base_url=base_url,
+            headers=headers,
+            transport=transport,
+            max_connections=size,
+            ssl_context=context,
+        )
+
+    return UpstreamClients([client(size) for size in sizes], probe=client(PROBE_CONNECTIONS))
 
 
 def redact_url(url: str | httpx.URL, redactor: Redactor) -> str:

@@ -287,7 +287,8 @@ class BackoffConfig(_Strict):
     jitter: bool = True
 
 
-#: Upstream connections beyond ``slots`` when ``http.max_connections`` is unset (probes).
+#: Upstream connections beyond ``slots`` when ``http.max_connections`` is unset: room for the
+#: connections of canceled streams that are still closing (probes have a pool of their own).
 UPSTREAM_HEADROOM = 8
 
 

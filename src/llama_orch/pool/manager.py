@@ -172,7 +172,7 @@ class PoolManager:
         self._clock = clock
         #: Monotonic topology version (ORCH-3410); see the module docstring.
         self.snapshot_version = 0
-        self._probe_task: asyncio.Task[None] | None = None
+        self._probe_tasks: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[str], None]] = []
         self.pools: dict[str, PoolRuntime] = {}
         for cfg in pools:
@@ -227,6 +227,19 @@ class PoolManager:
         if lapsed and not replica.stale:
             replica.stale = True
             self._bump()
+            since = "never" if heartbeat is None else f"{self._clock() - heartbeat:.1f} s ago"
+            narrate(
+                "pool-manager",
+                "stale",
+                replica.pool_id,
+                f"Skips replica {replica.pool_id}/{replica.replica_id}: last good probe {since}.",
+                level="warning",
+                pool_id=replica.pool_id,
+                replica_id=replica.replica_id,
+                stale_after_ms=int(self.stale_after_s * 1000),
+                last_error=replica.last_error,
+                snapshot_version=self.snapshot_version,
+            )
         return not lapsed
 
     async def start(self) -> None:
@@ -242,19 +255,29 @@ class PoolManager:
                 )
                 self._bump()
         await self.probe_all()
-        self._probe_task = asyncio.create_task(self._probe_loop(), name="pool-probe")
+        # One loop per replica: a slow or hung engine delays only its own heartbeat, never
+        # another replica's (whose heartbeat would otherwise lapse and go stale).
+        self._probe_tasks = [
+            asyncio.create_task(
+                self._probe_loop(pool, replica), name=f"probe-{pool.id}-{replica.replica_id}"
+            )
+            for pool in self.pools.values()
+            for replica in pool.replicas
+        ]
 
     async def stop(self) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
+        for task in self._probe_tasks:
+            task.cancel()
+        for task in self._probe_tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._probe_task
+                await task
+        self._probe_tasks = []
         await self._host.aclose()
 
-    async def _probe_loop(self) -> None:
+    async def _probe_loop(self, pool: PoolRuntime, replica: Replica) -> None:
         while True:
             await asyncio.sleep(self._probe_interval_s)
-            await self.probe_all()
+            await self._evaluate(pool, replica)
 
     async def probe_all(self) -> None:
         """Probe every replica at once: one slow or hung engine must not delay the others."""

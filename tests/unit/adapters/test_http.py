@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import httpx
 import pytest
 
+from llama_orch.adapters._base import HttpAdapter
 from llama_orch.adapters._http import (
     KEEPALIVE_EXPIRY_S,
     SHARD_CONNECTIONS,
@@ -29,6 +31,8 @@ from llama_orch.errors import (
     WorkerUnavailable,
 )
 from llama_orch.observability.redaction import Redactor
+from llama_orch.testing.fake_engines import Behaviour
+from tests.unit.adapters.engine_support import fake_and_adapter, request
 
 
 class Sleeps:
@@ -194,6 +198,35 @@ class TestUpstreamClients:
                 assert [1, 1, 1] == upstream.in_flight
         assert [0, 0, 0] == upstream.in_flight
         await upstream.aclose()
+
+    async def test_probes_are_not_queued_behind_streams(self) -> None:
+        """With every stream connection held, a health probe still answers at once: probes
+        have a pool of their own, so a replica at its connection limit stays Ready."""
+        behaviour = Behaviour(hang_before_first_token=True)
+        async with fake_and_adapter(
+            "llamacpp", behaviour, max_connections=2, connect_timeout_ms=300
+        ) as (fake, adapter):
+            assert isinstance(adapter, HttpAdapter)
+            probes_before = len(fake.requests)
+
+            async def hold(task_id: str) -> None:
+                async for _ in adapter.submit_batches(request(task_id=task_id)):
+                    pass
+
+            holders = [asyncio.create_task(hold(f"t{i}")) for i in range(2)]
+            try:
+                for _ in range(200):
+                    if len(fake.requests) - probes_before >= 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert [2] == [sum(adapter.upstream.in_flight)]
+                health = await adapter.health()
+            finally:
+                for task in holders:
+                    task.cancel()
+                await asyncio.gather(*holders, return_exceptions=True)
+        assert (True, True) == (health.live, health.ready)
+        assert adapter.upstream.probe not in adapter.upstream.clients
 
 
 TRANSPORT_ERRORS: list[tuple[Exception, type[WorkerError]]] = [

@@ -1,18 +1,21 @@
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
+from typing import Any
 
 from llama_orch.adapters.host import AdapterHost
 from llama_orch.adapters.mock import MockEngine
 from llama_orch.adapters.registry import build_adapter
 from llama_orch.config import Config, MockEngineConfig, PoolConfig
-from llama_orch.contracts.engine import EngineAdapter, WorkerProps
+from llama_orch.contracts.engine import EngineAdapter, WorkerHealth, WorkerProps
 from llama_orch.core.model import JobSpec, PlacementInput
 from llama_orch.core.placement import decide
 from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.gpus import simulated_inventory
 from llama_orch.pool.manager import AdapterFactory, PoolManager, ReplicaState
 from llama_orch.vocab import Engine, Priority
+from tests.support.narration import NarrationLog
 from tests.support.server import config_of, mock_pool
 
 
@@ -226,8 +229,9 @@ class TestSnapshotVersion:
 
 
 class TestFreshness:
-    async def test_a_lapsed_heartbeat_hides_the_replica(self) -> None:
-        """5 s without a successful probe: placement sees the replica as not Ready (ORCH-3971)."""
+    async def test_a_lapsed_heartbeat_hides_the_replica(self, narration: NarrationLog) -> None:
+        """5 s without a successful probe: placement sees the replica as not Ready (ORCH-3971),
+        and the log says so once."""
         clock = FakeClock()
         manager, _ = clocked_manager(config_of(), clock)
         await manager.start()
@@ -236,7 +240,44 @@ class TestFreshness:
             version = manager.snapshot_version
             clock.now += 5.5
             stale = manager.replica_views("p0")[0].ready
+            manager.replica_views("p0")
             assert (True, False, version + 1) == (fresh, stale, manager.snapshot_version)
+        finally:
+            await manager.stop()
+        event = narration.one("stale")
+        assert ("p0", "r0", 5000) == (
+            event["pool_id"],
+            event["replica_id"],
+            event["stale_after_ms"],
+        )
+        assert "last good probe 5.5 s ago" in event["human"]
+
+    async def test_a_hung_engine_does_not_stale_other_replicas(self) -> None:
+        """Each replica has its own probe loop: one engine whose health call never returns
+        stops only its own heartbeat, and the other pool's keeps beating."""
+        config = config_of(mock_pool("p0", "m0"), mock_pool("p1", "m1"))
+        engines: dict[str, HangingMock] = {}
+
+        def factory(pool: PoolConfig, _index: int) -> EngineAdapter:
+            engines[pool.id] = HangingMock(MockEngineConfig(), slots=pool.slots, model=pool.model)
+            return engines[pool.id]
+
+        inventory = simulated_inventory(config.gpus.simulated or [])
+        manager = PoolManager(
+            config.pools, inventory, AdapterHost(), factory, Metrics(), probe_interval_s=0.01
+        )
+        await manager.start()
+        try:
+            engines["p0"].hang.set()
+            hung, beating = manager.pools["p0"].replicas[0], manager.pools["p1"].replicas[0]
+            await asyncio.sleep(0.05)  # p0's loop is now stuck in a health call
+            first = (hung.last_heartbeat, beating.last_heartbeat)
+            for _ in range(500):
+                await asyncio.sleep(0.01)
+                if beating.last_heartbeat != first[1]:
+                    break
+            assert hung.last_heartbeat == first[0]
+            assert beating.last_heartbeat != first[1]
         finally:
             await manager.stop()
 
@@ -306,6 +347,19 @@ class TestKvCacheUsage:
         finally:
             await manager.stop()
         assert [] == families["kv_cache_usage_ratio"]
+
+
+class HangingMock(MockEngine):
+    """A mock whose health call never returns once ``hang`` is set."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hang = asyncio.Event()
+
+    async def health(self) -> WorkerHealth:
+        if self.hang.is_set():
+            await asyncio.Event().wait()
+        return await super().health()
 
 
 class UnreportingMock(MockEngine):
