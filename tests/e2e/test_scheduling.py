@@ -219,6 +219,31 @@ class TestWatchdog:
         assert 20 == len([e for e, _ in frames if e == "token"])
         assert 0 == leases
 
+    async def test_tokens_refresh_the_replica_heartbeat(self) -> None:
+        """The runner reports stream progress (throttled to the metrics interval) to the pool
+        manager, which counts it as the replica's heartbeat."""
+        pool = mock_pool(mock={"tokens_per_s": 100.0})
+        config = config_of(pool, server={"sse": {"metrics_frame_interval_ms": 50}})
+        async with running_server(config) as srv:
+            manager = srv.deps.pools
+            seen: list[tuple[str, float]] = []
+            report = manager.stream_progress
+
+            def spy(replica: Any) -> None:
+                seen.append((replica.replica_id, replica.last_heartbeat or 0.0))
+                report(replica)
+
+            manager.stream_progress = spy  # type: ignore[method-assign]
+            body = task_body(max_tokens=30)
+            await srv.submit(body)
+            frames = await srv.stream(body["task_id"])
+            replica = manager.pools["p0"].replicas[0]
+        assert "end" == frames[-1][0]
+        # 30 tokens at 100/s over 50 ms intervals: several reports, not one per token.
+        assert 2 <= len(seen) < 30
+        assert {"r0"} == {rid for rid, _ in seen}
+        assert (replica.last_heartbeat or 0.0) > seen[0][1]
+
     async def test_wall_timeout(self) -> None:
         """A task that keeps streaming past wall_ms is aborted with DECODE_TIMEOUT."""
         pool = mock_pool(mock={"tokens_per_s": 50.0}, timeouts={"wall_ms": 200})

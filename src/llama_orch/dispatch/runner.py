@@ -129,6 +129,7 @@ class Runner:
             if now >= task.next_metrics_at:
                 task.next_metrics_at = now + self._metrics_interval_s
                 task.stream.publish("metrics", self._metrics_payload(task, lane))
+                self._pools.stream_progress(replica)
         elif kind == "token":
             if task.first_token_at is None:
                 self._first_token(task, replica)
@@ -138,6 +139,7 @@ class Runner:
             if now >= task.next_metrics_at:
                 task.next_metrics_at = now + self._metrics_interval_s
                 task.stream.publish("metrics", self._metrics_payload(task, lane))
+                self._pools.stream_progress(replica)
         elif kind == "started":
             task.tokens_in = int(event.data.get("tokens_in", 0))
             version = event.data.get("engine_version")

@@ -227,12 +227,12 @@ class PoolManager:
         if lapsed and not replica.stale:
             replica.stale = True
             self._bump()
-            since = "never" if heartbeat is None else f"{self._clock() - heartbeat:.1f} s ago"
+            since = "none yet" if heartbeat is None else f"{self._clock() - heartbeat:.1f} s ago"
             narrate(
                 "pool-manager",
                 "stale",
                 replica.pool_id,
-                f"Skips replica {replica.pool_id}/{replica.replica_id}: last good probe {since}.",
+                f"Skips replica {replica.pool_id}/{replica.replica_id}: last heartbeat {since}.",
                 level="warning",
                 pool_id=replica.pool_id,
                 replica_id=replica.replica_id,
@@ -393,6 +393,21 @@ class PoolManager:
         replica.active += 1
         self._metrics.active_leases.labels(pool_id).set(pool.active_leases)
         return replica
+
+    def stream_progress(self, replica: Replica) -> None:
+        """A stream on ``replica`` just delivered tokens: count it as a heartbeat.
+
+        An engine busy serving can answer its health endpoint slower than the stale window;
+        tokens arriving prove it alive, so it stays placeable. Only a probe can turn a replica
+        Ready or Unready; callers throttle this (once per metrics interval per stream).
+        """
+        if replica.state is not ReplicaState.READY:
+            return
+        replica.last_heartbeat = self._clock()
+        if replica.stale:
+            replica.stale = False
+            self._bump()
+            self._notify(replica.pool_id)
 
     def release_lease(self, pool_id: str, replica_id: str) -> None:
         pool = self.pools[pool_id]

@@ -250,7 +250,35 @@ class TestFreshness:
             event["replica_id"],
             event["stale_after_ms"],
         )
-        assert "last good probe 5.5 s ago" in event["human"]
+        assert "last heartbeat 5.5 s ago" in event["human"]
+
+    async def test_stream_progress_counts_as_a_heartbeat(self) -> None:
+        """Tokens arriving from a replica keep it placeable while its probes are slow, and
+        bring a stale one back; they never make an Unready replica Ready."""
+        clock = FakeClock()
+        manager, _ = clocked_manager(config_of(), clock)
+        woken: list[str] = []
+        manager.on_capacity_change(woken.append)
+        await manager.start()
+        try:
+            replica = manager.pools["p0"].replicas[0]
+            clock.now += 4
+            manager.stream_progress(replica)
+            clock.now += 3  # 7 s after the last probe, 3 s after the last tokens
+            assert manager.replica_views("p0")[0].ready
+            clock.now += 6
+            assert not manager.replica_views("p0")[0].ready
+            version = manager.snapshot_version
+            manager.stream_progress(replica)
+            assert (True, False) == (manager.replica_views("p0")[0].ready, replica.stale)
+            assert (version + 1, ["p0"]) == (manager.snapshot_version, woken[-1:])
+            replica.state = ReplicaState.UNREADY
+            before = replica.last_heartbeat
+            clock.now += 1
+            manager.stream_progress(replica)
+            assert before == replica.last_heartbeat
+        finally:
+            await manager.stop()
 
     async def test_a_hung_engine_does_not_stale_other_replicas(self) -> None:
         """Each replica has its own probe loop: one engine whose health call never returns
