@@ -19,11 +19,13 @@ import secrets
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, Final, Protocol
 
+import aiohttp
 import httpx
 import orjson
 
 from llama_orch.adapters._http import (
     UpstreamClients,
+    UpstreamResponse,
     error_for_status,
     map_transport_errors,
     redact_url,
@@ -40,6 +42,8 @@ from llama_orch.vocab import Engine
 _BODY_QUOTE = 300
 #: How long to wait for the body's end once the terminal event arrived.
 _DRAIN_S = 1.0
+#: Headers of every generate request.
+_GENERATE: Final = {"content-type": "application/json", "accept": "text/event-stream"}
 
 
 #: What ``parse_payloads`` gives for a ``data: [DONE]`` event (the only non-JSON payload).
@@ -208,14 +212,19 @@ class HttpAdapter:
         return loads(response.content, self.engine.value)
 
     def status_error(self, response: httpx.Response, what: str) -> WorkerError:
-        body = response.text[:_BODY_QUOTE] if response.content else ""
-        message = self._error(f"{what} answered HTTP {response.status_code}: {body}".rstrip(": "))
+        return self.status_error_of(response.status_code, response.content, response.headers, what)
+
+    def status_error_of(
+        self, status: int, content: bytes, headers: Mapping[str, str], what: str
+    ) -> WorkerError:
+        body = content.decode("utf-8", "replace")[:_BODY_QUOTE]
+        message = self._error(f"{what} answered HTTP {status}: {body}".rstrip(": "))
         return error_for_status(
-            response.status_code,
+            status,
             message,
             engine=self.engine.value,
             pool_id=self.pool_id,
-            retry_after_ms=retry_after_ms(response),
+            retry_after_ms=retry_after_ms(headers),
         )
 
     async def submit(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]:
@@ -237,86 +246,79 @@ class HttpAdapter:
         """The stream with each upstream read's tokens as one ``tokens`` event: the relay's
         per-token cost is then one list append here and one extend in the transcript."""
         # One generator, not a wrapper around another: each upstream read costs one step.
-        # Closing it (the host does, on cancel) closes the upstream response and the lease now.
+        # Closing it (the host does, on cancel) closes the upstream response now.
         path, body = self.generate_call(request)
-        async with self._upstream.lease() as client:
-            engine = self.engine.value
-            where = f"POST {path}"
-            response = await self._open(client, path, body)
-            try:
-                if response.status_code >= 400:
-                    with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
-                        await response.aread()
-                    raise self.status_error(response, where)
-                yield EngineEvent("started", data=self.started_data(request))
-                # One generator step per upstream read: this loop is the adapter's hot path.
-                parser = self.new_parser(request)
-                decoder = SseDecoder()
-                feed, decode, event = parser.feed, decoder.feed_data, EngineEvent
-                index = 0
-                chunks = response.aiter_bytes()
+        engine = self.engine.value
+        where = f"POST {path}"
+        response = await self._open(path, body)
+        try:
+            if response.status >= 400:
                 with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
-                    async for chunk in chunks:
-                        payloads = decode(chunk)
-                        if not payloads:
-                            continue
-                        texts: list[str] = []
-                        failure: WorkerError | None = None
-                        for obj in parse_payloads(payloads, engine):
-                            if parser.done:
-                                continue  # nothing after the terminal event counts
-                            if type(obj) is BadFrame:
-                                failure = obj.error
-                                break
-                            try:
-                                text = feed(obj)
-                            except WorkerError as exc:
-                                failure = exc
-                                break
-                            if text:
-                                texts.append(text)
-                        if texts:
-                            # Tokens before a bad or error frame still count, in order.
-                            yield event("tokens", "", index, texts=texts)
-                            index += len(texts)
-                        if failure is not None:
-                            raise failure
+                    content = await response.read()
+                raise self.status_error_of(response.status, content, response.headers, where)
+            yield EngineEvent("started", data=self.started_data(request))
+            # One generator step per upstream read: this loop is the adapter's hot path.
+            parser = self.new_parser(request)
+            decoder = SseDecoder()
+            feed, decode, event = parser.feed, decoder.feed_data, EngineEvent
+            index = 0
+            chunks = response.chunks
+            with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
+                async for chunk in chunks:
+                    payloads = decode(chunk)
+                    if not payloads:
+                        continue
+                    texts: list[str] = []
+                    failure: WorkerError | None = None
+                    for obj in parse_payloads(payloads, engine):
                         if parser.done:
+                            continue  # nothing after the terminal event counts
+                        if type(obj) is BadFrame:
+                            failure = obj.error
                             break
-                if parser.done:
-                    await _drain(chunks)
-                elif not parser.eof_is_end or decoder.pending:
-                    raise WorkerReset(
-                        self._error(
-                            f"the stream ended after {index} tokens"
-                            " without the engine's final frame"
-                            + (" (a partial frame was cut off)" if decoder.pending else "")
-                        ),
-                        engine=engine,
-                        pool_id=self.pool_id,
-                    )
-                yield EngineEvent("end", data={"tokens_out": index, **parser.summary})
-            finally:
-                await response.aclose()
+                        try:
+                            text = feed(obj)
+                        except WorkerError as exc:
+                            failure = exc
+                            break
+                        if text:
+                            texts.append(text)
+                    if texts:
+                        # Tokens before a bad or error frame still count, in order.
+                        yield event("tokens", "", index, texts=texts)
+                        index += len(texts)
+                    if failure is not None:
+                        raise failure
+                    if parser.done:
+                        break
+            if parser.done:
+                await _drain(chunks)
+            elif not parser.eof_is_end or decoder.pending:
+                raise WorkerReset(
+                    self._error(
+                        f"the stream ended after {index} tokens"
+                        " without the engine's final frame"
+                        + (" (a partial frame was cut off)" if decoder.pending else "")
+                    ),
+                    engine=engine,
+                    pool_id=self.pool_id,
+                )
+            yield EngineEvent("end", data={"tokens_out": index, **parser.summary})
+        finally:
+            await response.close()
 
-    async def _open(
-        self, client: httpx.AsyncClient, path: str, body: dict[str, Any]
-    ) -> httpx.Response:
+    async def _open(self, path: str, body: dict[str, Any]) -> UpstreamResponse:
         """Send the generate request; its headers must arrive within ``first_byte_timeout_ms``."""
         engine = self.engine.value
         where = f"POST {path}"
-        http_request = client.build_request(
-            "POST",
-            path,
-            content=orjson.dumps(body),
-            headers={"content-type": "application/json", "accept": "text/event-stream"},
-        )
         first_byte_ms = self._pool.http.first_byte_timeout_ms
         with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
             try:
-                async with asyncio.timeout(first_byte_ms / 1000):
-                    return await client.send(http_request, stream=True)
+                async with asyncio.timeout(first_byte_ms / 1000) as first_byte:
+                    return await self._upstream.open_stream(path, orjson.dumps(body), _GENERATE)
             except TimeoutError as exc:
+                if not first_byte.expired():
+                    raise  # the client's own connect or read timeout: mapped as such
                 raise DecodeTimeout(
                     self._error(
                         f"{where}: no response within first_byte_timeout_ms ({first_byte_ms} ms)"
@@ -340,7 +342,7 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
     Bounded: an engine that keeps the connection open after its terminal event only costs the
     connection, and a break after the terminal event is not an error (ENGINE_PROTOCOLS.md §6).
     """
-    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+    with contextlib.suppress(httpx.HTTPError, aiohttp.ClientError, TimeoutError):
         async with asyncio.timeout(_DRAIN_S):
             async for _ in chunks:
                 pass

@@ -2,10 +2,11 @@
 
 - ``build_client``: one pooled ``httpx.AsyncClient`` (keep-alive, HTTP/2 where the upstream offers
   it via ALPN, TLS verification on, proxies only when configured).
-- ``build_upstream``: one upstream's ``max_connections`` keep-alive connections as
-  ``UpstreamClients``, several small ``build_client`` pools that requests spread over.
+- ``build_upstream``: one upstream as ``UpstreamClients``: the probes' httpx pool, and for token
+  streams either one ``aiohttp`` session (HTTP/1.1 upstreams) or several small ``build_client``
+  pools (upstreams that may negotiate HTTP/2, and tests that inject an httpx transport).
 - ``with_retries``: capped, jittered exponential backoff (tenacity) for idempotent calls only.
-- ``map_transport_errors``: httpx exceptions -> the ``WorkerError`` tree, ``raise ... from exc``.
+- ``map_transport_errors``: httpx and aiohttp exceptions -> the ``WorkerError`` tree.
 - ``error_for_status``: an upstream HTTP status -> the ``WorkerError`` it means.
 
 Nothing here retries a stream: once a generation request is sent, failures are final (D-HOST-02).
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass
 from typing import TypeVar
 
+import aiohttp
 import httpx
 from tenacity import (
     AsyncRetrying,
@@ -165,26 +167,91 @@ class UpstreamClients:
     """One upstream's keep-alive connections, split over small httpx pools (shards).
 
     Together the shards hold at most ``http.max_connections`` connections, all to the one
-    upstream, each kept alive for reuse as in a single pool. Each call takes the shard with the
-    fewest requests in flight (``lease``), so concurrent streams spread evenly and every httpx
+    upstream, each kept alive for reuse as in a single pool. Each stream takes the shard with the
+    fewest requests in flight (``open_stream``), so concurrent streams spread evenly and every httpx
     pool stays at or under ``SHARD_CONNECTIONS``, where its per-request scan is cheap.
 
     Probes (health, props, version, metrics) go through ``probe``, a pool of their own: a
     replica streaming at its connection limit, or one whose canceled streams are still closing,
     must still answer its readiness probe instead of queueing it behind token traffic (and
     turning Unready because it is busy).
+
+    With ``sessions`` (a factory, called once inside the running loop) token streams go through
+    one ``aiohttp`` session instead of the httpx shards: per read it hands over every buffered
+    byte, where h11 yields one event per HTTP chunk, and engines write one chunk per token.
     """
 
-    __slots__ = ("_busy", "_clients", "_probe")
+    __slots__ = ("_busy", "_clients", "_probe", "_session", "_session_factory", "_urls")
 
     def __init__(
-        self, clients: list[httpx.AsyncClient], probe: httpx.AsyncClient | None = None
+        self,
+        clients: list[httpx.AsyncClient],
+        probe: httpx.AsyncClient | None = None,
+        *,
+        sessions: Callable[[], aiohttp.ClientSession] | None = None,
     ) -> None:
         if not clients:
             raise ValueError("UpstreamClients needs at least one client")
         self._clients = clients
         self._busy = [0] * len(clients)
         self._probe = probe
+        self._session_factory = sessions
+        self._session: aiohttp.ClientSession | None = None
+        #: path -> the absolute URL aiohttp is given (joined as httpx joins it).
+        self._urls: dict[str, str] = {}
+
+    @property
+    def streams_via(self) -> str:
+        """Which client carries token streams: ``aiohttp`` or ``httpx``."""
+        return "httpx" if self._session_factory is None else "aiohttp"
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The token streams' aiohttp session (created on first use), or None for httpx."""
+        if self._session is None and self._session_factory is not None:
+            self._session = self._session_factory()
+        return self._session
+
+    async def open_stream(
+        self, path: str, content: bytes, headers: Mapping[str, str]
+    ) -> UpstreamResponse:
+        """POST ``content`` and return once the response headers arrived.
+
+        The caller must ``close()`` the response; a body not read to its end closes the
+        connection (which is how engines learn of a cancel), a finished one goes back to the pool.
+        """
+        session = self.session
+        if session is not None:
+            url = self._urls.get(path) or self._url_for(path)
+            answer = await session.post(url, data=content, headers=headers, allow_redirects=False)
+            return UpstreamResponse(
+                answer.status,
+                answer.headers,
+                answer.content.iter_any(),
+                answer.read,
+                _closer(answer),
+            )
+        # The least busy shard, counted busy until the response is closed (a stream's life).
+        busy = self._busy
+        shard = 0 if len(busy) == 1 else busy.index(min(busy))
+        busy[shard] += 1
+        client = self._clients[shard]
+        try:
+            request = client.build_request("POST", path, content=content, headers=headers)
+            response = await client.send(request, stream=True)
+        except BaseException:
+            busy[shard] -= 1
+            raise
+
+        async def close() -> None:
+            try:
+                await response.aclose()
+            finally:
+                busy[shard] -= 1
+
+        return UpstreamResponse(
+            response.status_code, response.headers, response.aiter_bytes(), response.aread, close
+        )
 
     @property
     def probe(self) -> httpx.AsyncClient:
@@ -204,22 +271,76 @@ class UpstreamClients:
         """Requests in flight per shard (a copy)."""
         return list(self._busy)
 
-    @contextlib.asynccontextmanager
-    async def lease(self) -> AsyncIterator[httpx.AsyncClient]:
-        """The least busy shard, counted busy until the block exits (a stream's whole life)."""
-        busy = self._busy
-        shard = 0 if len(busy) == 1 else busy.index(min(busy))
-        busy[shard] += 1
-        try:
-            yield self._clients[shard]
-        finally:
-            busy[shard] -= 1
+    def _url_for(self, path: str) -> str:
+        base = self._clients[0].base_url
+        url = base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode("ascii"))
+        # Credentials in the endpoint travel as the session's Authorization header instead.
+        self._urls[path] = str(url.copy_with(username=None, password=None))
+        return self._urls[path]
 
     async def aclose(self) -> None:
         for client in self._clients:
             await client.aclose()
         if self._probe is not None:
             await self._probe.aclose()
+        if self._session is not None:
+            await self._session.close()
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    """One streaming upstream response, whichever client fetched it."""
+
+    status: int
+    #: Case-insensitive, as both clients provide.
+    headers: Mapping[str, str]
+    chunks: AsyncIterator[bytes]
+    read: Callable[[], Awaitable[bytes]]
+    close: Callable[[], Awaitable[None]]
+
+
+def _closer(answer: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        if answer.content.is_eof():
+            answer.release()  # read to the end: the connection is reused
+        else:
+            answer.close()  # mid-stream: closing the connection is the engine's cancel signal
+
+    return close
+
+
+def build_session(
+    http: HttpConfig,
+    *,
+    max_connections: int,
+    headers: Mapping[str, str] | None,
+    ssl_context: ssl.SSLContext,
+) -> aiohttp.ClientSession:
+    """The aiohttp session for one upstream's token streams, with the same limits and timeouts
+    as ``build_client``; call it inside the running loop."""
+    connector = aiohttp.TCPConnector(
+        limit=max_connections,
+        limit_per_host=0,
+        keepalive_timeout=KEEPALIVE_EXPIRY_S,
+        ssl=ssl_context,
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        # Waiting for a pooled connection and connecting (httpx's pool + connect timeouts).
+        connect=http.connect_timeout_ms / 1000,
+        sock_connect=http.connect_timeout_ms / 1000,
+        # Silence between two reads, mid-stream included (httpx's read timeout).
+        sock_read=http.read_timeout_ms / 1000,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        headers=dict(headers or {}),
+        # As httpx here: no environment proxies, only a configured one.
+        trust_env=False,
+        proxy=http.proxy,
+        auto_decompress=True,
+    )
 
 
 def build_upstream(
@@ -234,7 +355,7 @@ def build_upstream(
     total = max_connections
     shards = -(-total // SHARD_CONNECTIONS)
     sizes = [total // shards + (1 if i < total % shards else 0) for i in range(shards)]
-    # One TLS context (loading the CA store costs ~10 ms and ~1 MB) serves every shard.
+    # One TLS context (loading the CA store costs ~10 ms and ~1 MB) serves every client.
     context = httpx.create_ssl_context(verify=http.verify_tls, trust_env=False)
 
     def client(size: int) -> httpx.AsyncClient:
@@ -247,7 +368,28 @@ def build_upstream(
             ssl_context=context,
         )
 
-    return UpstreamClients([client(size) for size in sizes], probe=client(PROBE_CONNECTIONS))
+    probe = client(PROBE_CONNECTIONS)
+    # An injected transport is httpx's (tests); an https upstream may negotiate HTTP/2 through
+    # httpx when it is enabled. Every other upstream streams over HTTP/1.1 through aiohttp.
+    may_h2 = http.http2 and base_url.startswith("https:")
+    if transport is not None or may_h2:
+        return UpstreamClients([client(size) for size in sizes], probe=probe)
+
+    stream_headers = dict(headers or {})
+    endpoint = httpx.URL(base_url)
+    if endpoint.username or endpoint.password:
+        # As httpx does for the probes: endpoint credentials are Basic auth, over any API key.
+        stream_headers["authorization"] = aiohttp.encode_basic_auth(
+            endpoint.username, endpoint.password
+        )
+
+    def sessions() -> aiohttp.ClientSession:
+        return build_session(
+            http, max_connections=total, headers=stream_headers, ssl_context=context
+        )
+
+    # The shard list only carries the base URL and the default headers here: one small client.
+    return UpstreamClients([client(1)], probe=probe, sessions=sessions)
 
 
 def redact_url(url: str | httpx.URL, redactor: Redactor) -> str:
@@ -268,11 +410,11 @@ def map_transport_errors(
         yield
     except WorkerError:
         raise
-    except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+    except (httpx.ConnectTimeout, httpx.PoolTimeout, aiohttp.ConnectionTimeoutError) as exc:
         raise WorkerUnavailable(
             f"{engine}: {where}: connecting timed out", engine=engine, pool_id=pool_id
         ) from exc
-    except httpx.ConnectError as exc:
+    except (httpx.ConnectError, aiohttp.ClientConnectorError) as exc:
         raise WorkerUnavailable(
             f"{engine}: {where}: cannot connect ({redactor.text(str(exc)) or 'refused'})",
             engine=engine,
@@ -284,13 +426,22 @@ def map_transport_errors(
             engine=engine,
             pool_id=pool_id,
         ) from exc
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
+    except (
+        httpx.RemoteProtocolError,
+        httpx.ReadError,
+        httpx.WriteError,
+        httpx.CloseError,
+        aiohttp.ServerDisconnectedError,
+        aiohttp.ClientPayloadError,
+        aiohttp.ClientOSError,
+        aiohttp.ClientConnectionResetError,
+    ) as exc:
         raise WorkerReset(
             f"{engine}: {where}: the connection broke ({type(exc).__name__})",
             engine=engine,
             pool_id=pool_id,
         ) from exc
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, aiohttp.ClientError) as exc:
         raise WorkerInternal(
             f"{engine}: {where}: {type(exc).__name__}: {redactor.text(str(exc))}",
             engine=engine,
@@ -325,8 +476,8 @@ def error_for_status(
     return WorkerInternal(message, engine=engine, pool_id=pool_id)
 
 
-def retry_after_ms(response: httpx.Response) -> int | None:
-    raw = response.headers.get("retry-after")
+def retry_after_ms(headers: Mapping[str, str]) -> int | None:
+    raw = headers.get("retry-after")
     if raw is None or not raw.strip().isdigit():
         return None
     return int(raw.strip()) * 1000

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from itertools import islice
@@ -67,7 +68,7 @@ class Dispatcher:
         self.placement_metrics: PlacementMetrics = metrics.bind_placement()
         #: ``queue_depth`` children per pool, with the engine_version they were bound for.
         self._depth_gauges: dict[str, tuple[str, dict[str, Gauge]]] = {}
-        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self._clock = clock or time.monotonic
         server = config.server
         self.tasks = TaskRegistry(
             retention_s=server.transcript_retention_s,

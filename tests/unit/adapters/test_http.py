@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 
+import aiohttp
 import httpx
 import pytest
 
@@ -162,15 +163,17 @@ def pool_limits(client: httpx.AsyncClient) -> tuple[int, int, float | None]:
 
 class TestUpstreamClients:
     async def test_connections_are_split_into_small_pools(self) -> None:
-        """max_connections is kept in total, over pools of at most SHARD_CONNECTIONS each."""
-        upstream = build_upstream(HttpConfig(), base_url="http://engine", max_connections=1108)
+        """Through httpx (an upstream that may negotiate HTTP/2), max_connections is kept in
+        total, over pools of at most SHARD_CONNECTIONS each."""
+        upstream = build_upstream(HttpConfig(), base_url="https://engine", max_connections=1108)
+        assert "httpx" == upstream.streams_via
         sizes = [pool_limits(c)[0] for c in upstream.clients]
         assert 1108 == sum(sizes)
         assert max(sizes) <= SHARD_CONNECTIONS
         assert max(sizes) - min(sizes) <= 1
         # Every shard keeps all its connections alive, to the one upstream.
         assert all(pool_limits(c)[1] == pool_limits(c)[0] for c in upstream.clients)
-        assert {"http://engine"} == {str(c.base_url) for c in upstream.clients}
+        assert {"https://engine"} == {str(c.base_url) for c in upstream.clients}
         # One TLS context, verifying, for all of them.
         contexts = {id(c._transport._pool._ssl_context) for c in upstream.clients}  # type: ignore[attr-defined]
         assert 1 == len(contexts)
@@ -178,25 +181,58 @@ class TestUpstreamClients:
         assert context.verify_mode == ssl.CERT_REQUIRED
         await upstream.aclose()
 
+    async def test_plain_http_upstreams_stream_through_one_aiohttp_session(self) -> None:
+        """An http:// engine streams over HTTP/1.1 through aiohttp: max_connections, the
+        keep-alive expiry and TLS verification carry over; probes keep their httpx pool."""
+        http = HttpConfig(max_connections=1108, read_timeout_ms=7000, connect_timeout_ms=900)
+        upstream = build_upstream(http, base_url="http://engine", max_connections=1108)
+        assert "aiohttp" == upstream.streams_via
+        session = upstream.session
+        assert session is not None and session is upstream.session  # one, built once
+        connector = session.connector
+        assert isinstance(connector, aiohttp.TCPConnector)
+        assert (1108, 0, KEEPALIVE_EXPIRY_S) == (
+            connector.limit,
+            connector.limit_per_host,
+            connector._keepalive_timeout,  # type: ignore[attr-defined]
+        )
+        assert (7.0, 0.9) == (session.timeout.sock_read, session.timeout.connect)
+        assert connector._ssl.verify_mode == ssl.CERT_REQUIRED  # type: ignore[attr-defined]
+        assert 4 == pool_limits(upstream.probe)[0]
+        await upstream.aclose()
+        assert session.closed
+
     async def test_keep_alive_expires_before_engine_idle_timeouts(self) -> None:
         """Idle connections go before the 5 s idle timeout engine HTTP servers use."""
-        upstream = build_upstream(HttpConfig(), base_url="http://engine", max_connections=8)
+        upstream = build_upstream(HttpConfig(), base_url="https://engine", max_connections=8)
         assert all(pool_limits(c)[2] == KEEPALIVE_EXPIRY_S for c in upstream.clients)
         assert KEEPALIVE_EXPIRY_S < 5.0
         await upstream.aclose()
 
-    async def test_a_lease_takes_the_least_busy_shard(self) -> None:
-        """Concurrent leases spread over the shards; one at a time reuses the first shard."""
-        clients = [httpx.AsyncClient() for _ in range(3)]
+    async def test_a_stream_takes_the_least_busy_shard(self) -> None:
+        """Concurrent httpx streams spread over the shards; one at a time reuses the first."""
+        used: list[str] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            used.append(request.url.host)
+            return httpx.Response(200, content=b"data: {}\n\n")
+
+        clients = [
+            httpx.AsyncClient(base_url=f"http://shard{i}", transport=httpx.MockTransport(handler))
+            for i in range(3)
+        ]
         upstream = UpstreamClients(clients)
-        async with upstream.lease() as first:
-            assert clients[0] is first
-        async with upstream.lease() as again:
-            assert clients[0] is again  # sequential calls share one keep-alive pool
-            async with upstream.lease() as second, upstream.lease() as third:
-                assert [clients[1], clients[2]] == [second, third]
-                assert [1, 1, 1] == upstream.in_flight
+        first = await upstream.open_stream("/x", b"{}", {})
+        await first.close()
+        again = await upstream.open_stream("/x", b"{}", {})
+        second = await upstream.open_stream("/x", b"{}", {})
+        third = await upstream.open_stream("/x", b"{}", {})
+        assert [1, 1, 1] == upstream.in_flight
+        for response in (again, second, third):
+            await response.close()
         assert [0, 0, 0] == upstream.in_flight
+        # Sequential streams share one keep-alive pool; concurrent ones spread.
+        assert ["shard0", "shard0", "shard1", "shard2"] == used
         await upstream.aclose()
 
     async def test_probes_are_not_queued_behind_streams(self) -> None:
@@ -219,7 +255,7 @@ class TestUpstreamClients:
                     if len(fake.requests) - probes_before >= 2:
                         break
                     await asyncio.sleep(0.01)
-                assert [2] == [sum(adapter.upstream.in_flight)]
+                assert 2 == len(fake.requests) - probes_before
                 health = await adapter.health()
             finally:
                 for task in holders:
