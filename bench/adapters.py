@@ -4,7 +4,8 @@
 starts the fake engine in a subprocess streaming as fast as it can, then alternates two readers
 over the same requests and the same pooled httpx client:
 
-- ``raw``: ``client.stream(...)`` and ``aiter_bytes()``, nothing parsed (the physical limit);
+- ``raw``: the same upstream client (``UpstreamClients.open_stream``: aiohttp for these plain
+  HTTP/1.1 fakes), every chunk read and nothing parsed (the physical limit);
 - ``adapter``: ``adapter.submit_batches(...)``, the path the server relays through: SSE decode,
   JSON parse, error checks, the tokens of each upstream read as one event (``submit``, one event
   per token, is the same stream unpacked by one more generator).
@@ -29,10 +30,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import orjson
+
 from llama_orch.adapters._base import HttpAdapter
 from llama_orch.adapters.registry import AdapterContext, build_adapter
 from llama_orch.config import PoolConfig
 from llama_orch.contracts.engine import GenerateRequest
+
+HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
 KINDS = ("llamacpp", "vllm", "tgi", "triton", "openai")
@@ -125,14 +130,18 @@ async def via_adapter(adapter: HttpAdapter, batch: list[GenerateRequest]) -> tup
 
 
 async def raw(adapter: HttpAdapter, batch: list[GenerateRequest]) -> float:
-    client = adapter.client
+    """The same requests through the same upstream client the adapter streams with."""
+    upstream = adapter.upstream
 
     async def one(request: GenerateRequest) -> int:
         path, body = adapter.generate_call(request)
         size = 0
-        async with client.stream("POST", path, json=body) as response:
-            async for chunk in response.aiter_bytes():
+        response = await upstream.open_stream(path, orjson.dumps(body), HEADERS)
+        try:
+            async for chunk in response.chunks:
                 size += len(chunk)
+        finally:
+            await response.close()
         return size
 
     start = time.perf_counter()
