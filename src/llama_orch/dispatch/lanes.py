@@ -5,10 +5,9 @@ from them for ``core.decide`` and for start-time predictions.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 from llama_orch.config import PoolConfig
-from llama_orch.core.model import PoolSnapshot, ReplicaView
+from llama_orch.core.model import PoolSnapshot
 from llama_orch.core.queue import AdmissionQueue, Enqueued, Rejected, burst_from_weights
 from llama_orch.core.ratelimit import TokenBucket
 from llama_orch.dispatch.predict import (
@@ -109,23 +108,14 @@ class PoolLane:
 
     def snapshot(self, pools: PoolManager) -> PoolSnapshot:
         """The pool and its replica set as core sees them, with measured perf."""
-        views = tuple(self._with_perf(view) for view in pools.replica_views(self.id))
-        base = pools.snapshot(self.id, queued=len(self.queue))
-        measured = [v.perf_tokens_per_s for v in views if v.perf_tokens_per_s]
-        return replace(
-            base,
-            replicas=views,
-            quant=self.pool.config.quant,
-            perf_tokens_per_s=sum(measured) / len(measured) if measured else None,
+        views = tuple(pools.replica_views(self.id, perf=self._perf_fields))
+        return pools.snapshot(
+            self.id, queued=len(self.queue), replicas=views, quant=self.pool.config.quant
         )
 
-    def _with_perf(self, view: ReplicaView) -> ReplicaView:
-        perf = self.perf_of(view.replica_id)
-        return replace(
-            view,
-            perf_tokens_per_s=perf.tokens_per_s,
-            first_token_ms=perf.first_token_s * 1000,
-        )
+    def _perf_fields(self, replica_id: str) -> tuple[float | None, float | None]:
+        perf = self.perf_of(replica_id)
+        return perf.tokens_per_s, perf.first_token_s * 1000
 
     # -- predictions ---------------------------------------------------------------------------
 

@@ -42,6 +42,8 @@ UNKNOWN_CTX = 2**31 - 1
 STALE_AFTER_S = 5.0
 
 AdapterFactory = Callable[[PoolConfig, int], EngineAdapter]
+#: replica id -> (measured tokens/s, first-token ms), for placement's perf fields.
+PerfOf = Callable[[str], tuple[float | None, float | None]]
 
 
 class ReplicaState(Enum):
@@ -431,30 +433,50 @@ class PoolManager:
                 free += gpu.vram_free_bytes
         return total, free
 
-    def replica_views(self, pool_id: str) -> list[ReplicaView]:
+    def replica_views(self, pool_id: str, perf: PerfOf | None = None) -> list[ReplicaView]:
+        """Each replica as placement sees it; ``perf`` (replica id -> measured tokens/s and
+        first-token ms) fills the perf fields, which are unset without it."""
         pool = self.pools[pool_id]
         _, free = self._free_vram(pool.devices)
-        return [
-            ReplicaView(
-                replica_id=r.replica_id,
-                pool_id=pool.id,
-                engine=pool.config.engine,
-                engine_version=r.engine_version,
-                free_vram=free,
-                active_slots=r.active,
-                slots_total=r.slots_total,
-                ctx_max_supported=min(r.ctx_max, pool.config.ctx or UNKNOWN_CTX),
-                ready=self.fresh(r),
-                draining=pool.draining,
-                sampler_profile_version=pool.config.sampler_profile_version,
+        cfg = pool.config
+        views = []
+        for r in pool.replicas:
+            tokens_per_s, first_token_ms = perf(r.replica_id) if perf else (None, None)
+            views.append(
+                ReplicaView(
+                    replica_id=r.replica_id,
+                    pool_id=pool.id,
+                    engine=cfg.engine,
+                    engine_version=r.engine_version,
+                    free_vram=free,
+                    active_slots=r.active,
+                    slots_total=r.slots_total,
+                    ctx_max_supported=min(r.ctx_max, cfg.ctx or UNKNOWN_CTX),
+                    ready=self.fresh(r),
+                    draining=pool.draining,
+                    sampler_profile_version=cfg.sampler_profile_version,
+                    perf_tokens_per_s=tokens_per_s,
+                    first_token_ms=first_token_ms,
+                )
             )
-            for r in pool.replicas
-        ]
+        return views
 
-    def snapshot(self, pool_id: str, queued: int = 0) -> PoolSnapshot:
+    def snapshot(
+        self,
+        pool_id: str,
+        queued: int = 0,
+        *,
+        replicas: tuple[ReplicaView, ...] | None = None,
+        quant: str | None = None,
+    ) -> PoolSnapshot:
+        """The pool as placement sees it. With ``replicas`` (views with measured perf) the
+        pool's perf is their mean; without, the mean of the engines' own perf hints."""
         pool = self.pools[pool_id]
         total, free = self._free_vram(pool.devices)
-        perf = [r.perf_tokens_per_s for r in pool.replicas if r.perf_tokens_per_s]
+        if replicas is None:
+            perf = [r.perf_tokens_per_s for r in pool.replicas if r.perf_tokens_per_s]
+        else:
+            perf = [v.perf_tokens_per_s for v in replicas if v.perf_tokens_per_s]
         first = [r.first_token_ms for r in pool.replicas if r.first_token_ms]
         return PoolSnapshot(
             id=pool.id,
@@ -473,4 +495,6 @@ class PoolManager:
             sampler_profile_version=pool.config.sampler_profile_version,
             perf_tokens_per_s=sum(perf) / len(perf) if perf else None,
             first_token_ms=sum(first) / len(first) if first else None,
+            quant=quant,
+            replicas=replicas or (),
         )
