@@ -138,13 +138,27 @@ class Dispatcher:
 
     # -- admission side ------------------------------------------------------------------------
 
-    def snapshots(self) -> tuple[PoolSnapshot, ...]:
-        """Every pool as ``decide`` sees it at admission."""
-        return tuple(lane.snapshot(self._pools) for lane in self.lanes.values())
+    def snapshots(self, job: JobSpec | None = None) -> tuple[PoolSnapshot, ...]:
+        """Every pool as ``decide`` sees it at admission.
+
+        With ``job``, a pool that serves another engine or model is passed as its identity
+        snapshot (built once): ``decide`` drops it at the first filters (engine, model), reading
+        nothing else of it, so the decision and its log are the same and admission skips
+        building live views it would never look at.
+        """
+        pools = self._pools
+        if job is None:
+            return tuple(lane.snapshot(pools) for lane in self.lanes.values())
+        return tuple(
+            lane.snapshot(pools)
+            if lane.serves(job.engine, job.model_id)
+            else lane.identity_snapshot(pools)
+            for lane in self.lanes.values()
+        )
 
     def placement_input(self, job: JobSpec, now: float) -> PlacementInput:
         """The admission-stage input: every pool, stamped with the topology version."""
-        pools = self.snapshots()
+        pools = self.snapshots(job)
         # Read after the snapshots: taking them may mark a stale replica and bump the version.
         version = self._pools.snapshot_version
         return PlacementInput(pools, job, now, Stage.ADMISSION, snapshot_version=version)

@@ -19,7 +19,7 @@ from llama_orch.dispatch.predict import (
 )
 from llama_orch.dispatch.tasks import Task
 from llama_orch.pool.manager import PoolManager, PoolRuntime
-from llama_orch.vocab import Priority
+from llama_orch.vocab import Engine, Priority
 
 #: What ``predicted_start_ms`` reports when no slot is Ready to ever start the task.
 NEVER_MS = 2**31 - 1
@@ -34,6 +34,7 @@ class PoolLane:
     """One pool's queue, perf model, throttles and wake-up signal."""
 
     __slots__ = (
+        "_identity",
         "perf",
         "pool",
         "queue",
@@ -50,6 +51,7 @@ class PoolLane:
             p.name: p.queue_capacity for p in cfg.admission.priorities if p.queue_capacity
         }
         self.pool = pool
+        self._identity: PoolSnapshot | None = None
         self.queue = AdmissionQueue(
             cfg.queue.capacity,
             cfg.queue.full_policy,
@@ -105,6 +107,17 @@ class PoolLane:
         return False
 
     # -- views for decide --------------------------------------------------------------------
+
+    def serves(self, engine: Engine, model_id: str) -> bool:
+        """Whether this pool passes ``decide``'s match filters (engine, then model)."""
+        config = self.pool.config
+        return config.engine is engine and config.model == model_id
+
+    def identity_snapshot(self, pools: PoolManager) -> PoolSnapshot:
+        """A snapshot for a job this pool does not serve: only engine and model are read."""
+        if self._identity is None:
+            self._identity = self.snapshot(pools)
+        return self._identity
 
     def snapshot(self, pools: PoolManager) -> PoolSnapshot:
         """The pool and its replica set as core sees them, with measured perf."""
