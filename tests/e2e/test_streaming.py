@@ -523,6 +523,30 @@ class TestServerStack:
         assert True is frames[-1][1].get("canceled")
         assert frames[-1][1]["tokens_out"] < 2000
 
+    async def test_h2_cancels_answer_cleanly(self, tmp_path: Path) -> None:
+        """Over h2c every cancel gets its 204 on a stream the client can finish: the server
+        reads the (empty) request to its end before answering, so no reset races it."""
+        config = serve_config()
+        config["pools"][0]["mock"] = {"ttft_ms": 0, "tokens_per_s": 100}
+        with serve_process(config, tmp_path) as srv:
+            async with httpx.AsyncClient(
+                base_url=srv.url, timeout=10.0, http1=False, http2=True
+            ) as h2:
+                statuses: list[tuple[str, int]] = []
+
+                async def admit_and_cancel() -> None:
+                    for _ in range(8):
+                        body = task_body(max_tokens=50)
+                        admitted = await h2.post("/v1/tasks", json=body)
+                        assert 202 == admitted.status_code, admitted.text
+                        cancel = await h2.post(f"/v1/tasks/{body['task_id']}/cancel")
+                        statuses.append((cancel.http_version, cancel.status_code))
+
+                # Concurrent streams on one connection: where an early answer raced the reset.
+                await asyncio.gather(*(admit_and_cancel() for _ in range(16)))
+        assert {("HTTP/2", 204)} == set(statuses)
+        assert 128 == len(statuses)
+
     async def test_sigterm_ends_open_streams_and_exits(self, tmp_path: Path) -> None:
         """SIGTERM ends every open stream, running or queued, with end canceled:true, and the
         process exits promptly instead of waiting for the streams to run out."""

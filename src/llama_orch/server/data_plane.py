@@ -206,10 +206,22 @@ def _started_frame(task: Task, deps: AppDeps) -> bytes:
     return encode_frame("started", orjson.dumps(started))
 
 
+#: A cancel has no body; at most this much of one is read (and ignored).
+_CANCEL_BODY_LIMIT = 65_536
+
+
 async def cancel_task(request: Request) -> Response:
     deps = deps_of(request)
     task = _task(request, deps)
     deps.dispatcher.cancel(task.id, reason="client")
+    # Read the request to its end before answering: an HTTP/2 server that answers first resets
+    # the client's half-open stream, which clients (httpx among them) report as an error for a
+    # cancel that was in fact served.
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > _CANCEL_BODY_LIMIT:
+            break
     return Response(status_code=204)
 
 
