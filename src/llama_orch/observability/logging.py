@@ -15,7 +15,7 @@ from typing import Any, Literal, TextIO
 import orjson
 import structlog
 
-from llama_orch.observability.redaction import Redactor
+from llama_orch.observability.redaction import REDACTED, Redactor, is_secret_key
 
 LogFormat = Literal["json", "pretty"]
 
@@ -46,11 +46,32 @@ class _RedactAtSink:
     def __call__(
         self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        redact = self.redactor.value
+        redactor = self.redactor
         own = _OWN_FIELDS
+        # Plain string fields (and lists of strings) are screened together: one check of
+        # their joined text clears them all in the common case; a hit redacts field by field.
+        plain: list[str] = []
+        texts: list[str] = []
         for key, value in event_dict.items():
-            if key not in own and isinstance(value, str | dict | list | tuple):
-                event_dict[key] = redact(value, key)
+            if key in own:
+                continue
+            if type(value) is str:
+                if value and is_secret_key(key):
+                    event_dict[key] = REDACTED
+                else:
+                    plain.append(key)
+                    texts.append(value)
+            elif type(value) in (list, tuple) and not is_secret_key(key):
+                if all(type(item) is str for item in value):
+                    plain.append(key)
+                    texts.extend(value)
+                else:
+                    event_dict[key] = redactor.value(value, key)
+            elif isinstance(value, dict | list | tuple):
+                event_dict[key] = redactor.value(value, key)
+        if texts and not redactor.is_clean("\n".join(texts)):
+            for key in plain:
+                event_dict[key] = redactor.value(event_dict[key], key)
         return event_dict
 
 

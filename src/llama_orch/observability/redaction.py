@@ -5,6 +5,7 @@ Applied at the log sink and to error bodies (ORCH-3613, OC-CTRL-2041).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -47,7 +48,9 @@ def _may_hold_secret(value: str) -> bool:
         or "://" in value
         or "sk-" in value
         or "hf_" in value
-        or "api" in low
+        or "api_key" in low
+        or "apikey" in low
+        or "api-key" in low
         or "authorization" in low
         or "bearer" in low
     )
@@ -56,6 +59,12 @@ def _may_hold_secret(value: str) -> bool:
 _SECRET_KEYS = frozenset(
     {"authorization", "x-api-key", "api_key", "apikey", "token", "auth_token", "password", "secret"}
 )
+
+
+@functools.lru_cache(maxsize=1024)
+def is_secret_key(key: str) -> bool:
+    """Whether a field or header named ``key`` holds a secret (its value is never shown)."""
+    return key.lower() in _SECRET_KEYS
 
 
 class Redactor:
@@ -69,6 +78,11 @@ class Redactor:
             return self
         return Redactor((*self._secrets, secret))
 
+    def is_clean(self, value: str) -> bool:
+        """True when ``text`` would return ``value`` unchanged, checked without the passes:
+        no configured secret occurs in it and no pattern's trigger does either."""
+        return not any(secret in value for secret in self._secrets) and not _may_hold_secret(value)
+
     def text(self, value: str) -> str:
         for secret in self._secrets:
             if secret in value:
@@ -80,7 +94,7 @@ class Redactor:
         return value
 
     def value(self, value: Any, key: str | None = None) -> Any:
-        if key is not None and key.lower() in _SECRET_KEYS and value:
+        if key is not None and value and is_secret_key(key):
             return REDACTED
         if isinstance(value, str):
             return self.text(value)

@@ -79,6 +79,32 @@ class TestSink:
             assert secret not in text
         assert 1 == len(lines_of(out))
 
+    def test_secrets_among_many_plain_fields_are_redacted(self) -> None:
+        """Plain fields are screened together; one secret anywhere among them (a field, a list
+        item, a secret-named field) still redacts exactly what it must, and the rest is
+        left as it was."""
+        out = io.StringIO()
+        configure_logging("json", redactor=Redactor(("s3cr3t-value",)), stream=out)
+        plain = {f"field_{i}": f"value {i}" for i in range(12)}
+        narrate(
+            "admission",
+            "admit",
+            "p0",
+            "Admits a task.",
+            filters_applied=["engine 6/6", "compute_capability 1/1", "key s3cr3t-value"],
+            reasons=("GET /v1/models?token=abcdefgh123", "plain"),
+            token="short",
+            **plain,
+        )
+        (line,) = lines_of(out)
+        event = orjson.loads(line)
+        assert "s3cr3t-value" not in line and "abcdefgh123" not in line
+        assert ["engine 6/6", "compute_capability 1/1", "key [REDACTED]"] == event[
+            "filters_applied"
+        ]
+        assert "[REDACTED]" == event["token"]
+        assert plain == {k: event[k] for k in plain}
+
     def test_stdlib_records_share_the_sink(self) -> None:
         """Server records from the standard library become redacted JSON lines too."""
         out = io.StringIO()
