@@ -97,12 +97,16 @@ def run_server(
         "server",
         "start",
         f"{settings.host}:{settings.port}",
-        f"Serves {len(settings.config.pools)} pools on {scheme}://{settings.host}:{settings.port}"
-        " over HTTP/1.1 and HTTP/2.",
+        f"Serves {_count(len(settings.config.pools), 'pool')} on "
+        f"{scheme}://{settings.host}:{settings.port} over HTTP/1.1 and HTTP/2.",
         config=settings.source,
         pools=[p.id for p in settings.config.pools],
     )
     serve_app(create_app(deps), settings, on_stop=lambda: _end_streams(deps))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _end_streams(deps: AppDeps) -> None:
