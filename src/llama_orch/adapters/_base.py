@@ -68,6 +68,22 @@ class StreamParser(Protocol):
     def feed(self, obj: Any) -> str: ...
 
 
+class ParserBase:
+    """The state every engine's ``StreamParser`` keeps; a subclass adds ``feed``."""
+
+    __slots__ = ("done", "engine", "eof_is_end", "pool_id", "redactor", "summary")
+
+    def __init__(
+        self, engine: str, pool_id: str, redactor: Redactor, *, eof_is_end: bool = False
+    ) -> None:
+        self.done = False
+        self.eof_is_end = eof_is_end
+        self.summary: dict[str, Any] = {}
+        self.engine = engine
+        self.pool_id = pool_id
+        self.redactor = redactor
+
+
 def malformed(engine: str, data: bytes) -> WorkerInternal:
     return WorkerInternal(
         f"{engine}: malformed stream frame ({len(data)} bytes, not JSON)", engine=engine

@@ -9,23 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_orch.adapters._base import DONE, HttpAdapter, first_error, in_stream_error
+from llama_orch.adapters._base import DONE, HttpAdapter, ParserBase, first_error, in_stream_error
 from llama_orch.contracts.engine import GenerateRequest
 from llama_orch.observability.redaction import Redactor
 
 
-class OpenAIStreamParser:
+class OpenAIStreamParser(ParserBase):
     """One parser for completions (``choices[0].text``) and chat (``choices[0].delta.content``)."""
 
-    __slots__ = ("chat", "done", "engine", "eof_is_end", "pool_id", "redactor", "summary")
+    __slots__ = ("chat",)
 
     def __init__(self, engine: str, pool_id: str, redactor: Redactor, *, chat: bool) -> None:
-        self.done = False
-        self.eof_is_end = False
-        self.summary: dict[str, Any] = {}
-        self.engine = engine
-        self.pool_id = pool_id
-        self.redactor = redactor
+        super().__init__(engine, pool_id, redactor)
         self.chat = chat
 
     def feed(self, obj: Any) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from llama_orch.adapters._base import (
     HttpAdapter,
+    ParserBase,
     StreamParser,
     first_error,
     in_stream_error,
@@ -21,7 +22,6 @@ from llama_orch.adapters._base import (
 from llama_orch.adapters._prom import gauge_value
 from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
 from llama_orch.errors import WorkerError, WorkerInvalidParams
-from llama_orch.observability.redaction import Redactor
 from llama_orch.vocab import DeterminismLevel, Engine
 
 UINT32_MAX = 2**32 - 1
@@ -30,16 +30,8 @@ STRICT_LAUNCH_FLAGS = ("--parallel", "1", "--no-cont-batching")
 _STOP_TYPES = {"eos": "eos", "limit": "length", "word": "stop", "none": "stop"}
 
 
-class _Parser:
-    __slots__ = ("done", "engine", "eof_is_end", "pool_id", "redactor", "summary")
-
-    def __init__(self, engine: str, pool_id: str, redactor: Redactor) -> None:
-        self.done = False
-        self.eof_is_end = False
-        self.summary: dict[str, Any] = {}
-        self.engine = engine
-        self.pool_id = pool_id
-        self.redactor = redactor
+class _Parser(ParserBase):
+    __slots__ = ()
 
     def feed(self, obj: Any) -> str:
         # The hot path: two lookups per token; the rest only on the last event.

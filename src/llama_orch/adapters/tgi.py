@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_orch.adapters._base import HttpAdapter, StreamParser
+from llama_orch.adapters._base import HttpAdapter, ParserBase, StreamParser
 from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
 from llama_orch.errors import (
     WorkerError,
@@ -24,7 +24,6 @@ from llama_orch.errors import (
     WorkerReset,
     WorkerUnavailable,
 )
-from llama_orch.observability.redaction import Redactor
 from llama_orch.vocab import DeterminismLevel, Engine
 
 UINT64_MAX = 2**64 - 1
@@ -38,16 +37,8 @@ _ERRORS: dict[str, type[WorkerError]] = {
 }
 
 
-class _Parser:
-    __slots__ = ("done", "engine", "eof_is_end", "pool_id", "redactor", "summary")
-
-    def __init__(self, engine: str, pool_id: str, redactor: Redactor) -> None:
-        self.done = False
-        self.eof_is_end = False
-        self.summary: dict[str, Any] = {}
-        self.engine = engine
-        self.pool_id = pool_id
-        self.redactor = redactor
+class _Parser(ParserBase):
+    __slots__ = ()
 
     def feed(self, obj: Any) -> str:
         if not isinstance(obj, dict):

@@ -15,23 +15,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_orch.adapters._base import HttpAdapter, StreamParser
+from llama_orch.adapters._base import HttpAdapter, ParserBase, StreamParser
 from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
 from llama_orch.errors import WorkerInternal, WorkerReset
 from llama_orch.observability.redaction import Redactor
 from llama_orch.vocab import DeterminismLevel, Engine
 
 
-class _Parser:
-    __slots__ = ("done", "engine", "eof_is_end", "pool_id", "redactor", "summary")
+class _Parser(ParserBase):
+    __slots__ = ()
 
     def __init__(self, engine: str, pool_id: str, redactor: Redactor, *, finish: bool) -> None:
-        self.done = False
-        self.eof_is_end = not finish
-        self.summary: dict[str, Any] = {}
-        self.engine = engine
-        self.pool_id = pool_id
-        self.redactor = redactor
+        super().__init__(engine, pool_id, redactor, eof_is_end=not finish)
 
     def feed(self, obj: Any) -> str:
         if not isinstance(obj, dict):
