@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import subprocess
+from pathlib import Path
 
 import aiohttp
 import httpx
@@ -32,8 +34,8 @@ from llama_orch.errors import (
     WorkerUnavailable,
 )
 from llama_orch.observability.redaction import Redactor
-from llama_orch.testing.fake_engines import Behaviour
-from tests.unit.adapters.engine_support import fake_and_adapter, request
+from llama_orch.testing.fake_engines import Behaviour, FakeLlamaCpp
+from tests.unit.adapters.engine_support import adapter_for, collect, fake_and_adapter, request
 
 
 class Sleeps:
@@ -324,3 +326,46 @@ class TestRedactUrl:
         redacted = redact_url(url, Redactor())
         assert "hunter2" not in redacted and "abc123" not in redacted and "alice" not in redacted
         assert redacted.startswith("https://engine.example:8443/v1?api_key=")
+
+
+def self_signed_cert(directory: Path) -> tuple[str, str]:
+    """cert.pem and key.pem for 127.0.0.1, valid for a day."""
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", "key.pem", "-out", "cert.pem", "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        cwd=directory,
+        check=True,
+        capture_output=True,
+    )
+    return str(directory / "cert.pem"), str(directory / "key.pem")
+
+
+class TestTlsUpstreams:
+    async def test_both_stream_clients_verify_and_relay_over_tls(self, tmp_path: Path) -> None:
+        """An https engine streams through aiohttp (http2 off) or httpx (http2 on): both refuse
+        an untrusted certificate with a clear error, and both relay the same tokens once
+        verification is turned off for it."""
+        fake = FakeLlamaCpp()
+        fake.tls = self_signed_cert(tmp_path)
+        async with fake:
+            tokens: dict[str, list[str]] = {}
+            for http2 in (False, True):
+                checked = adapter_for("llamacpp", fake.url, fake.model, http={"http2": http2})
+                trusting = adapter_for(
+                    "llamacpp", fake.url, fake.model, http={"http2": http2, "verify_tls": False}
+                )
+                try:
+                    assert isinstance(checked, HttpAdapter) and isinstance(trusting, HttpAdapter)
+                    via = trusting.upstream.streams_via
+                    with pytest.raises(WorkerUnavailable, match="certificate"):
+                        await collect(checked, request(max_tokens=5))
+                    events = await collect(trusting, request(max_tokens=5))
+                    tokens[via] = [e.text for e in events if e.kind == "token"]
+                finally:
+                    await checked.aclose()
+                    await trusting.aclose()
+        assert {"aiohttp", "httpx"} == set(tokens)
+        assert tokens["aiohttp"] == tokens["httpx"] and 5 == len(tokens["httpx"])

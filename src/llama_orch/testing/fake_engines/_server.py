@@ -96,6 +96,8 @@ class FakeEngine:
         self.model = model
         self.behaviour = behaviour or Behaviour()
         self.requests: list[RequestRecord] = []
+        #: (certfile, keyfile): serve HTTPS instead of HTTP; set before ``start``.
+        self.tls: tuple[str, str] | None = None
         self._host = host
         self._port = port
         self._want_listening = listening
@@ -122,7 +124,8 @@ class FakeEngine:
 
     @property
     def url(self) -> str:
-        return f"http://{self._host}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self._host}:{self.port}"
 
     async def start(self) -> FakeEngine:
         self._sock = self._bind(self._port)
@@ -170,6 +173,8 @@ class FakeEngine:
             lifespan="off",
             timeout_graceful_shutdown=1,
             backlog=1024,
+            ssl_certfile=self.tls[0] if self.tls else None,
+            ssl_keyfile=self.tls[1] if self.tls else None,
         )
         server = uvicorn.Server(config)
         self._server = server
