@@ -16,7 +16,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 help:
 	@echo "make run     set up, then serve $(CONFIG) on 127.0.0.1:8080"
 	@echo "make test    set up, then run the whole test suite"
-	@echo "make lint    ruff, mypy and the import layering contract"
+	@echo "make lint    ruff, mypy (package and bench) and the import layering contract"
 	@echo "make schema  regenerate contracts/ (config schema and OpenAPI)"
 	@echo "make bench   run the benchmarks in bench/"
 

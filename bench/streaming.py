@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import resource
 import statistics
@@ -495,7 +496,7 @@ async def _relay(vs: list[Variant], pool: str) -> list[Row]:
     for _ in range(max(2, n(5))):
         for v in vs:
             start = time.perf_counter()
-            results = await concurrently(32, lambda v=v: v.stream(pool, 256))
+            results = await concurrently(32, functools.partial(v.stream, pool, 256))
             wall = time.perf_counter() - start
             rates[v.name].append(sum(r.tokens for r, _ in results) / wall)
     base = statistics.median(rates["direct"])
@@ -516,7 +517,7 @@ async def realistic_load(vs: list[Variant]) -> list[Row]:
     for _ in range(max(2, n(3))):
         for v in vs:
             start = time.perf_counter()
-            results = await concurrently(64, lambda v=v: v.stream("paced", 128))
+            results = await concurrently(64, functools.partial(v.stream, "paced", 128))
             wall = time.perf_counter() - start
             ttft[v.name] += [r.ttft_s * 1000 for r, _ in results]
             rates[v.name].append(sum(r.tokens for r, _ in results) / wall)
@@ -589,7 +590,7 @@ async def open_streams(vs: list[Variant]) -> list[Row]:
 
         sampler = asyncio.create_task(sample())
         start = time.perf_counter()
-        results = await concurrently(count, lambda v=v: v.stream("wide", tokens))
+        results = await concurrently(count, functools.partial(v.stream, "wide", tokens))
         wall = time.perf_counter() - start
         done.set()
         peak = await sampler
