@@ -164,12 +164,14 @@ def build_client(
 
 
 class UpstreamClients:
-    """One upstream's keep-alive connections, split over small httpx pools (shards).
+    """One upstream's keep-alive connections: the token streams' and the probes'.
 
-    Together the shards hold at most ``http.max_connections`` connections, all to the one
-    upstream, each kept alive for reuse as in a single pool. Each stream takes the shard with the
-    fewest requests in flight (``open_stream``), so concurrent streams spread evenly and every httpx
-    pool stays at or under ``SHARD_CONNECTIONS``, where its per-request scan is cheap.
+    Token streams (``open_stream``) go through one aiohttp session when ``sessions`` is given
+    (see below), else through httpx pools (shards) that together hold at most
+    ``http.max_connections`` connections, each kept alive for reuse as in a single pool. Each
+    stream then takes the shard with the fewest requests in flight, so concurrent streams spread
+    evenly and every httpx pool stays at or under ``SHARD_CONNECTIONS``, where its per-request
+    scan is cheap.
 
     Probes (health, props, version, metrics) go through ``probe``, a pool of their own: a
     replica streaming at its connection limit, or one whose canceled streams are still closing,
