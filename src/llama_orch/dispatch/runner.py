@@ -127,9 +127,7 @@ class Runner:
             task.tokens_out += len(texts)
             now = self._clock()
             if now >= task.next_metrics_at:
-                task.next_metrics_at = now + self._metrics_interval_s
-                task.stream.publish("metrics", self._metrics_payload(task, lane))
-                self._pools.stream_progress(replica)
+                self._tick(task, lane, replica, now)
         elif kind == "token":
             if task.first_token_at is None:
                 self._first_token(task, replica)
@@ -137,9 +135,7 @@ class Runner:
             task.tokens_out += 1
             now = self._clock()
             if now >= task.next_metrics_at:
-                task.next_metrics_at = now + self._metrics_interval_s
-                task.stream.publish("metrics", self._metrics_payload(task, lane))
-                self._pools.stream_progress(replica)
+                self._tick(task, lane, replica, now)
         elif kind == "started":
             task.tokens_in = int(event.data.get("tokens_in", 0))
             version = event.data.get("engine_version")
@@ -149,6 +145,13 @@ class Runner:
             self._endings.end(task, TaskState.DONE, replica=replica)
         elif kind == "error":
             raise event.error or WorkerReset("the engine reported an error without details")
+
+    def _tick(self, task: Task, lane: PoolLane, replica: Replica, now: float) -> None:
+        """Once per metrics interval of a stream: a ``metrics`` frame, and the replica's
+        heartbeat (tokens arriving prove the engine alive)."""
+        task.next_metrics_at = now + self._metrics_interval_s
+        task.stream.publish("metrics", self._metrics_payload(task, lane))
+        self._pools.stream_progress(replica)
 
     def _first_token(self, task: Task, replica: Replica) -> None:
         now = self._clock()
