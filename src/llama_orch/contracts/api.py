@@ -92,9 +92,17 @@ class StreamOptions(_Wire):
     from asking the server to hold tokens for long or to build unbounded frames.
     """
 
-    microbatch: bool | None = None
-    microbatch_max_delay_ms: Annotated[int, Field(ge=1, le=1000)] | None = None
-    microbatch_max_tokens: Annotated[int, Field(ge=1, le=1024)] | None = None
+    microbatch: Annotated[
+        bool | None,
+        Field(description="Merge consecutive tokens into one frame (t concatenated, i first, n)."),
+    ] = None
+    microbatch_max_delay_ms: Annotated[
+        int | None,
+        Field(ge=1, le=1000, description="Longest a token is held after the previous write."),
+    ] = None
+    microbatch_max_tokens: Annotated[
+        int | None, Field(ge=1, le=1024, description="Most tokens merged into one frame.")
+    ] = None
 
 
 class AdmissionResponse(_Wire):

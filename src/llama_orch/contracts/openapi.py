@@ -23,30 +23,24 @@ _CORRELATION = {
     "description": "Echoed on every non-204 response; a UUIDv4 is minted when absent.",
 }
 _CID_HEADER = {"X-Correlation-Id": {"schema": {"type": "string"}}}
-#: This subscriber's micro-batch mode (``StreamOptions``); unset keys keep the pool's settings.
-_STREAM_OPTIONS = [
-    {
-        "name": "microbatch",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "boolean"},
-        "description": "Merge consecutive tokens into one frame (t concatenated, i first, n).",
-    },
-    {
-        "name": "microbatch_max_delay_ms",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-        "description": "Longest a token is held after the previous write.",
-    },
-    {
-        "name": "microbatch_max_tokens",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "integer", "minimum": 1, "maximum": 1024},
-        "description": "Most tokens merged into one frame.",
-    },
-]
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """A model of optional query parameters as OpenAPI parameters (bounds from the model)."""
+    parameters = []
+    for name, prop in model.model_json_schema()["properties"].items():
+        schema = next(s for s in prop["anyOf"] if s.get("type") != "null")
+        parameters.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": schema,
+                "description": prop["description"],
+            }
+        )
+    return parameters
+
 
 _TASK_EXAMPLE = {
     "task_id": "11111111-1111-4111-8111-111111111111",
@@ -216,7 +210,7 @@ def data_plane() -> dict[str, Any]:
                 "parameters": [
                     {"name": "task_id", **_UUID_PARAM},
                     _CORRELATION,
-                    *_STREAM_OPTIONS,
+                    *_query_parameters(api.StreamOptions),
                 ],
                 "responses": {
                     "200": {
