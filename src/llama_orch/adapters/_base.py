@@ -174,11 +174,6 @@ class HttpAdapter:
         return self._pool.id
 
     @property
-    def client(self) -> httpx.AsyncClient:
-        """The first pooled client to this upstream (benchmarks read raw streams through it)."""
-        return self._upstream.clients[0]
-
-    @property
     def upstream(self) -> UpstreamClients:
         """Every pooled client to this upstream."""
         return self._upstream
@@ -266,7 +261,7 @@ class HttpAdapter:
         path, body = self.generate_call(request)
         engine = self.engine.value
         where = f"POST {path}"
-        response = await self._open(path, body)
+        response = await self._open(path, body, where)
         try:
             if response.status >= 400:
                 with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
@@ -323,10 +318,9 @@ class HttpAdapter:
         finally:
             await response.close()
 
-    async def _open(self, path: str, body: dict[str, Any]) -> UpstreamResponse:
+    async def _open(self, path: str, body: dict[str, Any], where: str) -> UpstreamResponse:
         """Send the generate request; its headers must arrive within ``first_byte_timeout_ms``."""
         engine = self.engine.value
-        where = f"POST {path}"
         first_byte_ms = self._pool.http.first_byte_timeout_ms
         with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
             try:

@@ -173,14 +173,14 @@ class UpstreamClients:
     evenly and every httpx pool stays at or under ``SHARD_CONNECTIONS``, where its per-request
     scan is cheap.
 
+    ``sessions`` is a factory, called once inside the running loop; aiohttp hands over every
+    buffered byte per read, where h11 yields one event per HTTP chunk, and engines write one
+    chunk per token. With it there are no shards, and the probe client carries the base URL.
+
     Probes (health, props, version, metrics) go through ``probe``, a pool of their own: a
     replica streaming at its connection limit, or one whose canceled streams are still closing,
     must still answer its readiness probe instead of queueing it behind token traffic (and
     turning Unready because it is busy).
-
-    With ``sessions`` (a factory, called once inside the running loop) token streams go through
-    one ``aiohttp`` session instead of the httpx shards: per read it hands over every buffered
-    byte, where h11 yields one event per HTTP chunk, and engines write one chunk per token.
     """
 
     __slots__ = ("_busy", "_clients", "_probe", "_session", "_session_factory", "_urls")
@@ -192,8 +192,8 @@ class UpstreamClients:
         *,
         sessions: Callable[[], aiohttp.ClientSession] | None = None,
     ) -> None:
-        if not clients:
-            raise ValueError("UpstreamClients needs at least one client")
+        if not clients and (sessions is None or probe is None):
+            raise ValueError("UpstreamClients needs httpx shards, or a session and a probe")
         self._clients = clients
         self._busy = [0] * len(clients)
         self._probe = probe
@@ -258,7 +258,7 @@ class UpstreamClients:
     @property
     def probe(self) -> httpx.AsyncClient:
         """The probes' own pool (the first shard when none was built, as in unit tests)."""
-        return self._probe or self._clients[0]
+        return self._probe if self._probe is not None else self._clients[0]
 
     @property
     def clients(self) -> list[httpx.AsyncClient]:
@@ -266,7 +266,7 @@ class UpstreamClients:
 
     @property
     def base_url(self) -> httpx.URL:
-        return self._clients[0].base_url
+        return self.probe.base_url
 
     @property
     def in_flight(self) -> list[int]:
@@ -274,7 +274,7 @@ class UpstreamClients:
         return list(self._busy)
 
     def _url_for(self, path: str) -> str:
-        base = self._clients[0].base_url
+        base = self.base_url
         url = base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode("ascii"))
         # Credentials in the endpoint travel as the session's Authorization header instead.
         self._urls[path] = str(url.copy_with(username=None, password=None))
@@ -390,8 +390,7 @@ def build_upstream(
             http, max_connections=total, headers=stream_headers, ssl_context=context
         )
 
-    # The shard list only carries the base URL and the default headers here: one small client.
-    return UpstreamClients([client(1)], probe=probe, sessions=sessions)
+    return UpstreamClients([], probe=probe, sessions=sessions)
 
 
 def redact_url(url: str | httpx.URL, redactor: Redactor) -> str:
