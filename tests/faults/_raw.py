@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 from tests.support.server import SIMULATED_GPUS, mock_pool
 
 
-def serve_config(**server: Any) -> dict[str, Any]:
-    """A one-pool mock config with ``server`` keys merged in."""
-    return {"gpus": SIMULATED_GPUS, "pools": [mock_pool()], "server": server}
+def serve_config(pool: dict[str, Any] | None = None, **server: Any) -> dict[str, Any]:
+    """A one-pool mock config (``pool``, or the default mock pool) with ``server`` keys."""
+    return {"gpus": SIMULATED_GPUS, "pools": [pool or mock_pool()], "server": server}
 
 
 def address(url: str) -> tuple[str, int]:
