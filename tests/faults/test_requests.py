@@ -221,3 +221,12 @@ class TestEscapedPrompts:
         assert 202 == ok.status_code, ok.text
         assert 400 == too_long.status_code
         assert "prompt is 100001 bytes" in too_long.json()["message"]
+
+
+def test_an_http2_authority_is_checked_like_a_host(server: ServeProcess) -> None:
+    with httpx.Client(http1=False, http2=True, base_url=server.url, timeout=30) as client:
+        foreign = client.get("/v1/capabilities", headers={"Host": "rebound.attacker.example"})
+        local = client.get("/v1/capabilities")
+    assert [("HTTP/2", 421), ("HTTP/2", 200)] == [
+        (r.http_version, r.status_code) for r in (foreign, local)
+    ]

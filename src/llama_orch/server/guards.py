@@ -100,8 +100,8 @@ class RequestGuards:
     def _refusal(
         self, scope: Scope, headers: dict[bytes, bytes], host: str
     ) -> tuple[int, str] | None:
-        # HTTP/2 requests name their authority in :authority, which granian does not show;
-        # without a Host there is nothing a rebinding page could have chosen.
+        # granian shows an HTTP/2 request's :authority as its Host. A request without one
+        # (HTTP/1.0) carries no name a rebinding page could have chosen.
         if self.loopback_bind and host and host_name(host) not in self.hosts:
             return 421, (
                 f"Host {host[:100]!r} is not served on this loopback address; use localhost or "
