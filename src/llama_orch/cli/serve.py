@@ -31,7 +31,12 @@ from llama_orch.observability.narration import narrate
 from llama_orch.server.app import create_app, redactor_of
 from llama_orch.server.connections import ConnectionWatch
 from llama_orch.server.deps import AppDeps
-from llama_orch.server.listener import bind_listener, connection_cap, raise_fd_limit
+from llama_orch.server.listener import (
+    bind_listener,
+    connection_cap,
+    engine_fds,
+    raise_fd_limit,
+)
 
 # Connections queued by the kernel while the server holds its cap of connections.
 _BACKLOG = 2048
@@ -171,7 +176,7 @@ async def _serve(
     tls = settings.config.server.tls
     limits = settings.config.server.connections
     fd_limit = raise_fd_limit()
-    cap = connection_cap(limits.max, fd_limit)
+    cap = connection_cap(limits.max, fd_limit, engine_fds(settings.config.pools))
     port = int(listener.getsockname()[1])
     metrics.server_connections_max.set(cap)
     narrate(

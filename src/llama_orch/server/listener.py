@@ -10,12 +10,15 @@ from __future__ import annotations
 import errno
 import resource
 import socket
+from collections.abc import Iterable
 
-#: File descriptors kept for what is not a client connection: engine connections, logs,
-#: model files, the GPU sampler. At least this many, or a quarter of the limit.
-_FD_RESERVE_MIN = 64
+from llama_orch.adapters._http import PROBE_CONNECTIONS
+from llama_orch.config import PoolConfig
+from llama_orch.vocab import Engine
 
-
+#: File descriptors kept for what is not a client or engine connection: logs, model files, the
+#: GPU sampler, the event loop's own.
+_FD_RESERVE_BASE = 64
 class AddressInUse(Exception):
     """Another process listens on the configured address; ``llorch serve`` exits with 1."""
 
@@ -58,12 +61,22 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def connection_cap(configured: int, fd_limit: int) -> int:
-    """Client connections to serve at once: the configured maximum, within the fd limit.
+def engine_fds(pools: Iterable[PoolConfig]) -> int:
+    """The most connections the adapters may hold to the engines at once."""
+    return sum(
+        pool.replicas * (pool.max_connections + PROBE_CONNECTIONS)
+        for pool in pools
+        if pool.engine is not Engine.MOCK
+    )
+
+
+def connection_cap(configured: int, fd_limit: int, engine_connections: int = 0) -> int:
+    """Client connections to serve at once: the configured maximum, within the fd limit less
+    what the engine connections and the process's own files may take.
 
     Beyond the cap, connections wait in the listen backlog instead of being accepted; the
     server never accepts into an exhausted descriptor table, where the accept loop of the
     HTTP server would retry at once, forever, burning a core.
     """
-    reserve = max(_FD_RESERVE_MIN, fd_limit // 4)
+    reserve = _FD_RESERVE_BASE + engine_connections
     return max(1, min(configured, fd_limit - reserve))
