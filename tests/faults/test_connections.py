@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import select
 import socket
 import subprocess
 import sys
@@ -62,6 +63,22 @@ class TestSilentAndSlowClients:
         assert 408 == status_of(response)
         assert b'"code":"INVALID_PARAMS"' in response
         assert b"did not arrive within 1 s" in response
+
+    def test_a_body_dripped_a_byte_at_a_time_is_answered_408(self, tmp_path: Path) -> None:
+        """Each byte arriving in time does not extend the body's deadline (slowloris)."""
+        config = serve_config(connections={"body_timeout_ms": 1000})
+        with serve_process(config, tmp_path) as server, connect(server.url) as slow:
+            slow.sendall(
+                b"POST /v1/tasks HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+            )
+            for _ in range(300):
+                slow.sendall(b" ")
+                answered, _, _ = select.select([slow], [], [], 0.2)
+                if answered:
+                    break
+            response = read_until_closed(slow)
+        assert 408 == status_of(response)
 
 
 class TestFdLimit:
