@@ -61,7 +61,11 @@ def scan_connections(port: int, first_byte_timeout_ms: int) -> Scan:
             fd = os.dup(int(name))
         except OSError:
             continue
-        sock = socket.socket(fileno=fd)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:  # no longer a socket: the number was reused meanwhile
+            os.close(fd)
+            continue
         try:
             if os.fstat(fd).st_ino != int(target[8:-1]):
                 continue
@@ -122,7 +126,19 @@ class ConnectionWatch:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            scan = await asyncio.to_thread(scan_connections, self.port, self.first_byte_timeout_ms)
+            try:
+                scan = await asyncio.to_thread(
+                    scan_connections, self.port, self.first_byte_timeout_ms
+                )
+            except OSError as exc:  # /proc unreadable, say with the fd table full: next time
+                narrate(
+                    "server",
+                    "connection-scan",
+                    f"port {self.port}",
+                    f"Could not count connections this time: {exc.strerror or exc}.",
+                    level="warning",
+                )
+                continue
             self.report(scan)
 
     def report(self, scan: Scan) -> None:

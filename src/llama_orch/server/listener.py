@@ -19,6 +19,8 @@ from llama_orch.vocab import Engine
 #: File descriptors kept for what is not a client or engine connection: logs, model files, the
 #: GPU sampler, the event loop's own.
 _FD_RESERVE_BASE = 64
+
+
 class AddressInUse(Exception):
     """Another process listens on the configured address; ``llorch serve`` exits with 1."""
 
