@@ -165,8 +165,9 @@ class TestInvalidInput:
             body = task_body()
             del body["engine"]
             missing = await srv.submit(body)
-            garbage = await srv.client.post("/v1/tasks", content=b"{not json")
-            empty = await srv.client.post("/v1/tasks", content=b"")
+            json_type = {"Content-Type": "application/json"}
+            garbage = await srv.client.post("/v1/tasks", content=b"{not json", headers=json_type)
+            empty = await srv.client.post("/v1/tasks", content=b"", headers=json_type)
         assert [400, 400, 400] == [r.status_code for r in (missing, garbage, empty)]
         assert "engine: Field required" in missing.json()["message"]
 

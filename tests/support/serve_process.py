@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,12 @@ def serve_process(
     environ: Mapping[str, str] | None = None,
     scheme: str = "http",
     start_timeout_s: float = 20.0,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[ServeProcess]:
-    """Start ``llorch serve`` on ``config``; stop it with SIGTERM (then SIGKILL) on exit."""
+    """Start ``llorch serve`` on ``config``; stop it with SIGTERM (then SIGKILL) on exit.
+
+    ``preexec_fn`` runs in the child before it starts (to lower its resource limits, say).
+    """
     config_path = workdir / "llorch.yaml"
     config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
     log_path = workdir / "serve.log"
@@ -50,7 +54,9 @@ def serve_process(
     command = [sys.executable, "-m", "llama_orch", "serve", "--config", str(config_path)]
     command += ["--bind", f"127.0.0.1:{port}"]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec_fn
+        )
     url = f"{scheme}://127.0.0.1:{port}"
     try:
         _wait_ready(url, process, log_path, start_timeout_s)

@@ -159,7 +159,7 @@ class HttpAdapter:
     ) -> None:
         self._pool = pool
         if not isinstance(client, UpstreamClients):
-            client = UpstreamClients([client])
+            client = UpstreamClients(client)
         self._upstream = client
         self._redactor = Redactor().with_secret(api_key)
         self._where = redact_url(client.base_url, self._redactor)
@@ -325,7 +325,11 @@ class HttpAdapter:
         with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
             try:
                 async with asyncio.timeout(first_byte_ms / 1000) as first_byte:
-                    return await self._upstream.open_stream(path, orjson.dumps(body), _GENERATE)
+                    # Connecting slowly is tried again within the same first-byte deadline.
+                    deadline = first_byte.when()
+                    return await self._upstream.open_stream(
+                        path, orjson.dumps(body), _GENERATE, deadline=deadline
+                    )
             except TimeoutError as exc:
                 if not first_byte.expired():
                     raise  # the client's own connect or read timeout: mapped as such

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from llama_orch.config import MockEngineConfig
 from llama_orch.contracts.engine import EngineEvent, GenerateRequest, WorkerHealth, WorkerProps
@@ -59,6 +59,9 @@ _VOCAB = (
     "deep",
 )
 
+#: Tokens produced back to back, at most, before the event loop gets a turn.
+_YIELD_EVERY = 64
+
 _FAULTS: dict[str, type[WorkerError]] = {
     "internal": WorkerInternal,
     "reset": WorkerReset,
@@ -84,19 +87,29 @@ def determinism_seed(request: GenerateRequest) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
-def mock_tokens(request: GenerateRequest) -> list[str]:
-    """The exact token texts a request produces, before pacing and faults."""
+def iter_mock_tokens(request: GenerateRequest) -> Iterator[str]:
+    """The exact token texts a request produces, one at a time, before pacing and faults.
+
+    Linear in ``max_tokens``: a stop sequence that was not in the text before this token can
+    only end inside it, so only the text's last ``len(stop) - 1`` characters plus the token
+    are searched.
+    """
     rng = random.Random(determinism_seed(request))
-    tokens: list[str] = []
-    text = ""
+    keep = max((len(stop) for stop in request.stop), default=1) - 1
+    tail = ""
     for i in range(request.max_tokens):
         piece = rng.choice(_VOCAB)
         token = piece if i == 0 else " " + piece
-        text += token
-        if any(stop in text for stop in request.stop):
-            break
-        tokens.append(token)
-    return tokens
+        window = tail + token
+        if any(stop in window for stop in request.stop):
+            return
+        tail = window[-keep:] if keep else ""
+        yield token
+
+
+def mock_tokens(request: GenerateRequest) -> list[str]:
+    """All of ``iter_mock_tokens``."""
+    return list(iter_mock_tokens(request))
 
 
 class MockEngine:
@@ -139,7 +152,7 @@ class MockEngine:
     async def submit(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]:
         cfg = self._config
         loop = asyncio.get_running_loop()
-        tokens = mock_tokens(request)
+        tokens = iter_mock_tokens(request)
         self._active += 1
         finished = False
         try:
@@ -154,6 +167,7 @@ class MockEngine:
             start = loop.time()
             first_at = start + cfg.ttft_ms / 1000
             interval = 1.0 / cfg.tokens_per_s
+            produced = 0
             for i, text in enumerate(tokens):
                 if cfg.reset_at_token is not None and i >= cfg.reset_at_token:
                     raise WorkerReset(f"simulated engine reset the connection at token {i}")
@@ -164,9 +178,13 @@ class MockEngine:
                 delay = first_at + i * interval - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                elif i % _YIELD_EVERY == 0:
+                    # A pace faster than the loop can serve never sleeps: let the loop run.
+                    await asyncio.sleep(0)
                 yield EngineEvent("token", text, i)
+                produced = i + 1
             finished = True
-            yield EngineEvent("end", data={"tokens_out": len(tokens)})
+            yield EngineEvent("end", data={"tokens_out": produced})
         finally:
             self._active -= 1
             if not finished:

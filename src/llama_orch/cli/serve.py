@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
+from granian._granian import SocketHolder
 from granian.constants import HTTPModes, Interfaces
 from granian.log import LogLevels
 from granian.server.embed import Server
@@ -24,13 +26,20 @@ from llama_orch.auth.tokens import token_identity
 from llama_orch.bootstrap import build_deps
 from llama_orch.config import Settings, load_settings
 from llama_orch.observability.logging import configure_logging
+from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.server.app import create_app, redactor_of
+from llama_orch.server.connections import ConnectionWatch
 from llama_orch.server.deps import AppDeps
+from llama_orch.server.listener import (
+    bind_listener,
+    connection_cap,
+    engine_fds,
+    raise_fd_limit,
+)
 
-# Connections queued by the kernel, and requests served at once: 1,000 open streams must fit.
+# Connections queued by the kernel while the server holds its cap of connections.
 _BACKLOG = 2048
-_MAX_IN_FLIGHT = 8192
 # granian's own logger only reports errors, through our handlers; its access log stays off.
 _GRANIAN_LOGGING: dict[str, Any] = {
     "version": 1,
@@ -58,6 +67,10 @@ def run_server(
         "pretty" if settings.log_format == "pretty" else "json",
         settings.config.logging.level,
         redactor=redactor_of(settings),
+    )
+    # Bound before anything else starts, so a port in use stops start-up with nothing to undo.
+    listener = bind_listener(
+        settings.host, settings.port, _BACKLOG, reuse_port=settings.config.server.reuse_port
     )
     deps = build_deps(settings)
     inventory = deps.pools.inventory
@@ -109,7 +122,7 @@ def run_server(
     # run (~66k objects, which made the first one take tens of milliseconds).
     gc.collect()
     gc.freeze()
-    serve_app(app, settings, on_stop=lambda: _end_streams(deps))
+    serve_app(app, settings, listener, metrics=deps.metrics, on_stop=lambda: _end_streams(deps))
 
 
 def _count(n: int, noun: str) -> str:
@@ -126,23 +139,76 @@ def _end_streams(deps: AppDeps) -> None:
         deps.dispatcher.cancel(task.id, reason="shutdown")
 
 
-def serve_app(app: Any, settings: Settings, *, on_stop: Callable[[], None] | None = None) -> None:
+class _BoundServer(Server):
+    """granian's embedded server on a socket bound by ``bind_listener``, not by granian."""
+
+    def __init__(self, app: Any, listener: socket.socket, **options: Any) -> None:
+        self._listener = listener
+        super().__init__(app, **options)
+
+    def _init_shared_socket(self) -> None:
+        # The listener's descriptor becomes granian's: it closes it when its worker stops.
+        # (granian's stub leaves out the holder's constructor, and types the slot as None.)
+        self._ssp = None
+        self._shd = SocketHolder(self._listener.detach(), False, _BACKLOG)  # type: ignore[call-arg,assignment]
+
+
+def serve_app(
+    app: Any,
+    settings: Settings,
+    listener: socket.socket,
+    *,
+    metrics: Metrics,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
     """Run ``app`` until SIGINT or SIGTERM; the app's lifespan starts and stops the rest."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve(app, settings, on_stop))
+        runner.run(_serve(app, settings, listener, metrics, on_stop))
 
 
-async def _serve(app: Any, settings: Settings, on_stop: Callable[[], None] | None) -> None:
+async def _serve(
+    app: Any,
+    settings: Settings,
+    listener: socket.socket,
+    metrics: Metrics,
+    on_stop: Callable[[], None] | None,
+) -> None:
     tls = settings.config.server.tls
-    server = Server(
+    limits = settings.config.server.connections
+    fd_limit = raise_fd_limit()
+    cap = connection_cap(limits.max, fd_limit, engine_fds(settings.config.pools))
+    port = int(listener.getsockname()[1])
+    metrics.server_connections_max.set(cap)
+    narrate(
+        "server",
+        "connection-limits",
+        f"port {port}",
+        f"Serves up to {cap} connections at once (open-file limit {fd_limit}); closes "
+        f"connections silent for {limits.first_byte_timeout_ms} ms and request bodies slower "
+        f"than {limits.body_timeout_ms} ms.",
+        cap=cap,
+        fd_limit=fd_limit,
+    )
+    watch = ConnectionWatch(
+        port,
+        cap,
+        limits.first_byte_timeout_ms,
+        open_gauge=metrics.server_connections_open,
+        closed_silent=metrics.server_connections_closed_silent_total,
+        cap_reached=metrics.server_connection_cap_reached_total,
+    )
+    server = _BoundServer(
         app,
+        listener,
         address=settings.host,
-        port=settings.port,
+        port=port,
         interface=Interfaces.ASGI,
         http=HTTPModes.auto,
         websockets=False,
         backlog=_BACKLOG,
-        backpressure=_MAX_IN_FLIGHT,
+        # granian takes one permit per accepted connection, before accepting it: the permits
+        # are the connection cap, and keep its accept loop out of an exhausted fd table.
+        backpressure=cap,
         log_level=LogLevels.error,
         log_dictconfig=_GRANIAN_LOGGING,
         ssl_cert=_resolve(tls.certfile, settings) if tls else None,
@@ -158,9 +224,11 @@ async def _serve(app: Any, settings: Settings, on_stop: Callable[[], None] | Non
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
+    watch.start()
     try:
         await server.serve()
     finally:
+        await watch.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 

@@ -74,8 +74,32 @@ class TlsConfig(_Strict):
     keyfile: str
 
 
+class ConnectionsConfig(_Strict):
+    """Bounds on what one client connection may hold (docs/security.md, "Connections")."""
+
+    #: Connections served at once; further ones wait in the kernel's listen backlog. The
+    #: server lowers it to fit the open-file limit (``ulimit -n``) it starts under.
+    max: PositiveInt = 8192
+    #: A connection that has sent no byte for this long is closed (Linux).
+    first_byte_timeout_ms: PositiveInt = 10_000
+    #: A request body must arrive in full within this long of its first read, chunked or not;
+    #: otherwise the request is answered 408 and the connection closed.
+    body_timeout_ms: PositiveInt = 30_000
+
+
+_HostName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.\-\[\]:]+$")]
+_Origin = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^https?://[^/\s]+$")]
+
+
 class ServerConfig(_Strict):
     bind_addr: str = "127.0.0.1:8080"
+    #: Share the port with other processes (SO_REUSEPORT). Off: a port in use stops start-up.
+    reuse_port: bool = False
+    connections: ConnectionsConfig = ConnectionsConfig()
+    #: Host names accepted on a loopback bind besides localhost, 127.0.0.1 and [::1].
+    allowed_hosts: Annotated[list[_HostName], Field(max_length=64)] = []
+    #: Browser origins (scheme://host[:port]) allowed besides the server's own.
+    allowed_origins: Annotated[list[_Origin], Field(max_length=64)] = []
     auth_optional: bool = False
     trust_proxy_auth: bool = False
     auth_token_file: str | None = None

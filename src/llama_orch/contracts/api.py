@@ -23,6 +23,11 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: A pool id as the config allows it (64 characters); lists of them name at most 64 pools.
+_PoolRef = Annotated[str, Field(min_length=1, max_length=64)]
+_POOL_LIST_MAX = 64
+
+
 class PlacementOverrides(_Wire):
     """Client placement hints (ORCH-3903); honoured only when the server allows overrides.
 
@@ -32,11 +37,12 @@ class PlacementOverrides(_Wire):
     """
 
     mode: PlacementMode = PlacementMode.AUTO
-    pin_pool_id: Annotated[str, Field(min_length=1)] | None = None
-    prefer_pools: list[Annotated[str, Field(min_length=1)]] | None = None
-    avoid_pools: list[Annotated[str, Field(min_length=1)]] | None = None
+    pin_pool_id: _PoolRef | None = None
+    prefer_pools: Annotated[list[_PoolRef], Field(max_length=_POOL_LIST_MAX)] | None = None
+    avoid_pools: Annotated[list[_PoolRef], Field(max_length=_POOL_LIST_MAX)] | None = None
     require_device_mask: (
-        Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None
+        Annotated[list[Annotated[int, Field(ge=0, le=1023)]], Field(min_length=1, max_length=64)]
+        | None
     ) = None
     allow_fallback: bool = True
 
@@ -60,7 +66,10 @@ class Sampling(_Wire):
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
     repeat_penalty: Annotated[float, Field(gt=0)] | None = None
-    stop: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16)] | None = None
+    stop: (
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(max_length=16)]
+        | None
+    ) = None
 
 
 class TaskRequest(_Wire):
@@ -76,9 +85,9 @@ class TaskRequest(_Wire):
     deadline_ms: Int64
     seed: Int64 | None = None
     determinism: DeterminismLevel | None = None
-    sampler_profile_version: str | None = None
+    sampler_profile_version: Annotated[str, Field(max_length=256)] | None = None
     prompt: str | None = None
-    inputs: list[str] | None = None
+    inputs: Annotated[list[str], Field(max_length=4096)] | None = None
     expected_tokens: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
     kv_hint: KVHint | None = None
     placement: PlacementOverrides | None = None

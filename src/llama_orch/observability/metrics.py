@@ -141,6 +141,26 @@ class Metrics:
             "1 when gpu_utilization and vram_used_bytes come from a simulated GPU inventory",
             registry=r,
         )
+        self.server_connections_open = Gauge(
+            "server_connections_open",
+            "Client connections the HTTP server holds, as last counted",
+            registry=r,
+        )
+        self.server_connections_max = Gauge(
+            "server_connections_max",
+            "Client connections served at once; beyond it they wait in the listen backlog",
+            registry=r,
+        )
+        self.server_connection_cap_reached_total = Counter(
+            "server_connection_cap_reached_total",
+            "Times the open client connections reached server_connections_max",
+            registry=r,
+        )
+        self.server_connections_closed_silent_total = Counter(
+            "server_connections_closed_silent_total",
+            "Client connections closed for sending no byte within the first-byte timeout",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

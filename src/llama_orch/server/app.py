@@ -21,6 +21,7 @@ from llama_orch.pool.gpu_sampler import GpuSampler
 from llama_orch.server import control_plane, data_plane
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.errors import error_response, handle_orch_error
+from llama_orch.server.guards import RequestGuards
 from llama_orch.server.middleware import AuthMiddleware, CorrelationMiddleware
 
 
@@ -66,15 +67,27 @@ def create_app(
             await deps.dispatcher.stop()
             await deps.pools.stop()
 
+    routes = [*data_plane.routes, *control_plane.routes]
+    server = deps.settings.config.server
     app = Starlette(
-        routes=[*data_plane.routes, *control_plane.routes],
+        routes=routes,
         middleware=[
             Middleware(CorrelationMiddleware, redactor=redactor_of(deps.settings)),
+            Middleware(
+                RequestGuards,
+                loopback_bind=deps.settings.loopback_bind,
+                allowed_hosts=server.allowed_hosts,
+                allowed_origins=server.allowed_origins,
+                body_timeout_s=server.connections.body_timeout_ms / 1000,
+                routes=routes,
+            ),
             Middleware(AuthMiddleware, policy=auth_policy_of(deps.settings)),
             *(extra_middleware or []),
         ],
         exception_handlers={OrchError: handle_orch_error, HTTPException: _http_exception},
         lifespan=lifespan,
     )
+    # RequestGuards redirects trailing slashes itself, without repeating the Host header.
+    app.router.redirect_slashes = False
     app.state.deps = deps
     return app

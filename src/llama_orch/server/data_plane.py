@@ -15,6 +15,7 @@ from llama_orch.contracts.api import AdmissionResponse, SessionInfo, StreamOptio
 from llama_orch.dispatch.tasks import Task, TaskState
 from llama_orch.errors import Conflict, InvalidParams, NotFound
 from llama_orch.observability.narration import narrate
+from llama_orch.server.body import drain_body, json_body_limit, read_body
 from llama_orch.server.deps import AppDeps, deps_of
 from llama_orch.server.emitter import Emitter, EmitterSettings
 from llama_orch.server.middleware import correlation_id_of
@@ -50,19 +51,17 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 async def _read_task_request(request: Request, deps: AppDeps) -> TaskRequest:
-    limit = deps.config.server.max_prompt_bytes * 2 + 65_536
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise InvalidParams(
-                f"request body exceeds {limit} bytes; prompts are limited to "
-                f"{deps.config.server.max_prompt_bytes} bytes"
-            )
+    # The prompt's own limit applies to it decoded, in admission; the body may carry it escaped.
+    prompt_limit = deps.config.server.max_prompt_bytes
+    body = await read_body(
+        request,
+        json_body_limit(prompt_limit),
+        why=f"; prompts are limited to {prompt_limit} bytes",
+    )
     if not body:
         raise InvalidParams("request body is empty; send a JSON TaskRequest")
     try:
-        return TaskRequest.model_validate_json(bytes(body), strict=True)
+        return TaskRequest.model_validate_json(body, strict=True)
     except ValidationError as exc:
         raise InvalidParams(f"invalid TaskRequest: {_validation_message(exc)}") from None
 
@@ -213,15 +212,9 @@ _CANCEL_BODY_LIMIT = 65_536
 async def cancel_task(request: Request) -> Response:
     deps = deps_of(request)
     task = _task(request, deps)
+    # The body first: a request that fails there is answered 400 and cancels nothing.
+    await drain_body(request, _CANCEL_BODY_LIMIT)
     deps.dispatcher.cancel(task.id, reason="client")
-    # Read the request to its end before answering: an HTTP/2 server that answers first resets
-    # the client's half-open stream, which clients (httpx among them) report as an error for a
-    # cancel that was in fact served.
-    seen = 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > _CANCEL_BODY_LIMIT:
-            break
     return Response(status_code=204)
 
 

@@ -41,6 +41,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def _header_list(scope: Scope, name: bytes) -> str | None:
+    """Every line of a list-valued header, in order, joined as one (RFC 9110 §5.3)."""
+    lines = [value.decode("latin-1") for key, value in scope["headers"] if key == name]
+    return ", ".join(lines) if lines else None
+
+
 class _RedactingSend:
     """Redacts JSON bodies (buffered; they are small) and SSE ``error`` frames on the way out.
 
@@ -169,7 +175,8 @@ class AuthMiddleware:
             identity = self.policy.authenticate(
                 peer=client[0] if client else None,
                 authorization=_header(scope, b"authorization"),
-                forwarded_for=_header(scope, b"x-forwarded-for"),
+                # A proxy appends its own line after any the client sent: all lines count.
+                forwarded_for=_header_list(scope, b"x-forwarded-for"),
                 path=scope["path"],
             )
         except AuthError as exc:

@@ -53,6 +53,13 @@ class Outcome(enum.Enum):
     ABORTED = "aborted"
 
 
+def _asks_to_close(scope: Scope) -> bool:
+    return any(
+        key == b"connection" and b"close" in (token.strip() for token in value.lower().split(b","))
+        for key, value in scope.get("headers", ())
+    )
+
+
 class SseResponse:
     """ASGI response streaming ``chunks``; ``on_end`` learns how the response ended."""
 
@@ -76,8 +83,9 @@ class SseResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = list(self._headers)
-        if scope.get("http_version") == "1.1":
-            # Connection-specific headers are forbidden on HTTP/2 (RFC 9113 §8.2.2).
+        if scope.get("http_version") == "1.1" and not _asks_to_close(scope):
+            # Connection-specific headers are forbidden on HTTP/2 (RFC 9113 §8.2.2); a request
+            # that asked to close gets the server's own "connection: close" alone.
             headers.append((b"connection", b"keep-alive"))
         loop = asyncio.get_running_loop()
         writer = asyncio.create_task(self._write(send, headers))

@@ -85,10 +85,10 @@ class TestBatches:
         assert list("abcdef") == texts
 
     async def test_the_lease_ends_with_the_stream(self) -> None:
-        """A stream holds its shard while open, and gives it back when closed early."""
+        """A stream counts as in flight while open, and stops counting when closed early."""
         adapter = llamacpp(READS)
         stream = adapter.submit_batches(request())
         await anext(stream)  # type: ignore[call-overload]
-        assert [1] == adapter.upstream.in_flight
+        assert 1 == adapter.upstream.in_flight
         await stream.aclose()  # type: ignore[attr-defined]
-        assert [0] == adapter.upstream.in_flight
+        assert 0 == adapter.upstream.in_flight

@@ -14,9 +14,7 @@ import pytest
 from llama_orch.adapters._base import HttpAdapter
 from llama_orch.adapters._http import (
     KEEPALIVE_EXPIRY_S,
-    SHARD_CONNECTIONS,
     RetryPolicy,
-    UpstreamClients,
     build_client,
     build_upstream,
     error_for_status,
@@ -164,22 +162,15 @@ def pool_limits(client: httpx.AsyncClient) -> tuple[int, int, float | None]:
 
 
 class TestUpstreamClients:
-    async def test_connections_are_split_into_small_pools(self) -> None:
-        """Through httpx (an upstream that may negotiate HTTP/2), max_connections is kept in
-        total, over pools of at most SHARD_CONNECTIONS each."""
+    async def test_https_upstreams_stream_through_one_httpx_pool(self) -> None:
+        """Through httpx (an upstream that may negotiate HTTP/2), one pool of max_connections
+        keep-alive connections, verifying TLS."""
         upstream = build_upstream(HttpConfig(), base_url="https://engine", max_connections=1108)
         assert "httpx" == upstream.streams_via
-        sizes = [pool_limits(c)[0] for c in upstream.clients]
-        assert 1108 == sum(sizes)
-        assert max(sizes) <= SHARD_CONNECTIONS
-        assert max(sizes) - min(sizes) <= 1
-        # Every shard keeps all its connections alive, to the one upstream.
-        assert all(pool_limits(c)[1] == pool_limits(c)[0] for c in upstream.clients)
-        assert {"https://engine"} == {str(c.base_url) for c in upstream.clients}
-        # One TLS context, verifying, for all of them.
-        contexts = {id(c._transport._pool._ssl_context) for c in upstream.clients}  # type: ignore[attr-defined]
-        assert 1 == len(contexts)
-        context = upstream.clients[0]._transport._pool._ssl_context  # type: ignore[attr-defined]
+        streams = upstream._streams  # type: ignore[attr-defined]
+        assert (1108, 1108) == pool_limits(streams)[:2]
+        assert "https://engine" == str(streams.base_url)
+        context = streams._transport._pool._ssl_context
         assert context.verify_mode == ssl.CERT_REQUIRED
         await upstream.aclose()
 
@@ -198,7 +189,12 @@ class TestUpstreamClients:
             connector.limit_per_host,
             connector._keepalive_timeout,  # type: ignore[attr-defined]
         )
-        assert (7.0, 0.9) == (session.timeout.sock_read, session.timeout.connect)
+        # Waiting for a pooled connection is not connecting: only the handshake is timed.
+        assert (7.0, 0.9, None) == (
+            session.timeout.sock_read,
+            session.timeout.sock_connect,
+            session.timeout.connect,
+        )
         assert connector._ssl.verify_mode == ssl.CERT_REQUIRED  # type: ignore[attr-defined]
         assert 4 == pool_limits(upstream.probe)[0]
         await upstream.aclose()
@@ -207,34 +203,9 @@ class TestUpstreamClients:
     async def test_keep_alive_expires_before_engine_idle_timeouts(self) -> None:
         """Idle connections go before the 5 s idle timeout engine HTTP servers use."""
         upstream = build_upstream(HttpConfig(), base_url="https://engine", max_connections=8)
-        assert all(pool_limits(c)[2] == KEEPALIVE_EXPIRY_S for c in upstream.clients)
+        streams = upstream._streams  # type: ignore[attr-defined]
+        assert KEEPALIVE_EXPIRY_S == pool_limits(streams)[2]
         assert KEEPALIVE_EXPIRY_S < 5.0
-        await upstream.aclose()
-
-    async def test_a_stream_takes_the_least_busy_shard(self) -> None:
-        """Concurrent httpx streams spread over the shards; one at a time reuses the first."""
-        used: list[str] = []
-
-        def handler(request: httpx.Request) -> httpx.Response:
-            used.append(request.url.host)
-            return httpx.Response(200, content=b"data: {}\n\n")
-
-        clients = [
-            httpx.AsyncClient(base_url=f"http://shard{i}", transport=httpx.MockTransport(handler))
-            for i in range(3)
-        ]
-        upstream = UpstreamClients(clients)
-        first = await upstream.open_stream("/x", b"{}", {})
-        await first.close()
-        again = await upstream.open_stream("/x", b"{}", {})
-        second = await upstream.open_stream("/x", b"{}", {})
-        third = await upstream.open_stream("/x", b"{}", {})
-        assert [1, 1, 1] == upstream.in_flight
-        for response in (again, second, third):
-            await response.close()
-        assert [0, 0, 0] == upstream.in_flight
-        # Sequential streams share one keep-alive pool; concurrent ones spread.
-        assert ["shard0", "shard0", "shard1", "shard2"] == used
         await upstream.aclose()
 
     async def test_probes_are_not_queued_behind_streams(self) -> None:
@@ -264,7 +235,7 @@ class TestUpstreamClients:
                     task.cancel()
                 await asyncio.gather(*holders, return_exceptions=True)
         assert (True, True) == (health.live, health.ready)
-        assert adapter.upstream.probe not in adapter.upstream.clients
+        assert adapter.upstream.probe is not adapter.upstream._streams  # type: ignore[attr-defined]
 
 
 TRANSPORT_ERRORS: list[tuple[Exception, type[WorkerError]]] = [

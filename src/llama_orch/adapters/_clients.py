@@ -1,0 +1,364 @@
+"""Connections to one upstream engine: the probes' httpx pool and the token streams' client.
+
+- ``build_client``: one pooled ``httpx.AsyncClient`` (keep-alive, HTTP/2 where the upstream offers
+  it via ALPN, TLS verification on, proxies only when configured).
+- ``build_upstream``: one upstream as ``UpstreamClients``: the probes' httpx pool, and for token
+  streams either one ``aiohttp`` session (HTTP/1.1 upstreams) or one ``build_client`` pool
+  (upstreams that may negotiate HTTP/2, and tests that inject an httpx transport).
+
+Opening a stream tells "the engine is unreachable" (connection refused: fails at once) from
+"connecting took longer than ``connect_timeout_ms``" (often this process being too busy to see
+the connection complete, or the engine's listen backlog overflowing under a burst). The request
+was not sent in the second case, so it is tried again, with jittered backoff, until the
+caller's deadline. At most ``CONNECTS_AT_ONCE`` connections to one upstream are being
+established at any time; the others wait their turn, unhurried, instead of flooding the
+engine's backlog; established connections are kept alive and reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import httpx
+
+from llama_orch.config import HttpConfig
+
+#: Idle keep-alive connections are dropped after this long: shorter than the 5 s idle timeout
+#: common to engine HTTP servers (llama-server, uvicorn), so a request never goes out on a
+#: connection the engine has already closed (which would end the task with WORKER_RESET).
+KEEPALIVE_EXPIRY_S = 4.0
+#: Connections of the probes' own pool: the probe loop sends a few GETs per replica at a time.
+PROBE_CONNECTIONS = 4
+#: Connections to one upstream being established at once (TCP and TLS handshakes).
+CONNECTS_AT_ONCE = 16
+#: Backoff between attempts to connect after a connect timeout: full jitter, doubling.
+CONNECT_RETRY_FIRST_S = 0.05
+CONNECT_RETRY_MAX_S = 1.0
+
+
+def build_client(
+    http: HttpConfig,
+    *,
+    base_url: str,
+    headers: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    max_connections: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> httpx.AsyncClient:
+    """One pooled client for one upstream; ``transport`` lets tests pass ``MockTransport``.
+
+    ``max_connections`` overrides ``http.max_connections`` (unset there too: 64); ``ssl_context``
+    (built from ``http.verify_tls``) lets several clients share one CA store."""
+    connections = max_connections or http.max_connections or 64
+    timeout = httpx.Timeout(
+        connect=http.connect_timeout_ms / 1000,
+        read=http.read_timeout_ms / 1000,
+        write=http.read_timeout_ms / 1000,
+        pool=http.connect_timeout_ms / 1000,
+    )
+    limits = httpx.Limits(
+        max_connections=connections,
+        max_keepalive_connections=connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
+    )
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers=dict(headers or {}),
+        timeout=timeout,
+        limits=limits,
+        http2=http.http2,
+        verify=ssl_context or http.verify_tls,
+        # Environment proxies (HTTP_PROXY, ...) would silently reroute engine traffic (D-HTTP-03).
+        trust_env=False,
+        proxy=http.proxy,
+        follow_redirects=False,
+        transport=transport,
+    )
+
+
+#: A connect attempt that timed out: nothing was sent, so trying again is safe.
+CONNECT_TIMEOUTS: tuple[type[BaseException], ...] = (
+    httpx.ConnectTimeout,
+    aiohttp.ConnectionTimeoutError,
+)
+
+
+class UpstreamClients:
+    """One upstream's keep-alive connections: the token streams' and the probes'.
+
+    Token streams (``open_stream``) go through one aiohttp session when ``sessions`` is given,
+    else through the httpx client ``streams``. ``sessions`` is a factory, called once inside
+    the running loop; aiohttp hands over every buffered byte per read, where h11 yields one
+    event per HTTP chunk, and engines write one chunk per token. With it, the probe client
+    carries the base URL.
+
+    Probes (health, props, version, metrics) go through ``probe``, a pool of their own: a
+    replica streaming at its connection limit, or one whose canceled streams are still closing,
+    must still answer its readiness probe instead of queueing it behind token traffic (and
+    turning Unready because it is busy).
+    """
+
+    __slots__ = (
+        "_probe",
+        "_session",
+        "_session_factory",
+        "_streams",
+        "_urls",
+        "connect_retries",
+        "in_flight",
+    )
+
+    def __init__(
+        self,
+        streams: httpx.AsyncClient | None,
+        probe: httpx.AsyncClient | None = None,
+        *,
+        sessions: Callable[[], aiohttp.ClientSession] | None = None,
+    ) -> None:
+        if streams is None and (sessions is None or probe is None):
+            raise ValueError("UpstreamClients needs an httpx client, or a session and a probe")
+        self._streams = streams
+        self._probe = probe
+        self._session_factory = sessions
+        self._session: aiohttp.ClientSession | None = None
+        #: path -> the absolute URL aiohttp is given (joined as httpx joins it).
+        self._urls: dict[str, str] = {}
+        #: Streams open now (from the request until the response is closed).
+        self.in_flight = 0
+        #: Attempts to connect made again after a connect timeout, since start.
+        self.connect_retries = 0
+
+    @property
+    def streams_via(self) -> str:
+        """Which client carries token streams: ``aiohttp`` or ``httpx``."""
+        return "httpx" if self._session_factory is None else "aiohttp"
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The token streams' aiohttp session (created on first use), or None for httpx."""
+        if self._session is None and self._session_factory is not None:
+            self._session = self._session_factory()
+        return self._session
+
+    async def open_stream(
+        self,
+        path: str,
+        content: bytes,
+        headers: Mapping[str, str],
+        *,
+        deadline: float | None = None,
+    ) -> UpstreamResponse:
+        """POST ``content`` and return once the response headers arrived.
+
+        A connect timeout is tried again until ``deadline`` (event-loop time; None: once more
+        at most), then re-raised; a refused connection or any other failure is raised at once.
+        The caller must ``close()`` the response; a body not read to its end closes the
+        connection (which is how engines learn of a cancel), a finished one goes back to the pool.
+        """
+        loop = asyncio.get_running_loop()
+        backoff = CONNECT_RETRY_FIRST_S
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return await self._open_once(path, content, headers)
+            except CONNECT_TIMEOUTS:
+                wait = random.uniform(0, backoff)
+                out_of_time = attempts >= 2 if deadline is None else loop.time() + wait >= deadline
+                if out_of_time:
+                    raise
+            self.connect_retries += 1
+            await asyncio.sleep(wait)
+            backoff = min(backoff * 2, CONNECT_RETRY_MAX_S)
+
+    async def _open_once(
+        self, path: str, content: bytes, headers: Mapping[str, str]
+    ) -> UpstreamResponse:
+        session = self.session
+        self.in_flight += 1
+        try:
+            if session is not None:
+                url = self._urls.get(path) or self._url_for(path)
+                answer = await session.post(
+                    url, data=content, headers=headers, allow_redirects=False
+                )
+                return UpstreamResponse(
+                    answer.status,
+                    answer.headers,
+                    answer.content.iter_any(),
+                    answer.read,
+                    self._closing(_closer(answer)),
+                )
+            assert self._streams is not None
+            request = self._streams.build_request("POST", path, content=content, headers=headers)
+            response = await self._streams.send(request, stream=True)
+        except BaseException:
+            self.in_flight -= 1
+            raise
+        return UpstreamResponse(
+            response.status_code,
+            response.headers,
+            response.aiter_bytes(),
+            response.aread,
+            self._closing(response.aclose),
+        )
+
+    def _closing(self, close: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        async def closed() -> None:
+            try:
+                await close()
+            finally:
+                self.in_flight -= 1
+
+        return closed
+
+    @property
+    def probe(self) -> httpx.AsyncClient:
+        """The probes' own pool (the stream client when none was built, as in unit tests)."""
+        if self._probe is not None:
+            return self._probe
+        assert self._streams is not None
+        return self._streams
+
+    @property
+    def base_url(self) -> httpx.URL:
+        return self.probe.base_url
+
+    def _url_for(self, path: str) -> str:
+        base = self.base_url
+        url = base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode("ascii"))
+        # Credentials in the endpoint travel as the session's Authorization header instead.
+        self._urls[path] = str(url.copy_with(username=None, password=None))
+        return self._urls[path]
+
+    async def aclose(self) -> None:
+        if self._streams is not None:
+            await self._streams.aclose()
+        if self._probe is not None:
+            await self._probe.aclose()
+        if self._session is not None:
+            await self._session.close()
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    """One streaming upstream response, whichever client fetched it."""
+
+    status: int
+    #: Case-insensitive, as both clients provide.
+    headers: Mapping[str, str]
+    chunks: AsyncIterator[bytes]
+    read: Callable[[], Awaitable[bytes]]
+    close: Callable[[], Awaitable[None]]
+
+
+def _closer(answer: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        if answer.content.is_eof():
+            answer.release()  # read to the end: the connection is reused
+        else:
+            answer.close()  # mid-stream: closing the connection is the engine's cancel signal
+
+    return close
+
+
+class _PacedConnector(aiohttp.TCPConnector):
+    """A connector that establishes at most ``connects_at_once`` connections at a time.
+
+    The wait for a turn is outside ``sock_connect``: only the handshake itself is timed.
+    """
+
+    def __init__(self, *, connects_at_once: int, **options: Any) -> None:
+        super().__init__(**options)
+        self._connecting = asyncio.Semaphore(connects_at_once)
+
+    async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._connecting:
+            return await super()._create_connection(*args, **kwargs)
+
+
+def build_session(
+    http: HttpConfig,
+    *,
+    max_connections: int,
+    headers: Mapping[str, str] | None,
+    ssl_context: ssl.SSLContext,
+) -> aiohttp.ClientSession:
+    """The aiohttp session for one upstream's token streams, with the same limits as
+    ``build_client``; call it inside the running loop."""
+    connector = _PacedConnector(
+        connects_at_once=CONNECTS_AT_ONCE,
+        limit=max_connections,
+        limit_per_host=0,
+        keepalive_timeout=KEEPALIVE_EXPIRY_S,
+        ssl=ssl_context,
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        # Waiting for a free pooled connection, or a turn to connect, is not connecting: the
+        # caller's first-byte deadline bounds it. Only the handshake has connect_timeout_ms.
+        connect=None,
+        sock_connect=http.connect_timeout_ms / 1000,
+        # Silence between two reads, mid-stream included (httpx's read timeout).
+        sock_read=http.read_timeout_ms / 1000,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        headers=dict(headers or {}),
+        # As httpx here: no environment proxies, only a configured one.
+        trust_env=False,
+        proxy=http.proxy,
+        auto_decompress=True,
+    )
+
+
+def build_upstream(
+    http: HttpConfig,
+    *,
+    base_url: str,
+    max_connections: int,
+    headers: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> UpstreamClients:
+    """``max_connections`` keep-alive connections for one upstream's streams, and the probes'."""
+    # One TLS context (loading the CA store costs ~10 ms and ~1 MB) serves every client.
+    context = httpx.create_ssl_context(verify=http.verify_tls, trust_env=False)
+
+    def client(size: int) -> httpx.AsyncClient:
+        return build_client(
+            http,
+            base_url=base_url,
+            headers=headers,
+            transport=transport,
+            max_connections=size,
+            ssl_context=context,
+        )
+
+    probe = client(PROBE_CONNECTIONS)
+    # An injected transport is httpx's (tests); an https upstream may negotiate HTTP/2 through
+    # httpx when it is enabled. Every other upstream streams over HTTP/1.1 through aiohttp.
+    may_h2 = http.http2 and base_url.startswith("https:")
+    if transport is not None or may_h2:
+        return UpstreamClients(client(max_connections), probe=probe)
+
+    stream_headers = dict(headers or {})
+    endpoint = httpx.URL(base_url)
+    if endpoint.username or endpoint.password:
+        # As httpx does for the probes: endpoint credentials are Basic auth, over any API key.
+        stream_headers["authorization"] = aiohttp.encode_basic_auth(
+            endpoint.username, endpoint.password
+        )
+
+    def sessions() -> aiohttp.ClientSession:
+        return build_session(
+            http, max_connections=max_connections, headers=stream_headers, ssl_context=context
+        )
+
+    return UpstreamClients(None, probe=probe, sessions=sessions)

@@ -1,0 +1,113 @@
+"""Engine HTTP failures as the ``WorkerError`` tree, and URLs safe to put in messages.
+
+Messages built here never contain headers, and URLs pass through the redactor first (D-HTTP-03).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+import aiohttp
+import httpx
+
+from llama_orch.errors import (
+    DecodeTimeout,
+    WorkerError,
+    WorkerInternal,
+    WorkerInvalidParams,
+    WorkerReset,
+    WorkerUnavailable,
+)
+from llama_orch.observability.redaction import Redactor
+
+
+def redact_url(url: str | httpx.URL, redactor: Redactor) -> str:
+    """A URL safe for logs and error messages: no userinfo, no secret-looking query values."""
+    parsed = httpx.URL(str(url))
+    if parsed.userinfo:
+        parsed = parsed.copy_with(username=None, password=None)
+    return redactor.text(str(parsed))
+
+
+@contextlib.contextmanager
+def map_transport_errors(
+    engine: str, where: str, redactor: Redactor, *, pool_id: str | None = None
+) -> Iterator[None]:
+    """Translate httpx and timeout errors into the ``WorkerError`` tree; ``where`` names the call
+    (already redacted: engine and path, never headers)."""
+    try:
+        yield
+    except WorkerError:
+        raise
+    except (httpx.ConnectTimeout, httpx.PoolTimeout, aiohttp.ConnectionTimeoutError) as exc:
+        raise WorkerUnavailable(
+            f"{engine}: {where}: connecting timed out", engine=engine, pool_id=pool_id
+        ) from exc
+    except (httpx.ConnectError, aiohttp.ClientConnectorError) as exc:
+        raise WorkerUnavailable(
+            f"{engine}: {where}: cannot connect ({redactor.text(str(exc)) or 'refused'})",
+            engine=engine,
+            pool_id=pool_id,
+        ) from exc
+    except (httpx.ReadTimeout, httpx.WriteTimeout, TimeoutError) as exc:
+        raise DecodeTimeout(
+            f"{engine}: {where}: the engine went silent past the read timeout",
+            engine=engine,
+            pool_id=pool_id,
+        ) from exc
+    except (
+        httpx.RemoteProtocolError,
+        httpx.ReadError,
+        httpx.WriteError,
+        httpx.CloseError,
+        aiohttp.ServerDisconnectedError,
+        aiohttp.ClientPayloadError,
+        aiohttp.ClientOSError,
+        aiohttp.ClientConnectionResetError,
+    ) as exc:
+        raise WorkerReset(
+            f"{engine}: {where}: the connection broke ({type(exc).__name__})",
+            engine=engine,
+            pool_id=pool_id,
+        ) from exc
+    except (httpx.HTTPError, aiohttp.ClientError) as exc:
+        raise WorkerInternal(
+            f"{engine}: {where}: {type(exc).__name__}: {redactor.text(str(exc))}",
+            engine=engine,
+            pool_id=pool_id,
+        ) from exc
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    *,
+    engine: str,
+    pool_id: str | None = None,
+    retry_after_ms: int | None = None,
+) -> WorkerError:
+    """What an upstream HTTP error status means for the task (docs/adapters.md has the table)."""
+    if status in (400, 413, 422):
+        return WorkerInvalidParams(message, engine=engine, pool_id=pool_id)
+    if status in (401, 403):
+        return WorkerUnavailable(
+            message + " (check the pool's api_key_env)",
+            engine=engine,
+            pool_id=pool_id,
+            retriable=False,
+        )
+    if status == 404:
+        return WorkerUnavailable(message, engine=engine, pool_id=pool_id, retriable=False)
+    if status in (429, 502, 503, 504) or status == 424:
+        return WorkerUnavailable(
+            message, engine=engine, pool_id=pool_id, retry_after_ms=retry_after_ms
+        )
+    return WorkerInternal(message, engine=engine, pool_id=pool_id)
+
+
+def retry_after_ms(headers: Mapping[str, str]) -> int | None:
+    raw = headers.get("retry-after")
+    if raw is None or not raw.strip().isdigit():
+        return None
+    return int(raw.strip()) * 1000

@@ -1,0 +1,57 @@
+"""Reading a request body: bounded, and a client that stops mid-body is a client mistake.
+
+A client that closes its connection before the body's end, or sends a malformed chunk size,
+ends the body early; the server answers 400 INVALID_PARAMS (which reaches a client that still
+reads), and the request is logged once, at info, like any other answer.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import ClientDisconnect, Request
+
+from llama_orch.errors import InvalidParams
+
+#: How much a JSON encoder can grow text: a control character escaped as ``\u001f`` is six
+#: bytes for one; an emoji escaped as a surrogate pair is twelve for four.
+JSON_ESCAPE_FACTOR = 6
+#: Room for the fields around the prompt.
+JSON_OVERHEAD_BYTES = 65_536
+
+
+def json_body_limit(max_text_bytes: int) -> int:
+    """Bytes of a JSON body whose text fields, decoded, may hold ``max_text_bytes``."""
+    return max_text_bytes * JSON_ESCAPE_FACTOR + JSON_OVERHEAD_BYTES
+
+
+_ENDED_EARLY = "the request body ended early: the connection closed or a chunk was malformed"
+
+
+async def read_body(request: Request, limit: int, *, why: str = "") -> bytes:
+    """The whole body; raises InvalidParams past ``limit`` bytes (saying ``why``), or when it
+    ends early."""
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise InvalidParams(f"request body exceeds {limit} bytes{why}")
+    except ClientDisconnect:
+        raise InvalidParams(_ENDED_EARLY) from None
+    return bytes(body)
+
+
+async def drain_body(request: Request, limit: int) -> None:
+    """Read and drop a body the endpoint ignores, stopping after ``limit`` bytes.
+
+    Read to its end before answering: an HTTP/2 server that answers first resets the client's
+    half-open stream, which clients (httpx among them) report as an error for a request that
+    was in fact served.
+    """
+    seen = 0
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                return
+    except ClientDisconnect:
+        raise InvalidParams(_ENDED_EARLY) from None

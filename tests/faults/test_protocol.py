@@ -1,0 +1,60 @@
+"""Protocol details a careful client notices: headers of SSE answers, unbounded lists,
+half-closed connections."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.faults._raw import connect, read_until_closed, serve_config, status_of
+from tests.support.serve_process import ServeProcess, serve_process
+from tests.support.server import task_body
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    with serve_process(serve_config(), tmp_path_factory.mktemp("protocol")) as served:
+        yield served
+
+
+def _head(response: bytes) -> list[tuple[str, str]]:
+    head = response.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+    return [
+        (name.strip().lower(), value.strip()) for name, _, value in (h.partition(":") for h in head)
+    ]
+
+
+def test_an_sse_answer_to_connection_close_says_close_only(server: ServeProcess) -> None:
+    body = task_body(max_tokens=3)
+    assert 202 == httpx.post(f"{server.url}/v1/tasks", json=body, timeout=30).status_code
+    with connect(server.url) as sock:
+        sock.sendall(
+            f"GET /v1/tasks/{body['task_id']}/stream HTTP/1.1\r\nHost: localhost\r\n".encode()
+            + b"Connection: close\r\n\r\n"
+        )
+        response = read_until_closed(sock)
+    assert 200 == status_of(response)
+    assert [("connection", "close")] == [h for h in _head(response) if h[0] == "connection"]
+    assert b"event: end" in response
+
+
+@pytest.mark.parametrize("field", ["prefer_pools", "avoid_pools"])
+def test_placement_pool_lists_are_bounded(server: ServeProcess, field: str) -> None:
+    placement = {"mode": "prefer" if field == "prefer_pools" else "auto", field: ["p0"] * 65}
+    response = httpx.post(f"{server.url}/v1/tasks", json=task_body(placement=placement), timeout=30)
+    assert (400, "INVALID_PARAMS") == (response.status_code, response.json()["code"])
+    assert field in response.json()["message"]
+
+
+def test_a_half_closed_client_does_not_disturb_the_server(server: ServeProcess) -> None:
+    """A client that shuts its sending side after a full request may get no answer (hyper ends
+    the connection at end of input; docs/security.md); the server serves the next one."""
+    with connect(server.url) as sock:
+        sock.sendall(b"GET /v1/capabilities HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        response = read_until_closed(sock)
+    assert response == b"" or status_of(response) == 200
+    assert 200 == httpx.get(f"{server.url}/v1/capabilities", timeout=30).status_code
