@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from llama_orch.server.frontdoor import openai_api
+from llama_orch.server.frontdoor import ollama_api, openai_api
 
-routes: list[BaseRoute] = [*openai_api.routes]
+routes: list[BaseRoute] = [*openai_api.routes, *ollama_api.routes]
 
 __all__ = ["routes"]
