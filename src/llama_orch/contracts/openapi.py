@@ -151,6 +151,22 @@ def data_plane() -> dict[str, Any]:
                     },
                 },
                 "responses": {
+                    "200": {
+                        "description": "With Accept: text/event-stream, the task's SSE stream in "
+                        "the same response; started carries the 202 fields",
+                        "headers": {
+                            **_CID_HEADER,
+                            "X-Task-Id": {"schema": {"type": "string", "format": "uuid"}},
+                            "X-Queue-Position": {"schema": {"type": "integer"}},
+                            "X-Predicted-Start-Ms": {"schema": {"type": "integer"}},
+                        },
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {"type": "string"},
+                                "example": _SSE_EXAMPLE,
+                            }
+                        },
+                    },
                     "202": {
                         **_json(
                             "AdmissionResponse",
