@@ -257,6 +257,8 @@ class TestFakeEngines:
             prompt = "\n".join(m["content"] for m in MESSAGES)
             assert MESSAGES == body["messages"]
         assert "".join(generate(prompt, 5, 10).tokens) == reply.choices[0].message.content
+        assert reply.usage is not None
+        assert 10 == reply.usage.completion_tokens
 
     async def test_client_disconnect_stops_the_engine(self, kind: str) -> None:
         """Closing a stream mid-way cancels the task and the fake engine sees its request close."""
@@ -280,6 +282,24 @@ class TestFakeEngines:
             await wait_until(lambda: fake.requests[-1].done.is_set(), "engine request end")
             record = fake.requests[-1]
         assert (True, False) == (record.closed_early, record.completed)
+
+
+async def test_llamacpp_gets_the_gguf_chat_template() -> None:
+    """A chat for llama.cpp is rendered with the template the engine reports in /props."""
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    async with (
+        start_fake("llamacpp", chat_template=template) as fake,
+        running_server(config_of(engine_pool("llamacpp", fake)), ENV) as srv,
+        sdk(srv) as client,
+    ):
+        await wait_until(lambda: srv.deps.host.pool_capabilities("llamacpp-pool"), "probe")
+        await client.chat.completions.create(
+            model=fake.model,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            max_tokens=3,
+        )
+        prompt = fake.requests[-1].body["prompt"]
+    assert "<system>Be brief.<user>Name a river.<assistant>" == prompt
 
 
 class TestBadInput:

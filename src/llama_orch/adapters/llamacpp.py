@@ -105,6 +105,7 @@ class LlamaCppAdapter(HttpAdapter):
                 "build_info": build,
                 # The GGUF's tokenizer.chat_template: chats are rendered with it for /completion.
                 "chat_template": props.get("chat_template") or None,
+                "eos_token": props.get("eos_token") or None,
             },
         )
 

@@ -37,16 +37,18 @@ class ServedModel:
     slots_total: int
     active: int
     chat_template: str | None
+    eos_token: str = ""
 
 
 def served_models(deps: AppDeps) -> list[ServedModel]:
     models = []
     for pool in deps.pools.pools.values():
-        template = None
+        template, eos = None, ""
         for snapshot in deps.host.pool_capabilities(pool.id).values():
             found = snapshot.props.features.get("chat_template")
             if isinstance(found, str) and found:
                 template = found
+                eos = str(snapshot.props.features.get("eos_token") or "")
                 break
         models.append(
             ServedModel(
@@ -59,6 +61,7 @@ def served_models(deps: AppDeps) -> list[ServedModel]:
                 slots_total=pool.slots_total,
                 active=pool.active_leases,
                 chat_template=template,
+                eos_token=eos,
             )
         )
     return models
@@ -112,7 +115,9 @@ class Ticket:
 
 def prompt_of(submission: Submission) -> str:
     if submission.messages is not None:
-        return render_chat(submission.messages, submission.model.chat_template)
+        # bos_token stays empty: llama-server adds BOS itself when it tokenizes the prompt.
+        model = submission.model
+        return render_chat(submission.messages, model.chat_template, eos_token=model.eos_token)
     return submission.prompt or ""
 
 
