@@ -86,6 +86,8 @@ def _start_orch(engines: dict[str, Proc], workdir: Path) -> Proc:
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
     command = [sys.executable, "-m", "llama_orch", "serve", "--config", str(path)]
+    if os.environ.get("BENCH_PROFILE"):  # a cProfile dump of the server, for finding hot spots
+        command[1:1] = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]]
     log = (workdir / "orch.log").open("wb")
     popen = subprocess.Popen(
         [*command, "--bind", f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT, env=env

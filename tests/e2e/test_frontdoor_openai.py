@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client import Counter
 
 from llama_orch.adapters.mock import mock_tokens
 from llama_orch.contracts.engine import ChatMessage, GenerateRequest
@@ -181,14 +182,13 @@ class TestBackpressure:
         """The SDK's retry loop waits as told and gets through once the queue drains."""
         async with mock_server(**self.pool()) as (srv, client):
             busy = await self.fill(srv, client)
-            rejected = srv.deps.metrics.admission_backpressure_events_total
             reply = await client.with_options(max_retries=10).chat.completions.create(
                 model="m0",
                 messages=MESSAGES,  # type: ignore[arg-type]
                 max_tokens=2,
             )
             await asyncio.gather(*busy)
-            refusals = rejected.labels("mock", "reject")._value.get()
+            refusals = counted(srv.deps.metrics.admission_backpressure_events_total)
         assert reply.choices[0].message.content
         assert refusals >= 1
 
@@ -211,7 +211,33 @@ class TestBackpressure:
         assert positions[1] < positions[2] < positions[3]
 
 
+def counted(counter: Counter, **labels: str) -> float:
+    """A counter's total over the series matching ``labels``."""
+    return sum(
+        sample.value
+        for metric in counter.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+        and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 class TestCancel:
+    async def test_leaving_a_whole_answer_cancels_it(self) -> None:
+        """A client that gives up on a non-streamed answer cancels its task."""
+        async with mock_server(mock={"tokens_per_s": 50.0}) as (srv, client):
+            with pytest.raises(openai.APITimeoutError):
+                await client.with_options(timeout=0.5, max_retries=0).chat.completions.create(
+                    model="m0",
+                    messages=MESSAGES,  # type: ignore[arg-type]
+                    max_tokens=500,
+                )
+            await wait_until(
+                lambda: counted(srv.deps.metrics.tasks_canceled_total, reason="disconnect") == 1,
+                "disconnect cancel",
+            )
+            assert [] == srv.deps.dispatcher.tasks.live_tasks()
+
     async def test_cancel_by_id_ends_the_stream_and_replays(self) -> None:
         """POST /v1/tasks/{id}/cancel stops a front-door stream; the task stream replays it."""
         async with mock_server(mock={"tokens_per_s": 50.0}) as (srv, client):
