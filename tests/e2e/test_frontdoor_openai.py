@@ -58,6 +58,15 @@ class TestModels:
                 await client.models.retrieve("org/nope")
             assert "model_not_found" == caught.value.code
 
+    async def test_a_model_on_two_pools_is_listed_once(self) -> None:
+        """Pools serving the same model make one entry; a pool id names its model."""
+        config = config_of(mock_pool("p0"), mock_pool("p1", devices=[1]))
+        async with running_server(config) as srv, sdk(srv) as client:
+            page = await client.models.list()
+            by_pool = await client.models.retrieve("p1")
+        assert ["m0"] == [m.id for m in page.data]
+        assert "m0" == by_pool.id
+
 
 class TestChatOnMock:
     async def test_non_streaming_text_and_usage(self) -> None:

@@ -34,8 +34,6 @@ class ServedModel:
     ctx: int
     ready: bool
     simulated: bool
-    slots_total: int
-    active: int
     chat_template: str | None
     eos_token: str = ""
 
@@ -58,13 +56,24 @@ def served_models(deps: AppDeps) -> list[ServedModel]:
                 ctx=pool.ctx_max,
                 ready=pool.ready,
                 simulated=pool.simulated,
-                slots_total=pool.slots_total,
-                active=pool.active_leases,
                 chat_template=template,
                 eos_token=eos,
             )
         )
     return models
+
+
+def listed_models(deps: AppDeps) -> list[ServedModel]:
+    """One entry per model name, ready when any pool serving it is (admission picks among
+    them)."""
+    by_name: dict[str, ServedModel] = {}
+    for model in served_models(deps):
+        seen = by_name.get(model.name)
+        if seen is None:
+            by_name[model.name] = model
+        elif model.ready and not seen.ready:
+            by_name[model.name] = dataclasses.replace(seen, ready=True)
+    return list(by_name.values())
 
 
 def find_model(deps: AppDeps, name: str) -> ServedModel | None:

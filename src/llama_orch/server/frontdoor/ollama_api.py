@@ -343,7 +343,7 @@ async def tags(request: Request) -> Response:
             "digest": "",
             "details": _details(m, _quant(deps, m)),
         }
-        for m in _tasks.served_models(deps)
+        for m in _tasks.listed_models(deps)
     ]
     return Response(orjson.dumps({"models": models}), media_type=JSON)
 
@@ -363,7 +363,7 @@ async def ps(request: Request) -> Response:
             "size_vram": 0,
             "context_length": m.ctx,
         }
-        for m in _tasks.served_models(deps)
+        for m in _tasks.listed_models(deps)
         if m.ready
     ]
     return Response(orjson.dumps({"models": models}), media_type=JSON)

@@ -396,7 +396,7 @@ def _model_card(model: _tasks.ServedModel) -> dict[str, Any]:
 
 
 async def list_models(request: Request) -> Response:
-    models = _tasks.served_models(deps_of(request))
+    models = _tasks.listed_models(deps_of(request))
     data = [_model_card(m) for m in models]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
 
