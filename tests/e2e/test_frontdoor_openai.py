@@ -231,6 +231,23 @@ def counted(counter: Counter, **labels: str) -> float:
     )
 
 
+async def test_queued_stream_tells_its_position() -> None:
+    """A streamed request that waits in the queue sends ': queue-position N' comments first."""
+    async with mock_server(mock={"tokens_per_s": 20.0}) as (srv, client):
+        body = {"model": "m0", "messages": MESSAGES, "max_tokens": 10, "stream": True}
+        async with client.chat.completions.with_streaming_response.create(**body) as first:
+            assert "0" == first.headers["x-queue-position"]
+            async with srv.client.stream("POST", "/v1/chat/completions", json=body) as second:
+                lines = []
+                async for line in second.aiter_lines():
+                    lines.append(line)
+                    if line.startswith("data: {") and '"content":"' in line:
+                        break
+    assert "0" == second.headers["x-queue-position"]  # next in line, behind the running one
+    assert int(second.headers["x-predicted-start-ms"]) > 0
+    assert ": queue-position 0" == lines[0]
+
+
 class TestCancel:
     async def test_leaving_a_whole_answer_cancels_it(self) -> None:
         """A client that gives up on a non-streamed answer cancels its task."""

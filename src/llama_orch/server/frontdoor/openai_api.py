@@ -284,8 +284,10 @@ class _Reply:
         }
 
     async def chunks(self, deps: AppDeps) -> AsyncGenerator[bytes, None]:
-        if self.ticket.queue_position > 0:
-            yield b": queue-position %d\n\n" % self.ticket.queue_position
+        ticket = self.ticket
+        if ticket.queue_position > 0 or ticket.predicted_start_ms > 0:
+            # It waits for a slot: say where it stands (clients skip SSE comments).
+            yield b": queue-position %d\n\n" % ticket.queue_position
         if self.call.chat:
             yield (
                 self._head
