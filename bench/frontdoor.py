@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ ENGINES: dict[str, list[str]] = {
 }
 _CONTENT = re.compile(rb'"content":"[^"]')
 _USAGE = re.compile(rb'"completion_tokens":(\d+)')
+_TOKENS_OUT = re.compile(rb'"tokens_out":(\d+)')
 
 
 def _start_fake(name: str, flags: list[str], log: Path) -> Proc:
@@ -126,10 +128,9 @@ def processes(workdir: Path) -> Iterator[dict[str, Proc]]:
 class Variant:
     """One way to the engine: ``direct`` (its own URL) or ``orch`` (llama-orch's)."""
 
-    def __init__(self, name: str, urls: dict[str, str]) -> None:
+    def __init__(self, name: str, urls: dict[str, str], accept: str | None = None) -> None:
         self.name = name
-        self._urls = urls
-        self._http = {engine: LeanHttp1(url) for engine, url in urls.items()}
+        self._http = {engine: LeanHttp1(url, accept=accept) for engine, url in urls.items()}
 
     def _body(self, engine: str, tokens: int, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -170,6 +171,37 @@ class Variant:
     async def aclose(self) -> None:
         for http in self._http.values():
             await http.aclose()
+
+
+class TaskVariant(Variant):
+    """The task API in one hop (``POST /v1/tasks``, ``Accept: text/event-stream``), for
+    telling the front door's own cost from the path every task takes."""
+
+    async def stream(self, engine: str, tokens: int) -> tuple[float, int, float]:
+        body = {
+            "task_id": str(uuid.uuid4()),
+            "session_id": str(uuid.uuid4()),
+            "workload": "completion",
+            "model_ref": engine,
+            "engine": "vllm",
+            "ctx": 4096,
+            "priority": "interactive",
+            "max_tokens": tokens,
+            "deadline_ms": 60_000,
+            "prompt": "bench",
+            "seed": 1,
+        }
+        start = time.perf_counter()
+        first = 0.0
+        tail = b""
+        async with self._http[engine].stream("POST", "/v1/tasks", body) as chunks:
+            async for chunk in chunks:
+                if not first and b"event: token" in chunk:
+                    first = time.perf_counter()
+                tail = (tail + chunk)[-4096:]
+        end = time.perf_counter()
+        found = _TOKENS_OUT.findall(tail)
+        return first - start, int(found[-1]) if found else 0, end - start
 
 
 async def ttft(vs: list[Variant]) -> list[Row]:
@@ -223,10 +255,11 @@ async def paced_c64(vs: list[Variant]) -> list[Row]:
 
 async def non_streaming(vs: list[Variant]) -> list[Row]:
     """Concurrency 1, one JSON answer of 64 tokens from the unpaced engine."""
-    ms: dict[str, list[float]] = {v.name: [] for v in vs}
+    ms: dict[str, list[float]] = {v.name: [] for v in vs if not isinstance(v, TaskVariant)}
     for _ in range(n(200)):
         for v in vs:
-            ms[v.name].append(await v.whole("fast", 64) * 1000)
+            if not isinstance(v, TaskVariant):  # the task API always streams
+                ms[v.name].append(await v.whole("fast", 64) * 1000)
     base = pct(ms["direct"], 0.5)
     return [
         {
@@ -251,7 +284,12 @@ async def run(workdir: Path) -> None:
     with processes(workdir) as procs:
         direct = Variant("direct", {name: procs[name].url for name in ENGINES})
         orch = Variant("orch", {name: procs["orch"].url for name in ENGINES})
-        vs = [direct, orch]
+        tasks = TaskVariant(
+            "tasks-one-hop",
+            {name: procs["orch"].url for name in ENGINES},
+            accept="text/event-stream",
+        )
+        vs = [direct, orch, tasks]
         try:
             for v in vs:  # warm-up: connections, imports, first-call caches
                 for engine in ENGINES:
