@@ -286,7 +286,7 @@ class TestCancel:
         assert frames[-1][1]["canceled"] is True
 
 
-@pytest.mark.parametrize("kind", ["vllm", "openai", "llamacpp"])
+@pytest.mark.parametrize("kind", ["vllm", "openai", "tgi", "llamacpp"])
 class TestFakeEngines:
     async def test_chat_reaches_the_engine(self, kind: str) -> None:
         """Chat-route engines get the messages; llama.cpp gets the templated prompt."""
