@@ -354,6 +354,25 @@ async def test_llamacpp_gets_the_gguf_chat_template() -> None:
     assert "<system>Be brief.<user>Name a river.<assistant>" == prompt
 
 
+async def test_tgi_chat_with_top_k_keeps_the_native_route() -> None:
+    """TGI's chat route takes no top_k: such a chat goes to /generate_stream, templated here."""
+    async with (
+        start_fake("tgi") as fake,
+        running_server(config_of(engine_pool("tgi", fake)), ENV) as srv,
+        sdk(srv) as client,
+    ):
+        await client.chat.completions.create(
+            model=fake.model,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            max_tokens=3,
+            extra_body={"top_k": 5},
+        )
+        record = fake.requests[-1]
+    assert "/generate_stream" == record.path
+    assert chat_prompt(MESSAGES) == record.body["inputs"]
+    assert 5 == record.body["parameters"]["top_k"]
+
+
 class TestBadInput:
     BAD: list[tuple[dict[str, Any], str | None]] = [
         ({"model": "m0", "messages": MESSAGES, "n": 3}, "n"),
