@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import ollama
 import openai
 import pytest
 from prometheus_client import Counter
@@ -66,6 +67,24 @@ class TestModels:
             by_pool = await client.models.retrieve("p1")
         assert ["m0"] == [m.id for m in page.data]
         assert "m0" == by_pool.id
+
+
+async def test_same_bearer_auth() -> None:
+    """The front doors sit behind the server's bearer token, like every other route."""
+    token = "orch-test-token-0123456789abcdef0123"
+    async with running_server(config_of(mock_pool()), {"AUTH_TOKEN": token}) as srv:
+        async with openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="wrong") as bad:
+            with pytest.raises(openai.AuthenticationError):
+                await bad.models.list()
+        async with openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key=token) as good:
+            assert ["m0"] == [m.id for m in (await good.models.list()).data]
+        ollama_client = ollama.AsyncClient(host=srv.url)
+        try:
+            with pytest.raises(ollama.ResponseError) as refused:
+                await ollama_client.list()
+        finally:
+            await ollama_client.close()
+    assert 401 == refused.value.status_code
 
 
 class TestChatOnMock:
