@@ -308,7 +308,8 @@ class TestCancel:
 @pytest.mark.parametrize("kind", ["vllm", "openai", "tgi", "llamacpp"])
 class TestFakeEngines:
     async def test_chat_reaches_the_engine(self, kind: str) -> None:
-        """Chat-route engines get the messages; llama.cpp gets the templated prompt."""
+        """Chat-route engines get the messages, llama.cpp the templated prompt; the text, whole
+        (async client) or streamed (sync client), is the engine's."""
         async with (
             start_fake(kind, **fake_options(kind)) as fake,
             running_server(config_of(engine_pool(kind, fake)), ENV) as srv,
@@ -321,13 +322,28 @@ class TestFakeEngines:
                 seed=5,
             )
             body = fake.requests[-1].body
+
+            def streamed() -> str:
+                with openai.OpenAI(base_url=srv.url + "/v1", api_key="unused") as sync:
+                    chunks = sync.chat.completions.create(
+                        model=fake.model,
+                        messages=MESSAGES,  # type: ignore[arg-type]
+                        max_tokens=10,
+                        seed=5,
+                        stream=True,
+                    )
+                    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+            streamed_text = await asyncio.to_thread(streamed)
         if kind == "llamacpp":
             prompt = chat_prompt(MESSAGES)
             assert prompt == body["prompt"]
         else:
             prompt = "\n".join(m["content"] for m in MESSAGES)
             assert MESSAGES == body["messages"]
-        assert "".join(generate(prompt, 5, 10).tokens) == reply.choices[0].message.content
+        expected = "".join(generate(prompt, 5, 10).tokens)
+        assert expected == reply.choices[0].message.content
+        assert expected == streamed_text
         assert reply.usage is not None
         assert 10 == reply.usage.completion_tokens
 
