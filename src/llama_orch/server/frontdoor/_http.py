@@ -1,12 +1,13 @@
 """What both front doors share on the HTTP side: reading the body, the scheduling headers,
 the response headers of an admitted request, and the two response shapes (streamed, buffered),
-each racing the client's disconnect so a client that goes away cancels its task."""
+each racing the client's disconnect so a client that goes away cancels its task (streamed
+answers are ``SseResponse``s of the answer's media type)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -18,7 +19,6 @@ from llama_orch.errors import InvalidParams, NotFound
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.frontdoor._tasks import Ticket
 from llama_orch.server.middleware import correlation_id_of
-from llama_orch.server.sse import Outcome, SseResponse
 from llama_orch.vocab import Priority
 
 #: Milliseconds a request may wait in the queue before it fails, unless ``X-Deadline-Ms`` says.
@@ -119,22 +119,6 @@ def ticket_headers(ticket: Ticket) -> dict[str, str]:
         "X-Pool-Id": ticket.task.pool_id,
         **ticket.budget_headers,
     }
-
-
-class StreamAnswer(SseResponse):
-    """A streamed answer of any media type, with ``SseResponse``'s disconnect and stall races."""
-
-    def __init__(
-        self,
-        chunks: AsyncGenerator[bytes, None],
-        *,
-        media_type: str,
-        headers: Mapping[str, str],
-        on_end: Callable[[Outcome], Awaitable[None] | None],
-        stall_limit_s: float | None = None,
-    ) -> None:
-        super().__init__(chunks, headers=headers, on_end=on_end, stall_limit_s=stall_limit_s)
-        self._headers[0] = (b"content-type", media_type.encode())
 
 
 class BufferedAnswer:

@@ -32,7 +32,6 @@ from llama_orch.server.frontdoor._chat import DEFAULT_TEMPLATE
 from llama_orch.server.frontdoor._http import (
     BadField,
     BufferedAnswer,
-    StreamAnswer,
     UnknownModel,
     correlation_of,
     deadline_of,
@@ -42,7 +41,7 @@ from llama_orch.server.frontdoor._http import (
     session_of,
     ticket_headers,
 )
-from llama_orch.server.sse import Outcome
+from llama_orch.server.sse import Outcome, SseResponse
 from llama_orch.vocab import Engine
 
 JSON = "application/json"
@@ -172,15 +171,15 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
     return _Call(model.name, chat, stream, submission, keep_alive_zero)
 
 
-async def generate(request: Request) -> Response | StreamAnswer | BufferedAnswer:
+async def generate(request: Request) -> Response | SseResponse | BufferedAnswer:
     return await _answer(request, chat=False)
 
 
-async def chat(request: Request) -> Response | StreamAnswer | BufferedAnswer:
+async def chat(request: Request) -> Response | SseResponse | BufferedAnswer:
     return await _answer(request, chat=True)
 
 
-async def _answer(request: Request, *, chat: bool) -> Response | StreamAnswer | BufferedAnswer:
+async def _answer(request: Request, *, chat: bool) -> Response | SseResponse | BufferedAnswer:
     deps = deps_of(request)
     started = time.perf_counter_ns()
     try:
@@ -212,7 +211,7 @@ async def _answer(request: Request, *, chat: bool) -> Response | StreamAnswer | 
             elif outcome is not Outcome.COMPLETE:
                 on_disconnect()
 
-        return StreamAnswer(
+        return SseResponse(
             reply.lines(deps),
             media_type=NDJSON,
             headers={**headers, "Cache-Control": "no-cache"},

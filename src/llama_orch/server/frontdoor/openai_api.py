@@ -28,7 +28,6 @@ from llama_orch.server.frontdoor import _tasks
 from llama_orch.server.frontdoor._http import (
     BadField,
     BufferedAnswer,
-    StreamAnswer,
     UnknownModel,
     correlation_of,
     deadline_of,
@@ -38,7 +37,7 @@ from llama_orch.server.frontdoor._http import (
     session_of,
     ticket_headers,
 )
-from llama_orch.server.sse import Outcome
+from llama_orch.server.sse import Outcome, SseResponse
 
 JSON = "application/json"
 #: ``max_tokens`` when the request sets none: chat answers, and the legacy route's own default.
@@ -189,15 +188,15 @@ def _prompt(body: dict[str, Any]) -> str:
     return value
 
 
-async def chat_completions(request: Request) -> Response | StreamAnswer | BufferedAnswer:
+async def chat_completions(request: Request) -> Response | SseResponse | BufferedAnswer:
     return await _complete(request, chat=True)
 
 
-async def completions(request: Request) -> Response | StreamAnswer | BufferedAnswer:
+async def completions(request: Request) -> Response | SseResponse | BufferedAnswer:
     return await _complete(request, chat=False)
 
 
-async def _complete(request: Request, *, chat: bool) -> Response | StreamAnswer | BufferedAnswer:
+async def _complete(request: Request, *, chat: bool) -> Response | SseResponse | BufferedAnswer:
     deps = deps_of(request)
     try:
         call = _parse(request, deps, await read_json(request, deps), chat=chat)
@@ -231,9 +230,8 @@ async def _complete(request: Request, *, chat: bool) -> Response | StreamAnswer 
 
         headers["Cache-Control"] = "no-cache"
         headers["X-Accel-Buffering"] = "no"
-        return StreamAnswer(
+        return SseResponse(
             reply.chunks(deps),
-            media_type="text/event-stream; charset=utf-8",
             headers=headers,
             on_end=on_end,
             stall_limit_s=deps.config.server.sse.stall_limit_ms / 1000,
