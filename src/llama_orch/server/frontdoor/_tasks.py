@@ -17,6 +17,7 @@ import orjson
 
 from llama_orch.contracts.api import Sampling, TaskRequest
 from llama_orch.contracts.engine import ChatMessage
+from llama_orch.core.guardrails import estimate_prompt_tokens
 from llama_orch.dispatch.tasks import Task, TaskState
 from llama_orch.errors import ErrorKind
 from llama_orch.server.deps import AppDeps
@@ -144,7 +145,7 @@ def admit(
     max_tokens = submission.max_tokens
     if max_tokens is None:
         # Leave the prompt room within ctx; admission's own guardrail still has the last word.
-        room = model.ctx - -(-len(prompt.encode()) // 3)
+        room = model.ctx - estimate_prompt_tokens(len(prompt.encode()))
         max_tokens = max(1, min(default_max_tokens, room))
     sampling = None
     if any(v is not None for v in (submission.temperature, submission.top_p, submission.top_k)) or (
