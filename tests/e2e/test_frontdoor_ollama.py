@@ -14,7 +14,7 @@ from llama_orch.contracts.engine import ChatMessage
 from llama_orch.server.frontdoor._chat import render_chat
 from llama_orch.testing.fake_engines import Behaviour, generate, start_fake
 from tests.e2e.test_engines import ENV, engine_pool, fake_options, wait_until
-from tests.e2e.test_frontdoor_openai import MESSAGES, chat_prompt, mock_text
+from tests.support.frontdoor import MESSAGES, chat_prompt, mock_text
 from tests.support.server import RunningServer, config_of, mock_pool, running_server
 
 

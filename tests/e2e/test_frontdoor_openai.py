@@ -13,29 +13,10 @@ import openai
 import pytest
 from prometheus_client import Counter
 
-from llama_orch.adapters.mock import mock_tokens
-from llama_orch.contracts.engine import ChatMessage, GenerateRequest
-from llama_orch.server.frontdoor._chat import render_chat
 from llama_orch.testing.fake_engines import Behaviour, generate, start_fake
 from tests.e2e.test_engines import ENV, engine_pool, fake_options, wait_until
+from tests.support.frontdoor import MESSAGES, chat_prompt, mock_text
 from tests.support.server import RunningServer, config_of, mock_pool, running_server
-
-MESSAGES = [
-    {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": "Name a river."},
-]
-
-
-def mock_text(prompt: str, max_tokens: int, seed: int | None = 7, **sampling: Any) -> str:
-    """What the mock engine answers for this prompt and sampling."""
-    request = GenerateRequest(
-        task_id="expected", prompt=prompt, max_tokens=max_tokens, model="m0", seed=seed, **sampling
-    )
-    return "".join(mock_tokens(request))
-
-
-def chat_prompt(messages: list[dict[str, str]]) -> str:
-    return render_chat([ChatMessage(m["role"], m["content"]) for m in messages])
 
 
 def sdk(srv: RunningServer) -> openai.AsyncOpenAI:
