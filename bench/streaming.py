@@ -198,9 +198,10 @@ class LeanHttp1(Http):
     and chunked bodies.
     """
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, *, accept: str | None = None) -> None:
         host, port = base_url.removeprefix("http://").split(":")
         self._host, self._port = host, int(port)
+        self._accept = f"Accept: {accept}\r\n" if accept else ""
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def _send(
@@ -209,7 +210,7 @@ class LeanHttp1(Http):
         payload = b"" if body is None else orjson.dumps(body)
         path = url if url.startswith("/") else "/" + url.split("/", 3)[3]
         request = (
-            f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\n{self._accept}"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )

@@ -25,8 +25,8 @@ class TestGeneratedContracts:
         assert generated_files() == generated_files()
 
     def test_api_version_matches_openapi(self) -> None:
-        """Both OpenAPI documents carry the api_version that capabilities report."""
-        for plane in ("data", "control"):
+        """Every OpenAPI document carries the api_version that capabilities report."""
+        for plane in ("data", "control", "openai"):
             doc = yaml.safe_load((ROOT / f"contracts/openapi/{plane}.yaml").read_text())
             assert API_VERSION == doc["info"]["version"]
 

@@ -78,7 +78,11 @@ def openai_body(
     """The request body; ``top_k`` / ``repetition_penalty`` only where the upstream takes them."""
     body: dict[str, Any] = {"model": model, "stream": True}
     if chat:
-        body["messages"] = [{"role": "user", "content": request.prompt}]
+        body["messages"] = (
+            [{"role": m.role, "content": m.content} for m in request.messages]
+            if request.messages
+            else [{"role": "user", "content": request.prompt}]
+        )
         body["max_completion_tokens"] = request.max_tokens
     else:
         body["prompt"] = request.prompt

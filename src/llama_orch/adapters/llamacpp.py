@@ -103,6 +103,9 @@ class LlamaCppAdapter(HttpAdapter):
                 "slots_endpoint": bool(props.get("endpoint_slots")),
                 "sleeping": bool(props.get("is_sleeping")),
                 "build_info": build,
+                # The GGUF's tokenizer.chat_template: chats are rendered with it for /completion.
+                "chat_template": props.get("chat_template") or None,
+                "eos_token": props.get("eos_token") or None,
             },
         )
 

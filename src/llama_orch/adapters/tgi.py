@@ -5,6 +5,9 @@ limits, model). Generation: ``POST /generate_stream``; frames are ``data:{json}`
 final token event carries ``generated_text``, there is no ``[DONE]``. Errors, validation included,
 arrive as a 200 stream with one ``{"error","error_type"}`` event. Cancel is closing the stream.
 
+A task that came in as a chat goes to TGI's ``/v1/chat/completions`` (§3.6) with its messages,
+so TGI applies the model's own chat template; that stream is OpenAI-shaped (``data:[DONE]``).
+
 Parameter mapping follows TGI's validation: ``temperature <= 0`` means greedy, so the sampling
 fields are left out (TGI rejects 0); ``top_p >= 1`` and ``top_k <= 0`` mean "disabled" and are
 left out (TGI rejects them); ``do_sample`` is sent explicitly so an empty ``parameters`` object
@@ -16,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from llama_orch.adapters._base import HttpAdapter, ParserBase, StreamParser
+from llama_orch.adapters._openai_compat import OpenAIStreamParser
 from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
 from llama_orch.errors import (
     WorkerError,
@@ -119,7 +123,41 @@ class TgiAdapter(HttpAdapter):
             },
         )
 
+    @staticmethod
+    def _chat_for(request: GenerateRequest) -> bool:
+        # TGI's chat route takes no top_k or repetition_penalty; such chats keep the native
+        # route with the prompt the front door rendered.
+        return (
+            request.messages is not None
+            and request.top_k is None
+            and request.repeat_penalty is None
+        )
+
+    def _chat_call(self, request: GenerateRequest) -> tuple[str, dict[str, Any]]:
+        assert request.messages is not None
+        body: dict[str, Any] = {
+            "model": "tgi",
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "max_tokens": request.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.temperature is not None:
+            body["temperature"] = request.temperature  # 0 is greedy on this route
+        if request.top_p is not None and request.top_p < 1:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop"] = list(request.stop)
+        return "/v1/chat/completions", body
+
     def generate_call(self, request: GenerateRequest) -> tuple[str, dict[str, Any]]:
+        if request.seed is not None and not 0 <= request.seed <= UINT64_MAX:
+            raise self._invalid(f"TGI takes seeds 0..{UINT64_MAX}; got {request.seed}")
+        if self._chat_for(request):
+            path, body = self._chat_call(request)
+            if request.seed is not None:
+                body["seed"] = request.seed
+            return path, body
         params: dict[str, Any] = {"max_new_tokens": request.max_tokens, "details": True}
         greedy = request.temperature is not None and request.temperature <= 0
         sampling = False
@@ -135,8 +173,6 @@ class TgiAdapter(HttpAdapter):
                 sampling = True
         params["do_sample"] = sampling
         if request.seed is not None:
-            if not 0 <= request.seed <= UINT64_MAX:
-                raise self._invalid(f"TGI takes seeds 0..{UINT64_MAX}; got {request.seed}")
             params["seed"] = request.seed
         if request.repeat_penalty is not None:
             params["repetition_penalty"] = request.repeat_penalty
@@ -161,4 +197,6 @@ class TgiAdapter(HttpAdapter):
         return data
 
     def new_parser(self, request: GenerateRequest) -> StreamParser:
+        if self._chat_for(request):
+            return OpenAIStreamParser(self.engine.value, self.pool_id, self._redactor, chat=True)
         return _Parser(self.engine.value, self.pool_id, self._redactor)

@@ -2,8 +2,10 @@
 
 Probes: ``/health`` (empty 200), ``/version``, ``/v1/models`` (``max_model_len``), ``/metrics``
 (``vllm:*``). Generation: ``/v1/completions`` by default, ``/v1/chat/completions`` with
-``upstream_api: chat`` (the prompt becomes one user message). vLLM takes ``top_k`` and
-``repetition_penalty`` as extra sampling fields. Cancel is closing the stream.
+``upstream_api: chat`` (the prompt becomes one user message). A task that came in as a chat
+goes to ``/v1/chat/completions`` with its messages, so vLLM applies the model's own template.
+vLLM takes ``top_k`` and ``repetition_penalty`` as extra sampling fields. Cancel is closing the
+stream.
 """
 
 from __future__ import annotations
@@ -80,16 +82,20 @@ class VllmAdapter(HttpAdapter):
             raise self.status_error(response, "GET /metrics")
         return response.text
 
+    def _chat_for(self, request: GenerateRequest) -> bool:
+        return self.chat or request.messages is not None
+
     def generate_call(self, request: GenerateRequest) -> tuple[str, dict[str, Any]]:
+        chat = self._chat_for(request)
         body = openai_body(
             self,
             request,
-            chat=self.chat,
+            chat=chat,
             top_k=True,
             repetition_penalty=True,
             model=self._pool.model,
         )
-        return ("/v1/chat/completions" if self.chat else "/v1/completions"), body
+        return ("/v1/chat/completions" if chat else "/v1/completions"), body
 
     def started_data(self, request: GenerateRequest) -> dict[str, Any]:
         data = super().started_data(request)
@@ -102,4 +108,6 @@ class VllmAdapter(HttpAdapter):
         return data
 
     def new_parser(self, request: GenerateRequest) -> StreamParser:
-        return OpenAIStreamParser(self.engine.value, self.pool_id, self._redactor, chat=self.chat)
+        return OpenAIStreamParser(
+            self.engine.value, self.pool_id, self._redactor, chat=self._chat_for(request)
+        )

@@ -31,6 +31,14 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One chat turn, as the OpenAI and Ollama front doors received it (text only)."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
 class GenerateRequest:
     """What the dispatcher asks an engine to do, already validated and normalized."""
 
@@ -47,6 +55,10 @@ class GenerateRequest:
     determinism: DeterminismLevel | None = None
     session_id: str | None = None
     correlation_id: str | None = None
+    #: The chat turns behind ``prompt``, when the task came in as a chat. Adapters whose engine
+    #: serves a chat route send these and let the engine apply the model's template; the others
+    #: send ``prompt``, which the front door rendered with that template.
+    messages: tuple[ChatMessage, ...] | None = None
 
 
 class EngineEvent(NamedTuple):

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from llama_orch.contracts import api, events
+from llama_orch.contracts.openapi_openai import openai_document
 
 _UUID_PARAM = {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 _CORRELATION = {
@@ -150,6 +151,22 @@ def data_plane() -> dict[str, Any]:
                     },
                 },
                 "responses": {
+                    "200": {
+                        "description": "With Accept: text/event-stream, the task's SSE stream in "
+                        "the same response; started carries the 202 fields",
+                        "headers": {
+                            **_CID_HEADER,
+                            "X-Task-Id": {"schema": {"type": "string", "format": "uuid"}},
+                            "X-Queue-Position": {"schema": {"type": "integer"}},
+                            "X-Predicted-Start-Ms": {"schema": {"type": "integer"}},
+                        },
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {"type": "string"},
+                                "example": _SSE_EXAMPLE,
+                            }
+                        },
+                    },
                     "202": {
                         **_json(
                             "AdmissionResponse",
@@ -332,7 +349,7 @@ def control_plane() -> dict[str, Any]:
                         "name": "plane",
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "string", "enum": ["data", "control"]},
+                        "schema": {"type": "string", "enum": list(PLANES)},
                     }
                 ],
                 "responses": {
@@ -348,6 +365,10 @@ def control_plane() -> dict[str, Any]:
     return _doc("llama-orch control plane", "Capabilities, pool health, metrics", paths, models)
 
 
+PLANES = ("data", "control", "openai")
+
+
 def render_openapi(plane: str) -> str:
-    document = data_plane() if plane == "data" else control_plane()
+    builders = {"data": data_plane, "control": control_plane, "openai": openai_document}
+    document = builders[plane]()
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)

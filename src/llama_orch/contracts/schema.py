@@ -29,6 +29,7 @@ def generated_files() -> dict[str, str]:
         "contracts/config.schema.json": config_schema_text(),
         "contracts/openapi/data.yaml": render_openapi("data"),
         "contracts/openapi/control.yaml": render_openapi("control"),
+        "contracts/openapi/openai.yaml": render_openapi("openai"),
     }
 
 

@@ -18,7 +18,7 @@ from llama_orch.config import Settings
 from llama_orch.errors import ErrorKind, NotFound, OrchError
 from llama_orch.observability.redaction import Redactor
 from llama_orch.pool.gpu_sampler import GpuSampler
-from llama_orch.server import control_plane, data_plane
+from llama_orch.server import control_plane, data_plane, frontdoor
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.errors import error_response, handle_orch_error
 from llama_orch.server.guards import RequestGuards
@@ -67,7 +67,7 @@ def create_app(
             await deps.dispatcher.stop()
             await deps.pools.stop()
 
-    routes = [*data_plane.routes, *control_plane.routes]
+    routes = [*data_plane.routes, *control_plane.routes, *frontdoor.routes]
     server = deps.settings.config.server
     app = Starlette(
         routes=routes,

@@ -8,7 +8,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from llama_orch.contracts.api import PoolHealth
-from llama_orch.contracts.openapi import render_openapi
+from llama_orch.contracts.openapi import PLANES, render_openapi
 from llama_orch.errors import NotFound
 from llama_orch.observability.metrics import CONTENT_TYPE
 from llama_orch.pool.manager import ReplicaState
@@ -75,8 +75,8 @@ async def metrics(request: Request) -> Response:
 
 async def openapi(request: Request) -> Response:
     plane = request.path_params["plane"]
-    if plane not in ("data", "control"):
-        raise NotFound(f"no OpenAPI document {plane!r}; try data.yaml or control.yaml")
+    if plane not in PLANES:
+        raise NotFound(f"no OpenAPI document {plane!r}; try data.yaml, control.yaml or openai.yaml")
     return Response(render_openapi(plane), media_type="application/yaml")
 
 

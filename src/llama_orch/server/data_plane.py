@@ -66,7 +66,7 @@ async def _read_task_request(request: Request, deps: AppDeps) -> TaskRequest:
         raise InvalidParams(f"invalid TaskRequest: {_validation_message(exc)}") from None
 
 
-async def create_task(request: Request) -> Response:
+async def create_task(request: Request) -> Response | SseResponse:
     deps = deps_of(request)
     task_request = await _read_task_request(request, deps)
     admitted = deps.admission.admit(
@@ -85,6 +85,11 @@ async def create_task(request: Request) -> Response:
         "Location": f"/v1/tasks/{task_request.task_id}/stream",
         **admitted.budget_headers,
     }
+    # Imported here: the one-hop stream builds on this module's stream settings.
+    from llama_orch.server.frontdoor import task_sse
+
+    if task_sse.wants_event_stream(request):
+        return task_sse.admitted_stream(deps, admitted, headers)
     return json_response(body.model_dump_json().encode(), 202, headers)
 
 

@@ -61,7 +61,10 @@ def _asks_to_close(scope: Scope) -> bool:
 
 
 class SseResponse:
-    """ASGI response streaming ``chunks``; ``on_end`` learns how the response ended."""
+    """ASGI response streaming ``chunks``; ``on_end`` learns how the response ended.
+
+    ``media_type`` lets other streamed formats (NDJSON) share the disconnect and stall races.
+    """
 
     def __init__(
         self,
@@ -70,9 +73,10 @@ class SseResponse:
         headers: Mapping[str, str],
         on_end: Callable[[Outcome], Awaitable[None] | None] | None = None,
         stall_limit_s: float | None = None,
+        media_type: str = "text/event-stream; charset=utf-8",
     ) -> None:
         self._chunks = chunks
-        self._headers = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
+        self._headers = [(b"content-type", media_type.encode())] + [
             (k.lower().encode(), v.encode()) for k, v in headers.items()
         ]
         self._on_end = on_end

@@ -58,10 +58,13 @@ class FakeLlamaCpp(FakeEngine):
         host: str = "127.0.0.1",
         port: int = 0,
         listening: bool = True,
+        chat_template: str = "",
     ) -> None:
         super().__init__(
             model=model, behaviour=behaviour, host=host, port=port, listening=listening
         )
+        #: What /props reports as the GGUF's tokenizer.chat_template ("" when it has none).
+        self.chat_template = chat_template
         self.slots = slots
         self.n_ctx = n_ctx
         self.metrics_enabled = metrics
@@ -114,7 +117,7 @@ class FakeLlamaCpp(FakeEngine):
                 "endpoint_slots": True,
                 "endpoint_props": False,
                 "endpoint_metrics": self.metrics_enabled,
-                "chat_template": "",
+                "chat_template": self.chat_template,
                 "bos_token": "<s>",
                 "eos_token": "</s>",
                 "build_info": BUILD_INFO,

@@ -3,6 +3,9 @@
 ``/generate_stream`` writes ``data:{json}`` with **no space**, token ``index`` from 1, a final
 token event carrying ``generated_text`` (and ``details`` when asked), and no ``[DONE]``.
 Validation and overload errors arrive as a 200 stream with one ``{"error","error_type"}`` event.
+``/v1/chat/completions`` streams TGI's OpenAI-style chunks (§3.6): ``id`` empty, every delta
+repeats the role, the last token's chunk carries ``finish_reason``, ``data:[DONE]`` ends it; the
+messages' contents joined by newlines stand in for the model's chat template.
 ``/info`` reports ``version: ...+simulated`` and ``docker_label: "simulated"``.
 """
 
@@ -67,6 +70,7 @@ class FakeTgi(FakeEngine):
             Route("/v1/models", self.models),
             Route("/metrics", self.metrics),
             Route("/generate_stream", self.generate_stream, methods=["POST"]),
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
         ]
 
     async def health(self, request: Request) -> Response:
@@ -221,3 +225,53 @@ class FakeTgi(FakeEngine):
             on_done=count_drop,
             extra_headers=[(b"x-accel-buffering", b"no"), (b"x-compute-type", b"simulated")],
         )
+
+    async def chat(self, request: Request) -> Response | EventStream:
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return Response(b"Failed to parse the request body as JSON", 400)
+        record = self.record("POST", request.url.path, dict(request.headers), body)
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not messages or not body.get("stream"):
+            body_error = {"error": "simulated: streamed chats only", "error_type": "validation"}
+            return JSONResponse(body_error, 422)
+        prompt = "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+        temperature = body.get("temperature")
+        greedy = temperature is not None and temperature <= 0
+        n_in = prompt_tokens(prompt)
+        gen = generate(
+            prompt,
+            None if greedy else body.get("seed"),
+            body.get("max_tokens") or self.max_total_tokens - n_in,
+            temperature=0.0 if greedy else temperature,
+            stop=tuple(body.get("stop") or ()),
+            eos_at=self.behaviour.eos_at,
+        )
+        n = len(gen.tokens)
+        finish = "stop" if gen.finish == "eos" else _FINISH[gen.finish]
+        head = {"object": "chat.completion.chunk", "id": "", "created": 0, "model": self.model}
+        fingerprint = f"{TGI_VERSION}-simulated"
+
+        def chunk(text: str, reason: str | None) -> bytes:
+            delta = {"role": "assistant", "content": text}
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+            payload = {**head, "system_fingerprint": fingerprint, "choices": [choice]}
+            return _data({**payload, "usage": None})
+
+        def frame(i: int) -> bytes:
+            return chunk(gen.tokens[i], finish if i == n - 1 and gen.finish != "eos" else None)
+
+        def final() -> list[bytes]:
+            frames = [chunk("", finish)] if gen.finish == "eos" or n == 0 else []
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": n_in, "completion_tokens": n, "total_tokens": n_in + n}
+                frames.append(_data({**head, "choices": [], "usage": usage}))
+            return [*frames, b"data:[DONE]\n\n"]
+
+        def error_frame() -> bytes:
+            self.failures["generation"] += 1
+            return _data({"error": "simulated engine failure", "error_type": "generation"})
+
+        frames = token_frames(self, record, n, frame, error_frame=error_frame, final=final)
+        return EventStream(self, record, frames)

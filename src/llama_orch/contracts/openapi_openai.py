@@ -1,0 +1,352 @@
+"""The OpenAPI document of the OpenAI-compatible routes this server serves.
+
+Only the subset llama-orch implements is described: fields it maps, fields it accepts at their
+neutral value only, and the headers it adds (task id, queue position, predicted start).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama_orch.contracts import api
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+_USAGE = {
+    "type": "object",
+    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+    "properties": {
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+        "total_tokens": {"type": "integer"},
+    },
+}
+_STOP = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+        {"type": "null"},
+    ]
+}
+_NEUTRAL_ONLY = (
+    "Accepted only at its neutral value (n: 1, penalties 0, logprobs off, no tools, text "
+    "response_format); any other value is a 400 naming the field. Unknown fields are refused."
+)
+_SAMPLING: dict[str, Any] = {
+    "model": {"type": "string", "description": "A served model (GET /v1/models) or a pool id"},
+    "stream": {"type": "boolean", "default": False},
+    "stream_options": {
+        "type": "object",
+        "properties": {"include_usage": {"type": "boolean"}},
+        "description": "Only with stream: true",
+    },
+    "max_tokens": {"type": "integer", "minimum": 1},
+    "seed": {"type": "integer"},
+    "stop": _STOP,
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "top_k": {"type": "integer", "minimum": 0, "description": "Engine extra (extra_body)"},
+    "n": {"type": "integer", "const": 1},
+    "user": {"type": "string", "description": "Names a session when X-Session-Id is absent"},
+}
+_MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+        "content": {
+            "anyOf": [
+                {"type": "string"},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "text"],
+                        "properties": {
+                            "type": {"const": "text"},
+                            "text": {"type": "string"},
+                        },
+                    },
+                },
+                {"type": "null"},
+            ]
+        },
+    },
+}
+_SCHEMAS: dict[str, Any] = {
+    "OpenAIError": _ERROR,
+    "Usage": _USAGE,
+    "ChatCompletionRequest": {
+        "type": "object",
+        "required": ["model", "messages"],
+        "description": _NEUTRAL_ONLY,
+        "properties": {
+            **_SAMPLING,
+            "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
+            "max_completion_tokens": {"type": "integer", "minimum": 1},
+        },
+    },
+    "CompletionRequest": {
+        "type": "object",
+        "required": ["model", "prompt"],
+        "description": _NEUTRAL_ONLY + " max_tokens defaults to 16.",
+        "properties": {
+            **_SAMPLING,
+            "prompt": {
+                "anyOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "string"}, "maxItems": 1},
+                ]
+            },
+        },
+    },
+    "ChatCompletion": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices", "usage"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "message", "finish_reason"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "message": {
+                            "type": "object",
+                            "properties": {
+                                "role": {"const": "assistant"},
+                                "content": {"type": "string"},
+                            },
+                        },
+                        "finish_reason": {"type": "string", "enum": ["stop", "length"]},
+                    },
+                },
+            },
+            "usage": {"$ref": "#/components/schemas/Usage"},
+        },
+    },
+    "Completion": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices", "usage"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "text_completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "text", "finish_reason"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "text": {"type": "string"},
+                        "finish_reason": {"type": "string", "enum": ["stop", "length"]},
+                    },
+                },
+            },
+            "usage": {"$ref": "#/components/schemas/Usage"},
+        },
+    },
+    "Model": {
+        "type": "object",
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "model"},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+            "pool_id": {"type": "string"},
+            "engine": {"type": "string"},
+            "max_model_len": {"type": "integer"},
+            "ready": {"type": "boolean"},
+            "simulated": {"type": "boolean"},
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
+        },
+    },
+}
+_TASK_HEADERS = {
+    "X-Correlation-Id": {"schema": {"type": "string"}},
+    "X-Request-Id": {"schema": {"type": "string"}, "description": "The correlation ID"},
+    "X-Task-Id": {"schema": {"type": "string", "format": "uuid"}},
+    "X-Queue-Position": {"schema": {"type": "integer"}},
+    "X-Predicted-Start-Ms": {"schema": {"type": "integer"}},
+    "X-Pool-Id": {"schema": {"type": "string"}},
+}
+_SCHEDULING = [
+    {
+        "name": "X-Priority",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "enum": ["interactive", "batch"], "default": "interactive"},
+    },
+    {
+        "name": "X-Session-Id",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "format": "uuid"},
+        "description": "Default: one session per `user`, else a new session per request",
+    },
+    {
+        "name": "X-Deadline-Ms",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "default": 600000},
+        "description": "Longest the request may wait in the queue",
+    },
+]
+_STREAM_EXAMPLE = (
+    ": queue-position 2\n\n"
+    'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,'
+    '"model":"m0","choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":null,'
+    '"finish_reason":null}]}\n\n'
+    "data: [DONE]\n\n"
+)
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": headers or {"X-Correlation-Id": {"schema": {"type": "string"}}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}},
+    }
+
+
+def _completion_route(op: str, summary: str, request: str, response: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "operationId": op,
+            "summary": summary,
+            "parameters": _SCHEDULING,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{request}"}}
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "The answer, whole or streamed (stream: true)",
+                    "headers": _TASK_HEADERS,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": f"#/components/schemas/{response}"}
+                        },
+                        "text/event-stream": {
+                            "schema": {"type": "string"},
+                            "example": _STREAM_EXAMPLE,
+                        },
+                    },
+                },
+                "400": _error("invalid_request_error; param names the field"),
+                "401": _error("Missing or bad bearer token (task API envelope)"),
+                "404": _error("Unknown model (code model_not_found)"),
+                "429": _error(
+                    "rate_limit_error: a full queue or a rate limit",
+                    {
+                        "Retry-After": {"schema": {"type": "integer"}},
+                        "retry-after-ms": {"schema": {"type": "integer"}},
+                        "x-should-retry": {
+                            "schema": {"type": "string"},
+                            "description": "false when a spent session budget refused it",
+                        },
+                    },
+                ),
+                "499": _error("The task was canceled (POST /v1/tasks/{id}/cancel)"),
+                "503": _error("No ready pool can take the request (server_error)"),
+            },
+        }
+    }
+
+
+def openai_document() -> dict[str, Any]:
+    paths = {
+        "/v1/chat/completions": _completion_route(
+            "createChatCompletion",
+            "A chat answer, admitted as a task",
+            "ChatCompletionRequest",
+            "ChatCompletion",
+        ),
+        "/v1/completions": _completion_route(
+            "createCompletion",
+            "A legacy completion, admitted as a task",
+            "CompletionRequest",
+            "Completion",
+        ),
+        "/v1/models": {
+            "get": {
+                "operationId": "listModels",
+                "responses": {
+                    "200": {
+                        "description": "Each pool's model",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ModelList"}
+                            }
+                        },
+                    }
+                },
+            }
+        },
+        "/v1/models/{model_id}": {
+            "get": {
+                "operationId": "retrieveModel",
+                "parameters": [
+                    {
+                        "name": "model_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "One served model",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Model"}}
+                        },
+                    },
+                    "404": _error("Unknown model (code model_not_found)"),
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "llama-orch OpenAI-compatible API",
+            "version": api.API_VERSION,
+            "description": "The OpenAI routes llama-orch serves, through its queues",
+        },
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}, {}],
+        "paths": paths,
+    }

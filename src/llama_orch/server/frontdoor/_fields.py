@@ -1,0 +1,154 @@
+"""Typed reads of request fields, each refusal naming the field (both front doors use these)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from llama_orch.contracts.engine import ChatMessage
+from llama_orch.server.frontdoor._http import BadField
+
+MISSING: Any = object()
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def string(body: Mapping[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadField(f"{name} is required", param=name)
+        return None
+    if not isinstance(value, str):
+        raise BadField(f"{name} must be a string, got {_kind(value)}", param=name)
+    return value
+
+
+def boolean(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadField(f"{name} must be a boolean, got {_kind(value)}", param=name)
+    return value
+
+
+def integer(
+    body: Mapping[str, Any], name: str, *, low: int | None = None, high: int | None = None
+) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadField(f"{name} must be an integer, got {_kind(value)}", param=name)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise BadField(f"{name} must be within [{low}, {high}], got {value}", param=name)
+    return value
+
+
+def number(
+    body: Mapping[str, Any],
+    name: str,
+    *,
+    low: float,
+    high: float,
+    low_open: bool = False,
+) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadField(f"{name} must be a number, got {_kind(value)}", param=name)
+    if value > high or value < low or (low_open and value == low):
+        bound = "(" if low_open else "["
+        raise BadField(f"{name} must be within {bound}{low}, {high}], got {value}", param=name)
+    return float(value)
+
+
+def stops(body: Mapping[str, Any], name: str, *, most: int) -> tuple[str, ...]:
+    value = body.get(name)
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise BadField(f"{name} must be a string or a list of strings", param=name)
+    if len(items) > most:
+        raise BadField(f"{name} takes at most {most} sequences, got {len(items)}", param=name)
+    return tuple(s for s in items if s)
+
+
+def refuse_unless_default(body: Mapping[str, Any], defaults: Mapping[str, tuple[Any, ...]]) -> None:
+    """Fields this server cannot honour are accepted only at a value that changes nothing."""
+    for name, neutral in defaults.items():
+        if name in body and body[name] not in neutral:
+            raise BadField(
+                f"{name} is not supported by this server (only {neutral[0]!r} is accepted); "
+                "remove it from the request",
+                param=name,
+            )
+
+
+def refuse_unknown(body: Mapping[str, Any], known: frozenset[str]) -> None:
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise BadField(
+            f"unsupported field {unknown[0]!r}: this server does not implement it, and "
+            "ignoring it could change the output; remove it from the request",
+            param=unknown[0],
+        )
+
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def messages(body: Mapping[str, Any], name: str = "messages") -> tuple[ChatMessage, ...]:
+    """Text chat turns; content may be a string or a list of text parts."""
+    value = body.get(name)
+    if not isinstance(value, list) or not value:
+        raise BadField(f"{name} must be a non-empty list of messages", param=name)
+    turns = []
+    for i, item in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(item, dict):
+            raise BadField(f"{where} must be an object with role and content", param=where)
+        role = item.get("role")
+        if role not in ROLES:
+            raise BadField(
+                f"{where}.role must be one of {', '.join(ROLES)}, got {role!r} "
+                "(tool messages are not supported)",
+                param=f"{where}.role",
+            )
+        for unsupported in ("tool_calls", "images", "function_call", "audio"):
+            if item.get(unsupported):
+                raise BadField(
+                    f"{where}.{unsupported} is not supported by this server",
+                    param=f"{where}.{unsupported}",
+                )
+        turns.append(ChatMessage(ROLES[role], _content(item.get("content"), where)))
+    return tuple(turns)
+
+
+def _content(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else _kind(part)
+                raise BadField(
+                    f"{where}.content part of type {kind!r} is not supported; only text parts",
+                    param=f"{where}.content",
+                )
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise BadField(f"{where}.content text part needs a string text", param=where)
+            texts.append(text)
+        return "".join(texts)
+    raise BadField(
+        f"{where}.content must be a string or a list of text parts", param=f"{where}.content"
+    )

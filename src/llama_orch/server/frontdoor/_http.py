@@ -1,0 +1,154 @@
+"""What both front doors share on the HTTP side: reading the body, the scheduling headers,
+the response headers of an admitted request, and the two response shapes (streamed, buffered),
+each racing the client's disconnect so a client that goes away cancels its task (streamed
+answers are ``SseResponse``s of the answer's media type)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from llama_orch.errors import InvalidParams, NotFound
+from llama_orch.server.deps import AppDeps
+from llama_orch.server.frontdoor._tasks import Ticket
+from llama_orch.server.middleware import correlation_id_of
+from llama_orch.vocab import Priority
+
+#: Milliseconds a request may wait in the queue before it fails, unless ``X-Deadline-Ms`` says.
+DEFAULT_DEADLINE_MS = 600_000
+#: Sessions named by ``user`` (or Ollama's absent session) are stable UUIDs in this namespace.
+SESSION_NAMESPACE = uuid.UUID("6f1b1f0e-2c3d-4c39-9a53-7a0b2d1e4c11")
+
+
+class BadField(InvalidParams):
+    """A request field the front door refuses; ``param`` names it for the peer's error shape."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class UnknownModel(NotFound):
+    param = "model"
+
+
+async def read_json(request: Request, deps: AppDeps) -> dict[str, Any]:
+    """The body as a JSON object, bounded by the server's prompt limit."""
+    limit = deps.config.server.max_prompt_bytes * 2 + 65_536
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadField(
+                f"request body exceeds {limit} bytes; prompts are limited to "
+                f"{deps.config.server.max_prompt_bytes} bytes"
+            )
+    if not body:
+        raise BadField("request body is empty; send a JSON object")
+    try:
+        parsed = orjson.loads(bytes(body))
+    except orjson.JSONDecodeError as exc:
+        raise BadField(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise BadField("request body must be a JSON object")
+    return parsed
+
+
+def priority_of(request: Request) -> Priority:
+    raw = request.headers.get("x-priority", Priority.INTERACTIVE.value).strip().lower()
+    try:
+        return Priority(raw)
+    except ValueError:
+        allowed = ", ".join(p.value for p in Priority)
+        raise BadField(
+            f"X-Priority must be one of {allowed}, got {raw[:32]!r}", param="X-Priority"
+        ) from None
+
+
+def session_of(request: Request, user: str | None) -> uuid.UUID:
+    """``X-Session-Id`` (a UUID), else one stable session per ``user``, else a new session."""
+    raw = request.headers.get("x-session-id")
+    if raw is not None:
+        try:
+            return uuid.UUID(raw)
+        except ValueError:
+            raise BadField(
+                f"X-Session-Id must be a UUID, got {raw[:64]!r}", param="X-Session-Id"
+            ) from None
+    if user:
+        return uuid.uuid5(SESSION_NAMESPACE, user)
+    return uuid.uuid4()
+
+
+def deadline_of(request: Request) -> int:
+    raw = request.headers.get("x-deadline-ms")
+    if raw is None:
+        return DEFAULT_DEADLINE_MS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise BadField(
+            f"X-Deadline-Ms must be a positive integer, got {raw[:32]!r}", param="X-Deadline-Ms"
+        )
+    return value
+
+
+def identity_of(request: Request) -> str | None:
+    identity = request.scope.get("state", {}).get("identity")
+    return identity if isinstance(identity, str) else None
+
+
+def correlation_of(request: Request) -> str | None:
+    return correlation_id_of(request.scope) or None
+
+
+def ticket_headers(ticket: Ticket) -> dict[str, str]:
+    return {
+        "X-Task-Id": ticket.task_id,
+        "X-Queue-Position": str(ticket.queue_position),
+        "X-Predicted-Start-Ms": str(ticket.predicted_start_ms),
+        "X-Pool-Id": ticket.task.pool_id,
+        **ticket.budget_headers,
+    }
+
+
+class BufferedAnswer:
+    """Wait for ``produce`` while listening for the client: a disconnect cancels both."""
+
+    def __init__(
+        self, produce: Callable[[], Awaitable[Response]], on_disconnect: Callable[[], None]
+    ) -> None:
+        self._produce = produce
+        self._on_disconnect = on_disconnect
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        producer = asyncio.ensure_future(self._produce())
+        listener = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({producer, listener}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            listener.cancel()
+            if not producer.done():
+                producer.cancel()
+                self._on_disconnect()
+            await asyncio.wait({producer, listener})
+        if producer.cancelled():
+            return
+        response = producer.result()
+        await response(scope, receive, send)
+
+
+async def _disconnected(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,272 @@
+"""The front doors' one port into the task system.
+
+Everything the OpenAI and Ollama front doors ask of llama-orch goes through here: which models
+are served, admitting a request (the same admission, guardrails, budgets, sessions, queues,
+placement and watchdog as ``POST /v1/tasks``), following a task's transcript in the same
+response, and canceling it. The front doors themselves only parse and translate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+
+from llama_orch.contracts.api import Sampling, TaskRequest
+from llama_orch.contracts.engine import ChatMessage
+from llama_orch.core.guardrails import estimate_prompt_tokens
+from llama_orch.dispatch.tasks import Task, TaskState
+from llama_orch.errors import ErrorKind
+from llama_orch.server.deps import AppDeps
+from llama_orch.server.frontdoor._chat import render_chat
+from llama_orch.vocab import Engine, Priority, Workload
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """A model as the front doors list it: one pool's model."""
+
+    name: str
+    pool_id: str
+    engine: Engine
+    ctx: int
+    ready: bool
+    simulated: bool
+    chat_template: str | None
+    eos_token: str = ""
+
+
+def served_models(deps: AppDeps) -> list[ServedModel]:
+    models = []
+    for pool in deps.pools.pools.values():
+        template, eos = None, ""
+        for snapshot in deps.host.pool_capabilities(pool.id).values():
+            found = snapshot.props.features.get("chat_template")
+            if isinstance(found, str) and found:
+                template = found
+                eos = str(snapshot.props.features.get("eos_token") or "")
+                break
+        models.append(
+            ServedModel(
+                name=pool.config.model,
+                pool_id=pool.id,
+                engine=pool.config.engine,
+                ctx=pool.ctx_max,
+                ready=pool.ready,
+                simulated=pool.simulated,
+                chat_template=template,
+                eos_token=eos,
+            )
+        )
+    return models
+
+
+def listed_models(deps: AppDeps) -> list[ServedModel]:
+    """One entry per model name, ready when any pool serving it is (admission picks among
+    them)."""
+    by_name: dict[str, ServedModel] = {}
+    for model in served_models(deps):
+        seen = by_name.get(model.name)
+        if seen is None:
+            by_name[model.name] = model
+        elif model.ready and not seen.ready:
+            by_name[model.name] = dataclasses.replace(seen, ready=True)
+    return list(by_name.values())
+
+
+def find_model(deps: AppDeps, name: str) -> ServedModel | None:
+    """The served model called ``name``: a pool's model or a pool id; ``:latest`` is implied."""
+    models = served_models(deps)
+    for candidate in (name, name.removesuffix(":latest")):
+        for model in models:
+            if candidate == model.name:
+                return model
+        for model in models:
+            if candidate == model.pool_id:
+                return model
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A request translated from a peer API; every field already validated."""
+
+    model: ServedModel
+    prompt: str | None
+    messages: tuple[ChatMessage, ...] | None
+    max_tokens: int | None
+    priority: Priority
+    session_id: uuid.UUID
+    deadline_ms: int
+    seed: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """An admitted request: what the response headers and the stream need."""
+
+    task: Task
+    queue_position: int
+    predicted_start_ms: int
+    max_tokens: int
+    budget_headers: dict[str, str]
+
+    @property
+    def task_id(self) -> str:
+        return self.task.id
+
+
+def prompt_of(submission: Submission) -> str:
+    if submission.messages is not None:
+        # bos_token stays empty: llama-server adds BOS itself when it tokenizes the prompt.
+        model = submission.model
+        return render_chat(submission.messages, model.chat_template, eos_token=model.eos_token)
+    return submission.prompt or ""
+
+
+def admit(
+    deps: AppDeps,
+    submission: Submission,
+    *,
+    default_max_tokens: int,
+    correlation_id: str | None,
+    identity: str | None,
+) -> Ticket:
+    """Admit through the task API's admission; raises its typed errors unchanged."""
+    model = submission.model
+    prompt = prompt_of(submission)
+    max_tokens = submission.max_tokens
+    if max_tokens is None:
+        # Leave the prompt room within ctx; admission's own guardrail still has the last word.
+        room = model.ctx - estimate_prompt_tokens(len(prompt.encode()))
+        max_tokens = max(1, min(default_max_tokens, room))
+    sampling = None
+    if any(v is not None for v in (submission.temperature, submission.top_p, submission.top_k)) or (
+        submission.stop
+    ):
+        sampling = Sampling(
+            temperature=submission.temperature,
+            top_p=submission.top_p,
+            top_k=submission.top_k,
+            stop=list(submission.stop) or None,
+        )
+    request = TaskRequest(
+        task_id=uuid.uuid4(),
+        session_id=submission.session_id,
+        workload=Workload.COMPLETION,
+        model_ref=model.name,
+        engine=model.engine,
+        ctx=model.ctx,
+        priority=submission.priority,
+        max_tokens=max_tokens,
+        deadline_ms=submission.deadline_ms,
+        seed=submission.seed,
+        prompt=prompt,
+        sampling=sampling,
+    )
+    admitted = deps.admission.admit(request, correlation_id=correlation_id, identity=identity)
+    task = admitted.task
+    if submission.messages is not None:
+        # Safe before any await: the dispatcher picks the task up on its next loop turn.
+        task.request = dataclasses.replace(task.request, messages=submission.messages)
+    return Ticket(
+        task=task,
+        queue_position=admitted.queue_position,
+        predicted_start_ms=admitted.predicted_start_ms,
+        max_tokens=max_tokens,
+        budget_headers=admitted.budget_headers,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """Still queued, at this position."""
+
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    tokens_in: int
+    tokens_out: int
+    canceled: bool
+    #: ``length`` when the task used all of its ``max_tokens``, else ``stop``.
+    finish_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    kind: ErrorKind
+    message: str
+    retry_after_ms: int | None
+
+
+Event = list[str] | Waiting | Finished | Failed
+
+
+async def follow(
+    deps: AppDeps, ticket: Ticket, *, waiting_every_s: float | None = None
+) -> AsyncIterator[Event]:
+    """The task's tokens in batches (one per transcript read), then one terminal event.
+
+    With ``waiting_every_s``, a ``Waiting`` comes after each such silence while queued.
+    """
+    task = ticket.task
+    stream = task.stream
+    entries = stream.entries
+    index = 0
+    while True:
+        if index >= len(entries) and not await stream.wait(index, waiting_every_s):
+            if task.state is TaskState.QUEUED:
+                yield Waiting(deps.dispatcher.queue_position(task))
+            continue
+        end = len(entries)
+        texts: list[str] = []
+        while index < end:
+            entry = entries[index]
+            index += 1
+            if type(entry) is str:
+                texts.append(entry)
+                continue
+            event, data = entry  # type: ignore[str-unpack]
+            if event == "end":
+                if texts:
+                    yield texts
+                payload = orjson.loads(data)
+                tokens_out = int(payload.get("tokens_out", 0))
+                yield Finished(
+                    tokens_in=int(payload.get("tokens_in", 0)),
+                    tokens_out=tokens_out,
+                    canceled=bool(payload.get("canceled", False)),
+                    finish_reason="length" if tokens_out >= ticket.max_tokens else "stop",
+                )
+                return
+            if event == "error":
+                if texts:
+                    yield texts
+                payload = orjson.loads(data)
+                yield Failed(
+                    kind=ErrorKind(payload.get("code", ErrorKind.INTERNAL.value)),
+                    message=str(payload.get("message", "")),
+                    retry_after_ms=payload.get("retry_after_ms"),
+                )
+                return
+        if texts:
+            yield texts
+
+
+def cancel(deps: AppDeps, ticket: Ticket, *, reason: str) -> None:
+    """Cancel the task (idempotent); a running one has its engine request closed."""
+    if not ticket.task.terminal:
+        deps.dispatcher.cancel(ticket.task_id, reason=reason)
+
+
+def queue_position(deps: AppDeps, ticket: Ticket) -> int:
+    return deps.dispatcher.queue_position(ticket.task)

@@ -1,0 +1,407 @@
+"""Ollama-compatible front door: ``/api/generate``, ``/api/chat``, ``/api/tags``, ``/api/ps``,
+``/api/show`` and ``/api/version``, onto the same queues and pools as the task API.
+
+Answers stream as NDJSON by default (one object per line, ``done: true`` last) and are one JSON
+object with ``stream: false``. Errors are ``{"error": "..."}``; once output has started, an error
+is a final ``{"error": ...}`` line. Models stay loaded as their pools say, so ``keep_alive`` is
+accepted and changes nothing; runner options (``num_ctx``, ``num_gpu``, ...) are pool-managed
+the same way. Sampling options this server cannot honour are refused by name.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from llama_orch.contracts.engine import ChatMessage
+from llama_orch.errors import OrchError
+from llama_orch.server.deps import AppDeps, deps_of
+from llama_orch.server.errors import STATUS, error_response
+from llama_orch.server.frontdoor import _fields as f
+from llama_orch.server.frontdoor import _tasks
+from llama_orch.server.frontdoor._chat import DEFAULT_TEMPLATE
+from llama_orch.server.frontdoor._http import (
+    BadField,
+    BufferedAnswer,
+    UnknownModel,
+    correlation_of,
+    deadline_of,
+    identity_of,
+    priority_of,
+    read_json,
+    session_of,
+    ticket_headers,
+)
+from llama_orch.server.sse import Outcome, SseResponse
+from llama_orch.vocab import Engine
+
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+#: The Ollama API release whose routes and shapes this front door follows.
+OLLAMA_API_VERSION = "0.12.0"
+#: ``num_predict`` when the request sets none (or -1/-2, "until the context is full").
+DEFAULT_NUM_PREDICT = 1024
+_STARTED = datetime.now(UTC)
+
+# Options that shape sampling but that no adapter takes: refused rather than dropped.
+_REFUSED_OPTIONS = frozenset(
+    {
+        "min_p",
+        "typical_p",
+        "repeat_last_n",
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "penalize_newline",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "tfs_z",
+    }
+)
+_OPTIONS = frozenset({"temperature", "top_p", "top_k", "seed", "num_predict", "stop"})
+# Neutral-valued top-level fields; others are refused by name.
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "format": (None, ""),
+    "images": (None, []),
+    "suffix": (None, ""),
+    "template": (None, ""),
+    "context": (None, []),
+    "tools": (None, []),
+    "think": (None, False),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+}
+_COMMON = frozenset({"model", "stream", "options", "keep_alive", "truncate", "shift"})
+_GENERATE_KNOWN = _COMMON | set(_NEUTRAL) | {"prompt", "system", "raw"}
+_CHAT_KNOWN = _COMMON | set(_NEUTRAL) | {"messages"}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def ollama_error(exc: OrchError) -> Response:
+    """The task API's status and retry headers, with Ollama's ``{"error": ...}`` body."""
+    status = STATUS[exc.kind]
+    headers = {
+        k: v
+        for k, v in error_response(exc).headers.items()
+        if k.lower() in ("retry-after", "x-backoff-ms")
+    }
+    return Response(orjson.dumps({"error": exc.message}), status, headers, media_type=JSON)
+
+
+def _not_found(name: str) -> UnknownModel:
+    return UnknownModel(f"model '{name}' not found")
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    model: str
+    chat: bool
+    stream: bool
+    submission: _tasks.Submission | None
+    keep_alive_zero: bool
+
+
+def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool) -> _Call:
+    f.refuse_unknown(body, _CHAT_KNOWN if chat else _GENERATE_KNOWN)
+    f.refuse_unless_default(body, _NEUTRAL)
+    name = f.string(body, "model", required=True) or ""
+    model = _tasks.find_model(deps, name)
+    if model is None:
+        raise _not_found(name)
+    stream = f.boolean(body, "stream", True)
+    keep_alive = body.get("keep_alive")
+    keep_alive_zero = keep_alive in (0, "0", "0s", "0m")
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise BadField("options must be an object", param="options")
+    for key in options:
+        if key in _REFUSED_OPTIONS and options[key] is not None:
+            raise BadField(
+                f"options.{key} is not supported by this server; remove it",
+                param=f"options.{key}",
+            )
+    messages: tuple[ChatMessage, ...] | None
+    prompt: str | None = None
+    if chat:
+        raw_messages = body.get("messages")
+        if raw_messages in (None, []):
+            return _Call(model.name, chat, stream, None, keep_alive_zero)
+        messages = f.messages(body)
+    else:
+        prompt = f.string(body, "prompt") or ""
+        if not prompt:
+            return _Call(model.name, chat, stream, None, keep_alive_zero)
+        system = f.string(body, "system")
+        if f.boolean(body, "raw", False):
+            if system:
+                raise BadField("raw cannot be combined with system", param="system")
+            messages = None
+        else:
+            # Ollama applies the model's template to a generate prompt too: one user turn.
+            turns = [ChatMessage("system", system)] if system else []
+            messages = (*turns, ChatMessage("user", prompt))
+    num_predict = f.integer(options, "num_predict", low=-2)
+    submission = _tasks.Submission(
+        model=model,
+        prompt=prompt,
+        messages=messages,
+        max_tokens=num_predict if num_predict is not None and num_predict > 0 else None,
+        priority=priority_of(request),
+        session_id=session_of(request, None),
+        deadline_ms=deadline_of(request),
+        seed=f.integer(options, "seed", low=-(2**63), high=2**63 - 1),
+        temperature=f.number(options, "temperature", low=0, high=10),
+        top_p=f.number(options, "top_p", low=0, high=1, low_open=True),
+        top_k=f.integer(options, "top_k", low=0),
+        stop=f.stops(options, "stop", most=16),
+    )
+    return _Call(model.name, chat, stream, submission, keep_alive_zero)
+
+
+async def generate(request: Request) -> Response | SseResponse | BufferedAnswer:
+    return await _answer(request, chat=False)
+
+
+async def chat(request: Request) -> Response | SseResponse | BufferedAnswer:
+    return await _answer(request, chat=True)
+
+
+async def _answer(request: Request, *, chat: bool) -> Response | SseResponse | BufferedAnswer:
+    deps = deps_of(request)
+    started = time.perf_counter_ns()
+    try:
+        call = _parse(request, deps, await read_json(request, deps), chat=chat)
+        if call.submission is None:
+            return _load_reply(request, call)
+        ticket = _tasks.admit(
+            deps,
+            call.submission,
+            default_max_tokens=DEFAULT_NUM_PREDICT,
+            correlation_id=correlation_of(request),
+            identity=identity_of(request),
+        )
+    except OrchError as exc:
+        return ollama_error(exc)
+    reply = _Reply(call, ticket, call.submission.model.name, started)
+    headers = ticket_headers(ticket)
+    cancel_on_disconnect = deps.config.server.sse.cancel_on_disconnect
+
+    def on_disconnect() -> None:
+        if cancel_on_disconnect:
+            _tasks.cancel(deps, ticket, reason="disconnect")
+
+    if call.stream:
+
+        def on_end(outcome: Outcome) -> None:
+            if outcome is Outcome.STALL:
+                _tasks.cancel(deps, ticket, reason="stall")
+            elif outcome is not Outcome.COMPLETE:
+                on_disconnect()
+
+        return SseResponse(
+            reply.lines(deps),
+            media_type=NDJSON,
+            headers={**headers, "Cache-Control": "no-cache"},
+            on_end=on_end,
+            stall_limit_s=deps.config.server.sse.stall_limit_ms / 1000,
+        )
+
+    async def produce() -> Response:
+        return await reply.whole(deps, headers)
+
+    return BufferedAnswer(produce, on_disconnect)
+
+
+def _load_reply(request: Request, call: _Call) -> Response:
+    """An empty prompt or message list only loads the model; pools keep theirs loaded."""
+    body: dict[str, Any] = {
+        "model": call.model,
+        "created_at": _now(),
+        "done": True,
+        "done_reason": "unload" if call.keep_alive_zero else "load",
+    }
+    if call.chat:
+        body["message"] = {"role": "assistant", "content": ""}
+    else:
+        body["response"] = ""
+    media = NDJSON if call.stream else JSON
+    return Response(orjson.dumps(body) + (b"\n" if call.stream else b""), media_type=media)
+
+
+class _Reply:
+    def __init__(self, call: _Call, ticket: _tasks.Ticket, model: str, started_ns: int) -> None:
+        self.call = call
+        self.ticket = ticket
+        self.model = model
+        self.started_ns = started_ns
+        self.first_ns: int | None = None
+        self._head = b'{"model":%b,"created_at":"' % orjson.dumps(model)
+        if call.chat:
+            self._open = b'","message":{"role":"assistant","content":%b},"done":false}\n'
+        else:
+            self._open = b'","response":%b,"done":false}\n'
+
+    def _final(self, end: _tasks.Finished, text: str | None) -> dict[str, Any]:
+        now = time.perf_counter_ns()
+        body: dict[str, Any] = {"model": self.model, "created_at": _now()}
+        content = "" if text is None else text
+        if self.call.chat:
+            body["message"] = {"role": "assistant", "content": content}
+        else:
+            body["response"] = content
+        body["done"] = True
+        body["done_reason"] = end.finish_reason
+        body["total_duration"] = now - self.started_ns
+        # Metrics are omitempty in Ollama: zeros are left out.
+        counts = {
+            "prompt_eval_count": end.tokens_in,
+            "eval_count": end.tokens_out,
+            "eval_duration": now - self.first_ns if self.first_ns is not None else 0,
+        }
+        body.update({k: v for k, v in counts.items() if v})
+        return body
+
+    async def lines(self, deps: AppDeps) -> AsyncGenerator[bytes, None]:
+        async for event in _tasks.follow(deps, self.ticket):
+            if type(event) is list:
+                if self.first_ns is None:
+                    self.first_ns = time.perf_counter_ns()
+                text = event[0] if len(event) == 1 else "".join(event)
+                yield self._head + _now().encode() + self._open % orjson.dumps(text)
+            elif isinstance(event, _tasks.Finished):
+                if event.canceled:
+                    yield orjson.dumps({"error": "the task was canceled"}) + b"\n"
+                    return
+                yield orjson.dumps(self._final(event, None)) + b"\n"
+            elif isinstance(event, _tasks.Failed):
+                yield orjson.dumps({"error": event.message}) + b"\n"
+
+    async def whole(self, deps: AppDeps, headers: dict[str, str]) -> Response:
+        texts: list[str] = []
+        async for event in _tasks.follow(deps, self.ticket):
+            if type(event) is list:
+                if self.first_ns is None:
+                    self.first_ns = time.perf_counter_ns()
+                texts.extend(event)
+            elif isinstance(event, _tasks.Finished):
+                if event.canceled:
+                    body = orjson.dumps({"error": "the task was canceled"})
+                    return Response(body, 499, headers, media_type=JSON)
+                body = orjson.dumps(self._final(event, "".join(texts)))
+                return Response(body, 200, headers, media_type=JSON)
+            elif isinstance(event, _tasks.Failed):
+                status = STATUS.get(event.kind, 500)
+                failed = dict(headers)
+                if event.retry_after_ms is not None and status in (429, 503):
+                    failed["Retry-After"] = str(max(1, math.ceil(event.retry_after_ms / 1000)))
+                body = orjson.dumps({"error": event.message})
+                return Response(body, status, failed, media_type=JSON)
+        raise AssertionError("a task transcript always ends with a terminal frame")
+
+
+def _tagged(name: str) -> str:
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def _details(model: _tasks.ServedModel, quant: str | None) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": "gguf" if model.engine is Engine.LLAMACPP else model.engine.value,
+        "family": "",
+        "families": None,
+        "parameter_size": "",
+        "quantization_level": quant or "",
+    }
+
+
+def _quant(deps: AppDeps, model: _tasks.ServedModel) -> str | None:
+    return deps.pools.pools[model.pool_id].config.quant
+
+
+async def tags(request: Request) -> Response:
+    deps = deps_of(request)
+    models = [
+        {
+            "name": _tagged(m.name),
+            "model": _tagged(m.name),
+            "modified_at": _STARTED.isoformat(),
+            "size": 0,
+            "digest": "",
+            "details": _details(m, _quant(deps, m)),
+        }
+        for m in _tasks.listed_models(deps)
+    ]
+    return Response(orjson.dumps({"models": models}), media_type=JSON)
+
+
+async def ps(request: Request) -> Response:
+    deps = deps_of(request)
+    # Pools keep their models loaded until an operator drains them: no expiry to report.
+    expires = (datetime.now(UTC) + timedelta(days=365)).isoformat()
+    models = [
+        {
+            "name": _tagged(m.name),
+            "model": _tagged(m.name),
+            "size": 0,
+            "digest": "",
+            "details": _details(m, _quant(deps, m)),
+            "expires_at": expires,
+            "size_vram": 0,
+            "context_length": m.ctx,
+        }
+        for m in _tasks.listed_models(deps)
+        if m.ready
+    ]
+    return Response(orjson.dumps({"models": models}), media_type=JSON)
+
+
+async def show(request: Request) -> Response:
+    deps = deps_of(request)
+    try:
+        body = await read_json(request, deps)
+        name = f.string(body, "model") or f.string(body, "name")
+        if not name:
+            raise BadField("model is required", param="model")
+        model = _tasks.find_model(deps, name)
+        if model is None:
+            raise _not_found(name)
+    except OrchError as exc:
+        return ollama_error(exc)
+    arch = model.engine.value
+    answer = {
+        "modelfile": "",
+        "parameters": "",
+        "template": model.chat_template or DEFAULT_TEMPLATE,
+        "details": _details(model, _quant(deps, model)),
+        "model_info": {"general.architecture": arch, f"{arch}.context_length": model.ctx},
+        "capabilities": ["completion"],
+        "modified_at": _STARTED.isoformat(),
+    }
+    return Response(orjson.dumps(answer), media_type=JSON)
+
+
+async def version(_request: Request) -> Response:
+    return Response(orjson.dumps({"version": OLLAMA_API_VERSION}), media_type=JSON)
+
+
+routes = [
+    Route("/api/generate", generate, methods=["POST"]),
+    Route("/api/chat", chat, methods=["POST"]),
+    Route("/api/tags", tags, methods=["GET", "HEAD"]),
+    Route("/api/ps", ps, methods=["GET"]),
+    Route("/api/show", show, methods=["POST"]),
+    Route("/api/version", version, methods=["GET", "HEAD"]),
+]

@@ -1,0 +1,164 @@
+"""The Ollama-compatible front door, with plain HTTP (NDJSON) and the ``ollama`` Python client."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ollama
+import orjson
+import pytest
+
+from llama_orch.contracts.engine import ChatMessage
+from llama_orch.server.frontdoor._chat import render_chat
+from llama_orch.testing.fake_engines import Behaviour, generate, start_fake
+from tests.e2e.test_engines import ENV, engine_pool, fake_options, wait_until
+from tests.support.frontdoor import MESSAGES, chat_prompt, mock_text
+from tests.support.server import RunningServer, config_of, mock_pool, running_server
+
+
+@contextlib.asynccontextmanager
+async def ollama_stack(**pool: Any) -> AsyncIterator[tuple[RunningServer, ollama.AsyncClient]]:
+    async with running_server(config_of(mock_pool(**pool))) as srv:
+        client = ollama.AsyncClient(host=srv.url)
+        try:
+            yield srv, client
+        finally:
+            await client.close()
+
+
+def user_prompt(prompt: str) -> str:
+    """/api/generate applies the template to its prompt as one user turn, as Ollama does."""
+    return render_chat([ChatMessage("user", prompt)])
+
+
+class TestPlainHttp:
+    async def test_generate_streams_ndjson(self) -> None:
+        """Each line is one JSON object; the last one is done with counts and durations."""
+        async with ollama_stack() as (srv, _):
+            body = {"model": "m0", "prompt": "hi", "options": {"seed": 4, "num_predict": 9}}
+            async with srv.client.stream("POST", "/api/generate", json=body) as response:
+                raw = [line async for line in response.aiter_lines()]
+        lines = [orjson.loads(line) for line in raw]
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        assert all(raw), "no blank lines"
+        assert [False] * (len(lines) - 1) + [True] == [line["done"] for line in lines]
+        assert mock_text(user_prompt("hi"), 9, seed=4) == "".join(x["response"] for x in lines)
+        final = lines[-1]
+        assert ("length", 9) == (final["done_reason"], final["eval_count"])
+        assert final["total_duration"] > 0
+        assert {"x-task-id", "x-queue-position", "x-predicted-start-ms"} <= set(response.headers)
+
+    async def test_raw_generate_without_stream(self) -> None:
+        """raw sends the prompt as is; stream: false answers one object."""
+        async with ollama_stack() as (srv, _):
+            body = {"model": "m0", "prompt": "hi", "raw": True, "stream": False}
+            body["options"] = {"seed": 4, "num_predict": 5, "temperature": 0.3}
+            response = await srv.client.post("/api/generate", json=body)
+        answer = response.json()
+        assert mock_text("hi", 5, seed=4, temperature=0.3) == answer["response"]
+        assert answer["done"] is True
+
+    async def test_empty_prompt_loads(self) -> None:
+        """An empty prompt is a load request; with keep_alive 0 it reports unload."""
+        async with ollama_stack() as (srv, _):
+            load = await srv.client.post("/api/generate", json={"model": "m0", "stream": False})
+            unload = await srv.client.post(
+                "/api/chat", json={"model": "m0", "messages": [], "keep_alive": 0}
+            )
+        assert "load" == load.json()["done_reason"]
+        assert "unload" == orjson.loads(unload.content.splitlines()[0])["done_reason"]
+
+
+class TestOllamaClient:
+    async def test_chat_streamed_and_not(self) -> None:
+        """The ollama client's chat, streamed and whole, returns the engine's text."""
+        async with ollama_stack() as (_, client):
+            options = {"seed": 7, "num_predict": 11}
+            whole = await client.chat(model="m0", messages=MESSAGES, options=options)
+            parts = [
+                part
+                async for part in await client.chat(
+                    model="m0", messages=MESSAGES, options=options, stream=True
+                )
+            ]
+        expected = mock_text(chat_prompt(MESSAGES), 11)
+        assert expected == whole.message.content
+        assert expected == "".join(p.message.content or "" for p in parts)
+        assert parts[-1].done and not parts[0].done
+        assert 11 == whole.eval_count
+
+    async def test_generate_and_listings(self) -> None:
+        """generate, list, ps, show and a model name with :latest all work."""
+        async with ollama_stack() as (srv, client):
+            reply = await client.generate(model="m0:latest", prompt="hi", options={"seed": 2})
+            listed = await client.list()
+            running = await client.ps()
+            shown = await client.show("m0")
+            version = (await srv.client.get("/api/version")).json()
+        assert reply.response
+        assert ["m0:latest"] == [m.model for m in listed.models]
+        assert ["m0:latest"] == [m.model for m in running.models]
+        assert shown.modelinfo is not None
+        assert 4096 == shown.modelinfo["mock.context_length"]
+        assert "version" in version
+
+    async def test_errors_in_ollama_shape(self) -> None:
+        """Unknown model, bad options and bad JSON raise ResponseError with Ollama's shape."""
+        async with ollama_stack() as (srv, client):
+            with pytest.raises(ollama.ResponseError) as missing:
+                await client.chat(model="nope", messages=MESSAGES)
+            with pytest.raises(ollama.ResponseError) as refused:
+                await client.generate(model="m0", prompt="hi", options={"mirostat": 2})
+            with pytest.raises(ollama.ResponseError) as typed:
+                await client.generate(model="m0", prompt="hi", options={"num_predict": "x"})
+            with pytest.raises(ollama.ResponseError) as huge:
+                await client.generate(model="m0", prompt="x" * 1_100_000)
+            malformed = await srv.client.post(
+                "/api/chat", content=b"{", headers={"Content-Type": "application/json"}
+            )
+            after = await client.generate(model="m0", prompt="hi", options={"num_predict": 2})
+        assert (404, "model 'nope' not found") == (missing.value.status_code, missing.value.error)
+        assert 400 == refused.value.status_code
+        assert "options.mirostat" in refused.value.error
+        assert "num_predict" in typed.value.error
+        assert 400 == huge.value.status_code
+        assert 400 == malformed.status_code
+        assert {"error"} == set(malformed.json())
+        assert after.done
+
+
+class TestFakeEngine:
+    async def test_disconnect_stops_the_engine(self) -> None:
+        """Closing an NDJSON stream mid-way closes the fake engine's request."""
+        kind = "vllm"
+        async with (
+            start_fake(kind, behaviour=Behaviour(tokens_per_s=50), **fake_options(kind)) as fake,
+            running_server(config_of(engine_pool(kind, fake)), ENV) as srv,
+        ):
+            body = {"model": fake.model, "messages": MESSAGES, "options": {"num_predict": 500}}
+            async with srv.client.stream("POST", "/api/chat", json=body) as response:
+                async for line in response.aiter_lines():
+                    if orjson.loads(line)["message"]["content"]:
+                        break
+            await wait_until(lambda: fake.requests[-1].done.is_set(), "engine request end")
+            record = fake.requests[-1]
+        assert (True, False) == (record.closed_early, record.completed)
+
+    async def test_chat_text_equals_the_engine_output(self) -> None:
+        """A chat through /api/chat gets the chat-route engine's exact output."""
+        kind = "openai"
+        async with (
+            start_fake(kind, **fake_options(kind)) as fake,
+            running_server(config_of(engine_pool(kind, fake)), ENV) as srv,
+        ):
+            client = ollama.AsyncClient(host=srv.url)
+            try:
+                reply = await client.chat(
+                    model=fake.model, messages=MESSAGES, options={"seed": 5, "num_predict": 10}
+                )
+            finally:
+                await client.close()
+        prompt = "\n".join(m["content"] for m in MESSAGES)
+        assert "".join(generate(prompt, 5, 10).tokens) == reply.message.content
