@@ -1,0 +1,67 @@
+"""Pull progress: bytes done and total, rate and ETA; shared by fetchers, the API and the CLI."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class PullState(StrEnum):
+    RUNNING = "running"  # bytes are moving (or the source is being asked)
+    DONE = "done"  # registered Active in the catalog
+    FAILED = "failed"  # stopped; ``error`` holds the typed envelope
+
+
+@dataclass
+class PullProgress:
+    """Counters one pull updates from its fetcher thread and anyone may read."""
+
+    model_id: str
+    on_total: Callable[[int, int], None] | None = None
+    state: PullState = PullState.RUNNING
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    error: dict[str, Any] | None = None
+    started_s: float = field(default_factory=time.monotonic)
+    finished_s: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def set_total(self, total: int, already: int = 0) -> None:
+        """The fetcher learned the size; ``already`` bytes are on disk from an earlier try."""
+        if self.on_total is not None:
+            self.on_total(total, already)
+        with self._lock:
+            self.bytes_total = total
+            self.bytes_done = already
+
+    def add(self, count: int) -> None:
+        with self._lock:
+            self.bytes_done += count
+
+    def finish(self, state: PullState, error: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            self.state = state
+            self.error = error
+            self.finished_s = time.monotonic()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            end = self.finished_s if self.finished_s is not None else time.monotonic()
+            elapsed = max(end - self.started_s, 1e-6)
+            rate = self.bytes_done / elapsed
+            eta = None
+            if self.bytes_total is not None and rate > 0 and self.state is PullState.RUNNING:
+                eta = max(self.bytes_total - self.bytes_done, 0) / rate
+            return {
+                "state": self.state.value,
+                "bytes_done": self.bytes_done,
+                "bytes_total": self.bytes_total,
+                "rate_bytes_per_s": round(rate, 1),
+                "eta_s": None if eta is None else round(eta, 1),
+                "elapsed_s": round(elapsed, 3),
+                "error": self.error,
+            }
