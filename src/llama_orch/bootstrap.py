@@ -11,6 +11,7 @@ from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory, simulated_inventory
 from llama_orch.pool.manager import PoolManager
+from llama_orch.provisioners.factory import model_provisioner
 from llama_orch.server.deps import AppDeps
 
 
@@ -77,4 +78,5 @@ def build_deps(
         admission=admission,
         metrics=metrics,
         host=host,
+        models=model_provisioner(settings.config, settings.catalog_env, metrics),
     )

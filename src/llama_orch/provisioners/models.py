@@ -32,7 +32,7 @@ from llama_orch.catalog.refs import (
     parse_ref,
     ref_id,
 )
-from llama_orch.catalog.store import CatalogStore, check_tree, fsync_dir, now_ms
+from llama_orch.catalog.store import CatalogStore, DeleteOutcome, check_tree, fsync_dir, now_ms
 from llama_orch.catalog.verify import (
     Digest,
     VerifyResult,
@@ -164,12 +164,7 @@ class ModelProvisioner:
     def _stage(
         self, ref: ModelRef, model_id: str, expected: Digest | None, progress: PullProgress
     ) -> ModelEntry:
-        fetcher = self.fetchers.get(_scheme_of(ref))
-        if fetcher is None:
-            raise InvalidParams(f"no fetcher for {model_id} in this build")
-        scheme, host = fetcher.endpoint(ref)
-        self.outbound.check(scheme, host)
-        self.trust.check_source(host if scheme != "file" else "", model_id)
+        fetcher, host = self.precheck(ref)
         started = time.monotonic()
         narrate("catalog", "fetch", model_id, f"Fetches {model_id} from {host or 'disk'}.")
         stage = self.store.staging_for(model_id)
@@ -276,6 +271,64 @@ class ModelProvisioner:
             target = final_dir / payload.name
         fsync_dir(final_dir.parent)
         return target
+
+    # -- background work for the control plane ------------------------------------------------
+
+    def precheck(self, ref: ModelRef) -> tuple[Fetcher, str]:
+        """The policy checks a pull would fail on, without fetching (for a synchronous 400).
+
+        Returns the scheme's fetcher and the host it will contact ("" for local files)."""
+        fetcher = self.fetchers.get(_scheme_of(ref))
+        if fetcher is None:
+            raise InvalidParams(f"no fetcher for {ref_id(ref)} in this build")
+        scheme, host = fetcher.endpoint(ref)
+        self.outbound.check(scheme, host)
+        self.trust.check_source(host, ref_id(ref))
+        return fetcher, host
+
+    @staticmethod
+    def is_local(ref: ModelRef) -> bool:
+        return isinstance(ref, FileRef)
+
+    def start_pull(self, ref: ModelRef, expected: Digest | None = None) -> PullProgress:
+        """Pull in a daemon thread; progress is readable at once. A running pull is reused."""
+        model_id = ref_id(ref)
+        current = self.progress.get(model_id)
+        if current is not None and current.state is PullState.RUNNING:
+            return current
+        progress = PullProgress(model_id)
+        self.progress[model_id] = progress
+
+        def run() -> None:
+            try:
+                self.ensure_present(ref, expected)
+            except OrchError:
+                pass  # recorded on the pull's progress by ensure_present
+            except Exception as exc:
+                progress.finish(PullState.FAILED, {"code": "INTERNAL", "message": repr(exc)})
+
+        threading.Thread(target=run, name=f"pull {model_id}", daemon=True).start()
+        return progress
+
+    def start_verify(self, model_id: str) -> None:
+        def run() -> None:
+            try:
+                self.verify(model_id)
+            except OrchError:
+                pass  # the entry vanished meanwhile
+
+        threading.Thread(target=run, name=f"verify {model_id}", daemon=True).start()
+
+    def delete(self, model_id: str) -> DeleteOutcome:
+        outcome = self.store.delete(model_id)
+        if outcome.found and self.metrics is not None:
+            for each in Lifecycle:
+                try:
+                    self.metrics.model_state.remove(model_id, each.value)
+                except KeyError:
+                    pass  # never exported for this model
+        self.progress.pop(model_id, None)
+        return outcome
 
     # -- lifecycle and verification after the fact ---------------------------------------------
 

@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-# huggingface_hub reads these at import; the fake hub speaks plain HTTP, never Xet.
-os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,20 +13,11 @@ from llama_orch.provisioners.fetch.file import FileFetcher
 from llama_orch.provisioners.fetch.https import HttpsFetcher
 from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.policy import OutboundPolicy
-from tests.support.file_server import FileServerState, file_server
-from tests.support.threaded_server import serve_in_thread
+from tests.support.https_site import HttpsSite, serve_https_site
 
 OPEN = OutboundPolicy(
     allow_outbound=True, allowed_schemes=("file", "http", "https", "hf", "s3", "oci")
 )
-
-
-@dataclass
-class HttpsSite:
-    base: str
-    state: FileServerState
-    context: ssl.SSLContext
-    ca_file: Path
 
 
 @pytest.fixture(scope="session")
@@ -44,17 +27,8 @@ def tls_ca() -> trustme.CA:
 
 @pytest.fixture
 def https_site(tmp_path: Path, tls_ca: trustme.CA) -> Iterator[HttpsSite]:
-    cert = tls_ca.issue_cert("127.0.0.1", "localhost")
-    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    context = ssl.create_default_context()
-    tls_ca.configure_trust(context)
-    ca_file = tmp_path / "ca.pem"
-    tls_ca.cert_pem.write_to_path(str(ca_file))
-    state = FileServerState()
-    with serve_in_thread(file_server(state), certfile=certfile, keyfile=keyfile) as port:
-        yield HttpsSite(f"https://127.0.0.1:{port}/files", state, context, ca_file)
+    with serve_https_site(tmp_path, tls_ca) as site:
+        yield site
 
 
 @pytest.fixture
