@@ -229,6 +229,15 @@ def ref_id(ref: ModelRef) -> str:
     return format_ref(ref)
 
 
+#: Bare names ending like this are model files (relative paths), not served-model names.
+MODEL_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".onnx")
+
+
 def looks_like_ref(text: str) -> bool:
-    """True when ``text`` names a source (has a scheme or is a path), not a bare alias."""
-    return text.startswith(("hf:", "file:", "http://", "https://", "s3://", "oci://", "/", "."))
+    """True when ``text`` names a source (a scheme, a path, a model file), not a plain name.
+
+    Plain names (``llama3``, ``meta-llama/Llama-3-8B`` for an external engine) stay names.
+    """
+    return text.startswith(
+        ("hf:", "file:", "http://", "https://", "s3://", "oci://", "/", "./", "../")
+    ) or text.endswith(MODEL_FILE_SUFFIXES)

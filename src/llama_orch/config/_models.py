@@ -217,6 +217,8 @@ class BinaryConfig(_Strict):
 
 class ProvisionModelConfig(_Strict):
     ref: str | None = None
+    #: An alias tasks may send as ``model_ref`` instead of the ref or catalog id.
+    name: str | None = None
     cache_dir: str | None = None
     checksum: str | None = None
 
