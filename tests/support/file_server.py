@@ -1,7 +1,7 @@
 """A file server with HTTP Range support and scripted faults, for download tests.
 
 Faults are consumed in order, one per GET: ``"500"`` answers 500, ``"truncate"`` sends half
-of the requested bytes then drops the connection, ``"hold"`` sends the first chunk and then
+of the requested bytes then drops the connection, ``"hold"`` sends the first half and then
 waits until ``release`` is set. Every request's Range header is recorded.
 """
 
@@ -55,10 +55,10 @@ def file_server(state: FileServerState) -> Starlette:
                 yield body[: len(body) // 2]
                 raise ConnectionResetError("simulated drop mid-body")
             if fault == "hold":
-                yield body[:CHUNK]
+                yield body[: len(body) // 2]
                 state.holding.set()
                 await anyio.to_thread.run_sync(state.release.wait)
-                yield body[CHUNK:]
+                yield body[len(body) // 2 :]
                 return
             for offset in range(0, len(body), CHUNK):
                 yield body[offset : offset + CHUNK]

@@ -231,7 +231,8 @@ class ModelProvisioner:
                 files.append(ModelFile(path=rel, size_bytes=path.stat().st_size, sha256=sha))
             digest = digest_of(fetched.path)
         else:
-            digest = sha256_file(fetched.path)
+            computed = fetched.computed_sha256
+            digest = Digest("sha256", computed) if computed else sha256_file(fetched.path)
             claim = fetched.claimed_sha256.get("")
             self._compare(model_id, fetched.path.name, claim, digest.value, fetched)
             checked = claim is not None

@@ -31,6 +31,8 @@ class Fetched:
     claimed_sha256: dict[str, str] = field(default_factory=dict)
     #: HF revision/commit, ETag, S3 version, OCI manifest digest: whatever the source says.
     source: dict[str, str] = field(default_factory=dict)
+    #: sha256 hex of the single file at ``path``, when the fetcher hashed it while writing.
+    computed_sha256: str | None = None
 
 
 class Fetcher(Protocol):

@@ -83,14 +83,14 @@ class S3Fetcher:
             return Body(size, bool(offset), _chunks(stream), stream.close)
 
         final = stage / ref.key.rsplit("/", 1)[-1]
-        download(final, open_body, progress, opener=self.opener)
+        sha = download(final, open_body, progress, opener=self.opener)
         source = {"etag": str(head.get("ETag", "")).strip('"')}
         if version:
             source["version_id"] = str(version)
         claimed = {}
         if head.get("ChecksumSHA256") and "-" not in head["ChecksumSHA256"]:
             claimed[""] = base64.b64decode(head["ChecksumSHA256"]).hex()
-        return Fetched(path=final, claimed_sha256=claimed, source=source)
+        return Fetched(path=final, claimed_sha256=claimed, source=source, computed_sha256=sha)
 
 
 def _chunks(stream: Any) -> Iterator[bytes]:
