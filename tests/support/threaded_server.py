@@ -24,7 +24,9 @@ def serve_in_thread(
         app,
         host="127.0.0.1",
         port=0,
-        log_level="warning",
+        # No log_config: uvicorn would reconfigure the process's logging for every later test.
+        log_config=None,
+        access_log=False,
         lifespan="off",
         ssl_certfile=str(certfile) if certfile else None,
         ssl_keyfile=str(keyfile) if keyfile else None,
