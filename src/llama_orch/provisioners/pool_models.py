@@ -70,6 +70,9 @@ class PoolModels:
         self.provisioner = provisioner
         self.by_pool = {cfg.id: _pool_model(cfg, str(base_dir)) for cfg in pools}
         self._base_dir = str(base_dir)
+        #: Pools whose model was seen to fit once; after that the engine's own use of the VRAM
+        #: would make it look as if it no longer fits, so the check is not repeated.
+        self._fitted: set[str] = set()
 
     def entry(self, pool_id: str) -> ModelEntry | None:
         model = self.by_pool.get(pool_id)
@@ -136,7 +139,12 @@ class PoolModels:
             )
         if entry.lifecycle is Lifecycle.RETIRED:
             return f"model {model.model_id} is Retired; `llorch models activate {model.model_id}`"
-        return self.fit_problem(pool_id, free_per_gpu)
+        if pool_id in self._fitted:
+            return None
+        problem = self.fit_problem(pool_id, free_per_gpu)
+        if problem is None:
+            self._fitted.add(pool_id)
+        return problem
 
     def estimate(self, pool_id: str) -> VramEstimate | None:
         model = self.by_pool.get(pool_id)
