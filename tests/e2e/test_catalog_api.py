@@ -119,3 +119,14 @@ class TestCatalogApi:
             assert 404 == (await srv.client.delete("/v1/catalog/models/hf:o/r")).status_code
             no_body = await srv.client.post("/v1/catalog/models", content=b"{}")
             assert 400 == no_body.status_code
+
+    async def test_catalog_routes_need_the_token(self, tmp_path: Path) -> None:
+        """With AUTH_TOKEN set, the catalog routes refuse requests without it."""
+        token = "catalog-test-token-" + "x" * 24
+        async with running_server(catalog_config(tmp_path), {"AUTH_TOKEN": token}) as srv:
+            refused = await srv.client.get("/v1/catalog/models")
+            assert (401, "MISSING_TOKEN") == (refused.status_code, refused.json()["code"])
+            allowed = await srv.client.get(
+                "/v1/catalog/models", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert 200 == allowed.status_code

@@ -9,6 +9,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from llama_orch.observability.narration import narrate
+
+#: Fractions of a download at which progress is narrated (never per chunk).
+MILESTONES = (0.25, 0.5, 0.75)
+
 
 class PullState(StrEnum):
     RUNNING = "running"  # bytes are moving (or the source is being asked)
@@ -29,6 +34,7 @@ class PullProgress:
     started_s: float = field(default_factory=time.monotonic)
     finished_s: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _next_milestone: int = 0
 
     def set_total(self, total: int, already: int = 0) -> None:
         """The fetcher learned the size; ``already`` bytes are on disk from an earlier try."""
@@ -41,6 +47,27 @@ class PullProgress:
     def add(self, count: int) -> None:
         with self._lock:
             self.bytes_done += count
+            done, total = self.bytes_done, self.bytes_total
+            reached = None
+            while (
+                total
+                and self._next_milestone < len(MILESTONES)
+                and done >= MILESTONES[self._next_milestone] * total
+            ):
+                reached = MILESTONES[self._next_milestone]
+                self._next_milestone += 1
+        if reached is not None:
+            elapsed = time.monotonic() - self.started_s
+            narrate(
+                "catalog",
+                "fetch-progress",
+                self.model_id,
+                f"Fetched {int(reached * 100)}% of {self.model_id} "
+                f"({done // 1048576}/{(total or 0) // 1048576} MiB).",
+                bytes=done,
+                bytes_total=total,
+                duration_ms=int(elapsed * 1000),
+            )
 
     def finish(self, state: PullState, error: dict[str, Any] | None = None) -> None:
         with self._lock:

@@ -104,3 +104,23 @@ class TestFactory:
         assert ("https",) == prov.outbound.allowed_schemes
         default = Config.model_validate({"pools": [{"id": "p", "engine": "mock", "model": "m"}]})
         assert Path("/x/llama-orch/catalog") == catalog_root(default, {"XDG_CACHE_HOME": "/x"})
+
+
+class TestProgress:
+    def test_milestones_are_narrated_once_each(self, narration) -> None:
+        """Progress is narrated at 25/50/75 percent, not per chunk; the snapshot has rate/ETA."""
+        from llama_orch.provisioners.progress import PullProgress
+
+        progress = PullProgress("hf:o/m")
+        progress.set_total(1000)
+        for _ in range(100):
+            progress.add(10)
+        events = narration.events("fetch-progress")
+        assert ["25%", "50%", "75%"] == [e["human"].split()[1] for e in events]
+        snapshot = progress.snapshot()
+        assert (1000, 1000, "running") == (
+            snapshot["bytes_done"],
+            snapshot["bytes_total"],
+            snapshot["state"],
+        )
+        assert snapshot["eta_s"] == 0.0
