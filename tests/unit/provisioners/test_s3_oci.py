@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from llama_orch.catalog import CatalogStore
-from llama_orch.errors import DigestMismatch, NotFound
+from llama_orch.errors import DigestMismatch, InvalidModelRef, NotFound
 from llama_orch.provisioners.fetch.oci import OciFetcher
 from llama_orch.provisioners.fetch.s3 import S3Fetcher
 from llama_orch.provisioners.models import ModelProvisioner
@@ -164,3 +164,57 @@ class TestOci:
         )
         with pytest.raises(NotFound):
             prov.ensure_present_str(f"oci://{registry}/models/none:v1")
+
+
+def _tarball(path: Path, members: dict[str, bytes], link: tuple[str, str] | None = None) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if link is not None:
+            info = tarfile.TarInfo(link[0])
+            info.type = tarfile.SYMTYPE
+            info.linkname = link[1]
+            tar.addfile(info)
+    return path
+
+
+DIR_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+class TestOciDirectories:
+    def test_directory_artifact_unpacks(self, tmp_path, store, registry) -> None:
+        """A directory pushed with oras is unpacked into a directory entry."""
+        model_dir = tmp_path / "repo"
+        model_dir.mkdir()
+        (model_dir / "config.json").write_bytes(b"{}")
+        (model_dir / "model.safetensors").write_bytes(PAYLOAD)
+        oras_push(registry, "models/dir:v1", [model_dir])
+        prov = ModelProvisioner(
+            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
+        )
+        entry = prov.ensure_present_str(f"oci://{registry}/models/dir:v1")
+        assert {"repo/config.json", "repo/model.safetensors"} == {f.path for f in entry.files}
+
+    @pytest.mark.parametrize(
+        ("members", "link"),
+        [({"../escape.txt": b"x"}, None), ({"ok.txt": b"x"}, ("evil", "/etc/passwd"))],
+    )
+    def test_archives_that_escape_are_refused(
+        self, tmp_path, store, registry, members, link
+    ) -> None:
+        """Archive members with '..' or links pointing outside are refused; nothing lands."""
+        evil = _tarball(tmp_path / "evil.tar.gz", members, link)
+        tag = f"evil{len(link or ())}"
+        oras_push(registry, f"models/{tag}:v1", [Path(f"{evil}:{DIR_TYPE}")])
+        prov = ModelProvisioner(
+            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
+        )
+        with pytest.raises(InvalidModelRef, match="unsafe archive"):
+            prov.ensure_present_str(f"oci://{registry}/models/{tag}:v1")
+        assert [] == store.list()
+        assert not (store.root / "escape.txt").exists()

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from llama_orch.catalog.refs import ModelRef, OciRef, safe_relative
-from llama_orch.errors import FetchFailed, InvalidModelRef, NotFound
+from llama_orch.catalog.verify import sha256_file
+from llama_orch.errors import DigestMismatch, FetchFailed, InvalidModelRef, NotFound
 from llama_orch.provisioners.fetch.base import Fetched
 from llama_orch.provisioners.progress import PullProgress
 
@@ -90,6 +91,11 @@ class OciFetcher:
         if layer.get("mediaType") == DIR_MEDIA_TYPE:
             archive = files.parent / f"{digest.replace(':', '_')}.tar.gz"
             registry.download_blob(container, digest, str(archive))
+            actual = f"sha256:{sha256_file(archive).value}"
+            if actual != digest:
+                raise DigestMismatch(
+                    f"layer {name} of oci://{ref.target} hashes to {actual}, expected {digest}"
+                )
             with tarfile.open(archive) as tar:
                 try:
                     tar.extractall(files, filter="data")
