@@ -33,14 +33,17 @@ def provisioner(store: CatalogStore, endpoint: str, **kw: object) -> ModelProvis
 
 
 class TestHfPull:
-    def test_single_gguf_with_lfs_sha_and_metadata(self, tmp_path, store, hub):
+    def test_single_gguf_with_lfs_sha_and_metadata(self, tmp_path, store, hub, narration):
         """One LFS file is fetched, its sha256 checked, its GGUF header recorded."""
         endpoint, state = hub
         data = tiny_llama_gguf(tmp_path / "m.gguf").read_bytes()
         state.repos["org/tiny"] = HubRepo(
             files={"m.gguf": data, "README.md": b"hi"}, lfs={"m.gguf"}
         )
-        entry = provisioner(store, endpoint).ensure_present_str("hf:org/tiny/m.gguf")
+        prov = provisioner(store, endpoint)
+        entry = prov.ensure_present_str("hf:org/tiny/m.gguf")
+        assert len(data) == prov.progress["hf:org/tiny/m.gguf"].bytes_done
+        assert narration.events("fetch-progress")  # one chunk: the last milestone passed
         assert "hf:org/tiny/m.gguf" == entry.id
         assert "pass" == entry.verification
         assert data == Path(entry.local_path).read_bytes()

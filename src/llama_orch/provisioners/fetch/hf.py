@@ -63,7 +63,8 @@ class HfFetcher:
             sibling = siblings.get(ref.path)
             if sibling is None:
                 raise NotFound(f"{ref.path} is not in {ref.repo_id}@{commit[:12]}")
-            progress.set_total(int(sibling.size or 0))
+            size = int(sibling.size or 0)
+            progress.set_total(size)
             hf_hub_download(
                 ref.repo_id,
                 ref.path,
@@ -71,8 +72,9 @@ class HfFetcher:
                 local_dir=files,
                 endpoint=self.endpoint_url,
                 token=self._token,
+                tqdm_class=_byte_counter(progress),
             )
-            progress.add(int(sibling.size or 0))
+            progress.set_total(size, size)
             _drop_metadata(files)
             claimed = {"": sibling.lfs.sha256} if sibling.lfs else {}
             return Fetched(path=files / ref.path, claimed_sha256=claimed, source=source)
@@ -89,6 +91,24 @@ class HfFetcher:
         _drop_metadata(files)
         claimed = {name: s.lfs.sha256 for name, s in siblings.items() if s.lfs}
         return Fetched(path=files, claimed_sha256=claimed, source=source)
+
+
+def _byte_counter(progress: PullProgress) -> Any:
+    """A silent tqdm class that feeds the library's byte counts into ``progress``."""
+    from tqdm.auto import tqdm
+
+    class ByteCounter(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if n:
+                progress.add(int(n))
+            result: bool | None = super().update(n)
+            return result
+
+    return ByteCounter
 
 
 def _drop_metadata(files: Path) -> None:
