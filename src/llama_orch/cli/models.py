@@ -103,7 +103,7 @@ def _watch(read: Callable[[], Mapping[str, Any] | None], done: Callable[[], bool
             click.echo("\r" + render_progress(snapshot), nl=False, err=True)
         time.sleep(0.2)
     snapshot = read()
-    if snapshot:
+    if snapshot and snapshot.get("bytes_total") is not None:
         click.echo(("\r" if tty else "") + render_progress(snapshot), err=True)
 
 
