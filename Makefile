@@ -11,7 +11,7 @@ STAMP := $(VENV)/.synced
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup promtool run test lint fmt schema bench clean
+.PHONY: help setup promtool registry run test lint fmt schema bench clean
 
 help:
 	@echo "make run     set up, then serve $(CONFIG) on 127.0.0.1:8080"
@@ -41,10 +41,21 @@ promtool:
 	      --no-install-recommends prometheus >/dev/null || echo "warning: promtool install failed"; \
 	  else echo "warning: promtool unavailable and apt-get unusable; its check will skip"; fi; }
 
+# docker-registry (Debian package; the CNCF distribution registry) serves OCI artifacts to the
+# catalog's oci:// tests. Installed once through apt when missing and possible; else they skip.
+registry:
+	@command -v docker-registry >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing docker-registry (apt package docker-registry)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends docker-registry >/dev/null \
+	      || echo "warning: docker-registry install failed"; \
+	  else echo "warning: docker-registry unavailable and apt-get unusable; oci tests skip"; fi; }
+
 run: setup
 	$(VENV)/bin/llorch serve --config $(CONFIG)
 
-test: setup promtool
+test: setup promtool registry
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

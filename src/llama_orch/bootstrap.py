@@ -11,6 +11,8 @@ from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory, simulated_inventory
 from llama_orch.pool.manager import PoolManager
+from llama_orch.provisioners.factory import model_provisioner
+from llama_orch.provisioners.pool_models import PoolModels
 from llama_orch.server.deps import AppDeps
 
 
@@ -52,12 +54,28 @@ def check_serveable(settings: Settings, inventory: GpuInventory) -> None:
         raise ConfigError(settings.source, issues)
 
 
+def check_vram_fit(settings: Settings, inventory: GpuInventory, models: PoolModels) -> None:
+    """Refuse to start a pool whose model (already in the catalog) cannot fit its GPUs."""
+    issues = []
+    for index, pool in enumerate(settings.config.pools):
+        devices = tuple(pool.devices) if pool.devices is not None else inventory.indices
+        free = {g.index: g.vram_free_bytes for g in inventory.gpus if g.index in devices}
+        problem = models.fit_problem(pool.id, free) if models.by_pool[pool.id].gated else None
+        if problem is not None:
+            issues.append(ConfigIssue(f"pools.{index}.model", problem))
+    if issues:
+        raise ConfigError(settings.source, issues)
+
+
 def build_deps(
     settings: Settings, *, inventory: GpuInventory | None = None, probe_interval_s: float = 2.0
 ) -> AppDeps:
     inventory = inventory or discover_gpus(settings)
     check_serveable(settings, inventory)
     metrics = Metrics()
+    models = model_provisioner(settings.config, settings.catalog_env, metrics)
+    pool_models = PoolModels(settings.config.pools, models, settings.base_dir)
+    check_vram_fit(settings, inventory, pool_models)
     host = AdapterHost(metrics=metrics)
     pools = PoolManager(
         settings.config.pools,
@@ -67,6 +85,7 @@ def build_deps(
         adapter_factory(AdapterContext(api_keys=settings.upstream_api_keys)),
         metrics,
         probe_interval_s=probe_interval_s,
+        models=pool_models,
     )
     dispatcher = Dispatcher(settings.config, pools, host, metrics)
     admission = Admission(settings.config, pools, dispatcher, metrics)
@@ -77,4 +96,5 @@ def build_deps(
         admission=admission,
         metrics=metrics,
         host=host,
+        models=models,
     )

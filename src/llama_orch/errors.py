@@ -5,6 +5,10 @@ stream emitter turns them into SSE ``error`` frames. Nothing here knows about HT
 
 OrchError
 ├── InvalidParams (ValueError)              INVALID_PARAMS
+│   ├── InvalidModelRef                     INVALID_PARAMS (names the accepted ref forms)
+│   ├── OutboundDenied (PermissionError)    INVALID_PARAMS (names the host and the policy key)
+│   └── DigestMismatch                      INVALID_PARAMS (expected vs actual digest)
+├── UntrustedArtifact                       UNTRUSTED_ARTIFACT
 ├── DeadlineUnmet                           DEADLINE_UNMET
 ├── ModelDeprecated                         MODEL_DEPRECATED
 ├── NotFound (LookupError)                  NOT_FOUND
@@ -25,6 +29,10 @@ OrchError
 │   ├── WorkerDeadline                      DEADLINE_UNMET
 │   ├── WorkerInvalidParams                 INVALID_PARAMS (the engine refused the request)
 │   └── WorkerInternal                      INTERNAL
+├── CatalogError                            the model/engine catalog on disk
+│   ├── IndexVersionError                   INTERNAL (an index written by another version)
+│   └── FetchFailed                         INTERNAL, retriable (a source could not be read)
+│       └── InsufficientSpace (OSError)     INTERNAL (the disk cannot hold the download)
 └── InternalError                           INTERNAL
 
 ConfigError (ValueError) is separate: it is raised before the server exists and carries every
@@ -104,6 +112,42 @@ class OrchError(Exception):
 
 class InvalidParams(OrchError, ValueError):
     kind = ErrorKind.INVALID_PARAMS
+
+
+class InvalidModelRef(InvalidParams):
+    """A model reference in none of the accepted forms."""
+
+
+class OutboundDenied(InvalidParams, PermissionError):
+    """network_policy forbids reaching a host or scheme."""
+
+
+class DigestMismatch(InvalidParams):
+    """Downloaded or local bytes do not hash to the digest that was asked for."""
+
+
+class UntrustedArtifact(OrchError):
+    kind = ErrorKind.UNTRUSTED_ARTIFACT
+
+
+class CatalogError(OrchError):
+    """The model or engine catalog on disk cannot do what was asked."""
+
+
+class IndexVersionError(CatalogError):
+    """An index file carries a schema version this build cannot read."""
+
+
+class FetchFailed(CatalogError):
+    """A model source could not be read; the pull may be retried (downloads resume)."""
+
+    retriable_default = True
+
+
+class InsufficientSpace(FetchFailed, OSError):
+    """The catalog's filesystem cannot hold the download."""
+
+    retriable_default = False
 
 
 class DeadlineUnmet(OrchError):

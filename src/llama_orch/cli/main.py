@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from llama_orch.cli import client as client_mod
+from llama_orch.cli.models import models as models_group
 from llama_orch.errors import ConfigError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -199,6 +200,9 @@ def cancel(task_id: str, url: str | None, token_file: str | None) -> None:
     """Cancel TASK_ID (idempotent)."""
     with _client(url, token_file) as client:
         sys.exit(client_mod.cancel(client, task_id))
+
+
+cli.add_command(models_group)
 
 
 def main() -> None:

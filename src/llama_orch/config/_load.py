@@ -17,6 +17,17 @@ from pydantic import ValidationError
 from llama_orch.config._models import Config, is_loopback_host, parse_host_port
 from llama_orch.errors import ConfigError, ConfigIssue
 
+#: Read for the model catalog and its fetchers: where the catalog lives, the HF hub and its
+#: token, an S3-compatible endpoint.
+CATALOG_ENV = (
+    "HOME",
+    "XDG_CACHE_HOME",
+    "HF_ENDPOINT",
+    "HF_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+)
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -36,6 +47,8 @@ class Settings:
     base_dir: Path = Path(".")
     #: pool id -> upstream API key, read from the variable each pool's ``api_key_env`` names.
     upstream_api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: The variables the model fetchers honour (CATALOG_ENV), as they were at start-up.
+    catalog_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def loopback_bind(self) -> bool:
@@ -227,6 +240,7 @@ def load_settings(
         log_format=log_format,
         base_dir=base_dir,
         upstream_api_keys=_upstream_api_keys(config, environ),
+        catalog_env={key: environ[key] for key in CATALOG_ENV if key in environ},
     )
     if not settings.loopback_bind and not token:
         raise ConfigError(

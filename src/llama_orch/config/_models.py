@@ -163,7 +163,13 @@ class TrustPolicyConfig(_Strict):
 class CatalogConfig(_Strict):
     trust_policy: TrustPolicyConfig = TrustPolicyConfig()
     root: str = "~/.cache/llama-orch/catalog"
-    backend: Literal["fs", "sqlite"] = "fs"
+    backend: Literal["fs"] = "fs"
+    #: Hugging Face endpoint for hf: refs; HF_ENDPOINT overrides it; default the public hub.
+    hf_endpoint: str | None = None
+    #: S3-compatible endpoint (MinIO, Ceph, ...) for s3: refs; AWS_ENDPOINT_URL_S3 overrides it.
+    s3_endpoint_url: str | None = None
+    #: OCI registries (host:port) reached over plain HTTP, e.g. a registry on the LAN.
+    insecure_registries: list[str] = []
 
 
 class SimulatedGpu(_Strict):
@@ -235,6 +241,8 @@ class BinaryConfig(_Strict):
 
 class ProvisionModelConfig(_Strict):
     ref: str | None = None
+    #: An alias tasks may send as ``model_ref`` instead of the ref or catalog id.
+    name: str | None = None
     cache_dir: str | None = None
     checksum: str | None = None
 

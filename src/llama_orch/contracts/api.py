@@ -188,6 +188,17 @@ class ReplicaCapability(_Wire):
     simulated: bool = False
 
 
+class VramEstimate(_Wire):
+    """VRAM the pool's model needs, from its GGUF header (docs/catalog.md)."""
+
+    weights_bytes: int
+    kv_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    ctx: int
+    slots: int
+
+
 class PoolCapability(_Wire):
     pool_id: str
     engine: Engine
@@ -208,6 +219,8 @@ class PoolCapability(_Wire):
     #: Slots the engines themselves report; ``slots_total`` is the declared concurrency.
     engine_slots_total: int | None = None
     replicas: list[ReplicaCapability] = []
+    #: The catalog's estimate for GGUF models in the catalog; absent otherwise.
+    vram_estimate: VramEstimate | None = None
 
 
 class Capabilities(_Wire):

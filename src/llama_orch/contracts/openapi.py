@@ -361,8 +361,18 @@ def control_plane() -> dict[str, Any]:
             }
         },
     }
-    models: list[type[BaseModel]] = [api.Capabilities, api.PoolHealth, api.ErrorEnvelope]
-    return _doc("llama-orch control plane", "Capabilities, pool health, metrics", paths, models)
+    from llama_orch.contracts import openapi_catalog
+
+    paths.update(openapi_catalog.catalog_paths())
+    models: list[type[BaseModel]] = [
+        api.Capabilities,
+        api.PoolHealth,
+        api.ErrorEnvelope,
+        *openapi_catalog.MODELS,
+    ]
+    return _doc(
+        "llama-orch control plane", "Capabilities, pool health, metrics, catalog", paths, models
+    )
 
 
 PLANES = ("data", "control", "openai")

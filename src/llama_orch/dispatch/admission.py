@@ -57,6 +57,8 @@ class Admission:
     def __init__(
         self, config: Config, pools: PoolManager, dispatcher: Dispatcher, metrics: Metrics
     ) -> None:
+        #: Maps a task's model_ref (ref, catalog id or alias) to the pool's model string.
+        self._models = pools.models
         self._config = config
         self._pools = pools
         self._dispatcher = dispatcher
@@ -96,6 +98,10 @@ class Admission:
         self, request: TaskRequest, correlation_id: str | None, identity: str | None
     ) -> Admitted:
         dispatcher = self._dispatcher
+        if self._models is not None:
+            canonical = self._models.canonical(request.model_ref)
+            if canonical != request.model_ref:
+                request = request.model_copy(update={"model_ref": canonical})
         task_id = str(request.task_id)
         session_id = str(request.session_id)
         now = dispatcher.now()

@@ -88,6 +88,7 @@ class GpuSampler:
             self._failing = True
             return
         self._failing = False
+        self._pools.refresh_inventory(inventory)
         self.publish(inventory)
 
     def publish(self, inventory: GpuInventory) -> None:

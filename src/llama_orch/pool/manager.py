@@ -33,6 +33,7 @@ from llama_orch.errors import WorkerError
 from llama_orch.observability.metrics import Metrics, ReplicaMetrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.gpus import GpuInventory
+from llama_orch.provisioners.pool_models import PoolModels
 from llama_orch.vocab import Engine, ProvisioningMode
 
 #: Context limit used when neither the pool config nor the engine states one.
@@ -163,7 +164,10 @@ class PoolManager:
         probe_interval_s: float = 2.0,
         stale_after_s: float = STALE_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
+        models: PoolModels | None = None,
     ) -> None:
+        #: The catalog view of each pool's model: the model_present gate, VRAM estimates.
+        self.models = models
         self._host = host
         self._factory = adapter_factory
         self._metrics = metrics
@@ -186,6 +190,15 @@ class PoolManager:
     @property
     def inventory(self) -> GpuInventory:
         return self._inventory
+
+    def refresh_inventory(self, inventory: GpuInventory) -> None:
+        """Take a fresh GPU reading (the sampler's), so free VRAM tracks what engines use."""
+        if inventory.gpus:
+            self._inventory = inventory
+
+    def free_per_gpu(self, devices: tuple[int, ...]) -> dict[int, int]:
+        gpus = (self._inventory.by_index(i) for i in devices)
+        return {g.index: g.vram_free_bytes for g in gpus if g is not None}
 
     def on_capacity_change(self, listener: Callable[[str], None]) -> None:
         """Register a callback run with the pool id whenever slots or readiness change."""
@@ -245,6 +258,8 @@ class PoolManager:
         return not lapsed
 
     async def start(self) -> None:
+        if self.models is not None:
+            self.models.stage_missing()
         for pool in self.pools.values():
             cfg = pool.config
             for index, replica in enumerate(pool.replicas):
@@ -305,8 +320,12 @@ class PoolManager:
         gates = Gates()
         error: str | None = self._engine_gate(pool)
         gates.engine_ensured = error is None
-        # An external engine serves the model it was started with; a mock needs none staged.
-        gates.model_present = True
+        # An external engine serves the model it was started with; other pools whose model is
+        # a ref wait for it in the catalog (present, Active, fitting the GPUs' free VRAM).
+        model_error = (
+            self.models.gate(pool.id, self.free_per_gpu(pool.devices)) if self.models else None
+        )
+        gates.model_present = model_error is None
         if gates.engine_ensured:
             try:
                 # External engines answer on their own health and props endpoints; the host
@@ -331,6 +350,8 @@ class PoolManager:
                 # Health answered but props or version did not: not Ready until both do.
                 gates.healthy = False
                 error = exc.message
+        if model_error is not None:
+            error = model_error
         replica.gates = gates
         new_state = ReplicaState.READY if gates.all_pass else ReplicaState.UNREADY
         replica.last_error = error
@@ -495,6 +516,6 @@ class PoolManager:
             sampler_profile_version=pool.config.sampler_profile_version,
             perf_tokens_per_s=sum(perf) / len(perf) if perf else None,
             first_token_ms=sum(first) / len(first) if first else None,
-            quant=quant,
+            quant=quant or (self.models.quant(pool_id) if self.models else None),
             replicas=replicas or (),
         )

@@ -18,7 +18,7 @@ from llama_orch.config import Settings
 from llama_orch.errors import ErrorKind, NotFound, OrchError
 from llama_orch.observability.redaction import Redactor
 from llama_orch.pool.gpu_sampler import GpuSampler
-from llama_orch.server import control_plane, data_plane, frontdoor
+from llama_orch.server import catalog_api, control_plane, data_plane, frontdoor
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.errors import error_response, handle_orch_error
 from llama_orch.server.guards import RequestGuards
@@ -44,7 +44,8 @@ def auth_policy_of(settings: Settings) -> AuthPolicy:
 def redactor_of(settings: Settings) -> Redactor:
     """Redacts the configured secrets by value, and every secret-shaped string by pattern."""
     upstream: dict[str, str] = dict(getattr(settings, "upstream_api_keys", {}))
-    return Redactor((settings.auth_token or "", *upstream.values()))
+    hf_token = settings.catalog_env.get("HF_TOKEN", "")
+    return Redactor((settings.auth_token or "", hf_token, *upstream.values()))
 
 
 def create_app(
@@ -67,7 +68,12 @@ def create_app(
             await deps.dispatcher.stop()
             await deps.pools.stop()
 
-    routes = [*data_plane.routes, *control_plane.routes, *frontdoor.routes]
+    routes = [
+        *data_plane.routes,
+        *control_plane.routes,
+        *catalog_api.routes,
+        *frontdoor.routes,
+    ]
     server = deps.settings.config.server
     app = Starlette(
         routes=routes,

@@ -18,6 +18,7 @@ from llama_orch.contracts.api import (
     EngineCapability,
     PoolCapability,
     ReplicaCapability,
+    VramEstimate,
 )
 from llama_orch.pool.manager import PoolManager, PoolRuntime
 from llama_orch.vocab import Engine
@@ -46,7 +47,24 @@ def _one(values: list[Any]) -> Any:
     return distinct.pop() if len(distinct) == 1 else None
 
 
-def pool_capability(pool: PoolRuntime, host: AdapterHost) -> PoolCapability:
+def _estimate(pools: PoolManager | None, pool_id: str) -> VramEstimate | None:
+    models = pools.models if pools is not None else None
+    estimate = models.estimate(pool_id) if models is not None else None
+    if estimate is None:
+        return None
+    return VramEstimate(
+        weights_bytes=estimate.weights_bytes,
+        kv_bytes=estimate.kv_bytes,
+        overhead_bytes=estimate.overhead_bytes,
+        total_bytes=estimate.total_bytes,
+        ctx=estimate.ctx,
+        slots=estimate.slots,
+    )
+
+
+def pool_capability(
+    pool: PoolRuntime, host: AdapterHost, pools: PoolManager | None = None
+) -> PoolCapability:
     cached = host.pool_capabilities(pool.id)
     snaps = [cached[r.replica_id] for r in pool.replicas if r.replica_id in cached]
     replicas = [_replica(r.replica_id, cached.get(r.replica_id)) for r in pool.replicas]
@@ -69,13 +87,15 @@ def pool_capability(pool: PoolRuntime, host: AdapterHost) -> PoolCapability:
         simulated=pool.simulated or any(s.simulated for s in snaps),
         features=features,
         engine_model_id=_one([s.props.model_id for s in snaps]),
-        model_digest=_one([s.props.model_digest for s in snaps]),
+        model_digest=_one([s.props.model_digest for s in snaps])
+        or (pools.models.digest(pool.id) if pools is not None and pools.models else None),
         sampler_profile_version=_one([s.props.sampler_profile_version for s in snaps])
         or pool.config.sampler_profile_version,
         engine_slots_total=sum(n for n in engine_slots if n is not None)
         if snaps and None not in engine_slots
         else None,
         replicas=replicas,
+        vram_estimate=_estimate(pools, pool.id),
     )
 
 
@@ -83,7 +103,7 @@ def capabilities_of(
     pools: PoolManager, host: AdapterHost, *, placement_overrides: bool
 ) -> Capabilities:
     runtimes = list(pools.pools.values())
-    pool_caps = [pool_capability(p, host) for p in runtimes]
+    pool_caps = [pool_capability(p, host, pools) for p in runtimes]
     by_engine: dict[Engine, list[tuple[PoolRuntime, PoolCapability]]] = {}
     for runtime, cap in zip(runtimes, pool_caps, strict=True):
         by_engine.setdefault(cap.engine, []).append((runtime, cap))

@@ -12,6 +12,7 @@ from llama_orch.dispatch.admission import Admission
 from llama_orch.dispatch.dispatcher import Dispatcher
 from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.manager import PoolManager
+from llama_orch.provisioners.models import ModelProvisioner
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,8 @@ class AppDeps:
     metrics: Metrics
     #: The adapter host; the control plane reads its capability cache (ORCH-3603).
     host: AdapterHost
+    #: The model catalog and provisioner behind /v1/catalog/models (None: no catalog routes).
+    models: ModelProvisioner | None = None
 
     @property
     def config(self) -> Config:

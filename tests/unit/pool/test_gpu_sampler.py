@@ -108,3 +108,14 @@ class TestSampling:
             deps.metrics.registry.get_sample_value("gpu_inventory_simulated"),
             sample(deps, "vram_used_bytes", "b", "r1", "1"),
         )
+
+
+class TestFreeVramRefresh:
+    async def test_sample_refreshes_the_pool_managers_free_vram(self) -> None:
+        """A sample replaces the start-up reading, so placement sees current free VRAM."""
+        deps = deps_for_two_pools()
+        before = deps.pools.snapshot("a").vram_free_bytes
+        await GpuSampler(deps.pools, deps.metrics, inventory, simulated=False).sample_once()
+        assert 24 * GIB == before
+        assert 21 * GIB == deps.pools.snapshot("a").vram_free_bytes
+        assert {0: 21 * GIB} == deps.pools.free_per_gpu((0,))

@@ -1,0 +1,307 @@
+"""The filesystem catalog: two JSON indexes under one root, written atomically under a lock.
+
+Layout (``catalog.root``)::
+
+    models.json        {"version": 1, "models": [ModelEntry, ...]}
+    engines.json       {"version": 1, "engines": [EngineEntry, ...]}
+    .lock              writers hold an exclusive flock for a read-modify-write
+    models/<slug>/     the bytes of each model the catalog owns
+    .staging/<slug>/   downloads in progress (never visible as a model)
+    .trash/            artifacts being deleted
+
+Writers replace an index by writing a temporary file, fsync, rename over the index and fsync
+the directory, so a reader (which takes no lock) sees the old index or the new one, never a torn
+one. Readers cache the parsed index and re-read it only when the file's inode, size or mtime
+changed, so ``locate`` costs a ``stat``. The catalog never touches the network.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import orjson
+from pydantic import BaseModel
+
+from llama_orch.catalog.entries import EngineEntry, Lifecycle, ModelEntry, ResolvedModel
+from llama_orch.catalog.refs import ModelRef, parse_ref, ref_id, safe_relative
+from llama_orch.errors import IndexVersionError, InvalidModelRef, NotFound
+
+MODELS_VERSION = 1
+ENGINES_VERSION = 1
+
+E = TypeVar("E", bound=BaseModel)
+
+
+def default_catalog_root(environ: Mapping[str, str]) -> Path:
+    """``$XDG_CACHE_HOME/llama-orch/catalog``, else ``~/.cache/llama-orch/catalog``."""
+    base = environ.get("XDG_CACHE_HOME") or str(Path(environ.get("HOME", "~")) / ".cache")
+    return Path(base).expanduser() / "llama-orch" / "catalog"
+
+
+def default_model_cache_dir(environ: Mapping[str, str]) -> Path:
+    return default_catalog_root(environ) / "models"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def slug_of(model_id: str) -> str:
+    """A directory name for an id: readable prefix plus a hash, so distinct ids never collide."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("._")[:80]
+    return f"{readable}-{hashlib.sha256(model_id.encode()).hexdigest()[:12]}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temp file in the same directory, fsync, rename over ``path``, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def inside(root: Path, path: Path) -> bool:
+    """True when ``path`` (symlinks resolved) lies within ``root``."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def safe_join(base: Path, relative: str) -> Path:
+    """``base / relative`` for a name that came from outside; traversal raises InvalidModelRef."""
+    target = base / safe_relative(relative, relative)
+    if not inside(base, target):
+        raise InvalidModelRef(f"path {relative!r} escapes {base}")
+    return target
+
+
+def check_tree(base: Path) -> None:
+    """Refuse a staged tree holding a symlink that points outside it."""
+    for path in [base, *base.rglob("*")]:
+        if path.is_symlink() and not inside(base, path):
+            raise InvalidModelRef(f"{path.relative_to(base)} links outside the download")
+
+
+@dataclass(slots=True)
+class _Cached(Generic[E]):
+    key: tuple[int, int, int]
+    entries: dict[str, E]
+
+
+class _Index(Generic[E]):
+    """One JSON index file: ``{"version": N, <field>: [entry, ...]}``."""
+
+    def __init__(self, path: Path, field: str, version: int, kind: type[E]) -> None:
+        self.path = path
+        self.field = field
+        self.version = version
+        self.kind = kind
+        self._cache: _Cached[E] | None = None
+
+    def read(self) -> dict[str, E]:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return {}
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        cached = self._cache
+        if cached is not None and cached.key == key:
+            return cached.entries
+        raw: Any = orjson.loads(self.path.read_bytes())
+        found = raw.get("version") if isinstance(raw, dict) else None
+        if found != self.version:
+            raise IndexVersionError(
+                f"{self.path} has schema version {found!r}; this build reads version "
+                f"{self.version}",
+                hint="upgrade llama-orch, or move the catalog root aside and pull again",
+            )
+        entries = {item["id"]: self.kind.model_validate(item) for item in raw[self.field]}
+        self._cache = _Cached(key, entries)
+        return entries
+
+    def write(self, entries: dict[str, E]) -> None:
+        items = [entries[key].model_dump(mode="json") for key in sorted(entries)]
+        body = {"version": self.version, self.field: items}
+        write_atomic(self.path, orjson.dumps(body, option=orjson.OPT_INDENT_2))
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOutcome:
+    found: bool
+    #: Why the artifacts could not all be removed; the entry is gone all the same.
+    problem: str | None = None
+
+
+class CatalogStore:
+    """The default catalog store (D-CAT-01): filesystem under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().absolute()
+        self.models_dir = self.root / "models"
+        self.staging_dir = self.root / ".staging"
+        self.trash_dir = self.root / ".trash"
+        self.locks_dir = self.root / ".locks"
+        self._models = _Index(self.root / "models.json", "models", MODELS_VERSION, ModelEntry)
+        self._engines = _Index(self.root / "engines.json", "engines", ENGINES_VERSION, EngineEntry)
+
+    def ensure_layout(self) -> None:
+        for directory in (self.models_dir, self.staging_dir, self.trash_dir, self.locks_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    # -- models -------------------------------------------------------------------------------
+
+    def get(self, model_id: str) -> ModelEntry | None:
+        return self._models.read().get(model_id)
+
+    def list(self) -> list[ModelEntry]:
+        entries = self._models.read()
+        return [entries[key] for key in sorted(entries)]
+
+    def put(self, entry: ModelEntry) -> ModelEntry:
+        """Insert or replace an entry (registration is this one atomic index write)."""
+        with self._locked():
+            entries = dict(self._models.read())
+            previous = entries.get(entry.id)
+            stamp = now_ms()
+            created = previous.created_ms if previous else entry.created_ms or stamp
+            stored = entry.model_copy(update={"created_ms": created, "updated_ms": stamp})
+            entries[entry.id] = stored
+            self._models.write(entries)
+            return stored
+
+    def update(self, model_id: str, change: Callable[[ModelEntry], ModelEntry]) -> ModelEntry:
+        with self._locked():
+            entries = dict(self._models.read())
+            current = entries.get(model_id)
+            if current is None:
+                raise NotFound(f"model {model_id!r} is not in the catalog; see llorch models ls")
+            changed = change(current).model_copy(update={"updated_ms": now_ms()})
+            entries[model_id] = changed
+            self._models.write(entries)
+            return changed
+
+    def set_state(self, model_id: str, state: Lifecycle) -> ModelEntry:
+        return self.update(model_id, lambda entry: entry.model_copy(update={"lifecycle": state}))
+
+    def delete(self, model_id: str) -> DeleteOutcome:
+        """Remove the entry, then (best effort) the artifacts the catalog owns."""
+        with self._locked():
+            entries = dict(self._models.read())
+            entry = entries.pop(model_id, None)
+            if entry is None:
+                return DeleteOutcome(found=False)
+            trash: Path | None = None
+            problem: str | None = None
+            local = Path(entry.local_path)
+            if entry.managed and inside(self.models_dir, local) and local.exists():
+                # Move the artifacts aside first so the index never names half-deleted files.
+                trash = self.trash_dir / f"{local.name}.{uuid.uuid4().hex[:8]}"
+                try:
+                    self.trash_dir.mkdir(parents=True, exist_ok=True)
+                    os.replace(self._artifact_dir(local), trash)
+                except OSError as exc:
+                    problem = f"could not move {local} aside: {exc.strerror or exc}"
+                    trash = None
+            self._models.write(entries)
+        if trash is not None:
+            try:
+                shutil.rmtree(trash)
+            except OSError as exc:
+                problem = f"could not remove {trash}: {exc.strerror or exc}"
+        return DeleteOutcome(found=True, problem=problem)
+
+    def _artifact_dir(self, local: Path) -> Path:
+        """The ``models/<slug>`` directory holding ``local``."""
+        relative = local.resolve().relative_to(self.models_dir.resolve())
+        return self.models_dir / relative.parts[0]
+
+    def exists(self, id_or_ref: str) -> bool:
+        return self.resolve_id(id_or_ref) is not None
+
+    def resolve_id(self, id_or_ref: str) -> str | None:
+        """The catalog id ``id_or_ref`` names (an id, or any spelling of a ref), if present."""
+        entries = self._models.read()
+        if id_or_ref in entries:
+            return id_or_ref
+        try:
+            normalized = ref_id(parse_ref(id_or_ref))
+        except InvalidModelRef:
+            return None
+        return normalized if normalized in entries else None
+
+    def locate(self, ref: ModelRef) -> ResolvedModel | None:
+        """Read-only (D-CAT-07): the entry of ``ref`` whose bytes are on disk, else None."""
+        entry = self._models.read().get(ref_id(ref))
+        if entry is None or not os.path.exists(entry.local_path):
+            return None
+        return ResolvedModel(id=entry.id, local_path=entry.local_path, digest=entry.digest)
+
+    def model_dir(self, model_id: str) -> Path:
+        return self.models_dir / slug_of(model_id)
+
+    def staging_for(self, model_id: str) -> Path:
+        return self.staging_dir / slug_of(model_id)
+
+    def lock_path(self, model_id: str) -> Path:
+        return self.locks_dir / f"{slug_of(model_id)}.lock"
+
+    # -- engines ------------------------------------------------------------------------------
+
+    def put_engine(self, entry: EngineEntry) -> EngineEntry:
+        with self._locked():
+            entries = dict(self._engines.read())
+            stored = entry.model_copy(update={"created_ms": entry.created_ms or now_ms()})
+            entries[entry.id] = stored
+            self._engines.write(entries)
+            return stored
+
+    def get_engine(self, engine_id: str) -> EngineEntry | None:
+        return self._engines.read().get(engine_id)
+
+    def list_engines(
+        self, *, engine: str | None = None, version: str | None = None
+    ) -> builtins.list[EngineEntry]:
+        entries = self._engines.read()
+        return [
+            entries[key]
+            for key in sorted(entries)
+            if (engine is None or entries[key].engine == engine)
+            and (version is None or entries[key].version == version)
+        ]

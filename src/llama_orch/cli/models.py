@@ -1,0 +1,358 @@
+"""``llorch models``: pull, ls, show, verify, retire, rm.
+
+Each command talks to the server at --url when one answers there; otherwise (or with --local)
+it works directly on the catalog on disk, with the policies of --config when given. A pull
+typed by hand is an explicit request, so without --config the direct mode may reach any host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import click
+import httpx
+
+from llama_orch.errors import OrchError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str, hint: str | None = None) -> None:
+    click.echo(f"llorch: {message}" + (f" (hint: {hint})" if hint else ""), err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _fail_http(response: httpx.Response) -> None:
+    try:
+        body = response.json()
+    except ValueError:
+        _fail(f"HTTP {response.status_code} {response.text[:200]}")
+    _fail(
+        f"HTTP {response.status_code} {body.get('code')}: {body.get('message')}", body.get("hint")
+    )
+
+
+class Target:
+    """Where commands go: a live server (``http``), else the catalog on disk (``local``)."""
+
+    def __init__(self, url: str, token: str | None, local: bool, config_path: str | None):
+        self.config_path = config_path
+        self.http: httpx.Client | None = None
+        if local:
+            return
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=10.0)
+        try:
+            client.get("/v1/catalog/models", params={"limit": 1})
+        except httpx.TransportError:
+            client.close()
+            click.echo(f"llorch: no server at {url}; using the catalog on disk", err=True)
+            return
+        self.http = client
+
+    def provisioner(self) -> Any:
+        from llama_orch.config import Config, load_settings
+        from llama_orch.provisioners.factory import model_provisioner
+
+        if self.config_path is not None:
+            settings = load_settings(os.environ, self.config_path)
+            return model_provisioner(settings.config, settings.catalog_env)
+        config = Config.model_validate(
+            {
+                "network_policy": {
+                    "allow_outbound": True,
+                    "allowed_schemes": ["file", "http", "https", "hf", "s3", "oci"],
+                },
+                "pools": [{"id": "cli", "engine": "mock", "model": "cli"}],
+            }
+        )
+        return model_provisioner(config, load_settings(os.environ, config=config).catalog_env)
+
+
+def _mib(count: float | None) -> str:
+    return "?" if count is None else f"{count / 1048576:.1f}"
+
+
+def render_progress(snapshot: Mapping[str, Any], width: int = 30) -> str:
+    """One line: bar, MiB done/total, rate, ETA."""
+    done, total = snapshot.get("bytes_done", 0), snapshot.get("bytes_total")
+    filled = int(width * done / total) if total else 0
+    bar = "#" * filled + "-" * (width - filled)
+    eta = snapshot.get("eta_s")
+    rate = snapshot.get("rate_bytes_per_s") or 0.0
+    return (
+        f"[{bar}] {_mib(done)}/{_mib(total)} MiB  {_mib(rate)} MiB/s  "
+        f"ETA {'-' if eta is None else f'{eta:.0f}s'}"
+    )
+
+
+def _watch(read: Callable[[], Mapping[str, Any] | None], done: Callable[[], bool]) -> None:
+    """Redraw the progress line until ``done()``; Ctrl-C leaves the pull resumable."""
+    tty = sys.stderr.isatty()
+    while not done():
+        snapshot = read()
+        if snapshot and tty:
+            click.echo("\r" + render_progress(snapshot), nl=False, err=True)
+        time.sleep(0.2)
+    snapshot = read()
+    if snapshot and snapshot.get("bytes_total") is not None:
+        click.echo(("\r" if tty else "") + render_progress(snapshot), err=True)
+
+
+def _entry_row(model: Mapping[str, Any]) -> tuple[str, ...]:
+    gguf = model.get("gguf") or {}
+    return (
+        str(model["id"]),
+        str(model.get("state", "")),
+        _mib(model.get("size_bytes")),
+        str(model.get("verification") or "-"),
+        str(gguf.get("architecture") or "-"),
+        str(gguf.get("file_type") or "-"),
+    )
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    header = ("ID", "STATE", "MIB", "VERIFIED", "ARCH", "QUANT")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]
+    )
+
+
+def _wire(entry: Any) -> dict[str, Any]:
+    from llama_orch.server.catalog_api import wire_model
+
+    return wire_model(entry, None).model_dump(mode="json", exclude_none=True)
+
+
+def _target(ctx: click.Context) -> Target:
+    target: Target = ctx.obj
+    return target
+
+
+@click.group()
+@click.option("--url", default=None, help=f"Server URL (env LLORCH_URL, default {DEFAULT_URL}).")
+@click.option("--token-file", default=None, type=click.Path(dir_okay=False))
+@click.option("--local", is_flag=True, help="Work on the catalog on disk even if a server runs.")
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Config file whose catalog root and policies the local mode uses.",
+)
+@click.pass_context
+def models(
+    ctx: click.Context,
+    url: str | None,
+    token_file: str | None,
+    local: bool,
+    config_path: str | None,
+) -> None:
+    """The model catalog: pull, ls, show, verify, retire, rm."""
+    from llama_orch.cli.main import client_token
+    from llama_orch.observability.logging import configure_logging
+    from llama_orch.observability.redaction import Redactor
+
+    # stdout carries only results; warnings (an unverified pull) go to stderr, secrets redacted.
+    configure_logging(
+        "pretty",
+        "warning",
+        redactor=Redactor((os.environ.get("HF_TOKEN", ""),)),
+        stream=sys.stderr,
+    )
+
+    token = client_token(token_file, os.environ)
+    ctx.obj = Target(url or os.environ.get("LLORCH_URL") or DEFAULT_URL, token, local, config_path)
+
+
+@models.command()
+@click.argument("ref")
+@click.option("--digest", default=None, help="Expected sha256:<hex>; a mismatch fails the pull.")
+@click.pass_context
+def pull(ctx: click.Context, ref: str, digest: str | None) -> None:
+    """Fetch REF (hf:, https://, s3://, oci://, file:) into the catalog, with progress."""
+    target = _target(ctx)
+    try:
+        if target.http is not None:
+            _pull_remote(target.http, ref, digest)
+        else:
+            _pull_local(target, ref, digest)
+    except KeyboardInterrupt:
+        click.echo("\nllorch: interrupted; nothing was registered, pull again to resume", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except OrchError as exc:
+        _fail(exc.message, exc.hint)
+
+
+def _pull_remote(http: httpx.Client, ref: str, digest: str | None) -> None:
+    response = http.post("/v1/catalog/models", json={"ref": ref, "digest": digest})
+    if response.status_code == 201:
+        click.echo(response.json()["id"])
+        return
+    if response.status_code != 202:
+        _fail_http(response)
+    model_id = response.json()["id"]
+    state: dict[str, Any] = {}
+
+    def read() -> Mapping[str, Any] | None:
+        got = http.get(f"/v1/catalog/models/{model_id}")
+        state.update(got.json() if got.status_code == 200 else {})
+        pull_state: Mapping[str, Any] | None = state.get("pull")
+        return pull_state
+
+    def finished() -> bool:
+        read()
+        return (state.get("pull") or {}).get("state") != "running"
+
+    _watch(read, finished)
+    error = (state.get("pull") or {}).get("error")
+    if error:
+        _fail(f"{error.get('code')}: {error.get('message')}", error.get("hint"))
+    click.echo(model_id)
+
+
+def _pull_local(target: Target, ref: str, digest: str | None) -> None:
+    from llama_orch.catalog.refs import parse_ref, ref_id
+    from llama_orch.catalog.verify import parse_digest
+
+    provisioner = target.provisioner()
+    parsed = parse_ref(ref, base_dir=os.getcwd())
+    expected = parse_digest(digest) if digest else None
+    provisioner.precheck(parsed)
+    model_id = ref_id(parsed)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["entry"] = provisioner.ensure_present(parsed, expected)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+
+    def read() -> Mapping[str, Any] | None:
+        progress = provisioner.progress.get(model_id)
+        return None if progress is None else progress.snapshot()
+
+    _watch(read, lambda: not worker.is_alive())
+    if "error" in outcome:
+        raise outcome["error"]
+    click.echo(outcome["entry"].id)
+
+
+@models.command("ls")
+@click.pass_context
+def ls(ctx: click.Context) -> None:
+    """List the catalog as a table."""
+    target = _target(ctx)
+    rows: list[tuple[str, ...]] = []
+    if target.http is not None:
+        params: dict[str, Any] = {"limit": 1000}
+        while True:
+            response = target.http.get("/v1/catalog/models", params=params)
+            if response.status_code != 200:
+                _fail_http(response)
+            page = response.json()
+            rows.extend(_entry_row(m) for m in page["models"])
+            if not page.get("next_cursor"):
+                break
+            params["cursor"] = page["next_cursor"]
+    else:
+        rows = [_entry_row(_wire(e)) for e in target.provisioner().store.list()]
+    click.echo(_table(rows))
+
+
+def _one(ctx: click.Context, model_id: str, action: str) -> None:
+    target = _target(ctx)
+    if target.http is not None:
+        http = target.http
+        calls: dict[str, Callable[[], httpx.Response]] = {
+            "show": lambda: http.get(f"/v1/catalog/models/{model_id}"),
+            "verify": lambda: http.post(f"/v1/catalog/models/{model_id}/verify"),
+            "retire": lambda: http.post(
+                f"/v1/catalog/models/{model_id}/state", json={"state": "Retired"}
+            ),
+            "activate": lambda: http.post(
+                f"/v1/catalog/models/{model_id}/state", json={"state": "Active"}
+            ),
+            "rm": lambda: http.delete(f"/v1/catalog/models/{model_id}"),
+        }
+        response = calls[action]()
+        if response.status_code >= 400:
+            _fail_http(response)
+        if response.content:
+            click.echo(json.dumps(response.json(), indent=2))
+        return
+    from llama_orch.catalog.entries import Lifecycle
+
+    provisioner = target.provisioner()
+    try:
+        if action == "rm":
+            outcome = provisioner.delete(model_id)
+            if not outcome.found:
+                _fail(f"model {model_id!r} is not in the catalog")
+            if outcome.problem:
+                click.echo(f"llorch: removed the entry; {outcome.problem}", err=True)
+            return
+        if action == "verify":
+            entry = provisioner.verify(model_id)
+        elif action in ("retire", "activate"):
+            state = Lifecycle.RETIRED if action == "retire" else Lifecycle.ACTIVE
+            entry = provisioner.set_state(model_id, state)
+        else:
+            entry = provisioner.store.get(model_id)
+            if entry is None:
+                _fail(f"model {model_id!r} is not in the catalog")
+        click.echo(json.dumps(_wire(entry), indent=2))
+    except OrchError as exc:
+        _fail(exc.message, exc.hint)
+
+
+@models.command()
+@click.argument("model_id")
+@click.pass_context
+def show(ctx: click.Context, model_id: str) -> None:
+    """Print one model (with pull progress while it is pulled)."""
+    _one(ctx, model_id, "show")
+
+
+@models.command()
+@click.argument("model_id")
+@click.pass_context
+def verify(ctx: click.Context, model_id: str) -> None:
+    """Re-hash MODEL_ID's bytes against its recorded digest."""
+    _one(ctx, model_id, "verify")
+
+
+@models.command()
+@click.argument("model_id")
+@click.pass_context
+def retire(ctx: click.Context, model_id: str) -> None:
+    """Mark MODEL_ID Retired: tasks naming it get MODEL_DEPRECATED."""
+    _one(ctx, model_id, "retire")
+
+
+@models.command()
+@click.argument("model_id")
+@click.pass_context
+def activate(ctx: click.Context, model_id: str) -> None:
+    """Mark MODEL_ID Active again."""
+    _one(ctx, model_id, "activate")
+
+
+@models.command()
+@click.argument("model_id")
+@click.pass_context
+def rm(ctx: click.Context, model_id: str) -> None:
+    """Remove MODEL_ID from the catalog and delete the bytes the catalog owns."""
+    _one(ctx, model_id, "rm")

@@ -1,0 +1,1 @@
+"""Make things exist locally: model artifacts (fetch, verify, register in the catalog)."""

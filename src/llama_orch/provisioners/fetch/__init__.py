@@ -1,0 +1,1 @@
+"""Fetchers, one per source scheme; each runs behind the outbound policy."""

@@ -1,0 +1,56 @@
+"""The fetcher port: one implementation per source scheme, all behind the outbound policy."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from llama_orch.catalog.refs import ModelRef
+from llama_orch.errors import InsufficientSpace
+from llama_orch.provisioners.progress import PullProgress
+
+#: Opens a download's partial file: ``(path, mode) -> handle``. Tests inject a failing writer.
+OpenPart = Callable[[Path, str], BinaryIO]
+
+
+def open_part(path: Path, mode: str) -> BinaryIO:
+    handle: BinaryIO = path.open(mode)  # type: ignore[assignment]
+    return handle
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What a fetch left in its staging directory."""
+
+    #: The model's file, or its directory for multi-file sources, inside the staging directory.
+    path: Path
+    #: sha256 hex the source itself vouches for, per path relative to ``path`` ("" = the file).
+    claimed_sha256: dict[str, str] = field(default_factory=dict)
+    #: HF revision/commit, ETag, S3 version, OCI manifest digest: whatever the source says.
+    source: dict[str, str] = field(default_factory=dict)
+    #: sha256 hex of the single file at ``path``, when the fetcher hashed it while writing.
+    computed_sha256: str | None = None
+
+
+class Fetcher(Protocol):
+    def endpoint(self, ref: ModelRef) -> tuple[str, str]:
+        """``(scheme, host)`` this fetch will contact, for the outbound and trust policies."""
+        ...
+
+    def fetch(self, ref: ModelRef, stage: Path, progress: PullProgress) -> Fetched:
+        """Download ``ref`` under ``stage`` (resuming what an earlier try left there)."""
+        ...
+
+
+def translate_disk_full(exc: OSError, where: Path) -> OSError:
+    """ENOSPC/EDQUOT become InsufficientSpace; anything else is returned unchanged."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientSpace(
+            f"the disk holding {where} is full: {exc.strerror}",
+            hint="free space under catalog.root (llorch models rm ...) and pull again; "
+            "the download resumes",
+        )
+    return exc

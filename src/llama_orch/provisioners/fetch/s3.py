@@ -1,0 +1,102 @@
+"""``s3://bucket/key`` through boto3; ``endpoint_url`` makes MinIO and other S3 stores work.
+
+Credentials come from boto3's own chain (environment, profile); none are stored or logged.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from llama_orch.catalog.refs import ModelRef, S3Ref
+from llama_orch.errors import FetchFailed, NotFound
+from llama_orch.provisioners.fetch.base import Fetched, OpenPart, open_part
+from llama_orch.provisioners.fetch.resume import Body, Transient, download
+from llama_orch.provisioners.progress import PullProgress
+
+CHUNK_BYTES = 1024 * 1024
+
+
+class S3Fetcher:
+    def __init__(
+        self,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        opener: OpenPart = open_part,
+        client: Any = None,
+    ) -> None:
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.opener = opener
+        self._client = client
+
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client(
+                "s3", endpoint_url=self.endpoint_url, region_name=self.region
+            )
+        return self._client
+
+    def endpoint(self, ref: ModelRef) -> tuple[str, str]:
+        assert isinstance(ref, S3Ref)
+        if self.endpoint_url:
+            parts = urlsplit(self.endpoint_url)
+            return "s3", parts.hostname or ""
+        return "s3", f"{ref.bucket}.s3.amazonaws.com"
+
+    def fetch(self, ref: ModelRef, stage: Path, progress: PullProgress) -> Fetched:
+        assert isinstance(ref, S3Ref)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self.client()
+        try:
+            head = client.head_object(Bucket=ref.bucket, Key=ref.key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NoSuchBucket"):
+                raise NotFound(f"s3://{ref.bucket}/{ref.key} does not exist") from exc
+            raise FetchFailed(f"s3://{ref.bucket}/{ref.key}: {code}") from exc
+        except BotoCoreError as exc:
+            raise FetchFailed(f"s3://{ref.bucket}/{ref.key}: {exc}") from exc
+        version = head.get("VersionId")
+        size = int(head["ContentLength"])
+
+        def open_body(offset: int) -> Body:
+            args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+            if version:
+                args["VersionId"] = version
+            if offset:
+                if offset >= size:
+                    return Body(size, True, iter(()), lambda: None)
+                args["Range"] = f"bytes={offset}-"
+            try:
+                response = client.get_object(**args)
+            except (ClientError, BotoCoreError) as exc:
+                raise Transient(str(exc)) from exc
+            stream = response["Body"]
+            return Body(size, bool(offset), _chunks(stream), stream.close)
+
+        final = stage / ref.key.rsplit("/", 1)[-1]
+        sha = download(final, open_body, progress, opener=self.opener)
+        source = {"etag": str(head.get("ETag", "")).strip('"')}
+        if version:
+            source["version_id"] = str(version)
+        claimed = {}
+        if head.get("ChecksumSHA256") and "-" not in head["ChecksumSHA256"]:
+            claimed[""] = base64.b64decode(head["ChecksumSHA256"]).hex()
+        return Fetched(path=final, claimed_sha256=claimed, source=source, computed_sha256=sha)
+
+
+def _chunks(stream: Any) -> Iterator[bytes]:
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        yield from stream.iter_chunks(CHUNK_BYTES)
+    except (BotoCoreError, OSError) as exc:
+        raise Transient(f"connection lost: {exc}") from exc

@@ -1,0 +1,411 @@
+"""The model provisioner: make a ModelRef present, verified and registered ``Active``.
+
+``ensure_present`` looks in the catalog first and returns at once on a hit. Otherwise it takes
+the model's single-flight lock (a thread lock plus an flock on ``.locks/<slug>.lock``, so two
+threads or two processes pulling one ref download once), checks the outbound policy, lets the
+scheme's fetcher download into ``.staging/<slug>/`` on the catalog's filesystem (resuming what
+an earlier try left), verifies every digest it knows, applies the trust policy, moves the bytes
+to ``models/<slug>/`` with one rename, and registers the entry. Until that last index write the
+model is invisible; a pull killed at any point leaves no entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+from llama_orch.catalog.entries import GgufInfo, Lifecycle, ModelEntry, ModelFile
+from llama_orch.catalog.gguf import is_gguf, read_gguf
+from llama_orch.catalog.refs import (
+    FileRef,
+    HfRef,
+    ModelRef,
+    OciRef,
+    S3Ref,
+    UrlRef,
+    parse_ref,
+    ref_id,
+)
+from llama_orch.catalog.store import CatalogStore, DeleteOutcome, check_tree, fsync_dir, now_ms
+from llama_orch.catalog.verify import (
+    Digest,
+    VerifyResult,
+    digest_of,
+    parse_digest,
+    sha256_file,
+)
+from llama_orch.errors import (
+    DigestMismatch,
+    InsufficientSpace,
+    InvalidParams,
+    ModelDeprecated,
+    NotFound,
+    OrchError,
+)
+from llama_orch.observability.metrics import Metrics
+from llama_orch.observability.narration import narrate
+from llama_orch.provisioners.fetch.base import Fetched, Fetcher
+from llama_orch.provisioners.policy import OutboundPolicy, TrustPolicy
+from llama_orch.provisioners.progress import PullProgress, PullState
+
+#: Space kept free on the catalog's filesystem beyond the download itself.
+RESERVE_BYTES = 64 * 1024 * 1024
+
+FreeBytes = Callable[[Path], int]
+
+
+def disk_free(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+class ModelProvisioner:
+    def __init__(
+        self,
+        store: CatalogStore,
+        fetchers: Mapping[str, Fetcher],
+        *,
+        outbound: OutboundPolicy | None = None,
+        trust: TrustPolicy | None = None,
+        metrics: Metrics | None = None,
+        free_bytes: FreeBytes = disk_free,
+        reserve_bytes: int = RESERVE_BYTES,
+    ) -> None:
+        self.store = store
+        self.fetchers = dict(fetchers)
+        self.outbound = outbound or OutboundPolicy()
+        self.trust = trust or TrustPolicy()
+        self.metrics = metrics
+        self.free_bytes = free_bytes
+        self.reserve_bytes = reserve_bytes
+        #: The latest pull of each model id, for GET /v1/catalog/models/{id} and the CLI.
+        self.progress: dict[str, PullProgress] = {}
+        self._flights: dict[str, threading.Lock] = {}
+        self._flights_lock = threading.Lock()
+
+    # -- the interface of SPEC §10 -------------------------------------------------------------
+
+    def ensure_present_str(
+        self, text: str, expected_digest: str | None = None, *, base_dir: str | None = None
+    ) -> ModelEntry:
+        digest = parse_digest(expected_digest) if expected_digest else None
+        return self.ensure_present(parse_ref(text, base_dir=base_dir), digest)
+
+    def ensure_present(self, ref: ModelRef, expected: Digest | None = None) -> ModelEntry:
+        model_id = ref_id(ref)
+        hit = self._hit(ref, model_id, expected)
+        if hit is not None:
+            return hit
+        with self._single_flight(model_id):
+            hit = self._hit(ref, model_id, expected)
+            if hit is not None:
+                return hit
+            progress = PullProgress(model_id, on_total=self._preflight(model_id))
+            self.progress[model_id] = progress
+            try:
+                entry = self._stage(ref, model_id, expected, progress)
+            except OrchError as exc:
+                progress.finish(PullState.FAILED, exc.envelope())
+                raise
+            except BaseException:
+                progress.finish(PullState.FAILED, {"code": "INTERNAL", "message": "stopped"})
+                raise
+            progress.finish(PullState.DONE)
+            return entry
+
+    def _hit(self, ref: ModelRef, model_id: str, expected: Digest | None) -> ModelEntry | None:
+        if self.store.locate(ref) is None:
+            return None
+        entry = self.store.get(model_id)
+        if entry is None:
+            return None
+        if expected is not None and entry.digest is not None and entry.digest != str(expected):
+            raise DigestMismatch(
+                f"{model_id} is in the catalog with digest {entry.digest}, not {expected}",
+                hint=f"llorch models rm {model_id} and pull again, or fix the expected digest",
+            )
+        return entry
+
+    @contextlib.contextmanager
+    def _single_flight(self, model_id: str) -> Iterator[None]:
+        with self._flights_lock:
+            lock = self._flights.setdefault(model_id, threading.Lock())
+        with lock:
+            self.store.ensure_layout()
+            with self.store.lock_path(model_id).open("a+b") as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _preflight(self, model_id: str) -> Callable[[int, int], None]:
+        def check(total: int, already: int) -> None:
+            stage = self.store.staging_for(model_id)
+            free = self.free_bytes(stage if stage.exists() else self.store.root)
+            needed = total - already + self.reserve_bytes
+            if free < needed:
+                raise InsufficientSpace(
+                    f"{model_id} needs {_mib(needed)} MiB free under {self.store.root} "
+                    f"({_mib(total - already)} MiB to download + {_mib(self.reserve_bytes)} MiB "
+                    f"reserve); {_mib(free)} MiB are free",
+                    hint="free space (llorch models rm ID) or move catalog.root to a larger disk",
+                )
+
+        return check
+
+    # -- staging -------------------------------------------------------------------------------
+
+    def _stage(
+        self, ref: ModelRef, model_id: str, expected: Digest | None, progress: PullProgress
+    ) -> ModelEntry:
+        fetcher, host = self.precheck(ref)
+        started = time.monotonic()
+        narrate("catalog", "fetch", model_id, f"Fetches {model_id} from {host or 'disk'}.")
+        stage = self.store.staging_for(model_id)
+        stage.mkdir(parents=True, exist_ok=True)
+        fetched = fetcher.fetch(ref, stage, progress)
+        local_file = isinstance(ref, FileRef)
+        if not local_file:
+            check_tree(stage)
+        result, digest, files = self._verify(fetched, model_id, expected)
+        decision = self.trust.decide(result, model_id)
+        self._count(decision.result, decision.reason)
+        if decision.result is VerifyResult.WARN:
+            narrate(
+                "catalog",
+                "verify",
+                model_id,
+                f"Registers {model_id} unverified: {decision.reason}.",
+                level="warning",
+            )
+        local_path = fetched.path if local_file else self._move_in(fetched.path, model_id, stage)
+        size = sum(f.size_bytes for f in files) if files else local_path.stat().st_size
+        entry = ModelEntry(
+            id=model_id,
+            ref=model_id,
+            local_path=str(local_path),
+            size_bytes=size,
+            digest=str(digest),
+            lifecycle=Lifecycle.ACTIVE,
+            last_verified_ms=now_ms(),
+            verification=decision.result.value,
+            source=fetched.source,
+            files=files,
+            gguf=_gguf_of(local_path),
+            managed=not local_file,
+        )
+        stored = self.store.put(entry)
+        if not local_file:
+            shutil.rmtree(stage, ignore_errors=True)
+        self._set_state_metric(model_id, Lifecycle.ACTIVE)
+        narrate(
+            "catalog",
+            "fetched",
+            model_id,
+            f"Registers {model_id}: {size} bytes, {decision.result.value}.",
+            duration_ms=int((time.monotonic() - started) * 1000),
+            bytes=size,
+            verification=decision.result.value,
+        )
+        return stored
+
+    def _verify(
+        self, fetched: Fetched, model_id: str, expected: Digest | None
+    ) -> tuple[VerifyResult, Digest, list[ModelFile]]:
+        """Check the source's per-file sha256 and the caller's digest; FAIL raises."""
+        files: list[ModelFile] = []
+        checked = False
+        if fetched.path.is_dir():
+            for path in sorted(p for p in fetched.path.rglob("*") if p.is_file()):
+                rel = path.relative_to(fetched.path).as_posix()
+                sha = sha256_file(path).value
+                claim = fetched.claimed_sha256.get(rel)
+                self._compare(model_id, rel, claim, sha, fetched)
+                checked = checked or claim is not None
+                files.append(ModelFile(path=rel, size_bytes=path.stat().st_size, sha256=sha))
+            digest = digest_of(fetched.path)
+        else:
+            computed = fetched.computed_sha256
+            digest = Digest("sha256", computed) if computed else sha256_file(fetched.path)
+            claim = fetched.claimed_sha256.get("")
+            self._compare(model_id, fetched.path.name, claim, digest.value, fetched)
+            checked = claim is not None
+        if expected is not None:
+            self._compare(model_id, "the model", expected.value, digest.value, fetched)
+            checked = True
+        return (VerifyResult.PASS if checked else VerifyResult.WARN), digest, files
+
+    def _compare(
+        self, model_id: str, what: str, claim: str | None, actual: str, fetched: Fetched
+    ) -> None:
+        if claim is None or claim.lower() == actual:
+            return
+        self._count(VerifyResult.FAIL, "digest mismatch")
+        # Wrong bytes are never resumed from: the next pull starts over (local files stay).
+        stage = self.store.staging_for(model_id)
+        if fetched.path.is_relative_to(stage):
+            shutil.rmtree(stage, ignore_errors=True)
+        raise DigestMismatch(
+            f"{what} of {model_id} hashes to sha256:{actual}, expected sha256:{claim}",
+            hint="the source changed or the download was corrupted; nothing was registered",
+        )
+
+    def _move_in(self, payload: Path, model_id: str, stage: Path) -> Path:
+        """One rename from staging into ``models/<slug>/``; returns the model's path there."""
+        final_dir = self.store.model_dir(model_id)
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        if payload.is_dir():
+            os.replace(payload, final_dir)
+            target = final_dir
+        else:
+            holder = stage / ".payload"
+            holder.mkdir(exist_ok=True)
+            os.replace(payload, holder / payload.name)
+            os.replace(holder, final_dir)
+            target = final_dir / payload.name
+        fsync_dir(final_dir.parent)
+        return target
+
+    # -- background work for the control plane ------------------------------------------------
+
+    def precheck(self, ref: ModelRef) -> tuple[Fetcher, str]:
+        """The policy checks a pull would fail on, without fetching (for a synchronous 400).
+
+        Returns the scheme's fetcher and the host it will contact ("" for local files)."""
+        fetcher = self.fetchers.get(_scheme_of(ref))
+        if fetcher is None:
+            raise InvalidParams(f"no fetcher for {ref_id(ref)} in this build")
+        scheme, host = fetcher.endpoint(ref)
+        self.outbound.check(scheme, host)
+        self.trust.check_source(host, ref_id(ref))
+        return fetcher, host
+
+    @staticmethod
+    def is_local(ref: ModelRef) -> bool:
+        return isinstance(ref, FileRef)
+
+    def start_pull(self, ref: ModelRef, expected: Digest | None = None) -> PullProgress:
+        """Pull in a daemon thread; progress is readable at once. A running pull is reused."""
+        model_id = ref_id(ref)
+        current = self.progress.get(model_id)
+        if current is not None and current.state is PullState.RUNNING:
+            return current
+        progress = PullProgress(model_id)
+        self.progress[model_id] = progress
+
+        def run() -> None:
+            try:
+                self.ensure_present(ref, expected)
+            except OrchError:
+                pass  # recorded on the pull's progress by ensure_present
+            except Exception as exc:
+                progress.finish(PullState.FAILED, {"code": "INTERNAL", "message": repr(exc)})
+
+        threading.Thread(target=run, name=f"pull {model_id}", daemon=True).start()
+        return progress
+
+    def start_verify(self, model_id: str) -> None:
+        def run() -> None:
+            try:
+                self.verify(model_id)
+            except OrchError:
+                pass  # the entry vanished meanwhile
+
+        threading.Thread(target=run, name=f"verify {model_id}", daemon=True).start()
+
+    def delete(self, model_id: str) -> DeleteOutcome:
+        outcome = self.store.delete(model_id)
+        if outcome.found and self.metrics is not None:
+            for each in Lifecycle:
+                try:
+                    self.metrics.model_state.remove(model_id, each.value)
+                except KeyError:
+                    pass  # never exported for this model
+        self.progress.pop(model_id, None)
+        return outcome
+
+    # -- lifecycle and verification after the fact ---------------------------------------------
+
+    def verify(self, model_id: str) -> ModelEntry:
+        """Re-hash the bytes against the recorded digest and record pass or fail."""
+        entry = self.store.get(model_id)
+        if entry is None:
+            raise NotFound(f"model {model_id!r} is not in the catalog; see llorch models ls")
+        path = Path(entry.local_path)
+        actual = digest_of(path) if path.exists() else None
+        if entry.digest is None or actual is None:
+            result = VerifyResult.FAIL if actual is None else VerifyResult.WARN
+        else:
+            result = VerifyResult.PASS if str(actual) == entry.digest else VerifyResult.FAIL
+        self._count(result, "reverify")
+        narrate("catalog", "verify", model_id, f"Verifies {model_id}: {result.value}.")
+        return self.store.update(
+            model_id,
+            lambda e: e.model_copy(
+                update={"verification": result.value, "last_verified_ms": now_ms()}
+            ),
+        )
+
+    def set_state(self, model_id: str, state: Lifecycle) -> ModelEntry:
+        entry = self.store.set_state(model_id, state)
+        self._set_state_metric(model_id, state)
+        narrate("catalog", "state", model_id, f"Marks {model_id} {state.value}.")
+        return entry
+
+    def require_active(self, model_id: str) -> None:
+        entry = self.store.get(model_id)
+        if entry is not None and entry.lifecycle is Lifecycle.RETIRED:
+            raise ModelDeprecated(
+                f"model {model_id} is Retired",
+                hint=f"use another model, or llorch models state {model_id} Active",
+            )
+
+    def _count(self, result: VerifyResult, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.catalog_verifications_total.labels(
+                result=result.value, reason=reason, engine=""
+            ).inc()
+
+    def _set_state_metric(self, model_id: str, state: Lifecycle) -> None:
+        if self.metrics is None:
+            return
+        for each in Lifecycle:
+            self.metrics.model_state.labels(model_id=model_id, state=each.value).set(
+                1 if each is state else 0
+            )
+
+
+def _scheme_of(ref: ModelRef) -> str:
+    match ref:
+        case HfRef():
+            return "hf"
+        case FileRef():
+            return "file"
+        case UrlRef():
+            return ref.scheme
+        case S3Ref():
+            return "s3"
+        case OciRef():
+            return "oci"
+
+
+def _gguf_of(path: Path) -> GgufInfo | None:
+    candidates = [path] if path.is_file() else sorted(path.rglob("*.gguf"))
+    for candidate in candidates:
+        if is_gguf(candidate):
+            try:
+                return read_gguf(candidate)
+            except InvalidParams:
+                return None
+    return None
+
+
+def _mib(count: int) -> int:
+    return count // (1024 * 1024)

@@ -1,0 +1,190 @@
+"""The models the configured pools serve, as the catalog knows them.
+
+A pool's ``model`` is a ModelRef (``hf:…``, ``file:…``, a path, a URL), a catalog id (the
+normalized ref), or a plain name (mock pools, external engines). ``provisioning.model.name``
+adds an alias. Tasks may name a pool's model by any of these; ``canonical`` maps them to the
+pool's configured string, so the scheduling code compares one spelling.
+
+Pools whose model is a ref and whose engine llama-orch runs (not ``external``: such an engine
+serves what it was started with, possibly on another machine) are gated on the catalog: the
+model must be present, Active, and fit the free VRAM of the pool's GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llama_orch.catalog.entries import Lifecycle, ModelEntry
+from llama_orch.catalog.gguf import VramEstimate, estimate_vram
+from llama_orch.catalog.refs import ModelRef, looks_like_ref, parse_ref, ref_id
+from llama_orch.config import PoolConfig
+from llama_orch.errors import InvalidModelRef, ModelDeprecated, OrchError
+from llama_orch.provisioners.models import ModelProvisioner
+from llama_orch.provisioners.progress import PullState
+from llama_orch.vocab import ProvisioningMode
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PoolModel:
+    pool_id: str
+    #: ``pools[].model`` as written in the config (what adapters and placement compare).
+    configured: str
+    #: The catalog id: the normalized ref, or the configured string when it is not a ref.
+    model_id: str
+    ref: ModelRef | None
+    alias: str | None
+    #: True when readiness waits for the model to be in the catalog.
+    gated: bool
+    ctx: int | None
+    slots: int
+
+
+def _pool_model(cfg: PoolConfig, base_dir: str) -> PoolModel:
+    alias = cfg.provisioning.model.name if cfg.provisioning and cfg.provisioning.model else None
+    ref: ModelRef | None = None
+    if looks_like_ref(cfg.model):
+        try:
+            ref = parse_ref(cfg.model, base_dir=base_dir)
+        except InvalidModelRef:
+            ref = None
+    external = cfg.provisioning is not None and cfg.provisioning.mode is ProvisioningMode.EXTERNAL
+    return PoolModel(
+        pool_id=cfg.id,
+        configured=cfg.model,
+        model_id=ref_id(ref) if ref is not None else cfg.model,
+        ref=ref,
+        alias=alias,
+        gated=ref is not None and not external,
+        ctx=cfg.ctx,
+        slots=cfg.slots,
+    )
+
+
+class PoolModels:
+    def __init__(
+        self, pools: list[PoolConfig], provisioner: ModelProvisioner, base_dir: Path
+    ) -> None:
+        self.provisioner = provisioner
+        self.by_pool = {cfg.id: _pool_model(cfg, str(base_dir)) for cfg in pools}
+        self._base_dir = str(base_dir)
+        #: Pools whose model was seen to fit once; after that the engine's own use of the VRAM
+        #: would make it look as if it no longer fits, so the check is not repeated.
+        self._fitted: set[str] = set()
+
+    def entry(self, pool_id: str) -> ModelEntry | None:
+        model = self.by_pool.get(pool_id)
+        if model is None or model.ref is None:
+            return None
+        if self.provisioner.store.locate(model.ref) is None:
+            return None
+        return self.provisioner.store.get(model.model_id)
+
+    # -- admission -----------------------------------------------------------------------------
+
+    def canonical(self, model_ref: str) -> str:
+        """The configured model string a task's ``model_ref`` names (a ref, id or alias).
+
+        Raises MODEL_DEPRECATED when that model is Retired in the catalog; returns
+        ``model_ref`` unchanged when no pool serves it (admission then says what is served).
+        """
+        match = self._match(model_ref)
+        if match is None:
+            return model_ref
+        entry = self.provisioner.store.get(match.model_id) if match.ref is not None else None
+        if entry is not None and entry.lifecycle is Lifecycle.RETIRED:
+            raise ModelDeprecated(
+                f"model {match.model_id} is Retired",
+                hint=f"use another model, or `llorch models activate {match.model_id}`",
+            )
+        return match.configured
+
+    def _match(self, model_ref: str) -> PoolModel | None:
+        models = list(self.by_pool.values())
+        for model in models:
+            if model_ref in (model.configured, model.alias, model.model_id):
+                return model
+        if looks_like_ref(model_ref):
+            try:
+                wanted = ref_id(parse_ref(model_ref, base_dir=self._base_dir))
+            except InvalidModelRef:
+                return None
+            return next((m for m in models if m.model_id == wanted), None)
+        return None
+
+    # -- readiness and placement ---------------------------------------------------------------
+
+    def gate(self, pool_id: str, free_per_gpu: dict[int, int]) -> str | None:
+        """None when the pool's model is ready to serve; else what is wrong and the fix."""
+        model = self.by_pool.get(pool_id)
+        if model is None or not model.gated or model.ref is None:
+            return None
+        entry = self.entry(pool_id)
+        if entry is None:
+            progress = self.provisioner.progress.get(model.model_id)
+            if progress is not None and progress.state is PullState.RUNNING:
+                snap = progress.snapshot()
+                return (
+                    f"model {model.model_id} is being pulled "
+                    f"({snap['bytes_done'] // MIB}/{(snap['bytes_total'] or 0) // MIB} MiB)"
+                )
+            failure = ""
+            if progress is not None and progress.error:
+                failure = f" (last pull failed: {progress.error.get('message')})"
+            return (
+                f"model {model.model_id} is not in the catalog{failure}; run "
+                f"`llorch models pull {model.model_id}`"
+            )
+        if entry.lifecycle is Lifecycle.RETIRED:
+            return f"model {model.model_id} is Retired; `llorch models activate {model.model_id}`"
+        if pool_id in self._fitted:
+            return None
+        problem = self.fit_problem(pool_id, free_per_gpu)
+        if problem is None:
+            self._fitted.add(pool_id)
+        return problem
+
+    def estimate(self, pool_id: str) -> VramEstimate | None:
+        model = self.by_pool.get(pool_id)
+        entry = self.entry(pool_id)
+        if model is None or entry is None or entry.gguf is None:
+            return None
+        return estimate_vram(entry.gguf, ctx=model.ctx, slots=model.slots)
+
+    def fit_problem(self, pool_id: str, free_per_gpu: dict[int, int]) -> str | None:
+        """Why the pool's model does not fit the free VRAM of its GPUs, with the numbers."""
+        estimate = self.estimate(pool_id)
+        if estimate is None or not free_per_gpu:
+            return None
+        free = sum(free_per_gpu.values())
+        if estimate.total_bytes <= free:
+            return None
+        per_gpu = ", ".join(f"GPU {i}: {b // MIB} MiB" for i, b in sorted(free_per_gpu.items()))
+        return (
+            f"model {self.by_pool[pool_id].model_id} needs {estimate.total_bytes // MIB} MiB "
+            f"(weights {estimate.weights_bytes // MIB} + KV {estimate.kv_bytes // MIB} for "
+            f"ctx {estimate.ctx} x {estimate.slots} slots + overhead "
+            f"{estimate.overhead_bytes // MIB}) but the pool's GPUs have {free // MIB} MiB free "
+            f"({per_gpu}); lower ctx or slots, pick a smaller quantization, or add devices"
+        )
+
+    def quant(self, pool_id: str) -> str | None:
+        entry = self.entry(pool_id)
+        return entry.gguf.file_type if entry is not None and entry.gguf is not None else None
+
+    def digest(self, pool_id: str) -> str | None:
+        entry = self.entry(pool_id)
+        return entry.digest if entry is not None else None
+
+    def stage_missing(self) -> None:
+        """Start pulls for gated pools whose model is missing, where the policies allow."""
+        for pool_id, model in self.by_pool.items():
+            if not model.gated or model.ref is None or self.entry(pool_id) is not None:
+                continue
+            try:
+                self.provisioner.precheck(model.ref)
+            except OrchError:
+                continue  # the gate's message names the pull command to run
+            self.provisioner.start_pull(model.ref)

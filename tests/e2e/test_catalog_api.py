@@ -1,0 +1,132 @@
+"""The catalog on the control plane of a real server: pull, list, show, verify, state, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from tests.support.gguf_files import tiny_llama_gguf
+from tests.support.https_site import HttpsSite, serve_https_site
+from tests.support.server import RunningServer, config_of, running_server
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[HttpsSite]:
+    with serve_https_site(tmp_path, trustme.CA()) as served:
+        yield served
+
+
+def catalog_config(tmp_path: Path, site: HttpsSite | None = None) -> Any:
+    top: dict[str, Any] = {"catalog": {"root": str(tmp_path / "catalog")}}
+    if site is not None:
+        top["catalog"]["trust_policy"] = {"ca_roots": [str(site.ca_file)]}
+        top["network_policy"] = {
+            "allow_outbound": True,
+            "allowed_hosts": ["127.0.0.1"],
+            "allowed_schemes": ["file", "https"],
+        }
+    return config_of(**top)
+
+
+async def wait_active(srv: RunningServer, model_id: str) -> dict[str, Any]:
+    for _ in range(1000):
+        body: dict[str, Any] = (await srv.client.get(f"/v1/catalog/models/{model_id}")).json()
+        if body["state"] != "Pulling" and body.get("pull", {}).get("state") != "running":
+            return body
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{model_id} never finished pulling")
+
+
+class TestCatalogApi:
+    async def test_register_list_page_etag(self, tmp_path: Path) -> None:
+        """Local files register with 201; the list pages by cursor and honours If-None-Match."""
+        for name in ("a.gguf", "b.gguf", "c.gguf"):
+            tiny_llama_gguf(tmp_path / name)
+        async with running_server(catalog_config(tmp_path)) as srv:
+            for name in ("a.gguf", "b.gguf", "c.gguf"):
+                response = await srv.client.post(
+                    "/v1/catalog/models", json={"ref": f"file:{tmp_path / name}"}
+                )
+                assert 201 == response.status_code
+            assert "llama" == response.json()["gguf"]["architecture"]
+            first = await srv.client.get("/v1/catalog/models", params={"limit": 2})
+            page = first.json()
+            assert 2 == len(page["models"]) and page["next_cursor"]
+            rest = await srv.client.get(
+                "/v1/catalog/models", params={"limit": 2, "cursor": page["next_cursor"]}
+            )
+            assert [f"file:{tmp_path / 'c.gguf'}"] == [m["id"] for m in rest.json()["models"]]
+            assert "next_cursor" not in rest.json()
+            again = await srv.client.get(
+                "/v1/catalog/models",
+                params={"limit": 2},
+                headers={"If-None-Match": first.headers["etag"]},
+            )
+            assert 304 == again.status_code
+
+    async def test_remote_pull_progress_then_lifecycle(self, tmp_path: Path, site) -> None:
+        """An https pull answers 202, shows progress, then verify, retire and delete work."""
+        payload = b"weights" * 100_000
+        site.state.files["m.bin"] = payload
+        digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+        async with running_server(catalog_config(tmp_path, site)) as srv:
+            url = f"{site.base}/m.bin"
+            response = await srv.client.post(
+                "/v1/catalog/models", json={"ref": url, "digest": digest}
+            )
+            assert 202 == response.status_code
+            model_id = response.json()["id"]
+            assert response.headers["location"].endswith(model_id)
+            body = await wait_active(srv, model_id)
+            assert ("Active", "pass", digest) == (
+                body["state"],
+                body["verification"],
+                body["digest"],
+            )
+            assert len(payload) == body["pull"]["bytes_done"]
+            verify = await srv.client.post(f"/v1/catalog/models/{model_id}/verify")
+            assert 202 == verify.status_code
+            state = await srv.client.post(
+                f"/v1/catalog/models/{model_id}/state", json={"state": "Retired"}
+            )
+            assert 202 == state.status_code
+            shown = (await srv.client.get(f"/v1/catalog/models/{model_id}")).json()
+            assert "Retired" == shown["state"]
+            metrics = (await srv.client.get("/metrics")).text
+            assert f'model_state{{model_id="{model_id}",state="Retired"}} 1.0' in metrics
+            assert 204 == (await srv.client.delete(f"/v1/catalog/models/{model_id}")).status_code
+            assert 404 == (await srv.client.get(f"/v1/catalog/models/{model_id}")).status_code
+
+    async def test_refusals_are_typed(self, tmp_path: Path) -> None:
+        """Bad refs, closed outbound policy, bad states and unknown ids get typed envelopes."""
+        async with running_server(catalog_config(tmp_path)) as srv:
+            bad = await srv.client.post("/v1/catalog/models", json={"ref": "ftp://x/y"})
+            assert (400, "INVALID_PARAMS") == (bad.status_code, bad.json()["code"])
+            assert "hf:org/repo" in bad.json()["hint"]
+            closed = await srv.client.post(
+                "/v1/catalog/models", json={"ref": "https://example.org/m.gguf"}
+            )
+            assert 400 == closed.status_code
+            assert "network_policy.allow_outbound" in closed.json()["message"]
+            missing = await srv.client.post("/v1/catalog/models/hf:o/r/state", json={"state": "x"})
+            assert 404 == missing.status_code
+            assert 404 == (await srv.client.delete("/v1/catalog/models/hf:o/r")).status_code
+            no_body = await srv.client.post("/v1/catalog/models", content=b"{}")
+            assert 400 == no_body.status_code
+
+    async def test_catalog_routes_need_the_token(self, tmp_path: Path) -> None:
+        """With AUTH_TOKEN set, the catalog routes refuse requests without it."""
+        token = "catalog-test-token-" + "x" * 24
+        async with running_server(catalog_config(tmp_path), {"AUTH_TOKEN": token}) as srv:
+            refused = await srv.client.get("/v1/catalog/models")
+            assert (401, "MISSING_TOKEN") == (refused.status_code, refused.json()["code"])
+            allowed = await srv.client.get(
+                "/v1/catalog/models", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert 200 == allowed.status_code

@@ -1,0 +1,72 @@
+"""``llorch models`` as a user runs it: real subprocesses, on disk and against a real server."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import yaml
+
+from llama_orch.cli.models import render_progress
+from tests.e2e.test_cli import run
+from tests.support.gguf_files import tiny_llama_gguf
+from tests.support.server import config_of, mock_pool, running_server
+
+
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "llorch.yaml"
+    body = {"catalog": {"root": str(tmp_path / "catalog")}, "pools": [mock_pool()]}
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+class TestModelsCliOnDisk:
+    async def test_pull_ls_show_verify_retire_rm(self, tmp_path: Path) -> None:
+        """Without a server the commands work on the catalog of --config."""
+        model = tiny_llama_gguf(tmp_path / "m.gguf")
+        digest = "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
+        local = ["models", "--local", "--config", str(config_file(tmp_path))]
+        code, out, err = await run(*local, "pull", f"file:{model}", "--digest", digest)
+        assert 0 == code, err
+        model_id = out.strip()
+        assert f"file:{model}" == model_id
+        code, out, _ = await run(*local, "ls")
+        assert 0 == code and model_id in out and "llama" in out and "pass" in out
+        code, out, _ = await run(*local, "show", model_id)
+        assert 0 == code and '"block_count": 2' in out
+        assert 0 == (await run(*local, "verify", model_id))[0]
+        code, out, _ = await run(*local, "retire", model_id)
+        assert 0 == code and '"state": "Retired"' in out
+        assert 0 == (await run(*local, "rm", model_id))[0]
+        code, _, err = await run(*local, "show", model_id)
+        assert 1 == code and "not in the catalog" in err
+
+    async def test_bad_ref_and_unreachable_server(self, tmp_path: Path) -> None:
+        """A bad ref exits 1 with the accepted forms; no server means the on-disk catalog."""
+        cfg = str(config_file(tmp_path))
+        code, _, err = await run("models", "--local", "--config", cfg, "pull", "ftp://x/y")
+        assert 1 == code and "hf:org/repo" in err
+        code, _, err = await run("models", "--url", "http://127.0.0.1:9", "--config", cfg, "ls")
+        assert 0 == code and "using the catalog on disk" in err
+
+
+class TestModelsCliAgainstServer:
+    async def test_pull_and_ls_through_the_server(self, tmp_path: Path) -> None:
+        """With a server running, pull and ls go through its catalog API."""
+        model = tiny_llama_gguf(tmp_path / "m.gguf")
+        config = config_of(catalog={"root": str(tmp_path / "served")})
+        async with running_server(config) as srv:
+            code, out, err = await run("models", "--url", srv.url, "pull", f"file:{model}")
+            assert 0 == code, err
+            code, out, _ = await run("models", "--url", srv.url, "ls")
+            assert 0 == code and f"file:{model}" in out
+        assert (tmp_path / "served" / "models.json").exists()
+
+
+def test_progress_line() -> None:
+    """The progress line shows the bar, MiB done/total, rate and ETA."""
+    line = render_progress(
+        {"bytes_done": 1048576, "bytes_total": 4194304, "rate_bytes_per_s": 2097152, "eta_s": 1.5}
+    )
+    assert "1.0/4.0 MiB" in line and "2.0 MiB/s" in line and "ETA 2s" in line
+    assert line.startswith("[" + "#" * 7 + "-")

@@ -1,0 +1,126 @@
+"""file: refs (never networked), re-verification, lifecycle, and the policies on their own."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from llama_orch.catalog import CatalogStore, Lifecycle
+from llama_orch.catalog.verify import VerifyResult
+from llama_orch.config import Config
+from llama_orch.errors import ModelDeprecated, NotFound, OutboundDenied, UntrustedArtifact
+from llama_orch.observability.metrics import Metrics
+from llama_orch.provisioners.factory import catalog_root, model_provisioner
+from llama_orch.provisioners.fetch.file import FileFetcher
+from llama_orch.provisioners.models import ModelProvisioner
+from llama_orch.provisioners.policy import OutboundPolicy, TrustPolicy
+from tests.support.gguf_files import tiny_llama_gguf
+
+
+def file_only(store: CatalogStore, **kw: object) -> ModelProvisioner:
+    return ModelProvisioner(store, {"file": FileFetcher()}, **kw)  # type: ignore[arg-type]
+
+
+class TestFileRefs:
+    def test_local_file_registered_in_place(self, tmp_path: Path, store: CatalogStore) -> None:
+        """A file: ref is registered where it lies (unmanaged), with its GGUF header."""
+        model = tiny_llama_gguf(tmp_path / "m.gguf")
+        entry = file_only(store).ensure_present_str("m.gguf", base_dir=str(tmp_path))
+        assert (f"file:{model}", str(model), False) == (entry.id, entry.local_path, entry.managed)
+        assert entry.gguf is not None and 2 == entry.gguf.block_count
+        assert store.delete(entry.id).found
+        assert model.exists()
+
+    def test_missing_file_is_not_found(self, tmp_path: Path, store: CatalogStore) -> None:
+        """A file: ref to nothing is NOT_FOUND naming the path."""
+        with pytest.raises(NotFound, match=r"nothing\.gguf"):
+            file_only(store).ensure_present_str(f"file:{tmp_path}/nothing.gguf")
+
+    def test_network_scheme_without_fetcher_is_refused(self, store: CatalogStore) -> None:
+        """The file-only provisioner refuses network refs instead of reaching out."""
+        with pytest.raises(Exception, match="no fetcher"):
+            file_only(store).ensure_present_str("hf:org/repo/m.gguf")
+
+
+class TestVerifyAndState:
+    def test_reverify_detects_changed_bytes(self, tmp_path: Path, store: CatalogStore) -> None:
+        """verify() passes on intact bytes and fails once they change."""
+        path = tmp_path / "w.bin"
+        path.write_bytes(b"abc")
+        prov = file_only(store, metrics=Metrics())
+        digest = "sha256:" + hashlib.sha256(b"abc").hexdigest()
+        entry = prov.ensure_present_str(f"file:{path}", digest)
+        assert "pass" == prov.verify(entry.id).verification
+        path.write_bytes(b"abd")
+        assert "fail" == prov.verify(entry.id).verification
+
+    def test_retire_sets_metric_and_refuses(self, tmp_path: Path, store: CatalogStore) -> None:
+        """A Retired model raises MODEL_DEPRECATED and model_state follows the change."""
+        (tmp_path / "w.bin").write_bytes(b"abc")
+        metrics = Metrics()
+        prov = file_only(store, metrics=metrics)
+        entry = prov.ensure_present_str(f"file:{tmp_path}/w.bin")
+        prov.set_state(entry.id, Lifecycle.RETIRED)
+        with pytest.raises(ModelDeprecated):
+            prov.require_active(entry.id)
+        text = metrics.render().decode()
+        assert f'model_state{{model_id="{entry.id}",state="Retired"}} 1.0' in text
+        assert f'model_state{{model_id="{entry.id}",state="Active"}} 0.0' in text
+
+
+class TestPolicies:
+    def test_scheme_not_allowed(self) -> None:
+        """With outbound on, a scheme outside allowed_schemes names that key."""
+        with pytest.raises(OutboundDenied, match="allowed_schemes"):
+            OutboundPolicy(True, (), ("https",)).check("s3", "minio.lan")
+
+    def test_file_always_allowed(self) -> None:
+        """file needs no network and passes even the default (closed) policy."""
+        OutboundPolicy().check("file", "")
+
+    def test_strict_requires_verifier_for_signature(self) -> None:
+        """Requiring a signature with no verifier refuses under strict, warns otherwise."""
+        with pytest.raises(UntrustedArtifact, match="signature"):
+            TrustPolicy("strict", require_signature=True).decide(VerifyResult.PASS, "m")
+        lenient = TrustPolicy("permissive", require_signature=True)
+        assert VerifyResult.WARN == lenient.decide(VerifyResult.PASS, "m").result
+
+
+class TestFactory:
+    def test_builds_from_config(self, tmp_path: Path) -> None:
+        """The config's catalog root, policies and endpoints reach the provisioner."""
+        config = Config.model_validate(
+            {
+                "catalog": {"root": str(tmp_path / "c"), "trust_policy": {"mode": "strict"}},
+                "network_policy": {"allow_outbound": True, "allowed_schemes": ["https"]},
+                "pools": [{"id": "p", "engine": "mock", "model": "m"}],
+            }
+        )
+        prov = model_provisioner(config, {"HF_ENDPOINT": "http://127.0.0.1:9"})
+        assert tmp_path / "c" == prov.store.root
+        assert "strict" == prov.trust.mode
+        assert ("https",) == prov.outbound.allowed_schemes
+        default = Config.model_validate({"pools": [{"id": "p", "engine": "mock", "model": "m"}]})
+        assert Path("/x/llama-orch/catalog") == catalog_root(default, {"XDG_CACHE_HOME": "/x"})
+
+
+class TestProgress:
+    def test_milestones_are_narrated_once_each(self, narration) -> None:
+        """Progress is narrated at 25/50/75 percent, not per chunk; the snapshot has rate/ETA."""
+        from llama_orch.provisioners.progress import PullProgress
+
+        progress = PullProgress("hf:o/m")
+        progress.set_total(1000)
+        for _ in range(100):
+            progress.add(10)
+        events = narration.events("fetch-progress")
+        assert ["25%", "50%", "75%"] == [e["human"].split()[1] for e in events]
+        snapshot = progress.snapshot()
+        assert (1000, 1000, "running") == (
+            snapshot["bytes_done"],
+            snapshot["bytes_total"],
+            snapshot["state"],
+        )
+        assert snapshot["eta_s"] == 0.0

@@ -1,0 +1,239 @@
+"""Pulls over HTTPS from a real TLS server: resume, retries, digests, disk, policy, races."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from llama_orch.catalog import CatalogStore, Lifecycle, parse_digest, parse_ref
+from llama_orch.errors import DigestMismatch, FetchFailed, InsufficientSpace, OutboundDenied
+from llama_orch.observability.metrics import Metrics
+from llama_orch.provisioners.fetch.https import HttpsFetcher
+from llama_orch.provisioners.models import ModelProvisioner
+from llama_orch.provisioners.policy import OutboundPolicy
+from tests.unit.provisioners.conftest import HttpsSite, https_provisioner
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class TestHttpsPull:
+    def test_pull_registers_active_with_digest(self, store: CatalogStore, https_site: HttpsSite):
+        """A pull over verified TLS lands under models/, Active, with the checked digest."""
+        https_site.state.files["m.bin"] = PAYLOAD
+        metrics = Metrics()
+        prov = https_provisioner(store, https_site, metrics=metrics)
+        entry = prov.ensure_present_str(f"{https_site.base}/m.bin", sha(PAYLOAD))
+        assert (Lifecycle.ACTIVE, "pass", sha(PAYLOAD)) == (
+            entry.lifecycle,
+            entry.verification,
+            entry.digest,
+        )
+        assert PAYLOAD == Path(entry.local_path).read_bytes()
+        assert Path(entry.local_path).is_relative_to(store.models_dir)
+        assert "etag-m.bin" == entry.source["etag"]
+        assert b'result="pass"' in metrics.render()
+        assert not any(store.staging_dir.iterdir())
+
+    def test_second_pull_is_the_fast_path(self, store: CatalogStore, https_site: HttpsSite):
+        """A ref already in the catalog is returned without contacting the server."""
+        https_site.state.files["m.bin"] = PAYLOAD
+        prov = https_provisioner(store, https_site)
+        prov.ensure_present_str(f"{https_site.base}/m.bin")
+        prov.ensure_present_str(f"{https_site.base}/m.bin")
+        assert 1 == https_site.state.gets
+
+    def test_unverified_pull_warns_under_permissive(self, store, https_site, narration):
+        """Without a digest the pull is registered with a warning and counted as warn."""
+        https_site.state.files["m.bin"] = PAYLOAD
+        metrics = Metrics()
+        entry = https_provisioner(store, https_site, metrics=metrics).ensure_present_str(
+            f"{https_site.base}/m.bin"
+        )
+        assert "warn" == entry.verification
+        assert b'result="warn"' in metrics.render()
+
+    def test_untrusted_tls_is_refused(self, store: CatalogStore, https_site: HttpsSite):
+        """A server whose certificate the fetcher does not trust fails the pull."""
+        https_site.state.files["m.bin"] = PAYLOAD
+        prov = ModelProvisioner(
+            store,
+            {"https": HttpsFetcher(backoff_s=0.0)},
+            outbound=OutboundPolicy(True, (), ("https",)),
+        )
+        with pytest.raises(FetchFailed):
+            prov.ensure_present_str(f"{https_site.base}/m.bin")
+        assert [] == store.list()
+
+
+class TestFaults:
+    def test_digest_mismatch_registers_nothing(self, store, https_site):
+        """Bytes that hash to something else fail the pull and leave no entry or partial."""
+        https_site.state.files["m.bin"] = PAYLOAD
+        prov = https_provisioner(store, https_site)
+        with pytest.raises(DigestMismatch, match="expected sha256:00"):
+            prov.ensure_present_str(f"{https_site.base}/m.bin", "sha256:" + "0" * 64)
+        assert [] == store.list()
+        assert not store.staging_for(f"{https_site.base}/m.bin").exists()
+
+    def test_truncated_download_resumes_with_range(self, store, https_site):
+        """A body cut short is resumed from the bytes on disk with a Range request."""
+        https_site.state.files["m.bin"] = PAYLOAD
+        https_site.state.faults = ["truncate"]
+        entry = https_provisioner(store, https_site).ensure_present_str(
+            f"{https_site.base}/m.bin", sha(PAYLOAD)
+        )
+        assert PAYLOAD == Path(entry.local_path).read_bytes()
+        assert None is https_site.state.ranges[0]
+        assert (https_site.state.ranges[1] or "").startswith("bytes=")
+
+    def test_server_error_then_success(self, store, https_site):
+        """A 500 is retried and the pull succeeds."""
+        https_site.state.files["m.bin"] = PAYLOAD
+        https_site.state.faults = ["500", "500"]
+        entry = https_provisioner(store, https_site).ensure_present_str(
+            f"{https_site.base}/m.bin", sha(PAYLOAD)
+        )
+        assert "pass" == entry.verification
+        assert 3 == https_site.state.gets
+
+    def test_persistent_errors_fail_typed(self, store, https_site):
+        """A server that keeps failing gives FetchFailed with a hint, not a crash."""
+        https_site.state.files["m.bin"] = PAYLOAD
+        https_site.state.faults = ["500"] * 10
+        with pytest.raises(FetchFailed, match="after 4 tries"):
+            https_provisioner(store, https_site).ensure_present_str(f"{https_site.base}/m.bin")
+
+    def test_disk_space_preflight(self, store, https_site):
+        """A download larger than the free space is refused before writing, with numbers."""
+        https_site.state.files["m.bin"] = PAYLOAD
+        prov = https_provisioner(store, https_site, free_bytes=lambda _path: 1024 * 1024)
+        with pytest.raises(InsufficientSpace, match="MiB free"):
+            prov.ensure_present_str(f"{https_site.base}/m.bin")
+        assert [] == store.list()
+
+    def test_disk_full_while_writing(self, store, https_site):
+        """ENOSPC from the filesystem becomes InsufficientSpace; nothing is registered."""
+        https_site.state.files["m.bin"] = PAYLOAD
+
+        class FullDisk:
+            def __init__(self, path: Path, mode: str) -> None:
+                self.handle: BinaryIO = path.open(mode)  # type: ignore[assignment]
+                self.written = 0
+
+            def write(self, data: bytes) -> int:
+                if self.written + len(data) > 100_000:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                self.written += len(data)
+                return self.handle.write(data)
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(self.handle, name)
+
+            def __enter__(self) -> FullDisk:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                self.handle.close()
+
+        prov = ModelProvisioner(
+            store,
+            {"https": HttpsFetcher(verify=https_site.context, opener=FullDisk)},  # type: ignore[arg-type]
+            outbound=OutboundPolicy(True, (), ("https",)),
+        )
+        with pytest.raises(InsufficientSpace, match="full"):
+            prov.ensure_present_str(f"{https_site.base}/m.bin")
+        assert [] == store.list()
+
+    def test_kill_9_mid_pull_leaves_nothing_and_resumes(self, store, https_site):
+        """A pull killed with SIGKILL leaves no entry; the next pull resumes the bytes."""
+        https_site.state.files["m.bin"] = PAYLOAD
+        https_site.state.faults = ["hold"]
+        url = f"{https_site.base}/m.bin"
+        script = (
+            "import ssl,sys\n"
+            "from pathlib import Path\n"
+            "from llama_orch.catalog import CatalogStore\n"
+            "from llama_orch.provisioners.fetch.https import HttpsFetcher\n"
+            "from llama_orch.provisioners.models import ModelProvisioner\n"
+            "from llama_orch.provisioners.policy import OutboundPolicy\n"
+            "ctx=ssl.create_default_context(cafile=sys.argv[3])\n"
+            "p=ModelProvisioner(CatalogStore(Path(sys.argv[1])),{'https':HttpsFetcher(verify=ctx)},"
+            "outbound=OutboundPolicy(True,(),('https',)))\n"
+            "p.ensure_present_str(sys.argv[2])\n"
+        )
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, str(store.root), url, str(https_site.ca_file)]
+        )
+        part = store.staging_for(url) / "m.bin.part"
+        try:
+            assert https_site.state.holding.wait(30)
+            # The child writes the first chunk after the server sent it; poll, bounded.
+            for _ in range(3000):
+                if part.exists() and part.stat().st_size > 0:
+                    break
+                https_site.state.release.wait(0.01)
+        finally:
+            child.kill()
+            child.wait(30)
+        https_site.state.release.set()
+        assert [] == store.list()
+        assert part.exists()
+        assert not store.model_dir(url).exists()
+        entry = https_provisioner(store, https_site).ensure_present_str(url, sha(PAYLOAD))
+        assert PAYLOAD == Path(entry.local_path).read_bytes()
+        assert (https_site.state.ranges[-1] or "").startswith("bytes=")
+
+    def test_concurrent_pulls_download_once(self, store, https_site):
+        """Two threads pulling one ref download it once and get the same entry."""
+        https_site.state.files["m.bin"] = PAYLOAD
+        https_site.state.faults = ["hold"]
+        prov = https_provisioner(store, https_site)
+        url = f"{https_site.base}/m.bin"
+        results: list[str] = []
+
+        def pull() -> None:
+            results.append(prov.ensure_present_str(url).local_path)
+
+        threads = [threading.Thread(target=pull) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        assert https_site.state.holding.wait(30)
+        https_site.state.release.set()
+        for thread in threads:
+            thread.join(30)
+        assert 2 == len(results) and results[0] == results[1]
+        assert 1 == https_site.state.gets
+
+
+class TestPolicy:
+    def test_outbound_forbidden_names_key(self, store, https_site):
+        """With outbound off, the error names the host and network_policy.allow_outbound."""
+        prov = https_provisioner(store, https_site, outbound=OutboundPolicy())
+        with pytest.raises(OutboundDenied, match=r"127\.0\.0\.1") as info:
+            prov.ensure_present_str(f"{https_site.base}/m.bin")
+        assert "network_policy.allow_outbound" in info.value.message
+
+    def test_host_not_allowed(self, store, https_site):
+        """A host outside allowed_hosts is refused, naming the key to change."""
+        prov = https_provisioner(
+            store, https_site, outbound=OutboundPolicy(True, ("*.example.org",), ("https",))
+        )
+        with pytest.raises(OutboundDenied, match="allowed_hosts"):
+            prov.ensure_present_str(f"{https_site.base}/m.bin")
+
+
+def test_digest_helper_parses() -> None:
+    """The test helper agrees with the parser."""
+    assert parse_digest(sha(b"x")).value == hashlib.sha256(b"x").hexdigest()
+    assert parse_ref("https://a.io/x")

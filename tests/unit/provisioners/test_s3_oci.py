@@ -1,0 +1,220 @@
+"""S3 pulls with boto3 against moto's server, OCI pulls with oras against a real registry."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llama_orch.catalog import CatalogStore
+from llama_orch.errors import DigestMismatch, InvalidModelRef, NotFound
+from llama_orch.provisioners.fetch.oci import OciFetcher
+from llama_orch.provisioners.fetch.s3 import S3Fetcher
+from llama_orch.provisioners.models import ModelProvisioner
+from tests.unit.provisioners.conftest import OPEN
+
+PAYLOAD = b"model-bytes" * 50_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_http(url: str) -> None:
+    """Poll until ``url`` answers (bounded); servers started as threads or processes."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise AssertionError(f"{url} never answered")
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def s3_client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+class TestS3:
+    def test_pull_records_etag_and_version(self, store: CatalogStore, s3_endpoint: str) -> None:
+        """An object in a versioned bucket is pulled with its ETag and version recorded."""
+        client = s3_client(s3_endpoint)
+        client.create_bucket(Bucket="models")
+        client.put_bucket_versioning(Bucket="models", VersioningConfiguration={"Status": "Enabled"})
+        client.put_object(Bucket="models", Key="q4/m.gguf", Body=PAYLOAD)
+        prov = ModelProvisioner(
+            store, {"s3": S3Fetcher(endpoint_url=s3_endpoint, client=client)}, outbound=OPEN
+        )
+        digest = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
+        entry = prov.ensure_present_str("s3://models/q4/m.gguf", digest)
+        assert PAYLOAD == Path(entry.local_path).read_bytes()
+        assert entry.source["version_id"] and entry.source["etag"]
+        assert "pass" == entry.verification
+
+    def test_checksum_published_by_the_store_is_checked(self, store, s3_endpoint) -> None:
+        """A SHA256 checksum stored with the object verifies the pull without a given digest."""
+        client = s3_client(s3_endpoint)
+        client.create_bucket(Bucket="sums")
+        client.put_object(Bucket="sums", Key="m.bin", Body=PAYLOAD, ChecksumAlgorithm="SHA256")
+        prov = ModelProvisioner(
+            store, {"s3": S3Fetcher(endpoint_url=s3_endpoint, client=client)}, outbound=OPEN
+        )
+        assert "pass" == prov.ensure_present_str("s3://sums/m.bin").verification
+
+    def test_missing_object_and_mismatch(self, store, s3_endpoint) -> None:
+        """A missing key is NOT_FOUND; a wrong digest registers nothing."""
+        client = s3_client(s3_endpoint)
+        client.create_bucket(Bucket="other")
+        client.put_object(Bucket="other", Key="m.bin", Body=b"abc")
+        prov = ModelProvisioner(
+            store, {"s3": S3Fetcher(endpoint_url=s3_endpoint, client=client)}, outbound=OPEN
+        )
+        with pytest.raises(NotFound):
+            prov.ensure_present_str("s3://other/none.bin")
+        with pytest.raises(DigestMismatch):
+            prov.ensure_present_str("s3://other/m.bin", "sha256:" + "1" * 64)
+        assert [] == store.list()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.skip("docker-registry is not installed; `make test` installs it")
+    root = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: error}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+    )
+    process = subprocess.Popen(
+        [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/")
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def oras_push(registry: str, target: str, files: list[Path]) -> None:
+    import oras.client
+
+    client = oras.client.OrasClient(hostname=registry, insecure=True)
+    client.push(
+        target=f"{registry}/{target}", files=[str(f) for f in files], disable_path_validation=True
+    )
+
+
+class TestOci:
+    def test_pull_single_file_artifact(self, tmp_path, store, registry) -> None:
+        """An artifact pushed with oras is pulled, its layer digest checked and recorded."""
+        (tmp_path / "m.gguf").write_bytes(PAYLOAD)
+        oras_push(registry, "models/tiny:q4", [tmp_path / "m.gguf"])
+        prov = ModelProvisioner(
+            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
+        )
+        entry = prov.ensure_present_str(f"oci://{registry}/models/tiny:q4")
+        assert PAYLOAD == Path(entry.local_path).read_bytes()
+        assert "pass" == entry.verification
+        assert entry.source["manifest_digest"].startswith("sha256:")
+
+    def test_missing_tag_is_not_found(self, store, registry) -> None:
+        """A tag the registry does not have is NOT_FOUND."""
+        prov = ModelProvisioner(
+            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
+        )
+        with pytest.raises(NotFound):
+            prov.ensure_present_str(f"oci://{registry}/models/none:v1")
+
+
+def _tarball(path: Path, members: dict[str, bytes], link: tuple[str, str] | None = None) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if link is not None:
+            info = tarfile.TarInfo(link[0])
+            info.type = tarfile.SYMTYPE
+            info.linkname = link[1]
+            tar.addfile(info)
+    return path
+
+
+DIR_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+class TestOciDirectories:
+    def test_directory_artifact_unpacks(self, tmp_path, store, registry) -> None:
+        """A directory pushed with oras is unpacked into a directory entry."""
+        model_dir = tmp_path / "repo"
+        model_dir.mkdir()
+        (model_dir / "config.json").write_bytes(b"{}")
+        (model_dir / "model.safetensors").write_bytes(PAYLOAD)
+        oras_push(registry, "models/dir:v1", [model_dir])
+        prov = ModelProvisioner(
+            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
+        )
+        entry = prov.ensure_present_str(f"oci://{registry}/models/dir:v1")
+        assert {"repo/config.json", "repo/model.safetensors"} == {f.path for f in entry.files}
+
+    @pytest.mark.parametrize(
+        ("members", "link"),
+        [({"../escape.txt": b"x"}, None), ({"ok.txt": b"x"}, ("evil", "/etc/passwd"))],
+    )
+    def test_archives_that_escape_are_refused(
+        self, tmp_path, store, registry, members, link
+    ) -> None:
+        """Archive members with '..' or links pointing outside are refused; nothing lands."""
+        evil = _tarball(tmp_path / "evil.tar.gz", members, link)
+        tag = f"evil{len(link or ())}"
+        oras_push(registry, f"models/{tag}:v1", [Path(f"{evil}:{DIR_TYPE}")])
+        prov = ModelProvisioner(
+            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
+        )
+        with pytest.raises(InvalidModelRef, match="unsafe archive"):
+            prov.ensure_present_str(f"oci://{registry}/models/{tag}:v1")
+        assert [] == store.list()
+        assert not (store.root / "escape.txt").exists()
