@@ -117,7 +117,7 @@ class TestCatalogApi:
             missing = await srv.client.post("/v1/catalog/models/hf:o/r/state", json={"state": "x"})
             assert 404 == missing.status_code
             assert 404 == (await srv.client.delete("/v1/catalog/models/hf:o/r")).status_code
-            no_body = await srv.client.post("/v1/catalog/models", content=b"{}")
+            no_body = await srv.client.post("/v1/catalog/models", json={})
             assert 400 == no_body.status_code
 
     async def test_catalog_routes_need_the_token(self, tmp_path: Path) -> None:

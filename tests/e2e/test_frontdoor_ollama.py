@@ -50,6 +50,22 @@ class TestPlainHttp:
         assert final["total_duration"] > 0
         assert {"x-task-id", "x-queue-position", "x-predicted-start-ms"} <= set(response.headers)
 
+    async def test_curl_style_body_without_json_type(self) -> None:
+        """``curl -d`` posts form-encoded JSON, as Ollama's own examples do: served; the same
+        body marked by a browser with an Origin is refused, so no page can post it."""
+        body = orjson.dumps({"model": "m0", "prompt": "hi", "raw": True, "stream": False})
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        async with ollama_stack() as (srv, _):
+            served = await srv.client.post("/api/generate", content=body, headers=form)
+            browser = await srv.client.post(
+                "/api/generate",
+                content=body,
+                headers={**form, "origin": srv.url},
+            )
+        assert 200 == served.status_code
+        assert served.json()["done"] is True
+        assert 415 == browser.status_code
+
     async def test_raw_generate_without_stream(self) -> None:
         """raw sends the prompt as is; stream: false answers one object."""
         async with ollama_stack() as (srv, _):

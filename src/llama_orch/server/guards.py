@@ -7,7 +7,10 @@
   origin is in ``server.allowed_origins``; the server's own origin (a console served from
   ``/``) is allowed.
 - ``Content-Type``: a request body must be ``application/json``: 415. Browsers send
-  ``text/plain`` across origins without asking first; they never send JSON that way.
+  ``text/plain`` across origins without asking first; they never send JSON that way. One
+  exception: Ollama's routes (``/api/...``) take a body of any type from a caller that sends no
+  ``Origin``, because scripts written for Ollama post with ``curl -d`` (form-encoded) and every
+  browser marks its POSTs with an ``Origin``.
 - Request bodies must arrive within ``server.connections.body_timeout_ms`` of their first
   read, chunked or not; a slower one is answered 408 and its connection closed.
 - A path with a trailing slash is redirected to the path without it, with a relative
@@ -31,6 +34,8 @@ from llama_orch.observability.narration import narrate
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _JSON = "application/json"
+#: Ollama's API: its clients and documented curl calls post JSON without a JSON content type.
+_OLLAMA_PREFIX = "/api/"
 
 
 class BodyTimeout(Exception):
@@ -116,7 +121,11 @@ class RequestGuards:
                     f"requests from the web origin {value[:100]!r} are not allowed; list it "
                     "in server.allowed_origins to allow them"
                 )
-        if scope["method"] in _BODY_METHODS and _has_body(headers):
+        if (
+            scope["method"] in _BODY_METHODS
+            and _has_body(headers)
+            and not (origin is None and scope["path"].startswith(_OLLAMA_PREFIX))
+        ):
             content_type = headers.get(b"content-type", b"").decode("latin-1")
             media = content_type.split(";", 1)[0].strip().lower()
             if media != _JSON:
