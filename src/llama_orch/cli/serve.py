@@ -26,6 +26,7 @@ from llama_orch.config import Settings, load_settings
 from llama_orch.observability.logging import configure_logging
 from llama_orch.observability.narration import narrate
 from llama_orch.server.app import create_app, redactor_of
+from llama_orch.server.console import StatusFeed
 from llama_orch.server.deps import AppDeps
 
 # Connections queued by the kernel, and requests served at once: 1,000 open streams must fit.
@@ -109,14 +110,14 @@ def run_server(
     # run (~66k objects, which made the first one take tens of milliseconds).
     gc.collect()
     gc.freeze()
-    serve_app(app, settings, on_stop=lambda: _end_streams(deps))
+    serve_app(app, settings, on_stop=lambda: _end_streams(deps, app.state.console_feed))
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _end_streams(deps: AppDeps) -> None:
+def _end_streams(deps: AppDeps, feed: StatusFeed) -> None:
     """End every open stream with its terminal frame, so the server can close its connections.
 
     granian stops only once its connections are closed, and runs the app's lifespan shutdown
@@ -124,6 +125,7 @@ def _end_streams(deps: AppDeps) -> None:
     """
     for task in deps.dispatcher.tasks.live_tasks():
         deps.dispatcher.cancel(task.id, reason="shutdown")
+    feed.close()
 
 
 def serve_app(app: Any, settings: Settings, *, on_stop: Callable[[], None] | None = None) -> None:

@@ -18,7 +18,7 @@ from llama_orch.config import Settings
 from llama_orch.errors import ErrorKind, NotFound, OrchError
 from llama_orch.observability.redaction import Redactor
 from llama_orch.pool.gpu_sampler import GpuSampler
-from llama_orch.server import control_plane, data_plane
+from llama_orch.server import console, control_plane, data_plane
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.errors import error_response, handle_orch_error
 from llama_orch.server.middleware import AuthMiddleware, CorrelationMiddleware
@@ -51,6 +51,7 @@ def create_app(
     *,
     extra_middleware: list[Middleware] | None = None,
     gpu_sample_interval_s: float = 5.0,
+    console_interval_s: float = 0.5,
 ) -> Starlette:
     sampler = GpuSampler.for_pools(deps.pools, deps.metrics, interval_s=gpu_sample_interval_s)
 
@@ -62,12 +63,13 @@ def create_app(
         try:
             yield
         finally:
+            await feed.aclose()
             await sampler.stop()
             await deps.dispatcher.stop()
             await deps.pools.stop()
 
     app = Starlette(
-        routes=[*data_plane.routes, *control_plane.routes],
+        routes=[*data_plane.routes, *control_plane.routes, *console.routes],
         middleware=[
             Middleware(CorrelationMiddleware, redactor=redactor_of(deps.settings)),
             Middleware(AuthMiddleware, policy=auth_policy_of(deps.settings)),
@@ -77,4 +79,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.deps = deps
+    feed = console.attach(app, deps, sampler, interval_s=console_interval_s)
     return app
