@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ from granian.constants import HTTPModes, Interfaces
 from granian.log import LogLevels
 from granian.server.embed import Server
 
+from llama_orch import __version__
 from llama_orch.auth.tokens import token_identity
 from llama_orch.bootstrap import build_deps
+from llama_orch.cli.banner import command_name, start_banner
 from llama_orch.config import Settings, load_settings
-from llama_orch.observability.logging import configure_logging
+from llama_orch.observability.logging import choose_log_format, configure_logging
 from llama_orch.observability.narration import narrate
 from llama_orch.server.app import create_app, redactor_of
 from llama_orch.server.console import StatusFeed
@@ -55,11 +58,9 @@ def run_server(
     if log_format is not None:
         environ = {**environ, "LOG_FORMAT": log_format}
     settings = load_settings(environ, config_path, bind_override=bind)
-    configure_logging(
-        "pretty" if settings.log_format == "pretty" else "json",
-        settings.config.logging.level,
-        redactor=redactor_of(settings),
-    )
+    explicit = "LOG_FORMAT" in environ or "format" in settings.config.logging.model_fields_set
+    fmt = choose_log_format(settings.log_format, explicit=explicit, tty=sys.stderr.isatty())
+    configure_logging(fmt, settings.config.logging.level, redactor=redactor_of(settings))
     deps = build_deps(settings)
     inventory = deps.pools.inventory
     log = structlog.get_logger("llama_orch")
@@ -104,6 +105,15 @@ def run_server(
         config=settings.source,
         pools=[p.id for p in settings.config.pools],
     )
+    if fmt == "pretty" and sys.stderr.isatty():
+        simulated = inventory.simulated or any(p.simulated for p in deps.pools.pools.values())
+        banner = start_banner(
+            settings,
+            version=__version__,
+            simulated=simulated,
+            command=command_name(sys.argv[0]),
+        )
+        print(banner, file=sys.stderr)
     app = create_app(deps)
     # Everything built so far (modules, config, the app) lives as long as the process: moved
     # out of the collector's reach, it is not rescanned by every full collection while streams

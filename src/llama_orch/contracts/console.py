@@ -158,24 +158,49 @@ class Status(_Wire):
         return {name: getattr(self, name) for name in EVENT_NAMES}
 
 
-def events_openapi() -> dict[str, Any]:
-    """The text/event-stream description of ``GET /v1/events`` (one entry per event)."""
+EVENT_MODELS: tuple[type[BaseModel], ...] = (MetaEvent, GpuEvent, PoolEvent, QueueEvent, TaskEvent)
+
+
+def openapi_paths() -> dict[str, Any]:
+    """``/v1/status`` and ``/v1/events`` for the control plane's OpenAPI document."""
+    events = {
+        name: {"$ref": f"#/components/schemas/{model.__name__}"}
+        for name, model in zip(EVENT_NAMES, EVENT_MODELS, strict=True)
+    }
     return {
-        "description": (
-            "Server-Sent Events. A fresh subscriber first receives every section (meta, gpu, "
-            "pool, queue, task: together a Status); afterwards a section is sent again only "
-            "when it changed, at most once per interval_ms. Comment lines are heartbeats."
-        ),
-        "content": {
-            "text/event-stream": {
-                "schema": {"type": "string"},
-                "x-events": {
-                    name: {"$ref": f"#/components/schemas/{model.__name__}"}
-                    for name, model in zip(EVENT_NAMES, EVENT_MODELS, strict=True)
+        "/v1/status": {
+            "get": {
+                "operationId": "getStatus",
+                "summary": "GPUs, pools, queues and tasks at one instant (the console's data)",
+                "responses": {
+                    "200": {
+                        "description": "The snapshot",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Status"}}
+                        },
+                    },
+                    "401": {"description": "MISSING_TOKEN or BAD_TOKEN"},
+                },
+            }
+        },
+        "/v1/events": {
+            "get": {
+                "operationId": "getEvents",
+                "summary": "The status as a live feed of typed SSE events",
+                "responses": {
+                    "200": {
+                        "description": (
+                            "Server-Sent Events. A fresh subscriber first receives every section "
+                            "(meta, gpu, pool, queue, task: together a Status); afterwards a "
+                            "section is sent again only when it changed, at most once per "
+                            "meta.interval_ms. Comment lines are heartbeats."
+                        ),
+                        "content": {
+                            "text/event-stream": {"schema": {"type": "string"}, "x-events": events}
+                        },
+                    },
+                    "401": {"description": "MISSING_TOKEN or BAD_TOKEN"},
                 },
             }
         },
     }
-
-
-EVENT_MODELS: tuple[type[BaseModel], ...] = (MetaEvent, GpuEvent, PoolEvent, QueueEvent, TaskEvent)

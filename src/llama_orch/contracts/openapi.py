@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from llama_orch.contracts import api, events
+from llama_orch.contracts import api, console, events
 
 _UUID_PARAM = {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 _CORRELATION = {
@@ -344,7 +344,14 @@ def control_plane() -> dict[str, Any]:
             }
         },
     }
-    models: list[type[BaseModel]] = [api.Capabilities, api.PoolHealth, api.ErrorEnvelope]
+    paths.update(console.openapi_paths())
+    models: list[type[BaseModel]] = [
+        api.Capabilities,
+        api.PoolHealth,
+        api.ErrorEnvelope,
+        console.Status,
+        *console.EVENT_MODELS,
+    ]
     return _doc("llama-orch control plane", "Capabilities, pool health, metrics", paths, models)
 
 

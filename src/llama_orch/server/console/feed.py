@@ -11,10 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
+from typing import Protocol
 
 from llama_orch.contracts.console import EVENT_NAMES, Status
-from llama_orch.server.console.status import StatusReader
 from llama_orch.server.sse import KEEPALIVE, encode_frame
+
+
+class StatusSource(Protocol):
+    """Where snapshots come from (``StatusReader`` in the server)."""
+
+    def read(self) -> Status: ...
 
 
 class _Viewer:
@@ -27,7 +33,7 @@ class _Viewer:
 
 
 class StatusFeed:
-    def __init__(self, reader: StatusReader, *, interval_s: float, heartbeat_s: float) -> None:
+    def __init__(self, reader: StatusSource, *, interval_s: float, heartbeat_s: float) -> None:
         self._reader = reader
         self._interval_s = interval_s
         self._heartbeat_s = heartbeat_s
