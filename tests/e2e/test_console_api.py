@@ -47,6 +47,11 @@ async def events(client: httpx.AsyncClient) -> AsyncIterator[tuple[str, Any]]:
                 yield event, json.loads(line[6:])
 
 
+def srv_app_feed(srv: RunningServer) -> Any:
+    assert srv.app is not None
+    return srv.app.state.console_feed
+
+
 async def wait_for(srv: RunningServer, predicate: Any) -> dict[str, Any]:
     for _ in range(500):
         status: dict[str, Any] = (await srv.client.get("/v1/status")).json()
@@ -89,6 +94,31 @@ class TestStatus:
             status = await wait_for(srv, lambda s: len(s["task"]["finished"]) == 2)
             outcomes = {t["task_id"]: t["outcome"] for t in status["task"]["finished"]}
             assert {waiting[0]["task_id"]: "canceled", first["task_id"]: "canceled"} == outcomes
+
+    async def test_predictions_are_the_dispatchers(self) -> None:
+        """Each listed queued task has the start prediction and on-time probability the
+        dispatcher computes for it (read at the same instant)."""
+        async with running_server(config_of(slow_pool(slots=2))) as srv:
+            bodies = [task_body(max_tokens=100 + 10 * i) for i in range(8)]
+            for body in bodies:
+                await srv.submit(body)
+            await wait_for(srv, lambda s: len(s["task"]["running"]) == 2)
+            dispatcher = srv.deps.dispatcher
+            lane = dispatcher.lanes["p0"]
+            status = srv_app_feed(srv).read()
+            expected = [
+                (
+                    position,
+                    dispatcher.predicted_start_ms(lane, position),
+                    dispatcher.on_time_probability(dispatcher.tasks.get(t), lane),
+                )
+                for position, t in enumerate(lane.queue)
+            ]
+        actual = status.queue.queues[0].tasks
+        assert [p for p, _, _ in expected] == [t.position for t in actual]
+        for (_, start_ms, on_time), task in zip(expected, actual, strict=True):
+            assert abs(start_ms - task.predicted_start_ms) <= 1
+            assert abs(on_time - task.on_time_probability) <= 0.01
 
     async def test_error_ending_carries_its_code(self) -> None:
         """A task that ends with an error frame is listed with that frame's code."""

@@ -8,6 +8,7 @@ the public endpoints like any other client.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
@@ -33,7 +34,8 @@ from llama_orch.contracts.console import (
     Status,
     TaskEvent,
 )
-from llama_orch.dispatch.lanes import PoolLane
+from llama_orch.dispatch.lanes import NEVER_MS, PoolLane
+from llama_orch.dispatch.predict import EXACT_LIMIT, on_time_probability, predicted_start_s
 from llama_orch.dispatch.tasks import Task, TaskState
 from llama_orch.pool.gpu_sampler import GpuSampler
 from llama_orch.pool.manager import PoolRuntime, ReplicaState
@@ -109,26 +111,44 @@ class StatusReader:
         ]
 
     def _queue(self, lane: PoolLane, now: float) -> QueueStatus:
+        """The first queued tasks with their predictions (docs/predictions.md).
+
+        This is what ``Dispatcher.predicted_start_ms`` and ``on_time_probability`` compute per
+        task, with the slot states read once for the whole list instead of once per task (they
+        are most of the cost: one walk over every running task).
+        """
         dispatcher = self.deps.dispatcher
+        slots = lane.slot_states(self.deps.pools, now)
+        slots_total = max(1, lane.pool.slots_total)
+        cv = sum(p.cv for p in lane.perf.values()) / max(1, len(lane.perf))
+        queued = len(lane.queue)
+        mean_tokens = lane.queued_tokens / queued if queued else 0.0
+        ahead: list[int] = []
         shown = []
         for position, task_id in enumerate(islice(lane.queue, QUEUED_SHOWN)):
             task = dispatcher.tasks.get(task_id)
+            rest = max(0, position - EXACT_LIMIT)
+            wait_s = predicted_start_s(slots, ahead[:EXACT_LIMIT], rest, rest * mean_tokens)
+            ahead.append(task.expected_tokens if task is not None else 0)
             if task is None or task.state is not TaskState.QUEUED:
                 continue
+            on_time = on_time_probability(
+                wait_s, task.deadline_at - now, cv=cv, releases=position // slots_total + 1
+            )
             shown.append(
                 QueuedTask(
                     task_id=task.id,
                     pool_id=task.pool_id,
                     priority=task.priority,
                     position=position,
-                    predicted_start_ms=dispatcher.predicted_start_ms(
-                        lane, position, task.expected_tokens
-                    ),
-                    on_time_probability=round(dispatcher.on_time_probability(task, lane), 4),
+                    predicted_start_ms=NEVER_MS
+                    if math.isinf(wait_s)
+                    else min(NEVER_MS, int(wait_s * 1000)),
+                    on_time_probability=round(on_time, 4),
                     waited_ms=_ms(now - task.admitted_at),
                 )
             )
-        return QueueStatus(pool_id=lane.id, depth=len(lane.queue), tasks=shown)
+        return QueueStatus(pool_id=lane.id, depth=queued, tasks=shown)
 
 
 def _running(lane: PoolLane) -> Iterable[Task]:
