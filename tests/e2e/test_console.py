@@ -147,6 +147,8 @@ class TestConsole:
             expect(card).to_contain_text("mock@mock-1.0")
             expect(card.locator(".badge.state")).to_have_text("Ready")
         page.screenshot(path=str(shots / "overview.png"), full_page=True)
+        page.emulate_media(color_scheme="dark")
+        page.screenshot(path=str(shots / "overview-dark.png"), full_page=True)
         phone = open_console(browser, server.url, width=390, height=844)
         expect(phone.locator("#pools article")).to_have_count(3)
         phone.screenshot(path=str(shots / "overview-phone.png"), full_page=True)
@@ -225,6 +227,22 @@ class TestConsole:
         expect(card.locator(".badge.state")).to_have_text("Unready")
         expect(card.locator(".err")).to_contain_text("Last error")
         page.screenshot(path=str(shots / "unready.png"), full_page=True)
+        page.close()
+
+    def test_keyboard_reaches_the_views_and_buttons(
+        self, stack: tuple[ServeProcess, Any], browser: Any
+    ) -> None:
+        """Tab reaches the skip link and the view tabs; Enter on a tab opens its view."""
+        server, _ = stack
+        page = open_console(browser, server.url)
+        page.keyboard.press("Tab")
+        expect(page.locator(":focus")).to_have_text("Skip to content")
+        for _ in range(2):
+            page.keyboard.press("Tab")
+        expect(page.locator(":focus")).to_have_text("Queue & tasks")
+        page.keyboard.press("Enter")
+        expect(page.locator("#view-tasks")).to_be_visible()
+        expect(page.locator("#view-overview")).to_be_hidden()
         page.close()
 
 

@@ -58,7 +58,8 @@ export class Playground {
       let tokens = 0;
       for await (const { event, data } of events(`/v1/tasks/${id}/stream`)) {
         if (event === "started") {
-          this.status(`Task ${short(id)} at queue position ${data.queue_position}; predicted start in ${ms(data.predicted_start_ms)}.`);
+          const simulated = data.simulated ? " Simulated engine: no real inference." : "";
+          this.status(`Task ${short(id)} at queue position ${data.queue_position}; predicted start in ${ms(data.predicted_start_ms)}.${simulated}`);
         } else if (event === "token") {
           if (tokens === 0) this.status(`Task ${short(id)} streaming…`);
           tokens += data.n || 1;
