@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import sys
 import uuid
@@ -16,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.support.browser import CHROMIUM, LAUNCH_ARGS, NEEDS_CHROMIUM, WAIT_MS
 from tests.support.serve_process import ServeProcess, serve_process
 from tests.support.server import task_body
 
@@ -23,22 +23,7 @@ playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason="chromium is not installed (make test installs the Debian package)",
-)
-LAUNCH_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-#: Browser waits are generous: this machine's CPUs are shared, and nothing here measures speed.
-WAIT_MS = 30_000
+pytestmark = NEEDS_CHROMIUM
 expect.set_options(timeout=WAIT_MS)
 
 

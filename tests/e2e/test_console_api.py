@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,9 +19,11 @@ import yaml
 
 from llama_orch.contracts.console import EVENT_NAMES
 from llama_orch.server.console.routes import ASSETS
+from tests.support.serve_process import serve_process
 from tests.support.server import RunningServer, config_of, mock_pool, running_server, task_body
 
 ROOT = Path(__file__).resolve().parents[2]
+LLORCH = [sys.executable, "-m", "llama_orch"]
 CONTROL = yaml.safe_load((ROOT / "contracts/openapi/control.yaml").read_text())
 
 
@@ -120,6 +123,13 @@ class TestStatus:
             assert abs(start_ms - task.predicted_start_ms) <= 1
             assert abs(on_time - task.on_time_probability) <= 0.01
 
+    async def test_draining_pool(self) -> None:
+        """A pool that drains is listed as Draining."""
+        async with running_server(config_of()) as srv:
+            srv.deps.pools.set_draining("p0", True)
+            status = (await srv.client.get("/v1/status")).json()
+        assert "Draining" == status["pool"]["pools"][0]["state"]
+
     async def test_error_ending_carries_its_code(self) -> None:
         """A task that ends with an error frame is listed with that frame's code."""
         pool = mock_pool(mock={"fail_at_token": 2, "fail_kind": "internal"})
@@ -197,9 +207,7 @@ class TestStatusCommand:
                 await srv.submit(body)
             await wait_for(srv, lambda s: s["task"]["running"])
             proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "llama_orch",
+                *LLORCH,
                 "status",
                 env={**os.environ, "LLORCH_URL": srv.url},
                 stdout=asyncio.subprocess.PIPE,
@@ -214,12 +222,33 @@ class TestStatusCommand:
         assert re.search(rf"^  p0\s+0\s+{bodies[1]['task_id']}\s+batch", text, re.M)
         assert bodies[0]["task_id"] in text
 
+    async def test_watch_refreshes_until_interrupted(self) -> None:
+        """`llorch status --watch` prints the tables again and again until it is stopped."""
+        async with running_server(config_of()) as srv:
+            proc = await asyncio.create_subprocess_exec(
+                *LLORCH,
+                "status",
+                "--watch",
+                "--interval",
+                "0.1",
+                env={**os.environ, "LLORCH_URL": srv.url},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            assert proc.stdout is not None
+            seen = 0
+            while seen < 2:
+                line = await asyncio.wait_for(proc.stdout.readline(), 30)
+                assert line, "llorch status --watch ended on its own"
+                seen += line.startswith(b"Pools")
+            proc.send_signal(signal.SIGINT)
+            await asyncio.wait_for(proc.communicate(), 30)
+        assert 0 == proc.returncode
+
     async def test_unreachable_server(self) -> None:
         """Without a server, `llorch status` says so and exits 3."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "llama_orch",
+            *LLORCH,
             "status",
             "--url",
             "http://127.0.0.1:9",
@@ -229,3 +258,18 @@ class TestStatusCommand:
         _, err = await asyncio.wait_for(proc.communicate(), 30)
         assert 3 == proc.returncode
         assert "cannot reach" in err.decode()
+
+
+class TestShutdown:
+    def test_server_stops_with_a_console_connected(self, tmp_path: Path) -> None:
+        """SIGTERM ends the console feed, so the server exits instead of waiting on it."""
+        config = yaml.safe_load((ROOT / "examples/demo.yaml").read_text())
+        with serve_process(config, tmp_path) as server, httpx.Client(base_url=server.url) as http:
+            with http.stream("GET", "/v1/events") as response:
+                chunks = response.iter_bytes()
+                assert b"event: meta" in next(chunks)
+                server.process.terminate()
+                # The feed ends: the body closes instead of hanging until the server is killed.
+                for _ in chunks:
+                    pass
+            assert 0 == server.process.wait(timeout=20)

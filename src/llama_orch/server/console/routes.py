@@ -124,8 +124,8 @@ def features_of(app: Starlette) -> ConsoleFeatures:
 
 
 def attach(app: Starlette, deps: AppDeps, sampler: GpuSampler, *, interval_s: float) -> StatusFeed:
-    """Build the app's status feed from the routes it serves; the lifespan closes it."""
-    reader = StatusReader(deps, sampler, features_of(app), int(interval_s * 1000))
+    """Build the app's status feed; it reports the optional endpoints the app serves."""
+    reader = StatusReader(deps, sampler, lambda: features_of(app), int(interval_s * 1000))
     feed = StatusFeed(reader, interval_s=interval_s, heartbeat_s=15.0)
     app.state.console_feed = feed
     return feed

@@ -9,7 +9,7 @@ the public endpoints like any other client.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
 
@@ -53,7 +53,8 @@ FINISHED_SHOWN = 20
 class StatusReader:
     deps: AppDeps
     sampler: GpuSampler
-    features: ConsoleFeatures
+    #: Read on every snapshot: endpoints mounted after start-up light up too.
+    features: Callable[[], ConsoleFeatures]
     interval_ms: int
 
     def read(self) -> Status:
@@ -69,7 +70,7 @@ class StatusReader:
                 api_version=API_VERSION,
                 simulated=pools.inventory.simulated
                 or any(p.simulated for p in pools.pools.values()),
-                features=self.features,
+                features=self.features(),
                 interval_ms=self.interval_ms,
                 snapshot_version=pools.snapshot_version,
             ),

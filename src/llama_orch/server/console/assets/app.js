@@ -82,6 +82,7 @@ const actions = {
     const current = (state.pool?.pools || []).find((p) => p.pool_id === poolId);
     $("#reload-model").value = current ? current.model : "";
     dialog.showModal();
+    if (state.meta && state.meta.features.catalog) pickFromCatalog();
   },
   async transcript(id) {
     const dialog = $("#transcript");
@@ -141,7 +142,20 @@ function apply(name, data) {
   else if (name === "task") renderTasks(data, actions);
 }
 
+// The reload dialog offers the catalog's models where the server has a catalog.
+async function pickFromCatalog() {
+  try {
+    const listed = await authed(() => call("GET", "/v1/catalog/models"));
+    const models = Array.isArray(listed) ? listed : (listed.models || listed.data || []);
+    const refs = models.map((m) => m.ref || m.id || m.model_ref).filter(Boolean);
+    $("#reload-models").replaceChildren(...refs.map((ref) => Object.assign(document.createElement("option"), { value: ref })));
+  } catch (error) {
+    notice(`Cannot list models: ${error.message}`);
+  }
+}
+
 function fillModels(pools) {
+  if (state.meta && state.meta.features.catalog) return;  // the catalog fills it instead
   const list = $("#reload-models");
   const models = [...new Set(pools.map((p) => p.model))];
   if (list.children.length === models.length) return;
