@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import gzip
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -36,6 +37,15 @@ QUEUED = 1000
 WINDOW_S = max(2.0, 15.0 * SCALE)
 ROUNDS = max(1, int(3 * SCALE))
 VIEWERS = (0, 1, 10)
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 POOL = "bench"
 MODEL = "bench-model"
 
@@ -154,6 +164,7 @@ async def measure(url: str, pid: int) -> str:
                 started = time.perf_counter()
                 (await client.get("/v1/status")).raise_for_status()
                 latencies.append((time.perf_counter() - started) * 1000)
+            paint = await asyncio.to_thread(first_paint, url)
     base = statistics.median(samples[0])
     rows = [
         "| consoles | server CPU % (median) | added vs none | added per console | "
@@ -171,6 +182,7 @@ async def measure(url: str, pid: int) -> str:
         f"GET /v1/status at this load: median {statistics.median(latencies):.2f} ms, "
         f"max {max(latencies):.2f} ms round trip (50 calls)."
     )
+    rows.append(paint)
     return "\n".join(rows)
 
 
@@ -179,6 +191,37 @@ def page_weight() -> str:
     packed = sum(len(gzip.compress(a.body)) for a in ASSETS.values())
     names = ", ".join(f"{name} {len(a.body):,}" for name, a in sorted(ASSETS.items()))
     return f"Page weight: {raw:,} bytes uncompressed, {packed:,} gzipped ({names})."
+
+
+def first_paint(url: str, rounds: int = 10) -> str:
+    """First contentful paint, and when the pool cards are on screen, in Debian's chromium."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        return "First paint: not measured (no chromium; `make chromium` installs it)."
+    from playwright.sync_api import sync_playwright
+
+    paint: list[float] = []
+    data: list[float] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
+        for _ in range(rounds):
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(url + "/")
+            page.wait_for_selector("#pools article")
+            data.append(
+                float(page.evaluate("performance.getEntriesByName('llorch:pools')[0].startTime"))
+            )
+            fcp = page.evaluate(
+                "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? -1"
+            )
+            paint.append(float(fcp))
+            page.close()
+        browser.close()
+    return (
+        f"First paint on loopback, under this load ({rounds} page loads, median): first "
+        f"contentful paint {statistics.median(paint):.0f} ms, pool cards on screen "
+        f"{statistics.median(data):.0f} ms (max {max(data):.0f} ms) after navigation."
+    )
 
 
 def main() -> None:

@@ -136,6 +136,8 @@ function apply(name, data) {
   } else if (name === "gpu") renderGpus(data.gpus);
   else if (name === "pool") {
     if (state.meta) renderPools(data.pools, state.meta.features, actions);
+    // When the first data was on screen (read by bench/console.py).
+    if (!performance.getEntriesByName("llorch:pools").length) performance.mark("llorch:pools");
     playground.pools(data.pools);
     fillModels(data.pools);
   } else if (name === "queue") renderQueues(data.queues, actions);
