@@ -10,7 +10,7 @@ import httpx
 from pydantic import ValidationError
 
 from llama_orch.cli.client import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, OrchClient, fail
-from llama_orch.contracts.console import Status
+from llama_orch.contracts.console import GpuStatus, Status
 
 MIB = 2**20
 #: What ``predicted_start_ms`` says when no Ready slot will ever start the task.
@@ -35,6 +35,12 @@ def _ms(value: int) -> str:
     return f"{value} ms" if value < 1000 else f"{value / 1000:.1f} s"
 
 
+def _vram(gpu: GpuStatus) -> str:
+    # A declared (simulated) GPU has a size but no reading of its use.
+    used = "-" if gpu.simulated else str(gpu.vram_used_bytes // MIB)
+    return f"{used}/{gpu.vram_total_bytes // MIB} MiB"
+
+
 def render(status: Status) -> str:
     gpus = table(
         "GPUs",
@@ -43,7 +49,7 @@ def render(status: Status) -> str:
             [
                 g.index,
                 g.name + (" [simulated]" if g.simulated else ""),
-                f"{g.vram_used_bytes // MIB}/{g.vram_total_bytes // MIB} MiB",
+                _vram(g),
                 "-" if g.utilization_pct is None else f"{g.utilization_pct:.0f}%",
                 "-" if g.temperature_c is None else f"{g.temperature_c:.0f}C",
                 ", ".join(g.replicas) or "-",

@@ -22,7 +22,8 @@ export function renderGpus(gpus) {
   sync($("#gpus"), gpus, (g) => g.index, () => el("article", { class: "card gpu" }), (card, g) => {
     const vram = g.vram_total_bytes ? g.vram_used_bytes / g.vram_total_bytes : 0;
     const dl = el("dl");
-    field(dl, "VRAM", `${bytes(g.vram_used_bytes)} / ${bytes(g.vram_total_bytes)}`);
+    // A declared (simulated) GPU has a size but no reading of its use.
+    field(dl, "VRAM", g.simulated ? `${bytes(g.vram_total_bytes)}, use not measured` : `${bytes(g.vram_used_bytes)} / ${bytes(g.vram_total_bytes)}`);
     field(dl, "Utilisation", g.utilization_pct === null ? "not measured" : `${Math.round(g.utilization_pct)} %`);
     if (g.temperature_c !== null) field(dl, "Temperature", `${Math.round(g.temperature_c)} °C`);
     field(dl, "Replicas", g.replicas.length ? g.replicas.join(", ") : "none");
