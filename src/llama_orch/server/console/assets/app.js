@@ -28,11 +28,14 @@ let authWaiters = [];
 
 function askToken(error) {
   const dialog = $("#auth");
-  $("#auth-why").textContent = `The server answered 401: ${error.message}. Enter its bearer token.`;
+  $("#auth-why").textContent = `The server answered 401: ${error.message}.`;
   if (!dialog.open) dialog.showModal();
   $("#auth-token").focus();
   return new Promise((resolve) => authWaiters.push(resolve));
 }
+
+// Without a token nothing here works: Escape does not dismiss the question.
+$("#auth").addEventListener("cancel", (e) => e.preventDefault());
 
 $("#auth-form").addEventListener("submit", (e) => {
   e.preventDefault();
