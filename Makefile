@@ -11,7 +11,7 @@ STAMP := $(VENV)/.synced
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup promtool registry run test lint fmt schema bench clean
+.PHONY: help setup promtool registry chromium run test lint fmt schema bench clean
 
 help:
 	@echo "make run     set up, then serve $(CONFIG) on 127.0.0.1:8080"
@@ -31,31 +31,35 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 
 setup: $(STAMP)
 
-# promtool (Debian package `prometheus`) checks the /metrics scrape in tests/e2e/test_metrics.py.
-# Installed once through apt when missing and possible; otherwise that one check skips, loudly.
-promtool:
-	@command -v promtool >/dev/null 2>&1 || { \
+# $(call apt_tool,COMMAND,PACKAGE,WHAT SKIPS): install a Debian package once when its command is
+# missing and apt-get is usable (as root); otherwise say loudly which check will skip.
+define apt_tool
+	@command -v $(1) >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    echo "installing promtool (apt package prometheus)"; \
+	    echo "installing $(1) (apt package $(2))"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      --no-install-recommends prometheus >/dev/null || echo "warning: promtool install failed"; \
-	  else echo "warning: promtool unavailable and apt-get unusable; its check will skip"; fi; }
+	      --no-install-recommends $(2) >/dev/null || echo "warning: $(1) install failed"; \
+	  else echo "warning: $(1) unavailable and apt-get unusable; $(3) will skip"; fi; }
+endef
+
+# promtool (Debian package `prometheus`) checks the /metrics scrape in tests/e2e/test_metrics.py.
+promtool:
+	$(call apt_tool,promtool,prometheus,its check)
+
+# chromium is the browser tests/e2e/test_console.py drives through Playwright (never
+# Playwright's own browser downloads).
+chromium:
+	$(call apt_tool,chromium,chromium,the console browser tests)
 
 # docker-registry (Debian package; the CNCF distribution registry) serves OCI artifacts to the
 # catalog's oci:// tests. Installed once through apt when missing and possible; else they skip.
 registry:
-	@command -v docker-registry >/dev/null 2>&1 || { \
-	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    echo "installing docker-registry (apt package docker-registry)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      --no-install-recommends docker-registry >/dev/null \
-	      || echo "warning: docker-registry install failed"; \
-	  else echo "warning: docker-registry unavailable and apt-get unusable; oci tests skip"; fi; }
+	$(call apt_tool,docker-registry,docker-registry,the oci catalog tests)
 
 run: setup
 	$(VENV)/bin/llorch serve --config $(CONFIG)
 
-test: setup promtool registry
+test: setup promtool registry chromium
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

@@ -65,7 +65,7 @@ class TestServeOutput:
         assert ("server", "start") == (started[0]["actor"], started[0]["action"])
         for pretty in (by_flag, by_env):
             line = next(x for x in pretty if "Serves 1 pool on" in x)
-            assert not line.startswith("{") and "actor=server" in line
+            assert not line.startswith("{") and "[server]" in line
 
     async def test_bad_log_format_is_refused(self, tmp_path: Path) -> None:
         """LOG_FORMAT outside json|pretty fails start-up with the key named."""

@@ -40,15 +40,17 @@ def serve_process(
     scheme: str = "http",
     start_timeout_s: float = 20.0,
     preexec_fn: Callable[[], None] | None = None,
+    port: int | None = None,
 ) -> Iterator[ServeProcess]:
-    """Start ``llorch serve`` on ``config``; stop it with SIGTERM (then SIGKILL) on exit.
+    """Start ``llorch serve`` on ``config`` (on ``port``, else a free one); stop it with SIGTERM
+    (then SIGKILL) on exit.
 
     ``preexec_fn`` runs in the child before it starts (to lower its resource limits, say).
     """
     config_path = workdir / "llorch.yaml"
     config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
     log_path = workdir / "serve.log"
-    port = free_port()
+    port = port or free_port()
     env = {**os.environ, **(environ or {})}
     env.pop("AUTH_TOKEN", None)
     command = [sys.executable, "-m", "llama_orch", "serve", "--config", str(config_path)]
@@ -62,12 +64,17 @@ def serve_process(
         _wait_ready(url, process, log_path, start_timeout_s)
         yield ServeProcess(url, process, log_path)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _wait_ready(
@@ -79,7 +86,8 @@ def _wait_ready(
             if process.poll() is not None:
                 raise RuntimeError(f"llorch serve exited: {log_path.read_text()[-2000:]}")
             try:
-                if client.get("/v1/capabilities").status_code == 200:
+                # 401: up, and requiring a token the caller has not sent.
+                if client.get("/v1/capabilities").status_code in (200, 401):
                     return
             except httpx.TransportError:
                 pass

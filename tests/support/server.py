@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import httpx
 import uvicorn
 import yaml
+from starlette.applications import Starlette
 
 from llama_orch.bootstrap import build_deps
 from llama_orch.config import Config, load_settings
@@ -70,6 +71,7 @@ class RunningServer:
     url: str
     deps: AppDeps
     client: httpx.AsyncClient
+    app: Starlette | None = None
 
     async def submit(self, body: dict[str, Any], **kw: Any) -> httpx.Response:
         return await self.client.post("/v1/tasks", json=body, **kw)
@@ -139,7 +141,7 @@ async def running_server(
         base_url=url, headers=dict(client_headers or {}), timeout=httpx.Timeout(10.0)
     ) as client:
         try:
-            yield RunningServer(url, deps, client)
+            yield RunningServer(url, deps, client, app)
         finally:
             server.should_exit = True
             await serve

@@ -39,6 +39,12 @@ def is_loopback_address(host: str | None) -> bool:
     return address.is_loopback
 
 
+def is_console_asset(method: str, path: str) -> bool:
+    """The console's static page and scripts: code only, no data, so a browser can load them
+    and then ask for the token; everything they fetch goes through the usual check."""
+    return method in ("GET", "HEAD") and (path == "/" or path.startswith("/ui/"))
+
+
 def is_worker_path(path: str) -> bool:
     return any(path == p or path.startswith(p + "/") for p in WORKER_PATH_PREFIXES)
 

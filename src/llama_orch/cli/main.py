@@ -202,6 +202,22 @@ def cancel(task_id: str, url: str | None, token_file: str | None) -> None:
         sys.exit(client_mod.cancel(client, task_id))
 
 
+@cli.command()
+@click.option("--watch", is_flag=True, help="Refresh until interrupted.")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes.")
+@_url_option
+@_token_option
+def status(watch: bool, interval: float, url: str | None, token_file: str | None) -> None:
+    """Print the GPUs, pools, queue and running tasks (what the web console shows)."""
+    from llama_orch.cli.status import show
+
+    with _client(url, token_file) as client:
+        try:
+            sys.exit(show(client, watch=watch, interval_s=interval))
+        except KeyboardInterrupt:
+            sys.exit(0)
+
+
 cli.add_command(models_group)
 
 

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import signal
 import socket
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,17 @@ from granian.constants import HTTPModes, Interfaces
 from granian.log import LogLevels
 from granian.server.embed import Server
 
+from llama_orch import __version__
 from llama_orch.auth.tokens import token_identity
 from llama_orch.bootstrap import build_deps
+from llama_orch.cli.banner import command_name, start_banner
 from llama_orch.config import Settings, load_settings
-from llama_orch.observability.logging import configure_logging
+from llama_orch.observability.logging import choose_log_format, configure_logging
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.server.app import create_app, redactor_of
 from llama_orch.server.connections import ConnectionWatch
+from llama_orch.server.console import StatusFeed
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.listener import (
     bind_listener,
@@ -63,11 +67,9 @@ def run_server(
     if log_format is not None:
         environ = {**environ, "LOG_FORMAT": log_format}
     settings = load_settings(environ, config_path, bind_override=bind)
-    configure_logging(
-        "pretty" if settings.log_format == "pretty" else "json",
-        settings.config.logging.level,
-        redactor=redactor_of(settings),
-    )
+    explicit = "LOG_FORMAT" in environ or "format" in settings.config.logging.model_fields_set
+    fmt = choose_log_format(settings.log_format, explicit=explicit, tty=sys.stderr.isatty())
+    configure_logging(fmt, settings.config.logging.level, redactor=redactor_of(settings))
     # Bound before anything else starts, so a port in use stops start-up with nothing to undo.
     listener = bind_listener(
         settings.host, settings.port, _BACKLOG, reuse_port=settings.config.server.reuse_port
@@ -116,20 +118,35 @@ def run_server(
         config=settings.source,
         pools=[p.id for p in settings.config.pools],
     )
+    if fmt == "pretty" and sys.stderr.isatty():
+        simulated = inventory.simulated or any(p.simulated for p in deps.pools.pools.values())
+        banner = start_banner(
+            settings,
+            version=__version__,
+            simulated=simulated,
+            command=command_name(sys.argv[0]),
+        )
+        print(banner, file=sys.stderr)
     app = create_app(deps)
     # Everything built so far (modules, config, the app) lives as long as the process: moved
     # out of the collector's reach, it is not rescanned by every full collection while streams
     # run (~66k objects, which made the first one take tens of milliseconds).
     gc.collect()
     gc.freeze()
-    serve_app(app, settings, listener, metrics=deps.metrics, on_stop=lambda: _end_streams(deps))
+    serve_app(
+        app,
+        settings,
+        listener,
+        metrics=deps.metrics,
+        on_stop=lambda: _end_streams(deps, app.state.console_feed),
+    )
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _end_streams(deps: AppDeps) -> None:
+def _end_streams(deps: AppDeps, feed: StatusFeed) -> None:
     """End every open stream with its terminal frame, so the server can close its connections.
 
     granian stops only once its connections are closed, and runs the app's lifespan shutdown
@@ -137,6 +154,7 @@ def _end_streams(deps: AppDeps) -> None:
     """
     for task in deps.dispatcher.tasks.live_tasks():
         deps.dispatcher.cancel(task.id, reason="shutdown")
+    feed.close()
 
 
 class _BoundServer(Server):

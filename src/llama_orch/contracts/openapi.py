@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from llama_orch.contracts import api, events
+from llama_orch.contracts import api, console, events
 from llama_orch.contracts.openapi_openai import openai_document
 
 _UUID_PARAM = {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
@@ -364,14 +364,20 @@ def control_plane() -> dict[str, Any]:
     from llama_orch.contracts import openapi_catalog
 
     paths.update(openapi_catalog.catalog_paths())
+    paths.update(console.openapi_paths())
     models: list[type[BaseModel]] = [
         api.Capabilities,
         api.PoolHealth,
         api.ErrorEnvelope,
         *openapi_catalog.MODELS,
+        console.Status,
+        *console.EVENT_MODELS,
     ]
     return _doc(
-        "llama-orch control plane", "Capabilities, pool health, metrics, catalog", paths, models
+        "llama-orch control plane",
+        "Capabilities, pool health, metrics, catalog, console status",
+        paths,
+        models,
     )
 
 

@@ -137,3 +137,14 @@ class TaskRegistry:
             self._finished.popitem(last=False)
             self._finished_bytes -= size
             self._tasks.pop(task_id, None)
+
+    def recently_finished(self, limit: int) -> list[Task]:
+        """The last ``limit`` tasks that ended and are still retained, most recent first."""
+        recent: list[Task] = []
+        for task_id in reversed(self._finished):
+            task = self._tasks.get(task_id)
+            if task is not None:
+                recent.append(task)
+                if len(recent) >= limit:
+                    break
+        return recent

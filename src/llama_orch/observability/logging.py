@@ -75,14 +75,35 @@ class _RedactAtSink:
         return event_dict
 
 
+#: Fields the pretty line leaves out: the sentence already says them.
+_PRETTY_DROPS = ("action", "target")
+
+
 def _human_first(
     _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """Pretty mode leads with the narration sentence; the action stays as a field."""
+    """Pretty mode: the time of day, the actor in the logger column, the narration sentence,
+    then the other fields."""
     human = event_dict.pop("human", None)
     if human:
         event_dict["event"] = human
+        for key in _PRETTY_DROPS:
+            event_dict.pop(key, None)
+    actor = event_dict.pop("actor", None)
+    if actor:
+        event_dict["logger_name"] = actor
+    stamp = event_dict.get("timestamp")
+    if isinstance(stamp, str) and len(stamp) >= 19:
+        event_dict["timestamp"] = stamp[11:19]
     return event_dict
+
+
+def choose_log_format(configured: str, *, explicit: bool, tty: bool) -> LogFormat:
+    """What ``llorch serve`` writes: the configured format when LOG_FORMAT, the flag or the file
+    asked for one; otherwise pretty for a person at a terminal and JSON Lines everywhere else."""
+    if explicit:
+        return "pretty" if configured == "pretty" else "json"
+    return "pretty" if tty else "json"
 
 
 def _json_dumps(obj: Any, **_kw: Any) -> str:
@@ -95,12 +116,18 @@ def configure_logging(
     *,
     redactor: Redactor | None = None,
     stream: TextIO | None = None,
+    colors: bool | None = None,
 ) -> None:
-    """Configure structlog, and the standard library's root logger, for the whole process."""
+    """Configure structlog, and the standard library's root logger, for the whole process.
+
+    Pretty lines are coloured when ``colors`` says so, by default when the stream is a terminal.
+    """
     out = stream or sys.stderr
     renderer: Any
     if fmt == "pretty":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        if colors is None:
+            colors = out.isatty()
+        renderer = structlog.dev.ConsoleRenderer(colors=colors)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
     sink = _RedactAtSink(redactor or Redactor())

@@ -45,6 +45,8 @@ class GpuSampler:
         self._task: asyncio.Task[None] | None = None
         self._bound: dict[_Key, tuple[_Labels, Gauge, Gauge]] = {}
         self._failing = False
+        #: The last inventory read (the declared one until the first sample).
+        self.latest: GpuInventory = pools.inventory
 
     @classmethod
     def for_pools(
@@ -88,6 +90,7 @@ class GpuSampler:
             self._failing = True
             return
         self._failing = False
+        self.latest = inventory
         self._pools.refresh_inventory(inventory)
         self.publish(inventory)
 

@@ -22,6 +22,8 @@ class Gpu:
     utilization_pct: float
     simulated: bool
     compute_capability: str | None = None
+    #: Degrees Celsius where NVML reports it.
+    temperature_c: float | None = None
 
     @property
     def vram_free_bytes(self) -> int:
@@ -75,6 +77,13 @@ def nvml_inventory() -> GpuInventory:
             util = pynvml.nvmlDeviceGetUtilizationRates(handle)
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
             name = pynvml.nvmlDeviceGetName(handle)
+            try:
+                temperature: float | None = float(
+                    pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
+                )
+            except pynvml.NVMLError:
+                # Some boards (and vGPUs) have no readable sensor.
+                temperature = None
             gpus.append(
                 Gpu(
                     index,
@@ -84,6 +93,7 @@ def nvml_inventory() -> GpuInventory:
                     float(util.gpu),
                     simulated=False,
                     compute_capability=f"{major}.{minor}",
+                    temperature_c=temperature,
                 )
             )
         problem = None if gpus else "NVML reports no NVIDIA GPU on this machine"

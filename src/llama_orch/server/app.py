@@ -18,7 +18,7 @@ from llama_orch.config import Settings
 from llama_orch.errors import ErrorKind, NotFound, OrchError
 from llama_orch.observability.redaction import Redactor
 from llama_orch.pool.gpu_sampler import GpuSampler
-from llama_orch.server import catalog_api, control_plane, data_plane, frontdoor
+from llama_orch.server import catalog_api, console, control_plane, data_plane, frontdoor
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.errors import error_response, handle_orch_error
 from llama_orch.server.guards import RequestGuards
@@ -53,6 +53,7 @@ def create_app(
     *,
     extra_middleware: list[Middleware] | None = None,
     gpu_sample_interval_s: float = 5.0,
+    console_interval_s: float = 0.5,
 ) -> Starlette:
     sampler = GpuSampler.for_pools(deps.pools, deps.metrics, interval_s=gpu_sample_interval_s)
 
@@ -64,6 +65,7 @@ def create_app(
         try:
             yield
         finally:
+            await feed.aclose()
             await sampler.stop()
             await deps.dispatcher.stop()
             await deps.pools.stop()
@@ -73,6 +75,7 @@ def create_app(
         *control_plane.routes,
         *catalog_api.routes,
         *frontdoor.routes,
+        *console.routes,
     ]
     server = deps.settings.config.server
     app = Starlette(
@@ -96,4 +99,5 @@ def create_app(
     # RequestGuards redirects trailing slashes itself, without repeating the Host header.
     app.router.redirect_slashes = False
     app.state.deps = deps
+    feed = console.attach(app, deps, sampler, interval_s=console_interval_s)
     return app

@@ -16,7 +16,7 @@ import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llama_orch.auth.policy import AuthPolicy
+from llama_orch.auth.policy import AuthPolicy, is_console_asset
 from llama_orch.errors import AuthError, InternalError
 from llama_orch.observability.narration import narrate
 from llama_orch.observability.redaction import Redactor
@@ -159,7 +159,8 @@ class CorrelationMiddleware:
 
 
 class AuthMiddleware:
-    """Applies the D-AUTH-01 decision to every HTTP request; nothing is exempt (D-AUTH-03)."""
+    """Applies the D-AUTH-01 decision to every HTTP request. Only the console's static assets
+    are exempt: they hold no data (metrics, health and capabilities are not, D-AUTH-03)."""
 
     def __init__(self, app: ASGIApp, policy: AuthPolicy) -> None:
         self.app = app
@@ -171,6 +172,10 @@ class AuthMiddleware:
             return
         client = scope.get("client")
         state = scope.setdefault("state", {})
+        if is_console_asset(scope["method"], scope["path"]):
+            state["identity"] = ANONYMOUS
+            await self.app(scope, receive, send)
+            return
         try:
             identity = self.policy.authenticate(
                 peer=client[0] if client else None,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 
 import orjson
 import structlog
 
-from llama_orch.observability.logging import configure_logging
+from llama_orch.observability.logging import choose_log_format, configure_logging
 from llama_orch.observability.narration import narrate
 from llama_orch.observability.redaction import Redactor
 
@@ -57,8 +58,38 @@ class TestPretty:
         narrate("dispatcher", "place", "p0", "Places task 1234 on p0/r0.", pool_id="p0")
         (line,) = lines_of(out)
         assert "Places task 1234 on p0/r0." in line
-        assert line.index("Places task") < line.index("actor=dispatcher")
+        assert line.index("Places task") < line.index("[dispatcher]")
         assert "pool_id=p0" in line and "human=" not in line
+
+    def test_line_reads_time_level_sentence_actor_fields(self) -> None:
+        """A pretty line is the time of day, the level, the sentence, the actor, the fields;
+        the action and target the sentence already says are left out."""
+        out = io.StringIO()
+        configure_logging("pretty", stream=out)
+        narrate("pool-manager", "readiness", "p0", "Replica p0/r0 turns ready.", pool_id="p0")
+        (line,) = lines_of(out)
+        assert re.fullmatch(
+            r"\d\d:\d\d:\d\d \[info\s*\] Replica p0/r0 turns ready\.\s+\[pool-manager\] pool_id=p0",
+            line,
+        ), line
+
+    def test_colours_only_on_request_or_a_terminal(self) -> None:
+        """A StringIO is no terminal: no escape codes unless colours are asked for."""
+        plain, coloured = io.StringIO(), io.StringIO()
+        configure_logging("pretty", stream=plain)
+        narrate("a", "b", "c", "Plain.")
+        configure_logging("pretty", stream=coloured, colors=True)
+        narrate("a", "b", "c", "Coloured.")
+        assert "\x1b[" not in plain.getvalue() and "\x1b[" in coloured.getvalue()
+
+
+class TestChooseLogFormat:
+    def test_terminal_gets_pretty_unless_told(self) -> None:
+        """Pretty at a terminal, JSON elsewhere; an explicit choice beats both."""
+        assert "pretty" == choose_log_format("json", explicit=False, tty=True)
+        assert "json" == choose_log_format("json", explicit=False, tty=False)
+        assert "json" == choose_log_format("json", explicit=True, tty=True)
+        assert "pretty" == choose_log_format("pretty", explicit=True, tty=False)
 
 
 class TestSink:
