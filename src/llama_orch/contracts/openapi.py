@@ -19,8 +19,12 @@ _CORRELATION = {
     "name": "X-Correlation-Id",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "maxLength": 128},
-    "description": "Echoed on every non-204 response; a UUIDv4 is minted when absent.",
+    "schema": {"type": "string"},
+    "description": (
+        "Echoed on every non-204 response when it is 1-128 characters of A-Z a-z 0-9 . _ : -; "
+        "a value that is absent, longer or carries other characters is replaced by a fresh "
+        "UUIDv4, which is echoed instead (the request itself is served)."
+    ),
 }
 _CID_HEADER = {"X-Correlation-Id": {"schema": {"type": "string"}}}
 
@@ -46,7 +50,7 @@ _TASK_EXAMPLE = {
     "task_id": "11111111-1111-4111-8111-111111111111",
     "session_id": "22222222-2222-4222-8222-222222222222",
     "workload": "completion",
-    "model_ref": "demo-8b",
+    "model_ref": "llama-3.1-8b-instruct-q4",
     "engine": "mock",
     "ctx": 4096,
     "priority": "interactive",
@@ -59,7 +63,7 @@ _TASK_EXAMPLE = {
 _PINNED_EXAMPLE = {
     **_TASK_EXAMPLE,
     "task_id": "33333333-3333-4333-8333-333333333333",
-    "placement": {"mode": "pin", "pin_pool_id": "gpu0"},
+    "placement": {"mode": "pin", "pin_pool_id": "gpu0-8b"},
 }
 _PREFER_EXAMPLE = {
     **_TASK_EXAMPLE,
@@ -67,8 +71,8 @@ _PREFER_EXAMPLE = {
     "priority": "batch",
     "placement": {
         "mode": "prefer",
-        "prefer_pools": ["gpu1"],
-        "avoid_pools": ["gpu2"],
+        "prefer_pools": ["gpu0-8b"],
+        "avoid_pools": ["gpu1-3b"],
         "allow_fallback": True,
     },
 }
@@ -93,6 +97,18 @@ _SSE_EXAMPLE = (
     'event: token\ndata: {"t":" river","i":1}\n\n'
     'event: end\ndata: {"tokens_out":2,"decode_time_ms":40,"decode_ms":40}\n\n'
 )
+
+
+#: One SSE event as a client's parser reads it; ``data`` is one line of JSON whose schema the
+#: event names (``x-sse-events``).
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": list(events.PAYLOADS)},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
 
 
 def _error(description: str, example: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -159,7 +175,7 @@ def data_plane() -> dict[str, Any]:
                                 "queue_position": 0,
                                 "predicted_start_ms": 0,
                                 "backoff_ms": 0,
-                                "pool_id": "gpu0",
+                                "pool_id": "gpu0-8b",
                             },
                         ),
                         "headers": {**_CID_HEADER, **_BUDGET_HEADERS},
@@ -178,7 +194,7 @@ def data_plane() -> dict[str, Any]:
                             "budget refusal (policy_label session-budget, retriable false)",
                             {
                                 "code": "QUEUE_FULL_DROP_LRU",
-                                "message": "pool gpu0 queue is full",
+                                "message": "pool gpu0-8b queue is full",
                                 "engine": "mock",
                                 "retriable": True,
                                 "retry_after_ms": 1500,
@@ -218,7 +234,7 @@ def data_plane() -> dict[str, Any]:
                         "headers": _CID_HEADER,
                         "content": {
                             "text/event-stream": {
-                                "schema": {"type": "string"},
+                                "schema": _SSE_EVENT,
                                 "example": _SSE_EXAMPLE,
                             }
                         },
@@ -241,6 +257,7 @@ def data_plane() -> dict[str, Any]:
                 "parameters": [{"name": "task_id", **_UUID_PARAM}, _CORRELATION],
                 "responses": {
                     "204": {"description": "Canceled (or already finished)"},
+                    "400": _error("task_id is not a UUID"),
                     "404": _error("Unknown task"),
                 },
                 "x-examples": {"cancel": {"response_status": 204}},
@@ -263,6 +280,7 @@ def data_plane() -> dict[str, Any]:
                             "cost_budget_remaining": 0.96,
                         },
                     ),
+                    "400": _error("session_id is not a UUID"),
                     "404": _error("Unknown or expired session"),
                 },
                 "x-examples": {"session": {"response_status": 200}},
@@ -270,7 +288,10 @@ def data_plane() -> dict[str, Any]:
             "delete": {
                 "operationId": "deleteSession",
                 "parameters": [{"name": "session_id", **_UUID_PARAM}, _CORRELATION],
-                "responses": {"204": {"description": "Session and its KV warmth forgotten"}},
+                "responses": {
+                    "204": {"description": "Session and its KV warmth forgotten"},
+                    "400": _error("session_id is not a UUID"),
+                },
                 "x-examples": {"evict": {"response_status": 204}},
             },
         },
@@ -337,9 +358,14 @@ def control_plane() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": {
-                        "description": "This document or its sibling",
-                        "content": {"application/yaml": {"schema": {"type": "string"}}},
-                    }
+                        "description": "This document or its sibling (an OpenAPI 3.1 object)",
+                        "content": {
+                            "application/yaml": {
+                                "schema": {"type": "object", "required": ["openapi", "paths"]}
+                            }
+                        },
+                    },
+                    "404": _error("No such document; the plane is data or control"),
                 },
             }
         },
