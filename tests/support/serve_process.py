@@ -73,7 +73,8 @@ def _wait_ready(
             if process.poll() is not None:
                 raise RuntimeError(f"llorch serve exited: {log_path.read_text()[-2000:]}")
             try:
-                if client.get("/v1/capabilities").status_code == 200:
+                # 401: up, and requiring a token the readiness probe does not send.
+                if client.get("/v1/capabilities").status_code in (200, 401):
                     return
             except httpx.TransportError:
                 pass
