@@ -5,6 +5,7 @@ stream emitter turns them into SSE ``error`` frames. Nothing here knows about HT
 
 OrchError
 ├── InvalidParams (ValueError)              INVALID_PARAMS
+│   └── PayloadTooLarge                     INVALID_PARAMS, answered 413
 ├── DeadlineUnmet                           DEADLINE_UNMET
 ├── ModelDeprecated                         MODEL_DEPRECATED
 ├── NotFound (LookupError)                  NOT_FOUND
@@ -104,6 +105,10 @@ class OrchError(Exception):
 
 class InvalidParams(OrchError, ValueError):
     kind = ErrorKind.INVALID_PARAMS
+
+
+class PayloadTooLarge(InvalidParams):
+    """A request body over a documented size limit (HTTP 413; the code stays INVALID_PARAMS)."""
 
 
 class DeadlineUnmet(OrchError):

@@ -49,7 +49,8 @@ class World:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def serve(self, *pools: dict[str, Any], **top: Any) -> None:
-        config = {"gpus": SIMULATED_GPUS, "pools": list(pools), **top}
+        server = {"artifacts_dir": str(self.workdir / "artifacts"), **top.pop("server", {})}
+        config = {"gpus": SIMULATED_GPUS, "pools": list(pools), "server": server, **top}
         self.server = self.stack.enter_context(
             serve_process(config, self.workdir, environ=self.environ)
         )

@@ -28,10 +28,10 @@ MAX_EXAMPLES = 100
 MIN_REQUESTS = 2_000
 
 
-def _config() -> dict[str, Any]:
+def _config(artifacts: Path) -> dict[str, Any]:
     pool = mock_pool("p0", "m0", mock={"ttft_ms": 0, "tokens_per_s": 50_000.0})
     pool["queue"] = {"capacity": 16, "full_policy": "reject"}
-    return {"gpus": SIMULATED_GPUS, "pools": [pool]}
+    return {"gpus": SIMULATED_GPUS, "pools": [pool], "server": {"artifacts_dir": str(artifacts)}}
 
 
 def _verify(url: str, plane: str, report: Path) -> tuple[int, str]:
@@ -70,7 +70,7 @@ def test_both_documents_hold_against_the_running_server(
 ) -> None:
     """Every generated request over both documents gets a documented, schema-valid answer."""
     counts = {}
-    with serve_process(_config(), tmp_path) as server:
+    with serve_process(_config(tmp_path / "artifacts"), tmp_path) as server:
         for plane in ("data", "control"):
             counts[plane], _ = _verify(server.url, plane, tmp_path / f"schemathesis-{plane}.xml")
         log = server.log_path.read_text(encoding="utf-8")

@@ -72,7 +72,7 @@ def fake_engine(kind: str) -> Iterator[str]:
             process.wait(timeout=10)
 
 
-def pool_config(kind: str, url: str | None) -> dict[str, Any]:
+def pool_config(kind: str, url: str | None, artifacts: Path) -> dict[str, Any]:
     pool: dict[str, Any] = {
         "id": "det",
         "engine": kind,
@@ -90,7 +90,7 @@ def pool_config(kind: str, url: str | None) -> dict[str, Any]:
         pool["backoff"] = {"initial_ms": 1, "max_ms": 10}
         if kind == "openai":
             pool["api_key_env"] = "UPSTREAM_KEY"
-    return {"gpus": SIMULATED_GPUS, "pools": [pool]}
+    return {"gpus": SIMULATED_GPUS, "pools": [pool], "server": {"artifacts_dir": str(artifacts)}}
 
 
 def wait_ready(url: str) -> dict[str, Any]:
@@ -227,7 +227,7 @@ def test_corpus_replays_byte_exact(kind: str, tmp_path: Path) -> None:
     env = {"UPSTREAM_KEY": UPSTREAM_KEY}
     with contextlib.ExitStack() as stack:
         url = None if kind == "mock" else stack.enter_context(fake_engine(kind))
-        config = pool_config(kind, url)
+        config = pool_config(kind, url, tmp_path / "artifacts")
         (tmp_path / "first").mkdir()
         (tmp_path / "restarted").mkdir()
         with serve_process(config, tmp_path / "first", environ=env) as first:

@@ -197,5 +197,47 @@ def cancel(task_id: str, url: str | None, token_file: str | None) -> None:
         sys.exit(client_mod.cancel(client, task_id))
 
 
+@cli.group()
+def artifacts() -> None:
+    """Stored artifacts and stream traces."""
+
+
+@artifacts.command("get")
+@click.argument("artifact_id")
+@click.option("--transcript", is_flag=True, help="Print a trace's SSE transcript as streamed.")
+@_url_option
+@_token_option
+def artifacts_get(
+    artifact_id: str, transcript: bool, url: str | None, token_file: str | None
+) -> None:
+    """Print ARTIFACT_ID as JSON."""
+    from llama_orch.cli import artifacts as artifacts_mod
+
+    with _client(url, token_file) as client:
+        sys.exit(artifacts_mod.get(client, artifact_id, transcript=transcript))
+
+
+@artifacts.command("ls")
+@click.option("--tag", default=None, help="Only artifacts with this tag (e.g. task:<id>).")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--after", default=None, help="Start after this artifact id (paging).")
+@click.option("--all", "every", is_flag=True, help="Follow every page.")
+@_url_option
+@_token_option
+def artifacts_ls(
+    tag: str | None,
+    limit: int,
+    after: str | None,
+    every: bool,
+    url: str | None,
+    token_file: str | None,
+) -> None:
+    """List artifacts in creation order: id, kind, created_ms, tags."""
+    from llama_orch.cli import artifacts as artifacts_mod
+
+    with _client(url, token_file) as client:
+        sys.exit(artifacts_mod.ls(client, tag, limit, after, every))
+
+
 def main() -> None:
     cli(prog_name="llorch")

@@ -126,9 +126,13 @@ def _json(ref: str, description: str, example: Any = None) -> dict[str, Any]:
     }
 
 
+#: Models clients send: documented as accepted (validation), the rest as sent (serialization).
+_REQUESTS: tuple[type[BaseModel], ...] = (api.TaskRequest, api.Artifact)
+
+
 def _schemas(models: list[type[BaseModel]]) -> dict[str, Any]:
     _, top = models_json_schema(
-        [(m, "serialization" if m.__name__ != "TaskRequest" else "validation") for m in models],
+        [(m, "validation" if m in _REQUESTS else "serialization") for m in models],
         ref_template="#/components/schemas/{model}",
     )
     return dict(sorted(top.get("$defs", {}).items()))
@@ -306,6 +310,108 @@ def data_plane() -> dict[str, Any]:
     return _doc("OrchQueue v1", "llama-orch data plane", paths, models)
 
 
+_ARTIFACT_EXAMPLE = {
+    "kind": "plan",
+    "tags": ["project:demo", "step:1"],
+    "content": {"steps": ["read the spec", "write the tests"]},
+    "metadata": {"author": "agent-7"},
+}
+_ARTIFACT_REF_EXAMPLE = {
+    "id": "9f2c6d4e0b1a7c3e5d8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d",
+    "kind": "plan",
+    "digest": "sha256:9f2c6d4e0b1a7c3e5d8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d",
+    "created_ms": 1767225600000,
+    "tags": ["project:demo", "step:1"],
+}
+_ARTIFACT_ID_PARAM = {
+    "name": "artifact_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    "description": "Lowercase hex SHA-256 of the artifact's canonical JSON",
+}
+
+
+def _artifact_paths() -> dict[str, Any]:
+    listing = [
+        {
+            "name": "tag",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "maxLength": 128, "pattern": api.TAG_PATTERN},
+            "description": "Only artifacts carrying this tag (e.g. task:<id>, session:<id>, sse)",
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+        },
+        {
+            "name": "after",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "description": "The `next` of the previous page; pages run in creation order",
+        },
+    ]
+    return {
+        "/v1/artifacts": {
+            "post": {
+                "operationId": "createArtifact",
+                "summary": "Store a document; its id is the SHA-256 of its canonical JSON",
+                "description": (
+                    "Canonical JSON: sorted keys, no whitespace. Storing the same document "
+                    "again answers 200 with the same id and creation time."
+                ),
+                "parameters": [_CORRELATION],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/Artifact"},
+                            "example": _ARTIFACT_EXAMPLE,
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _json("ArtifactRef", "Stored", _ARTIFACT_REF_EXAMPLE),
+                    "200": _json("ArtifactRef", "Already stored (identical document)"),
+                    "400": _error("Invalid document, kind or tag (INVALID_PARAMS)"),
+                    "413": _error("Over server.artifact_max_bytes (INVALID_PARAMS)"),
+                },
+            },
+            "get": {
+                "operationId": "listArtifacts",
+                "summary": "List artifact refs, optionally by tag, a page at a time",
+                "parameters": [*listing, _CORRELATION],
+                "responses": {
+                    "200": _json(
+                        "ArtifactPage", "One page", {"items": [_ARTIFACT_REF_EXAMPLE], "next": None}
+                    ),
+                    "400": _error("Malformed tag, limit or cursor"),
+                    "404": _error("The cursor names an unknown or pruned artifact"),
+                },
+            },
+        },
+        "/v1/artifacts/{artifact_id}": {
+            "get": {
+                "operationId": "getArtifact",
+                "parameters": [_ARTIFACT_ID_PARAM, _CORRELATION],
+                "responses": {
+                    "200": _json(
+                        "StoredArtifact",
+                        "The ref and the document",
+                        {**_ARTIFACT_REF_EXAMPLE, **_ARTIFACT_EXAMPLE},
+                    ),
+                    "400": _error("The id is not 64 lowercase hex characters"),
+                    "404": _error("Unknown artifact, or a trace past its retention"),
+                },
+            }
+        },
+    }
+
+
 def control_plane() -> dict[str, Any]:
     paths = {
         "/v1/capabilities": {
@@ -370,8 +476,19 @@ def control_plane() -> dict[str, Any]:
             }
         },
     }
-    models: list[type[BaseModel]] = [api.Capabilities, api.PoolHealth, api.ErrorEnvelope]
-    return _doc("llama-orch control plane", "Capabilities, pool health, metrics", paths, models)
+    paths.update(_artifact_paths())
+    models: list[type[BaseModel]] = [
+        api.Capabilities,
+        api.PoolHealth,
+        api.ErrorEnvelope,
+        api.Artifact,
+        api.ArtifactRef,
+        api.StoredArtifact,
+        api.ArtifactPage,
+    ]
+    return _doc(
+        "llama-orch control plane", "Capabilities, pool health, metrics, artifacts", paths, models
+    )
 
 
 def render_openapi(plane: str) -> str:

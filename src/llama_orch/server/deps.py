@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from llama_orch.adapters.host import AdapterHost
+from llama_orch.artifacts import ArtifactStore
 from llama_orch.config import Config, Settings
 from llama_orch.dispatch.admission import Admission
 from llama_orch.dispatch.dispatcher import Dispatcher
@@ -23,6 +24,7 @@ class AppDeps:
     metrics: Metrics
     #: The adapter host; the control plane reads its capability cache (ORCH-3603).
     host: AdapterHost
+    artifacts: ArtifactStore
 
     @property
     def config(self) -> Config:
