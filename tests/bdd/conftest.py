@@ -15,6 +15,7 @@ import pytest
 from pytest_bdd.scenario import find_fixturedefs_for_step
 from pytest_bdd.steps import step_function_context_registry
 
+from tests.bdd.steps_artifacts import *  # noqa: F403
 from tests.bdd.steps_auth import *  # noqa: F403
 from tests.bdd.steps_tasks import *  # noqa: F403
 from tests.bdd.world import World, world

@@ -233,7 +233,7 @@ def answer_status(scene: World, status: int) -> None:
     assert status == _answer(scene).status_code, _answer(scene).text
 
 
-@then(parsers.parse("the answer is {status:d} {code}"))
+@then(parsers.re(r"the answer is (?P<status>\d+) (?P<code>[A-Z_]+)"), converters={"status": int})
 def answer_error(scene: World, status: int, code: str) -> None:
     response = _answer(scene)
     assert (status, code) == (response.status_code, response.json()["code"]), response.text
