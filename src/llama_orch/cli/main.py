@@ -239,5 +239,23 @@ def artifacts_ls(
         sys.exit(artifacts_mod.ls(client, tag, limit, after, every))
 
 
+@cli.command()
+@click.option(
+    "--log",
+    "log_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The server's JSON log file; fail on error-level lines.",
+)
+@_url_option
+@_token_option
+def selftest(log_path: str | None, url: str | None, token_file: str | None) -> None:
+    """Check a running server: pools Ready, a decode per pool, a cancel, metrics (and its log)."""
+    from llama_orch.cli import selftest as selftest_mod
+
+    with _client(url, token_file) as client:
+        sys.exit(selftest_mod.selftest(client, Path(log_path) if log_path else None))
+
+
 def main() -> None:
     cli(prog_name="llorch")
