@@ -5,11 +5,16 @@ Layout under the artifacts directory: ``<id[:2]>/<id>.json`` holds ``{ref, docum
 atomically (a temporary file in the same directory, then ``os.replace``); the document first, so
 a ref never points at a missing document. Ids and tags are checked against strict patterns
 before they come near a path.
+
+The in-memory index is the truth; files follow it. ``put(..., background=True)`` (stream traces,
+stored as each task ends) hands the file writes to one I/O thread, in order with later deletes,
+and serves the document from memory until it is on disk, so the event loop never waits on disk.
 """
 
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -95,6 +100,34 @@ class ArtifactStore:
         self._refs: dict[str, dict[str, Any]] | None = None
         #: (created_ms, id) in creation order, for stable paging.
         self._order: list[tuple[int, str]] = []
+        #: Documents handed to the I/O thread and not yet on disk.
+        self._pending: dict[str, bytes] = {}
+        self._io: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Wait until every background write and delete is on disk."""
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
+
+    def _later(self, work: Any, *args: Any) -> None:
+        if self._io is None:
+            self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="artifacts")
+        self._io.submit(work, *args)
+
+    def _write_files(self, ident: str, doc_bytes: bytes, ref_bytes: bytes) -> None:
+        doc_path, ref_path = self._paths(ident)
+        try:
+            doc_path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(doc_path, doc_bytes)
+            _atomic_write(ref_path, ref_bytes)
+        finally:
+            self._pending.pop(ident, None)
+
+    def _unlink(self, ident: str) -> None:
+        for path in self._paths(ident):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     # --- paths and index ------------------------------------------------------------------
 
@@ -120,8 +153,11 @@ class ArtifactStore:
 
     # --- operations -----------------------------------------------------------------------
 
-    def put(self, document: Mapping[str, Any]) -> Stored:
-        """Store ``document`` (kind, content, tags?, parent?, metadata?); same bytes, same id."""
+    def put(self, document: Mapping[str, Any], *, background: bool = False) -> Stored:
+        """Store ``document`` (kind, content, tags?, parent?, metadata?); same bytes, same id.
+
+        With ``background`` the files are written by the I/O thread (see the module docstring).
+        """
         for tag in document.get("tags") or []:
             check_tag(tag)
         data = canonical_json(document)
@@ -141,11 +177,13 @@ class ArtifactStore:
             "created_ms": self._clock_ms(),
             "tags": list(document.get("tags") or []),
         }
-        doc_path, ref_path = self._paths(ident)
-        doc_path.parent.mkdir(parents=True, exist_ok=True)
         ref_bytes = orjson.dumps(ref)
-        _atomic_write(doc_path, b'{"ref":' + ref_bytes + b',"document":' + data + b"}")
-        _atomic_write(ref_path, ref_bytes)
+        doc_bytes = b'{"ref":' + ref_bytes + b',"document":' + data + b"}"
+        if background:
+            self._pending[ident] = doc_bytes
+            self._later(self._write_files, ident, doc_bytes, ref_bytes)
+        else:
+            self._write_files(ident, doc_bytes, ref_bytes)
         refs[ident] = ref
         bisect.insort(self._order, (ref["created_ms"], ident))
         return Stored(ref, created=True)
@@ -153,11 +191,14 @@ class ArtifactStore:
     def get(self, ident: str) -> dict[str, Any]:
         """The stored artifact: its ref fields, then kind, content, tags, parent, metadata."""
         check_artifact_id(ident)
-        doc_path, _ = self._paths(ident)
+        missing = NotFound(f"artifact {ident} is unknown (or was pruned)")
+        if ident not in self._index():
+            raise missing
+        raw = self._pending.get(ident)
         try:
-            stored = orjson.loads(doc_path.read_bytes())
+            stored = orjson.loads(raw if raw is not None else self._paths(ident)[0].read_bytes())
         except FileNotFoundError:
-            raise NotFound(f"artifact {ident} is unknown (or was pruned)") from None
+            raise missing from None
         return {**stored["ref"], **stored["document"]}
 
     def delete(self, ident: str) -> None:
@@ -167,9 +208,11 @@ class ArtifactStore:
             return
         with contextlib.suppress(ValueError):
             self._order.remove((int(ref["created_ms"]), ident))
-        for path in self._paths(ident):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        if self._io is not None:
+            # After any write of the same artifact still queued on the I/O thread.
+            self._later(self._unlink, ident)
+        else:
+            self._unlink(ident)
 
     def refs(self, tag: str | None = None) -> Iterator[dict[str, Any]]:
         """Refs in creation order, optionally only those carrying ``tag``."""

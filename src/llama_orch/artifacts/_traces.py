@@ -49,7 +49,7 @@ class TraceWriter:
                 "task_id": task_id,
             },
         }
-        stored = self._store.put(document)
+        stored = self._store.put(document, background=True)
         kept = self._traces()
         if stored.created:
             kept.append(stored.id)

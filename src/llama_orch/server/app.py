@@ -65,6 +65,7 @@ def create_app(
             await sampler.stop()
             await deps.dispatcher.stop()
             await deps.pools.stop()
+            deps.artifacts.close()
 
     app = Starlette(
         routes=[*data_plane.routes, *control_plane.routes, *artifacts_api.routes],

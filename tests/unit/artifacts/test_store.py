@@ -79,6 +79,19 @@ class TestArtifactStore:
         with pytest.raises(InvalidParams, match="canonical JSON"):
             store_at(tmp_path).put({**PLAN, "content": {"n": 2**80}})
 
+    def test_background_writes_serve_at_once_and_land_in_order(self, tmp_path: Path) -> None:
+        """A background put is readable at once; once flushed its files exist, and a delete
+        queued after it leaves none."""
+        store = store_at(tmp_path)
+        kept = store.put(PLAN, background=True).id
+        gone = store.put({**PLAN, "content": {"n": 1}}, background=True).id
+        store.delete(gone)
+        assert PLAN["content"] == store.get(kept)["content"]
+        with pytest.raises(NotFound):
+            store.get(gone)
+        store.close()
+        assert [f"{kept}.json", f"{kept}.ref"] == sorted(p.name for p in tmp_path.rglob("*.*"))
+
     def test_unknown_id_is_not_found(self, tmp_path: Path) -> None:
         with pytest.raises(NotFound):
             store_at(tmp_path).get("0" * 64)
