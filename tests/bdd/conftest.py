@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pytest_bdd.scenario import find_fixturedefs_for_step
-from pytest_bdd.steps import step_function_context_registry
 
+from tests.bdd.registry import refuse_ambiguous_step
 from tests.bdd.steps_artifacts import *  # noqa: F403
 from tests.bdd.steps_auth import *  # noqa: F403
 from tests.bdd.steps_tasks import *  # noqa: F403
@@ -30,10 +29,4 @@ def scene(tmp_path: Path) -> Iterator[World]:
 def pytest_bdd_before_step(
     request: pytest.FixtureRequest, feature: Any, scenario: Any, step: Any, step_func: Any
 ) -> None:
-    """Refuse an ambiguous step: one text, one definition."""
-    manager = request._fixturemanager
-    defs = find_fixturedefs_for_step(step, manager, request.node)
-    matches = {step_function_context_registry[d.func].step_func for d in defs}
-    if len(matches) > 1:
-        names = sorted(f.__name__ for f in matches)
-        pytest.fail(f"ambiguous step {step.keyword} {step.name!r}: {names}", pytrace=False)
+    refuse_ambiguous_step(request, step)
