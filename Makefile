@@ -11,7 +11,7 @@ STAMP := $(VENV)/.synced
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup promtool registry chromium run test lint fmt schema bench clean
+.PHONY: help setup promtool registry chromium run test lint fmt schema bench proof clean
 
 help:
 	@echo "make run     set up, then serve $(CONFIG) on 127.0.0.1:8080"
@@ -19,6 +19,7 @@ help:
 	@echo "make lint    ruff, mypy (package and bench) and the import layering contract"
 	@echo "make schema  regenerate contracts/ (config schema and OpenAPI)"
 	@echo "make bench   run the benchmarks in bench/"
+	@echo "make proof   run the tests and write a proof bundle to $(PROOF)"
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -74,6 +75,16 @@ fmt: setup
 
 schema: setup
 	$(VENV)/bin/llorch contracts write
+
+# A proof bundle: test reports and determinism outputs, then live-server evidence and a SHA-256
+# manifest (tests/support/proof.py). PROOF_TESTS narrows the suites (default: all of them).
+PROOF ?= proof/$(shell date -u +%Y%m%dT%H%M%SZ)
+PROOF_TESTS ?= tests
+proof: setup promtool
+	mkdir -p $(PROOF)
+	set -o pipefail; LLORCH_PROOF_DIR=$(abspath $(PROOF)) $(VENV)/bin/python -m pytest \
+	  $(PROOF_TESTS) --junitxml=$(PROOF)/junit.xml 2>&1 | tee $(PROOF)/pytest.txt
+	$(VENV)/bin/python -m tests.support.proof $(PROOF)
 
 bench: setup
 	$(VENV)/bin/python -m bench

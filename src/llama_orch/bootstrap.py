@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from llama_orch.adapters.host import AdapterHost
 from llama_orch.adapters.registry import FACTORIES, AdapterContext, adapter_factory
+from llama_orch.artifacts import ArtifactStore, TraceWriter
 from llama_orch.config import Settings
 from llama_orch.dispatch.admission import Admission
 from llama_orch.dispatch.dispatcher import Dispatcher
@@ -89,6 +92,11 @@ def build_deps(
     )
     dispatcher = Dispatcher(settings.config, pools, host, metrics)
     admission = Admission(settings.config, pools, dispatcher, metrics)
+    server = settings.config.server
+    artifacts = ArtifactStore(
+        Path(server.artifacts_dir).expanduser(), max_bytes=server.artifact_max_bytes
+    )
+    dispatcher.endings.trace = TraceWriter(artifacts, retention=server.trace_retention)
     return AppDeps(
         settings=settings,
         pools=pools,
@@ -97,4 +105,5 @@ def build_deps(
         metrics=metrics,
         host=host,
         models=models,
+        artifacts=artifacts,
     )

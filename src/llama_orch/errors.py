@@ -7,7 +7,8 @@ OrchError
 ├── InvalidParams (ValueError)              INVALID_PARAMS
 │   ├── InvalidModelRef                     INVALID_PARAMS (names the accepted ref forms)
 │   ├── OutboundDenied (PermissionError)    INVALID_PARAMS (names the host and the policy key)
-│   └── DigestMismatch                      INVALID_PARAMS (expected vs actual digest)
+│   ├── DigestMismatch                      INVALID_PARAMS (expected vs actual digest)
+│   └── PayloadTooLarge                     INVALID_PARAMS, answered 413
 ├── UntrustedArtifact                       UNTRUSTED_ARTIFACT
 ├── DeadlineUnmet                           DEADLINE_UNMET
 ├── ModelDeprecated                         MODEL_DEPRECATED
@@ -148,6 +149,10 @@ class InsufficientSpace(FetchFailed, OSError):
     """The catalog's filesystem cannot hold the download."""
 
     retriable_default = False
+
+
+class PayloadTooLarge(InvalidParams):
+    """A request body over a documented size limit (HTTP 413; the code stays INVALID_PARAMS)."""
 
 
 class DeadlineUnmet(OrchError):

@@ -86,7 +86,7 @@ def _wait_ready(
             if process.poll() is not None:
                 raise RuntimeError(f"llorch serve exited: {log_path.read_text()[-2000:]}")
             try:
-                # 401: up, and requiring a token the caller has not sent.
+                # 401: up, and requiring a token the readiness probe does not send.
                 if client.get("/v1/capabilities").status_code in (200, 401):
                     return
             except httpx.TransportError:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -43,8 +46,13 @@ def mock_pool(pool_id: str = "p0", model: str = "m0", **overrides: Any) -> dict[
     }
 
 
+#: Where test servers keep artifacts and stream traces, unless a test names its own directory.
+ARTIFACTS_DIR = str(Path(tempfile.gettempdir()) / f"llorch-test-artifacts-{os.getpid()}")
+
+
 def config_of(*pools: dict[str, Any], **top: Any) -> Config:
-    raw = {"gpus": SIMULATED_GPUS, "pools": list(pools) or [mock_pool()], **top}
+    server = {"artifacts_dir": ARTIFACTS_DIR, **top.pop("server", {})}
+    raw = {"gpus": SIMULATED_GPUS, "pools": list(pools) or [mock_pool()], "server": server, **top}
     return Config.model_validate(raw)
 
 

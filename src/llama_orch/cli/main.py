@@ -221,5 +221,65 @@ def status(watch: bool, interval: float, url: str | None, token_file: str | None
 cli.add_command(models_group)
 
 
+@cli.group()
+def artifacts() -> None:
+    """Stored artifacts and stream traces."""
+
+
+@artifacts.command("get")
+@click.argument("artifact_id")
+@click.option("--transcript", is_flag=True, help="Print a trace's SSE transcript as streamed.")
+@_url_option
+@_token_option
+def artifacts_get(
+    artifact_id: str, transcript: bool, url: str | None, token_file: str | None
+) -> None:
+    """Print ARTIFACT_ID as JSON."""
+    from llama_orch.cli import artifacts as artifacts_mod
+
+    with _client(url, token_file) as client:
+        sys.exit(artifacts_mod.get(client, artifact_id, transcript=transcript))
+
+
+@artifacts.command("ls")
+@click.option("--tag", default=None, help="Only artifacts with this tag (e.g. task:<id>).")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--after", default=None, help="Start after this artifact id (paging).")
+@click.option("--all", "every", is_flag=True, help="Follow every page.")
+@_url_option
+@_token_option
+def artifacts_ls(
+    tag: str | None,
+    limit: int,
+    after: str | None,
+    every: bool,
+    url: str | None,
+    token_file: str | None,
+) -> None:
+    """List artifacts in creation order: id, kind, created_ms, tags."""
+    from llama_orch.cli import artifacts as artifacts_mod
+
+    with _client(url, token_file) as client:
+        sys.exit(artifacts_mod.ls(client, tag, limit, after, every))
+
+
+@cli.command()
+@click.option(
+    "--log",
+    "log_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The server's JSON log file; fail on error-level lines.",
+)
+@_url_option
+@_token_option
+def selftest(log_path: str | None, url: str | None, token_file: str | None) -> None:
+    """Check a running server: pools Ready, a decode per pool, a cancel, metrics (and its log)."""
+    from llama_orch.cli import selftest as selftest_mod
+
+    with _client(url, token_file) as client:
+        sys.exit(selftest_mod.selftest(client, Path(log_path) if log_path else None))
+
+
 def main() -> None:
     cli(prog_name="llorch")

@@ -108,6 +108,10 @@ class ServerConfig(_Strict):
     #: Without it the server speaks cleartext HTTP/1.1 and HTTP/2 (prior knowledge).
     tls: TlsConfig | None = None
     artifacts_dir: str = "~/.cache/llama-orch/artifacts"
+    #: Largest artifact accepted by POST /v1/artifacts, as canonical JSON (413 above it).
+    artifact_max_bytes: PositiveInt = 8 * 1024 * 1024
+    #: Stream transcripts kept as ``trace`` artifacts; the oldest go first. 0 stores none.
+    trace_retention: NonNegativeInt = 1000
     transcript_retention_s: NonNegativeInt = 600
     #: Upper bound on the bytes of finished transcripts kept for late subscribers.
     transcript_max_bytes: PositiveInt = 64 * 1024 * 1024

@@ -5,7 +5,7 @@ The OpenAPI documents under ``contracts/openapi/`` take their schemas from these
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -135,6 +135,46 @@ class ErrorEnvelope(_Wire):
     code_id: int | None = None
     #: Auth errors echo the request's correlation ID in the body too (D-AUTH-02).
     correlation_id: str | None = None
+
+
+ArtifactKind = Literal["plan", "summary", "diff", "trace", "other"]
+#: Tags are labels, never paths: runs of letters and digits joined by single ``. _ : @ + -``
+#: (so no ``..``, no ``/``), at most 128 characters.
+TAG_PATTERN = r"^[A-Za-z0-9]+(?:[._:@+-][A-Za-z0-9]+)*$"
+ArtifactTag = Annotated[str, Field(max_length=128, pattern=TAG_PATTERN)]
+ArtifactId = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Artifact(_Wire):
+    """A document to store (SPEC §6.6); its id is the SHA-256 of its canonical JSON."""
+
+    kind: ArtifactKind
+    content: dict[str, Any]
+    tags: Annotated[list[ArtifactTag], Field(max_length=64)] = []
+    parent: ArtifactId | None = None
+    metadata: dict[str, Any] = {}
+
+
+class ArtifactRef(_Wire):
+    id: ArtifactId
+    kind: ArtifactKind
+    digest: str
+    created_ms: Int64
+    tags: list[str]
+
+
+class StoredArtifact(ArtifactRef):
+    """``GET /v1/artifacts/{id}``: the ref, then the document as it was submitted."""
+
+    content: dict[str, Any]
+    parent: ArtifactId | None = None
+    metadata: dict[str, Any] = {}
+
+
+class ArtifactPage(_Wire):
+    items: list[ArtifactRef]
+    #: Pass as ``after`` for the next page; null on the last page.
+    next: str | None = None
 
 
 class SessionInfo(_Wire):

@@ -46,12 +46,15 @@ class End(_Payload):
     tokens_out: int
     decode_time_ms: int
     decode_ms: int
+    #: The id of the ``trace`` artifact holding this stream's transcript, when traces are kept.
+    trace_id: str | None = None
 
 
 class Error(_Payload):
     code: ErrorKind
     message: str
     engine: str | None = None
+    trace_id: str | None = None
 
 
 PAYLOADS: Final[dict[str, type[_Payload]]] = {

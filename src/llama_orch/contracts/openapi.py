@@ -20,8 +20,12 @@ _CORRELATION = {
     "name": "X-Correlation-Id",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "maxLength": 128},
-    "description": "Echoed on every non-204 response; a UUIDv4 is minted when absent.",
+    "schema": {"type": "string"},
+    "description": (
+        "Echoed on every non-204 response when it is 1-128 characters of A-Z a-z 0-9 . _ : -; "
+        "a value that is absent, longer or carries other characters is replaced by a fresh "
+        "UUIDv4, which is echoed instead (the request itself is served)."
+    ),
 }
 _CID_HEADER = {"X-Correlation-Id": {"schema": {"type": "string"}}}
 
@@ -47,7 +51,7 @@ _TASK_EXAMPLE = {
     "task_id": "11111111-1111-4111-8111-111111111111",
     "session_id": "22222222-2222-4222-8222-222222222222",
     "workload": "completion",
-    "model_ref": "demo-8b",
+    "model_ref": "llama-3.1-8b-instruct-q4",
     "engine": "mock",
     "ctx": 4096,
     "priority": "interactive",
@@ -60,7 +64,7 @@ _TASK_EXAMPLE = {
 _PINNED_EXAMPLE = {
     **_TASK_EXAMPLE,
     "task_id": "33333333-3333-4333-8333-333333333333",
-    "placement": {"mode": "pin", "pin_pool_id": "gpu0"},
+    "placement": {"mode": "pin", "pin_pool_id": "gpu0-8b"},
 }
 _PREFER_EXAMPLE = {
     **_TASK_EXAMPLE,
@@ -68,8 +72,8 @@ _PREFER_EXAMPLE = {
     "priority": "batch",
     "placement": {
         "mode": "prefer",
-        "prefer_pools": ["gpu1"],
-        "avoid_pools": ["gpu2"],
+        "prefer_pools": ["gpu0-8b"],
+        "avoid_pools": ["gpu1-3b"],
         "allow_fallback": True,
     },
 }
@@ -96,6 +100,18 @@ _SSE_EXAMPLE = (
 )
 
 
+#: One SSE event as a client's parser reads it; ``data`` is one line of JSON whose schema the
+#: event names (``x-sse-events``).
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": list(events.PAYLOADS)},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
+
+
 def _error(description: str, example: dict[str, Any] | None = None) -> dict[str, Any]:
     return _json("ErrorEnvelope", description, example)
 
@@ -111,9 +127,13 @@ def _json(ref: str, description: str, example: Any = None) -> dict[str, Any]:
     }
 
 
+#: Models clients send: documented as accepted (validation), the rest as sent (serialization).
+_REQUESTS: tuple[type[BaseModel], ...] = (api.TaskRequest, api.Artifact)
+
+
 def _schemas(models: list[type[BaseModel]]) -> dict[str, Any]:
     _, top = models_json_schema(
-        [(m, "serialization" if m.__name__ != "TaskRequest" else "validation") for m in models],
+        [(m, "validation" if m in _REQUESTS else "serialization") for m in models],
         ref_template="#/components/schemas/{model}",
     )
     return dict(sorted(top.get("$defs", {}).items()))
@@ -176,7 +196,7 @@ def data_plane() -> dict[str, Any]:
                                 "queue_position": 0,
                                 "predicted_start_ms": 0,
                                 "backoff_ms": 0,
-                                "pool_id": "gpu0",
+                                "pool_id": "gpu0-8b",
                             },
                         ),
                         "headers": {**_CID_HEADER, **_BUDGET_HEADERS},
@@ -195,7 +215,7 @@ def data_plane() -> dict[str, Any]:
                             "budget refusal (policy_label session-budget, retriable false)",
                             {
                                 "code": "QUEUE_FULL_DROP_LRU",
-                                "message": "pool gpu0 queue is full",
+                                "message": "pool gpu0-8b queue is full",
                                 "engine": "mock",
                                 "retriable": True,
                                 "retry_after_ms": 1500,
@@ -235,7 +255,7 @@ def data_plane() -> dict[str, Any]:
                         "headers": _CID_HEADER,
                         "content": {
                             "text/event-stream": {
-                                "schema": {"type": "string"},
+                                "schema": _SSE_EVENT,
                                 "example": _SSE_EXAMPLE,
                             }
                         },
@@ -258,6 +278,7 @@ def data_plane() -> dict[str, Any]:
                 "parameters": [{"name": "task_id", **_UUID_PARAM}, _CORRELATION],
                 "responses": {
                     "204": {"description": "Canceled (or already finished)"},
+                    "400": _error("task_id is not a UUID"),
                     "404": _error("Unknown task"),
                 },
                 "x-examples": {"cancel": {"response_status": 204}},
@@ -280,6 +301,7 @@ def data_plane() -> dict[str, Any]:
                             "cost_budget_remaining": 0.96,
                         },
                     ),
+                    "400": _error("session_id is not a UUID"),
                     "404": _error("Unknown or expired session"),
                 },
                 "x-examples": {"session": {"response_status": 200}},
@@ -287,7 +309,10 @@ def data_plane() -> dict[str, Any]:
             "delete": {
                 "operationId": "deleteSession",
                 "parameters": [{"name": "session_id", **_UUID_PARAM}, _CORRELATION],
-                "responses": {"204": {"description": "Session and its KV warmth forgotten"}},
+                "responses": {
+                    "204": {"description": "Session and its KV warmth forgotten"},
+                    "400": _error("session_id is not a UUID"),
+                },
                 "x-examples": {"evict": {"response_status": 204}},
             },
         },
@@ -300,6 +325,108 @@ def data_plane() -> dict[str, Any]:
         *events.PAYLOADS.values(),
     ]
     return _doc("OrchQueue v1", "llama-orch data plane", paths, models)
+
+
+_ARTIFACT_EXAMPLE = {
+    "kind": "plan",
+    "tags": ["project:demo", "step:1"],
+    "content": {"steps": ["read the spec", "write the tests"]},
+    "metadata": {"author": "agent-7"},
+}
+_ARTIFACT_REF_EXAMPLE = {
+    "id": "9f2c6d4e0b1a7c3e5d8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d",
+    "kind": "plan",
+    "digest": "sha256:9f2c6d4e0b1a7c3e5d8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d",
+    "created_ms": 1767225600000,
+    "tags": ["project:demo", "step:1"],
+}
+_ARTIFACT_ID_PARAM = {
+    "name": "artifact_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    "description": "Lowercase hex SHA-256 of the artifact's canonical JSON",
+}
+
+
+def _artifact_paths() -> dict[str, Any]:
+    listing = [
+        {
+            "name": "tag",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "maxLength": 128, "pattern": api.TAG_PATTERN},
+            "description": "Only artifacts carrying this tag (e.g. task:<id>, session:<id>, sse)",
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+        },
+        {
+            "name": "after",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "description": "The `next` of the previous page; pages run in creation order",
+        },
+    ]
+    return {
+        "/v1/artifacts": {
+            "post": {
+                "operationId": "createArtifact",
+                "summary": "Store a document; its id is the SHA-256 of its canonical JSON",
+                "description": (
+                    "Canonical JSON: sorted keys, no whitespace. Storing the same document "
+                    "again answers 200 with the same id and creation time."
+                ),
+                "parameters": [_CORRELATION],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/Artifact"},
+                            "example": _ARTIFACT_EXAMPLE,
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _json("ArtifactRef", "Stored", _ARTIFACT_REF_EXAMPLE),
+                    "200": _json("ArtifactRef", "Already stored (identical document)"),
+                    "400": _error("Invalid document, kind or tag (INVALID_PARAMS)"),
+                    "413": _error("Over server.artifact_max_bytes (INVALID_PARAMS)"),
+                },
+            },
+            "get": {
+                "operationId": "listArtifacts",
+                "summary": "List artifact refs, optionally by tag, a page at a time",
+                "parameters": [*listing, _CORRELATION],
+                "responses": {
+                    "200": _json(
+                        "ArtifactPage", "One page", {"items": [_ARTIFACT_REF_EXAMPLE], "next": None}
+                    ),
+                    "400": _error("Malformed tag, limit or cursor"),
+                    "404": _error("The cursor names an unknown or pruned artifact"),
+                },
+            },
+        },
+        "/v1/artifacts/{artifact_id}": {
+            "get": {
+                "operationId": "getArtifact",
+                "parameters": [_ARTIFACT_ID_PARAM, _CORRELATION],
+                "responses": {
+                    "200": _json(
+                        "StoredArtifact",
+                        "The ref and the document",
+                        {**_ARTIFACT_REF_EXAMPLE, **_ARTIFACT_EXAMPLE},
+                    ),
+                    "400": _error("The id is not 64 lowercase hex characters"),
+                    "404": _error("Unknown artifact, or a trace past its retention"),
+                },
+            }
+        },
+    }
 
 
 def control_plane() -> dict[str, Any]:
@@ -354,9 +481,14 @@ def control_plane() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": {
-                        "description": "This document or its sibling",
-                        "content": {"application/yaml": {"schema": {"type": "string"}}},
-                    }
+                        "description": "This document or its sibling (an OpenAPI 3.1 object)",
+                        "content": {
+                            "application/yaml": {
+                                "schema": {"type": "object", "required": ["openapi", "paths"]}
+                            }
+                        },
+                    },
+                    "404": _error("No such document; the plane is data or control"),
                 },
             }
         },
@@ -365,17 +497,22 @@ def control_plane() -> dict[str, Any]:
 
     paths.update(openapi_catalog.catalog_paths())
     paths.update(console.openapi_paths())
+    paths.update(_artifact_paths())
     models: list[type[BaseModel]] = [
         api.Capabilities,
         api.PoolHealth,
         api.ErrorEnvelope,
         *openapi_catalog.MODELS,
+        api.Artifact,
+        api.ArtifactRef,
+        api.StoredArtifact,
+        api.ArtifactPage,
         console.Status,
         *console.EVENT_MODELS,
     ]
     return _doc(
         "llama-orch control plane",
-        "Capabilities, pool health, metrics, catalog, console status",
+        "Capabilities, pool health, metrics, catalog, artifacts, console status",
         paths,
         models,
     )

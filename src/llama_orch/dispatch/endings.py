@@ -5,7 +5,7 @@ session's budget reservation, and records the task as finished.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from llama_orch.dispatch.lanes import PoolLane
@@ -16,6 +16,10 @@ from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.manager import Replica
 from llama_orch.vocab import Priority
+
+#: Stores a finished stream's transcript and returns its artifact id (or None when disabled):
+#: called with the task's log fields, its frames so far, and its terminal (event, payload).
+TraceSink = Callable[[Mapping[str, Any], Sequence[tuple[str, bytes]], tuple[str, Any]], str | None]
 
 
 class Endings:
@@ -33,6 +37,17 @@ class Endings:
         self._lanes = lanes
         self._metrics = metrics
         self._clock = clock
+        #: Set by the application when stream traces are stored (server.trace_retention).
+        self.trace: TraceSink | None = None
+
+    def _traced(self, task: Task, event: str, payload: dict[str, Any]) -> str | None:
+        """Store the transcript ending with ``payload``; the id then rides on the frame."""
+        if self.trace is None:
+            return None
+        trace_id = self.trace(task.log_fields(), task.stream.frames(), (event, payload))
+        if trace_id is not None:
+            payload["trace_id"] = trace_id
+        return trace_id
 
     def end(
         self,
@@ -55,6 +70,7 @@ class Endings:
         if task.state is TaskState.QUEUED:
             self._lanes[task.pool_id].drop(task)
         task.state = state
+        trace_id = self._traced(task, "end", payload)
         task.stream.publish("end", payload)
         self._settle(task, now, decode_ms, served=state is TaskState.DONE)
         if replica is not None:
@@ -80,6 +96,7 @@ class Endings:
             tokens_in=task.tokens_in,
             tokens_out=task.tokens_out,
             decode_time_ms=decode_ms,
+            trace_id=trace_id,
         )
 
     def fail(self, task: Task, error: OrchError) -> None:
@@ -89,6 +106,7 @@ class Endings:
         task.state = TaskState.FAILED
         payload = error.envelope()
         payload.setdefault("engine", task.engine.value)
+        trace_id = self._traced(task, "error", payload)
         task.stream.publish("error", payload)
         decode_ms = int((now - task.first_token_at) * 1000) if task.first_token_at else 0
         self._settle(task, now, decode_ms, served=False)
@@ -102,6 +120,7 @@ class Endings:
             **task.log_fields(),
             error_kind=error.kind.value,
             tokens_out=task.tokens_out,
+            trace_id=trace_id,
             retry_after_ms=error.retry_after_ms,
         )
 

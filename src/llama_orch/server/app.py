@@ -18,7 +18,14 @@ from llama_orch.config import Settings
 from llama_orch.errors import ErrorKind, NotFound, OrchError
 from llama_orch.observability.redaction import Redactor
 from llama_orch.pool.gpu_sampler import GpuSampler
-from llama_orch.server import catalog_api, console, control_plane, data_plane, frontdoor
+from llama_orch.server import (
+    artifacts_api,
+    catalog_api,
+    console,
+    control_plane,
+    data_plane,
+    frontdoor,
+)
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.errors import error_response, handle_orch_error
 from llama_orch.server.guards import RequestGuards
@@ -69,11 +76,13 @@ def create_app(
             await sampler.stop()
             await deps.dispatcher.stop()
             await deps.pools.stop()
+            deps.artifacts.close()
 
     routes = [
         *data_plane.routes,
         *control_plane.routes,
         *catalog_api.routes,
+        *artifacts_api.routes,
         *frontdoor.routes,
         *console.routes,
     ]

@@ -250,10 +250,16 @@ async def delete_session(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def session(request: Request) -> Response:
+    """One route for both methods, so a 405 lists both in ``Allow``."""
+    if request.method == "DELETE":
+        return await delete_session(request)
+    return await get_session(request)
+
+
 routes = [
     Route("/v1/tasks", create_task, methods=["POST"]),
     Route("/v1/tasks/{task_id}/stream", stream_task, methods=["GET"]),
     Route("/v1/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
-    Route("/v1/sessions/{session_id}", get_session, methods=["GET"]),
-    Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
+    Route("/v1/sessions/{session_id}", session, methods=["GET", "DELETE"]),
 ]

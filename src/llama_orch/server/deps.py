@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from llama_orch.adapters.host import AdapterHost
+from llama_orch.artifacts import ArtifactStore
 from llama_orch.config import Config, Settings
 from llama_orch.dispatch.admission import Admission
 from llama_orch.dispatch.dispatcher import Dispatcher
@@ -24,6 +25,7 @@ class AppDeps:
     metrics: Metrics
     #: The adapter host; the control plane reads its capability cache (ORCH-3603).
     host: AdapterHost
+    artifacts: ArtifactStore
     #: The model catalog and provisioner behind /v1/catalog/models (None: no catalog routes).
     models: ModelProvisioner | None = None
 

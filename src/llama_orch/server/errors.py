@@ -13,7 +13,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llama_orch.errors import ErrorKind, InternalError, OrchError
+from llama_orch.errors import ErrorKind, InternalError, OrchError, PayloadTooLarge
 
 STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID_PARAMS: 400,
@@ -39,7 +39,7 @@ _log = structlog.get_logger("llama_orch.server")
 
 
 def error_response(error: OrchError) -> Response:
-    status = STATUS[error.kind]
+    status = 413 if isinstance(error, PayloadTooLarge) else STATUS[error.kind]
     headers: dict[str, str] = {}
     if status == 429:
         retry_ms = error.retry_after_ms if error.retry_after_ms is not None else 1000

@@ -1,0 +1,247 @@
+"""ArtifactStore: JSON documents addressed by the SHA-256 of their canonical JSON.
+
+Layout under the artifacts directory: ``<id[:2]>/<id>.json`` holds ``{ref, document}`` and
+``<id[:2]>/<id>.ref`` the small ref alone, so listing by tag reads only refs. Both are written
+atomically (a temporary file in the same directory, then ``os.replace``); the document first, so
+a ref never points at a missing document. Ids and tags are checked against strict patterns
+before they come near a path.
+
+The in-memory index is the truth; files follow it. ``put(..., background=True)`` (stream traces,
+stored as each task ends) hands the file writes to one I/O thread, in order with later deletes,
+and serves the document from memory until it is on disk, so the event loop never waits on disk.
+"""
+
+from __future__ import annotations
+
+import bisect
+import concurrent.futures
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from llama_orch.contracts.api import TAG_PATTERN
+from llama_orch.errors import InvalidParams, NotFound, PayloadTooLarge
+
+ARTIFACT_KINDS: Final = ("plan", "summary", "diff", "trace", "other")
+_ID: Final = re.compile(r"^[0-9a-f]{64}$")
+_TAG: Final = re.compile(TAG_PATTERN)
+
+
+def canonical_json(document: Mapping[str, Any]) -> bytes:
+    """Sorted keys, no whitespace: the bytes the id is the hash of."""
+    try:
+        return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        # Integers beyond 64 bits have no canonical form here (nor in most JSON parsers).
+        raise InvalidParams(f"artifact cannot be stored as canonical JSON: {exc}") from None
+
+
+def artifact_id(document: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(document)).hexdigest()
+
+
+def check_artifact_id(value: str) -> str:
+    if not _ID.match(value):
+        raise InvalidParams(
+            f"artifact id must be 64 lowercase hex characters (a SHA-256), got {value[:80]!r}"
+        )
+    return value
+
+
+def check_tag(value: str) -> str:
+    if len(value) > 128 or not _TAG.match(value):
+        raise InvalidParams(
+            f"tag {value[:80]!r} is not allowed: use up to 128 letters and digits, joined "
+            "by single . _ : @ + - characters (e.g. task:<id>)"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A stored artifact's ref (SPEC ArtifactRef) and whether this call created it."""
+
+    ref: dict[str, Any]
+    created: bool
+
+    @property
+    def id(self) -> str:
+        return str(self.ref["id"])
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class ArtifactStore:
+    """Put, get and list artifacts; the index of refs is read from disk on first use."""
+
+    def __init__(self, root: Path, *, max_bytes: int, clock_ms: Any = None) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self._refs: dict[str, dict[str, Any]] | None = None
+        #: (created_ms, id) in creation order, for stable paging.
+        self._order: list[tuple[int, str]] = []
+        #: Documents handed to the I/O thread and not yet on disk.
+        self._pending: dict[str, bytes] = {}
+        self._io: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Wait until every background write and delete is on disk."""
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
+
+    def _later(self, work: Any, *args: Any) -> None:
+        if self._io is None:
+            self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="artifacts")
+        self._io.submit(work, *args)
+
+    def _write_files(self, ident: str, doc_bytes: bytes, ref_bytes: bytes) -> None:
+        doc_path, ref_path = self._paths(ident)
+        try:
+            doc_path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(doc_path, doc_bytes)
+            _atomic_write(ref_path, ref_bytes)
+        finally:
+            self._pending.pop(ident, None)
+
+    def _unlink(self, ident: str) -> None:
+        for path in self._paths(ident):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    # --- paths and index ------------------------------------------------------------------
+
+    def _paths(self, ident: str) -> tuple[Path, Path]:
+        folder = self.root / ident[:2]
+        return folder / f"{ident}.json", folder / f"{ident}.ref"
+
+    def _index(self) -> dict[str, dict[str, Any]]:
+        if self._refs is None:
+            refs: dict[str, dict[str, Any]] = {}
+            if self.root.is_dir():
+                for path in self.root.glob("??/*.ref"):
+                    with contextlib.suppress(OSError, orjson.JSONDecodeError):
+                        ref = orjson.loads(path.read_bytes())
+                        if _ID.match(str(ref.get("id", ""))):
+                            refs[ref["id"]] = ref
+            self._refs = refs
+            self._order = sorted((int(r["created_ms"]), i) for i, r in refs.items())
+        return self._refs
+
+    def __len__(self) -> int:
+        return len(self._index())
+
+    # --- operations -----------------------------------------------------------------------
+
+    def put(self, document: Mapping[str, Any], *, background: bool = False) -> Stored:
+        """Store ``document`` (kind, content, tags?, parent?, metadata?); same bytes, same id.
+
+        With ``background`` the files are written by the I/O thread (see the module docstring).
+        """
+        for tag in document.get("tags") or []:
+            check_tag(tag)
+        data = canonical_json(document)
+        if len(data) > self.max_bytes:
+            raise PayloadTooLarge(
+                f"artifact is {len(data)} bytes as canonical JSON; the limit is {self.max_bytes} "
+                "(server.artifact_max_bytes)"
+            )
+        ident = hashlib.sha256(data).hexdigest()
+        refs = self._index()
+        if ident in refs:
+            return Stored(refs[ident], created=False)
+        ref = {
+            "id": ident,
+            "kind": document["kind"],
+            "digest": f"sha256:{ident}",
+            "created_ms": self._clock_ms(),
+            "tags": list(document.get("tags") or []),
+        }
+        ref_bytes = orjson.dumps(ref)
+        doc_bytes = b'{"ref":' + ref_bytes + b',"document":' + data + b"}"
+        if background:
+            self._pending[ident] = doc_bytes
+            self._later(self._write_files, ident, doc_bytes, ref_bytes)
+        else:
+            self._write_files(ident, doc_bytes, ref_bytes)
+        refs[ident] = ref
+        bisect.insort(self._order, (ref["created_ms"], ident))
+        return Stored(ref, created=True)
+
+    def get(self, ident: str) -> dict[str, Any]:
+        """The stored artifact: its ref fields, then kind, content, tags, parent, metadata."""
+        check_artifact_id(ident)
+        missing = NotFound(f"artifact {ident} is unknown (or was pruned)")
+        if ident not in self._index():
+            raise missing
+        raw = self._pending.get(ident)
+        try:
+            stored = orjson.loads(raw if raw is not None else self._paths(ident)[0].read_bytes())
+        except FileNotFoundError:
+            raise missing from None
+        return {**stored["ref"], **stored["document"]}
+
+    def delete(self, ident: str) -> None:
+        refs = self._index()
+        ref = refs.pop(ident, None)
+        if ref is None:
+            return
+        with contextlib.suppress(ValueError):
+            self._order.remove((int(ref["created_ms"]), ident))
+        if self._io is not None:
+            # After any write of the same artifact still queued on the I/O thread.
+            self._later(self._unlink, ident)
+        else:
+            self._unlink(ident)
+
+    def refs(self, tag: str | None = None) -> Iterator[dict[str, Any]]:
+        """Refs in creation order, optionally only those carrying ``tag``."""
+        refs = self._index()
+        for _, ident in list(self._order):
+            ref = refs.get(ident)
+            if ref is not None and (tag is None or tag in ref["tags"]):
+                yield ref
+
+    def page(
+        self, tag: str | None, *, limit: int, after: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to ``limit`` refs with ``tag`` created after the artifact ``after``, and the id to
+        pass as ``after`` for the next page (None on the last page)."""
+        if tag is not None:
+            check_tag(tag)
+        if after is not None:
+            check_artifact_id(after)
+            if after not in self._index():
+                raise NotFound(f"artifact {after} (the paging cursor) is unknown or was pruned")
+        items: list[dict[str, Any]] = []
+        passed = after is None
+        more = False
+        for ref in self.refs(tag):
+            if not passed:
+                passed = ref["id"] == after
+                continue
+            if len(items) == limit:
+                more = True
+                break
+            items.append(ref)
+        return items, (items[-1]["id"] if more and items else None)

@@ -1,0 +1,63 @@
+"""TraceWriter: a finished stream's transcript stored as a ``trace`` artifact (SPEC §6.6).
+
+The transcript is the stream as SSE text, token by token, up to and including its terminal frame
+as it was before the trace id was added to it (the id cannot be part of what it hashes). At most
+``retention`` traces are kept; the oldest go first. Other kinds are never pruned.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from llama_orch.artifacts._store import ArtifactStore
+
+#: A transcript frame: the event name and its one-line JSON payload.
+Frame = tuple[str, bytes]
+
+
+def sse_text(frames: Sequence[Frame]) -> str:
+    return "".join(f"event: {event}\ndata: {data.decode()}\n\n" for event, data in frames)
+
+
+class TraceWriter:
+    def __init__(self, store: ArtifactStore, *, retention: int) -> None:
+        self._store = store
+        self._retention = retention
+        self._kept: deque[str] | None = None
+
+    def __call__(
+        self, fields: Mapping[str, Any], frames: Sequence[Frame], terminal: tuple[str, Any]
+    ) -> str | None:
+        """Store the transcript of the task described by ``fields``; return the artifact id."""
+        if self._retention <= 0:
+            return None
+        event, payload = terminal
+        task_id, session_id = fields["task_id"], fields["session_id"]
+        document = {
+            "kind": "trace",
+            "tags": ["sse", "stream", f"task:{task_id}", f"session:{session_id}"],
+            "content": {"transcript": sse_text([*frames, (event, orjson.dumps(payload))])},
+            "metadata": {
+                "engine": fields.get("engine"),
+                "engine_version": fields.get("engine_version"),
+                "pool_id": fields.get("pool_id"),
+                "replica_id": fields.get("replica_id"),
+                "task_id": task_id,
+            },
+        }
+        stored = self._store.put(document, background=True)
+        kept = self._traces()
+        if stored.created:
+            kept.append(stored.id)
+        while len(kept) > self._retention:
+            self._store.delete(kept.popleft())
+        return stored.id
+
+    def _traces(self) -> deque[str]:
+        if self._kept is None:
+            self._kept = deque(ref["id"] for ref in self._store.refs() if ref["kind"] == "trace")
+        return self._kept

@@ -1,0 +1,86 @@
+"""Artifacts over HTTP (SPEC §6.6): store, fetch, and list by tag with paging."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from llama_orch.artifacts import check_artifact_id, check_tag
+from llama_orch.contracts.api import Artifact, ArtifactPage, ArtifactRef, StoredArtifact
+from llama_orch.errors import InvalidParams, PayloadTooLarge
+from llama_orch.server.data_plane import _validation_message, json_response
+from llama_orch.server.deps import deps_of
+
+#: Page sizes of GET /v1/artifacts.
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        # JSON with whitespace may be larger than its canonical form; allow twice the limit.
+        if len(body) > 2 * limit:
+            raise PayloadTooLarge(
+                f"request body exceeds {2 * limit} bytes; artifacts are limited to {limit} bytes "
+                "as canonical JSON (server.artifact_max_bytes)"
+            )
+    if not body:
+        raise InvalidParams("request body is empty; send a JSON Artifact {kind, content, ...}")
+    return bytes(body)
+
+
+async def create_artifact(request: Request) -> Response:
+    store = deps_of(request).artifacts
+    raw = await _read_body(request, store.max_bytes)
+    try:
+        artifact = Artifact.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidParams(f"invalid Artifact: {_validation_message(exc)}") from None
+    stored = store.put(artifact.model_dump(exclude_defaults=True))
+    body = ArtifactRef.model_validate(stored.ref).model_dump_json().encode()
+    return json_response(body, status=201 if stored.created else 200)
+
+
+async def get_artifact(request: Request) -> Response:
+    store = deps_of(request).artifacts
+    found = store.get(check_artifact_id(request.path_params["artifact_id"]))
+    return json_response(StoredArtifact.model_validate(found).model_dump_json().encode())
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise InvalidParams(f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw[:20]!r}")
+    return int(raw)
+
+
+async def list_artifacts(request: Request) -> Response:
+    store = deps_of(request).artifacts
+    params = request.query_params
+    tag = params.get("tag")
+    after = params.get("after")
+    items, following = store.page(
+        check_tag(tag) if tag is not None else None,
+        limit=_limit(params.get("limit")),
+        after=check_artifact_id(after) if after is not None else None,
+    )
+    page = ArtifactPage(items=[ArtifactRef.model_validate(i) for i in items], next=following)
+    return json_response(page.model_dump_json().encode())
+
+
+async def artifacts(request: Request) -> Response:
+    """One route for both methods, so a 405 lists both in ``Allow``."""
+    if request.method == "POST":
+        return await create_artifact(request)
+    return await list_artifacts(request)
+
+
+routes = [
+    Route("/v1/artifacts", artifacts, methods=["GET", "POST"]),
+    Route("/v1/artifacts/{artifact_id}", get_artifact, methods=["GET"]),
+]

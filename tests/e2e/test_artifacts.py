@@ -1,0 +1,151 @@
+"""Artifacts over HTTP, and stream transcripts stored as ``trace`` artifacts (SPEC §6.6)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.support.narration import NarrationLog
+from tests.support.server import config_of, mock_pool, running_server, task_body
+
+PLAN = {"kind": "plan", "tags": ["project:demo"], "content": {"steps": ["a"]}, "metadata": {}}
+
+
+def artifact_config(tmp_path: Path, **server: Any) -> Any:
+    return config_of(mock_pool(), server={"artifacts_dir": str(tmp_path), **server})
+
+
+class TestArtifactsApi:
+    async def test_store_fetch_and_resubmit(self, tmp_path: Path) -> None:
+        """201 with a content-addressed id, 200 and the same ref on resubmission, then GET."""
+        async with running_server(artifact_config(tmp_path)) as srv:
+            created = await srv.client.post("/v1/artifacts", json=PLAN)
+            again = await srv.client.post("/v1/artifacts", content=json.dumps(PLAN, indent=4))
+            found = await srv.client.get(f"/v1/artifacts/{created.json()['id']}")
+        canonical = json.dumps(
+            {k: v for k, v in PLAN.items() if v}, sort_keys=True, separators=(",", ":")
+        )
+        expected = hashlib.sha256(canonical.encode()).hexdigest()
+        assert (201, 200) == (created.status_code, again.status_code)
+        assert created.json() == again.json()
+        assert (expected, f"sha256:{expected}") == (created.json()["id"], created.json()["digest"])
+        assert (200, PLAN["content"]) == (found.status_code, found.json()["content"])
+
+    async def test_size_limit_is_a_clear_413(self, tmp_path: Path) -> None:
+        """An artifact over server.artifact_max_bytes gets 413 naming the setting."""
+        async with running_server(artifact_config(tmp_path, artifact_max_bytes=1000)) as srv:
+            big = {**PLAN, "content": {"text": "x" * 1500}}
+            response = await srv.client.post("/v1/artifacts", json=big)
+            still = await srv.client.post("/v1/artifacts", json=PLAN)
+        assert (413, "INVALID_PARAMS") == (response.status_code, response.json()["code"])
+        assert "artifact_max_bytes" in response.json()["message"]
+        assert 201 == still.status_code
+
+    async def test_traversal_in_ids_and_tags_is_refused(self, tmp_path: Path) -> None:
+        """Ids that are not hashes and tags that could be paths are 400 (or no route: 404);
+        nothing is written outside the artifacts directory."""
+        async with running_server(artifact_config(tmp_path / "store")) as srv:
+            by_id = await srv.client.get("/v1/artifacts/..%5C..%5Cetc%5Cpasswd")
+            slashed = await srv.client.get("/v1/artifacts/..%2F..%2Fetc%2Fpasswd")
+            tag = await srv.client.post("/v1/artifacts", json={**PLAN, "tags": ["../../x"]})
+            listing = await srv.client.get("/v1/artifacts", params={"tag": "../x"})
+        assert [400, 400, 400] == [by_id.status_code, tag.status_code, listing.status_code]
+        assert 404 == slashed.status_code
+        assert [] == [p for p in tmp_path.iterdir() if p.name != "store"]  # noqa: ASYNC240
+
+    async def test_list_by_tag_with_paging(self, tmp_path: Path) -> None:
+        """Pages of refs by tag in creation order; `next` is null on the last page."""
+        async with running_server(artifact_config(tmp_path)) as srv:
+            ids = []
+            for n in range(3):
+                doc = {**PLAN, "content": {"n": n}}
+                ids.append((await srv.client.post("/v1/artifacts", json=doc)).json()["id"])
+            first = (await srv.client.get("/v1/artifacts?tag=project:demo&limit=2")).json()
+            second = (
+                await srv.client.get(
+                    f"/v1/artifacts?tag=project:demo&limit=2&after={first['next']}"
+                )
+            ).json()
+            bad_limit = await srv.client.get("/v1/artifacts?limit=0")
+        assert ids == [r["id"] for r in first["items"] + second["items"]]
+        assert second["next"] is None
+        assert 400 == bad_limit.status_code
+
+
+class TestStreamTraces:
+    async def test_every_finished_stream_is_a_trace(
+        self, tmp_path: Path, narration: NarrationLog
+    ) -> None:
+        """The end frame and the stream-end log line carry the trace id; the trace holds the
+        transcript, tagged with the task and session, with engine, pool and replica."""
+        async with running_server(artifact_config(tmp_path)) as srv:
+            body = task_body(max_tokens=3)
+            await srv.submit(body)
+            frames = await srv.stream(body["task_id"])
+            trace_id = frames[-1][1]["trace_id"]
+            trace = (await srv.client.get(f"/v1/artifacts/{trace_id}")).json()
+            by_task = (await srv.client.get(f"/v1/artifacts?tag=task:{body['task_id']}")).json()
+        tokens = [data["t"] for event, data in frames if event == "token"]
+        assert "trace" == trace["kind"]
+        assert {"sse", "stream", f"task:{body['task_id']}", f"session:{body['session_id']}"} == set(
+            trace["tags"]
+        )
+        assert ("mock", "p0", "r0") == (
+            trace["metadata"]["engine"],
+            trace["metadata"]["pool_id"],
+            trace["metadata"]["replica_id"],
+        )
+        assert trace["metadata"]["engine_version"]
+        transcript = trace["content"]["transcript"]
+        assert all(json.dumps(t)[1:-1] in transcript for t in tokens)
+        assert transcript.endswith("\n\n") and "event: end\n" in transcript
+        assert [trace_id] == [r["id"] for r in by_task["items"]]
+        assert trace_id == narration.one("stream-end", task_id=body["task_id"])["trace_id"]
+
+    async def test_failed_and_canceled_streams_are_traced_too(self, tmp_path: Path) -> None:
+        """An error frame carries its trace id as well."""
+        config = config_of(
+            mock_pool(mock={"fail_at_token": 1}), server={"artifacts_dir": str(tmp_path)}
+        )
+        async with running_server(config) as srv:
+            body = task_body(max_tokens=4)
+            await srv.submit(body)
+            frames = await srv.stream(body["task_id"])
+        assert ("error", 64) == (frames[-1][0], len(frames[-1][1]["trace_id"]))
+
+    async def test_retention_bounds_the_traces(self, tmp_path: Path) -> None:
+        """With trace_retention 2, the third stream's trace pushes out the first."""
+        async with running_server(artifact_config(tmp_path, trace_retention=2)) as srv:
+            ids = []
+            for _ in range(3):
+                body = task_body(max_tokens=1)
+                await srv.submit(body)
+                ids.append((await srv.stream(body["task_id"]))[-1][1]["trace_id"])
+            statuses = [(await srv.client.get(f"/v1/artifacts/{i}")).status_code for i in ids]
+            listed = (await srv.client.get("/v1/artifacts?tag=sse")).json()["items"]
+        assert [404, 200, 200] == statuses
+        assert ids[1:] == [r["id"] for r in listed]
+
+
+class TestArtifactsCli:
+    async def test_ls_and_get_a_trace(self, tmp_path: Path) -> None:
+        """`llorch artifacts ls --tag task:<id>` finds the trace; `get --transcript` prints it."""
+        from tests.e2e.test_cli import run
+
+        async with running_server(artifact_config(tmp_path)) as srv:
+            body = task_body(max_tokens=2)
+            await srv.submit(body)
+            trace_id = (await srv.stream(body["task_id"]))[-1][1]["trace_id"]
+            listed = await run(
+                "artifacts", "ls", "--tag", f"task:{body['task_id']}", "--url", srv.url
+            )
+            shown = await run("artifacts", "get", trace_id, "--transcript", "--url", srv.url)
+            as_json = await run("artifacts", "get", trace_id, "--url", srv.url)
+            missing = await run("artifacts", "get", "0" * 64, "--url", srv.url)
+        assert (0, trace_id) == (listed[0], listed[1].split()[0])
+        assert "trace" == listed[1].split()[1]
+        assert 0 == shown[0] and shown[1].startswith("event: ") and "event: end\n" in shown[1]
+        assert trace_id == json.loads(as_json[1])["id"]
+        assert 1 == missing[0] and "NOT_FOUND" in missing[2]
