@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from llama_orch.adapters.host import AdapterHost
 from llama_orch.adapters.registry import FACTORIES, AdapterContext, adapter_factory
+from llama_orch.clock import SystemClock
 from llama_orch.config import Settings
+from llama_orch.core.clock import Clock
 from llama_orch.dispatch.admission import Admission
 from llama_orch.dispatch.dispatcher import Dispatcher
+from llama_orch.dispatch.service import TaskService
 from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory, simulated_inventory
 from llama_orch.pool.manager import PoolManager
 from llama_orch.server.deps import AppDeps
+from llama_orch.supervisor import Supervisor
 
 
 def discover_gpus(settings: Settings) -> GpuInventory:
@@ -53,11 +57,17 @@ def check_serveable(settings: Settings, inventory: GpuInventory) -> None:
 
 
 def build_deps(
-    settings: Settings, *, inventory: GpuInventory | None = None, probe_interval_s: float = 2.0
+    settings: Settings,
+    *,
+    inventory: GpuInventory | None = None,
+    probe_interval_s: float = 2.0,
+    clock: Clock | None = None,
 ) -> AppDeps:
     inventory = inventory or discover_gpus(settings)
     check_serveable(settings, inventory)
+    clock = clock or SystemClock()
     metrics = Metrics()
+    supervisor = Supervisor(metrics)
     host = AdapterHost(metrics=metrics)
     pools = PoolManager(
         settings.config.pools,
@@ -67,14 +77,18 @@ def build_deps(
         adapter_factory(AdapterContext(api_keys=settings.upstream_api_keys)),
         metrics,
         probe_interval_s=probe_interval_s,
+        clock=clock.now,
+        supervisor=supervisor,
     )
-    dispatcher = Dispatcher(settings.config, pools, host, metrics)
+    dispatcher = Dispatcher(
+        settings.config, pools, host, metrics, clock=clock, supervisor=supervisor
+    )
     admission = Admission(settings.config, pools, dispatcher, metrics)
     return AppDeps(
         settings=settings,
         pools=pools,
-        dispatcher=dispatcher,
-        admission=admission,
+        service=TaskService(settings.config, dispatcher, admission),
         metrics=metrics,
         host=host,
+        supervisor=supervisor,
     )

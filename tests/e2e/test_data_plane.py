@@ -23,7 +23,7 @@ HANG = {"hang_after_token": 0}
 
 async def wait_terminal(srv: RunningServer, task_id: str) -> None:
     for _ in range(500):
-        task = srv.deps.dispatcher.tasks.get(task_id)
+        task = srv.task(task_id)
         if task is not None and task.terminal:
             return
         await asyncio.sleep(0.01)
@@ -32,7 +32,7 @@ async def wait_terminal(srv: RunningServer, task_id: str) -> None:
 
 async def wait_running(srv: RunningServer, task_id: str) -> None:
     for _ in range(500):
-        task = srv.deps.dispatcher.tasks.get(task_id)
+        task = srv.task(task_id)
         if task is not None and task.state.value == "running":
             return
         await asyncio.sleep(0.01)
@@ -236,7 +236,7 @@ class TestBackpressure:
             frames = await srv.stream(oldest["task_id"])
             assert ("error", "QUEUE_FULL_DROP_LRU") == (frames[-1][0], frames[-1][1]["code"])
             assert [] == [e for e, _ in frames if e == "token"]
-            newer_task = srv.deps.dispatcher.tasks.get(newer["task_id"])
+            newer_task = srv.task(newer["task_id"])
             assert newer_task is not None and not newer_task.terminal
 
     async def test_drop_lru_batch_never_evicts_interactive(self) -> None:
@@ -269,7 +269,7 @@ class TestBackpressure:
             admitted = [(await srv.submit(b)).json() for b in (batch, interactive)]
             await srv.client.post(f"/v1/tasks/{blocker['task_id']}/cancel")
             await wait_running(srv, interactive["task_id"])
-            batch_state = srv.deps.dispatcher.tasks.get(batch["task_id"]).state.value  # type: ignore[union-attr]
+            batch_state = srv.task(batch["task_id"]).state.value  # type: ignore[union-attr]
             for body in (batch, interactive):
                 await srv.client.post(f"/v1/tasks/{body['task_id']}/cancel")
         assert [0, 0] == [a["queue_position"] for a in admitted]
@@ -288,7 +288,7 @@ class TestCancel:
             response = await srv.client.post(f"/v1/tasks/{queued['task_id']}/cancel")
             again = await srv.client.post(f"/v1/tasks/{queued['task_id']}/cancel")
             frames = await srv.stream(queued["task_id"])
-            depth = len(srv.deps.dispatcher.lanes["p0"].queue)
+            depth = srv.deps.service.pool_status("p0").queue_depth
         assert (204, 204) == (response.status_code, again.status_code)
         assert "x-correlation-id" not in response.headers
         assert ["started", "end"] == [e for e, _ in frames]
@@ -348,7 +348,7 @@ class TestCancel:
                 if event == "token":
                     break
             await wait_terminal(srv, body["task_id"])
-            task = srv.deps.dispatcher.tasks.get(body["task_id"])
+            task = srv.task(body["task_id"])
             assert task is not None and "canceled" == task.state.value
             for _ in range(100):
                 if srv.deps.pools.get_active_leases("p0") == 0:

@@ -57,7 +57,7 @@ async def wait_for(predicate: Any, what: str, timeout_s: float = 5.0) -> None:
 
 
 def task_of(srv: RunningServer, task_id: str) -> Any:
-    return srv.deps.dispatcher.tasks.get(task_id)
+    return srv.task(task_id)
 
 
 def counter(srv: RunningServer, name: str, labels: dict[str, str]) -> float:
@@ -319,7 +319,7 @@ class TestStallAndBackpressure:
             await wait_for(lambda: task.terminal, "the task ends")
             client.release.set()
             await asyncio.wait_for(streaming, 5.0)
-            published = sum(1 for e, _ in task.stream.frames() if e == "metrics")
+            published = sum(1 for e, _ in task.frames() if e == "metrics")
             drops = counter(srv, "sse_backpressure_drops_total", {"pool_id": "p0"})
         frames = parse(client.body)
         tokens = [d for e, d in frames if e == "token"]
@@ -398,7 +398,7 @@ class TestCancelStress:
             await wait_for(lambda: srv.deps.pools.get_active_leases("p0") == 0, "slots freed")
             canceled = 0
             for task_id, seen, _by_post in results:
-                frames = task_of(srv, task_id).stream.frames()
+                frames = task_of(srv, task_id).frames()
                 kinds = [e for e, _ in frames]
                 end = orjson.loads(frames[-1][1])
                 assert ["end"] == [k for k in kinds if k in ("end", "error")]

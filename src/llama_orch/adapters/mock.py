@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from llama_orch.config import MockEngineConfig
 from llama_orch.contracts.engine import EngineEvent, GenerateRequest, WorkerHealth, WorkerProps
@@ -136,7 +136,7 @@ class MockEngine:
     async def engine_version(self) -> str:
         return self._config.engine_version
 
-    async def submit(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]:
+    async def submit(self, request: GenerateRequest) -> AsyncGenerator[EngineEvent, None]:
         cfg = self._config
         loop = asyncio.get_running_loop()
         tokens = mock_tokens(request)
@@ -164,7 +164,7 @@ class MockEngine:
                 delay = first_at + i * interval - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                yield EngineEvent("token", text, i)
+                yield EngineEvent("tokens", (text,), i)
             finished = True
             yield EngineEvent("end", data={"tokens_out": len(tokens)})
         finally:

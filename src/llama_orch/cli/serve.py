@@ -122,8 +122,7 @@ def _end_streams(deps: AppDeps) -> None:
     granian stops only once its connections are closed, and runs the app's lifespan shutdown
     only after that; an SSE stream left open would hold the process for as long as it runs.
     """
-    for task in deps.dispatcher.tasks.live_tasks():
-        deps.dispatcher.cancel(task.id, reason="shutdown")
+    deps.service.shutdown()
 
 
 def serve_app(app: Any, settings: Settings, *, on_stop: Callable[[], None] | None = None) -> None:

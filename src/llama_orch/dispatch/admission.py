@@ -43,14 +43,12 @@ from llama_orch.vocab import PlacementMode, Priority, Workload
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    task: Task
+    task_id: str
+    pool_id: str
     queue_position: int
     predicted_start_ms: int
-    backoff_ms: int
-    session_turns: int
-    session_ttl_ms_remaining: int
-    #: ``X-Budget-*`` headers with what the session has left after this task's reservation.
-    budget_headers: dict[str, str] = field(default_factory=dict)
+    #: The session's enabled budgets as they stand after this task's reservation.
+    budgets: dict[str, int | float] = field(default_factory=dict)
 
 
 class Admission:
@@ -202,13 +200,11 @@ class Admission:
             **decision.log.fields(),
         )
         return Admitted(
-            task=task,
+            task_id=task_id,
+            pool_id=pool_id,
             queue_position=position,
             predicted_start_ms=predicted,
-            backoff_ms=0,
-            session_turns=session.turns,
-            session_ttl_ms_remaining=dispatcher.sessions.ttl_remaining_ms(session, now),
-            budget_headers=dispatcher.budget_headers(session_id),
+            budgets=dispatcher.budget_fields(session_id),
         )
 
     def _check_session(

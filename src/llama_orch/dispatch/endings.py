@@ -1,12 +1,12 @@
-"""How tasks end: ``end`` (done or canceled), ``fail`` (an error frame) and ``expire`` (the
-deadline passed while queued). Every ending publishes exactly one terminal frame, settles the
-session's budget reservation, and records the task as finished.
+"""How tasks end: ``done``, ``cancel``, ``fail`` (an error frame) and ``expire`` (the deadline
+passed while queued). Each one applies the task's own transition (which publishes the one
+terminal frame), takes a queued task out of its queue, settles the session's budget
+reservation, counts what the task used, and records the task as finished.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from llama_orch.dispatch.lanes import PoolLane
 from llama_orch.dispatch.sessions import SessionStore
@@ -34,64 +34,57 @@ class Endings:
         self._metrics = metrics
         self._clock = clock
 
-    def end(
-        self,
-        task: Task,
-        state: TaskState,
-        *,
-        replica: Replica | None = None,
-        canceled: bool = False,
-    ) -> None:
+    def done(self, task: Task, replica: Replica) -> None:
+        """The engine finished the task: ``end``, and the replica's perf learns from it."""
         now = self._clock()
-        decode_ms = int((now - task.first_token_at) * 1000) if task.first_token_at else 0
-        payload: dict[str, Any] = {
-            "tokens_out": task.tokens_out,
-            "decode_time_ms": decode_ms,
-            "decode_ms": decode_ms,
-            "tokens_in": task.tokens_in,
-        }
-        if canceled:
-            payload["canceled"] = True
-        if task.state is TaskState.QUEUED:
+        task.finish(now)
+        decode_ms = task.decode_ms(now)
+        self._settle(task, now, decode_ms, served=True)
+        self._count(task, replica, decode_ms)
+        if task.started_at is not None:
+            self._lanes[task.pool_id].perf_of(replica.replica_id).observe(
+                first_token_s=(task.first_token_at - task.started_at)
+                if task.first_token_at
+                else None,
+                tokens=task.tokens_out,
+                decode_s=decode_ms / 1000,
+                expected=task.expected_tokens,
+            )
+        self._finished(task, now, "stream-end", f"Ends task {task.id[:8]}")
+
+    def cancel(self, task: Task, replica: Replica | None = None) -> None:
+        """``end`` with ``canceled: true``; a queued task leaves its queue."""
+        now = self._clock()
+        queued = task.state is TaskState.QUEUED
+        task.cancel(now)
+        if queued:
             self._lanes[task.pool_id].drop(task)
-        task.state = state
-        task.stream.publish("end", payload)
-        self._settle(task, now, decode_ms, served=state is TaskState.DONE)
+        decode_ms = task.decode_ms(now)
+        self._settle(task, now, decode_ms, served=False)
         if replica is not None:
             self._count(task, replica, decode_ms)
-            if state is TaskState.DONE and task.started_at is not None:
-                self._lanes[task.pool_id].perf_of(replica.replica_id).observe(
-                    first_token_s=(task.first_token_at - task.started_at)
-                    if task.first_token_at
-                    else None,
-                    tokens=task.tokens_out,
-                    decode_s=decode_ms / 1000,
-                    expected=task.expected_tokens,
-                )
+        self._finished(task, now, "cancel", f"Ends task {task.id[:8]} on cancel")
+
+    def _finished(self, task: Task, now: float, action: str, human: str) -> None:
         self._tasks.finished(task, now)
         narrate(
             "dispatcher",
-            "cancel" if canceled else "stream-end",
+            action,
             task.pool_id,
-            f"Ends task {task.id[:8]}"
-            + (" on cancel" if canceled else "")
-            + f" after {task.tokens_out} tokens.",
+            f"{human} after {task.tokens_out} tokens.",
             **task.log_fields(),
             tokens_in=task.tokens_in,
             tokens_out=task.tokens_out,
-            decode_time_ms=decode_ms,
+            decode_time_ms=task.decode_ms(now),
         )
 
     def fail(self, task: Task, error: OrchError) -> None:
         now = self._clock()
-        if task.state is TaskState.QUEUED:
+        queued = task.state is TaskState.QUEUED
+        task.fail(now, error)
+        if queued:
             self._lanes[task.pool_id].drop(task)
-        task.state = TaskState.FAILED
-        payload = error.envelope()
-        payload.setdefault("engine", task.engine.value)
-        task.stream.publish("error", payload)
-        decode_ms = int((now - task.first_token_at) * 1000) if task.first_token_at else 0
-        self._settle(task, now, decode_ms, served=False)
+        self._settle(task, now, task.decode_ms(now), served=False)
         self._tasks.finished(task, now)
         narrate(
             "dispatcher",

@@ -18,7 +18,7 @@ from llama_orch.dispatch.predict import (
     remaining_s,
 )
 from llama_orch.dispatch.tasks import Task
-from llama_orch.pool.manager import PoolManager, PoolRuntime
+from llama_orch.pool.manager import PoolManager, PoolRuntime, Replica
 from llama_orch.vocab import Engine, Priority
 
 #: What ``predicted_start_ms`` reports when no slot is Ready to ever start the task.
@@ -76,13 +76,16 @@ class PoolLane:
     def id(self) -> str:
         return self.pool.id
 
+    def replica(self, replica_id: str | None) -> Replica | None:
+        return next((r for r in self.pool.replicas if r.replica_id == replica_id), None)
+
     def perf_of(self, replica_id: str) -> ReplicaPerf:
         perf = self.perf.get(replica_id)
         if perf is None:
             perf = self.perf[replica_id] = ReplicaPerf()
         if perf.samples == 0:
             # Until something was measured, follow the engine's latest perf hints.
-            replica = next((r for r in self.pool.replicas if r.replica_id == replica_id), None)
+            replica = self.replica(replica_id)
             if replica is not None:
                 perf.seed(replica.perf_tokens_per_s, replica.first_token_ms)
         return perf

@@ -1,5 +1,6 @@
-"""create_app(deps) -> Starlette. The lifespan starts and stops the pool manager, the dispatcher
-and the GPU sampler; every request passes the correlation, redaction and auth middleware."""
+"""create_app(deps) -> Starlette. The lifespan starts and stops the pool manager, the task service
+and the GPU sampler, then the supervisor that owns their loops; every request passes the
+correlation, redaction and auth middleware."""
 
 from __future__ import annotations
 
@@ -51,20 +52,24 @@ def create_app(
     *,
     extra_middleware: list[Middleware] | None = None,
     gpu_sample_interval_s: float = 5.0,
+    shutdown_timeout_s: float = 5.0,
 ) -> Starlette:
-    sampler = GpuSampler.for_pools(deps.pools, deps.metrics, interval_s=gpu_sample_interval_s)
+    sampler = GpuSampler.for_pools(
+        deps.pools, deps.metrics, interval_s=gpu_sample_interval_s, supervisor=deps.supervisor
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await deps.pools.start()
-        await deps.dispatcher.start()
+        await deps.service.start()
         await sampler.start()
         try:
             yield
         finally:
             await sampler.stop()
-            await deps.dispatcher.stop()
+            await deps.service.stop(shutdown_timeout_s)
             await deps.pools.stop()
+            await deps.supervisor.stop(shutdown_timeout_s)
 
     app = Starlette(
         routes=[*data_plane.routes, *control_plane.routes],

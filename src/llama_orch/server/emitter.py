@@ -25,20 +25,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
 
+from llama_orch.dispatch.service import StreamSettings
 from llama_orch.dispatch.streams import TaskStream
 from llama_orch.server.sse import KEEPALIVE, encode_frame, encode_token, encode_tokens
 
-
-@dataclass(frozen=True, slots=True)
-class EmitterSettings:
-    channel_cap: int = 32
-    microbatch: bool = False
-    max_delay_s: float = 0.010
-    max_tokens: int = 32
-    #: Seconds of silence before a ``: keep-alive`` comment; 0 turns heartbeats off.
-    heartbeat_s: float = 0.0
+#: The merged settings ``TaskService.open_stream`` hands over.
+EmitterSettings = StreamSettings
 
 
 class Emitter:
