@@ -43,6 +43,8 @@ class Supervisor:
         self._jobs: set[asyncio.Task[Any]] = set()
         #: Restarts per loop name since the supervisor was made.
         self.restarts: dict[str, int] = {}
+        #: Jobs that ended with an error (each one is logged).
+        self.failed_jobs = 0
 
     @property
     def loops(self) -> list[str]:
@@ -64,6 +66,7 @@ class Supervisor:
     def _job_done(self, task: asyncio.Task[Any]) -> None:
         self._jobs.discard(task)
         if not task.cancelled() and task.exception() is not None:
+            self.failed_jobs += 1
             self._crashed(task.get_name(), task.exception(), restart_in_s=None)
 
     async def _keep(self, name: str, factory: LoopFactory) -> None:

@@ -28,6 +28,9 @@ from llama_orch.observability.narration import narrate
 from llama_orch.server.app import create_app, redactor_of
 from llama_orch.server.deps import AppDeps
 
+#: After SIGINT/SIGTERM every stream is ended at once; the process exits within this many
+#: seconds even if a connection or a background job does not let go.
+SHUTDOWN_DEADLINE_S = 15.0
 # Connections queued by the kernel, and requests served at once: 1,000 open streams must fit.
 _BACKLOG = 2048
 _MAX_IN_FLIGHT = 8192
@@ -149,16 +152,35 @@ async def _serve(app: Any, settings: Settings, on_stop: Callable[[], None] | Non
     )
     loop = asyncio.get_running_loop()
     stop_server: Callable[[], None] = server.stop  # granian's own method is untyped
+    serving = asyncio.ensure_future(server.serve())
+    forced: list[bool] = []
+
+    def force() -> None:
+        if not serving.done():
+            forced.append(True)
+            serving.cancel()
 
     def stop() -> None:
         if on_stop is not None:
             on_stop()
         stop_server()
+        # Streams were just ended; whatever still holds the server past the deadline is cut.
+        loop.call_later(SHUTDOWN_DEADLINE_S, force)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     try:
-        await server.serve()
+        await serving
+    except asyncio.CancelledError:
+        if not forced:
+            raise
+        narrate(
+            "server",
+            "stop",
+            f"{settings.host}:{settings.port}",
+            f"Stops after the {SHUTDOWN_DEADLINE_S:g} s shutdown deadline; open work is cut.",
+            level="warning",
+        )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -100,6 +100,7 @@ class Dispatcher:
             metrics_interval_s=server.sse.metrics_frame_interval_ms / 1000,
         )
         pools.on_capacity_change(self._wake)
+        metrics.tasks_retained_bytes.set_function(lambda: self.tasks.stats().finished_bytes)
 
     def now(self) -> float:
         return self._clock.now()
