@@ -36,7 +36,6 @@ from llama_orch.contracts.engine import (
     WorkerProps,
 )
 from llama_orch.errors import (
-    WorkerDeadline,
     WorkerError,
     WorkerInternal,
     WorkerInvalidParams,
@@ -51,7 +50,7 @@ ReplicaKey = tuple[str, str]
 T = TypeVar("T")
 
 #: Failures that say nothing about the engine's health.
-_NOT_ENGINE_FAULTS = (WorkerInvalidParams, WorkerDeadline)
+_NOT_ENGINE_FAULTS = (WorkerInvalidParams,)
 #: Default for replicas bound without a policy (the mock engine, tests): no retries.
 _NO_RETRY = RetryPolicy(attempts=1)
 

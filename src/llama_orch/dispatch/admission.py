@@ -419,6 +419,5 @@ _COUNTED_REASONS = frozenset(
         "INVALID_PARAMS",
         "POOL_UNREADY",
         "POOL_UNAVAILABLE",
-        "REPLICA_EXHAUSTED",
     }
 )

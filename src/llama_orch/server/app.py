@@ -7,30 +7,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 
 from llama_orch.auth.policy import AuthPolicy
 from llama_orch.config import Settings
-from llama_orch.errors import ErrorKind, NotFound, OrchError
+from llama_orch.errors import OrchError
 from llama_orch.observability.redaction import Redactor
 from llama_orch.pool.gpu_sampler import GpuSampler
 from llama_orch.server import control_plane, data_plane
 from llama_orch.server.deps import AppDeps
-from llama_orch.server.errors import error_response, handle_orch_error
+from llama_orch.server.errors import handle_http_exception, handle_orch_error
 from llama_orch.server.middleware import AuthMiddleware, CorrelationMiddleware
-
-
-async def _http_exception(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        return error_response(NotFound("no such endpoint; see GET /openapi/data.yaml"))
-    body = {"code": ErrorKind.INVALID_PARAMS.value, "message": str(exc.detail)}
-    return Response(orjson.dumps(body), exc.status_code, exc.headers, media_type="application/json")
 
 
 def auth_policy_of(settings: Settings) -> AuthPolicy:
@@ -78,7 +67,7 @@ def create_app(
             Middleware(AuthMiddleware, policy=auth_policy_of(deps.settings)),
             *(extra_middleware or []),
         ],
-        exception_handlers={OrchError: handle_orch_error, HTTPException: _http_exception},
+        exception_handlers={OrchError: handle_orch_error, HTTPException: handle_http_exception},
         lifespan=lifespan,
     )
     app.state.deps = deps
