@@ -25,7 +25,7 @@ from llama_orch.vocab import Engine, Priority
 NEVER_MS = 2**31 - 1
 
 
-def _interactive_burst(cfg: PoolConfig) -> int:
+def _interactive_burst(cfg: PoolConfig) -> int | None:
     weights = {p.name: p.weight for p in cfg.admission.priorities}
     return burst_from_weights(weights.get(Priority.INTERACTIVE), weights.get(Priority.BATCH))
 

@@ -3,8 +3,8 @@
 The watchdog has two clocks: ``timeouts.wall_ms`` bounds the whole run from dispatch, and
 ``timeouts.idle_ms`` bounds every silence (before the first token and between tokens). Either
 one ending the run fails the task with ``DECODE_TIMEOUT``. Whatever ends the run, the ``finally``
-closes the engine stream, and the runner's completion releases the lease, so a slot is never
-leaked.
+closes the engine stream and releases the lease (the dispatcher releases it too when a runner
+is canceled before it ever ran), so a slot is never leaked.
 """
 
 from __future__ import annotations
@@ -114,13 +114,17 @@ class Runner:
         finally:
             if check is not None:
                 check.cancel()
-            await stream.aclose()
+            try:
+                await stream.aclose()
+            finally:
+                self.release(task, lane, replica)
 
     def release(self, task: Task, lane: PoolLane, replica: Replica) -> None:
-        """Give the task's slot back; called when its runner is done, however it ended (a
-        runner canceled before its first step never runs its own ``finally``)."""
-        lane.running.pop(task.id, None)
-        self._pools.release_lease(task.pool_id, replica.replica_id)
+        """Give the task's slot back, once. The dispatcher also calls this when the runner is
+        done, however it ended: a runner canceled before its first step never runs its own
+        ``finally``."""
+        if lane.running.pop(task.id, None) is not None:
+            self._pools.release_lease(task.pool_id, replica.replica_id)
 
     def _on_event(self, task: Task, lane: PoolLane, replica: Replica, event: EngineEvent) -> None:
         kind = event.kind
