@@ -104,7 +104,11 @@ class TestAdmission:
             response = await srv.submit(task_body(model="nope"))
         body = response.json()
         assert (503, "POOL_UNAVAILABLE") == (response.status_code, body["code"])
+        assert "no pool serves engine mock with model 'nope'" in body["message"]
         assert "mock:m0" in body["message"]
+        # Not retriable: retrying cannot help until the config changes.
+        assert (False, None) == (body["retriable"], body.get("retry_after_ms"))
+        assert "retry-after" not in response.headers
 
     async def test_unready_pool_is_pool_unready(self) -> None:
         """A matching pool that is not Ready is 503 POOL_UNREADY with retry advice."""
@@ -136,6 +140,28 @@ class TestAdmission:
 
 
 class TestInvalidInput:
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [("inputs", ["a"]), ("kv_hint", "reuse")],
+    )
+    async def test_fields_not_built_yet_are_refused(self, field: str, value: object) -> None:
+        """A wire field nothing acts on yet is a 400 saying so, never silently ignored."""
+        async with running_server(config_of()) as srv:
+            response = await srv.submit(task_body(**{field: value}))
+        body = response.json()
+        assert (400, "INVALID_PARAMS") == (response.status_code, body["code"])
+        assert f"{field} is not available yet" in body["message"]
+
+    async def test_sampler_profile_version_must_match_the_pool(self) -> None:
+        """A requested sampler profile is checked against the pool's: a mismatch is 400, the
+        pool's own version is admitted."""
+        pool = mock_pool(sampler_profile_version="sp-1")
+        async with running_server(config_of(pool)) as srv:
+            wrong = await srv.submit(task_body(sampler_profile_version="sp-2"))
+            right = await srv.submit(task_body(sampler_profile_version="sp-1"))
+        assert (400, 202) == (wrong.status_code, right.status_code)
+        assert "does not match pool p0, which declares 'sp-1'" in wrong.json()["message"]
+
     @pytest.mark.parametrize(
         ("change", "fragment"),
         [

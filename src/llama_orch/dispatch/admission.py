@@ -121,6 +121,7 @@ class Admission:
         pool = lane.pool
         engine = request.engine.value
 
+        check_sampler_profile(request, pool)
         limits, price = self._check_session(request, pool, now)
         bucket = self._check_rate(request, lane, now)
 
@@ -263,6 +264,7 @@ class Admission:
         return bucket
 
     def _prompt_of(self, request: TaskRequest) -> str:
+        refuse_unbuilt_fields(request)
         if request.workload is not Workload.COMPLETION:
             raise InvalidParams(
                 f"workload {request.workload.value} is not served by any configured engine; "
@@ -391,6 +393,35 @@ class Admission:
             retry_after_ms=2000,
             pool_id=pinned,
             engine=engine,
+        )
+
+
+def refuse_unbuilt_fields(request: TaskRequest) -> None:
+    """Fields the wire format has but nothing acts on yet are refused, never ignored."""
+    engine = request.engine.value
+    if request.inputs is not None:
+        raise InvalidParams(
+            "inputs is not available yet; send the text in prompt (workload completion)",
+            engine=engine,
+        )
+    if request.kv_hint is not None:
+        raise InvalidParams(
+            "kv_hint is not available yet; KV reuse follows session_id on its own (omit it)",
+            engine=engine,
+        )
+
+
+def check_sampler_profile(request: TaskRequest, pool: PoolRuntime) -> None:
+    """A requested sampler profile version must be the one the chosen pool declares."""
+    wanted = request.sampler_profile_version
+    have = pool.config.sampler_profile_version
+    if wanted is not None and wanted != have:
+        served = f"declares {have!r}" if have else "declares no sampler profile version"
+        raise InvalidParams(
+            f"sampler_profile_version {wanted!r} does not match pool {pool.id}, which {served}; "
+            "omit the field or ask for the pool's version (GET /v1/capabilities)",
+            engine=request.engine.value,
+            pool_id=pool.id,
         )
 
 
