@@ -93,75 +93,29 @@ class Admission:
     def _admit(
         self, request: TaskRequest, correlation_id: str | None, identity: str | None
     ) -> Admitted:
+        """Refusals first (each raises), then the task is built, queued and recorded."""
         dispatcher = self._dispatcher
-        task_id = str(request.task_id)
-        session_id = str(request.session_id)
         now = dispatcher.now()
-        if task_id in dispatcher.tasks:
-            raise Conflict(
-                f"task_id {task_id} was already submitted; use a new UUID for a new task",
-                hint="GET /v1/tasks/{id}/stream reads the existing task",
-            )
-        if not dispatcher.tasks.has_room(now):
-            raise AdmissionRejected(
-                "the server tracks too many tasks right now; retry shortly",
-                retry_after_ms=1000,
-                policy_label="server-capacity",
-            )
+        self._check_new(request, now)
         prompt = self._prompt_of(request)
-        if request.deadline_ms <= 0:
-            raise DeadlineUnmet(
-                f"deadline_ms must be positive, got {request.deadline_ms}; it counts "
-                "milliseconds from admission"
-            )
         job = self._job_of(request, prompt, now)
         decision = self._place(request, job, now)
-        pool_id = decision.pool_id
-        lane = dispatcher.lanes[pool_id]
-        pool = lane.pool
-        engine = request.engine.value
-
-        check_sampler_profile(request, pool)
-        limits, price = self._check_session(request, pool, now)
+        lane = dispatcher.lanes[decision.pool_id]
+        check_sampler_profile(request, lane.pool)
+        limits, price = self._check_session(request, lane.pool, now)
         bucket = self._check_rate(request, lane, now)
-
-        expected = request.expected_tokens or request.max_tokens
-        _, predicted = dispatcher.predict_new(lane, request.priority)
-        if predicted > request.deadline_ms:
-            raise DeadlineUnmet(
-                f"predicted start in {predicted} ms misses deadline_ms {request.deadline_ms}; "
-                "allow more time or retry when the queue is shorter",
-                retry_after_ms=predicted - request.deadline_ms,
-                pool_id=pool_id,
-                engine=engine,
-            )
-
-        sampling = request.sampling
+        predicted = self._check_predicted_start(request, lane)
         task = Task(
-            id=task_id,
-            session_id=session_id,
-            pool_id=pool_id,
+            id=str(request.task_id),
+            session_id=str(request.session_id),
+            pool_id=lane.id,
             engine=request.engine,
             model=request.model_ref,
             priority=request.priority,
-            request=GenerateRequest(
-                task_id=task_id,
-                prompt=prompt,
-                max_tokens=request.max_tokens,
-                model=pool.config.model,
-                seed=request.seed,
-                temperature=sampling.temperature if sampling else None,
-                top_p=sampling.top_p if sampling else None,
-                top_k=sampling.top_k if sampling else None,
-                repeat_penalty=sampling.repeat_penalty if sampling else None,
-                stop=tuple(sampling.stop or ()) if sampling else (),
-                determinism=request.determinism,
-                session_id=session_id,
-                correlation_id=correlation_id,
-            ),
+            request=generate_request(request, prompt, lane.pool.config.model, correlation_id),
             admitted_at=now,
             deadline_at=now + request.deadline_ms / 1000,
-            expected_tokens=expected,
+            expected_tokens=request.expected_tokens or request.max_tokens,
             correlation_id=correlation_id,
             identity=identity,
             predicted_start_ms=predicted,
@@ -172,40 +126,84 @@ class Admission:
         position = dispatcher.enqueue(task)
         if bucket is not None:
             bucket.take(now)
-        session = dispatcher.sessions.get_or_create(session_id, now, limits)
+        self._reserve(task, limits, now, request.max_tokens)
+        self._record(task, request, position)
+        return Admitted(
+            task_id=task.id,
+            pool_id=task.pool_id,
+            queue_position=position,
+            predicted_start_ms=predicted,
+            budgets=dispatcher.budget_fields(task.session_id),
+        )
+
+    def _check_new(self, request: TaskRequest, now: float) -> None:
+        """A new task id, room to track it, and a deadline that can be met at all."""
+        tasks = self._dispatcher.tasks
+        task_id = str(request.task_id)
+        if task_id in tasks:
+            raise Conflict(
+                f"task_id {task_id} was already submitted; use a new UUID for a new task",
+                hint="GET /v1/tasks/{id}/stream reads the existing task",
+            )
+        if not tasks.has_room(now):
+            raise AdmissionRejected(
+                "the server tracks too many tasks right now; retry shortly",
+                retry_after_ms=1000,
+                policy_label="server-capacity",
+            )
+        if request.deadline_ms <= 0:
+            raise DeadlineUnmet(
+                f"deadline_ms must be positive, got {request.deadline_ms}; it counts "
+                "milliseconds from admission"
+            )
+
+    def _check_predicted_start(self, request: TaskRequest, lane: PoolLane) -> int:
+        """The predicted start in ms, refused when it already misses the deadline."""
+        _, predicted = self._dispatcher.predict_new(lane, request.priority)
+        if predicted > request.deadline_ms:
+            raise DeadlineUnmet(
+                f"predicted start in {predicted} ms misses deadline_ms {request.deadline_ms}; "
+                "allow more time or retry when the queue is shorter",
+                retry_after_ms=predicted - request.deadline_ms,
+                pool_id=lane.id,
+                engine=request.engine.value,
+            )
+        return predicted
+
+    def _reserve(self, task: Task, limits: BudgetLimits, now: float, max_tokens: int) -> None:
+        """One more turn of the session, and its budget held for the task's max_tokens."""
+        session = self._dispatcher.sessions.get_or_create(task.session_id, now, limits)
         session.turns += 1
         session.last_used_at = now
-        session.usage.reserve(request.max_tokens, price)
-        task.reserved_tokens = request.max_tokens
+        session.usage.reserve(max_tokens, task.price_per_token)
+        task.reserved_tokens = max_tokens
+
+    def _record(self, task: Task, request: TaskRequest, position: int) -> None:
+        pool = self._dispatcher.lanes[task.pool_id].pool
+        engine = task.engine.value
         self._metrics.enqueued(
-            engine, pool.engine_version or "unknown", pool_id, request.priority.value
+            engine, pool.engine_version or "unknown", task.pool_id, task.priority.value
         ).inc()
+        assert task.decision is not None
         narrate(
             "admission",
             "admit",
-            pool_id,
-            f"Admits task {task_id[:8]} to {pool_id} at position {position}, "
-            f"start in ~{predicted} ms.",
-            task_id=task_id,
-            job_id=task_id,
-            session_id=session_id,
-            pool_id=pool_id,
+            task.pool_id,
+            f"Admits task {task.id[:8]} to {task.pool_id} at position {position}, "
+            f"start in ~{task.predicted_start_ms} ms.",
+            task_id=task.id,
+            job_id=task.id,
+            session_id=task.session_id,
+            pool_id=task.pool_id,
             engine=engine,
-            correlation_id=correlation_id,
-            identity=identity,
+            correlation_id=task.correlation_id,
+            identity=task.identity,
             queue_position=position,
-            predicted_start_ms=predicted,
-            priority=request.priority.value,
+            predicted_start_ms=task.predicted_start_ms,
+            priority=task.priority.value,
             ctx=request.ctx,
             model_id=request.model_ref,
-            **decision.log.fields(),
-        )
-        return Admitted(
-            task_id=task_id,
-            pool_id=pool_id,
-            queue_position=position,
-            predicted_start_ms=predicted,
-            budgets=dispatcher.budget_fields(session_id),
+            **task.decision.fields(),
         )
 
     def _check_session(
@@ -394,6 +392,28 @@ class Admission:
             pool_id=pinned,
             engine=engine,
         )
+
+
+def generate_request(
+    request: TaskRequest, prompt: str, model: str, correlation_id: str | None
+) -> GenerateRequest:
+    """What the engine is asked: the validated request in the adapter's terms."""
+    sampling = request.sampling
+    return GenerateRequest(
+        task_id=str(request.task_id),
+        prompt=prompt,
+        max_tokens=request.max_tokens,
+        model=model,
+        seed=request.seed,
+        temperature=sampling.temperature if sampling else None,
+        top_p=sampling.top_p if sampling else None,
+        top_k=sampling.top_k if sampling else None,
+        repeat_penalty=sampling.repeat_penalty if sampling else None,
+        stop=tuple(sampling.stop or ()) if sampling else (),
+        determinism=request.determinism,
+        session_id=str(request.session_id),
+        correlation_id=correlation_id,
+    )
 
 
 def refuse_unbuilt_fields(request: TaskRequest) -> None:
