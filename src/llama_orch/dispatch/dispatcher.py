@@ -36,12 +36,12 @@ from llama_orch.core.model import (
     Stage,
 )
 from llama_orch.core.placement import decide
+from llama_orch.core.prediction import EXACT_LIMIT, on_time_probability
 from llama_orch.core.queue import Rejected
 from llama_orch.dispatch.endings import Endings
 from llama_orch.dispatch.lanes import NEVER_MS, PoolLane
-from llama_orch.dispatch.predict import EXACT_LIMIT, on_time_probability
 from llama_orch.dispatch.runner import Runner, replica_labels
-from llama_orch.dispatch.sessions import SessionStore
+from llama_orch.dispatch.sessions import SessionStore, session_rules
 from llama_orch.dispatch.tasks import Task, TaskRegistry, TaskState
 from llama_orch.errors import AdmissionRejected, QueueFullDropLru
 from llama_orch.observability.metrics import Metrics, PlacementMetrics
@@ -78,7 +78,7 @@ class Dispatcher:
             max_bytes=server.transcript_max_bytes,
             max_tasks=server.max_tracked_tasks,
         )
-        self.sessions = SessionStore(config.sessions)
+        self.sessions = SessionStore(session_rules(config.sessions))
         self.lanes = {pool_id: PoolLane(pool) for pool_id, pool in pools.pools.items()}
         #: The start-deadline timer of every queued task.
         self._deadlines: dict[str, Timer] = {}

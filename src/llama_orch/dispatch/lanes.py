@@ -8,15 +8,15 @@ import asyncio
 
 from llama_orch.config import PoolConfig
 from llama_orch.core.model import PoolSnapshot
-from llama_orch.core.queue import AdmissionQueue, Enqueued, Rejected, burst_from_weights
-from llama_orch.core.ratelimit import TokenBucket
-from llama_orch.dispatch.predict import (
+from llama_orch.core.prediction import (
     EXACT_LIMIT,
     ReplicaPerf,
     SlotState,
     predicted_start_s,
     remaining_s,
 )
+from llama_orch.core.queue import AdmissionQueue, Enqueued, Rejected, burst_from_weights
+from llama_orch.core.ratelimit import TokenBucket
 from llama_orch.dispatch.tasks import Task
 from llama_orch.pool.manager import PoolManager, PoolRuntime, Replica
 from llama_orch.vocab import Engine, Priority
