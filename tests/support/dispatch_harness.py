@@ -45,8 +45,11 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def harness(slots: int = 2, **pool: Any) -> AsyncIterator[Harness]:
-    config = config_of(mock_pool(slots=slots, **pool))
+async def harness(
+    slots: int = 2, top: dict[str, Any] | None = None, **pool: Any
+) -> AsyncIterator[Harness]:
+    """``pool`` merges into the mock pool's config, ``top`` into the whole config's."""
+    config = config_of(mock_pool(slots=slots, **pool), **(top or {}))
     clock = ManualClock(1000.0)
     metrics = Metrics()
     supervisor = Supervisor(metrics)

@@ -95,7 +95,7 @@ class Dispatcher:
             sessions=self.sessions,
             endings=self.endings,
             metrics=metrics,
-            clock=self.now,
+            clock=self._clock,
             metrics_frame=self.metrics_frame,
             metrics_interval_s=server.sse.metrics_frame_interval_ms / 1000,
         )

@@ -13,8 +13,10 @@ import asyncio
 from collections.abc import Callable
 
 from llama_orch.adapters.host import AdapterHost
+from llama_orch.config import TimeoutsConfig
 from llama_orch.contracts.engine import EngineEvent, GenerateRequest
 from llama_orch.contracts.frames import Frame
+from llama_orch.core.clock import Clock, Timer
 from llama_orch.dispatch.endings import Endings
 from llama_orch.dispatch.lanes import PoolLane
 from llama_orch.dispatch.sessions import SessionStore
@@ -41,7 +43,7 @@ class Runner:
         sessions: SessionStore,
         endings: Endings,
         metrics: Metrics,
-        clock: Callable[[], float],
+        clock: Clock,
         metrics_frame: MetricsFrame,
         metrics_interval_s: float,
     ) -> None:
@@ -57,9 +59,9 @@ class Runner:
     async def run(
         self, task: Task, lane: PoolLane, replica: Replica, request: GenerateRequest
     ) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         timeouts = lane.pool.config.timeouts
-        started = loop.time()
+        started = clock.now()
         wall_at = started + timeouts.wall_ms / 1000
         idle_s = timeouts.idle_ms / 1000
         stream = self._host.submit(task.pool_id, replica.replica_id, request)
@@ -67,23 +69,24 @@ class Runner:
         # progress (``last``), and the timer, when it comes due, either expires the run (idle
         # or wall limit passed) or moves on to the next moment either limit could pass.
         last = started
-        check: asyncio.TimerHandle | None = None
+        check: Timer | None = None
         try:
             async with asyncio.timeout(None) as watchdog:
+                loop = asyncio.get_running_loop()
 
                 def due() -> None:
                     nonlocal check
                     deadline = min(wall_at, last + idle_s)
-                    if loop.time() >= deadline:
-                        watchdog.reschedule(deadline)  # in the past: expires now
+                    if clock.now() >= deadline:
+                        watchdog.reschedule(loop.time())  # expires now
                     else:
-                        check = loop.call_at(deadline, due)
+                        check = clock.call_at(deadline, due)
 
-                check = loop.call_at(min(wall_at, started + idle_s), due)
+                check = clock.call_at(min(wall_at, started + idle_s), due)
                 async for event in stream:
                     if task.terminal:
                         break
-                    last = loop.time()
+                    last = clock.now()
                     self._on_event(task, lane, replica, event)
                     if task.terminal:
                         break
@@ -98,19 +101,7 @@ class Runner:
                 self._endings.fail(task, exc)
         except TimeoutError:
             if not task.terminal:
-                which = "wall" if loop.time() >= wall_at else "idle"
-                limit = timeouts.wall_ms if which == "wall" else timeouts.idle_ms
-                self._metrics.tasks_canceled_total.labels(
-                    *replica_labels(task, replica), "watchdog"
-                ).inc()
-                self._endings.fail(
-                    task,
-                    DecodeTimeout(
-                        f"the engine exceeded the {which} timeout of {limit} ms; its slot is freed",
-                        engine=task.engine.value,
-                        pool_id=task.pool_id,
-                    ),
-                )
+                self._timed_out(task, replica, wall=clock.now() >= wall_at, timeouts=timeouts)
         finally:
             if check is not None:
                 check.cancel()
@@ -118,6 +109,21 @@ class Runner:
                 await stream.aclose()
             finally:
                 self.release(task, lane, replica)
+
+    def _timed_out(
+        self, task: Task, replica: Replica, *, wall: bool, timeouts: TimeoutsConfig
+    ) -> None:
+        which = "wall" if wall else "idle"
+        limit = timeouts.wall_ms if wall else timeouts.idle_ms
+        self._metrics.tasks_canceled_total.labels(*replica_labels(task, replica), "watchdog").inc()
+        self._endings.fail(
+            task,
+            DecodeTimeout(
+                f"the engine exceeded the {which} timeout of {limit} ms; its slot is freed",
+                engine=task.engine.value,
+                pool_id=task.pool_id,
+            ),
+        )
 
     def release(self, task: Task, lane: PoolLane, replica: Replica) -> None:
         """Give the task's slot back, once. The dispatcher also calls this when the runner is
@@ -129,7 +135,7 @@ class Runner:
     def _on_event(self, task: Task, lane: PoolLane, replica: Replica, event: EngineEvent) -> None:
         kind = event.kind
         if kind == "tokens":
-            now = self._clock()
+            now = self._clock.now()
             if task.record_tokens(event.texts, now):
                 self._first_token(task, replica, now)
             if task.metrics_due(now, self._metrics_interval_s):
