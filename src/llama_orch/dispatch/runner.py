@@ -83,11 +83,12 @@ class Runner:
                         check = clock.call_at(deadline, due)
 
                 check = clock.call_at(min(wall_at, started + idle_s), due)
+                now = clock.now
                 async for event in stream:
                     if task.terminal:
                         break
-                    last = clock.now()
-                    self._on_event(task, lane, replica, event)
+                    last = now()
+                    self._on_event(task, lane, replica, event, last)
                     if task.terminal:
                         break
             if not task.terminal:
@@ -132,15 +133,17 @@ class Runner:
         if lane.running.pop(task.id, None) is not None:
             self._pools.release_lease(task.pool_id, replica.replica_id)
 
-    def _on_event(self, task: Task, lane: PoolLane, replica: Replica, event: EngineEvent) -> None:
+    def _on_event(
+        self, task: Task, lane: PoolLane, replica: Replica, event: EngineEvent, now: float
+    ) -> None:
         kind = event.kind
         if kind == "tokens":
-            now = self._clock.now()
             if task.record_tokens(event.texts, now):
                 self._first_token(task, replica, now)
-            if task.metrics_due(now, self._metrics_interval_s):
+            if now >= task.next_metrics_at:
                 # Tokens arriving prove the engine alive: the replica's heartbeat, once per
                 # metrics interval of a stream.
+                task.metrics_sent(now, self._metrics_interval_s)
                 task.stream.publish_frame(self._metrics_frame(task, lane))
                 self._pools.stream_progress(replica)
         elif kind == "started":

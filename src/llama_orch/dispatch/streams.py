@@ -84,10 +84,16 @@ class TaskStream:
         first one's index is the number of tokens before it."""
         if self._closed:
             raise RuntimeError("stream is closed; refusing a token frame")
-        self._entries.extend(texts)
         count = len(texts)
+        if count == 1:
+            # The common case (engines that write one token per frame), kept cheap.
+            text = texts[0]
+            self._entries.append(text)
+            self._nbytes += len(text) + _ENTRY_OVERHEAD
+        else:
+            self._entries.extend(texts)
+            self._nbytes += sum(map(len, texts)) + _ENTRY_OVERHEAD * count
         self._tokens += count
-        self._nbytes += sum(map(len, texts)) + _ENTRY_OVERHEAD * count
         if self._waiters:
             self._wake()
 

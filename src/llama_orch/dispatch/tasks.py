@@ -99,7 +99,10 @@ class Task:
 
     @property
     def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
+        # Identity checks, not set membership: an Enum's hash is a Python call, and this is
+        # read twice per upstream read.
+        state = self.state
+        return state is not TaskState.QUEUED and state is not TaskState.RUNNING
 
     def decode_ms(self, now: float) -> int:
         return int((now - self.first_token_at) * 1000) if self.first_token_at else 0
@@ -137,7 +140,8 @@ class Task:
 
     def record_tokens(self, texts: Sequence[str], now: float) -> bool:
         """Publish consecutive tokens; True when they are the task's first ones."""
-        self._require("record tokens of", TaskState.RUNNING)
+        if self.state is not TaskState.RUNNING:  # inline: this runs per upstream read
+            self._require("record tokens of", TaskState.RUNNING)
         self.stream.publish_tokens(texts)
         self.tokens_out += len(texts)
         if self.first_token_at is None and texts:
@@ -145,12 +149,10 @@ class Task:
             return True
         return False
 
-    def metrics_due(self, now: float, interval_s: float) -> bool:
-        """Whether a ``metrics`` frame is due; if so the next one is due ``interval_s`` later."""
-        if now < self.next_metrics_at:
-            return False
+    def metrics_sent(self, now: float, interval_s: float) -> None:
+        """A ``metrics`` frame went out (``next_metrics_at`` had passed); the next is due
+        ``interval_s`` later."""
         self.next_metrics_at = now + interval_s
-        return True
 
     def finish(self, now: float) -> None:
         """RUNNING -> DONE: the engine finished; the ``end`` frame closes the stream."""
