@@ -20,7 +20,7 @@ from llama_orch.core.model import AffinityOutcome
 from llama_orch.dispatch.admission import Admission, Admitted
 from llama_orch.dispatch.dispatcher import Dispatcher
 from llama_orch.dispatch.streams import TaskStream
-from llama_orch.dispatch.tasks import RegistryStats, Task, TaskState
+from llama_orch.dispatch.tasks import TERMINAL_STATES, RegistryStats, Task, TaskState
 from llama_orch.errors import Conflict, NotFound
 from llama_orch.observability.narration import narrate
 from llama_orch.vocab import Priority
@@ -98,7 +98,7 @@ class TaskStatus:
 
     @property
     def terminal(self) -> bool:
-        return self.state in (TaskState.DONE, TaskState.CANCELED, TaskState.FAILED)
+        return self.state in TERMINAL_STATES
 
 
 @dataclass(frozen=True, slots=True)
