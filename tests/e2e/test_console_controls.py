@@ -42,7 +42,8 @@ class TestOptionalControls:
                 return JSONResponse({"models": [CATALOG_ENTRY]})
 
             assert srv.app is not None
-            srv.app.router.routes += [
+            # In front of the real routes: the catalog's own list would answer first otherwise.
+            srv.app.router.routes[:0] = [
                 Route("/v1/pools/{pool_id}/drain", drain, methods=["POST"]),
                 Route("/v1/pools/{pool_id}/reload", reload, methods=["POST"]),
                 Route("/v1/catalog/models", catalog, methods=["GET"]),

@@ -23,7 +23,7 @@ HANG = {"hang_after_token": 0}
 
 async def wait_terminal(srv: RunningServer, task_id: str) -> None:
     for _ in range(500):
-        task = srv.deps.dispatcher.tasks.get(task_id)
+        task = srv.task(task_id)
         if task is not None and task.terminal:
             return
         await asyncio.sleep(0.01)
@@ -32,7 +32,7 @@ async def wait_terminal(srv: RunningServer, task_id: str) -> None:
 
 async def wait_running(srv: RunningServer, task_id: str) -> None:
     for _ in range(500):
-        task = srv.deps.dispatcher.tasks.get(task_id)
+        task = srv.task(task_id)
         if task is not None and task.state.value == "running":
             return
         await asyncio.sleep(0.01)
@@ -104,7 +104,11 @@ class TestAdmission:
             response = await srv.submit(task_body(model="nope"))
         body = response.json()
         assert (503, "POOL_UNAVAILABLE") == (response.status_code, body["code"])
+        assert "no pool serves engine mock with model 'nope'" in body["message"]
         assert "mock:m0" in body["message"]
+        # Not retriable: retrying cannot help until the config changes.
+        assert (False, None) == (body["retriable"], body.get("retry_after_ms"))
+        assert "retry-after" not in response.headers
 
     async def test_unready_pool_is_pool_unready(self) -> None:
         """A matching pool that is not Ready is 503 POOL_UNREADY with retry advice."""
@@ -136,6 +140,28 @@ class TestAdmission:
 
 
 class TestInvalidInput:
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [("inputs", ["a"]), ("kv_hint", "reuse")],
+    )
+    async def test_fields_not_built_yet_are_refused(self, field: str, value: object) -> None:
+        """A wire field nothing acts on yet is a 400 saying so, never silently ignored."""
+        async with running_server(config_of()) as srv:
+            response = await srv.submit(task_body(**{field: value}))
+        body = response.json()
+        assert (400, "INVALID_PARAMS") == (response.status_code, body["code"])
+        assert f"{field} is not available yet" in body["message"]
+
+    async def test_sampler_profile_version_must_match_the_pool(self) -> None:
+        """A requested sampler profile is checked against the pool's: a mismatch is 400, the
+        pool's own version is admitted."""
+        pool = mock_pool(sampler_profile_version="sp-1")
+        async with running_server(config_of(pool)) as srv:
+            wrong = await srv.submit(task_body(sampler_profile_version="sp-2"))
+            right = await srv.submit(task_body(sampler_profile_version="sp-1"))
+        assert (400, 202) == (wrong.status_code, right.status_code)
+        assert "does not match pool p0, which declares 'sp-1'" in wrong.json()["message"]
+
     @pytest.mark.parametrize(
         ("change", "fragment"),
         [
@@ -237,7 +263,7 @@ class TestBackpressure:
             frames = await srv.stream(oldest["task_id"])
             assert ("error", "QUEUE_FULL_DROP_LRU") == (frames[-1][0], frames[-1][1]["code"])
             assert [] == [e for e, _ in frames if e == "token"]
-            newer_task = srv.deps.dispatcher.tasks.get(newer["task_id"])
+            newer_task = srv.task(newer["task_id"])
             assert newer_task is not None and not newer_task.terminal
 
     async def test_drop_lru_batch_never_evicts_interactive(self) -> None:
@@ -270,7 +296,7 @@ class TestBackpressure:
             admitted = [(await srv.submit(b)).json() for b in (batch, interactive)]
             await srv.client.post(f"/v1/tasks/{blocker['task_id']}/cancel")
             await wait_running(srv, interactive["task_id"])
-            batch_state = srv.deps.dispatcher.tasks.get(batch["task_id"]).state.value  # type: ignore[union-attr]
+            batch_state = srv.task(batch["task_id"]).state.value  # type: ignore[union-attr]
             for body in (batch, interactive):
                 await srv.client.post(f"/v1/tasks/{body['task_id']}/cancel")
         assert [0, 0] == [a["queue_position"] for a in admitted]
@@ -289,7 +315,7 @@ class TestCancel:
             response = await srv.client.post(f"/v1/tasks/{queued['task_id']}/cancel")
             again = await srv.client.post(f"/v1/tasks/{queued['task_id']}/cancel")
             frames = await srv.stream(queued["task_id"])
-            depth = len(srv.deps.dispatcher.lanes["p0"].queue)
+            depth = srv.deps.service.pool_status("p0").queue_depth
         assert (204, 204) == (response.status_code, again.status_code)
         assert "x-correlation-id" not in response.headers
         assert ["started", "end"] == [e for e, _ in frames]
@@ -349,7 +375,7 @@ class TestCancel:
                 if event == "token":
                     break
             await wait_terminal(srv, body["task_id"])
-            task = srv.deps.dispatcher.tasks.get(body["task_id"])
+            task = srv.task(body["task_id"])
             assert task is not None and "canceled" == task.state.value
             for _ in range(100):
                 if srv.deps.pools.get_active_leases("p0") == 0:

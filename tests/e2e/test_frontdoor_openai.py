@@ -140,7 +140,7 @@ class TestChatOnMock:
                 max_tokens=4,
                 extra_headers={"X-Correlation-Id": "corr-1", "X-Priority": "batch"},
             )
-            task = srv.deps.dispatcher.tasks.get(raw.headers["x-task-id"])
+            task = srv.task(raw.headers["x-task-id"])
         assert "corr-1" == raw.headers["x-correlation-id"]
         assert {"x-queue-position", "x-predicted-start-ms"} <= set(raw.headers)
         assert task is not None
@@ -156,7 +156,7 @@ class TestBackpressure:
 
     async def fill(self, srv: RunningServer, client: openai.AsyncOpenAI) -> list[asyncio.Task[Any]]:
         """One running and one queued task; the queue is then full."""
-        lane = srv.deps.dispatcher.lanes["p0"]
+        service = srv.deps.service
         busy = []
         for running, queued in ((1, 0), (1, 1)):
             busy.append(
@@ -169,7 +169,13 @@ class TestBackpressure:
                 )
             )
             await wait_until(
-                lambda r=running, q=queued: (len(lane.running), len(lane.queue)) == (r, q),
+                lambda r=running, q=queued: (
+                    (
+                        service.pool_status("p0").running,
+                        service.pool_status("p0").queue_depth,
+                    )
+                    == (r, q)
+                ),
                 "a running task and a full queue",
             )
         return busy
@@ -266,7 +272,7 @@ class TestCancel:
                 lambda: counted(srv.deps.metrics.tasks_canceled_total, reason="disconnect") == 1,
                 "disconnect cancel",
             )
-            assert [] == srv.deps.dispatcher.tasks.live_tasks()
+            assert [] == [t for t in srv.deps.service.list_tasks() if not t.terminal]
 
     async def test_cancel_by_id_ends_the_stream_and_replays(self) -> None:
         """POST /v1/tasks/{id}/cancel stops a front-door stream; the task stream replays it."""

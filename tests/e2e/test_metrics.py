@@ -21,7 +21,7 @@ HANG = {"hang_after_token": 0}
 
 async def wait_state(srv: RunningServer, task_id: str, state: str) -> None:
     for _ in range(500):
-        task = srv.deps.dispatcher.tasks.get(task_id)
+        task = srv.task(task_id)
         if task is not None and task.state.value == state:
             return
         await asyncio.sleep(0.01)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tests.support.server import config_of, running_server, task_body
+from tests.support.server import config_of, mock_pool, running_server, task_body
 
 
 class TestAdmissionToStream:
@@ -17,3 +17,14 @@ class TestAdmissionToStream:
         tokens = [d for e, d in frames if e == "token"]
         assert list(range(5)) == [t["i"] for t in tokens]
         assert frames[-1][1]["tokens_out"] == 5
+
+
+class TestBackgroundWork:
+    async def test_every_loop_is_supervised_and_stops(self) -> None:
+        """While serving, the dispatch, probe and GPU sampler loops all run under the one
+        supervisor; after shutdown none is left."""
+        async with running_server(config_of(mock_pool(replicas=2))) as srv:
+            supervisor = srv.deps.supervisor
+            running = supervisor.loops
+        assert ["dispatch-p0", "gpu-sampler", "probe-p0-r0", "probe-p0-r1"] == running
+        assert [] == supervisor.loops

@@ -17,6 +17,7 @@ import httpx
 import orjson
 import pytest
 
+from llama_orch.cli.serve import SHUTDOWN_DEADLINE_S
 from llama_orch.server.app import create_app
 from llama_orch.testing.fake_engines import Behaviour, start_fake
 from tests.support.serve_process import serve_process
@@ -57,7 +58,7 @@ async def wait_for(predicate: Any, what: str, timeout_s: float = 5.0) -> None:
 
 
 def task_of(srv: RunningServer, task_id: str) -> Any:
-    return srv.deps.dispatcher.tasks.get(task_id)
+    return srv.task(task_id)
 
 
 def counter(srv: RunningServer, name: str, labels: dict[str, str]) -> float:
@@ -319,7 +320,7 @@ class TestStallAndBackpressure:
             await wait_for(lambda: task.terminal, "the task ends")
             client.release.set()
             await asyncio.wait_for(streaming, 5.0)
-            published = sum(1 for e, _ in task.stream.frames() if e == "metrics")
+            published = sum(1 for e, _ in task.frames() if e == "metrics")
             drops = counter(srv, "sse_backpressure_drops_total", {"pool_id": "p0"})
         frames = parse(client.body)
         tokens = [d for e, d in frames if e == "token"]
@@ -398,7 +399,7 @@ class TestCancelStress:
             await wait_for(lambda: srv.deps.pools.get_active_leases("p0") == 0, "slots freed")
             canceled = 0
             for task_id, seen, _by_post in results:
-                frames = task_of(srv, task_id).stream.frames()
+                frames = task_of(srv, task_id).frames()
                 kinds = [e for e, _ in frames]
                 end = orjson.loads(frames[-1][1])
                 assert ["end"] == [k for k in kinds if k in ("end", "error")]
@@ -592,3 +593,29 @@ class TestServerStack:
                     bodies.append(data)
         assert ["HTTP/1.1", "HTTP/2"] == versions
         assert bodies[0] == bodies[1] and b"event: end" in bodies[0]
+
+
+class TestShutdown:
+    async def test_sigterm_ends_open_streams_and_exits(self, tmp_path: Path) -> None:
+        """On SIGTERM an open stream gets its end frame (canceled) and the server exits 0
+        before its shutdown deadline, with the task's slot given back."""
+        config = serve_config()
+        config["pools"][0]["mock"] = {"ttft_ms": 0, "tokens_per_s": 20}
+        with serve_process(config, tmp_path) as srv:
+            async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as client:
+                body = task_body(max_tokens=2000)
+                await client.post("/v1/tasks", json=body)
+                data = b""
+                async with client.stream("GET", f"/v1/tasks/{body['task_id']}/stream") as resp:
+                    signaled = False
+                    async for chunk in resp.aiter_bytes():
+                        data += chunk
+                        if b"event: token" in data and not signaled:
+                            srv.process.terminate()
+                            signaled = True
+            code = await asyncio.to_thread(srv.process.wait, SHUTDOWN_DEADLINE_S)
+        frames = parse(data)
+        assert ("end", True) == (frames[-1][0], frames[-1][1].get("canceled"))
+        tokens = [d for e, d in frames if e == "token"]
+        assert len(tokens) == frames[-1][1]["tokens_out"]
+        assert 0 == code

@@ -51,7 +51,7 @@ class TestOneHop:
                 async for event in es.aiter_sse():
                     if event.event == "token":
                         break
-            task = srv.deps.dispatcher.tasks.get(body["task_id"])
+            task = srv.task(body["task_id"])
             assert task is not None
             await wait_until(lambda: task.terminal, "cancel")
         assert TaskState.CANCELED == task.state

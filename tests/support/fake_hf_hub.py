@@ -51,7 +51,7 @@ def _git_oid(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def fake_hf_hub(state: HubState) -> Starlette:
+def fake_hf_hub(state: HubState) -> Starlette:  # noqa: C901 - one closure per hub route
     def lookup(request: Request) -> HubRepo | Response:
         state.authorizations.append(request.headers.get("authorization"))
         repo_id = f"{request.path_params['org']}/{request.path_params['name']}"

@@ -19,6 +19,8 @@ from starlette.applications import Starlette
 
 from llama_orch.bootstrap import build_deps
 from llama_orch.config import Config, load_settings
+from llama_orch.dispatch.service import TaskService
+from llama_orch.errors import NotFound
 from llama_orch.observability.logging import configure_logging
 from llama_orch.server.app import create_app, redactor_of
 from llama_orch.server.deps import AppDeps
@@ -74,12 +76,34 @@ def task_body(model: str = "m0", **overrides: Any) -> dict[str, Any]:
     return body
 
 
+class LiveTask:
+    """A task as ``TaskService`` reports it, read afresh on every attribute access."""
+
+    def __init__(self, service: TaskService, task_id: str) -> None:
+        self._service = service
+        self._task_id = task_id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._service.task_status(self._task_id), name)
+
+    def frames(self) -> list[tuple[str, bytes]]:
+        return self._service.transcript(self._task_id)
+
+
 @dataclass
 class RunningServer:
     url: str
     deps: AppDeps
     client: httpx.AsyncClient
     app: Starlette | None = None
+
+    def task(self, task_id: str) -> LiveTask | None:
+        """The task through the service facade; None when it is unknown (or expired)."""
+        try:
+            self.deps.service.task_status(task_id)
+        except NotFound:
+            return None
+        return LiveTask(self.deps.service, task_id)
 
     async def submit(self, body: dict[str, Any], **kw: Any) -> httpx.Response:
         return await self.client.post("/v1/tasks", json=body, **kw)

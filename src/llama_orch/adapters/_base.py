@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, ClassVar, Final, Protocol
 
 import aiohttp
@@ -238,22 +238,9 @@ class HttpAdapter:
             retry_after_ms=retry_after_ms(headers),
         )
 
-    async def submit(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]:
-        """One ``token`` event per token (the ``EngineAdapter`` contract)."""
-        batches = self.submit_batches(request)
-        try:
-            async for event in batches:
-                if event.kind == "tokens":
-                    index = event.index
-                    for text in event.texts:
-                        yield EngineEvent("token", text, index)
-                        index += 1
-                else:
-                    yield event
-        finally:
-            await batches.aclose()  # type: ignore[attr-defined]
-
-    async def submit_batches(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]:
+    async def submit(  # noqa: C901 - one generator step per upstream read is the hot path
+        self, request: GenerateRequest
+    ) -> AsyncGenerator[EngineEvent, None]:
         """The stream with each upstream read's tokens as one ``tokens`` event: the relay's
         per-token cost is then one list append here and one extend in the transcript."""
         # One generator, not a wrapper around another: each upstream read costs one step.
@@ -296,7 +283,7 @@ class HttpAdapter:
                             texts.append(text)
                     if texts:
                         # Tokens before a bad or error frame still count, in order.
-                        yield event("tokens", "", index, texts=texts)
+                        yield event("tokens", texts, index)
                         index += len(texts)
                     if failure is not None:
                         raise failure

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -36,7 +36,6 @@ from llama_orch.contracts.engine import (
     WorkerProps,
 )
 from llama_orch.errors import (
-    WorkerDeadline,
     WorkerError,
     WorkerInternal,
     WorkerInvalidParams,
@@ -51,7 +50,7 @@ ReplicaKey = tuple[str, str]
 T = TypeVar("T")
 
 #: Failures that say nothing about the engine's health.
-_NOT_ENGINE_FAULTS = (WorkerInvalidParams, WorkerDeadline)
+_NOT_ENGINE_FAULTS = (WorkerInvalidParams,)
 #: Default for replicas bound without a policy (the mock engine, tests): no retries.
 _NO_RETRY = RetryPolicy(attempts=1)
 
@@ -231,7 +230,7 @@ class AdapterHost:
 
     async def submit(
         self, pool_id: str, replica_id: str, request: GenerateRequest
-    ) -> AsyncIterator[EngineEvent]:
+    ) -> AsyncGenerator[EngineEvent, None]:
         """Stream one request; every failure surfaces as a ``WorkerError`` (ORCH-3602)."""
         binding = self._binding(pool_id, replica_id)
         adapter = binding.adapter
@@ -261,10 +260,7 @@ class AdapterHost:
             f"Sends task {request.task_id[:8]} to {pool_id}/{replica_id}.",
             **fields,
         )
-        # Adapters that can batch hand over one ``tokens`` event per upstream read.
-        stream: AsyncIterator[EngineEvent] = getattr(adapter, "submit_batches", adapter.submit)(
-            request
-        )
+        stream = adapter.submit(request)
         try:
             async for event in stream:
                 if event.kind == "error":
@@ -285,7 +281,7 @@ class AdapterHost:
             self._on_submit_error(binding, error, fields)
             raise error from exc
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
     def _on_submit_error(self, binding: _Binding, exc: WorkerError, fields: dict[str, Any]) -> None:
         if not isinstance(exc, _NOT_ENGINE_FAULTS):

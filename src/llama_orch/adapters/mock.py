@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 
 from llama_orch.config import MockEngineConfig
 from llama_orch.contracts.engine import EngineEvent, GenerateRequest, WorkerHealth, WorkerProps
@@ -149,7 +149,7 @@ class MockEngine:
     async def engine_version(self) -> str:
         return self._config.engine_version
 
-    async def submit(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]:
+    async def submit(self, request: GenerateRequest) -> AsyncGenerator[EngineEvent, None]:
         cfg = self._config
         loop = asyncio.get_running_loop()
         tokens = iter_mock_tokens(request)
@@ -181,7 +181,7 @@ class MockEngine:
                 elif i % _YIELD_EVERY == 0:
                     # A pace faster than the loop can serve never sleeps: let the loop run.
                     await asyncio.sleep(0)
-                yield EngineEvent("token", text, i)
+                yield EngineEvent("tokens", (text,), i)
                 produced = i + 1
             finished = True
             yield EngineEvent("end", data={"tokens_out": produced})

@@ -94,14 +94,25 @@ def config() -> None:
 
 @config.command("validate")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def config_validate(files: tuple[str, ...]) -> None:
-    """Check config FILES; exits 2 listing every problem with its key path."""
-    from llama_orch.config import read_config_file
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Check the files only: skip what depends on this machine and environment "
+    "(the bind address without a token, api_key_env variables, GPUs for real engines).",
+)
+def config_validate(files: tuple[str, ...], offline: bool) -> None:
+    """Check config FILES as `llorch serve` would; exits 2 listing every problem with its key
+    path."""
+    from llama_orch.bootstrap import check_serveable, discover_gpus
+    from llama_orch.config import load_settings, read_config_file
 
     failed = False
     for path in files:
         try:
             cfg = read_config_file(path)
+            if not offline:
+                settings = load_settings(os.environ, path)
+                check_serveable(settings, discover_gpus(settings))
         except ConfigError as exc:
             click.echo(str(exc), err=True)
             failed = True

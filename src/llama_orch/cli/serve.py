@@ -42,6 +42,9 @@ from llama_orch.server.listener import (
     raise_fd_limit,
 )
 
+#: After SIGINT/SIGTERM every stream is ended at once; the process exits within this many
+#: seconds even if a connection or a background job does not let go.
+SHUTDOWN_DEADLINE_S = 15.0
 # Connections queued by the kernel while the server holds its cap of connections.
 _BACKLOG = 2048
 # granian's own logger only reports errors, through our handlers; its access log stays off.
@@ -152,8 +155,7 @@ def _end_streams(deps: AppDeps, feed: StatusFeed) -> None:
     granian stops only once its connections are closed, and runs the app's lifespan shutdown
     only after that; an SSE stream left open would hold the process for as long as it runs.
     """
-    for task in deps.dispatcher.tasks.live_tasks():
-        deps.dispatcher.cancel(task.id, reason="shutdown")
+    deps.service.shutdown()
     feed.close()
 
 
@@ -234,17 +236,36 @@ async def _serve(
     )
     loop = asyncio.get_running_loop()
     stop_server: Callable[[], None] = server.stop  # granian's own method is untyped
+    serving = asyncio.ensure_future(server.serve())
+    forced: list[bool] = []
+
+    def force() -> None:
+        if not serving.done():
+            forced.append(True)
+            serving.cancel()
 
     def stop() -> None:
         if on_stop is not None:
             on_stop()
         stop_server()
+        # Streams were just ended; whatever still holds the server past the deadline is cut.
+        loop.call_later(SHUTDOWN_DEADLINE_S, force)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     watch.start()
     try:
-        await server.serve()
+        await serving
+    except asyncio.CancelledError:
+        if not forced:
+            raise
+        narrate(
+            "server",
+            "stop",
+            f"{settings.host}:{settings.port}",
+            f"Stops after the {SHUTDOWN_DEADLINE_S:g} s shutdown deadline; open work is cut.",
+            level="warning",
+        )
     finally:
         await watch.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from llama_orch.config._models import Config, is_loopback_host, parse_host_port
 from llama_orch.errors import ConfigError, ConfigIssue
+from llama_orch.vocab import ProvisioningMode
 
 #: Read for the model catalog and its fetchers: where the catalog lives, the HF hub and its
 #: token, an S3-compatible endpoint.
@@ -76,9 +77,54 @@ def parse_config_text(text: str, source: str = "<config>") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(source, [ConfigIssue("<root>", "expected a mapping with a pools: key")])
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(source, _issues_from(exc)) from exc
+    unbuilt = not_available_yet(config)
+    if unbuilt:
+        raise ConfigError(source, unbuilt)
+    return config
+
+
+def not_available_yet(config: Config) -> list[ConfigIssue]:
+    """Keys the schema accepts but nothing acts on yet: refused rather than silently ignored."""
+    issues = []
+    default_server = type(config.server)()
+    if config.server.artifacts_dir != default_server.artifacts_dir:
+        issues.append(
+            ConfigIssue("server.artifacts_dir", "not available yet: nothing stores artifacts")
+        )
+    for index, pool in enumerate(config.pools):
+        where = f"pools.{index}"
+        external = pool.provisioning is None or pool.provisioning.mode is ProvisioningMode.EXTERNAL
+        if pool.engine_version is not None:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.engine_version",
+                    "not available yet: a pool cannot pin an engine version; the engine "
+                    "reports its own (GET /v1/capabilities)",
+                )
+            )
+        if not pool.require_same_engine_version:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.require_same_engine_version",
+                    "not available yet: the replicas of a pool always run one engine version",
+                )
+            )
+        # Both shape how an engine is launched; the defaults (none, true) are what an engine
+        # started by someone else gets anyway.
+        launch_only = {"tensor_split": pool.tensor_split is not None, "preload": not pool.preload}
+        for key, set_here in launch_only.items():
+            if external and set_here:
+                issues.append(
+                    ConfigIssue(
+                        f"{where}.{key}",
+                        f"{key} has no effect on an engine llama-orch does not start "
+                        "(engine mock or provisioning.mode external); remove it",
+                    )
+                )
+    return issues
 
 
 def _issues_from(exc: ValidationError) -> list[ConfigIssue]:
@@ -201,6 +247,9 @@ def load_settings(
     else:
         source = "<config>"
         base_dir = Path(".").resolve()
+        unbuilt = not_available_yet(config)
+        if unbuilt:
+            raise ConfigError(source, unbuilt)
     config = _sse_overrides(config, environ)
     server = config.server
 

@@ -383,7 +383,7 @@ class PoolConfig(_Strict):
     mock: MockEngineConfig | None = None
 
     @model_validator(mode="after")
-    def _cross_field_rules(self) -> PoolConfig:
+    def _cross_field_rules(self) -> PoolConfig:  # noqa: C901 - one flat list of independent rules
         if self.tensor_split is not None and len(self.tensor_split) != len(self.devices or []):
             raise ValueError("tensor_split must have as many entries as devices")
         if self.engine is Engine.MOCK:

@@ -2,12 +2,11 @@
 
 An adapter speaks one engine's native API. It never spawns processes or stages models.
 
-Streaming contract of ``submit``:
-- it yields ``EngineEvent`` of kind ``started`` once, then ``token`` (indices 0, 1, 2, ...) with
-  optional ``metrics`` between them, then ``end`` once;
-- an adapter may also offer ``submit_batches``, the same stream with the tokens of one upstream
-  read carried as one ``tokens`` event (``texts``, the first one at ``index``); the adapter host
-  prefers it, so the relay pays per read rather than per token (order and indices unchanged);
+Streaming contract of ``submit`` (an async generator):
+- it yields ``EngineEvent`` of kind ``started`` once, then ``tokens`` events, then ``end`` once;
+- a ``tokens`` event carries consecutive tokens (``texts``, the first one at ``index``): the
+  tokens of one upstream read, or a batch of one, so the relay pays per read rather than per
+  token; indices run 0, 1, 2, ... across events with no gap;
 - it reports a failure by raising a ``llama_orch.errors.WorkerError`` subclass, or by yielding a
   final ``error`` event carrying one (the host treats both the same);
 - cancellation is closing the iterator (``aclose`` / task cancellation): the adapter must then
@@ -17,7 +16,7 @@ Streaming contract of ``submit``:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
@@ -25,7 +24,7 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 from llama_orch.errors import WorkerError
 from llama_orch.vocab import DeterminismLevel, Engine
 
-EventKind = Literal["started", "token", "tokens", "metrics", "end", "error"]
+EventKind = Literal["started", "tokens", "end", "error"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -69,13 +68,12 @@ class EngineEvent(NamedTuple):
     """
 
     kind: EventKind
-    text: str = ""
+    #: A ``tokens`` event's texts, in order; the first has index ``index``.
+    texts: Sequence[str] = ()
     #: Shadows ``tuple.index`` on purpose: the field name is the contract.
     index: int = 0  # type: ignore[assignment]
     data: Mapping[str, Any] = _EMPTY
     error: WorkerError | None = None
-    #: A ``tokens`` event's texts, in order; the first has index ``index``.
-    texts: Sequence[str] = ()
 
 
 BreakerState = Literal["closed", "open", "half_open"]
@@ -125,7 +123,7 @@ class EngineAdapter(Protocol):
 
     async def engine_version(self) -> str: ...
 
-    def submit(self, request: GenerateRequest) -> AsyncIterator[EngineEvent]: ...
+    def submit(self, request: GenerateRequest) -> AsyncGenerator[EngineEvent, None]: ...
 
     async def cancel(self, task_id: str) -> None: ...
 

@@ -15,6 +15,8 @@ Each step records what it kept in the ``DecisionLog``. Nothing here reads a cloc
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from llama_orch.core.filters import (
     CAPABILITY_FILTERS,
     MATCH_FILTERS,
@@ -45,93 +47,111 @@ from llama_orch.vocab import PlacementMode
 __all__ = ["TIE_BREAKERS", "PlacementInput", "decide", "order_key"]
 
 
+class _Refusal(NamedTuple):
+    reason: NoCapacityReason
+    unready: bool = False
+
+
 def decide(placement: PlacementInput) -> PlacementDecision:
-    job = placement.job
-    overrides = job.placement
-    pinned = overrides.mode is PlacementMode.PIN
     log: list[str] = []
-    considered = len(placement.pools)
-
-    def refuse(reason: NoCapacityReason, *, unready: bool = False) -> NoCapacity:
-        if pinned:
-            reason = NoCapacityReason.PINNED_POOL_INFEASIBLE
-        decision_log = DecisionLog(
-            considered,
+    feasible = _feasible(placement, log)
+    if isinstance(feasible, _Refusal):
+        return _refuse(placement, log, feasible)
+    candidates, capable_ids = feasible
+    narrowed = _apply_overrides(candidates, placement.job, capable_ids, log)
+    if isinstance(narrowed, _Refusal):
+        return _refuse(placement, log, narrowed)
+    candidates, fallback_used = narrowed
+    pool, replica, affinity, breakers = _score(candidates, placement.job.affinity, placement.now)
+    return Assigned(
+        pool.id,
+        replica.replica_id,
+        DecisionLog(
+            len(placement.pools),
             tuple(log),
-            (),
-            pinned=pinned,
+            breakers,
+            selected_pool_id=pool.id,
+            selected_replica_id=replica.replica_id,
+            pinned=placement.job.placement.mode is PlacementMode.PIN,
+            fallback_used=fallback_used,
+            affinity=affinity,
             snapshot_version=placement.snapshot_version,
-        )
-        return NoCapacity(reason, considered, decision_log, unready=unready)
+        ),
+    )
 
+
+def _refuse(placement: PlacementInput, log: list[str], refusal: _Refusal) -> NoCapacity:
+    pinned = placement.job.placement.mode is PlacementMode.PIN
+    reason = NoCapacityReason.PINNED_POOL_INFEASIBLE if pinned else refusal.reason
+    considered = len(placement.pools)
+    decision_log = DecisionLog(
+        considered, tuple(log), (), pinned=pinned, snapshot_version=placement.snapshot_version
+    )
+    return NoCapacity(reason, considered, decision_log, unready=refusal.unready)
+
+
+def _feasible(
+    placement: PlacementInput, log: list[str]
+) -> tuple[list[Candidate], set[str]] | _Refusal:
+    """Step 1: the (pool, replica) pairs that can run the job, and the capable pool ids."""
+    job = placement.job
     pools = apply_chain(list(placement.pools), job, MATCH_FILTERS, log)
     if not pools:
-        return refuse(NoCapacityReason.NO_POOL_SERVES)
+        return _Refusal(NoCapacityReason.NO_POOL_SERVES)
     pools = apply_chain(pools, job, CAPABILITY_FILTERS, log)
     if not pools:
-        return refuse(NoCapacityReason.NO_CAPABLE_POOL)
+        return _Refusal(NoCapacityReason.NO_CAPABLE_POOL)
     capable_ids = {pool.id for pool in pools}
     pools = apply_chain(pools, job, READY_FILTERS, log)
     if not pools:
-        return refuse(NoCapacityReason.NO_READY_POOL, unready=not _pin_missing(job, capable_ids))
-
+        return _Refusal(NoCapacityReason.NO_READY_POOL, not _pin_missing(job, capable_ids))
     candidates: list[Candidate] = [(pool, r) for pool in pools for r in pool.replicas]
     candidates = apply_chain(candidates, job, REPLICA_CAPABILITY_FILTERS, log)
     if not candidates:
-        return refuse(NoCapacityReason.NO_CAPABLE_POOL)
+        return _Refusal(NoCapacityReason.NO_CAPABLE_POOL)
     candidates = apply_chain(candidates, job, REPLICA_READY_FILTERS, log)
     if not candidates:
-        return refuse(NoCapacityReason.NO_READY_POOL, unready=not _pin_missing(job, capable_ids))
+        return _Refusal(NoCapacityReason.NO_READY_POOL, not _pin_missing(job, capable_ids))
     if placement.stage is Stage.DISPATCH:
         candidates = apply_chain(candidates, job, (free_slot,), log)
         if not candidates:
-            return refuse(NoCapacityReason.NO_FREE_SLOT)
+            return _Refusal(NoCapacityReason.NO_FREE_SLOT)
+    return candidates, capable_ids
 
-    # Overrides come after feasibility: they only ever narrow what is feasible.
-    fallback_used = False
-    if pinned:
+
+def _apply_overrides(
+    candidates: list[Candidate], job: JobSpec, capable_ids: set[str], log: list[str]
+) -> tuple[list[Candidate], bool] | _Refusal:
+    """Step 2: pin, avoid, prefer. They come after feasibility: they only ever narrow it.
+
+    Returns the candidates left and whether ``prefer`` fell back to all of them."""
+    overrides = job.placement
+    if overrides.mode is PlacementMode.PIN:
         before = len(candidates)
         candidates = [c for c in candidates if c[0].id == overrides.pin_pool_id]
         log.append(f"pin {len(candidates)}/{before}")
         if not candidates:
             pin_capable = overrides.pin_pool_id in capable_ids
-            return refuse(NoCapacityReason.PINNED_POOL_INFEASIBLE, unready=pin_capable)
+            return _Refusal(NoCapacityReason.PINNED_POOL_INFEASIBLE, pin_capable)
     if overrides.avoid_pools:
         before = len(candidates)
         avoid = overrides.avoid_pools
         candidates = [c for c in candidates if c[0].id not in avoid]
         log.append(f"avoid {len(candidates)}/{before}")
         if not candidates:
-            return refuse(NoCapacityReason.ALL_AVOIDED)
-    if overrides.mode is PlacementMode.PREFER:
-        before = len(candidates)
-        prefer = overrides.prefer_pools
-        preferred = [c for c in candidates if c[0].id in prefer]
-        log.append(f"prefer {len(preferred)}/{before}")
-        if preferred:
-            candidates = preferred
-        elif overrides.allow_fallback:
-            fallback_used = True
-            log.append(f"fallback {before}/{before}")
-        else:
-            return refuse(NoCapacityReason.NO_PREFERRED_FEASIBLE)
-
-    pool, replica, affinity, breakers = _score(candidates, job.affinity, placement.now)
-    return Assigned(
-        pool.id,
-        replica.replica_id,
-        DecisionLog(
-            considered,
-            tuple(log),
-            breakers,
-            selected_pool_id=pool.id,
-            selected_replica_id=replica.replica_id,
-            pinned=pinned,
-            fallback_used=fallback_used,
-            affinity=affinity,
-            snapshot_version=placement.snapshot_version,
-        ),
-    )
+            return _Refusal(NoCapacityReason.ALL_AVOIDED)
+    if overrides.mode is not PlacementMode.PREFER:
+        return candidates, False
+    before = len(candidates)
+    prefer = overrides.prefer_pools
+    preferred = [c for c in candidates if c[0].id in prefer]
+    log.append(f"prefer {len(preferred)}/{before}")
+    if preferred:
+        return preferred, False
+    if overrides.allow_fallback:
+        log.append(f"fallback {before}/{before}")
+        return candidates, True
+    return _Refusal(NoCapacityReason.NO_PREFERRED_FEASIBLE)
 
 
 def _pin_missing(job: JobSpec, capable_ids: set[str]) -> bool:

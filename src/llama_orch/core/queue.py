@@ -3,12 +3,13 @@
 Enqueue, dequeue and cancel are O(1): each class is an ``OrderedDict`` keyed by task id, so a
 cancel unlinks its entry instead of leaving a tombstone that dequeue would have to skip.
 
-Dispatch order is interactive first and FIFO within a class, with one anti-starvation rule
-(SPEC §17.10): while batch tasks wait, at most ``interactive_burst`` interactive tasks are
-dispatched in a row; the next dispatch then takes the oldest batch task. The burst comes from
-the class weights (``admission.priorities[].weight``, default 8 : 1), so a waiting batch task
-gets at least one dispatch in every ``burst + 1`` and is never starved forever. The rule counts
-dispatches, not time, so it stays pure and deterministic.
+Dispatch order is strict priority by default: interactive first, FIFO within a class, and a
+batch task waits as long as interactive work is queued. Aging of batch is opt-in: once a pool
+gives its classes a ``weight`` (``admission.priorities[].weight``), at most ``interactive_burst``
+interactive tasks (the interactive:batch weight ratio; a missing weight counts as 8 for
+interactive and 1 for batch) are dispatched in a row while batch tasks wait, and the next
+dispatch then takes the oldest batch task, so a batch task gets at least one dispatch in every
+``burst + 1``. The rule counts dispatches, not time, so it stays pure and deterministic.
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ from llama_orch.vocab import FullPolicy, Priority
 #: Dispatch order: the first class with work wins (OC-CORE-1004), bounded by the burst rule.
 PRIORITY_ORDER: tuple[Priority, ...] = (Priority.INTERACTIVE, Priority.BATCH)
 
-#: Interactive dispatches in a row while batch waits, when no weights are configured.
+#: The interactive weight assumed when only the batch class has one.
 DEFAULT_INTERACTIVE_BURST = 8
+#: The burst of strict priority: never reached, so batch never jumps the interactive queue.
+STRICT = 2**62
 
 
-def burst_from_weights(interactive: int | None, batch: int | None) -> int:
-    """``round(w_interactive / w_batch)``, at least 1; defaults 8 and 1."""
+def burst_from_weights(interactive: int | None, batch: int | None) -> int | None:
+    """``round(w_interactive / w_batch)``, at least 1 (defaults 8 and 1); None (strict
+    priority) when neither class has a weight."""
+    if interactive is None and batch is None:
+        return None
     wi = interactive or DEFAULT_INTERACTIVE_BURST
     wb = batch or 1
     return max(1, round(wi / wb))
@@ -70,13 +76,13 @@ class AdmissionQueue:
         policy: FullPolicy = FullPolicy.REJECT,
         class_capacity: Mapping[Priority, int] | None = None,
         *,
-        interactive_burst: int = DEFAULT_INTERACTIVE_BURST,
+        interactive_burst: int | None = None,
     ) -> None:
         if capacity <= 0:
             raise ValueError("capacity must be positive")
-        if interactive_burst <= 0:
+        if interactive_burst is not None and interactive_burst <= 0:
             raise ValueError("interactive_burst must be positive")
-        self._burst = interactive_burst
+        self._burst = STRICT if interactive_burst is None else interactive_burst
         #: Interactive dispatches in a row while batch tasks were waiting.
         self._streak = 0
         self._capacity = capacity

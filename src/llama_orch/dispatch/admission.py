@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from llama_orch.config import Config, PoolConfig
 from llama_orch.contracts.api import TaskRequest
-from llama_orch.contracts.engine import GenerateRequest
+from llama_orch.contracts.engine import ChatMessage, GenerateRequest
 from llama_orch.core.budgets import BudgetLimits, BudgetUsage, check_budget
 from llama_orch.core.guardrails import check_context, check_overrides, estimate_prompt_tokens
 from llama_orch.core.model import (
@@ -43,14 +43,12 @@ from llama_orch.vocab import PlacementMode, Priority, Workload
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    task: Task
+    task_id: str
+    pool_id: str
     queue_position: int
     predicted_start_ms: int
-    backoff_ms: int
-    session_turns: int
-    session_ttl_ms_remaining: int
-    #: ``X-Budget-*`` headers with what the session has left after this task's reservation.
-    budget_headers: dict[str, str] = field(default_factory=dict)
+    #: The session's enabled budgets as they stand after this task's reservation.
+    budgets: dict[str, int | float] = field(default_factory=dict)
 
 
 class Admission:
@@ -70,9 +68,12 @@ class Admission:
         *,
         correlation_id: str | None = None,
         identity: str | None = None,
+        messages: tuple[ChatMessage, ...] | None = None,
     ) -> Admitted:
+        """``messages``: a chat, for front doors whose engines take one (the prompt is then its
+        rendering, used for guardrails and by completion-only engines)."""
         try:
-            return self._admit(request, correlation_id, identity)
+            return self._admit(request, correlation_id, identity, messages)
         except OrchError as exc:
             reason = exc.kind.value
             if reason in _COUNTED_REASONS:
@@ -95,80 +96,41 @@ class Admission:
             raise
 
     def _admit(
-        self, request: TaskRequest, correlation_id: str | None, identity: str | None
+        self,
+        request: TaskRequest,
+        correlation_id: str | None,
+        identity: str | None,
+        messages: tuple[ChatMessage, ...] | None,
     ) -> Admitted:
+        """Refusals first (each raises), then the task is built, queued and recorded."""
         dispatcher = self._dispatcher
         if self._models is not None:
             canonical = self._models.canonical(request.model_ref)
             if canonical != request.model_ref:
                 request = request.model_copy(update={"model_ref": canonical})
-        task_id = str(request.task_id)
-        session_id = str(request.session_id)
         now = dispatcher.now()
-        if task_id in dispatcher.tasks:
-            raise Conflict(
-                f"task_id {task_id} was already submitted; use a new UUID for a new task",
-                hint="GET /v1/tasks/{id}/stream reads the existing task",
-            )
-        if not dispatcher.tasks.has_room(now):
-            raise AdmissionRejected(
-                "the server tracks too many tasks right now; retry shortly",
-                retry_after_ms=1000,
-                policy_label="server-capacity",
-            )
+        self._check_new(request, now)
         prompt = self._prompt_of(request)
-        if request.deadline_ms <= 0:
-            raise DeadlineUnmet(
-                f"deadline_ms must be positive, got {request.deadline_ms}; it counts "
-                "milliseconds from admission"
-            )
         job = self._job_of(request, prompt, now)
         decision = self._place(request, job, now)
-        pool_id = decision.pool_id
-        lane = dispatcher.lanes[pool_id]
-        pool = lane.pool
-        engine = request.engine.value
-
-        limits, price = self._check_session(request, pool, now)
+        lane = dispatcher.lanes[decision.pool_id]
+        check_sampler_profile(request, lane.pool)
+        limits, price = self._check_session(request, lane.pool, now)
         bucket = self._check_rate(request, lane, now)
-
-        expected = request.expected_tokens or request.max_tokens
-        _, predicted = dispatcher.predict_new(lane, request.priority)
-        if predicted > request.deadline_ms:
-            raise DeadlineUnmet(
-                f"predicted start in {predicted} ms misses deadline_ms {request.deadline_ms}; "
-                "allow more time or retry when the queue is shorter",
-                retry_after_ms=predicted - request.deadline_ms,
-                pool_id=pool_id,
-                engine=engine,
-            )
-
-        sampling = request.sampling
+        predicted = self._check_predicted_start(request, lane)
         task = Task(
-            id=task_id,
-            session_id=session_id,
-            pool_id=pool_id,
+            id=str(request.task_id),
+            session_id=str(request.session_id),
+            pool_id=lane.id,
             engine=request.engine,
             model=request.model_ref,
             priority=request.priority,
-            request=GenerateRequest(
-                task_id=task_id,
-                prompt=prompt,
-                max_tokens=request.max_tokens,
-                model=pool.config.model,
-                seed=request.seed,
-                temperature=sampling.temperature if sampling else None,
-                top_p=sampling.top_p if sampling else None,
-                top_k=sampling.top_k if sampling else None,
-                repeat_penalty=sampling.repeat_penalty if sampling else None,
-                stop=tuple(sampling.stop or ()) if sampling else (),
-                determinism=request.determinism,
-                session_id=session_id,
-                correlation_id=correlation_id,
+            request=generate_request(
+                request, prompt, lane.pool.config.model, correlation_id, messages
             ),
             admitted_at=now,
             deadline_at=now + request.deadline_ms / 1000,
-            expected_tokens=expected,
+            expected_tokens=request.expected_tokens or request.max_tokens,
             correlation_id=correlation_id,
             identity=identity,
             predicted_start_ms=predicted,
@@ -179,42 +141,84 @@ class Admission:
         position = dispatcher.enqueue(task)
         if bucket is not None:
             bucket.take(now)
-        session = dispatcher.sessions.get_or_create(session_id, now, limits)
+        self._reserve(task, limits, now, request.max_tokens)
+        self._record(task, request, position)
+        return Admitted(
+            task_id=task.id,
+            pool_id=task.pool_id,
+            queue_position=position,
+            predicted_start_ms=predicted,
+            budgets=dispatcher.budget_fields(task.session_id),
+        )
+
+    def _check_new(self, request: TaskRequest, now: float) -> None:
+        """A new task id, room to track it, and a deadline that can be met at all."""
+        tasks = self._dispatcher.tasks
+        task_id = str(request.task_id)
+        if task_id in tasks:
+            raise Conflict(
+                f"task_id {task_id} was already submitted; use a new UUID for a new task",
+                hint="GET /v1/tasks/{id}/stream reads the existing task",
+            )
+        if not tasks.has_room(now):
+            raise AdmissionRejected(
+                "the server tracks too many tasks right now; retry shortly",
+                retry_after_ms=1000,
+                policy_label="server-capacity",
+            )
+        if request.deadline_ms <= 0:
+            raise DeadlineUnmet(
+                f"deadline_ms must be positive, got {request.deadline_ms}; it counts "
+                "milliseconds from admission"
+            )
+
+    def _check_predicted_start(self, request: TaskRequest, lane: PoolLane) -> int:
+        """The predicted start in ms, refused when it already misses the deadline."""
+        _, predicted = self._dispatcher.predict_new(lane, request.priority)
+        if predicted > request.deadline_ms:
+            raise DeadlineUnmet(
+                f"predicted start in {predicted} ms misses deadline_ms {request.deadline_ms}; "
+                "allow more time or retry when the queue is shorter",
+                retry_after_ms=predicted - request.deadline_ms,
+                pool_id=lane.id,
+                engine=request.engine.value,
+            )
+        return predicted
+
+    def _reserve(self, task: Task, limits: BudgetLimits, now: float, max_tokens: int) -> None:
+        """One more turn of the session, and its budget held for the task's max_tokens."""
+        session = self._dispatcher.sessions.get_or_create(task.session_id, now, limits)
         session.turns += 1
         session.last_used_at = now
-        session.usage.reserve(request.max_tokens, price)
-        task.reserved_tokens = request.max_tokens
+        session.usage.reserve(max_tokens, task.price_per_token)
+        task.reserved_tokens = max_tokens
+
+    def _record(self, task: Task, request: TaskRequest, position: int) -> None:
+        pool = self._dispatcher.lanes[task.pool_id].pool
+        engine = task.engine.value
         self._metrics.enqueued(
-            engine, pool.engine_version or "unknown", pool_id, request.priority.value
+            engine, pool.engine_version or "unknown", task.pool_id, task.priority.value
         ).inc()
+        assert task.decision is not None
         narrate(
             "admission",
             "admit",
-            pool_id,
-            f"Admits task {task_id[:8]} to {pool_id} at position {position}, "
-            f"start in ~{predicted} ms.",
-            task_id=task_id,
-            job_id=task_id,
-            session_id=session_id,
-            pool_id=pool_id,
+            task.pool_id,
+            f"Admits task {task.id[:8]} to {task.pool_id} at position {position}, "
+            f"start in ~{task.predicted_start_ms} ms.",
+            task_id=task.id,
+            job_id=task.id,
+            session_id=task.session_id,
+            pool_id=task.pool_id,
             engine=engine,
-            correlation_id=correlation_id,
-            identity=identity,
+            correlation_id=task.correlation_id,
+            identity=task.identity,
             queue_position=position,
-            predicted_start_ms=predicted,
-            priority=request.priority.value,
+            predicted_start_ms=task.predicted_start_ms,
+            priority=task.priority.value,
             ctx=request.ctx,
             model_id=request.model_ref,
-            **decision.log.fields(),
-        )
-        return Admitted(
-            task=task,
-            queue_position=position,
-            predicted_start_ms=predicted,
-            backoff_ms=0,
-            session_turns=session.turns,
-            session_ttl_ms_remaining=dispatcher.sessions.ttl_remaining_ms(session, now),
-            budget_headers=dispatcher.budget_headers(session_id),
+            **task.decision.fields(),
         )
 
     def _check_session(
@@ -273,6 +277,7 @@ class Admission:
         return bucket
 
     def _prompt_of(self, request: TaskRequest) -> str:
+        refuse_unbuilt_fields(request)
         if request.workload is not Workload.COMPLETION:
             raise InvalidParams(
                 f"workload {request.workload.value} is not served by any configured engine; "
@@ -404,6 +409,62 @@ class Admission:
         )
 
 
+def generate_request(
+    request: TaskRequest,
+    prompt: str,
+    model: str,
+    correlation_id: str | None,
+    messages: tuple[ChatMessage, ...] | None = None,
+) -> GenerateRequest:
+    """What the engine is asked: the validated request in the adapter's terms."""
+    sampling = request.sampling
+    return GenerateRequest(
+        task_id=str(request.task_id),
+        prompt=prompt,
+        max_tokens=request.max_tokens,
+        model=model,
+        seed=request.seed,
+        temperature=sampling.temperature if sampling else None,
+        top_p=sampling.top_p if sampling else None,
+        top_k=sampling.top_k if sampling else None,
+        repeat_penalty=sampling.repeat_penalty if sampling else None,
+        stop=tuple(sampling.stop or ()) if sampling else (),
+        determinism=request.determinism,
+        session_id=str(request.session_id),
+        correlation_id=correlation_id,
+        messages=messages,
+    )
+
+
+def refuse_unbuilt_fields(request: TaskRequest) -> None:
+    """Fields the wire format has but nothing acts on yet are refused, never ignored."""
+    engine = request.engine.value
+    if request.inputs is not None:
+        raise InvalidParams(
+            "inputs is not available yet; send the text in prompt (workload completion)",
+            engine=engine,
+        )
+    if request.kv_hint is not None:
+        raise InvalidParams(
+            "kv_hint is not available yet; KV reuse follows session_id on its own (omit it)",
+            engine=engine,
+        )
+
+
+def check_sampler_profile(request: TaskRequest, pool: PoolRuntime) -> None:
+    """A requested sampler profile version must be the one the chosen pool declares."""
+    wanted = request.sampler_profile_version
+    have = pool.config.sampler_profile_version
+    if wanted is not None and wanted != have:
+        served = f"declares {have!r}" if have else "declares no sampler profile version"
+        raise InvalidParams(
+            f"sampler_profile_version {wanted!r} does not match pool {pool.id}, which {served}; "
+            "omit the field or ask for the pool's version (GET /v1/capabilities)",
+            engine=request.engine.value,
+            pool_id=pool.id,
+        )
+
+
 def model_requirements(pool: PoolRuntime) -> ModelRequirements:
     """What the pool's model needs, from config and what the engine reported (D-CORE-05).
 
@@ -429,6 +490,5 @@ _COUNTED_REASONS = frozenset(
         "INVALID_PARAMS",
         "POOL_UNREADY",
         "POOL_UNAVAILABLE",
-        "REPLICA_EXHAUSTED",
     }
 )

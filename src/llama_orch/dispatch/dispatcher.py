@@ -1,21 +1,19 @@
 """Dispatcher: pool queues -> ``core.decide`` -> replica slots -> adapter host -> task streams.
 
 Cancel is race-free because everything that touches a task runs on the event loop thread:
-``cancel`` flips the task to a terminal state and publishes the terminal frame synchronously,
-and every token is published only after checking that the task is not terminal. The runner is
-then canceled, which closes the adapter stream and so the upstream request.
+``cancel`` moves the task to a terminal state and publishes the terminal frame in the same
+step, and a task's transitions refuse tokens once it is terminal. The runner is then canceled,
+which closes the adapter stream and so the upstream request.
 
 Placement has one entry point: the replica a task runs on is chosen by ``core.decide`` at the
-dispatch stage, over the snapshot of the pool whose queue held the task (SPEC §17.6).
+dispatch stage, over the snapshot of the pool whose queue held the task.
+
+A queued task's start deadline is a timer on the clock, armed at enqueue: nothing polls.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import heapq
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from itertools import islice
 from typing import Any
@@ -23,7 +21,11 @@ from typing import Any
 from prometheus_client import Gauge
 
 from llama_orch.adapters.host import AdapterHost
+from llama_orch.clock import SystemClock
 from llama_orch.config import Config
+from llama_orch.contracts import frames
+from llama_orch.contracts.frames import Frame
+from llama_orch.core.clock import Clock, Timer
 from llama_orch.core.model import (
     AffinityOutcome,
     Assigned,
@@ -34,20 +36,19 @@ from llama_orch.core.model import (
     Stage,
 )
 from llama_orch.core.placement import decide
+from llama_orch.core.prediction import EXACT_LIMIT, on_time_probability
 from llama_orch.core.queue import Rejected
 from llama_orch.dispatch.endings import Endings
 from llama_orch.dispatch.lanes import NEVER_MS, PoolLane
-from llama_orch.dispatch.predict import EXACT_LIMIT, on_time_probability
 from llama_orch.dispatch.runner import Runner, replica_labels
-from llama_orch.dispatch.sessions import SessionStore
+from llama_orch.dispatch.sessions import SessionStore, session_rules
 from llama_orch.dispatch.tasks import Task, TaskRegistry, TaskState
-from llama_orch.errors import AdmissionRejected, OrchError, QueueFullDropLru
+from llama_orch.errors import AdmissionRejected, QueueFullDropLru
 from llama_orch.observability.metrics import Metrics, PlacementMetrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.manager import PoolManager, Replica, ReplicaState
+from llama_orch.supervisor import Supervisor
 from llama_orch.vocab import Priority
-
-Clock = Callable[[], float]
 
 
 class Dispatcher:
@@ -59,6 +60,7 @@ class Dispatcher:
         metrics: Metrics,
         *,
         clock: Clock | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._config = config
         self._pools = pools
@@ -68,17 +70,18 @@ class Dispatcher:
         self.placement_metrics: PlacementMetrics = metrics.bind_placement()
         #: ``queue_depth`` children per pool, with the engine_version they were bound for.
         self._depth_gauges: dict[str, tuple[str, dict[str, Gauge]]] = {}
-        self._clock = clock or time.monotonic
+        self._clock: Clock = clock or SystemClock()
+        self._supervisor = supervisor or Supervisor(metrics)
         server = config.server
         self.tasks = TaskRegistry(
             retention_s=server.transcript_retention_s,
             max_bytes=server.transcript_max_bytes,
             max_tasks=server.max_tracked_tasks,
         )
-        self.sessions = SessionStore(config.sessions)
+        self.sessions = SessionStore(session_rules(config.sessions))
         self.lanes = {pool_id: PoolLane(pool) for pool_id, pool in pools.pools.items()}
-        self._deadlines: list[tuple[float, str]] = []
-        self._background: set[asyncio.Task[Any]] = set()
+        #: The start-deadline timer of every queued task.
+        self._deadlines: dict[str, Timer] = {}
         self.endings = Endings(
             tasks=self.tasks,
             sessions=self.sessions,
@@ -92,38 +95,38 @@ class Dispatcher:
             sessions=self.sessions,
             endings=self.endings,
             metrics=metrics,
-            clock=self.now,
-            metrics_payload=self.metrics_payload,
+            clock=self._clock,
+            metrics_frame=self.metrics_frame,
             metrics_interval_s=server.sse.metrics_frame_interval_ms / 1000,
         )
         pools.on_capacity_change(self._wake)
+        metrics.tasks_retained_bytes.set_function(lambda: self.tasks.stats().finished_bytes)
+
+    @property
+    def pools(self) -> PoolManager:
+        return self._pools
 
     def now(self) -> float:
-        return self._clock()
+        return self._clock.now()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         for pool_id, lane in self.lanes.items():
-            self._spawn(self._pool_loop(lane), name=f"dispatch-{pool_id}")
-        self._spawn(self._deadline_loop(), name="deadline-sweeper")
+            self._supervisor.loop(f"dispatch-{pool_id}", _loop_of(self._pool_loop, lane))
 
-    async def stop(self) -> None:
+    def shutdown(self) -> None:
+        """End every live task (``end`` with ``canceled: true``), so every stream closes."""
         for task in self.tasks.live_tasks():
-            if task.state is TaskState.RUNNING:
-                self.cancel(task.id, reason="shutdown")
-        tasks = list(self._background)
-        for bg in tasks:
-            bg.cancel()
-        for bg in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await bg
+            self.cancel(task.id, reason="shutdown")
 
-    def _spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self.shutdown()
+        for timer in self._deadlines.values():
+            timer.cancel()
+        self._deadlines.clear()
+        await self._supervisor.cancel_loops(f"dispatch-{pool_id}" for pool_id in self.lanes)
+        await self._supervisor.drain_jobs(grace_s)
 
     def _wake(self, pool_id: str) -> None:
         lane = self.lanes.get(pool_id)
@@ -218,7 +221,9 @@ class Dispatcher:
                 engine=engine,
             )
         self.tasks.add(task)
-        heapq.heappush(self._deadlines, (task.deadline_at, task.id))
+        self._deadlines[task.id] = self._clock.call_at(
+            task.deadline_at, lambda: self._deadline_passed(task.id)
+        )
         if outcome.evicted is not None:
             self._metrics.admission_backpressure_events_total.labels(engine, "drop-lru").inc()
             self._evict(outcome.evicted, by=task)
@@ -294,6 +299,7 @@ class Dispatcher:
                 lane.queue.dequeue()
                 continue
             if now > task.deadline_at:
+                self._disarm_deadline(task.id)
                 self.endings.expire(task)
                 continue
             job = self._job_at_dispatch(task, now)
@@ -321,11 +327,20 @@ class Dispatcher:
         return replace(task.job, affinity=self.sessions.affinity(task.session_id, now))
 
     def _start(self, task: Task, lane: PoolLane, replica: Replica, decision: Assigned) -> None:
-        task.state = TaskState.RUNNING
-        task.replica_id = replica.replica_id
-        task.engine_version = replica.engine_version
-        task.started_at = self.now()
-        task.decision = decision.log
+        now = self.now()
+        session = self.sessions.get(task.session_id, now)
+        warm_here = session is not None and (task.pool_id, replica.replica_id) in session.warm
+        request = task.request
+        assert request is not None  # a queued task still holds what it will send
+        # A failover always starts cold: KV is never migrated.
+        task.start(
+            now,
+            replica_id=replica.replica_id,
+            engine_version=replica.engine_version,
+            kv_warm=warm_here and decision.log.affinity is not AffinityOutcome.FAILOVER,
+            decision=decision.log,
+        )
+        self._disarm_deadline(task.id)
         lane.running[task.id] = task
         if replica.metrics is not None:
             started = (
@@ -334,11 +349,7 @@ class Dispatcher:
                 else replica.metrics.started_batch
             )
             started.inc()
-        session = self.sessions.get(task.session_id, task.started_at)
-        warm_here = session is not None and (task.pool_id, replica.replica_id) in session.warm
-        # A failover always starts cold: KV is never migrated (ORCH-3023).
-        task.kv_warm = warm_here and decision.log.affinity is not AffinityOutcome.FAILOVER
-        queue_ms = int((task.started_at - task.admitted_at) * 1000)
+        queue_ms = int((now - task.admitted_at) * 1000)
         narrate(
             "dispatcher",
             "place",
@@ -349,7 +360,11 @@ class Dispatcher:
             queue_time_ms=queue_ms,
             **{**decision.log.fields(), "kv_warmth": task.kv_warm},
         )
-        task.runner = self._spawn(self._runner.run(task, lane, replica), name=f"task-{task.id}")
+        runner = self._supervisor.job(
+            self._runner.run(task, lane, replica, request), name=f"task-{task.id}"
+        )
+        runner.add_done_callback(lambda _: self._runner.release(task, lane, replica))
+        task.runner = runner
 
     def on_time_probability(self, task: Task, lane: PoolLane) -> float:
         now = self.now()
@@ -363,24 +378,23 @@ class Dispatcher:
             wait, task.deadline_at - now, cv=cv, releases=position // slots + 1
         )
 
-    def metrics_payload(self, task: Task, lane: PoolLane) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "queue_depth": len(lane.queue),
-            "on_time_probability": round(self.on_time_probability(task, lane), 4),
-            "kv_warmth": task.kv_warm,
-        }
-        if task.decision is not None and task.decision.affinity is AffinityOutcome.FAILOVER:
-            payload["kv_migrated"] = False
-        payload.update(self.budget_fields(task.session_id))
-        return payload
+    def metrics_frame(self, task: Task, lane: PoolLane) -> Frame:
+        failover = task.decision is not None and task.decision.affinity is AffinityOutcome.FAILOVER
+        return frames.metrics_frame(
+            queue_depth=len(lane.queue),
+            on_time_probability=self.on_time_probability(task, lane),
+            kv_warmth=task.kv_warm,
+            kv_migrated=False if failover else None,
+            budgets=self.budget_fields(task.session_id),
+        )
 
-    def budget_fields(self, session_id: str) -> dict[str, Any]:
+    def budget_fields(self, session_id: str) -> dict[str, int | float]:
         """The session's remaining budgets as SSE ``metrics`` fields (only enabled ones)."""
         session = self.sessions.get(session_id, self.now())
         if session is None:
             return {}
         left = session.remaining()
-        fields: dict[str, Any] = {}
+        fields: dict[str, int | float] = {}
         if left.tokens is not None:
             fields["tokens_budget_remaining"] = left.tokens
         if left.time_ms is not None:
@@ -389,35 +403,17 @@ class Dispatcher:
             fields["cost_budget_remaining"] = left.cost
         return fields
 
-    def budget_headers(self, session_id: str) -> dict[str, str]:
-        """``X-Budget-*`` response headers for the session's enabled budgets (SPEC §6.2)."""
-        fields = self.budget_fields(session_id)
-        names = {
-            "tokens_budget_remaining": "X-Budget-Tokens-Remaining",
-            "time_budget_remaining_ms": "X-Budget-Time-Remaining-Ms",
-            "cost_budget_remaining": "X-Budget-Cost-Remaining",
-        }
-        # Floats are rounded to nano-units so the header never carries binary noise.
-        return {
-            names[k]: str(round(v, 9)) if isinstance(v, float) else str(v)
-            for k, v in fields.items()
-        }
+    def _deadline_passed(self, task_id: str) -> None:
+        self._deadlines.pop(task_id, None)
+        task = self.tasks.get(task_id)
+        if task is not None and task.state is TaskState.QUEUED:
+            self.endings.expire(task)
+            self._refresh_depth(self.lanes[task.pool_id])
 
-    # -- endings -------------------------------------------------------------------------------
-
-    def fail(self, task: Task, error: OrchError) -> None:
-        self.endings.fail(task, error)
-
-    async def _deadline_loop(self) -> None:
-        while True:
-            await asyncio.sleep(0.05)
-            now = self.now()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                _, task_id = heapq.heappop(self._deadlines)
-                task = self.tasks.get(task_id)
-                if task is not None and task.state is TaskState.QUEUED:
-                    self.endings.expire(task)
-                    self._refresh_depth(self.lanes[task.pool_id])
+    def _disarm_deadline(self, task_id: str) -> None:
+        timer = self._deadlines.pop(task_id, None)
+        if timer is not None:
+            timer.cancel()
 
     def cancel(self, task_id: str, *, reason: str = "client") -> Task | None:
         """Cancel a task; idempotent. Returns None for an unknown task."""
@@ -427,22 +423,31 @@ class Dispatcher:
         lane = self.lanes[task.pool_id]
         replica_id = task.replica_id
         if task.state is TaskState.QUEUED:
-            self.endings.end(task, TaskState.CANCELED, canceled=True)
+            self._disarm_deadline(task.id)
+            self.endings.cancel(task)
             self._refresh_depth(lane)
             labels: tuple[str, ...] = (task.engine.value, "unknown", task.pool_id, "none")
         else:
-            replica = next(r for r in lane.pool.replicas if r.replica_id == replica_id)
-            self.endings.end(task, TaskState.CANCELED, replica=replica, canceled=True)
-            labels = replica_labels(task, replica)
-            if task.runner is not None:
-                task.runner.cancel()
+            replica = lane.replica(replica_id)
+            runner = task.runner
+            self.endings.cancel(task, replica)
+            labels = replica_labels(task, replica) if replica is not None else ()
+            if runner is not None:
+                runner.cancel()
             if replica_id is not None:
-                self._spawn(
+                self._supervisor.job(
                     self._host.cancel(task.pool_id, replica_id, task.id),
                     name=f"engine-cancel-{task.id}",
                 )
-        self._metrics.tasks_canceled_total.labels(*labels, reason).inc()
+        if labels:
+            self._metrics.tasks_canceled_total.labels(*labels, reason).inc()
         return task
+
+
+def _loop_of(
+    loop: Callable[[PoolLane], Coroutine[Any, Any, None]], lane: PoolLane
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    return lambda: loop(lane)
 
 
 def _why(decision: Assigned) -> str:

@@ -1,6 +1,10 @@
-"""How tasks end: ``end`` (done or canceled), ``fail`` (an error frame) and ``expire`` (the
-deadline passed while queued). Every ending publishes exactly one terminal frame, settles the
-session's budget reservation, and records the task as finished.
+"""How tasks end: ``done``, ``cancel``, ``fail`` (an error frame) and ``expire`` (the deadline
+passed while queued). Each one applies the task's own transition (which publishes the one
+terminal frame), takes a queued task out of its queue, settles the session's budget
+reservation, counts what the task used, and records the task as finished.
+
+When stream traces are kept, the transcript is stored as it ends and the terminal frame the
+client receives (and the task's log line) carries the trace's id.
 """
 
 from __future__ import annotations
@@ -8,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
+from llama_orch.contracts.frames import Frame
 from llama_orch.dispatch.lanes import PoolLane
 from llama_orch.dispatch.sessions import SessionStore
 from llama_orch.dispatch.tasks import Task, TaskRegistry, TaskState
@@ -20,6 +27,28 @@ from llama_orch.vocab import Priority
 #: Stores a finished stream's transcript and returns its artifact id (or None when disabled):
 #: called with the task's log fields, its frames so far, and its terminal (event, payload).
 TraceSink = Callable[[Mapping[str, Any], Sequence[tuple[str, bytes]], tuple[str, Any]], str | None]
+
+
+class _Stamp:
+    """Stores the transcript ending with the terminal frame and puts the trace's id on that
+    frame (the stored copy has none: an id cannot hash itself)."""
+
+    __slots__ = ("_sink", "_task", "trace_id")
+
+    def __init__(self, sink: TraceSink, task: Task) -> None:
+        self._sink = sink
+        self._task = task
+        self.trace_id: str | None = None
+
+    def __call__(self, frame: Frame) -> Frame:
+        event, data = frame
+        payload = orjson.loads(data)
+        task = self._task
+        self.trace_id = self._sink(task.log_fields(), task.stream.frames(), (event, dict(payload)))
+        if self.trace_id is None:
+            return frame
+        payload["trace_id"] = self.trace_id
+        return event, orjson.dumps(payload)
 
 
 class Endings:
@@ -40,76 +69,66 @@ class Endings:
         #: Set by the application when stream traces are stored (server.trace_retention).
         self.trace: TraceSink | None = None
 
-    def _traced(self, task: Task, event: str, payload: dict[str, Any]) -> str | None:
-        """Store the transcript ending with ``payload``; the id then rides on the frame."""
-        if self.trace is None:
-            return None
-        trace_id = self.trace(task.log_fields(), task.stream.frames(), (event, payload))
-        if trace_id is not None:
-            payload["trace_id"] = trace_id
-        return trace_id
+    def _stamp(self, task: Task) -> _Stamp | None:
+        return None if self.trace is None else _Stamp(self.trace, task)
 
-    def end(
-        self,
-        task: Task,
-        state: TaskState,
-        *,
-        replica: Replica | None = None,
-        canceled: bool = False,
-    ) -> None:
+    def done(self, task: Task, replica: Replica) -> None:
+        """The engine finished the task: ``end``, and the replica's perf learns from it."""
         now = self._clock()
-        decode_ms = int((now - task.first_token_at) * 1000) if task.first_token_at else 0
-        payload: dict[str, Any] = {
-            "tokens_out": task.tokens_out,
-            "decode_time_ms": decode_ms,
-            "decode_ms": decode_ms,
-            "tokens_in": task.tokens_in,
-        }
-        if canceled:
-            payload["canceled"] = True
-        if task.state is TaskState.QUEUED:
+        stamp = self._stamp(task)
+        task.finish(now, stamp=stamp)
+        decode_ms = task.decode_ms(now)
+        self._settle(task, now, decode_ms, served=True)
+        self._count(task, replica, decode_ms)
+        if task.started_at is not None:
+            self._lanes[task.pool_id].perf_of(replica.replica_id).observe(
+                first_token_s=(task.first_token_at - task.started_at)
+                if task.first_token_at
+                else None,
+                tokens=task.tokens_out,
+                decode_s=decode_ms / 1000,
+                expected=task.expected_tokens,
+            )
+        self._finished(task, now, "stream-end", f"Ends task {task.id[:8]}", stamp)
+
+    def cancel(self, task: Task, replica: Replica | None = None) -> None:
+        """``end`` with ``canceled: true``; a queued task leaves its queue."""
+        now = self._clock()
+        queued = task.state is TaskState.QUEUED
+        stamp = self._stamp(task)
+        task.cancel(now, stamp=stamp)
+        if queued:
             self._lanes[task.pool_id].drop(task)
-        task.state = state
-        trace_id = self._traced(task, "end", payload)
-        task.stream.publish("end", payload)
-        self._settle(task, now, decode_ms, served=state is TaskState.DONE)
+        decode_ms = task.decode_ms(now)
+        self._settle(task, now, decode_ms, served=False)
         if replica is not None:
             self._count(task, replica, decode_ms)
-            if state is TaskState.DONE and task.started_at is not None:
-                self._lanes[task.pool_id].perf_of(replica.replica_id).observe(
-                    first_token_s=(task.first_token_at - task.started_at)
-                    if task.first_token_at
-                    else None,
-                    tokens=task.tokens_out,
-                    decode_s=decode_ms / 1000,
-                    expected=task.expected_tokens,
-                )
+        self._finished(task, now, "cancel", f"Ends task {task.id[:8]} on cancel", stamp)
+
+    def _finished(
+        self, task: Task, now: float, action: str, human: str, stamp: _Stamp | None
+    ) -> None:
         self._tasks.finished(task, now)
         narrate(
             "dispatcher",
-            "cancel" if canceled else "stream-end",
+            action,
             task.pool_id,
-            f"Ends task {task.id[:8]}"
-            + (" on cancel" if canceled else "")
-            + f" after {task.tokens_out} tokens.",
+            f"{human} after {task.tokens_out} tokens.",
             **task.log_fields(),
             tokens_in=task.tokens_in,
             tokens_out=task.tokens_out,
-            decode_time_ms=decode_ms,
-            trace_id=trace_id,
+            decode_time_ms=task.decode_ms(now),
+            trace_id=stamp.trace_id if stamp is not None else None,
         )
 
     def fail(self, task: Task, error: OrchError) -> None:
         now = self._clock()
-        if task.state is TaskState.QUEUED:
+        queued = task.state is TaskState.QUEUED
+        stamp = self._stamp(task)
+        task.fail(now, error, stamp=stamp)
+        if queued:
             self._lanes[task.pool_id].drop(task)
-        task.state = TaskState.FAILED
-        payload = error.envelope()
-        payload.setdefault("engine", task.engine.value)
-        trace_id = self._traced(task, "error", payload)
-        task.stream.publish("error", payload)
-        decode_ms = int((now - task.first_token_at) * 1000) if task.first_token_at else 0
-        self._settle(task, now, decode_ms, served=False)
+        self._settle(task, now, task.decode_ms(now), served=False)
         self._tasks.finished(task, now)
         narrate(
             "dispatcher",
@@ -120,8 +139,8 @@ class Endings:
             **task.log_fields(),
             error_kind=error.kind.value,
             tokens_out=task.tokens_out,
-            trace_id=trace_id,
             retry_after_ms=error.retry_after_ms,
+            trace_id=stamp.trace_id if stamp is not None else None,
         )
 
     def expire(self, task: Task) -> None:

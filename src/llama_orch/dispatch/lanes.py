@@ -8,24 +8,24 @@ import asyncio
 
 from llama_orch.config import PoolConfig
 from llama_orch.core.model import PoolSnapshot
-from llama_orch.core.queue import AdmissionQueue, Enqueued, Rejected, burst_from_weights
-from llama_orch.core.ratelimit import TokenBucket
-from llama_orch.dispatch.predict import (
+from llama_orch.core.prediction import (
     EXACT_LIMIT,
     ReplicaPerf,
     SlotState,
     predicted_start_s,
     remaining_s,
 )
+from llama_orch.core.queue import AdmissionQueue, Enqueued, Rejected, burst_from_weights
+from llama_orch.core.ratelimit import TokenBucket
 from llama_orch.dispatch.tasks import Task
-from llama_orch.pool.manager import PoolManager, PoolRuntime
+from llama_orch.pool.manager import PoolManager, PoolRuntime, Replica
 from llama_orch.vocab import Engine, Priority
 
 #: What ``predicted_start_ms`` reports when no slot is Ready to ever start the task.
 NEVER_MS = 2**31 - 1
 
 
-def _interactive_burst(cfg: PoolConfig) -> int:
+def _interactive_burst(cfg: PoolConfig) -> int | None:
     weights = {p.name: p.weight for p in cfg.admission.priorities}
     return burst_from_weights(weights.get(Priority.INTERACTIVE), weights.get(Priority.BATCH))
 
@@ -76,13 +76,16 @@ class PoolLane:
     def id(self) -> str:
         return self.pool.id
 
+    def replica(self, replica_id: str | None) -> Replica | None:
+        return next((r for r in self.pool.replicas if r.replica_id == replica_id), None)
+
     def perf_of(self, replica_id: str) -> ReplicaPerf:
         perf = self.perf.get(replica_id)
         if perf is None:
             perf = self.perf[replica_id] = ReplicaPerf()
         if perf.samples == 0:
             # Until something was measured, follow the engine's latest perf hints.
-            replica = next((r for r in self.pool.replicas if r.replica_id == replica_id), None)
+            replica = self.replica(replica_id)
             if replica is not None:
                 perf.seed(replica.perf_tokens_per_s, replica.first_token_ms)
         return perf

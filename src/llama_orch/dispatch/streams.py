@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import orjson
 
 from llama_orch.contracts.events import TERMINAL_EVENTS
+from llama_orch.contracts.frames import Frame
 
-#: A non-token frame: the event name and its one-line JSON payload.
-Frame = tuple[str, bytes]
 #: A transcript entry: a token's text, or a non-token frame.
 Entry = str | Frame
 
@@ -34,7 +32,7 @@ _ENTRY_OVERHEAD = 64
 
 
 class TaskStream:
-    __slots__ = ("_closed", "_entries", "_nbytes", "_tokens", "_waiters")
+    __slots__ = ("_closed", "_entries", "_nbytes", "_subscribed", "_tokens", "_waiters")
 
     def __init__(self) -> None:
         self._entries: list[Entry] = []
@@ -42,6 +40,23 @@ class TaskStream:
         self._waiters: list[asyncio.Future[None]] = []
         self._nbytes = 0
         self._tokens = 0
+        self._subscribed = False
+
+    # -- the one live subscriber -----------------------------------------------------------------
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed
+
+    def subscribe(self) -> bool:
+        """Claim the stream for one live subscriber; False when another holds it."""
+        if self._subscribed:
+            return False
+        self._subscribed = True
+        return True
+
+    def unsubscribe(self) -> None:
+        self._subscribed = False
 
     @property
     def closed(self) -> bool:
@@ -64,38 +79,30 @@ class TaskStream:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def publish_token(self, text: str) -> None:
-        """Append the next token; its index is the number of tokens before it."""
-        if self._closed:
-            raise RuntimeError("stream is closed; refusing a token frame")
-        self._entries.append(text)
-        self._tokens += 1
-        self._nbytes += len(text) + _ENTRY_OVERHEAD
-        if self._waiters:
-            self._wake()
-
     def publish_tokens(self, texts: Sequence[str]) -> None:
-        """Append consecutive tokens (one upstream read's) in order, with one wake-up."""
+        """Append consecutive tokens (one upstream read's) in order, with one wake-up; the
+        first one's index is the number of tokens before it."""
         if self._closed:
             raise RuntimeError("stream is closed; refusing a token frame")
-        self._entries.extend(texts)
         count = len(texts)
+        if count == 1:
+            # The common case (engines that write one token per frame), kept cheap.
+            text = texts[0]
+            self._entries.append(text)
+            self._nbytes += len(text) + _ENTRY_OVERHEAD
+        else:
+            self._entries.extend(texts)
+            self._nbytes += sum(map(len, texts)) + _ENTRY_OVERHEAD * count
         self._tokens += count
-        self._nbytes += sum(map(len, texts)) + _ENTRY_OVERHEAD * count
         if self._waiters:
             self._wake()
 
-    def publish(self, event: str, payload: dict[str, Any]) -> None:
-        """Append one frame; a terminal frame closes the stream. Nothing follows a terminal."""
-        if event == "token":
-            if payload.get("i", self._tokens) != self._tokens:
-                raise ValueError(f"token index {payload.get('i')} != {self._tokens}")
-            self.publish_token(payload["t"])
-            return
+    def publish_frame(self, frame: Frame) -> None:
+        """Append one non-token frame; a terminal frame closes the stream for good."""
+        event, data = frame
         if self._closed:
             raise RuntimeError(f"stream is closed; refusing {event} frame")
-        data = orjson.dumps(payload)
-        self._entries.append((event, data))
+        self._entries.append(frame)
         self._nbytes += len(data) + len(event) + _ENTRY_OVERHEAD
         if event in TERMINAL_EVENTS:
             self._closed = True

@@ -136,6 +136,17 @@ class Metrics:
             ["engine", "pool_id"],
             registry=r,
         )
+        self.background_restarts_total = Counter(
+            "background_restarts_total",
+            "Background loops restarted by the supervisor after a crash",
+            ["loop"],
+            registry=r,
+        )
+        self.tasks_retained_bytes = Gauge(
+            "tasks_retained_bytes",
+            "Bytes held by finished tasks kept for replay (transcripts and records)",
+            registry=r,
+        )
         self.gpu_inventory_simulated = Gauge(
             "gpu_inventory_simulated",
             "1 when gpu_utilization and vram_used_bytes come from a simulated GPU inventory",

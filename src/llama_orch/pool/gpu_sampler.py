@@ -8,7 +8,6 @@ result. A simulated inventory is published as declared and flagged by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from prometheus_client import Gauge
@@ -17,6 +16,7 @@ from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory
 from llama_orch.pool.manager import PoolManager
+from llama_orch.supervisor import Supervisor
 
 Reader = Callable[[], GpuInventory]
 
@@ -26,7 +26,9 @@ _Labels = tuple[str, str, str, str, str]
 
 
 class GpuSampler:
-    """Owns one background task; ``start`` publishes a first sample before returning."""
+    """One supervised loop; ``start`` publishes a first sample before returning."""
+
+    LOOP = "gpu-sampler"
 
     def __init__(
         self,
@@ -36,13 +38,14 @@ class GpuSampler:
         *,
         simulated: bool,
         interval_s: float = 5.0,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._pools = pools
+        self._supervisor = supervisor or Supervisor(metrics)
         self._metrics = metrics
         self._read = read
         self._simulated = simulated
         self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
         self._bound: dict[_Key, tuple[_Labels, Gauge, Gauge]] = {}
         self._failing = False
         #: The last inventory read (the declared one until the first sample).
@@ -50,25 +53,40 @@ class GpuSampler:
 
     @classmethod
     def for_pools(
-        cls, pools: PoolManager, metrics: Metrics, *, interval_s: float = 5.0
+        cls,
+        pools: PoolManager,
+        metrics: Metrics,
+        *,
+        interval_s: float = 5.0,
+        supervisor: Supervisor | None = None,
     ) -> GpuSampler:
         """Sample NVML on a real machine; republish the declared inventory when simulated."""
         inventory = pools.inventory
         if inventory.simulated:
-            return cls(pools, metrics, lambda: inventory, simulated=True, interval_s=interval_s)
-        return cls(pools, metrics, nvml_inventory, simulated=False, interval_s=interval_s)
+            return cls(
+                pools,
+                metrics,
+                lambda: inventory,
+                simulated=True,
+                interval_s=interval_s,
+                supervisor=supervisor,
+            )
+        return cls(
+            pools,
+            metrics,
+            nvml_inventory,
+            simulated=False,
+            interval_s=interval_s,
+            supervisor=supervisor,
+        )
 
     async def start(self) -> None:
         self._metrics.gpu_inventory_simulated.set(1 if self._simulated else 0)
         await self.sample_once()
-        self._task = asyncio.create_task(self._loop(), name="gpu-sampler")
+        self._supervisor.loop(self.LOOP, self._loop)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._supervisor.cancel_loops([self.LOOP])
 
     async def _loop(self) -> None:
         while True:

@@ -16,7 +16,7 @@ as not Ready until a probe succeeds again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ from llama_orch.observability.metrics import Metrics, ReplicaMetrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.gpus import GpuInventory
 from llama_orch.provisioners.pool_models import PoolModels
+from llama_orch.supervisor import Supervisor
 from llama_orch.vocab import Engine, ProvisioningMode
 
 #: Context limit used when neither the pool config nor the engine states one.
@@ -165,10 +166,12 @@ class PoolManager:
         stale_after_s: float = STALE_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
         models: PoolModels | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         #: The catalog view of each pool's model: the model_present gate, VRAM estimates.
         self.models = models
         self._host = host
+        self._supervisor = supervisor or Supervisor(metrics)
         self._factory = adapter_factory
         self._metrics = metrics
         self._inventory = inventory
@@ -178,7 +181,7 @@ class PoolManager:
         self._clock = clock
         #: Monotonic topology version (ORCH-3410); see the module docstring.
         self.snapshot_version = 0
-        self._probe_tasks: list[asyncio.Task[None]] = []
+        self._probe_loops: list[str] = []
         self._listeners: list[Callable[[str], None]] = []
         self.pools: dict[str, PoolRuntime] = {}
         for cfg in pools:
@@ -274,21 +277,15 @@ class PoolManager:
         await self.probe_all()
         # One loop per replica: a slow or hung engine delays only its own heartbeat, never
         # another replica's (whose heartbeat would otherwise lapse and go stale).
-        self._probe_tasks = [
-            asyncio.create_task(
-                self._probe_loop(pool, replica), name=f"probe-{pool.id}-{replica.replica_id}"
-            )
-            for pool in self.pools.values()
-            for replica in pool.replicas
-        ]
+        for pool in self.pools.values():
+            for replica in pool.replicas:
+                name = f"probe-{pool.id}-{replica.replica_id}"
+                self._supervisor.loop(name, functools.partial(self._probe_loop, pool, replica))
+                self._probe_loops.append(name)
 
     async def stop(self) -> None:
-        for task in self._probe_tasks:
-            task.cancel()
-        for task in self._probe_tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._probe_tasks = []
+        await self._supervisor.cancel_loops(self._probe_loops)
+        self._probe_loops = []
         await self._host.aclose()
 
     async def _probe_loop(self, pool: PoolRuntime, replica: Replica) -> None:

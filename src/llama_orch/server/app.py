@@ -1,21 +1,19 @@
-"""create_app(deps) -> Starlette. The lifespan starts and stops the pool manager, the dispatcher
-and the GPU sampler; every request passes the correlation, redaction and auth middleware."""
+"""create_app(deps) -> Starlette. The lifespan starts and stops the pool manager, the task service
+and the GPU sampler, then the supervisor that owns their loops; every request passes the
+correlation, redaction and auth middleware."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 
 from llama_orch.auth.policy import AuthPolicy
 from llama_orch.config import Settings
-from llama_orch.errors import ErrorKind, NotFound, OrchError
+from llama_orch.errors import OrchError
 from llama_orch.observability.redaction import Redactor
 from llama_orch.pool.gpu_sampler import GpuSampler
 from llama_orch.server import (
@@ -27,17 +25,9 @@ from llama_orch.server import (
     frontdoor,
 )
 from llama_orch.server.deps import AppDeps
-from llama_orch.server.errors import error_response, handle_orch_error
+from llama_orch.server.errors import handle_http_exception, handle_orch_error
 from llama_orch.server.guards import RequestGuards
 from llama_orch.server.middleware import AuthMiddleware, CorrelationMiddleware
-
-
-async def _http_exception(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        return error_response(NotFound("no such endpoint; see GET /openapi/data.yaml"))
-    body = {"code": ErrorKind.INVALID_PARAMS.value, "message": str(exc.detail)}
-    return Response(orjson.dumps(body), exc.status_code, exc.headers, media_type="application/json")
 
 
 def auth_policy_of(settings: Settings) -> AuthPolicy:
@@ -61,21 +51,25 @@ def create_app(
     extra_middleware: list[Middleware] | None = None,
     gpu_sample_interval_s: float = 5.0,
     console_interval_s: float = 0.5,
+    shutdown_timeout_s: float = 5.0,
 ) -> Starlette:
-    sampler = GpuSampler.for_pools(deps.pools, deps.metrics, interval_s=gpu_sample_interval_s)
+    sampler = GpuSampler.for_pools(
+        deps.pools, deps.metrics, interval_s=gpu_sample_interval_s, supervisor=deps.supervisor
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await deps.pools.start()
-        await deps.dispatcher.start()
+        await deps.service.start()
         await sampler.start()
         try:
             yield
         finally:
             await feed.aclose()
             await sampler.stop()
-            await deps.dispatcher.stop()
+            await deps.service.stop(shutdown_timeout_s)
             await deps.pools.stop()
+            await deps.supervisor.stop(shutdown_timeout_s)
             deps.artifacts.close()
 
     routes = [
@@ -102,7 +96,7 @@ def create_app(
             Middleware(AuthMiddleware, policy=auth_policy_of(deps.settings)),
             *(extra_middleware or []),
         ],
-        exception_handlers={OrchError: handle_orch_error, HTTPException: _http_exception},
+        exception_handlers={OrchError: handle_orch_error, HTTPException: handle_http_exception},
         lifespan=lifespan,
     )
     # RequestGuards redirects trailing slashes itself, without repeating the Host header.

@@ -33,13 +33,13 @@ async def pool_health(request: Request) -> Response:
     pool = deps.pools.pools.get(pool_id)
     if pool is None:
         raise NotFound(f"pool {pool_id!r} is not configured; see GET /v1/capabilities")
-    lane = deps.dispatcher.lanes[pool_id]
+    status = deps.service.pool_status(pool_id)
     health = PoolHealth(
         live=any(r.state is not ReplicaState.STARTING for r in pool.replicas),
         ready=pool.ready,
         draining=pool.draining,
         metrics={
-            "queue_depth": len(lane.queue),
+            "queue_depth": status.queue_depth,
             "replicas": [
                 {
                     "replica_id": r.replica_id,

@@ -9,23 +9,25 @@ from starlette.requests import Request
 from llama_orch.adapters.host import AdapterHost
 from llama_orch.artifacts import ArtifactStore
 from llama_orch.config import Config, Settings
-from llama_orch.dispatch.admission import Admission
-from llama_orch.dispatch.dispatcher import Dispatcher
+from llama_orch.dispatch.service import TaskService
 from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.manager import PoolManager
 from llama_orch.provisioners.models import ModelProvisioner
+from llama_orch.supervisor import Supervisor
 
 
 @dataclass(frozen=True, slots=True)
 class AppDeps:
     settings: Settings
     pools: PoolManager
-    dispatcher: Dispatcher
-    admission: Admission
+    #: Everything about tasks and sessions goes through here.
+    service: TaskService
     metrics: Metrics
-    #: The adapter host; the control plane reads its capability cache (ORCH-3603).
+    #: The adapter host; the control plane reads its capability cache.
     host: AdapterHost
     artifacts: ArtifactStore
+    #: Owns every background loop and job; stopped last.
+    supervisor: Supervisor
     #: The model catalog and provisioner behind /v1/catalog/models (None: no catalog routes).
     models: ModelProvisioner | None = None
 

@@ -25,20 +25,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
 
+from llama_orch.dispatch.service import StreamSettings
 from llama_orch.dispatch.streams import TaskStream
 from llama_orch.server.sse import KEEPALIVE, encode_frame, encode_token, encode_tokens
 
-
-@dataclass(frozen=True, slots=True)
-class EmitterSettings:
-    channel_cap: int = 32
-    microbatch: bool = False
-    max_delay_s: float = 0.010
-    max_tokens: int = 32
-    #: Seconds of silence before a ``: keep-alive`` comment; 0 turns heartbeats off.
-    heartbeat_s: float = 0.0
+#: The merged settings ``TaskService.open_stream`` hands over.
+EmitterSettings = StreamSettings
 
 
 class Emitter:
@@ -65,72 +58,94 @@ class Emitter:
         """``started`` first, then the transcript, keep-alives while idle; ends after a terminal."""
         stream = self._stream
         entries = stream.entries
-        settings = self._settings
-        cap = settings.channel_cap
-        microbatch = settings.microbatch
-        max_tokens = settings.max_tokens
-        heartbeat = settings.heartbeat_s or None
+        microbatch = self._settings.microbatch
+        heartbeat = self._settings.heartbeat_s or None
         loop = asyncio.get_running_loop()
         # Everything already in the transcript is a replay: written in full, never dropped.
-        live_from = len(entries)
-        index = 0
-        token_index = 0
+        cursor = _Cursor(live_from=len(entries))
         last_write = -1e18
         yield self._started
         self.frames_written = 1
         while True:
-            if index >= len(entries):
+            if cursor.index >= len(entries):
                 if stream.closed:
                     return
-                if not await stream.wait(index, heartbeat):
+                if not await stream.wait(cursor.index, heartbeat):
                     yield KEEPALIVE
                     continue
             if microbatch and not stream.closed:
-                # Hold a run of tokens until the delay budget since the last write is spent.
-                flush_at = last_write + settings.max_delay_s
-                while (
-                    not stream.closed
-                    and len(entries) - index < max_tokens
-                    and type(entries[-1]) is str
-                ):
-                    left = flush_at - loop.time()
-                    if left <= 0:
-                        break
-                    await stream.wait(len(entries), left)
-            end = len(entries)
-            drop_metrics = end - index > cap
-            parts: list[bytes] = []
-            dropped = 0
-            while index < end and len(parts) < cap:
-                entry = entries[index]
-                if isinstance(entry, str):
-                    if microbatch:
-                        stop = min(end, index + max_tokens)
-                        run = index + 1
-                        while run < stop and type(entries[run]) is str:
-                            run += 1
-                        count = run - index
-                        text = entry if count == 1 else "".join(entries[index:run])  # type: ignore[arg-type]
-                        parts.append(encode_tokens(text, token_index, count))
-                        token_index += count
-                        index = run
-                    else:
-                        parts.append(encode_token(entry, token_index))
-                        token_index += 1
-                        index += 1
-                    continue
-                event, data = entry
-                if drop_metrics and event == "metrics" and index >= live_from:
-                    dropped += 1
-                    index += 1
-                    continue
-                parts.append(encode_frame(event, data))
-                index += 1
-            if dropped:
-                self.dropped += dropped
-                if self._on_drop is not None:
-                    self._on_drop(dropped)
+                await self._hold(cursor.index, last_write + self._settings.max_delay_s, loop)
+            parts = self._next_chunk(cursor, len(entries))
             if parts:
                 self.frames_written += len(parts)
                 last_write = loop.time()
                 yield parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _hold(self, index: int, flush_at: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Micro-batch: let a run of tokens grow until the delay budget since the last write
+        is spent, ``max_tokens`` wait, or a non-token frame arrives."""
+        stream = self._stream
+        entries = stream.entries
+        max_tokens = self._settings.max_tokens
+        while not stream.closed and len(entries) - index < max_tokens and type(entries[-1]) is str:
+            left = flush_at - loop.time()
+            if left <= 0:
+                return
+            await stream.wait(len(entries), left)
+
+    def _next_chunk(self, cursor: _Cursor, end: int) -> list[bytes]:
+        """Encode up to ``channel_cap`` frames from the cursor on; under back-pressure (more
+        than ``channel_cap`` live frames waiting) waiting ``metrics`` frames are dropped."""
+        entries = self._stream.entries
+        cap = self._settings.channel_cap
+        microbatch = self._settings.microbatch
+        drop_metrics = end - cursor.index > cap
+        parts: list[bytes] = []
+        dropped = 0
+        index, token_index = cursor.index, cursor.token_index
+        while index < end and len(parts) < cap:
+            entry = entries[index]
+            if isinstance(entry, str):
+                count = self._token_run(index, end) if microbatch else 1
+                if microbatch:
+                    run = entries[index : index + count]
+                    text = entry if count == 1 else "".join(run)  # type: ignore[arg-type]
+                    parts.append(encode_tokens(text, token_index, count))
+                else:
+                    parts.append(encode_token(entry, token_index))
+                token_index += count
+                index += count
+                continue
+            event, data = entry
+            if drop_metrics and event == "metrics" and index >= cursor.live_from:
+                dropped += 1
+            else:
+                parts.append(encode_frame(event, data))
+            index += 1
+        cursor.index, cursor.token_index = index, token_index
+        if dropped:
+            self.dropped += dropped
+            if self._on_drop is not None:
+                self._on_drop(dropped)
+        return parts
+
+    def _token_run(self, index: int, end: int) -> int:
+        """How many consecutive tokens from ``index`` one micro-batch frame takes."""
+        entries = self._stream.entries
+        stop = min(end, index + self._settings.max_tokens)
+        run = index + 1
+        while run < stop and type(entries[run]) is str:
+            run += 1
+        return run - index
+
+
+class _Cursor:
+    """Where one subscriber is in the transcript."""
+
+    __slots__ = ("index", "live_from", "token_index")
+
+    def __init__(self, live_from: int) -> None:
+        #: Transcript entries before this one existed when the subscriber arrived (a replay).
+        self.live_from = live_from
+        self.index = 0
+        self.token_index = 0

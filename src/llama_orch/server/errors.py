@@ -1,4 +1,6 @@
-"""The one table from error kinds to HTTP (SPEC §6.4), and the handlers that apply it.
+"""The one table from error kinds to HTTP, and ``render_error``, the one function that turns an
+error into an answer: the exception handlers, the auth middleware and the catch-all for
+unexpected exceptions all use it.
 
 No response ever carries a stack trace; an unexpected exception is logged with its trace and
 answered with a plain INTERNAL envelope.
@@ -7,13 +9,21 @@ answered with a plain INTERNAL envelope.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import orjson
-import structlog
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llama_orch.errors import ErrorKind, InternalError, OrchError, PayloadTooLarge
+from llama_orch.errors import (
+    ErrorKind,
+    InternalError,
+    InvalidParams,
+    NotFound,
+    OrchError,
+    PayloadTooLarge,
+)
 
 STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID_PARAMS: 400,
@@ -29,28 +39,58 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.QUEUE_FULL_DROP_LRU: 429,
     ErrorKind.POOL_UNREADY: 503,
     ErrorKind.POOL_UNAVAILABLE: 503,
-    ErrorKind.REPLICA_EXHAUSTED: 503,
     ErrorKind.DECODE_TIMEOUT: 503,
     ErrorKind.WORKER_RESET: 503,
     ErrorKind.INTERNAL: 500,
 }
 
-_log = structlog.get_logger("llama_orch.server")
+
+@dataclass(frozen=True, slots=True)
+class RenderedError:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def response(self) -> Response:
+        return Response(self.body, self.status, self.headers, media_type="application/json")
 
 
-def error_response(error: OrchError) -> Response:
-    status = 413 if isinstance(error, PayloadTooLarge) else STATUS[error.kind]
+def render_error(
+    error: OrchError, *, correlation_id: str | None = None, status: int | None = None
+) -> RenderedError:
+    """Every error answer: status, headers and the envelope. Pure; ``error`` is not touched.
+
+    ``status`` overrides the kind's status for HTTP-level refusals (405 and the like) that
+    keep their own code. A 429 always advises a backoff (1 s unless the error says).
+    """
+    if status is None:
+        status = 413 if isinstance(error, PayloadTooLarge) else STATUS[error.kind]
+    body = error.envelope()
     headers: dict[str, str] = {}
     if status == 429:
         retry_ms = error.retry_after_ms if error.retry_after_ms is not None else 1000
-        error.retry_after_ms = retry_ms
+        body["retry_after_ms"] = retry_ms
+        body.setdefault("policy_label", "reject")
         headers["Retry-After"] = str(max(1, math.ceil(retry_ms / 1000)))
         headers["X-Backoff-Ms"] = str(retry_ms)
-        if error.policy_label is None:
-            error.policy_label = "reject"
     elif status == 503 and error.retry_after_ms is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_ms / 1000)))
-    return Response(orjson.dumps(error.envelope()), status, headers, media_type="application/json")
+    elif status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="llama-orch"'
+    if correlation_id:
+        body["correlation_id"] = correlation_id
+    return RenderedError(status, headers, orjson.dumps(body))
+
+
+def error_response(error: OrchError, *, status: int | None = None) -> Response:
+    return render_error(error, status=status).response()
+
+
+def internal_error() -> InternalError:
+    """What an unexpected exception is answered with; its trace goes to the log only."""
+    return InternalError(
+        "the server hit an unexpected error; it is logged with this request's correlation ID"
+    )
 
 
 async def handle_orch_error(_request: Request, exc: Exception) -> Response:
@@ -58,17 +98,11 @@ async def handle_orch_error(_request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
-async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    _log.error(
-        "unhandled",
-        actor="server",
-        action="error",
-        target=request.url.path,
-        human=f"Fails on {request.method} {request.url.path}: {type(exc).__name__}.",
-        exc_info=exc,
-    )
-    return error_response(
-        InternalError(
-            "the server hit an unexpected error; it is logged with this request's correlation ID"
-        )
-    )
+async def handle_http_exception(_request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no route, wrong method) in the same envelope."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound("no such endpoint; see GET /openapi/data.yaml"))
+    response = error_response(InvalidParams(str(exc.detail)), status=exc.status_code)
+    response.headers.update(exc.headers or {})
+    return response

@@ -11,16 +11,15 @@ import re
 import time
 import uuid
 
-import orjson
 import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llama_orch.auth.policy import AuthPolicy, is_console_asset
-from llama_orch.errors import AuthError, InternalError
+from llama_orch.errors import AuthError
 from llama_orch.observability.narration import narrate
 from llama_orch.observability.redaction import Redactor
-from llama_orch.server.errors import STATUS, error_response
+from llama_orch.server.errors import error_response, internal_error, render_error
 
 HEADER = "x-correlation-id"
 #: Identity of a request refused by auth; such a request has no identity to log.
@@ -136,12 +135,7 @@ class CorrelationMiddleware:
             )
             if not redacting.started:
                 redacting.body.clear()
-                response = error_response(
-                    InternalError(
-                        "the server hit an unexpected error; it is logged with this correlation ID"
-                    )
-                )
-                await response(scope, receive, send_with_id)
+                await error_response(internal_error())(scope, receive, send_with_id)
         finally:
             duration_ms = round((time.perf_counter() - started) * 1000, 2)
             method, path, status = scope["method"], scope["path"], redacting.status
@@ -208,14 +202,4 @@ class AuthMiddleware:
             correlation_id=cid,
             identity=ANONYMOUS,
         )
-        body = exc.envelope()
-        if cid:
-            body["correlation_id"] = cid
-        status = STATUS[exc.kind]
-        headers = [(b"content-type", b"application/json")]
-        if status == 401:
-            headers.append((b"www-authenticate", b'Bearer realm="llama-orch"'))
-        payload = orjson.dumps(body)
-        headers.append((b"content-length", str(len(payload)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+        await render_error(exc, correlation_id=cid).response()(scope, receive, send)

@@ -1,4 +1,4 @@
-"""SSE framing and the streaming response: the only place ``data:`` framing exists.
+"""The SSE streaming response (framing itself lives in ``contracts.frames``).
 
 ``SseResponse`` writes chunks as they come and races the writer against the client's
 disconnect (as Starlette's ``StreamingResponse`` does), so a client that goes away is noticed
@@ -13,33 +13,13 @@ import asyncio
 import enum
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 
-import orjson
 from starlette.types import Receive, Scope, Send
 
+from llama_orch.contracts.frames import encode_frame, encode_token, encode_tokens
+
+__all__ = ["KEEPALIVE", "Outcome", "SseResponse", "encode_frame", "encode_token", "encode_tokens"]
+
 KEEPALIVE = b": keep-alive\n\n"
-
-_PREFIXES: dict[str, bytes] = {}
-# Pre-encoded templates: a token frame is one %-format into one bytes object (ORCH-3400).
-_TOKEN = b'event: token\ndata: {"t":%b,"i":%d}\n\n'
-_TOKENS = b'event: token\ndata: {"t":%b,"i":%d,"n":%d}\n\n'
-
-
-def encode_frame(event: str, data: bytes) -> bytes:
-    """``event: <name>\\ndata: <json>\\n\\n``; the JSON is already one line."""
-    prefix = _PREFIXES.get(event)
-    if prefix is None:
-        prefix = _PREFIXES[event] = b"event: " + event.encode() + b"\ndata: "
-    return prefix + data + b"\n\n"
-
-
-def encode_token(text: str, index: int) -> bytes:
-    """One ``token`` frame ``{t, i}``; byte-identical to ``orjson.dumps({"t":..,"i":..})``."""
-    return _TOKEN % (orjson.dumps(text), index)
-
-
-def encode_tokens(text: str, index: int, count: int) -> bytes:
-    """A micro-batched ``token`` frame: concatenated text, first index, count (§17.14)."""
-    return _TOKENS % (orjson.dumps(text), index, count)
 
 
 class Outcome(enum.Enum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -56,8 +56,28 @@ def request(**kw: Any) -> GenerateRequest:
     return GenerateRequest(**base)
 
 
-async def collect(adapter: EngineAdapter, req: GenerateRequest) -> list[EngineEvent]:
-    return [event async for event in adapter.submit(req)]
+class Tok(NamedTuple):
+    """One token of a ``tokens`` event, for tests that reason token by token."""
+
+    kind: str
+    text: str
+    index: int
+
+
+def per_token(events: list[EngineEvent]) -> list[EngineEvent | Tok]:
+    """The events with every ``tokens`` batch spread into one ``Tok`` per token."""
+    out: list[EngineEvent | Tok] = []
+    for event in events:
+        if event.kind == "tokens":
+            out += [Tok("token", t, event.index + k) for k, t in enumerate(event.texts)]
+        else:
+            out.append(event)
+    return out
+
+
+async def collect(adapter: EngineAdapter, req: GenerateRequest) -> list[EngineEvent | Tok]:
+    """The whole stream, token by token (batch boundaries depend on reads, not on engines)."""
+    return per_token([event async for event in adapter.submit(req)])
 
 
 @contextlib.asynccontextmanager

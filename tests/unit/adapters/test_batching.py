@@ -53,42 +53,33 @@ READS = [
 class TestBatches:
     async def test_one_tokens_event_per_read_with_running_indices(self) -> None:
         """Each read's tokens arrive as one event; ``index`` is its first token's index."""
-        events = [e async for e in llamacpp(READS).submit_batches(request())]
+        events = [e async for e in llamacpp(READS).submit(request())]
         batches = [(e.index, list(e.texts)) for e in events if e.kind == "tokens"]
         assert [(0, ["a", "b", "c"]), (3, ["d"]), (4, ["e", "f"])] == batches
         assert ["started", "tokens", "tokens", "tokens", "end"] == [e.kind for e in events]
-
-    async def test_submit_flattens_to_the_same_tokens(self) -> None:
-        """``submit`` keeps the one-event-per-token contract over the same stream."""
-        events = [e async for e in llamacpp(READS).submit(request())]
-        tokens = [(e.index, e.text) for e in events if e.kind == "token"]
-        assert list(enumerate("abcdef")) == tokens
 
     async def test_tokens_before_an_error_frame_still_count(self) -> None:
         """An error frame mid-read ends the stream after the tokens read before it."""
         seen: list[EngineEvent] = []
         with pytest.raises(WorkerError):
-            async for event in llamacpp([frame("a") + frame("b") + ERROR]).submit_batches(
-                request()
-            ):
+            async for event in llamacpp([frame("a") + frame("b") + ERROR]).submit(request()):
                 seen.append(event)
         assert [(0, ["a", "b"])] == [(e.index, list(e.texts)) for e in seen if e.texts]
 
     async def test_the_host_relays_batches(self) -> None:
-        """The adapter host prefers ``submit_batches`` and passes its events on unchanged."""
+        """The adapter host passes the batched events on unchanged."""
         host = AdapterHost()
         host.bind("p", "r0", llamacpp(READS))
         texts: list[str] = []
         async for event in host.submit("p", "r0", request()):
-            assert event.kind != "token"
             texts += event.texts
         assert list("abcdef") == texts
 
     async def test_the_lease_ends_with_the_stream(self) -> None:
         """A stream counts as in flight while open, and stops counting when closed early."""
         adapter = llamacpp(READS)
-        stream = adapter.submit_batches(request())
-        await anext(stream)  # type: ignore[call-overload]
-        assert 1 == adapter.upstream.in_flight
-        await stream.aclose()  # type: ignore[attr-defined]
-        assert 0 == adapter.upstream.in_flight
+        stream = adapter.submit(request())
+        await anext(stream)
+        assert [1] == adapter.upstream.in_flight
+        await stream.aclose()
+        assert [0] == adapter.upstream.in_flight

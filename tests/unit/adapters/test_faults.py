@@ -19,9 +19,11 @@ from llama_orch.errors import (
 from llama_orch.testing.fake_engines import Behaviour, start_fake
 from tests.unit.adapters.engine_support import (
     KINDS,
+    Tok,
     adapter_for,
     collect,
     fake_and_adapter,
+    per_token,
     request,
 )
 
@@ -63,7 +65,7 @@ class TestFaultMapping:
         events, exc = await run_until_error(kind, Behaviour(**behaviour))
         assert error is type(exc)
         assert (code, kind) == (exc.envelope()["code"], exc.envelope()["engine"])
-        streamed = [e for e in events if e.kind == "token"]
+        streamed = [e for e in per_token(events) if e.kind == "token"]
         if "after" in next(iter(behaviour)):
             assert 2 == len(streamed)  # tokens before the fault still arrived, in order
 
@@ -125,14 +127,14 @@ class TestEngineSpecificFaults:
         """TGI's final </s> event ends the stream without adding text."""
         async with fake_and_adapter("tgi", Behaviour(eos_at=3)) as (_, adapter):
             events = await collect(adapter, request())
-        assert ["token"] * 3 == [e.kind for e in events if e.kind == "token"]
+        assert ["token"] * 3 == [e.kind for e in events if isinstance(e, Tok)]
         assert ("eos", 3) == (events[-1].data["finish_reason"], events[-1].data["tokens_out"])
 
     async def test_llamacpp_empty_content_is_skipped(self) -> None:
         """llama.cpp's held-back empty-content partials never become empty tokens."""
         async with fake_and_adapter("llamacpp", Behaviour(eos_at=4)) as (_, adapter):
             events = await collect(adapter, request())
-        tokens = [e.text for e in events if e.kind == "token"]
+        tokens = [e.text for e in events if isinstance(e, Tok)]
         assert (4, "eos") == (len(tokens), events[-1].data["finish_reason"])
         assert all(tokens)
 
@@ -171,5 +173,7 @@ class TestEngineSpecificFaults:
         async with fake_and_adapter("vllm") as (fake, adapter):
             first = await collect(adapter, request())
             second = await asyncio.wait_for(collect(adapter, request()), 5)
-        assert [e.text for e in first] == [e.text for e in second]
+        assert [getattr(e, "text", e.kind) for e in first] == [
+            getattr(e, "text", e.kind) for e in second
+        ]
         assert 2 == len(fake.requests)

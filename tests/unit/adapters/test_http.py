@@ -33,7 +33,13 @@ from llama_orch.errors import (
 )
 from llama_orch.observability.redaction import Redactor
 from llama_orch.testing.fake_engines import Behaviour, FakeLlamaCpp
-from tests.unit.adapters.engine_support import adapter_for, collect, fake_and_adapter, request
+from tests.unit.adapters.engine_support import (
+    Tok,
+    adapter_for,
+    collect,
+    fake_and_adapter,
+    request,
+)
 
 
 class Sleeps:
@@ -219,7 +225,7 @@ class TestUpstreamClients:
             probes_before = len(fake.requests)
 
             async def hold(task_id: str) -> None:
-                async for _ in adapter.submit_batches(request(task_id=task_id)):
+                async for _ in adapter.submit(request(task_id=task_id)):
                     pass
 
             holders = [asyncio.create_task(hold(f"t{i}")) for i in range(2)]
@@ -334,7 +340,7 @@ class TestTlsUpstreams:
                     with pytest.raises(WorkerUnavailable, match="certificate"):
                         await collect(checked, request(max_tokens=5))
                     events = await collect(trusting, request(max_tokens=5))
-                    tokens[via] = [e.text for e in events if e.kind == "token"]
+                    tokens[via] = [e.text for e in events if isinstance(e, Tok)]
                 finally:
                     await checked.aclose()
                     await trusting.aclose()

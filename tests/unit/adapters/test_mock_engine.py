@@ -52,8 +52,12 @@ class TestMockEngine:
     async def test_stream_order(self) -> None:
         """started, then tokens indexed 0..n-1, then end with the count."""
         events = await collect(engine(), request(max_tokens=4))
-        assert ["started", "token", "token", "token", "token", "end"] == [e.kind for e in events]
-        assert [0, 1, 2, 3] == [e.index for e in events if e.kind == "token"]
+        assert ["started", "tokens", "tokens", "tokens", "tokens", "end"] == [
+            e.kind for e in events
+        ]
+        assert [0, 1, 2, 3] == [
+            i for e in events if e.kind == "tokens" for i in range(e.index, e.index + len(e.texts))
+        ]
         assert 4 == events[-1].data["tokens_out"]
         assert events[0].data["simulated"] is True
 
@@ -64,7 +68,7 @@ class TestMockEngine:
         with pytest.raises(WorkerInternal):
             async for event in eng.submit(request()):
                 seen.append(event)
-        assert 2 == len([e for e in seen if e.kind == "token"])
+        assert 2 == sum(len(e.texts) for e in seen)
 
     async def test_reset_at_token(self) -> None:
         """reset_at_token raises WorkerReset mid-stream."""
@@ -76,11 +80,11 @@ class TestMockEngine:
         eng = engine(hang_after_token=1)
         stream = eng.submit(request())
         kinds = [(await anext(stream)).kind, (await anext(stream)).kind]
-        assert ["started", "token"] == kinds
+        assert ["started", "tokens"] == kinds
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
                 await anext(stream)
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
         assert ["t1"] == eng.canceled
 
     async def test_health_and_props_are_labelled_simulated(self) -> None:

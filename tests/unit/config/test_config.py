@@ -131,3 +131,65 @@ class TestEnvironment:
             {"ORCHD_SSE_CHANNEL_CAP": "8", "CANCEL_ON_DISCONNECT": "false"}, config=config
         ).config.server.sse
         assert (8, False) == (sse.channel_cap, sse.cancel_on_disconnect)
+
+
+class TestNotAvailableYet:
+    @pytest.mark.parametrize(
+        ("extra", "key"),
+        [
+            ("server: {artifacts_dir: /tmp/a}\n", "server.artifacts_dir"),
+            (
+                "pools:\n  - {id: p0, engine: mock, model: m0, engine_version: b1}\n",
+                "pools.0.engine_version",
+            ),
+            (
+                "pools:\n  - {id: p0, engine: mock, model: m0,\n"
+                "     require_same_engine_version: false}\n",
+                "pools.0.require_same_engine_version",
+            ),
+            ("pools:\n  - {id: p0, engine: mock, model: m0, preload: false}\n", "pools.0.preload"),
+        ],
+    )
+    def test_keys_nothing_acts_on_are_refused(self, extra: str, key: str) -> None:
+        """A key the schema knows but nothing acts on yet is refused, naming the key."""
+        base = "gpus: {simulated: [{index: 0, name: sim, vram_mb: 1024}]}\n"
+        if not extra.startswith("pools"):
+            extra += "pools:\n  - {id: p0, engine: mock, model: m0}\n"
+        issues = issues_of(base + extra)
+        assert [key] == [i.split(":")[0] for i in issues]
+
+    def test_tensor_split_on_an_external_engine_is_refused(self) -> None:
+        """tensor_split cannot reach an engine llama-orch does not start."""
+        text = """
+gpus: {simulated: [{index: 0, name: a, vram_mb: 1024}, {index: 1, name: b, vram_mb: 1024}]}
+pools:
+  - id: p0
+    engine: llamacpp
+    model: m0
+    devices: [0, 1]
+    tensor_split: [1, 1]
+    endpoint: http://127.0.0.1:9
+    provisioning: {mode: external}
+"""
+        assert ["pools.0.tensor_split"] == [i.split(":")[0] for i in issues_of(text)]
+
+    def test_sections_being_built_elsewhere_are_accepted(self) -> None:
+        """catalog and network_policy sections, and other provisioning modes, still load."""
+        text = (
+            MINIMAL
+            + """
+catalog: {root: /tmp/catalog}
+network_policy: {allow_outbound: false}
+"""
+        )
+        assert 1 == len(parse_config_text(text).pools)
+        source = """
+gpus: {simulated: [{index: 0, name: sim, vram_mb: 1024}]}
+pools:
+  - id: p0
+    engine: llamacpp
+    model: m0
+    preload: true
+    provisioning: {mode: source, source: {repo: https://example.invalid/x, ref: v1}}
+"""
+        assert 1 == len(parse_config_text(source).pools)

@@ -104,13 +104,27 @@ class TestGuardrails:
 
 class TestQueuePositions:
     def test_weights_give_the_burst(self) -> None:
-        """The burst is the interactive:batch weight ratio, 8 by default, at least 1."""
-        assert (8, 3, 1, 1) == (
+        """No weights: strict priority (None); else the interactive:batch weight ratio (a
+        missing interactive weight counts 8), at least 1."""
+        assert (None, 3, 1, 1, 8) == (
             burst_from_weights(None, None),
             burst_from_weights(6, 2),
             burst_from_weights(1, 9),
             burst_from_weights(None, 100),
+            burst_from_weights(8, None),
         )
+
+    def test_strict_priority_by_default(self) -> None:
+        """Without weights, a batch task waits while any interactive task is queued."""
+        queue = AdmissionQueue(100)
+        queue.enqueue("b0", Priority.BATCH)
+        for n in range(20):
+            queue.enqueue(f"i{n}", Priority.INTERACTIVE)
+        assert (20, [f"i{n}" for n in range(20)] + ["b0"]) == (
+            queue.position("b0"),
+            list(queue),
+        )
+        assert [f"i{n}" for n in range(20)] + ["b0"] == [queue.dequeue() for _ in range(21)]
 
     def test_batch_position_counts_the_burst(self) -> None:
         """A batch task waits behind at most `burst` interactive tasks."""

@@ -9,6 +9,7 @@ import pytest
 
 from llama_orch.adapters.host import AdapterHost
 from llama_orch.adapters.registry import build_adapter
+from llama_orch.core.clock import ManualClock
 from llama_orch.core.model import JobSpec, PlacementInput, Stage
 from llama_orch.core.placement import decide
 from llama_orch.dispatch.dispatcher import Dispatcher
@@ -33,7 +34,7 @@ async def test_identity_snapshots_decide_the_same(model: str, unready: tuple[str
     host, metrics = AdapterHost(), Metrics()
     inventory = simulated_inventory(config.gpus.simulated or [])
     pools = PoolManager(config.pools, inventory, host, build_adapter, metrics, probe_interval_s=60)
-    dispatcher = Dispatcher(config, pools, host, metrics, clock=lambda: 0.0)
+    dispatcher = Dispatcher(config, pools, host, metrics, clock=ManualClock())
     await pools.start()
     try:
         # Build every identity snapshot while all pools are Ready and idle...

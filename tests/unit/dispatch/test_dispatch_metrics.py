@@ -5,6 +5,7 @@ from __future__ import annotations
 from llama_orch.adapters.host import AdapterHost
 from llama_orch.adapters.registry import build_adapter
 from llama_orch.contracts.engine import GenerateRequest
+from llama_orch.core.clock import ManualClock
 from llama_orch.core.model import JobSpec
 from llama_orch.dispatch.dispatcher import Dispatcher
 from llama_orch.dispatch.tasks import Task
@@ -20,7 +21,7 @@ def dispatcher_for() -> tuple[Dispatcher, PoolManager, Metrics]:
     host, metrics = AdapterHost(), Metrics()
     inventory = simulated_inventory(config.gpus.simulated or [])
     pools = PoolManager(config.pools, inventory, host, build_adapter, metrics, probe_interval_s=60)
-    return Dispatcher(config, pools, host, metrics, clock=lambda: 0.0), pools, metrics
+    return Dispatcher(config, pools, host, metrics, clock=ManualClock()), pools, metrics
 
 
 def queued_task(task_id: str) -> Task:

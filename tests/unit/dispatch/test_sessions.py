@@ -2,19 +2,19 @@ from __future__ import annotations
 
 from llama_orch.config import BudgetsConfig, SessionsConfig
 from llama_orch.core.budgets import BudgetLimits
-from llama_orch.dispatch.sessions import SessionStore, budget_limits
+from llama_orch.dispatch.sessions import SessionStore, budget_limits, session_rules
 
 
 class TestSessionStore:
     def test_unknown_session_is_created(self) -> None:
         """get_or_create makes a session that get then finds."""
-        store = SessionStore(SessionsConfig())
+        store = SessionStore(session_rules(SessionsConfig()))
         created = store.get_or_create("s1", now=0.0)
         assert created is store.get("s1", now=1.0)
 
     def test_expired_session_is_pruned_on_access(self) -> None:
         """A session idle past its TTL is gone on the next access (D-SES-01)."""
-        store = SessionStore(SessionsConfig(ttl_ms=1000))
+        store = SessionStore(session_rules(SessionsConfig(ttl_ms=1000)))
         store.get_or_create("s1", now=0.0)
         assert store.get("s1", now=0.999) is not None
         assert store.get("s1", now=2.0) is None
@@ -22,13 +22,13 @@ class TestSessionStore:
 
     def test_ttl_remaining(self) -> None:
         """Remaining TTL counts down from the last use."""
-        store = SessionStore(SessionsConfig(ttl_ms=10_000))
+        store = SessionStore(session_rules(SessionsConfig(ttl_ms=10_000)))
         session = store.get_or_create("s1", now=5.0)
         assert 7000 == store.ttl_remaining_ms(session, now=8.0)
 
     def test_evict_and_prune(self) -> None:
         """evict forgets one session; prune drops every expired one."""
-        store = SessionStore(SessionsConfig(ttl_ms=1000))
+        store = SessionStore(session_rules(SessionsConfig(ttl_ms=1000)))
         store.get_or_create("a", now=0.0)
         store.get_or_create("b", now=5.0)
         assert (True, False) == (store.evict("a"), store.evict("a"))
@@ -40,7 +40,7 @@ class TestSessionStore:
 class TestAffinityAndWarmth:
     def test_affinity_lasts_for_the_soft_ttl(self) -> None:
         """After a task is served, affinity points at its replica until the soft TTL ends."""
-        store = SessionStore(SessionsConfig(affinity_ttl_ms=2000))
+        store = SessionStore(session_rules(SessionsConfig(affinity_ttl_ms=2000)))
         session = store.get_or_create("s1", now=0.0)
         assert None is store.affinity("s1", now=0.0)
         store.served(session, ("p0", "r1"), now=1.0)
@@ -50,7 +50,7 @@ class TestAffinityAndWarmth:
 
     def test_warmth_is_per_replica(self) -> None:
         """kv_warmth is true only when the last replica holds the session's KV."""
-        store = SessionStore(SessionsConfig())
+        store = SessionStore(session_rules(SessionsConfig()))
         session = store.get_or_create("s1", now=0.0)
         store.mark_warm(session, ("p0", "r0"), now=0.0)
         store.served(session, ("p0", "r1"), now=1.0)

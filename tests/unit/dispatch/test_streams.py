@@ -12,8 +12,8 @@ class TestTaskStream:
     async def test_late_subscriber_replays_everything(self) -> None:
         """A subscriber arriving after the end reads the whole transcript."""
         stream = TaskStream()
-        stream.publish("token", {"t": "a", "i": 0})
-        stream.publish("end", {"tokens_out": 1})
+        stream.publish_tokens(["a"])
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 1})))
         frames = [event async for event, _ in stream.follow()]
         assert ["token", "end"] == frames
 
@@ -28,21 +28,21 @@ class TestTaskStream:
 
         reader = asyncio.create_task(read())
         await asyncio.sleep(0)
-        for i in range(3):
-            stream.publish("token", {"t": "x", "i": i})
+        for _ in range(3):
+            stream.publish_tokens(["x"])
             await asyncio.sleep(0)
-        stream.publish("end", {})
+        stream.publish_frame(("end", orjson.dumps({})))
         await reader
         assert ["token", "token", "token", "end"] == received
 
     def test_a_batch_of_tokens_keeps_order_and_indices(self) -> None:
         """publish_tokens appends in order; indices continue across single and batched tokens."""
         stream = TaskStream()
-        stream.publish_token("a")
+        stream.publish_tokens(["a"])
         stream.publish_tokens(["b", "c"])
         stream.publish_tokens([])
-        stream.publish_token("d")
-        stream.publish("end", {"tokens_out": 4})
+        stream.publish_tokens(["d"])
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 4})))
         tokens = [orjson.loads(data) for event, data in stream.frames() if event == "token"]
         assert [{"t": t, "i": i} for i, t in enumerate("abcd")] == tokens
         assert 4 == stream.tokens
@@ -52,9 +52,9 @@ class TestTaskStream:
     def test_nothing_follows_a_terminal_frame(self) -> None:
         """Publishing after the terminal frame is a bug and is refused."""
         stream = TaskStream()
-        stream.publish("error", {"code": "INTERNAL"})
+        stream.publish_frame(("error", orjson.dumps({"code": "INTERNAL"})))
         with pytest.raises(RuntimeError):
-            stream.publish("token", {"t": "late", "i": 0})
+            stream.publish_tokens(["late"])
 
     async def test_one_subscriber_leaving_does_not_break_another(self) -> None:
         """Cancelling one follower leaves the others waiting."""
@@ -64,7 +64,7 @@ class TestTaskStream:
         await asyncio.sleep(0)
         first.cancel()
         await asyncio.sleep(0)
-        stream.publish("token", {"t": "a", "i": 0})
+        stream.publish_tokens(["a"])
         assert "token" == (await second)[0]
 
 
@@ -72,10 +72,10 @@ class TestTranscriptShape:
     def test_tokens_are_stored_as_text_and_framed_on_read(self) -> None:
         """A token costs its text; frames() rebuilds the {t, i} JSON frames in order."""
         stream = TaskStream()
-        stream.publish_token("a")
-        stream.publish("metrics", {"queue_depth": 0})
-        stream.publish_token("b")
-        stream.publish("end", {"tokens_out": 2})
+        stream.publish_tokens(["a"])
+        stream.publish_frame(("metrics", orjson.dumps({"queue_depth": 0})))
+        stream.publish_tokens(["b"])
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 2})))
         assert ["a", "b"] == [e for e in stream.entries if isinstance(e, str)]
         assert [
             ("token", b'{"t":"a","i":0}'),
@@ -85,21 +85,20 @@ class TestTranscriptShape:
         ] == stream.frames()
         assert (2, True) == (stream.tokens, stream.closed)
 
-    def test_publish_token_through_the_generic_path(self) -> None:
-        """publish("token", {t, i}) still works and refuses an index out of sequence."""
+    def test_one_subscriber_at_a_time(self) -> None:
+        """subscribe claims the stream once; unsubscribe gives it back."""
         stream = TaskStream()
-        stream.publish("token", {"t": "x", "i": 0})
-        with pytest.raises(ValueError):
-            stream.publish("token", {"t": "y", "i": 5})
-        assert 1 == stream.tokens
+        assert (True, False) == (stream.subscribe(), stream.subscribe())
+        stream.unsubscribe()
+        assert True is stream.subscribe()
 
     def test_nbytes_grows_with_the_transcript(self) -> None:
         """The retention bound sees the transcript's size, tokens included."""
         stream = TaskStream()
         before = stream.nbytes
-        stream.publish_token("hello")
+        stream.publish_tokens(["hello"])
         middle = stream.nbytes
-        stream.publish("end", {"tokens_out": 1})
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 1})))
         assert before < middle < stream.nbytes
 
 
@@ -108,7 +107,7 @@ class TestWait:
         """wait() with a limit returns False when nothing arrives, and leaves no waiter."""
         stream = TaskStream()
         assert False is await stream.wait(0, 0.01)
-        stream.publish_token("a")
+        stream.publish_tokens(["a"])
         assert True is await stream.wait(0, 0.01)
 
     async def test_wait_wakes_on_publish_and_on_close(self) -> None:
@@ -116,9 +115,9 @@ class TestWait:
         stream = TaskStream()
         waiter = asyncio.create_task(stream.wait(0, 5.0))
         await asyncio.sleep(0)
-        stream.publish_token("a")
+        stream.publish_tokens(["a"])
         assert True is await waiter
         closer = asyncio.create_task(stream.wait(5, 5.0))
         await asyncio.sleep(0)
-        stream.publish("end", {"tokens_out": 1})
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 1})))
         assert True is await closer

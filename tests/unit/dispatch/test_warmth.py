@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from llama_orch.adapters.host import AdapterHost
 from llama_orch.adapters.registry import build_adapter
+from llama_orch.core.clock import ManualClock
 from llama_orch.dispatch.dispatcher import Dispatcher
 from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.gpus import simulated_inventory
@@ -25,7 +26,7 @@ class TestWarmthFollowsReadiness:
             metrics,
             probe_interval_s=60,
         )
-        dispatcher = Dispatcher(config, pools, host, metrics, clock=lambda: 0.0)
+        dispatcher = Dispatcher(config, pools, host, metrics, clock=ManualClock())
         await pools.start()
         try:
             store = dispatcher.sessions

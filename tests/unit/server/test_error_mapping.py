@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 
@@ -53,3 +55,57 @@ class TestErrorMapping:
     def test_auth_errors_carry_numeric_code(self) -> None:
         """Auth envelopes add code_id (40101/40102/40301)."""
         assert 40102 == orjson.loads(error_response(errors.BadToken("x")).body)["code_id"]
+
+
+#: Catalog refusals: the model catalog raises them (a retired model, an unverified artifact).
+CATALOG_KINDS = {errors.ErrorKind.MODEL_DEPRECATED, errors.ErrorKind.UNTRUSTED_ARTIFACT}
+
+
+def raised_kinds() -> set[errors.ErrorKind]:
+    """Kinds whose error class the package instantiates somewhere outside errors.py."""
+    import ast
+    from pathlib import Path
+
+    import llama_orch
+
+    classes = {
+        cls.__name__: cls.kind
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.OrchError) and "kind" in vars(cls)
+    }
+    found: set[errors.ErrorKind] = set()
+    for path in Path(llama_orch.__file__).parent.rglob("*.py"):
+        if path.name == "errors.py" and path.parent.name == "llama_orch":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                if name in classes:
+                    found.add(classes[name])
+    return found
+
+
+class TestErrorKinds:
+    def test_every_kind_is_raised_somewhere(self) -> None:
+        """No error kind is speculative: each one is raised by some module (catalog kinds
+        by the catalog)."""
+        assert set() == set(errors.ErrorKind) - raised_kinds() - CATALOG_KINDS
+
+    def test_render_leaves_the_error_untouched(self) -> None:
+        """Rendering a 429 fills the backoff in the answer, not in the error object."""
+        error = errors.AdmissionRejected("full")
+        body = orjson.loads(error_response(error).body)
+        assert (1000, "reject") == (body["retry_after_ms"], body["policy_label"])
+        assert (None, None) == (error.retry_after_ms, error.policy_label)
+
+    def test_http_refusals_keep_their_status_in_the_envelope(self) -> None:
+        """A 405 from routing keeps its status and carries the typed envelope."""
+        from starlette.exceptions import HTTPException
+
+        from llama_orch.server.errors import handle_http_exception
+
+        response = asyncio.run(handle_http_exception(None, HTTPException(405)))  # type: ignore[arg-type]
+        assert (405, "INVALID_PARAMS") == (
+            response.status_code,
+            orjson.loads(response.body)["code"],
+        )

@@ -44,10 +44,10 @@ class TestPlainMode:
     async def test_frames_match_the_transcript(self) -> None:
         """Without pressure every frame is written, byte-identical to its transcript frame."""
         stream = TaskStream()
-        stream.publish_token("he")
-        stream.publish("metrics", {"queue_depth": 0})
-        stream.publish_token("llo")
-        stream.publish("end", {"tokens_out": 2})
+        stream.publish_tokens(["he"])
+        stream.publish_frame(("metrics", orjson.dumps({"queue_depth": 0})))
+        stream.publish_tokens(["llo"])
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 2})))
         body = b"".join(await drain(Emitter(stream, STARTED, EmitterSettings()).chunks()))
         expected = STARTED + b"".join(encode_frame(e, d) for e, d in stream.frames())
         assert expected == body
@@ -56,9 +56,9 @@ class TestPlainMode:
         """A late subscriber gets every frame, metrics included, even past the channel cap."""
         stream = TaskStream()
         for i in range(50):
-            stream.publish_token(str(i))
-            stream.publish("metrics", {"n": i})
-        stream.publish("end", {"tokens_out": 50})
+            stream.publish_tokens([str(i)])
+            stream.publish_frame(("metrics", orjson.dumps({"n": i})))
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 50})))
         emitter = Emitter(stream, STARTED, EmitterSettings(channel_cap=4))
         chunks = await drain(emitter.chunks())
         frames = parse(b"".join(chunks))
@@ -77,10 +77,10 @@ class TestPlainMode:
         chunks = emitter.chunks()
         assert STARTED == await anext(chunks)
         for i in range(100):
-            stream.publish_token(f"<{i}>")
+            stream.publish_tokens([f"<{i}>"])
             if i % 5 == 0:
-                stream.publish("metrics", {"n": i})
-        stream.publish("end", {"tokens_out": 100})
+                stream.publish_frame(("metrics", orjson.dumps({"n": i})))
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 100})))
         frames = parse(b"".join(await drain(chunks)))
         text, indices = tokens_of(frames)
         assert "".join(f"<{i}>" for i in range(100)) == text
@@ -96,8 +96,8 @@ class TestPlainMode:
         chunks = emitter.chunks()
         await anext(chunks)
         for _ in range(23):
-            stream.publish_token("x")
-        stream.publish("end", {"tokens_out": 23})
+            stream.publish_tokens(["x"])
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 23})))
         sizes = [chunk.count(b"\n\n") for chunk in await drain(chunks)]
         assert [5, 5, 5, 5, 4] == sizes
 
@@ -107,8 +107,8 @@ class TestPlainMode:
         reader = asyncio.create_task(drain(Emitter(stream, STARTED, EmitterSettings()).chunks()))
         for i in range(5):
             await asyncio.sleep(0)
-            stream.publish_token(str(i))
-        stream.publish("end", {"tokens_out": 5})
+            stream.publish_tokens([str(i)])
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 5})))
         text, indices = tokens_of(parse(b"".join(await reader)))
         assert ("01234", [0, 1, 2, 3, 4]) == (text, indices)
 
@@ -118,8 +118,8 @@ class TestMicroBatch:
         """A backlog of tokens becomes frames of at most max_tokens, with t, i and n (§17.14)."""
         stream = TaskStream()
         for i in range(10):
-            stream.publish_token(chr(97 + i))
-        stream.publish("end", {"tokens_out": 10})
+            stream.publish_tokens([chr(97 + i)])
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 10})))
         settings = EmitterSettings(microbatch=True, max_tokens=4)
         frames = parse(b"".join(await drain(Emitter(stream, STARTED, settings).chunks())))
         tokens = [d for e, d in frames if e == "token"]
@@ -135,17 +135,17 @@ class TestMicroBatch:
         settings = EmitterSettings(microbatch=True, max_delay_s=0.05, max_tokens=32)
         chunks = Emitter(stream, STARTED, settings).chunks()
         await anext(chunks)
-        stream.publish_token("a")
+        stream.publish_tokens(["a"])
         first = await asyncio.wait_for(anext(chunks), 0.02)
         assert [("token", {"t": "a", "i": 0, "n": 1})] == parse(first)
         nxt = asyncio.ensure_future(anext(chunks))
         for letter in "bcd":
-            stream.publish_token(letter)
+            stream.publish_tokens([letter])
             await asyncio.sleep(0.005)
         assert not nxt.done()
         second = await asyncio.wait_for(nxt, 0.2)
         assert [("token", {"t": "bcd", "i": 1, "n": 3})] == parse(second)
-        stream.publish("end", {"tokens_out": 4})
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 4})))
         assert "end" == parse(b"".join(await drain(chunks)))[-1][0]
 
     async def test_terminal_flushes_held_tokens_at_once(self) -> None:
@@ -154,12 +154,12 @@ class TestMicroBatch:
         settings = EmitterSettings(microbatch=True, max_delay_s=5.0)
         chunks = Emitter(stream, STARTED, settings).chunks()
         await anext(chunks)
-        stream.publish_token("a")
+        stream.publish_tokens(["a"])
         await anext(chunks)
-        stream.publish_token("b")
+        stream.publish_tokens(["b"])
         rest = asyncio.ensure_future(drain(chunks))
         await asyncio.sleep(0.01)
-        stream.publish("end", {"tokens_out": 2})
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 2})))
         frames = parse(b"".join(await asyncio.wait_for(rest, 1.0)))
         assert ["token", "end"] == [e for e, _ in frames]
 
@@ -181,12 +181,12 @@ class TestMicroBatch:
 
         async def produce() -> None:
             for word in words:
-                stream.publish_token(word)
+                stream.publish_tokens([word])
                 if rng.random() < 0.2:
-                    stream.publish("metrics", {"x": 1})
+                    stream.publish_frame(("metrics", orjson.dumps({"x": 1})))
                 if rng.random() < 0.3:
                     await asyncio.sleep(0)
-            stream.publish("end", {"tokens_out": count})
+            stream.publish_frame(("end", orjson.dumps({"tokens_out": count})))
 
         async def consume() -> bytes:
             out = []
@@ -214,7 +214,7 @@ class TestHeartbeat:
         await anext(chunks)
         assert KEEPALIVE == await asyncio.wait_for(anext(chunks), 1.0)
         assert KEEPALIVE == await asyncio.wait_for(anext(chunks), 1.0)
-        stream.publish("end", {"tokens_out": 0})
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 0})))
         assert [("end", {"tokens_out": 0})] == parse(b"".join(await drain(chunks)))
 
     async def test_no_keepalive_when_off(self) -> None:
@@ -225,5 +225,5 @@ class TestHeartbeat:
         pending = asyncio.ensure_future(anext(chunks))
         await asyncio.sleep(0.05)
         assert not pending.done()
-        stream.publish("end", {})
+        stream.publish_frame(("end", orjson.dumps({})))
         assert b"event: end" in await pending

@@ -116,7 +116,7 @@ def ticket_headers(ticket: Ticket) -> dict[str, str]:
         "X-Task-Id": ticket.task_id,
         "X-Queue-Position": str(ticket.queue_position),
         "X-Predicted-Start-Ms": str(ticket.predicted_start_ms),
-        "X-Pool-Id": ticket.task.pool_id,
+        "X-Pool-Id": ticket.pool_id,
         **ticket.budget_headers,
     }
 

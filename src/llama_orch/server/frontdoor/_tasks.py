@@ -18,8 +18,10 @@ import orjson
 from llama_orch.contracts.api import Sampling, TaskRequest
 from llama_orch.contracts.engine import ChatMessage
 from llama_orch.core.guardrails import estimate_prompt_tokens
-from llama_orch.dispatch.tasks import Task, TaskState
+from llama_orch.dispatch.service import TaskState
+from llama_orch.dispatch.streams import TaskStream
 from llama_orch.errors import ErrorKind
+from llama_orch.server.data_plane import budget_headers
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.frontdoor._chat import render_chat
 from llama_orch.vocab import Engine, Priority, Workload
@@ -112,15 +114,14 @@ class Submission:
 class Ticket:
     """An admitted request: what the response headers and the stream need."""
 
-    task: Task
+    task_id: str
+    pool_id: str
+    #: The task's transcript, followed in the same response.
+    stream: TaskStream
     queue_position: int
     predicted_start_ms: int
     max_tokens: int
     budget_headers: dict[str, str]
-
-    @property
-    def task_id(self) -> str:
-        return self.task.id
 
 
 def prompt_of(submission: Submission) -> str:
@@ -171,17 +172,21 @@ def admit(
         prompt=prompt,
         sampling=sampling,
     )
-    admitted = deps.admission.admit(request, correlation_id=correlation_id, identity=identity)
-    task = admitted.task
-    if submission.messages is not None:
-        # Safe before any await: the dispatcher picks the task up on its next loop turn.
-        task.request = dataclasses.replace(task.request, messages=submission.messages)
+    service = deps.service
+    admitted = service.admit(
+        request,
+        correlation_id=correlation_id,
+        identity=identity,
+        messages=submission.messages,
+    )
     return Ticket(
-        task=task,
+        task_id=admitted.task_id,
+        pool_id=admitted.pool_id,
+        stream=service.follow(admitted.task_id),
         queue_position=admitted.queue_position,
         predicted_start_ms=admitted.predicted_start_ms,
         max_tokens=max_tokens,
-        budget_headers=admitted.budget_headers,
+        budget_headers=budget_headers(admitted.budgets),
     )
 
 
@@ -218,14 +223,14 @@ async def follow(
 
     With ``waiting_every_s``, a ``Waiting`` comes after each such silence while queued.
     """
-    task = ticket.task
-    stream = task.stream
+    stream = ticket.stream
     entries = stream.entries
     index = 0
     while True:
         if index >= len(entries) and not await stream.wait(index, waiting_every_s):
-            if task.state is TaskState.QUEUED:
-                yield Waiting(deps.dispatcher.queue_position(task))
+            status = deps.service.task_status(ticket.task_id)
+            if status.state is TaskState.QUEUED:
+                yield Waiting(status.queue_position)
             continue
         end = len(entries)
         texts: list[str] = []
@@ -264,9 +269,9 @@ async def follow(
 
 def cancel(deps: AppDeps, ticket: Ticket, *, reason: str) -> None:
     """Cancel the task (idempotent); a running one has its engine request closed."""
-    if not ticket.task.terminal:
-        deps.dispatcher.cancel(ticket.task_id, reason=reason)
+    if not ticket.stream.closed:
+        deps.service.cancel(ticket.task_id, reason=reason)
 
 
 def queue_position(deps: AppDeps, ticket: Ticket) -> int:
-    return deps.dispatcher.queue_position(ticket.task)
+    return deps.service.task_status(ticket.task_id).queue_position

@@ -144,7 +144,9 @@ class FakeTgi(FakeEngine):
             )
         return None
 
-    async def generate_stream(self, request: Request) -> Response | EventStream:
+    async def generate_stream(  # noqa: C901 - mirrors the engine route: one branch per fault
+        self, request: Request
+    ) -> Response | EventStream:
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llama_orch.dispatch.predict import (
+from llama_orch.core.prediction import (
     EXACT_LIMIT,
     ReplicaPerf,
     SlotState,

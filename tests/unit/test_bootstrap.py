@@ -1,0 +1,55 @@
+"""GPU-only fail-fast: real engines need an NVIDIA GPU; there is no CPU fallback."""
+
+from __future__ import annotations
+
+import pytest
+
+from llama_orch.bootstrap import build_deps, check_serveable
+from llama_orch.config import load_settings
+from llama_orch.errors import ConfigError
+from llama_orch.pool.gpus import Gpu, GpuInventory
+from tests.support.server import config_of, mock_pool
+
+NO_GPUS = GpuInventory(gpus=(), simulated=False, problem="NVML: driver not loaded")
+
+
+def llamacpp_pool() -> dict[str, object]:
+    return {
+        "id": "cpp",
+        "engine": "llamacpp",
+        "model": "m",
+        "endpoint": "http://127.0.0.1:9",
+        "provisioning": {"mode": "external"},
+    }
+
+
+class TestGpuFailFast:
+    def test_a_real_engine_without_gpus_is_refused(self) -> None:
+        """With an empty NVML inventory a llama.cpp pool fails start-up, naming the pool, the
+        NVML problem and the fix; nothing falls back to CPU."""
+        settings = load_settings({}, config=config_of(llamacpp_pool()))
+        with pytest.raises(ConfigError) as info:
+            check_serveable(settings, NO_GPUS)
+        message = str(info.value)
+        assert "pools.0" in message and "NVML: driver not loaded" in message
+        assert "no CPU fallback" in message
+
+    def test_build_deps_fails_fast_too(self) -> None:
+        """build_deps applies the same check before anything starts."""
+        config = config_of(llamacpp_pool())
+        settings = load_settings({}, config=config)
+        with pytest.raises(ConfigError):
+            build_deps(settings, inventory=NO_GPUS)
+
+    def test_the_mock_engine_needs_no_gpu(self) -> None:
+        """A mock pool is simulated in-process and starts without any GPU."""
+        settings = load_settings({}, config=config_of(mock_pool(devices=None)))
+        check_serveable(settings, NO_GPUS)
+
+    def test_devices_must_exist(self) -> None:
+        """A pool naming a GPU the inventory lacks is refused with the GPUs present."""
+        settings = load_settings({}, config=config_of(mock_pool(devices=[0])))
+        one = GpuInventory((Gpu(3, "real", 1, 0, 0.0, simulated=False),), simulated=False)
+        with pytest.raises(ConfigError) as info:
+            check_serveable(settings, one)
+        assert "GPUs [0] do not exist; present: [3]" in str(info.value)
