@@ -89,11 +89,6 @@ def parse_config_text(text: str, source: str = "<config>") -> Config:
 def not_available_yet(config: Config) -> list[ConfigIssue]:
     """Keys the schema accepts but nothing acts on yet: refused rather than silently ignored."""
     issues = []
-    default_server = type(config.server)()
-    if config.server.artifacts_dir != default_server.artifacts_dir:
-        issues.append(
-            ConfigIssue("server.artifacts_dir", "not available yet: nothing stores artifacts")
-        )
     for index, pool in enumerate(config.pools):
         where = f"pools.{index}"
         external = pool.provisioning is None or pool.provisioning.mode is ProvisioningMode.EXTERNAL

@@ -137,7 +137,6 @@ class TestNotAvailableYet:
     @pytest.mark.parametrize(
         ("extra", "key"),
         [
-            ("server: {artifacts_dir: /tmp/a}\n", "server.artifacts_dir"),
             (
                 "pools:\n  - {id: p0, engine: mock, model: m0, engine_version: b1}\n",
                 "pools.0.engine_version",
