@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.server import config_of, mock_pool, running_server, task_body
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +67,26 @@ class TestConfigCommands:
         assert 2 == code and "NON_LOOPBACK_WITHOUT_TOKEN" in err
         code, out, _ = await run("config", "validate", "--offline", str(config), env=env)
         assert (0, f"{config}: ok (2 pools)\n") == (code, out)
+
+    async def test_a_real_engine_without_a_gpu_fails_fast(self, tmp_path: Path) -> None:
+        """On a machine without NVIDIA GPUs (and no simulated inventory) a llama.cpp pool is
+        refused up front, naming the fix; --offline does not look at the machine."""
+        from llama_orch.pool.gpus import nvml_inventory
+
+        if nvml_inventory().gpus:
+            pytest.skip("this machine has an NVIDIA GPU")
+        config = tmp_path / "cpp.yaml"
+        config.write_text(
+            "pools:\n"
+            "  - {id: cpp, engine: llamacpp, model: m, endpoint: 'http://127.0.0.1:9',\n"
+            "     provisioning: {mode: external}}\n"
+        )
+        code, _, err = await run("config", "validate", str(config))
+        assert 2 == code and "needs an NVIDIA GPU" in err and "no CPU" in err
+        code, _, _ = await run("serve", "--config", str(config))
+        assert 2 == code
+        code, _, _ = await run("config", "validate", "--offline", str(config))
+        assert 0 == code
 
     async def test_serve_refuses_a_bad_config(self, tmp_path: Path) -> None:
         """`llorch serve` on an invalid file exits 2 with the problem, not a traceback."""
