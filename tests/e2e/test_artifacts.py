@@ -22,7 +22,11 @@ class TestArtifactsApi:
         """201 with a content-addressed id, 200 and the same ref on resubmission, then GET."""
         async with running_server(artifact_config(tmp_path)) as srv:
             created = await srv.client.post("/v1/artifacts", json=PLAN)
-            again = await srv.client.post("/v1/artifacts", content=json.dumps(PLAN, indent=4))
+            again = await srv.client.post(
+                "/v1/artifacts",
+                content=json.dumps(PLAN, indent=4),
+                headers={"content-type": "application/json"},
+            )
             found = await srv.client.get(f"/v1/artifacts/{created.json()['id']}")
         canonical = json.dumps(
             {k: v for k, v in PLAN.items() if v}, sort_keys=True, separators=(",", ":")

@@ -80,6 +80,6 @@ class TestBatches:
         adapter = llamacpp(READS)
         stream = adapter.submit(request())
         await anext(stream)
-        assert [1] == adapter.upstream.in_flight
+        assert 1 == adapter.upstream.in_flight
         await stream.aclose()
-        assert [0] == adapter.upstream.in_flight
+        assert 0 == adapter.upstream.in_flight
