@@ -1,0 +1,1 @@
+"""Provisioners: make engines (``engine``) exist locally before a pool launches them."""

@@ -1,0 +1,294 @@
+"""The engine provisioner end to end: real downloads over HTTPS, real git and CMake builds,
+a recorded container runtime; and what an operator sees when each one fails."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from llama_orch.config import PoolConfig
+from llama_orch.config._models import NetworkPolicyConfig
+from llama_orch.provisioners.engine import (
+    FileEngineIndex,
+    ProvisionContext,
+    ProvisionError,
+    UnknownEngine,
+    plan,
+    provider_for,
+)
+from llama_orch.vocab import ProvisioningMode
+from tests.support.engines import engine_archive, evil_archive, fake_executable
+from tests.support.https_files import HttpsFiles, https_files
+from tests.support.pools import llamacpp_pool
+
+ALLOW_LOCAL = NetworkPolicyConfig(
+    allow_outbound=True, allowed_hosts=["127.0.0.1"], allowed_schemes=["https"]
+)
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _ctx(tmp_path: Path, served: HttpsFiles | None = None, **kw: object) -> ProvisionContext:
+    return ProvisionContext(
+        cache_root=tmp_path / "cache",
+        index=FileEngineIndex(tmp_path / "catalog"),
+        network_policy=ALLOW_LOCAL,
+        ca_roots=(str(served.ca_path),) if served else (),
+        simulated=True,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+class TestBinary:
+    async def test_downloads_verifies_unpacks_and_records(self, tmp_path: Path) -> None:
+        """A pinned tar.gz over HTTPS lands in the engine cache and is recorded in the index."""
+        archive = engine_archive("llama-server")
+        with https_files({"/llama-b1.tar.gz": archive}, tmp_path) as served:
+            pool = llamacpp_pool(
+                "m.gguf",
+                binary={"url": f"{served.url}/llama-b1.tar.gz", "checksum": _sha(archive)},
+                allow_binary_downloads=True,
+            )
+            ctx = _ctx(tmp_path, served)
+            prepared = await provider_for(pool, ctx).ensure(pool)
+            again = await provider_for(pool, ctx).ensure(pool)
+        assert ["/llama-b1.tar.gz"] == served.requests  # the second ensure is a cache hit
+        assert prepared.binary_path == again.binary_path
+        binary = Path(prepared.binary_path or "")
+        assert binary.is_relative_to(tmp_path / "cache" / "llamacpp")
+        assert os.access(binary, os.X_OK)
+        assert "llama-b1" == prepared.engine_version
+        assert _sha(archive) == prepared.engine_digest
+        index = json.loads((tmp_path / "catalog" / "engines.json").read_text())
+        assert 1 == index["version"]
+        assert [prepared.engine_catalog_id] == list(index["engines"])
+        assert "cached" in plan(pool, ctx).render()
+
+    async def test_zip_archives_keep_the_executable_bit(self, tmp_path: Path) -> None:
+        """Zip releases (as llama.cpp publishes them) unpack with their mode bits."""
+        archive = engine_archive("llama-server", fmt="zip")
+        with https_files({"/b2.zip": archive}, tmp_path) as served:
+            pool = llamacpp_pool(
+                "m.gguf",
+                binary={"url": f"{served.url}/b2.zip", "checksum": _sha(archive)},
+                allow_binary_downloads=True,
+            )
+            prepared = await provider_for(pool, _ctx(tmp_path, served)).ensure(pool)
+        assert os.access(prepared.binary_path or "", os.X_OK)
+
+    async def test_checksum_mismatch_installs_nothing(self, tmp_path: Path) -> None:
+        """A download whose sha256 differs from the pin fails at verify, naming both digests."""
+        archive = engine_archive("llama-server")
+        wrong = "sha256:" + "0" * 64
+        with https_files({"/b.tar.gz": archive}, tmp_path) as served:
+            pool = llamacpp_pool(
+                "m.gguf",
+                binary={"url": f"{served.url}/b.tar.gz", "checksum": wrong},
+                allow_binary_downloads=True,
+            )
+            with pytest.raises(ProvisionError) as caught:
+                await provider_for(pool, _ctx(tmp_path, served)).ensure(pool)
+        assert "verify" == caught.value.step
+        assert _sha(archive) in caught.value.message and wrong in caught.value.message
+        assert [] == list((tmp_path / "cache" / "llamacpp").glob("binary/*"))
+
+    @pytest.mark.parametrize("kind", ["dotdot", "absolute", "link"])
+    async def test_escaping_archives_are_refused(self, tmp_path: Path, kind: str) -> None:
+        """Entries with .., absolute paths or links out of the install dir refuse the unpack."""
+        archive = evil_archive(kind)
+        with https_files({"/evil.tar.gz": archive}, tmp_path) as served:
+            pool = llamacpp_pool(
+                "m.gguf",
+                binary={"url": f"{served.url}/evil.tar.gz", "checksum": _sha(archive)},
+                allow_binary_downloads=True,
+            )
+            with pytest.raises(ProvisionError) as caught:
+                await provider_for(pool, _ctx(tmp_path, served)).ensure(pool)
+        assert "unpack" == caught.value.step
+        assert "refused" in caught.value.message or "escaping" in caught.value.message
+        assert not (tmp_path / "cache" / "escape.sh").exists()
+        assert [] == list((tmp_path / "cache").rglob("escape.sh"))
+
+    async def test_policy_refusals_say_what_to_change(self, tmp_path: Path) -> None:
+        """Downloads off by default, then the network policy: each refusal names its switch."""
+        pool = llamacpp_pool(
+            "m.gguf", binary={"url": "https://example.org/b.tar.gz", "checksum": _sha(b"x")}
+        )
+        with pytest.raises(ProvisionError, match="allow_binary_downloads"):
+            await provider_for(pool, _ctx(tmp_path)).ensure(pool)
+        allowed = llamacpp_pool(
+            "m.gguf",
+            binary={"url": "https://example.org/b.tar.gz", "checksum": _sha(b"x")},
+            allow_binary_downloads=True,
+        )
+        with pytest.raises(ProvisionError, match="allowed_hosts"):
+            await provider_for(allowed, _ctx(tmp_path)).ensure(allowed)
+
+
+def _git(*args: str, cwd: Path) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+CMAKELISTS = """cmake_minimum_required(VERSION 3.10)
+project(fake_llama NONE)
+if(NOT GGML_CUDA)
+  message(FATAL_ERROR "CUDA is required")
+endif()
+file(READ ${CMAKE_SOURCE_DIR}/llama-server.in SCRIPT)
+add_custom_target(llama-server ALL
+  COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_BINARY_DIR}/bin
+  COMMAND ${CMAKE_COMMAND} -E copy ${CMAKE_SOURCE_DIR}/llama-server.in
+          ${CMAKE_BINARY_DIR}/bin/llama-server
+  COMMAND chmod +x ${CMAKE_BINARY_DIR}/bin/llama-server
+  COMMAND ${CMAKE_COMMAND} -E echo "[100%] Built target llama-server")
+"""
+
+
+def _head(repo: Path) -> str:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def _repo(tmp_path: Path, *, broken: bool = False) -> Path:
+    """A tiny llama.cpp stand-in: its CMake 'build' installs the fake llama-server."""
+    repo = tmp_path / "llama.cpp"
+    repo.mkdir()
+    _git("init", "-q", "-b", "master", cwd=repo)
+    lists = CMAKELISTS.replace("project(", "project(\nbroken syntax" if broken else "project(")
+    (repo / "CMakeLists.txt").write_text(lists)
+    (fake_executable(tmp_path / "script", "llama-server")).rename(repo / "llama-server.in")
+    _git("add", ".", cwd=repo)
+    _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "b1", cwd=repo)
+    return repo
+
+
+class TestSource:
+    async def test_builds_llama_server_from_a_local_repo(self, tmp_path: Path) -> None:
+        """clone -> checkout -> cmake configure (GGML_CUDA=ON) -> build; cached per commit+flags."""
+        repo = _repo(tmp_path)
+        pool = llamacpp_pool(
+            "m.gguf",
+            mode="source",
+            source={
+                "repo": str(repo),
+                "ref": "master",
+                "build": {"cmake_flags": ["-DLLAMA_CUBLAS=ON"]},
+            },
+        )
+        ctx = _ctx(tmp_path)
+        prepared = await provider_for(pool, ctx).ensure(pool)
+        commit = _head(repo)
+        assert prepared.engine_version.startswith(commit[:12] + "+")
+        assert "-DGGML_CUDA=ON" in prepared.flags
+        assert not any("CUBLAS" in f for f in prepared.flags)
+        assert os.access(prepared.binary_path or "", os.X_OK)
+        again = await provider_for(pool, ctx).ensure(pool)
+        assert prepared.binary_path == again.binary_path
+
+    async def test_build_failure_names_the_step_and_shows_the_tail(self, tmp_path: Path) -> None:
+        """A CMake error fails at configure, with the log's last lines in the error."""
+        repo = _repo(tmp_path, broken=True)
+        pool = llamacpp_pool("m.gguf", mode="source", source={"repo": str(repo), "ref": "master"})
+        with pytest.raises(ProvisionError) as caught:
+            await provider_for(pool, _ctx(tmp_path)).ensure(pool)
+        assert "configure" == caught.value.step
+        assert "CMake Error" in (caught.value.detail or "")
+        assert "full output in" in caught.value.message
+
+    async def test_cpu_build_flags_are_refused(self, tmp_path: Path) -> None:
+        """GGML_CUDA=OFF would build a CPU engine: refused before anything runs."""
+        pool = llamacpp_pool(
+            "m.gguf",
+            mode="source",
+            source={"repo": "x", "ref": "master", "build": {"cmake_flags": ["-DGGML_CUDA=OFF"]}},
+        )
+        with pytest.raises(ProvisionError, match="GPUs only"):
+            await provider_for(pool, _ctx(tmp_path)).ensure(pool)
+
+
+class TestPackageAndContainer:
+    async def test_package_without_permission_gives_the_command(self, tmp_path: Path) -> None:
+        """With installs off, the error carries the exact venv + pip commands."""
+        pool = PoolConfig.model_validate(
+            {
+                "id": "v",
+                "engine": "vllm",
+                "model": "m",
+                "provisioning": {"mode": "package", "package": {"version": "0.9.2"}},
+            }
+        )
+        with pytest.raises(ProvisionError) as caught:
+            await provider_for(pool, _ctx(tmp_path)).ensure(pool)
+        assert "allow_package_installs" in caught.value.message
+        assert "pip install vllm==0.9.2" in caught.value.message
+
+    async def test_container_pulls_by_digest_with_the_runtime_found(self, tmp_path: Path) -> None:
+        """podman is preferred; the pull names image@digest and the entry records the digest."""
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        calls = tmp_path / "calls"
+        runtime = bin_dir / "podman"
+        runtime.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+        runtime.chmod(0o755)
+        digest = "sha256:" + "ab" * 32
+        pool = PoolConfig.model_validate(
+            {
+                "id": "v",
+                "engine": "vllm",
+                "model": "m",
+                "provisioning": {
+                    "mode": "container",
+                    "container": {"image": "vllm/vllm-openai", "digest": digest},
+                },
+            }
+        )
+        prepared = await provider_for(pool, _ctx(tmp_path, path=str(bin_dir))).ensure(pool)
+        assert f"pull vllm/vllm-openai@{digest}\n" == calls.read_text()
+        assert str(runtime) == prepared.runtime
+        assert digest == prepared.engine_digest
+
+    async def test_no_runtime_is_one_actionable_failure(self, tmp_path: Path) -> None:
+        """Without podman or docker, preflight says what to install."""
+        pool = PoolConfig.model_validate(
+            {
+                "id": "v",
+                "engine": "tgi",
+                "model": "m",
+                "provisioning": {"mode": "container", "container": {"image": "tgi"}},
+            }
+        )
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        with pytest.raises(ProvisionError, match="podman") as caught:
+            await provider_for(pool, _ctx(tmp_path, path=str(empty))).ensure(pool)
+        assert "preflight" == caught.value.step
+
+    def test_unknown_engine_is_typed(self, tmp_path: Path) -> None:
+        """An engine llama-orch cannot launch has no provider."""
+        pool = PoolConfig.model_validate(
+            {
+                "id": "o",
+                "engine": "openai",
+                "model": "m",
+                "endpoint": "http://x",
+                "provisioning": {"mode": "external"},
+            }
+        )
+        assert "external" == provider_for(pool).mode
+        with pytest.raises(UnknownEngine):
+            provider_for(
+                pool.model_copy(
+                    update={
+                        "provisioning": pool.provisioning.model_copy(
+                            update={"mode": ProvisioningMode.BINARY}
+                        )
+                    }
+                )
+            )  # type: ignore[union-attr]
