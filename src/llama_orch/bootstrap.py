@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from llama_orch.adapters.host import AdapterHost
 from llama_orch.adapters.registry import FACTORIES, AdapterContext, adapter_factory
 from llama_orch.config import Settings
@@ -10,7 +13,10 @@ from llama_orch.dispatch.dispatcher import Dispatcher
 from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory, simulated_inventory
+from llama_orch.pool.launch import LocalLauncher
 from llama_orch.pool.manager import PoolManager
+from llama_orch.pool.supervisor import Supervision, local_model_locator
+from llama_orch.provisioners.engine import FileEngineIndex, ProvisionContext
 from llama_orch.server.deps import AppDeps
 
 
@@ -52,9 +58,32 @@ def check_serveable(settings: Settings, inventory: GpuInventory) -> None:
         raise ConfigError(settings.source, issues)
 
 
+def supervision_of(settings: Settings, inventory: GpuInventory) -> Supervision:
+    """How launched engines are prepared, started and found (SPEC §8, §11)."""
+    config = settings.config
+    engines = config.engines
+    return Supervision(
+        launcher=LocalLauncher(Path(engines.run_dir).expanduser()),
+        provision=ProvisionContext(
+            cache_root=Path(engines.cache_dir).expanduser(),
+            index=FileEngineIndex(Path(config.catalog.root).expanduser()),
+            network_policy=config.network_policy,
+            ca_roots=tuple(config.catalog.trust_policy.ca_roots),
+            simulated=inventory.simulated,
+        ),
+        engines=engines,
+        locate_model=local_model_locator(settings.base_dir),
+    )
+
+
 def build_deps(
-    settings: Settings, *, inventory: GpuInventory | None = None, probe_interval_s: float = 2.0
+    settings: Settings,
+    *,
+    inventory: GpuInventory | None = None,
+    probe_interval_s: float = 2.0,
+    supervision: Callable[[Supervision], Supervision] | None = None,
 ) -> AppDeps:
+    """``supervision`` may adjust how engines are launched (tests: port allocation)."""
     inventory = inventory or discover_gpus(settings)
     check_serveable(settings, inventory)
     metrics = Metrics()
@@ -67,6 +96,7 @@ def build_deps(
         adapter_factory(AdapterContext(api_keys=settings.upstream_api_keys)),
         metrics,
         probe_interval_s=probe_interval_s,
+        supervision=(supervision or (lambda s: s))(supervision_of(settings, inventory)),
     )
     dispatcher = Dispatcher(settings.config, pools, host, metrics)
     admission = Admission(settings.config, pools, dispatcher, metrics)

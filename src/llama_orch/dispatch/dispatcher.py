@@ -408,6 +408,18 @@ class Dispatcher:
     def fail(self, task: Task, error: OrchError) -> None:
         self.endings.fail(task, error)
 
+    def end_queued(self, pool_id: str, error: OrchError) -> int:
+        """End every task still queued on the pool with ``error`` (a drain); how many."""
+        queued = [
+            t
+            for t in self.tasks.live_tasks()
+            if t.pool_id == pool_id and t.state is TaskState.QUEUED
+        ]
+        for task in queued:
+            self.endings.fail(task, error)
+        self._refresh_depth(self.lanes[pool_id])
+        return len(queued)
+
     async def _deadline_loop(self) -> None:
         while True:
             await asyncio.sleep(0.05)

@@ -29,10 +29,11 @@ from llama_orch.config import PoolConfig
 from llama_orch.contracts.engine import EngineAdapter
 from llama_orch.core.model import PoolSnapshot, ReplicaView
 from llama_orch.core.replica_set import replica_set_conflict
-from llama_orch.errors import WorkerError
+from llama_orch.errors import WorkerError, WorkerReset, WorkerUnavailable
 from llama_orch.observability.metrics import Metrics, ReplicaMetrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.gpus import GpuInventory
+from llama_orch.pool.supervisor import ProcessState, Supervision, is_launched
 from llama_orch.vocab import Engine, ProvisioningMode
 
 #: Context limit used when neither the pool config nor the engine states one.
@@ -89,6 +90,8 @@ class Replica:
     stale: bool = False
     #: ``kv_cache_usage_ratio`` child, bound on the first value the engine reports.
     kv_gauge: Gauge | None = None
+    #: The engine process llama-orch launched for this replica (None: external or mock).
+    process: ProcessState | None = None
 
 
 @dataclass(slots=True)
@@ -163,6 +166,7 @@ class PoolManager:
         probe_interval_s: float = 2.0,
         stale_after_s: float = STALE_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
+        supervision: Supervision | None = None,
     ) -> None:
         self._host = host
         self._factory = adapter_factory
@@ -181,7 +185,15 @@ class PoolManager:
             devices = tuple(cfg.devices) if cfg.devices is not None else inventory.indices
             simulated = cfg.engine is Engine.MOCK or inventory.simulated
             replicas = [Replica(cfg.id, f"r{i}", devices, cfg.slots) for i in range(cfg.replicas)]
+            if is_launched(cfg):
+                for replica in replicas:
+                    replica.process = ProcessState()
             self.pools[cfg.id] = PoolRuntime(cfg, replicas, devices, simulated)
+            metrics.init_pool_lifecycle(cfg.id, [r.replica_id for r in replicas])
+        # Launched engines are supervised by the lifecycle; imported here to keep it optional.
+        from llama_orch.pool.lifecycle import PoolLifecycle
+
+        self.lifecycle = PoolLifecycle(self, supervision, metrics, probe_interval_s)
 
     @property
     def inventory(self) -> GpuInventory:
@@ -245,8 +257,11 @@ class PoolManager:
         return not lapsed
 
     async def start(self) -> None:
+        await self.lifecycle.start()
         for pool in self.pools.values():
             cfg = pool.config
+            if is_launched(cfg):
+                continue  # the lifecycle binds each replica once its engine runs
             for index, replica in enumerate(pool.replicas):
                 self._host.bind(
                     pool.id,
@@ -264,6 +279,7 @@ class PoolManager:
                 self._probe_loop(pool, replica), name=f"probe-{pool.id}-{replica.replica_id}"
             )
             for pool in self.pools.values()
+            if not is_launched(pool.config)
             for replica in pool.replicas
         ]
 
@@ -274,6 +290,7 @@ class PoolManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._probe_tasks = []
+        await self.lifecycle.stop()
         await self._host.aclose()
 
     async def _probe_loop(self, pool: PoolRuntime, replica: Replica) -> None:
@@ -287,7 +304,7 @@ class PoolManager:
             *(self._evaluate(pool, r) for pool in self.pools.values() for r in pool.replicas)
         )
 
-    def _engine_gate(self, pool: PoolRuntime) -> str | None:
+    def _engine_gate(self, pool: PoolRuntime, replica: Replica) -> str | None:
         """None when the engine is ensured, else why not."""
         cfg = pool.config
         if cfg.engine is Engine.MOCK:
@@ -295,6 +312,11 @@ class PoolManager:
         assert cfg.provisioning is not None  # config validation guarantees it
         if cfg.provisioning.mode is ProvisioningMode.EXTERNAL:
             return None
+        process = replica.process
+        if process is not None and self.lifecycle.enabled:
+            if process.prepared is not None and process.running:
+                return None
+            return process.last_exit or "engine not started yet"
         return (
             f"provisioning mode {cfg.provisioning.mode.value} is not available in this build; "
             "start the engine yourself and use provisioning.mode: external with endpoint"
@@ -303,10 +325,10 @@ class PoolManager:
     async def _evaluate(self, pool: PoolRuntime, replica: Replica) -> None:
         """Re-check the three gates of one replica and publish any change."""
         gates = Gates()
-        error: str | None = self._engine_gate(pool)
+        error: str | None = self._engine_gate(pool, replica)
         gates.engine_ensured = error is None
         # An external engine serves the model it was started with; a mock needs none staged.
-        gates.model_present = True
+        gates.model_present = replica.process is None or replica.process.model_path is not None
         if gates.engine_ensured:
             try:
                 # External engines answer on their own health and props endpoints; the host
@@ -331,6 +353,10 @@ class PoolManager:
                 # Health answered but props or version did not: not Ready until both do.
                 gates.healthy = False
                 error = exc.message
+        self.publish(pool, replica, gates, error)
+
+    def publish(self, pool: PoolRuntime, replica: Replica, gates: Gates, error: str | None) -> None:
+        """Set a replica's gates; a state change bumps the version and tells placement."""
         replica.gates = gates
         new_state = ReplicaState.READY if gates.all_pass else ReplicaState.UNREADY
         replica.last_error = error
@@ -362,6 +388,106 @@ class PoolManager:
                 snapshot_version=self.snapshot_version,
             )
             self._notify(pool.id)
+
+    # -- launched engines (driven by the lifecycle) --------------------------------------------
+
+    async def evaluate(self, pool: PoolRuntime, replica: Replica) -> None:
+        await self._evaluate(pool, replica)
+
+    async def bind_engine(self, cfg: PoolConfig, replica_id: str, endpoint: str) -> None:
+        """(Re)bind a launched replica's adapter to the engine now listening at ``endpoint``."""
+        await self._host.unbind(cfg.id, replica_id)
+        self._host.bind(
+            cfg.id,
+            replica_id,
+            self._factory(cfg.model_copy(update={"endpoint": endpoint}), 0),
+            retry=RetryPolicy.from_config(cfg.http, cfg.backoff),
+            breaker=BreakerPolicy.from_config(cfg.circuit_breaker),
+        )
+        self._bump()
+
+    def watch_engine_faults(self) -> None:
+        """A broken stream on a launched engine stops placement on it until a probe passes:
+        the engine may be dying, and the next queued task must not follow the failed one."""
+
+        def on_fault(pool_id: str, replica_id: str, error: WorkerError) -> None:
+            if not isinstance(error, WorkerReset | WorkerUnavailable):
+                return
+            pool = self.pools.get(pool_id)
+            replica = (
+                next((r for r in pool.replicas if r.replica_id == replica_id), None)
+                if pool
+                else None
+            )
+            if pool is None or replica is None or replica.process is None:
+                return
+            if replica.state is ReplicaState.READY:
+                self.lost(
+                    pool,
+                    replica,
+                    f"engine connection broke ({error.kind.value}); probing",
+                    True,
+                    True,
+                )
+
+        self._host.on_engine_fault(on_fault)
+
+    async def unbind_engine(self, pool_id: str, replica_id: str) -> None:
+        await self._host.unbind(pool_id, replica_id)
+
+    def lost(
+        self,
+        pool: PoolRuntime,
+        replica: Replica,
+        error: str,
+        engine_ensured: bool,
+        model_present: bool,
+    ) -> None:
+        """A launched replica's engine is gone or could not start: Unready, with why."""
+        gates = Gates(model_present=model_present, engine_ensured=engine_ensured, healthy=False)
+        self.publish(pool, replica, gates, error)
+
+    def switch(
+        self,
+        pool: PoolRuntime,
+        config: PoolConfig,
+        old: list[Replica],
+        fresh: list[Replica],
+        *,
+        retire: Callable[[PoolRuntime, Replica], None],
+    ) -> None:
+        """Atomically make ``fresh`` (serving ``config``) the pool's placeable replicas.
+
+        The old replicas stay listed (their leases are still released through the pool) but
+        never Ready again; ``forget`` removes them once their streams ended.
+        """
+        for replica in old:
+            retire(pool, replica)
+            replica.state = ReplicaState.UNREADY
+            replica.last_error = f"retiring: the pool now serves {config.model}"
+        pool.replicas = [*old, *fresh]
+        pool.config = config
+        pool.draining = False
+        self._bump()
+        self._metrics.pool_ready.labels(pool.id).set(1 if pool.ready else 0)
+        narrate(
+            "pool-manager",
+            "reload",
+            pool.id,
+            f"Pool {pool.id} switches to {config.model} on replicas "
+            f"{', '.join(r.replica_id for r in fresh)}.",
+            pool_id=pool.id,
+            model_id=config.model,
+            snapshot_version=self.snapshot_version,
+        )
+        self._notify(pool.id)
+
+    def forget(self, pool: PoolRuntime, old: list[Replica]) -> None:
+        """Drop replicas a reload replaced (their engines stopped)."""
+        gone = {id(r) for r in old}
+        pool.replicas = [r for r in pool.replicas if id(r) not in gone]
+        self._bump()
+        self._notify(pool.id)
 
     def _apply_capabilities(
         self, pool: PoolRuntime, replica: Replica, engine_version: str, ctx_max: int | None

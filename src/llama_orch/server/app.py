@@ -18,7 +18,7 @@ from llama_orch.config import Settings
 from llama_orch.errors import ErrorKind, NotFound, OrchError
 from llama_orch.observability.redaction import Redactor
 from llama_orch.pool.gpu_sampler import GpuSampler
-from llama_orch.server import control_plane, data_plane
+from llama_orch.server import control_plane, data_plane, pools_api
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.errors import error_response, handle_orch_error
 from llama_orch.server.middleware import AuthMiddleware, CorrelationMiddleware
@@ -67,7 +67,7 @@ def create_app(
             await deps.pools.stop()
 
     app = Starlette(
-        routes=[*data_plane.routes, *control_plane.routes],
+        routes=[*data_plane.routes, *control_plane.routes, *pools_api.routes],
         middleware=[
             Middleware(CorrelationMiddleware, redactor=redactor_of(deps.settings)),
             Middleware(AuthMiddleware, policy=auth_policy_of(deps.settings)),
