@@ -32,7 +32,7 @@ class OrchClient:
         self.http.close()
 
 
-def _fail(response: httpx.Response) -> int:
+def fail(response: httpx.Response) -> int:
     try:
         body = response.json()
         message = f"{body.get('code')}: {body.get('message')}"
@@ -49,7 +49,7 @@ def _fail(response: httpx.Response) -> int:
 def _pick_pool(client: OrchClient, options: dict[str, Any]) -> dict[str, Any] | None:
     response = client.http.get("/v1/capabilities")
     if response.status_code != 200:
-        _fail(response)
+        fail(response)
         return None
     pools = response.json().get("pools", [])
     wanted = options.get("pool")
@@ -88,7 +88,7 @@ def submit_and_stream(client: OrchClient, prompt: str, options: dict[str, Any]) 
             body["seed"] = options["seed"]
         response = client.http.post("/v1/tasks", json=body)
         if response.status_code != 202:
-            return _fail(response)
+            return fail(response)
         admitted = response.json()
         click.echo(
             f"task {admitted['task_id']} on {admitted.get('pool_id')}: queue position "
@@ -105,7 +105,7 @@ def _stream(client: OrchClient, task_id: str) -> int:
     with connect_sse(client.http, "GET", f"/v1/tasks/{task_id}/stream") as source:
         if source.response.status_code != 200:
             source.response.read()
-            return _fail(source.response)
+            return fail(source.response)
         for sse in source.iter_sse():
             data = json.loads(sse.data)
             if sse.event == "token":
@@ -133,6 +133,6 @@ def cancel(client: OrchClient, task_id: str) -> int:
         click.echo(f"llorch: cannot reach {client.url}: {exc}", err=True)
         return EXIT_UNREACHABLE
     if response.status_code != 204:
-        return _fail(response)
+        return fail(response)
     click.echo(f"canceled {task_id}", err=True)
     return EXIT_OK

@@ -35,12 +35,16 @@ async def pool_health(request: Request) -> Response:
     if pool is None:
         raise NotFound(f"pool {pool_id!r} is not configured; see GET /v1/capabilities")
     lane = deps.dispatcher.lanes[pool_id]
+    snapshot = deps.pools.snapshot(pool_id)
     health = PoolHealth(
         live=any(r.state is not ReplicaState.STARTING for r in pool.replicas),
         ready=pool.ready,
         draining=pool.draining,
         metrics={
             "queue_depth": len(lane.queue),
+            "device_mask": list(pool.devices),
+            "vram_total_bytes": snapshot.vram_total_bytes,
+            "vram_free_bytes": snapshot.vram_free_bytes,
             "replicas": [
                 {
                     "replica_id": r.replica_id,
