@@ -18,7 +18,7 @@ class TestPoolsCommand:
         async with running_server(config) as srv:
             code, out, _ = await run("pools", "--url", srv.url)
             assert 0 == code
-            header, first, second = out.splitlines()
+            header, first, _second = out.splitlines()
             assert header.split() == [
                 "POOL",
                 "REPLICAS",
