@@ -10,12 +10,11 @@ from __future__ import annotations
 import io
 import os
 import stat
-import sys
 import tarfile
-import zipfile
 from pathlib import Path
 
 from llama_orch.testing.fake_engines._gguf import write_minimal
+from llama_orch.testing.fake_engines.release import engine_archive, fake_script
 
 PROGRAMS = {
     "llamacpp": "llama-server",
@@ -23,14 +22,6 @@ PROGRAMS = {
     "tgi": "text-generation-launcher",
     "triton": "tritonserver",
 }
-
-
-def fake_script(program: str) -> str:
-    return (
-        "#!/bin/sh\n"
-        "# simulated engine: the real program's flags, the fake protocol, no inference\n"
-        f'exec "{sys.executable}" -m llama_orch.testing.fake_engines.launch {program} "$@"\n'
-    )
 
 
 def fake_executable(directory: Path, program: str) -> Path:
@@ -46,24 +37,6 @@ def tiny_gguf(directory: Path, name: str = "tiny-sim") -> Path:
     return write_minimal(
         directory / f"{name}.gguf", {"general.architecture": "llama", "general.name": name}
     )
-
-
-def engine_archive(program: str, *, fmt: str = "tar.gz", top: str = "engine-b1") -> bytes:
-    """An engine release archive holding ``top/bin/<program>`` (the fake, executable)."""
-    script = fake_script(program).encode()
-    buf = io.BytesIO()
-    if fmt == "zip":
-        with zipfile.ZipFile(buf, "w") as zf:
-            info = zipfile.ZipInfo(f"{top}/bin/{program}")
-            info.external_attr = (0o755 | stat.S_IFREG) << 16
-            zf.writestr(info, script)
-        return buf.getvalue()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        info = tarfile.TarInfo(f"{top}/bin/{program}")
-        info.size = len(script)
-        info.mode = 0o755
-        tf.addfile(info, io.BytesIO(script))
-    return buf.getvalue()
 
 
 def evil_archive(kind: str) -> bytes:
@@ -86,3 +59,6 @@ def evil_archive(kind: str) -> bytes:
 
 def environ_with(**extra: str) -> dict[str, str]:
     return {**os.environ, **extra}
+
+
+__all__ = ["engine_archive", "evil_archive", "fake_executable", "fake_script", "tiny_gguf"]
