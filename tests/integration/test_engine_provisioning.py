@@ -116,6 +116,20 @@ class TestBinary:
         assert not (tmp_path / "cache" / "escape.sh").exists()
         assert [] == list((tmp_path / "cache").rglob("escape.sh"))
 
+    async def test_full_disk_is_a_preflight_failure(self, tmp_path: Path) -> None:
+        """Too little free space in the engine cache fails before the download."""
+        archive = engine_archive("llama-server")
+        with https_files({"/b.tar.gz": archive}, tmp_path) as served:
+            pool = llamacpp_pool(
+                "m.gguf",
+                binary={"url": f"{served.url}/b.tar.gz", "checksum": _sha(archive)},
+                allow_binary_downloads=True,
+            )
+            ctx = _ctx(tmp_path, served, min_free_bytes=2**60)
+            with pytest.raises(ProvisionError, match=r"engines\.cache_dir") as caught:
+                await provider_for(pool, ctx).ensure(pool)
+        assert ("preflight", []) == (caught.value.step, served.requests)
+
     async def test_policy_refusals_say_what_to_change(self, tmp_path: Path) -> None:
         """Downloads off by default, then the network policy: each refusal names its switch."""
         pool = llamacpp_pool(

@@ -123,6 +123,7 @@ class BinaryProvider:
                 "host in network_policy) or install the engine yourself and use mode: external",
             )
         check_outbound(self.ctx.network_policy, url)
+        self.ctx.require_disk(self.kind.engine, f"unpacking {archive_name(url)}")
         directory = self.install_dir(pool)
         downloads = self.ctx.engine_dir(self.kind.engine) / ".downloads"
         downloads.mkdir(parents=True, exist_ok=True)

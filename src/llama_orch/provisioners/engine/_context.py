@@ -30,6 +30,8 @@ class ProvisionContext:
     simulated: bool = False
     #: Where tools (git, cmake, podman, ...) are looked up; None: this process's PATH.
     path: str | None = None
+    #: Free space the engine cache must have before a download, build or install.
+    min_free_bytes: int = 2 * 2**30
 
     def engine_dir(self, engine: str) -> Path:
         return self.cache_root.expanduser() / engine
@@ -45,6 +47,20 @@ class ProvisionContext:
                 "preflight", f"{tool} is not on PATH; it is needed {why}. {install_hint}"
             )
         return found
+
+    def require_disk(self, engine: str, why: str) -> None:
+        """One actionable preflight failure when the engine cache's disk is too full."""
+        probe = self.engine_dir(engine)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        if free < self.min_free_bytes:
+            raise ProvisionError(
+                "preflight",
+                f"{probe} has {free / 2**30:.1f} GiB free; {why} needs at least "
+                f"{self.min_free_bytes / 2**30:.1f} GiB. Free some space or point "
+                "engines.cache_dir at a larger disk",
+            )
 
     def tool_env(self) -> dict[str, str]:
         """The environment tools run with: this process's, with the configured PATH."""

@@ -83,6 +83,7 @@ class PackageProvider:
                     f"{name}=={version} is not installed and provisioning.allow_package_installs "
                     f"is false; set it to true, or run: {shown}",
                 )
+            self.ctx.require_disk(self.kind.engine, f"installing {name}=={version}")
             log = self.ctx.engine_dir(self.kind.engine) / "logs" / f"{pool.id}.log"
             for step, cmd in zip(("venv", "install"), commands, strict=True):
                 await run_step(

@@ -190,6 +190,7 @@ class SourceProvider:
         build = builds / f"{commit[:12]}-{digest}"
         binary = build / "bin" / "llama-server"
         if not binary.exists():
+            self.ctx.require_disk("llamacpp", "building llama.cpp")
             self._invalidate_stale_cache(build, src)
             configure = ["cmake", "-S", str(src), "-B", str(build), *flags]
             if source.build.generator:
