@@ -57,7 +57,8 @@ class TestContainerMode:
             assert 202 == (await server.submit(body)).status_code
             assert "end" == (await server.stream(body["task_id"]))[-1][0]
             port = process_of(health)["endpoint"].rsplit(":", 1)[1]
-        pull, run = (json.loads(line) for line in calls.read_text().splitlines())
+        pull, run, remove = (json.loads(line) for line in calls.read_text().splitlines())
+        assert ["rm", "--force", "llorch-cv-r0"] == remove
         assert ["pull", f"docker.io/vllm/vllm-openai@{DIGEST}"] == pull
         assert run[:9] == [
             "run",

@@ -16,6 +16,7 @@ What happens to tasks is the dispatcher's business: the caller hands in ``TaskCo
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,6 +108,15 @@ class PoolLifecycle:
         if self._sup is None or not launched:
             return
         await self._sup.launcher.reap_orphans()
+        if os.geteuid() == 0:
+            narrate(
+                "pool-manager",
+                "root",
+                "engines",
+                "Runs engines as root: run llama-orch as a regular user so its engines do not "
+                "hold root privileges (rootless podman for containers).",
+                level="warning",
+            )
         self._manager.watch_engine_faults()
         for pool in launched:
             for replica in pool.replicas:

@@ -242,17 +242,18 @@ class ReplicaSupervisor:
         )
 
     async def stop(self) -> None:
-        """Stop supervising and the engine: SIGTERM, wait, SIGKILL."""
+        """Stop supervising and the engine: SIGTERM, wait, SIGKILL; never restart it."""
+        self.retiring = True
+        handle = self.handle
+        if handle is not None:
+            code = await handle.stop(self._sup.engines.stop_timeout_ms / 1000)
+            self.state.last_exit = f"stopped (status {code})"
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        handle, self.handle = self.handle, None
-        if handle is not None:
-            code = await handle.stop(self._sup.engines.stop_timeout_ms / 1000)
-            self.state.running = False
-            self.state.last_exit = f"stopped (status {code})"
+        self.state.running = False
         self._backoff_gauge.set(0)
 
     @property
@@ -350,6 +351,7 @@ class ReplicaSupervisor:
             devices=self.devices,
             env=command.env,
             secrets=command.secrets,
+            cleanup=command.cleanup,
         )
         return await self._sup.launcher.launch(spec)
 

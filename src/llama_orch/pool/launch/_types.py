@@ -34,6 +34,8 @@ class LaunchSpec:
     cwd: Path | None = None
     #: Secrets the command or environment holds; replaced in every logged command line.
     secrets: tuple[str, ...] = ()
+    #: Run after the process stopped (e.g. remove its container); best effort.
+    cleanup: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:

@@ -112,11 +112,28 @@ class LocalProcess:
                 await asyncio.wait_for(self._process.wait(), timeout_s)
             except TimeoutError:
                 _signal_group(self._process.pid, signal.SIGKILL)
-        return await self.wait()
+        code = await self.wait()
+        await self._cleanup(timeout_s)
+        return code
+
+    async def _cleanup(self, timeout_s: float) -> None:
+        if not self._spec.cleanup:
+            return
+        with self._log_path.open("ab") as log:
+            log.write(f"--- cleanup: {' '.join(self._spec.cleanup)}\n".encode())
+            log.flush()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *self._spec.cleanup, stdout=log, stderr=asyncio.subprocess.STDOUT
+                )
+                await asyncio.wait_for(proc.wait(), timeout_s)
+            except (OSError, TimeoutError) as exc:
+                log.write(f"cleanup failed: {exc}\n".encode())
 
     async def kill(self) -> None:
         _signal_group(self._process.pid, signal.SIGKILL)
         await self.wait()
+        await self._cleanup(10.0)
 
     def log_tail(self, lines: int = 20) -> str:
         try:

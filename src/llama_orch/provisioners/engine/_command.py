@@ -19,6 +19,8 @@ class ReplicaCommand:
     env: dict[str, str] = field(default_factory=dict)
     #: Values to redact wherever the command line is logged.
     secrets: tuple[str, ...] = ()
+    #: Run once the replica stopped: removes a container a killed runtime client left behind.
+    cleanup: tuple[str, ...] = ()
 
 
 def replica_command(
@@ -47,7 +49,7 @@ def replica_command(
         argv.append(prepared.image_ref)
         argv += kind.container_entry
         argv += engine_args(pool, model_path=model_path, host="0.0.0.0", port=port)
-        return ReplicaCommand(tuple(argv), env, secrets)
+        return ReplicaCommand(tuple(argv), env, secrets, (runtime, "rm", "--force", name))
     if prepared.binary_path is None:
         raise ProvisionError("launch", f"{prepared.provisioning_mode} engines are not launched")
     argv = [prepared.binary_path]
