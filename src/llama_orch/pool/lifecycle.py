@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 #: How long a reload lets the old replicas finish their streams before stopping them.
 RELOAD_DRAIN_MS = 30_000
+#: How long stopped streams get to unwind and release their slots.
+STOP_GRACE_MS = 5_000
 #: Cadence of the idle check while draining.
 _IDLE_POLL_S = 0.02
 
@@ -281,6 +283,8 @@ class PoolLifecycle:
             ids = {r.replica_id for r in old}
             idle = await self._wait_idle(pool, ids, RELOAD_DRAIN_MS)
             op.detail["in_flight_stopped"] = 0 if idle else tasks.stop_running(pool.id, ids)
+            if not idle:  # the stopped streams release their leases as they unwind
+                await self._wait_idle(pool, ids, STOP_GRACE_MS)
             await self._discard(
                 pool,
                 [

@@ -539,8 +539,9 @@ class PoolManager:
 
     def release_lease(self, pool_id: str, replica_id: str) -> None:
         pool = self.pools[pool_id]
-        replica = next(r for r in pool.replicas if r.replica_id == replica_id)
-        replica.active = max(0, replica.active - 1)
+        replica = next((r for r in pool.replicas if r.replica_id == replica_id), None)
+        if replica is not None:  # None: a reload already retired it
+            replica.active = max(0, replica.active - 1)
         self._metrics.active_leases.labels(pool_id).set(pool.active_leases)
         self._notify(pool_id)
 
