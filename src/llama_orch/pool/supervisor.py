@@ -228,7 +228,10 @@ class ReplicaSupervisor:
         self._lost = lost
         self._probe_interval_s = probe_interval_s
         self.handle: EngineHandle | None = None
+        #: Set once the replica was first Ready (a reload waits on it).
         self.ready = asyncio.Event()
+        #: The current engine process reached Ready (a later exit is not a failed preload).
+        self._life_ready = False
         #: Set when a reload replaced this replica: serve what runs, stop probing, never restart.
         self.retiring = False
         self._task: asyncio.Task[None] | None = None
@@ -292,6 +295,7 @@ class ReplicaSupervisor:
     async def _one_life(self) -> str:
         """Prepare, launch and watch the engine once; why it ended (a restart reason)."""
         cfg, state = self.cfg, self.state
+        self._life_ready = False
         try:
             state.prepared = await self._engines.prepared(cfg)
         except ProvisionError as exc:
@@ -399,7 +403,7 @@ class ReplicaSupervisor:
 
     def _on_ready(self, elapsed_s: float) -> None:
         self._metrics.pool_preload_total.labels(self.cfg.id, "success").inc()
-        # A run that reached Ready ends the storm window's streak of start-up failures.
+        self._life_ready = True
         self.ready.set()
         narrate(
             "pool-manager",
@@ -423,7 +427,7 @@ class ReplicaSupervisor:
         while state.failures and now - state.failures[0] > storm.window_s:
             state.failures.popleft()
         if reason in RESTART_REASONS:
-            if not self.ready.is_set() or reason != "exited":
+            if not self._life_ready:
                 self._metrics.pool_preload_total.labels(self.cfg.id, "failure").inc()
             state.restarts += 1
             self._metrics.pool_restarts_total.labels(self.cfg.id, reason).inc()
