@@ -4,9 +4,11 @@ a recorded container runtime; and what an operator sees when each one fails."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from llama_orch.provisioners.engine import (
     provider_for,
 )
 from llama_orch.vocab import ProvisioningMode
-from tests.support.engines import engine_archive, evil_archive, fake_executable
+from tests.support.engines import engine_archive, evil_archive, fake_executable, fake_script
 from tests.support.https_files import HttpsFiles, https_files
 from tests.support.pools import llamacpp_pool
 
@@ -82,6 +84,30 @@ class TestBinary:
             )
             prepared = await provider_for(pool, _ctx(tmp_path, served)).ensure(pool)
         assert os.access(prepared.binary_path or "", os.X_OK)
+
+    async def test_links_inside_the_archive_are_kept(self, tmp_path: Path) -> None:
+        """A relative link that stays in the install dir (a .so version link) is fine."""
+        buf = io.BytesIO()
+        script = fake_script("llama-server").encode()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+            exe = tarfile.TarInfo("e/bin/llama-server")
+            exe.size, exe.mode = len(script), 0o755
+            tf.addfile(exe, io.BytesIO(script))
+            lib = tarfile.TarInfo("e/lib/libggml.so.1")
+            tf.addfile(lib, io.BytesIO(b""))
+            link = tarfile.TarInfo("e/lib/libggml.so")
+            link.type, link.linkname = tarfile.SYMTYPE, "libggml.so.1"
+            tf.addfile(link)
+        archive = buf.getvalue()
+        with https_files({"/l.tar.gz": archive}, tmp_path) as served:
+            pool = llamacpp_pool(
+                "m.gguf",
+                binary={"url": f"{served.url}/l.tar.gz", "checksum": _sha(archive)},
+                allow_binary_downloads=True,
+            )
+            prepared = await provider_for(pool, _ctx(tmp_path, served)).ensure(pool)
+        lib_dir = Path(prepared.binary_path or "").parents[1] / "lib"
+        assert "libggml.so.1" == os.readlink(lib_dir / "libggml.so")
 
     async def test_checksum_mismatch_installs_nothing(self, tmp_path: Path) -> None:
         """A download whose sha256 differs from the pin fails at verify, naming both digests."""
@@ -205,6 +231,20 @@ class TestSource:
         assert os.access(prepared.binary_path or "", os.X_OK)
         again = await provider_for(pool, ctx).ensure(pool)
         assert prepared.binary_path == again.binary_path
+
+    async def test_a_new_commit_builds_a_new_version(self, tmp_path: Path) -> None:
+        """After the ref moves, the next ensure fetches, builds anew and reports the commit."""
+        repo = _repo(tmp_path)
+        pool = llamacpp_pool("m.gguf", mode="source", source={"repo": str(repo), "ref": "master"})
+        ctx = _ctx(tmp_path)
+        first = await provider_for(pool, ctx).ensure(pool)
+        (repo / "NEWS").write_text("b2\n")
+        _git("add", ".", cwd=repo)
+        _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "b2", cwd=repo)
+        second = await provider_for(pool, ctx).ensure(pool)
+        assert second.engine_version.startswith(_head(repo)[:12] + "+")
+        assert first.engine_version != second.engine_version
+        assert first.binary_path != second.binary_path
 
     async def test_build_failure_names_the_step_and_shows_the_tail(self, tmp_path: Path) -> None:
         """A CMake error fails at configure, with the log's last lines in the error."""

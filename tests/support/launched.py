@@ -43,7 +43,7 @@ class LaunchedSetup:
                 },
                 "env": env,
             },
-            "http": {"probe_timeout_ms": 300, "retries": 0},
+            "http": {"probe_timeout_ms": 1000, "retries": 0},
             "backoff": {"initial_ms": 100, "max_ms": 400, "jitter": False},
         }
         pool.update(overrides)
@@ -65,7 +65,7 @@ class LaunchedSetup:
                 "engines": {
                     "cache_dir": str(self.tmp / "engines"),
                     "run_dir": str(self.tmp / "run"),
-                    "hang_after_failed_probes": 2,
+                    "hang_after_failed_probes": 3,
                     "stop_timeout_ms": 3000,
                     "startup_timeout_ms": 30000,
                     **engines,
