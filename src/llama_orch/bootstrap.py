@@ -73,6 +73,9 @@ def supervision_of(settings: Settings, inventory: GpuInventory) -> Supervision:
         ),
         engines=engines,
         locate_model=local_model_locator(settings.base_dir),
+        vram_of=lambda devices: sum(
+            gpu.vram_total_bytes for i in devices if (gpu := inventory.by_index(i)) is not None
+        ),
     )
 
 

@@ -75,6 +75,18 @@ class TestLaunch:
             gates = health["metrics"]["replicas"][0]["gates"]
             assert {"model_present": False, "engine_ensured": True, "healthy": False} == gates
 
+    async def test_model_larger_than_the_mask_vram_is_refused(self, setup: LaunchedSetup) -> None:
+        """Weights bigger than the GPUs of the mask: the engine is not launched (no spill)."""
+        big = setup.tmp / "big.gguf"
+        big.write_bytes(setup.model.read_bytes() + b"\0" * (2 * 2**20))
+        gpus = {"simulated": [{"index": 0, "name": "tiny (simulated)", "vram_mb": 1}]}
+        async with running_server(setup.config(setup.pool(model=str(big)), gpus=gpus)) as server:
+            health = await wait_health(
+                server, "lp", lambda h: "does not fit" in (h["last_error"] or "")
+            )
+            assert process_of(health)["pid"] is None
+            assert not (setup.tmp / "run" / "logs" / "lp-r0.log").exists()
+
 
 class TestFaults:
     async def test_kill_9_mid_stream(self, setup: LaunchedSetup) -> None:

@@ -49,10 +49,12 @@ class LaunchedSetup:
         pool.update(overrides)
         return pool
 
-    def config(self, *pools: dict[str, Any], **engines: Any) -> Config:
+    def config(
+        self, *pools: dict[str, Any], gpus: dict[str, Any] | None = None, **engines: Any
+    ) -> Config:
         return Config.model_validate(
             {
-                "gpus": SIMULATED_GPUS,
+                "gpus": gpus or SIMULATED_GPUS,
                 "network_policy": {
                     "allow_outbound": True,
                     "allowed_hosts": ["127.0.0.1"],

@@ -117,6 +117,8 @@ class Supervision:
     rng: random.Random = field(default_factory=random.Random)
     #: Picks each launch's port (a port taken meanwhile makes the engine exit; it restarts).
     allocate_port: Callable[[], int] = free_port
+    #: Total VRAM of a device mask in bytes (None: unknown, no fit check).
+    vram_of: Callable[[tuple[int, ...]], int] | None = None
 
 
 @dataclass(slots=True)
@@ -306,6 +308,10 @@ class ReplicaSupervisor:
         except ModelMissing as exc:
             self._lost(f"model not present: {exc}", True, False)
             return "model_missing"
+        too_big = self._misfit(state.model_path)
+        if too_big is not None:
+            self._lost(too_big, True, False)
+            return "model_too_large"
         if state.prepared.simulated:
             narrate(
                 "pool-manager",
@@ -340,6 +346,25 @@ class ReplicaSupervisor:
         state.last_exit = f"{reason} (status {code}){last}"
         self._lost(f"engine {reason} (status {code}){last}", True, True)
         return reason
+
+    def _misfit(self, model_path: str) -> str | None:
+        """Why the model cannot fit the mask's VRAM, if its weights alone exceed it (ORCH-3003).
+
+        A floor, not an estimate: the KV cache and activations need more on top.
+        """
+        if self._sup.vram_of is None:
+            return None
+        have = self._sup.vram_of(self.devices)
+        path = Path(model_path)
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        need = sum(p.stat().st_size for p in files)
+        if not have or need <= have:
+            return None
+        return (
+            f"model does not fit: {need / 2**30:.2f} GiB of weights exceed the "
+            f"{have / 2**30:.2f} GiB of VRAM on GPUs {list(self.devices)}; pick a smaller "
+            "quantization or give the pool more devices"
+        )
 
     async def _launch(self, prepared: PreparedEngine, model_path: str) -> EngineHandle:
         port = self._sup.allocate_port()

@@ -35,6 +35,12 @@ def image_ref(pool: PoolConfig) -> tuple[str, str | None]:
     )
 
 
+def _version(pool: PoolConfig) -> str:
+    assert pool.provisioning is not None and pool.provisioning.container is not None
+    c = pool.provisioning.container
+    return c.tag or (c.digest or "").removeprefix("sha256:")[:12] or "latest"
+
+
 class ContainerProvider:
     mode = "container"
 
@@ -55,7 +61,7 @@ class ContainerProvider:
         steps = [
             PlanStep("preflight", f"container runtime {runtime}, NVIDIA container toolkit"),
             PlanStep("pull", ref + (" (tag only: pin a digest)" if warning else "")),
-            PlanStep("record", f"engine entry {self.kind.engine}:{ref.rsplit('/', 1)[-1]}"),
+            PlanStep("record", f"engine entry {self.kind.engine}:{_version(pool)}"),
         ]
         return Plan(pool.id, self.kind.engine, self.mode, tuple(steps))
 
@@ -84,7 +90,7 @@ class ContainerProvider:
         )
         c = pool.provisioning.container
         assert c is not None and c.image is not None
-        version = c.tag or (c.digest or "").removeprefix("sha256:")[:12] or "latest"
+        version = _version(pool)
         digest = f"sha256:{c.digest.removeprefix('sha256:')}" if c.digest else None
         entry = EngineEntry(
             id=entry_id(self.kind.engine, version, digest),
