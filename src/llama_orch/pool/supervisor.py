@@ -342,7 +342,7 @@ class ReplicaSupervisor:
             self.handle = None
         code = handle.returncode
         tail = handle.log_tail(3).splitlines()
-        last = f": {tail[-1][:200]}" if tail else ""
+        last = f"; last log line: {tail[-1][:200]}" if tail else ""
         state.last_exit = f"{reason} (status {code}){last}"
         self._lost(f"engine {reason} (status {code}){last}", True, True)
         return reason
