@@ -128,11 +128,20 @@ class TestFaults:
             assert process_of(health)["pid"] != pid
 
     async def test_sigstop_hang_is_killed_and_restarted(self, setup: LaunchedSetup) -> None:
-        """A stopped engine fails its probes, is killed and comes back Ready."""
-        async with running_server(setup.config()) as server:
+        """A stopped engine fails its probes and is killed: the stream it held ends with a
+        retriable error, and the replica comes back Ready."""
+        pool = setup.pool(env={"FAKE_ENGINE_TOKENS_PER_S": "20"})
+        async with running_server(setup.config(pool)) as server:
             health = await wait_health(server, "lp", _ready)
             pid = process_of(health)["pid"]
-            os.kill(pid, signal.SIGSTOP)
+            body = llama_task(setup.model, max_tokens=400)
+            assert 202 == (await server.submit(body)).status_code
+            frames: list[tuple[str, dict[str, Any]]] = []
+            async for event, data in sse_events(server.client, body["task_id"]):
+                frames.append((event, data))
+                if event == "token" and len(frames) == 2:
+                    os.kill(pid, signal.SIGSTOP)
+            assert ("error", True) == (frames[-1][0], frames[-1][1]["retriable"])
             health = await wait_health(
                 server, "lp", lambda h: h["ready"] and h["restart_count"] == 1
             )
