@@ -25,6 +25,7 @@ from tests.support.launched import (
     process_of,
     wait_health,
 )
+from tests.support.llama_repo import head, llama_cpp_repo
 from tests.support.serve_process import free_port
 from tests.support.server import running_server, sse_events
 
@@ -67,6 +68,23 @@ class TestLaunch:
         assert [] == list((setup.tmp / "run" / "pids").glob("*.pid"))
         log = (setup.tmp / "run" / "logs" / "lp-r0.log").read_text()
         assert "--n-gpu-layers 999" in log
+
+    async def test_source_build_launches_and_serves(self, setup: LaunchedSetup) -> None:
+        """The source path end to end: git, CMake with CUDA, llama-server, Ready, a task."""
+        repo = llama_cpp_repo(setup.tmp)
+        pool = setup.pool()
+        pool["provisioning"] = {
+            "mode": "source",
+            "source": {"repo": str(repo), "ref": "master"},
+            "env": pool["provisioning"]["env"],
+        }
+        async with running_server(setup.config(pool)) as server:
+            health = await wait_health(server, "lp", _ready)
+            assert "source" == health["provisioning_mode"]
+            assert process_of(health)["engine_version"].startswith(head(repo)[:12] + "+")
+            body = llama_task(setup.model, max_tokens=3)
+            assert 202 == (await server.submit(body)).status_code
+            assert "end" == (await server.stream(body["task_id"]))[-1][0]
 
     async def test_orphans_of_a_crashed_run_are_stopped(self, setup: LaunchedSetup) -> None:
         """An engine whose server died (its pid file remains) is stopped at the next start."""

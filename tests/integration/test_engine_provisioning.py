@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -24,8 +23,11 @@ from llama_orch.provisioners.engine import (
     provider_for,
 )
 from llama_orch.vocab import ProvisioningMode
-from tests.support.engines import engine_archive, evil_archive, fake_executable, fake_script
+from tests.support.engines import engine_archive, evil_archive, fake_script
 from tests.support.https_files import HttpsFiles, https_files
+from tests.support.llama_repo import git as _git
+from tests.support.llama_repo import head as _head
+from tests.support.llama_repo import llama_cpp_repo as _repo
 from tests.support.pools import llamacpp_pool
 
 ALLOW_LOCAL = NetworkPolicyConfig(
@@ -170,43 +172,6 @@ class TestBinary:
         )
         with pytest.raises(ProvisionError, match="allowed_hosts"):
             await provider_for(allowed, _ctx(tmp_path)).ensure(allowed)
-
-
-def _git(*args: str, cwd: Path) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
-
-
-CMAKELISTS = """cmake_minimum_required(VERSION 3.10)
-project(fake_llama NONE)
-if(NOT GGML_CUDA)
-  message(FATAL_ERROR "CUDA is required")
-endif()
-file(READ ${CMAKE_SOURCE_DIR}/llama-server.in SCRIPT)
-add_custom_target(llama-server ALL
-  COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_BINARY_DIR}/bin
-  COMMAND ${CMAKE_COMMAND} -E copy ${CMAKE_SOURCE_DIR}/llama-server.in
-          ${CMAKE_BINARY_DIR}/bin/llama-server
-  COMMAND chmod +x ${CMAKE_BINARY_DIR}/bin/llama-server
-  COMMAND ${CMAKE_COMMAND} -E echo "[100%] Built target llama-server")
-"""
-
-
-def _head(repo: Path) -> str:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
-    return done.stdout.strip()
-
-
-def _repo(tmp_path: Path, *, broken: bool = False) -> Path:
-    """A tiny llama.cpp stand-in: its CMake 'build' installs the fake llama-server."""
-    repo = tmp_path / "llama.cpp"
-    repo.mkdir()
-    _git("init", "-q", "-b", "master", cwd=repo)
-    lists = CMAKELISTS.replace("project(", "project(\nbroken syntax" if broken else "project(")
-    (repo / "CMakeLists.txt").write_text(lists)
-    (fake_executable(tmp_path / "script", "llama-server")).rename(repo / "llama-server.in")
-    _git("add", ".", cwd=repo)
-    _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "b1", cwd=repo)
-    return repo
 
 
 class TestSource:
