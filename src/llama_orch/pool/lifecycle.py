@@ -22,8 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from llama_orch.adapters.host import AdapterHost, BreakerPolicy, RetryPolicy
 from llama_orch.config import PoolConfig
-from llama_orch.errors import Conflict, InvalidParams
+from llama_orch.contracts.engine import EngineAdapter
+from llama_orch.errors import Conflict, InvalidParams, WorkerError, WorkerReset, WorkerUnavailable
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.supervisor import (
@@ -82,11 +84,15 @@ class PoolLifecycle:
     def __init__(
         self,
         manager: PoolManager,
+        host: AdapterHost,
+        adapter_factory: Callable[[PoolConfig, int], EngineAdapter],
         supervision: Supervision | None,
         metrics: Metrics,
         probe_interval_s: float,
     ) -> None:
         self._manager = manager
+        self._host = host
+        self._factory = adapter_factory
         self._sup = supervision
         self._metrics = metrics
         self._probe_interval_s = probe_interval_s
@@ -119,7 +125,7 @@ class PoolLifecycle:
                 "hold root privileges (rootless podman for containers).",
                 level="warning",
             )
-        self._manager.watch_engine_faults()
+        self._host.on_engine_fault(self._on_engine_fault)
         for pool in launched:
             for replica in pool.replicas:
                 self._supervise(pool, pool.config, replica)
@@ -139,7 +145,15 @@ class PoolLifecycle:
         manager = self._manager
 
         async def bind(cfg: PoolConfig, replica_id: str, endpoint: str) -> None:
-            await manager.bind_engine(cfg, replica_id, endpoint)
+            await self._host.unbind(cfg.id, replica_id)
+            self._host.bind(
+                cfg.id,
+                replica_id,
+                self._factory(cfg.model_copy(update={"endpoint": endpoint}), 0),
+                retry=RetryPolicy.from_config(cfg.http, cfg.backoff),
+                breaker=BreakerPolicy.from_config(cfg.circuit_breaker),
+            )
+            manager.rebound()
 
         async def probe() -> bool:
             await manager.evaluate(pool, replica)
@@ -164,6 +178,21 @@ class PoolLifecycle:
         self.supervisors[(pool.id, replica.replica_id)] = supervisor
         supervisor.start()
         return supervisor
+
+    def _on_engine_fault(self, pool_id: str, replica_id: str, error: WorkerError) -> None:
+        """A broken stream on a launched engine stops placement on it until a probe passes:
+        the engine may be dying, and the next queued task must not follow the failed one."""
+        if not isinstance(error, WorkerReset | WorkerUnavailable):
+            return
+        pool = self._manager.pools.get(pool_id)
+        replica = (
+            next((r for r in pool.replicas if r.replica_id == replica_id), None) if pool else None
+        )
+        if pool is None or replica is None or replica.process is None:
+            return
+        if replica.state.value == "ready":
+            why = f"engine connection broke ({error.kind.value}); probing"
+            self._manager.lost(pool, replica, why, True, True)
 
     # -- drain -------------------------------------------------------------------------------
 
@@ -322,7 +351,7 @@ class PoolLifecycle:
             self.supervisors.pop((pool.id, supervisor.replica_id), None)
         await asyncio.gather(*(s.stop() for s in supervisors))
         for supervisor in supervisors:
-            await self._manager.unbind_engine(pool.id, supervisor.replica_id)
+            await self._host.unbind(pool.id, supervisor.replica_id)
 
 
 def _with_model(cfg: PoolConfig, model_ref: str) -> PoolConfig:

@@ -29,7 +29,7 @@ from llama_orch.config import PoolConfig
 from llama_orch.contracts.engine import EngineAdapter
 from llama_orch.core.model import PoolSnapshot, ReplicaView
 from llama_orch.core.replica_set import replica_set_conflict
-from llama_orch.errors import WorkerError, WorkerReset, WorkerUnavailable
+from llama_orch.errors import WorkerError
 from llama_orch.observability.metrics import Metrics, ReplicaMetrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.gpus import GpuInventory
@@ -193,7 +193,9 @@ class PoolManager:
         # Launched engines are supervised by the lifecycle; imported here to keep it optional.
         from llama_orch.pool.lifecycle import PoolLifecycle
 
-        self.lifecycle = PoolLifecycle(self, supervision, metrics, probe_interval_s)
+        self.lifecycle = PoolLifecycle(
+            self, host, adapter_factory, supervision, metrics, probe_interval_s
+        )
 
     @property
     def inventory(self) -> GpuInventory:
@@ -394,46 +396,9 @@ class PoolManager:
     async def evaluate(self, pool: PoolRuntime, replica: Replica) -> None:
         await self._evaluate(pool, replica)
 
-    async def bind_engine(self, cfg: PoolConfig, replica_id: str, endpoint: str) -> None:
-        """(Re)bind a launched replica's adapter to the engine now listening at ``endpoint``."""
-        await self._host.unbind(cfg.id, replica_id)
-        self._host.bind(
-            cfg.id,
-            replica_id,
-            self._factory(cfg.model_copy(update={"endpoint": endpoint}), 0),
-            retry=RetryPolicy.from_config(cfg.http, cfg.backoff),
-            breaker=BreakerPolicy.from_config(cfg.circuit_breaker),
-        )
+    def rebound(self) -> None:
+        """A launched replica's adapter was (re)bound to a new engine process (ORCH-3410)."""
         self._bump()
-
-    def watch_engine_faults(self) -> None:
-        """A broken stream on a launched engine stops placement on it until a probe passes:
-        the engine may be dying, and the next queued task must not follow the failed one."""
-
-        def on_fault(pool_id: str, replica_id: str, error: WorkerError) -> None:
-            if not isinstance(error, WorkerReset | WorkerUnavailable):
-                return
-            pool = self.pools.get(pool_id)
-            replica = (
-                next((r for r in pool.replicas if r.replica_id == replica_id), None)
-                if pool
-                else None
-            )
-            if pool is None or replica is None or replica.process is None:
-                return
-            if replica.state is ReplicaState.READY:
-                self.lost(
-                    pool,
-                    replica,
-                    f"engine connection broke ({error.kind.value}); probing",
-                    True,
-                    True,
-                )
-
-        self._host.on_engine_fault(on_fault)
-
-    async def unbind_engine(self, pool_id: str, replica_id: str) -> None:
-        await self._host.unbind(pool_id, replica_id)
 
     def lost(
         self,
