@@ -29,11 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import httpx
+
 from llama_orch.config import EnginesConfig, PoolConfig
 from llama_orch.observability.metrics import RESTART_REASONS, Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.launch import EngineHandle, Launcher, LaunchError, LaunchSpec, free_port
 from llama_orch.provisioners.engine import (
+    ENGINES,
     PreparedEngine,
     ProvisionContext,
     ProvisionError,
@@ -55,16 +58,17 @@ LAUNCHED_MODES = frozenset(
 STARTUP_POLL_S = 0.05
 
 
-async def _accepts(host: str, port: int) -> bool:
-    """Whether something accepts TCP connections on ``host:port`` now."""
+async def _loaded(client: httpx.AsyncClient, url: str) -> bool:
+    """Whether the engine's own health endpoint answers 200 (listening and model loaded).
+
+    Asked directly while an engine starts, so that refusals and "loading" answers (a container
+    runtime publishes the port long before the engine inside listens) never count against the
+    adapter's circuit breaker.
+    """
     try:
-        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 0.5)
-    except (OSError, TimeoutError):
+        return (await client.get(url)).status_code == 200
+    except httpx.HTTPError:
         return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
 
 
 def is_launched(cfg: PoolConfig) -> bool:
@@ -387,6 +391,9 @@ class ReplicaSupervisor:
     async def _watch(self, handle: EngineHandle) -> str:
         """Until the engine exits, hangs or never turns healthy; which of the three."""
         exited = asyncio.ensure_future(handle.wait())
+        kind = ENGINES.get(self.cfg.engine.value)
+        health_url = handle.endpoint + (kind.health_path if kind else "/health")
+        startup = httpx.AsyncClient(timeout=1.0, trust_env=False)
         started = time.monotonic()
         startup_s = self._sup.engines.startup_timeout_ms / 1000
         hang_after = self._sup.engines.hang_after_failed_probes
@@ -401,8 +408,7 @@ class ReplicaSupervisor:
                 done, _ = await asyncio.wait({exited}, timeout=interval)
                 if done:
                     return "exited"
-                if not ready_once and not await _accepts(handle.spec.host, handle.spec.port):
-                    # Not listening yet: a health call would only feed the adapter's breaker.
+                if not ready_once and not await _loaded(startup, health_url):
                     if time.monotonic() - started > startup_s:
                         return "never_ready"
                     continue
@@ -423,6 +429,7 @@ class ReplicaSupervisor:
                 elif time.monotonic() - started > startup_s:
                     return "never_ready"
         finally:
+            await startup.aclose()
             if not exited.done():
                 exited.cancel()
 

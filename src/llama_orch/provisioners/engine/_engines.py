@@ -26,13 +26,15 @@ class EngineKind:
     package: str | None
     #: Arguments the image needs before the engine flags (images without an entrypoint).
     container_entry: tuple[str, ...] = ()
+    #: The path that answers 200 once the engine has loaded its model.
+    health_path: str = "/health"
 
 
 ENGINES: dict[str, EngineKind] = {
     "llamacpp": EngineKind("llamacpp", "llama-server", None),
     "vllm": EngineKind("vllm", "vllm", "vllm", ("serve",)),
     "tgi": EngineKind("tgi", "text-generation-launcher", None),
-    "triton": EngineKind("triton", "tritonserver", None, ("tritonserver",)),
+    "triton": EngineKind("triton", "tritonserver", None, ("tritonserver",), "/v2/health/ready"),
 }
 
 
