@@ -38,6 +38,8 @@ class TestPoolsCommand:
             assert 0 == code and "draining=True" in out
             code, out, _ = await run("pools", "--url", srv.url)
             assert "draining" in out.splitlines()[2]
+            code, _, err = await run("pools", "--url", srv.url, "reload", "p0", "other.gguf")
+            assert 1 == code and "HTTP 400 INVALID_PARAMS" in err and "does not launch" in err
 
     async def test_plan_prints_steps_without_a_server(self, tmp_path: Path) -> None:
         """`pools plan` reads the config and prints the provisioning steps."""

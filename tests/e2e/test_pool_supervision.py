@@ -26,6 +26,7 @@ from tests.support.launched import (
     wait_health,
 )
 from tests.support.llama_repo import head, llama_cpp_repo
+from tests.support.narration import NarrationLog
 from tests.support.serve_process import free_port
 from tests.support.server import running_server, sse_events
 
@@ -166,9 +167,11 @@ class TestFaults:
             assert process_of(health)["last_exit"].startswith("hung")
             assert not _pid_alive(pid)
 
-    async def test_crash_loop_opens_the_storm_breaker(self, setup: LaunchedSetup) -> None:
-        """An engine that always exits at start stops being restarted after 3 failures; the
-        client gets a retriable POOL_UNREADY naming the cause."""
+    async def test_crash_loop_opens_the_storm_breaker(
+        self, setup: LaunchedSetup, narration: NarrationLog
+    ) -> None:
+        """An engine that always exits at start is restarted after doubling backoffs, then no
+        more after 3 failures; the client gets a retriable POOL_UNREADY naming the cause."""
         setup.faults.write_text("exit_at_start")
         config = setup.config(restart_storm={"failures": 3, "window_s": 60})
         async with running_server(config) as server:
@@ -185,6 +188,8 @@ class TestFaults:
             assert 'pool_restart_storm{pool_id="lp",replica_id="r0"} 1.0' in scrape
             assert 'pool_restarts_total{pool_id="lp",reason="exited"} 3.0' in scrape
             assert 'pool_preload_total{outcome="failure",pool_id="lp"} 3.0' in scrape
+        assert [100, 200] == [e["backoff_ms"] for e in narration.events("backoff")]
+        assert 1 == len(narration.events("restart-storm", pool_id="lp"))
 
     async def test_exit_at_start_then_recovers(self, setup: LaunchedSetup) -> None:
         """One failed start, then the engine comes up on the next try after a backoff."""
