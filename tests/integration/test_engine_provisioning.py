@@ -3,11 +3,14 @@ a recorded container runtime; and what an operator sees when each one fails."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
+import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -311,3 +314,60 @@ class TestPackageAndContainer:
                     }
                 )
             )  # type: ignore[union-attr]
+
+
+def _wheel_index(root: Path) -> Path:
+    """A file:// package index holding `fakevllm 0.1.0`, whose `vllm` script runs the fake."""
+    module = (
+        "import os, sys\n"
+        "def main():\n"
+        f"    os.execv({sys.executable!r}, [{sys.executable!r}, '-m', "
+        "'llama_orch.testing.fake_engines.launch', 'vllm', *sys.argv[1:]])\n"
+    )
+    files = {
+        "fakevllm/__init__.py": module,
+        "fakevllm-0.1.0.dist-info/METADATA": (
+            "Metadata-Version: 2.1\nName: fakevllm\nVersion: 0.1.0\n"
+        ),
+        "fakevllm-0.1.0.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+        "fakevllm-0.1.0.dist-info/entry_points.txt": "[console_scripts]\nvllm = fakevllm:main\n",
+    }
+    record = "".join(f"{name},,\n" for name in files) + "fakevllm-0.1.0.dist-info/RECORD,,\n"
+    files["fakevllm-0.1.0.dist-info/RECORD"] = record
+    project = root / "simple" / "fakevllm"
+    project.mkdir(parents=True)
+    wheel = project / "fakevllm-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    (project / "index.html").write_text(f'<a href="{wheel.name}">{wheel.name}</a>\n')
+    return root / "simple"
+
+
+class TestPackageInstall:
+    async def test_installs_a_pinned_package_into_its_own_venv(self, tmp_path: Path) -> None:
+        """The index must pass the network policy; then the pinned package lands in a venv
+        under the engine cache and its `vllm` executable is what replicas run."""
+        index = _wheel_index(tmp_path / "index")
+        pool = PoolConfig.model_validate(
+            {
+                "id": "v",
+                "engine": "vllm",
+                "model": "m",
+                "provisioning": {
+                    "mode": "package",
+                    "allow_package_installs": True,
+                    "package": {"name": "fakevllm", "version": "0.1.0", "repo": index.as_uri()},
+                },
+            }
+        )
+        with pytest.raises(ProvisionError, match="allowed_schemes"):
+            await provider_for(pool, _ctx(tmp_path)).ensure(pool)
+        ctx = dataclasses.replace(_ctx(tmp_path), network_policy=NetworkPolicyConfig())
+        prepared = await provider_for(pool, ctx).ensure(pool)
+        venv = tmp_path / "cache" / "vllm" / "venv-fakevllm-0.1.0"
+        assert str(venv / "bin" / "vllm") == prepared.binary_path
+        assert "0.1.0" == prepared.engine_version
+        assert "cached" in plan(pool, ctx).render()

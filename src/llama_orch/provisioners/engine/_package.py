@@ -13,8 +13,12 @@ from llama_orch.config import PoolConfig
 from llama_orch.provisioners.engine._context import ProvisionContext
 from llama_orch.provisioners.engine._engines import EngineKind
 from llama_orch.provisioners.engine._index import EngineEntry, entry_id, now_ms
+from llama_orch.provisioners.engine._policy import check_outbound
 from llama_orch.provisioners.engine._steps import run_step
 from llama_orch.provisioners.engine._types import Plan, PlanStep, PreparedEngine, ProvisionError
+
+#: Where pip installs from when ``provisioning.package.repo`` is unset.
+PYPI = "https://pypi.org/simple"
 
 
 class PackageProvider:
@@ -83,12 +87,14 @@ class PackageProvider:
                     f"{name}=={version} is not installed and provisioning.allow_package_installs "
                     f"is false; set it to true, or run: {shown}",
                 )
+            index = pool.provisioning.package.repo if pool.provisioning.package else None
+            check_outbound(self.ctx.network_policy, index or PYPI, step="install")
             self.ctx.require_disk(self.kind.engine, f"installing {name}=={version}")
             log = self.ctx.engine_dir(self.kind.engine) / "logs" / f"{pool.id}.log"
+            # pip would otherwise ask PyPI for its own newer version: an unplanned download.
+            env = {**self.ctx.tool_env(), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
             for step, cmd in zip(("venv", "install"), commands, strict=True):
-                await run_step(
-                    step, cmd, log_path=log, target=f"{name}=={version}", env=self.ctx.tool_env()
-                )
+                await run_step(step, cmd, log_path=log, target=f"{name}=={version}", env=env)
             if not program.exists():
                 raise ProvisionError("install", f"{name}=={version} installed no {program.name}")
         entry = EngineEntry(
