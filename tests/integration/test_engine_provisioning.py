@@ -276,6 +276,29 @@ class TestPackageAndContainer:
         assert str(runtime) == prepared.runtime
         assert digest == prepared.engine_digest
 
+    async def test_podman_without_the_nvidia_toolkit_is_refused(self, tmp_path: Path) -> None:
+        """On real GPUs, podman without an NVIDIA CDI spec fails preflight before any pull."""
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        calls = tmp_path / "calls"
+        runtime = bin_dir / "podman"
+        runtime.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+        runtime.chmod(0o755)
+        pool = PoolConfig.model_validate(
+            {
+                "id": "t",
+                "engine": "tgi",
+                "model": "m",
+                "provisioning": {"mode": "container", "container": {"image": "tgi"}},
+            }
+        )
+        ctx = dataclasses.replace(
+            _ctx(tmp_path, path=str(bin_dir)), simulated=False, cdi_dirs=(str(tmp_path / "cdi"),)
+        )
+        with pytest.raises(ProvisionError, match="nvidia-ctk cdi generate"):
+            await provider_for(pool, ctx).ensure(pool)
+        assert not calls.exists()
+
     async def test_no_runtime_is_one_actionable_failure(self, tmp_path: Path) -> None:
         """Without podman or docker, preflight says what to install."""
         pool = PoolConfig.model_validate(

@@ -8,6 +8,8 @@ runtime forwards SIGTERM to it).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from llama_orch.config import PoolConfig
 from llama_orch.observability.narration import narrate
 from llama_orch.provisioners.engine._context import ProvisionContext
@@ -65,6 +67,28 @@ class ContainerProvider:
         ]
         return Plan(pool.id, self.kind.engine, self.mode, tuple(steps))
 
+    def _gpu_toolkit(self, runtime: str) -> None:
+        """The NVIDIA container toolkit must hand GPUs to containers (not on simulated GPUs)."""
+        if self.ctx.simulated:
+            return
+        if runtime.endswith("podman"):
+            specs = [
+                Path(d) / name for d in self.ctx.cdi_dirs for name in ("nvidia.yaml", "nvidia.json")
+            ]
+            if not any(p.exists() for p in specs):
+                raise ProvisionError(
+                    "preflight",
+                    "podman has no NVIDIA CDI spec (looked in "
+                    f"{', '.join(self.ctx.cdi_dirs)}); install the NVIDIA container toolkit and "
+                    "run `sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`",
+                )
+        elif not (self.ctx.which("nvidia-container-runtime") or self.ctx.which("nvidia-ctk")):
+            raise ProvisionError(
+                "preflight",
+                "docker cannot reach the GPUs: the NVIDIA container toolkit is not installed; "
+                "install it and run `sudo nvidia-ctk runtime configure --runtime=docker`",
+            )
+
     async def ensure(self, pool: PoolConfig) -> PreparedEngine:
         assert pool.provisioning is not None
         runtime = self.runtime()
@@ -74,6 +98,7 @@ class ContainerProvider:
                 "neither podman nor docker is on PATH; install podman (rootless) and the NVIDIA "
                 "container toolkit (nvidia-ctk cdi generate), or use another provisioning mode",
             )
+        self._gpu_toolkit(runtime)
         ref, warning = image_ref(pool)
         if warning:
             narrate(

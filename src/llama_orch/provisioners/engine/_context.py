@@ -32,6 +32,8 @@ class ProvisionContext:
     path: str | None = None
     #: Free space the engine cache must have before a download, build or install.
     min_free_bytes: int = 2 * 2**30
+    #: Where podman finds CDI device specs (the NVIDIA toolkit writes nvidia.yaml there).
+    cdi_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
 
     def engine_dir(self, engine: str) -> Path:
         return self.cache_root.expanduser() / engine
