@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from llama_orch.adapters.host import AdapterHost
@@ -16,7 +17,10 @@ from llama_orch.dispatch.service import TaskService
 from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory, simulated_inventory
+from llama_orch.pool.launch import LocalLauncher
 from llama_orch.pool.manager import PoolManager
+from llama_orch.pool.supervisor import Supervision, local_model_locator
+from llama_orch.provisioners.engine import FileEngineIndex, ProvisionContext
 from llama_orch.provisioners.factory import model_provisioner
 from llama_orch.provisioners.pool_models import PoolModels
 from llama_orch.server.deps import AppDeps
@@ -74,13 +78,36 @@ def check_vram_fit(settings: Settings, inventory: GpuInventory, models: PoolMode
         raise ConfigError(settings.source, issues)
 
 
+def supervision_of(settings: Settings, inventory: GpuInventory) -> Supervision:
+    """How launched engines are prepared, started and found (SPEC §8, §11)."""
+    config = settings.config
+    engines = config.engines
+    return Supervision(
+        launcher=LocalLauncher(Path(engines.run_dir).expanduser()),
+        provision=ProvisionContext(
+            cache_root=Path(engines.cache_dir).expanduser(),
+            index=FileEngineIndex(Path(config.catalog.root).expanduser()),
+            network_policy=config.network_policy,
+            ca_roots=tuple(config.catalog.trust_policy.ca_roots),
+            simulated=inventory.simulated,
+        ),
+        engines=engines,
+        locate_model=local_model_locator(settings.base_dir),
+        vram_of=lambda devices: sum(
+            gpu.vram_total_bytes for i in devices if (gpu := inventory.by_index(i)) is not None
+        ),
+    )
+
+
 def build_deps(
     settings: Settings,
     *,
     inventory: GpuInventory | None = None,
     probe_interval_s: float = 2.0,
     clock: Clock | None = None,
+    supervision: Callable[[Supervision], Supervision] | None = None,
 ) -> AppDeps:
+    """``supervision`` may adjust how engines are launched (tests: port allocation)."""
     inventory = inventory or discover_gpus(settings)
     check_serveable(settings, inventory)
     clock = clock or SystemClock()
@@ -101,6 +128,7 @@ def build_deps(
         models=pool_models,
         clock=clock.now,
         supervisor=supervisor,
+        supervision=(supervision or (lambda s: s))(supervision_of(settings, inventory)),
     )
     dispatcher = Dispatcher(
         settings.config, pools, host, metrics, clock=clock, supervisor=supervisor

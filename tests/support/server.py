@@ -136,6 +136,7 @@ async def running_server(
     host: str = "127.0.0.1",
     client_headers: Mapping[str, str] | None = None,
     log_stream: TextIO | None = None,
+    **deps_options: Any,
 ) -> AsyncIterator[RunningServer]:
     """Serve ``config`` with ``environ`` as the server's environment (AUTH_TOKEN, ...).
 
@@ -146,7 +147,7 @@ async def running_server(
     if log_stream is not None:
         fmt = "pretty" if settings.log_format == "pretty" else "json"
         configure_logging(fmt, redactor=redactor_of(settings), stream=log_stream)
-    deps = build_deps(settings, probe_interval_s=0.2)
+    deps = build_deps(settings, probe_interval_s=0.2, **deps_options)
     app = create_app(deps)
     server = uvicorn.Server(
         uvicorn.Config(

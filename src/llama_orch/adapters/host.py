@@ -86,6 +86,12 @@ class AdapterHost:
         self._metrics = metrics
         self._bindings: dict[ReplicaKey, _Binding] = {}
         self._capabilities: dict[ReplicaKey, CapabilitySnapshot] = {}
+        self._fault_listeners: list[Callable[[str, str, WorkerError], None]] = []
+
+    def on_engine_fault(self, listener: Callable[[str, str, WorkerError], None]) -> None:
+        """Call ``listener(pool_id, replica_id, error)`` when a generation fails on the engine,
+        before the failure reaches the dispatcher (a supervisor can stop placement first)."""
+        self._fault_listeners.append(listener)
 
     def bind(
         self,
@@ -286,6 +292,8 @@ class AdapterHost:
     def _on_submit_error(self, binding: _Binding, exc: WorkerError, fields: dict[str, Any]) -> None:
         if not isinstance(exc, _NOT_ENGINE_FAULTS):
             binding.breaker.record_failure(exc.message)
+            for listener in self._fault_listeners:
+                listener(fields["pool_id"], fields["replica_id"], exc)
         engine = binding.adapter.engine.value
         human = f"Task {str(fields['task_id'])[:8]} fails on the engine with {exc.kind.value}."
         narrate(

@@ -1,4 +1,4 @@
-"""``llorch``: serve, submit, cancel, config and contracts commands.
+"""``llorch``: serve, submit, cancel, pools, config and contracts commands.
 
 Only this module (and ``bootstrap``) exits the process; everything else raises.
 """
@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from llama_orch.cli import client as client_mod
+from llama_orch.cli import pools as pools_mod
 from llama_orch.cli.models import models as models_group
 from llama_orch.errors import ConfigError
 
@@ -290,6 +291,50 @@ def selftest(log_path: str | None, url: str | None, token_file: str | None) -> N
 
     with _client(url, token_file) as client:
         sys.exit(selftest_mod.selftest(client, Path(log_path) if log_path else None))
+
+
+@cli.group(invoke_without_command=True)
+@_url_option
+@_token_option
+@click.pass_context
+def pools(ctx: click.Context, url: str | None, token_file: str | None) -> None:
+    """Show the pools: replicas, state, engine@version, model, GPUs, VRAM, slots, queue."""
+    ctx.obj = (url, token_file)
+    if ctx.invoked_subcommand is None:
+        with _client(url, token_file) as client:
+            pools_mod.run(pools_mod.list_pools, client)
+
+
+@pools.command("drain")
+@click.argument("pool_id")
+@click.option("--deadline-ms", type=int, default=30_000, show_default=True)
+@click.pass_obj
+def pools_drain(obj: tuple[str | None, str | None], pool_id: str, deadline_ms: int) -> None:
+    """Drain POOL_ID: refuse new tasks, end queued ones, stop in-flight ones at the deadline."""
+    with _client(*obj) as client:
+        path = f"/v1/pools/{pool_id}/drain"
+        pools_mod.run(pools_mod.post, client, path, {"deadline_ms": deadline_ms})
+
+
+@pools.command("reload")
+@click.argument("pool_id")
+@click.argument("model_ref")
+@click.pass_obj
+def pools_reload(obj: tuple[str | None, str | None], pool_id: str, model_ref: str) -> None:
+    """Reload POOL_ID with MODEL_REF; `llorch pools` shows the outcome."""
+    with _client(*obj) as client:
+        path = f"/v1/pools/{pool_id}/reload"
+        pools_mod.run(pools_mod.post, client, path, {"new_model_ref": model_ref})
+
+
+@pools.command("plan")
+@click.argument("pool_id")
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False)
+)
+def pools_plan(pool_id: str, config_path: str) -> None:
+    """Print what preparing POOL_ID's engine would do (no side effects, no server needed)."""
+    sys.exit(pools_mod.print_plan(config_path, pool_id))
 
 
 def main() -> None:

@@ -281,6 +281,29 @@ class ProvisioningConfig(_Strict):
         return self
 
 
+class RestartStormConfig(_Strict):
+    """Stop restarting a replica's engine after ``failures`` failures within ``window_s``."""
+
+    failures: PositiveInt = 5
+    window_s: PositiveInt = 300
+
+
+class EnginesConfig(_Strict):
+    """Where launched engines live and how their processes are supervised."""
+
+    #: Engine caches: ``<cache_dir>/<engine>`` (binaries, builds, venvs).
+    cache_dir: str = "~/.cache/llama-orch"
+    #: Per-replica logs and pid files of launched engines.
+    run_dir: str = "~/.cache/llama-orch/run"
+    #: Longest wait from launch to a healthy engine before the launch counts as failed.
+    startup_timeout_ms: PositiveInt = 300_000
+    #: Grace between SIGTERM and SIGKILL when an engine stops.
+    stop_timeout_ms: PositiveInt = 10_000
+    #: Consecutive failed health probes of a running engine that count as a hang.
+    hang_after_failed_probes: PositiveInt = 3
+    restart_storm: RestartStormConfig = RestartStormConfig()
+
+
 class QueueConfig(_Strict):
     capacity: PositiveInt = 64
     full_policy: FullPolicy = FullPolicy.REJECT
@@ -447,6 +470,7 @@ class Config(_Strict):
     network_policy: NetworkPolicyConfig = NetworkPolicyConfig()
     catalog: CatalogConfig = CatalogConfig()
     gpus: GpusConfig = GpusConfig()
+    engines: EnginesConfig = EnginesConfig()
     pools: Annotated[list[PoolConfig], Field(min_length=1)]
 
     @model_validator(mode="after")

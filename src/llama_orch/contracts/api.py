@@ -201,6 +201,12 @@ class PoolHealth(_Wire):
     simulated: bool = False
     #: The pool manager's topology version when this was read (ORCH-3410).
     snapshot_version: int | None = None
+    #: Launched engines: restarts by the supervisor over all replicas, and the prepared engine.
+    restart_count: int = 0
+    engine_digest: str | None = None
+    provisioning_mode: str | None = None
+    #: The latest drain or reload: kind, state (running, done, rolled_back), timings, error.
+    last_operation: dict[str, Any] | None = None
 
 
 class EngineCapability(_Wire):

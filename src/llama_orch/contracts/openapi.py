@@ -429,6 +429,44 @@ def _artifact_paths() -> dict[str, Any]:
     }
 
 
+def _pool_operation(
+    operation_id: str, request: str, example: dict[str, Any], accepted: str, answer: Any
+) -> dict[str, Any]:
+    return {
+        "post": {
+            "operationId": operation_id,
+            "parameters": [
+                {"name": "pool_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                _CORRELATION,
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{request}"},
+                        "example": example,
+                    }
+                },
+            },
+            "responses": {
+                "202": {
+                    "description": accepted,
+                    "headers": _CID_HEADER,
+                    "content": {
+                        "application/json": {"schema": {"type": "object"}, "example": answer}
+                    },
+                },
+                "400": _error("INVALID_PARAMS (a bad body; reload: the model is not present)"),
+                "404": _error("Unknown pool"),
+                "409": _error("CONFLICT: a drain or reload of this pool is already running"),
+            },
+            "x-examples": {
+                operation_id: {"request": example, "response_status": 202},
+            },
+        }
+    }
+
+
 def control_plane() -> dict[str, Any]:
     paths = {
         "/v1/capabilities": {
@@ -457,6 +495,36 @@ def control_plane() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/pools/{pool_id}/drain": _pool_operation(
+            "drainPool",
+            "DrainRequest",
+            {"deadline_ms": 30000},
+            "Draining: new tasks are refused with POOL_UNAVAILABLE at once, queued tasks end "
+            "with a retriable POOL_UNAVAILABLE, in-flight tasks run until the deadline",
+            {
+                "pool_id": "gpu0",
+                "draining": True,
+                "kind": "drain",
+                "state": "running",
+                "deadline_ms": 30000,
+                "queued_ended": 2,
+            },
+        ),
+        "/v1/pools/{pool_id}/reload": _pool_operation(
+            "reloadPool",
+            "ReloadRequest",
+            {"new_model_ref": "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf"},
+            "Reloading: new replicas start with the new model; once all are Ready placement "
+            "switches to them and the old ones drain. A failure rolls back, the old replicas "
+            "keep serving; GET /v1/pools/{pool_id}/health shows the outcome (last_operation)",
+            {
+                "pool_id": "gpu0",
+                "kind": "reload",
+                "state": "running",
+                "from_model": "/models/old.gguf",
+                "to_model": "/models/new.gguf",
+            },
+        ),
         "/metrics": {
             "get": {
                 "operationId": "getMetrics",
@@ -501,6 +569,8 @@ def control_plane() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         api.Capabilities,
         api.PoolHealth,
+        api.DrainRequest,
+        api.ReloadRequest,
         api.ErrorEnvelope,
         *openapi_catalog.MODELS,
         api.Artifact,
@@ -512,7 +582,7 @@ def control_plane() -> dict[str, Any]:
     ]
     return _doc(
         "llama-orch control plane",
-        "Capabilities, pool health, metrics, catalog, artifacts, console status",
+        "Capabilities, pool health, drain and reload, metrics, catalog, artifacts, console status",
         paths,
         models,
     )

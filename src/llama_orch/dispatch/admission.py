@@ -392,6 +392,15 @@ class Admission:
         errors = [p.last_error for p in candidates if p.last_error]
         detail = f" ({errors[0]})" if errors else ""
         filters = ", ".join(decision.log.filters_applied)
+        draining = [p.id for p in candidates if p.draining]
+        if candidates and len(draining) == len(candidates):
+            raise PoolUnavailable(
+                f"pool {draining[0]} for {request.model_ref!r} is draining and takes no new "
+                "tasks; retry later or on another pool",
+                retry_after_ms=5000,
+                pool_id=draining[0],
+                engine=engine,
+            )
         if decision.unready:
             pool_id = candidates[0].id if candidates else None
             raise PoolUnready(

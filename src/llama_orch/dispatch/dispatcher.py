@@ -43,7 +43,7 @@ from llama_orch.dispatch.lanes import NEVER_MS, PoolLane
 from llama_orch.dispatch.runner import Runner, replica_labels
 from llama_orch.dispatch.sessions import SessionStore, session_rules
 from llama_orch.dispatch.tasks import Task, TaskRegistry, TaskState
-from llama_orch.errors import AdmissionRejected, QueueFullDropLru
+from llama_orch.errors import AdmissionRejected, OrchError, QueueFullDropLru
 from llama_orch.observability.metrics import Metrics, PlacementMetrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.manager import PoolManager, Replica, ReplicaState
@@ -414,6 +414,19 @@ class Dispatcher:
         timer = self._deadlines.pop(task_id, None)
         if timer is not None:
             timer.cancel()
+
+    def end_queued(self, pool_id: str, error: OrchError) -> int:
+        """End every task still queued on the pool with ``error`` (a drain); how many."""
+        queued = [
+            t
+            for t in self.tasks.live_tasks()
+            if t.pool_id == pool_id and t.state is TaskState.QUEUED
+        ]
+        for task in queued:
+            self._disarm_deadline(task.id)
+            self.endings.fail(task, error)
+        self._refresh_depth(self.lanes[pool_id])
+        return len(queued)
 
     def cancel(self, task_id: str, *, reason: str = "client") -> Task | None:
         """Cancel a task; idempotent. Returns None for an unknown task."""

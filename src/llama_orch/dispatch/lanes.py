@@ -118,7 +118,8 @@ class PoolLane:
 
     def identity_snapshot(self, pools: PoolManager) -> PoolSnapshot:
         """A snapshot for a job this pool does not serve: only engine and model are read."""
-        if self._identity is None:
+        # A reload changes the model a pool serves.
+        if self._identity is None or self._identity.model_id != self.pool.config.model:
             self._identity = self.snapshot(pools)
         return self._identity
 

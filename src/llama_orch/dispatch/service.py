@@ -23,7 +23,7 @@ from llama_orch.dispatch.board import Board, PoolQueueView, read_board
 from llama_orch.dispatch.dispatcher import Dispatcher
 from llama_orch.dispatch.streams import TaskStream
 from llama_orch.dispatch.tasks import TERMINAL_STATES, RegistryStats, Task, TaskState
-from llama_orch.errors import Conflict, NotFound
+from llama_orch.errors import Conflict, NotFound, OrchError
 from llama_orch.observability.narration import narrate
 from llama_orch.vocab import Priority
 
@@ -265,6 +265,22 @@ class TaskService:
             depth_by_priority={p.value: lane.queue.depth(p) for p in Priority},
             running=len(lane.running),
         )
+
+    def end_queued(self, pool_id: str, error: OrchError) -> int:
+        """End every task queued on the pool with ``error`` (a drain); how many ended."""
+        return self._dispatcher.end_queued(pool_id, error)
+
+    def stop_running(self, pool_id: str, replica_ids: set[str], *, reason: str) -> int:
+        """Cancel the pool's tasks running on ``replica_ids``; how many were stopped."""
+        dispatcher = self._dispatcher
+        running = [
+            t
+            for t in dispatcher.tasks.live_tasks()
+            if t.pool_id == pool_id and t.state is TaskState.RUNNING and t.replica_id in replica_ids
+        ]
+        for task in running:
+            dispatcher.cancel(task.id, reason=reason)
+        return len(running)
 
     # -- helpers ---------------------------------------------------------------------------------
 

@@ -25,6 +25,10 @@ _POOL = ("engine", "engine_version", "pool_id")
 _REPLICA = (*_POOL, "replica_id")
 
 
+#: Why the supervisor restarted an engine (``pool_restarts_total{reason}``).
+RESTART_REASONS = ("exited", "hung", "never_ready", "launch_failed")
+
+
 class Metrics:
     """The metric families of the contract, registered on a private registry."""
 
@@ -147,6 +151,36 @@ class Metrics:
             "Bytes held by finished tasks kept for replay (transcripts and records)",
             registry=r,
         )
+        self.drain_events_total = Counter(
+            "drain_events_total",
+            "Pool drains started, by reason",
+            ["pool_id", "reason"],
+            registry=r,
+        )
+        self.pool_preload_total = Counter(
+            "pool_preload_total",
+            "Replica preloads (engine launch to Ready) by outcome",
+            ["pool_id", "outcome"],
+            registry=r,
+        )
+        self.pool_restarts_total = Counter(
+            "pool_restarts_total",
+            "Engine process restarts by the supervisor, by reason",
+            ["pool_id", "reason"],
+            registry=r,
+        )
+        self.pool_restart_backoff_seconds = Gauge(
+            "pool_restart_backoff_seconds",
+            "Seconds of backoff before a replica's next engine restart (0 while running)",
+            ["pool_id", "replica_id"],
+            registry=r,
+        )
+        self.pool_restart_storm = Gauge(
+            "pool_restart_storm",
+            "1 while a replica's restart-storm breaker holds it stopped",
+            ["pool_id", "replica_id"],
+            registry=r,
+        )
         self.gpu_inventory_simulated = Gauge(
             "gpu_inventory_simulated",
             "1 when gpu_utilization and vram_used_bytes come from a simulated GPU inventory",
@@ -172,6 +206,19 @@ class Metrics:
             "Client connections closed for sending no byte within the first-byte timeout",
             registry=r,
         )
+
+    def init_pool_lifecycle(self, pool_id: str, replica_ids: list[str]) -> None:
+        """Zero series for a pool's drains, preloads, restarts and backoff, so dashboards and
+        rate() see the pool before its first event (restart reasons: RESTART_REASONS)."""
+        for reason in ("drain", "reload"):
+            self.drain_events_total.labels(pool_id, reason)
+        for outcome in ("success", "failure"):
+            self.pool_preload_total.labels(pool_id, outcome)
+        for reason in RESTART_REASONS:
+            self.pool_restarts_total.labels(pool_id, reason)
+        for replica_id in replica_ids:
+            self.pool_restart_backoff_seconds.labels(pool_id, replica_id).set(0)
+            self.pool_restart_storm.labels(pool_id, replica_id).set(0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

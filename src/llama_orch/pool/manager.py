@@ -33,6 +33,7 @@ from llama_orch.errors import WorkerError
 from llama_orch.observability.metrics import Metrics, ReplicaMetrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.gpus import GpuInventory
+from llama_orch.pool.supervisor import ProcessState, Supervision, is_launched
 from llama_orch.provisioners.pool_models import PoolModels
 from llama_orch.supervisor import Supervisor
 from llama_orch.vocab import Engine, ProvisioningMode
@@ -91,6 +92,8 @@ class Replica:
     stale: bool = False
     #: ``kv_cache_usage_ratio`` child, bound on the first value the engine reports.
     kv_gauge: Gauge | None = None
+    #: The engine process llama-orch launched for this replica (None: external or mock).
+    process: ProcessState | None = None
 
 
 @dataclass(slots=True)
@@ -167,6 +170,7 @@ class PoolManager:
         clock: Callable[[], float] = time.monotonic,
         models: PoolModels | None = None,
         supervisor: Supervisor | None = None,
+        supervision: Supervision | None = None,
     ) -> None:
         #: The catalog view of each pool's model: the model_present gate, VRAM estimates.
         self.models = models
@@ -188,7 +192,17 @@ class PoolManager:
             devices = tuple(cfg.devices) if cfg.devices is not None else inventory.indices
             simulated = cfg.engine is Engine.MOCK or inventory.simulated
             replicas = [Replica(cfg.id, f"r{i}", devices, cfg.slots) for i in range(cfg.replicas)]
+            if is_launched(cfg):
+                for replica in replicas:
+                    replica.process = ProcessState()
             self.pools[cfg.id] = PoolRuntime(cfg, replicas, devices, simulated)
+            metrics.init_pool_lifecycle(cfg.id, [r.replica_id for r in replicas])
+        # Launched engines are supervised by the lifecycle; imported here to keep it optional.
+        from llama_orch.pool.lifecycle import PoolLifecycle
+
+        self.lifecycle = PoolLifecycle(
+            self, host, adapter_factory, supervision, metrics, probe_interval_s
+        )
 
     @property
     def inventory(self) -> GpuInventory:
@@ -263,8 +277,11 @@ class PoolManager:
     async def start(self) -> None:
         if self.models is not None:
             self.models.stage_missing()
+        await self.lifecycle.start()
         for pool in self.pools.values():
             cfg = pool.config
+            if is_launched(cfg):
+                continue  # the lifecycle binds each replica once its engine runs
             for index, replica in enumerate(pool.replicas):
                 self._host.bind(
                     pool.id,
@@ -278,6 +295,8 @@ class PoolManager:
         # One loop per replica: a slow or hung engine delays only its own heartbeat, never
         # another replica's (whose heartbeat would otherwise lapse and go stale).
         for pool in self.pools.values():
+            if is_launched(pool.config):
+                continue  # the lifecycle watches launched engines itself
             for replica in pool.replicas:
                 name = f"probe-{pool.id}-{replica.replica_id}"
                 self._supervisor.loop(name, functools.partial(self._probe_loop, pool, replica))
@@ -286,6 +305,7 @@ class PoolManager:
     async def stop(self) -> None:
         await self._supervisor.cancel_loops(self._probe_loops)
         self._probe_loops = []
+        await self.lifecycle.stop()
         await self._host.aclose()
 
     async def _probe_loop(self, pool: PoolRuntime, replica: Replica) -> None:
@@ -299,7 +319,7 @@ class PoolManager:
             *(self._evaluate(pool, r) for pool in self.pools.values() for r in pool.replicas)
         )
 
-    def _engine_gate(self, pool: PoolRuntime) -> str | None:
+    def _engine_gate(self, pool: PoolRuntime, replica: Replica) -> str | None:
         """None when the engine is ensured, else why not."""
         cfg = pool.config
         if cfg.engine is Engine.MOCK:
@@ -307,6 +327,11 @@ class PoolManager:
         assert cfg.provisioning is not None  # config validation guarantees it
         if cfg.provisioning.mode is ProvisioningMode.EXTERNAL:
             return None
+        process = replica.process
+        if process is not None and self.lifecycle.enabled:
+            if process.prepared is not None and process.running:
+                return None
+            return process.last_exit or "engine not started yet"
         return (
             f"provisioning mode {cfg.provisioning.mode.value} is not available in this build; "
             "start the engine yourself and use provisioning.mode: external with endpoint"
@@ -315,7 +340,7 @@ class PoolManager:
     async def _evaluate(self, pool: PoolRuntime, replica: Replica) -> None:
         """Re-check the three gates of one replica and publish any change."""
         gates = Gates()
-        error: str | None = self._engine_gate(pool)
+        error: str | None = self._engine_gate(pool, replica)
         gates.engine_ensured = error is None
         # An external engine serves the model it was started with; other pools whose model is
         # a ref wait for it in the catalog (present, Active, fitting the GPUs' free VRAM).
@@ -323,6 +348,10 @@ class PoolManager:
             self.models.gate(pool.id, self.free_per_gpu(pool.devices)) if self.models else None
         )
         gates.model_present = model_error is None
+        if replica.process is not None and replica.process.model_path is None:
+            # A launched engine needs its model file before it can start.
+            model_error = model_error or "the pool's model is not present on this machine"
+            gates.model_present = False
         if gates.engine_ensured:
             try:
                 # External engines answer on their own health and props endpoints; the host
@@ -349,6 +378,10 @@ class PoolManager:
                 error = exc.message
         if model_error is not None:
             error = model_error
+        self.publish(pool, replica, gates, error)
+
+    def publish(self, pool: PoolRuntime, replica: Replica, gates: Gates, error: str | None) -> None:
+        """Set a replica's gates; a state change bumps the version and tells placement."""
         replica.gates = gates
         new_state = ReplicaState.READY if gates.all_pass else ReplicaState.UNREADY
         replica.last_error = error
@@ -380,6 +413,69 @@ class PoolManager:
                 snapshot_version=self.snapshot_version,
             )
             self._notify(pool.id)
+
+    # -- launched engines (driven by the lifecycle) --------------------------------------------
+
+    async def evaluate(self, pool: PoolRuntime, replica: Replica) -> None:
+        await self._evaluate(pool, replica)
+
+    def rebound(self) -> None:
+        """A launched replica's adapter was (re)bound to a new engine process (ORCH-3410)."""
+        self._bump()
+
+    def lost(
+        self,
+        pool: PoolRuntime,
+        replica: Replica,
+        error: str,
+        engine_ensured: bool,
+        model_present: bool,
+    ) -> None:
+        """A launched replica's engine is gone or could not start: Unready, with why."""
+        gates = Gates(model_present=model_present, engine_ensured=engine_ensured, healthy=False)
+        self.publish(pool, replica, gates, error)
+
+    def switch(
+        self,
+        pool: PoolRuntime,
+        config: PoolConfig,
+        old: list[Replica],
+        fresh: list[Replica],
+        *,
+        retire: Callable[[PoolRuntime, Replica], None],
+    ) -> None:
+        """Atomically make ``fresh`` (serving ``config``) the pool's placeable replicas.
+
+        The old replicas stay listed (their leases are still released through the pool) but
+        never Ready again; ``forget`` removes them once their streams ended.
+        """
+        for replica in old:
+            retire(pool, replica)
+            replica.state = ReplicaState.UNREADY
+            replica.last_error = f"retiring: the pool now serves {config.model}"
+        pool.replicas = [*old, *fresh]
+        pool.config = config
+        pool.draining = False
+        self._bump()
+        self._metrics.pool_ready.labels(pool.id).set(1 if pool.ready else 0)
+        narrate(
+            "pool-manager",
+            "reload",
+            pool.id,
+            f"Pool {pool.id} switches to {config.model} on replicas "
+            f"{', '.join(r.replica_id for r in fresh)}.",
+            pool_id=pool.id,
+            model_id=config.model,
+            snapshot_version=self.snapshot_version,
+        )
+        self._notify(pool.id)
+
+    def forget(self, pool: PoolRuntime, old: list[Replica]) -> None:
+        """Drop replicas a reload replaced (their engines stopped)."""
+        gone = {id(r) for r in old}
+        pool.replicas = [r for r in pool.replicas if id(r) not in gone]
+        self._bump()
+        self._notify(pool.id)
 
     def _apply_capabilities(
         self, pool: PoolRuntime, replica: Replica, engine_version: str, ctx_max: int | None
@@ -431,8 +527,9 @@ class PoolManager:
 
     def release_lease(self, pool_id: str, replica_id: str) -> None:
         pool = self.pools[pool_id]
-        replica = next(r for r in pool.replicas if r.replica_id == replica_id)
-        replica.active = max(0, replica.active - 1)
+        replica = next((r for r in pool.replicas if r.replica_id == replica_id), None)
+        if replica is not None:  # None: a reload already retired it
+            replica.active = max(0, replica.active - 1)
         self._metrics.active_leases.labels(pool_id).set(pool.active_leases)
         self._notify(pool_id)
 

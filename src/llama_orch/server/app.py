@@ -23,6 +23,7 @@ from llama_orch.server import (
     control_plane,
     data_plane,
     frontdoor,
+    pools_api,
 )
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.errors import handle_http_exception, handle_orch_error
@@ -77,6 +78,7 @@ def create_app(
         *control_plane.routes,
         *catalog_api.routes,
         *artifacts_api.routes,
+        *pools_api.routes,
         *frontdoor.routes,
         *console.routes,
     ]

@@ -14,6 +14,7 @@ from llama_orch.observability.metrics import CONTENT_TYPE
 from llama_orch.pool.manager import ReplicaState
 from llama_orch.server.capabilities import capabilities_of
 from llama_orch.server.deps import deps_of
+from llama_orch.server.pools_api import launched_health
 
 
 async def capabilities(request: Request) -> Response:
@@ -34,12 +35,16 @@ async def pool_health(request: Request) -> Response:
     if pool is None:
         raise NotFound(f"pool {pool_id!r} is not configured; see GET /v1/capabilities")
     status = deps.service.pool_status(pool_id)
+    snapshot = deps.pools.snapshot(pool_id)
     health = PoolHealth(
         live=any(r.state is not ReplicaState.STARTING for r in pool.replicas),
         ready=pool.ready,
         draining=pool.draining,
         metrics={
             "queue_depth": status.queue_depth,
+            "device_mask": list(pool.devices),
+            "vram_total_bytes": snapshot.vram_total_bytes,
+            "vram_free_bytes": snapshot.vram_free_bytes,
             "replicas": [
                 {
                     "replica_id": r.replica_id,
@@ -53,6 +58,7 @@ async def pool_health(request: Request) -> Response:
                     },
                     "last_error": r.last_error,
                     "stale": r.state is ReplicaState.READY and not deps.pools.fresh(r),
+                    "process": r.process.as_dict() if r.process else None,
                 }
                 for r in pool.replicas
             ],
@@ -65,6 +71,7 @@ async def pool_health(request: Request) -> Response:
         active_leases=pool.active_leases,
         simulated=pool.simulated,
         snapshot_version=deps.pools.snapshot_version,
+        **launched_health(deps.pools, pool_id),
     )
     return Response(health.model_dump_json().encode(), media_type="application/json")
 

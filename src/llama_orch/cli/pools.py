@@ -1,0 +1,119 @@
+"""``llorch pools``: the pools as a table (like ``ollama ps``), and drain, reload and plan."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from llama_orch.cli import client as client_mod
+from llama_orch.config import read_config_file
+from llama_orch.errors import ConfigError
+from llama_orch.provisioners.engine import ProvisionContext, ProvisionError, plan
+
+COLUMNS = ("POOL", "REPLICAS", "STATE", "ENGINE", "MODEL", "GPU", "VRAM", "SLOTS", "QUEUE")
+
+
+def _gib(value: Any) -> str:
+    return f"{value / 2**30:.1f}" if isinstance(value, int | float) else "-"
+
+
+def _state(health: dict[str, Any]) -> str:
+    op = health.get("last_operation") or {}
+    if op.get("state") == "running":
+        return f"{op.get('kind')}ing"
+    if health.get("draining"):
+        return "draining"
+    state = "ready" if health.get("ready") else "unready"
+    return state + (" (simulated)" if health.get("simulated") else "")
+
+
+def row(pool: dict[str, Any], health: dict[str, Any]) -> tuple[str, ...]:
+    metrics = health.get("metrics", {})
+    replicas = metrics.get("replicas", [])
+    ready = sum(1 for r in replicas if r.get("state") == "ready")
+    version = health.get("engine_version") or pool.get("engine_version") or "?"
+    total, free = metrics.get("vram_total_bytes"), metrics.get("vram_free_bytes")
+    vram = f"{_gib(total - free)}/{_gib(total)} GiB" if total and free is not None else "-"
+    slots_total = health.get("slots_total") or 0
+    busy = slots_total - (health.get("slots_free") or 0)
+    return (
+        str(pool["pool_id"]),
+        f"{ready}/{len(replicas)}",
+        _state(health),
+        f"{pool['engine']}@{version}",
+        str(health.get("model_id") or pool.get("model_id")),
+        ",".join(str(d) for d in metrics.get("device_mask", pool.get("device_mask", []))) or "-",
+        vram,
+        f"{busy}/{slots_total}",
+        str(metrics.get("queue_depth", 0)),
+    )
+
+
+def render(rows: list[tuple[str, ...]]) -> str:
+    table = [COLUMNS, *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip()
+        for r in table
+    )
+
+
+def list_pools(client: client_mod.OrchClient) -> int:
+    response = client.http.get("/v1/capabilities")
+    if response.status_code != 200:
+        return client_mod.fail(response)
+    rows = []
+    for pool in response.json().get("pools", []):
+        health = client.http.get(f"/v1/pools/{pool['pool_id']}/health")
+        rows.append(row(pool, health.json() if health.status_code == 200 else {}))
+    click.echo(render(rows))
+    return client_mod.EXIT_OK
+
+
+def post(client: client_mod.OrchClient, path: str, body: dict[str, Any]) -> int:
+    response = client.http.post(path, json=body)
+    if response.status_code != 202:
+        return client_mod.fail(response)
+    answer = response.json()
+    detail = ", ".join(f"{k}={v}" for k, v in answer.items() if v is not None and k != "pool_id")
+    click.echo(f"{answer.get('pool_id')}: {detail}")
+    return client_mod.EXIT_OK
+
+
+def print_plan(config_path: str, pool_id: str) -> int:
+    try:
+        config = read_config_file(config_path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        return client_mod.EXIT_ERROR
+    pool = next((p for p in config.pools if p.id == pool_id), None)
+    if pool is None:
+        known = ", ".join(p.id for p in config.pools)
+        click.echo(f"llorch: no pool {pool_id!r} in {config_path} (pools: {known})", err=True)
+        return client_mod.EXIT_ERROR
+    if pool.provisioning is None:
+        click.echo(f"pool {pool_id}: engine {pool.engine.value} runs in-process; nothing to plan")
+        return client_mod.EXIT_OK
+    try:
+        ctx = ProvisionContext(
+            cache_root=Path(config.engines.cache_dir).expanduser(),
+            network_policy=config.network_policy,
+        )
+        click.echo(plan(pool, ctx).render())
+    except ProvisionError as exc:
+        click.echo(f"llorch: {exc}", err=True)
+        return client_mod.EXIT_ERROR
+    return client_mod.EXIT_OK
+
+
+def run(call: Any, client: client_mod.OrchClient, *args: Any) -> None:
+    try:
+        code = call(client, *args)
+    except httpx.TransportError as exc:
+        click.echo(f"llorch: cannot reach {client.url}: {exc}", err=True)
+        code = client_mod.EXIT_UNREACHABLE
+    sys.exit(code)

@@ -1,0 +1,111 @@
+"""The launcher port: what a replica launch needs and what it hands back."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from llama_orch.observability.redaction import REDACTED, Redactor
+
+#: A flag whose value is a secret, e.g. ``--api-key X`` or ``--hf-token=X``.
+_SECRET_FLAG = re.compile(r"(?i)^--?[a-z0-9-]*(key|token|secret|password)[a-z0-9-]*$")
+_REDACTOR = Redactor()
+
+
+class LaunchError(Exception):
+    """A replica process could not be started; the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    """One replica's process: its command, environment and where its traces go."""
+
+    pool_id: str
+    replica_id: str
+    argv: tuple[str, ...]
+    #: The port the engine listens on (allocated by the caller; the engine binds it).
+    port: int
+    host: str = "127.0.0.1"
+    #: GPUs of the replica's device mask; the process sees only these.
+    devices: tuple[int, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    #: Secrets the command or environment holds; replaced in every logged command line.
+    secrets: tuple[str, ...] = ()
+    #: Run after the process stopped (e.g. remove its container); best effort.
+    cleanup: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.pool_id}-{self.replica_id}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class EngineHandle(Protocol):
+    """A running (or exited) replica process."""
+
+    @property
+    def spec(self) -> LaunchSpec: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    @property
+    def log_path(self) -> Path | None: ...
+
+    async def wait(self) -> int:
+        """Until the process exits; its exit status (negative: killed by that signal)."""
+        ...
+
+    async def stop(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM the process group, wait up to ``timeout_s``, then SIGKILL it."""
+        ...
+
+    async def kill(self) -> None:
+        """SIGKILL the process group at once (a hung engine)."""
+        ...
+
+    def log_tail(self, lines: int = 20) -> str: ...
+
+
+class Launcher(Protocol):
+    async def launch(self, spec: LaunchSpec) -> EngineHandle: ...
+
+    async def reap_orphans(self) -> list[int]:
+        """Stop processes left by a previous run that crashed; the pids stopped."""
+        ...
+
+
+def redact_argv(argv: tuple[str, ...] | list[str], secrets: tuple[str, ...] = ()) -> list[str]:
+    """The command line as it may be logged: secret flag values and known secrets replaced."""
+    redactor = _REDACTOR.with_secret(None)
+    for secret in secrets:
+        redactor = redactor.with_secret(secret)
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        flag, eq, _value = arg.partition("=")
+        if _SECRET_FLAG.match(flag):
+            if eq:
+                out.append(f"{flag}={REDACTED}")
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        out.append(redactor.text(arg))
+    return out

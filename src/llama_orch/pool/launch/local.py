@@ -1,0 +1,256 @@
+"""LocalLauncher: each replica a subprocess of this process, in its own process group.
+
+- ``CUDA_VISIBLE_DEVICES`` is the replica's device mask, so the engine sees only its GPUs.
+- stdout and stderr go to ``<run_dir>/logs/<pool>-<replica>.log``, which starts with the command
+  line, secrets redacted; the environment is never written anywhere.
+- ``<run_dir>/pids/<pool>-<replica>.pid`` records the process while it runs. A pid file that
+  outlives its server (a crash, a SIGKILL) names an orphan: ``reap_orphans`` stops it at the next
+  start-up, after checking the pid still runs the recorded program (pids get reused).
+- ``stop`` sends SIGTERM to the whole group, waits, then SIGKILLs it: no engine helper process
+  survives its replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import time
+from collections import deque
+from pathlib import Path
+
+from llama_orch.observability.narration import narrate
+from llama_orch.pool.launch._types import LaunchError, LaunchSpec, redact_argv
+
+#: How long ``reap_orphans`` waits for an orphan's group to exit after SIGTERM.
+ORPHAN_GRACE_S = 5.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the engine binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Signal a process group; False when it no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        # Not ours (a reused id now owned by someone else): leave it alone.
+        return False
+    return True
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+class LocalProcess:
+    """The handle of one replica subprocess."""
+
+    def __init__(
+        self,
+        spec: LaunchSpec,
+        process: asyncio.subprocess.Process,
+        log_path: Path,
+        pid_path: Path,
+    ) -> None:
+        self._spec = spec
+        self._process = process
+        self._log_path = log_path
+        self._pid_path = pid_path
+
+    @property
+    def spec(self) -> LaunchSpec:
+        return self._spec
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
+    def endpoint(self) -> str:
+        return self._spec.endpoint
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_path
+
+    async def wait(self) -> int:
+        code = await self._process.wait()
+        self._forget()
+        return code
+
+    def _forget(self) -> None:
+        # Helpers the engine forked may outlive it; the group goes with the replica.
+        _signal_group(self._process.pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            self._pid_path.unlink()
+
+    async def stop(self, timeout_s: float = 10.0) -> int:
+        if self._process.returncode is None:
+            _signal_group(self._process.pid, signal.SIGTERM)
+            # A stopped (SIGSTOP) engine cannot act on SIGTERM until it is continued.
+            _signal_group(self._process.pid, signal.SIGCONT)
+            try:
+                await asyncio.wait_for(self._process.wait(), timeout_s)
+            except TimeoutError:
+                _signal_group(self._process.pid, signal.SIGKILL)
+        code = await self.wait()
+        await self._cleanup(timeout_s)
+        return code
+
+    async def _cleanup(self, timeout_s: float) -> None:
+        if not self._spec.cleanup:
+            return
+        with self._log_path.open("ab") as log:
+            log.write(f"--- cleanup: {' '.join(self._spec.cleanup)}\n".encode())
+            log.flush()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *self._spec.cleanup, stdout=log, stderr=asyncio.subprocess.STDOUT
+                )
+                await asyncio.wait_for(proc.wait(), timeout_s)
+            except (OSError, TimeoutError) as exc:
+                log.write(f"cleanup failed: {exc}\n".encode())
+
+    async def kill(self) -> None:
+        _signal_group(self._process.pid, signal.SIGKILL)
+        await self.wait()
+        await self._cleanup(10.0)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            with self._log_path.open(errors="replace") as f:
+                return "".join(deque(f, maxlen=lines)).rstrip()
+        except OSError:
+            return ""
+
+
+class LocalLauncher:
+    """Launches replicas as local subprocesses; logs and pid files live under ``run_dir``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir.expanduser()
+        self.logs_dir = self.run_dir / "logs"
+        self.pids_dir = self.run_dir / "pids"
+
+    async def launch(self, spec: LaunchSpec) -> LocalProcess:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.pids_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs_dir / f"{spec.key}.log"
+        pid_path = self.pids_dir / f"{spec.key}.pid"
+        shown = redact_argv(spec.argv, spec.secrets)
+        env = {**os.environ, **spec.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.devices))}
+        with log_path.open("ab") as log:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            log.write(f"--- {stamp} launch: {' '.join(shown)}\n".encode())
+            log.flush()
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *spec.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=env,
+                    cwd=spec.cwd,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise LaunchError(
+                    f"cannot start {spec.argv[0]} for {spec.pool_id}/{spec.replica_id}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
+        record = {
+            "pid": process.pid,
+            "argv0": spec.argv[0],
+            "pool_id": spec.pool_id,
+            "replica_id": spec.replica_id,
+            "endpoint": spec.endpoint,
+            "started_ms": int(time.time() * 1000),
+        }
+        tmp = pid_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(pid_path)
+        narrate(
+            "pool-manager",
+            "spawn",
+            spec.pool_id,
+            f"Starts replica {spec.pool_id}/{spec.replica_id} as pid {process.pid} on "
+            f"{spec.endpoint}.",
+            pool_id=spec.pool_id,
+            replica_id=spec.replica_id,
+            pid=process.pid,
+            endpoint=spec.endpoint,
+            device_mask=list(spec.devices),
+            argv=shown,
+            log_path=str(log_path),
+        )
+        return LocalProcess(spec, process, log_path, pid_path)
+
+    async def reap_orphans(self) -> list[int]:
+        stopped: list[int] = []
+        if not self.pids_dir.is_dir():
+            return stopped
+        for pid_path in sorted(self.pids_dir.glob("*.pid")):
+            try:
+                record = json.loads(pid_path.read_text())
+                pid = int(record["pid"])
+                argv0 = str(record["argv0"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pid_path.unlink(missing_ok=True)
+                continue
+            cmdline = _cmdline(pid)
+            # The recorded program, or the interpreter running it (scripts exec python).
+            ours = bool(cmdline) and any(Path(argv0).name in part for part in cmdline)
+            if ours and await self._stop_group(pid):
+                stopped.append(pid)
+                narrate(
+                    "pool-manager",
+                    "reap",
+                    str(record.get("pool_id", "?")),
+                    f"Stops orphaned engine pid {pid} left by a previous run.",
+                    level="warning",
+                    pool_id=record.get("pool_id"),
+                    replica_id=record.get("replica_id"),
+                    pid=pid,
+                )
+            pid_path.unlink(missing_ok=True)
+        return stopped
+
+    async def _stop_group(self, pgid: int) -> bool:
+        if not _signal_group(pgid, signal.SIGTERM):
+            return False
+        _signal_group(pgid, signal.SIGCONT)
+        deadline = time.monotonic() + ORPHAN_GRACE_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if _gone(pgid):
+                return True
+        _signal_group(pgid, signal.SIGKILL)
+        return True
+
+
+def _gone(pid: int) -> bool:
+    """The process no longer runs: absent, or a zombie waiting for its parent."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"

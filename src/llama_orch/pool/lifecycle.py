@@ -1,0 +1,361 @@
+"""PoolLifecycle: launched replicas, drain and reload of a pool.
+
+- ``start``/``stop``: stop orphans a crashed run left, then one ``ReplicaSupervisor`` per replica
+  of every launched pool; on stop, every engine gets SIGTERM, a grace period, then SIGKILL.
+- ``drain(deadline_ms)``: the pool refuses new work at once, its queued tasks end with a
+  retriable POOL_UNAVAILABLE, in-flight tasks run until the deadline and are then stopped.
+- ``reload(new_model_ref)``: the model must be present; new replica processes start beside the
+  old ones and must all turn Ready; then, in one step, placement sees only the new replicas and
+  the pool serves the new model; the old ones finish their streams (bounded by the drain
+  deadline) and stop. Any failure before the switch stops the new processes and leaves the old
+  replicas untouched, serving.
+
+What happens to tasks is the dispatcher's business: the caller hands in ``TaskControl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llama_orch.adapters.host import AdapterHost, BreakerPolicy, RetryPolicy
+from llama_orch.config import PoolConfig
+from llama_orch.contracts.engine import EngineAdapter
+from llama_orch.errors import Conflict, InvalidParams, WorkerError, WorkerReset, WorkerUnavailable
+from llama_orch.observability.metrics import Metrics
+from llama_orch.observability.narration import narrate
+from llama_orch.pool.supervisor import (
+    EngineCache,
+    ModelMissing,
+    ProcessState,
+    ReplicaSupervisor,
+    Supervision,
+    is_launched,
+)
+
+if TYPE_CHECKING:
+    from llama_orch.pool.manager import PoolManager, PoolRuntime, Replica
+
+#: How long a reload lets the old replicas finish their streams before stopping them.
+RELOAD_DRAIN_MS = 30_000
+#: How long stopped streams get to unwind and release their slots.
+STOP_GRACE_MS = 5_000
+#: Cadence of the idle check while draining.
+_IDLE_POLL_S = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class TaskControl:
+    """How drain and reload end a pool's tasks (implemented by the dispatcher's owner)."""
+
+    #: End every queued task of the pool with a retriable POOL_UNAVAILABLE; how many.
+    end_queued: Callable[[str, str], int]
+    #: Stop the running tasks of these replicas of the pool (reason ``drain``); how many.
+    stop_running: Callable[[str, set[str]], int]
+
+
+@dataclass(slots=True)
+class Operation:
+    """The latest drain or reload of a pool, as health shows it."""
+
+    kind: str
+    state: str = "running"
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    duration_ms: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "state": self.state,
+            "started_ms": self.started_ms,
+            "duration_ms": self.duration_ms,
+            "error": self.error,
+            **self.detail,
+        }
+
+
+class PoolLifecycle:
+    def __init__(
+        self,
+        manager: PoolManager,
+        host: AdapterHost,
+        adapter_factory: Callable[[PoolConfig, int], EngineAdapter],
+        supervision: Supervision | None,
+        metrics: Metrics,
+        probe_interval_s: float,
+    ) -> None:
+        self._manager = manager
+        self._host = host
+        self._factory = adapter_factory
+        self._sup = supervision
+        self._metrics = metrics
+        self._probe_interval_s = probe_interval_s
+        self._engines = EngineCache(supervision.provision) if supervision else None
+        self.supervisors: dict[tuple[str, str], ReplicaSupervisor] = {}
+        #: pool id -> the drain or reload running on it (one at a time: 409 otherwise).
+        self.busy: dict[str, Operation] = {}
+        #: pool id -> the latest drain or reload, finished or not.
+        self.latest: dict[str, Operation] = {}
+        self._generation: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return self._sup is not None
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        launched = [p for p in self._manager.pools.values() if is_launched(p.config)]
+        if self._sup is None or not launched:
+            return
+        await self._sup.launcher.reap_orphans()
+        if os.geteuid() == 0:
+            narrate(
+                "pool-manager",
+                "root",
+                "engines",
+                "Runs engines as root: run llama-orch as a regular user so its engines do not "
+                "hold root privileges (rootless podman for containers).",
+                level="warning",
+            )
+        self._host.on_engine_fault(self._on_engine_fault)
+        for pool in launched:
+            for replica in pool.replicas:
+                self._supervise(pool, pool.config, replica)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        supervisors = list(self.supervisors.values())
+        self.supervisors.clear()
+        await asyncio.gather(*(s.stop() for s in supervisors))
+
+    def _supervise(self, pool: PoolRuntime, cfg: PoolConfig, replica: Replica) -> ReplicaSupervisor:
+        assert self._sup is not None and self._engines is not None
+        if replica.process is None:
+            replica.process = ProcessState()
+        manager = self._manager
+
+        async def bind(cfg: PoolConfig, replica_id: str, endpoint: str) -> None:
+            await self._host.unbind(cfg.id, replica_id)
+            self._host.bind(
+                cfg.id,
+                replica_id,
+                self._factory(cfg.model_copy(update={"endpoint": endpoint}), 0),
+                retry=RetryPolicy.from_config(cfg.http, cfg.backoff),
+                breaker=BreakerPolicy.from_config(cfg.circuit_breaker),
+            )
+            manager.rebound()
+
+        async def probe() -> bool:
+            await manager.evaluate(pool, replica)
+            return replica.state.value == "ready"
+
+        def lost(error: str, engine_ensured: bool, model_present: bool) -> None:
+            manager.lost(pool, replica, error, engine_ensured, model_present)
+
+        supervisor = ReplicaSupervisor(
+            cfg,
+            replica.replica_id,
+            pool.devices,
+            replica.process,
+            self._sup,
+            self._engines,
+            self._metrics,
+            bind=bind,
+            probe=probe,
+            lost=lost,
+            probe_interval_s=self._probe_interval_s,
+        )
+        self.supervisors[(pool.id, replica.replica_id)] = supervisor
+        supervisor.start()
+        return supervisor
+
+    def _on_engine_fault(self, pool_id: str, replica_id: str, error: WorkerError) -> None:
+        """A broken stream on a launched engine stops placement on it until a probe passes:
+        the engine may be dying, and the next queued task must not follow the failed one."""
+        if not isinstance(error, WorkerReset | WorkerUnavailable):
+            return
+        pool = self._manager.pools.get(pool_id)
+        replica = (
+            next((r for r in pool.replicas if r.replica_id == replica_id), None) if pool else None
+        )
+        if pool is None or replica is None or replica.process is None:
+            return
+        if replica.state.value == "ready":
+            why = f"engine connection broke ({error.kind.value}); probing"
+            self._manager.lost(pool, replica, why, True, True)
+
+    # -- drain -------------------------------------------------------------------------------
+
+    def _claim(self, pool_id: str, kind: str) -> Operation:
+        running = self.busy.get(pool_id)
+        if running is not None:
+            raise Conflict(
+                f"pool {pool_id} is already running a {running.kind}; wait for it to finish "
+                f"(GET /v1/pools/{pool_id}/health shows its progress)",
+                pool_id=pool_id,
+            )
+        op = self.busy[pool_id] = self.latest[pool_id] = Operation(kind)
+        return op
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def drain(self, pool_id: str, deadline_ms: int, tasks: TaskControl) -> Operation:
+        pool = self._manager.pools[pool_id]
+        op = self._claim(pool_id, "drain")
+        op.detail["deadline_ms"] = deadline_ms
+        self._manager.set_draining(pool_id, True)
+        self._metrics.drain_events_total.labels(pool_id, "drain").inc()
+        op.detail["queued_ended"] = tasks.end_queued(pool_id, f"pool {pool_id} is draining")
+        self._spawn(self._finish_drain(pool, op, deadline_ms, tasks), f"drain-{pool_id}")
+        return op
+
+    async def _finish_drain(
+        self, pool: PoolRuntime, op: Operation, deadline_ms: int, tasks: TaskControl
+    ) -> None:
+        started = time.monotonic()
+        try:
+            ids = {r.replica_id for r in pool.replicas}
+            idle = await self._wait_idle(pool, ids, deadline_ms)
+            op.detail["in_flight_stopped"] = 0 if idle else tasks.stop_running(pool.id, ids)
+            op.state = "done"
+        finally:
+            op.duration_ms = int((time.monotonic() - started) * 1000)
+            self.busy.pop(pool.id, None)
+        narrate(
+            "pool-manager",
+            "drained",
+            pool.id,
+            f"Pool {pool.id} is drained: {op.detail['queued_ended']} queued tasks ended, "
+            f"{op.detail['in_flight_stopped']} in-flight tasks stopped at the deadline.",
+            pool_id=pool.id,
+            duration_ms=op.duration_ms,
+        )
+
+    async def _wait_idle(self, pool: PoolRuntime, replica_ids: set[str], deadline_ms: int) -> bool:
+        deadline = time.monotonic() + deadline_ms / 1000
+        while True:
+            if not any(r.active for r in pool.replicas if r.replica_id in replica_ids):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(_IDLE_POLL_S)
+
+    # -- reload ------------------------------------------------------------------------------
+
+    def reload(self, pool_id: str, new_model_ref: str, tasks: TaskControl) -> Operation:
+        pool = self._manager.pools[pool_id]
+        if self._sup is None or not is_launched(pool.config):
+            raise InvalidParams(
+                f"pool {pool_id} runs an engine llama-orch does not launch (provisioning mode "
+                f"{pool.config.provisioning.mode.value if pool.config.provisioning else 'none'}); "
+                "restart that engine with the new model yourself",
+                pool_id=pool_id,
+            )
+        new_cfg = _with_model(pool.config, new_model_ref)
+        try:
+            self._sup.locate_model(new_cfg)
+        except ModelMissing as exc:
+            raise InvalidParams(f"cannot reload pool {pool_id}: {exc}", pool_id=pool_id) from exc
+        op = self._claim(pool_id, "reload")
+        op.detail.update({"from_model": pool.config.model, "to_model": new_model_ref})
+        self._spawn(self._reload(pool, new_cfg, op, tasks), f"reload-{pool_id}")
+        return op
+
+    async def _reload(
+        self, pool: PoolRuntime, new_cfg: PoolConfig, op: Operation, tasks: TaskControl
+    ) -> None:
+        from llama_orch.pool.manager import Replica
+
+        assert self._sup is not None
+        started = time.monotonic()
+        generation = self._generation[pool.id] = self._generation.get(pool.id, 0) + 1
+        fresh = [
+            Replica(pool.id, f"r{i}-g{generation}", pool.devices, new_cfg.slots)
+            for i in range(new_cfg.replicas)
+        ]
+        supervisors = [self._supervise(pool, new_cfg, r) for r in fresh]
+        try:
+            await self._all_ready(supervisors, self._sup.engines.startup_timeout_ms / 1000)
+        except Exception as exc:
+            await self._discard(pool, supervisors)
+            op.state, op.error = "rolled_back", str(exc)
+            op.duration_ms = int((time.monotonic() - started) * 1000)
+            self.busy.pop(pool.id, None)
+            narrate(
+                "pool-manager",
+                "reload-failed",
+                pool.id,
+                f"Reload of {pool.id} fails and rolls back; the old replicas keep serving: {exc}",
+                level="warning",
+                pool_id=pool.id,
+                last_error=str(exc),
+            )
+            return
+        old = list(pool.replicas)
+        self._manager.switch(pool, new_cfg, old, fresh, retire=self._retire)
+        op.detail["switch_ms"] = int((time.monotonic() - started) * 1000)
+        try:
+            self._metrics.drain_events_total.labels(pool.id, "reload").inc()
+            ids = {r.replica_id for r in old}
+            idle = await self._wait_idle(pool, ids, RELOAD_DRAIN_MS)
+            op.detail["in_flight_stopped"] = 0 if idle else tasks.stop_running(pool.id, ids)
+            if not idle:  # the stopped streams release their leases as they unwind
+                await self._wait_idle(pool, ids, STOP_GRACE_MS)
+            await self._discard(
+                pool,
+                [
+                    self.supervisors[(pool.id, i)]
+                    for i in sorted(ids)
+                    if (pool.id, i) in self.supervisors
+                ],
+            )
+            self._manager.forget(pool, old)
+            op.state = "done"
+        finally:
+            op.duration_ms = int((time.monotonic() - started) * 1000)
+            self.busy.pop(pool.id, None)
+
+    def _retire(self, pool: PoolRuntime, replica: Replica) -> None:
+        supervisor = self.supervisors.get((pool.id, replica.replica_id))
+        if supervisor is not None:
+            supervisor.retiring = True
+
+    async def _all_ready(self, supervisors: list[ReplicaSupervisor], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not all(s.ready.is_set() for s in supervisors):
+            stopped = [s for s in supervisors if s.done]
+            if stopped:
+                raise RuntimeError(
+                    f"replica {stopped[0].replica_id} failed to start: "
+                    f"{stopped[0].state.last_exit or 'restart storm'}"
+                )
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"new replicas not Ready within {timeout_s:.0f} s")
+            await asyncio.sleep(_IDLE_POLL_S)
+
+    async def _discard(self, pool: PoolRuntime, supervisors: list[ReplicaSupervisor]) -> None:
+        for supervisor in supervisors:
+            self.supervisors.pop((pool.id, supervisor.replica_id), None)
+        await asyncio.gather(*(s.stop() for s in supervisors))
+        for supervisor in supervisors:
+            await self._host.unbind(pool.id, supervisor.replica_id)
+
+
+def _with_model(cfg: PoolConfig, model_ref: str) -> PoolConfig:
+    prov = cfg.provisioning
+    if prov is not None and prov.model is not None and prov.model.ref is not None:
+        prov = prov.model_copy(update={"model": prov.model.model_copy(update={"ref": model_ref})})
+    return cfg.model_copy(update={"model": model_ref, "provisioning": prov})

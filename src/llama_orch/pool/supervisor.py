@@ -1,0 +1,506 @@
+"""Supervision of launched engines: one process per replica, kept alive under backoff.
+
+A ``ReplicaSupervisor`` runs one loop per replica of a pool whose engine llama-orch launches
+(binary, source, package and container modes):
+
+1. ensure the engine (once per pool, shared by its replicas) and locate the model: the
+   engine and model gates;
+2. launch the process on a free port with the replica's device mask, bind the adapter to it;
+3. probe health quickly until Ready (the health gate), then at the pool's probe cadence;
+4. when the process exits, or stays unhealthy for ``hang_after_failed_probes`` probes (a hang),
+   or never turns healthy within ``startup_timeout_ms``: kill its process group (its open
+   streams break at once and their tasks end with a retriable error), mark the replica Unready
+   (queued tasks stay queued), wait an exponential, jittered, bounded backoff, and go to 1.
+
+A restart-storm breaker stops the loop after ``restart_storm.failures`` failures within
+``restart_storm.window_s``: the replica stays Unready with ``last_error`` saying so, the
+``pool_restart_storm`` gauge is 1, and only a reload (or a restart of llama-orch) tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from llama_orch.config import EnginesConfig, PoolConfig
+from llama_orch.observability.metrics import RESTART_REASONS, Metrics
+from llama_orch.observability.narration import narrate
+from llama_orch.pool.launch import EngineHandle, Launcher, LaunchError, LaunchSpec, free_port
+from llama_orch.provisioners.engine import (
+    ENGINES,
+    PreparedEngine,
+    ProvisionContext,
+    ProvisionError,
+    provider_for,
+    replica_command,
+)
+from llama_orch.vocab import ProvisioningMode
+
+#: Provisioning modes whose engines llama-orch launches and supervises.
+LAUNCHED_MODES = frozenset(
+    {
+        ProvisioningMode.BINARY,
+        ProvisioningMode.SOURCE,
+        ProvisioningMode.PACKAGE,
+        ProvisioningMode.CONTAINER,
+    }
+)
+#: Probe cadence while an engine starts: cold start to Ready is measured in these steps.
+STARTUP_POLL_S = 0.05
+
+
+async def _loaded(client: httpx.AsyncClient, url: str) -> bool:
+    """Whether the engine's own health endpoint answers 200 (listening and model loaded).
+
+    Asked directly while an engine starts, so that refusals and "loading" answers (a container
+    runtime publishes the port long before the engine inside listens) never count against the
+    adapter's circuit breaker.
+    """
+    try:
+        return (await client.get(url)).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def is_launched(cfg: PoolConfig) -> bool:
+    return cfg.provisioning is not None and cfg.provisioning.mode in LAUNCHED_MODES
+
+
+class ModelMissing(Exception):
+    """The pool's model is not present locally (the model gate)."""
+
+
+ModelLocator = Callable[[PoolConfig], str]
+
+
+def local_model_locator(base_dir: Path) -> ModelLocator:
+    """Models given as local paths (``file:`` or plain, relative to ``base_dir``).
+
+    Other refs (``hf:``, ``https://``, ...) are staged by the model provisioner; until it has
+    placed them in the catalog, the model gate stays closed with that advice.
+    """
+
+    def locate(cfg: PoolConfig) -> str:
+        ref = cfg.model
+        scheme = urlsplit(ref).scheme
+        if scheme == "file":
+            path = Path(unquote(urlsplit(ref).path))
+        elif scheme and len(scheme) > 1:
+            raise ModelMissing(
+                f"model {ref} is not staged locally; fetch it into the model catalog first "
+                "(or give a local path)"
+            )
+        else:
+            path = Path(ref).expanduser()
+            if not path.is_absolute():
+                path = base_dir / path
+        if not path.exists():
+            raise ModelMissing(f"model file {path} does not exist")
+        return str(path)
+
+    return locate
+
+
+@dataclass(frozen=True, slots=True)
+class Supervision:
+    """What the pool manager needs to launch engines (wired by the composition root)."""
+
+    launcher: Launcher
+    provision: ProvisionContext
+    engines: EnginesConfig
+    locate_model: ModelLocator
+    rng: random.Random = field(default_factory=random.Random)
+    #: Picks each launch's port (a port taken meanwhile makes the engine exit; it restarts).
+    allocate_port: Callable[[], int] = free_port
+    #: Total VRAM of a device mask in bytes (None: unknown, no fit check).
+    vram_of: Callable[[tuple[int, ...]], int] | None = None
+
+
+@dataclass(slots=True)
+class ProcessState:
+    """One replica's engine process as the supervisor sees it (health shows it)."""
+
+    prepared: PreparedEngine | None = None
+    model_path: str | None = None
+    endpoint: str | None = None
+    pid: int | None = None
+    running: bool = False
+    restarts: int = 0
+    backoff_ms: int = 0
+    last_exit: str | None = None
+    storm: bool = False
+    log_path: str | None = None
+    #: Monotonic times of recent failures (the storm window).
+    failures: deque[float] = field(default_factory=deque)
+
+    def as_dict(self) -> dict[str, object]:
+        prepared = self.prepared
+        return {
+            "pid": self.pid,
+            "endpoint": self.endpoint,
+            "running": self.running,
+            "restarts": self.restarts,
+            "backoff_ms": self.backoff_ms,
+            "last_exit": self.last_exit,
+            "restart_storm": self.storm,
+            "log_path": self.log_path,
+            "engine_version": prepared.engine_version if prepared else None,
+            "engine_digest": prepared.engine_digest if prepared else None,
+            "provisioning_mode": prepared.provisioning_mode if prepared else None,
+        }
+
+
+class EngineCache:
+    """``ensure`` once per pool config, shared by its replicas; failures are retried."""
+
+    def __init__(self, ctx: ProvisionContext) -> None:
+        self._ctx = ctx
+        self._prepared: dict[tuple[str, str], PreparedEngine] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def prepared(self, cfg: PoolConfig) -> PreparedEngine:
+        key = (cfg.id, cfg.model_dump_json(include={"engine", "provisioning"}))
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            found = self._prepared.get(key)
+            if found is None:
+                started = time.monotonic()
+                found = await provider_for(cfg, self._ctx).ensure(cfg)
+                self._prepared[key] = found
+                narrate(
+                    "engine-provisioner",
+                    "ensure",
+                    cfg.id,
+                    f"Prepares {found.engine} {found.engine_version} for pool {cfg.id} "
+                    f"({found.provisioning_mode}).",
+                    pool_id=cfg.id,
+                    engine=found.engine,
+                    engine_version=found.engine_version,
+                    duration_ms=int((time.monotonic() - started) * 1000),
+                    simulated=found.simulated,
+                    **{
+                        k: v
+                        for k, v in found.summary().items()
+                        if k not in ("engine", "engine_version", "simulated")
+                    },
+                )
+                for warning in found.warnings:
+                    narrate("engine-provisioner", "warning", cfg.id, warning, level="warning")
+            return found
+
+
+#: (pool, replica, endpoint) -> None: bind the replica's adapter to its engine.
+BindFn = Callable[[PoolConfig, str, str], Awaitable[None]]
+#: Re-evaluate the replica's gates (one health probe); returns whether it is Ready.
+ProbeFn = Callable[[], Awaitable[bool]]
+#: Publish a gate failure or a lost engine: (error, engine_ensured, model_present).
+LostFn = Callable[[str, bool, bool], None]
+
+
+class ReplicaSupervisor:
+    def __init__(
+        self,
+        cfg: PoolConfig,
+        replica_id: str,
+        devices: tuple[int, ...],
+        state: ProcessState,
+        supervision: Supervision,
+        engines: EngineCache,
+        metrics: Metrics,
+        *,
+        bind: BindFn,
+        probe: ProbeFn,
+        lost: LostFn,
+        probe_interval_s: float,
+    ) -> None:
+        self.cfg = cfg
+        self.replica_id = replica_id
+        self.devices = devices
+        self.state = state
+        self._sup = supervision
+        self._engines = engines
+        self._metrics = metrics
+        self._bind = bind
+        self._probe = probe
+        self._lost = lost
+        self._probe_interval_s = probe_interval_s
+        self.handle: EngineHandle | None = None
+        #: Set once the replica was first Ready (a reload waits on it).
+        self.ready = asyncio.Event()
+        #: The current engine process reached Ready (a later exit is not a failed preload).
+        self._life_ready = False
+        #: Set when a reload replaced this replica: serve what runs, stop probing, never restart.
+        self.retiring = False
+        self._task: asyncio.Task[None] | None = None
+        self._backoff_gauge = metrics.pool_restart_backoff_seconds.labels(cfg.id, replica_id)
+        self._storm_gauge = metrics.pool_restart_storm.labels(cfg.id, replica_id)
+
+    def start(self) -> None:
+        self._storm_gauge.set(0)
+        self._task = asyncio.create_task(
+            self._run(), name=f"supervise-{self.cfg.id}-{self.replica_id}"
+        )
+
+    async def stop(self) -> None:
+        """Stop supervising and the engine: SIGTERM, wait, SIGKILL; never restart it."""
+        self.retiring = True
+        handle = self.handle
+        if handle is not None:
+            code = await handle.stop(self._sup.engines.stop_timeout_ms / 1000)
+            self.state.last_exit = f"stopped (status {code})"
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.state.running = False
+        self._backoff_gauge.set(0)
+
+    @property
+    def done(self) -> bool:
+        """The loop ended: the storm breaker opened (or it was stopped)."""
+        return self._task is None or self._task.done()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                reason = await self._one_life()
+            except Exception as exc:
+                # A bug must not end supervision silently: it counts as a failure and backs off.
+                reason = "supervisor_error"
+                self.state.last_exit = f"supervisor error: {type(exc).__name__}: {exc}"
+                narrate(
+                    "pool-manager",
+                    "supervisor-error",
+                    self.cfg.id,
+                    f"Supervision of {self.cfg.id}/{self.replica_id} failed: {exc}"[:200],
+                    level="error",
+                    pool_id=self.cfg.id,
+                    replica_id=self.replica_id,
+                    error_kind=type(exc).__name__,
+                )
+                self._lost(self.state.last_exit, False, self.state.model_path is not None)
+            if self.retiring or not self._failed(reason):
+                return
+            delay = self._backoff()
+            self.state.backoff_ms = int(delay * 1000)
+            self._backoff_gauge.set(delay)
+            await asyncio.sleep(delay)
+            self.state.backoff_ms = 0
+            self._backoff_gauge.set(0)
+
+    async def _one_life(self) -> str:
+        """Prepare, launch and watch the engine once; why it ended (a restart reason)."""
+        cfg, state = self.cfg, self.state
+        self._life_ready = False
+        try:
+            state.prepared = await self._engines.prepared(cfg)
+        except ProvisionError as exc:
+            self._lost(f"engine not ensured: {exc}", False, state.model_path is not None)
+            return "provision_failed"
+        try:
+            state.model_path = self._sup.locate_model(cfg)
+        except ModelMissing as exc:
+            self._lost(f"model not present: {exc}", True, False)
+            return "model_missing"
+        too_big = self._misfit(state.model_path)
+        if too_big is not None:
+            self._lost(too_big, True, False)
+            return "model_too_large"
+        if state.prepared.simulated:
+            narrate(
+                "pool-manager",
+                "simulated",
+                cfg.id,
+                f"Launches {cfg.id}/{self.replica_id} on a simulated GPU inventory: the engine "
+                "runs without real GPUs and everything it serves is labelled simulated.",
+                level="warning",
+                pool_id=cfg.id,
+                replica_id=self.replica_id,
+            )
+        try:
+            handle = await self._launch(state.prepared, state.model_path)
+        except (LaunchError, ProvisionError) as exc:
+            self._lost(f"launch failed: {exc}", True, True)
+            return "launch_failed"
+        self.handle = handle
+        state.pid, state.endpoint, state.running = handle.pid, handle.endpoint, True
+        state.log_path = str(handle.log_path) if handle.log_path else None
+        try:
+            await self._bind(cfg, self.replica_id, handle.endpoint)
+            reason = await self._watch(handle)
+        finally:
+            if handle.returncode is None:
+                await handle.kill()
+            state.running = False
+            state.pid = None
+            self.handle = None
+        code = handle.returncode
+        tail = handle.log_tail(3).splitlines()
+        last = f"; last log line: {tail[-1][:200]}" if tail else ""
+        state.last_exit = f"{reason} (status {code}){last}"
+        self._lost(f"engine {reason} (status {code}){last}", True, True)
+        return reason
+
+    def _misfit(self, model_path: str) -> str | None:
+        """Why the model cannot fit the mask's VRAM, if its weights alone exceed it (ORCH-3003).
+
+        A floor, not an estimate: the KV cache and activations need more on top.
+        """
+        if self._sup.vram_of is None:
+            return None
+        have = self._sup.vram_of(self.devices)
+        path = Path(model_path)
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        need = sum(p.stat().st_size for p in files)
+        if not have or need <= have:
+            return None
+        return (
+            f"model does not fit: {need / 2**30:.2f} GiB of weights exceed the "
+            f"{have / 2**30:.2f} GiB of VRAM on GPUs {list(self.devices)}; pick a smaller "
+            "quantization or give the pool more devices"
+        )
+
+    async def _launch(self, prepared: PreparedEngine, model_path: str) -> EngineHandle:
+        port = self._sup.allocate_port()
+        name = f"llorch-{self.cfg.id}-{self.replica_id}"
+        command = replica_command(
+            prepared, self.cfg, model_path=model_path, port=port, devices=self.devices, name=name
+        )
+        spec = LaunchSpec(
+            self.cfg.id,
+            self.replica_id,
+            command.argv,
+            port,
+            devices=self.devices,
+            env=command.env,
+            secrets=command.secrets,
+            cleanup=command.cleanup,
+        )
+        return await self._sup.launcher.launch(spec)
+
+    async def _watch(self, handle: EngineHandle) -> str:  # noqa: C901 - one watch loop per engine life
+        """Until the engine exits, hangs or never turns healthy; which of the three."""
+        exited = asyncio.ensure_future(handle.wait())
+        kind = ENGINES.get(self.cfg.engine.value)
+        health_url = handle.endpoint + (kind.health_path if kind else "/health")
+        startup = httpx.AsyncClient(timeout=1.0, trust_env=False)
+        started = time.monotonic()
+        startup_s = self._sup.engines.startup_timeout_ms / 1000
+        hang_after = self._sup.engines.hang_after_failed_probes
+        ready_once = False
+        failed = 0
+        try:
+            while True:
+                if self.retiring:
+                    await exited
+                    return "retired"
+                interval = self._probe_interval_s if ready_once else STARTUP_POLL_S
+                done, _ = await asyncio.wait({exited}, timeout=interval)
+                if done:
+                    return "exited"
+                if not ready_once and not await _loaded(startup, health_url):
+                    if time.monotonic() - started > startup_s:
+                        return "never_ready"
+                    continue
+                probe = asyncio.ensure_future(self._probe())
+                done, _ = await asyncio.wait({probe, exited}, return_when=asyncio.FIRST_COMPLETED)
+                if exited in done:
+                    probe.cancel()
+                    return "exited"
+                if probe.result():
+                    failed = 0
+                    if not ready_once:
+                        ready_once = True
+                        self._on_ready(time.monotonic() - started)
+                elif ready_once:
+                    failed += 1
+                    if failed >= hang_after:
+                        return "hung"
+                elif time.monotonic() - started > startup_s:
+                    return "never_ready"
+        finally:
+            await startup.aclose()
+            if not exited.done():
+                exited.cancel()
+
+    def _on_ready(self, elapsed_s: float) -> None:
+        self._metrics.pool_preload_total.labels(self.cfg.id, "success").inc()
+        self._life_ready = True
+        self.ready.set()
+        narrate(
+            "pool-manager",
+            "preload",
+            self.cfg.id,
+            f"Replica {self.cfg.id}/{self.replica_id} is Ready {int(elapsed_s * 1000)} ms after "
+            "launch.",
+            pool_id=self.cfg.id,
+            replica_id=self.replica_id,
+            duration_ms=int(elapsed_s * 1000),
+            engine_version=self.state.prepared.engine_version if self.state.prepared else None,
+            pid=self.state.pid,
+        )
+
+    def _failed(self, reason: str) -> bool:
+        """Count one failure; False when the storm breaker opens (stop retrying)."""
+        state = self.state
+        now = time.monotonic()
+        storm = self._sup.engines.restart_storm
+        state.failures.append(now)
+        while state.failures and now - state.failures[0] > storm.window_s:
+            state.failures.popleft()
+        if reason in RESTART_REASONS:
+            if not self._life_ready:
+                self._metrics.pool_preload_total.labels(self.cfg.id, "failure").inc()
+            state.restarts += 1
+            self._metrics.pool_restarts_total.labels(self.cfg.id, reason).inc()
+        if len(state.failures) >= storm.failures:
+            state.storm = True
+            self._storm_gauge.set(1)
+            message = (
+                f"restart storm: {len(state.failures)} failures within {storm.window_s} s, the "
+                f"last {state.last_exit or reason}; stopped restarting. Fix the cause (see "
+                f"{state.log_path or 'the engine log'}) and reload the pool"
+            )
+            self._lost(message, state.prepared is not None, state.model_path is not None)
+            narrate(
+                "pool-manager",
+                "restart-storm",
+                self.cfg.id,
+                f"Stops restarting {self.cfg.id}/{self.replica_id}: {message}"[:300],
+                level="error",
+                pool_id=self.cfg.id,
+                replica_id=self.replica_id,
+                restart_count=state.restarts,
+                last_error=message,
+            )
+            return False
+        return True
+
+    def _backoff(self) -> float:
+        """Exponential in the failures of the window, capped, with jitter."""
+        backoff = self.cfg.backoff
+        attempt = max(0, len(self.state.failures) - 1)
+        delay_ms = min(backoff.max_ms, backoff.initial_ms * backoff.factor**attempt)
+        if backoff.jitter:
+            delay_ms *= self._sup.rng.uniform(0.5, 1.0)
+        narrate(
+            "pool-manager",
+            "backoff",
+            self.cfg.id,
+            f"Restarts {self.cfg.id}/{self.replica_id} in {int(delay_ms)} ms.",
+            pool_id=self.cfg.id,
+            replica_id=self.replica_id,
+            backoff_ms=int(delay_ms),
+            restart_count=self.state.restarts,
+        )
+        return delay_ms / 1000

@@ -1,0 +1,98 @@
+"""The engine index: ``engines.json`` with one EngineEntry per prepared engine (SPEC §9.4).
+
+Written atomically (temporary file, fsync, rename, fsync of the directory) with a schema
+version; an index of another version is refused rather than overwritten. Behind the small
+``EngineIndex`` protocol so the model catalog's store can take it over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from llama_orch.provisioners.engine._types import ProvisionError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEntry:
+    id: str
+    engine: str
+    version: str
+    artifacts: list[str]
+    build_ref: str | None = None
+    digest: str | None = None
+    build_flags: list[str] = field(default_factory=list)
+    created_ms: int = 0
+
+
+class EngineIndex(Protocol):
+    def put(self, entry: EngineEntry) -> None: ...
+
+    def get(self, entry_id: str) -> EngineEntry | None: ...
+
+    def list(self, engine: str | None = None) -> list[EngineEntry]: ...
+
+
+def entry_id(engine: str, version: str, digest: str | None) -> str:
+    return f"{engine}:{version}" + (f"@{digest}" if digest else "")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class FileEngineIndex:
+    """``<root>/engines.json``; never holds secrets (entries are paths, versions, digests)."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root.expanduser() / "engines.json"
+
+    def _load(self) -> dict[str, dict[str, object]]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise ProvisionError("index", f"{self.path} is not valid JSON ({exc})") from exc
+        if doc.get("version") != SCHEMA_VERSION:
+            raise ProvisionError(
+                "index",
+                f"{self.path} has schema version {doc.get('version')!r}, this build reads "
+                f"{SCHEMA_VERSION}; move the file aside to rebuild the index",
+            )
+        entries: dict[str, dict[str, object]] = doc.get("engines", {})
+        return entries
+
+    def _store(self, entries: dict[str, dict[str, object]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        data = json.dumps({"version": SCHEMA_VERSION, "engines": entries}, indent=2, sort_keys=True)
+        with tmp.open("w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.path)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def put(self, entry: EngineEntry) -> None:
+        entries = self._load()
+        entries[entry.id] = asdict(entry)
+        self._store(entries)
+
+    def get(self, entry_id: str) -> EngineEntry | None:
+        raw = self._load().get(entry_id)
+        return EngineEntry(**raw) if raw is not None else None  # type: ignore[arg-type]
+
+    def list(self, engine: str | None = None) -> list[EngineEntry]:
+        entries = [EngineEntry(**raw) for raw in self._load().values()]  # type: ignore[arg-type]
+        return [e for e in entries if engine is None or e.engine == engine]

@@ -1,0 +1,168 @@
+"""Drain and reload over HTTP: what clients, health and metrics see."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.engines import tiny_gguf
+from tests.support.launched import (
+    LaunchedSetup,
+    launched_setup,
+    llama_task,
+    process_of,
+    wait_health,
+)
+from tests.support.server import (
+    RunningServer,
+    config_of,
+    mock_pool,
+    running_server,
+    task_body,
+)
+
+SLOW = {"ttft_ms": 5, "tokens_per_s": 20.0}
+
+
+async def _state(server: RunningServer, task_id: str, state: str) -> None:
+    for _ in range(400):
+        task = server.task(task_id)
+        if task is not None and task.state.value == state:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"task {task_id} never reached {state}")
+
+
+class TestDrain:
+    async def test_drain_refuses_ends_queued_and_stops_at_deadline(self) -> None:
+        """New tasks: 503 POOL_UNAVAILABLE; queued: a retriable POOL_UNAVAILABLE frame; the
+        running one is stopped at the deadline; health and metrics record the drain."""
+        config = config_of(mock_pool("p0", "m0", mock=SLOW))
+        async with running_server(config) as server:
+            running = task_body("m0", max_tokens=1000)
+            queued = task_body("m0", max_tokens=4)
+            assert 202 == (await server.submit(running)).status_code
+            await _state(server, running["task_id"], "running")
+            assert 202 == (await server.submit(queued)).status_code
+            response = await server.client.post("/v1/pools/p0/drain", json={"deadline_ms": 300})
+            assert 202 == response.status_code
+            assert {"draining": True, "kind": "drain", "queued_ended": 1} == {
+                k: response.json()[k] for k in ("draining", "kind", "queued_ended")
+            }
+            frames = await server.stream(queued["task_id"])
+            assert ("error", "POOL_UNAVAILABLE", True) == (
+                frames[-1][0],
+                frames[-1][1]["code"],
+                frames[-1][1]["retriable"],
+            )
+            refused = await server.submit(task_body("m0"))
+            assert 503 == refused.status_code
+            assert "POOL_UNAVAILABLE" == refused.json()["code"]
+            assert "draining" in refused.json()["message"]
+            again = await server.client.post("/v1/pools/p0/drain", json={"deadline_ms": 1})
+            assert 409 == again.status_code
+            last = await server.stream(running["task_id"])
+            assert last[-1][0] in ("end", "error")
+            health = await _drained(server)
+            assert health["draining"] is True
+            assert 1 == health["last_operation"]["in_flight_stopped"]
+            scrape = (await server.client.get("/metrics")).text
+            assert 'drain_events_total{pool_id="p0",reason="drain"} 1.0' in scrape
+
+    async def test_bad_requests(self) -> None:
+        """Unknown pool: 404; a body without deadline_ms: 400 INVALID_PARAMS."""
+        async with running_server(config_of(mock_pool())) as server:
+            missing = await server.client.post("/v1/pools/nope/drain", json={"deadline_ms": 1})
+            assert 404 == missing.status_code
+            bad = await server.client.post("/v1/pools/p0/drain", json={})
+            assert (400, "INVALID_PARAMS") == (bad.status_code, bad.json()["code"])
+            mock = await server.client.post("/v1/pools/p0/reload", json={"new_model_ref": "x"})
+            assert 400 == mock.status_code
+            assert "does not launch" in mock.json()["message"]
+
+
+async def _drained(server: RunningServer) -> dict[str, Any]:
+    for _ in range(400):
+        health: dict[str, Any] = (await server.client.get("/v1/pools/p0/health")).json()
+        if (health.get("last_operation") or {}).get("state") == "done":
+            return health
+        await asyncio.sleep(0.02)
+    raise AssertionError("the drain never finished")
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[LaunchedSetup]:
+    with launched_setup(tmp_path) as s:
+        yield s
+
+
+def _done(health: dict[str, Any]) -> bool:
+    return (health.get("last_operation") or {}).get("state") in ("done", "rolled_back")
+
+
+class TestReload:
+    async def test_reload_switches_models_without_failing_tasks(self, setup: LaunchedSetup) -> None:
+        """Streams running across the switch finish; then the pool serves the new model on
+        new processes and the old process is gone."""
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        pool = setup.pool(env={"FAKE_ENGINE_TOKENS_PER_S": "40"})
+        async with running_server(setup.config(pool)) as server:
+            health = await wait_health(server, "lp", lambda h: h["ready"])
+            old_pid = process_of(health)["pid"]
+            bodies = [llama_task(setup.model, max_tokens=30) for _ in range(2)]
+            for body in bodies:
+                assert 202 == (await server.submit(body)).status_code
+            streams = [asyncio.create_task(server.stream(b["task_id"])) for b in bodies]
+            response = await server.client.post(
+                "/v1/pools/lp/reload", json={"new_model_ref": str(new_model)}
+            )
+            assert 202 == response.status_code
+            health = await wait_health(server, "lp", _done)
+            results = await asyncio.gather(*streams)
+            assert ["end", "end"] == [frames[-1][0] for frames in results]
+            assert "done" == health["last_operation"]["state"]
+            assert str(new_model) == health["model_id"]
+            assert ["r0-g1"] == [r["replica_id"] for r in health["metrics"]["replicas"]]
+            assert process_of(health)["pid"] != old_pid
+            with pytest.raises(ProcessLookupError):
+                os.kill(old_pid, 0)
+            body = llama_task(new_model, max_tokens=3)
+            assert 202 == (await server.submit(body)).status_code
+            assert "end" == (await server.stream(body["task_id"]))[-1][0]
+
+    async def test_failed_reload_rolls_back(self, setup: LaunchedSetup) -> None:
+        """A model the engine cannot load: the new replicas never turn Ready, the reload rolls
+        back, and the old replica keeps serving the old model."""
+        broken = setup.tmp / "broken.gguf"
+        broken.write_bytes(b"GGUF\x09\x00\x00\x00")  # a GGUF version no engine reads
+        config = setup.config(restart_storm={"failures": 2, "window_s": 60})
+        async with running_server(config) as server:
+            health = await wait_health(server, "lp", lambda h: h["ready"])
+            old_pid = process_of(health)["pid"]
+            response = await server.client.post(
+                "/v1/pools/lp/reload", json={"new_model_ref": str(broken)}
+            )
+            assert 202 == response.status_code
+            health = await wait_health(server, "lp", _done)
+            assert "rolled_back" == health["last_operation"]["state"]
+            assert health["ready"] is True
+            assert str(setup.model) == health["model_id"]
+            assert old_pid == process_of(health)["pid"]
+            body = llama_task(setup.model, max_tokens=3)
+            assert 202 == (await server.submit(body)).status_code
+            assert "end" == (await server.stream(body["task_id"]))[-1][0]
+
+    async def test_missing_model_is_refused_up_front(self, setup: LaunchedSetup) -> None:
+        """A reload to a model that is not present is a 400 naming the file; nothing starts."""
+        async with running_server(setup.config()) as server:
+            await wait_health(server, "lp", lambda h: h["ready"])
+            response = await server.client.post(
+                "/v1/pools/lp/reload", json={"new_model_ref": str(setup.tmp / "nope.gguf")}
+            )
+            assert 400 == response.status_code
+            assert "does not exist" in response.json()["message"]

@@ -1,0 +1,95 @@
+"""LocalLauncher: real engine subprocesses with masks, logs, pid files, stop and orphan reaping."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import httpx
+
+from llama_orch.pool.launch import LaunchSpec, LocalLauncher, free_port, redact_argv
+from tests.support.engines import fake_executable, tiny_gguf
+
+
+async def _healthy(url: str) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(400):
+            try:
+                if (await client.get(f"{url}/health")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} never turned healthy")
+
+
+def _spec(tmp_path: Path, *, api_key: str = "sk-secret-value-123456") -> LaunchSpec:
+    exe = fake_executable(tmp_path / "bin", "llama-server")
+    model = tiny_gguf(tmp_path / "models")
+    port = free_port()
+    argv = (str(exe), "--model", str(model), "--port", str(port), "--api-key", api_key)
+    return LaunchSpec("p0", "r0", argv, port, devices=(1, 0), secrets=(api_key,))
+
+
+class TestLocalLauncher:
+    async def test_launch_logs_mask_and_redacted_command(self, tmp_path: Path) -> None:
+        """The engine sees only its mask; the log shows the command without its secret."""
+        launcher = LocalLauncher(tmp_path / "run")
+        spec = _spec(tmp_path)
+        handle = await launcher.launch(spec)
+        try:
+            await _healthy(handle.endpoint)
+            assert (tmp_path / "run/pids/p0-r0.pid").exists()
+        finally:
+            code = await handle.stop(timeout_s=10)
+        log = handle.log_path.read_text()
+        assert "CUDA_VISIBLE_DEVICES=1,0" in log
+        assert "sk-secret-value-123456" not in log
+        assert "--api-key [REDACTED]" in log
+        assert 0 == code
+        assert not (tmp_path / "run/pids/p0-r0.pid").exists()
+
+    async def test_stop_kills_a_stopped_engine(self, tmp_path: Path) -> None:
+        """A SIGSTOPped engine that cannot honour SIGTERM in time is killed."""
+        launcher = LocalLauncher(tmp_path / "run")
+        handle = await launcher.launch(_spec(tmp_path))
+        await _healthy(handle.endpoint)
+        assert handle.pid is not None
+        os.kill(handle.pid, signal.SIGSTOP)
+        code = await handle.stop(timeout_s=0.2)
+        assert code in (0, -signal.SIGKILL, -signal.SIGTERM)
+        assert handle.returncode is not None
+
+    async def test_reap_orphans_stops_what_a_crashed_run_left(self, tmp_path: Path) -> None:
+        """A pid file outliving its launcher names an orphan that the next start-up stops."""
+        handle = await LocalLauncher(tmp_path / "run").launch(_spec(tmp_path))
+        await _healthy(handle.endpoint)
+        stopped = await LocalLauncher(tmp_path / "run").reap_orphans()
+        assert [handle.pid] == stopped
+        assert 0 == await asyncio.wait_for(handle.wait(), 10)
+        assert [] == list((tmp_path / "run/pids").glob("*.pid"))
+
+    async def test_reap_ignores_a_reused_pid(self, tmp_path: Path) -> None:
+        """A pid file whose pid now runs another program is removed, the process untouched."""
+        pids = tmp_path / "run/pids"
+        pids.mkdir(parents=True)
+        (pids / "p0-r0.pid").write_text(f'{{"pid": {os.getpid()}, "argv0": "llama-server"}}')
+        assert [] == await LocalLauncher(tmp_path / "run").reap_orphans()
+        assert not (pids / "p0-r0.pid").exists()
+
+
+class TestRedactArgv:
+    def test_secret_flags_and_values(self) -> None:
+        """Values of key/token flags, in both spellings, and known secrets are hidden."""
+        argv = ["vllm", "serve", "m", "--api-key", "abc", "--hf-token=hf_abcdefghijk", "x"]
+        assert [
+            "vllm",
+            "serve",
+            "m",
+            "--api-key",
+            "[REDACTED]",
+            "--hf-token=[REDACTED]",
+            "x",
+        ] == redact_argv(argv)
