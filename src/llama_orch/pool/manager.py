@@ -376,7 +376,8 @@ class PoolManager:
                 # Health answered but props or version did not: not Ready until both do.
                 gates.healthy = False
                 error = exc.message
-        if model_error is not None:
+        if model_error is not None and gates.engine_ensured:
+            # The engine's own problem, when it has one, is the one to fix first.
             error = model_error
         self.publish(pool, replica, gates, error)
 
