@@ -26,6 +26,7 @@ OrchError
 │   ├── DecodeTimeout (TimeoutError)        DECODE_TIMEOUT
 │   ├── WorkerReset (ConnectionError)       WORKER_RESET
 │   ├── WorkerUnavailable                   POOL_UNAVAILABLE
+│   │   └── EngineUnreachable               POOL_UNAVAILABLE (the connection was refused)
 │   ├── WorkerInvalidParams                 INVALID_PARAMS (the engine refused the request)
 │   └── WorkerInternal                      INTERNAL
 ├── CatalogError                            the model/engine catalog on disk
@@ -230,6 +231,10 @@ class WorkerReset(WorkerError, ConnectionError):
 class WorkerUnavailable(WorkerError):
     kind = ErrorKind.POOL_UNAVAILABLE
     retriable_default = True
+
+
+class EngineUnreachable(WorkerUnavailable):
+    """The engine refused the connection: nothing was sent, and the engine is likely down."""
 
 
 class WorkerInvalidParams(WorkerError):

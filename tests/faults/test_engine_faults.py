@@ -136,12 +136,6 @@ class TestEngineDies:
         assert error_after_s < 10
         assert "end" == other_frames[-1][0]
 
-    @pytest.mark.xfail(
-        reason="a task queued behind a task whose engine died is dispatched to the dead replica "
-        "before a probe marks it unready, and fails with POOL_UNAVAILABLE (cannot connect) "
-        "instead of waiting for the engine to come back",
-        strict=True,
-    )
     @pytest.mark.timeout(120)
     async def test_queued_task_is_served_after_recovery(self, tmp_path: Path) -> None:
         """A task queued when the engine dies is kept, and served once the engine is back."""

@@ -12,6 +12,7 @@ import aiohttp
 import httpx
 
 from llama_orch.errors import (
+    EngineUnreachable,
     DecodeTimeout,
     WorkerError,
     WorkerInternal,
@@ -45,7 +46,7 @@ def map_transport_errors(
             f"{engine}: {where}: connecting timed out", engine=engine, pool_id=pool_id
         ) from exc
     except (httpx.ConnectError, aiohttp.ClientConnectorError) as exc:
-        raise WorkerUnavailable(
+        raise EngineUnreachable(
             f"{engine}: {where}: cannot connect ({redactor.text(str(exc)) or 'refused'})",
             engine=engine,
             pool_id=pool_id,

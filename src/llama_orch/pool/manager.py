@@ -29,7 +29,7 @@ from llama_orch.config import PoolConfig
 from llama_orch.contracts.engine import EngineAdapter
 from llama_orch.core.model import PoolSnapshot, ReplicaView
 from llama_orch.core.replica_set import replica_set_conflict
-from llama_orch.errors import WorkerError
+from llama_orch.errors import EngineUnreachable, WorkerError, WorkerReset
 from llama_orch.observability.metrics import Metrics, ReplicaMetrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.gpus import GpuInventory
@@ -90,6 +90,9 @@ class Replica:
     last_heartbeat: float | None = None
     #: True while the replica is Ready but its heartbeat is older than the stale window.
     stale: bool = False
+    #: True after a broken stream or a refused connection, until a probe passes: the replica
+    #: stays Ready (tasks are admitted and queue) but takes no new task (no free slot).
+    held: bool = False
     #: ``kv_cache_usage_ratio`` child, bound on the first value the engine reports.
     kv_gauge: Gauge | None = None
     #: The engine process llama-orch launched for this replica (None: external or mock).
@@ -277,6 +280,7 @@ class PoolManager:
     async def start(self) -> None:
         if self.models is not None:
             self.models.stage_missing()
+        self._host.on_engine_fault(self._on_engine_fault)
         await self.lifecycle.start()
         for pool in self.pools.values():
             cfg = pool.config
@@ -372,6 +376,11 @@ class PoolManager:
                     replica.first_token_ms = snapshot.props.first_token_ms
                     self._set_kv_usage(replica, snapshot.props.kv_cache_usage_ratio)
                     replica.last_heartbeat = self._clock()
+                    if replica.held:
+                        # The probe passed: the replica takes work again.
+                        replica.held = False
+                        self._bump()
+                        self._notify(pool.id)
             except WorkerError as exc:
                 # Health answered but props or version did not: not Ready until both do.
                 gates.healthy = False
@@ -423,6 +432,36 @@ class PoolManager:
     def rebound(self) -> None:
         """A launched replica's adapter was (re)bound to a new engine process (ORCH-3410)."""
         self._bump()
+
+    def _on_engine_fault(self, pool_id: str, replica_id: str, error: WorkerError) -> None:
+        """A stream broke, or the engine refused the connection: the replica stops taking new
+        work until its next probe passes, so the next queued task does not follow the failed
+        one to an engine that may be gone. It stays Ready (tasks are still admitted and wait in
+        the queue), shown to placement with no free slot. Launched engines are watched by their
+        lifecycle instead."""
+        if not isinstance(error, WorkerReset | EngineUnreachable):
+            return
+        pool = self.pools.get(pool_id)
+        replica = (
+            next((r for r in pool.replicas if r.replica_id == replica_id), None) if pool else None
+        )
+        if pool is None or replica is None or replica.process is not None:
+            return
+        if replica.state is not ReplicaState.READY or replica.held:
+            return
+        replica.held = True
+        self._bump()
+        narrate(
+            "pool-manager",
+            "stale",
+            pool_id,
+            f"Holds replica {pool_id}/{replica_id} until its next probe: {error.message}"[:160],
+            level="warning",
+            pool_id=pool_id,
+            replica_id=replica_id,
+            error_kind=error.kind.value,
+            snapshot_version=self.snapshot_version,
+        )
 
     def lost(
         self,
@@ -565,7 +604,7 @@ class PoolManager:
                     engine=cfg.engine,
                     engine_version=r.engine_version,
                     free_vram=free,
-                    active_slots=r.active,
+                    active_slots=r.slots_total if r.held else r.active,
                     slots_total=r.slots_total,
                     ctx_max_supported=min(r.ctx_max, cfg.ctx or UNKNOWN_CTX),
                     ready=self.fresh(r),
