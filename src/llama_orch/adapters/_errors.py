@@ -12,8 +12,8 @@ import aiohttp
 import httpx
 
 from llama_orch.errors import (
-    EngineUnreachable,
     DecodeTimeout,
+    EngineUnreachable,
     WorkerError,
     WorkerInternal,
     WorkerInvalidParams,
