@@ -12,7 +12,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from llama_orch.vocab import GPU_ENGINES, Engine, FullPolicy, Priority, ProvisioningMode
+from llama_orch.vocab import (
+    GPU_ENGINES,
+    DeterminismLevel,
+    Engine,
+    FullPolicy,
+    Priority,
+    ProvisioningMode,
+)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -385,6 +392,10 @@ class PoolConfig(_Strict):
     preload: bool = True
     require_same_engine_version: bool = True
     sampler_profile_version: str | None = None
+    #: ``strict``: engines llama-orch launches run one sequence at a time with continuous
+    #: batching off (llama.cpp ``--parallel 1 --no-cont-batching``, vLLM ``--max-num-seqs 1``),
+    #: so a seed gives the same tokens whatever else runs; needs ``slots: 1``.
+    determinism: DeterminismLevel = DeterminismLevel.BEST_EFFORT
     engine_version: str | None = None
     endpoint: str | None = None
     api_key_env: str | None = None
@@ -448,6 +459,11 @@ class PoolConfig(_Strict):
             and self.provisioning.mode is not ProvisioningMode.EXTERNAL
         ):
             raise ValueError("an openai pool is always provisioning.mode: external")
+        if self.determinism is DeterminismLevel.STRICT and self.slots != 1:
+            raise ValueError(
+                f"determinism strict runs one sequence per replica; set slots: 1 (got "
+                f"{self.slots}) and add replicas for concurrency"
+            )
         return self
 
     @property

@@ -62,6 +62,25 @@ class TestLlamaCpp:
             "--metrics",
         ) == cmd.argv
 
+    def test_strict_determinism_runs_one_sequence(self) -> None:
+        """determinism: strict launches one slot with continuous batching off."""
+        pool = _pool("llamacpp", determinism="strict")
+        argv = replica_command(
+            _binary("llamacpp", "/e/llama-server"),
+            pool,
+            model_path="/m/x.gguf",
+            port=9001,
+            devices=(0,),
+            name="n",
+        ).argv
+        assert ("--parallel", "1") == argv[argv.index("--parallel") : argv.index("--parallel") + 2]
+        assert "--no-cont-batching" in argv
+
+    def test_strict_determinism_needs_one_slot(self) -> None:
+        """A strict pool with several slots is refused, with the way to scale instead."""
+        with pytest.raises(ValueError, match="set slots: 1"):
+            _pool("llamacpp", determinism="strict", slots=4)
+
     @pytest.mark.parametrize("flags", [["-ngl", "40"], ["--ngl=40"], ["--gpu-layers", "40"]])
     def test_gpu_layer_spellings_normalize(self, flags: list[str]) -> None:
         """-ngl, --ngl and --gpu-layers all become --n-gpu-layers."""
@@ -87,6 +106,19 @@ class TestLlamaCpp:
 
 
 class TestOtherEngines:
+    def test_vllm_strict_determinism_is_single_sequence(self) -> None:
+        """A strict vLLM pool schedules one sequence at a time."""
+        argv = replica_command(
+            _binary("vllm", "/venv/bin/vllm"),
+            _pool("vllm", determinism="strict"),
+            model_path="/m/x",
+            port=9001,
+            devices=(0,),
+            name="n",
+        ).argv
+        at = argv.index("--max-num-seqs")
+        assert ("--max-num-seqs", "1") == argv[at : at + 2]
+
     def test_vllm_serve(self) -> None:
         """vllm serve MODEL with the pool's model as the served name and one shard per GPU."""
         pool = _pool("vllm", devices=[0, 1], slots=8, ctx=2048)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from llama_orch.config import PoolConfig
 from llama_orch.provisioners.engine._types import ProvisionError
+from llama_orch.vocab import DeterminismLevel
 
 #: Offload every layer: llama.cpp clamps it to the model's layer count.
 ALL_LAYERS = "999"
@@ -78,6 +79,9 @@ def engine_args(pool: PoolConfig, *, model_path: str, host: str, port: int) -> l
             # llama-server divides the context among its slots.
             args += ["--ctx-size", str(pool.ctx * pool.slots)]
         args += ["--n-gpu-layers", layers, "--metrics"]
+        if pool.determinism is DeterminismLevel.STRICT:
+            # Batched decoding changes the floating-point order, and so the tokens a seed gives.
+            args += ["--no-cont-batching"]
         if pool.tensor_split:
             args += ["--split-mode", "layer"]
             args += ["--tensor-split", ",".join(f"{r:g}" for r in pool.tensor_split)]

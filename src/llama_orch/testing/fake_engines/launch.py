@@ -53,6 +53,7 @@ def _llama_server(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("-a", "--alias", default=None)
     p.add_argument("--api-key", default=None)
     p.add_argument("--metrics", action="store_true")
+    p.add_argument("-nocb", "--no-cont-batching", action="store_true")
     p.add_argument("--slots", action="store_true")
     p.add_argument("-ts", "--tensor-split", default=None)
     return p.parse_known_args(argv)
