@@ -25,6 +25,7 @@ from llama_orch.adapters._http import (
 from llama_orch.config import BackoffConfig, HttpConfig
 from llama_orch.errors import (
     DecodeTimeout,
+    EngineUnreachable,
     WorkerError,
     WorkerInternal,
     WorkerInvalidParams,
@@ -245,7 +246,7 @@ class TestUpstreamClients:
 
 
 TRANSPORT_ERRORS: list[tuple[Exception, type[WorkerError]]] = [
-    (httpx.ConnectError("refused"), WorkerUnavailable),
+    (httpx.ConnectError("refused"), EngineUnreachable),
     (httpx.ConnectTimeout("slow"), WorkerUnavailable),
     (httpx.PoolTimeout("full"), WorkerUnavailable),
     (httpx.ReadTimeout("silent"), DecodeTimeout),
