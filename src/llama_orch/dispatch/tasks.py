@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from llama_orch.contracts.engine import GenerateRequest
+from llama_orch.contracts.engine import EmbedRequest, GenerateRequest
 from llama_orch.contracts.frames import Frame, end_frame, error_frame
 from llama_orch.core.model import DecisionLog, JobSpec
 from llama_orch.dispatch.streams import TaskStream
 from llama_orch.errors import OrchError
-from llama_orch.vocab import Engine, Priority
+from llama_orch.vocab import Engine, Priority, Workload
 
 #: Rewrites a terminal frame just before it is published (stream traces put their id on it).
 Stamp = Callable[[Frame], Frame]
@@ -99,6 +99,15 @@ class Task:
     tokens_out: int = 0
     kv_warm: bool = False
     next_metrics_at: float = 0.0
+    # -- embedding and rerank tasks ---------------------------------------------------------------
+    #: The whole input of an embedding or rerank task (None for completions and once ended);
+    #: the runner sends it in engine-sized batches.
+    work: EmbedRequest | None = None
+    workload: Workload = Workload.COMPLETION
+    #: ``base64`` or ``float``: how an embedding task's vectors are written in ``end.result``.
+    encoding: str = "float"
+    #: The answer ``end`` carries (set by the runner just before ``finish``).
+    result: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -178,6 +187,7 @@ class Task:
             tokens_in=self.tokens_in,
             decode_ms=self.decode_ms(now),
             canceled=canceled,
+            result=None if canceled else self.result,
         )
 
     def _end(self, state: TaskState, now: float, frame: Frame, stamp: Stamp | None) -> None:
@@ -191,6 +201,14 @@ class Task:
         self.request = None
         self.job = None
         self.runner = None
+        self.work = None
+        self.result = None
+
+    @property
+    def charged_tokens(self) -> int:
+        """What the session budget is charged: tokens generated, or tokens read for an
+        embedding or rerank task."""
+        return self.tokens_out if self.workload is Workload.COMPLETION else self.tokens_in
 
     @property
     def retained_bytes(self) -> int:
