@@ -287,6 +287,8 @@ class PoolCapability(_Wire):
     draining: bool
     device_mask: list[int]
     simulated: bool
+    #: Workloads the pool serves; tasks of others are never placed on it.
+    supported_workloads: list[Workload] = [Workload.COMPLETION]
     #: What the engines reported (the adapter host's capability cache), merged over replicas.
     features: dict[str, Any] = {}
     #: The model the engine says it serves and its digest, where it reports them.
