@@ -51,10 +51,12 @@ def _by_index(items: list[Any], count: int, value: str) -> list[Any]:
     return out
 
 
-def _vector(raw: Any) -> tuple[float, ...]:
-    if not isinstance(raw, list) or not all(isinstance(x, int | float) for x in raw):
+def _vector(raw: Any) -> list[float]:
+    """The engine's list as it is: checking its first value keeps a wrong shape out without
+    paying per dimension (thousands of values a request)."""
+    if type(raw) is not list or (raw and type(raw[0]) not in (float, int)):
         raise TypeError("an embedding is not a list of numbers")
-    return tuple(float(x) for x in raw)
+    return raw
 
 
 def _tokens(answer: Any, request: EmbedRequest) -> int:
@@ -72,7 +74,7 @@ def estimated_tokens(request: EmbedRequest) -> int:
 
 def openai_embeddings(request: EmbedRequest, answer: Any) -> EmbedResult:
     rows = _by_index(answer["data"], len(request.texts), "embedding")
-    return EmbedResult(vectors=tuple(_vector(r) for r in rows), tokens_in=_tokens(answer, request))
+    return EmbedResult(vectors=[_vector(r) for r in rows], tokens_in=_tokens(answer, request))
 
 
 def rerank_results(request: EmbedRequest, answer: Any) -> EmbedResult:
@@ -83,7 +85,7 @@ def rerank_results(request: EmbedRequest, answer: Any) -> EmbedResult:
 def tei_embed(request: EmbedRequest, answer: Any) -> EmbedResult:
     if not isinstance(answer, list):
         raise TypeError("/embed answered no list")
-    vectors = tuple(_vector(r) for r in answer)
+    vectors = [_vector(r) for r in answer]
     return EmbedResult(vectors=vectors, tokens_in=estimated_tokens(request))
 
 

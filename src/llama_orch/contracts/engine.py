@@ -86,8 +86,8 @@ class EmbedResult:
     position, unsorted).
     """
 
-    vectors: tuple[tuple[float, ...], ...] = ()
-    scores: tuple[float, ...] = ()
+    vectors: Sequence[Sequence[float]] = ()
+    scores: Sequence[float] = ()
     tokens_in: int = 0
 
 

@@ -27,10 +27,10 @@ def l2_normalize(vector: Sequence[float]) -> tuple[float, ...]:
     return tuple(x / norm for x in vector)
 
 
-def shorten(vector: Sequence[float], dimensions: int | None) -> tuple[float, ...]:
+def shorten(vector: Sequence[float], dimensions: int | None) -> Sequence[float]:
     """The first ``dimensions`` values, normalised again (how Matryoshka models shorten)."""
     if dimensions is None or dimensions >= len(vector):
-        return tuple(vector)
+        return vector
     return l2_normalize(vector[:dimensions])
 
 

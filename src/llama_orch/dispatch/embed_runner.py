@@ -90,7 +90,9 @@ def assemble(work: EmbedRequest, parts: list[EmbedResult], encoding: str) -> dic
         return {"results": [{"index": i, "score": scores[i]} for i in ranked]}
     vectors = [shorten(v, work.dimensions) for part in parts for v in part.vectors]
     embeddings: list[Any] = (
-        [encode_base64(v) for v in vectors] if encoding == "base64" else [list(v) for v in vectors]
+        [encode_base64(v) for v in vectors]
+        if encoding == "base64"
+        else [v if type(v) is list else list(v) for v in vectors]
     )
     return {
         "encoding_format": encoding,
