@@ -17,7 +17,8 @@ import pytest
 
 from llama_orch.contracts.events import PAYLOADS
 from llama_orch.core.embedding import decode_base64, hashed_vector, l2_normalize
-from tests.e2e.test_engines import wait_until
+from llama_orch.testing.fake_engines import Behaviour, start_fake
+from tests.e2e.test_engines import ENV, engine_pool, wait_until
 from tests.support.server import RunningServer, config_of, mock_pool, running_server, task_body
 
 WORKLOADS = ["completion", "embedding", "rerank"]
@@ -253,3 +254,47 @@ async def test_same_bytes_across_replicas() -> None:
             answers.append((answer.headers["x-pool-id"], answer.json()["data"][0]["embedding"]))
     assert 1 == len({vector for _, vector in answers})
     assert orjson.dumps(answers)
+
+
+class TestSchedulingAndBudgets:
+    async def test_cancel_stops_further_batches(self) -> None:
+        """Ten engine calls of 2 texts each; a cancel during the first call ends the task with
+        ``canceled`` and no further call is sent."""
+        async with start_fake("vllm", behaviour=Behaviour(ttft_ms=300)) as fake:
+            pool = engine_pool("vllm", fake, supported_workloads=WORKLOADS, embedding_batch=2)
+            async with running_server(config_of(pool), ENV) as srv:
+                body = embed_body([f"t{i}" for i in range(20)], model=fake.model, engine="vllm")
+                assert 202 == (await srv.submit(body)).status_code
+                await wait_until(lambda: len(fake.requests) == 1, "the first engine call")
+                await srv.client.post(f"/v1/tasks/{body['task_id']}/cancel")
+                frames = await srv.stream(body["task_id"])
+                service = srv.deps.service
+                await wait_until(lambda: service.pool_status(pool["id"]).running == 0, "freed")
+                calls = len(fake.requests)
+        assert frames[-1][1].get("canceled") is True
+        assert "result" not in frames[-1][1]
+        assert 1 == calls
+
+    async def test_input_tokens_count_against_the_session_budget(self) -> None:
+        """The token budget is charged the tokens read; a request larger than what is left is
+        refused before it is queued."""
+        session = "6d8a3c4e-0a7b-4d1e-9f7c-2b5a1c9e8d70"
+        config = config_of(embed_pool(), budgets={"tokens": 40})
+        async with running_server(config) as srv:
+            body = embed_body(["x" * 30] * 3, session_id=session)
+            first = await srv.submit(body)
+            assert 202 == first.status_code, first.text
+            await srv.stream(body["task_id"])
+            info = (await srv.client.get(f"/v1/sessions/{session}")).json()
+            refused = await srv.submit(embed_body(["y" * 200], session_id=session))
+        assert 40 - 30 == info["tokens_budget_remaining"]
+        assert 429 == refused.status_code
+        assert "inputs are about 67 tokens" in refused.json()["message"]
+        assert "session-budget" == refused.json()["policy_label"]
+
+    async def test_capabilities_list_each_pools_workloads(self) -> None:
+        async with server(embed_pool(), mock_pool("p1", "m1", devices=[1])) as (srv, _):
+            caps = (await srv.client.get("/v1/capabilities")).json()
+        by_pool = {p["pool_id"]: p["supported_workloads"] for p in caps["pools"]}
+        assert {"p0": WORKLOADS, "p1": ["completion"]} == by_pool
+        assert WORKLOADS == caps["engines"][0]["supported_workloads"]

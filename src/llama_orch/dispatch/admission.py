@@ -253,7 +253,8 @@ class Admission:
             )
         else:
             usage = session.usage if session is not None else BudgetUsage()
-            refusal = check_budget(limits, usage, max_tokens=cost, price=price)
+            sized_by = "max_tokens" if request.workload is Workload.COMPLETION else "inputs"
+            refusal = check_budget(limits, usage, max_tokens=cost, price=price, sized_by=sized_by)
         if refusal is not None:
             ttl_ms = (
                 sessions.ttl_remaining_ms(session, now)
