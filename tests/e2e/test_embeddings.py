@@ -298,3 +298,14 @@ class TestSchedulingAndBudgets:
         by_pool = {p["pool_id"]: p["supported_workloads"] for p in caps["pools"]}
         assert {"p0": WORKLOADS, "p1": ["completion"]} == by_pool
         assert WORKLOADS == caps["engines"][0]["supported_workloads"]
+
+
+async def test_prefer_wait_answers_a_failure_with_its_envelope() -> None:
+    """A task that fails after admission answers its error envelope and status."""
+    async with server(embed_pool(mock={"fail_at_token": 0})) as (srv, _):
+        answer = await srv.client.post(
+            "/v1/tasks", json=embed_body(["a"]), headers={"Prefer": "wait"}
+        )
+    assert 500 == answer.status_code
+    assert "INTERNAL" == answer.json()["code"]
+    assert "simulated engine failure" in answer.json()["message"]

@@ -242,9 +242,14 @@ def data_plane() -> dict[str, Any]:
                             "X-Backoff-Ms": {"schema": {"type": "integer"}},
                         },
                     },
+                    "500": _error(
+                        "With Prefer: wait, a task that failed after admission (INTERNAL)"
+                    ),
                     "503": _error(
                         "POOL_UNREADY or POOL_UNAVAILABLE; the message names the placement "
-                        "outcome (e.g. pinned_pool_infeasible, no_preferred_feasible)"
+                        "outcome (e.g. pinned_pool_infeasible, no_preferred_feasible); with "
+                        "Prefer: wait, also a task that failed after admission (WORKER_RESET, "
+                        "DECODE_TIMEOUT, POOL_UNAVAILABLE)"
                     ),
                 },
                 "x-examples": {
