@@ -114,7 +114,8 @@ class TgiAdapter(HttpAdapter):
 
     async def props(self) -> WorkerProps:
         info = await self._info()
-        total = info.get("max_total_tokens")
+        # text-embeddings-inference reports max_input_length instead of max_total_tokens.
+        total = info.get("max_total_tokens", info.get("max_input_length"))
         return WorkerProps(
             slots_total=info.get("max_concurrent_requests"),
             ctx_max=total if isinstance(total, int) else None,
