@@ -55,8 +55,7 @@ class EmbedRunner:
                         result = await self._host.embed(task.pool_id, replica.replica_id, batch)
                     if task.terminal:
                         return
-                    if not parts:
-                        task.first_token_at = self._clock.now()
+                    task.batch_answered(self._clock.now())
                     parts.append(result)
             task.engine_started(sum(p.tokens_in for p in parts), None)
             task.result = assemble(work, parts, task.encoding)

@@ -161,6 +161,13 @@ class Task:
             return True
         return False
 
+    def batch_answered(self, now: float) -> None:
+        """An embedding or rerank task's engine call came back; the first one times the task's
+        first result (as a first token does for a completion)."""
+        self._require("record a batch of", TaskState.RUNNING)
+        if self.first_token_at is None:
+            self.first_token_at = now
+
     def metrics_sent(self, now: float, interval_s: float) -> None:
         """A ``metrics`` frame went out (``next_metrics_at`` had passed); the next is due
         ``interval_s`` later."""
