@@ -61,7 +61,8 @@ def _start_fake(name: str, flags: list[str], log: Path) -> Proc:
     return Proc(url, popen)
 
 
-def _start_orch(engines: dict[str, Proc], workdir: Path) -> Proc:
+def _start_orch(engines: dict[str, Proc], workdir: Path, **pool: Any) -> Proc:
+    """``pool``: more settings for every pool."""
     pools = [
         {
             "id": name,
@@ -73,6 +74,7 @@ def _start_orch(engines: dict[str, Proc], workdir: Path) -> Proc:
             "endpoint": proc.url,
             "provisioning": {"mode": "external"},
             "queue": {"capacity": 8192},
+            **pool,
         }
         for name, proc in engines.items()
     ]

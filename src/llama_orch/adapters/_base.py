@@ -33,8 +33,21 @@ from llama_orch.adapters._http import (
 )
 from llama_orch.adapters._sse import SseDecoder
 from llama_orch.config import PoolConfig
-from llama_orch.contracts.engine import EngineEvent, GenerateRequest, WorkerHealth, WorkerProps
-from llama_orch.errors import DecodeTimeout, WorkerError, WorkerInternal, WorkerReset
+from llama_orch.contracts.engine import (
+    EmbedRequest,
+    EmbedResult,
+    EngineEvent,
+    GenerateRequest,
+    WorkerHealth,
+    WorkerProps,
+)
+from llama_orch.errors import (
+    DecodeTimeout,
+    WorkerError,
+    WorkerInternal,
+    WorkerInvalidParams,
+    WorkerReset,
+)
 from llama_orch.observability.redaction import Redactor
 from llama_orch.vocab import Engine
 
@@ -44,6 +57,8 @@ _BODY_QUOTE = 300
 _DRAIN_S = 1.0
 #: Headers of every generate request.
 _GENERATE: Final = {"content-type": "application/json", "accept": "text/event-stream"}
+#: Headers of every embedding and rerank request (answered with one JSON document).
+_EMBED: Final = {"content-type": "application/json", "accept": "application/json"}
 
 
 #: What ``parse_payloads`` gives for a ``data: [DONE]`` event (the only non-JSON payload).
@@ -195,6 +210,54 @@ class HttpAdapter:
     def new_parser(self, request: GenerateRequest) -> StreamParser:
         raise NotImplementedError
 
+    def embed_call(self, request: EmbedRequest) -> tuple[str, dict[str, Any]]:
+        """The engine's embedding or rerank route and body; engines without one refuse."""
+        raise WorkerInvalidParams(
+            f"{self.engine.value} pools serve no {request.workload.value} workload through "
+            "llama-orch; use a llama.cpp, vLLM, TGI (text-embeddings-inference) or OpenAI pool",
+            engine=self.engine.value,
+            pool_id=self.pool_id,
+        )
+
+    def embed_result(self, request: EmbedRequest, answer: Any) -> EmbedResult:
+        """The engine's JSON answer to ``embed_call`` in the common shape."""
+        raise NotImplementedError
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """One embedding or rerank call: the whole answer is one JSON document.
+
+        The answer must hold exactly one result per text, else the call fails: a short or
+        padded answer would silently misalign vectors with their inputs.
+        """
+        path, body = self.embed_call(request)
+        engine = self.engine.value
+        where = f"POST {path}"
+        response = await self._open(path, body, where, headers=_EMBED)
+        try:
+            with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
+                content = await response.read()
+            if response.status >= 400:
+                raise self.status_error_of(response.status, content, response.headers, where)
+            try:
+                result = self.embed_result(request, loads(content, engine))
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                raise WorkerInternal(
+                    self._error(f"{where}: unexpected answer shape ({type(exc).__name__})"),
+                    engine=engine,
+                    pool_id=self.pool_id,
+                ) from exc
+        finally:
+            await response.close()
+        expected = len(request.texts)
+        got = len(result.scores if request.query is not None else result.vectors)
+        if got != expected:
+            raise WorkerInternal(
+                self._error(f"{where}: {got} results for {expected} inputs"),
+                engine=engine,
+                pool_id=self.pool_id,
+            )
+        return result
+
     def started_data(self, request: GenerateRequest) -> dict[str, Any]:
         data: dict[str, Any] = {}
         if self._version is not None:
@@ -305,7 +368,14 @@ class HttpAdapter:
         finally:
             await response.close()
 
-    async def _open(self, path: str, body: dict[str, Any], where: str) -> UpstreamResponse:
+    async def _open(
+        self,
+        path: str,
+        body: dict[str, Any],
+        where: str,
+        *,
+        headers: Mapping[str, str] = _GENERATE,
+    ) -> UpstreamResponse:
         """Send the generate request; its headers must arrive within ``first_byte_timeout_ms``."""
         engine = self.engine.value
         first_byte_ms = self._pool.http.first_byte_timeout_ms
@@ -315,7 +385,7 @@ class HttpAdapter:
                     # Connecting slowly is tried again within the same first-byte deadline.
                     deadline = first_byte.when()
                     return await self._upstream.open_stream(
-                        path, orjson.dumps(body), _GENERATE, deadline=deadline
+                        path, orjson.dumps(body), headers, deadline=deadline
                     )
             except TimeoutError as exc:
                 if not first_byte.expired():

@@ -29,6 +29,8 @@ from llama_orch.adapters._breaker import BreakerPolicy, CircuitBreaker, Clock
 from llama_orch.adapters._http import RetryPolicy, with_retries
 from llama_orch.contracts.engine import (
     BreakerState,
+    EmbedRequest,
+    EmbedResult,
     EngineAdapter,
     EngineEvent,
     GenerateRequest,
@@ -238,27 +240,10 @@ class AdapterHost:
         self, pool_id: str, replica_id: str, request: GenerateRequest
     ) -> AsyncGenerator[EngineEvent, None]:
         """Stream one request; every failure surfaces as a ``WorkerError`` (ORCH-3602)."""
-        binding = self._binding(pool_id, replica_id)
+        binding, fields = self._call(pool_id, replica_id, request.task_id, request.correlation_id)
         adapter = binding.adapter
         engine = adapter.engine.value
-        fields: dict[str, Any] = {
-            "task_id": request.task_id,
-            "job_id": request.task_id,
-            "pool_id": pool_id,
-            "replica_id": replica_id,
-            "engine": engine,
-            "correlation_id": request.correlation_id,
-        }
         breaker = binding.breaker
-        if not breaker.allow():
-            wait_ms = max(1, math.ceil(breaker.retry_after_s * 1000))
-            raise WorkerUnavailable(
-                f"replica {pool_id}/{replica_id} is paused after repeated engine failures "
-                f"(circuit open, {wait_ms} ms left): {breaker.last_reason}"[:300],
-                pool_id=pool_id,
-                engine=engine,
-                retry_after_ms=wait_ms,
-            )
         narrate(
             "adapter-host",
             "submit",
@@ -276,18 +261,69 @@ class AdapterHost:
                 if event.kind == "end":
                     breaker.record_success()
                 yield event
-        except WorkerError as exc:
-            self._on_submit_error(binding, exc, fields)
-            raise
         except Exception as exc:
-            # An adapter bug must not take the server down; the client sees INTERNAL.
-            error = WorkerInternal(
-                f"{engine} adapter failed: {type(exc).__name__}", pool_id=pool_id, engine=engine
-            )
-            self._on_submit_error(binding, error, fields)
+            error = self._submit_failed(binding, exc, fields)
+            if error is exc:
+                raise
             raise error from exc
         finally:
             await stream.aclose()
+
+    def _call(
+        self, pool_id: str, replica_id: str, task_id: str, correlation_id: str | None
+    ) -> tuple[_Binding, dict[str, Any]]:
+        """The replica's binding and the call's log fields; refused while its circuit is open."""
+        binding = self._binding(pool_id, replica_id)
+        engine = binding.adapter.engine.value
+        breaker = binding.breaker
+        if not breaker.allow():
+            wait_ms = max(1, math.ceil(breaker.retry_after_s * 1000))
+            raise WorkerUnavailable(
+                f"replica {pool_id}/{replica_id} is paused after repeated engine failures "
+                f"(circuit open, {wait_ms} ms left): {breaker.last_reason}"[:300],
+                pool_id=pool_id,
+                engine=engine,
+                retry_after_ms=wait_ms,
+            )
+        fields: dict[str, Any] = {
+            "task_id": task_id,
+            "job_id": task_id,
+            "pool_id": pool_id,
+            "replica_id": replica_id,
+            "engine": engine,
+            "correlation_id": correlation_id,
+        }
+        return binding, fields
+
+    async def embed(self, pool_id: str, replica_id: str, request: EmbedRequest) -> EmbedResult:
+        """One embedding or rerank batch; never retried, failures count like a generation's."""
+        binding, fields = self._call(pool_id, replica_id, request.task_id, request.correlation_id)
+        try:
+            result = await binding.adapter.embed(request)
+        except Exception as exc:
+            error = self._submit_failed(binding, exc, fields)
+            if error is exc:
+                raise
+            raise error from exc
+        binding.breaker.record_success()
+        return result
+
+    def _submit_failed(
+        self, binding: _Binding, exc: Exception, fields: dict[str, Any]
+    ) -> WorkerError:
+        """Record a failed call; an adapter bug becomes ``INTERNAL`` (never a server crash)."""
+        if isinstance(exc, WorkerError):
+            self._on_submit_error(binding, exc, fields)
+            return exc
+        engine = binding.adapter.engine.value
+        # An adapter bug must not take the server down; the client sees INTERNAL.
+        error = WorkerInternal(
+            f"{engine} adapter failed: {type(exc).__name__}",
+            pool_id=fields["pool_id"],
+            engine=engine,
+        )
+        self._on_submit_error(binding, error, fields)
+        return error
 
     def _on_submit_error(self, binding: _Binding, exc: WorkerError, fields: dict[str, Any]) -> None:
         if not isinstance(exc, _NOT_ENGINE_FAULTS):

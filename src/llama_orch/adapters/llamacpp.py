@@ -19,8 +19,13 @@ from llama_orch.adapters._base import (
     in_stream_error,
     loads,
 )
+from llama_orch.adapters._embed import OpenAIEmbedRoutes
 from llama_orch.adapters._prom import gauge_value
-from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
+from llama_orch.contracts.engine import (
+    GenerateRequest,
+    WorkerHealth,
+    WorkerProps,
+)
 from llama_orch.errors import WorkerError, WorkerInvalidParams
 from llama_orch.vocab import DeterminismLevel, Engine
 
@@ -59,7 +64,7 @@ class _Parser(ParserBase):
                 self.summary["stopping_word"] = obj["stopping_word"]
 
 
-class LlamaCppAdapter(HttpAdapter):
+class LlamaCppAdapter(OpenAIEmbedRoutes, HttpAdapter):
     engine_kind = Engine.LLAMACPP
 
     def __init__(self, *args: Any, **kw: Any) -> None:

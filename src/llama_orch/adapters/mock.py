@@ -13,7 +13,15 @@ import random
 from collections.abc import AsyncGenerator, Iterator
 
 from llama_orch.config import MockEngineConfig
-from llama_orch.contracts.engine import EngineEvent, GenerateRequest, WorkerHealth, WorkerProps
+from llama_orch.contracts.engine import (
+    EmbedRequest,
+    EmbedResult,
+    EngineEvent,
+    GenerateRequest,
+    WorkerHealth,
+    WorkerProps,
+)
+from llama_orch.core.embedding import estimate_tokens, hashed_vector, similarity_score
 from llama_orch.errors import (
     DecodeTimeout,
     WorkerError,
@@ -189,6 +197,30 @@ class MockEngine:
             self._active -= 1
             if not finished:
                 self.canceled.append(request.task_id)
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """Simulated vectors (seeded by model and text) or scores, after ``embed_batch_ms``."""
+        cfg = self._config
+        self._active += 1
+        try:
+            if cfg.fail_at_token is not None:
+                raise _FAULTS[cfg.fail_kind]("simulated engine failure on an embedding batch")
+            if cfg.embed_batch_ms:
+                await asyncio.sleep(cfg.embed_batch_ms / 1000)
+            else:
+                await asyncio.sleep(0)
+        finally:
+            self._active -= 1
+        dims, model = cfg.embedding_dims, self._model
+        tokens = sum(estimate_tokens(t) for t in request.texts)
+        if request.query is None:
+            vectors = tuple(hashed_vector(model, t, dims) for t in request.texts)
+            return EmbedResult(vectors=vectors, tokens_in=tokens)
+        query = hashed_vector(model, request.query, dims)
+        scores = tuple(
+            similarity_score(query, hashed_vector(model, text, dims)) for text in request.texts
+        )
+        return EmbedResult(scores=scores, tokens_in=tokens + estimate_tokens(request.query))
 
     async def cancel(self, task_id: str) -> None:
         # Closing the stream is the cancel; there is no engine-side state to clear.

@@ -15,10 +15,17 @@ from __future__ import annotations
 from typing import Any
 
 from llama_orch.adapters._base import HttpAdapter, StreamParser
+from llama_orch.adapters._embed import openai_embeddings, openai_embeddings_body
 from llama_orch.adapters._openai_compat import OpenAIStreamParser, openai_body
-from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
+from llama_orch.contracts.engine import (
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    WorkerHealth,
+    WorkerProps,
+)
 from llama_orch.errors import WorkerInvalidParams
-from llama_orch.vocab import Engine
+from llama_orch.vocab import Engine, Workload
 
 MAX_STOP = 4
 
@@ -81,6 +88,14 @@ class OpenAIAdapter(HttpAdapter):
             model=self._pool.model,
         )
         return ("/v1/chat/completions" if self.chat else "/v1/completions"), body
+
+    def embed_call(self, request: EmbedRequest) -> tuple[str, dict[str, Any]]:
+        if request.workload is Workload.RERANK:
+            return super().embed_call(request)  # OpenAI serves no rerank route
+        return "/v1/embeddings", openai_embeddings_body(request, dimensions=True)
+
+    def embed_result(self, request: EmbedRequest, answer: Any) -> EmbedResult:
+        return openai_embeddings(request, answer)
 
     def started_data(self, request: GenerateRequest) -> dict[str, Any]:
         data = super().started_data(request)

@@ -19,8 +19,15 @@ from __future__ import annotations
 from typing import Any
 
 from llama_orch.adapters._base import HttpAdapter, ParserBase, StreamParser
+from llama_orch.adapters._embed import tei_embed, tei_rerank
 from llama_orch.adapters._openai_compat import OpenAIStreamParser
-from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
+from llama_orch.contracts.engine import (
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    WorkerHealth,
+    WorkerProps,
+)
 from llama_orch.errors import (
     WorkerError,
     WorkerInternal,
@@ -28,7 +35,7 @@ from llama_orch.errors import (
     WorkerReset,
     WorkerUnavailable,
 )
-from llama_orch.vocab import DeterminismLevel, Engine
+from llama_orch.vocab import DeterminismLevel, Engine, Workload
 
 UINT64_MAX = 2**64 - 1
 _FINISH = {"eos_token": "eos", "stop_sequence": "stop", "length": "length"}
@@ -107,7 +114,8 @@ class TgiAdapter(HttpAdapter):
 
     async def props(self) -> WorkerProps:
         info = await self._info()
-        total = info.get("max_total_tokens")
+        # text-embeddings-inference reports max_input_length instead of max_total_tokens.
+        total = info.get("max_total_tokens", info.get("max_input_length"))
         return WorkerProps(
             slots_total=info.get("max_concurrent_requests"),
             ctx_max=total if isinstance(total, int) else None,
@@ -185,6 +193,26 @@ class TgiAdapter(HttpAdapter):
 
     def _invalid(self, message: str) -> WorkerInvalidParams:
         return WorkerInvalidParams(message, engine=self.engine.value, pool_id=self.pool_id)
+
+    def embed_call(self, request: EmbedRequest) -> tuple[str, dict[str, Any]]:
+        """The TGI family's embedding server (text-embeddings-inference) native routes."""
+        if request.workload is Workload.RERANK:
+            body: dict[str, Any] = {
+                "query": request.query,
+                "texts": list(request.texts),
+                "raw_scores": False,
+                "truncate": False,
+            }
+            return "/rerank", body
+        body = {"inputs": list(request.texts), "normalize": True, "truncate": False}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        return "/embed", body
+
+    def embed_result(self, request: EmbedRequest, answer: Any) -> EmbedResult:
+        if request.workload is Workload.RERANK:
+            return tei_rerank(request, answer)
+        return tei_embed(request, answer)
 
     def started_data(self, request: GenerateRequest) -> dict[str, Any]:
         data = super().started_data(request)

@@ -13,9 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 from llama_orch.adapters._base import HttpAdapter, StreamParser
+from llama_orch.adapters._embed import OpenAIEmbedRoutes
 from llama_orch.adapters._openai_compat import OpenAIStreamParser, openai_body
 from llama_orch.adapters._prom import gauge_value
-from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
+from llama_orch.contracts.engine import (
+    GenerateRequest,
+    WorkerHealth,
+    WorkerProps,
+)
 from llama_orch.errors import WorkerError
 from llama_orch.vocab import DeterminismLevel, Engine
 
@@ -23,7 +28,8 @@ from llama_orch.vocab import DeterminismLevel, Engine
 STRICT_LAUNCH_FLAGS = ("--max-num-seqs", "1", "--no-enable-prefix-caching")
 
 
-class VllmAdapter(HttpAdapter):
+class VllmAdapter(OpenAIEmbedRoutes, HttpAdapter):
+    embed_dimensions = True
     engine_kind = Engine.VLLM
 
     @property

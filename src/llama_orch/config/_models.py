@@ -19,6 +19,7 @@ from llama_orch.vocab import (
     FullPolicy,
     Priority,
     ProvisioningMode,
+    Workload,
 )
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -217,6 +218,10 @@ class MockEngineConfig(_Strict):
     ready: bool = True
     engine_version: str = "mock-1.0"
     ctx_max: PositiveInt = 8192
+    #: Length of the simulated embedding vectors.
+    embedding_dims: PositiveInt = 32
+    #: Simulated time one embedding or rerank batch takes.
+    embed_batch_ms: NonNegativeInt = 2
 
 
 class SourceBuildConfig(_Strict):
@@ -404,6 +409,10 @@ class PoolConfig(_Strict):
     upstream_api: Literal["completions", "chat"] | None = None
     slots: PositiveInt = 1
     replicas: PositiveInt = 1
+    #: What the pool's engine serves; placement sends a task only to a pool serving its workload.
+    supported_workloads: Annotated[list[Workload], Field(min_length=1)] = [Workload.COMPLETION]
+    #: Most texts sent to the engine in one embedding or rerank call; longer requests are split.
+    embedding_batch: Annotated[int, Field(ge=1, le=4096)] = 32
     provisioning: ProvisioningConfig | None = None
     queue: QueueConfig = QueueConfig()
     admission: AdmissionConfig = AdmissionConfig()

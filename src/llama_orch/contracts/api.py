@@ -72,6 +72,10 @@ class Sampling(_Wire):
     ) = None
 
 
+#: Texts one embedding or rerank task may carry.
+MAX_INPUTS = 4096
+
+
 class TaskRequest(_Wire):
     task_id: UUID
     session_id: UUID
@@ -87,7 +91,14 @@ class TaskRequest(_Wire):
     determinism: DeterminismLevel | None = None
     sampler_profile_version: Annotated[str, Field(max_length=256)] | None = None
     prompt: str | None = None
-    inputs: Annotated[list[str], Field(max_length=4096)] | None = None
+    #: Embedding: the texts to embed; rerank: the documents to score against ``query``.
+    inputs: Annotated[list[str], Field(max_length=MAX_INPUTS)] | None = None
+    #: Rerank only: what the documents are scored against.
+    query: str | None = None
+    #: Embedding only: vectors in ``end.result`` as float lists (default) or base64 float32.
+    encoding_format: Literal["float", "base64"] | None = None
+    #: Embedding only: shorten vectors to this many dimensions.
+    dimensions: Annotated[int, Field(ge=1, le=65536)] | None = None
     expected_tokens: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
     kv_hint: KVHint | None = None
     placement: PlacementOverrides | None = None
@@ -120,6 +131,26 @@ class AdmissionResponse(_Wire):
     predicted_start_ms: Int64
     backoff_ms: Int64
     pool_id: str | None = None
+
+
+class TaskOutcome(_Wire):
+    """``POST /v1/tasks`` with ``Prefer: wait``: the admission values and the ``end`` frame."""
+
+    task_id: UUID
+    pool_id: str
+    queue_position: Int32
+    predicted_start_ms: Int64
+    state: Literal["done", "canceled"]
+    tokens_out: int
+    tokens_in: int | None = None
+    decode_time_ms: int
+    decode_ms: int
+    canceled: bool | None = None
+    trace_id: str | None = None
+    #: A completion's generated text.
+    text: str | None = None
+    #: An embedding or rerank task's answer (the ``end.result`` shape).
+    result: dict[str, Any] | None = None
 
 
 class ErrorEnvelope(_Wire):
@@ -256,6 +287,8 @@ class PoolCapability(_Wire):
     draining: bool
     device_mask: list[int]
     simulated: bool
+    #: Workloads the pool serves; tasks of others are never placed on it.
+    supported_workloads: list[Workload] = [Workload.COMPLETION]
     #: What the engines reported (the adapter host's capability cache), merged over replicas.
     features: dict[str, Any] = {}
     #: The model the engine says it serves and its digest, where it reports them.

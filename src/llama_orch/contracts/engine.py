@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from llama_orch.errors import WorkerError
-from llama_orch.vocab import DeterminismLevel, Engine
+from llama_orch.vocab import DeterminismLevel, Engine, Workload
 
 EventKind = Literal["started", "tokens", "end", "error"]
 
@@ -58,6 +58,37 @@ class GenerateRequest:
     #: serves a chat route send these and let the engine apply the model's template; the others
     #: send ``prompt``, which the front door rendered with that template.
     messages: tuple[ChatMessage, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    """One engine-sized batch of an embedding or rerank task.
+
+    ``texts`` are the inputs to embed, or the documents to score against ``query`` (rerank).
+    Results come back in the order of ``texts``.
+    """
+
+    task_id: str
+    model: str
+    workload: Workload
+    texts: tuple[str, ...]
+    query: str | None = None
+    #: Shorten vectors to this many dimensions, where the engine supports it.
+    dimensions: int | None = None
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResult:
+    """An engine's answer to one ``EmbedRequest``, in the order of its ``texts``.
+
+    Embedding fills ``vectors`` (one per text); rerank fills ``scores`` (one per document, by
+    position, unsorted).
+    """
+
+    vectors: Sequence[Sequence[float]] = ()
+    scores: Sequence[float] = ()
+    tokens_in: int = 0
 
 
 class EngineEvent(NamedTuple):
@@ -124,6 +155,11 @@ class EngineAdapter(Protocol):
     async def engine_version(self) -> str: ...
 
     def submit(self, request: GenerateRequest) -> AsyncGenerator[EngineEvent, None]: ...
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """Embed or score one batch (not streamed, never retried); an engine or a pool that
+        serves no such workload raises ``WorkerInvalidParams``."""
+        ...
 
     async def cancel(self, task_id: str) -> None: ...
 

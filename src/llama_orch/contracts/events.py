@@ -8,7 +8,7 @@ end-to-end test validates every frame a real stream emits against these models.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -56,6 +56,23 @@ class Metrics(_Payload):
     cost_budget_remaining: float | None = None
 
 
+class RankedDocument(_Payload):
+    #: The document's position in the task's ``inputs``.
+    index: int
+    score: float
+
+
+class EmbedResult(_Payload):
+    """``end.result`` of an embedding task (``embeddings``, in input order) or a rerank task
+    (``results``, every document, highest score first)."""
+
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = None
+    #: One vector per input: floats, or little-endian float32 packed in base64.
+    embeddings: list[list[float] | str] | None = None
+    results: list[RankedDocument] | None = None
+
+
 class End(_Payload):
     tokens_out: int
     decode_time_ms: int
@@ -65,6 +82,8 @@ class End(_Payload):
     canceled: bool | None = None
     #: The id of the ``trace`` artifact holding this stream's transcript, when traces are kept.
     trace_id: str | None = None
+    #: The answer of an embedding or rerank task (absent for completions).
+    result: EmbedResult | None = None
 
 
 class Error(_Payload):

@@ -70,8 +70,16 @@ def metrics_frame(
     return "metrics", orjson.dumps(payload)
 
 
-def end_frame(*, tokens_out: int, tokens_in: int, decode_ms: int, canceled: bool = False) -> Frame:
-    """``decode_time_ms`` and ``decode_ms`` carry the same value (both names are published)."""
+def end_frame(
+    *,
+    tokens_out: int,
+    tokens_in: int,
+    decode_ms: int,
+    canceled: bool = False,
+    result: dict[str, Any] | None = None,
+) -> Frame:
+    """``decode_time_ms`` and ``decode_ms`` carry the same value (both names are published);
+    ``result`` is an embedding or rerank task's answer."""
     payload: dict[str, Any] = {
         "tokens_out": tokens_out,
         "decode_time_ms": decode_ms,
@@ -80,6 +88,8 @@ def end_frame(*, tokens_out: int, tokens_in: int, decode_ms: int, canceled: bool
     }
     if canceled:
         payload["canceled"] = True
+    if result is not None:
+        payload["result"] = result
     return "end", orjson.dumps(payload)
 
 

@@ -16,6 +16,16 @@ from llama_orch.contracts import api, console, events
 from llama_orch.contracts.openapi_openai import openai_document
 
 _UUID_PARAM = {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+_PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": (
+        "wait: answer 200 with the task's outcome once it ended (embedding vectors, rerank "
+        "scores, a completion's text) instead of 202 at once; a disconnect cancels the task."
+    ),
+}
 _CORRELATION = {
     "name": "X-Correlation-Id",
     "in": "header",
@@ -160,7 +170,7 @@ def data_plane() -> dict[str, Any]:
             "post": {
                 "operationId": "createTask",
                 "summary": "Admit a task into its pool's queue",
-                "parameters": [_CORRELATION],
+                "parameters": [_CORRELATION, _PREFER],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -173,7 +183,8 @@ def data_plane() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "With Accept: text/event-stream, the task's SSE stream in "
-                        "the same response; started carries the 202 fields",
+                        "the same response (started carries the 202 fields); with Prefer: wait, "
+                        "the task's outcome once it ended (a failed task answers its error)",
                         "headers": {
                             **_CID_HEADER,
                             "X-Task-Id": {"schema": {"type": "string", "format": "uuid"}},
@@ -184,7 +195,10 @@ def data_plane() -> dict[str, Any]:
                             "text/event-stream": {
                                 "schema": {"type": "string"},
                                 "example": _SSE_EXAMPLE,
-                            }
+                            },
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/TaskOutcome"}
+                            },
                         },
                     },
                     "202": {
@@ -228,9 +242,14 @@ def data_plane() -> dict[str, Any]:
                             "X-Backoff-Ms": {"schema": {"type": "integer"}},
                         },
                     },
+                    "500": _error(
+                        "With Prefer: wait, a task that failed after admission (INTERNAL)"
+                    ),
                     "503": _error(
                         "POOL_UNREADY or POOL_UNAVAILABLE; the message names the placement "
-                        "outcome (e.g. pinned_pool_infeasible, no_preferred_feasible)"
+                        "outcome (e.g. pinned_pool_infeasible, no_preferred_feasible); with "
+                        "Prefer: wait, also a task that failed after admission (WORKER_RESET, "
+                        "DECODE_TIMEOUT, POOL_UNAVAILABLE)"
                     ),
                 },
                 "x-examples": {
@@ -320,6 +339,7 @@ def data_plane() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         api.TaskRequest,
         api.AdmissionResponse,
+        api.TaskOutcome,
         api.SessionInfo,
         api.ErrorEnvelope,
         *events.PAYLOADS.values(),

@@ -190,6 +190,91 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
 }
+_TEXTS = {"type": "array", "minItems": 1, "maxItems": api.MAX_INPUTS, "items": {"type": "string"}}
+_TOKEN_USAGE = {
+    "type": "object",
+    "required": ["prompt_tokens", "total_tokens"],
+    "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
+}
+_SCHEMAS.update(
+    {
+        "EmbeddingRequest": {
+            "type": "object",
+            "required": ["model", "input"],
+            "description": "Empty strings, token-id inputs and unknown fields are refused.",
+            "properties": {
+                "model": _SAMPLING["model"],
+                "input": {"anyOf": [{"type": "string"}, _TEXTS]},
+                "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                "dimensions": {"type": "integer", "minimum": 1},
+                "user": _SAMPLING["user"],
+            },
+        },
+        "EmbeddingList": {
+            "type": "object",
+            "required": ["object", "model", "data", "usage"],
+            "properties": {
+                "object": {"const": "list"},
+                "model": {"type": "string"},
+                "data": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["object", "index", "embedding"],
+                        "properties": {
+                            "object": {"const": "embedding"},
+                            "index": {"type": "integer"},
+                            "embedding": {
+                                "anyOf": [
+                                    {"type": "array", "items": {"type": "number"}},
+                                    {"type": "string", "description": "base64 float32 (LE)"},
+                                ]
+                            },
+                        },
+                    },
+                },
+                "usage": _TOKEN_USAGE,
+            },
+        },
+        "RerankRequest": {
+            "type": "object",
+            "required": ["model", "query", "documents"],
+            "properties": {
+                "model": _SAMPLING["model"],
+                "query": {"type": "string", "minLength": 1},
+                "documents": _TEXTS,
+                "top_n": {"type": "integer", "minimum": 0, "description": "0 or absent: all"},
+                "return_documents": {"type": "boolean", "default": True},
+                "user": _SAMPLING["user"],
+            },
+        },
+        "RerankList": {
+            "type": "object",
+            "required": ["id", "model", "usage", "results"],
+            "properties": {
+                "id": {"type": "string"},
+                "model": {"type": "string"},
+                "usage": _TOKEN_USAGE,
+                "results": {
+                    "type": "array",
+                    "description": "Highest relevance first; index is the document's position",
+                    "items": {
+                        "type": "object",
+                        "required": ["index", "relevance_score"],
+                        "properties": {
+                            "index": {"type": "integer"},
+                            "relevance_score": {"type": "number"},
+                            "document": {
+                                "type": "object",
+                                "properties": {"text": {"type": "string"}},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    }
+)
 _TASK_HEADERS = {
     "X-Correlation-Id": {"schema": {"type": "string"}},
     "X-Request-Id": {"schema": {"type": "string"}, "description": "The correlation ID"},
@@ -237,7 +322,14 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
     }
 
 
-def _completion_route(op: str, summary: str, request: str, response: str) -> dict[str, Any]:
+def _completion_route(
+    op: str, summary: str, request: str, response: str, *, stream: bool = True
+) -> dict[str, Any]:
+    content: dict[str, Any] = {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{response}"}}
+    }
+    if stream:
+        content["text/event-stream"] = {"schema": {"type": "string"}, "example": _STREAM_EXAMPLE}
     return {
         "post": {
             "operationId": op,
@@ -251,17 +343,11 @@ def _completion_route(op: str, summary: str, request: str, response: str) -> dic
             },
             "responses": {
                 "200": {
-                    "description": "The answer, whole or streamed (stream: true)",
+                    "description": "The answer, whole or streamed (stream: true)"
+                    if stream
+                    else "The answer, once the task ended",
                     "headers": _TASK_HEADERS,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": f"#/components/schemas/{response}"}
-                        },
-                        "text/event-stream": {
-                            "schema": {"type": "string"},
-                            "example": _STREAM_EXAMPLE,
-                        },
-                    },
+                    "content": content,
                 },
                 "400": _error("invalid_request_error; param names the field"),
                 "401": _error("Missing or bad bearer token (task API envelope)"),
@@ -297,6 +383,20 @@ def openai_document() -> dict[str, Any]:
             "A legacy completion, admitted as a task",
             "CompletionRequest",
             "Completion",
+        ),
+        "/v1/embeddings": _completion_route(
+            "createEmbedding",
+            "Embeddings of one text or a list, admitted as an embedding task",
+            "EmbeddingRequest",
+            "EmbeddingList",
+            stream=False,
+        ),
+        "/v1/rerank": _completion_route(
+            "createRerank",
+            "Documents ranked against a query (Jina/Cohere shape), admitted as a rerank task",
+            "RerankRequest",
+            "RerankList",
+            stream=False,
         ),
         "/v1/models": {
             "get": {

@@ -67,10 +67,22 @@ def remaining(limits: BudgetLimits, usage: BudgetUsage) -> BudgetRemaining:
 
 
 def check_budget(
-    limits: BudgetLimits, usage: BudgetUsage, *, max_tokens: int, price: float
+    limits: BudgetLimits,
+    usage: BudgetUsage,
+    *,
+    max_tokens: int,
+    price: float,
+    sized_by: str = "max_tokens",
 ) -> str | None:
-    """None when the task fits what is left; otherwise what is exhausted and what to do."""
+    """None when the task fits what is left; otherwise what is exhausted and what to do.
+
+    ``sized_by`` names what ``max_tokens`` counts (an embedding task: its input tokens)."""
     left = remaining(limits, usage)
+    if left.tokens is not None and max_tokens > left.tokens and sized_by != "max_tokens":
+        return (
+            f"session token budget has {left.tokens} tokens left but the {sized_by} are about "
+            f"{max_tokens} tokens; send fewer or shorter texts or start a new session"
+        )
     if left.tokens is not None and max_tokens > left.tokens:
         return (
             f"session token budget has {left.tokens} tokens left but max_tokens is "

@@ -44,6 +44,10 @@ def model(pools: list[PoolSnapshot], job: JobSpec) -> list[PoolSnapshot]:
 # -- pools: can it meet the job's requirements? ----------------------------------------------
 
 
+def workload(pools: list[PoolSnapshot], job: JobSpec) -> list[PoolSnapshot]:
+    return [p for p in pools if job.workload in p.workloads]
+
+
 def ctx(pools: list[PoolSnapshot], job: JobSpec) -> list[PoolSnapshot]:
     return [p for p in pools if p.ctx_max_supported >= job.required_ctx]
 
@@ -127,6 +131,7 @@ def free_slot(candidates: list[Candidate], job: JobSpec) -> list[Candidate]:
 
 MATCH_FILTERS: tuple[Filter[PoolSnapshot], ...] = (engine, model)
 CAPABILITY_FILTERS: tuple[Filter[PoolSnapshot], ...] = (
+    workload,
     ctx,
     extensions,
     quant,

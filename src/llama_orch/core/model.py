@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any
 
-from llama_orch.vocab import Engine, PlacementMode, Priority
+from llama_orch.vocab import Engine, PlacementMode, Priority, Workload
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,8 @@ class PoolSnapshot:
     compute_capability: tuple[int, int] | None = None
     quant: str | None = None
     replicas: tuple[ReplicaView, ...] = ()
+    #: Workloads the pool serves (completion, embedding, rerank).
+    workloads: tuple[Workload, ...] = (Workload.COMPLETION,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,7 @@ class JobSpec:
     placement: PlacementOverrides = AUTO
     session_id: str | None = None
     affinity: Affinity | None = None
+    workload: Workload = Workload.COMPLETION
 
     @property
     def affinity_replica_id(self) -> str | None:

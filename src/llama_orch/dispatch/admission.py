@@ -11,9 +11,15 @@ from dataclasses import dataclass, field
 
 from llama_orch.config import Config, PoolConfig
 from llama_orch.contracts.api import TaskRequest
-from llama_orch.contracts.engine import ChatMessage, GenerateRequest
+from llama_orch.contracts.engine import ChatMessage, EmbedRequest, GenerateRequest
 from llama_orch.core.budgets import BudgetLimits, BudgetUsage, check_budget
-from llama_orch.core.guardrails import check_context, check_overrides, estimate_prompt_tokens
+from llama_orch.core.embedding import estimate_tokens
+from llama_orch.core.guardrails import (
+    GuardViolation,
+    check_context,
+    check_overrides,
+    estimate_prompt_tokens,
+)
 from llama_orch.core.model import (
     AUTO,
     Assigned,
@@ -115,9 +121,12 @@ class Admission:
         decision = self._place(request, job, now)
         lane = dispatcher.lanes[decision.pool_id]
         check_sampler_profile(request, lane.pool)
-        limits, price = self._check_session(request, lane.pool, now)
+        cost = task_tokens(request)
+        limits, price = self._check_session(request, lane.pool, now, cost)
         bucket = self._check_rate(request, lane, now)
         predicted = self._check_predicted_start(request, lane)
+        completion = request.workload is Workload.COMPLETION
+        model = lane.pool.config.model
         task = Task(
             id=str(request.task_id),
             session_id=str(request.session_id),
@@ -125,12 +134,15 @@ class Admission:
             engine=request.engine,
             model=request.model_ref,
             priority=request.priority,
-            request=generate_request(
-                request, prompt, lane.pool.config.model, correlation_id, messages
-            ),
+            request=generate_request(request, prompt, model, correlation_id, messages)
+            if completion
+            else None,
+            work=None if completion else embed_request(request, model, correlation_id),
+            workload=request.workload,
+            encoding=request.encoding_format or "float",
             admitted_at=now,
             deadline_at=now + request.deadline_ms / 1000,
-            expected_tokens=request.expected_tokens or request.max_tokens,
+            expected_tokens=request.expected_tokens or cost,
             correlation_id=correlation_id,
             identity=identity,
             predicted_start_ms=predicted,
@@ -141,7 +153,7 @@ class Admission:
         position = dispatcher.enqueue(task)
         if bucket is not None:
             bucket.take(now)
-        self._reserve(task, limits, now, request.max_tokens)
+        self._reserve(task, limits, now, cost)
         self._record(task, request, position)
         return Admitted(
             task_id=task.id,
@@ -222,7 +234,7 @@ class Admission:
         )
 
     def _check_session(
-        self, request: TaskRequest, pool: PoolRuntime, now: float
+        self, request: TaskRequest, pool: PoolRuntime, now: float, cost: int
     ) -> tuple[BudgetLimits, float]:
         """Turns and budgets of the task's session (OC-CORE-1023, SPEC §17.11).
 
@@ -241,7 +253,8 @@ class Admission:
             )
         else:
             usage = session.usage if session is not None else BudgetUsage()
-            refusal = check_budget(limits, usage, max_tokens=request.max_tokens, price=price)
+            sized_by = "max_tokens" if request.workload is Workload.COMPLETION else "inputs"
+            refusal = check_budget(limits, usage, max_tokens=cost, price=price, sized_by=sized_by)
         if refusal is not None:
             ttl_ms = (
                 sessions.ttl_remaining_ms(session, now)
@@ -279,11 +292,13 @@ class Admission:
     def _prompt_of(self, request: TaskRequest) -> str:
         refuse_unbuilt_fields(request)
         if request.workload is not Workload.COMPLETION:
-            raise InvalidParams(
-                f"workload {request.workload.value} is not served by any configured engine; "
-                "use workload: completion",
-                engine=request.engine.value,
-            )
+            check_inputs(request, self._config.server.max_prompt_bytes)
+            return ""
+        refuse_fields(
+            request,
+            ("inputs", "query", "encoding_format", "dimensions"),
+            "workload completion; send the text in prompt",
+        )
         if request.prompt is None:
             raise InvalidParams("prompt is required for workload completion")
         limit = self._config.server.max_prompt_bytes
@@ -348,13 +363,18 @@ class Admission:
                 engine=request.engine.value,
                 retriable=False,
             )
+        check_workload(request, matching)
         # ModelRequirements per pool (SPEC §17.8); the task must fit at least one of them.
         requirements = [model_requirements(p) for p in matching]
-        violation = check_context(
-            ctx=request.ctx,
-            model_ctx_max=max(r.ctx_max for r in requirements),
-            prompt_tokens=estimate_prompt_tokens(len(prompt.encode())),
-            max_tokens=request.max_tokens,
+        violation = (
+            check_context(
+                ctx=request.ctx,
+                model_ctx_max=max(r.ctx_max for r in requirements),
+                prompt_tokens=estimate_prompt_tokens(len(prompt.encode())),
+                max_tokens=request.max_tokens,
+            )
+            if request.workload is Workload.COMPLETION
+            else longest_input(request, requirements)
         )
         if violation is not None:
             raise InvalidParams(
@@ -369,6 +389,7 @@ class Admission:
             placement=overrides,
             session_id=str(request.session_id),
             affinity=self._dispatcher.sessions.affinity(str(request.session_id), now),
+            workload=request.workload,
         )
 
     def _place(self, request: TaskRequest, job: JobSpec, now: float) -> Assigned:
@@ -445,14 +466,103 @@ def generate_request(
     )
 
 
+def embed_request(request: TaskRequest, model: str, correlation_id: str | None) -> EmbedRequest:
+    """The whole input of an embedding or rerank task; the runner sends it in batches."""
+    return EmbedRequest(
+        task_id=str(request.task_id),
+        model=model,
+        workload=request.workload,
+        texts=tuple(request.inputs or ()),
+        query=request.query,
+        dimensions=request.dimensions,
+        correlation_id=correlation_id,
+    )
+
+
+def task_tokens(request: TaskRequest) -> int:
+    """What the task is sized and budgeted by: output tokens of a completion, input tokens
+    (estimated) of an embedding or rerank task."""
+    if request.workload is Workload.COMPLETION:
+        return request.max_tokens
+    query = estimate_tokens(request.query) if request.query is not None else 0
+    return max(1, sum(estimate_tokens(text) for text in request.inputs or ()) + query)
+
+
+def refuse_fields(request: TaskRequest, names: tuple[str, ...], why: str) -> None:
+    """Fields another workload uses are refused, never ignored."""
+    present = [name for name in names if getattr(request, name) is not None]
+    if present:
+        raise InvalidParams(
+            f"{', '.join(present)} {'is' if len(present) == 1 else 'are'} not used by {why}",
+            engine=request.engine.value,
+        )
+
+
+def check_inputs(request: TaskRequest, max_bytes: int) -> None:
+    """An embedding task needs ``inputs``; a rerank task ``query`` and ``inputs`` (documents).
+    Every text is non-empty and all of them together fit the prompt limit."""
+    workload = request.workload.value
+    engine = request.engine.value
+    if request.workload is Workload.EMBEDDING:
+        refuse_fields(request, ("prompt", "query"), "workload embedding; send the texts in inputs")
+    else:
+        refuse_fields(
+            request,
+            ("prompt", "encoding_format", "dimensions"),
+            "workload rerank; send query and the documents in inputs",
+        )
+        if not request.query:
+            raise InvalidParams("workload rerank needs a non-empty query", engine=engine)
+    if not request.inputs:
+        raise InvalidParams(
+            f"workload {workload} needs inputs: a non-empty list of texts", engine=engine
+        )
+    empty = next((i for i, text in enumerate(request.inputs) if not text), None)
+    if empty is not None:
+        raise InvalidParams(f"inputs[{empty}] is empty; every input must hold text", engine=engine)
+    size = sum(len(text.encode()) for text in request.inputs) + len((request.query or "").encode())
+    if size > max_bytes:
+        raise InvalidParams(
+            f"inputs hold {size} bytes; this server accepts at most {max_bytes} bytes per task "
+            "(split them over several tasks)",
+            engine=engine,
+        )
+
+
+def check_workload(request: TaskRequest, pools: list[PoolRuntime]) -> None:
+    """Some pool of the model must declare the workload (``supported_workloads``)."""
+    if any(request.workload in p.config.supported_workloads for p in pools):
+        return
+    served = sorted({w.value for p in pools for w in p.config.supported_workloads})
+    raise InvalidParams(
+        f"model {request.model_ref!r} is served for {', '.join(served)} only, not "
+        f"{request.workload.value}; use a pool that lists {request.workload.value} in "
+        "supported_workloads (GET /v1/capabilities)",
+        engine=request.engine.value,
+        pool_id=pools[0].id,
+    )
+
+
+def longest_input(
+    request: TaskRequest, requirements: list[ModelRequirements]
+) -> GuardViolation | None:
+    """Each text (with the query, for rerank) must fit the model's context on its own."""
+    limit = min(request.ctx, max(r.ctx_max for r in requirements))
+    query = estimate_tokens(request.query) if request.query is not None else 0
+    for i, text in enumerate(request.inputs or ()):
+        tokens = estimate_tokens(text) + query
+        if tokens > limit:
+            return GuardViolation(
+                "inputs",
+                f"inputs[{i}] is about {tokens} tokens, over the context of {limit} tokens; "
+                "shorten or split it",
+            )
+    return None
+
+
 def refuse_unbuilt_fields(request: TaskRequest) -> None:
     """Fields the wire format has but nothing acts on yet are refused, never ignored."""
     engine = request.engine.value
-    if request.inputs is not None:
-        raise InvalidParams(
-            "inputs is not available yet; send the text in prompt (workload completion)",
-            engine=engine,
-        )
     if request.kv_hint is not None:
         raise InvalidParams(
             "kv_hint is not available yet; KV reuse follows session_id on its own (omit it)",

@@ -38,6 +38,7 @@ from llama_orch.core.model import (
 from llama_orch.core.placement import decide
 from llama_orch.core.prediction import EXACT_LIMIT, on_time_probability
 from llama_orch.core.queue import Rejected
+from llama_orch.dispatch.embed_runner import EmbedRunner
 from llama_orch.dispatch.endings import Endings
 from llama_orch.dispatch.lanes import NEVER_MS, PoolLane
 from llama_orch.dispatch.runner import Runner, replica_labels
@@ -98,6 +99,9 @@ class Dispatcher:
             clock=self._clock,
             metrics_frame=self.metrics_frame,
             metrics_interval_s=server.sse.metrics_frame_interval_ms / 1000,
+        )
+        self._embed_runner = EmbedRunner(
+            host=host, endings=self.endings, clock=self._clock, release=self._runner.release
         )
         pools.on_capacity_change(self._wake)
         metrics.tasks_retained_bytes.set_function(lambda: self.tasks.stats().finished_bytes)
@@ -330,8 +334,8 @@ class Dispatcher:
         now = self.now()
         session = self.sessions.get(task.session_id, now)
         warm_here = session is not None and (task.pool_id, replica.replica_id) in session.warm
-        request = task.request
-        assert request is not None  # a queued task still holds what it will send
+        request, work = task.request, task.work
+        assert request is not None or work is not None  # a queued task holds what it will send
         # A failover always starts cold: KV is never migrated.
         task.start(
             now,
@@ -360,9 +364,12 @@ class Dispatcher:
             queue_time_ms=queue_ms,
             **{**decision.log.fields(), "kv_warmth": task.kv_warm},
         )
-        runner = self._supervisor.job(
-            self._runner.run(task, lane, replica, request), name=f"task-{task.id}"
-        )
+        if work is not None:
+            run = self._embed_runner.run(task, lane, replica, work)
+        else:
+            assert request is not None
+            run = self._runner.run(task, lane, replica, request)
+        runner = self._supervisor.job(run, name=f"task-{task.id}")
         runner.add_done_callback(lambda _: self._runner.release(task, lane, replica))
         task.runner = runner
 

@@ -85,7 +85,8 @@ class Endings:
                 first_token_s=(task.first_token_at - task.started_at)
                 if task.first_token_at
                 else None,
-                tokens=task.tokens_out,
+                # An embedding task's work is the tokens it read.
+                tokens=task.charged_tokens,
                 decode_s=decode_ms / 1000,
                 expected=task.expected_tokens,
             )
@@ -166,7 +167,7 @@ class Endings:
         session.usage.settle(
             reserved=task.reserved_tokens,
             price=task.price_per_token,
-            tokens_out=task.tokens_out,
+            tokens_out=task.charged_tokens,
             decode_ms=decode_ms,
         )
         task.reserved_tokens = 0

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from llama_orch.contracts.engine import GenerateRequest
+from llama_orch.contracts.engine import EmbedRequest, GenerateRequest
 from llama_orch.contracts.frames import Frame, end_frame, error_frame
 from llama_orch.core.model import DecisionLog, JobSpec
 from llama_orch.dispatch.streams import TaskStream
 from llama_orch.errors import OrchError
-from llama_orch.vocab import Engine, Priority
+from llama_orch.vocab import Engine, Priority, Workload
 
 #: Rewrites a terminal frame just before it is published (stream traces put their id on it).
 Stamp = Callable[[Frame], Frame]
@@ -99,6 +99,15 @@ class Task:
     tokens_out: int = 0
     kv_warm: bool = False
     next_metrics_at: float = 0.0
+    # -- embedding and rerank tasks ---------------------------------------------------------------
+    #: The whole input of an embedding or rerank task (None for completions and once ended);
+    #: the runner sends it in engine-sized batches.
+    work: EmbedRequest | None = None
+    workload: Workload = Workload.COMPLETION
+    #: ``base64`` or ``float``: how an embedding task's vectors are written in ``end.result``.
+    encoding: str = "float"
+    #: The answer ``end`` carries (set by the runner just before ``finish``).
+    result: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -152,6 +161,13 @@ class Task:
             return True
         return False
 
+    def batch_answered(self, now: float) -> None:
+        """An embedding or rerank task's engine call came back; the first one times the task's
+        first result (as a first token does for a completion)."""
+        self._require("record a batch of", TaskState.RUNNING)
+        if self.first_token_at is None:
+            self.first_token_at = now
+
     def metrics_sent(self, now: float, interval_s: float) -> None:
         """A ``metrics`` frame went out (``next_metrics_at`` had passed); the next is due
         ``interval_s`` later."""
@@ -178,6 +194,7 @@ class Task:
             tokens_in=self.tokens_in,
             decode_ms=self.decode_ms(now),
             canceled=canceled,
+            result=None if canceled else self.result,
         )
 
     def _end(self, state: TaskState, now: float, frame: Frame, stamp: Stamp | None) -> None:
@@ -191,6 +208,14 @@ class Task:
         self.request = None
         self.job = None
         self.runner = None
+        self.work = None
+        self.result = None
+
+    @property
+    def charged_tokens(self) -> int:
+        """What the session budget is charged: tokens generated, or tokens read for an
+        embedding or rerank task."""
+        return self.tokens_out if self.workload is Workload.COMPLETION else self.tokens_in
 
     @property
     def retained_bytes(self) -> int:

@@ -652,4 +652,5 @@ class PoolManager:
             first_token_ms=sum(first) / len(first) if first else None,
             quant=quant or (self.models.quant(pool_id) if self.models else None),
             replicas=replicas or (),
+            workloads=tuple(pool.config.supported_workloads),
         )

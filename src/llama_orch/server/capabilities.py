@@ -21,7 +21,7 @@ from llama_orch.contracts.api import (
     VramEstimate,
 )
 from llama_orch.pool.manager import PoolManager, PoolRuntime
-from llama_orch.vocab import Engine
+from llama_orch.vocab import Engine, Workload
 
 
 def _replica(replica_id: str, snap: CapabilitySnapshot | None) -> ReplicaCapability:
@@ -84,6 +84,7 @@ def pool_capability(
         ready=pool.ready,
         draining=pool.draining,
         device_mask=list(pool.devices),
+        supported_workloads=list(pool.config.supported_workloads),
         simulated=pool.simulated or any(s.simulated for s in snaps),
         features=features,
         engine_model_id=_one([s.props.model_id for s in snaps]),
@@ -124,6 +125,10 @@ def capabilities_of(
                 ctx_max=max(cap.ctx_max for _, cap in members),
                 concurrency=sum(cap.slots_total for _, cap in members),
                 engine_versions=sorted(versions),
+                supported_workloads=sorted(
+                    {w for _, cap in members for w in cap.supported_workloads},
+                    key=list(Workload).index,
+                ),
                 rate_limits=rate_limits,
                 features={
                     "streaming": True,

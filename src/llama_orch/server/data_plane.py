@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -16,6 +17,9 @@ from llama_orch.errors import InvalidParams
 from llama_orch.server.body import drain_body, json_body_limit, read_body
 from llama_orch.server.deps import AppDeps, deps_of
 from llama_orch.server.emitter import Emitter
+
+if TYPE_CHECKING:
+    from llama_orch.server.frontdoor._http import BufferedAnswer
 from llama_orch.server.middleware import correlation_id_of
 from llama_orch.server.sse import Outcome, SseResponse, encode_frame
 
@@ -64,7 +68,7 @@ async def _read_task_request(request: Request, deps: AppDeps) -> TaskRequest:
         raise InvalidParams(f"invalid TaskRequest: {_validation_message(exc)}") from None
 
 
-async def create_task(request: Request) -> Response | SseResponse:
+async def create_task(request: Request) -> Response | SseResponse | BufferedAnswer:
     deps = deps_of(request)
     task_request = await _read_task_request(request, deps)
     admitted = deps.service.admit(
@@ -84,10 +88,12 @@ async def create_task(request: Request) -> Response | SseResponse:
         **budget_headers(admitted.budgets),
     }
     # Imported here: the one-hop stream builds on this module's stream settings.
-    from llama_orch.server.frontdoor import task_sse
+    from llama_orch.server.frontdoor import task_sse, task_wait
 
     if task_sse.wants_event_stream(request):
         return task_sse.admitted_stream(deps, admitted, headers)
+    if task_wait.wants_wait(request):
+        return task_wait.admitted_wait(deps, admitted, headers)
     return json_response(body.model_dump_json().encode(), 202, headers)
 
 

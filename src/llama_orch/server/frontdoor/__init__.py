@@ -8,8 +8,18 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from llama_orch.server.frontdoor import ollama_api, openai_api
+from llama_orch.server.frontdoor import (
+    ollama_api,
+    ollama_embed,
+    openai_api,
+    openai_embeddings,
+)
 
-routes: list[BaseRoute] = [*openai_api.routes, *ollama_api.routes]
+routes: list[BaseRoute] = [
+    *openai_api.routes,
+    *openai_embeddings.routes,
+    *ollama_api.routes,
+    *ollama_embed.routes,
+]
 
 __all__ = ["routes"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from llama_orch.contracts.api import MAX_INPUTS
 from llama_orch.contracts.engine import ChatMessage
 from llama_orch.server.frontdoor._http import BadField
 
@@ -152,3 +153,28 @@ def _content(content: Any, where: str) -> str:
     raise BadField(
         f"{where}.content must be a string or a list of text parts", param=f"{where}.content"
     )
+
+
+def text_list(value: Any, name: str, *, allow_string: bool) -> list[str]:
+    """A peer API's input: a string (when allowed) or a non-empty list of non-empty strings,
+    at most ``MAX_INPUTS`` of them."""
+    if allow_string and isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        kind = "a string or a list of strings" if allow_string else "a list of strings"
+        raise BadField(f"{name} must be {kind}", param=name)
+    if not value:
+        raise BadField(f"{name} is empty; send at least one text", param=name)
+    if len(value) > MAX_INPUTS:
+        raise BadField(
+            f"{name} holds {len(value)} texts; at most {MAX_INPUTS} per request (split them)",
+            param=name,
+        )
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise BadField(
+                f"{name}[{i}] must be a string (token-id inputs are not supported)", param=name
+            )
+        if not item:
+            raise BadField(f"{name}[{i}] is an empty string; every text must hold text", param=name)
+    return value

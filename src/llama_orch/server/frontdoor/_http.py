@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from llama_orch.errors import InvalidParams, NotFound
 from llama_orch.server.deps import AppDeps
+from llama_orch.server.frontdoor import _tasks
 from llama_orch.server.frontdoor._tasks import Ticket
 from llama_orch.server.middleware import correlation_id_of
 from llama_orch.vocab import Priority
@@ -145,6 +146,33 @@ class BufferedAnswer:
             return
         response = producer.result()
         await response(scope, receive, send)
+
+
+def answer_at_end(
+    deps: AppDeps,
+    ticket: Ticket,
+    render: Callable[[_tasks.Finished | _tasks.Failed], Response],
+) -> BufferedAnswer:
+    """Answer with ``render`` of the task's end; a client that leaves first cancels the task
+    (when ``server.sse.cancel_on_disconnect``)."""
+
+    def on_disconnect() -> None:
+        if deps.config.server.sse.cancel_on_disconnect:
+            _tasks.cancel(deps, ticket, reason="disconnect")
+
+    async def produce() -> Response:
+        return render(await _tasks.outcome(deps, ticket))
+
+    return BufferedAnswer(produce, on_disconnect)
+
+
+def retry_headers(headers: dict[str, str], failed: _tasks.Failed, status: int) -> dict[str, str]:
+    """``headers`` plus ``Retry-After`` (and OpenAI's ``retry-after-ms``) of a retriable end."""
+    out = dict(headers)
+    if failed.retry_after_ms is not None and status in (429, 503):
+        out["Retry-After"] = str(max(1, -(-failed.retry_after_ms // 1000)))
+        out["retry-after-ms"] = str(failed.retry_after_ms)
+    return out
 
 
 async def _disconnected(receive: Receive) -> None:

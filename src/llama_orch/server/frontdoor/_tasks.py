@@ -12,6 +12,7 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import orjson
 
@@ -191,6 +192,66 @@ def admit(
 
 
 @dataclass(frozen=True, slots=True)
+class EmbedSubmission:
+    """An embedding (``query`` None) or rerank request translated from a peer API."""
+
+    model: ServedModel
+    inputs: list[str]
+    priority: Priority
+    session_id: uuid.UUID
+    deadline_ms: int
+    query: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+
+def admit_embed(
+    deps: AppDeps,
+    submission: EmbedSubmission,
+    *,
+    correlation_id: str | None,
+    identity: str | None,
+) -> Ticket:
+    """Admit an embedding or rerank request through the task API's admission."""
+    model = submission.model
+    rerank = submission.query is not None
+    request = TaskRequest(
+        task_id=uuid.uuid4(),
+        session_id=submission.session_id,
+        workload=Workload.RERANK if rerank else Workload.EMBEDDING,
+        model_ref=model.name,
+        engine=model.engine,
+        ctx=model.ctx,
+        priority=submission.priority,
+        max_tokens=1,
+        deadline_ms=submission.deadline_ms,
+        inputs=submission.inputs,
+        query=submission.query,
+        encoding_format=None if rerank else submission.encoding_format,
+        dimensions=submission.dimensions,
+    )
+    service = deps.service
+    admitted = service.admit(request, correlation_id=correlation_id, identity=identity)
+    return Ticket(
+        task_id=admitted.task_id,
+        pool_id=admitted.pool_id,
+        stream=service.follow(admitted.task_id),
+        queue_position=admitted.queue_position,
+        predicted_start_ms=admitted.predicted_start_ms,
+        max_tokens=1,
+        budget_headers=budget_headers(admitted.budgets),
+    )
+
+
+async def outcome(deps: AppDeps, ticket: Ticket) -> Finished | Failed:
+    """Wait for the task's end (tokens, if any, are skipped)."""
+    async for event in follow(deps, ticket):
+        if isinstance(event, Finished | Failed):
+            return event
+    raise AssertionError("a task transcript always ends with a terminal frame")
+
+
+@dataclass(frozen=True, slots=True)
 class Waiting:
     """Still queued, at this position."""
 
@@ -204,6 +265,8 @@ class Finished:
     canceled: bool
     #: ``length`` when the task used all of its ``max_tokens``, else ``stop``.
     finish_reason: str
+    #: An embedding or rerank task's ``end.result``.
+    result: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +314,7 @@ async def follow(
                     tokens_out=tokens_out,
                     canceled=bool(payload.get("canceled", False)),
                     finish_reason="length" if tokens_out >= ticket.max_tokens else "stop",
+                    result=payload.get("result"),
                 )
                 return
             if event == "error":

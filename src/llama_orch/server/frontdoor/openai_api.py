@@ -319,7 +319,7 @@ class _Reply:
                     out += b"data: " + usage + b"\n\n"
                 yield out + b"data: [DONE]\n\n"
             elif isinstance(event, _tasks.Failed):
-                yield _stream_error(event.message, _failed_type(event.kind), event.kind.lower())
+                yield _stream_error(event.message, failed_type(event.kind), event.kind.lower())
 
     async def whole(self, deps: AppDeps, headers: dict[str, str]) -> Response:
         texts: list[str] = []
@@ -341,7 +341,7 @@ class _Reply:
                 if event.retry_after_ms is not None and status in (429, 503):
                     failed["Retry-After"] = str(max(1, math.ceil(event.retry_after_ms / 1000)))
                     failed["retry-after-ms"] = str(event.retry_after_ms)
-                body = error_body(event.message, _failed_type(event.kind), None, event.kind.lower())
+                body = error_body(event.message, failed_type(event.kind), None, event.kind.lower())
                 return Response(body, status, failed, media_type=JSON)
         raise AssertionError("a task transcript always ends with a terminal frame")
 
@@ -372,7 +372,7 @@ class _Reply:
         )
 
 
-def _failed_type(kind: ErrorKind) -> str:
+def failed_type(kind: ErrorKind) -> str:
     status = STATUS.get(kind, 500)
     return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 

@@ -33,6 +33,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--slots", type=int, default=None, help="llamacpp: parallel slots")
     parser.add_argument("--api-key", default=None, help="openai: the bearer key to require")
+    parser.add_argument("--embeddings", action="store_true", help="llamacpp: serve /v1/embeddings")
+    parser.add_argument(
+        "--reranking", action="store_true", help="llamacpp: serve /v1/rerank (and embeddings)"
+    )
     return parser.parse_args(argv)
 
 
@@ -50,6 +54,8 @@ async def serve(args: argparse.Namespace) -> None:
         options["slots"] = args.slots
     if args.api_key is not None and args.kind == "openai":
         options["api_key"] = args.api_key
+    if args.kind == "llamacpp":
+        options.update(embeddings=args.embeddings, reranking=args.reranking)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from llama_orch.testing.fake_engines._embed import openai_list, rerank_list, serve
 from llama_orch.testing.fake_engines._server import (
     Behaviour,
     EventStream,
@@ -59,12 +60,17 @@ class FakeLlamaCpp(FakeEngine):
         port: int = 0,
         listening: bool = True,
         chat_template: str = "",
+        embeddings: bool = False,
+        reranking: bool = False,
     ) -> None:
         super().__init__(
             model=model, behaviour=behaviour, host=host, port=port, listening=listening
         )
         #: What /props reports as the GGUF's tokenizer.chat_template ("" when it has none).
         self.chat_template = chat_template
+        #: Started with ``--embeddings`` / ``--reranking`` (which turns embedding mode on too).
+        self.embeddings = embeddings or reranking
+        self.reranking = reranking
         self.slots = slots
         self.n_ctx = n_ctx
         self.metrics_enabled = metrics
@@ -94,7 +100,38 @@ class FakeLlamaCpp(FakeEngine):
             Route("/metrics", self.metrics),
             Route("/completion", self.completion, methods=["POST"]),
             Route("/completions", self.completion, methods=["POST"]),
+            Route("/v1/embeddings", self.embed, methods=["POST"]),
+            *(
+                Route(path, self.rerank, methods=["POST"])
+                for path in ("/rerank", "/reranking", "/v1/rerank", "/v1/reranking")
+            ),
         ]
+
+    async def embed(self, request: Request) -> Response:
+        if not self.embeddings:
+            return error_response(
+                501, "This server does not support embeddings. Start it with `--embeddings`"
+            )
+        model = self.model
+        return await serve(
+            self,
+            request,
+            lambda body: openai_list(model, body, dimensions=False, item_format=True),
+            error_response,
+        )
+
+    async def rerank(self, request: Request) -> Response:
+        if not self.reranking:
+            return error_response(
+                501, "This server does not support reranking. Start it with `--reranking`"
+            )
+        model = self.model
+        return await serve(
+            self,
+            request,
+            lambda body: rerank_list(model, body, documents_echo=False),
+            error_response,
+        )
 
     def _params(self) -> dict[str, Any]:
         return {"seed": 4294967295, "temperature": 0.8, "top_k": 40, "top_p": 0.95, "n_predict": -1}

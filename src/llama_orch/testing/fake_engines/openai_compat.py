@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from llama_orch.testing.fake_engines._embed import openai_list, rerank_list, serve
 from llama_orch.testing.fake_engines._server import (
     Behaviour,
     EventStream,
@@ -75,7 +76,17 @@ class _OpenAICompatible(FakeEngine):
             Route("/v1/models", self.models),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/embeddings", self.embed, methods=["POST"]),
         ]
+
+    async def embed(self, request: Request) -> Response:
+        refused = self.auth_failure(request)
+        if refused is not None:
+            return refused
+        model = self.model
+        return await serve(
+            self, request, lambda body: openai_list(model, body, dimensions=True), self.error
+        )
 
     def model_card(self) -> dict[str, Any]:
         return {"id": self.model, "object": "model", "created": 0, "owned_by": self.owned_by}
@@ -257,10 +268,23 @@ class FakeVllm(_OpenAICompatible):
             Route("/health", self.health),
             Route("/version", self.version),
             Route("/metrics", self.metrics),
+            Route("/rerank", self.rerank, methods=["POST"]),
+            Route("/v1/rerank", self.rerank, methods=["POST"]),
         ]
 
     def model_card(self) -> dict[str, Any]:
         return {**super().model_card(), "root": self.model, "max_model_len": self.max_model_len}
+
+    async def rerank(self, request: Request) -> Response:
+        model = self.model
+
+        def answer(body: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "id": f"rerank-{len(self.requests)}",
+                **rerank_list(model, body, documents_echo=True),
+            }
+
+        return await serve(self, request, answer, self.error)
 
     async def health(self, request: Request) -> Response:
         status = self.behaviour.health_status

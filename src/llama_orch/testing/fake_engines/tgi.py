@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from llama_orch.testing.fake_engines._embed import BadInput, scores, serve, texts_of, vectors
 from llama_orch.testing.fake_engines._server import (
     Behaviour,
     EventStream,
@@ -48,6 +49,7 @@ class FakeTgi(FakeEngine):
         max_input_tokens: int = 3072,
         max_total_tokens: int = 4096,
         max_concurrent_requests: int = 128,
+        max_client_batch_size: int = 32,
         model: str = "tiny",
         behaviour: Behaviour | None = None,
         host: str = "127.0.0.1",
@@ -60,6 +62,8 @@ class FakeTgi(FakeEngine):
         self.max_input_tokens = max_input_tokens
         self.max_total_tokens = max_total_tokens
         self.max_concurrent_requests = max_concurrent_requests
+        #: text-embeddings-inference's ``--max-client-batch-size``: more inputs are a 422.
+        self.max_client_batch_size = max_client_batch_size
         self.failures = {"validation": 0, "overloaded": 0, "generation": 0, "dropped": 0}
 
     def routes(self) -> Sequence[BaseRoute]:
@@ -71,7 +75,47 @@ class FakeTgi(FakeEngine):
             Route("/metrics", self.metrics),
             Route("/generate_stream", self.generate_stream, methods=["POST"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/embed", self.embed, methods=["POST"]),
+            Route("/rerank", self.rerank, methods=["POST"]),
         ]
+
+    # -- text-embeddings-inference (the family's embedding server) ----------------------------
+
+    def tei_error(self, status: int, message: str) -> Response:
+        kinds = {400: "Empty", 422: "Validation", 424: "Backend", 429: "Overloaded"}
+        body = {"error": message, "error_type": kinds.get(status, "Backend")}
+        return JSONResponse(body, status)
+
+    def _batch(self, texts: list[str]) -> None:
+        if len(texts) > self.max_client_batch_size:
+            raise BadInput(
+                f"batch size {len(texts)} > maximum allowed batch size {self.max_client_batch_size}"
+            )
+
+    async def embed(self, request: Request) -> Response:
+        model = self.model
+
+        def answer(body: dict[str, Any]) -> list[list[float]]:
+            texts = texts_of(body.get("inputs"), "inputs")
+            self._batch(texts)
+            dims = body.get("dimensions")
+            return vectors(model, texts, dims if isinstance(dims, int) else None)
+
+        return await serve(self, request, answer, self.tei_error, bad_status=422)
+
+    async def rerank(self, request: Request) -> Response:
+        model = self.model
+
+        def answer(body: dict[str, Any]) -> list[dict[str, Any]]:
+            query = body.get("query")
+            if not isinstance(query, str) or not query:
+                raise BadInput("`query` must be a non-empty string")
+            texts = texts_of(body.get("texts"), "texts")
+            self._batch(texts)
+            ranked = sorted(enumerate(scores(model, query, texts)), key=lambda p: -p[1])
+            return [{"index": i, "score": s} for i, s in ranked]
+
+        return await serve(self, request, answer, self.tei_error, bad_status=422)
 
     async def health(self, request: Request) -> Response:
         status = self.behaviour.health_status
