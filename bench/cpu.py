@@ -41,6 +41,9 @@ from bench.streaming import LeanHttp1, Proc, Row, n, pct, table
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
 KEY = "sk-bench-key-0000"
+#: ``BENCH_BASELINE=<dir>``: a second server runs the sources under that directory (e.g. an
+#: exported earlier commit's ``src``), and its variants join every round, for before/after.
+BASELINE = os.environ.get("BENCH_BASELINE", "")
 ENGINES: dict[str, list[str]] = {
     "paced": ["--tokens-per-s", "200", "--batch", "1"],
     "fast": ["--batch", "1"],
@@ -61,7 +64,7 @@ def _start_fake(name: str, flags: list[str], log: Path) -> Proc:
     return Proc(url, popen)
 
 
-def _start_orch(engines: dict[str, Proc], workdir: Path) -> Proc:
+def _start_orch(engines: dict[str, Proc], workdir: Path, baseline: str = "") -> Proc:
     pools = [
         {
             "id": name,
@@ -77,18 +80,21 @@ def _start_orch(engines: dict[str, Proc], workdir: Path) -> Proc:
         for name, proc in engines.items()
     ]
     config = {"server": {"max_tracked_tasks": 200_000}, "pools": pools}
-    path = workdir / "orch.yaml"
+    tag = "-baseline" if baseline else ""
+    path = workdir / f"orch{tag}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     with contextlib.closing(__import__("socket").socket()) as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
     env["BENCH_OPENAI_KEY"] = KEY
+    if baseline:  # another tree's sources take the place of this one's
+        env["PYTHONPATH"] = baseline
     command = [sys.executable, "-m", "llama_orch", "serve", "--config", str(path)]
     command += ["--bind", f"127.0.0.1:{port}"]
     if os.environ.get("BENCH_PROFILE"):  # a cProfile dump of the server, for finding hot spots
         command[1:1] = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]]
-    log = (workdir / "orch.log").open("wb")
+    log = (workdir / f"orch{tag}.log").open("wb")
     popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -110,6 +116,8 @@ def processes(workdir: Path) -> Iterator[dict[str, Proc]]:
         for name, flags in ENGINES.items():
             engines[name] = started[name] = _start_fake(name, flags, workdir / f"{name}.log")
         started["orch"] = _start_orch(engines, workdir)
+        if BASELINE:
+            started["orch@baseline"] = _start_orch(engines, workdir, BASELINE)
         yield started
     finally:
         for proc in started.values():
@@ -211,7 +219,7 @@ async def _window(
             if time.perf_counter() >= stop_at:
                 return
 
-    orch = procs["orch"]
+    orch = v.orch or procs["orch"]
     e0, o0 = procs[engine].cpu_s(), orch.cpu_s()
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
@@ -301,17 +309,14 @@ async def run(workdir: Path) -> None:
     with processes(workdir) as procs:
         auth = {"Authorization": f"Bearer {KEY}"}
         direct = {name: LeanHttp1(procs[name].url, headers=auth) for name in ENGINES}
-        orch_url = procs["orch"].url
-        vs = [
-            Variant("direct", direct, None),
-            Variant("orch/chat", {e: LeanHttp1(orch_url) for e in ENGINES}, procs["orch"]),
-            Variant(
-                "orch/tasks",
-                {e: LeanHttp1(orch_url, accept="text/event-stream") for e in ENGINES},
-                procs["orch"],
-                tasks_api=True,
-            ),
-        ]
+        vs = [Variant("direct", direct, None)]
+        for key in ("orch", "orch@baseline"):
+            if key not in procs:
+                continue
+            proc, tag = procs[key], key.removeprefix("orch")
+            vs.append(Variant(f"orch/chat{tag}", {e: LeanHttp1(proc.url) for e in ENGINES}, proc))
+            tasks = {e: LeanHttp1(proc.url, accept="text/event-stream") for e in ENGINES}
+            vs.append(Variant(f"orch/tasks{tag}", tasks, proc, tasks_api=True))
         try:
             for v in vs:  # warm-up: connections, imports, first-call caches
                 for engine in ENGINES:

@@ -163,11 +163,26 @@ class PoolLane:
                 slots.append(SlotState(free_in, perf))
         return slots
 
+    def _has_free_slot(self, pools: PoolManager) -> bool:
+        if self.pool.draining:
+            return False
+        running: dict[str | None, int] = {}
+        for task in self.running.values():
+            running[task.replica_id] = running.get(task.replica_id, 0) + 1
+        return any(
+            view.ready and running.get(view.replica_id, 0) < view.slots_total
+            for view in pools.replica_views(self.id)
+        )
+
     def predicted_start_s(
         self, pools: PoolManager, now: float, position: int, ahead: list[int]
     ) -> float:
         """Seconds until the task at ``position`` starts; ``ahead`` holds the expected tokens of
         the first tasks before it in dispatch order (at most ``EXACT_LIMIT``)."""
+        if position == 0 and self._has_free_slot(pools):
+            # Nothing ahead and a slot free now: the full estimate would say 0 as well (a busy
+            # slot's remaining time is never below one token), without building every slot.
+            return 0.0
         slots = self.slot_states(pools, now)
         rest = max(0, position - len(ahead))
         queued = len(self.queue)
