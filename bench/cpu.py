@@ -79,8 +79,10 @@ def _start_orch(engines: dict[str, Proc], workdir: Path, baseline: str = "") -> 
         }
         for name, proc in engines.items()
     ]
-    config = {"server": {"max_tracked_tasks": 200_000}, "pools": pools}
     tag = "-baseline" if baseline else ""
+    # Each server keeps its own traces (one per task), as a lone server would.
+    server = {"max_tracked_tasks": 200_000, "artifacts_dir": str(workdir / f"artifacts{tag}")}
+    config = {"server": server, "pools": pools}
     path = workdir / f"orch{tag}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     with contextlib.closing(__import__("socket").socket()) as sock:
