@@ -198,10 +198,13 @@ class LeanHttp1(Http):
     and chunked bodies.
     """
 
-    def __init__(self, base_url: str, *, accept: str | None = None) -> None:
+    def __init__(
+        self, base_url: str, *, accept: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         host, port = base_url.removeprefix("http://").split(":")
         self._host, self._port = host, int(port)
         self._accept = f"Accept: {accept}\r\n" if accept else ""
+        self._accept += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def _send(

@@ -232,6 +232,20 @@ class TestWatchdog:
         assert (replica.last_heartbeat or 0.0) > seen[0][1]
 
 
+class TestStartPrediction:
+    async def test_a_free_slot_predicts_zero_and_busy_slots_do_not(self) -> None:
+        """With one of two slots running, the next task is predicted to start at once; with
+        both running, the one after it waits for one of them."""
+        async with running_server(config_of(mock_pool(slots=2, mock=HANG))) as srv:
+            await running(srv, task_body(**LONG))
+            second = task_body(**LONG)
+            admitted = await srv.submit(second)
+            await wait_for(srv, second["task_id"], {"running"})
+            third = await srv.submit(task_body(deadline_ms=600_000))
+        assert 0 == admitted.json()["predicted_start_ms"]
+        assert third.json()["predicted_start_ms"] > 0
+
+
 class TestDeadlines:
     async def test_unmeetable_deadline_is_refused_up_front(self) -> None:
         """Behind a long task, a deadline shorter than the predicted start is DEADLINE_UNMET."""

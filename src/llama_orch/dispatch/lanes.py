@@ -163,11 +163,30 @@ class PoolLane:
                 slots.append(SlotState(free_in, perf))
         return slots
 
+    def _free_slots(self, pools: PoolManager) -> int:
+        """Slots of ready replicas that no running task holds (what ``slot_states`` would
+        list with ``free_in`` 0)."""
+        if self.pool.draining:
+            return 0
+        running: dict[str | None, int] = {}
+        for task in self.running.values():
+            running[task.replica_id] = running.get(task.replica_id, 0) + 1
+        return sum(
+            max(0, view.slots_total - running.get(view.replica_id, 0))
+            for view in pools.replica_views(self.id)
+            if view.ready
+        )
+
     def predicted_start_s(
         self, pools: PoolManager, now: float, position: int, ahead: list[int]
     ) -> float:
         """Seconds until the task at ``position`` starts; ``ahead`` holds the expected tokens of
         the first tasks before it in dispatch order (at most ``EXACT_LIMIT``)."""
+        if position <= EXACT_LIMIT and position < self._free_slots(pools):
+            # A free slot for every task ahead and one more: the full estimate says 0 as well
+            # (each task ahead takes a free slot, and a busy slot's remaining time is never
+            # below one token), without building every slot's state.
+            return 0.0
         slots = self.slot_states(pools, now)
         rest = max(0, position - len(ahead))
         queued = len(self.queue)

@@ -47,19 +47,22 @@ def _header_list(scope: Scope, name: bytes) -> str | None:
 
 
 class _RedactingSend:
-    """Redacts JSON bodies (buffered; they are small) and SSE ``error`` frames on the way out.
+    """Puts the correlation ID on the response start, and redacts JSON bodies (buffered; they
+    are small) and SSE ``error`` frames on the way out.
 
     Every JSON answer counts, not only 4xx/5xx: a 200 pool health carries ``last_error`` too.
 
     Token frames pass untouched: a secret never fits in one token frame, and scanning them would
-    cost per token.
+    cost per token. A body chunk of a response that is not held costs one branch: this send is
+    called once per frame of every stream.
     """
 
-    __slots__ = ("_held", "_redactor", "_send", "_sse", "body", "started", "status")
+    __slots__ = ("_cid", "_held", "_redactor", "_send", "_sse", "body", "started", "status")
 
-    def __init__(self, send: Send, redactor: Redactor) -> None:
+    def __init__(self, send: Send, redactor: Redactor, cid: str) -> None:
         self._send = send
         self._redactor = redactor
+        self._cid = cid
         self._held: Message | None = None
         self._sse = False
         self.body = bytearray()
@@ -71,29 +74,33 @@ class _RedactingSend:
         return self._redactor.text(data.decode("utf-8", "replace")).encode()
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
+        kind = message["type"]
+        if kind == "http.response.body":
+            if self._held is None:
+                if self._sse and _SSE_ERROR in message.get("body", b""):
+                    message = {**message, "body": self._redact(message["body"])}
+                await self._send(message)
+                return
+            self.body += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            start, self._held = self._held, None
+            data = self._redact(bytes(self.body))
+            MutableHeaders(scope=start)["content-length"] = str(len(data))
+            self.started = True
+            await self._send(start)
+            await self._send({"type": "http.response.body", "body": data})
+            return
+        if kind == "http.response.start":
             self.status = message["status"]
-            content_type = MutableHeaders(scope=message).get("content-type", "")
+            headers = MutableHeaders(scope=message)
+            if self.status != 204:
+                headers[HEADER] = self._cid
+            content_type = headers.get("content-type", "")
             self._sse = content_type.startswith("text/event-stream")
             if content_type.startswith("application/json"):
                 self._held = message
                 return
-        elif message["type"] == "http.response.body":
-            if self._held is not None:
-                self.body += message.get("body", b"")
-                if message.get("more_body", False):
-                    return
-                start, self._held = self._held, None
-                data = self._redact(bytes(self.body))
-                MutableHeaders(scope=start)["content-length"] = str(len(data))
-                self.started = True
-                await self._send(start)
-                await self._send({"type": "http.response.body", "body": data})
-                return
-            chunk = message.get("body", b"")
-            if self._sse and _SSE_ERROR in chunk:
-                message = {**message, "body": self._redact(chunk)}
-        if message["type"] == "http.response.start":
             self.started = True
         await self._send(message)
 
@@ -115,15 +122,9 @@ class CorrelationMiddleware:
         state["correlation_id"] = cid
         structlog.contextvars.bind_contextvars(correlation_id=cid)
         started = time.perf_counter()
-        redacting = _RedactingSend(send, self.redactor)
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] != 204:
-                MutableHeaders(scope=message)[HEADER] = cid
-            await redacting(message)
-
+        redacting = _RedactingSend(send, self.redactor, cid)
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, redacting)
         except Exception as exc:
             _log.error(
                 "unhandled",
@@ -135,7 +136,7 @@ class CorrelationMiddleware:
             )
             if not redacting.started:
                 redacting.body.clear()
-                await error_response(internal_error())(scope, receive, send_with_id)
+                await error_response(internal_error())(scope, receive, redacting)
         finally:
             duration_ms = round((time.perf_counter() - started) * 1000, 2)
             method, path, status = scope["method"], scope["path"], redacting.status
