@@ -16,10 +16,10 @@ from llama_orch.dispatch.dispatcher import Dispatcher
 from llama_orch.dispatch.service import TaskService
 from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.observability.metrics import Metrics
+from llama_orch.pool.engine_process import Supervision, catalog_model_locator
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory, simulated_inventory
 from llama_orch.pool.launch import LocalLauncher
 from llama_orch.pool.manager import PoolManager
-from llama_orch.pool.supervisor import Supervision, catalog_model_locator
 from llama_orch.provisioners.engine import FileEngineIndex, ProvisionContext
 from llama_orch.provisioners.factory import model_provisioner
 from llama_orch.provisioners.pool_models import PoolModels

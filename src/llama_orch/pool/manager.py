@@ -32,8 +32,8 @@ from llama_orch.core.replica_set import replica_set_conflict
 from llama_orch.errors import WorkerError
 from llama_orch.observability.metrics import Metrics, ReplicaMetrics
 from llama_orch.observability.narration import narrate
+from llama_orch.pool.engine_process import ProcessState, Supervision, is_launched
 from llama_orch.pool.gpus import GpuInventory
-from llama_orch.pool.supervisor import ProcessState, Supervision, is_launched
 from llama_orch.provisioners.pool_models import PoolModels
 from llama_orch.supervisor import Supervisor
 from llama_orch.vocab import Engine, ProvisioningMode
@@ -201,7 +201,7 @@ class PoolManager:
         from llama_orch.pool.lifecycle import PoolLifecycle
 
         self.lifecycle = PoolLifecycle(
-            self, host, adapter_factory, supervision, metrics, probe_interval_s
+            self, host, adapter_factory, supervision, metrics, probe_interval_s, self._supervisor
         )
 
     @property

@@ -1,6 +1,6 @@
 """Supervision of launched engines: one process per replica, kept alive under backoff.
 
-A ``ReplicaSupervisor`` runs one loop per replica of a pool whose engine llama-orch launches
+A ``ReplicaEngine`` runs one loop per replica of a pool whose engine llama-orch launches
 (binary, source, package and container modes):
 
 1. ensure the engine (once per pool, shared by its replicas) and locate the model: the
@@ -47,6 +47,7 @@ from llama_orch.provisioners.engine import (
 )
 from llama_orch.provisioners.pool_models import PoolModels
 from llama_orch.provisioners.progress import PullState
+from llama_orch.supervisor import Supervisor
 from llama_orch.vocab import ProvisioningMode
 
 #: Provisioning modes whose engines llama-orch launches and supervises.
@@ -272,7 +273,7 @@ ProbeFn = Callable[[], Awaitable[bool]]
 LostFn = Callable[[str, bool, bool], None]
 
 
-class ReplicaSupervisor:
+class ReplicaEngine:
     def __init__(
         self,
         cfg: PoolConfig,
@@ -310,11 +311,9 @@ class ReplicaSupervisor:
         self._backoff_gauge = metrics.pool_restart_backoff_seconds.labels(cfg.id, replica_id)
         self._storm_gauge = metrics.pool_restart_storm.labels(cfg.id, replica_id)
 
-    def start(self) -> None:
+    def start(self, background: Supervisor) -> None:
         self._storm_gauge.set(0)
-        self._task = asyncio.create_task(
-            self._run(), name=f"supervise-{self.cfg.id}-{self.replica_id}"
-        )
+        self._task = background.job(self._run(), name=f"engine-{self.cfg.id}-{self.replica_id}")
 
     async def stop(self) -> None:
         """Stop supervising and the engine: SIGTERM, wait, SIGKILL; never restart it."""
