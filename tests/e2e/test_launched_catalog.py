@@ -4,6 +4,7 @@ llama-server is launched on the catalog's copy once it is there, and it serves a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,51 @@ class TestLaunchedFromTheCatalog:
             assert not health["ready"]
             assert process_of(health)["pid"] is None
             assert not (setup.tmp / "run" / "logs" / "lp-r0.log").exists()
+
+
+class TestReloadToACatalogModel:
+    async def test_reload_to_a_pulled_hf_model(
+        self, setup: LaunchedSetup, hub: tuple[str, HubState]
+    ) -> None:
+        """A launched pool on a local file reloads to an hf: model pulled through the catalog
+        API (not before: that is a 400 naming the pull); the pool then serves it, and its
+        catalog gate follows the new model."""
+        endpoint, state = hub
+        state.repos["org/tiny"] = HubRepo(
+            files={"tiny.gguf": setup.model.read_bytes() + b"\0" * 64}, lfs={"tiny.gguf"}
+        )
+        async with running_server(hub_config(setup, endpoint, str(setup.model))) as server:
+            await wait_health(server, "lp", lambda h: bool(h["ready"]))
+            missing = await server.client.post("/v1/pools/lp/reload", json={"new_model_ref": REF})
+            assert 400 == missing.status_code
+            assert f"llorch models pull {REF}" in missing.json()["message"]
+            pulled = await server.client.post("/v1/catalog/models", json={"ref": REF})
+            assert 202 == pulled.status_code, pulled.text
+            entry = await wait_model(server, REF)
+            reload = await server.client.post("/v1/pools/lp/reload", json={"new_model_ref": REF})
+            assert 202 == reload.status_code, reload.text
+            health = await wait_health(
+                server, "lp", lambda h: (h["last_operation"] or {}).get("state") == "done"
+            )
+            assert (REF, True) == (health["model_id"], health["ready"])
+            assert "pass" == entry["verification"]
+            body = llama_task(REF, max_tokens=3)
+            assert 202 == (await server.submit(body)).status_code
+            assert "end" == (await server.stream(body["task_id"]))[-1][0]
+            # The catalog gate now watches the new model: retiring it unreadies the pool.
+            retire = await server.client.post(
+                f"/v1/catalog/models/{REF}/state", json={"state": "Retired"}
+            )
+            assert 202 == retire.status_code
+            await wait_health(server, "lp", lambda h: "Retired" in (h["last_error"] or ""))
+
+
+async def wait_model(server: Any, model_id: str) -> dict[str, Any]:
+    """The catalog entry once its pull is done."""
+    for _ in range(400):
+        model: dict[str, Any] = (await server.client.get(f"/v1/catalog/models/{model_id}")).json()
+        if model["state"] == "Active":
+            return model
+        assert (model.get("pull") or {}).get("state") != "failed", model
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{model_id} never arrived: {model}")

@@ -293,6 +293,11 @@ class PoolLifecycle:
         engines = [self._keep_engine(pool, new_cfg, r) for r in fresh]
         try:
             await self._all_ready(engines, self._sup.engines.startup_timeout_ms / 1000)
+            models = self._manager.models
+            if models is not None:
+                # The catalog gate follows the pool to its new model at the switch: a local
+                # model is registered (hashed) first, so the pool never waits on it.
+                await asyncio.to_thread(models.register_local, new_cfg)
         except Exception as exc:
             await self._discard(pool, engines)
             op.state, op.error = "rolled_back", str(exc)

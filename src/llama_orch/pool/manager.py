@@ -456,6 +456,8 @@ class PoolManager:
             replica.last_error = f"retiring: the pool now serves {config.model}"
         pool.replicas = [*old, *fresh]
         pool.config = config
+        if self.models is not None:
+            self.models.rebind(config)
         pool.draining = False
         self._bump()
         self._metrics.pool_ready.labels(pool.id).set(1 if pool.ready else 0)
