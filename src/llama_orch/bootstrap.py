@@ -16,10 +16,10 @@ from llama_orch.dispatch.dispatcher import Dispatcher
 from llama_orch.dispatch.service import TaskService
 from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.observability.metrics import Metrics
+from llama_orch.pool.engine_process import Supervision, catalog_model_locator
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory, simulated_inventory
 from llama_orch.pool.launch import LocalLauncher
 from llama_orch.pool.manager import PoolManager
-from llama_orch.pool.supervisor import Supervision, local_model_locator
 from llama_orch.provisioners.engine import FileEngineIndex, ProvisionContext
 from llama_orch.provisioners.factory import model_provisioner
 from llama_orch.provisioners.pool_models import PoolModels
@@ -78,7 +78,7 @@ def check_vram_fit(settings: Settings, inventory: GpuInventory, models: PoolMode
         raise ConfigError(settings.source, issues)
 
 
-def supervision_of(settings: Settings, inventory: GpuInventory) -> Supervision:
+def supervision_of(settings: Settings, inventory: GpuInventory, models: PoolModels) -> Supervision:
     """How launched engines are prepared, started and found (SPEC §8, §11)."""
     config = settings.config
     engines = config.engines
@@ -92,7 +92,8 @@ def supervision_of(settings: Settings, inventory: GpuInventory) -> Supervision:
             simulated=inventory.simulated,
         ),
         engines=engines,
-        locate_model=local_model_locator(settings.base_dir),
+        # A remote ref (hf:, https, s3, oci) is the catalog's copy; a path is read where it is.
+        locate_model=catalog_model_locator(models, settings.base_dir),
         vram_of=lambda devices: sum(
             gpu.vram_total_bytes for i in devices if (gpu := inventory.by_index(i)) is not None
         ),
@@ -128,7 +129,9 @@ def build_deps(
         models=pool_models,
         clock=clock.now,
         supervisor=supervisor,
-        supervision=(supervision or (lambda s: s))(supervision_of(settings, inventory)),
+        supervision=(supervision or (lambda s: s))(
+            supervision_of(settings, inventory, pool_models)
+        ),
     )
     dispatcher = Dispatcher(
         settings.config, pools, host, metrics, clock=clock, supervisor=supervisor

@@ -1,84 +1,86 @@
-"""The console's optional controls in a real browser: drain, reload and the models view appear
-and work where the server serves those endpoints (stand-ins here, on a real in-process server).
-The browser tests without them are in test_console.py."""
+"""The console's controls in a real browser against the real endpoints of a real in-process
+server: the models view lists the catalog and registers a local model through it, the reload
+dialog picks from the catalog and shows the server's refusal (a mock pool's engine is not one
+llama-orch launches), and drain really drains the pool. The read-only views are tested in
+test_console.py."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
 
 import pytest
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from tests.support.browser import CHROMIUM, LAUNCH_ARGS, NEEDS_CHROMIUM, WAIT_MS
-from tests.support.server import config_of, mock_pool, running_server
+from tests.support.gguf_files import tiny_llama_gguf
+from tests.support.server import config_of, mock_pool, running_server, task_body
 
 async_api = pytest.importorskip("playwright.async_api")
 pytestmark = NEEDS_CHROMIUM
 
 
-class TestOptionalControls:
-    async def test_drain_reload_and_models_light_up(self, tmp_path: Path) -> None:
-        """Where the server serves drain, reload and a catalog, the page shows their buttons
-        and view and calls them. The three endpoints here are stand-ins mounted on a real
-        in-process server; without them (the tests above) none of it shows."""
-        calls: list[tuple[str, dict[str, Any]]] = []
+class TestControls:
+    async def test_models_reload_refusal_and_drain(self, tmp_path: Path) -> None:
+        """A local model registered from the models view is listed with its state, size,
+        digest and verification, and offered by the reload dialog; the reload of a mock pool
+        is refused with the server's reason in the dialog; Drain drains the pool."""
+        model = tiny_llama_gguf(tmp_path / "tiny.gguf")
+        model_id = f"file:{model}"
         shots = tmp_path / "screenshots"
         shots.mkdir()
-        async with running_server(config_of(mock_pool("p0", "m0"))) as srv:
-
-            async def drain(request: Request) -> Response:
-                calls.append(("drain", await request.json()))
-                srv.deps.pools.set_draining(request.path_params["pool_id"], True)
-                return Response(status_code=202)
-
-            async def reload(request: Request) -> Response:
-                calls.append(("reload", await request.json()))
-                return Response(status_code=202)
-
-            async def catalog(_request: Request) -> Response:
-                return JSONResponse({"models": [CATALOG_ENTRY]})
-
-            assert srv.app is not None
-            # In front of the real routes: the catalog's own list would answer first otherwise.
-            srv.app.router.routes[:0] = [
-                Route("/v1/pools/{pool_id}/drain", drain, methods=["POST"]),
-                Route("/v1/pools/{pool_id}/reload", reload, methods=["POST"]),
-                Route("/v1/catalog/models", catalog, methods=["GET"]),
-            ]
+        config = config_of(mock_pool("p0", "m0"), catalog={"root": str(tmp_path / "catalog")})
+        async with running_server(config) as srv:
             async with async_api.async_playwright() as p:
                 browser = await p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
                 page = await browser.new_page(viewport={"width": 1280, "height": 800})
                 page.set_default_timeout(WAIT_MS)
                 aexpect = async_api.expect
                 await page.goto(srv.url + "/")
+                await aexpect(page.locator("#conn")).to_have_text("Live")
+
+                # Models: the pull form registers a local path through POST /v1/catalog/models.
+                await page.click('nav a[data-view="models"]')
+                await aexpect(page.locator("#models-empty")).to_be_visible()
+                await page.fill("#pull-ref", str(model))
+                await page.click("#pull-send")
+                await aexpect(page.locator("#pull-status")).to_have_text(f"Registered {model_id}.")
+                listed = (await srv.client.get("/v1/catalog/models")).json()["models"]
+                assert [model_id] == [m["id"] for m in listed]
+                entry = listed[0]
+                row = page.locator(f'#models tbody tr[data-key="{model_id}"]')
+                await aexpect(row).to_contain_text("Active")
+                await aexpect(row).to_contain_text(f"{entry['size_bytes']} B")
+                await aexpect(row).to_contain_text(entry["digest"][:19])
+                await aexpect(row).to_contain_text("unverified")
+                # Verify re-hashes in the background; the table follows the catalog.
+                await row.get_by_role("button", name=f"Verify {model_id}").click()
+                await aexpect(row).to_contain_text("✓ verified")
+                await page.screenshot(path=str(shots / "models.png"), full_page=True)
+
+                # Reload: the catalog's model is offered; the server refuses a mock pool.
+                await page.click('nav a[data-view="overview"]')
                 card = page.locator('#pools article[data-key="p0"]')
                 await card.get_by_role("button", name="Reload…").click()
-                await aexpect(page.locator("#reload-models option")).to_have_count(1)
-                await page.fill("#reload-model", CATALOG_ENTRY["ref"])
+                option = page.locator("#reload-models option")
+                await aexpect(option).to_have_count(1)
+                await aexpect(option).to_have_attribute("value", model_id)
+                await page.fill("#reload-model", model_id)
                 await page.click("#reload-form button[type=submit]")
+                refusal = page.locator("#reload-error")
+                await aexpect(refusal).to_be_visible()
+                await aexpect(refusal).to_contain_text("Reload of p0 refused: INVALID_PARAMS")
+                await aexpect(refusal).to_contain_text("does not launch")
+                await aexpect(page.locator("#reload")).to_have_attribute("open", "")
+                await page.screenshot(path=str(shots / "reload-refused.png"), full_page=True)
+                await page.click("#reload-close")
+
+                # Drain: the real endpoint; the card follows the pool's state.
                 await card.get_by_role("button", name="Drain").click()
-                await aexpect(card.locator(".badge.state")).to_have_text(
-                    "Draining", timeout=WAIT_MS
-                )
-                await page.click('nav a[data-view="models"]')
-                row = page.locator("#models tbody tr")
-                await aexpect(row).to_contain_text("hf:acme/tiny@main", timeout=WAIT_MS)
-                await aexpect(row).to_contain_text("ready")
-                await page.screenshot(path=str(shots / "models.png"), full_page=True)
+                await aexpect(card.locator(".badge.state")).to_have_text("Draining")
+                await aexpect(card).to_contain_text(re.compile(r"drain (running|done)"))
+                await page.screenshot(path=str(shots / "drained.png"), full_page=True)
                 await browser.close()
-        assert [
-            ("reload", {"new_model_ref": "hf:acme/tiny@main"}),
-            ("drain", {"deadline_ms": 60000}),
-        ] == calls
-
-
-CATALOG_ENTRY = {
-    "ref": "hf:acme/tiny@main",
-    "state": "ready",
-    "size_bytes": 123_456_789,
-    "digest": "sha256:0f1e2d3c4b5a69788796a5b4c3d2e1f0",
-    "verified": True,
-}
+            health = (await srv.client.get("/v1/pools/p0/health")).json()
+            assert (True, "drain") == (health["draining"], health["last_operation"]["kind"])
+            refused = await srv.submit(task_body())
+            assert (503, "POOL_UNAVAILABLE") == (refused.status_code, refused.json()["code"])

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from llama_orch.config import Config
-from llama_orch.pool.supervisor import Supervision
+from llama_orch.pool.engine_process import Supervision
 from tests.support.fake_runtime import fake_runtime
 from tests.support.launched import process_of, wait_health
 from tests.support.server import SIMULATED_GPUS, running_server, task_body

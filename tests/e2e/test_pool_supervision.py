@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from llama_orch.pool.engine_process import Supervision
 from llama_orch.pool.launch import LaunchSpec, LocalLauncher
-from llama_orch.pool.supervisor import Supervision
 from tests.support.engines import fake_executable
 from tests.support.launched import (
     LaunchedSetup,

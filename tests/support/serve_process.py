@@ -51,7 +51,9 @@ def serve_process(
     config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
     log_path = workdir / "serve.log"
     port = port or free_port()
-    env = {**os.environ, **(environ or {})}
+    # The default model catalog follows XDG_CACHE_HOME: each server gets its own, never the
+    # user's (tests that share one name it in the config or in ``environ``).
+    env = {**os.environ, "XDG_CACHE_HOME": str(workdir / "cache"), **(environ or {})}
     env.pop("AUTH_TOKEN", None)
     command = [sys.executable, "-m", "llama_orch", "serve", "--config", str(config_path)]
     command += ["--bind", f"127.0.0.1:{port}"]

@@ -312,7 +312,8 @@ class Capabilities(_Wire):
 
 
 class DrainRequest(_Wire):
-    deadline_ms: Annotated[int, Field(ge=0)]
+    #: Strict: ``true`` is not a deadline.
+    deadline_ms: Annotated[int, Field(ge=0, strict=True)]
 
 
 class ReloadRequest(_Wire):

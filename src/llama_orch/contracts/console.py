@@ -54,6 +54,16 @@ class ReplicaStatus(_Wire):
     last_error: str | None = None
 
 
+class PoolOperation(_Wire):
+    """The latest drain or reload of a pool (as ``last_operation`` of pool health)."""
+
+    #: drain or reload.
+    kind: str
+    #: running, done, or rolled_back (a reload whose new replicas never became Ready).
+    state: str
+    error: str | None = None
+
+
 class PoolStatus(_Wire):
     pool_id: str
     state: PoolState
@@ -73,6 +83,9 @@ class PoolStatus(_Wire):
     tokens_per_s: float
     #: Engine restarts, where the pool's engine processes are supervised (else null).
     restart_count: int | None = None
+    #: How a launched engine process last ended (reason, exit status, its last log line).
+    last_exit: str | None = None
+    last_operation: PoolOperation | None = None
 
 
 class QueuedTask(_Wire):
@@ -161,6 +174,19 @@ class Status(_Wire):
 EVENT_MODELS: tuple[type[BaseModel], ...] = (MetaEvent, GpuEvent, PoolEvent, QueueEvent, TaskEvent)
 
 
+#: One event of ``GET /v1/events`` as a client's parser reads it (OpenAPI 3.1: the schema of an
+#: event stream describes each event); ``data`` is one line of JSON whose schema the event names
+#: (``x-events``).
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": list(EVENT_NAMES)},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
+
+
 def openapi_paths() -> dict[str, Any]:
     """``/v1/status`` and ``/v1/events`` for the control plane's OpenAPI document."""
     events = {
@@ -196,7 +222,7 @@ def openapi_paths() -> dict[str, Any]:
                             "meta.interval_ms. Comment lines are heartbeats."
                         ),
                         "content": {
-                            "text/event-stream": {"schema": {"type": "string"}, "x-events": events}
+                            "text/event-stream": {"schema": _SSE_EVENT, "x-events": events}
                         },
                     },
                     "401": {"description": "MISSING_TOKEN or BAD_TOKEN"},

@@ -193,7 +193,7 @@ def data_plane() -> dict[str, Any]:
                         },
                         "content": {
                             "text/event-stream": {
-                                "schema": {"type": "string"},
+                                "schema": _SSE_EVENT,
                                 "example": _SSE_EXAMPLE,
                             },
                             "application/json": {
@@ -476,7 +476,10 @@ def _pool_operation(
                         "application/json": {"schema": {"type": "object"}, "example": answer}
                     },
                 },
-                "400": _error("INVALID_PARAMS (a bad body; reload: the model is not present)"),
+                "400": _error(
+                    "INVALID_PARAMS: a bad body; reload: the pool's engine is not one llama-orch "
+                    "launches, or the new model is not present"
+                ),
                 "404": _error("Unknown pool"),
                 "409": _error("CONFLICT: a drain or reload of this pool is already running"),
             },

@@ -84,9 +84,11 @@ def catalog_paths() -> dict[str, Any]:
                         {"status": "started", "id": _GGUF_ID, "location": "/v1/catalog/models/…"},
                     ),
                     "400": _error(
-                        "Bad ref, policy refusal (INVALID_PARAMS) or UNTRUSTED_ARTIFACT",
+                        "Bad ref, policy refusal, digest mismatch, a local path that is not a "
+                        "readable model file or directory (INVALID_PARAMS), or UNTRUSTED_ARTIFACT",
                         _POLICY_ERROR,
                     ),
+                    "404": _error("A local ref whose path does not exist"),
                 },
             },
             "get": {
@@ -136,6 +138,7 @@ def catalog_paths() -> dict[str, Any]:
                 "parameters": [_ID, _CORRELATION],
                 "responses": {
                     "204": {"description": "Entry and owned artifacts removed"},
+                    "400": _error("The model is being pulled; delete it when the pull ends"),
                     "404": _error("Not in the catalog"),
                 },
             },

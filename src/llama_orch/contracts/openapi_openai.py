@@ -48,20 +48,28 @@ _NEUTRAL_ONLY = (
 )
 _SAMPLING: dict[str, Any] = {
     "model": {"type": "string", "description": "A served model (GET /v1/models) or a pool id"},
-    "stream": {"type": "boolean", "default": False},
+    # As OpenAI's SDKs send them: an optional field may be null, which means absent.
+    "stream": {"type": ["boolean", "null"], "default": False},
     "stream_options": {
-        "type": "object",
+        "type": ["object", "null"],
         "properties": {"include_usage": {"type": "boolean"}},
         "description": "Only with stream: true",
     },
-    "max_tokens": {"type": "integer", "minimum": 1},
-    "seed": {"type": "integer"},
+    "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+    "seed": {"type": ["integer", "null"]},
     "stop": _STOP,
-    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-    "top_k": {"type": "integer", "minimum": 0, "description": "Engine extra (extra_body)"},
-    "n": {"type": "integer", "const": 1},
-    "user": {"type": "string", "description": "Names a session when X-Session-Id is absent"},
+    "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+    "top_p": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
+    "top_k": {
+        "type": ["integer", "null"],
+        "minimum": 0,
+        "description": "Engine extra (extra_body)",
+    },
+    "n": {"anyOf": [{"const": 1}, {"type": "null"}]},
+    "user": {
+        "type": ["string", "null"],
+        "description": "Names a session when X-Session-Id is absent",
+    },
 }
 _MESSAGE = {
     "type": "object",
@@ -97,7 +105,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             **_SAMPLING,
             "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
-            "max_completion_tokens": {"type": "integer", "minimum": 1},
+            "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
         },
     },
     "CompletionRequest": {
@@ -314,6 +322,18 @@ _STREAM_EXAMPLE = (
 )
 
 
+#: One event of a streamed completion (OpenAPI 3.1: an event stream's schema describes each
+#: event): unnamed, its data a JSON chunk, and ``[DONE]`` last.
+_CHUNK_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"const": "message"},
+        "data": {"type": "string", "description": "A JSON chunk, or [DONE] to end the stream"},
+    },
+}
+
+
 def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "description": description,
@@ -329,7 +349,7 @@ def _completion_route(
         "application/json": {"schema": {"$ref": f"#/components/schemas/{response}"}}
     }
     if stream:
-        content["text/event-stream"] = {"schema": {"type": "string"}, "example": _STREAM_EXAMPLE}
+        content["text/event-stream"] = {"schema": _CHUNK_EVENT, "example": _STREAM_EXAMPLE}
     return {
         "post": {
             "operationId": op,

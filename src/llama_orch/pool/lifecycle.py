@@ -1,6 +1,6 @@
 """PoolLifecycle: launched replicas, drain and reload of a pool.
 
-- ``start``/``stop``: stop orphans a crashed run left, then one ``ReplicaSupervisor`` per replica
+- ``start``/``stop``: stop orphans a crashed run left, then one ``ReplicaEngine`` per replica
   of every launched pool; on stop, every engine gets SIGTERM, a grace period, then SIGKILL.
 - ``drain(deadline_ms)``: the pool refuses new work at once, its queued tasks end with a
   retriable POOL_UNAVAILABLE, in-flight tasks run until the deadline and are then stopped.
@@ -28,14 +28,15 @@ from llama_orch.contracts.engine import EngineAdapter
 from llama_orch.errors import Conflict, InvalidParams, WorkerError, WorkerReset, WorkerUnavailable
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
-from llama_orch.pool.supervisor import (
+from llama_orch.pool.engine_process import (
     EngineCache,
     ModelMissing,
     ProcessState,
-    ReplicaSupervisor,
+    ReplicaEngine,
     Supervision,
     is_launched,
 )
+from llama_orch.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from llama_orch.pool.manager import PoolManager, PoolRuntime, Replica
@@ -89,6 +90,7 @@ class PoolLifecycle:
         supervision: Supervision | None,
         metrics: Metrics,
         probe_interval_s: float,
+        background: Supervisor,
     ) -> None:
         self._manager = manager
         self._host = host
@@ -96,8 +98,10 @@ class PoolLifecycle:
         self._sup = supervision
         self._metrics = metrics
         self._probe_interval_s = probe_interval_s
-        self._engines = EngineCache(supervision.provision) if supervision else None
-        self.supervisors: dict[tuple[str, str], ReplicaSupervisor] = {}
+        #: Runs the engines' watch loops and the drain and reload jobs (errors are logged).
+        self._background = background
+        self._engine_cache = EngineCache(supervision.provision) if supervision else None
+        self.engines: dict[tuple[str, str], ReplicaEngine] = {}
         #: pool id -> the drain or reload running on it (one at a time: 409 otherwise).
         self.busy: dict[str, Operation] = {}
         #: pool id -> the latest drain or reload, finished or not.
@@ -128,18 +132,18 @@ class PoolLifecycle:
         self._host.on_engine_fault(self._on_engine_fault)
         for pool in launched:
             for replica in pool.replicas:
-                self._supervise(pool, pool.config, replica)
+                self._keep_engine(pool, pool.config, replica)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        supervisors = list(self.supervisors.values())
-        self.supervisors.clear()
-        await asyncio.gather(*(s.stop() for s in supervisors))
+        engines = list(self.engines.values())
+        self.engines.clear()
+        await asyncio.gather(*(s.stop() for s in engines))
 
-    def _supervise(self, pool: PoolRuntime, cfg: PoolConfig, replica: Replica) -> ReplicaSupervisor:
-        assert self._sup is not None and self._engines is not None
+    def _keep_engine(self, pool: PoolRuntime, cfg: PoolConfig, replica: Replica) -> ReplicaEngine:
+        assert self._sup is not None and self._engine_cache is not None
         if replica.process is None:
             replica.process = ProcessState()
         manager = self._manager
@@ -162,22 +166,22 @@ class PoolLifecycle:
         def lost(error: str, engine_ensured: bool, model_present: bool) -> None:
             manager.lost(pool, replica, error, engine_ensured, model_present)
 
-        supervisor = ReplicaSupervisor(
+        engine = ReplicaEngine(
             cfg,
             replica.replica_id,
             pool.devices,
             replica.process,
             self._sup,
-            self._engines,
+            self._engine_cache,
             self._metrics,
             bind=bind,
             probe=probe,
             lost=lost,
             probe_interval_s=self._probe_interval_s,
         )
-        self.supervisors[(pool.id, replica.replica_id)] = supervisor
-        supervisor.start()
-        return supervisor
+        self.engines[(pool.id, replica.replica_id)] = engine
+        engine.start(self._background)
+        return engine
 
     def _on_engine_fault(self, pool_id: str, replica_id: str, error: WorkerError) -> None:
         """A broken stream on a launched engine stops placement on it until a probe passes:
@@ -208,7 +212,7 @@ class PoolLifecycle:
         return op
 
     def _spawn(self, coro: Any, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
+        task: asyncio.Task[None] = self._background.job(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -286,11 +290,16 @@ class PoolLifecycle:
             Replica(pool.id, f"r{i}-g{generation}", pool.devices, new_cfg.slots)
             for i in range(new_cfg.replicas)
         ]
-        supervisors = [self._supervise(pool, new_cfg, r) for r in fresh]
+        engines = [self._keep_engine(pool, new_cfg, r) for r in fresh]
         try:
-            await self._all_ready(supervisors, self._sup.engines.startup_timeout_ms / 1000)
+            await self._all_ready(engines, self._sup.engines.startup_timeout_ms / 1000)
+            models = self._manager.models
+            if models is not None:
+                # The catalog gate follows the pool to its new model at the switch: a local
+                # model is registered (hashed) first, so the pool never waits on it.
+                await asyncio.to_thread(models.register_local, new_cfg)
         except Exception as exc:
-            await self._discard(pool, supervisors)
+            await self._discard(pool, engines)
             op.state, op.error = "rolled_back", str(exc)
             op.duration_ms = int((time.monotonic() - started) * 1000)
             self.busy.pop(pool.id, None)
@@ -316,11 +325,7 @@ class PoolLifecycle:
                 await self._wait_idle(pool, ids, STOP_GRACE_MS)
             await self._discard(
                 pool,
-                [
-                    self.supervisors[(pool.id, i)]
-                    for i in sorted(ids)
-                    if (pool.id, i) in self.supervisors
-                ],
+                [self.engines[(pool.id, i)] for i in sorted(ids) if (pool.id, i) in self.engines],
             )
             self._manager.forget(pool, old)
             op.state = "done"
@@ -329,14 +334,14 @@ class PoolLifecycle:
             self.busy.pop(pool.id, None)
 
     def _retire(self, pool: PoolRuntime, replica: Replica) -> None:
-        supervisor = self.supervisors.get((pool.id, replica.replica_id))
-        if supervisor is not None:
-            supervisor.retiring = True
+        engine = self.engines.get((pool.id, replica.replica_id))
+        if engine is not None:
+            engine.retiring = True
 
-    async def _all_ready(self, supervisors: list[ReplicaSupervisor], timeout_s: float) -> None:
+    async def _all_ready(self, engines: list[ReplicaEngine], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while not all(s.ready.is_set() for s in supervisors):
-            stopped = [s for s in supervisors if s.done]
+        while not all(s.ready.is_set() for s in engines):
+            stopped = [s for s in engines if s.done]
             if stopped:
                 raise RuntimeError(
                     f"replica {stopped[0].replica_id} failed to start: "
@@ -346,12 +351,12 @@ class PoolLifecycle:
                 raise TimeoutError(f"new replicas not Ready within {timeout_s:.0f} s")
             await asyncio.sleep(_IDLE_POLL_S)
 
-    async def _discard(self, pool: PoolRuntime, supervisors: list[ReplicaSupervisor]) -> None:
-        for supervisor in supervisors:
-            self.supervisors.pop((pool.id, supervisor.replica_id), None)
-        await asyncio.gather(*(s.stop() for s in supervisors))
-        for supervisor in supervisors:
-            await self._host.unbind(pool.id, supervisor.replica_id)
+    async def _discard(self, pool: PoolRuntime, engines: list[ReplicaEngine]) -> None:
+        for engine in engines:
+            self.engines.pop((pool.id, engine.replica_id), None)
+        await asyncio.gather(*(s.stop() for s in engines))
+        for engine in engines:
+            await self._host.unbind(pool.id, engine.replica_id)
 
 
 def _with_model(cfg: PoolConfig, model_ref: str) -> PoolConfig:

@@ -32,8 +32,8 @@ from llama_orch.core.replica_set import replica_set_conflict
 from llama_orch.errors import EngineUnreachable, WorkerError, WorkerReset
 from llama_orch.observability.metrics import Metrics, ReplicaMetrics
 from llama_orch.observability.narration import narrate
+from llama_orch.pool.engine_process import ProcessState, Supervision, is_launched
 from llama_orch.pool.gpus import GpuInventory
-from llama_orch.pool.supervisor import ProcessState, Supervision, is_launched
 from llama_orch.provisioners.pool_models import PoolModels
 from llama_orch.supervisor import Supervisor
 from llama_orch.vocab import Engine, ProvisioningMode
@@ -204,7 +204,7 @@ class PoolManager:
         from llama_orch.pool.lifecycle import PoolLifecycle
 
         self.lifecycle = PoolLifecycle(
-            self, host, adapter_factory, supervision, metrics, probe_interval_s
+            self, host, adapter_factory, supervision, metrics, probe_interval_s, self._supervisor
         )
 
     @property
@@ -495,6 +495,8 @@ class PoolManager:
             replica.last_error = f"retiring: the pool now serves {config.model}"
         pool.replicas = [*old, *fresh]
         pool.config = config
+        if self.models is not None:
+            self.models.rebind(config)
         pool.draining = False
         self._bump()
         self._metrics.pool_ready.labels(pool.id).set(1 if pool.ready else 0)

@@ -168,9 +168,11 @@ class ModelProvisioner:
         started = time.monotonic()
         narrate("catalog", "fetch", model_id, f"Fetches {model_id} from {host or 'disk'}.")
         stage = self.store.staging_for(model_id)
-        stage.mkdir(parents=True, exist_ok=True)
-        fetched = fetcher.fetch(ref, stage, progress)
         local_file = isinstance(ref, FileRef)
+        if not local_file:
+            # Local files are registered where they lie: no staging directory to leave behind.
+            stage.mkdir(parents=True, exist_ok=True)
+        fetched = fetcher.fetch(ref, stage, progress)
         if not local_file:
             check_tree(stage)
         result, digest, files = self._verify(fetched, model_id, expected)

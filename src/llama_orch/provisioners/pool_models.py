@@ -74,6 +74,25 @@ class PoolModels:
         #: would make it look as if it no longer fits, so the check is not repeated.
         self._fitted: set[str] = set()
 
+    def rebind(self, cfg: PoolConfig) -> None:
+        """A reload switched the pool to ``cfg.model``: gates, estimates and aliases follow it.
+
+        Its new replicas were Ready before the switch, so the model is taken to fit: their
+        engines already hold the VRAM the check would count as taken.
+        """
+        self.by_pool[cfg.id] = _pool_model(cfg, self._base_dir)
+        self._fitted.add(cfg.id)
+
+    def register_local(self, cfg: PoolConfig) -> None:
+        """Put ``cfg``'s model in the catalog when it is a local file or directory the catalog
+        gates on and does not hold yet (remote models are pulled, never fetched here)."""
+        model = _pool_model(cfg, self._base_dir)
+        ref = model.ref
+        if ref is None or not model.gated or not self.provisioner.is_local(ref):
+            return
+        if self.provisioner.store.locate(ref) is None:
+            self.provisioner.ensure_present(ref)
+
     def entry(self, pool_id: str) -> ModelEntry | None:
         model = self.by_pool.get(pool_id)
         if model is None or model.ref is None:

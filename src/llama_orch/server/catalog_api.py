@@ -189,11 +189,23 @@ async def delete_model(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def models_collection(request: Request) -> Response:
+    """One route for both methods, so a 405 lists both in ``Allow``."""
+    if request.method == "POST":
+        return await pull_model(request)
+    return await list_models(request)
+
+
+async def model_resource(request: Request) -> Response:
+    """One route for both methods, so a 405 lists both in ``Allow``."""
+    if request.method == "DELETE":
+        return await delete_model(request)
+    return await get_model(request)
+
+
 routes = [
-    Route("/v1/catalog/models", pull_model, methods=["POST"]),
-    Route("/v1/catalog/models", list_models, methods=["GET"]),
+    Route("/v1/catalog/models", models_collection, methods=["GET", "POST"]),
     Route("/v1/catalog/models/{model_id:path}/verify", verify_model, methods=["POST"]),
     Route("/v1/catalog/models/{model_id:path}/state", set_model_state, methods=["POST"]),
-    Route("/v1/catalog/models/{model_id:path}", get_model, methods=["GET"]),
-    Route("/v1/catalog/models/{model_id:path}", delete_model, methods=["DELETE"]),
+    Route("/v1/catalog/models/{model_id:path}", model_resource, methods=["GET", "DELETE"]),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,13 @@ import pytest
 from llama_orch.catalog import CatalogStore, Lifecycle
 from llama_orch.catalog.verify import VerifyResult
 from llama_orch.config import Config
-from llama_orch.errors import ModelDeprecated, NotFound, OutboundDenied, UntrustedArtifact
+from llama_orch.errors import (
+    InvalidParams,
+    ModelDeprecated,
+    NotFound,
+    OutboundDenied,
+    UntrustedArtifact,
+)
 from llama_orch.observability.metrics import Metrics
 from llama_orch.provisioners.factory import catalog_root, model_provisioner
 from llama_orch.provisioners.fetch.file import FileFetcher
@@ -37,6 +44,31 @@ class TestFileRefs:
         """A file: ref to nothing is NOT_FOUND naming the path."""
         with pytest.raises(NotFound, match=r"nothing\.gguf"):
             file_only(store).ensure_present_str(f"file:{tmp_path}/nothing.gguf")
+
+    def test_huge_directory_is_refused_before_hashing(
+        self, tmp_path: Path, store: CatalogStore
+    ) -> None:
+        """A directory with more entries than a model has (a home, /) is INVALID_PARAMS."""
+        for name in ("a", "b", "c"):
+            (tmp_path / name).write_bytes(b"x")
+        prov = ModelProvisioner(store, {"file": FileFetcher(max_directory_entries=2)})
+        with pytest.raises(InvalidParams, match="more than 2 entries"):
+            prov.ensure_present_str(f"file:{tmp_path}")
+        assert [] == store.list()
+
+    def test_unreadable_directory_is_refused(self, tmp_path: Path, store: CatalogStore) -> None:
+        """An entry the server cannot read makes a typed refusal naming it, not a crash."""
+        locked = tmp_path / "model" / "locked"
+        locked.mkdir(parents=True)
+        (locked / "w.bin").write_bytes(b"x")
+        locked.chmod(0)
+        try:
+            if os.access(locked, os.R_OK):
+                pytest.skip("root ignores directory permissions")
+            with pytest.raises(InvalidParams, match="cannot be read"):
+                file_only(store).ensure_present_str(f"file:{tmp_path / 'model'}")
+        finally:
+            locked.chmod(0o755)
 
     def test_network_scheme_without_fetcher_is_refused(self, store: CatalogStore) -> None:
         """The file-only provisioner refuses network refs instead of reaching out."""

@@ -20,6 +20,7 @@ from llama_orch.contracts.console import (
     GpuStatus,
     MetaEvent,
     PoolEvent,
+    PoolOperation,
     PoolState,
     PoolStatus,
     QueuedTask,
@@ -32,6 +33,7 @@ from llama_orch.contracts.console import (
 )
 from llama_orch.dispatch.service import PoolQueueView
 from llama_orch.pool.gpu_sampler import GpuSampler
+from llama_orch.pool.lifecycle import Operation
 from llama_orch.pool.manager import PoolRuntime, ReplicaState
 from llama_orch.server.deps import AppDeps
 
@@ -69,7 +71,12 @@ class StatusReader:
             gpu=GpuEvent(gpus=self._gpus()),
             pool=PoolEvent(
                 pools=[
-                    _pool(pool, queues[pool.id], rates.get(pool.id, 0.0))
+                    _pool(
+                        pool,
+                        queues[pool.id],
+                        rates.get(pool.id, 0.0),
+                        pools.lifecycle.latest.get(pool.id),
+                    )
                     for pool in pools.pools.values()
                 ]
             ),
@@ -126,7 +133,9 @@ def pool_state(pool: PoolRuntime) -> PoolState:
     return "Unready"
 
 
-def _pool(pool: PoolRuntime, queue: PoolQueueView, tokens_per_s: float) -> PoolStatus:
+def _pool(
+    pool: PoolRuntime, queue: PoolQueueView, tokens_per_s: float, operation: Operation | None
+) -> PoolStatus:
     cfg = pool.config
     return PoolStatus(
         pool_id=pool.id,
@@ -154,4 +163,19 @@ def _pool(pool: PoolRuntime, queue: PoolQueueView, tokens_per_s: float) -> PoolS
         queue_capacity=queue.capacity,
         queue_depth=queue.depth_by_priority,
         tokens_per_s=round(tokens_per_s, 1),
+        **_supervised(pool, operation),
     )
+
+
+def _supervised(pool: PoolRuntime, operation: Operation | None) -> dict[str, Any]:
+    """Restarts and the last exit of launched engines, and the latest drain or reload."""
+    fields: dict[str, Any] = {}
+    processes = [r.process for r in pool.replicas if r.process is not None]
+    if processes:
+        fields["restart_count"] = sum(p.restarts for p in processes)
+        fields["last_exit"] = next((p.last_exit for p in processes if p.last_exit), None)
+    if operation is not None:
+        fields["last_operation"] = PoolOperation(
+            kind=operation.kind, state=operation.state, error=operation.error
+        )
+    return fields

@@ -3,7 +3,7 @@
 
 import { AuthRequired, call, events, setToken } from "./net.js";
 import { $, short } from "./dom.js";
-import { renderGpus, renderModels, renderPools, renderQueues, renderTasks } from "./views.js";
+import { pullText, renderGpus, renderModels, renderPools, renderQueues, renderTasks } from "./views.js";
 import { Playground } from "./playground.js";
 
 const state = { meta: null, gpu: null, pool: null, queue: null, task: null };
@@ -72,6 +72,7 @@ const actions = {
     }
   },
   async drain(poolId) {
+    notice("");
     try {
       await authed(() => call("POST", `/v1/pools/${encodeURIComponent(poolId)}/drain`, { deadline_ms: 60000 }));
     } catch (error) {
@@ -81,11 +82,22 @@ const actions = {
   reload(poolId) {
     const dialog = $("#reload");
     dialog.dataset.pool = poolId;
+    $("#reload-error").hidden = true;
     $("#h-reload").textContent = `Reload pool ${poolId}`;
     const current = (state.pool?.pools || []).find((p) => p.pool_id === poolId);
     $("#reload-model").value = current ? current.model : "";
     dialog.showModal();
     if (state.meta && state.meta.features.catalog) pickFromCatalog();
+  },
+  async verify(modelId) {
+    const status = $("#pull-status");
+    try {
+      await authed(() => call("POST", `${modelPath(modelId)}/verify`));
+      status.textContent = `Verifying ${modelId}: the result shows in the table.`;
+      refreshModels();
+    } catch (error) {
+      status.textContent = `Verify of ${modelId} failed: ${error.message}`;
+    }
   },
   async transcript(id) {
     const dialog = $("#transcript");
@@ -109,15 +121,19 @@ const actions = {
   },
 };
 
+// The dialog stays open until the server accepts the reload, and shows its refusal otherwise.
 $("#reload-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const dialog = $("#reload");
   const poolId = dialog.dataset.pool;
-  dialog.close();
+  const shown = $("#reload-error");
+  shown.hidden = true;
   try {
     await authed(() => call("POST", `/v1/pools/${encodeURIComponent(poolId)}/reload`, { new_model_ref: $("#reload-model").value }));
+    dialog.close();
   } catch (error) {
-    notice(`Reload of ${poolId} failed: ${error.message}`);
+    shown.textContent = `Reload of ${poolId} refused: ${error.message}`;
+    shown.hidden = false;
   }
 });
 $("#reload-close").addEventListener("click", () => $("#reload").close());
@@ -147,13 +163,12 @@ function apply(name, data) {
   else if (name === "task") renderTasks(data, actions);
 }
 
-// The reload dialog offers the catalog's models where the server has a catalog.
+// The reload dialog offers the catalog's Active models where the server has a catalog.
 async function pickFromCatalog() {
   try {
     const listed = await authed(() => call("GET", "/v1/catalog/models"));
-    const models = Array.isArray(listed) ? listed : (listed.models || listed.data || []);
-    const refs = models.map((m) => m.ref || m.id || m.model_ref).filter(Boolean);
-    $("#reload-models").replaceChildren(...refs.map((ref) => Object.assign(document.createElement("option"), { value: ref })));
+    const ids = listed.models.filter((m) => m.state === "Active").map((m) => m.id);
+    $("#reload-models").replaceChildren(...ids.map((id) => Object.assign(document.createElement("option"), { value: id })));
   } catch (error) {
     notice(`Cannot list models: ${error.message}`);
   }
@@ -174,7 +189,6 @@ async function follow() {
       await authed(async () => {
         for await (const { event, data } of events("/v1/events")) {
           if (event === "meta") connection("Live", true);
-          notice("");
           delay = 500;
           apply(event, data);
         }
@@ -190,13 +204,59 @@ async function follow() {
 
 // -- views -----------------------------------------------------------------------------------
 
+// A catalog id keeps its '/' in the path (hf:org/repo/file.gguf).
+function modelPath(id) {
+  return `/v1/catalog/models/${encodeURI(id)}`;
+}
+
 async function refreshModels() {
   try {
-    renderModels(await authed(() => call("GET", "/v1/catalog/models")));
+    renderModels(await authed(() => call("GET", "/v1/catalog/models")), actions);
   } catch (error) {
     notice(`Cannot list models: ${error.message}`);
   }
 }
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// A local path registers at once (201); a remote ref starts a pull (202) whose progress is read
+// from the model's own resource until it is done or failed.
+async function pull(ref) {
+  const status = $("#pull-status");
+  const send = $("#pull-send");
+  send.disabled = true;
+  status.textContent = `Pulling ${ref}…`;
+  try {
+    const answer = await authed(() => call("POST", "/v1/catalog/models", { ref }));
+    if (answer.status === "started") await followPull(answer.id, status);
+    else status.textContent = `Registered ${answer.id}.`;
+  } catch (error) {
+    status.textContent = `Pull of ${ref} failed: ${error.message}`;
+  } finally {
+    send.disabled = false;
+    refreshModels();
+  }
+}
+
+async function followPull(id, status) {
+  for (;;) {
+    const model = await authed(() => call("GET", modelPath(id)));
+    const progress = model.pull;
+    if (progress && progress.state === "failed") throw new Error(progress.error ? `${progress.error.code}: ${progress.error.message}` : "the pull failed");
+    if (!progress || progress.state === "done") {
+      status.textContent = `Pulled ${id}.`;
+      return;
+    }
+    status.textContent = `Pulling ${id}: ${pullText(progress)}`;
+    refreshModels();
+    await sleep(1000);
+  }
+}
+
+$("#pull").addEventListener("submit", (e) => {
+  e.preventDefault();
+  pull($("#pull-ref").value.trim());
+});
 
 function route() {
   let view = location.hash.slice(1) || "overview";

@@ -52,7 +52,10 @@ export function renderPools(pools, features, actions) {
     field(dl, "Slots busy", `${p.slots_busy} / ${p.slots_total}`);
     field(dl, "Queue", `${p.queue_depth.interactive} interactive · ${p.queue_depth.batch} batch (of ${p.queue_capacity})`);
     field(dl, "Tokens/s", p.tokens_per_s.toFixed(1));
-    field(dl, "Restarts", p.restart_count === null ? "—" : String(p.restart_count));
+    field(dl, "Restarts", p.restart_count === null || p.restart_count === undefined ? "—" : String(p.restart_count));
+    if (p.last_exit) field(dl, "Last exit", p.last_exit);
+    const op = p.last_operation;
+    if (op) field(dl, "Last operation", `${op.kind} ${op.state.replace("_", " ")}${op.error ? `: ${op.error}` : ""}`);
     field(dl, "GPUs", p.devices.join(", "));
     fill(card.body,
       el("header", {},
@@ -119,13 +122,35 @@ export function renderTasks(task, actions) {
   $("#finished-empty").hidden = task.finished.length > 0;
 }
 
-export function renderModels(models) {
-  const list = Array.isArray(models) ? models : (models.models || models.data || []);
-  sync($("#models").tBodies[0], list, (m) => m.ref || m.id || m.model_ref || JSON.stringify(m), () => el("tr", {}, el("td"), el("td"), el("td"), el("td")), (row, m) => {
-    const size = m.size_bytes ?? m.bytes ?? null;
-    const verified = m.verified ?? m.digest_verified;
-    const progress = m.progress !== undefined && m.progress !== null ? ` ${Math.round(m.progress * 100)} %` : "";
-    cells(row, [m.ref || m.id || m.model_ref, `${m.state || "unknown"}${progress}`, size === null ? "—" : bytes(size), `${(m.digest || "—").slice(0, 19)}${verified === true ? " ✓" : verified === false ? " ✗" : ""}`]);
+// The catalog's verification of a model's bytes against its digest (GET /v1/catalog/models).
+const VERIFICATION = { pass: "✓ verified", warn: "unverified (no digest to check)", fail: "✗ digest mismatch" };
+
+export function pullText(pull) {
+  if (!pull) return "";
+  if (pull.state === "failed") return `failed: ${pull.error ? pull.error.message : "unknown error"}`;
+  if (pull.state === "done") return "done";
+  const total = pull.bytes_total ? ` of ${bytes(pull.bytes_total)} (${Math.floor((100 * pull.bytes_done) / pull.bytes_total)} %)` : "";
+  const eta = pull.eta_s !== null && pull.eta_s !== undefined ? `, ${Math.ceil(pull.eta_s)} s left` : "";
+  return `${bytes(pull.bytes_done)}${total}${eta}`;
+}
+
+export function renderModels(listing, actions) {
+  const list = listing.models;
+  sync($("#models").tBodies[0], list, (m) => m.id, (m) => {
+    const row = el("tr", {}, ...Array.from({ length: 5 }, () => el("td")), el("td"));
+    row.cells[5].append(el("button", { class: "small", text: "Verify", "aria-label": `Verify ${m.id}`, onclick: () => actions.verify(m.id) }));
+    return row;
+  }, (row, m) => {
+    const pulling = m.pull && m.pull.state === "running" ? ` · ${pullText(m.pull)}` : "";
+    cells(row, [
+      m.id,
+      `${m.state}${pulling}`,
+      m.size_bytes === undefined ? "—" : bytes(m.size_bytes),
+      m.digest ? `${m.digest.slice(0, 19)}…` : "—",
+      m.verification ? VERIFICATION[m.verification] : "—",
+    ]);
+    row.cells[3].title = m.digest || "";
+    row.cells[4].className = m.verification ? `verify-${m.verification}` : "";
   });
   $("#models-empty").hidden = list.length > 0;
 }

@@ -1,6 +1,6 @@
 """Supervision of launched engines: one process per replica, kept alive under backoff.
 
-A ``ReplicaSupervisor`` runs one loop per replica of a pool whose engine llama-orch launches
+A ``ReplicaEngine`` runs one loop per replica of a pool whose engine llama-orch launches
 (binary, source, package and container modes):
 
 1. ensure the engine (once per pool, shared by its replicas) and locate the model: the
@@ -31,7 +31,9 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from llama_orch.catalog.refs import FileRef, ModelRef, looks_like_ref, parse_ref, ref_id
 from llama_orch.config import EnginesConfig, PoolConfig
+from llama_orch.errors import InvalidModelRef
 from llama_orch.observability.metrics import RESTART_REASONS, Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.launch import EngineHandle, Launcher, LaunchError, LaunchSpec, free_port
@@ -43,6 +45,9 @@ from llama_orch.provisioners.engine import (
     provider_for,
     replica_command,
 )
+from llama_orch.provisioners.pool_models import PoolModels
+from llama_orch.provisioners.progress import PullState
+from llama_orch.supervisor import Supervisor
 from llama_orch.vocab import ProvisioningMode
 
 #: Provisioning modes whose engines llama-orch launches and supervises.
@@ -75,8 +80,17 @@ def is_launched(cfg: PoolConfig) -> bool:
     return cfg.provisioning is not None and cfg.provisioning.mode in LAUNCHED_MODES
 
 
+#: Why a life ended when the model is still being pulled (not a restart reason).
+MODEL_PENDING = "model_pending"
+
+
 class ModelMissing(Exception):
     """The pool's model is not present locally (the model gate)."""
+
+
+class ModelPending(ModelMissing):
+    """The pool's model is being pulled into the catalog: the engine waits for it, which is not
+    an engine failure (no restart is counted, the storm breaker does not see it)."""
 
 
 ModelLocator = Callable[[PoolConfig], str]
@@ -108,6 +122,59 @@ def local_model_locator(base_dir: Path) -> ModelLocator:
         return str(path)
 
     return locate
+
+
+def catalog_model_locator(models: PoolModels, base_dir: Path) -> ModelLocator:
+    """Models from the catalog where a pool names a remote ref (``hf:``, ``https://``, ``s3://``,
+    ``oci://``); local paths as ``local_model_locator`` finds them.
+
+    A remote model not yet in the catalog is pending while its pull runs (the pool manager
+    starts it at start-up where the network policy allows), and missing otherwise.
+    """
+    local = local_model_locator(base_dir)
+
+    def locate(cfg: PoolConfig) -> str:
+        ref = remote_ref(cfg.model, base_dir)
+        if ref is None:
+            return local(cfg)
+        provisioner = models.provisioner
+        resolved = provisioner.store.locate(ref)
+        if resolved is not None:
+            return _model_file(Path(resolved.local_path))
+        model_id = ref_id(ref)
+        progress = provisioner.progress.get(model_id)
+        if progress is not None and progress.state is PullState.RUNNING:
+            raise ModelPending(f"model {model_id} is being pulled into the catalog")
+        failure = ""
+        if progress is not None and progress.error:
+            failure = f" (last pull failed: {progress.error.get('message')})"
+        raise ModelMissing(
+            f"model {model_id} is not in the catalog{failure}; run `llorch models pull "
+            f"{model_id}` (or POST /v1/catalog/models)"
+        )
+
+    return locate
+
+
+def remote_ref(model: str, base_dir: Path) -> ModelRef | None:
+    """The ref of a model the catalog fetches; None for local paths and plain names."""
+    if not looks_like_ref(model):
+        return None
+    try:
+        ref = parse_ref(model, base_dir=str(base_dir))
+    except InvalidModelRef:
+        return None
+    return None if isinstance(ref, FileRef) else ref
+
+
+def _model_file(path: Path) -> str:
+    """A directory entry holding exactly one GGUF file is that file (what llama.cpp loads);
+    other directories are passed as they are (vLLM and TGI load a directory)."""
+    if path.is_dir():
+        ggufs = sorted(path.rglob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(ggufs[0])
+    return str(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +273,7 @@ ProbeFn = Callable[[], Awaitable[bool]]
 LostFn = Callable[[str, bool, bool], None]
 
 
-class ReplicaSupervisor:
+class ReplicaEngine:
     def __init__(
         self,
         cfg: PoolConfig,
@@ -244,11 +311,9 @@ class ReplicaSupervisor:
         self._backoff_gauge = metrics.pool_restart_backoff_seconds.labels(cfg.id, replica_id)
         self._storm_gauge = metrics.pool_restart_storm.labels(cfg.id, replica_id)
 
-    def start(self) -> None:
+    def start(self, background: Supervisor) -> None:
         self._storm_gauge.set(0)
-        self._task = asyncio.create_task(
-            self._run(), name=f"supervise-{self.cfg.id}-{self.replica_id}"
-        )
+        self._task = background.job(self._run(), name=f"engine-{self.cfg.id}-{self.replica_id}")
 
     async def stop(self) -> None:
         """Stop supervising and the engine: SIGTERM, wait, SIGKILL; never restart it."""
@@ -289,6 +354,9 @@ class ReplicaSupervisor:
                     error_kind=type(exc).__name__,
                 )
                 self._lost(self.state.last_exit, False, self.state.model_path is not None)
+            if reason == MODEL_PENDING and not self.retiring:
+                await asyncio.sleep(self._probe_interval_s)
+                continue
             if self.retiring or not self._failed(reason):
                 return
             delay = self._backoff()
@@ -309,6 +377,9 @@ class ReplicaSupervisor:
             return "provision_failed"
         try:
             state.model_path = self._sup.locate_model(cfg)
+        except ModelPending as exc:
+            self._lost(f"model not present yet: {exc}", True, False)
+            return MODEL_PENDING
         except ModelMissing as exc:
             self._lost(f"model not present: {exc}", True, False)
             return "model_missing"
