@@ -348,7 +348,7 @@ class ReplicaSupervisor:
         self.handle = handle
         state.pid, state.endpoint, state.running = handle.pid, handle.endpoint, True
         state.log_path = str(handle.log_path) if handle.log_path else None
-        state.host, state.exit_kind = handle.host, None
+        state.host = handle.host
         try:
             await self._bind(cfg, self.replica_id, handle.endpoint)
             reason = await self._watch(handle)
