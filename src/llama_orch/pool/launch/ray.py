@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -546,3 +547,80 @@ def _templated(spec: LaunchSpec) -> tuple[str, ...]:
         else:
             out.append(arg)
     return tuple(out)
+
+
+# -- joining a host to the cluster ------------------------------------------------------------
+
+#: Fixed ports of every node (a LAN-only firewall rule allows exactly these; docs/cluster.md).
+HEAD_PORT = 6379
+NODE_PORTS = {
+    "--node-manager-port": 6380,
+    "--object-manager-port": 6381,
+    "--runtime-env-agent-port": 6382,
+    "--dashboard-agent-grpc-port": 6383,
+    "--dashboard-agent-listen-port": 6384,
+    "--metrics-export-port": 6385,
+}
+WORKER_PORTS = (10002, 10100)
+#: Replicas exchange only small results through Ray: a small object store is enough.
+OBJECT_STORE_BYTES = 128 * 2**20
+
+
+class JoinRefused(Exception):
+    """The host cannot join the head; the message says why and what to fix."""
+
+
+def auth_env(token_file: str) -> dict[str, str]:
+    """Ray token authentication with the shared token in ``token_file``."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_file}
+
+
+def head_versions(address: str, timeout_s: float = 5.0) -> dict[str, str]:
+    """The Ray and Python versions the head was started with (its cluster metadata)."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise JoinRefused(f"cannot reach the head at {address}: {exc}") from exc
+    # No public API reads the cluster metadata; `ray start` reads it the same way.
+    from ray._common.usage.usage_lib import get_cluster_metadata
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
+
+    try:
+        meta = get_cluster_metadata(GcsClient(address=address))
+    except Exception as exc:  # RpcError, or an auth failure: both refuse with the cause
+        raise JoinRefused(f"the head at {address} did not answer: {exc}") from exc
+    return {"ray": str(meta["ray_version"]), "python": str(meta["python_version"])}
+
+
+def check_versions(head: Mapping[str, str], here: Mapping[str, str]) -> None:
+    if head["ray"] != here["ray"] or head["python"] != here["python"]:
+        raise JoinRefused(
+            f"version mismatch: the head runs Ray {head['ray']} on Python {head['python']}, "
+            f"this host has Ray {here['ray']} on Python {here['python']}; install the same "
+            "versions here (same llama-orch release, `uv sync --extra cluster`)"
+        )
+
+
+def start_argv(
+    ray_bin: str,
+    *,
+    host: str | None,
+    gpus: int,
+    head: str | None = None,
+    port: int = HEAD_PORT,
+    object_store_bytes: int = OBJECT_STORE_BYTES,
+) -> list[str]:
+    """``ray start`` for a head (``head`` None) or a host joining ``head``: fixed ports, small
+    object store, no dashboard, no usage stats, the host's name and GPUs as resources."""
+    argv = [ray_bin, "start", "--disable-usage-stats", "--num-gpus=0"]
+    argv += ["--head", f"--port={port}", "--include-dashboard=false"] if head is None else []
+    argv += [f"--address={head}"] if head is not None else []
+    argv += [f"{flag}={value}" for flag, value in NODE_PORTS.items()]
+    argv += [f"--min-worker-port={WORKER_PORTS[0]}", f"--max-worker-port={WORKER_PORTS[1]}"]
+    argv.append(f"--object-store-memory={object_store_bytes}")
+    if host is not None:
+        # Compact JSON: one shell word, no quoting needed.
+        resources = json.dumps(node_resources(host, gpus), sort_keys=True, separators=(",", ":"))
+        argv.append(f"--resources={resources}")
+    return argv
