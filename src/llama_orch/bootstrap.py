@@ -99,6 +99,9 @@ def launcher_of(settings: Settings) -> Launcher:
         address=config.cluster.address,
         log_dir=str(Path(config.engines.run_dir).expanduser() / "logs"),
         placement_timeout_s=config.cluster.placement_timeout_ms / 1000,
+        token_file=(
+            str(Path(config.cluster.token_file).expanduser()) if config.cluster.token_file else None
+        ),
     )
     return HostRouting(local, cluster)
 

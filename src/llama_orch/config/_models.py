@@ -218,6 +218,8 @@ class ClusterConfig(_Strict):
     address: str = "auto"
     #: How long a replica may stay pending for its GPUs before its launch fails.
     placement_timeout_ms: PositiveInt = 60_000
+    #: The cluster token (mode 0600) every node started with (Ray token authentication).
+    token_file: str | None = None
 
 
 class MockEngineConfig(_Strict):

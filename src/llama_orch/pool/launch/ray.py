@@ -351,8 +351,10 @@ class RayLauncher:
         address: str | None = None,
         log_dir: str = "/tmp/llama-orch/logs",
         placement_timeout_s: float = 30.0,
+        token_file: str | None = None,
     ) -> None:
         self.hosts = list(hosts)
+        self.token_file = token_file
         self.address = address
         self.log_dir = log_dir
         self.placement_timeout_s = placement_timeout_s
@@ -361,6 +363,9 @@ class RayLauncher:
 
     def connect(self) -> None:
         if not ray.is_initialized():
+            if self.token_file is not None:
+                # Ray reads its token authentication settings from the environment.
+                os.environ.update(auth_env(self.token_file))
             ray.init(
                 address=self.address,
                 namespace=NAMESPACE,
