@@ -7,7 +7,7 @@ import pytest
 from tests.support.cluster import LocalCluster, start_cluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster() -> Iterator[LocalCluster]:
     yield from start_cluster()
 

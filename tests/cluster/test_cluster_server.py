@@ -21,7 +21,8 @@ from tests.support.launched import (
 )
 from tests.support.server import running_server, sse_events
 
-pytestmark = pytest.mark.cluster
+# The first test of the package also waits for the cluster to start (about 10-30 s).
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ from llama_orch.pool.launch.ray import RayLauncher
 from tests.support.cluster import HOSTS, engines_running, kill_engine
 from tests.support.engines import engine_healthy, fake_executable, tiny_gguf
 
-pytestmark = pytest.mark.cluster
+# The first test of the package also waits for the cluster to start (about 10-30 s).
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
 
 def engine_spec(

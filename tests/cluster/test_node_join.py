@@ -14,7 +14,8 @@ from llama_orch.pool.launch.ray import JoinRefused, check_versions, versions
 from tests.e2e.test_cli import run
 from tests.support.cluster import LocalCluster
 
-pytestmark = pytest.mark.cluster
+# The first test of the package also waits for the cluster to start (about 10-30 s).
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
 
 def _token(tmp_path: Path, mode: int = 0o600) -> Path:

@@ -16,7 +16,8 @@ from tests.cluster.test_launcher_contract import engine_spec
 from tests.support.cluster import HOSTS, LocalCluster, engines_running
 from tests.support.engines import engine_healthy
 
-pytestmark = pytest.mark.cluster
+# The first test of the package also waits for the cluster to start (about 10-30 s).
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
 
 def _launcher(tmp_path: Path, timeout_s: float = 30.0) -> RayLauncher:

@@ -1,7 +1,7 @@
 """A Ray cluster on this machine: a head and two GPU hosts with fake GPU resources (simulated).
 
-Started once per test session (about 10 s) and shared; a test that removes a host adds it back
-through ``restore`` so the next test finds both.
+Started once for the tests/cluster package (about 10 s) and shared; a test that removes a
+host adds it back through ``restore`` so the next test finds both.
 """
 
 from __future__ import annotations
