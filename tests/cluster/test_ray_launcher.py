@@ -56,11 +56,11 @@ class TestPlacement:
         self, cluster: LocalCluster, tmp_path: Path
     ) -> None:
         """A second replica asking for a GPU in use waits, then fails saying why."""
-        launcher = _launcher(tmp_path, timeout_s=2.0)
-        first = await launcher.launch(engine_spec(tmp_path, node="gpu-a"))
+        first = await _launcher(tmp_path).launch(engine_spec(tmp_path, node="gpu-a"))
+        impatient = _launcher(tmp_path, timeout_s=2.0)
         try:
             with pytest.raises(LaunchError, match=r"stayed pending 2 s on host gpu-a: GPUs \[1\]"):
-                await launcher.launch(engine_spec(tmp_path, node="gpu-a", replica="r1"))
+                await impatient.launch(engine_spec(tmp_path, node="gpu-a", replica="r1"))
             names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
             assert "llorch-engine-p0-r1" not in names
         finally:

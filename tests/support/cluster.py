@@ -6,6 +6,7 @@ host adds it back through ``restore`` so the next test finds both.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -48,7 +49,14 @@ class LocalCluster:
         self.cluster.wait_for_nodes()
 
     def remove(self, name: str) -> None:
-        self.cluster.remove_node(self.nodes.pop(name), allow_graceful=False)
+        """The host is gone at once, as if it lost power: its Ray processes and the worker
+        processes running its actors (Ray's own removal lets workers linger a moment)."""
+        node = self.nodes.pop(name)
+        workers = _children(node.all_processes["raylet"][0].process.pid)
+        self.cluster.remove_node(node, allow_graceful=False)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def restore(self) -> None:
         for host in HOSTS:
@@ -75,6 +83,18 @@ def start_cluster() -> Iterator[LocalCluster]:
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        if proc.name.isdigit() and int(stat.rsplit(")", 1)[-1].split()[1]) == pid:
+            found.append(int(proc.name))
+    return found
 
 
 def engines_running(marker: Path) -> list[int]:
