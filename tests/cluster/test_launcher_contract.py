@@ -22,7 +22,7 @@ from llama_orch.pool.launch import (
     free_port,
 )
 from llama_orch.pool.launch.ray import RayLauncher
-from tests.support.cluster import HOSTS, engines_running, kill_engine
+from tests.support.cluster import HOSTS, engine_actors, engines_running, kill_engine
 from tests.support.engines import engine_healthy, fake_executable, tiny_gguf
 
 # The first test of the package also waits for the cluster to start (about 10-30 s).
@@ -59,6 +59,8 @@ async def launcher(
         request.getfixturevalue("cluster")
         yield RayLauncher(HOSTS, log_dir=str(tmp_path / "logs")), HOSTS[0].name
     assert [] == engines_running(tmp_path / "bin"), "an engine outlived its test"
+    if request.param == "ray":
+        assert [] == engine_actors(), "an engine actor outlived its replica"
 
 
 async def launched(launcher: tuple[Launcher, str | None], tmp_path: Path) -> EngineHandle:

@@ -137,3 +137,6 @@ class TestInventory:
                 break
             await asyncio.sleep(0.1)
         assert None is found["gpu-b"] and found["gpu-a"] is not None
+        cluster.restore()
+        rejoined = (await launcher.inventories(deadline_s=30))["gpu-b"]
+        assert rejoined is not None and cluster.nodes["gpu-b"].node_id == rejoined["node_id"]

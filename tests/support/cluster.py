@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from ray.cluster_utils import Cluster
 
-from llama_orch.pool.launch.ray import HostSpec, RayLauncher, node_resources
+from llama_orch.pool.launch.ray import ENGINE_PREFIX, HostSpec, RayLauncher, node_resources
 
 #: The object store Ray needs at least; each node keeps no objects beyond small results.
 OBJECT_STORE_BYTES = 80 * 2**20
@@ -111,6 +111,15 @@ def engines_running(marker: Path) -> list[int]:
         if str(marker).encode() in cmdline and state != "Z":
             found.append(int(proc.name))
     return found
+
+
+def engine_actors() -> list[str]:
+    """Named engine actors still alive in the cluster (killed ones leave the list at once)."""
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(ENGINE_PREFIX)
+    ]
 
 
 def kill_engine(pid: int) -> None:

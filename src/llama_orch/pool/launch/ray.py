@@ -274,9 +274,13 @@ class RayEngine:
             self._run_ref = self.actor.run.remote()
         try:
             code = int(await self._run_ref)
+            with contextlib.suppress(RayError):
+                self._last_tail = await self.actor.log_tail.remote(20)
             self._finish(code, ExitKind.EXITED)
         except RayActorError as exc:
             self._finish(-signal.SIGKILL, self._classify(exc))
+        # A detached actor outlives its engine until killed, and holds the mask's GPUs.
+        self._release()
         return self._returncode if self._returncode is not None else -signal.SIGKILL
 
     def _classify(self, exc: RayActorError) -> ExitKind:
@@ -517,8 +521,11 @@ class RayLauncher:
         out: dict[str, dict[str, Any] | None] = {h.name: None for h in self.hosts}
         for name, ref in refs.items():
             # A host whose agent fails or misses the deadline is stale: None.
-            with contextlib.suppress(RayError, TimeoutError):
+            try:
                 out[name] = await asyncio.wait_for(asyncio.wrap_future(ref.future()), deadline_s)
+            except (RayError, TimeoutError):
+                # Looked up again next time: a host that rejoined gets a new agent.
+                self._agents.pop(name, None)
         return out
 
     def _agent(self, host: HostSpec, node_id: str) -> Any:
