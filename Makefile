@@ -27,7 +27,7 @@ help:
 
 # Re-sync only when the project definition or the lock changed.
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --locked --python $(PYTHON)
+	$(UV) sync --locked --extra cluster --python $(PYTHON)
 	@touch $@
 
 setup: $(STAMP)

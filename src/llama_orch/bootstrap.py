@@ -18,7 +18,8 @@ from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.engine_process import Supervision, catalog_model_locator
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory, simulated_inventory
-from llama_orch.pool.launch import LocalLauncher
+from llama_orch.pool.launch import Launcher, LocalLauncher
+from llama_orch.pool.launch.routing import HostRouting
 from llama_orch.pool.manager import PoolManager
 from llama_orch.provisioners.engine import FileEngineIndex, ProvisionContext
 from llama_orch.provisioners.factory import model_provisioner
@@ -37,6 +38,9 @@ def check_serveable(settings: Settings, inventory: GpuInventory) -> None:
     issues = []
     for index, pool in enumerate(settings.config.pools):
         where = f"pools.{index}"
+        if pool.host is not None:
+            # Its GPUs are the host's (config checks the mask against them); not this machine's.
+            continue
         if pool.engine not in FACTORIES:
             issues.append(
                 ConfigIssue(
@@ -69,6 +73,8 @@ def check_vram_fit(settings: Settings, inventory: GpuInventory, models: PoolMode
     """Refuse to start a pool whose model (already in the catalog) cannot fit its GPUs."""
     issues = []
     for index, pool in enumerate(settings.config.pools):
+        if pool.host is not None:
+            continue
         devices = tuple(pool.devices) if pool.devices is not None else inventory.indices
         free = {g.index: g.vram_free_bytes for g in inventory.gpus if g.index in devices}
         problem = models.fit_problem(pool.id, free) if models.by_pool[pool.id].gated else None
@@ -78,12 +84,34 @@ def check_vram_fit(settings: Settings, inventory: GpuInventory, models: PoolMode
         raise ConfigError(settings.source, issues)
 
 
+def launcher_of(settings: Settings) -> Launcher:
+    """Local processes; with ``hosts``, pools naming a host go through the Ray launcher."""
+    config = settings.config
+    local = LocalLauncher(Path(config.engines.run_dir).expanduser())
+    if not any(pool.host is not None for pool in config.pools):
+        return local
+    # Imported here so that single-host servers never load the cluster runtime.
+    from llama_orch.pool.launch.ray import HostSpec, RayLauncher
+
+    hosts = [HostSpec(h.name, tuple(h.gpus), h.simulated_vram_bytes) for h in config.hosts]
+    cluster = RayLauncher(
+        hosts,
+        address=config.cluster.address,
+        log_dir=str(Path(config.engines.run_dir).expanduser() / "logs"),
+        placement_timeout_s=config.cluster.placement_timeout_ms / 1000,
+        token_file=(
+            str(Path(config.cluster.token_file).expanduser()) if config.cluster.token_file else None
+        ),
+    )
+    return HostRouting(local, cluster)
+
+
 def supervision_of(settings: Settings, inventory: GpuInventory, models: PoolModels) -> Supervision:
     """How launched engines are prepared, started and found (SPEC §8, §11)."""
     config = settings.config
     engines = config.engines
     return Supervision(
-        launcher=LocalLauncher(Path(engines.run_dir).expanduser()),
+        launcher=launcher_of(settings),
         provision=ProvisionContext(
             cache_root=Path(engines.cache_dir).expanduser(),
             index=FileEngineIndex(Path(config.catalog.root).expanduser()),

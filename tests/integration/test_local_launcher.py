@@ -7,22 +7,8 @@ import os
 import signal
 from pathlib import Path
 
-import httpx
-
 from llama_orch.pool.launch import LaunchSpec, LocalLauncher, free_port, redact_argv
-from tests.support.engines import fake_executable, tiny_gguf
-
-
-async def _healthy(url: str) -> None:
-    async with httpx.AsyncClient() as client:
-        for _ in range(400):
-            try:
-                if (await client.get(f"{url}/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} never turned healthy")
+from tests.support.engines import engine_healthy, fake_executable, tiny_gguf
 
 
 def _spec(tmp_path: Path, *, api_key: str = "sk-secret-value-123456") -> LaunchSpec:
@@ -40,7 +26,7 @@ class TestLocalLauncher:
         spec = _spec(tmp_path)
         handle = await launcher.launch(spec)
         try:
-            await _healthy(handle.endpoint)
+            await engine_healthy(handle.endpoint)
             assert (tmp_path / "run/pids/p0-r0.pid").exists()
         finally:
             code = await handle.stop(timeout_s=10)
@@ -55,7 +41,7 @@ class TestLocalLauncher:
         """A SIGSTOPped engine that cannot honour SIGTERM in time is killed."""
         launcher = LocalLauncher(tmp_path / "run")
         handle = await launcher.launch(_spec(tmp_path))
-        await _healthy(handle.endpoint)
+        await engine_healthy(handle.endpoint)
         assert handle.pid is not None
         os.kill(handle.pid, signal.SIGSTOP)
         code = await handle.stop(timeout_s=0.2)
@@ -65,7 +51,7 @@ class TestLocalLauncher:
     async def test_reap_orphans_stops_what_a_crashed_run_left(self, tmp_path: Path) -> None:
         """A pid file outliving its launcher names an orphan that the next start-up stops."""
         handle = await LocalLauncher(tmp_path / "run").launch(_spec(tmp_path))
-        await _healthy(handle.endpoint)
+        await engine_healthy(handle.endpoint)
         stopped = await LocalLauncher(tmp_path / "run").reap_orphans()
         assert [handle.pid] == stopped
         assert 0 == await asyncio.wait_for(handle.wait(), 10)

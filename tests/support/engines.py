@@ -7,11 +7,14 @@ provisioner can install, build or run it exactly where the real binary would be.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import stat
 import tarfile
 from pathlib import Path
+
+import httpx
 
 from llama_orch.testing.fake_engines._gguf import write_minimal
 from llama_orch.testing.fake_engines.release import engine_archive, fake_script
@@ -62,3 +65,16 @@ def environ_with(**extra: str) -> dict[str, str]:
 
 
 __all__ = ["engine_archive", "evil_archive", "fake_executable", "fake_script", "tiny_gguf"]
+
+
+async def engine_healthy(url: str) -> None:
+    """Until the engine at ``url`` answers its health route with 200 (about 30 s at most)."""
+    async with httpx.AsyncClient(trust_env=False) as client:
+        for _ in range(600):
+            try:
+                if (await client.get(f"{url}/health")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} never turned healthy")

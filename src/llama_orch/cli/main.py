@@ -16,6 +16,7 @@ import click
 from llama_orch.cli import client as client_mod
 from llama_orch.cli import pools as pools_mod
 from llama_orch.cli.models import models as models_group
+from llama_orch.cli.node import node as node_group
 from llama_orch.errors import ConfigError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -231,6 +232,7 @@ def status(watch: bool, interval: float, url: str | None, token_file: str | None
 
 
 cli.add_command(models_group)
+cli.add_command(node_group)
 
 
 @cli.group()

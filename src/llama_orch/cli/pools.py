@@ -31,6 +31,13 @@ def _state(health: dict[str, Any]) -> str:
     return state + (" (simulated)" if health.get("simulated") else "")
 
 
+def _gpus(pool: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """The mask, prefixed with the hosts running the replicas when they are cluster hosts."""
+    mask = ",".join(str(d) for d in metrics.get("device_mask", pool.get("device_mask", [])))
+    hosts = sorted({r["host"] for r in pool.get("replicas", []) if r.get("host")})
+    return f"{'+'.join(hosts)}:{mask or '-'}" if hosts else mask or "-"
+
+
 def row(pool: dict[str, Any], health: dict[str, Any]) -> tuple[str, ...]:
     metrics = health.get("metrics", {})
     replicas = metrics.get("replicas", [])
@@ -46,7 +53,7 @@ def row(pool: dict[str, Any], health: dict[str, Any]) -> tuple[str, ...]:
         _state(health),
         f"{pool['engine']}@{version}",
         str(health.get("model_id") or pool.get("model_id")),
-        ",".join(str(d) for d in metrics.get("device_mask", pool.get("device_mask", []))) or "-",
+        _gpus(pool, metrics),
         vram,
         f"{busy}/{slots_total}",
         str(metrics.get("queue_depth", 0)),

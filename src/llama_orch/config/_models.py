@@ -205,6 +205,31 @@ class GpusConfig(_Strict):
         return value
 
 
+#: Provisioning modes whose engines can run on another host (a container runtime cannot yet).
+_REMOTE_MODES = frozenset({"binary", "source", "package"})
+
+
+class HostConfig(_Strict):
+    """A GPU host of the cluster (joined with `llorch node join`); pools name it in ``host``."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
+    #: GPU indices on that host (as its NVML numbers them); each is booked by one replica.
+    gpus: list[Annotated[int, Field(ge=0)]] = []
+    #: Per-GPU VRAM the host reports when it has no NVML (demos and tests; labelled simulated).
+    simulated_vram_bytes: PositiveInt | None = None
+
+
+class ClusterConfig(_Strict):
+    """The Ray cluster whose hosts run pools that name a ``host``."""
+
+    #: The head's ``HOST:PORT`` (``auto``: a Ray cluster already running on this machine).
+    address: str = "auto"
+    #: How long a replica may stay pending for its GPUs before its launch fails.
+    placement_timeout_ms: PositiveInt = 60_000
+    #: The cluster token (mode 0600) every node started with (Ray token authentication).
+    token_file: str | None = None
+
+
 class MockEngineConfig(_Strict):
     """Pace and fault injection of the simulated engine (D-MOCK-01/02)."""
 
@@ -414,6 +439,8 @@ class PoolConfig(_Strict):
     #: Most texts sent to the engine in one embedding or rerank call; longer requests are split.
     embedding_batch: Annotated[int, Field(ge=1, le=4096)] = 32
     provisioning: ProvisioningConfig | None = None
+    #: The cluster host that runs this pool's replicas (``hosts``); unset: this machine.
+    host: str | None = None
     queue: QueueConfig = QueueConfig()
     admission: AdmissionConfig = AdmissionConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
@@ -496,6 +523,8 @@ class Config(_Strict):
     catalog: CatalogConfig = CatalogConfig()
     gpus: GpusConfig = GpusConfig()
     engines: EnginesConfig = EnginesConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    hosts: list[HostConfig] = []
     pools: Annotated[list[PoolConfig], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -504,9 +533,12 @@ class Config(_Strict):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"pool ids must be unique; repeated: {duplicates}")
+        self._host_rules()
         if self.gpus.simulated is not None:
             known = {gpu.index for gpu in self.gpus.simulated}
             for pool in self.pools:
+                if pool.host is not None:
+                    continue
                 missing = sorted(set(pool.devices or []) - known)
                 if missing:
                     raise ValueError(
@@ -514,3 +546,29 @@ class Config(_Strict):
                         f"does not declare (declared: {sorted(known)})"
                     )
         return self
+
+    def _host_rules(self) -> None:
+        names = [h.name for h in self.hosts]
+        if len(names) != len(set(names)):
+            raise ValueError(f"host names must be unique, got {names}")
+        hosts = {h.name: h for h in self.hosts}
+        for pool in self.pools:
+            if pool.host is None:
+                continue
+            host = hosts.get(pool.host)
+            if host is None:
+                raise ValueError(
+                    f"pool {pool.id!r} names host {pool.host!r}, which hosts does not declare "
+                    f"(declared: {names})"
+                )
+            if pool.provisioning is None or pool.provisioning.mode.value not in _REMOTE_MODES:
+                raise ValueError(
+                    f"pool {pool.id!r} on host {pool.host!r} needs provisioning mode binary, "
+                    "source or package (llama-orch launches its engine there)"
+                )
+            missing = sorted(set(pool.devices or []) - set(host.gpus))
+            if not pool.devices or missing:
+                raise ValueError(
+                    f"pool {pool.id!r} on host {pool.host!r} must give devices among that "
+                    f"host's gpus {host.gpus} (missing: {missing or 'devices'})"
+                )

@@ -256,6 +256,8 @@ class ReplicaCapability(_Wire):
 
     replica_id: str
     cached: bool
+    #: The cluster host running the replica's engine (None: the server's own machine).
+    host: str | None = None
     engine_version: str | None = None
     ctx_max: int | None = None
     slots_total: int | None = None

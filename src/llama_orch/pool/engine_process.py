@@ -36,7 +36,14 @@ from llama_orch.config import EnginesConfig, PoolConfig
 from llama_orch.errors import InvalidModelRef
 from llama_orch.observability.metrics import RESTART_REASONS, Metrics
 from llama_orch.observability.narration import narrate
-from llama_orch.pool.launch import EngineHandle, Launcher, LaunchError, LaunchSpec, free_port
+from llama_orch.pool.launch import (
+    EngineHandle,
+    ExitKind,
+    Launcher,
+    LaunchError,
+    LaunchSpec,
+    free_port,
+)
 from llama_orch.provisioners.engine import (
     ENGINES,
     PreparedEngine,
@@ -206,6 +213,10 @@ class ProcessState:
     last_exit: str | None = None
     storm: bool = False
     log_path: str | None = None
+    #: The cluster host the engine runs on (None: this machine).
+    host: str | None = None
+    #: How the last engine ended: exited, actor_died or node_lost.
+    exit_kind: str | None = None
     #: Monotonic times of recent failures (the storm window).
     failures: deque[float] = field(default_factory=deque)
 
@@ -220,6 +231,8 @@ class ProcessState:
             "last_exit": self.last_exit,
             "restart_storm": self.storm,
             "log_path": self.log_path,
+            "host": self.host,
+            "exit_kind": self.exit_kind,
             "engine_version": prepared.engine_version if prepared else None,
             "engine_digest": prepared.engine_digest if prepared else None,
             "provisioning_mode": prepared.provisioning_mode if prepared else None,
@@ -406,6 +419,7 @@ class ReplicaEngine:
         self.handle = handle
         state.pid, state.endpoint, state.running = handle.pid, handle.endpoint, True
         state.log_path = str(handle.log_path) if handle.log_path else None
+        state.host = handle.host
         try:
             await self._bind(cfg, self.replica_id, handle.endpoint)
             reason = await self._watch(handle)
@@ -418,6 +432,11 @@ class ReplicaEngine:
         code = handle.returncode
         tail = handle.log_tail(3).splitlines()
         last = f"; last log line: {tail[-1][:200]}" if tail else ""
+        kind = handle.exit_kind
+        state.exit_kind = kind.value if kind is not None else None
+        if kind is not None and kind is not ExitKind.EXITED:
+            # The process's owner or its host went away, not the engine itself.
+            reason, last = kind.value, f" on host {handle.host}{last}"
         state.last_exit = f"{reason} (status {code}){last}"
         self._lost(f"engine {reason} (status {code}){last}", True, True)
         return reason
@@ -427,7 +446,8 @@ class ReplicaEngine:
 
         A floor, not an estimate: the KV cache and activations need more on top.
         """
-        if self._sup.vram_of is None:
+        if self._sup.vram_of is None or self.cfg.host is not None:
+            # Another host's VRAM is its agent's to report, not this machine's inventory.
             return None
         have = self._sup.vram_of(self.devices)
         path = Path(model_path)
@@ -456,6 +476,7 @@ class ReplicaEngine:
             env=command.env,
             secrets=command.secrets,
             cleanup=command.cleanup,
+            node=self.cfg.host,
         )
         return await self._sup.launcher.launch(spec)
 

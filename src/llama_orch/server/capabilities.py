@@ -24,13 +24,16 @@ from llama_orch.pool.manager import PoolManager, PoolRuntime
 from llama_orch.vocab import Engine, Workload
 
 
-def _replica(replica_id: str, snap: CapabilitySnapshot | None) -> ReplicaCapability:
+def _replica(
+    replica_id: str, snap: CapabilitySnapshot | None, host: str | None = None
+) -> ReplicaCapability:
     if snap is None:
-        return ReplicaCapability(replica_id=replica_id, cached=False)
+        return ReplicaCapability(replica_id=replica_id, cached=False, host=host)
     props = snap.props
     return ReplicaCapability(
         replica_id=replica_id,
         cached=True,
+        host=host,
         engine_version=snap.engine_version,
         ctx_max=props.ctx_max,
         slots_total=props.slots_total,
@@ -67,7 +70,14 @@ def pool_capability(
 ) -> PoolCapability:
     cached = host.pool_capabilities(pool.id)
     snaps = [cached[r.replica_id] for r in pool.replicas if r.replica_id in cached]
-    replicas = [_replica(r.replica_id, cached.get(r.replica_id)) for r in pool.replicas]
+    replicas = [
+        _replica(
+            r.replica_id,
+            cached.get(r.replica_id),
+            (r.process.host if r.process else None) or pool.config.host,
+        )
+        for r in pool.replicas
+    ]
     engine_ctx = [s.props.ctx_max for s in snaps if s.props.ctx_max]
     limits = [*engine_ctx, *([pool.config.ctx] if pool.config.ctx else [])]
     features: dict[str, Any] = {}

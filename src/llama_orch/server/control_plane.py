@@ -48,6 +48,7 @@ async def pool_health(request: Request) -> Response:
             "replicas": [
                 {
                     "replica_id": r.replica_id,
+                    "host": r.process.host if r.process else None,
                     "state": r.state.value,
                     "active": r.active,
                     "slots_total": r.slots_total,

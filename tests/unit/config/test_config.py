@@ -192,3 +192,45 @@ pools:
     provisioning: {mode: source, source: {repo: https://example.invalid/x, ref: v1}}
 """
         assert 1 == len(parse_config_text(source).pools)
+
+
+CLUSTER = """
+gpus: {simulated: [{index: 0, name: sim, vram_mb: 1024}]}
+hosts:
+  - {name: gpu-b, gpus: [0, 1]}
+pools:
+  - id: p0
+    engine: llamacpp
+    model: m.gguf
+    host: HOST
+    devices: DEVICES
+    provisioning: {mode: MODE, binary: {url: "https://x/l.tar.gz", checksum: "sha256:00"}}
+"""
+
+
+class TestHosts:
+    def _text(self, host: str = "gpu-b", devices: str = "[1]", mode: str = "binary") -> str:
+        return CLUSTER.replace("HOST", host).replace("DEVICES", devices).replace("MODE", mode)
+
+    def test_a_pool_on_a_declared_host_with_its_gpus_is_valid(self) -> None:
+        """Its mask is the host's GPUs, not this machine's (which has only GPU 0)."""
+        config = parse_config_text(self._text(), "test.yaml")
+        assert "gpu-b" == config.pools[0].host and [1] == config.pools[0].devices
+
+    @pytest.mark.parametrize(
+        ("fields", "says"),
+        [
+            ({"host": "gpu-z"}, "names host 'gpu-z', which hosts does not declare"),
+            ({"devices": "[2]"}, "must give devices among that host's gpus [0, 1] (missing: [2])"),
+            ({"devices": "null"}, "must give devices among that host's gpus"),
+        ],
+    )
+    def test_a_pool_the_host_cannot_run_is_refused(self, fields: dict[str, str], says: str) -> None:
+        problems = issues_of(self._text(**fields))
+        assert 1 == len(problems) and says in problems[0]
+
+    def test_an_in_process_pool_cannot_name_a_host(self) -> None:
+        text = MINIMAL.replace("model: m0}", "model: m0, host: gpu-b}")
+        problems = issues_of("hosts: [{name: gpu-b, gpus: [0]}]\n" + text)
+        assert 1 == len(problems)
+        assert "needs provisioning mode binary, source or package" in problems[0]

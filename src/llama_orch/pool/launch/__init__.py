@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from llama_orch.pool.launch._types import (
     EngineHandle,
+    ExitKind,
     Launcher,
     LaunchError,
     LaunchSpec,
@@ -19,6 +20,7 @@ from llama_orch.pool.launch.local import LocalLauncher, free_port
 
 __all__ = [
     "EngineHandle",
+    "ExitKind",
     "LaunchError",
     "LaunchSpec",
     "Launcher",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -12,6 +13,17 @@ from llama_orch.observability.redaction import REDACTED, Redactor
 #: A flag whose value is a secret, e.g. ``--api-key X`` or ``--hf-token=X``.
 _SECRET_FLAG = re.compile(r"(?i)^--?[a-z0-9-]*(key|token|secret|password)[a-z0-9-]*$")
 _REDACTOR = Redactor()
+
+
+class ExitKind(StrEnum):
+    """How a replica's engine ended."""
+
+    #: The engine process exited (or was stopped).
+    EXITED = "exited"
+    #: The process that owned the engine died while its host stayed up.
+    ACTOR_DIED = "actor_died"
+    #: The engine's host left the cluster.
+    NODE_LOST = "node_lost"
 
 
 class LaunchError(Exception):
@@ -36,6 +48,8 @@ class LaunchSpec:
     secrets: tuple[str, ...] = ()
     #: Run after the process stopped (e.g. remove its container); best effort.
     cleanup: tuple[str, ...] = ()
+    #: The configured host the replica should run on (None: this machine).
+    node: str | None = None
 
     @property
     def key(self) -> str:
@@ -63,6 +77,16 @@ class EngineHandle(Protocol):
 
     @property
     def log_path(self) -> Path | None: ...
+
+    @property
+    def host(self) -> str | None:
+        """The host the engine runs on (None: this machine)."""
+        ...
+
+    @property
+    def exit_kind(self) -> ExitKind | None:
+        """How it ended; None while it runs."""
+        ...
 
     async def wait(self) -> int:
         """Until the process exits; its exit status (negative: killed by that signal)."""

@@ -23,7 +23,7 @@ from collections import deque
 from pathlib import Path
 
 from llama_orch.observability.narration import narrate
-from llama_orch.pool.launch._types import LaunchError, LaunchSpec, redact_argv
+from llama_orch.pool.launch._types import ExitKind, LaunchError, LaunchSpec, redact_argv
 
 #: How long ``reap_orphans`` waits for an orphan's group to exit after SIGTERM.
 ORPHAN_GRACE_S = 5.0
@@ -91,6 +91,14 @@ class LocalProcess:
     @property
     def log_path(self) -> Path:
         return self._log_path
+
+    @property
+    def host(self) -> None:
+        return None
+
+    @property
+    def exit_kind(self) -> ExitKind | None:
+        return None if self._process.returncode is None else ExitKind.EXITED
 
     async def wait(self) -> int:
         code = await self._process.wait()

@@ -1,0 +1,143 @@
+"""``llorch node head`` and ``llorch node join``: a GPU host becomes part of the cluster.
+
+Both wrap ``ray start`` with what llama-orch places on: the host's name and one resource per GPU,
+fixed ports (one firewall rule covers them), a small object store, no dashboard, and Ray's token
+authentication with the shared token file. ``join`` first refuses a host whose Ray or Python
+version differs from the head's, naming both.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_ERROR = 1
+
+
+def _fail(message: str) -> None:
+    click.echo(f"llorch: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _token_file(path: str) -> str:
+    token = Path(path).expanduser()
+    try:
+        mode = token.stat().st_mode
+        text = token.read_text().strip()
+    except OSError as exc:
+        _fail(f"cannot read the cluster token {token}: {exc.strerror or exc}")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        _fail(f"the cluster token {token} is readable by others; run `chmod 600 {token}`")
+    if len(text) < 32:
+        _fail(f"the cluster token in {token} is too short; use `llorch token new --file {token}`")
+    return str(token.resolve())
+
+
+def _gpu_count(gpus: int | None) -> int:
+    if gpus is not None:
+        return gpus
+    from llama_orch.pool.gpus import nvml_inventory
+
+    inventory = nvml_inventory()
+    if not inventory.gpus:
+        _fail(
+            f"no NVIDIA GPU found here ({inventory.problem}); a host without GPUs cannot run "
+            "engines (pass --gpus N only for a simulated host)"
+        )
+    return len(inventory.gpus)
+
+
+def _ray_bin() -> str:
+    found = shutil.which(
+        "ray", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
+    if found is None:
+        _fail("ray is not installed; install the cluster extra: `uv sync --extra cluster`")
+    assert found is not None
+    return found
+
+
+def _start(argv: list[str], token_file: str, dry_run: bool) -> None:
+    from llama_orch.pool.launch.ray import auth_env
+
+    env = auth_env(token_file)
+    if dry_run:
+        shown = " ".join(f"{k}={v}" for k, v in env.items())
+        click.echo(f"{shown} {' '.join(argv)}")
+        return
+    os.execve(argv[0], argv, {**os.environ, **env})
+
+
+@click.group()
+def node() -> None:
+    """Cluster hosts: start the head, join a GPU host to it (docs/cluster.md)."""
+
+
+_name = click.option(
+    "--name", default=None, help="Host name pools use in `host:` (default: hostname)."
+)
+_gpus = click.option(
+    "--gpus", type=int, default=None, help="GPUs to offer (default: NVML's count)."
+)
+_token = click.option(
+    "--token-file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The cluster token (mode 0600).",
+)
+_dry = click.option(
+    "--dry-run", is_flag=True, help="Print the `ray start` command instead of running it."
+)
+
+
+@node.command("head")
+@click.option("--port", type=int, default=6379, show_default=True)
+@click.option("--no-gpus", is_flag=True, help="The head only runs the server, no engines.")
+@_name
+@_gpus
+@_token
+@_dry
+def node_head(
+    port: int, no_gpus: bool, name: str | None, gpus: int | None, token_file: str, dry_run: bool
+) -> None:
+    """Start the cluster head on this machine (where `llorch serve` runs)."""
+    from llama_orch.pool.launch.ray import start_argv
+
+    token = _token_file(token_file)
+    host = None if no_gpus else (name or os.uname().nodename)
+    count = 0 if no_gpus else _gpu_count(gpus)
+    _start(start_argv(_ray_bin(), host=host, gpus=count, port=port), token, dry_run)
+
+
+@node.command("join")
+@click.option("--head", "head", required=True, help="The head's HOST:PORT.")
+@_name
+@_gpus
+@_token
+@_dry
+def node_join(
+    head: str, name: str | None, gpus: int | None, token_file: str, dry_run: bool
+) -> None:
+    """Join this GPU host to the cluster whose head runs at HOST:PORT."""
+    from llama_orch.pool.launch.ray import (
+        JoinRefused,
+        check_versions,
+        head_versions,
+        start_argv,
+        versions,
+    )
+
+    token = _token_file(token_file)
+    count = _gpu_count(gpus)
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token})
+    try:
+        check_versions(head_versions(head), versions())
+    except JoinRefused as exc:
+        _fail(str(exc))
+    argv = start_argv(_ray_bin(), host=name or os.uname().nodename, gpus=count, head=head)
+    _start(argv, token, dry_run)

@@ -1,0 +1,638 @@
+"""RayLauncher: replicas on other GPU hosts through Ray Core, placed by llama-orch.
+
+Ray provides node membership, per-node resources, node affinity, detached actors and failure
+detection; it never chooses GPUs. Every host joins the cluster with a resource naming it
+(``llorch_host_<name>``) and one per GPU (``llorch_gpu_<i>``). A replica's actor is pinned to
+its host with ``NodeAffinitySchedulingStrategy(node, soft=False)`` and books exactly the GPUs of
+the device mask llama-orch chose, one unit each, so a mask already in use stays pending instead
+of landing elsewhere.
+
+One detached, named actor per replica owns the engine process on its node:
+
+- it starts the engine in a new session on a free port of its node, with ``CUDA_VISIBLE_DEVICES``
+  set to the mask; secrets travel in the environment, never on the command line;
+- the engine dies with the actor (``PR_SET_PDEATHSIG``), and ``stop`` sends SIGTERM, waits, then
+  SIGKILLs the process group (``ray.kill`` alone would leave the engine running);
+- ``max_restarts=0``: the replica supervisor owns restarts and re-runs placement.
+
+How a replica ended is its ``exit_kind``: ``exited`` (the engine), ``actor_died`` (its actor,
+on a node that is still alive) or ``node_lost`` (its host left the cluster). ``ray`` is imported
+by this module only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from llama_orch.observability.narration import narrate
+from llama_orch.pool.launch._types import ExitKind, LaunchError, LaunchSpec, redact_argv
+
+#: Ray namespace of every llama-orch actor (detached actors are found again by name in it).
+NAMESPACE = "llama-orch"
+#: Actor name prefixes: engines (one per replica) and inventory agents (one per host).
+ENGINE_PREFIX = "llorch-engine-"
+AGENT_PREFIX = "llorch-agent-"
+_PR_SET_PDEATHSIG = 1
+
+
+def gpu_resource(index: int) -> str:
+    return f"llorch_gpu_{index}"
+
+
+def host_resource(host: str) -> str:
+    return f"llorch_host_{host}"
+
+
+def node_resources(host: str, gpus: int) -> dict[str, float]:
+    """The custom resources a host joins with: its name and one unit per GPU."""
+    return {host_resource(host): 1.0, **{gpu_resource(i): 1.0 for i in range(gpus)}}
+
+
+def versions() -> dict[str, str]:
+    """Ray and Python versions of this process (every node of a cluster must match them)."""
+    return {"ray": ray.__version__, "python": ".".join(map(str, sys.version_info[:3]))}
+
+
+@dataclass(frozen=True, slots=True)
+class HostSpec:
+    """A host of the cluster as llama-orch places on it."""
+
+    name: str
+    gpus: tuple[int, ...]
+    #: Simulated per-GPU VRAM in bytes the agent reports where NVML is absent (tests).
+    simulated_vram: int | None = None
+
+
+# -- the actors (run on the nodes) ------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    # A lost node or a killed actor takes its engine with it: no process outlives its owner.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+class EngineActor:
+    """Owns one replica's engine process on its node (an async actor: run and stop overlap)."""
+
+    def __init__(self) -> None:
+        self._proc: asyncio.subprocess.Process | None = None
+        self._log_path = ""
+
+    async def start(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        devices: Sequence[int],
+        log_path: str,
+        shown: Sequence[str],
+    ) -> dict[str, Any]:
+        host: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        port = _free_port(host)
+        full_env = {
+            **os.environ,
+            **env,
+            "CUDA_VISIBLE_DEVICES": ",".join(map(str, devices)),
+            "LLORCH_ENGINE_HOST": host,
+            "LLORCH_ENGINE_PORT": str(port),
+        }
+        argv = [a.replace("{host}", host).replace("{port}", str(port)) for a in argv]
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        self._log_path = log_path
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        shown_line = " ".join(shown).replace("{host}", host).replace("{port}", str(port))
+        log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(log, f"--- {stamp} launch on {host}: {shown_line}\n".encode())
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                env=full_env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            os.close(log)
+        return {"host": host, "port": port, "pid": self._proc.pid, "log_path": log_path}
+
+    def pid(self) -> int:
+        return self._proc.pid if self._proc is not None else -1
+
+    async def run(self) -> int:
+        assert self._proc is not None
+        code = await self._proc.wait()
+        # Helpers the engine forked may outlive it; the group goes with the replica.
+        _signal_group(self._proc.pid, signal.SIGKILL)
+        return code
+
+    async def stop(self, timeout_s: float) -> int:
+        proc = self._proc
+        assert proc is not None
+        if proc.returncode is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            _signal_group(proc.pid, signal.SIGCONT)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout_s)
+            except TimeoutError:
+                _signal_group(proc.pid, signal.SIGKILL)
+        code = await proc.wait()
+        _signal_group(proc.pid, signal.SIGKILL)
+        return code
+
+    async def kill(self) -> int:
+        assert self._proc is not None
+        _signal_group(self._proc.pid, signal.SIGKILL)
+        return await self._proc.wait()
+
+    def log_tail(self, lines: int) -> str:
+        try:
+            with open(self._log_path, errors="replace") as f:
+                return "".join(deque(f, maxlen=lines)).rstrip()
+        except OSError:
+            return ""
+
+
+class HostAgent:
+    """One per host: reports the host's GPU inventory (NVML, or simulated where it is absent)."""
+
+    def __init__(self, host: str, gpus: Sequence[int], simulated_vram: int | None) -> None:
+        self._host = host
+        self._gpus = list(gpus)
+        self._simulated_vram = simulated_vram
+
+    def inventory(self) -> dict[str, Any]:
+        node = ray.get_runtime_context().get_node_id()
+        if self._simulated_vram is not None:
+            devices = [
+                {"index": i, "vram_total": self._simulated_vram, "vram_free": self._simulated_vram}
+                for i in self._gpus
+            ]
+            return {"host": self._host, "node_id": node, "simulated": True, "devices": devices}
+        return {"host": self._host, "node_id": node, "simulated": False, "devices": _nvml()}
+
+
+def _nvml() -> list[dict[str, int]]:
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            mem = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i))
+            out.append({"index": i, "vram_total": int(mem.total), "vram_free": int(mem.free)})
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
+_RemoteEngine = ray.remote(EngineActor)
+_RemoteAgent = ray.remote(HostAgent)
+
+
+# -- the driver side (runs in the server) -----------------------------------------------------
+
+
+@dataclass(slots=True)
+class RayEngine:
+    """The handle of one replica whose engine runs in a Ray actor."""
+
+    _spec: LaunchSpec
+    actor: Any
+    node_id: str
+    node_host: str
+    _pid: int
+    _endpoint: str
+    _log_path: str
+    _alive: Callable[[str], bool]
+    #: Node ids this launcher saw lost: never placed on again, whatever Ray still says.
+    _lost_nodes: set[str]
+    _run_ref: Any = None
+    _returncode: int | None = None
+    exit_kind: ExitKind | None = None
+    _last_tail: str = ""
+    _done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def spec(self) -> LaunchSpec:
+        return self._spec
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    @property
+    def host(self) -> str:
+        return self.node_host
+
+    @property
+    def returncode(self) -> int | None:
+        return self._returncode
+
+    @property
+    def log_path(self) -> None:
+        # The log lives on the engine's node; ``log_tail`` reads it through the actor.
+        return None
+
+    async def wait(self) -> int:
+        if self._returncode is not None:
+            return self._returncode
+        if self._run_ref is None:
+            self._run_ref = self.actor.run.remote()
+        try:
+            code = int(await self._run_ref)
+            with contextlib.suppress(RayError):
+                self._last_tail = await self.actor.log_tail.remote(20)
+            self._finish(code, ExitKind.EXITED)
+        except RayActorError as exc:
+            self._finish(-signal.SIGKILL, self._classify(exc))
+        # A detached actor outlives its engine until killed, and holds the mask's GPUs.
+        self._release()
+        return self._returncode if self._returncode is not None else -signal.SIGKILL
+
+    def _classify(self, exc: RayActorError) -> ExitKind:
+        text = str(exc).lower()
+        if ("node" in text and ("died" in text or "dead" in text)) or not self._alive(self.node_id):
+            return ExitKind.NODE_LOST
+        return ExitKind.ACTOR_DIED
+
+    def _finish(self, code: int, kind: ExitKind) -> None:
+        if self._returncode is None:
+            self._returncode, self.exit_kind = code, kind
+            if kind is ExitKind.NODE_LOST:
+                self._lost_nodes.add(self.node_id)
+            if kind is not ExitKind.EXITED:
+                narrate(
+                    "pool-manager",
+                    kind.value.replace("_", "-"),
+                    self._spec.pool_id,
+                    f"Replica {self._spec.pool_id}/{self._spec.replica_id} on host {self.host} "
+                    f"is gone: {kind.value}.",
+                    level="warning",
+                    pool_id=self._spec.pool_id,
+                    replica_id=self._spec.replica_id,
+                    host=self.host,
+                    exit_kind=kind.value,
+                )
+
+    async def stop(self, timeout_s: float = 10.0) -> int:
+        if self._returncode is None:
+            with contextlib.suppress(RayActorError):
+                self._last_tail = await self.actor.log_tail.remote(20)
+            try:
+                code = int(await self.actor.stop.remote(timeout_s))
+                self._finish(code, ExitKind.EXITED)
+            except RayActorError as exc:
+                self._finish(-signal.SIGKILL, self._classify(exc))
+        self._release()
+        return self._returncode if self._returncode is not None else -signal.SIGKILL
+
+    async def kill(self) -> None:
+        if self._returncode is None:
+            with contextlib.suppress(RayActorError):
+                self._last_tail = await self.actor.log_tail.remote(20)
+            try:
+                self._finish(int(await self.actor.kill.remote()), ExitKind.EXITED)
+            except RayActorError as exc:
+                self._finish(-signal.SIGKILL, self._classify(exc))
+        self._release()
+
+    def _release(self) -> None:
+        with contextlib.suppress(Exception):
+            ray.kill(self.actor, no_restart=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self._returncode is None or not self._last_tail:
+            with contextlib.suppress(RayActorError, GetTimeoutError):
+                self._last_tail = str(ray.get(self.actor.log_tail.remote(lines), timeout=5))
+        return "\n".join(self._last_tail.splitlines()[-lines:])
+
+
+class RayLauncher:
+    """Launches each replica in a detached actor on the host its pool names.
+
+    ``hosts`` lists the hosts in the order re-placement tries them: a replica whose host is
+    gone goes to the first other live host that has every GPU of its mask.
+    """
+
+    def __init__(
+        self,
+        hosts: Sequence[HostSpec],
+        *,
+        address: str | None = None,
+        log_dir: str = "/tmp/llama-orch/logs",
+        placement_timeout_s: float = 30.0,
+        token_file: str | None = None,
+    ) -> None:
+        self.hosts = list(hosts)
+        self.token_file = token_file
+        self.address = address
+        self.log_dir = log_dir
+        self.placement_timeout_s = placement_timeout_s
+        self._agents: dict[str, Any] = {}
+        self._lost_nodes: set[str] = set()
+
+    def connect(self) -> None:
+        if not ray.is_initialized():
+            if self.token_file is not None:
+                # Ray reads its token authentication settings from the environment.
+                os.environ.update(auth_env(self.token_file))
+            ray.init(
+                address=self.address,
+                namespace=NAMESPACE,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+
+    # -- placement --------------------------------------------------------------------------
+
+    def live_nodes(self) -> dict[str, str]:
+        """host name -> Ray node id of every live node that joined as a llama-orch host."""
+        out: dict[str, str] = {}
+        for node in _nodes():
+            if not node.get("Alive") or node["NodeID"] in self._lost_nodes:
+                continue
+            for res in node.get("Resources", {}):
+                if res.startswith("llorch_host_"):
+                    out[res.removeprefix("llorch_host_")] = node["NodeID"]
+        return out
+
+    def _alive(self, node_id: str) -> bool:
+        return any(n["NodeID"] == node_id and n.get("Alive") for n in _nodes())
+
+    def choose_host(self, preferred: str | None, devices: tuple[int, ...]) -> tuple[str, str]:
+        """The preferred host while it is live, else the first live host with the mask's GPUs."""
+        live = self.live_nodes()
+        if preferred is not None and preferred in live:
+            return preferred, live[preferred]
+        for host in self.hosts:
+            if host.name in live and set(devices) <= set(host.gpus):
+                return host.name, live[host.name]
+        names = ", ".join(sorted(live)) or "none"
+        raise LaunchError(
+            f"no live host has GPUs {list(devices)} for this replica (wanted "
+            f"{preferred or 'any'}; live hosts: {names}); join a host with `llorch node join`"
+        )
+
+    # -- the Launcher protocol -----------------------------------------------------------------
+
+    async def launch(self, spec: LaunchSpec) -> RayEngine:
+        self.connect()
+        leaked = [s for s in spec.secrets if s and any(s in a for a in spec.argv)]
+        if leaked:
+            raise LaunchError(
+                f"{spec.pool_id}/{spec.replica_id}: a secret is on the engine's command line; "
+                "pass it through the environment (it would show in every process list)"
+            )
+        host, node_id = self.choose_host(spec.node, spec.devices)
+        name = ENGINE_PREFIX + spec.key
+        with contextlib.suppress(ValueError):
+            # A leftover of an earlier life of this replica (its stop never finished).
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        actor: Any = _RemoteEngine.options(
+            name=name,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            max_restarts=0,
+            max_concurrency=4,
+            num_cpus=0,
+            resources={gpu_resource(i): 1.0 for i in spec.devices},
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        ).remote()
+        argv = _templated(spec)
+        shown = redact_argv(argv, spec.secrets)
+        log_path = os.path.join(self.log_dir, f"{spec.key}.log")
+        ref = actor.start.remote(argv, spec.env, spec.devices, log_path, shown)
+        try:
+            pending = asyncio.wrap_future(ref.future())
+            info = await asyncio.wait_for(pending, self.placement_timeout_s)
+        except TimeoutError:
+            ray.kill(actor, no_restart=True)
+            raise LaunchError(
+                f"{spec.pool_id}/{spec.replica_id} stayed pending {self.placement_timeout_s:.0f} s "
+                f"on host {host}: GPUs {list(spec.devices)} are booked by another replica or "
+                "the host lacks them (see `ray status`)"
+            ) from None
+        except RayActorError as exc:
+            raise LaunchError(f"{spec.pool_id}/{spec.replica_id} on host {host}: {exc}") from exc
+        except OSError as exc:
+            ray.kill(actor, no_restart=True)
+            raise LaunchError(f"cannot start {spec.argv[0]} on host {host}: {exc}") from exc
+        engine = self._engine(spec, actor, host, node_id, info)
+        narrate(
+            "pool-manager",
+            "spawn",
+            spec.pool_id,
+            f"Starts replica {spec.pool_id}/{spec.replica_id} on host {host} as pid "
+            f"{info['pid']} on {engine.endpoint}.",
+            pool_id=spec.pool_id,
+            replica_id=spec.replica_id,
+            host=host,
+            pid=info["pid"],
+            endpoint=engine.endpoint,
+            device_mask=list(spec.devices),
+            argv=shown,
+        )
+        return engine
+
+    def _engine(
+        self, spec: LaunchSpec, actor: Any, host: str, node_id: str, info: Mapping[str, Any]
+    ) -> RayEngine:
+        endpoint = f"http://{info['host']}:{info['port']}"
+        pid, log_path = int(info["pid"]), str(info["log_path"])
+        return RayEngine(
+            spec, actor, node_id, host, pid, endpoint, log_path, self._alive, self._lost_nodes
+        )
+
+    def engine_actors(self) -> list[str]:
+        """Names of the live engine actors of the cluster (this server's and any leftover)."""
+        found = ray.util.list_named_actors(all_namespaces=True)
+        return sorted(
+            a["name"]
+            for a in found
+            if a["namespace"] == NAMESPACE and a["name"].startswith(ENGINE_PREFIX)
+        )
+
+    async def reap_orphans(self) -> list[int]:
+        """Stop the engine actors a previous server left (their replicas start afresh)."""
+        self.connect()
+        stopped: list[int] = []
+        for name in self.engine_actors():
+            with contextlib.suppress(ValueError, RayActorError):
+                actor = ray.get_actor(name, namespace=NAMESPACE)
+                stopped.append(int(await actor.pid.remote()))
+                await actor.stop.remote(5.0)
+                ray.kill(actor, no_restart=True)
+                narrate(
+                    "pool-manager",
+                    "reap",
+                    name.removeprefix(ENGINE_PREFIX),
+                    f"Stops engine actor {name} left by a previous run.",
+                    level="warning",
+                )
+        return stopped
+
+    # -- inventory --------------------------------------------------------------------------
+
+    async def inventories(self, deadline_s: float = 2.0) -> dict[str, dict[str, Any] | None]:
+        """host -> its agent's inventory, or None when it missed the deadline (stale)."""
+        self.connect()
+        live = self.live_nodes()
+        refs: dict[str, Any] = {}
+        for host in self.hosts:
+            if host.name not in live:
+                continue
+            agent = self._agent(host, live[host.name])
+            refs[host.name] = agent.inventory.remote()
+        out: dict[str, dict[str, Any] | None] = {h.name: None for h in self.hosts}
+        for name, ref in refs.items():
+            # A host whose agent fails or misses the deadline is stale: None.
+            try:
+                out[name] = await asyncio.wait_for(asyncio.wrap_future(ref.future()), deadline_s)
+            except (RayError, TimeoutError):
+                # Looked up again next time: a host that rejoined gets a new agent.
+                self._agents.pop(name, None)
+        return out
+
+    def _agent(self, host: HostSpec, node_id: str) -> Any:
+        agent = self._agents.get(host.name)
+        if agent is None:
+            agent = _RemoteAgent.options(
+                name=AGENT_PREFIX + host.name,
+                namespace=NAMESPACE,
+                get_if_exists=True,
+                lifetime="detached",
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            ).remote(host.name, host.gpus, host.simulated_vram)
+            self._agents[host.name] = agent
+        return agent
+
+
+def _nodes() -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return found
+
+
+def _templated(spec: LaunchSpec) -> tuple[str, ...]:
+    """The command with its host and port as placeholders the actor fills on its node."""
+    out: list[str] = []
+    for arg in spec.argv:
+        if arg == str(spec.port):
+            out.append("{port}")
+        elif arg == spec.host:
+            out.append("{host}")
+        else:
+            out.append(arg)
+    return tuple(out)
+
+
+# -- joining a host to the cluster ------------------------------------------------------------
+
+#: Fixed ports of every node (a LAN-only firewall rule allows exactly these; docs/cluster.md).
+HEAD_PORT = 6379
+NODE_PORTS = {
+    "--node-manager-port": 6380,
+    "--object-manager-port": 6381,
+    "--runtime-env-agent-port": 6382,
+    "--dashboard-agent-grpc-port": 6383,
+    "--dashboard-agent-listen-port": 6384,
+    "--metrics-export-port": 6385,
+}
+WORKER_PORTS = (10002, 10100)
+#: Replicas exchange only small results through Ray: a small object store is enough.
+OBJECT_STORE_BYTES = 128 * 2**20
+
+
+class JoinRefused(Exception):
+    """The host cannot join the head; the message says why and what to fix."""
+
+
+def auth_env(token_file: str) -> dict[str, str]:
+    """Ray token authentication with the shared token in ``token_file``."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_file}
+
+
+def head_versions(address: str, timeout_s: float = 5.0) -> dict[str, str]:
+    """The Ray and Python versions the head was started with (its cluster metadata)."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise JoinRefused(f"cannot reach the head at {address}: {exc}") from exc
+    # No public API reads the cluster metadata; `ray start` reads it the same way.
+    from ray._common.usage.usage_lib import get_cluster_metadata
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
+
+    try:
+        meta = get_cluster_metadata(GcsClient(address=address))
+    except Exception as exc:  # RpcError, or an auth failure: both refuse with the cause
+        raise JoinRefused(f"the head at {address} did not answer: {exc}") from exc
+    return {"ray": str(meta["ray_version"]), "python": str(meta["python_version"])}
+
+
+def check_versions(head: Mapping[str, str], here: Mapping[str, str]) -> None:
+    if head["ray"] != here["ray"] or head["python"] != here["python"]:
+        raise JoinRefused(
+            f"version mismatch: the head runs Ray {head['ray']} on Python {head['python']}, "
+            f"this host has Ray {here['ray']} on Python {here['python']}; install the same "
+            "versions here (same llama-orch release, `uv sync --extra cluster`)"
+        )
+
+
+def start_argv(
+    ray_bin: str,
+    *,
+    host: str | None,
+    gpus: int,
+    head: str | None = None,
+    port: int = HEAD_PORT,
+    object_store_bytes: int = OBJECT_STORE_BYTES,
+) -> list[str]:
+    """``ray start`` for a head (``head`` None) or a host joining ``head``: fixed ports, small
+    object store, no dashboard, no usage stats, the host's name and GPUs as resources."""
+    argv = [ray_bin, "start", "--disable-usage-stats", "--num-gpus=0"]
+    argv += ["--head", f"--port={port}", "--include-dashboard=false"] if head is None else []
+    argv += [f"--address={head}"] if head is not None else []
+    argv += [f"{flag}={value}" for flag, value in NODE_PORTS.items()]
+    argv += [f"--min-worker-port={WORKER_PORTS[0]}", f"--max-worker-port={WORKER_PORTS[1]}"]
+    argv.append(f"--object-store-memory={object_store_bytes}")
+    if host is not None:
+        # Compact JSON: one shell word, no quoting needed.
+        resources = json.dumps(node_resources(host, gpus), sort_keys=True, separators=(",", ":"))
+        argv.append(f"--resources={resources}")
+    return argv

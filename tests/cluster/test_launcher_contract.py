@@ -1,0 +1,122 @@
+"""What every launcher does, run against the local and the Ray launcher alike.
+
+The Ray launcher places on host gpu-a of a local Ray cluster; the engines are the fake engines
+launched as real processes (simulated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from llama_orch.pool.launch import (
+    EngineHandle,
+    ExitKind,
+    Launcher,
+    LaunchSpec,
+    LocalLauncher,
+    free_port,
+)
+from llama_orch.pool.launch.ray import RayLauncher
+from tests.support.cluster import HOSTS, engine_actors, engines_running, kill_engine
+from tests.support.engines import engine_healthy, fake_executable, tiny_gguf
+
+# The first test of the package also waits for the cluster to start (about 10-30 s).
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+
+def engine_spec(
+    tmp_path: Path, *, node: str | None, devices: tuple[int, ...] = (1,), replica: str = "r0"
+) -> LaunchSpec:
+    exe = fake_executable(tmp_path / "bin", "llama-server")
+    model = tiny_gguf(tmp_path / "models")
+    port = free_port()
+    argv = (str(exe), "--model", str(model), "--host", "127.0.0.1", "--port", str(port))
+    env = {"LLAMA_API_KEY": "sk-secret-value-123456"}
+    return LaunchSpec(
+        "p0",
+        replica,
+        argv,
+        port,
+        devices=devices,
+        env=env,
+        secrets=(env["LLAMA_API_KEY"],),
+        node=node,
+    )
+
+
+@pytest.fixture(params=["local", "ray"])
+async def launcher(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Launcher, str | None]]:
+    if request.param == "local":
+        yield LocalLauncher(tmp_path / "run"), None
+    else:
+        request.getfixturevalue("cluster")
+        yield RayLauncher(HOSTS, log_dir=str(tmp_path / "logs")), HOSTS[0].name
+    assert [] == engines_running(tmp_path / "bin"), "an engine outlived its test"
+    if request.param == "ray":
+        assert [] == engine_actors(), "an engine actor outlived its replica"
+
+
+async def launched(launcher: tuple[Launcher, str | None], tmp_path: Path) -> EngineHandle:
+    handle = await launcher[0].launch(engine_spec(tmp_path, node=launcher[1]))
+    await engine_healthy(handle.endpoint)
+    return handle
+
+
+class TestLauncherContract:
+    async def test_launch_serves_with_the_mask_and_stops_on_sigterm(
+        self, launcher: tuple[Launcher, str | None], tmp_path: Path
+    ) -> None:
+        """The engine serves on its endpoint, sees only its mask, and exits 0 on stop."""
+        handle = await launched(launcher, tmp_path)
+        assert handle.pid is not None and handle.returncode is None and handle.exit_kind is None
+        assert handle.host == launcher[1]
+        assert "CUDA_VISIBLE_DEVICES=1," in handle.log_tail(5)
+        assert 0 == await handle.stop(timeout_s=10)
+        assert ExitKind.EXITED == handle.exit_kind
+
+    async def test_an_engine_that_dies_is_exited(
+        self, launcher: tuple[Launcher, str | None], tmp_path: Path
+    ) -> None:
+        """Killing the engine process ends ``wait`` with its signal and kind ``exited``."""
+        handle = await launched(launcher, tmp_path)
+        assert handle.pid is not None
+        kill_engine(handle.pid)
+        assert -signal.SIGKILL == await asyncio.wait_for(handle.wait(), 30)
+        assert ExitKind.EXITED == handle.exit_kind
+        await handle.stop(timeout_s=1)
+
+    async def test_kill_leaves_no_process(
+        self, launcher: tuple[Launcher, str | None], tmp_path: Path
+    ) -> None:
+        """``kill`` ends the engine's whole process group at once."""
+        handle = await launched(launcher, tmp_path)
+        await handle.kill()
+        assert handle.returncode is not None
+        assert [] == engines_running(tmp_path / "bin")
+
+    async def test_the_next_start_stops_what_a_crashed_run_left(
+        self, launcher: tuple[Launcher, str | None], tmp_path: Path
+    ) -> None:
+        """A replica left running by a server that died is stopped by the next start-up."""
+        handle = await launched(launcher, tmp_path)
+        first, host = launcher
+        again: Launcher
+        if isinstance(first, LocalLauncher):
+            again = LocalLauncher(first.run_dir)
+        else:
+            again = RayLauncher(HOSTS, log_dir=str(tmp_path / "logs"))
+        assert [handle.pid] == await again.reap_orphans()
+        for _ in range(200):
+            if not engines_running(tmp_path / "bin"):
+                break
+            await asyncio.sleep(0.05)
+        assert [] == engines_running(tmp_path / "bin")
+        await handle.stop(timeout_s=1)
+        del host

@@ -1,0 +1,90 @@
+"""`llorch node join` and `llorch node head`: the `ray start` they run, the version check
+against a real head, and the refusals (token file, unreachable head)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from llama_orch.pool.launch.ray import JoinRefused, check_versions, versions
+from tests.e2e.test_cli import run
+from tests.support.cluster import LocalCluster
+
+# The first test of the package also waits for the cluster to start (about 10-30 s).
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+
+def _token(tmp_path: Path, mode: int = 0o600) -> Path:
+    token = tmp_path / "cluster.token"
+    token.write_text("t" * 43 + "\n")
+    token.chmod(mode)
+    return token
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class TestNodeJoin:
+    async def test_join_checks_the_head_and_starts_ray_with_the_hosts_gpus(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        token = _token(tmp_path)
+        code, out, err = await run(
+            "node", "join", "--head", cluster.address, "--token-file", str(token),
+            "--name", "gpu-c", "--gpus", "2", "--dry-run",
+        )  # fmt: skip
+        assert 0 == code, err
+        env, _, command = out.strip().partition(" ")
+        assert f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token}" == f"{env} {command.split()[0]}"
+        argv = command.split()[1:]
+        assert argv[1:3] == ["start", "--disable-usage-stats"]
+        assert f"--address={cluster.address}" in argv
+        assert "--node-manager-port=6380" in argv and "--max-worker-port=10100" in argv
+        resources = next(a for a in argv if a.startswith("--resources="))
+        assert {"llorch_host_gpu-c": 1.0, "llorch_gpu_0": 1.0, "llorch_gpu_1": 1.0} == json.loads(
+            resources.removeprefix("--resources=")
+        )
+        assert "token" not in " ".join(argv).replace("RAY_AUTH", "")
+
+    async def test_head_has_no_dashboard(self, tmp_path: Path) -> None:
+        code, out, _ = await run(
+            "node", "head", "--no-gpus", "--token-file", str(_token(tmp_path)), "--dry-run"
+        )
+        assert 0 == code
+        assert "--head --port=6379 --include-dashboard=false" in out
+        assert "--resources" not in out
+
+    async def test_a_token_others_can_read_is_refused(self, tmp_path: Path) -> None:
+        token = _token(tmp_path, 0o644)
+        code, _, err = await run(
+            "node", "join", "--head", "127.0.0.1:6379", "--token-file", str(token), "--gpus", "1"
+        )
+        assert 1 == code and f"run `chmod 600 {token}`" in err
+
+    async def test_an_unreachable_head_is_refused(self, tmp_path: Path) -> None:
+        head = f"127.0.0.1:{_closed_port()}"
+        code, _, err = await run(
+            "node", "join", "--head", head, "--token-file", str(_token(tmp_path)), "--gpus", "1"
+        )
+        assert 1 == code and f"cannot reach the head at {head}" in err
+        assert "Traceback" not in err
+
+
+def test_a_version_mismatch_names_both_versions() -> None:
+    here = versions()
+    with pytest.raises(JoinRefused) as info:
+        check_versions({"ray": "2.9.3", "python": "3.10.12"}, here)
+    assert (
+        f"the head runs Ray 2.9.3 on Python 3.10.12, this host has Ray {here['ray']} on "
+        f"Python {here['python']}"
+    ) in str(info.value)
+    check_versions(dict(here), here)
+    assert os.environ.get("RAY_AUTH_MODE") is None

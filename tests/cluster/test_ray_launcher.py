@@ -1,0 +1,142 @@
+"""The Ray launcher on a local cluster: placement on the named host and its GPUs, pending
+masks, actor death, host loss and re-placement, remote inventory (simulated GPUs)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+import ray
+
+from llama_orch.pool.launch import ExitKind, LaunchError
+from llama_orch.pool.launch.ray import NAMESPACE, RayLauncher, gpu_resource
+from tests.cluster.test_launcher_contract import engine_spec
+from tests.support.cluster import HOSTS, LocalCluster, engines_running
+from tests.support.engines import engine_healthy
+
+# The first test of the package also waits for the cluster to start (about 10-30 s).
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+
+def _launcher(tmp_path: Path, timeout_s: float = 30.0) -> RayLauncher:
+    return RayLauncher(HOSTS, log_dir=str(tmp_path / "logs"), placement_timeout_s=timeout_s)
+
+
+async def _gone(tmp_path: Path) -> list[int]:
+    for _ in range(200):
+        if not engines_running(tmp_path / "bin"):
+            return []
+        await asyncio.sleep(0.05)
+    return engines_running(tmp_path / "bin")
+
+
+class TestPlacement:
+    async def test_the_mask_lands_on_the_named_host(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        """The actor runs on gpu-b's node and books exactly GPU 1 there; GPU 0 stays free."""
+        launcher = _launcher(tmp_path)
+        handle = await launcher.launch(engine_spec(tmp_path, node="gpu-b"))
+        try:
+            await engine_healthy(handle.endpoint)
+            assert "gpu-b" == handle.host
+            assert cluster.nodes["gpu-b"].node_id == handle.node_id
+            assert "CUDA_VISIBLE_DEVICES=1," in handle.log_tail(5)
+            available = ray.available_resources()
+            # Of the two hosts' GPUs 0 and 1, only the one GPU 1 is booked.
+            assert 2.0 == available[gpu_resource(0)]
+            assert 1.0 == available.get(gpu_resource(1), 0.0)
+        finally:
+            assert 0 == await handle.stop(timeout_s=10)
+        assert [] == await _gone(tmp_path)
+
+    async def test_a_double_booked_mask_stays_pending_and_times_out(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        """A second replica asking for a GPU in use waits, then fails saying why."""
+        first = await _launcher(tmp_path).launch(engine_spec(tmp_path, node="gpu-a"))
+        impatient = _launcher(tmp_path, timeout_s=2.0)
+        try:
+            with pytest.raises(LaunchError, match=r"stayed pending 2 s on host gpu-a: GPUs \[1\]"):
+                await impatient.launch(engine_spec(tmp_path, node="gpu-a", replica="r1"))
+            names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+            assert "llorch-engine-p0-r1" not in names
+        finally:
+            await first.stop(timeout_s=10)
+        assert [] == await _gone(tmp_path)
+
+    async def test_a_secret_on_the_command_line_is_refused(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        spec = engine_spec(tmp_path, node="gpu-a")
+        leaky = type(spec)(
+            spec.pool_id,
+            spec.replica_id,
+            (*spec.argv, "--api-key", spec.secrets[0]),
+            spec.port,
+            secrets=spec.secrets,
+            node="gpu-a",
+        )
+        with pytest.raises(LaunchError, match="through the environment"):
+            await _launcher(tmp_path).launch(leaky)
+
+
+class TestFailures:
+    async def test_a_killed_actor_is_actor_died_and_takes_its_engine(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        launcher = _launcher(tmp_path)
+        handle = await launcher.launch(engine_spec(tmp_path, node="gpu-a"))
+        await engine_healthy(handle.endpoint)
+        ray.kill(ray.get_actor("llorch-engine-p0-r0", namespace=NAMESPACE), no_restart=True)
+        assert -signal.SIGKILL == await asyncio.wait_for(handle.wait(), 30)
+        assert ExitKind.ACTOR_DIED == handle.exit_kind
+        assert [] == await _gone(tmp_path)
+
+    async def test_a_lost_host_is_node_lost_and_the_replica_goes_elsewhere(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        """Removing gpu-a ends its replica as node_lost, leaves no engine behind, and the next
+        launch of the same replica lands on gpu-b, the other host with GPU 1."""
+        launcher = _launcher(tmp_path)
+        spec = engine_spec(tmp_path, node="gpu-a")
+        handle = await launcher.launch(spec)
+        await engine_healthy(handle.endpoint)
+        cluster.remove("gpu-a")
+        await asyncio.wait_for(handle.wait(), 30)
+        assert ExitKind.NODE_LOST == handle.exit_kind
+        await handle.stop(timeout_s=1)
+        assert [] == await _gone(tmp_path)
+        again = await launcher.launch(spec)
+        try:
+            await engine_healthy(again.endpoint)
+            assert "gpu-b" == again.host
+        finally:
+            await again.stop(timeout_s=10)
+        assert [] == await _gone(tmp_path)
+
+
+class TestInventory:
+    async def test_each_host_reports_its_gpus_and_a_lost_one_is_stale(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        launcher = _launcher(tmp_path)
+        found = await launcher.inventories(deadline_s=30)
+        for host in HOSTS:
+            inv = found[host.name]
+            assert inv is not None and inv["simulated"] and inv["host"] == host.name
+            assert [0, 1] == [d["index"] for d in inv["devices"]]
+            assert cluster.nodes[host.name].node_id == inv["node_id"]
+        cluster.remove("gpu-b")
+        # Stale once the head has noticed the host is gone (a few health checks).
+        for _ in range(100):
+            found = await launcher.inventories(deadline_s=1)
+            if found["gpu-b"] is None:
+                break
+            await asyncio.sleep(0.1)
+        assert None is found["gpu-b"] and found["gpu-a"] is not None
+        cluster.restore()
+        rejoined = (await launcher.inventories(deadline_s=30))["gpu-b"]
+        assert rejoined is not None and cluster.nodes["gpu-b"].node_id == rejoined["node_id"]
