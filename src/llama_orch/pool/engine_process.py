@@ -414,6 +414,15 @@ class ReplicaEngine:
         try:
             handle = await self._launch(state.prepared, state.model_path)
         except (LaunchError, ProvisionError) as exc:
+            narrate(
+                "pool-manager",
+                "launch-failed",
+                cfg.id,
+                f"Cannot launch {cfg.id}/{self.replica_id}: {exc}"[:200],
+                level="warning",
+                pool_id=cfg.id,
+                replica_id=self.replica_id,
+            )
             self._lost(f"launch failed: {exc}", True, True)
             return "launch_failed"
         self.handle = handle
