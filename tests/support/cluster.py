@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ class LocalCluster:
         for host in HOSTS:
             if host.name not in self.nodes:
                 self.add(host)
+        wait_live(self.address)
 
 
 def start_cluster() -> Iterator[LocalCluster]:
@@ -79,10 +81,23 @@ def start_cluster() -> Iterator[LocalCluster]:
         for host in HOSTS:
             local.add(host)
         RayLauncher([], address=local.address).connect()
+        wait_live(local.address)
         yield local
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def wait_live(address: str, timeout_s: float = 60.0) -> None:
+    """Until Ray reports every host alive with its resources: a node that registered is not
+    always listed as alive at once, and a launch in that moment finds no live host."""
+    launcher = RayLauncher(list(HOSTS), address=address)
+    deadline = time.monotonic() + timeout_s
+    wanted = {host.name for host in HOSTS}
+    while not wanted <= set(launcher.live_nodes()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"hosts {sorted(wanted)} not all alive after {timeout_s:.0f} s")
+        time.sleep(0.1)
 
 
 def _children(pid: int) -> list[int]:
