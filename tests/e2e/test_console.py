@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import playwright.sync_api as playwright_sync
 import pytest
 import yaml
 
@@ -19,7 +20,6 @@ from tests.support.browser import CHROMIUM, LAUNCH_ARGS, NEEDS_CHROMIUM, WAIT_MS
 from tests.support.serve_process import ServeProcess, serve_process
 from tests.support.server import task_body
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
 
 ROOT = Path(__file__).resolve().parents[2]

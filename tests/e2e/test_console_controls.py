@@ -9,13 +9,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
+import playwright.async_api as async_api
 
 from tests.support.browser import CHROMIUM, LAUNCH_ARGS, NEEDS_CHROMIUM, WAIT_MS
 from tests.support.gguf_files import tiny_llama_gguf
 from tests.support.server import config_of, mock_pool, running_server, task_body
 
-async_api = pytest.importorskip("playwright.async_api")
 pytestmark = NEEDS_CHROMIUM
 
 

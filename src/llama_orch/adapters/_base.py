@@ -220,8 +220,18 @@ class HttpAdapter:
         )
 
     def embed_result(self, request: EmbedRequest, answer: Any) -> EmbedResult:
-        """The engine's JSON answer to ``embed_call`` in the common shape."""
-        raise NotImplementedError
+        """The engine's JSON answer to ``embed_call`` in the common shape.
+
+        Only adapters that route embeddings (override ``embed_call``) get answers to read; for
+        the others ``embed_call`` has already refused, and this refuses the same way.
+        """
+        self.embed_call(request)
+        raise WorkerInternal(
+            f"{self.engine.value} adapter routes {request.workload.value} calls but cannot "
+            "read their answers",
+            engine=self.engine.value,
+            pool_id=self.pool_id,
+        )
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         """One embedding or rerank call: the whole answer is one JSON document.
