@@ -6,6 +6,7 @@ import pytest
 import structlog
 
 from llama_orch.observability.logging import reset_logging
+from tests.support.log_scan import LOG_SCAN
 from tests.support.narration import COVERAGE, COVERAGE_GATE, NarrationLog
 
 
@@ -40,7 +41,12 @@ def narration() -> Iterator[NarrationLog]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Report the share of key events that carried narration (D-OBS-02)."""
+    """Report the share of key events that carried narration (D-OBS-02) and the log scan."""
+    if LOG_SCAN.logs:
+        terminalreporter.write_sep("-", "logs")
+        terminalreporter.write_line(
+            LOG_SCAN.summary(), **({"red": True} if LOG_SCAN.leaks else {"green": True})
+        )
     if not COVERAGE.key_events:
         return
     terminalreporter.write_sep("-", "narration")

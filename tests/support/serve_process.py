@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.support.log_scan import LOG_SCAN, secrets_of
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -67,6 +69,7 @@ def serve_process(
         yield ServeProcess(url, process, log_path)
     finally:
         stop(process)
+    LOG_SCAN.check_file(log_path, secrets_of(config, env))
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

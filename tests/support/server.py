@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import tempfile
 import uuid
@@ -24,6 +25,7 @@ from llama_orch.errors import NotFound
 from llama_orch.observability.logging import configure_logging
 from llama_orch.server.app import create_app, redactor_of
 from llama_orch.server.deps import AppDeps
+from tests.support.log_scan import LOG_SCAN, secrets_of
 
 SIMULATED_GPUS = {
     "simulated": [
@@ -178,6 +180,9 @@ async def running_server(
         finally:
             server.should_exit = True
             await serve
+    if isinstance(log_stream, io.StringIO):
+        secrets = secrets_of(config.model_dump(mode="json"), environ)
+        LOG_SCAN.check("in-process server", log_stream.getvalue().splitlines(), secrets)
 
 
 def yaml_config(config: dict[str, Any]) -> str:
