@@ -128,34 +128,37 @@ def test_haiku_streams_started_tokens_end(real_run: RealRun) -> None:
 
 @pytest.mark.timeout(600)
 def test_corpus_replays_byte_exact_on_both_engines(real_run: RealRun, tmp_path: Path) -> None:
-    """The corpus streams the same bytes twice on one llama-server and once on the other."""
+    """The corpus streams the same bytes twice on one llama-server, once more there with
+    micro-batched frames, and once on the other llama-server."""
     url = real_run.server.url
 
-    def corpus_on(pool_id: str) -> Any:
+    def corpus_on(pool_id: str, *, batched: bool = False) -> Any:
+        overrides = pinned(pool_id)
         return run_corpus(
-            real_run.server, "llamacpp", batched=False, overrides=pinned(pool_id), parallel=4
-        )
+            real_run.server, "llamacpp", batched=batched, overrides=overrides, parallel=4
+        )[1]
 
-    _, first = corpus_on("real-a")
-    _, again = corpus_on("real-a")
-    _, other = corpus_on("real-b")
+    first, again = corpus_on("real-a"), corpus_on("real-a")
+    batched, other = corpus_on("real-a", batched=True), corpus_on("real-b")
     caps = httpx.get(f"{url}/v1/capabilities", timeout=10).json()
     pool = next(p for p in caps["pools"] if p["pool_id"] == "real-a")
+    runs = {"first": first, "again": again, "microbatch": batched, "other_engine": other}
     out = Path(os.environ.get("LLORCH_PROOF_DIR", tmp_path)) / "determinism"
-    record("llamacpp-real", pool, {"first": first, "again": again, "other_engine": other}, out)
+    record("llamacpp-real", pool, runs, out)
     differences = [
         first_difference(label, case, first[i], run[i])
-        for label, run in (("same engine", again), ("other engine", other))
+        for label, run in runs.items()
         for i, case in enumerate(CORPUS)
-        if first[i].text != run[i].text or first[i].counts != run[i].counts
+        if first[i].text != run[i].text or sum(first[i].counts) != sum(run[i].counts)
     ]
     assert [] == differences, "\n".join(differences[:10])
-    for stream in (*first, *again, *other):
+    for stream in (*first, *again, *batched, *other):
         check_frames(stream)
+    assert all(set(s.counts) == {1} for s in first + again + other)
     # The tiny model cannot sample EOS: every case runs to its max_tokens.
     assert [c["max_tokens"] for c in CORPUS] == [sum(s.counts) for s in first]
     assert len({s.text for s in first}) > len(CORPUS) // 2, "the seeds barely matter"
-    print(f"\n{len(CORPUS)} cases x 3 runs byte-exact; outputs in {out / 'llamacpp-real.json'}")
+    print(f"\n{len(CORPUS)} cases x 4 runs byte-exact; outputs in {out / 'llamacpp-real.json'}")
 
 
 def test_cancel_stops_the_engine_and_frees_its_slot(real_run: RealRun) -> None:
