@@ -7,7 +7,7 @@ protocol, and everything it serves is labelled simulated. The product never buil
 a CPU engine (its source provider refuses ``GGML_CUDA=OFF``).
 
 The build lives under ``<engine cache>/llamacpp-cpu/<sha256[:12]>-<flags digest>/`` and is
-reused when its ``bin/llama-server`` exists. Run it on its own with
+reused once a build there has succeeded. Run it on its own with
 ``python -m tests.real.llama_build`` (prints the binary's path).
 """
 
@@ -119,8 +119,11 @@ async def ensure_llama_server(root: Path | None = None) -> RealLlama:
     root = root or cache_root()
     work = build_dir(root)
     binary = work / "build" / "bin" / "llama-server"
+    # Written after a build succeeded: an interrupted build leaves no stamp and runs again
+    # (CMake then redoes only what is missing).
+    stamp = work / "built"
     version = f"llamacpp-cpu:{SDIST_VERSION}+{SDIST_SHA256[:12]}"
-    if binary.exists():
+    if binary.exists() and stamp.exists():
         return RealLlama(binary, version, 0.0)
     for tool, package in (("cmake", "cmake"), ("c++", "g++")):
         if shutil.which(tool) is None:
@@ -147,6 +150,7 @@ async def ensure_llama_server(root: Path | None = None) -> RealLlama:
     )
     if not binary.exists():
         raise ProvisionError("build", f"the build finished without {binary}; see {log}")
+    stamp.write_text(version + "\n", encoding="utf-8")
     return RealLlama(binary, version, time.monotonic() - started)
 
 
