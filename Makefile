@@ -11,11 +11,13 @@ STAMP := $(VENV)/.synced
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help setup promtool registry chromium run test lint fmt schema bench proof clean
+.PHONY: help setup promtool registry chromium buildtools run test test-real lint fmt schema bench proof \
+  clean
 
 help:
 	@echo "make run     set up, then serve $(CONFIG) on 127.0.0.1:8080"
 	@echo "make test    set up, then run the whole test suite"
+	@echo "make test-real  build a CPU llama.cpp once and run the real-engine checks (simulated)"
 	@echo "make lint    ruff, mypy (package and bench) and the import layering contract"
 	@echo "make schema  regenerate contracts/ (config schema and OpenAPI)"
 	@echo "make bench   run the benchmarks in bench/"
@@ -57,11 +59,23 @@ chromium:
 registry:
 	$(call apt_tool,docker-registry,docker-registry,the oci catalog tests)
 
+# cmake and a C++ compiler build the CPU llama-server that `make test-real` runs.
+buildtools:
+	$(call apt_tool,cmake,cmake,the real llama.cpp build)
+	$(call apt_tool,g++,g++,the real llama.cpp build)
+
 run: setup
 	$(VENV)/bin/llorch serve --config $(CONFIG)
 
 test: setup promtool registry chromium
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The real llama.cpp checks (tests/real): build llama-server from the pinned llama.cpp source
+# once into the engine cache (a CPU build, simulated), then run them. With REQUIRE_REAL_LLAMA=1
+# a failed build fails the run; without it the checks skip and say why.
+test-real: setup buildtools
+	$(VENV)/bin/python -m tests.real.llama_build || [ "$${REQUIRE_REAL_LLAMA:-0}" != 1 ]
+	$(VENV)/bin/python -m pytest tests/real --real-llama $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

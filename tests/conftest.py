@@ -40,6 +40,24 @@ def narration() -> Iterator[NarrationLog]:
     COVERAGE.observe_all(logs)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--real-llama",
+        action="store_true",
+        help="run the real llama.cpp checks (tests marked real_llama; make test-real)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The real llama.cpp checks are opt-in: they need a built llama-server (make test-real)."""
+    if config.getoption("--real-llama"):
+        return
+    skip = pytest.mark.skip(reason="real llama.cpp checks are opt-in: make test-real")
+    for item in items:
+        if "real_llama" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Report the share of key events that carried narration (D-OBS-02) and the log scan."""
     if LOG_SCAN.logs:

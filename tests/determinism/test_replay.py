@@ -6,7 +6,7 @@ after the server restarts. Every run must stream the same bytes, token by token,
 outputs are recorded with the engine version, sampler profile and model digest the server
 reports (under ``$LLORCH_PROOF_DIR/determinism/`` when set, for proof bundles).
 
-A real llama.cpp is not part of this suite; see docs/testing.md.
+A real llama.cpp replays the same corpus in ``tests/real`` (``make test-real``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,8 +107,14 @@ def wait_ready(url: str) -> dict[str, Any]:
     raise AssertionError(f"pool det never became ready: {health}")
 
 
-async def _one(client: httpx.AsyncClient, kind: str, case: dict[str, Any], batched: bool) -> Any:
-    body = {
+async def _one(
+    client: httpx.AsyncClient,
+    kind: str,
+    case: dict[str, Any],
+    batched: bool,
+    overrides: Mapping[str, Any],
+) -> Any:
+    body: dict[str, Any] = {
         "task_id": str(uuid.uuid4()),
         "session_id": str(uuid.uuid4()),
         "workload": "completion",
@@ -124,6 +130,7 @@ async def _one(client: httpx.AsyncClient, kind: str, case: dict[str, Any], batch
     }
     if "sampling" in case:
         body["sampling"] = case["sampling"]
+    body.update(overrides)
     admitted = await client.post("/v1/tasks", json=body)
     assert 202 == admitted.status_code, admitted.text
     params = {"microbatch": "true"} if batched else {"microbatch": "false"}
@@ -143,20 +150,30 @@ async def _one(client: httpx.AsyncClient, kind: str, case: dict[str, Any], batch
     return body["task_id"], Stream(tuple(texts), tuple(indices), tuple(counts))
 
 
-async def _run(url: str, kind: str, batched: bool) -> tuple[list[str], list[Stream]]:
-    gate = asyncio.Semaphore(PARALLEL)
+async def _run(
+    url: str, kind: str, batched: bool, overrides: Mapping[str, Any], parallel: int
+) -> tuple[list[str], list[Stream]]:
+    gate = asyncio.Semaphore(parallel)
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
 
         async def bounded(case: dict[str, Any]) -> Any:
             async with gate:
-                return await _one(client, kind, case, batched)
+                return await _one(client, kind, case, batched, overrides)
 
         results = await asyncio.gather(*(bounded(case) for case in CORPUS))
     return [r[0] for r in results], [r[1] for r in results]
 
 
-def run_corpus(server: ServeProcess, kind: str, *, batched: bool) -> tuple[list[str], list[Stream]]:
-    return asyncio.run(_run(server.url, kind, batched))
+def run_corpus(
+    server: ServeProcess,
+    kind: str,
+    *,
+    batched: bool,
+    overrides: Mapping[str, Any] | None = None,
+    parallel: int = PARALLEL,
+) -> tuple[list[str], list[Stream]]:
+    """Every case once; ``overrides`` replace fields of each task body (model, placement)."""
+    return asyncio.run(_run(server.url, kind, batched, overrides or {}, parallel))
 
 
 def first_difference(label: str, case: dict[str, Any], want: Stream, got: Stream) -> str:

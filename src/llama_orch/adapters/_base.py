@@ -55,8 +55,8 @@ from llama_orch.vocab import Engine
 _BODY_QUOTE = 300
 #: How long to wait for the body's end once the terminal event arrived.
 _DRAIN_S = 1.0
-#: Headers of every generate request.
-_GENERATE: Final = {"content-type": "application/json", "accept": "text/event-stream"}
+#: Headers of a generate request (an adapter may add to them).
+GENERATE_HEADERS: Final = {"content-type": "application/json", "accept": "text/event-stream"}
 #: Headers of every embedding and rerank request (answered with one JSON document).
 _EMBED: Final = {"content-type": "application/json", "accept": "application/json"}
 
@@ -164,6 +164,8 @@ class HttpAdapter:
     """Base class; subclasses set ``engine_kind`` and implement the engine-specific parts."""
 
     engine_kind: ClassVar[Engine]
+    #: Headers of every generation request; an engine may add its own.
+    generate_headers: ClassVar[Mapping[str, str]] = GENERATE_HEADERS
 
     def __init__(
         self,
@@ -321,7 +323,7 @@ class HttpAdapter:
         path, body = self.generate_call(request)
         engine = self.engine.value
         where = f"POST {path}"
-        response = await self._open(path, body, where)
+        response = await self._open(path, body, where, headers=self.generate_headers)
         try:
             if response.status >= 400:
                 with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
@@ -384,7 +386,7 @@ class HttpAdapter:
         body: dict[str, Any],
         where: str,
         *,
-        headers: Mapping[str, str] = _GENERATE,
+        headers: Mapping[str, str],
     ) -> UpstreamResponse:
         """Send the generate request; its headers must arrive within ``first_byte_timeout_ms``."""
         engine = self.engine.value

@@ -12,6 +12,7 @@ import hashlib
 from typing import Any
 
 from llama_orch.adapters._base import (
+    GENERATE_HEADERS,
     HttpAdapter,
     ParserBase,
     StreamParser,
@@ -66,6 +67,10 @@ class _Parser(ParserBase):
 
 class LlamaCppAdapter(OpenAIEmbedRoutes, HttpAdapter):
     engine_kind = Engine.LLAMACPP
+    # llama-server closes the connection after every streamed /completion while its headers
+    # say keep-alive; a pooled connection reused before that close arrives fails the next
+    # task's request. So the generation connection is never pooled.
+    generate_headers = {**GENERATE_HEADERS, "connection": "close"}
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)

@@ -152,6 +152,7 @@ class Runner:
                 int(event.data.get("tokens_in", 0)), version if isinstance(version, str) else None
             )
         elif kind == "end":
+            task.engine_read(event.data.get("tokens_in"))
             self._endings.done(task, replica)
         elif kind == "error":
             raise event.error or WorkerReset("the engine reported an error without details")

@@ -150,6 +150,13 @@ class Task:
         if engine_version is not None:
             self.engine_version = engine_version
 
+    def engine_read(self, tokens_in: object) -> None:
+        """The engine's own count of the prompt it read, which most engines report only in
+        their final event; a count given at start is kept when the end brings none."""
+        self._require("record the prompt count of", TaskState.RUNNING)
+        if type(tokens_in) is int and tokens_in > 0:
+            self.tokens_in = tokens_in
+
     def record_tokens(self, texts: Sequence[str], now: float) -> bool:
         """Publish consecutive tokens; True when they are the task's first ones."""
         if self.state is not TaskState.RUNNING:  # inline: this runs per upstream read

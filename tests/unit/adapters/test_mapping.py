@@ -127,6 +127,15 @@ class TestParameterMapping:
 
 
 class TestRoutes:
+    async def test_llamacpp_generation_connection_is_not_pooled(self) -> None:
+        """llama-server closes the connection after a streamed /completion although its
+        headers say keep-alive; the adapter asks for that close, so no task is sent on a
+        connection the engine is closing."""
+        async with fake_and_adapter("llamacpp") as (fake, adapter):
+            await collect(adapter, request(max_tokens=2))
+        record = fake.requests[-1]
+        assert ("/completion", "close") == (record.path, record.headers.get("connection"))
+
     async def test_vllm_chat_route(self) -> None:
         """upstream_api: chat sends the prompt as one user message to chat completions."""
 

@@ -64,6 +64,17 @@ class TestTransitions:
         )
         assert (TaskState.DONE, True) == (task.state, task.stream.closed)
 
+    @pytest.mark.parametrize(("at_end", "published"), [(31, 31), (None, 7), (0, 7), ("9", 7)])
+    def test_the_engines_final_prompt_count_wins(self, at_end: object, published: int) -> None:
+        """Engines that count the prompt only in their final event (llama.cpp, vLLM, TGI)
+        still publish it in end; a missing or malformed count keeps the one from start."""
+        task = started(new_task())
+        task.engine_started(7, None)
+        task.engine_read(at_end)
+        task.finish(2.0)
+        _, data = task.stream.entries[-1]  # type: ignore[misc]
+        assert published == orjson.loads(data)["tokens_in"]
+
     @pytest.mark.parametrize(
         ("setup", "step"),
         [
@@ -74,6 +85,7 @@ class TestTransitions:
             ("ended", lambda t: t.fail(1.0, WorkerReset("x"))),
             ("ended", lambda t: t.record_tokens(["x"], 1.0)),
             ("ended", lambda t: t.engine_started(1, None)),
+            ("ended", lambda t: t.engine_read(1)),
         ],
     )
     def test_illegal_transitions_raise(self, setup: str, step: object) -> None:
