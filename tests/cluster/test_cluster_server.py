@@ -4,13 +4,18 @@ health and capabilities say where each replica runs (simulated GPUs, fake llama-
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 
 from llama_orch.config import Config
+from llama_orch.pool.launch.ray import AGENT_PREFIX, NAMESPACE
 from tests.support.cluster import HOSTS, LocalCluster, engines_running
 from tests.support.launched import (
     LaunchedSetup,
@@ -31,10 +36,12 @@ def setup(tmp_path: Path) -> Iterator[LaunchedSetup]:
         yield s
 
 
-def _cluster_config(setup: LaunchedSetup, cluster: LocalCluster, pool: dict[str, Any]) -> Config:
+def _cluster_config(
+    setup: LaunchedSetup, cluster: LocalCluster, *pools: dict[str, Any], **options: Any
+) -> Config:
     base = setup.config().model_dump(mode="json", exclude_unset=True)
-    base["pools"] = [pool]
-    base["cluster"] = {"address": cluster.address, "placement_timeout_ms": 20_000}
+    base["pools"] = list(pools)
+    base["cluster"] = {"address": cluster.address, "placement_timeout_ms": 20_000, **options}
     base["hosts"] = [
         {"name": h.name, "gpus": list(h.gpus), "simulated_vram_bytes": h.simulated_vram}
         for h in HOSTS
@@ -81,4 +88,58 @@ class TestClusterServer:
             assert 1 == health["restart_count"]
             metrics = (await server.client.get("/metrics")).text
             assert 'pool_restarts_total{pool_id="lp",reason="node_lost"} 1.0' in metrics
+        assert [] == engines_running(tmp_path / "engines")
+
+
+@contextlib.contextmanager
+def _agent_frozen(host: str) -> Iterator[None]:
+    """The host's inventory agent stops answering (its process stopped) while the host, its
+    engines and Ray's own health checks carry on: a hung agent, as a wedged NVML call makes."""
+    agent = ray.get_actor(AGENT_PREFIX + host, namespace=NAMESPACE)
+    pid = int(ray.get(agent.inventory.remote(), timeout=30)["pid"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _stale(value: bool) -> Any:
+    def check(health: dict[str, Any]) -> bool:
+        replica = health["metrics"]["replicas"][0]
+        return bool(health["ready"]) and replica["stale"] is value
+
+    return check
+
+
+class TestHostInventory:
+    async def test_a_host_whose_agent_stops_answering_takes_no_new_work(
+        self, cluster: LocalCluster, setup: LaunchedSetup, tmp_path: Path
+    ) -> None:
+        """gpu-a's agent misses its deadline: its replica turns stale (health and the
+        ``cluster_host_stale`` gauge name the host) and, as its pool's only replica, the pool
+        refuses tasks retriably; once the agent answers again, the replica is placeable and a
+        task runs."""
+        pool = setup.pool(slots=1, devices=[1], host="gpu-a")
+        config = _cluster_config(
+            setup, cluster, pool, inventory_interval_ms=200, inventory_deadline_ms=500
+        )
+        async with running_server(config) as server:
+            await wait_health(server, "lp", _on("gpu-a"))
+            await wait_health(server, "lp", _stale(False))
+            task = llama_task(setup.model, max_tokens=3)
+            with _agent_frozen("gpu-a"):
+                health = await wait_health(server, "lp", _stale(True))
+                assert "gpu-a" == health["metrics"]["replicas"][0]["host"]
+                metrics = (await server.client.get("/metrics")).text
+                assert 'cluster_host_stale{host="gpu-a"} 1.0' in metrics
+                refused = await server.submit(task)
+                assert 503 == refused.status_code
+                assert "POOL_UNREADY" == refused.json()["code"] and refused.json()["retriable"]
+            await wait_health(server, "lp", _stale(False))
+            assert 202 == (await server.submit(task)).status_code
+            frames = await server.stream(task["task_id"])
+            assert "end" == frames[-1][0]
+            metrics = (await server.client.get("/metrics")).text
+            assert 'cluster_host_stale{host="gpu-a"} 0.0' in metrics
         assert [] == engines_running(tmp_path / "engines")

@@ -228,6 +228,10 @@ class ClusterConfig(_Strict):
     placement_timeout_ms: PositiveInt = 60_000
     #: The cluster token (mode 0600) every node started with (Ray token authentication).
     token_file: str | None = None
+    #: How often every host's agent is asked for its GPU inventory.
+    inventory_interval_ms: PositiveInt = 2_000
+    #: A host whose agent has not answered within this is stale: its replicas take no new work.
+    inventory_deadline_ms: PositiveInt = 1_000
 
 
 class MockEngineConfig(_Strict):

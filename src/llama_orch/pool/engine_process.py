@@ -39,6 +39,7 @@ from llama_orch.observability.narration import narrate
 from llama_orch.pool.launch import (
     EngineHandle,
     ExitKind,
+    HostInventories,
     Launcher,
     LaunchError,
     LaunchSpec,
@@ -197,6 +198,8 @@ class Supervision:
     allocate_port: Callable[[], int] = free_port
     #: Total VRAM of a device mask in bytes (None: unknown, no fit check).
     vram_of: Callable[[tuple[int, ...]], int] | None = None
+    #: The cluster hosts' inventories (None: every engine runs on this machine).
+    hosts: HostInventories | None = None
 
 
 @dataclass(slots=True)

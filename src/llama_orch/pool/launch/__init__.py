@@ -11,6 +11,7 @@ from __future__ import annotations
 from llama_orch.pool.launch._types import (
     EngineHandle,
     ExitKind,
+    HostInventories,
     Launcher,
     LaunchError,
     LaunchSpec,
@@ -21,6 +22,7 @@ from llama_orch.pool.launch.local import LocalLauncher, free_port
 __all__ = [
     "EngineHandle",
     "ExitKind",
+    "HostInventories",
     "LaunchError",
     "LaunchSpec",
     "Launcher",

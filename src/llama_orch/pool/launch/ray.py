@@ -41,6 +41,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from llama_orch.observability.narration import narrate
+from llama_orch.pool.gpus import Gpu, GpuInventory
 from llama_orch.pool.launch._types import ExitKind, LaunchError, LaunchSpec, redact_argv
 
 #: Ray namespace of every llama-orch actor (detached actors are found again by name in it).
@@ -192,27 +193,61 @@ class HostAgent:
 
     def inventory(self) -> dict[str, Any]:
         node = ray.get_runtime_context().get_node_id()
+        found: dict[str, Any] = {"host": self._host, "node_id": node, "pid": os.getpid()}
         if self._simulated_vram is not None:
             devices = [
-                {"index": i, "vram_total": self._simulated_vram, "vram_free": self._simulated_vram}
+                {
+                    "index": i,
+                    "name": f"simulated-{i}",
+                    "vram_total": self._simulated_vram,
+                    "vram_free": self._simulated_vram,
+                    "utilization": 0.0,
+                }
                 for i in self._gpus
             ]
-            return {"host": self._host, "node_id": node, "simulated": True, "devices": devices}
-        return {"host": self._host, "node_id": node, "simulated": False, "devices": _nvml()}
+            return {**found, "simulated": True, "devices": devices}
+        return {**found, "simulated": False, "devices": _nvml()}
 
 
-def _nvml() -> list[dict[str, int]]:
+def _nvml() -> list[dict[str, Any]]:
     import pynvml
 
     pynvml.nvmlInit()
     try:
-        out = []
+        out: list[dict[str, Any]] = []
         for i in range(pynvml.nvmlDeviceGetCount()):
-            mem = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i))
-            out.append({"index": i, "vram_total": int(mem.total), "vram_free": int(mem.free)})
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            out.append(
+                {
+                    "index": i,
+                    "name": name if isinstance(name, str) else name.decode(),
+                    "vram_total": int(mem.total),
+                    "vram_free": int(mem.free),
+                    "utilization": float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+                }
+            )
         return out
     finally:
         pynvml.nvmlShutdown()
+
+
+def gpu_inventory(found: Mapping[str, Any]) -> GpuInventory:
+    """An agent's answer as the pool manager's inventory type."""
+    simulated = bool(found["simulated"])
+    gpus = tuple(
+        Gpu(
+            int(d["index"]),
+            str(d.get("name", f"gpu-{d['index']}")),
+            int(d["vram_total"]),
+            int(d["vram_total"]) - int(d["vram_free"]),
+            float(d.get("utilization", 0.0)),
+            simulated=simulated,
+        )
+        for d in found["devices"]
+    )
+    return GpuInventory(gpus, simulated=simulated)
 
 
 _RemoteEngine = ray.remote(EngineActor)
@@ -509,21 +544,38 @@ class RayLauncher:
     # -- inventory --------------------------------------------------------------------------
 
     async def inventories(self, deadline_s: float = 2.0) -> dict[str, dict[str, Any] | None]:
-        """host -> its agent's inventory, or None when it missed the deadline (stale)."""
-        self.connect()
-        live = self.live_nodes()
-        refs: dict[str, Any] = {}
-        for host in self.hosts:
-            if host.name not in live:
-                continue
-            agent = self._agent(host, live[host.name])
-            refs[host.name] = agent.inventory.remote()
+        """host -> its agent's inventory, or None when it missed the deadline (stale).
+
+        Asking Ray (the node table, the agents) blocks, so the poll runs in a worker thread.
+        """
+        return await asyncio.to_thread(self._poll, deadline_s)
+
+    async def host_inventories(self, deadline_s: float) -> dict[str, GpuInventory | None]:
+        found = await self.inventories(deadline_s)
+        return {h: None if f is None else gpu_inventory(f) for h, f in found.items()}
+
+    def _poll(self, deadline_s: float) -> dict[str, dict[str, Any] | None]:
         out: dict[str, dict[str, Any] | None] = {h.name: None for h in self.hosts}
+        try:
+            self.connect()
+            live = self.live_nodes()
+            refs = {
+                host.name: self._agent(host, live[host.name]).inventory.remote()
+                for host in self.hosts
+                if host.name in live
+            }
+        except (RayError, ConnectionError):
+            # The head itself is unreachable: no host can be vouched for (the pool manager
+            # says which hosts turned stale).
+            return out
+        if refs:
+            # One deadline for all hosts: asked at once, a slow host never delays the others.
+            ray.wait(list(refs.values()), num_returns=len(refs), timeout=deadline_s)
         for name, ref in refs.items():
             # A host whose agent fails or misses the deadline is stale: None.
-            try:
-                out[name] = await asyncio.wait_for(asyncio.wrap_future(ref.future()), deadline_s)
-            except (RayError, TimeoutError):
+            with contextlib.suppress(RayError, GetTimeoutError):
+                out[name] = ray.get(ref, timeout=0)
+            if out[name] is None:
                 # Looked up again next time: a host that rejoined gets a new agent.
                 self._agents.pop(name, None)
         return out

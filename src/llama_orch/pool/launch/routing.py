@@ -3,11 +3,11 @@ to the local one. Single-host configs never build it (nor import the cluster run
 
 from __future__ import annotations
 
-from llama_orch.pool.launch._types import EngineHandle, Launcher, LaunchSpec
+from llama_orch.pool.launch._types import ClusterLauncher, EngineHandle, Launcher, LaunchSpec
 
 
 class HostRouting:
-    def __init__(self, local: Launcher, cluster: Launcher) -> None:
+    def __init__(self, local: Launcher, cluster: ClusterLauncher) -> None:
         self.local = local
         self.cluster = cluster
 
