@@ -113,6 +113,10 @@ def cluster_launcher_of(settings: Settings) -> RayLauncher | None:
         token_file=(
             str(Path(config.cluster.token_file).expanduser()) if config.cluster.token_file else None
         ),
+        # Engines of these replicas that survived a server restart are taken over.
+        expected=[
+            f"{pool.id}-r{i}" for pool in config.pools if pool.host for i in range(pool.replicas)
+        ],
     )
 
 

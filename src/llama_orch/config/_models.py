@@ -231,7 +231,7 @@ class ClusterConfig(_Strict):
     #: How often every host's agent is asked for its GPU inventory.
     inventory_interval_ms: PositiveInt = 2_000
     #: A host whose agent has not answered within this is stale: its replicas take no new work.
-    inventory_deadline_ms: PositiveInt = 1_000
+    inventory_deadline_ms: PositiveInt = 2_000
 
 
 class MockEngineConfig(_Strict):

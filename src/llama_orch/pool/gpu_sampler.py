@@ -47,7 +47,7 @@ class GpuSampler:
         supervisor: Supervisor | None = None,
         hosts: HostInventories | None = None,
         host_interval_s: float = 2.0,
-        host_deadline_s: float = 1.0,
+        host_deadline_s: float = 2.0,
     ) -> None:
         self._pools = pools
         self._supervisor = supervisor or Supervisor(metrics)
@@ -72,7 +72,7 @@ class GpuSampler:
         interval_s: float = 5.0,
         supervisor: Supervisor | None = None,
         host_interval_s: float = 2.0,
-        host_deadline_s: float = 1.0,
+        host_deadline_s: float = 2.0,
     ) -> GpuSampler:
         """Sample NVML on a real machine; republish the declared inventory when simulated.
         Cluster hosts, where pools name them, are asked through their agents."""

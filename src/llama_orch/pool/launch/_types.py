@@ -117,7 +117,8 @@ class HostInventories(Protocol):
 
     async def host_inventories(self, deadline_s: float) -> dict[str, GpuInventory | None]:
         """host -> its inventory; None for a host that did not answer within ``deadline_s``
-        (gone, hung or unreachable). Never blocks the event loop."""
+        (gone, hung or unreachable); a host with no verdict yet (its agent starts) is left
+        out. Never blocks the event loop."""
         ...
 
 
