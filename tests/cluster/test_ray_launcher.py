@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from llama_orch.pool.launch import ExitKind, LaunchError
+from llama_orch.pool.launch import EngineHandle, ExitKind, LaunchError
 from llama_orch.pool.launch.ray import NAMESPACE, RayLauncher, gpu_resource
 from tests.cluster.test_launcher_contract import engine_spec
 from tests.support.cluster import HOSTS, LocalCluster, engines_running
@@ -142,6 +142,17 @@ class TestInventory:
         assert rejoined is not None and cluster.nodes["gpu-b"].node_id == rejoined["node_id"]
 
 
+async def _left_running(
+    tmp_path: Path, host: str, expected: list[str]
+) -> tuple[EngineHandle, RayLauncher, list[int]]:
+    """An engine launched by one launcher, and a new launcher (a restarted server) expecting
+    ``expected`` that looked for leftovers: the pids it stopped."""
+    first = await _launcher(tmp_path).launch(engine_spec(tmp_path, node=host))
+    await engine_healthy(first.endpoint)
+    again = RayLauncher(HOSTS, log_dir=str(tmp_path / "logs"), expected=expected)
+    return first, again, await again.reap_orphans()
+
+
 class TestAdoption:
     """A launcher made after another's server died (the first launcher's engines run on)."""
 
@@ -149,10 +160,8 @@ class TestAdoption:
         self, cluster: LocalCluster, tmp_path: Path
     ) -> None:
         """The same replica on a new launcher gets the engine that runs, not a second one."""
-        first = await _launcher(tmp_path).launch(engine_spec(tmp_path, node="gpu-a"))
-        await engine_healthy(first.endpoint)
-        again = RayLauncher(HOSTS, log_dir=str(tmp_path / "logs"), expected=["p0-r0"])
-        assert [] == await again.reap_orphans()
+        first, again, stopped = await _left_running(tmp_path, "gpu-a", ["p0-r0"])
+        assert [] == stopped
         # A new port is allocated for the launch; the running engine keeps its own.
         adopted = await again.launch(engine_spec(tmp_path, node="gpu-a"))
         try:
@@ -171,10 +180,8 @@ class TestAdoption:
         self, cluster: LocalCluster, tmp_path: Path
     ) -> None:
         """An engine left with another mask (or command, or environment) is not adopted."""
-        first = await _launcher(tmp_path).launch(engine_spec(tmp_path, node="gpu-a"))
-        await engine_healthy(first.endpoint)
-        again = RayLauncher(HOSTS, log_dir=str(tmp_path / "logs"), expected=["p0-r0"])
-        assert [] == await again.reap_orphans()
+        first, again, stopped = await _left_running(tmp_path, "gpu-a", ["p0-r0"])
+        assert [] == stopped
         fresh = await again.launch(engine_spec(tmp_path, node="gpu-a", devices=(0,)))
         try:
             assert fresh.pid != first.pid
@@ -187,9 +194,7 @@ class TestAdoption:
     async def test_an_engine_no_replica_names_is_stopped(
         self, cluster: LocalCluster, tmp_path: Path
     ) -> None:
-        first = await _launcher(tmp_path).launch(engine_spec(tmp_path, node="gpu-b"))
-        await engine_healthy(first.endpoint)
-        again = RayLauncher(HOSTS, log_dir=str(tmp_path / "logs"), expected=["p0-r1"])
-        assert [first.pid] == await again.reap_orphans()
+        first, _, stopped = await _left_running(tmp_path, "gpu-b", ["p0-r1"])
+        assert [first.pid] == stopped
         assert [] == await _gone(tmp_path)
         assert [] == [a for a in ray.util.list_named_actors() if a.startswith("llorch-engine-")]
