@@ -42,7 +42,7 @@ def check_serveable(settings: Settings, inventory: GpuInventory) -> None:
     issues = []
     for index, pool in enumerate(settings.config.pools):
         where = f"pools.{index}"
-        if pool.host is not None:
+        if pool.cluster_hosts:
             # Its GPUs are the host's (config checks the mask against them); not this machine's.
             continue
         if pool.engine not in FACTORIES:
@@ -77,7 +77,7 @@ def check_vram_fit(settings: Settings, inventory: GpuInventory, models: PoolMode
     """Refuse to start a pool whose model (already in the catalog) cannot fit its GPUs."""
     issues = []
     for index, pool in enumerate(settings.config.pools):
-        if pool.host is not None:
+        if pool.cluster_hosts:
             continue
         devices = tuple(pool.devices) if pool.devices is not None else inventory.indices
         free = {g.index: g.vram_free_bytes for g in inventory.gpus if g.index in devices}
@@ -99,7 +99,7 @@ def launcher_of(settings: Settings) -> Launcher:
 def cluster_launcher_of(settings: Settings) -> RayLauncher | None:
     """The Ray launcher when a pool names a host; None for a single machine."""
     config = settings.config
-    if not any(pool.host is not None for pool in config.pools):
+    if not any(pool.cluster_hosts for pool in config.pools):
         return None
     # Imported here so that single-host servers never load the cluster runtime.
     from llama_orch.pool.launch.ray import HostSpec, RayLauncher
@@ -115,7 +115,10 @@ def cluster_launcher_of(settings: Settings) -> RayLauncher | None:
         ),
         # Engines of these replicas that survived a server restart are taken over.
         expected=[
-            f"{pool.id}-r{i}" for pool in config.pools if pool.host for i in range(pool.replicas)
+            f"{pool.id}-r{i}"
+            for pool in config.pools
+            if pool.cluster_hosts
+            for i in range(pool.replicas)
         ],
     )
 

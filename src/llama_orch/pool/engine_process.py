@@ -458,7 +458,7 @@ class ReplicaEngine:
 
         A floor, not an estimate: the KV cache and activations need more on top.
         """
-        if self._sup.vram_of is None or self.cfg.host is not None:
+        if self._sup.vram_of is None or self.cfg.cluster_hosts:
             # Another host's VRAM is its agent's to report, not this machine's inventory.
             return None
         have = self._sup.vram_of(self.devices)
@@ -488,7 +488,7 @@ class ReplicaEngine:
             env=command.env,
             secrets=command.secrets,
             cleanup=command.cleanup,
-            node=self.cfg.host,
+            node=self.cfg.host_for(self.replica_id),
         )
         return await self._sup.launcher.launch(spec)
 

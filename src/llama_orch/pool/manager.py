@@ -262,15 +262,16 @@ class PoolManager:
         if replica.process is not None and replica.process.host is not None:
             return replica.process.host
         pool = self.pools.get(replica.pool_id)
-        return pool.config.host if pool is not None else None
+        return pool.config.host_for(replica.replica_id) if pool is not None else None
 
     def _host_stale(self, replica: Replica) -> bool:
         host = self.host_of(replica)
         return host is not None and host in self.stale_hosts
 
     def _gpus_of(self, pool: PoolRuntime) -> GpuInventory:
-        """The inventory a pool's devices are counted in: its host's once its agent answered."""
-        host = pool.config.host
+        """The inventory a pool's devices are counted in: its (first) host's once its agent
+        answered."""
+        host = next(iter(pool.config.cluster_hosts), None)
         if host is not None and host in self.host_inventories:
             return self.host_inventories[host]
         return self._inventory

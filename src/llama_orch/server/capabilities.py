@@ -74,7 +74,7 @@ def pool_capability(
         _replica(
             r.replica_id,
             cached.get(r.replica_id),
-            (r.process.host if r.process else None) or pool.config.host,
+            (r.process.host if r.process else None) or pool.config.host_for(r.replica_id),
         )
         for r in pool.replicas
     ]
