@@ -142,6 +142,19 @@ class TestHostInventory:
                 assert "gpu-a" == health["metrics"]["replicas"][0]["host"]
                 metrics = (await server.client.get("/metrics")).text
                 assert 'cluster_host_stale{host="gpu-a"} 1.0' in metrics
+                caps = (await server.client.get("/v1/capabilities")).json()
+                hosts = {h["name"]: h for h in caps["hosts"]}
+                assert (True, False) == (hosts["gpu-a"]["stale"], hosts["gpu-b"]["stale"])
+                assert [0, 1] == [g["index"] for g in hosts["gpu-a"]["gpus"]]
+                status = (await server.client.get("/v1/status")).json()
+                gpus = {(g["host"], g["index"]): g for g in status["gpu"]["gpus"]}
+                assert (["lp/r0"], True) == (
+                    gpus[("gpu-a", 1)]["replicas"],
+                    gpus[("gpu-a", 1)]["stale"],
+                )
+                assert [] == gpus[("gpu-b", 1)]["replicas"]
+                [replica] = status["pool"]["pools"][0]["replicas"]
+                assert "gpu-a" == replica["host"]
                 refused = await server.submit(task)
                 assert 503 == refused.status_code
                 assert "POOL_UNREADY" == refused.json()["code"] and refused.json()["retriable"]

@@ -16,6 +16,8 @@ from llama_orch.contracts.api import (
     API_VERSION,
     Capabilities,
     EngineCapability,
+    HostCapability,
+    HostGpu,
     PoolCapability,
     ReplicaCapability,
     VramEstimate,
@@ -110,6 +112,27 @@ def pool_capability(
     )
 
 
+def hosts_of(pools: PoolManager) -> list[HostCapability]:
+    """Every cluster host a pool names or an agent reported, with its latest GPU reading."""
+    names = {h for p in pools.pools.values() for h in p.config.cluster_hosts}
+    names |= {*pools.host_inventories, *pools.stale_hosts}
+    out = []
+    for name in sorted(names):
+        inventory = pools.host_inventories.get(name)
+        gpus = [
+            HostGpu(
+                index=g.index,
+                name=g.name,
+                vram_total_bytes=g.vram_total_bytes,
+                vram_free_bytes=g.vram_free_bytes,
+                simulated=g.simulated,
+            )
+            for g in (inventory.gpus if inventory is not None else ())
+        ]
+        out.append(HostCapability(name=name, stale=name in pools.stale_hosts, gpus=gpus))
+    return out
+
+
 def capabilities_of(
     pools: PoolManager, host: AdapterHost, *, placement_overrides: bool
 ) -> Capabilities:
@@ -153,6 +176,7 @@ def capabilities_of(
         api_version=API_VERSION,
         engines=engine_caps,
         pools=pool_caps,
+        hosts=hosts_of(pools),
         simulated=any(cap.simulated for cap in pool_caps),
         snapshot_version=pools.snapshot_version,
     )

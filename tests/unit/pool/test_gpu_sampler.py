@@ -13,6 +13,7 @@ from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.gpu_sampler import GpuSampler
 from llama_orch.pool.gpus import Gpu, GpuInventory
 from llama_orch.pool.manager import PoolManager
+from llama_orch.server.capabilities import hosts_of
 from llama_orch.server.deps import AppDeps
 from tests.support.narration import NarrationLog
 from tests.support.server import config_of, mock_pool
@@ -192,8 +193,12 @@ class TestHosts:
             [skip] = narration.events("stale")
             assert "host gpu-a missed its inventory deadline" in skip["human"]
             assert not ready(manager, "remote")
+            [host] = hosts_of(manager)
+            # The last reading stays on show, flagged stale.
+            assert ("gpu-a", True, [0, 1]) == (host.name, host.stale, [g.index for g in host.gpus])
             hosts.answers["gpu-a"] = inventory()
             await sampler.poll_hosts_once()
+            assert not hosts_of(manager)[0].stale
             assert (True, 0.0) == (
                 ready(manager, "remote"),
                 gauge("cluster_host_stale", {"host": "gpu-a"}),
