@@ -15,6 +15,7 @@ from llama_orch.pool.launch._types import (
     Launcher,
     LaunchError,
     LaunchSpec,
+    NoLiveHost,
     redact_argv,
 )
 from llama_orch.pool.launch.local import LocalLauncher, free_port
@@ -27,6 +28,7 @@ __all__ = [
     "LaunchSpec",
     "Launcher",
     "LocalLauncher",
+    "NoLiveHost",
     "free_port",
     "redact_argv",
 ]

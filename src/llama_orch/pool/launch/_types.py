@@ -31,6 +31,11 @@ class LaunchError(Exception):
     """A replica process could not be started; the message says what to fix."""
 
 
+class NoLiveHost(LaunchError):
+    """No cluster host can take the replica right now (none is live, or none live has its
+    GPUs): the replica waits for the cluster; its engine did not fail."""
+
+
 @dataclass(frozen=True, slots=True)
 class LaunchSpec:
     """One replica's process: its command, environment and where its traces go."""

@@ -43,7 +43,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.gpus import Gpu, GpuInventory
-from llama_orch.pool.launch._types import ExitKind, LaunchError, LaunchSpec, redact_argv
+from llama_orch.pool.launch._types import (
+    ExitKind,
+    LaunchError,
+    LaunchSpec,
+    NoLiveHost,
+    redact_argv,
+)
 
 #: Ray namespace of every llama-orch actor (detached actors are found again by name in it).
 NAMESPACE = "llama-orch"
@@ -464,7 +470,7 @@ class RayLauncher:
             if host.name in live and set(devices) <= set(host.gpus):
                 return host.name, live[host.name]
         names = ", ".join(sorted(live)) or "none"
-        raise LaunchError(
+        raise NoLiveHost(
             f"no live host has GPUs {list(devices)} for this replica (wanted "
             f"{preferred or 'any'}; live hosts: {names}); join a host with `llorch node join`"
         )
