@@ -198,3 +198,13 @@ class TestAdoption:
         assert [first.pid] == stopped
         assert [] == await _gone(tmp_path)
         assert [] == [a for a in ray.util.list_named_actors() if a.startswith("llorch-engine-")]
+
+    async def test_an_engine_its_replica_never_took_over_is_stopped_at_shutdown(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        """Kept for its replica, whose launch never came (say its model went missing)."""
+        _, again, stopped = await _left_running(tmp_path, "gpu-a", ["p0-r0"])
+        assert [] == stopped
+        await again.close()
+        assert [] == await _gone(tmp_path)
+        assert [] == [a for a in ray.util.list_named_actors() if a.startswith("llorch-engine-")]

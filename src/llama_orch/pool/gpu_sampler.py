@@ -94,7 +94,7 @@ class GpuSampler:
         await self.sample_once()
         self._supervisor.loop(self.LOOP, self._loop)
         if self._hosts is not None:
-            await self.poll_hosts_once()
+            # Not awaited here: a new agent's first answer must not hold up start-up.
             self._supervisor.loop(self.HOSTS_LOOP, self._hosts_loop)
 
     async def stop(self) -> None:
@@ -107,8 +107,8 @@ class GpuSampler:
 
     async def _hosts_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._host_interval_s)
             await self.poll_hosts_once()
+            await asyncio.sleep(self._host_interval_s)
 
     async def poll_hosts_once(self) -> None:
         """Ask every host at once; a host that misses the deadline turns stale."""

@@ -39,6 +39,9 @@ class ScriptedLauncher:
     async def reap_orphans(self) -> list[int]:
         return []
 
+    async def close(self) -> None:
+        pass
+
 
 class Prepared(EngineCache):
     """An engine already ensured (the provisioning path has suites of its own)."""

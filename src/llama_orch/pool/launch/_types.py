@@ -116,6 +116,10 @@ class Launcher(Protocol):
         """Stop processes left by a previous run that crashed; the pids stopped."""
         ...
 
+    async def close(self) -> None:
+        """At shutdown: stop what the launcher still holds that no replica took over."""
+        ...
+
 
 class HostInventories(Protocol):
     """The GPU inventories of the cluster's hosts, each asked by an agent on its host."""

@@ -585,6 +585,21 @@ class RayLauncher:
             )
         return stopped
 
+    async def close(self) -> None:
+        """Stop the engines a previous server left that no replica took over (a replica whose
+        first launch never came, its model gone, say): a stopped server leaves none."""
+        survivors, self._survivors = self._survivors, {}
+        for key, (actor, _) in survivors.items():
+            await _stop_actor(actor)
+            narrate(
+                "pool-manager",
+                "reap",
+                key,
+                f"Stops engine actor {ENGINE_PREFIX + key} left by a previous run: its replica "
+                "never launched.",
+                level="warning",
+            )
+
     async def _adopt(self, spec: LaunchSpec) -> RayEngine | None:
         """The engine a previous server left for this replica, if it is still its own: same
         identity (command, environment, mask, host), alive, on a live host. Else it is

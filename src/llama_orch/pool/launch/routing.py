@@ -16,3 +16,7 @@ class HostRouting:
 
     async def reap_orphans(self) -> list[int]:
         return [*await self.local.reap_orphans(), *await self.cluster.reap_orphans()]
+
+    async def close(self) -> None:
+        await self.local.close()
+        await self.cluster.close()
