@@ -130,8 +130,10 @@ class TestHostInventory:
         refuses tasks retriably; once the agent answers again, the replica is placeable and a
         task runs."""
         pool = setup.pool(slots=1, devices=[1], host="gpu-a")
+        # A stopped agent misses any deadline; a few seconds keep a loaded machine from
+        # missing it while the agent runs.
         config = _cluster_config(
-            setup, cluster, pool, inventory_interval_ms=200, inventory_deadline_ms=500
+            setup, cluster, pool, inventory_interval_ms=200, inventory_deadline_ms=3_000
         )
         async with running_server(config) as server:
             await wait_health(server, "lp", _on("gpu-a"))
