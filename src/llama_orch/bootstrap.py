@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llama_orch.adapters.host import AdapterHost
 from llama_orch.adapters.registry import FACTORIES, AdapterContext, adapter_factory
@@ -27,6 +28,9 @@ from llama_orch.provisioners.pool_models import PoolModels
 from llama_orch.server.deps import AppDeps
 from llama_orch.supervisor import Supervisor
 
+if TYPE_CHECKING:
+    from llama_orch.pool.launch.ray import RayLauncher
+
 
 def discover_gpus(settings: Settings) -> GpuInventory:
     simulated = settings.config.gpus.simulated
@@ -38,7 +42,7 @@ def check_serveable(settings: Settings, inventory: GpuInventory) -> None:
     issues = []
     for index, pool in enumerate(settings.config.pools):
         where = f"pools.{index}"
-        if pool.host is not None:
+        if pool.cluster_hosts:
             # Its GPUs are the host's (config checks the mask against them); not this machine's.
             continue
         if pool.engine not in FACTORIES:
@@ -73,7 +77,7 @@ def check_vram_fit(settings: Settings, inventory: GpuInventory, models: PoolMode
     """Refuse to start a pool whose model (already in the catalog) cannot fit its GPUs."""
     issues = []
     for index, pool in enumerate(settings.config.pools):
-        if pool.host is not None:
+        if pool.cluster_hosts:
             continue
         devices = tuple(pool.devices) if pool.devices is not None else inventory.indices
         free = {g.index: g.vram_free_bytes for g in inventory.gpus if g.index in devices}
@@ -88,13 +92,20 @@ def launcher_of(settings: Settings) -> Launcher:
     """Local processes; with ``hosts``, pools naming a host go through the Ray launcher."""
     config = settings.config
     local = LocalLauncher(Path(config.engines.run_dir).expanduser())
-    if not any(pool.host is not None for pool in config.pools):
-        return local
+    cluster = cluster_launcher_of(settings)
+    return local if cluster is None else HostRouting(local, cluster)
+
+
+def cluster_launcher_of(settings: Settings) -> RayLauncher | None:
+    """The Ray launcher when a pool names a host; None for a single machine."""
+    config = settings.config
+    if not any(pool.cluster_hosts for pool in config.pools):
+        return None
     # Imported here so that single-host servers never load the cluster runtime.
     from llama_orch.pool.launch.ray import HostSpec, RayLauncher
 
     hosts = [HostSpec(h.name, tuple(h.gpus), h.simulated_vram_bytes) for h in config.hosts]
-    cluster = RayLauncher(
+    return RayLauncher(
         hosts,
         address=config.cluster.address,
         log_dir=str(Path(config.engines.run_dir).expanduser() / "logs"),
@@ -102,16 +113,23 @@ def launcher_of(settings: Settings) -> Launcher:
         token_file=(
             str(Path(config.cluster.token_file).expanduser()) if config.cluster.token_file else None
         ),
+        # Engines of these replicas that survived a server restart are taken over.
+        expected=[
+            f"{pool.id}-r{i}"
+            for pool in config.pools
+            if pool.cluster_hosts
+            for i in range(pool.replicas)
+        ],
     )
-    return HostRouting(local, cluster)
 
 
 def supervision_of(settings: Settings, inventory: GpuInventory, models: PoolModels) -> Supervision:
     """How launched engines are prepared, started and found (SPEC §8, §11)."""
     config = settings.config
     engines = config.engines
+    launcher = launcher_of(settings)
     return Supervision(
-        launcher=launcher_of(settings),
+        launcher=launcher,
         provision=ProvisionContext(
             cache_root=Path(engines.cache_dir).expanduser(),
             index=FileEngineIndex(Path(config.catalog.root).expanduser()),
@@ -125,6 +143,7 @@ def supervision_of(settings: Settings, inventory: GpuInventory, models: PoolMode
         vram_of=lambda devices: sum(
             gpu.vram_total_bytes for i in devices if (gpu := inventory.by_index(i)) is not None
         ),
+        hosts=launcher.cluster if isinstance(launcher, HostRouting) else None,
     )
 
 

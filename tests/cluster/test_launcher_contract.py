@@ -58,7 +58,7 @@ async def launcher(
     else:
         request.getfixturevalue("cluster")
         yield RayLauncher(HOSTS, log_dir=str(tmp_path / "logs")), HOSTS[0].name
-    assert [] == engines_running(tmp_path / "bin"), "an engine outlived its test"
+    assert [] == engines_running(tmp_path / "models"), "an engine outlived its test"
     if request.param == "ray":
         assert [] == engine_actors(), "an engine actor outlived its replica"
 
@@ -99,7 +99,7 @@ class TestLauncherContract:
         handle = await launched(launcher, tmp_path)
         await handle.kill()
         assert handle.returncode is not None
-        assert [] == engines_running(tmp_path / "bin")
+        assert [] == engines_running(tmp_path / "models")
 
     async def test_the_next_start_stops_what_a_crashed_run_left(
         self, launcher: tuple[Launcher, str | None], tmp_path: Path
@@ -114,9 +114,9 @@ class TestLauncherContract:
             again = RayLauncher(HOSTS, log_dir=str(tmp_path / "logs"))
         assert [handle.pid] == await again.reap_orphans()
         for _ in range(200):
-            if not engines_running(tmp_path / "bin"):
+            if not engines_running(tmp_path / "models"):
                 break
             await asyncio.sleep(0.05)
-        assert [] == engines_running(tmp_path / "bin")
+        assert [] == engines_running(tmp_path / "models")
         await handle.stop(timeout_s=1)
         del host

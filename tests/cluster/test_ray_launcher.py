@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from llama_orch.pool.launch import ExitKind, LaunchError
+from llama_orch.pool.launch import EngineHandle, ExitKind, LaunchError
 from llama_orch.pool.launch.ray import NAMESPACE, RayLauncher, gpu_resource
 from tests.cluster.test_launcher_contract import engine_spec
 from tests.support.cluster import HOSTS, LocalCluster, engines_running
@@ -26,10 +26,10 @@ def _launcher(tmp_path: Path, timeout_s: float = 30.0) -> RayLauncher:
 
 async def _gone(tmp_path: Path) -> list[int]:
     for _ in range(200):
-        if not engines_running(tmp_path / "bin"):
+        if not engines_running(tmp_path / "models"):
             return []
         await asyncio.sleep(0.05)
-    return engines_running(tmp_path / "bin")
+    return engines_running(tmp_path / "models")
 
 
 class TestPlacement:
@@ -140,3 +140,71 @@ class TestInventory:
         cluster.restore()
         rejoined = (await launcher.inventories(deadline_s=30))["gpu-b"]
         assert rejoined is not None and cluster.nodes["gpu-b"].node_id == rejoined["node_id"]
+
+
+async def _left_running(
+    tmp_path: Path, host: str, expected: list[str]
+) -> tuple[EngineHandle, RayLauncher, list[int]]:
+    """An engine launched by one launcher, and a new launcher (a restarted server) expecting
+    ``expected`` that looked for leftovers: the pids it stopped."""
+    first = await _launcher(tmp_path).launch(engine_spec(tmp_path, node=host))
+    await engine_healthy(first.endpoint)
+    again = RayLauncher(HOSTS, log_dir=str(tmp_path / "logs"), expected=expected)
+    return first, again, await again.reap_orphans()
+
+
+class TestAdoption:
+    """A launcher made after another's server died (the first launcher's engines run on)."""
+
+    async def test_a_configured_replica_takes_over_its_running_engine(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        """The same replica on a new launcher gets the engine that runs, not a second one."""
+        first, again, stopped = await _left_running(tmp_path, "gpu-a", ["p0-r0"])
+        assert [] == stopped
+        # A new port is allocated for the launch; the running engine keeps its own.
+        adopted = await again.launch(engine_spec(tmp_path, node="gpu-a"))
+        try:
+            assert (first.pid, first.endpoint, "gpu-a") == (
+                adopted.pid,
+                adopted.endpoint,
+                adopted.host,
+            )
+            await engine_healthy(adopted.endpoint)
+            assert [first.pid] == engines_running(tmp_path / "models")
+        finally:
+            assert 0 == await adopted.stop(timeout_s=10)
+        assert [] == await _gone(tmp_path)
+
+    async def test_a_changed_replica_stops_the_old_engine_and_starts_its_own(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        """An engine left with another mask (or command, or environment) is not adopted."""
+        first, again, stopped = await _left_running(tmp_path, "gpu-a", ["p0-r0"])
+        assert [] == stopped
+        fresh = await again.launch(engine_spec(tmp_path, node="gpu-a", devices=(0,)))
+        try:
+            assert fresh.pid != first.pid
+            await engine_healthy(fresh.endpoint)
+            assert [fresh.pid] == engines_running(tmp_path / "models")
+        finally:
+            await fresh.stop(timeout_s=10)
+        assert [] == await _gone(tmp_path)
+
+    async def test_an_engine_no_replica_names_is_stopped(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        first, _, stopped = await _left_running(tmp_path, "gpu-b", ["p0-r1"])
+        assert [first.pid] == stopped
+        assert [] == await _gone(tmp_path)
+        assert [] == [a for a in ray.util.list_named_actors() if a.startswith("llorch-engine-")]
+
+    async def test_an_engine_its_replica_never_took_over_is_stopped_at_shutdown(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        """Kept for its replica, whose launch never came (say its model went missing)."""
+        _, again, stopped = await _left_running(tmp_path, "gpu-a", ["p0-r0"])
+        assert [] == stopped
+        await again.close()
+        assert [] == await _gone(tmp_path)
+        assert [] == [a for a in ray.util.list_named_actors() if a.startswith("llorch-engine-")]

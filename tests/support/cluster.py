@@ -113,7 +113,8 @@ def _children(pid: int) -> list[int]:
 
 
 def engines_running(marker: Path) -> list[int]:
-    """Pids of live processes whose command line names ``marker`` (a test's fake engines)."""
+    """Pids of live processes whose command line names ``marker`` (a test's fake engines: their
+    model path, since the fake program execs Python and leaves its own path off the line)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():

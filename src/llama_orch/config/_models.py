@@ -228,6 +228,10 @@ class ClusterConfig(_Strict):
     placement_timeout_ms: PositiveInt = 60_000
     #: The cluster token (mode 0600) every node started with (Ray token authentication).
     token_file: str | None = None
+    #: How often every host's agent is asked for its GPU inventory.
+    inventory_interval_ms: PositiveInt = 2_000
+    #: A host whose agent has not answered within this is stale: its replicas take no new work.
+    inventory_deadline_ms: PositiveInt = 2_000
 
 
 class MockEngineConfig(_Strict):
@@ -441,6 +445,9 @@ class PoolConfig(_Strict):
     provisioning: ProvisioningConfig | None = None
     #: The cluster host that runs this pool's replicas (``hosts``); unset: this machine.
     host: str | None = None
+    #: Instead of ``host``: cluster hosts the replicas are spread over, replica i on the
+    #: (i mod n)-th; each replica books the same device mask on its own host.
+    hosts: Annotated[list[str], Field(max_length=64)] = []
     queue: QueueConfig = QueueConfig()
     admission: AdmissionConfig = AdmissionConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
@@ -451,6 +458,19 @@ class PoolConfig(_Strict):
     #: Micro-batch overrides for this pool's streams (§17.14); the rest of server.sse applies.
     sse: PoolSseConfig | None = None
     mock: MockEngineConfig | None = None
+
+    @property
+    def cluster_hosts(self) -> list[str]:
+        """The cluster hosts the replicas run on, in order (empty: this machine)."""
+        return list(self.hosts) or ([self.host] if self.host is not None else [])
+
+    def host_for(self, replica_id: str) -> str | None:
+        """The cluster host of replica ``r<i>`` (None: this machine)."""
+        hosts = self.cluster_hosts
+        if not hosts:
+            return None
+        number = replica_id.removeprefix("r")
+        return hosts[(int(number) if number.isdigit() else 0) % len(hosts)]
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> PoolConfig:  # noqa: C901 - one flat list of independent rules
@@ -537,7 +557,7 @@ class Config(_Strict):
         if self.gpus.simulated is not None:
             known = {gpu.index for gpu in self.gpus.simulated}
             for pool in self.pools:
-                if pool.host is not None:
+                if pool.cluster_hosts:
                     continue
                 missing = sorted(set(pool.devices or []) - known)
                 if missing:
@@ -553,22 +573,30 @@ class Config(_Strict):
             raise ValueError(f"host names must be unique, got {names}")
         hosts = {h.name: h for h in self.hosts}
         for pool in self.pools:
-            if pool.host is None:
-                continue
-            host = hosts.get(pool.host)
-            if host is None:
-                raise ValueError(
-                    f"pool {pool.id!r} names host {pool.host!r}, which hosts does not declare "
-                    f"(declared: {names})"
-                )
-            if pool.provisioning is None or pool.provisioning.mode.value not in _REMOTE_MODES:
-                raise ValueError(
-                    f"pool {pool.id!r} on host {pool.host!r} needs provisioning mode binary, "
-                    "source or package (llama-orch launches its engine there)"
-                )
-            missing = sorted(set(pool.devices or []) - set(host.gpus))
-            if not pool.devices or missing:
-                raise ValueError(
-                    f"pool {pool.id!r} on host {pool.host!r} must give devices among that "
-                    f"host's gpus {host.gpus} (missing: {missing or 'devices'})"
-                )
+            if pool.host is not None and pool.hosts:
+                raise ValueError(f"pool {pool.id!r}: give host or hosts, not both")
+            if len(set(pool.hosts)) != len(pool.hosts):
+                raise ValueError(f"pool {pool.id!r}: hosts must be unique, got {pool.hosts}")
+            for name in pool.cluster_hosts:
+                _pool_host_rules(pool, name, hosts.get(name), names)
+
+
+def _pool_host_rules(
+    pool: PoolConfig, name: str, host: HostConfig | None, names: list[str]
+) -> None:
+    if host is None:
+        raise ValueError(
+            f"pool {pool.id!r} names host {name!r}, which hosts does not declare "
+            f"(declared: {names})"
+        )
+    if pool.provisioning is None or pool.provisioning.mode.value not in _REMOTE_MODES:
+        raise ValueError(
+            f"pool {pool.id!r} on host {name!r} needs provisioning mode binary, "
+            "source or package (llama-orch launches its engine there)"
+        )
+    missing = sorted(set(pool.devices or []) - set(host.gpus))
+    if not pool.devices or missing:
+        raise ValueError(
+            f"pool {pool.id!r} on host {name!r} must give devices among that "
+            f"host's gpus {host.gpus} (missing: {missing or 'devices'})"
+        )

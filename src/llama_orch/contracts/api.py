@@ -267,6 +267,25 @@ class ReplicaCapability(_Wire):
     simulated: bool = False
 
 
+class HostGpu(_Wire):
+    """One GPU of a cluster host, as the host's agent last read it."""
+
+    index: int
+    name: str
+    vram_total_bytes: int
+    vram_free_bytes: int
+    simulated: bool = False
+
+
+class HostCapability(_Wire):
+    """A cluster host that runs replicas: its GPUs (empty until its agent first answers) and
+    whether its agent missed the last inventory deadline (its replicas then take no work)."""
+
+    name: str
+    stale: bool
+    gpus: list[HostGpu] = []
+
+
 class VramEstimate(_Wire):
     """VRAM the pool's model needs, from its GGUF header (docs/catalog.md)."""
 
@@ -308,6 +327,8 @@ class Capabilities(_Wire):
     api_version: str
     engines: list[EngineCapability]
     pools: list[PoolCapability] = []
+    #: The cluster hosts the pools run on (empty on a single machine).
+    hosts: list[HostCapability] = []
     simulated: bool = False
     #: The pool manager's topology version when this was read (ORCH-3410).
     snapshot_version: int | None = None

@@ -43,6 +43,10 @@ class GpuStatus(_Wire):
     simulated: bool
     #: ``pool_id/replica_id`` of every replica placed on this GPU.
     replicas: list[str] = []
+    #: The cluster host the GPU is on (None: the server's machine).
+    host: str | None = None
+    #: True while that host's agent missed its last inventory deadline.
+    stale: bool = False
 
 
 class ReplicaStatus(_Wire):
@@ -52,6 +56,8 @@ class ReplicaStatus(_Wire):
     slots_total: int
     engine_version: str
     last_error: str | None = None
+    #: The cluster host running the replica (None: the server's machine).
+    host: str | None = None
 
 
 class PoolOperation(_Wire):

@@ -43,6 +43,8 @@ class ReplicaView:
     sampler_profile_version: str | None = None
     perf_tokens_per_s: float | None = None
     first_token_ms: float | None = None
+    #: The cluster host the replica runs on (None: the server's machine).
+    host: str | None = None
 
     @property
     def slots_free(self) -> int:

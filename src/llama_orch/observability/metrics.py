@@ -186,6 +186,13 @@ class Metrics:
             "1 when gpu_utilization and vram_used_bytes come from a simulated GPU inventory",
             registry=r,
         )
+        self.cluster_host_stale = Gauge(
+            "cluster_host_stale",
+            "1 while a cluster host's agent missed its last inventory deadline (its replicas "
+            "take no new work)",
+            ["host"],
+            registry=r,
+        )
         self.server_connections_open = Gauge(
             "server_connections_open",
             "Client connections the HTTP server holds, as last counted",

@@ -15,6 +15,11 @@ A ``ReplicaEngine`` runs one loop per replica of a pool whose engine llama-orch 
 A restart-storm breaker stops the loop after ``restart_storm.failures`` failures within
 ``restart_storm.window_s``: the replica stays Unready with ``last_error`` saying so, the
 ``pool_restart_storm`` gauge is 1, and only a reload (or a restart of llama-orch) tries again.
+
+A replica of a cluster pool that finds no live host with its GPUs has not failed: the cluster
+is short of a host. It is not counted toward the breaker (nor as a restart); it waits longer
+instead, from the pool's longest backoff, doubling up to ``NO_HOST_MAX_WAIT_S``, and tries
+again until a host is back.
 """
 
 from __future__ import annotations
@@ -32,16 +37,20 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from llama_orch.catalog.refs import FileRef, ModelRef, looks_like_ref, parse_ref, ref_id
+from llama_orch.clock import SystemClock
 from llama_orch.config import EnginesConfig, PoolConfig
+from llama_orch.core.clock import Clock
 from llama_orch.errors import InvalidModelRef
 from llama_orch.observability.metrics import RESTART_REASONS, Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.launch import (
     EngineHandle,
     ExitKind,
+    HostInventories,
     Launcher,
     LaunchError,
     LaunchSpec,
+    NoLiveHost,
     free_port,
 )
 from llama_orch.provisioners.engine import (
@@ -89,6 +98,10 @@ def is_launched(cfg: PoolConfig) -> bool:
 
 #: Why a life ended when the model is still being pulled (not a restart reason).
 MODEL_PENDING = "model_pending"
+#: Why a life ended when no cluster host could take the replica (not a restart reason).
+NO_LIVE_HOST = "no_live_host"
+#: The longest wait between launches of a replica that finds no live host.
+NO_HOST_MAX_WAIT_S = 120.0
 
 
 class ModelMissing(Exception):
@@ -197,6 +210,10 @@ class Supervision:
     allocate_port: Callable[[], int] = free_port
     #: Total VRAM of a device mask in bytes (None: unknown, no fit check).
     vram_of: Callable[[tuple[int, ...]], int] | None = None
+    #: The cluster hosts' inventories (None: every engine runs on this machine).
+    hosts: HostInventories | None = None
+    #: Times the storm window and the backoff waits (a manual clock in tests).
+    clock: Clock = field(default_factory=SystemClock)
 
 
 @dataclass(slots=True)
@@ -320,6 +337,8 @@ class ReplicaEngine:
         self._life_ready = False
         #: Set when a reload replaced this replica: serve what runs, stop probing, never restart.
         self.retiring = False
+        #: Launches in a row that found no live host (reset by a launch that found one).
+        self._host_waits = 0
         self._task: asyncio.Task[None] | None = None
         self._backoff_gauge = metrics.pool_restart_backoff_seconds.labels(cfg.id, replica_id)
         self._storm_gauge = metrics.pool_restart_storm.labels(cfg.id, replica_id)
@@ -370,12 +389,30 @@ class ReplicaEngine:
             if reason == MODEL_PENDING and not self.retiring:
                 await asyncio.sleep(self._probe_interval_s)
                 continue
+            if reason == NO_LIVE_HOST and not self.retiring:
+                self._host_waits += 1
+                await self._pause(self._host_wait())
+                continue
             if self.retiring or not self._failed(reason):
                 return
-            delay = self._backoff()
-            self.state.backoff_ms = int(delay * 1000)
-            self._backoff_gauge.set(delay)
-            await asyncio.sleep(delay)
+            await self._pause(self._backoff())
+
+    async def _pause(self, delay: float) -> None:
+        """Wait ``delay`` seconds on the supervision clock, shown as the replica's backoff."""
+        self.state.backoff_ms = int(delay * 1000)
+        self._backoff_gauge.set(delay)
+        clock = self._sup.clock
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        timer = clock.call_at(clock.now() + delay, wake)
+        try:
+            await woken
+        finally:
+            timer.cancel()
             self.state.backoff_ms = 0
             self._backoff_gauge.set(0)
 
@@ -413,6 +450,9 @@ class ReplicaEngine:
             )
         try:
             handle = await self._launch(state.prepared, state.model_path)
+        except NoLiveHost as exc:
+            self._lost(f"waiting for a cluster host: {exc}", True, True)
+            return NO_LIVE_HOST
         except (LaunchError, ProvisionError) as exc:
             narrate(
                 "pool-manager",
@@ -426,6 +466,7 @@ class ReplicaEngine:
             self._lost(f"launch failed: {exc}", True, True)
             return "launch_failed"
         self.handle = handle
+        self._host_waits = 0
         state.pid, state.endpoint, state.running = handle.pid, handle.endpoint, True
         state.log_path = str(handle.log_path) if handle.log_path else None
         state.host = handle.host
@@ -455,7 +496,7 @@ class ReplicaEngine:
 
         A floor, not an estimate: the KV cache and activations need more on top.
         """
-        if self._sup.vram_of is None or self.cfg.host is not None:
+        if self._sup.vram_of is None or self.cfg.cluster_hosts:
             # Another host's VRAM is its agent's to report, not this machine's inventory.
             return None
         have = self._sup.vram_of(self.devices)
@@ -485,7 +526,7 @@ class ReplicaEngine:
             env=command.env,
             secrets=command.secrets,
             cleanup=command.cleanup,
-            node=self.cfg.host,
+            node=self.cfg.host_for(self.replica_id),
         )
         return await self._sup.launcher.launch(spec)
 
@@ -554,7 +595,7 @@ class ReplicaEngine:
     def _failed(self, reason: str) -> bool:
         """Count one failure; False when the storm breaker opens (stop retrying)."""
         state = self.state
-        now = time.monotonic()
+        now = self._sup.clock.now()
         storm = self._sup.engines.restart_storm
         state.failures.append(now)
         while state.failures and now - state.failures[0] > storm.window_s:
@@ -586,6 +627,27 @@ class ReplicaEngine:
             )
             return False
         return True
+
+    def _host_wait(self) -> float:
+        """Longer than any restart backoff: from the pool's longest, doubling per launch in a
+        row that found no host, capped; with the pool's jitter."""
+        backoff = self.cfg.backoff
+        delay_s = min(NO_HOST_MAX_WAIT_S, backoff.max_ms / 1000 * 2.0 ** (self._host_waits - 1))
+        if backoff.jitter:
+            delay_s *= self._sup.rng.uniform(0.5, 1.0)
+        narrate(
+            "pool-manager",
+            "backoff",
+            self.cfg.id,
+            f"Launches {self.cfg.id}/{self.replica_id} again in {int(delay_s * 1000)} ms, when a "
+            "cluster host may be back (not counted as a restart).",
+            level="warning",
+            pool_id=self.cfg.id,
+            replica_id=self.replica_id,
+            backoff_ms=int(delay_s * 1000),
+            reason=NO_LIVE_HOST,
+        )
+        return delay_s
 
     def _backoff(self) -> float:
         """Exponential in the failures of the window, capped, with jitter."""

@@ -3,6 +3,10 @@
 NVML calls block, so each sample runs in a worker thread; the event loop only publishes the
 result. A simulated inventory is published as declared and flagged by
 ``gpu_inventory_simulated 1``, so no dashboard mistakes it for a real reading.
+
+With cluster hosts, a second loop asks every host's agent for its inventory at once, each poll
+bounded by a deadline: a host that misses it is stale (its replicas take no new work) until it
+answers again (``PoolManager.refresh_hosts``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from prometheus_client import Gauge
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory
+from llama_orch.pool.launch import HostInventories
 from llama_orch.pool.manager import PoolManager
 from llama_orch.supervisor import Supervisor
 
@@ -29,6 +34,7 @@ class GpuSampler:
     """One supervised loop; ``start`` publishes a first sample before returning."""
 
     LOOP = "gpu-sampler"
+    HOSTS_LOOP = "host-inventory"
 
     def __init__(
         self,
@@ -39,6 +45,9 @@ class GpuSampler:
         simulated: bool,
         interval_s: float = 5.0,
         supervisor: Supervisor | None = None,
+        hosts: HostInventories | None = None,
+        host_interval_s: float = 2.0,
+        host_deadline_s: float = 2.0,
     ) -> None:
         self._pools = pools
         self._supervisor = supervisor or Supervisor(metrics)
@@ -48,6 +57,9 @@ class GpuSampler:
         self._interval_s = interval_s
         self._bound: dict[_Key, tuple[_Labels, Gauge, Gauge]] = {}
         self._failing = False
+        self._hosts = hosts
+        self._host_interval_s = host_interval_s
+        self._host_deadline_s = host_deadline_s
         #: The last inventory read (the declared one until the first sample).
         self.latest: GpuInventory = pools.inventory
 
@@ -59,39 +71,57 @@ class GpuSampler:
         *,
         interval_s: float = 5.0,
         supervisor: Supervisor | None = None,
+        host_interval_s: float = 2.0,
+        host_deadline_s: float = 2.0,
     ) -> GpuSampler:
-        """Sample NVML on a real machine; republish the declared inventory when simulated."""
+        """Sample NVML on a real machine; republish the declared inventory when simulated.
+        Cluster hosts, where pools name them, are asked through their agents."""
         inventory = pools.inventory
-        if inventory.simulated:
-            return cls(
-                pools,
-                metrics,
-                lambda: inventory,
-                simulated=True,
-                interval_s=interval_s,
-                supervisor=supervisor,
-            )
         return cls(
             pools,
             metrics,
-            nvml_inventory,
-            simulated=False,
+            (lambda: inventory) if inventory.simulated else nvml_inventory,
+            simulated=inventory.simulated,
             interval_s=interval_s,
             supervisor=supervisor,
+            hosts=pools.host_source,
+            host_interval_s=host_interval_s,
+            host_deadline_s=host_deadline_s,
         )
 
     async def start(self) -> None:
         self._metrics.gpu_inventory_simulated.set(1 if self._simulated else 0)
         await self.sample_once()
         self._supervisor.loop(self.LOOP, self._loop)
+        if self._hosts is not None:
+            # Not awaited here: a new agent's first answer must not hold up start-up.
+            self._supervisor.loop(self.HOSTS_LOOP, self._hosts_loop)
 
     async def stop(self) -> None:
-        await self._supervisor.cancel_loops([self.LOOP])
+        await self._supervisor.cancel_loops([self.LOOP, self.HOSTS_LOOP])
 
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
             await self.sample_once()
+
+    async def _hosts_loop(self) -> None:
+        while True:
+            await self.poll_hosts_once()
+            await asyncio.sleep(self._host_interval_s)
+
+    async def poll_hosts_once(self) -> None:
+        """Ask every host at once; a host that misses the deadline turns stale."""
+        assert self._hosts is not None
+        deadline = self._host_deadline_s
+        try:
+            # The source keeps its own deadline; this one covers a cluster that hangs outright.
+            readings = await asyncio.wait_for(self._hosts.host_inventories(deadline), 2 * deadline)
+        except TimeoutError:
+            known = {*self._pools.host_inventories, *self._pools.stale_hosts}
+            known |= {p.config.host for p in self._pools.pools.values() if p.config.host}
+            readings = dict.fromkeys(known)
+        self._pools.refresh_hosts(readings)
 
     async def sample_once(self) -> None:
         inventory = await asyncio.to_thread(self._read)

@@ -141,6 +141,8 @@ class PoolLifecycle:
         engines = list(self.engines.values())
         self.engines.clear()
         await asyncio.gather(*(s.stop() for s in engines))
+        if self._sup is not None:
+            await self._sup.launcher.close()
 
     def _keep_engine(self, pool: PoolRuntime, cfg: PoolConfig, replica: Replica) -> ReplicaEngine:
         assert self._sup is not None and self._engine_cache is not None

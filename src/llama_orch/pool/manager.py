@@ -10,7 +10,8 @@ engine_version change. Placement inputs and decision logs carry it.
 
 Freshness (ORCH-3971, SPEC §17.22): a Ready replica whose last successful health probe is older
 than the stale window (5 s, or two probe intervals when those are longer) is shown to placement
-as not Ready until a probe succeeds again.
+as not Ready until a probe succeeds again. A replica on a cluster host whose agent missed its
+last inventory deadline is stale the same way until the host answers again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -34,6 +35,7 @@ from llama_orch.observability.metrics import Metrics, ReplicaMetrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.engine_process import ProcessState, Supervision, is_launched
 from llama_orch.pool.gpus import GpuInventory
+from llama_orch.pool.launch import HostInventories
 from llama_orch.provisioners.pool_models import PoolModels
 from llama_orch.supervisor import Supervisor
 from llama_orch.vocab import Engine, ProvisioningMode
@@ -191,6 +193,12 @@ class PoolManager:
         self._probe_loops: list[str] = []
         self._listeners: list[Callable[[str], None]] = []
         self.pools: dict[str, PoolRuntime] = {}
+        #: Where the GPU sampler asks cluster hosts for their inventories (None: one machine).
+        self.host_source: HostInventories | None = supervision.hosts if supervision else None
+        #: host -> the inventory its agent last reported.
+        self.host_inventories: dict[str, GpuInventory] = {}
+        #: Hosts whose agent missed the last inventory deadline: their replicas are stale.
+        self.stale_hosts: set[str] = set()
         for cfg in pools:
             devices = tuple(cfg.devices) if cfg.devices is not None else inventory.indices
             simulated = cfg.engine is Engine.MOCK or inventory.simulated
@@ -216,8 +224,61 @@ class PoolManager:
         if inventory.gpus:
             self._inventory = inventory
 
-    def free_per_gpu(self, devices: tuple[int, ...]) -> dict[int, int]:
-        gpus = (self._inventory.by_index(i) for i in devices)
+    def refresh_hosts(self, readings: Mapping[str, GpuInventory | None]) -> None:
+        """Take the cluster hosts' inventories (the sampler's poll); None: the host's agent
+        missed its deadline, so its replicas turn stale until it answers again."""
+        for host, inventory in readings.items():
+            if inventory is not None:
+                self.host_inventories[host] = inventory
+            stale = inventory is None
+            if stale is (host in self.stale_hosts):
+                continue
+            if stale:
+                self.stale_hosts.add(host)
+            else:
+                self.stale_hosts.discard(host)
+            self._metrics.cluster_host_stale.labels(host).set(1 if stale else 0)
+            self._bump()
+            narrate(
+                "pool-manager",
+                "host-stale" if stale else "host-fresh",
+                host,
+                f"Host {host} "
+                + (
+                    "missed its inventory deadline: its replicas take no new work."
+                    if stale
+                    else "answers again: its replicas take work after their next probe."
+                ),
+                level="warning" if stale else "info",
+                host=host,
+                snapshot_version=self.snapshot_version,
+            )
+            for pool in self.pools.values():
+                if any(self.host_of(r) == host for r in pool.replicas):
+                    self._notify(pool.id)
+
+    def host_of(self, replica: Replica) -> str | None:
+        """The cluster host a replica runs on (or will run on); None: this machine."""
+        if replica.process is not None and replica.process.host is not None:
+            return replica.process.host
+        pool = self.pools.get(replica.pool_id)
+        return pool.config.host_for(replica.replica_id) if pool is not None else None
+
+    def _host_stale(self, replica: Replica) -> bool:
+        host = self.host_of(replica)
+        return host is not None and host in self.stale_hosts
+
+    def _gpus_of(self, pool: PoolRuntime) -> GpuInventory:
+        """The inventory a pool's devices are counted in: its (first) host's once its agent
+        answered."""
+        host = next(iter(pool.config.cluster_hosts), None)
+        if host is not None and host in self.host_inventories:
+            return self.host_inventories[host]
+        return self._inventory
+
+    def free_per_gpu(self, pool: PoolRuntime) -> dict[int, int]:
+        inventory = self._gpus_of(pool)
+        gpus = (inventory.by_index(i) for i in pool.devices)
         return {g.index: g.vram_free_bytes for g in gpus if g is not None}
 
     def on_capacity_change(self, listener: Callable[[str], None]) -> None:
@@ -258,19 +319,27 @@ class PoolManager:
         if replica.state is not ReplicaState.READY:
             return False
         heartbeat = replica.last_heartbeat
-        lapsed = heartbeat is None or self._clock() - heartbeat > self.stale_after_s
+        host = self.host_of(replica)
+        host_stale = self._host_stale(replica)
+        lapsed = heartbeat is None or self._clock() - heartbeat > self.stale_after_s or host_stale
         if lapsed and not replica.stale:
             replica.stale = True
             self._bump()
             since = "none yet" if heartbeat is None else f"{self._clock() - heartbeat:.1f} s ago"
+            why = (
+                f"host {host} missed its inventory deadline"
+                if host_stale
+                else f"last heartbeat {since}"
+            )
             narrate(
                 "pool-manager",
                 "stale",
                 replica.pool_id,
-                f"Skips replica {replica.pool_id}/{replica.replica_id}: last heartbeat {since}.",
+                f"Skips replica {replica.pool_id}/{replica.replica_id}: {why}.",
                 level="warning",
                 pool_id=replica.pool_id,
                 replica_id=replica.replica_id,
+                host=host,
                 stale_after_ms=int(self.stale_after_s * 1000),
                 last_error=replica.last_error,
                 snapshot_version=self.snapshot_version,
@@ -348,9 +417,7 @@ class PoolManager:
         gates.engine_ensured = error is None
         # An external engine serves the model it was started with; other pools whose model is
         # a ref wait for it in the catalog (present, Active, fitting the GPUs' free VRAM).
-        model_error = (
-            self.models.gate(pool.id, self.free_per_gpu(pool.devices)) if self.models else None
-        )
+        model_error = self.models.gate(pool.id, self.free_per_gpu(pool)) if self.models else None
         gates.model_present = model_error is None
         if replica.process is not None and replica.process.model_path is None:
             # A launched engine needs its model file before it can start.
@@ -395,7 +462,12 @@ class PoolManager:
         replica.gates = gates
         new_state = ReplicaState.READY if gates.all_pass else ReplicaState.UNREADY
         replica.last_error = error
-        if new_state is ReplicaState.READY and replica.stale and replica.state is new_state:
+        if (
+            new_state is ReplicaState.READY
+            and replica.stale
+            and replica.state is new_state
+            and not self._host_stale(replica)
+        ):
             # The heartbeat is back: placement may use the replica again.
             replica.stale = False
             self._bump()
@@ -562,7 +634,7 @@ class PoolManager:
         if replica.state is not ReplicaState.READY:
             return
         replica.last_heartbeat = self._clock()
-        if replica.stale:
+        if replica.stale and not self._host_stale(replica):
             replica.stale = False
             self._bump()
             self._notify(replica.pool_id)
@@ -581,10 +653,11 @@ class PoolManager:
 
     # -- snapshots for placement -------------------------------------------------------------
 
-    def _free_vram(self, devices: tuple[int, ...]) -> tuple[int, int]:
+    def _free_vram(self, pool: PoolRuntime) -> tuple[int, int]:
+        inventory = self._gpus_of(pool)
         total = free = 0
-        for index in devices:
-            gpu = self._inventory.by_index(index)
+        for index in pool.devices:
+            gpu = inventory.by_index(index)
             if gpu is not None:
                 total += gpu.vram_total_bytes
                 free += gpu.vram_free_bytes
@@ -594,7 +667,7 @@ class PoolManager:
         """Each replica as placement sees it; ``perf`` (replica id -> measured tokens/s and
         first-token ms) fills the perf fields, which are unset without it."""
         pool = self.pools[pool_id]
-        _, free = self._free_vram(pool.devices)
+        _, free = self._free_vram(pool)
         cfg = pool.config
         views = []
         for r in pool.replicas:
@@ -614,6 +687,7 @@ class PoolManager:
                     sampler_profile_version=cfg.sampler_profile_version,
                     perf_tokens_per_s=tokens_per_s,
                     first_token_ms=first_token_ms,
+                    host=self.host_of(r),
                 )
             )
         return views
@@ -629,7 +703,7 @@ class PoolManager:
         """The pool as placement sees it. With ``replicas`` (views with measured perf) the
         pool's perf is their mean; without, the mean of the engines' own perf hints."""
         pool = self.pools[pool_id]
-        total, free = self._free_vram(pool.devices)
+        total, free = self._free_vram(pool)
         if replicas is None:
             perf = [r.perf_tokens_per_s for r in pool.replicas if r.perf_tokens_per_s]
         else:

@@ -54,8 +54,14 @@ def create_app(
     console_interval_s: float = 0.5,
     shutdown_timeout_s: float = 5.0,
 ) -> Starlette:
+    cluster = deps.config.cluster
     sampler = GpuSampler.for_pools(
-        deps.pools, deps.metrics, interval_s=gpu_sample_interval_s, supervisor=deps.supervisor
+        deps.pools,
+        deps.metrics,
+        interval_s=gpu_sample_interval_s,
+        supervisor=deps.supervisor,
+        host_interval_s=cluster.inventory_interval_ms / 1000,
+        host_deadline_s=cluster.inventory_deadline_ms / 1000,
     )
 
     @contextlib.asynccontextmanager

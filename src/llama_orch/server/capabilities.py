@@ -16,6 +16,8 @@ from llama_orch.contracts.api import (
     API_VERSION,
     Capabilities,
     EngineCapability,
+    HostCapability,
+    HostGpu,
     PoolCapability,
     ReplicaCapability,
     VramEstimate,
@@ -74,7 +76,7 @@ def pool_capability(
         _replica(
             r.replica_id,
             cached.get(r.replica_id),
-            (r.process.host if r.process else None) or pool.config.host,
+            (r.process.host if r.process else None) or pool.config.host_for(r.replica_id),
         )
         for r in pool.replicas
     ]
@@ -108,6 +110,27 @@ def pool_capability(
         replicas=replicas,
         vram_estimate=_estimate(pools, pool.id),
     )
+
+
+def hosts_of(pools: PoolManager) -> list[HostCapability]:
+    """Every cluster host a pool names or an agent reported, with its latest GPU reading."""
+    names = {h for p in pools.pools.values() for h in p.config.cluster_hosts}
+    names |= {*pools.host_inventories, *pools.stale_hosts}
+    out = []
+    for name in sorted(names):
+        inventory = pools.host_inventories.get(name)
+        gpus = [
+            HostGpu(
+                index=g.index,
+                name=g.name,
+                vram_total_bytes=g.vram_total_bytes,
+                vram_free_bytes=g.vram_free_bytes,
+                simulated=g.simulated,
+            )
+            for g in (inventory.gpus if inventory is not None else ())
+        ]
+        out.append(HostCapability(name=name, stale=name in pools.stale_hosts, gpus=gpus))
+    return out
 
 
 def capabilities_of(
@@ -153,6 +176,7 @@ def capabilities_of(
         api_version=API_VERSION,
         engines=engine_caps,
         pools=pool_caps,
+        hosts=hosts_of(pools),
         simulated=any(cap.simulated for cap in pool_caps),
         snapshot_version=pools.snapshot_version,
     )

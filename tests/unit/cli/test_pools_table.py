@@ -13,6 +13,19 @@ class TestGpuColumn:
         }
         assert "ws2:0,1" == row(pool, {})[5]
 
+    def test_a_pool_spread_over_hosts_names_each(self) -> None:
+        pool = {
+            "pool_id": "wide",
+            "engine": "llamacpp",
+            "device_mask": [1],
+            "replicas": [
+                {"replica_id": "r0", "host": "ws3"},
+                {"replica_id": "r1", "host": "ws2"},
+                {"replica_id": "r2", "host": "ws3"},
+            ],
+        }
+        assert "ws2+ws3:1" == row(pool, {})[5]
+
     def test_a_local_pool_shows_the_mask_alone(self) -> None:
         pool = {"pool_id": "p0", "engine": "mock", "device_mask": [1], "replicas": [{}]}
         assert "1" == row(pool, {})[5]

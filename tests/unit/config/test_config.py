@@ -234,3 +234,19 @@ class TestHosts:
         problems = issues_of("hosts: [{name: gpu-b, gpus: [0]}]\n" + text)
         assert 1 == len(problems)
         assert "needs provisioning mode binary, source or package" in problems[0]
+
+    def test_replicas_spread_over_hosts_in_order(self) -> None:
+        """With ``hosts``, replica i runs on the (i mod n)-th host; each host is checked."""
+        text = self._text().replace("host: gpu-b", "hosts: [gpu-b, gpu-c]\n    replicas: 3")
+        text = text.replace(
+            "hosts:\n  - {name: gpu-b, gpus: [0, 1]}",
+            "hosts:\n  - {name: gpu-b, gpus: [0, 1]}\n  - {name: gpu-c, gpus: [1]}",
+        )
+        pool = parse_config_text(text, "test.yaml").pools[0]
+        assert ["gpu-b", "gpu-c", "gpu-b"] == [pool.host_for(f"r{i}") for i in range(3)]
+        problems = issues_of(text.replace("{name: gpu-c, gpus: [1]}", "{name: gpu-c, gpus: [0]}"))
+        assert 1 == len(problems) and "on host 'gpu-c' must give devices among" in problems[0]
+
+    def test_host_and_hosts_together_are_refused(self) -> None:
+        problems = issues_of(self._text().replace("host: gpu-b", "host: gpu-b\n    hosts: [gpu-b]"))
+        assert 1 == len(problems) and "give host or hosts, not both" in problems[0]

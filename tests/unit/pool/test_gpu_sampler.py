@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
+from llama_orch.adapters.host import AdapterHost
+from llama_orch.adapters.registry import build_adapter
 from llama_orch.bootstrap import build_deps
-from llama_orch.config import load_settings
+from llama_orch.config import PoolConfig, load_settings
+from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.gpu_sampler import GpuSampler
 from llama_orch.pool.gpus import Gpu, GpuInventory
+from llama_orch.pool.manager import PoolManager
+from llama_orch.server.capabilities import hosts_of
 from llama_orch.server.deps import AppDeps
 from tests.support.narration import NarrationLog
 from tests.support.server import config_of, mock_pool
@@ -118,4 +124,99 @@ class TestFreeVramRefresh:
         await GpuSampler(deps.pools, deps.metrics, inventory, simulated=False).sample_once()
         assert 24 * GIB == before
         assert 21 * GIB == deps.pools.snapshot("a").vram_free_bytes
-        assert {0: 21 * GIB} == deps.pools.free_per_gpu((0,))
+        assert {0: 21 * GIB} == deps.pools.free_per_gpu(deps.pools.pools["a"])
+
+
+class ScriptedHosts:
+    """A cluster whose hosts' answers the test sets (a host set to None misses the deadline);
+    with ``hang`` the whole poll never returns, as a cluster whose head stopped answering."""
+
+    def __init__(self, **answers: GpuInventory | None) -> None:
+        self.answers = answers
+        self.hang = False
+        self.deadlines: list[float] = []
+
+    async def host_inventories(self, deadline_s: float) -> dict[str, GpuInventory | None]:
+        self.deadlines.append(deadline_s)
+        if self.hang:
+            await asyncio.Event().wait()
+        return dict(self.answers)
+
+
+def host_pools(metrics: Metrics) -> PoolManager:
+    """A mock pool on host gpu-a and one on this machine (mock engines: Ready at once)."""
+    pools = [
+        PoolConfig.model_validate({**mock_pool("remote", devices=[1]), "host": "gpu-a"}),
+        PoolConfig.model_validate(mock_pool("local", "m1", devices=[0])),
+    ]
+    inventory = GpuInventory((Gpu(0, "gpu0", 24 * GIB, 0, 0.0, simulated=True),), simulated=True)
+    return PoolManager(pools, inventory, AdapterHost(), build_adapter, metrics, probe_interval_s=60)
+
+
+def ready(manager: PoolManager, pool: str) -> bool:
+    return manager.replica_views(pool)[0].ready
+
+
+class TestHosts:
+    async def test_a_host_that_misses_its_deadline_is_stale_until_it_answers(
+        self, narration: NarrationLog
+    ) -> None:
+        """Its replicas leave placement (and only its), the gauge and the narration name the
+        host, and its next answer makes them placeable again."""
+        metrics = Metrics()
+        manager = host_pools(metrics)
+        hosts = ScriptedHosts(**{"gpu-a": inventory()})
+        sampler = GpuSampler(
+            manager, metrics, inventory, simulated=True, hosts=hosts, host_deadline_s=0.5
+        )
+        await manager.start()
+        try:
+            await sampler.poll_hosts_once()
+            assert (True, True, [0.5]) == (
+                ready(manager, "remote"),
+                ready(manager, "local"),
+                hosts.deadlines,
+            )
+            # Device 1 exists on gpu-a only: its free VRAM is the host agent's reading.
+            assert 11 * GIB == manager.snapshot("remote").vram_free_bytes
+            version = manager.snapshot_version
+            hosts.answers["gpu-a"] = None
+            await sampler.poll_hosts_once()
+            assert (False, True) == (ready(manager, "remote"), ready(manager, "local"))
+            assert "gpu-a" == manager.replica_views("remote")[0].host
+            assert version < manager.snapshot_version
+            gauge = metrics.registry.get_sample_value
+            assert 1.0 == gauge("cluster_host_stale", {"host": "gpu-a"})
+            [event] = narration.events("host-stale")
+            assert "gpu-a" == event["host"]
+            await manager.probe_all()  # a probe that passes does not outvote the host
+            [skip] = narration.events("stale")
+            assert "host gpu-a missed its inventory deadline" in skip["human"]
+            assert not ready(manager, "remote")
+            [host] = hosts_of(manager)
+            # The last reading stays on show, flagged stale.
+            assert ("gpu-a", True, [0, 1]) == (host.name, host.stale, [g.index for g in host.gpus])
+            hosts.answers["gpu-a"] = inventory()
+            await sampler.poll_hosts_once()
+            assert not hosts_of(manager)[0].stale
+            assert (True, 0.0) == (
+                ready(manager, "remote"),
+                gauge("cluster_host_stale", {"host": "gpu-a"}),
+            )
+        finally:
+            await manager.stop()
+
+    async def test_a_cluster_that_hangs_makes_every_host_stale(self) -> None:
+        """A poll that never returns is cut at twice the deadline; every host is stale."""
+        manager = host_pools(Metrics())
+        hosts = ScriptedHosts(**{"gpu-a": inventory()})
+        sampler = GpuSampler(
+            manager, Metrics(), inventory, simulated=True, hosts=hosts, host_deadline_s=0.05
+        )
+        await manager.start()
+        try:
+            hosts.hang = True
+            await sampler.poll_hosts_once()
+            assert ({"gpu-a"}, False) == (manager.stale_hosts, ready(manager, "remote"))
+        finally:
+            await manager.stop()

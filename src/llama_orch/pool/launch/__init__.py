@@ -11,9 +11,11 @@ from __future__ import annotations
 from llama_orch.pool.launch._types import (
     EngineHandle,
     ExitKind,
+    HostInventories,
     Launcher,
     LaunchError,
     LaunchSpec,
+    NoLiveHost,
     redact_argv,
 )
 from llama_orch.pool.launch.local import LocalLauncher, free_port
@@ -21,10 +23,12 @@ from llama_orch.pool.launch.local import LocalLauncher, free_port
 __all__ = [
     "EngineHandle",
     "ExitKind",
+    "HostInventories",
     "LaunchError",
     "LaunchSpec",
     "Launcher",
     "LocalLauncher",
+    "NoLiveHost",
     "free_port",
     "redact_argv",
 ]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from llama_orch.observability.redaction import REDACTED, Redactor
+from llama_orch.pool.gpus import GpuInventory
 
 #: A flag whose value is a secret, e.g. ``--api-key X`` or ``--hf-token=X``.
 _SECRET_FLAG = re.compile(r"(?i)^--?[a-z0-9-]*(key|token|secret|password)[a-z0-9-]*$")
@@ -28,6 +29,11 @@ class ExitKind(StrEnum):
 
 class LaunchError(Exception):
     """A replica process could not be started; the message says what to fix."""
+
+
+class NoLiveHost(LaunchError):
+    """No cluster host can take the replica right now (none is live, or none live has its
+    GPUs): the replica waits for the cluster; its engine did not fail."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,24 @@ class Launcher(Protocol):
     async def reap_orphans(self) -> list[int]:
         """Stop processes left by a previous run that crashed; the pids stopped."""
         ...
+
+    async def close(self) -> None:
+        """At shutdown: stop what the launcher still holds that no replica took over."""
+        ...
+
+
+class HostInventories(Protocol):
+    """The GPU inventories of the cluster's hosts, each asked by an agent on its host."""
+
+    async def host_inventories(self, deadline_s: float) -> dict[str, GpuInventory | None]:
+        """host -> its inventory; None for a host that did not answer within ``deadline_s``
+        (gone, hung or unreachable); a host with no verdict yet (its agent starts) is left
+        out. Never blocks the event loop."""
+        ...
+
+
+class ClusterLauncher(Launcher, HostInventories, Protocol):
+    """Launches on the cluster's hosts and reports their inventories."""
 
 
 def redact_argv(argv: tuple[str, ...] | list[str], secrets: tuple[str, ...] = ()) -> list[str]:

@@ -212,6 +212,9 @@ class LocalLauncher:
         )
         return LocalProcess(spec, process, log_path, pid_path)
 
+    async def close(self) -> None:
+        """Every process this launcher started belongs to a replica, which stops it."""
+
     async def reap_orphans(self) -> list[int]:
         stopped: list[int] = []
         if not self.pids_dir.is_dir():

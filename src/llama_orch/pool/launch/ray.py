@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import signal
@@ -32,7 +33,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,13 +42,22 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from llama_orch.observability.narration import narrate
-from llama_orch.pool.launch._types import ExitKind, LaunchError, LaunchSpec, redact_argv
+from llama_orch.pool.gpus import Gpu, GpuInventory
+from llama_orch.pool.launch._types import (
+    ExitKind,
+    LaunchError,
+    LaunchSpec,
+    NoLiveHost,
+    redact_argv,
+)
 
 #: Ray namespace of every llama-orch actor (detached actors are found again by name in it).
 NAMESPACE = "llama-orch"
 #: Actor name prefixes: engines (one per replica) and inventory agents (one per host).
 ENGINE_PREFIX = "llorch-engine-"
 AGENT_PREFIX = "llorch-agent-"
+#: How long a new inventory agent may take to answer first before its host counts as stale.
+AGENT_START_S = 30.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -106,6 +116,7 @@ class EngineActor:
     def __init__(self) -> None:
         self._proc: asyncio.subprocess.Process | None = None
         self._log_path = ""
+        self._info: dict[str, Any] = {}
 
     async def start(
         self,
@@ -114,6 +125,7 @@ class EngineActor:
         devices: Sequence[int],
         log_path: str,
         shown: Sequence[str],
+        identity: str = "",
     ) -> dict[str, Any]:
         host: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         port = _free_port(host)
@@ -143,10 +155,24 @@ class EngineActor:
             )
         finally:
             os.close(log)
-        return {"host": host, "port": port, "pid": self._proc.pid, "log_path": log_path}
+        self._info = {
+            "host": host,
+            "port": port,
+            "pid": self._proc.pid,
+            "log_path": log_path,
+            "identity": identity,
+        }
+        return self._info
 
     def pid(self) -> int:
         return self._proc.pid if self._proc is not None else -1
+
+    def describe(self) -> dict[str, Any]:
+        """What a server that restarted needs to take this engine over (``alive`` False: it
+        exited, or never started)."""
+        alive = self._proc is not None and self._proc.returncode is None
+        node = ray.get_runtime_context().get_node_id()
+        return {**self._info, "alive": alive, "node_id": node}
 
     async def run(self) -> int:
         assert self._proc is not None
@@ -192,27 +218,61 @@ class HostAgent:
 
     def inventory(self) -> dict[str, Any]:
         node = ray.get_runtime_context().get_node_id()
+        found: dict[str, Any] = {"host": self._host, "node_id": node, "pid": os.getpid()}
         if self._simulated_vram is not None:
             devices = [
-                {"index": i, "vram_total": self._simulated_vram, "vram_free": self._simulated_vram}
+                {
+                    "index": i,
+                    "name": f"simulated-{i}",
+                    "vram_total": self._simulated_vram,
+                    "vram_free": self._simulated_vram,
+                    "utilization": 0.0,
+                }
                 for i in self._gpus
             ]
-            return {"host": self._host, "node_id": node, "simulated": True, "devices": devices}
-        return {"host": self._host, "node_id": node, "simulated": False, "devices": _nvml()}
+            return {**found, "simulated": True, "devices": devices}
+        return {**found, "simulated": False, "devices": _nvml()}
 
 
-def _nvml() -> list[dict[str, int]]:
+def _nvml() -> list[dict[str, Any]]:
     import pynvml
 
     pynvml.nvmlInit()
     try:
-        out = []
+        out: list[dict[str, Any]] = []
         for i in range(pynvml.nvmlDeviceGetCount()):
-            mem = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i))
-            out.append({"index": i, "vram_total": int(mem.total), "vram_free": int(mem.free)})
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            out.append(
+                {
+                    "index": i,
+                    "name": name if isinstance(name, str) else name.decode(),
+                    "vram_total": int(mem.total),
+                    "vram_free": int(mem.free),
+                    "utilization": float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+                }
+            )
         return out
     finally:
         pynvml.nvmlShutdown()
+
+
+def gpu_inventory(found: Mapping[str, Any]) -> GpuInventory:
+    """An agent's answer as the pool manager's inventory type."""
+    simulated = bool(found["simulated"])
+    gpus = tuple(
+        Gpu(
+            int(d["index"]),
+            str(d.get("name", f"gpu-{d['index']}")),
+            int(d["vram_total"]),
+            int(d["vram_total"]) - int(d["vram_free"]),
+            float(d.get("utilization", 0.0)),
+            simulated=simulated,
+        )
+        for d in found["devices"]
+    )
+    return GpuInventory(gpus, simulated=simulated)
 
 
 _RemoteEngine = ray.remote(EngineActor)
@@ -356,13 +416,20 @@ class RayLauncher:
         log_dir: str = "/tmp/llama-orch/logs",
         placement_timeout_s: float = 30.0,
         token_file: str | None = None,
+        expected: Iterable[str] = (),
     ) -> None:
         self.hosts = list(hosts)
+        #: Keys (``pool-replica``) of the configured replicas: their engines may be adopted.
+        self.expected = frozenset(expected)
+        #: Engine actors a previous server left running, waiting for their replica's launch.
+        self._survivors: dict[str, tuple[Any, dict[str, Any]]] = {}
         self.token_file = token_file
         self.address = address
         self.log_dir = log_dir
         self.placement_timeout_s = placement_timeout_s
         self._agents: dict[str, Any] = {}
+        #: When each agent that has not answered yet was asked for (its process may be starting).
+        self._agent_born: dict[str, float] = {}
         self._lost_nodes: set[str] = set()
 
     def connect(self) -> None:
@@ -403,7 +470,7 @@ class RayLauncher:
             if host.name in live and set(devices) <= set(host.gpus):
                 return host.name, live[host.name]
         names = ", ".join(sorted(live)) or "none"
-        raise LaunchError(
+        raise NoLiveHost(
             f"no live host has GPUs {list(devices)} for this replica (wanted "
             f"{preferred or 'any'}; live hosts: {names}); join a host with `llorch node join`"
         )
@@ -418,6 +485,9 @@ class RayLauncher:
                 f"{spec.pool_id}/{spec.replica_id}: a secret is on the engine's command line; "
                 "pass it through the environment (it would show in every process list)"
             )
+        adopted = await self._adopt(spec)
+        if adopted is not None:
+            return adopted
         host, node_id = self.choose_host(spec.node, spec.devices)
         name = ENGINE_PREFIX + spec.key
         with contextlib.suppress(ValueError):
@@ -428,7 +498,8 @@ class RayLauncher:
             namespace=NAMESPACE,
             lifetime="detached",
             max_restarts=0,
-            max_concurrency=4,
+            # Calls of a server that died may still wait in it (its run) after an adoption.
+            max_concurrency=16,
             num_cpus=0,
             resources={gpu_resource(i): 1.0 for i in spec.devices},
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
@@ -436,7 +507,7 @@ class RayLauncher:
         argv = _templated(spec)
         shown = redact_argv(argv, spec.secrets)
         log_path = os.path.join(self.log_dir, f"{spec.key}.log")
-        ref = actor.start.remote(argv, spec.env, spec.devices, log_path, shown)
+        ref = actor.start.remote(argv, spec.env, spec.devices, log_path, shown, identity_of(spec))
         try:
             pending = asyncio.wrap_future(ref.future())
             info = await asyncio.wait_for(pending, self.placement_timeout_s)
@@ -488,42 +559,135 @@ class RayLauncher:
         )
 
     async def reap_orphans(self) -> list[int]:
-        """Stop the engine actors a previous server left (their replicas start afresh)."""
+        """Engine actors a previous server left: one of a configured replica whose engine still
+        runs is kept for that replica's first launch to adopt; the others are stopped."""
         self.connect()
         stopped: list[int] = []
         for name in self.engine_actors():
-            with contextlib.suppress(ValueError, RayActorError):
+            key = name.removeprefix(ENGINE_PREFIX)
+            try:
                 actor = ray.get_actor(name, namespace=NAMESPACE)
-                stopped.append(int(await actor.pid.remote()))
-                await actor.stop.remote(5.0)
-                ray.kill(actor, no_restart=True)
-                narrate(
-                    "pool-manager",
-                    "reap",
-                    name.removeprefix(ENGINE_PREFIX),
-                    f"Stops engine actor {name} left by a previous run.",
-                    level="warning",
-                )
+            except ValueError:
+                continue  # gone meanwhile
+            found = await _describe(actor)
+            if key in self.expected and found is not None and found["alive"]:
+                self._survivors[key] = (actor, found)
+                continue
+            pid = await _stop_actor(actor)
+            stopped += [pid] if pid is not None else []
+            narrate(
+                "pool-manager",
+                "reap",
+                key,
+                f"Stops engine actor {name} left by a previous run"
+                + ("." if key in self.expected else ": no configured replica has its name."),
+                level="warning",
+            )
         return stopped
+
+    async def close(self) -> None:
+        """Stop the engines a previous server left that no replica took over (a replica whose
+        first launch never came, its model gone, say): a stopped server leaves none."""
+        survivors, self._survivors = self._survivors, {}
+        for key, (actor, _) in survivors.items():
+            await _stop_actor(actor)
+            narrate(
+                "pool-manager",
+                "reap",
+                key,
+                f"Stops engine actor {ENGINE_PREFIX + key} left by a previous run: its replica "
+                "never launched.",
+                level="warning",
+            )
+
+    async def _adopt(self, spec: LaunchSpec) -> RayEngine | None:
+        """The engine a previous server left for this replica, if it is still its own: same
+        identity (command, environment, mask, host), alive, on a live host. Else it is
+        stopped, and None: the caller launches afresh."""
+        survivor = self._survivors.pop(spec.key, None)
+        if survivor is None:
+            return None
+        actor, found = survivor
+        hosts = {node: host for host, node in self.live_nodes().items()}
+        current = await _describe(actor)
+        why = None
+        if found.get("identity") != identity_of(spec):
+            why = "its command, environment or mask differ from the configured replica's"
+        elif found["node_id"] not in hosts:
+            why = "its host is not live"
+        elif current is None or not current["alive"]:
+            why = "its engine is gone"
+        if why is not None:
+            await _stop_actor(actor)
+            narrate(
+                "pool-manager",
+                "reap",
+                spec.key,
+                f"Stops engine actor {ENGINE_PREFIX + spec.key} left by a previous run: {why}.",
+                level="warning",
+                pool_id=spec.pool_id,
+                replica_id=spec.replica_id,
+            )
+            return None
+        host = hosts[found["node_id"]]
+        engine = self._engine(spec, actor, host, found["node_id"], found)
+        narrate(
+            "pool-manager",
+            "adopt",
+            spec.pool_id,
+            f"Takes over replica {spec.pool_id}/{spec.replica_id} on host {host}: pid "
+            f"{found['pid']} on {engine.endpoint}, left running by a previous run.",
+            pool_id=spec.pool_id,
+            replica_id=spec.replica_id,
+            host=host,
+            pid=found["pid"],
+            endpoint=engine.endpoint,
+            device_mask=list(spec.devices),
+        )
+        return engine
 
     # -- inventory --------------------------------------------------------------------------
 
     async def inventories(self, deadline_s: float = 2.0) -> dict[str, dict[str, Any] | None]:
-        """host -> its agent's inventory, or None when it missed the deadline (stale)."""
-        self.connect()
-        live = self.live_nodes()
-        refs: dict[str, Any] = {}
-        for host in self.hosts:
-            if host.name not in live:
-                continue
-            agent = self._agent(host, live[host.name])
-            refs[host.name] = agent.inventory.remote()
+        """host -> its agent's inventory, or None when it missed the deadline (stale). A host
+        whose new agent has not answered yet (for up to ``AGENT_START_S``) is left out.
+
+        Asking Ray (the node table, the agents) blocks, so the poll runs in a worker thread.
+        """
+        return await asyncio.to_thread(self._poll, deadline_s)
+
+    async def host_inventories(self, deadline_s: float) -> dict[str, GpuInventory | None]:
+        found = await self.inventories(deadline_s)
+        return {h: None if f is None else gpu_inventory(f) for h, f in found.items()}
+
+    def _poll(self, deadline_s: float) -> dict[str, dict[str, Any] | None]:
         out: dict[str, dict[str, Any] | None] = {h.name: None for h in self.hosts}
+        try:
+            self.connect()
+            live = self.live_nodes()
+            refs = {
+                host.name: self._agent(host, live[host.name]).inventory.remote()
+                for host in self.hosts
+                if host.name in live
+            }
+        except (RayError, ConnectionError):
+            # The head itself is unreachable: no host can be vouched for (the pool manager
+            # says which hosts turned stale).
+            return out
+        if refs:
+            # One deadline for all hosts: asked at once, a slow host never delays the others.
+            ray.wait(list(refs.values()), num_returns=len(refs), timeout=deadline_s)
         for name, ref in refs.items():
             # A host whose agent fails or misses the deadline is stale: None.
             try:
-                out[name] = await asyncio.wait_for(asyncio.wrap_future(ref.future()), deadline_s)
-            except (RayError, TimeoutError):
+                out[name] = ray.get(ref, timeout=0)
+                self._agent_born.pop(name, None)
+            except GetTimeoutError:
+                if time.monotonic() - self._agent_born.get(name, -AGENT_START_S) < AGENT_START_S:
+                    # A new agent that never answered is still starting (a worker process
+                    # spawns): no verdict on its host yet.
+                    del out[name]
+            except RayError:
                 # Looked up again next time: a host that rejoined gets a new agent.
                 self._agents.pop(name, None)
         return out
@@ -540,7 +704,48 @@ class RayLauncher:
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
             ).remote(host.name, host.gpus, host.simulated_vram)
             self._agents[host.name] = agent
+            self._agent_born[host.name] = time.monotonic()
         return agent
+
+
+#: How long an engine actor left by a previous run gets to describe itself or to stop.
+_ASK_S = 5.0
+
+
+async def _describe(actor: Any) -> dict[str, Any] | None:
+    """The actor's ``describe``; None when it does not answer in time."""
+    try:
+        ref = actor.describe.remote()
+        found: dict[str, Any] = await asyncio.wait_for(asyncio.wrap_future(ref.future()), _ASK_S)
+    except (RayError, TimeoutError):
+        return None
+    return found
+
+
+async def _stop_actor(actor: Any) -> int | None:
+    """Stop the engine's process group, then the actor; the engine's pid if it answered."""
+    pid = None
+    with contextlib.suppress(RayError, TimeoutError):
+        ref = actor.pid.remote()
+        pid = int(await asyncio.wait_for(asyncio.wrap_future(ref.future()), _ASK_S))
+        await actor.stop.remote(_ASK_S)
+    with contextlib.suppress(Exception):
+        ray.kill(actor, no_restart=True)
+    return pid
+
+
+def identity_of(spec: LaunchSpec) -> str:
+    """What makes a running engine this replica's: pool, replica, host, mask, command (ports
+    left as placeholders) and environment. A digest, so no secret is kept in the clear."""
+    fields = {
+        "pool": spec.pool_id,
+        "replica": spec.replica_id,
+        "node": spec.node,
+        "devices": list(spec.devices),
+        "argv": list(_templated(spec)),
+        "env": sorted(spec.env.items()),
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def _nodes() -> list[dict[str, Any]]:

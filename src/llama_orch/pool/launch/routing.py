@@ -3,11 +3,11 @@ to the local one. Single-host configs never build it (nor import the cluster run
 
 from __future__ import annotations
 
-from llama_orch.pool.launch._types import EngineHandle, Launcher, LaunchSpec
+from llama_orch.pool.launch._types import ClusterLauncher, EngineHandle, Launcher, LaunchSpec
 
 
 class HostRouting:
-    def __init__(self, local: Launcher, cluster: Launcher) -> None:
+    def __init__(self, local: Launcher, cluster: ClusterLauncher) -> None:
         self.local = local
         self.cluster = cluster
 
@@ -16,3 +16,7 @@ class HostRouting:
 
     async def reap_orphans(self) -> list[int]:
         return [*await self.local.reap_orphans(), *await self.cluster.reap_orphans()]
+
+    async def close(self) -> None:
+        await self.local.close()
+        await self.cluster.close()

@@ -33,8 +33,9 @@ from llama_orch.contracts.console import (
 )
 from llama_orch.dispatch.service import PoolQueueView
 from llama_orch.pool.gpu_sampler import GpuSampler
+from llama_orch.pool.gpus import Gpu
 from llama_orch.pool.lifecycle import Operation
-from llama_orch.pool.manager import PoolRuntime, ReplicaState
+from llama_orch.pool.manager import PoolRuntime, Replica, ReplicaState
 from llama_orch.server.deps import AppDeps
 
 #: Queued tasks listed per pool (in dispatch order); the depth counts every one. Each listed
@@ -76,6 +77,7 @@ class StatusReader:
                         queues[pool.id],
                         rates.get(pool.id, 0.0),
                         pools.lifecycle.latest.get(pool.id),
+                        pools.host_of,
                     )
                     for pool in pools.pools.values()
                 ]
@@ -97,11 +99,17 @@ class StatusReader:
         )
 
     def _gpus(self) -> list[GpuStatus]:
-        on_gpu: dict[int, list[str]] = {}
-        for pool in self.deps.pools.pools.values():
+        """This machine's GPUs, then each cluster host's as its agent last reported them."""
+        pools = self.deps.pools
+        on_gpu: dict[tuple[str | None, int], list[str]] = {}
+        for pool in pools.pools.values():
             for replica in pool.replicas:
                 for device in replica.devices:
-                    on_gpu.setdefault(device, []).append(f"{pool.id}/{replica.replica_id}")
+                    key = (pools.host_of(replica), device)
+                    on_gpu.setdefault(key, []).append(f"{pool.id}/{replica.replica_id}")
+        found: list[tuple[str | None, Gpu]] = [(None, gpu) for gpu in self.sampler.latest.gpus]
+        for host in sorted(pools.host_inventories):
+            found += [(host, gpu) for gpu in pools.host_inventories[host].gpus]
         return [
             GpuStatus(
                 index=gpu.index,
@@ -112,9 +120,11 @@ class StatusReader:
                 utilization_pct=None if gpu.simulated else gpu.utilization_pct,
                 temperature_c=gpu.temperature_c,
                 simulated=gpu.simulated,
-                replicas=on_gpu.get(gpu.index, []),
+                replicas=on_gpu.get((host, gpu.index), []),
+                host=host,
+                stale=host in pools.stale_hosts,
             )
-            for gpu in self.sampler.latest.gpus
+            for host, gpu in found
         ]
 
 
@@ -134,7 +144,11 @@ def pool_state(pool: PoolRuntime) -> PoolState:
 
 
 def _pool(
-    pool: PoolRuntime, queue: PoolQueueView, tokens_per_s: float, operation: Operation | None
+    pool: PoolRuntime,
+    queue: PoolQueueView,
+    tokens_per_s: float,
+    operation: Operation | None,
+    host_of: Callable[[Replica], str | None],
 ) -> PoolStatus:
     cfg = pool.config
     return PoolStatus(
@@ -155,6 +169,7 @@ def _pool(
                 slots_total=r.slots_total,
                 engine_version=r.engine_version,
                 last_error=r.last_error,
+                host=host_of(r),
             )
             for r in pool.replicas
         ],

@@ -19,7 +19,7 @@ function field(dl, name, value) {
 }
 
 export function renderGpus(gpus) {
-  sync($("#gpus"), gpus, (g) => g.index, () => el("article", { class: "card gpu" }), (card, g) => {
+  sync($("#gpus"), gpus, (g) => `${g.host || ""}:${g.index}`, () => el("article", { class: "card gpu" }), (card, g) => {
     const vram = g.vram_total_bytes ? g.vram_used_bytes / g.vram_total_bytes : 0;
     const dl = el("dl");
     // A declared (simulated) GPU has a size but no reading of its use.
@@ -27,9 +27,13 @@ export function renderGpus(gpus) {
     field(dl, "Utilisation", g.utilization_pct === null ? "not measured" : `${Math.round(g.utilization_pct)} %`);
     if (g.temperature_c !== null) field(dl, "Temperature", `${Math.round(g.temperature_c)} °C`);
     field(dl, "Replicas", g.replicas.length ? g.replicas.join(", ") : "none");
+    // A cluster host's GPU is named host:index, as `llorch pools` writes it.
+    const id = g.host ? `${g.host}:${g.index}` : String(g.index);
     fill(card,
-      el("header", {}, el("h3", { text: `GPU ${g.index} · ${g.name}` }), g.simulated ? el("span", { class: "badge sim", text: "simulated" }) : null),
-      bar(vram, `GPU ${g.index} VRAM used`),
+      el("header", {}, el("h3", { text: `GPU ${id} · ${g.name}` }),
+        g.simulated ? el("span", { class: "badge sim", text: "simulated" }) : null,
+        g.stale ? el("span", { class: "badge stale", text: "host not answering" }) : null),
+      bar(vram, `GPU ${id} VRAM used`),
       dl,
     );
   });
@@ -48,7 +52,7 @@ export function renderPools(pools, features, actions) {
     const dl = el("dl");
     field(dl, "Engine", `${p.engine}@${p.engine_version || "unknown"}`);
     field(dl, "Model", p.model);
-    field(dl, "Replicas", p.replicas.map((r) => `${r.replica_id} ${r.state} (${r.slots_busy}/${r.slots_total})`).join(", "));
+    field(dl, "Replicas", p.replicas.map((r) => `${r.replica_id}${r.host ? `@${r.host}` : ""} ${r.state} (${r.slots_busy}/${r.slots_total})`).join(", "));
     field(dl, "Slots busy", `${p.slots_busy} / ${p.slots_total}`);
     field(dl, "Queue", `${p.queue_depth.interactive} interactive · ${p.queue_depth.batch} batch (of ${p.queue_capacity})`);
     field(dl, "Tokens/s", p.tokens_per_s.toFixed(1));
