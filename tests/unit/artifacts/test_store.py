@@ -80,8 +80,8 @@ class TestArtifactStore:
             store_at(tmp_path).put({**PLAN, "content": {"n": 2**80}})
 
     def test_background_writes_serve_at_once_and_land_in_order(self, tmp_path: Path) -> None:
-        """A background put is readable at once; once flushed its files exist, and a delete
-        queued after it leaves none."""
+        """A background put is readable at once; once flushed it is one record of a shared
+        segment file, readable by a store opened later, and a delete queued after it is kept."""
         store = store_at(tmp_path)
         kept = store.put(PLAN, background=True).id
         gone = store.put({**PLAN, "content": {"n": 1}}, background=True).id
@@ -90,7 +90,34 @@ class TestArtifactStore:
         with pytest.raises(NotFound):
             store.get(gone)
         store.close()
-        assert [f"{kept}.json", f"{kept}.ref"] == sorted(p.name for p in tmp_path.rglob("*.*"))
+        assert ["000000000000.seg"] == sorted(p.name for p in tmp_path.rglob("*.*"))
+        later = store_at(tmp_path)
+        assert PLAN["content"] == later.get(kept)["content"]
+        assert [kept] == [r["id"] for r in later.refs()]
+        assert PLAN["content"] == store.get(kept)["content"]
+
+    def test_a_segment_file_goes_when_its_last_record_is_deleted(self, tmp_path: Path) -> None:
+        """Background records share files; deleting all of one batch removes its file, and
+        a new store keeps numbering after the segments it finds."""
+        store = store_at(tmp_path)
+        first = [store.put({**PLAN, "content": {"n": n}}, background=True).id for n in range(3)]
+        store.close()
+        second = store.put({**PLAN, "content": {"n": 3}}, background=True).id
+        store.close()
+        assert 2 == len(list(tmp_path.rglob("*.seg")))
+        for ident in first[:2]:
+            store.delete(ident)
+        store.close()
+        assert 2 == len(list(tmp_path.rglob("*.seg")))
+        store.delete(first[2])
+        store.close()
+        assert ["000000000001.seg"] == [p.name for p in tmp_path.rglob("*.seg")]
+        later = store_at(tmp_path)
+        assert [second] == [r["id"] for r in later.refs()]
+        later.put({**PLAN, "content": {"n": 4}}, background=True)
+        later.close()
+        names = sorted(p.name for p in tmp_path.rglob("*.seg"))
+        assert ["000000000001.seg", "000000000002.seg"] == names
 
     def test_unknown_id_is_not_found(self, tmp_path: Path) -> None:
         with pytest.raises(NotFound):
