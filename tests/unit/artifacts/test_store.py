@@ -6,7 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import orjson
 import pytest
 
 from llama_orch.artifacts import ArtifactStore, TraceWriter, artifact_id, canonical_json
@@ -145,13 +144,13 @@ class TestTraceWriter:
         "pool_id": "p0",
         "replica_id": "r0",
     }
-    FRAMES = [("token", orjson.dumps({"t": "hi", "i": 0}))]
+    TRANSCRIPT = b'event: token\ndata: {"t":"hi","i":0}\n\n'
 
     def test_stores_the_transcript_with_tags_and_metadata(self, tmp_path: Path) -> None:
         """The trace holds the SSE text up to its terminal frame, tagged and described."""
         store = store_at(tmp_path)
         ident = TraceWriter(store, retention=10)(
-            {**self.FIELDS}, self.FRAMES, ("end", {"tokens_out": 1})
+            {**self.FIELDS}, self.TRANSCRIPT, ("end", {"tokens_out": 1})
         )
         assert ident is not None
         trace = store.get(ident)
@@ -168,7 +167,8 @@ class TestTraceWriter:
         plan = store.put(PLAN).id
         writer = TraceWriter(store, retention=2)
         ids = [
-            writer({**self.FIELDS, "task_id": f"t-{n}"}, self.FRAMES, ("end", {})) for n in range(3)
+            writer({**self.FIELDS, "task_id": f"t-{n}"}, self.TRANSCRIPT, ("end", {}))
+            for n in range(3)
         ]
         with pytest.raises(NotFound):
             store.get(str(ids[0]))
@@ -176,5 +176,5 @@ class TestTraceWriter:
 
     def test_zero_retention_stores_nothing(self, tmp_path: Path) -> None:
         store = store_at(tmp_path)
-        assert TraceWriter(store, retention=0)(self.FIELDS, self.FRAMES, ("end", {})) is None
+        assert TraceWriter(store, retention=0)(self.FIELDS, self.TRANSCRIPT, ("end", {})) is None
         assert 0 == len(store)
