@@ -46,8 +46,9 @@ class TraceWriter:
                 "task_id": task_id,
             },
         }
-        stored = self._store.put(document, background=True)
+        # Listed before the put: listed after, the new trace would be counted twice.
         kept = self._traces()
+        stored = self._store.put(document, background=True)
         if stored.created:
             kept.append(stored.id)
         while len(kept) > self._retention:

@@ -14,8 +14,8 @@ from llama_orch.errors import InvalidParams, NotFound, PayloadTooLarge
 PLAN = {"kind": "plan", "tags": ["project:demo"], "content": {"steps": ["a", "b"]}}
 
 
-def store_at(root: Path, max_bytes: int = 10_000) -> ArtifactStore:
-    ticks = iter(range(1_000, 100_000))
+def store_at(root: Path, max_bytes: int = 10_000, *, since_ms: int = 1_000) -> ArtifactStore:
+    ticks = iter(range(since_ms, since_ms + 100_000))
     return ArtifactStore(root, max_bytes=max_bytes, clock_ms=lambda: next(ticks))
 
 
@@ -173,6 +173,26 @@ class TestTraceWriter:
         with pytest.raises(NotFound):
             store.get(str(ids[0]))
         assert [plan, ids[1], ids[2]] == [r["id"] for r in store.refs()]
+
+    def test_retention_holds_across_a_restart(self, tmp_path: Path) -> None:
+        """Traces pruned from a segment that still holds newer ones come back with a new
+        store, and the next trace stored prunes them again, oldest first."""
+        store = store_at(tmp_path)
+        writer = TraceWriter(store, retention=2)
+        fields = [{**self.FIELDS, "task_id": f"t-{n}"} for n in range(4)]
+        ids = [writer(f, self.TRANSCRIPT, ("end", {})) for f in fields[:2]]
+        assert ids == [r["id"] for r in store.refs()]  # as many as the retention, not one less
+        store.close()  # both in one segment
+        ids.append(writer(fields[2], self.TRANSCRIPT, ("end", {})))
+        store.close()  # the first pruned in memory, still in its segment beside the second
+        assert [ids[1], ids[2]] == [r["id"] for r in store.refs()]
+        later = store_at(tmp_path, since_ms=200_000)
+        assert ids == [r["id"] for r in later.refs()]
+        newest = TraceWriter(later, retention=2)(fields[3], self.TRANSCRIPT, ("end", {}))
+        assert [ids[2], newest] == [r["id"] for r in later.refs()]
+        for gone in ids[:2]:
+            with pytest.raises(NotFound):
+                later.get(str(gone))
 
     def test_zero_retention_stores_nothing(self, tmp_path: Path) -> None:
         store = store_at(tmp_path)
