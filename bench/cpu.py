@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import statistics
@@ -44,6 +45,9 @@ KEY = "sk-bench-key-0000"
 #: ``BENCH_BASELINE=<dir>``: a second server runs the sources under that directory (e.g. an
 #: exported earlier commit's ``src``), and its variants join every round, for before/after.
 BASELINE = os.environ.get("BENCH_BASELINE", "")
+#: ``BENCH_BASELINE_SERVER='{"trace_retention": 0}'``: server settings (JSON) for the second
+#: server only, e.g. the same sources with one feature off, to measure what it costs.
+BASELINE_SERVER: dict[str, Any] = json.loads(os.environ.get("BENCH_BASELINE_SERVER") or "{}")
 ENGINES: dict[str, list[str]] = {
     "paced": ["--tokens-per-s", "200", "--batch", "1"],
     "fast": ["--batch", "1"],
@@ -82,6 +86,8 @@ def _start_orch(engines: dict[str, Proc], workdir: Path, baseline: str = "") -> 
     tag = "-baseline" if baseline else ""
     # Each server keeps its own traces (one per task), as a lone server would.
     server = {"max_tracked_tasks": 200_000, "artifacts_dir": str(workdir / f"artifacts{tag}")}
+    if baseline:
+        server.update(BASELINE_SERVER)
     config = {"server": server, "pools": pools}
     path = workdir / f"orch{tag}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -13,6 +13,11 @@ was not sent in the second case, so it is tried again, with jittered backoff, un
 caller's deadline. At most ``CONNECTS_AT_ONCE`` connections to one upstream are being
 established at any time; the others wait their turn, unhurried, instead of flooding the
 engine's backlog; established connections are kept alive and reused.
+
+Silence on an aiohttp stream (``read_timeout_ms``) is watched by ``_SilenceWatch``, a timer
+that looks at the body's byte count a few times per limit, rather than by aiohttp's
+``sock_read``, which cancels and re-arms a timer for every chunk received (a token, for most
+engines): it fires no earlier than the limit and at most a quarter of it later.
 """
 
 from __future__ import annotations
@@ -112,6 +117,7 @@ class UpstreamClients:
         "_urls",
         "connect_retries",
         "in_flight",
+        "read_timeout_s",
     )
 
     def __init__(
@@ -120,6 +126,7 @@ class UpstreamClients:
         probe: httpx.AsyncClient | None = None,
         *,
         sessions: Callable[[], aiohttp.ClientSession] | None = None,
+        read_timeout_s: float | None = None,
     ) -> None:
         if streams is None and (sessions is None or probe is None):
             raise ValueError("UpstreamClients needs an httpx client, or a session and a probe")
@@ -133,6 +140,8 @@ class UpstreamClients:
         self.in_flight = 0
         #: Attempts to connect made again after a connect timeout, since start.
         self.connect_retries = 0
+        #: Silence allowed between two reads of an aiohttp stream (None: unwatched).
+        self.read_timeout_s = read_timeout_s
 
     @property
     def streams_via(self) -> str:
@@ -188,12 +197,15 @@ class UpstreamClients:
                 answer = await session.post(
                     url, data=content, headers=headers, allow_redirects=False
                 )
+                watch = None
+                if self.read_timeout_s is not None:
+                    watch = _SilenceWatch(answer.content, self.read_timeout_s)
                 return UpstreamResponse(
                     answer.status,
                     answer.headers,
                     answer.content.iter_any(),
                     answer.read,
-                    self._closing(_closer(answer)),
+                    self._closing(_closer(answer, watch)),
                 )
             assert self._streams is not None
             request = self._streams.build_request("POST", path, content=content, headers=headers)
@@ -258,14 +270,52 @@ class UpstreamResponse:
     close: Callable[[], Awaitable[None]]
 
 
-def _closer(answer: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
+def _closer(
+    answer: aiohttp.ClientResponse, watch: _SilenceWatch | None
+) -> Callable[[], Awaitable[None]]:
     async def close() -> None:
+        if watch is not None:
+            watch.cancel()
         if answer.content.is_eof():
             answer.release()  # read to the end: the connection is reused
         else:
             answer.close()  # mid-stream: closing the connection is the engine's cancel signal
 
     return close
+
+
+class _SilenceWatch:
+    """Fails a response body that received nothing for ``limit_s`` with aiohttp's own
+    ``SocketTimeoutError`` (mapped as a read timeout). It checks every eighth of the limit
+    whether the byte count moved, so a read costs no timer of its own."""
+
+    __slots__ = ("_content", "_handle", "_limit", "_loop", "_period", "_seen", "_since")
+
+    def __init__(self, content: aiohttp.StreamReader, limit_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._content = content
+        self._limit = limit_s
+        self._period = max(0.005, limit_s / 8)
+        self._seen = content.total_bytes
+        self._since = self._loop.time()
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(self._period, self._check)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        content, now = self._content, self._loop.time()
+        self._handle = None
+        if content.is_eof() or content.exception() is not None:
+            return
+        if content.total_bytes != self._seen:
+            self._seen, self._since = content.total_bytes, now
+        elif now - self._since >= self._limit:
+            content.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
+            return
+        self._handle = self._loop.call_later(self._period, self._check)
 
 
 class _PacedConnector(aiohttp.TCPConnector):
@@ -305,8 +355,9 @@ def build_session(
         # caller's first-byte deadline bounds it. Only the handshake has connect_timeout_ms.
         connect=None,
         sock_connect=http.connect_timeout_ms / 1000,
-        # Silence between two reads, mid-stream included (httpx's read timeout).
-        sock_read=http.read_timeout_ms / 1000,
+        # Silence between two reads, mid-stream included (httpx's read timeout), is watched
+        # by ``_SilenceWatch`` (UpstreamClients.read_timeout_s), not by a timer per chunk.
+        sock_read=None,
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -361,4 +412,6 @@ def build_upstream(
             http, max_connections=max_connections, headers=stream_headers, ssl_context=context
         )
 
-    return UpstreamClients(None, probe=probe, sessions=sessions)
+    return UpstreamClients(
+        None, probe=probe, sessions=sessions, read_timeout_s=http.read_timeout_ms / 1000
+    )

@@ -7,14 +7,15 @@ a ref never points at a missing document. Ids and tags are checked against stric
 before they come near a path.
 
 The in-memory index is the truth; files follow it. ``put(..., background=True)`` (stream traces,
-stored as each task ends) hands the file writes to one I/O thread, in order with later deletes,
-and serves the document from memory until it is on disk, so the event loop never waits on disk.
+stored as each task ends) does not write files of its own: the record joins a batch that one
+I/O thread writes as a shared segment file under ``traces/`` (see ``_segments``), and is served
+from memory until then, so the event loop never waits on disk and a trace costs no file created
+or removed of its own.
 """
 
 from __future__ import annotations
 
 import bisect
-import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -27,6 +28,7 @@ from typing import Any, Final
 
 import orjson
 
+from llama_orch.artifacts._segments import Segments
 from llama_orch.contracts.api import TAG_PATTERN
 from llama_orch.errors import InvalidParams, NotFound, PayloadTooLarge
 
@@ -78,8 +80,8 @@ class Stored:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    # Writes run on the store's one I/O thread, so a name per process and target is unique
-    # without mkstemp's random names and retries (a trace is written for every task).
+    # Writes are made by the event loop's thread only, so a name per process and target is
+    # unique without mkstemp's random names and retries.
     tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -102,29 +104,18 @@ class ArtifactStore:
         self._refs: dict[str, dict[str, Any]] | None = None
         #: (created_ms, id) in creation order, for stable paging.
         self._order: list[tuple[int, str]] = []
-        #: Documents handed to the I/O thread and not yet on disk.
-        self._pending: dict[str, bytes] = {}
-        self._io: concurrent.futures.ThreadPoolExecutor | None = None
+        #: Background puts (stream traces), batched into segment files.
+        self._segments = Segments(root / "traces")
 
     def close(self) -> None:
         """Wait until every background write and delete is on disk."""
-        if self._io is not None:
-            self._io.shutdown(wait=True)
-            self._io = None
-
-    def _later(self, work: Any, *args: Any) -> None:
-        if self._io is None:
-            self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="artifacts")
-        self._io.submit(work, *args)
+        self._segments.close()
 
     def _write_files(self, ident: str, doc_bytes: bytes, ref_bytes: bytes) -> None:
         doc_path, ref_path = self._paths(ident)
-        try:
-            doc_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(doc_path, doc_bytes)
-            _atomic_write(ref_path, ref_bytes)
-        finally:
-            self._pending.pop(ident, None)
+        doc_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(doc_path, doc_bytes)
+        _atomic_write(ref_path, ref_bytes)
 
     def _unlink(self, ident: str) -> None:
         for path in self._paths(ident):
@@ -146,6 +137,11 @@ class ArtifactStore:
                         ref = orjson.loads(path.read_bytes())
                         if _ID.match(str(ref.get("id", ""))):
                             refs[ref["id"]] = ref
+                for record in self._segments.load():
+                    with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+                        ref = orjson.loads(record)["ref"]
+                        if _ID.match(str(ref.get("id", ""))):
+                            refs[ref["id"]] = ref
             self._refs = refs
             self._order = sorted((int(r["created_ms"]), i) for i, r in refs.items())
         return self._refs
@@ -158,7 +154,7 @@ class ArtifactStore:
     def put(self, document: Mapping[str, Any], *, background: bool = False) -> Stored:
         """Store ``document`` (kind, content, tags?, parent?, metadata?); same bytes, same id.
 
-        With ``background`` the files are written by the I/O thread (see the module docstring).
+        With ``background`` the record is written by the I/O thread (see the module docstring).
         """
         for tag in document.get("tags") or []:
             check_tag(tag)
@@ -182,8 +178,7 @@ class ArtifactStore:
         ref_bytes = orjson.dumps(ref)
         doc_bytes = b'{"ref":' + ref_bytes + b',"document":' + data + b"}"
         if background:
-            self._pending[ident] = doc_bytes
-            self._later(self._write_files, ident, doc_bytes, ref_bytes)
+            self._segments.add(ident, doc_bytes)
         else:
             self._write_files(ident, doc_bytes, ref_bytes)
         refs[ident] = ref
@@ -196,11 +191,16 @@ class ArtifactStore:
         missing = NotFound(f"artifact {ident} is unknown (or was pruned)")
         if ident not in self._index():
             raise missing
-        raw = self._pending.get(ident)
         try:
-            stored = orjson.loads(raw if raw is not None else self._paths(ident)[0].read_bytes())
+            if self._segments.holds(ident):
+                raw = self._segments.read(ident)
+                if raw is None:
+                    raise FileNotFoundError(ident)
+            else:
+                raw = self._paths(ident)[0].read_bytes()
         except FileNotFoundError:
             raise missing from None
+        stored = orjson.loads(raw)
         return {**stored["ref"], **stored["document"]}
 
     def delete(self, ident: str) -> None:
@@ -210,9 +210,8 @@ class ArtifactStore:
             return
         with contextlib.suppress(ValueError):
             self._order.remove((int(ref["created_ms"]), ident))
-        if self._io is not None:
-            # After any write of the same artifact still queued on the I/O thread.
-            self._later(self._unlink, ident)
+        if self._segments.holds(ident):
+            self._segments.remove(ident)
         else:
             self._unlink(ident)
 

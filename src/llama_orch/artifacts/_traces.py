@@ -8,19 +8,13 @@ as it was before the trace id was added to it (the id cannot be part of what it 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from llama_orch.artifacts._store import ArtifactStore
-
-#: A transcript frame: the event name and its one-line JSON payload.
-Frame = tuple[str, bytes]
-
-
-def sse_text(frames: Sequence[Frame]) -> str:
-    return "".join(f"event: {event}\ndata: {data.decode()}\n\n" for event, data in frames)
+from llama_orch.contracts.frames import encode_frame
 
 
 class TraceWriter:
@@ -30,9 +24,10 @@ class TraceWriter:
         self._kept: deque[str] | None = None
 
     def __call__(
-        self, fields: Mapping[str, Any], frames: Sequence[Frame], terminal: tuple[str, Any]
+        self, fields: Mapping[str, Any], transcript: bytes, terminal: tuple[str, Any]
     ) -> str | None:
-        """Store the transcript of the task described by ``fields``; return the artifact id."""
+        """Store the transcript (SSE bytes, without its terminal frame) of the task described
+        by ``fields``; return the artifact id."""
         if self._retention <= 0:
             return None
         event, payload = terminal
@@ -40,7 +35,9 @@ class TraceWriter:
         document = {
             "kind": "trace",
             "tags": ["sse", "stream", f"task:{task_id}", f"session:{session_id}"],
-            "content": {"transcript": sse_text([*frames, (event, orjson.dumps(payload))])},
+            "content": {
+                "transcript": (transcript + encode_frame(event, orjson.dumps(payload))).decode()
+            },
             "metadata": {
                 "engine": fields.get("engine"),
                 "engine_version": fields.get("engine_version"),
@@ -49,8 +46,9 @@ class TraceWriter:
                 "task_id": task_id,
             },
         }
-        stored = self._store.put(document, background=True)
+        # Listed before the put: listed after, the new trace would be counted twice.
         kept = self._traces()
+        stored = self._store.put(document, background=True)
         if stored.created:
             kept.append(stored.id)
         while len(kept) > self._retention:

@@ -9,7 +9,7 @@ client receives (and the task's log line) carries the trace's id.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -25,8 +25,9 @@ from llama_orch.pool.manager import Replica
 from llama_orch.vocab import Priority
 
 #: Stores a finished stream's transcript and returns its artifact id (or None when disabled):
-#: called with the task's log fields, its frames so far, and its terminal (event, payload).
-TraceSink = Callable[[Mapping[str, Any], Sequence[tuple[str, bytes]], tuple[str, Any]], str | None]
+#: called with the task's log fields, its transcript so far as SSE bytes, and its terminal
+#: (event, payload).
+TraceSink = Callable[[Mapping[str, Any], bytes, tuple[str, Any]], str | None]
 
 
 class _Stamp:
@@ -44,7 +45,7 @@ class _Stamp:
         event, data = frame
         payload = orjson.loads(data)
         task = self._task
-        self.trace_id = self._sink(task.log_fields(), task.stream.frames(), (event, dict(payload)))
+        self.trace_id = self._sink(task.log_fields(), task.stream.sse(), (event, dict(payload)))
         if self.trace_id is None:
             return frame
         payload["trace_id"] = self.trace_id

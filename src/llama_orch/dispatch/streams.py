@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 import orjson
 
 from llama_orch.contracts.events import TERMINAL_EVENTS
-from llama_orch.contracts.frames import Frame
+from llama_orch.contracts.frames import Frame, encode_frame, encode_token
 
 #: A transcript entry: a token's text, or a non-token frame.
 Entry = str | Frame
@@ -150,6 +150,19 @@ class TaskStream:
             else:
                 out.append(entry)
         return out
+
+    def sse(self) -> bytes:
+        """The transcript as SSE bytes, exactly as a subscriber without micro-batch reads it
+        (the stream trace): each entry encoded once, with no (event, JSON) frame built first."""
+        out: list[bytes] = []
+        index = 0
+        for entry in self._entries:
+            if type(entry) is str:
+                out.append(encode_token(entry, index))
+                index += 1
+            else:
+                out.append(encode_frame(*entry))
+        return b"".join(out)
 
     async def follow(self, start: int = 0) -> AsyncIterator[Frame]:
         """Yield every frame from entry ``start`` on, waiting for new ones until the terminal."""

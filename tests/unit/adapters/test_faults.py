@@ -102,6 +102,20 @@ class TestEngineSpecificFaults:
             await busy.aclose()  # type: ignore[attr-defined]
         assert "first_byte_timeout_ms (150 ms)" in info.value.message
 
+    async def test_mid_stream_silence_is_the_read_timeout_never_earlier(self) -> None:
+        """A stream that stalls fails as DECODE_TIMEOUT, once read_timeout_ms of silence has
+        passed since its last token, not before; the stream was read through aiohttp."""
+        stall = Behaviour(stall_after=2)
+        async with fake_and_adapter("vllm", stall, read_timeout_ms=200) as (_, adapter):
+            assert "aiohttp" == adapter.upstream.streams_via
+            last_read = 0.0
+            with pytest.raises(DecodeTimeout) as info:
+                async for _event in adapter.submit(request(max_tokens=10)):
+                    last_read = asyncio.get_running_loop().time()
+            silent_for = asyncio.get_running_loop().time() - last_read
+        assert silent_for >= 0.2
+        assert "went silent past the read timeout" in info.value.message
+
     async def test_llamacpp_context_overflow_is_invalid_params(self) -> None:
         """A prompt over the context is the engine's 400, so INVALID_PARAMS for the client."""
         async with fake_and_adapter("llamacpp") as (_, adapter):

@@ -6,7 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import orjson
 import pytest
 
 from llama_orch.artifacts import ArtifactStore, TraceWriter, artifact_id, canonical_json
@@ -15,8 +14,8 @@ from llama_orch.errors import InvalidParams, NotFound, PayloadTooLarge
 PLAN = {"kind": "plan", "tags": ["project:demo"], "content": {"steps": ["a", "b"]}}
 
 
-def store_at(root: Path, max_bytes: int = 10_000) -> ArtifactStore:
-    ticks = iter(range(1_000, 100_000))
+def store_at(root: Path, max_bytes: int = 10_000, *, since_ms: int = 1_000) -> ArtifactStore:
+    ticks = iter(range(since_ms, since_ms + 100_000))
     return ArtifactStore(root, max_bytes=max_bytes, clock_ms=lambda: next(ticks))
 
 
@@ -80,8 +79,8 @@ class TestArtifactStore:
             store_at(tmp_path).put({**PLAN, "content": {"n": 2**80}})
 
     def test_background_writes_serve_at_once_and_land_in_order(self, tmp_path: Path) -> None:
-        """A background put is readable at once; once flushed its files exist, and a delete
-        queued after it leaves none."""
+        """A background put is readable at once; once flushed it is one record of a shared
+        segment file, readable by a store opened later, and a delete queued after it is kept."""
         store = store_at(tmp_path)
         kept = store.put(PLAN, background=True).id
         gone = store.put({**PLAN, "content": {"n": 1}}, background=True).id
@@ -90,7 +89,34 @@ class TestArtifactStore:
         with pytest.raises(NotFound):
             store.get(gone)
         store.close()
-        assert [f"{kept}.json", f"{kept}.ref"] == sorted(p.name for p in tmp_path.rglob("*.*"))
+        assert ["000000000000.seg"] == sorted(p.name for p in tmp_path.rglob("*.*"))
+        later = store_at(tmp_path)
+        assert PLAN["content"] == later.get(kept)["content"]
+        assert [kept] == [r["id"] for r in later.refs()]
+        assert PLAN["content"] == store.get(kept)["content"]
+
+    def test_a_segment_file_goes_when_its_last_record_is_deleted(self, tmp_path: Path) -> None:
+        """Background records share files; deleting all of one batch removes its file, and
+        a new store keeps numbering after the segments it finds."""
+        store = store_at(tmp_path)
+        first = [store.put({**PLAN, "content": {"n": n}}, background=True).id for n in range(3)]
+        store.close()
+        second = store.put({**PLAN, "content": {"n": 3}}, background=True).id
+        store.close()
+        assert 2 == len(list(tmp_path.rglob("*.seg")))
+        for ident in first[:2]:
+            store.delete(ident)
+        store.close()
+        assert 2 == len(list(tmp_path.rglob("*.seg")))
+        store.delete(first[2])
+        store.close()
+        assert ["000000000001.seg"] == [p.name for p in tmp_path.rglob("*.seg")]
+        later = store_at(tmp_path)
+        assert [second] == [r["id"] for r in later.refs()]
+        later.put({**PLAN, "content": {"n": 4}}, background=True)
+        later.close()
+        names = sorted(p.name for p in tmp_path.rglob("*.seg"))
+        assert ["000000000001.seg", "000000000002.seg"] == names
 
     def test_unknown_id_is_not_found(self, tmp_path: Path) -> None:
         with pytest.raises(NotFound):
@@ -118,13 +144,13 @@ class TestTraceWriter:
         "pool_id": "p0",
         "replica_id": "r0",
     }
-    FRAMES = [("token", orjson.dumps({"t": "hi", "i": 0}))]
+    TRANSCRIPT = b'event: token\ndata: {"t":"hi","i":0}\n\n'
 
     def test_stores_the_transcript_with_tags_and_metadata(self, tmp_path: Path) -> None:
         """The trace holds the SSE text up to its terminal frame, tagged and described."""
         store = store_at(tmp_path)
         ident = TraceWriter(store, retention=10)(
-            {**self.FIELDS}, self.FRAMES, ("end", {"tokens_out": 1})
+            {**self.FIELDS}, self.TRANSCRIPT, ("end", {"tokens_out": 1})
         )
         assert ident is not None
         trace = store.get(ident)
@@ -141,13 +167,34 @@ class TestTraceWriter:
         plan = store.put(PLAN).id
         writer = TraceWriter(store, retention=2)
         ids = [
-            writer({**self.FIELDS, "task_id": f"t-{n}"}, self.FRAMES, ("end", {})) for n in range(3)
+            writer({**self.FIELDS, "task_id": f"t-{n}"}, self.TRANSCRIPT, ("end", {}))
+            for n in range(3)
         ]
         with pytest.raises(NotFound):
             store.get(str(ids[0]))
         assert [plan, ids[1], ids[2]] == [r["id"] for r in store.refs()]
 
+    def test_retention_holds_across_a_restart(self, tmp_path: Path) -> None:
+        """Traces pruned from a segment that still holds newer ones come back with a new
+        store, and the next trace stored prunes them again, oldest first."""
+        store = store_at(tmp_path)
+        writer = TraceWriter(store, retention=2)
+        fields = [{**self.FIELDS, "task_id": f"t-{n}"} for n in range(4)]
+        ids = [writer(f, self.TRANSCRIPT, ("end", {})) for f in fields[:2]]
+        assert ids == [r["id"] for r in store.refs()]  # as many as the retention, not one less
+        store.close()  # both in one segment
+        ids.append(writer(fields[2], self.TRANSCRIPT, ("end", {})))
+        store.close()  # the first pruned in memory, still in its segment beside the second
+        assert [ids[1], ids[2]] == [r["id"] for r in store.refs()]
+        later = store_at(tmp_path, since_ms=200_000)
+        assert ids == [r["id"] for r in later.refs()]
+        newest = TraceWriter(later, retention=2)(fields[3], self.TRANSCRIPT, ("end", {}))
+        assert [ids[2], newest] == [r["id"] for r in later.refs()]
+        for gone in ids[:2]:
+            with pytest.raises(NotFound):
+                later.get(str(gone))
+
     def test_zero_retention_stores_nothing(self, tmp_path: Path) -> None:
         store = store_at(tmp_path)
-        assert TraceWriter(store, retention=0)(self.FIELDS, self.FRAMES, ("end", {})) is None
+        assert TraceWriter(store, retention=0)(self.FIELDS, self.TRANSCRIPT, ("end", {})) is None
         assert 0 == len(store)

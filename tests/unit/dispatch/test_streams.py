@@ -85,6 +85,16 @@ class TestTranscriptShape:
         ] == stream.frames()
         assert (2, True) == (stream.tokens, stream.closed)
 
+    def test_sse_is_the_frames_encoded_as_a_subscriber_reads_them(self) -> None:
+        """sse() (the stream trace) is every frame as SSE text, one token per frame."""
+        stream = TaskStream()
+        stream.publish_frame(("started", b'{"queue_position":0}'))
+        stream.publish_tokens(["a", 'q"\n'])
+        stream.publish_frame(("end", b'{"tokens_out":2}'))
+        expected = "".join(f"event: {e}\ndata: {d.decode()}\n\n" for e, d in stream.frames())
+        assert expected.encode() == stream.sse()
+        assert b'data: {"t":"q\\"\\n","i":1}' in stream.sse()
+
     def test_one_subscriber_at_a_time(self) -> None:
         """subscribe claims the stream once; unsubscribe gives it back."""
         stream = TaskStream()

@@ -290,7 +290,10 @@ async def follow(
     entries = stream.entries
     index = 0
     while True:
-        if index >= len(entries) and not await stream.wait(index, waiting_every_s):
+        # Nothing enters the transcript while the task is queued: once something has, waits
+        # need no timer (which would otherwise be armed and canceled for every token).
+        every = waiting_every_s if index == 0 else None
+        if index >= len(entries) and not await stream.wait(index, every):
             status = deps.service.task_status(ticket.task_id)
             if status.state is TaskState.QUEUED:
                 yield Waiting(status.queue_position)
