@@ -14,7 +14,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from llama_orch.config._models import Config, is_loopback_host, parse_host_port
+from llama_orch.config._models import (
+    Config,
+    ProvisioningConfig,
+    is_loopback_host,
+    parse_host_port,
+)
 from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.vocab import ProvisioningMode
 
@@ -87,7 +92,8 @@ def parse_config_text(text: str, source: str = "<config>") -> Config:
 
 
 def not_available_yet(config: Config) -> list[ConfigIssue]:
-    """Keys the schema accepts but nothing acts on yet: refused rather than silently ignored."""
+    """Keys the schema accepts but nothing acts on (yet, or for this pool): refused rather
+    than silently ignored."""
     issues = []
     for index, pool in enumerate(config.pools):
         where = f"pools.{index}"
@@ -119,6 +125,58 @@ def not_available_yet(config: Config) -> list[ConfigIssue]:
                         "(engine mock or provisioning.mode external); remove it",
                     )
                 )
+        if pool.provisioning is not None:
+            issues += _provisioning_issues(f"{where}.provisioning", pool.provisioning)
+    return issues
+
+
+#: The block of ``provisioning`` each mode reads; the others would be ignored.
+_MODE_BLOCKS = ("source", "container", "package", "binary")
+
+
+def _provisioning_issues(where: str, prov: ProvisioningConfig) -> list[ConfigIssue]:
+    """Provisioning keys the pool's mode never reads, each refused with what to do instead."""
+    mode = prov.mode.value
+    issues = [
+        ConfigIssue(
+            f"{where}.{block}",
+            f"{block} applies to provisioning.mode {block}, not {mode}; remove it",
+        )
+        for block in _MODE_BLOCKS
+        if block != mode and getattr(prov, block) is not None
+    ]
+    if prov.ports is not None:
+        issues.append(
+            ConfigIssue(
+                f"{where}.ports",
+                "not available yet: llama-orch picks a free port for each replica itself",
+            )
+        )
+    if prov.model is not None and prov.model.cache_dir is not None:
+        issues.append(
+            ConfigIssue(
+                f"{where}.model.cache_dir",
+                "not available yet: models live in the catalog (catalog.root); set that instead",
+            )
+        )
+    if prov.mode is ProvisioningMode.EXTERNAL:
+        # An engine started by someone else: nothing here reaches it.
+        launch_only = {
+            "flags": prov.flags is not None,
+            "env": prov.env is not None,
+            "allow_package_installs": prov.allow_package_installs,
+            "allow_binary_downloads": prov.allow_binary_downloads,
+            "model.checksum": prov.model is not None and prov.model.checksum is not None,
+        }
+        issues += [
+            ConfigIssue(
+                f"{where}.{key}",
+                f"{key} has no effect on an engine llama-orch does not start "
+                "(provisioning.mode external); remove it",
+            )
+            for key, set_here in launch_only.items()
+            if set_here
+        ]
     return issues
 
 

@@ -285,7 +285,15 @@ class ProvisionModelConfig(_Strict):
     #: An alias tasks may send as ``model_ref`` instead of the ref or catalog id.
     name: str | None = None
     cache_dir: str | None = None
+    #: ``sha256:<hex>`` the model must hash to (its catalog digest); other bytes are refused.
     checksum: str | None = None
+
+    @field_validator("checksum")
+    @classmethod
+    def _checksum_shape(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", value):
+            raise ValueError(f"checksum must look like sha256:<64 hex digits>, got {value!r}")
+        return value.lower() if value is not None else None
 
 
 class ProvisioningConfig(_Strict):

@@ -172,6 +172,54 @@ pools:
 """
         assert ["pools.0.tensor_split"] == [i.split(":")[0] for i in issues_of(text)]
 
+    @pytest.mark.parametrize(
+        ("provisioning", "keys"),
+        [
+            (
+                "{mode: binary, binary: {url: 'https://x/l.tgz', checksum: 'sha256:00'},\n"
+                "      source: {repo: 'https://x/r', ref: v1}, container: {image: i}}",
+                ["pools.0.provisioning.source", "pools.0.provisioning.container"],
+            ),
+            ("{mode: external, package: {name: vllm}}", ["pools.0.provisioning.package"]),
+            (
+                "{mode: external, flags: [--x], env: {A: b}, allow_binary_downloads: true}",
+                [
+                    "pools.0.provisioning.flags",
+                    "pools.0.provisioning.env",
+                    "pools.0.provisioning.allow_binary_downloads",
+                ],
+            ),
+            (
+                f"{{mode: external, model: {{checksum: 'sha256:{'a' * 64}'}}}}",
+                ["pools.0.provisioning.model.checksum"],
+            ),
+            ("{mode: package, ports: [9000]}", ["pools.0.provisioning.ports"]),
+            ("{mode: package, model: {cache_dir: /m}}", ["pools.0.provisioning.model.cache_dir"]),
+        ],
+    )
+    def test_provisioning_keys_the_mode_never_reads_are_refused(
+        self, provisioning: str, keys: list[str]
+    ) -> None:
+        """A provisioning block or key the pool's mode ignores is refused, naming it."""
+        text = f"""
+gpus: {{simulated: [{{index: 0, name: sim, vram_mb: 1024}}]}}
+pools:
+  - id: p0
+    engine: vllm
+    model: m0
+    endpoint: http://127.0.0.1:9
+    provisioning: {provisioning}
+"""
+        assert keys == [i.split(":")[0] for i in issues_of(text)]
+
+    def test_model_checksum_must_be_a_sha256_digest(self) -> None:
+        text = MINIMAL.replace(
+            "{id: p0, engine: mock, model: m0}",
+            "{id: p0, engine: vllm, model: m0, provisioning: {mode: package, "
+            "model: {checksum: md5:12}}}",
+        )
+        assert ["pools.0.provisioning.model.checksum"] == [i.split(":")[0] for i in issues_of(text)]
+
     def test_sections_being_built_elsewhere_are_accepted(self) -> None:
         """catalog and network_policy sections, and other provisioning modes, still load."""
         text = (
