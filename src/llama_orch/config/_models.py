@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -40,6 +41,19 @@ def parse_host_port(value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be 0..65535, got {port}")
     return host.strip("[]"), port
+
+
+def check_http_url(value: str) -> str:
+    """An http(s) URL with a host and a valid port; raises ValueError saying what is wrong."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:  # an unclosed [IPv6] host, a port beyond 65535
+        raise ValueError(f"{value!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+    del port
+    return value
 
 
 def is_loopback_host(host: str) -> bool:
@@ -182,6 +196,11 @@ class CatalogConfig(_Strict):
     s3_endpoint_url: str | None = None
     #: OCI registries (host:port) reached over plain HTTP, e.g. a registry on the LAN.
     insecure_registries: list[str] = []
+
+    @field_validator("hf_endpoint", "s3_endpoint_url")
+    @classmethod
+    def _endpoint_urls(cls, value: str | None) -> str | None:
+        return check_http_url(value) if value is not None else None
 
 
 class SimulatedGpu(_Strict):
@@ -482,8 +501,11 @@ class PoolConfig(_Strict):
                     f"model ({self.model!r}) and provisioning.model.ref ({ref!r}) differ; "
                     "pools[].model is canonical, set only that"
                 )
-        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"endpoint must be an http:// or https:// URL, got {self.endpoint!r}")
+        if self.endpoint is not None:
+            try:
+                check_http_url(self.endpoint)
+            except ValueError as exc:
+                raise ValueError(f"endpoint: {exc}") from None
         if self.upstream_api is not None and self.engine not in (Engine.VLLM, Engine.OPENAI):
             raise ValueError(f"upstream_api applies to vllm and openai pools, not {self.engine}")
         if self.api_key_env is not None and not _ENV_NAME.fullmatch(self.api_key_env):

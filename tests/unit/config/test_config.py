@@ -75,6 +75,28 @@ pools:
         )
         assert any("requires endpoint" in p for p in issues_of(text))
 
+    @pytest.mark.parametrize(
+        ("endpoint", "says"),
+        [
+            ("http://[::1", "not a valid URL"),
+            ("http://host:99999", "not a valid URL"),
+            ("ftp://host", "http:// or https:// URL"),
+            ("http://:8000", "http:// or https:// URL with a host"),
+        ],
+    )
+    def test_a_malformed_endpoint_is_refused_at_load(self, endpoint: str, says: str) -> None:
+        """An endpoint no client could reach fails validation, not the server's start-up."""
+        text = MINIMAL.replace(
+            "{id: p0, engine: mock, model: m0}",
+            f"{{id: p0, engine: vllm, model: m0, endpoint: '{endpoint}', "
+            "provisioning: {mode: external}}",
+        )
+        problems = issues_of(text)
+        assert 1 == len(problems) and problems[0].startswith("pools.0: endpoint:")
+        assert says in problems[0]
+        catalog = MINIMAL + f"catalog: {{hf_endpoint: '{endpoint}'}}\n"
+        assert ["catalog.hf_endpoint"] == [p.split(":")[0] for p in issues_of(catalog)]
+
     def test_upstream_connections_cover_the_slots(self) -> None:
         """Unset, http.max_connections is slots + 8; set below slots, it is refused."""
         derived = MINIMAL.replace("model: m0}", "model: m0, slots: 300}")
