@@ -217,7 +217,13 @@ def cancel(task_id: str, url: str | None, token_file: str | None) -> None:
 
 @cli.command()
 @click.option("--watch", is_flag=True, help="Refresh until interrupted.")
-@click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes (at least 0.1).",
+)
 @_url_option
 @_token_option
 def status(watch: bool, interval: float, url: str | None, token_file: str | None) -> None:
