@@ -113,18 +113,23 @@ def not_available_yet(config: Config) -> list[ConfigIssue]:
                     "not available yet: the replicas of a pool always run one engine version",
                 )
             )
-        # Both shape how an engine is launched; the defaults (none, true) are what an engine
-        # started by someone else gets anyway.
-        launch_only = {"tensor_split": pool.tensor_split is not None, "preload": not pool.preload}
-        for key, set_here in launch_only.items():
-            if external and set_here:
-                issues.append(
-                    ConfigIssue(
-                        f"{where}.{key}",
-                        f"{key} has no effect on an engine llama-orch does not start "
-                        "(engine mock or provisioning.mode external); remove it",
-                    )
+        if not pool.preload:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.preload",
+                    "not available yet: every pool's engines start, model loaded, when the "
+                    "server does (or with their pool's reload); remove it",
                 )
+            )
+        # Shapes how an engine is launched; an engine started by someone else has its own.
+        if external and pool.tensor_split is not None:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.tensor_split",
+                    "tensor_split has no effect on an engine llama-orch does not start "
+                    "(engine mock or provisioning.mode external); remove it",
+                )
+            )
         if pool.provisioning is not None:
             issues += _provisioning_issues(f"{where}.provisioning", pool.provisioning)
     return issues

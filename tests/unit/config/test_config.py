@@ -169,6 +169,11 @@ class TestNotAvailableYet:
                 "pools.0.require_same_engine_version",
             ),
             ("pools:\n  - {id: p0, engine: mock, model: m0, preload: false}\n", "pools.0.preload"),
+            (
+                "pools:\n  - {id: p0, engine: llamacpp, model: m.gguf, preload: false,\n"
+                "     provisioning: {mode: source, source: {repo: 'https://x/r', ref: v1}}}\n",
+                "pools.0.preload",
+            ),
         ],
     )
     def test_keys_nothing_acts_on_are_refused(self, extra: str, key: str) -> None:
