@@ -97,7 +97,10 @@ def not_available_yet(config: Config) -> list[ConfigIssue]:
     issues = []
     for index, pool in enumerate(config.pools):
         where = f"pools.{index}"
-        external = pool.provisioning is None or pool.provisioning.mode is ProvisioningMode.EXTERNAL
+        external_engine = (
+            pool.provisioning is not None and pool.provisioning.mode is ProvisioningMode.EXTERNAL
+        )
+        external = pool.provisioning is None or external_engine
         if pool.engine_version is not None:
             issues.append(
                 ConfigIssue(
@@ -119,6 +122,15 @@ def not_available_yet(config: Config) -> list[ConfigIssue]:
                     f"{where}.preload",
                     "not available yet: every pool's engines start, model loaded, when the "
                     "server does (or with their pool's reload); remove it",
+                )
+            )
+        if not external_engine and pool.endpoint is not None:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.endpoint",
+                    "endpoint is where an engine someone else started listens "
+                    "(provisioning.mode external); llama-orch gives the engines it starts a "
+                    "port of its own, and a mock pool runs in-process; remove it",
                 )
             )
         # Shapes how an engine is launched; an engine started by someone else has its own.

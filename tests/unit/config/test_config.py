@@ -170,6 +170,15 @@ class TestNotAvailableYet:
             ),
             ("pools:\n  - {id: p0, engine: mock, model: m0, preload: false}\n", "pools.0.preload"),
             (
+                "pools:\n  - {id: p0, engine: mock, model: m0, endpoint: 'http://h:1'}\n",
+                "pools.0.endpoint",
+            ),
+            (
+                "pools:\n  - {id: p0, engine: llamacpp, model: m.gguf, endpoint: 'http://h:1',\n"
+                "     provisioning: {mode: source, source: {repo: 'https://x/r', ref: v1}}}\n",
+                "pools.0.endpoint",
+            ),
+            (
                 "pools:\n  - {id: p0, engine: llamacpp, model: m.gguf, preload: false,\n"
                 "     provisioning: {mode: source, source: {repo: 'https://x/r', ref: v1}}}\n",
                 "pools.0.preload",
@@ -228,13 +237,14 @@ pools:
         self, provisioning: str, keys: list[str]
     ) -> None:
         """A provisioning block or key the pool's mode ignores is refused, naming it."""
+        endpoint = "http://127.0.0.1:9" if "external" in provisioning else "null"
         text = f"""
 gpus: {{simulated: [{{index: 0, name: sim, vram_mb: 1024}}]}}
 pools:
   - id: p0
     engine: vllm
     model: m0
-    endpoint: http://127.0.0.1:9
+    endpoint: {endpoint}
     provisioning: {provisioning}
 """
         assert keys == [i.split(":")[0] for i in issues_of(text)]
