@@ -49,6 +49,12 @@ class TestModelsCliOnDisk:
         code, _, err = await run("models", "--url", "http://127.0.0.1:9", "--config", cfg, "ls")
         assert 0 == code and "using the catalog on disk" in err
 
+    async def test_help_asks_no_server(self) -> None:
+        """`llorch models ls --help` prints the help alone: it does not probe the server."""
+        code, out, err = await run("models", "--url", "http://127.0.0.1:9", "ls", "--help")
+        assert (0, "") == (code, err)
+        assert "List the catalog" in out
+
 
 class TestModelsCliAgainstServer:
     async def test_pull_and_ls_through_the_server(self, tmp_path: Path) -> None:
