@@ -6,6 +6,7 @@ deployment values and secrets that come from the environment (env wins over the 
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +275,42 @@ def _sse_overrides(config: Config, environ: Mapping[str, str]) -> Config:
         raise ConfigError("environment", _issues_from(exc)) from exc
 
 
+def _tls_files(config: Config, base_dir: Path) -> list[ConfigIssue]:
+    """The files the server and the fetchers load certificates from, loaded once now, so a
+    missing or mismatched one is a config error naming its key, not a start-up traceback."""
+    issues = []
+    tls = config.server.tls
+    if tls is not None:
+        cert, key = (resolve_path(p, base_dir) for p in (tls.certfile, tls.keyfile))
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            issues.append(
+                ConfigIssue(
+                    "server.tls",
+                    f"certificate {cert} with key {key} does not load: "
+                    f"{getattr(exc, 'strerror', None) or exc}",
+                )
+            )
+    for index, path in enumerate(config.catalog.trust_policy.ca_roots):
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=Path(path).expanduser())
+        except (OSError, ssl.SSLError) as exc:
+            issues.append(
+                ConfigIssue(
+                    f"catalog.trust_policy.ca_roots.{index}",
+                    f"CA file {path} does not load: {getattr(exc, 'strerror', None) or exc}",
+                )
+            )
+    return issues
+
+
+def resolve_path(path: str, base_dir: Path) -> Path:
+    """A path from the config file: ``~`` expanded, relative ones against the file's directory."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else base_dir / candidate
+
+
 def _upstream_api_keys(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
     """Each pool's upstream key; a named but unset variable fails start-up with its name."""
     keys: dict[str, str] = {}
@@ -322,6 +359,9 @@ def load_settings(
             raise ConfigError(source, unbuilt)
     config = _sse_overrides(config, environ)
     server = config.server
+    unloadable = _tls_files(config, base_dir)
+    if unloadable:
+        raise ConfigError(source, unloadable)
 
     bind = (
         bind_override or environ.get("BIND_ADDR") or environ.get("ORCHD_ADDR") or server.bind_addr
@@ -337,9 +377,7 @@ def load_settings(
     if token is None and environ.get("AUTH_TOKEN_FILE"):
         token = _read_token_file(environ["AUTH_TOKEN_FILE"], "AUTH_TOKEN_FILE")
     elif token is None and server.auth_token_file:
-        token_path = Path(server.auth_token_file).expanduser()
-        if not token_path.is_absolute():
-            token_path = base_dir / token_path
+        token_path = resolve_path(server.auth_token_file, base_dir)
         token = _read_token_file(str(token_path), "server.auth_token_file")
 
     log_format = environ.get("LOG_FORMAT", config.logging.format)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trustme
 
 from llama_orch.config import load_settings, parse_config_text, read_config_file
 from llama_orch.errors import ConfigError
@@ -114,6 +115,44 @@ pools:
     def test_not_a_mapping(self) -> None:
         """A file that is not a mapping says what shape is expected."""
         assert ["<root>: expected a mapping with a pools: key"] == issues_of("- 1\n- 2\n")
+
+
+class TestCertificateFiles:
+    def test_unloadable_tls_and_ca_files_name_their_keys(self, tmp_path: Path) -> None:
+        """A missing certificate or CA file is a config error at load, not a start-up crash."""
+        (tmp_path / "junk.pem").write_text("not a certificate\n")
+        path = tmp_path / "llorch.yaml"
+        path.write_text(
+            MINIMAL
+            + "server: {tls: {certfile: cert.pem, keyfile: key.pem}}\n"
+            + "catalog: {trust_policy: {ca_roots: [/nonexistent/ca.pem, "
+            + f"{tmp_path / 'junk.pem'}]}}}}\n"
+        )
+        with pytest.raises(ConfigError) as info:
+            load_settings({}, path)
+        problems = [str(issue) for issue in info.value.issues]
+        assert [
+            "server.tls",
+            "catalog.trust_policy.ca_roots.0",
+            "catalog.trust_policy.ca_roots.1",
+        ] == [p.split(":")[0] for p in problems]
+        assert f"certificate {tmp_path / 'cert.pem'}" in problems[0]
+
+    def test_relative_certificate_paths_resolve_against_the_config_file(
+        self, tmp_path: Path
+    ) -> None:
+        ca = trustme.CA()
+        ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+            str(tmp_path / "server.pem")
+        )
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        path = tmp_path / "llorch.yaml"
+        path.write_text(
+            MINIMAL
+            + "server: {tls: {certfile: server.pem, keyfile: server.pem}}\n"
+            + f"catalog: {{trust_policy: {{ca_roots: [{tmp_path / 'ca.pem'}]}}}}\n"
+        )
+        assert load_settings({}, path).config.server.tls is not None
 
 
 class TestEnvironment:
