@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,6 +83,28 @@ def check_vram_fit(settings: Settings, inventory: GpuInventory, models: PoolMode
             issues.append(ConfigIssue(f"pools.{index}.model", problem))
     if issues:
         raise ConfigError(settings.source, issues)
+
+
+def artifacts_root(settings: Settings) -> Path:
+    """``server.artifacts_dir``, created now: one the server cannot write stops start-up with
+    its key, rather than failing every stored artifact and stream trace later."""
+    root = Path(settings.config.server.artifacts_dir).expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            settings.source,
+            [
+                ConfigIssue(
+                    "server.artifacts_dir",
+                    f"cannot write {root}: {exc.strerror or exc}; point it at a directory this "
+                    "user can write",
+                )
+            ],
+        ) from exc
+    return root
 
 
 def launcher_of(settings: Settings) -> Launcher:
@@ -166,9 +189,7 @@ def build_deps(
     )
     admission = Admission(settings.config, pools, dispatcher, metrics)
     server = settings.config.server
-    artifacts = ArtifactStore(
-        Path(server.artifacts_dir).expanduser(), max_bytes=server.artifact_max_bytes
-    )
+    artifacts = ArtifactStore(artifacts_root(settings), max_bytes=server.artifact_max_bytes)
     dispatcher.endings.trace = TraceWriter(artifacts, retention=server.trace_retention)
     return AppDeps(
         settings=settings,
