@@ -23,7 +23,7 @@ from llama_orch.pool.launch import Launcher, LocalLauncher
 from llama_orch.pool.launch.routing import HostRouting
 from llama_orch.pool.manager import PoolManager
 from llama_orch.provisioners.engine import FileEngineIndex, ProvisionContext
-from llama_orch.provisioners.factory import model_provisioner
+from llama_orch.provisioners.factory import catalog_root, model_provisioner
 from llama_orch.provisioners.pool_models import PoolModels
 from llama_orch.server.deps import AppDeps
 from llama_orch.supervisor import Supervisor
@@ -85,10 +85,9 @@ def check_vram_fit(settings: Settings, inventory: GpuInventory, models: PoolMode
         raise ConfigError(settings.source, issues)
 
 
-def artifacts_root(settings: Settings) -> Path:
-    """``server.artifacts_dir``, created now: one the server cannot write stops start-up with
-    its key, rather than failing every stored artifact and stream trace later."""
-    root = Path(settings.config.server.artifacts_dir).expanduser()
+def writable_dir(settings: Settings, key: str, root: Path) -> Path:
+    """``root`` (the directory config ``key`` names), created now: one the server cannot write
+    stops start-up with its key, rather than failing each request that stores something."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=root, prefix=".write-probe-"):
@@ -98,7 +97,7 @@ def artifacts_root(settings: Settings) -> Path:
             settings.source,
             [
                 ConfigIssue(
-                    "server.artifacts_dir",
+                    key,
                     f"cannot write {root}: {exc.strerror or exc}; point it at a directory this "
                     "user can write",
                 )
@@ -164,6 +163,7 @@ def build_deps(
     check_serveable(settings, inventory)
     clock = clock or SystemClock()
     metrics = Metrics()
+    writable_dir(settings, "catalog.root", catalog_root(settings.config, settings.catalog_env))
     models = model_provisioner(settings.config, settings.catalog_env, metrics)
     pool_models = PoolModels(settings.config.pools, models, settings.base_dir)
     check_vram_fit(settings, inventory, pool_models)
@@ -189,7 +189,10 @@ def build_deps(
     )
     admission = Admission(settings.config, pools, dispatcher, metrics)
     server = settings.config.server
-    artifacts = ArtifactStore(artifacts_root(settings), max_bytes=server.artifact_max_bytes)
+    artifacts = ArtifactStore(
+        writable_dir(settings, "server.artifacts_dir", Path(server.artifacts_dir).expanduser()),
+        max_bytes=server.artifact_max_bytes,
+    )
     dispatcher.endings.trace = TraceWriter(artifacts, retention=server.trace_retention)
     return AppDeps(
         settings=settings,

@@ -57,17 +57,22 @@ class TestGpuFailFast:
         assert "GPUs [0] do not exist; present: [3]" in str(info.value)
 
 
-class TestArtifactsDir:
-    def test_an_unwritable_artifacts_dir_stops_start_up(self, tmp_path: Path) -> None:
-        """A path the server cannot create is a config error naming server.artifacts_dir,
-        not a 500 on every POST /v1/artifacts and a lost trace per stream."""
+class TestWritableDirectories:
+    @pytest.mark.parametrize(
+        ("section", "field"), [("server", "artifacts_dir"), ("catalog", "root")]
+    )
+    def test_an_unwritable_directory_stops_start_up(
+        self, tmp_path: Path, section: str, field: str
+    ) -> None:
+        """A path the server cannot create is a config error naming its key, not a 500 on each
+        request that stores an artifact (or a lost stream trace), or pulls a model."""
         blocker = tmp_path / "a-file"
         blocker.write_text("not a directory")
-        config = config_of(mock_pool(), server={"artifacts_dir": str(blocker / "artifacts")})
+        config = config_of(mock_pool(), **{section: {field: str(blocker / "dir")}})
         with pytest.raises(ConfigError) as info:
             build_deps(load_settings({}, config=config))
-        assert ["server.artifacts_dir"] == [issue.path for issue in info.value.issues]
-        assert f"cannot write {blocker / 'artifacts'}" in str(info.value)
+        assert [f"{section}.{field}"] == [issue.path for issue in info.value.issues]
+        assert f"cannot write {blocker / 'dir'}" in str(info.value)
 
     def test_a_missing_artifacts_dir_is_created(self, tmp_path: Path) -> None:
         config = config_of(mock_pool(), server={"artifacts_dir": str(tmp_path / "a" / "b")})
