@@ -144,9 +144,29 @@ def _target(ctx: click.Context) -> Target:
     return target
 
 
-@click.group()
+class _CatalogGroup(click.Group):
+    """The on-disk catalog's file errors (a root that cannot be written, a full disk) end the
+    command with what failed, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            _fail(
+                f"cannot use the catalog on disk:{where}: {exc.strerror or exc}",
+                "point catalog.root (--config) at a directory this user can write",
+            )
+
+
+@click.group(cls=_CatalogGroup)
 @click.option("--url", default=None, help=f"Server URL (env LLORCH_URL, default {DEFAULT_URL}).")
-@click.option("--token-file", default=None, type=click.Path(dir_okay=False))
+@click.option(
+    "--token-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="File holding the bearer token (else env LLORCH_TOKEN, else LLORCH_TOKEN_FILE).",
+)
 @click.option("--local", is_flag=True, help="Work on the catalog on disk even if a server runs.")
 @click.option(
     "--config",
