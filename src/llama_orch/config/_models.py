@@ -437,6 +437,14 @@ class HttpConfig(_Strict):
     proxy: str | None = None
 
 
+#: Workloads an engine's adapter has no route for (docs/adapters.md): a pool listing one would
+#: take such tasks only to fail each of them.
+_UNSERVED_WORKLOADS: dict[Engine, frozenset[Workload]] = {
+    Engine.TRITON: frozenset({Workload.EMBEDDING, Workload.RERANK}),
+    Engine.OPENAI: frozenset({Workload.RERANK}),
+}
+
+
 class PoolConfig(_Strict):
     id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     engine: Engine
@@ -525,6 +533,17 @@ class PoolConfig(_Strict):
             and self.provisioning.mode is not ProvisioningMode.EXTERNAL
         ):
             raise ValueError("an openai pool is always provisioning.mode: external")
+        unserved = sorted(
+            w.value
+            for w in _UNSERVED_WORKLOADS.get(self.engine, ())
+            if w in self.supported_workloads
+        )
+        if unserved:
+            raise ValueError(
+                f"supported_workloads lists {unserved}, which llama-orch cannot route to a "
+                f"{self.engine} engine; serve them from a pool of an engine that has the "
+                "route (docs/adapters.md)"
+            )
         if self.determinism is DeterminismLevel.STRICT and self.slots != 1:
             raise ValueError(
                 f"determinism strict runs one sequence per replica; set slots: 1 (got "

@@ -98,6 +98,25 @@ pools:
         catalog = MINIMAL + f"catalog: {{hf_endpoint: '{endpoint}'}}\n"
         assert ["catalog.hf_endpoint"] == [p.split(":")[0] for p in issues_of(catalog)]
 
+    @pytest.mark.parametrize(
+        ("engine", "workloads", "unserved"),
+        [
+            ("triton", "[completion, embedding]", "['embedding']"),
+            ("openai", "[rerank]", "['rerank']"),
+        ],
+    )
+    def test_workloads_the_engine_has_no_route_for_are_refused(
+        self, engine: str, workloads: str, unserved: str
+    ) -> None:
+        """A pool cannot list a workload its engine's adapter refuses every task of."""
+        text = MINIMAL.replace(
+            "{id: p0, engine: mock, model: m0}",
+            f"{{id: p0, engine: {engine}, model: m0, endpoint: 'http://h:1', "
+            f"supported_workloads: {workloads}, provisioning: {{mode: external}}}}",
+        )
+        problems = issues_of(text)
+        assert 1 == len(problems) and f"supported_workloads lists {unserved}" in problems[0]
+
     def test_upstream_connections_cover_the_slots(self) -> None:
         """Unset, http.max_connections is slots + 8; set below slots, it is refused."""
         derived = MINIMAL.replace("model: m0}", "model: m0, slots: 300}")
