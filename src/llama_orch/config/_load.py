@@ -22,7 +22,7 @@ from llama_orch.config._models import (
     parse_host_port,
 )
 from llama_orch.errors import ConfigError, ConfigIssue
-from llama_orch.vocab import ProvisioningMode
+from llama_orch.vocab import Engine, ProvisioningMode
 
 #: Read for the model catalog and its fetchers: where the catalog lives, the HF hub and its
 #: token, an S3-compatible endpoint.
@@ -132,6 +132,13 @@ def not_available_yet(config: Config) -> list[ConfigIssue]:
                     "endpoint is where an engine someone else started listens "
                     "(provisioning.mode external); llama-orch gives the engines it starts a "
                     "port of its own, and a mock pool runs in-process; remove it",
+                )
+            )
+        if pool.engine is Engine.MOCK and pool.api_key_env is not None:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.api_key_env",
+                    "a mock pool runs in-process and is sent no upstream key; remove it",
                 )
             )
         # Shapes how an engine is launched; an engine started by someone else has its own.

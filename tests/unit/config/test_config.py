@@ -232,6 +232,10 @@ class TestNotAvailableYet:
                 "pools.0.endpoint",
             ),
             (
+                "pools:\n  - {id: p0, engine: mock, model: m0, api_key_env: KEY}\n",
+                "pools.0.api_key_env",
+            ),
+            (
                 "pools:\n  - {id: p0, engine: llamacpp, model: m.gguf, endpoint: 'http://h:1',\n"
                 "     provisioning: {mode: source, source: {repo: 'https://x/r', ref: v1}}}\n",
                 "pools.0.endpoint",
