@@ -46,14 +46,14 @@ def cli() -> None:
 def serve(config_path: str, bind: str | None, log_format: str | None) -> None:
     """Serve the data and control planes for CONFIG."""
     from llama_orch.cli.serve import run_server
-    from llama_orch.server.listener import AddressInUse
+    from llama_orch.server.listener import CannotBind
 
     try:
         run_server(config_path, os.environ, bind, log_format=log_format)
     except ConfigError as exc:
         click.echo(f"llorch: {exc}", err=True)
         sys.exit(2)
-    except AddressInUse as exc:
+    except CannotBind as exc:
         click.echo(f"llorch: {exc}", err=True)
         sys.exit(1)
 
