@@ -376,7 +376,21 @@ def load_settings(
     try:
         host, port = parse_host_port(bind)
     except ValueError as exc:
-        raise ConfigError("environment", [ConfigIssue("BIND_ADDR", str(exc))]) from exc
+        given = next(
+            (
+                name
+                for name, value in (
+                    ("--bind", bind_override),
+                    ("BIND_ADDR", environ.get("BIND_ADDR")),
+                    ("ORCHD_ADDR", environ.get("ORCHD_ADDR")),
+                )
+                if value
+            ),
+            "server.bind_addr",
+        )
+        raise ConfigError(
+            "command line" if bind_override else "environment", [ConfigIssue(given, str(exc))]
+        ) from exc
 
     # AUTH_TOKEN, else AUTH_TOKEN_FILE (relative to the working directory), else the file's
     # server.auth_token_file (relative to the config file, like every path in it).

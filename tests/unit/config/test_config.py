@@ -175,6 +175,22 @@ class TestCertificateFiles:
 
 
 class TestEnvironment:
+    @pytest.mark.parametrize(
+        ("environ", "bind", "key"),
+        [
+            ({"BIND_ADDR": "127.0.0.1:8080"}, "127.0.0.1:99999", "--bind"),
+            ({"BIND_ADDR": "nonsense"}, None, "BIND_ADDR"),
+            ({"ORCHD_ADDR": "nonsense"}, None, "ORCHD_ADDR"),
+        ],
+    )
+    def test_a_bad_bind_names_where_it_came_from(
+        self, environ: dict[str, str], bind: str | None, key: str
+    ) -> None:
+        config = parse_config_text(MINIMAL)
+        with pytest.raises(ConfigError) as info:
+            load_settings(environ, config=config, bind_override=bind)
+        assert [key] == [issue.path for issue in info.value.issues]
+
     def test_env_overrides_bind(self) -> None:
         """BIND_ADDR (and its alias ORCHD_ADDR) override the file."""
         config = parse_config_text(MINIMAL)
