@@ -143,6 +143,13 @@ class TestClientCommands:
             code, _, err = await run("submit", "--ctx", "999999", "p", env={"LLORCH_URL": srv.url})
         assert 1 == code and "INVALID_PARAMS" in err
 
+    async def test_submit_to_no_such_pool_lists_the_pools(self) -> None:
+        """A --pool or --model nothing serves says what was asked and what is served."""
+        async with running_server(config_of()) as srv:
+            code, _, err = await run("submit", "--pool", "nope", "p", env={"LLORCH_URL": srv.url})
+        assert 1 == code
+        assert "no Ready pool matches --pool nope; pools: p0 (mock, m0)" in err
+
     async def test_unreachable_server(self) -> None:
         """Pointing the CLI at nothing fails with a hint instead of a traceback."""
         code, _, err = await run("submit", "x", "--url", "http://127.0.0.1:9")
