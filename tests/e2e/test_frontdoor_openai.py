@@ -411,6 +411,15 @@ class TestBadInput:
         ({"model": "m0", "messages": [{"role": "user", "content": "x" * 1_100_000}]}, None),
         ({"model": "m0", "messages": MESSAGES, "stream_options": {"include_usage": True}}, None),
         ({"model": "m0", "messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
+        (
+            {
+                "model": "m0",
+                "messages": MESSAGES,
+                "stream": True,
+                "stream_options": {"include_usage": "yes"},
+            },
+            "include_usage",
+        ),
     ]
 
     @pytest.mark.parametrize(("body", "param"), BAD)
