@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from llama_orch.pool.launch import Launcher, LocalLauncher
 from llama_orch.pool.launch.routing import HostRouting
 from llama_orch.pool.manager import PoolManager
 from llama_orch.provisioners.engine import FileEngineIndex, ProvisionContext
-from llama_orch.provisioners.factory import model_provisioner
+from llama_orch.provisioners.factory import catalog_root, model_provisioner
 from llama_orch.provisioners.pool_models import PoolModels
 from llama_orch.server.deps import AppDeps
 from llama_orch.supervisor import Supervisor
@@ -86,6 +87,27 @@ def check_vram_fit(settings: Settings, inventory: GpuInventory, models: PoolMode
             issues.append(ConfigIssue(f"pools.{index}.model", problem))
     if issues:
         raise ConfigError(settings.source, issues)
+
+
+def writable_dir(settings: Settings, key: str, root: Path) -> Path:
+    """``root`` (the directory config ``key`` names), created now: one the server cannot write
+    stops start-up with its key, rather than failing each request that stores something."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            settings.source,
+            [
+                ConfigIssue(
+                    key,
+                    f"cannot write {root}: {exc.strerror or exc}; point it at a directory this "
+                    "user can write",
+                )
+            ],
+        ) from exc
+    return root
 
 
 def launcher_of(settings: Settings) -> Launcher:
@@ -160,6 +182,7 @@ def build_deps(
     check_serveable(settings, inventory)
     clock = clock or SystemClock()
     metrics = Metrics()
+    writable_dir(settings, "catalog.root", catalog_root(settings.config, settings.catalog_env))
     models = model_provisioner(settings.config, settings.catalog_env, metrics)
     pool_models = PoolModels(settings.config.pools, models, settings.base_dir)
     check_vram_fit(settings, inventory, pool_models)
@@ -186,7 +209,8 @@ def build_deps(
     admission = Admission(settings.config, pools, dispatcher, metrics)
     server = settings.config.server
     artifacts = ArtifactStore(
-        Path(server.artifacts_dir).expanduser(), max_bytes=server.artifact_max_bytes
+        writable_dir(settings, "server.artifacts_dir", Path(server.artifacts_dir).expanduser()),
+        max_bytes=server.artifact_max_bytes,
     )
     dispatcher.endings.trace = TraceWriter(artifacts, retention=server.trace_retention)
     return AppDeps(

@@ -59,6 +59,19 @@ class TestArtifactsApi:
         assert 404 == slashed.status_code
         assert [] == [p for p in tmp_path.iterdir() if p.name != "store"]  # noqa: ASYNC240
 
+    async def test_non_finite_numbers_are_refused(self, tmp_path: Path) -> None:
+        """NaN, Infinity and 1e999 have no JSON form: 400, never stored as null."""
+        json_type = {"content-type": "application/json"}
+        async with running_server(artifact_config(tmp_path)) as srv:
+            codes = []
+            for value in (b"NaN", b"-Infinity", b"1e999"):
+                body = b'{"kind": "plan", "content": {"x": ' + value + b"}}"
+                response = await srv.client.post("/v1/artifacts", content=body, headers=json_type)
+                codes.append((response.status_code, response.json()["code"]))
+            listing = await srv.client.get("/v1/artifacts")
+        assert [(400, "INVALID_PARAMS")] * 3 == codes
+        assert [] == listing.json()["items"]
+
     async def test_list_by_tag_with_paging(self, tmp_path: Path) -> None:
         """Pages of refs by tag in creation order; `next` is null on the last page."""
         async with running_server(artifact_config(tmp_path)) as srv:

@@ -100,6 +100,19 @@ class TestConfigCommands:
         code, _, err = await run("serve", "--config", "does-not-exist.yaml")
         assert 2 == code and "cannot read" in err
 
+    async def test_serve_on_an_address_not_here_exits_1_saying_so(self) -> None:
+        """An address no interface of this machine has is a one-line refusal (exit 1)."""
+        code, _, err = await run(
+            "serve",
+            "--config",
+            "examples/demo.yaml",
+            "--bind",
+            "192.0.2.1:8080",
+            env={"AUTH_TOKEN": "t" * 32},
+        )
+        assert 1 == code and "cannot listen on 192.0.2.1:8080" in err
+        assert "Traceback" not in err
+
     async def test_schema_matches_committed_file(self) -> None:
         """`llorch config schema` prints the committed contracts/config.schema.json."""
         code, out, _ = await run("config", "schema")
@@ -129,6 +142,13 @@ class TestClientCommands:
         async with running_server(config_of()) as srv:
             code, _, err = await run("submit", "--ctx", "999999", "p", env={"LLORCH_URL": srv.url})
         assert 1 == code and "INVALID_PARAMS" in err
+
+    async def test_submit_to_no_such_pool_lists_the_pools(self) -> None:
+        """A --pool or --model nothing serves says what was asked and what is served."""
+        async with running_server(config_of()) as srv:
+            code, _, err = await run("submit", "--pool", "nope", "p", env={"LLORCH_URL": srv.url})
+        assert 1 == code
+        assert "no Ready pool matches --pool nope; pools: p0 (mock, m0)" in err
 
     async def test_unreachable_server(self) -> None:
         """Pointing the CLI at nothing fails with a hint instead of a traceback."""

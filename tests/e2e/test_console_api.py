@@ -244,6 +244,23 @@ class TestStatusCommand:
             await asyncio.wait_for(proc.communicate(), 30)
         assert 0 == proc.returncode
 
+    async def test_a_bad_interval_is_a_usage_error(self) -> None:
+        """A negative --interval is refused by name (exit 2), not a traceback mid-watch."""
+        proc = await asyncio.create_subprocess_exec(
+            *LLORCH,
+            "status",
+            "--watch",
+            "--interval",
+            "-1",
+            "--url",
+            "http://127.0.0.1:9",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert 2 == proc.returncode
+        assert "--interval" in err.decode() and "Traceback" not in err.decode()
+
     async def test_unreachable_server(self) -> None:
         """Without a server, `llorch status` says so and exits 3."""
         proc = await asyncio.create_subprocess_exec(

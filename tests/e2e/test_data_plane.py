@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from typing import Any
@@ -200,6 +201,20 @@ class TestInvalidInput:
             empty = await srv.client.post("/v1/tasks", content=b"", headers=json_type)
         assert [400, 400, 400] == [r.status_code for r in (missing, garbage, empty)]
         assert "engine: Field required" in missing.json()["message"]
+
+    async def test_non_finite_numbers_are_400(self) -> None:
+        """1e999 and Infinity are not numbers an engine can take: refused, not forwarded."""
+        json_type = {"Content-Type": "application/json"}
+        async with running_server(config_of()) as srv:
+            responses = []
+            for value in (b"1e999", b"Infinity"):
+                head = json.dumps(task_body()).encode()[:-1]
+                body = head + b', "sampling": {"repeat_penalty": ' + value + b"}}"
+                responses.append(
+                    await srv.client.post("/v1/tasks", content=body, headers=json_type)
+                )
+        assert [400, 400] == [r.status_code for r in responses]
+        assert all("sampling.repeat_penalty" in r.json()["message"] for r in responses)
 
     async def test_huge_prompt(self) -> None:
         """A prompt over the server limit is refused with the limit in the message."""

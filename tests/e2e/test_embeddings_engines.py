@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from pydantic import ValidationError
 
 from llama_orch.testing.fake_engines import FakeEngine, start_fake
 from tests.e2e.test_engines import ENV, UPSTREAM_KEY, engine_pool, fake_options
@@ -33,7 +34,8 @@ async def stack(
     kind: str, **pool: Any
 ) -> AsyncIterator[tuple[FakeEngine, RunningServer, openai.AsyncOpenAI]]:
     async with start_fake(kind, **_fake_options(kind)) as fake:
-        config = config_of(engine_pool(kind, fake, supported_workloads=WORKLOADS, **pool))
+        workloads = WORKLOADS if kind in RERANK_KINDS else ["completion", "embedding"]
+        config = config_of(engine_pool(kind, fake, supported_workloads=workloads, **pool))
         async with (
             running_server(config, ENV) as srv,
             openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="unused") as client,
@@ -88,13 +90,20 @@ async def test_rerank_sorted_and_complete(kind: str) -> None:
 
 
 async def test_openai_pool_refuses_rerank_clearly() -> None:
-    """OpenAI has no rerank route: the task fails with the adapter's clear message."""
-    async with stack("openai") as (fake, srv, _client):
-        answer = await srv.client.post(
-            "/v1/rerank", json={"model": fake.model, "query": "q", "documents": ["a"]}
+    """OpenAI has no rerank route: a pool listing rerank is refused at load, and a rerank
+    request to one that does not list it is a clear 400."""
+    async with start_fake("openai", **_fake_options("openai")) as fake:
+        with pytest.raises(ValidationError, match=r"supported_workloads lists \['rerank'\]"):
+            config_of(engine_pool("openai", fake, supported_workloads=WORKLOADS))
+        config = config_of(
+            engine_pool("openai", fake, supported_workloads=["completion", "embedding"])
         )
+        async with running_server(config, ENV) as srv:
+            answer = await srv.client.post(
+                "/v1/rerank", json={"model": fake.model, "query": "q", "documents": ["a"]}
+            )
     assert 400 == answer.status_code
-    assert "no rerank workload" in answer.json()["error"]["message"]
+    assert "not rerank" in answer.json()["error"]["message"]
 
 
 async def test_llamacpp_without_embedding_mode_is_a_clear_error() -> None:

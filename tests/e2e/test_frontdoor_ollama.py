@@ -129,6 +129,9 @@ class TestOllamaClient:
                 await client.generate(model="m0", prompt="hi", options={"mirostat": 2})
             with pytest.raises(ollama.ResponseError) as typed:
                 await client.generate(model="m0", prompt="hi", options={"num_predict": "x"})
+            listed = await srv.client.post(
+                "/api/generate", json={"model": "m0", "prompt": "hi", "options": []}
+            )
             with pytest.raises(ollama.ResponseError) as huge:
                 await client.generate(model="m0", prompt="x" * 1_100_000)
             malformed = await srv.client.post(
@@ -139,6 +142,7 @@ class TestOllamaClient:
         assert 400 == refused.value.status_code
         assert "options.mirostat" in refused.value.error
         assert "num_predict" in typed.value.error
+        assert (400, {"error": "options must be an object"}) == (listed.status_code, listed.json())
         assert 400 == huge.value.status_code
         assert 400 == malformed.status_code
         assert {"error"} == set(malformed.json())

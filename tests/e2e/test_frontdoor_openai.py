@@ -410,6 +410,16 @@ class TestBadInput:
         ({"model": "m0", "messages": MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": "m0", "messages": [{"role": "user", "content": "x" * 1_100_000}]}, None),
         ({"model": "m0", "messages": MESSAGES, "stream_options": {"include_usage": True}}, None),
+        ({"model": "m0", "messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
+        (
+            {
+                "model": "m0",
+                "messages": MESSAGES,
+                "stream": True,
+                "stream_options": {"include_usage": "yes"},
+            },
+            "include_usage",
+        ),
     ]
 
     @pytest.mark.parametrize(("body", "param"), BAD)
@@ -428,6 +438,7 @@ class TestBadInput:
         assert "invalid_request_error" == error["type"]
         if param is not None:
             assert param == error["param"]
+        assert "None" not in error["message"]
         assert after.choices[0].message.content
 
     async def test_malformed_json_and_unknown_model(self) -> None:

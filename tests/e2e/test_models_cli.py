@@ -49,6 +49,23 @@ class TestModelsCliOnDisk:
         code, _, err = await run("models", "--url", "http://127.0.0.1:9", "--config", cfg, "ls")
         assert 0 == code and "using the catalog on disk" in err
 
+    async def test_an_unwritable_catalog_is_a_message_not_a_traceback(self, tmp_path: Path) -> None:
+        blocker = tmp_path / "a-file"
+        blocker.write_text("not a directory")
+        cfg = tmp_path / "llorch.yaml"
+        body = {"catalog": {"root": str(blocker / "catalog")}, "pools": [mock_pool()]}
+        cfg.write_text(yaml.safe_dump(body))
+        model = tiny_llama_gguf(tmp_path / "m.gguf")
+        code, _, err = await run("models", "--local", "--config", str(cfg), "pull", f"file:{model}")
+        assert 1 == code and "Traceback" not in err
+        assert f"cannot use the catalog on disk: {blocker / 'catalog'}" in err
+
+    async def test_help_asks_no_server(self) -> None:
+        """`llorch models ls --help` prints the help alone: it does not probe the server."""
+        code, out, err = await run("models", "--url", "http://127.0.0.1:9", "ls", "--help")
+        assert (0, "") == (code, err)
+        assert "List the catalog" in out
+
 
 class TestModelsCliAgainstServer:
     async def test_pull_and_ls_through_the_server(self, tmp_path: Path) -> None:

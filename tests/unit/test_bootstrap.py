@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from llama_orch.bootstrap import build_deps, check_serveable
@@ -53,3 +55,26 @@ class TestGpuFailFast:
         with pytest.raises(ConfigError) as info:
             check_serveable(settings, one)
         assert "GPUs [0] do not exist; present: [3]" in str(info.value)
+
+
+class TestWritableDirectories:
+    @pytest.mark.parametrize(
+        ("section", "field"), [("server", "artifacts_dir"), ("catalog", "root")]
+    )
+    def test_an_unwritable_directory_stops_start_up(
+        self, tmp_path: Path, section: str, field: str
+    ) -> None:
+        """A path the server cannot create is a config error naming its key, not a 500 on each
+        request that stores an artifact (or a lost stream trace), or pulls a model."""
+        blocker = tmp_path / "a-file"
+        blocker.write_text("not a directory")
+        config = config_of(mock_pool(), **{section: {field: str(blocker / "dir")}})
+        with pytest.raises(ConfigError) as info:
+            build_deps(load_settings({}, config=config))
+        assert [f"{section}.{field}"] == [issue.path for issue in info.value.issues]
+        assert f"cannot write {blocker / 'dir'}" in str(info.value)
+
+    def test_a_missing_artifacts_dir_is_created(self, tmp_path: Path) -> None:
+        config = config_of(mock_pool(), server={"artifacts_dir": str(tmp_path / "a" / "b")})
+        build_deps(load_settings({}, config=config))
+        assert [] == list((tmp_path / "a" / "b").iterdir())

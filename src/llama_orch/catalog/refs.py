@@ -130,7 +130,10 @@ def _parse_file(text: str, path: str, base_dir: str | None) -> FileRef:
 
 
 def _parse_url(text: str) -> UrlRef:
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # an unclosed or invalid [IPv6] host
+        raise _bad(text, f"not a URL ({exc})") from exc
     if parts.username is not None or parts.password is not None:
         raise _bad(text, "credentials in the URL are refused; they would be stored and logged")
     try:

@@ -63,7 +63,17 @@ def _pick_pool(client: OrchClient, options: dict[str, Any]) -> dict[str, Any] | 
         if wanted is None and not pool["ready"]:
             continue
         return dict(pool)
-    click.echo("llorch: no matching Ready pool; see GET /v1/capabilities", err=True)
+    asked = " ".join(
+        f"--{name} {options[name]}" for name in ("pool", "engine", "model") if options.get(name)
+    )
+    served = "; ".join(
+        f"{p['pool_id']} ({p['engine']}, {p['model_id']}{'' if p['ready'] else ', not Ready'})"
+        for p in pools
+    )
+    click.echo(
+        f"llorch: no Ready pool matches{' ' + asked if asked else ''}; pools: {served or 'none'}",
+        err=True,
+    )
     return None
 
 

@@ -46,14 +46,14 @@ def cli() -> None:
 def serve(config_path: str, bind: str | None, log_format: str | None) -> None:
     """Serve the data and control planes for CONFIG."""
     from llama_orch.cli.serve import run_server
-    from llama_orch.server.listener import AddressInUse
+    from llama_orch.server.listener import CannotBind
 
     try:
         run_server(config_path, os.environ, bind, log_format=log_format)
     except ConfigError as exc:
         click.echo(f"llorch: {exc}", err=True)
         sys.exit(2)
-    except AddressInUse as exc:
+    except CannotBind as exc:
         click.echo(f"llorch: {exc}", err=True)
         sys.exit(1)
 
@@ -217,7 +217,13 @@ def cancel(task_id: str, url: str | None, token_file: str | None) -> None:
 
 @cli.command()
 @click.option("--watch", is_flag=True, help="Refresh until interrupted.")
-@click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes (at least 0.1).",
+)
 @_url_option
 @_token_option
 def status(watch: bool, interval: float, url: str | None, token_file: str | None) -> None:

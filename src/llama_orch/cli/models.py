@@ -7,6 +7,7 @@ typed by hand is an explicit request, so without --config the direct mode may re
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -45,18 +46,23 @@ class Target:
 
     def __init__(self, url: str, token: str | None, local: bool, config_path: str | None):
         self.config_path = config_path
-        self.http: httpx.Client | None = None
-        if local:
-            return
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=10.0)
+        self._url, self._token, self._local = url, token, local
+
+    @functools.cached_property
+    def http(self) -> httpx.Client | None:
+        """The server's client, or None for the catalog on disk; asked for when a subcommand
+        runs, so ``--help`` never probes the network."""
+        if self._local:
+            return None
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        client = httpx.Client(base_url=self._url.rstrip("/"), headers=headers, timeout=10.0)
         try:
             client.get("/v1/catalog/models", params={"limit": 1})
         except httpx.TransportError:
             client.close()
-            click.echo(f"llorch: no server at {url}; using the catalog on disk", err=True)
-            return
-        self.http = client
+            click.echo(f"llorch: no server at {self._url}; using the catalog on disk", err=True)
+            return None
+        return client
 
     def provisioner(self) -> Any:
         from llama_orch.config import Config, load_settings
@@ -138,9 +144,29 @@ def _target(ctx: click.Context) -> Target:
     return target
 
 
-@click.group()
+class _CatalogGroup(click.Group):
+    """The on-disk catalog's file errors (a root that cannot be written, a full disk) end the
+    command with what failed, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            _fail(
+                f"cannot use the catalog on disk:{where}: {exc.strerror or exc}",
+                "point catalog.root (--config) at a directory this user can write",
+            )
+
+
+@click.group(cls=_CatalogGroup)
 @click.option("--url", default=None, help=f"Server URL (env LLORCH_URL, default {DEFAULT_URL}).")
-@click.option("--token-file", default=None, type=click.Path(dir_okay=False))
+@click.option(
+    "--token-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="File holding the bearer token (else env LLORCH_TOKEN, else LLORCH_TOKEN_FILE).",
+)
 @click.option("--local", is_flag=True, help="Work on the catalog on disk even if a server runs.")
 @click.option(
     "--config",

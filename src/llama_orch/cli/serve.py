@@ -14,7 +14,6 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -27,7 +26,7 @@ from llama_orch import __version__
 from llama_orch.auth.tokens import token_identity
 from llama_orch.bootstrap import build_deps
 from llama_orch.cli.banner import command_name, start_banner
-from llama_orch.config import Settings, load_settings
+from llama_orch.config import Settings, load_settings, resolve_path
 from llama_orch.observability.logging import choose_log_format, configure_logging
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
@@ -231,8 +230,8 @@ async def _serve(
         backpressure=cap,
         log_level=LogLevels.error,
         log_dictconfig=_GRANIAN_LOGGING,
-        ssl_cert=_resolve(tls.certfile, settings) if tls else None,
-        ssl_key=_resolve(tls.keyfile, settings) if tls else None,
+        ssl_cert=resolve_path(tls.certfile, settings.base_dir) if tls else None,
+        ssl_key=resolve_path(tls.keyfile, settings.base_dir) if tls else None,
     )
     loop = asyncio.get_running_loop()
     stop_server: Callable[[], None] = server.stop  # granian's own method is untyped
@@ -270,12 +269,6 @@ async def _serve(
         await watch.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-
-
-def _resolve(path: str, settings: Settings) -> Path:
-    """Relative certificate paths resolve against the config file's directory."""
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else settings.base_dir / candidate
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

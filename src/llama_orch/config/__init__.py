@@ -1,6 +1,12 @@
 """Configuration: typed models of the YAML file and the one loader of file + environment."""
 
-from llama_orch.config._load import Settings, load_settings, parse_config_text, read_config_file
+from llama_orch.config._load import (
+    Settings,
+    load_settings,
+    parse_config_text,
+    read_config_file,
+    resolve_path,
+)
 from llama_orch.config._models import (
     AdmissionConfig,
     BackoffConfig,
@@ -51,4 +57,5 @@ __all__ = [
     "parse_config_text",
     "parse_host_port",
     "read_config_file",
+    "resolve_path",
 ]

@@ -6,6 +6,7 @@ deployment values and secrets that come from the environment (env wins over the 
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +15,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from llama_orch.config._models import Config, is_loopback_host, parse_host_port
+from llama_orch.config._models import (
+    Config,
+    ProvisioningConfig,
+    is_loopback_host,
+    parse_host_port,
+)
 from llama_orch.errors import ConfigError, ConfigIssue
-from llama_orch.vocab import ProvisioningMode
+from llama_orch.vocab import Engine, ProvisioningMode
 
 #: Read for the model catalog and its fetchers: where the catalog lives, the HF hub and its
 #: token, an S3-compatible endpoint.
@@ -87,11 +93,15 @@ def parse_config_text(text: str, source: str = "<config>") -> Config:
 
 
 def not_available_yet(config: Config) -> list[ConfigIssue]:
-    """Keys the schema accepts but nothing acts on yet: refused rather than silently ignored."""
+    """Keys the schema accepts but nothing acts on (yet, or for this pool): refused rather
+    than silently ignored."""
     issues = []
     for index, pool in enumerate(config.pools):
         where = f"pools.{index}"
-        external = pool.provisioning is None or pool.provisioning.mode is ProvisioningMode.EXTERNAL
+        external_engine = (
+            pool.provisioning is not None and pool.provisioning.mode is ProvisioningMode.EXTERNAL
+        )
+        external = pool.provisioning is None or external_engine
         if pool.engine_version is not None:
             issues.append(
                 ConfigIssue(
@@ -107,18 +117,91 @@ def not_available_yet(config: Config) -> list[ConfigIssue]:
                     "not available yet: the replicas of a pool always run one engine version",
                 )
             )
-        # Both shape how an engine is launched; the defaults (none, true) are what an engine
-        # started by someone else gets anyway.
-        launch_only = {"tensor_split": pool.tensor_split is not None, "preload": not pool.preload}
-        for key, set_here in launch_only.items():
-            if external and set_here:
-                issues.append(
-                    ConfigIssue(
-                        f"{where}.{key}",
-                        f"{key} has no effect on an engine llama-orch does not start "
-                        "(engine mock or provisioning.mode external); remove it",
-                    )
+        if not pool.preload:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.preload",
+                    "not available yet: every pool's engines start, model loaded, when the "
+                    "server does (or with their pool's reload); remove it",
                 )
+            )
+        if not external_engine and pool.endpoint is not None:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.endpoint",
+                    "endpoint is where an engine someone else started listens "
+                    "(provisioning.mode external); llama-orch gives the engines it starts a "
+                    "port of its own, and a mock pool runs in-process; remove it",
+                )
+            )
+        if pool.engine is Engine.MOCK and pool.api_key_env is not None:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.api_key_env",
+                    "a mock pool runs in-process and is sent no upstream key; remove it",
+                )
+            )
+        # Shapes how an engine is launched; an engine started by someone else has its own.
+        if external and pool.tensor_split is not None:
+            issues.append(
+                ConfigIssue(
+                    f"{where}.tensor_split",
+                    "tensor_split has no effect on an engine llama-orch does not start "
+                    "(engine mock or provisioning.mode external); remove it",
+                )
+            )
+        if pool.provisioning is not None:
+            issues += _provisioning_issues(f"{where}.provisioning", pool.provisioning)
+    return issues
+
+
+#: The block of ``provisioning`` each mode reads; the others would be ignored.
+_MODE_BLOCKS = ("source", "container", "package", "binary")
+
+
+def _provisioning_issues(where: str, prov: ProvisioningConfig) -> list[ConfigIssue]:
+    """Provisioning keys the pool's mode never reads, each refused with what to do instead."""
+    mode = prov.mode.value
+    issues = [
+        ConfigIssue(
+            f"{where}.{block}",
+            f"{block} applies to provisioning.mode {block}, not {mode}; remove it",
+        )
+        for block in _MODE_BLOCKS
+        if block != mode and getattr(prov, block) is not None
+    ]
+    if prov.ports is not None:
+        issues.append(
+            ConfigIssue(
+                f"{where}.ports",
+                "not available yet: llama-orch picks a free port for each replica itself",
+            )
+        )
+    if prov.model is not None and prov.model.cache_dir is not None:
+        issues.append(
+            ConfigIssue(
+                f"{where}.model.cache_dir",
+                "not available yet: models live in the catalog (catalog.root); set that instead",
+            )
+        )
+    if prov.mode is ProvisioningMode.EXTERNAL:
+        # An engine started by someone else: nothing here reaches it.
+        launch_only = {
+            "flags": prov.flags is not None,
+            "env": prov.env is not None,
+            "allow_package_installs": prov.allow_package_installs,
+            "allow_binary_downloads": prov.allow_binary_downloads,
+            "model.checksum": prov.model is not None and prov.model.checksum is not None,
+        }
+        issues += [
+            ConfigIssue(
+                f"{where}.{key}",
+                f"{key} has no effect on an engine llama-orch does not start "
+                "(provisioning.mode external); remove it",
+            )
+            for key, set_here in launch_only.items()
+            if set_here
+        ]
     return issues
 
 
@@ -199,6 +282,42 @@ def _sse_overrides(config: Config, environ: Mapping[str, str]) -> Config:
         raise ConfigError("environment", _issues_from(exc)) from exc
 
 
+def _tls_files(config: Config, base_dir: Path) -> list[ConfigIssue]:
+    """The files the server and the fetchers load certificates from, loaded once now, so a
+    missing or mismatched one is a config error naming its key, not a start-up traceback."""
+    issues = []
+    tls = config.server.tls
+    if tls is not None:
+        cert, key = (resolve_path(p, base_dir) for p in (tls.certfile, tls.keyfile))
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            issues.append(
+                ConfigIssue(
+                    "server.tls",
+                    f"certificate {cert} with key {key} does not load: "
+                    f"{getattr(exc, 'strerror', None) or exc}",
+                )
+            )
+    for index, path in enumerate(config.catalog.trust_policy.ca_roots):
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=Path(path).expanduser())
+        except (OSError, ssl.SSLError) as exc:
+            issues.append(
+                ConfigIssue(
+                    f"catalog.trust_policy.ca_roots.{index}",
+                    f"CA file {path} does not load: {getattr(exc, 'strerror', None) or exc}",
+                )
+            )
+    return issues
+
+
+def resolve_path(path: str, base_dir: Path) -> Path:
+    """A path from the config file: ``~`` expanded, relative ones against the file's directory."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else base_dir / candidate
+
+
 def _upstream_api_keys(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
     """Each pool's upstream key; a named but unset variable fails start-up with its name."""
     keys: dict[str, str] = {}
@@ -247,6 +366,9 @@ def load_settings(
             raise ConfigError(source, unbuilt)
     config = _sse_overrides(config, environ)
     server = config.server
+    unloadable = _tls_files(config, base_dir)
+    if unloadable:
+        raise ConfigError(source, unloadable)
 
     bind = (
         bind_override or environ.get("BIND_ADDR") or environ.get("ORCHD_ADDR") or server.bind_addr
@@ -254,7 +376,21 @@ def load_settings(
     try:
         host, port = parse_host_port(bind)
     except ValueError as exc:
-        raise ConfigError("environment", [ConfigIssue("BIND_ADDR", str(exc))]) from exc
+        given = next(
+            (
+                name
+                for name, value in (
+                    ("--bind", bind_override),
+                    ("BIND_ADDR", environ.get("BIND_ADDR")),
+                    ("ORCHD_ADDR", environ.get("ORCHD_ADDR")),
+                )
+                if value
+            ),
+            "server.bind_addr",
+        )
+        raise ConfigError(
+            "command line" if bind_override else "environment", [ConfigIssue(given, str(exc))]
+        ) from exc
 
     # AUTH_TOKEN, else AUTH_TOKEN_FILE (relative to the working directory), else the file's
     # server.auth_token_file (relative to the config file, like every path in it).
@@ -262,9 +398,7 @@ def load_settings(
     if token is None and environ.get("AUTH_TOKEN_FILE"):
         token = _read_token_file(environ["AUTH_TOKEN_FILE"], "AUTH_TOKEN_FILE")
     elif token is None and server.auth_token_file:
-        token_path = Path(server.auth_token_file).expanduser()
-        if not token_path.is_absolute():
-            token_path = base_dir / token_path
+        token_path = resolve_path(server.auth_token_file, base_dir)
         token = _read_token_file(str(token_path), "server.auth_token_file")
 
     log_format = environ.get("LOG_FORMAT", config.logging.format)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -40,6 +41,19 @@ def parse_host_port(value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be 0..65535, got {port}")
     return host.strip("[]"), port
+
+
+def check_http_url(value: str) -> str:
+    """An http(s) URL with a host and a valid port; raises ValueError saying what is wrong."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:  # an unclosed [IPv6] host, a port beyond 65535
+        raise ValueError(f"{value!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+    del port
+    return value
 
 
 def is_loopback_host(host: str) -> bool:
@@ -183,6 +197,11 @@ class CatalogConfig(_Strict):
     #: OCI registries (host:port) reached over plain HTTP, e.g. a registry on the LAN.
     insecure_registries: list[str] = []
 
+    @field_validator("hf_endpoint", "s3_endpoint_url")
+    @classmethod
+    def _endpoint_urls(cls, value: str | None) -> str | None:
+        return check_http_url(value) if value is not None else None
+
 
 class SimulatedGpu(_Strict):
     index: NonNegativeInt
@@ -289,7 +308,15 @@ class ProvisionModelConfig(_Strict):
     #: An alias tasks may send as ``model_ref`` instead of the ref or catalog id.
     name: str | None = None
     cache_dir: str | None = None
+    #: ``sha256:<hex>`` the model must hash to (its catalog digest); other bytes are refused.
     checksum: str | None = None
+
+    @field_validator("checksum")
+    @classmethod
+    def _checksum_shape(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", value):
+            raise ValueError(f"checksum must look like sha256:<64 hex digits>, got {value!r}")
+        return value.lower() if value is not None else None
 
 
 class ProvisioningConfig(_Strict):
@@ -414,6 +441,14 @@ class HttpConfig(_Strict):
     proxy: str | None = None
 
 
+#: Workloads an engine's adapter has no route for (docs/adapters.md): a pool listing one would
+#: take such tasks only to fail each of them.
+_UNSERVED_WORKLOADS: dict[Engine, frozenset[Workload]] = {
+    Engine.TRITON: frozenset({Workload.EMBEDDING, Workload.RERANK}),
+    Engine.OPENAI: frozenset({Workload.RERANK}),
+}
+
+
 class PoolConfig(_Strict):
     id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     engine: Engine
@@ -494,8 +529,11 @@ class PoolConfig(_Strict):
                     f"model ({self.model!r}) and provisioning.model.ref ({ref!r}) differ; "
                     "pools[].model is canonical, set only that"
                 )
-        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"endpoint must be an http:// or https:// URL, got {self.endpoint!r}")
+        if self.endpoint is not None:
+            try:
+                check_http_url(self.endpoint)
+            except ValueError as exc:
+                raise ValueError(f"endpoint: {exc}") from None
         if self.upstream_api is not None and self.engine not in (Engine.VLLM, Engine.OPENAI):
             raise ValueError(f"upstream_api applies to vllm and openai pools, not {self.engine}")
         if self.api_key_env is not None and not _ENV_NAME.fullmatch(self.api_key_env):
@@ -515,6 +553,17 @@ class PoolConfig(_Strict):
             and self.provisioning.mode is not ProvisioningMode.EXTERNAL
         ):
             raise ValueError("an openai pool is always provisioning.mode: external")
+        unserved = sorted(
+            w.value
+            for w in _UNSERVED_WORKLOADS.get(self.engine, ())
+            if w in self.supported_workloads
+        )
+        if unserved:
+            raise ValueError(
+                f"supported_workloads lists {unserved}, which llama-orch cannot route to a "
+                f"{self.engine} engine; serve them from a pool of an engine that has the "
+                "route (docs/adapters.md)"
+            )
         if self.determinism is DeterminismLevel.STRICT and self.slots != 1:
             raise ValueError(
                 f"determinism strict runs one sequence per replica; set slots: 1 (got "

@@ -18,6 +18,7 @@ from pathlib import Path
 from llama_orch.catalog.entries import Lifecycle, ModelEntry
 from llama_orch.catalog.gguf import VramEstimate, estimate_vram
 from llama_orch.catalog.refs import ModelRef, looks_like_ref, parse_ref, ref_id
+from llama_orch.catalog.verify import Digest, parse_digest
 from llama_orch.config import PoolConfig
 from llama_orch.errors import InvalidModelRef, ModelDeprecated, OrchError
 from llama_orch.provisioners.models import ModelProvisioner
@@ -40,10 +41,14 @@ class PoolModel:
     gated: bool
     ctx: int | None
     slots: int
+    #: ``provisioning.model.checksum``: the digest the catalog's copy must have.
+    expected: Digest | None = None
 
 
 def _pool_model(cfg: PoolConfig, base_dir: str) -> PoolModel:
-    alias = cfg.provisioning.model.name if cfg.provisioning and cfg.provisioning.model else None
+    model_cfg = cfg.provisioning.model if cfg.provisioning else None
+    alias = model_cfg.name if model_cfg else None
+    checksum = model_cfg.checksum if model_cfg else None
     ref: ModelRef | None = None
     if looks_like_ref(cfg.model):
         try:
@@ -60,6 +65,7 @@ def _pool_model(cfg: PoolConfig, base_dir: str) -> PoolModel:
         gated=ref is not None and not external,
         ctx=cfg.ctx,
         slots=cfg.slots,
+        expected=parse_digest(checksum) if checksum else None,
     )
 
 
@@ -91,7 +97,7 @@ class PoolModels:
         if ref is None or not model.gated or not self.provisioner.is_local(ref):
             return
         if self.provisioner.store.locate(ref) is None:
-            self.provisioner.ensure_present(ref)
+            self.provisioner.ensure_present(ref, model.expected)
 
     def entry(self, pool_id: str) -> ModelEntry | None:
         model = self.by_pool.get(pool_id)
@@ -158,6 +164,12 @@ class PoolModels:
             )
         if entry.lifecycle is Lifecycle.RETIRED:
             return f"model {model.model_id} is Retired; `llorch models activate {model.model_id}`"
+        if model.expected is not None and entry.digest != str(model.expected):
+            return (
+                f"model {model.model_id} in the catalog has digest {entry.digest}, not "
+                f"provisioning.model.checksum {model.expected}; `llorch models rm "
+                f"{model.model_id}` and pull it again, or correct the checksum"
+            )
         if pool_id in self._fitted:
             return None
         problem = self.fit_problem(pool_id, free_per_gpu)
@@ -206,4 +218,4 @@ class PoolModels:
                 self.provisioner.precheck(model.ref)
             except OrchError:
                 continue  # the gate's message names the pull command to run
-            self.provisioner.start_pull(model.ref)
+            self.provisioner.start_pull(model.ref, model.expected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -37,7 +38,13 @@ async def create_artifact(request: Request) -> Response:
     store = deps_of(request).artifacts
     raw = await _read_body(request, store.max_bytes)
     try:
-        artifact = Artifact.model_validate_json(raw)
+        # orjson parses strict JSON: NaN, Infinity and 1e999 are refused here, where the lax
+        # parser behind model_validate_json would let canonical JSON turn them into null.
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidParams(f"invalid Artifact: body is not valid JSON: {exc}") from None
+    try:
+        artifact = Artifact.model_validate(document)
     except ValidationError as exc:
         raise InvalidParams(f"invalid Artifact: {_validation_message(exc)}") from None
     stored = store.put(artifact.model_dump(exclude_defaults=True))

@@ -21,12 +21,17 @@ from llama_orch.vocab import Engine
 _FD_RESERVE_BASE = 64
 
 
-class AddressInUse(Exception):
-    """Another process listens on the configured address; ``llorch serve`` exits with 1."""
+class CannotBind(Exception):
+    """The configured address cannot be listened on; ``llorch serve`` exits with 1."""
+
+
+class AddressInUse(CannotBind):
+    """Another process listens on the configured address."""
 
 
 def bind_listener(host: str, port: int, backlog: int, *, reuse_port: bool) -> socket.socket:
-    """A listening TCP socket on ``host:port``; raises ``AddressInUse`` when it is taken."""
+    """A listening TCP socket on ``host:port``; raises ``AddressInUse`` when it is taken and
+    ``CannotBind`` when it is not this machine's (or the name does not resolve)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -39,14 +44,17 @@ def bind_listener(host: str, port: int, backlog: int, *, reuse_port: bool) -> so
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
+        where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
         if exc.errno == errno.EADDRINUSE:
-            where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
             raise AddressInUse(
                 f"address already in use: another process listens on {where}; stop it, pick "
                 "another port with --bind, or set server.reuse_port: true to share the port "
                 "on purpose"
             ) from None
-        raise
+        raise CannotBind(
+            f"cannot listen on {where}: {exc.strerror or exc}; bind an address of this machine "
+            "(e.g. 127.0.0.1:8080, or 0.0.0.0 with a token) with --bind or BIND_ADDR"
+        ) from None
     return sock
 
 

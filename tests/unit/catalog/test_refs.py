@@ -66,6 +66,8 @@ class TestParse:
             "https://user:pw@host/x",
             "https:///nohost",
             "https://host/a/../b",
+            "https://[::1",
+            "https://[zz]/x",
             "ftp://host/x",
             "relative/without/base",
         ],

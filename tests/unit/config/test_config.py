@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trustme
 
 from llama_orch.config import load_settings, parse_config_text, read_config_file
 from llama_orch.errors import ConfigError
@@ -75,6 +76,47 @@ pools:
         )
         assert any("requires endpoint" in p for p in issues_of(text))
 
+    @pytest.mark.parametrize(
+        ("endpoint", "says"),
+        [
+            ("http://[::1", "not a valid URL"),
+            ("http://host:99999", "not a valid URL"),
+            ("ftp://host", "http:// or https:// URL"),
+            ("http://:8000", "http:// or https:// URL with a host"),
+        ],
+    )
+    def test_a_malformed_endpoint_is_refused_at_load(self, endpoint: str, says: str) -> None:
+        """An endpoint no client could reach fails validation, not the server's start-up."""
+        text = MINIMAL.replace(
+            "{id: p0, engine: mock, model: m0}",
+            f"{{id: p0, engine: vllm, model: m0, endpoint: '{endpoint}', "
+            "provisioning: {mode: external}}",
+        )
+        problems = issues_of(text)
+        assert 1 == len(problems) and problems[0].startswith("pools.0: endpoint:")
+        assert says in problems[0]
+        catalog = MINIMAL + f"catalog: {{hf_endpoint: '{endpoint}'}}\n"
+        assert ["catalog.hf_endpoint"] == [p.split(":")[0] for p in issues_of(catalog)]
+
+    @pytest.mark.parametrize(
+        ("engine", "workloads", "unserved"),
+        [
+            ("triton", "[completion, embedding]", "['embedding']"),
+            ("openai", "[rerank]", "['rerank']"),
+        ],
+    )
+    def test_workloads_the_engine_has_no_route_for_are_refused(
+        self, engine: str, workloads: str, unserved: str
+    ) -> None:
+        """A pool cannot list a workload its engine's adapter refuses every task of."""
+        text = MINIMAL.replace(
+            "{id: p0, engine: mock, model: m0}",
+            f"{{id: p0, engine: {engine}, model: m0, endpoint: 'http://h:1', "
+            f"supported_workloads: {workloads}, provisioning: {{mode: external}}}}",
+        )
+        problems = issues_of(text)
+        assert 1 == len(problems) and f"supported_workloads lists {unserved}" in problems[0]
+
     def test_upstream_connections_cover_the_slots(self) -> None:
         """Unset, http.max_connections is slots + 8; set below slots, it is refused."""
         derived = MINIMAL.replace("model: m0}", "model: m0, slots: 300}")
@@ -94,7 +136,61 @@ pools:
         assert ["<root>: expected a mapping with a pools: key"] == issues_of("- 1\n- 2\n")
 
 
+class TestCertificateFiles:
+    def test_unloadable_tls_and_ca_files_name_their_keys(self, tmp_path: Path) -> None:
+        """A missing certificate or CA file is a config error at load, not a start-up crash."""
+        (tmp_path / "junk.pem").write_text("not a certificate\n")
+        path = tmp_path / "llorch.yaml"
+        path.write_text(
+            MINIMAL
+            + "server: {tls: {certfile: cert.pem, keyfile: key.pem}}\n"
+            + "catalog: {trust_policy: {ca_roots: [/nonexistent/ca.pem, "
+            + f"{tmp_path / 'junk.pem'}]}}}}\n"
+        )
+        with pytest.raises(ConfigError) as info:
+            load_settings({}, path)
+        problems = [str(issue) for issue in info.value.issues]
+        assert [
+            "server.tls",
+            "catalog.trust_policy.ca_roots.0",
+            "catalog.trust_policy.ca_roots.1",
+        ] == [p.split(":")[0] for p in problems]
+        assert f"certificate {tmp_path / 'cert.pem'}" in problems[0]
+
+    def test_relative_certificate_paths_resolve_against_the_config_file(
+        self, tmp_path: Path
+    ) -> None:
+        ca = trustme.CA()
+        ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+            str(tmp_path / "server.pem")
+        )
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        path = tmp_path / "llorch.yaml"
+        path.write_text(
+            MINIMAL
+            + "server: {tls: {certfile: server.pem, keyfile: server.pem}}\n"
+            + f"catalog: {{trust_policy: {{ca_roots: [{tmp_path / 'ca.pem'}]}}}}\n"
+        )
+        assert load_settings({}, path).config.server.tls is not None
+
+
 class TestEnvironment:
+    @pytest.mark.parametrize(
+        ("environ", "bind", "key"),
+        [
+            ({"BIND_ADDR": "127.0.0.1:8080"}, "127.0.0.1:99999", "--bind"),
+            ({"BIND_ADDR": "nonsense"}, None, "BIND_ADDR"),
+            ({"ORCHD_ADDR": "nonsense"}, None, "ORCHD_ADDR"),
+        ],
+    )
+    def test_a_bad_bind_names_where_it_came_from(
+        self, environ: dict[str, str], bind: str | None, key: str
+    ) -> None:
+        config = parse_config_text(MINIMAL)
+        with pytest.raises(ConfigError) as info:
+            load_settings(environ, config=config, bind_override=bind)
+        assert [key] == [issue.path for issue in info.value.issues]
+
     def test_env_overrides_bind(self) -> None:
         """BIND_ADDR (and its alias ORCHD_ADDR) override the file."""
         config = parse_config_text(MINIMAL)
@@ -147,6 +243,24 @@ class TestNotAvailableYet:
                 "pools.0.require_same_engine_version",
             ),
             ("pools:\n  - {id: p0, engine: mock, model: m0, preload: false}\n", "pools.0.preload"),
+            (
+                "pools:\n  - {id: p0, engine: mock, model: m0, endpoint: 'http://h:1'}\n",
+                "pools.0.endpoint",
+            ),
+            (
+                "pools:\n  - {id: p0, engine: mock, model: m0, api_key_env: KEY}\n",
+                "pools.0.api_key_env",
+            ),
+            (
+                "pools:\n  - {id: p0, engine: llamacpp, model: m.gguf, endpoint: 'http://h:1',\n"
+                "     provisioning: {mode: source, source: {repo: 'https://x/r', ref: v1}}}\n",
+                "pools.0.endpoint",
+            ),
+            (
+                "pools:\n  - {id: p0, engine: llamacpp, model: m.gguf, preload: false,\n"
+                "     provisioning: {mode: source, source: {repo: 'https://x/r', ref: v1}}}\n",
+                "pools.0.preload",
+            ),
         ],
     )
     def test_keys_nothing_acts_on_are_refused(self, extra: str, key: str) -> None:
@@ -171,6 +285,55 @@ pools:
     provisioning: {mode: external}
 """
         assert ["pools.0.tensor_split"] == [i.split(":")[0] for i in issues_of(text)]
+
+    @pytest.mark.parametrize(
+        ("provisioning", "keys"),
+        [
+            (
+                "{mode: binary, binary: {url: 'https://x/l.tgz', checksum: 'sha256:00'},\n"
+                "      source: {repo: 'https://x/r', ref: v1}, container: {image: i}}",
+                ["pools.0.provisioning.source", "pools.0.provisioning.container"],
+            ),
+            ("{mode: external, package: {name: vllm}}", ["pools.0.provisioning.package"]),
+            (
+                "{mode: external, flags: [--x], env: {A: b}, allow_binary_downloads: true}",
+                [
+                    "pools.0.provisioning.flags",
+                    "pools.0.provisioning.env",
+                    "pools.0.provisioning.allow_binary_downloads",
+                ],
+            ),
+            (
+                f"{{mode: external, model: {{checksum: 'sha256:{'a' * 64}'}}}}",
+                ["pools.0.provisioning.model.checksum"],
+            ),
+            ("{mode: package, ports: [9000]}", ["pools.0.provisioning.ports"]),
+            ("{mode: package, model: {cache_dir: /m}}", ["pools.0.provisioning.model.cache_dir"]),
+        ],
+    )
+    def test_provisioning_keys_the_mode_never_reads_are_refused(
+        self, provisioning: str, keys: list[str]
+    ) -> None:
+        """A provisioning block or key the pool's mode ignores is refused, naming it."""
+        endpoint = "http://127.0.0.1:9" if "external" in provisioning else "null"
+        text = f"""
+gpus: {{simulated: [{{index: 0, name: sim, vram_mb: 1024}}]}}
+pools:
+  - id: p0
+    engine: vllm
+    model: m0
+    endpoint: {endpoint}
+    provisioning: {provisioning}
+"""
+        assert keys == [i.split(":")[0] for i in issues_of(text)]
+
+    def test_model_checksum_must_be_a_sha256_digest(self) -> None:
+        text = MINIMAL.replace(
+            "{id: p0, engine: mock, model: m0}",
+            "{id: p0, engine: vllm, model: m0, provisioning: {mode: package, "
+            "model: {checksum: md5:12}}}",
+        )
+        assert ["pools.0.provisioning.model.checksum"] == [i.split(":")[0] for i in issues_of(text)]
 
     def test_sections_being_built_elsewhere_are_accepted(self) -> None:
         """catalog and network_policy sections, and other provisioning modes, still load."""

@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 
 from llama_orch.config import Config
-from llama_orch.server.listener import AddressInUse, bind_listener, connection_cap, engine_fds
+from llama_orch.server.listener import (
+    AddressInUse,
+    CannotBind,
+    bind_listener,
+    connection_cap,
+    engine_fds,
+)
 from tests.support.server import SIMULATED_GPUS, mock_pool
 
 
@@ -35,3 +41,9 @@ class TestBindListener:
         shared = bind_listener("127.0.0.1", 0, 16, reuse_port=True)
         with shared, bind_listener("127.0.0.1", shared.getsockname()[1], 16, reuse_port=True):
             pass
+
+    def test_an_address_not_on_this_machine_is_a_clear_refusal(self) -> None:
+        """An address no interface here has (TEST-NET-1) is refused naming it and the fix,
+        not a bare socket error."""
+        with pytest.raises(CannotBind, match=r"cannot listen on 192\.0\.2\.1:8080: .*--bind"):
+            bind_listener("192.0.2.1", 8080, 16, reuse_port=False)

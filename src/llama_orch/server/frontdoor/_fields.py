@@ -45,8 +45,16 @@ def integer(
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadField(f"{name} must be an integer, got {_kind(value)}", param=name)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise BadField(f"{name} must be within [{low}, {high}], got {value}", param=name)
+        raise BadField(f"{name} must be {_range(low, high)}, got {value}", param=name)
     return value
+
+
+def _range(low: int | None, high: int | None) -> str:
+    if high is None:
+        return f"at least {low}"
+    if low is None:
+        return f"at most {high}"
+    return f"within [{low}, {high}]"
 
 
 def number(

@@ -124,7 +124,9 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
     stream = f.boolean(body, "stream", True)
     keep_alive = body.get("keep_alive")
     keep_alive_zero = keep_alive in (0, "0", "0s", "0m")
-    options = body.get("options") or {}
+    # Only null means "no options": [] or "" is a client mistake, not an empty object.
+    options = body.get("options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise BadField("options must be an object", param="options")
     for key in options:
