@@ -62,6 +62,19 @@ class TestNodeJoin:
         assert "--head --port=6379 --include-dashboard=false" in out
         assert "--resources" not in out
 
+    @pytest.mark.parametrize(("flag", "value"), [("--port", "-1"), ("--port", "70000")])
+    async def test_an_impossible_port_is_refused_before_ray_starts(
+        self, tmp_path: Path, flag: str, value: str
+    ) -> None:
+        token = str(_token(tmp_path))
+        code, out, err = await run("node", "head", flag, value, "--token-file", token, "--dry-run")
+        assert 2 == code and "Invalid value for '--port'" in err and "ray" not in out
+
+    async def test_a_negative_gpu_count_is_refused(self, tmp_path: Path) -> None:
+        token = str(_token(tmp_path))
+        code, _, err = await run("node", "head", "--gpus", "-1", "--token-file", token, "--dry-run")
+        assert 2 == code and "Invalid value for '--gpus'" in err
+
     async def test_a_token_others_can_read_is_refused(self, tmp_path: Path) -> None:
         token = _token(tmp_path, 0o644)
         code, _, err = await run(

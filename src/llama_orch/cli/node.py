@@ -82,7 +82,10 @@ _name = click.option(
     "--name", default=None, help="Host name pools use in `host:` (default: hostname)."
 )
 _gpus = click.option(
-    "--gpus", type=int, default=None, help="GPUs to offer (default: NVML's count)."
+    "--gpus",
+    type=click.IntRange(min=0),
+    default=None,
+    help="GPUs to offer (default: NVML's count).",
 )
 _token = click.option(
     "--token-file",
@@ -96,7 +99,13 @@ _dry = click.option(
 
 
 @node.command("head")
-@click.option("--port", type=int, default=6379, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=6379,
+    show_default=True,
+    help="The head's Ray port (GCS).",
+)
 @click.option("--no-gpus", is_flag=True, help="The head only runs the server, no engines.")
 @_name
 @_gpus
