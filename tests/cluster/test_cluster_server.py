@@ -204,7 +204,11 @@ class TestRestart:
                 task = llama_task(setup.model, max_tokens=3)
                 assert 202 == (await client.post("/v1/tasks", json=task)).status_code
                 frames = [event async for event, _ in sse_events(client, task["task_id"])]
+                metrics = (await client.get("/metrics")).text
             assert "end" == frames[-1]
-        assert "adopt" in (tmp_path / "second" / "serve.log").read_text()
+        log = (tmp_path / "second" / "serve.log").read_text()
+        assert "left running by a previous run" in log and "after it was taken over" in log
+        # The engine loaded its model under the first server: no second preload is counted.
+        assert 'pool_preload_total{outcome="success",pool_id="lp"} 0.0' in metrics
         assert [] == engines_running(engines)
         assert [] == engine_actors()

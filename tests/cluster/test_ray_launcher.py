@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,35 @@ class TestAdoption:
         await again.close()
         assert [] == await _gone(tmp_path)
         assert [] == [a for a in ray.util.list_named_actors() if a.startswith("llorch-engine-")]
+
+
+_KEEPS_SIGNALS = """
+import signal, sys
+from llama_orch.pool.launch.ray import RayLauncher
+
+def stop(signum, frame):
+    print("stopped gracefully")
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+RayLauncher([], address=sys.argv[1]).connect()
+print("same handler" if signal.getsignal(signal.SIGTERM) is stop else "handler replaced")
+"""
+
+
+class TestProcess:
+    async def test_connecting_leaves_the_servers_sigterm_handler_in_place(
+        self, cluster: LocalCluster
+    ) -> None:
+        """ray.init on the main thread would make SIGTERM exit at once; a server told to stop
+        must still stop its engines and end its streams, so its own handler stays."""
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _KEEPS_SIGNALS,
+            cluster.address,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(child.communicate(), timeout=120)
+        assert "same handler" == out.decode().strip().splitlines()[-1], err.decode()[-2000:]

@@ -563,7 +563,7 @@ class ReplicaEngine:
                     failed = 0
                     if not ready_once:
                         ready_once = True
-                        self._on_ready(time.monotonic() - started)
+                        self._on_ready(time.monotonic() - started, adopted=handle.adopted)
                 elif ready_once:
                     failed += 1
                     if failed >= hang_after:
@@ -575,16 +575,19 @@ class ReplicaEngine:
             if not exited.done():
                 exited.cancel()
 
-    def _on_ready(self, elapsed_s: float) -> None:
-        self._metrics.pool_preload_total.labels(self.cfg.id, "success").inc()
+    def _on_ready(self, elapsed_s: float, *, adopted: bool = False) -> None:
+        # An engine taken over from a previous server loaded its model then, not now.
+        if not adopted:
+            self._metrics.pool_preload_total.labels(self.cfg.id, "success").inc()
         self._life_ready = True
         self.ready.set()
+        since = "it was taken over" if adopted else "launch"
         narrate(
             "pool-manager",
-            "preload",
+            "adopted" if adopted else "preload",
             self.cfg.id,
             f"Replica {self.cfg.id}/{self.replica_id} is Ready {int(elapsed_s * 1000)} ms after "
-            "launch.",
+            f"{since}.",
             pool_id=self.cfg.id,
             replica_id=self.replica_id,
             duration_ms=int(elapsed_s * 1000),

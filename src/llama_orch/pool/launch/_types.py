@@ -94,6 +94,11 @@ class EngineHandle(Protocol):
         """How it ended; None while it runs."""
         ...
 
+    @property
+    def adopted(self) -> bool:
+        """Taken over from a previous server rather than started by this one."""
+        ...
+
     async def wait(self) -> int:
         """Until the process exits; its exit status (negative: killed by that signal)."""
         ...

@@ -100,6 +100,10 @@ class LocalProcess:
     def exit_kind(self) -> ExitKind | None:
         return None if self._process.returncode is None else ExitKind.EXITED
 
+    @property
+    def adopted(self) -> bool:
+        return False
+
     async def wait(self) -> int:
         code = await self._process.wait()
         self._forget()

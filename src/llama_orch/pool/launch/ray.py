@@ -31,9 +31,10 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,24 @@ _PR_SET_PDEATHSIG = 1
 
 def gpu_resource(index: int) -> str:
     return f"llorch_gpu_{index}"
+
+
+@contextlib.contextmanager
+def _signals_kept() -> Iterator[None]:
+    """Keep this process's SIGTERM and SIGINT handling across ``ray.init``.
+
+    On the main thread ``ray.init`` makes SIGTERM call ``sys.exit`` (and Ray's native logging
+    traps it too), so a server told to stop would die without stopping its engines or ending
+    its streams. The handlers in place before (the event loop's) are put back.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def host_resource(host: str) -> str:
@@ -299,6 +318,8 @@ class RayEngine:
     _run_ref: Any = None
     _returncode: int | None = None
     exit_kind: ExitKind | None = None
+    #: Taken over from a previous server (its engine was already running).
+    adopted: bool = False
     _last_tail: str = ""
     _done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -437,13 +458,14 @@ class RayLauncher:
             if self.token_file is not None:
                 # Ray reads its token authentication settings from the environment.
                 os.environ.update(auth_env(self.token_file))
-            ray.init(
-                address=self.address,
-                namespace=NAMESPACE,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+            with _signals_kept():
+                ray.init(
+                    address=self.address,
+                    namespace=NAMESPACE,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
 
     # -- placement --------------------------------------------------------------------------
 
@@ -631,6 +653,7 @@ class RayLauncher:
             return None
         host = hosts[found["node_id"]]
         engine = self._engine(spec, actor, host, found["node_id"], found)
+        engine.adopted = True
         narrate(
             "pool-manager",
             "adopt",
