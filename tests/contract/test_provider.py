@@ -26,9 +26,9 @@ from tests.support.server import SIMULATED_GPUS, mock_pool
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 ST = Path(sys.executable).parent / "st"
-#: Enough examples per operation for >= 2,000 requests over the three documents (about 4,500
-#: requests in two minutes on a shared two-core machine).
-MAX_EXAMPLES = 100
+#: Enough examples per operation for >= 2,000 requests over the three documents (about 3,000
+#: requests, under a minute on a two-core machine).
+MAX_EXAMPLES = 60
 MIN_REQUESTS = 2_000
 
 
