@@ -64,6 +64,7 @@ class SseResponse:
         # Loop time at which the current send began; None while the writer is not sending.
         self._sending_since: float | None = None
         self._stalled = False
+        self._ended = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = list(self._headers)
@@ -97,10 +98,16 @@ class SseResponse:
                 if not task.cancelled():
                     task.exception()
             await self._chunks.aclose()
-            if self._on_end is not None:
-                result = self._on_end(outcome)
-                if result is not None:
-                    await result
+            await self._end(outcome)
+
+    async def _end(self, outcome: Outcome) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._on_end is not None:
+            result = self._on_end(outcome)
+            if result is not None:
+                await result
 
     def _arm(self, loop: asyncio.AbstractEventLoop, writer: asyncio.Task[None]) -> _StallWatch:
         watch = _StallWatch(loop, self._stall_limit_s or 0.0, self, writer)
@@ -116,6 +123,9 @@ class SseResponse:
             self._sending_since = loop.time()
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             self._sending_since = None
+        # Every chunk is out: the end is known before the body's end goes, so what it releases
+        # (a task's one subscription) is free by the time the client sees the response end.
+        await self._end(Outcome.COMPLETE)
         self._sending_since = loop.time()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         self._sending_since = None

@@ -71,6 +71,22 @@ class TestSseResponse:
         assert b"".join(encode_token("x", i) for i in range(3)) == server.body
         assert False is server.messages[-1]["more_body"]
 
+    async def test_the_end_is_known_before_the_body_ends(self) -> None:
+        """A client that read the whole stream may open it again at once: what the end
+        releases (the task's one subscription) is released before the body's last message."""
+        server = FakeServer()
+        seen: list[int] = []
+        response = SseResponse(
+            frames(2),
+            headers={},
+            on_end=lambda outcome: seen.append(len(server.messages)),
+        )
+        scope = {"type": "http", "http_version": "1.1"}
+        await asyncio.wait_for(response(scope, server.receive, server.send), 5.0)  # type: ignore[arg-type]
+        # start + two chunks were sent when the end was reported; the closing message after.
+        assert [3] == seen and 4 == len(server.messages)
+        assert False is server.messages[-1]["more_body"]
+
     async def test_headers_per_protocol(self) -> None:
         """HTTP/1.1 gets Connection: keep-alive; HTTP/2 never carries it."""
         headers = {}
