@@ -155,12 +155,16 @@ class Admission:
             bucket.take(now)
         self._reserve(task, limits, now, cost)
         self._record(task, request, position)
+        budgets = dispatcher.budget_fields(task.session_id)
+        # After the admit event and with position and prediction as admission saw them: the
+        # task may start at once, but only in the queue's order.
+        dispatcher.dispatch(task.pool_id)
         return Admitted(
             task_id=task.id,
             pool_id=task.pool_id,
             queue_position=position,
             predicted_start_ms=predicted,
-            budgets=dispatcher.budget_fields(task.session_id),
+            budgets=budgets,
         )
 
     def _check_new(self, request: TaskRequest, now: float) -> None:
