@@ -166,3 +166,34 @@ class TestReload:
             )
             assert 400 == response.status_code
             assert "does not exist" in response.json()["message"]
+
+    async def test_reload_rescues_a_pool_whose_model_was_retired(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """Retiring the served model makes the pool Unready; a reload to another model brings
+        it back (the new replicas wait for their own model, not the retired one), and a
+        reload to the retired model is refused up front."""
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        async with running_server(setup.config(startup_timeout_ms=20000)) as server:
+            await wait_health(server, "lp", lambda h: h["ready"])
+            old_id = f"file:{setup.model}"
+            retired = await server.client.post(
+                f"/v1/catalog/models/{old_id}/state", json={"state": "Retired"}
+            )
+            assert 202 == retired.status_code
+            await wait_health(server, "lp", lambda h: not h["ready"])
+            again = await server.client.post(
+                "/v1/pools/lp/reload", json={"new_model_ref": str(setup.model)}
+            )
+            assert (400, "MODEL_DEPRECATED") == (again.status_code, again.json()["code"])
+            response = await server.client.post(
+                "/v1/pools/lp/reload", json={"new_model_ref": str(new_model)}
+            )
+            assert 202 == response.status_code
+            health = await wait_health(server, "lp", _done)
+            assert "done" == health["last_operation"]["state"], health["last_operation"]
+            health = await wait_health(server, "lp", lambda h: h["ready"])
+            assert str(new_model) == health["model_id"]
+            body = llama_task(new_model, max_tokens=3)
+            assert 202 == (await server.submit(body)).status_code
+            assert "end" == (await server.stream(body["task_id"]))[-1][0]

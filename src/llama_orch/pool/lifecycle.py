@@ -162,7 +162,7 @@ class PoolLifecycle:
             manager.rebound()
 
         async def probe() -> bool:
-            await manager.evaluate(pool, replica)
+            await manager.evaluate(pool, replica, cfg)
             return replica.state.value == "ready"
 
         def lost(error: str, engine_ensured: bool, model_present: bool) -> None:
@@ -275,6 +275,8 @@ class PoolLifecycle:
             self._sup.locate_model(new_cfg)
         except ModelMissing as exc:
             raise InvalidParams(f"cannot reload pool {pool_id}: {exc}", pool_id=pool_id) from exc
+        if self._manager.models is not None:
+            self._manager.models.require_active(new_cfg)
         op = self._claim(pool_id, "reload")
         op.detail.update({"from_model": pool.config.model, "to_model": new_model_ref})
         self._spawn(self._reload(pool, new_cfg, op, tasks), f"reload-{pool_id}")
@@ -292,14 +294,15 @@ class PoolLifecycle:
             Replica(pool.id, f"r{i}-g{generation}", pool.devices, new_cfg.slots)
             for i in range(new_cfg.replicas)
         ]
-        engines = [self._keep_engine(pool, new_cfg, r) for r in fresh]
+        engines: list[ReplicaEngine] = []
         try:
-            await self._all_ready(engines, self._sup.engines.startup_timeout_ms / 1000)
             models = self._manager.models
             if models is not None:
-                # The catalog gate follows the pool to its new model at the switch: a local
-                # model is registered (hashed) first, so the pool never waits on it.
+                # The new replicas' catalog gate is their own model's: a local model is
+                # registered (hashed) before they start, so they never wait on it.
                 await asyncio.to_thread(models.register_local, new_cfg)
+            engines = [self._keep_engine(pool, new_cfg, r) for r in fresh]
+            await self._all_ready(engines, self._sup.engines.startup_timeout_ms / 1000)
         except Exception as exc:
             await self._discard(pool, engines)
             op.state, op.error = "rolled_back", str(exc)
