@@ -197,3 +197,24 @@ class TestReload:
             body = llama_task(new_model, max_tokens=3)
             assert 202 == (await server.submit(body)).status_code
             assert "end" == (await server.stream(body["task_id"]))[-1][0]
+
+    async def test_a_served_model_is_not_deleted_until_the_pool_moves_off_it(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """DELETE of the model a pool serves is a 409 naming the pool (deleting it would leave
+        the pool Unready, its engine restarted over and over); after a reload it goes."""
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        async with running_server(setup.config()) as server:
+            await wait_health(server, "lp", lambda h: h["ready"])
+            old_id = f"file:{setup.model}"
+            refused = await server.client.delete(f"/v1/catalog/models/{old_id}")
+            assert (409, "CONFLICT") == (refused.status_code, refused.json()["code"])
+            assert "pool lp" in refused.json()["message"]
+            assert (await server.client.get("/v1/pools/lp/health")).json()["ready"] is True
+            response = await server.client.post(
+                "/v1/pools/lp/reload", json={"new_model_ref": str(new_model)}
+            )
+            assert 202 == response.status_code
+            assert "done" == (await wait_health(server, "lp", _done))["last_operation"]["state"]
+            assert 204 == (await server.client.delete(f"/v1/catalog/models/{old_id}")).status_code
+            assert (await server.client.get("/v1/pools/lp/health")).json()["ready"] is True

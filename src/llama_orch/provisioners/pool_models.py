@@ -166,6 +166,10 @@ class PoolModels:
             self._fitted.add(pool_id)
         return problem
 
+    def serving(self, model_id: str) -> list[str]:
+        """The pools whose engines wait on ``model_id`` in the catalog."""
+        return sorted(p for p, m in self.by_pool.items() if m.gated and m.model_id == model_id)
+
     def require_active(self, cfg: PoolConfig) -> None:
         """Refuse a reload to a model the catalog holds as Retired (MODEL_DEPRECATED)."""
         model = _pool_model(cfg, self._base_dir)

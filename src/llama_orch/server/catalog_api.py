@@ -26,7 +26,7 @@ from llama_orch.contracts.catalog import (
     PullStatus,
     StateRequest,
 )
-from llama_orch.errors import InvalidParams, NotFound
+from llama_orch.errors import Conflict, InvalidParams, NotFound
 from llama_orch.observability.narration import narrate
 from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.progress import PullProgress, PullState
@@ -181,6 +181,17 @@ async def delete_model(request: Request) -> Response:
     progress = models.progress.get(model_id)
     if progress is not None and progress.state is PullState.RUNNING:
         raise InvalidParams(f"{model_id} is being pulled; delete it when the pull ends")
+    pool_models = deps_of(request).pools.models
+    users = pool_models.serving(model_id) if pool_models is not None else []
+    if users:
+        # Deleting it would turn those pools Unready and restart their engines until the
+        # model came back; the operator moves them off it first.
+        raise Conflict(
+            f"model {model_id} is served by pool {', '.join(users)}; reload "
+            f"{'it' if len(users) == 1 else 'them'} to another model first "
+            f"(POST /v1/pools/{users[0]}/reload), then delete it",
+            pool_id=users[0],
+        )
     outcome = await asyncio.to_thread(models.delete, model_id)
     if not outcome.found:
         raise NotFound(f"model {model_id!r} is not in the catalog; see GET /v1/catalog/models")
