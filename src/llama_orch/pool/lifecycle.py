@@ -214,7 +214,7 @@ class PoolLifecycle:
         return op
 
     def _spawn(self, coro: Any, name: str) -> None:
-        task: asyncio.Task[None] = self._background.job(coro, name=name)
+        task: asyncio.Task[None] = self._background.owned(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
