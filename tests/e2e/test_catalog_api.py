@@ -103,6 +103,32 @@ class TestCatalogApi:
             assert 204 == (await srv.client.delete(f"/v1/catalog/models/{model_id}")).status_code
             assert 404 == (await srv.client.get(f"/v1/catalog/models/{model_id}")).status_code
 
+    async def test_a_second_pull_with_another_digest_is_a_conflict(
+        self, tmp_path: Path, site: HttpsSite
+    ) -> None:
+        """While a pull without a digest runs, a pull of the same ref asking for a digest is a
+        409 (joining the running pull would skip the check it asked for); a plain second pull
+        joins it; once the pull ended, the digest is checked against the catalog's copy."""
+        payload = b"weights" * 100_000
+        site.state.files["m.bin"] = payload
+        site.state.faults.append("hold")
+        digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+        async with running_server(catalog_config(tmp_path, site)) as srv:
+            ref = {"ref": f"{site.base}/m.bin"}
+            first = await srv.client.post("/v1/catalog/models", json=ref)
+            assert 202 == first.status_code
+            await asyncio.to_thread(site.state.holding.wait, 30)
+            joined = await srv.client.post("/v1/catalog/models", json=ref)
+            assert 202 == joined.status_code
+            checked = await srv.client.post("/v1/catalog/models", json={**ref, "digest": digest})
+            assert (409, "CONFLICT") == (checked.status_code, checked.json()["code"])
+            assert "without a digest" in checked.json()["message"]
+            site.state.release.set()
+            body = await wait_active(srv, first.json()["id"])
+            assert "Active" == body["state"]
+            again = await srv.client.post("/v1/catalog/models", json={**ref, "digest": digest})
+            assert 201 == again.status_code
+
     async def test_refusals_are_typed(self, tmp_path: Path) -> None:
         """Bad refs, closed outbound policy, bad states and unknown ids get typed envelopes."""
         async with running_server(catalog_config(tmp_path)) as srv:

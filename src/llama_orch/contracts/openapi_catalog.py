@@ -89,6 +89,9 @@ def catalog_paths() -> dict[str, Any]:
                         _POLICY_ERROR,
                     ),
                     "404": _error("A local ref whose path does not exist"),
+                    "409": _error(
+                        "The model is already being pulled with another digest (or none)"
+                    ),
                 },
             },
             "get": {
