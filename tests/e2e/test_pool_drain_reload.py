@@ -218,3 +218,24 @@ class TestReload:
             assert "done" == (await wait_health(server, "lp", _done))["last_operation"]["state"]
             assert 204 == (await server.client.delete(f"/v1/catalog/models/{old_id}")).status_code
             assert (await server.client.get("/v1/pools/lp/health")).json()["ready"] is True
+
+    async def test_the_model_a_running_reload_moves_to_is_not_deleted(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """While a reload waits for its new replicas, DELETE of its new model is a 409 (the
+        reload would otherwise wait out the start-up timeout); once it rolled back, it goes."""
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        async with running_server(setup.config(startup_timeout_ms=8000)) as server:
+            await wait_health(server, "lp", lambda h: h["ready"])
+            setup.faults.write_text("never_healthy")  # the new replica never turns Ready
+            response = await server.client.post(
+                "/v1/pools/lp/reload", json={"new_model_ref": str(new_model)}
+            )
+            assert 202 == response.status_code
+            new_id = f"file:{new_model}"
+            refused = await server.client.delete(f"/v1/catalog/models/{new_id}")
+            assert (409, "CONFLICT") == (refused.status_code, refused.json()["code"])
+            assert "running reload" in refused.json()["message"]
+            health = await wait_health(server, "lp", _done)
+            assert "rolled_back" == health["last_operation"]["state"]
+            assert 204 == (await server.client.delete(f"/v1/catalog/models/{new_id}")).status_code

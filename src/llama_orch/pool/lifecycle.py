@@ -279,10 +279,22 @@ class PoolLifecycle:
             self._manager.models.require_active(new_cfg)
         op = self._claim(pool_id, "reload")
         op.detail.update({"from_model": pool.config.model, "to_model": new_model_ref})
+        if self._manager.models is not None:
+            # The catalog keeps the new model until the reload ended (a DELETE is a 409).
+            self._manager.models.begin_reload(new_cfg)
         self._spawn(self._reload(pool, new_cfg, op, tasks), f"reload-{pool_id}")
         return op
 
     async def _reload(
+        self, pool: PoolRuntime, new_cfg: PoolConfig, op: Operation, tasks: TaskControl
+    ) -> None:
+        try:
+            await self._reload_steps(pool, new_cfg, op, tasks)
+        finally:
+            if self._manager.models is not None:
+                self._manager.models.end_reload(pool.id)
+
+    async def _reload_steps(
         self, pool: PoolRuntime, new_cfg: PoolConfig, op: Operation, tasks: TaskControl
     ) -> None:
         from llama_orch.pool.manager import Replica

@@ -79,6 +79,8 @@ class PoolModels:
         #: Pools whose model was seen to fit once; after that the engine's own use of the VRAM
         #: would make it look as if it no longer fits, so the check is not repeated.
         self._fitted: set[str] = set()
+        #: pool id -> the model id a running reload moves the pool to.
+        self._incoming: dict[str, str] = {}
 
     def rebind(self, cfg: PoolConfig) -> None:
         """A reload switched the pool to ``cfg.model``: gates, estimates and aliases follow it.
@@ -167,8 +169,19 @@ class PoolModels:
         return problem
 
     def serving(self, model_id: str) -> list[str]:
-        """The pools whose engines wait on ``model_id`` in the catalog."""
-        return sorted(p for p, m in self.by_pool.items() if m.gated and m.model_id == model_id)
+        """The pools whose engines wait on ``model_id`` in the catalog, now or once a running
+        reload switches them."""
+        now = {p for p, m in self.by_pool.items() if m.gated and m.model_id == model_id}
+        return sorted(now | {p for p, m in self._incoming.items() if m == model_id})
+
+    def begin_reload(self, cfg: PoolConfig) -> None:
+        """A reload of ``cfg.id`` to ``cfg``'s model started (ended by ``end_reload``)."""
+        model = _pool_model(cfg, self._base_dir)
+        if model.gated:
+            self._incoming[cfg.id] = model.model_id
+
+    def end_reload(self, pool_id: str) -> None:
+        self._incoming.pop(pool_id, None)
 
     def require_active(self, cfg: PoolConfig) -> None:
         """Refuse a reload to a model the catalog holds as Retired (MODEL_DEPRECATED)."""

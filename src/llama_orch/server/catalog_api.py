@@ -187,9 +187,9 @@ async def delete_model(request: Request) -> Response:
         # Deleting it would turn those pools Unready and restart their engines until the
         # model came back; the operator moves them off it first.
         raise Conflict(
-            f"model {model_id} is served by pool {', '.join(users)}; reload "
-            f"{'it' if len(users) == 1 else 'them'} to another model first "
-            f"(POST /v1/pools/{users[0]}/reload), then delete it",
+            f"model {model_id} is in use by pool {', '.join(users)} (served, or the target of "
+            f"a running reload); reload {'it' if len(users) == 1 else 'them'} to another model "
+            f"first (POST /v1/pools/{users[0]}/reload), then delete it",
             pool_id=users[0],
         )
     outcome = await asyncio.to_thread(models.delete, model_id)
