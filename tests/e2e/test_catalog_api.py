@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trustme
 
+from llama_orch.cli.serve import SHUTDOWN_DEADLINE_S
 from tests.support.gguf_files import tiny_llama_gguf
 from tests.support.https_site import HttpsSite, serve_https_site
-from tests.support.server import RunningServer, config_of, running_server
+from tests.support.serve_process import serve_process
+from tests.support.server import RunningServer, config_of, mock_pool, running_server
 
 
 @pytest.fixture
@@ -156,3 +161,34 @@ class TestCatalogApi:
                 "/v1/catalog/models", headers={"Authorization": f"Bearer {token}"}
             )
             assert 200 == allowed.status_code
+
+
+class TestStopWhileHashing:
+    async def test_sigterm_cuts_a_local_registration_short(self, tmp_path: Path) -> None:
+        """SIGTERM while a large local model is hashed for POST /v1/catalog/models: the
+        request gets a retriable 503, the server exits within its shutdown deadline (it used
+        to hash on past it, then die with a traceback and a 500)."""
+        big = tiny_llama_gguf(tmp_path / "big.gguf")
+        with big.open("r+b") as handle:
+            handle.truncate(64 * 1024**3)  # sparse: hashing it takes minutes, storing it nothing
+        config = {"catalog": {"root": str(tmp_path / "catalog")}, "pools": [mock_pool()]}
+        with serve_process(config, tmp_path) as served:
+            async with httpx.AsyncClient(base_url=served.url, timeout=60) as client:
+                post = asyncio.create_task(
+                    client.post("/v1/catalog/models", json={"ref": f"file:{big}"})
+                )
+                for _ in range(1000):
+                    shown = await client.get(f"/v1/catalog/models/file:{big}")
+                    if shown.status_code == 200:
+                        break
+                    await asyncio.sleep(0.02)
+                assert "running" == shown.json()["pull"]["state"]
+                served.process.send_signal(signal.SIGTERM)
+                response = await post
+            assert (503, True) == (response.status_code, response.json()["retriable"])
+            try:
+                served.process.wait(timeout=SHUTDOWN_DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"llorch serve still ran {SHUTDOWN_DEADLINE_S} s after SIGTERM")
+            log = served.log_path.read_text()
+        assert "Traceback" not in log

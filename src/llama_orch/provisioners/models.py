@@ -86,6 +86,8 @@ class ModelProvisioner:
         self.reserve_bytes = reserve_bytes
         #: The latest pull of each model id, for GET /v1/catalog/models/{id} and the CLI.
         self.progress: dict[str, PullProgress] = {}
+        #: Set when the server stops: hashing in progress ends with ServerStopping.
+        self.stopping = threading.Event()
         #: model id -> the digest its running background pull checks against (None: none).
         self._pull_digest: dict[str, Digest | None] = {}
         self._flights: dict[str, threading.Lock] = {}
@@ -229,15 +231,19 @@ class ModelProvisioner:
         if fetched.path.is_dir():
             for path in sorted(p for p in fetched.path.rglob("*") if p.is_file()):
                 rel = path.relative_to(fetched.path).as_posix()
-                sha = sha256_file(path).value
+                sha = sha256_file(path, stop=self.stopping).value
                 claim = fetched.claimed_sha256.get(rel)
                 self._compare(model_id, rel, claim, sha, fetched)
                 checked = checked or claim is not None
                 files.append(ModelFile(path=rel, size_bytes=path.stat().st_size, sha256=sha))
-            digest = digest_of(fetched.path)
+            digest = digest_of(fetched.path, stop=self.stopping)
         else:
             computed = fetched.computed_sha256
-            digest = Digest("sha256", computed) if computed else sha256_file(fetched.path)
+            digest = (
+                Digest("sha256", computed)
+                if computed
+                else sha256_file(fetched.path, stop=self.stopping)
+            )
             claim = fetched.claimed_sha256.get("")
             self._compare(model_id, fetched.path.name, claim, digest.value, fetched)
             checked = claim is not None
