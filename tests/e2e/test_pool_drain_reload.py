@@ -239,3 +239,31 @@ class TestReload:
             health = await wait_health(server, "lp", _done)
             assert "rolled_back" == health["last_operation"]["state"]
             assert 204 == (await server.client.delete(f"/v1/catalog/models/{new_id}")).status_code
+
+    async def test_retiring_the_new_model_mid_reload_rolls_back_at_once(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """Retired while the new replicas start, the new model would keep them Unready until
+        the start-up timeout; the reload rolls back instead, saying why."""
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        async with running_server(setup.config(startup_timeout_ms=3_600_000)) as server:
+            await wait_health(server, "lp", lambda h: h["ready"])
+            setup.faults.write_text("never_healthy")  # the new replica never turns Ready
+            response = await server.client.post(
+                "/v1/pools/lp/reload", json={"new_model_ref": str(new_model)}
+            )
+            assert 202 == response.status_code
+            new_id = f"file:{new_model}"
+            for _ in range(1000):  # registered in the catalog before the new replicas start
+                shown = await server.client.get(f"/v1/catalog/models/{new_id}")
+                if shown.status_code == 200 and shown.json()["state"] == "Active":
+                    break
+                await asyncio.sleep(0.02)
+            retired = await server.client.post(
+                f"/v1/catalog/models/{new_id}/state", json={"state": "Retired"}
+            )
+            assert 202 == retired.status_code
+            health = await wait_health(server, "lp", _done)
+            assert "rolled_back" == health["last_operation"]["state"]
+            assert "Retired" in health["last_operation"]["error"]
+            assert str(setup.model) == health["model_id"]

@@ -314,7 +314,7 @@ class PoolLifecycle:
                 # registered (hashed) before they start, so they never wait on it.
                 await asyncio.to_thread(models.register_local, new_cfg)
             engines = [self._keep_engine(pool, new_cfg, r) for r in fresh]
-            await self._all_ready(engines, self._sup.engines.startup_timeout_ms / 1000)
+            await self._all_ready(engines, new_cfg, self._sup.engines.startup_timeout_ms / 1000)
         except Exception as exc:
             await self._discard(pool, engines)
             op.state, op.error = "rolled_back", str(exc)
@@ -355,9 +355,14 @@ class PoolLifecycle:
         if engine is not None:
             engine.retiring = True
 
-    async def _all_ready(self, engines: list[ReplicaEngine], timeout_s: float) -> None:
+    async def _all_ready(
+        self, engines: list[ReplicaEngine], new_cfg: PoolConfig, timeout_s: float
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         while not all(s.ready.is_set() for s in engines):
+            if self._manager.models is not None:
+                # Retired meanwhile: the new replicas would wait out the whole start-up timeout.
+                self._manager.models.require_active(new_cfg)
             stopped = [s for s in engines if s.done]
             if stopped:
                 raise RuntimeError(
