@@ -101,6 +101,16 @@ def setup(tmp_path: Path) -> Iterator[LaunchedSetup]:
         yield s
 
 
+async def _reload_never_ready(server: RunningServer, setup: LaunchedSetup, model: Path) -> str:
+    """Start a reload of the Ready pool lp to ``model`` whose new replica never turns Ready;
+    the catalog id of ``model``."""
+    await wait_health(server, "lp", lambda h: h["ready"])
+    setup.faults.write_text("never_healthy")
+    response = await server.client.post("/v1/pools/lp/reload", json={"new_model_ref": str(model)})
+    assert 202 == response.status_code
+    return f"file:{model}"
+
+
 def _done(health: dict[str, Any]) -> bool:
     return (health.get("last_operation") or {}).get("state") in ("done", "rolled_back")
 
@@ -226,13 +236,7 @@ class TestReload:
         reload would otherwise wait out the start-up timeout); once it rolled back, it goes."""
         new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
         async with running_server(setup.config(startup_timeout_ms=8000)) as server:
-            await wait_health(server, "lp", lambda h: h["ready"])
-            setup.faults.write_text("never_healthy")  # the new replica never turns Ready
-            response = await server.client.post(
-                "/v1/pools/lp/reload", json={"new_model_ref": str(new_model)}
-            )
-            assert 202 == response.status_code
-            new_id = f"file:{new_model}"
+            new_id = await _reload_never_ready(server, setup, new_model)
             refused = await server.client.delete(f"/v1/catalog/models/{new_id}")
             assert (409, "CONFLICT") == (refused.status_code, refused.json()["code"])
             assert "running reload" in refused.json()["message"]
@@ -247,13 +251,7 @@ class TestReload:
         the start-up timeout; the reload rolls back instead, saying why."""
         new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
         async with running_server(setup.config(startup_timeout_ms=3_600_000)) as server:
-            await wait_health(server, "lp", lambda h: h["ready"])
-            setup.faults.write_text("never_healthy")  # the new replica never turns Ready
-            response = await server.client.post(
-                "/v1/pools/lp/reload", json={"new_model_ref": str(new_model)}
-            )
-            assert 202 == response.status_code
-            new_id = f"file:{new_model}"
+            new_id = await _reload_never_ready(server, setup, new_model)
             for _ in range(1000):  # registered in the catalog before the new replicas start
                 shown = await server.client.get(f"/v1/catalog/models/{new_id}")
                 if shown.status_code == 200 and shown.json()["state"] == "Active":

@@ -178,9 +178,6 @@ async def set_model_state(request: Request) -> Response:
 async def delete_model(request: Request) -> Response:
     models = _provisioner(request)
     model_id = _model_id(request)
-    progress = models.progress.get(model_id)
-    if progress is not None and progress.state is PullState.RUNNING:
-        raise InvalidParams(f"{model_id} is being pulled; delete it when the pull ends")
     pool_models = deps_of(request).pools.models
     users = pool_models.serving(model_id) if pool_models is not None else []
     if users:
@@ -192,6 +189,9 @@ async def delete_model(request: Request) -> Response:
             f"first (POST /v1/pools/{users[0]}/reload), then delete it",
             pool_id=users[0],
         )
+    progress = models.progress.get(model_id)
+    if progress is not None and progress.state is PullState.RUNNING:
+        raise InvalidParams(f"{model_id} is being pulled; delete it when the pull ends")
     outcome = await asyncio.to_thread(models.delete, model_id)
     if not outcome.found:
         raise NotFound(f"model {model_id!r} is not in the catalog; see GET /v1/catalog/models")
