@@ -157,6 +157,13 @@ class DeadlineUnmet(OrchError):
     kind = ErrorKind.DEADLINE_UNMET
 
 
+class ServerStopping(OrchError):
+    """Work cut short because the server is stopping (SIGTERM); retry once it is back."""
+
+    kind = ErrorKind.POOL_UNAVAILABLE
+    retriable_default = True
+
+
 class ModelDeprecated(OrchError):
     kind = ErrorKind.MODEL_DEPRECATED
 

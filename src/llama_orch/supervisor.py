@@ -7,9 +7,12 @@ Two kinds of work run in the background:
   ``background_restarts_total{loop}`` and started again after a backoff that doubles on each
   crash in a row (reset once a run lasted ``stable_s``). A loop that returns is finished.
 - *jobs* (a task's runner, an engine-side cancel) end on their own. An error in one is logged.
+- *owned* work (an engine's supervision, a drain or reload) runs until the component that
+  started it stops it. An error in one is logged like a job's; ``drain_jobs`` does not wait
+  for it (it would only end at the grace deadline, holding every shutdown that long).
 
 ``stop(grace_s)`` cancels the loops, gives the jobs ``grace_s`` seconds to end, then cancels
-what is left and waits for it, so nothing outlives the supervisor.
+what is left, owned work included, and waits for it, so nothing outlives the supervisor.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Supervisor:
         self._stable_s = stable_s
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._jobs: set[asyncio.Task[Any]] = set()
+        self._owned: set[asyncio.Task[Any]] = set()
         #: Restarts per loop name since the supervisor was made.
         self.restarts: dict[str, int] = {}
         #: Jobs that ended with an error (each one is logged).
@@ -63,8 +67,16 @@ class Supervisor:
         task.add_done_callback(self._job_done)
         return task
 
+    def owned(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` until its owner cancels it; ``stop`` cancels it if the owner did not."""
+        task = asyncio.create_task(coro, name=name)
+        self._owned.add(task)
+        task.add_done_callback(self._job_done)
+        return task
+
     def _job_done(self, task: asyncio.Task[Any]) -> None:
         self._jobs.discard(task)
+        self._owned.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.failed_jobs += 1
             self._crashed(task.get_name(), task.exception(), restart_in_s=None)
@@ -129,3 +141,9 @@ class Supervisor:
         """Cancel the loops; let the jobs end within ``grace_s`` seconds, then cancel them."""
         await self.cancel_loops(list(self._loops))
         await self.drain_jobs(grace_s)
+        owned = list(self._owned)
+        for task in owned:
+            task.cancel()
+        for task in owned:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trustme
 
+from llama_orch.cli.serve import SHUTDOWN_DEADLINE_S
 from tests.support.gguf_files import tiny_llama_gguf
 from tests.support.https_site import HttpsSite, serve_https_site
-from tests.support.server import RunningServer, config_of, running_server
+from tests.support.serve_process import serve_process
+from tests.support.server import RunningServer, config_of, mock_pool, running_server
 
 
 @pytest.fixture
@@ -103,6 +108,32 @@ class TestCatalogApi:
             assert 204 == (await srv.client.delete(f"/v1/catalog/models/{model_id}")).status_code
             assert 404 == (await srv.client.get(f"/v1/catalog/models/{model_id}")).status_code
 
+    async def test_a_second_pull_with_another_digest_is_a_conflict(
+        self, tmp_path: Path, site: HttpsSite
+    ) -> None:
+        """While a pull without a digest runs, a pull of the same ref asking for a digest is a
+        409 (joining the running pull would skip the check it asked for); a plain second pull
+        joins it; once the pull ended, the digest is checked against the catalog's copy."""
+        payload = b"weights" * 100_000
+        site.state.files["m.bin"] = payload
+        site.state.faults.append("hold")
+        digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+        async with running_server(catalog_config(tmp_path, site)) as srv:
+            ref = {"ref": f"{site.base}/m.bin"}
+            first = await srv.client.post("/v1/catalog/models", json=ref)
+            assert 202 == first.status_code
+            await asyncio.to_thread(site.state.holding.wait, 30)
+            joined = await srv.client.post("/v1/catalog/models", json=ref)
+            assert 202 == joined.status_code
+            checked = await srv.client.post("/v1/catalog/models", json={**ref, "digest": digest})
+            assert (409, "CONFLICT") == (checked.status_code, checked.json()["code"])
+            assert "without a digest" in checked.json()["message"]
+            site.state.release.set()
+            body = await wait_active(srv, first.json()["id"])
+            assert "Active" == body["state"]
+            again = await srv.client.post("/v1/catalog/models", json={**ref, "digest": digest})
+            assert 201 == again.status_code
+
     async def test_refusals_are_typed(self, tmp_path: Path) -> None:
         """Bad refs, closed outbound policy, bad states and unknown ids get typed envelopes."""
         async with running_server(catalog_config(tmp_path)) as srv:
@@ -130,3 +161,34 @@ class TestCatalogApi:
                 "/v1/catalog/models", headers={"Authorization": f"Bearer {token}"}
             )
             assert 200 == allowed.status_code
+
+
+class TestStopWhileHashing:
+    async def test_sigterm_cuts_a_local_registration_short(self, tmp_path: Path) -> None:
+        """SIGTERM while a large local model is hashed for POST /v1/catalog/models: the
+        request gets a retriable 503, the server exits within its shutdown deadline (it used
+        to hash on past it, then die with a traceback and a 500)."""
+        big = tiny_llama_gguf(tmp_path / "big.gguf")
+        with big.open("r+b") as handle:
+            handle.truncate(64 * 1024**3)  # sparse: hashing it takes minutes, storing it nothing
+        config = {"catalog": {"root": str(tmp_path / "catalog")}, "pools": [mock_pool()]}
+        with serve_process(config, tmp_path) as served:
+            async with httpx.AsyncClient(base_url=served.url, timeout=60) as client:
+                post = asyncio.create_task(
+                    client.post("/v1/catalog/models", json={"ref": f"file:{big}"})
+                )
+                for _ in range(1000):
+                    shown = await client.get(f"/v1/catalog/models/file:{big}")
+                    if shown.status_code == 200:
+                        break
+                    await asyncio.sleep(0.02)
+                assert "running" == shown.json()["pull"]["state"]
+                served.process.send_signal(signal.SIGTERM)
+                response = await post
+            assert (503, True) == (response.status_code, response.json()["retriable"])
+            try:
+                served.process.wait(timeout=SHUTDOWN_DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"llorch serve still ran {SHUTDOWN_DEADLINE_S} s after SIGTERM")
+            log = served.log_path.read_text()
+        assert "Traceback" not in log

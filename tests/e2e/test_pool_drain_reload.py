@@ -101,6 +101,16 @@ def setup(tmp_path: Path) -> Iterator[LaunchedSetup]:
         yield s
 
 
+async def _reload_never_ready(server: RunningServer, setup: LaunchedSetup, model: Path) -> str:
+    """Start a reload of the Ready pool lp to ``model`` whose new replica never turns Ready;
+    the catalog id of ``model``."""
+    await wait_health(server, "lp", lambda h: h["ready"])
+    setup.faults.write_text("never_healthy")
+    response = await server.client.post("/v1/pools/lp/reload", json={"new_model_ref": str(model)})
+    assert 202 == response.status_code
+    return f"file:{model}"
+
+
 def _done(health: dict[str, Any]) -> bool:
     return (health.get("last_operation") or {}).get("state") in ("done", "rolled_back")
 
@@ -166,3 +176,92 @@ class TestReload:
             )
             assert 400 == response.status_code
             assert "does not exist" in response.json()["message"]
+
+    async def test_reload_rescues_a_pool_whose_model_was_retired(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """Retiring the served model makes the pool Unready; a reload to another model brings
+        it back (the new replicas wait for their own model, not the retired one), and a
+        reload to the retired model is refused up front."""
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        async with running_server(setup.config(startup_timeout_ms=20000)) as server:
+            await wait_health(server, "lp", lambda h: h["ready"])
+            old_id = f"file:{setup.model}"
+            retired = await server.client.post(
+                f"/v1/catalog/models/{old_id}/state", json={"state": "Retired"}
+            )
+            assert 202 == retired.status_code
+            await wait_health(server, "lp", lambda h: not h["ready"])
+            again = await server.client.post(
+                "/v1/pools/lp/reload", json={"new_model_ref": str(setup.model)}
+            )
+            assert (400, "MODEL_DEPRECATED") == (again.status_code, again.json()["code"])
+            response = await server.client.post(
+                "/v1/pools/lp/reload", json={"new_model_ref": str(new_model)}
+            )
+            assert 202 == response.status_code
+            health = await wait_health(server, "lp", _done)
+            assert "done" == health["last_operation"]["state"], health["last_operation"]
+            health = await wait_health(server, "lp", lambda h: h["ready"])
+            assert str(new_model) == health["model_id"]
+            body = llama_task(new_model, max_tokens=3)
+            assert 202 == (await server.submit(body)).status_code
+            assert "end" == (await server.stream(body["task_id"]))[-1][0]
+
+    async def test_a_served_model_is_not_deleted_until_the_pool_moves_off_it(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """DELETE of the model a pool serves is a 409 naming the pool (deleting it would leave
+        the pool Unready, its engine restarted over and over); after a reload it goes."""
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        async with running_server(setup.config()) as server:
+            await wait_health(server, "lp", lambda h: h["ready"])
+            old_id = f"file:{setup.model}"
+            refused = await server.client.delete(f"/v1/catalog/models/{old_id}")
+            assert (409, "CONFLICT") == (refused.status_code, refused.json()["code"])
+            assert "pool lp" in refused.json()["message"]
+            assert (await server.client.get("/v1/pools/lp/health")).json()["ready"] is True
+            response = await server.client.post(
+                "/v1/pools/lp/reload", json={"new_model_ref": str(new_model)}
+            )
+            assert 202 == response.status_code
+            assert "done" == (await wait_health(server, "lp", _done))["last_operation"]["state"]
+            assert 204 == (await server.client.delete(f"/v1/catalog/models/{old_id}")).status_code
+            assert (await server.client.get("/v1/pools/lp/health")).json()["ready"] is True
+
+    async def test_the_model_a_running_reload_moves_to_is_not_deleted(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """While a reload waits for its new replicas, DELETE of its new model is a 409 (the
+        reload would otherwise wait out the start-up timeout); once it rolled back, it goes."""
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        async with running_server(setup.config(startup_timeout_ms=8000)) as server:
+            new_id = await _reload_never_ready(server, setup, new_model)
+            refused = await server.client.delete(f"/v1/catalog/models/{new_id}")
+            assert (409, "CONFLICT") == (refused.status_code, refused.json()["code"])
+            assert "running reload" in refused.json()["message"]
+            health = await wait_health(server, "lp", _done)
+            assert "rolled_back" == health["last_operation"]["state"]
+            assert 204 == (await server.client.delete(f"/v1/catalog/models/{new_id}")).status_code
+
+    async def test_retiring_the_new_model_mid_reload_rolls_back_at_once(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """Retired while the new replicas start, the new model would keep them Unready until
+        the start-up timeout; the reload rolls back instead, saying why."""
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        async with running_server(setup.config(startup_timeout_ms=3_600_000)) as server:
+            new_id = await _reload_never_ready(server, setup, new_model)
+            for _ in range(1000):  # registered in the catalog before the new replicas start
+                shown = await server.client.get(f"/v1/catalog/models/{new_id}")
+                if shown.status_code == 200 and shown.json()["state"] == "Active":
+                    break
+                await asyncio.sleep(0.02)
+            retired = await server.client.post(
+                f"/v1/catalog/models/{new_id}/state", json={"state": "Retired"}
+            )
+            assert 202 == retired.status_code
+            health = await wait_health(server, "lp", _done)
+            assert "rolled_back" == health["last_operation"]["state"]
+            assert "Retired" in health["last_operation"]["error"]
+            assert str(setup.model) == health["model_id"]

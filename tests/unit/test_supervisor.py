@@ -75,3 +75,15 @@ class TestStop:
         await asyncio.wait({task})
         await asyncio.sleep(0)
         assert 1 == supervisor.failed_jobs
+
+    async def test_draining_jobs_does_not_wait_for_owned_work(self) -> None:
+        """An engine's supervision runs until its owner stops it: draining the jobs at
+        shutdown must not wait the whole grace period for it (nor cancel it ahead of its
+        owner); ``stop`` cancels it if the owner did not."""
+        supervisor = Supervisor()
+        engine = supervisor.owned(asyncio.Event().wait(), name="engine-p0-r0")
+        runner = supervisor.job(asyncio.sleep(0), name="runner")
+        await asyncio.wait_for(supervisor.drain_jobs(3600), 30)
+        assert (True, False) == (runner.done(), engine.done())
+        await supervisor.stop(0)
+        assert engine.cancelled()

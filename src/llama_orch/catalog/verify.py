@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from llama_orch.errors import InvalidParams
+from llama_orch.errors import InvalidParams, ServerStopping
 
 #: Read size for hashing: large enough that hashlib, not the syscalls, sets the pace.
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -44,28 +45,38 @@ def parse_digest(text: str) -> Digest:
     return Digest(match.group(1), match.group(2).lower())
 
 
-def sha256_file(path: Path, *, chunk_bytes: int = CHUNK_BYTES) -> Digest:
-    """The sha256 of a file's bytes, read in large chunks into one reused buffer."""
+def sha256_file(
+    path: Path, *, chunk_bytes: int = CHUNK_BYTES, stop: threading.Event | None = None
+) -> Digest:
+    """The sha256 of a file's bytes, read in large chunks into one reused buffer.
+
+    ``stop``: once set, the hashing ends with ServerStopping at the next chunk (a model of
+    many gigabytes would otherwise hold a stopping server for minutes)."""
     digest = hashlib.sha256()
     buffer = bytearray(chunk_bytes)
     view = memoryview(buffer)
     with path.open("rb", buffering=0) as handle:
         while count := handle.readinto(view):
+            if stop is not None and stop.is_set():
+                raise ServerStopping(
+                    f"the server is stopping; hashing {path} was cut short",
+                    hint="send the request again once the server is back",
+                )
             digest.update(view[:count])
     return Digest("sha256", digest.hexdigest())
 
 
-def sha256_tree(root: Path) -> Digest:
+def sha256_tree(root: Path, *, stop: threading.Event | None = None) -> Digest:
     """A digest of a directory: sha256 over sorted ``<relative path>\\0<file sha256>\\n`` lines."""
     outer = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        outer.update(f"{rel}\0{sha256_file(path).value}\n".encode())
+        outer.update(f"{rel}\0{sha256_file(path, stop=stop).value}\n".encode())
     return Digest("sha256", outer.hexdigest())
 
 
-def digest_of(path: Path) -> Digest:
-    return sha256_tree(path) if path.is_dir() else sha256_file(path)
+def digest_of(path: Path, *, stop: threading.Event | None = None) -> Digest:
+    return sha256_tree(path, stop=stop) if path.is_dir() else sha256_file(path, stop=stop)
 
 
 def verify_digest(path: Path, expected: Digest | None) -> tuple[VerifyResult, Digest]:

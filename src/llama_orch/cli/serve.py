@@ -156,6 +156,9 @@ def _end_streams(deps: AppDeps, feed: StatusFeed) -> None:
     """
     deps.service.shutdown()
     feed.close()
+    if deps.models is not None:
+        # A local model being hashed for a request would hold that request, and the exit.
+        deps.models.stopping.set()
 
 
 class _BoundServer(Server):

@@ -89,6 +89,9 @@ def catalog_paths() -> dict[str, Any]:
                         _POLICY_ERROR,
                     ),
                     "404": _error("A local ref whose path does not exist"),
+                    "409": _error(
+                        "The model is already being pulled with another digest (or none)"
+                    ),
                 },
             },
             "get": {
@@ -140,6 +143,7 @@ def catalog_paths() -> dict[str, Any]:
                     "204": {"description": "Entry and owned artifacts removed"},
                     "400": _error("The model is being pulled; delete it when the pull ends"),
                     "404": _error("Not in the catalog"),
+                    "409": _error("A pool serves the model; reload it to another model first"),
                 },
             },
         },

@@ -345,7 +345,7 @@ class ReplicaEngine:
 
     def start(self, background: Supervisor) -> None:
         self._storm_gauge.set(0)
-        self._task = background.job(self._run(), name=f"engine-{self.cfg.id}-{self.replica_id}")
+        self._task = background.owned(self._run(), name=f"engine-{self.cfg.id}-{self.replica_id}")
 
     async def stop(self) -> None:
         """Stop supervising and the engine: SIGTERM, wait, SIGKILL; never restart it."""

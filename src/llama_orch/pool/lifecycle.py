@@ -162,7 +162,7 @@ class PoolLifecycle:
             manager.rebound()
 
         async def probe() -> bool:
-            await manager.evaluate(pool, replica)
+            await manager.evaluate(pool, replica, cfg)
             return replica.state.value == "ready"
 
         def lost(error: str, engine_ensured: bool, model_present: bool) -> None:
@@ -214,7 +214,7 @@ class PoolLifecycle:
         return op
 
     def _spawn(self, coro: Any, name: str) -> None:
-        task: asyncio.Task[None] = self._background.job(coro, name=name)
+        task: asyncio.Task[None] = self._background.owned(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -275,12 +275,26 @@ class PoolLifecycle:
             self._sup.locate_model(new_cfg)
         except ModelMissing as exc:
             raise InvalidParams(f"cannot reload pool {pool_id}: {exc}", pool_id=pool_id) from exc
+        if self._manager.models is not None:
+            self._manager.models.require_active(new_cfg)
         op = self._claim(pool_id, "reload")
         op.detail.update({"from_model": pool.config.model, "to_model": new_model_ref})
+        if self._manager.models is not None:
+            # The catalog keeps the new model until the reload ended (a DELETE is a 409).
+            self._manager.models.begin_reload(new_cfg)
         self._spawn(self._reload(pool, new_cfg, op, tasks), f"reload-{pool_id}")
         return op
 
     async def _reload(
+        self, pool: PoolRuntime, new_cfg: PoolConfig, op: Operation, tasks: TaskControl
+    ) -> None:
+        try:
+            await self._reload_steps(pool, new_cfg, op, tasks)
+        finally:
+            if self._manager.models is not None:
+                self._manager.models.end_reload(pool.id)
+
+    async def _reload_steps(
         self, pool: PoolRuntime, new_cfg: PoolConfig, op: Operation, tasks: TaskControl
     ) -> None:
         from llama_orch.pool.manager import Replica
@@ -292,14 +306,15 @@ class PoolLifecycle:
             Replica(pool.id, f"r{i}-g{generation}", pool.devices, new_cfg.slots)
             for i in range(new_cfg.replicas)
         ]
-        engines = [self._keep_engine(pool, new_cfg, r) for r in fresh]
+        engines: list[ReplicaEngine] = []
         try:
-            await self._all_ready(engines, self._sup.engines.startup_timeout_ms / 1000)
             models = self._manager.models
             if models is not None:
-                # The catalog gate follows the pool to its new model at the switch: a local
-                # model is registered (hashed) first, so the pool never waits on it.
+                # The new replicas' catalog gate is their own model's: a local model is
+                # registered (hashed) before they start, so they never wait on it.
                 await asyncio.to_thread(models.register_local, new_cfg)
+            engines = [self._keep_engine(pool, new_cfg, r) for r in fresh]
+            await self._all_ready(engines, new_cfg, self._sup.engines.startup_timeout_ms / 1000)
         except Exception as exc:
             await self._discard(pool, engines)
             op.state, op.error = "rolled_back", str(exc)
@@ -340,9 +355,14 @@ class PoolLifecycle:
         if engine is not None:
             engine.retiring = True
 
-    async def _all_ready(self, engines: list[ReplicaEngine], timeout_s: float) -> None:
+    async def _all_ready(
+        self, engines: list[ReplicaEngine], new_cfg: PoolConfig, timeout_s: float
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         while not all(s.ready.is_set() for s in engines):
+            if self._manager.models is not None:
+                # Retired meanwhile: the new replicas would wait out the whole start-up timeout.
+                self._manager.models.require_active(new_cfg)
             stopped = [s for s in engines if s.done]
             if stopped:
                 raise RuntimeError(

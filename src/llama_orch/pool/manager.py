@@ -410,14 +410,19 @@ class PoolManager:
             "start the engine yourself and use provisioning.mode: external with endpoint"
         )
 
-    async def _evaluate(self, pool: PoolRuntime, replica: Replica) -> None:
-        """Re-check the three gates of one replica and publish any change."""
+    async def _evaluate(
+        self, pool: PoolRuntime, replica: Replica, serving: PoolConfig | None = None
+    ) -> None:
+        """Re-check the three gates of one replica and publish any change (``serving``: the
+        config the replica's engine was started with, when a reload starts it)."""
         gates = Gates()
         error: str | None = self._engine_gate(pool, replica)
         gates.engine_ensured = error is None
         # An external engine serves the model it was started with; other pools whose model is
         # a ref wait for it in the catalog (present, Active, fitting the GPUs' free VRAM).
-        model_error = self.models.gate(pool.id, self.free_per_gpu(pool)) if self.models else None
+        model_error = (
+            self.models.gate(pool.id, self.free_per_gpu(pool), serving) if self.models else None
+        )
         gates.model_present = model_error is None
         if replica.process is not None and replica.process.model_path is None:
             # A launched engine needs its model file before it can start.
@@ -498,8 +503,10 @@ class PoolManager:
 
     # -- launched engines (driven by the lifecycle) --------------------------------------------
 
-    async def evaluate(self, pool: PoolRuntime, replica: Replica) -> None:
-        await self._evaluate(pool, replica)
+    async def evaluate(
+        self, pool: PoolRuntime, replica: Replica, serving: PoolConfig | None = None
+    ) -> None:
+        await self._evaluate(pool, replica, serving)
 
     def rebound(self) -> None:
         """A launched replica's adapter was (re)bound to a new engine process (ORCH-3410)."""

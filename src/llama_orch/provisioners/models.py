@@ -41,6 +41,7 @@ from llama_orch.catalog.verify import (
     sha256_file,
 )
 from llama_orch.errors import (
+    Conflict,
     DigestMismatch,
     InsufficientSpace,
     InvalidParams,
@@ -85,6 +86,10 @@ class ModelProvisioner:
         self.reserve_bytes = reserve_bytes
         #: The latest pull of each model id, for GET /v1/catalog/models/{id} and the CLI.
         self.progress: dict[str, PullProgress] = {}
+        #: Set when the server stops: hashing in progress ends with ServerStopping.
+        self.stopping = threading.Event()
+        #: model id -> the digest its running background pull checks against (None: none).
+        self._pull_digest: dict[str, Digest | None] = {}
         self._flights: dict[str, threading.Lock] = {}
         self._flights_lock = threading.Lock()
 
@@ -226,15 +231,19 @@ class ModelProvisioner:
         if fetched.path.is_dir():
             for path in sorted(p for p in fetched.path.rglob("*") if p.is_file()):
                 rel = path.relative_to(fetched.path).as_posix()
-                sha = sha256_file(path).value
+                sha = sha256_file(path, stop=self.stopping).value
                 claim = fetched.claimed_sha256.get(rel)
                 self._compare(model_id, rel, claim, sha, fetched)
                 checked = checked or claim is not None
                 files.append(ModelFile(path=rel, size_bytes=path.stat().st_size, sha256=sha))
-            digest = digest_of(fetched.path)
+            digest = digest_of(fetched.path, stop=self.stopping)
         else:
             computed = fetched.computed_sha256
-            digest = Digest("sha256", computed) if computed else sha256_file(fetched.path)
+            digest = (
+                Digest("sha256", computed)
+                if computed
+                else sha256_file(fetched.path, stop=self.stopping)
+            )
             claim = fetched.claimed_sha256.get("")
             self._compare(model_id, fetched.path.name, claim, digest.value, fetched)
             checked = claim is not None
@@ -298,9 +307,19 @@ class ModelProvisioner:
         model_id = ref_id(ref)
         current = self.progress.get(model_id)
         if current is not None and current.state is PullState.RUNNING:
+            running = self._pull_digest.get(model_id)
+            if expected is not None and str(expected) != str(running):
+                # Joining it would register the bytes without the check this caller asked for.
+                raise Conflict(
+                    f"{model_id} is already being pulled "
+                    f"{f'with digest {running}' if running else 'without a digest'}; wait for "
+                    f"that pull to end, then pull it again with digest {expected} (a model in "
+                    "the catalog with another digest is refused)"
+                )
             return current
         progress = PullProgress(model_id)
         self.progress[model_id] = progress
+        self._pull_digest[model_id] = expected
 
         def run() -> None:
             try:

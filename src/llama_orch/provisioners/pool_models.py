@@ -79,6 +79,8 @@ class PoolModels:
         #: Pools whose model was seen to fit once; after that the engine's own use of the VRAM
         #: would make it look as if it no longer fits, so the check is not repeated.
         self._fitted: set[str] = set()
+        #: pool id -> the model id a running reload moves the pool to.
+        self._incoming: dict[str, str] = {}
 
     def rebind(self, cfg: PoolConfig) -> None:
         """A reload switched the pool to ``cfg.model``: gates, estimates and aliases follow it.
@@ -101,9 +103,10 @@ class PoolModels:
 
     def entry(self, pool_id: str) -> ModelEntry | None:
         model = self.by_pool.get(pool_id)
-        if model is None or model.ref is None:
-            return None
-        if self.provisioner.store.locate(model.ref) is None:
+        return self._entry_of(model) if model is not None else None
+
+    def _entry_of(self, model: PoolModel) -> ModelEntry | None:
+        if model.ref is None or self.provisioner.store.locate(model.ref) is None:
             return None
         return self.provisioner.store.get(model.model_id)
 
@@ -141,12 +144,65 @@ class PoolModels:
 
     # -- readiness and placement ---------------------------------------------------------------
 
-    def gate(self, pool_id: str, free_per_gpu: dict[int, int]) -> str | None:
-        """None when the pool's model is ready to serve; else what is wrong and the fix."""
-        model = self.by_pool.get(pool_id)
-        if model is None or not model.gated or model.ref is None:
+    def gate(
+        self, pool_id: str, free_per_gpu: dict[int, int], reloading: PoolConfig | None = None
+    ) -> str | None:
+        """None when the pool's model is ready to serve; else what is wrong and the fix.
+
+        ``reloading``: the config a reload starts new replicas with. Those replicas wait for
+        the new model, not the one the pool serves now (a pool whose model was retired or
+        deleted is rescued by a reload). Their VRAM fit is not checked: the old replicas still
+        hold theirs, and the new engine reports a model it cannot load itself.
+        """
+        if reloading is not None and reloading.model != self._configured(pool_id):
+            model = _pool_model(reloading, self._base_dir)
+            return self._catalog_problem(model) if model.gated else None
+        current = self.by_pool.get(pool_id)
+        if current is None or not current.gated or current.ref is None:
             return None
-        entry = self.entry(pool_id)
+        problem = self._catalog_problem(current)
+        if problem is not None or pool_id in self._fitted:
+            return problem
+        problem = self.fit_problem(pool_id, free_per_gpu)
+        if problem is None:
+            self._fitted.add(pool_id)
+        return problem
+
+    def serving(self, model_id: str) -> list[str]:
+        """The pools whose engines wait on ``model_id`` in the catalog, now or once a running
+        reload switches them."""
+        now = {p for p, m in self.by_pool.items() if m.gated and m.model_id == model_id}
+        return sorted(now | {p for p, m in self._incoming.items() if m == model_id})
+
+    def begin_reload(self, cfg: PoolConfig) -> None:
+        """A reload of ``cfg.id`` to ``cfg``'s model started (ended by ``end_reload``)."""
+        model = _pool_model(cfg, self._base_dir)
+        if model.gated:
+            self._incoming[cfg.id] = model.model_id
+
+    def end_reload(self, pool_id: str) -> None:
+        self._incoming.pop(pool_id, None)
+
+    def require_active(self, cfg: PoolConfig) -> None:
+        """Refuse a reload to a model the catalog holds as Retired (MODEL_DEPRECATED)."""
+        model = _pool_model(cfg, self._base_dir)
+        entry = self._entry_of(model) if model.gated else None
+        if entry is not None and entry.lifecycle is Lifecycle.RETIRED:
+            raise ModelDeprecated(
+                f"cannot reload pool {cfg.id}: model {model.model_id} is Retired",
+                hint=f"reload to another model, or `llorch models activate {model.model_id}`",
+                pool_id=cfg.id,
+            )
+
+    def _configured(self, pool_id: str) -> str | None:
+        model = self.by_pool.get(pool_id)
+        return model.configured if model is not None else None
+
+    def _catalog_problem(self, model: PoolModel) -> str | None:
+        """What keeps ``model`` from serving as the catalog holds it (None: nothing)."""
+        if model.ref is None:
+            return None
+        entry = self._entry_of(model)
         if entry is None:
             progress = self.provisioner.progress.get(model.model_id)
             if progress is not None and progress.state is PullState.RUNNING:
@@ -170,12 +226,7 @@ class PoolModels:
                 f"provisioning.model.checksum {model.expected}; `llorch models rm "
                 f"{model.model_id}` and pull it again, or correct the checksum"
             )
-        if pool_id in self._fitted:
-            return None
-        problem = self.fit_problem(pool_id, free_per_gpu)
-        if problem is None:
-            self._fitted.add(pool_id)
-        return problem
+        return None
 
     def estimate(self, pool_id: str) -> VramEstimate | None:
         model = self.by_pool.get(pool_id)

@@ -26,7 +26,7 @@ from llama_orch.contracts.catalog import (
     PullStatus,
     StateRequest,
 )
-from llama_orch.errors import InvalidParams, NotFound
+from llama_orch.errors import Conflict, InvalidParams, NotFound
 from llama_orch.observability.narration import narrate
 from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.progress import PullProgress, PullState
@@ -178,6 +178,17 @@ async def set_model_state(request: Request) -> Response:
 async def delete_model(request: Request) -> Response:
     models = _provisioner(request)
     model_id = _model_id(request)
+    pool_models = deps_of(request).pools.models
+    users = pool_models.serving(model_id) if pool_models is not None else []
+    if users:
+        # Deleting it would turn those pools Unready and restart their engines until the
+        # model came back; the operator moves them off it first.
+        raise Conflict(
+            f"model {model_id} is in use by pool {', '.join(users)} (served, or the target of "
+            f"a running reload); reload {'it' if len(users) == 1 else 'them'} to another model "
+            f"first (POST /v1/pools/{users[0]}/reload), then delete it",
+            pool_id=users[0],
+        )
     progress = models.progress.get(model_id)
     if progress is not None and progress.state is PullState.RUNNING:
         raise InvalidParams(f"{model_id} is being pulled; delete it when the pull ends")
