@@ -17,11 +17,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from bench.streaming import LeanHttp1, Proc, Row, n, table
+from bench.streaming import LeanHttp1, Proc, Row, loop_runner, n, table
 
 SERVERS: dict[str, list[str]] = {
     "granian/asgi": ["-m", "granian", "--interface", "asgi", "--loop", "uvloop"],
@@ -144,10 +143,6 @@ async def run() -> None:
 
 
 def main() -> None:
-    runner: Any = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        runner = uvloop.run
+    runner = loop_runner()
     print(f"scale {os.environ.get('BENCH_SCALE', '1.0')}; cpus {os.cpu_count()}", flush=True)
     runner(run())

@@ -35,10 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
-from bench.streaming import LeanHttp1, Proc, Row, n, pct, table
+from bench.streaming import LeanHttp1, Proc, Row, await_ready, loop_runner, n, pct, table
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
 KEY = "sk-bench-key-0000"
@@ -105,15 +104,7 @@ def _start_orch(engines: dict[str, Proc], workdir: Path, baseline: str = "") -> 
     log = (workdir / f"orch{tag}.log").open("wb")
     popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            pools_ready = httpx.get(f"{url}/v1/capabilities", timeout=1).json()["pools"]
-            if all(p["ready"] for p in pools_ready):
-                return Proc(url, popen)
-        time.sleep(0.1)
-    popen.kill()
-    raise RuntimeError(f"llorch serve did not become ready; see {workdir / 'orch.log'}")
+    return await_ready(url, popen, str(workdir / f"orch{tag}.log"))
 
 
 @contextlib.contextmanager
@@ -350,11 +341,7 @@ async def run(workdir: Path) -> None:
 
 def main() -> None:
     print(f"scale {SCALE}; cpus {os.cpu_count()}; python {sys.version.split()[0]}", flush=True)
-    runner: Any = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        runner = uvloop.run
+    runner = loop_runner()
     keep = os.environ.get("BENCH_WORKDIR")  # keep the config and the server's log there
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)

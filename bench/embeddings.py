@@ -16,17 +16,15 @@ is asserted by tests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from bench.frontdoor import _start_fake, _start_orch
-from bench.streaming import LeanHttp1, Proc, Row, n, pct, table
+from bench.streaming import LeanHttp1, Proc, Row, loop_runner, n, pct, table
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
 MODEL = "embed"
@@ -136,10 +134,6 @@ async def run(workdir: Path) -> None:
 
 def main() -> None:
     print(f"scale {SCALE}; cpus {os.cpu_count()}; python {sys.version.split()[0]}", flush=True)
-    runner: Any = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        runner = uvloop.run
+    runner = loop_runner()
     with tempfile.TemporaryDirectory(prefix="bench-embeddings-") as tmp:
         runner(run(Path(tmp)))

@@ -18,7 +18,6 @@ CPUs, so ratios are what to read. Nothing here is asserted by tests.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import os
@@ -33,10 +32,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
-from bench.streaming import LeanHttp1, Proc, Row, concurrently, n, pct, table
+from bench.streaming import (
+    LeanHttp1,
+    Proc,
+    Row,
+    await_ready,
+    concurrently,
+    loop_runner,
+    n,
+    pct,
+    table,
+)
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
 ENGINES: dict[str, list[str]] = {
@@ -97,15 +105,7 @@ def _start_orch(engines: dict[str, Proc], workdir: Path, **pool: Any) -> Proc:
         [*command, "--bind", f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT, env=env
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            pools_ready = httpx.get(f"{url}/v1/capabilities", timeout=1).json()["pools"]
-            if all(p["ready"] for p in pools_ready):
-                return Proc(url, popen)
-        time.sleep(0.1)
-    popen.kill()
-    raise RuntimeError("llorch serve did not become ready; see orch.log")
+    return await_ready(url, popen, "orch.log")
 
 
 @contextlib.contextmanager
@@ -311,10 +311,6 @@ async def run(workdir: Path) -> None:
 
 def main() -> None:
     print(f"scale {SCALE}; cpus {os.cpu_count()}; python {sys.version.split()[0]}", flush=True)
-    runner: Any = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        runner = uvloop.run
+    runner = loop_runner()
     with tempfile.TemporaryDirectory(prefix="bench-frontdoor-") as tmp:
         runner(run(Path(tmp)))

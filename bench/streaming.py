@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,28 @@ class Proc:
         return 0.0
 
 
+def await_ready(url: str, popen: subprocess.Popen[bytes], log: str) -> Proc:
+    """The llama-orch server at ``url`` once every pool is Ready (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            pools_ready = httpx.get(f"{url}/v1/capabilities", timeout=1).json()["pools"]
+            if all(p["ready"] for p in pools_ready):
+                return Proc(url, popen)
+        time.sleep(0.1)
+    popen.kill()
+    raise RuntimeError(f"llorch serve did not become ready; see {log}")
+
+
+def loop_runner() -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    """uvloop's ``run`` when installed (as the server uses), else asyncio's."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        return uvloop.run
+    return asyncio.run
+
+
 def _start_fake(name: str, flags: list[str], log: Path) -> Proc:
     command = [sys.executable, "-m", "llama_orch.testing.fake_engines", "llamacpp"]
     command += ["--model", name, *flags]
@@ -122,15 +144,7 @@ def _start_orch(engines: dict[str, Proc], workdir: Path, microbatch: bool) -> Pr
     log = (workdir / f"orch-mb-{suffix}.log").open("wb")
     popen = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            pools_ready = httpx.get(f"{url}/v1/capabilities", timeout=1).json()["pools"]
-            if all(p["ready"] for p in pools_ready):
-                return Proc(url, popen)
-        time.sleep(0.1)
-    popen.kill()
-    raise RuntimeError(f"llorch serve did not become ready; see {log.name}")
+    return await_ready(url, popen, log.name)
 
 
 @contextlib.contextmanager
@@ -684,11 +698,7 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 16384)), hard))
     print(f"scale {SCALE}; cpus {os.cpu_count()}; python {sys.version.split()[0]}", flush=True)
-    runner: Any = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        runner = uvloop.run
+    runner = loop_runner()
     keep = os.environ.get("BENCH_WORKDIR")  # keep configs and server logs there
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
