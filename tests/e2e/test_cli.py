@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.serve_process import free_port
 from tests.support.server import config_of, mock_pool, running_server, task_body
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,8 +84,10 @@ class TestConfigCommands:
         )
         code, _, err = await run("config", "validate", str(config))
         assert 2 == code and "needs an NVIDIA GPU" in err and "no CPU" in err
-        code, _, _ = await run("serve", "--config", str(config))
-        assert 2 == code
+        # A free port: the refusal must be the missing GPU, not a port someone else holds.
+        bind = f"127.0.0.1:{free_port()}"
+        code, _, err = await run("serve", "--config", str(config), "--bind", bind)
+        assert 2 == code and "needs an NVIDIA GPU" in err
         code, _, _ = await run("config", "validate", "--offline", str(config))
         assert 0 == code
 
