@@ -11,6 +11,7 @@ from starlette.routing import Route
 from llama_orch.artifacts import check_artifact_id, check_tag
 from llama_orch.contracts.api import Artifact, ArtifactPage, ArtifactRef, StoredArtifact
 from llama_orch.errors import InvalidParams, PayloadTooLarge
+from llama_orch.server.body import body_chunks
 from llama_orch.server.data_plane import _validation_message, json_response
 from llama_orch.server.deps import deps_of
 
@@ -21,7 +22,7 @@ MAX_LIMIT = 500
 
 async def _read_body(request: Request, limit: int) -> bytes:
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request):
         body += chunk
         # JSON with whitespace may be larger than its canonical form; allow twice the limit.
         if len(body) > 2 * limit:

@@ -7,6 +7,8 @@ reads), and the request is logged once, at info, like any other answer.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from starlette.requests import ClientDisconnect, Request
 
 from llama_orch.errors import InvalidParams
@@ -26,12 +28,45 @@ def json_body_limit(max_text_bytes: int) -> int:
 _ENDED_EARLY = "the request body ended early: the connection closed or a chunk was malformed"
 
 
+def _declared_length(request: Request) -> int | None:
+    """The body's length when HTTP/1.1 framing fixes it (``Content-Length``, no chunking)."""
+    if request.scope.get("http_version") not in ("1.1", "1.0"):
+        return None
+    headers = request.headers
+    length = headers.get("content-length")
+    if length is None or "transfer-encoding" in headers or not length.isdigit():
+        return None
+    return int(length)
+
+
+async def body_chunks(request: Request) -> AsyncIterator[bytes]:
+    """The body's chunks, as ``request.stream()`` gives them, ending as soon as an HTTP/1.1
+    body with a ``Content-Length`` is complete.
+
+    The server's own end-of-body message comes through its thread and the event loop a turn
+    later: waiting for it added one loop iteration (milliseconds with 64 streams running) to
+    every request with a body, before admission even starts. Whoever reads the connection
+    next (a stream's disconnect listener) receives that message and moves past it.
+    """
+    expected = _declared_length(request)
+    seen = 0
+    stream = request.stream()
+    try:
+        async for chunk in stream:
+            yield chunk
+            seen += len(chunk)
+            if expected is not None and seen >= expected:
+                return
+    finally:
+        await stream.aclose()
+
+
 async def read_body(request: Request, limit: int, *, why: str = "") -> bytes:
     """The whole body; raises InvalidParams past ``limit`` bytes (saying ``why``), or when it
     ends early."""
     body = bytearray()
     try:
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request):
             body += chunk
             if len(body) > limit:
                 raise InvalidParams(f"request body exceeds {limit} bytes{why}")
@@ -49,7 +84,7 @@ async def drain_body(request: Request, limit: int) -> None:
     """
     seen = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request):
             seen += len(chunk)
             if seen > limit:
                 return

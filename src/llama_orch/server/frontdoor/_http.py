@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from llama_orch.errors import InvalidParams, NotFound
+from llama_orch.server.body import body_chunks
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.frontdoor import _tasks
 from llama_orch.server.frontdoor._tasks import Ticket
@@ -44,7 +45,7 @@ async def read_json(request: Request, deps: AppDeps) -> dict[str, Any]:
     """The body as a JSON object, bounded by the server's prompt limit."""
     limit = deps.config.server.max_prompt_bytes * 2 + 65_536
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request):
         body += chunk
         if len(body) > limit:
             raise BadField(
