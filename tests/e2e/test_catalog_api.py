@@ -134,6 +134,29 @@ class TestCatalogApi:
             again = await srv.client.post("/v1/catalog/models", json={**ref, "digest": digest})
             assert 201 == again.status_code
 
+    async def test_deleting_a_model_being_pulled_is_a_conflict(
+        self, tmp_path: Path, site: HttpsSite
+    ) -> None:
+        """DELETE while the model's pull runs is a 409 CONFLICT envelope naming the pull and
+        saying to wait for it; once the pull ended, the delete goes through."""
+        site.state.files["m.bin"] = b"weights" * 100_000
+        site.state.faults.append("hold")
+        async with running_server(catalog_config(tmp_path, site)) as srv:
+            pulled = await srv.client.post("/v1/catalog/models", json={"ref": f"{site.base}/m.bin"})
+            model_id = pulled.json()["id"]
+            await asyncio.to_thread(site.state.holding.wait, 30)
+            refused = await srv.client.delete(
+                f"/v1/catalog/models/{model_id}", headers={"X-Correlation-Id": "del-pull-1"}
+            )
+            body = refused.json()
+            assert (409, "CONFLICT") == (refused.status_code, body["code"])
+            assert "del-pull-1" == refused.headers["x-correlation-id"]
+            assert f"model {model_id} is being pulled" in body["message"]
+            assert f"wait for it to end (GET /v1/catalog/models/{model_id}" in body["message"]
+            site.state.release.set()
+            assert "Active" == (await wait_active(srv, model_id))["state"]
+            assert 204 == (await srv.client.delete(f"/v1/catalog/models/{model_id}")).status_code
+
     async def test_refusals_are_typed(self, tmp_path: Path) -> None:
         """Bad refs, closed outbound policy, bad states and unknown ids get typed envelopes."""
         async with running_server(catalog_config(tmp_path)) as srv:

@@ -141,9 +141,11 @@ def catalog_paths() -> dict[str, Any]:
                 "parameters": [_ID, _CORRELATION],
                 "responses": {
                     "204": {"description": "Entry and owned artifacts removed"},
-                    "400": _error("The model is being pulled; delete it when the pull ends"),
                     "404": _error("Not in the catalog"),
-                    "409": _error("A pool serves the model; reload it to another model first"),
+                    "409": _error(
+                        "A pool serves the model (reload it to another model first), or the "
+                        "model is being pulled (wait for the pull to end)"
+                    ),
                 },
             },
         },

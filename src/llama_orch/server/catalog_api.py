@@ -191,7 +191,13 @@ async def delete_model(request: Request) -> Response:
         )
     progress = models.progress.get(model_id)
     if progress is not None and progress.state is PullState.RUNNING:
-        raise InvalidParams(f"{model_id} is being pulled; delete it when the pull ends")
+        # The pull would register the model again right after the delete; a running pull has
+        # no cancel route, so the caller waits for it.
+        raise Conflict(
+            f"model {model_id} is being pulled; a running pull cannot be cancelled, so wait "
+            f"for it to end (GET /v1/catalog/models/{model_id} shows its progress), then "
+            "delete the model"
+        )
     outcome = await asyncio.to_thread(models.delete, model_id)
     if not outcome.found:
         raise NotFound(f"model {model_id!r} is not in the catalog; see GET /v1/catalog/models")

@@ -127,14 +127,19 @@ class TestParameterMapping:
 
 
 class TestRoutes:
-    async def test_llamacpp_generation_connection_is_not_pooled(self) -> None:
-        """llama-server closes the connection after a streamed /completion although its
-        headers say keep-alive; the adapter asks for that close, so no task is sent on a
-        connection the engine is closing."""
+    async def test_llamacpp_tasks_back_to_back_all_stream(self) -> None:
+        """llama-server (and its fake) closes the connection after a streamed /completion
+        although its headers say keep-alive; the adapter asks for that close, so each of a run
+        of back-to-back tasks, with probes beside them, gets a fresh connection and streams."""
         async with fake_and_adapter("llamacpp") as (fake, adapter):
-            await collect(adapter, request(max_tokens=2))
-        record = fake.requests[-1]
-        assert ("/completion", "close") == (record.path, record.headers.get("connection"))
+            for _ in range(20):
+                events = await collect(adapter, request(max_tokens=2))
+                assert "end" == events[-1].kind
+                await adapter.health()
+        generations = [r for r in fake.requests if r.path == "/completion"]
+        assert 20 * [("close", True)] == [
+            (r.headers.get("connection"), r.completed) for r in generations
+        ]
 
     async def test_vllm_chat_route(self) -> None:
         """upstream_api: chat sends the prompt as one user message to chat completions."""

@@ -224,6 +224,19 @@ class FakeEngine:
         if b.ttft_ms > 0:
             await asyncio.sleep(b.ttft_ms / 1000)
 
+    def close_after_response(self, scope: Scope) -> None:
+        """Close this request's connection once its response ends, whatever its headers said.
+
+        Call it after the response headers went out: uvicorn's per-connection graceful shutdown
+        then closes the socket after the last chunk instead of keeping it alive.
+        """
+        server = self._server
+        if server is None:
+            return
+        for connection in list(server.server_state.connections):
+            if getattr(connection, "client", None) == scope.get("client"):
+                connection.shutdown()
+
 
 FrameSource = Callable[[RequestRecord], AsyncIterator[bytes]]
 
@@ -246,6 +259,7 @@ class EventStream:
         before_headers: Callable[[], Awaitable[None]] | None = None,
         on_done: Callable[[], None] | None = None,
         extra_headers: Sequence[tuple[bytes, bytes]] = (),
+        close_connection: bool = False,
     ) -> None:
         self.on_done = on_done
         self.fake = fake
@@ -255,10 +269,12 @@ class EventStream:
         self.media_type = media_type
         self.before_headers = before_headers
         self.extra_headers = extra_headers
+        #: End the TCP connection after the stream although the headers allow keep-alive.
+        self.close_connection = close_connection
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         record = self.record
-        producer = asyncio.ensure_future(self._produce(send))
+        producer = asyncio.ensure_future(self._produce(scope, send))
         listener = asyncio.ensure_future(self._listen(receive))
         self.fake.active += 1
         try:
@@ -284,7 +300,7 @@ class EventStream:
         while (await receive())["type"] != "http.disconnect":
             pass
 
-    async def _produce(self, send: Send) -> None:
+    async def _start(self, scope: Scope, send: Send) -> None:
         if self.before_headers is not None:
             await self.before_headers()
         headers = [(b"content-type", self.media_type.encode()), (b"cache-control", b"no-cache")]
@@ -295,6 +311,11 @@ class EventStream:
                 "headers": [*headers, *self.extra_headers],
             }
         )
+        if self.close_connection:
+            self.fake.close_after_response(scope)
+
+    async def _produce(self, scope: Scope, send: Send) -> None:
+        await self._start(scope, send)
         b = self.fake.behaviour
         fast = b.tokens_per_s <= 0 and not b.split_frames
         interval = 0.0 if b.tokens_per_s <= 0 else 1.0 / b.tokens_per_s

@@ -3,7 +3,8 @@
 Speaks the native API: ``/health``, ``/props``, ``/slots``, ``/v1/models``, ``/metrics`` and
 ``/completion`` (alias ``/completions``) with ``data: {json}`` frames, no ``[DONE]``, and a final
 ``"stop": true`` event. While ``behaviour.loading`` is set every path answers 503 "Loading model".
-With N slots, the N+1st stream's headers wait until a slot frees, as in the real server.
+With N slots, the N+1st stream's headers wait until a slot frees, as in the real server. After a
+streamed ``/completion`` the connection closes, although the response headers allowed keep-alive.
 """
 
 from __future__ import annotations
@@ -332,4 +333,13 @@ class FakeLlamaCpp(FakeEngine):
         frames = token_frames(
             self, record, len(gen.tokens), frame, error_frame=error_frame, final=final
         )
-        return EventStream(self, record, frames, before_headers=take_slot, on_done=free_slot)
+        # llama-server ends the connection after every stream although its headers say
+        # keep-alive; a client that reuses it for the next request fails.
+        return EventStream(
+            self,
+            record,
+            frames,
+            before_headers=take_slot,
+            on_done=free_slot,
+            close_connection=True,
+        )
