@@ -18,8 +18,8 @@ The pool (``H1Pool``) keeps the rules the token streams have always had:
 - idle connections are dropped after ``keepalive_expiry_s``, before engines' own idle timeouts;
 - a connection lost (or a response malformed) before its end raises ``UpstreamBroken``;
 - a body silent for ``read_timeout_s`` fails with ``UpstreamSilent``, seen by one periodic timer
-  per response that checks whether anything arrived (no timer per chunk): it fires no earlier
-  than the limit and at most an eighth of it later.
+  per response that checks every eighth of the limit whether anything arrived (no timer per
+  chunk): it fires no earlier than the limit and at most a quarter of it later.
 
 TLS: an https upstream is connected with the shared SSL context (ALPN offers HTTP/1.1 only when
 HTTP/2 is off; upstreams that may negotiate HTTP/2 stream through httpx instead). Proxies are
