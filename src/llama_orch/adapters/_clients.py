@@ -154,7 +154,7 @@ class UpstreamClients:
         self.in_flight = 0
         #: Attempts to connect made again after a connect timeout, since start.
         self.connect_retries = 0
-        #: Silence allowed between two reads of an aiohttp stream (None: unwatched).
+        #: Silence allowed between two reads of an H1Pool or aiohttp stream (None: unwatched).
         self.read_timeout_s = read_timeout_s
 
     @property

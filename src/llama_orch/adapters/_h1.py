@@ -172,13 +172,18 @@ class H1Response:
             self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        # Once per HTTP chunk, so once per token: kept to a few attribute operations.
         self._buffer.append(body)
         self.received += 1
         self._size += len(body)
         if self._size > _HIGH_WATER and not self._paused and self._conn.transport is not None:
             self._paused = True
             self._conn.transport.pause_reading()
-        self._wake()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def on_message_complete(self) -> None:
         if self.status < 200:
