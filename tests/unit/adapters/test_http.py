@@ -12,6 +12,12 @@ import httpx
 import pytest
 
 from llama_orch.adapters._base import HttpAdapter
+from llama_orch.adapters._errors import (
+    UpstreamBroken,
+    UpstreamConnectTimeout,
+    UpstreamSilent,
+    UpstreamUnreachable,
+)
 from llama_orch.adapters._http import (
     KEEPALIVE_EXPIRY_S,
     RetryPolicy,
@@ -279,6 +285,11 @@ TRANSPORT_ERRORS: list[tuple[Exception, type[WorkerError]]] = [
     (httpx.RemoteProtocolError("incomplete chunked read"), WorkerReset),
     (httpx.ReadError("reset by peer"), WorkerReset),
     (httpx.UnsupportedProtocol("ftp"), WorkerInternal),
+    # The token streams' own client (H1Pool).
+    (UpstreamUnreachable("refused"), EngineUnreachable),
+    (UpstreamConnectTimeout("slow"), WorkerUnavailable),
+    (UpstreamBroken("lost mid-response"), WorkerReset),
+    (UpstreamSilent("silent"), DecodeTimeout),
 ]
 
 
