@@ -17,6 +17,7 @@ from llama_orch.adapters._http import build_upstream, map_transport_errors
 from llama_orch.config import HttpConfig
 from llama_orch.errors import DecodeTimeout, WorkerError, WorkerReset
 from llama_orch.observability.redaction import Redactor
+from tests.unit.adapters.engine_support import adapter_for, request
 
 
 @dataclass
@@ -351,3 +352,33 @@ class TestUpstreamAccounting:
             assert 0 == upstream.in_flight
             await upstream.aclose()
         assert engine.requests[0].head.startswith(b"POST /v1/completions HTTP/1.1\r\n")
+
+
+class TestThroughTheAdapter:
+    async def test_a_reset_after_two_tokens_ends_the_task_with_worker_reset(self) -> None:
+        """A vLLM stream reset by the engine's kernel after two tokens: both tokens reach the
+        task, in order, then WORKER_RESET."""
+        frames = b"".join(
+            b'data: {"choices": [{"index": 0, "text": "%s", "finish_reason": null}]}\n\n' % t
+            for t in (b"a", b"b")
+        )
+
+        async def reset(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            w.write(HEAD_CHUNKED + b"%x\r\n%s\r\n" % (len(frames), frames))
+            await w.drain()
+            sock = w.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            w.transport.abort()
+            return False
+
+        async with raw_engine(reset) as engine:
+            adapter = adapter_for("vllm", f"http://127.0.0.1:{engine.port}", "m")
+            tokens: list[str] = []
+            try:
+                with pytest.raises(WorkerReset) as info:
+                    async for event in adapter.submit(request(max_tokens=8)):
+                        tokens += event.texts if event.kind == "tokens" else []
+            finally:
+                await adapter.aclose()
+        assert ["a", "b"] == tokens
+        assert ("vllm", True) == (info.value.engine, "connection broke" in info.value.message)
