@@ -4,7 +4,7 @@
 starts the fake engine in a subprocess streaming as fast as it can, then alternates two readers
 over the same requests and the same pooled httpx client:
 
-- ``raw``: the same upstream client (``UpstreamClients.open_stream``: aiohttp for these plain
+- ``raw``: the same upstream client (``UpstreamClients.open_stream``: ``H1Pool`` for these plain
   HTTP/1.1 fakes), every chunk read and nothing parsed (the physical limit);
 - ``adapter``: ``adapter.submit(...)``, the path the server relays through: SSE decode,
   JSON parse, error checks, the tokens of each upstream read as one event (``submit``, one event

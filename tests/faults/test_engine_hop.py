@@ -9,11 +9,12 @@ import socket
 import threading
 from collections.abc import Iterator
 
-import aiohttp
 import pytest
 
-from llama_orch.adapters._http import build_upstream
+from llama_orch.adapters._http import build_upstream, map_transport_errors
 from llama_orch.config import HttpConfig
+from llama_orch.errors import EngineUnreachable, WorkerUnavailable
+from llama_orch.observability.redaction import Redactor
 
 _ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 
@@ -89,7 +90,23 @@ async def test_a_refusing_engine_fails_at_once_without_retries() -> None:
         port = closed.getsockname()[1]
     upstream = build_upstream(HttpConfig(), base_url=f"http://127.0.0.1:{port}", max_connections=4)
     loop = asyncio.get_running_loop()
-    with pytest.raises(aiohttp.ClientConnectorError):
+    with pytest.raises(EngineUnreachable), map_transport_errors("llamacpp", "POST", Redactor()):
         await upstream.open_stream("/completion", b"{}", {}, deadline=loop.time() + 30)
     assert 0 == upstream.connect_retries
     await upstream.aclose()
+
+
+async def test_an_engine_that_never_accepts_times_out_at_the_deadline() -> None:
+    """Connect timeouts are tried again until the deadline, then surface as connecting timed
+    out (the pool is unavailable, not the engine gone)."""
+    http = HttpConfig(connect_timeout_ms=50)
+    with _backlogged_listener() as (port, _):
+        upstream = build_upstream(http, base_url=f"http://127.0.0.1:{port}", max_connections=4)
+        loop = asyncio.get_running_loop()
+        mapping = map_transport_errors("llamacpp", "POST", Redactor())
+        with pytest.raises(WorkerUnavailable, match="connecting timed out") as info, mapping:
+            await upstream.open_stream("/completion", b"{}", {}, deadline=loop.time() + 0.5)
+        assert upstream.connect_retries >= 1
+        assert 0 == upstream.in_flight
+        await upstream.aclose()
+    assert not isinstance(info.value, EngineUnreachable)

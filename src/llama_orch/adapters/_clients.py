@@ -3,8 +3,10 @@
 - ``build_client``: one pooled ``httpx.AsyncClient`` (keep-alive, HTTP/2 where the upstream offers
   it via ALPN, TLS verification on, proxies only when configured).
 - ``build_upstream``: one upstream as ``UpstreamClients``: the probes' httpx pool, and for token
-  streams either one ``aiohttp`` session (HTTP/1.1 upstreams) or one ``build_client`` pool
-  (upstreams that may negotiate HTTP/2, and tests that inject an httpx transport).
+  streams one of: the lean HTTP/1.1 client of ``_h1`` (``H1Pool``: plain HTTP/1.1 and https
+  upstreams without HTTP/2), one ``aiohttp`` session (upstreams behind a configured proxy), or
+  one ``build_client`` pool (upstreams that may negotiate HTTP/2, and tests that inject an httpx
+  transport).
 
 Opening a stream tells "the engine is unreachable" (connection refused: fails at once) from
 "connecting took longer than ``connect_timeout_ms``" (often this process being too busy to see
@@ -14,7 +16,8 @@ caller's deadline. At most ``CONNECTS_AT_ONCE`` connections to one upstream are 
 established at any time; the others wait their turn, unhurried, instead of flooding the
 engine's backlog; established connections are kept alive and reused.
 
-Silence on an aiohttp stream (``read_timeout_ms``) is watched by ``_SilenceWatch``, a timer
+Silence on an ``H1Pool`` stream is watched the same way by the pool itself. Silence on an
+aiohttp stream (``read_timeout_ms``) is watched by ``_SilenceWatch``, a timer
 that looks at the body's byte count a few times per limit, rather than by aiohttp's
 ``sock_read``, which cancels and re-arms a timer for every chunk received (a token, for most
 engines): it fires no earlier than the limit and at most a quarter of it later.
@@ -32,6 +35,7 @@ from typing import Any
 import aiohttp
 import httpx
 
+from llama_orch.adapters._h1 import H1Pool
 from llama_orch.config import HttpConfig
 
 #: Idle keep-alive connections are dropped after this long: shorter than the 5 s idle timeout
@@ -97,11 +101,11 @@ CONNECT_TIMEOUTS: tuple[type[BaseException], ...] = (
 class UpstreamClients:
     """One upstream's keep-alive connections: the token streams' and the probes'.
 
-    Token streams (``open_stream``) go through one aiohttp session when ``sessions`` is given,
-    else through the httpx client ``streams``. ``sessions`` is a factory, called once inside
-    the running loop; aiohttp hands over every buffered byte per read, where h11 yields one
-    event per HTTP chunk, and engines write one chunk per token. With it, the probe client
-    carries the base URL.
+    Token streams (``open_stream``) go through one ``H1Pool`` when ``h1`` is given, through
+    one aiohttp session when ``sessions`` is given, else through the httpx client ``streams``.
+    ``h1`` and ``sessions`` are factories, called once inside the running loop; both clients
+    hand over every buffered byte per read, where h11 yields one event per HTTP chunk, and
+    engines write one chunk per token. With either, the probe client carries the base URL.
 
     Probes (health, props, version, metrics) go through ``probe``, a pool of their own: a
     replica streaming at its connection limit, or one whose canceled streams are still closing,
@@ -110,6 +114,9 @@ class UpstreamClients:
     """
 
     __slots__ = (
+        "_h1",
+        "_h1_factory",
+        "_paths",
         "_probe",
         "_session",
         "_session_factory",
@@ -126,27 +133,43 @@ class UpstreamClients:
         probe: httpx.AsyncClient | None = None,
         *,
         sessions: Callable[[], aiohttp.ClientSession] | None = None,
+        h1: Callable[[], H1Pool] | None = None,
         read_timeout_s: float | None = None,
     ) -> None:
-        if streams is None and (sessions is None or probe is None):
-            raise ValueError("UpstreamClients needs an httpx client, or a session and a probe")
+        if streams is None and ((sessions is None and h1 is None) or probe is None):
+            raise ValueError(
+                "UpstreamClients needs an httpx client, or a stream client and a probe"
+            )
         self._streams = streams
         self._probe = probe
         self._session_factory = sessions
         self._session: aiohttp.ClientSession | None = None
+        self._h1_factory = h1
+        self._h1: H1Pool | None = None
+        #: path -> the path sent to the engine (below the base URL's own path).
+        self._paths: dict[str, str] = {}
         #: path -> the absolute URL aiohttp is given (joined as httpx joins it).
         self._urls: dict[str, str] = {}
         #: Streams open now (from the request until the response is closed).
         self.in_flight = 0
         #: Attempts to connect made again after a connect timeout, since start.
         self.connect_retries = 0
-        #: Silence allowed between two reads of an aiohttp stream (None: unwatched).
+        #: Silence allowed between two reads of an H1Pool or aiohttp stream (None: unwatched).
         self.read_timeout_s = read_timeout_s
 
     @property
     def streams_via(self) -> str:
-        """Which client carries token streams: ``aiohttp`` or ``httpx``."""
+        """Which client carries token streams: ``h1`` (``H1Pool``), ``aiohttp`` or ``httpx``."""
+        if self._h1_factory is not None:
+            return "h1"
         return "httpx" if self._session_factory is None else "aiohttp"
+
+    @property
+    def h1(self) -> H1Pool | None:
+        """The token streams' ``H1Pool`` (created on first use), or None for the others."""
+        if self._h1 is None and self._h1_factory is not None:
+            self._h1 = self._h1_factory()
+        return self._h1
 
     @property
     def session(self) -> aiohttp.ClientSession | None:
@@ -189,9 +212,17 @@ class UpstreamClients:
     async def _open_once(
         self, path: str, content: bytes, headers: Mapping[str, str]
     ) -> UpstreamResponse:
-        session = self.session
+        h1 = self.h1
         self.in_flight += 1
         try:
+            if h1 is not None:
+                lean = await h1.post(
+                    self._paths.get(path) or self._path_for(path), content, headers
+                )
+                return UpstreamResponse(
+                    lean.status, lean.headers, lean, lean.read, self._closing(lean.close)
+                )
+            session = self.session
             if session is not None:
                 url = self._urls.get(path) or self._url_for(path)
                 answer = await session.post(
@@ -249,7 +280,13 @@ class UpstreamClients:
         self._urls[path] = str(url.copy_with(username=None, password=None))
         return self._urls[path]
 
+    def _path_for(self, path: str) -> str:
+        self._paths[path] = self.base_url.raw_path.decode("ascii") + path.lstrip("/")
+        return self._paths[path]
+
     async def aclose(self) -> None:
+        if self._h1 is not None:
+            await self._h1.aclose()
         if self._streams is not None:
             await self._streams.aclose()
         if self._probe is not None:
@@ -394,7 +431,8 @@ def build_upstream(
 
     probe = client(PROBE_CONNECTIONS)
     # An injected transport is httpx's (tests); an https upstream may negotiate HTTP/2 through
-    # httpx when it is enabled. Every other upstream streams over HTTP/1.1 through aiohttp.
+    # httpx when it is enabled. Every other upstream streams over HTTP/1.1: through H1Pool, or
+    # through aiohttp when a proxy is configured (H1Pool speaks to the engine directly).
     may_h2 = http.http2 and base_url.startswith("https:")
     if transport is not None or may_h2:
         return UpstreamClients(client(max_connections), probe=probe)
@@ -407,11 +445,29 @@ def build_upstream(
             endpoint.username, endpoint.password
         )
 
-    def sessions() -> aiohttp.ClientSession:
-        return build_session(
-            http, max_connections=max_connections, headers=stream_headers, ssl_context=context
+    read_timeout_s = http.read_timeout_ms / 1000
+    if http.proxy:
+
+        def sessions() -> aiohttp.ClientSession:
+            return build_session(
+                http, max_connections=max_connections, headers=stream_headers, ssl_context=context
+            )
+
+        return UpstreamClients(None, probe=probe, sessions=sessions, read_timeout_s=read_timeout_s)
+
+    tls = endpoint.scheme == "https"
+
+    def h1() -> H1Pool:
+        return H1Pool(
+            host=endpoint.host,
+            port=endpoint.port or (443 if tls else 80),
+            ssl_context=context if tls else None,
+            max_connections=max_connections,
+            connects_at_once=CONNECTS_AT_ONCE,
+            connect_timeout_s=http.connect_timeout_ms / 1000,
+            read_timeout_s=read_timeout_s,
+            keepalive_expiry_s=KEEPALIVE_EXPIRY_S,
+            headers=stream_headers,
         )
 
-    return UpstreamClients(
-        None, probe=probe, sessions=sessions, read_timeout_s=http.read_timeout_ms / 1000
-    )
+    return UpstreamClients(None, probe=probe, h1=h1, read_timeout_s=read_timeout_s)

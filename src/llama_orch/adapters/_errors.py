@@ -1,6 +1,10 @@
 """Engine HTTP failures as the ``WorkerError`` tree, and URLs safe to put in messages.
 
 Messages built here never contain headers, and URLs pass through the redactor first (D-HTTP-03).
+
+The token streams' own HTTP/1.1 client (``_h1``) raises the ``Upstream*`` errors below: each is
+a subclass of the httpx transport error of the same meaning, so every handler of those (this
+mapping, the connect retry, the drain after a stream's final event) treats them alike.
 """
 
 from __future__ import annotations
@@ -21,6 +25,22 @@ from llama_orch.errors import (
     WorkerUnavailable,
 )
 from llama_orch.observability.redaction import Redactor
+
+
+class UpstreamUnreachable(httpx.ConnectError):
+    """Connecting failed at once: refused, no route, or the TLS handshake was refused."""
+
+
+class UpstreamConnectTimeout(httpx.ConnectTimeout):
+    """Connecting took longer than the connect timeout; nothing was sent."""
+
+
+class UpstreamBroken(httpx.ReadError):
+    """The connection was lost, or the response was malformed, before the response's end."""
+
+
+class UpstreamSilent(httpx.ReadTimeout):
+    """Nothing arrived on a response body for longer than the read timeout."""
 
 
 def redact_url(url: str | httpx.URL, redactor: Redactor) -> str:

@@ -104,10 +104,11 @@ class TestEngineSpecificFaults:
 
     async def test_mid_stream_silence_is_the_read_timeout_never_earlier(self) -> None:
         """A stream that stalls fails as DECODE_TIMEOUT, once read_timeout_ms of silence has
-        passed since its last token, not before; the stream was read through aiohttp."""
+        passed since its last token, not before; the stream was read through the lean
+        HTTP/1.1 client, whose own timer watches the silence."""
         stall = Behaviour(stall_after=2)
         async with fake_and_adapter("vllm", stall, read_timeout_ms=200) as (_, adapter):
-            assert "aiohttp" == adapter.upstream.streams_via
+            assert "h1" == adapter.upstream.streams_via
             last_read = 0.0
             with pytest.raises(DecodeTimeout) as info:
                 async for _event in adapter.submit(request(max_tokens=10)):

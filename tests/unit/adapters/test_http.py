@@ -12,6 +12,12 @@ import httpx
 import pytest
 
 from llama_orch.adapters._base import HttpAdapter
+from llama_orch.adapters._errors import (
+    UpstreamBroken,
+    UpstreamConnectTimeout,
+    UpstreamSilent,
+    UpstreamUnreachable,
+)
 from llama_orch.adapters._http import (
     KEEPALIVE_EXPIRY_S,
     RetryPolicy,
@@ -181,10 +187,33 @@ class TestUpstreamClients:
         assert context.verify_mode == ssl.CERT_REQUIRED
         await upstream.aclose()
 
-    async def test_plain_http_upstreams_stream_through_one_aiohttp_session(self) -> None:
-        """An http:// engine streams over HTTP/1.1 through aiohttp: max_connections, the
-        keep-alive expiry and TLS verification carry over; probes keep their httpx pool."""
+    async def test_plain_http_upstreams_stream_through_one_h1_pool(self) -> None:
+        """An http:// engine streams over HTTP/1.1 through H1Pool: max_connections, the
+        keep-alive expiry and the timeouts carry over; probes keep their httpx pool."""
         http = HttpConfig(max_connections=1108, read_timeout_ms=7000, connect_timeout_ms=900)
+        upstream = build_upstream(http, base_url="http://engine", max_connections=1108)
+        assert "h1" == upstream.streams_via
+        pool = upstream.h1
+        assert pool is not None and pool is upstream.h1  # one, built once
+        assert (1108, KEEPALIVE_EXPIRY_S, 0.9, 7.0, None) == (
+            pool._slots._value,  # type: ignore[attr-defined]
+            pool._expiry_s,  # type: ignore[attr-defined]
+            pool._connect_timeout_s,  # type: ignore[attr-defined]
+            pool._read_timeout_s,  # type: ignore[attr-defined]
+            pool._ssl,  # type: ignore[attr-defined]
+        )
+        assert 4 == pool_limits(upstream.probe)[0]
+        await upstream.aclose()
+
+    async def test_proxied_upstreams_stream_through_one_aiohttp_session(self) -> None:
+        """Behind a configured proxy an engine streams through aiohttp: max_connections, the
+        keep-alive expiry, TLS verification and the proxy carry over."""
+        http = HttpConfig(
+            max_connections=1108,
+            read_timeout_ms=7000,
+            connect_timeout_ms=900,
+            proxy="http://proxy.internal:3128",
+        )
         upstream = build_upstream(http, base_url="http://engine", max_connections=1108)
         assert "aiohttp" == upstream.streams_via
         session = upstream.session
@@ -205,7 +234,7 @@ class TestUpstreamClients:
             session.timeout.connect,
         )
         assert connector._ssl.verify_mode == ssl.CERT_REQUIRED  # type: ignore[attr-defined]
-        assert 4 == pool_limits(upstream.probe)[0]
+        assert "http://proxy.internal:3128" == str(session._default_proxy)  # type: ignore[attr-defined]
         await upstream.aclose()
         assert session.closed
 
@@ -256,6 +285,11 @@ TRANSPORT_ERRORS: list[tuple[Exception, type[WorkerError]]] = [
     (httpx.RemoteProtocolError("incomplete chunked read"), WorkerReset),
     (httpx.ReadError("reset by peer"), WorkerReset),
     (httpx.UnsupportedProtocol("ftp"), WorkerInternal),
+    # The token streams' own client (H1Pool).
+    (UpstreamUnreachable("refused"), EngineUnreachable),
+    (UpstreamConnectTimeout("slow"), WorkerUnavailable),
+    (UpstreamBroken("lost mid-response"), WorkerReset),
+    (UpstreamSilent("silent"), DecodeTimeout),
 ]
 
 
@@ -325,7 +359,7 @@ def self_signed_cert(directory: Path) -> tuple[str, str]:
 
 class TestTlsUpstreams:
     async def test_both_stream_clients_verify_and_relay_over_tls(self, tmp_path: Path) -> None:
-        """An https engine streams through aiohttp (http2 off) or httpx (http2 on): both refuse
+        """An https engine streams through H1Pool (http2 off) or httpx (http2 on): both refuse
         an untrusted certificate with a clear error, and both relay the same tokens once
         verification is turned off for it."""
         fake = FakeLlamaCpp()
@@ -347,5 +381,5 @@ class TestTlsUpstreams:
                 finally:
                     await checked.aclose()
                     await trusting.aclose()
-        assert {"aiohttp", "httpx"} == set(tokens)
-        assert tokens["aiohttp"] == tokens["httpx"] and 5 == len(tokens["httpx"])
+        assert {"h1", "httpx"} == set(tokens)
+        assert tokens["h1"] == tokens["httpx"] and 5 == len(tokens["httpx"])

@@ -1,0 +1,384 @@
+"""The token streams' HTTP/1.1 client (``H1Pool``) against a loopback server whose answers each
+test scripts byte for byte: bodies, keep-alive, closing, breaks, silence, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from llama_orch.adapters._h1 import H1Pool, H1Response
+from llama_orch.adapters._http import build_upstream, map_transport_errors
+from llama_orch.config import HttpConfig
+from llama_orch.errors import DecodeTimeout, WorkerError, WorkerReset
+from llama_orch.observability.redaction import Redactor
+from tests.unit.adapters.engine_support import adapter_for, request
+
+
+@dataclass
+class Request:
+    connection: int
+    head: bytes
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for line in self.head.decode("latin-1").split("\r\n")[1:]:
+            key, _, value = line.partition(":")
+            if key.strip().lower() == name:
+                return value.strip()
+        return None
+
+
+#: Answers one request; returns whether the server keeps the connection for another.
+Answer = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+
+
+@dataclass
+class RawEngine:
+    """A real HTTP/1.1 listener on a loopback port; ``answer`` writes each response."""
+
+    answer: Answer
+    requests: list[Request] = field(default_factory=list)
+    #: One event per accepted connection, set once the client closed it (or the server did).
+    gone: list[asyncio.Event] = field(default_factory=list)
+    port: int = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = len(self.gone)
+        self.gone.append(asyncio.Event())
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                request = Request(number, head, b"")
+                request.body = await reader.readexactly(int(request.header("content-length") or 0))
+                self.requests.append(request)
+                if not await self.answer(request, reader, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.gone[number].set()
+            writer.close()
+
+    @property
+    def connections(self) -> int:
+        return len(self.gone)
+
+    async def disconnected(self, number: int) -> None:
+        async with asyncio.timeout(10):
+            await self.gone[number].wait()
+
+
+@contextlib.asynccontextmanager
+async def raw_engine(answer: Answer) -> AsyncIterator[RawEngine]:
+    engine = RawEngine(answer)
+    server = await asyncio.start_server(engine.serve, "127.0.0.1", 0)
+    engine.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield engine
+
+
+def pool_for(engine: RawEngine, **options: float) -> H1Pool:
+    settings: dict[str, float] = {
+        "max_connections": 4,
+        "connect_timeout_s": 5.0,
+        "keepalive_expiry_s": 30.0,
+    }
+    settings.update(options)
+    return H1Pool(
+        host="127.0.0.1",
+        port=engine.port,
+        ssl_context=None,
+        max_connections=int(settings["max_connections"]),
+        connects_at_once=2,
+        connect_timeout_s=settings["connect_timeout_s"],
+        read_timeout_s=settings.get("read_timeout_s"),
+        keepalive_expiry_s=settings["keepalive_expiry_s"],
+        headers={"authorization": "Bearer k"},
+    )
+
+
+def chunked(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+HEAD_CHUNKED = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+
+def fixed(body: bytes, status: str = "200 OK", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 %s\r\ncontent-length: %d\r\n%s\r\n%s" % (
+        status.encode(),
+        len(body),
+        extra,
+        body,
+    )
+
+
+def replies(data: bytes, *, keep: bool = True) -> Answer:
+    async def answer(_: Request, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(data)
+        await writer.drain()
+        return keep
+
+    return answer
+
+
+async def body_of(response: H1Response) -> bytes:
+    try:
+        return b"".join([piece async for piece in response])
+    finally:
+        await response.close()
+
+
+class TestBodies:
+    async def test_chunked_body_split_anywhere(self) -> None:
+        """A chunked body written a byte at a time (head included) arrives whole and in order."""
+        payload = [b'data: {"t": "h\xc3\xa9"}\n\n', b"data: [DONE]\n\n", b"x" * 300]
+        wire = HEAD_CHUNKED + chunked(*payload)
+
+        async def trickle(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            for i in range(len(wire)):
+                w.write(wire[i : i + 1])
+                await w.drain()
+                await asyncio.sleep(0)
+            return True
+
+        async with raw_engine(trickle) as engine:
+            pool = pool_for(engine)
+            response = await pool.post(
+                "/v1/completions", b'{"a": 1}', {"accept": "text/event-stream"}
+            )
+            assert (200, "text/event-stream") == (response.status, response.headers["Content-Type"])
+            assert b"".join(payload) == await body_of(response)
+            await pool.aclose()
+
+    async def test_content_length_body_and_request_head(self) -> None:
+        """A Content-Length body is read to its length; the request carries Host, the pool's
+        default headers, the caller's, and the body's length."""
+        async with raw_engine(replies(fixed(b"0123456789"))) as engine:
+            pool = pool_for(engine)
+            response = await pool.post("/completion", b"{}", {"content-type": "application/json"})
+            assert b"0123456789" == await body_of(response)
+            await pool.aclose()
+        sent = engine.requests[0]
+        assert sent.head.startswith(b"POST /completion HTTP/1.1\r\n")
+        assert (f"127.0.0.1:{engine.port}", "Bearer k", "application/json", "2", b"{}") == (
+            sent.header("host"),
+            sent.header("authorization"),
+            sent.header("content-type"),
+            sent.header("content-length"),
+            sent.body,
+        )
+
+    async def test_a_body_delimited_by_the_connection_end(self) -> None:
+        """A body with neither length nor chunks ends with the connection, complete."""
+        async with raw_engine(replies(b"HTTP/1.0 200 OK\r\n\r\nall of it", keep=False)) as engine:
+            pool = pool_for(engine)
+            assert b"all of it" == await body_of(await pool.post("/x", b"", {}))
+            await pool.aclose()
+
+    async def test_error_status_with_its_body(self) -> None:
+        """An error status comes with its headers (any case) and its whole body via read()."""
+        answer = fixed(b'{"error": "busy"}', "503 Service Unavailable", b"Retry-After: 3\r\n")
+        async with raw_engine(replies(answer)) as engine:
+            pool = pool_for(engine)
+            response = await pool.post("/x", b"", {})
+            assert (503, "3") == (response.status, response.headers.get("retry-after"))
+            assert b'{"error": "busy"}' == await response.read()
+            await response.close()
+            await pool.aclose()
+
+
+class TestConnections:
+    async def test_streams_read_to_their_end_reuse_one_connection(self) -> None:
+        answer = HEAD_CHUNKED + chunked(b"data: 1\n\n")
+        async with raw_engine(replies(answer)) as engine:
+            pool = pool_for(engine)
+            for _ in range(3):
+                assert b"data: 1\n\n" == await body_of(await pool.post("/x", b"", {}))
+            assert (1, 3) == (engine.connections, len(engine.requests))
+            await pool.aclose()
+            await engine.disconnected(0)  # aclose closes idle connections too
+
+    async def test_closing_before_the_end_closes_the_connection(self) -> None:
+        """The engine sees the disconnect (its cancel signal); the next stream connects anew."""
+        saw_close = asyncio.Event()
+
+        async def endless(_: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            w.write(HEAD_CHUNKED + b"9\r\ndata: 1\n\n\r\n")
+            await w.drain()
+            if not await r.read(1):
+                saw_close.set()
+            return False
+
+        async with raw_engine(endless) as engine:
+            pool = pool_for(engine)
+            response = await pool.post("/x", b"", {})
+            assert b"data: 1\n\n" == await anext(response)
+            await response.close()
+            async with asyncio.timeout(10):
+                await saw_close.wait()
+            await pool.aclose()
+
+    @pytest.mark.parametrize("side", ["engine", "client"])
+    async def test_connection_close_is_honoured(self, side: str) -> None:
+        """``Connection: close`` from either side: every stream gets a connection of its own."""
+        extra = b"connection: close\r\n" if side == "engine" else b""
+        headers = {"Connection": "close"} if side == "client" else {}
+        async with raw_engine(replies(fixed(b"ok", extra=extra))) as engine:
+            pool = pool_for(engine)
+            for _ in range(2):
+                assert b"ok" == await body_of(await pool.post("/x", b"", headers))
+            await engine.disconnected(0)
+            assert (2, 0) == (engine.connections, pool.idle_connections)
+            await pool.aclose()
+
+    async def test_an_expired_idle_connection_is_not_reused(self) -> None:
+        """Idle past the expiry, a connection is closed (the engine sees it) and not reused."""
+        async with raw_engine(replies(fixed(b"ok"))) as engine:
+            pool = pool_for(engine, keepalive_expiry_s=0.05)
+            assert b"ok" == await body_of(await pool.post("/x", b"", {}))
+            await engine.disconnected(0)
+            assert b"ok" == await body_of(await pool.post("/x", b"", {}))
+            assert [0, 1] == [r.connection for r in engine.requests]
+            await pool.aclose()
+
+    async def test_waiting_for_a_free_connection_is_bounded_by_the_caller(self) -> None:
+        """At max_connections, another stream waits for a free one: as long as the caller lets
+        it, then on the connection the first stream gave back."""
+        release = asyncio.Event()
+
+        async def held(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            w.write(HEAD_CHUNKED + b"2\r\nok\r\n")
+            await w.drain()
+            await release.wait()
+            w.write(b"0\r\n\r\n")
+            await w.drain()
+            return True
+
+        async with raw_engine(held) as engine:
+            pool = pool_for(engine, max_connections=1)
+            first = await pool.post("/x", b"", {})
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await pool.post("/x", b"", {})
+            release.set()
+            assert b"ok" == await body_of(first)
+            second = await pool.post("/x", b"", {})
+            assert b"ok" == await body_of(second)
+            assert (1, 2) == (engine.connections, len(engine.requests))
+            await pool.aclose()
+
+
+async def mapped(response: H1Response) -> WorkerError:
+    with pytest.raises(WorkerError) as info, map_transport_errors("vllm", "POST /x", Redactor()):
+        await body_of(response)
+    return info.value
+
+
+class TestFailures:
+    async def test_a_reset_mid_body_is_worker_reset(self) -> None:
+        """The engine resets the connection after a token: the token arrives, then the break,
+        which the adapters map to WORKER_RESET."""
+
+        async def reset(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            w.write(HEAD_CHUNKED + b"9\r\ndata: 1\n\n\r\n")
+            await w.drain()
+            sock = w.get_extra_info("socket")
+            # Linger 0: close() sends RST, as a crashed engine's kernel does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            w.transport.abort()
+            return False
+
+        async with raw_engine(reset) as engine:
+            pool = pool_for(engine)
+            response = await pool.post("/x", b"", {})
+            assert b"data: 1\n\n" == await anext(response)
+            error = await mapped(response)
+            await pool.aclose()
+        assert isinstance(error, WorkerReset)
+        assert "connection broke" in error.message
+
+    async def test_a_malformed_response_is_worker_reset(self) -> None:
+        answer = HEAD_CHUNKED + b"zz\r\nnot a chunk\r\n"
+        async with raw_engine(replies(answer)) as engine:
+            pool = pool_for(engine)
+            error = await mapped(await pool.post("/x", b"", {}))
+            await pool.aclose()
+        assert isinstance(error, WorkerReset)
+
+    async def test_silence_past_the_read_timeout_is_decode_timeout(self) -> None:
+        """A body that goes silent fails once read_timeout_s has passed since its last bytes."""
+
+        async def stall(_: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            w.write(HEAD_CHUNKED + b"9\r\ndata: 1\n\n\r\n")
+            await w.drain()
+            await r.read(1)  # until the client gives up
+            return False
+
+        async with raw_engine(stall) as engine:
+            pool = pool_for(engine, read_timeout_s=0.2)
+            response = await pool.post("/x", b"", {})
+            loop = asyncio.get_running_loop()
+            assert b"data: 1\n\n" == await anext(response)
+            last = loop.time()
+            error = await mapped(response)
+            silent_for = loop.time() - last
+            await engine.disconnected(0)
+            await pool.aclose()
+        assert isinstance(error, DecodeTimeout)
+        assert silent_for >= 0.2
+
+
+class TestUpstreamAccounting:
+    async def test_in_flight_counts_open_streams(self) -> None:
+        """A stream counts from its request until it is closed, through the upstream."""
+        async with raw_engine(replies(fixed(b"ok"))) as engine:
+            upstream = build_upstream(
+                HttpConfig(), base_url=f"http://127.0.0.1:{engine.port}/v1", max_connections=2
+            )
+            assert "h1" == upstream.streams_via
+            response = await upstream.open_stream("/completions", b"{}", {})
+            assert 1 == upstream.in_flight
+            assert b"ok" == await response.read()
+            await response.close()
+            assert 0 == upstream.in_flight
+            await upstream.aclose()
+        assert engine.requests[0].head.startswith(b"POST /v1/completions HTTP/1.1\r\n")
+
+
+class TestThroughTheAdapter:
+    async def test_a_reset_after_two_tokens_ends_the_task_with_worker_reset(self) -> None:
+        """A vLLM stream reset by the engine's kernel after two tokens: both tokens reach the
+        task, in order, then WORKER_RESET."""
+        frames = b"".join(
+            b'data: {"choices": [{"index": 0, "text": "%s", "finish_reason": null}]}\n\n' % t
+            for t in (b"a", b"b")
+        )
+
+        async def reset(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            w.write(HEAD_CHUNKED + b"%x\r\n%s\r\n" % (len(frames), frames))
+            await w.drain()
+            sock = w.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            w.transport.abort()
+            return False
+
+        async with raw_engine(reset) as engine:
+            adapter = adapter_for("vllm", f"http://127.0.0.1:{engine.port}", "m")
+            tokens: list[str] = []
+            try:
+                with pytest.raises(WorkerReset) as info:
+                    async for event in adapter.submit(request(max_tokens=8)):
+                        tokens += event.texts if event.kind == "tokens" else []
+            finally:
+                await adapter.aclose()
+        assert ["a", "b"] == tokens
+        assert ("vllm", True) == (info.value.engine, "connection broke" in info.value.message)
