@@ -130,6 +130,21 @@ def replies(data: bytes, *, keep: bool = True) -> Answer:
     return answer
 
 
+def resets_after(chunks: bytes) -> Answer:
+    """Send a chunked head and ``chunks``, then reset the connection."""
+
+    async def reset(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(HEAD_CHUNKED + chunks)
+        await w.drain()
+        sock = w.get_extra_info("socket")
+        # Linger 0: close() sends RST, as a crashed engine's kernel does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()
+        return False
+
+    return reset
+
+
 async def body_of(response: H1Response) -> bytes:
     try:
         return b"".join([piece async for piece in response])
@@ -288,16 +303,7 @@ class TestFailures:
         """The engine resets the connection after a token: the token arrives, then the break,
         which the adapters map to WORKER_RESET."""
 
-        async def reset(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-            w.write(HEAD_CHUNKED + b"9\r\ndata: 1\n\n\r\n")
-            await w.drain()
-            sock = w.get_extra_info("socket")
-            # Linger 0: close() sends RST, as a crashed engine's kernel does.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            w.transport.abort()
-            return False
-
-        async with raw_engine(reset) as engine:
+        async with raw_engine(resets_after(b"9\r\ndata: 1\n\n\r\n")) as engine:
             pool = pool_for(engine)
             response = await pool.post("/x", b"", {})
             assert b"data: 1\n\n" == await anext(response)
@@ -363,15 +369,7 @@ class TestThroughTheAdapter:
             for t in (b"a", b"b")
         )
 
-        async def reset(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-            w.write(HEAD_CHUNKED + b"%x\r\n%s\r\n" % (len(frames), frames))
-            await w.drain()
-            sock = w.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            w.transport.abort()
-            return False
-
-        async with raw_engine(reset) as engine:
+        async with raw_engine(resets_after(b"%x\r\n%s\r\n" % (len(frames), frames))) as engine:
             adapter = adapter_for("vllm", f"http://127.0.0.1:{engine.port}", "m")
             tokens: list[str] = []
             try:
