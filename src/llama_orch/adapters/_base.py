@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Protocol
 
 import aiohttp
@@ -24,6 +25,7 @@ import httpx
 import orjson
 
 from llama_orch.adapters._http import (
+    PendingStream,
     UpstreamClients,
     UpstreamResponse,
     error_for_status,
@@ -66,6 +68,17 @@ DONE: Final = object()
 #: Separator value between batched payloads; random per process so no engine can forge it.
 _SEP: Final = secrets.randbits(62)
 _SEP_BYTES: Final = b",%d," % _SEP
+
+
+@dataclass(frozen=True, slots=True)
+class Prestarted:
+    """A generation request ``HttpAdapter.prestart`` already sent; ``discard`` it if unused."""
+
+    path: str
+    pending: PendingStream
+
+    def discard(self) -> None:
+        self.pending.discard()
 
 
 class StreamParser(Protocol):
@@ -313,17 +326,29 @@ class HttpAdapter:
             retry_after_ms=retry_after_ms(headers),
         )
 
+    def prestart(self, request: GenerateRequest) -> Prestarted | None:
+        """Send the generation request now if a kept-alive connection is free (else None, and
+        ``submit`` sends it): the engine starts one event-loop turn before the task's runner
+        does. The result goes to ``submit``, or is discarded."""
+        path, body = self.generate_call(request)
+        pending = self._upstream.try_open(path, orjson.dumps(body), self.generate_headers)
+        return None if pending is None else Prestarted(path, pending)
+
     async def submit(  # noqa: C901 - one generator step per upstream read is the hot path
-        self, request: GenerateRequest
+        self, request: GenerateRequest, prestarted: Prestarted | None = None
     ) -> AsyncGenerator[EngineEvent, None]:
         """The stream with each upstream read's tokens as one ``tokens`` event: the relay's
         per-token cost is then one list append here and one extend in the transcript."""
         # One generator, not a wrapper around another: each upstream read costs one step.
         # Closing it (the host does, on cancel) closes the upstream response now.
-        path, body = self.generate_call(request)
         engine = self.engine.value
-        where = f"POST {path}"
-        response = await self._open(path, body, where, headers=self.generate_headers)
+        if prestarted is None:
+            path, body = self.generate_call(request)
+            where = f"POST {path}"
+            response = await self._open(path, body, where, headers=self.generate_headers)
+        else:
+            where = f"POST {prestarted.path}"
+            response = await self._first_byte(where, prestarted.pending.response())
         try:
             if response.status >= 400:
                 with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
@@ -389,16 +414,27 @@ class HttpAdapter:
         headers: Mapping[str, str],
     ) -> UpstreamResponse:
         """Send the generate request; its headers must arrive within ``first_byte_timeout_ms``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._pool.http.first_byte_timeout_ms / 1000
+        # Connecting slowly is tried again within the same first-byte deadline.
+        opening = self._upstream.open_stream(path, orjson.dumps(body), headers, deadline=deadline)
+        return await self._first_byte(where, opening, deadline)
+
+    async def _first_byte(
+        self,
+        where: str,
+        opening: Coroutine[Any, Any, UpstreamResponse],
+        deadline: float | None = None,
+    ) -> UpstreamResponse:
+        """``opening``'s response, whose headers must come within ``first_byte_timeout_ms``."""
         engine = self.engine.value
         first_byte_ms = self._pool.http.first_byte_timeout_ms
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + first_byte_ms / 1000
         with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
             try:
-                async with asyncio.timeout(first_byte_ms / 1000) as first_byte:
-                    # Connecting slowly is tried again within the same first-byte deadline.
-                    deadline = first_byte.when()
-                    return await self._upstream.open_stream(
-                        path, orjson.dumps(body), headers, deadline=deadline
-                    )
+                async with asyncio.timeout_at(deadline) as first_byte:
+                    return await opening
             except TimeoutError as exc:
                 if not first_byte.expired():
                     raise  # the client's own connect or read timeout: mapped as such

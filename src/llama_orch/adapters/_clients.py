@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from llama_orch.adapters._h1 import H1Pool
+from llama_orch.adapters._h1 import H1Pool, H1Response
 from llama_orch.config import HttpConfig
 
 #: Idle keep-alive connections are dropped after this long: shorter than the 5 s idle timeout
@@ -209,6 +209,24 @@ class UpstreamClients:
             await asyncio.sleep(wait)
             backoff = min(backoff * 2, CONNECT_RETRY_MAX_S)
 
+    def try_open(
+        self, path: str, content: bytes, headers: Mapping[str, str]
+    ) -> PendingStream | None:
+        """POST ``content`` now if a kept-alive connection is free and no stream waits for one
+        (``H1Pool.try_post``), else None: then ``open_stream`` waits or connects. The caller
+        must take the response (``PendingStream.response``) or ``discard`` it."""
+        h1 = self.h1
+        if h1 is None:
+            return None
+        lean = h1.try_post(self._paths.get(path) or self._path_for(path), content, headers)
+        if lean is None:
+            return None
+        self.in_flight += 1
+        return PendingStream(lean, self._closing(lean.close), self._ended)
+
+    def _ended(self) -> None:
+        self.in_flight -= 1
+
     async def _open_once(
         self, path: str, content: bytes, headers: Mapping[str, str]
     ) -> UpstreamResponse:
@@ -293,6 +311,42 @@ class UpstreamClients:
             await self._probe.aclose()
         if self._session is not None:
             await self._session.close()
+
+
+class PendingStream:
+    """A generation request already sent (``UpstreamClients.try_open``), its response to come."""
+
+    __slots__ = ("_close", "_ended", "_lean", "_taken")
+
+    def __init__(
+        self,
+        lean: H1Response,
+        close: Callable[[], Awaitable[None]],
+        ended: Callable[[], None],
+    ) -> None:
+        self._lean = lean
+        self._close = close
+        self._ended = ended
+        self._taken = False
+
+    async def response(self) -> UpstreamResponse:
+        """The response once its head arrived (the caller's deadline bounds the wait)."""
+        self._taken = True
+        lean = self._lean
+        try:
+            await lean.head
+        except BaseException:
+            await self._close()
+            raise
+        return UpstreamResponse(lean.status, lean.headers, lean, lean.read, self._close)
+
+    def discard(self) -> None:
+        """Close a response nobody took (its task ended before running): the connection
+        closes, which the engine reads as a cancel."""
+        if not self._taken:
+            self._taken = True
+            self._lean.close_now()
+            self._ended()
 
 
 @dataclass(slots=True)

@@ -272,6 +272,10 @@ class H1Response:
 
     async def close(self) -> None:
         """Return the connection to the pool if the body was read to its end, else close it."""
+        self.close_now()
+
+    def close_now(self) -> None:
+        """``close`` for callers outside a coroutine (nothing in it waits)."""
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -300,6 +304,7 @@ class H1Pool:
         "_prefix",
         "_read_timeout_s",
         "_server_hostname",
+        "_slot_waiters",
         "_slots",
         "_ssl",
         "_sweep",
@@ -325,7 +330,9 @@ class H1Pool:
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._expiry_s = keepalive_expiry_s
-        self._slots = asyncio.Semaphore(max_connections)
+        #: Streams that may still start, and the posts waiting for one to end (oldest first).
+        self._slots = max_connections
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._connecting = asyncio.Semaphore(connects_at_once)
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
@@ -346,28 +353,81 @@ class H1Pool:
     async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> H1Response:
         """Send ``POST path`` and return once the response's head arrived."""
         loop = self._loop = asyncio.get_running_loop()
-        await self._slots.acquire()
+        await self._take_slot(loop)
         conn: _Connection | None = None
         try:
+            head = self._head_for(path, headers)
             conn = self._take_idle(loop) or await self._connect(loop)
-            response = H1Response(self, conn, loop)
-            head, close = self._head_for(path, headers)
-            if close:
-                response._reuse = False
-            conn.response = response
-            conn.parser = httptools.HttpResponseParser(response)
-            assert conn.transport is not None
-            conn.transport.write(b"%s%d\r\n\r\n%s" % (head, len(body), body))
+            response = self._send(conn, head, body, loop)
             await response.head
         except BaseException:
             if conn is not None:
                 conn.response = conn.parser = None
                 self._discard(conn)
-            self._slots.release()
+            self._give_slot()
             raise
         if self._read_timeout_s is not None:
             response.watch(self._read_timeout_s)
         return response
+
+    def try_post(self, path: str, body: bytes, headers: Mapping[str, str]) -> H1Response | None:
+        """Send ``POST path`` now, on an idle connection, if a stream may start without waiting;
+        else None (``post`` waits for a turn or connects). The response's head is ``head``.
+
+        Called from the step that decided to run the request, it writes the request without
+        waiting for a task of its own to start: the engine starts working one loop iteration
+        sooner."""
+        if self._slots <= 0 or self._slot_waiters or not self._idle:
+            return None
+        head = self._head_for(path, headers)  # refuses bad headers before taking anything
+        loop = self._loop = asyncio.get_running_loop()
+        conn = self._take_idle(loop)
+        if conn is None:
+            return None
+        self._slots -= 1
+        response = self._send(conn, head, body, loop)
+        if self._read_timeout_s is not None:
+            response.watch(self._read_timeout_s)
+        return response
+
+    def _send(
+        self,
+        conn: _Connection,
+        head: tuple[bytes, bool],
+        body: bytes,
+        loop: asyncio.AbstractEventLoop,
+    ) -> H1Response:
+        response = H1Response(self, conn, loop)
+        start, close = head
+        if close:
+            response._reuse = False
+        conn.response = response
+        conn.parser = httptools.HttpResponseParser(response)
+        assert conn.transport is not None
+        conn.transport.write(b"%s%d\r\n\r\n%s" % (start, len(body), body))
+        return response
+
+    async def _take_slot(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._slots > 0 and not self._slot_waiters:
+            self._slots -= 1
+            return
+        waiter = loop.create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._give_slot()  # handed a slot while being canceled: pass it on
+            raise
+
+    def _give_slot(self) -> None:
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes to the oldest waiting post
+                return
+        self._slots += 1
 
     def _head_for(self, path: str, headers: Mapping[str, str]) -> tuple[bytes, bool]:
         key = (path, id(headers))
@@ -423,7 +483,7 @@ class H1Pool:
                 self._sweep = self._loop.call_later(self._expiry_s, self._expire)
         else:
             self._discard(conn)
-        self._slots.release()
+        self._give_slot()
 
     def _discard(self, conn: _Connection) -> None:
         self._open.discard(conn)

@@ -11,6 +11,7 @@ This module names them all in one place for the adapters.
 from llama_orch.adapters._clients import (
     KEEPALIVE_EXPIRY_S,
     PROBE_CONNECTIONS,
+    PendingStream,
     UpstreamClients,
     UpstreamResponse,
     build_client,
@@ -29,6 +30,7 @@ __all__ = [
     "KEEPALIVE_EXPIRY_S",
     "PROBE_CONNECTIONS",
     "RETRIABLE",
+    "PendingStream",
     "RetryHook",
     "RetryPolicy",
     "UpstreamClients",

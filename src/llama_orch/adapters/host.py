@@ -25,6 +25,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from llama_orch.adapters._base import HttpAdapter, Prestarted
 from llama_orch.adapters._breaker import BreakerPolicy, CircuitBreaker, Clock
 from llama_orch.adapters._http import RetryPolicy, with_retries
 from llama_orch.contracts.engine import (
@@ -46,7 +47,7 @@ from llama_orch.errors import (
 from llama_orch.observability.metrics import AdapterMetrics, Metrics
 from llama_orch.observability.narration import narrate
 
-__all__ = ["AdapterHost", "BreakerPolicy", "CapabilitySnapshot", "RetryPolicy"]
+__all__ = ["AdapterHost", "BreakerPolicy", "CapabilitySnapshot", "Prestarted", "RetryPolicy"]
 
 ReplicaKey = tuple[str, str]
 T = TypeVar("T")
@@ -236,14 +237,37 @@ class AdapterHost:
         binding = self._binding(pool_id, replica_id)
         return await self._idempotent(binding, binding.adapter.props)
 
-    async def submit(
+    def prestart(
         self, pool_id: str, replica_id: str, request: GenerateRequest
-    ) -> AsyncGenerator[EngineEvent, None]:
-        """Stream one request; every failure surfaces as a ``WorkerError`` (ORCH-3602)."""
-        binding, fields = self._call(pool_id, replica_id, request.task_id, request.correlation_id)
-        adapter = binding.adapter
-        engine = adapter.engine.value
-        breaker = binding.breaker
+    ) -> Prestarted | None:
+        """Send the request at once when the engine's client can do so without waiting (an HTTP
+        engine with a kept-alive connection free), else None; ``submit`` then takes the result.
+
+        The dispatcher calls it in the step that places the task, so the engine starts before
+        the task's runner has taken its first step (one event-loop turn, milliseconds under
+        load). Anything that would fail is left to ``submit``, which reports it."""
+        try:
+            binding, fields = self._call(
+                pool_id, replica_id, request.task_id, request.correlation_id
+            )
+            adapter = binding.adapter
+            if not isinstance(adapter, HttpAdapter):
+                return None
+            prestarted = adapter.prestart(request)
+        except WorkerError:
+            return None
+        if prestarted is not None:
+            self._narrate_submit(adapter.engine.value, request, pool_id, replica_id, fields)
+        return prestarted
+
+    def _narrate_submit(
+        self,
+        engine: str,
+        request: GenerateRequest,
+        pool_id: str,
+        replica_id: str,
+        fields: dict[str, Any],
+    ) -> None:
         narrate(
             "adapter-host",
             "submit",
@@ -251,7 +275,25 @@ class AdapterHost:
             f"Sends task {request.task_id[:8]} to {pool_id}/{replica_id}.",
             **fields,
         )
-        stream = adapter.submit(request)
+
+    async def submit(
+        self,
+        pool_id: str,
+        replica_id: str,
+        request: GenerateRequest,
+        prestarted: Prestarted | None = None,
+    ) -> AsyncGenerator[EngineEvent, None]:
+        """Stream one request (``prestarted``: already sent by ``prestart``); every failure
+        surfaces as a ``WorkerError`` (ORCH-3602)."""
+        binding, fields = self._call(pool_id, replica_id, request.task_id, request.correlation_id)
+        adapter = binding.adapter
+        engine = adapter.engine.value
+        breaker = binding.breaker
+        if prestarted is not None and isinstance(adapter, HttpAdapter):
+            stream = adapter.submit(request, prestarted)
+        else:
+            self._narrate_submit(engine, request, pool_id, replica_id, fields)
+            stream = adapter.submit(request)
         try:
             async for event in stream:
                 if event.kind == "error":

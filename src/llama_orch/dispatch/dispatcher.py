@@ -381,13 +381,21 @@ class Dispatcher:
             queue_time_ms=queue_ms,
             **{**decision.log.fields(), "kv_warmth": task.kv_warm},
         )
+        prestarted = None
         if work is not None:
             run = self._embed_runner.run(task, lane, replica, work)
         else:
             assert request is not None
-            run = self._runner.run(task, lane, replica, request)
+            prestarted = self._runner.prestart(task, replica, request)
+            run = self._runner.run(task, lane, replica, request, prestarted)
         runner = self._supervisor.job(run, name=f"task-{task.id}")
-        runner.add_done_callback(lambda _: self._runner.release(task, lane, replica))
+
+        def ran(_: object) -> None:
+            self._runner.release(task, lane, replica)
+            if prestarted is not None:
+                prestarted.discard()  # a runner canceled before its first step never took it
+
+        runner.add_done_callback(ran)
         task.runner = runner
 
     def on_time_probability(self, task: Task, lane: PoolLane) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from llama_orch.adapters.host import AdapterHost
+from llama_orch.adapters.host import AdapterHost, Prestarted
 from llama_orch.config import TimeoutsConfig
 from llama_orch.contracts.engine import EngineEvent, GenerateRequest
 from llama_orch.contracts.frames import Frame
@@ -56,15 +56,25 @@ class Runner:
         self._metrics_frame = metrics_frame
         self._metrics_interval_s = metrics_interval_s
 
+    def prestart(self, task: Task, replica: Replica, request: GenerateRequest) -> Prestarted | None:
+        """Send the engine request in the placing step when the engine's client can (see
+        ``AdapterHost.prestart``); ``run`` takes it, ``release`` discards it if unused."""
+        return self._host.prestart(task.pool_id, replica.replica_id, request)
+
     async def run(
-        self, task: Task, lane: PoolLane, replica: Replica, request: GenerateRequest
+        self,
+        task: Task,
+        lane: PoolLane,
+        replica: Replica,
+        request: GenerateRequest,
+        prestarted: Prestarted | None = None,
     ) -> None:
         clock = self._clock
         timeouts = lane.pool.config.timeouts
         started = clock.now()
         wall_at = started + timeouts.wall_ms / 1000
         idle_s = timeouts.idle_ms / 1000
-        stream = self._host.submit(task.pool_id, replica.replica_id, request)
+        stream = self._host.submit(task.pool_id, replica.replica_id, request, prestarted)
         # The watchdog is one timer that re-arms itself: each event only records the time of
         # progress (``last``), and the timer, when it comes due, either expires the run (idle
         # or wall limit passed) or moves on to the next moment either limit could pass.

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from llama_orch.adapters._base import HttpAdapter
 from llama_orch.adapters._h1 import H1Pool, H1Response
 from llama_orch.adapters._http import build_upstream, map_transport_errors
 from llama_orch.config import HttpConfig
@@ -380,3 +381,98 @@ class TestThroughTheAdapter:
                 await adapter.aclose()
         assert ["a", "b"] == tokens
         assert ("vllm", True) == (info.value.engine, "connection broke" in info.value.message)
+
+
+class TestSentAtOnce:
+    """``try_post`` / ``try_open`` / ``prestart``: a request written in the caller's own step."""
+
+    async def test_try_post_writes_on_an_idle_connection_without_waiting(self) -> None:
+        async with raw_engine(replies(fixed(b"ok"))) as engine:
+            pool = pool_for(engine)
+            assert pool.try_post("/x", b"", {}) is None  # nothing kept alive yet: post connects
+            assert b"ok" == await body_of(await pool.post("/x", b"{}", {}))
+            response = pool.try_post("/x", b"{}", {})
+            assert response is not None and not response.head.done()
+            await response.head
+            assert b"ok" == await body_of(response)
+            assert (1, 2) == (engine.connections, len(engine.requests))
+            await pool.aclose()
+
+    async def test_try_post_never_passes_a_waiting_post_nor_the_limit(self) -> None:
+        release = asyncio.Event()
+
+        async def held(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            await release.wait()
+            w.write(fixed(b"ok"))
+            await w.drain()
+            return True
+
+        async with raw_engine(held) as engine:
+            pool = pool_for(engine, max_connections=1)
+            release.set()
+            assert b"ok" == await body_of(await pool.post("/x", b"", {}))
+            release.clear()
+            first = pool.try_post("/x", b"", {})
+            assert first is not None
+            assert pool.try_post("/x", b"", {}) is None  # at max_connections
+            waiting = asyncio.ensure_future(pool.post("/x", b"", {}))
+            await asyncio.sleep(0)
+            release.set()
+            await first.head
+            assert b"ok" == await body_of(first)
+            assert pool.try_post("/x", b"", {}) is None  # the freed slot is the waiting post's
+            assert b"ok" == await body_of(await waiting)
+            await pool.aclose()
+
+    async def test_a_discarded_request_closes_its_connection_and_counts_no_more(self) -> None:
+        """A task canceled before its runner took the request: the engine sees the close (its
+        cancel), the stream stops counting as in flight, and the next request connects anew."""
+        second = asyncio.Event()
+
+        async def answer(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            if req is engine.requests[0]:
+                w.write(fixed(b"ok"))
+                await w.drain()
+                return True
+            second.set()  # the second request is never answered
+            return not await r.read(1)  # the client closing ends this connection
+
+        async with raw_engine(answer) as engine:
+            upstream = build_upstream(
+                HttpConfig(), base_url=f"http://127.0.0.1:{engine.port}", max_connections=2
+            )
+            first = await upstream.open_stream("/completion", b"{}", {})
+            assert b"ok" == await first.read()
+            await first.close()
+            pending = upstream.try_open("/completion", b"{}", {})
+            assert pending is not None and 1 == upstream.in_flight
+            async with asyncio.timeout(10):
+                await second.wait()
+            pending.discard()
+            pending.discard()  # once is enough
+            await engine.disconnected(0)
+            assert 0 == upstream.in_flight
+            await upstream.aclose()
+
+    async def test_a_prestarted_stream_is_read_through_the_adapter(self) -> None:
+        frames = b"".join(
+            b'data: {"choices": [{"index": 0, "text": "%s", "finish_reason": %s}]}\n\n' % (t, f)
+            for t, f in ((b"a", b"null"), (b"b", b'"length"'))
+        )
+        answer = HEAD_CHUNKED + chunked(frames, b"data: [DONE]\n\n")
+        async with raw_engine(replies(answer)) as engine:
+            adapter = adapter_for("vllm", f"http://127.0.0.1:{engine.port}", "m")
+            assert isinstance(adapter, HttpAdapter)
+            try:
+                runs: list[list[str]] = []
+                for _ in range(2):  # the first connects; the second is sent at once
+                    prestarted = adapter.prestart(request(max_tokens=2))
+                    tokens: list[str] = []
+                    async for event in adapter.submit(request(max_tokens=2), prestarted):
+                        tokens += event.texts if event.kind == "tokens" else []
+                    runs.append(tokens)
+            finally:
+                await adapter.aclose()
+        assert [["a", "b"], ["a", "b"]] == runs
+        assert (1, 2) == (engine.connections, len(engine.requests))
+        assert engine.requests[0].body == engine.requests[1].body

@@ -196,7 +196,7 @@ class TestUpstreamClients:
         pool = upstream.h1
         assert pool is not None and pool is upstream.h1  # one, built once
         assert (1108, KEEPALIVE_EXPIRY_S, 0.9, 7.0, None) == (
-            pool._slots._value,  # type: ignore[attr-defined]
+            pool._slots,  # type: ignore[attr-defined]
             pool._expiry_s,  # type: ignore[attr-defined]
             pool._connect_timeout_s,  # type: ignore[attr-defined]
             pool._read_timeout_s,  # type: ignore[attr-defined]
