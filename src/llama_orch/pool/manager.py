@@ -268,18 +268,31 @@ class PoolManager:
         host = self.host_of(replica)
         return host is not None and host in self.stale_hosts
 
-    def _gpus_of(self, pool: PoolRuntime) -> GpuInventory:
-        """The inventory a pool's devices are counted in: its (first) host's once its agent
-        answered."""
-        host = next(iter(pool.config.cluster_hosts), None)
+    def _inventory_on(self, host: str | None) -> GpuInventory:
+        """The GPUs of ``host`` (None: this machine), as its agent last reported them; this
+        machine's until it first answered."""
         if host is not None and host in self.host_inventories:
             return self.host_inventories[host]
         return self._inventory
 
-    def free_per_gpu(self, pool: PoolRuntime) -> dict[int, int]:
-        inventory = self._gpus_of(pool)
+    def _hosts_of(self, pool: PoolRuntime) -> list[str | None]:
+        """Each host the pool's replicas run on, once (a spread pool has several)."""
+        hosts = list(dict.fromkeys(self.host_of(r) for r in pool.replicas))
+        return hosts or [next(iter(pool.config.cluster_hosts), None)]
+
+    def _free_on(self, pool: PoolRuntime, host: str | None) -> dict[int, int]:
+        """Free VRAM of each of the pool's devices on ``host``."""
+        inventory = self._inventory_on(host)
         gpus = (inventory.by_index(i) for i in pool.devices)
         return {g.index: g.vram_free_bytes for g in gpus if g is not None}
+
+    def free_per_gpu(self, pool: PoolRuntime) -> dict[int, int]:
+        """Free VRAM per device where the pool has least of it: its model must fit on every
+        host one of its replicas loads it on."""
+        return min(
+            (self._free_on(pool, host) for host in self._hosts_of(pool)),
+            key=lambda free: sum(free.values()),
+        )
 
     def on_capacity_change(self, listener: Callable[[str], None]) -> None:
         """Register a callback run with the pool id whenever slots or readiness change."""
@@ -660,8 +673,9 @@ class PoolManager:
 
     # -- snapshots for placement -------------------------------------------------------------
 
-    def _free_vram(self, pool: PoolRuntime) -> tuple[int, int]:
-        inventory = self._gpus_of(pool)
+    def _vram_on(self, pool: PoolRuntime, host: str | None) -> tuple[int, int]:
+        """Total and free VRAM of the pool's devices on ``host``."""
+        inventory = self._inventory_on(host)
         total = free = 0
         for index in pool.devices:
             gpu = inventory.by_index(index)
@@ -670,15 +684,27 @@ class PoolManager:
                 free += gpu.vram_free_bytes
         return total, free
 
+    def _free_vram(self, pool: PoolRuntime) -> tuple[int, int]:
+        """The pool's VRAM as placement's filter sees it: on the host with the most free, where
+        a task that fits anywhere in the pool fits (each replica is weighed by its own host's)."""
+        return max(
+            (self._vram_on(pool, host) for host in self._hosts_of(pool)),
+            key=lambda vram: vram[1],
+        )
+
     def replica_views(self, pool_id: str, perf: PerfOf | None = None) -> list[ReplicaView]:
         """Each replica as placement sees it; ``perf`` (replica id -> measured tokens/s and
         first-token ms) fills the perf fields, which are unset without it."""
         pool = self.pools[pool_id]
-        _, free = self._free_vram(pool)
         cfg = pool.config
+        free_on: dict[str | None, int] = {}
         views = []
         for r in pool.replicas:
             tokens_per_s, first_token_ms = perf(r.replica_id) if perf else (None, None)
+            host = self.host_of(r)
+            free = free_on.get(host)
+            if free is None:
+                free = free_on[host] = self._vram_on(pool, host)[1]
             views.append(
                 ReplicaView(
                     replica_id=r.replica_id,
@@ -694,7 +720,7 @@ class PoolManager:
                     sampler_profile_version=cfg.sampler_profile_version,
                     perf_tokens_per_s=tokens_per_s,
                     first_token_ms=first_token_ms,
-                    host=self.host_of(r),
+                    host=host,
                 )
             )
         return views

@@ -220,3 +220,19 @@ class TestHosts:
             assert ({"gpu-a"}, False) == (manager.stale_hosts, ready(manager, "remote"))
         finally:
             await manager.stop()
+
+    def test_a_spread_pool_weighs_each_replica_by_its_own_host(self) -> None:
+        """Replicas on gpu-a and gpu-b: each replica's free VRAM is its host's; the pool's
+        filter sees the host with the most free; the model's fit is checked where least is."""
+        spread = PoolConfig.model_validate(
+            {**mock_pool("spread", devices=[0]), "hosts": ["gpu-a", "gpu-b"], "replicas": 2}
+        )
+        local = GpuInventory((Gpu(0, "gpu0", 24 * GIB, 0, 0.0, simulated=True),), simulated=True)
+        manager = PoolManager(
+            [spread], local, AdapterHost(), build_adapter, Metrics(), probe_interval_s=60
+        )
+        manager.refresh_hosts({"gpu-a": inventory(used_gib=4), "gpu-b": inventory(used_gib=18)})
+        views = {v.replica_id: (v.host, v.free_vram) for v in manager.replica_views("spread")}
+        assert {"r0": ("gpu-a", 20 * GIB), "r1": ("gpu-b", 6 * GIB)} == views
+        assert 20 * GIB == manager.snapshot("spread").vram_free_bytes
+        assert {0: 6 * GIB} == manager.free_per_gpu(manager.pools["spread"])
