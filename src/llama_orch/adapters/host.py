@@ -254,7 +254,8 @@ class AdapterHost:
             if not isinstance(adapter, HttpAdapter):
                 return None
             prestarted = adapter.prestart(request)
-        except WorkerError:
+        except Exception:
+            # Not lost: ``submit`` makes the same call and reports what fails.
             return None
         if prestarted is not None:
             self._narrate_submit(adapter.engine.value, request, pool_id, replica_id, fields)

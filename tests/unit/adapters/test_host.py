@@ -9,11 +9,13 @@ import pytest
 
 from llama_orch.adapters.host import AdapterHost, BreakerPolicy, RetryPolicy
 from llama_orch.adapters.mock import MockEngine
+from llama_orch.adapters.openai import MAX_STOP
 from llama_orch.config import MockEngineConfig
 from llama_orch.contracts.engine import WorkerHealth
 from llama_orch.errors import WorkerInternal, WorkerInvalidParams, WorkerReset, WorkerUnavailable
 from llama_orch.observability.metrics import Metrics
-from tests.unit.adapters.engine_support import adapter_for, request
+from tests.support.narration import NarrationLog
+from tests.unit.adapters.engine_support import adapter_for, fake_and_adapter, request
 
 FAST_RETRY = RetryPolicy(attempts=3, initial_s=0.001, max_s=0.002)
 
@@ -224,3 +226,36 @@ class TestAdapterBugs:
         host.bind("p", "r0", BrokenHealth(MockEngineConfig(), slots=1, model="m"))
         health = await host.health("p", "r0")
         assert (False, "mock adapter failed: RuntimeError") == (health.live, health.detail)
+
+
+class TestPrestart:
+    async def test_a_refused_request_is_not_sent_early_and_submit_reports_it(
+        self, narration: NarrationLog
+    ) -> None:
+        """More stop sequences than OpenAI takes: prestart sends nothing and says nothing; the
+        refusal comes from submit, as for any task, and nothing reached the engine."""
+        async with fake_and_adapter("openai") as (fake, adapter):
+            host = AdapterHost()
+            host.bind("p", "r0", adapter)
+            # A first stream leaves a kept-alive connection the next request could go out on.
+            [e async for e in host.submit("p", "r0", request())]
+            sent = len(fake.requests)
+            refused = request(stop=[f"s{i}" for i in range(MAX_STOP + 1)])
+            assert host.prestart("p", "r0", refused) is None
+            with pytest.raises(WorkerInvalidParams):
+                [e async for e in host.submit("p", "r0", refused)]
+            assert sent == len(fake.requests)
+            assert 2 == len(narration.events("submit"))  # one per submit, none for prestart
+
+    async def test_a_prestarted_request_streams_through_submit_and_is_narrated_once(
+        self, narration: NarrationLog
+    ) -> None:
+        async with fake_and_adapter("openai") as (fake, adapter):
+            host = AdapterHost()
+            host.bind("p", "r0", adapter)
+            [e async for e in host.submit("p", "r0", request())]
+            prestarted = host.prestart("p", "r0", request())
+            assert prestarted is not None
+            kinds = [e.kind async for e in host.submit("p", "r0", request(), prestarted)]
+            assert ("started", "end", True) == (kinds[0], kinds[-1], "tokens" in kinds)
+            assert (2, 2) == (len(fake.requests), len(narration.events("submit")))
