@@ -173,6 +173,12 @@ class TestCatalogApi:
             assert 404 == (await srv.client.delete("/v1/catalog/models/hf:o/r")).status_code
             no_body = await srv.client.post("/v1/catalog/models", json={})
             assert 400 == no_body.status_code
+            # A body far past any pull request is refused, not read into memory whole.
+            huge = await srv.client.post(
+                "/v1/catalog/models", json={"ref": "hf:o/r/m.gguf", "pad": "x" * 200_000}
+            )
+            assert (400, "INVALID_PARAMS") == (huge.status_code, huge.json()["code"])
+            assert "exceeds 65536 bytes" in huge.json()["message"]
 
     async def test_catalog_routes_need_the_token(self, tmp_path: Path) -> None:
         """With AUTH_TOKEN set, the catalog routes refuse requests without it."""

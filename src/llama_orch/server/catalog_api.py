@@ -30,10 +30,13 @@ from llama_orch.errors import Conflict, InvalidParams, NotFound
 from llama_orch.observability.narration import narrate
 from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.progress import PullProgress, PullState
+from llama_orch.server.body import read_body
 from llama_orch.server.deps import deps_of
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
+#: A pull or state request is a ref, a digest and a few fields: far below this.
+_BODY_LIMIT = 65_536
 
 
 def _provisioner(request: Request) -> ModelProvisioner:
@@ -45,7 +48,7 @@ def _provisioner(request: Request) -> ModelProvisioner:
 
 async def _body(request: Request, model: type[BaseModel]) -> Any:
     try:
-        return model.model_validate_json(await request.body())
+        return model.model_validate_json(await read_body(request, _BODY_LIMIT))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
