@@ -24,6 +24,7 @@ import aiohttp
 import httpx
 import orjson
 
+from llama_orch.adapters._h1 import H1Response
 from llama_orch.adapters._http import (
     PendingStream,
     UpstreamClients,
@@ -40,6 +41,7 @@ from llama_orch.contracts.engine import (
     EmbedResult,
     EngineEvent,
     GenerateRequest,
+    TokenSink,
     WorkerHealth,
     WorkerProps,
 )
@@ -334,11 +336,12 @@ class HttpAdapter:
         pending = self._upstream.try_open(path, orjson.dumps(body), self.generate_headers)
         return None if pending is None else Prestarted(path, pending)
 
-    async def submit(  # noqa: C901 - one generator step per upstream read is the hot path
+    async def submit(
         self, request: GenerateRequest, prestarted: Prestarted | None = None
-    ) -> AsyncGenerator[EngineEvent, None]:
-        """The stream with each upstream read's tokens as one ``tokens`` event: the relay's
-        per-token cost is then one list append here and one extend in the transcript."""
+    ) -> AsyncGenerator[EngineEvent, TokenSink | None]:
+        """The stream with each upstream read's tokens as one ``tokens`` event, or, when a
+        ``TokenSink`` is sent in after ``started`` and the engine is read through ``H1Pool``,
+        handed to the sink from the connection's callback (no generator step per read)."""
         # One generator, not a wrapper around another: each upstream read costs one step.
         # Closing it (the host does, on cancel) closes the upstream response now.
         engine = self.engine.value
@@ -354,54 +357,40 @@ class HttpAdapter:
                 with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
                     content = await response.read()
                 raise self.status_error_of(response.status, content, response.headers, where)
-            yield EngineEvent("started", data=self.started_data(request))
-            # One generator step per upstream read: this loop is the adapter's hot path.
+            sink = yield EngineEvent("started", data=self.started_data(request))
             parser = self.new_parser(request)
-            decoder = SseDecoder()
-            feed, decode, event = parser.feed, decoder.feed_data, EngineEvent
-            index = 0
+            reading = _Reading(parser, engine)
             chunks = response.chunks
             with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
-                async for chunk in chunks:
-                    payloads = decode(chunk)
-                    if not payloads:
-                        continue
-                    texts: list[str] = []
-                    failure: WorkerError | None = None
-                    for obj in parse_payloads(payloads, engine):
+                if sink is not None and isinstance(chunks, H1Response):
+                    if not await _push(chunks, reading, sink):
+                        return  # the consumer wants no more: closing is the engine's cancel
+                else:
+                    # One generator step per upstream read: the hot path without a sink.
+                    async for chunk in chunks:
+                        texts = reading.texts(chunk)
+                        if texts:
+                            # Tokens before a bad or error frame still count, in order.
+                            yield EngineEvent("tokens", texts, reading.index)
+                            reading.index += len(texts)
+                        if reading.failure is not None:
+                            raise reading.failure
                         if parser.done:
-                            continue  # nothing after the terminal event counts
-                        if type(obj) is BadFrame:
-                            failure = obj.error
                             break
-                        try:
-                            text = feed(obj)
-                        except WorkerError as exc:
-                            failure = exc
-                            break
-                        if text:
-                            texts.append(text)
-                    if texts:
-                        # Tokens before a bad or error frame still count, in order.
-                        yield event("tokens", texts, index)
-                        index += len(texts)
-                    if failure is not None:
-                        raise failure
-                    if parser.done:
-                        break
+            pending = reading.decoder.pending
             if parser.done:
                 await _drain(chunks)
-            elif not parser.eof_is_end or decoder.pending:
+            elif not parser.eof_is_end or pending:
                 raise WorkerReset(
                     self._error(
-                        f"the stream ended after {index} tokens"
+                        f"the stream ended after {reading.index} tokens"
                         " without the engine's final frame"
-                        + (" (a partial frame was cut off)" if decoder.pending else "")
+                        + (" (a partial frame was cut off)" if pending else "")
                     ),
                     engine=engine,
                     pool_id=self.pool_id,
                 )
-            yield EngineEvent("end", data={"tokens_out": index, **parser.summary})
+            yield EngineEvent("end", data={"tokens_out": reading.index, **parser.summary})
         finally:
             await response.close()
 
@@ -487,3 +476,66 @@ def first_error(obj: Mapping[str, Any]) -> tuple[str, int | None] | None:
         status = error.get("http_status_code", code)
         return str(error.get("message", error)), status if isinstance(status, int) else None
     return str(error), None
+
+
+class _Reading:
+    """One stream's decoding: each upstream chunk to its token texts, in order. A bad frame or
+    the engine's error event sets ``failure``; the tokens before it still count."""
+
+    __slots__ = ("decoder", "engine", "failure", "index", "parser")
+
+    def __init__(self, parser: StreamParser, engine: str) -> None:
+        self.parser = parser
+        self.decoder = SseDecoder()
+        self.engine = engine
+        #: Tokens handed over so far (the next one's index).
+        self.index = 0
+        self.failure: Exception | None = None
+
+    def texts(self, chunk: bytes) -> list[str]:
+        texts: list[str] = []
+        payloads = self.decoder.feed_data(chunk)
+        if not payloads:
+            return texts
+        parser = self.parser
+        feed = parser.feed
+        for obj in parse_payloads(payloads, self.engine):
+            if parser.done:
+                continue  # nothing after the terminal event counts
+            if type(obj) is BadFrame:
+                self.failure = obj.error
+                break
+            try:
+                text = feed(obj)
+            except WorkerError as exc:
+                self.failure = exc
+                break
+            if text:
+                texts.append(text)
+        return texts
+
+
+async def _push(chunks: H1Response, reading: _Reading, sink: TokenSink) -> bool:
+    """Read the body through ``sink`` until the engine's terminal event or the body's end;
+    False when the sink wanted no more. Raises what broke the stream."""
+    wanted = True
+
+    def on_chunk(chunk: bytes) -> bool:
+        nonlocal wanted
+        try:
+            texts = reading.texts(chunk)
+            if texts:
+                index = reading.index
+                reading.index += len(texts)
+                if not sink(texts, index):
+                    wanted = False
+                    return False
+        except Exception as exc:  # raised below, in the stream's own task
+            reading.failure = exc
+            return False
+        return reading.failure is None and not reading.parser.done
+
+    await chunks.consume(on_chunk)
+    if reading.failure is not None:
+        raise reading.failure
+    return wanted

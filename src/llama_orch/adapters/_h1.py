@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final, cast
 
 import httptools
@@ -117,6 +117,8 @@ class H1Response:
     __slots__ = (
         "_buffer",
         "_conn",
+        "_consumed",
+        "_consumer",
         "_error",
         "_headers",
         "_loop",
@@ -145,6 +147,9 @@ class H1Response:
         self._headers: dict[str, str] = {}
         self._reuse = True
         self._watch: asyncio.TimerHandle | None = None
+        #: Push mode (``consume``): who takes each chunk, and the future ending it.
+        self._consumer: Callable[[bytes], bool] | None = None
+        self._consumed: asyncio.Future[None] | None = None
         self.head: asyncio.Future[None] = loop.create_future()
         self.status = 0
         self.headers = Headers(self._headers)
@@ -173,8 +178,13 @@ class H1Response:
 
     def on_body(self, body: bytes) -> None:
         # Once per HTTP chunk, so once per token: kept to a few attribute operations.
-        self._buffer.append(body)
         self.received += 1
+        consumer = self._consumer
+        if consumer is not None:
+            if not consumer(body):
+                self._stop_consuming()
+            return
+        self._buffer.append(body)
         self._size += len(body)
         if self._size > _HIGH_WATER and not self._paused and self._conn.transport is not None:
             self._paused = True
@@ -199,6 +209,17 @@ class H1Response:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+        if self._consumed is not None:
+            self._stop_consuming()
+
+    def _stop_consuming(self) -> None:
+        self._consumer = None
+        done, self._consumed = self._consumed, None
+        if done is not None and not done.done():
+            if self._error is not None:
+                done.set_exception(self._error)
+            else:
+                done.set_result(None)
 
     def fail(self, error: Exception) -> None:
         if self.complete or self._error is not None:
@@ -246,6 +267,32 @@ class H1Response:
                 self._conn.transport.resume_reading()
         return data
 
+    def consume(self, consumer: Callable[[bytes], bool]) -> asyncio.Future[None]:
+        """Hand each body chunk to ``consumer`` as it arrives, from the connection's own
+        callback (no task step per chunk), the chunks already buffered first.
+
+        The result completes at the body's end or once ``consumer`` returns False (what is left
+        can still be read as usual), and fails with the body's error (a broken connection,
+        silence). ``close`` ends it too."""
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._consumed = done
+        buffer = self._buffer
+        while buffer:
+            chunk = buffer.popleft()
+            self._size -= len(chunk)
+            if not consumer(chunk):
+                self._stop_consuming()
+                return done
+        if self._paused:
+            self._paused = False
+            if self._conn.transport is not None:
+                self._conn.transport.resume_reading()
+        if self.complete or self._error is not None:
+            self._stop_consuming()
+        else:
+            self._consumer = consumer
+        return done
+
     async def read(self) -> bytes:
         """The whole (remaining) body."""
         return b"".join([piece async for piece in self])
@@ -276,6 +323,10 @@ class H1Response:
 
     def close_now(self) -> None:
         """``close`` for callers outside a coroutine (nothing in it waits)."""
+        self._consumer = None
+        if self._consumed is not None and not self._consumed.done():
+            self._consumed.cancel()
+        self._consumed = None
         pool, self._pool = self._pool, None
         if pool is None:
             return

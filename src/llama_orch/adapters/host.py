@@ -35,6 +35,7 @@ from llama_orch.contracts.engine import (
     EngineAdapter,
     EngineEvent,
     GenerateRequest,
+    TokenSink,
     WorkerHealth,
     WorkerProps,
 )
@@ -283,9 +284,10 @@ class AdapterHost:
         replica_id: str,
         request: GenerateRequest,
         prestarted: Prestarted | None = None,
-    ) -> AsyncGenerator[EngineEvent, None]:
+    ) -> AsyncGenerator[EngineEvent, TokenSink | None]:
         """Stream one request (``prestarted``: already sent by ``prestart``); every failure
-        surfaces as a ``WorkerError`` (ORCH-3602)."""
+        surfaces as a ``WorkerError`` (ORCH-3602). A ``TokenSink`` sent in after ``started``
+        is passed on to the adapter."""
         binding, fields = self._call(pool_id, replica_id, request.task_id, request.correlation_id)
         adapter = binding.adapter
         engine = adapter.engine.value
@@ -296,14 +298,19 @@ class AdapterHost:
             self._narrate_submit(engine, request, pool_id, replica_id, fields)
             stream = adapter.submit(request)
         try:
-            async for event in stream:
+            sent: TokenSink | None = None
+            while True:
+                try:
+                    event = await stream.asend(sent)
+                except StopAsyncIteration:
+                    break
                 if event.kind == "error":
                     raise event.error or WorkerInternal(
                         f"{engine} reported an error without details", engine=engine
                     )
                 if event.kind == "end":
                     breaker.record_success()
-                yield event
+                sent = yield event
         except Exception as exc:
             error = self._submit_failed(binding, exc, fields)
             if error is exc:

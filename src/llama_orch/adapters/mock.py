@@ -18,6 +18,7 @@ from llama_orch.contracts.engine import (
     EmbedResult,
     EngineEvent,
     GenerateRequest,
+    TokenSink,
     WorkerHealth,
     WorkerProps,
 )
@@ -157,7 +158,10 @@ class MockEngine:
     async def engine_version(self) -> str:
         return self._config.engine_version
 
-    async def submit(self, request: GenerateRequest) -> AsyncGenerator[EngineEvent, None]:
+    async def submit(
+        self, request: GenerateRequest
+    ) -> AsyncGenerator[EngineEvent, TokenSink | None]:
+        """Yields its tokens as events (a ``TokenSink`` sent in is not used)."""
         cfg = self._config
         loop = asyncio.get_running_loop()
         tokens = iter_mock_tokens(request)

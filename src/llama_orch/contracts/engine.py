@@ -16,7 +16,7 @@ Streaming contract of ``submit`` (an async generator):
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
@@ -107,6 +107,13 @@ class EngineEvent(NamedTuple):
     error: WorkerError | None = None
 
 
+#: What a stream's consumer may send into a ``submit`` stream right after its ``started`` event:
+#: called with each upstream read's token texts and the first one's index, in order, it returns
+#: False once it wants no more (its task ended). An adapter that takes it hands tokens over
+#: through it, from its connection's own callback, instead of yielding ``tokens`` events (one
+#: task step less per token); one that ignores it yields them as always.
+TokenSink = Callable[[list[str], int], bool]
+
 BreakerState = Literal["closed", "open", "half_open"]
 
 
@@ -154,7 +161,7 @@ class EngineAdapter(Protocol):
 
     async def engine_version(self) -> str: ...
 
-    def submit(self, request: GenerateRequest) -> AsyncGenerator[EngineEvent, None]: ...
+    def submit(self, request: GenerateRequest) -> AsyncGenerator[EngineEvent, TokenSink | None]: ...
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         """Embed or score one batch (not streamed, never retried); an engine or a pool that

@@ -10,11 +10,11 @@ is canceled before it ever ran), so a slot is never leaked.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 from llama_orch.adapters.host import AdapterHost, Prestarted
 from llama_orch.config import TimeoutsConfig
-from llama_orch.contracts.engine import EngineEvent, GenerateRequest
+from llama_orch.contracts.engine import EngineEvent, GenerateRequest, TokenSink
 from llama_orch.contracts.frames import Frame
 from llama_orch.core.clock import Clock, Timer
 from llama_orch.dispatch.endings import Endings
@@ -76,9 +76,9 @@ class Runner:
         idle_s = timeouts.idle_ms / 1000
         stream = self._host.submit(task.pool_id, replica.replica_id, request, prestarted)
         # The watchdog is one timer that re-arms itself: each event only records the time of
-        # progress (``last``), and the timer, when it comes due, either expires the run (idle
-        # or wall limit passed) or moves on to the next moment either limit could pass.
-        last = started
+        # progress (``progress.last``), and the timer, when it comes due, either expires the run
+        # (idle or wall limit passed) or moves on to the next moment either limit could pass.
+        progress = _Progress(started)
         check: Timer | None = None
         try:
             async with asyncio.timeout(None) as watchdog:
@@ -86,21 +86,14 @@ class Runner:
 
                 def due() -> None:
                     nonlocal check
-                    deadline = min(wall_at, last + idle_s)
+                    deadline = min(wall_at, progress.last + idle_s)
                     if clock.now() >= deadline:
                         watchdog.reschedule(loop.time())  # expires now
                     else:
                         check = clock.call_at(deadline, due)
 
                 check = clock.call_at(min(wall_at, started + idle_s), due)
-                now = clock.now
-                async for event in stream:
-                    if task.terminal:
-                        break
-                    last = now()
-                    self._on_event(task, lane, replica, event, last)
-                    if task.terminal:
-                        break
+                await self._follow(stream, task, lane, replica, progress)
             if not task.terminal:
                 raise WorkerReset(
                     "the engine stream ended without a final frame",
@@ -120,6 +113,40 @@ class Runner:
                 await stream.aclose()
             finally:
                 self.release(task, lane, replica)
+
+    async def _follow(
+        self,
+        stream: AsyncGenerator[EngineEvent, TokenSink | None],
+        task: Task,
+        lane: PoolLane,
+        replica: Replica,
+        progress: _Progress,
+    ) -> None:
+        """Apply the stream's events until it ends or the task does; right after ``started``
+        the adapter is offered a ``TokenSink`` (tokens without a task step each)."""
+        now = self._clock.now
+        on_tokens = self._on_tokens
+
+        def sink(texts: list[str], _index: int) -> bool:
+            if task.terminal:
+                return False
+            progress.last = now()
+            on_tokens(task, lane, replica, texts, progress.last)
+            return not task.terminal
+
+        sent: TokenSink | None = None
+        while True:
+            try:
+                event = await stream.asend(sent)
+            except StopAsyncIteration:
+                return
+            if task.terminal:
+                return
+            progress.last = now()
+            self._on_event(task, lane, replica, event, progress.last)
+            if task.terminal:
+                return
+            sent = sink if event.kind == "started" else None
 
     def _timed_out(
         self, task: Task, replica: Replica, *, wall: bool, timeouts: TimeoutsConfig
@@ -148,14 +175,7 @@ class Runner:
     ) -> None:
         kind = event.kind
         if kind == "tokens":
-            if task.record_tokens(event.texts, now):
-                self._first_token(task, replica, now)
-            if now >= task.next_metrics_at:
-                # Tokens arriving prove the engine alive: the replica's heartbeat, once per
-                # metrics interval of a stream.
-                task.metrics_sent(now, self._metrics_interval_s)
-                task.stream.publish_frame(self._metrics_frame(task, lane))
-                self._pools.stream_progress(replica)
+            self._on_tokens(task, lane, replica, event.texts, now)
         elif kind == "started":
             version = event.data.get("engine_version")
             task.engine_started(
@@ -167,7 +187,28 @@ class Runner:
         elif kind == "error":
             raise event.error or WorkerReset("the engine reported an error without details")
 
+    def _on_tokens(
+        self, task: Task, lane: PoolLane, replica: Replica, texts: Sequence[str], now: float
+    ) -> None:
+        if task.record_tokens(texts, now):
+            self._first_token(task, replica, now)
+        if now >= task.next_metrics_at:
+            # Tokens arriving prove the engine alive: the replica's heartbeat, once per
+            # metrics interval of a stream.
+            task.metrics_sent(now, self._metrics_interval_s)
+            task.stream.publish_frame(self._metrics_frame(task, lane))
+            self._pools.stream_progress(replica)
+
     def _first_token(self, task: Task, replica: Replica, now: float) -> None:
         session = self._sessions.get(task.session_id, now)
         if session is not None:
             self._sessions.mark_warm(session, (task.pool_id, replica.replica_id), now)
+
+
+class _Progress:
+    """When the run last made progress (an event or tokens): the watchdog's idle clock."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, last: float) -> None:
+        self.last = last

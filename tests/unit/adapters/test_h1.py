@@ -365,10 +365,7 @@ class TestThroughTheAdapter:
     async def test_a_reset_after_two_tokens_ends_the_task_with_worker_reset(self) -> None:
         """A vLLM stream reset by the engine's kernel after two tokens: both tokens reach the
         task, in order, then WORKER_RESET."""
-        frames = b"".join(
-            b'data: {"choices": [{"index": 0, "text": "%s", "finish_reason": null}]}\n\n' % t
-            for t in (b"a", b"b")
-        )
+        frames = vllm_frames(b"a", b"b")
 
         async with raw_engine(resets_after(b"%x\r\n%s\r\n" % (len(frames), frames))) as engine:
             adapter = adapter_for("vllm", f"http://127.0.0.1:{engine.port}", "m")
@@ -476,3 +473,108 @@ class TestSentAtOnce:
         assert [["a", "b"], ["a", "b"]] == runs
         assert (1, 2) == (engine.connections, len(engine.requests))
         assert engine.requests[0].body == engine.requests[1].body
+
+
+def vllm_frames(*texts: bytes) -> bytes:
+    return b"".join(
+        b'data: {"choices": [{"index": 0, "text": "%s", "finish_reason": null}]}\n\n' % t
+        for t in texts
+    )
+
+
+async def pushed(
+    adapter: HttpAdapter, sink: Callable[[list[str], int], bool]
+) -> list[tuple[str, object]]:
+    """Run ``submit`` offering ``sink`` after ``started``, as the runner does; the events."""
+    stream = adapter.submit(request(max_tokens=8))
+    events: list[tuple[str, object]] = []
+    sent = None
+    try:
+        while True:
+            try:
+                event = await stream.asend(sent)
+            except StopAsyncIteration:
+                return events
+            events.append((event.kind, event.data.get("tokens_out")))
+            sent = sink if event.kind == "started" else None
+    finally:
+        await stream.aclose()
+
+
+class TestPushed:
+    """A ``TokenSink`` sent in after ``started``: tokens from the connection's callback."""
+
+    async def test_consume_hands_buffered_then_arriving_chunks_in_order(self) -> None:
+        gate = asyncio.Event()
+
+        async def two_parts(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            w.write(HEAD_CHUNKED + b"1\r\na\r\n1\r\nb\r\n")
+            await w.drain()
+            await gate.wait()
+            w.write(b"1\r\nc\r\n0\r\n\r\n")
+            await w.drain()
+            return True
+
+        async with raw_engine(two_parts) as engine:
+            pool = pool_for(engine)
+            response = await pool.post("/x", b"", {})
+            while response.received < 2:  # both early chunks buffered before consume
+                await asyncio.sleep(0.01)
+            seen: list[bytes] = []
+            done = response.consume(lambda chunk: seen.append(chunk) is None)
+            gate.set()
+            await asyncio.wait_for(done, 10)
+            assert [b"a", b"b", b"c"] == seen
+            await response.close()
+            assert 1 == pool.idle_connections  # read to its end: kept alive
+            await pool.aclose()
+
+    async def test_tokens_reach_the_sink_and_the_end_counts_them(self) -> None:
+        body = chunked(vllm_frames(b"a"), vllm_frames(b"b", b"c"), b"data: [DONE]\n\n")
+        got: list[tuple[list[str], int]] = []
+        async with raw_engine(replies(HEAD_CHUNKED + body)) as engine:
+            adapter = adapter_for("vllm", f"http://127.0.0.1:{engine.port}", "m")
+            assert isinstance(adapter, HttpAdapter)
+            try:
+                events = await pushed(
+                    adapter, lambda texts, index: got.append((texts, index)) is None
+                )
+            finally:
+                await adapter.aclose()
+        assert [(["a"], 0), (["b", "c"], 1)] == got
+        assert [("started", None), ("end", 3)] == events  # no tokens events
+
+    async def test_a_sink_that_wants_no_more_ends_the_stream_and_the_connection(self) -> None:
+        closed = asyncio.Event()
+
+        async def endless(_: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            frames = vllm_frames(b"a")
+            w.write(HEAD_CHUNKED + b"%x\r\n%s\r\n" % (len(frames), frames))
+            await w.drain()
+            if not await r.read(1):
+                closed.set()
+            return False
+
+        async with raw_engine(endless) as engine:
+            adapter = adapter_for("vllm", f"http://127.0.0.1:{engine.port}", "m")
+            assert isinstance(adapter, HttpAdapter)
+            try:
+                events = await pushed(adapter, lambda texts, index: False)
+                async with asyncio.timeout(10):
+                    await closed.wait()  # the engine's cancel signal
+            finally:
+                await adapter.aclose()
+        assert [("started", None)] == events
+
+    async def test_a_reset_after_two_tokens_still_hands_both_then_fails(self) -> None:
+        frames = vllm_frames(b"a", b"b")
+        got: list[str] = []
+        async with raw_engine(resets_after(b"%x\r\n%s\r\n" % (len(frames), frames))) as engine:
+            adapter = adapter_for("vllm", f"http://127.0.0.1:{engine.port}", "m")
+            assert isinstance(adapter, HttpAdapter)
+            try:
+                with pytest.raises(WorkerReset):
+                    await pushed(adapter, lambda texts, index: got.extend(texts) is None)
+            finally:
+                await adapter.aclose()
+        assert ["a", "b"] == got
