@@ -261,11 +261,15 @@ class H1Response:
         data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
         buffer.clear()
         self._size = 0
+        self._resume()
+        return data
+
+    def _resume(self) -> None:
+        """Read the socket again once the buffer drained (it pauses above ``_HIGH_WATER``)."""
         if self._paused:
             self._paused = False
             if self._conn.transport is not None:
                 self._conn.transport.resume_reading()
-        return data
 
     def consume(self, consumer: Callable[[bytes], bool]) -> asyncio.Future[None]:
         """Hand each body chunk to ``consumer`` as it arrives, from the connection's own
@@ -283,10 +287,7 @@ class H1Response:
             if not consumer(chunk):
                 self._stop_consuming()
                 return done
-        if self._paused:
-            self._paused = False
-            if self._conn.transport is not None:
-                self._conn.transport.resume_reading()
+        self._resume()
         if self.complete or self._error is not None:
             self._stop_consuming()
         else:

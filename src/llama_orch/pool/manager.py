@@ -34,7 +34,7 @@ from llama_orch.errors import EngineUnreachable, WorkerError, WorkerReset
 from llama_orch.observability.metrics import Metrics, ReplicaMetrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.engine_process import ProcessState, Supervision, is_launched
-from llama_orch.pool.gpus import GpuInventory
+from llama_orch.pool.gpus import Gpu, GpuInventory
 from llama_orch.pool.launch import HostInventories
 from llama_orch.provisioners.pool_models import PoolModels
 from llama_orch.supervisor import Supervisor
@@ -280,11 +280,14 @@ class PoolManager:
         hosts = list(dict.fromkeys(self.host_of(r) for r in pool.replicas))
         return hosts or [next(iter(pool.config.cluster_hosts), None)]
 
+    def _devices_on(self, pool: PoolRuntime, host: str | None) -> list[Gpu]:
+        """The pool's devices as ``host`` reports them (those it has)."""
+        inventory = self._inventory_on(host)
+        return [g for g in map(inventory.by_index, pool.devices) if g is not None]
+
     def _free_on(self, pool: PoolRuntime, host: str | None) -> dict[int, int]:
         """Free VRAM of each of the pool's devices on ``host``."""
-        inventory = self._inventory_on(host)
-        gpus = (inventory.by_index(i) for i in pool.devices)
-        return {g.index: g.vram_free_bytes for g in gpus if g is not None}
+        return {g.index: g.vram_free_bytes for g in self._devices_on(pool, host)}
 
     def free_per_gpu(self, pool: PoolRuntime) -> dict[int, int]:
         """Free VRAM per device where the pool has least of it: its model must fit on every
@@ -675,14 +678,8 @@ class PoolManager:
 
     def _vram_on(self, pool: PoolRuntime, host: str | None) -> tuple[int, int]:
         """Total and free VRAM of the pool's devices on ``host``."""
-        inventory = self._inventory_on(host)
-        total = free = 0
-        for index in pool.devices:
-            gpu = inventory.by_index(index)
-            if gpu is not None:
-                total += gpu.vram_total_bytes
-                free += gpu.vram_free_bytes
-        return total, free
+        gpus = self._devices_on(pool, host)
+        return sum(g.vram_total_bytes for g in gpus), sum(g.vram_free_bytes for g in gpus)
 
     def _free_vram(self, pool: PoolRuntime) -> tuple[int, int]:
         """The pool's VRAM as placement's filter sees it: on the host with the most free, where
