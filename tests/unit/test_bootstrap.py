@@ -44,9 +44,14 @@ class TestGpuFailFast:
             build_deps(settings, inventory=NO_GPUS)
 
     def test_the_mock_engine_needs_no_gpu(self) -> None:
-        """A mock pool is simulated in-process and starts without any GPU."""
-        settings = load_settings({}, config=config_of(mock_pool(devices=None)))
-        check_serveable(settings, NO_GPUS)
+        """A mock pool is simulated in-process and starts without any GPU: beside a llama.cpp
+        pool on the same GPU-less machine, only the llama.cpp pool is refused."""
+        mixed = config_of(mock_pool(devices=None), llamacpp_pool())
+        with pytest.raises(ConfigError) as info:
+            check_serveable(load_settings({}, config=mixed), NO_GPUS)
+        assert ["pools.1"] == [issue.path for issue in info.value.issues]
+        alone = load_settings({}, config=config_of(mock_pool(devices=None)))
+        check_serveable(alone, NO_GPUS)
 
     def test_devices_must_exist(self) -> None:
         """A pool naming a GPU the inventory lacks is refused with the GPUs present."""
