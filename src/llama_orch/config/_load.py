@@ -301,7 +301,7 @@ def _tls_files(config: Config, base_dir: Path) -> list[ConfigIssue]:
             )
     for index, path in enumerate(config.catalog.trust_policy.ca_roots):
         try:
-            ssl.create_default_context().load_verify_locations(cafile=Path(path).expanduser())
+            ssl.create_default_context().load_verify_locations(cafile=path)
         except (OSError, ssl.SSLError) as exc:
             issues.append(
                 ConfigIssue(
@@ -316,6 +316,19 @@ def resolve_path(path: str, base_dir: Path) -> Path:
     """A path from the config file: ``~`` expanded, relative ones against the file's directory."""
     candidate = Path(path).expanduser()
     return candidate if candidate.is_absolute() else base_dir / candidate
+
+
+def _absolute_ca_roots(config: Config, base_dir: Path) -> Config:
+    """``catalog.trust_policy.ca_roots`` made absolute against the config file's directory, as
+    the server's certificate is, so whoever loads them later (the model fetchers, the engine
+    downloads) reads the same files whatever the working directory is by then."""
+    trust = config.catalog.trust_policy
+    roots = [str(resolve_path(path, base_dir)) for path in trust.ca_roots]
+    if roots == trust.ca_roots:
+        return config
+    trust = trust.model_copy(update={"ca_roots": roots})
+    catalog = config.catalog.model_copy(update={"trust_policy": trust})
+    return config.model_copy(update={"catalog": catalog})
 
 
 def _upstream_api_keys(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
@@ -364,7 +377,7 @@ def load_settings(
         unbuilt = not_available_yet(config)
         if unbuilt:
             raise ConfigError(source, unbuilt)
-    config = _sse_overrides(config, environ)
+    config = _absolute_ca_roots(_sse_overrides(config, environ), base_dir)
     server = config.server
     unloadable = _tls_files(config, base_dir)
     if unloadable:

@@ -183,6 +183,8 @@ class TrustPolicyConfig(_Strict):
     allowed_registries: list[str] = []
     require_signature: bool = False
     require_sbom: bool = False
+    #: Extra CA files for https:// sources; relative paths resolve against the config file's
+    #: directory.
     ca_roots: list[str] = []
 
 

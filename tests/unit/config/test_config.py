@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import trustme
 
 from llama_orch.config import load_settings, parse_config_text, read_config_file
 from llama_orch.errors import ConfigError
+from llama_orch.provisioners.factory import tls_context
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[3].joinpath("examples").glob("*.yaml"))
 
@@ -172,6 +174,31 @@ class TestCertificateFiles:
             + f"catalog: {{trust_policy: {{ca_roots: [{tmp_path / 'ca.pem'}]}}}}\n"
         )
         assert load_settings({}, path).config.server.tls is not None
+
+    def test_relative_ca_roots_resolve_against_the_config_file(self, tmp_path: Path) -> None:
+        """A relative CA file is found beside the config, not in the working directory, and is
+        made absolute at load so the fetchers that read it later get the same file."""
+        ca = trustme.CA()
+        folder = tmp_path / "conf"
+        (folder / "certs").mkdir(parents=True)
+        ca.cert_pem.write_to_path(str(folder / "certs" / "ca.pem"))
+        path = folder / "llorch.yaml"
+        path.write_text(MINIMAL + "catalog: {trust_policy: {ca_roots: [certs/ca.pem]}}\n")
+        assert not (Path.cwd() / "certs" / "ca.pem").exists()
+
+        roots = load_settings({}, path).config.catalog.trust_policy.ca_roots
+        assert [str(folder / "certs" / "ca.pem")] == roots
+        trusted = tls_context(roots).get_ca_certs(binary_form=True)
+        assert ssl.PEM_cert_to_DER_cert(ca.cert_pem.bytes().decode()) in trusted
+
+    def test_a_missing_relative_ca_root_names_where_it_was_looked_for(self, tmp_path: Path) -> None:
+        path = tmp_path / "llorch.yaml"
+        path.write_text(MINIMAL + "catalog: {trust_policy: {ca_roots: [missing.pem]}}\n")
+        with pytest.raises(ConfigError) as info:
+            load_settings({}, path)
+        [issue] = info.value.issues
+        assert "catalog.trust_policy.ca_roots.0" == issue.path
+        assert f"CA file {tmp_path / 'missing.pem'} does not load" in str(issue)
 
 
 class TestEnvironment:
