@@ -108,7 +108,7 @@ class ArtifactStore:
         self._segments = Segments(root / "traces")
 
     def close(self) -> None:
-        """Wait until every background write and delete is on disk."""
+        """Wait until every background write is on disk and synced, and every delete done."""
         self._segments.close()
 
     def _write_files(self, ident: str, doc_bytes: bytes, ref_bytes: bytes) -> None:

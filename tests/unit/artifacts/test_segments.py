@@ -1,0 +1,66 @@
+"""Segments on real files: what is synced to disk, and when."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from llama_orch.artifacts._segments import Segments
+
+Identity = tuple[int, int, bool]
+
+
+def identity(st: os.stat_result) -> Identity:
+    """A file or folder as the kernel knows it: (device, inode, is a folder)."""
+    return st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode)
+
+
+class RecordedFsync:
+    """``os.fsync`` that also notes which file or folder each call made durable."""
+
+    def __init__(self) -> None:
+        self.synced: list[Identity] = []
+
+    def __call__(self, fd: int) -> None:
+        os.fsync(fd)
+        self.synced.append(identity(os.fstat(fd)))
+
+
+def record(n: int) -> tuple[str, bytes]:
+    ident = f"{n:064x}"
+    return ident, b'{"ref":{"id":"' + ident.encode() + b'"},"document":{"n":%d}}' % n
+
+
+class TestDurability:
+    def test_each_segment_is_synced_with_its_folder_before_close_returns(
+        self, tmp_path: Path
+    ) -> None:
+        """A segment's bytes are synced before its rename and its name after it (and the new
+        traces/ folder's name in its parent), once per segment, so what close() reported as
+        written survives a power loss; a new instance reads every record back."""
+        fsync = RecordedFsync()
+        folder = tmp_path / "traces"
+        segments = Segments(folder, sync=fsync)
+        for n in range(3):
+            segments.add(*record(n))
+        segments.close()
+        segments.add(*record(3))
+        segments.close()
+
+        files = sorted(folder.glob("*.seg"))
+        assert ["000000000000.seg", "000000000001.seg"] == [p.name for p in files]
+        here, seg0, seg1 = (identity(os.stat(p)) for p in (folder, *files))
+        parent = identity(os.stat(tmp_path))
+        assert [parent, seg0, here, seg1, here] == fsync.synced
+        assert [record(n)[1] for n in range(4)] == list(Segments(folder).load())
+
+    def test_a_batch_deleted_before_it_is_written_syncs_nothing(self, tmp_path: Path) -> None:
+        fsync = RecordedFsync()
+        segments = Segments(tmp_path / "traces", delay_s=60.0, sync=fsync)
+        ident, data = record(0)
+        segments.add(ident, data)
+        segments.remove(ident)
+        segments.close()
+        assert [] == fsync.synced
+        assert not (tmp_path / "traces").exists()
