@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
+from llama_orch.artifacts import ArtifactStore
 from llama_orch.artifacts._segments import Segments
 
 Identity = tuple[int, int, bool]
+
+#: Stores traces in the background, closes the store, prints their ids and is killed at once:
+#: no interpreter shutdown, no thread left to finish anything.
+WRITER = """
+import json, os, signal, sys
+from pathlib import Path
+from llama_orch.artifacts import ArtifactStore
+
+store = ArtifactStore(Path(sys.argv[1]), max_bytes=1 << 20)
+ids = [
+    store.put({"kind": "trace", "content": {"n": n}}, background=True).id for n in range(50)
+]
+store.close()
+print(json.dumps(ids), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
 
 
 def identity(st: os.stat_result) -> Identity:
@@ -64,3 +85,18 @@ class TestDurability:
         segments.close()
         assert [] == fsync.synced
         assert not (tmp_path / "traces").exists()
+
+    def test_what_close_returned_for_is_read_back_by_a_new_process(self, tmp_path: Path) -> None:
+        """A process killed right after close() leaves every trace it stored readable."""
+        done = subprocess.run(
+            [sys.executable, "-c", WRITER, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert -signal.SIGKILL == done.returncode, done.stderr
+        ids = json.loads(done.stdout)
+        store = ArtifactStore(tmp_path, max_bytes=1 << 20)
+        assert sorted(ids) == sorted(ref["id"] for ref in store.refs())
+        assert list(range(50)) == [store.get(i)["content"]["n"] for i in ids]
