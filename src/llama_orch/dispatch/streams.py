@@ -17,7 +17,7 @@ it is published: encoding happens once, in the writer, which can also merge toke
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import orjson
 
@@ -32,12 +32,21 @@ _ENTRY_OVERHEAD = 64
 
 
 class TaskStream:
-    __slots__ = ("_closed", "_entries", "_nbytes", "_subscribed", "_tokens", "_waiters")
+    __slots__ = (
+        "_closed",
+        "_entries",
+        "_listener",
+        "_nbytes",
+        "_subscribed",
+        "_tokens",
+        "_waiters",
+    )
 
     def __init__(self) -> None:
         self._entries: list[Entry] = []
         self._closed = False
         self._waiters: list[asyncio.Future[None]] = []
+        self._listener: Callable[[], None] | None = None
         self._nbytes = 0
         self._tokens = 0
         self._subscribed = False
@@ -57,6 +66,14 @@ class TaskStream:
 
     def unsubscribe(self) -> None:
         self._subscribed = False
+
+    def listen(self, listener: Callable[[], None] | None) -> None:
+        """Call ``listener`` right after each publish, in the publisher's own step (None stops).
+
+        The live subscriber's writer uses it while it is caught up, to write what was just
+        published without a wake-up of its task per token. It must not raise or publish.
+        """
+        self._listener = listener
 
     @property
     def closed(self) -> bool:
@@ -94,6 +111,8 @@ class TaskStream:
             self._entries.extend(texts)
             self._nbytes += sum(map(len, texts)) + _ENTRY_OVERHEAD * count
         self._tokens += count
+        if self._listener is not None:
+            self._listener()
         if self._waiters:
             self._wake()
 
@@ -106,6 +125,8 @@ class TaskStream:
         self._nbytes += len(data) + len(event) + _ENTRY_OVERHEAD
         if event in TERMINAL_EVENTS:
             self._closed = True
+        if self._listener is not None:
+            self._listener()
         if self._waiters:
             self._wake()
 

@@ -141,6 +141,7 @@ def view_response(
         },
         on_end=on_end,
         stall_limit_s=view.settings.stall_limit_s,
+        pusher=emitter,
     )
 
 

@@ -19,6 +19,10 @@ Micro-batch mode merges consecutive tokens into one frame (``t`` concatenated, `
 index, ``n`` the count, §17.14). It never holds a token longer than ``max_delay`` after the
 previous write and never merges more than ``max_tokens``; a token arriving after a quiet spell
 longer than ``max_delay`` is written at once, so the first token is never delayed.
+
+While the writer is caught up, what is published is encoded and pushed to the server from the
+publisher's own step (``server.pushing``); micro-batch mode keeps the writer, which holds
+tokens back to merge them.
 """
 
 from __future__ import annotations
@@ -28,16 +32,25 @@ from collections.abc import AsyncGenerator, Callable
 
 from llama_orch.dispatch.service import StreamSettings
 from llama_orch.dispatch.streams import TaskStream
+from llama_orch.server.pushing import TranscriptPusher
 from llama_orch.server.sse import KEEPALIVE, encode_frame, encode_token, encode_tokens
 
 #: The merged settings ``TaskService.open_stream`` hands over.
 EmitterSettings = StreamSettings
 
 
-class Emitter:
+class Emitter(TranscriptPusher):
     """Turns a transcript into SSE chunks for one subscriber."""
 
-    __slots__ = ("_on_drop", "_settings", "_started", "_stream", "dropped", "frames_written")
+    __slots__ = (
+        "_cursor",
+        "_last_write",
+        "_on_drop",
+        "_settings",
+        "_started",
+        "dropped",
+        "frames_written",
+    )
 
     def __init__(
         self,
@@ -47,12 +60,14 @@ class Emitter:
         *,
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
-        self._stream = stream
+        super().__init__(stream)
         self._started = started
         self._settings = settings
         self._on_drop = on_drop
         self.dropped = 0
         self.frames_written = 0
+        self._cursor = _Cursor(live_from=0)
+        self._last_write = -1e18
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """``started`` first, then the transcript, keep-alives while idle; ends after a terminal."""
@@ -62,24 +77,43 @@ class Emitter:
         heartbeat = self._settings.heartbeat_s or None
         loop = asyncio.get_running_loop()
         # Everything already in the transcript is a replay: written in full, never dropped.
-        cursor = _Cursor(live_from=len(entries))
-        last_write = -1e18
+        cursor = self._cursor = _Cursor(live_from=len(entries))
         yield self._started
         self.frames_written = 1
         while True:
             if cursor.index >= len(entries):
                 if stream.closed:
                     return
+                if self.pushing and not microbatch:
+                    due = None
+                    if heartbeat is not None:
+                        due = max(0.0, self._last_write + heartbeat - loop.time())
+                    if await self.park(due):
+                        if not stream.closed:  # the writer's turn: a pushed send to finish
+                            yield b""
+                    elif loop.time() - self._last_write >= (heartbeat or 0.0):
+                        self._last_write = loop.time()
+                        yield KEEPALIVE
+                    continue
                 if not await stream.wait(cursor.index, heartbeat):
                     yield KEEPALIVE
                     continue
             if microbatch and not stream.closed:
-                await self._hold(cursor.index, last_write + self._settings.max_delay_s, loop)
+                await self._hold(cursor.index, self._last_write + self._settings.max_delay_s, loop)
             parts = self._next_chunk(cursor, len(entries))
             if parts:
                 self.frames_written += len(parts)
-                last_write = loop.time()
+                self._last_write = loop.time()
                 yield parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def render(self) -> bytes | None:
+        parts = self._next_chunk(self._cursor, len(self._stream.entries))
+        if not parts:
+            return None
+        self.frames_written += len(parts)
+        if self._settings.heartbeat_s:
+            self._last_write = asyncio.get_running_loop().time()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _hold(self, index: int, flush_at: float, loop: asyncio.AbstractEventLoop) -> None:
         """Micro-batch: let a run of tokens grow until the delay budget since the last write

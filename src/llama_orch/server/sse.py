@@ -5,19 +5,35 @@ disconnect (as Starlette's ``StreamingResponse`` does), so a client that goes aw
 even while its task waits in the queue. A writer that cannot hand a chunk to the server for
 longer than the stall limit (the client stopped reading and every buffer on the way is full)
 ends the response and reports a stall.
+
+A chunk source may also be a ``Pusher``: once the response has started, it is given ``push``,
+which hands a chunk to the server from the producer's own step instead of the writer's. With
+an ASGI server whose ``send`` completes without suspending (granian's does while its buffer has
+room), that is a direct call; a send that would wait is finished by the writer, in order,
+before anything else is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping
+from typing import Any, Protocol
 
 from starlette.types import Receive, Scope, Send
 
 from llama_orch.contracts.frames import encode_frame, encode_token, encode_tokens
 
-__all__ = ["KEEPALIVE", "Outcome", "SseResponse", "encode_frame", "encode_token", "encode_tokens"]
+__all__ = [
+    "KEEPALIVE",
+    "Outcome",
+    "Push",
+    "Pusher",
+    "SseResponse",
+    "encode_frame",
+    "encode_token",
+    "encode_tokens",
+]
 
 KEEPALIVE = b": keep-alive\n\n"
 
@@ -31,6 +47,51 @@ class Outcome(enum.Enum):
     STALL = "stall"
     #: The server canceled the response (shutdown).
     ABORTED = "aborted"
+
+
+#: Sends ``chunk`` now. True: it is with the server. False: it is still in flight or failed;
+#: the writer must run (it finishes the send, or ends the response) before the next push.
+Push = Callable[[bytes], bool]
+
+
+class Pusher(Protocol):
+    """A chunk source that can also push chunks as they are produced."""
+
+    def attach(self, push: Push) -> None: ...
+
+
+class _Held:
+    """A pushed send that did not complete on the spot: what it waits for, or how it failed."""
+
+    __slots__ = ("error", "steps", "waiting")
+
+    def __init__(self, steps: Iterator[Any] | None, waiting: Any, error: BaseException | None):
+        self.steps = steps
+        self.waiting = waiting
+        self.error = error
+
+    def __await__(self) -> Generator[Any, None, None]:
+        """Finish the send inside the writer's task: its awaitable's remaining steps."""
+        if self.error is not None:
+            raise self.error
+        steps, waiting = self.steps, self.waiting
+        assert steps is not None
+        while True:
+            try:
+                yield waiting
+            except BaseException as exc:
+                throw = getattr(steps, "throw", None)
+                if throw is None:
+                    raise
+                try:
+                    waiting = throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting = next(steps)
+            except StopIteration:
+                return
 
 
 def _asks_to_close(scope: Scope) -> bool:
@@ -54,8 +115,12 @@ class SseResponse:
         on_end: Callable[[Outcome], Awaitable[None] | None] | None = None,
         stall_limit_s: float | None = None,
         media_type: str = "text/event-stream; charset=utf-8",
+        pusher: Pusher | None = None,
     ) -> None:
         self._chunks = chunks
+        self._pusher = pusher
+        self._send: Send | None = None
+        self._held: _Held | None = None
         self._headers = [(b"content-type", media_type.encode())] + [
             (k.lower().encode(), v.encode()) for k, v in headers.items()
         ]
@@ -119,15 +184,47 @@ class SseResponse:
         self._sending_since = loop.time()
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         self._sending_since = None
+        if self._pusher is not None:
+            self._send = send
+            self._pusher.attach(self._push)
         async for chunk in self._chunks:
+            if self._held is not None:
+                await self._finish_held()
+            if not chunk:  # a pusher's turn back to the writer, with nothing of its own
+                continue
             self._sending_since = loop.time()
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             self._sending_since = None
+        if self._held is not None:
+            await self._finish_held()
         # Every chunk is out: the end is known before the body's end goes, so what it releases
         # (a task's one subscription) is free by the time the client sees the response end.
         await self._end(Outcome.COMPLETE)
         self._sending_since = loop.time()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self._sending_since = None
+
+    def _push(self, chunk: bytes) -> bool:
+        send = self._send
+        assert send is not None
+        try:
+            sending = send({"type": "http.response.body", "body": chunk, "more_body": True})
+            # Driven by hand: a send that completes without suspending ends at its first step.
+            steps: Iterator[Any] = sending.__await__()
+            waiting = next(steps)
+        except StopIteration:
+            return True
+        except BaseException as exc:  # raised again in the writer's own task
+            self._held = _Held(None, None, exc)
+            return False
+        self._held = _Held(steps, waiting, None)
+        self._sending_since = asyncio.get_running_loop().time()
+        return False
+
+    async def _finish_held(self) -> None:
+        held, self._held = self._held, None
+        assert held is not None
+        await held
         self._sending_since = None
 
     @staticmethod

@@ -25,6 +25,7 @@ from llama_orch.errors import ErrorKind
 from llama_orch.server.data_plane import budget_headers
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.frontdoor._chat import render_chat
+from llama_orch.server.pushing import TranscriptPusher
 from llama_orch.vocab import Engine, Priority, Workload
 
 
@@ -279,24 +280,48 @@ class Failed:
 Event = list[str] | Waiting | Finished | Failed
 
 
+class Place:
+    """Where a reader is in a task's transcript; shared with what pushes on its behalf."""
+
+    __slots__ = ("index",)
+
+    def __init__(self) -> None:
+        self.index = 0
+
+
 async def follow(
-    deps: AppDeps, ticket: Ticket, *, waiting_every_s: float | None = None
+    deps: AppDeps,
+    ticket: Ticket,
+    *,
+    waiting_every_s: float | None = None,
+    pusher: TranscriptPusher | None = None,
+    place: Place | None = None,
 ) -> AsyncIterator[Event]:
     """The task's tokens in batches (one per transcript read), then one terminal event.
 
-    With ``waiting_every_s``, a ``Waiting`` comes after each such silence while queued.
+    With ``waiting_every_s``, a ``Waiting`` comes after each such silence while queued. With
+    an attached ``pusher`` (whose ``render`` advances ``place``), tokens published while the
+    reader is caught up are pushed instead; an empty batch then hands the writer its turn.
     """
     stream = ticket.stream
     entries = stream.entries
-    index = 0
+    place = place or Place()
     while True:
-        # Nothing enters the transcript while the task is queued: once something has, waits
-        # need no timer (which would otherwise be armed and canceled for every token).
-        every = waiting_every_s if index == 0 else None
-        if index >= len(entries) and not await stream.wait(index, every):
-            status = deps.service.task_status(ticket.task_id)
-            if status.state is TaskState.QUEUED:
-                yield Waiting(status.queue_position)
+        index = place.index
+        if index >= len(entries):
+            # Nothing enters the transcript while the task is queued: once something has, waits
+            # need no timer (which would otherwise be armed and canceled for every token).
+            every = waiting_every_s if index == 0 else None
+            if pusher is not None and pusher.pushing:
+                caught_up = await pusher.park(every)
+                if caught_up and place.index >= len(entries) and not stream.closed:
+                    yield []
+            else:
+                caught_up = await stream.wait(index, every)
+            if not caught_up:
+                status = deps.service.task_status(ticket.task_id)
+                if status.state is TaskState.QUEUED:
+                    yield Waiting(status.queue_position)
             continue
         end = len(entries)
         texts: list[str] = []
@@ -306,32 +331,38 @@ async def follow(
             if type(entry) is str:
                 texts.append(entry)
                 continue
-            event, data = entry  # type: ignore[str-unpack]
-            if event == "end":
+            last = _terminal(entry, ticket)  # type: ignore[arg-type]
+            if last is not None:
                 if texts:
                     yield texts
-                payload = orjson.loads(data)
-                tokens_out = int(payload.get("tokens_out", 0))
-                yield Finished(
-                    tokens_in=int(payload.get("tokens_in", 0)),
-                    tokens_out=tokens_out,
-                    canceled=bool(payload.get("canceled", False)),
-                    finish_reason="length" if tokens_out >= ticket.max_tokens else "stop",
-                    result=payload.get("result"),
-                )
+                yield last
                 return
-            if event == "error":
-                if texts:
-                    yield texts
-                payload = orjson.loads(data)
-                yield Failed(
-                    kind=ErrorKind(payload.get("code", ErrorKind.INTERNAL.value)),
-                    message=str(payload.get("message", "")),
-                    retry_after_ms=payload.get("retry_after_ms"),
-                )
-                return
+        place.index = index
         if texts:
             yield texts
+
+
+def _terminal(frame: tuple[str, bytes], ticket: Ticket) -> Finished | Failed | None:
+    """The event a terminal frame ends a ``follow`` with; None for any other frame."""
+    event, data = frame
+    if event == "end":
+        payload = orjson.loads(data)
+        tokens_out = int(payload.get("tokens_out", 0))
+        return Finished(
+            tokens_in=int(payload.get("tokens_in", 0)),
+            tokens_out=tokens_out,
+            canceled=bool(payload.get("canceled", False)),
+            finish_reason="length" if tokens_out >= ticket.max_tokens else "stop",
+            result=payload.get("result"),
+        )
+    if event == "error":
+        payload = orjson.loads(data)
+        return Failed(
+            kind=ErrorKind(payload.get("code", ErrorKind.INTERNAL.value)),
+            message=str(payload.get("message", "")),
+            retry_after_ms=payload.get("retry_after_ms"),
+        )
+    return None
 
 
 def cancel(deps: AppDeps, ticket: Ticket, *, reason: str) -> None:

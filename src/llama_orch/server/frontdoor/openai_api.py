@@ -37,6 +37,7 @@ from llama_orch.server.frontdoor._http import (
     session_of,
     ticket_headers,
 )
+from llama_orch.server.pushing import TranscriptPusher
 from llama_orch.server.sse import Outcome, SseResponse
 
 JSON = "application/json"
@@ -235,6 +236,7 @@ async def _complete(request: Request, *, chat: bool) -> Response | SseResponse |
             headers=headers,
             on_end=on_end,
             stall_limit_s=deps.config.server.sse.stall_limit_ms / 1000,
+            pusher=reply,
         )
 
     async def produce() -> Response:
@@ -243,10 +245,13 @@ async def _complete(request: Request, *, chat: bool) -> Response | SseResponse |
     return BufferedAnswer(produce, on_disconnect)
 
 
-class _Reply:
-    """One answer's ids and framing; chunks are %-formatted templates on the hot path."""
+class _Reply(TranscriptPusher):
+    """One answer's ids and framing; chunks are %-formatted templates on the hot path. Tokens
+    published while its writer is caught up are pushed (``server.pushing``)."""
 
     def __init__(self, call: _Call, ticket: _tasks.Ticket, model: str) -> None:
+        super().__init__(ticket.stream)
+        self.place = _tasks.Place()
         self.call = call
         self.ticket = ticket
         self.model = model
@@ -293,9 +298,17 @@ class _Reply:
                 + b'"logprobs":null,"finish_reason":null}'
                 + self._tail
             )
-        async for event in _tasks.follow(deps, self.ticket, waiting_every_s=QUEUE_COMMENT_EVERY_S):
+        events = _tasks.follow(
+            deps, self.ticket, waiting_every_s=QUEUE_COMMENT_EVERY_S, pusher=self, place=self.place
+        )
+        async for event in events:
             if type(event) is list:
-                yield self._choice(event[0] if len(event) == 1 else "".join(event), None)
+                # An empty batch is the writer's turn to finish a pushed send.
+                yield (
+                    self._choice(event[0] if len(event) == 1 else "".join(event), None)
+                    if event
+                    else b""
+                )
             elif isinstance(event, _tasks.Waiting):
                 yield b": queue-position %d\n\n" % event.position
             elif isinstance(event, _tasks.Finished):
@@ -320,6 +333,15 @@ class _Reply:
                 yield out + b"data: [DONE]\n\n"
             elif isinstance(event, _tasks.Failed):
                 yield _stream_error(event.message, failed_type(event.kind), event.kind.lower())
+
+    def render(self) -> bytes | None:
+        entries = self._stream.entries
+        end = len(entries)
+        texts = [entry for entry in entries[self.place.index : end] if type(entry) is str]
+        self.place.index = end
+        if not texts:
+            return None
+        return self._choice(texts[0] if len(texts) == 1 else "".join(texts), None)
 
     async def whole(self, deps: AppDeps, headers: dict[str, str]) -> Response:
         texts: list[str] = []
