@@ -13,22 +13,22 @@ from llama_orch.server.emitter import Emitter, EmitterSettings
 from llama_orch.server.frontdoor._tasks import Finished, Place, Ticket, follow
 from llama_orch.server.pushing import TranscriptPusher
 from llama_orch.server.sse import KEEPALIVE, Outcome, SseResponse, encode_frame, encode_token
+from tests.unit.server.test_sse_response import FakeServer
 
 STARTED = encode_frame("started", b'{"queue_position":0}')
 END = ("end", orjson.dumps({"tokens_out": 3}))
 
 
-class Server:
-    """An ASGI server stand-in whose sends complete without suspending (as granian's do while
-    its buffer has room), unless gated or failing."""
+class Server(FakeServer):
+    """Sends complete without suspending (as granian's do while its buffer has room), unless
+    gated (back-pressure) or failing; each records whether the writer's task made it."""
 
     def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
+        super().__init__()
         #: Body sends from this index on wait for ``release`` (back-pressure).
         self.gate_from: int | None = None
         self.release = asyncio.Event()
         self.fail_from: int | None = None
-        self.gone = asyncio.Event()
         self.in_task: list[bool] = []
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -40,14 +40,6 @@ class Server:
                 await self.release.wait()
         self.in_task.append(_writer_is_running())
         self.messages.append(message)
-
-    async def receive(self) -> dict[str, Any]:
-        await self.gone.wait()
-        return {"type": "http.disconnect"}
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(m.get("body", b"") for m in self.messages)
 
 
 #: Set while the test's own code (not the response's writer task) calls ``publish``.
