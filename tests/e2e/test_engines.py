@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -195,3 +196,54 @@ class TestExternalReadiness:
                 pool = srv.deps.pools.pools["vllm-pool"]
                 ready, error = pool.ready, pool.last_error
         assert (False, True) == (ready, "HTTP 404" in (error or ""))
+
+
+#: Objects of one request or run: none of them may be left in a reference cycle, which only
+#: the garbage collector frees (late, and with a pause that grows with the heap).
+_PER_REQUEST = {"SseResponse", "Emitter", "_Reply", "H1Response", "_Watchdog", "StreamView"}
+_PER_REQUEST_CODE = {"Runner.run", "Emitter.chunks", "_Reply.chunks", "SseResponse.__call__"}
+
+
+def _cyclic_garbage() -> set[str]:
+    """Names of this process's per-request objects that only the garbage collector can free."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        names = {type(o).__qualname__ for o in gc.garbage}
+        names |= {getattr(o, "__qualname__", "") for o in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    return names & (_PER_REQUEST | _PER_REQUEST_CODE)
+
+
+class TestNoReferenceCycles:
+    async def test_finished_streams_are_freed_without_the_garbage_collector(self) -> None:
+        """Streams through the task API and the OpenAI front door, read to their end, leave
+        nothing of their request in a reference cycle."""
+        async with engine_stack("openai", slots=4) as (fake, srv):
+            body = task_body(model=fake.model, engine="openai", max_tokens=6)
+            assert 202 == (await srv.submit(body)).status_code
+            await srv.stream(body["task_id"])  # warms connections and first-call caches
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(3):
+                    body = task_body(model=fake.model, engine="openai", max_tokens=6)
+                    assert 202 == (await srv.submit(body)).status_code
+                    assert "end" == (await srv.stream(body["task_id"]))[-1][0]
+                    chat = {
+                        "model": fake.model,
+                        "messages": [{"role": "user", "content": "hi"}],
+                        "max_tokens": 6,
+                        "stream": True,
+                    }
+                    async with srv.client.stream("POST", "/v1/chat/completions", json=chat) as r:
+                        assert b"[DONE]" in b"".join([chunk async for chunk in r.aiter_bytes()])
+                await wait_until(
+                    lambda: srv.deps.pools.get_active_leases("openai-pool") == 0, "leases"
+                )
+                await asyncio.sleep(0.05)  # the runners' and responses' last steps
+                assert set() == _cyclic_garbage()
+            finally:
+                gc.enable()

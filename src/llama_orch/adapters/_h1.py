@@ -128,6 +128,9 @@ class H1Response:
         "_size",
         "_waiter",
         "_watch",
+        "_watch_limit",
+        "_watch_seen",
+        "_watch_since",
         "complete",
         "head",
         "headers",
@@ -147,6 +150,9 @@ class H1Response:
         self._headers: dict[str, str] = {}
         self._reuse = True
         self._watch: asyncio.TimerHandle | None = None
+        self._watch_limit = 0.0
+        self._watch_since = 0.0
+        self._watch_seen = 0
         #: Push mode (``consume``): who takes each chunk, and the future ending it.
         self._consumer: Callable[[bytes], bool] | None = None
         self._consumed: asyncio.Future[None] | None = None
@@ -300,23 +306,23 @@ class H1Response:
 
     def watch(self, limit_s: float) -> None:
         """Fail the body once nothing arrived for ``limit_s``."""
-        period = max(0.005, limit_s / 8)
-        since, seen = self._loop.time(), self.received
+        self._watch_limit = limit_s
+        self._watch_since, self._watch_seen = self._loop.time(), self.received
+        self._watch = self._loop.call_later(max(0.005, limit_s / 8), self._check_silence)
 
-        def check() -> None:
-            nonlocal since, seen
-            self._watch = None
-            if self.complete or self._error is not None:
-                return
-            now = self._loop.time()
-            if self.received != seen:
-                since, seen = now, self.received
-            elif now - since >= limit_s:
-                self.fail(UpstreamSilent(f"nothing received for {limit_s:g} s"))
-                return
-            self._watch = self._loop.call_later(period, check)
-
-        self._watch = self._loop.call_later(period, check)
+    def _check_silence(self) -> None:
+        # A method, not a closure that re-arms itself: such a closure refers to itself, and
+        # that cycle would keep the whole response alive until the garbage collector ran.
+        self._watch = None
+        if self.complete or self._error is not None:
+            return
+        now, limit = self._loop.time(), self._watch_limit
+        if self.received != self._watch_seen:
+            self._watch_since, self._watch_seen = now, self.received
+        elif now - self._watch_since >= limit:
+            self.fail(UpstreamSilent(f"nothing received for {limit:g} s"))
+            return
+        self._watch = self._loop.call_later(max(0.005, limit / 8), self._check_silence)
 
     async def close(self) -> None:
         """Return the connection to the pool if the body was read to its end, else close it."""
@@ -328,12 +334,12 @@ class H1Response:
         if self._consumed is not None and not self._consumed.done():
             self._consumed.cancel()
         self._consumed = None
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
         conn = self._conn
         conn.parser = None
         conn.response = None

@@ -79,20 +79,11 @@ class Runner:
         # progress (``progress.last``), and the timer, when it comes due, either expires the run
         # (idle or wall limit passed) or moves on to the next moment either limit could pass.
         progress = _Progress(started)
-        check: Timer | None = None
+        check: _Watchdog | None = None
         try:
-            async with asyncio.timeout(None) as watchdog:
-                loop = asyncio.get_running_loop()
-
-                def due() -> None:
-                    nonlocal check
-                    deadline = min(wall_at, progress.last + idle_s)
-                    if clock.now() >= deadline:
-                        watchdog.reschedule(loop.time())  # expires now
-                    else:
-                        check = clock.call_at(deadline, due)
-
-                check = clock.call_at(min(wall_at, started + idle_s), due)
+            async with asyncio.timeout(None) as timeout:
+                check = _Watchdog(clock, timeout, progress, wall_at, idle_s)
+                check.arm(min(wall_at, started + idle_s))
                 await self._follow(stream, task, lane, replica, progress)
             if not task.terminal:
                 raise WorkerReset(
@@ -203,6 +194,46 @@ class Runner:
         session = self._sessions.get(task.session_id, now)
         if session is not None:
             self._sessions.mark_warm(session, (task.pool_id, replica.replica_id), now)
+
+
+class _Watchdog:
+    """The run's one timer. It re-arms itself at the next moment the idle or the wall limit
+    could pass, and expires the run's timeout once one has. A method rather than a closure that
+    re-arms itself: such a closure refers to itself, and that cycle would keep the whole run
+    alive until the garbage collector ran."""
+
+    __slots__ = ("_clock", "_idle_s", "_progress", "_timeout", "_timer", "_wall_at")
+
+    def __init__(
+        self,
+        clock: Clock,
+        timeout: asyncio.Timeout,
+        progress: _Progress,
+        wall_at: float,
+        idle_s: float,
+    ) -> None:
+        self._clock = clock
+        self._timeout = timeout
+        self._progress = progress
+        self._wall_at = wall_at
+        self._idle_s = idle_s
+        self._timer: Timer | None = None
+
+    def arm(self, at: float) -> None:
+        self._timer = self._clock.call_at(at, self._due)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _due(self) -> None:
+        self._timer = None
+        deadline = min(self._wall_at, self._progress.last + self._idle_s)
+        if self._clock.now() >= deadline:
+            self._timeout.reschedule(asyncio.get_running_loop().time())  # expires now
+        else:
+            self.arm(deadline)
 
 
 class _Progress:

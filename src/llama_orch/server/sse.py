@@ -163,6 +163,9 @@ class SseResponse:
                 if not task.cancelled():
                     task.exception()
             await self._chunks.aclose()
+            # The pusher holds our push and we hold it: a cycle that would keep the whole
+            # response alive until the garbage collector ran.
+            self._pusher = self._send = None
             await self._end(outcome)
 
     async def _end(self, outcome: Outcome) -> None:
