@@ -11,7 +11,7 @@ from starlette.routing import Route
 from llama_orch.artifacts import check_artifact_id, check_tag
 from llama_orch.contracts.api import Artifact, ArtifactPage, ArtifactRef, StoredArtifact
 from llama_orch.errors import InvalidParams, PayloadTooLarge
-from llama_orch.server.body import body_chunks
+from llama_orch.server.body import read_body
 from llama_orch.server.data_plane import _validation_message, json_response
 from llama_orch.server.deps import deps_of
 
@@ -21,18 +21,17 @@ MAX_LIMIT = 500
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in body_chunks(request):
-        body += chunk
-        # JSON with whitespace may be larger than its canonical form; allow twice the limit.
-        if len(body) > 2 * limit:
-            raise PayloadTooLarge(
-                f"request body exceeds {2 * limit} bytes; artifacts are limited to {limit} bytes "
-                "as canonical JSON (server.artifact_max_bytes)"
-            )
+    # JSON with whitespace may be larger than its canonical form; allow twice the limit.
+    body = await read_body(
+        request,
+        2 * limit,
+        why=f"; artifacts are limited to {limit} bytes as canonical JSON "
+        "(server.artifact_max_bytes)",
+        too_large=PayloadTooLarge,
+    )
     if not body:
         raise InvalidParams("request body is empty; send a JSON Artifact {kind, content, ...}")
-    return bytes(body)
+    return body
 
 
 async def create_artifact(request: Request) -> Response:

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llama_orch.contracts.api import INT32_MAX, INT64_MAX
 from llama_orch.contracts.engine import ChatMessage
 from llama_orch.errors import OrchError
 from llama_orch.server.deps import AppDeps, deps_of
@@ -155,7 +156,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
             # Ollama applies the model's template to a generate prompt too: one user turn.
             turns = [ChatMessage("system", system)] if system else []
             messages = (*turns, ChatMessage("user", prompt))
-    num_predict = f.integer(options, "num_predict", low=-2)
+    num_predict = f.integer(options, "num_predict", low=-2, high=INT32_MAX)
     submission = _tasks.Submission(
         model=model,
         prompt=prompt,
@@ -164,7 +165,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
         priority=priority_of(request),
         session_id=session_of(request, None),
         deadline_ms=deadline_of(request),
-        seed=f.integer(options, "seed", low=-(2**63), high=2**63 - 1),
+        seed=f.integer(options, "seed", low=-(2**63), high=INT64_MAX),
         temperature=f.number(options, "temperature", low=0, high=10),
         top_p=f.number(options, "top_p", low=0, high=1, low_open=True),
         top_k=f.integer(options, "top_k", low=0),
