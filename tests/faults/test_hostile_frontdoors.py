@@ -172,3 +172,22 @@ def test_a_drain_deadline_past_int64_is_refused_before_the_drain(server: ServePr
     assert "deadline_ms" in response.json()["message"]
     health = httpx.get(f"{server.url}/v1/pools/p0/health", timeout=30).json()
     assert (False, True) == (health["draining"], health["ready"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/v1/chat/completions", "POST"),
+        ("GET", "/api/generate", "POST"),
+        ("DELETE", "/v1/artifacts", "GET, HEAD, POST"),
+    ],
+)
+def test_a_wrong_method_says_which_ones_are_served(
+    server: ServeProcess, method: str, path: str, allow: str
+) -> None:
+    response = httpx.request(method, f"{server.url}{path}", timeout=30)
+    assert 405 == response.status_code
+    served = response.headers["allow"]
+    assert sorted(allow.split(", ")) == sorted(served.split(", "))
+    assert "x-correlation-id" in response.headers
+    assert f"{method} is not served on {path}; use {served}" == response.json()["message"]
