@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
+
 import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -34,6 +38,20 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return body
 
 
+#: A run of digits that may be an integer past 64 bits, which orjson reads as a float: the
+#: stored document would hold a different number than the one sent.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _exact_integers(raw: bytes) -> Any:
+    """The body, already checked as strict JSON, with every integer read exactly (one past 64
+    bits is then refused by the store, which has no canonical form for it)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise InvalidParams("invalid Artifact: the body nests too deeply") from None
+
+
 async def create_artifact(request: Request) -> Response:
     store = deps_of(request).artifacts
     raw = await _read_body(request, store.max_bytes)
@@ -43,6 +61,8 @@ async def create_artifact(request: Request) -> Response:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidParams(f"invalid Artifact: body is not valid JSON: {exc}") from None
+    if _LONG_DIGITS.search(raw):
+        document = _exact_integers(raw)
     try:
         artifact = Artifact.model_validate(document)
     except ValidationError as exc:
