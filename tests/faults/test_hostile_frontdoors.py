@@ -135,6 +135,23 @@ def test_values_past_the_task_contract_are_refused_by_name(
         assert isinstance(error, str) and named in error
 
 
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 10**30}),
+        ("/v1/completions", {"prompt": "hi", "seed": 2**64}),
+        ("/api/chat", {"messages": CHAT, "options": {"top_k": -(10**20)}}),
+    ],
+)
+def test_an_integer_past_64_bits_is_called_too_large(
+    server: ServeProcess, path: str, fields: dict[str, Any]
+) -> None:
+    """It is a valid JSON integer: the refusal says it is too large, not that it is a float."""
+    response = _post(server, path, {"model": MODEL, "stream": False, **fields})
+    assert 400 == response.status_code, response.text
+    assert _message(response).endswith("got an integer past 64 bits")
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
 @pytest.mark.parametrize("deadline", ["99999999999999999999", str(2**63)])
 def test_a_deadline_header_past_int64_is_refused(

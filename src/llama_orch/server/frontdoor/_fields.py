@@ -47,6 +47,10 @@ def integer(
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer() and not -(2**63) <= value < 2**64:
+        # The JSON parser reads an integer past 64 bits as a float: too large, not a fraction.
+        bounds = _range(low, high) if low is not None or high is not None else "within 64 bits"
+        raise BadField(f"{name} must be {bounds}, got an integer past 64 bits", param=name)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadField(f"{name} must be an integer, got {_kind(value)}", param=name)
     if (low is not None and value < low) or (high is not None and value > high):
