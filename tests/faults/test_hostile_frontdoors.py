@@ -15,7 +15,7 @@ import pytest
 
 from tests.faults._raw import connect, serve_config
 from tests.support.serve_process import ServeProcess, serve_process
-from tests.support.server import mock_pool
+from tests.support.server import mock_pool, task_body
 
 MODEL = "m0"
 CHAT = [{"role": "user", "content": "hi"}]
@@ -208,3 +208,30 @@ def test_a_wrong_method_says_which_ones_are_served(
     assert sorted(allow.split(", ")) == sorted(served.split(", "))
     assert "x-correlation-id" in response.headers
     assert f"{method} is not served on {path}; use {served}" == response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("accept", "streamed"),
+    [
+        ("text/event-stream", True),
+        ("Text/Event-Stream; charset=utf-8", True),
+        ("application/json, text/event-stream;q=0.5", True),
+        ("text/event-stream;q=0, application/json", False),
+        ("text/event-stream; q=0.0", False),
+        ("application/json", False),
+    ],
+)
+def test_a_task_streams_in_one_hop_only_when_the_client_accepts_it(
+    server: ServeProcess, accept: str, streamed: bool
+) -> None:
+    """``q=0`` refuses a media type (RFC 9110): such a client gets the 202, not a stream."""
+    body = task_body(model=MODEL, ctx=CTX, max_tokens=2)
+    response = _post(server, "/v1/tasks", body, Accept=accept)
+    if streamed:
+        assert (200, "text/event-stream") == (
+            response.status_code,
+            response.headers["content-type"].split(";")[0],
+        )
+        assert "event: end" in response.text
+    else:
+        assert (202, body["task_id"]) == (response.status_code, response.json()["task_id"])
