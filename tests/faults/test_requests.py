@@ -3,6 +3,7 @@ addresses, escaped prompts."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import time
@@ -116,6 +117,32 @@ class TestCrossSite:
         )
         assert (415, "INVALID_PARAMS") == (plain.status_code, plain.json()["code"])
         assert 202 == charset.status_code
+
+    @pytest.mark.parametrize("path", ["/v1/tasks", "/v1/chat/completions", "/api/generate"])
+    def test_a_compressed_body_is_415_naming_the_coding(
+        self, server: ServeProcess, path: str
+    ) -> None:
+        """The body is read as sent: a gzipped one is refused up front (RFC 9110 §15.5.16),
+        not parsed as broken JSON; ``identity`` is no coding at all."""
+        body = json.dumps(task_body()).encode()
+        headers = {"Content-Type": "application/json"}
+        gzipped = httpx.post(
+            f"{server.url}{path}",
+            content=gzip.compress(body),
+            headers={**headers, "Content-Encoding": "gzip"},
+            timeout=30,
+        )
+        identity = httpx.post(
+            f"{server.url}/v1/tasks",
+            content=body,
+            headers={**headers, "Content-Encoding": "identity"},
+            timeout=30,
+        )
+        assert (415, "INVALID_PARAMS") == (gzipped.status_code, gzipped.json()["code"])
+        assert "Content-Encoding 'gzip' is not supported" in gzipped.json()["message"]
+        assert "identity" == gzipped.headers["accept-encoding"]
+        assert "x-correlation-id" in gzipped.headers
+        assert 202 == identity.status_code
 
     @pytest.mark.parametrize(
         ("host", "status"),
