@@ -181,6 +181,38 @@ class TestCrossSite:
         )
         assert (status == 200 and response.status_code == 202) or status == response.status_code
 
+    def test_a_page_on_an_allowed_origin_can_call_the_api(self, server: ServeProcess) -> None:
+        """A browser sends a preflight before it posts JSON across origins, and lets the page
+        read an answer only when it names the origin: an allowed origin gets both."""
+        origin = "http://console.example:3000"
+        preflight = httpx.options(
+            f"{server.url}/v1/chat/completions",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type, authorization, x-priority",
+            },
+            timeout=30,
+        )
+        answer = httpx.post(
+            f"{server.url}/v1/tasks", json=task_body(), headers={"Origin": origin}, timeout=30
+        )
+        foreign = httpx.options(
+            f"{server.url}/v1/tasks",
+            headers={"Origin": "http://attacker.example", "Access-Control-Request-Method": "POST"},
+            timeout=30,
+        )
+        assert 200 == preflight.status_code, preflight.text
+        assert origin == preflight.headers["access-control-allow-origin"]
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        allowed = preflight.headers["access-control-allow-headers"].lower()
+        assert {"content-type", "authorization", "x-priority"} <= set(allowed.split(", "))
+        assert 202 == answer.status_code
+        assert origin == answer.headers["access-control-allow-origin"]
+        assert "x-task-id" in answer.headers["access-control-expose-headers"].lower()
+        assert 403 == foreign.status_code
+        assert "access-control-allow-origin" not in foreign.headers
+
     def test_the_trailing_slash_redirect_is_relative(self, server: ServeProcess) -> None:
         response = _raw(
             server,
