@@ -235,3 +235,23 @@ def test_a_task_streams_in_one_hop_only_when_the_client_accepts_it(
         assert "event: end" in response.text
     else:
         assert (202, body["task_id"]) == (response.status_code, response.json()["task_id"])
+
+
+def test_a_deadline_refusal_names_the_header_that_set_it(server: ServeProcess) -> None:
+    """A front-door caller never set ``deadline_ms``: the refusal says it is X-Deadline-Ms."""
+    busy = [task_body(model=MODEL, ctx=CTX, max_tokens=50_000) for _ in range(2)]
+    try:
+        for body in busy:
+            assert 202 == _post(server, "/v1/tasks", body).status_code
+        chat = {"model": MODEL, "messages": CHAT, "stream": False}
+        refused = [
+            _post(server, path, chat, **{"X-Deadline-Ms": "1"})
+            for path in ("/v1/chat/completions", "/api/chat")
+        ]
+    finally:
+        for body in busy:
+            httpx.post(f"{server.url}/v1/tasks/{body['task_id']}/cancel", timeout=30)
+    assert [400, 400] == [r.status_code for r in refused]
+    assert "deadline_unmet" == refused[0].json()["error"]["code"]
+    for response in refused:
+        assert "X-Deadline-Ms request header, 600000 when it is absent" in _message(response)

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from llama_orch.contracts.api import INT64_MAX
-from llama_orch.errors import InvalidParams, NotFound
+from llama_orch.errors import ErrorKind, InvalidParams, NotFound, OrchError
 from llama_orch.server.body import json_body_limit, read_body
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.frontdoor import _tasks
@@ -60,6 +60,17 @@ async def read_json(request: Request, deps: AppDeps) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise BadField("request body must be a JSON object")
     return parsed
+
+
+def peer_message(exc: OrchError) -> str:
+    """An admission error's message for a front-door caller, who never set a task field:
+    a deadline refusal says where its ``deadline_ms`` came from."""
+    if exc.kind is ErrorKind.DEADLINE_UNMET:
+        return (
+            f"{exc.message} (deadline_ms is the X-Deadline-Ms request header, "
+            f"{DEFAULT_DEADLINE_MS} when it is absent)"
+        )
+    return exc.message
 
 
 def priority_of(request: Request) -> Priority:

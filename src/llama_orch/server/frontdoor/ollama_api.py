@@ -37,6 +37,7 @@ from llama_orch.server.frontdoor._http import (
     correlation_of,
     deadline_of,
     identity_of,
+    peer_message,
     priority_of,
     read_json,
     session_of,
@@ -99,7 +100,8 @@ def ollama_error(exc: OrchError) -> Response:
         for k, v in error_response(exc).headers.items()
         if k.lower() in ("retry-after", "x-backoff-ms")
     }
-    return Response(orjson.dumps({"error": exc.message}), status, headers, media_type=JSON)
+    body = orjson.dumps({"error": peer_message(exc)})
+    return Response(body, status, headers, media_type=JSON)
 
 
 def _not_found(name: str) -> UnknownModel:

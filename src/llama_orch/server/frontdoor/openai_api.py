@@ -33,6 +33,7 @@ from llama_orch.server.frontdoor._http import (
     correlation_of,
     deadline_of,
     identity_of,
+    peer_message,
     priority_of,
     read_json,
     session_of,
@@ -123,7 +124,8 @@ def openai_error(exc: OrchError) -> Response:
     param = getattr(exc, "param", None)
     code = "model_not_found" if isinstance(exc, UnknownModel) else exc.kind.value.lower()
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return Response(error_body(exc.message, kind, param, code), status, kept, media_type=JSON)
+    message = peer_message(exc)
+    return Response(error_body(message, kind, param, code), status, kept, media_type=JSON)
 
 
 @dataclass(frozen=True, slots=True)
