@@ -72,6 +72,30 @@ class TestArtifactsApi:
         assert [(400, "INVALID_PARAMS")] * 3 == codes
         assert [] == listing.json()["items"]
 
+    async def test_integers_are_stored_exactly_or_refused(self, tmp_path: Path) -> None:
+        """An integer past 64 bits is refused, never stored as a rounded float; the 64-bit
+        extremes and a long digit run in a string are stored as sent."""
+        json_type = {"content-type": "application/json"}
+        kept = [b"18446744073709551615", b"-9223372036854775808", b'"123456789012345678901"']
+        async with running_server(artifact_config(tmp_path)) as srv:
+            refused = []
+            for value in (b"18446744073709551616", b"-9223372036854775809", b"1" * 30):
+                body = b'{"kind": "plan", "content": {"x": ' + value + b"}}"
+                response = await srv.client.post("/v1/artifacts", content=body, headers=json_type)
+                refused.append((response.status_code, response.json()["code"]))
+                assert "64 bits" in response.json()["message"]
+            stored = []
+            for value in kept:
+                body = b'{"kind": "plan", "content": {"x": ' + value + b"}}"
+                response = await srv.client.post("/v1/artifacts", content=body, headers=json_type)
+                assert 201 == response.status_code, response.text
+                found = await srv.client.get(f"/v1/artifacts/{response.json()['id']}")
+                stored.append(found.json()["content"]["x"])
+            listing = await srv.client.get("/v1/artifacts")
+        assert [(400, "INVALID_PARAMS")] * 3 == refused
+        assert [json.loads(v) for v in kept] == stored
+        assert 3 == len(listing.json()["items"])
+
     async def test_list_by_tag_with_paging(self, tmp_path: Path) -> None:
         """Pages of refs by tag in creation order; `next` is null on the last page."""
         async with running_server(artifact_config(tmp_path)) as srv:

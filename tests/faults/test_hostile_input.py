@@ -16,6 +16,8 @@ from tests.support.server import SIMULATED_GPUS, mock_pool, task_body
 
 TOKEN = "hostile-suite-token-5e4d3c2b1a09"
 FORGED = "sk-live-0123456789abcdef0123456789abcdef"
+#: A token of no known shape, which only its place in a URL marks as a secret.
+URL_TOKEN = "q7Zr2Lx9Wm4Kp8VtY3nB"
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
@@ -146,6 +148,25 @@ class TestHostileInput:
             )
         assert (200, 401, 202) == (right.status_code, forged.status_code, leaked.status_code)
         assert FORGED not in json.dumps(forged.json())
+
+    @pytest.mark.parametrize(
+        "ref",
+        [
+            f"https://{URL_TOKEN}@models.example/m.gguf",
+            f"https://user:{URL_TOKEN}@models.example/m.gguf",
+            f"oci://{URL_TOKEN}@registry.example/m:1",
+            f"https://user:pa@{URL_TOKEN}@models.example/m.gguf",
+        ],
+    )
+    def test_credentials_in_a_model_url_are_never_echoed(
+        self, server: ServeProcess, ref: str
+    ) -> None:
+        """A refused ref is quoted without what precedes the host, a bare token included."""
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            response = client.post("/v1/catalog/models", json={"ref": ref})
+        assert (400, "INVALID_PARAMS") == (response.status_code, response.json()["code"])
+        assert URL_TOKEN not in response.text
+        assert "[REDACTED]@" in response.json()["message"]
 
     def test_still_serving(self, server: ServeProcess) -> None:
         """After all of the above, a task still streams to its end."""

@@ -3,7 +3,9 @@ half-closed connections."""
 
 from __future__ import annotations
 
+import json
 import socket
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -58,3 +60,22 @@ def test_a_half_closed_client_does_not_disturb_the_server(server: ServeProcess) 
         response = read_until_closed(sock)
     assert response == b"" or status_of(response) == 200
     assert 200 == httpx.get(f"{server.url}/v1/capabilities", timeout=30).status_code
+
+
+def test_a_head_of_a_task_stream_leaves_the_task_running(server: ServeProcess) -> None:
+    """HEAD (a probe, ``curl -I``) says what a GET would get; it neither subscribes nor reads
+    as a client leaving, which would cancel the task."""
+    body = task_body(max_tokens=200)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert 202 == client.post("/v1/tasks", json=body).status_code
+        head = client.head(f"/v1/tasks/{body['task_id']}/stream")
+        unknown = client.head(f"/v1/tasks/{uuid.uuid4()}/stream")
+        stream = client.get(f"/v1/tasks/{body['task_id']}/stream")
+    assert (200, "text/event-stream") == (
+        head.status_code,
+        head.headers["content-type"].split(";")[0],
+    )
+    assert 404 == unknown.status_code
+    end = stream.text.rsplit("event: end\ndata: ", 1)[1]
+    assert (200, 200) == (json.loads(end)["tokens_out"], stream.status_code)
+    assert "canceled" not in json.loads(end)

@@ -3,6 +3,7 @@ addresses, escaped prompts."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import time
@@ -117,6 +118,32 @@ class TestCrossSite:
         assert (415, "INVALID_PARAMS") == (plain.status_code, plain.json()["code"])
         assert 202 == charset.status_code
 
+    @pytest.mark.parametrize("path", ["/v1/tasks", "/v1/chat/completions", "/api/generate"])
+    def test_a_compressed_body_is_415_naming_the_coding(
+        self, server: ServeProcess, path: str
+    ) -> None:
+        """The body is read as sent: a gzipped one is refused up front (RFC 9110 §15.5.16),
+        not parsed as broken JSON; ``identity`` is no coding at all."""
+        body = json.dumps(task_body()).encode()
+        headers = {"Content-Type": "application/json"}
+        gzipped = httpx.post(
+            f"{server.url}{path}",
+            content=gzip.compress(body),
+            headers={**headers, "Content-Encoding": "gzip"},
+            timeout=30,
+        )
+        identity = httpx.post(
+            f"{server.url}/v1/tasks",
+            content=body,
+            headers={**headers, "Content-Encoding": "identity"},
+            timeout=30,
+        )
+        assert (415, "INVALID_PARAMS") == (gzipped.status_code, gzipped.json()["code"])
+        assert "Content-Encoding 'gzip' is not supported" in gzipped.json()["message"]
+        assert "identity" == gzipped.headers["accept-encoding"]
+        assert "x-correlation-id" in gzipped.headers
+        assert 202 == identity.status_code
+
     @pytest.mark.parametrize(
         ("host", "status"),
         [
@@ -153,6 +180,38 @@ class TestCrossSite:
             f"{server.url}/v1/tasks", json=task_body(), headers=headers, timeout=30
         )
         assert (status == 200 and response.status_code == 202) or status == response.status_code
+
+    def test_a_page_on_an_allowed_origin_can_call_the_api(self, server: ServeProcess) -> None:
+        """A browser sends a preflight before it posts JSON across origins, and lets the page
+        read an answer only when it names the origin: an allowed origin gets both."""
+        origin = "http://console.example:3000"
+        preflight = httpx.options(
+            f"{server.url}/v1/chat/completions",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type, authorization, x-priority",
+            },
+            timeout=30,
+        )
+        answer = httpx.post(
+            f"{server.url}/v1/tasks", json=task_body(), headers={"Origin": origin}, timeout=30
+        )
+        foreign = httpx.options(
+            f"{server.url}/v1/tasks",
+            headers={"Origin": "http://attacker.example", "Access-Control-Request-Method": "POST"},
+            timeout=30,
+        )
+        assert 200 == preflight.status_code, preflight.text
+        assert origin == preflight.headers["access-control-allow-origin"]
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        allowed = preflight.headers["access-control-allow-headers"].lower()
+        assert {"content-type", "authorization", "x-priority"} <= set(allowed.split(", "))
+        assert 202 == answer.status_code
+        assert origin == answer.headers["access-control-allow-origin"]
+        assert "x-task-id" in answer.headers["access-control-expose-headers"].lower()
+        assert 403 == foreign.status_code
+        assert "access-control-allow-origin" not in foreign.headers
 
     def test_the_trailing_slash_redirect_is_relative(self, server: ServeProcess) -> None:
         response = _raw(

@@ -43,7 +43,10 @@ def canonical_json(document: Mapping[str, Any]) -> bytes:
         return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError as exc:
         # Integers beyond 64 bits have no canonical form here (nor in most JSON parsers).
-        raise InvalidParams(f"artifact cannot be stored as canonical JSON: {exc}") from None
+        raise InvalidParams(
+            f"artifact cannot be stored as canonical JSON: {exc}; send integers past 64 bits "
+            "as strings"
+        ) from None
 
 
 def artifact_id(document: Mapping[str, Any]) -> str:

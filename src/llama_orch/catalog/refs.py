@@ -33,6 +33,8 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _HOST = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?")
 _OCI_REPO = re.compile(r"[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*")
 _OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+#: A URL's user information: everything from ``//`` to the last ``@`` before the path.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _SEGMENT_BAD = frozenset({"", ".", ".."})
 
@@ -91,8 +93,11 @@ ModelRef = HfRef | FileRef | UrlRef | S3Ref | OciRef
 
 
 def _bad(text: str, why: str) -> InvalidModelRef:
+    # A refusal quotes the ref, but never the credentials a URL may carry before its host:
+    # "https://TOKEN@host" holds a secret as surely as "https://user:password@host" does.
+    shown = _USERINFO.sub(r"\1[REDACTED]@", text)
     return InvalidModelRef(
-        f"model ref {text!r} is not valid: {why}", hint=f"accepted forms: {ACCEPTED_FORMS}"
+        f"model ref {shown!r} is not valid: {why}", hint=f"accepted forms: {ACCEPTED_FORMS}"
     )
 
 

@@ -15,8 +15,12 @@ from llama_orch.vocab import DeterminismLevel, Engine, KVHint, PlacementMode, Pr
 
 API_VERSION = "1.0.0"
 
-Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
-Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+Int32 = Annotated[int, Field(ge=-(2**31), le=INT32_MAX)]
+Int64 = Annotated[int, Field(ge=-(2**63), le=INT64_MAX)]
+#: The longest stop sequence a task may carry, in characters.
+MAX_STOP_CHARS = 1024
 
 
 class _Wire(BaseModel):
@@ -68,7 +72,10 @@ class Sampling(_Wire):
     top_k: Annotated[int, Field(ge=0)] | None = None
     repeat_penalty: Annotated[float, Field(gt=0)] | None = None
     stop: (
-        Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(max_length=16)]
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]],
+            Field(max_length=16),
+        ]
         | None
     ) = None
 
@@ -85,7 +92,7 @@ class TaskRequest(_Wire):
     engine: Engine
     ctx: Annotated[int, Field(ge=1, le=2**31 - 1)]
     priority: Priority
-    max_tokens: Annotated[int, Field(ge=1, le=2**31 - 1)]
+    max_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)]
     #: Milliseconds from admission by which the task must start (SPEC §6.2, rec.).
     deadline_ms: Int64
     seed: Int64 | None = None
@@ -337,7 +344,7 @@ class Capabilities(_Wire):
 
 class DrainRequest(_Wire):
     #: Strict: ``true`` is not a deadline.
-    deadline_ms: Annotated[int, Field(ge=0, strict=True)]
+    deadline_ms: Annotated[int, Field(ge=0, le=INT64_MAX, strict=True)]
 
 
 class ReloadRequest(_Wire):

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 
 from llama_orch.auth.policy import AuthPolicy
 from llama_orch.config import Settings
@@ -44,6 +45,57 @@ def redactor_of(settings: Settings) -> Redactor:
     upstream: dict[str, str] = dict(getattr(settings, "upstream_api_keys", {}))
     hf_token = settings.catalog_env.get("HF_TOKEN", "")
     return Redactor((settings.auth_token or "", hf_token, *upstream.values()))
+
+
+#: Request headers a page on an allowed origin may send, and response headers it may read.
+_CORS_REQUEST_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "Accept",
+    "Prefer",
+    "If-None-Match",
+    "Last-Event-ID",
+    "X-Correlation-Id",
+    "X-Priority",
+    "X-Session-Id",
+    "X-Deadline-Ms",
+)
+_CORS_RESPONSE_HEADERS = (
+    "X-Correlation-Id",
+    "X-Request-Id",
+    "X-Task-Id",
+    "X-Queue-Position",
+    "X-Predicted-Start-Ms",
+    "X-Pool-Id",
+    "X-Budget-Tokens-Remaining",
+    "X-Budget-Time-Remaining-Ms",
+    "X-Budget-Cost-Remaining",
+    "X-Backoff-Ms",
+    "X-Should-Retry",
+    "Retry-After",
+    "Retry-After-Ms",
+    "Preference-Applied",
+    "Location",
+    "ETag",
+)
+
+
+def cors_middleware(allowed_origins: list[str]) -> list[Middleware]:
+    """CORS for the origins ``server.allowed_origins`` lists (none without them): a browser asks
+    with a preflight before it sends JSON across origins, and reads an answer only when it
+    names the origin. Inside the request guards (a foreign origin is refused before this) and
+    outside auth (a preflight carries no token)."""
+    if not allowed_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=[origin.rstrip("/").lower() for origin in allowed_origins],
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=_CORS_REQUEST_HEADERS,
+            expose_headers=_CORS_RESPONSE_HEADERS,
+        )
+    ]
 
 
 def create_app(
@@ -101,6 +153,7 @@ def create_app(
                 body_timeout_s=server.connections.body_timeout_ms / 1000,
                 routes=routes,
             ),
+            *cors_middleware(server.allowed_origins),
             Middleware(AuthMiddleware, policy=auth_policy_of(deps.settings)),
             *(extra_middleware or []),
         ],

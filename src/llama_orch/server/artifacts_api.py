@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
+
 import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -11,7 +15,7 @@ from starlette.routing import Route
 from llama_orch.artifacts import check_artifact_id, check_tag
 from llama_orch.contracts.api import Artifact, ArtifactPage, ArtifactRef, StoredArtifact
 from llama_orch.errors import InvalidParams, PayloadTooLarge
-from llama_orch.server.body import body_chunks
+from llama_orch.server.body import read_body
 from llama_orch.server.data_plane import _validation_message, json_response
 from llama_orch.server.deps import deps_of
 
@@ -21,18 +25,31 @@ MAX_LIMIT = 500
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in body_chunks(request):
-        body += chunk
-        # JSON with whitespace may be larger than its canonical form; allow twice the limit.
-        if len(body) > 2 * limit:
-            raise PayloadTooLarge(
-                f"request body exceeds {2 * limit} bytes; artifacts are limited to {limit} bytes "
-                "as canonical JSON (server.artifact_max_bytes)"
-            )
+    # JSON with whitespace may be larger than its canonical form; allow twice the limit.
+    body = await read_body(
+        request,
+        2 * limit,
+        why=f"; artifacts are limited to {limit} bytes as canonical JSON "
+        "(server.artifact_max_bytes)",
+        too_large=PayloadTooLarge,
+    )
     if not body:
         raise InvalidParams("request body is empty; send a JSON Artifact {kind, content, ...}")
-    return bytes(body)
+    return body
+
+
+#: A run of digits that may be an integer past 64 bits, which orjson reads as a float: the
+#: stored document would hold a different number than the one sent.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _exact_integers(raw: bytes) -> Any:
+    """The body, already checked as strict JSON, with every integer read exactly (one past 64
+    bits is then refused by the store, which has no canonical form for it)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise InvalidParams("invalid Artifact: the body nests too deeply") from None
 
 
 async def create_artifact(request: Request) -> Response:
@@ -44,6 +61,8 @@ async def create_artifact(request: Request) -> Response:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidParams(f"invalid Artifact: body is not valid JSON: {exc}") from None
+    if _LONG_DIGITS.search(raw):
+        document = _exact_integers(raw)
     try:
         artifact = Artifact.model_validate(document)
     except ValidationError as exc:

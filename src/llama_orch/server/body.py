@@ -61,15 +61,21 @@ async def body_chunks(request: Request) -> AsyncIterator[bytes]:
         await stream.aclose()
 
 
-async def read_body(request: Request, limit: int, *, why: str = "") -> bytes:
-    """The whole body; raises InvalidParams past ``limit`` bytes (saying ``why``), or when it
-    ends early."""
+async def read_body(
+    request: Request,
+    limit: int,
+    *,
+    why: str = "",
+    too_large: type[InvalidParams] = InvalidParams,
+) -> bytes:
+    """The whole body; raises ``too_large`` past ``limit`` bytes (saying ``why``), or
+    InvalidParams when it ends early."""
     body = bytearray()
     try:
         async for chunk in body_chunks(request):
             body += chunk
             if len(body) > limit:
-                raise InvalidParams(f"request body exceeds {limit} bytes{why}")
+                raise too_large(f"request body exceeds {limit} bytes{why}")
     except ClientDisconnect:
         raise InvalidParams(_ENDED_EARLY) from None
     return bytes(body)

@@ -113,11 +113,20 @@ _BUDGET_HEADERS = {
 }
 
 
-async def stream_task(request: Request) -> SseResponse:
+async def stream_task(request: Request) -> SseResponse | Response:
     deps = deps_of(request)
     task_id = _uuid_param(request, "task_id")
-    view = deps.service.open_stream(task_id, _stream_options(request))
+    options = _stream_options(request)
+    if request.method == "HEAD":
+        # A HEAD answer has no body: subscribing would end at once, which reads as the client
+        # leaving and cancels the task. Say what a GET would get without subscribing.
+        deps.service.task_status(task_id)
+        return Response(headers=_SSE_HEADERS, media_type="text/event-stream")
+    view = deps.service.open_stream(task_id, options)
     return view_response(deps, view)
+
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def view_response(
@@ -133,12 +142,7 @@ def view_response(
 
     return SseResponse(
         emitter.chunks(),
-        headers={
-            **(headers or {}),
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-            **budget_headers(view.budgets),
-        },
+        headers={**(headers or {}), **_SSE_HEADERS, **budget_headers(view.budgets)},
         on_end=on_end,
         stall_limit_s=view.settings.stall_limit_s,
         pusher=emitter,

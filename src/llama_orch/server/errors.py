@@ -98,11 +98,15 @@ async def handle_orch_error(_request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
-async def handle_http_exception(_request: Request, exc: Exception) -> Response:
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (no route, wrong method) in the same envelope."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return error_response(NotFound("no such endpoint; see GET /openapi/data.yaml"))
-    response = error_response(InvalidParams(str(exc.detail)), status=exc.status_code)
+    message = str(exc.detail)
+    allow = (exc.headers or {}).get("Allow")
+    if exc.status_code == 405 and allow:
+        message = f"{request.method} is not served on {request.url.path}; use {allow}"
+    response = error_response(InvalidParams(message), status=exc.status_code)
     response.headers.update(exc.headers or {})
     return response

@@ -6,6 +6,8 @@
 - ``Origin``: a request a browser marks with a foreign origin is refused (403) unless that
   origin is in ``server.allowed_origins``; the server's own origin (a console served from
   ``/``) is allowed.
+- ``Content-Encoding``: a request body is read as sent, so one in any coding but ``identity``
+  (a gzipped body, say) is refused with 415 and ``Accept-Encoding: identity``.
 - ``Content-Type``: a request body must be ``application/json``: 415. Browsers send
   ``text/plain`` across origins without asking first; they never send JSON that way. One
   exception: Ollama's routes (``/api/...``) take a body of any type from a caller that sends no
@@ -85,7 +87,7 @@ class RequestGuards:
         host = headers.get(b"host", b"").decode("latin-1")
         refusal = self._refusal(scope, headers, host)
         if refusal is not None:
-            status, message = refusal
+            status, message, extra = refusal
             narrate(
                 "server",
                 "refuse",
@@ -94,7 +96,7 @@ class RequestGuards:
                 level="warning",
                 status=status,
             )
-            await _send_error(scope, send, status, message)
+            await _send_error(scope, send, status, message, headers=extra)
             return
         location = self._slash_redirect(scope)
         if location is not None:
@@ -104,35 +106,47 @@ class RequestGuards:
 
     def _refusal(
         self, scope: Scope, headers: dict[bytes, bytes], host: str
-    ) -> tuple[int, str] | None:
+    ) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
         # granian shows an HTTP/2 request's :authority as its Host. A request without one
         # (HTTP/1.0) carries no name a rebinding page could have chosen.
         if self.loopback_bind and host and host_name(host) not in self.hosts:
-            return 421, (
+            return (
+                421,
                 f"Host {host[:100]!r} is not served on this loopback address; use localhost or "
-                "127.0.0.1, or list the name in server.allowed_hosts"
+                "127.0.0.1, or list the name in server.allowed_hosts",
+                [],
             )
         origin = headers.get(b"origin")
         if origin is not None:
             value = origin.decode("latin-1").rstrip("/").lower()
             own = f"{scope.get('scheme', 'http')}://{host.lower()}"
             if value != own and value not in self.origins:
-                return 403, (
+                return (
+                    403,
                     f"requests from the web origin {value[:100]!r} are not allowed; list it "
-                    "in server.allowed_origins to allow them"
+                    "in server.allowed_origins to allow them",
+                    [],
                 )
-        if (
-            scope["method"] in _BODY_METHODS
-            and _has_body(headers)
-            and not (origin is None and scope["path"].startswith(_OLLAMA_PREFIX))
-        ):
+        if scope["method"] not in _BODY_METHODS or not _has_body(headers):
+            return None
+        coding = headers.get(b"content-encoding", b"identity").decode("latin-1")
+        if coding.strip().lower() != "identity":
+            return (
+                415,
+                f"Content-Encoding {coding[:100]!r} is not supported; send the body "
+                "uncompressed (Content-Encoding: identity, or no Content-Encoding)",
+                [(b"accept-encoding", b"identity")],
+            )
+        if not (origin is None and scope["path"].startswith(_OLLAMA_PREFIX)):
             content_type = headers.get(b"content-type", b"").decode("latin-1")
             media = content_type.split(";", 1)[0].strip().lower()
             if media != _JSON:
-                return 415, (
+                return (
+                    415,
                     f"Content-Type must be {_JSON}, got {content_type[:100]!r}"
                     if content_type
-                    else f"Content-Type must be {_JSON}"
+                    else f"Content-Type must be {_JSON}",
+                    [],
                 )
         return None
 
@@ -205,13 +219,19 @@ def _has_body(headers: dict[bytes, bytes]) -> bool:
 
 
 async def _send_error(
-    scope: Scope, send: Send, status: int, message: str, *, close: bool = False
+    scope: Scope,
+    send: Send,
+    status: int,
+    message: str,
+    *,
+    close: bool = False,
+    headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     body = InvalidParams(message, retriable=False).envelope()
     cid = scope.get("state", {}).get("correlation_id")
     if cid:
         body["correlation_id"] = cid
-    extra = [(b"content-type", _JSON.encode())]
+    extra = [(b"content-type", _JSON.encode()), *headers]
     if close:
         extra.append((b"connection", b"close"))
     await _send(send, status, orjson.dumps(body), extra)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llama_orch.contracts.api import MAX_INPUTS
+from llama_orch.contracts.api import MAX_INPUTS, MAX_STOP_CHARS
 from llama_orch.contracts.engine import ChatMessage
 from llama_orch.server.frontdoor._http import BadField
 
@@ -14,6 +14,11 @@ MISSING: Any = object()
 
 def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    """A client's value as an error message quotes it: a string in full, else its JSON type."""
+    return repr(value) if isinstance(value, str) or value is None else _kind(value)
 
 
 def string(body: Mapping[str, Any], name: str, *, required: bool = False) -> str | None:
@@ -42,6 +47,10 @@ def integer(
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer() and not -(2**63) <= value < 2**64:
+        # The JSON parser reads an integer past 64 bits as a float: too large, not a fraction.
+        bounds = _range(low, high) if low is not None or high is not None else "within 64 bits"
+        raise BadField(f"{name} must be {bounds}, got an integer past 64 bits", param=name)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadField(f"{name} must be an integer, got {_kind(value)}", param=name)
     if (low is not None and value < low) or (high is not None and value > high):
@@ -85,6 +94,12 @@ def stops(body: Mapping[str, Any], name: str, *, most: int) -> tuple[str, ...]:
         raise BadField(f"{name} must be a string or a list of strings", param=name)
     if len(items) > most:
         raise BadField(f"{name} takes at most {most} sequences, got {len(items)}", param=name)
+    for stop in items:
+        if len(stop) > MAX_STOP_CHARS:
+            raise BadField(
+                f"{name} sequences are at most {MAX_STOP_CHARS} characters, got one of {len(stop)}",
+                param=name,
+            )
     return tuple(s for s in items if s)
 
 
@@ -123,9 +138,9 @@ def messages(body: Mapping[str, Any], name: str = "messages") -> tuple[ChatMessa
         if not isinstance(item, dict):
             raise BadField(f"{where} must be an object with role and content", param=where)
         role = item.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise BadField(
-                f"{where}.role must be one of {', '.join(ROLES)}, got {role!r} "
+                f"{where}.role must be one of {', '.join(ROLES)}, got {_shown(role)} "
                 "(tool messages are not supported)",
                 param=f"{where}.role",
             )

@@ -15,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from llama_orch.errors import InvalidParams, NotFound
-from llama_orch.server.body import body_chunks
+from llama_orch.contracts.api import INT64_MAX
+from llama_orch.errors import ErrorKind, InvalidParams, NotFound, OrchError
+from llama_orch.server.body import json_body_limit, read_body
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.frontdoor import _tasks
 from llama_orch.server.frontdoor._tasks import Ticket
@@ -42,16 +43,14 @@ class UnknownModel(NotFound):
 
 
 async def read_json(request: Request, deps: AppDeps) -> dict[str, Any]:
-    """The body as a JSON object, bounded by the server's prompt limit."""
-    limit = deps.config.server.max_prompt_bytes * 2 + 65_536
-    body = bytearray()
-    async for chunk in body_chunks(request):
-        body += chunk
-        if len(body) > limit:
-            raise BadField(
-                f"request body exceeds {limit} bytes; prompts are limited to "
-                f"{deps.config.server.max_prompt_bytes} bytes"
-            )
+    """The body as a JSON object, bounded as a task's is: any JSON escaping of a prompt within
+    the prompt limit fits."""
+    prompt_limit = deps.config.server.max_prompt_bytes
+    body = await read_body(
+        request,
+        json_body_limit(prompt_limit),
+        why=f"; prompts are limited to {prompt_limit} bytes (server.max_prompt_bytes)",
+    )
     if not body:
         raise BadField("request body is empty; send a JSON object")
     try:
@@ -61,6 +60,17 @@ async def read_json(request: Request, deps: AppDeps) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise BadField("request body must be a JSON object")
     return parsed
+
+
+def peer_message(exc: OrchError) -> str:
+    """An admission error's message for a front-door caller, who never set a task field:
+    a deadline refusal says where its ``deadline_ms`` came from."""
+    if exc.kind is ErrorKind.DEADLINE_UNMET:
+        return (
+            f"{exc.message} (deadline_ms is the X-Deadline-Ms request header, "
+            f"{DEFAULT_DEADLINE_MS} when it is absent)"
+        )
+    return exc.message
 
 
 def priority_of(request: Request) -> Priority:
@@ -97,9 +107,10 @@ def deadline_of(request: Request) -> int:
         value = int(raw)
     except ValueError:
         value = 0
-    if value <= 0:
+    if not 0 < value <= INT64_MAX:
         raise BadField(
-            f"X-Deadline-Ms must be a positive integer, got {raw[:32]!r}", param="X-Deadline-Ms"
+            f"X-Deadline-Ms must be an integer from 1 to {INT64_MAX}, got {raw[:32]!r}",
+            param="X-Deadline-Ms",
         )
     return value
 

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llama_orch.contracts.api import INT32_MAX, INT64_MAX
 from llama_orch.contracts.engine import ChatMessage
 from llama_orch.errors import OrchError
 from llama_orch.server.deps import AppDeps, deps_of
@@ -36,6 +37,7 @@ from llama_orch.server.frontdoor._http import (
     correlation_of,
     deadline_of,
     identity_of,
+    peer_message,
     priority_of,
     read_json,
     session_of,
@@ -98,7 +100,8 @@ def ollama_error(exc: OrchError) -> Response:
         for k, v in error_response(exc).headers.items()
         if k.lower() in ("retry-after", "x-backoff-ms")
     }
-    return Response(orjson.dumps({"error": exc.message}), status, headers, media_type=JSON)
+    body = orjson.dumps({"error": peer_message(exc)})
+    return Response(body, status, headers, media_type=JSON)
 
 
 def _not_found(name: str) -> UnknownModel:
@@ -155,7 +158,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
             # Ollama applies the model's template to a generate prompt too: one user turn.
             turns = [ChatMessage("system", system)] if system else []
             messages = (*turns, ChatMessage("user", prompt))
-    num_predict = f.integer(options, "num_predict", low=-2)
+    num_predict = f.integer(options, "num_predict", low=-2, high=INT32_MAX)
     submission = _tasks.Submission(
         model=model,
         prompt=prompt,
@@ -164,7 +167,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
         priority=priority_of(request),
         session_id=session_of(request, None),
         deadline_ms=deadline_of(request),
-        seed=f.integer(options, "seed", low=-(2**63), high=2**63 - 1),
+        seed=f.integer(options, "seed", low=-(2**63), high=INT64_MAX),
         temperature=f.number(options, "temperature", low=0, high=10),
         top_p=f.number(options, "top_p", low=0, high=1, low_open=True),
         top_k=f.integer(options, "top_k", low=0),

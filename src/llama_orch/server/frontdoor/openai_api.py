@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llama_orch.contracts.api import INT32_MAX, INT64_MAX
 from llama_orch.errors import ErrorKind, OrchError
 from llama_orch.server.deps import AppDeps, deps_of
 from llama_orch.server.errors import STATUS, error_response
@@ -32,6 +33,7 @@ from llama_orch.server.frontdoor._http import (
     correlation_of,
     deadline_of,
     identity_of,
+    peer_message,
     priority_of,
     read_json,
     session_of,
@@ -122,7 +124,8 @@ def openai_error(exc: OrchError) -> Response:
     param = getattr(exc, "param", None)
     code = "model_not_found" if isinstance(exc, UnknownModel) else exc.kind.value.lower()
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return Response(error_body(exc.message, kind, param, code), status, kept, media_type=JSON)
+    message = peer_message(exc)
+    return Response(error_body(message, kind, param, code), status, kept, media_type=JSON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +155,10 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
     include_usage = f.boolean(options or {}, "include_usage", False)
     messages = f.messages(body) if chat else None
     prompt = None if chat else _prompt(body)
-    max_tokens = f.integer(body, "max_completion_tokens", low=1) if chat else None
+    most = INT32_MAX
+    max_tokens = f.integer(body, "max_completion_tokens", low=1, high=most) if chat else None
     if max_tokens is None:
-        max_tokens = f.integer(body, "max_tokens", low=1)
+        max_tokens = f.integer(body, "max_tokens", low=1, high=most)
     user = f.string(body, "user")
     submission = _tasks.Submission(
         model=model,
@@ -164,7 +168,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
         priority=priority_of(request),
         session_id=session_of(request, user),
         deadline_ms=deadline_of(request),
-        seed=f.integer(body, "seed", low=-(2**63), high=2**63 - 1),
+        seed=f.integer(body, "seed", low=-(2**63), high=INT64_MAX),
         temperature=f.number(body, "temperature", low=0, high=2),
         top_p=f.number(body, "top_p", low=0, high=1, low_open=True),
         top_k=f.integer(body, "top_k", low=0),

@@ -19,7 +19,22 @@ from llama_orch.server.sse import SseResponse
 
 
 def wants_event_stream(request: Request) -> bool:
-    return "text/event-stream" in request.headers.get("accept", "")
+    """``Accept`` names ``text/event-stream`` (any case) without refusing it with ``q=0``."""
+    for media_range in request.headers.get("accept", "").split(","):
+        media_type, *params = (part.strip().lower() for part in media_range.split(";"))
+        if media_type == "text/event-stream":
+            return not any(_is_zero_q(param) for param in params)
+    return False
+
+
+def _is_zero_q(param: str) -> bool:
+    name, _, value = param.partition("=")
+    if name.strip() != "q":
+        return False
+    try:
+        return float(value) == 0
+    except ValueError:
+        return False
 
 
 def admitted_stream(deps: AppDeps, admitted: Admitted, headers: dict[str, str]) -> SseResponse:
