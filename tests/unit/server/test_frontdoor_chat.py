@@ -39,3 +39,22 @@ class TestRenderChat:
         """A template cannot reach Python internals; that is an InvalidParams, not a crash."""
         with pytest.raises(InvalidParams, match="cannot be rendered"):
             render_chat(TURNS, "{{ messages.__class__.__mro__[1].__subclasses__() }}")
+
+
+class TestPromptLimit:
+    def test_a_prompt_within_the_limit_renders_whole(self) -> None:
+        """The limit changes nothing for a prompt that fits it, to the byte."""
+        whole = render_chat(TURNS)
+        assert whole == render_chat(TURNS, max_bytes=len(whole.encode()))
+
+    def test_rendering_stops_once_the_prompt_is_over_the_limit(self) -> None:
+        """Many messages are refused as soon as the prompt is over ``max_bytes``: the template's
+        end (here a refusal of its own) is never reached."""
+        template = (
+            "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+            "{{ raise_exception('rendered to the end') }}"
+        )
+        turns = [ChatMessage("user", "") for _ in range(10_000)]
+        with pytest.raises(InvalidParams) as info:
+            render_chat(turns, template, max_bytes=1000)
+        assert "the chat's prompt is over 1000 bytes" in str(info.value)

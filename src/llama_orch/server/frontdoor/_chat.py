@@ -38,20 +38,38 @@ def render_chat(
     *,
     bos_token: str = "",
     eos_token: str = "",
+    max_bytes: int | None = None,
 ) -> str:
-    """The prompt for ``messages``, ending where the assistant's answer begins."""
+    """The prompt for ``messages``, ending where the assistant's answer begins.
+
+    With ``max_bytes``, rendering stops as soon as the prompt is known to be longer: the work
+    (on the event loop) stays bounded by the limit, not by how many messages a body holds.
+    """
     source = template or DEFAULT_TEMPLATE
     compiled = _COMPILED.get(source)
     try:
         if compiled is None:
             compiled = _COMPILED[source] = _ENV.from_string(source)
-        return compiled.render(
+        pieces = compiled.generate(
             messages=[{"role": m.role, "content": m.content} for m in messages],
             add_generation_prompt=True,
             bos_token=bos_token,
             eos_token=eos_token,
             raise_exception=_raise_exception,
         )
+        if max_bytes is None:
+            return "".join(pieces)
+        out: list[str] = []
+        chars = 0
+        for piece in pieces:
+            out.append(piece)
+            chars += len(piece)
+            if chars > max_bytes:  # a character is at least one byte
+                raise InvalidParams(
+                    f"the chat's prompt is over {max_bytes} bytes; this server accepts at "
+                    "most that (server.max_prompt_bytes): send fewer or shorter messages"
+                )
+        return "".join(out)
     except TemplateError as exc:
         raise InvalidParams(
             f"the model's chat template cannot be rendered ({type(exc).__name__}: {exc}); "

@@ -126,11 +126,16 @@ class Ticket:
     budget_headers: dict[str, str]
 
 
-def prompt_of(submission: Submission) -> str:
+def prompt_of(submission: Submission, max_bytes: int | None = None) -> str:
     if submission.messages is not None:
         # bos_token stays empty: llama-server adds BOS itself when it tokenizes the prompt.
         model = submission.model
-        return render_chat(submission.messages, model.chat_template, eos_token=model.eos_token)
+        return render_chat(
+            submission.messages,
+            model.chat_template,
+            eos_token=model.eos_token,
+            max_bytes=max_bytes,
+        )
     return submission.prompt or ""
 
 
@@ -144,7 +149,7 @@ def admit(
 ) -> Ticket:
     """Admit through the task API's admission; raises its typed errors unchanged."""
     model = submission.model
-    prompt = prompt_of(submission)
+    prompt = prompt_of(submission, deps.config.server.max_prompt_bytes)
     max_tokens = submission.max_tokens
     if max_tokens is None:
         # Leave the prompt room within ctx; admission's own guardrail still has the last word.
