@@ -74,6 +74,34 @@ class TestDrain:
             scrape = (await server.client.get("/metrics")).text
             assert 'drain_events_total{pool_id="p0",reason="drain"} 1.0' in scrape
 
+    async def test_front_door_requests_stopped_by_a_drain_may_be_retried(self) -> None:
+        """Chat requests a drain stops at its deadline answer a retriable 503
+        ``pool_unavailable`` (streamed: an error event), not the final 499 of a client's cancel."""
+        config = config_of(mock_pool("p0", "m0", mock=SLOW, slots=2))
+        chat = {"model": "m0", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000}
+        async with running_server(config) as server:
+            whole = asyncio.create_task(server.client.post("/v1/chat/completions", json=chat))
+
+            async def streamed() -> bytes:
+                body = {**chat, "stream": True}
+                async with server.client.stream("POST", "/v1/chat/completions", json=body) as r:
+                    return b"".join([chunk async for chunk in r.aiter_bytes()])
+
+            stream = asyncio.create_task(streamed())
+            for _ in range(400):
+                if 2 == server.deps.pools.get_active_leases("p0"):
+                    break
+                await asyncio.sleep(0.02)
+            drain = await server.client.post("/v1/pools/p0/drain", json={"deadline_ms": 100})
+            assert 202 == drain.status_code
+            answer, streamed_body = await whole, await stream
+        assert 503 == answer.status_code
+        assert "pool_unavailable" == answer.json()["error"]["code"]
+        assert "drained" in answer.json()["error"]["message"]
+        assert "1" == answer.headers["retry-after"]
+        assert b'"code":"pool_unavailable"' in streamed_body
+        assert b'"code":"canceled"' not in streamed_body
+
     async def test_bad_requests(self) -> None:
         """Unknown pool: 404; a body without deadline_ms: 400 INVALID_PARAMS."""
         async with running_server(config_of(mock_pool())) as server:

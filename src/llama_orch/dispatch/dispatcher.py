@@ -467,6 +467,7 @@ class Dispatcher:
             return task
         lane = self.lanes[task.pool_id]
         replica_id = task.replica_id
+        task.cancel_reason = reason
         if task.state is TaskState.QUEUED:
             self._disarm_deadline(task.id)
             self.endings.cancel(task)

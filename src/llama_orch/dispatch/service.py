@@ -99,6 +99,8 @@ class TaskStatus:
     deadline_at: float
     started_at: float | None
     finished_at: float | None
+    #: Why it was canceled, once it was (``Task.cancel_reason``).
+    cancel_reason: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -313,6 +315,7 @@ class TaskService:
             deadline_at=task.deadline_at,
             started_at=task.started_at,
             finished_at=task.finished_at,
+            cancel_reason=task.cancel_reason,
         )
 
     def _started_frame(self, task: Task) -> Frame:

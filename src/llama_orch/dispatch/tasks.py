@@ -108,6 +108,9 @@ class Task:
     encoding: str = "float"
     #: The answer ``end`` carries (set by the runner just before ``finish``).
     result: dict[str, Any] | None = None
+    #: Why a canceled task was canceled (``tasks_canceled_total``'s reason: ``client``,
+    #: ``disconnect``, ``stall``, ``drain``, ``shutdown``).
+    cancel_reason: str | None = None
 
     @property
     def terminal(self) -> bool:

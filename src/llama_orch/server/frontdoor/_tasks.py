@@ -336,7 +336,7 @@ async def follow(
             if type(entry) is str:
                 texts.append(entry)
                 continue
-            last = _terminal(entry, ticket)  # type: ignore[arg-type]
+            last = _terminal(entry, ticket, deps)  # type: ignore[arg-type]
             if last is not None:
                 if texts:
                     yield texts
@@ -347,16 +347,34 @@ async def follow(
             yield texts
 
 
-def _terminal(frame: tuple[str, bytes], ticket: Ticket) -> Finished | Failed | None:
+#: Cancel reasons that are the server's doing, not the caller's: the request may be retried.
+_SERVER_STOPS = {"drain": "its pool was drained", "shutdown": "the server is shutting down"}
+
+
+def _stopped(deps: AppDeps, ticket: Ticket) -> Failed | None:
+    """A task the server stopped (a drain's deadline, a shutdown) fails retriably at the front
+    doors: their clients read a cancel as final, and this one was not theirs."""
+    why = _SERVER_STOPS.get(deps.service.task_status(ticket.task_id).cancel_reason or "")
+    if why is None:
+        return None
+    return Failed(
+        kind=ErrorKind.POOL_UNAVAILABLE,
+        message=f"the task was stopped because {why}; retry the request",
+        retry_after_ms=1000,
+    )
+
+
+def _terminal(frame: tuple[str, bytes], ticket: Ticket, deps: AppDeps) -> Finished | Failed | None:
     """The event a terminal frame ends a ``follow`` with; None for any other frame."""
     event, data = frame
     if event == "end":
         payload = orjson.loads(data)
         tokens_out = int(payload.get("tokens_out", 0))
-        return Finished(
+        canceled = bool(payload.get("canceled", False))
+        return (canceled and _stopped(deps, ticket)) or Finished(
             tokens_in=int(payload.get("tokens_in", 0)),
             tokens_out=tokens_out,
-            canceled=bool(payload.get("canceled", False)),
+            canceled=canceled,
             finish_reason="length" if tokens_out >= ticket.max_tokens else "stop",
             result=payload.get("result"),
         )
