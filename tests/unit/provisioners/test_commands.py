@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -219,6 +220,27 @@ class TestContainer:
         ) == cmd.argv[:20]
         assert "hf_secretsecret" not in " ".join(cmd.argv)
         assert ("hf_secretsecret",) == cmd.secrets
+
+    def test_only_variables_named_as_secrets_are_secrets(self, tmp_path: Any) -> None:
+        """A word of the name decides: ``..._TOKENS_PER_S=20`` is a setting, and taking it for a
+        secret refused every launch whose command line happened to contain ``20``."""
+        prepared = self._prepared("/usr/bin/podman")
+        env = {
+            "HF_TOKEN": "hf_secretsecret",
+            "OPENAI_API_KEY": "sk-abcdefgh",
+            "DB_PASSWORD": "pw-12345678",
+            "FAKE_ENGINE_TOKENS_PER_S": "20",
+            "KEYBOARD_LAYOUT": "us",
+        }
+        cmd = replica_command(
+            dataclasses.replace(prepared, env=env),
+            _pool("vllm", devices=[0]),
+            model_path=str(tmp_path),
+            port=8200,
+            devices=(0,),
+            name="llorch-p-r0",
+        )
+        assert {"hf_secretsecret", "sk-abcdefgh", "pw-12345678"} == set(cmd.secrets)
 
     @pytest.mark.parametrize(("devices", "value"), [((1,), "device=1"), ((0, 1), '"device=0,1"')])
     def test_docker_uses_gpus_device(self, devices: tuple[int, ...], value: str) -> None:

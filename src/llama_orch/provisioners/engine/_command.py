@@ -10,7 +10,9 @@ from llama_orch.config import PoolConfig
 from llama_orch.provisioners.engine._engines import ENGINES, engine_args, runtime_gpu_flags
 from llama_orch.provisioners.engine._types import PreparedEngine, ProvisionError
 
-_SECRET_ENV = re.compile(r"(?i)(token|key|secret|password)")
+#: A variable holds a secret when one of its name's words says so (``HF_TOKEN``,
+#: ``OPENAI_API_KEY``); ``..._TOKENS_PER_S`` does not.
+_SECRET_ENV = re.compile(r"(?i)(?:^|_)(?:token|key|apikey|secret|password|passwd)(?:_|$)")
 
 
 @dataclass(frozen=True, slots=True)
