@@ -529,6 +529,31 @@ class TestPushed:
             assert 1 == pool.idle_connections  # read to its end: kept alive
             await pool.aclose()
 
+    async def test_one_socket_read_reaches_the_consumer_as_one_piece(self) -> None:
+        """Several HTTP chunks that arrive together (an engine faster than its reader) are
+        handed over once, joined: one hand-over per read, not one per chunk."""
+        gate = asyncio.Event()
+
+        async def burst(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            w.write(HEAD_CHUNKED)
+            await w.drain()
+            await gate.wait()
+            w.write(b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n")  # one write
+            await w.drain()
+            return True
+
+        async with raw_engine(burst) as engine:
+            pool = pool_for(engine)
+            response = await pool.post("/x", b"", {})
+            seen: list[bytes] = []
+            done = response.consume(lambda chunk: seen.append(chunk) is None)
+            gate.set()
+            await asyncio.wait_for(done, 10)
+            await response.close()
+            await pool.aclose()
+        assert b"abc" == b"".join(seen)
+        assert len(seen) < 3  # on loopback one write is one read: [b"abc"]
+
     async def test_tokens_reach_the_sink_and_the_end_counts_them(self) -> None:
         body = chunked(vllm_frames(b"a"), vllm_frames(b"b", b"c"), b"data: [DONE]\n\n")
         got: list[tuple[list[str], int]] = []
