@@ -145,6 +145,21 @@ class TestOpenAISdk:
             )
         assert pytest.approx(l2_normalize(expected("x")[:4])) == short.data[0].embedding
 
+    async def test_dimensions_above_the_model_are_refused(self) -> None:
+        """Asking for more values than the model's vectors have is a 400 that says how many
+        there are, not a silently shorter answer."""
+        native = len(expected("x"))
+        async with server() as (_srv, client):
+            with pytest.raises(openai.BadRequestError) as info:
+                await client.embeddings.create(
+                    model="m0", input="x", dimensions=native + 1, encoding_format="float"
+                )
+            whole = await client.embeddings.create(
+                model="m0", input="x", dimensions=native, encoding_format="float"
+            )
+        assert f"embeddings have {native}; ask for at most {native}" in str(info.value)
+        assert expected("x") == whole.data[0].embedding
+
     @pytest.mark.parametrize(
         ("payload", "param"),
         [

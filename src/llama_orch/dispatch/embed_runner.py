@@ -24,7 +24,7 @@ from llama_orch.core.embedding import batches, encode_base64, shorten
 from llama_orch.dispatch.endings import Endings
 from llama_orch.dispatch.lanes import PoolLane
 from llama_orch.dispatch.tasks import Task
-from llama_orch.errors import DecodeTimeout, WorkerError
+from llama_orch.errors import DecodeTimeout, InvalidParams, WorkerError
 from llama_orch.pool.manager import Replica
 from llama_orch.vocab import Workload
 
@@ -56,6 +56,10 @@ class EmbedRunner:
                     if task.terminal:
                         return
                     task.batch_answered(self._clock.now())
+                    narrower = _narrower(work, result)
+                    if narrower is not None:
+                        self._endings.fail(task, narrower)
+                        return
                     parts.append(result)
             task.engine_started(sum(p.tokens_in for p in parts), None)
             task.result = assemble(work, parts, task.encoding)
@@ -78,6 +82,19 @@ class EmbedRunner:
                 )
         finally:
             self._release(task, lane, replica)
+
+
+def _narrower(work: EmbedRequest, result: EmbedResult) -> InvalidParams | None:
+    """``dimensions`` above the model's own: refused, as OpenAI does, rather than answered
+    with shorter vectors than asked for."""
+    wanted = work.dimensions
+    if wanted is None or not result.vectors or len(result.vectors[0]) >= wanted:
+        return None
+    size = len(result.vectors[0])
+    return InvalidParams(
+        f"dimensions is {wanted}, but this model's embeddings have {size}; ask for at most "
+        f"{size}, or leave dimensions out"
+    )
 
 
 def assemble(work: EmbedRequest, parts: list[EmbedResult], encoding: str) -> dict[str, Any]:
