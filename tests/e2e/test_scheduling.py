@@ -271,6 +271,19 @@ class TestDeadlines:
         assert "DEADLINE_UNMET" == frames[-1][1]["code"]
         assert 0 == depth
 
+    async def test_a_chat_whose_deadline_passes_in_queue_names_the_header(self) -> None:
+        """At the OpenAI door the queued deadline's error says deadline_ms is X-Deadline-Ms:
+        that caller never set a task field."""
+        async with running_server(config_of(mock_pool(mock=HANG))) as srv:
+            await running(srv, task_body(**LONG, expected_tokens=1))
+            chat = {"model": "m0", "messages": [{"role": "user", "content": "hi"}]}
+            answer = await srv.client.post(
+                "/v1/chat/completions", json=chat, headers={"X-Deadline-Ms": "150"}
+            )
+        error = answer.json()["error"]
+        assert "deadline_unmet" == error["code"]
+        assert "X-Deadline-Ms request header" in error["message"]
+
 
 class TestRateLimits:
     async def test_per_class_rate_limit(self) -> None:

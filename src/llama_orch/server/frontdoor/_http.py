@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from llama_orch.contracts.api import INT64_MAX
-from llama_orch.errors import ErrorKind, InvalidParams, NotFound, OrchError
+from llama_orch.errors import InvalidParams, NotFound, OrchError
 from llama_orch.server.body import json_body_limit, read_body
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.frontdoor import _tasks
@@ -25,7 +25,7 @@ from llama_orch.server.middleware import correlation_id_of
 from llama_orch.vocab import Priority
 
 #: Milliseconds a request may wait in the queue before it fails, unless ``X-Deadline-Ms`` says.
-DEFAULT_DEADLINE_MS = 600_000
+DEFAULT_DEADLINE_MS = _tasks.DEFAULT_DEADLINE_MS
 #: Sessions named by ``user`` (or Ollama's absent session) are stable UUIDs in this namespace.
 SESSION_NAMESPACE = uuid.UUID("6f1b1f0e-2c3d-4c39-9a53-7a0b2d1e4c11")
 
@@ -63,14 +63,8 @@ async def read_json(request: Request, deps: AppDeps) -> dict[str, Any]:
 
 
 def peer_message(exc: OrchError) -> str:
-    """An admission error's message for a front-door caller, who never set a task field:
-    a deadline refusal says where its ``deadline_ms`` came from."""
-    if exc.kind is ErrorKind.DEADLINE_UNMET:
-        return (
-            f"{exc.message} (deadline_ms is the X-Deadline-Ms request header, "
-            f"{DEFAULT_DEADLINE_MS} when it is absent)"
-        )
-    return exc.message
+    """An admission error's message for a front-door caller (``_tasks.for_peer``)."""
+    return _tasks.for_peer(exc.kind, exc.message)
 
 
 def priority_of(request: Request) -> Priority:

@@ -347,6 +347,21 @@ async def follow(
             yield texts
 
 
+#: A front-door request's start deadline when it sends no ``X-Deadline-Ms``.
+DEFAULT_DEADLINE_MS = 600_000
+
+
+def for_peer(kind: ErrorKind, message: str) -> str:
+    """A task error's message for a front-door caller, who never set a task field: a deadline
+    error says where its ``deadline_ms`` came from."""
+    if kind is ErrorKind.DEADLINE_UNMET:
+        return (
+            f"{message} (deadline_ms is the X-Deadline-Ms request header, "
+            f"{DEFAULT_DEADLINE_MS} when it is absent)"
+        )
+    return message
+
+
 #: Cancel reasons that are the server's doing, not the caller's: the request may be retried.
 _SERVER_STOPS = {"drain": "its pool was drained", "shutdown": "the server is shutting down"}
 
@@ -380,9 +395,10 @@ def _terminal(frame: tuple[str, bytes], ticket: Ticket, deps: AppDeps) -> Finish
         )
     if event == "error":
         payload = orjson.loads(data)
+        kind = ErrorKind(payload.get("code", ErrorKind.INTERNAL.value))
         return Failed(
-            kind=ErrorKind(payload.get("code", ErrorKind.INTERNAL.value)),
-            message=str(payload.get("message", "")),
+            kind=kind,
+            message=for_peer(kind, str(payload.get("message", ""))),
             retry_after_ms=payload.get("retry_after_ms"),
         )
     return None
