@@ -35,7 +35,7 @@ class TaskStream:
     __slots__ = (
         "_closed",
         "_entries",
-        "_listener",
+        "_listeners",
         "_nbytes",
         "_subscribed",
         "_tokens",
@@ -46,7 +46,7 @@ class TaskStream:
         self._entries: list[Entry] = []
         self._closed = False
         self._waiters: list[asyncio.Future[None]] = []
-        self._listener: Callable[[], None] | None = None
+        self._listeners: list[Callable[[], None]] = []
         self._nbytes = 0
         self._tokens = 0
         self._subscribed = False
@@ -67,13 +67,18 @@ class TaskStream:
     def unsubscribe(self) -> None:
         self._subscribed = False
 
-    def listen(self, listener: Callable[[], None] | None) -> None:
-        """Call ``listener`` right after each publish, in the publisher's own step (None stops).
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` right after each publish, in the publisher's own step, until
+        ``unlisten``.
 
-        The live subscriber's writer uses it while it is caught up, to write what was just
-        published without a wake-up of its task per token. It must not raise or publish.
+        A caught-up writer uses it to write what was just published without a wake-up of its
+        task per token: the live subscriber's, and a front door answering the request that
+        admitted the task, both at once. A listener must not raise or publish.
         """
-        self._listener = listener
+        self._listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[], None]) -> None:
+        self._listeners.remove(listener)
 
     @property
     def closed(self) -> bool:
@@ -111,8 +116,8 @@ class TaskStream:
             self._entries.extend(texts)
             self._nbytes += sum(map(len, texts)) + _ENTRY_OVERHEAD * count
         self._tokens += count
-        if self._listener is not None:
-            self._listener()
+        for listener in self._listeners:
+            listener()
         if self._waiters:
             self._wake()
 
@@ -125,8 +130,8 @@ class TaskStream:
         self._nbytes += len(data) + len(event) + _ENTRY_OVERHEAD
         if event in TERMINAL_EVENTS:
             self._closed = True
-        if self._listener is not None:
-            self._listener()
+        for listener in self._listeners:
+            listener()
         if self._waiters:
             self._wake()
 

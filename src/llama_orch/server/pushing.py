@@ -47,11 +47,12 @@ class TranscriptPusher:
         parked: asyncio.Future[bool] = loop.create_future()
         self._parked = parked
         timer = loop.call_later(timeout_s, _idle, parked) if timeout_s is not None else None
-        self._stream.listen(self._on_publish)
+        listener = self._on_publish
+        self._stream.listen(listener)
         try:
             return await parked
         finally:
-            self._stream.listen(None)
+            self._stream.unlisten(listener)
             self._parked = None
             if timer is not None:
                 timer.cancel()

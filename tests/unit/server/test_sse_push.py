@@ -234,3 +234,31 @@ class TestFollowPushes:
         await asyncio.wait_for(task, 5)
         assert [b"a", b"bc", b"d"] == pushed
         assert [[], Finished(0, 3, False, "stop")] == events
+
+    async def test_a_subscriber_and_a_front_door_both_get_pushes(self) -> None:
+        """A task streamed to its front-door caller may also have a live subscriber: both are
+        parked on the one transcript, and each gets every publish."""
+        stream, server = TaskStream(), Server()
+        task, outcomes = start(stream, server)
+        await settle(lambda: len(server.messages) == 2)
+        ticket = Ticket("t", "p", stream, 0, 0, 8, {})
+        place = Place()
+        reader = _Texts(stream, place)
+        pushed: list[bytes] = []
+        reader.attach(lambda chunk: pushed.append(chunk) is None)
+        events: list[object] = []
+
+        async def consume() -> None:
+            async for event in follow(None, ticket, pusher=reader, place=place):  # type: ignore[arg-type]
+                events.append(event)
+
+        door = asyncio.create_task(consume())
+        await asyncio.sleep(0)
+        publish(stream, ["a"])
+        publish(stream, ["b"])
+        assert [b"a", b"b"] == pushed
+        assert encode_token("b", 1) == server.messages[-1]["body"]
+        publish(stream, frame=END)
+        await asyncio.wait_for(asyncio.gather(task, door), 5)
+        assert [Outcome.COMPLETE] == outcomes
+        assert [Finished(0, 3, False, "stop")] == events
