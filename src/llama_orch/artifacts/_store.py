@@ -6,22 +6,24 @@ atomically (a temporary file in the same directory, then ``os.replace``); the do
 a ref never points at a missing document. Ids and tags are checked against strict patterns
 before they come near a path.
 
-The in-memory index is the truth; files follow it. ``put(..., background=True)`` (stream traces,
-stored as each task ends) does not write files of its own: the record joins a batch that one
-I/O thread writes as a shared segment file under ``traces/`` (see ``_segments``), and is served
-from memory until then, so the event loop never waits on disk and a trace costs no file created
-or removed of its own.
+The in-memory index is the truth; files follow it. ``put_synced`` (the API's) writes in a thread
+and syncs the files and their folder before the artifact joins the index.
+``put(..., background=True)`` (stream traces, stored as each task ends) does not write files of
+its own: the record joins a batch that one I/O thread writes as a shared segment file under
+``traces/`` (see ``_segments``), and is served from memory until then, so the event loop never
+waits on disk and a trace costs no file created or removed of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import hashlib
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -82,14 +84,17 @@ class Stored:
         return str(self.ref["id"])
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    # Writes are made by the event loop's thread only, so a name per process and target is
-    # unique without mkstemp's random names and retries.
+def _atomic_write(path: Path, data: bytes, sync: Callable[[int], None] | None = None) -> None:
+    # One writer per target at a time (``put``'s, or ``put_synced``'s one write per id), so a
+    # name per process and target is unique without mkstemp's random names and retries.
     tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            if sync is not None:
+                handle.flush()
+                sync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -100,25 +105,45 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class ArtifactStore:
     """Put, get and list artifacts; the index of refs is read from disk on first use."""
 
-    def __init__(self, root: Path, *, max_bytes: int, clock_ms: Any = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_bytes: int,
+        clock_ms: Any = None,
+        sync: Callable[[int], None] = os.fsync,
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        #: Makes an open file or folder durable (``os.fsync``, or what a test watches).
+        self._sync = sync
+        #: ``put_synced`` writes in flight, by id: a second identical put waits for the first.
+        self._writing: dict[str, asyncio.Future[None]] = {}
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         self._refs: dict[str, dict[str, Any]] | None = None
         #: (created_ms, id) in creation order, for stable paging.
         self._order: list[tuple[int, str]] = []
         #: Background puts (stream traces), batched into segment files.
-        self._segments = Segments(root / "traces")
+        self._segments = Segments(root / "traces", sync=sync)
 
     def close(self) -> None:
         """Wait until every background write is on disk and synced, and every delete done."""
         self._segments.close()
 
-    def _write_files(self, ident: str, doc_bytes: bytes, ref_bytes: bytes) -> None:
+    def _write_files(
+        self, ident: str, doc_bytes: bytes, ref_bytes: bytes, *, synced: bool = False
+    ) -> None:
         doc_path, ref_path = self._paths(ident)
+        sync = self._sync if synced else None
         doc_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(doc_path, doc_bytes)
-        _atomic_write(ref_path, ref_bytes)
+        _atomic_write(doc_path, doc_bytes, sync)
+        _atomic_write(ref_path, ref_bytes, sync)
+        if sync is not None:  # the new names are durable once their folder is
+            fd = os.open(doc_path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                sync(fd)
+            finally:
+                os.close(fd)
 
     def _unlink(self, ident: str) -> None:
         for path in self._paths(ident):
@@ -159,6 +184,38 @@ class ArtifactStore:
 
         With ``background`` the record is written by the I/O thread (see the module docstring).
         """
+        ident, data = self._canonical(document)
+        refs = self._index()
+        if ident in refs:
+            return Stored(refs[ident], created=False)
+        ref, doc_bytes, ref_bytes = self._files(ident, data, document)
+        if background:
+            self._segments.add(ident, doc_bytes)
+        else:
+            self._write_files(ident, doc_bytes, ref_bytes)
+        return self._commit(ref)
+
+    async def put_synced(self, document: Mapping[str, Any]) -> Stored:
+        """``put``, with the files on disk and synced (file and folder) before it returns; the
+        writing happens in a thread, so the event loop never waits on the disk."""
+        ident, data = self._canonical(document)
+        refs = self._index()
+        writing = self._writing.get(ident)
+        if writing is not None:
+            await asyncio.shield(writing)
+        if ident in refs:
+            return Stored(refs[ident], created=False)
+        ref, doc_bytes, ref_bytes = self._files(ident, data, document)
+        done = self._writing[ident] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.to_thread(self._write_files, ident, doc_bytes, ref_bytes, synced=True)
+            return self._commit(ref)
+        finally:
+            del self._writing[ident]
+            done.set_result(None)
+
+    def _canonical(self, document: Mapping[str, Any]) -> tuple[str, bytes]:
+        """``document``'s id and canonical JSON, checked."""
         for tag in document.get("tags") or []:
             check_tag(tag)
         data = canonical_json(document)
@@ -167,10 +224,12 @@ class ArtifactStore:
                 f"artifact is {len(data)} bytes as canonical JSON; the limit is {self.max_bytes} "
                 "(server.artifact_max_bytes)"
             )
-        ident = hashlib.sha256(data).hexdigest()
-        refs = self._index()
-        if ident in refs:
-            return Stored(refs[ident], created=False)
+        return hashlib.sha256(data).hexdigest(), data
+
+    def _files(
+        self, ident: str, data: bytes, document: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], bytes, bytes]:
+        """A new artifact's ref, and the bytes of its document and ref files."""
         ref = {
             "id": ident,
             "kind": document["kind"],
@@ -180,11 +239,11 @@ class ArtifactStore:
         }
         ref_bytes = orjson.dumps(ref)
         doc_bytes = b'{"ref":' + ref_bytes + b',"document":' + data + b"}"
-        if background:
-            self._segments.add(ident, doc_bytes)
-        else:
-            self._write_files(ident, doc_bytes, ref_bytes)
-        refs[ident] = ref
+        return ref, doc_bytes, ref_bytes
+
+    def _commit(self, ref: dict[str, Any]) -> Stored:
+        ident = ref["id"]
+        self._index()[ident] = ref
         bisect.insort(self._order, (ref["created_ms"], ident))
         return Stored(ref, created=True)
 

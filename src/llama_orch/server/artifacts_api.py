@@ -67,7 +67,7 @@ async def create_artifact(request: Request) -> Response:
         artifact = Artifact.model_validate(document)
     except ValidationError as exc:
         raise InvalidParams(f"invalid Artifact: {_validation_message(exc)}") from None
-    stored = store.put(artifact.model_dump(exclude_defaults=True))
+    stored = await store.put_synced(artifact.model_dump(exclude_defaults=True))
     body = ArtifactRef.model_validate(stored.ref).model_dump_json().encode()
     return json_response(body, status=201 if stored.created else 200)
 

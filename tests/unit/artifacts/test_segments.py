@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -100,3 +101,26 @@ class TestDurability:
         store = ArtifactStore(tmp_path, max_bytes=1 << 20)
         assert sorted(ids) == sorted(ref["id"] for ref in store.refs())
         assert list(range(50)) == [store.get(i)["content"]["n"] for i in ids]
+
+
+class TestSyncedPuts:
+    async def test_an_api_put_is_synced_before_it_returns(self, tmp_path: Path) -> None:
+        """``put_synced`` (the API's) returns once the document, its ref and their folder are
+        synced: the document's bytes, the ref's, then the folder holding both names."""
+        fsync = RecordedFsync()
+        store = ArtifactStore(tmp_path, max_bytes=1 << 20, sync=fsync)
+        stored = await store.put_synced({"kind": "plan", "content": {"steps": ["a"]}})
+        folder = tmp_path / stored.id[:2]
+        doc, ref = folder / f"{stored.id}.json", folder / f"{stored.id}.ref"
+        expected = [identity(os.stat(p)) for p in (doc, ref, folder)]
+        assert stored.created and expected == fsync.synced
+        assert {"steps": ["a"]} == ArtifactStore(tmp_path, max_bytes=1 << 20).get(stored.id)[
+            "content"
+        ]
+
+    async def test_identical_puts_at_once_create_one_artifact(self, tmp_path: Path) -> None:
+        store = ArtifactStore(tmp_path, max_bytes=1 << 20)
+        document = {"kind": "plan", "content": "same"}
+        results = await asyncio.gather(*(store.put_synced(dict(document)) for _ in range(8)))
+        assert 1 == sum(r.created for r in results)
+        assert 1 == len({r.id for r in results})
