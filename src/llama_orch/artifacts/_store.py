@@ -84,17 +84,16 @@ class Stored:
         return str(self.ref["id"])
 
 
-def _atomic_write(path: Path, data: bytes, sync: Callable[[int], None] | None = None) -> None:
-    # One writer per target at a time (``put``'s, or ``put_synced``'s one write per id), so a
-    # name per process and target is unique without mkstemp's random names and retries.
+def _atomic_write(path: Path, data: bytes, sync: Callable[[int], None]) -> None:
+    # One writer per target at a time (``put_synced`` writes an id once), so a name per process
+    # and target is unique without mkstemp's random names and retries.
     tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            if sync is not None:
-                handle.flush()
-                sync(handle.fileno())
+            handle.flush()
+            sync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -130,20 +129,18 @@ class ArtifactStore:
         """Wait until every background write is on disk and synced, and every delete done."""
         self._segments.close()
 
-    def _write_files(
-        self, ident: str, doc_bytes: bytes, ref_bytes: bytes, *, synced: bool = False
-    ) -> None:
+    def _write_files(self, ident: str, doc_bytes: bytes, ref_bytes: bytes) -> None:
+        """Both files, each synced before its rename, then their folder (the new names are
+        durable once the folder is)."""
         doc_path, ref_path = self._paths(ident)
-        sync = self._sync if synced else None
         doc_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(doc_path, doc_bytes, sync)
-        _atomic_write(ref_path, ref_bytes, sync)
-        if sync is not None:  # the new names are durable once their folder is
-            fd = os.open(doc_path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                sync(fd)
-            finally:
-                os.close(fd)
+        _atomic_write(doc_path, doc_bytes, self._sync)
+        _atomic_write(ref_path, ref_bytes, self._sync)
+        fd = os.open(doc_path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self._sync(fd)
+        finally:
+            os.close(fd)
 
     def _unlink(self, ident: str) -> None:
         for path in self._paths(ident):
@@ -182,7 +179,9 @@ class ArtifactStore:
     def put(self, document: Mapping[str, Any], *, background: bool = False) -> Stored:
         """Store ``document`` (kind, content, tags?, parent?, metadata?); same bytes, same id.
 
-        With ``background`` the record is written by the I/O thread (see the module docstring).
+        With ``background`` the record is written by the I/O thread (see the module docstring);
+        without, the files are written and synced before it returns, which blocks: the server
+        stores through ``put_synced``, which does that in a thread.
         """
         ident, data = self._canonical(document)
         refs = self._index()
@@ -208,7 +207,7 @@ class ArtifactStore:
         ref, doc_bytes, ref_bytes = self._files(ident, data, document)
         done = self._writing[ident] = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.to_thread(self._write_files, ident, doc_bytes, ref_bytes, synced=True)
+            await asyncio.to_thread(self._write_files, ident, doc_bytes, ref_bytes)
             return self._commit(ref)
         finally:
             del self._writing[ident]

@@ -116,10 +116,7 @@ class TaskStream:
             self._entries.extend(texts)
             self._nbytes += sum(map(len, texts)) + _ENTRY_OVERHEAD * count
         self._tokens += count
-        for listener in self._listeners:
-            listener()
-        if self._waiters:
-            self._wake()
+        self._notify()
 
     def publish_frame(self, frame: Frame) -> None:
         """Append one non-token frame; a terminal frame closes the stream for good."""
@@ -130,6 +127,10 @@ class TaskStream:
         self._nbytes += len(data) + len(event) + _ENTRY_OVERHEAD
         if event in TERMINAL_EVENTS:
             self._closed = True
+        self._notify()
+
+    def _notify(self) -> None:
+        """After a publish: the listeners in the publisher's step, then the waiting readers."""
         for listener in self._listeners:
             listener()
         if self._waiters:

@@ -15,13 +15,14 @@ connection's callback). The writer runs again only when it must:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 
 from llama_orch.dispatch.streams import TaskStream
 from llama_orch.server.sse import Push
 
 
-class TranscriptPusher:
+class TranscriptPusher(abc.ABC):
     """Base of a transcript reader that can push: subclasses say what a publish writes
     (``render``), their generator awaits ``park`` when it has caught up."""
 
@@ -57,10 +58,10 @@ class TranscriptPusher:
             if timer is not None:
                 timer.cancel()
 
+    @abc.abstractmethod
     def render(self) -> bytes | None:
         """What the reader writes for the entries published since its place, advancing the
         place past them; None when they write nothing. Never called once the stream closed."""
-        raise NotImplementedError
 
     def _on_publish(self) -> None:
         parked = self._parked

@@ -61,7 +61,7 @@ class RawEngine:
                 if not await self.answer(request, reader, writer):
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            return  # the client went away: nothing more to answer
         finally:
             self.gone[number].set()
             writer.close()
@@ -127,6 +127,22 @@ def replies(data: bytes, *, keep: bool = True) -> Answer:
         writer.write(data)
         await writer.drain()
         return keep
+
+    return answer
+
+
+def gated(first: bytes, gate: asyncio.Event, rest: bytes) -> Answer:
+    """Write ``first``, wait for ``gate``, then write ``rest`` (each one write) and keep the
+    connection."""
+
+    async def answer(_: Request, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if first:
+            writer.write(first)
+            await writer.drain()
+        await gate.wait()
+        writer.write(rest)
+        await writer.drain()
+        return True
 
     return answer
 
@@ -270,15 +286,7 @@ class TestConnections:
         """At max_connections, another stream waits for a free one: as long as the caller lets
         it, then on the connection the first stream gave back."""
         release = asyncio.Event()
-
-        async def held(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-            w.write(HEAD_CHUNKED + b"2\r\nok\r\n")
-            await w.drain()
-            await release.wait()
-            w.write(b"0\r\n\r\n")
-            await w.drain()
-            return True
-
+        held = gated(HEAD_CHUNKED + b"2\r\nok\r\n", release, b"0\r\n\r\n")
         async with raw_engine(held) as engine:
             pool = pool_for(engine, max_connections=1)
             first = await pool.post("/x", b"", {})
@@ -397,14 +405,7 @@ class TestSentAtOnce:
 
     async def test_try_post_never_passes_a_waiting_post_nor_the_limit(self) -> None:
         release = asyncio.Event()
-
-        async def held(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-            await release.wait()
-            w.write(fixed(b"ok"))
-            await w.drain()
-            return True
-
-        async with raw_engine(held) as engine:
+        async with raw_engine(gated(b"", release, fixed(b"ok"))) as engine:
             pool = pool_for(engine, max_connections=1)
             release.set()
             assert b"ok" == await body_of(await pool.post("/x", b"", {}))
@@ -506,15 +507,7 @@ class TestPushed:
 
     async def test_consume_hands_buffered_then_arriving_chunks_in_order(self) -> None:
         gate = asyncio.Event()
-
-        async def two_parts(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-            w.write(HEAD_CHUNKED + b"1\r\na\r\n1\r\nb\r\n")
-            await w.drain()
-            await gate.wait()
-            w.write(b"1\r\nc\r\n0\r\n\r\n")
-            await w.drain()
-            return True
-
+        two_parts = gated(HEAD_CHUNKED + b"1\r\na\r\n1\r\nb\r\n", gate, b"1\r\nc\r\n0\r\n\r\n")
         async with raw_engine(two_parts) as engine:
             pool = pool_for(engine)
             response = await pool.post("/x", b"", {})
@@ -533,15 +526,7 @@ class TestPushed:
         """Several HTTP chunks that arrive together (an engine faster than its reader) are
         handed over once, joined: one hand-over per read, not one per chunk."""
         gate = asyncio.Event()
-
-        async def burst(_: Request, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-            w.write(HEAD_CHUNKED)
-            await w.drain()
-            await gate.wait()
-            w.write(b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n")  # one write
-            await w.drain()
-            return True
-
+        burst = gated(HEAD_CHUNKED, gate, b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n")
         async with raw_engine(burst) as engine:
             pool = pool_for(engine)
             response = await pool.post("/x", b"", {})

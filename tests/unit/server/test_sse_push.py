@@ -206,24 +206,31 @@ class _Texts(TranscriptPusher):
         return "".join(new).encode() if new else None
 
 
+def front_door(
+    stream: TaskStream, complete: list[bool] | None = None
+) -> tuple[asyncio.Task[None], list[bytes], list[object]]:
+    """A front door's ``follow`` of ``stream`` with a pusher: its task, what it pushed, and
+    the events it yielded. ``complete[n]`` says whether the n-th push completed (default: all)."""
+    place = Place()
+    reader = _Texts(stream, place)
+    pushed: list[bytes] = []
+    reader.attach(lambda chunk: pushed.append(chunk) or (complete or [True] * 64)[len(pushed) - 1])
+    events: list[object] = []
+    ticket = Ticket("t", "p", stream, 0, 0, 8, {})
+
+    async def consume() -> None:
+        async for event in follow(None, ticket, pusher=reader, place=place):  # type: ignore[arg-type]
+            events.append(event)
+
+    return asyncio.create_task(consume()), pushed, events
+
+
 class TestFollowPushes:
     async def test_tokens_published_while_caught_up_are_pushed_not_yielded(self) -> None:
         """``follow`` with a pusher: tokens go out through the push; a push that did not
         complete hands the writer its turn (an empty batch); the terminal is yielded."""
         stream = TaskStream()
-        ticket = Ticket("t", "p", stream, 0, 0, 8, {})
-        place = Place()
-        reader = _Texts(stream, place)
-        pushed: list[bytes] = []
-        complete = [True, False, True]
-        reader.attach(lambda chunk: pushed.append(chunk) or complete[len(pushed) - 1])
-        events: list[object] = []
-
-        async def consume() -> None:
-            async for event in follow(None, ticket, pusher=reader, place=place):  # type: ignore[arg-type]
-                events.append(event)
-
-        task = asyncio.create_task(consume())
+        task, pushed, events = front_door(stream, [True, False, True])
         await asyncio.sleep(0)
         publish(stream, ["a"])
         publish(stream, ["b", "c"])  # this push is left unfinished
@@ -241,18 +248,7 @@ class TestFollowPushes:
         stream, server = TaskStream(), Server()
         task, outcomes = start(stream, server)
         await settle(lambda: len(server.messages) == 2)
-        ticket = Ticket("t", "p", stream, 0, 0, 8, {})
-        place = Place()
-        reader = _Texts(stream, place)
-        pushed: list[bytes] = []
-        reader.attach(lambda chunk: pushed.append(chunk) is None)
-        events: list[object] = []
-
-        async def consume() -> None:
-            async for event in follow(None, ticket, pusher=reader, place=place):  # type: ignore[arg-type]
-                events.append(event)
-
-        door = asyncio.create_task(consume())
+        door, pushed, events = front_door(stream)
         await asyncio.sleep(0)
         publish(stream, ["a"])
         publish(stream, ["b"])
