@@ -177,7 +177,7 @@ class TestCatalogApi:
             huge = await srv.client.post(
                 "/v1/catalog/models", json={"ref": "hf:o/r/m.gguf", "pad": "x" * 200_000}
             )
-            assert (400, "INVALID_PARAMS") == (huge.status_code, huge.json()["code"])
+            assert (413, "INVALID_PARAMS") == (huge.status_code, huge.json()["code"])
             assert "exceeds 65536 bytes" in huge.json()["message"]
 
     async def test_catalog_routes_need_the_token(self, tmp_path: Path) -> None:

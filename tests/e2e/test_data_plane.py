@@ -224,7 +224,9 @@ class TestInvalidInput:
             huge = await srv.submit(task_body(prompt="x" * 10_000_000))
         assert (400, "INVALID_PARAMS") == (response.status_code, response.json()["code"])
         assert "at most 1000 bytes" in response.json()["message"]
-        assert 400 == huge.status_code
+        # A body past what any prompt within the limit needs is refused before it is read whole.
+        assert (413, "INVALID_PARAMS") == (huge.status_code, huge.json()["code"])
+        assert "request body exceeds" in huge.json()["message"]
 
     async def test_bad_uuid_in_path(self) -> None:
         """A malformed task or session id in a path is 400; an unknown one is 404."""

@@ -182,6 +182,29 @@ def test_an_escaped_prompt_within_the_limit_passes_the_front_door(server: ServeP
     assert f"prompt is {PROMPT_LIMIT + 1} bytes" in _message(too_long)
 
 
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/chat/completions", "messages"),
+        ("/v1/embeddings", "input"),
+        ("/api/chat", "messages"),
+        ("/api/generate", "prompt"),
+        ("/v1/pools/p0/drain", "pad"),
+    ],
+)
+def test_a_body_past_the_limit_is_413_in_the_callers_shape(
+    server: ServeProcess, path: str, field: str
+) -> None:
+    """Far more bytes than any prompt within the limit needs: refused as content too large,
+    in the error shape the caller speaks, not read into memory whole."""
+    filler = "x" * (8 * PROMPT_LIMIT)
+    body: dict[str, Any] = {"model": MODEL}
+    body[field] = [{"role": "user", "content": filler}] if field == "messages" else filler
+    response = _post(server, path, body)
+    assert 413 == response.status_code, response.text
+    assert "request body exceeds" in _message(response)
+
+
 def test_a_drain_deadline_past_int64_is_refused_before_the_drain(server: ServeProcess) -> None:
     """The drain would start, then its answer fail to render: the pool left draining."""
     response = _post(server, "/v1/pools/p0/drain", {"deadline_ms": 2**70})

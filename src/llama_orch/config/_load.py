@@ -69,7 +69,7 @@ def read_config_file(path: str | Path) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, [ConfigIssue("<file>", f"cannot read: {exc.strerror}")]) from exc
-    return parse_config_text(text, source)
+    return _absolute_paths(parse_config_text(text, source), Path(path).resolve().parent)
 
 
 def parse_config_text(text: str, source: str = "<config>") -> Config:
@@ -318,17 +318,64 @@ def resolve_path(path: str, base_dir: Path) -> Path:
     return candidate if candidate.is_absolute() else base_dir / candidate
 
 
-def _absolute_ca_roots(config: Config, base_dir: Path) -> Config:
-    """``catalog.trust_policy.ca_roots`` made absolute against the config file's directory, as
-    the server's certificate is, so whoever loads them later (the model fetchers, the engine
-    downloads) reads the same files whatever the working directory is by then."""
-    trust = config.catalog.trust_policy
-    roots = [str(resolve_path(path, base_dir)) for path in trust.ca_roots]
-    if roots == trust.ca_roots:
-        return config
-    trust = trust.model_copy(update={"ca_roots": roots})
-    catalog = config.catalog.model_copy(update={"trust_policy": trust})
-    return config.model_copy(update={"catalog": catalog})
+def _relative(path: str | None, base_dir: Path) -> str | None:
+    """``path`` against ``base_dir`` when it is relative; ``~`` paths and absolute ones as given
+    (so a default such as ``~/.cache/llama-orch/catalog`` still reads as the default)."""
+    if path is None or path.startswith("~") or Path(path).is_absolute():
+        return path
+    return str(base_dir / path)
+
+
+def _absolute_paths(config: Config, base_dir: Path) -> Config:
+    """Every directory and file the config names, relative ones made absolute against the
+    config file's directory (as the server's certificate is), so whoever uses them later (the
+    catalog, the engine caches, the trace store, the fetchers) finds the same place whatever
+    the working directory is by then."""
+    catalog = config.catalog
+    trust = catalog.trust_policy
+    roots = [_relative(path, base_dir) or path for path in trust.ca_roots]
+    pools = []
+    for pool in config.pools:
+        prov = pool.provisioning
+        if prov is not None and prov.source is not None and prov.source.build.cache_dir:
+            build = prov.source.build
+            build = build.model_copy(update={"cache_dir": _relative(build.cache_dir, base_dir)})
+            prov = prov.model_copy(
+                update={"source": prov.source.model_copy(update={"build": build})}
+            )
+        if prov is not None and prov.binary is not None and prov.binary.install_dir:
+            binary = prov.binary
+            binary = binary.model_copy(
+                update={"install_dir": _relative(binary.install_dir, base_dir)}
+            )
+            prov = prov.model_copy(update={"binary": binary})
+        pools.append(
+            pool if prov is pool.provisioning else pool.model_copy(update={"provisioning": prov})
+        )
+    engines = config.engines
+    return config.model_copy(
+        update={
+            "server": config.server.model_copy(
+                update={"artifacts_dir": _relative(config.server.artifacts_dir, base_dir)}
+            ),
+            "catalog": catalog.model_copy(
+                update={
+                    "root": _relative(catalog.root, base_dir),
+                    "trust_policy": trust.model_copy(update={"ca_roots": roots}),
+                }
+            ),
+            "engines": engines.model_copy(
+                update={
+                    "cache_dir": _relative(engines.cache_dir, base_dir),
+                    "run_dir": _relative(engines.run_dir, base_dir),
+                }
+            ),
+            "cluster": config.cluster.model_copy(
+                update={"token_file": _relative(config.cluster.token_file, base_dir)}
+            ),
+            "pools": pools,
+        }
+    )
 
 
 def _upstream_api_keys(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
@@ -377,7 +424,7 @@ def load_settings(
         unbuilt = not_available_yet(config)
         if unbuilt:
             raise ConfigError(source, unbuilt)
-    config = _absolute_ca_roots(_sse_overrides(config, environ), base_dir)
+    config = _absolute_paths(_sse_overrides(config, environ), base_dir)
     server = config.server
     unloadable = _tls_files(config, base_dir)
     if unloadable:

@@ -222,6 +222,9 @@ def data_plane() -> dict[str, Any]:
                     "401": _error("MISSING_TOKEN or BAD_TOKEN"),
                     "403": _error("NON_LOOPBACK_WITHOUT_TOKEN"),
                     "409": _error("CONFLICT: task_id already submitted"),
+                    "413": _error(
+                        "The body is past what server.max_prompt_bytes allows (INVALID_PARAMS)"
+                    ),
                     "429": {
                         **_error(
                             "Backpressure (ADMISSION_REJECT, QUEUE_FULL_DROP_LRU): a full queue, "
@@ -482,6 +485,7 @@ def _pool_operation(
                 ),
                 "404": _error("Unknown pool"),
                 "409": _error("CONFLICT: a drain or reload of this pool is already running"),
+                "413": _error("The body is past 64 KiB (INVALID_PARAMS)"),
             },
             "x-examples": {
                 operation_id: {"request": example, "response_status": 202},

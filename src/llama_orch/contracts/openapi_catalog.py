@@ -92,6 +92,7 @@ def catalog_paths() -> dict[str, Any]:
                     "409": _error(
                         "The model is already being pulled with another digest (or none)"
                     ),
+                    "413": _error("The body is past 64 KiB (INVALID_PARAMS)"),
                 },
             },
             "get": {

@@ -372,6 +372,9 @@ def _completion_route(
                 "400": _error("invalid_request_error; param names the field"),
                 "401": _error("Missing or bad bearer token (task API envelope)"),
                 "404": _error("Unknown model (code model_not_found)"),
+                "413": _error(
+                    "invalid_request_error: the body is past what server.max_prompt_bytes allows"
+                ),
                 "429": _error(
                     "rate_limit_error: a full queue or a rate limit",
                     {
@@ -452,6 +455,9 @@ def openai_document() -> dict[str, Any]:
                         },
                     },
                     "404": _error("Unknown model (code model_not_found)"),
+                "413": _error(
+                    "invalid_request_error: the body is past what server.max_prompt_bytes allows"
+                ),
                 },
             }
         },

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from llama_orch.artifacts import check_artifact_id, check_tag
 from llama_orch.contracts.api import Artifact, ArtifactPage, ArtifactRef, StoredArtifact
-from llama_orch.errors import InvalidParams, PayloadTooLarge
+from llama_orch.errors import InvalidParams
 from llama_orch.server.body import read_body
 from llama_orch.server.data_plane import _validation_message, json_response
 from llama_orch.server.deps import deps_of
@@ -31,7 +31,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
         2 * limit,
         why=f"; artifacts are limited to {limit} bytes as canonical JSON "
         "(server.artifact_max_bytes)",
-        too_large=PayloadTooLarge,
     )
     if not body:
         raise InvalidParams("request body is empty; send a JSON Artifact {kind, content, ...}")

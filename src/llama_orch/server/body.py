@@ -2,7 +2,8 @@
 
 A client that closes its connection before the body's end, or sends a malformed chunk size,
 ends the body early; the server answers 400 INVALID_PARAMS (which reaches a client that still
-reads), and the request is logged once, at info, like any other answer.
+reads), and the request is logged once, at info, like any other answer. A body past its
+route's limit is 413, with the same code.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from starlette.requests import ClientDisconnect, Request
 
-from llama_orch.errors import InvalidParams
+from llama_orch.errors import InvalidParams, PayloadTooLarge
 
 #: How much a JSON encoder can grow text: a control character escaped as ``\u001f`` is six
 #: bytes for one; an emoji escaped as a surrogate pair is twelve for four.
@@ -61,21 +62,15 @@ async def body_chunks(request: Request) -> AsyncIterator[bytes]:
         await stream.aclose()
 
 
-async def read_body(
-    request: Request,
-    limit: int,
-    *,
-    why: str = "",
-    too_large: type[InvalidParams] = InvalidParams,
-) -> bytes:
-    """The whole body; raises ``too_large`` past ``limit`` bytes (saying ``why``), or
+async def read_body(request: Request, limit: int, *, why: str = "") -> bytes:
+    """The whole body; raises PayloadTooLarge (413) past ``limit`` bytes (saying ``why``), or
     InvalidParams when it ends early."""
     body = bytearray()
     try:
         async for chunk in body_chunks(request):
             body += chunk
             if len(body) > limit:
-                raise too_large(f"request body exceeds {limit} bytes{why}")
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes{why}")
     except ClientDisconnect:
         raise InvalidParams(_ENDED_EARLY) from None
     return bytes(body)

@@ -191,6 +191,50 @@ class TestCertificateFiles:
         trusted = tls_context(roots).get_ca_certs(binary_form=True)
         assert ssl.PEM_cert_to_DER_cert(ca.cert_pem.bytes().decode()) in trusted
 
+    def test_relative_directories_resolve_against_the_config_file(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The catalog, the trace store and the engine caches stay beside the config whatever
+        directory the server (or ``llorch pools plan``) is started from."""
+        folder = tmp_path / "conf"
+        folder.mkdir()
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        path = folder / "llorch.yaml"
+        path.write_text(
+            "server: {artifacts_dir: state/artifacts}\n"
+            "catalog: {root: state/catalog}\n"
+            "engines: {cache_dir: state/engines, run_dir: /var/run/llorch}\n"
+            "cluster: {token_file: ray.token}\n"
+            "pools:\n"
+            "  - id: built\n    engine: llamacpp\n    model: m.gguf\n"
+            "    provisioning: {mode: source, source: {repo: r, ref: v1, "
+            "build: {cache_dir: builds}}}\n"
+            "  - id: downloaded\n    engine: llamacpp\n    model: m.gguf\n"
+            "    provisioning: {mode: binary, allow_binary_downloads: true, binary: "
+            "{url: 'https://example.org/b.tgz', checksum: 'sha256:00', install_dir: bin}}\n"
+        )
+        for config in (read_config_file(path), load_settings({}, path).config):
+            assert str(folder / "state" / "artifacts") == config.server.artifacts_dir
+            assert str(folder / "state" / "catalog") == config.catalog.root
+            assert str(folder / "state" / "engines") == config.engines.cache_dir
+            assert "/var/run/llorch" == config.engines.run_dir
+            assert str(folder / "ray.token") == config.cluster.token_file
+            built, downloaded = (pool.provisioning for pool in config.pools)
+            assert built is not None and built.source is not None
+            assert str(folder / "builds") == built.source.build.cache_dir
+            assert downloaded is not None and downloaded.binary is not None
+            assert str(folder / "bin") == downloaded.binary.install_dir
+
+    def test_home_relative_defaults_are_left_as_written(self, tmp_path: Path) -> None:
+        path = tmp_path / "llorch.yaml"
+        path.write_text(MINIMAL)
+        config = load_settings({}, path).config
+        assert "~/.cache/llama-orch/catalog" == config.catalog.root
+        assert "~/.cache/llama-orch" == config.engines.cache_dir
+        assert "~/.cache/llama-orch/artifacts" == config.server.artifacts_dir
+
     def test_a_missing_relative_ca_root_names_where_it_was_looked_for(self, tmp_path: Path) -> None:
         path = tmp_path / "llorch.yaml"
         path.write_text(MINIMAL + "catalog: {trust_policy: {ca_roots: [missing.pem]}}\n")

@@ -26,7 +26,7 @@ from llama_orch.contracts.api import INT32_MAX, INT64_MAX
 from llama_orch.contracts.engine import ChatMessage
 from llama_orch.errors import OrchError
 from llama_orch.server.deps import AppDeps, deps_of
-from llama_orch.server.errors import STATUS, error_response
+from llama_orch.server.errors import STATUS, render_error
 from llama_orch.server.frontdoor import _fields as f
 from llama_orch.server.frontdoor import _tasks
 from llama_orch.server.frontdoor._chat import DEFAULT_TEMPLATE
@@ -94,11 +94,10 @@ def _now() -> str:
 
 def ollama_error(exc: OrchError) -> Response:
     """The task API's status and retry headers, with Ollama's ``{"error": ...}`` body."""
-    status = STATUS[exc.kind]
+    rendered = render_error(exc)
+    status = rendered.status
     headers = {
-        k: v
-        for k, v in error_response(exc).headers.items()
-        if k.lower() in ("retry-after", "x-backoff-ms")
+        k: v for k, v in rendered.headers.items() if k.lower() in ("retry-after", "x-backoff-ms")
     }
     body = orjson.dumps({"error": peer_message(exc)})
     return Response(body, status, headers, media_type=JSON)

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from llama_orch.contracts.api import INT32_MAX, INT64_MAX
 from llama_orch.errors import ErrorKind, OrchError
 from llama_orch.server.deps import AppDeps, deps_of
-from llama_orch.server.errors import STATUS, error_response
+from llama_orch.server.errors import STATUS, render_error
 from llama_orch.server.frontdoor import _fields as f
 from llama_orch.server.frontdoor import _tasks
 from llama_orch.server.frontdoor._http import (
@@ -113,8 +113,9 @@ def error_body(message: str, kind: str, param: str | None, code: str | None) -> 
 
 def openai_error(exc: OrchError) -> Response:
     """The task API's status and retry headers, with OpenAI's error body."""
-    headers = dict(error_response(exc).headers)
-    status = STATUS[exc.kind]
+    rendered = render_error(exc)
+    headers = dict(rendered.headers)
+    status = rendered.status
     kept = {k: v for k, v in headers.items() if k.lower() in ("retry-after", "x-backoff-ms")}
     if exc.retry_after_ms is not None and status in (429, 503):
         kept["retry-after-ms"] = str(exc.retry_after_ms)
