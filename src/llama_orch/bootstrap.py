@@ -18,6 +18,7 @@ from llama_orch.dispatch.dispatcher import Dispatcher
 from llama_orch.dispatch.service import TaskService
 from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.observability.metrics import Metrics
+from llama_orch.observability.narration import narrate
 from llama_orch.pool.engine_process import Supervision, catalog_model_locator
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory, simulated_inventory
 from llama_orch.pool.launch import Launcher, LocalLauncher
@@ -184,6 +185,15 @@ def build_deps(
     metrics = Metrics()
     writable_dir(settings, "catalog.root", catalog_root(settings.config, settings.catalog_env))
     models = model_provisioner(settings.config, settings.catalog_env, metrics)
+    for kept, why in models.store.recover():
+        narrate(
+            "catalog",
+            "recover",
+            str(kept),
+            f"Sets the damaged index aside as {kept} and starts an empty one ({why}); the "
+            "files under models/ are kept: pull or register those models again.",
+            level="warning",
+        )
     pool_models = PoolModels(settings.config.pools, models, settings.base_dir)
     check_vram_fit(settings, inventory, pool_models)
     supervisor = Supervisor(metrics)

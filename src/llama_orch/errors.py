@@ -31,6 +31,7 @@ OrchError
 │   └── WorkerInternal                      INTERNAL
 ├── CatalogError                            the model/engine catalog on disk
 │   ├── IndexVersionError                   INTERNAL (an index written by another version)
+│   ├── IndexCorrupt                        INTERNAL (an index file that does not parse)
 │   └── FetchFailed                         INTERNAL, retriable (a source could not be read)
 │       └── InsufficientSpace (OSError)     INTERNAL (the disk cannot hold the download)
 └── InternalError                           INTERNAL
@@ -135,6 +136,10 @@ class CatalogError(OrchError):
 
 class IndexVersionError(CatalogError):
     """An index file carries a schema version this build cannot read."""
+
+
+class IndexCorrupt(CatalogError):
+    """An index file on disk is not a valid index (cut short, overwritten, edited by hand)."""
 
 
 class FetchFailed(CatalogError):

@@ -221,3 +221,51 @@ class TestStopWhileHashing:
                 pytest.fail(f"llorch serve still ran {SHUTDOWN_DEADLINE_S} s after SIGTERM")
             log = served.log_path.read_text()
         assert "Traceback" not in log
+
+
+class TestDamagedIndex:
+    def test_a_torn_index_at_start_is_set_aside_and_nothing_else_is_lost(
+        self, tmp_path: Path
+    ) -> None:
+        """A models.json cut short on disk (it used to answer every catalog request with a
+        bare 500): the server starts, keeps the damaged file beside it, says so in its log,
+        serves an empty model index, and leaves engines.json and the model files alone."""
+        root = tmp_path / "catalog"
+        (root / "models" / "kept").mkdir(parents=True)
+        (root / "models" / "kept" / "m.gguf").write_bytes(b"bytes of a model")
+        torn = b'{"version": 1, "models": [{"id": "hf:org/repo", "ref": "hf:or'
+        (root / "models.json").write_bytes(torn)
+        engines = b'{"version": 1, "engines": []}'
+        (root / "engines.json").write_bytes(engines)
+        model = tiny_llama_gguf(tmp_path / "a.gguf")
+        config = {"catalog": {"root": str(root)}, "pools": [mock_pool()]}
+        with serve_process(config, tmp_path) as served, httpx.Client(base_url=served.url) as c:
+            listed = c.get("/v1/catalog/models")
+            assert (200, []) == (listed.status_code, listed.json()["models"])
+            added = c.post("/v1/catalog/models", json={"ref": f"file:{model}"})
+            assert 201 == added.status_code
+            listed = c.get("/v1/catalog/models")
+            assert [f"file:{model}"] == [m["id"] for m in listed.json()["models"]]
+            log = served.log_path.read_text()
+        kept = list(root.glob("models.json.corrupt-*"))
+        assert 1 == len(kept) and torn == kept[0].read_bytes()
+        assert f"{root / 'models.json'} cannot be read" in log and kept[0].name in log
+        assert engines == (root / "engines.json").read_bytes()
+        assert b"bytes of a model" == (root / "models" / "kept" / "m.gguf").read_bytes()
+        assert "Traceback" not in log
+
+    def test_an_index_damaged_while_serving_is_a_typed_error(self, tmp_path: Path) -> None:
+        """Garbage written over models.json while the server runs: catalog requests name the
+        file and what to do, instead of the generic "unexpected error" 500."""
+        root = tmp_path / "catalog"
+        config = {"catalog": {"root": str(root)}, "pools": [mock_pool()]}
+        with serve_process(config, tmp_path) as served, httpx.Client(base_url=served.url) as c:
+            (root / "models.json").write_bytes(b"\x00\x00garbage")
+            listed = c.get("/v1/catalog/models")
+            body = listed.json()
+            assert (500, "INTERNAL") == (listed.status_code, body["code"])
+            assert f"{root / 'models.json'} cannot be read" in body["message"]
+            assert "restart the server" in body["hint"]
+            (root / "models.json").write_bytes(b'{"version": 1, "models": [{"id": 3}]}')
+            shown = c.get("/v1/catalog/models/hf:org/repo")
+            assert "cannot be read" in shown.json()["message"]

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from llama_orch.catalog.entries import EngineEntry, Lifecycle, ModelEntry, ResolvedModel
 from llama_orch.catalog.refs import ModelRef, parse_ref, ref_id, safe_relative
-from llama_orch.errors import IndexVersionError, InvalidModelRef, NotFound
+from llama_orch.errors import IndexCorrupt, IndexVersionError, InvalidModelRef, NotFound
 
 MODELS_VERSION = 1
 ENGINES_VERSION = 1
@@ -134,17 +134,58 @@ class _Index(Generic[E]):
         cached = self._cache
         if cached is not None and cached.key == key:
             return cached.entries
-        raw: Any = orjson.loads(self.path.read_bytes())
-        found = raw.get("version") if isinstance(raw, dict) else None
+        entries = self._parse(self.path.read_bytes())
+        self._cache = _Cached(key, entries)
+        return entries
+
+    def _parse(self, data: bytes) -> dict[str, E]:
+        try:
+            raw: Any = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise self._corrupt(f"it is not JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise self._corrupt("it is not a JSON object")
+        found = raw.get("version")
         if found != self.version:
             raise IndexVersionError(
                 f"{self.path} has schema version {found!r}; this build reads version "
                 f"{self.version}",
                 hint="upgrade llama-orch, or move the catalog root aside and pull again",
             )
-        entries = {item["id"]: self.kind.model_validate(item) for item in raw[self.field]}
-        self._cache = _Cached(key, entries)
+        items = raw.get(self.field)
+        if not isinstance(items, list):
+            raise self._corrupt(f"it has no {self.field!r} list")
+        entries: dict[str, E] = {}
+        for position, item in enumerate(items):
+            try:
+                entry = self.kind.model_validate(item)
+            except ValidationError as exc:
+                problem = exc.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in problem["loc"]) or "entry"
+                raise self._corrupt(f"{self.field}[{position}].{where}: {problem['msg']}") from None
+            entries[item["id"]] = entry
         return entries
+
+    def _corrupt(self, why: str) -> IndexCorrupt:
+        return IndexCorrupt(
+            f"catalog index {self.path} cannot be read: {why}",
+            hint="restart the server: it keeps the damaged file beside the index and starts an "
+            "empty one (files under models/ stay; pull or register them again), or restore "
+            "the file from a backup",
+        )
+
+    def set_aside_if_corrupt(self) -> tuple[Path, str] | None:
+        """Rename a damaged index to ``<name>.corrupt-<ms>`` (the caller holds the lock); an
+        index of another schema version is left alone, a newer build may still read it."""
+        try:
+            self.read()
+        except IndexCorrupt as exc:
+            kept = self.path.with_name(f"{self.path.name}.corrupt-{now_ms()}")
+            os.replace(self.path, kept)
+            fsync_dir(self.path.parent)
+            self._cache = None
+            return kept, exc.message
+        return None
 
     def write(self, entries: dict[str, E]) -> None:
         items = [entries[key].model_dump(mode="json") for key in sorted(entries)]
@@ -174,6 +215,17 @@ class CatalogStore:
     def ensure_layout(self) -> None:
         for directory in (self.models_dir, self.staging_dir, self.trash_dir, self.locks_dir):
             directory.mkdir(parents=True, exist_ok=True)
+
+    def recover(self) -> builtins.list[tuple[Path, str]]:
+        """Set aside every index that cannot be read, so the catalog starts with an empty one
+        instead of failing each request; returns where each damaged copy went, and why."""
+        moved: builtins.list[tuple[Path, str]] = []
+        with self._locked():
+            for index in (self._models, self._engines):
+                kept = index.set_aside_if_corrupt()
+                if kept is not None:
+                    moved.append(kept)
+        return moved
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
