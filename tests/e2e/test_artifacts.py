@@ -115,6 +115,40 @@ class TestArtifactsApi:
         assert 400 == bad_limit.status_code
 
 
+class TestDamagedStore:
+    async def test_damaged_files_cost_only_themselves(self, tmp_path: Path) -> None:
+        """Files on disk cut short or overwritten (they used to make GET and every listing a
+        bare 500): a damaged document answers 404 saying so and can be posted again; a damaged
+        ref file is skipped; every other artifact is listed and served as before."""
+        docs = [{**PLAN, "content": {"n": n}} for n in range(4)]
+        async with running_server(artifact_config(tmp_path)) as srv:
+            ids = [(await srv.client.post("/v1/artifacts", json=d)).json()["id"] for d in docs]
+        doc_of = {i: tmp_path / i[:2] / f"{i}.json" for i in ids}
+        ref_of = {i: tmp_path / i[:2] / f"{i}.ref" for i in ids}
+        doc_of[ids[0]].write_bytes(doc_of[ids[0]].read_bytes()[:40])  # cut short
+        flipped = doc_of[ids[1]].read_bytes().replace(b'"n":1', b'"n":7')  # parses, wrong bytes
+        doc_of[ids[1]].write_bytes(flipped)
+        ref_of[ids[2]].write_bytes(b"[]")
+        (tmp_path / "ab").mkdir(exist_ok=True)
+        (tmp_path / "ab" / f"ab{'0' * 62}.ref").write_bytes(b'{"id": "ab' + b"0" * 62 + b'"}')
+        async with running_server(artifact_config(tmp_path)) as srv:
+            listed = await srv.client.get("/v1/artifacts?tag=project:demo")
+            cut = await srv.client.get(f"/v1/artifacts/{ids[0]}")
+            wrong = await srv.client.get(f"/v1/artifacts/{ids[1]}")
+            good = await srv.client.get(f"/v1/artifacts/{ids[3]}")
+            again = await srv.client.post("/v1/artifacts", json=docs[0])
+            back = await srv.client.get(f"/v1/artifacts/{ids[0]}")
+        assert 200 == listed.status_code
+        assert [ids[0], ids[1], ids[3]] == [r["id"] for r in listed.json()["items"]]
+        for damaged in (cut, wrong):
+            assert (404, "NOT_FOUND") == (damaged.status_code, damaged.json()["code"])
+            assert "damaged on disk" in damaged.json()["message"]
+            assert "POST it again" in damaged.json()["message"]
+        assert (200, {"n": 3}) == (good.status_code, good.json()["content"])
+        assert (201, ids[0]) == (again.status_code, again.json()["id"])
+        assert (200, {"n": 0}) == (back.status_code, back.json()["content"])
+
+
 class TestStreamTraces:
     async def test_every_finished_stream_is_a_trace(
         self, tmp_path: Path, narration: NarrationLog

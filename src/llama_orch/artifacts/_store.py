@@ -72,6 +72,51 @@ def check_tag(value: str) -> str:
     return value
 
 
+def _ref_in(data: bytes, field: str | None = None) -> dict[str, Any] | None:
+    """The ref in ``data`` (a ref file, or a record's ``field``), if it has every field the
+    index and the API rely on; None for bytes cut short or overwritten."""
+    try:
+        ref: Any = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if field is not None:
+        ref = ref.get(field) if isinstance(ref, dict) else None
+    if not isinstance(ref, dict):
+        return None
+    ident, tags = ref.get("id"), ref.get("tags")
+    valid = (
+        isinstance(ident, str)
+        and _ID.match(ident) is not None
+        and ref.get("digest") == f"sha256:{ident}"
+        and ref.get("kind") in ARTIFACT_KINDS
+        and type(ref.get("created_ms")) is int
+        and isinstance(tags, list)
+        and all(isinstance(tag, str) for tag in tags)
+    )
+    return ref if valid else None
+
+
+def _decode(ident: str, raw: bytes) -> dict[str, Any] | str:
+    """A stored record ``{ref, document}``, or why it is damaged: the document must still hash
+    to the id it is stored under."""
+    try:
+        stored: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON: {exc}"
+    if not isinstance(stored, dict) or _ref_in(orjson.dumps(stored.get("ref"))) is None:
+        return "no valid ref"
+    document = stored.get("document")
+    if not isinstance(document, dict):
+        return "no document"
+    try:
+        actual = artifact_id(document)
+    except InvalidParams:
+        return "the document has no canonical form"
+    if actual != ident:
+        return f"the document hashes to {actual}"
+    return stored
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     """A stored artifact's ref (SPEC ArtifactRef) and whether this call created it."""
@@ -158,15 +203,15 @@ class ArtifactStore:
             refs: dict[str, dict[str, Any]] = {}
             if self.root.is_dir():
                 for path in self.root.glob("??/*.ref"):
-                    with contextlib.suppress(OSError, orjson.JSONDecodeError):
-                        ref = orjson.loads(path.read_bytes())
-                        if _ID.match(str(ref.get("id", ""))):
-                            refs[ref["id"]] = ref
+                    with contextlib.suppress(OSError):
+                        ref = _ref_in(path.read_bytes())
+                        # A ref file names its artifact: one that says otherwise is damaged.
+                        if ref is not None and ref["id"] == path.stem:
+                            refs[path.stem] = ref
                 for record in self._segments.load():
-                    with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
-                        ref = orjson.loads(record)["ref"]
-                        if _ID.match(str(ref.get("id", ""))):
-                            refs[ref["id"]] = ref
+                    ref = _ref_in(record, field="ref")
+                    if ref is not None:
+                        refs[ref["id"]] = ref
             self._refs = refs
             self._order = sorted((int(r["created_ms"]), i) for i, r in refs.items())
         return self._refs
@@ -261,8 +306,28 @@ class ArtifactStore:
                 raw = self._paths(ident)[0].read_bytes()
         except FileNotFoundError:
             raise missing from None
-        stored = orjson.loads(raw)
+        stored = _decode(ident, raw)
+        if isinstance(stored, str):
+            self._set_aside(ident)
+            raise NotFound(
+                f"artifact {ident} was damaged on disk ({stored}) and is set aside; POST it "
+                "again to store it anew"
+            )
         return {**stored["ref"], **stored["document"]}
+
+    def _set_aside(self, ident: str) -> None:
+        """Drop a damaged artifact from the index; its files stay, renamed, for a look."""
+        refs = self._index()
+        ref = refs.pop(ident, None)
+        if ref is not None:
+            with contextlib.suppress(ValueError):
+                self._order.remove((int(ref["created_ms"]), ident))
+        if self._segments.holds(ident):
+            self._segments.remove(ident)
+            return
+        for path in self._paths(ident):
+            with contextlib.suppress(OSError):
+                os.replace(path, path.with_name(f"{path.name}.damaged"))
 
     def delete(self, ident: str) -> None:
         refs = self._index()
