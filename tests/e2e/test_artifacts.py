@@ -59,6 +59,19 @@ class TestArtifactsApi:
         assert 404 == slashed.status_code
         assert [] == [p for p in tmp_path.iterdir() if p.name != "store"]  # noqa: ASYNC240
 
+    async def test_a_trailing_newline_does_not_pass_for_an_id_or_a_tag(
+        self, tmp_path: Path
+    ) -> None:
+        """``$`` in a pattern matches before a final newline: a tag or id ending in one used to
+        pass the check (a 200 with nothing listed, a 404 "unknown" cursor) instead of a 400."""
+        ident = "a" * 64
+        async with running_server(artifact_config(tmp_path)) as srv:
+            by_tag = await srv.client.get("/v1/artifacts", params={"tag": "ok\n"})
+            by_after = await srv.client.get("/v1/artifacts", params={"after": f"{ident}\n"})
+            by_id = await srv.client.get(f"/v1/artifacts/{ident}%0A")
+        answers = [(r.status_code, r.json()["code"]) for r in (by_tag, by_after, by_id)]
+        assert [(400, "INVALID_PARAMS")] * 3 == answers
+
     async def test_non_finite_numbers_are_refused(self, tmp_path: Path) -> None:
         """NaN, Infinity and 1e999 have no JSON form: 400, never stored as null."""
         json_type = {"content-type": "application/json"}

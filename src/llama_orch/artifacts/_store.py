@@ -56,7 +56,7 @@ def artifact_id(document: Mapping[str, Any]) -> str:
 
 
 def check_artifact_id(value: str) -> str:
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise InvalidParams(
             f"artifact id must be 64 lowercase hex characters (a SHA-256), got {value[:80]!r}"
         )
@@ -64,7 +64,7 @@ def check_artifact_id(value: str) -> str:
 
 
 def check_tag(value: str) -> str:
-    if len(value) > 128 or not _TAG.match(value):
+    if len(value) > 128 or not _TAG.fullmatch(value):
         raise InvalidParams(
             f"tag {value[:80]!r} is not allowed: use up to 128 letters and digits, joined "
             "by single . _ : @ + - characters (e.g. task:<id>)"
@@ -86,7 +86,7 @@ def _ref_in(data: bytes, field: str | None = None) -> dict[str, Any] | None:
     ident, tags = ref.get("id"), ref.get("tags")
     valid = (
         isinstance(ident, str)
-        and _ID.match(ident) is not None
+        and _ID.fullmatch(ident) is not None
         and ref.get("digest") == f"sha256:{ident}"
         and ref.get("kind") in ARTIFACT_KINDS
         and type(ref.get("created_ms")) is int
