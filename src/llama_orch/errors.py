@@ -34,6 +34,7 @@ OrchError
 │   ├── IndexCorrupt                        INTERNAL (an index file that does not parse)
 │   └── FetchFailed                         INTERNAL, retriable (a source could not be read)
 │       └── InsufficientSpace (OSError)     INTERNAL (the disk cannot hold the download)
+├── StorageUnwritable                       INTERNAL (the disk refuses a write: read-only, full)
 └── InternalError                           INTERNAL
 
 ConfigError (ValueError) is separate: it is raised before the server exists and carries every
@@ -152,6 +153,10 @@ class InsufficientSpace(FetchFailed, OSError):
     """The catalog's filesystem cannot hold the download."""
 
     retriable_default = False
+
+
+class StorageUnwritable(OrchError):
+    """A directory the server stores into (the catalog, artifacts) refuses a write."""
 
 
 class PayloadTooLarge(InvalidParams):

@@ -32,7 +32,7 @@ import orjson
 
 from llama_orch.artifacts._segments import Segments
 from llama_orch.contracts.api import TAG_PATTERN
-from llama_orch.errors import InvalidParams, NotFound, PayloadTooLarge
+from llama_orch.errors import InvalidParams, NotFound, PayloadTooLarge, StorageUnwritable
 
 ARTIFACT_KINDS: Final = ("plan", "summary", "diff", "trace", "other")
 _ID: Final = re.compile(r"^[0-9a-f]{64}$")
@@ -254,6 +254,12 @@ class ArtifactStore:
         try:
             await asyncio.to_thread(self._write_files, ident, doc_bytes, ref_bytes)
             return self._commit(ref)
+        except OSError as exc:
+            raise StorageUnwritable(
+                f"cannot store the artifact under {self.root}: {exc.strerror or exc}",
+                hint="free space on that disk or make server.artifacts_dir writable, then "
+                "send the artifact again",
+            ) from exc
         finally:
             del self._writing[ident]
             done.set_result(None)

@@ -36,7 +36,14 @@ from pydantic import BaseModel, ValidationError
 
 from llama_orch.catalog.entries import EngineEntry, Lifecycle, ModelEntry, ResolvedModel
 from llama_orch.catalog.refs import ModelRef, parse_ref, ref_id, safe_relative
-from llama_orch.errors import IndexCorrupt, IndexVersionError, InvalidModelRef, NotFound
+from llama_orch.errors import (
+    IndexCorrupt,
+    IndexVersionError,
+    InvalidModelRef,
+    NotFound,
+    OrchError,
+    StorageUnwritable,
+)
 
 MODELS_VERSION = 1
 ENGINES_VERSION = 1
@@ -79,6 +86,22 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def writing(root: Path) -> Iterator[None]:
+    """A write under the catalog ``root`` that the disk refuses (read-only, full) becomes a
+    typed error naming the root and the disk's reason."""
+    try:
+        yield
+    except OrchError:
+        raise
+    except OSError as exc:
+        raise StorageUnwritable(
+            f"cannot write the model catalog under {root}: {exc.strerror or exc}",
+            hint="free space on that disk or make catalog.root writable, then send the "
+            "request again",
+        ) from exc
 
 
 def fsync_dir(directory: Path) -> None:
@@ -229,13 +252,15 @@ class CatalogStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".lock").open("a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        """The writers' lock; every read-modify-write of an index runs inside it."""
+        with writing(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
+            with (self.root / ".lock").open("a+b") as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     # -- models -------------------------------------------------------------------------------
 

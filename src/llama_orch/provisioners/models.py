@@ -32,7 +32,14 @@ from llama_orch.catalog.refs import (
     parse_ref,
     ref_id,
 )
-from llama_orch.catalog.store import CatalogStore, DeleteOutcome, check_tree, fsync_dir, now_ms
+from llama_orch.catalog.store import (
+    CatalogStore,
+    DeleteOutcome,
+    check_tree,
+    fsync_dir,
+    now_ms,
+    writing,
+)
 from llama_orch.catalog.verify import (
     Digest,
     VerifyResult,
@@ -141,8 +148,10 @@ class ModelProvisioner:
         with self._flights_lock:
             lock = self._flights.setdefault(model_id, threading.Lock())
         with lock:
-            self.store.ensure_layout()
-            with self.store.lock_path(model_id).open("a+b") as handle:
+            with writing(self.store.root):
+                self.store.ensure_layout()
+                handle = self.store.lock_path(model_id).open("a+b")
+            with handle:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
                 try:
                     yield
