@@ -310,13 +310,20 @@ class CatalogStore:
             if entry.managed and inside(self.models_dir, local) and local.exists():
                 # Move the artifacts aside first so the index never names half-deleted files.
                 trash = self.trash_dir / f"{local.name}.{uuid.uuid4().hex[:8]}"
+                artifacts = self._artifact_dir(local)
                 try:
                     self.trash_dir.mkdir(parents=True, exist_ok=True)
-                    os.replace(self._artifact_dir(local), trash)
+                    os.replace(artifacts, trash)
                 except OSError as exc:
                     problem = f"could not move {local} aside: {exc.strerror or exc}"
                     trash = None
-            self._models.write(entries)
+            try:
+                self._models.write(entries)
+            except OSError:
+                # The entry stays, so its files go back where it says they are.
+                if trash is not None:
+                    os.replace(trash, artifacts)
+                raise
         if trash is not None:
             try:
                 shutil.rmtree(trash)
