@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -269,3 +270,37 @@ class TestDamagedIndex:
             (root / "models.json").write_bytes(b'{"version": 1, "models": [{"id": 3}]}')
             shown = c.get("/v1/catalog/models/hf:org/repo")
             assert "cannot be read" in shown.json()["message"]
+
+
+class TestFileBeingWritten:
+    async def test_a_file_still_being_written_is_not_registered(self, tmp_path: Path) -> None:
+        """A file that grows while it is hashed: the digest would belong to bytes that never
+        existed whole, so the registration is refused (it used to succeed, recording a digest
+        the finished file fails); once the file is complete it registers."""
+        growing = tiny_llama_gguf(tmp_path / "growing.gguf")
+        with growing.open("r+b") as handle:
+            handle.truncate(256 * 1024**2)  # sparse: long enough to hash that writes overlap
+        done = threading.Event()
+
+        def write_on() -> None:
+            with growing.open("ab") as handle:
+                while not done.is_set():
+                    handle.write(b"\0" * 4096)
+                    handle.flush()
+
+        writer = threading.Thread(target=write_on)
+        async with running_server(catalog_config(tmp_path)) as srv:
+            writer.start()
+            try:
+                ref = {"ref": f"file:{growing}"}
+                refused = await srv.client.post("/v1/catalog/models", json=ref)
+            finally:
+                done.set()
+                writer.join()
+            listed = (await srv.client.get("/v1/catalog/models")).json()["models"]
+            complete = await srv.client.post("/v1/catalog/models", json=ref)
+        body = refused.json()
+        assert (409, "CONFLICT") == (refused.status_code, body["code"])
+        assert f"{growing} changed while it was hashed" in body["message"]
+        assert [] == listed
+        assert 201 == complete.status_code

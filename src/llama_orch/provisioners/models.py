@@ -189,7 +189,16 @@ class ModelProvisioner:
         fetched = fetcher.fetch(ref, stage, progress)
         if not local_file:
             check_tree(stage)
+        # Local bytes are hashed where they lie, and someone may still be writing them.
+        before = _signature(fetched.path) if local_file else None
         result, digest, files = self._verify(fetched, model_id, expected)
+        if before is not None and _signature(fetched.path) != before:
+            raise Conflict(
+                f"{fetched.path} changed while it was hashed, so its digest would name bytes "
+                "that never existed whole; nothing was registered",
+                hint="register it once it is completely written (a copy or download in "
+                "progress), or write it elsewhere and move it into place",
+            )
         decision = self.trust.decide(result, model_id)
         self._count(decision.result, decision.reason)
         if decision.result is VerifyResult.WARN:
@@ -435,6 +444,20 @@ def _gguf_of(path: Path) -> GgufInfo | None:
             except InvalidParams:
                 return None
     return None
+
+
+def _signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Each file's (path, size, mtime) under ``path``: it differs once anything was written."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    signature = []
+    for each in files:
+        try:
+            stat = each.stat()
+        except FileNotFoundError:  # removed meanwhile: a change like any other
+            signature.append((str(each), -1, -1))
+            continue
+        signature.append((str(each), stat.st_size, stat.st_mtime_ns))
+    return tuple(signature)
 
 
 def _mib(count: int) -> int:
