@@ -236,7 +236,8 @@ class TestDamagedIndex:
         (root / "models" / "kept" / "m.gguf").write_bytes(b"bytes of a model")
         torn = b'{"version": 1, "models": [{"id": "hf:org/repo", "ref": "hf:or'
         (root / "models.json").write_bytes(torn)
-        engines = b'{"version": 1, "engines": []}'
+        # The engine provisioner's index (FileEngineIndex) shares the catalog root.
+        engines = b'{"version": 1, "engines": {"llamacpp:b1": {"id": "llamacpp:b1"}}}'
         (root / "engines.json").write_bytes(engines)
         model = tiny_llama_gguf(tmp_path / "a.gguf")
         config = {"catalog": {"root": str(root)}, "pools": [mock_pool()]}

@@ -240,15 +240,14 @@ class CatalogStore:
             directory.mkdir(parents=True, exist_ok=True)
 
     def recover(self) -> builtins.list[tuple[Path, str]]:
-        """Set aside every index that cannot be read, so the catalog starts with an empty one
-        instead of failing each request; returns where each damaged copy went, and why."""
-        moved: builtins.list[tuple[Path, str]] = []
+        """Set aside a model index that cannot be read, so the catalog starts with an empty
+        one instead of failing each request; returns where the damaged copy went, and why.
+
+        engines.json is left alone: the engine provisioner keeps its own index in that file.
+        """
         with self._locked():
-            for index in (self._models, self._engines):
-                kept = index.set_aside_if_corrupt()
-                if kept is not None:
-                    moved.append(kept)
-        return moved
+            kept = self._models.set_aside_if_corrupt()
+        return [kept] if kept is not None else []
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
