@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import signal
 import subprocess
 import threading
@@ -180,6 +181,26 @@ class TestCatalogApi:
             )
             assert (413, "INVALID_PARAMS") == (huge.status_code, huge.json()["code"])
             assert "exceeds 65536 bytes" in huge.json()["message"]
+
+    async def test_a_directory_without_a_file_is_not_a_model(self, tmp_path: Path) -> None:
+        """A directory holding no regular file (empty, or only a FIFO and a link to itself)
+        used to register as an Active model of 4096 bytes with the digest of nothing."""
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        odd = tmp_path / "odd"
+        odd.mkdir()
+        os.mkfifo(odd / "pipe")
+        (odd / "loop").symlink_to(odd)
+        async with running_server(catalog_config(tmp_path)) as srv:
+            answers = [
+                await srv.client.post("/v1/catalog/models", json={"ref": f"file:{path}"})
+                for path in (empty, odd)
+            ]
+            listed = (await srv.client.get("/v1/catalog/models")).json()["models"]
+        for path, answer in zip((empty, odd), answers, strict=True):
+            assert (400, "INVALID_PARAMS") == (answer.status_code, answer.json()["code"])
+            assert f"{path} holds no regular file" in answer.json()["message"]
+        assert [] == listed
 
     async def test_catalog_routes_need_the_token(self, tmp_path: Path) -> None:
         """With AUTH_TOKEN set, the catalog routes refuse requests without it."""

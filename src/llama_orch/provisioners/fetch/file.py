@@ -51,6 +51,7 @@ def _check_readable(path: Path) -> None:
 
 def _check_directory(path: Path, most: int) -> None:
     """A readable tree of reasonable size, checked before anything is hashed."""
+    files = 0
     try:
         for count, entry in enumerate(path.rglob("*"), start=1):
             if count > most:
@@ -58,10 +59,15 @@ def _check_directory(path: Path, most: int) -> None:
                     f"{path} holds more than {most} entries, which is not a model directory",
                     hint="name the model's file or the directory that holds its files",
                 )
-            entry.is_file()
+            files += entry.is_file()
     except OSError as exc:
         raise InvalidParams(
             f"{path} cannot be read as a model directory: {exc.strerror or exc} "
             f"({exc.filename or path})",
             hint="name the model's file or a directory the server can read",
         ) from exc
+    if not files:
+        raise InvalidParams(
+            f"{path} holds no regular file, so there is no model to register",
+            hint="name the model's file or the directory that holds its files",
+        )
