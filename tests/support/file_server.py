@@ -43,6 +43,9 @@ def file_server(state: FileServerState) -> Starlette:
         if fault == "500":
             return Response(b"try later", 500)
         start = int(header.removeprefix("bytes=").split("-")[0]) if header else 0
+        if start >= len(data) > 0:
+            # RFC 9110 §15.5.17: a range starting at or past the end cannot be satisfied.
+            return Response(b"", 416, {"Content-Range": f"bytes */{len(data)}"})
         body = data[start:]
         headers = {"Content-Length": str(len(body)), "ETag": f'"etag-{name}"'}
         status = 200

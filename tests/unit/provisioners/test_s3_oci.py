@@ -95,6 +95,24 @@ class TestS3:
         )
         assert "pass" == prov.ensure_present_str("s3://sums/m.bin").verification
 
+    def test_a_leftover_download_longer_than_the_object_is_started_over(
+        self, store: CatalogStore, s3_endpoint: str
+    ) -> None:
+        """Bytes kept from an earlier try of a longer object used to fail every try ("got N
+        of M bytes") and so every pull of the key; the download now starts over."""
+        client = s3_client(s3_endpoint)
+        client.create_bucket(Bucket="shrunk")
+        client.put_object(Bucket="shrunk", Key="m.bin", Body=PAYLOAD)
+        stage = store.staging_for("s3://shrunk/m.bin")
+        stage.mkdir(parents=True)
+        (stage / "m.bin.part").write_bytes(b"x" * (len(PAYLOAD) + 10))
+        prov = ModelProvisioner(
+            store, {"s3": S3Fetcher(endpoint_url=s3_endpoint, client=client)}, outbound=OPEN
+        )
+        digest = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
+        entry = prov.ensure_present_str("s3://shrunk/m.bin", digest)
+        assert PAYLOAD == Path(entry.local_path).read_bytes()
+
     def test_missing_object_and_mismatch(self, store, s3_endpoint) -> None:
         """A missing key is NOT_FOUND; a wrong digest registers nothing."""
         client = s3_client(s3_endpoint)

@@ -60,6 +60,11 @@ class HttpsFetcher:
                 if response.status_code == 404:
                     response.close()
                     raise NotFound(f"{ref.url} answered 404; check the URL")
+                if response.status_code == 416 and offset:
+                    # The bytes kept from an earlier try reach past the end: the file changed
+                    # (or the try ended just before its rename). Start over from byte 0.
+                    response.close()
+                    return open_body(0)
                 if response.status_code >= 500 or response.status_code in (408, 429):
                     response.close()
                     raise Transient(f"HTTP {response.status_code}")

@@ -71,8 +71,10 @@ class S3Fetcher:
             args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
             if version:
                 args["VersionId"] = version
+            if offset > size:
+                offset = 0  # kept from an earlier try of a longer object: start over
             if offset:
-                if offset >= size:
+                if offset == size:
                     return Body(size, True, iter(()), lambda: None)
                 args["Range"] = f"bytes={offset}-"
             try:
