@@ -18,6 +18,7 @@ import trustme
 
 from llama_orch.catalog.store import CatalogStore
 from llama_orch.cli.serve import SHUTDOWN_DEADLINE_S
+from llama_orch.provisioners.fetch.https import validator_path
 from tests.support.gguf_files import tiny_llama_gguf
 from tests.support.https_site import HttpsSite, serve_https_site
 from tests.support.serve_process import serve_process
@@ -111,27 +112,28 @@ class TestCatalogApi:
             assert 204 == (await srv.client.delete(f"/v1/catalog/models/{model_id}")).status_code
             assert 404 == (await srv.client.get(f"/v1/catalog/models/{model_id}")).status_code
 
-    async def test_a_leftover_download_longer_than_the_file_is_started_over(
-        self, tmp_path: Path, site
-    ) -> None:
-        """A .part left by an earlier try of a longer file (the URL now serves a new, shorter
-        revision): resuming asks for a range past the end, which the server refuses with 416.
-        That used to fail every pull of the URL for good; the download now starts over."""
+    async def test_a_whole_leftover_download_is_started_over(self, tmp_path: Path, site) -> None:
+        """A try that ended after its last byte but before its rename leaves a complete .part:
+        resuming asks for a range past the end, which the server refuses with 416. That used
+        to fail every pull of the URL for good; the download now starts over."""
         payload = b"weights" * 1000
         site.state.files["m.bin"] = payload
         digest = "sha256:" + hashlib.sha256(payload).hexdigest()
         url = f"{site.base}/m.bin"
+        async with httpx.AsyncClient(verify=site.context) as plain:
+            revision = (await plain.get(url)).headers["etag"]
         stage = CatalogStore(tmp_path / "catalog").staging_for(url)
         stage.mkdir(parents=True)
-        (stage / "m.bin.part").write_bytes(b"an older, longer revision " * 1000)
+        (stage / "m.bin.part").write_bytes(payload)
+        validator_path(stage / "m.bin").write_text(revision)
         async with running_server(catalog_config(tmp_path, site)) as srv:
-            response = await srv.client.post(
+            pulled = await srv.client.post(
                 "/v1/catalog/models", json={"ref": url, "digest": digest}
             )
-            assert 202 == response.status_code
+            assert 202 == pulled.status_code
             body = await wait_active(srv, url)
         assert ("Active", "pass") == (body["state"], body.get("verification")), body
-        assert f"bytes={len(b'an older, longer revision ') * 1000}-" == site.state.ranges[0]
+        assert [None, f"bytes={len(payload)}-", None] == site.state.ranges
 
     async def test_a_second_pull_with_another_digest_is_a_conflict(
         self, tmp_path: Path, site: HttpsSite
