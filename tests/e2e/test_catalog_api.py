@@ -18,7 +18,7 @@ import trustme
 
 from llama_orch.catalog.store import CatalogStore
 from llama_orch.cli.serve import SHUTDOWN_DEADLINE_S
-from llama_orch.provisioners.fetch.https import validator_path
+from llama_orch.provisioners.fetch.base import validator_path
 from tests.support.gguf_files import tiny_llama_gguf
 from tests.support.https_site import HttpsSite, serve_https_site
 from tests.support.serve_process import serve_process

@@ -11,7 +11,14 @@ import httpx
 
 from llama_orch.catalog.refs import ModelRef, UrlRef, safe_relative
 from llama_orch.errors import FetchFailed, NotFound
-from llama_orch.provisioners.fetch.base import Fetched, OpenPart, open_part, translate_disk_full
+from llama_orch.provisioners.fetch.base import (
+    Fetched,
+    OpenPart,
+    keep_validator,
+    open_part,
+    read_validator,
+    validator_path,
+)
 from llama_orch.provisioners.fetch.resume import Body, Transient, download
 from llama_orch.provisioners.progress import PullProgress
 
@@ -50,7 +57,7 @@ class HttpsFetcher:
 
             def open_body(offset: int) -> Body:
                 headers = {"Accept-Encoding": "identity"}
-                kept = _read_validator(validator) if offset else None
+                kept = read_validator(validator) if offset else None
                 if kept is None:
                     offset = 0  # bytes of an unknown revision are never resumed onto
                 else:
@@ -82,7 +89,10 @@ class HttpsFetcher:
                 if not resumed:
                     # Recorded before the first byte lands, so kept bytes always have one.
                     try:
-                        _keep_validator(validator, response.headers)
+                        value = response.headers.get("etag", "")
+                        if not value or value.startswith("W/"):  # If-Range takes strong ones
+                            value = response.headers.get("last-modified", "")
+                        keep_validator(validator, value)
                     except OSError:
                         response.close()
                         raise
@@ -93,33 +103,6 @@ class HttpsFetcher:
             sha = download(final, open_body, progress, opener=self.opener, backoff_s=self.backoff_s)
         source = {"url": ref.url.split("?", 1)[0], **etag}
         return Fetched(path=final, source=source, computed_sha256=sha)
-
-
-def validator_path(final: Path) -> Path:
-    """Where a download keeps what the source called the revision its ``.part`` bytes are
-    from (strong ETag or Last-Modified), sent as If-Range when it resumes."""
-    return final.with_name(final.name + ".part.validator")
-
-
-def _read_validator(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def _keep_validator(path: Path, headers: httpx.Headers) -> None:
-    """The response's strong ETag, else its Last-Modified (what If-Range may carry); none
-    means the bytes about to be written cannot be resumed."""
-    tag = headers.get("etag", "")
-    value = tag if tag and not tag.startswith("W/") else headers.get("last-modified", "")
-    try:
-        if value:
-            path.write_text(value, encoding="utf-8")
-        else:
-            path.unlink(missing_ok=True)
-    except OSError as exc:
-        raise translate_disk_full(exc, path) from exc
 
 
 def _chunks(response: httpx.Response) -> Iterator[bytes]:
