@@ -302,6 +302,18 @@ class TestDamagedIndex:
         assert b"bytes of a model" == (root / "models" / "kept" / "m.gguf").read_bytes()
         assert "Traceback" not in log
 
+    def test_files_of_an_interrupted_delete_are_removed_at_start(self, tmp_path: Path) -> None:
+        """A delete moves the model's files to .trash, writes the index, then removes them; a
+        server killed in between used to leave those bytes (gigabytes) there for good."""
+        root = tmp_path / "catalog"
+        (root / ".trash" / "m-1234abcd").mkdir(parents=True)
+        (root / ".trash" / "m-1234abcd" / "m.gguf").write_bytes(b"weights of a deleted model")
+        config = {"catalog": {"root": str(root)}, "pools": [mock_pool()]}
+        with serve_process(config, tmp_path) as served:
+            log = served.log_path.read_text()
+        assert [] == list((root / ".trash").iterdir())
+        assert "Removes 1 leftover of an interrupted model delete" in log
+
     def test_an_index_damaged_while_serving_is_a_typed_error(self, tmp_path: Path) -> None:
         """Garbage written over models.json while the server runs: catalog requests name the
         file and what to do, instead of the generic "unexpected error" 500."""

@@ -249,6 +249,18 @@ class CatalogStore:
             kept = self._models.set_aside_if_corrupt()
         return [kept] if kept is not None else []
 
+    def empty_trash(self) -> int:
+        """Remove what deletes interrupted (killed between moving a model's files aside and
+        removing them) left in ``.trash``; returns how many were removed."""
+        with self._locked():
+            leftovers = list(self.trash_dir.iterdir()) if self.trash_dir.is_dir() else []
+            for leftover in leftovers:
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+        return len(leftovers)
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """The writers' lock; every read-modify-write of an index runs inside it."""
