@@ -227,6 +227,22 @@ class TestCatalogApi:
             assert f"{path} holds no regular file" in answer.json()["message"]
         assert [] == listed
 
+    async def test_an_empty_file_is_not_a_model(self, tmp_path: Path) -> None:
+        """An empty file, or a kernel file that stats as empty (/proc/self/environ, which holds
+        the server's secrets), used to register as an Active model of 0 bytes."""
+        empty = tmp_path / "empty.gguf"
+        empty.touch()
+        async with running_server(catalog_config(tmp_path)) as srv:
+            answers = [
+                await srv.client.post("/v1/catalog/models", json={"ref": f"file:{path}"})
+                for path in (empty, "/proc/self/environ")
+            ]
+            listed = (await srv.client.get("/v1/catalog/models")).json()["models"]
+        for path, answer in zip((empty, "/proc/self/environ"), answers, strict=True):
+            assert (400, "INVALID_PARAMS") == (answer.status_code, answer.json()["code"])
+            assert f"{path} is empty" in answer.json()["message"]
+        assert [] == listed
+
     async def test_catalog_routes_need_the_token(self, tmp_path: Path) -> None:
         """With AUTH_TOKEN set, the catalog routes refuse requests without it."""
         token = "catalog-test-token-" + "x" * 24
