@@ -216,6 +216,31 @@ class TestStreamTraces:
         assert [404, 200, 200] == statuses
         assert ids[1:] == [r["id"] for r in listed]
 
+    async def test_paging_goes_on_when_retention_prunes_the_cursor(self, tmp_path: Path) -> None:
+        """Paging through traces oldest first while new ones push the oldest out: the page's
+        `next` was pruned before the client asked for the following page, which used to be a
+        404 that lost the client its place; the following page now starts after it."""
+        async with running_server(artifact_config(tmp_path, trace_retention=2)) as srv:
+
+            async def trace() -> str:
+                body = task_body(max_tokens=1)
+                await srv.submit(body)
+                return str((await srv.stream(body["task_id"]))[-1][1]["trace_id"])
+
+            first, second = await trace(), await trace()
+            page = (await srv.client.get("/v1/artifacts?tag=sse&limit=1")).json()
+            assert ([first], first) == ([r["id"] for r in page["items"]], page["next"])
+            third = await trace()  # pushes `first`, the cursor, out
+            after = await srv.client.get(f"/v1/artifacts?tag=sse&limit=1&after={first}")
+            unknown = await srv.client.get(f"/v1/artifacts?after={'0' * 64}")
+        assert 200 == after.status_code, after.text
+        assert ([second], second) == (
+            [r["id"] for r in after.json()["items"]],
+            after.json()["next"],
+        )
+        assert third != second
+        assert (404, "NOT_FOUND") == (unknown.status_code, unknown.json()["code"])
+
 
 class TestArtifactsCli:
     async def test_ls_and_get_a_trace(self, tmp_path: Path) -> None:

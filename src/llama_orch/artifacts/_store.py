@@ -23,6 +23,7 @@ import hashlib
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ from llama_orch.contracts.api import TAG_PATTERN
 from llama_orch.errors import InvalidParams, NotFound, PayloadTooLarge, StorageUnwritable
 
 ARTIFACT_KINDS: Final = ("plan", "summary", "diff", "trace", "other")
+#: How many deleted artifacts' places are remembered for paging cursors.
+_GONE_KEPT: Final = 10_000
 _ID: Final = re.compile(r"^[0-9a-f]{64}$")
 _TAG: Final = re.compile(TAG_PATTERN)
 
@@ -167,6 +170,9 @@ class ArtifactStore:
         self._refs: dict[str, dict[str, Any]] | None = None
         #: (created_ms, id) in creation order, for stable paging.
         self._order: list[tuple[int, str]] = []
+        #: Where recently deleted artifacts stood in creation order, so a paging cursor
+        #: that retention pruned meanwhile still says where the next page starts.
+        self._gone: OrderedDict[str, tuple[int, str]] = OrderedDict()
         #: Background puts (stream traces), batched into segment files.
         self._segments = Segments(root / "traces", sync=sync)
 
@@ -342,6 +348,9 @@ class ArtifactStore:
             return
         with contextlib.suppress(ValueError):
             self._order.remove((int(ref["created_ms"]), ident))
+        self._gone[ident] = (int(ref["created_ms"]), ident)
+        if len(self._gone) > _GONE_KEPT:
+            self._gone.popitem(last=False)
         if self._segments.holds(ident):
             self._segments.remove(ident)
         else:
@@ -362,16 +371,20 @@ class ArtifactStore:
         pass as ``after`` for the next page (None on the last page)."""
         if tag is not None:
             check_tag(tag)
+        start: tuple[int, str] | None = None
         if after is not None:
             check_artifact_id(after)
-            if after not in self._index():
-                raise NotFound(f"artifact {after} (the paging cursor) is unknown or was pruned")
+            cursor = self._index().get(after)
+            start = (int(cursor["created_ms"]), after) if cursor else self._gone.get(after)
+            if start is None:
+                raise NotFound(
+                    f"artifact {after} (the paging cursor) is unknown, or was pruned before "
+                    "this server started; page again from the start"
+                )
         items: list[dict[str, Any]] = []
-        passed = after is None
         more = False
         for ref in self.refs(tag):
-            if not passed:
-                passed = ref["id"] == after
+            if start is not None and (int(ref["created_ms"]), ref["id"]) <= start:
                 continue
             if len(items) == limit:
                 more = True
