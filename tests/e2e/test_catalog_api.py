@@ -243,6 +243,23 @@ class TestCatalogApi:
             assert f"{path} is empty" in answer.json()["message"]
         assert [] == listed
 
+    async def test_a_model_file_that_cannot_be_read_is_a_typed_refusal(
+        self, tmp_path: Path
+    ) -> None:
+        """A model directory holding a file the server cannot read (here one whose reads fail
+        with EIO; for a server not run as root, a file without read permission) used to
+        answer its registration with a bare 500."""
+        folder = tmp_path / "model"
+        folder.mkdir()
+        tiny_llama_gguf(folder / "m.gguf")
+        (folder / "unreadable.bin").symlink_to("/proc/self/mem")
+        async with running_server(catalog_config(tmp_path)) as srv:
+            answer = await srv.client.post("/v1/catalog/models", json={"ref": f"file:{folder}"})
+            listed = (await srv.client.get("/v1/catalog/models")).json()["models"]
+        assert (400, "INVALID_PARAMS") == (answer.status_code, answer.json()["code"])
+        assert f"{folder / 'unreadable.bin'} cannot be read" in answer.json()["message"]
+        assert [] == listed
+
     async def test_catalog_routes_need_the_token(self, tmp_path: Path) -> None:
         """With AUTH_TOKEN set, the catalog routes refuse requests without it."""
         token = "catalog-test-token-" + "x" * 24

@@ -191,7 +191,19 @@ class ModelProvisioner:
             check_tree(stage)
         # Local bytes are hashed where they lie, and someone may still be writing them.
         before = _signature(fetched.path) if local_file else None
-        result, digest, files = self._verify(fetched, model_id, expected)
+        try:
+            result, digest, files = self._verify(fetched, model_id, expected)
+        except OrchError:
+            raise
+        except OSError as exc:
+            if not local_file:
+                raise
+            # Local bytes are the caller's to point at: one the server cannot read is theirs
+            # to fix (permissions, a device or kernel file inside a model directory).
+            raise InvalidParams(
+                f"{exc.filename or fetched.path} cannot be read: {exc.strerror or exc}",
+                hint="name a model whose files the server's user can read",
+            ) from exc
         if before is not None and _signature(fetched.path) != before:
             raise Conflict(
                 f"{fetched.path} changed while it was hashed, so its digest would name bytes "
@@ -378,7 +390,10 @@ class ModelProvisioner:
         if entry is None:
             raise NotFound(f"model {model_id!r} is not in the catalog; see llorch models ls")
         path = Path(entry.local_path)
-        actual = digest_of(path) if path.exists() else None
+        try:
+            actual = digest_of(path) if path.exists() else None
+        except OSError:  # bytes that can no longer be read fail their verification
+            actual = None
         if entry.digest is None or actual is None:
             result = VerifyResult.FAIL if actual is None else VerifyResult.WARN
         else:
