@@ -352,12 +352,18 @@ class ModelProvisioner:
         self._pull_digest[model_id] = expected
 
         def run() -> None:
+            # ensure_present records a pull it runs on a progress of its own; this one ends
+            # here too, for when it found the model already present (or failed before).
             try:
                 self.ensure_present(ref, expected)
-            except OrchError:
-                pass  # recorded on the pull's progress by ensure_present
+            except OrchError as exc:
+                if progress.state is PullState.RUNNING:
+                    progress.finish(PullState.FAILED, exc.envelope())
             except Exception as exc:
                 progress.finish(PullState.FAILED, {"code": "INTERNAL", "message": repr(exc)})
+            else:
+                if progress.state is PullState.RUNNING:
+                    progress.finish(PullState.DONE)
 
         threading.Thread(target=run, name=f"pull {model_id}", daemon=True).start()
         return progress
