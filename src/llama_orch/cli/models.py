@@ -19,7 +19,7 @@ from typing import Any
 import click
 import httpx
 
-from llama_orch.errors import OrchError
+from llama_orch.errors import ConfigError, OrchError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_ERROR = 1
@@ -145,12 +145,18 @@ def _target(ctx: click.Context) -> Target:
 
 
 class _CatalogGroup(click.Group):
-    """The on-disk catalog's file errors (a root that cannot be written, a full disk) end the
-    command with what failed, not a traceback."""
+    """The on-disk catalog's errors (a --config that is not valid, an index that cannot be
+    read, a root that cannot be written, a full disk) end the command with what failed, not
+    a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"llorch: {exc}", err=True)
+            sys.exit(2)
+        except OrchError as exc:
+            _fail(exc.message, exc.hint)
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
             _fail(
