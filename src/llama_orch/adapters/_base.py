@@ -34,7 +34,7 @@ from llama_orch.adapters._http import (
     redact_url,
     retry_after_ms,
 )
-from llama_orch.adapters._sse import SseDecoder
+from llama_orch.adapters._sse import EventTooLarge, SseDecoder
 from llama_orch.config import PoolConfig
 from llama_orch.contracts.engine import (
     EmbedRequest,
@@ -494,7 +494,13 @@ class _Reading:
 
     def texts(self, chunk: bytes) -> list[str]:
         texts: list[str] = []
-        payloads = self.decoder.feed_data(chunk)
+        try:
+            payloads = self.decoder.feed_data(chunk)
+        except EventTooLarge as exc:
+            self.failure = WorkerInternal(
+                f"{self.engine}: malformed stream: {exc}", engine=self.engine
+            )
+            return texts
         if not payloads:
             return texts
         parser = self.parser
