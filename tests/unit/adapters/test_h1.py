@@ -352,6 +352,48 @@ class TestFailures:
         assert silent_for >= 0.2
 
 
+class TestHeadLimits:
+    """A head that never ends, or has endless fields, fails instead of filling memory."""
+
+    @staticmethod
+    def endless(line: bytes) -> Answer:
+        async def answer(_: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            w.write(b"HTTP/1.1 200 OK\r\n")
+            with contextlib.suppress(ConnectionError):
+                for _ in range((8 << 20) // len(line)):  # 8 MiB, unless cut off first
+                    w.write(line)
+                    await w.drain()
+            await r.read(1)
+            return False
+
+        return answer
+
+    @pytest.mark.parametrize(
+        "line",
+        [b"x-pad: " + b"z" * 4000 + b"\r\n", b"x-pad: " + b"z" * 4000, b"a: b\r\n"],
+        ids=["long-fields", "one-endless-field", "many-short-fields"],
+    )
+    async def test_an_endless_head_is_worker_reset(self, line: bytes) -> None:
+        async with raw_engine(self.endless(line)) as engine:
+            pool = pool_for(engine)
+            with (
+                pytest.raises(WorkerReset, match="connection broke"),
+                map_transport_errors("vllm", "POST /x", Redactor()),
+            ):
+                await pool.post("/x", b"", {})
+            await engine.disconnected(0)
+            await pool.aclose()
+
+    async def test_a_head_of_many_ordinary_fields_is_read(self) -> None:
+        extra = b"".join(b"x-field-%d: %s\r\n" % (n, b"v" * 100) for n in range(200))
+        async with raw_engine(replies(fixed(b"ok", extra=extra))) as engine:
+            pool = pool_for(engine)
+            response = await pool.post("/x", b"", {})
+            assert b"ok" == await body_of(response)
+            assert "v" * 100 == response.headers["X-Field-199"]
+            await pool.aclose()
+
+
 class TestUpstreamAccounting:
     async def test_in_flight_counts_open_streams(self) -> None:
         """A stream counts from its request until it is closed, through the upstream."""
