@@ -57,6 +57,9 @@ from llama_orch.vocab import Engine
 
 #: Upstream error bodies quoted in messages are cut to this many characters.
 _BODY_QUOTE = 300
+#: Of an engine's error answer, at most this much is read: it is only quoted (cut), and an
+#: engine that answers an error with an endless body must not fill memory.
+_ERROR_BODY_BYTES = 64 << 10
 #: How long to wait for the body's end once the terminal event arrived.
 _DRAIN_S = 1.0
 #: Headers of a generate request (an adapter may add to them).
@@ -261,10 +264,10 @@ class HttpAdapter:
         where = f"POST {path}"
         response = await self._open(path, body, where, headers=_EMBED)
         try:
+            if response.status >= 400:
+                raise await self._answered_error(response, where)
             with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
                 content = await response.read()
-            if response.status >= 400:
-                raise self.status_error_of(response.status, content, response.headers, where)
             try:
                 result = self.embed_result(request, loads(content, engine))
             except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -328,6 +331,19 @@ class HttpAdapter:
             retry_after_ms=retry_after_ms(headers),
         )
 
+    async def _answered_error(self, response: UpstreamResponse, where: str) -> WorkerError:
+        """The error an HTTP error answer means, its body's start quoted (the rest unread)."""
+        pieces: list[bytes] = []
+        size = 0
+        with map_transport_errors(self.engine.value, where, self._redactor, pool_id=self.pool_id):
+            async for piece in response.chunks:
+                pieces.append(piece)
+                size += len(piece)
+                if size >= _ERROR_BODY_BYTES:
+                    break
+        content = b"".join(pieces)[:_ERROR_BODY_BYTES]
+        return self.status_error_of(response.status, content, response.headers, where)
+
     def prestart(self, request: GenerateRequest) -> Prestarted | None:
         """Send the generation request now if a kept-alive connection is free (else None, and
         ``submit`` sends it): the engine starts one event-loop turn before the task's runner
@@ -354,9 +370,7 @@ class HttpAdapter:
             response = await self._first_byte(where, prestarted.pending.response())
         try:
             if response.status >= 400:
-                with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
-                    content = await response.read()
-                raise self.status_error_of(response.status, content, response.headers, where)
+                raise await self._answered_error(response, where)
             sink = yield EngineEvent("started", data=self.started_data(request))
             parser = self.new_parser(request)
             reading = _Reading(parser, engine)

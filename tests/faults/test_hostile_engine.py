@@ -1,0 +1,229 @@
+"""A hostile OpenAI-compatible engine behind ``llorch serve``: oversized frames, endless heads,
+odd but valid SSE, error answers in unexpected shapes. Every task must end with one typed frame
+naming the engine, the slot must be free for the next task, the server's memory must stay
+bounded, and its log must hold no traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.support.serve_process import ServeProcess, serve_process
+from tests.support.server import SIMULATED_GPUS, sse_events, task_body
+
+MODEL = "hostile-model"
+MIB = 1 << 20
+
+#: A script writes one generation answer (head and body) and returns; the connection closes.
+Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
+
+_MODELS = orjson.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+
+def _chunk(text: str) -> bytes:
+    event = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+_FINISH = (
+    b"data: "
+    + orjson.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    + b"\n\ndata: [DONE]\n\n"
+)
+
+
+def sse_head(extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n"
+        + extra
+        + b"\r\n"
+    )
+
+
+class HostileEngine:
+    """An OpenAI-compatible engine (simulated) on a loopback port: ``/v1/models`` answers
+    properly, each generation request is answered by ``script`` (the next ones, once it was
+    used, by a well-behaved short stream)."""
+
+    def __init__(self, script: Script) -> None:
+        self.script: Script | None = script
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> HostileEngine:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        # Python 3.11's Server.wait_closed does not wait for handlers; they end with the loop.
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Canceled when the test's loop ends: a handler still writing simply stops.
+        with contextlib.suppress(
+            ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError
+        ):
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                if head.startswith(b"GET /v1/models"):
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                        b"content-length: %d\r\n\r\n%s" % (len(_MODELS), _MODELS)
+                    )
+                    await writer.drain()
+                    writer.close()
+                    return
+                script, self.script = self.script, None
+                await (script or _well_behaved)(writer)
+                await writer.drain()
+            finally:
+                writer.close()
+
+
+async def _well_behaved(writer: asyncio.StreamWriter) -> None:
+    writer.write(sse_head() + _chunk("ok") + _FINISH)
+
+
+def _config(endpoint: str, artifacts: Path, **pool: Any) -> dict[str, Any]:
+    engine_pool = {
+        "id": "engine",
+        "engine": "openai",
+        "model": MODEL,
+        "endpoint": endpoint,
+        "slots": 1,
+        "provisioning": {"mode": "external"},
+        "backoff": {"initial_ms": 50, "max_ms": 200},
+        "circuit_breaker": {"failures": 100, "window_s": 60, "cooldown_s": 1},
+        **pool,
+    }
+    return {
+        "gpus": SIMULATED_GPUS,
+        "pools": [engine_pool],
+        "server": {"artifacts_dir": str(artifacts)},
+    }
+
+
+async def _frames(client: httpx.AsyncClient, task_id: str) -> list[tuple[str, dict[str, Any]]]:
+    return [frame async for frame in sse_events(client, task_id)]
+
+
+async def _ready(client: httpx.AsyncClient) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if (await client.get("/v1/pools/engine/health")).json().get("ready"):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the engine pool never became ready")
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    script: Script, tmp_path: Path, **pool: Any
+) -> AsyncIterator[tuple[ServeProcess, httpx.AsyncClient]]:
+    async with HostileEngine(script) as engine:
+        config = _config(engine.url, tmp_path / "artifacts", **pool)
+        with serve_process(config, tmp_path) as srv:
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+                await _ready(client)
+                yield srv, client
+
+
+async def _one_task(
+    script: Script, tmp_path: Path, **pool: Any
+) -> tuple[list[tuple[str, dict[str, Any]]], str, float]:
+    """Run one task against ``script``, then a second one (it must end normally); the first
+    task's frames, the server's log and its peak resident memory in MiB."""
+    async with _serving(script, tmp_path, **pool) as (srv, client):
+        body = task_body(model=MODEL, engine="openai", max_tokens=8)
+        assert 202 == (await client.post("/v1/tasks", json=body)).status_code
+        frames = await _frames(client, body["task_id"])
+        # A failed stream may set the replica back to unready until its next health probe.
+        await _ready(client)
+        again = task_body(model=MODEL, engine="openai", max_tokens=8)
+        answer = await client.post("/v1/tasks", json=again)
+        assert 202 == answer.status_code, answer.text
+        after = await _frames(client, again["task_id"])
+        assert "end" == after[-1][0], f"the next task did not run: {after}"
+        peak = _rss_mib(srv.process.pid)
+    return frames, srv.log_path.read_text(), peak
+
+
+def _assert_typed_error(frames: list[tuple[str, dict[str, Any]]], log: str) -> dict[str, Any]:
+    kinds = [event for event, _ in frames]
+    assert 1 == sum(k in ("end", "error") for k in kinds), kinds
+    event, error = frames[-1]
+    assert "error" == event, frames[-1]
+    assert "openai" == error["engine"], error
+    assert "Traceback" not in log, log[-3000:]
+    return error
+
+
+#: What an endless answer sends at most before it stops (and keeps the connection open).
+ENDLESS = 256 * MIB
+
+
+async def _send_endlessly(writer: asyncio.StreamWriter, first: bytes, piece: bytes) -> None:
+    writer.write(first)
+    for _ in range(ENDLESS // len(piece)):
+        writer.write(piece)
+        await writer.drain()
+    await asyncio.sleep(60)
+
+
+async def _endless_line(writer: asyncio.StreamWriter) -> None:
+    """One ``data:`` line that never ends."""
+    await _send_endlessly(writer, sse_head() + b"data: {", b"y" * (256 * 1024))
+
+
+async def _endless_head(writer: asyncio.StreamWriter) -> None:
+    """A response head that never ends."""
+    first = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    await _send_endlessly(writer, first, b"x-pad: " + b"z" * 8000 + b"\r\n")
+
+
+async def _endless_error_body(writer: asyncio.StreamWriter) -> None:
+    """A 500 whose body never ends (chunked)."""
+    piece = b"e" * (256 * 1024)
+    first = b"HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\n"
+    await _send_endlessly(writer, first, b"%x\r\n%s\r\n" % (len(piece), piece))
+
+
+class TestBoundedMemory:
+    """What an engine sends without end must not all be held; the task fails, typed."""
+
+    @pytest.mark.timeout(120)
+    @pytest.mark.parametrize(
+        "script", [_endless_line, _endless_head, _endless_error_body], ids=["line", "head", "500"]
+    )
+    async def test_an_endless_answer_is_cut_off(self, script: Script, tmp_path: Path) -> None:
+        frames, log, peak_mib = await _one_task(script, tmp_path)
+        print(f"peak resident memory {peak_mib:.0f} MiB; {frames[-1]}")
+        error = _assert_typed_error(frames, log)
+        assert error["code"] in ("WORKER_RESET", "INTERNAL", "POOL_UNAVAILABLE"), error
+        # The engine offered 256 MiB; the server held a bounded part of it.
+        assert peak_mib < 200, peak_mib
