@@ -227,3 +227,25 @@ class TestBoundedMemory:
         assert error["code"] in ("WORKER_RESET", "INTERNAL", "POOL_UNAVAILABLE"), error
         # The engine offered 256 MiB; the server held a bounded part of it.
         assert peak_mib < 200, peak_mib
+
+
+async def _past_max_tokens(writer: asyncio.StreamWriter) -> None:
+    """An engine that ignores max_tokens (8) and streams 40 tokens, then more without end."""
+    writer.write(sse_head() + b"".join(_chunk(f"t{n} ") for n in range(40)))
+    with contextlib.suppress(ConnectionError):
+        for n in range(40, 100_000):
+            writer.write(_chunk(f"t{n} "))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+
+class TestEngineOverruns:
+    @pytest.mark.timeout(120)
+    async def test_tokens_past_max_tokens_are_cut(self, tmp_path: Path) -> None:
+        """The client asked for 8 tokens: it gets 8 and an end for length, however many the
+        engine sends."""
+        frames, log, _ = await _one_task(_past_max_tokens, tmp_path)
+        tokens = [data["t"] for event, data in frames if event == "token"]
+        assert [f"t{n} " for n in range(8)] == tokens
+        assert ("end", 8) == (frames[-1][0], frames[-1][1]["tokens_out"]), frames[-1]
+        assert "Traceback" not in log

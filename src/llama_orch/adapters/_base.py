@@ -373,7 +373,7 @@ class HttpAdapter:
                 raise await self._answered_error(response, where)
             sink = yield EngineEvent("started", data=self.started_data(request))
             parser = self.new_parser(request)
-            reading = _Reading(parser, engine)
+            reading = _Reading(parser, engine, request.max_tokens)
             chunks = response.chunks
             with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
                 if sink is not None and isinstance(chunks, H1Response):
@@ -393,7 +393,8 @@ class HttpAdapter:
                             break
             pending = reading.decoder.pending
             if parser.done:
-                await _drain(chunks)
+                if not reading.overran:  # else closing the stream is the engine's cancel
+                    await _drain(chunks)
             elif not parser.eof_is_end or pending:
                 raise WorkerReset(
                     self._error(
@@ -494,12 +495,19 @@ def first_error(obj: Mapping[str, Any]) -> tuple[str, int | None] | None:
 
 class _Reading:
     """One stream's decoding: each upstream chunk to its token texts, in order. A bad frame or
-    the engine's error event sets ``failure``; the tokens before it still count."""
+    the engine's error event sets ``failure``; the tokens before it still count.
 
-    __slots__ = ("decoder", "engine", "failure", "index", "parser")
+    An engine that streams past ``max_tokens`` (it ignored the limit it was sent) is cut there:
+    the stream ends as if the engine had stopped for length. Only a token past the limit cuts,
+    so an engine's final frame after exactly ``max_tokens`` tokens is still read."""
 
-    def __init__(self, parser: StreamParser, engine: str) -> None:
+    __slots__ = ("decoder", "engine", "failure", "index", "limit", "overran", "parser")
+
+    def __init__(self, parser: StreamParser, engine: str, limit: int) -> None:
         self.parser = parser
+        self.limit = limit
+        #: Cut at ``limit``: the engine is still generating, and closing the stream cancels it.
+        self.overran = False
         self.decoder = SseDecoder()
         self.engine = engine
         #: Tokens handed over so far (the next one's index).
@@ -531,8 +539,17 @@ class _Reading:
                 self.failure = exc
                 break
             if text:
+                if self.index + len(texts) >= self.limit:
+                    self._cut()
+                    break
                 texts.append(text)
         return texts
+
+    def _cut(self) -> None:
+        parser = self.parser
+        parser.done = True
+        parser.summary["finish_reason"] = "length"
+        self.overran = True
 
 
 async def _push(chunks: H1Response, reading: _Reading, sink: TokenSink) -> bool:
