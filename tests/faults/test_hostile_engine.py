@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -53,7 +54,7 @@ class HostileEngine:
     properly, each generation request is answered by ``script`` (the next ones, once it was
     used, by a well-behaved short stream)."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script | None) -> None:
         self.script: Script | None = script
         self.url = ""
         self._server: asyncio.Server | None = None
@@ -143,14 +144,14 @@ def _rss_mib(pid: int) -> float:
 
 @contextlib.asynccontextmanager
 async def _serving(
-    script: Script, tmp_path: Path, **pool: Any
-) -> AsyncIterator[tuple[ServeProcess, httpx.AsyncClient]]:
+    script: Script | None, tmp_path: Path, **pool: Any
+) -> AsyncIterator[tuple[ServeProcess, httpx.AsyncClient, HostileEngine]]:
     async with HostileEngine(script) as engine:
         config = _config(engine.url, tmp_path / "artifacts", **pool)
         with serve_process(config, tmp_path) as srv:
             async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
                 await _ready(client)
-                yield srv, client
+                yield srv, client, engine
 
 
 async def _one_task(
@@ -158,7 +159,7 @@ async def _one_task(
 ) -> tuple[list[tuple[str, dict[str, Any]]], str, float]:
     """Run one task against ``script``, then a second one (it must end normally); the first
     task's frames, the server's log and its peak resident memory in MiB."""
-    async with _serving(script, tmp_path, **pool) as (srv, client):
+    async with _serving(script, tmp_path, **pool) as (srv, client, _):
         body = task_body(model=MODEL, engine="openai", max_tokens=8)
         assert 202 == (await client.post("/v1/tasks", json=body)).status_code
         frames = await _frames(client, body["task_id"])
@@ -249,3 +250,44 @@ class TestEngineOverruns:
         assert [f"t{n} " for n in range(8)] == tokens
         assert ("end", 8) == (frames[-1][0], frames[-1][1]["tokens_out"]), frames[-1]
         assert "Traceback" not in log
+
+
+def _answer(data: bytes) -> Script:
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(data)
+
+    return script
+
+
+def _json_answer(document: dict[str, Any]) -> Script:
+    body = orjson.dumps(document)
+    return _answer(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+        % (len(body), body)
+    )
+
+
+class TestNotAStream:
+    """A 200 answer that is no event stream says what came instead, typed by what it means."""
+
+    @pytest.mark.timeout(120)
+    async def test_json_or_compressed_answers(self, tmp_path: Path) -> None:
+        rate_limited = {"error": {"message": "quota used up", "type": "rate_limit", "code": 429}}
+        whole = {"object": "chat.completion", "choices": [{"message": {"content": "hi"}}]}
+        gzipped = sse_head(b"content-encoding: gzip\r\n") + gzip.compress(_chunk("a") + _FINISH)
+        cases = [_json_answer(rate_limited), _json_answer(whole), _answer(gzipped)]
+        errors = []
+        async with _serving(None, tmp_path) as (srv, client, engine):
+            for script in cases:
+                engine.script = script
+                await _ready(client)
+                body = task_body(model=MODEL, engine="openai", max_tokens=8)
+                assert 202 == (await client.post("/v1/tasks", json=body)).status_code
+                frames = await _frames(client, body["task_id"])
+                errors.append(_assert_typed_error(frames, srv.log_path.read_text()))
+        assert ("POOL_UNAVAILABLE", True) == (errors[0]["code"], errors[0]["retriable"])
+        assert "quota used up" in errors[0]["message"]
+        assert ("INTERNAL", False) == (errors[1]["code"], errors[1]["retriable"])
+        assert "content-type application/json, not an event stream" in errors[1]["message"]
+        assert "INTERNAL" == errors[2]["code"]
+        assert "content-encoding gzip" in errors[2]["message"]

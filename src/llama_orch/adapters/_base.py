@@ -331,8 +331,22 @@ class HttpAdapter:
             retry_after_ms=retry_after_ms(headers),
         )
 
+    async def _refusal(self, response: UpstreamResponse, where: str) -> WorkerError | None:
+        """What a generation answer that is no token stream means (None: it is one)."""
+        if response.status >= 400:
+            return await self._answered_error(response, where)
+        unstreamed = not_a_stream(response.headers)
+        if unstreamed:
+            return await self._unstreamed(response, where, unstreamed)
+        return None
+
     async def _answered_error(self, response: UpstreamResponse, where: str) -> WorkerError:
         """The error an HTTP error answer means, its body's start quoted (the rest unread)."""
+        content = await self._body_start(response, where)
+        return self.status_error_of(response.status, content, response.headers, where)
+
+    async def _body_start(self, response: UpstreamResponse, where: str) -> bytes:
+        """Up to ``_ERROR_BODY_BYTES`` of the body (the rest stays unread)."""
         pieces: list[bytes] = []
         size = 0
         with map_transport_errors(self.engine.value, where, self._redactor, pool_id=self.pool_id):
@@ -341,8 +355,27 @@ class HttpAdapter:
                 size += len(piece)
                 if size >= _ERROR_BODY_BYTES:
                     break
-        content = b"".join(pieces)[:_ERROR_BODY_BYTES]
-        return self.status_error_of(response.status, content, response.headers, where)
+        return b"".join(pieces)[:_ERROR_BODY_BYTES]
+
+    async def _unstreamed(self, response: UpstreamResponse, where: str, what: str) -> WorkerError:
+        """A 200 answer to a streaming request that is not an event stream: the engine's error
+        when the body is one (some gateways answer errors so), else what came instead."""
+        engine = self.engine.value
+        content = await self._body_start(response, where)
+        with contextlib.suppress(orjson.JSONDecodeError):
+            document = orjson.loads(content)
+            found = first_error(document) if isinstance(document, dict) else None
+            if found is not None:
+                return in_stream_error(engine, self.pool_id, *found, self._redactor)
+        quoted = content.decode("utf-8", "replace")[:_BODY_QUOTE]
+        return WorkerInternal(
+            self._error(
+                f"{where} answered HTTP {response.status} with {what}, not an event stream "
+                f"(does the engine stream this route?): {quoted}"
+            ),
+            engine=engine,
+            pool_id=self.pool_id,
+        )
 
     def prestart(self, request: GenerateRequest) -> Prestarted | None:
         """Send the generation request now if a kept-alive connection is free (else None, and
@@ -369,8 +402,9 @@ class HttpAdapter:
             where = f"POST {prestarted.path}"
             response = await self._first_byte(where, prestarted.pending.response())
         try:
-            if response.status >= 400:
-                raise await self._answered_error(response, where)
+            refused = await self._refusal(response, where)
+            if refused is not None:
+                raise refused
             sink = yield EngineEvent("started", data=self.started_data(request))
             parser = self.new_parser(request)
             reading = _Reading(parser, engine, request.max_tokens)
@@ -469,6 +503,19 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
         async with asyncio.timeout(_DRAIN_S):
             async for _ in chunks:
                 pass
+
+
+def not_a_stream(headers: Mapping[str, str]) -> str | None:
+    """What a streaming answer is instead of an event stream, going by its head (None: it is
+    one, or says nothing against it). A JSON document, or a body compressed although the
+    request asked for none, cannot be read as SSE."""
+    kind = headers.get("content-type", "")
+    if kind[:16].lower() == "application/json":
+        return f"content-type {kind}"
+    coding = headers.get("content-encoding", "identity")
+    if coding.strip().lower() != "identity":
+        return f"content-encoding {coding}"
+    return None
 
 
 def in_stream_error(
