@@ -54,8 +54,10 @@ class HostileEngine:
     properly, each generation request is answered by ``script`` (the next ones, once it was
     used, by a well-behaved short stream)."""
 
-    def __init__(self, script: Script | None) -> None:
+    def __init__(self, script: Script | None, models: Script | None = None) -> None:
         self.script: Script | None = script
+        #: Answers ``GET /v1/models`` instead of the proper list, when set.
+        self.models = models
         self.url = ""
         self._server: asyncio.Server | None = None
 
@@ -83,16 +85,16 @@ class HostileEngine:
                     if name.strip().lower() == b"content-length":
                         length = int(value)
                 await reader.readexactly(length)
-                if head.startswith(b"GET /v1/models"):
+                if head.startswith(b"GET /v1/models") and self.models is not None:
+                    await self.models(writer)
+                elif head.startswith(b"GET /v1/models"):
                     writer.write(
                         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                         b"content-length: %d\r\n\r\n%s" % (len(_MODELS), _MODELS)
                     )
-                    await writer.drain()
-                    writer.close()
-                    return
-                script, self.script = self.script, None
-                await (script or _well_behaved)(writer)
+                else:
+                    script, self.script = self.script, None
+                    await (script or _well_behaved)(writer)
                 await writer.drain()
             finally:
                 writer.close()
@@ -291,3 +293,30 @@ class TestNotAStream:
         assert "content-type application/json, not an event stream" in errors[1]["message"]
         assert "INTERNAL" == errors[2]["code"]
         assert "content-encoding gzip" in errors[2]["message"]
+
+
+class TestProbes:
+    @pytest.mark.timeout(120)
+    async def test_an_endless_probe_answer_is_cut_off(self, tmp_path: Path) -> None:
+        """An engine whose model list never ends: the probe fails within its timeout, the pool
+        says why it is unready, and the server holds a bounded part of what was sent."""
+        async with HostileEngine(None, models=_endless_error_body) as engine:
+            config = _config(engine.url, tmp_path / "artifacts", http={"probe_timeout_ms": 1000})
+            with serve_process(config, tmp_path) as srv:
+                async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+                    health: dict[str, Any] = {}
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline and not _last_error(health):
+                        health = (await client.get("/v1/pools/engine/health")).json()
+                        await asyncio.sleep(0.1)
+                    peak_mib = _rss_mib(srv.process.pid)
+            log = srv.log_path.read_text()
+        print(f"peak resident memory {peak_mib:.0f} MiB; {_last_error(health)}")
+        assert not health["ready"]
+        assert "Traceback" not in log
+        assert peak_mib < 200, peak_mib
+
+
+def _last_error(health: dict[str, Any]) -> str | None:
+    replicas = health.get("metrics", {}).get("replicas", [])
+    return replicas[0]["last_error"] if replicas else None
