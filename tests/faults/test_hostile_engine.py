@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import gzip
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -320,3 +322,39 @@ class TestProbes:
 def _last_error(health: dict[str, Any]) -> str | None:
     replicas = health.get("metrics", {}).get("replicas", [])
     return replicas[0]["last_error"] if replicas else None
+
+
+class TestRetryAfter:
+    @pytest.mark.timeout(120)
+    async def test_an_absurd_retry_after_is_bounded(self, tmp_path: Path) -> None:
+        """An engine's 429 with a Retry-After past any integer the wire can carry still ends the
+        task (and the front door's request) with POOL_UNAVAILABLE, its advice capped at a day;
+        an HTTP-date Retry-After counts from now."""
+        huge = b"9" * 30
+        date = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=120), True)
+        answers = []
+        async with _serving(None, tmp_path) as (srv, client, engine):
+            for value in (huge, date.encode()):
+                engine.script = _answer(
+                    b"HTTP/1.1 429 Too Many Requests\r\nretry-after: %s\r\n"
+                    b"content-length: 4\r\n\r\nslow" % value
+                )
+                await _ready(client)
+                body = task_body(model=MODEL, engine="openai", max_tokens=8)
+                assert 202 == (await client.post("/v1/tasks", json=body)).status_code
+                answers.append((await _frames(client, body["task_id"]))[-1][1])
+            engine.script = _answer(
+                b"HTTP/1.1 429 Too Many Requests\r\nretry-after: %s\r\n"
+                b"content-length: 4\r\n\r\nslow" % huge
+            )
+            await _ready(client)
+            chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+            front = await client.post("/v1/chat/completions", json=chat)
+            log = srv.log_path.read_text()
+        assert "Traceback" not in log
+        assert ("POOL_UNAVAILABLE", 86_400_000) == (
+            answers[0]["code"],
+            answers[0]["retry_after_ms"],
+        )
+        assert 60_000 < answers[1]["retry_after_ms"] <= 120_000, answers[1]
+        assert (503, "86400") == (front.status_code, front.headers["retry-after"])
