@@ -585,6 +585,14 @@ class _Reading:
             except WorkerError as exc:
                 self.failure = exc
                 break
+            except (AttributeError, TypeError, KeyError, IndexError) as exc:
+                # JSON, but not of the protocol's shape (``choices`` a string, say).
+                self.failure = WorkerInternal(
+                    f"{self.engine}: malformed stream frame (JSON of an unexpected shape: "
+                    f"{type(exc).__name__})",
+                    engine=self.engine,
+                )
+                break
             if text:
                 if self.index + len(texts) >= self.limit:
                     self._cut()

@@ -16,7 +16,7 @@ from llama_orch.adapters._base import HttpAdapter
 from llama_orch.adapters._h1 import H1Pool, H1Response
 from llama_orch.adapters._http import build_upstream, map_transport_errors
 from llama_orch.config import HttpConfig
-from llama_orch.errors import DecodeTimeout, WorkerError, WorkerReset
+from llama_orch.errors import DecodeTimeout, WorkerError, WorkerInternal, WorkerReset
 from llama_orch.observability.redaction import Redactor
 from tests.unit.adapters.engine_support import adapter_for, request
 
@@ -428,6 +428,27 @@ class TestThroughTheAdapter:
                 await adapter.aclose()
         assert ["a", "b"] == tokens
         assert ("vllm", True) == (info.value.engine, "connection broke" in info.value.message)
+
+    @pytest.mark.parametrize(
+        "frame",
+        [b'{"choices":"nope"}', b'{"choices":[5]}', b'{"choices":[null]}'],
+        ids=["choices-string", "choice-number", "choice-null"],
+    )
+    async def test_a_frame_of_an_unexpected_shape_is_a_malformed_frame(self, frame: bytes) -> None:
+        """JSON that is not the shape the engine's protocol has fails the stream as a malformed
+        frame naming the engine, after the tokens before it."""
+        body = vllm_frames(b"a") + b"data: " + frame + b"\n\n"
+        async with raw_engine(replies(fixed(body, extra=b"connection: close\r\n"))) as engine:
+            adapter = adapter_for("vllm", f"http://127.0.0.1:{engine.port}", "m")
+            tokens: list[str] = []
+            try:
+                with pytest.raises(WorkerInternal, match="vllm: malformed stream frame") as info:
+                    async for event in adapter.submit(request(max_tokens=8)):
+                        tokens += event.texts if event.kind == "tokens" else []
+            finally:
+                await adapter.aclose()
+        assert ["a"] == tokens
+        assert "unexpected shape" in info.value.message
 
 
 class TestSentAtOnce:
