@@ -358,3 +358,31 @@ class TestRetryAfter:
         )
         assert 60_000 < answers[1]["retry_after_ms"] <= 120_000, answers[1]
         assert (503, "86400") == (front.status_code, front.headers["retry-after"])
+
+
+class TestOddStatuses:
+    @pytest.mark.timeout(120)
+    async def test_switching_protocols_and_redirects(self, tmp_path: Path) -> None:
+        """An engine that switches protocols (101) or redirects (301) ends the task with a typed
+        error saying so, and nothing crashes in the server's connection code."""
+        switch = (
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+            b"connection: upgrade\r\n\r\nxx"
+        )
+        moved = (
+            b"HTTP/1.1 301 Moved Permanently\r\nlocation: https://elsewhere:8443/v1/chat/completions"
+            b"\r\ncontent-length: 0\r\n\r\n"
+        )
+        errors = []
+        async with _serving(None, tmp_path) as (srv, client, engine):
+            for data in (switch, moved):
+                engine.script = _answer(data)
+                await _ready(client)
+                body = task_body(model=MODEL, engine="openai", max_tokens=8)
+                assert 202 == (await client.post("/v1/tasks", json=body)).status_code
+                frames = await _frames(client, body["task_id"])
+                errors.append(_assert_typed_error(frames, srv.log_path.read_text()))
+        assert ("WORKER_RESET", True) == (errors[0]["code"], errors[0]["retriable"])
+        assert "switched protocols" in errors[0]["message"]
+        assert ("INTERNAL", False) == (errors[1]["code"], errors[1]["retriable"])
+        assert "https://elsewhere:8443/v1/chat/completions" in errors[1]["message"]

@@ -335,6 +335,17 @@ class HttpAdapter:
         """What a generation answer that is no token stream means (None: it is one)."""
         if response.status >= 400:
             return await self._answered_error(response, where)
+        if response.status >= 300:
+            location = response.headers.get("location", "nowhere named")
+            return WorkerInternal(
+                self._error(
+                    f"{where} answered HTTP {response.status}, a redirect to "
+                    f"{self._redactor.text(location)}: redirects are not followed; point the "
+                    "pool's endpoint at the engine itself"
+                ),
+                engine=self.engine.value,
+                pool_id=self.pool_id,
+            )
         unstreamed = not_a_stream(response.headers)
         if unstreamed:
             return await self._unstreamed(response, where, unstreamed)

@@ -89,8 +89,10 @@ def map_transport_errors(
         aiohttp.ClientOSError,
         aiohttp.ClientConnectionResetError,
     ) as exc:
+        # The stream client's own errors say what broke; the libraries' may quote the peer.
+        why = redactor.text(str(exc)) if isinstance(exc, UpstreamBroken) else ""
         raise WorkerReset(
-            f"{engine}: {where}: the connection broke ({type(exc).__name__})",
+            f"{engine}: {where}: the connection broke ({why or type(exc).__name__})",
             engine=engine,
             pool_id=pool_id,
         ) from exc

@@ -100,11 +100,17 @@ class _Connection(asyncio.Protocol):
             return
         try:
             parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # An upgrade (101) is no error to llhttp, but no engine protocol has one.
             self.close()
             if self.response is not None:
                 self.response.flush()
-                self.response.fail(UpstreamBroken(f"malformed response: {exc}"))
+                why = (
+                    "the engine switched protocols (HTTP 101)"
+                    if isinstance(exc, httptools.HttpParserUpgrade)
+                    else f"malformed response: {exc}"
+                )
+                self.response.fail(UpstreamBroken(why))
             return
         response = self.response
         if response is not None:
