@@ -271,6 +271,20 @@ def _json_answer(document: dict[str, Any]) -> Script:
     )
 
 
+async def _errors_of(scripts: list[Script], tmp_path: Path) -> list[dict[str, Any]]:
+    """One task per script against one server; each task's error frame (each must end so)."""
+    errors = []
+    async with _serving(None, tmp_path) as (srv, client, engine):
+        for script in scripts:
+            engine.script = script
+            await _ready(client)
+            body = task_body(model=MODEL, engine="openai", max_tokens=8)
+            assert 202 == (await client.post("/v1/tasks", json=body)).status_code
+            frames = await _frames(client, body["task_id"])
+            errors.append(_assert_typed_error(frames, srv.log_path.read_text()))
+    return errors
+
+
 class TestNotAStream:
     """A 200 answer that is no event stream says what came instead, typed by what it means."""
 
@@ -280,15 +294,7 @@ class TestNotAStream:
         whole = {"object": "chat.completion", "choices": [{"message": {"content": "hi"}}]}
         gzipped = sse_head(b"content-encoding: gzip\r\n") + gzip.compress(_chunk("a") + _FINISH)
         cases = [_json_answer(rate_limited), _json_answer(whole), _answer(gzipped)]
-        errors = []
-        async with _serving(None, tmp_path) as (srv, client, engine):
-            for script in cases:
-                engine.script = script
-                await _ready(client)
-                body = task_body(model=MODEL, engine="openai", max_tokens=8)
-                assert 202 == (await client.post("/v1/tasks", json=body)).status_code
-                frames = await _frames(client, body["task_id"])
-                errors.append(_assert_typed_error(frames, srv.log_path.read_text()))
+        errors = await _errors_of(cases, tmp_path)
         assert ("POOL_UNAVAILABLE", True) == (errors[0]["code"], errors[0]["retriable"])
         assert "quota used up" in errors[0]["message"]
         assert ("INTERNAL", False) == (errors[1]["code"], errors[1]["retriable"])
@@ -373,15 +379,7 @@ class TestOddStatuses:
             b"HTTP/1.1 301 Moved Permanently\r\nlocation: https://elsewhere:8443/v1/chat/completions"
             b"\r\ncontent-length: 0\r\n\r\n"
         )
-        errors = []
-        async with _serving(None, tmp_path) as (srv, client, engine):
-            for data in (switch, moved):
-                engine.script = _answer(data)
-                await _ready(client)
-                body = task_body(model=MODEL, engine="openai", max_tokens=8)
-                assert 202 == (await client.post("/v1/tasks", json=body)).status_code
-                frames = await _frames(client, body["task_id"])
-                errors.append(_assert_typed_error(frames, srv.log_path.read_text()))
+        errors = await _errors_of([_answer(switch), _answer(moved)], tmp_path)
         assert ("WORKER_RESET", True) == (errors[0]["code"], errors[0]["retriable"])
         assert "switched protocols" in errors[0]["message"]
         assert ("INTERNAL", False) == (errors[1]["code"], errors[1]["retriable"])
