@@ -384,3 +384,20 @@ class TestOddStatuses:
         assert "switched protocols" in errors[0]["message"]
         assert ("INTERNAL", False) == (errors[1]["code"], errors[1]["retriable"])
         assert "https://elsewhere:8443/v1/chat/completions" in errors[1]["message"]
+
+
+class TestEngineErrorText:
+    @pytest.mark.timeout(120)
+    async def test_an_engines_long_error_message_is_quoted_cut(self, tmp_path: Path) -> None:
+        """An engine's in-stream error (or JSON error answer) with a message of a MiB: the task's
+        error frame quotes its start, and the log does not carry the whole of it."""
+        text = "overloaded " + "x" * MIB
+        event = b"data: " + orjson.dumps({"error": {"message": text, "code": 503}}) + b"\n\n"
+        scripts = [_answer(sse_head() + _chunk("a") + event), _json_answer({"error": text})]
+        errors = await _errors_of(scripts, tmp_path)
+        log_size = (tmp_path / "serve.log").stat().st_size
+        for error in errors:
+            assert "overloaded xxx" in error["message"]
+            assert len(error["message"]) < 1000, len(error["message"])
+        assert ("POOL_UNAVAILABLE", "INTERNAL") == (errors[0]["code"], errors[1]["code"])
+        assert log_size < MIB, log_size
