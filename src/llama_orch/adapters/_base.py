@@ -529,17 +529,21 @@ def not_a_stream(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def quote(message: str, redactor: Redactor) -> str:
+    """An engine's own text as put in an error or a health detail (which reach clients and the
+    log): redacted, and cut like an error answer's body."""
+    # Redacted before the cut, from a margin past it, so that no secret is cut in half.
+    redacted = redactor.text(message[: _BODY_QUOTE * 4])
+    if len(redacted) > _BODY_QUOTE or len(message) > _BODY_QUOTE * 4:
+        return redacted[:_BODY_QUOTE] + " [cut]"
+    return redacted
+
+
 def in_stream_error(
     engine: str, pool_id: str, message: str, status: int | None, redactor: Redactor
 ) -> WorkerError:
-    """An ``error`` event inside a 200 stream, mapped like the HTTP status it names. The engine's
-    message is quoted cut, like an error answer's body: it goes to the client and the log."""
-    # Redacted before the cut, from a margin past it, so that no secret is cut in half.
-    redacted = redactor.text(message[: _BODY_QUOTE * 4])
-    quoted = redacted[:_BODY_QUOTE]
-    if len(redacted) > _BODY_QUOTE or len(message) > _BODY_QUOTE * 4:
-        quoted += " [cut]"
-    text = f"{engine}: the engine reported an error mid-stream: {quoted}"
+    """An ``error`` event inside a 200 stream, mapped like the HTTP status it names."""
+    text = f"{engine}: the engine reported an error mid-stream: {quote(message, redactor)}"
     if status is None:
         return WorkerInternal(text, engine=engine, pool_id=pool_id)
     return error_for_status(status, text, engine=engine, pool_id=pool_id)

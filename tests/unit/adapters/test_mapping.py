@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from llama_orch.adapters._base import quote
 from llama_orch.adapters._errors import RETRY_AFTER_MAX_S, retry_after_ms
+from llama_orch.observability.redaction import Redactor
 from llama_orch.testing.fake_engines import start_fake
 from llama_orch.vocab import DeterminismLevel
 from tests.unit.adapters.engine_support import adapter_for, collect, fake_and_adapter, request
@@ -182,3 +184,18 @@ class TestRetryAfter:
         when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=90), True)
         ms = retry_after_ms({"retry-after": when})
         assert ms is not None and 80_000 < ms <= 90_000
+
+
+class TestQuote:
+    def test_an_engines_long_text_is_cut_and_marked(self) -> None:
+        quoted = quote("busy " + "x" * 100_000, Redactor())
+        assert quoted.startswith("busy xxx") and quoted.endswith(" [cut]")
+        assert len(quoted) < 400
+
+    def test_a_secret_across_the_cut_is_redacted_whole(self) -> None:
+        secret = "sk-" + "s" * 60
+        quoted = quote("y" * 280 + secret + "z" * 2000, Redactor().with_secret(secret))
+        assert "sss" not in quoted
+
+    def test_short_text_is_only_redacted(self) -> None:
+        assert "model loading" == quote("model loading", Redactor())
