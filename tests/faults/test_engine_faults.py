@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import subprocess
 import sys
 import time
@@ -105,6 +106,28 @@ async def _kill_mid_stream(
                 engine.kill()
                 killed_at = time.monotonic()
     return frames, time.monotonic() - killed_at
+
+
+class TestEngineHungAtStart:
+    async def test_a_hung_engine_does_not_hold_the_servers_start(self, tmp_path: Path) -> None:
+        """An engine that accepts connections and never answers: its first probe would take
+        three 20 s probe timeouts. The server serves meanwhile (the 20 s start-up limit of
+        ``serve_process``), the other pool runs tasks, and the hung pool is unready, said so."""
+        with socket.socket() as hung:
+            hung.bind(("127.0.0.1", 0))
+            hung.listen(8)  # the kernel completes connections; nothing ever reads them
+            config = _engine_config(hung.getsockname()[1], tmp_path / "artifacts")
+            config["pools"][0]["http"] = {"probe_timeout_ms": 20_000}
+            with serve_process(config, tmp_path, start_timeout_s=20) as srv:
+                async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+                    body = _body("mock", "m0")
+                    assert 202 == (await client.post("/v1/tasks", json=body)).status_code
+                    assert "end" == (await _frames(client, body["task_id"]))[-1][0]
+                    health = (await client.get("/v1/pools/engine/health")).json()
+                    assert health["ready"] is False, health
+                log = srv.log_path.read_text()
+        assert '"action":"first-probe"' in log
+        assert "engine/r0" in log
 
 
 class TestEngineDies:

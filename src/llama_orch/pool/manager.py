@@ -45,6 +45,10 @@ UNKNOWN_CTX = 2**31 - 1
 
 #: Seconds without a successful health probe after which a snapshot is stale (SPEC §17.22).
 STALE_AFTER_S = 5.0
+#: How long start-up waits for every replica's first probe, so the first requests find ready
+#: pools Ready. An engine slower than that (hung, or behind retries and read timeouts) does not
+#: hold the server: its probe goes on, and its pool turns Ready once the engine answers.
+FIRST_PROBE_WAIT_S = 2.0
 
 AdapterFactory = Callable[[PoolConfig, int], EngineAdapter]
 #: replica id -> (measured tokens/s, first-token ms), for placement's perf fields.
@@ -191,6 +195,7 @@ class PoolManager:
         #: Monotonic topology version (ORCH-3410); see the module docstring.
         self.snapshot_version = 0
         self._probe_loops: list[str] = []
+        self._first_probes: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[str], None]] = []
         self.pools: dict[str, PoolRuntime] = {}
         #: Where the GPU sampler asks cluster hosts for their inventories (None: one machine).
@@ -380,7 +385,28 @@ class PoolManager:
                     breaker=BreakerPolicy.from_config(cfg.circuit_breaker),
                 )
                 self._bump()
-        await self.probe_all()
+        first = {
+            (pool.id, replica.replica_id): self._supervisor.owned(
+                self._evaluate(pool, replica), name=f"first-probe-{pool.id}-{replica.replica_id}"
+            )
+            for pool in self.pools.values()
+            for replica in pool.replicas
+        }
+        self._first_probes = list(first.values())
+        if first:
+            _, pending = await asyncio.wait(first.values(), timeout=FIRST_PROBE_WAIT_S)
+            if pending:
+                waiting = sorted(f"{p}/{r}" for (p, r), task in first.items() if task in pending)
+                narrate(
+                    "pool-manager",
+                    "first-probe",
+                    ", ".join(waiting),
+                    f"Serves before {len(waiting)} replica(s) answered a first health probe "
+                    f"within {FIRST_PROBE_WAIT_S:g} s ({', '.join(waiting)}); each stays "
+                    "unready until its engine answers.",
+                    level="warning",
+                    replicas=waiting,
+                )
         # One loop per replica: a slow or hung engine delays only its own heartbeat, never
         # another replica's (whose heartbeat would otherwise lapse and go stale).
         for pool in self.pools.values():
@@ -388,16 +414,26 @@ class PoolManager:
                 continue  # the lifecycle watches launched engines itself
             for replica in pool.replicas:
                 name = f"probe-{pool.id}-{replica.replica_id}"
-                self._supervisor.loop(name, functools.partial(self._probe_loop, pool, replica))
+                after = first[(pool.id, replica.replica_id)]
+                loop = functools.partial(self._probe_loop, pool, replica, after)
+                self._supervisor.loop(name, loop)
                 self._probe_loops.append(name)
 
     async def stop(self) -> None:
+        for task in self._first_probes:
+            task.cancel()
+        self._first_probes = []
         await self._supervisor.cancel_loops(self._probe_loops)
         self._probe_loops = []
         await self.lifecycle.stop()
         await self._host.aclose()
 
-    async def _probe_loop(self, pool: PoolRuntime, replica: Replica) -> None:
+    async def _probe_loop(
+        self, pool: PoolRuntime, replica: Replica, after: asyncio.Task[None] | None = None
+    ) -> None:
+        if after is not None and not after.done():
+            # Never two probes of one replica at once: the first one is still waiting.
+            await asyncio.wait({after})
         while True:
             await asyncio.sleep(self._probe_interval_s)
             await self._evaluate(pool, replica)
