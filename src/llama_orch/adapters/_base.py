@@ -60,6 +60,9 @@ _BODY_QUOTE = 300
 #: Of an engine's error answer, at most this much is read: it is only quoted (cut), and an
 #: engine that answers an error with an endless body must not fill memory.
 _ERROR_BODY_BYTES = 64 << 10
+#: Of a probe's answer (health, model list, props, metrics: kilobytes), at most this much is
+#: read; an engine whose answer never ends fails the probe instead of filling memory.
+PROBE_ANSWER_BYTES: Final = 8 << 20
 #: How long to wait for the body's end once the terminal event arrived.
 _DRAIN_S = 1.0
 #: Headers of a generate request (an adapter may add to them).
@@ -302,12 +305,40 @@ class HttpAdapter:
         return f"{self.engine.value} at {self._where}: {self._redactor.text(message)}"
 
     async def get(self, path: str) -> httpx.Response:
-        """One bounded idempotent GET; the host decides about retries."""
+        """One bounded idempotent GET; the host decides about retries.
+
+        Bounded in time as a whole (httpx's timeouts bound each read, so an answer that keeps
+        coming would never time out) and in size (``PROBE_ANSWER_BYTES``).
+        """
         timeout = self._pool.http.probe_timeout_ms / 1000
-        with map_transport_errors(
-            self.engine.value, f"GET {path}", self._redactor, pool_id=self.pool_id
-        ):
-            return await self._upstream.probe.get(path, timeout=timeout)
+        where = f"GET {path}"
+        with map_transport_errors(self.engine.value, where, self._redactor, pool_id=self.pool_id):
+            async with asyncio.timeout(timeout):
+                request = self._upstream.probe.build_request("GET", path, timeout=timeout)
+                response = await self._upstream.probe.send(request, stream=True)
+                try:
+                    body = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > PROBE_ANSWER_BYTES:
+                            raise WorkerInternal(
+                                self._error(
+                                    f"{where}: the answer passed {PROBE_ANSWER_BYTES >> 20} MiB"
+                                ),
+                                engine=self.engine.value,
+                                pool_id=self.pool_id,
+                            )
+                finally:
+                    await response.aclose()
+            # The body is decoded already: its encoding and length no longer describe it.
+            headers = [
+                (name, value)
+                for name, value in response.headers.multi_items()
+                if name.lower() not in ("content-encoding", "content-length")
+            ]
+            return httpx.Response(
+                response.status_code, headers=headers, content=bytes(body), request=request
+            )
 
     async def get_json(self, path: str) -> Any:
         response = await self.get(path)
