@@ -1,0 +1,49 @@
+"""An operator's mistakes with llorch: each ends in one message saying what to do and a
+documented exit status, never a traceback (real subprocesses, real files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.e2e.test_cli import run
+
+POOLS = "pools:\n  - {id: p0, engine: mock, model: m0}\n"
+
+
+class TestConfigFileMistakes:
+    async def test_a_config_that_is_not_utf8(self, tmp_path: Path) -> None:
+        """A file saved in another encoding is named as such by validate and by serve."""
+        config = tmp_path / "latin1.yaml"
+        config.write_bytes(POOLS.encode() + b"# caf\xe9\n")
+        for args in (("config", "validate", str(config)), ("serve", "--config", str(config))):
+            code, _, err = await run(*args)
+            assert 2 == code, err
+            assert "not UTF-8 text (byte 0xe9 at offset" in err
+            assert "Traceback" not in err
+
+    async def test_a_key_given_twice_is_refused(self, tmp_path: Path) -> None:
+        """A second `pools:` (or any key repeated in one mapping) would silently replace the
+        first; it is refused with its line instead."""
+        pools_twice = tmp_path / "pools.yaml"
+        pools_twice.write_text(POOLS + "server: {}\n" + POOLS)
+        nested = tmp_path / "nested.yaml"
+        nested.write_text(POOLS + "server: {bind_addr: '127.0.0.1:1', bind_addr: '127.0.0.1:2'}\n")
+        for config, where, key in (
+            (pools_twice, "line 4", "pools"),
+            (nested, "line 3", "bind_addr"),
+        ):
+            code, _, err = await run("config", "validate", "--offline", str(config))
+            assert 2 == code
+            assert f"{where}, column" in err and f"duplicate key {key!r}" in err
+            assert "Traceback" not in err
+
+    async def test_a_merge_key_may_still_be_overridden(self, tmp_path: Path) -> None:
+        """YAML merge keys (`<<: *anchor`) followed by an explicit key are not duplicates."""
+        config = tmp_path / "merge.yaml"
+        config.write_text(
+            "pools:\n"
+            "  - &base {id: p0, engine: mock, model: m0}\n"
+            "  - {<<: *base, id: p1, model: m1}\n"
+        )
+        code, out, err = await run("config", "validate", "--offline", str(config))
+        assert (0, f"{config}: ok (2 pools)\n") == (code, out), err
