@@ -47,3 +47,39 @@ class TestConfigFileMistakes:
         )
         code, out, err = await run("config", "validate", "--offline", str(config))
         assert (0, f"{config}: ok (2 pools)\n") == (code, out), err
+
+
+class TestTokenMistakes:
+    async def test_a_token_file_that_is_not_utf8(self, tmp_path: Path) -> None:
+        """A garbled token file is named by the client, by the server and by `node head`,
+        each exiting with its documented status instead of a traceback."""
+        garbled = tmp_path / "garbled.token"
+        garbled.write_bytes(b"\xff" * 43 + b"\n")
+        garbled.chmod(0o600)
+        ok = tmp_path / "ok.yaml"
+        ok.write_text(POOLS)
+        runs = (
+            (2, ("submit", "hi", "--url", "http://127.0.0.1:9", "--token-file", str(garbled)), {}),
+            (2, ("serve", "--config", str(ok)), {"AUTH_TOKEN_FILE": str(garbled)}),
+            (1, ("node", "head", "--gpus", "1", "--token-file", str(garbled), "--dry-run"), {}),
+        )
+        for status, args, env in runs:
+            code, _, err = await run(*args, env={"AUTH_TOKEN": "", "LLORCH_TOKEN": "", **env})
+            assert status == code, err
+            assert f"{garbled} is not UTF-8 text" in err
+            assert "Traceback" not in err
+
+    async def test_a_token_no_client_can_send(self, tmp_path: Path) -> None:
+        """A token with a space or a non-ASCII character can never be presented as
+        `Authorization: Bearer`; both ends refuse it up front."""
+        ok = tmp_path / "ok.yaml"
+        ok.write_text(POOLS)
+        code, _, err = await run(
+            "serve", "--config", str(ok), env={"AUTH_TOKEN": "caf\u00e9 au lait"}
+        )
+        assert 2 == code and "AUTH_TOKEN: the token holds spaces or non-ASCII" in err
+        code, _, err = await run(
+            "pools", "--url", "http://127.0.0.1:9", env={"LLORCH_TOKEN": "caf\u00e9"}
+        )
+        assert 2 == code and "LLORCH_TOKEN holds spaces or non-ASCII" in err
+        assert "Traceback" not in err

@@ -154,20 +154,24 @@ def contracts_write(root: str) -> None:
 
 def client_token(token_file: str | None, environ: Mapping[str, str]) -> str | None:
     """The bearer token to send: --token-file, else LLORCH_TOKEN, else LLORCH_TOKEN_FILE."""
+    from llama_orch.config import bearer_token_problem, read_token_file
+
     if token_file is None:
         inline = environ.get("LLORCH_TOKEN", "").strip()
+        problem = bearer_token_problem(inline) if inline else None
+        if problem:
+            raise click.UsageError(f"LLORCH_TOKEN {problem}")
         if inline:
             return inline
         token_file = environ.get("LLORCH_TOKEN_FILE") or None
     if token_file is None:
         return None
     try:
-        value = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
+        return read_token_file(token_file)
     except OSError as exc:
         raise click.UsageError(f"cannot read token file {token_file}: {exc.strerror}") from exc
-    if not value:
-        raise click.UsageError(f"token file {token_file} is empty")
-    return value
+    except ValueError as exc:
+        raise click.UsageError(f"token file {token_file} {exc}") from exc
 
 
 def _client(url: str | None, token_file: str | None) -> client_mod.OrchClient:

@@ -26,11 +26,15 @@ def _fail(message: str) -> None:
 
 def _token_file(path: str) -> str:
     token = Path(path).expanduser()
+    from llama_orch.config import read_token_file
+
     try:
         mode = token.stat().st_mode
-        text = token.read_text().strip()
+        text = read_token_file(token)
     except OSError as exc:
         _fail(f"cannot read the cluster token {token}: {exc.strerror or exc}")
+    except ValueError as exc:
+        _fail(f"the cluster token file {token} {exc}")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         _fail(f"the cluster token {token} is readable by others; run `chmod 600 {token}`")
     if len(text) < 32:

@@ -2,9 +2,11 @@
 
 from llama_orch.config._load import (
     Settings,
+    bearer_token_problem,
     load_settings,
     parse_config_text,
     read_config_file,
+    read_token_file,
     resolve_path,
 )
 from llama_orch.config._models import (
@@ -52,10 +54,12 @@ __all__ = [
     "SimulatedGpu",
     "SseConfig",
     "TimeoutsConfig",
+    "bearer_token_problem",
     "is_loopback_host",
     "load_settings",
     "parse_config_text",
     "parse_host_port",
     "read_config_file",
+    "read_token_file",
     "resolve_path",
 ]

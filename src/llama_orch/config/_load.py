@@ -275,16 +275,38 @@ def _env_int(environ: Mapping[str, str], key: str) -> int | None:
         ) from exc
 
 
-def _read_token_file(path: str, key: str) -> str:
+def bearer_token_problem(token: str) -> str | None:
+    """Why ``token`` cannot travel in an ``Authorization: Bearer`` header, else None: a
+    space or a non-ASCII character would make a token no client can present."""
+    if token and all("!" <= char <= "~" for char in token):
+        return None
+    if not token:
+        return "is empty"
+    return "holds spaces or non-ASCII characters; mint one with `llorch token new`"
+
+
+def read_token_file(path: str | Path) -> str:
+    """A token file's token, stripped. Raises OSError when the file cannot be read and
+    ValueError (its message completes "the token file ...") when it holds no usable token."""
     try:
         token = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ValueError("is not UTF-8 text; mint one with `llorch token new`") from exc
+    problem = bearer_token_problem(token)
+    if problem:
+        raise ValueError(problem)
+    return token
+
+
+def _read_token_file(path: str, key: str) -> str:
+    try:
+        return read_token_file(path)
     except OSError as exc:
         raise ConfigError(
             "environment", [ConfigIssue(key, f"cannot read token file {path}: {exc.strerror}")]
         ) from exc
-    if not token:
-        raise ConfigError("environment", [ConfigIssue(key, f"token file {path} is empty")])
-    return token
+    except ValueError as exc:
+        raise ConfigError("environment", [ConfigIssue(key, f"token file {path} {exc}")]) from exc
 
 
 def _sse_overrides(config: Config, environ: Mapping[str, str]) -> Config:
@@ -486,6 +508,9 @@ def load_settings(
     # AUTH_TOKEN, else AUTH_TOKEN_FILE (relative to the working directory), else the file's
     # server.auth_token_file (relative to the config file, like every path in it).
     token = environ.get("AUTH_TOKEN", "").strip() or None
+    problem = bearer_token_problem(token) if token else None
+    if problem:
+        raise ConfigError("environment", [ConfigIssue("AUTH_TOKEN", f"the token {problem}")])
     if token is None and environ.get("AUTH_TOKEN_FILE"):
         token = _read_token_file(environ["AUTH_TOKEN_FILE"], "AUTH_TOKEN_FILE")
     elif token is None and server.auth_token_file:
