@@ -3,6 +3,7 @@ documented exit status, never a traceback (real subprocesses, real files)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tests.e2e.test_cli import run
@@ -83,3 +84,22 @@ class TestTokenMistakes:
         )
         assert 2 == code and "LLORCH_TOKEN holds spaces or non-ASCII" in err
         assert "Traceback" not in err
+
+
+class TestArgumentMistakes:
+    async def test_arguments_that_are_not_utf8(self) -> None:
+        """A prompt or an id in another encoding (a Latin-1 file passed as "$(cat f)") is
+        refused as a usage error naming the argument, before any request is built."""
+        latin1 = os.fsdecode(b"caf\xe9")
+        url = ("--url", "http://127.0.0.1:9")
+        for args, name in (
+            (("submit", latin1, *url), "'PROMPT'"),
+            (("submit", "hi", "--session", latin1, *url), "'--session'"),
+            (("cancel", latin1, *url), "'TASK_ID'"),
+            (("models", "--url", url[1], "show", latin1), "'MODEL_ID'"),
+            (("artifacts", "get", latin1, *url), "'ARTIFACT_ID'"),
+        ):
+            code, _, err = await run(*args)
+            assert 2 == code, err
+            assert f"Invalid value for {name}: not UTF-8 text (byte 0xe9 at character 3)" in err
+            assert "Traceback" not in err

@@ -17,6 +17,33 @@ EXIT_ERROR = 1
 EXIT_UNREACHABLE = 3
 
 
+class Utf8Text(click.ParamType[str]):
+    """Text that is UTF-8. Bytes that are not (a Latin-1 file passed as "$(cat f)") reach
+    Python as lone surrogates, which no JSON body or URL can carry: refused here, by name."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            byte = (
+                ord(text[exc.start]) - 0xDC00 if 0xDC80 <= ord(text[exc.start]) <= 0xDCFF else None
+            )
+            which = f"byte 0x{byte:02x}" if byte is not None else "a lone surrogate"
+            self.fail(
+                f"not UTF-8 text ({which} at character {exc.start}); convert it to UTF-8 "
+                "(e.g. with iconv)",
+                param,
+                ctx,
+            )
+        return text
+
+
+TEXT = Utf8Text()
+
+
 class OrchClient:
     def __init__(self, url: str, token: str | None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -191,16 +191,22 @@ _token_option = click.option(
 
 
 @cli.command()
-@click.argument("prompt")
-@click.option("--pool", default=None, help="Pick the engine and model of this pool.")
-@click.option("--engine", default=None, help="Engine (mock, llamacpp, vllm, ...).")
-@click.option("--model", default=None, help="model_ref the pool serves.")
+@click.argument("prompt", type=client_mod.TEXT)
+@click.option(
+    "--pool", default=None, type=client_mod.TEXT, help="Pick the engine and model of this pool."
+)
+@click.option(
+    "--engine", default=None, type=client_mod.TEXT, help="Engine (mock, llamacpp, vllm, ...)."
+)
+@click.option("--model", default=None, type=client_mod.TEXT, help="model_ref the pool serves.")
 @click.option("--priority", type=click.Choice(["interactive", "batch"]), default="interactive")
 @click.option("--seed", type=int, default=None)
 @click.option("--max-tokens", type=int, default=64, show_default=True)
 @click.option("--ctx", type=int, default=None, help="Context to ask for (default: pool limit).")
 @click.option("--deadline-ms", type=int, default=600_000, show_default=True)
-@click.option("--session", default=None, help="Session UUID (default: a new one).")
+@click.option(
+    "--session", default=None, type=client_mod.TEXT, help="Session UUID (default: a new one)."
+)
 @_url_option
 @_token_option
 def submit(prompt: str, url: str | None, token_file: str | None, **options: Any) -> None:
@@ -210,7 +216,7 @@ def submit(prompt: str, url: str | None, token_file: str | None, **options: Any)
 
 
 @cli.command()
-@click.argument("task_id")
+@click.argument("task_id", type=client_mod.TEXT)
 @_url_option
 @_token_option
 def cancel(task_id: str, url: str | None, token_file: str | None) -> None:
@@ -251,7 +257,7 @@ def artifacts() -> None:
 
 
 @artifacts.command("get")
-@click.argument("artifact_id")
+@click.argument("artifact_id", type=client_mod.TEXT)
 @click.option("--transcript", is_flag=True, help="Print a trace's SSE transcript as streamed.")
 @_url_option
 @_token_option
@@ -266,9 +272,16 @@ def artifacts_get(
 
 
 @artifacts.command("ls")
-@click.option("--tag", default=None, help="Only artifacts with this tag (e.g. task:<id>).")
+@click.option(
+    "--tag",
+    default=None,
+    type=client_mod.TEXT,
+    help="Only artifacts with this tag (e.g. task:<id>).",
+)
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
-@click.option("--after", default=None, help="Start after this artifact id (paging).")
+@click.option(
+    "--after", default=None, type=client_mod.TEXT, help="Start after this artifact id (paging)."
+)
 @click.option("--all", "every", is_flag=True, help="Follow every page.")
 @_url_option
 @_token_option
@@ -318,7 +331,7 @@ def pools(ctx: click.Context, url: str | None, token_file: str | None) -> None:
 
 
 @pools.command("drain")
-@click.argument("pool_id")
+@click.argument("pool_id", type=client_mod.TEXT)
 @click.option("--deadline-ms", type=int, default=30_000, show_default=True)
 @click.pass_obj
 def pools_drain(obj: tuple[str | None, str | None], pool_id: str, deadline_ms: int) -> None:
@@ -329,8 +342,8 @@ def pools_drain(obj: tuple[str | None, str | None], pool_id: str, deadline_ms: i
 
 
 @pools.command("reload")
-@click.argument("pool_id")
-@click.argument("model_ref")
+@click.argument("pool_id", type=client_mod.TEXT)
+@click.argument("model_ref", type=client_mod.TEXT)
 @click.pass_obj
 def pools_reload(obj: tuple[str | None, str | None], pool_id: str, model_ref: str) -> None:
     """Reload POOL_ID with MODEL_REF; `llorch pools` shows the outcome."""
@@ -340,7 +353,7 @@ def pools_reload(obj: tuple[str | None, str | None], pool_id: str, model_ref: st
 
 
 @pools.command("plan")
-@click.argument("pool_id")
+@click.argument("pool_id", type=client_mod.TEXT)
 @click.option(
     "--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False)
 )

@@ -19,6 +19,7 @@ from typing import Any
 import click
 import httpx
 
+from llama_orch.cli.client import TEXT
 from llama_orch.errors import OrchError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -201,7 +202,7 @@ def models(
 
 
 @models.command()
-@click.argument("ref")
+@click.argument("ref", type=TEXT)
 @click.option("--digest", default=None, help="Expected sha256:<hex>; a mismatch fails the pull.")
 @click.pass_context
 def pull(ctx: click.Context, ref: str, digest: str | None) -> None:
@@ -345,7 +346,7 @@ def _one(ctx: click.Context, model_id: str, action: str) -> None:
 
 
 @models.command()
-@click.argument("model_id")
+@click.argument("model_id", type=TEXT)
 @click.pass_context
 def show(ctx: click.Context, model_id: str) -> None:
     """Print one model (with pull progress while it is pulled)."""
@@ -353,7 +354,7 @@ def show(ctx: click.Context, model_id: str) -> None:
 
 
 @models.command()
-@click.argument("model_id")
+@click.argument("model_id", type=TEXT)
 @click.pass_context
 def verify(ctx: click.Context, model_id: str) -> None:
     """Re-hash MODEL_ID's bytes against its recorded digest."""
@@ -361,7 +362,7 @@ def verify(ctx: click.Context, model_id: str) -> None:
 
 
 @models.command()
-@click.argument("model_id")
+@click.argument("model_id", type=TEXT)
 @click.pass_context
 def retire(ctx: click.Context, model_id: str) -> None:
     """Mark MODEL_ID Retired: tasks naming it get MODEL_DEPRECATED."""
@@ -369,7 +370,7 @@ def retire(ctx: click.Context, model_id: str) -> None:
 
 
 @models.command()
-@click.argument("model_id")
+@click.argument("model_id", type=TEXT)
 @click.pass_context
 def activate(ctx: click.Context, model_id: str) -> None:
     """Mark MODEL_ID Active again."""
@@ -377,7 +378,7 @@ def activate(ctx: click.Context, model_id: str) -> None:
 
 
 @models.command()
-@click.argument("model_id")
+@click.argument("model_id", type=TEXT)
 @click.pass_context
 def rm(ctx: click.Context, model_id: str) -> None:
     """Remove MODEL_ID from the catalog and delete the bytes the catalog owns."""
