@@ -4,9 +4,10 @@ documented exit status, never a traceback (real subprocesses, real files)."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
-from tests.e2e.test_cli import run
+from tests.e2e.test_cli import LLORCH, run
 
 POOLS = "pools:\n  - {id: p0, engine: mock, model: m0}\n"
 
@@ -103,3 +104,25 @@ class TestArgumentMistakes:
             assert 2 == code, err
             assert f"Invalid value for {name}: not UTF-8 text (byte 0xe9 at character 3)" in err
             assert "Traceback" not in err
+
+
+class TestOutputMistakes:
+    def test_models_ls_into_a_closed_pipe(self, tmp_path: Path) -> None:
+        """`llorch models ls | head -0`: the closed pipe is not blamed on the catalog."""
+        config = tmp_path / "local.yaml"
+        config.write_text(POOLS + f"catalog: {{root: {tmp_path / 'catalog'}}}\n")
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            done = subprocess.run(
+                [*LLORCH, "models", "--local", "--config", str(config), "ls"],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            os.close(write_end)
+        err = done.stderr.decode()
+        assert 1 == done.returncode, err
+        assert "catalog" not in err and "Traceback" not in err

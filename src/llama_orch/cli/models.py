@@ -152,10 +152,12 @@ class _CatalogGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            raise  # stdout closed by the reader (`| head`): click ends quietly, as elsewhere
         except OSError as exc:
-            where = f" {exc.filename}" if exc.filename else ""
+            where = f" {exc.filename}:" if exc.filename else ""
             _fail(
-                f"cannot use the catalog on disk:{where}: {exc.strerror or exc}",
+                f"cannot use the catalog on disk:{where} {exc.strerror or exc}",
                 "point catalog.root (--config) at a directory this user can write",
             )
 
