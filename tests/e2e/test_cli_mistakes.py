@@ -105,6 +105,19 @@ class TestArgumentMistakes:
             assert f"Invalid value for {name}: not UTF-8 text (byte 0xe9 at character 3)" in err
             assert "Traceback" not in err
 
+    async def test_a_url_that_names_no_server(self) -> None:
+        """A URL without its scheme (or with a port past 65535) is a usage error naming
+        where it came from, not "cannot reach" as if the server were down (exit 3)."""
+        for args, env, given in (
+            (("pools", "--url", "127.0.0.1:8080"), {}, "--url '127.0.0.1:8080'"),
+            (("submit", "hi", "--url", "http://127.0.0.1:99999"), {}, "--url"),
+            (("models", "ls"), {"LLORCH_URL": "localhost:8080"}, "LLORCH_URL 'localhost:8080'"),
+            (("status",), {"LLORCH_URL": "http://[::1"}, "LLORCH_URL 'http://[::1' is not a URL"),
+        ):
+            code, _, err = await run(*args, env=env)
+            assert 2 == code, err
+            assert given in err and "Traceback" not in err
+
 
 class TestOutputMistakes:
     def test_models_ls_into_a_closed_pipe(self, tmp_path: Path) -> None:

@@ -44,6 +44,21 @@ class Utf8Text(click.ParamType[str]):
 TEXT = Utf8Text()
 
 
+def server_url(url: str, given_as: str) -> str:
+    """``url`` when it names a server (http or https, a host); else a usage error naming where
+    it came from, rather than a request that fails as if the server were down."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise click.UsageError(f"{given_as} {url!r} is not a URL: {exc}") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host or (parsed.port or 0) > 65535:
+        raise click.UsageError(
+            f"{given_as} {url!r} is not an http(s) server URL; give the scheme, host and "
+            "port, e.g. http://127.0.0.1:8080"
+        )
+    return url
+
+
 class OrchClient:
     def __init__(self, url: str, token: str | None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

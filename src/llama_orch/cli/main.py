@@ -176,7 +176,16 @@ def client_token(token_file: str | None, environ: Mapping[str, str]) -> str | No
 
 def _client(url: str | None, token_file: str | None) -> client_mod.OrchClient:
     token = client_token(token_file, os.environ)
-    return client_mod.OrchClient(url or os.environ.get("LLORCH_URL") or DEFAULT_URL, token)
+    return client_mod.OrchClient(resolve_url(url, os.environ), token)
+
+
+def resolve_url(url: str | None, environ: Mapping[str, str]) -> str:
+    """--url, else LLORCH_URL, else the default; checked to be a server URL."""
+    if url:
+        return client_mod.server_url(url, "--url")
+    if environ.get("LLORCH_URL"):
+        return client_mod.server_url(environ["LLORCH_URL"], "LLORCH_URL")
+    return DEFAULT_URL
 
 
 _url_option = click.option(

@@ -187,7 +187,7 @@ def models(
     config_path: str | None,
 ) -> None:
     """The model catalog: pull, ls, show, verify, retire, rm."""
-    from llama_orch.cli.main import client_token
+    from llama_orch.cli.main import client_token, resolve_url
     from llama_orch.observability.logging import configure_logging
     from llama_orch.observability.redaction import Redactor
 
@@ -200,7 +200,7 @@ def models(
     )
 
     token = client_token(token_file, os.environ)
-    ctx.obj = Target(url or os.environ.get("LLORCH_URL") or DEFAULT_URL, token, local, config_path)
+    ctx.obj = Target(resolve_url(url, os.environ), token, local, config_path)
 
 
 @models.command()
