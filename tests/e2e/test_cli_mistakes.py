@@ -3,11 +3,17 @@ documented exit status, never a traceback (real subprocesses, real files)."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 
+import httpx
+import pytest
+
 from tests.e2e.test_cli import LLORCH, run
+from tests.support.serve_process import stop
 
 POOLS = "pools:\n  - {id: p0, engine: mock, model: m0}\n"
 
@@ -139,3 +145,56 @@ class TestOutputMistakes:
         err = done.stderr.decode()
         assert 1 == done.returncode, err
         assert "catalog" not in err and "Traceback" not in err
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+class TestBindMistakes:
+    @pytest.mark.parametrize(
+        ("bind", "url_host"),
+        [
+            ("127.0.0.1:0", "127.0.0.1"),
+            pytest.param(
+                "[::1]:0",
+                "[::1]",
+                marks=pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback"),
+            ),
+        ],
+    )
+    def test_port_zero_names_the_port_it_got(
+        self, tmp_path: Path, bind: str, url_host: str
+    ) -> None:
+        """`--bind HOST:0` takes a free port; the start line names that port (and an IPv6
+        host in brackets), so the URL it prints is one a client can use."""
+        config = tmp_path / "zero.yaml"
+        config.write_text(POOLS)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTH_", "LOG_"))}
+        process = subprocess.Popen(
+            [*LLORCH, "serve", "--config", str(config), "--bind", bind],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**env, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        )
+        try:
+            assert process.stderr is not None
+            for line in process.stderr:
+                event = json.loads(line)
+                if event.get("event") == "start":
+                    break
+            else:
+                raise AssertionError("llorch serve ended before its start line")
+            url = event["human"].split(" on ")[1].split(" ")[0]
+            assert url.startswith(f"http://{url_host}:") and not url.endswith(":0")
+            assert 200 == httpx.get(f"{url}/v1/capabilities", timeout=10).status_code
+        finally:
+            stop(process)
+            if process.stderr is not None:
+                process.stderr.close()
