@@ -125,6 +125,40 @@ class TestArgumentMistakes:
             assert given in err and "Traceback" not in err
 
 
+class TestModelsConfig:
+    async def test_a_bad_config_is_a_config_error(self, tmp_path: Path) -> None:
+        """`llorch models --config BAD` lists the problems and exits 2, as serve does."""
+        config = tmp_path / "twice.yaml"
+        config.write_text(POOLS + POOLS)
+        code, _, err = await run("models", "--local", "--config", str(config), "ls")
+        assert 2 == code, err
+        assert "duplicate key 'pools'" in err and "Traceback" not in err
+
+    async def test_the_serving_config_works_without_the_serving_secrets(
+        self, tmp_path: Path
+    ) -> None:
+        """The catalog reads its root and policies from the server's own config (a LAN bind,
+        an upstream key variable) without the token or key in the operator's shell."""
+        config = tmp_path / "lan.yaml"
+        config.write_text(
+            "server: {bind_addr: '0.0.0.0:8080'}\n"
+            f"catalog: {{root: {tmp_path / 'catalog'}}}\n"
+            "pools:\n"
+            "  - {id: p0, engine: mock, model: m0}\n"
+            "  - {id: o, engine: openai, model: gpt, endpoint: 'https://example.invalid',\n"
+            "     api_key_env: LLORCH_TEST_UNSET_KEY, provisioning: {mode: external}}\n"
+        )
+        model = tmp_path / "weights.bin"
+        model.write_bytes(b"simulated weights")
+        env = {"AUTH_TOKEN": "", "AUTH_TOKEN_FILE": ""}
+        code, out, err = await run(
+            "models", "--local", "--config", str(config), "pull", f"file:{model}", env=env
+        )
+        assert (0, f"file:{model}\n") == (code, out), err
+        code, out, err = await run("models", "--local", "--config", str(config), "ls", env=env)
+        assert 0 == code and f"file:{model}" in out, err
+
+
 class TestOutputMistakes:
     def test_models_ls_into_a_closed_pipe(self, tmp_path: Path) -> None:
         """`llorch models ls | head -0`: the closed pipe is not blamed on the catalog."""

@@ -20,10 +20,11 @@ import click
 import httpx
 
 from llama_orch.cli.client import TEXT
-from llama_orch.errors import OrchError
+from llama_orch.errors import ConfigError, OrchError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_ERROR = 1
+EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -66,12 +67,13 @@ class Target:
         return client
 
     def provisioner(self) -> Any:
-        from llama_orch.config import Config, load_settings
+        from llama_orch.config import Config, catalog_env, read_config_file
         from llama_orch.provisioners.factory import model_provisioner
 
+        # The file alone: the catalog needs its root and policies, not what serving checks
+        # (a token for a LAN bind, upstream API keys), so an operator's shell need not hold them.
         if self.config_path is not None:
-            settings = load_settings(os.environ, self.config_path)
-            return model_provisioner(settings.config, settings.catalog_env)
+            return model_provisioner(read_config_file(self.config_path), catalog_env(os.environ))
         config = Config.model_validate(
             {
                 "network_policy": {
@@ -81,7 +83,7 @@ class Target:
                 "pools": [{"id": "cli", "engine": "mock", "model": "cli"}],
             }
         )
-        return model_provisioner(config, load_settings(os.environ, config=config).catalog_env)
+        return model_provisioner(config, catalog_env(os.environ))
 
 
 def _mib(count: float | None) -> str:
@@ -154,6 +156,9 @@ class _CatalogGroup(click.Group):
             return super().invoke(ctx)
         except BrokenPipeError:
             raise  # stdout closed by the reader (`| head`): click ends quietly, as elsewhere
+        except ConfigError as exc:
+            click.echo(f"llorch: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
         except OSError as exc:
             where = f" {exc.filename}:" if exc.filename else ""
             _fail(

@@ -3,6 +3,7 @@
 from llama_orch.config._load import (
     Settings,
     bearer_token_problem,
+    catalog_env,
     load_settings,
     parse_config_text,
     read_config_file,
@@ -55,6 +56,7 @@ __all__ = [
     "SseConfig",
     "TimeoutsConfig",
     "bearer_token_problem",
+    "catalog_env",
     "is_loopback_host",
     "load_settings",
     "parse_config_text",

@@ -62,6 +62,11 @@ class Settings:
         return is_loopback_host(self.host)
 
 
+def catalog_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables the model catalog and its fetchers honour (CATALOG_ENV), as set now."""
+    return {key: environ[key] for key in CATALOG_ENV if key in environ}
+
+
 def read_config_file(path: str | Path) -> Config:
     """Parse and validate one YAML file; every problem comes back in one ConfigError."""
     source = str(path)
@@ -534,7 +539,7 @@ def load_settings(
         log_format=log_format,
         base_dir=base_dir,
         upstream_api_keys=_upstream_api_keys(config, environ),
-        catalog_env={key: environ[key] for key in CATALOG_ENV if key in environ},
+        catalog_env=catalog_env(environ),
     )
     if not settings.loopback_bind and not token:
         raise ConfigError(
