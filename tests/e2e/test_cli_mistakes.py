@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_cli import LLORCH, run
+from tests.support.gguf_files import tiny_llama_gguf
 from tests.support.serve_process import stop
 
 POOLS = "pools:\n  - {id: p0, engine: mock, model: m0}\n"
@@ -157,6 +158,16 @@ class TestModelsConfig:
         assert (0, f"file:{model}\n") == (code, out), err
         code, out, err = await run("models", "--local", "--config", str(config), "ls", env=env)
         assert 0 == code and f"file:{model}" in out, err
+
+    async def test_pulling_a_truncated_gguf(self, tmp_path: Path) -> None:
+        """A GGUF file cut short (a copy that stopped early) registers without header facts
+        instead of ending the pull in a traceback inside the GGUF reader."""
+        cut = tmp_path / "cut.gguf"
+        cut.write_bytes(tiny_llama_gguf(tmp_path / "whole.gguf").read_bytes()[:64])
+        config = tmp_path / "local.yaml"
+        config.write_text(POOLS + f"catalog: {{root: {tmp_path / 'catalog'}}}\n")
+        code, out, err = await run("models", "--local", "--config", str(config), "pull", str(cut))
+        assert (0, f"file:{cut}\n") == (code, out), err
 
 
 class TestOutputMistakes:
