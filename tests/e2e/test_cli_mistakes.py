@@ -3,10 +3,12 @@ documented exit status, never a traceback (real subprocesses, real files)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import httpx
@@ -168,6 +170,50 @@ class TestModelsConfig:
         config.write_text(POOLS + f"catalog: {{root: {tmp_path / 'catalog'}}}\n")
         code, out, err = await run("models", "--local", "--config", str(config), "pull", str(cut))
         assert (0, f"file:{cut}\n") == (code, out), err
+
+
+class _NotLlamaOrch(http.server.BaseHTTPRequestHandler):
+    """Another web server (what --url reaches when it names the wrong port)."""
+
+    def do_GET(self) -> None:
+        body = b"<html>some other service</html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class TestWrongServer:
+    async def test_a_url_that_reaches_another_server(self) -> None:
+        """Every command pointed at a web server that is not llama-orch says so and exits 3
+        (cannot reach the server), instead of a JSON decoding traceback."""
+        other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotLlamaOrch)
+        thread = threading.Thread(target=other.serve_forever, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{other.server_address[1]}"
+        try:
+            for args in (
+                ("submit", "hi", "--url", url),
+                ("pools", "--url", url),
+                ("status", "--url", url),
+                ("selftest", "--url", url),
+                ("cancel", "5b6f1abe-7323-4a83-b87b-ecde58559957", "--url", url),
+                ("models", "--url", url, "ls"),
+            ):
+                code, _, err = await run(*args)
+                assert 3 == code, (args, err)
+                assert "(text/html), which is not an answer from llama-orch" in err
+                assert "Traceback" not in err
+        finally:
+            other.shutdown()
+            other.server_close()
+            thread.join()
 
 
 class TestOutputMistakes:

@@ -59,19 +59,54 @@ def server_url(url: str, given_as: str) -> str:
     return url
 
 
+class NotOrchAnswer(Exception):
+    """An answer without the X-Correlation-Id llama-orch puts on every answer with a body:
+    the URL reaches another server (an engine's port, a web server, a proxy whose upstream is
+    down)."""
+
+
+def _llama_orch_only(response: httpx.Response) -> None:
+    # A 204 carries nothing to parse (and llama-orch sends it without the header).
+    if response.status_code != 204 and "x-correlation-id" not in response.headers:
+        kind = response.headers.get("content-type", "no content type").split(";")[0]
+        raise NotOrchAnswer(
+            f"{response.request.url.copy_with(query=None)} answered HTTP "
+            f"{response.status_code} ({kind}), which is not an answer from llama-orch; is "
+            "--url (or LLORCH_URL) the server's address and port, and is the server up behind "
+            "any proxy?"
+        )
+
+
+def http_client(url: str, token: str | None, timeout: httpx.Timeout | float) -> httpx.Client:
+    """The HTTP client of every command that talks to the server: the bearer token, and
+    answers from anything but llama-orch refused (NotOrchAnswer) before they are parsed."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(
+        base_url=url.rstrip("/"),
+        headers=headers,
+        timeout=timeout,
+        event_hooks={"response": [_llama_orch_only]},
+    )
+
+
 class OrchClient:
     def __init__(self, url: str, token: str | None) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
-        self.http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=httpx.Timeout(10.0, read=None)
-        )
+        self.http = http_client(url, token, httpx.Timeout(10.0, read=None))
 
     def __enter__(self) -> OrchClient:
         return self
 
-    def __exit__(self, *exc: object | TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.http.close()
+        if isinstance(exc, NotOrchAnswer):
+            click.echo(f"llorch: {exc}", err=True)
+            raise SystemExit(EXIT_UNREACHABLE) from None
 
 
 def fail(response: httpx.Response) -> int:

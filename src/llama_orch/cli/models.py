@@ -19,7 +19,7 @@ from typing import Any
 import click
 import httpx
 
-from llama_orch.cli.client import TEXT
+from llama_orch.cli.client import EXIT_UNREACHABLE, TEXT, NotOrchAnswer, http_client
 from llama_orch.errors import ConfigError, OrchError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -56,8 +56,7 @@ class Target:
         runs, so ``--help`` never probes the network."""
         if self._local:
             return None
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
-        client = httpx.Client(base_url=self._url.rstrip("/"), headers=headers, timeout=10.0)
+        client = http_client(self._url, self._token, 10.0)
         try:
             client.get("/v1/catalog/models", params={"limit": 1})
         except httpx.TransportError:
@@ -156,6 +155,9 @@ class _CatalogGroup(click.Group):
             return super().invoke(ctx)
         except BrokenPipeError:
             raise  # stdout closed by the reader (`| head`): click ends quietly, as elsewhere
+        except NotOrchAnswer as exc:
+            click.echo(f"llorch: {exc}", err=True)
+            sys.exit(EXIT_UNREACHABLE)
         except ConfigError as exc:
             click.echo(f"llorch: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
