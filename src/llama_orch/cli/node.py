@@ -127,8 +127,18 @@ def node_head(
     _start(start_argv(_ray_bin(), host=host, gpus=count, port=port), token, dry_run)
 
 
+def _host_port(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from llama_orch.config import parse_host_port
+
+    try:
+        parse_host_port(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc} ([v6]:port for IPv6)") from exc
+    return value
+
+
 @node.command("join")
-@click.option("--head", "head", required=True, help="The head's HOST:PORT.")
+@click.option("--head", "head", required=True, callback=_host_port, help="The head's HOST:PORT.")
 @_name
 @_gpus
 @_token
