@@ -118,10 +118,14 @@ class TestArgumentMistakes:
         """A URL without its scheme (or with a port past 65535) is a usage error naming
         where it came from, not "cannot reach" as if the server were down (exit 3)."""
         for args, env, given in (
-            (("pools", "--url", "127.0.0.1:8080"), {}, "--url '127.0.0.1:8080'"),
-            (("submit", "hi", "--url", "http://127.0.0.1:99999"), {}, "--url"),
-            (("models", "ls"), {"LLORCH_URL": "localhost:8080"}, "LLORCH_URL 'localhost:8080'"),
-            (("status",), {"LLORCH_URL": "http://[::1"}, "LLORCH_URL 'http://[::1' is not a URL"),
+            (("pools", "--url", "127.0.0.1:8080"), {}, "--url: expected an http:// or https://"),
+            (("submit", "hi", "--url", "http://127.0.0.1:99999"), {}, "--url: 'http://127.0.0."),
+            (("models", "ls"), {"LLORCH_URL": "localhost:8080"}, "LLORCH_URL: expected an http"),
+            (
+                ("status",),
+                {"LLORCH_URL": "http://[::1"},
+                "LLORCH_URL: 'http://[::1' is not a valid",
+            ),
         ):
             code, _, err = await run(*args, env=env)
             assert 2 == code, err

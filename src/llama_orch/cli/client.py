@@ -12,6 +12,8 @@ import click
 import httpx
 from httpx_sse import connect_sse
 
+from llama_orch.config import check_http_url
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_UNREACHABLE = 3
@@ -45,18 +47,12 @@ TEXT = Utf8Text()
 
 
 def server_url(url: str, given_as: str) -> str:
-    """``url`` when it names a server (http or https, a host); else a usage error naming where
-    it came from, rather than a request that fails as if the server were down."""
+    """``url`` when it names a server (http or https, a host, a valid port); else a usage error
+    naming where it came from, rather than a request that fails as if the server were down."""
     try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, UnicodeError) as exc:
-        raise click.UsageError(f"{given_as} {url!r} is not a URL: {exc}") from exc
-    if parsed.scheme not in ("http", "https") or not parsed.host or (parsed.port or 0) > 65535:
-        raise click.UsageError(
-            f"{given_as} {url!r} is not an http(s) server URL; give the scheme, host and "
-            "port, e.g. http://127.0.0.1:8080"
-        )
-    return url
+        return check_http_url(url)
+    except ValueError as exc:
+        raise click.UsageError(f"{given_as}: {exc}; e.g. http://127.0.0.1:8080") from exc
 
 
 class NotOrchAnswer(Exception):

@@ -30,6 +30,7 @@ from llama_orch.config._models import (
     SimulatedGpu,
     SseConfig,
     TimeoutsConfig,
+    check_http_url,
     is_loopback_host,
     parse_host_port,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "TimeoutsConfig",
     "bearer_token_problem",
     "catalog_env",
+    "check_http_url",
     "is_loopback_host",
     "load_settings",
     "parse_config_text",
