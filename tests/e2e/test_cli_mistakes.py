@@ -17,6 +17,7 @@ import pytest
 from tests.e2e.test_cli import LLORCH, run
 from tests.support.gguf_files import tiny_llama_gguf
 from tests.support.serve_process import stop
+from tests.support.server import config_of, mock_pool, running_server
 
 POOLS = "pools:\n  - {id: p0, engine: mock, model: m0}\n"
 
@@ -218,6 +219,25 @@ class TestWrongServer:
             other.shutdown()
             other.server_close()
             thread.join()
+
+
+class TestOptionPlacement:
+    async def test_url_after_the_subcommand(self, tmp_path: Path) -> None:
+        """`llorch pools drain P --url U` and `llorch models ls --url U` work as
+        `llorch submit ... --url U` does, instead of "No such option '--url'"."""
+        model = tmp_path / "weights.bin"
+        model.write_bytes(b"simulated weights")
+        config = config_of(mock_pool("p0"), catalog={"root": str(tmp_path / "served")})
+        async with running_server(config) as srv:
+            code, out, err = await run("models", "pull", f"file:{model}", "--url", srv.url)
+            assert (0, f"file:{model}\n") == (code, out), err
+            code, out, err = await run("models", "ls", "--url", srv.url)
+            assert 0 == code and f"file:{model}" in out, err
+            assert "using the catalog on disk" not in err
+            code, out, err = await run(
+                "pools", "drain", "p0", "--deadline-ms", "0", "--url", srv.url
+            )
+            assert 0 == code and "draining=True" in out, err
 
 
 class TestOutputMistakes:

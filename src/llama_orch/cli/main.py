@@ -342,10 +342,18 @@ def pools(ctx: click.Context, url: str | None, token_file: str | None) -> None:
 @pools.command("drain")
 @click.argument("pool_id", type=client_mod.TEXT)
 @click.option("--deadline-ms", type=int, default=30_000, show_default=True)
+@_url_option
+@_token_option
 @click.pass_obj
-def pools_drain(obj: tuple[str | None, str | None], pool_id: str, deadline_ms: int) -> None:
+def pools_drain(
+    obj: tuple[str | None, str | None],
+    pool_id: str,
+    deadline_ms: int,
+    url: str | None,
+    token_file: str | None,
+) -> None:
     """Drain POOL_ID: refuse new tasks, end queued ones, stop in-flight ones at the deadline."""
-    with _client(*obj) as client:
+    with _client(url or obj[0], token_file or obj[1]) as client:
         path = f"/v1/pools/{pool_id}/drain"
         pools_mod.run(pools_mod.post, client, path, {"deadline_ms": deadline_ms})
 
@@ -353,10 +361,18 @@ def pools_drain(obj: tuple[str | None, str | None], pool_id: str, deadline_ms: i
 @pools.command("reload")
 @click.argument("pool_id", type=client_mod.TEXT)
 @click.argument("model_ref", type=client_mod.TEXT)
+@_url_option
+@_token_option
 @click.pass_obj
-def pools_reload(obj: tuple[str | None, str | None], pool_id: str, model_ref: str) -> None:
+def pools_reload(
+    obj: tuple[str | None, str | None],
+    pool_id: str,
+    model_ref: str,
+    url: str | None,
+    token_file: str | None,
+) -> None:
     """Reload POOL_ID with MODEL_REF; `llorch pools` shows the outcome."""
-    with _client(*obj) as client:
+    with _client(url or obj[0], token_file or obj[1]) as client:
         path = f"/v1/pools/{pool_id}/reload"
         pools_mod.run(pools_mod.post, client, path, {"new_model_ref": model_ref})
 

@@ -50,6 +50,11 @@ class Target:
         self.config_path = config_path
         self._url, self._token, self._local = url, token, local
 
+    def given_late(self, url: str | None = None, token: str | None = None) -> None:
+        """--url or --token-file given after the subcommand: they win over the group's."""
+        self._url = url or self._url
+        self._token = token or self._token
+
     @functools.cached_property
     def http(self) -> httpx.Client | None:
         """The server's client, or None for the catalog on disk; asked for when a subcommand
@@ -210,9 +215,39 @@ def models(
     ctx.obj = Target(resolve_url(url, os.environ), token, local, config_path)
 
 
+def _late_url(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    from llama_orch.cli.main import resolve_url
+
+    if value is not None:
+        _target(ctx).given_late(url=resolve_url(value, os.environ))
+
+
+def _late_token(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    from llama_orch.cli.main import client_token
+
+    if value is not None:
+        _target(ctx).given_late(token=client_token(value, os.environ))
+
+
+def _server_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--url and --token-file after the subcommand as well (`llorch models ls --url X`)."""
+    command = click.option(
+        "--url", default=None, expose_value=False, callback=_late_url, help="As models --url."
+    )(command)
+    return click.option(
+        "--token-file",
+        default=None,
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        callback=_late_token,
+        help="As models --token-file.",
+    )(command)
+
+
 @models.command()
 @click.argument("ref", type=TEXT)
 @click.option("--digest", default=None, help="Expected sha256:<hex>; a mismatch fails the pull.")
+@_server_options
 @click.pass_context
 def pull(ctx: click.Context, ref: str, digest: str | None) -> None:
     """Fetch REF (hf:, https://, s3://, oci://, file:) into the catalog, with progress."""
@@ -287,6 +322,7 @@ def _pull_local(target: Target, ref: str, digest: str | None) -> None:
 
 
 @models.command("ls")
+@_server_options
 @click.pass_context
 def ls(ctx: click.Context) -> None:
     """List the catalog as a table."""
@@ -356,6 +392,7 @@ def _one(ctx: click.Context, model_id: str, action: str) -> None:
 
 @models.command()
 @click.argument("model_id", type=TEXT)
+@_server_options
 @click.pass_context
 def show(ctx: click.Context, model_id: str) -> None:
     """Print one model (with pull progress while it is pulled)."""
@@ -364,6 +401,7 @@ def show(ctx: click.Context, model_id: str) -> None:
 
 @models.command()
 @click.argument("model_id", type=TEXT)
+@_server_options
 @click.pass_context
 def verify(ctx: click.Context, model_id: str) -> None:
     """Re-hash MODEL_ID's bytes against its recorded digest."""
@@ -372,6 +410,7 @@ def verify(ctx: click.Context, model_id: str) -> None:
 
 @models.command()
 @click.argument("model_id", type=TEXT)
+@_server_options
 @click.pass_context
 def retire(ctx: click.Context, model_id: str) -> None:
     """Mark MODEL_ID Retired: tasks naming it get MODEL_DEPRECATED."""
@@ -380,6 +419,7 @@ def retire(ctx: click.Context, model_id: str) -> None:
 
 @models.command()
 @click.argument("model_id", type=TEXT)
+@_server_options
 @click.pass_context
 def activate(ctx: click.Context, model_id: str) -> None:
     """Mark MODEL_ID Active again."""
@@ -388,6 +428,7 @@ def activate(ctx: click.Context, model_id: str) -> None:
 
 @models.command()
 @click.argument("model_id", type=TEXT)
+@_server_options
 @click.pass_context
 def rm(ctx: click.Context, model_id: str) -> None:
     """Remove MODEL_ID from the catalog and delete the bytes the catalog owns."""
