@@ -3,9 +3,11 @@ documented exit status, never a traceback (real subprocesses, real files)."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -238,6 +240,36 @@ class TestOptionPlacement:
                 "pools", "drain", "p0", "--deadline-ms", "0", "--url", srv.url
             )
             assert 0 == code and "draining=True" in out, err
+
+
+class TestInterrupt:
+    async def test_ctrl_c_mid_stream_cancels_the_task(self) -> None:
+        """SIGINT during `llorch submit` cancels the task even on a server that keeps tasks
+        whose stream closes, says which task, and exits 130."""
+        config = config_of(
+            mock_pool(mock={"hang_after_token": 1}),
+            server={"sse": {"cancel_on_disconnect": False}},
+        )
+        async with running_server(config) as srv:
+            proc = await asyncio.create_subprocess_exec(
+                *LLORCH,
+                "submit",
+                "hi",
+                "--url",
+                srv.url,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            assert proc.stdout is not None and proc.stderr is not None
+            started = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+            task_id = started.split()[1]
+            await asyncio.wait_for(proc.stdout.read(1), 30)  # the first token arrived
+            proc.send_signal(signal.SIGINT)
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+            frames = await srv.stream(task_id)
+        assert 130 == proc.returncode, err
+        assert f"llorch: interrupted; task {task_id} canceled" in err.decode()
+        assert frames[-1][0] == "end" and frames[-1][1]["canceled"] is True
 
 
 class TestOutputMistakes:

@@ -17,6 +17,7 @@ from llama_orch.config import check_http_url
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
 
 
 class Utf8Text(click.ParamType[str]):
@@ -178,10 +179,28 @@ def submit_and_stream(client: OrchClient, prompt: str, options: dict[str, Any]) 
             f"{admitted['queue_position']}, predicted start in {admitted['predicted_start_ms']} ms",
             err=True,
         )
-        return _stream(client, admitted["task_id"])
+        return _stream_until_interrupted(client, admitted["task_id"])
     except httpx.TransportError as exc:
         click.echo(f"llorch: cannot reach {client.url}: {exc}; is `make run` up?", err=True)
         return EXIT_UNREACHABLE
+
+
+def _stream_until_interrupted(client: OrchClient, task_id: str) -> int:
+    """Ctrl-C cancels the task outright (the server keeps a task whose stream closes when
+    server.sse.cancel_on_disconnect is off) and says so, instead of click's bare "Aborted!"."""
+    try:
+        return _stream(client, task_id)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        try:
+            answer = client.http.post(f"/v1/tasks/{task_id}/cancel", timeout=5.0)
+            outcome = (
+                "canceled" if answer.status_code == 204 else f"cancel: HTTP {answer.status_code}"
+            )
+        except (httpx.HTTPError, NotOrchAnswer) as exc:
+            outcome = f"could not cancel it ({exc}); run `llorch cancel {task_id}`"
+        click.echo(f"llorch: interrupted; task {task_id} {outcome}", err=True)
+        return EXIT_INTERRUPTED
 
 
 def _stream(client: OrchClient, task_id: str) -> int:
