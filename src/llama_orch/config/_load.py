@@ -252,6 +252,10 @@ def _issues_from(exc: ValidationError) -> list[ConfigIssue]:
             message = f"must be one of {err['ctx']['expected']}, got {err['input']!r}"
         elif err["type"] == "literal_error":
             message = f"{message}, got {err['input']!r}"
+        elif err["type"] == "string_type" and isinstance(err["input"], bool | int | float):
+            # YAML 1.1 reads yes/no/on/off as booleans and 1e3 or 0x10 as numbers.
+            kind = type(err["input"]).__name__
+            message = f"{message}; YAML read it as the {kind} {err['input']!r}: quote it"
         issues.append(ConfigIssue(path, message))
     return issues
 

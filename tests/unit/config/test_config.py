@@ -51,6 +51,17 @@ class TestStrictValidation:
         assert 1 == len(problems)
         assert problems[0].startswith("pools.0.slots: ")
 
+    def test_a_yaml_boolean_or_number_where_text_goes_says_to_quote_it(self) -> None:
+        """`model: no` or `id: 1` are a boolean and a number to YAML; the message says so."""
+        problems = issues_of(
+            MINIMAL.replace("{id: p0, engine: mock, model: m0}", "{id: 1, engine: mock, model: no}")
+        )
+        assert [
+            "pools.0.id: Input should be a valid string; YAML read it as the int 1: quote it",
+            "pools.0.model: Input should be a valid string; YAML read it as the bool False: "
+            "quote it",
+        ] == problems
+
     def test_enum_lists_allowed_values(self) -> None:
         """An unknown engine lists the engines that are allowed."""
         problems = issues_of(MINIMAL.replace("engine: mock", "engine: cuda-magic"))
