@@ -495,21 +495,22 @@ def load_settings(
     bind = (
         bind_override or environ.get("BIND_ADDR") or environ.get("ORCHD_ADDR") or server.bind_addr
     )
+    # Where the bind address came from, so a refusal names what the operator typed.
+    given = next(
+        (
+            name
+            for name, value in (
+                ("--bind", bind_override),
+                ("BIND_ADDR", environ.get("BIND_ADDR")),
+                ("ORCHD_ADDR", environ.get("ORCHD_ADDR")),
+            )
+            if value
+        ),
+        "server.bind_addr",
+    )
     try:
         host, port = parse_host_port(bind)
     except ValueError as exc:
-        given = next(
-            (
-                name
-                for name, value in (
-                    ("--bind", bind_override),
-                    ("BIND_ADDR", environ.get("BIND_ADDR")),
-                    ("ORCHD_ADDR", environ.get("ORCHD_ADDR")),
-                )
-                if value
-            ),
-            "server.bind_addr",
-        )
         raise ConfigError(
             "command line" if bind_override else "environment", [ConfigIssue(given, str(exc))]
         ) from exc
@@ -550,7 +551,7 @@ def load_settings(
             source,
             [
                 ConfigIssue(
-                    "BIND_ADDR",
+                    given,
                     f"NON_LOOPBACK_WITHOUT_TOKEN (40301): binding {host}:{port} exposes the "
                     "server beyond this machine; set AUTH_TOKEN (or AUTH_TOKEN_FILE; mint one "
                     "with `llorch token new`) or bind 127.0.0.1",

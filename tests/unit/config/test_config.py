@@ -295,6 +295,21 @@ class TestEnvironment:
         )
         assert not settings.loopback_bind
 
+    def test_the_refusal_names_where_the_public_bind_came_from(self) -> None:
+        """The refusal names --bind, BIND_ADDR or server.bind_addr: what the operator set."""
+        config = parse_config_text(MINIMAL)
+        for environ, override, key in (
+            ({}, "0.0.0.0:8080", "--bind"),
+            ({"BIND_ADDR": "0.0.0.0:8080"}, None, "BIND_ADDR"),
+        ):
+            with pytest.raises(ConfigError) as info:
+                load_settings(environ, config=config, bind_override=override)
+            assert [key] == [issue.path for issue in info.value.issues]
+        public = parse_config_text(MINIMAL + "server: {bind_addr: '0.0.0.0:8080'}\n")
+        with pytest.raises(ConfigError) as info:
+            load_settings({}, config=public)
+        assert ["server.bind_addr"] == [issue.path for issue in info.value.issues]
+
     def test_bad_env_bool(self) -> None:
         """A boolean env var with a non-boolean value names the variable."""
         config = parse_config_text(MINIMAL)
