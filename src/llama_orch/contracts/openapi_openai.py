@@ -455,9 +455,9 @@ def openai_document() -> dict[str, Any]:
                         },
                     },
                     "404": _error("Unknown model (code model_not_found)"),
-                    "413": _error(
-                        "invalid_request_error: the body is past what server.max_prompt_bytes allows"
-                    ),
+                "413": _error(
+                    "invalid_request_error: the body is past what server.max_prompt_bytes allows"
+                ),
                 },
             }
         },
