@@ -15,6 +15,14 @@ the paced engine; 32 concurrent x 256 tokens on the fast engine. CPU per task is
 system time of each process (``/proc``) over the variant's window divided by the tasks
 completed in it. The client runs in this process; on a shared machine read ratios within one
 table. Nothing here is asserted by tests.
+
+Time to first token is also split per task: each prompt carries a marker, the fakes write when
+they read each request and sent its first token (``--timings``, CLOCK_MONOTONIC, which every
+process on the machine shares), and "added outside engine" compares, against ``direct``, the
+client's time to first token less the engine's own part of it, so the engine's own stalls (its
+timers firing late under load) no longer count as the server's. "The same, steady" leaves out
+each client's first task of a window, which starts with all the others at once: that burst
+is how the benchmark starts a window, not how a closed loop of 64 clients runs.
 """
 
 from __future__ import annotations
@@ -59,12 +67,17 @@ _TOKENS_OUT = re.compile(rb'"tokens_out":(\d+)')
 def _start_fake(name: str, flags: list[str], log: Path) -> Proc:
     command = [sys.executable, "-m", "llama_orch.testing.fake_engines", "openai"]
     command += ["--model", name, "--api-key", KEY, *flags]
+    command += ["--timings", str(_timings_path(log.parent, name))]
     popen = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log.open("wb"))
     assert popen.stdout is not None
     url = popen.stdout.readline().decode().strip()
     if not url.startswith("http"):
         raise RuntimeError(f"fake engine {name} did not start: {log.read_text()[-500:]}")
     return Proc(url, popen)
+
+
+def _timings_path(workdir: Path, engine: str) -> Path:
+    return workdir / f"{engine}.timings.jsonl"
 
 
 def _start_orch(engines: dict[str, Proc], workdir: Path, baseline: str = "") -> Proc:
@@ -138,8 +151,11 @@ class Variant:
     tasks_api: bool = False
     errors: list[str] = field(default_factory=list)
 
-    async def stream(self, engine: str, tokens: int) -> tuple[float, int]:
-        """(seconds to the first token, tokens received)."""
+    async def stream(self, engine: str, tokens: int) -> tuple[float, int, str, int, int]:
+        """(seconds to the first token, tokens received, the prompt's marker, and when the
+        request went out and its first token came back, in CLOCK_MONOTONIC ns)."""
+        marker = uuid.uuid4().hex
+        prompt = f"bench-{marker}"
         if self.tasks_api:
             path = "/v1/tasks"
             body: dict[str, Any] = {
@@ -152,7 +168,7 @@ class Variant:
                 "priority": "interactive",
                 "max_tokens": tokens,
                 "deadline_ms": 600_000,
-                "prompt": "bench",
+                "prompt": prompt,
                 "seed": 1,
             }
             first_mark, count = b"event: token", _TOKENS_OUT
@@ -160,33 +176,39 @@ class Variant:
             path = "/v1/chat/completions"
             body = {
                 "model": engine,
-                "messages": [{"role": "user", "content": "bench"}],
+                "messages": [{"role": "user", "content": prompt}],
                 "max_tokens": tokens,
                 "seed": 1,
                 "stream": True,
                 "stream_options": {"include_usage": True},
             }
             first_mark, count = b"", _USAGE
-        start = time.perf_counter()
-        first = 0.0
+        start = time.monotonic_ns()
+        first = 0
         tail = b""
         async with self.http[engine].stream("POST", path, body) as chunks:
             async for chunk in chunks:
                 if not first and (
                     first_mark in chunk if first_mark else _CONTENT.search(chunk) is not None
                 ):
-                    first = time.perf_counter()
+                    first = time.monotonic_ns()
                 tail = (tail + chunk)[-4096:]
         found = count.findall(tail)
         if not found:
             self.errors.append(tail[-200:].decode(errors="replace"))
-            return float("nan"), 0
-        return first - start, int(found[-1])
+            return float("nan"), 0, marker, start, 0
+        return (first - start) / 1e9, int(found[-1]), marker, start, first
 
 
 @dataclass
 class Window:
     ttft_ms: list[float] = field(default_factory=list)
+    #: Per task: (the prompt's marker, request sent, first token received), CLOCK_MONOTONIC ns.
+    marks: list[tuple[str, int, int]] = field(default_factory=list)
+    #: The same, for tasks other than each client's first in the window: the clients start
+    #: a window together, and that burst of 64 admissions is a bench artifact, not a steady
+    #: state.
+    steady: list[tuple[str, int, int]] = field(default_factory=list)
     tokens: int = 0
     tasks: int = 0
     wall_s: float = 0.0
@@ -195,6 +217,8 @@ class Window:
 
     def add(self, other: Window) -> None:
         self.ttft_ms += other.ttft_ms
+        self.marks += other.marks
+        self.steady += other.steady
         self.tokens += other.tokens
         self.tasks += other.tasks
         self.wall_s += other.wall_s
@@ -210,9 +234,15 @@ async def _window(
     stop_at = time.perf_counter() + seconds
 
     async def client() -> None:
+        started = False
         while True:
-            ttft, got = await v.stream(engine, tokens)
+            ttft, got, marker, sent, first = await v.stream(engine, tokens)
             out.ttft_ms.append(ttft * 1000)
+            if first:
+                out.marks.append((marker, sent, first))
+                if started:
+                    out.steady.append((marker, sent, first))
+            started = True
             out.tokens += got
             out.tasks += 1
             if time.perf_counter() >= stop_at:
@@ -230,9 +260,44 @@ async def _window(
     return out
 
 
-def _rows(windows: dict[str, Window], rates: dict[str, list[float]]) -> list[Row]:
+_MARKER = re.compile(r"bench-([0-9a-f]{32})")
+
+
+def _engine_ttfts(workdir: Path, engine: str) -> dict[str, int]:
+    """Each prompt marker's time to first token inside the engine (request read to first
+    token sent, ns), from the fake's ``--timings`` file."""
+    out = {}
+    path = _timings_path(workdir, engine)
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        record = json.loads(line)
+        found = _MARKER.search(json.dumps(record["body"]))
+        if found:
+            out[found.group(1)] = record["first_ns"] - record["received_ns"]
+    return out
+
+
+def _outside_engine_ms(marks: list[tuple[str, int, int]], inside: dict[str, int]) -> list[float]:
+    """Per task, the client's time to first token less the engine's own part of it: the
+    hops, queues and loops on the way there and back, without the engine's own spikes."""
+    return [
+        (first - sent - inside[marker]) / 1e6 for marker, sent, first in marks if marker in inside
+    ]
+
+
+def _added(values: dict[str, list[float]], name: str) -> str:
+    if name == "direct":
+        return "-"
+    p50, p99 = (pct(values[name], q) - pct(values["direct"], q) for q in (0.5, 0.99))
+    return f"{p50:+.1f} / {p99:+.1f}"
+
+
+def _rows(
+    windows: dict[str, Window], rates: dict[str, list[float]], inside: dict[str, int]
+) -> list[Row]:
     base = windows["direct"]
     base50, base99 = pct(base.ttft_ms, 0.5), pct(base.ttft_ms, 0.99)
+    outside = {name: _outside_engine_ms(w.marks, inside) for name, w in windows.items()}
+    steady = {name: _outside_engine_ms(w.steady, inside) for name, w in windows.items()}
     base_rate = statistics.median(rates["direct"])
     engine_direct = base.engine_cpu_s / max(1, base.tasks) * 1000
     rows = []
@@ -249,6 +314,8 @@ def _rows(windows: dict[str, Window], rates: dict[str, list[float]]) -> list[Row
                 "added p50 / p99 ms": "-"
                 if name == "direct"
                 else f"{p50 - base50:+.1f} / {p99 - base99:+.1f}",
+                "added outside engine p50 / p99": _added(outside, name),
+                "the same, steady": _added(steady, name),
                 "tokens/s": f"{rate:,.0f}",
                 "x direct": f"{rate / base_rate:.2f}",
                 "engine CPU ms/task": f"{w.engine_cpu_s / tasks * 1000:.2f}",
@@ -262,6 +329,7 @@ def _rows(windows: dict[str, Window], rates: dict[str, list[float]]) -> list[Row
 async def _scenario(
     vs: list[Variant],
     procs: dict[str, Proc],
+    workdir: Path,
     engine: str,
     clients: int,
     tokens: int,
@@ -275,22 +343,22 @@ async def _scenario(
             w = await _window(v, procs, engine, clients, tokens, seconds=seconds)
             windows[v.name].add(w)
             rates[v.name].append(w.tokens / w.wall_s)
-    return _rows(windows, rates)
+    return _rows(windows, rates, _engine_ttfts(workdir, engine))
 
 
-async def paced_c64(vs: list[Variant], procs: dict[str, Proc]) -> list[Row]:
+async def paced_c64(vs: list[Variant], procs: dict[str, Proc], workdir: Path) -> list[Row]:
     """64 closed-loop clients x 128 tokens, engine at 5 ms per token."""
-    return await _scenario(vs, procs, "paced", 64, 128, 3.0 * SCALE, max(2, n(3)))
+    return await _scenario(vs, procs, workdir, "paced", 64, 128, 3.0 * SCALE, max(2, n(3)))
 
 
-async def paced_c1(vs: list[Variant], procs: dict[str, Proc]) -> list[Row]:
+async def paced_c1(vs: list[Variant], procs: dict[str, Proc], workdir: Path) -> list[Row]:
     """One client x 64 tokens, engine at 5 ms per token."""
-    return await _scenario(vs, procs, "paced", 1, 64, 4.0 * SCALE, max(2, n(3)))
+    return await _scenario(vs, procs, workdir, "paced", 1, 64, 4.0 * SCALE, max(2, n(3)))
 
 
-async def fastest_c32(vs: list[Variant], procs: dict[str, Proc]) -> list[Row]:
+async def fastest_c32(vs: list[Variant], procs: dict[str, Proc], workdir: Path) -> list[Row]:
     """32 closed-loop clients x 256 tokens, engine unpaced (one frame per write)."""
-    return await _scenario(vs, procs, "fast", 32, 256, 2.0 * SCALE, max(2, n(3)))
+    return await _scenario(vs, procs, workdir, "fast", 32, 256, 2.0 * SCALE, max(2, n(3)))
 
 
 SCENARIOS = [
@@ -326,7 +394,7 @@ async def run(workdir: Path) -> None:
                     continue
                 started = time.perf_counter()
                 load0 = _load()
-                rows = await scenario(vs, procs)
+                rows = await scenario(vs, procs, workdir)
                 took = time.perf_counter() - started
                 print(f"### {title}\n\n{table(rows)}", flush=True)
                 print(f"({took:.1f} s; load average before {load0}, after {_load()})\n")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from llama_orch.adapters.host import AdapterHost
 from llama_orch.adapters.registry import FACTORIES, AdapterContext, adapter_factory
 from llama_orch.artifacts import ArtifactStore, TraceWriter
+from llama_orch.catalog import CatalogStore
 from llama_orch.clock import SystemClock
 from llama_orch.config import Settings
 from llama_orch.core.clock import Clock
@@ -18,6 +19,7 @@ from llama_orch.dispatch.dispatcher import Dispatcher
 from llama_orch.dispatch.service import TaskService
 from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.observability.metrics import Metrics
+from llama_orch.observability.narration import narrate
 from llama_orch.pool.engine_process import Supervision, catalog_model_locator
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory, simulated_inventory
 from llama_orch.pool.launch import Launcher, LocalLauncher
@@ -169,6 +171,28 @@ def supervision_of(settings: Settings, inventory: GpuInventory, models: PoolMode
     )
 
 
+def recover_catalog(store: CatalogStore) -> None:
+    """Undo what a crash left in the catalog: a damaged model index is set aside, the files
+    of an interrupted delete are removed; each is said in the log."""
+    for kept, why in store.recover():
+        narrate(
+            "catalog",
+            "recover",
+            str(kept),
+            f"Sets the damaged index aside as {kept} and starts an empty one ({why}); the "
+            "files under models/ are kept: pull or register those models again.",
+            level="warning",
+        )
+    if removed := store.empty_trash():
+        narrate(
+            "catalog",
+            "recover",
+            str(store.trash_dir),
+            f"Removes {removed} leftover{'s' if removed > 1 else ''} of an interrupted model "
+            "delete.",
+        )
+
+
 def build_deps(
     settings: Settings,
     *,
@@ -184,6 +208,7 @@ def build_deps(
     metrics = Metrics()
     writable_dir(settings, "catalog.root", catalog_root(settings.config, settings.catalog_env))
     models = model_provisioner(settings.config, settings.catalog_env, metrics)
+    recover_catalog(models.store)
     pool_models = PoolModels(settings.config.pools, models, settings.base_dir)
     check_vram_fit(settings, inventory, pool_models)
     supervisor = Supervisor(metrics)

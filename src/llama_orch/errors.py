@@ -31,8 +31,10 @@ OrchError
 │   └── WorkerInternal                      INTERNAL
 ├── CatalogError                            the model/engine catalog on disk
 │   ├── IndexVersionError                   INTERNAL (an index written by another version)
+│   ├── IndexCorrupt                        INTERNAL (an index file that does not parse)
 │   └── FetchFailed                         INTERNAL, retriable (a source could not be read)
 │       └── InsufficientSpace (OSError)     INTERNAL (the disk cannot hold the download)
+├── StorageUnwritable                       INTERNAL (the disk refuses a write: read-only, full)
 └── InternalError                           INTERNAL
 
 ConfigError (ValueError) is separate: it is raised before the server exists and carries every
@@ -137,6 +139,10 @@ class IndexVersionError(CatalogError):
     """An index file carries a schema version this build cannot read."""
 
 
+class IndexCorrupt(CatalogError):
+    """An index file on disk is not a valid index (cut short, overwritten, edited by hand)."""
+
+
 class FetchFailed(CatalogError):
     """A model source could not be read; the pull may be retried (downloads resume)."""
 
@@ -147,6 +153,10 @@ class InsufficientSpace(FetchFailed, OSError):
     """The catalog's filesystem cannot hold the download."""
 
     retriable_default = False
+
+
+class StorageUnwritable(OrchError):
+    """A directory the server stores into (the catalog, artifacts) refuses a write."""
 
 
 class PayloadTooLarge(InvalidParams):

@@ -59,6 +59,19 @@ class TestArtifactsApi:
         assert 404 == slashed.status_code
         assert [] == [p for p in tmp_path.iterdir() if p.name != "store"]  # noqa: ASYNC240
 
+    async def test_a_trailing_newline_does_not_pass_for_an_id_or_a_tag(
+        self, tmp_path: Path
+    ) -> None:
+        """``$`` in a pattern matches before a final newline: a tag or id ending in one used to
+        pass the check (a 200 with nothing listed, a 404 "unknown" cursor) instead of a 400."""
+        ident = "a" * 64
+        async with running_server(artifact_config(tmp_path)) as srv:
+            by_tag = await srv.client.get("/v1/artifacts", params={"tag": "ok\n"})
+            by_after = await srv.client.get("/v1/artifacts", params={"after": f"{ident}\n"})
+            by_id = await srv.client.get(f"/v1/artifacts/{ident}%0A")
+        answers = [(r.status_code, r.json()["code"]) for r in (by_tag, by_after, by_id)]
+        assert [(400, "INVALID_PARAMS")] * 3 == answers
+
     async def test_non_finite_numbers_are_refused(self, tmp_path: Path) -> None:
         """NaN, Infinity and 1e999 have no JSON form: 400, never stored as null."""
         json_type = {"content-type": "application/json"}
@@ -115,6 +128,40 @@ class TestArtifactsApi:
         assert 400 == bad_limit.status_code
 
 
+class TestDamagedStore:
+    async def test_damaged_files_cost_only_themselves(self, tmp_path: Path) -> None:
+        """Files on disk cut short or overwritten (they used to make GET and every listing a
+        bare 500): a damaged document answers 404 saying so and can be posted again; a damaged
+        ref file is skipped; every other artifact is listed and served as before."""
+        docs = [{**PLAN, "content": {"n": n}} for n in range(4)]
+        async with running_server(artifact_config(tmp_path)) as srv:
+            ids = [(await srv.client.post("/v1/artifacts", json=d)).json()["id"] for d in docs]
+        doc_of = {i: tmp_path / i[:2] / f"{i}.json" for i in ids}
+        ref_of = {i: tmp_path / i[:2] / f"{i}.ref" for i in ids}
+        doc_of[ids[0]].write_bytes(doc_of[ids[0]].read_bytes()[:40])  # cut short
+        flipped = doc_of[ids[1]].read_bytes().replace(b'"n":1', b'"n":7')  # parses, wrong bytes
+        doc_of[ids[1]].write_bytes(flipped)
+        ref_of[ids[2]].write_bytes(b"[]")
+        (tmp_path / "ab").mkdir(exist_ok=True)
+        (tmp_path / "ab" / f"ab{'0' * 62}.ref").write_bytes(b'{"id": "ab' + b"0" * 62 + b'"}')
+        async with running_server(artifact_config(tmp_path)) as srv:
+            listed = await srv.client.get("/v1/artifacts?tag=project:demo")
+            cut = await srv.client.get(f"/v1/artifacts/{ids[0]}")
+            wrong = await srv.client.get(f"/v1/artifacts/{ids[1]}")
+            good = await srv.client.get(f"/v1/artifacts/{ids[3]}")
+            again = await srv.client.post("/v1/artifacts", json=docs[0])
+            back = await srv.client.get(f"/v1/artifacts/{ids[0]}")
+        assert 200 == listed.status_code
+        assert [ids[0], ids[1], ids[3]] == [r["id"] for r in listed.json()["items"]]
+        for damaged in (cut, wrong):
+            assert (404, "NOT_FOUND") == (damaged.status_code, damaged.json()["code"])
+            assert "damaged on disk" in damaged.json()["message"]
+            assert "POST it again" in damaged.json()["message"]
+        assert (200, {"n": 3}) == (good.status_code, good.json()["content"])
+        assert (201, ids[0]) == (again.status_code, again.json()["id"])
+        assert (200, {"n": 0}) == (back.status_code, back.json()["content"])
+
+
 class TestStreamTraces:
     async def test_every_finished_stream_is_a_trace(
         self, tmp_path: Path, narration: NarrationLog
@@ -168,6 +215,31 @@ class TestStreamTraces:
             listed = (await srv.client.get("/v1/artifacts?tag=sse")).json()["items"]
         assert [404, 200, 200] == statuses
         assert ids[1:] == [r["id"] for r in listed]
+
+    async def test_paging_goes_on_when_retention_prunes_the_cursor(self, tmp_path: Path) -> None:
+        """Paging through traces oldest first while new ones push the oldest out: the page's
+        `next` was pruned before the client asked for the following page, which used to be a
+        404 that lost the client its place; the following page now starts after it."""
+        async with running_server(artifact_config(tmp_path, trace_retention=2)) as srv:
+
+            async def trace() -> str:
+                body = task_body(max_tokens=1)
+                await srv.submit(body)
+                return str((await srv.stream(body["task_id"]))[-1][1]["trace_id"])
+
+            first, second = await trace(), await trace()
+            page = (await srv.client.get("/v1/artifacts?tag=sse&limit=1")).json()
+            assert ([first], first) == ([r["id"] for r in page["items"]], page["next"])
+            third = await trace()  # pushes `first`, the cursor, out
+            after = await srv.client.get(f"/v1/artifacts?tag=sse&limit=1&after={first}")
+            unknown = await srv.client.get(f"/v1/artifacts?after={'0' * 64}")
+        assert 200 == after.status_code, after.text
+        assert ([second], second) == (
+            [r["id"] for r in after.json()["items"]],
+            after.json()["next"],
+        )
+        assert third != second
+        assert (404, "NOT_FOUND") == (unknown.status_code, unknown.json()["code"])
 
 
 class TestArtifactsCli:

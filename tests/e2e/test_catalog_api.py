@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,9 @@ import httpx
 import pytest
 import trustme
 
+from llama_orch.catalog.store import CatalogStore
 from llama_orch.cli.serve import SHUTDOWN_DEADLINE_S
+from llama_orch.provisioners.fetch.base import validator_path
 from tests.support.gguf_files import tiny_llama_gguf
 from tests.support.https_site import HttpsSite, serve_https_site
 from tests.support.serve_process import serve_process
@@ -108,6 +112,29 @@ class TestCatalogApi:
             assert 204 == (await srv.client.delete(f"/v1/catalog/models/{model_id}")).status_code
             assert 404 == (await srv.client.get(f"/v1/catalog/models/{model_id}")).status_code
 
+    async def test_a_whole_leftover_download_is_started_over(self, tmp_path: Path, site) -> None:
+        """A try that ended after its last byte but before its rename leaves a complete .part:
+        resuming asks for a range past the end, which the server refuses with 416. That used
+        to fail every pull of the URL for good; the download now starts over."""
+        payload = b"weights" * 1000
+        site.state.files["m.bin"] = payload
+        digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+        url = f"{site.base}/m.bin"
+        async with httpx.AsyncClient(verify=site.context) as plain:
+            revision = (await plain.get(url)).headers["etag"]
+        stage = CatalogStore(tmp_path / "catalog").staging_for(url)
+        stage.mkdir(parents=True)
+        (stage / "m.bin.part").write_bytes(payload)
+        validator_path(stage / "m.bin").write_text(revision)
+        async with running_server(catalog_config(tmp_path, site)) as srv:
+            pulled = await srv.client.post(
+                "/v1/catalog/models", json={"ref": url, "digest": digest}
+            )
+            assert 202 == pulled.status_code
+            body = await wait_active(srv, url)
+        assert ("Active", "pass") == (body["state"], body.get("verification")), body
+        assert [None, f"bytes={len(payload)}-", None] == site.state.ranges
+
     async def test_a_second_pull_with_another_digest_is_a_conflict(
         self, tmp_path: Path, site: HttpsSite
     ) -> None:
@@ -180,6 +207,59 @@ class TestCatalogApi:
             assert (413, "INVALID_PARAMS") == (huge.status_code, huge.json()["code"])
             assert "exceeds 65536 bytes" in huge.json()["message"]
 
+    async def test_a_directory_without_a_file_is_not_a_model(self, tmp_path: Path) -> None:
+        """A directory holding no regular file (empty, or only a FIFO and a link to itself)
+        used to register as an Active model of 4096 bytes with the digest of nothing."""
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        odd = tmp_path / "odd"
+        odd.mkdir()
+        os.mkfifo(odd / "pipe")
+        (odd / "loop").symlink_to(odd)
+        async with running_server(catalog_config(tmp_path)) as srv:
+            answers = [
+                await srv.client.post("/v1/catalog/models", json={"ref": f"file:{path}"})
+                for path in (empty, odd)
+            ]
+            listed = (await srv.client.get("/v1/catalog/models")).json()["models"]
+        for path, answer in zip((empty, odd), answers, strict=True):
+            assert (400, "INVALID_PARAMS") == (answer.status_code, answer.json()["code"])
+            assert f"{path} holds no regular file" in answer.json()["message"]
+        assert [] == listed
+
+    async def test_an_empty_file_is_not_a_model(self, tmp_path: Path) -> None:
+        """An empty file, or a kernel file that stats as empty (/proc/self/environ, which holds
+        the server's secrets), used to register as an Active model of 0 bytes."""
+        empty = tmp_path / "empty.gguf"
+        empty.touch()
+        async with running_server(catalog_config(tmp_path)) as srv:
+            answers = [
+                await srv.client.post("/v1/catalog/models", json={"ref": f"file:{path}"})
+                for path in (empty, "/proc/self/environ")
+            ]
+            listed = (await srv.client.get("/v1/catalog/models")).json()["models"]
+        for path, answer in zip((empty, "/proc/self/environ"), answers, strict=True):
+            assert (400, "INVALID_PARAMS") == (answer.status_code, answer.json()["code"])
+            assert f"{path} is empty" in answer.json()["message"]
+        assert [] == listed
+
+    async def test_a_model_file_that_cannot_be_read_is_a_typed_refusal(
+        self, tmp_path: Path
+    ) -> None:
+        """A model directory holding a file the server cannot read (here one whose reads fail
+        with EIO; for a server not run as root, a file without read permission) used to
+        answer its registration with a bare 500."""
+        folder = tmp_path / "model"
+        folder.mkdir()
+        tiny_llama_gguf(folder / "m.gguf")
+        (folder / "unreadable.bin").symlink_to("/proc/self/mem")
+        async with running_server(catalog_config(tmp_path)) as srv:
+            answer = await srv.client.post("/v1/catalog/models", json={"ref": f"file:{folder}"})
+            listed = (await srv.client.get("/v1/catalog/models")).json()["models"]
+        assert (400, "INVALID_PARAMS") == (answer.status_code, answer.json()["code"])
+        assert f"{folder / 'unreadable.bin'} cannot be read" in answer.json()["message"]
+        assert [] == listed
+
     async def test_catalog_routes_need_the_token(self, tmp_path: Path) -> None:
         """With AUTH_TOKEN set, the catalog routes refuse requests without it."""
         token = "catalog-test-token-" + "x" * 24
@@ -221,3 +301,98 @@ class TestStopWhileHashing:
                 pytest.fail(f"llorch serve still ran {SHUTDOWN_DEADLINE_S} s after SIGTERM")
             log = served.log_path.read_text()
         assert "Traceback" not in log
+
+
+class TestDamagedIndex:
+    def test_a_torn_index_at_start_is_set_aside_and_nothing_else_is_lost(
+        self, tmp_path: Path
+    ) -> None:
+        """A models.json cut short on disk (it used to answer every catalog request with a
+        bare 500): the server starts, keeps the damaged file beside it, says so in its log,
+        serves an empty model index, and leaves engines.json and the model files alone."""
+        root = tmp_path / "catalog"
+        (root / "models" / "kept").mkdir(parents=True)
+        (root / "models" / "kept" / "m.gguf").write_bytes(b"bytes of a model")
+        torn = b'{"version": 1, "models": [{"id": "hf:org/repo", "ref": "hf:or'
+        (root / "models.json").write_bytes(torn)
+        # The engine provisioner's index (FileEngineIndex) shares the catalog root.
+        engines = b'{"version": 1, "engines": {"llamacpp:b1": {"id": "llamacpp:b1"}}}'
+        (root / "engines.json").write_bytes(engines)
+        model = tiny_llama_gguf(tmp_path / "a.gguf")
+        config = {"catalog": {"root": str(root)}, "pools": [mock_pool()]}
+        with serve_process(config, tmp_path) as served, httpx.Client(base_url=served.url) as c:
+            listed = c.get("/v1/catalog/models")
+            assert (200, []) == (listed.status_code, listed.json()["models"])
+            added = c.post("/v1/catalog/models", json={"ref": f"file:{model}"})
+            assert 201 == added.status_code
+            listed = c.get("/v1/catalog/models")
+            assert [f"file:{model}"] == [m["id"] for m in listed.json()["models"]]
+            log = served.log_path.read_text()
+        kept = list(root.glob("models.json.corrupt-*"))
+        assert 1 == len(kept) and torn == kept[0].read_bytes()
+        assert f"{root / 'models.json'} cannot be read" in log and kept[0].name in log
+        assert engines == (root / "engines.json").read_bytes()
+        assert b"bytes of a model" == (root / "models" / "kept" / "m.gguf").read_bytes()
+        assert "Traceback" not in log
+
+    def test_files_of_an_interrupted_delete_are_removed_at_start(self, tmp_path: Path) -> None:
+        """A delete moves the model's files to .trash, writes the index, then removes them; a
+        server killed in between used to leave those bytes (gigabytes) there for good."""
+        root = tmp_path / "catalog"
+        (root / ".trash" / "m-1234abcd").mkdir(parents=True)
+        (root / ".trash" / "m-1234abcd" / "m.gguf").write_bytes(b"weights of a deleted model")
+        config = {"catalog": {"root": str(root)}, "pools": [mock_pool()]}
+        with serve_process(config, tmp_path) as served:
+            log = served.log_path.read_text()
+        assert [] == list((root / ".trash").iterdir())
+        assert "Removes 1 leftover of an interrupted model delete" in log
+
+    def test_an_index_damaged_while_serving_is_a_typed_error(self, tmp_path: Path) -> None:
+        """Garbage written over models.json while the server runs: catalog requests name the
+        file and what to do, instead of the generic "unexpected error" 500."""
+        root = tmp_path / "catalog"
+        config = {"catalog": {"root": str(root)}, "pools": [mock_pool()]}
+        with serve_process(config, tmp_path) as served, httpx.Client(base_url=served.url) as c:
+            (root / "models.json").write_bytes(b"\x00\x00garbage")
+            listed = c.get("/v1/catalog/models")
+            body = listed.json()
+            assert (500, "INTERNAL") == (listed.status_code, body["code"])
+            assert f"{root / 'models.json'} cannot be read" in body["message"]
+            assert "restart the server" in body["hint"]
+            (root / "models.json").write_bytes(b'{"version": 1, "models": [{"id": 3}]}')
+            shown = c.get("/v1/catalog/models/hf:org/repo")
+            assert "cannot be read" in shown.json()["message"]
+
+
+class TestFileBeingWritten:
+    async def test_a_file_still_being_written_is_not_registered(self, tmp_path: Path) -> None:
+        """A file that grows while it is hashed: the digest would belong to bytes that never
+        existed whole, so the registration is refused (it used to succeed, recording a digest
+        the finished file fails); once the file is complete it registers."""
+        growing = tiny_llama_gguf(tmp_path / "growing.gguf")
+        with growing.open("r+b") as handle:
+            handle.truncate(256 * 1024**2)  # sparse: long enough to hash that writes overlap
+        done = threading.Event()
+
+        def write_on() -> None:
+            with growing.open("ab") as handle:
+                while not done.is_set():
+                    handle.write(b"\0" * 4096)
+                    handle.flush()
+
+        writer = threading.Thread(target=write_on)
+        async with running_server(catalog_config(tmp_path)) as srv:
+            writer.start()
+            try:
+                ref = {"ref": f"file:{growing}"}
+                refused = await srv.client.post("/v1/catalog/models", json=ref)
+            finally:
+                done.set()
+                writer.join()
+            listed = (await srv.client.get("/v1/catalog/models")).json()["models"]
+            complete = await srv.client.post("/v1/catalog/models", json=ref)
+        body = refused.json()
+        assert (409, "CONFLICT") == (refused.status_code, body["code"])
+        assert f"{growing} changed while it was hashed" in body["message"]
+        assert [] == listed
+        assert 201 == complete.status_code

@@ -83,3 +83,42 @@ class TestControls:
             assert (True, "drain") == (health["draining"], health["last_operation"]["kind"])
             refused = await srv.submit(task_body())
             assert (503, "POOL_UNAVAILABLE") == (refused.status_code, refused.json()["code"])
+
+
+#: Markup that runs script if it is ever parsed as HTML rather than shown as text.
+HOSTILE = '"><img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+
+
+class TestHostileText:
+    async def test_markup_in_names_paths_and_errors_is_shown_as_text(self, tmp_path: Path) -> None:
+        """A pool's model name, a catalog path, a failed registration's error and a prompt
+        carrying markup: the console shows each as text, and none of it runs."""
+        folder = tmp_path / HOSTILE.replace("/", "")
+        folder.mkdir()
+        model = tiny_llama_gguf(folder / "m.gguf")
+        config = config_of(mock_pool("p0", HOSTILE), catalog={"root": str(tmp_path / "catalog")})
+        async with running_server(config) as srv:
+            registered = await srv.client.post("/v1/catalog/models", json={"ref": f"file:{model}"})
+            assert 201 == registered.status_code
+            await srv.submit(task_body(HOSTILE, prompt=HOSTILE, max_tokens=2))
+            async with async_api.async_playwright() as p:
+                browser = await p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+                page = await browser.new_page(viewport={"width": 1280, "height": 800})
+                page.set_default_timeout(WAIT_MS)
+                aexpect = async_api.expect
+                await page.goto(srv.url + "/")
+                await aexpect(page.locator("#conn")).to_have_text("Live")
+                card = page.locator('#pools article[data-key="p0"]')
+                await aexpect(card).to_contain_text(HOSTILE)
+                await page.click('nav a[data-view="models"]')
+                await aexpect(page.locator("#models tbody")).to_contain_text(str(model))
+                await page.fill("#pull-ref", f"{folder}/gone.gguf")
+                await page.click("#pull-send")
+                await aexpect(page.locator("#pull-status")).to_contain_text(
+                    f"{folder}/gone.gguf does not exist"
+                )
+                await page.click('nav a[data-view="tasks"]')
+                await page.click('nav a[data-view="playground"]')
+                assert 0 == await page.locator("#main img, #main script").count()
+                assert await page.evaluate("window.pwned") is None
+                await browser.close()

@@ -60,6 +60,23 @@ class TestModelsCliOnDisk:
         assert 1 == code and "Traceback" not in err
         assert f"cannot use the catalog on disk: {blocker / 'catalog'}" in err
 
+    async def test_a_bad_config_or_damaged_index_is_a_message_not_a_traceback(
+        self, tmp_path: Path
+    ) -> None:
+        """An invalid --config, or a models.json cut short, used to end `llorch models --local`
+        with a traceback; each is now one line saying what is wrong and what to do."""
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump({"pools": []}))
+        code, _, err = await run("models", "--local", "--config", str(bad), "ls")
+        assert 2 == code and "Traceback" not in err
+        assert f"invalid configuration in {bad}" in err
+        cfg = config_file(tmp_path)
+        (tmp_path / "catalog").mkdir()
+        (tmp_path / "catalog" / "models.json").write_bytes(b'{"version": 1, "models": [{"id"')
+        code, _, err = await run("models", "--local", "--config", str(cfg), "ls")
+        assert 1 == code and "Traceback" not in err
+        assert "models.json cannot be read" in err and "hint:" in err
+
     async def test_help_asks_no_server(self) -> None:
         """`llorch models ls --help` prints the help alone: it does not probe the server."""
         code, out, err = await run("models", "--url", "http://127.0.0.1:9", "ls", "--help")

@@ -20,6 +20,7 @@ import pytest
 from llama_orch.cli.serve import SHUTDOWN_DEADLINE_S
 from llama_orch.server.app import create_app
 from llama_orch.testing.fake_engines import Behaviour, start_fake
+from tests.faults._raw import connect, read_until_closed, status_of
 from tests.support.serve_process import serve_process
 from tests.support.server import (
     SIMULATED_GPUS,
@@ -618,4 +619,44 @@ class TestShutdown:
         assert ("end", True) == (frames[-1][0], frames[-1][1].get("canceled"))
         tokens = [d for e, d in frames if e == "token"]
         assert len(tokens) == frames[-1][1]["tokens_out"]
+        assert 0 == code
+
+    async def test_a_task_sent_after_sigterm_is_refused_not_run(self, tmp_path: Path) -> None:
+        """A POST /v1/tasks whose body reaches a stopping server is a retriable 503: it used to
+        be admitted after the open tasks were ended, run on, and hold the exit until the
+        shutdown deadline cut it with no terminal frame."""
+        config = serve_config()
+        config["pools"][0]["mock"] = {"ttft_ms": 0, "tokens_per_s": 20}
+        late_body = orjson.dumps(task_body(max_tokens=2000))
+        with serve_process(config, tmp_path) as srv:
+            # The late request is on its way before the signal: headers now, the body after.
+            late = connect(srv.url)
+            late.sendall(
+                b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                b"\r\nContent-Length: %d\r\n\r\n" % len(late_body)
+            )
+            async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as client:
+                body = task_body(max_tokens=2000)
+                await client.post("/v1/tasks", json=body)
+                data = b""
+                async with client.stream("GET", f"/v1/tasks/{body['task_id']}/stream") as r:
+                    async for chunk in r.aiter_bytes():
+                        data += chunk
+                        if b"event: started" in data and srv.process.returncode is None:
+                            srv.process.terminate()
+            # The open task was ended: the server is stopping. Now the late task arrives.
+            late.sendall(late_body)
+            answer = await asyncio.to_thread(read_until_closed, late)
+            late.close()
+            code = await asyncio.to_thread(srv.process.wait, SHUTDOWN_DEADLINE_S + 5)
+            log = srv.log_path.read_text()
+        assert ("end", True) == (parse(data)[-1][0], parse(data)[-1][1].get("canceled"))
+        refused = orjson.loads(answer.split(b"\r\n\r\n", 1)[1])
+        assert (503, "POOL_UNAVAILABLE", True) == (
+            status_of(answer),
+            refused["code"],
+            refused["retriable"],
+        )
+        assert "stopping" in refused["message"]
+        assert "shutdown deadline" not in log
         assert 0 == code

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 
-from llama_orch.adapters._sse import NdjsonDecoder, SseDecoder, SseEvent
+from llama_orch.adapters._sse import (
+    MAX_EVENT_BYTES,
+    EventTooLarge,
+    NdjsonDecoder,
+    SseDecoder,
+    SseEvent,
+)
 from tests.property.sse_strategies import Frame, ndjson_byte_splits, sse_byte_splits
 
 
@@ -45,6 +52,35 @@ class TestSseDecoderSplits:
         decoder = SseDecoder()
         payloads = [data for chunk in chunks for data in decoder.feed_data(chunk)]
         assert ([e.data for e in events], pending) == (payloads, decoder.pending)
+
+
+class TestSseDecoderBounds:
+    PIECE = 1 << 16
+
+    def test_a_line_without_end_fails_past_the_bound(self) -> None:
+        decoder = SseDecoder()
+        decoder.feed(b"data: {")
+        with pytest.raises(EventTooLarge, match="without ending"):
+            for _ in range(MAX_EVENT_BYTES // self.PIECE + 1):
+                decoder.feed(b"x" * self.PIECE)
+
+    def test_data_lines_without_the_blank_line_fail_past_the_bound(self) -> None:
+        decoder = SseDecoder()
+        line = b"data: " + b"x" * self.PIECE + b"\n"
+        with pytest.raises(EventTooLarge):
+            for _ in range(MAX_EVENT_BYTES // self.PIECE + 1):
+                decoder.feed(line)
+
+    def test_a_long_line_in_many_pieces_decodes_whole(self) -> None:
+        """A line of several MiB (under the bound) split into many chunks is one event."""
+        decoder = SseDecoder()
+        payload = b"y" * (MAX_EVENT_BYTES // 2)
+        stream = b"data: " + payload + b"\r\n\r\ndata: [DONE]\n\n"
+        events = []
+        for start in range(0, len(stream), self.PIECE - 1):
+            events += decoder.feed_data(stream[start : start + self.PIECE - 1])
+        assert [payload, b"[DONE]"] == events
+        assert not decoder.pending
 
 
 class TestNdjsonDecoderSplits:

@@ -2,11 +2,14 @@
 
 Faults are consumed in order, one per GET: ``"500"`` answers 500, ``"truncate"`` sends half
 of the requested bytes then drops the connection, ``"hold"`` sends the first half and then
-waits until ``release`` is set. Every request's Range header is recorded.
+waits until ``release`` is set. Every request's Range header is recorded. The ETag is the
+content's hash, and a Range whose If-Range names another ETag gets the whole file (200), as
+RFC 9110 servers answer a client resuming bytes of an older revision.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -42,9 +45,15 @@ def file_server(state: FileServerState) -> Starlette:
         fault = state.faults.pop(0) if state.faults else None
         if fault == "500":
             return Response(b"try later", 500)
+        etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
+        if header and request.headers.get("if-range", etag) != etag:
+            header = None  # the client's bytes are of another revision: send it all
         start = int(header.removeprefix("bytes=").split("-")[0]) if header else 0
+        if start >= len(data) > 0:
+            # RFC 9110 §15.5.17: a range starting at or past the end cannot be satisfied.
+            return Response(b"", 416, {"Content-Range": f"bytes */{len(data)}"})
         body = data[start:]
-        headers = {"Content-Length": str(len(body)), "ETag": f'"etag-{name}"'}
+        headers = {"Content-Length": str(len(body)), "ETag": etag}
         status = 200
         if header:
             status = 206

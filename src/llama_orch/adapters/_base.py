@@ -34,7 +34,7 @@ from llama_orch.adapters._http import (
     redact_url,
     retry_after_ms,
 )
-from llama_orch.adapters._sse import SseDecoder
+from llama_orch.adapters._sse import EventTooLarge, SseDecoder
 from llama_orch.config import PoolConfig
 from llama_orch.contracts.engine import (
     EmbedRequest,
@@ -57,6 +57,9 @@ from llama_orch.vocab import Engine
 
 #: Upstream error bodies quoted in messages are cut to this many characters.
 _BODY_QUOTE = 300
+#: Of an engine's error answer, at most this much is read: it is only quoted (cut), and an
+#: engine that answers an error with an endless body must not fill memory.
+_ERROR_BODY_BYTES = 64 << 10
 #: How long to wait for the body's end once the terminal event arrived.
 _DRAIN_S = 1.0
 #: Headers of a generate request (an adapter may add to them).
@@ -261,10 +264,10 @@ class HttpAdapter:
         where = f"POST {path}"
         response = await self._open(path, body, where, headers=_EMBED)
         try:
+            if response.status >= 400:
+                raise await self._answered_error(response, where)
             with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
                 content = await response.read()
-            if response.status >= 400:
-                raise self.status_error_of(response.status, content, response.headers, where)
             try:
                 result = self.embed_result(request, loads(content, engine))
             except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -328,6 +331,63 @@ class HttpAdapter:
             retry_after_ms=retry_after_ms(headers),
         )
 
+    async def _refusal(self, response: UpstreamResponse, where: str) -> WorkerError | None:
+        """What a generation answer that is no token stream means (None: it is one)."""
+        if response.status >= 400:
+            return await self._answered_error(response, where)
+        if response.status >= 300:
+            location = response.headers.get("location", "nowhere named")
+            return WorkerInternal(
+                self._error(
+                    f"{where} answered HTTP {response.status}, a redirect to "
+                    f"{self._redactor.text(location)}: redirects are not followed; point the "
+                    "pool's endpoint at the engine itself"
+                ),
+                engine=self.engine.value,
+                pool_id=self.pool_id,
+            )
+        unstreamed = not_a_stream(response.headers)
+        if unstreamed:
+            return await self._unstreamed(response, where, unstreamed)
+        return None
+
+    async def _answered_error(self, response: UpstreamResponse, where: str) -> WorkerError:
+        """The error an HTTP error answer means, its body's start quoted (the rest unread)."""
+        content = await self._body_start(response, where)
+        return self.status_error_of(response.status, content, response.headers, where)
+
+    async def _body_start(self, response: UpstreamResponse, where: str) -> bytes:
+        """Up to ``_ERROR_BODY_BYTES`` of the body (the rest stays unread)."""
+        pieces: list[bytes] = []
+        size = 0
+        with map_transport_errors(self.engine.value, where, self._redactor, pool_id=self.pool_id):
+            async for piece in response.chunks:
+                pieces.append(piece)
+                size += len(piece)
+                if size >= _ERROR_BODY_BYTES:
+                    break
+        return b"".join(pieces)[:_ERROR_BODY_BYTES]
+
+    async def _unstreamed(self, response: UpstreamResponse, where: str, what: str) -> WorkerError:
+        """A 200 answer to a streaming request that is not an event stream: the engine's error
+        when the body is one (some gateways answer errors so), else what came instead."""
+        engine = self.engine.value
+        content = await self._body_start(response, where)
+        with contextlib.suppress(orjson.JSONDecodeError):
+            document = orjson.loads(content)
+            found = first_error(document) if isinstance(document, dict) else None
+            if found is not None:
+                return in_stream_error(engine, self.pool_id, *found, self._redactor)
+        quoted = content.decode("utf-8", "replace")[:_BODY_QUOTE]
+        return WorkerInternal(
+            self._error(
+                f"{where} answered HTTP {response.status} with {what}, not an event stream "
+                f"(does the engine stream this route?): {quoted}"
+            ),
+            engine=engine,
+            pool_id=self.pool_id,
+        )
+
     def prestart(self, request: GenerateRequest) -> Prestarted | None:
         """Send the generation request now if a kept-alive connection is free (else None, and
         ``submit`` sends it): the engine starts one event-loop turn before the task's runner
@@ -353,13 +413,12 @@ class HttpAdapter:
             where = f"POST {prestarted.path}"
             response = await self._first_byte(where, prestarted.pending.response())
         try:
-            if response.status >= 400:
-                with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
-                    content = await response.read()
-                raise self.status_error_of(response.status, content, response.headers, where)
+            refused = await self._refusal(response, where)
+            if refused is not None:
+                raise refused
             sink = yield EngineEvent("started", data=self.started_data(request))
             parser = self.new_parser(request)
-            reading = _Reading(parser, engine)
+            reading = _Reading(parser, engine, request.max_tokens)
             chunks = response.chunks
             with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
                 if sink is not None and isinstance(chunks, H1Response):
@@ -379,7 +438,8 @@ class HttpAdapter:
                             break
             pending = reading.decoder.pending
             if parser.done:
-                await _drain(chunks)
+                if not reading.overran:  # else closing the stream is the engine's cancel
+                    await _drain(chunks)
             elif not parser.eof_is_end or pending:
                 raise WorkerReset(
                     self._error(
@@ -456,11 +516,34 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
                 pass
 
 
+def not_a_stream(headers: Mapping[str, str]) -> str | None:
+    """What a streaming answer is instead of an event stream, going by its head (None: it is
+    one, or says nothing against it). A JSON document, or a body compressed although the
+    request asked for none, cannot be read as SSE."""
+    kind = headers.get("content-type", "")
+    if kind[:16].lower() == "application/json":
+        return f"content-type {kind}"
+    coding = headers.get("content-encoding", "identity")
+    if coding.strip().lower() != "identity":
+        return f"content-encoding {coding}"
+    return None
+
+
+def quote(message: str, redactor: Redactor) -> str:
+    """An engine's own text as put in an error or a health detail (which reach clients and the
+    log): redacted, and cut like an error answer's body."""
+    # Redacted before the cut, from a margin past it, so that no secret is cut in half.
+    redacted = redactor.text(message[: _BODY_QUOTE * 4])
+    if len(redacted) > _BODY_QUOTE or len(message) > _BODY_QUOTE * 4:
+        return redacted[:_BODY_QUOTE] + " [cut]"
+    return redacted
+
+
 def in_stream_error(
     engine: str, pool_id: str, message: str, status: int | None, redactor: Redactor
 ) -> WorkerError:
     """An ``error`` event inside a 200 stream, mapped like the HTTP status it names."""
-    text = f"{engine}: the engine reported an error mid-stream: {redactor.text(message)}"
+    text = f"{engine}: the engine reported an error mid-stream: {quote(message, redactor)}"
     if status is None:
         return WorkerInternal(text, engine=engine, pool_id=pool_id)
     return error_for_status(status, text, engine=engine, pool_id=pool_id)
@@ -480,12 +563,19 @@ def first_error(obj: Mapping[str, Any]) -> tuple[str, int | None] | None:
 
 class _Reading:
     """One stream's decoding: each upstream chunk to its token texts, in order. A bad frame or
-    the engine's error event sets ``failure``; the tokens before it still count."""
+    the engine's error event sets ``failure``; the tokens before it still count.
 
-    __slots__ = ("decoder", "engine", "failure", "index", "parser")
+    An engine that streams past ``max_tokens`` (it ignored the limit it was sent) is cut there:
+    the stream ends as if the engine had stopped for length. Only a token past the limit cuts,
+    so an engine's final frame after exactly ``max_tokens`` tokens is still read."""
 
-    def __init__(self, parser: StreamParser, engine: str) -> None:
+    __slots__ = ("decoder", "engine", "failure", "index", "limit", "overran", "parser")
+
+    def __init__(self, parser: StreamParser, engine: str, limit: int) -> None:
         self.parser = parser
+        self.limit = limit
+        #: Cut at ``limit``: the engine is still generating, and closing the stream cancels it.
+        self.overran = False
         self.decoder = SseDecoder()
         self.engine = engine
         #: Tokens handed over so far (the next one's index).
@@ -494,7 +584,13 @@ class _Reading:
 
     def texts(self, chunk: bytes) -> list[str]:
         texts: list[str] = []
-        payloads = self.decoder.feed_data(chunk)
+        try:
+            payloads = self.decoder.feed_data(chunk)
+        except EventTooLarge as exc:
+            self.failure = WorkerInternal(
+                f"{self.engine}: malformed stream: {exc}", engine=self.engine
+            )
+            return texts
         if not payloads:
             return texts
         parser = self.parser
@@ -510,9 +606,26 @@ class _Reading:
             except WorkerError as exc:
                 self.failure = exc
                 break
+            except (AttributeError, TypeError, KeyError, IndexError) as exc:
+                # JSON, but not of the protocol's shape (``choices`` a string, say).
+                self.failure = WorkerInternal(
+                    f"{self.engine}: malformed stream frame (JSON of an unexpected shape: "
+                    f"{type(exc).__name__})",
+                    engine=self.engine,
+                )
+                break
             if text:
+                if self.index + len(texts) >= self.limit:
+                    self._cut()
+                    break
                 texts.append(text)
         return texts
+
+    def _cut(self) -> None:
+        parser = self.parser
+        parser.done = True
+        parser.summary["finish_reason"] = "length"
+        self.overran = True
 
 
 async def _push(chunks: H1Response, reading: _Reading, sink: TokenSink) -> bool:

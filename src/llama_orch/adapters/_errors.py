@@ -10,7 +10,9 @@ mapping, the connect retry, the drain after a stream's final event) treats them 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 
 import aiohttp
 import httpx
@@ -87,8 +89,10 @@ def map_transport_errors(
         aiohttp.ClientOSError,
         aiohttp.ClientConnectionResetError,
     ) as exc:
+        # The stream client's own errors say what broke; the libraries' may quote the peer.
+        why = redactor.text(str(exc)) if isinstance(exc, UpstreamBroken) else ""
         raise WorkerReset(
-            f"{engine}: {where}: the connection broke ({type(exc).__name__})",
+            f"{engine}: {where}: the connection broke ({why or type(exc).__name__})",
             engine=engine,
             pool_id=pool_id,
         ) from exc
@@ -127,8 +131,27 @@ def error_for_status(
     return WorkerInternal(message, engine=engine, pool_id=pool_id)
 
 
+#: The longest wait an engine's ``Retry-After`` is passed on as (longer advice is noise, and an
+#: unbounded number would not fit the 64-bit ``retry_after_ms`` the wire carries).
+RETRY_AFTER_MAX_S = 86_400
+
+
 def retry_after_ms(headers: Mapping[str, str]) -> int | None:
+    """An engine's ``Retry-After`` (seconds, or an HTTP date) in ms, at most a day."""
     raw = headers.get("retry-after")
-    if raw is None or not raw.strip().isdigit():
+    if raw is None:
         return None
-    return int(raw.strip()) * 1000
+    raw = raw.strip()
+    if raw.isascii() and raw.isdigit():  # isdigit alone also takes "²", which int() refuses
+        # int() refuses thousands of digits; anything past 12 is past the cap anyway.
+        seconds = float(min(int(raw) if len(raw) <= 12 else RETRY_AFTER_MAX_S, RETRY_AFTER_MAX_S))
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None  # RFC 9110 dates are GMT; one without a zone is not one
+        seconds = (when - datetime.now(UTC)).total_seconds()
+        seconds = min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
+    return int(seconds * 1000)

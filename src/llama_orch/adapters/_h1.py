@@ -17,6 +17,8 @@ The pool (``H1Pool``) keeps the rules the token streams have always had:
   before its end closes its connection, which is how engines learn of a cancel;
 - idle connections are dropped after ``keepalive_expiry_s``, before engines' own idle timeouts;
 - a connection lost (or a response malformed) before its end raises ``UpstreamBroken``;
+- a response head over ``_HEAD_BYTES`` or ``_HEAD_FIELDS`` fields fails with ``UpstreamBroken``
+  (an engine that never ends its head must not fill memory; llhttp itself sets no limit);
 - a body silent for ``read_timeout_s`` fails with ``UpstreamSilent``, seen by one periodic timer
   per response that checks every eighth of the limit whether anything arrived (no timer per
   chunk): it fires no earlier than the limit and at most a quarter of it later.
@@ -49,6 +51,10 @@ from llama_orch.adapters._errors import (
 
 #: Buffered body bytes above which the socket stops being read until the reader catches up.
 _HIGH_WATER: Final = 1 << 18
+#: The most bytes a response head may take (h11 allows 100 KiB; engines send well under 1 KiB).
+_HEAD_BYTES: Final = 64 << 10
+#: The most header fields a head may have (repeated ones are joined, which must stay cheap).
+_HEAD_FIELDS: Final = 256
 #: Header sets remembered per pool as encoded request heads (one per route and header set).
 _HEADS: Final = 32
 
@@ -94,15 +100,24 @@ class _Connection(asyncio.Protocol):
             return
         try:
             parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # An upgrade (101) is no error to llhttp, but no engine protocol has one.
             self.close()
             if self.response is not None:
                 self.response.flush()
-                self.response.fail(UpstreamBroken(f"malformed response: {exc}"))
+                why = (
+                    "the engine switched protocols (HTTP 101)"
+                    if isinstance(exc, httptools.HttpParserUpgrade)
+                    else f"malformed response: {exc}"
+                )
+                self.response.fail(UpstreamBroken(why))
             return
         response = self.response
-        if response is not None and response.batch:
-            response.flush()
+        if response is not None:
+            if response.batch:
+                response.flush()
+            elif not response.head.done():
+                response.heading(len(data))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -125,6 +140,8 @@ class H1Response:
         "_consumed",
         "_consumer",
         "_error",
+        "_fields",
+        "_head_size",
         "_headers",
         "_loop",
         "_paused",
@@ -154,6 +171,7 @@ class H1Response:
         self._waiter: asyncio.Future[None] | None = None
         self._error: Exception | None = None
         self._headers: dict[str, str] = {}
+        self._head_size = self._fields = 0
         self._reuse = True
         self._watch: asyncio.TimerHandle | None = None
         self._watch_limit = 0.0
@@ -174,6 +192,11 @@ class H1Response:
     # -- the parser's callbacks ------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        if self._fields > _HEAD_FIELDS:
+            error = UpstreamBroken(f"the response head has over {_HEAD_FIELDS} header fields")
+            self.fail(error)
+            raise error  # stops the parser; the connection closes (``data_received``)
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         seen = self._headers.get(key)
@@ -185,6 +208,7 @@ class H1Response:
         self.status = parser.get_status_code()
         if self.status < 200:
             self._headers.clear()  # an interim response: the real one follows
+            self._fields = 0
             return
         self._reuse = self._reuse and parser.should_keep_alive()
         if not self.head.done():
@@ -228,6 +252,13 @@ class H1Response:
             self._stop_consuming()
 
     # -- the connection's events -----------------------------------------------------------
+
+    def heading(self, size: int) -> None:
+        """``size`` more bytes arrived while the head is incomplete: fail past the limit."""
+        self._head_size += size
+        if self._head_size > _HEAD_BYTES:
+            self._conn.close()
+            self.fail(UpstreamBroken(f"the response head passed {_HEAD_BYTES >> 10} KiB unended"))
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -11,12 +11,26 @@ guarantee local, property-tested, and avoids building a ``str`` for the JSON pay
 
 Supported line endings are ``\\n`` and ``\\r\\n``. A lone ``\\r`` as a line terminator (allowed
 by the SSE grammar, emitted by no engine we talk to) is not recognised.
+
+One event may hold at most ``MAX_EVENT_BYTES``: an engine that sends a line without end (or an
+event without its blank line) fails the stream with ``EventTooLarge`` instead of filling memory.
+The bytes of an unfinished line are kept as a list of pieces, joined once the line ends, so a
+long line costs linear time, not a copy of everything so far per chunk.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from typing import Final
+
+#: The most bytes one event (its lines, before the blank line ending it) may hold. Engines' final
+#: frames can echo the prompt (llama.cpp) or carry log-probabilities: generous, but bounded.
+MAX_EVENT_BYTES: Final = 16 << 20
+
+
+class EventTooLarge(ValueError):
+    """An event grew past ``MAX_EVENT_BYTES`` without ending."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +50,12 @@ class SseDecoder:
     bytes, the hot path for engine streams, where event names carry nothing.
     """
 
-    __slots__ = ("_buf", "_data", "_event", "_id", "_retry")
+    __slots__ = ("_buf", "_data", "_event", "_held", "_id", "_retry")
 
     def __init__(self) -> None:
-        self._buf = b""
+        #: Pieces of the line not yet ended by a newline, and their total size.
+        self._buf: list[bytes] = []
+        self._held = 0
         self._data: list[bytes] = []
         self._event: str | None = None
         self._id: str | None = None
@@ -63,12 +79,10 @@ class SseDecoder:
     def _feed(
         self, chunk: bytes, events: list[SseEvent] | None, payloads: list[bytes] | None
     ) -> None:
-        data = self._buf + chunk if self._buf else chunk
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self._buf = data
+        whole = self._lines(chunk)
+        if whole is None:
             return
-        self._buf = data[cut + 1 :]
+        data, cut = whole
         pending = self._data
         crlf = b"\r" in data  # one C-level scan spares a check per line on LF-only streams
         # One C-level split per chunk; a newline byte never sits inside a UTF-8 sequence.
@@ -91,6 +105,34 @@ class SseDecoder:
                 pending.append(line[5:])
             elif line[:1] != b":":
                 self._field(line)
+        if pending:  # an event spanning chunks (rare): many ``data:`` lines count too
+            self._bound()
+
+    def _lines(self, chunk: bytes) -> tuple[bytes, int] | None:
+        """The held bytes and ``chunk`` with the offset of their last newline; None (``chunk``
+        held) while no line ended."""
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            if chunk:
+                self._held += len(chunk)
+                self._bound()
+                self._buf.append(chunk)
+            return None
+        data = chunk
+        if self._buf:
+            cut += self._held
+            self._buf.append(chunk)
+            data = b"".join(self._buf)
+            self._buf.clear()
+        rest = data[cut + 1 :]
+        self._held = len(rest)
+        if rest:
+            self._buf.append(rest)
+        return data, cut
+
+    def _bound(self) -> None:
+        if self._held + sum(map(len, self._data)) > MAX_EVENT_BYTES:
+            raise EventTooLarge(f"an event grew past {MAX_EVENT_BYTES >> 20} MiB without ending")
 
     def _field(self, line: bytes) -> None:
         colon = line.find(b":")

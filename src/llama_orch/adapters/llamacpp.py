@@ -19,6 +19,7 @@ from llama_orch.adapters._base import (
     first_error,
     in_stream_error,
     loads,
+    quote,
 )
 from llama_orch.adapters._embed import OpenAIEmbedRoutes
 from llama_orch.adapters._prom import gauge_value
@@ -84,7 +85,7 @@ class LlamaCppAdapter(OpenAIEmbedRoutes, HttpAdapter):
             # Loading model / no slot: the server is up but cannot take work yet (§1.2).
             found = first_error(_json_or_empty(response.content))
             detail = found[0] if found else "unavailable"
-            return WorkerHealth(live=True, ready=False, detail=self._redactor.text(detail))
+            return WorkerHealth(live=True, ready=False, detail=quote(detail, self._redactor))
         raise self.status_error(response, "GET /health")
 
     async def props(self) -> WorkerProps:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_orch.adapters._base import HttpAdapter, ParserBase, StreamParser
+from llama_orch.adapters._base import HttpAdapter, ParserBase, StreamParser, quote
 from llama_orch.adapters._embed import tei_embed, tei_rerank
 from llama_orch.adapters._openai_compat import OpenAIStreamParser
 from llama_orch.contracts.engine import (
@@ -60,7 +60,7 @@ class _Parser(ParserBase):
             cls = _ERRORS.get(kind, WorkerInternal)
             message = error.get("message", error) if isinstance(error, dict) else error
             raise cls(
-                f"{self.engine}: {kind or 'error'}: {self.redactor.text(str(message))}",
+                f"{self.engine}: {kind or 'error'}: {quote(str(message), self.redactor)}",
                 engine=self.engine,
                 pool_id=self.pool_id,
             )

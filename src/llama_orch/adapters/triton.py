@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_orch.adapters._base import HttpAdapter, ParserBase, StreamParser
+from llama_orch.adapters._base import HttpAdapter, ParserBase, StreamParser, quote
 from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
 from llama_orch.errors import WorkerInternal, WorkerReset
 from llama_orch.observability.redaction import Redactor
@@ -33,7 +33,7 @@ class _Parser(ParserBase):
             return ""
         error = obj.get("error")
         if error:
-            message = f"{self.engine}: the engine reported: {self.redactor.text(str(error))}"
+            message = f"{self.engine}: the engine reported: {quote(str(error), self.redactor)}"
             cls = WorkerReset if "cancelled" in str(error).lower() else WorkerInternal
             raise cls(message, engine=self.engine, pool_id=self.pool_id)
         reason = obj.get("finish_reason")

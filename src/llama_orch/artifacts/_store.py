@@ -23,6 +23,7 @@ import hashlib
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,11 @@ import orjson
 
 from llama_orch.artifacts._segments import Segments
 from llama_orch.contracts.api import TAG_PATTERN
-from llama_orch.errors import InvalidParams, NotFound, PayloadTooLarge
+from llama_orch.errors import InvalidParams, NotFound, PayloadTooLarge, StorageUnwritable
 
 ARTIFACT_KINDS: Final = ("plan", "summary", "diff", "trace", "other")
+#: How many deleted artifacts' places are remembered for paging cursors.
+_GONE_KEPT: Final = 10_000
 _ID: Final = re.compile(r"^[0-9a-f]{64}$")
 _TAG: Final = re.compile(TAG_PATTERN)
 
@@ -56,7 +59,7 @@ def artifact_id(document: Mapping[str, Any]) -> str:
 
 
 def check_artifact_id(value: str) -> str:
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise InvalidParams(
             f"artifact id must be 64 lowercase hex characters (a SHA-256), got {value[:80]!r}"
         )
@@ -64,12 +67,57 @@ def check_artifact_id(value: str) -> str:
 
 
 def check_tag(value: str) -> str:
-    if len(value) > 128 or not _TAG.match(value):
+    if len(value) > 128 or not _TAG.fullmatch(value):
         raise InvalidParams(
             f"tag {value[:80]!r} is not allowed: use up to 128 letters and digits, joined "
             "by single . _ : @ + - characters (e.g. task:<id>)"
         )
     return value
+
+
+def _ref_in(data: bytes, field: str | None = None) -> dict[str, Any] | None:
+    """The ref in ``data`` (a ref file, or a record's ``field``), if it has every field the
+    index and the API rely on; None for bytes cut short or overwritten."""
+    try:
+        ref: Any = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if field is not None:
+        ref = ref.get(field) if isinstance(ref, dict) else None
+    if not isinstance(ref, dict):
+        return None
+    ident, tags = ref.get("id"), ref.get("tags")
+    valid = (
+        isinstance(ident, str)
+        and _ID.fullmatch(ident) is not None
+        and ref.get("digest") == f"sha256:{ident}"
+        and ref.get("kind") in ARTIFACT_KINDS
+        and type(ref.get("created_ms")) is int
+        and isinstance(tags, list)
+        and all(isinstance(tag, str) for tag in tags)
+    )
+    return ref if valid else None
+
+
+def _decode(ident: str, raw: bytes) -> dict[str, Any] | str:
+    """A stored record ``{ref, document}``, or why it is damaged: the document must still hash
+    to the id it is stored under."""
+    try:
+        stored: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON: {exc}"
+    if not isinstance(stored, dict) or _ref_in(orjson.dumps(stored.get("ref"))) is None:
+        return "no valid ref"
+    document = stored.get("document")
+    if not isinstance(document, dict):
+        return "no document"
+    try:
+        actual = artifact_id(document)
+    except InvalidParams:
+        return "the document has no canonical form"
+    if actual != ident:
+        return f"the document hashes to {actual}"
+    return stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +170,9 @@ class ArtifactStore:
         self._refs: dict[str, dict[str, Any]] | None = None
         #: (created_ms, id) in creation order, for stable paging.
         self._order: list[tuple[int, str]] = []
+        #: Where recently deleted artifacts stood in creation order, so a paging cursor
+        #: that retention pruned meanwhile still says where the next page starts.
+        self._gone: OrderedDict[str, tuple[int, str]] = OrderedDict()
         #: Background puts (stream traces), batched into segment files.
         self._segments = Segments(root / "traces", sync=sync)
 
@@ -158,15 +209,15 @@ class ArtifactStore:
             refs: dict[str, dict[str, Any]] = {}
             if self.root.is_dir():
                 for path in self.root.glob("??/*.ref"):
-                    with contextlib.suppress(OSError, orjson.JSONDecodeError):
-                        ref = orjson.loads(path.read_bytes())
-                        if _ID.match(str(ref.get("id", ""))):
-                            refs[ref["id"]] = ref
+                    with contextlib.suppress(OSError):
+                        ref = _ref_in(path.read_bytes())
+                        # A ref file names its artifact: one that says otherwise is damaged.
+                        if ref is not None and ref["id"] == path.stem:
+                            refs[path.stem] = ref
                 for record in self._segments.load():
-                    with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
-                        ref = orjson.loads(record)["ref"]
-                        if _ID.match(str(ref.get("id", ""))):
-                            refs[ref["id"]] = ref
+                    ref = _ref_in(record, field="ref")
+                    if ref is not None:
+                        refs[ref["id"]] = ref
             self._refs = refs
             self._order = sorted((int(r["created_ms"]), i) for i, r in refs.items())
         return self._refs
@@ -209,6 +260,12 @@ class ArtifactStore:
         try:
             await asyncio.to_thread(self._write_files, ident, doc_bytes, ref_bytes)
             return self._commit(ref)
+        except OSError as exc:
+            raise StorageUnwritable(
+                f"cannot store the artifact under {self.root}: {exc.strerror or exc}",
+                hint="free space on that disk or make server.artifacts_dir writable, then "
+                "send the artifact again",
+            ) from exc
         finally:
             del self._writing[ident]
             done.set_result(None)
@@ -261,8 +318,28 @@ class ArtifactStore:
                 raw = self._paths(ident)[0].read_bytes()
         except FileNotFoundError:
             raise missing from None
-        stored = orjson.loads(raw)
+        stored = _decode(ident, raw)
+        if isinstance(stored, str):
+            self._set_aside(ident)
+            raise NotFound(
+                f"artifact {ident} was damaged on disk ({stored}) and is set aside; POST it "
+                "again to store it anew"
+            )
         return {**stored["ref"], **stored["document"]}
+
+    def _set_aside(self, ident: str) -> None:
+        """Drop a damaged artifact from the index; its files stay, renamed, for a look."""
+        refs = self._index()
+        ref = refs.pop(ident, None)
+        if ref is not None:
+            with contextlib.suppress(ValueError):
+                self._order.remove((int(ref["created_ms"]), ident))
+        if self._segments.holds(ident):
+            self._segments.remove(ident)
+            return
+        for path in self._paths(ident):
+            with contextlib.suppress(OSError):
+                os.replace(path, path.with_name(f"{path.name}.damaged"))
 
     def delete(self, ident: str) -> None:
         refs = self._index()
@@ -271,6 +348,9 @@ class ArtifactStore:
             return
         with contextlib.suppress(ValueError):
             self._order.remove((int(ref["created_ms"]), ident))
+        self._gone[ident] = (int(ref["created_ms"]), ident)
+        if len(self._gone) > _GONE_KEPT:
+            self._gone.popitem(last=False)
         if self._segments.holds(ident):
             self._segments.remove(ident)
         else:
@@ -291,16 +371,20 @@ class ArtifactStore:
         pass as ``after`` for the next page (None on the last page)."""
         if tag is not None:
             check_tag(tag)
+        start: tuple[int, str] | None = None
         if after is not None:
             check_artifact_id(after)
-            if after not in self._index():
-                raise NotFound(f"artifact {after} (the paging cursor) is unknown or was pruned")
+            cursor = self._index().get(after)
+            start = (int(cursor["created_ms"]), after) if cursor else self._gone.get(after)
+            if start is None:
+                raise NotFound(
+                    f"artifact {after} (the paging cursor) is unknown, or was pruned before "
+                    "this server started; page again from the start"
+                )
         items: list[dict[str, Any]] = []
-        passed = after is None
         more = False
         for ref in self.refs(tag):
-            if not passed:
-                passed = ref["id"] == after
+            if start is not None and (int(ref["created_ms"]), ref["id"]) <= start:
                 continue
             if len(items) == limit:
                 more = True

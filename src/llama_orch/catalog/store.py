@@ -32,11 +32,18 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from llama_orch.catalog.entries import EngineEntry, Lifecycle, ModelEntry, ResolvedModel
 from llama_orch.catalog.refs import ModelRef, parse_ref, ref_id, safe_relative
-from llama_orch.errors import IndexVersionError, InvalidModelRef, NotFound
+from llama_orch.errors import (
+    IndexCorrupt,
+    IndexVersionError,
+    InvalidModelRef,
+    NotFound,
+    OrchError,
+    StorageUnwritable,
+)
 
 MODELS_VERSION = 1
 ENGINES_VERSION = 1
@@ -79,6 +86,22 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def writing(root: Path) -> Iterator[None]:
+    """A write under the catalog ``root`` that the disk refuses (read-only, full) becomes a
+    typed error naming the root and the disk's reason."""
+    try:
+        yield
+    except OrchError:
+        raise
+    except OSError as exc:
+        raise StorageUnwritable(
+            f"cannot write the model catalog under {root}: {exc.strerror or exc}",
+            hint="free space on that disk or make catalog.root writable, then send the "
+            "request again",
+        ) from exc
 
 
 def fsync_dir(directory: Path) -> None:
@@ -134,17 +157,58 @@ class _Index(Generic[E]):
         cached = self._cache
         if cached is not None and cached.key == key:
             return cached.entries
-        raw: Any = orjson.loads(self.path.read_bytes())
-        found = raw.get("version") if isinstance(raw, dict) else None
+        entries = self._parse(self.path.read_bytes())
+        self._cache = _Cached(key, entries)
+        return entries
+
+    def _parse(self, data: bytes) -> dict[str, E]:
+        try:
+            raw: Any = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise self._corrupt(f"it is not JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise self._corrupt("it is not a JSON object")
+        found = raw.get("version")
         if found != self.version:
             raise IndexVersionError(
                 f"{self.path} has schema version {found!r}; this build reads version "
                 f"{self.version}",
                 hint="upgrade llama-orch, or move the catalog root aside and pull again",
             )
-        entries = {item["id"]: self.kind.model_validate(item) for item in raw[self.field]}
-        self._cache = _Cached(key, entries)
+        items = raw.get(self.field)
+        if not isinstance(items, list):
+            raise self._corrupt(f"it has no {self.field!r} list")
+        entries: dict[str, E] = {}
+        for position, item in enumerate(items):
+            try:
+                entry = self.kind.model_validate(item)
+            except ValidationError as exc:
+                problem = exc.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in problem["loc"]) or "entry"
+                raise self._corrupt(f"{self.field}[{position}].{where}: {problem['msg']}") from None
+            entries[item["id"]] = entry
         return entries
+
+    def _corrupt(self, why: str) -> IndexCorrupt:
+        return IndexCorrupt(
+            f"catalog index {self.path} cannot be read: {why}",
+            hint="restart the server: it keeps the damaged file beside the index and starts an "
+            "empty one (files under models/ stay; pull or register them again), or restore "
+            "the file from a backup",
+        )
+
+    def set_aside_if_corrupt(self) -> tuple[Path, str] | None:
+        """Rename a damaged index to ``<name>.corrupt-<ms>`` (the caller holds the lock); an
+        index of another schema version is left alone, a newer build may still read it."""
+        try:
+            self.read()
+        except IndexCorrupt as exc:
+            kept = self.path.with_name(f"{self.path.name}.corrupt-{now_ms()}")
+            os.replace(self.path, kept)
+            fsync_dir(self.path.parent)
+            self._cache = None
+            return kept, exc.message
+        return None
 
     def write(self, entries: dict[str, E]) -> None:
         items = [entries[key].model_dump(mode="json") for key in sorted(entries)]
@@ -175,15 +239,39 @@ class CatalogStore:
         for directory in (self.models_dir, self.staging_dir, self.trash_dir, self.locks_dir):
             directory.mkdir(parents=True, exist_ok=True)
 
+    def recover(self) -> builtins.list[tuple[Path, str]]:
+        """Set aside a model index that cannot be read, so the catalog starts with an empty
+        one instead of failing each request; returns where the damaged copy went, and why.
+
+        engines.json is left alone: the engine provisioner keeps its own index in that file.
+        """
+        with self._locked():
+            kept = self._models.set_aside_if_corrupt()
+        return [kept] if kept is not None else []
+
+    def empty_trash(self) -> int:
+        """Remove what deletes interrupted (killed between moving a model's files aside and
+        removing them) left in ``.trash``; returns how many were removed."""
+        with self._locked():
+            leftovers = list(self.trash_dir.iterdir()) if self.trash_dir.is_dir() else []
+            for leftover in leftovers:
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+        return len(leftovers)
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".lock").open("a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        """The writers' lock; every read-modify-write of an index runs inside it."""
+        with writing(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
+            with (self.root / ".lock").open("a+b") as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     # -- models -------------------------------------------------------------------------------
 
@@ -233,13 +321,20 @@ class CatalogStore:
             if entry.managed and inside(self.models_dir, local) and local.exists():
                 # Move the artifacts aside first so the index never names half-deleted files.
                 trash = self.trash_dir / f"{local.name}.{uuid.uuid4().hex[:8]}"
+                artifacts = self._artifact_dir(local)
                 try:
                     self.trash_dir.mkdir(parents=True, exist_ok=True)
-                    os.replace(self._artifact_dir(local), trash)
+                    os.replace(artifacts, trash)
                 except OSError as exc:
                     problem = f"could not move {local} aside: {exc.strerror or exc}"
                     trash = None
-            self._models.write(entries)
+            try:
+                self._models.write(entries)
+            except OSError:
+                # The entry stays, so its files go back where it says they are.
+                if trash is not None:
+                    os.replace(trash, artifacts)
+                raise
         if trash is not None:
             try:
                 shutil.rmtree(trash)

@@ -55,14 +55,20 @@ def sha256_file(
     digest = hashlib.sha256()
     buffer = bytearray(chunk_bytes)
     view = memoryview(buffer)
-    with path.open("rb", buffering=0) as handle:
-        while count := handle.readinto(view):
-            if stop is not None and stop.is_set():
-                raise ServerStopping(
-                    f"the server is stopping; hashing {path} was cut short",
-                    hint="send the request again once the server is back",
-                )
-            digest.update(view[:count])
+    try:
+        with path.open("rb", buffering=0) as handle:
+            while count := handle.readinto(view):
+                if stop is not None and stop.is_set():
+                    raise ServerStopping(
+                        f"the server is stopping; hashing {path} was cut short",
+                        hint="send the request again once the server is back",
+                    )
+                digest.update(view[:count])
+    except OSError as exc:
+        # A failed read names no file of its own; the caller's message names this one.
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
     return Digest("sha256", digest.hexdigest())
 
 

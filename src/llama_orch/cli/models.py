@@ -152,8 +152,9 @@ def _target(ctx: click.Context) -> Target:
 
 
 class _CatalogGroup(click.Group):
-    """The on-disk catalog's file errors (a root that cannot be written, a full disk) end the
-    command with what failed, not a traceback."""
+    """The on-disk catalog's errors (a --config that is not valid, an index that cannot be
+    read, a root that cannot be written, a full disk) end the command with what failed, not
+    a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -166,6 +167,8 @@ class _CatalogGroup(click.Group):
         except ConfigError as exc:
             click.echo(f"llorch: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
+        except OrchError as exc:
+            _fail(exc.message, exc.hint)
         except OSError as exc:
             where = f" {exc.filename}:" if exc.filename else ""
             _fail(

@@ -373,7 +373,7 @@ def _completion_route(
                 "401": _error("Missing or bad bearer token (task API envelope)"),
                 "404": _error("Unknown model (code model_not_found)"),
                 "413": _error(
-                    "invalid_request_error: the body is past what server.max_prompt_bytes allows"
+                    "invalid_request_error: a body past what server.max_prompt_bytes allows"
                 ),
                 "429": _error(
                     "rate_limit_error: a full queue or a rate limit",
@@ -455,9 +455,9 @@ def openai_document() -> dict[str, Any]:
                         },
                     },
                     "404": _error("Unknown model (code model_not_found)"),
-                "413": _error(
-                    "invalid_request_error: the body is past what server.max_prompt_bytes allows"
-                ),
+                    "413": _error(
+                        "invalid_request_error: a body past what server.max_prompt_bytes allows"
+                    ),
                 },
             }
         },

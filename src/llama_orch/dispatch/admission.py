@@ -40,6 +40,7 @@ from llama_orch.errors import (
     OrchError,
     PoolUnavailable,
     PoolUnready,
+    ServerStopping,
 )
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
@@ -169,6 +170,11 @@ class Admission:
 
     def _check_new(self, request: TaskRequest, now: float) -> None:
         """A new task id, room to track it, and a deadline that can be met at all."""
+        if self._dispatcher.stopping:
+            raise ServerStopping(
+                "the server is stopping and takes no new tasks",
+                hint="send the task again once the server is back, or to another server",
+            )
         tasks = self._dispatcher.tasks
         task_id = str(request.task_id)
         if task_id in tasks:

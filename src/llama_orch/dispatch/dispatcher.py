@@ -79,6 +79,8 @@ class Dispatcher:
             max_bytes=server.transcript_max_bytes,
             max_tasks=server.max_tracked_tasks,
         )
+        #: Set by ``shutdown``: the server is stopping and admits nothing more.
+        self.stopping = False
         self.sessions = SessionStore(session_rules(config.sessions))
         self.lanes = {pool_id: PoolLane(pool) for pool_id, pool in pools.pools.items()}
         #: The start-deadline timer of every queued task.
@@ -120,7 +122,9 @@ class Dispatcher:
             self._supervisor.loop(f"dispatch-{pool_id}", _loop_of(self._pool_loop, lane))
 
     def shutdown(self) -> None:
-        """End every live task (``end`` with ``canceled: true``), so every stream closes."""
+        """End every live task (``end`` with ``canceled: true``), so every stream closes; from
+        now on admission refuses new tasks (one admitted later would hold the exit)."""
+        self.stopping = True
         for task in self.tasks.live_tasks():
             self.cancel(task.id, reason="shutdown")
 

@@ -32,7 +32,14 @@ from llama_orch.catalog.refs import (
     parse_ref,
     ref_id,
 )
-from llama_orch.catalog.store import CatalogStore, DeleteOutcome, check_tree, fsync_dir, now_ms
+from llama_orch.catalog.store import (
+    CatalogStore,
+    DeleteOutcome,
+    check_tree,
+    fsync_dir,
+    now_ms,
+    writing,
+)
 from llama_orch.catalog.verify import (
     Digest,
     VerifyResult,
@@ -141,8 +148,10 @@ class ModelProvisioner:
         with self._flights_lock:
             lock = self._flights.setdefault(model_id, threading.Lock())
         with lock:
-            self.store.ensure_layout()
-            with self.store.lock_path(model_id).open("a+b") as handle:
+            with writing(self.store.root):
+                self.store.ensure_layout()
+                handle = self.store.lock_path(model_id).open("a+b")
+            with handle:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
                 try:
                     yield
@@ -180,7 +189,28 @@ class ModelProvisioner:
         fetched = fetcher.fetch(ref, stage, progress)
         if not local_file:
             check_tree(stage)
-        result, digest, files = self._verify(fetched, model_id, expected)
+        # Local bytes are hashed where they lie, and someone may still be writing them.
+        before = _signature(fetched.path) if local_file else None
+        try:
+            result, digest, files = self._verify(fetched, model_id, expected)
+        except OrchError:
+            raise
+        except OSError as exc:
+            if not local_file:
+                raise
+            # Local bytes are the caller's to point at: one the server cannot read is theirs
+            # to fix (permissions, a device or kernel file inside a model directory).
+            raise InvalidParams(
+                f"{exc.filename or fetched.path} cannot be read: {exc.strerror or exc}",
+                hint="name a model whose files the server's user can read",
+            ) from exc
+        if before is not None and _signature(fetched.path) != before:
+            raise Conflict(
+                f"{fetched.path} changed while it was hashed, so its digest would name bytes "
+                "that never existed whole; nothing was registered",
+                hint="register it once it is completely written (a copy or download in "
+                "progress), or write it elsewhere and move it into place",
+            )
         decision = self.trust.decide(result, model_id)
         self._count(decision.result, decision.reason)
         if decision.result is VerifyResult.WARN:
@@ -322,12 +352,18 @@ class ModelProvisioner:
         self._pull_digest[model_id] = expected
 
         def run() -> None:
+            # ensure_present records a pull it runs on a progress of its own; this one ends
+            # here too, for when it found the model already present (or failed before).
             try:
                 self.ensure_present(ref, expected)
-            except OrchError:
-                pass  # recorded on the pull's progress by ensure_present
+            except OrchError as exc:
+                if progress.state is PullState.RUNNING:
+                    progress.finish(PullState.FAILED, exc.envelope())
             except Exception as exc:
                 progress.finish(PullState.FAILED, {"code": "INTERNAL", "message": repr(exc)})
+            else:
+                if progress.state is PullState.RUNNING:
+                    progress.finish(PullState.DONE)
 
         threading.Thread(target=run, name=f"pull {model_id}", daemon=True).start()
         return progress
@@ -360,7 +396,10 @@ class ModelProvisioner:
         if entry is None:
             raise NotFound(f"model {model_id!r} is not in the catalog; see llorch models ls")
         path = Path(entry.local_path)
-        actual = digest_of(path) if path.exists() else None
+        try:
+            actual = digest_of(path) if path.exists() else None
+        except OSError:  # bytes that can no longer be read fail their verification
+            actual = None
         if entry.digest is None or actual is None:
             result = VerifyResult.FAIL if actual is None else VerifyResult.WARN
         else:
@@ -426,6 +465,20 @@ def _gguf_of(path: Path) -> GgufInfo | None:
             except InvalidParams:
                 return None
     return None
+
+
+def _signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Each file's (path, size, mtime) under ``path``: it differs once anything was written."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    signature = []
+    for each in files:
+        try:
+            stat = each.stat()
+        except FileNotFoundError:  # removed meanwhile: a change like any other
+            signature.append((str(each), -1, -1))
+            continue
+        signature.append((str(each), stat.st_size, stat.st_mtime_ns))
+    return tuple(signature)
 
 
 def _mib(count: int) -> int:

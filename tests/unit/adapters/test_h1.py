@@ -16,7 +16,7 @@ from llama_orch.adapters._base import HttpAdapter
 from llama_orch.adapters._h1 import H1Pool, H1Response
 from llama_orch.adapters._http import build_upstream, map_transport_errors
 from llama_orch.config import HttpConfig
-from llama_orch.errors import DecodeTimeout, WorkerError, WorkerReset
+from llama_orch.errors import DecodeTimeout, WorkerError, WorkerInternal, WorkerReset
 from llama_orch.observability.redaction import Redactor
 from tests.unit.adapters.engine_support import adapter_for, request
 
@@ -352,6 +352,48 @@ class TestFailures:
         assert silent_for >= 0.2
 
 
+class TestHeadLimits:
+    """A head that never ends, or has endless fields, fails instead of filling memory."""
+
+    @staticmethod
+    def endless(line: bytes) -> Answer:
+        async def answer(_: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            w.write(b"HTTP/1.1 200 OK\r\n")
+            with contextlib.suppress(ConnectionError):
+                for _ in range((8 << 20) // len(line)):  # 8 MiB, unless cut off first
+                    w.write(line)
+                    await w.drain()
+            await r.read(1)
+            return False
+
+        return answer
+
+    @pytest.mark.parametrize(
+        "line",
+        [b"x-pad: " + b"z" * 4000 + b"\r\n", b"x-pad: " + b"z" * 4000, b"a: b\r\n"],
+        ids=["long-fields", "one-endless-field", "many-short-fields"],
+    )
+    async def test_an_endless_head_is_worker_reset(self, line: bytes) -> None:
+        async with raw_engine(self.endless(line)) as engine:
+            pool = pool_for(engine)
+            with (
+                pytest.raises(WorkerReset, match="connection broke"),
+                map_transport_errors("vllm", "POST /x", Redactor()),
+            ):
+                await pool.post("/x", b"", {})
+            await engine.disconnected(0)
+            await pool.aclose()
+
+    async def test_a_head_of_many_ordinary_fields_is_read(self) -> None:
+        extra = b"".join(b"x-field-%d: %s\r\n" % (n, b"v" * 100) for n in range(200))
+        async with raw_engine(replies(fixed(b"ok", extra=extra))) as engine:
+            pool = pool_for(engine)
+            response = await pool.post("/x", b"", {})
+            assert b"ok" == await body_of(response)
+            assert "v" * 100 == response.headers["X-Field-199"]
+            await pool.aclose()
+
+
 class TestUpstreamAccounting:
     async def test_in_flight_counts_open_streams(self) -> None:
         """A stream counts from its request until it is closed, through the upstream."""
@@ -386,6 +428,27 @@ class TestThroughTheAdapter:
                 await adapter.aclose()
         assert ["a", "b"] == tokens
         assert ("vllm", True) == (info.value.engine, "connection broke" in info.value.message)
+
+    @pytest.mark.parametrize(
+        "frame",
+        [b'{"choices":"nope"}', b'{"choices":[5]}', b'{"choices":[null]}'],
+        ids=["choices-string", "choice-number", "choice-null"],
+    )
+    async def test_a_frame_of_an_unexpected_shape_is_a_malformed_frame(self, frame: bytes) -> None:
+        """JSON that is not the shape the engine's protocol has fails the stream as a malformed
+        frame naming the engine, after the tokens before it."""
+        body = vllm_frames(b"a") + b"data: " + frame + b"\n\n"
+        async with raw_engine(replies(fixed(body, extra=b"connection: close\r\n"))) as engine:
+            adapter = adapter_for("vllm", f"http://127.0.0.1:{engine.port}", "m")
+            tokens: list[str] = []
+            try:
+                with pytest.raises(WorkerInternal, match="vllm: malformed stream frame") as info:
+                    async for event in adapter.submit(request(max_tokens=8)):
+                        tokens += event.texts if event.kind == "tokens" else []
+            finally:
+                await adapter.aclose()
+        assert ["a"] == tokens
+        assert "unexpected shape" in info.value.message
 
 
 class TestSentAtOnce:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import email.utils
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from llama_orch.adapters._base import quote
+from llama_orch.adapters._errors import RETRY_AFTER_MAX_S, retry_after_ms
+from llama_orch.observability.redaction import Redactor
 from llama_orch.testing.fake_engines import start_fake
 from llama_orch.vocab import DeterminismLevel
 from tests.unit.adapters.engine_support import adapter_for, collect, fake_and_adapter, request
@@ -156,3 +161,41 @@ class TestRoutes:
             record.body["messages"],
         )
         assert 4 == events[-1].data["tokens_out"]
+
+
+class TestRetryAfter:
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            ("7", 7000),
+            (" 30 ", 30_000),
+            ("9" * 5000, RETRY_AFTER_MAX_S * 1000),
+            ("4000000000", RETRY_AFTER_MAX_S * 1000),
+            ("-5", None),
+            ("²", None),
+            ("soon", None),
+            ("Wed, 21 Oct 2015 07:28:00 GMT", 0),
+        ],
+    )
+    def test_engine_retry_after(self, value: str, expected: int | None) -> None:
+        assert expected == retry_after_ms({"retry-after": value})
+
+    def test_an_http_date_counts_from_now(self) -> None:
+        when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=90), True)
+        ms = retry_after_ms({"retry-after": when})
+        assert ms is not None and 80_000 < ms <= 90_000
+
+
+class TestQuote:
+    def test_an_engines_long_text_is_cut_and_marked(self) -> None:
+        quoted = quote("busy " + "x" * 100_000, Redactor())
+        assert quoted.startswith("busy xxx") and quoted.endswith(" [cut]")
+        assert len(quoted) < 400
+
+    def test_a_secret_across_the_cut_is_redacted_whole(self) -> None:
+        secret = "sk-" + "s" * 60
+        quoted = quote("y" * 280 + secret + "z" * 2000, Redactor().with_secret(secret))
+        assert "sss" not in quoted
+
+    def test_short_text_is_only_redacted(self) -> None:
+        assert "model loading" == quote("model loading", Redactor())

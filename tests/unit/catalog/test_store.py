@@ -20,7 +20,8 @@ from llama_orch.catalog import (
     parse_ref,
 )
 from llama_orch.catalog.store import check_tree, safe_join
-from llama_orch.errors import IndexVersionError, InvalidModelRef, NotFound
+from llama_orch.errors import IndexVersionError, InvalidModelRef, NotFound, StorageUnwritable
+from tests.support.disks import filled, small_tmpfs
 
 
 def entry(store: CatalogStore, model_id: str, *, payload: bytes = b"x") -> ModelEntry:
@@ -125,6 +126,19 @@ class TestLifecycle:
             store.models_dir.chmod(0o700)
         assert outcome.found and outcome.problem
         assert store.get("hf:o/m") is None
+
+    def test_a_delete_the_full_disk_refuses_keeps_entry_and_files(self, tmp_path: Path) -> None:
+        """The files are moved aside before the index is written: when the disk then refuses
+        the index write, they go back, so the entry that stays still names its bytes."""
+        with small_tmpfs(tmp_path / "disk") as disk:
+            store = CatalogStore(disk / "catalog")
+            put = store.put(entry(store, "hf:o/m", payload=b"weights"))
+            with filled(disk), pytest.raises(StorageUnwritable) as info:
+                store.delete("hf:o/m")
+            assert "No space left on device" in info.value.message
+            assert put == store.get("hf:o/m")
+            assert b"weights" == Path(put.local_path).read_bytes()
+            assert [] == list(store.trash_dir.iterdir())
 
     def test_delete_reports_unremovable_artifacts(self, tmp_path: Path) -> None:
         """A trash directory that cannot be created is reported; the index stays consistent."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from llama_orch.catalog import CatalogStore, Lifecycle
+from llama_orch.catalog import CatalogStore, Lifecycle, parse_ref
 from llama_orch.catalog.verify import VerifyResult
 from llama_orch.config import Config
 from llama_orch.errors import (
@@ -23,6 +24,7 @@ from llama_orch.provisioners.factory import catalog_root, model_provisioner
 from llama_orch.provisioners.fetch.file import FileFetcher
 from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.policy import OutboundPolicy, TrustPolicy
+from llama_orch.provisioners.progress import PullState
 from tests.support.gguf_files import tiny_llama_gguf
 
 
@@ -39,6 +41,23 @@ class TestFileRefs:
         assert entry.gguf is not None and 2 == entry.gguf.block_count
         assert store.delete(entry.id).found
         assert model.exists()
+
+    def test_a_pull_that_finds_the_model_present_ends_done(
+        self, tmp_path: Path, store: CatalogStore
+    ) -> None:
+        """A background pull whose model turned up meanwhile (another pull of it, a pool
+        starting on it) returned at once but left its progress running for good, so the
+        catalog answered every delete of the model with "being pulled"."""
+        model = tiny_llama_gguf(tmp_path / "m.gguf")
+        prov = file_only(store)
+        prov.ensure_present_str(f"file:{model}")
+        progress = prov.start_pull(parse_ref(f"file:{model}"))
+        ended = threading.Event()
+        for _ in range(1000):  # the pull runs in its own thread; bounded wait for its end
+            if progress.state is not PullState.RUNNING:
+                break
+            ended.wait(0.01)
+        assert PullState.DONE is progress.state
 
     def test_missing_file_is_not_found(self, tmp_path: Path, store: CatalogStore) -> None:
         """A file: ref to nothing is NOT_FOUND naming the path."""

@@ -16,6 +16,7 @@ import pytest
 
 from llama_orch.catalog import CatalogStore
 from llama_orch.errors import DigestMismatch, InvalidModelRef, NotFound
+from llama_orch.provisioners.fetch.base import validator_path
 from llama_orch.provisioners.fetch.oci import OciFetcher
 from llama_orch.provisioners.fetch.s3 import S3Fetcher
 from llama_orch.provisioners.models import ModelProvisioner
@@ -94,6 +95,43 @@ class TestS3:
             store, {"s3": S3Fetcher(endpoint_url=s3_endpoint, client=client)}, outbound=OPEN
         )
         assert "pass" == prov.ensure_present_str("s3://sums/m.bin").verification
+
+    def test_a_leftover_download_longer_than_the_object_is_started_over(
+        self, store: CatalogStore, s3_endpoint: str
+    ) -> None:
+        """Bytes kept from an earlier try of a longer object used to fail every try ("got N
+        of M bytes") and so every pull of the key; the download now starts over."""
+        client = s3_client(s3_endpoint)
+        client.create_bucket(Bucket="shrunk")
+        client.put_object(Bucket="shrunk", Key="m.bin", Body=PAYLOAD)
+        stage = store.staging_for("s3://shrunk/m.bin")
+        stage.mkdir(parents=True)
+        (stage / "m.bin.part").write_bytes(b"x" * (len(PAYLOAD) + 10))
+        prov = ModelProvisioner(
+            store, {"s3": S3Fetcher(endpoint_url=s3_endpoint, client=client)}, outbound=OPEN
+        )
+        digest = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
+        entry = prov.ensure_present_str("s3://shrunk/m.bin", digest)
+        assert PAYLOAD == Path(entry.local_path).read_bytes()
+
+    def test_bytes_of_an_overwritten_object_are_not_resumed_onto(
+        self, store: CatalogStore, s3_endpoint: str
+    ) -> None:
+        """Bytes kept from a try at an object since overwritten (an unversioned bucket) were
+        resumed onto, registering the old head with the new tail. They are resumed only when
+        the object's ETag is the one their try recorded."""
+        client = s3_client(s3_endpoint)
+        client.create_bucket(Bucket="overwritten")
+        client.put_object(Bucket="overwritten", Key="m.bin", Body=PAYLOAD)
+        stage = store.staging_for("s3://overwritten/m.bin")
+        stage.mkdir(parents=True)
+        (stage / "m.bin.part").write_bytes(bytes(reversed(PAYLOAD))[:1000])
+        validator_path(stage / "m.bin").write_text("the-etag-of-the-older-object")
+        prov = ModelProvisioner(
+            store, {"s3": S3Fetcher(endpoint_url=s3_endpoint, client=client)}, outbound=OPEN
+        )
+        entry = prov.ensure_present_str("s3://overwritten/m.bin")
+        assert PAYLOAD == Path(entry.local_path).read_bytes()
 
     def test_missing_object_and_mismatch(self, store, s3_endpoint) -> None:
         """A missing key is NOT_FOUND; a wrong digest registers nothing."""

@@ -54,3 +54,28 @@ def translate_disk_full(exc: OSError, where: Path) -> OSError:
             "the download resumes",
         )
     return exc
+
+
+def validator_path(final: Path) -> Path:
+    """Where a download keeps what the source called the revision its ``.part`` bytes are
+    from (an ETag, or Last-Modified), so a resume never appends to another revision."""
+    return final.with_name(final.name + ".part.validator")
+
+
+def read_validator(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def keep_validator(path: Path, value: str) -> None:
+    """Record ``value`` before the first byte lands, so kept bytes always have one; an empty
+    value means the bytes about to be written cannot be resumed."""
+    try:
+        if value:
+            path.write_text(value, encoding="utf-8")
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise translate_disk_full(exc, path) from exc

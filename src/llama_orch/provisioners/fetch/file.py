@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from llama_orch.catalog.refs import FileRef, ModelRef
@@ -40,17 +41,24 @@ class FileFetcher:
 
 def _check_readable(path: Path) -> None:
     try:
-        with path.open("rb"):
-            pass
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
     except OSError as exc:
         raise InvalidParams(
             f"{path} cannot be read: {exc.strerror or exc}",
             hint="name a file the server's user can read",
         ) from exc
+    if size == 0:
+        # Kernel files (/proc, /sys) stat as empty too: none of them is a model.
+        raise InvalidParams(
+            f"{path} is empty (0 bytes), so there is no model to register",
+            hint="name the model's file; one still being written registers once complete",
+        )
 
 
 def _check_directory(path: Path, most: int) -> None:
     """A readable tree of reasonable size, checked before anything is hashed."""
+    files = 0
     try:
         for count, entry in enumerate(path.rglob("*"), start=1):
             if count > most:
@@ -58,10 +66,15 @@ def _check_directory(path: Path, most: int) -> None:
                     f"{path} holds more than {most} entries, which is not a model directory",
                     hint="name the model's file or the directory that holds its files",
                 )
-            entry.is_file()
+            files += entry.is_file()
     except OSError as exc:
         raise InvalidParams(
             f"{path} cannot be read as a model directory: {exc.strerror or exc} "
             f"({exc.filename or path})",
             hint="name the model's file or a directory the server can read",
         ) from exc
+    if not files:
+        raise InvalidParams(
+            f"{path} holds no regular file, so there is no model to register",
+            hint="name the model's file or the directory that holds its files",
+        )

@@ -11,7 +11,14 @@ import httpx
 
 from llama_orch.catalog.refs import ModelRef, UrlRef, safe_relative
 from llama_orch.errors import FetchFailed, NotFound
-from llama_orch.provisioners.fetch.base import Fetched, OpenPart, open_part
+from llama_orch.provisioners.fetch.base import (
+    Fetched,
+    OpenPart,
+    keep_validator,
+    open_part,
+    read_validator,
+    validator_path,
+)
 from llama_orch.provisioners.fetch.resume import Body, Transient, download
 from llama_orch.provisioners.progress import PullProgress
 
@@ -42,6 +49,7 @@ class HttpsFetcher:
         assert isinstance(ref, UrlRef)
         name = urlsplit(ref.url).path.rstrip("/").rsplit("/", 1)[-1] or "download"
         final = stage / safe_relative(name, ref.url)
+        validator = validator_path(final)
         etag: dict[str, str] = {}
         with httpx.Client(
             verify=self.verify, follow_redirects=True, timeout=self.timeout_s
@@ -49,8 +57,12 @@ class HttpsFetcher:
 
             def open_body(offset: int) -> Body:
                 headers = {"Accept-Encoding": "identity"}
-                if offset:
+                kept = read_validator(validator) if offset else None
+                if kept is None:
+                    offset = 0  # bytes of an unknown revision are never resumed onto
+                else:
                     headers["Range"] = f"bytes={offset}-"
+                    headers["If-Range"] = kept
                 try:
                     response = client.send(
                         client.build_request("GET", ref.url, headers=headers), stream=True
@@ -60,6 +72,11 @@ class HttpsFetcher:
                 if response.status_code == 404:
                     response.close()
                     raise NotFound(f"{ref.url} answered 404; check the URL")
+                if response.status_code == 416 and offset:
+                    # The bytes kept from an earlier try reach past the end: the file changed
+                    # (or the try ended just before its rename). Start over from byte 0.
+                    response.close()
+                    return open_body(0)
                 if response.status_code >= 500 or response.status_code in (408, 429):
                     response.close()
                     raise Transient(f"HTTP {response.status_code}")
@@ -69,6 +86,16 @@ class HttpsFetcher:
                 if "etag" in response.headers:
                     etag["etag"] = response.headers["etag"].strip('"')
                 resumed = response.status_code == 206
+                if not resumed:
+                    # Recorded before the first byte lands, so kept bytes always have one.
+                    try:
+                        value = response.headers.get("etag", "")
+                        if not value or value.startswith("W/"):  # If-Range takes strong ones
+                            value = response.headers.get("last-modified", "")
+                        keep_validator(validator, value)
+                    except OSError:
+                        response.close()
+                        raise
                 length = response.headers.get("content-length")
                 total = None if length is None else int(length) + (offset if resumed else 0)
                 return Body(total, resumed, _chunks(response), response.close)

@@ -13,7 +13,14 @@ from urllib.parse import urlsplit
 
 from llama_orch.catalog.refs import ModelRef, S3Ref
 from llama_orch.errors import FetchFailed, NotFound
-from llama_orch.provisioners.fetch.base import Fetched, OpenPart, open_part
+from llama_orch.provisioners.fetch.base import (
+    Fetched,
+    OpenPart,
+    keep_validator,
+    open_part,
+    read_validator,
+    validator_path,
+)
 from llama_orch.provisioners.fetch.resume import Body, Transient, download
 from llama_orch.provisioners.progress import PullProgress
 
@@ -66,13 +73,24 @@ class S3Fetcher:
             raise FetchFailed(f"s3://{ref.bucket}/{ref.key}: {exc}") from exc
         version = head.get("VersionId")
         size = int(head["ContentLength"])
+        final = stage / ref.key.rsplit("/", 1)[-1]
+        validator = validator_path(final)
+        revision = str(version or head.get("ETag", "")).strip('"')
+        # Kept bytes are resumed onto only if they are of this very object: an unversioned
+        # key may have been overwritten since they were fetched.
+        stale = read_validator(validator) != revision
+        keep_validator(validator, revision)
 
         def open_body(offset: int) -> Body:
+            nonlocal stale
             args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
             if version:
                 args["VersionId"] = version
+            if offset > size or stale:
+                offset = 0  # kept from another object, or a longer one: start over
+            stale = False  # what later tries of this fetch resume from is this object's
             if offset:
-                if offset >= size:
+                if offset == size:
                     return Body(size, True, iter(()), lambda: None)
                 args["Range"] = f"bytes={offset}-"
             try:
@@ -82,7 +100,6 @@ class S3Fetcher:
             stream = response["Body"]
             return Body(size, bool(offset), _chunks(stream), stream.close)
 
-        final = stage / ref.key.rsplit("/", 1)[-1]
         sha = download(final, open_body, progress, opener=self.opener)
         source = {"etag": str(head.get("ETag", "")).strip('"')}
         if version:

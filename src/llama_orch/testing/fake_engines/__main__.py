@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from llama_orch.testing.fake_engines import FAKES, Behaviour
 
@@ -33,6 +33,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--slots", type=int, default=None, help="llamacpp: parallel slots")
     parser.add_argument("--api-key", default=None, help="openai: the bearer key to require")
+    parser.add_argument(
+        "--timings",
+        default=None,
+        help="append one JSON line per finished stream to this file: when its request was "
+        "read and when its first token was sent (CLOCK_MONOTONIC ns), and its body",
+    )
     parser.add_argument("--embeddings", action="store_true", help="llamacpp: serve /v1/embeddings")
     parser.add_argument(
         "--reranking", action="store_true", help="llamacpp: serve /v1/rerank (and embeddings)"
@@ -40,7 +46,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace, timings: TextIO | None = None) -> None:
     options: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
@@ -61,6 +67,7 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with FAKES[args.kind](**options) as fake:
+        fake.timings = timings
         print(fake.url, flush=True)
         await stop.wait()
 
@@ -72,7 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         runner = uvloop.run
-    runner(serve(args))
+    with contextlib.ExitStack() as files:
+        # Line-buffered: one short write per finished stream, readable while the fake runs.
+        timings = (
+            files.enter_context(open(args.timings, "a", encoding="utf-8", buffering=1))
+            if args.timings
+            else None
+        )
+        runner(serve(args, timings))
     return 0
 
 

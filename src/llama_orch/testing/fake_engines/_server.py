@@ -22,8 +22,9 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
+import orjson
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
@@ -73,6 +74,10 @@ class RequestRecord:
     completed: bool = False
     closed_early: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: CLOCK_MONOTONIC (system-wide, so comparable with a client's clock): when the handler
+    #: had the request, and when the first token's frame was handed to the server.
+    received_ns: int = field(default_factory=time.monotonic_ns)
+    first_sent_ns: int | None = None
 
 
 class _AbortConnection(Exception):
@@ -108,6 +113,9 @@ class FakeEngine:
         self.started_at = time.time()
         #: Streams in flight (for "processing" gauges and concurrency limits).
         self.active = 0
+        #: Where each finished stream's timing goes, one JSON line (``--timings``): lets a
+        #: benchmark split a client's time to first token into the engine's part and the rest.
+        self.timings: TextIO | None = None
 
     # -- subclass surface ----------------------------------------------------------------------
 
@@ -295,6 +303,14 @@ class EventStream:
             if self.on_done is not None:
                 self.on_done()
             record.done.set()
+            timings = self.fake.timings
+            if timings is not None and record.first_sent_ns is not None:
+                line = {
+                    "received_ns": record.received_ns,
+                    "first_ns": record.first_sent_ns,
+                    "body": record.body,
+                }
+                timings.write(orjson.dumps(line).decode() + "\n")
 
     async def _listen(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -340,6 +356,8 @@ class EventStream:
                     if not first and interval:
                         await asyncio.sleep(interval)
                     await _send_body(send, frame)
+                if first:
+                    self.record.first_sent_ns = time.monotonic_ns()
                 first = False
         except _AbortConnection:
             if batch:  # what was "generated" before the drop still reaches the client
