@@ -241,6 +241,23 @@ class TestOptionPlacement:
             )
             assert 0 == code and "draining=True" in out, err
 
+    async def test_an_id_stays_one_path_segment(self, tmp_path: Path) -> None:
+        """An id typed with `..`, `/` or `?` names that id, never another endpoint: before,
+        `llorch artifacts get ../status` printed GET /v1/status."""
+        model = tmp_path / "weights.bin"
+        model.write_bytes(b"simulated weights")
+        config = config_of(mock_pool("p0"), catalog={"root": str(tmp_path / "served")})
+        async with running_server(config) as srv:
+            code, out, err = await run("artifacts", "get", "../status", "--url", srv.url)
+            assert (1, "") == (code, out) and "HTTP 404" in err
+            code, _, err = await run("cancel", "..", "--url", srv.url)
+            assert 2 == code and "'..' is not an id" in err
+            # A model id holds ':' and '/' and still names its model.
+            code, _, err = await run("models", "--url", srv.url, "pull", f"file:{model}")
+            assert 0 == code, err
+            code, out, err = await run("models", "--url", srv.url, "show", f"file:{model}")
+            assert 0 == code and f'"id": "file:{model}"' in out, err
+
 
 class TestInterrupt:
     async def test_ctrl_c_mid_stream_cancels_the_task(self) -> None:

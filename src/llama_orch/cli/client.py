@@ -7,6 +7,7 @@ import sys
 import uuid
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import click
 import httpx
@@ -45,6 +46,14 @@ class Utf8Text(click.ParamType[str]):
 
 
 TEXT = Utf8Text()
+
+
+def segment(value: str) -> str:
+    """``value`` (an id typed by the operator) as one URL path segment: ``/``, ``?``, ``#``
+    and ``%`` escaped, so `../status` or `x?y` names that id and not another endpoint."""
+    if value in (".", ".."):
+        raise click.UsageError(f"{value!r} is not an id")
+    return quote(value, safe="")
 
 
 def server_url(url: str, given_as: str) -> str:
@@ -230,7 +239,7 @@ def _stream(client: OrchClient, task_id: str) -> int:
 
 def cancel(client: OrchClient, task_id: str) -> int:
     try:
-        response = client.http.post(f"/v1/tasks/{task_id}/cancel")
+        response = client.http.post(f"/v1/tasks/{segment(task_id)}/cancel")
     except httpx.TransportError as exc:
         click.echo(f"llorch: cannot reach {client.url}: {exc}", err=True)
         return EXIT_UNREACHABLE

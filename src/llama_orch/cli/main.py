@@ -354,7 +354,7 @@ def pools_drain(
 ) -> None:
     """Drain POOL_ID: refuse new tasks, end queued ones, stop in-flight ones at the deadline."""
     with _client(url or obj[0], token_file or obj[1]) as client:
-        path = f"/v1/pools/{pool_id}/drain"
+        path = f"/v1/pools/{client_mod.segment(pool_id)}/drain"
         pools_mod.run(pools_mod.post, client, path, {"deadline_ms": deadline_ms})
 
 
@@ -373,7 +373,7 @@ def pools_reload(
 ) -> None:
     """Reload POOL_ID with MODEL_REF; `llorch pools` shows the outcome."""
     with _client(url or obj[0], token_file or obj[1]) as client:
-        path = f"/v1/pools/{pool_id}/reload"
+        path = f"/v1/pools/{client_mod.segment(pool_id)}/reload"
         pools_mod.run(pools_mod.post, client, path, {"new_model_ref": model_ref})
 
 

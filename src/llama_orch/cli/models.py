@@ -19,7 +19,7 @@ from typing import Any
 import click
 import httpx
 
-from llama_orch.cli.client import EXIT_UNREACHABLE, TEXT, NotOrchAnswer, http_client
+from llama_orch.cli.client import EXIT_UNREACHABLE, TEXT, NotOrchAnswer, http_client, segment
 from llama_orch.errors import ConfigError, OrchError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -351,16 +351,13 @@ def _one(ctx: click.Context, model_id: str, action: str) -> None:
     target = _target(ctx)
     if target.http is not None:
         http = target.http
+        path = f"/v1/catalog/models/{segment(model_id)}"
         calls: dict[str, Callable[[], httpx.Response]] = {
-            "show": lambda: http.get(f"/v1/catalog/models/{model_id}"),
-            "verify": lambda: http.post(f"/v1/catalog/models/{model_id}/verify"),
-            "retire": lambda: http.post(
-                f"/v1/catalog/models/{model_id}/state", json={"state": "Retired"}
-            ),
-            "activate": lambda: http.post(
-                f"/v1/catalog/models/{model_id}/state", json={"state": "Active"}
-            ),
-            "rm": lambda: http.delete(f"/v1/catalog/models/{model_id}"),
+            "show": lambda: http.get(path),
+            "verify": lambda: http.post(f"{path}/verify"),
+            "retire": lambda: http.post(f"{path}/state", json={"state": "Retired"}),
+            "activate": lambda: http.post(f"{path}/state", json={"state": "Active"}),
+            "rm": lambda: http.delete(path),
         }
         response = calls[action]()
         if response.status_code >= 400:
