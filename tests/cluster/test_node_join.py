@@ -90,6 +90,23 @@ class TestNodeJoin:
         assert 1 == code and f"cannot reach the head at {head}" in err
         assert "Traceback" not in err
 
+    async def test_a_head_that_is_not_host_port_is_a_usage_error(self, tmp_path: Path) -> None:
+        """`--head garbage` is refused as a usage error (exit 2) before anything is tried."""
+        code, _, err = await run(
+            "node", "join", "--head", "gpu-a", "--token-file", str(_token(tmp_path)), "--gpus", "1"
+        )
+        assert 2 == code
+        assert "Invalid value for '--head': expected host:port" in err
+
+    async def test_an_ipv6_head_is_dialled_without_its_brackets(self, tmp_path: Path) -> None:
+        """`--head [::1]:PORT` reaches ::1 (refused there), not a DNS lookup of "[::1]"."""
+        head = f"[::1]:{_closed_port()}"
+        code, _, err = await run(
+            "node", "join", "--head", head, "--token-file", str(_token(tmp_path)), "--gpus", "1"
+        )
+        assert 1 == code and f"cannot reach the head at {head}" in err
+        assert "Name or service not known" not in err and "Traceback" not in err
+
 
 def test_a_version_mismatch_names_both_versions() -> None:
     here = versions()

@@ -52,8 +52,12 @@ def read_gguf(path: Path) -> GgufInfo:
 
     try:
         reader = gguf.GGUFReader(str(path), "r")
-    except (ValueError, OSError) as exc:
-        raise InvalidParams(f"{path.name} is not a readable GGUF file: {exc}") from exc
+    # A truncated or corrupt file fails inside the reader's table walk in any of these ways
+    # (an index past the end, an unknown type, a name that is not UTF-8, a count too large).
+    except (ValueError, OSError, IndexError, KeyError, OverflowError, MemoryError) as exc:
+        raise InvalidParams(
+            f"{path.name} is not a readable GGUF file: {type(exc).__name__}: {exc}"
+        ) from exc
     fields = reader.fields
     arch = _scalar(fields, "general.architecture")
     prefix = f"{arch}." if isinstance(arch, str) else ""

@@ -10,7 +10,14 @@ from typing import Any
 import click
 import httpx
 
-from llama_orch.cli.client import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, OrchClient, fail
+from llama_orch.cli.client import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    OrchClient,
+    fail,
+    segment,
+)
 
 
 def _guarded(client: OrchClient, call: Callable[[], int]) -> int:
@@ -25,7 +32,7 @@ def get(client: OrchClient, artifact_id: str, *, transcript: bool) -> int:
     """Print the artifact as JSON, or with ``transcript`` a trace's SSE text as streamed."""
 
     def call() -> int:
-        response = client.http.get(f"/v1/artifacts/{artifact_id}")
+        response = client.http.get(f"/v1/artifacts/{segment(artifact_id)}")
         if response.status_code != 200:
             return fail(response)
         body: dict[str, Any] = response.json()

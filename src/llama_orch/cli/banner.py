@@ -23,9 +23,12 @@ def console_url(settings: Settings) -> str:
     host = settings.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{settings.port}/"
+    return f"{scheme}://{url_host(host)}:{settings.port}/"
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def start_banner(

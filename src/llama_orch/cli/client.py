@@ -7,29 +7,112 @@ import sys
 import uuid
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import click
 import httpx
 from httpx_sse import connect_sse
 
+from llama_orch.config import check_http_url
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
+
+
+class Utf8Text(click.ParamType[str]):
+    """Text that is UTF-8. Bytes that are not (a Latin-1 file passed as "$(cat f)") reach
+    Python as lone surrogates, which no JSON body or URL can carry: refused here, by name."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            byte = (
+                ord(text[exc.start]) - 0xDC00 if 0xDC80 <= ord(text[exc.start]) <= 0xDCFF else None
+            )
+            which = f"byte 0x{byte:02x}" if byte is not None else "a lone surrogate"
+            self.fail(
+                f"not UTF-8 text ({which} at character {exc.start}); convert it to UTF-8 "
+                "(e.g. with iconv)",
+                param,
+                ctx,
+            )
+        return text
+
+
+TEXT = Utf8Text()
+
+
+def segment(value: str) -> str:
+    """``value`` (an id typed by the operator) as one URL path segment: ``/``, ``?``, ``#``
+    and ``%`` escaped, so `../status` or `x?y` names that id and not another endpoint."""
+    if value in (".", ".."):
+        raise click.UsageError(f"{value!r} is not an id")
+    return quote(value, safe="")
+
+
+def server_url(url: str, given_as: str) -> str:
+    """``url`` when it names a server (http or https, a host, a valid port); else a usage error
+    naming where it came from, rather than a request that fails as if the server were down."""
+    try:
+        return check_http_url(url)
+    except ValueError as exc:
+        raise click.UsageError(f"{given_as}: {exc}; e.g. http://127.0.0.1:8080") from exc
+
+
+class NotOrchAnswer(Exception):
+    """An answer without the X-Correlation-Id llama-orch puts on every answer with a body:
+    the URL reaches another server (an engine's port, a web server, a proxy whose upstream is
+    down)."""
+
+
+def _llama_orch_only(response: httpx.Response) -> None:
+    # A 204 carries nothing to parse (and llama-orch sends it without the header).
+    if response.status_code != 204 and "x-correlation-id" not in response.headers:
+        kind = response.headers.get("content-type", "no content type").split(";")[0]
+        raise NotOrchAnswer(
+            f"{response.request.url.copy_with(query=None)} answered HTTP "
+            f"{response.status_code} ({kind}), which is not an answer from llama-orch; is "
+            "--url (or LLORCH_URL) the server's address and port, and is the server up behind "
+            "any proxy?"
+        )
+
+
+def http_client(url: str, token: str | None, timeout: httpx.Timeout | float) -> httpx.Client:
+    """The HTTP client of every command that talks to the server: the bearer token, and
+    answers from anything but llama-orch refused (NotOrchAnswer) before they are parsed."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(
+        base_url=url.rstrip("/"),
+        headers=headers,
+        timeout=timeout,
+        event_hooks={"response": [_llama_orch_only]},
+    )
 
 
 class OrchClient:
     def __init__(self, url: str, token: str | None) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
-        self.http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=httpx.Timeout(10.0, read=None)
-        )
+        self.http = http_client(url, token, httpx.Timeout(10.0, read=None))
 
     def __enter__(self) -> OrchClient:
         return self
 
-    def __exit__(self, *exc: object | TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.http.close()
+        if isinstance(exc, NotOrchAnswer):
+            click.echo(f"llorch: {exc}", err=True)
+            raise SystemExit(EXIT_UNREACHABLE) from None
 
 
 def fail(response: httpx.Response) -> int:
@@ -105,10 +188,28 @@ def submit_and_stream(client: OrchClient, prompt: str, options: dict[str, Any]) 
             f"{admitted['queue_position']}, predicted start in {admitted['predicted_start_ms']} ms",
             err=True,
         )
-        return _stream(client, admitted["task_id"])
+        return _stream_until_interrupted(client, admitted["task_id"])
     except httpx.TransportError as exc:
         click.echo(f"llorch: cannot reach {client.url}: {exc}; is `make run` up?", err=True)
         return EXIT_UNREACHABLE
+
+
+def _stream_until_interrupted(client: OrchClient, task_id: str) -> int:
+    """Ctrl-C cancels the task outright (the server keeps a task whose stream closes when
+    server.sse.cancel_on_disconnect is off) and says so, instead of click's bare "Aborted!"."""
+    try:
+        return _stream(client, task_id)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        try:
+            answer = client.http.post(f"/v1/tasks/{task_id}/cancel", timeout=5.0)
+            outcome = (
+                "canceled" if answer.status_code == 204 else f"cancel: HTTP {answer.status_code}"
+            )
+        except (httpx.HTTPError, NotOrchAnswer) as exc:
+            outcome = f"could not cancel it ({exc}); run `llorch cancel {task_id}`"
+        click.echo(f"llorch: interrupted; task {task_id} {outcome}", err=True)
+        return EXIT_INTERRUPTED
 
 
 def _stream(client: OrchClient, task_id: str) -> int:
@@ -138,7 +239,7 @@ def _stream(client: OrchClient, task_id: str) -> int:
 
 def cancel(client: OrchClient, task_id: str) -> int:
     try:
-        response = client.http.post(f"/v1/tasks/{task_id}/cancel")
+        response = client.http.post(f"/v1/tasks/{segment(task_id)}/cancel")
     except httpx.TransportError as exc:
         click.echo(f"llorch: cannot reach {client.url}: {exc}", err=True)
         return EXIT_UNREACHABLE

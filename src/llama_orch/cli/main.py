@@ -154,25 +154,38 @@ def contracts_write(root: str) -> None:
 
 def client_token(token_file: str | None, environ: Mapping[str, str]) -> str | None:
     """The bearer token to send: --token-file, else LLORCH_TOKEN, else LLORCH_TOKEN_FILE."""
+    from llama_orch.config import bearer_token_problem, read_token_file
+
     if token_file is None:
         inline = environ.get("LLORCH_TOKEN", "").strip()
+        problem = bearer_token_problem(inline) if inline else None
+        if problem:
+            raise click.UsageError(f"LLORCH_TOKEN {problem}")
         if inline:
             return inline
         token_file = environ.get("LLORCH_TOKEN_FILE") or None
     if token_file is None:
         return None
     try:
-        value = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
+        return read_token_file(token_file)
     except OSError as exc:
         raise click.UsageError(f"cannot read token file {token_file}: {exc.strerror}") from exc
-    if not value:
-        raise click.UsageError(f"token file {token_file} is empty")
-    return value
+    except ValueError as exc:
+        raise click.UsageError(f"token file {token_file} {exc}") from exc
 
 
 def _client(url: str | None, token_file: str | None) -> client_mod.OrchClient:
     token = client_token(token_file, os.environ)
-    return client_mod.OrchClient(url or os.environ.get("LLORCH_URL") or DEFAULT_URL, token)
+    return client_mod.OrchClient(resolve_url(url, os.environ), token)
+
+
+def resolve_url(url: str | None, environ: Mapping[str, str]) -> str:
+    """--url, else LLORCH_URL, else the default; checked to be a server URL."""
+    if url:
+        return client_mod.server_url(url, "--url")
+    if environ.get("LLORCH_URL"):
+        return client_mod.server_url(environ["LLORCH_URL"], "LLORCH_URL")
+    return DEFAULT_URL
 
 
 _url_option = click.option(
@@ -187,16 +200,22 @@ _token_option = click.option(
 
 
 @cli.command()
-@click.argument("prompt")
-@click.option("--pool", default=None, help="Pick the engine and model of this pool.")
-@click.option("--engine", default=None, help="Engine (mock, llamacpp, vllm, ...).")
-@click.option("--model", default=None, help="model_ref the pool serves.")
+@click.argument("prompt", type=client_mod.TEXT)
+@click.option(
+    "--pool", default=None, type=client_mod.TEXT, help="Pick the engine and model of this pool."
+)
+@click.option(
+    "--engine", default=None, type=client_mod.TEXT, help="Engine (mock, llamacpp, vllm, ...)."
+)
+@click.option("--model", default=None, type=client_mod.TEXT, help="model_ref the pool serves.")
 @click.option("--priority", type=click.Choice(["interactive", "batch"]), default="interactive")
 @click.option("--seed", type=int, default=None)
 @click.option("--max-tokens", type=int, default=64, show_default=True)
 @click.option("--ctx", type=int, default=None, help="Context to ask for (default: pool limit).")
 @click.option("--deadline-ms", type=int, default=600_000, show_default=True)
-@click.option("--session", default=None, help="Session UUID (default: a new one).")
+@click.option(
+    "--session", default=None, type=client_mod.TEXT, help="Session UUID (default: a new one)."
+)
 @_url_option
 @_token_option
 def submit(prompt: str, url: str | None, token_file: str | None, **options: Any) -> None:
@@ -206,7 +225,7 @@ def submit(prompt: str, url: str | None, token_file: str | None, **options: Any)
 
 
 @cli.command()
-@click.argument("task_id")
+@click.argument("task_id", type=client_mod.TEXT)
 @_url_option
 @_token_option
 def cancel(task_id: str, url: str | None, token_file: str | None) -> None:
@@ -247,7 +266,7 @@ def artifacts() -> None:
 
 
 @artifacts.command("get")
-@click.argument("artifact_id")
+@click.argument("artifact_id", type=client_mod.TEXT)
 @click.option("--transcript", is_flag=True, help="Print a trace's SSE transcript as streamed.")
 @_url_option
 @_token_option
@@ -262,9 +281,16 @@ def artifacts_get(
 
 
 @artifacts.command("ls")
-@click.option("--tag", default=None, help="Only artifacts with this tag (e.g. task:<id>).")
+@click.option(
+    "--tag",
+    default=None,
+    type=client_mod.TEXT,
+    help="Only artifacts with this tag (e.g. task:<id>).",
+)
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
-@click.option("--after", default=None, help="Start after this artifact id (paging).")
+@click.option(
+    "--after", default=None, type=client_mod.TEXT, help="Start after this artifact id (paging)."
+)
 @click.option("--all", "every", is_flag=True, help="Follow every page.")
 @_url_option
 @_token_option
@@ -314,29 +340,45 @@ def pools(ctx: click.Context, url: str | None, token_file: str | None) -> None:
 
 
 @pools.command("drain")
-@click.argument("pool_id")
+@click.argument("pool_id", type=client_mod.TEXT)
 @click.option("--deadline-ms", type=int, default=30_000, show_default=True)
+@_url_option
+@_token_option
 @click.pass_obj
-def pools_drain(obj: tuple[str | None, str | None], pool_id: str, deadline_ms: int) -> None:
+def pools_drain(
+    obj: tuple[str | None, str | None],
+    pool_id: str,
+    deadline_ms: int,
+    url: str | None,
+    token_file: str | None,
+) -> None:
     """Drain POOL_ID: refuse new tasks, end queued ones, stop in-flight ones at the deadline."""
-    with _client(*obj) as client:
-        path = f"/v1/pools/{pool_id}/drain"
+    with _client(url or obj[0], token_file or obj[1]) as client:
+        path = f"/v1/pools/{client_mod.segment(pool_id)}/drain"
         pools_mod.run(pools_mod.post, client, path, {"deadline_ms": deadline_ms})
 
 
 @pools.command("reload")
-@click.argument("pool_id")
-@click.argument("model_ref")
+@click.argument("pool_id", type=client_mod.TEXT)
+@click.argument("model_ref", type=client_mod.TEXT)
+@_url_option
+@_token_option
 @click.pass_obj
-def pools_reload(obj: tuple[str | None, str | None], pool_id: str, model_ref: str) -> None:
+def pools_reload(
+    obj: tuple[str | None, str | None],
+    pool_id: str,
+    model_ref: str,
+    url: str | None,
+    token_file: str | None,
+) -> None:
     """Reload POOL_ID with MODEL_REF; `llorch pools` shows the outcome."""
-    with _client(*obj) as client:
-        path = f"/v1/pools/{pool_id}/reload"
+    with _client(url or obj[0], token_file or obj[1]) as client:
+        path = f"/v1/pools/{client_mod.segment(pool_id)}/reload"
         pools_mod.run(pools_mod.post, client, path, {"new_model_ref": model_ref})
 
 
 @pools.command("plan")
-@click.argument("pool_id")
+@click.argument("pool_id", type=client_mod.TEXT)
 @click.option(
     "--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False)
 )

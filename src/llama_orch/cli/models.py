@@ -19,10 +19,12 @@ from typing import Any
 import click
 import httpx
 
+from llama_orch.cli.client import EXIT_UNREACHABLE, TEXT, NotOrchAnswer, http_client, segment
 from llama_orch.errors import ConfigError, OrchError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_ERROR = 1
+EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -48,14 +50,18 @@ class Target:
         self.config_path = config_path
         self._url, self._token, self._local = url, token, local
 
+    def given_late(self, url: str | None = None, token: str | None = None) -> None:
+        """--url or --token-file given after the subcommand: they win over the group's."""
+        self._url = url or self._url
+        self._token = token or self._token
+
     @functools.cached_property
     def http(self) -> httpx.Client | None:
         """The server's client, or None for the catalog on disk; asked for when a subcommand
         runs, so ``--help`` never probes the network."""
         if self._local:
             return None
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
-        client = httpx.Client(base_url=self._url.rstrip("/"), headers=headers, timeout=10.0)
+        client = http_client(self._url, self._token, 10.0)
         try:
             client.get("/v1/catalog/models", params={"limit": 1})
         except httpx.TransportError:
@@ -65,12 +71,13 @@ class Target:
         return client
 
     def provisioner(self) -> Any:
-        from llama_orch.config import Config, load_settings
+        from llama_orch.config import Config, catalog_env, read_config_file
         from llama_orch.provisioners.factory import model_provisioner
 
+        # The file alone: the catalog needs its root and policies, not what serving checks
+        # (a token for a LAN bind, upstream API keys), so an operator's shell need not hold them.
         if self.config_path is not None:
-            settings = load_settings(os.environ, self.config_path)
-            return model_provisioner(settings.config, settings.catalog_env)
+            return model_provisioner(read_config_file(self.config_path), catalog_env(os.environ))
         config = Config.model_validate(
             {
                 "network_policy": {
@@ -80,7 +87,7 @@ class Target:
                 "pools": [{"id": "cli", "engine": "mock", "model": "cli"}],
             }
         )
-        return model_provisioner(config, load_settings(os.environ, config=config).catalog_env)
+        return model_provisioner(config, catalog_env(os.environ))
 
 
 def _mib(count: float | None) -> str:
@@ -152,15 +159,20 @@ class _CatalogGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            raise  # stdout closed by the reader (`| head`): click ends quietly, as elsewhere
+        except NotOrchAnswer as exc:
+            click.echo(f"llorch: {exc}", err=True)
+            sys.exit(EXIT_UNREACHABLE)
         except ConfigError as exc:
             click.echo(f"llorch: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_CONFIG)
         except OrchError as exc:
             _fail(exc.message, exc.hint)
         except OSError as exc:
-            where = f" {exc.filename}" if exc.filename else ""
+            where = f" {exc.filename}:" if exc.filename else ""
             _fail(
-                f"cannot use the catalog on disk:{where}: {exc.strerror or exc}",
+                f"cannot use the catalog on disk:{where} {exc.strerror or exc}",
                 "point catalog.root (--config) at a directory this user can write",
             )
 
@@ -190,7 +202,7 @@ def models(
     config_path: str | None,
 ) -> None:
     """The model catalog: pull, ls, show, verify, retire, rm."""
-    from llama_orch.cli.main import client_token
+    from llama_orch.cli.main import client_token, resolve_url
     from llama_orch.observability.logging import configure_logging
     from llama_orch.observability.redaction import Redactor
 
@@ -203,12 +215,42 @@ def models(
     )
 
     token = client_token(token_file, os.environ)
-    ctx.obj = Target(url or os.environ.get("LLORCH_URL") or DEFAULT_URL, token, local, config_path)
+    ctx.obj = Target(resolve_url(url, os.environ), token, local, config_path)
+
+
+def _late_url(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    from llama_orch.cli.main import resolve_url
+
+    if value is not None:
+        _target(ctx).given_late(url=resolve_url(value, os.environ))
+
+
+def _late_token(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    from llama_orch.cli.main import client_token
+
+    if value is not None:
+        _target(ctx).given_late(token=client_token(value, os.environ))
+
+
+def _server_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--url and --token-file after the subcommand as well (`llorch models ls --url X`)."""
+    command = click.option(
+        "--url", default=None, expose_value=False, callback=_late_url, help="As models --url."
+    )(command)
+    return click.option(
+        "--token-file",
+        default=None,
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        callback=_late_token,
+        help="As models --token-file.",
+    )(command)
 
 
 @models.command()
-@click.argument("ref")
+@click.argument("ref", type=TEXT)
 @click.option("--digest", default=None, help="Expected sha256:<hex>; a mismatch fails the pull.")
+@_server_options
 @click.pass_context
 def pull(ctx: click.Context, ref: str, digest: str | None) -> None:
     """Fetch REF (hf:, https://, s3://, oci://, file:) into the catalog, with progress."""
@@ -283,6 +325,7 @@ def _pull_local(target: Target, ref: str, digest: str | None) -> None:
 
 
 @models.command("ls")
+@_server_options
 @click.pass_context
 def ls(ctx: click.Context) -> None:
     """List the catalog as a table."""
@@ -308,16 +351,13 @@ def _one(ctx: click.Context, model_id: str, action: str) -> None:
     target = _target(ctx)
     if target.http is not None:
         http = target.http
+        path = f"/v1/catalog/models/{segment(model_id)}"
         calls: dict[str, Callable[[], httpx.Response]] = {
-            "show": lambda: http.get(f"/v1/catalog/models/{model_id}"),
-            "verify": lambda: http.post(f"/v1/catalog/models/{model_id}/verify"),
-            "retire": lambda: http.post(
-                f"/v1/catalog/models/{model_id}/state", json={"state": "Retired"}
-            ),
-            "activate": lambda: http.post(
-                f"/v1/catalog/models/{model_id}/state", json={"state": "Active"}
-            ),
-            "rm": lambda: http.delete(f"/v1/catalog/models/{model_id}"),
+            "show": lambda: http.get(path),
+            "verify": lambda: http.post(f"{path}/verify"),
+            "retire": lambda: http.post(f"{path}/state", json={"state": "Retired"}),
+            "activate": lambda: http.post(f"{path}/state", json={"state": "Active"}),
+            "rm": lambda: http.delete(path),
         }
         response = calls[action]()
         if response.status_code >= 400:
@@ -351,7 +391,8 @@ def _one(ctx: click.Context, model_id: str, action: str) -> None:
 
 
 @models.command()
-@click.argument("model_id")
+@click.argument("model_id", type=TEXT)
+@_server_options
 @click.pass_context
 def show(ctx: click.Context, model_id: str) -> None:
     """Print one model (with pull progress while it is pulled)."""
@@ -359,7 +400,8 @@ def show(ctx: click.Context, model_id: str) -> None:
 
 
 @models.command()
-@click.argument("model_id")
+@click.argument("model_id", type=TEXT)
+@_server_options
 @click.pass_context
 def verify(ctx: click.Context, model_id: str) -> None:
     """Re-hash MODEL_ID's bytes against its recorded digest."""
@@ -367,7 +409,8 @@ def verify(ctx: click.Context, model_id: str) -> None:
 
 
 @models.command()
-@click.argument("model_id")
+@click.argument("model_id", type=TEXT)
+@_server_options
 @click.pass_context
 def retire(ctx: click.Context, model_id: str) -> None:
     """Mark MODEL_ID Retired: tasks naming it get MODEL_DEPRECATED."""
@@ -375,7 +418,8 @@ def retire(ctx: click.Context, model_id: str) -> None:
 
 
 @models.command()
-@click.argument("model_id")
+@click.argument("model_id", type=TEXT)
+@_server_options
 @click.pass_context
 def activate(ctx: click.Context, model_id: str) -> None:
     """Mark MODEL_ID Active again."""
@@ -383,7 +427,8 @@ def activate(ctx: click.Context, model_id: str) -> None:
 
 
 @models.command()
-@click.argument("model_id")
+@click.argument("model_id", type=TEXT)
+@_server_options
 @click.pass_context
 def rm(ctx: click.Context, model_id: str) -> None:
     """Remove MODEL_ID from the catalog and delete the bytes the catalog owns."""

@@ -26,11 +26,15 @@ def _fail(message: str) -> None:
 
 def _token_file(path: str) -> str:
     token = Path(path).expanduser()
+    from llama_orch.config import read_token_file
+
     try:
         mode = token.stat().st_mode
-        text = token.read_text().strip()
+        text = read_token_file(token)
     except OSError as exc:
         _fail(f"cannot read the cluster token {token}: {exc.strerror or exc}")
+    except ValueError as exc:
+        _fail(f"the cluster token file {token} {exc}")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         _fail(f"the cluster token {token} is readable by others; run `chmod 600 {token}`")
     if len(text) < 32:
@@ -123,8 +127,18 @@ def node_head(
     _start(start_argv(_ray_bin(), host=host, gpus=count, port=port), token, dry_run)
 
 
+def _host_port(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from llama_orch.config import parse_host_port
+
+    try:
+        parse_host_port(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc} ([v6]:port for IPv6)") from exc
+    return value
+
+
 @node.command("join")
-@click.option("--head", "head", required=True, help="The head's HOST:PORT.")
+@click.option("--head", "head", required=True, callback=_host_port, help="The head's HOST:PORT.")
 @_name
 @_gpus
 @_token

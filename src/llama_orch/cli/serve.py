@@ -9,6 +9,7 @@ granian and not uvicorn or hypercorn is measured in docs/streaming.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import signal
 import socket
@@ -25,7 +26,7 @@ from granian.server.embed import Server
 from llama_orch import __version__
 from llama_orch.auth.tokens import token_identity
 from llama_orch.bootstrap import build_deps
-from llama_orch.cli.banner import command_name, start_banner
+from llama_orch.cli.banner import command_name, start_banner, url_host
 from llama_orch.config import Settings, load_settings, resolve_path
 from llama_orch.observability.logging import choose_log_format, configure_logging
 from llama_orch.observability.metrics import Metrics
@@ -76,6 +77,9 @@ def run_server(
     listener = bind_listener(
         settings.host, settings.port, _BACKLOG, reuse_port=settings.config.server.reuse_port
     )
+    # Port 0 asks the kernel for a free one: from here on the port is the one it gave, so the
+    # start line and the banner name where the server can be reached.
+    settings = dataclasses.replace(settings, port=int(listener.getsockname()[1]))
     deps = build_deps(settings)
     inventory = deps.pools.inventory
     log = structlog.get_logger("llama_orch")
@@ -116,7 +120,7 @@ def run_server(
         "start",
         f"{settings.host}:{settings.port}",
         f"Serves {_count(len(settings.config.pools), 'pool')} on "
-        f"{scheme}://{settings.host}:{settings.port} over HTTP/1.1 and HTTP/2.",
+        f"{scheme}://{url_host(settings.host)}:{settings.port} over HTTP/1.1 and HTTP/2.",
         config=settings.source,
         pools=[p.id for p in settings.config.pools],
     )

@@ -2,9 +2,12 @@
 
 from llama_orch.config._load import (
     Settings,
+    bearer_token_problem,
+    catalog_env,
     load_settings,
     parse_config_text,
     read_config_file,
+    read_token_file,
     resolve_path,
 )
 from llama_orch.config._models import (
@@ -27,6 +30,7 @@ from llama_orch.config._models import (
     SimulatedGpu,
     SseConfig,
     TimeoutsConfig,
+    check_http_url,
     is_loopback_host,
     parse_host_port,
 )
@@ -52,10 +56,14 @@ __all__ = [
     "SimulatedGpu",
     "SseConfig",
     "TimeoutsConfig",
+    "bearer_token_problem",
+    "catalog_env",
+    "check_http_url",
     "is_loopback_host",
     "load_settings",
     "parse_config_text",
     "parse_host_port",
     "read_config_file",
+    "read_token_file",
     "resolve_path",
 ]

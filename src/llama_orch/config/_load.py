@@ -7,7 +7,7 @@ deployment values and secrets that come from the environment (env wins over the 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,11 @@ class Settings:
         return is_loopback_host(self.host)
 
 
+def catalog_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables the model catalog and its fetchers honour (CATALOG_ENV), as set now."""
+    return {key: environ[key] for key in CATALOG_ENV if key in environ}
+
+
 def read_config_file(path: str | Path) -> Config:
     """Parse and validate one YAML file; every problem comes back in one ConfigError."""
     source = str(path)
@@ -69,12 +74,43 @@ def read_config_file(path: str | Path) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, [ConfigIssue("<file>", f"cannot read: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            source,
+            [
+                ConfigIssue(
+                    "<file>",
+                    f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                    "save the file as UTF-8",
+                )
+            ],
+        ) from exc
     return _absolute_paths(parse_config_text(text, source), Path(path).resolve().parent)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping: PyYAML keeps the last one
+    silently, so a second ``pools:`` block would replace the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the base class refuses an unhashable key with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (it is given twice)", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_config_text(text: str, source: str = "<config>") -> Config:
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
@@ -216,6 +252,10 @@ def _issues_from(exc: ValidationError) -> list[ConfigIssue]:
             message = f"must be one of {err['ctx']['expected']}, got {err['input']!r}"
         elif err["type"] == "literal_error":
             message = f"{message}, got {err['input']!r}"
+        elif err["type"] == "string_type" and isinstance(err["input"], bool | int | float):
+            # YAML 1.1 reads yes/no/on/off as booleans and 1e3 or 0x10 as numbers.
+            kind = type(err["input"]).__name__
+            message = f"{message}; YAML read it as the {kind} {err['input']!r}: quote it"
         issues.append(ConfigIssue(path, message))
     return issues
 
@@ -244,16 +284,38 @@ def _env_int(environ: Mapping[str, str], key: str) -> int | None:
         ) from exc
 
 
-def _read_token_file(path: str, key: str) -> str:
+def bearer_token_problem(token: str) -> str | None:
+    """Why ``token`` cannot travel in an ``Authorization: Bearer`` header, else None: a
+    space or a non-ASCII character would make a token no client can present."""
+    if token and all("!" <= char <= "~" for char in token):
+        return None
+    if not token:
+        return "is empty"
+    return "holds spaces or non-ASCII characters; mint one with `llorch token new`"
+
+
+def read_token_file(path: str | Path) -> str:
+    """A token file's token, stripped. Raises OSError when the file cannot be read and
+    ValueError (its message completes "the token file ...") when it holds no usable token."""
     try:
         token = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ValueError("is not UTF-8 text; mint one with `llorch token new`") from exc
+    problem = bearer_token_problem(token)
+    if problem:
+        raise ValueError(problem)
+    return token
+
+
+def _read_token_file(path: str, key: str) -> str:
+    try:
+        return read_token_file(path)
     except OSError as exc:
         raise ConfigError(
             "environment", [ConfigIssue(key, f"cannot read token file {path}: {exc.strerror}")]
         ) from exc
-    if not token:
-        raise ConfigError("environment", [ConfigIssue(key, f"token file {path} is empty")])
-    return token
+    except ValueError as exc:
+        raise ConfigError("environment", [ConfigIssue(key, f"token file {path} {exc}")]) from exc
 
 
 def _sse_overrides(config: Config, environ: Mapping[str, str]) -> Config:
@@ -433,21 +495,22 @@ def load_settings(
     bind = (
         bind_override or environ.get("BIND_ADDR") or environ.get("ORCHD_ADDR") or server.bind_addr
     )
+    # Where the bind address came from, so a refusal names what the operator typed.
+    given = next(
+        (
+            name
+            for name, value in (
+                ("--bind", bind_override),
+                ("BIND_ADDR", environ.get("BIND_ADDR")),
+                ("ORCHD_ADDR", environ.get("ORCHD_ADDR")),
+            )
+            if value
+        ),
+        "server.bind_addr",
+    )
     try:
         host, port = parse_host_port(bind)
     except ValueError as exc:
-        given = next(
-            (
-                name
-                for name, value in (
-                    ("--bind", bind_override),
-                    ("BIND_ADDR", environ.get("BIND_ADDR")),
-                    ("ORCHD_ADDR", environ.get("ORCHD_ADDR")),
-                )
-                if value
-            ),
-            "server.bind_addr",
-        )
         raise ConfigError(
             "command line" if bind_override else "environment", [ConfigIssue(given, str(exc))]
         ) from exc
@@ -455,6 +518,9 @@ def load_settings(
     # AUTH_TOKEN, else AUTH_TOKEN_FILE (relative to the working directory), else the file's
     # server.auth_token_file (relative to the config file, like every path in it).
     token = environ.get("AUTH_TOKEN", "").strip() or None
+    problem = bearer_token_problem(token) if token else None
+    if problem:
+        raise ConfigError("environment", [ConfigIssue("AUTH_TOKEN", f"the token {problem}")])
     if token is None and environ.get("AUTH_TOKEN_FILE"):
         token = _read_token_file(environ["AUTH_TOKEN_FILE"], "AUTH_TOKEN_FILE")
     elif token is None and server.auth_token_file:
@@ -478,14 +544,14 @@ def load_settings(
         log_format=log_format,
         base_dir=base_dir,
         upstream_api_keys=_upstream_api_keys(config, environ),
-        catalog_env={key: environ[key] for key in CATALOG_ENV if key in environ},
+        catalog_env=catalog_env(environ),
     )
     if not settings.loopback_bind and not token:
         raise ConfigError(
             source,
             [
                 ConfigIssue(
-                    "BIND_ADDR",
+                    given,
                     f"NON_LOOPBACK_WITHOUT_TOKEN (40301): binding {host}:{port} exposes the "
                     "server beyond this machine; set AUTH_TOKEN (or AUTH_TOKEN_FILE; mint one "
                     "with `llorch token new`) or bind 127.0.0.1",

@@ -74,3 +74,15 @@ class TestGguf:
         assert not is_gguf(path)
         with pytest.raises(InvalidParams, match=r"x\.gguf"):
             read_gguf(path)
+
+    def test_a_truncated_gguf_is_a_typed_error(self, tmp_path: Path) -> None:
+        """A GGUF file cut short anywhere in its header or tables is reported by name, not
+        as an IndexError (or other) crash inside the reader."""
+        whole = tiny_llama_gguf(tmp_path / "whole.gguf").read_bytes()
+        cut = tmp_path / "cut.gguf"
+        for length in range(4, min(len(whole), 2048), 7):
+            cut.write_bytes(whole[:length])
+            try:
+                read_gguf(cut)
+            except InvalidParams as exc:
+                assert "cut.gguf is not a readable GGUF file" in exc.message

@@ -51,6 +51,17 @@ class TestStrictValidation:
         assert 1 == len(problems)
         assert problems[0].startswith("pools.0.slots: ")
 
+    def test_a_yaml_boolean_or_number_where_text_goes_says_to_quote_it(self) -> None:
+        """`model: no` or `id: 1` are a boolean and a number to YAML; the message says so."""
+        problems = issues_of(
+            MINIMAL.replace("{id: p0, engine: mock, model: m0}", "{id: 1, engine: mock, model: no}")
+        )
+        assert [
+            "pools.0.id: Input should be a valid string; YAML read it as the int 1: quote it",
+            "pools.0.model: Input should be a valid string; YAML read it as the bool False: "
+            "quote it",
+        ] == problems
+
     def test_enum_lists_allowed_values(self) -> None:
         """An unknown engine lists the engines that are allowed."""
         problems = issues_of(MINIMAL.replace("engine: mock", "engine: cuda-magic"))
@@ -283,6 +294,21 @@ class TestEnvironment:
             {"BIND_ADDR": "0.0.0.0:8080", "AUTH_TOKEN": "s3cret"}, config=config
         )
         assert not settings.loopback_bind
+
+    def test_the_refusal_names_where_the_public_bind_came_from(self) -> None:
+        """The refusal names --bind, BIND_ADDR or server.bind_addr: what the operator set."""
+        config = parse_config_text(MINIMAL)
+        for environ, override, key in (
+            ({}, "0.0.0.0:8080", "--bind"),
+            ({"BIND_ADDR": "0.0.0.0:8080"}, None, "BIND_ADDR"),
+        ):
+            with pytest.raises(ConfigError) as info:
+                load_settings(environ, config=config, bind_override=override)
+            assert [key] == [issue.path for issue in info.value.issues]
+        public = parse_config_text(MINIMAL + "server: {bind_addr: '0.0.0.0:8080'}\n")
+        with pytest.raises(ConfigError) as info:
+            load_settings({}, config=public)
+        assert ["server.bind_addr"] == [issue.path for issue in info.value.issues]
 
     def test_bad_env_bool(self) -> None:
         """A boolean env var with a non-boolean value names the variable."""

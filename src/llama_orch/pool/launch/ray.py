@@ -42,6 +42,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from llama_orch.config import parse_host_port
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.gpus import Gpu, GpuInventory
 from llama_orch.pool.launch._types import (
@@ -817,9 +818,9 @@ def auth_env(token_file: str) -> dict[str, str]:
 
 def head_versions(address: str, timeout_s: float = 5.0) -> dict[str, str]:
     """The Ray and Python versions the head was started with (its cluster metadata)."""
-    host, _, port = address.rpartition(":")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        host, port = parse_host_port(address)  # [v6]:port as well
+        socket.create_connection((host, port), timeout=timeout_s).close()
     except (OSError, ValueError) as exc:
         raise JoinRefused(f"cannot reach the head at {address}: {exc}") from exc
     # No public API reads the cluster metadata; `ray start` reads it the same way.
