@@ -13,6 +13,7 @@ A queued task's start deadline is a timer on the clock, armed at enqueue: nothin
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from itertools import islice
@@ -44,7 +45,7 @@ from llama_orch.dispatch.lanes import NEVER_MS, PoolLane
 from llama_orch.dispatch.runner import Runner, replica_labels
 from llama_orch.dispatch.sessions import SessionStore, session_rules
 from llama_orch.dispatch.tasks import Task, TaskRegistry, TaskState
-from llama_orch.errors import AdmissionRejected, OrchError, QueueFullDropLru
+from llama_orch.errors import AdmissionRejected, OrchError, QueueFullDropLru, WorkerInternal
 from llama_orch.observability.metrics import Metrics, PlacementMetrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.manager import PoolManager, Replica, ReplicaState
@@ -394,10 +395,22 @@ class Dispatcher:
             run = self._runner.run(task, lane, replica, request, prestarted)
         runner = self._supervisor.job(run, name=f"task-{task.id}")
 
-        def ran(_: object) -> None:
+        def ran(done: asyncio.Task[None]) -> None:
             self._runner.release(task, lane, replica)
             if prestarted is not None:
                 prestarted.discard()  # a runner canceled before its first step never took it
+            if not task.terminal and not done.cancelled() and done.exception() is not None:
+                # A runner that crashed (its trace is logged by the supervisor) still ends its
+                # task, or the task's client would wait for a terminal frame forever.
+                self.endings.fail(
+                    task,
+                    WorkerInternal(
+                        "the server failed while running the task; it is logged with this "
+                        "task's id",
+                        engine=task.engine.value,
+                        pool_id=task.pool_id,
+                    ),
+                )
 
         runner.add_done_callback(ran)
         task.runner = runner
