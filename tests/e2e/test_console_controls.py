@@ -6,7 +6,9 @@ test_console.py."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import playwright.async_api as async_api
@@ -16,6 +18,21 @@ from tests.support.gguf_files import tiny_llama_gguf
 from tests.support.server import config_of, mock_pool, running_server, task_body
 
 pytestmark = NEEDS_CHROMIUM
+
+
+@contextlib.asynccontextmanager
+async def live_console(url: str) -> AsyncIterator[async_api.Page]:
+    """The console at ``url`` in Debian's chromium, once its live feed is connected."""
+    async with async_api.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(WAIT_MS)
+            await page.goto(url + "/")
+            await async_api.expect(page.locator("#conn")).to_have_text("Live")
+            yield page
+        finally:
+            await browser.close()
 
 
 class TestControls:
@@ -29,13 +46,8 @@ class TestControls:
         shots.mkdir()
         config = config_of(mock_pool("p0", "m0"), catalog={"root": str(tmp_path / "catalog")})
         async with running_server(config) as srv:
-            async with async_api.async_playwright() as p:
-                browser = await p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-                page = await browser.new_page(viewport={"width": 1280, "height": 800})
-                page.set_default_timeout(WAIT_MS)
+            async with live_console(srv.url) as page:
                 aexpect = async_api.expect
-                await page.goto(srv.url + "/")
-                await aexpect(page.locator("#conn")).to_have_text("Live")
 
                 # Models: the pull form registers a local path through POST /v1/catalog/models.
                 await page.click('nav a[data-view="models"]')
@@ -78,7 +90,6 @@ class TestControls:
                 await aexpect(card.locator(".badge.state")).to_have_text("Draining")
                 await aexpect(card).to_contain_text(re.compile(r"drain (running|done)"))
                 await page.screenshot(path=str(shots / "drained.png"), full_page=True)
-                await browser.close()
             health = (await srv.client.get("/v1/pools/p0/health")).json()
             assert (True, "drain") == (health["draining"], health["last_operation"]["kind"])
             refused = await srv.submit(task_body())
@@ -101,13 +112,8 @@ class TestHostileText:
             registered = await srv.client.post("/v1/catalog/models", json={"ref": f"file:{model}"})
             assert 201 == registered.status_code
             await srv.submit(task_body(HOSTILE, prompt=HOSTILE, max_tokens=2))
-            async with async_api.async_playwright() as p:
-                browser = await p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-                page = await browser.new_page(viewport={"width": 1280, "height": 800})
-                page.set_default_timeout(WAIT_MS)
+            async with live_console(srv.url) as page:
                 aexpect = async_api.expect
-                await page.goto(srv.url + "/")
-                await aexpect(page.locator("#conn")).to_have_text("Live")
                 card = page.locator('#pools article[data-key="p0"]')
                 await aexpect(card).to_contain_text(HOSTILE)
                 await page.click('nav a[data-view="models"]')
@@ -121,4 +127,3 @@ class TestHostileText:
                 await page.click('nav a[data-view="playground"]')
                 assert 0 == await page.locator("#main img, #main script").count()
                 assert await page.evaluate("window.pwned") is None
-                await browser.close()

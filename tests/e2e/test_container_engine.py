@@ -24,6 +24,7 @@ class TestContainerMode:
         fake_runtime(bin_dir, "podman", calls)
         model = tmp_path / "models" / "qwen-tiny"
         model.mkdir(parents=True)
+        (model / "config.json").write_text('{"model_type": "qwen2"}')  # an empty folder is no model
         pool = {
             "id": "cv",
             "engine": "vllm",
