@@ -127,6 +127,9 @@ def _parse_hf(text: str, body: str) -> HfRef:
 def _parse_file(text: str, path: str, base_dir: str | None) -> FileRef:
     if "\x00" in path or not path:
         raise _bad(text, "empty path")
+    if path.startswith("~"):
+        # As in the config's own paths: the home folder, never a folder named "~".
+        path = posixpath.expanduser(path)
     if not path.startswith("/"):
         if base_dir is None:
             raise _bad(text, "a relative path needs a base directory; use file:/abs/path")

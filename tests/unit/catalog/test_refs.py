@@ -45,6 +45,14 @@ class TestParse:
         """Each accepted form parses to its normalized variant."""
         assert expected == parse_ref(text)
 
+    @pytest.mark.parametrize("text", ["~/models/m.gguf", "file:~/models/m.gguf"])
+    def test_a_home_path_is_the_home_folder(
+        self, text: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``~`` is the user's home, as in the config's paths, not a folder beside the config."""
+        monkeypatch.setenv("HOME", "/home/ops")
+        assert FileRef("/home/ops/models/m.gguf") == parse_ref(text, base_dir="/etc/llorch")
+
     def test_relative_path_resolves_against_base(self) -> None:
         """A bare relative path is a file next to the config file."""
         assert FileRef("/etc/llorch/models/m.gguf") == parse_ref(
