@@ -67,8 +67,12 @@ buildtools:
 run: setup
 	$(VENV)/bin/llorch serve --config $(CONFIG)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist): its tests mostly wait on real servers
+# and subprocesses, so more workers than cores still shortens it. TEST_WORKERS=0 runs it in
+# this one process. `loadgroup` keeps the Ray cluster tests on one worker (tests/conftest.py).
+TEST_WORKERS ?= 4
 test: setup promtool registry chromium
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The real llama.cpp checks (tests/real): build llama-server from the pinned llama.cpp source
 # once into the engine cache (a CPU build, simulated), then run them. With REQUIRE_REAL_LLAMA=1

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import structlog
@@ -49,13 +50,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The real llama.cpp checks are opt-in: they need a built llama-server (make test-real)."""
+    """The real llama.cpp checks are opt-in: they need a built llama-server (make test-real).
+
+    The Ray cluster tests share one worker when the suite runs in parallel (`make test`): each
+    starts a cluster of three Ray nodes, and two such clusters at once would fight over two
+    cores for no gain."""
+    for item in items:
+        if "cluster" in item.keywords:
+            item.add_marker(pytest.mark.xdist_group("ray"))
     if config.getoption("--real-llama"):
         return
     skip = pytest.mark.skip(reason="real llama.cpp checks are opt-in: make test-real")
     for item in items:
         if "real_llama" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A parallel worker hands its tallies to the controller, which prints the summary."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["narration"] = COVERAGE.state()
+        output["log_scan"] = LOG_SCAN.state()
+
+
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """The controller adds up what each parallel worker counted (see pytest_sessionfinish)."""
+    output = getattr(node, "workeroutput", {})
+    if "narration" in output:
+        COVERAGE.merge(output["narration"])
+    if "log_scan" in output:
+        LOG_SCAN.merge(output["log_scan"])
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

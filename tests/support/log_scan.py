@@ -73,6 +73,15 @@ class LogScan:
         text = path.read_text(encoding="utf-8", errors="replace")
         self.check(str(path), text.splitlines(), secrets)
 
+    def state(self) -> dict[str, Any]:
+        """What a parallel test worker sends to the controller (plain JSON-like values)."""
+        return {"logs": self.logs, "lines": self.lines, "leaks": list(self.leaks)}
+
+    def merge(self, state: Mapping[str, Any]) -> None:
+        self.logs += int(state["logs"])
+        self.lines += int(state["lines"])
+        self.leaks.extend(state["leaks"])
+
     def summary(self) -> str:
         return (
             f"log secret scan: {self.lines} lines from {self.logs} server logs, "

@@ -9,7 +9,7 @@ it at the end.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,19 @@ class NarrationCoverage:
         """As a structlog processor: count, then pass the event on."""
         self.observe(event, method)
         return event
+
+    def state(self) -> dict[str, Any]:
+        """What a parallel test worker sends to the controller (plain JSON-like values)."""
+        return {
+            "key_events": self.key_events,
+            "narrated": self.narrated,
+            "missing": dict(self.missing),
+        }
+
+    def merge(self, state: Mapping[str, Any]) -> None:
+        self.key_events += int(state["key_events"])
+        self.narrated += int(state["narrated"])
+        self.missing.update(state["missing"])
 
     @property
     def ratio(self) -> float:
