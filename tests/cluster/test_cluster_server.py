@@ -113,6 +113,17 @@ def _agent_frozen(host: str) -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
+async def _host_reported(client: httpx.AsyncClient, host: str, timeout_s: float = 40.0) -> None:
+    """Until the capabilities list ``host`` with the GPUs its agent read."""
+    hosts: dict[str, Any] = {}
+    for _ in range(int(timeout_s / 0.05)):
+        hosts = {h["name"]: h for h in (await client.get("/v1/capabilities")).json()["hosts"]}
+        if host in hosts and hosts[host]["gpus"]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"host {host} never reported its GPUs: {hosts}")
+
+
 def _stale(value: bool) -> Any:
     def check(health: dict[str, Any]) -> bool:
         replica = health["metrics"]["replicas"][0]
@@ -138,6 +149,9 @@ class TestHostInventory:
         async with running_server(config) as server:
             await wait_health(server, "lp", _on("gpu-a"))
             await wait_health(server, "lp", _stale(False))
+            # A host that has not answered yet is not stale either: freeze the agent only once
+            # its first reading is in, so there is a last reading to show.
+            await _host_reported(server.client, "gpu-a")
             task = llama_task(setup.model, max_tokens=3)
             with _agent_frozen("gpu-a"):
                 health = await wait_health(server, "lp", _stale(True))
