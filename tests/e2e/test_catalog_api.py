@@ -228,6 +228,8 @@ class TestCatalogApi:
             ]
             assert count + 1 - KEEP_FINISHED == len(forgotten)
             assert all(body is None or body["pull"]["state"] == "failed" for body in shown)
+        # Nor does a failed pull leave an empty staging folder behind for each ref.
+        assert [] == list((tmp_path / "catalog" / ".staging").iterdir())
 
     async def test_refusals_are_typed(self, tmp_path: Path) -> None:
         """Bad refs, closed outbound policy, bad states and unknown ids get typed envelopes."""

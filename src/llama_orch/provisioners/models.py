@@ -200,7 +200,15 @@ class ModelProvisioner:
         if not local_file:
             # Local files are registered where they lie: no staging directory to leave behind.
             stage.mkdir(parents=True, exist_ok=True)
-        fetched = fetcher.fetch(ref, stage, progress)
+        try:
+            fetched = fetcher.fetch(ref, stage, progress)
+        except BaseException:
+            if not local_file:
+                # What a later try resumes from stays; an empty folder per failed ref would
+                # only pile up.
+                with contextlib.suppress(OSError):
+                    stage.rmdir()
+            raise
         if not local_file:
             check_tree(stage)
         # Local bytes are hashed where they lie, and someone may still be writing them.
