@@ -19,6 +19,7 @@ import trustme
 from llama_orch.catalog.store import CatalogStore
 from llama_orch.cli.serve import SHUTDOWN_DEADLINE_S
 from llama_orch.provisioners.fetch.base import validator_path
+from llama_orch.provisioners.progress import KEEP_FINISHED
 from tests.support.gguf_files import tiny_llama_gguf
 from tests.support.https_site import HttpsSite, serve_https_site
 from tests.support.serve_process import serve_process
@@ -47,6 +48,19 @@ async def wait_active(srv: RunningServer, model_id: str) -> dict[str, Any]:
     for _ in range(1000):
         body: dict[str, Any] = (await srv.client.get(f"/v1/catalog/models/{model_id}")).json()
         if body["state"] != "Pulling" and body.get("pull", {}).get("state") != "running":
+            return body
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{model_id} never finished pulling")
+
+
+async def wait_settled(srv: RunningServer, model_id: str) -> dict[str, Any] | None:
+    """The model once its pull ended (None: the server no longer remembers the pull)."""
+    for _ in range(1000):
+        response = await srv.client.get(f"/v1/catalog/models/{model_id}")
+        if response.status_code == 404:
+            return None
+        body: dict[str, Any] = response.json()
+        if body.get("pull", {}).get("state") != "running":
             return body
         await asyncio.sleep(0.02)
     raise AssertionError(f"{model_id} never finished pulling")
@@ -183,6 +197,39 @@ class TestCatalogApi:
             site.state.release.set()
             assert "Active" == (await wait_active(srv, model_id))["state"]
             assert 204 == (await srv.client.delete(f"/v1/catalog/models/{model_id}")).status_code
+
+    async def test_finished_pulls_are_remembered_only_up_to_a_bound(
+        self, tmp_path: Path, site: HttpsSite
+    ) -> None:
+        """Every distinct ref posted used to stay in the server's pull table for good, failed
+        ones included, so a long uptime of posts grew the server. Now the latest
+        KEEP_FINISHED finished pulls are kept: the newest failure still shows its error."""
+        count = KEEP_FINISHED + 12
+        async with running_server(catalog_config(tmp_path, site)) as srv:
+            ids = []
+            for n in range(count):
+                posted = await srv.client.post(
+                    "/v1/catalog/models", json={"ref": f"{site.base}/missing-{n}.bin"}
+                )
+                assert 202 == posted.status_code, posted.text
+                ids.append(posted.json()["id"])
+            shown = [await wait_settled(srv, model_id) for model_id in ids]
+            last = await srv.client.post(
+                "/v1/catalog/models", json={"ref": f"{site.base}/missing-last.bin"}
+            )
+            newest = await wait_settled(srv, last.json()["id"])
+            assert newest is not None and "failed" == newest["pull"]["state"]
+            assert "answered 404" in newest["pull"]["error"]["message"]
+            assert KEEP_FINISHED == len(srv.deps.models.progress)
+            forgotten = [
+                model_id
+                for model_id in ids
+                if (await srv.client.get(f"/v1/catalog/models/{model_id}")).status_code == 404
+            ]
+            assert count + 1 - KEEP_FINISHED == len(forgotten)
+            assert all(body is None or body["pull"]["state"] == "failed" for body in shown)
+        # Nor does a failed pull leave an empty staging folder behind for each ref.
+        assert [] == list((tmp_path / "catalog" / ".staging").iterdir())
 
     async def test_refusals_are_typed(self, tmp_path: Path) -> None:
         """Bad refs, closed outbound policy, bad states and unknown ids get typed envelopes."""

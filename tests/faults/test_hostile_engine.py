@@ -234,6 +234,43 @@ class TestBoundedMemory:
         assert peak_mib < 200, peak_mib
 
 
+async def _endless_embedding(writer: asyncio.StreamWriter) -> None:
+    """An embeddings answer whose one vector never ends (chunked JSON floats)."""
+    piece = b"0.0123456789," * 20_000
+    first = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    start = b'{"object":"list","data":[{"object":"embedding","index":0,"embedding":['
+    await _send_endlessly(
+        writer, first + b"%x\r\n%s\r\n" % (len(start), start), b"%x\r\n%s\r\n" % (len(piece), piece)
+    )
+
+
+class TestBoundedEmbeddings:
+    @pytest.mark.timeout(120)
+    async def test_an_endless_embedding_answer_is_cut_off(self, tmp_path: Path) -> None:
+        """An embeddings answer used to be read whole, so an engine sending without end grew
+        the server without bound. It is cut off past its bound (here 16 MiB and a quarter:
+        one text per call) with INTERNAL naming the engine; the slot serves the next task."""
+        workloads = {"supported_workloads": ["completion", "embedding"], "embedding_batch": 1}
+        async with _serving(_endless_embedding, tmp_path, **workloads) as (srv, client, _):
+            answer = await client.post("/v1/embeddings", json={"model": MODEL, "input": "hi"})
+            await _ready(client)
+            body = task_body(model=MODEL, engine="openai", max_tokens=8)
+            assert 202 == (await client.post("/v1/tasks", json=body)).status_code
+            after = await _frames(client, body["task_id"])
+            peak_mib = _rss_mib(srv.process.pid)
+        log = srv.log_path.read_text()
+        print(f"peak resident memory {peak_mib:.0f} MiB; {answer.text[:300]}")
+        assert 500 == answer.status_code, answer.text
+        message = answer.json()["error"]["message"]
+        assert "openai at http://127.0.0.1" in message, message
+        assert "the answer passed 16 MiB, the bound for 1 text" in message, message
+        assert "end" == after[-1][0], after[-1]
+        assert "Traceback" not in log, log[-3000:]
+        assert peak_mib < 200, peak_mib
+
+
 async def _past_max_tokens(writer: asyncio.StreamWriter) -> None:
     """An engine that ignores max_tokens (8) and streams 40 tokens, then more without end."""
     writer.write(sse_head() + b"".join(_chunk(f"t{n} ") for n in range(40)))

@@ -57,6 +57,12 @@ from llama_orch.vocab import Engine
 
 #: Upstream error bodies quoted in messages are cut to this many characters.
 _BODY_QUOTE = 300
+#: An embedding or rerank answer may hold this much per text sent, plus ``EMBED_ANSWER_BASE``:
+#: a 4096-dimension vector of JSON floats as engines print them is about 100 KiB, so a text may
+#: be some 10,000 dimensions. An engine answering more is failed rather than read whole.
+EMBED_ANSWER_PER_TEXT: Final = 256 << 10
+EMBED_ANSWER_BASE: Final = 16 << 20
+
 #: Of an engine's error answer, at most this much is read: it is only quoted (cut), and an
 #: engine that answers an error with an endless body must not fill memory.
 _ERROR_BODY_BYTES = 64 << 10
@@ -269,8 +275,7 @@ class HttpAdapter:
         try:
             if response.status >= 400:
                 raise await self._answered_error(response, where)
-            with map_transport_errors(engine, where, self._redactor, pool_id=self.pool_id):
-                content = await response.read()
+            content = await self._embed_answer(response, where, len(request.texts))
             try:
                 result = self.embed_result(request, loads(content, engine))
             except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -290,6 +295,26 @@ class HttpAdapter:
                 pool_id=self.pool_id,
             )
         return result
+
+    async def _embed_answer(self, response: UpstreamResponse, where: str, texts: int) -> bytes:
+        """The whole answer to an embedding or rerank call, if it stays within its bound."""
+        limit = EMBED_ANSWER_BASE + texts * EMBED_ANSWER_PER_TEXT
+        body = bytearray()
+        with map_transport_errors(self.engine.value, where, self._redactor, pool_id=self.pool_id):
+            async for chunk in response.chunks:
+                body += chunk
+                if len(body) > limit:
+                    raise WorkerInternal(
+                        self._error(
+                            f"{where}: the answer passed {limit >> 20} MiB, the bound for "
+                            f"{texts} text{'' if texts == 1 else 's'} "
+                            f"({EMBED_ANSWER_BASE >> 20} MiB plus "
+                            f"{EMBED_ANSWER_PER_TEXT >> 10} KiB a text); the rest was not read"
+                        ),
+                        engine=self.engine.value,
+                        pool_id=self.pool_id,
+                    )
+        return bytes(body)
 
     def started_data(self, request: GenerateRequest) -> dict[str, Any]:
         data: dict[str, Any] = {}

@@ -4,7 +4,6 @@ The catalog performs no network I/O; the model provisioner fetches and then regi
 """
 
 from llama_orch.catalog.entries import (
-    EngineEntry,
     GgufInfo,
     Lifecycle,
     ModelEntry,
@@ -34,7 +33,6 @@ __all__ = [
     "CatalogStore",
     "DeleteOutcome",
     "Digest",
-    "EngineEntry",
     "FileRef",
     "GgufInfo",
     "HfRef",

@@ -61,19 +61,6 @@ class ModelEntry(_Frozen):
     updated_ms: int = 0
 
 
-class EngineEntry(_Frozen):
-    """An engine build or image the engine provisioner made present (SPEC §9.4)."""
-
-    id: str
-    engine: str
-    version: str
-    build_ref: str | None = None
-    digest: str | None = None
-    build_flags: list[str] = Field(default_factory=list)
-    artifacts: list[str] = Field(default_factory=list)
-    created_ms: int = 0
-
-
 class ResolvedModel(_Frozen):
     id: str
     local_path: str

@@ -1,9 +1,9 @@
-"""The filesystem catalog: two JSON indexes under one root, written atomically under a lock.
+"""The filesystem catalog: the model index under one root, written atomically under a lock.
 
 Layout (``catalog.root``)::
 
     models.json        {"version": 1, "models": [ModelEntry, ...]}
-    engines.json       {"version": 1, "engines": [EngineEntry, ...]}
+    engines.json       the engine index, the engine provisioner's own (provisioners/engine)
     .lock              writers hold an exclusive flock for a read-modify-write
     models/<slug>/     the bytes of each model the catalog owns
     .staging/<slug>/   downloads in progress (never visible as a model)
@@ -34,7 +34,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from llama_orch.catalog.entries import EngineEntry, Lifecycle, ModelEntry, ResolvedModel
+from llama_orch.catalog.entries import Lifecycle, ModelEntry, ResolvedModel
 from llama_orch.catalog.refs import ModelRef, parse_ref, ref_id, safe_relative
 from llama_orch.errors import (
     IndexCorrupt,
@@ -46,7 +46,6 @@ from llama_orch.errors import (
 )
 
 MODELS_VERSION = 1
-ENGINES_VERSION = 1
 
 E = TypeVar("E", bound=BaseModel)
 
@@ -233,7 +232,6 @@ class CatalogStore:
         self.trash_dir = self.root / ".trash"
         self.locks_dir = self.root / ".locks"
         self._models = _Index(self.root / "models.json", "models", MODELS_VERSION, ModelEntry)
-        self._engines = _Index(self.root / "engines.json", "engines", ENGINES_VERSION, EngineEntry)
 
     def ensure_layout(self) -> None:
         for directory in (self.models_dir, self.staging_dir, self.trash_dir, self.locks_dir):
@@ -376,27 +374,3 @@ class CatalogStore:
 
     def lock_path(self, model_id: str) -> Path:
         return self.locks_dir / f"{slug_of(model_id)}.lock"
-
-    # -- engines ------------------------------------------------------------------------------
-
-    def put_engine(self, entry: EngineEntry) -> EngineEntry:
-        with self._locked():
-            entries = dict(self._engines.read())
-            stored = entry.model_copy(update={"created_ms": entry.created_ms or now_ms()})
-            entries[entry.id] = stored
-            self._engines.write(entries)
-            return stored
-
-    def get_engine(self, engine_id: str) -> EngineEntry | None:
-        return self._engines.read().get(engine_id)
-
-    def list_engines(
-        self, *, engine: str | None = None, version: str | None = None
-    ) -> builtins.list[EngineEntry]:
-        entries = self._engines.read()
-        return [
-            entries[key]
-            for key in sorted(entries)
-            if (engine is None or entries[key].engine == engine)
-            and (version is None or entries[key].version == version)
-        ]

@@ -198,11 +198,23 @@ class CatalogConfig(_Strict):
     s3_endpoint_url: str | None = None
     #: OCI registries (host:port) reached over plain HTTP, e.g. a registry on the LAN.
     insecure_registries: list[str] = []
+    #: Folders under which ``file:`` refs sent to the server (a pull, a pool reload) may lie,
+    #: symlinks and ``..`` resolved; relative ones are against the config file's directory.
+    #: Unset: any file the server can read. ``[]``: none.
+    local_roots: list[str] | None = None
 
     @field_validator("hf_endpoint", "s3_endpoint_url")
     @classmethod
     def _endpoint_urls(cls, value: str | None) -> str | None:
         return check_http_url(value) if value is not None else None
+
+    @field_validator("local_roots")
+    @classmethod
+    def _folders(cls, value: list[str] | None) -> list[str] | None:
+        for folder in value or []:
+            if not folder.strip() or "\x00" in folder:
+                raise ValueError(f"{folder!r} is not a folder; give a path such as /srv/models")
+        return value
 
 
 class SimulatedGpu(_Strict):

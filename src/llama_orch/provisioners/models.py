@@ -60,7 +60,7 @@ from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.provisioners.fetch.base import Fetched, Fetcher
 from llama_orch.provisioners.policy import OutboundPolicy, TrustPolicy
-from llama_orch.provisioners.progress import PullProgress, PullState
+from llama_orch.provisioners.progress import PullBoard, PullProgress, PullState
 
 #: Space kept free on the catalog's filesystem beyond the download itself.
 RESERVE_BYTES = 64 * 1024 * 1024
@@ -92,12 +92,13 @@ class ModelProvisioner:
         self.free_bytes = free_bytes
         self.reserve_bytes = reserve_bytes
         #: The latest pull of each model id, for GET /v1/catalog/models/{id} and the CLI.
-        self.progress: dict[str, PullProgress] = {}
+        self.progress = PullBoard()
         #: Set when the server stops: hashing in progress ends with ServerStopping.
         self.stopping = threading.Event()
-        #: model id -> the digest its running background pull checks against (None: none).
-        self._pull_digest: dict[str, Digest | None] = {}
-        self._flights: dict[str, threading.Lock] = {}
+        #: model id -> its running background pull and the digest it checks (None: none).
+        self._pull_digest: dict[str, tuple[PullProgress, Digest | None]] = {}
+        #: model id -> its single-flight lock and how many threads hold or wait for it.
+        self._flights: dict[str, tuple[threading.Lock, int]] = {}
         self._flights_lock = threading.Lock()
 
     # -- the interface of SPEC §10 -------------------------------------------------------------
@@ -127,7 +128,10 @@ class ModelProvisioner:
             except BaseException:
                 progress.finish(PullState.FAILED, {"code": "INTERNAL", "message": "stopped"})
                 raise
-            progress.finish(PullState.DONE)
+            else:
+                progress.finish(PullState.DONE)
+            finally:
+                self.progress.settle()
             return entry
 
     def _hit(self, ref: ModelRef, model_id: str, expected: Digest | None) -> ModelEntry | None:
@@ -146,17 +150,27 @@ class ModelProvisioner:
     @contextlib.contextmanager
     def _single_flight(self, model_id: str) -> Iterator[None]:
         with self._flights_lock:
-            lock = self._flights.setdefault(model_id, threading.Lock())
-        with lock:
-            with writing(self.store.root):
-                self.store.ensure_layout()
-                handle = self.store.lock_path(model_id).open("a+b")
-            with handle:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            lock, users = self._flights.get(model_id, (threading.Lock(), 0))
+            self._flights[model_id] = (lock, users + 1)
+        try:
+            with lock:
+                with writing(self.store.root):
+                    self.store.ensure_layout()
+                    handle = self.store.lock_path(model_id).open("a+b")
+                with handle:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        finally:
+            # The last one out drops the lock: one kept per ref ever pulled would only grow.
+            with self._flights_lock:
+                lock, users = self._flights[model_id]
+                if users == 1:
+                    del self._flights[model_id]
+                else:
+                    self._flights[model_id] = (lock, users - 1)
 
     def _preflight(self, model_id: str) -> Callable[[int, int], None]:
         def check(total: int, already: int) -> None:
@@ -186,7 +200,15 @@ class ModelProvisioner:
         if not local_file:
             # Local files are registered where they lie: no staging directory to leave behind.
             stage.mkdir(parents=True, exist_ok=True)
-        fetched = fetcher.fetch(ref, stage, progress)
+        try:
+            fetched = fetcher.fetch(ref, stage, progress)
+        except BaseException:
+            if not local_file:
+                # What a later try resumes from stays; an empty folder per failed ref would
+                # only pile up.
+                with contextlib.suppress(OSError):
+                    stage.rmdir()
+            raise
         if not local_file:
             check_tree(stage)
         # Local bytes are hashed where they lie, and someone may still be writing them.
@@ -337,7 +359,7 @@ class ModelProvisioner:
         model_id = ref_id(ref)
         current = self.progress.get(model_id)
         if current is not None and current.state is PullState.RUNNING:
-            running = self._pull_digest.get(model_id)
+            running = self._pull_digest.get(model_id, (current, None))[1]
             if expected is not None and str(expected) != str(running):
                 # Joining it would register the bytes without the check this caller asked for.
                 raise Conflict(
@@ -349,7 +371,7 @@ class ModelProvisioner:
             return current
         progress = PullProgress(model_id)
         self.progress[model_id] = progress
-        self._pull_digest[model_id] = expected
+        self._pull_digest[model_id] = (progress, expected)
 
         def run() -> None:
             # ensure_present records a pull it runs on a progress of its own; this one ends
@@ -364,6 +386,10 @@ class ModelProvisioner:
             else:
                 if progress.state is PullState.RUNNING:
                     progress.finish(PullState.DONE)
+            finally:
+                if self._pull_digest.get(model_id, (None, None))[0] is progress:
+                    del self._pull_digest[model_id]
+                self.progress.settle()
 
         threading.Thread(target=run, name=f"pull {model_id}", daemon=True).start()
         return progress
@@ -385,7 +411,7 @@ class ModelProvisioner:
                     self.metrics.model_state.remove(model_id, each.value)
                 except KeyError:
                     pass  # never exported for this model
-        self.progress.pop(model_id, None)
+        self.progress.pop(model_id)
         return outcome
 
     # -- lifecycle and verification after the fact ---------------------------------------------

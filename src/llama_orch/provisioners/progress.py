@@ -92,3 +92,57 @@ class PullProgress:
                 "elapsed_s": round(elapsed, 3),
                 "error": self.error,
             }
+
+
+#: Finished pulls remembered for GET /v1/catalog/models/{id} and the pools' "last pull failed"
+#: line; older ones are forgotten, so refs posted over a long uptime cannot grow the server.
+KEEP_FINISHED = 128
+
+
+class PullBoard:
+    """The latest pull of each model id: every running pull and the most recent finished ones.
+
+    A finished pull's outcome stays readable until ``keep_finished`` later pulls have finished
+    (a registered model's entry records the outcome for good); a running pull is never
+    forgotten, since a delete or a second pull of the same ref asks for it.
+    """
+
+    def __init__(self, keep_finished: int = KEEP_FINISHED) -> None:
+        self.keep_finished = keep_finished
+        self._pulls: dict[str, PullProgress] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model_id: str) -> PullProgress | None:
+        with self._lock:
+            return self._pulls.get(model_id)
+
+    def __getitem__(self, model_id: str) -> PullProgress:
+        with self._lock:
+            return self._pulls[model_id]
+
+    def __setitem__(self, model_id: str, progress: PullProgress) -> None:
+        with self._lock:
+            self._pulls.pop(model_id, None)
+            self._pulls[model_id] = progress
+            self._forget_old()
+
+    def settle(self) -> None:
+        """Forget the oldest finished pulls beyond the bound (called as each pull ends)."""
+        with self._lock:
+            self._forget_old()
+
+    def _forget_old(self) -> None:
+        finished = [p for p in self._pulls.values() if p.finished_s is not None]
+        excess = len(finished) - self.keep_finished
+        if excess > 0:
+            finished.sort(key=lambda p: p.finished_s or 0.0)
+            for old in finished[:excess]:
+                del self._pulls[old.model_id]
+
+    def pop(self, model_id: str) -> PullProgress | None:
+        with self._lock:
+            return self._pulls.pop(model_id, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pulls)

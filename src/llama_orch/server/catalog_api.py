@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from llama_orch.catalog.entries import Lifecycle, ModelEntry
 from llama_orch.catalog.refs import parse_ref, ref_id
+from llama_orch.catalog.roots import check_local_root
 from llama_orch.catalog.verify import parse_digest
 from llama_orch.contracts.catalog import (
     Accepted,
@@ -94,7 +95,9 @@ async def pull_model(request: Request) -> Response:
     """Register a local model (201) or start pulling a remote one (202 + progress location)."""
     models = _provisioner(request)
     body: PullRequest = await _body(request, PullRequest)
-    ref = parse_ref(body.ref, base_dir=str(deps_of(request).settings.base_dir))
+    settings = deps_of(request).settings
+    ref = parse_ref(body.ref, base_dir=str(settings.base_dir))
+    check_local_root(ref, settings.config.catalog.local_roots, settings.base_dir)
     digest = parse_digest(body.digest) if body.digest else None
     model_id = ref_id(ref)
     models.precheck(ref)

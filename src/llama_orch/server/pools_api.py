@@ -12,9 +12,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llama_orch.catalog.refs import parse_ref
+from llama_orch.catalog.roots import check_local_root
+from llama_orch.config import Settings
 from llama_orch.contracts.api import DrainRequest, ReloadRequest
 from llama_orch.dispatch.service import TaskService
-from llama_orch.errors import InvalidParams, NotFound, PoolUnavailable
+from llama_orch.errors import InvalidModelRef, InvalidParams, NotFound, PoolUnavailable
+from llama_orch.pool.engine_process import is_launched
 from llama_orch.pool.lifecycle import TaskControl
 from llama_orch.pool.manager import PoolManager
 from llama_orch.server.body import read_body
@@ -89,8 +93,21 @@ async def reload(request: Request) -> Response:
     pool_id = _pool_id(request)
     body: ReloadRequest = await _body(request, ReloadRequest)
     deps = deps_of(request)
+    if is_launched(deps.pools.pools[pool_id].config):
+        # Other pools' reloads are refused as such; a plain name is no path to them.
+        _check_local(body.new_model_ref, deps.settings)
     op = deps.pools.lifecycle.reload(pool_id, body.new_model_ref, task_control(deps.service))
     return _accepted({"pool_id": pool_id, **op.as_dict()})
+
+
+def _check_local(model_ref: str, settings: Settings) -> None:
+    """A reload's model is the caller's choice, not the config's: a local one is bounded by
+    catalog.local_roots as a pull's is (a launched engine takes any other string as a path)."""
+    try:
+        ref = parse_ref(model_ref, base_dir=str(settings.base_dir))
+    except InvalidModelRef:
+        return  # the reload itself says what is wrong with it
+    check_local_root(ref, settings.config.catalog.local_roots, settings.base_dir)
 
 
 routes = [

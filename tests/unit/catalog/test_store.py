@@ -1,4 +1,4 @@
-"""The filesystem catalog: atomic indexes, lifecycle, lookups, traversal, engine index."""
+"""The filesystem catalog: atomic indexes, lifecycle, lookups, traversal; the engine index."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 
 from llama_orch.catalog import (
     CatalogStore,
-    EngineEntry,
     Lifecycle,
     ModelEntry,
     default_catalog_root,
@@ -21,6 +20,7 @@ from llama_orch.catalog import (
 )
 from llama_orch.catalog.store import check_tree, safe_join
 from llama_orch.errors import IndexVersionError, InvalidModelRef, NotFound, StorageUnwritable
+from llama_orch.provisioners.engine import EngineEntry, FileEngineIndex, ProvisionError
 from tests.support.disks import filled, small_tmpfs
 
 
@@ -47,17 +47,28 @@ class TestIndex:
         with pytest.raises(IndexVersionError, match="version 99"):
             CatalogStore(tmp_path).list()
 
-    def test_engine_index_is_separate_with_its_own_version(self, tmp_path: Path) -> None:
-        """Engine entries go to engines.json and filter by engine and version."""
+    def test_the_engine_index_is_the_engine_provisioners_own(self, tmp_path: Path) -> None:
+        """engines.json shares the catalog root: what the engine provisioner writes there
+        survives the model catalog's writes and recovery and reads back whole. The catalog
+        once also wrote engines.json itself, as a list its writer cannot read: an index of that
+        shape is now a typed error naming the file, not a crash."""
+        engines = FileEngineIndex(tmp_path)
+        built = EngineEntry(
+            id="llamacpp:b1@sha256:1", engine="llamacpp", version="b1", artifacts=["bin/x"]
+        )
+        engines.put(built)
         store = CatalogStore(tmp_path)
-        store.put_engine(EngineEntry(id="llamacpp:b1@sha256:1", engine="llamacpp", version="b1"))
-        store.put_engine(EngineEntry(id="vllm:0.6@sha256:2", engine="vllm", version="0.6"))
-        assert ["llamacpp:b1@sha256:1"] == [e.id for e in store.list_engines(engine="llamacpp")]
-        assert [] == store.list()
-        assert 1 == json.loads((tmp_path / "engines.json").read_text())["version"]
-        (tmp_path / "engines.json").write_text('{"version": 2, "engines": []}')
-        with pytest.raises(IndexVersionError):
-            store.get_engine("x")
+        store.put(entry(store, "hf:o/a"))
+        assert [] == store.recover()
+        assert built == engines.get(built.id)
+        assert [built] == FileEngineIndex(tmp_path).list(engine="llamacpp")
+        listed = {"version": 1, "engines": [{"id": "vllm:0.6", "engine": "vllm"}]}
+        (tmp_path / "engines.json").write_text(json.dumps(listed))
+        with pytest.raises(ProvisionError, match=r"engines\.json is not an engine index"):
+            engines.list()
+        (tmp_path / "engines.json").write_text('{"version": 1, "engines": {"x": {"id": 1}}}')
+        with pytest.raises(ProvisionError, match=r"engines\.json is not an engine index"):
+            engines.get("x")
 
     def test_concurrent_readers_never_see_a_torn_index(self, tmp_path: Path) -> None:
         """A reader process parsing the index while writers replace it always gets valid JSON."""

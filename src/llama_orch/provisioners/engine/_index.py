@@ -60,14 +60,32 @@ class FileEngineIndex:
             return {}
         except ValueError as exc:
             raise ProvisionError("index", f"{self.path} is not valid JSON ({exc})") from exc
+        if not isinstance(doc, dict):
+            raise self._unreadable("it is not a JSON object")
         if doc.get("version") != SCHEMA_VERSION:
             raise ProvisionError(
                 "index",
                 f"{self.path} has schema version {doc.get('version')!r}, this build reads "
                 f"{SCHEMA_VERSION}; move the file aside to rebuild the index",
             )
-        entries: dict[str, dict[str, object]] = doc.get("engines", {})
+        entries = doc.get("engines", {})
+        # Entries by id; a list (or anything else) was not written by this index.
+        if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+            raise self._unreadable("its 'engines' is not an object of entries by id")
         return entries
+
+    def _unreadable(self, why: str) -> ProvisionError:
+        return ProvisionError(
+            "index",
+            f"{self.path} is not an engine index this build wrote ({why}); move the file "
+            "aside to rebuild the index (engines are prepared again as pools need them)",
+        )
+
+    def _entry(self, raw: dict[str, object]) -> EngineEntry:
+        try:
+            return EngineEntry(**raw)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise self._unreadable(f"an entry has other fields: {exc}") from None
 
     def _store(self, entries: dict[str, dict[str, object]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,8 +109,8 @@ class FileEngineIndex:
 
     def get(self, entry_id: str) -> EngineEntry | None:
         raw = self._load().get(entry_id)
-        return EngineEntry(**raw) if raw is not None else None  # type: ignore[arg-type]
+        return self._entry(raw) if raw is not None else None
 
     def list(self, engine: str | None = None) -> list[EngineEntry]:
-        entries = [EngineEntry(**raw) for raw in self._load().values()]  # type: ignore[arg-type]
+        entries = [self._entry(raw) for raw in self._load().values()]
         return [e for e in entries if engine is None or e.engine == engine]
