@@ -331,8 +331,16 @@ class PoolLifecycle:
             )
             return
         old = list(pool.replicas)
+        old_model = pool.config.model
         self._manager.switch(pool, new_cfg, old, fresh, retire=self._retire)
         op.detail["switch_ms"] = int((time.monotonic() - started) * 1000)
+        if new_cfg.model != old_model:
+            # Tasks still queued were admitted for the old model, which no replica serves any
+            # more: placement would never start them, and they would hold up the new model's
+            # tasks queued behind them.
+            op.detail["queued_ended"] = tasks.end_queued(
+                pool.id, f"pool {pool.id} now serves {new_cfg.model}, not {old_model}"
+            )
         try:
             self._metrics.drain_events_total.labels(pool.id, "reload").inc()
             ids = {r.replica_id for r in old}
