@@ -59,3 +59,62 @@ class TestReloadWithQueuedTasks:
             assert 202 == (await server.submit(after)).status_code
             frames = await asyncio.wait_for(server.stream(after["task_id"]), 10)
             assert "end" == frames[-1][0]
+
+
+def _done(health: dict[str, Any]) -> bool:
+    return (health.get("last_operation") or {}).get("state") in ("done", "rolled_back")
+
+
+#: Gauges with a replica_id label: a replica a reload stopped must not leave them behind.
+REPLICA_GAUGES = (
+    "pool_restart_backoff_seconds",
+    "pool_restart_storm",
+    "gpu_utilization",
+    "vram_used_bytes",
+    "kv_cache_usage_ratio",
+)
+
+
+def _replica_gauges(scrape: str, replica_id: str) -> list[str]:
+    return [
+        line
+        for line in scrape.splitlines()
+        if line.startswith(REPLICA_GAUGES) and f'replica_id="{replica_id}"' in line
+    ]
+
+
+class TestReloadMetrics:
+    async def test_a_rolled_back_reload_leaves_no_storm_behind(self, setup: LaunchedSetup) -> None:
+        """The new replica of a failed reload tripped the storm breaker and was stopped: its
+        gauges go with it, so no restart storm is reported while the pool serves."""
+        broken = setup.tmp / "broken.gguf"
+        broken.write_bytes(b"GGUF\x09\x00\x00\x00")  # a GGUF version no engine reads
+        config = setup.config(restart_storm={"failures": 2, "window_s": 60})
+        async with running_server(config) as server:
+            await wait_health(server, "lp", lambda h: h["ready"])
+            response = await server.client.post(
+                "/v1/pools/lp/reload", json={"new_model_ref": str(broken)}
+            )
+            assert 202 == response.status_code
+            health = await wait_health(server, "lp", _done)
+            assert "rolled_back" == health["last_operation"]["state"]
+            scrape = (await server.client.get("/metrics")).text
+            assert [] == _replica_gauges(scrape, "r0-g1")
+            assert 'pool_restart_storm{pool_id="lp",replica_id="r0"} 0.0' in scrape
+
+    async def test_a_reload_drops_the_replaced_replicas_gauges(self, setup: LaunchedSetup) -> None:
+        """After the switch the old replica is stopped and forgotten: its per-replica gauges
+        are removed rather than left frozen at their last values; the new replica's remain."""
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        async with running_server(setup.config()) as server:
+            await wait_health(server, "lp", lambda h: h["ready"])
+            before = (await server.client.get("/metrics")).text
+            assert _replica_gauges(before, "r0")
+            response = await server.client.post(
+                "/v1/pools/lp/reload", json={"new_model_ref": str(new_model)}
+            )
+            assert 202 == response.status_code
+            assert "done" == (await wait_health(server, "lp", _done))["last_operation"]["state"]
+            scrape = (await server.client.get("/metrics")).text
+            assert [] == _replica_gauges(scrape, "r0")
+            assert 'pool_restart_storm{pool_id="lp",replica_id="r0-g1"} 0.0' in scrape

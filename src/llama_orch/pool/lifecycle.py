@@ -387,6 +387,7 @@ class PoolLifecycle:
         await asyncio.gather(*(s.stop() for s in engines))
         for engine in engines:
             await self._host.unbind(pool.id, engine.replica_id)
+            self._metrics.forget_replica_lifecycle(pool.id, engine.replica_id)
 
 
 def _with_model(cfg: PoolConfig, model_ref: str) -> PoolConfig:
