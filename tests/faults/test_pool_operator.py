@@ -4,15 +4,21 @@ metrics see across the switch (launched fake llama.cpp engines, simulated GPU in
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.test_pool_drain_reload import _state
 from tests.support.engines import tiny_gguf
 from tests.support.launched import LaunchedSetup, launched_setup, llama_task, wait_health
+from tests.support.serve_process import serve_process
 from tests.support.server import running_server
 
 
@@ -118,3 +124,59 @@ class TestReloadMetrics:
             scrape = (await server.client.get("/metrics")).text
             assert [] == _replica_gauges(scrape, "r0")
             assert 'pool_restart_storm{pool_id="lp",replica_id="r0-g1"} 0.0' in scrape
+
+
+def _serve_config(setup: LaunchedSetup) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads(
+        setup.config().model_dump_json(exclude_none=True, exclude_unset=True)
+    )
+    return config
+
+
+def _engine_pid(url: str) -> int:
+    """The pid of pool lp's engine once the pool is Ready."""
+    with httpx.Client(base_url=url, timeout=5.0) as client:
+        for _ in range(800):
+            health = client.get("/v1/pools/lp/health").json()
+            if health["ready"]:
+                pid: int = health["metrics"]["replicas"][0]["process"]["pid"]
+                return pid
+            time.sleep(0.05)
+    raise AssertionError(f"pool lp never turned Ready: {health}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+class TestRunDir:
+    def test_a_second_server_on_the_same_run_dir_leaves_the_first_ones_engines_alone(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """A second ``llorch serve`` of the same config (another port) would take the running
+        server's engines for orphans and kill them: it refuses to start, naming the run dir.
+        Once the first server is SIGKILLed, a new one starts and stops its orphaned engine."""
+        config = _serve_config(setup)
+        first_dir, second_dir, third_dir = (setup.tmp / name for name in ("a", "b", "c"))
+        for workdir in (first_dir, second_dir, third_dir):
+            workdir.mkdir()
+        with serve_process(config, first_dir) as first:
+            engine = _engine_pid(first.url)
+            with (
+                pytest.raises(RuntimeError, match=r"engines\.run_dir") as refused,
+                serve_process(config, second_dir),
+            ):
+                pass
+            assert str(first.process.pid) in str(refused.value)
+            assert _alive(engine)
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait()
+            assert _alive(engine)  # orphaned: its server is gone
+            with serve_process(config, third_dir) as third:
+                assert _engine_pid(third.url) != engine
+                assert not _alive(engine)
+                assert os.path.exists(setup.tmp / "run" / "pids" / "lp-r0.pid")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import os
 import signal
 import socket
 import sys
@@ -25,7 +26,7 @@ from granian.server.embed import Server
 
 from llama_orch import __version__
 from llama_orch.auth.tokens import token_identity
-from llama_orch.bootstrap import build_deps
+from llama_orch.bootstrap import build_deps, hold_engines_run_dir
 from llama_orch.cli.banner import command_name, start_banner, url_host
 from llama_orch.config import Settings, load_settings, resolve_path
 from llama_orch.observability.logging import choose_log_format, configure_logging
@@ -80,6 +81,8 @@ def run_server(
     # Port 0 asks the kernel for a free one: from here on the port is the one it gave, so the
     # start line and the banner name where the server can be reached.
     settings = dataclasses.replace(settings, port=int(listener.getsockname()[1]))
+    # Held until the process exits: the engines' pid files under the run dir are this server's.
+    run_lock = hold_engines_run_dir(settings)
     deps = build_deps(settings)
     inventory = deps.pools.inventory
     log = structlog.get_logger("llama_orch")
@@ -139,13 +142,17 @@ def run_server(
     # run (~66k objects, which made the first one take tens of milliseconds).
     gc.collect()
     gc.freeze()
-    serve_app(
-        app,
-        settings,
-        listener,
-        metrics=deps.metrics,
-        on_stop=lambda: _end_streams(deps, app.state.console_feed),
-    )
+    try:
+        serve_app(
+            app,
+            settings,
+            listener,
+            metrics=deps.metrics,
+            on_stop=lambda: _end_streams(deps, app.state.console_feed),
+        )
+    finally:
+        if run_lock is not None:
+            os.close(run_lock)
 
 
 def _count(n: int, noun: str) -> str:
