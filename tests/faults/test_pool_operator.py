@@ -17,7 +17,13 @@ import pytest
 
 from tests.e2e.test_pool_drain_reload import _state
 from tests.support.engines import tiny_gguf
-from tests.support.launched import LaunchedSetup, launched_setup, llama_task, wait_health
+from tests.support.launched import (
+    LaunchedSetup,
+    launched_setup,
+    llama_task,
+    process_of,
+    wait_health,
+)
 from tests.support.serve_process import serve_process
 from tests.support.server import running_server
 
@@ -180,3 +186,33 @@ class TestRunDir:
                 assert _engine_pid(third.url) != engine
                 assert not _alive(engine)
                 assert os.path.exists(setup.tmp / "run" / "pids" / "lp-r0.pid")
+
+
+class TestRestartStorm:
+    async def test_tasks_queued_when_the_storm_breaker_opens_end(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """Once the pool's only replica stopped restarting, nothing can start a queued task
+        before a reload: it ends with a retriable POOL_UNREADY naming the storm, as a new
+        submission is refused, instead of waiting out its deadline."""
+        pool = setup.pool(slots=1, env={"FAKE_ENGINE_TOKENS_PER_S": "20"})
+        config = setup.config(pool, restart_storm={"failures": 2, "window_s": 60})
+        async with running_server(config) as server:
+            health = await wait_health(server, "lp", lambda h: h["ready"])
+            running = llama_task(setup.model, max_tokens=400)
+            queued = llama_task(setup.model, max_tokens=4, deadline_ms=600_000)
+            assert 202 == (await server.submit(running)).status_code
+            await _state(server, running["task_id"], "running")
+            assert 202 == (await server.submit(queued)).status_code
+            await _state(server, queued["task_id"], "queued")
+            setup.faults.write_text("exit_at_start")
+            os.kill(process_of(health)["pid"], signal.SIGKILL)
+            frames = await asyncio.wait_for(server.stream(running["task_id"]), 10)
+            assert ("error", True) == (frames[-1][0], frames[-1][1]["retriable"])
+            frames = await asyncio.wait_for(server.stream(queued["task_id"]), 10)
+            assert ("error", "POOL_UNREADY", True) == (
+                frames[-1][0],
+                frames[-1][1]["code"],
+                frames[-1][1]["retriable"],
+            )
+            assert "restart storm" in frames[-1][1]["message"]

@@ -138,6 +138,14 @@ class PoolRuntime:
         )
 
     @property
+    def stopped(self) -> bool:
+        """Every replica's engine stopped restarting (restart storm): none turns Ready again
+        before a reload."""
+        return bool(self.replicas) and all(
+            r.process is not None and r.process.storm for r in self.replicas
+        )
+
+    @property
     def slots_total(self) -> int:
         return sum(r.slots_total for r in self.replicas)
 
@@ -610,6 +618,10 @@ class PoolManager:
         """A launched replica's engine is gone or could not start: Unready, with why."""
         gates = Gates(model_present=model_present, engine_ensured=engine_ensured, healthy=False)
         self.publish(pool, replica, gates, error)
+        if pool.stopped:
+            # The replica was Unready already; the dispatcher still has to hear that nothing
+            # will turn Ready, so that tasks waiting for it are told.
+            self._notify(pool.id)
 
     def switch(
         self,
