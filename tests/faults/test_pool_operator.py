@@ -216,3 +216,24 @@ class TestRestartStorm:
                 frames[-1][1]["retriable"],
             )
             assert "restart storm" in frames[-1][1]["message"]
+
+
+class TestReloadRefs:
+    @pytest.mark.parametrize(
+        "ref",
+        ["m" * 5000 + ".gguf", "/models/" + "d/" * 3000 + "x.gguf", "~no-such-user-here/x.gguf"],
+        ids=["name-too-long", "path-too-long", "unknown-home"],
+    )
+    async def test_a_model_path_that_cannot_be_looked_up_is_a_400(
+        self, setup: LaunchedSetup, ref: str
+    ) -> None:
+        """A path the operating system refuses to look up (a name longer than it allows, the
+        home folder of a user that does not exist) is a model that is not there: a 400 naming
+        the problem, never a 500; the pool keeps serving."""
+        async with running_server(setup.config()) as server:
+            await wait_health(server, "lp", lambda h: h["ready"])
+            response = await server.client.post("/v1/pools/lp/reload", json={"new_model_ref": ref})
+            assert (400, "INVALID_PARAMS") == (response.status_code, response.json()["code"])
+            assert "cannot reload pool lp" in response.json()["message"]
+            health = (await server.client.get("/v1/pools/lp/health")).json()
+            assert (True, None) == (health["ready"], health["last_operation"])

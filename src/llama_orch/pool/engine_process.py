@@ -126,18 +126,25 @@ def local_model_locator(base_dir: Path) -> ModelLocator:
     def locate(cfg: PoolConfig) -> str:
         ref = cfg.model
         scheme = urlsplit(ref).scheme
-        if scheme == "file":
-            path = Path(unquote(urlsplit(ref).path))
-        elif scheme and len(scheme) > 1:
+        if scheme and scheme != "file" and len(scheme) > 1:
             raise ModelMissing(
                 f"model {ref} is not staged locally; fetch it into the model catalog first "
                 "(or give a local path)"
             )
-        else:
-            path = Path(ref).expanduser()
-            if not path.is_absolute():
-                path = base_dir / path
-        if not path.exists():
+        try:
+            if scheme == "file":
+                path = Path(unquote(urlsplit(ref).path))
+            else:
+                path = Path(ref).expanduser()
+                if not path.is_absolute():
+                    path = base_dir / path
+            exists = path.exists()
+        except (OSError, RuntimeError) as exc:
+            # A name longer than the system allows, the home folder of an unknown user.
+            shown = ref if len(ref) <= 200 else f"{ref[:200]}... ({len(ref)} characters)"
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ModelMissing(f"model file {shown} cannot be looked up: {why}") from exc
+        if not exists:
             raise ModelMissing(f"model file {path} does not exist")
         return str(path)
 
