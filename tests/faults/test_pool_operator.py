@@ -7,6 +7,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,3 +239,32 @@ class TestReloadRefs:
             assert "cannot reload pool lp" in response.json()["message"]
             health = (await server.client.get("/v1/pools/lp/health")).json()
             assert (True, None) == (health["ready"], health["last_operation"])
+
+
+class TestDeviceMasks:
+    @pytest.mark.parametrize(
+        ("devices", "says"),
+        [("[]", "at least one GPU"), ("[0, 0]", "more than once")],
+        ids=["empty", "repeated"],
+    )
+    def test_a_mask_that_names_no_gpu_or_one_twice_is_refused(
+        self, tmp_path: Path, devices: str, says: str
+    ) -> None:
+        """An empty mask would launch the engine with ``CUDA_VISIBLE_DEVICES=`` (no GPU: a real
+        engine falls back to the CPU); a repeated index is a typo. Both are config errors."""
+        config = tmp_path / "llorch.yaml"
+        config.write_text(
+            "gpus: {simulated: [{index: 0, name: sim, vram_mb: 1024}]}\n"
+            "pools:\n"
+            f"  - {{id: p0, engine: mock, model: m0, devices: {devices}}}\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "llama_orch", "config", "validate", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert 2 == done.returncode, done.stderr
+        assert "pools.0.devices" in done.stderr and says in done.stderr
+        assert "Traceback" not in done.stderr
