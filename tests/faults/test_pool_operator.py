@@ -134,9 +134,9 @@ class TestReloadMetrics:
             assert 'pool_restart_storm{pool_id="lp",replica_id="r0-g1"} 0.0' in scrape
 
 
-def _serve_config(setup: LaunchedSetup) -> dict[str, Any]:
+def _serve_config(setup: LaunchedSetup, **engines: Any) -> dict[str, Any]:
     config: dict[str, Any] = json.loads(
-        setup.config().model_dump_json(exclude_none=True, exclude_unset=True)
+        setup.config(**engines).model_dump_json(exclude_none=True, exclude_unset=True)
     )
     return config
 
@@ -188,6 +188,37 @@ class TestRunDir:
                 assert _engine_pid(third.url) != engine
                 assert not _alive(engine)
                 assert os.path.exists(setup.tmp / "run" / "pids" / "lp-r0.pid")
+
+
+class TestShutdownDuringReload:
+    def test_sigterm_while_the_old_engine_stops_leaves_no_engine_running(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """SIGTERM to the server right after a reload switched, while the replaced engine
+        (slow to shut down) is being stopped: the server still ends that engine before it
+        exits, instead of leaving it holding its GPU until the next start."""
+        setup.faults.write_text("ignore_sigterm")
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        workdir = setup.tmp / "serve"
+        workdir.mkdir()
+        # The grace an engine gets to exit on SIGTERM outlasts the server's own shutdown.
+        config = _serve_config(setup, stop_timeout_ms=60_000)
+        with serve_process(config, workdir) as server:
+            old = _engine_pid(server.url)
+            setup.faults.write_text("")
+            with httpx.Client(base_url=server.url, timeout=5.0) as client:
+                body = {"new_model_ref": str(new_model)}
+                assert 202 == client.post("/v1/pools/lp/reload", json=body).status_code
+                for _ in range(800):
+                    if client.get("/v1/pools/lp/health").json()["model_id"] == str(new_model):
+                        break
+                    time.sleep(0.02)
+            new = _engine_pid(server.url)
+            assert _alive(old)  # told to stop, and still running
+            server.process.send_signal(signal.SIGTERM)
+            assert 0 == server.process.wait(timeout=30)
+            assert not _alive(new)
+            assert not _alive(old)
 
 
 class TestRestartStorm:
