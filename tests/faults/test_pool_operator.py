@@ -190,6 +190,36 @@ class TestRunDir:
                 assert os.path.exists(setup.tmp / "run" / "pids" / "lp-r0.pid")
 
 
+class TestRetiredModel:
+    async def test_retiring_the_served_model_does_not_kill_its_engine(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """Retired, the model closes the pool's catalog gate: the pool turns Unready, but its
+        engine still answers its health checks. It is not killed as hung (nor restarted, nor
+        counted toward the storm breaker): the running stream ends normally, and activating
+        the model again makes the same engine Ready."""
+        pool = setup.pool(env={"FAKE_ENGINE_TOKENS_PER_S": "20"})
+        async with running_server(setup.config(pool)) as server:
+            health = await wait_health(server, "lp", lambda h: h["ready"])
+            pid = process_of(health)["pid"]
+            running = llama_task(setup.model, max_tokens=40)
+            assert 202 == (await server.submit(running)).status_code
+            await _state(server, running["task_id"], "running")
+            stream = asyncio.create_task(server.stream(running["task_id"]))
+            state = f"/v1/catalog/models/file:{setup.model}/state"
+            retired = await server.client.post(state, json={"state": "Retired"})
+            assert 202 == retired.status_code
+            await wait_health(server, "lp", lambda h: "Retired" in (h["last_error"] or ""))
+            assert "end" == (await asyncio.wait_for(stream, 20))[-1][0]
+            # Many probe intervals (0.2 s here), well past hang_after_failed_probes (3).
+            await asyncio.sleep(1.5)
+            health = (await server.client.get("/v1/pools/lp/health")).json()
+            assert (pid, 0) == (process_of(health)["pid"], process_of(health)["restarts"])
+            assert 202 == (await server.client.post(state, json={"state": "Active"})).status_code
+            health = await wait_health(server, "lp", lambda h: h["ready"])
+            assert (pid, 0) == (process_of(health)["pid"], health["restart_count"])
+
+
 class TestShutdownDuringReload:
     def test_sigterm_while_the_old_engine_stops_leaves_no_engine_running(
         self, setup: LaunchedSetup

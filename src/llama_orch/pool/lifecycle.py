@@ -31,6 +31,7 @@ from llama_orch.observability.narration import narrate
 from llama_orch.pool.engine_process import (
     EngineCache,
     ModelMissing,
+    ProbeResult,
     ProcessState,
     ReplicaEngine,
     Supervision,
@@ -161,9 +162,9 @@ class PoolLifecycle:
             )
             manager.rebound()
 
-        async def probe() -> bool:
+        async def probe() -> ProbeResult:
             await manager.evaluate(pool, replica, cfg)
-            return replica.state.value == "ready"
+            return ProbeResult(replica.state.value == "ready", replica.gates.healthy)
 
         def lost(error: str, engine_ensured: bool, model_present: bool) -> None:
             manager.lost(pool, replica, error, engine_ensured, model_present)
