@@ -251,6 +251,38 @@ class TestShutdownDuringReload:
             assert not _alive(old)
 
 
+class TestHangup:
+    def test_sighup_stops_the_server_and_its_engines(self, setup: LaunchedSetup) -> None:
+        """Closing the terminal (or the SSH session) that runs ``llorch serve`` sends SIGHUP:
+        the server stops as on SIGTERM, its engines with it, rather than dying at once and
+        leaving them running (holding their GPUs) until the next start."""
+        workdir = setup.tmp / "serve"
+        workdir.mkdir()
+        with serve_process(_serve_config(setup), workdir) as server:
+            engine = _engine_pid(server.url)
+            server.process.send_signal(signal.SIGHUP)
+            assert 0 == server.process.wait(timeout=30)
+            assert not _alive(engine)
+            assert not (setup.tmp / "run" / "pids" / "lp-r0.pid").exists()
+
+    def test_under_nohup_sighup_is_ignored(self, tmp_path: Path) -> None:
+        """``nohup llorch serve`` asks to outlive the terminal: SIGHUP changes nothing."""
+        config: dict[str, Any] = {
+            "gpus": {"simulated": [{"index": 0, "name": "sim", "vram_mb": 1024}]},
+            "pools": [{"id": "p0", "engine": "mock", "model": "m0"}],
+        }
+
+        def nohup() -> None:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+        with serve_process(config, tmp_path, preexec_fn=nohup) as server:
+            server.process.send_signal(signal.SIGHUP)
+            time.sleep(0.5)  # a stop would have closed the listener by now
+            with httpx.Client(base_url=server.url, timeout=5.0) as client:
+                assert 200 == client.get("/v1/capabilities").status_code
+            assert server.process.poll() is None
+
+
 class TestRestartStorm:
     async def test_tasks_queued_when_the_storm_breaker_opens_end(
         self, setup: LaunchedSetup

@@ -43,7 +43,7 @@ from llama_orch.server.listener import (
     raise_fd_limit,
 )
 
-#: After SIGINT/SIGTERM every stream is ended at once; the process exits within this many
+#: After SIGINT/SIGTERM/SIGHUP every stream is ended at once; the process exits within this many
 #: seconds even if a connection or a background job does not let go.
 SHUTDOWN_DEADLINE_S = 15.0
 # Connections queued by the kernel while the server holds its cap of connections.
@@ -194,7 +194,8 @@ def serve_app(
     metrics: Metrics,
     on_stop: Callable[[], None] | None = None,
 ) -> None:
-    """Run ``app`` until SIGINT or SIGTERM; the app's lifespan starts and stops the rest."""
+    """Run ``app`` until SIGINT, SIGTERM or SIGHUP; the app's lifespan starts and stops the
+    rest."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_serve(app, settings, listener, metrics, on_stop))
 
@@ -264,7 +265,8 @@ async def _serve(
         # Streams were just ended; whatever still holds the server past the deadline is cut.
         loop.call_later(SHUTDOWN_DEADLINE_S, force)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = _stop_signals()
+    for sig in signals:
         loop.add_signal_handler(sig, stop)
     watch.start()
     try:
@@ -281,8 +283,16 @@ async def _serve(
         )
     finally:
         await watch.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+def _stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop the server cleanly. SIGHUP is the terminal (or SSH session) going
+    away: its default action would end the process at once, leaving the engines it launched
+    running. Under ``nohup`` (SIGHUP ignored) the server outlives its terminal, as asked."""
+    hangup = () if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGINT, signal.SIGTERM, *hangup)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
