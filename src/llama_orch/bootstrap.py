@@ -20,9 +20,9 @@ from llama_orch.dispatch.service import TaskService
 from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
-from llama_orch.pool.engine_process import Supervision, catalog_model_locator
+from llama_orch.pool.engine_process import Supervision, catalog_model_locator, is_launched
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory, simulated_inventory
-from llama_orch.pool.launch import Launcher, LocalLauncher
+from llama_orch.pool.launch import Launcher, LocalLauncher, RunDirBusy, hold_run_dir
 from llama_orch.pool.launch.routing import HostRouting
 from llama_orch.pool.manager import PoolManager
 from llama_orch.provisioners.engine import FileEngineIndex, ProvisionContext
@@ -110,6 +110,25 @@ def writable_dir(settings: Settings, key: str, root: Path) -> Path:
             ],
         ) from exc
     return root
+
+
+def hold_engines_run_dir(settings: Settings) -> int | None:
+    """Lock ``engines.run_dir`` for this server when it launches engines (the descriptor);
+    another live server using it stops start-up, before it could stop that server's engines."""
+    if not any(is_launched(pool) for pool in settings.config.pools):
+        return None
+    run_dir = Path(settings.config.engines.run_dir).expanduser()
+    try:
+        return hold_run_dir(run_dir)
+    except RunDirBusy as exc:
+        message = (
+            f"another llorch serve (pid {exc.holder or 'unknown'}) runs its engines from "
+            f"{run_dir}; stop that server, or give this one its own engines.run_dir"
+        )
+    except OSError as exc:
+        message = f"cannot lock {run_dir}: {exc.strerror or exc}; point it at a directory "
+        message += "this user can write"
+    raise ConfigError(settings.source, [ConfigIssue("engines.run_dir", message)])
 
 
 def launcher_of(settings: Settings) -> Launcher:

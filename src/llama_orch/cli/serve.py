@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import os
 import signal
 import socket
 import sys
@@ -25,7 +26,7 @@ from granian.server.embed import Server
 
 from llama_orch import __version__
 from llama_orch.auth.tokens import token_identity
-from llama_orch.bootstrap import build_deps
+from llama_orch.bootstrap import build_deps, hold_engines_run_dir
 from llama_orch.cli.banner import command_name, start_banner, url_host
 from llama_orch.config import Settings, load_settings, resolve_path
 from llama_orch.observability.logging import choose_log_format, configure_logging
@@ -42,7 +43,7 @@ from llama_orch.server.listener import (
     raise_fd_limit,
 )
 
-#: After SIGINT/SIGTERM every stream is ended at once; the process exits within this many
+#: After SIGINT/SIGTERM/SIGHUP every stream is ended at once; the process exits within this many
 #: seconds even if a connection or a background job does not let go.
 SHUTDOWN_DEADLINE_S = 15.0
 # Connections queued by the kernel while the server holds its cap of connections.
@@ -80,6 +81,8 @@ def run_server(
     # Port 0 asks the kernel for a free one: from here on the port is the one it gave, so the
     # start line and the banner name where the server can be reached.
     settings = dataclasses.replace(settings, port=int(listener.getsockname()[1]))
+    # Held until the process exits: the engines' pid files under the run dir are this server's.
+    run_lock = hold_engines_run_dir(settings)
     deps = build_deps(settings)
     inventory = deps.pools.inventory
     log = structlog.get_logger("llama_orch")
@@ -139,13 +142,17 @@ def run_server(
     # run (~66k objects, which made the first one take tens of milliseconds).
     gc.collect()
     gc.freeze()
-    serve_app(
-        app,
-        settings,
-        listener,
-        metrics=deps.metrics,
-        on_stop=lambda: _end_streams(deps, app.state.console_feed),
-    )
+    try:
+        serve_app(
+            app,
+            settings,
+            listener,
+            metrics=deps.metrics,
+            on_stop=lambda: _end_streams(deps, app.state.console_feed),
+        )
+    finally:
+        if run_lock is not None:
+            os.close(run_lock)
 
 
 def _count(n: int, noun: str) -> str:
@@ -187,7 +194,8 @@ def serve_app(
     metrics: Metrics,
     on_stop: Callable[[], None] | None = None,
 ) -> None:
-    """Run ``app`` until SIGINT or SIGTERM; the app's lifespan starts and stops the rest."""
+    """Run ``app`` until SIGINT, SIGTERM or SIGHUP; the app's lifespan starts and stops the
+    rest."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_serve(app, settings, listener, metrics, on_stop))
 
@@ -257,7 +265,8 @@ async def _serve(
         # Streams were just ended; whatever still holds the server past the deadline is cut.
         loop.call_later(SHUTDOWN_DEADLINE_S, force)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = _stop_signals()
+    for sig in signals:
         loop.add_signal_handler(sig, stop)
     watch.start()
     try:
@@ -274,8 +283,16 @@ async def _serve(
         )
     finally:
         await watch.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+def _stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop the server cleanly. SIGHUP is the terminal (or SSH session) going
+    away: its default action would end the process at once, leaving the engines it launched
+    running. Under ``nohup`` (SIGHUP ignored) the server outlives its terminal, as asked."""
+    hangup = () if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGINT, signal.SIGTERM, *hangup)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

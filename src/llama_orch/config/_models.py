@@ -521,6 +521,22 @@ class PoolConfig(_Strict):
         number = replica_id.removeprefix("r")
         return hosts[(int(number) if number.isdigit() else 0) % len(hosts)]
 
+    @field_validator("devices")
+    @classmethod
+    def _a_real_mask(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return value
+        if not value:
+            # CUDA_VISIBLE_DEVICES= hides every GPU: a real engine would run on the CPU.
+            raise ValueError(
+                "must name at least one GPU (leave devices out to use every GPU); there is no "
+                "CPU fallback"
+            )
+        repeated = sorted({i for i in value if value.count(i) > 1})
+        if repeated:
+            raise ValueError(f"names GPUs {repeated} more than once")
+        return value
+
     @model_validator(mode="after")
     def _cross_field_rules(self) -> PoolConfig:  # noqa: C901 - one flat list of independent rules
         if self.tensor_split is not None and len(self.tensor_split) != len(self.devices or []):

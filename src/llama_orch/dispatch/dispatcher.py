@@ -45,12 +45,21 @@ from llama_orch.dispatch.lanes import NEVER_MS, PoolLane
 from llama_orch.dispatch.runner import Runner, replica_labels
 from llama_orch.dispatch.sessions import SessionStore, session_rules
 from llama_orch.dispatch.tasks import Task, TaskRegistry, TaskState
-from llama_orch.errors import AdmissionRejected, OrchError, QueueFullDropLru, WorkerInternal
+from llama_orch.errors import (
+    AdmissionRejected,
+    OrchError,
+    PoolUnready,
+    QueueFullDropLru,
+    WorkerInternal,
+)
 from llama_orch.observability.metrics import Metrics, PlacementMetrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.manager import PoolManager, Replica, ReplicaState
 from llama_orch.supervisor import Supervisor
 from llama_orch.vocab import Priority
+
+#: Retry advice for queued tasks a restart storm ends: about what a reload of the pool takes.
+STRANDED_RETRY_AFTER_MS = 5000
 
 
 class Dispatcher:
@@ -311,7 +320,26 @@ class Dispatcher:
         while True:
             await lane.wake.wait()
             lane.wake.clear()
+            if lane.pool.stopped:
+                self._end_stranded(lane)
             self._dispatch_ready(lane)
+
+    def _end_stranded(self, lane: PoolLane) -> None:
+        """Every replica of the pool stopped restarting (a restart storm): no queued task can
+        start before the pool is reloaded, so each ends now, as a new one is refused."""
+        if not len(lane.queue):
+            return
+        pool = lane.pool
+        self.end_queued(
+            pool.id,
+            PoolUnready(
+                f"pool {pool.id} stopped restarting its engine ({pool.last_error}); the task "
+                "was not started: resubmit it once the pool is reloaded, or to another pool",
+                retry_after_ms=STRANDED_RETRY_AFTER_MS,
+                pool_id=pool.id,
+                engine=pool.config.engine.value,
+            ),
+        )
 
     def _dispatch_ready(self, lane: PoolLane) -> None:
         """Start queued tasks while ``decide`` finds a replica with a free slot."""

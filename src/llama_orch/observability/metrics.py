@@ -6,6 +6,7 @@ label children bound once per (pool, replica) through ``ReplicaMetrics``.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -226,6 +227,13 @@ class Metrics:
         for replica_id in replica_ids:
             self.pool_restart_backoff_seconds.labels(pool_id, replica_id).set(0)
             self.pool_restart_storm.labels(pool_id, replica_id).set(0)
+
+    def forget_replica_lifecycle(self, pool_id: str, replica_id: str) -> None:
+        """Drop the restart gauges of a replica a reload stopped for good (replaced, or rolled
+        back), so a storm it tripped is not reported for as long as the server runs."""
+        for gauge in (self.pool_restart_backoff_seconds, self.pool_restart_storm):
+            with contextlib.suppress(KeyError):
+                gauge.remove(pool_id, replica_id)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

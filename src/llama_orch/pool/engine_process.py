@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -126,18 +127,25 @@ def local_model_locator(base_dir: Path) -> ModelLocator:
     def locate(cfg: PoolConfig) -> str:
         ref = cfg.model
         scheme = urlsplit(ref).scheme
-        if scheme == "file":
-            path = Path(unquote(urlsplit(ref).path))
-        elif scheme and len(scheme) > 1:
+        if scheme and scheme != "file" and len(scheme) > 1:
             raise ModelMissing(
                 f"model {ref} is not staged locally; fetch it into the model catalog first "
                 "(or give a local path)"
             )
-        else:
-            path = Path(ref).expanduser()
-            if not path.is_absolute():
-                path = base_dir / path
-        if not path.exists():
+        try:
+            if scheme == "file":
+                path = Path(unquote(urlsplit(ref).path))
+            else:
+                path = Path(ref).expanduser()
+                if not path.is_absolute():
+                    path = base_dir / path
+            exists = path.exists()
+        except (OSError, RuntimeError) as exc:
+            # A name longer than the system allows, the home folder of an unknown user.
+            shown = ref if len(ref) <= 200 else f"{ref[:200]}... ({len(ref)} characters)"
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ModelMissing(f"model file {shown} cannot be looked up: {why}") from exc
+        if not exists:
             raise ModelMissing(f"model file {path} does not exist")
         return str(path)
 
@@ -297,8 +305,19 @@ class EngineCache:
 
 #: (pool, replica, endpoint) -> None: bind the replica's adapter to its engine.
 BindFn = Callable[[PoolConfig, str, str], Awaitable[None]]
-#: Re-evaluate the replica's gates (one health probe); returns whether it is Ready.
-ProbeFn = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    #: All three gates pass: the replica is Ready.
+    ready: bool
+    #: The engine itself answered healthy, whatever the other gates say (a Retired model
+    #: closes the catalog gate of an engine that runs fine).
+    engine_healthy: bool
+
+
+#: Re-evaluate the replica's gates (one health probe).
+ProbeFn = Callable[[], Awaitable[ProbeResult]]
 #: Publish a gate failure or a lost engine: (error, engine_ensured, model_present).
 LostFn = Callable[[str, bool, bool], None]
 
@@ -540,13 +559,15 @@ class ReplicaEngine:
         startup_s = self._sup.engines.startup_timeout_ms / 1000
         hang_after = self._sup.engines.hang_after_failed_probes
         ready_once = False
+        #: The engine answered healthy at the last probe (its start-up is over).
+        answered = False
         failed = 0
         try:
             while True:
                 if self.retiring:
                     await exited
                     return "retired"
-                interval = self._probe_interval_s if ready_once else STARTUP_POLL_S
+                interval = self._probe_interval_s if ready_once or answered else STARTUP_POLL_S
                 done, _ = await asyncio.wait({exited}, timeout=interval)
                 if done:
                     return "exited"
@@ -555,15 +576,20 @@ class ReplicaEngine:
                         return "never_ready"
                     continue
                 probe = asyncio.ensure_future(self._probe())
-                done, _ = await asyncio.wait({probe, exited}, return_when=asyncio.FIRST_COMPLETED)
+                either: set[asyncio.Task[Any]] = {probe, exited}
+                done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
                 if exited in done:
                     probe.cancel()
                     return "exited"
-                if probe.result():
+                result = probe.result()
+                answered = result.engine_healthy
+                if result.ready and not ready_once:
+                    ready_once = True
+                    self._on_ready(time.monotonic() - started, adopted=handle.adopted)
+                if result.engine_healthy:
+                    # Only the engine's own failures count toward a hang or a failed start: a
+                    # gate it cannot open (a Retired model) is no reason to kill it.
                     failed = 0
-                    if not ready_once:
-                        ready_once = True
-                        self._on_ready(time.monotonic() - started, adopted=handle.adopted)
                 elif ready_once:
                     failed += 1
                     if failed >= hang_after:

@@ -62,6 +62,7 @@ class GpuSampler:
         self._host_deadline_s = host_deadline_s
         #: The last inventory read (the declared one until the first sample).
         self.latest: GpuInventory = pools.inventory
+        pools.on_forget(self._forget)
 
     @classmethod
     def for_pools(
@@ -157,6 +158,13 @@ class GpuSampler:
                     )
                     util.set(gpu.utilization_pct)
                     vram.set(gpu.vram_used_bytes)
+
+    def _forget(self, pool_id: str, replica_id: str) -> None:
+        """A reload dropped the replica: its series go, rather than stay at their last values."""
+        for key in [k for k in self._bound if k[:2] == (pool_id, replica_id)]:
+            labels = self._bound.pop(key)[0]
+            self._metrics.gpu_utilization.remove(*labels)
+            self._metrics.vram_used_bytes.remove(*labels)
 
     def _children(self, key: _Key, labels: _Labels) -> tuple[Gauge, Gauge]:
         bound = self._bound.get(key)

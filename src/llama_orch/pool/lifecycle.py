@@ -31,6 +31,7 @@ from llama_orch.observability.narration import narrate
 from llama_orch.pool.engine_process import (
     EngineCache,
     ModelMissing,
+    ProbeResult,
     ProcessState,
     ReplicaEngine,
     Supervision,
@@ -161,9 +162,9 @@ class PoolLifecycle:
             )
             manager.rebound()
 
-        async def probe() -> bool:
+        async def probe() -> ProbeResult:
             await manager.evaluate(pool, replica, cfg)
-            return replica.state.value == "ready"
+            return ProbeResult(replica.state.value == "ready", replica.gates.healthy)
 
         def lost(error: str, engine_ensured: bool, model_present: bool) -> None:
             manager.lost(pool, replica, error, engine_ensured, model_present)
@@ -331,8 +332,16 @@ class PoolLifecycle:
             )
             return
         old = list(pool.replicas)
+        old_model = pool.config.model
         self._manager.switch(pool, new_cfg, old, fresh, retire=self._retire)
         op.detail["switch_ms"] = int((time.monotonic() - started) * 1000)
+        if new_cfg.model != old_model:
+            # Tasks still queued were admitted for the old model, which no replica serves any
+            # more: placement would never start them, and they would hold up the new model's
+            # tasks queued behind them.
+            op.detail["queued_ended"] = tasks.end_queued(
+                pool.id, f"pool {pool.id} now serves {new_cfg.model}, not {old_model}"
+            )
         try:
             self._metrics.drain_events_total.labels(pool.id, "reload").inc()
             ids = {r.replica_id for r in old}
@@ -379,6 +388,7 @@ class PoolLifecycle:
         await asyncio.gather(*(s.stop() for s in engines))
         for engine in engines:
             await self._host.unbind(pool.id, engine.replica_id)
+            self._metrics.forget_replica_lifecycle(pool.id, engine.replica_id)
 
 
 def _with_model(cfg: PoolConfig, model_ref: str) -> PoolConfig:

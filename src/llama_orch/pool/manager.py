@@ -138,6 +138,14 @@ class PoolRuntime:
         )
 
     @property
+    def stopped(self) -> bool:
+        """Every replica's engine stopped restarting (restart storm): none turns Ready again
+        before a reload."""
+        return bool(self.replicas) and all(
+            r.process is not None and r.process.storm for r in self.replicas
+        )
+
+    @property
     def slots_total(self) -> int:
         return sum(r.slots_total for r in self.replicas)
 
@@ -197,6 +205,7 @@ class PoolManager:
         self._probe_loops: list[str] = []
         self._first_probes: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[str], None]] = []
+        self._forget_listeners: list[Callable[[str, str], None]] = []
         self.pools: dict[str, PoolRuntime] = {}
         #: Where the GPU sampler asks cluster hosts for their inventories (None: one machine).
         self.host_source: HostInventories | None = supervision.hosts if supervision else None
@@ -305,6 +314,10 @@ class PoolManager:
     def on_capacity_change(self, listener: Callable[[str], None]) -> None:
         """Register a callback run with the pool id whenever slots or readiness change."""
         self._listeners.append(listener)
+
+    def on_forget(self, listener: Callable[[str, str], None]) -> None:
+        """Register a callback run with (pool id, replica id) when a replica is dropped."""
+        self._forget_listeners.append(listener)
 
     def _notify(self, pool_id: str) -> None:
         for listener in self._listeners:
@@ -605,6 +618,10 @@ class PoolManager:
         """A launched replica's engine is gone or could not start: Unready, with why."""
         gates = Gates(model_present=model_present, engine_ensured=engine_ensured, healthy=False)
         self.publish(pool, replica, gates, error)
+        if pool.stopped:
+            # The replica was Unready already; the dispatcher still has to hear that nothing
+            # will turn Ready, so that tasks waiting for it are told.
+            self._notify(pool.id)
 
     def switch(
         self,
@@ -644,9 +661,14 @@ class PoolManager:
         self._notify(pool.id)
 
     def forget(self, pool: PoolRuntime, old: list[Replica]) -> None:
-        """Drop replicas a reload replaced (their engines stopped)."""
+        """Drop replicas a reload replaced (their engines stopped), and their gauges: left
+        behind, they would stay frozen at their last values."""
         gone = {id(r) for r in old}
         pool.replicas = [r for r in pool.replicas if id(r) not in gone]
+        for replica in old:
+            self._drop_kv_gauge(replica)
+            for listener in self._forget_listeners:
+                listener(pool.id, replica.replica_id)
         self._bump()
         self._notify(pool.id)
 
@@ -657,14 +679,17 @@ class PoolManager:
         if engine_version != replica.engine_version or replica.metrics is None:
             if engine_version != replica.engine_version:
                 self._bump()
-            if replica.kv_gauge is not None and replica.metrics is not None:
-                # The old version's series would otherwise stay frozen at its last value.
-                self._metrics.kv_cache_usage_ratio.remove(*replica.metrics.labels)
-                replica.kv_gauge = None
+            # The old version's series would otherwise stay frozen at its last value.
+            self._drop_kv_gauge(replica)
             replica.engine_version = engine_version
             replica.metrics = self._metrics.bind_replica(
                 pool.config.engine.value, engine_version, pool.id, replica.replica_id
             )
+
+    def _drop_kv_gauge(self, replica: Replica) -> None:
+        if replica.kv_gauge is not None and replica.metrics is not None:
+            self._metrics.kv_cache_usage_ratio.remove(*replica.metrics.labels)
+            replica.kv_gauge = None
 
     def _set_kv_usage(self, replica: Replica, ratio: float | None) -> None:
         """Publish the engine's KV cache use; engines that cannot report it stay unset."""

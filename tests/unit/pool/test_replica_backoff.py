@@ -14,6 +14,7 @@ from llama_orch.core.clock import ManualClock
 from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.engine_process import (
     EngineCache,
+    ProbeResult,
     ProcessState,
     ReplicaEngine,
     Supervision,
@@ -82,8 +83,8 @@ def _engine(
     async def bind(_cfg: PoolConfig, _replica: str, _endpoint: str) -> None:
         raise AssertionError("nothing launches here")
 
-    async def probe() -> bool:
-        return False
+    async def probe() -> ProbeResult:
+        return ProbeResult(ready=False, engine_healthy=False)
 
     return ReplicaEngine(
         cfg,

@@ -18,7 +18,7 @@ from llama_orch.pool.launch._types import (
     NoLiveHost,
     redact_argv,
 )
-from llama_orch.pool.launch.local import LocalLauncher, free_port
+from llama_orch.pool.launch.local import LocalLauncher, RunDirBusy, free_port, hold_run_dir
 
 __all__ = [
     "EngineHandle",
@@ -29,6 +29,8 @@ __all__ = [
     "Launcher",
     "LocalLauncher",
     "NoLiveHost",
+    "RunDirBusy",
     "free_port",
+    "hold_run_dir",
     "redact_argv",
 ]

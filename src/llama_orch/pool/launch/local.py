@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -27,6 +28,38 @@ from llama_orch.pool.launch._types import ExitKind, LaunchError, LaunchSpec, red
 
 #: How long ``reap_orphans`` waits for an orphan's group to exit after SIGTERM.
 ORPHAN_GRACE_S = 5.0
+#: The lock file of the run dir: the server holding it owns every pid file there.
+LOCK_NAME = "serve.lock"
+
+
+class RunDirBusy(Exception):
+    """Another live server holds the run dir: its pid files name running engines, no orphans."""
+
+    def __init__(self, run_dir: Path, holder: str) -> None:
+        self.run_dir = run_dir
+        self.holder = holder
+        super().__init__(f"{run_dir} is held by process {holder or '(unknown)'}")
+
+
+def hold_run_dir(run_dir: Path) -> int:
+    """Lock ``run_dir`` for as long as this process lives; the descriptor that holds the lock.
+
+    A second server on the same run dir would take the first one's pid files for a crashed
+    run's and stop its engines. The kernel releases the lock when the process ends, however it
+    ends (SIGKILL included), so the next server still finds the orphans. The descriptor is not
+    inherited by engines, which must not keep the lock after their server died.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        raise RunDirBusy(run_dir, holder) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def free_port(host: str = "127.0.0.1") -> int:

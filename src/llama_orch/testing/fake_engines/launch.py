@@ -16,7 +16,8 @@ exactly as it launches the real engine:
 - ``FAKE_ENGINE_TTFT_MS`` / ``FAKE_ENGINE_TOKENS_PER_S``: pace;
 - ``FAKE_ENGINE_LOAD_MS``: time spent "loading" (llama.cpp answers 503 meanwhile);
 - ``FAKE_ENGINE_FAULTS``: a file read at start whose content names a fault: ``exit_at_start``
-  (exit 1 before binding) or ``never_healthy`` (health answers 503 forever). Tests rewrite the
+  (exit 1 before binding), ``never_healthy`` (health answers 503 forever) or ``ignore_sigterm``
+  (an engine slow to shut down: only SIGINT or SIGKILL ends it). Tests rewrite the
   file between launches to script crash loops and recoveries.
 """
 
@@ -186,7 +187,10 @@ async def serve(fake: FakeEngine, port: int, fault: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        if sig is signal.SIGTERM and fault == "ignore_sigterm":
+            loop.add_signal_handler(sig, lambda: None)
+        else:
+            loop.add_signal_handler(sig, stop.set)
     load_ms = float(os.environ.get("FAKE_ENGINE_LOAD_MS", "0"))
     if isinstance(fake, FakeLlamaCpp) and load_ms > 0:
         fake.behaviour.loading = True
