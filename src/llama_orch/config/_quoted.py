@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from llama_orch.errors import ConfigIssue
 
 Path = tuple[str | int, ...]
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 def quoted_scalars(
@@ -63,15 +64,30 @@ def _expected(value: bool | int | float) -> str:
 
 
 def _line(root: yaml.Node | None, path: Path) -> str:
-    """The line of the value at ``path`` (1-based), or ``?`` where a merge key hides it."""
+    """The line of the value at ``path`` (1-based), or ``?`` where it cannot be found."""
     node = root
     for part in path:
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == str(part)), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            node = node.value[part] if part < len(node.value) else None
-        else:
-            node = None
+        node = _child(node, part)
         if node is None:
             return "?"
     return str(node.start_mark.line + 1) if node is not None else "?"
+
+
+def _child(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
+    """The node under ``part``; a key merged in (``<<: *base``) is found where it is written."""
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+        return node.value[part] if part < len(node.value) else None
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    pairs: list[tuple[yaml.Node, yaml.Node]] = node.value
+    for key, value in pairs:
+        if key.tag != _MERGE and key.value == str(part):
+            return value
+    for key, value in pairs:
+        if key.tag == _MERGE:
+            sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            for source in sources:
+                found = _child(source, part)
+                if found is not None:
+                    return found
+    return None

@@ -73,6 +73,17 @@ class TestStrictValidation:
             "text 'no': remove the quotes",
         ] == issues_of(text)
 
+    def test_a_quoted_number_merged_in_is_found_where_it_is_written(self) -> None:
+        """A value that comes from a merge key (`<<: *base`) is named at the anchor's line."""
+        text = MINIMAL.replace(
+            "  - {id: p0, engine: mock, model: m0}",
+            "  - &base {id: p0, engine: mock, model: m0, slots: '2'}\n"
+            "  - {<<: *base, id: p1, model: m1}",
+        )
+        assert 2 * [
+            "an integer goes here, but line 4 quotes it as the text '2': remove the quotes"
+        ] == [problem.split(": ", 1)[1] for problem in issues_of(text)]
+
     def test_a_quoted_float_in_a_list_is_named_by_its_index(self) -> None:
         """Lists are walked too; the index is in the key (other problems still come along)."""
         text = MINIMAL.replace("model: m0}", "model: m0, devices: [0], tensor_split: ['2.5']}")
