@@ -62,6 +62,30 @@ class TestConfigFileMistakes:
         code, out, err = await run("config", "validate", "--offline", str(config))
         assert (0, f"{config}: ok (2 pools)\n") == (code, out), err
 
+    async def test_a_quoted_number_is_refused_with_its_line(self, tmp_path: Path) -> None:
+        """`slots: "4"` is text; validate and serve refuse it naming the key and line instead
+        of reading a number the file does not hold. The environment's overrides, which are
+        always text, still work."""
+        config = tmp_path / "quoted.yaml"
+        config.write_text(POOLS.replace("model: m0}", "model: m0, slots: '4'}"))
+        for args in (
+            ("config", "validate", "--offline", str(config)),
+            ("serve", "--config", str(config), "--bind", "127.0.0.1:0"),
+        ):
+            code, _, err = await run(*args)
+            assert 2 == code, err
+            assert (
+                "pools.0.slots: an integer goes here, but line 2 quotes it as the text '4': "
+                "remove the quotes"
+            ) in err
+            assert "Traceback" not in err
+        plain = tmp_path / "plain.yaml"
+        plain.write_text(POOLS + "gpus: {simulated: [{index: 0, name: sim, vram_mb: 1024}]}\n")
+        code, out, err = await run(
+            "config", "validate", str(plain), env={"ORCHD_SSE_HEARTBEAT_MS": "250"}
+        )
+        assert (0, f"{plain}: ok (1 pools)\n") == (code, out), err
+
 
 class TestTokenMistakes:
     async def test_a_token_file_that_is_not_utf8(self, tmp_path: Path) -> None:

@@ -338,7 +338,7 @@ class TestCancel:
             frames = await srv.stream(queued["task_id"])
             depth = srv.deps.service.pool_status("p0").queue_depth
         assert (204, 204) == (response.status_code, again.status_code)
-        assert "x-correlation-id" not in response.headers
+        assert response.headers["x-correlation-id"]
         assert ["started", "end"] == [e for e, _ in frames]
         assert {"canceled": True, "tokens_out": 0} == {
             k: frames[-1][1][k] for k in ("canceled", "tokens_out")

@@ -293,6 +293,35 @@ class TestEngineOverruns:
         assert "Traceback" not in log
 
 
+def _line_endings(ending: bytes) -> Script:
+    """A stream of three tokens whose lines end with ``ending`` (valid SSE for CR, LF and
+    CRLF), written one line per write so endings also fall at write boundaries."""
+
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head())
+        frames = b"".join(_chunk(f"t{n} ") for n in range(3)) + _FINISH
+        for line in frames.split(b"\n"):
+            writer.write(line)
+            await writer.drain()
+            writer.write(ending)
+            await writer.drain()
+
+    return script
+
+
+class TestLineEndings:
+    @pytest.mark.timeout(120)
+    @pytest.mark.parametrize("ending", [b"\r", b"\r\n"], ids=["cr", "crlf"])
+    async def test_every_sse_line_ending_streams(self, ending: bytes, tmp_path: Path) -> None:
+        """An engine ending its SSE lines with a lone CR or with CRLF streams like one
+        using LF: every token, then a normal end."""
+        frames, log, _ = await _one_task(_line_endings(ending), tmp_path)
+        tokens = [data["t"] for event, data in frames if event == "token"]
+        assert ["t0 ", "t1 ", "t2 "] == tokens
+        assert ("end", 3) == (frames[-1][0], frames[-1][1]["tokens_out"]), frames[-1]
+        assert "Traceback" not in log
+
+
 def _answer(data: bytes) -> Script:
     async def script(writer: asyncio.StreamWriter) -> None:
         writer.write(data)

@@ -25,7 +25,7 @@ class Frame:
 
 @st.composite
 def sse_frames(draw: st.DrawFn) -> Frame:
-    newline = draw(st.sampled_from([b"\n", b"\r\n"]))
+    newline = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
     space = draw(st.sampled_from([b" ", b""]))  # TGI writes data:{...}, the others data: {...}
     kind = draw(st.sampled_from(["token", "comment", "multiline", "named", "done"]))
     if kind == "comment":

@@ -54,6 +54,30 @@ class TestSseDecoderSplits:
         assert ([e.data for e in events], pending) == (payloads, decoder.pending)
 
 
+class TestSseLineEndings:
+    def test_a_crlf_split_across_two_reads_is_one_ending(self) -> None:
+        """A read ending in ``\\r`` whose next read starts with ``\\n``: one line ending, so the
+        two data lines stay one event."""
+        decoder = SseDecoder()
+        reads = [b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"]
+        assert [[], [], [b"a\nb"], []] == [decoder.feed_data(read) for read in reads]
+        assert not decoder.pending
+
+    def test_lone_cr_endings(self) -> None:
+        """A lone ``\\r`` ends a line, at a read's end or inside it."""
+        decoder = SseDecoder()
+        assert [] == decoder.feed(b"event: token\rdata: 1\r")
+        assert [SseEvent(b"1", "token")] == decoder.feed(b"\r")
+        assert [b"2", b"3"] == decoder.feed_data(b"data: 2\r\rdata: 3\r\r")
+        assert not decoder.pending
+
+    def test_an_empty_read_keeps_a_pending_cr(self) -> None:
+        """An empty read between ``\\r`` and ``\\n`` changes nothing."""
+        decoder = SseDecoder()
+        reads = [b"data: a\r", b"", b"\ndata: b\r\n", b"\r\n"]
+        assert [b"a\nb"] == [data for read in reads for data in decoder.feed_data(read)]
+
+
 class TestSseDecoderBounds:
     PIECE = 1 << 16
 

@@ -9,8 +9,10 @@ UTF-8 would rest on httpx's line iterator and its incremental text decoder; this
 guarantee local, property-tested, and avoids building a ``str`` for the JSON payload at all
 (``data`` stays ``bytes`` and goes straight to ``orjson.loads``).
 
-Supported line endings are ``\\n`` and ``\\r\\n``. A lone ``\\r`` as a line terminator (allowed
-by the SSE grammar, emitted by no engine we talk to) is not recognised.
+The SSE decoder takes every line ending the SSE grammar allows: ``\\n``, ``\\r\\n`` and a lone
+``\\r``. A chunk holding a ``\\r`` has its line endings rewritten to ``\\n`` as it enters (a
+``\\r`` ending one chunk and the ``\\n`` starting the next are one ending); a chunk without one,
+the usual case, costs the one scan for it and nothing more.
 
 One event may hold at most ``MAX_EVENT_BYTES``: an engine that sends a line without end (or an
 event without its blank line) fails the stream with ``EventTooLarge`` instead of filling memory.
@@ -50,7 +52,7 @@ class SseDecoder:
     bytes, the hot path for engine streams, where event names carry nothing.
     """
 
-    __slots__ = ("_buf", "_data", "_event", "_held", "_id", "_retry")
+    __slots__ = ("_buf", "_cr", "_data", "_event", "_held", "_id", "_retry")
 
     def __init__(self) -> None:
         #: Pieces of the line not yet ended by a newline, and their total size.
@@ -60,6 +62,8 @@ class SseDecoder:
         self._event: str | None = None
         self._id: str | None = None
         self._retry: int | None = None
+        #: The last chunk ended in ``\r``: a ``\n`` starting the next one completes that ending.
+        self._cr = False
 
     @property
     def pending(self) -> bool:
@@ -79,16 +83,15 @@ class SseDecoder:
     def _feed(
         self, chunk: bytes, events: list[SseEvent] | None, payloads: list[bytes] | None
     ) -> None:
+        if self._cr or b"\r" in chunk:  # one C-level scan keeps LF-only streams on the fast path
+            chunk = self._newlines(chunk)
         whole = self._lines(chunk)
         if whole is None:
             return
         data, cut = whole
         pending = self._data
-        crlf = b"\r" in data  # one C-level scan spares a check per line on LF-only streams
         # One C-level split per chunk; a newline byte never sits inside a UTF-8 sequence.
         for line in data[:cut].split(b"\n"):
-            if crlf and line[-1:] == b"\r":
-                line = line[:-1]
             if not line:
                 if pending:
                     value = pending[0] if len(pending) == 1 else b"\n".join(pending)
@@ -107,6 +110,15 @@ class SseDecoder:
                 self._field(line)
         if pending:  # an event spanning chunks (rare): many ``data:`` lines count too
             self._bound()
+
+    def _newlines(self, chunk: bytes) -> bytes:
+        """``chunk`` with its ``\\r\\n`` and lone ``\\r`` endings as ``\\n``."""
+        if not chunk:
+            return chunk
+        if self._cr and chunk[0] == 0x0A:
+            chunk = chunk[1:]
+        self._cr = chunk[-1:] == b"\r"
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     def _lines(self, chunk: bytes) -> tuple[bytes, int] | None:
         """The held bytes and ``chunk`` with the offset of their last newline; None (``chunk``

@@ -21,6 +21,7 @@ from llama_orch.config._models import (
     is_loopback_host,
     parse_host_port,
 )
+from llama_orch.config._quoted import quoted_scalars
 from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.vocab import Engine, ProvisioningMode
 
@@ -122,9 +123,9 @@ def parse_config_text(text: str, source: str = "<config>") -> Config:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(source, _issues_from(exc)) from exc
-    unbuilt = not_available_yet(config)
-    if unbuilt:
-        raise ConfigError(source, unbuilt)
+    problems = quoted_scalars(raw, config, text, _UniqueKeyLoader) + not_available_yet(config)
+    if problems:
+        raise ConfigError(source, problems)
     return config
 
 

@@ -32,7 +32,7 @@ _CORRELATION = {
     "required": False,
     "schema": {"type": "string"},
     "description": (
-        "Echoed on every non-204 response when it is 1-128 characters of A-Z a-z 0-9 . _ : -; "
+        "Echoed on every response when it is 1-128 characters of A-Z a-z 0-9 . _ : -; "
         "a value that is absent, longer or carries other characters is replaced by a fresh "
         "UUIDv4, which is echoed instead (the request itself is served)."
     ),
@@ -299,7 +299,10 @@ def data_plane() -> dict[str, Any]:
                 "summary": "Cancel a task; idempotent, no token follows the acknowledgement",
                 "parameters": [{"name": "task_id", **_UUID_PARAM}, _CORRELATION],
                 "responses": {
-                    "204": {"description": "Canceled (or already finished)"},
+                    "204": {
+                        "description": "Canceled (or already finished)",
+                        "headers": _CID_HEADER,
+                    },
                     "400": _error("task_id is not a UUID"),
                     "404": _error("Unknown task"),
                 },
@@ -332,7 +335,10 @@ def data_plane() -> dict[str, Any]:
                 "operationId": "deleteSession",
                 "parameters": [{"name": "session_id", **_UUID_PARAM}, _CORRELATION],
                 "responses": {
-                    "204": {"description": "Session and its KV warmth forgotten"},
+                    "204": {
+                        "description": "Session and its KV warmth forgotten",
+                        "headers": _CID_HEADER,
+                    },
                     "400": _error("session_id is not a UUID"),
                 },
                 "x-examples": {"evict": {"response_status": 204}},

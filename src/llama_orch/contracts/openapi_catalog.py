@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from llama_orch.contracts import catalog
-from llama_orch.contracts.openapi import _CORRELATION, _error, _json
+from llama_orch.contracts.openapi import _CID_HEADER, _CORRELATION, _error, _json
 
 MODELS: list[type[BaseModel]] = [
     catalog.PullRequest,
@@ -141,7 +141,10 @@ def catalog_paths() -> dict[str, Any]:
                 "operationId": "deleteCatalogModel",
                 "parameters": [_ID, _CORRELATION],
                 "responses": {
-                    "204": {"description": "Entry and owned artifacts removed"},
+                    "204": {
+                        "description": "Entry and owned artifacts removed",
+                        "headers": _CID_HEADER,
+                    },
                     "404": _error("Not in the catalog"),
                     "409": _error(
                         "A pool serves the model (reload it to another model first), or the "

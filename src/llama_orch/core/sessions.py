@@ -1,7 +1,10 @@
 """Sessions: short-lived groups of tasks with a TTL, turns, budgets, KV warmth and affinity.
 
 A task with an unknown ``session_id`` creates the session; each admitted task is one turn; an
-expired session is pruned lazily on access. A session's budget limits are fixed when it is
+expired session is pruned lazily on access. The TTL is idle time: it does not run while a task
+of the session is queued or running (a task that outlives it would otherwise end charging a
+forgotten session, and the same id would start afresh with new turns and budgets), and it
+starts again from that task's end. A session's budget limits are fixed when it is
 created, from the pool its first task lands on (``dispatch.sessions.budget_limits``). KV warmth
 is tracked per replica: a replica is warm for the session once it streamed the session's first
 token there. Time is passed in, never read here.
@@ -25,6 +28,8 @@ class Session:
     limits: BudgetLimits = field(default_factory=BudgetLimits)
     usage: BudgetUsage = field(default_factory=BudgetUsage)
     turns: int = 0
+    #: Tasks of the session admitted and not ended; the session is not idle while any is.
+    active: int = 0
     kv_bytes: int = 0
     #: Replicas holding this session's KV cache, with when they last served it.
     warm: dict[ReplicaKey, float] = field(default_factory=dict)
@@ -81,9 +86,12 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def _expired(self, session: Session, now: float) -> bool:
+        return session.active == 0 and now - session.last_used_at >= self.ttl_s
+
     def get(self, session_id: str, now: float) -> Session | None:
         session = self._sessions.get(session_id)
-        if session is not None and now - session.last_used_at >= self.ttl_s:
+        if session is not None and self._expired(session, now):
             del self._sessions[session_id]
             return None
         return session
@@ -99,7 +107,20 @@ class SessionStore:
         return session
 
     def ttl_remaining_ms(self, session: Session, now: float) -> int:
+        if session.active:
+            return int(self.ttl_s * 1000)
         return max(0, int((session.last_used_at + self.ttl_s - now) * 1000))
+
+    def hold(self, session: Session, now: float) -> None:
+        """A task of the session was admitted: one more turn, and the TTL stops running."""
+        session.turns += 1
+        session.active += 1
+        session.last_used_at = now
+
+    def release(self, session: Session, now: float) -> None:
+        """A task of the session ended: its TTL runs from now once no other task is left."""
+        session.active = max(0, session.active - 1)
+        session.last_used_at = now
 
     def affinity(self, session_id: str, now: float) -> Affinity | None:
         """Where the session should go back to, while the soft TTL lasts."""
@@ -128,7 +149,7 @@ class SessionStore:
         return self._sessions.pop(session_id, None) is not None
 
     def prune(self, now: float) -> int:
-        expired = [s.id for s in self._sessions.values() if now - s.last_used_at >= self.ttl_s]
+        expired = [s.id for s in self._sessions.values() if self._expired(s, now)]
         for session_id in expired:
             del self._sessions[session_id]
         return len(expired)

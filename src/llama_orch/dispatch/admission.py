@@ -209,11 +209,12 @@ class Admission:
 
     def _reserve(self, task: Task, limits: BudgetLimits, now: float, max_tokens: int) -> None:
         """One more turn of the session, and its budget held for the task's max_tokens."""
-        session = self._dispatcher.sessions.get_or_create(task.session_id, now, limits)
-        session.turns += 1
-        session.last_used_at = now
+        sessions = self._dispatcher.sessions
+        session = sessions.get_or_create(task.session_id, now, limits)
+        sessions.hold(session, now)
         session.usage.reserve(max_tokens, task.price_per_token)
         task.reserved_tokens = max_tokens
+        task.session = session
 
     def _record(self, task: Task, request: TaskRequest, position: int) -> None:
         pool = self._dispatcher.lanes[task.pool_id].pool

@@ -162,9 +162,12 @@ class Endings:
 
     def _settle(self, task: Task, now: float, decode_ms: int, *, served: bool) -> None:
         """Release the budget reservation and charge what was used, once per task."""
-        session = self._sessions.get(task.session_id, now)
+        # The session that holds the reservation, not a lookup by id: one evicted meanwhile
+        # (DELETE) is charged nothing visible, and a new session of the same id nothing at all.
+        session, task.session = task.session, None
         if session is None:
             return
+        self._sessions.release(session, now)
         session.usage.settle(
             reserved=task.reserved_tokens,
             price=task.price_per_token,
@@ -172,7 +175,6 @@ class Endings:
             decode_ms=decode_ms,
         )
         task.reserved_tokens = 0
-        session.last_used_at = now
         if served and task.replica_id is not None:
             self._sessions.served(session, (task.pool_id, task.replica_id), now)
 

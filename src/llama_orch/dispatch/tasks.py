@@ -31,6 +31,7 @@ from typing import Any
 from llama_orch.contracts.engine import EmbedRequest, GenerateRequest
 from llama_orch.contracts.frames import Frame, end_frame, error_frame
 from llama_orch.core.model import DecisionLog, JobSpec
+from llama_orch.core.sessions import Session
 from llama_orch.dispatch.streams import TaskStream
 from llama_orch.errors import OrchError
 from llama_orch.vocab import Engine, Priority, Workload
@@ -85,6 +86,8 @@ class Task:
     decision: DecisionLog | None = None
     #: Tokens of the session budget held for this task until it ends (its ``max_tokens``).
     reserved_tokens: int = 0
+    #: The session holding that reservation, until the task ends and settles it.
+    session: Session | None = None
     price_per_token: float = 0.0
     stream: TaskStream = field(default_factory=TaskStream)
     runner: asyncio.Task[None] | None = None

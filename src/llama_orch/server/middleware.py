@@ -94,8 +94,9 @@ class _RedactingSend:
         if kind == "http.response.start":
             self.status = message["status"]
             headers = MutableHeaders(scope=message)
-            if self.status != 204:
-                headers[HEADER] = self._cid
+            # Every answer, 204 included: a client correlates a cancel or an eviction as much
+            # as anything else.
+            headers[HEADER] = self._cid
             content_type = headers.get("content-type", "")
             self._sse = content_type.startswith("text/event-stream")
             if content_type.startswith("application/json"):

@@ -62,6 +62,34 @@ class TestStrictValidation:
             "quote it",
         ] == problems
 
+    def test_a_quoted_number_or_boolean_says_to_remove_the_quotes(self) -> None:
+        """`slots: "4"` is text to YAML; it is refused with its key and line, not coerced."""
+        text = MINIMAL.replace("model: m0}", "model: m0, slots: \"4\", mock: {healthy: 'no'}}")
+        line = 1 + text.splitlines().index(next(x for x in text.splitlines() if "slots" in x))
+        assert [
+            f"pools.0.slots: an integer goes here, but line {line} quotes it as the text '4': "
+            "remove the quotes",
+            f"pools.0.mock.healthy: true or false goes here, but line {line} quotes it as the "
+            "text 'no': remove the quotes",
+        ] == issues_of(text)
+
+    def test_a_quoted_number_merged_in_is_found_where_it_is_written(self) -> None:
+        """A value that comes from a merge key (`<<: *base`) is named at the anchor's line."""
+        text = MINIMAL.replace(
+            "  - {id: p0, engine: mock, model: m0}",
+            "  - &base {id: p0, engine: mock, model: m0, slots: '2'}\n"
+            "  - {<<: *base, id: p1, model: m1}",
+        )
+        assert 2 * [
+            "an integer goes here, but line 4 quotes it as the text '2': remove the quotes"
+        ] == [problem.split(": ", 1)[1] for problem in issues_of(text)]
+
+    def test_a_quoted_float_in_a_list_is_named_by_its_index(self) -> None:
+        """Lists are walked too; the index is in the key (other problems still come along)."""
+        text = MINIMAL.replace("model: m0}", "model: m0, devices: [0], tensor_split: ['2.5']}")
+        problems = issues_of(text)
+        assert problems[0].startswith("pools.0.tensor_split.0: a number goes here, but line ")
+
     def test_enum_lists_allowed_values(self) -> None:
         """An unknown engine lists the engines that are allowed."""
         problems = issues_of(MINIMAL.replace("engine: mock", "engine: cuda-magic"))

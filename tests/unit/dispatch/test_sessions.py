@@ -26,6 +26,21 @@ class TestSessionStore:
         session = store.get_or_create("s1", now=5.0)
         assert 7000 == store.ttl_remaining_ms(session, now=8.0)
 
+    def test_a_held_session_does_not_expire(self) -> None:
+        """While a task of the session is queued or running the TTL does not run; it starts
+        again when the last one ends."""
+        store = SessionStore(session_rules(SessionsConfig(ttl_ms=1000)))
+        session = store.get_or_create("s1", now=0.0)
+        store.hold(session, now=0.0)
+        store.hold(session, now=0.5)
+        assert (session, 1000) == (store.get("s1", now=9.0), store.ttl_remaining_ms(session, 9.0))
+        assert 0 == store.prune(now=9.0)
+        store.release(session, now=10.0)
+        assert store.get("s1", now=12.0) is session
+        store.release(session, now=12.0)
+        assert (2, 500) == (session.turns, store.ttl_remaining_ms(session, now=12.5))
+        assert store.get("s1", now=13.0) is None
+
     def test_evict_and_prune(self) -> None:
         """evict forgets one session; prune drops every expired one."""
         store = SessionStore(session_rules(SessionsConfig(ttl_ms=1000)))
