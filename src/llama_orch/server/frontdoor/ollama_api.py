@@ -164,7 +164,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
         messages=messages,
         max_tokens=num_predict if num_predict is not None and num_predict > 0 else None,
         priority=priority_of(request),
-        session_id=session_of(request, None),
+        session_id=session_of(request),
         deadline_ms=deadline_of(request),
         seed=f.integer(options, "seed", low=-(2**63), high=INT64_MAX),
         temperature=f.number(options, "temperature", low=0, high=10),

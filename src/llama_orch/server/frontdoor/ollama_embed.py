@@ -74,7 +74,7 @@ async def embed(request: Request) -> Response | BufferedAnswer:
             model=model,
             inputs=f.text_list(raw, "input", allow_string=True),
             priority=priority_of(request),
-            session_id=session_of(request, None),
+            session_id=session_of(request),
             deadline_ms=deadline_of(request),
             dimensions=f.integer(body, "dimensions", low=1, high=65536),
         )
@@ -106,7 +106,7 @@ async def embeddings(request: Request) -> Response | BufferedAnswer:
             model=model,
             inputs=[prompt],
             priority=priority_of(request),
-            session_id=session_of(request, None),
+            session_id=session_of(request),
             deadline_ms=deadline_of(request),
         )
     except OrchError as exc:

@@ -160,14 +160,13 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
     max_tokens = f.integer(body, "max_completion_tokens", low=1, high=most) if chat else None
     if max_tokens is None:
         max_tokens = f.integer(body, "max_tokens", low=1, high=most)
-    user = f.string(body, "user")
     submission = _tasks.Submission(
         model=model,
         prompt=prompt,
         messages=messages,
         max_tokens=max_tokens,
         priority=priority_of(request),
-        session_id=session_of(request, user),
+        session_id=session_of(request),
         deadline_ms=deadline_of(request),
         seed=f.integer(body, "seed", low=-(2**63), high=INT64_MAX),
         temperature=f.number(body, "temperature", low=0, high=2),
