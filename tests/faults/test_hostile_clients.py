@@ -20,7 +20,13 @@ CHAT = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     workdir = tmp_path_factory.mktemp("hostile-clients")
-    pool = mock_pool("p0", "m0", slots=2, supported_workloads=["completion", "embedding"])
+    pool = mock_pool(
+        "p0",
+        "m0",
+        slots=2,
+        supported_workloads=["completion", "embedding"],
+        mock={"tokens_per_s": 50.0},
+    )
     config = serve_config(pool, artifacts_dir=str(workdir / "artifacts"))
     config["sessions"] = {"max_turns": MAX_TURNS}
     with serve_process(config, workdir) as served:
@@ -68,3 +74,49 @@ def test_the_openai_user_field_does_not_make_a_session_that_runs_out_of_turns(
         for _ in range(MAX_TURNS + 1)
     ]
     assert [200] * (MAX_TURNS + 1) == [a.status_code for a in answers], answers[-1].text
+
+
+def _first_line_with(lines: Iterator[str], text: str) -> str:
+    return next(line for line in lines if text in line)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "token", "last"),
+    [
+        (
+            "/v1/chat/completions",
+            {"model": "m0", "messages": CHAT, "max_tokens": 40, "stream": True},
+            '"content":"',
+            "data: [DONE]",
+        ),
+        (
+            "/api/generate",
+            {"model": "m0", "prompt": "hi", "options": {"num_predict": 40}},
+            '"done":false',
+            '"done":true',
+        ),
+    ],
+)
+def test_a_reader_of_a_front_door_task_leaving_does_not_cancel_it(
+    server: ServeProcess, path: str, body: dict[str, object], token: str, last: str
+) -> None:
+    """The task stream replays a front-door task to anyone who asks; the request that admitted
+    it owns it, so another reader that goes away (a console, a curl) must not cancel it."""
+    with (
+        httpx.Client(base_url=server.url, timeout=30) as owner,
+        owner.stream("POST", path, json=body) as answer,
+    ):
+        lines = answer.iter_lines()
+        _first_line_with(lines, token)
+        task_id = answer.headers["x-task-id"]
+        with (
+            httpx.Client(base_url=server.url, timeout=30) as reader,
+            reader.stream("GET", f"/v1/tasks/{task_id}/stream") as replay,
+        ):
+            _first_line_with(replay.iter_lines(), "event: token")
+        rest = [line for line in lines if line]
+    assert last in rest[-1], rest[-3:]
+    assert not any('"error"' in line for line in rest), rest[-3:]
+    end = httpx.get(f"{server.url}/v1/tasks/{task_id}/stream", timeout=30).text
+    assert "event: end" in end
+    assert '"canceled":true' not in end

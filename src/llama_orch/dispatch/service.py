@@ -180,10 +180,11 @@ class TaskService:
         )
 
     def close_stream(self, view: StreamView, how: StreamEnd) -> None:
-        """The subscriber is gone; a stall, or a disconnect where configured, cancels the task."""
+        """The subscriber is gone; a stall, or a disconnect where configured, cancels the task,
+        unless the request that admitted it is answering it (its own client decides)."""
         task = self._dispatcher.tasks.get(view.task_id)
         view.stream.unsubscribe()
-        if task is None or task.terminal:
+        if task is None or task.terminal or task.answered_in_place:
             return
         if how == "stall":
             self._dispatcher.cancel(task.id, reason="stall")
@@ -207,7 +208,9 @@ class TaskService:
         """The task's live transcript, to read (not to write) without claiming its one
         subscription: a front door answering the request that admitted the task follows it so,
         and cancels it itself when its client goes away."""
-        return self._task(task_id).stream
+        task = self._task(task_id)
+        task.answered_in_place = True
+        return task.stream
 
     def transcript(self, task_id: str) -> list[Frame]:
         """The task's frames so far, one per token."""
