@@ -14,6 +14,7 @@ from tests.support.serve_process import ServeProcess, serve_process
 from tests.support.server import mock_pool
 
 MAX_TURNS = 2
+TOKEN_BUDGET = 30
 CHAT = [{"role": "user", "content": "hi"}]
 
 
@@ -28,6 +29,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
         mock={"tokens_per_s": 50.0},
     )
     config = serve_config(pool, artifacts_dir=str(workdir / "artifacts"))
+    # A pool whose sessions may spend fewer tokens than a front door's default max_tokens.
+    budgeted = mock_pool("p1", "m1", budgets={"tokens": TOKEN_BUDGET}, mock={"tokens_per_s": 500.0})
+    config["pools"].append(budgeted)
     config["sessions"] = {"max_turns": MAX_TURNS}
     with serve_process(config, workdir) as served:
         yield served
@@ -120,3 +124,42 @@ def test_a_reader_of_a_front_door_task_leaving_does_not_cancel_it(
     end = httpx.get(f"{server.url}/v1/tasks/{task_id}/stream", timeout=30).text
     assert "event: end" in end
     assert '"canceled":true' not in end
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "m1", "messages": CHAT}),
+        ("/v1/completions", {"model": "m1", "prompt": "hi", "max_tokens": None}),
+        ("/api/chat", {"model": "m1", "messages": CHAT, "stream": False}),
+        ("/api/generate", {"model": "m1", "prompt": "hi", "stream": False}),
+    ],
+)
+def test_a_front_door_request_without_a_length_fits_the_session_budget(
+    server: ServeProcess, path: str, body: dict[str, object]
+) -> None:
+    """A request that sets no max_tokens (or num_predict) gets the front door's default; where
+    the session's token budget is smaller, the default is cut to the budget, as it is to the
+    context, instead of a 429 asking to lower a field the client never sent."""
+    answer = httpx.post(f"{server.url}{path}", json=body, timeout=30)
+    assert 200 == answer.status_code, answer.text
+    usage = answer.json().get("usage") or {"completion_tokens": answer.json()["eval_count"]}
+    assert usage["completion_tokens"] <= TOKEN_BUDGET
+    if path.startswith("/v1/"):  # an explicit length is still checked
+        asked = {**body, "max_tokens": TOKEN_BUDGET + 1}
+        assert 429 == httpx.post(f"{server.url}{path}", json=asked, timeout=30).status_code
+
+
+def test_a_session_with_budget_left_gets_what_is_left(server: ServeProcess) -> None:
+    session = {"X-Session-Id": "6f0c9d1e-0000-4000-8000-00000000b0d9"}
+    body = {"model": "m1", "messages": CHAT}
+    first = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={**body, "max_tokens": 20},
+        headers=session,
+        timeout=30,
+    )
+    rest = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=session, timeout=30)
+    assert [200, 200] == [first.status_code, rest.status_code], rest.text
+    spent = first.json()["usage"]["completion_tokens"] + rest.json()["usage"]["completion_tokens"]
+    assert spent <= TOKEN_BUDGET

@@ -8,6 +8,7 @@ charged. Time has no worst case to reserve: a session whose time budget is spent
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -64,6 +65,22 @@ def remaining(limits: BudgetLimits, usage: BudgetUsage) -> BudgetRemaining:
         if limits.cost is None
         else max(0.0, round(limits.cost - usage.cost_used - usage.cost_reserved, 9)),
     )
+
+
+def affordable_tokens(limits: BudgetLimits, usage: BudgetUsage, price: float) -> int | None:
+    """The largest ``max_tokens`` that ``check_budget`` lets through now; None when neither a
+    token nor a cost budget bounds it (a spent time budget refuses any size)."""
+    left = remaining(limits, usage)
+    most = left.tokens
+    if left.cost is not None and price > 0:
+        by_cost = math.floor(left.cost / price)
+        # The division may land one off either way: settle on check_budget's own test.
+        if (by_cost + 1) * price <= left.cost + 1e-12:
+            by_cost += 1
+        elif by_cost * price > left.cost + 1e-12:
+            by_cost -= 1
+        most = max(0, by_cost) if most is None else min(most, max(0, by_cost))
+    return most
 
 
 def check_budget(

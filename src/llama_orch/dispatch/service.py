@@ -17,10 +17,12 @@ from llama_orch.config import Config, PoolSseConfig, SseConfig
 from llama_orch.contracts.api import SessionInfo, StreamOptions, TaskRequest
 from llama_orch.contracts.engine import ChatMessage
 from llama_orch.contracts.frames import Frame, started_frame
+from llama_orch.core.budgets import BudgetUsage, affordable_tokens
 from llama_orch.core.model import AffinityOutcome
 from llama_orch.dispatch.admission import Admission, Admitted
 from llama_orch.dispatch.board import Board, PoolQueueView, read_board
 from llama_orch.dispatch.dispatcher import Dispatcher
+from llama_orch.dispatch.sessions import budget_limits
 from llama_orch.dispatch.streams import TaskStream
 from llama_orch.dispatch.tasks import TERMINAL_STATES, RegistryStats, Task, TaskState
 from llama_orch.errors import Conflict, NotFound, OrchError
@@ -257,6 +259,19 @@ class TaskService:
 
     def budgets(self, session_id: str) -> dict[str, int | float]:
         return self._dispatcher.budget_fields(session_id)
+
+    def affordable_tokens(self, session_id: str, pool_id: str) -> int | None:
+        """The largest ``max_tokens`` the session's budgets admit now for a task on the pool
+        (None: no bound); a session not seen yet has its pool's whole budget."""
+        dispatcher = self._dispatcher
+        lane = dispatcher.lanes.get(pool_id)
+        if lane is None:
+            raise NotFound(f"pool {pool_id!r} is not configured; see GET /v1/capabilities")
+        pool_limits = budget_limits(self._config.budgets, lane.pool.config.budgets)
+        session = dispatcher.sessions.get(session_id, dispatcher.now())
+        if session is None:
+            return affordable_tokens(pool_limits, BudgetUsage(), pool_limits.cost_per_token)
+        return affordable_tokens(session.limits, session.usage, pool_limits.cost_per_token)
 
     # -- pools -----------------------------------------------------------------------------------
 

@@ -155,6 +155,11 @@ def admit(
         # Leave the prompt room within ctx; admission's own guardrail still has the last word.
         room = model.ctx - estimate_prompt_tokens(len(prompt.encode()))
         max_tokens = max(1, min(default_max_tokens, room))
+        # Nor more than the session's budget admits: the client asked for no length, so the
+        # answer stops at the budget (finish_reason "length") rather than being refused.
+        affordable = deps.service.affordable_tokens(str(submission.session_id), model.pool_id)
+        if affordable:
+            max_tokens = min(max_tokens, affordable)
     sampling = None
     if any(v is not None for v in (submission.temperature, submission.top_p, submission.top_k)) or (
         submission.stop
