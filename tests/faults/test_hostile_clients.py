@@ -163,3 +163,21 @@ def test_a_session_with_budget_left_gets_what_is_left(server: ServeProcess) -> N
     assert [200, 200] == [first.status_code, rest.status_code], rest.text
     spent = first.json()["usage"]["completion_tokens"] + rest.json()["usage"]["completion_tokens"]
     assert spent <= TOKEN_BUDGET
+
+
+@pytest.mark.parametrize(
+    ("prompt", "said"),
+    [
+        ([], "prompt is an empty list"),
+        (["a", "b"], "more than one prompt"),
+        ([1, 2], "token-id prompts are not supported"),
+    ],
+)
+def test_a_legacy_completion_prompt_list_is_refused_for_what_it_is(
+    server: ServeProcess, prompt: list[object], said: str
+) -> None:
+    body = {"model": "m0", "prompt": prompt, "max_tokens": 2}
+    answer = httpx.post(f"{server.url}/v1/completions", json=body, timeout=30)
+    assert 400 == answer.status_code
+    assert said in answer.json()["error"]["message"]
+    assert "prompt" == answer.json()["error"]["param"]

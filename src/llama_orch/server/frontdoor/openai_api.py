@@ -179,6 +179,8 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
 
 def _prompt(body: dict[str, Any]) -> str:
     value = body.get("prompt")
+    if value == []:
+        raise BadField("prompt is an empty list; send one prompt string", param="prompt")
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
         value = value[0]
     if isinstance(value, list) and all(isinstance(p, str) for p in value):
