@@ -181,3 +181,45 @@ def test_a_legacy_completion_prompt_list_is_refused_for_what_it_is(
     assert 400 == answer.status_code
     assert said in answer.json()["error"]["message"]
     assert "prompt" == answer.json()["error"]["param"]
+
+
+@pytest.mark.parametrize(
+    ("keep_alive", "reason"),
+    [
+        (0, "unload"),
+        (0.0, "unload"),
+        ("0", "unload"),
+        ("0s", "unload"),
+        ("0h0m", "unload"),
+        ("0.0ms", "unload"),
+        ("-0s", "unload"),
+        (-1, "load"),
+        ("5m", "load"),
+        ("1h30m", "load"),
+        ("-1s", "load"),
+        (None, "load"),
+    ],
+)
+def test_keep_alive_reads_as_ollama_reads_it(
+    server: ServeProcess, keep_alive: object, reason: str
+) -> None:
+    """A number of seconds or a Go duration; any zero duration unloads."""
+    body = {"model": "m0", "prompt": "", "stream": False, "keep_alive": keep_alive}
+    answer = httpx.post(f"{server.url}/api/generate", json=body, timeout=30)
+    assert (200, reason) == (answer.status_code, answer.json().get("done_reason")), answer.text
+
+
+@pytest.mark.parametrize("keep_alive", [False, True, "banana", "5", "5 m", "m", "", {"s": 5}, [0]])
+@pytest.mark.parametrize("path", ["/api/generate", "/api/chat", "/api/embed", "/api/embeddings"])
+def test_a_keep_alive_ollama_would_refuse_is_400(
+    server: ServeProcess, keep_alive: object, path: str
+) -> None:
+    # A load request where there is one: nothing is generated whatever the answer.
+    body = {"model": "m0", "keep_alive": keep_alive}
+    loads = {"/api/generate": {"prompt": "", "stream": False}, "/api/chat": {"messages": []}}
+    body.update(loads.get(path, {}))
+    if path.startswith("/api/embed"):
+        body["input" if path == "/api/embed" else "prompt"] = "hi"
+    answer = httpx.post(f"{server.url}{path}", json=body, timeout=30)
+    assert 400 == answer.status_code, answer.text
+    assert "keep_alive must be a number of seconds" in answer.json()["error"]

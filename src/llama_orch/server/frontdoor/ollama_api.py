@@ -124,8 +124,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
     if model is None:
         raise _not_found(name)
     stream = f.boolean(body, "stream", True)
-    keep_alive = body.get("keep_alive")
-    keep_alive_zero = keep_alive in (0, "0", "0s", "0m")
+    keep_alive_zero = f.keep_alive_is_zero(body)
     # Only null means "no options": [] or "" is a client mistake, not an empty object.
     options = body.get("options")
     options = {} if options is None else options

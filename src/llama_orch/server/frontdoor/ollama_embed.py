@@ -63,6 +63,7 @@ async def embed(request: Request) -> Response | BufferedAnswer:
     try:
         body = await read_json(request, deps)
         f.refuse_unknown(body, _EMBED_KNOWN)
+        f.keep_alive_is_zero(body)  # checked, then left to the pool
         model = _model(deps, body)
         # Over-long inputs are refused whatever ``truncate`` says: nothing is cut silently.
         f.boolean(body, "truncate", True)
@@ -98,6 +99,7 @@ async def embeddings(request: Request) -> Response | BufferedAnswer:
     try:
         body = await read_json(request, deps)
         f.refuse_unknown(body, _LEGACY_KNOWN)
+        f.keep_alive_is_zero(body)  # checked, then left to the pool
         model = _model(deps, body)
         prompt = f.string(body, "prompt")
         if not prompt:
