@@ -223,3 +223,18 @@ def test_a_keep_alive_ollama_would_refuse_is_400(
     answer = httpx.post(f"{server.url}{path}", json=body, timeout=30)
     assert 400 == answer.status_code, answer.text
     assert "keep_alive must be a number of seconds" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("asked", [None, 1])
+def test_a_spent_budget_says_it_is_spent(server: ServeProcess, asked: int | None) -> None:
+    """Once a session has used its whole token budget no length fits: the refusal says the
+    budget is spent, not to lower max_tokens to 0 (which no request may send)."""
+    session = {"X-Session-Id": f"6f0c9d1e-0000-4000-8000-0000000000{asked or 0:02d}"}
+    url = f"{server.url}/v1/chat/completions"
+    body = {"model": "m1", "messages": CHAT, "max_tokens": TOKEN_BUDGET}
+    assert 200 == httpx.post(url, json=body, headers=session, timeout=30).status_code
+    refused = httpx.post(url, json={**body, "max_tokens": asked}, headers=session, timeout=30)
+    assert 429 == refused.status_code
+    message = refused.json()["error"]["message"]
+    assert "session token budget is spent" in message
+    assert "at most 0" not in message

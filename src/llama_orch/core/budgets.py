@@ -95,6 +95,9 @@ def check_budget(
 
     ``sized_by`` names what ``max_tokens`` counts (an embedding task: its input tokens)."""
     left = remaining(limits, usage)
+    if left.tokens == 0:
+        # No size fits: advice to lower max_tokens (at least 1) could not be followed.
+        return "session token budget is spent; start a new session or wait for this one to expire"
     if left.tokens is not None and max_tokens > left.tokens and sized_by != "max_tokens":
         return (
             f"session token budget has {left.tokens} tokens left but the {sized_by} are about "
@@ -107,6 +110,11 @@ def check_budget(
         )
     if left.time_ms is not None and left.time_ms <= 0:
         return "session time budget is spent; start a new session"
+    if left.cost is not None and price > left.cost + 1e-12:
+        return (
+            f"session cost budget is spent ({left.cost:g} left, less than one token's price "
+            f"{price:g}); start a new session or wait for this one to expire"
+        )
     if left.cost is not None and max_tokens * price > left.cost + 1e-12:
         return (
             f"session cost budget has {left.cost:g} left but max_tokens {max_tokens} may cost "

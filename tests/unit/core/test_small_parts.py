@@ -43,6 +43,15 @@ class TestBudgets:
             check_budget(BudgetLimits(cost=0.05), usage, max_tokens=10, price=0.01)
         )
 
+    def test_a_spent_budget_is_called_spent(self) -> None:
+        """With nothing left no max_tokens fits, so the refusal does not ask to lower it."""
+        spent = BudgetUsage(tokens_used=100, cost_used=0.995)
+        tokens = check_budget(BudgetLimits(tokens=100), spent, max_tokens=1, price=0)
+        cost = check_budget(BudgetLimits(cost=1.0), spent, max_tokens=1, price=0.01)
+        assert "token budget is spent" in str(tokens)
+        assert "cost budget is spent" in str(cost)
+        assert "lower max_tokens" not in f"{tokens} {cost}"
+
     @pytest.mark.parametrize(
         ("limits", "usage", "price", "most"),
         [
