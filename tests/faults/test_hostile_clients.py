@@ -238,3 +238,36 @@ def test_a_spent_budget_says_it_is_spent(server: ServeProcess, asked: int | None
     message = refused.json()["error"]["message"]
     assert "session token budget is spent" in message
     assert "at most 0" not in message
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "word " * 4000}]},
+            "messages",
+        ),
+        ("/v1/completions", {"prompt": "word " * 4000}, "prompt"),
+        (
+            "/api/chat",
+            {"messages": [{"role": "user", "content": "word " * 4000}], "stream": False},
+            "messages",
+        ),
+        ("/api/generate", {"prompt": "word " * 4000, "stream": False}, "prompt"),
+    ],
+)
+def test_a_prompt_longer_than_the_context_is_refused_in_the_callers_terms(
+    server: ServeProcess, path: str, body: dict[str, object], param: str
+) -> None:
+    """No length fits a prompt that fills the context: the refusal names the prompt and the
+    model's context, not a max_tokens the client never sent or a ctx it cannot raise."""
+    answer = httpx.post(f"{server.url}{path}", json={"model": "m1", **body}, timeout=30)
+    assert 400 == answer.status_code
+    error = answer.json()["error"]
+    message = error["message"] if isinstance(error, dict) else error
+    assert "context of 4096 tokens" in message
+    assert "max_tokens" not in message
+    assert "raise ctx" not in message
+    if isinstance(error, dict):
+        assert param == error["param"]
