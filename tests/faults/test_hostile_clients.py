@@ -271,3 +271,15 @@ def test_a_prompt_longer_than_the_context_is_refused_in_the_callers_terms(
     assert "raise ctx" not in message
     if isinstance(error, dict):
         assert param == error["param"]
+
+
+@pytest.mark.parametrize("max_tokens", ["abc", -1, 0, 2.5, 2**40])
+def test_a_bad_max_tokens_beside_max_completion_tokens_is_still_refused(
+    server: ServeProcess, max_tokens: object
+) -> None:
+    """max_completion_tokens wins when both are sent, but a max_tokens no request may carry is
+    a mistake to report, not a value to drop unread."""
+    body = {"model": "m0", "messages": CHAT, "max_completion_tokens": 2, "max_tokens": max_tokens}
+    answer = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+    assert 400 == answer.status_code, answer.text
+    assert "max_tokens" == answer.json()["error"]["param"]

@@ -157,9 +157,11 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
     messages = f.messages(body) if chat else None
     prompt = None if chat else _prompt(body)
     most = INT32_MAX
+    # Both are checked; max_completion_tokens, the newer name, wins when both are sent.
+    legacy = f.integer(body, "max_tokens", low=1, high=most)
     max_tokens = f.integer(body, "max_completion_tokens", low=1, high=most) if chat else None
     if max_tokens is None:
-        max_tokens = f.integer(body, "max_tokens", low=1, high=most)
+        max_tokens = legacy
     submission = _tasks.Submission(
         model=model,
         prompt=prompt,
