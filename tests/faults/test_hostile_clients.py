@@ -283,3 +283,39 @@ def test_a_bad_max_tokens_beside_max_completion_tokens_is_still_refused(
     answer = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
     assert 400 == answer.status_code, answer.text
     assert "max_tokens" == answer.json()["error"]["param"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 5000}, "max_tokens"),
+        (
+            "/v1/chat/completions",
+            {"messages": CHAT, "max_completion_tokens": 5000},
+            "max_completion_tokens",
+        ),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 5000}, "max_tokens"),
+        (
+            "/api/chat",
+            {"messages": CHAT, "stream": False, "options": {"num_predict": 5000}},
+            "options.num_predict",
+        ),
+        (
+            "/api/generate",
+            {"prompt": "hi", "stream": False, "options": {"num_predict": 5000}},
+            "options.num_predict",
+        ),
+    ],
+)
+def test_a_length_past_the_context_names_the_field_the_client_sent(
+    server: ServeProcess, path: str, body: dict[str, object], field: str
+) -> None:
+    answer = httpx.post(f"{server.url}{path}", json={"model": "m0", **body}, timeout=30)
+    assert 400 == answer.status_code
+    error = answer.json()["error"]
+    message = error["message"] if isinstance(error, dict) else error
+    assert f"{field} 5000" in message
+    assert "context of 4096 tokens" in message
+    assert "raise ctx" not in message
+    if isinstance(error, dict):
+        assert field == error["param"]

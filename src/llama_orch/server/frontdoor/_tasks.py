@@ -95,7 +95,8 @@ def find_model(deps: AppDeps, name: str) -> ServedModel | None:
 
 
 class PromptTooLong(InvalidParams):
-    """A front-door prompt longer than its model's context; ``param`` names the field."""
+    """A front-door prompt, or prompt and length, past its model's context; ``param`` names
+    the field to change."""
 
     def __init__(self, message: str, *, param: str) -> None:
         super().__init__(message)
@@ -118,6 +119,8 @@ class Submission:
     top_p: float | None = None
     top_k: int | None = None
     stop: tuple[str, ...] = ()
+    #: The request field that set ``max_tokens``, as a refusal names it to the client.
+    length_field: str = "max_tokens"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +179,13 @@ def admit(
         affordable = deps.service.affordable_tokens(str(submission.session_id), model.pool_id)
         if affordable:
             max_tokens = min(max_tokens, affordable)
+    elif max_tokens > room:
+        field = submission.length_field
+        raise PromptTooLong(
+            f"{field} {max_tokens} and the prompt (about {model.ctx - room} tokens) do not fit "
+            f"the model's context of {model.ctx} tokens; send {field} {room} or less",
+            param=field,
+        )
     sampling = None
     if any(v is not None for v in (submission.temperature, submission.top_p, submission.top_k)) or (
         submission.stop

@@ -170,6 +170,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
         top_p=f.number(options, "top_p", low=0, high=1, low_open=True),
         top_k=f.integer(options, "top_k", low=0),
         stop=f.stops(options, "stop", most=16),
+        length_field="options.num_predict",
     )
     return _Call(model.name, chat, stream, submission, keep_alive_zero)
 

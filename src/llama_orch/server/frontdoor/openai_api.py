@@ -160,8 +160,9 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
     # Both are checked; max_completion_tokens, the newer name, wins when both are sent.
     legacy = f.integer(body, "max_tokens", low=1, high=most)
     max_tokens = f.integer(body, "max_completion_tokens", low=1, high=most) if chat else None
+    length_field = "max_completion_tokens"
     if max_tokens is None:
-        max_tokens = legacy
+        max_tokens, length_field = legacy, "max_tokens"
     submission = _tasks.Submission(
         model=model,
         prompt=prompt,
@@ -175,6 +176,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
         top_p=f.number(body, "top_p", low=0, high=1, low_open=True),
         top_k=f.integer(body, "top_k", low=0),
         stop=f.stops(body, "stop", most=4),
+        length_field=length_field,
     )
     return _Call(chat, stream, include_usage, submission)
 
