@@ -8,6 +8,7 @@ charged. Time has no worst case to reserve: a session whose time budget is spent
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -66,6 +67,22 @@ def remaining(limits: BudgetLimits, usage: BudgetUsage) -> BudgetRemaining:
     )
 
 
+def affordable_tokens(limits: BudgetLimits, usage: BudgetUsage, price: float) -> int | None:
+    """The largest ``max_tokens`` that ``check_budget`` lets through now; None when neither a
+    token nor a cost budget bounds it (a spent time budget refuses any size)."""
+    left = remaining(limits, usage)
+    most = left.tokens
+    if left.cost is not None and price > 0:
+        by_cost = math.floor(left.cost / price)
+        # The division may land one off either way: settle on check_budget's own test.
+        if (by_cost + 1) * price <= left.cost + 1e-12:
+            by_cost += 1
+        elif by_cost * price > left.cost + 1e-12:
+            by_cost -= 1
+        most = max(0, by_cost) if most is None else min(most, max(0, by_cost))
+    return most
+
+
 def check_budget(
     limits: BudgetLimits,
     usage: BudgetUsage,
@@ -78,6 +95,9 @@ def check_budget(
 
     ``sized_by`` names what ``max_tokens`` counts (an embedding task: its input tokens)."""
     left = remaining(limits, usage)
+    if left.tokens == 0:
+        # No size fits: advice to lower max_tokens (at least 1) could not be followed.
+        return "session token budget is spent; start a new session or wait for this one to expire"
     if left.tokens is not None and max_tokens > left.tokens and sized_by != "max_tokens":
         return (
             f"session token budget has {left.tokens} tokens left but the {sized_by} are about "
@@ -90,6 +110,11 @@ def check_budget(
         )
     if left.time_ms is not None and left.time_ms <= 0:
         return "session time budget is spent; start a new session"
+    if left.cost is not None and price > left.cost + 1e-12:
+        return (
+            f"session cost budget is spent ({left.cost:g} left, less than one token's price "
+            f"{price:g}); start a new session or wait for this one to expire"
+        )
     if left.cost is not None and max_tokens * price > left.cost + 1e-12:
         return (
             f"session cost budget has {left.cost:g} left but max_tokens {max_tokens} may cost "

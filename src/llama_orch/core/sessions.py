@@ -8,6 +8,11 @@ starts again from that task's end. A session's budget limits are fixed when it i
 created, from the pool its first task lands on (``dispatch.sessions.budget_limits``). KV warmth
 is tracked per replica: a replica is warm for the session once it streamed the session's first
 token there. Time is passed in, never read here.
+
+Most sessions are never accessed again once idle (a client that sends a new ``session_id`` per
+task, a front-door request without one): creating sessions also sweeps the expired ones, each
+time the store has doubled since the last sweep, so it stays within about twice the sessions
+used within one TTL at a cost that is constant per created session.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from llama_orch.core.budgets import BudgetLimits, BudgetRemaining, BudgetUsage, 
 from llama_orch.core.model import Affinity
 
 ReplicaKey = tuple[str, str]
+
+#: The store's size below which creating a session sweeps nothing.
+SWEEP_FLOOR = 1024
 
 
 @dataclass(slots=True)
@@ -70,6 +78,7 @@ class SessionStore:
     def __init__(self, rules: SessionRules) -> None:
         self._rules = rules
         self._sessions: dict[str, Session] = {}
+        self._sweep_at = SWEEP_FLOOR
 
     @property
     def ttl_s(self) -> float:
@@ -101,6 +110,9 @@ class SessionStore:
     ) -> Session:
         session = self.get(session_id, now)
         if session is None:
+            if len(self._sessions) >= self._sweep_at:
+                self.prune(now)
+                self._sweep_at = max(SWEEP_FLOOR, 2 * len(self._sessions))
             session = self._sessions[session_id] = Session(
                 session_id, now, now, limits=limits or BudgetLimits()
             )

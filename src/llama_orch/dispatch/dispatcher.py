@@ -263,6 +263,7 @@ class Dispatcher:
         lane = self.lanes[victim.pool_id]
         # The queue already unlinked the victim, so ``fail`` finds nothing left to drop.
         lane.popped(victim)
+        self._disarm_deadline(victim.id)
         self._metrics.rejected(victim.engine.value, "QUEUE_FULL_DROP_LRU").inc()
         self.endings.fail(
             victim,

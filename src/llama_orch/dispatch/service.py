@@ -17,10 +17,12 @@ from llama_orch.config import Config, PoolSseConfig, SseConfig
 from llama_orch.contracts.api import SessionInfo, StreamOptions, TaskRequest
 from llama_orch.contracts.engine import ChatMessage
 from llama_orch.contracts.frames import Frame, started_frame
+from llama_orch.core.budgets import BudgetUsage, affordable_tokens
 from llama_orch.core.model import AffinityOutcome
 from llama_orch.dispatch.admission import Admission, Admitted
 from llama_orch.dispatch.board import Board, PoolQueueView, read_board
 from llama_orch.dispatch.dispatcher import Dispatcher
+from llama_orch.dispatch.sessions import budget_limits
 from llama_orch.dispatch.streams import TaskStream
 from llama_orch.dispatch.tasks import TERMINAL_STATES, RegistryStats, Task, TaskState
 from llama_orch.errors import Conflict, NotFound, OrchError
@@ -180,10 +182,11 @@ class TaskService:
         )
 
     def close_stream(self, view: StreamView, how: StreamEnd) -> None:
-        """The subscriber is gone; a stall, or a disconnect where configured, cancels the task."""
+        """The subscriber is gone; a stall, or a disconnect where configured, cancels the task,
+        unless the request that admitted it is answering it (its own client decides)."""
         task = self._dispatcher.tasks.get(view.task_id)
         view.stream.unsubscribe()
-        if task is None or task.terminal:
+        if task is None or task.terminal or task.answered_in_place:
             return
         if how == "stall":
             self._dispatcher.cancel(task.id, reason="stall")
@@ -207,7 +210,9 @@ class TaskService:
         """The task's live transcript, to read (not to write) without claiming its one
         subscription: a front door answering the request that admitted the task follows it so,
         and cancels it itself when its client goes away."""
-        return self._task(task_id).stream
+        task = self._task(task_id)
+        task.answered_in_place = True
+        return task.stream
 
     def transcript(self, task_id: str) -> list[Frame]:
         """The task's frames so far, one per token."""
@@ -254,6 +259,19 @@ class TaskService:
 
     def budgets(self, session_id: str) -> dict[str, int | float]:
         return self._dispatcher.budget_fields(session_id)
+
+    def affordable_tokens(self, session_id: str, pool_id: str) -> int | None:
+        """The largest ``max_tokens`` the session's budgets admit now for a task on the pool
+        (None: no bound); a session not seen yet has its pool's whole budget."""
+        dispatcher = self._dispatcher
+        lane = dispatcher.lanes.get(pool_id)
+        if lane is None:
+            raise NotFound(f"pool {pool_id!r} is not configured; see GET /v1/capabilities")
+        pool_limits = budget_limits(self._config.budgets, lane.pool.config.budgets)
+        session = dispatcher.sessions.get(session_id, dispatcher.now())
+        if session is None:
+            return affordable_tokens(pool_limits, BudgetUsage(), pool_limits.cost_per_token)
+        return affordable_tokens(session.limits, session.usage, pool_limits.cost_per_token)
 
     # -- pools -----------------------------------------------------------------------------------
 

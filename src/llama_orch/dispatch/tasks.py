@@ -90,6 +90,9 @@ class Task:
     session: Session | None = None
     price_per_token: float = 0.0
     stream: TaskStream = field(default_factory=TaskStream)
+    #: The request that admitted the task answers it in the same response (a front door,
+    #: ``Prefer: wait``): that request's client owns it, not a reader of its task stream.
+    answered_in_place: bool = False
     runner: asyncio.Task[None] | None = None
     # -- lifecycle: written only by the transitions below ----------------------------------------
     state: TaskState = TaskState.QUEUED

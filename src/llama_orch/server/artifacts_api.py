@@ -22,6 +22,7 @@ from llama_orch.server.deps import deps_of
 #: Page sizes of GET /v1/artifacts.
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -80,7 +81,8 @@ async def get_artifact(request: Request) -> Response:
 def _limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also takes superscripts, which int() refuses.
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidParams(f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw[:20]!r}")
     return int(raw)
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from llama_orch.core.budgets import BudgetLimits, BudgetUsage, check_budget, remaining
+from llama_orch.core.budgets import (
+    BudgetLimits,
+    BudgetUsage,
+    affordable_tokens,
+    check_budget,
+    remaining,
+)
 from llama_orch.core.guardrails import check_context, check_overrides, estimate_prompt_tokens
 from llama_orch.core.queue import AdmissionQueue, burst_from_weights
 from llama_orch.core.ratelimit import TokenBucket
@@ -36,6 +42,34 @@ class TestBudgets:
         assert "cost budget" in str(
             check_budget(BudgetLimits(cost=0.05), usage, max_tokens=10, price=0.01)
         )
+
+    def test_a_spent_budget_is_called_spent(self) -> None:
+        """With nothing left no max_tokens fits, so the refusal does not ask to lower it."""
+        spent = BudgetUsage(tokens_used=100, cost_used=0.995)
+        tokens = check_budget(BudgetLimits(tokens=100), spent, max_tokens=1, price=0)
+        cost = check_budget(BudgetLimits(cost=1.0), spent, max_tokens=1, price=0.01)
+        assert "token budget is spent" in str(tokens)
+        assert "cost budget is spent" in str(cost)
+        assert "lower max_tokens" not in f"{tokens} {cost}"
+
+    @pytest.mark.parametrize(
+        ("limits", "usage", "price", "most"),
+        [
+            (BudgetLimits(), BudgetUsage(), 0.01, None),
+            (BudgetLimits(tokens=100), BudgetUsage(tokens_used=70, tokens_reserved=10), 0, 20),
+            (BudgetLimits(cost=0.3), BudgetUsage(), 0.1, 3),  # 0.3 / 0.1 is 2.999... in floats
+            (BudgetLimits(cost=0.3), BudgetUsage(), 0.0, None),
+            (BudgetLimits(tokens=100, cost=0.05), BudgetUsage(), 0.01, 5),
+            (BudgetLimits(tokens=10), BudgetUsage(tokens_used=10), 0, 0),
+        ],
+    )
+    def test_affordable_tokens_is_the_largest_size_the_check_admits(
+        self, limits: BudgetLimits, usage: BudgetUsage, price: float, most: int | None
+    ) -> None:
+        assert most == affordable_tokens(limits, usage, price)
+        if most:
+            assert None is check_budget(limits, usage, max_tokens=most, price=price)
+            assert None is not check_budget(limits, usage, max_tokens=most + 1, price=price)
 
     def test_disabled_budgets(self) -> None:
         """Without limits nothing is refused and nothing is reported."""

@@ -40,6 +40,21 @@ class TestQueueDeadline:
             await h.settle()
             assert "running" == h.service.task_status(task_id).state.value
 
+    async def test_a_task_evicted_from_a_full_queue_disarms_its_deadline(self) -> None:
+        """Under drop-lru the evicted task has ended: its deadline timer goes with it rather
+        than staying armed (for as long as the client's deadline_ms) after every eviction."""
+        queue = {"capacity": 1, "full_policy": "drop-lru"}
+        async with harness(slots=1, queue=queue) as h:
+            h.admit()
+            await h.settle()
+            armed = h.clock.pending  # the running task's watchdog
+            victim = h.admit(priority="batch", deadline_ms=3_600_000)
+            assert armed + 1 == h.clock.pending
+            h.admit(priority="interactive", deadline_ms=3_600_000)
+            await h.settle()
+            assert "failed" == h.service.task_status(victim).state.value
+            assert armed + 1 == h.clock.pending  # the newcomer's deadline only
+
 
 class TestRetention:
     async def test_a_finished_task_expires_after_the_retention(self) -> None:

@@ -51,6 +51,18 @@ class TestSessionStore:
         assert 1 == store.prune(now=5.5)
         assert ["b"] == [s for s in ("a", "b", "c") if store.get(s, now=5.5)]
 
+    def test_sessions_never_looked_up_again_do_not_pile_up(self) -> None:
+        """A new session per task is the common case (the front doors make one per request):
+        such sessions are never accessed again, so lazy pruning alone would keep every one.
+        Creating sessions sweeps the expired ones often enough to bound the store."""
+        store = SessionStore(session_rules(SessionsConfig(ttl_ms=1000)))
+        per_ttl = 3000
+        largest = 0
+        for n in range(20 * per_ttl):
+            store.get_or_create(f"s{n}", now=n / per_ttl)
+            largest = max(largest, len(store))
+        assert largest <= 2 * per_ttl + 2
+
 
 class TestAffinityAndWarmth:
     def test_affinity_lasts_for_the_soft_ttl(self) -> None:

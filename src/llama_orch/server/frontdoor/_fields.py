@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -201,3 +202,45 @@ def text_list(value: Any, name: str, *, allow_string: bool) -> list[str]:
         if not item:
             raise BadField(f"{name}[{i}] is an empty string; every text must hold text", param=name)
     return value
+
+
+# One Go duration component (time.ParseDuration): a number with at least one digit, a unit.
+_DURATION_PART = re.compile(r"(\d*)(?:\.(\d*))?(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+
+
+def keep_alive_is_zero(body: Mapping[str, Any], name: str = "keep_alive") -> bool:
+    """Ollama's ``keep_alive``: a number of seconds or a Go duration string ("5m", "1h30m",
+    "0"), a negative one meaning forever. True when it is zero (unload now); anything Ollama
+    would refuse to parse is refused here too."""
+    value = body.get(name)
+    if value is None:
+        return False
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value == 0
+    if isinstance(value, str):
+        zero = _go_duration_is_zero(value)
+        if zero is not None:
+            return zero
+    raise BadField(
+        f'{name} must be a number of seconds or a duration such as "5m" or "1h30m", '
+        f"got {_shown(value)}",
+        param=name,
+    )
+
+
+def _go_duration_is_zero(text: str) -> bool | None:
+    """Whether a Go duration string is zero; None when Go would not parse it."""
+    rest = text[1:] if text[:1] in ("-", "+") else text
+    if rest == "0":
+        return True
+    if not rest:
+        return None
+    zero = True
+    position = 0
+    while position < len(rest):
+        part = _DURATION_PART.match(rest, position)
+        if part is None or not (part.group(1) or part.group(2)):
+            return None
+        zero = zero and not any(c in "123456789" for c in part.group(1) + (part.group(2) or ""))
+        position = part.end()
+    return zero

@@ -26,8 +26,6 @@ from llama_orch.vocab import Priority
 
 #: Milliseconds a request may wait in the queue before it fails, unless ``X-Deadline-Ms`` says.
 DEFAULT_DEADLINE_MS = _tasks.DEFAULT_DEADLINE_MS
-#: Sessions named by ``user`` (or Ollama's absent session) are stable UUIDs in this namespace.
-SESSION_NAMESPACE = uuid.UUID("6f1b1f0e-2c3d-4c39-9a53-7a0b2d1e4c11")
 
 
 class BadField(InvalidParams):
@@ -78,8 +76,12 @@ def priority_of(request: Request) -> Priority:
         ) from None
 
 
-def session_of(request: Request, user: str | None) -> uuid.UUID:
-    """``X-Session-Id`` (a UUID), else one stable session per ``user``, else a new session."""
+def session_of(request: Request) -> uuid.UUID:
+    """``X-Session-Id`` (a UUID), else a new session.
+
+    OpenAI's ``user`` does not name one: applications tag every request of an end user with
+    it, so a session built on it would gather them all and its turn limit would refuse them.
+    """
     raw = request.headers.get("x-session-id")
     if raw is not None:
         try:
@@ -88,8 +90,6 @@ def session_of(request: Request, user: str | None) -> uuid.UUID:
             raise BadField(
                 f"X-Session-Id must be a UUID, got {raw[:64]!r}", param="X-Session-Id"
             ) from None
-    if user:
-        return uuid.uuid5(SESSION_NAMESPACE, user)
     return uuid.uuid4()
 
 

@@ -21,7 +21,7 @@ from llama_orch.contracts.engine import ChatMessage
 from llama_orch.core.guardrails import estimate_prompt_tokens
 from llama_orch.dispatch.service import TaskState
 from llama_orch.dispatch.streams import TaskStream
-from llama_orch.errors import ErrorKind
+from llama_orch.errors import ErrorKind, InvalidParams
 from llama_orch.server.data_plane import budget_headers
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.frontdoor._chat import render_chat
@@ -94,6 +94,15 @@ def find_model(deps: AppDeps, name: str) -> ServedModel | None:
     return None
 
 
+class PromptTooLong(InvalidParams):
+    """A front-door prompt, or prompt and length, past its model's context; ``param`` names
+    the field to change."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 @dataclass(frozen=True, slots=True)
 class Submission:
     """A request translated from a peer API; every field already validated."""
@@ -110,6 +119,8 @@ class Submission:
     top_p: float | None = None
     top_k: int | None = None
     stop: tuple[str, ...] = ()
+    #: The request field that set ``max_tokens``, as a refusal names it to the client.
+    length_field: str = "max_tokens"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,11 +161,31 @@ def admit(
     """Admit through the task API's admission; raises its typed errors unchanged."""
     model = submission.model
     prompt = prompt_of(submission, deps.config.server.max_prompt_bytes)
+    # Admission's estimate: a prompt that leaves no room for one token fits no max_tokens.
+    room = model.ctx - estimate_prompt_tokens(len(prompt.encode()))
+    if room < 1:
+        raise PromptTooLong(
+            f"the prompt is about {model.ctx - room} tokens, which leaves no room in the "
+            f"model's context of {model.ctx} tokens for an answer; shorten it (a chat: send "
+            "fewer or shorter messages)",
+            param="messages" if submission.messages is not None else "prompt",
+        )
     max_tokens = submission.max_tokens
     if max_tokens is None:
         # Leave the prompt room within ctx; admission's own guardrail still has the last word.
-        room = model.ctx - estimate_prompt_tokens(len(prompt.encode()))
         max_tokens = max(1, min(default_max_tokens, room))
+        # Nor more than the session's budget admits: the client asked for no length, so the
+        # answer stops at the budget (finish_reason "length") rather than being refused.
+        affordable = deps.service.affordable_tokens(str(submission.session_id), model.pool_id)
+        if affordable:
+            max_tokens = min(max_tokens, affordable)
+    elif max_tokens > room:
+        field = submission.length_field
+        raise PromptTooLong(
+            f"{field} {max_tokens} and the prompt (about {model.ctx - room} tokens) do not fit "
+            f"the model's context of {model.ctx} tokens; send {field} {room} or less",
+            param=field,
+        )
     sampling = None
     if any(v is not None for v in (submission.temperature, submission.top_p, submission.top_k)) or (
         submission.stop

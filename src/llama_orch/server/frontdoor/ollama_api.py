@@ -124,8 +124,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
     if model is None:
         raise _not_found(name)
     stream = f.boolean(body, "stream", True)
-    keep_alive = body.get("keep_alive")
-    keep_alive_zero = keep_alive in (0, "0", "0s", "0m")
+    keep_alive_zero = f.keep_alive_is_zero(body)
     # Only null means "no options": [] or "" is a client mistake, not an empty object.
     options = body.get("options")
     options = {} if options is None else options
@@ -164,13 +163,14 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
         messages=messages,
         max_tokens=num_predict if num_predict is not None and num_predict > 0 else None,
         priority=priority_of(request),
-        session_id=session_of(request, None),
+        session_id=session_of(request),
         deadline_ms=deadline_of(request),
         seed=f.integer(options, "seed", low=-(2**63), high=INT64_MAX),
         temperature=f.number(options, "temperature", low=0, high=10),
         top_p=f.number(options, "top_p", low=0, high=1, low_open=True),
         top_k=f.integer(options, "top_k", low=0),
         stop=f.stops(options, "stop", most=16),
+        length_field="options.num_predict",
     )
     return _Call(model.name, chat, stream, submission, keep_alive_zero)
 

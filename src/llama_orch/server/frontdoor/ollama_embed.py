@@ -63,6 +63,7 @@ async def embed(request: Request) -> Response | BufferedAnswer:
     try:
         body = await read_json(request, deps)
         f.refuse_unknown(body, _EMBED_KNOWN)
+        f.keep_alive_is_zero(body)  # checked, then left to the pool
         model = _model(deps, body)
         # Over-long inputs are refused whatever ``truncate`` says: nothing is cut silently.
         f.boolean(body, "truncate", True)
@@ -74,7 +75,7 @@ async def embed(request: Request) -> Response | BufferedAnswer:
             model=model,
             inputs=f.text_list(raw, "input", allow_string=True),
             priority=priority_of(request),
-            session_id=session_of(request, None),
+            session_id=session_of(request),
             deadline_ms=deadline_of(request),
             dimensions=f.integer(body, "dimensions", low=1, high=65536),
         )
@@ -98,6 +99,7 @@ async def embeddings(request: Request) -> Response | BufferedAnswer:
     try:
         body = await read_json(request, deps)
         f.refuse_unknown(body, _LEGACY_KNOWN)
+        f.keep_alive_is_zero(body)  # checked, then left to the pool
         model = _model(deps, body)
         prompt = f.string(body, "prompt")
         if not prompt:
@@ -106,7 +108,7 @@ async def embeddings(request: Request) -> Response | BufferedAnswer:
             model=model,
             inputs=[prompt],
             priority=priority_of(request),
-            session_id=session_of(request, None),
+            session_id=session_of(request),
             deadline_ms=deadline_of(request),
         )
     except OrchError as exc:

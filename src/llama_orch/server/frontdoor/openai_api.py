@@ -157,29 +157,34 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
     messages = f.messages(body) if chat else None
     prompt = None if chat else _prompt(body)
     most = INT32_MAX
+    # Both are checked; max_completion_tokens, the newer name, wins when both are sent.
+    legacy = f.integer(body, "max_tokens", low=1, high=most)
     max_tokens = f.integer(body, "max_completion_tokens", low=1, high=most) if chat else None
+    length_field = "max_completion_tokens"
     if max_tokens is None:
-        max_tokens = f.integer(body, "max_tokens", low=1, high=most)
-    user = f.string(body, "user")
+        max_tokens, length_field = legacy, "max_tokens"
     submission = _tasks.Submission(
         model=model,
         prompt=prompt,
         messages=messages,
         max_tokens=max_tokens,
         priority=priority_of(request),
-        session_id=session_of(request, user),
+        session_id=session_of(request),
         deadline_ms=deadline_of(request),
         seed=f.integer(body, "seed", low=-(2**63), high=INT64_MAX),
         temperature=f.number(body, "temperature", low=0, high=2),
         top_p=f.number(body, "top_p", low=0, high=1, low_open=True),
         top_k=f.integer(body, "top_k", low=0),
         stop=f.stops(body, "stop", most=4),
+        length_field=length_field,
     )
     return _Call(chat, stream, include_usage, submission)
 
 
 def _prompt(body: dict[str, Any]) -> str:
     value = body.get("prompt")
+    if value == []:
+        raise BadField("prompt is an empty list; send one prompt string", param="prompt")
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
         value = value[0]
     if isinstance(value, list) and all(isinstance(p, str) for p in value):

@@ -76,7 +76,7 @@ async def embeddings(request: Request) -> Response | BufferedAnswer:
             model=_model(deps, body),
             inputs=f.text_list(body["input"], "input", allow_string=True),
             priority=priority_of(request),
-            session_id=session_of(request, f.string(body, "user")),
+            session_id=session_of(request),
             deadline_ms=deadline_of(request),
             encoding_format=_encoding(body),
             dimensions=f.integer(body, "dimensions", low=1, high=65536),
@@ -113,7 +113,7 @@ async def rerank(request: Request) -> Response | BufferedAnswer:
             inputs=documents,
             query=query,
             priority=priority_of(request),
-            session_id=session_of(request, f.string(body, "user")),
+            session_id=session_of(request),
             deadline_ms=deadline_of(request),
         )
     except OrchError as exc:
