@@ -47,6 +47,13 @@ class TestConfigCommands:
         code, out, _ = await run("config", "validate", "examples/demo.yaml")
         assert (0, "examples/demo.yaml: ok (2 pools)\n") == (code, out)
 
+    async def test_every_example_validates(self) -> None:
+        """Each examples/*.yaml is a file `llorch config validate --offline` accepts as shipped."""
+        examples = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("examples/*.yaml"))
+        code, out, err = await run("config", "validate", "--offline", *examples)
+        assert (0, "") == (code, err)
+        assert len(examples) == out.count(": ok (")
+
     async def test_validate_applies_the_checks_serve_applies(self, tmp_path: Path) -> None:
         """validate refuses what serve would (a public bind without a token, an unset
         api_key_env); --offline checks the file alone."""

@@ -41,7 +41,10 @@ def cli() -> None:
     "--log-format",
     type=click.Choice(["json", "pretty"]),
     default=None,
-    help="json (JSON Lines, the default) or pretty; overrides LOG_FORMAT and the file.",
+    help=(
+        "json (JSON Lines) or pretty; overrides LOG_FORMAT and the file. Default: pretty at a "
+        "terminal, JSON Lines otherwise."
+    ),
 )
 def serve(config_path: str, bind: str | None, log_format: str | None) -> None:
     """Serve the data and control planes for CONFIG."""

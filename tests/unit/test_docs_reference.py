@@ -1,0 +1,94 @@
+"""The reference pages name what the product has: every config key, every metric, no others."""
+
+from __future__ import annotations
+
+import json
+import re
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from llama_orch.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", *sorted(ROOT.joinpath("docs").glob("*.md"))]
+#: A dotted key in backticks, such as `server.sse.heartbeat_ms` or `pools[].http.retries`.
+DOTTED = re.compile(r"`([a-z_]+(?:\[\])?(?:\.[a-z_0-9]+(?:\[\])?)+)")
+#: Pool sub-sections the pages name without their `pools[].` prefix.
+POOL_SECTIONS = ("provisioning", "admission", "http", "mock", "queue", "timeouts")
+#: Dotted names that look like keys but are not: a file, an ASGI message type.
+NOT_KEYS = frozenset({"engines.json", "http.disconnect"})
+
+
+def key_paths(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+    """Every key of the config file as a dotted path (list items have no index: `pools.id`)."""
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        yield path
+        pending: list[object] = [field.annotation]
+        while pending:
+            annotation = pending.pop()
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                yield from key_paths(annotation, f"{path}.")
+                break
+            pending.extend(typing.get_args(annotation))
+
+
+KEYS = set(key_paths(Config))
+
+
+def test_every_config_key_is_in_the_configuration_page() -> None:
+    """docs/configuration.md names every key (its leaf name at least), so none is hidden."""
+    page = (ROOT / "docs/configuration.md").read_text(encoding="utf-8")
+    missing = [
+        key
+        for key in sorted(KEYS)
+        if not re.search(rf"(?<![A-Za-z_]){re.escape(key.rsplit('.', 1)[-1])}(?![A-Za-z_])", page)
+    ]
+    assert [] == missing
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
+def test_every_dotted_config_key_named_exists(page: Path) -> None:
+    """A key a page names as `section.key` is one the config file accepts."""
+    sections = (*Config.model_fields, *POOL_SECTIONS)
+    unknown = []
+    for match in DOTTED.finditer(page.read_text(encoding="utf-8")):
+        key = match.group(1).replace("[]", "")
+        head = key.split(".", 1)[0]
+        if head not in sections or key in NOT_KEYS:
+            continue
+        if (key if head in Config.model_fields else f"pools.{key}") not in KEYS:
+            unknown.append(key)
+    assert [] == unknown
+
+
+def test_metrics_table_is_the_contract() -> None:
+    """docs/observability.md's metrics table lists exactly ci/metrics.lint.json's families."""
+    contract = json.loads((ROOT / "ci/metrics.lint.json").read_text(encoding="utf-8"))
+    expected = {
+        m["name"]: (m["type"], m["labels"], m["max_series"], m["status"])
+        for m in contract["metrics"]
+    }
+    page = (ROOT / "docs/observability.md").read_text(encoding="utf-8")
+    row = re.compile(r"^\| `([a-z_]+)`(?: \((\w+)\))? \| (\w+)[^|]* \| ([^|]*) \| (\d+) \|$", re.M)
+    documented = {
+        name: (
+            kind,
+            [label.strip() for label in labels.split(",") if label.strip() != "—"],
+            int(budget),
+            status or "required",
+        )
+        for name, status, kind, labels, budget in row.findall(page)
+    }
+    assert expected == documented
+    flat = " ".join(page.split())
+    missing = [
+        f"{label} {n}"
+        for label, n in contract["label_budgets"].items()
+        if not re.search(rf"\b{label} {n}\b", flat)
+    ]
+    assert [] == missing, "label budgets the page does not state"
