@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -406,6 +407,7 @@ class TestBadInput:
         ({"model": "m0", "messages": MESSAGES, "temperature": "hot"}, "temperature"),
         ({"model": "m0", "messages": "hello"}, "messages"),
         ({"model": "m0", "messages": MESSAGES, "logprobs": True}, "logprobs"),
+        ({"model": "m0", "messages": MESSAGES, "audio": {"voice": "alloy"}}, "audio"),
         ({"model": "m0", "messages": MESSAGES, "mirostat": 2}, "mirostat"),
         ({"model": "m0", "messages": MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": "m0", "messages": [{"role": "user", "content": "x" * 1_100_000}]}, None),
@@ -438,7 +440,8 @@ class TestBadInput:
         assert "invalid_request_error" == error["type"]
         if param is not None:
             assert param == error["param"]
-        assert "None" not in error["message"]
+        # The message speaks JSON, the client's language: null and false, not None and False.
+        assert not {"None", "False", "True"} & set(re.findall(r"\w+", error["message"]))
         assert after.choices[0].message.content
 
     async def test_malformed_json_and_unknown_model(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -109,8 +110,9 @@ def refuse_unless_default(body: Mapping[str, Any], defaults: Mapping[str, tuple[
     for name, neutral in defaults.items():
         if name in body and body[name] not in neutral:
             raise BadField(
-                f"{name} is not supported by this server (only {neutral[0]!r} is accepted); "
-                "remove it from the request",
+                # In JSON, as the client wrote it: null and false, not Python's None and False.
+                f"{name} is not supported by this server (only {json.dumps(neutral[0])} is "
+                "accepted); remove it from the request",
                 param=name,
             )
 
