@@ -12,6 +12,8 @@ import pytest
 from pydantic import BaseModel
 
 from llama_orch.config import Config
+from llama_orch.errors import ErrorKind
+from llama_orch.server.errors import STATUS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted(ROOT.joinpath("docs").glob("*.md"))]
@@ -92,3 +94,21 @@ def test_metrics_table_is_the_contract() -> None:
         if not re.search(rf"\b{label} {n}\b", flat)
     ]
     assert [] == missing, "label budgets the page does not state"
+
+
+def test_error_table_has_every_code_and_its_status() -> None:
+    """docs/api.md's error table lists every error code with the status the server answers."""
+    page = (ROOT / "docs/api.md").read_text(encoding="utf-8")
+    table = page[page.index("| code | HTTP | retriable |") :].split("\n\n", 1)[0]
+    documented: dict[str, str] = {}
+    for line in table.splitlines()[2:]:
+        codes, http = line.split("|")[1:3]
+        for code in re.findall(r"`([A-Z_]+)`", codes):
+            documented[code] = http
+    assert sorted(ErrorKind) == sorted(documented)
+    wrong = {
+        kind.value: documented[kind.value]
+        for kind in ErrorKind
+        if str(STATUS[kind]) not in documented[kind.value]
+    }
+    assert {} == wrong
