@@ -21,7 +21,7 @@ from llama_orch.config._models import (
     is_loopback_host,
     parse_host_port,
 )
-from llama_orch.config._quoted import quoted_scalars
+from llama_orch.config._quoted import quoted_in_invalid, quoted_scalars
 from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.vocab import Engine, ProvisioningMode
 
@@ -122,7 +122,8 @@ def parse_config_text(text: str, source: str = "<config>") -> Config:
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, _issues_from(exc)) from exc
+        quoted = quoted_in_invalid(Config, raw, text, _UniqueKeyLoader, exc)
+        raise ConfigError(source, _issues_from(exc) + quoted) from exc
     problems = quoted_scalars(raw, config, text, _UniqueKeyLoader) + not_available_yet(config)
     if problems:
         raise ConfigError(source, problems)

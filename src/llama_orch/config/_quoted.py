@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from llama_orch.errors import ConfigIssue
 
@@ -25,17 +25,55 @@ def quoted_scalars(
     raw: Any, validated: Any, text: str, loader: type[yaml.SafeLoader]
 ) -> list[ConfigIssue]:
     """One issue per text value in ``raw`` that validation turned into a number or boolean."""
-    found = list(_walk(raw, validated, ()))
+    found = [(path, given, _expected(value)) for path, given, value in _walk(raw, validated, ())]
+    return _issues(found, text, loader)
+
+
+#: Strict validation's error for text where a number or boolean goes, and what goes there.
+_STRICT_TYPES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false"}
+
+
+def quoted_in_invalid(
+    model: type[BaseModel],
+    raw: Any,
+    text: str,
+    loader: type[yaml.SafeLoader],
+    refused: ValidationError,
+) -> list[ConfigIssue]:
+    """The quoted numbers and booleans of a file that does not validate, so they are listed
+    with its other problems rather than after those are fixed.
+
+    Lax validation (``refused``) accepted them; strict validation names them. A place lax
+    validation refused already has its own message and is left to it.
+    """
+    named = {tuple(err["loc"]) for err in refused.errors(include_url=False)}
+    try:
+        model.model_validate(raw, strict=True)
+    except ValidationError as exc:
+        found = [
+            (tuple(err["loc"]), err["input"], _STRICT_TYPES[err["type"]])
+            for err in exc.errors(include_url=False)
+            if err["type"] in _STRICT_TYPES
+            and isinstance(err["input"], str)
+            and tuple(err["loc"]) not in named
+        ]
+        return _issues(found, text, loader)
+    return []
+
+
+def _issues(
+    found: list[tuple[Path, str, str]], text: str, loader: type[yaml.SafeLoader]
+) -> list[ConfigIssue]:
     if not found:
         return []
     root = yaml.compose(text, Loader=loader)
     return [
         ConfigIssue(
             ".".join(str(part) for part in path),
-            f"{_expected(value)} goes here, but line {_line(root, path)} quotes it as the text "
+            f"{expected} goes here, but line {_line(root, path)} quotes it as the text "
             f"{given!r}: remove the quotes",
         )
-        for path, given, value in found
+        for path, given, expected in found
     ]
 
 

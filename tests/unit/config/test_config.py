@@ -90,6 +90,18 @@ class TestStrictValidation:
         problems = issues_of(text)
         assert problems[0].startswith("pools.0.tensor_split.0: a number goes here, but line ")
 
+    def test_a_quoted_number_is_listed_with_the_other_problems(self) -> None:
+        """Every problem of a file is listed at once: a quoted number next to an unknown key."""
+        text = MINIMAL.replace(
+            "model: m0}", "model: m0, slots: '4', slotz: 2, queue: {capacity: 0}}"
+        )
+        problems = issues_of(text)
+        assert "pools.0.slotz: unknown key" in " ".join(problems)
+        assert "pools.0.queue.capacity: Input should be greater than 0" in problems
+        assert [
+            p for p in problems if p.startswith("pools.0.slots: an integer goes here, but line ")
+        ]
+
     def test_enum_lists_allowed_values(self) -> None:
         """An unknown engine lists the engines that are allowed."""
         problems = issues_of(MINIMAL.replace("engine: mock", "engine: cuda-magic"))
