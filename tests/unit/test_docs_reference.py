@@ -112,3 +112,22 @@ def test_error_table_has_every_code_and_its_status() -> None:
         if str(STATUS[kind]) not in documented[kind.value]
     }
     assert {} == wrong
+
+
+#: A repository file or folder in backticks: `tests/unit/core/test_prediction.py`, `server/`.
+REPO_PATH = re.compile(
+    r"`((?:src|tests|llama_orch|examples|contracts|bench|ci|docs|contrib|server|dispatch|pool|"
+    r"adapters|observability|cli|core|catalog|provisioners|auth|config|artifacts)/"
+    r"[A-Za-z0-9_./-]*(?:\.[a-z]+|/))`"
+)
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
+def test_every_repository_path_named_exists(page: Path) -> None:
+    """A file or folder a page points at is there (from the root, src/ or the package)."""
+    missing = [
+        name
+        for name in REPO_PATH.findall(page.read_text(encoding="utf-8"))
+        if not any((base / name).exists() for base in (ROOT, ROOT / "src", ROOT / "src/llama_orch"))
+    ]
+    assert [] == missing
