@@ -58,5 +58,14 @@ class TestPoolsCommand:
         assert 0 == code
         assert "pool g0: engine llamacpp, mode binary" in out
         assert "download   https://example.org/llama-b5000.zip" in out
+
+    async def test_plan_mistakes_exit_2(self, tmp_path: Path) -> None:
+        """A pool the file lacks, or a file with problems, is a usage mistake: status 2."""
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({"pools": [{"id": "p0", "engine": "mock", "model": "m"}]}))
         code, _, err = await run("pools", "plan", "nope", "--config", str(path))
-        assert 1 == code and "no pool 'nope'" in err
+        assert 2 == code and "no pool 'nope'" in err
+        path.write_text("pools: [{id: p0, engine: mock, model: m, slotz: 1}]\n")
+        code, _, err = await run("pools", "plan", "p0", "--config", str(path))
+        assert 2 == code
+        assert err.startswith("llorch: invalid configuration") and "pools.0.slotz" in err

@@ -17,6 +17,8 @@ from llama_orch.config import check_http_url
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+#: A usage or config mistake: what was typed, or the file named, is wrong.
+EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_INTERRUPTED = 130
 

@@ -95,13 +95,13 @@ def print_plan(config_path: str, pool_id: str) -> int:
     try:
         config = read_config_file(config_path)
     except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        return client_mod.EXIT_ERROR
+        click.echo(f"llorch: {exc}", err=True)
+        return client_mod.EXIT_USAGE
     pool = next((p for p in config.pools if p.id == pool_id), None)
     if pool is None:
         known = ", ".join(p.id for p in config.pools)
         click.echo(f"llorch: no pool {pool_id!r} in {config_path} (pools: {known})", err=True)
-        return client_mod.EXIT_ERROR
+        return client_mod.EXIT_USAGE
     if pool.provisioning is None:
         click.echo(f"pool {pool_id}: engine {pool.engine.value} runs in-process; nothing to plan")
         return client_mod.EXIT_OK
