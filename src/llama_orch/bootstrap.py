@@ -175,7 +175,8 @@ def supervision_of(settings: Settings, inventory: GpuInventory, models: PoolMode
         launcher=launcher,
         provision=ProvisionContext(
             cache_root=Path(engines.cache_dir).expanduser(),
-            index=FileEngineIndex(Path(config.catalog.root).expanduser()),
+            # Beside models.json: a default root follows XDG_CACHE_HOME, as the catalog does.
+            index=FileEngineIndex(catalog_root(config, settings.catalog_env)),
             network_policy=config.network_policy,
             ca_roots=tuple(config.catalog.trust_policy.ca_roots),
             simulated=inventory.simulated,

@@ -9,7 +9,9 @@ import pytest
 from llama_orch.bootstrap import build_deps, check_serveable
 from llama_orch.config import load_settings
 from llama_orch.errors import ConfigError
+from llama_orch.pool.engine_process import Supervision
 from llama_orch.pool.gpus import Gpu, GpuInventory
+from llama_orch.provisioners.engine import FileEngineIndex
 from tests.support.server import config_of, mock_pool
 
 NO_GPUS = GpuInventory(gpus=(), simulated=False, problem="NVML: driver not loaded")
@@ -83,3 +85,22 @@ class TestWritableDirectories:
         config = config_of(mock_pool(), server={"artifacts_dir": str(tmp_path / "a" / "b")})
         build_deps(load_settings({}, config=config))
         assert [] == list((tmp_path / "a" / "b").iterdir())
+
+
+def test_the_engine_index_lies_beside_the_model_index(tmp_path: Path) -> None:
+    """engines.json is in the catalog root with models.json: the default root follows
+    XDG_CACHE_HOME for both, not for the models alone."""
+    seen: list[Supervision] = []
+
+    def keep(supervision: Supervision) -> Supervision:
+        seen.append(supervision)
+        return supervision
+
+    settings = load_settings({"XDG_CACHE_HOME": str(tmp_path)}, config=config_of(mock_pool()))
+    deps = build_deps(settings, supervision=keep)
+    root = tmp_path / "llama-orch" / "catalog"
+    assert deps.models is not None
+    assert root == deps.models.store.root
+    index = seen[0].provision.index
+    assert isinstance(index, FileEngineIndex)
+    assert root / "engines.json" == index.path
