@@ -8,9 +8,11 @@ import typing
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from pydantic import BaseModel
 
+from llama_orch.cli.main import cli
 from llama_orch.config import Config
 from llama_orch.errors import ErrorKind
 from llama_orch.server.errors import STATUS
@@ -131,3 +133,35 @@ def test_every_repository_path_named_exists(page: Path) -> None:
         if not any((base / name).exists() for base in (ROOT, ROOT / "src", ROOT / "src/llama_orch"))
     ]
     assert [] == missing
+
+
+#: `llorch` followed by words and options, as pages write commands (`llorch models --local pull`).
+COMMAND = re.compile(r"(?:^|[`\s(/])llorch((?: +(?:-{1,2}[a-z][a-z-]*|[a-z][a-z-]*))+)", re.M)
+
+
+def _option_problems(words: list[str]) -> list[str]:
+    """Options a command line gives to a command that lacks them (a group's options go before
+    its subcommand, as click requires)."""
+    command: click.Command = cli
+    problems = []
+    for word in words:
+        if word.startswith("-"):
+            names = {name for param in command.params for name in param.opts + param.secondary_opts}
+            if word not in names | {"--help"}:
+                problems.append(f"{word} is not an option of {command.name}")
+        elif isinstance(command, click.Group):
+            if word not in command.commands:
+                break  # prose, or the group's argument
+            command = command.commands[word]
+    return problems
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
+def test_every_command_line_shown_runs(page: Path) -> None:
+    """Each `llorch ...` a page shows names real subcommands, and options where they belong."""
+    wrong = {
+        f"llorch{match.group(1)}": problems
+        for match in COMMAND.finditer(page.read_text(encoding="utf-8"))
+        if (problems := _option_problems(match.group(1).split()))
+    }
+    assert {} == wrong
