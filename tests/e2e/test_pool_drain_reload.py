@@ -112,6 +112,9 @@ class TestDrain:
             mock = await server.client.post("/v1/pools/p0/reload", json={"new_model_ref": "x"})
             assert 400 == mock.status_code
             assert "does not launch" in mock.json()["message"]
+            # A mock pool has no engine for the operator to restart: the advice says what to do.
+            assert "provisioning mode none" not in mock.json()["message"]
+            assert "pools[].model" in mock.json()["message"]
 
 
 async def _drained(server: RunningServer) -> dict[str, Any]:

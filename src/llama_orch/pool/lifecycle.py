@@ -264,11 +264,18 @@ class PoolLifecycle:
 
     def reload(self, pool_id: str, new_model_ref: str, tasks: TaskControl) -> Operation:
         pool = self._manager.pools[pool_id]
+        if pool.config.provisioning is None:
+            raise InvalidParams(
+                f"pool {pool_id} runs the simulated mock engine in-process, an engine llama-orch "
+                "does not launch, so it has no model to reload; change pools[].model in the "
+                "config and restart llorch serve",
+                pool_id=pool_id,
+            )
         if self._sup is None or not is_launched(pool.config):
             raise InvalidParams(
                 f"pool {pool_id} runs an engine llama-orch does not launch (provisioning mode "
-                f"{pool.config.provisioning.mode.value if pool.config.provisioning else 'none'}); "
-                "restart that engine with the new model yourself",
+                f"{pool.config.provisioning.mode.value}); restart that engine with the new "
+                "model yourself",
                 pool_id=pool_id,
             )
         new_cfg = _with_model(pool.config, new_model_ref)
