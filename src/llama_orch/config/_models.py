@@ -590,8 +590,8 @@ class PoolConfig(_Strict):
         )
         if unserved:
             raise ValueError(
-                f"supported_workloads lists {unserved}, which llama-orch cannot route to a "
-                f"{self.engine} engine; serve them from a pool of an engine that has the "
+                f"supported_workloads lists {unserved}, which llama-orch cannot route to "
+                f"{self.engine} engines; serve them from a pool of an engine that has the "
                 "route (docs/adapters.md)"
             )
         if self.determinism is DeterminismLevel.STRICT and self.slots != 1:

@@ -169,6 +169,7 @@ pools:
         )
         problems = issues_of(text)
         assert 1 == len(problems) and f"supported_workloads lists {unserved}" in problems[0]
+        assert f"cannot route to {engine} engines;" in problems[0]
 
     def test_upstream_connections_cover_the_slots(self) -> None:
         """Unset, http.max_connections is slots + 8; set below slots, it is refused."""
