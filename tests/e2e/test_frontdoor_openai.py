@@ -52,11 +52,12 @@ class TestModels:
 
 
 async def test_same_bearer_auth() -> None:
-    """The front doors sit behind the server's bearer token, like every other route."""
+    """The front doors sit behind the server's bearer token, like every other route, and refuse
+    a caller in its own API's shape: the SDKs read the message and the code as theirs."""
     token = "orch-test-token-0123456789abcdef0123"
     async with running_server(config_of(mock_pool()), {"AUTH_TOKEN": token}) as srv:
         async with openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="wrong") as bad:
-            with pytest.raises(openai.AuthenticationError):
+            with pytest.raises(openai.AuthenticationError) as wrong:
                 await bad.models.list()
         async with openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key=token) as good:
             assert ["m0"] == [m.id for m in (await good.models.list()).data]
@@ -66,7 +67,40 @@ async def test_same_bearer_auth() -> None:
                 await ollama_client.list()
         finally:
             await ollama_client.close()
-    assert 401 == refused.value.status_code
+        missing = await srv.client.post("/v1/chat/completions", json={})
+        task_api = await srv.client.post("/v1/tasks", json={})
+    assert ("bad_token", "authentication_error") == (wrong.value.code, wrong.value.type)
+    assert "token" in wrong.value.message and "{" not in wrong.value.message
+    assert (401, "this server requires a bearer token") == (
+        refused.value.status_code,
+        refused.value.error,
+    )
+    assert 401 == missing.status_code
+    assert 'Bearer realm="llama-orch"' == missing.headers["www-authenticate"]
+    assert missing.headers["x-correlation-id"]
+    assert "missing_token" == missing.json()["error"]["code"]
+    # The task API keeps its own envelope.
+    assert ("MISSING_TOKEN", 40101) == (task_api.json()["code"], task_api.json()["code_id"])
+
+
+async def test_refusals_before_a_handler_come_in_the_callers_shape() -> None:
+    """A method a front-door route does not serve, and an Ollama route this server does not
+    have (``/api/pull``), answer in the peer API's error shape; the task API's own 404 stays."""
+    async with running_server(config_of(mock_pool())) as srv:
+        wrong_method = await srv.client.delete("/v1/chat/completions")
+        ollama_client = ollama.AsyncClient(host=srv.url)
+        try:
+            with pytest.raises(ollama.ResponseError) as pull:
+                await ollama_client.pull("m0")
+        finally:
+            await ollama_client.close()
+        elsewhere = await srv.client.get("/v1/nothing-here")
+    assert (405, "POST") == (wrong_method.status_code, wrong_method.headers["allow"])
+    error = wrong_method.json()["error"]
+    assert ("invalid_request_error", "invalid_params") == (error["type"], error["code"])
+    assert "DELETE is not served on /v1/chat/completions" in error["message"]
+    assert 404 == pull.value.status_code and "no such endpoint" in pull.value.error
+    assert (404, "NOT_FOUND") == (elsewhere.status_code, elsewhere.json()["code"])
 
 
 class TestChatOnMock:

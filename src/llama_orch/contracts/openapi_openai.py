@@ -370,7 +370,13 @@ def _completion_route(
                     "content": content,
                 },
                 "400": _error("invalid_request_error; param names the field"),
-                "401": _error("Missing or bad bearer token (task API envelope)"),
+                "401": _error(
+                    "authentication_error: a missing or bad bearer token (the client's API key)",
+                    {
+                        "X-Correlation-Id": {"schema": {"type": "string"}},
+                        "WWW-Authenticate": {"schema": {"type": "string"}},
+                    },
+                ),
                 "404": _error("Unknown model (code model_not_found)"),
                 "413": _error(
                     "invalid_request_error: a body past what server.max_prompt_bytes allows"

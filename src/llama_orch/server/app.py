@@ -27,7 +27,8 @@ from llama_orch.server import (
     pools_api,
 )
 from llama_orch.server.deps import AppDeps
-from llama_orch.server.errors import handle_http_exception, handle_orch_error
+from llama_orch.server.errors import handle_orch_error
+from llama_orch.server.frontdoor.refusals import handle_http_refusal, peer_refusal
 from llama_orch.server.guards import RequestGuards
 from llama_orch.server.middleware import AuthMiddleware, CorrelationMiddleware
 
@@ -154,10 +155,12 @@ def create_app(
                 routes=routes,
             ),
             *cors_middleware(server.allowed_origins),
-            Middleware(AuthMiddleware, policy=auth_policy_of(deps.settings)),
+            Middleware(
+                AuthMiddleware, policy=auth_policy_of(deps.settings), peer_refusal=peer_refusal
+            ),
             *(extra_middleware or []),
         ],
-        exception_handlers={OrchError: handle_orch_error, HTTPException: handle_http_exception},
+        exception_handlers={OrchError: handle_orch_error, HTTPException: handle_http_refusal},
         lifespan=lifespan,
     )
     # RequestGuards redirects trailing slashes itself, without repeating the Host header.

@@ -45,6 +45,11 @@ STATUS: dict[ErrorKind, int] = {
 }
 
 
+#: Headers of an error answer that a front door keeps when it writes the body in its peer's
+#: shape: retry advice and the auth challenge (lower case).
+KEPT_HEADERS = frozenset({"retry-after", "x-backoff-ms", "www-authenticate"})
+
+
 @dataclass(frozen=True, slots=True)
 class RenderedError:
     status: int
@@ -98,15 +103,21 @@ async def handle_orch_error(_request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
-async def handle_http_exception(request: Request, exc: Exception) -> Response:
-    """Starlette's own refusals (no route, wrong method) in the same envelope."""
-    assert isinstance(exc, HTTPException)
+def http_refusal(request: Request, exc: HTTPException) -> tuple[OrchError, int, dict[str, str]]:
+    """Starlette's own refusals (no route, wrong method) as an error, its status and headers."""
     if exc.status_code == 404:
-        return error_response(NotFound("no such endpoint; see GET /openapi/data.yaml"))
+        return NotFound("no such endpoint; see GET /openapi/data.yaml"), 404, {}
     message = str(exc.detail)
     allow = (exc.headers or {}).get("Allow")
     if exc.status_code == 405 and allow:
         message = f"{request.method} is not served on {request.url.path}; use {allow}"
-    response = error_response(InvalidParams(message), status=exc.status_code)
-    response.headers.update(exc.headers or {})
+    return InvalidParams(message), exc.status_code, dict(exc.headers or {})
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals in the task API's envelope."""
+    assert isinstance(exc, HTTPException)
+    error, status, headers = http_refusal(request, exc)
+    response = error_response(error, status=status)
+    response.headers.update(headers)
     return response

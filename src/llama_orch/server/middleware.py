@@ -10,13 +10,15 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable
 
 import structlog
 from starlette.datastructures import MutableHeaders
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llama_orch.auth.policy import AuthPolicy, is_console_asset
-from llama_orch.errors import AuthError
+from llama_orch.errors import AuthError, OrchError
 from llama_orch.observability.narration import narrate
 from llama_orch.observability.redaction import Redactor
 from llama_orch.server.errors import error_response, internal_error, render_error
@@ -27,6 +29,8 @@ ANONYMOUS = "anonymous"
 _VALID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _SSE_ERROR = b"event: error\n"
 _log = structlog.get_logger("llama_orch.server")
+#: (path, error, status) -> the refusal in the shape of the path's API, or None.
+PeerRefusal = Callable[[str, OrchError, int | None], Response | None]
 
 
 def correlation_id_of(scope: Scope) -> str:
@@ -158,9 +162,14 @@ class AuthMiddleware:
     """Applies the D-AUTH-01 decision to every HTTP request. Only the console's static assets
     are exempt: they hold no data (metrics, health and capabilities are not, D-AUTH-03)."""
 
-    def __init__(self, app: ASGIApp, policy: AuthPolicy) -> None:
+    def __init__(
+        self, app: ASGIApp, policy: AuthPolicy, peer_refusal: PeerRefusal | None = None
+    ) -> None:
         self.app = app
         self.policy = policy
+        #: Renders a refusal in the shape of the API its path belongs to (the front doors');
+        #: None, or its None: the task API's envelope.
+        self.peer_refusal = peer_refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -204,4 +213,7 @@ class AuthMiddleware:
             correlation_id=cid,
             identity=ANONYMOUS,
         )
-        await render_error(exc, correlation_id=cid).response()(scope, receive, send)
+        answer = self.peer_refusal(scope["path"], exc, None) if self.peer_refusal else None
+        if answer is None:
+            answer = render_error(exc, correlation_id=cid).response()
+        await answer(scope, receive, send)

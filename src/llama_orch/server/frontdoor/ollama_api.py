@@ -26,7 +26,7 @@ from llama_orch.contracts.api import INT32_MAX, INT64_MAX
 from llama_orch.contracts.engine import ChatMessage
 from llama_orch.errors import OrchError
 from llama_orch.server.deps import AppDeps, deps_of
-from llama_orch.server.errors import STATUS, render_error
+from llama_orch.server.errors import KEPT_HEADERS, STATUS, render_error
 from llama_orch.server.frontdoor import _fields as f
 from llama_orch.server.frontdoor import _tasks
 from llama_orch.server.frontdoor._chat import DEFAULT_TEMPLATE
@@ -92,13 +92,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def ollama_error(exc: OrchError) -> Response:
-    """The task API's status and retry headers, with Ollama's ``{"error": ...}`` body."""
-    rendered = render_error(exc)
+def ollama_error(exc: OrchError, *, status: int | None = None) -> Response:
+    """The task API's status and headers (retry advice, ``WWW-Authenticate``), with Ollama's
+    ``{"error": ...}`` body; ``status`` as ``render_error`` takes it."""
+    rendered = render_error(exc, status=status)
     status = rendered.status
-    headers = {
-        k: v for k, v in rendered.headers.items() if k.lower() in ("retry-after", "x-backoff-ms")
-    }
+    headers = {k: v for k, v in rendered.headers.items() if k.lower() in KEPT_HEADERS}
     body = orjson.dumps({"error": peer_message(exc)})
     return Response(body, status, headers, media_type=JSON)
 

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from llama_orch.contracts.api import INT32_MAX, INT64_MAX
 from llama_orch.errors import ErrorKind, OrchError
 from llama_orch.server.deps import AppDeps, deps_of
-from llama_orch.server.errors import STATUS, render_error
+from llama_orch.server.errors import KEPT_HEADERS, STATUS, render_error
 from llama_orch.server.frontdoor import _fields as f
 from llama_orch.server.frontdoor import _tasks
 from llama_orch.server.frontdoor._http import (
@@ -111,12 +111,12 @@ def error_body(message: str, kind: str, param: str | None, code: str | None) -> 
     return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
 
 
-def openai_error(exc: OrchError) -> Response:
-    """The task API's status and retry headers, with OpenAI's error body."""
-    rendered = render_error(exc)
-    headers = dict(rendered.headers)
+def openai_error(exc: OrchError, *, status: int | None = None) -> Response:
+    """The task API's status and headers (retry advice, ``WWW-Authenticate``), with OpenAI's
+    error body; ``status`` as ``render_error`` takes it."""
+    rendered = render_error(exc, status=status)
     status = rendered.status
-    kept = {k: v for k, v in headers.items() if k.lower() in ("retry-after", "x-backoff-ms")}
+    kept = {k: v for k, v in rendered.headers.items() if k.lower() in KEPT_HEADERS}
     if exc.retry_after_ms is not None and status in (429, 503):
         kept["retry-after-ms"] = str(exc.retry_after_ms)
     if status == 429 and not exc.retriable:
