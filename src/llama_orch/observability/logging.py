@@ -98,6 +98,30 @@ def _human_first(
     return event_dict
 
 
+#: The one field whose line breaks are the server's own: a formatted traceback.
+_MULTILINE = frozenset({"exception"})
+
+
+def _escaped(value: str, keep: str = "") -> str:
+    """``value`` with every unprintable character written as its Python escape (``\\n``,
+    ``\\x1b``, ``\\x9b``, ``\\u2028``), except those in ``keep``."""
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in value)
+
+
+def _one_line(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Pretty mode: text a client chose (a percent-decoded path, a model name) may hold line
+    breaks, carriage returns and terminal escape sequences. Written as they are, they would
+    forge log lines or drive the terminal of the person reading them, so they are shown
+    escaped. JSON Lines need no such step: JSON escapes control characters itself; values
+    other than strings are rendered with ``repr``, which escapes them too."""
+    for key, value in event_dict.items():
+        if type(value) is str and not value.isprintable():
+            event_dict[key] = _escaped(value, "\n" if key in _MULTILINE else "")
+    return event_dict
+
+
 def choose_log_format(configured: str, *, explicit: bool, tty: bool) -> LogFormat:
     """What ``llorch serve`` writes: the configured format when LOG_FORMAT, the flag or the file
     asked for one; otherwise pretty for a person at a terminal and JSON Lines everywhere else."""
@@ -136,7 +160,7 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    final: list[Any] = [sink, *([_human_first] if fmt == "pretty" else []), renderer]
+    final: list[Any] = [sink, *([_human_first, _one_line] if fmt == "pretty" else []), renderer]
     numeric_level = _LEVELS.get(level, logging.INFO)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, *final],
