@@ -26,7 +26,12 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
     (
-        re.compile(r"(?i)([?&](?:api[_-]?key|token|access_token|key|sig|signature)=)[^&\s\"']+"),
+        # Pre-signed download links (S3's X-Amz-*, Google Cloud Storage's X-Goog-*) carry their
+        # signature and session token in the query, as Azure's SAS carries ``sig``.
+        re.compile(
+            r"(?i)([?&](?:api[_-]?key|token|access_token|key|sig|signature"
+            r"|x-(?:amz|goog)-(?:signature|security-token))=)[^&\s\"']+"
+        ),
         r"\1" + REDACTED,
     ),
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@\"']+:[^/\s@\"']+@"), r"\1" + REDACTED + "@"),

@@ -1,0 +1,59 @@
+"""Error answers that quote what a client sent never quote a signed URL's credentials.
+
+A model named by a pre-signed download link (S3, Google Cloud Storage) carries its signature and
+session token in the query string. Front doors refuse an unknown model with its name in the
+message; like ``?token=`` and ``?sig=``, those parameters come back redacted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.faults._raw import serve_config
+from tests.support.serve_process import ServeProcess, serve_process
+
+SIGNATURE = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+SESSION_TOKEN = "FwoGZXIvYXdzEJr4SESSIONtoken0aBcD"
+GOOGLE_SIGNATURE = "5b1e0c7d9a3f8e2d4c6b0a9f8e7d6c5b4a3f2e1d"
+PRESIGNED = (
+    "https://models.s3.amazonaws.com/llama.gguf?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    "&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20261130%2Fus-east-1%2Fs3%2Faws4_request"
+    f"&X-Amz-Date=20261130T000000Z&X-Amz-Expires=3600&X-Amz-Security-Token={SESSION_TOKEN}"
+    f"&X-Amz-SignedHeaders=host&X-Amz-Signature={SIGNATURE}"
+)
+GOOGLE = (
+    "https://storage.googleapis.com/models/llama.gguf?X-Goog-Algorithm=GOOG4-RSA-SHA256"
+    f"&X-Goog-Expires=900&X-Goog-Signature={GOOGLE_SIGNATURE}"
+)
+SECRETS = (SIGNATURE, SESSION_TOKEN, GOOGLE_SIGNATURE)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    with serve_process(serve_config(), tmp_path_factory.mktemp("secret-echo")) as s:
+        yield s
+
+
+class TestSignedUrls:
+    @pytest.mark.parametrize("model", [PRESIGNED, GOOGLE], ids=["s3", "gcs"])
+    def test_unknown_model_refusals_redact_the_signature(
+        self, server: ServeProcess, model: str
+    ) -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            answers = [
+                client.post(
+                    "/v1/chat/completions",
+                    json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+                ),
+                client.post("/api/generate", json={"model": model, "prompt": "hi"}),
+                client.post("/api/show", json={"model": model}),
+            ]
+        for answer in answers:
+            assert 404 == answer.status_code, answer.text
+            # Still names the model it refused, the part that holds no secret.
+            assert model.split("?", 1)[0] in answer.text
+            assert [s for s in SECRETS if s in answer.text] == [], answer.text
+            assert "[REDACTED]" in answer.text
