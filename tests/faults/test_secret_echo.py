@@ -1,8 +1,9 @@
-"""Error answers that quote what a client sent never quote a signed URL's credentials.
+"""Answers that quote a model never quote a signed URL's credentials.
 
 A model named by a pre-signed download link (S3, Google Cloud Storage) carries its signature and
 session token in the query string. Front doors refuse an unknown model with its name in the
-message; like ``?token=`` and ``?sig=``, those parameters come back redacted.
+message, and the console shows each pool's model; like ``?token=`` and ``?sig=``, those
+parameters come back redacted, on the console's event feed as on every JSON answer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 
 from tests.faults._raw import serve_config
 from tests.support.serve_process import ServeProcess, serve_process
+from tests.support.server import SIMULATED_GPUS, mock_pool
 
 SIGNATURE = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 SESSION_TOKEN = "FwoGZXIvYXdzEJr4SESSIONtoken0aBcD"
@@ -57,3 +59,27 @@ class TestSignedUrls:
             assert model.split("?", 1)[0] in answer.text
             assert [s for s in SECRETS if s in answer.text] == [], answer.text
             assert "[REDACTED]" in answer.text
+
+
+class TestConsoleFeed:
+    def test_the_event_feed_redacts_what_the_status_redacts(
+        self, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        """A pool configured with a pre-signed link: ``/v1/status`` and ``/v1/events`` both
+        show the pool, neither the link's signature or token."""
+        config = {"gpus": SIMULATED_GPUS, "pools": [mock_pool("signed", PRESIGNED)]}
+        with (
+            serve_process(config, tmp_path_factory.mktemp("feed")) as server,
+            httpx.Client(base_url=server.url, timeout=10) as client,
+        ):
+            status = client.get("/v1/status").text
+            with client.stream("GET", "/v1/events") as response:
+                feed = b""
+                for chunk in response.iter_bytes():
+                    feed += chunk
+                    # The first frames hold every section; the task section comes last.
+                    if b"event: task\n" in feed and feed.endswith(b"\n\n"):
+                        break
+        for text in (status, feed.decode()):
+            assert '"pool_id":"signed"' in text
+            assert [s for s in SECRETS if s in text] == []
