@@ -8,6 +8,7 @@ parameters come back redacted, on the console's event feed as on every JSON answ
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 
 from tests.faults._raw import serve_config
 from tests.support.serve_process import ServeProcess, serve_process
-from tests.support.server import SIMULATED_GPUS, mock_pool
+from tests.support.server import SIMULATED_GPUS, mock_pool, task_body
 
 SIGNATURE = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 SESSION_TOKEN = "FwoGZXIvYXdzEJr4SESSIONtoken0aBcD"
@@ -83,3 +84,35 @@ class TestConsoleFeed:
         for text in (status, feed.decode()):
             assert '"pool_id":"signed"' in text
             assert [s for s in SECRETS if s in text] == []
+
+
+class TestCutSentences:
+    def test_a_cut_log_sentence_keeps_no_part_of_the_token(
+        self, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        """Log sentences are cut to a bound. A client that sends its bearer token as part of a
+        long model name (a pasted command line) has it quoted by the refusal; wherever the cut
+        falls, no part of the token is left in the log: the sentence is redacted, then cut."""
+        token = "Xq7vK2mPzR9tLw4sNb6yHc1dJf8gUe3a"
+        workdir = tmp_path_factory.mktemp("cut")
+        (workdir / "token").write_text(token)
+        environ = {"AUTH_TOKEN_FILE": str(workdir / "token")}
+        headers = {"Authorization": f"Bearer {token}"}
+        with (
+            serve_process(serve_config(), workdir, environ=environ) as server,
+            httpx.Client(base_url=server.url, timeout=10, headers=headers) as client,
+        ):
+            # Paddings that put the end of every cut up to 320 characters inside the token.
+            for pad in range(40, 320, len(token) // 2):
+                answer = client.post("/v1/tasks", json=task_body("m" * pad + token))
+                assert 503 == answer.status_code, answer.text
+                assert token[:8] not in answer.text
+            last = client.get("/v1/capabilities")
+            assert 200 == last.status_code
+            marker = last.headers["x-correlation-id"]
+            deadline = time.monotonic() + 10
+            while marker not in (log := server.log_path.read_text()):
+                assert time.monotonic() < deadline, "the last request was never logged"
+                time.sleep(0.05)
+        assert "Refuses task" in log
+        assert [line for line in log.splitlines() if token[:8] in line] == []

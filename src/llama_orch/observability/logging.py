@@ -32,6 +32,10 @@ _HANDLER_MARK = "_llama_orch_handler"
 _CHATTY = ("httpx", "httpcore", "hpack")
 
 
+#: The longest narration sentence written; a longer one (quoting an engine's error, say) is cut
+#: at the sink.
+HUMAN_MAX = 300
+
 #: Fields whose values this process writes itself, never from input: not scanned at the sink.
 #: (``event`` is not among them: for standard-library records it is the formatted message.)
 _OWN_FIELDS = frozenset({"timestamp", "level", "logger", "actor", "action"})
@@ -72,6 +76,11 @@ class _RedactAtSink:
         if texts and not redactor.is_clean("\n".join(texts)):
             for key in plain:
                 event_dict[key] = redactor.value(event_dict[key], key)
+        # Cut here, after the redaction: a sentence cut before it could end inside a secret,
+        # and the part left matches neither the secret's value nor its shape.
+        human = event_dict.get("human")
+        if type(human) is str and len(human) > HUMAN_MAX:
+            event_dict["human"] = human[:HUMAN_MAX]
         return event_dict
 
 
