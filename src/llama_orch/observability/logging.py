@@ -111,9 +111,12 @@ def _human_first(
 _MULTILINE = frozenset({"exception"})
 
 
-def _escaped(value: str, keep: str = "") -> str:
+def printable(value: str, keep: str = "") -> str:
     """``value`` with every unprintable character written as its Python escape (``\\n``,
-    ``\\x1b``, ``\\x9b``, ``\\u2028``), except those in ``keep``."""
+    ``\\x1b``, ``\\x9b``, ``\\u2028``), except those in ``keep``: text from outside (a
+    client, an engine) fit to show a person at a terminal."""
+    if value.isprintable():
+        return value
     return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in value)
 
 
@@ -127,7 +130,7 @@ def _one_line(
     other than strings are rendered with ``repr``, which escapes them too."""
     for key, value in event_dict.items():
         if type(value) is str and not value.isprintable():
-            event_dict[key] = _escaped(value, "\n" if key in _MULTILINE else "")
+            event_dict[key] = printable(value, "\n" if key in _MULTILINE else "")
     return event_dict
 
 
