@@ -34,7 +34,12 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         r"\1" + REDACTED,
     ),
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@\"']+:[^/\s@\"']+@"), r"\1" + REDACTED + "@"),
+    # The scheme's length is bounded: unbounded, every word boundary before a "://" (in
+    # "a.a.a.a...://") started a scan to it, quadratic in the text's length.
+    (
+        re.compile(r"(?i)([a-z][a-z0-9+.-]{0,31}://)[^/\s:@\"']+:[^/\s@\"']+@"),
+        r"\1" + REDACTED + "@",
+    ),
     (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), REDACTED),
     (re.compile(r"\bhf_[A-Za-z0-9]{8,}"), REDACTED),
 )
