@@ -101,10 +101,9 @@ class Supervisor:
                 delay = min(self._max_backoff_s, delay * 2)
 
     def _crashed(self, name: str, exc: BaseException | None, *, restart_in_s: float | None) -> None:
-        what = f"{type(exc).__name__}: {exc}"[:160]
-        human = f"Background {name} crashed with {what}" + (
-            f"; restarts in {restart_in_s * 1000:.0f} ms." if restart_in_s is not None else "."
-        )
+        # The restart delay first: a long error is what the sink's cut shortens.
+        restart = f", restarts in {restart_in_s * 1000:.0f} ms" if restart_in_s is not None else ""
+        human = f"Background {name} crashed{restart}: {type(exc).__name__}: {exc}"
         narrate(
             "supervisor",
             "crash",

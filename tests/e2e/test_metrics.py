@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.metrics_lint import lint as lint_scrape
@@ -14,7 +16,15 @@ from tests.support.metrics_lint import (
     promtool_problems,
     unwaived,
 )
-from tests.support.server import RunningServer, config_of, mock_pool, running_server, task_body
+from tests.support.serve_process import serve_process
+from tests.support.server import (
+    SIMULATED_GPUS,
+    RunningServer,
+    config_of,
+    mock_pool,
+    running_server,
+    task_body,
+)
 
 HANG = {"hang_after_token": 0}
 
@@ -115,3 +125,25 @@ class TestMetricsContract:
         code, problems = promtool_problems(binary, scrape)
         assert [] == unwaived(load_contract(), problems)
         assert code in (0, 3)  # 3: lint findings only, all of them waived above
+
+
+class TestCatalogVerifications:
+    def test_an_unverified_registration_stays_in_the_contract(self, tmp_path: Path) -> None:
+        """A local file registered without a digest is counted as the catalog documents it,
+        ``result="warn"``, and the scrape still passes the lint file."""
+        model = tmp_path / "plain.gguf"
+        model.write_bytes(b"GGUF" + bytes(64))
+        config = {"gpus": SIMULATED_GPUS, "pools": [mock_pool()]}
+        with (
+            serve_process(config, tmp_path) as server,
+            httpx.Client(base_url=server.url, timeout=10) as client,
+        ):
+            registered = client.post("/v1/catalog/models", json={"ref": f"file:{model}"})
+            assert 201 == registered.status_code, registered.text
+            assert "warn" == registered.json()["verification"]
+            scrape = client.get("/metrics").text
+        results = {
+            dict(s)["result"] for s in parse_scrape(scrape)["catalog_verifications_total"].series
+        }
+        assert {"warn"} == results
+        assert [] == lint_scrape(load_contract(), scrape, require_samples=False)

@@ -122,7 +122,7 @@ class AdapterHost:
                 "adapter-host",
                 "breaker",
                 engine,
-                f"Circuit of {pool_id}/{replica_id} goes {old} -> {new}: {why}"[:200],
+                f"Circuit of {pool_id}/{replica_id} goes {old} -> {new}: {why}",
                 level="warning" if new == "open" else "info",
                 pool_id=pool_id,
                 replica_id=replica_id,
@@ -330,7 +330,7 @@ class AdapterHost:
             wait_ms = max(1, math.ceil(breaker.retry_after_s * 1000))
             raise WorkerUnavailable(
                 f"replica {pool_id}/{replica_id} is paused after repeated engine failures "
-                f"(circuit open, {wait_ms} ms left): {breaker.last_reason}"[:300],
+                f"(circuit open, {wait_ms} ms left): {breaker.last_reason}",
                 pool_id=pool_id,
                 engine=engine,
                 retry_after_ms=wait_ms,

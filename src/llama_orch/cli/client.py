@@ -14,6 +14,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from llama_orch.config import check_http_url
+from llama_orch.observability.logging import printable
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -127,7 +128,9 @@ def fail(response: httpx.Response) -> int:
             message += f" (retry in {body['retry_after_ms']} ms)"
     except ValueError:
         message = response.text[:200]
-    click.echo(f"llorch: HTTP {response.status_code} {message}", err=True)
+    # A message may quote an engine's or another client's text: escaped, it cannot drive
+    # the terminal.
+    click.echo(f"llorch: HTTP {response.status_code} {printable(message)}", err=True)
     return EXIT_ERROR
 
 

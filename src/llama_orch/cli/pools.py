@@ -12,6 +12,7 @@ import httpx
 from llama_orch.cli import client as client_mod
 from llama_orch.config import read_config_file
 from llama_orch.errors import ConfigError
+from llama_orch.observability.logging import printable
 from llama_orch.provisioners.engine import ProvisionContext, ProvisionError, plan
 
 COLUMNS = ("POOL", "REPLICAS", "STATE", "ENGINE", "MODEL", "GPU", "VRAM", "SLOTS", "QUEUE")
@@ -61,7 +62,8 @@ def row(pool: dict[str, Any], health: dict[str, Any]) -> tuple[str, ...]:
 
 
 def render(rows: list[tuple[str, ...]]) -> str:
-    table = [COLUMNS, *rows]
+    # Engines' own text (versions) is shown with its control characters escaped.
+    table = [COLUMNS, *([printable(cell) for cell in r] for r in rows)]
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip()

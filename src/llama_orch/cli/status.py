@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from llama_orch.cli.client import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, OrchClient, fail
 from llama_orch.contracts.console import GpuStatus, Status
+from llama_orch.observability.logging import printable
 
 MIB = 2**20
 #: What ``predicted_start_ms`` says when no Ready slot will ever start the task.
@@ -18,10 +19,13 @@ NEVER_MS = 2**31 - 1
 
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A titled table with columns padded to their widest cell; a note when empty."""
+    """A titled table with columns padded to their widest cell; a note when empty.
+
+    Cells hold engines' own text (versions, errors): control characters in it are shown
+    escaped, so it can neither break the table nor drive the terminal."""
     if not rows:
         return f"{title}\n  (none)"
-    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    cells = [[printable(str(c)) for c in row] for row in [headers, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = [
         "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells

@@ -89,7 +89,7 @@ class Admission:
                 "admission",
                 "reject",
                 request.engine.value,
-                f"Refuses task {str(request.task_id)[:8]}: {exc.message}"[:160],
+                f"Refuses task {str(request.task_id)[:8]}: {exc.message}",
                 level="warning",
                 task_id=str(request.task_id),
                 job_id=str(request.task_id),

@@ -136,7 +136,7 @@ class Endings:
             "dispatcher",
             "stream-error",
             task.pool_id,
-            f"Ends task {task.id[:8]} with {error.kind.value}: {error.message}"[:160],
+            f"Ends task {task.id[:8]} with {error.kind.value}: {error.message}",
             level="warning",
             **task.log_fields(),
             error_kind=error.kind.value,

@@ -32,6 +32,10 @@ _HANDLER_MARK = "_llama_orch_handler"
 _CHATTY = ("httpx", "httpcore", "hpack")
 
 
+#: The longest narration sentence written; a longer one (quoting an engine's error, say) is cut
+#: at the sink.
+HUMAN_MAX = 300
+
 #: Fields whose values this process writes itself, never from input: not scanned at the sink.
 #: (``event`` is not among them: for standard-library records it is the formatted message.)
 _OWN_FIELDS = frozenset({"timestamp", "level", "logger", "actor", "action"})
@@ -72,6 +76,11 @@ class _RedactAtSink:
         if texts and not redactor.is_clean("\n".join(texts)):
             for key in plain:
                 event_dict[key] = redactor.value(event_dict[key], key)
+        # Cut here, after the redaction: a sentence cut before it could end inside a secret,
+        # and the part left matches neither the secret's value nor its shape.
+        human = event_dict.get("human")
+        if type(human) is str and len(human) > HUMAN_MAX:
+            event_dict["human"] = human[:HUMAN_MAX]
         return event_dict
 
 
@@ -95,6 +104,33 @@ def _human_first(
     stamp = event_dict.get("timestamp")
     if isinstance(stamp, str) and len(stamp) >= 19:
         event_dict["timestamp"] = stamp[11:19]
+    return event_dict
+
+
+#: The one field whose line breaks are the server's own: a formatted traceback.
+_MULTILINE = frozenset({"exception"})
+
+
+def printable(value: str, keep: str = "") -> str:
+    """``value`` with every unprintable character written as its Python escape (``\\n``,
+    ``\\x1b``, ``\\x9b``, ``\\u2028``), except those in ``keep``: text from outside (a
+    client, an engine) fit to show a person at a terminal."""
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in value)
+
+
+def _one_line(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Pretty mode: text a client chose (a percent-decoded path, a model name) may hold line
+    breaks, carriage returns and terminal escape sequences. Written as they are, they would
+    forge log lines or drive the terminal of the person reading them, so they are shown
+    escaped. JSON Lines need no such step: JSON escapes control characters itself; values
+    other than strings are rendered with ``repr``, which escapes them too."""
+    for key, value in event_dict.items():
+        if type(value) is str and not value.isprintable():
+            event_dict[key] = printable(value, "\n" if key in _MULTILINE else "")
     return event_dict
 
 
@@ -136,7 +172,7 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    final: list[Any] = [sink, *([_human_first] if fmt == "pretty" else []), renderer]
+    final: list[Any] = [sink, *([_human_first, _one_line] if fmt == "pretty" else []), renderer]
     numeric_level = _LEVELS.get(level, logging.INFO)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, *final],

@@ -1,7 +1,8 @@
 """Narration: the one way to emit a key event (ORCH-33xx, D-OBS-01).
 
 Every key event carries ``actor``, ``action``, ``target`` and a short present-tense ``human``
-sentence next to the structured fields. Never call this per token.
+sentence next to the structured fields. Never call this per token. A sentence may quote text
+of any length: the log sink redacts it, then cuts it (``logging.HUMAN_MAX``).
 """
 
 from __future__ import annotations

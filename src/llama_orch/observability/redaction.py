@@ -26,10 +26,20 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
     (
-        re.compile(r"(?i)([?&](?:api[_-]?key|token|access_token|key|sig|signature)=)[^&\s\"']+"),
+        # Pre-signed download links (S3's X-Amz-*, Google Cloud Storage's X-Goog-*) carry their
+        # signature and session token in the query, as Azure's SAS carries ``sig``.
+        re.compile(
+            r"(?i)([?&](?:api[_-]?key|token|access_token|key|sig|signature"
+            r"|x-(?:amz|goog)-(?:signature|security-token))=)[^&\s\"']+"
+        ),
         r"\1" + REDACTED,
     ),
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@\"']+:[^/\s@\"']+@"), r"\1" + REDACTED + "@"),
+    # The scheme's length is bounded: unbounded, every word boundary before a "://" (in
+    # "a.a.a.a...://") started a scan to it, quadratic in the text's length.
+    (
+        re.compile(r"(?i)([a-z][a-z0-9+.-]{0,31}://)[^/\s:@\"']+:[^/\s@\"']+@"),
+        r"\1" + REDACTED + "@",
+    ),
     (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), REDACTED),
     (re.compile(r"\bhf_[A-Za-z0-9]{8,}"), REDACTED),
 )

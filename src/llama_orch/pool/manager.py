@@ -599,7 +599,7 @@ class PoolManager:
             "pool-manager",
             "stale",
             pool_id,
-            f"Holds replica {pool_id}/{replica_id} until its next probe: {error.message}"[:160],
+            f"Holds replica {pool_id}/{replica_id} until its next probe: {error.message}",
             level="warning",
             pool_id=pool_id,
             replica_id=replica_id,

@@ -142,10 +142,11 @@ def create_app(
         *console.routes,
     ]
     server = deps.settings.config.server
+    redactor = redactor_of(deps.settings)
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(CorrelationMiddleware, redactor=redactor_of(deps.settings)),
+            Middleware(CorrelationMiddleware, redactor=redactor),
             Middleware(
                 RequestGuards,
                 loopback_bind=deps.settings.loopback_bind,
@@ -166,5 +167,5 @@ def create_app(
     # RequestGuards redirects trailing slashes itself, without repeating the Host header.
     app.router.redirect_slashes = False
     app.state.deps = deps
-    feed = console.attach(app, deps, sampler, interval_s=console_interval_s)
+    feed = console.attach(app, deps, sampler, interval_s=console_interval_s, redactor=redactor)
     return app

@@ -9,7 +9,7 @@ import re
 import orjson
 import structlog
 
-from llama_orch.observability.logging import choose_log_format, configure_logging
+from llama_orch.observability.logging import HUMAN_MAX, choose_log_format, configure_logging
 from llama_orch.observability.narration import narrate
 from llama_orch.observability.redaction import Redactor
 
@@ -40,6 +40,17 @@ class TestJsonLines:
             for k in ("actor", "action", "target", "human", "pool_id", "correlation_id", "level")
         }
         assert "x" not in event and "timestamp" in event
+
+    def test_a_long_sentence_is_redacted_before_it_is_cut(self) -> None:
+        """Wherever the bound falls inside a configured secret, none of it is written."""
+        secret = "Xq7vK2mPzR9tLw4sNb6yHc1dJf8gUe3a"
+        out = io.StringIO()
+        configure_logging("json", stream=out, redactor=Redactor((secret,)))
+        for pad in range(HUMAN_MAX - len(secret), HUMAN_MAX + 1):
+            narrate("a", "b", "c", "x" * pad + secret)
+        humans = [orjson.loads(line)["human"] for line in lines_of(out)]
+        assert len(humans) == len(secret) + 1
+        assert all(len(h) <= HUMAN_MAX and secret[:4] not in h for h in humans)
 
     def test_levels_below_the_threshold_are_dropped(self) -> None:
         """At level warning, info narration is not written."""

@@ -22,6 +22,12 @@ class TestPatterns:
             ("https://user:pa55@host/p", f"https://{REDACTED}@host/p"),
             ("key sk-proj-0123456789abcdef", f"key {REDACTED}"),
             ("hf_abcdefghijklmnop token", f"{REDACTED} token"),
+            (
+                "/m.gguf?X-Amz-Security-Token=FwoGZ&X-Amz-Expires=60&X-Amz-Signature=9f86d08",
+                f"/m.gguf?X-Amz-Security-Token={REDACTED}&X-Amz-Expires=60"
+                f"&X-Amz-Signature={REDACTED}",
+            ),
+            ("/o?x-goog-signature=5b1e0c7d", f"/o?x-goog-signature={REDACTED}"),
         ],
     )
     def test_secret_shapes_are_redacted(self, raw: str, expected: str) -> None:

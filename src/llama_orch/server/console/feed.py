@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from llama_orch.contracts.console import EVENT_NAMES, Status
+from llama_orch.observability.redaction import Redactor
 from llama_orch.server.sse import KEEPALIVE, encode_frame
 
 
@@ -33,8 +34,19 @@ class _Viewer:
 
 
 class StatusFeed:
-    def __init__(self, reader: StatusSource, *, interval_s: float, heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        reader: StatusSource,
+        *,
+        interval_s: float,
+        heartbeat_s: float,
+        redactor: Redactor | None = None,
+    ) -> None:
         self._reader = reader
+        #: The feed is a stream, which the server's answer redaction leaves alone: its
+        #: sections (pool models, engine errors, last log lines) are redacted here instead,
+        #: as ``/v1/status`` is on its way out.
+        self._redactor = redactor or Redactor()
         self._interval_s = interval_s
         self._heartbeat_s = heartbeat_s
         self._viewers: set[_Viewer] = set()
@@ -59,7 +71,8 @@ class StatusFeed:
         self._fresh_at = asyncio.get_running_loop().time()
         changed = []
         for name, section in self._reader.read().sections().items():
-            frame = encode_frame(name, section.model_dump_json().encode())
+            data = self._redactor.text(section.model_dump_json())
+            frame = encode_frame(name, data.encode())
             if self._frames.get(name) != frame:
                 self._frames[name] = frame
                 changed.append(name)

@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from llama_orch.contracts.console import ConsoleFeatures
 from llama_orch.errors import NotFound
+from llama_orch.observability.redaction import Redactor
 from llama_orch.pool.gpu_sampler import GpuSampler
 from llama_orch.server.console.feed import StatusFeed
 from llama_orch.server.console.status import StatusReader
@@ -123,9 +124,16 @@ def features_of(app: Starlette) -> ConsoleFeatures:
     return ConsoleFeatures(**found)
 
 
-def attach(app: Starlette, deps: AppDeps, sampler: GpuSampler, *, interval_s: float) -> StatusFeed:
+def attach(
+    app: Starlette,
+    deps: AppDeps,
+    sampler: GpuSampler,
+    *,
+    interval_s: float,
+    redactor: Redactor | None = None,
+) -> StatusFeed:
     """Build the app's status feed; it reports the optional endpoints the app serves."""
     reader = StatusReader(deps, sampler, lambda: features_of(app), int(interval_s * 1000))
-    feed = StatusFeed(reader, interval_s=interval_s, heartbeat_s=15.0)
+    feed = StatusFeed(reader, interval_s=interval_s, heartbeat_s=15.0, redactor=redactor)
     app.state.console_feed = feed
     return feed
