@@ -230,7 +230,11 @@ def test_a_wrong_method_says_which_ones_are_served(
     served = response.headers["allow"]
     assert sorted(allow.split(", ")) == sorted(served.split(", "))
     assert "x-correlation-id" in response.headers
-    assert f"{method} is not served on {path}; use {served}" == response.json()["message"]
+    body = response.json()
+    # Each in the error shape of its API: OpenAI's, Ollama's, the task API's envelope.
+    message = body["error"] if path.startswith("/api/") else body.get("error", body)["message"]
+    assert f"{method} is not served on {path}; use {served}" == message
+    assert path.startswith("/v1/artifacts") is ("code" in body)
 
 
 @pytest.mark.parametrize(
