@@ -201,7 +201,7 @@ class ModelProvisioner:
             # Local files are registered where they lie: no staging directory to leave behind.
             stage.mkdir(parents=True, exist_ok=True)
         try:
-            fetched = fetcher.fetch(ref, stage, progress)
+            fetched = fetcher.fetch(ref, stage, progress, self.outbound)
         except BaseException:
             if not local_file:
                 # What a later try resumes from stays; an empty folder per failed ref would

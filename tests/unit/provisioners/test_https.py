@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
 
 from llama_orch.catalog import CatalogStore, Lifecycle, parse_digest, parse_ref
 from llama_orch.errors import DigestMismatch, FetchFailed, InsufficientSpace, OutboundDenied
@@ -18,6 +22,8 @@ from llama_orch.observability.metrics import Metrics
 from llama_orch.provisioners.fetch.https import HttpsFetcher
 from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.policy import OutboundPolicy
+from tests.support.file_server import FileServerState, file_server
+from tests.support.threaded_server import serve_in_thread
 from tests.unit.provisioners.conftest import HttpsSite, https_provisioner
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -254,3 +260,56 @@ def test_digest_helper_parses() -> None:
     """The test helper agrees with the parser."""
     assert parse_digest(sha(b"x")).value == hashlib.sha256(b"x").hexdigest()
     assert parse_ref("https://a.io/x")
+
+
+def _redirector(targets: dict[str, str]) -> Starlette:
+    """Answers ``/r/<name>`` with a 302 to ``targets[name]`` (a hostile or careless mirror)."""
+
+    async def redirect(request: Request) -> Response:
+        return RedirectResponse(targets[request.path_params["name"]], 302)
+
+    return Starlette(routes=[Route("/r/{name}", redirect, methods=["GET"])])
+
+
+class TestRedirects:
+    """Every hop of a redirect goes through the outbound policy, not just the first URL."""
+
+    def test_redirect_to_a_host_outside_allowed_hosts_is_refused(self, store, tmp_path):
+        state = FileServerState(files={"m.bin": PAYLOAD})
+        with serve_in_thread(file_server(state)) as files_port:
+            target = f"http://localhost:{files_port}/files/m.bin"
+            with serve_in_thread(_redirector({"m.bin": target})) as port:
+                prov = ModelProvisioner(
+                    store,
+                    {"http": HttpsFetcher(backoff_s=0.0)},
+                    outbound=OutboundPolicy(True, ("127.0.0.1",), ("http",)),
+                )
+                with pytest.raises(OutboundDenied, match=r"'localhost'.*allowed_hosts"):
+                    prov.ensure_present_str(f"http://127.0.0.1:{port}/r/m.bin")
+        assert 0 == state.gets
+        assert [] == store.list()
+
+    def test_redirect_to_a_scheme_not_allowed_is_refused(self, store, tmp_path):
+        with serve_in_thread(_redirector({"m.bin": "file:///etc/hostname"})) as port:
+            prov = ModelProvisioner(
+                store,
+                {"http": HttpsFetcher(backoff_s=0.0)},
+                outbound=OutboundPolicy(True, (), ("http", "file")),
+            )
+            with pytest.raises(OutboundDenied, match="file:"):
+                prov.ensure_present_str(f"http://127.0.0.1:{port}/r/m.bin")
+        assert [] == store.list()
+
+    def test_a_redirect_loop_is_a_typed_failure(self, store):
+        targets: dict[str, str] = {}
+        with serve_in_thread(_redirector(targets)) as port:
+            url = f"http://127.0.0.1:{port}/r/m.bin"
+            targets["m.bin"] = url
+            prov = ModelProvisioner(
+                store,
+                {"http": HttpsFetcher(backoff_s=0.0)},
+                outbound=OutboundPolicy(True, (), ("http",)),
+            )
+            with pytest.raises(FetchFailed, match="redirects"):
+                prov.ensure_present_str(url)
+        assert [] == store.list()

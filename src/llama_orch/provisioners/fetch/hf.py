@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from llama_orch.catalog.refs import HfRef, ModelRef, safe_relative
 from llama_orch.errors import FetchFailed, NotFound
 from llama_orch.provisioners.fetch.base import Fetched
+from llama_orch.provisioners.policy import OutboundPolicy
 from llama_orch.provisioners.progress import PullProgress
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -35,7 +36,9 @@ class HfFetcher:
         parts = urlsplit(self.endpoint_url)
         return parts.scheme, parts.hostname or ""
 
-    def fetch(self, ref: ModelRef, stage: Path, progress: PullProgress) -> Fetched:
+    def fetch(
+        self, ref: ModelRef, stage: Path, progress: PullProgress, outbound: OutboundPolicy
+    ) -> Fetched:
         assert isinstance(ref, HfRef)
         from huggingface_hub import errors
 

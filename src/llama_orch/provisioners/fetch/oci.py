@@ -15,6 +15,7 @@ from llama_orch.catalog.refs import ModelRef, OciRef, safe_relative
 from llama_orch.catalog.verify import sha256_file
 from llama_orch.errors import DigestMismatch, FetchFailed, InvalidModelRef, NotFound
 from llama_orch.provisioners.fetch.base import Fetched
+from llama_orch.provisioners.policy import OutboundPolicy
 from llama_orch.provisioners.progress import PullProgress
 
 TITLE = "org.opencontainers.image.title"
@@ -35,7 +36,9 @@ class OciFetcher:
         assert isinstance(ref, OciRef)
         return "oci", ref.registry.split(":", 1)[0]
 
-    def fetch(self, ref: ModelRef, stage: Path, progress: PullProgress) -> Fetched:
+    def fetch(
+        self, ref: ModelRef, stage: Path, progress: PullProgress, outbound: OutboundPolicy
+    ) -> Fetched:
         assert isinstance(ref, OciRef)
         import oras.provider
         import requests
