@@ -17,7 +17,13 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from llama_orch.catalog import CatalogStore, Lifecycle, parse_digest, parse_ref
-from llama_orch.errors import DigestMismatch, FetchFailed, InsufficientSpace, OutboundDenied
+from llama_orch.errors import (
+    DigestMismatch,
+    FetchFailed,
+    InsufficientSpace,
+    NotFound,
+    OutboundDenied,
+)
 from llama_orch.observability.metrics import Metrics
 from llama_orch.provisioners.fetch.https import HttpsFetcher
 from llama_orch.provisioners.models import ModelProvisioner
@@ -313,3 +319,12 @@ class TestRedirects:
             with pytest.raises(FetchFailed, match="redirects"):
                 prov.ensure_present_str(url)
         assert [] == store.list()
+
+
+def test_a_token_in_the_query_stays_out_of_errors(store, https_site, captured_logs):
+    """A presigned URL's query is a credential: the id drops it, and so must every error."""
+    url = f"{https_site.base}/gone.bin?X-Amz-Signature=s3cr3t-token"
+    with pytest.raises(NotFound) as info:
+        https_provisioner(store, https_site).ensure_present_str(url)
+    assert "s3cr3t" not in str(info.value.envelope())
+    assert "s3cr3t" not in str(captured_logs)

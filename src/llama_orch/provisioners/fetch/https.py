@@ -53,7 +53,7 @@ class HttpsFetcher:
     ) -> Fetched:
         assert isinstance(ref, UrlRef)
         name = urlsplit(ref.url).path.rstrip("/").rsplit("/", 1)[-1] or "download"
-        final = stage / safe_relative(name, ref.url)
+        final = stage / safe_relative(name, _shown(ref.url))
         validator = validator_path(final)
         etag: dict[str, str] = {}
         # Redirects are followed here, not by httpx, so each hop passes the outbound policy:
@@ -73,7 +73,7 @@ class HttpsFetcher:
                 response = _get(client, ref.url, headers, outbound)
                 if response.status_code == 404:
                     response.close()
-                    raise NotFound(f"{ref.url} answered 404; check the URL")
+                    raise NotFound(f"{_shown(ref.url)} answered 404; check the URL")
                 if response.status_code == 416 and offset:
                     # The bytes kept from an earlier try reach past the end: the file changed
                     # (or the try ended just before its rename). Start over from byte 0.
@@ -84,7 +84,7 @@ class HttpsFetcher:
                     raise Transient(f"HTTP {response.status_code}")
                 if response.status_code not in (200, 206):
                     response.close()
-                    raise FetchFailed(f"{ref.url} answered HTTP {response.status_code}")
+                    raise FetchFailed(f"{_shown(ref.url)} answered HTTP {response.status_code}")
                 if "etag" in response.headers:
                     etag["etag"] = response.headers["etag"].strip('"')
                 resumed = response.status_code == 206
@@ -103,7 +103,7 @@ class HttpsFetcher:
                 return Body(total, resumed, _chunks(response), response.close)
 
             sha = download(final, open_body, progress, opener=self.opener, backoff_s=self.backoff_s)
-        source = {"url": ref.url.split("?", 1)[0], **etag}
+        source = {"url": _shown(ref.url), **etag}
         return Fetched(path=final, source=source, computed_sha256=sha)
 
 
