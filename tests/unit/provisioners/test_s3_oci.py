@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import socket
 import subprocess
@@ -256,3 +257,59 @@ class TestOciDirectories:
             prov.ensure_present_str(f"oci://{registry}/models/{tag}:v1")
         assert [] == store.list()
         assert not (store.root / "escape.txt").exists()
+
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def put_blob(registry: str, repo: str, data: bytes, algo: str = "sha256") -> str:
+    """Upload ``data`` with the registry API (POST then PUT); returns its digest."""
+    digest = f"{algo}:{hashlib.new(algo, data).hexdigest()}"
+    started = httpx.post(f"http://{registry}/v2/{repo}/blobs/uploads/")
+    location = str(started.url.join(started.headers["location"]))
+    separator = "&" if "?" in location else "?"
+    httpx.put(f"{location}{separator}digest={digest}", content=data).raise_for_status()
+    return digest
+
+
+def put_manifest(registry: str, repo: str, tag: str, manifest: dict[str, Any]) -> bytes:
+    raw = json.dumps(manifest).encode()
+    httpx.put(
+        f"http://{registry}/v2/{repo}/manifests/{tag}",
+        content=raw,
+        headers={"Content-Type": str(manifest["mediaType"])},
+    ).raise_for_status()
+    return raw
+
+
+def file_layer(registry: str, repo: str, data: bytes, title: str, algo: str = "sha256") -> Any:
+    return {
+        "mediaType": "application/octet-stream",
+        "digest": put_blob(registry, repo, data, algo),
+        "size": len(data),
+        "annotations": {"org.opencontainers.image.title": title},
+    }
+
+
+def image(registry: str, repo: str, layers: list[Any]) -> dict[str, Any]:
+    config = {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2}
+    config["digest"] = put_blob(registry, repo, b"{}")
+    return {"schemaVersion": 2, "mediaType": MANIFEST, "config": config, "layers": layers}
+
+
+class TestHostileManifests:
+    """Manifests a broken or hostile registry may serve: typed refusals, nothing registered."""
+
+    def pull(self, store: CatalogStore, registry: str, repo: str) -> None:
+        prov = ModelProvisioner(
+            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
+        )
+        prov.ensure_present_str(f"oci://{registry}/{repo}:v1")
+
+    def test_an_artifact_without_layers_is_refused(self, store, registry) -> None:
+        put_manifest(registry, "h/empty", "v1", image(registry, "h/empty", []))
+        with pytest.raises(InvalidModelRef, match="no file"):
+            self.pull(store, registry, "h/empty")
+        assert [] == store.list()
+        assert not store.staging_for(f"oci://{registry}/h/empty:v1").exists()
