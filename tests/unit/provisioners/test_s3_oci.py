@@ -313,3 +313,43 @@ class TestHostileManifests:
             self.pull(store, registry, "h/empty")
         assert [] == store.list()
         assert not store.staging_for(f"oci://{registry}/h/empty:v1").exists()
+
+    def test_titles_that_collide_are_refused(self, store, registry) -> None:
+        for repo, titles in (("h/dup", ["m.gguf", "m.gguf"]), ("h/nest", ["a", "a/b"])):
+            layers = [file_layer(registry, repo, t.encode() * 3, t) for t in titles]
+            put_manifest(registry, repo, "v1", image(registry, repo, layers))
+            with pytest.raises(InvalidModelRef, match="title"):
+                self.pull(store, registry, repo)
+        assert [] == store.list()
+
+    def test_a_sha512_layer_is_checked_against_its_digest(self, store, registry) -> None:
+        layer = file_layer(registry, "h/sha512", b"abc" * 100, "m.gguf", "sha512")
+        put_manifest(registry, "h/sha512", "v1", image(registry, "h/sha512", [layer]))
+        prov = ModelProvisioner(
+            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
+        )
+        entry = prov.ensure_present_str(f"oci://{registry}/h/sha512:v1")
+        assert ("pass", b"abc" * 100) == (entry.verification, Path(entry.local_path).read_bytes())
+
+    def test_an_index_names_the_manifests_it_lists(self, store, registry) -> None:
+        raw = put_manifest(
+            registry,
+            "h/index",
+            "inner",
+            image(registry, "h/index", [file_layer(registry, "h/index", b"x", "m.gguf")]),
+        )
+        child = {
+            "mediaType": MANIFEST,
+            "digest": "sha256:" + hashlib.sha256(raw).hexdigest(),
+            "size": len(raw),
+            "platform": {"architecture": "s390x", "os": "linux"},
+        }
+        put_manifest(
+            registry,
+            "h/index",
+            "v1",
+            {"schemaVersion": 2, "mediaType": INDEX, "manifests": [child]},
+        )
+        with pytest.raises(InvalidModelRef, match=child["digest"]):
+            self.pull(store, registry, "h/index")
+        assert [] == store.list()

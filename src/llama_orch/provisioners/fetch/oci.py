@@ -7,6 +7,7 @@ layer's digest is handed to the provisioner as the sha256 the registry vouches f
 
 from __future__ import annotations
 
+import hashlib
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,13 @@ MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 )
+#: Accepted only to say what they list: a model artifact is one manifest, not a choice of them.
+INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+#: Digest algorithms of the OCI image spec; a layer under any other one cannot be checked.
+DIGEST_ALGORITHMS = ("sha256", "sha384", "sha512")
 
 
 class OciFetcher:
@@ -52,14 +60,16 @@ class OciFetcher:
             container = registry.get_container(ref.target)
             url = f"{registry.prefix}://{container.manifest_url()}"
             response = registry.do_request(
-                url, "GET", headers={"Accept": ", ".join(MANIFEST_TYPES)}
+                url, "GET", headers={"Accept": ", ".join(MANIFEST_TYPES + INDEX_TYPES)}
             )
             if response.status_code == 404:
                 raise NotFound(f"oci://{ref.target} is not in the registry")
             if response.status_code != 200:
                 raise FetchFailed(f"oci://{ref.target}: HTTP {response.status_code}")
             manifest: dict[str, Any] = response.json()
+            _refuse_index(manifest, ref)
             layers = manifest.get("layers", [])
+            _check_titles(layers, ref)
             files = stage / "files"
             files.mkdir(parents=True, exist_ok=True)
             progress.set_total(sum(int(layer.get("size", 0)) for layer in layers))
@@ -78,8 +88,9 @@ class OciFetcher:
         entries = [p for p in files.iterdir()]
         single = len(entries) == 1 and entries[0].is_file()
         if single:
+            vouched = claimed.get(entries[0].name)
             return Fetched(
-                path=entries[0], claimed_sha256={"": claimed[entries[0].name]}, source=source
+                path=entries[0], claimed_sha256={"": vouched} if vouched else {}, source=source
             )
         return Fetched(path=files, claimed_sha256=claimed, source=source)
 
@@ -94,11 +105,7 @@ class OciFetcher:
         if layer.get("mediaType") == DIR_MEDIA_TYPE:
             archive = files.parent / f"{digest.replace(':', '_')}.tar.gz"
             registry.download_blob(container, digest, str(archive))
-            actual = f"sha256:{sha256_file(archive).value}"
-            if actual != digest:
-                raise DigestMismatch(
-                    f"layer {name} of oci://{ref.target} hashes to {actual}, expected {digest}"
-                )
+            _check_digest(archive, digest, f"layer {name} of oci://{ref.target}")
             with tarfile.open(archive) as tar:
                 try:
                     tar.extractall(files, filter="data")
@@ -109,5 +116,58 @@ class OciFetcher:
         target = files / name
         target.parent.mkdir(parents=True, exist_ok=True)
         registry.download_blob(container, digest, str(target))
+        # A sha256 digest is checked by the provisioner with the rest; another algorithm here,
+        # after which the file's sha256 is what the registry vouched for.
         algo, _, value = digest.partition(":")
-        return {name: value} if algo == "sha256" else {}
+        if algo != "sha256":
+            _check_digest(target, digest, f"layer {name} of oci://{ref.target}")
+            value = sha256_file(target).value
+        return {name: value}
+
+
+def _refuse_index(manifest: dict[str, Any], ref: OciRef) -> None:
+    if manifest.get("mediaType") not in INDEX_TYPES and "manifests" not in manifest:
+        return
+    listed = [
+        f"{child.get('digest')} ({_platform(child)})" for child in manifest.get("manifests") or []
+    ]
+    raise InvalidModelRef(
+        f"oci://{ref.target} is an image index, not a model artifact; it lists "
+        f"{', '.join(listed) or 'no manifest'}",
+        hint=f"pull one of them by digest: oci://{ref.registry}/{ref.repository}@sha256:...",
+    )
+
+
+def _platform(child: dict[str, Any]) -> str:
+    platform = child.get("platform") or {}
+    return "/".join(str(platform[k]) for k in ("os", "architecture") if k in platform) or "any"
+
+
+def _check_titles(layers: list[dict[str, Any]], ref: OciRef) -> None:
+    """Two layers may not land on one path, nor one inside the other's file."""
+    seen: set[str] = set()
+    for layer in layers:
+        title = str((layer.get("annotations") or {}).get(TITLE) or "")
+        parents = {"/".join(title.split("/")[:i]) for i in range(1, title.count("/") + 1)}
+        clash = title in seen or parents & seen or any(s.startswith(f"{title}/") for s in seen)
+        if title and clash:
+            raise InvalidModelRef(
+                f"oci://{ref.target} has two layers whose file titles collide at {title!r}",
+                hint="push the artifact again with one layer per file name",
+            )
+        seen.add(title)
+
+
+def _check_digest(path: Path, digest: str, what: str) -> None:
+    algo, _, expected = digest.partition(":")
+    if algo not in DIGEST_ALGORITHMS:
+        raise InvalidModelRef(
+            f"{what} has digest {digest}; only {', '.join(DIGEST_ALGORITHMS)} can be checked",
+            hint="push the artifact again with sha256 digests",
+        )
+    hasher = hashlib.new(algo)
+    with path.open("rb") as handle:
+        while chunk := handle.read(4 * 1024 * 1024):
+            hasher.update(chunk)
+    if hasher.hexdigest() != expected.lower():
+        raise DigestMismatch(f"{what} hashes to {algo}:{hasher.hexdigest()}, expected {digest}")
