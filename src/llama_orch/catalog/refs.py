@@ -110,6 +110,28 @@ def safe_relative(path: str, text: str) -> str:
     return path
 
 
+def disjoint_paths(paths: list[str], source: str) -> None:
+    """Refuse a listing in which two files land on one path, or one inside another's file
+    ("a" and "a/b"): no folder can hold both, and the later would replace the earlier."""
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:
+            raise _collision(source, path)
+        seen.add(path)
+    for path in paths:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            if (parent := "/".join(parts[:depth])) in seen:
+                raise _collision(source, f"{parent} and {path}")
+
+
+def _collision(source: str, what: str) -> InvalidModelRef:
+    return InvalidModelRef(
+        f"{source} lists file names that collide on disk: {what}",
+        hint="fix the source so each file has a path of its own",
+    )
+
+
 def _parse_hf(text: str, body: str) -> HfRef:
     parts = body.split("/", 2)
     if len(parts) < 2:

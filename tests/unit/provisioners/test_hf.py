@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from llama_orch.catalog import CatalogStore
-from llama_orch.errors import DigestMismatch, InvalidModelRef, NotFound, UntrustedArtifact
+from llama_orch.errors import (
+    DigestMismatch,
+    InvalidModelRef,
+    NotFound,
+    UntrustedArtifact,
+)
 from llama_orch.provisioners.fetch.hf import HfFetcher
 from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.policy import TrustPolicy
@@ -122,3 +127,21 @@ class TestHfPull:
         prov = provisioner(store, endpoint, trust=TrustPolicy(allowed_registries=("hf.co",)))
         with pytest.raises(UntrustedArtifact, match="allowed_registries"):
             prov.ensure_present_str("hf:org/r/a.gguf")
+
+
+class TestHostileHub:
+    def test_names_that_collide_are_refused(self, store, hub):
+        """A listing with a file and a folder of one name cannot be laid out on disk."""
+        endpoint, state = hub
+        state.repos["org/nest"] = HubRepo(files={"a": b"x", "a/b": b"y"})
+        with pytest.raises(InvalidModelRef, match="collide"):
+            provisioner(store, endpoint).ensure_present_str("hf:org/nest")
+        assert [] == store.list()
+
+    def test_a_repo_of_git_files_only_is_refused(self, store, hub):
+        """A repo holding nothing but .gitattributes has no model to register."""
+        endpoint, state = hub
+        state.repos["org/bare"] = HubRepo(files={".gitattributes": b"*.gguf filter=lfs"})
+        with pytest.raises(InvalidModelRef, match="no model file"):
+            provisioner(store, endpoint).ensure_present_str("hf:org/bare")
+        assert [] == store.list()

@@ -318,7 +318,7 @@ class TestHostileManifests:
         for repo, titles in (("h/dup", ["m.gguf", "m.gguf"]), ("h/nest", ["a", "a/b"])):
             layers = [file_layer(registry, repo, t.encode() * 3, t) for t in titles]
             put_manifest(registry, repo, "v1", image(registry, repo, layers))
-            with pytest.raises(InvalidModelRef, match="title"):
+            with pytest.raises(InvalidModelRef, match="collide"):
                 self.pull(store, registry, repo)
         assert [] == store.list()
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from llama_orch.catalog.refs import HfRef, ModelRef, safe_relative
-from llama_orch.errors import FetchFailed, NotFound
+from llama_orch.catalog.refs import HfRef, ModelRef, disjoint_paths, safe_relative
+from llama_orch.errors import FetchFailed, InvalidModelRef, NotFound
 from llama_orch.provisioners.fetch.base import Fetched
 from llama_orch.provisioners.policy import OutboundPolicy
 from llama_orch.provisioners.progress import PullProgress
@@ -60,6 +60,13 @@ class HfFetcher:
         siblings = {s.rfilename: s for s in info.siblings or []}
         for name in siblings:
             safe_relative(name, f"hf:{ref.repo_id}/{name}")
+        disjoint_paths(list(siblings), f"hf:{ref.repo_id}@{commit[:12]}")
+        if ref.path is None and all(_is_git_file(name) for name in siblings):
+            raise InvalidModelRef(
+                f"hf:{ref.repo_id}@{commit[:12]} holds no model file "
+                f"({', '.join(sorted(siblings)) or 'no file at all'})",
+                hint="check the repo and revision: the model's files are not in it",
+            )
         files = stage / "files"
         source = {"repo": ref.repo_id, "revision": ref.revision or "main", "commit": commit}
         if ref.path is not None:
@@ -94,6 +101,11 @@ class HfFetcher:
         _drop_metadata(files)
         claimed = {name: s.lfs.sha256 for name, s in siblings.items() if s.lfs}
         return Fetched(path=files, claimed_sha256=claimed, source=source)
+
+
+def _is_git_file(name: str) -> bool:
+    """.gitattributes, .gitignore: what every hub repo holds, model or not."""
+    return name.rsplit("/", 1)[-1].startswith(".git")
 
 
 def _byte_counter(progress: PullProgress) -> Any:

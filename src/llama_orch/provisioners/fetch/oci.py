@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from llama_orch.catalog.refs import ModelRef, OciRef, safe_relative
+from llama_orch.catalog.refs import ModelRef, OciRef, disjoint_paths, safe_relative
 from llama_orch.catalog.verify import sha256_file
 from llama_orch.errors import DigestMismatch, FetchFailed, InvalidModelRef, NotFound
 from llama_orch.provisioners.fetch.base import Fetched
@@ -69,7 +69,8 @@ class OciFetcher:
             manifest: dict[str, Any] = response.json()
             _refuse_index(manifest, ref)
             layers = manifest.get("layers", [])
-            _check_titles(layers, ref)
+            titles = [(layer.get("annotations") or {}).get(TITLE) for layer in layers]
+            disjoint_paths([str(t) for t in titles if t], f"oci://{ref.target}")
             files = stage / "files"
             files.mkdir(parents=True, exist_ok=True)
             progress.set_total(sum(int(layer.get("size", 0)) for layer in layers))
@@ -141,21 +142,6 @@ def _refuse_index(manifest: dict[str, Any], ref: OciRef) -> None:
 def _platform(child: dict[str, Any]) -> str:
     platform = child.get("platform") or {}
     return "/".join(str(platform[k]) for k in ("os", "architecture") if k in platform) or "any"
-
-
-def _check_titles(layers: list[dict[str, Any]], ref: OciRef) -> None:
-    """Two layers may not land on one path, nor one inside the other's file."""
-    seen: set[str] = set()
-    for layer in layers:
-        title = str((layer.get("annotations") or {}).get(TITLE) or "")
-        parents = {"/".join(title.split("/")[:i]) for i in range(1, title.count("/") + 1)}
-        clash = title in seen or parents & seen or any(s.startswith(f"{title}/") for s in seen)
-        if title and clash:
-            raise InvalidModelRef(
-                f"oci://{ref.target} has two layers whose file titles collide at {title!r}",
-                hint="push the artifact again with one layer per file name",
-            )
-        seen.add(title)
 
 
 def _check_digest(path: Path, digest: str, what: str) -> None:
