@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from llama_orch.catalog import CatalogStore
 from llama_orch.errors import (
     DigestMismatch,
+    FetchFailed,
     InvalidModelRef,
     NotFound,
     UntrustedArtifact,
@@ -130,6 +133,15 @@ class TestHfPull:
 
 
 class TestHostileHub:
+    def test_an_unreachable_hub_is_a_typed_failure(self, store):
+        """A hub that cannot be reached (down, wrong HF_ENDPOINT) is FETCH_FAILED, naming it."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with pytest.raises(FetchFailed, match=re.escape(endpoint)):
+            provisioner(store, endpoint).ensure_present_str("hf:org/r/m.gguf")
+        assert [] == store.list()
+
     def test_names_that_collide_are_refused(self, store, hub):
         """A listing with a file and a folder of one name cannot be laid out on disk."""
         endpoint, state = hub

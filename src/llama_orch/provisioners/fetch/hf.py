@@ -40,6 +40,7 @@ class HfFetcher:
         self, ref: ModelRef, stage: Path, progress: PullProgress, outbound: OutboundPolicy
     ) -> Fetched:
         assert isinstance(ref, HfRef)
+        import httpx2
         from huggingface_hub import errors
 
         try:
@@ -50,6 +51,12 @@ class HfFetcher:
             raise NotFound(f"{ref.path} is not in {ref.repo_id}") from exc
         except errors.HfHubHTTPError as exc:
             raise FetchFailed(f"the hub refused {ref.repo_id}: HTTP {_status(exc)}") from exc
+        except httpx2.HTTPError as exc:  # the library's transport: no answer at all
+            raise FetchFailed(
+                f"cannot reach the hub at {self.endpoint_url}: {type(exc).__name__}: {exc}",
+                hint="check HF_ENDPOINT (catalog.hf_endpoint) and the network, then pull "
+                "again; files already fetched are kept",
+            ) from exc
 
     def _fetch(self, ref: HfRef, stage: Path, progress: PullProgress) -> Fetched:
         from huggingface_hub import HfApi, hf_hub_download, snapshot_download
