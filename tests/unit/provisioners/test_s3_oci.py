@@ -14,6 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from llama_orch.catalog import CatalogStore
 from llama_orch.errors import DigestMismatch, InvalidModelRef, NotFound
@@ -21,6 +25,7 @@ from llama_orch.provisioners.fetch.base import validator_path
 from llama_orch.provisioners.fetch.oci import OciFetcher
 from llama_orch.provisioners.fetch.s3 import S3Fetcher
 from llama_orch.provisioners.models import ModelProvisioner
+from tests.support.threaded_server import serve_in_thread
 from tests.unit.provisioners.conftest import OPEN
 
 PAYLOAD = b"model-bytes" * 50_000
@@ -352,4 +357,74 @@ class TestHostileManifests:
         )
         with pytest.raises(InvalidModelRef, match=child["digest"]):
             self.pull(store, registry, "h/index")
+        assert [] == store.list()
+
+
+def hostile_registry(manifests: dict[str, Any], blobs: list[str]) -> Starlette:
+    """A registry that serves whatever manifest it is given, and bytes for any blob."""
+
+    async def manifest(request: Request) -> Response:
+        body = manifests[request.path_params["tag"]]
+        return Response(json.dumps(body), 200, {"Content-Type": MANIFEST})
+
+    async def anything(request: Request) -> Response:
+        blobs.append(request.url.path)
+        return Response(b"attacker bytes", 200)
+
+    return Starlette(
+        routes=[
+            Route("/v2/{repo:path}/manifests/{tag}", manifest, methods=["GET"]),
+            Route("/{rest:path}", anything, methods=["GET"]),
+        ]
+    )
+
+
+def tar_layer(digest: str, size: object = 14) -> dict[str, Any]:
+    return {
+        "mediaType": DIR_TYPE,
+        "digest": digest,
+        "size": size,
+        "annotations": {"org.opencontainers.image.title": "repo"},
+    }
+
+
+class TestHostileRegistry:
+    """Manifests no real registry would accept, from a server that answers anything."""
+
+    @pytest.mark.parametrize(
+        "manifest",
+        [
+            {"layers": [tar_layer("../../../../escape")]},
+            {"layers": [tar_layer("sha256:x/../../../../../escape")]},
+            {"layers": [tar_layer("sha256:" + "a" * 64, size="big")]},
+            {"layers": [tar_layer("sha256:" + "a" * 64, size=-(2**40))]},
+            {"layers": "not a list"},
+            ["not", "an", "object"],
+        ],
+    )
+    def test_a_malformed_manifest_is_refused_before_any_download(self, store, manifest) -> None:
+        blobs: list[str] = []
+        with serve_in_thread(hostile_registry({"v1": manifest}, blobs)) as port:
+            registry = f"127.0.0.1:{port}"
+            prov = ModelProvisioner(
+                store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
+            )
+            with pytest.raises(InvalidModelRef, match="manifest"):
+                prov.ensure_present_str(f"oci://{registry}/h/x:v1")
+        assert [] == blobs
+        assert [] == store.list()
+        assert [] == [p for p in store.root.parent.rglob("escape*")]
+
+    def test_a_directory_layer_that_is_no_archive_is_refused(self, store) -> None:
+        digest = "sha256:" + hashlib.sha256(b"attacker bytes").hexdigest()
+        blobs: list[str] = []
+        with serve_in_thread(
+            hostile_registry({"v1": {"layers": [tar_layer(digest)]}}, blobs)
+        ) as port:
+            registry = f"127.0.0.1:{port}"
+            prov = ModelProvisioner(
+                store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
+            )
+            with pytest.raises(InvalidModelRef, match="not a gzip tar archive"):
+                prov.ensure_present_str(f"oci://{registry}/h/x:v1")
         assert [] == store.list()

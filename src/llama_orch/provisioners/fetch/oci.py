@@ -12,6 +12,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from llama_orch.catalog.refs import ModelRef, OciRef, disjoint_paths, safe_relative
 from llama_orch.catalog.verify import sha256_file
 from llama_orch.errors import DigestMismatch, FetchFailed, InvalidModelRef, NotFound
@@ -30,8 +32,29 @@ INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
-#: Digest algorithms of the OCI image spec; a layer under any other one cannot be checked.
-DIGEST_ALGORITHMS = ("sha256", "sha384", "sha512")
+#: Digests of the OCI image spec's algorithms; one in any other form is refused before it is
+#: used in a request or a file name.
+DIGEST_PATTERN = r"^(sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128})$"
+
+
+class _Descriptor(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    media_type: str = Field("", alias="mediaType")
+    digest: str = Field(pattern=DIGEST_PATTERN)
+    size: int = Field(ge=0)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    platform: dict[str, Any] | None = None
+
+
+class _Manifest(BaseModel):
+    """The fields a pull uses of an image manifest (or index), checked before any is used."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    media_type: str | None = Field(None, alias="mediaType")
+    layers: list[_Descriptor] = Field(default_factory=list)
+    manifests: list[_Descriptor] | None = None
 
 
 class OciFetcher:
@@ -66,18 +89,18 @@ class OciFetcher:
                 raise NotFound(f"oci://{ref.target} is not in the registry")
             if response.status_code != 200:
                 raise FetchFailed(f"oci://{ref.target}: HTTP {response.status_code}")
-            manifest: dict[str, Any] = response.json()
+            manifest = _parse_manifest(response.content, ref)
             _refuse_index(manifest, ref)
-            layers = manifest.get("layers", [])
-            titles = [(layer.get("annotations") or {}).get(TITLE) for layer in layers]
-            disjoint_paths([str(t) for t in titles if t], f"oci://{ref.target}")
+            layers = manifest.layers
+            titles = [layer.annotations.get(TITLE) for layer in layers]
+            disjoint_paths([t for t in titles if t], f"oci://{ref.target}")
             files = stage / "files"
             files.mkdir(parents=True, exist_ok=True)
-            progress.set_total(sum(int(layer.get("size", 0)) for layer in layers))
+            progress.set_total(sum(layer.size for layer in layers))
             claimed: dict[str, str] = {}
             for layer in layers:
                 claimed.update(self._layer(registry, container, layer, files, ref))
-                progress.add(int(layer.get("size", 0)))
+                progress.add(layer.size)
         except requests.RequestException as exc:
             raise FetchFailed(f"oci://{ref.target}: {type(exc).__name__}") from exc
         source = {"registry": ref.registry, "repository": ref.repository}
@@ -96,22 +119,26 @@ class OciFetcher:
         return Fetched(path=files, claimed_sha256=claimed, source=source)
 
     def _layer(
-        self, registry: Any, container: Any, layer: dict[str, Any], files: Path, ref: OciRef
+        self, registry: Any, container: Any, layer: _Descriptor, files: Path, ref: OciRef
     ) -> dict[str, str]:
-        digest = str(layer["digest"])
-        title = (layer.get("annotations") or {}).get(TITLE)
+        digest = layer.digest
+        title = layer.annotations.get(TITLE)
         if not title:
             raise InvalidModelRef(f"oci://{ref.target} has a layer without a file title")
-        name = safe_relative(str(title), f"oci://{ref.target}")
-        if layer.get("mediaType") == DIR_MEDIA_TYPE:
+        name = safe_relative(title, f"oci://{ref.target}")
+        if layer.media_type == DIR_MEDIA_TYPE:
             archive = files.parent / f"{digest.replace(':', '_')}.tar.gz"
             registry.download_blob(container, digest, str(archive))
             _check_digest(archive, digest, f"layer {name} of oci://{ref.target}")
-            with tarfile.open(archive) as tar:
-                try:
+            try:
+                with tarfile.open(archive) as tar:
                     tar.extractall(files, filter="data")
-                except tarfile.FilterError as exc:
-                    raise InvalidModelRef(f"oci://{ref.target}: unsafe archive: {exc}") from exc
+            except tarfile.FilterError as exc:
+                raise InvalidModelRef(f"oci://{ref.target}: unsafe archive: {exc}") from exc
+            except tarfile.TarError as exc:
+                raise InvalidModelRef(
+                    f"layer {name} of oci://{ref.target} is not a gzip tar archive: {exc}"
+                ) from exc
             archive.unlink()
             return {}
         target = files / name
@@ -126,12 +153,24 @@ class OciFetcher:
         return {name: value}
 
 
-def _refuse_index(manifest: dict[str, Any], ref: OciRef) -> None:
-    if manifest.get("mediaType") not in INDEX_TYPES and "manifests" not in manifest:
+def _parse_manifest(raw: bytes, ref: OciRef) -> _Manifest:
+    """The manifest, or InvalidModelRef: its digests become request paths and file names."""
+    try:
+        return _Manifest.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the document"
+        raise InvalidModelRef(
+            f"oci://{ref.target} serves a malformed manifest ({exc.error_count()} problems; "
+            f"{where}: {first['msg']})",
+            hint="the registry or the artifact is broken; push the artifact again",
+        ) from exc
+
+
+def _refuse_index(manifest: _Manifest, ref: OciRef) -> None:
+    if manifest.media_type not in INDEX_TYPES and manifest.manifests is None:
         return
-    listed = [
-        f"{child.get('digest')} ({_platform(child)})" for child in manifest.get("manifests") or []
-    ]
+    listed = [f"{child.digest} ({_platform(child)})" for child in manifest.manifests or []]
     raise InvalidModelRef(
         f"oci://{ref.target} is an image index, not a model artifact; it lists "
         f"{', '.join(listed) or 'no manifest'}",
@@ -139,18 +178,13 @@ def _refuse_index(manifest: dict[str, Any], ref: OciRef) -> None:
     )
 
 
-def _platform(child: dict[str, Any]) -> str:
-    platform = child.get("platform") or {}
+def _platform(child: _Descriptor) -> str:
+    platform = child.platform or {}
     return "/".join(str(platform[k]) for k in ("os", "architecture") if k in platform) or "any"
 
 
 def _check_digest(path: Path, digest: str, what: str) -> None:
     algo, _, expected = digest.partition(":")
-    if algo not in DIGEST_ALGORITHMS:
-        raise InvalidModelRef(
-            f"{what} has digest {digest}; only {', '.join(DIGEST_ALGORITHMS)} can be checked",
-            hint="push the artifact again with sha256 digests",
-        )
     hasher = hashlib.new(algo)
     with path.open("rb") as handle:
         while chunk := handle.read(4 * 1024 * 1024):
