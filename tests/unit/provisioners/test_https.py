@@ -7,13 +7,14 @@ import hashlib
 import subprocess
 import sys
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from llama_orch.catalog import CatalogStore, Lifecycle, parse_digest, parse_ref
@@ -328,3 +329,40 @@ def test_a_token_in_the_query_stays_out_of_errors(store, https_site, captured_lo
         https_provisioner(store, https_site).ensure_present_str(url)
     assert "s3cr3t" not in str(info.value.envelope())
     assert "s3cr3t" not in str(captured_logs)
+
+
+def _wrong_range_server(data: bytes, calls: list[str | None]) -> Starlette:
+    """Cuts the first answer short, then answers a resume with 206 but the file from byte 0
+    (a broken cache or mirror that labels every answer partial); later whole GETs succeed."""
+
+    async def serve(request: Request) -> Response:
+        header = request.headers.get("range")
+        calls.append(header)
+        etag = {"ETag": '"v1"', "Content-Length": str(len(data))}
+        if header is None and len(calls) > 1:
+            return Response(data, 200, etag)
+        if header is None:
+
+            async def cut() -> AsyncIterator[bytes]:
+                yield data[: len(data) // 2]
+                raise ConnectionResetError("simulated drop mid-body")
+
+            return StreamingResponse(cut(), 200, etag)
+        etag["Content-Range"] = f"bytes 0-{len(data) - 1}/{len(data)}"
+        return Response(data, 206, etag)
+
+    return Starlette(routes=[Route("/m.bin", serve, methods=["GET"])])
+
+
+def test_a_resume_answered_from_another_offset_is_not_appended(store):
+    """A 206 whose Content-Range does not start where the kept bytes end is not glued on."""
+    calls: list[str | None] = []
+    with serve_in_thread(_wrong_range_server(PAYLOAD, calls)) as port:
+        prov = ModelProvisioner(
+            store,
+            {"http": HttpsFetcher(backoff_s=0.0)},
+            outbound=OutboundPolicy(True, (), ("http",)),
+        )
+        entry = prov.ensure_present_str(f"http://127.0.0.1:{port}/m.bin")
+    assert (calls[1] or "").startswith("bytes=")
+    assert (sha(PAYLOAD), None) == (entry.digest, calls[2])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from llama_orch.provisioners.progress import PullProgress
 #: Bytes per write and hash step: large enough to amortize per-chunk work, small enough that a
 #: dropped connection loses little of what already arrived.
 CHUNK_BYTES = 256 * 1024
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 #: Redirects one request follows before the source is taken for a loop.
 MAX_REDIRECTS = 10
 
@@ -88,6 +90,11 @@ class HttpsFetcher:
                 if "etag" in response.headers:
                     etag["etag"] = response.headers["etag"].strip('"')
                 resumed = response.status_code == 206
+                if resumed and _range_start(response) != offset:
+                    # Bytes from elsewhere in the file (a broken cache or mirror): appending
+                    # them would register a file that never existed. Fetch it whole instead.
+                    response.close()
+                    return open_body(0)
                 if not resumed:
                     # Recorded before the first byte lands, so kept bytes always have one.
                     try:
@@ -137,6 +144,12 @@ def _get(
         f"{_shown(url)} redirects more than {MAX_REDIRECTS} times (a redirect loop)",
         hint="pull from the URL the file really lies at",
     )
+
+
+def _range_start(response: httpx.Response) -> int | None:
+    """Where a 206's ``Content-Range: bytes START-END/LENGTH`` says its body starts."""
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
+    return int(match.group(1)) if match else None
 
 
 def _shown(url: str) -> str:
