@@ -20,11 +20,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from llama_orch.catalog import CatalogStore
-from llama_orch.errors import DigestMismatch, InvalidModelRef, NotFound
+from llama_orch.errors import DigestMismatch, InvalidModelRef, NotFound, OutboundDenied
 from llama_orch.provisioners.fetch.base import validator_path
 from llama_orch.provisioners.fetch.oci import OciFetcher
 from llama_orch.provisioners.fetch.s3 import S3Fetcher
 from llama_orch.provisioners.models import ModelProvisioner
+from llama_orch.provisioners.policy import OutboundPolicy
 from tests.support.threaded_server import serve_in_thread
 from tests.unit.provisioners.conftest import OPEN
 
@@ -428,3 +429,47 @@ class TestHostileRegistry:
             with pytest.raises(InvalidModelRef, match="not a gzip tar archive"):
                 prov.ensure_present_str(f"oci://{registry}/h/x:v1")
         assert [] == store.list()
+
+
+def sending_elsewhere(elsewhere: str, *, realm: bool) -> Starlette:
+    """A registry that sends the client to ``elsewhere``: as its token realm, or by
+    redirecting every blob there."""
+    data = b"attacker bytes"
+    manifest = {"layers": [tar_layer("sha256:" + hashlib.sha256(data).hexdigest())]}
+    manifest["layers"][0]["mediaType"] = "application/octet-stream"
+
+    async def manifests(request: Request) -> Response:
+        if realm and "authorization" not in request.headers:
+            challenge = f'Bearer realm="{elsewhere}/token",service="x",scope="repository:h/x:pull"'
+            return Response(b"", 401, {"WWW-Authenticate": challenge})
+        return Response(json.dumps(manifest), 200, {"Content-Type": MANIFEST})
+
+    async def blob(request: Request) -> Response:
+        return Response(b"", 302, {"Location": f"{elsewhere}/blob"})
+
+    return Starlette(
+        routes=[
+            Route("/v2/{repo:path}/manifests/{tag}", manifests, methods=["GET"]),
+            Route("/v2/{repo:path}/blobs/{digest}", blob, methods=["GET"]),
+        ]
+    )
+
+
+@pytest.mark.parametrize("realm", [True, False], ids=["token-realm", "blob-redirect"])
+def test_a_registry_cannot_send_the_pull_past_allowed_hosts(store, realm: bool) -> None:
+    """The token realm and blob redirects a registry names pass network_policy like the
+    registry itself: a host outside allowed_hosts is never contacted."""
+    reached: list[str] = []
+    with serve_in_thread(hostile_registry({}, reached)) as other:
+        elsewhere = f"http://localhost:{other}"
+        with serve_in_thread(sending_elsewhere(elsewhere, realm=realm)) as port:
+            registry = f"127.0.0.1:{port}"
+            prov = ModelProvisioner(
+                store,
+                {"oci": OciFetcher(insecure_registries=(registry,))},
+                outbound=OutboundPolicy(True, ("127.0.0.1",), ("oci",)),
+            )
+            with pytest.raises(OutboundDenied, match="'localhost'"):
+                prov.ensure_present_str(f"oci://{registry}/h/x:v1")
+    assert [] == reached
+    assert [] == store.list()

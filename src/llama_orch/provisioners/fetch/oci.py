@@ -11,12 +11,19 @@ import hashlib
 import tarfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llama_orch.catalog.refs import ModelRef, OciRef, disjoint_paths, safe_relative
 from llama_orch.catalog.verify import sha256_file
-from llama_orch.errors import DigestMismatch, FetchFailed, InvalidModelRef, NotFound
+from llama_orch.errors import (
+    DigestMismatch,
+    FetchFailed,
+    InvalidModelRef,
+    NotFound,
+    OutboundDenied,
+)
 from llama_orch.provisioners.fetch.base import Fetched
 from llama_orch.provisioners.policy import OutboundPolicy
 from llama_orch.provisioners.progress import PullProgress
@@ -79,6 +86,7 @@ class OciFetcher:
             insecure=ref.registry in self.insecure_registries,
             tls_verify=self.tls_verify,
         )
+        refused = _guard(registry.session, outbound)
         try:
             container = registry.get_container(ref.target)
             url = f"{registry.prefix}://{container.manifest_url()}"
@@ -101,6 +109,8 @@ class OciFetcher:
             for layer in layers:
                 claimed.update(self._layer(registry, container, layer, files, ref))
                 progress.add(layer.size)
+        except refused as exc:
+            raise exc.args[0] from None
         except requests.RequestException as exc:
             raise FetchFailed(f"oci://{ref.target}: {type(exc).__name__}") from exc
         source = {"registry": ref.registry, "repository": ref.repository}
@@ -151,6 +161,30 @@ class OciFetcher:
             _check_digest(target, digest, f"layer {name} of oci://{ref.target}")
             value = sha256_file(target).value
         return {name: value}
+
+
+def _guard(session: Any, outbound: OutboundPolicy) -> type[Exception]:
+    """Make every request of the registry's session pass ``outbound``: the token realm and the
+    blob redirects a registry names are hosts like any other. Returns the exception type a
+    refusal travels in, holding the OutboundDenied as its only argument."""
+    import oras.auth
+    import requests.adapters
+
+    class Refused(oras.auth.AuthenticationException):  # type: ignore[misc]
+        # oras retries any other exception for minutes; this kind it re-raises at once.
+        pass
+
+    class Guarded(requests.adapters.HTTPAdapter):
+        def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                outbound.check("oci", urlsplit(str(request.url)).hostname or "")
+            except OutboundDenied as exc:
+                raise Refused(exc) from exc
+            return super().send(request, *args, **kwargs)
+
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, Guarded())
+    return Refused
 
 
 def _parse_manifest(raw: bytes, ref: OciRef) -> _Manifest:
