@@ -37,6 +37,9 @@ _OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _SEGMENT_BAD = frozenset({"", ".", ".."})
+#: Longest name a path may hold: NAME_MAX (255 bytes) less the longest suffix a download
+#: stages the file under (".part.validator").
+MAX_NAME_BYTES = 240
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +105,18 @@ def _bad(text: str, why: str) -> InvalidModelRef:
 
 
 def safe_relative(path: str, text: str) -> str:
-    """A relative POSIX path with no empty, ``.`` or ``..`` segment; else InvalidModelRef."""
+    """A relative POSIX path with no empty, ``.`` or ``..`` segment and no name too long for a
+    file; else InvalidModelRef."""
     if path.startswith("/") or "\\" in path or "\x00" in path:
         raise _bad(text, f"path {path!r} must be relative, with '/' separators")
-    if any(segment in _SEGMENT_BAD for segment in path.split("/")):
+    segments = path.split("/")
+    if any(segment in _SEGMENT_BAD for segment in segments):
         raise _bad(text, f"path {path!r} has an empty, '.' or '..' segment")
+    longest = max(len(segment.encode()) for segment in segments)
+    if longest > MAX_NAME_BYTES:
+        raise _bad(
+            text, f"a name in its path has {longest} bytes; file names have at most 240 here"
+        )
     return path
 
 

@@ -22,6 +22,7 @@ from llama_orch.errors import (
     DigestMismatch,
     FetchFailed,
     InsufficientSpace,
+    InvalidModelRef,
     NotFound,
     OutboundDenied,
 )
@@ -366,3 +367,13 @@ def test_a_resume_answered_from_another_offset_is_not_appended(store):
         entry = prov.ensure_present_str(f"http://127.0.0.1:{port}/m.bin")
     assert (calls[1] or "").startswith("bytes=")
     assert (sha(PAYLOAD), None) == (entry.digest, calls[2])
+
+
+def test_a_file_name_longer_than_the_disk_allows_is_refused(store, https_site):
+    """A name past NAME_MAX failed the pull with a bare 'File name too long' OSError."""
+    name = "a" * 250 + ".gguf"
+    https_site.state.files[name] = PAYLOAD
+    with pytest.raises(InvalidModelRef, match="at most 240"):
+        https_provisioner(store, https_site).ensure_present_str(f"{https_site.base}/{name}")
+    assert [] == store.list()
+    assert 0 == https_site.state.gets
