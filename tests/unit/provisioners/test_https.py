@@ -377,3 +377,39 @@ def test_a_file_name_longer_than_the_disk_allows_is_refused(store, https_site):
         https_provisioner(store, https_site).ensure_present_str(f"{https_site.base}/{name}")
     assert [] == store.list()
     assert 0 == https_site.state.gets
+
+
+async def _endless(request: Request) -> Response:
+    """A body with no Content-Length that never ends (a hostile or broken source)."""
+
+    async def forever() -> AsyncIterator[bytes]:
+        chunk = b"\0" * (1024 * 1024)
+        while not await request.is_disconnected():  # ends only so the test server can stop
+            yield chunk
+
+    return StreamingResponse(forever(), 200)
+
+
+def test_a_body_of_unknown_length_keeps_the_disk_reserve(store, tmp_path):
+    """Without a Content-Length the preflight never ran, so an endless body filled the disk
+    to the last byte; the reserve is now kept as the bytes arrive."""
+    reserve = 1024 * 1024
+    budget = reserve + 24 * 1024 * 1024
+
+    def free(_path: Path) -> int:
+        used = sum(f.stat().st_size for f in store.staging_dir.rglob("*") if f.is_file())
+        return budget - used
+
+    app = Starlette(routes=[Route("/m.bin", _endless, methods=["GET"])])
+    with serve_in_thread(app) as port:
+        prov = ModelProvisioner(
+            store,
+            {"http": HttpsFetcher(backoff_s=0.0)},
+            outbound=OutboundPolicy(True, (), ("http",)),
+            free_bytes=free,
+            reserve_bytes=reserve,
+        )
+        with pytest.raises(InsufficientSpace, match="MiB"):
+            prov.ensure_present_str(f"http://127.0.0.1:{port}/m.bin")
+    assert 0 < budget - free(tmp_path) and free(tmp_path) >= reserve
+    assert [] == store.list()
