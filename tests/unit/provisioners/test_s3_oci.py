@@ -20,7 +20,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from llama_orch.catalog import CatalogStore
-from llama_orch.errors import DigestMismatch, InvalidModelRef, NotFound, OutboundDenied
+from llama_orch.errors import (
+    DigestMismatch,
+    FetchFailed,
+    InvalidModelRef,
+    NotFound,
+    OutboundDenied,
+)
 from llama_orch.provisioners.fetch.base import validator_path
 from llama_orch.provisioners.fetch.oci import OciFetcher
 from llama_orch.provisioners.fetch.s3 import S3Fetcher
@@ -472,4 +478,16 @@ def test_a_registry_cannot_send_the_pull_past_allowed_hosts(store, realm: bool) 
             with pytest.raises(OutboundDenied, match="'localhost'"):
                 prov.ensure_present_str(f"oci://{registry}/h/x:v1")
     assert [] == reached
+    assert [] == store.list()
+
+
+def test_a_registry_that_cannot_be_reached_fails_the_pull_at_once(store) -> None:
+    """oras retried a refused connection five times with sleeps of up to 83 s, so a pull
+    from a registry that was down hung for over two minutes before it failed."""
+    registry = f"127.0.0.1:{free_port()}"
+    prov = ModelProvisioner(
+        store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
+    )
+    with pytest.raises(FetchFailed, match="ConnectionError"):
+        prov.ensure_present_str(f"oci://{registry}/h/x:v1")
     assert [] == store.list()

@@ -7,6 +7,7 @@ layer's digest is handed to the provisioner as the sha256 the registry vouches f
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tarfile
 from pathlib import Path
@@ -87,6 +88,7 @@ class OciFetcher:
             tls_verify=self.tls_verify,
         )
         refused = _guard(registry.session, outbound)
+        _no_retry_sleeps(registry)
         try:
             container = registry.get_container(ref.target)
             url = f"{registry.prefix}://{container.manifest_url()}"
@@ -161,6 +163,15 @@ class OciFetcher:
             _check_digest(target, digest, f"layer {name} of oci://{ref.target}")
             value = sha256_file(target).value
         return {name: value}
+
+
+def _no_retry_sleeps(registry: Any) -> None:
+    """oras retries any failed request five times, sleeping up to 83 s between tries, so a
+    registry that was down held a pull for over two minutes. Failures here are typed and the
+    pull is simply asked again, so this registry's requests are made once."""
+    once = getattr(type(registry).do_request, "__wrapped__", None)
+    if once is not None:
+        registry.do_request = functools.partial(once, registry)
 
 
 def _guard(session: Any, outbound: OutboundPolicy) -> type[Exception]:
