@@ -186,6 +186,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.wait(10)
 
 
+def oci_provisioner(
+    store: CatalogStore, registry: str, outbound: OutboundPolicy = OPEN
+) -> ModelProvisioner:
+    return ModelProvisioner(
+        store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=outbound
+    )
+
+
 def oras_push(registry: str, target: str, files: list[Path]) -> None:
     import oras.client
 
@@ -200,9 +208,7 @@ class TestOci:
         """An artifact pushed with oras is pulled, its layer digest checked and recorded."""
         (tmp_path / "m.gguf").write_bytes(PAYLOAD)
         oras_push(registry, "models/tiny:q4", [tmp_path / "m.gguf"])
-        prov = ModelProvisioner(
-            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
-        )
+        prov = oci_provisioner(store, registry)
         entry = prov.ensure_present_str(f"oci://{registry}/models/tiny:q4")
         assert PAYLOAD == Path(entry.local_path).read_bytes()
         assert "pass" == entry.verification
@@ -210,9 +216,7 @@ class TestOci:
 
     def test_missing_tag_is_not_found(self, store, registry) -> None:
         """A tag the registry does not have is NOT_FOUND."""
-        prov = ModelProvisioner(
-            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
-        )
+        prov = oci_provisioner(store, registry)
         with pytest.raises(NotFound):
             prov.ensure_present_str(f"oci://{registry}/models/none:v1")
 
@@ -245,9 +249,7 @@ class TestOciDirectories:
         (model_dir / "config.json").write_bytes(b"{}")
         (model_dir / "model.safetensors").write_bytes(PAYLOAD)
         oras_push(registry, "models/dir:v1", [model_dir])
-        prov = ModelProvisioner(
-            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
-        )
+        prov = oci_provisioner(store, registry)
         entry = prov.ensure_present_str(f"oci://{registry}/models/dir:v1")
         assert {"repo/config.json", "repo/model.safetensors"} == {f.path for f in entry.files}
 
@@ -262,9 +264,7 @@ class TestOciDirectories:
         evil = _tarball(tmp_path / "evil.tar.gz", members, link)
         tag = f"evil{len(link or ())}"
         oras_push(registry, f"models/{tag}:v1", [Path(f"{evil}:{DIR_TYPE}")])
-        prov = ModelProvisioner(
-            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
-        )
+        prov = oci_provisioner(store, registry)
         with pytest.raises(InvalidModelRef, match="unsafe archive"):
             prov.ensure_present_str(f"oci://{registry}/models/{tag}:v1")
         assert [] == store.list()
@@ -314,9 +314,7 @@ class TestHostileManifests:
     """Manifests a broken or hostile registry may serve: typed refusals, nothing registered."""
 
     def pull(self, store: CatalogStore, registry: str, repo: str) -> None:
-        prov = ModelProvisioner(
-            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
-        )
+        prov = oci_provisioner(store, registry)
         prov.ensure_present_str(f"oci://{registry}/{repo}:v1")
 
     def test_an_artifact_without_layers_is_refused(self, store, registry) -> None:
@@ -337,9 +335,7 @@ class TestHostileManifests:
     def test_a_sha512_layer_is_checked_against_its_digest(self, store, registry) -> None:
         layer = file_layer(registry, "h/sha512", b"abc" * 100, "m.gguf", "sha512")
         put_manifest(registry, "h/sha512", "v1", image(registry, "h/sha512", [layer]))
-        prov = ModelProvisioner(
-            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
-        )
+        prov = oci_provisioner(store, registry)
         entry = prov.ensure_present_str(f"oci://{registry}/h/sha512:v1")
         assert ("pass", b"abc" * 100) == (entry.verification, Path(entry.local_path).read_bytes())
 
@@ -413,9 +409,7 @@ class TestHostileRegistry:
         blobs: list[str] = []
         with serve_in_thread(hostile_registry({"v1": manifest}, blobs)) as port:
             registry = f"127.0.0.1:{port}"
-            prov = ModelProvisioner(
-                store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
-            )
+            prov = oci_provisioner(store, registry)
             with pytest.raises(InvalidModelRef, match="manifest"):
                 prov.ensure_present_str(f"oci://{registry}/h/x:v1")
         assert [] == blobs
@@ -429,9 +423,7 @@ class TestHostileRegistry:
             hostile_registry({"v1": {"layers": [tar_layer(digest)]}}, blobs)
         ) as port:
             registry = f"127.0.0.1:{port}"
-            prov = ModelProvisioner(
-                store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
-            )
+            prov = oci_provisioner(store, registry)
             with pytest.raises(InvalidModelRef, match="not a gzip tar archive"):
                 prov.ensure_present_str(f"oci://{registry}/h/x:v1")
         assert [] == store.list()
@@ -470,11 +462,7 @@ def test_a_registry_cannot_send_the_pull_past_allowed_hosts(store, realm: bool) 
         elsewhere = f"http://localhost:{other}"
         with serve_in_thread(sending_elsewhere(elsewhere, realm=realm)) as port:
             registry = f"127.0.0.1:{port}"
-            prov = ModelProvisioner(
-                store,
-                {"oci": OciFetcher(insecure_registries=(registry,))},
-                outbound=OutboundPolicy(True, ("127.0.0.1",), ("oci",)),
-            )
+            prov = oci_provisioner(store, registry, OutboundPolicy(True, ("127.0.0.1",), ("oci",)))
             with pytest.raises(OutboundDenied, match="'localhost'"):
                 prov.ensure_present_str(f"oci://{registry}/h/x:v1")
     assert [] == reached
@@ -485,9 +473,7 @@ def test_a_registry_that_cannot_be_reached_fails_the_pull_at_once(store) -> None
     """oras retried a refused connection five times with sleeps of up to 83 s, so a pull
     from a registry that was down hung for over two minutes before it failed."""
     registry = f"127.0.0.1:{free_port()}"
-    prov = ModelProvisioner(
-        store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
-    )
+    prov = oci_provisioner(store, registry)
     with pytest.raises(FetchFailed, match="ConnectionError"):
         prov.ensure_present_str(f"oci://{registry}/h/x:v1")
     assert [] == store.list()
