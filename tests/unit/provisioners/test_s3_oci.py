@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import socket
@@ -23,6 +24,7 @@ from llama_orch.catalog import CatalogStore
 from llama_orch.errors import (
     DigestMismatch,
     FetchFailed,
+    InsufficientSpace,
     InvalidModelRef,
     NotFound,
     OutboundDenied,
@@ -477,3 +479,46 @@ def test_a_registry_that_cannot_be_reached_fails_the_pull_at_once(store) -> None
     with pytest.raises(FetchFailed, match="ConnectionError"):
         prov.ensure_present_str(f"oci://{registry}/h/x:v1")
     assert [] == store.list()
+
+
+class _Zeros(io.RawIOBase):
+    """``size`` zero bytes, read in pieces (a member far larger than its compressed form)."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = min(len(buffer), self.left)
+        buffer[:count] = bytes(count)
+        self.left -= count
+        return count
+
+
+def test_a_directory_layer_that_unpacks_past_the_free_space_is_refused(
+    tmp_path, store, registry
+) -> None:
+    """The space check saw only the compressed layer; 128 MiB of zeros in a 128 KiB archive
+    were unpacked whatever the disk held."""
+    import tarfile
+
+    size = 128 * 1024 * 1024
+    bomb = tmp_path / "bomb.tar.gz"
+    with tarfile.open(bomb, "w:gz", compresslevel=1) as tar:
+        info = tarfile.TarInfo("repo/model.safetensors")
+        info.size = size
+        tar.addfile(info, io.BufferedReader(_Zeros(size)))
+    oras_push(registry, "models/bomb:v1", [Path(f"{bomb}:{DIR_TYPE}")])
+    prov = ModelProvisioner(
+        store,
+        {"oci": OciFetcher(insecure_registries=(registry,))},
+        outbound=OPEN,
+        free_bytes=lambda _path: 64 * 1024 * 1024,
+        reserve_bytes=1024 * 1024,
+    )
+    with pytest.raises(InsufficientSpace, match="MiB"):
+        prov.ensure_present_str(f"oci://{registry}/models/bomb:v1")
+    assert [] == store.list()
+    assert not list(store.root.rglob("model.safetensors"))

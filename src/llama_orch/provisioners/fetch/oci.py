@@ -109,7 +109,7 @@ class OciFetcher:
             progress.set_total(sum(layer.size for layer in layers))
             claimed: dict[str, str] = {}
             for layer in layers:
-                claimed.update(self._layer(registry, container, layer, files, ref))
+                claimed.update(self._layer(registry, container, layer, files, ref, progress))
                 progress.add(layer.size)
         except refused as exc:
             raise exc.args[0] from None
@@ -131,7 +131,13 @@ class OciFetcher:
         return Fetched(path=files, claimed_sha256=claimed, source=source)
 
     def _layer(
-        self, registry: Any, container: Any, layer: _Descriptor, files: Path, ref: OciRef
+        self,
+        registry: Any,
+        container: Any,
+        layer: _Descriptor,
+        files: Path,
+        ref: OciRef,
+        progress: PullProgress,
     ) -> dict[str, str]:
         digest = layer.digest
         title = layer.annotations.get(TITLE)
@@ -144,7 +150,11 @@ class OciFetcher:
             _check_digest(archive, digest, f"layer {name} of oci://{ref.target}")
             try:
                 with tarfile.open(archive) as tar:
-                    tar.extractall(files, filter="data")
+                    members = tar.getmembers()
+                    # The space check so far saw the compressed layer; unpacked it may be
+                    # any number of times larger.
+                    progress.expect_more(sum(m.size for m in members if m.isfile()))
+                    tar.extractall(files, members=members, filter="data")
             except tarfile.FilterError as exc:
                 raise InvalidModelRef(f"oci://{ref.target}: unsafe archive: {exc}") from exc
             except tarfile.TarError as exc:
