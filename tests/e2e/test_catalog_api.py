@@ -15,15 +15,20 @@ from typing import Any
 import httpx
 import pytest
 import trustme
+from starlette.applications import Starlette
+from starlette.responses import RedirectResponse
+from starlette.routing import Route
 
 from llama_orch.catalog.store import CatalogStore
 from llama_orch.cli.serve import SHUTDOWN_DEADLINE_S
 from llama_orch.provisioners.fetch.base import validator_path
 from llama_orch.provisioners.progress import KEEP_FINISHED
+from tests.support.file_server import FileServerState, file_server
 from tests.support.gguf_files import tiny_llama_gguf
 from tests.support.https_site import HttpsSite, serve_https_site
 from tests.support.serve_process import serve_process
 from tests.support.server import RunningServer, config_of, mock_pool, running_server
+from tests.support.threaded_server import serve_in_thread
 
 
 @pytest.fixture
@@ -253,6 +258,36 @@ class TestCatalogApi:
             )
             assert (413, "INVALID_PARAMS") == (huge.status_code, huge.json()["code"])
             assert "exceeds 65536 bytes" in huge.json()["message"]
+
+    async def test_a_redirect_past_allowed_hosts_fails_the_pull_typed(self, tmp_path: Path) -> None:
+        """A source on an allowed host that redirects elsewhere: the pull fails with the
+        policy's envelope, the other host is never asked, and nothing is registered."""
+        files = FileServerState(files={"m.bin": b"weights" * 1000})
+        with serve_in_thread(file_server(files)) as files_port:
+            target = f"http://localhost:{files_port}/files/m.bin"
+            redirect = Starlette(
+                routes=[Route("/m.bin", lambda _r: RedirectResponse(target, 302), methods=["GET"])]
+            )
+            with serve_in_thread(redirect) as port:
+                top: dict[str, Any] = {
+                    "catalog": {"root": str(tmp_path / "catalog")},
+                    "network_policy": {
+                        "allow_outbound": True,
+                        "allowed_hosts": ["127.0.0.1"],
+                        "allowed_schemes": ["file", "http"],
+                    },
+                }
+                async with running_server(config_of(**top)) as srv:
+                    url = f"http://127.0.0.1:{port}/m.bin"
+                    response = await srv.client.post("/v1/catalog/models", json={"ref": url})
+                    assert 202 == response.status_code
+                    body = await wait_settled(srv, response.json()["id"])
+                    listed = (await srv.client.get("/v1/catalog/models")).json()["models"]
+        assert body is not None
+        error = body["pull"]["error"]
+        assert "INVALID_PARAMS" == error["code"]
+        assert "'localhost'" in error["message"] and "allowed_hosts" in error["hint"]
+        assert (0, []) == (files.gets, listed)
 
     async def test_a_directory_without_a_file_is_not_a_model(self, tmp_path: Path) -> None:
         """A directory holding no regular file (empty, or only a FIFO and a link to itself)

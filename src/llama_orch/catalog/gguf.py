@@ -12,6 +12,7 @@ The estimate, in the spirit of GPUStack's gguf-parser, is three terms:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,14 @@ def _scalar(fields: dict[str, Any], key: str) -> Any:
 
 
 def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    """A count or length from the header; a negative one (a signed field in a broken or lying
+    file) is unknown, since subtracting it would shrink the VRAM estimate, and so is a float
+    that is no number (inf, nan)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return int(value)
 
 
 def read_gguf(path: Path) -> GgufInfo:

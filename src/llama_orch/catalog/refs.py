@@ -37,6 +37,9 @@ _OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _SEGMENT_BAD = frozenset({"", ".", ".."})
+#: Longest name a path may hold: NAME_MAX (255 bytes) less the longest suffix a download
+#: stages the file under (".part.validator").
+MAX_NAME_BYTES = 240
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +105,41 @@ def _bad(text: str, why: str) -> InvalidModelRef:
 
 
 def safe_relative(path: str, text: str) -> str:
-    """A relative POSIX path with no empty, ``.`` or ``..`` segment; else InvalidModelRef."""
+    """A relative POSIX path with no empty, ``.`` or ``..`` segment and no name too long for a
+    file; else InvalidModelRef."""
     if path.startswith("/") or "\\" in path or "\x00" in path:
         raise _bad(text, f"path {path!r} must be relative, with '/' separators")
-    if any(segment in _SEGMENT_BAD for segment in path.split("/")):
+    segments = path.split("/")
+    if any(segment in _SEGMENT_BAD for segment in segments):
         raise _bad(text, f"path {path!r} has an empty, '.' or '..' segment")
+    longest = max(len(segment.encode()) for segment in segments)
+    if longest > MAX_NAME_BYTES:
+        raise _bad(
+            text, f"a name in its path has {longest} bytes; file names have at most 240 here"
+        )
     return path
+
+
+def disjoint_paths(paths: list[str], source: str) -> None:
+    """Refuse a listing in which two files land on one path, or one inside another's file
+    ("a" and "a/b"): no folder can hold both, and the later would replace the earlier."""
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:
+            raise _collision(source, path)
+        seen.add(path)
+    for path in paths:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            if (parent := "/".join(parts[:depth])) in seen:
+                raise _collision(source, f"{parent} and {path}")
+
+
+def _collision(source: str, what: str) -> InvalidModelRef:
+    return InvalidModelRef(
+        f"{source} lists file names that collide on disk: {what}",
+        hint="fix the source so each file has a path of its own",
+    )
 
 
 def _parse_hf(text: str, body: str) -> HfRef:

@@ -51,6 +51,7 @@ from llama_orch.errors import (
     Conflict,
     DigestMismatch,
     InsufficientSpace,
+    InvalidModelRef,
     InvalidParams,
     ModelDeprecated,
     NotFound,
@@ -201,7 +202,7 @@ class ModelProvisioner:
             # Local files are registered where they lie: no staging directory to leave behind.
             stage.mkdir(parents=True, exist_ok=True)
         try:
-            fetched = fetcher.fetch(ref, stage, progress)
+            fetched = fetcher.fetch(ref, stage, progress, self.outbound)
         except BaseException:
             if not local_file:
                 # What a later try resumes from stays; an empty folder per failed ref would
@@ -211,6 +212,7 @@ class ModelProvisioner:
             raise
         if not local_file:
             check_tree(stage)
+            _refuse_empty(fetched.path, model_id, stage)
         # Local bytes are hashed where they lie, and someone may still be writing them.
         before = _signature(fetched.path) if local_file else None
         try:
@@ -491,6 +493,18 @@ def _gguf_of(path: Path) -> GgufInfo | None:
             except InvalidParams:
                 return None
     return None
+
+
+def _refuse_empty(path: Path, model_id: str, stage: Path) -> None:
+    """A source that served no file (an artifact without layers, an empty repo) has no model;
+    registering its empty folder would make a pool fail later and obscurely."""
+    if not path.is_dir() or any(p.is_file() for p in path.rglob("*")):
+        return
+    shutil.rmtree(stage, ignore_errors=True)
+    raise InvalidModelRef(
+        f"{model_id} holds no file, so there is no model to register",
+        hint="check the source: the artifact or repository is empty",
+    )
 
 
 def _signature(path: Path) -> tuple[tuple[str, int, int], ...]:

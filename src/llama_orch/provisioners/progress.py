@@ -44,6 +44,14 @@ class PullProgress:
             self.bytes_total = total
             self.bytes_done = already
 
+    def expect_more(self, count: int) -> None:
+        """A download of unknown size is about to write ``count`` more bytes: the same check
+        as for a known total (InsufficientSpace when the disk cannot keep its reserve)."""
+        if self.on_total is not None:
+            with self._lock:
+                done = self.bytes_done
+            self.on_total(done + count, done)
+
     def add(self, count: int) -> None:
         with self._lock:
             self.bytes_done += count

@@ -102,3 +102,17 @@ class TestRoundTrip:
     def test_ids_are_stable(self, ref: ModelRef) -> None:
         """The id of a ref parsed from its id is the same id."""
         assert ref_id(ref) == ref_id(parse_ref(ref_id(ref)))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "hf:org/repo/" + "m" * 241,
+        "s3://bucket/dir/" + "é" * 121,
+        "hf:org/repo/d/" + "x" * 300 + "/m",
+    ],
+)
+def test_a_name_longer_than_a_file_name_may_be_is_refused(text: str) -> None:
+    """Names past 240 bytes (NAME_MAX less a download's suffixes) cannot be staged."""
+    with pytest.raises(InvalidModelRef, match="at most 240"):
+        parse_ref(text)

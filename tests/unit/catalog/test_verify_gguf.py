@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from llama_orch.catalog.gguf import OVERHEAD_BYTES, estimate_vram, is_gguf, read_gguf
@@ -86,3 +87,28 @@ class TestGguf:
                 read_gguf(cut)
             except InvalidParams as exc:
                 assert "cut.gguf is not a readable GGUF file" in exc.message
+
+
+def test_negative_header_counts_are_unknown_not_subtracted(tmp_path: Path) -> None:
+    """A header whose counts are signed and negative (a lying or broken file) would make the
+    KV estimate negative, so a pool that cannot fit would pass the VRAM check."""
+    from gguf import GGUFWriter
+
+    path = tmp_path / "liar.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_int32("llama.context_length", 4096)
+    writer.add_int32("llama.block_count", 32)
+    writer.add_int32("llama.embedding_length", 4096)
+    writer.add_int32("llama.attention.head_count", 32)
+    writer.add_int32("llama.attention.head_count_kv", -8)
+    writer.add_float32("llama.attention.key_length", float("inf"))
+    writer.add_float32("llama.attention.value_length", float("nan"))
+    writer.add_tensor("blk.0.weight", np.zeros(16, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    info = read_gguf(path)
+    assert (None, None, None) == (info.head_count_kv, info.key_length, info.value_length)
+    estimate = estimate_vram(info, ctx=None, slots=1)
+    assert estimate.kv_bytes == 32 * 32 * (128 + 128) * 2 * 4096

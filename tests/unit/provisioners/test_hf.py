@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from llama_orch.catalog import CatalogStore
-from llama_orch.errors import DigestMismatch, InvalidModelRef, NotFound, UntrustedArtifact
+from llama_orch.errors import (
+    DigestMismatch,
+    FetchFailed,
+    InvalidModelRef,
+    NotFound,
+    UntrustedArtifact,
+)
 from llama_orch.provisioners.fetch.hf import HfFetcher
 from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.policy import TrustPolicy
@@ -122,3 +130,30 @@ class TestHfPull:
         prov = provisioner(store, endpoint, trust=TrustPolicy(allowed_registries=("hf.co",)))
         with pytest.raises(UntrustedArtifact, match="allowed_registries"):
             prov.ensure_present_str("hf:org/r/a.gguf")
+
+
+class TestHostileHub:
+    def test_an_unreachable_hub_is_a_typed_failure(self, store):
+        """A hub that cannot be reached (down, wrong HF_ENDPOINT) is FETCH_FAILED, naming it."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with pytest.raises(FetchFailed, match=re.escape(endpoint)):
+            provisioner(store, endpoint).ensure_present_str("hf:org/r/m.gguf")
+        assert [] == store.list()
+
+    def test_names_that_collide_are_refused(self, store, hub):
+        """A listing with a file and a folder of one name cannot be laid out on disk."""
+        endpoint, state = hub
+        state.repos["org/nest"] = HubRepo(files={"a": b"x", "a/b": b"y"})
+        with pytest.raises(InvalidModelRef, match="collide"):
+            provisioner(store, endpoint).ensure_present_str("hf:org/nest")
+        assert [] == store.list()
+
+    def test_a_repo_of_git_files_only_is_refused(self, store, hub):
+        """A repo holding nothing but .gitattributes has no model to register."""
+        endpoint, state = hub
+        state.repos["org/bare"] = HubRepo(files={".gitattributes": b"*.gguf filter=lfs"})
+        with pytest.raises(InvalidModelRef, match="no model file"):
+            provisioner(store, endpoint).ensure_present_str("hf:org/bare")
+        assert [] == store.list()

@@ -7,17 +7,31 @@ import hashlib
 import subprocess
 import sys
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from llama_orch.catalog import CatalogStore, Lifecycle, parse_digest, parse_ref
-from llama_orch.errors import DigestMismatch, FetchFailed, InsufficientSpace, OutboundDenied
+from llama_orch.errors import (
+    DigestMismatch,
+    FetchFailed,
+    InsufficientSpace,
+    InvalidModelRef,
+    NotFound,
+    OutboundDenied,
+)
 from llama_orch.observability.metrics import Metrics
 from llama_orch.provisioners.fetch.https import HttpsFetcher
 from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.policy import OutboundPolicy
+from tests.support.file_server import FileServerState, file_server
+from tests.support.threaded_server import serve_in_thread
 from tests.unit.provisioners.conftest import HttpsSite, https_provisioner
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -254,3 +268,148 @@ def test_digest_helper_parses() -> None:
     """The test helper agrees with the parser."""
     assert parse_digest(sha(b"x")).value == hashlib.sha256(b"x").hexdigest()
     assert parse_ref("https://a.io/x")
+
+
+def _redirector(targets: dict[str, str]) -> Starlette:
+    """Answers ``/r/<name>`` with a 302 to ``targets[name]`` (a hostile or careless mirror)."""
+
+    async def redirect(request: Request) -> Response:
+        return RedirectResponse(targets[request.path_params["name"]], 302)
+
+    return Starlette(routes=[Route("/r/{name}", redirect, methods=["GET"])])
+
+
+class TestRedirects:
+    """Every hop of a redirect goes through the outbound policy, not just the first URL."""
+
+    def test_redirect_to_a_host_outside_allowed_hosts_is_refused(self, store, tmp_path):
+        state = FileServerState(files={"m.bin": PAYLOAD})
+        with serve_in_thread(file_server(state)) as files_port:
+            target = f"http://localhost:{files_port}/files/m.bin"
+            with serve_in_thread(_redirector({"m.bin": target})) as port:
+                prov = ModelProvisioner(
+                    store,
+                    {"http": HttpsFetcher(backoff_s=0.0)},
+                    outbound=OutboundPolicy(True, ("127.0.0.1",), ("http",)),
+                )
+                with pytest.raises(OutboundDenied, match=r"'localhost'.*allowed_hosts"):
+                    prov.ensure_present_str(f"http://127.0.0.1:{port}/r/m.bin")
+        assert 0 == state.gets
+        assert [] == store.list()
+
+    def test_redirect_to_a_scheme_not_allowed_is_refused(self, store, tmp_path):
+        with serve_in_thread(_redirector({"m.bin": "file:///etc/hostname"})) as port:
+            prov = ModelProvisioner(
+                store,
+                {"http": HttpsFetcher(backoff_s=0.0)},
+                outbound=OutboundPolicy(True, (), ("http", "file")),
+            )
+            with pytest.raises(OutboundDenied, match="file:"):
+                prov.ensure_present_str(f"http://127.0.0.1:{port}/r/m.bin")
+        assert [] == store.list()
+
+    def test_a_redirect_loop_is_a_typed_failure(self, store):
+        targets: dict[str, str] = {}
+        with serve_in_thread(_redirector(targets)) as port:
+            url = f"http://127.0.0.1:{port}/r/m.bin"
+            targets["m.bin"] = url
+            prov = ModelProvisioner(
+                store,
+                {"http": HttpsFetcher(backoff_s=0.0)},
+                outbound=OutboundPolicy(True, (), ("http",)),
+            )
+            with pytest.raises(FetchFailed, match="redirects"):
+                prov.ensure_present_str(url)
+        assert [] == store.list()
+
+
+def test_a_token_in_the_query_stays_out_of_errors(store, https_site, captured_logs):
+    """A presigned URL's query is a credential: the id drops it, and so must every error."""
+    url = f"{https_site.base}/gone.bin?X-Amz-Signature=s3cr3t-token"
+    with pytest.raises(NotFound) as info:
+        https_provisioner(store, https_site).ensure_present_str(url)
+    assert "s3cr3t" not in str(info.value.envelope())
+    assert "s3cr3t" not in str(captured_logs)
+
+
+def _wrong_range_server(data: bytes, calls: list[str | None]) -> Starlette:
+    """Cuts the first answer short, then answers a resume with 206 but the file from byte 0
+    (a broken cache or mirror that labels every answer partial); later whole GETs succeed."""
+
+    async def serve(request: Request) -> Response:
+        header = request.headers.get("range")
+        calls.append(header)
+        etag = {"ETag": '"v1"', "Content-Length": str(len(data))}
+        if header is None and len(calls) > 1:
+            return Response(data, 200, etag)
+        if header is None:
+
+            async def cut() -> AsyncIterator[bytes]:
+                yield data[: len(data) // 2]
+                raise ConnectionResetError("simulated drop mid-body")
+
+            return StreamingResponse(cut(), 200, etag)
+        etag["Content-Range"] = f"bytes 0-{len(data) - 1}/{len(data)}"
+        return Response(data, 206, etag)
+
+    return Starlette(routes=[Route("/m.bin", serve, methods=["GET"])])
+
+
+def test_a_resume_answered_from_another_offset_is_not_appended(store):
+    """A 206 whose Content-Range does not start where the kept bytes end is not glued on."""
+    calls: list[str | None] = []
+    with serve_in_thread(_wrong_range_server(PAYLOAD, calls)) as port:
+        prov = ModelProvisioner(
+            store,
+            {"http": HttpsFetcher(backoff_s=0.0)},
+            outbound=OutboundPolicy(True, (), ("http",)),
+        )
+        entry = prov.ensure_present_str(f"http://127.0.0.1:{port}/m.bin")
+    assert (calls[1] or "").startswith("bytes=")
+    assert (sha(PAYLOAD), None) == (entry.digest, calls[2])
+
+
+def test_a_file_name_longer_than_the_disk_allows_is_refused(store, https_site):
+    """A name past NAME_MAX failed the pull with a bare 'File name too long' OSError."""
+    name = "a" * 250 + ".gguf"
+    https_site.state.files[name] = PAYLOAD
+    with pytest.raises(InvalidModelRef, match="at most 240"):
+        https_provisioner(store, https_site).ensure_present_str(f"{https_site.base}/{name}")
+    assert [] == store.list()
+    assert 0 == https_site.state.gets
+
+
+async def _endless(request: Request) -> Response:
+    """A body with no Content-Length that never ends (a hostile or broken source)."""
+
+    async def forever() -> AsyncIterator[bytes]:
+        chunk = b"\0" * (1024 * 1024)
+        while not await request.is_disconnected():  # ends only so the test server can stop
+            yield chunk
+
+    return StreamingResponse(forever(), 200)
+
+
+def test_a_body_of_unknown_length_keeps_the_disk_reserve(store, tmp_path):
+    """Without a Content-Length the preflight never ran, so an endless body filled the disk
+    to the last byte; the reserve is now kept as the bytes arrive."""
+    reserve = 1024 * 1024
+    budget = reserve + 24 * 1024 * 1024
+
+    def free(_path: Path) -> int:
+        used = sum(f.stat().st_size for f in store.staging_dir.rglob("*") if f.is_file())
+        return budget - used
+
+    app = Starlette(routes=[Route("/m.bin", _endless, methods=["GET"])])
+    with serve_in_thread(app) as port:
+        prov = ModelProvisioner(
+            store,
+            {"http": HttpsFetcher(backoff_s=0.0)},
+            outbound=OutboundPolicy(True, (), ("http",)),
+            free_bytes=free,
+            reserve_bytes=reserve,
+        )
+        with pytest.raises(InsufficientSpace, match="MiB"):
+            prov.ensure_present_str(f"http://127.0.0.1:{port}/m.bin")
+    assert 0 < budget - free(tmp_path) and free(tmp_path) >= reserve
+    assert [] == store.list()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import shutil
 import socket
 import subprocess
@@ -13,13 +15,26 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from llama_orch.catalog import CatalogStore
-from llama_orch.errors import DigestMismatch, InvalidModelRef, NotFound
+from llama_orch.errors import (
+    DigestMismatch,
+    FetchFailed,
+    InsufficientSpace,
+    InvalidModelRef,
+    NotFound,
+    OutboundDenied,
+)
 from llama_orch.provisioners.fetch.base import validator_path
 from llama_orch.provisioners.fetch.oci import OciFetcher
 from llama_orch.provisioners.fetch.s3 import S3Fetcher
 from llama_orch.provisioners.models import ModelProvisioner
+from llama_orch.provisioners.policy import OutboundPolicy
+from tests.support.threaded_server import serve_in_thread
 from tests.unit.provisioners.conftest import OPEN
 
 PAYLOAD = b"model-bytes" * 50_000
@@ -173,6 +188,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.wait(10)
 
 
+def oci_provisioner(
+    store: CatalogStore, registry: str, outbound: OutboundPolicy = OPEN
+) -> ModelProvisioner:
+    return ModelProvisioner(
+        store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=outbound
+    )
+
+
 def oras_push(registry: str, target: str, files: list[Path]) -> None:
     import oras.client
 
@@ -187,9 +210,7 @@ class TestOci:
         """An artifact pushed with oras is pulled, its layer digest checked and recorded."""
         (tmp_path / "m.gguf").write_bytes(PAYLOAD)
         oras_push(registry, "models/tiny:q4", [tmp_path / "m.gguf"])
-        prov = ModelProvisioner(
-            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
-        )
+        prov = oci_provisioner(store, registry)
         entry = prov.ensure_present_str(f"oci://{registry}/models/tiny:q4")
         assert PAYLOAD == Path(entry.local_path).read_bytes()
         assert "pass" == entry.verification
@@ -197,9 +218,7 @@ class TestOci:
 
     def test_missing_tag_is_not_found(self, store, registry) -> None:
         """A tag the registry does not have is NOT_FOUND."""
-        prov = ModelProvisioner(
-            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
-        )
+        prov = oci_provisioner(store, registry)
         with pytest.raises(NotFound):
             prov.ensure_present_str(f"oci://{registry}/models/none:v1")
 
@@ -232,9 +251,7 @@ class TestOciDirectories:
         (model_dir / "config.json").write_bytes(b"{}")
         (model_dir / "model.safetensors").write_bytes(PAYLOAD)
         oras_push(registry, "models/dir:v1", [model_dir])
-        prov = ModelProvisioner(
-            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
-        )
+        prov = oci_provisioner(store, registry)
         entry = prov.ensure_present_str(f"oci://{registry}/models/dir:v1")
         assert {"repo/config.json", "repo/model.safetensors"} == {f.path for f in entry.files}
 
@@ -249,10 +266,259 @@ class TestOciDirectories:
         evil = _tarball(tmp_path / "evil.tar.gz", members, link)
         tag = f"evil{len(link or ())}"
         oras_push(registry, f"models/{tag}:v1", [Path(f"{evil}:{DIR_TYPE}")])
-        prov = ModelProvisioner(
-            store, {"oci": OciFetcher(insecure_registries=(registry,))}, outbound=OPEN
-        )
+        prov = oci_provisioner(store, registry)
         with pytest.raises(InvalidModelRef, match="unsafe archive"):
             prov.ensure_present_str(f"oci://{registry}/models/{tag}:v1")
         assert [] == store.list()
         assert not (store.root / "escape.txt").exists()
+
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def put_blob(registry: str, repo: str, data: bytes, algo: str = "sha256") -> str:
+    """Upload ``data`` with the registry API (POST then PUT); returns its digest."""
+    digest = f"{algo}:{hashlib.new(algo, data).hexdigest()}"
+    started = httpx.post(f"http://{registry}/v2/{repo}/blobs/uploads/")
+    location = str(started.url.join(started.headers["location"]))
+    separator = "&" if "?" in location else "?"
+    httpx.put(f"{location}{separator}digest={digest}", content=data).raise_for_status()
+    return digest
+
+
+def put_manifest(registry: str, repo: str, tag: str, manifest: dict[str, Any]) -> bytes:
+    raw = json.dumps(manifest).encode()
+    httpx.put(
+        f"http://{registry}/v2/{repo}/manifests/{tag}",
+        content=raw,
+        headers={"Content-Type": str(manifest["mediaType"])},
+    ).raise_for_status()
+    return raw
+
+
+def file_layer(registry: str, repo: str, data: bytes, title: str, algo: str = "sha256") -> Any:
+    return {
+        "mediaType": "application/octet-stream",
+        "digest": put_blob(registry, repo, data, algo),
+        "size": len(data),
+        "annotations": {"org.opencontainers.image.title": title},
+    }
+
+
+def image(registry: str, repo: str, layers: list[Any]) -> dict[str, Any]:
+    config = {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2}
+    config["digest"] = put_blob(registry, repo, b"{}")
+    return {"schemaVersion": 2, "mediaType": MANIFEST, "config": config, "layers": layers}
+
+
+class TestHostileManifests:
+    """Manifests a broken or hostile registry may serve: typed refusals, nothing registered."""
+
+    def pull(self, store: CatalogStore, registry: str, repo: str) -> None:
+        prov = oci_provisioner(store, registry)
+        prov.ensure_present_str(f"oci://{registry}/{repo}:v1")
+
+    def test_an_artifact_without_layers_is_refused(self, store, registry) -> None:
+        put_manifest(registry, "h/empty", "v1", image(registry, "h/empty", []))
+        with pytest.raises(InvalidModelRef, match="no file"):
+            self.pull(store, registry, "h/empty")
+        assert [] == store.list()
+        assert not store.staging_for(f"oci://{registry}/h/empty:v1").exists()
+
+    def test_titles_that_collide_are_refused(self, store, registry) -> None:
+        for repo, titles in (("h/dup", ["m.gguf", "m.gguf"]), ("h/nest", ["a", "a/b"])):
+            layers = [file_layer(registry, repo, t.encode() * 3, t) for t in titles]
+            put_manifest(registry, repo, "v1", image(registry, repo, layers))
+            with pytest.raises(InvalidModelRef, match="collide"):
+                self.pull(store, registry, repo)
+        assert [] == store.list()
+
+    def test_a_sha512_layer_is_checked_against_its_digest(self, store, registry) -> None:
+        layer = file_layer(registry, "h/sha512", b"abc" * 100, "m.gguf", "sha512")
+        put_manifest(registry, "h/sha512", "v1", image(registry, "h/sha512", [layer]))
+        prov = oci_provisioner(store, registry)
+        entry = prov.ensure_present_str(f"oci://{registry}/h/sha512:v1")
+        assert ("pass", b"abc" * 100) == (entry.verification, Path(entry.local_path).read_bytes())
+
+    def test_an_index_names_the_manifests_it_lists(self, store, registry) -> None:
+        raw = put_manifest(
+            registry,
+            "h/index",
+            "inner",
+            image(registry, "h/index", [file_layer(registry, "h/index", b"x", "m.gguf")]),
+        )
+        child = {
+            "mediaType": MANIFEST,
+            "digest": "sha256:" + hashlib.sha256(raw).hexdigest(),
+            "size": len(raw),
+            "platform": {"architecture": "s390x", "os": "linux"},
+        }
+        put_manifest(
+            registry,
+            "h/index",
+            "v1",
+            {"schemaVersion": 2, "mediaType": INDEX, "manifests": [child]},
+        )
+        with pytest.raises(InvalidModelRef, match=child["digest"]):
+            self.pull(store, registry, "h/index")
+        assert [] == store.list()
+
+
+def hostile_registry(manifests: dict[str, Any], blobs: list[str]) -> Starlette:
+    """A registry that serves whatever manifest it is given, and bytes for any blob."""
+
+    async def manifest(request: Request) -> Response:
+        body = manifests[request.path_params["tag"]]
+        return Response(json.dumps(body), 200, {"Content-Type": MANIFEST})
+
+    async def anything(request: Request) -> Response:
+        blobs.append(request.url.path)
+        return Response(b"attacker bytes", 200)
+
+    return Starlette(
+        routes=[
+            Route("/v2/{repo:path}/manifests/{tag}", manifest, methods=["GET"]),
+            Route("/{rest:path}", anything, methods=["GET"]),
+        ]
+    )
+
+
+def tar_layer(digest: str, size: object = 14) -> dict[str, Any]:
+    return {
+        "mediaType": DIR_TYPE,
+        "digest": digest,
+        "size": size,
+        "annotations": {"org.opencontainers.image.title": "repo"},
+    }
+
+
+class TestHostileRegistry:
+    """Manifests no real registry would accept, from a server that answers anything."""
+
+    @pytest.mark.parametrize(
+        "manifest",
+        [
+            {"layers": [tar_layer("../../../../escape")]},
+            {"layers": [tar_layer("sha256:x/../../../../../escape")]},
+            {"layers": [tar_layer("sha256:" + "a" * 64, size="big")]},
+            {"layers": [tar_layer("sha256:" + "a" * 64, size=-(2**40))]},
+            {"layers": "not a list"},
+            ["not", "an", "object"],
+        ],
+    )
+    def test_a_malformed_manifest_is_refused_before_any_download(self, store, manifest) -> None:
+        blobs: list[str] = []
+        with serve_in_thread(hostile_registry({"v1": manifest}, blobs)) as port:
+            registry = f"127.0.0.1:{port}"
+            prov = oci_provisioner(store, registry)
+            with pytest.raises(InvalidModelRef, match="manifest"):
+                prov.ensure_present_str(f"oci://{registry}/h/x:v1")
+        assert [] == blobs
+        assert [] == store.list()
+        assert [] == [p for p in store.root.parent.rglob("escape*")]
+
+    def test_a_directory_layer_that_is_no_archive_is_refused(self, store) -> None:
+        digest = "sha256:" + hashlib.sha256(b"attacker bytes").hexdigest()
+        blobs: list[str] = []
+        with serve_in_thread(
+            hostile_registry({"v1": {"layers": [tar_layer(digest)]}}, blobs)
+        ) as port:
+            registry = f"127.0.0.1:{port}"
+            prov = oci_provisioner(store, registry)
+            with pytest.raises(InvalidModelRef, match="not a gzip tar archive"):
+                prov.ensure_present_str(f"oci://{registry}/h/x:v1")
+        assert [] == store.list()
+
+
+def sending_elsewhere(elsewhere: str, *, realm: bool) -> Starlette:
+    """A registry that sends the client to ``elsewhere``: as its token realm, or by
+    redirecting every blob there."""
+    data = b"attacker bytes"
+    manifest = {"layers": [tar_layer("sha256:" + hashlib.sha256(data).hexdigest())]}
+    manifest["layers"][0]["mediaType"] = "application/octet-stream"
+
+    async def manifests(request: Request) -> Response:
+        if realm and "authorization" not in request.headers:
+            challenge = f'Bearer realm="{elsewhere}/token",service="x",scope="repository:h/x:pull"'
+            return Response(b"", 401, {"WWW-Authenticate": challenge})
+        return Response(json.dumps(manifest), 200, {"Content-Type": MANIFEST})
+
+    async def blob(request: Request) -> Response:
+        return Response(b"", 302, {"Location": f"{elsewhere}/blob"})
+
+    return Starlette(
+        routes=[
+            Route("/v2/{repo:path}/manifests/{tag}", manifests, methods=["GET"]),
+            Route("/v2/{repo:path}/blobs/{digest}", blob, methods=["GET"]),
+        ]
+    )
+
+
+@pytest.mark.parametrize("realm", [True, False], ids=["token-realm", "blob-redirect"])
+def test_a_registry_cannot_send_the_pull_past_allowed_hosts(store, realm: bool) -> None:
+    """The token realm and blob redirects a registry names pass network_policy like the
+    registry itself: a host outside allowed_hosts is never contacted."""
+    reached: list[str] = []
+    with serve_in_thread(hostile_registry({}, reached)) as other:
+        elsewhere = f"http://localhost:{other}"
+        with serve_in_thread(sending_elsewhere(elsewhere, realm=realm)) as port:
+            registry = f"127.0.0.1:{port}"
+            prov = oci_provisioner(store, registry, OutboundPolicy(True, ("127.0.0.1",), ("oci",)))
+            with pytest.raises(OutboundDenied, match="'localhost'"):
+                prov.ensure_present_str(f"oci://{registry}/h/x:v1")
+    assert [] == reached
+    assert [] == store.list()
+
+
+def test_a_registry_that_cannot_be_reached_fails_the_pull_at_once(store) -> None:
+    """oras retried a refused connection five times with sleeps of up to 83 s, so a pull
+    from a registry that was down hung for over two minutes before it failed."""
+    registry = f"127.0.0.1:{free_port()}"
+    prov = oci_provisioner(store, registry)
+    with pytest.raises(FetchFailed, match="ConnectionError"):
+        prov.ensure_present_str(f"oci://{registry}/h/x:v1")
+    assert [] == store.list()
+
+
+class _Zeros(io.RawIOBase):
+    """``size`` zero bytes, read in pieces (a member far larger than its compressed form)."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = min(len(buffer), self.left)
+        buffer[:count] = bytes(count)
+        self.left -= count
+        return count
+
+
+def test_a_directory_layer_that_unpacks_past_the_free_space_is_refused(
+    tmp_path, store, registry
+) -> None:
+    """The space check saw only the compressed layer; 128 MiB of zeros in a 128 KiB archive
+    were unpacked whatever the disk held."""
+    import tarfile
+
+    size = 128 * 1024 * 1024
+    bomb = tmp_path / "bomb.tar.gz"
+    with tarfile.open(bomb, "w:gz", compresslevel=1) as tar:
+        info = tarfile.TarInfo("repo/model.safetensors")
+        info.size = size
+        tar.addfile(info, io.BufferedReader(_Zeros(size)))
+    oras_push(registry, "models/bomb:v1", [Path(f"{bomb}:{DIR_TYPE}")])
+    prov = ModelProvisioner(
+        store,
+        {"oci": OciFetcher(insecure_registries=(registry,))},
+        outbound=OPEN,
+        free_bytes=lambda _path: 64 * 1024 * 1024,
+        reserve_bytes=1024 * 1024,
+    )
+    with pytest.raises(InsufficientSpace, match="MiB"):
+        prov.ensure_present_str(f"oci://{registry}/models/bomb:v1")
+    assert [] == store.list()
+    assert not list(store.root.rglob("model.safetensors"))

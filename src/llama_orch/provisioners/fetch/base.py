@@ -10,6 +10,7 @@ from typing import BinaryIO, Protocol
 
 from llama_orch.catalog.refs import ModelRef
 from llama_orch.errors import InsufficientSpace
+from llama_orch.provisioners.policy import OutboundPolicy
 from llama_orch.provisioners.progress import PullProgress
 
 #: Opens a download's partial file: ``(path, mode) -> handle``. Tests inject a failing writer.
@@ -40,8 +41,11 @@ class Fetcher(Protocol):
         """``(scheme, host)`` this fetch will contact, for the outbound and trust policies."""
         ...
 
-    def fetch(self, ref: ModelRef, stage: Path, progress: PullProgress) -> Fetched:
-        """Download ``ref`` under ``stage`` (resuming what an earlier try left there)."""
+    def fetch(
+        self, ref: ModelRef, stage: Path, progress: PullProgress, outbound: OutboundPolicy
+    ) -> Fetched:
+        """Download ``ref`` under ``stage`` (resuming what an earlier try left there); every
+        further host the source sends it to (a redirect) passes ``outbound`` first."""
         ...
 
 

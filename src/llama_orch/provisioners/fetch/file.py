@@ -8,6 +8,7 @@ from pathlib import Path
 from llama_orch.catalog.refs import FileRef, ModelRef
 from llama_orch.errors import InvalidParams, NotFound
 from llama_orch.provisioners.fetch.base import Fetched
+from llama_orch.provisioners.policy import OutboundPolicy
 from llama_orch.provisioners.progress import PullProgress
 
 #: A model directory holds a model's files (weights, config, tokenizer); a tree with more
@@ -22,7 +23,9 @@ class FileFetcher:
     def endpoint(self, ref: ModelRef) -> tuple[str, str]:
         return "file", ""
 
-    def fetch(self, ref: ModelRef, stage: Path, progress: PullProgress) -> Fetched:
+    def fetch(
+        self, ref: ModelRef, stage: Path, progress: PullProgress, outbound: OutboundPolicy
+    ) -> Fetched:
         assert isinstance(ref, FileRef)
         path = Path(ref.path)
         if not path.exists():

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from llama_orch.catalog.refs import HfRef, ModelRef, safe_relative
-from llama_orch.errors import FetchFailed, NotFound
+from llama_orch.catalog.refs import HfRef, ModelRef, disjoint_paths, safe_relative
+from llama_orch.errors import FetchFailed, InvalidModelRef, NotFound
 from llama_orch.provisioners.fetch.base import Fetched
+from llama_orch.provisioners.policy import OutboundPolicy
 from llama_orch.provisioners.progress import PullProgress
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -35,8 +36,11 @@ class HfFetcher:
         parts = urlsplit(self.endpoint_url)
         return parts.scheme, parts.hostname or ""
 
-    def fetch(self, ref: ModelRef, stage: Path, progress: PullProgress) -> Fetched:
+    def fetch(
+        self, ref: ModelRef, stage: Path, progress: PullProgress, outbound: OutboundPolicy
+    ) -> Fetched:
         assert isinstance(ref, HfRef)
+        import httpx2
         from huggingface_hub import errors
 
         try:
@@ -47,6 +51,12 @@ class HfFetcher:
             raise NotFound(f"{ref.path} is not in {ref.repo_id}") from exc
         except errors.HfHubHTTPError as exc:
             raise FetchFailed(f"the hub refused {ref.repo_id}: HTTP {_status(exc)}") from exc
+        except httpx2.HTTPError as exc:  # the library's transport: no answer at all
+            raise FetchFailed(
+                f"cannot reach the hub at {self.endpoint_url}: {type(exc).__name__}: {exc}",
+                hint="check HF_ENDPOINT (catalog.hf_endpoint) and the network, then pull "
+                "again; files already fetched are kept",
+            ) from exc
 
     def _fetch(self, ref: HfRef, stage: Path, progress: PullProgress) -> Fetched:
         from huggingface_hub import HfApi, hf_hub_download, snapshot_download
@@ -57,6 +67,13 @@ class HfFetcher:
         siblings = {s.rfilename: s for s in info.siblings or []}
         for name in siblings:
             safe_relative(name, f"hf:{ref.repo_id}/{name}")
+        disjoint_paths(list(siblings), f"hf:{ref.repo_id}@{commit[:12]}")
+        if ref.path is None and all(_is_git_file(name) for name in siblings):
+            raise InvalidModelRef(
+                f"hf:{ref.repo_id}@{commit[:12]} holds no model file "
+                f"({', '.join(sorted(siblings)) or 'no file at all'})",
+                hint="check the repo and revision: the model's files are not in it",
+            )
         files = stage / "files"
         source = {"repo": ref.repo_id, "revision": ref.revision or "main", "commit": commit}
         if ref.path is not None:
@@ -91,6 +108,11 @@ class HfFetcher:
         _drop_metadata(files)
         claimed = {name: s.lfs.sha256 for name, s in siblings.items() if s.lfs}
         return Fetched(path=files, claimed_sha256=claimed, source=source)
+
+
+def _is_git_file(name: str) -> bool:
+    """.gitattributes, .gitignore: what every hub repo holds, model or not."""
+    return name.rsplit("/", 1)[-1].startswith(".git")
 
 
 def _byte_counter(progress: PullProgress) -> Any:

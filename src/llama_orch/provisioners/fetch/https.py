@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from llama_orch.catalog.refs import ModelRef, UrlRef, safe_relative
-from llama_orch.errors import FetchFailed, NotFound
+from llama_orch.errors import FetchFailed, NotFound, OutboundDenied
 from llama_orch.provisioners.fetch.base import (
     Fetched,
     OpenPart,
@@ -20,11 +21,15 @@ from llama_orch.provisioners.fetch.base import (
     validator_path,
 )
 from llama_orch.provisioners.fetch.resume import Body, Transient, download
+from llama_orch.provisioners.policy import OutboundPolicy
 from llama_orch.provisioners.progress import PullProgress
 
 #: Bytes per write and hash step: large enough to amortize per-chunk work, small enough that a
 #: dropped connection loses little of what already arrived.
 CHUNK_BYTES = 256 * 1024
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
+#: Redirects one request follows before the source is taken for a loop.
+MAX_REDIRECTS = 10
 
 
 class HttpsFetcher:
@@ -45,14 +50,18 @@ class HttpsFetcher:
         assert isinstance(ref, UrlRef)
         return ref.scheme, ref.host
 
-    def fetch(self, ref: ModelRef, stage: Path, progress: PullProgress) -> Fetched:
+    def fetch(
+        self, ref: ModelRef, stage: Path, progress: PullProgress, outbound: OutboundPolicy
+    ) -> Fetched:
         assert isinstance(ref, UrlRef)
         name = urlsplit(ref.url).path.rstrip("/").rsplit("/", 1)[-1] or "download"
-        final = stage / safe_relative(name, ref.url)
+        final = stage / safe_relative(name, _shown(ref.url))
         validator = validator_path(final)
         etag: dict[str, str] = {}
+        # Redirects are followed here, not by httpx, so each hop passes the outbound policy:
+        # a source may not send the download to a host or scheme the operator did not allow.
         with httpx.Client(
-            verify=self.verify, follow_redirects=True, timeout=self.timeout_s
+            verify=self.verify, follow_redirects=False, timeout=self.timeout_s
         ) as client:
 
             def open_body(offset: int) -> Body:
@@ -63,15 +72,10 @@ class HttpsFetcher:
                 else:
                     headers["Range"] = f"bytes={offset}-"
                     headers["If-Range"] = kept
-                try:
-                    response = client.send(
-                        client.build_request("GET", ref.url, headers=headers), stream=True
-                    )
-                except httpx.TransportError as exc:
-                    raise Transient(f"{type(exc).__name__}: {exc}") from exc
+                response = _get(client, ref.url, headers, outbound)
                 if response.status_code == 404:
                     response.close()
-                    raise NotFound(f"{ref.url} answered 404; check the URL")
+                    raise NotFound(f"{_shown(ref.url)} answered 404; check the URL")
                 if response.status_code == 416 and offset:
                     # The bytes kept from an earlier try reach past the end: the file changed
                     # (or the try ended just before its rename). Start over from byte 0.
@@ -82,10 +86,15 @@ class HttpsFetcher:
                     raise Transient(f"HTTP {response.status_code}")
                 if response.status_code not in (200, 206):
                     response.close()
-                    raise FetchFailed(f"{ref.url} answered HTTP {response.status_code}")
+                    raise FetchFailed(f"{_shown(ref.url)} answered HTTP {response.status_code}")
                 if "etag" in response.headers:
                     etag["etag"] = response.headers["etag"].strip('"')
                 resumed = response.status_code == 206
+                if resumed and _range_start(response) != offset:
+                    # Bytes from elsewhere in the file (a broken cache or mirror): appending
+                    # them would register a file that never existed. Fetch it whole instead.
+                    response.close()
+                    return open_body(0)
                 if not resumed:
                     # Recorded before the first byte lands, so kept bytes always have one.
                     try:
@@ -101,8 +110,51 @@ class HttpsFetcher:
                 return Body(total, resumed, _chunks(response), response.close)
 
             sha = download(final, open_body, progress, opener=self.opener, backoff_s=self.backoff_s)
-        source = {"url": ref.url.split("?", 1)[0], **etag}
+        source = {"url": _shown(ref.url), **etag}
         return Fetched(path=final, source=source, computed_sha256=sha)
+
+
+def _get(
+    client: httpx.Client, url: str, headers: dict[str, str], outbound: OutboundPolicy
+) -> httpx.Response:
+    """GET ``url``, following up to MAX_REDIRECTS redirects that the policy allows."""
+    target = httpx.URL(url)
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            response = client.send(
+                client.build_request("GET", target, headers=headers), stream=True
+            )
+        except httpx.TransportError as exc:
+            raise Transient(f"{type(exc).__name__}: {exc}") from exc
+        if not response.has_redirect_location:
+            return response
+        response.close()
+        try:
+            target = response.url.join(response.headers["location"])
+        except httpx.InvalidURL as exc:
+            raise FetchFailed(f"{_shown(url)} redirects to an invalid URL: {exc}") from exc
+        if target.scheme not in ("http", "https"):
+            raise OutboundDenied(
+                f"{_shown(url)} redirects to a {target.scheme}: URL; a download follows "
+                "redirects to http and https only",
+                hint="pull from the URL the file really lies at",
+            )
+        outbound.check(target.scheme, target.host)
+    raise FetchFailed(
+        f"{_shown(url)} redirects more than {MAX_REDIRECTS} times (a redirect loop)",
+        hint="pull from the URL the file really lies at",
+    )
+
+
+def _range_start(response: httpx.Response) -> int | None:
+    """Where a 206's ``Content-Range: bytes START-END/LENGTH`` says its body starts."""
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
+    return int(match.group(1)) if match else None
+
+
+def _shown(url: str) -> str:
+    """``url`` for messages: without its query, which may carry a token."""
+    return url.split("?", 1)[0]
 
 
 def _chunks(response: httpx.Response) -> Iterator[bytes]:

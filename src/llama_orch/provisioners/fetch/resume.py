@@ -19,9 +19,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_orch.errors import FetchFailed
+from llama_orch.errors import FetchFailed, InsufficientSpace
 from llama_orch.provisioners.fetch.base import OpenPart, open_part, translate_disk_full
 from llama_orch.provisioners.progress import PullProgress
+
+#: A body of unknown length has its room on disk checked each time this much more arrived.
+UNSIZED_STEP_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,16 +129,7 @@ def _download(
                 hasher.feed_file(part, offset)
             if body.total is not None:
                 progress.set_total(body.total, offset)
-            try:
-                with opener(part, "ab" if offset else "wb") as handle:
-                    for chunk in body.chunks:
-                        handle.write(chunk)
-                        hasher.feed(chunk)
-                        progress.add(len(chunk))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            except OSError as exc:
-                raise translate_disk_full(exc, part) from exc
+            _write(part, offset, body, hasher, progress, opener)
         except Transient as exc:
             last = exc
             time.sleep(backoff_s * (2**attempt))
@@ -152,3 +146,34 @@ def _download(
         f"could not download {final.name} after {attempts} tries: {last}",
         hint="pull again later; the bytes already fetched are kept and the download resumes",
     )
+
+
+def _write(
+    part: Path,
+    offset: int,
+    body: Body,
+    hasher: StreamHasher,
+    progress: PullProgress,
+    opener: OpenPart,
+) -> None:
+    """Append ``body`` to ``part`` (from ``offset``), hashing and counting it, then fsync."""
+    # A body of unknown length is checked against the free space as it grows, so a source
+    # that never ends stops at the reserve, not at a full disk.
+    room = 0 if body.total is None else None
+    try:
+        with opener(part, "ab" if offset else "wb") as handle:
+            for chunk in body.chunks:
+                if room is not None and room < len(chunk):
+                    progress.expect_more(UNSIZED_STEP_BYTES)
+                    room += UNSIZED_STEP_BYTES
+                handle.write(chunk)
+                hasher.feed(chunk)
+                progress.add(len(chunk))
+                if room is not None:
+                    room -= len(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except InsufficientSpace:
+        raise
+    except OSError as exc:
+        raise translate_disk_full(exc, part) from exc

@@ -22,6 +22,7 @@ from llama_orch.provisioners.fetch.base import (
     validator_path,
 )
 from llama_orch.provisioners.fetch.resume import Body, Transient, download
+from llama_orch.provisioners.policy import OutboundPolicy
 from llama_orch.provisioners.progress import PullProgress
 
 CHUNK_BYTES = 1024 * 1024
@@ -57,7 +58,9 @@ class S3Fetcher:
             return "s3", parts.hostname or ""
         return "s3", f"{ref.bucket}.s3.amazonaws.com"
 
-    def fetch(self, ref: ModelRef, stage: Path, progress: PullProgress) -> Fetched:
+    def fetch(
+        self, ref: ModelRef, stage: Path, progress: PullProgress, outbound: OutboundPolicy
+    ) -> Fetched:
         assert isinstance(ref, S3Ref)
         from botocore.exceptions import BotoCoreError, ClientError
 
