@@ -84,8 +84,9 @@ async def test_same_bearer_auth() -> None:
 
 
 async def test_refusals_before_a_handler_come_in_the_callers_shape() -> None:
-    """A method a front-door route does not serve, and an Ollama route this server does not
-    have (``/api/pull``), answer in the peer API's error shape; the task API's own 404 stays."""
+    """A method a front-door route does not serve, an Ollama route this server does not have
+    (``/api/pull``), a foreign web origin and a compressed body answer in the peer API's
+    error shape; the task API's own 404 stays."""
     async with running_server(config_of(mock_pool())) as srv:
         wrong_method = await srv.client.delete("/v1/chat/completions")
         ollama_client = ollama.AsyncClient(host=srv.url)
@@ -95,6 +96,17 @@ async def test_refusals_before_a_handler_come_in_the_callers_shape() -> None:
         finally:
             await ollama_client.close()
         elsewhere = await srv.client.get("/v1/nothing-here")
+        foreign = await srv.client.post(
+            "/v1/chat/completions", json={}, headers={"Origin": "https://elsewhere.example"}
+        )
+        gzipped = await srv.client.post(
+            "/api/chat", content=b"\x1f\x8b", headers={"Content-Encoding": "gzip"}
+        )
+    assert (403, "permission_error") == (foreign.status_code, foreign.json()["error"]["type"])
+    assert "https://elsewhere.example" in foreign.json()["error"]["message"]
+    assert foreign.headers["x-correlation-id"]
+    assert (415, "identity") == (gzipped.status_code, gzipped.headers["accept-encoding"])
+    assert "gzip" in gzipped.json()["error"]
     assert (405, "POST") == (wrong_method.status_code, wrong_method.headers["allow"])
     error = wrong_method.json()["error"]
     assert ("invalid_request_error", "invalid_params") == (error["type"], error["code"])

@@ -154,6 +154,7 @@ def create_app(
                 allowed_origins=server.allowed_origins,
                 body_timeout_s=server.connections.body_timeout_ms / 1000,
                 routes=routes,
+                peer_refusal=peer_refusal,
             ),
             *cors_middleware(server.allowed_origins),
             Middleware(

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llama_orch.errors import InvalidParams
 from llama_orch.observability.narration import narrate
+from llama_orch.server.middleware import PeerRefusal
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -71,8 +72,11 @@ class RequestGuards:
         allowed_origins: Iterable[str] = (),
         body_timeout_s: float = 30.0,
         routes: Sequence[BaseRoute] = (),
+        peer_refusal: PeerRefusal | None = None,
     ) -> None:
         self.app = app
+        #: Renders a refusal in the shape of the API its path belongs to (the front doors').
+        self.peer_refusal = peer_refusal
         self.loopback_bind = loopback_bind
         self.hosts = _LOOPBACK_NAMES | {host_name(h) for h in allowed_hosts}
         self.origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
@@ -96,7 +100,13 @@ class RequestGuards:
                 level="warning",
                 status=status,
             )
-            await _send_error(scope, send, status, message, headers=extra)
+            error = InvalidParams(message, retriable=False)
+            answer = self.peer_refusal(scope["path"], error, status) if self.peer_refusal else None
+            if answer is None:
+                await _send_error(scope, send, status, message, headers=extra)
+            else:
+                answer.raw_headers.extend(extra)
+                await answer(scope, receive, send)
             return
         location = self._slash_redirect(scope)
         if location is not None:
