@@ -219,6 +219,32 @@ class TestRetiredModel:
             health = await wait_health(server, "lp", lambda h: h["ready"])
             assert (pid, 0) == (process_of(health)["pid"], health["restart_count"])
 
+    async def test_retiring_drains_its_pools_within_the_deadline(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """A retired model's pools drain: a task queued on them ends at once with
+        MODEL_DEPRECATED (it could not start before the model came back), and with
+        ``deadline_ms`` a task still running then is stopped; the request used to accept
+        ``deadline_ms`` and do nothing with it, leaving the queued task to wait out its own."""
+        pool = setup.pool(slots=1, env={"FAKE_ENGINE_TOKENS_PER_S": "10"})
+        async with running_server(setup.config(pool)) as server:
+            await wait_health(server, "lp", lambda h: h["ready"])
+            running = llama_task(setup.model, max_tokens=200)
+            queued = llama_task(setup.model, max_tokens=2)
+            assert 202 == (await server.submit(running)).status_code
+            await _state(server, running["task_id"], "running")
+            assert 202 == (await server.submit(queued)).status_code
+            stream = asyncio.create_task(server.stream(running["task_id"]))
+            state = f"/v1/catalog/models/file:{setup.model}/state"
+            retired = await server.client.post(state, json={"state": "Retired", "deadline_ms": 300})
+            waited = await asyncio.wait_for(server.stream(queued["task_id"]), 10)
+            ran = await asyncio.wait_for(stream, 10)
+        assert 202 == retired.status_code
+        assert ("error", "MODEL_DEPRECATED") == (waited[-1][0], waited[-1][1]["code"])
+        assert "retired" in waited[-1][1]["message"]
+        assert ("end", True) == (ran[-1][0], ran[-1][1].get("canceled"))
+        assert ran[-1][1]["tokens_out"] < 200
+
 
 class TestShutdownDuringReload:
     def test_sigterm_while_the_old_engine_stops_leaves_no_engine_running(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -218,6 +218,46 @@ class PoolLifecycle:
         task: asyncio.Task[None] = self._background.owned(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def retire(
+        self,
+        pool_id: str,
+        why: str,
+        deadline_ms: int | None,
+        tasks: TaskControl,
+        still_retired: Callable[[], Awaitable[bool]],
+    ) -> int:
+        """The pool's model was retired: its queued tasks end now (none can start until the model
+        is active again), its running ones finish, or with ``deadline_ms`` are stopped at that
+        deadline unless the model was activated meanwhile. How many queued tasks ended."""
+        ended = tasks.end_queued(pool_id, why)
+        if deadline_ms is not None:
+            pool = self._manager.pools[pool_id]
+            self._spawn(
+                self._stop_at_deadline(pool, deadline_ms, tasks, still_retired),
+                f"retire-{pool_id}",
+            )
+        return ended
+
+    async def _stop_at_deadline(
+        self,
+        pool: PoolRuntime,
+        deadline_ms: int,
+        tasks: TaskControl,
+        still_retired: Callable[[], Awaitable[bool]],
+    ) -> None:
+        ids = {r.replica_id for r in pool.replicas}
+        if await self._wait_idle(pool, ids, deadline_ms) or not await still_retired():
+            return
+        stopped = tasks.stop_running(pool.id, ids)
+        narrate(
+            "pool-manager",
+            "retired",
+            pool.id,
+            f"Pool {pool.id} stops {stopped} tasks still running at the retire deadline.",
+            pool_id=pool.id,
+            stopped=stopped,
+        )
 
     def drain(self, pool_id: str, deadline_ms: int, tasks: TaskControl) -> Operation:
         pool = self._manager.pools[pool_id]

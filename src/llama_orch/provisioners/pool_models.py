@@ -168,6 +168,10 @@ class PoolModels:
             self._fitted.add(pool_id)
         return problem
 
+    def serving_now(self, model_id: str) -> list[str]:
+        """The pools whose engines serve ``model_id`` from the catalog now."""
+        return sorted(p for p, m in self.by_pool.items() if m.gated and m.model_id == model_id)
+
     def serving(self, model_id: str) -> list[str]:
         """The pools whose engines wait on ``model_id`` in the catalog, now or once a running
         reload switches them."""

@@ -27,8 +27,9 @@ from llama_orch.contracts.catalog import (
     PullStatus,
     StateRequest,
 )
-from llama_orch.errors import Conflict, InvalidParams, NotFound
+from llama_orch.errors import Conflict, InvalidParams, ModelDeprecated, NotFound
 from llama_orch.observability.narration import narrate
+from llama_orch.pool.lifecycle import TaskControl
 from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.progress import PullProgress, PullState
 from llama_orch.server.body import read_body
@@ -177,8 +178,43 @@ async def set_model_state(request: Request) -> Response:
     models = _provisioner(request)
     model_id = _existing(models, _model_id(request)).id
     body: StateRequest = await _body(request, StateRequest)
-    await asyncio.to_thread(models.set_state, model_id, Lifecycle(body.state))
+    state = Lifecycle(body.state)
+    await asyncio.to_thread(models.set_state, model_id, state)
+    if state is Lifecycle.RETIRED:
+        _drain_retired(request, models, model_id, body.deadline_ms)
     return _json(Accepted(status="accepted", id=model_id), 202)
+
+
+def _drain_retired(
+    request: Request, models: ModelProvisioner, model_id: str, deadline_ms: int | None
+) -> None:
+    """The pools serving a retired model drain (SPEC §2.3): their queued tasks end at once with
+    MODEL_DEPRECATED; running ones finish, or stop at ``deadline_ms`` if it is given and the
+    model is still retired then."""
+    deps = deps_of(request)
+    pool_models = deps.pools.models
+    service = deps.service
+
+    def end_queued(pool_id: str, why: str) -> int:
+        error = ModelDeprecated(
+            f"{why} while this task waited; it was not started: send it to another model, or "
+            f"activate the model again (llorch models activate {model_id})",
+            pool_id=pool_id,
+        )
+        return service.end_queued(pool_id, error)
+
+    def stop_running(pool_id: str, replica_ids: set[str]) -> int:
+        return service.stop_running(pool_id, replica_ids, reason="drain")
+
+    async def still_retired() -> bool:
+        entry = await asyncio.to_thread(models.store.get, model_id)
+        return entry is not None and entry.lifecycle is Lifecycle.RETIRED
+
+    control = TaskControl(end_queued=end_queued, stop_running=stop_running)
+    for pool_id in pool_models.serving_now(model_id) if pool_models is not None else []:
+        deps.pools.lifecycle.retire(
+            pool_id, f"model {model_id} was retired", deadline_ms, control, still_retired
+        )
 
 
 async def delete_model(request: Request) -> Response:
