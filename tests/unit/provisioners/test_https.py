@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-import anyio
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,7 +34,7 @@ from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.policy import OutboundPolicy
 from tests.support.file_server import FileServerState, file_server
 from tests.support.threaded_server import serve_in_thread
-from tests.unit.provisioners.conftest import HttpsSite, https_provisioner
+from tests.unit.provisioners.conftest import HttpsSite, https_provisioner, trickling_source
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
@@ -418,26 +417,6 @@ def test_a_body_of_unknown_length_keeps_the_disk_reserve(store, tmp_path):
     assert [] == store.list()
 
 
-def _trickler(requests: list[str | None]) -> Starlette:
-    """Announces 1 MiB, then sends one byte every 50 ms: never silent long enough for a read
-    timeout. Each answer gives up after 100 bytes, so the test ends even if nothing else does."""
-
-    async def serve(request: Request) -> Response:
-        requests.append(request.headers.get("range"))
-
-        async def trickle() -> AsyncIterator[bytes]:
-            for _ in range(100):
-                if await request.is_disconnected():
-                    return
-                yield b"\0"
-                await anyio.sleep(0.05)
-
-        headers = {"Content-Length": str(len(PAYLOAD)), "ETag": '"v1"'}
-        return StreamingResponse(trickle(), 200, headers)
-
-    return Starlette(routes=[Route("/m.bin", serve, methods=["GET"])])
-
-
 def test_a_trickling_source_fails_the_pull_naming_its_rate(store, tmp_path, tls_ca):
     """A source sending a byte now and then held the pull and its lock forever (a read
     timeout only catches a full stall); each try now ends when a window passes with fewer
@@ -449,15 +428,16 @@ def test_a_trickling_source_fails_the_pull_naming_its_rate(store, tmp_path, tls_
     context = ssl.create_default_context()
     tls_ca.configure_trust(context)
     requests: list[str | None] = []
+    finished: list[bool] = []
     fetcher = HttpsFetcher(
         verify=context, backoff_s=0.0, floor=RateFloor(min_bytes=1000, window_s=0.5)
     )
-    app = _trickler(requests)
+    app = trickling_source("/m.bin", requests, finished)
     with serve_in_thread(app, certfile=certfile, keyfile=keyfile) as port:
         prov = ModelProvisioner(
             store, {"https": fetcher}, outbound=OutboundPolicy(True, (), ("https",))
         )
         with pytest.raises(FetchFailed, match=r"after 4 tries: .* \(\d+ B/s\), below the floor"):
             prov.ensure_present_str(f"https://127.0.0.1:{port}/m.bin")
-    assert 4 == len(requests)
+    assert (4, []) == (len(requests), finished)  # each try was given up, not read to its end
     assert [] == store.list()
