@@ -11,8 +11,10 @@ from llama_orch.adapters.host import AdapterHost
 from llama_orch.adapters.registry import FACTORIES, AdapterContext, adapter_factory
 from llama_orch.artifacts import ArtifactStore, TraceWriter
 from llama_orch.catalog import CatalogStore
+from llama_orch.catalog.store import default_catalog_root
 from llama_orch.clock import SystemClock
 from llama_orch.config import Settings
+from llama_orch.config._models import EnginesConfig
 from llama_orch.core.clock import Clock
 from llama_orch.dispatch.admission import Admission
 from llama_orch.dispatch.dispatcher import Dispatcher
@@ -112,12 +114,24 @@ def writable_dir(settings: Settings, key: str, root: Path) -> Path:
     return root
 
 
+_DEFAULT_RUN_DIR = EnginesConfig().run_dir
+
+
+def engines_run_dir(settings: Settings) -> Path:
+    """``engines.run_dir``; left at its default it follows XDG_CACHE_HOME, as the catalog
+    root and the engine index beside it do."""
+    run_dir = settings.config.engines.run_dir
+    if run_dir == _DEFAULT_RUN_DIR:
+        return default_catalog_root(settings.catalog_env).parent / "run"
+    return Path(run_dir).expanduser()
+
+
 def hold_engines_run_dir(settings: Settings) -> int | None:
     """Lock ``engines.run_dir`` for this server when it launches engines (the descriptor);
     another live server using it stops start-up, before it could stop that server's engines."""
     if not any(is_launched(pool) for pool in settings.config.pools):
         return None
-    run_dir = Path(settings.config.engines.run_dir).expanduser()
+    run_dir = engines_run_dir(settings)
     try:
         return hold_run_dir(run_dir)
     except RunDirBusy as exc:
@@ -133,8 +147,7 @@ def hold_engines_run_dir(settings: Settings) -> int | None:
 
 def launcher_of(settings: Settings) -> Launcher:
     """Local processes; with ``hosts``, pools naming a host go through the Ray launcher."""
-    config = settings.config
-    local = LocalLauncher(Path(config.engines.run_dir).expanduser())
+    local = LocalLauncher(engines_run_dir(settings))
     cluster = cluster_launcher_of(settings)
     return local if cluster is None else HostRouting(local, cluster)
 
@@ -151,7 +164,7 @@ def cluster_launcher_of(settings: Settings) -> RayLauncher | None:
     return RayLauncher(
         hosts,
         address=config.cluster.address,
-        log_dir=str(Path(config.engines.run_dir).expanduser() / "logs"),
+        log_dir=str(engines_run_dir(settings) / "logs"),
         placement_timeout_s=config.cluster.placement_timeout_ms / 1000,
         token_file=(
             str(Path(config.cluster.token_file).expanduser()) if config.cluster.token_file else None

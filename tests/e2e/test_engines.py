@@ -180,6 +180,18 @@ class TestExternalReadiness:
         pool = next(p for p in caps["pools"] if p["pool_id"] == "tgi-pool")
         assert "3.3.6+simulated" == pool["engine_version"]
 
+    async def test_a_huge_engine_version_is_cut(self) -> None:
+        """A vLLM reporting a 100 kB version had all of it in capabilities and in every
+        scrape (a label value); it is cut to 64 printable characters where it is read."""
+        huge = "0.9.1+" + "x" * 100_000
+        async with engine_stack("vllm", Behaviour(version=huge)) as (_fake, srv):
+            caps = (await srv.client.get("/v1/capabilities")).json()
+            scrape = (await srv.client.get("/metrics")).text
+        pool = next(p for p in caps["pools"] if p["pool_id"] == "vllm-pool")
+        assert "0.9.1+" + "x" * 57 + "…" == pool["engine_version"]
+        assert f'engine_version="{pool["engine_version"]}"' in scrape
+        assert "x" * 64 not in scrape
+
     async def test_openai_gpu_backing_is_labelled_a_claim(self) -> None:
         """An openai pool's GPUs are the operator's claim, and capabilities say so."""
         async with engine_stack("openai") as (_fake, srv):

@@ -17,6 +17,7 @@ import pytest
 
 from llama_orch.pool.engine_process import Supervision
 from llama_orch.pool.launch import LaunchSpec, LocalLauncher
+from llama_orch.pool.launch.local import LOCK_NAME
 from tests.support.engines import fake_executable
 from tests.support.launched import (
     LaunchedSetup,
@@ -27,7 +28,7 @@ from tests.support.launched import (
 )
 from tests.support.llama_repo import head, llama_cpp_repo
 from tests.support.narration import NarrationLog
-from tests.support.serve_process import free_port
+from tests.support.serve_process import free_port, serve_process
 from tests.support.server import running_server, sse_events
 
 
@@ -229,3 +230,17 @@ class TestFaults:
                 assert 1 == health["restart_count"]
                 assert "port" in process_of(health)["last_exit"]
                 assert str(taken) not in process_of(health)["endpoint"]
+
+
+def test_the_default_run_dir_follows_xdg_cache_home(tmp_path: Path) -> None:
+    """Left at its default, engines.run_dir was ~/.cache/llama-orch/run whatever
+    XDG_CACHE_HOME said, while the catalog beside it followed the variable."""
+    with launched_setup(tmp_path) as setup:
+        config = setup.config().model_dump(mode="json", exclude_unset=True)
+        del config["engines"]["run_dir"]
+        home, xdg = tmp_path / "home", tmp_path / "xdg"
+        environ = {"HOME": str(home), "XDG_CACHE_HOME": str(xdg)}
+        with serve_process(config, tmp_path, environ=environ):
+            held = (xdg / "llama-orch" / "run" / LOCK_NAME).is_file()
+    assert held
+    assert not (home / ".cache" / "llama-orch" / "run").exists()

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
+from pathlib import Path
 
 import httpx
 
 from llama_orch.testing.fake_engines import start_fake
+from tests.support.launched import launched_setup
+from tests.support.serve_process import serve_process
 from tests.support.server import config_of, mock_pool, running_server, task_body
 
 AUTH_TOKEN = "redaction-auth-token-8c1e44d09b"
@@ -90,3 +94,26 @@ class TestRedaction:
         assert 202 == responses[0].status_code and "event: end" in responses[1].text
         assert any('"code":"BAD_TOKEN"' in r.text for r in responses)
         assert len(lines) > 10
+
+
+ENGINE_SECRET = "engine-licence-7f3a9c2e1d8b"
+
+
+def test_a_secret_an_engine_prints_stays_out_of_health_status_and_logs(tmp_path: Path) -> None:
+    """A pool's provisioning.env value the engine quotes as it exits was shown verbatim in the
+    pool's last exit (health, status) and the server log: no pattern knows its shape. Every
+    config value under a secret-looking name is now redacted by value."""
+    with launched_setup(tmp_path) as setup:
+        setup.faults.write_text("exit_echoing:ENGINE_LICENSE_TOKEN")
+        pool = setup.pool(env={"ENGINE_LICENSE_TOKEN": ENGINE_SECRET})
+        config = setup.config(pool).model_dump(mode="json", exclude_unset=True)
+        with serve_process(config, tmp_path) as served, httpx.Client(base_url=served.url) as c:
+            for _ in range(800):
+                health = c.get("/v1/pools/lp/health").text
+                if "not accepted" in health:
+                    break
+                time.sleep(0.05)
+            status = c.get("/v1/status").text
+        log = served.log_path.read_text(encoding="utf-8")
+    assert "ENGINE_LICENSE_TOKEN is [REDACTED], which is not accepted" in health
+    assert [] == [text for text in (health, status, log) if ENGINE_SECRET in text]

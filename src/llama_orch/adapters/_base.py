@@ -52,6 +52,7 @@ from llama_orch.errors import (
     WorkerInvalidParams,
     WorkerReset,
 )
+from llama_orch.observability.logging import printable
 from llama_orch.observability.redaction import Redactor
 from llama_orch.vocab import Engine
 
@@ -75,6 +76,22 @@ _DRAIN_S = 1.0
 GENERATE_HEADERS: Final = {"content-type": "application/json", "accept": "text/event-stream"}
 #: Headers of every embedding and rerank request (answered with one JSON document).
 _EMBED: Final = {"content-type": "application/json", "accept": "application/json"}
+#: Longest engine version kept, in characters. The version becomes a Prometheus label value
+#: and a capabilities field: an engine reporting a 100 kB "version" must not make every
+#: scrape and every capabilities answer that large.
+VERSION_CHARS: Final = 64
+
+
+def version_text(value: object) -> str | None:
+    """An engine's reported version as it may be shown: None when it is not a string, else at
+    most VERSION_CHARS printable characters (others written as escapes, ``\\x1b``), a longer
+    one cut to end in ``…``."""
+    if not isinstance(value, str):
+        return None
+    shown = printable(value[: VERSION_CHARS + 1])
+    if len(shown) > VERSION_CHARS:
+        return shown[: VERSION_CHARS - 1] + "…"
+    return shown
 
 
 #: What ``parse_payloads`` gives for a ``data: [DONE]`` event (the only non-JSON payload).

@@ -20,6 +20,7 @@ from llama_orch.adapters._base import (
     in_stream_error,
     loads,
     quote,
+    version_text,
 )
 from llama_orch.adapters._embed import OpenAIEmbedRoutes
 from llama_orch.adapters._prom import gauge_value
@@ -93,8 +94,8 @@ class LlamaCppAdapter(OpenAIEmbedRoutes, HttpAdapter):
         settings = props.get("default_generation_settings") or {}
         total = props.get("total_slots")
         self._total_slots = total if isinstance(total, int) else None
-        build = props.get("build_info")
-        if isinstance(build, str):
+        build = version_text(props.get("build_info"))
+        if build is not None:
             self._version = build
         free = await self._free_slots()
         kv_usage = await self._kv_usage() if props.get("endpoint_metrics") else None
@@ -139,8 +140,8 @@ class LlamaCppAdapter(OpenAIEmbedRoutes, HttpAdapter):
 
     async def engine_version(self) -> str:
         if self._version is None:
-            build = (await self.get_json("/props")).get("build_info")
-            self._version = build if isinstance(build, str) else "unknown"
+            build = version_text((await self.get_json("/props")).get("build_info"))
+            self._version = build if build is not None else "unknown"
         return self._version
 
     async def metrics_text(self) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_orch.adapters._base import HttpAdapter, ParserBase, StreamParser, quote
+from llama_orch.adapters._base import HttpAdapter, ParserBase, StreamParser, quote, version_text
 from llama_orch.adapters._embed import tei_embed, tei_rerank
 from llama_orch.adapters._openai_compat import OpenAIStreamParser
 from llama_orch.contracts.engine import (
@@ -100,8 +100,8 @@ class TgiAdapter(HttpAdapter):
         info = await self.get_json("/info")
         if not isinstance(info, dict):
             raise WorkerInternal(self._error("/info is not an object"), engine=self.engine.value)
-        version = info.get("version")
-        if isinstance(version, str):
+        version = version_text(info.get("version"))
+        if version is not None:
             self._version = version
         stops = info.get("max_stop_sequences")
         self._max_stop = stops if isinstance(stops, int) else None

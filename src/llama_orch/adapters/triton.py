@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_orch.adapters._base import HttpAdapter, ParserBase, StreamParser, quote
+from llama_orch.adapters._base import HttpAdapter, ParserBase, StreamParser, quote, version_text
 from llama_orch.contracts.engine import GenerateRequest, WorkerHealth, WorkerProps
 from llama_orch.errors import WorkerInternal, WorkerReset
 from llama_orch.observability.redaction import Redactor
@@ -78,8 +78,8 @@ class TritonAdapter(HttpAdapter):
     async def engine_version(self) -> str:
         if self._version is None:
             meta = await self.get_json("/v2")
-            version = meta.get("version") if isinstance(meta, dict) else None
-            self._version = version if isinstance(version, str) else "unknown"
+            version = version_text(meta.get("version") if isinstance(meta, dict) else None)
+            self._version = version if version is not None else "unknown"
         return self._version
 
     async def props(self) -> WorkerProps:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_orch.adapters._base import HttpAdapter, StreamParser
+from llama_orch.adapters._base import HttpAdapter, StreamParser, version_text
 from llama_orch.adapters._embed import OpenAIEmbedRoutes
 from llama_orch.adapters._openai_compat import OpenAIStreamParser, openai_body
 from llama_orch.adapters._prom import gauge_value
@@ -47,8 +47,8 @@ class VllmAdapter(OpenAIEmbedRoutes, HttpAdapter):
 
     async def engine_version(self) -> str:
         if self._version is None:
-            version = (await self.get_json("/version")).get("version")
-            self._version = version if isinstance(version, str) else "unknown"
+            version = version_text((await self.get_json("/version")).get("version"))
+            self._version = version if version is not None else "unknown"
         return self._version
 
     async def props(self) -> WorkerProps:

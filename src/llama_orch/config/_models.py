@@ -375,7 +375,8 @@ class EnginesConfig(_Strict):
 
     #: Engine caches: ``<cache_dir>/<engine>`` (binaries, builds, venvs).
     cache_dir: str = "~/.cache/llama-orch"
-    #: Per-replica logs and pid files of launched engines.
+    #: Per-replica logs and pid files of launched engines; left at this default it follows
+    #: XDG_CACHE_HOME (``$XDG_CACHE_HOME/llama-orch/run``), as the catalog root does.
     run_dir: str = "~/.cache/llama-orch/run"
     #: Longest wait from launch to a healthy engine before the launch counts as failed.
     startup_timeout_ms: PositiveInt = 300_000

@@ -77,6 +77,39 @@ def is_secret_key(key: str) -> bool:
     return key.lower() in _SECRET_KEYS
 
 
+#: The last word of a setting's or variable's name that says its value is a secret
+#: (``HF_TOKEN``, ``AWS_SECRET_ACCESS_KEY``, ``db_password``); ``api_key_env`` or ``key_file``
+#: name where a secret is, not the secret, and ``max_tokens`` is a count.
+_SECRET_NAME = re.compile(
+    r"(?i)(?:^|[_.-])(?:token|secret|password|passwd|passphrase|key|apikey|credentials?|pat)$"
+)
+#: Shorter values under such names are not redacted by value: replacing every "true" or
+#: "1234" in every response would garble them, and the patterns' floor is the same.
+_MIN_SECRET_VALUE = 8
+
+
+def secret_values(tree: Any) -> tuple[str, ...]:
+    """Every string in ``tree`` (mappings and lists, e.g. a dumped config) held under a name
+    that says it is a secret, including the entries of environment maps."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                name = str(key)
+                secret = is_secret_key(name) or _SECRET_NAME.search(name) is not None
+                if isinstance(value, str) and secret and len(value) >= _MIN_SECRET_VALUE:
+                    found.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list | tuple):
+            for item in node:
+                walk(item)
+
+    walk(tree)
+    return tuple(dict.fromkeys(found))
+
+
 class Redactor:
     """Replaces known secret values and secret-shaped substrings with ``[REDACTED]``."""
 

@@ -15,7 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 from llama_orch.auth.policy import AuthPolicy
 from llama_orch.config import Settings
 from llama_orch.errors import OrchError
-from llama_orch.observability.redaction import Redactor
+from llama_orch.observability.redaction import Redactor, secret_values
 from llama_orch.pool.gpu_sampler import GpuSampler
 from llama_orch.server import (
     artifacts_api,
@@ -42,10 +42,22 @@ def auth_policy_of(settings: Settings) -> AuthPolicy:
 
 
 def redactor_of(settings: Settings) -> Redactor:
-    """Redacts the configured secrets by value, and every secret-shaped string by pattern."""
+    """Redacts the configured secrets by value, and every secret-shaped string by pattern.
+
+    Configured secrets include every config value under a secret-looking name, the entries
+    of pools' ``provisioning.env`` among them: an engine that prints one (a log line quoted in
+    a pool's last exit, its log) must not show it through health, status or the console."""
     upstream: dict[str, str] = dict(getattr(settings, "upstream_api_keys", {}))
     hf_token = settings.catalog_env.get("HF_TOKEN", "")
-    return Redactor((settings.auth_token or "", hf_token, *upstream.values()))
+    return Redactor(
+        (
+            settings.auth_token or "",
+            hf_token,
+            *upstream.values(),
+            *secret_values(settings.config.model_dump(mode="json")),
+            *secret_values(dict(settings.catalog_env)),
+        )
+    )
 
 
 #: Request headers a page on an allowed origin may send, and response headers it may read.

@@ -6,7 +6,7 @@ import pytest
 
 from llama_orch.auth.policy import AuthPolicy
 from llama_orch.errors import AuthError
-from llama_orch.observability.redaction import REDACTED, Redactor
+from llama_orch.observability.redaction import REDACTED, Redactor, secret_values
 
 
 class TestPatterns:
@@ -98,3 +98,27 @@ class TestKnownSecrets:
             "headers": {"Authorization": REDACTED, "accept": "json"},
             "items": [f"Bearer {REDACTED}"],
         } == Redactor().value(value)
+
+
+def test_secret_values_are_found_by_name_in_a_dumped_config() -> None:
+    """Values under a secret-looking name count, env maps included; names that point to a
+    secret (``api_key_env``), counts (``max_tokens``) and short values do not."""
+    config = {
+        "auth_token": "server-token-0123",
+        "pools": [
+            {
+                "api_key_env": "OPENAI_API_KEY",
+                "max_tokens": 512,
+                "tokenizer": "/models/tokenizer.json",
+                "provisioning": {
+                    "env": {
+                        "AWS_SECRET_ACCESS_KEY": "aws-secret-9f8e7d",
+                        "WANDB_API_KEY": "wandb-0a1b2c3d",
+                        "CUDA_VISIBLE_DEVICES": "0,1,2,3,4",
+                        "SHORT_TOKEN": "1234",
+                    }
+                },
+            }
+        ],
+    }
+    assert ("server-token-0123", "aws-secret-9f8e7d", "wandb-0a1b2c3d") == secret_values(config)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 import trustme
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from llama_orch.catalog import CatalogStore
 from llama_orch.provisioners.fetch.file import FileFetcher
@@ -44,3 +49,28 @@ def https_provisioner(store: CatalogStore, site: HttpsSite, **kw: object) -> Mod
         outbound=kw.pop("outbound", OPEN),  # type: ignore[arg-type]
         **kw,  # type: ignore[arg-type]
     )
+
+
+def trickling_source(path: str, gets: list[str | None], finished: list[bool]) -> Starlette:
+    """Answers ``path`` (GET, and the HEAD an S3 client sends first) announcing 1 MiB, then
+    sends one byte every 50 ms: never silent long enough for a read timeout. ``gets`` records
+    each GET's Range; an answer sent to its end (100 bytes) appends to ``finished``, so the
+    test ends whatever the client does and can tell whether the client gave up first."""
+    headers = {"Content-Length": str(1 << 20), "ETag": '"v1"'}
+
+    async def serve(request: Request) -> Response:
+        if request.method == "HEAD":
+            return Response(b"", 200, headers)
+        gets.append(request.headers.get("range"))
+
+        async def trickle() -> AsyncIterator[bytes]:
+            for _ in range(100):
+                if await request.is_disconnected():
+                    return
+                yield b"\0"
+                await anyio.sleep(0.05)
+            finished.append(True)
+
+        return StreamingResponse(trickle(), 200, headers)
+
+    return Starlette(routes=[Route(path, serve, methods=["GET", "HEAD"])])

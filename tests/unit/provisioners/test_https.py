@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import ssl
 import subprocess
 import sys
 import threading
@@ -28,11 +29,12 @@ from llama_orch.errors import (
 )
 from llama_orch.observability.metrics import Metrics
 from llama_orch.provisioners.fetch.https import HttpsFetcher
+from llama_orch.provisioners.fetch.resume import RateFloor
 from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.policy import OutboundPolicy
 from tests.support.file_server import FileServerState, file_server
 from tests.support.threaded_server import serve_in_thread
-from tests.unit.provisioners.conftest import HttpsSite, https_provisioner
+from tests.unit.provisioners.conftest import HttpsSite, https_provisioner, trickling_source
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
@@ -412,4 +414,30 @@ def test_a_body_of_unknown_length_keeps_the_disk_reserve(store, tmp_path):
         with pytest.raises(InsufficientSpace, match="MiB"):
             prov.ensure_present_str(f"http://127.0.0.1:{port}/m.bin")
     assert 0 < budget - free(tmp_path) and free(tmp_path) >= reserve
+    assert [] == store.list()
+
+
+def test_a_trickling_source_fails_the_pull_naming_its_rate(store, tmp_path, tls_ca):
+    """A source sending a byte now and then held the pull and its lock forever (a read
+    timeout only catches a full stall); each try now ends when a window passes with fewer
+    bytes than the floor, is retried, and the pull fails typed, naming the rate."""
+    cert = tls_ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    context = ssl.create_default_context()
+    tls_ca.configure_trust(context)
+    requests: list[str | None] = []
+    finished: list[bool] = []
+    fetcher = HttpsFetcher(
+        verify=context, backoff_s=0.0, floor=RateFloor(min_bytes=1000, window_s=0.5)
+    )
+    app = trickling_source("/m.bin", requests, finished)
+    with serve_in_thread(app, certfile=certfile, keyfile=keyfile) as port:
+        prov = ModelProvisioner(
+            store, {"https": fetcher}, outbound=OutboundPolicy(True, (), ("https",))
+        )
+        with pytest.raises(FetchFailed, match=r"after 4 tries: .* \(\d+ B/s\), below the floor"):
+            prov.ensure_present_str(f"https://127.0.0.1:{port}/m.bin")
+    assert (4, []) == (len(requests), finished)  # each try was given up, not read to its end
     assert [] == store.list()

@@ -31,11 +31,12 @@ from llama_orch.errors import (
 )
 from llama_orch.provisioners.fetch.base import validator_path
 from llama_orch.provisioners.fetch.oci import OciFetcher
+from llama_orch.provisioners.fetch.resume import RateFloor
 from llama_orch.provisioners.fetch.s3 import S3Fetcher
 from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.policy import OutboundPolicy
 from tests.support.threaded_server import serve_in_thread
-from tests.unit.provisioners.conftest import OPEN
+from tests.unit.provisioners.conftest import OPEN, trickling_source
 
 PAYLOAD = b"model-bytes" * 50_000
 
@@ -522,3 +523,23 @@ def test_a_directory_layer_that_unpacks_past_the_free_space_is_refused(
         prov.ensure_present_str(f"oci://{registry}/models/bomb:v1")
     assert [] == store.list()
     assert not list(store.root.rglob("model.safetensors"))
+
+
+def test_a_trickling_s3_object_fails_the_pull_naming_its_rate(store: CatalogStore) -> None:
+    """botocore's body waited for a whole chunk, so a byte now and then held the pull forever;
+    each read now counts against the rate floor, and the pull fails typed, naming the rate."""
+    gets: list[str | None] = []
+    finished: list[bool] = []
+    with serve_in_thread(trickling_source("/models/m.gguf", gets, finished)) as port:
+        endpoint = f"http://127.0.0.1:{port}"
+        fetcher = S3Fetcher(
+            endpoint_url=endpoint,
+            client=s3_client(endpoint),
+            floor=RateFloor(min_bytes=1000, window_s=0.5),
+            backoff_s=0.0,
+        )
+        prov = ModelProvisioner(store, {"s3": fetcher}, outbound=OPEN)
+        with pytest.raises(FetchFailed, match=r"after 4 tries: .* \(\d+ B/s\), below the floor"):
+            prov.ensure_present_str("s3://models/m.gguf")
+    assert (4, []) == (len(gets), finished)  # each try was given up, not read to its end
+    assert [] == store.list()

@@ -20,13 +20,16 @@ from llama_orch.provisioners.fetch.base import (
     read_validator,
     validator_path,
 )
-from llama_orch.provisioners.fetch.resume import Body, Transient, download
+from llama_orch.provisioners.fetch.resume import (
+    DEFAULT_FLOOR,
+    Body,
+    RateFloor,
+    Transient,
+    download,
+)
 from llama_orch.provisioners.policy import OutboundPolicy
 from llama_orch.provisioners.progress import PullProgress
 
-#: Bytes per write and hash step: large enough to amortize per-chunk work, small enough that a
-#: dropped connection loses little of what already arrived.
-CHUNK_BYTES = 256 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 #: Redirects one request follows before the source is taken for a loop.
 MAX_REDIRECTS = 10
@@ -40,11 +43,13 @@ class HttpsFetcher:
         timeout_s: float = 30.0,
         opener: OpenPart = open_part,
         backoff_s: float = 0.2,
+        floor: RateFloor = DEFAULT_FLOOR,
     ) -> None:
         self.verify = verify
         self.timeout_s = timeout_s
         self.opener = opener
         self.backoff_s = backoff_s
+        self.floor = floor
 
     def endpoint(self, ref: ModelRef) -> tuple[str, str]:
         assert isinstance(ref, UrlRef)
@@ -109,7 +114,14 @@ class HttpsFetcher:
                 total = None if length is None else int(length) + (offset if resumed else 0)
                 return Body(total, resumed, _chunks(response), response.close)
 
-            sha = download(final, open_body, progress, opener=self.opener, backoff_s=self.backoff_s)
+            sha = download(
+                final,
+                open_body,
+                progress,
+                opener=self.opener,
+                backoff_s=self.backoff_s,
+                floor=self.floor,
+            )
         source = {"url": _shown(ref.url), **etag}
         return Fetched(path=final, source=source, computed_sha256=sha)
 
@@ -158,7 +170,9 @@ def _shown(url: str) -> str:
 
 
 def _chunks(response: httpx.Response) -> Iterator[bytes]:
+    # What each network read returned (up to 64 KiB), not re-chunked: the rate floor must see
+    # a trickle as it arrives, and a fixed chunk size would wait for it to fill first.
     try:
-        yield from response.iter_bytes(CHUNK_BYTES)
+        yield from response.iter_bytes()
     except httpx.TransportError as exc:
         raise Transient(f"connection lost: {exc}") from exc

@@ -2,7 +2,9 @@
 
 A source is a function ``open(offset) -> Body``: it starts the transfer at ``offset`` (a Range
 request) and says whether it honoured the offset. Transient failures are retried, each retry
-resuming from the bytes already on disk.
+resuming from the bytes already on disk. A try that moves slower than its RateFloor is one of
+them: a source that trickles a byte now and then never trips a read timeout, and would hold the
+pull (and its single-flight lock) forever.
 
 The sha256 of the file is computed while it downloads, in a second thread (hashlib releases the
 GIL), so verification costs no second pass over the bytes and overlaps the network reads.
@@ -37,7 +39,39 @@ class Body:
 
 
 class Transient(Exception):
-    """A failure worth another try (5xx, reset connection, truncated body)."""
+    """A failure worth another try (5xx, reset connection, truncated body, too slow)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateFloor:
+    """The slowest a download may go: fewer than ``min_bytes`` arriving within ``window_s``
+    fails the try. The default, 1 MiB a minute (about 17 KiB/s), is a pace at which a model of
+    a few GiB would take days, so no working link is ever cut off, while a source that sends a
+    byte every few seconds is given up on (and retried) within about a minute."""
+
+    min_bytes: int = 1024 * 1024
+    window_s: float = 60.0
+
+    def watch(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """``chunks`` as they come; raises Transient once a window ends below the floor. Each
+        chunk counts when it arrives, so chunks must be what each network read returned."""
+        start = time.monotonic()
+        got = 0
+        for chunk in chunks:
+            yield chunk
+            got += len(chunk)
+            elapsed = time.monotonic() - start
+            if elapsed >= self.window_s:
+                if got < self.min_bytes:
+                    raise Transient(
+                        f"the source sent {got} bytes in {elapsed:.1f} s "
+                        f"({got / elapsed:.0f} B/s), below the floor of {self.min_bytes} bytes "
+                        f"every {self.window_s:g} s"
+                    )
+                start, got = time.monotonic(), 0
+
+
+DEFAULT_FLOOR = RateFloor()
 
 
 class StreamHasher:
@@ -90,6 +124,7 @@ def download(
     attempts: int = 4,
     backoff_s: float = 0.2,
     opener: OpenPart = open_part,
+    floor: RateFloor = DEFAULT_FLOOR,
 ) -> str:
     """Fetch into ``final.part`` (resuming), check the length, rename to ``final``.
 
@@ -97,7 +132,9 @@ def download(
     part = final.with_name(final.name + ".part")
     hasher = StreamHasher()
     try:
-        return _download(final, part, open_body, progress, attempts, backoff_s, opener, hasher)
+        return _download(
+            final, part, open_body, progress, attempts, backoff_s, opener, floor, hasher
+        )
     finally:
         hasher.hexdigest()  # stops its thread on every way out
 
@@ -110,6 +147,7 @@ def _download(
     attempts: int,
     backoff_s: float,
     opener: OpenPart,
+    floor: RateFloor,
     hasher: StreamHasher,
 ) -> str:
     last: Exception | None = None
@@ -129,7 +167,7 @@ def _download(
                 hasher.feed_file(part, offset)
             if body.total is not None:
                 progress.set_total(body.total, offset)
-            _write(part, offset, body, hasher, progress, opener)
+            _write(part, offset, floor.watch(body.chunks), body.total, hasher, progress, opener)
         except Transient as exc:
             last = exc
             time.sleep(backoff_s * (2**attempt))
@@ -151,18 +189,19 @@ def _download(
 def _write(
     part: Path,
     offset: int,
-    body: Body,
+    chunks: Iterator[bytes],
+    total: int | None,
     hasher: StreamHasher,
     progress: PullProgress,
     opener: OpenPart,
 ) -> None:
-    """Append ``body`` to ``part`` (from ``offset``), hashing and counting it, then fsync."""
+    """Append ``chunks`` to ``part`` (from ``offset``), hashing and counting them, then fsync."""
     # A body of unknown length is checked against the free space as it grows, so a source
     # that never ends stops at the reserve, not at a full disk.
-    room = 0 if body.total is None else None
+    room = 0 if total is None else None
     try:
         with opener(part, "ab" if offset else "wb") as handle:
-            for chunk in body.chunks:
+            for chunk in chunks:
                 if room is not None and room < len(chunk):
                     progress.expect_more(UNSIZED_STEP_BYTES)
                     room += UNSIZED_STEP_BYTES

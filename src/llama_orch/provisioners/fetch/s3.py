@@ -21,7 +21,13 @@ from llama_orch.provisioners.fetch.base import (
     read_validator,
     validator_path,
 )
-from llama_orch.provisioners.fetch.resume import Body, Transient, download
+from llama_orch.provisioners.fetch.resume import (
+    DEFAULT_FLOOR,
+    Body,
+    RateFloor,
+    Transient,
+    download,
+)
 from llama_orch.provisioners.policy import OutboundPolicy
 from llama_orch.provisioners.progress import PullProgress
 
@@ -36,11 +42,15 @@ class S3Fetcher:
         region: str | None = None,
         opener: OpenPart = open_part,
         client: Any = None,
+        floor: RateFloor = DEFAULT_FLOOR,
+        backoff_s: float = 0.2,
     ) -> None:
         self.endpoint_url = endpoint_url
         self.region = region
         self.opener = opener
         self._client = client
+        self.floor = floor
+        self.backoff_s = backoff_s
 
     def client(self) -> Any:
         if self._client is None:
@@ -103,7 +113,14 @@ class S3Fetcher:
             stream = response["Body"]
             return Body(size, bool(offset), _chunks(stream), stream.close)
 
-        sha = download(final, open_body, progress, opener=self.opener)
+        sha = download(
+            final,
+            open_body,
+            progress,
+            opener=self.opener,
+            backoff_s=self.backoff_s,
+            floor=self.floor,
+        )
         source = {"etag": str(head.get("ETag", "")).strip('"')}
         if version:
             source["version_id"] = str(version)
@@ -115,8 +132,14 @@ class S3Fetcher:
 
 def _chunks(stream: Any) -> Iterator[bytes]:
     from botocore.exceptions import BotoCoreError
+    from urllib3.exceptions import HTTPError
 
+    # What each network read returned, from the urllib3 response under botocore's body:
+    # StreamingBody.read(n) waits until n bytes came, so a source trickling a byte now and
+    # then would never reach the rate floor's check. The length is checked by download().
+    raw = stream._raw_stream
     try:
-        yield from stream.iter_chunks(CHUNK_BYTES)
-    except (BotoCoreError, OSError) as exc:
+        while chunk := raw.read1(CHUNK_BYTES):
+            yield chunk
+    except (BotoCoreError, HTTPError, OSError) as exc:
         raise Transient(f"connection lost: {exc}") from exc

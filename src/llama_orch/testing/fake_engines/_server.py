@@ -60,6 +60,8 @@ class Behaviour:
     split_frames: bool = False
     #: End with the engine's end-of-sequence token after this many tokens.
     eos_at: int | None = None
+    #: vLLM only: the version ``/version`` reports instead of the simulated one.
+    version: str | None = None
 
 
 @dataclass(slots=True)

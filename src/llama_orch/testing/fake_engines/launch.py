@@ -17,8 +17,10 @@ exactly as it launches the real engine:
 - ``FAKE_ENGINE_LOAD_MS``: time spent "loading" (llama.cpp answers 503 meanwhile);
 - ``FAKE_ENGINE_FAULTS``: a file read at start whose content names a fault: ``exit_at_start``
   (exit 1 before binding), ``never_healthy`` (health answers 503 forever) or ``ignore_sigterm``
-  (an engine slow to shut down: only SIGINT or SIGKILL ends it). Tests rewrite the
-  file between launches to script crash loops and recoveries.
+  (an engine slow to shut down: only SIGINT or SIGKILL ends it), or ``exit_echoing:NAME``
+  (exit 1 with a last log line quoting the value of the variable NAME, as an engine refusing
+  a setting does). Tests rewrite the file between launches to script crash loops and
+  recoveries.
 """
 
 from __future__ import annotations
@@ -225,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if fault == "exit_at_start":
         _fail("simulated fault: exiting at start")
+    if fault.startswith("exit_echoing:"):
+        name = fault.removeprefix("exit_echoing:")
+        _fail(f"simulated fault: {name} is {os.environ.get(name, '')}, which is not accepted")
     fake, port, ignored = build(program, rest_argv)
     if ignored:
         print(f"simulated: ignoring flags {ignored}", file=sys.stderr, flush=True)

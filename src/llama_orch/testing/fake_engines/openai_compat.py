@@ -291,7 +291,7 @@ class FakeVllm(_OpenAICompatible):
         return Response(b"", 200 if status is None else status)
 
     async def version(self, request: Request) -> Response:
-        return JSONResponse({"version": VLLM_VERSION})
+        return JSONResponse({"version": self.behaviour.version or VLLM_VERSION})
 
     def kv_cache_usage(self) -> float:
         """Simulated KV use: a quarter of the cache per running request, capped at all of it."""
