@@ -188,7 +188,7 @@ async def set_model_state(request: Request) -> Response:
 def _drain_retired(
     request: Request, models: ModelProvisioner, model_id: str, deadline_ms: int | None
 ) -> None:
-    """The pools serving a retired model drain (SPEC §2.3): their queued tasks end at once with
+    """The pools serving a retired model drain: their queued tasks end at once with
     MODEL_DEPRECATED; running ones finish, or stop at ``deadline_ms`` if it is given and the
     model is still retired then."""
     deps = deps_of(request)
