@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hashlib
 from typing import Any
 
@@ -29,11 +30,11 @@ from llama_orch.contracts.catalog import (
 )
 from llama_orch.errors import Conflict, InvalidParams, ModelDeprecated, NotFound
 from llama_orch.observability.narration import narrate
-from llama_orch.pool.lifecycle import TaskControl
 from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.progress import PullProgress, PullState
 from llama_orch.server.body import read_body
 from llama_orch.server.deps import deps_of
+from llama_orch.server.pools_api import task_control
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
@@ -203,14 +204,12 @@ def _drain_retired(
         )
         return service.end_queued(pool_id, error)
 
-    def stop_running(pool_id: str, replica_ids: set[str]) -> int:
-        return service.stop_running(pool_id, replica_ids, reason="drain")
-
     async def still_retired() -> bool:
         entry = await asyncio.to_thread(models.store.get, model_id)
         return entry is not None and entry.lifecycle is Lifecycle.RETIRED
 
-    control = TaskControl(end_queued=end_queued, stop_running=stop_running)
+    # Running tasks stop as a drain stops them; only the queued ones end with another error.
+    control = dataclasses.replace(task_control(service), end_queued=end_queued)
     for pool_id in pool_models.serving_now(model_id) if pool_models is not None else []:
         deps.pools.lifecycle.retire(
             pool_id, f"model {model_id} was retired", deadline_ms, control, still_retired
