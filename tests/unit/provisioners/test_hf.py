@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from starlette.responses import Response
 
 from llama_orch.catalog import CatalogStore
 from llama_orch.errors import (
@@ -16,6 +19,7 @@ from llama_orch.errors import (
     FetchFailed,
     InvalidModelRef,
     NotFound,
+    OutboundDenied,
     UntrustedArtifact,
 )
 from llama_orch.provisioners.fetch.hf import HfFetcher
@@ -157,3 +161,43 @@ class TestHostileHub:
         with pytest.raises(InvalidModelRef, match="no model file"):
             provisioner(store, endpoint).ensure_present_str("hf:org/bare")
         assert [] == store.list()
+
+
+def _hub_with(app: Any, answer: Callable[[dict[str, Any]], Response | None]) -> Any:
+    """``app`` behind a front that may answer a request itself (a redirect, a failure)."""
+
+    async def front(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        reply = answer(scope) if scope["type"] == "http" else None
+        await (reply or app)(scope, receive, send)
+
+    return front
+
+
+class TestHubRedirects:
+    def pull_through_cdn(self, store: CatalogStore, allowed: tuple[str, ...]) -> Path:
+        """The hub sends each file's GET to ``localhost`` (its CDN); info stays on 127.0.0.1."""
+        state = HubState(repos={"org/r": HubRepo(files={"m.gguf": b"gguf"}, lfs={"m.gguf"})})
+        with serve_in_thread(fake_hf_hub(state)) as cdn_port:
+
+            def to_cdn(scope: dict[str, Any]) -> Response | None:
+                if scope["method"] != "GET" or "/resolve/" not in scope["path"]:
+                    return None
+                return Response(
+                    b"", 302, {"Location": f"http://localhost:{cdn_port}{scope['path']}"}
+                )
+
+            with serve_in_thread(_hub_with(fake_hf_hub(state), to_cdn)) as port:
+                policy = dataclasses.replace(OPEN, allowed_hosts=allowed)
+                fetcher = HfFetcher(endpoint=f"http://127.0.0.1:{port}")
+                prov = ModelProvisioner(store, {"hf": fetcher}, outbound=policy)
+                return Path(prov.ensure_present_str("hf:org/r/m.gguf").local_path)
+
+    def test_a_redirect_off_the_allowed_hosts_is_refused(self, store):
+        """A hub's redirect to a host outside allowed_hosts is OUTBOUND_DENIED, naming it."""
+        with pytest.raises(OutboundDenied, match="'localhost' is not in network_policy"):
+            self.pull_through_cdn(store, ("127.0.0.1",))
+        assert [] == store.list()
+
+    def test_an_allowed_redirect_is_followed(self, store):
+        """The same redirect to a listed host downloads the file from there."""
+        assert b"gguf" == self.pull_through_cdn(store, ("127.0.0.1", "localhost")).read_bytes()

@@ -1,15 +1,21 @@
 """``hf:org/repo[@rev][/file]`` through ``huggingface_hub`` against ``endpoint`` (HF_ENDPOINT).
 
-One file: ``hf_hub_download``; a whole repo: ``snapshot_download`` (files in parallel). The repo
+One file: ``hf_hub_download``; a whole repo: the same per listed file, in parallel. The repo
 info gives the commit and each LFS file's sha256, which the provisioner checks. The token is
 handed to the library only; it is never logged, stored or put in an error message.
+
+The library follows redirects itself (a hub's 302 to its CDN), so every request its client
+sends passes the pull's outbound policy first, as each hop of an https download does.
 """
 
 from __future__ import annotations
 
+import contextvars
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from llama_orch.catalog.refs import HfRef, ModelRef, disjoint_paths, safe_relative
@@ -18,7 +24,17 @@ from llama_orch.provisioners.fetch.base import Fetched
 from llama_orch.provisioners.policy import OutboundPolicy
 from llama_orch.provisioners.progress import PullProgress
 
+if TYPE_CHECKING:
+    import httpx2
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
+
+#: The outbound policy of the pull this thread works for; None outside hf: pulls.
+_OUTBOUND: contextvars.ContextVar[OutboundPolicy | None] = contextvars.ContextVar(
+    "hf_outbound", default=None
+)
+_install_lock = threading.Lock()
+_installed = False
 
 
 class HfFetcher:
@@ -43,6 +59,8 @@ class HfFetcher:
         import httpx2
         from huggingface_hub import errors
 
+        _police_hub_client()
+        bound = _OUTBOUND.set(outbound)
         try:
             return self._fetch(ref, stage, progress)
         except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError) as exc:
@@ -57,9 +75,11 @@ class HfFetcher:
                 hint="check HF_ENDPOINT (catalog.hf_endpoint) and the network, then pull "
                 "again; files already fetched are kept",
             ) from exc
+        finally:
+            _OUTBOUND.reset(bound)
 
     def _fetch(self, ref: HfRef, stage: Path, progress: PullProgress) -> Fetched:
-        from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+        from huggingface_hub import HfApi, hf_hub_download
 
         api = HfApi(endpoint=self.endpoint_url, token=self._token)
         info = api.model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
@@ -95,19 +115,62 @@ class HfFetcher:
             _drop_metadata(files)
             claimed = {"": sibling.lfs.sha256} if sibling.lfs else {}
             return Fetched(path=files / ref.path, claimed_sha256=claimed, source=source)
-        progress.set_total(sum(int(s.size or 0) for s in siblings.values()))
-        snapshot_download(
-            ref.repo_id,
-            revision=commit,
-            local_dir=files,
-            endpoint=self.endpoint_url,
-            token=self._token,
-            max_workers=self.workers,
-        )
-        progress.add(sum(int(s.size or 0) for s in siblings.values()))
+        total = sum(int(s.size or 0) for s in siblings.values())
+        progress.set_total(total)
+
+        def one(name: str) -> None:
+            hf_hub_download(
+                ref.repo_id,
+                name,
+                revision=commit,
+                local_dir=files,
+                endpoint=self.endpoint_url,
+                token=self._token,
+                tqdm_class=_byte_counter(progress),
+            )
+
+        # Not snapshot_download: its worker threads would not carry the pull's outbound policy.
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, one, n) for n in siblings]
+            try:
+                for future in futures:
+                    future.result()
+            finally:
+                for future in futures:  # the first failure ends the pull: start no more files
+                    future.cancel()
         _drop_metadata(files)
         claimed = {name: s.lfs.sha256 for name, s in siblings.items() if s.lfs}
         return Fetched(path=files, claimed_sha256=claimed, source=source)
+
+
+def _police_hub_client() -> None:
+    """Make the library's shared client check every request it sends (the first, and each
+    redirect it follows) against the outbound policy of the pull it is sent for."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        from huggingface_hub import constants, set_client_factory
+        from huggingface_hub.utils import _http
+
+        def factory() -> httpx2.Client:
+            # The library's own client (its request id, offline switch), plus the check.
+            client = _http.default_client_factory()
+            hooks = client.event_hooks
+            client.event_hooks = {**hooks, "request": [*hooks["request"], _check_hop]}
+            return client
+
+        set_client_factory(factory)
+        # Xet storage downloads through hf_xet's own client, which no hook sees; without it
+        # the hub serves the same files over plain HTTP through the client above.
+        constants.HF_HUB_DISABLE_XET = True
+        _installed = True
+
+
+def _check_hop(request: httpx2.Request) -> None:
+    outbound = _OUTBOUND.get()
+    if outbound is not None:
+        outbound.check(request.url.scheme, request.url.host)
 
 
 def _is_git_file(name: str) -> bool:
