@@ -201,3 +201,32 @@ class TestHubRedirects:
     def test_an_allowed_redirect_is_followed(self, store):
         """The same redirect to a listed host downloads the file from there."""
         assert b"gguf" == self.pull_through_cdn(store, ("127.0.0.1", "localhost")).read_bytes()
+
+
+class TestHubFailingMidPull:
+    def test_a_failing_hub_is_fetch_failed_and_the_pull_resumes(self, store):
+        """A hub erroring after some files is FETCH_FAILED (retriable, "pull again"), not
+        NOT_FOUND; nothing is registered, and once the hub is back the pull completes. (520,
+        a CDN's "unknown error", because the library retries 500s for half a minute first.)"""
+        files = {"a.gguf": b"a" * 100, "b.json": b"{}"}
+        state = HubState(repos={"org/flaky": HubRepo(files=files, lfs={"a.gguf"})})
+        broken = [True]
+
+        def fail_b(scope: dict[str, Any]) -> Response | None:
+            failing = broken[0] and scope["path"].endswith("/b.json")
+            return Response(b"upstream error", 520) if failing else None
+
+        with serve_in_thread(_hub_with(fake_hf_hub(state), fail_b)) as port:
+            prov = provisioner(store, f"http://127.0.0.1:{port}")
+            with pytest.raises(FetchFailed, match="pull again") as info:
+                prov.ensure_present_str("hf:org/flaky")
+            envelope = info.value.envelope()
+            assert ("INTERNAL", True) == (envelope["code"], envelope["retriable"])
+            assert "HTTP 520" in envelope["message"]
+            assert [] == store.list()
+            files_dir = store.staging_for("hf:org/flaky") / "files"
+            kept = [p for p in files_dir.rglob("*") if p.is_file() and ".cache" not in p.parts]
+            assert all(files[p.name] == p.read_bytes() for p in kept)  # whole files only
+            broken[0] = False
+            entry = prov.ensure_present_str("hf:org/flaky")
+        assert sorted(files) == sorted(f.path for f in entry.files)

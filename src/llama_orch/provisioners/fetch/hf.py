@@ -33,6 +33,8 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 _OUTBOUND: contextvars.ContextVar[OutboundPolicy | None] = contextvars.ContextVar(
     "hf_outbound", default=None
 )
+#: Statuses that say the hub failed rather than refused (besides every 5xx): worth a retry.
+_HUB_FAILURES = (408, 429)
 _install_lock = threading.Lock()
 _installed = False
 
@@ -65,10 +67,18 @@ class HfFetcher:
             return self._fetch(ref, stage, progress)
         except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError) as exc:
             raise NotFound(f"{ref.repo_id}@{ref.revision or 'main'} is not on the hub") from exc
+        except errors.LocalEntryNotFoundError as exc:
+            # What the library raises when the hub fails to answer for a file (an error
+            # status, a dropped connection) and no copy is cached: the hub failed, the file
+            # may well be there.
+            raise self._hub_failed(ref, exc.__cause__ or exc) from exc
         except errors.EntryNotFoundError as exc:
-            raise NotFound(f"{ref.path} is not in {ref.repo_id}") from exc
+            raise NotFound(f"{ref.path or 'a file it lists'} is not in {ref.repo_id}") from exc
         except errors.HfHubHTTPError as exc:
-            raise FetchFailed(f"the hub refused {ref.repo_id}: HTTP {_status(exc)}") from exc
+            status = _status(exc)
+            if status is not None and (status >= 500 or status in _HUB_FAILURES):
+                raise self._hub_failed(ref, exc) from exc
+            raise FetchFailed(f"the hub refused {ref.repo_id}: HTTP {status or '?'}") from exc
         except httpx2.HTTPError as exc:  # the library's transport: no answer at all
             raise FetchFailed(
                 f"cannot reach the hub at {self.endpoint_url}: {type(exc).__name__}: {exc}",
@@ -77,6 +87,16 @@ class HfFetcher:
             ) from exc
         finally:
             _OUTBOUND.reset(bound)
+
+    def _hub_failed(self, ref: HfRef, cause: BaseException) -> FetchFailed:
+        status = _status(cause)
+        what = f"HTTP {status}" if status else f"{type(cause).__name__}: {cause}"
+        return FetchFailed(
+            f"the hub at {self.endpoint_url} failed during the pull of hf:{ref.repo_id} "
+            f"({what}); pull again: the files already fetched are kept",
+            hint="pull again once the hub answers; if it keeps failing, check HF_ENDPOINT "
+            "(catalog.hf_endpoint)",
+        )
 
     def _fetch(self, ref: HfRef, stage: Path, progress: PullProgress) -> Fetched:
         from huggingface_hub import HfApi, hf_hub_download
@@ -201,6 +221,6 @@ def _drop_metadata(files: Path) -> None:
     shutil.rmtree(files / ".cache", ignore_errors=True)
 
 
-def _status(exc: Any) -> object:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", "?")
+def _status(exc: BaseException) -> int | None:
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
