@@ -210,11 +210,23 @@ class ModelProvisioner:
                 with contextlib.suppress(OSError):
                     stage.rmdir()
             raise
+        with fetched.opened or contextlib.nullcontext():
+            return self._register(model_id, expected, fetched, stage, local_file, started)
+
+    def _register(
+        self,
+        model_id: str,
+        expected: Digest | None,
+        fetched: Fetched,
+        stage: Path,
+        local_file: bool,
+        started: float,
+    ) -> ModelEntry:
         if not local_file:
             check_tree(stage)
             _refuse_empty(fetched.path, model_id, stage)
         # Local bytes are hashed where they lie, and someone may still be writing them.
-        before = _signature(fetched.path) if local_file else None
+        before = _signature(fetched.readable) if local_file else None
         try:
             result, digest, files = self._verify(fetched, model_id, expected)
         except OrchError:
@@ -224,11 +236,12 @@ class ModelProvisioner:
                 raise
             # Local bytes are the caller's to point at: one the server cannot read is theirs
             # to fix (permissions, a device or kernel file inside a model directory).
+            shown = fetched.path if fetched.opened else exc.filename or fetched.path
             raise InvalidParams(
-                f"{exc.filename or fetched.path} cannot be read: {exc.strerror or exc}",
+                f"{shown} cannot be read: {exc.strerror or exc}",
                 hint="name a model whose files the server's user can read",
             ) from exc
-        if before is not None and _signature(fetched.path) != before:
+        if before is not None and _signature(fetched.readable) != before:
             raise Conflict(
                 f"{fetched.path} changed while it was hashed, so its digest would name bytes "
                 "that never existed whole; nothing was registered",
@@ -246,7 +259,9 @@ class ModelProvisioner:
                 level="warning",
             )
         local_path = fetched.path if local_file else self._move_in(fetched.path, model_id, stage)
-        size = sum(f.size_bytes for f in files) if files else local_path.stat().st_size
+        # A local file is read through the descriptor it was checked on, never by its path again.
+        read = fetched.readable if local_file else local_path
+        size = sum(f.size_bytes for f in files) if files else read.stat().st_size
         entry = ModelEntry(
             id=model_id,
             ref=model_id,
@@ -258,7 +273,7 @@ class ModelProvisioner:
             verification=decision.result.value,
             source=fetched.source,
             files=files,
-            gguf=_gguf_of(local_path),
+            gguf=_gguf_of(read),
             managed=not local_file,
         )
         stored = self.store.put(entry)
@@ -296,7 +311,7 @@ class ModelProvisioner:
             digest = (
                 Digest("sha256", computed)
                 if computed
-                else sha256_file(fetched.path, stop=self.stopping)
+                else sha256_file(fetched.readable, stop=self.stopping)
             )
             claim = fetched.claimed_sha256.get("")
             self._compare(model_id, fetched.path.name, claim, digest.value, fetched)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,15 @@ class Fetched:
     source: dict[str, str] = field(default_factory=dict)
     #: sha256 hex of the single file at ``path``, when the fetcher hashed it while writing.
     computed_sha256: str | None = None
+    #: A local file, opened once and checked: read through this descriptor only, never by
+    #: ``path`` again, so the bytes hashed are those of the file checked. Closed by the reader.
+    opened: io.FileIO | None = None
+
+    @property
+    def readable(self) -> Path:
+        """Where the single file's bytes are read: the open descriptor itself when there is
+        one (Linux names it under /proc/self/fd; opening that reopens the same file)."""
+        return Path(f"/proc/self/fd/{self.opened.fileno()}") if self.opened else self.path
 
 
 class Fetcher(Protocol):
