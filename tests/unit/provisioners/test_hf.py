@@ -174,7 +174,9 @@ def _hub_with(app: Any, answer: Callable[[dict[str, Any]], Response | None]) -> 
 
 
 class TestHubRedirects:
-    def pull_through_cdn(self, store: CatalogStore, allowed: tuple[str, ...]) -> Path:
+    def pull_through_cdn(
+        self, store: CatalogStore, allowed: tuple[str, ...], ref: str = "hf:org/r/m.gguf"
+    ) -> Path:
         """The hub sends each file's GET to ``localhost`` (its CDN); info stays on 127.0.0.1."""
         state = HubState(repos={"org/r": HubRepo(files={"m.gguf": b"gguf"}, lfs={"m.gguf"})})
         with serve_in_thread(fake_hf_hub(state)) as cdn_port:
@@ -190,12 +192,14 @@ class TestHubRedirects:
                 policy = dataclasses.replace(OPEN, allowed_hosts=allowed)
                 fetcher = HfFetcher(endpoint=f"http://127.0.0.1:{port}")
                 prov = ModelProvisioner(store, {"hf": fetcher}, outbound=policy)
-                return Path(prov.ensure_present_str("hf:org/r/m.gguf").local_path)
+                return Path(prov.ensure_present_str(ref).local_path)
 
-    def test_a_redirect_off_the_allowed_hosts_is_refused(self, store):
-        """A hub's redirect to a host outside allowed_hosts is OUTBOUND_DENIED, naming it."""
+    @pytest.mark.parametrize("ref", ["hf:org/r/m.gguf", "hf:org/r"])
+    def test_a_redirect_off_the_allowed_hosts_is_refused(self, store, ref):
+        """A hub's redirect to a host outside allowed_hosts is OUTBOUND_DENIED, naming it; a
+        whole repo's files, fetched in parallel threads, are held to it too."""
         with pytest.raises(OutboundDenied, match="'localhost' is not in network_policy"):
-            self.pull_through_cdn(store, ("127.0.0.1",))
+            self.pull_through_cdn(store, ("127.0.0.1",), ref)
         assert [] == store.list()
 
     def test_an_allowed_redirect_is_followed(self, store):
