@@ -42,16 +42,17 @@ def check_local_root(ref: ModelRef, roots: Sequence[str] | None, base_dir: Path)
     return dataclasses.replace(ref, within=tuple(str(folder) for folder in folders))
 
 
-def check_opened(fd: int, ref: FileRef) -> None:
-    """The file open at ``fd`` is the one ``ref.path`` names now, under ``ref.within``.
+def check_opened(fd: int, path: str, within: Sequence[str] | None) -> None:
+    """The file open at ``fd`` is the one ``path`` names now, and lies under ``within``
+    (None: no bound).
 
     Checked on the descriptor (its device and inode against those of the path's real
     location), so what is then read through ``fd`` is exactly what was checked."""
-    if ref.within is None:
+    if within is None:
         return
-    real = Path(os.path.realpath(ref.path))
-    if not _inside(real, [Path(folder) for folder in ref.within]):
-        raise _outside(ref.path, ref.within)
+    real = Path(os.path.realpath(path))
+    if not _inside(real, [Path(folder) for folder in within]):
+        raise _outside(path, within)
     opened = os.fstat(fd)
     try:
         now = os.stat(real)
@@ -59,7 +60,7 @@ def check_opened(fd: int, ref: FileRef) -> None:
         now = None
     if now is None or (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
         raise Conflict(
-            f"{ref.path} was replaced while it was being opened; nothing was registered",
+            f"{path} was replaced while it was being opened; nothing was registered",
             hint="register it again once it is in place",
         )
 

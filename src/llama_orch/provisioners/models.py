@@ -46,6 +46,7 @@ from llama_orch.catalog.verify import (
     digest_of,
     parse_digest,
     sha256_file,
+    tree_digest,
 )
 from llama_orch.errors import (
     Conflict,
@@ -59,7 +60,8 @@ from llama_orch.errors import (
 )
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
-from llama_orch.provisioners.fetch.base import Fetched, Fetcher
+from llama_orch.provisioners.fetch.base import Fetched, Fetcher, descriptor_path
+from llama_orch.provisioners.fetch.file import open_checked
 from llama_orch.provisioners.policy import OutboundPolicy, TrustPolicy
 from llama_orch.provisioners.progress import PullBoard, PullProgress, PullState
 
@@ -300,12 +302,13 @@ class ModelProvisioner:
         if fetched.path.is_dir():
             for path in sorted(p for p in fetched.path.rglob("*") if p.is_file()):
                 rel = path.relative_to(fetched.path).as_posix()
-                sha = sha256_file(path, stop=self.stopping).value
+                sha, size = self._hash_member(path, fetched.within)
                 claim = fetched.claimed_sha256.get(rel)
                 self._compare(model_id, rel, claim, sha, fetched)
                 checked = checked or claim is not None
-                files.append(ModelFile(path=rel, size_bytes=path.stat().st_size, sha256=sha))
-            digest = digest_of(fetched.path, stop=self.stopping)
+                files.append(ModelFile(path=rel, size_bytes=size, sha256=sha))
+            # From the hashes just taken: reading every file again could meet other bytes.
+            digest = tree_digest((f.path, f.sha256) for f in files)
         else:
             computed = fetched.computed_sha256
             digest = (
@@ -320,6 +323,17 @@ class ModelProvisioner:
             self._compare(model_id, "the model", expected.value, digest.value, fetched)
             checked = True
         return (VerifyResult.PASS if checked else VerifyResult.WARN), digest, files
+
+    def _hash_member(self, path: Path, within: tuple[str, ...] | None) -> tuple[str, int]:
+        """sha256 and size of a directory model's file, read through one checked descriptor."""
+        try:
+            with open_checked(path, within) as handle:
+                fd = handle.fileno()
+                sha = sha256_file(descriptor_path(fd), stop=self.stopping)
+                return sha.value, os.fstat(fd).st_size
+        except OSError as exc:
+            exc.filename = str(path)  # not the descriptor's name
+            raise
 
     def _compare(
         self, model_id: str, what: str, claim: str | None, actual: str, fetched: Fetched

@@ -119,6 +119,20 @@ class TestLocalRootsOnTheOpenedFile:
             file_only(store).ensure_present(ref)
         assert [] == store.list()
 
+    def test_a_model_directory_member_linking_out_is_refused_when_opened(
+        self, tmp_path: Path, store: CatalogStore
+    ) -> None:
+        """A file of a model directory that became a link out of the roots after the request
+        was checked is refused too: no digest or size of it is recorded."""
+        root, secret = self.bounded(tmp_path)
+        model = root / "model"
+        model.mkdir()
+        tiny_llama_gguf(model / "m.gguf")
+        (model / "notes.txt").symlink_to(secret)
+        with pytest.raises(InvalidParams, match=r"notes\.txt is outside catalog\.local_roots"):
+            file_only(store).ensure_present(FileRef(str(model), within=(str(root),)))
+        assert [] == store.list()
+
     def test_the_bytes_hashed_are_those_of_the_checked_file(
         self, tmp_path: Path, store: CatalogStore
     ) -> None:

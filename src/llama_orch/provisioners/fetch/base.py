@@ -38,12 +38,20 @@ class Fetched:
     #: A local file, opened once and checked: read through this descriptor only, never by
     #: ``path`` again, so the bytes hashed are those of the file checked. Closed by the reader.
     opened: io.FileIO | None = None
+    #: Real folders (catalog.local_roots) every file of a local model directory must lie in
+    #: when it is opened to be hashed. None: no bound.
+    within: tuple[str, ...] | None = None
 
     @property
     def readable(self) -> Path:
-        """Where the single file's bytes are read: the open descriptor itself when there is
-        one (Linux names it under /proc/self/fd; opening that reopens the same file)."""
-        return Path(f"/proc/self/fd/{self.opened.fileno()}") if self.opened else self.path
+        """Where the single file's bytes are read: the open descriptor when there is one."""
+        return descriptor_path(self.opened.fileno()) if self.opened else self.path
+
+
+def descriptor_path(fd: int) -> Path:
+    """A path to the file open at ``fd`` itself: opening it opens that same file (Linux),
+    whatever its name points at by now."""
+    return Path(f"/proc/self/fd/{fd}")
 
 
 class Fetcher(Protocol):

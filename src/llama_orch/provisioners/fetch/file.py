@@ -18,6 +18,8 @@ from llama_orch.provisioners.progress import PullProgress
 #: A model directory holds a model's files (weights, config, tokenizer); a tree with more
 #: entries than this is a wrong path (a home directory, ``/``), not a model to hash.
 MAX_DIRECTORY_ENTRIES = 10_000
+#: Read-only, never blocking on a FIFO nor taking a terminal.
+_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
 
 def _nothing(path: Path) -> None:
@@ -46,24 +48,39 @@ class FileFetcher:
         path = Path(ref.path)
         fd = _open(path)
         try:
-            check_opened(fd, ref)
+            check_opened(fd, ref.path, ref.within)
             if not stat.S_ISDIR(os.fstat(fd).st_mode):
                 _check_file(fd, path)
                 self.opened(path)
-                return Fetched(path=path, source={"path": ref.path}, opened=io.FileIO(fd, "rb"))
+                handle = io.FileIO(fd, "rb")
+                return Fetched(path=path, source={"path": ref.path}, opened=handle)
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)
         _check_directory(path, self.max_directory_entries)
-        return Fetched(path=path, source={"path": ref.path})
+        # Each of its files is opened and checked the same way when it is hashed.
+        return Fetched(path=path, source={"path": ref.path}, within=ref.within)
+
+
+def open_checked(path: Path, within: tuple[str, ...] | None) -> io.FileIO:
+    """A file of a local model directory, opened and checked against ``within`` on its
+    descriptor; errors of the system come as the OSError it raised."""
+    fd = os.open(path, _FLAGS)
+    try:
+        check_opened(fd, str(path), within)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidParams(f"{path} is not a regular file (it changed while it was read)")
+        return io.FileIO(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _open(path: Path) -> int:
-    """Open once, without blocking on a FIFO or taking a terminal; every later read of a
-    single file goes through this descriptor."""
+    """Open once; every later read of a single file goes through this descriptor."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        return os.open(path, _FLAGS)
     except FileNotFoundError as exc:
         raise NotFound(
             f"{path} does not exist",
