@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from llama_orch.errors import InvalidModelRef
@@ -57,6 +57,9 @@ class HfRef:
 @dataclass(frozen=True, slots=True)
 class FileRef:
     path: str
+    #: Real folders the file read must lie under (catalog.local_roots, for refs a client
+    #: sent); checked again on the opened file. None: no bound.
+    within: tuple[str, ...] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

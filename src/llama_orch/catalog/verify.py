@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -74,10 +75,17 @@ def sha256_file(
 
 def sha256_tree(root: Path, *, stop: threading.Event | None = None) -> Digest:
     """A digest of a directory: sha256 over sorted ``<relative path>\\0<file sha256>\\n`` lines."""
+    return tree_digest(
+        (path.relative_to(root).as_posix(), sha256_file(path, stop=stop).value)
+        for path in sorted(p for p in root.rglob("*") if p.is_file())
+    )
+
+
+def tree_digest(files: Iterable[tuple[str, str]]) -> Digest:
+    """The directory digest from its files' ``(relative path, sha256 hex)`` in path order."""
     outer = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        outer.update(f"{rel}\0{sha256_file(path, stop=stop).value}\n".encode())
+    for rel, sha in files:
+        outer.update(f"{rel}\0{sha}\n".encode())
     return Digest("sha256", outer.hexdigest())
 
 

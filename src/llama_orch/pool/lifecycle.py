@@ -302,7 +302,15 @@ class PoolLifecycle:
 
     # -- reload ------------------------------------------------------------------------------
 
-    def reload(self, pool_id: str, new_model_ref: str, tasks: TaskControl) -> Operation:
+    def reload(
+        self,
+        pool_id: str,
+        new_model_ref: str,
+        tasks: TaskControl,
+        within: tuple[str, ...] | None = None,
+    ) -> Operation:
+        """``within``: the catalog.local_roots folders a local new model must lie in when it
+        is opened to be registered (a client's reload); None: no bound (the operator's)."""
         pool = self._manager.pools[pool_id]
         if pool.config.provisioning is None:
             raise InvalidParams(
@@ -330,20 +338,30 @@ class PoolLifecycle:
         if self._manager.models is not None:
             # The catalog keeps the new model until the reload ended (a DELETE is a 409).
             self._manager.models.begin_reload(new_cfg)
-        self._spawn(self._reload(pool, new_cfg, op, tasks), f"reload-{pool_id}")
+        self._spawn(self._reload(pool, new_cfg, op, tasks, within), f"reload-{pool_id}")
         return op
 
     async def _reload(
-        self, pool: PoolRuntime, new_cfg: PoolConfig, op: Operation, tasks: TaskControl
+        self,
+        pool: PoolRuntime,
+        new_cfg: PoolConfig,
+        op: Operation,
+        tasks: TaskControl,
+        within: tuple[str, ...] | None,
     ) -> None:
         try:
-            await self._reload_steps(pool, new_cfg, op, tasks)
+            await self._reload_steps(pool, new_cfg, op, tasks, within)
         finally:
             if self._manager.models is not None:
                 self._manager.models.end_reload(pool.id)
 
     async def _reload_steps(
-        self, pool: PoolRuntime, new_cfg: PoolConfig, op: Operation, tasks: TaskControl
+        self,
+        pool: PoolRuntime,
+        new_cfg: PoolConfig,
+        op: Operation,
+        tasks: TaskControl,
+        within: tuple[str, ...] | None,
     ) -> None:
         from llama_orch.pool.manager import Replica
 
@@ -360,7 +378,7 @@ class PoolLifecycle:
             if models is not None:
                 # The new replicas' catalog gate is their own model's: a local model is
                 # registered (hashed) before they start, so they never wait on it.
-                await asyncio.to_thread(models.register_local, new_cfg)
+                await asyncio.to_thread(models.register_local, new_cfg, within)
             engines = [self._keep_engine(pool, new_cfg, r) for r in fresh]
             await self._all_ready(engines, new_cfg, self._sup.engines.startup_timeout_ms / 1000)
         except Exception as exc:

@@ -46,6 +46,7 @@ from llama_orch.catalog.verify import (
     digest_of,
     parse_digest,
     sha256_file,
+    tree_digest,
 )
 from llama_orch.errors import (
     Conflict,
@@ -59,7 +60,8 @@ from llama_orch.errors import (
 )
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
-from llama_orch.provisioners.fetch.base import Fetched, Fetcher
+from llama_orch.provisioners.fetch.base import Fetched, Fetcher, descriptor_path
+from llama_orch.provisioners.fetch.file import open_checked
 from llama_orch.provisioners.policy import OutboundPolicy, TrustPolicy
 from llama_orch.provisioners.progress import PullBoard, PullProgress, PullState
 
@@ -210,11 +212,23 @@ class ModelProvisioner:
                 with contextlib.suppress(OSError):
                     stage.rmdir()
             raise
+        with fetched.opened or contextlib.nullcontext():
+            return self._register(model_id, expected, fetched, stage, local_file, started)
+
+    def _register(
+        self,
+        model_id: str,
+        expected: Digest | None,
+        fetched: Fetched,
+        stage: Path,
+        local_file: bool,
+        started: float,
+    ) -> ModelEntry:
         if not local_file:
             check_tree(stage)
             _refuse_empty(fetched.path, model_id, stage)
         # Local bytes are hashed where they lie, and someone may still be writing them.
-        before = _signature(fetched.path) if local_file else None
+        before = _signature(fetched.readable) if local_file else None
         try:
             result, digest, files = self._verify(fetched, model_id, expected)
         except OrchError:
@@ -224,11 +238,12 @@ class ModelProvisioner:
                 raise
             # Local bytes are the caller's to point at: one the server cannot read is theirs
             # to fix (permissions, a device or kernel file inside a model directory).
+            shown = fetched.path if fetched.opened else exc.filename or fetched.path
             raise InvalidParams(
-                f"{exc.filename or fetched.path} cannot be read: {exc.strerror or exc}",
+                f"{shown} cannot be read: {exc.strerror or exc}",
                 hint="name a model whose files the server's user can read",
             ) from exc
-        if before is not None and _signature(fetched.path) != before:
+        if before is not None and _signature(fetched.readable) != before:
             raise Conflict(
                 f"{fetched.path} changed while it was hashed, so its digest would name bytes "
                 "that never existed whole; nothing was registered",
@@ -246,7 +261,9 @@ class ModelProvisioner:
                 level="warning",
             )
         local_path = fetched.path if local_file else self._move_in(fetched.path, model_id, stage)
-        size = sum(f.size_bytes for f in files) if files else local_path.stat().st_size
+        # A local file is read through the descriptor it was checked on, never by its path again.
+        read = fetched.readable if local_file else local_path
+        size = sum(f.size_bytes for f in files) if files else read.stat().st_size
         entry = ModelEntry(
             id=model_id,
             ref=model_id,
@@ -258,7 +275,7 @@ class ModelProvisioner:
             verification=decision.result.value,
             source=fetched.source,
             files=files,
-            gguf=_gguf_of(local_path),
+            gguf=_gguf_of(read),
             managed=not local_file,
         )
         stored = self.store.put(entry)
@@ -285,18 +302,19 @@ class ModelProvisioner:
         if fetched.path.is_dir():
             for path in sorted(p for p in fetched.path.rglob("*") if p.is_file()):
                 rel = path.relative_to(fetched.path).as_posix()
-                sha = sha256_file(path, stop=self.stopping).value
+                sha, size = self._hash_member(path, fetched.within)
                 claim = fetched.claimed_sha256.get(rel)
                 self._compare(model_id, rel, claim, sha, fetched)
                 checked = checked or claim is not None
-                files.append(ModelFile(path=rel, size_bytes=path.stat().st_size, sha256=sha))
-            digest = digest_of(fetched.path, stop=self.stopping)
+                files.append(ModelFile(path=rel, size_bytes=size, sha256=sha))
+            # From the hashes just taken: reading every file again could meet other bytes.
+            digest = tree_digest((f.path, f.sha256) for f in files)
         else:
             computed = fetched.computed_sha256
             digest = (
                 Digest("sha256", computed)
                 if computed
-                else sha256_file(fetched.path, stop=self.stopping)
+                else sha256_file(fetched.readable, stop=self.stopping)
             )
             claim = fetched.claimed_sha256.get("")
             self._compare(model_id, fetched.path.name, claim, digest.value, fetched)
@@ -305,6 +323,17 @@ class ModelProvisioner:
             self._compare(model_id, "the model", expected.value, digest.value, fetched)
             checked = True
         return (VerifyResult.PASS if checked else VerifyResult.WARN), digest, files
+
+    def _hash_member(self, path: Path, within: tuple[str, ...] | None) -> tuple[str, int]:
+        """sha256 and size of a directory model's file, read through one checked descriptor."""
+        try:
+            with open_checked(path, within) as handle:
+                fd = handle.fileno()
+                sha = sha256_file(descriptor_path(fd), stop=self.stopping)
+                return sha.value, os.fstat(fd).st_size
+        except OSError as exc:
+            exc.filename = str(path)  # not the descriptor's name
+            raise
 
     def _compare(
         self, model_id: str, what: str, claim: str | None, actual: str, fetched: Fetched

@@ -12,12 +12,13 @@ model must be present, Active, and fit the free VRAM of the pool's GPUs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from llama_orch.catalog.entries import Lifecycle, ModelEntry
 from llama_orch.catalog.gguf import VramEstimate, estimate_vram
-from llama_orch.catalog.refs import ModelRef, looks_like_ref, parse_ref, ref_id
+from llama_orch.catalog.refs import FileRef, ModelRef, looks_like_ref, parse_ref, ref_id
 from llama_orch.catalog.verify import Digest, parse_digest
 from llama_orch.config import PoolConfig
 from llama_orch.errors import InvalidModelRef, ModelDeprecated, OrchError
@@ -91,13 +92,17 @@ class PoolModels:
         self.by_pool[cfg.id] = _pool_model(cfg, self._base_dir)
         self._fitted.add(cfg.id)
 
-    def register_local(self, cfg: PoolConfig) -> None:
+    def register_local(self, cfg: PoolConfig, within: tuple[str, ...] | None = None) -> None:
         """Put ``cfg``'s model in the catalog when it is a local file or directory the catalog
-        gates on and does not hold yet (remote models are pulled, never fetched here)."""
+        gates on and does not hold yet (remote models are pulled, never fetched here).
+
+        ``within``: catalog.local_roots folders its files must lie in when they are opened."""
         model = _pool_model(cfg, self._base_dir)
         ref = model.ref
-        if ref is None or not model.gated or not self.provisioner.is_local(ref):
+        if ref is None or not model.gated or not isinstance(ref, FileRef):
             return
+        if within is not None:
+            ref = dataclasses.replace(ref, within=within)
         if self.provisioner.store.locate(ref) is None:
             self.provisioner.ensure_present(ref, model.expected)
 

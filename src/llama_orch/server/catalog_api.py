@@ -99,7 +99,7 @@ async def pull_model(request: Request) -> Response:
     body: PullRequest = await _body(request, PullRequest)
     settings = deps_of(request).settings
     ref = parse_ref(body.ref, base_dir=str(settings.base_dir))
-    check_local_root(ref, settings.config.catalog.local_roots, settings.base_dir)
+    ref = check_local_root(ref, settings.config.catalog.local_roots, settings.base_dir)
     digest = parse_digest(body.digest) if body.digest else None
     model_id = ref_id(ref)
     models.precheck(ref)

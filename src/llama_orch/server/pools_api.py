@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from llama_orch.catalog.refs import parse_ref
+from llama_orch.catalog.refs import FileRef, parse_ref
 from llama_orch.catalog.roots import check_local_root
 from llama_orch.config import Settings
 from llama_orch.contracts.api import DrainRequest, ReloadRequest
@@ -93,21 +93,25 @@ async def reload(request: Request) -> Response:
     pool_id = _pool_id(request)
     body: ReloadRequest = await _body(request, ReloadRequest)
     deps = deps_of(request)
+    within = None
     if is_launched(deps.pools.pools[pool_id].config):
         # Other pools' reloads are refused as such; a plain name is no path to them.
-        _check_local(body.new_model_ref, deps.settings)
-    op = deps.pools.lifecycle.reload(pool_id, body.new_model_ref, task_control(deps.service))
+        within = _check_local(body.new_model_ref, deps.settings)
+    control = task_control(deps.service)
+    op = deps.pools.lifecycle.reload(pool_id, body.new_model_ref, control, within)
     return _accepted({"pool_id": pool_id, **op.as_dict()})
 
 
-def _check_local(model_ref: str, settings: Settings) -> None:
+def _check_local(model_ref: str, settings: Settings) -> tuple[str, ...] | None:
     """A reload's model is the caller's choice, not the config's: a local one is bounded by
-    catalog.local_roots as a pull's is (a launched engine takes any other string as a path)."""
+    catalog.local_roots as a pull's is (a launched engine takes any other string as a path).
+    Returns the roots' real folders, for the check on the files when they are opened."""
     try:
         ref = parse_ref(model_ref, base_dir=str(settings.base_dir))
     except InvalidModelRef:
-        return  # the reload itself says what is wrong with it
-    check_local_root(ref, settings.config.catalog.local_roots, settings.base_dir)
+        return None  # the reload itself says what is wrong with it
+    bounded = check_local_root(ref, settings.config.catalog.local_roots, settings.base_dir)
+    return bounded.within if isinstance(bounded, FileRef) else None
 
 
 routes = [

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llama_orch.catalog import CatalogStore, Lifecycle, parse_ref
+from llama_orch.catalog.refs import FileRef
 from llama_orch.catalog.verify import VerifyResult
 from llama_orch.config import Config
 from llama_orch.errors import (
@@ -93,6 +94,63 @@ class TestFileRefs:
         """The file-only provisioner refuses network refs instead of reaching out."""
         with pytest.raises(Exception, match="no fetcher"):
             file_only(store).ensure_present_str("hf:org/repo/m.gguf")
+
+
+class TestLocalRootsOnTheOpenedFile:
+    """``catalog.local_roots`` holds for the file actually read, not only for the path checked
+    when the request came in: a link swapped in after that check reads as the link it is."""
+
+    def bounded(self, tmp_path: Path) -> tuple[Path, Path]:
+        root = tmp_path / "root"
+        root.mkdir()
+        secret = tmp_path / "secret.txt"
+        secret.write_text("password=hunter2\n")
+        return root, secret
+
+    def test_a_link_out_of_the_roots_is_refused_when_opened(
+        self, tmp_path: Path, store: CatalogStore
+    ) -> None:
+        """The ref's path passed the request's check (a file then); the link now there is
+        refused naming the key, and nothing is registered."""
+        root, secret = self.bounded(tmp_path)
+        (root / "m.gguf").symlink_to(secret)
+        ref = FileRef(str(root / "m.gguf"), within=(str(root),))
+        with pytest.raises(InvalidParams, match=r"outside catalog\.local_roots"):
+            file_only(store).ensure_present(ref)
+        assert [] == store.list()
+
+    def test_a_model_directory_member_linking_out_is_refused_when_opened(
+        self, tmp_path: Path, store: CatalogStore
+    ) -> None:
+        """A file of a model directory that became a link out of the roots after the request
+        was checked is refused too: no digest or size of it is recorded."""
+        root, secret = self.bounded(tmp_path)
+        model = root / "model"
+        model.mkdir()
+        tiny_llama_gguf(model / "m.gguf")
+        (model / "notes.txt").symlink_to(secret)
+        with pytest.raises(InvalidParams, match=r"notes\.txt is outside catalog\.local_roots"):
+            file_only(store).ensure_present(FileRef(str(model), within=(str(root),)))
+        assert [] == store.list()
+
+    def test_the_bytes_hashed_are_those_of_the_checked_file(
+        self, tmp_path: Path, store: CatalogStore
+    ) -> None:
+        """A link swapped in once the file is open and checked changes nothing that is read:
+        digest, size and header are the checked file's."""
+        root, secret = self.bounded(tmp_path)
+        model = tiny_llama_gguf(root / "m.gguf")
+        data = model.read_bytes()
+
+        def swap(path: Path) -> None:
+            path.unlink()
+            path.symlink_to(secret)
+
+        prov = ModelProvisioner(store, {"file": FileFetcher(opened=swap)})
+        entry = prov.ensure_present(FileRef(str(model), within=(str(root),)))
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == entry.digest
+        assert len(data) == entry.size_bytes
+        assert entry.gguf is not None and "llama" == entry.gguf.architecture
 
 
 class TestVerifyAndState:

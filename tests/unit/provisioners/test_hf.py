@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from starlette.responses import Response
 
 from llama_orch.catalog import CatalogStore
 from llama_orch.errors import (
@@ -16,6 +19,7 @@ from llama_orch.errors import (
     FetchFailed,
     InvalidModelRef,
     NotFound,
+    OutboundDenied,
     UntrustedArtifact,
 )
 from llama_orch.provisioners.fetch.hf import HfFetcher
@@ -157,3 +161,76 @@ class TestHostileHub:
         with pytest.raises(InvalidModelRef, match="no model file"):
             provisioner(store, endpoint).ensure_present_str("hf:org/bare")
         assert [] == store.list()
+
+
+def _hub_with(app: Any, answer: Callable[[dict[str, Any]], Response | None]) -> Any:
+    """``app`` behind a front that may answer a request itself (a redirect, a failure)."""
+
+    async def front(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        reply = answer(scope) if scope["type"] == "http" else None
+        await (reply or app)(scope, receive, send)
+
+    return front
+
+
+class TestHubRedirects:
+    def pull_through_cdn(
+        self, store: CatalogStore, allowed: tuple[str, ...], ref: str = "hf:org/r/m.gguf"
+    ) -> Path:
+        """The hub sends each file's GET to ``localhost`` (its CDN); info stays on 127.0.0.1."""
+        state = HubState(repos={"org/r": HubRepo(files={"m.gguf": b"gguf"}, lfs={"m.gguf"})})
+        with serve_in_thread(fake_hf_hub(state)) as cdn_port:
+
+            def to_cdn(scope: dict[str, Any]) -> Response | None:
+                if scope["method"] != "GET" or "/resolve/" not in scope["path"]:
+                    return None
+                return Response(
+                    b"", 302, {"Location": f"http://localhost:{cdn_port}{scope['path']}"}
+                )
+
+            with serve_in_thread(_hub_with(fake_hf_hub(state), to_cdn)) as port:
+                policy = dataclasses.replace(OPEN, allowed_hosts=allowed)
+                fetcher = HfFetcher(endpoint=f"http://127.0.0.1:{port}")
+                prov = ModelProvisioner(store, {"hf": fetcher}, outbound=policy)
+                return Path(prov.ensure_present_str(ref).local_path)
+
+    @pytest.mark.parametrize("ref", ["hf:org/r/m.gguf", "hf:org/r"])
+    def test_a_redirect_off_the_allowed_hosts_is_refused(self, store, ref):
+        """A hub's redirect to a host outside allowed_hosts is OUTBOUND_DENIED, naming it; a
+        whole repo's files, fetched in parallel threads, are held to it too."""
+        with pytest.raises(OutboundDenied, match="'localhost' is not in network_policy"):
+            self.pull_through_cdn(store, ("127.0.0.1",), ref)
+        assert [] == store.list()
+
+    def test_an_allowed_redirect_is_followed(self, store):
+        """The same redirect to a listed host downloads the file from there."""
+        assert b"gguf" == self.pull_through_cdn(store, ("127.0.0.1", "localhost")).read_bytes()
+
+
+class TestHubFailingMidPull:
+    def test_a_failing_hub_is_fetch_failed_and_the_pull_resumes(self, store):
+        """A hub erroring after some files is FETCH_FAILED (retriable, "pull again"), not
+        NOT_FOUND; nothing is registered, and once the hub is back the pull completes. (520,
+        a CDN's "unknown error", because the library retries 500s for half a minute first.)"""
+        files = {"a.gguf": b"a" * 100, "b.json": b"{}"}
+        state = HubState(repos={"org/flaky": HubRepo(files=files, lfs={"a.gguf"})})
+        broken = [True]
+
+        def fail_b(scope: dict[str, Any]) -> Response | None:
+            failing = broken[0] and scope["path"].endswith("/b.json")
+            return Response(b"upstream error", 520) if failing else None
+
+        with serve_in_thread(_hub_with(fake_hf_hub(state), fail_b)) as port:
+            prov = provisioner(store, f"http://127.0.0.1:{port}")
+            with pytest.raises(FetchFailed, match="pull again") as info:
+                prov.ensure_present_str("hf:org/flaky")
+            envelope = info.value.envelope()
+            assert ("INTERNAL", True) == (envelope["code"], envelope["retriable"])
+            assert "HTTP 520" in envelope["message"]
+            assert [] == store.list()
+            files_dir = store.staging_for("hf:org/flaky") / "files"
+            kept = [p for p in files_dir.rglob("*") if p.is_file() and ".cache" not in p.parts]
+            assert all(files[p.name] == p.read_bytes() for p in kept)  # whole files only
+            broken[0] = False
+            entry = prov.ensure_present_str("hf:org/flaky")
+        assert sorted(files) == sorted(f.path for f in entry.files)

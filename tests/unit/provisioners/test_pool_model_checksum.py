@@ -9,7 +9,7 @@ import pytest
 
 from llama_orch.catalog import CatalogStore
 from llama_orch.config import PoolConfig
-from llama_orch.errors import OrchError
+from llama_orch.errors import InvalidParams, OrchError
 from llama_orch.provisioners.fetch.file import FileFetcher
 from llama_orch.provisioners.models import ModelProvisioner
 from llama_orch.provisioners.pool_models import PoolModels
@@ -64,3 +64,20 @@ def test_a_catalog_entry_with_other_bytes_keeps_the_pool_from_serving(
     assert sha256_of(model) in problem
     right = PoolModels([pool(sha256_of(model))], provisioner, tmp_path)
     assert right.gate("lp", {0: 1 << 40}) is None
+
+
+def test_a_reloads_model_is_held_to_the_roots_when_registered(
+    tmp_path: Path, provisioner: ModelProvisioner
+) -> None:
+    """A client's reload carries catalog.local_roots to the registration: a model that became
+    a link out of them after the request was checked is refused, nothing registered."""
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tiny_llama_gguf(tmp_path / "outside.gguf")
+    (root / "m.gguf").symlink_to(outside)
+    models = PoolModels([], provisioner, root)
+    with pytest.raises(InvalidParams, match=r"outside catalog\.local_roots"):
+        models.register_local(pool(sha256_of(outside)), within=(str(root),))
+    assert [] == provisioner.store.list()
+    models.register_local(pool(sha256_of(outside)))  # the operator's config: no bound
+    assert 1 == len(provisioner.store.list())

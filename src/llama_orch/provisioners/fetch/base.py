@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,23 @@ class Fetched:
     source: dict[str, str] = field(default_factory=dict)
     #: sha256 hex of the single file at ``path``, when the fetcher hashed it while writing.
     computed_sha256: str | None = None
+    #: A local file, opened once and checked: read through this descriptor only, never by
+    #: ``path`` again, so the bytes hashed are those of the file checked. Closed by the reader.
+    opened: io.FileIO | None = None
+    #: Real folders (catalog.local_roots) every file of a local model directory must lie in
+    #: when it is opened to be hashed. None: no bound.
+    within: tuple[str, ...] | None = None
+
+    @property
+    def readable(self) -> Path:
+        """Where the single file's bytes are read: the open descriptor when there is one."""
+        return descriptor_path(self.opened.fileno()) if self.opened else self.path
+
+
+def descriptor_path(fd: int) -> Path:
+    """A path to the file open at ``fd`` itself: opening it opens that same file (Linux),
+    whatever its name points at by now."""
+    return Path(f"/proc/self/fd/{fd}")
 
 
 class Fetcher(Protocol):
