@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from llama_orch.config import Config, PoolConfig
 from llama_orch.contracts.api import TaskRequest
 from llama_orch.contracts.engine import ChatMessage, EmbedRequest, GenerateRequest
-from llama_orch.core.budgets import BudgetLimits, BudgetUsage, check_budget
+from llama_orch.core.budgets import (
+    TASK_FIELDS,
+    BudgetLimits,
+    BudgetUsage,
+    FieldNames,
+    check_budget,
+)
 from llama_orch.core.embedding import estimate_tokens
 from llama_orch.core.guardrails import (
     GuardViolation,
@@ -76,11 +82,13 @@ class Admission:
         correlation_id: str | None = None,
         identity: str | None = None,
         messages: tuple[ChatMessage, ...] | None = None,
+        names: FieldNames = TASK_FIELDS,
     ) -> Admitted:
         """``messages``: a chat, for front doors whose engines take one (the prompt is then its
-        rendering, used for guardrails and by completion-only engines)."""
+        rendering, used for guardrails and by completion-only engines); ``names``: what the
+        caller calls the task's length and session, as session refusals name them."""
         try:
-            return self._admit(request, correlation_id, identity, messages)
+            return self._admit(request, correlation_id, identity, messages, names)
         except OrchError as exc:
             reason = exc.kind.value
             if reason in _COUNTED_REASONS:
@@ -108,6 +116,7 @@ class Admission:
         correlation_id: str | None,
         identity: str | None,
         messages: tuple[ChatMessage, ...] | None,
+        names: FieldNames,
     ) -> Admitted:
         """Refusals first (each raises), then the task is built, queued and recorded."""
         dispatcher = self._dispatcher
@@ -123,7 +132,7 @@ class Admission:
         lane = dispatcher.lanes[decision.pool_id]
         check_sampler_profile(request, lane.pool)
         cost = task_tokens(request)
-        limits, price = self._check_session(request, lane.pool, now, cost)
+        limits, price = self._check_session(request, lane.pool, now, cost, names)
         bucket = self._check_rate(request, lane, now)
         predicted = self._check_predicted_start(request, lane)
         completion = request.workload is Workload.COMPLETION
@@ -245,7 +254,7 @@ class Admission:
         )
 
     def _check_session(
-        self, request: TaskRequest, pool: PoolRuntime, now: float, cost: int
+        self, request: TaskRequest, pool: PoolRuntime, now: float, cost: int, names: FieldNames
     ) -> tuple[BudgetLimits, float]:
         """Turns and budgets of the task's session (OC-CORE-1023, SPEC §17.11).
 
@@ -260,12 +269,14 @@ class Admission:
         if session is not None and session.turns >= sessions.max_turns:
             refusal: str | None = (
                 f"session {session_id} used all {session.turns} turns; start a new "
-                "session_id or wait for this one to expire"
+                f"{names.session} or wait for this one to expire"
             )
         else:
             usage = session.usage if session is not None else BudgetUsage()
-            sized_by = "max_tokens" if request.workload is Workload.COMPLETION else "inputs"
-            refusal = check_budget(limits, usage, max_tokens=cost, price=price, sized_by=sized_by)
+            sized_by = None if request.workload is Workload.COMPLETION else "inputs"
+            refusal = check_budget(
+                limits, usage, max_tokens=cost, price=price, names=names, sized_by=sized_by
+            )
         if refusal is not None:
             ttl_ms = (
                 sessions.ttl_remaining_ms(session, now)

@@ -17,7 +17,7 @@ from llama_orch.config import Config, PoolSseConfig, SseConfig
 from llama_orch.contracts.api import SessionInfo, StreamOptions, TaskRequest
 from llama_orch.contracts.engine import ChatMessage
 from llama_orch.contracts.frames import Frame, started_frame
-from llama_orch.core.budgets import BudgetUsage, affordable_tokens
+from llama_orch.core.budgets import TASK_FIELDS, BudgetUsage, FieldNames, affordable_tokens
 from llama_orch.core.model import AffinityOutcome
 from llama_orch.dispatch.admission import Admission, Admitted
 from llama_orch.dispatch.board import Board, PoolQueueView, read_board
@@ -146,10 +146,16 @@ class TaskService:
         correlation_id: str | None = None,
         identity: str | None = None,
         messages: tuple[ChatMessage, ...] | None = None,
+        names: FieldNames = TASK_FIELDS,
     ) -> Admitted:
-        """Queue a task or raise the typed refusal; ``messages`` is a chat for the engine."""
+        """Queue a task or raise the typed refusal; ``messages`` is a chat for the engine,
+        ``names`` what the caller calls the task's length and session."""
         return self._admission.admit(
-            request, correlation_id=correlation_id, identity=identity, messages=messages
+            request,
+            correlation_id=correlation_id,
+            identity=identity,
+            messages=messages,
+            names=names,
         )
 
     def open_stream(self, task_id: str, options: StreamOptions | None = None) -> StreamView:

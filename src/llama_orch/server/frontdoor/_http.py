@@ -82,14 +82,13 @@ def session_of(request: Request) -> uuid.UUID:
     OpenAI's ``user`` does not name one: applications tag every request of an end user with
     it, so a session built on it would gather them all and its turn limit would refuse them.
     """
-    raw = request.headers.get("x-session-id")
+    header = _tasks.SESSION_HEADER
+    raw = request.headers.get(header)
     if raw is not None:
         try:
             return uuid.UUID(raw)
         except ValueError:
-            raise BadField(
-                f"X-Session-Id must be a UUID, got {raw[:64]!r}", param="X-Session-Id"
-            ) from None
+            raise BadField(f"{header} must be a UUID, got {raw[:64]!r}", param=header) from None
     return uuid.uuid4()
 
 

@@ -18,6 +18,7 @@ import orjson
 
 from llama_orch.contracts.api import Sampling, TaskRequest
 from llama_orch.contracts.engine import ChatMessage
+from llama_orch.core.budgets import FieldNames
 from llama_orch.core.guardrails import estimate_prompt_tokens
 from llama_orch.dispatch.service import TaskState
 from llama_orch.dispatch.streams import TaskStream
@@ -101,6 +102,10 @@ class PromptTooLong(InvalidParams):
     def __init__(self, message: str, *, param: str) -> None:
         super().__init__(message)
         self.param = param
+
+
+#: The header that names a front-door request's session, as refusals name it.
+SESSION_HEADER = "X-Session-Id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +221,7 @@ def admit(
         correlation_id=correlation_id,
         identity=identity,
         messages=submission.messages,
+        names=FieldNames(length=submission.length_field, session=SESSION_HEADER),
     )
     return Ticket(
         task_id=admitted.task_id,
@@ -268,7 +274,12 @@ def admit_embed(
         dimensions=submission.dimensions,
     )
     service = deps.service
-    admitted = service.admit(request, correlation_id=correlation_id, identity=identity)
+    admitted = service.admit(
+        request,
+        correlation_id=correlation_id,
+        identity=identity,
+        names=FieldNames(session=SESSION_HEADER),
+    )
     return Ticket(
         task_id=admitted.task_id,
         pool_id=admitted.pool_id,
