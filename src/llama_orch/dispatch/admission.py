@@ -219,8 +219,8 @@ class Admission:
     def _reserve(self, task: Task, limits: BudgetLimits, now: float, max_tokens: int) -> None:
         """One more turn of the session, and its budget held for the task's max_tokens."""
         sessions = self._dispatcher.sessions
-        session = sessions.get_or_create(task.session_id, now, limits)
-        sessions.hold(session, now)
+        session = sessions.get_or_create(task.session_id, now)
+        sessions.hold(session, now, limits)
         session.usage.reserve(max_tokens, task.price_per_token)
         task.reserved_tokens = max_tokens
         task.session = session
@@ -258,14 +258,14 @@ class Admission:
     ) -> tuple[BudgetLimits, float]:
         """Turns and budgets of the task's session (OC-CORE-1023, SPEC §17.11).
 
-        Returns the session's limits (a new session takes its pool's) and this pool's price.
+        Returns the pool's limits, which govern the task whatever pool the session used
+        before (what it spent there still counts), and the pool's price.
         """
         sessions = self._dispatcher.sessions
         session_id = str(request.session_id)
         session = sessions.get(session_id, now)
-        pool_limits = budget_limits(self._config.budgets, pool.config.budgets)
-        limits = session.limits if session is not None else pool_limits
-        price = pool_limits.cost_per_token
+        limits = budget_limits(self._config.budgets, pool.config.budgets)
+        price = limits.cost_per_token
         if session is not None and session.turns >= sessions.max_turns:
             refusal: str | None = (
                 f"session {session_id} used all {session.turns} turns; start a new "

@@ -267,17 +267,16 @@ class TaskService:
         return self._dispatcher.budget_fields(session_id)
 
     def affordable_tokens(self, session_id: str, pool_id: str) -> int | None:
-        """The largest ``max_tokens`` the session's budgets admit now for a task on the pool
-        (None: no bound); a session not seen yet has its pool's whole budget."""
+        """The largest ``max_tokens`` the pool's budgets admit now for a task of the session,
+        given all it spent (None: no bound); a session not seen yet has the whole budget."""
         dispatcher = self._dispatcher
         lane = dispatcher.lanes.get(pool_id)
         if lane is None:
             raise NotFound(f"pool {pool_id!r} is not configured; see GET /v1/capabilities")
         pool_limits = budget_limits(self._config.budgets, lane.pool.config.budgets)
         session = dispatcher.sessions.get(session_id, dispatcher.now())
-        if session is None:
-            return affordable_tokens(pool_limits, BudgetUsage(), pool_limits.cost_per_token)
-        return affordable_tokens(session.limits, session.usage, pool_limits.cost_per_token)
+        usage = BudgetUsage() if session is None else session.usage
+        return affordable_tokens(pool_limits, usage, pool_limits.cost_per_token)
 
     # -- pools -----------------------------------------------------------------------------------
 
