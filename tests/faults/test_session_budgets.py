@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,17 +20,22 @@ LARGE = 100
 CHAT = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    workdir = tmp_path_factory.mktemp("session-budgets")
-    small = mock_pool("small", "m-small", budgets={"tokens": SMALL})
-    large = mock_pool("large", "m-large", budgets={"tokens": LARGE})
-    config: dict[str, Any] = serve_config(small, artifacts_dir=str(workdir / "artifacts"))
-    config["pools"].append(large)
+def _serving(workdir: Path, *pools: dict[str, Any]) -> Iterator[ServeProcess]:
+    config: dict[str, Any] = serve_config(pools[0], artifacts_dir=str(workdir / "artifacts"))
+    config["pools"].extend(pools[1:])
     with serve_process(config, workdir) as served:
         yield served
     log = served.log_path.read_text(encoding="utf-8")
     assert "Traceback" not in log
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    yield from _serving(
+        tmp_path_factory.mktemp("session-budgets"),
+        mock_pool("small", "m-small", budgets={"tokens": SMALL}),
+        mock_pool("large", "m-large", budgets={"tokens": LARGE}),
+    )
 
 
 def _chat(client: httpx.Client, session: str, model: str, max_tokens: int) -> httpx.Response:
@@ -57,3 +63,33 @@ def test_a_session_on_a_second_pool_is_held_to_that_pools_budget(server: ServePr
         assert "session token budget is spent" in again.json()["error"]["message"]
         info = client.get(f"/v1/sessions/{session}").json()
         assert LARGE - spent == info["tokens_budget_remaining"]
+
+
+@pytest.fixture(scope="module")
+def shared_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """Two pools serve one model, the one placement prefers with the smaller budget."""
+    yield from _serving(
+        tmp_path_factory.mktemp("shared-model-budgets"),
+        mock_pool("z-roomy", "m-shared", budgets={"tokens": LARGE}),
+        mock_pool("a-tight", "m-shared", budgets={"tokens": SMALL}),
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": CHAT}),
+        ("/api/generate", {"prompt": "hi", "stream": False}),
+    ],
+)
+def test_a_request_without_a_length_fits_the_budget_of_the_pool_it_lands_on(
+    shared_model: ServeProcess, path: str, body: dict[str, object]
+) -> None:
+    """A request that sets no length is cut to what the session's budget affords on the pool
+    admission places it on, not on another pool serving the same model, and is never refused
+    with advice to lower a length the client did not send."""
+    url = f"{shared_model.url}{path}"
+    answer = httpx.post(url, json={"model": "m-shared", **body}, timeout=30)
+    assert 200 == answer.status_code, answer.text
+    usage = answer.json().get("usage") or {"completion_tokens": answer.json()["eval_count"]}
+    assert usage["completion_tokens"] <= SMALL

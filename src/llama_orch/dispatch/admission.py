@@ -17,6 +17,7 @@ from llama_orch.core.budgets import (
     BudgetLimits,
     BudgetUsage,
     FieldNames,
+    affordable_tokens,
     check_budget,
 )
 from llama_orch.core.embedding import estimate_tokens
@@ -62,6 +63,8 @@ class Admitted:
     predicted_start_ms: int
     #: The session's enabled budgets as they stand after this task's reservation.
     budgets: dict[str, int | float] = field(default_factory=dict)
+    #: The task's ``max_tokens``: the request's, or less when admission fitted it to a budget.
+    max_tokens: int = 0
 
 
 class Admission:
@@ -83,12 +86,15 @@ class Admission:
         identity: str | None = None,
         messages: tuple[ChatMessage, ...] | None = None,
         names: FieldNames = TASK_FIELDS,
+        fit_to_budget: bool = False,
     ) -> Admitted:
         """``messages``: a chat, for front doors whose engines take one (the prompt is then its
         rendering, used for guardrails and by completion-only engines); ``names``: what the
-        caller calls the task's length and session, as session refusals name them."""
+        caller calls the task's length and session, as session refusals name them;
+        ``fit_to_budget``: the caller set no length, so ``max_tokens`` is cut to what the
+        session's budget affords on the pool the task lands on rather than refused."""
         try:
-            return self._admit(request, correlation_id, identity, messages, names)
+            return self._admit(request, correlation_id, identity, messages, names, fit_to_budget)
         except OrchError as exc:
             reason = exc.kind.value
             if reason in _COUNTED_REASONS:
@@ -117,6 +123,7 @@ class Admission:
         identity: str | None,
         messages: tuple[ChatMessage, ...] | None,
         names: FieldNames,
+        fit_to_budget: bool,
     ) -> Admitted:
         """Refusals first (each raises), then the task is built, queued and recorded."""
         dispatcher = self._dispatcher
@@ -131,6 +138,8 @@ class Admission:
         decision = self._place(request, job, now)
         lane = dispatcher.lanes[decision.pool_id]
         check_sampler_profile(request, lane.pool)
+        if fit_to_budget:
+            request = self._fit_to_budget(request, lane.pool, now)
         cost = task_tokens(request)
         limits, price = self._check_session(request, lane.pool, now, cost, names)
         bucket = self._check_rate(request, lane, now)
@@ -175,6 +184,7 @@ class Admission:
             queue_position=position,
             predicted_start_ms=predicted,
             budgets=budgets,
+            max_tokens=request.max_tokens,
         )
 
     def _check_new(self, request: TaskRequest, now: float) -> None:
@@ -252,6 +262,17 @@ class Admission:
             model_id=request.model_ref,
             **task.decision.fields(),
         )
+
+    def _fit_to_budget(self, request: TaskRequest, pool: PoolRuntime, now: float) -> TaskRequest:
+        """``max_tokens`` cut to what the session's budget on ``pool`` affords; a budget with
+        nothing left is ``_check_session``'s to refuse."""
+        limits = budget_limits(self._config.budgets, pool.config.budgets)
+        session = self._dispatcher.sessions.get(str(request.session_id), now)
+        usage = session.usage if session is not None else BudgetUsage()
+        most = affordable_tokens(limits, usage, limits.cost_per_token)
+        if not most or most >= request.max_tokens:
+            return request
+        return request.model_copy(update={"max_tokens": most})
 
     def _check_session(
         self, request: TaskRequest, pool: PoolRuntime, now: float, cost: int, names: FieldNames

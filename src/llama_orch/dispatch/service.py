@@ -17,12 +17,11 @@ from llama_orch.config import Config, PoolSseConfig, SseConfig
 from llama_orch.contracts.api import SessionInfo, StreamOptions, TaskRequest
 from llama_orch.contracts.engine import ChatMessage
 from llama_orch.contracts.frames import Frame, started_frame
-from llama_orch.core.budgets import TASK_FIELDS, BudgetUsage, FieldNames, affordable_tokens
+from llama_orch.core.budgets import TASK_FIELDS, FieldNames
 from llama_orch.core.model import AffinityOutcome
 from llama_orch.dispatch.admission import Admission, Admitted
 from llama_orch.dispatch.board import Board, PoolQueueView, read_board
 from llama_orch.dispatch.dispatcher import Dispatcher
-from llama_orch.dispatch.sessions import budget_limits
 from llama_orch.dispatch.streams import TaskStream
 from llama_orch.dispatch.tasks import TERMINAL_STATES, RegistryStats, Task, TaskState
 from llama_orch.errors import Conflict, NotFound, OrchError
@@ -147,15 +146,19 @@ class TaskService:
         identity: str | None = None,
         messages: tuple[ChatMessage, ...] | None = None,
         names: FieldNames = TASK_FIELDS,
+        fit_to_budget: bool = False,
     ) -> Admitted:
         """Queue a task or raise the typed refusal; ``messages`` is a chat for the engine,
-        ``names`` what the caller calls the task's length and session."""
+        ``names`` what the caller calls the task's length and session; with ``fit_to_budget``
+        (the caller set no length) ``max_tokens`` is cut to what the session's budget affords
+        on the pool the task lands on (``Admitted.max_tokens``)."""
         return self._admission.admit(
             request,
             correlation_id=correlation_id,
             identity=identity,
             messages=messages,
             names=names,
+            fit_to_budget=fit_to_budget,
         )
 
     def open_stream(self, task_id: str, options: StreamOptions | None = None) -> StreamView:
@@ -265,18 +268,6 @@ class TaskService:
 
     def budgets(self, session_id: str) -> dict[str, int | float]:
         return self._dispatcher.budget_fields(session_id)
-
-    def affordable_tokens(self, session_id: str, pool_id: str) -> int | None:
-        """The largest ``max_tokens`` the pool's budgets admit now for a task of the session,
-        given all it spent (None: no bound); a session not seen yet has the whole budget."""
-        dispatcher = self._dispatcher
-        lane = dispatcher.lanes.get(pool_id)
-        if lane is None:
-            raise NotFound(f"pool {pool_id!r} is not configured; see GET /v1/capabilities")
-        pool_limits = budget_limits(self._config.budgets, lane.pool.config.budgets)
-        session = dispatcher.sessions.get(session_id, dispatcher.now())
-        usage = BudgetUsage() if session is None else session.usage
-        return affordable_tokens(pool_limits, usage, pool_limits.cost_per_token)
 
     # -- pools -----------------------------------------------------------------------------------
 

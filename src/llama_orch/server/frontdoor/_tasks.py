@@ -179,11 +179,6 @@ def admit(
     if max_tokens is None:
         # Leave the prompt room within ctx; admission's own guardrail still has the last word.
         max_tokens = max(1, min(default_max_tokens, room))
-        # Nor more than the session's budget admits: the client asked for no length, so the
-        # answer stops at the budget (finish_reason "length") rather than being refused.
-        affordable = deps.service.affordable_tokens(str(submission.session_id), model.pool_id)
-        if affordable:
-            max_tokens = min(max_tokens, affordable)
     elif max_tokens > room:
         field = submission.length_field
         raise PromptTooLong(
@@ -222,6 +217,10 @@ def admit(
         identity=identity,
         messages=submission.messages,
         names=FieldNames(length=submission.length_field, session=SESSION_HEADER),
+        # Nor more than the session's budget admits on the pool the task lands on: the client
+        # asked for no length, so the answer stops at the budget (finish_reason "length")
+        # rather than being refused.
+        fit_to_budget=submission.max_tokens is None,
     )
     return Ticket(
         task_id=admitted.task_id,
@@ -229,7 +228,7 @@ def admit(
         stream=service.follow(admitted.task_id),
         queue_position=admitted.queue_position,
         predicted_start_ms=admitted.predicted_start_ms,
-        max_tokens=max_tokens,
+        max_tokens=admitted.max_tokens,
         budget_headers=budget_headers(admitted.budgets),
     )
 
