@@ -35,6 +35,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
         tmp_path_factory.mktemp("session-budgets"),
         mock_pool("small", "m-small", budgets={"tokens": SMALL}),
         mock_pool("large", "m-large", budgets={"tokens": LARGE}),
+        # An engine that hangs after its first token: a task runs until it is canceled.
+        mock_pool(
+            "held", "m-held", slots=2, budgets={"tokens": SMALL}, mock={"hang_after_token": 1}
+        ),
     )
 
 
@@ -93,3 +97,22 @@ def test_a_request_without_a_length_fits_the_budget_of_the_pool_it_lands_on(
     assert 200 == answer.status_code, answer.text
     usage = answer.json().get("usage") or {"completion_tokens": answer.json()["eval_count"]}
     assert usage["completion_tokens"] <= SMALL
+
+
+def test_a_budget_held_by_a_running_task_is_not_called_spent(server: ServeProcess) -> None:
+    """While a task of the session holds the rest of the budget, another task is refused with
+    what is true: the budget is reserved until that task ends, not spent for good."""
+    session = {"X-Session-Id": str(uuid.uuid4())}
+    body = {"model": "m-held", "messages": CHAT, "stream": True}
+    with httpx.Client(base_url=server.url, timeout=30, headers=session) as client:
+        # No length: the task reserves all the session's budget on the pool.
+        with client.stream("POST", "/v1/chat/completions", json=body) as holder:
+            assert 200 == holder.status_code
+            # Admitted once answered 200; reading on (and keeping the reader) keeps it running.
+            lines = holder.iter_lines()
+            assert next(lines).startswith("data: ")
+            second = client.post("/v1/chat/completions", json={**body, "stream": False})
+        assert 429 == second.status_code, second.text
+    message = second.json()["error"]["message"]
+    assert "spent" not in message
+    assert f"{SMALL} tokens reserved" in message

@@ -112,6 +112,12 @@ def check_budget(
     length = names.length
     if left.tokens == 0:
         # No size fits: advice to lower the length (at least 1) could not be followed.
+        if usage.tokens_reserved:
+            return (
+                f"session token budget is held by its queued or running tasks "
+                f"({usage.tokens_reserved} tokens reserved until they end, when what they did "
+                "not use is freed); retry once they end or start a new session"
+            )
         return "session token budget is spent; start a new session or wait for this one to expire"
     if left.tokens is not None and max_tokens > left.tokens and sized_by is not None:
         return (
@@ -126,6 +132,12 @@ def check_budget(
     if left.time_ms is not None and left.time_ms <= 0:
         return "session time budget is spent; start a new session"
     if left.cost is not None and price > left.cost + 1e-12:
+        if usage.cost_reserved > 1e-12:
+            return (
+                f"session cost budget is held by its queued or running tasks "
+                f"({usage.cost_reserved:g} reserved until they end, when what they did not "
+                "use is freed); retry once they end or start a new session"
+            )
         return (
             f"session cost budget is spent ({left.cost:g} left, less than one token's price "
             f"{price:g}); start a new session or wait for this one to expire"
