@@ -3,6 +3,7 @@ pools with different budgets, its turns and budgets raced, deleted and spent."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from tests.faults._raw import serve_config
 from tests.support.serve_process import ServeProcess, serve_process
 from tests.support.server import mock_pool
 
+#: sessions.max_turns by default.
+MAX_TURNS = 8
 SMALL = 30
 LARGE = 100
 CHAT = [{"role": "user", "content": "hi"}]
@@ -116,3 +119,21 @@ def test_a_budget_held_by_a_running_task_is_not_called_spent(server: ServeProces
     message = second.json()["error"]["message"]
     assert "spent" not in message
     assert f"{SMALL} tokens reserved" in message
+
+
+def test_requests_racing_for_the_last_turns_get_exactly_the_turns_left(
+    server: ServeProcess,
+) -> None:
+    """Requests of one session sent at once are admitted one by one: exactly the turn limit
+    (sessions.max_turns, 8 by default) are answered, each other one is refused with 429."""
+    session = {"X-Session-Id": str(uuid.uuid4())}
+    body = {"model": "m-large", "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+
+    async def race() -> list[int]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, headers=session) as client:
+            answers = await asyncio.gather(
+                *(client.post("/api/generate", json=body) for _ in range(MAX_TURNS + 3))
+            )
+        return sorted(a.status_code for a in answers)
+
+    assert [200] * MAX_TURNS + [429] * 3 == asyncio.run(race())
