@@ -14,7 +14,7 @@ import pytest
 
 from tests.faults._raw import serve_config
 from tests.support.serve_process import ServeProcess, serve_process
-from tests.support.server import mock_pool
+from tests.support.server import mock_pool, task_body
 
 #: sessions.max_turns by default.
 MAX_TURNS = 8
@@ -137,3 +137,39 @@ def test_requests_racing_for_the_last_turns_get_exactly_the_turns_left(
         return sorted(a.status_code for a in answers)
 
     assert [200] * MAX_TURNS + [429] * 3 == asyncio.run(race())
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 10, "stop": [" "]}),
+        (
+            "/api/generate",
+            {"prompt": "hi", "stream": False, "options": {"num_predict": 10, "stop": [" "]}},
+        ),
+    ],
+)
+def test_a_buffered_answer_reports_the_budget_left_after_its_task(
+    server: ServeProcess, path: str, body: dict[str, object]
+) -> None:
+    """An answer sent whole is sent after its task ended: X-Budget-Tokens-Remaining counts what
+    the task used (it stops at the first space), not the length admission reserved for it."""
+    session = {"X-Session-Id": str(uuid.uuid4())}
+    answer = httpx.post(
+        f"{server.url}{path}", json={"model": "m-small", **body}, headers=session, timeout=30
+    )
+    assert 200 == answer.status_code, answer.text
+    used = answer.json().get("usage", {}).get("completion_tokens") or answer.json()["eval_count"]
+    assert used < 10
+    assert str(SMALL - used) == answer.headers["X-Budget-Tokens-Remaining"]
+
+
+def test_a_waited_task_reports_the_budget_left_after_it(server: ServeProcess) -> None:
+    """``POST /v1/tasks`` with ``Prefer: wait`` answers once the task ended: its budget header
+    counts what the task used, as the buffered front-door answers do."""
+    body = task_body("m-small", max_tokens=10, sampling={"stop": [" "]})
+    answer = httpx.post(f"{server.url}/v1/tasks", json=body, headers={"Prefer": "wait"}, timeout=30)
+    assert 200 == answer.status_code, answer.text
+    used = answer.json()["tokens_out"]
+    assert used < 10
+    assert str(SMALL - used) == answer.headers["X-Budget-Tokens-Remaining"]

@@ -59,6 +59,7 @@ from llama_orch.vocab import PlacementMode, Priority, Workload
 class Admitted:
     task_id: str
     pool_id: str
+    session_id: str
     queue_position: int
     predicted_start_ms: int
     #: The session's enabled budgets as they stand after this task's reservation.
@@ -181,6 +182,7 @@ class Admission:
         return Admitted(
             task_id=task.id,
             pool_id=task.pool_id,
+            session_id=task.session_id,
             queue_position=position,
             predicted_start_ms=predicted,
             budgets=budgets,

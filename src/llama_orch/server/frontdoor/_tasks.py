@@ -134,6 +134,7 @@ class Ticket:
 
     task_id: str
     pool_id: str
+    session_id: str
     #: The task's transcript, followed in the same response.
     stream: TaskStream
     queue_position: int
@@ -225,6 +226,7 @@ def admit(
     return Ticket(
         task_id=admitted.task_id,
         pool_id=admitted.pool_id,
+        session_id=admitted.session_id,
         stream=service.follow(admitted.task_id),
         queue_position=admitted.queue_position,
         predicted_start_ms=admitted.predicted_start_ms,
@@ -282,6 +284,7 @@ def admit_embed(
     return Ticket(
         task_id=admitted.task_id,
         pool_id=admitted.pool_id,
+        session_id=admitted.session_id,
         stream=service.follow(admitted.task_id),
         queue_position=admitted.queue_position,
         predicted_start_ms=admitted.predicted_start_ms,
