@@ -4,9 +4,11 @@ field the peer API says to ignore changes nothing."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import httpx
+import openai
 import pytest
 
 from tests.faults._raw import serve_config
@@ -319,3 +321,91 @@ def test_a_length_past_the_context_names_the_field_the_client_sent(
     assert "raise ctx" not in message
     if isinstance(error, dict):
         assert field == error["param"]
+
+
+def _refusal(answer: httpx.Response) -> str:
+    error = answer.json()["error"]
+    return str(error["message"] if isinstance(error, dict) else error)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 31}, "max_tokens"),
+        (
+            "/v1/chat/completions",
+            {"messages": CHAT, "max_completion_tokens": 31},
+            "max_completion_tokens",
+        ),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 31}, "max_tokens"),
+        (
+            "/api/chat",
+            {"messages": CHAT, "stream": False, "options": {"num_predict": 31}},
+            "options.num_predict",
+        ),
+        (
+            "/api/generate",
+            {"prompt": "hi", "stream": False, "options": {"num_predict": 31}},
+            "options.num_predict",
+        ),
+    ],
+)
+def test_a_length_past_the_session_budget_names_the_field_the_client_sent(
+    server: ServeProcess, path: str, body: dict[str, object], field: str
+) -> None:
+    """The budget refusal asks to lower the length the client sent, in its own API's name."""
+    answer = httpx.post(f"{server.url}{path}", json={"model": "m1", **body}, timeout=30)
+    assert 429 == answer.status_code, answer.text
+    message = _refusal(answer)
+    assert f"{field} is 31; lower {field} to at most {TOKEN_BUDGET}" in message
+    if field != "max_tokens":
+        assert "max_tokens" not in message
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/chat", {"messages": CHAT, "stream": False, "options": {"num_predict": 1}}),
+        ("/api/generate", {"prompt": "hi", "stream": False, "options": {"num_predict": 1}}),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 1}),
+    ],
+)
+def test_a_front_door_turn_limit_names_the_session_header(
+    server: ServeProcess, path: str, body: dict[str, object]
+) -> None:
+    """A front-door client names its session with X-Session-Id: the turn limit says to change
+    that header, not a session_id field it never sent."""
+    session = {"X-Session-Id": str(uuid.uuid4())}
+    url = f"{server.url}{path}"
+    for _ in range(MAX_TURNS):
+        answer = httpx.post(url, json={"model": "m0", **body}, headers=session, timeout=30)
+        assert 200 == answer.status_code, answer.text
+    refused = httpx.post(url, json={"model": "m0", **body}, headers=session, timeout=30)
+    assert 429 == refused.status_code
+    message = _refusal(refused)
+    assert f"used all {MAX_TURNS} turns" in message
+    assert "X-Session-Id" in message
+    assert "session_id" not in message
+
+
+def test_the_openai_client_reads_budget_and_turn_refusals_in_its_own_terms(
+    server: ServeProcess,
+) -> None:
+    session = str(uuid.uuid4())
+    client = openai.OpenAI(
+        base_url=f"{server.url}/v1",
+        api_key="unused",
+        max_retries=0,
+        default_headers={"X-Session-Id": session},
+    )
+    with client:
+        chat = client.chat.completions
+        with pytest.raises(openai.RateLimitError) as too_long:
+            chat.create(model="m1", messages=CHAT, max_completion_tokens=TOKEN_BUDGET + 1)  # type: ignore[arg-type]
+        assert "lower max_completion_tokens to at most" in too_long.value.message
+        for _ in range(MAX_TURNS):
+            chat.create(model="m1", messages=CHAT, max_completion_tokens=1)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError) as no_turns:
+            chat.create(model="m1", messages=CHAT, max_completion_tokens=1)  # type: ignore[arg-type]
+    assert "X-Session-Id" in no_turns.value.message
+    assert "session_id" not in no_turns.value.message

@@ -13,6 +13,18 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class FieldNames:
+    """What a refusal calls a task's length and session: the task API's fields, or what a front
+    door's client sent instead (``options.num_predict``, the ``X-Session-Id`` header)."""
+
+    length: str = "max_tokens"
+    session: str = "session_id"
+
+
+TASK_FIELDS = FieldNames()
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetLimits:
     """``None`` disables a budget; ``cost_per_token`` prices every generated token."""
 
@@ -89,35 +101,50 @@ def check_budget(
     *,
     max_tokens: int,
     price: float,
-    sized_by: str = "max_tokens",
+    names: FieldNames = TASK_FIELDS,
+    sized_by: str | None = None,
 ) -> str | None:
     """None when the task fits what is left; otherwise what is exhausted and what to do.
 
-    ``sized_by`` names what ``max_tokens`` counts (an embedding task: its input tokens)."""
+    ``names.length`` is the field that set ``max_tokens``; ``sized_by`` names what it counts
+    when it is no length (an embedding task: its inputs' tokens)."""
     left = remaining(limits, usage)
+    length = names.length
     if left.tokens == 0:
-        # No size fits: advice to lower max_tokens (at least 1) could not be followed.
+        # No size fits: advice to lower the length (at least 1) could not be followed.
+        if usage.tokens_reserved:
+            return (
+                f"session token budget is held by its queued or running tasks "
+                f"({usage.tokens_reserved} tokens reserved until they end, when what they did "
+                "not use is freed); retry once they end or start a new session"
+            )
         return "session token budget is spent; start a new session or wait for this one to expire"
-    if left.tokens is not None and max_tokens > left.tokens and sized_by != "max_tokens":
+    if left.tokens is not None and max_tokens > left.tokens and sized_by is not None:
         return (
             f"session token budget has {left.tokens} tokens left but the {sized_by} are about "
             f"{max_tokens} tokens; send fewer or shorter texts or start a new session"
         )
     if left.tokens is not None and max_tokens > left.tokens:
         return (
-            f"session token budget has {left.tokens} tokens left but max_tokens is "
-            f"{max_tokens}; lower max_tokens to at most {left.tokens} or start a new session"
+            f"session token budget has {left.tokens} tokens left but {length} is "
+            f"{max_tokens}; lower {length} to at most {left.tokens} or start a new session"
         )
     if left.time_ms is not None and left.time_ms <= 0:
         return "session time budget is spent; start a new session"
     if left.cost is not None and price > left.cost + 1e-12:
+        if usage.cost_reserved > 1e-12:
+            return (
+                f"session cost budget is held by its queued or running tasks "
+                f"({usage.cost_reserved:g} reserved until they end, when what they did not "
+                "use is freed); retry once they end or start a new session"
+            )
         return (
             f"session cost budget is spent ({left.cost:g} left, less than one token's price "
             f"{price:g}); start a new session or wait for this one to expire"
         )
     if left.cost is not None and max_tokens * price > left.cost + 1e-12:
         return (
-            f"session cost budget has {left.cost:g} left but max_tokens {max_tokens} may cost "
-            f"{max_tokens * price:g}; lower max_tokens or start a new session"
+            f"session cost budget has {left.cost:g} left but {length} {max_tokens} may cost "
+            f"{max_tokens * price:g}; lower {length} or start a new session"
         )
     return None

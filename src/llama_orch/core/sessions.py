@@ -4,8 +4,10 @@ A task with an unknown ``session_id`` creates the session; each admitted task is
 expired session is pruned lazily on access. The TTL is idle time: it does not run while a task
 of the session is queued or running (a task that outlives it would otherwise end charging a
 forgotten session, and the same id would start afresh with new turns and budgets), and it
-starts again from that task's end. A session's budget limits are fixed when it is
-created, from the pool its first task lands on (``dispatch.sessions.budget_limits``). KV warmth
+starts again from that task's end. Budget limits are a pool's (``dispatch.sessions.budget_limits``):
+a task is held to the limits of the pool it is admitted to, against everything the session has
+spent on any pool, and the session reports what is left against the limits of the pool its
+latest task was admitted to. KV warmth
 is tracked per replica: a replica is warm for the session once it streamed the session's first
 token there. Time is passed in, never read here.
 
@@ -105,17 +107,13 @@ class SessionStore:
             return None
         return session
 
-    def get_or_create(
-        self, session_id: str, now: float, limits: BudgetLimits | None = None
-    ) -> Session:
+    def get_or_create(self, session_id: str, now: float) -> Session:
         session = self.get(session_id, now)
         if session is None:
             if len(self._sessions) >= self._sweep_at:
                 self.prune(now)
                 self._sweep_at = max(SWEEP_FLOOR, 2 * len(self._sessions))
-            session = self._sessions[session_id] = Session(
-                session_id, now, now, limits=limits or BudgetLimits()
-            )
+            session = self._sessions[session_id] = Session(session_id, now, now)
         return session
 
     def ttl_remaining_ms(self, session: Session, now: float) -> int:
@@ -123,8 +121,10 @@ class SessionStore:
             return int(self.ttl_s * 1000)
         return max(0, int((session.last_used_at + self.ttl_s - now) * 1000))
 
-    def hold(self, session: Session, now: float) -> None:
-        """A task of the session was admitted: one more turn, and the TTL stops running."""
+    def hold(self, session: Session, now: float, limits: BudgetLimits) -> None:
+        """A task of the session was admitted to a pool with budget ``limits``: one more turn,
+        the TTL stops running, and what is left is reported against these limits from now."""
+        session.limits = limits
         session.turns += 1
         session.active += 1
         session.last_used_at = now

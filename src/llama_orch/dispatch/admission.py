@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from llama_orch.config import Config, PoolConfig
 from llama_orch.contracts.api import TaskRequest
 from llama_orch.contracts.engine import ChatMessage, EmbedRequest, GenerateRequest
-from llama_orch.core.budgets import BudgetLimits, BudgetUsage, check_budget
+from llama_orch.core.budgets import (
+    TASK_FIELDS,
+    BudgetLimits,
+    BudgetUsage,
+    FieldNames,
+    affordable_tokens,
+    check_budget,
+)
 from llama_orch.core.embedding import estimate_tokens
 from llama_orch.core.guardrails import (
     GuardViolation,
@@ -52,10 +59,13 @@ from llama_orch.vocab import PlacementMode, Priority, Workload
 class Admitted:
     task_id: str
     pool_id: str
+    session_id: str
     queue_position: int
     predicted_start_ms: int
     #: The session's enabled budgets as they stand after this task's reservation.
     budgets: dict[str, int | float] = field(default_factory=dict)
+    #: The task's ``max_tokens``: the request's, or less when admission fitted it to a budget.
+    max_tokens: int = 0
 
 
 class Admission:
@@ -76,11 +86,16 @@ class Admission:
         correlation_id: str | None = None,
         identity: str | None = None,
         messages: tuple[ChatMessage, ...] | None = None,
+        names: FieldNames = TASK_FIELDS,
+        fit_to_budget: bool = False,
     ) -> Admitted:
         """``messages``: a chat, for front doors whose engines take one (the prompt is then its
-        rendering, used for guardrails and by completion-only engines)."""
+        rendering, used for guardrails and by completion-only engines); ``names``: what the
+        caller calls the task's length and session, as session refusals name them;
+        ``fit_to_budget``: the caller set no length, so ``max_tokens`` is cut to what the
+        session's budget affords on the pool the task lands on rather than refused."""
         try:
-            return self._admit(request, correlation_id, identity, messages)
+            return self._admit(request, correlation_id, identity, messages, names, fit_to_budget)
         except OrchError as exc:
             reason = exc.kind.value
             if reason in _COUNTED_REASONS:
@@ -108,6 +123,8 @@ class Admission:
         correlation_id: str | None,
         identity: str | None,
         messages: tuple[ChatMessage, ...] | None,
+        names: FieldNames,
+        fit_to_budget: bool,
     ) -> Admitted:
         """Refusals first (each raises), then the task is built, queued and recorded."""
         dispatcher = self._dispatcher
@@ -122,8 +139,10 @@ class Admission:
         decision = self._place(request, job, now)
         lane = dispatcher.lanes[decision.pool_id]
         check_sampler_profile(request, lane.pool)
+        if fit_to_budget:
+            request = self._fit_to_budget(request, lane.pool, now)
         cost = task_tokens(request)
-        limits, price = self._check_session(request, lane.pool, now, cost)
+        limits, price = self._check_session(request, lane.pool, now, cost, names)
         bucket = self._check_rate(request, lane, now)
         predicted = self._check_predicted_start(request, lane)
         completion = request.workload is Workload.COMPLETION
@@ -163,9 +182,11 @@ class Admission:
         return Admitted(
             task_id=task.id,
             pool_id=task.pool_id,
+            session_id=task.session_id,
             queue_position=position,
             predicted_start_ms=predicted,
             budgets=budgets,
+            max_tokens=request.max_tokens,
         )
 
     def _check_new(self, request: TaskRequest, now: float) -> None:
@@ -210,8 +231,8 @@ class Admission:
     def _reserve(self, task: Task, limits: BudgetLimits, now: float, max_tokens: int) -> None:
         """One more turn of the session, and its budget held for the task's max_tokens."""
         sessions = self._dispatcher.sessions
-        session = sessions.get_or_create(task.session_id, now, limits)
-        sessions.hold(session, now)
+        session = sessions.get_or_create(task.session_id, now)
+        sessions.hold(session, now, limits)
         session.usage.reserve(max_tokens, task.price_per_token)
         task.reserved_tokens = max_tokens
         task.session = session
@@ -244,28 +265,41 @@ class Admission:
             **task.decision.fields(),
         )
 
+    def _fit_to_budget(self, request: TaskRequest, pool: PoolRuntime, now: float) -> TaskRequest:
+        """``max_tokens`` cut to what the session's budget on ``pool`` affords; a budget with
+        nothing left is ``_check_session``'s to refuse."""
+        limits = budget_limits(self._config.budgets, pool.config.budgets)
+        session = self._dispatcher.sessions.get(str(request.session_id), now)
+        usage = session.usage if session is not None else BudgetUsage()
+        most = affordable_tokens(limits, usage, limits.cost_per_token)
+        if not most or most >= request.max_tokens:
+            return request
+        return request.model_copy(update={"max_tokens": most})
+
     def _check_session(
-        self, request: TaskRequest, pool: PoolRuntime, now: float, cost: int
+        self, request: TaskRequest, pool: PoolRuntime, now: float, cost: int, names: FieldNames
     ) -> tuple[BudgetLimits, float]:
         """Turns and budgets of the task's session (OC-CORE-1023, SPEC §17.11).
 
-        Returns the session's limits (a new session takes its pool's) and this pool's price.
+        Returns the pool's limits, which govern the task whatever pool the session used
+        before (what it spent there still counts), and the pool's price.
         """
         sessions = self._dispatcher.sessions
         session_id = str(request.session_id)
         session = sessions.get(session_id, now)
-        pool_limits = budget_limits(self._config.budgets, pool.config.budgets)
-        limits = session.limits if session is not None else pool_limits
-        price = pool_limits.cost_per_token
+        limits = budget_limits(self._config.budgets, pool.config.budgets)
+        price = limits.cost_per_token
         if session is not None and session.turns >= sessions.max_turns:
             refusal: str | None = (
                 f"session {session_id} used all {session.turns} turns; start a new "
-                "session_id or wait for this one to expire"
+                f"{names.session} or wait for this one to expire"
             )
         else:
             usage = session.usage if session is not None else BudgetUsage()
-            sized_by = "max_tokens" if request.workload is Workload.COMPLETION else "inputs"
-            refusal = check_budget(limits, usage, max_tokens=cost, price=price, sized_by=sized_by)
+            sized_by = None if request.workload is Workload.COMPLETION else "inputs"
+            refusal = check_budget(
+                limits, usage, max_tokens=cost, price=price, names=names, sized_by=sized_by
+            )
         if refusal is not None:
             ttl_ms = (
                 sessions.ttl_remaining_ms(session, now)

@@ -17,12 +17,11 @@ from llama_orch.config import Config, PoolSseConfig, SseConfig
 from llama_orch.contracts.api import SessionInfo, StreamOptions, TaskRequest
 from llama_orch.contracts.engine import ChatMessage
 from llama_orch.contracts.frames import Frame, started_frame
-from llama_orch.core.budgets import BudgetUsage, affordable_tokens
+from llama_orch.core.budgets import TASK_FIELDS, FieldNames
 from llama_orch.core.model import AffinityOutcome
 from llama_orch.dispatch.admission import Admission, Admitted
 from llama_orch.dispatch.board import Board, PoolQueueView, read_board
 from llama_orch.dispatch.dispatcher import Dispatcher
-from llama_orch.dispatch.sessions import budget_limits
 from llama_orch.dispatch.streams import TaskStream
 from llama_orch.dispatch.tasks import TERMINAL_STATES, RegistryStats, Task, TaskState
 from llama_orch.errors import Conflict, NotFound, OrchError
@@ -146,10 +145,20 @@ class TaskService:
         correlation_id: str | None = None,
         identity: str | None = None,
         messages: tuple[ChatMessage, ...] | None = None,
+        names: FieldNames = TASK_FIELDS,
+        fit_to_budget: bool = False,
     ) -> Admitted:
-        """Queue a task or raise the typed refusal; ``messages`` is a chat for the engine."""
+        """Queue a task or raise the typed refusal; ``messages`` is a chat for the engine,
+        ``names`` what the caller calls the task's length and session; with ``fit_to_budget``
+        (the caller set no length) ``max_tokens`` is cut to what the session's budget affords
+        on the pool the task lands on (``Admitted.max_tokens``)."""
         return self._admission.admit(
-            request, correlation_id=correlation_id, identity=identity, messages=messages
+            request,
+            correlation_id=correlation_id,
+            identity=identity,
+            messages=messages,
+            names=names,
+            fit_to_budget=fit_to_budget,
         )
 
     def open_stream(self, task_id: str, options: StreamOptions | None = None) -> StreamView:
@@ -259,19 +268,6 @@ class TaskService:
 
     def budgets(self, session_id: str) -> dict[str, int | float]:
         return self._dispatcher.budget_fields(session_id)
-
-    def affordable_tokens(self, session_id: str, pool_id: str) -> int | None:
-        """The largest ``max_tokens`` the session's budgets admit now for a task on the pool
-        (None: no bound); a session not seen yet has its pool's whole budget."""
-        dispatcher = self._dispatcher
-        lane = dispatcher.lanes.get(pool_id)
-        if lane is None:
-            raise NotFound(f"pool {pool_id!r} is not configured; see GET /v1/capabilities")
-        pool_limits = budget_limits(self._config.budgets, lane.pool.config.budgets)
-        session = dispatcher.sessions.get(session_id, dispatcher.now())
-        if session is None:
-            return affordable_tokens(pool_limits, BudgetUsage(), pool_limits.cost_per_token)
-        return affordable_tokens(session.limits, session.usage, pool_limits.cost_per_token)
 
     # -- pools -----------------------------------------------------------------------------------
 

@@ -111,6 +111,7 @@ _BUDGET_HEADERS = {
     "time_budget_remaining_ms": "X-Budget-Time-Remaining-Ms",
     "cost_budget_remaining": "X-Budget-Cost-Remaining",
 }
+BUDGET_HEADER_NAMES = tuple(_BUDGET_HEADERS.values())
 
 
 async def stream_task(request: Request) -> SseResponse | Response:

@@ -52,6 +52,15 @@ class TestBudgets:
         assert "cost budget is spent" in str(cost)
         assert "lower max_tokens" not in f"{tokens} {cost}"
 
+    def test_a_budget_held_by_running_tasks_is_not_called_spent(self) -> None:
+        """What running tasks reserved comes back, partly, when they end: not spent for good."""
+        held = BudgetUsage(tokens_used=60, tokens_reserved=40, cost_reserved=0.4)
+        tokens = check_budget(BudgetLimits(tokens=100), held, max_tokens=1, price=0)
+        cost = check_budget(BudgetLimits(cost=0.4), held, max_tokens=1, price=0.01)
+        assert "40 tokens reserved" in str(tokens)
+        assert "0.4 reserved" in str(cost)
+        assert "spent" not in f"{tokens} {cost}"
+
     @pytest.mark.parametrize(
         ("limits", "usage", "price", "most"),
         [

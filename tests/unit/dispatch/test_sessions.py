@@ -31,8 +31,8 @@ class TestSessionStore:
         again when the last one ends."""
         store = SessionStore(session_rules(SessionsConfig(ttl_ms=1000)))
         session = store.get_or_create("s1", now=0.0)
-        store.hold(session, now=0.0)
-        store.hold(session, now=0.5)
+        store.hold(session, now=0.0, limits=BudgetLimits())
+        store.hold(session, now=0.5, limits=BudgetLimits())
         assert (session, 1000) == (store.get("s1", now=9.0), store.ttl_remaining_ms(session, 9.0))
         assert 0 == store.prune(now=9.0)
         store.release(session, now=10.0)

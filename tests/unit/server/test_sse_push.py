@@ -216,7 +216,7 @@ def front_door(
     pushed: list[bytes] = []
     reader.attach(lambda chunk: pushed.append(chunk) or (complete or [True] * 64)[len(pushed) - 1])
     events: list[object] = []
-    ticket = Ticket("t", "p", stream, 0, 0, 8, {})
+    ticket = Ticket("t", "p", "s", stream, 0, 0, 8, {})
 
     async def consume() -> None:
         async for event in follow(None, ticket, pusher=reader, place=place):  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from llama_orch.contracts.api import INT64_MAX
 from llama_orch.errors import InvalidParams, NotFound, OrchError
 from llama_orch.server.body import json_body_limit, read_body
+from llama_orch.server.data_plane import BUDGET_HEADER_NAMES, budget_headers
 from llama_orch.server.deps import AppDeps
 from llama_orch.server.frontdoor import _tasks
 from llama_orch.server.frontdoor._tasks import Ticket
@@ -82,14 +83,13 @@ def session_of(request: Request) -> uuid.UUID:
     OpenAI's ``user`` does not name one: applications tag every request of an end user with
     it, so a session built on it would gather them all and its turn limit would refuse them.
     """
-    raw = request.headers.get("x-session-id")
+    header = _tasks.SESSION_HEADER
+    raw = request.headers.get(header)
     if raw is not None:
         try:
             return uuid.UUID(raw)
         except ValueError:
-            raise BadField(
-                f"X-Session-Id must be a UUID, got {raw[:64]!r}", param="X-Session-Id"
-            ) from None
+            raise BadField(f"{header} must be a UUID, got {raw[:64]!r}", param=header) from None
     return uuid.uuid4()
 
 
@@ -129,13 +129,23 @@ def ticket_headers(ticket: Ticket) -> dict[str, str]:
 
 
 class BufferedAnswer:
-    """Wait for ``produce`` while listening for the client: a disconnect cancels both."""
+    """Wait for ``produce`` while listening for the client: a disconnect cancels both.
+
+    The answer goes out after its task ended, so its ``X-Budget-*`` headers are read then: the
+    task charged what it used, not the length admission reserved for it."""
 
     def __init__(
-        self, produce: Callable[[], Awaitable[Response]], on_disconnect: Callable[[], None]
+        self,
+        produce: Callable[[], Awaitable[Response]],
+        on_disconnect: Callable[[], None],
+        *,
+        deps: AppDeps,
+        session_id: str,
     ) -> None:
         self._produce = produce
         self._on_disconnect = on_disconnect
+        self._deps = deps
+        self._session_id = session_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         producer = asyncio.ensure_future(self._produce())
@@ -151,6 +161,11 @@ class BufferedAnswer:
         if producer.cancelled():
             return
         response = producer.result()
+        headers = response.headers
+        for name in BUDGET_HEADER_NAMES:
+            if name in headers:
+                del headers[name]
+        headers.update(budget_headers(self._deps.service.budgets(self._session_id)))
         await response(scope, receive, send)
 
 
@@ -169,7 +184,7 @@ def answer_at_end(
     async def produce() -> Response:
         return render(await _tasks.outcome(deps, ticket))
 
-    return BufferedAnswer(produce, on_disconnect)
+    return BufferedAnswer(produce, on_disconnect, deps=deps, session_id=ticket.session_id)
 
 
 def retry_headers(headers: dict[str, str], failed: _tasks.Failed, status: int) -> dict[str, str]:

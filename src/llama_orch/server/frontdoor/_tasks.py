@@ -18,6 +18,7 @@ import orjson
 
 from llama_orch.contracts.api import Sampling, TaskRequest
 from llama_orch.contracts.engine import ChatMessage
+from llama_orch.core.budgets import FieldNames
 from llama_orch.core.guardrails import estimate_prompt_tokens
 from llama_orch.dispatch.service import TaskState
 from llama_orch.dispatch.streams import TaskStream
@@ -103,6 +104,10 @@ class PromptTooLong(InvalidParams):
         self.param = param
 
 
+#: The header that names a front-door request's session, as refusals name it.
+SESSION_HEADER = "X-Session-Id"
+
+
 @dataclass(frozen=True, slots=True)
 class Submission:
     """A request translated from a peer API; every field already validated."""
@@ -129,6 +134,7 @@ class Ticket:
 
     task_id: str
     pool_id: str
+    session_id: str
     #: The task's transcript, followed in the same response.
     stream: TaskStream
     queue_position: int
@@ -174,11 +180,6 @@ def admit(
     if max_tokens is None:
         # Leave the prompt room within ctx; admission's own guardrail still has the last word.
         max_tokens = max(1, min(default_max_tokens, room))
-        # Nor more than the session's budget admits: the client asked for no length, so the
-        # answer stops at the budget (finish_reason "length") rather than being refused.
-        affordable = deps.service.affordable_tokens(str(submission.session_id), model.pool_id)
-        if affordable:
-            max_tokens = min(max_tokens, affordable)
     elif max_tokens > room:
         field = submission.length_field
         raise PromptTooLong(
@@ -216,14 +217,20 @@ def admit(
         correlation_id=correlation_id,
         identity=identity,
         messages=submission.messages,
+        names=FieldNames(length=submission.length_field, session=SESSION_HEADER),
+        # Nor more than the session's budget admits on the pool the task lands on: the client
+        # asked for no length, so the answer stops at the budget (finish_reason "length")
+        # rather than being refused.
+        fit_to_budget=submission.max_tokens is None,
     )
     return Ticket(
         task_id=admitted.task_id,
         pool_id=admitted.pool_id,
+        session_id=admitted.session_id,
         stream=service.follow(admitted.task_id),
         queue_position=admitted.queue_position,
         predicted_start_ms=admitted.predicted_start_ms,
-        max_tokens=max_tokens,
+        max_tokens=admitted.max_tokens,
         budget_headers=budget_headers(admitted.budgets),
     )
 
@@ -268,10 +275,16 @@ def admit_embed(
         dimensions=submission.dimensions,
     )
     service = deps.service
-    admitted = service.admit(request, correlation_id=correlation_id, identity=identity)
+    admitted = service.admit(
+        request,
+        correlation_id=correlation_id,
+        identity=identity,
+        names=FieldNames(session=SESSION_HEADER),
+    )
     return Ticket(
         task_id=admitted.task_id,
         pool_id=admitted.pool_id,
+        session_id=admitted.session_id,
         stream=service.follow(admitted.task_id),
         queue_position=admitted.queue_position,
         predicted_start_ms=admitted.predicted_start_ms,

@@ -225,7 +225,7 @@ async def _answer(request: Request, *, chat: bool) -> Response | SseResponse | B
     async def produce() -> Response:
         return await reply.whole(deps, headers)
 
-    return BufferedAnswer(produce, on_disconnect)
+    return BufferedAnswer(produce, on_disconnect, deps=deps, session_id=ticket.session_id)
 
 
 def _load_reply(request: Request, call: _Call) -> Response:

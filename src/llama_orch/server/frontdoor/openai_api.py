@@ -252,7 +252,7 @@ async def _complete(request: Request, *, chat: bool) -> Response | SseResponse |
     async def produce() -> Response:
         return await reply.whole(deps, headers)
 
-    return BufferedAnswer(produce, on_disconnect)
+    return BufferedAnswer(produce, on_disconnect, deps=deps, session_id=ticket.session_id)
 
 
 class _Reply(TranscriptPusher):

@@ -67,7 +67,7 @@ def admitted_wait(deps: AppDeps, admitted: Admitted, headers: dict[str, str]) ->
                 if event == "error":
                     return _failed(orjson.loads(data), headers)
 
-    return BufferedAnswer(produce, on_disconnect)
+    return BufferedAnswer(produce, on_disconnect, deps=deps, session_id=admitted.session_id)
 
 
 def _done(
