@@ -127,3 +127,25 @@ class TestHostileText:
                 await page.click('nav a[data-view="playground"]')
                 assert 0 == await page.locator("#main img, #main script").count()
                 assert await page.evaluate("window.pwned") is None
+
+
+class TestModelIds:
+    async def test_verify_reaches_a_model_whose_file_name_holds_url_characters(
+        self, tmp_path: Path
+    ) -> None:
+        """A catalog id is a path and may hold '#', '?' or '%': Verify still reaches its model
+        (a '#' or '?' left as is would cut the request's path short)."""
+        model = tiny_llama_gguf(tmp_path / "m #1?v=2 50%.gguf")
+        model_id = f"file:{model}"
+        config = config_of(mock_pool(), catalog={"root": str(tmp_path / "catalog")})
+        async with running_server(config) as srv:
+            registered = await srv.client.post("/v1/catalog/models", json={"ref": model_id})
+            assert 201 == registered.status_code, registered.text
+            async with live_console(srv.url) as page:
+                await page.click('nav a[data-view="models"]')
+                row = page.locator("#models tbody tr").filter(has_text=str(model))
+                await row.get_by_role("button").click()
+                await async_api.expect(page.locator("#pull-status")).to_have_text(
+                    f"Verifying {model_id}: the result shows in the table."
+                )
+                await async_api.expect(row).to_contain_text("✓ verified")
