@@ -201,9 +201,14 @@ class TestStatusCommand:
     async def test_prints_tables(self) -> None:
         """`llorch status` prints the GPUs, pools, queue and running tasks."""
         async with running_server(config_of(slow_pool())) as srv:
-            bodies = [task_body(max_tokens=200), task_body(max_tokens=20, priority="batch")]
+            # The first task would run for 100 s (the server's stop ends it): however long the
+            # command takes to start on a busy machine, it finds one task running, one queued.
+            bodies = [
+                task_body(max_tokens=2000),
+                task_body(max_tokens=20, priority="batch", deadline_ms=600_000),
+            ]
             for body in bodies:
-                await srv.submit(body)
+                assert 202 == (await srv.submit(body)).status_code
             await wait_for(srv, lambda s: s["task"]["running"])
             proc = await asyncio.create_subprocess_exec(
                 *LLORCH,
