@@ -178,11 +178,13 @@ class TestEvents:
 
 class TestAssets:
     async def test_page_and_assets_are_cacheable(self) -> None:
-        """The page and scripts carry an ETag, revalidate to 304, and a same-origin CSP."""
+        """The page and scripts carry an ETag, revalidate to 304, and a same-origin CSP that
+        keeps the page out of other sites' frames."""
         async with running_server(config_of()) as srv:
             page = await srv.client.get("/")
             assert page.headers["content-type"].startswith("text/html")
-            assert "default-src 'none'" in page.headers["content-security-policy"]
+            policy = page.headers["content-security-policy"]
+            assert {"default-src 'none'", "frame-ancestors 'none'"} <= set(policy.split("; "))
             again = await srv.client.get("/", headers={"If-None-Match": page.headers["etag"]})
             assert (304, b"") == (again.status_code, again.content)
             for name in re.findall(r"/ui/([\w.]+)", page.text):
