@@ -178,11 +178,13 @@ class TestEvents:
 
 class TestAssets:
     async def test_page_and_assets_are_cacheable(self) -> None:
-        """The page and scripts carry an ETag, revalidate to 304, and a same-origin CSP."""
+        """The page and scripts carry an ETag, revalidate to 304, and a same-origin CSP that
+        keeps the page out of other sites' frames."""
         async with running_server(config_of()) as srv:
             page = await srv.client.get("/")
             assert page.headers["content-type"].startswith("text/html")
-            assert "default-src 'none'" in page.headers["content-security-policy"]
+            policy = page.headers["content-security-policy"]
+            assert {"default-src 'none'", "frame-ancestors 'none'"} <= set(policy.split("; "))
             again = await srv.client.get("/", headers={"If-None-Match": page.headers["etag"]})
             assert (304, b"") == (again.status_code, again.content)
             for name in re.findall(r"/ui/([\w.]+)", page.text):
@@ -201,9 +203,14 @@ class TestStatusCommand:
     async def test_prints_tables(self) -> None:
         """`llorch status` prints the GPUs, pools, queue and running tasks."""
         async with running_server(config_of(slow_pool())) as srv:
-            bodies = [task_body(max_tokens=200), task_body(max_tokens=20, priority="batch")]
+            # The first task would run for 100 s (the server's stop ends it): however long the
+            # command takes to start on a busy machine, it finds one task running, one queued.
+            bodies = [
+                task_body(max_tokens=2000),
+                task_body(max_tokens=20, priority="batch", deadline_ms=600_000),
+            ]
             for body in bodies:
-                await srv.submit(body)
+                assert 202 == (await srv.submit(body)).status_code
             await wait_for(srv, lambda s: s["task"]["running"])
             proc = await asyncio.create_subprocess_exec(
                 *LLORCH,

@@ -6,6 +6,7 @@ test_console.py."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -33,6 +34,12 @@ async def live_console(url: str) -> AsyncIterator[async_api.Page]:
             yield page
         finally:
             await browser.close()
+
+
+async def show_view(page: async_api.Page, view: str) -> None:
+    """Open ``view`` from the navigation and wait until it is the one on screen."""
+    await page.click(f'nav a[data-view="{view}"]')
+    await async_api.expect(page.locator(f"#view-{view}")).to_be_visible()
 
 
 class TestControls:
@@ -111,19 +118,48 @@ class TestHostileText:
         async with running_server(config) as srv:
             registered = await srv.client.post("/v1/catalog/models", json={"ref": f"file:{model}"})
             assert 201 == registered.status_code
-            await srv.submit(task_body(HOSTILE, prompt=HOSTILE, max_tokens=2))
+            body = task_body(HOSTILE, prompt=HOSTILE, max_tokens=2)
+            assert 202 == (await srv.submit(body)).status_code
             async with live_console(srv.url) as page:
                 aexpect = async_api.expect
                 card = page.locator('#pools article[data-key="p0"]')
                 await aexpect(card).to_contain_text(HOSTILE)
-                await page.click('nav a[data-view="models"]')
+                await show_view(page, "models")
                 await aexpect(page.locator("#models tbody")).to_contain_text(str(model))
                 await page.fill("#pull-ref", f"{folder}/gone.gguf")
                 await page.click("#pull-send")
                 await aexpect(page.locator("#pull-status")).to_contain_text(
                     f"{folder}/gone.gguf does not exist"
                 )
-                await page.click('nav a[data-view="tasks"]')
-                await page.click('nav a[data-view="playground"]')
-                assert 0 == await page.locator("#main img, #main script").count()
-                assert await page.evaluate("window.pwned") is None
+                # Each view is on screen, with the data it shows, before it is checked.
+                await show_view(page, "tasks")
+                finished = page.locator(f'#finished tr[data-key="{body["task_id"]}"]')
+                await aexpect(finished).to_contain_text("p0")
+                await show_view(page, "playground")
+                await aexpect(page.locator("#play-pool option")).to_have_text(f"{HOSTILE} (p0)")
+                await aexpect(page.locator("#main img, #main script")).to_have_count(0)
+                # page.evaluate has no timeout of its own.
+                async with asyncio.timeout(WAIT_MS / 1000):
+                    assert await page.evaluate("window.pwned") is None
+
+
+class TestModelIds:
+    async def test_verify_reaches_a_model_whose_file_name_holds_url_characters(
+        self, tmp_path: Path
+    ) -> None:
+        """A catalog id is a path and may hold '#', '?' or '%': Verify still reaches its model
+        (a '#' or '?' left as is would cut the request's path short)."""
+        model = tiny_llama_gguf(tmp_path / "m #1?v=2 50%.gguf")
+        model_id = f"file:{model}"
+        config = config_of(mock_pool(), catalog={"root": str(tmp_path / "catalog")})
+        async with running_server(config) as srv:
+            registered = await srv.client.post("/v1/catalog/models", json={"ref": model_id})
+            assert 201 == registered.status_code, registered.text
+            async with live_console(srv.url) as page:
+                await page.click('nav a[data-view="models"]')
+                row = page.locator("#models tbody tr").filter(has_text=str(model))
+                await row.get_by_role("button").click()
+                await async_api.expect(page.locator("#pull-status")).to_have_text(
+                    f"Verifying {model_id}: the result shows in the table."
+                )
+                await async_api.expect(row).to_contain_text("✓ verified")

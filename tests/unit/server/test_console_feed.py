@@ -102,3 +102,35 @@ class TestStatusFeed:
         assert [] == [chunk async for chunk in viewer]
         assert [] == [chunk async for chunk in feed.frames()]
         await feed.aclose()
+
+    async def test_a_viewer_cancelled_as_a_frame_arrives_ends_cancelled(self) -> None:
+        """A viewer cancelled (its client went away) in the same turn of the loop as a new
+        frame wakes it ends cancelled. A swallowed cancellation kept the viewer's task writing
+        to a gone client for good, and the server's shutdown waited on it forever."""
+
+        class ChangingSource(CountingSource):
+            def read(self) -> Status:
+                self.version += 1
+                return super().read()
+
+        swallowed = []
+        for turns in range(12):
+            feed = StatusFeed(ChangingSource(), interval_s=0.0, heartbeat_s=60.0)
+            received = asyncio.Event()
+
+            async def view(feed: StatusFeed = feed, received: asyncio.Event = received) -> None:
+                async for _ in feed.frames():
+                    received.set()
+
+            task = asyncio.create_task(view())
+            await received.wait()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            await feed.aclose()
+            await asyncio.wait({task})
+            if not task.cancelled():
+                swallowed.append(turns)
+        assert [] == swallowed

@@ -106,7 +106,11 @@ class StatusFeed:
         try:
             while not self._closed:
                 try:
-                    await asyncio.wait_for(viewer.wake.wait(), self._heartbeat_s)
+                    # Not wait_for: on Python 3.11 it returns the wake-up instead of raising
+                    # when the task is cancelled in the same turn (the client went away just
+                    # as a frame came), and the viewer would write to nobody for good.
+                    async with asyncio.timeout(self._heartbeat_s):
+                        await viewer.wake.wait()
                 except TimeoutError:
                     yield KEEPALIVE
                     continue

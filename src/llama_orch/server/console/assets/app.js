@@ -204,9 +204,10 @@ async function follow() {
 
 // -- views -----------------------------------------------------------------------------------
 
-// A catalog id keeps its '/' in the path (hf:org/repo/file.gguf).
+// A catalog id keeps its '/' in the path (hf:org/repo/file.gguf); every other character that
+// means something in a URL ('#', '?', '%', a space in a file name) is escaped.
 function modelPath(id) {
-  return `/v1/catalog/models/${encodeURI(id)}`;
+  return `/v1/catalog/models/${id.split("/").map(encodeURIComponent).join("/")}`;
 }
 
 async function refreshModels() {
