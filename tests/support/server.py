@@ -51,6 +51,9 @@ def mock_pool(pool_id: str = "p0", model: str = "m0", **overrides: Any) -> dict[
 
 
 #: Where test servers keep artifacts and stream traces, unless a test names its own directory.
+#: How long a stopping test server may take: its lifespan stops pools and engines (each within
+#: its own deadline); beyond this a response is holding a connection open.
+STOP_S = 25.0
 ARTIFACTS_DIR = str(Path(tempfile.gettempdir()) / f"llorch-test-artifacts-{os.getpid()}")
 
 
@@ -179,10 +182,27 @@ async def running_server(
             yield RunningServer(url, deps, client, app)
         finally:
             server.should_exit = True
-            await serve
+            await _stopped(server, serve)
     if isinstance(log_stream, io.StringIO):
         secrets = secrets_of(config.model_dump(mode="json"), environ)
         LOG_SCAN.check("in-process server", log_stream.getvalue().splitlines(), secrets)
+
+
+async def _stopped(server: uvicorn.Server, serve: asyncio.Task[None]) -> None:
+    """Wait for the server to stop; a response that never ends fails the test by name instead
+    of holding it until pytest's own timeout."""
+    try:
+        async with asyncio.timeout(STOP_S):
+            await asyncio.shield(serve)
+    except TimeoutError:
+        open_now = len(server.server_state.connections)
+        serve.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve
+        raise AssertionError(
+            f"the server did not stop within {STOP_S:.0f} s: {open_now} connection(s) still "
+            "open, a response that never ends"
+        ) from None
 
 
 def yaml_config(config: dict[str, Any]) -> str:

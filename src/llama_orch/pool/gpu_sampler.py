@@ -117,7 +117,8 @@ class GpuSampler:
         deadline = self._host_deadline_s
         try:
             # The source keeps its own deadline; this one covers a cluster that hangs outright.
-            readings = await asyncio.wait_for(self._hosts.host_inventories(deadline), 2 * deadline)
+            async with asyncio.timeout(2 * deadline):
+                readings = await self._hosts.host_inventories(deadline)
         except TimeoutError:
             known = {*self._pools.host_inventories, *self._pools.stale_hosts}
             known |= {p.config.host for p in self._pools.pools.values() if p.config.host}

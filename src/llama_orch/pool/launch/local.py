@@ -154,7 +154,8 @@ class LocalProcess:
             # A stopped (SIGSTOP) engine cannot act on SIGTERM until it is continued.
             _signal_group(self._process.pid, signal.SIGCONT)
             try:
-                await asyncio.wait_for(self._process.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self._process.wait()
             except TimeoutError:
                 _signal_group(self._process.pid, signal.SIGKILL)
         code = await self.wait()
@@ -171,7 +172,8 @@ class LocalProcess:
                 proc = await asyncio.create_subprocess_exec(
                     *self._spec.cleanup, stdout=log, stderr=asyncio.subprocess.STDOUT
                 )
-                await asyncio.wait_for(proc.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await proc.wait()
             except (OSError, TimeoutError) as exc:
                 log.write(f"cleanup failed: {exc}\n".encode())
 

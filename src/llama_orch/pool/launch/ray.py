@@ -208,7 +208,8 @@ class EngineActor:
             _signal_group(proc.pid, signal.SIGTERM)
             _signal_group(proc.pid, signal.SIGCONT)
             try:
-                await asyncio.wait_for(proc.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await proc.wait()
             except TimeoutError:
                 _signal_group(proc.pid, signal.SIGKILL)
         code = await proc.wait()
@@ -533,7 +534,8 @@ class RayLauncher:
         ref = actor.start.remote(argv, spec.env, spec.devices, log_path, shown, identity_of(spec))
         try:
             pending = asyncio.wrap_future(ref.future())
-            info = await asyncio.wait_for(pending, self.placement_timeout_s)
+            async with asyncio.timeout(self.placement_timeout_s):
+                info = await pending
         except TimeoutError:
             ray.kill(actor, no_restart=True)
             raise LaunchError(
@@ -740,7 +742,8 @@ async def _describe(actor: Any) -> dict[str, Any] | None:
     """The actor's ``describe``; None when it does not answer in time."""
     try:
         ref = actor.describe.remote()
-        found: dict[str, Any] = await asyncio.wait_for(asyncio.wrap_future(ref.future()), _ASK_S)
+        async with asyncio.timeout(_ASK_S):
+            found: dict[str, Any] = await asyncio.wrap_future(ref.future())
     except (RayError, TimeoutError):
         return None
     return found
@@ -751,7 +754,8 @@ async def _stop_actor(actor: Any) -> int | None:
     pid = None
     with contextlib.suppress(RayError, TimeoutError):
         ref = actor.pid.remote()
-        pid = int(await asyncio.wait_for(asyncio.wrap_future(ref.future()), _ASK_S))
+        async with asyncio.timeout(_ASK_S):
+            pid = int(await asyncio.wrap_future(ref.future()))
         await actor.stop.remote(_ASK_S)
     with contextlib.suppress(Exception):
         ray.kill(actor, no_restart=True)
