@@ -16,6 +16,7 @@ from llama_orch.cli.client import (
     EXIT_UNREACHABLE,
     OrchClient,
     fail,
+    reading,
     segment,
 )
 
@@ -35,9 +36,10 @@ def get(client: OrchClient, artifact_id: str, *, transcript: bool) -> int:
         response = client.http.get(f"/v1/artifacts/{segment(artifact_id)}")
         if response.status_code != 200:
             return fail(response)
-        body: dict[str, Any] = response.json()
+        with reading(response):
+            body: dict[str, Any] = response.json()
+            text = body.get("content", {}).get("transcript") if transcript else None
         if transcript:
-            text = body.get("content", {}).get("transcript")
             if not isinstance(text, str):
                 click.echo(f"llorch: artifact {artifact_id} holds no transcript", err=True)
                 return EXIT_ERROR
@@ -63,12 +65,14 @@ def ls(client: OrchClient, tag: str | None, limit: int, after: str | None, every
             response = client.http.get("/v1/artifacts", params=params)
             if response.status_code != 200:
                 return fail(response)
-            page = response.json()
-            for ref in page["items"]:
-                click.echo(
-                    f"{ref['id']}  {ref['kind']:<7}  {ref['created_ms']}  {','.join(ref['tags'])}"
-                )
-            cursor = page.get("next")
+            with reading(response):
+                page = response.json()
+                for ref in page["items"]:
+                    click.echo(
+                        f"{ref['id']}  {ref['kind']:<7}  {ref['created_ms']}  "
+                        f"{','.join(ref['tags'])}"
+                    )
+                cursor = page.get("next")
             if cursor is None:
                 return EXIT_OK
             if not every:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import uuid
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -86,6 +88,32 @@ def _llama_orch_only(response: httpx.Response) -> None:
         )
 
 
+class UnreadableAnswer(Exception):
+    """An answer from llama-orch that this client cannot read: not JSON, not an object, a
+    field missing or of another type (a server of another version, a proxy rewriting bodies)."""
+
+
+#: What reading an answer of another shape raises: JSON that does not parse (ValueError), a
+#: field missing (KeyError), a list where an object was expected (AttributeError, TypeError).
+_UNREADABLE = (ValueError, LookupError, TypeError, AttributeError)
+
+
+@contextlib.contextmanager
+def reading(response: httpx.Response) -> Iterator[None]:
+    """Wraps the code that reads ``response``'s body: an answer of another shape ends the
+    command with one line naming the request (``UnreadableAnswer``), not a traceback."""
+    try:
+        yield
+    except _UNREADABLE as exc:
+        request = response.request
+        raise UnreadableAnswer(
+            f"{request.method} {request.url.copy_with(query=None)} answered HTTP "
+            f"{response.status_code} with a body this client cannot read "
+            f"({type(exc).__name__}: {printable(str(exc))[:120]}); do llorch and the server "
+            "run the same version of llama-orch?"
+        ) from None
+
+
 def http_client(url: str, token: str | None, timeout: httpx.Timeout | float) -> httpx.Client:
     """The HTTP client of every command that talks to the server: the bearer token, and
     answers from anything but llama-orch refused (NotOrchAnswer) before they are parsed."""
@@ -116,17 +144,23 @@ class OrchClient:
         if isinstance(exc, NotOrchAnswer):
             click.echo(f"llorch: {exc}", err=True)
             raise SystemExit(EXIT_UNREACHABLE) from None
+        if isinstance(exc, UnreadableAnswer):
+            click.echo(f"llorch: {exc}", err=True)
+            raise SystemExit(EXIT_ERROR) from None
 
 
 def fail(response: httpx.Response) -> int:
     try:
         body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
         message = f"{body.get('code')}: {body.get('message')}"
         if body.get("hint"):
             message += f" (hint: {body['hint']})"
         if body.get("retry_after_ms") is not None:
             message += f" (retry in {body['retry_after_ms']} ms)"
-    except ValueError:
+    else:
         message = response.text[:200]
     # A message may quote an engine's or another client's text: escaped, it cannot drive
     # the terminal.
@@ -139,7 +173,11 @@ def _pick_pool(client: OrchClient, options: dict[str, Any]) -> dict[str, Any] | 
     if response.status_code != 200:
         fail(response)
         return None
-    pools = response.json().get("pools", [])
+    with reading(response):
+        return _pool_of(response.json().get("pools", []), options)
+
+
+def _pool_of(pools: list[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any] | None:
     wanted = options.get("pool")
     for pool in pools:
         if wanted is not None and pool["pool_id"] != wanted:
@@ -187,13 +225,16 @@ def submit_and_stream(client: OrchClient, prompt: str, options: dict[str, Any]) 
         response = client.http.post("/v1/tasks", json=body)
         if response.status_code != 202:
             return fail(response)
-        admitted = response.json()
-        click.echo(
-            f"task {admitted['task_id']} on {admitted.get('pool_id')}: queue position "
-            f"{admitted['queue_position']}, predicted start in {admitted['predicted_start_ms']} ms",
-            err=True,
-        )
-        return _stream_until_interrupted(client, admitted["task_id"])
+        with reading(response):
+            admitted = response.json()
+            task_id = str(admitted["task_id"])
+            click.echo(
+                f"task {task_id} on {admitted.get('pool_id')}: queue position "
+                f"{admitted['queue_position']}, predicted start in "
+                f"{admitted['predicted_start_ms']} ms",
+                err=True,
+            )
+        return _stream_until_interrupted(client, task_id)
     except httpx.TransportError as exc:
         click.echo(f"llorch: cannot reach {client.url}: {exc}; is `make run` up?", err=True)
         return EXIT_UNREACHABLE
@@ -223,23 +264,29 @@ def _stream(client: OrchClient, task_id: str) -> int:
             source.response.read()
             return fail(source.response)
         for sse in source.iter_sse():
-            data = json.loads(sse.data)
-            if sse.event == "token":
-                sys.stdout.write(data["t"])
-                sys.stdout.flush()
-            elif sse.event == "end":
-                sys.stdout.write("\n")
-                state = "canceled" if data.get("canceled") else "done"
-                click.echo(
-                    f"{state}: {data['tokens_out']} tokens in {data['decode_time_ms']} ms", err=True
-                )
-                return EXIT_OK
-            elif sse.event == "error":
-                sys.stdout.write("\n")
-                click.echo(f"llorch: {data['code']}: {data['message']}", err=True)
-                return EXIT_ERROR
+            with reading(source.response):
+                code = _frame(sse.event, json.loads(sse.data))
+            if code is not None:
+                return code
     click.echo("llorch: the stream ended without a final frame", err=True)
     return EXIT_ERROR
+
+
+def _frame(event: str, data: dict[str, Any]) -> int | None:
+    """Shows one frame of a task's stream; the exit code once it is the last."""
+    if event == "token":
+        sys.stdout.write(data["t"])
+        sys.stdout.flush()
+    elif event == "end":
+        sys.stdout.write("\n")
+        state = "canceled" if data.get("canceled") else "done"
+        click.echo(f"{state}: {data['tokens_out']} tokens in {data['decode_time_ms']} ms", err=True)
+        return EXIT_OK
+    elif event == "error":
+        sys.stdout.write("\n")
+        click.echo(f"llorch: {data['code']}: {data['message']}", err=True)
+        return EXIT_ERROR
+    return None
 
 
 def cancel(client: OrchClient, task_id: str) -> int:

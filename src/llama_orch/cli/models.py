@@ -19,7 +19,15 @@ from typing import Any
 import click
 import httpx
 
-from llama_orch.cli.client import EXIT_UNREACHABLE, TEXT, NotOrchAnswer, http_client, segment
+from llama_orch.cli.client import (
+    EXIT_UNREACHABLE,
+    TEXT,
+    NotOrchAnswer,
+    UnreadableAnswer,
+    http_client,
+    reading,
+    segment,
+)
 from llama_orch.errors import ConfigError, OrchError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -37,6 +45,8 @@ def _fail_http(response: httpx.Response) -> None:
     try:
         body = response.json()
     except ValueError:
+        body = None
+    if not isinstance(body, dict):
         _fail(f"HTTP {response.status_code} {response.text[:200]}")
     _fail(
         f"HTTP {response.status_code} {body.get('code')}: {body.get('message')}", body.get("hint")
@@ -164,6 +174,8 @@ class _CatalogGroup(click.Group):
         except NotOrchAnswer as exc:
             click.echo(f"llorch: {exc}", err=True)
             sys.exit(EXIT_UNREACHABLE)
+        except UnreadableAnswer as exc:
+            _fail(str(exc))
         except ConfigError as exc:
             click.echo(f"llorch: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
@@ -269,17 +281,19 @@ def pull(ctx: click.Context, ref: str, digest: str | None) -> None:
 
 def _pull_remote(http: httpx.Client, ref: str, digest: str | None) -> None:
     response = http.post("/v1/catalog/models", json={"ref": ref, "digest": digest})
-    if response.status_code == 201:
-        click.echo(response.json()["id"])
-        return
-    if response.status_code != 202:
+    if response.status_code not in (201, 202):
         _fail_http(response)
-    model_id = response.json()["id"]
+    with reading(response):
+        model_id = str(response.json()["id"])
+    if response.status_code == 201:
+        click.echo(model_id)
+        return
     state: dict[str, Any] = {}
 
     def read() -> Mapping[str, Any] | None:
         got = http.get(f"/v1/catalog/models/{model_id}")
-        state.update(got.json() if got.status_code == 200 else {})
+        with reading(got):
+            state.update(got.json() if got.status_code == 200 else {})
         pull_state: Mapping[str, Any] | None = state.get("pull")
         return pull_state
 
@@ -337,8 +351,9 @@ def ls(ctx: click.Context) -> None:
             response = target.http.get("/v1/catalog/models", params=params)
             if response.status_code != 200:
                 _fail_http(response)
-            page = response.json()
-            rows.extend(_entry_row(m) for m in page["models"])
+            with reading(response):
+                page = response.json()
+                rows.extend(_entry_row(m) for m in page["models"])
             if not page.get("next_cursor"):
                 break
             params["cursor"] = page["next_cursor"]
@@ -363,7 +378,8 @@ def _one(ctx: click.Context, model_id: str, action: str) -> None:
         if response.status_code >= 400:
             _fail_http(response)
         if response.content:
-            click.echo(json.dumps(response.json(), indent=2))
+            with reading(response):
+                click.echo(json.dumps(response.json(), indent=2))
         return
     from llama_orch.catalog.entries import Lifecycle
 

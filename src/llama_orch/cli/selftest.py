@@ -19,7 +19,7 @@ import click
 import httpx
 from httpx_sse import connect_sse
 
-from llama_orch.cli.client import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, OrchClient
+from llama_orch.cli.client import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, OrchClient, reading
 
 #: Metric families a healthy server always exposes.
 REQUIRED_METRICS = ("tasks_enqueued_total", "queue_depth", "tokens_out_total")
@@ -74,7 +74,8 @@ def _frames(http: httpx.Client, task_id: str) -> list[tuple[str, dict[str, Any]]
         if source.response.status_code != 200:
             raise CheckFailed(f"stream answered {source.response.status_code}")
         for sse in source.iter_sse():
-            frames.append((sse.event, json.loads(sse.data)))
+            with reading(source.response):
+                frames.append((sse.event, json.loads(sse.data)))
     return frames
 
 
@@ -149,12 +150,13 @@ def selftest(client: OrchClient, log: Path | None) -> int:
     if caps.status_code != 200:
         click.echo(f"FAIL  capabilities: HTTP {caps.status_code} {caps.text[:200]}")
         return EXIT_ERROR
-    pools = caps.json().get("pools", [])
-    pinned = bool(
-        caps.json().get("engines")
-        and caps.json()["engines"][0]["features"].get("placement_overrides")
-    )
-    ready = [p for p in pools if p["ready"]]
+    with reading(caps):
+        pools = caps.json().get("pools", [])
+        pinned = bool(
+            caps.json().get("engines")
+            and caps.json()["engines"][0]["features"].get("placement_overrides")
+        )
+        ready = [p for p in pools if p["ready"]]
 
     def preload() -> str:
         if not pools:

@@ -1,0 +1,146 @@
+"""llorch against answers it cannot trust: each ends in one line saying what was wrong and a
+documented exit status, never a traceback, and text from the server never drives the
+terminal (real subprocesses; the server is simulated: a real llama-orch never sends these
+answers, so a small HTTP server that carries llama-orch's correlation header sends them)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.e2e.test_cli import run
+
+JSON = "application/json"
+SSE = "text/event-stream"
+CAPS = (
+    b'{"pools": [{"pool_id": "p0", "engine": "mock", "model_id": "m0", "ctx_max": 2048,'
+    b' "ready": true}]}'
+)
+ADMITTED = b'{"task_id": "t1", "pool_id": "p0", "queue_position": 0, "predicted_start_ms": 0}'
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    content_type: str = JSON
+
+
+class _Simulated(http.server.BaseHTTPRequestHandler):
+    """Answers each path with the first ``Answer`` whose prefix matches (simulated)."""
+
+    protocol_version = "HTTP/1.1"
+    answers: dict[str, Answer] = {}
+
+    def do_GET(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        answer = next(
+            (a for prefix, a in self.answers.items() if self.path.startswith(prefix)),
+            Answer(404, b'{"code": "NOT_FOUND", "message": "no such path"}'),
+        )
+        self.send_response(answer.status)
+        self.send_header("X-Correlation-Id", "simulated")
+        self.send_header("Content-Type", answer.content_type)
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.end_headers()
+        self.wfile.write(answer.body)
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def simulated() -> Iterator[tuple[str, dict[str, Answer]]]:
+    answers: dict[str, Answer] = {}
+    handler = type("Handler", (_Simulated,), {"answers": answers})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", answers
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _stream(frames: bytes) -> dict[str, Answer]:
+    return {
+        "/v1/capabilities": Answer(200, CAPS),
+        "/v1/tasks/": Answer(200, frames, SSE),
+        "/v1/tasks": Answer(202, ADMITTED),
+    }
+
+
+UNREADABLE = [
+    ("submit", {"/v1/capabilities": Answer(200, b"<html>")}, "GET", "/v1/capabilities"),
+    ("submit", {"/v1/capabilities": Answer(200, b"[1, 2]")}, "GET", "/v1/capabilities"),
+    (
+        "submit",
+        {"/v1/capabilities": Answer(200, CAPS), "/v1/tasks": Answer(202, b"{}")},
+        "POST",
+        "/v1/tasks",
+    ),
+    ("submit", _stream(b"event: token\ndata: not json\n\n"), "GET", "/v1/tasks/t1/stream"),
+    ("submit", _stream(b'event: token\ndata: {"x": 1}\n\n'), "GET", "/v1/tasks/t1/stream"),
+    ("pools", {"/v1/capabilities": Answer(200, b'{"pools": [{}]}')}, "GET", "/v1/capabilities"),
+    (
+        "pools",
+        {"/v1/capabilities": Answer(200, CAPS), "/v1/pools/": Answer(200, b"x")},
+        "GET",
+        "/v1/pools/p0/health",
+    ),
+    ("pools drain p0", {"/v1/pools/": Answer(202, b"ok")}, "POST", "/v1/pools/p0/drain"),
+    ("status", {"/v1/status": Answer(200, b"nope")}, "GET", "/v1/status"),
+    ("artifacts get a1", {"/v1/artifacts/": Answer(200, b"x")}, "GET", "/v1/artifacts/a1"),
+    ("artifacts ls", {"/v1/artifacts": Answer(200, b"{}")}, "GET", "/v1/artifacts"),
+    ("models ls", {"/v1/catalog/models": Answer(200, b"[]")}, "GET", "/v1/catalog/models"),
+    ("selftest", {"/v1/capabilities": Answer(200, b"x")}, "GET", "/v1/capabilities"),
+]
+
+
+class TestUnreadableAnswers:
+    @pytest.mark.parametrize(("command", "answers", "method", "path"), UNREADABLE)
+    async def test_an_answer_of_another_shape_is_one_line(
+        self,
+        simulated: tuple[str, dict[str, Answer]],
+        command: str,
+        answers: dict[str, Answer],
+        method: str,
+        path: str,
+    ) -> None:
+        """A body that is not JSON, not an object, or lacks a field the command reads ends
+        the command with status 1 and one line naming the request, not a traceback."""
+        url, served = simulated
+        served.update(answers)
+        words = command.split()
+        args = (
+            [words[0], "--url", url, *words[1:]]
+            if words[0] == "models"
+            else [*words, *(["hi"] if words == ["submit"] else []), "--url", url]
+        )
+        code, _, err = await run(*args)
+        assert "Traceback" not in err
+        assert 1 == code, err
+        last = err.rstrip("\n").split("\n")[-1]
+        assert last.startswith(f"llorch: {method} {url}{path} answered HTTP "), err
+        assert "this client cannot read" in last
+
+    async def test_an_error_body_that_is_not_an_object(
+        self, simulated: tuple[str, dict[str, Answer]]
+    ) -> None:
+        """An error answer whose JSON is a list is shown as it came, in one line."""
+        url, served = simulated
+        served["/v1/catalog/models/"] = Answer(500, b"[1]")
+        served["/v1/capabilities"] = Answer(500, b"[1]")
+        for args in (("submit", "hi", "--url", url), ("models", "--url", url, "show", "m1")):
+            code, _, err = await run(*args)
+            assert (1, "llorch: HTTP 500 [1]\n") == (code, err), args
