@@ -6,6 +6,8 @@ answers, so a small HTTP server that carries llama-orch's correlation header sen
 from __future__ import annotations
 
 import http.server
+import json
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,6 +82,14 @@ def _stream(frames: bytes) -> dict[str, Answer]:
     }
 
 
+def _args(command: str, url: str) -> list[str]:
+    """``command`` pointed at ``url`` (the models group takes --url before its subcommand)."""
+    words = command.split()
+    if words[0] == "models":
+        return [words[0], "--url", url, *words[1:]]
+    return [*words, *(["hi"] if words == ["submit"] else []), "--url", url]
+
+
 UNREADABLE = [
     ("submit", {"/v1/capabilities": Answer(200, b"<html>")}, "GET", "/v1/capabilities"),
     ("submit", {"/v1/capabilities": Answer(200, b"[1, 2]")}, "GET", "/v1/capabilities"),
@@ -121,12 +131,7 @@ class TestUnreadableAnswers:
         the command with status 1 and one line naming the request, not a traceback."""
         url, served = simulated
         served.update(answers)
-        words = command.split()
-        args = (
-            [words[0], "--url", url, *words[1:]]
-            if words[0] == "models"
-            else [*words, *(["hi"] if words == ["submit"] else []), "--url", url]
-        )
+        args = _args(command, url)
         code, _, err = await run(*args)
         assert "Traceback" not in err
         assert 1 == code, err
@@ -144,3 +149,81 @@ class TestUnreadableAnswers:
         for args in (("submit", "hi", "--url", url), ("models", "--url", url, "show", "m1")):
             code, _, err = await run(*args)
             assert (1, "llorch: HTTP 500 [1]\n") == (code, err), args
+
+
+#: JSON-encoded: an OSC that retitles the window (click strips only CSI colour codes, and
+#: only off a terminal), the C1 CSI, a right-to-left override, a carriage return, a newline.
+HOSTILE = "boom\\n\\u001b]0;owned\\u0007\\u009b31m\\u202eevil\\r"
+#: What may not reach the terminal raw (line breaks aside: each output line is checked).
+_RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+SERVER_TEXT = [
+    (
+        "submit",
+        _stream(
+            b'event: error\ndata: {"code": "ENGINE_ERROR", "message": "%s"}\n\n' % HOSTILE.encode()
+        ),
+    ),
+    (
+        "pools drain p0",
+        {"/v1/pools/": Answer(202, b'{"pool_id": "p0", "state": "%s"}' % HOSTILE.encode())},
+    ),
+    (
+        "artifacts ls",
+        {
+            "/v1/artifacts": Answer(
+                200,
+                b'{"items": [{"id": "a1", "kind": "doc", "created_ms": 1, "tags": ["%s"]}]}'
+                % HOSTILE.encode(),
+            )
+        },
+    ),
+    (
+        "artifacts get a1",
+        {
+            "/v1/artifacts/": Answer(
+                200, b'{"id": "a1", "content": {"text": "%s"}}' % HOSTILE.encode()
+            )
+        },
+    ),
+    (
+        "models ls",
+        {
+            "/v1/catalog/models": Answer(
+                200,
+                b'{"models": [{"id": "m1", "gguf": {"architecture": "%s"}}]}' % HOSTILE.encode(),
+            )
+        },
+    ),
+    (
+        "models show m1",
+        {
+            "/v1/catalog/models/": Answer(
+                500,
+                b'{"code": "X", "message": "%s", "hint": "%s"}'
+                % (HOSTILE.encode(), HOSTILE.encode()),
+            )
+        },
+    ),
+]
+
+
+class TestServerText:
+    @pytest.mark.parametrize(("command", "answers"), SERVER_TEXT)
+    async def test_server_text_cannot_drive_the_terminal(
+        self, simulated: tuple[str, dict[str, Answer]], command: str, answers: dict[str, Answer]
+    ) -> None:
+        """An engine's error in a stream's error frame, a pool's state, another client's
+        artifact tags and content, a model file's architecture: each is shown with its control
+        characters and bidirectional overrides escaped, on the lines it belongs to."""
+        url, served = simulated
+        served.update(answers)
+        args = _args(command, url)
+        code, out, err = await run(*args)
+        assert "Traceback" not in err
+        assert (1 if command in ("submit", "models show m1") else 0) == code, err
+        for line in (out + err).split("\n"):
+            assert not _RAW.search(line), (command, line)
+        assert "\\x1b]0;owned\\x07" in out + err or "\\u001b]0;owned\\u0007" in out
+        if command == "artifacts get a1":
+            assert "boom\n\x1b]0;owned\x07\x9b31m\u202eevil\r" == json.loads(out)["content"]["text"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,9 +15,11 @@ from llama_orch.cli.client import (
     EXIT_UNREACHABLE,
     OrchClient,
     fail,
+    json_text,
     reading,
     segment,
 )
+from llama_orch.observability.logging import printable
 
 
 def _guarded(client: OrchClient, call: Callable[[], int]) -> int:
@@ -45,7 +46,7 @@ def get(client: OrchClient, artifact_id: str, *, transcript: bool) -> int:
                 return EXIT_ERROR
             sys.stdout.write(text)
             return EXIT_OK
-        click.echo(json.dumps(body, indent=2, ensure_ascii=False))
+        click.echo(json_text(body))
         return EXIT_OK
 
     return _guarded(client, call)
@@ -68,9 +69,12 @@ def ls(client: OrchClient, tag: str | None, limit: int, after: str | None, every
             with reading(response):
                 page = response.json()
                 for ref in page["items"]:
+                    # Tags are any client's text: escaped, they cannot drive the terminal.
                     click.echo(
-                        f"{ref['id']}  {ref['kind']:<7}  {ref['created_ms']}  "
-                        f"{','.join(ref['tags'])}"
+                        printable(
+                            f"{ref['id']}  {ref['kind']:<7}  {ref['created_ms']}  "
+                            f"{','.join(ref['tags'])}"
+                        )
                     )
                 cursor = page.get("next")
             if cursor is None:

@@ -114,6 +114,16 @@ def reading(response: httpx.Response) -> Iterator[None]:
         ) from None
 
 
+def json_text(value: Any) -> str:
+    """``value`` as indented JSON for a person: non-ASCII letters as they are, but every
+    character that is not printable (C1 controls, bidirectional overrides, which JSON leaves
+    raw) as its ``\\uXXXX`` escape, so the text is still JSON and cannot drive the terminal."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    if text.replace("\n", "").isprintable():
+        return text
+    return "".join(c if c == "\n" or c.isprintable() else json.dumps(c)[1:-1] for c in text)
+
+
 def http_client(url: str, token: str | None, timeout: httpx.Timeout | float) -> httpx.Client:
     """The HTTP client of every command that talks to the server: the bearer token, and
     answers from anything but llama-orch refused (NotOrchAnswer) before they are parsed."""
@@ -197,7 +207,8 @@ def _pool_of(pools: list[dict[str, Any]], options: dict[str, Any]) -> dict[str, 
         for p in pools
     )
     click.echo(
-        f"llorch: no Ready pool matches{' ' + asked if asked else ''}; pools: {served or 'none'}",
+        f"llorch: no Ready pool matches{' ' + asked if asked else ''}; "
+        f"pools: {printable(served) or 'none'}",
         err=True,
     )
     return None
@@ -229,9 +240,11 @@ def submit_and_stream(client: OrchClient, prompt: str, options: dict[str, Any]) 
             admitted = response.json()
             task_id = str(admitted["task_id"])
             click.echo(
-                f"task {task_id} on {admitted.get('pool_id')}: queue position "
-                f"{admitted['queue_position']}, predicted start in "
-                f"{admitted['predicted_start_ms']} ms",
+                printable(
+                    f"task {task_id} on {admitted.get('pool_id')}: queue position "
+                    f"{admitted['queue_position']}, predicted start in "
+                    f"{admitted['predicted_start_ms']} ms"
+                ),
                 err=True,
             )
         return _stream_until_interrupted(client, task_id)
@@ -284,7 +297,10 @@ def _frame(event: str, data: dict[str, Any]) -> int | None:
         return EXIT_OK
     elif event == "error":
         sys.stdout.write("\n")
-        click.echo(f"llorch: {data['code']}: {data['message']}", err=True)
+        # The message may quote an engine's text: escaped, it stays one line and cannot drive
+        # the terminal.
+        message = f"{data['code']}: {data['message']}"
+        click.echo(f"llorch: {printable(message)}", err=True)
         return EXIT_ERROR
     return None
 

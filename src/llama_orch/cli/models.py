@@ -29,6 +29,7 @@ from llama_orch.cli.client import (
     segment,
 )
 from llama_orch.errors import ConfigError, OrchError
+from llama_orch.observability.logging import printable
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_ERROR = 1
@@ -47,9 +48,10 @@ def _fail_http(response: httpx.Response) -> None:
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        _fail(f"HTTP {response.status_code} {response.text[:200]}")
+        _fail(f"HTTP {response.status_code} {printable(response.text[:200])}")
     _fail(
-        f"HTTP {response.status_code} {body.get('code')}: {body.get('message')}", body.get("hint")
+        printable(f"HTTP {response.status_code} {body.get('code')}: {body.get('message')}"),
+        printable(str(body["hint"])) if body.get("hint") else None,
     )
 
 
@@ -143,7 +145,10 @@ def _entry_row(model: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
+    """Cells hold text from model files' headers and the server: escaped, it can neither
+    break the table nor drive the terminal."""
     header = ("ID", "STATE", "MIB", "VERIFIED", "ARCH", "QUANT")
+    rows = [tuple(printable(cell) for cell in row) for row in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]

@@ -96,7 +96,7 @@ def post(client: client_mod.OrchClient, path: str, body: dict[str, Any]) -> int:
         detail = ", ".join(
             f"{k}={v}" for k, v in answer.items() if v is not None and k != "pool_id"
         )
-        click.echo(f"{answer.get('pool_id')}: {detail}")
+        click.echo(printable(f"{answer.get('pool_id')}: {detail}"))
     return client_mod.EXIT_OK
 
 
