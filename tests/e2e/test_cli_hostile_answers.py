@@ -227,3 +227,34 @@ class TestServerText:
         assert "\\x1b]0;owned\\x07" in out + err or "\\u001b]0;owned\\u0007" in out
         if command == "artifacts get a1":
             assert "boom\n\x1b]0;owned\x07\x9b31m\u202eevil\r" == json.loads(out)["content"]["text"]
+
+
+#: An error message of a megabyte (a server quoting a whole engine log, say).
+ENORMOUS = b"x" * 2**20
+ENORMOUS_ERRORS = [
+    ("cancel t1", {"/v1/tasks/": Answer(500, b'{"code": "X", "message": "%s"}' % ENORMOUS)}),
+    (
+        "submit",
+        _stream(b'event: error\ndata: {"code": "ENGINE_ERROR", "message": "%s"}\n\n' % ENORMOUS),
+    ),
+    (
+        "models show m1",
+        {"/v1/catalog/models/": Answer(500, b'{"code": "X", "message": "%s"}' % ENORMOUS)},
+    ),
+]
+
+
+class TestEnormousText:
+    @pytest.mark.parametrize(("command", "answers"), ENORMOUS_ERRORS)
+    async def test_an_enormous_error_message_is_cut(
+        self, simulated: tuple[str, dict[str, Answer]], command: str, answers: dict[str, Answer]
+    ) -> None:
+        """The error line quotes the start of a megabyte-long message and says how much it
+        left out, rather than filling the terminal's scrollback with one line."""
+        url, served = simulated
+        served.update(answers)
+        code, _, err = await run(*_args(command, url))
+        assert 1 == code, err[:400]
+        last = err.rstrip("\n").split("\n")[-1]
+        assert len(last) < 1000, last[:400]
+        assert "more characters)" in last

@@ -114,6 +114,19 @@ def reading(response: httpx.Response) -> Iterator[None]:
         ) from None
 
 
+#: The most of a server's message an error line quotes: a longer one (a whole engine log,
+#: say) is cut there, saying how much was left out.
+QUOTE_MAX = 500
+
+
+def quoted(text: str) -> str:
+    """``text`` from the server fit for one error line: cut at ``QUOTE_MAX`` characters, its
+    control characters escaped (after the cut, so no escape is split)."""
+    if len(text) <= QUOTE_MAX:
+        return printable(text)
+    return f"{printable(text[:QUOTE_MAX])}… ({len(text) - QUOTE_MAX} more characters)"
+
+
 def json_text(value: Any) -> str:
     """``value`` as indented JSON for a person: non-ASCII letters as they are, but every
     character that is not printable (C1 controls, bidirectional overrides, which JSON leaves
@@ -174,7 +187,7 @@ def fail(response: httpx.Response) -> int:
         message = response.text[:200]
     # A message may quote an engine's or another client's text: escaped, it cannot drive
     # the terminal.
-    click.echo(f"llorch: HTTP {response.status_code} {printable(message)}", err=True)
+    click.echo(f"llorch: HTTP {response.status_code} {quoted(message)}", err=True)
     return EXIT_ERROR
 
 
@@ -300,7 +313,7 @@ def _frame(event: str, data: dict[str, Any]) -> int | None:
         # The message may quote an engine's text: escaped, it stays one line and cannot drive
         # the terminal.
         message = f"{data['code']}: {data['message']}"
-        click.echo(f"llorch: {printable(message)}", err=True)
+        click.echo(f"llorch: {quoted(message)}", err=True)
         return EXIT_ERROR
     return None
 

@@ -25,6 +25,7 @@ from llama_orch.cli.client import (
     NotOrchAnswer,
     UnreadableAnswer,
     http_client,
+    quoted,
     reading,
     segment,
 )
@@ -49,9 +50,10 @@ def _fail_http(response: httpx.Response) -> None:
         body = None
     if not isinstance(body, dict):
         _fail(f"HTTP {response.status_code} {printable(response.text[:200])}")
+    message = f"{body.get('code')}: {body.get('message')}"
     _fail(
-        printable(f"HTTP {response.status_code} {body.get('code')}: {body.get('message')}"),
-        printable(str(body["hint"])) if body.get("hint") else None,
+        f"HTTP {response.status_code} {quoted(message)}",
+        quoted(str(body["hint"])) if body.get("hint") else None,
     )
 
 
