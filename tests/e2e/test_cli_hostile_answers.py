@@ -30,6 +30,9 @@ class Answer:
     status: int
     body: bytes
     content_type: str = JSON
+    #: Announce more than the body and close the connection after it: a server that dies
+    #: mid-answer.
+    cut: bool = False
 
 
 class _Simulated(http.server.BaseHTTPRequestHandler):
@@ -49,9 +52,10 @@ class _Simulated(http.server.BaseHTTPRequestHandler):
         self.send_response(answer.status)
         self.send_header("X-Correlation-Id", "simulated")
         self.send_header("Content-Type", answer.content_type)
-        self.send_header("Content-Length", str(len(answer.body)))
+        self.send_header("Content-Length", str(len(answer.body) + 100 * answer.cut))
         self.end_headers()
         self.wfile.write(answer.body)
+        self.close_connection = answer.cut
 
     do_POST = do_GET
 
@@ -258,3 +262,20 @@ class TestEnormousText:
         last = err.rstrip("\n").split("\n")[-1]
         assert len(last) < 1000, last[:400]
         assert "more characters)" in last
+
+
+class TestBrokenStream:
+    async def test_a_stream_that_breaks_names_the_task(
+        self, simulated: tuple[str, dict[str, Answer]]
+    ) -> None:
+        """The server accepted the task, then its stream broke mid-answer: the task may still
+        run, so the line names it and how to end it (status 1: the server was reached)."""
+        url, served = simulated
+        served.update(_stream(b'event: started\ndata: {}\n\nevent: token\ndata: {"t": "he'))
+        served["/v1/tasks/"] = Answer(200, served["/v1/tasks/"].body, SSE, cut=True)
+        code, _, err = await run("submit", "hi", "--url", url)
+        assert "Traceback" not in err
+        last = err.rstrip("\n").split("\n")[-1]
+        assert 1 == code, err
+        assert last.startswith("llorch: the stream of task t1 broke"), last
+        assert "llorch cancel t1" in last

@@ -271,6 +271,16 @@ def _stream_until_interrupted(client: OrchClient, task_id: str) -> int:
     server.sse.cancel_on_disconnect is off) and says so, instead of click's bare "Aborted!"."""
     try:
         return _stream(client, task_id)
+    except httpx.TransportError as exc:
+        # Not "cannot reach": the server took the task, which may still run; submitting again
+        # would run it twice.
+        task = printable(task_id)
+        click.echo(
+            f"llorch: the stream of task {task} broke ({quoted(str(exc))}); the task may "
+            f"still run: `llorch status` shows it, `llorch cancel {task}` ends it",
+            err=True,
+        )
+        return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         try:
