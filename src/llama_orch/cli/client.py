@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import uuid
 from collections.abc import Iterator
@@ -51,6 +52,19 @@ class Utf8Text(click.ParamType[str]):
 
 
 TEXT = Utf8Text()
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds: ``nan`` and ``inf`` parse as floats and pass a lower bound
+    (NaN compares false), then make ``time.sleep`` raise."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
 
 
 def segment(value: str) -> str:
