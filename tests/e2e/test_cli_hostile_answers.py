@@ -279,3 +279,25 @@ class TestBrokenStream:
         assert 1 == code, err
         assert last.startswith("llorch: the stream of task t1 broke"), last
         assert "llorch cancel t1" in last
+
+
+class TestCredentialsInTheUrl:
+    async def test_a_password_in_the_url_is_never_shown(
+        self, simulated: tuple[str, dict[str, Answer]]
+    ) -> None:
+        """A --url carrying a proxy's user and password (http://user:pass@host) is shown with
+        them redacted in every message that names the server: nothing listening there, an
+        answer the client cannot read."""
+        url, served = simulated
+        served["/v1/status"] = Answer(200, b"nope")
+        secret_url = url.replace("http://", "http://user:pa55word-9f1c@")
+        down = "http://user:pa55word-9f1c@127.0.0.1:9"
+        for args, expected in (
+            (("status", "--url", secret_url), 1),
+            (("status", "--url", down), 3),
+            (("pools", "--url", down), 3),
+            (("submit", "hi", "--url", down), 3),
+        ):
+            code, _, err = await run(*args)
+            assert expected == code, err
+            assert "pa55word" not in err and "[REDACTED]@127.0.0.1:" in err, err

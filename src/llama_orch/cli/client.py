@@ -18,6 +18,7 @@ from httpx_sse import connect_sse
 
 from llama_orch.config import check_http_url
 from llama_orch.observability.logging import printable
+from llama_orch.observability.redaction import Redactor
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -75,6 +76,12 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def shown_url(url: str | httpx.URL) -> str:
+    """``url`` as a message may show it: a user and password in it (a proxy's basic auth)
+    or a key in its query are redacted."""
+    return str(Redactor().text(str(url)))
+
+
 def server_url(url: str, given_as: str) -> str:
     """``url`` when it names a server (http or https, a host, a valid port); else a usage error
     naming where it came from, rather than a request that fails as if the server were down."""
@@ -95,7 +102,7 @@ def _llama_orch_only(response: httpx.Response) -> None:
     if response.status_code != 204 and "x-correlation-id" not in response.headers:
         kind = response.headers.get("content-type", "no content type").split(";")[0]
         raise NotOrchAnswer(
-            f"{response.request.url.copy_with(query=None)} answered HTTP "
+            f"{shown_url(response.request.url.copy_with(query=None))} answered HTTP "
             f"{response.status_code} ({kind}), which is not an answer from llama-orch; is "
             "--url (or LLORCH_URL) the server's address and port, and is the server up behind "
             "any proxy?"
@@ -121,7 +128,7 @@ def reading(response: httpx.Response) -> Iterator[None]:
     except _UNREADABLE as exc:
         request = response.request
         raise UnreadableAnswer(
-            f"{request.method} {request.url.copy_with(query=None)} answered HTTP "
+            f"{request.method} {shown_url(request.url.copy_with(query=None))} answered HTTP "
             f"{response.status_code} with a body this client cannot read "
             f"({type(exc).__name__}: {printable(str(exc))[:120]}); do llorch and the server "
             "run the same version of llama-orch?"
@@ -165,7 +172,8 @@ def http_client(url: str, token: str | None, timeout: httpx.Timeout | float) -> 
 
 class OrchClient:
     def __init__(self, url: str, token: str | None) -> None:
-        self.url = url.rstrip("/")
+        #: The server's URL as messages show it.
+        self.url = shown_url(url.rstrip("/"))
         self.http = http_client(url, token, httpx.Timeout(10.0, read=None))
 
     def __enter__(self) -> OrchClient:

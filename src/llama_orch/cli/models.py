@@ -28,6 +28,7 @@ from llama_orch.cli.client import (
     quoted,
     reading,
     segment,
+    shown_url,
 )
 from llama_orch.errors import ConfigError, OrchError
 from llama_orch.observability.logging import printable
@@ -80,7 +81,9 @@ class Target:
             client.get("/v1/catalog/models", params={"limit": 1})
         except httpx.TransportError:
             client.close()
-            click.echo(f"llorch: no server at {self._url}; using the catalog on disk", err=True)
+            click.echo(
+                f"llorch: no server at {shown_url(self._url)}; using the catalog on disk", err=True
+            )
             return None
         return client
 
