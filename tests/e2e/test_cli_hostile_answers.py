@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -301,3 +302,19 @@ class TestCredentialsInTheUrl:
             code, _, err = await run(*args)
             assert expected == code, err
             assert "pa55word" not in err and "[REDACTED]@127.0.0.1:" in err, err
+
+
+class TestSilentServer:
+    async def test_a_server_that_never_answers_is_given_up_on(self) -> None:
+        """A server that takes the connection and never answers (a wedged process, a proxy
+        holding the request) ends `llorch status` after the read timeout with status 3 and
+        one line, instead of hanging the operator's terminal or script for ever."""
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(4)
+            url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+            code, _, err = await run("status", "--url", url, timeout=60)
+        assert "Traceback" not in err
+        assert 3 == code, err
+        assert err.startswith(f"llorch: cannot reach {url}: no answer within 10 s"), err
+        assert 1 == err.count("\n")

@@ -12,8 +12,8 @@ import httpx
 from llama_orch.cli.client import (
     EXIT_ERROR,
     EXIT_OK,
-    EXIT_UNREACHABLE,
     OrchClient,
+    cannot_reach,
     fail,
     json_text,
     reading,
@@ -26,8 +26,7 @@ def _guarded(client: OrchClient, call: Callable[[], int]) -> int:
     try:
         return call()
     except httpx.TransportError as exc:
-        click.echo(f"llorch: cannot reach {client.url}: {exc}", err=True)
-        return EXIT_UNREACHABLE
+        return cannot_reach(client, exc)
 
 
 def get(client: OrchClient, artifact_id: str, *, transcript: bool) -> int:

@@ -170,11 +170,30 @@ def http_client(url: str, token: str | None, timeout: httpx.Timeout | float) -> 
     )
 
 
+#: How long an answer may keep the client waiting for its next bytes: a server that takes the
+#: connection and never answers (a wedged process, a proxy holding the request) is given up on.
+ANSWER_TIMEOUT_S = 10.0
+#: A task's stream waits as long as the task does: queued, a token may be minutes away.
+STREAM_TIMEOUT = httpx.Timeout(ANSWER_TIMEOUT_S, read=None)
+
+
+def cannot_reach(client: OrchClient, exc: httpx.TransportError, hint: str = "") -> int:
+    """Says the server could not be reached, and why (a timeout's own text is only "timed
+    out"); the exit status for it."""
+    why = (
+        f"no answer within {ANSWER_TIMEOUT_S:g} s"
+        if isinstance(exc, httpx.TimeoutException)
+        else str(exc)
+    )
+    click.echo(f"llorch: cannot reach {client.url}: {why}{hint}", err=True)
+    return EXIT_UNREACHABLE
+
+
 class OrchClient:
     def __init__(self, url: str, token: str | None) -> None:
         #: The server's URL as messages show it.
         self.url = shown_url(url.rstrip("/"))
-        self.http = http_client(url, token, httpx.Timeout(10.0, read=None))
+        self.http = http_client(url, token, ANSWER_TIMEOUT_S)
 
     def __enter__(self) -> OrchClient:
         return self
@@ -284,8 +303,7 @@ def submit_and_stream(client: OrchClient, prompt: str, options: dict[str, Any]) 
             )
         return _stream_until_interrupted(client, task_id)
     except httpx.TransportError as exc:
-        click.echo(f"llorch: cannot reach {client.url}: {exc}; is `make run` up?", err=True)
-        return EXIT_UNREACHABLE
+        return cannot_reach(client, exc, "; is `make run` up?")
 
 
 def _stream_until_interrupted(client: OrchClient, task_id: str) -> int:
@@ -317,7 +335,8 @@ def _stream_until_interrupted(client: OrchClient, task_id: str) -> int:
 
 
 def _stream(client: OrchClient, task_id: str) -> int:
-    with connect_sse(client.http, "GET", f"/v1/tasks/{task_id}/stream") as source:
+    stream = f"/v1/tasks/{task_id}/stream"
+    with connect_sse(client.http, "GET", stream, timeout=STREAM_TIMEOUT) as source:
         if source.response.status_code != 200:
             source.response.read()
             return fail(source.response)
@@ -354,8 +373,7 @@ def cancel(client: OrchClient, task_id: str) -> int:
     try:
         response = client.http.post(f"/v1/tasks/{segment(task_id)}/cancel")
     except httpx.TransportError as exc:
-        click.echo(f"llorch: cannot reach {client.url}: {exc}", err=True)
-        return EXIT_UNREACHABLE
+        return cannot_reach(client, exc)
     if response.status_code != 204:
         return fail(response)
     click.echo(f"canceled {task_id}", err=True)

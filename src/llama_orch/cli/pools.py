@@ -130,6 +130,5 @@ def run(call: Any, client: client_mod.OrchClient, *args: Any) -> None:
     try:
         code = call(client, *args)
     except httpx.TransportError as exc:
-        click.echo(f"llorch: cannot reach {client.url}: {exc}", err=True)
-        code = client_mod.EXIT_UNREACHABLE
+        code = client_mod.cannot_reach(client, exc)
     sys.exit(code)

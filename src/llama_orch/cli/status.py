@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import click
 import httpx
 
-from llama_orch.cli.client import EXIT_OK, EXIT_UNREACHABLE, OrchClient, fail, reading
+from llama_orch.cli.client import EXIT_OK, OrchClient, cannot_reach, fail, reading
 from llama_orch.contracts.console import GpuStatus, Status
 from llama_orch.observability.logging import printable
 
@@ -120,8 +120,7 @@ def fetch(client: OrchClient) -> Status | int:
     try:
         response = client.http.get("/v1/status")
     except httpx.TransportError as exc:
-        click.echo(f"llorch: cannot reach {client.url}: {exc}; is `make run` up?", err=True)
-        return EXIT_UNREACHABLE
+        return cannot_reach(client, exc, "; is `make run` up?")
     if response.status_code != 200:
         return fail(response)
     with reading(response):
