@@ -141,6 +141,16 @@ class TestArgumentMistakes:
             assert f"Invalid value for {name}: not UTF-8 text (byte 0xe9 at character 3)" in err
             assert "Traceback" not in err
 
+    async def test_an_interval_that_is_not_a_number_of_seconds(self) -> None:
+        """`nan` and `inf` parse as floats and pass a lower bound (NaN compares false), then
+        end `status --watch` in a traceback from time.sleep: refused as usage errors."""
+        for value in ("nan", "inf", "-inf"):
+            code, _, err = await run(
+                "status", "--watch", "--interval", value, "--url", "http://127.0.0.1:9"
+            )
+            assert 2 == code, err
+            assert "Invalid value for '--interval'" in err and "Traceback" not in err
+
     async def test_a_url_that_names_no_server(self) -> None:
         """A URL without its scheme (or with a port past 65535) is a usage error naming
         where it came from, not "cannot reach" as if the server were down (exit 3)."""

@@ -117,3 +117,29 @@ def test_a_secret_an_engine_prints_stays_out_of_health_status_and_logs(tmp_path:
         log = served.log_path.read_text(encoding="utf-8")
     assert "ENGINE_LICENSE_TOKEN is [REDACTED], which is not accepted" in health
     assert [] == [text for text in (health, status, log) if ENGINE_SECRET in text]
+
+
+class TestLargeAnswers:
+    async def test_a_large_answer_is_redacted_whole(self, tmp_path: Path) -> None:
+        """An answer of a few hundred KiB (redacted off the event loop, in pieces) loses the
+        secrets it holds at its start, in its middle and at its end, and keeps everything
+        else; a small request sent alongside it is answered too."""
+        config = config_of(mock_pool(), server={"artifacts_dir": str(tmp_path)})
+        lines = [f"line {i} of an engine's long log" for i in range(12_000)]
+        for at in (0, len(lines) // 2, len(lines) - 1):
+            lines[at] = f"{lines[at]} said {AUTH_TOKEN} and {LOOSE_KEY}"
+        doc = {"kind": "plan", "tags": [], "content": {"lines": lines}, "metadata": {}}
+        env = {"AUTH_TOKEN": AUTH_TOKEN}
+        async with running_server(config, env, client_headers=BEARER) as srv:
+            created = await srv.client.post("/v1/artifacts", json=doc)
+            assert 201 == created.status_code, created.text
+            large, small = await asyncio.gather(
+                srv.client.get(f"/v1/artifacts/{created.json()['id']}"),
+                srv.client.get("/v1/capabilities"),
+            )
+        assert (200, 200) == (large.status_code, small.status_code)
+        assert len(large.content) > 256 * 1024
+        assert AUTH_TOKEN not in large.text and LOOSE_KEY not in large.text
+        shown = large.json()["content"]["lines"]
+        assert 3 == sum(line.endswith("said [REDACTED] and [REDACTED]") for line in shown)
+        assert lines[1] == shown[1] and len(lines) == len(shown)

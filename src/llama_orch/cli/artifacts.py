@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -13,19 +12,21 @@ import httpx
 from llama_orch.cli.client import (
     EXIT_ERROR,
     EXIT_OK,
-    EXIT_UNREACHABLE,
     OrchClient,
+    cannot_reach,
     fail,
+    json_text,
+    reading,
     segment,
 )
+from llama_orch.observability.logging import printable
 
 
 def _guarded(client: OrchClient, call: Callable[[], int]) -> int:
     try:
         return call()
     except httpx.TransportError as exc:
-        click.echo(f"llorch: cannot reach {client.url}: {exc}", err=True)
-        return EXIT_UNREACHABLE
+        return cannot_reach(client, exc)
 
 
 def get(client: OrchClient, artifact_id: str, *, transcript: bool) -> int:
@@ -35,15 +36,16 @@ def get(client: OrchClient, artifact_id: str, *, transcript: bool) -> int:
         response = client.http.get(f"/v1/artifacts/{segment(artifact_id)}")
         if response.status_code != 200:
             return fail(response)
-        body: dict[str, Any] = response.json()
+        with reading(response):
+            body: dict[str, Any] = response.json()
+            text = body.get("content", {}).get("transcript") if transcript else None
         if transcript:
-            text = body.get("content", {}).get("transcript")
             if not isinstance(text, str):
                 click.echo(f"llorch: artifact {artifact_id} holds no transcript", err=True)
                 return EXIT_ERROR
             sys.stdout.write(text)
             return EXIT_OK
-        click.echo(json.dumps(body, indent=2, ensure_ascii=False))
+        click.echo(json_text(body))
         return EXIT_OK
 
     return _guarded(client, call)
@@ -63,12 +65,17 @@ def ls(client: OrchClient, tag: str | None, limit: int, after: str | None, every
             response = client.http.get("/v1/artifacts", params=params)
             if response.status_code != 200:
                 return fail(response)
-            page = response.json()
-            for ref in page["items"]:
-                click.echo(
-                    f"{ref['id']}  {ref['kind']:<7}  {ref['created_ms']}  {','.join(ref['tags'])}"
-                )
-            cursor = page.get("next")
+            with reading(response):
+                page = response.json()
+                for ref in page["items"]:
+                    # Tags are any client's text: escaped, they cannot drive the terminal.
+                    click.echo(
+                        printable(
+                            f"{ref['id']}  {ref['kind']:<7}  {ref['created_ms']}  "
+                            f"{','.join(ref['tags'])}"
+                        )
+                    )
+                cursor = page.get("next")
             if cursor is None:
                 return EXIT_OK
             if not every:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import sys
 import uuid
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -15,6 +18,7 @@ from httpx_sse import connect_sse
 
 from llama_orch.config import check_http_url
 from llama_orch.observability.logging import printable
+from llama_orch.observability.redaction import Redactor
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -51,12 +55,31 @@ class Utf8Text(click.ParamType[str]):
 TEXT = Utf8Text()
 
 
+class Seconds(click.FloatRange):
+    """A finite number of seconds: ``nan`` and ``inf`` parse as floats and pass a lower bound
+    (NaN compares false), then make ``time.sleep`` raise."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
 def segment(value: str) -> str:
     """``value`` (an id typed by the operator) as one URL path segment: ``/``, ``?``, ``#``
     and ``%`` escaped, so `../status` or `x?y` names that id and not another endpoint."""
     if value in (".", ".."):
         raise click.UsageError(f"{value!r} is not an id")
     return quote(value, safe="")
+
+
+def shown_url(url: str | httpx.URL) -> str:
+    """``url`` as a message may show it: a user and password in it (a proxy's basic auth)
+    or a key in its query are redacted."""
+    return str(Redactor().text(str(url)))
 
 
 def server_url(url: str, given_as: str) -> str:
@@ -79,11 +102,60 @@ def _llama_orch_only(response: httpx.Response) -> None:
     if response.status_code != 204 and "x-correlation-id" not in response.headers:
         kind = response.headers.get("content-type", "no content type").split(";")[0]
         raise NotOrchAnswer(
-            f"{response.request.url.copy_with(query=None)} answered HTTP "
+            f"{shown_url(response.request.url.copy_with(query=None))} answered HTTP "
             f"{response.status_code} ({kind}), which is not an answer from llama-orch; is "
             "--url (or LLORCH_URL) the server's address and port, and is the server up behind "
             "any proxy?"
         )
+
+
+class UnreadableAnswer(Exception):
+    """An answer from llama-orch that this client cannot read: not JSON, not an object, a
+    field missing or of another type (a server of another version, a proxy rewriting bodies)."""
+
+
+#: What reading an answer of another shape raises: JSON that does not parse (ValueError), a
+#: field missing (KeyError), a list where an object was expected (AttributeError, TypeError).
+_UNREADABLE = (ValueError, LookupError, TypeError, AttributeError)
+
+
+@contextlib.contextmanager
+def reading(response: httpx.Response) -> Iterator[None]:
+    """Wraps the code that reads ``response``'s body: an answer of another shape ends the
+    command with one line naming the request (``UnreadableAnswer``), not a traceback."""
+    try:
+        yield
+    except _UNREADABLE as exc:
+        request = response.request
+        raise UnreadableAnswer(
+            f"{request.method} {shown_url(request.url.copy_with(query=None))} answered HTTP "
+            f"{response.status_code} with a body this client cannot read "
+            f"({type(exc).__name__}: {printable(str(exc))[:120]}); do llorch and the server "
+            "run the same version of llama-orch?"
+        ) from None
+
+
+#: The most of a server's message an error line quotes: a longer one (a whole engine log,
+#: say) is cut there, saying how much was left out.
+QUOTE_MAX = 500
+
+
+def quoted(text: str) -> str:
+    """``text`` from the server fit for one error line: cut at ``QUOTE_MAX`` characters, its
+    control characters escaped (after the cut, so no escape is split)."""
+    if len(text) <= QUOTE_MAX:
+        return printable(text)
+    return f"{printable(text[:QUOTE_MAX])}… ({len(text) - QUOTE_MAX} more characters)"
+
+
+def json_text(value: Any) -> str:
+    """``value`` as indented JSON for a person: non-ASCII letters as they are, but every
+    character that is not printable (C1 controls, bidirectional overrides, which JSON leaves
+    raw) as its ``\\uXXXX`` escape, so the text is still JSON and cannot drive the terminal."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    if text.replace("\n", "").isprintable():
+        return text
+    return "".join(c if c == "\n" or c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
 def http_client(url: str, token: str | None, timeout: httpx.Timeout | float) -> httpx.Client:
@@ -98,10 +170,30 @@ def http_client(url: str, token: str | None, timeout: httpx.Timeout | float) -> 
     )
 
 
+#: How long an answer may keep the client waiting for its next bytes: a server that takes the
+#: connection and never answers (a wedged process, a proxy holding the request) is given up on.
+ANSWER_TIMEOUT_S = 10.0
+#: A task's stream waits as long as the task does: queued, a token may be minutes away.
+STREAM_TIMEOUT = httpx.Timeout(ANSWER_TIMEOUT_S, read=None)
+
+
+def cannot_reach(client: OrchClient, exc: httpx.TransportError, hint: str = "") -> int:
+    """Says the server could not be reached, and why (a timeout's own text is only "timed
+    out"); the exit status for it."""
+    why = (
+        f"no answer within {ANSWER_TIMEOUT_S:g} s"
+        if isinstance(exc, httpx.TimeoutException)
+        else str(exc)
+    )
+    click.echo(f"llorch: cannot reach {client.url}: {why}{hint}", err=True)
+    return EXIT_UNREACHABLE
+
+
 class OrchClient:
     def __init__(self, url: str, token: str | None) -> None:
-        self.url = url.rstrip("/")
-        self.http = http_client(url, token, httpx.Timeout(10.0, read=None))
+        #: The server's URL as messages show it.
+        self.url = shown_url(url.rstrip("/"))
+        self.http = http_client(url, token, ANSWER_TIMEOUT_S)
 
     def __enter__(self) -> OrchClient:
         return self
@@ -116,21 +208,27 @@ class OrchClient:
         if isinstance(exc, NotOrchAnswer):
             click.echo(f"llorch: {exc}", err=True)
             raise SystemExit(EXIT_UNREACHABLE) from None
+        if isinstance(exc, UnreadableAnswer):
+            click.echo(f"llorch: {exc}", err=True)
+            raise SystemExit(EXIT_ERROR) from None
 
 
 def fail(response: httpx.Response) -> int:
     try:
         body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
         message = f"{body.get('code')}: {body.get('message')}"
         if body.get("hint"):
             message += f" (hint: {body['hint']})"
         if body.get("retry_after_ms") is not None:
             message += f" (retry in {body['retry_after_ms']} ms)"
-    except ValueError:
+    else:
         message = response.text[:200]
     # A message may quote an engine's or another client's text: escaped, it cannot drive
     # the terminal.
-    click.echo(f"llorch: HTTP {response.status_code} {printable(message)}", err=True)
+    click.echo(f"llorch: HTTP {response.status_code} {quoted(message)}", err=True)
     return EXIT_ERROR
 
 
@@ -139,7 +237,11 @@ def _pick_pool(client: OrchClient, options: dict[str, Any]) -> dict[str, Any] | 
     if response.status_code != 200:
         fail(response)
         return None
-    pools = response.json().get("pools", [])
+    with reading(response):
+        return _pool_of(response.json().get("pools", []), options)
+
+
+def _pool_of(pools: list[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any] | None:
     wanted = options.get("pool")
     for pool in pools:
         if wanted is not None and pool["pool_id"] != wanted:
@@ -159,7 +261,8 @@ def _pick_pool(client: OrchClient, options: dict[str, Any]) -> dict[str, Any] | 
         for p in pools
     )
     click.echo(
-        f"llorch: no Ready pool matches{' ' + asked if asked else ''}; pools: {served or 'none'}",
+        f"llorch: no Ready pool matches{' ' + asked if asked else ''}; "
+        f"pools: {printable(served) or 'none'}",
         err=True,
     )
     return None
@@ -187,16 +290,20 @@ def submit_and_stream(client: OrchClient, prompt: str, options: dict[str, Any]) 
         response = client.http.post("/v1/tasks", json=body)
         if response.status_code != 202:
             return fail(response)
-        admitted = response.json()
-        click.echo(
-            f"task {admitted['task_id']} on {admitted.get('pool_id')}: queue position "
-            f"{admitted['queue_position']}, predicted start in {admitted['predicted_start_ms']} ms",
-            err=True,
-        )
-        return _stream_until_interrupted(client, admitted["task_id"])
+        with reading(response):
+            admitted = response.json()
+            task_id = str(admitted["task_id"])
+            click.echo(
+                printable(
+                    f"task {task_id} on {admitted.get('pool_id')}: queue position "
+                    f"{admitted['queue_position']}, predicted start in "
+                    f"{admitted['predicted_start_ms']} ms"
+                ),
+                err=True,
+            )
+        return _stream_until_interrupted(client, task_id)
     except httpx.TransportError as exc:
-        click.echo(f"llorch: cannot reach {client.url}: {exc}; is `make run` up?", err=True)
-        return EXIT_UNREACHABLE
+        return cannot_reach(client, exc, "; is `make run` up?")
 
 
 def _stream_until_interrupted(client: OrchClient, task_id: str) -> int:
@@ -204,6 +311,16 @@ def _stream_until_interrupted(client: OrchClient, task_id: str) -> int:
     server.sse.cancel_on_disconnect is off) and says so, instead of click's bare "Aborted!"."""
     try:
         return _stream(client, task_id)
+    except httpx.TransportError as exc:
+        # Not "cannot reach": the server took the task, which may still run; submitting again
+        # would run it twice.
+        task = printable(task_id)
+        click.echo(
+            f"llorch: the stream of task {task} broke ({quoted(str(exc))}); the task may "
+            f"still run: `llorch status` shows it, `llorch cancel {task}` ends it",
+            err=True,
+        )
+        return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         try:
@@ -218,36 +335,45 @@ def _stream_until_interrupted(client: OrchClient, task_id: str) -> int:
 
 
 def _stream(client: OrchClient, task_id: str) -> int:
-    with connect_sse(client.http, "GET", f"/v1/tasks/{task_id}/stream") as source:
+    stream = f"/v1/tasks/{task_id}/stream"
+    with connect_sse(client.http, "GET", stream, timeout=STREAM_TIMEOUT) as source:
         if source.response.status_code != 200:
             source.response.read()
             return fail(source.response)
         for sse in source.iter_sse():
-            data = json.loads(sse.data)
-            if sse.event == "token":
-                sys.stdout.write(data["t"])
-                sys.stdout.flush()
-            elif sse.event == "end":
-                sys.stdout.write("\n")
-                state = "canceled" if data.get("canceled") else "done"
-                click.echo(
-                    f"{state}: {data['tokens_out']} tokens in {data['decode_time_ms']} ms", err=True
-                )
-                return EXIT_OK
-            elif sse.event == "error":
-                sys.stdout.write("\n")
-                click.echo(f"llorch: {data['code']}: {data['message']}", err=True)
-                return EXIT_ERROR
+            with reading(source.response):
+                code = _frame(sse.event, json.loads(sse.data))
+            if code is not None:
+                return code
     click.echo("llorch: the stream ended without a final frame", err=True)
     return EXIT_ERROR
+
+
+def _frame(event: str, data: dict[str, Any]) -> int | None:
+    """Shows one frame of a task's stream; the exit code once it is the last."""
+    if event == "token":
+        sys.stdout.write(data["t"])
+        sys.stdout.flush()
+    elif event == "end":
+        sys.stdout.write("\n")
+        state = "canceled" if data.get("canceled") else "done"
+        click.echo(f"{state}: {data['tokens_out']} tokens in {data['decode_time_ms']} ms", err=True)
+        return EXIT_OK
+    elif event == "error":
+        sys.stdout.write("\n")
+        # The message may quote an engine's text: escaped, it stays one line and cannot drive
+        # the terminal.
+        message = f"{data['code']}: {data['message']}"
+        click.echo(f"llorch: {quoted(message)}", err=True)
+        return EXIT_ERROR
+    return None
 
 
 def cancel(client: OrchClient, task_id: str) -> int:
     try:
         response = client.http.post(f"/v1/tasks/{segment(task_id)}/cancel")
     except httpx.TransportError as exc:
-        click.echo(f"llorch: cannot reach {client.url}: {exc}", err=True)
-        return EXIT_UNREACHABLE
+        return cannot_reach(client, exc)
     if response.status_code != 204:
         return fail(response)
     click.echo(f"canceled {task_id}", err=True)

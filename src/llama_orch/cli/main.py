@@ -241,7 +241,7 @@ def cancel(task_id: str, url: str | None, token_file: str | None) -> None:
 @click.option("--watch", is_flag=True, help="Refresh until interrupted.")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.1),
+    type=client_mod.Seconds(min=0.1),
     default=2.0,
     show_default=True,
     help="Seconds between refreshes (at least 0.1).",

@@ -19,8 +19,19 @@ from typing import Any
 import click
 import httpx
 
-from llama_orch.cli.client import EXIT_UNREACHABLE, TEXT, NotOrchAnswer, http_client, segment
+from llama_orch.cli.client import (
+    EXIT_UNREACHABLE,
+    TEXT,
+    NotOrchAnswer,
+    UnreadableAnswer,
+    http_client,
+    quoted,
+    reading,
+    segment,
+    shown_url,
+)
 from llama_orch.errors import ConfigError, OrchError
+from llama_orch.observability.logging import printable
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_ERROR = 1
@@ -37,9 +48,13 @@ def _fail_http(response: httpx.Response) -> None:
     try:
         body = response.json()
     except ValueError:
-        _fail(f"HTTP {response.status_code} {response.text[:200]}")
+        body = None
+    if not isinstance(body, dict):
+        _fail(f"HTTP {response.status_code} {printable(response.text[:200])}")
+    message = f"{body.get('code')}: {body.get('message')}"
     _fail(
-        f"HTTP {response.status_code} {body.get('code')}: {body.get('message')}", body.get("hint")
+        f"HTTP {response.status_code} {quoted(message)}",
+        quoted(str(body["hint"])) if body.get("hint") else None,
     )
 
 
@@ -66,7 +81,9 @@ class Target:
             client.get("/v1/catalog/models", params={"limit": 1})
         except httpx.TransportError:
             client.close()
-            click.echo(f"llorch: no server at {self._url}; using the catalog on disk", err=True)
+            click.echo(
+                f"llorch: no server at {shown_url(self._url)}; using the catalog on disk", err=True
+            )
             return None
         return client
 
@@ -133,7 +150,10 @@ def _entry_row(model: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
+    """Cells hold text from model files' headers and the server: escaped, it can neither
+    break the table nor drive the terminal."""
     header = ("ID", "STATE", "MIB", "VERIFIED", "ARCH", "QUANT")
+    rows = [tuple(printable(cell) for cell in row) for row in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]
@@ -164,6 +184,8 @@ class _CatalogGroup(click.Group):
         except NotOrchAnswer as exc:
             click.echo(f"llorch: {exc}", err=True)
             sys.exit(EXIT_UNREACHABLE)
+        except UnreadableAnswer as exc:
+            _fail(str(exc))
         except ConfigError as exc:
             click.echo(f"llorch: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
@@ -269,17 +291,19 @@ def pull(ctx: click.Context, ref: str, digest: str | None) -> None:
 
 def _pull_remote(http: httpx.Client, ref: str, digest: str | None) -> None:
     response = http.post("/v1/catalog/models", json={"ref": ref, "digest": digest})
-    if response.status_code == 201:
-        click.echo(response.json()["id"])
-        return
-    if response.status_code != 202:
+    if response.status_code not in (201, 202):
         _fail_http(response)
-    model_id = response.json()["id"]
+    with reading(response):
+        model_id = str(response.json()["id"])
+    if response.status_code == 201:
+        click.echo(model_id)
+        return
     state: dict[str, Any] = {}
 
     def read() -> Mapping[str, Any] | None:
         got = http.get(f"/v1/catalog/models/{model_id}")
-        state.update(got.json() if got.status_code == 200 else {})
+        with reading(got):
+            state.update(got.json() if got.status_code == 200 else {})
         pull_state: Mapping[str, Any] | None = state.get("pull")
         return pull_state
 
@@ -337,8 +361,9 @@ def ls(ctx: click.Context) -> None:
             response = target.http.get("/v1/catalog/models", params=params)
             if response.status_code != 200:
                 _fail_http(response)
-            page = response.json()
-            rows.extend(_entry_row(m) for m in page["models"])
+            with reading(response):
+                page = response.json()
+                rows.extend(_entry_row(m) for m in page["models"])
             if not page.get("next_cursor"):
                 break
             params["cursor"] = page["next_cursor"]
@@ -363,7 +388,8 @@ def _one(ctx: click.Context, model_id: str, action: str) -> None:
         if response.status_code >= 400:
             _fail_http(response)
         if response.content:
-            click.echo(json.dumps(response.json(), indent=2))
+            with reading(response):
+                click.echo(json.dumps(response.json(), indent=2))
         return
     from llama_orch.catalog.entries import Lifecycle
 

@@ -76,9 +76,13 @@ def list_pools(client: client_mod.OrchClient) -> int:
     if response.status_code != 200:
         return client_mod.fail(response)
     rows = []
-    for pool in response.json().get("pools", []):
-        health = client.http.get(f"/v1/pools/{pool['pool_id']}/health")
-        rows.append(row(pool, health.json() if health.status_code == 200 else {}))
+    with client_mod.reading(response):
+        pools = response.json().get("pools", [])
+        ids = [pool["pool_id"] for pool in pools]
+    for pool, pool_id in zip(pools, ids, strict=True):
+        health = client.http.get(f"/v1/pools/{pool_id}/health")
+        with client_mod.reading(health):
+            rows.append(row(pool, health.json() if health.status_code == 200 else {}))
     click.echo(render(rows))
     return client_mod.EXIT_OK
 
@@ -87,9 +91,12 @@ def post(client: client_mod.OrchClient, path: str, body: dict[str, Any]) -> int:
     response = client.http.post(path, json=body)
     if response.status_code != 202:
         return client_mod.fail(response)
-    answer = response.json()
-    detail = ", ".join(f"{k}={v}" for k, v in answer.items() if v is not None and k != "pool_id")
-    click.echo(f"{answer.get('pool_id')}: {detail}")
+    with client_mod.reading(response):
+        answer = response.json()
+        detail = ", ".join(
+            f"{k}={v}" for k, v in answer.items() if v is not None and k != "pool_id"
+        )
+        click.echo(printable(f"{answer.get('pool_id')}: {detail}"))
     return client_mod.EXIT_OK
 
 
@@ -123,6 +130,5 @@ def run(call: Any, client: client_mod.OrchClient, *args: Any) -> None:
     try:
         code = call(client, *args)
     except httpx.TransportError as exc:
-        click.echo(f"llorch: cannot reach {client.url}: {exc}", err=True)
-        code = client_mod.EXIT_UNREACHABLE
+        code = client_mod.cannot_reach(client, exc)
     sys.exit(code)

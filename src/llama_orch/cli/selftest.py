@@ -19,7 +19,14 @@ import click
 import httpx
 from httpx_sse import connect_sse
 
-from llama_orch.cli.client import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, OrchClient
+from llama_orch.cli.client import (
+    EXIT_ERROR,
+    EXIT_OK,
+    STREAM_TIMEOUT,
+    OrchClient,
+    cannot_reach,
+    reading,
+)
 
 #: Metric families a healthy server always exposes.
 REQUIRED_METRICS = ("tasks_enqueued_total", "queue_depth", "tokens_out_total")
@@ -70,11 +77,13 @@ def _admit(http: httpx.Client, body: dict[str, Any]) -> None:
 
 def _frames(http: httpx.Client, task_id: str) -> list[tuple[str, dict[str, Any]]]:
     frames = []
-    with connect_sse(http, "GET", f"/v1/tasks/{task_id}/stream") as source:
+    stream = f"/v1/tasks/{task_id}/stream"
+    with connect_sse(http, "GET", stream, timeout=STREAM_TIMEOUT) as source:
         if source.response.status_code != 200:
             raise CheckFailed(f"stream answered {source.response.status_code}")
         for sse in source.iter_sse():
-            frames.append((sse.event, json.loads(sse.data)))
+            with reading(source.response):
+                frames.append((sse.event, json.loads(sse.data)))
     return frames
 
 
@@ -144,17 +153,17 @@ def selftest(client: OrchClient, log: Path | None) -> int:
     try:
         caps = http.get("/v1/capabilities")
     except httpx.TransportError as exc:
-        click.echo(f"llorch: cannot reach {client.url}: {exc}", err=True)
-        return EXIT_UNREACHABLE
+        return cannot_reach(client, exc)
     if caps.status_code != 200:
         click.echo(f"FAIL  capabilities: HTTP {caps.status_code} {caps.text[:200]}")
         return EXIT_ERROR
-    pools = caps.json().get("pools", [])
-    pinned = bool(
-        caps.json().get("engines")
-        and caps.json()["engines"][0]["features"].get("placement_overrides")
-    )
-    ready = [p for p in pools if p["ready"]]
+    with reading(caps):
+        pools = caps.json().get("pools", [])
+        pinned = bool(
+            caps.json().get("engines")
+            and caps.json()["engines"][0]["features"].get("placement_overrides")
+        )
+        ready = [p for p in pools if p["ready"]]
 
     def preload() -> str:
         if not pools:

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 
 import click
 import httpx
-from pydantic import ValidationError
 
-from llama_orch.cli.client import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, OrchClient, fail
+from llama_orch.cli.client import EXIT_OK, OrchClient, cannot_reach, fail, reading
 from llama_orch.contracts.console import GpuStatus, Status
 from llama_orch.observability.logging import printable
 
@@ -121,15 +120,11 @@ def fetch(client: OrchClient) -> Status | int:
     try:
         response = client.http.get("/v1/status")
     except httpx.TransportError as exc:
-        click.echo(f"llorch: cannot reach {client.url}: {exc}; is `make run` up?", err=True)
-        return EXIT_UNREACHABLE
+        return cannot_reach(client, exc, "; is `make run` up?")
     if response.status_code != 200:
         return fail(response)
-    try:
+    with reading(response):
         return Status.model_validate_json(response.content)
-    except ValidationError as exc:
-        click.echo(f"llorch: the server's /v1/status does not match this client: {exc}", err=True)
-        return EXIT_ERROR
 
 
 def show(client: OrchClient, *, watch: bool, interval_s: float) -> int:

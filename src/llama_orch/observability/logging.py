@@ -8,6 +8,7 @@ processors, so they are JSON Lines too and pass the same redaction.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
@@ -126,8 +127,9 @@ def _one_line(
     """Pretty mode: text a client chose (a percent-decoded path, a model name) may hold line
     breaks, carriage returns and terminal escape sequences. Written as they are, they would
     forge log lines or drive the terminal of the person reading them, so they are shown
-    escaped. JSON Lines need no such step: JSON escapes control characters itself; values
-    other than strings are rendered with ``repr``, which escapes them too."""
+    escaped (bidirectional overrides too: they are not printable). JSON Lines need no such step:
+    ``_json_dumps`` escapes them; values other than strings are rendered with ``repr``, which
+    escapes them too."""
     for key, value in event_dict.items():
         if type(value) is str and not value.isprintable():
             event_dict[key] = printable(value, "\n" if key in _MULTILINE else "")
@@ -142,8 +144,29 @@ def choose_log_format(configured: str, *, explicit: bool, tty: bool) -> LogForma
     return "pretty" if tty else "json"
 
 
+#: The UTF-8 encodings of characters orjson writes raw but a reader must not get raw: C1
+#: controls (U+0080-U+009F, ``c2 80``-``c2 9f``; U+009B is CSI, a terminal escape on its own),
+#: the bidirectional marks, embeddings, overrides and isolates (U+061C, U+200E-U+200F,
+#: U+202A-U+202E, U+2066-U+2069), which reorder what a person reads, and the line and paragraph
+#: separators (U+2028-U+2029), which some readers take for line breaks. Each is a whole
+#: character: lead bytes ``c2``, ``d8`` and ``e2`` never occur inside another character.
+_UNSAFE_UTF8 = re.compile(
+    rb"\xc2[\x80-\x9f]|\xd8\x9c|\xe2\x80[\x8e\x8f\xa8-\xae]|\xe2\x81[\xa6-\xa9]"
+)
+
+
+def _json_escape(match: re.Match[bytes]) -> bytes:
+    return b"\\u%04x" % ord(match.group().decode())
+
+
 def _json_dumps(obj: Any, **_kw: Any) -> str:
-    return orjson.dumps(obj, default=str).decode()
+    """One JSON line. orjson escapes C0 controls only; the characters above can occur only
+    inside strings, where their ``\\uXXXX`` escape decodes to the same text. The common line
+    is ASCII, cleared by ``isascii`` (a tenth of the search's cost); others get one search."""
+    line = orjson.dumps(obj, default=str)
+    if not line.isascii() and _UNSAFE_UTF8.search(line) is not None:
+        line = _UNSAFE_UTF8.sub(_json_escape, line)
+    return line.decode()
 
 
 def configure_logging(

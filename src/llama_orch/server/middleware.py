@@ -7,6 +7,7 @@ redacted and is logged once with its identity), then ``AuthMiddleware``.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -28,6 +29,9 @@ HEADER = "x-correlation-id"
 ANONYMOUS = "anonymous"
 _VALID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _SSE_ERROR = b"event: error\n"
+#: JSON bodies this long or longer are redacted off the event loop (a few milliseconds' work
+#: on it at most; a thread costs more than the redaction of a shorter one).
+OFF_LOOP_BYTES = 64 * 1024
 _log = structlog.get_logger("llama_orch.server")
 #: (path, error, status) -> the refusal in the shape of the path's API, or None.
 PeerRefusal = Callable[[str, OrchError, int | None], Response | None]
@@ -51,8 +55,8 @@ def _header_list(scope: Scope, name: bytes) -> str | None:
 
 
 class _RedactingSend:
-    """Puts the correlation ID on the response start, and redacts JSON bodies (buffered; they
-    are small) and SSE ``error`` frames on the way out.
+    """Puts the correlation ID on the response start, and redacts JSON bodies (buffered: a
+    pattern's match may span chunks) and SSE ``error`` frames on the way out.
 
     Every JSON answer counts, not only 4xx/5xx: a 200 pool health carries ``last_error`` too.
 
@@ -77,6 +81,18 @@ class _RedactingSend:
     def _redact(self, data: bytes) -> bytes:
         return self._redactor.text(data.decode("utf-8", "replace")).encode()
 
+    def _redact_in_pieces(self, data: bytes) -> bytes:
+        return self._redactor.text_in_pieces(data.decode("utf-8", "replace")).encode()
+
+    async def _redact_body(self, data: bytes) -> bytes:
+        """A large body (a trace artifact, a long event list) takes a second or more to
+        redact: done on the loop, that would stall every stream the server is sending. It is
+        redacted in a worker thread instead, in pieces, so the loop gets the interpreter back
+        between them."""
+        if len(data) < OFF_LOOP_BYTES:
+            return self._redact(data)
+        return await asyncio.to_thread(self._redact_in_pieces, data)
+
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.body":
@@ -89,7 +105,7 @@ class _RedactingSend:
             if message.get("more_body", False):
                 return
             start, self._held = self._held, None
-            data = self._redact(bytes(self.body))
+            data = await self._redact_body(bytes(self.body))
             MutableHeaders(scope=start)["content-length"] = str(len(data))
             self.started = True
             await self._send(start)

@@ -122,3 +122,41 @@ def test_secret_values_are_found_by_name_in_a_dumped_config() -> None:
         ],
     }
     assert ("server-token-0123", "aws-secret-9f8e7d", "wandb-0a1b2c3d") == secret_values(config)
+
+
+#: One of each secret shape, as JSON fields of a large body would carry them, with the part
+#: that must not survive redaction.
+_LARGE_BODY_SECRETS = (
+    ('"authorization": "Bearer abcdef123456"', "abcdef123456"),
+    ('"header": "x-api-key=0123456789abcdef"', "0123456789abcdef"),
+    ('"note": "sent bearer eyJhbGciOi.payload.sig"', "eyJhbGciOi.payload.sig"),
+    ('"url": "/v1/x?api_key=abc,def&n=1"', "abc,def"),
+    ('"source": "https://user,1:pa55,word@host/p"', "pa55,word"),
+    ('"key": "sk-proj-0123456789abcdef"', "sk-proj-0123456789abcdef"),
+    ('"hub": "hf_abcdefghijklmnop"', "hf_abcdefghijklmnop"),
+    ('"engine": "said configured,\\"secret\\" here"', 'configured,\\"secret'),
+    ('"raw": "zz,"secret-value"', 'zz,"secret-value'),
+)
+
+
+class TestLargeBodies:
+    """A large answer is redacted in pieces (``text_in_pieces``): the result is ``text``'s,
+    whichever piece boundary a secret lies on or across."""
+
+    @pytest.mark.parametrize(("field", "secret"), _LARGE_BODY_SECRETS)
+    def test_a_secret_is_caught_at_every_position(self, field: str, secret: str) -> None:
+        """Pieces of 40 characters and records of varying lengths put the secret's field at
+        every offset from a piece boundary, before, across and after it."""
+        redactor = Redactor(('configured,\\"secret', 'zz,"secret-value'))
+        for shift in range(48):
+            records = [f'{{"id": {i}, "pad": "{"p" * (shift + i % 7)}"}}' for i in range(12)]
+            records.insert(6, f'{{"pad": "{"q" * shift}", {field}, "n": 1}}')
+            body = '{"items": [' + ",".join(records) + "]}"
+            whole = redactor.text(body)
+            assert secret not in whole
+            assert whole == redactor.text_in_pieces(body, piece=40)
+
+    def test_a_text_without_a_boundary_is_one_piece(self) -> None:
+        body = "x" * 100 + " Authorization: Bearer abcdef123456 " + "y" * 100
+        assert Redactor().text(body) == Redactor().text_in_pieces(body, piece=16)
+        assert "abcdef123456" not in Redactor().text_in_pieces(body, piece=16)

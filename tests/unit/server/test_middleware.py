@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import httpx
@@ -10,7 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from llama_orch.auth.policy import AuthPolicy
 from llama_orch.auth.tokens import token_identity
 from llama_orch.observability.redaction import Redactor
-from llama_orch.server.middleware import AuthMiddleware, CorrelationMiddleware
+from llama_orch.server.middleware import OFF_LOOP_BYTES, AuthMiddleware, CorrelationMiddleware
 from tests.support.narration import NarrationLog
 
 TOKEN = "tok-0123456789abcdef"
@@ -150,6 +151,46 @@ class TestRedactingSend:
         response = await call(stack(AuthPolicy(), leaky(200, body), [TOKEN]), LOOPBACK)
         expected = {"last_error": "engine said [REDACTED]", "note": "Bearer is a word"}
         assert expected == response.json()
+
+
+class TestLargeBodies:
+    async def test_the_loop_runs_while_a_large_body_is_redacted(self) -> None:
+        """A large JSON answer (a trace artifact, a long event list) is redacted off the event
+        loop: a coroutine counting the loop's turns advances while the app's last send, the
+        one that redacts, is pending; every secret in the body is still caught."""
+        turns = 0
+        running = True
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while running:
+                turns += 1
+                await asyncio.sleep(0)
+
+        items = b",".join(
+            b'{"id": %d, "source": "https://u:p4ss%d@engine/x", "text": "%s"}' % (i, i, b"t" * 40)
+            for i in range(OFF_LOOP_BYTES // 50)
+        )
+        body = b'{"items": [' + items + b'], "key": "sk-proj-0123456789abcdef"}'
+        turns_while_redacting: list[int] = []
+
+        async def large(scope: Scope, receive: Receive, send: Send) -> None:
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body[:100], "more_body": True})
+            before = turns
+            await send({"type": "http.response.body", "body": body[100:]})
+            turns_while_redacting.append(turns - before)
+
+        counter = asyncio.create_task(count_turns())
+        try:
+            response = await call(stack(AuthPolicy(), large, [TOKEN]), LOOPBACK)
+        finally:
+            running = False
+            await counter
+        assert turns_while_redacting[0] > 0
+        assert "p4ss" not in response.text and "sk-proj" not in response.text
+        assert OFF_LOOP_BYTES // 50 == len(response.json()["items"])
 
 
 class TestUnexpectedErrors:
