@@ -119,6 +119,19 @@ UNREADABLE = [
     ("artifacts ls", {"/v1/artifacts": Answer(200, b"{}")}, "GET", "/v1/artifacts"),
     ("models ls", {"/v1/catalog/models": Answer(200, b"[]")}, "GET", "/v1/catalog/models"),
     ("selftest", {"/v1/capabilities": Answer(200, b"x")}, "GET", "/v1/capabilities"),
+    # A page cursor that comes back again would have these commands page forever.
+    (
+        "artifacts ls --all",
+        {"/v1/artifacts": Answer(200, b'{"items": [], "next": "c1"}')},
+        "GET",
+        "/v1/artifacts",
+    ),
+    (
+        "models ls",
+        {"/v1/catalog/models": Answer(200, b'{"models": [], "next_cursor": "c1"}')},
+        "GET",
+        "/v1/catalog/models",
+    ),
 ]
 
 

@@ -16,6 +16,7 @@ from llama_orch.cli.client import (
     cannot_reach,
     fail,
     json_text,
+    next_page,
     reading,
     segment,
 )
@@ -56,6 +57,7 @@ def ls(client: OrchClient, tag: str | None, limit: int, after: str | None, every
 
     def call() -> int:
         cursor = after
+        seen: set[str] = set()
         while True:
             params: dict[str, Any] = {"limit": limit}
             if tag is not None:
@@ -75,7 +77,7 @@ def ls(client: OrchClient, tag: str | None, limit: int, after: str | None, every
                             f"{','.join(ref['tags'])}"
                         )
                     )
-                cursor = page.get("next")
+                cursor = next_page(page.get("next"), seen)
             if cursor is None:
                 return EXIT_OK
             if not every:

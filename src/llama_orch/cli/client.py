@@ -135,6 +135,19 @@ def reading(response: httpx.Response) -> Iterator[None]:
         ) from None
 
 
+def next_page(cursor: Any, seen: set[str]) -> str | None:
+    """The next page's cursor, or None at the end; a cursor the server gave before would
+    have the listing page forever, so it ends the command as an unreadable answer."""
+    if cursor is None or cursor == "":
+        return None
+    if not isinstance(cursor, str):
+        raise TypeError(f"the page cursor {cursor!r} is not text")
+    if cursor in seen:
+        raise ValueError(f"the page cursor {printable(cursor)[:40]!r} came back again")
+    seen.add(cursor)
+    return cursor
+
+
 #: The most of a server's message an error line quotes: a longer one (a whole engine log,
 #: say) is cut there, saying how much was left out.
 QUOTE_MAX = 500

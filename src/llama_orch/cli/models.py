@@ -25,6 +25,7 @@ from llama_orch.cli.client import (
     NotOrchAnswer,
     UnreadableAnswer,
     http_client,
+    next_page,
     quoted,
     reading,
     segment,
@@ -357,6 +358,7 @@ def ls(ctx: click.Context) -> None:
     rows: list[tuple[str, ...]] = []
     if target.http is not None:
         params: dict[str, Any] = {"limit": 1000}
+        seen: set[str] = set()
         while True:
             response = target.http.get("/v1/catalog/models", params=params)
             if response.status_code != 200:
@@ -364,9 +366,10 @@ def ls(ctx: click.Context) -> None:
             with reading(response):
                 page = response.json()
                 rows.extend(_entry_row(m) for m in page["models"])
-            if not page.get("next_cursor"):
+                cursor = next_page(page.get("next_cursor"), seen)
+            if cursor is None:
                 break
-            params["cursor"] = page["next_cursor"]
+            params["cursor"] = cursor
     else:
         rows = [_entry_row(_wire(e)) for e in target.provisioner().store.list()]
     click.echo(_table(rows))
