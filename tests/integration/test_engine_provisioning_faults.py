@@ -4,6 +4,9 @@ in one typed, actionable ``ProvisionError``, with nothing left running or half-w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -15,10 +18,22 @@ from llama_orch.provisioners.engine import (
     FileEngineIndex,
     ProvisionContext,
     ProvisionError,
+    provider_for,
 )
 from llama_orch.provisioners.engine._steps import run_step
+from tests.support.engines import engine_archive
+from tests.support.https_files import https_files
+from tests.support.llama_repo import llama_cpp_repo
+from tests.support.pools import llamacpp_pool
 
 FILES_ONLY = NetworkPolicyConfig(allowed_schemes=["file"])
+ALLOW_LOCAL = NetworkPolicyConfig(
+    allow_outbound=True, allowed_hosts=["127.0.0.1"], allowed_schemes=["https"]
+)
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _ctx(tmp_path: Path) -> ProvisionContext:
@@ -67,3 +82,37 @@ class TestSteps:
                 break
             await asyncio.sleep(0.025)
         assert _gone(child)
+
+
+class TestSharedBuilds:
+    async def test_two_pools_asking_for_one_source_build_share_it(self, tmp_path: Path) -> None:
+        """Two pools with the same source config ensure at once: one checkout and one build,
+        which both wait for; neither trips over the other's clone."""
+        repo = llama_cpp_repo(tmp_path)
+        source = {"repo": str(repo), "ref": "master"}
+        pools = [llamacpp_pool("m.gguf", pool_id=p, mode="source", source=source) for p in "ab"]
+        ctx = _ctx(tmp_path)
+        first, second = await asyncio.gather(*(provider_for(p, ctx).ensure(p) for p in pools))
+        assert first.binary_path == second.binary_path
+        log = (tmp_path / "cache" / "llamacpp" / "logs" / "a.log").read_text()
+        log += (tmp_path / "cache" / "llamacpp" / "logs" / "b.log").read_text()
+        assert 1 == log.count("--- clone:")
+        assert 1 == log.count("--- build:")
+
+    async def test_two_pools_asking_for_one_binary_unpack_it_once(self, tmp_path: Path) -> None:
+        """Two pools pinning the same archive at once: one download and unpack, both get the
+        same binary (the second waits, then finds it installed)."""
+        archive = engine_archive("llama-server")
+        with https_files({"/llama-b1.tar.gz": archive}, tmp_path) as served:
+            binary = {"url": f"{served.url}/llama-b1.tar.gz", "checksum": _sha(archive)}
+            pools = [
+                llamacpp_pool("m.gguf", pool_id=p, binary=binary, allow_binary_downloads=True)
+                for p in "ab"
+            ]
+            ctx = dataclasses.replace(
+                _ctx(tmp_path), network_policy=ALLOW_LOCAL, ca_roots=(str(served.ca_path),)
+            )
+            first, second = await asyncio.gather(*(provider_for(p, ctx).ensure(p) for p in pools))
+        assert ["/llama-b1.tar.gz"] == served.requests
+        assert first.binary_path == second.binary_path
+        assert os.access(first.binary_path or "", os.X_OK)

@@ -18,6 +18,7 @@ from llama_orch.provisioners.engine._fetch import (
     verify,
 )
 from llama_orch.provisioners.engine._index import EngineEntry, entry_id, now_ms
+from llama_orch.provisioners.engine._lock import exclusive
 from llama_orch.provisioners.engine._policy import check_outbound
 from llama_orch.provisioners.engine._types import Plan, PlanStep, PreparedEngine, ProvisionError
 
@@ -92,7 +93,11 @@ class BinaryProvider:
         url, checksum = self._binary(pool)
         program = self._installed(pool)
         if program is None:
-            program = await self._install(pool, url, checksum)
+            directory = self.install_dir(pool)
+            lock = self.ctx.engine_dir(self.kind.engine) / ".locks" / f"{directory.name}.lock"
+            async with exclusive(lock, f"{archive_name(url)} in {directory}"):
+                # Another pool (or process) may have installed it while this one waited.
+                program = self._installed(pool) or await self._install(pool, url, checksum)
         version = version_of(url)
         digest = "sha256:" + checksum.removeprefix("sha256:").lower()
         entry = EngineEntry(

@@ -20,6 +20,7 @@ from llama_orch.config import PoolConfig
 from llama_orch.provisioners.engine._context import ProvisionContext
 from llama_orch.provisioners.engine._engines import EngineKind
 from llama_orch.provisioners.engine._index import EngineEntry, entry_id, now_ms
+from llama_orch.provisioners.engine._lock import exclusive
 from llama_orch.provisioners.engine._policy import check_outbound
 from llama_orch.provisioners.engine._steps import run_step
 from llama_orch.provisioners.engine._types import Plan, PlanStep, PreparedEngine, ProvisionError
@@ -133,10 +134,17 @@ class SourceProvider:
         return git
 
     async def ensure(self, pool: PoolConfig) -> PreparedEngine:
-        assert pool.provisioning is not None and pool.provisioning.source is not None
-        source = pool.provisioning.source
         git = self._preflight()
         flags = self._flags(pool)  # refuses CPU-only flags before anything is fetched
+        src, _ = self._dirs(pool)
+        # One checkout serves every ref: a second build waits rather than moving it under the
+        # first one's feet, then finds its binary built (or builds its own ref).
+        async with exclusive(src.with_name(".lock"), f"llama.cpp in {src}"):
+            return await self._ensure(pool, git, flags)
+
+    async def _ensure(self, pool: PoolConfig, git: str, flags: list[str]) -> PreparedEngine:
+        assert pool.provisioning is not None and pool.provisioning.source is not None
+        source = pool.provisioning.source
         src, builds = self._dirs(pool)
         log = builds.parent / "logs" / f"{pool.id}.log"
         env = self.ctx.tool_env()
