@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import io
 import os
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from llama_orch.provisioners.engine import (
     provider_for,
 )
 from llama_orch.provisioners.engine._steps import run_step
-from tests.support.engines import engine_archive
+from tests.support.engines import engine_archive, fake_script
 from tests.support.https_files import https_files
 from tests.support.llama_repo import llama_cpp_repo
 from tests.support.pools import llamacpp_pool
@@ -116,3 +118,46 @@ class TestSharedBuilds:
         assert ["/llama-b1.tar.gz"] == served.requests
         assert first.binary_path == second.binary_path
         assert os.access(first.binary_path or "", os.X_OK)
+
+
+def _archive_file(tmp_path: Path, *, mode: int = 0o755) -> tuple[Path, dict[str, str]]:
+    """A local tar.gz holding ``e/bin/llama-server`` with ``mode``; its pool ``binary`` block."""
+    buf = io.BytesIO()
+    script = fake_script("llama-server").encode()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        exe = tarfile.TarInfo("e/bin/llama-server")
+        exe.size, exe.mode = len(script), mode
+        tf.addfile(exe, io.BytesIO(script))
+    path = tmp_path / "llama-b9.tar.gz"
+    path.write_bytes(buf.getvalue())
+    return path, {"url": path.as_uri(), "checksum": _sha(buf.getvalue())}
+
+
+class TestBinaryMistakes:
+    async def test_an_install_dir_holding_other_files_is_left_alone(self, tmp_path: Path) -> None:
+        """binary.install_dir pointed at a directory in use (``~/bin``) would be replaced by
+        the unpacked archive: refused, naming the directory, with every file still there."""
+        mine = tmp_path / "bin"
+        mine.mkdir()
+        (mine / "notes.txt").write_text("keep me")
+        _, binary = _archive_file(tmp_path)
+        pool = llamacpp_pool("m.gguf", binary={**binary, "install_dir": str(mine)})
+        with pytest.raises(ProvisionError) as caught:
+            await provider_for(pool, _ctx(tmp_path)).ensure(pool)
+        assert "install_dir" in caught.value.message and str(mine) in caught.value.message
+        assert ["notes.txt"] == [p.name for p in mine.iterdir()]
+        assert "keep me" == (mine / "notes.txt").read_text()
+
+    async def test_an_installed_engine_is_replaced_in_its_own_install_dir(
+        self, tmp_path: Path
+    ) -> None:
+        """A directory llama-orch installed into (a new pin) is replaced as before."""
+        mine = tmp_path / "engine"
+        archive, binary = _archive_file(tmp_path)
+        pool = llamacpp_pool("m.gguf", binary={**binary, "install_dir": str(mine)})
+        await provider_for(pool, _ctx(tmp_path)).ensure(pool)
+        archive.unlink()
+        _, newer = _archive_file(tmp_path, mode=0o775)
+        again = llamacpp_pool("m.gguf", binary={**newer, "install_dir": str(mine)})
+        prepared = await provider_for(again, _ctx(tmp_path)).ensure(again)
+        assert Path(prepared.binary_path or "").is_relative_to(mine)

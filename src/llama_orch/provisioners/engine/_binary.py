@@ -38,6 +38,24 @@ def version_of(url: str) -> str:
     return name
 
 
+def _check_replaceable(directory: Path) -> None:
+    """An install replaces its directory: only one llama-orch installed into, or an empty one
+    (``binary.install_dir`` may point anywhere, ``~/bin`` included)."""
+    try:
+        entries = {p.name for p in directory.iterdir()}
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        entries = {directory.name}
+    if entries and _MARKER not in entries:
+        raise ProvisionError(
+            "preflight",
+            f"binary.install_dir {directory} already holds files llama-orch did not install; "
+            "it would replace them. Point install_dir at a new or empty directory (or remove "
+            "it) and start again",
+        )
+
+
 class BinaryProvider:
     mode = "binary"
 
@@ -130,6 +148,7 @@ class BinaryProvider:
         check_outbound(self.ctx.network_policy, url)
         self.ctx.require_disk(self.kind.engine, f"unpacking {archive_name(url)}")
         directory = self.install_dir(pool)
+        _check_replaceable(directory)
         downloads = self.ctx.engine_dir(self.kind.engine) / ".downloads"
         downloads.mkdir(parents=True, exist_ok=True)
         archive = downloads / f"{checksum.removeprefix('sha256:')[:16]}-{archive_name(url)}"
