@@ -161,3 +161,13 @@ class TestBinaryMistakes:
         again = llamacpp_pool("m.gguf", binary={**newer, "install_dir": str(mine)})
         prepared = await provider_for(again, _ctx(tmp_path)).ensure(again)
         assert Path(prepared.binary_path or "").is_relative_to(mine)
+
+    async def test_a_program_without_the_executable_bit_is_made_runnable(
+        self, tmp_path: Path
+    ) -> None:
+        """An archive whose server lost its mode bits (packed on another system) would fail
+        every launch with 'Permission denied': the located program is made executable."""
+        _, binary = _archive_file(tmp_path, mode=0o644)
+        pool = llamacpp_pool("m.gguf", binary=binary)
+        prepared = await provider_for(pool, _ctx(tmp_path)).ensure(pool)
+        assert os.access(prepared.binary_path or "", os.X_OK)

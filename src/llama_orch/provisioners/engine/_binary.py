@@ -38,6 +38,15 @@ def version_of(url: str) -> str:
     return name
 
 
+def _make_executable(program: Path) -> None:
+    """Archives packed elsewhere (a zip from another system) can drop the mode bits; every
+    launch would then fail with 'Permission denied'. Whoever may read it may run it."""
+    mode = program.stat().st_mode
+    wanted = mode | ((mode & 0o444) >> 2)
+    if wanted != mode:
+        program.chmod(wanted)
+
+
 def _check_replaceable(directory: Path) -> None:
     """An install replaces its directory: only one llama-orch installed into, or an empty one
     (``binary.install_dir`` may point anywhere, ``~/bin`` included)."""
@@ -179,6 +188,7 @@ class BinaryProvider:
                         f"points at a {self.kind.engine} server release",
                     )
                 relative = found.relative_to(staging)
+                _make_executable(found)
                 (staging / _MARKER).write_text(checksum)
                 shutil.rmtree(directory, ignore_errors=True)
                 directory.parent.mkdir(parents=True, exist_ok=True)
