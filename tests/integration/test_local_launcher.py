@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import tracemalloc
 from pathlib import Path
 
 from llama_orch.pool.launch import LaunchSpec, LocalLauncher, free_port, redact_argv
@@ -79,3 +80,22 @@ class TestRedactArgv:
             "--hf-token=[REDACTED]",
             "x",
         ] == redact_argv(argv)
+
+
+class TestEngineLog:
+    async def test_the_tail_of_a_huge_log_is_read_in_bounded_memory(self, tmp_path: Path) -> None:
+        """An engine that dumps 20 MB without a newline before it exits (binary garbage): the
+        tail shown as its last error is read from the end of the log, in bounded memory."""
+        spew = "head -c 20000000 /dev/zero | tr '\\0' x; printf '\\nCUDA error: out of memory'"
+        spec = LaunchSpec("p0", "r0", ("sh", "-c", f"{spew}; exit 3"), free_port())
+        handle = await LocalLauncher(tmp_path / "run").launch(spec)
+        assert 3 == await asyncio.wait_for(handle.wait(), 30)
+        tracemalloc.start()
+        try:
+            tail = handle.log_tail(3)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert tail.endswith("CUDA error: out of memory")
+        assert len(tail) < 70_000
+        assert peak < 2_000_000

@@ -20,11 +20,16 @@ import os
 import signal
 import socket
 import time
-from collections import deque
 from pathlib import Path
 
 from llama_orch.observability.narration import narrate
-from llama_orch.pool.launch._types import ExitKind, LaunchError, LaunchSpec, redact_argv
+from llama_orch.pool.launch._types import (
+    ExitKind,
+    LaunchError,
+    LaunchSpec,
+    read_log_tail,
+    redact_argv,
+)
 
 #: How long ``reap_orphans`` waits for an orphan's group to exit after SIGTERM.
 ORPHAN_GRACE_S = 5.0
@@ -181,11 +186,7 @@ class LocalProcess:
         await self._cleanup(10.0)
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            with self._log_path.open(errors="replace") as f:
-                return "".join(deque(f, maxlen=lines)).rstrip()
-        except OSError:
-            return ""
+        return read_log_tail(self._log_path, lines)
 
 
 class LocalLauncher:
