@@ -20,6 +20,7 @@ from llama_orch.provisioners.engine import (
     FileEngineIndex,
     ProvisionContext,
     ProvisionError,
+    prepare,
     provider_for,
 )
 from llama_orch.provisioners.engine._steps import run_step
@@ -171,3 +172,32 @@ class TestBinaryMistakes:
         pool = llamacpp_pool("m.gguf", binary=binary)
         prepared = await provider_for(pool, _ctx(tmp_path)).ensure(pool)
         assert os.access(prepared.binary_path or "", os.X_OK)
+
+
+class TestUnusablePaths:
+    async def test_an_engine_cache_that_is_a_file_is_a_provision_error(
+        self, tmp_path: Path
+    ) -> None:
+        """engines.cache_dir pointing at a file: a typed failure naming the path, for every
+        mode that writes there, not a bare OSError ending supervision."""
+        (tmp_path / "cache").write_text("not a directory")
+        _, binary = _archive_file(tmp_path)
+        repo = llama_cpp_repo(tmp_path)
+        pools = [
+            llamacpp_pool("m.gguf", binary=binary),
+            llamacpp_pool("m.gguf", mode="source", source={"repo": str(repo), "ref": "master"}),
+        ]
+        for pool in pools:
+            with pytest.raises(ProvisionError) as caught:
+                await prepare(pool, _ctx(tmp_path))
+            assert str(tmp_path / "cache") in caught.value.message
+            assert "engines.cache_dir" in caught.value.message
+
+    async def test_a_binary_url_naming_a_directory_is_a_provision_error(
+        self, tmp_path: Path
+    ) -> None:
+        (tmp_path / "llama-b1.tar.gz").mkdir()
+        binary = {"url": (tmp_path / "llama-b1.tar.gz").as_uri(), "checksum": _sha(b"")}
+        pool = llamacpp_pool("m.gguf", binary=binary)
+        with pytest.raises(ProvisionError, match="Is a directory"):
+            await prepare(pool, _ctx(tmp_path))

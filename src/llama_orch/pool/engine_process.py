@@ -59,7 +59,7 @@ from llama_orch.provisioners.engine import (
     PreparedEngine,
     ProvisionContext,
     ProvisionError,
-    provider_for,
+    prepare,
     replica_command,
 )
 from llama_orch.provisioners.pool_models import PoolModels
@@ -279,7 +279,7 @@ class EngineCache:
             found = self._prepared.get(key)
             if found is None:
                 started = time.monotonic()
-                found = await provider_for(cfg, self._ctx).ensure(cfg)
+                found = await prepare(cfg, self._ctx)
                 self._prepared[key] = found
                 narrate(
                     "engine-provisioner",
