@@ -201,3 +201,29 @@ class TestUnusablePaths:
         pool = llamacpp_pool("m.gguf", binary=binary)
         with pytest.raises(ProvisionError, match="Is a directory"):
             await prepare(pool, _ctx(tmp_path))
+
+
+class TestHungSteps:
+    async def test_a_step_silent_past_the_idle_timeout_is_stopped(self, tmp_path: Path) -> None:
+        """A clone stalled on the network or a build stuck on a lock prints nothing: after
+        ``idle_timeout_s`` of silence it is killed (its whole tree) and fails, naming the
+        setting to raise when the step is merely slow."""
+        pid_file = tmp_path / "child.pid"
+        script = f"echo started; sleep 60 & echo $! > {pid_file}; wait"
+        with pytest.raises(ProvisionError) as caught:
+            await run_step(
+                "clone",
+                ["sh", "-c", script],
+                log_path=tmp_path / "log",
+                target="t",
+                idle_timeout_s=0.5,
+            )
+        assert "clone" == caught.value.step
+        assert "engines.provision_idle_timeout_ms" in caught.value.message
+        assert "started" in (caught.value.detail or "")
+        child = int(pid_file.read_text())
+        for _ in range(400):
+            if _gone(child):
+                break
+            await asyncio.sleep(0.025)
+        assert _gone(child)

@@ -385,6 +385,9 @@ class EnginesConfig(_Strict):
     #: Consecutive failed health probes of a running engine that count as a hang.
     hang_after_failed_probes: PositiveInt = 3
     restart_storm: RestartStormConfig = RestartStormConfig()
+    #: A provisioning step (clone, fetch, configure, build, pull, install) that prints nothing
+    #: for this long is hung: it is killed and the preparation fails (it is tried again).
+    provision_idle_timeout_ms: PositiveInt = 1_800_000
 
 
 class QueueConfig(_Strict):

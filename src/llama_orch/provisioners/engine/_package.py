@@ -15,7 +15,6 @@ from llama_orch.provisioners.engine._engines import EngineKind
 from llama_orch.provisioners.engine._index import EngineEntry, entry_id, now_ms
 from llama_orch.provisioners.engine._lock import exclusive
 from llama_orch.provisioners.engine._policy import check_outbound
-from llama_orch.provisioners.engine._steps import run_step
 from llama_orch.provisioners.engine._types import Plan, PlanStep, PreparedEngine, ProvisionError
 
 #: Where pip installs from when ``provisioning.package.repo`` is unset.
@@ -101,7 +100,7 @@ class PackageProvider:
             # pip would otherwise ask PyPI for its own newer version: an unplanned download.
             env = {**self.ctx.tool_env(), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
             for step, cmd in zip(("venv", "install"), commands, strict=True):
-                await run_step(step, cmd, log_path=log, target=f"{name}=={version}", env=env)
+                await self.ctx.step(step, cmd, log_path=log, target=f"{name}=={version}", env=env)
             if not program.exists():
                 raise ProvisionError("install", f"{name}=={version} installed no {program.name}")
         entry = EngineEntry(

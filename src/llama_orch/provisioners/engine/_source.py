@@ -22,7 +22,6 @@ from llama_orch.provisioners.engine._engines import EngineKind
 from llama_orch.provisioners.engine._index import EngineEntry, entry_id, now_ms
 from llama_orch.provisioners.engine._lock import exclusive
 from llama_orch.provisioners.engine._policy import check_outbound
-from llama_orch.provisioners.engine._steps import run_step
 from llama_orch.provisioners.engine._types import Plan, PlanStep, PreparedEngine, ProvisionError
 
 BASE_FLAGS = ("-DGGML_CUDA=ON", "-DLLAMA_BUILD_SERVER=ON", "-DCMAKE_BUILD_TYPE=Release")
@@ -157,13 +156,13 @@ class SourceProvider:
             clone = [git, "clone"]
             if source.submodules:
                 clone.append("--recurse-submodules")
-            await run_step(
+            await self.ctx.step(
                 "clone", [*clone, source.repo, str(src)], log_path=log, target=target, env=env
             )
         else:
             if "://" in source.repo:
                 check_outbound(self.ctx.network_policy, source.repo, step="fetch")
-            await run_step(
+            await self.ctx.step(
                 "fetch",
                 [
                     git,
@@ -179,7 +178,7 @@ class SourceProvider:
                 env=env,
             )
         commit = await self._resolve(git, src, source.ref, log, target, env)
-        await run_step(
+        await self.ctx.step(
             "checkout",
             [git, "-C", str(src), "checkout", "--detach", "--force", commit],
             log_path=log,
@@ -187,7 +186,7 @@ class SourceProvider:
             env=env,
         )
         if source.submodules:
-            await run_step(
+            await self.ctx.step(
                 "submodules",
                 [git, "-C", str(src), "submodule", "update", "--init", "--recursive"],
                 log_path=log,
@@ -204,7 +203,7 @@ class SourceProvider:
             if source.build.generator:
                 configure += ["-G", source.build.generator]
             try:
-                await run_step("configure", configure, log_path=log, target=target, env=env)
+                await self.ctx.step("configure", configure, log_path=log, target=target, env=env)
             except ProvisionError as exc:
                 if "CUDA" in (exc.detail or ""):
                     exc.message += (
@@ -213,7 +212,7 @@ class SourceProvider:
                     )
                 raise
             jobs = str(max(1, (os.cpu_count() or 2) - 1))
-            await run_step(
+            await self.ctx.step(
                 "build",
                 ["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs],
                 log_path=log,
@@ -241,7 +240,7 @@ class SourceProvider:
     ) -> str:
         for candidate in (f"origin/{ref}", ref):
             try:
-                return await run_step(
+                return await self.ctx.step(
                     "resolve",
                     [
                         git,

@@ -68,6 +68,27 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+async def _read(
+    stream: asyncio.StreamReader,
+    idle_timeout_s: float | None,
+    step: str,
+    argv: list[str],
+    log_path: Path,
+    lines: _Lines,
+) -> bytes:
+    try:
+        return await asyncio.wait_for(stream.read(_CHUNK), idle_timeout_s)
+    except TimeoutError:
+        lines.close()
+        raise ProvisionError(
+            step,
+            f"`{' '.join(argv[:3])} ...` printed nothing for {idle_timeout_s:g} s and was "
+            f"stopped: it looks hung (a stalled download or build); full output in {log_path}. "
+            "If the step is only slow, raise engines.provision_idle_timeout_ms",
+            detail="\n".join(lines.tail),
+        ) from None
+
+
 async def run_step(
     step: str,
     argv: list[str],
@@ -76,8 +97,11 @@ async def run_step(
     target: str,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    idle_timeout_s: float | None = None,
 ) -> str:
-    """Run ``argv``; its stdout (stripped) when it exits 0."""
+    """Run ``argv``; its stdout (stripped) when it exits 0. A step that prints nothing for
+    ``idle_timeout_s`` is hung (a stalled download, a build waiting on a lock): it is killed
+    and fails."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     lines = _Lines()
@@ -99,7 +123,7 @@ async def run_step(
             raise ProvisionError(step, f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
         assert proc.stdout is not None
         try:
-            while chunk := await proc.stdout.read(_CHUNK):
+            while chunk := await _read(proc.stdout, idle_timeout_s, step, argv, log_path, lines):
                 log.write(chunk)
                 if len(out) < _MAX_OUTPUT:
                     out += chunk[: _MAX_OUTPUT - len(out)]
