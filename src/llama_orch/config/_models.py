@@ -7,11 +7,19 @@ Every model forbids unknown keys, so a typo fails at start-up with the key's pat
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from llama_orch.vocab import (
     GPU_ENGINES,
@@ -286,10 +294,25 @@ class MockEngineConfig(_Strict):
     embed_batch_ms: NonNegativeInt = 2
 
 
+def _expandable(value: str) -> str:
+    """A ``~user/...`` path names a user this machine has: every later use expands it."""
+    if value.startswith("~") and os.path.expanduser(value) == value:
+        user = value[1:].split("/", 1)[0]
+        raise ValueError(
+            f"{value}: there is no user {user!r} on this machine whose home ~{user} could "
+            "stand for; write the directory out in full"
+        )
+    return value
+
+
+#: A directory of the config's, which may start with ``~`` or ``~user``.
+HomePath = Annotated[str, AfterValidator(_expandable)]
+
+
 class SourceBuildConfig(_Strict):
     cmake_flags: list[str] | None = None
     generator: str | None = None
-    cache_dir: str | None = None
+    cache_dir: HomePath | None = None
 
 
 class SourceConfig(_Strict):
@@ -314,7 +337,7 @@ class PackageConfig(_Strict):
 class BinaryConfig(_Strict):
     url: str | None = None
     checksum: str | None = None
-    install_dir: str | None = None
+    install_dir: HomePath | None = None
 
 
 class ProvisionModelConfig(_Strict):
@@ -374,10 +397,10 @@ class EnginesConfig(_Strict):
     """Where launched engines live and how their processes are supervised."""
 
     #: Engine caches: ``<cache_dir>/<engine>`` (binaries, builds, venvs).
-    cache_dir: str = "~/.cache/llama-orch"
+    cache_dir: HomePath = "~/.cache/llama-orch"
     #: Per-replica logs and pid files of launched engines; left at this default it follows
     #: XDG_CACHE_HOME (``$XDG_CACHE_HOME/llama-orch/run``), as the catalog root does.
-    run_dir: str = "~/.cache/llama-orch/run"
+    run_dir: HomePath = "~/.cache/llama-orch/run"
     #: Longest wait from launch to a healthy engine before the launch counts as failed.
     startup_timeout_ms: PositiveInt = 300_000
     #: Grace between SIGTERM and SIGKILL when an engine stops.
