@@ -8,7 +8,10 @@ import signal
 import tracemalloc
 from pathlib import Path
 
-from llama_orch.pool.launch import LaunchSpec, LocalLauncher, free_port, redact_argv
+import pytest
+
+from llama_orch.pool.launch import LaunchError, LaunchSpec, LocalLauncher, free_port, redact_argv
+from llama_orch.pool.launch.local import _cmdline, _gone
 from tests.support.engines import engine_healthy, fake_executable, tiny_gguf
 
 
@@ -99,3 +102,25 @@ class TestEngineLog:
         assert tail.endswith("CUDA error: out of memory")
         assert len(tail) < 70_000
         assert peak < 2_000_000
+
+    async def test_a_pid_file_that_cannot_be_written_leaves_no_engine(self, tmp_path: Path) -> None:
+        """The engine started but its pid file could not be recorded (a full or broken run
+        dir): nothing would ever stop that process. The launch fails as a LaunchError naming
+        the file, and the engine it started is stopped."""
+        launcher = LocalLauncher(tmp_path / "run")
+        (tmp_path / "run/pids/p0-r0.tmp").mkdir(parents=True)
+        marker = f"engine-of-{tmp_path.name}"
+        argv = ("sh", "-c", f"sleep 60; : {marker}")
+        with pytest.raises(LaunchError, match="pid file"):
+            await launcher.launch(LaunchSpec("p0", "r0", argv, free_port()))
+        assert [] == _running_with(marker)
+
+
+def _running_with(marker: str) -> list[int]:
+    """Live processes whose command line holds ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        pid = int(entry.name) if entry.name.isdigit() else 0
+        if pid and marker in " ".join(_cmdline(pid)) and not _gone(pid):
+            found.append(pid)
+    return found

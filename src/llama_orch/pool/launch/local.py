@@ -232,8 +232,18 @@ class LocalLauncher:
             "started_ms": int(time.time() * 1000),
         }
         tmp = pid_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(pid_path)
+        try:
+            tmp.write_text(json.dumps(record))
+            tmp.replace(pid_path)
+        except OSError as exc:
+            # Unrecorded, the engine would outlive this server with nothing to stop it.
+            _signal_group(process.pid, signal.SIGKILL)
+            await process.wait()
+            raise LaunchError(
+                f"cannot write the pid file {pid_path} of {spec.pool_id}/{spec.replica_id}: "
+                f"{exc.strerror or exc}; engines.run_dir must be a writable directory with "
+                "free space (the engine was stopped)"
+            ) from exc
         narrate(
             "pool-manager",
             "spawn",
