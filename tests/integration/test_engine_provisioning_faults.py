@@ -227,3 +227,27 @@ class TestHungSteps:
                 break
             await asyncio.sleep(0.025)
         assert _gone(child)
+
+
+class TestInterruptedClone:
+    async def test_a_clone_that_died_midway_is_not_taken_for_a_checkout(
+        self, tmp_path: Path
+    ) -> None:
+        """A clone killed midway (llama-orch stopped, the network dropped) leaves a .git that
+        is no repository; the next preparation must clone again, not fetch into the debris
+        and fail the same way at every start."""
+        fake = tmp_path / "fakebin"
+        fake.mkdir()
+        (fake / "git").write_text(
+            '#!/bin/sh\nif [ "$1" = clone ]; then for last; do :; done\n'
+            'mkdir -p "$last/.git/objects"; echo "fatal: early EOF"; exit 128; fi\n'
+            'exec git "$@"\n'
+        )
+        (fake / "git").chmod(0o755)
+        repo = llama_cpp_repo(tmp_path)
+        pool = llamacpp_pool("m.gguf", mode="source", source={"repo": str(repo), "ref": "master"})
+        broken = dataclasses.replace(_ctx(tmp_path), path=f"{fake}:{os.environ['PATH']}")
+        with pytest.raises(ProvisionError, match="early EOF"):
+            await prepare(pool, broken)
+        prepared = await prepare(pool, _ctx(tmp_path))
+        assert os.access(prepared.binary_path or "", os.X_OK)

@@ -151,14 +151,20 @@ class SourceProvider:
         if not (src / ".git").exists():
             if "://" in source.repo:
                 check_outbound(self.ctx.network_policy, source.repo, step="clone")
+            # Cloned aside and moved in once complete: a clone that dies midway (killed, the
+            # network dropped) leaves debris a later start clones over, never a broken checkout
+            # it would fetch into.
+            partial = src.with_name(f".{src.name}.partial")
+            shutil.rmtree(partial, ignore_errors=True)
             shutil.rmtree(src, ignore_errors=True)
             src.parent.mkdir(parents=True, exist_ok=True)
             clone = [git, "clone"]
             if source.submodules:
                 clone.append("--recurse-submodules")
             await self.ctx.step(
-                "clone", [*clone, source.repo, str(src)], log_path=log, target=target, env=env
+                "clone", [*clone, source.repo, str(partial)], log_path=log, target=target, env=env
             )
+            partial.rename(src)
         else:
             if "://" in source.repo:
                 check_outbound(self.ctx.network_policy, source.repo, step="fetch")
