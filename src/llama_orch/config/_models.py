@@ -294,6 +294,9 @@ class MockEngineConfig(_Strict):
     embed_batch_ms: NonNegativeInt = 2
 
 
+_SHA256 = re.compile(r"sha256:[0-9a-fA-F]{64}")
+
+
 def _expandable(value: str) -> str:
     """A ``~user/...`` path names a user this machine has: every later use expands it."""
     if value.startswith("~") and os.path.expanduser(value) == value:
@@ -327,6 +330,18 @@ class ContainerConfig(_Strict):
     tag: str | None = None
     digest: str | None = None
 
+    @field_validator("digest")
+    @classmethod
+    def _digest_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256.fullmatch(
+            value if ":" in value else f"sha256:{value}"
+        ):
+            raise ValueError(
+                f"digest must look like sha256:<64 hex digits> (the image's manifest digest), "
+                f"got {value!r}"
+            )
+        return value
+
 
 class PackageConfig(_Strict):
     name: str | None = None
@@ -338,6 +353,14 @@ class BinaryConfig(_Strict):
     url: str | None = None
     checksum: str | None = None
     install_dir: HomePath | None = None
+
+    @field_validator("checksum")
+    @classmethod
+    def _checksum_shape(cls, value: str | None) -> str | None:
+        # A truncated pin would otherwise be found out only after the whole download.
+        if value is not None and not _SHA256.fullmatch(value):
+            raise ValueError(f"checksum must look like sha256:<64 hex digits>, got {value!r}")
+        return value
 
 
 class ProvisionModelConfig(_Strict):

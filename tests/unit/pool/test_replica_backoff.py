@@ -63,7 +63,10 @@ def _engine(
             "devices": [1],
             "provisioning": {
                 "mode": "binary",
-                "binary": {"url": "https://x/l.tgz", "checksum": "sha256:00"},
+                "binary": {
+                    "url": "https://x/l.tgz",
+                    "checksum": "sha256:" + "0" * 64,
+                },
             },
             "backoff": {"initial_ms": 100, "max_ms": 1000, "jitter": False},
         }
