@@ -506,6 +506,16 @@ class ReplicaEngine:
         if kind is not None and kind is not ExitKind.EXITED:
             # The process's owner or its host went away, not the engine itself.
             reason, last = kind.value, f" on host {handle.host}{last}"
+        elif reason == "never_ready":
+            # Most often the engine listens elsewhere (a port or host flag of its own) or is
+            # still loading: say where it was asked, and for how long.
+            kind_of = ENGINES.get(cfg.engine.value)
+            url = handle.endpoint + (kind_of.health_path if kind_of else "/health")
+            timeout_ms = self._sup.engines.startup_timeout_ms
+            last = (
+                f"; {url} did not answer 200 within engines.startup_timeout_ms ({timeout_ms} ms)"
+                + last
+            )
         state.last_exit = f"{reason} (status {code}){last}"
         self._lost(f"engine {reason} (status {code}){last}", True, True)
         return reason
