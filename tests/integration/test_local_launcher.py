@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llama_orch.pool.launch import LaunchError, LaunchSpec, LocalLauncher, free_port, redact_argv
-from llama_orch.pool.launch.local import _cmdline, _gone
+from llama_orch.pool.launch.local import LOG_ROTATE_BYTES, _cmdline, _gone
 from tests.support.engines import engine_healthy, fake_executable, tiny_gguf
 
 
@@ -124,3 +124,24 @@ def _running_with(marker: str) -> list[int]:
         if pid and marker in " ".join(_cmdline(pid)) and not _gone(pid):
             found.append(pid)
     return found
+
+
+class TestLogGrowth:
+    async def test_a_log_grown_past_its_bound_is_rotated_at_the_next_launch(
+        self, tmp_path: Path
+    ) -> None:
+        """An engine that writes heaps of stderr and keeps being restarted would grow its log
+        without end: past ``LOG_ROTATE_BYTES`` the next launch moves it to ``.log.1``
+        (replacing an older one) and starts afresh, so a replica holds at most two."""
+        logs = tmp_path / "run/logs"
+        logs.mkdir(parents=True)
+        with (logs / "p0-r0.log").open("wb") as big:
+            big.truncate(LOG_ROTATE_BYTES + 1)  # sparse: costs no disk
+        (logs / "p0-r0.log.1").write_text("older")
+        handle = await LocalLauncher(tmp_path / "run").launch(
+            LaunchSpec("p0", "r0", ("sh", "-c", "echo fresh"), free_port())
+        )
+        assert 0 == await asyncio.wait_for(handle.wait(), 30)
+        assert LOG_ROTATE_BYTES + 1 == (logs / "p0-r0.log.1").stat().st_size
+        assert "fresh" in (logs / "p0-r0.log").read_text()
+        assert (logs / "p0-r0.log").stat().st_size < 4096

@@ -2,7 +2,8 @@
 
 - ``CUDA_VISIBLE_DEVICES`` is the replica's device mask, so the engine sees only its GPUs.
 - stdout and stderr go to ``<run_dir>/logs/<pool>-<replica>.log``, which starts with the command
-  line, secrets redacted; the environment is never written anywhere.
+  line, secrets redacted; the environment is never written anywhere. A log grown past
+  ``LOG_ROTATE_BYTES`` moves to ``.log.1`` at the next launch.
 - ``<run_dir>/pids/<pool>-<replica>.pid`` records the process while it runs. A pid file that
   outlives its server (a crash, a SIGKILL) names an orphan: ``reap_orphans`` stops it at the next
   start-up, after checking the pid still runs the recorded program (pids get reused).
@@ -35,6 +36,8 @@ from llama_orch.pool.launch._types import (
 ORPHAN_GRACE_S = 5.0
 #: The lock file of the run dir: the server holding it owns every pid file there.
 LOCK_NAME = "serve.lock"
+#: A replica's log past this size is moved to ``.log.1`` when its engine is launched again.
+LOG_ROTATE_BYTES = 64 * 2**20
 
 
 class RunDirBusy(Exception):
@@ -202,6 +205,7 @@ class LocalLauncher:
         self.pids_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.logs_dir / f"{spec.key}.log"
         pid_path = self.pids_dir / f"{spec.key}.pid"
+        _rotate(log_path)
         shown = redact_argv(spec.argv, spec.secrets)
         env = {**os.environ, **spec.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.devices))}
         with log_path.open("ab") as log:
@@ -304,6 +308,17 @@ class LocalLauncher:
                 return True
         _signal_group(pgid, signal.SIGKILL)
         return True
+
+
+def _rotate(log_path: Path) -> None:
+    """Each launch appends to the replica's log; an engine that writes heaps of output and is
+    restarted again and again would grow it without end. Past ``LOG_ROTATE_BYTES`` the log
+    moves to ``.log.1`` (replacing the previous one) and the launch starts a fresh one."""
+    try:
+        if log_path.stat().st_size > LOG_ROTATE_BYTES:
+            log_path.replace(log_path.with_name(log_path.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def _gone(pid: int) -> bool:
