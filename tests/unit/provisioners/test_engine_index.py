@@ -42,3 +42,21 @@ def test_an_unwritable_index_is_a_provision_error(tmp_path: Path) -> None:
         index.put(EngineEntry(id="x", engine="llamacpp", version="1", artifacts=[]))
     assert "record" == caught.value.step
     assert str(blocked / "catalog") in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'{"version": 1, "engines": {', b"\xff\xfe garbage", b"[]", b'{"version": 99}'],
+    ids=["truncated", "binary", "list", "future"],
+)
+def test_an_unreadable_index_says_to_move_it_aside(tmp_path: Path, content: bytes) -> None:
+    """A truncated, binary, foreign or future engines.json fails naming the file and what to
+    do about it, and is left as it was (never overwritten)."""
+    (tmp_path / "engines.json").write_bytes(content)
+    with pytest.raises(ProvisionError) as caught:
+        FileEngineIndex(tmp_path).put(
+            EngineEntry(id="x", engine="llamacpp", version="1", artifacts=[])
+        )
+    assert str(tmp_path / "engines.json") in caught.value.message
+    assert "move the file aside" in caught.value.message
+    assert content == (tmp_path / "engines.json").read_bytes()

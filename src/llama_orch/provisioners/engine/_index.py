@@ -61,7 +61,8 @@ class FileEngineIndex:
         except FileNotFoundError:
             return {}
         except ValueError as exc:
-            raise ProvisionError("index", f"{self.path} is not valid JSON ({exc})") from exc
+            # Truncated by a crash of a build that wrote it in place, or not JSON at all.
+            raise self._unreadable(f"it is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict):
             raise self._unreadable("it is not a JSON object")
         if doc.get("version") != SCHEMA_VERSION:
