@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import tracemalloc
@@ -60,6 +61,18 @@ class TestLocalLauncher:
         assert [handle.pid] == stopped
         assert 0 == await asyncio.wait_for(handle.wait(), 10)
         assert [] == list((tmp_path / "run/pids").glob("*.pid"))
+
+    async def test_reap_runs_the_cleanup_of_an_orphan(self, tmp_path: Path) -> None:
+        """A container replica's cleanup (``podman rm --force <name>``) runs when its orphan
+        is reaped: a container left behind by a crashed server would hold its GPUs, and its
+        name would refuse every new launch of the replica."""
+        cleaned = tmp_path / "cleaned"
+        spec = dataclasses.replace(_spec(tmp_path), cleanup=("sh", "-c", f"echo rm > {cleaned}"))
+        handle = await LocalLauncher(tmp_path / "run").launch(spec)
+        await engine_healthy(handle.endpoint)
+        assert [handle.pid] == await LocalLauncher(tmp_path / "run").reap_orphans()
+        await asyncio.wait_for(handle.wait(), 10)
+        assert "rm" == cleaned.read_text().strip()
 
     async def test_reap_ignores_a_reused_pid(self, tmp_path: Path) -> None:
         """A pid file whose pid now runs another program is removed, the process untouched."""

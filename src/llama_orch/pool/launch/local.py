@@ -70,6 +70,22 @@ def hold_run_dir(run_dir: Path) -> int:
     return fd
 
 
+async def run_cleanup(cleanup: tuple[str, ...], log_path: Path, timeout_s: float) -> None:
+    """Run a replica's cleanup command (best effort), its output appended to the replica's log."""
+    if not cleanup:
+        return
+    with log_path.open("ab") as log:
+        log.write(f"--- cleanup: {' '.join(cleanup)}\n".encode())
+        log.flush()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cleanup, stdout=log, stderr=asyncio.subprocess.STDOUT
+            )
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except (OSError, TimeoutError) as exc:
+            log.write(f"cleanup failed: {exc}\n".encode())
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now (the engine binds it a moment later)."""
     with socket.socket() as sock:
@@ -170,18 +186,7 @@ class LocalProcess:
         return code
 
     async def _cleanup(self, timeout_s: float) -> None:
-        if not self._spec.cleanup:
-            return
-        with self._log_path.open("ab") as log:
-            log.write(f"--- cleanup: {' '.join(self._spec.cleanup)}\n".encode())
-            log.flush()
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *self._spec.cleanup, stdout=log, stderr=asyncio.subprocess.STDOUT
-                )
-                await asyncio.wait_for(proc.wait(), timeout_s)
-            except (OSError, TimeoutError) as exc:
-                log.write(f"cleanup failed: {exc}\n".encode())
+        await run_cleanup(self._spec.cleanup, self._log_path, timeout_s)
 
     async def kill(self) -> None:
         _signal_group(self._process.pid, signal.SIGKILL)
@@ -234,6 +239,8 @@ class LocalLauncher:
             "replica_id": spec.replica_id,
             "endpoint": spec.endpoint,
             "started_ms": int(time.time() * 1000),
+            # Run again when the engine is reaped as an orphan (its container outlives it).
+            "cleanup": list(spec.cleanup),
         }
         tmp = pid_path.with_suffix(".tmp")
         try:
@@ -294,6 +301,12 @@ class LocalLauncher:
                     replica_id=record.get("replica_id"),
                     pid=pid,
                 )
+            cleanup = record.get("cleanup")
+            if isinstance(cleanup, list) and all(isinstance(a, str) for a in cleanup):
+                # Whether or not its client still ran: the container may live on without it.
+                self.logs_dir.mkdir(parents=True, exist_ok=True)
+                log_path = self.logs_dir / f"{pid_path.stem}.log"
+                await run_cleanup(tuple(cleanup), log_path, ORPHAN_GRACE_S * 2)
             pid_path.unlink(missing_ok=True)
         return stopped
 
