@@ -433,7 +433,7 @@ class EnginesConfig(_Strict):
     restart_storm: RestartStormConfig = RestartStormConfig()
     #: A provisioning step (clone, fetch, configure, build, pull, install) that prints nothing
     #: for this long is hung: it is killed and the preparation fails (it is tried again).
-    provision_idle_timeout_ms: PositiveInt = 1_800_000
+    provision_idle_timeout_ms: PositiveInt = 3_600_000
 
 
 class QueueConfig(_Strict):

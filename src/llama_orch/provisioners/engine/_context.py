@@ -34,7 +34,7 @@ class ProvisionContext:
     #: Free space the engine cache must have before a download, build or install.
     min_free_bytes: int = 2 * 2**30
     #: A provisioning step silent for this long is hung and stopped (None: never).
-    step_idle_timeout_s: float | None = 1800.0
+    step_idle_timeout_s: float | None = 3600.0
     #: Where podman finds CDI device specs (the NVIDIA toolkit writes nvidia.yaml there).
     cdi_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
 
