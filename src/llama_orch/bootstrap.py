@@ -193,6 +193,7 @@ def supervision_of(settings: Settings, inventory: GpuInventory, models: PoolMode
             network_policy=config.network_policy,
             ca_roots=tuple(config.catalog.trust_policy.ca_roots),
             simulated=inventory.simulated,
+            step_idle_timeout_s=engines.provision_idle_timeout_ms / 1000,
         ),
         engines=engines,
         # A remote ref (hf:, https, s3, oci) is the catalog's copy; a path is read where it is.

@@ -51,6 +51,31 @@ class TestConfigFileMistakes:
             assert f"{where}, column" in err and f"duplicate key {key!r}" in err
             assert "Traceback" not in err
 
+    async def test_an_engine_path_in_the_home_of_an_unknown_user(self, tmp_path: Path) -> None:
+        """``~nosuchuser/...`` as an engine cache, run dir or install dir cannot be expanded:
+        validate, serve and pools plan name each key instead of a traceback."""
+        binary = (
+            "{url: 'https://example.org/llama-b1.tar.gz', install_dir: '~nosuchuser-llorch/e', "
+            "checksum: 'sha256:" + "0" * 64 + "'}"
+        )
+        config = tmp_path / "home.yaml"
+        config.write_text(
+            "engines: {cache_dir: '~nosuchuser-llorch/c', run_dir: '~nosuchuser-llorch/r'}\n"
+            "pools:\n  - {id: p0, engine: llamacpp, model: /m.gguf, devices: [0], "
+            f"provisioning: {{mode: binary, binary: {binary}}}}}\n"
+        )
+        for args in (
+            ("config", "validate", "--offline", str(config)),
+            ("serve", "--config", str(config)),
+            ("pools", "plan", "p0", "--config", str(config)),
+        ):
+            code, _, err = await run(*args)
+            assert 2 == code, (args, err)
+            for key in ("engines.cache_dir", "engines.run_dir", "binary.install_dir"):
+                assert key in err, (args, err)
+            assert "no user 'nosuchuser-llorch'" in err
+            assert "Traceback" not in err
+
     async def test_a_merge_key_may_still_be_overridden(self, tmp_path: Path) -> None:
         """YAML merge keys (`<<: *anchor`) followed by an explicit key are not duplicates."""
         config = tmp_path / "merge.yaml"

@@ -49,7 +49,10 @@ class TestPoolsCommand:
             "model": "/m.gguf",
             "provisioning": {
                 "mode": "binary",
-                "binary": {"url": "https://example.org/llama-b5000.zip", "checksum": "sha256:ab"},
+                "binary": {
+                    "url": "https://example.org/llama-b5000.zip",
+                    "checksum": "sha256:" + "ab" * 32,
+                },
             },
         }
         path = tmp_path / "c.yaml"

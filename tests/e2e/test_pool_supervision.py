@@ -210,6 +210,10 @@ class TestFaults:
             assert not health["ready"]
             scrape = (await server.client.get("/metrics")).text
             assert 'reason="never_ready"' in scrape
+            # Where it was asked and for how long (an engine on a port of its own choosing).
+            last_exit = process_of(health)["last_exit"]
+            assert "/health did not answer 200 within engines.startup_timeout_ms" in last_exit
+            assert "(600 ms)" in last_exit
 
     async def test_port_taken_restarts_on_another_port(self, setup: LaunchedSetup) -> None:
         """The first port is held by someone else: the engine exits, the next launch works."""

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
+import tracemalloc
 from pathlib import Path
 
-from llama_orch.pool.launch import LaunchSpec, LocalLauncher, free_port, redact_argv
+import pytest
+
+from llama_orch.pool.launch import LaunchError, LaunchSpec, LocalLauncher, free_port, redact_argv
+from llama_orch.pool.launch.local import LOG_ROTATE_BYTES, _cmdline, _gone
 from tests.support.engines import engine_healthy, fake_executable, tiny_gguf
 
 
@@ -57,6 +62,18 @@ class TestLocalLauncher:
         assert 0 == await asyncio.wait_for(handle.wait(), 10)
         assert [] == list((tmp_path / "run/pids").glob("*.pid"))
 
+    async def test_reap_runs_the_cleanup_of_an_orphan(self, tmp_path: Path) -> None:
+        """A container replica's cleanup (``podman rm --force <name>``) runs when its orphan
+        is reaped: a container left behind by a crashed server would hold its GPUs, and its
+        name would refuse every new launch of the replica."""
+        cleaned = tmp_path / "cleaned"
+        spec = dataclasses.replace(_spec(tmp_path), cleanup=("sh", "-c", f"echo rm > {cleaned}"))
+        handle = await LocalLauncher(tmp_path / "run").launch(spec)
+        await engine_healthy(handle.endpoint)
+        assert [handle.pid] == await LocalLauncher(tmp_path / "run").reap_orphans()
+        await asyncio.wait_for(handle.wait(), 10)
+        assert "rm" == cleaned.read_text().strip()
+
     async def test_reap_ignores_a_reused_pid(self, tmp_path: Path) -> None:
         """A pid file whose pid now runs another program is removed, the process untouched."""
         pids = tmp_path / "run/pids"
@@ -79,3 +96,65 @@ class TestRedactArgv:
             "--hf-token=[REDACTED]",
             "x",
         ] == redact_argv(argv)
+
+
+class TestEngineLog:
+    async def test_the_tail_of_a_huge_log_is_read_in_bounded_memory(self, tmp_path: Path) -> None:
+        """An engine that dumps 20 MB without a newline before it exits (binary garbage): the
+        tail shown as its last error is read from the end of the log, in bounded memory."""
+        spew = "head -c 20000000 /dev/zero | tr '\\0' x; printf '\\nCUDA error: out of memory'"
+        spec = LaunchSpec("p0", "r0", ("sh", "-c", f"{spew}; exit 3"), free_port())
+        handle = await LocalLauncher(tmp_path / "run").launch(spec)
+        assert 3 == await asyncio.wait_for(handle.wait(), 30)
+        tracemalloc.start()
+        try:
+            tail = handle.log_tail(3)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert tail.endswith("CUDA error: out of memory")
+        assert len(tail) < 70_000
+        assert peak < 2_000_000
+
+    async def test_a_pid_file_that_cannot_be_written_leaves_no_engine(self, tmp_path: Path) -> None:
+        """The engine started but its pid file could not be recorded (a full or broken run
+        dir): nothing would ever stop that process. The launch fails as a LaunchError naming
+        the file, and the engine it started is stopped."""
+        launcher = LocalLauncher(tmp_path / "run")
+        (tmp_path / "run/pids/p0-r0.tmp").mkdir(parents=True)
+        marker = f"engine-of-{tmp_path.name}"
+        argv = ("sh", "-c", f"sleep 60; : {marker}")
+        with pytest.raises(LaunchError, match="pid file"):
+            await launcher.launch(LaunchSpec("p0", "r0", argv, free_port()))
+        assert [] == _running_with(marker)
+
+
+def _running_with(marker: str) -> list[int]:
+    """Live processes whose command line holds ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        pid = int(entry.name) if entry.name.isdigit() else 0
+        if pid and marker in " ".join(_cmdline(pid)) and not _gone(pid):
+            found.append(pid)
+    return found
+
+
+class TestLogGrowth:
+    async def test_a_log_grown_past_its_bound_is_rotated_at_the_next_launch(
+        self, tmp_path: Path
+    ) -> None:
+        """An engine that writes heaps of stderr and keeps being restarted would grow its log
+        without end: past ``LOG_ROTATE_BYTES`` the next launch moves it to ``.log.1``
+        (replacing an older one) and starts afresh, so a replica holds at most two."""
+        logs = tmp_path / "run/logs"
+        logs.mkdir(parents=True)
+        with (logs / "p0-r0.log").open("wb") as big:
+            big.truncate(LOG_ROTATE_BYTES + 1)  # sparse: costs no disk
+        (logs / "p0-r0.log.1").write_text("older")
+        handle = await LocalLauncher(tmp_path / "run").launch(
+            LaunchSpec("p0", "r0", ("sh", "-c", "echo fresh"), free_port())
+        )
+        assert 0 == await asyncio.wait_for(handle.wait(), 30)
+        assert LOG_ROTATE_BYTES + 1 == (logs / "p0-r0.log.1").stat().st_size
+        assert "fresh" in (logs / "p0-r0.log").read_text()
+        assert (logs / "p0-r0.log").stat().st_size < 4096

@@ -7,11 +7,19 @@ Every model forbids unknown keys, so a typo fails at start-up with the key's pat
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from llama_orch.vocab import (
     GPU_ENGINES,
@@ -286,10 +294,28 @@ class MockEngineConfig(_Strict):
     embed_batch_ms: NonNegativeInt = 2
 
 
+_SHA256 = re.compile(r"sha256:[0-9a-fA-F]{64}")
+
+
+def _expandable(value: str) -> str:
+    """A ``~user/...`` path names a user this machine has: every later use expands it."""
+    if value.startswith("~") and os.path.expanduser(value) == value:
+        user = value[1:].split("/", 1)[0]
+        raise ValueError(
+            f"{value}: there is no user {user!r} on this machine whose home ~{user} could "
+            "stand for; write the directory out in full"
+        )
+    return value
+
+
+#: A directory of the config's, which may start with ``~`` or ``~user``.
+HomePath = Annotated[str, AfterValidator(_expandable)]
+
+
 class SourceBuildConfig(_Strict):
     cmake_flags: list[str] | None = None
     generator: str | None = None
-    cache_dir: str | None = None
+    cache_dir: HomePath | None = None
 
 
 class SourceConfig(_Strict):
@@ -304,6 +330,18 @@ class ContainerConfig(_Strict):
     tag: str | None = None
     digest: str | None = None
 
+    @field_validator("digest")
+    @classmethod
+    def _digest_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256.fullmatch(
+            value if ":" in value else f"sha256:{value}"
+        ):
+            raise ValueError(
+                f"digest must look like sha256:<64 hex digits> (the image's manifest digest), "
+                f"got {value!r}"
+            )
+        return value
+
 
 class PackageConfig(_Strict):
     name: str | None = None
@@ -314,7 +352,15 @@ class PackageConfig(_Strict):
 class BinaryConfig(_Strict):
     url: str | None = None
     checksum: str | None = None
-    install_dir: str | None = None
+    install_dir: HomePath | None = None
+
+    @field_validator("checksum")
+    @classmethod
+    def _checksum_shape(cls, value: str | None) -> str | None:
+        # A truncated pin would otherwise be found out only after the whole download.
+        if value is not None and not _SHA256.fullmatch(value):
+            raise ValueError(f"checksum must look like sha256:<64 hex digits>, got {value!r}")
+        return value
 
 
 class ProvisionModelConfig(_Strict):
@@ -374,10 +420,10 @@ class EnginesConfig(_Strict):
     """Where launched engines live and how their processes are supervised."""
 
     #: Engine caches: ``<cache_dir>/<engine>`` (binaries, builds, venvs).
-    cache_dir: str = "~/.cache/llama-orch"
+    cache_dir: HomePath = "~/.cache/llama-orch"
     #: Per-replica logs and pid files of launched engines; left at this default it follows
     #: XDG_CACHE_HOME (``$XDG_CACHE_HOME/llama-orch/run``), as the catalog root does.
-    run_dir: str = "~/.cache/llama-orch/run"
+    run_dir: HomePath = "~/.cache/llama-orch/run"
     #: Longest wait from launch to a healthy engine before the launch counts as failed.
     startup_timeout_ms: PositiveInt = 300_000
     #: Grace between SIGTERM and SIGKILL when an engine stops.
@@ -385,6 +431,9 @@ class EnginesConfig(_Strict):
     #: Consecutive failed health probes of a running engine that count as a hang.
     hang_after_failed_probes: PositiveInt = 3
     restart_storm: RestartStormConfig = RestartStormConfig()
+    #: A provisioning step (clone, fetch, configure, build, pull, install) that prints nothing
+    #: for this long is hung: it is killed and the preparation fails (it is tried again).
+    provision_idle_timeout_ms: PositiveInt = 3_600_000
 
 
 class QueueConfig(_Strict):

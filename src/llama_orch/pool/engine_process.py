@@ -59,7 +59,7 @@ from llama_orch.provisioners.engine import (
     PreparedEngine,
     ProvisionContext,
     ProvisionError,
-    provider_for,
+    prepare,
     replica_command,
 )
 from llama_orch.provisioners.pool_models import PoolModels
@@ -279,7 +279,7 @@ class EngineCache:
             found = self._prepared.get(key)
             if found is None:
                 started = time.monotonic()
-                found = await provider_for(cfg, self._ctx).ensure(cfg)
+                found = await prepare(cfg, self._ctx)
                 self._prepared[key] = found
                 narrate(
                     "engine-provisioner",
@@ -442,7 +442,7 @@ class ReplicaEngine:
         try:
             state.prepared = await self._engines.prepared(cfg)
         except ProvisionError as exc:
-            self._lost(f"engine not ensured: {exc}", False, state.model_path is not None)
+            self._fail(f"engine not ensured: {exc}", False, state.model_path is not None)
             return "provision_failed"
         try:
             state.model_path = self._sup.locate_model(cfg)
@@ -450,11 +450,11 @@ class ReplicaEngine:
             self._lost(f"model not present yet: {exc}", True, False)
             return MODEL_PENDING
         except ModelMissing as exc:
-            self._lost(f"model not present: {exc}", True, False)
+            self._fail(f"model not present: {exc}", True, False)
             return "model_missing"
         too_big = self._misfit(state.model_path)
         if too_big is not None:
-            self._lost(too_big, True, False)
+            self._fail(too_big, True, False)
             return "model_too_large"
         if state.prepared.simulated:
             narrate(
@@ -482,7 +482,7 @@ class ReplicaEngine:
                 pool_id=cfg.id,
                 replica_id=self.replica_id,
             )
-            self._lost(f"launch failed: {exc}", True, True)
+            self._fail(f"launch failed: {exc}", True, True)
             return "launch_failed"
         self.handle = handle
         self._host_waits = 0
@@ -506,9 +506,25 @@ class ReplicaEngine:
         if kind is not None and kind is not ExitKind.EXITED:
             # The process's owner or its host went away, not the engine itself.
             reason, last = kind.value, f" on host {handle.host}{last}"
+        elif reason == "never_ready":
+            # Most often the engine listens elsewhere (a port or host flag of its own) or is
+            # still loading: say where it was asked, and for how long.
+            kind_of = ENGINES.get(cfg.engine.value)
+            url = handle.endpoint + (kind_of.health_path if kind_of else "/health")
+            timeout_ms = self._sup.engines.startup_timeout_ms
+            last = (
+                f"; {url} did not answer 200 within engines.startup_timeout_ms ({timeout_ms} ms)"
+                + last
+            )
         state.last_exit = f"{reason} (status {code}){last}"
         self._lost(f"engine {reason} (status {code}){last}", True, True)
         return reason
+
+    def _fail(self, error: str, engine_ensured: bool, model_present: bool) -> None:
+        """A life that ended before an engine ran: kept as the last exit, which the storm
+        breaker's message quotes (it replaces the replica's last error)."""
+        self.state.last_exit = error
+        self._lost(error, engine_ensured, model_present)
 
     def _misfit(self, model_path: str) -> str | None:
         """Why the model cannot fit the mask's VRAM, if its weights alone exceed it (ORCH-3003).

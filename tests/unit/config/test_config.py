@@ -12,6 +12,9 @@ from llama_orch.provisioners.factory import tls_context
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[3].joinpath("examples").glob("*.yaml"))
 
+#: A whole sha256 pin (what binary.checksum and container.digest must be).
+PIN = "sha256:" + "0" * 64
+
 MINIMAL = """
 gpus: {simulated: [{index: 0, name: sim, vram_mb: 1024}]}
 pools:
@@ -265,7 +268,7 @@ class TestCertificateFiles:
             "build: {cache_dir: builds}}}\n"
             "  - id: downloaded\n    engine: llamacpp\n    model: m.gguf\n"
             "    provisioning: {mode: binary, allow_binary_downloads: true, binary: "
-            "{url: 'https://example.org/b.tgz', checksum: 'sha256:00', install_dir: bin}}\n"
+            "{url: 'https://example.org/b.tgz', install_dir: bin, checksum: '" + PIN + "'}}\n"
         )
         for config in (read_config_file(path), load_settings({}, path).config):
             assert str(folder / "state" / "artifacts") == config.server.artifacts_dir
@@ -428,7 +431,7 @@ pools:
         ("provisioning", "keys"),
         [
             (
-                "{mode: binary, binary: {url: 'https://x/l.tgz', checksum: 'sha256:00'},\n"
+                "{mode: binary, binary: {url: 'https://x/l.tgz', checksum: '" + PIN + "'},\n"
                 "      source: {repo: 'https://x/r', ref: v1}, container: {image: i}}",
                 ["pools.0.provisioning.source", "pools.0.provisioning.container"],
             ),
@@ -473,6 +476,26 @@ pools:
         )
         assert ["pools.0.provisioning.model.checksum"] == [i.split(":")[0] for i in issues_of(text)]
 
+    @pytest.mark.parametrize(
+        ("provisioning", "key"),
+        [
+            ("{mode: binary, binary: {url: 'https://h/b.tgz', checksum: 'sha256:12ab'}}", "binary"),
+            ("{mode: container, container: {image: i, digest: 'sha256:zz'}}", "container"),
+            ("{mode: container, container: {image: i, digest: '12ab'}}", "container"),
+        ],
+    )
+    def test_engine_digests_are_whole_sha256_digests(self, provisioning: str, key: str) -> None:
+        """A truncated or mistyped pin fails at validation, not after a multi-GB download or
+        as the container runtime's 'invalid reference format'."""
+        text = MINIMAL.replace(
+            "{id: p0, engine: mock, model: m0}",
+            f"{{id: p0, engine: vllm, model: m0, devices: [0], provisioning: {provisioning}}}",
+        )
+        issues = issues_of(text)
+        assert 1 == len(issues)
+        assert issues[0].startswith(f"pools.0.provisioning.{key}.")
+        assert "64 hex digits" in issues[0]
+
     def test_sections_being_built_elsewhere_are_accepted(self) -> None:
         """catalog and network_policy sections, and other provisioning modes, still load."""
         text = (
@@ -505,8 +528,8 @@ pools:
     model: m.gguf
     host: HOST
     devices: DEVICES
-    provisioning: {mode: MODE, binary: {url: "https://x/l.tar.gz", checksum: "sha256:00"}}
-"""
+    provisioning: {mode: MODE, binary: {url: "https://x/l.tar.gz", checksum: "PIN"}}
+""".replace("PIN", PIN)
 
 
 class TestHosts:

@@ -52,7 +52,11 @@ class Prepared(EngineCache):
 
 
 def _engine(
-    tmp_path: Path, launcher: ScriptedLauncher, clock: ManualClock, metrics: Metrics
+    tmp_path: Path,
+    launcher: ScriptedLauncher,
+    clock: ManualClock,
+    metrics: Metrics,
+    errors: list[str] | None = None,
 ) -> ReplicaEngine:
     cfg = PoolConfig.model_validate(
         {
@@ -63,7 +67,10 @@ def _engine(
             "devices": [1],
             "provisioning": {
                 "mode": "binary",
-                "binary": {"url": "https://x/l.tgz", "checksum": "sha256:00"},
+                "binary": {
+                    "url": "https://x/l.tgz",
+                    "checksum": "sha256:" + "0" * 64,
+                },
             },
             "backoff": {"initial_ms": 100, "max_ms": 1000, "jitter": False},
         }
@@ -96,7 +103,7 @@ def _engine(
         metrics,
         bind=bind,
         probe=probe,
-        lost=lambda *_: None,
+        lost=lambda error, *_: (errors if errors is not None else []).append(error),
         probe_interval_s=1.0,
     )
 
@@ -124,12 +131,13 @@ async def _waits(
 
 @contextlib.asynccontextmanager
 async def _supervised(
-    tmp_path: Path, error: LaunchError
+    tmp_path: Path, error: LaunchError, errors: list[str] | None = None
 ) -> AsyncIterator[tuple[ReplicaEngine, ScriptedLauncher, ManualClock, Metrics]]:
-    """A replica whose every launch fails with ``error``, supervised until the block ends."""
+    """A replica whose every launch fails with ``error``, supervised until the block ends;
+    the errors it publishes go to ``errors``."""
     clock, metrics = ManualClock(), Metrics()
     launcher = ScriptedLauncher(error)
-    engine = _engine(tmp_path, launcher, clock, metrics)
+    engine = _engine(tmp_path, launcher, clock, metrics, errors)
     supervisor = Supervisor(metrics)
     engine.start(supervisor)
     try:
@@ -161,3 +169,14 @@ class TestNoLiveHost:
             await _until(lambda: engine.done)
             assert ([100, 200], STORM, True) == (waits, launcher.calls, engine.state.storm)
             assert STORM == engine.state.restarts
+
+    async def test_the_storm_names_the_failure_that_opened_it(self, tmp_path: Path) -> None:
+        """The breaker's message replaces the replica's last error: it must carry the cause
+        (here the launch error), not only the reason's name, or the operator loses it."""
+        error = LaunchError("GPUs [1] are booked by another replica")
+        errors: list[str] = []
+        async with _supervised(tmp_path, error, errors) as (engine, launcher, clock, _):
+            await _waits(engine, launcher, clock, STORM - 1)
+            await _until(lambda: engine.done)
+        assert errors[-1].startswith("restart storm")
+        assert "GPUs [1] are booked by another replica" in errors[-1]

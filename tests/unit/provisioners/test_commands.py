@@ -19,7 +19,13 @@ from llama_orch.provisioners.engine import (
 def _pool(engine: str, **extra: Any) -> PoolConfig:
     prov = extra.pop(
         "provisioning",
-        {"mode": "binary", "binary": {"url": "https://x/a.tgz", "checksum": "sha256:00"}},
+        {
+            "mode": "binary",
+            "binary": {
+                "url": "https://x/a.tgz",
+                "checksum": "sha256:" + "0" * 64,
+            },
+        },
     )
     return PoolConfig.model_validate(
         {"id": "p", "engine": engine, "model": "m", "provisioning": prov, **extra}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -138,6 +139,26 @@ class HostInventories(Protocol):
 
 class ClusterLauncher(Launcher, HostInventories, Protocol):
     """Launches on the cluster's hosts and reports their inventories."""
+
+
+#: How much of the end of an engine log its tail is read from: an engine may dump megabytes
+#: (binary garbage, one endless line) before it dies, and the tail is read at every exit.
+TAIL_BYTES = 64 * 1024
+
+
+def read_log_tail(path: str | Path, lines: int) -> str:
+    """The last ``lines`` lines of an engine log, from its last ``TAIL_BYTES`` only."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - TAIL_BYTES))
+            data = f.read(TAIL_BYTES)
+    except OSError:
+        return ""
+    text = data.decode(errors="replace").rstrip()
+    if size > TAIL_BYTES and "\n" in text:
+        text = text.split("\n", 1)[1]  # the first line was cut midway
+    return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
 
 
 def redact_argv(argv: tuple[str, ...] | list[str], secrets: tuple[str, ...] = ()) -> list[str]:

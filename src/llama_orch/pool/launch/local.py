@@ -2,7 +2,8 @@
 
 - ``CUDA_VISIBLE_DEVICES`` is the replica's device mask, so the engine sees only its GPUs.
 - stdout and stderr go to ``<run_dir>/logs/<pool>-<replica>.log``, which starts with the command
-  line, secrets redacted; the environment is never written anywhere.
+  line, secrets redacted; the environment is never written anywhere. A log grown past
+  ``LOG_ROTATE_BYTES`` moves to ``.log.1`` at the next launch.
 - ``<run_dir>/pids/<pool>-<replica>.pid`` records the process while it runs. A pid file that
   outlives its server (a crash, a SIGKILL) names an orphan: ``reap_orphans`` stops it at the next
   start-up, after checking the pid still runs the recorded program (pids get reused).
@@ -20,16 +21,23 @@ import os
 import signal
 import socket
 import time
-from collections import deque
 from pathlib import Path
 
 from llama_orch.observability.narration import narrate
-from llama_orch.pool.launch._types import ExitKind, LaunchError, LaunchSpec, redact_argv
+from llama_orch.pool.launch._types import (
+    ExitKind,
+    LaunchError,
+    LaunchSpec,
+    read_log_tail,
+    redact_argv,
+)
 
 #: How long ``reap_orphans`` waits for an orphan's group to exit after SIGTERM.
 ORPHAN_GRACE_S = 5.0
 #: The lock file of the run dir: the server holding it owns every pid file there.
 LOCK_NAME = "serve.lock"
+#: A replica's log past this size is moved to ``.log.1`` when its engine is launched again.
+LOG_ROTATE_BYTES = 64 * 2**20
 
 
 class RunDirBusy(Exception):
@@ -60,6 +68,23 @@ def hold_run_dir(run_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+async def run_cleanup(cleanup: tuple[str, ...], log_path: Path, timeout_s: float) -> None:
+    """Run a replica's cleanup command (best effort), its output appended to the replica's log."""
+    if not cleanup:
+        return
+    with log_path.open("ab") as log:
+        log.write(f"--- cleanup: {' '.join(cleanup)}\n".encode())
+        log.flush()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cleanup, stdout=log, stderr=asyncio.subprocess.STDOUT
+            )
+            async with asyncio.timeout(timeout_s):
+                await proc.wait()
+        except (OSError, TimeoutError) as exc:
+            log.write(f"cleanup failed: {exc}\n".encode())
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -163,19 +188,7 @@ class LocalProcess:
         return code
 
     async def _cleanup(self, timeout_s: float) -> None:
-        if not self._spec.cleanup:
-            return
-        with self._log_path.open("ab") as log:
-            log.write(f"--- cleanup: {' '.join(self._spec.cleanup)}\n".encode())
-            log.flush()
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *self._spec.cleanup, stdout=log, stderr=asyncio.subprocess.STDOUT
-                )
-                async with asyncio.timeout(timeout_s):
-                    await proc.wait()
-            except (OSError, TimeoutError) as exc:
-                log.write(f"cleanup failed: {exc}\n".encode())
+        await run_cleanup(self._spec.cleanup, self._log_path, timeout_s)
 
     async def kill(self) -> None:
         _signal_group(self._process.pid, signal.SIGKILL)
@@ -183,11 +196,7 @@ class LocalProcess:
         await self._cleanup(10.0)
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            with self._log_path.open(errors="replace") as f:
-                return "".join(deque(f, maxlen=lines)).rstrip()
-        except OSError:
-            return ""
+        return read_log_tail(self._log_path, lines)
 
 
 class LocalLauncher:
@@ -203,6 +212,7 @@ class LocalLauncher:
         self.pids_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.logs_dir / f"{spec.key}.log"
         pid_path = self.pids_dir / f"{spec.key}.pid"
+        _rotate(log_path)
         shown = redact_argv(spec.argv, spec.secrets)
         env = {**os.environ, **spec.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.devices))}
         with log_path.open("ab") as log:
@@ -231,10 +241,22 @@ class LocalLauncher:
             "replica_id": spec.replica_id,
             "endpoint": spec.endpoint,
             "started_ms": int(time.time() * 1000),
+            # Run again when the engine is reaped as an orphan (its container outlives it).
+            "cleanup": list(spec.cleanup),
         }
         tmp = pid_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(pid_path)
+        try:
+            tmp.write_text(json.dumps(record))
+            tmp.replace(pid_path)
+        except OSError as exc:
+            # Unrecorded, the engine would outlive this server with nothing to stop it.
+            _signal_group(process.pid, signal.SIGKILL)
+            await process.wait()
+            raise LaunchError(
+                f"cannot write the pid file {pid_path} of {spec.pool_id}/{spec.replica_id}: "
+                f"{exc.strerror or exc}; engines.run_dir must be a writable directory with "
+                "free space (the engine was stopped)"
+            ) from exc
         narrate(
             "pool-manager",
             "spawn",
@@ -281,6 +303,12 @@ class LocalLauncher:
                     replica_id=record.get("replica_id"),
                     pid=pid,
                 )
+            cleanup = record.get("cleanup")
+            if isinstance(cleanup, list) and all(isinstance(a, str) for a in cleanup):
+                # Whether or not its client still ran: the container may live on without it.
+                self.logs_dir.mkdir(parents=True, exist_ok=True)
+                log_path = self.logs_dir / f"{pid_path.stem}.log"
+                await run_cleanup(tuple(cleanup), log_path, ORPHAN_GRACE_S * 2)
             pid_path.unlink(missing_ok=True)
         return stopped
 
@@ -295,6 +323,17 @@ class LocalLauncher:
                 return True
         _signal_group(pgid, signal.SIGKILL)
         return True
+
+
+def _rotate(log_path: Path) -> None:
+    """Each launch appends to the replica's log; an engine that writes heaps of output and is
+    restarted again and again would grow it without end. Past ``LOG_ROTATE_BYTES`` the log
+    moves to ``.log.1`` (replacing the previous one) and the launch starts a fresh one."""
+    try:
+        if log_path.stat().st_size > LOG_ROTATE_BYTES:
+            log_path.replace(log_path.with_name(log_path.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def _gone(pid: int) -> bool:

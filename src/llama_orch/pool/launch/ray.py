@@ -33,7 +33,6 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +49,7 @@ from llama_orch.pool.launch._types import (
     LaunchError,
     LaunchSpec,
     NoLiveHost,
+    read_log_tail,
     redact_argv,
 )
 
@@ -222,11 +222,7 @@ class EngineActor:
         return await self._proc.wait()
 
     def log_tail(self, lines: int) -> str:
-        try:
-            with open(self._log_path, errors="replace") as f:
-                return "".join(deque(f, maxlen=lines)).rstrip()
-        except OSError:
-            return ""
+        return read_log_tail(self._log_path, lines)
 
 
 class HostAgent:

@@ -2,7 +2,8 @@
 
 ``provider_for(pool, ctx)`` picks the provider of the pool's provisioning mode for its engine
 (an unknown pairing is an ``UnknownEngine``); ``plan`` is pure and printable, ``ensure`` does the
-work and returns a ``PreparedEngine`` after recording an ``EngineEntry``. Providers are imported
+work and returns a ``PreparedEngine`` after recording an ``EngineEntry``; ``prepare`` is what
+callers use: provider and ensure in one, every failure a ``ProvisionError``. Providers are imported
 only when a pool uses their mode, so unused modes cost nothing.
 
 Modes: ``binary`` (download, verify, unpack), ``source`` (llama.cpp: git + CMake with CUDA),
@@ -45,6 +46,7 @@ __all__ = [
     "check_outbound",
     "normalize_gpu_layers",
     "plan",
+    "prepare",
     "provider_for",
     "replica_command",
 ]
@@ -91,3 +93,18 @@ def provider_for(pool: PoolConfig, ctx: ProvisionContext | None = None) -> Provi
 
 def plan(pool: PoolConfig, ctx: ProvisionContext | None = None) -> Plan:
     return provider_for(pool, ctx).plan(pool)
+
+
+async def prepare(pool: PoolConfig, ctx: ProvisionContext) -> PreparedEngine:
+    """Ensure ``pool``'s engine; a path the disk refuses is a ProvisionError naming it."""
+    try:
+        return await provider_for(pool, ctx).ensure(pool)
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else ctx.cache_root
+        raise ProvisionError(
+            "prepare",
+            f"cannot prepare the {pool.engine.value} engine of pool {pool.id}: {where}: "
+            f"{exc.strerror or exc}; engines.cache_dir (and any directory the pool's "
+            "provisioning names) must be a writable directory, and the files it names must "
+            "exist",
+        ) from exc

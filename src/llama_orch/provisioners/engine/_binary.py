@@ -18,6 +18,7 @@ from llama_orch.provisioners.engine._fetch import (
     verify,
 )
 from llama_orch.provisioners.engine._index import EngineEntry, entry_id, now_ms
+from llama_orch.provisioners.engine._lock import exclusive
 from llama_orch.provisioners.engine._policy import check_outbound
 from llama_orch.provisioners.engine._types import Plan, PlanStep, PreparedEngine, ProvisionError
 
@@ -35,6 +36,33 @@ def version_of(url: str) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def _make_executable(program: Path) -> None:
+    """Archives packed elsewhere (a zip from another system) can drop the mode bits; every
+    launch would then fail with 'Permission denied'. Whoever may read it may run it."""
+    mode = program.stat().st_mode
+    wanted = mode | ((mode & 0o444) >> 2)
+    if wanted != mode:
+        program.chmod(wanted)
+
+
+def _check_replaceable(directory: Path) -> None:
+    """An install replaces its directory: only one llama-orch installed into, or an empty one
+    (``binary.install_dir`` may point anywhere, ``~/bin`` included)."""
+    try:
+        entries = {p.name for p in directory.iterdir()}
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        entries = {directory.name}
+    if entries and _MARKER not in entries:
+        raise ProvisionError(
+            "preflight",
+            f"binary.install_dir {directory} already holds files llama-orch did not install; "
+            "it would replace them. Point install_dir at a new or empty directory (or remove "
+            "it) and start again",
+        )
 
 
 class BinaryProvider:
@@ -92,7 +120,11 @@ class BinaryProvider:
         url, checksum = self._binary(pool)
         program = self._installed(pool)
         if program is None:
-            program = await self._install(pool, url, checksum)
+            directory = self.install_dir(pool)
+            lock = self.ctx.engine_dir(self.kind.engine) / ".locks" / f"{directory.name}.lock"
+            async with exclusive(lock, f"{archive_name(url)} in {directory}"):
+                # Another pool (or process) may have installed it while this one waited.
+                program = self._installed(pool) or await self._install(pool, url, checksum)
         version = version_of(url)
         digest = "sha256:" + checksum.removeprefix("sha256:").lower()
         entry = EngineEntry(
@@ -125,6 +157,7 @@ class BinaryProvider:
         check_outbound(self.ctx.network_policy, url)
         self.ctx.require_disk(self.kind.engine, f"unpacking {archive_name(url)}")
         directory = self.install_dir(pool)
+        _check_replaceable(directory)
         downloads = self.ctx.engine_dir(self.kind.engine) / ".downloads"
         downloads.mkdir(parents=True, exist_ok=True)
         archive = downloads / f"{checksum.removeprefix('sha256:')[:16]}-{archive_name(url)}"
@@ -155,6 +188,7 @@ class BinaryProvider:
                         f"points at a {self.kind.engine} server release",
                     )
                 relative = found.relative_to(staging)
+                _make_executable(found)
                 (staging / _MARKER).write_text(checksum)
                 shutil.rmtree(directory, ignore_errors=True)
                 directory.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ from llama_orch.observability.narration import narrate
 from llama_orch.provisioners.engine._context import ProvisionContext
 from llama_orch.provisioners.engine._engines import EngineKind
 from llama_orch.provisioners.engine._index import EngineEntry, entry_id, now_ms
-from llama_orch.provisioners.engine._steps import run_step
 from llama_orch.provisioners.engine._types import Plan, PlanStep, PreparedEngine, ProvisionError
 
 RUNTIMES = ("podman", "docker")
@@ -110,7 +109,7 @@ class ContainerProvider:
                 pool_id=pool.id,
             )
         log = self.ctx.engine_dir(self.kind.engine) / "logs" / f"{pool.id}.log"
-        await run_step(
+        await self.ctx.step(
             "pull", [runtime, "pull", ref], log_path=log, target=ref, env=self.ctx.tool_env()
         )
         c = pool.provisioning.container

@@ -11,6 +11,7 @@ from typing import Any
 from llama_orch.config import PoolConfig
 from llama_orch.config._models import NetworkPolicyConfig
 from llama_orch.provisioners.engine._index import EngineEntry, EngineIndex, FileEngineIndex
+from llama_orch.provisioners.engine._steps import run_step
 from llama_orch.provisioners.engine._types import PreparedEngine, ProvisionError
 
 DEFAULT_CACHE_ROOT = "~/.cache/llama-orch"
@@ -32,6 +33,8 @@ class ProvisionContext:
     path: str | None = None
     #: Free space the engine cache must have before a download, build or install.
     min_free_bytes: int = 2 * 2**30
+    #: A provisioning step silent for this long is hung and stopped (None: never).
+    step_idle_timeout_s: float | None = 3600.0
     #: Where podman finds CDI device specs (the NVIDIA toolkit writes nvidia.yaml there).
     cdi_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
 
@@ -70,6 +73,20 @@ class ProvisionContext:
         if self.path is not None:
             env["PATH"] = self.path
         return env
+
+    async def step(
+        self, step: str, argv: list[str], *, log_path: Path, target: str, **kw: Any
+    ) -> str:
+        """Run one provisioning step with the tools' environment and the idle timeout."""
+        kw.setdefault("env", self.tool_env())
+        return await run_step(
+            step,
+            argv,
+            log_path=log_path,
+            target=target,
+            idle_timeout_s=self.step_idle_timeout_s,
+            **kw,
+        )
 
     def record(
         self, pool: PoolConfig, entry: EngineEntry, mode: str, **fields: Any

@@ -1,19 +1,21 @@
 """The engine index: ``engines.json`` with one EngineEntry per prepared engine (SPEC §9.4).
 
-Written atomically (temporary file, fsync, rename, fsync of the directory) with a schema
-version; an index of another version is refused rather than overwritten. Behind the small
-``EngineIndex`` protocol so the model catalog's store can take it over.
+Written atomically (temporary file, fsync, rename, fsync of the directory) under the catalog
+root's writers' lock, with a schema version; an index of another version is refused rather than
+overwritten. Behind the small ``EngineIndex`` protocol so the model catalog's store can take it
+over.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from llama_orch.catalog.store import write_atomic
 from llama_orch.provisioners.engine._types import ProvisionError
 
 SCHEMA_VERSION = 1
@@ -59,7 +61,8 @@ class FileEngineIndex:
         except FileNotFoundError:
             return {}
         except ValueError as exc:
-            raise ProvisionError("index", f"{self.path} is not valid JSON ({exc})") from exc
+            # Truncated by a crash of a build that wrote it in place, or not JSON at all.
+            raise self._unreadable(f"it is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict):
             raise self._unreadable("it is not a JSON object")
         if doc.get("version") != SCHEMA_VERSION:
@@ -87,25 +90,24 @@ class FileEngineIndex:
         except TypeError as exc:
             raise self._unreadable(f"an entry has other fields: {exc}") from None
 
-    def _store(self, entries: dict[str, dict[str, object]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        data = json.dumps({"version": SCHEMA_VERSION, "engines": entries}, indent=2, sort_keys=True)
-        with tmp.open("w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     def put(self, entry: EngineEntry) -> None:
-        entries = self._load()
-        entries[entry.id] = asdict(entry)
-        self._store(entries)
+        """Record ``entry``; the read-modify-write holds the catalog root's writers' lock, so
+        two processes sharing the root (two servers, a server and the CLI) lose no entry."""
+        root = self.path.parent
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            with (root / ".lock").open("a+b") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+                entries = self._load()
+                entries[entry.id] = asdict(entry)
+                data = {"version": SCHEMA_VERSION, "engines": entries}
+                write_atomic(self.path, json.dumps(data, indent=2, sort_keys=True).encode())
+        except OSError as exc:
+            raise ProvisionError(
+                "record",
+                f"cannot write the engine index {self.path}: {exc.strerror or exc}; make "
+                "catalog.root a writable directory with free space",
+            ) from exc
 
     def get(self, entry_id: str) -> EngineEntry | None:
         raw = self._load().get(entry_id)

@@ -13,8 +13,8 @@ from llama_orch.config import PoolConfig
 from llama_orch.provisioners.engine._context import ProvisionContext
 from llama_orch.provisioners.engine._engines import EngineKind
 from llama_orch.provisioners.engine._index import EngineEntry, entry_id, now_ms
+from llama_orch.provisioners.engine._lock import exclusive
 from llama_orch.provisioners.engine._policy import check_outbound
-from llama_orch.provisioners.engine._steps import run_step
 from llama_orch.provisioners.engine._types import Plan, PlanStep, PreparedEngine, ProvisionError
 
 #: Where pip installs from when ``provisioning.package.repo`` is unset.
@@ -74,9 +74,15 @@ class PackageProvider:
         return Plan(pool.id, self.kind.engine, self.mode, tuple(steps))
 
     async def ensure(self, pool: PoolConfig) -> PreparedEngine:
+        venv = self.venv(pool)
+        # Two pools on one package would build one venv at once: the second waits for it.
+        lock = venv.parent / ".locks" / f"{venv.name}.lock"
+        async with exclusive(lock, f"the venv {venv}"):
+            return await self._ensure(pool, venv)
+
+    async def _ensure(self, pool: PoolConfig, venv: Path) -> PreparedEngine:
         assert pool.provisioning is not None
         name, version = self._requirement(pool)
-        venv = self.venv(pool)
         program = venv / "bin" / self.kind.program
         if not program.exists():
             commands = self.commands(pool)
@@ -94,7 +100,7 @@ class PackageProvider:
             # pip would otherwise ask PyPI for its own newer version: an unplanned download.
             env = {**self.ctx.tool_env(), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
             for step, cmd in zip(("venv", "install"), commands, strict=True):
-                await run_step(step, cmd, log_path=log, target=f"{name}=={version}", env=env)
+                await self.ctx.step(step, cmd, log_path=log, target=f"{name}=={version}", env=env)
             if not program.exists():
                 raise ProvisionError("install", f"{name}=={version} installed no {program.name}")
         entry = EngineEntry(

@@ -20,8 +20,8 @@ from llama_orch.config import PoolConfig
 from llama_orch.provisioners.engine._context import ProvisionContext
 from llama_orch.provisioners.engine._engines import EngineKind
 from llama_orch.provisioners.engine._index import EngineEntry, entry_id, now_ms
+from llama_orch.provisioners.engine._lock import exclusive
 from llama_orch.provisioners.engine._policy import check_outbound
-from llama_orch.provisioners.engine._steps import run_step
 from llama_orch.provisioners.engine._types import Plan, PlanStep, PreparedEngine, ProvisionError
 
 BASE_FLAGS = ("-DGGML_CUDA=ON", "-DLLAMA_BUILD_SERVER=ON", "-DCMAKE_BUILD_TYPE=Release")
@@ -133,10 +133,17 @@ class SourceProvider:
         return git
 
     async def ensure(self, pool: PoolConfig) -> PreparedEngine:
-        assert pool.provisioning is not None and pool.provisioning.source is not None
-        source = pool.provisioning.source
         git = self._preflight()
         flags = self._flags(pool)  # refuses CPU-only flags before anything is fetched
+        src, _ = self._dirs(pool)
+        # One checkout serves every ref: a second build waits rather than moving it under the
+        # first one's feet, then finds its binary built (or builds its own ref).
+        async with exclusive(src.with_name(".lock"), f"llama.cpp in {src}"):
+            return await self._ensure(pool, git, flags)
+
+    async def _ensure(self, pool: PoolConfig, git: str, flags: list[str]) -> PreparedEngine:
+        assert pool.provisioning is not None and pool.provisioning.source is not None
+        source = pool.provisioning.source
         src, builds = self._dirs(pool)
         log = builds.parent / "logs" / f"{pool.id}.log"
         env = self.ctx.tool_env()
@@ -144,18 +151,24 @@ class SourceProvider:
         if not (src / ".git").exists():
             if "://" in source.repo:
                 check_outbound(self.ctx.network_policy, source.repo, step="clone")
+            # Cloned aside and moved in once complete: a clone that dies midway (killed, the
+            # network dropped) leaves debris a later start clones over, never a broken checkout
+            # it would fetch into.
+            partial = src.with_name(f".{src.name}.partial")
+            shutil.rmtree(partial, ignore_errors=True)
             shutil.rmtree(src, ignore_errors=True)
             src.parent.mkdir(parents=True, exist_ok=True)
             clone = [git, "clone"]
             if source.submodules:
                 clone.append("--recurse-submodules")
-            await run_step(
-                "clone", [*clone, source.repo, str(src)], log_path=log, target=target, env=env
+            await self.ctx.step(
+                "clone", [*clone, source.repo, str(partial)], log_path=log, target=target, env=env
             )
+            partial.rename(src)
         else:
             if "://" in source.repo:
                 check_outbound(self.ctx.network_policy, source.repo, step="fetch")
-            await run_step(
+            await self.ctx.step(
                 "fetch",
                 [
                     git,
@@ -171,7 +184,7 @@ class SourceProvider:
                 env=env,
             )
         commit = await self._resolve(git, src, source.ref, log, target, env)
-        await run_step(
+        await self.ctx.step(
             "checkout",
             [git, "-C", str(src), "checkout", "--detach", "--force", commit],
             log_path=log,
@@ -179,7 +192,7 @@ class SourceProvider:
             env=env,
         )
         if source.submodules:
-            await run_step(
+            await self.ctx.step(
                 "submodules",
                 [git, "-C", str(src), "submodule", "update", "--init", "--recursive"],
                 log_path=log,
@@ -196,7 +209,7 @@ class SourceProvider:
             if source.build.generator:
                 configure += ["-G", source.build.generator]
             try:
-                await run_step("configure", configure, log_path=log, target=target, env=env)
+                await self.ctx.step("configure", configure, log_path=log, target=target, env=env)
             except ProvisionError as exc:
                 if "CUDA" in (exc.detail or ""):
                     exc.message += (
@@ -205,7 +218,7 @@ class SourceProvider:
                     )
                 raise
             jobs = str(max(1, (os.cpu_count() or 2) - 1))
-            await run_step(
+            await self.ctx.step(
                 "build",
                 ["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs],
                 log_path=log,
@@ -233,7 +246,7 @@ class SourceProvider:
     ) -> str:
         for candidate in (f"origin/{ref}", ref):
             try:
-                return await run_step(
+                return await self.ctx.step(
                     "resolve",
                     [
                         git,
