@@ -424,7 +424,10 @@ class TestPredictions:
         positions = [a["queue_position"] for a in admitted]
         at_admission = [a["predicted_start_ms"] for a in admitted]
         assert list(range(6)) == positions
-        assert at_admission == sorted(at_admission) and at_admission[0] > 0
+        # Two slots: tasks k and k+1 start together, so at admission the later one may read a
+        # few ms less (time passed between them); each pair starts after the pair ahead.
+        assert at_admission[0] > 0
+        assert all(at_admission[k + 2] > at_admission[k] for k in range(4)), at_admission
         (queue,) = board.queues
         assert list(range(6)) == [t.position for t in queue.tasks]
         predicted = [t.predicted_start_ms for t in queue.tasks]
