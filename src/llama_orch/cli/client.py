@@ -55,6 +55,22 @@ class Utf8Text(click.ParamType[str]):
 TEXT = Utf8Text()
 
 
+class IdText(Utf8Text):
+    """An id (of a task, pool, model, artifact): UTF-8 text with something in it. An empty one
+    (an unset shell variable) would be sent as a path naming the collection, not an id."""
+
+    name = "id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = super().convert(value, param, ctx)
+        if not text.strip():
+            self.fail(f"empty ({text!r}); give the id to act on", param, ctx)
+        return text
+
+
+ID = IdText()
+
+
 class Seconds(click.FloatRange):
     """A finite number of seconds: ``nan`` and ``inf`` parse as floats and pass a lower bound
     (NaN compares false), then make ``time.sleep`` raise."""
