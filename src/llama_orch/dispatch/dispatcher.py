@@ -504,7 +504,7 @@ class Dispatcher:
         ]
         for task in queued:
             self._disarm_deadline(task.id)
-            self.endings.fail(task, error)
+            self.endings.fail(task, error, server_stop=True)
         self._refresh_depth(self.lanes[pool_id])
         return len(queued)
 
