@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.e2e.test_cli import run
+from tests.support.server import config_of, mock_pool, running_server
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -276,6 +277,24 @@ class TestEnormousText:
         last = err.rstrip("\n").split("\n")[-1]
         assert len(last) < 1000, last[:400]
         assert "more characters)" in last
+
+    async def test_enormous_status_cells_are_cut(
+        self, simulated: tuple[str, dict[str, Answer]]
+    ) -> None:
+        """A pool id, model name and error of ten thousand characters each are cut in the
+        `llorch status` tables (saying how much was left out), so every row stays readable."""
+        async with running_server(config_of(mock_pool("p0"))) as srv:
+            doc = (await srv.client.get("/v1/status")).json()
+        pool = doc["pool"]["pools"][0]
+        pool.update(pool_id="p" * 10_000, model="m" * 10_000, last_error="e" * 10_000)
+        url, served = simulated
+        served["/v1/status"] = Answer(200, json.dumps(doc).encode())
+        code, out, err = await run("status", "--url", url)
+        assert 0 == code, err[:400]
+        row = next(line for line in out.split("\n") if "ppp" in line)
+        assert "mmm" in row and "eee" in row
+        assert all(len(line) < 1000 for line in out.split("\n")), max(map(len, out.split("\n")))
+        assert "more characters)" in row
 
 
 class TestBrokenStream:

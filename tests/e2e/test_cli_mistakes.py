@@ -166,6 +166,27 @@ class TestArgumentMistakes:
             assert f"Invalid value for {name}: not UTF-8 text (byte 0xe9 at character 3)" in err
             assert "Traceback" not in err
 
+    async def test_an_empty_id_is_a_usage_error(self) -> None:
+        """An empty or blank id (an unset shell variable: `llorch cancel "$TASK"`) is refused as
+        a usage error naming the argument, before any request is sent: sent as is it would
+        name the collection, or an id no one has."""
+        url = ("--url", "http://127.0.0.1:9")
+        for args, name in (
+            (("cancel", "", *url), "'TASK_ID'"),
+            (("cancel", "  ", *url), "'TASK_ID'"),
+            (("artifacts", "get", "", *url), "'ARTIFACT_ID'"),
+            (("models", "--url", url[1], "show", " "), "'MODEL_ID'"),
+            (("models", "--url", url[1], "verify", ""), "'MODEL_ID'"),
+            (("models", "--url", url[1], "rm", "\t"), "'MODEL_ID'"),
+            (("pools", "drain", "", *url), "'POOL_ID'"),
+            (("pools", "reload", "", "m1", *url), "'POOL_ID'"),
+            (("pools", "reload", "p0", " ", *url), "'MODEL_REF'"),
+        ):
+            code, _, err = await run(*args)
+            assert 2 == code, (args, err)
+            assert f"Invalid value for {name}: empty" in err, (args, err)
+            assert "Traceback" not in err
+
     async def test_an_interval_that_is_not_a_number_of_seconds(self) -> None:
         """`nan` and `inf` parse as floats and pass a lower bound (NaN compares false), then
         end `status --watch` in a traceback from time.sleep: refused as usage errors."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import playwright.async_api as async_api
 
+from tests.e2e.test_console import fake_llamacpp
 from tests.support.browser import CHROMIUM, LAUNCH_ARGS, NEEDS_CHROMIUM, WAIT_MS
 from tests.support.gguf_files import tiny_llama_gguf
 from tests.support.server import config_of, mock_pool, running_server, task_body
@@ -163,3 +164,39 @@ class TestModelIds:
                     f"Verifying {model_id}: the result shows in the table."
                 )
                 await async_api.expect(row).to_contain_text("✓ verified")
+
+
+class TestPlayground:
+    async def test_a_pool_whose_model_url_holds_credentials_can_be_played(self) -> None:
+        """A pool's model may be a URL with credentials, which the console shows redacted: the
+        playground still runs a task there (it sends the model's name without them), and the
+        credentials never reach the browser."""
+        with fake_llamacpp() as (engine_url, _):
+            pool = {
+                "id": "p0",
+                "engine": "llamacpp",
+                "model": "https://user:s3cret@127.0.0.1:9/m.gguf",
+                "ctx": 4096,
+                "devices": [0],
+                "slots": 1,
+                "endpoint": engine_url,
+                "provisioning": {"mode": "external"},
+            }
+            async with running_server(config_of(pool)) as srv:
+                async with asyncio.timeout(WAIT_MS / 1000):
+                    while (await srv.client.get("/v1/status")).json()["pool"]["pools"][0][
+                        "state"
+                    ] != "Ready":
+                        await asyncio.sleep(0.05)
+                async with live_console(srv.url) as page:
+                    await show_view(page, "playground")
+                    await page.select_option("#play-pool", "p0")
+                    await page.fill("#play-max", "3")
+                    await page.click("#play-send")
+                    await async_api.expect(page.locator("#play-status")).to_contain_text(
+                        "ended: 3 tokens", timeout=WAIT_MS
+                    )
+                    assert "s3cret" not in await page.content()
+                status = await srv.client.get("/v1/status")
+        assert "s3cret" not in status.text
+        assert "https://127.0.0.1:9/m.gguf" == status.json()["pool"]["pools"][0]["model_ref"]

@@ -40,8 +40,10 @@ def expected(text: str) -> list[float]:
 
 
 @contextlib.asynccontextmanager
-async def server(*pools: dict[str, Any]) -> AsyncIterator[tuple[RunningServer, SDK]]:
-    config = config_of(*(pools or (embed_pool(),)))
+async def server(
+    *pools: dict[str, Any], top: dict[str, Any] | None = None
+) -> AsyncIterator[tuple[RunningServer, SDK]]:
+    config = config_of(*(pools or (embed_pool(),)), **(top or {}))
     async with (
         running_server(config) as srv,
         SDK(base_url=srv.url + "/v1", api_key="unused") as client,
@@ -306,8 +308,31 @@ class TestSchedulingAndBudgets:
             refused = await srv.submit(embed_body(["y" * 200], session_id=session))
         assert 40 - 30 == info["tokens_budget_remaining"]
         assert 429 == refused.status_code
-        assert "inputs are about 67 tokens" in refused.json()["message"]
+        assert "the texts in inputs are about 67 tokens" in refused.json()["message"]
         assert "session-budget" == refused.json()["policy_label"]
+
+    @pytest.mark.parametrize(
+        ("path", "body", "named"),
+        [
+            ("/v1/embeddings", {"input": ["y" * 200]}, "the texts in input are"),
+            ("/v1/rerank", {"query": "q", "documents": ["y" * 200]}, "in query and documents"),
+            ("/api/embed", {"input": "y" * 200}, "the texts in input are"),
+            ("/api/embeddings", {"prompt": "y" * 200}, "the texts in prompt are"),
+        ],
+        ids=["openai-embeddings", "rerank", "ollama-embed", "ollama-embeddings"],
+    )
+    async def test_a_front_door_budget_refusal_names_the_field_sent(
+        self, path: str, body: dict[str, Any], named: str
+    ) -> None:
+        """A front door's request larger than its session's token budget is refused naming the
+        field its client sent (input, prompt, query and documents), not the task API's."""
+        headers = {"X-Session-Id": "4e1c7b9a-2d3f-4a5b-8c6d-7e8f9a0b1c2d"}
+        async with server(embed_pool(), top={"budgets": {"tokens": 10}}) as (srv, _):
+            refused = await srv.client.post(path, json={"model": "m0", **body}, headers=headers)
+        assert 429 == refused.status_code, refused.text
+        message = str(refused.json())
+        assert named in message
+        assert "inputs" not in message
 
     async def test_capabilities_list_each_pools_workloads(self) -> None:
         async with server(embed_pool(), mock_pool("p1", "m1", devices=[1])) as (srv, _):

@@ -275,6 +275,16 @@ def ref_id(ref: ModelRef) -> str:
     return format_ref(ref)
 
 
+def public_name(text: str) -> str:
+    """``text`` less a URL's credentials, query and fragment: a pool's model may be such a URL
+    (an engine llama-orch does not pull for is given it as is), which is never shown, so this
+    is the name for it that may be shown, and sent back as a task's model_ref, anywhere."""
+    without = _USERINFO.sub(r"\1", text)
+    if "://" not in without:
+        return without
+    return without.split("#", 1)[0].split("?", 1)[0]
+
+
 #: Bare names ending like this are model files (relative paths), not served-model names.
 MODEL_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".onnx")
 

@@ -55,6 +55,22 @@ class Utf8Text(click.ParamType[str]):
 TEXT = Utf8Text()
 
 
+class IdText(Utf8Text):
+    """An id (of a task, pool, model, artifact): UTF-8 text with something in it. An empty one
+    (an unset shell variable) would be sent as a path naming the collection, not an id."""
+
+    name = "id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = super().convert(value, param, ctx)
+        if not text.strip():
+            self.fail(f"empty ({text!r}); give the id to act on", param, ctx)
+        return text
+
+
+ID = IdText()
+
+
 class Seconds(click.FloatRange):
     """A finite number of seconds: ``nan`` and ``inf`` parse as floats and pass a lower bound
     (NaN compares false), then make ``time.sleep`` raise."""
@@ -153,12 +169,17 @@ def next_page(cursor: Any, seen: set[str]) -> str | None:
 QUOTE_MAX = 500
 
 
-def quoted(text: str) -> str:
-    """``text`` from the server fit for one error line: cut at ``QUOTE_MAX`` characters, its
-    control characters escaped (after the cut, so no escape is split)."""
-    if len(text) <= QUOTE_MAX:
+#: The most characters of server text a table cell shows (a model ref, an engine's error):
+#: room for a long Hub ref or path whole, not for text that would push every row off screen.
+CELL_MAX = 120
+
+
+def quoted(text: str, limit: int = QUOTE_MAX) -> str:
+    """``text`` from the server fit for one error line or table cell: cut at ``limit``
+    characters, its control characters escaped (after the cut, so no escape is split)."""
+    if len(text) <= limit:
         return printable(text)
-    return f"{printable(text[:QUOTE_MAX])}… ({len(text) - QUOTE_MAX} more characters)"
+    return f"{printable(text[:limit])}… ({len(text) - limit} more characters)"
 
 
 def json_text(value: Any) -> str:

@@ -228,7 +228,7 @@ def submit(prompt: str, url: str | None, token_file: str | None, **options: Any)
 
 
 @cli.command()
-@click.argument("task_id", type=client_mod.TEXT)
+@click.argument("task_id", type=client_mod.ID)
 @_url_option
 @_token_option
 def cancel(task_id: str, url: str | None, token_file: str | None) -> None:
@@ -269,7 +269,7 @@ def artifacts() -> None:
 
 
 @artifacts.command("get")
-@click.argument("artifact_id", type=client_mod.TEXT)
+@click.argument("artifact_id", type=client_mod.ID)
 @click.option("--transcript", is_flag=True, help="Print a trace's SSE transcript as streamed.")
 @_url_option
 @_token_option
@@ -343,7 +343,7 @@ def pools(ctx: click.Context, url: str | None, token_file: str | None) -> None:
 
 
 @pools.command("drain")
-@click.argument("pool_id", type=client_mod.TEXT)
+@click.argument("pool_id", type=client_mod.ID)
 @click.option("--deadline-ms", type=int, default=30_000, show_default=True)
 @_url_option
 @_token_option
@@ -362,8 +362,8 @@ def pools_drain(
 
 
 @pools.command("reload")
-@click.argument("pool_id", type=client_mod.TEXT)
-@click.argument("model_ref", type=client_mod.TEXT)
+@click.argument("pool_id", type=client_mod.ID)
+@click.argument("model_ref", type=client_mod.ID)
 @_url_option
 @_token_option
 @click.pass_obj
@@ -381,7 +381,7 @@ def pools_reload(
 
 
 @pools.command("plan")
-@click.argument("pool_id", type=client_mod.TEXT)
+@click.argument("pool_id", type=client_mod.ID)
 @click.option(
     "--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False)
 )

@@ -21,6 +21,7 @@ import httpx
 
 from llama_orch.cli.client import (
     EXIT_UNREACHABLE,
+    ID,
     TEXT,
     NotOrchAnswer,
     UnreadableAnswer,
@@ -420,7 +421,7 @@ def _one(ctx: click.Context, model_id: str, action: str) -> None:
 
 
 @models.command()
-@click.argument("model_id", type=TEXT)
+@click.argument("model_id", type=ID)
 @_server_options
 @click.pass_context
 def show(ctx: click.Context, model_id: str) -> None:
@@ -429,7 +430,7 @@ def show(ctx: click.Context, model_id: str) -> None:
 
 
 @models.command()
-@click.argument("model_id", type=TEXT)
+@click.argument("model_id", type=ID)
 @_server_options
 @click.pass_context
 def verify(ctx: click.Context, model_id: str) -> None:
@@ -438,7 +439,7 @@ def verify(ctx: click.Context, model_id: str) -> None:
 
 
 @models.command()
-@click.argument("model_id", type=TEXT)
+@click.argument("model_id", type=ID)
 @_server_options
 @click.pass_context
 def retire(ctx: click.Context, model_id: str) -> None:
@@ -447,7 +448,7 @@ def retire(ctx: click.Context, model_id: str) -> None:
 
 
 @models.command()
-@click.argument("model_id", type=TEXT)
+@click.argument("model_id", type=ID)
 @_server_options
 @click.pass_context
 def activate(ctx: click.Context, model_id: str) -> None:
@@ -456,7 +457,7 @@ def activate(ctx: click.Context, model_id: str) -> None:
 
 
 @models.command()
-@click.argument("model_id", type=TEXT)
+@click.argument("model_id", type=ID)
 @_server_options
 @click.pass_context
 def rm(ctx: click.Context, model_id: str) -> None:

@@ -62,8 +62,9 @@ def row(pool: dict[str, Any], health: dict[str, Any]) -> tuple[str, ...]:
 
 
 def render(rows: list[tuple[str, ...]]) -> str:
-    # Engines' own text (versions) is shown with its control characters escaped.
-    table = [COLUMNS, *([printable(cell) for cell in r] for r in rows)]
+    # Engines' own text (versions) is shown with its control characters escaped, and cut so
+    # one enormous cell cannot widen every row.
+    table = [COLUMNS, *([client_mod.quoted(cell, client_mod.CELL_MAX) for cell in r] for r in rows)]
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip()

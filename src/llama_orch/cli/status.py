@@ -8,9 +8,16 @@ from collections.abc import Sequence
 import click
 import httpx
 
-from llama_orch.cli.client import EXIT_OK, OrchClient, cannot_reach, fail, reading
+from llama_orch.cli.client import (
+    CELL_MAX,
+    EXIT_OK,
+    OrchClient,
+    cannot_reach,
+    fail,
+    quoted,
+    reading,
+)
 from llama_orch.contracts.console import GpuStatus, Status
-from llama_orch.observability.logging import printable
 
 MIB = 2**20
 #: What ``predicted_start_ms`` says when no Ready slot will ever start the task.
@@ -21,10 +28,11 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) 
     """A titled table with columns padded to their widest cell; a note when empty.
 
     Cells hold engines' own text (versions, errors): control characters in it are shown
-    escaped, so it can neither break the table nor drive the terminal."""
+    escaped, so it can neither break the table nor drive the terminal, and a cell is cut at
+    ``CELL_MAX`` characters, so one enormous id or error cannot widen every row."""
     if not rows:
         return f"{title}\n  (none)"
-    cells = [[printable(str(c)) for c in row] for row in [headers, *rows]]
+    cells = [[quoted(str(c), CELL_MAX) for c in row] for row in [headers, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = [
         "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells

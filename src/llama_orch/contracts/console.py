@@ -77,6 +77,9 @@ class PoolStatus(_Wire):
     engine: Engine
     engine_version: str | None = None
     model: str
+    #: A name a task may give as ``model_ref`` for this pool's model that holds no secret (the
+    #: model, less a URL's credentials, which ``model`` shows redacted).
+    model_ref: str
     ctx_max: int
     devices: list[int]
     simulated: bool

@@ -14,11 +14,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class FieldNames:
-    """What a refusal calls a task's length and session: the task API's fields, or what a front
-    door's client sent instead (``options.num_predict``, the ``X-Session-Id`` header)."""
+    """What a refusal calls a task's length, texts and session: the task API's fields, or what a
+    front door's client sent instead (``options.num_predict``, ``input``, ``documents``, the
+    ``X-Session-Id`` header)."""
 
     length: str = "max_tokens"
     session: str = "session_id"
+    #: The texts of an embedding or rerank task, and a rerank task's query.
+    inputs: str = "inputs"
+    query: str = "query"
 
 
 TASK_FIELDS = FieldNames()
@@ -107,7 +111,8 @@ def check_budget(
     """None when the task fits what is left; otherwise what is exhausted and what to do.
 
     ``names.length`` is the field that set ``max_tokens``; ``sized_by`` names what it counts
-    when it is no length (an embedding task: its inputs' tokens)."""
+    when it is no length (an embedding task: its inputs' tokens, named as the client sent
+    them)."""
     left = remaining(limits, usage)
     length = names.length
     if left.tokens == 0:
@@ -121,8 +126,8 @@ def check_budget(
         return "session token budget is spent; start a new session or wait for this one to expire"
     if left.tokens is not None and max_tokens > left.tokens and sized_by is not None:
         return (
-            f"session token budget has {left.tokens} tokens left but the {sized_by} are about "
-            f"{max_tokens} tokens; send fewer or shorter texts or start a new session"
+            f"session token budget has {left.tokens} tokens left but the texts in {sized_by} "
+            f"are about {max_tokens} tokens; send fewer or shorter texts or start a new session"
         )
     if left.tokens is not None and max_tokens > left.tokens:
         return (

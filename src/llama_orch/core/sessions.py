@@ -129,10 +129,16 @@ class SessionStore:
         session.active += 1
         session.last_used_at = now
 
-    def release(self, session: Session, now: float) -> None:
-        """A task of the session ended: its TTL runs from now once no other task is left."""
+    def release(self, session: Session, now: float, *, refund_turn: bool = False) -> None:
+        """A task of the session ended: its TTL runs from now once no other task is left.
+
+        ``refund_turn``: the server stopped the task (a drain, a reload, shutdown, a retired
+        model), not the client; the turn it took is given back, as it was not the client's to
+        spend."""
         session.active = max(0, session.active - 1)
         session.last_used_at = now
+        if refund_turn:
+            session.turns = max(0, session.turns - 1)
 
     def affinity(self, session_id: str, now: float) -> Affinity | None:
         """Where the session should go back to, while the soft TTL lasts."""

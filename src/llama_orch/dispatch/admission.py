@@ -296,7 +296,11 @@ class Admission:
             )
         else:
             usage = session.usage if session is not None else BudgetUsage()
-            sized_by = None if request.workload is Workload.COMPLETION else "inputs"
+            sized_by = None
+            if request.workload is not Workload.COMPLETION:
+                sized_by = names.inputs
+                if request.query is not None:
+                    sized_by = f"{names.query} and {names.inputs}"
             refusal = check_budget(
                 limits, usage, max_tokens=cost, price=price, names=names, sized_by=sized_by
             )

@@ -383,7 +383,9 @@ class Dispatcher:
 
     def _start(self, task: Task, lane: PoolLane, replica: Replica, decision: Assigned) -> None:
         now = self.now()
-        session = self.sessions.get(task.session_id, now)
+        # Warm for the session the task was admitted under (a new session of the same id, after
+        # a DELETE, is another conversation).
+        session = task.session
         warm_here = session is not None and (task.pool_id, replica.replica_id) in session.warm
         request, work = task.request, task.work
         assert request is not None or work is not None  # a queued task holds what it will send
@@ -502,7 +504,7 @@ class Dispatcher:
         ]
         for task in queued:
             self._disarm_deadline(task.id)
-            self.endings.fail(task, error)
+            self.endings.fail(task, error, server_stop=True)
         self._refresh_depth(self.lanes[pool_id])
         return len(queued)
 

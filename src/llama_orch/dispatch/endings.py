@@ -24,6 +24,10 @@ from llama_orch.observability.narration import narrate
 from llama_orch.pool.manager import Replica
 from llama_orch.vocab import Priority
 
+#: Cancel reasons that are the server's own stop (a drain's deadline, a reload or a retired
+#: model, which stop tasks as a drain does, and shutdown): such a task costs its session no turn.
+SERVER_STOPS = frozenset({"drain", "shutdown"})
+
 #: Stores a finished stream's transcript and returns its artifact id (or None when disabled):
 #: called with the task's log fields, its transcript so far as SSE bytes, and its terminal
 #: (event, payload).
@@ -102,7 +106,9 @@ class Endings:
         if queued:
             self._lanes[task.pool_id].drop(task)
         decode_ms = task.decode_ms(now)
-        self._settle(task, now, decode_ms, served=False)
+        self._settle(
+            task, now, decode_ms, served=False, refund_turn=task.cancel_reason in SERVER_STOPS
+        )
         if replica is not None:
             self._count(task, replica, decode_ms)
         self._finished(task, now, "cancel", f"Ends task {task.id[:8]} on cancel", stamp)
@@ -123,14 +129,16 @@ class Endings:
             trace_id=stamp.trace_id if stamp is not None else None,
         )
 
-    def fail(self, task: Task, error: OrchError) -> None:
+    def fail(self, task: Task, error: OrchError, *, server_stop: bool = False) -> None:
+        """``error``; ``server_stop``: the server ended the task (a queued task of a pool that
+        drains, reloads or retires its model), which costs its session no turn."""
         now = self._clock()
         queued = task.state is TaskState.QUEUED
         stamp = self._stamp(task)
         task.fail(now, error, stamp=stamp)
         if queued:
             self._lanes[task.pool_id].drop(task)
-        self._settle(task, now, task.decode_ms(now), served=False)
+        self._settle(task, now, task.decode_ms(now), served=False, refund_turn=server_stop)
         self._tasks.finished(task, now)
         narrate(
             "dispatcher",
@@ -160,14 +168,16 @@ class Endings:
             ),
         )
 
-    def _settle(self, task: Task, now: float, decode_ms: int, *, served: bool) -> None:
+    def _settle(
+        self, task: Task, now: float, decode_ms: int, *, served: bool, refund_turn: bool = False
+    ) -> None:
         """Release the budget reservation and charge what was used, once per task."""
         # The session that holds the reservation, not a lookup by id: one evicted meanwhile
         # (DELETE) is charged nothing visible, and a new session of the same id nothing at all.
         session, task.session = task.session, None
         if session is None:
             return
-        self._sessions.release(session, now)
+        self._sessions.release(session, now, refund_turn=refund_turn)
         session.usage.settle(
             reserved=task.reserved_tokens,
             price=task.price_per_token,

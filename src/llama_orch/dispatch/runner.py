@@ -191,7 +191,9 @@ class Runner:
             self._pools.stream_progress(replica)
 
     def _first_token(self, task: Task, replica: Replica, now: float) -> None:
-        session = self._sessions.get(task.session_id, now)
+        # The session the task was admitted under, not a lookup by id: after a DELETE the same
+        # id names a new session, whose KV this replica does not hold.
+        session = task.session
         if session is not None:
             self._sessions.mark_warm(session, (task.pool_id, replica.replica_id), now)
 

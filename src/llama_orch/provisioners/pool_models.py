@@ -18,7 +18,14 @@ from pathlib import Path
 
 from llama_orch.catalog.entries import Lifecycle, ModelEntry
 from llama_orch.catalog.gguf import VramEstimate, estimate_vram
-from llama_orch.catalog.refs import FileRef, ModelRef, looks_like_ref, parse_ref, ref_id
+from llama_orch.catalog.refs import (
+    FileRef,
+    ModelRef,
+    looks_like_ref,
+    parse_ref,
+    public_name,
+    ref_id,
+)
 from llama_orch.catalog.verify import Digest, parse_digest
 from llama_orch.config import PoolConfig
 from llama_orch.errors import InvalidModelRef, ModelDeprecated, OrchError
@@ -44,6 +51,9 @@ class PoolModel:
     slots: int
     #: ``provisioning.model.checksum``: the digest the catalog's copy must have.
     expected: Digest | None = None
+    #: A name tasks may use that holds no secret (the configured string, less a URL's
+    #: credentials): what the console shows and its playground sends back.
+    public: str = ""
 
 
 def _pool_model(cfg: PoolConfig, base_dir: str) -> PoolModel:
@@ -67,6 +77,8 @@ def _pool_model(cfg: PoolConfig, base_dir: str) -> PoolModel:
         ctx=cfg.ctx,
         slots=cfg.slots,
         expected=parse_digest(checksum) if checksum else None,
+        # A parsed ref never holds credentials (they are refused): its id is already public.
+        public=ref_id(ref) if ref is not None else public_name(cfg.model),
     )
 
 
@@ -137,7 +149,7 @@ class PoolModels:
     def _match(self, model_ref: str) -> PoolModel | None:
         models = list(self.by_pool.values())
         for model in models:
-            if model_ref in (model.configured, model.alias, model.model_id):
+            if model_ref in (model.configured, model.alias, model.model_id, model.public):
                 return model
         if looks_like_ref(model_ref):
             try:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from llama_orch.cli.pools import row
+from llama_orch.cli.pools import render, row
 
 
 class TestGpuColumn:
@@ -29,3 +29,14 @@ class TestGpuColumn:
     def test_a_local_pool_shows_the_mask_alone(self) -> None:
         pool = {"pool_id": "p0", "engine": "mock", "device_mask": [1], "replicas": [{}]}
         assert "1" == row(pool, {})[5]
+
+
+class TestCells:
+    def test_an_enormous_pool_id_or_model_is_cut(self) -> None:
+        """A pool id and model of ten thousand characters are cut, saying how much was left
+        out, so the table's rows stay readable."""
+        pool = {"pool_id": "p" * 10_000, "engine": "mock", "model_id": "m" * 10_000}
+        lines = render([row(pool, {})]).split("\n")
+        assert all(len(line) < 1000 for line in lines)
+        assert "p… (9880 more characters)" in lines[1]
+        assert "m… (9880 more characters)" in lines[1]

@@ -136,7 +136,7 @@ class BinaryProvider:
             digest=digest,
             created_ms=now_ms(),
         )
-        return self.ctx.record(
+        return await self.ctx.record(
             pool,
             entry,
             self.mode,

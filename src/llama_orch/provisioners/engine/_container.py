@@ -125,7 +125,7 @@ class ContainerProvider:
             digest=digest,
             created_ms=now_ms(),
         )
-        return self.ctx.record(
+        return await self.ctx.record(
             pool,
             entry,
             self.mode,

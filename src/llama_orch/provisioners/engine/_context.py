@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -88,11 +89,15 @@ class ProvisionContext:
             **kw,
         )
 
-    def record(
+    async def record(
         self, pool: PoolConfig, entry: EngineEntry, mode: str, **fields: Any
     ) -> PreparedEngine:
-        """Write ``entry`` to the engine index; the PreparedEngine it stands for."""
-        self.index.put(entry)
+        """Write ``entry`` to the engine index; the PreparedEngine it stands for.
+
+        The write waits for the catalog root's writers' lock, which another process (a second
+        server, the CLI) may hold for as long as it likes: it waits in a worker thread so the
+        event loop, and every stream it serves, keeps running meanwhile."""
+        await asyncio.to_thread(self.index.put, entry)
         prov = pool.provisioning
         return PreparedEngine(
             engine=entry.engine,

@@ -111,4 +111,6 @@ class PackageProvider:
             build_ref=f"{name}=={version}",
             created_ms=now_ms(),
         )
-        return self.ctx.record(pool, entry, self.mode, binary_path=str(program), workdir=str(venv))
+        return await self.ctx.record(
+            pool, entry, self.mode, binary_path=str(program), workdir=str(venv)
+        )

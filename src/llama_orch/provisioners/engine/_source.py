@@ -239,7 +239,9 @@ class SourceProvider:
             build_flags=flags,
             created_ms=now_ms(),
         )
-        return self.ctx.record(pool, entry, self.mode, binary_path=str(binary), workdir=str(build))
+        return await self.ctx.record(
+            pool, entry, self.mode, binary_path=str(binary), workdir=str(build)
+        )
 
     async def _resolve(
         self, git: str, src: Path, ref: str, log: Path, target: str, env: dict[str, str]

@@ -74,6 +74,7 @@ class StatusReader:
                 pools=[
                     _pool(
                         pool,
+                        self._model_ref(pool),
                         queues[pool.id],
                         rates.get(pool.id, 0.0),
                         pools.lifecycle.latest.get(pool.id),
@@ -97,6 +98,11 @@ class StatusReader:
                 finished=[FinishedTask(**_fields(t)) for t in board.finished],
             ),
         )
+
+    def _model_ref(self, pool: PoolRuntime) -> str:
+        models = self.deps.pools.models
+        known = models.by_pool.get(pool.id) if models is not None else None
+        return known.public if known is not None else pool.config.model
 
     def _gpus(self) -> list[GpuStatus]:
         """This machine's GPUs, then each cluster host's as its agent last reported them."""
@@ -145,6 +151,7 @@ def pool_state(pool: PoolRuntime) -> PoolState:
 
 def _pool(
     pool: PoolRuntime,
+    model_ref: str,
     queue: PoolQueueView,
     tokens_per_s: float,
     operation: Operation | None,
@@ -158,6 +165,7 @@ def _pool(
         engine=cfg.engine,
         engine_version=pool.engine_version,
         model=cfg.model,
+        model_ref=model_ref,
         ctx_max=pool.ctx_max,
         devices=list(pool.devices),
         simulated=pool.simulated,

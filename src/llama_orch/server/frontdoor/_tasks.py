@@ -247,6 +247,8 @@ class EmbedSubmission:
     query: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
+    #: The request field the texts came in (``input``, ``prompt``, ``documents``), for refusals.
+    inputs_field: str = "input"
 
 
 def admit_embed(
@@ -279,7 +281,7 @@ def admit_embed(
         request,
         correlation_id=correlation_id,
         identity=identity,
-        names=FieldNames(session=SESSION_HEADER),
+        names=FieldNames(session=SESSION_HEADER, inputs=submission.inputs_field),
     )
     return Ticket(
         task_id=admitted.task_id,

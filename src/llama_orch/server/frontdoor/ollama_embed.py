@@ -107,6 +107,7 @@ async def embeddings(request: Request) -> Response | BufferedAnswer:
         submission = _tasks.EmbedSubmission(
             model=model,
             inputs=[prompt],
+            inputs_field="prompt",
             priority=priority_of(request),
             session_id=session_of(request),
             deadline_ms=deadline_of(request),

@@ -112,6 +112,7 @@ async def rerank(request: Request) -> Response | BufferedAnswer:
             model=_model(deps, body),
             inputs=documents,
             query=query,
+            inputs_field="documents",
             priority=priority_of(request),
             session_id=session_of(request),
             deadline_ms=deadline_of(request),

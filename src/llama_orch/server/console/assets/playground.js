@@ -40,7 +40,7 @@ export class Playground {
       task_id: id,
       session_id: uuid(),
       workload: "completion",
-      model_ref: pool.model,
+      model_ref: pool.model_ref || pool.model,
       engine: pool.engine,
       ctx: Math.min(pool.ctx_max || 2048, 4096),
       priority: $("#play-priority").value,
