@@ -11,6 +11,8 @@ from llama_orch.config._load import (
     resolve_path,
 )
 from llama_orch.config._models import (
+    HOST_NAME_MAX,
+    HOST_NAME_PATTERN,
     AdmissionConfig,
     BackoffConfig,
     BudgetsConfig,
@@ -36,6 +38,8 @@ from llama_orch.config._models import (
 )
 
 __all__ = [
+    "HOST_NAME_MAX",
+    "HOST_NAME_PATTERN",
     "AdmissionConfig",
     "BackoffConfig",
     "BudgetsConfig",
