@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat
 import sys
 from pathlib import Path
 
@@ -26,20 +25,13 @@ def _fail(message: str) -> None:
 
 
 def _token_file(path: str) -> str:
-    token = Path(path).expanduser()
-    from llama_orch.config import read_token_file
+    from llama_orch.config import check_cluster_token
 
+    token = Path(path).expanduser()
     try:
-        mode = token.stat().st_mode
-        text = read_token_file(token)
-    except OSError as exc:
-        _fail(f"cannot read the cluster token {token}: {exc.strerror or exc}")
+        check_cluster_token(token)
     except ValueError as exc:
-        _fail(f"the cluster token file {token} {exc}")
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        _fail(f"the cluster token {token} is readable by others; run `chmod 600 {token}`")
-    if len(text) < 32:
-        _fail(f"the cluster token in {token} is too short; use `llorch token new --file {token}`")
+        _fail(str(exc))
     return str(token.resolve())
 
 
