@@ -54,6 +54,19 @@ class TestNodeJoin:
         )
         assert "token" not in " ".join(argv).replace("RAY_AUTH", "")
 
+    async def test_a_name_already_in_the_cluster_is_refused(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        """A second host joining as `gpu-a` would share its resource: placement would pick
+        either machine for gpu-a's pools."""
+        code, out, err = await run(
+            "node", "join", "--head", cluster.address, "--token-file", str(_token(tmp_path)),
+            "--name", "gpu-a", "--gpus", "2", "--dry-run",
+        )  # fmt: skip
+        assert 1 == code, out
+        assert "a host named gpu-a is already in the cluster" in err and "--name" in err
+        assert "Traceback" not in err and "ray" not in out
+
     async def test_head_has_no_dashboard(self, tmp_path: Path) -> None:
         code, out, _ = await run(
             "node", "head", "--no-gpus", "--token-file", str(_token(tmp_path)), "--dry-run"

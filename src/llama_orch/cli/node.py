@@ -180,18 +180,22 @@ def node_join(
     """Join this GPU host to the cluster whose head runs at HOST:PORT."""
     from llama_orch.pool.launch.ray import (
         JoinRefused,
+        check_name_free,
         check_versions,
-        head_versions,
+        head_state,
         start_argv,
         versions,
     )
 
     token = _token_file(token_file)
     count = _gpu_count(gpus)
+    host = _host_name(name)
     os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token})
     try:
-        check_versions(head_versions(head), versions())
+        state = head_state(head)
+        check_versions(state.versions, versions())
+        check_name_free(host, state)
     except JoinRefused as exc:
         _fail(str(exc))
-    argv = start_argv(_ray_bin(), host=_host_name(name), gpus=count, head=head)
+    argv = start_argv(_ray_bin(), host=host, gpus=count, head=head)
     _start(argv, token, dry_run)

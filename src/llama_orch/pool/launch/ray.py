@@ -816,8 +816,18 @@ def auth_env(token_file: str) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_file}
 
 
-def head_versions(address: str, timeout_s: float = 5.0) -> dict[str, str]:
-    """The Ray and Python versions the head was started with (its cluster metadata)."""
+@dataclass(frozen=True, slots=True)
+class HeadState:
+    """What a joining host checks against the head."""
+
+    #: The Ray and Python versions the head was started with (its cluster metadata).
+    versions: dict[str, str]
+    #: Names of the llama-orch hosts that are in the cluster now.
+    hosts: frozenset[str]
+
+
+def head_state(address: str, timeout_s: float = 5.0) -> HeadState:
+    """The head's versions and live hosts, read from its GCS as `ray start` reads them."""
     try:
         host, port = parse_host_port(address)  # [v6]:port as well
         socket.create_connection((host, port), timeout=timeout_s).close()
@@ -828,10 +838,31 @@ def head_versions(address: str, timeout_s: float = 5.0) -> dict[str, str]:
     from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
     try:
-        meta = get_cluster_metadata(GcsClient(address=address))
+        gcs = GcsClient(address=address)
+        meta = get_cluster_metadata(gcs)
+        nodes = gcs.get_all_node_info(timeout=timeout_s).values()
     except Exception as exc:  # RpcError, or an auth failure: both refuse with the cause
         raise JoinRefused(f"the head at {address} did not answer: {exc}") from exc
-    return {"ray": str(meta["ray_version"]), "python": str(meta["python_version"])}
+    prefix = host_resource("")
+    hosts = frozenset(
+        res.removeprefix(prefix)
+        for node in nodes
+        if node.state == node.GcsNodeState.ALIVE
+        for res in node.resources_total
+        if res.startswith(prefix)
+    )
+    return HeadState(
+        {"ray": str(meta["ray_version"]), "python": str(meta["python_version"])}, hosts
+    )
+
+
+def check_name_free(name: str, head: HeadState) -> None:
+    if name in head.hosts:
+        raise JoinRefused(
+            f"a host named {name} is already in the cluster; two hosts of one name would "
+            "share its pools' placement: pass another --name (or stop that host's Ray first, "
+            "`ray stop` there)"
+        )
 
 
 def check_versions(head: Mapping[str, str], here: Mapping[str, str]) -> None:
