@@ -9,8 +9,9 @@ import socket
 from pathlib import Path
 
 import pytest
+from ray.exceptions import AuthenticationError, RayError
 
-from llama_orch.pool.launch.ray import JoinRefused, check_versions, versions
+from llama_orch.pool.launch.ray import JoinRefused, check_versions, head_refusal, versions
 from tests.e2e.test_cli import run
 from tests.support.cluster import LocalCluster
 
@@ -131,3 +132,16 @@ def test_a_version_mismatch_names_both_versions() -> None:
     ) in str(info.value)
     check_versions(dict(here), here)
     assert os.environ.get("RAY_AUTH_MODE") is None
+
+
+def test_a_wrong_cluster_token_says_to_copy_the_heads() -> None:
+    """Ray's own refusal (this text, from a head started with another token) advises making a
+    new token, which can never match: the refusal says to copy the head's instead."""
+    refused = AuthenticationError(
+        "RPC error: InvalidAuthToken: Authentication token is missing or incorrect"
+    )
+    message = str(head_refusal("ws1:6379", refused, "/home/me/cluster.token"))
+    assert "the head at ws1:6379 refused the cluster token in /home/me/cluster.token" in message
+    assert "copy the head's token file" in message and "--generate" not in message
+    other = head_refusal("ws1:6379", RayError("deadline exceeded"), "/t")
+    assert "the head at ws1:6379 did not answer: deadline exceeded" == str(other)

@@ -192,7 +192,7 @@ def node_join(
     host = _host_name(name)
     os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token})
     try:
-        state = head_state(head)
+        state = head_state(head, token)
         check_versions(state.versions, versions())
         check_name_free(host, state)
     except JoinRefused as exc:

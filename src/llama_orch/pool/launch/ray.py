@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import AuthenticationError, GetTimeoutError, RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from llama_orch.config import parse_host_port
@@ -826,7 +826,19 @@ class HeadState:
     hosts: frozenset[str]
 
 
-def head_state(address: str, timeout_s: float = 5.0) -> HeadState:
+def head_refusal(address: str, exc: Exception, token_file: str | None) -> JoinRefused:
+    """Why the head did not give its state, in words that say what to do."""
+    if isinstance(exc, AuthenticationError):
+        # Ray's own text advises generating a token, which can never match the head's.
+        return JoinRefused(
+            f"the head at {address} refused the cluster token in {token_file}: it is not the "
+            "token the head started with; copy the head's token file here (`scp -p`, "
+            "docs/cluster.md)"
+        )
+    return JoinRefused(f"the head at {address} did not answer: {exc}")
+
+
+def head_state(address: str, token_file: str | None = None, timeout_s: float = 5.0) -> HeadState:
     """The head's versions and live hosts, read from its GCS as `ray start` reads them."""
     try:
         host, port = parse_host_port(address)  # [v6]:port as well
@@ -842,7 +854,7 @@ def head_state(address: str, timeout_s: float = 5.0) -> HeadState:
         meta = get_cluster_metadata(gcs)
         nodes = gcs.get_all_node_info(timeout=timeout_s).values()
     except Exception as exc:  # RpcError, or an auth failure: both refuse with the cause
-        raise JoinRefused(f"the head at {address} did not answer: {exc}") from exc
+        raise head_refusal(address, exc, token_file) from exc
     prefix = host_resource("")
     hosts = frozenset(
         res.removeprefix(prefix)
