@@ -12,7 +12,7 @@ import pytest
 import ray
 
 from llama_orch.pool.launch import EngineHandle, ExitKind, LaunchError
-from llama_orch.pool.launch.ray import NAMESPACE, RayLauncher, gpu_resource
+from llama_orch.pool.launch.ray import NAMESPACE, HostSpec, RayLauncher, gpu_resource
 from tests.cluster.test_launcher_contract import engine_spec
 from tests.support.cluster import HOSTS, LocalCluster, engines_running
 from tests.support.engines import engine_healthy
@@ -67,6 +67,20 @@ class TestPlacement:
         finally:
             await first.stop(timeout_s=10)
         assert [] == await _gone(tmp_path)
+
+    async def test_a_mask_the_host_did_not_join_with_is_refused_at_once(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        """The config says gpu-a has GPU 2, but gpu-a joined with GPUs 0 and 1 only: the launch
+        says so instead of waiting out the placement timeout with a guess."""
+        hosts = [HostSpec("gpu-a", (0, 1, 2)), *HOSTS[1:]]
+        launcher = RayLauncher(hosts, log_dir=str(tmp_path / "logs"), placement_timeout_s=3)
+        with pytest.raises(LaunchError) as info:
+            await launcher.launch(engine_spec(tmp_path, node="gpu-a", devices=(2,)))
+        assert "host gpu-a joined with GPUs [0, 1], not GPU [2] of this replica" in str(info.value)
+        assert "llorch node join" in str(info.value)
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+        assert "llorch-engine-p0-r0" not in names
 
     async def test_a_secret_on_the_command_line_is_refused(
         self, cluster: LocalCluster, tmp_path: Path

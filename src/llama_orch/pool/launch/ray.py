@@ -38,7 +38,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import AuthenticationError, GetTimeoutError, RayActorError, RayError
+from ray.exceptions import (
+    ActorUnschedulableError,
+    AuthenticationError,
+    GetTimeoutError,
+    RayActorError,
+    RayError,
+)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from llama_orch.config import parse_host_port
@@ -63,8 +69,13 @@ AGENT_START_S = 30.0
 _PR_SET_PDEATHSIG = 1
 
 
+#: Custom resources a host joins with: its name, and one per GPU index.
+HOST_PREFIX = "llorch_host_"
+GPU_PREFIX = "llorch_gpu_"
+
+
 def gpu_resource(index: int) -> str:
-    return f"llorch_gpu_{index}"
+    return f"{GPU_PREFIX}{index}"
 
 
 @contextlib.contextmanager
@@ -86,7 +97,7 @@ def _signals_kept() -> Iterator[None]:
 
 
 def host_resource(host: str) -> str:
-    return f"llorch_host_{host}"
+    return f"{HOST_PREFIX}{host}"
 
 
 def node_resources(host: str, gpus: int) -> dict[str, float]:
@@ -469,13 +480,23 @@ class RayLauncher:
 
     def live_nodes(self) -> dict[str, str]:
         """host name -> Ray node id of every live node that joined as a llama-orch host."""
-        out: dict[str, str] = {}
+        return {host: node for host, (node, _) in self._live_hosts().items()}
+
+    def _live_hosts(self) -> dict[str, tuple[str, frozenset[int]]]:
+        """host name -> (Ray node id, the GPUs it joined with) of every live llama-orch host."""
+        out: dict[str, tuple[str, frozenset[int]]] = {}
         for node in _nodes():
             if not node.get("Alive") or node["NodeID"] in self._lost_nodes:
                 continue
-            for res in node.get("Resources", {}):
-                if res.startswith("llorch_host_"):
-                    out[res.removeprefix("llorch_host_")] = node["NodeID"]
+            resources = node.get("Resources", {})
+            gpus = frozenset(
+                int(index)
+                for res in resources
+                if (index := res.removeprefix(GPU_PREFIX)) != res and index.isdigit()
+            )
+            for res in resources:
+                if res.startswith(HOST_PREFIX):
+                    out[res.removeprefix(HOST_PREFIX)] = (node["NodeID"], gpus)
         return out
 
     def _alive(self, node_id: str) -> bool:
@@ -483,12 +504,22 @@ class RayLauncher:
 
     def choose_host(self, preferred: str | None, devices: tuple[int, ...]) -> tuple[str, str]:
         """The preferred host while it is live, else the first live host with the mask's GPUs."""
-        live = self.live_nodes()
+        live = self._live_hosts()
         if preferred is not None and preferred in live:
-            return preferred, live[preferred]
+            node, joined = live[preferred]
+            missing = sorted(set(devices) - joined)
+            if missing:
+                # Ray would call the actor infeasible; the mistake is the join or the config.
+                raise LaunchError(
+                    f"host {preferred} joined with GPUs {sorted(joined)}, not GPU {missing} of "
+                    f"this replica's mask {list(devices)}: join it again with `llorch node "
+                    "join --gpus N` (N above the highest index), or give the pool devices the "
+                    "host has"
+                )
+            return preferred, node
         for host in self.hosts:
-            if host.name in live and set(devices) <= set(host.gpus):
-                return host.name, live[host.name]
+            if host.name in live and set(devices) <= set(host.gpus) & live[host.name][1]:
+                return host.name, live[host.name][0]
         names = ", ".join(sorted(live)) or "none"
         raise NoLiveHost(
             f"no live host has GPUs {list(devices)} for this replica (wanted "
@@ -541,6 +572,15 @@ class RayLauncher:
             ) from None
         except RayActorError as exc:
             raise LaunchError(f"{spec.pool_id}/{spec.replica_id} on host {host}: {exc}") from exc
+        except ActorUnschedulableError as exc:
+            # The host left between choosing it and placing the actor: wait for the cluster.
+            with contextlib.suppress(RayError):
+                ray.kill(actor, no_restart=True)
+            gone = not self._alive(node_id)
+            raise (NoLiveHost if gone else LaunchError)(
+                f"{spec.pool_id}/{spec.replica_id} cannot be placed on host {host}"
+                + (": the host left the cluster" if gone else f": {exc}")
+            ) from exc
         except OSError as exc:
             ray.kill(actor, no_restart=True)
             raise LaunchError(f"cannot start {spec.argv[0]} on host {host}: {exc}") from exc
@@ -855,13 +895,12 @@ def head_state(address: str, token_file: str | None = None, timeout_s: float = 5
         nodes = gcs.get_all_node_info(timeout=timeout_s).values()
     except Exception as exc:  # RpcError, or an auth failure: both refuse with the cause
         raise head_refusal(address, exc, token_file) from exc
-    prefix = host_resource("")
     hosts = frozenset(
-        res.removeprefix(prefix)
+        res.removeprefix(HOST_PREFIX)
         for node in nodes
         if node.state == node.GcsNodeState.ALIVE
         for res in node.resources_total
-        if res.startswith(prefix)
+        if res.startswith(HOST_PREFIX)
     )
     return HeadState(
         {"ray": str(meta["ray_version"]), "python": str(meta["python_version"])}, hosts
