@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 from ray.exceptions import AuthenticationError, RayError
 
-from llama_orch.pool.launch.ray import JoinRefused, check_versions, head_refusal, versions
+import llama_orch
+from llama_orch.pool.launch.ray import (
+    VERSION_LABEL,
+    JoinRefused,
+    check_versions,
+    head_refusal,
+    release_label,
+    start_argv,
+    versions,
+)
 from tests.e2e.test_cli import run
 from tests.support.cluster import LocalCluster
 
@@ -145,3 +154,24 @@ def test_a_wrong_cluster_token_says_to_copy_the_heads() -> None:
     assert "copy the head's token file" in message and "--generate" not in message
     other = head_refusal("ws1:6379", RayError("deadline exceeded"), "/t")
     assert "the head at ws1:6379 did not answer: deadline exceeded" == str(other)
+
+
+def test_a_llama_orch_release_mismatch_is_refused() -> None:
+    """The hosts import the engine actor's code from their own llama-orch: another release
+    there would run other code than the server sends calls to."""
+    here = versions()
+    assert here["llama-orch"] == llama_orch.__version__
+    with pytest.raises(JoinRefused) as info:
+        check_versions({**here, "llama-orch": "0.0.9"}, here)
+    assert (
+        f"the head runs llama-orch 0.0.9, this host has llama-orch {llama_orch.__version__}"
+    ) in str(info.value)
+    # A head started without `llorch node head` does not say its release: not compared.
+    check_versions({"ray": here["ray"], "python": here["python"]}, here)
+
+
+def test_every_node_starts_labelled_with_its_llama_orch_release() -> None:
+    for head in (None, "ws1:6379"):
+        argv = start_argv("ray", host="ws2", gpus=1, head=head)
+        assert f"--labels={VERSION_LABEL}={release_label()}" in argv
+    assert "0.1.0_g1a2b" == release_label("0.1.0+g1a2b")

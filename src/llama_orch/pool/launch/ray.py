@@ -28,6 +28,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -47,6 +48,7 @@ from ray.exceptions import (
 )
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from llama_orch import __version__
 from llama_orch.config import parse_host_port
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.gpus import Gpu, GpuInventory
@@ -105,9 +107,23 @@ def node_resources(host: str, gpus: int) -> dict[str, float]:
     return {host_resource(host): 1.0, **{gpu_resource(i): 1.0 for i in range(gpus)}}
 
 
+#: The node label every ``llorch node head`` / ``join`` starts with: its llama-orch release.
+VERSION_LABEL = "llorch-version"
+
+
+def release_label(release: str = __version__) -> str:
+    """The release as a node label value (Ray takes letters, digits, ``-``, ``_`` and ``.``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", release)[:63]
+
+
 def versions() -> dict[str, str]:
-    """Ray and Python versions of this process (every node of a cluster must match them)."""
-    return {"ray": ray.__version__, "python": ".".join(map(str, sys.version_info[:3]))}
+    """Ray, Python and llama-orch versions of this process (every node of a cluster must match
+    them: the hosts run the engine actor's code from their own llama-orch)."""
+    return {
+        "ray": ray.__version__,
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "llama-orch": __version__,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -892,9 +908,13 @@ def head_state(address: str, token_file: str | None = None, timeout_s: float = 5
     try:
         gcs = GcsClient(address=address)
         meta = get_cluster_metadata(gcs)
-        nodes = gcs.get_all_node_info(timeout=timeout_s).values()
+        nodes = list(gcs.get_all_node_info(timeout=timeout_s).values())
     except Exception as exc:  # RpcError, or an auth failure: both refuse with the cause
         raise head_refusal(address, exc, token_file) from exc
+    found = {"ray": str(meta["ray_version"]), "python": str(meta["python_version"])}
+    for node in nodes:
+        if node.is_head_node and VERSION_LABEL in node.labels:
+            found["llama-orch"] = str(node.labels[VERSION_LABEL])
     hosts = frozenset(
         res.removeprefix(HOST_PREFIX)
         for node in nodes
@@ -902,9 +922,7 @@ def head_state(address: str, token_file: str | None = None, timeout_s: float = 5
         for res in node.resources_total
         if res.startswith(HOST_PREFIX)
     )
-    return HeadState(
-        {"ray": str(meta["ray_version"]), "python": str(meta["python_version"])}, hosts
-    )
+    return HeadState(found, hosts)
 
 
 def check_name_free(name: str, head: HeadState) -> None:
@@ -917,11 +935,23 @@ def check_name_free(name: str, head: HeadState) -> None:
 
 
 def check_versions(head: Mapping[str, str], here: Mapping[str, str]) -> None:
+    """Refuse a host whose versions differ from the head's. A head that does not say its
+    llama-orch release (started by hand, not with ``llorch node head``) is not compared on it."""
+    differ = []
     if head["ray"] != here["ray"] or head["python"] != here["python"]:
+        differ.append(
+            f"the head runs Ray {head['ray']} on Python {head['python']}, "
+            f"this host has Ray {here['ray']} on Python {here['python']}"
+        )
+    release = head.get("llama-orch")
+    if release is not None and release != release_label(here["llama-orch"]):
+        differ.append(
+            f"the head runs llama-orch {release}, this host has llama-orch {here['llama-orch']}"
+        )
+    if differ:
         raise JoinRefused(
-            f"version mismatch: the head runs Ray {head['ray']} on Python {head['python']}, "
-            f"this host has Ray {here['ray']} on Python {here['python']}; install the same "
-            "versions here (same llama-orch release, `uv sync --extra cluster`)"
+            f"version mismatch: {'; '.join(differ)}; install the same versions here (same "
+            "llama-orch release, `uv sync --extra cluster`)"
         )
 
 
@@ -942,6 +972,7 @@ def start_argv(
     argv += [f"{flag}={value}" for flag, value in NODE_PORTS.items()]
     argv += [f"--min-worker-port={WORKER_PORTS[0]}", f"--max-worker-port={WORKER_PORTS[1]}"]
     argv.append(f"--object-store-memory={object_store_bytes}")
+    argv.append(f"--labels={VERSION_LABEL}={release_label()}")
     if host is not None:
         # Compact JSON: one shell word, no quoting needed.
         resources = json.dumps(node_resources(host, gpus), sort_keys=True, separators=(",", ":"))
