@@ -447,6 +447,35 @@ class RayEngine:
         return "\n".join(self._last_tail.splitlines()[-lines:])
 
 
+@dataclass(frozen=True, slots=True)
+class _LiveHost:
+    node_id: str
+    #: The GPUs the host joined with (its ``llorch_gpu_<i>`` resources).
+    gpus: frozenset[int]
+    #: Its llama-orch release label; None for a node started without ``llorch node``.
+    release: str | None
+
+    def fits(self, devices: Sequence[int]) -> bool:
+        return set(devices) <= self.gpus and self.release in (None, release_label())
+
+
+def _check_host(name: str, host: _LiveHost, devices: Sequence[int]) -> None:
+    """Refuse a host the replica cannot run on whatever the wait: the join or the config is
+    wrong (Ray would call the actor infeasible, or run another release's actor code)."""
+    if host.release not in (None, release_label()):
+        raise LaunchError(
+            f"host {name} runs llama-orch {host.release}, this server {release_label()}: "
+            "install the same release there and join it again (`llorch node join`)"
+        )
+    missing = sorted(set(devices) - host.gpus)
+    if missing:
+        raise LaunchError(
+            f"host {name} joined with GPUs {sorted(host.gpus)}, not GPU {missing} of this "
+            f"replica's mask {list(devices)}: join it again with `llorch node join --gpus N` "
+            "(N above the highest index), or give the pool devices the host has"
+        )
+
+
 class RayLauncher:
     """Launches each replica in a detached actor on the host its pool names.
 
@@ -496,11 +525,11 @@ class RayLauncher:
 
     def live_nodes(self) -> dict[str, str]:
         """host name -> Ray node id of every live node that joined as a llama-orch host."""
-        return {host: node for host, (node, _) in self._live_hosts().items()}
+        return {host: live.node_id for host, live in self._live_hosts().items()}
 
-    def _live_hosts(self) -> dict[str, tuple[str, frozenset[int]]]:
-        """host name -> (Ray node id, the GPUs it joined with) of every live llama-orch host."""
-        out: dict[str, tuple[str, frozenset[int]]] = {}
+    def _live_hosts(self) -> dict[str, _LiveHost]:
+        """host name -> what placement needs of every live llama-orch host."""
+        out: dict[str, _LiveHost] = {}
         for node in _nodes():
             if not node.get("Alive") or node["NodeID"] in self._lost_nodes:
                 continue
@@ -510,9 +539,10 @@ class RayLauncher:
                 for res in resources
                 if (index := res.removeprefix(GPU_PREFIX)) != res and index.isdigit()
             )
+            release = node.get("Labels", {}).get(VERSION_LABEL)
             for res in resources:
                 if res.startswith(HOST_PREFIX):
-                    out[res.removeprefix(HOST_PREFIX)] = (node["NodeID"], gpus)
+                    out[res.removeprefix(HOST_PREFIX)] = _LiveHost(node["NodeID"], gpus, release)
         return out
 
     def _alive(self, node_id: str) -> bool:
@@ -522,20 +552,13 @@ class RayLauncher:
         """The preferred host while it is live, else the first live host with the mask's GPUs."""
         live = self._live_hosts()
         if preferred is not None and preferred in live:
-            node, joined = live[preferred]
-            missing = sorted(set(devices) - joined)
-            if missing:
-                # Ray would call the actor infeasible; the mistake is the join or the config.
-                raise LaunchError(
-                    f"host {preferred} joined with GPUs {sorted(joined)}, not GPU {missing} of "
-                    f"this replica's mask {list(devices)}: join it again with `llorch node "
-                    "join --gpus N` (N above the highest index), or give the pool devices the "
-                    "host has"
-                )
-            return preferred, node
+            found = live[preferred]
+            _check_host(preferred, found, devices)
+            return preferred, found.node_id
         for host in self.hosts:
-            if host.name in live and set(devices) <= set(host.gpus) & live[host.name][1]:
-                return host.name, live[host.name][0]
+            other = live.get(host.name)
+            if other is not None and other.fits(devices) and set(devices) <= set(host.gpus):
+                return host.name, other.node_id
         names = ", ".join(sorted(live)) or "none"
         raise NoLiveHost(
             f"no live host has GPUs {list(devices)} for this replica (wanted "
