@@ -9,8 +9,18 @@ import socket
 from pathlib import Path
 
 import pytest
+from ray.exceptions import AuthenticationError, RayError
 
-from llama_orch.pool.launch.ray import JoinRefused, check_versions, versions
+import llama_orch
+from llama_orch.pool.launch.ray import (
+    VERSION_LABEL,
+    JoinRefused,
+    check_versions,
+    head_refusal,
+    release_label,
+    start_argv,
+    versions,
+)
 from tests.e2e.test_cli import run
 from tests.support.cluster import LocalCluster
 
@@ -53,6 +63,19 @@ class TestNodeJoin:
             resources.removeprefix("--resources=")
         )
         assert "token" not in " ".join(argv).replace("RAY_AUTH", "")
+
+    async def test_a_name_already_in_the_cluster_is_refused(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        """A second host joining as `gpu-a` would share its resource: placement would pick
+        either machine for gpu-a's pools."""
+        code, out, err = await run(
+            "node", "join", "--head", cluster.address, "--token-file", str(_token(tmp_path)),
+            "--name", "gpu-a", "--gpus", "2", "--dry-run",
+        )  # fmt: skip
+        assert 1 == code, out
+        assert "a host named gpu-a is already in the cluster" in err and "--name" in err
+        assert "Traceback" not in err and "ray" not in out
 
     async def test_head_has_no_dashboard(self, tmp_path: Path) -> None:
         code, out, _ = await run(
@@ -118,3 +141,37 @@ def test_a_version_mismatch_names_both_versions() -> None:
     ) in str(info.value)
     check_versions(dict(here), here)
     assert os.environ.get("RAY_AUTH_MODE") is None
+
+
+def test_a_wrong_cluster_token_says_to_copy_the_heads() -> None:
+    """Ray's own refusal (this text, from a head started with another token) advises making a
+    new token, which can never match: the refusal says to copy the head's instead."""
+    refused = AuthenticationError(
+        "RPC error: InvalidAuthToken: Authentication token is missing or incorrect"
+    )
+    message = str(head_refusal("ws1:6379", refused, "/home/me/cluster.token"))
+    assert "the head at ws1:6379 refused the cluster token in /home/me/cluster.token" in message
+    assert "copy the head's token file" in message and "--generate" not in message
+    other = head_refusal("ws1:6379", RayError("deadline exceeded"), "/t")
+    assert "the head at ws1:6379 did not answer: deadline exceeded" == str(other)
+
+
+def test_a_llama_orch_release_mismatch_is_refused() -> None:
+    """The hosts import the engine actor's code from their own llama-orch: another release
+    there would run other code than the server sends calls to."""
+    here = versions()
+    assert here["llama-orch"] == llama_orch.__version__
+    with pytest.raises(JoinRefused) as info:
+        check_versions({**here, "llama-orch": "0.0.9"}, here)
+    assert (
+        f"the head runs llama-orch 0.0.9, this host has llama-orch {llama_orch.__version__}"
+    ) in str(info.value)
+    # A head started without `llorch node head` does not say its release: not compared.
+    check_versions({"ray": here["ray"], "python": here["python"]}, here)
+
+
+def test_every_node_starts_labelled_with_its_llama_orch_release() -> None:
+    for head in (None, "ws1:6379"):
+        argv = start_argv("ray", host="ws2", gpus=1, head=head)
+        assert f"--labels={VERSION_LABEL}={release_label()}" in argv
+    assert "0.1.0_g1a2b" == release_label("0.1.0+g1a2b")

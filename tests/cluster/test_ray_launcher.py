@@ -12,9 +12,17 @@ import pytest
 import ray
 
 from llama_orch.pool.launch import EngineHandle, ExitKind, LaunchError
-from llama_orch.pool.launch.ray import NAMESPACE, RayLauncher, gpu_resource
+from llama_orch.pool.launch.ray import (
+    NAMESPACE,
+    VERSION_LABEL,
+    HostSpec,
+    RayLauncher,
+    gpu_resource,
+    node_resources,
+    release_label,
+)
 from tests.cluster.test_launcher_contract import engine_spec
-from tests.support.cluster import HOSTS, LocalCluster, engines_running
+from tests.support.cluster import HOSTS, OBJECT_STORE_BYTES, LocalCluster, engines_running
 from tests.support.engines import engine_healthy
 
 # The first test of the package also waits for the cluster to start (about 10-30 s).
@@ -67,6 +75,43 @@ class TestPlacement:
         finally:
             await first.stop(timeout_s=10)
         assert [] == await _gone(tmp_path)
+
+    async def test_a_mask_the_host_did_not_join_with_is_refused_at_once(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        """The config says gpu-a has GPU 2, but gpu-a joined with GPUs 0 and 1 only: the launch
+        says so instead of waiting out the placement timeout with a guess."""
+        hosts = [HostSpec("gpu-a", (0, 1, 2)), *HOSTS[1:]]
+        launcher = RayLauncher(hosts, log_dir=str(tmp_path / "logs"), placement_timeout_s=3)
+        with pytest.raises(LaunchError) as info:
+            await launcher.launch(engine_spec(tmp_path, node="gpu-a", devices=(2,)))
+        assert "host gpu-a joined with GPUs [0, 1], not GPU [2] of this replica" in str(info.value)
+        assert "llorch node join" in str(info.value)
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+        assert "llorch-engine-p0-r0" not in names
+
+    async def test_a_host_of_another_release_is_refused(
+        self, cluster: LocalCluster, tmp_path: Path
+    ) -> None:
+        """gpu-c joined with another llama-orch release (upgraded here, not there): its engine
+        actors would run other code, so the launch says which releases differ."""
+        node = cluster.cluster.add_node(
+            num_cpus=1,
+            resources=node_resources("gpu-c", 1),
+            object_store_memory=OBJECT_STORE_BYTES,
+            labels={VERSION_LABEL: "0.0.9"},
+        )
+        try:
+            cluster.cluster.wait_for_nodes()
+            hosts = [*HOSTS, HostSpec("gpu-c", (0,))]
+            launcher = RayLauncher(hosts, log_dir=str(tmp_path / "logs"), placement_timeout_s=3)
+            with pytest.raises(LaunchError) as info:
+                await launcher.launch(engine_spec(tmp_path, node="gpu-c", devices=(0,)))
+            assert f"host gpu-c runs llama-orch 0.0.9, this server {release_label()}" in str(
+                info.value
+            )
+        finally:
+            cluster.cluster.remove_node(node)
 
     async def test_a_secret_on_the_command_line_is_refused(
         self, cluster: LocalCluster, tmp_path: Path

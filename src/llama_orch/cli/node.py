@@ -9,8 +9,8 @@ version differs from the head's, naming both.
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import stat
 import sys
 from pathlib import Path
 
@@ -25,21 +25,49 @@ def _fail(message: str) -> None:
 
 
 def _token_file(path: str) -> str:
-    token = Path(path).expanduser()
-    from llama_orch.config import read_token_file
+    from llama_orch.config import check_cluster_token
 
+    token = Path(path).expanduser()
     try:
-        mode = token.stat().st_mode
-        text = read_token_file(token)
-    except OSError as exc:
-        _fail(f"cannot read the cluster token {token}: {exc.strerror or exc}")
+        check_cluster_token(token)
     except ValueError as exc:
-        _fail(f"the cluster token file {token} {exc}")
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        _fail(f"the cluster token {token} is readable by others; run `chmod 600 {token}`")
-    if len(text) < 32:
-        _fail(f"the cluster token in {token} is too short; use `llorch token new --file {token}`")
+        _fail(str(exc))
     return str(token.resolve())
+
+
+def _name_problem(name: str) -> str | None:
+    from llama_orch.config import HOST_NAME_MAX, HOST_NAME_PATTERN
+
+    if len(name) <= HOST_NAME_MAX and re.fullmatch(HOST_NAME_PATTERN, name):
+        return None
+    return (
+        f"{name!r} cannot be a pool's `host:`: use letters, digits, '-' and '_' (at most "
+        f"{HOST_NAME_MAX}, starting with a letter or digit)"
+    )
+
+
+def default_host_name(nodename: str) -> str | None:
+    """The host's short name (``ws2`` for ``ws2.lan``), as a config can name it; None when
+    even that is no valid host name."""
+    short = nodename.split(".", 1)[0]
+    return None if _name_problem(short) else short
+
+
+def _host_name(name: str | None) -> str:
+    if name is not None:
+        return name
+    found = default_host_name(os.uname().nodename)
+    if found is None:
+        _fail(f"this host's name {os.uname().nodename!r} cannot be a pool's `host:`; pass --name")
+    assert found is not None
+    return found
+
+
+def _checked_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    problem = None if value is None else _name_problem(value)
+    if problem:
+        raise click.BadParameter(problem)
+    return value
 
 
 def _gpu_count(gpus: int | None) -> int:
@@ -83,7 +111,10 @@ def node() -> None:
 
 
 _name = click.option(
-    "--name", default=None, help="Host name pools use in `host:` (default: hostname)."
+    "--name",
+    default=None,
+    callback=_checked_name,
+    help="Host name pools use in `host:` (default: the short hostname).",
 )
 _gpus = click.option(
     "--gpus",
@@ -122,7 +153,7 @@ def node_head(
     from llama_orch.pool.launch.ray import start_argv
 
     token = _token_file(token_file)
-    host = None if no_gpus else (name or os.uname().nodename)
+    host = None if no_gpus else _host_name(name)
     count = 0 if no_gpus else _gpu_count(gpus)
     _start(start_argv(_ray_bin(), host=host, gpus=count, port=port), token, dry_run)
 
@@ -149,18 +180,22 @@ def node_join(
     """Join this GPU host to the cluster whose head runs at HOST:PORT."""
     from llama_orch.pool.launch.ray import (
         JoinRefused,
+        check_name_free,
         check_versions,
-        head_versions,
+        head_state,
         start_argv,
         versions,
     )
 
     token = _token_file(token_file)
     count = _gpu_count(gpus)
+    host = _host_name(name)
     os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token})
     try:
-        check_versions(head_versions(head), versions())
+        state = head_state(head, token)
+        check_versions(state.versions, versions())
+        check_name_free(host, state)
     except JoinRefused as exc:
         _fail(str(exc))
-    argv = start_argv(_ray_bin(), host=name or os.uname().nodename, gpus=count, head=head)
+    argv = start_argv(_ray_bin(), host=host, gpus=count, head=head)
     _start(argv, token, dry_run)

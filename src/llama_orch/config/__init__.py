@@ -4,6 +4,7 @@ from llama_orch.config._load import (
     Settings,
     bearer_token_problem,
     catalog_env,
+    check_cluster_token,
     load_settings,
     parse_config_text,
     read_config_file,
@@ -11,6 +12,8 @@ from llama_orch.config._load import (
     resolve_path,
 )
 from llama_orch.config._models import (
+    HOST_NAME_MAX,
+    HOST_NAME_PATTERN,
     AdmissionConfig,
     BackoffConfig,
     BudgetsConfig,
@@ -36,6 +39,8 @@ from llama_orch.config._models import (
 )
 
 __all__ = [
+    "HOST_NAME_MAX",
+    "HOST_NAME_PATTERN",
     "AdmissionConfig",
     "BackoffConfig",
     "BudgetsConfig",
@@ -58,6 +63,7 @@ __all__ = [
     "TimeoutsConfig",
     "bearer_token_problem",
     "catalog_env",
+    "check_cluster_token",
     "check_http_url",
     "is_loopback_host",
     "load_settings",

@@ -7,6 +7,7 @@ deployment values and secrets that come from the environment (env wins over the 
 from __future__ import annotations
 
 import ssl
+import stat
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,6 +310,38 @@ def read_token_file(path: str | Path) -> str:
     return token
 
 
+def check_cluster_token(path: Path) -> None:
+    """Refuse a cluster token Ray would not take, or one others can read: every node's
+    ``ray start`` and the server's connection use it. ValueError says what to do."""
+    try:
+        mode = path.stat().st_mode
+        token = read_token_file(path)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read the cluster token {path}: {exc.strerror or exc}; copy it from the "
+            f"head's host (`scp -p`) or make one with `llorch token new --file {path}`"
+        ) from exc
+    except ValueError as exc:
+        raise ValueError(f"the cluster token file {path} {exc}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(f"the cluster token {path} is readable by others; run `chmod 600 {path}`")
+    if len(token) < 32:
+        raise ValueError(
+            f"the cluster token in {path} is too short; use `llorch token new --file {path}`"
+        )
+
+
+def _cluster_token(config: Config) -> list[ConfigIssue]:
+    token_file = config.cluster.token_file
+    if token_file is None or not any(pool.cluster_hosts for pool in config.pools):
+        return []
+    try:
+        check_cluster_token(Path(token_file).expanduser())
+    except ValueError as exc:
+        return [ConfigIssue("cluster.token_file", str(exc))]
+    return []
+
+
 def _read_token_file(path: str, key: str) -> str:
     try:
         return read_token_file(path)
@@ -490,7 +523,7 @@ def load_settings(
             raise ConfigError(source, unbuilt)
     config = _absolute_paths(_sse_overrides(config, environ), base_dir)
     server = config.server
-    unloadable = _tls_files(config, base_dir)
+    unloadable = _tls_files(config, base_dir) + _cluster_token(config)
     if unloadable:
         raise ConfigError(source, unloadable)
 

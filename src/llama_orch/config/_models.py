@@ -246,6 +246,11 @@ class GpusConfig(_Strict):
         return value
 
 
+#: What a cluster host may be called: it becomes a Ray resource (``llorch_host_<name>``) and a
+#: pool's ``host``, so ``llorch node join --name`` and ``hosts[].name`` accept the same names.
+HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+HOST_NAME_MAX = 64
+
 #: Provisioning modes whose engines can run on another host (a container runtime cannot yet).
 _REMOTE_MODES = frozenset({"binary", "source", "package"})
 
@@ -253,7 +258,7 @@ _REMOTE_MODES = frozenset({"binary", "source", "package"})
 class HostConfig(_Strict):
     """A GPU host of the cluster (joined with `llorch node join`); pools name it in ``host``."""
 
-    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
+    name: Annotated[str, Field(min_length=1, max_length=HOST_NAME_MAX, pattern=HOST_NAME_PATTERN)]
     #: GPU indices on that host (as its NVML numbers them); each is booked by one replica.
     gpus: list[Annotated[int, Field(ge=0)]] = []
     #: Per-GPU VRAM the host reports when it has no NVML (demos and tests; labelled simulated).

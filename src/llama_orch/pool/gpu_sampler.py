@@ -121,7 +121,7 @@ class GpuSampler:
                 readings = await self._hosts.host_inventories(deadline)
         except TimeoutError:
             known = {*self._pools.host_inventories, *self._pools.stale_hosts}
-            known |= {p.config.host for p in self._pools.pools.values() if p.config.host}
+            known |= {h for p in self._pools.pools.values() for h in p.config.cluster_hosts}
             readings = dict.fromkeys(known)
         self._pools.refresh_hosts(readings)
 

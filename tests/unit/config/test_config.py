@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 
@@ -574,3 +575,43 @@ class TestHosts:
     def test_host_and_hosts_together_are_refused(self) -> None:
         problems = issues_of(self._text().replace("host: gpu-b", "host: gpu-b\n    hosts: [gpu-b]"))
         assert 1 == len(problems) and "give host or hosts, not both" in problems[0]
+
+
+class TestClusterToken:
+    """The server checks the cluster token file as `llorch node join` does: at load, naming
+    the key, not as a Ray traceback when the pools start."""
+
+    def _load(self, tmp_path: Path, token: str | None, mode: int = 0o600) -> Path:
+        path = tmp_path / "cluster.token"
+        if token is not None:
+            path.write_text(token + "\n")
+            path.chmod(mode)
+        text = CLUSTER.replace("HOST", "gpu-b").replace("DEVICES", "[1]").replace("MODE", "binary")
+        (tmp_path / "llorch.yaml").write_text(text + "cluster: {token_file: cluster.token}\n")
+        return path
+
+    @pytest.mark.parametrize(
+        ("token", "mode", "says"),
+        [
+            (None, 0o600, "cannot read the cluster token {path}: No such file or directory"),
+            ("t" * 43, 0o644, "is readable by others; run `chmod 600 {path}`"),
+            ("t" * 43, 0o000, "cannot read the cluster token {path}: Permission denied"),
+            ("short", 0o600, "is too short; use `llorch token new --file {path}`"),
+        ],
+    )
+    def test_an_unusable_cluster_token_is_refused_at_load(
+        self, tmp_path: Path, token: str | None, mode: int, says: str
+    ) -> None:
+        path = self._load(tmp_path, token, mode)
+        if mode == 0o000 and os.geteuid() == 0:
+            pytest.skip("root reads any file")
+        with pytest.raises(ConfigError) as info:
+            load_settings({}, tmp_path / "llorch.yaml")
+        problems = [str(issue) for issue in info.value.issues]
+        assert 1 == len(problems) and problems[0].startswith("cluster.token_file")
+        assert says.format(path=path) in problems[0]
+
+    def test_a_private_cluster_token_loads(self, tmp_path: Path) -> None:
+        path = self._load(tmp_path, "t" * 43)
+        settings = load_settings({}, tmp_path / "llorch.yaml")
+        assert str(path) == settings.config.cluster.token_file

@@ -221,6 +221,31 @@ class TestHosts:
         finally:
             await manager.stop()
 
+    async def test_a_cluster_that_hangs_from_the_start_makes_a_spread_pools_hosts_stale(
+        self,
+    ) -> None:
+        """Before any answer, the hosts a pool spreads over (`hosts:`) are known from the
+        config as well as a pool's `host:`: none of their replicas takes work unvouched."""
+        spread = PoolConfig.model_validate(
+            {**mock_pool("spread", devices=[0]), "hosts": ["gpu-a", "gpu-b"], "replicas": 2}
+        )
+        local = GpuInventory((Gpu(0, "gpu0", 24 * GIB, 0, 0.0, simulated=True),), simulated=True)
+        manager = PoolManager(
+            [spread], local, AdapterHost(), build_adapter, Metrics(), probe_interval_s=60
+        )
+        hosts = ScriptedHosts()
+        hosts.hang = True
+        sampler = GpuSampler(
+            manager, Metrics(), inventory, simulated=True, hosts=hosts, host_deadline_s=0.05
+        )
+        await manager.start()
+        try:
+            await sampler.poll_hosts_once()
+            assert {"gpu-a", "gpu-b"} == manager.stale_hosts
+            assert not any(v.ready for v in manager.replica_views("spread"))
+        finally:
+            await manager.stop()
+
     def test_a_spread_pool_weighs_each_replica_by_its_own_host(self) -> None:
         """Replicas on gpu-a and gpu-b: each replica's free VRAM is its host's; the pool's
         filter sees the host with the most free; the model's fit is checked where least is."""

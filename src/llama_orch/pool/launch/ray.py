@@ -28,6 +28,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -38,9 +39,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import (
+    ActorUnschedulableError,
+    AuthenticationError,
+    GetTimeoutError,
+    RayActorError,
+    RayError,
+)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from llama_orch import __version__
 from llama_orch.config import parse_host_port
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.gpus import Gpu, GpuInventory
@@ -63,8 +71,13 @@ AGENT_START_S = 30.0
 _PR_SET_PDEATHSIG = 1
 
 
+#: Custom resources a host joins with: its name, and one per GPU index.
+HOST_PREFIX = "llorch_host_"
+GPU_PREFIX = "llorch_gpu_"
+
+
 def gpu_resource(index: int) -> str:
-    return f"llorch_gpu_{index}"
+    return f"{GPU_PREFIX}{index}"
 
 
 @contextlib.contextmanager
@@ -86,7 +99,7 @@ def _signals_kept() -> Iterator[None]:
 
 
 def host_resource(host: str) -> str:
-    return f"llorch_host_{host}"
+    return f"{HOST_PREFIX}{host}"
 
 
 def node_resources(host: str, gpus: int) -> dict[str, float]:
@@ -94,9 +107,23 @@ def node_resources(host: str, gpus: int) -> dict[str, float]:
     return {host_resource(host): 1.0, **{gpu_resource(i): 1.0 for i in range(gpus)}}
 
 
+#: The node label every ``llorch node head`` / ``join`` starts with: its llama-orch release.
+VERSION_LABEL = "llorch-version"
+
+
+def release_label(release: str = __version__) -> str:
+    """The release as a node label value (Ray takes letters, digits, ``-``, ``_`` and ``.``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", release)[:63]
+
+
 def versions() -> dict[str, str]:
-    """Ray and Python versions of this process (every node of a cluster must match them)."""
-    return {"ray": ray.__version__, "python": ".".join(map(str, sys.version_info[:3]))}
+    """Ray, Python and llama-orch versions of this process (every node of a cluster must match
+    them: the hosts run the engine actor's code from their own llama-orch)."""
+    return {
+        "ray": ray.__version__,
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "llama-orch": __version__,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +447,35 @@ class RayEngine:
         return "\n".join(self._last_tail.splitlines()[-lines:])
 
 
+@dataclass(frozen=True, slots=True)
+class _LiveHost:
+    node_id: str
+    #: The GPUs the host joined with (its ``llorch_gpu_<i>`` resources).
+    gpus: frozenset[int]
+    #: Its llama-orch release label; None for a node started without ``llorch node``.
+    release: str | None
+
+    def fits(self, devices: Sequence[int]) -> bool:
+        return set(devices) <= self.gpus and self.release in (None, release_label())
+
+
+def _check_host(name: str, host: _LiveHost, devices: Sequence[int]) -> None:
+    """Refuse a host the replica cannot run on whatever the wait: the join or the config is
+    wrong (Ray would call the actor infeasible, or run another release's actor code)."""
+    if host.release not in (None, release_label()):
+        raise LaunchError(
+            f"host {name} runs llama-orch {host.release}, this server {release_label()}: "
+            "install the same release there and join it again (`llorch node join`)"
+        )
+    missing = sorted(set(devices) - host.gpus)
+    if missing:
+        raise LaunchError(
+            f"host {name} joined with GPUs {sorted(host.gpus)}, not GPU {missing} of this "
+            f"replica's mask {list(devices)}: join it again with `llorch node join --gpus N` "
+            "(N above the highest index), or give the pool devices the host has"
+        )
+
+
 class RayLauncher:
     """Launches each replica in a detached actor on the host its pool names.
 
@@ -469,13 +525,24 @@ class RayLauncher:
 
     def live_nodes(self) -> dict[str, str]:
         """host name -> Ray node id of every live node that joined as a llama-orch host."""
-        out: dict[str, str] = {}
+        return {host: live.node_id for host, live in self._live_hosts().items()}
+
+    def _live_hosts(self) -> dict[str, _LiveHost]:
+        """host name -> what placement needs of every live llama-orch host."""
+        out: dict[str, _LiveHost] = {}
         for node in _nodes():
             if not node.get("Alive") or node["NodeID"] in self._lost_nodes:
                 continue
-            for res in node.get("Resources", {}):
-                if res.startswith("llorch_host_"):
-                    out[res.removeprefix("llorch_host_")] = node["NodeID"]
+            resources = node.get("Resources", {})
+            gpus = frozenset(
+                int(index)
+                for res in resources
+                if (index := res.removeprefix(GPU_PREFIX)) != res and index.isdigit()
+            )
+            release = node.get("Labels", {}).get(VERSION_LABEL)
+            for res in resources:
+                if res.startswith(HOST_PREFIX):
+                    out[res.removeprefix(HOST_PREFIX)] = _LiveHost(node["NodeID"], gpus, release)
         return out
 
     def _alive(self, node_id: str) -> bool:
@@ -483,12 +550,15 @@ class RayLauncher:
 
     def choose_host(self, preferred: str | None, devices: tuple[int, ...]) -> tuple[str, str]:
         """The preferred host while it is live, else the first live host with the mask's GPUs."""
-        live = self.live_nodes()
+        live = self._live_hosts()
         if preferred is not None and preferred in live:
-            return preferred, live[preferred]
+            found = live[preferred]
+            _check_host(preferred, found, devices)
+            return preferred, found.node_id
         for host in self.hosts:
-            if host.name in live and set(devices) <= set(host.gpus):
-                return host.name, live[host.name]
+            other = live.get(host.name)
+            if other is not None and other.fits(devices) and set(devices) <= set(host.gpus):
+                return host.name, other.node_id
         names = ", ".join(sorted(live)) or "none"
         raise NoLiveHost(
             f"no live host has GPUs {list(devices)} for this replica (wanted "
@@ -541,6 +611,15 @@ class RayLauncher:
             ) from None
         except RayActorError as exc:
             raise LaunchError(f"{spec.pool_id}/{spec.replica_id} on host {host}: {exc}") from exc
+        except ActorUnschedulableError as exc:
+            # The host left between choosing it and placing the actor: wait for the cluster.
+            with contextlib.suppress(RayError):
+                ray.kill(actor, no_restart=True)
+            gone = not self._alive(node_id)
+            raise (NoLiveHost if gone else LaunchError)(
+                f"{spec.pool_id}/{spec.replica_id} cannot be placed on host {host}"
+                + (": the host left the cluster" if gone else f": {exc}")
+            ) from exc
         except OSError as exc:
             ray.kill(actor, no_restart=True)
             raise LaunchError(f"cannot start {spec.argv[0]} on host {host}: {exc}") from exc
@@ -816,8 +895,30 @@ def auth_env(token_file: str) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_file}
 
 
-def head_versions(address: str, timeout_s: float = 5.0) -> dict[str, str]:
-    """The Ray and Python versions the head was started with (its cluster metadata)."""
+@dataclass(frozen=True, slots=True)
+class HeadState:
+    """What a joining host checks against the head."""
+
+    #: The Ray and Python versions the head was started with (its cluster metadata).
+    versions: dict[str, str]
+    #: Names of the llama-orch hosts that are in the cluster now.
+    hosts: frozenset[str]
+
+
+def head_refusal(address: str, exc: Exception, token_file: str | None) -> JoinRefused:
+    """Why the head did not give its state, in words that say what to do."""
+    if isinstance(exc, AuthenticationError):
+        # Ray's own text advises generating a token, which can never match the head's.
+        return JoinRefused(
+            f"the head at {address} refused the cluster token in {token_file}: it is not the "
+            "token the head started with; copy the head's token file here (`scp -p`, "
+            "docs/cluster.md)"
+        )
+    return JoinRefused(f"the head at {address} did not answer: {exc}")
+
+
+def head_state(address: str, token_file: str | None = None, timeout_s: float = 5.0) -> HeadState:
+    """The head's versions and live hosts, read from its GCS as `ray start` reads them."""
     try:
         host, port = parse_host_port(address)  # [v6]:port as well
         socket.create_connection((host, port), timeout=timeout_s).close()
@@ -828,18 +929,52 @@ def head_versions(address: str, timeout_s: float = 5.0) -> dict[str, str]:
     from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
     try:
-        meta = get_cluster_metadata(GcsClient(address=address))
+        gcs = GcsClient(address=address)
+        meta = get_cluster_metadata(gcs)
+        nodes = list(gcs.get_all_node_info(timeout=timeout_s).values())
     except Exception as exc:  # RpcError, or an auth failure: both refuse with the cause
-        raise JoinRefused(f"the head at {address} did not answer: {exc}") from exc
-    return {"ray": str(meta["ray_version"]), "python": str(meta["python_version"])}
+        raise head_refusal(address, exc, token_file) from exc
+    found = {"ray": str(meta["ray_version"]), "python": str(meta["python_version"])}
+    for node in nodes:
+        if node.is_head_node and VERSION_LABEL in node.labels:
+            found["llama-orch"] = str(node.labels[VERSION_LABEL])
+    hosts = frozenset(
+        res.removeprefix(HOST_PREFIX)
+        for node in nodes
+        if node.state == node.GcsNodeState.ALIVE
+        for res in node.resources_total
+        if res.startswith(HOST_PREFIX)
+    )
+    return HeadState(found, hosts)
+
+
+def check_name_free(name: str, head: HeadState) -> None:
+    if name in head.hosts:
+        raise JoinRefused(
+            f"a host named {name} is already in the cluster; two hosts of one name would "
+            "share its pools' placement: pass another --name (or stop that host's Ray first, "
+            "`ray stop` there)"
+        )
 
 
 def check_versions(head: Mapping[str, str], here: Mapping[str, str]) -> None:
+    """Refuse a host whose versions differ from the head's. A head that does not say its
+    llama-orch release (started by hand, not with ``llorch node head``) is not compared on it."""
+    differ = []
     if head["ray"] != here["ray"] or head["python"] != here["python"]:
+        differ.append(
+            f"the head runs Ray {head['ray']} on Python {head['python']}, "
+            f"this host has Ray {here['ray']} on Python {here['python']}"
+        )
+    release = head.get("llama-orch")
+    if release is not None and release != release_label(here["llama-orch"]):
+        differ.append(
+            f"the head runs llama-orch {release}, this host has llama-orch {here['llama-orch']}"
+        )
+    if differ:
         raise JoinRefused(
-            f"version mismatch: the head runs Ray {head['ray']} on Python {head['python']}, "
-            f"this host has Ray {here['ray']} on Python {here['python']}; install the same "
-            "versions here (same llama-orch release, `uv sync --extra cluster`)"
+            f"version mismatch: {'; '.join(differ)}; install the same versions here (same "
+            "llama-orch release, `uv sync --extra cluster`)"
         )
 
 
@@ -860,6 +995,7 @@ def start_argv(
     argv += [f"{flag}={value}" for flag, value in NODE_PORTS.items()]
     argv += [f"--min-worker-port={WORKER_PORTS[0]}", f"--max-worker-port={WORKER_PORTS[1]}"]
     argv.append(f"--object-store-memory={object_store_bytes}")
+    argv.append(f"--labels={VERSION_LABEL}={release_label()}")
     if host is not None:
         # Compact JSON: one shell word, no quoting needed.
         resources = json.dumps(node_resources(host, gpus), sort_keys=True, separators=(",", ":"))
