@@ -77,9 +77,10 @@ class PoolStatus(_Wire):
     engine: Engine
     engine_version: str | None = None
     model: str
-    #: A name a task may give as ``model_ref`` for this pool's model that holds no secret (the
-    #: model, less a URL's credentials, which ``model`` shows redacted).
-    model_ref: str
+    model_ref: str = Field(
+        description="A name a task may give as model_ref for this pool's model that holds no "
+        "secret (the model, less a URL's credentials, which model shows redacted)."
+    )
     ctx_max: int
     devices: list[int]
     simulated: bool
