@@ -49,7 +49,7 @@ def parse(body: bytes) -> list[tuple[str, dict[str, Any]]]:
     return frames
 
 
-async def wait_for(predicate: Any, what: str, timeout_s: float = 5.0) -> None:
+async def wait_for(predicate: Any, what: str, timeout_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while not predicate():
