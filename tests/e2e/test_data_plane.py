@@ -348,14 +348,16 @@ class TestCancel:
     async def test_cancel_while_streaming_never_leaks_tokens(self) -> None:
         """Across many cancels racing a fast stream, no token follows the acknowledgement and
         the end frame counts exactly the tokens sent."""
-        pool = mock_pool(slots=4, mock={"ttft_ms": 0, "tokens_per_s": 2000})
+        pool = mock_pool(slots=4, ctx=8192, mock={"ttft_ms": 0, "tokens_per_s": 2000})
         rng = random.Random(1234)
 
         async def one(srv: RunningServer) -> tuple[int, dict[str, Any]]:
-            # Long enough (~1 s of tokens) that a slow client on a loaded machine still cancels
-            # before the engine finishes; every task is canceled within its first 40 tokens.
-            body = task_body(max_tokens=1_900)
-            await srv.submit(body)
+            # Long enough (~4 s of tokens) that a client stalled on a loaded machine still
+            # cancels before the engine finishes; every task is canceled within its first 40
+            # tokens, so the length costs nothing when the machine keeps up.
+            body = task_body(max_tokens=8000, ctx=8192)
+            submitted = await srv.submit(body)
+            assert 202 == submitted.status_code, submitted.text
             cut = rng.randint(1, 40)
             tokens = 0
             async for event, data in sse_events(srv.client, body["task_id"]):
