@@ -372,18 +372,19 @@ class TestCancelStress:
         token ever follows the end frame, end counts exactly the tokens sent, every slot is
         freed."""
         pool = mock_pool(
-            slots=8, queue={"capacity": 512}, mock={"ttft_ms": 0, "tokens_per_s": 1000}
+            slots=8, ctx=8192, queue={"capacity": 512}, mock={"ttft_ms": 0, "tokens_per_s": 1000}
         )
         # Tokens come 1 ms apart, so each cancel races the next token; a stream far longer
-        # than any cut keeps a loaded machine's slow reader from seeing it end first.
-        max_tokens = 1500
+        # than any cut (8 s of tokens) keeps a loaded machine's slow reader from seeing it
+        # end first, so the count of canceled streams below does not depend on the load.
+        max_tokens = 8000
         rng = random.Random(20261125)
         plan = [(rng.randint(1, 25), rng.random() < 0.5) for _ in range(240)]
         gate = asyncio.Semaphore(24)
 
         async def one(srv: RunningServer, cut: int, by_post: bool) -> tuple[str, int, bool]:
             async with gate:
-                body = task_body(max_tokens=max_tokens)
+                body = task_body(max_tokens=max_tokens, ctx=8192)
                 assert 202 == (await srv.submit(body)).status_code
                 seen = 0
                 async for event, data in sse_events(srv.client, body["task_id"]):
