@@ -224,13 +224,16 @@ class TestWatchdog:
                 report(replica)
 
             manager.stream_progress = spy  # type: ignore[method-assign]
-            body = task_body(max_tokens=30)
+            # 1 s of tokens: a loaded machine that stalls the loop for a while still sees the
+            # stream span several 50 ms intervals.
+            body = task_body(max_tokens=100)
             await srv.submit(body)
             frames = await srv.stream(body["task_id"])
             replica = manager.pools["p0"].replicas[0]
         assert "end" == frames[-1][0]
-        # 30 tokens at 100/s over 50 ms intervals: several reports, not one per token.
-        assert 2 <= len(seen) < 30
+        # 100 tokens at 100/s over 50 ms intervals: about 20 reports, far from one per token
+        # (a loaded machine only merges more of them).
+        assert 2 <= len(seen) < 50
         assert {"r0"} == {rid for rid, _ in seen}
         assert (replica.last_heartbeat or 0.0) > seen[0][1]
 
