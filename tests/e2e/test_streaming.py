@@ -315,7 +315,9 @@ class TestStallAndBackpressure:
     async def test_slow_client_loses_metrics_never_tokens(self) -> None:
         """Behind by more than channel_cap, a client gets every token in order and fewer
         metrics frames; the drops are counted per pool."""
-        pool = mock_pool(mock={"ttft_ms": 0, "tokens_per_s": 4000})
+        # Half a second of tokens: metrics frames come at most once per interval, so a stream
+        # a stalled loop sees in one burst would publish too few of them to overflow the cap.
+        pool = mock_pool(mock={"ttft_ms": 0, "tokens_per_s": 400})
         sse = {"channel_cap": 4, "metrics_frame_interval_ms": 1}
         async with running_server(config_of(pool, server={"sse": sse})) as srv:
             body = task_body(max_tokens=200)
