@@ -187,8 +187,14 @@ class TestAssets:
             assert {"default-src 'none'", "frame-ancestors 'none'"} <= set(policy.split("; "))
             again = await srv.client.get("/", headers={"If-None-Match": page.headers["etag"]})
             assert (304, b"") == (again.status_code, again.content)
-            for name in re.findall(r"/ui/([\w.]+)", page.text):
-                assert 200 == (await srv.client.get(f"/ui/{name}")).status_code
+            scripts = re.findall(r"/ui/([\w.]+)", page.text)
+            assert scripts, "the page names no scripts under /ui/"
+            for name in scripts:
+                asset = await srv.client.get(f"/ui/{name}")
+                assert 200 == asset.status_code
+                tag = {"If-None-Match": asset.headers["etag"]}
+                again = await srv.client.get(f"/ui/{name}", headers=tag)
+                assert (304, b"") == (again.status_code, again.content), name
             missing = await srv.client.get("/ui/nope.js")
             assert (404, "NOT_FOUND") == (missing.status_code, missing.json()["code"])
 

@@ -348,14 +348,16 @@ class TestCancel:
     async def test_cancel_while_streaming_never_leaks_tokens(self) -> None:
         """Across many cancels racing a fast stream, no token follows the acknowledgement and
         the end frame counts exactly the tokens sent."""
-        pool = mock_pool(slots=4, mock={"ttft_ms": 0, "tokens_per_s": 2000})
+        pool = mock_pool(slots=4, ctx=8192, mock={"ttft_ms": 0, "tokens_per_s": 2000})
         rng = random.Random(1234)
 
         async def one(srv: RunningServer) -> tuple[int, dict[str, Any]]:
-            # Long enough (~1 s of tokens) that a slow client on a loaded machine still cancels
-            # before the engine finishes; every task is canceled within its first 40 tokens.
-            body = task_body(max_tokens=1_900)
-            await srv.submit(body)
+            # Long enough (~4 s of tokens) that a client stalled on a loaded machine still
+            # cancels before the engine finishes; every task is canceled within its first 40
+            # tokens, so the length costs nothing when the machine keeps up.
+            body = task_body(max_tokens=8000, ctx=8192)
+            submitted = await srv.submit(body)
+            assert 202 == submitted.status_code, submitted.text
             cut = rng.randint(1, 40)
             tokens = 0
             async for event, data in sse_events(srv.client, body["task_id"]):
@@ -422,11 +424,17 @@ class TestStreams:
         """A subscriber of a queued task sees its position, then its tokens once it runs."""
         pool = mock_pool(mock={"ttft_ms": 50, "tokens_per_s": 1000})
         async with running_server(config_of(pool)) as srv:
-            first, second = task_body(max_tokens=3), task_body(max_tokens=3)
-            await srv.submit(first)
+            # The first task (4 s of tokens) holds the slot until the second's subscriber has
+            # seen it queued, whatever the pace of a loaded machine; then it is canceled.
+            first, second = task_body(max_tokens=4000, ctx=4096), task_body(max_tokens=3)
+            assert 202 == (await srv.submit(first)).status_code
             await wait_running(srv, first["task_id"])
-            await srv.submit(second)
-            frames = await srv.stream(second["task_id"])
+            assert 202 == (await srv.submit(second)).status_code
+            frames: list[tuple[str, dict[str, Any]]] = []
+            async for event, data in sse_events(srv.client, second["task_id"]):
+                frames.append((event, data))
+                if event == "started":
+                    await srv.client.post(f"/v1/tasks/{first['task_id']}/cancel")
         assert 0 == frames[0][1]["queue_position"]
         assert frames[0][1]["predicted_start_ms"] > 0
         assert 3 == frames[-1][1]["tokens_out"]

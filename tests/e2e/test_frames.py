@@ -20,7 +20,7 @@ class TestPublishedSchemas:
         """started, token (single and micro-batched), metrics (with budgets), end (done and
         canceled) and error frames all match their published schema."""
         pools = [
-            mock_pool(mock={"ttft_ms": 0, "tokens_per_s": 2000}, slots=4),
+            mock_pool(mock={"ttft_ms": 0, "tokens_per_s": 2000}, slots=4, ctx=8192),
             mock_pool("bad", "m-bad", mock={"fail_at_token": 2}),
         ]
         config = config_of(
@@ -34,13 +34,16 @@ class TestPublishedSchemas:
             plain = task_body(max_tokens=40)
             batched = task_body(max_tokens=40)
             failing = task_body(model="m-bad", max_tokens=10)
-            canceled = task_body(max_tokens=2000)
-            for body in (plain, batched, failing, canceled):
-                headers = {"X-Correlation-Id": "frames-test"}
+            # Submitted once the others were read, with 4 s of tokens: the cancel at its first
+            # token always lands before it ends, however slowly the streams above were read.
+            canceled = task_body(max_tokens=8000, ctx=8192)
+            headers = {"X-Correlation-Id": "frames-test"}
+            for body in (plain, batched, failing):
                 assert 202 == (await srv.submit(body, headers=headers)).status_code
             streams.append(await srv.stream(plain["task_id"]))
             streams.append(await srv.stream(batched["task_id"], params={"microbatch": "true"}))
             streams.append(await srv.stream(failing["task_id"]))
+            assert 202 == (await srv.submit(canceled, headers=headers)).status_code
             frames: list[tuple[str, dict[str, Any]]] = []
             async for event, data in sse_events(srv.client, canceled["task_id"]):
                 frames.append((event, data))

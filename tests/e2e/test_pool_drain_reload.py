@@ -49,11 +49,16 @@ class TestDrain:
             assert 202 == (await server.submit(running)).status_code
             await _state(server, running["task_id"], "running")
             assert 202 == (await server.submit(queued)).status_code
-            response = await server.client.post("/v1/pools/p0/drain", json={"deadline_ms": 300})
+            # The running task (50 s of tokens) is stopped at the deadline; until then the
+            # drain is in progress, and a second one is refused. A deadline a loaded machine
+            # cannot outrun between the two requests.
+            response = await server.client.post("/v1/pools/p0/drain", json={"deadline_ms": 1500})
             assert 202 == response.status_code
             assert {"draining": True, "kind": "drain", "queued_ended": 1} == {
                 k: response.json()[k] for k in ("draining", "kind", "queued_ended")
             }
+            again = await server.client.post("/v1/pools/p0/drain", json={"deadline_ms": 1})
+            assert 409 == again.status_code
             frames = await server.stream(queued["task_id"])
             assert ("error", "POOL_UNAVAILABLE", True) == (
                 frames[-1][0],
@@ -64,8 +69,6 @@ class TestDrain:
             assert 503 == refused.status_code
             assert "POOL_UNAVAILABLE" == refused.json()["code"]
             assert "draining" in refused.json()["message"]
-            again = await server.client.post("/v1/pools/p0/drain", json={"deadline_ms": 1})
-            assert 409 == again.status_code
             last = await server.stream(running["task_id"])
             assert last[-1][0] in ("end", "error")
             health = await _drained(server)

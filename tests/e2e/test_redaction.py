@@ -84,7 +84,14 @@ class TestRedaction:
                 openai_pool("bad", bad_engine.url, "BAD_KEY", "gpt-bad"),
             )
             async with running_server(config, env, client_headers=BEARER, log_stream=logs) as srv:
-                await asyncio.sleep(0.3)  # a few readiness probes of the bad pool fail
+                # The bad pool's failed readiness probes are logged before the traffic: wait
+                # for one to have failed rather than for a time a loaded machine may not use.
+                bad = srv.deps.pools.pools["bad"]
+                for _ in range(3000):
+                    if bad.last_error:
+                        break
+                    await asyncio.sleep(0.01)
+                assert bad.last_error, "the bad pool's probes never failed"
                 responses = await traffic(srv.client)
         bodies = "\n".join(r.text for r in responses)
         lines = logs.getvalue().splitlines()

@@ -155,8 +155,9 @@ class TestEngineDies:
         assert ("error", True) == (event, error["retriable"]), frames[-1]
         assert error["code"] in ("WORKER_RESET", "POOL_UNAVAILABLE")
         print(f"error frame {error_after_s * 1000:.0f} ms after the engine was killed")
-        # A hang would last until the read timeout (30 s); this bounds it without timing.
-        assert error_after_s < 10
+        # A hang would last until the read timeout (30 s); this tells the two apart with room
+        # for a loaded machine, without timing the detection itself.
+        assert error_after_s < 20
         assert "end" == other_frames[-1][0]
 
     @pytest.mark.timeout(120)

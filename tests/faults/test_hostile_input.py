@@ -119,9 +119,19 @@ class TestHostileInput:
         assert "root:" not in response.text
 
     @pytest.mark.parametrize(
-        "value", [b"abc\x0bSet-Cookie: pwn=1", b"a" * 300, b"id\x00null", b"\xff\xfe"]
+        ("value", "status"),
+        [
+            # Control characters are refused by the HTTP parser before the app sees them.
+            (b"abc\x0bSet-Cookie: pwn=1", 400),
+            (b"id\x00null", 400),
+            # Legal header bytes that are no safe id reach the app, which replaces them.
+            (b"a" * 300, 200),
+            (b"\xff\xfe", 200),
+        ],
     )
-    def test_header_injection_in_correlation_ids(self, server: ServeProcess, value: bytes) -> None:
+    def test_header_injection_in_correlation_ids(
+        self, server: ServeProcess, value: bytes, status: int
+    ) -> None:
         """An unsafe correlation id is replaced by a fresh UUIDv4 and never echoed."""
         request = (
             b"GET /v1/capabilities HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
@@ -130,7 +140,9 @@ class TestHostileInput:
         response = raw(server, request)
         head = response.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
         assert "set-cookie" not in head
-        if status_of(response) == 200:
+        assert status == status_of(response)
+        assert value not in response
+        if status == 200:
             echoed = re.search(r"x-correlation-id: (\S+)", head)
             assert echoed is not None and UUID.match(echoed.group(1))
         else:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from llama_orch.config import load_settings, parse_config_text, read_config_file
+from llama_orch.config import load_settings, parse_config_text, read_config_file, resolve_path
 from llama_orch.errors import ConfigError
 from llama_orch.provisioners.factory import tls_context
 
@@ -229,7 +229,12 @@ class TestCertificateFiles:
             + "server: {tls: {certfile: server.pem, keyfile: server.pem}}\n"
             + f"catalog: {{trust_policy: {{ca_roots: [{tmp_path / 'ca.pem'}]}}}}\n"
         )
-        assert load_settings({}, path).config.server.tls is not None
+        assert not (Path.cwd() / "server.pem").exists()
+        settings = load_settings({}, path)  # loads the pair, so a wrong base fails here
+        tls = settings.config.server.tls
+        assert tls is not None
+        served = [resolve_path(p, settings.base_dir) for p in (tls.certfile, tls.keyfile)]
+        assert [tmp_path / "server.pem"] * 2 == served
 
     def test_relative_ca_roots_resolve_against_the_config_file(self, tmp_path: Path) -> None:
         """A relative CA file is found beside the config, not in the working directory, and is

@@ -298,7 +298,10 @@ class TestFreshness:
         try:
             engines["p0"].hang.set()
             hung, beating = manager.pools["p0"].replicas[0], manager.pools["p1"].replicas[0]
-            await asyncio.sleep(0.05)  # p0's loop is now stuck in a health call
+            # Once p0's loop is inside the hung health call, its last probe has finished: no
+            # heartbeat of p0's can land after this (a fixed sleep could end before that).
+            async with asyncio.timeout(30):
+                await engines["p0"].stuck.wait()
             first = (hung.last_heartbeat, beating.last_heartbeat)
             for _ in range(500):
                 await asyncio.sleep(0.01)
@@ -383,9 +386,11 @@ class HangingMock(MockEngine):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.hang = asyncio.Event()
+        self.stuck = asyncio.Event()
 
     async def health(self) -> WorkerHealth:
         if self.hang.is_set():
+            self.stuck.set()
             await asyncio.Event().wait()
         return await super().health()
 

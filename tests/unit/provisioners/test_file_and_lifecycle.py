@@ -92,7 +92,7 @@ class TestFileRefs:
 
     def test_network_scheme_without_fetcher_is_refused(self, store: CatalogStore) -> None:
         """The file-only provisioner refuses network refs instead of reaching out."""
-        with pytest.raises(Exception, match="no fetcher"):
+        with pytest.raises(InvalidParams, match="no fetcher"):
             file_only(store).ensure_present_str("hf:org/repo/m.gguf")
 
 

@@ -132,18 +132,38 @@ class TestMicroBatch:
     async def test_first_token_is_not_delayed_and_later_ones_are_held(self) -> None:
         """After a quiet spell a token goes out at once; tokens right behind it are coalesced."""
         stream = TaskStream()
+        # A budget far longer than any stall of a loaded machine: the run of tokens ends by
+        # reaching max_tokens, so what is held does not depend on how fast the loop turns.
+        settings = EmitterSettings(microbatch=True, max_delay_s=30.0, max_tokens=3)
+        chunks = Emitter(stream, STARTED, settings).chunks()
+        await anext(chunks)
+        stream.publish_tokens(["a"])
+        # Held, it would wait out the 30 s budget or two more tokens that never come.
+        first = await asyncio.wait_for(anext(chunks), 10.0)
+        assert [("token", {"t": "a", "i": 0, "n": 1})] == parse(first)
+        nxt = asyncio.ensure_future(anext(chunks))
+        for letter in "bc":
+            stream.publish_tokens([letter])
+            await asyncio.sleep(0.005)
+            assert not nxt.done()
+        stream.publish_tokens(["d"])
+        second = await asyncio.wait_for(nxt, 10.0)
+        assert [("token", {"t": "bcd", "i": 1, "n": 3})] == parse(second)
+        stream.publish_frame(("end", orjson.dumps({"tokens_out": 4})))
+        assert "end" == parse(b"".join(await drain(chunks)))[-1][0]
+
+    async def test_held_tokens_go_out_when_the_delay_budget_is_spent(self) -> None:
+        """A run shorter than max_tokens with no frame behind it is written once the delay
+        budget since the last write is spent, as one coalesced chunk."""
+        stream = TaskStream()
         settings = EmitterSettings(microbatch=True, max_delay_s=0.05, max_tokens=32)
         chunks = Emitter(stream, STARTED, settings).chunks()
         await anext(chunks)
         stream.publish_tokens(["a"])
-        first = await asyncio.wait_for(anext(chunks), 0.02)
-        assert [("token", {"t": "a", "i": 0, "n": 1})] == parse(first)
-        nxt = asyncio.ensure_future(anext(chunks))
+        assert [("token", {"t": "a", "i": 0, "n": 1})] == parse(await anext(chunks))
         for letter in "bcd":
             stream.publish_tokens([letter])
-            await asyncio.sleep(0.005)
-        assert not nxt.done()
-        second = await asyncio.wait_for(nxt, 0.2)
+        second = await asyncio.wait_for(anext(chunks), 10.0)
         assert [("token", {"t": "bcd", "i": 1, "n": 3})] == parse(second)
         stream.publish_frame(("end", orjson.dumps({"tokens_out": 4})))
         assert "end" == parse(b"".join(await drain(chunks)))[-1][0]
@@ -151,7 +171,7 @@ class TestMicroBatch:
     async def test_terminal_flushes_held_tokens_at_once(self) -> None:
         """The end frame does not wait for the delay budget."""
         stream = TaskStream()
-        settings = EmitterSettings(microbatch=True, max_delay_s=5.0)
+        settings = EmitterSettings(microbatch=True, max_delay_s=60.0)
         chunks = Emitter(stream, STARTED, settings).chunks()
         await anext(chunks)
         stream.publish_tokens(["a"])
@@ -160,7 +180,8 @@ class TestMicroBatch:
         rest = asyncio.ensure_future(drain(chunks))
         await asyncio.sleep(0.01)
         stream.publish_frame(("end", orjson.dumps({"tokens_out": 2})))
-        frames = parse(b"".join(await asyncio.wait_for(rest, 1.0)))
+        # Far inside the 60 s budget, and generous for a loaded machine.
+        frames = parse(b"".join(await asyncio.wait_for(rest, 20.0)))
         assert ["token", "end"] == [e for e, _ in frames]
 
     @pytest.mark.parametrize("seed", range(20))
@@ -212,8 +233,8 @@ class TestHeartbeat:
         settings = EmitterSettings(heartbeat_s=0.01)
         chunks = Emitter(stream, STARTED, settings).chunks()
         await anext(chunks)
-        assert KEEPALIVE == await asyncio.wait_for(anext(chunks), 1.0)
-        assert KEEPALIVE == await asyncio.wait_for(anext(chunks), 1.0)
+        assert KEEPALIVE == await asyncio.wait_for(anext(chunks), 10.0)
+        assert KEEPALIVE == await asyncio.wait_for(anext(chunks), 10.0)
         stream.publish_frame(("end", orjson.dumps({"tokens_out": 0})))
         assert [("end", {"tokens_out": 0})] == parse(b"".join(await drain(chunks)))
 

@@ -102,8 +102,11 @@ class TestSseResponse:
         """A disconnect message stops the writer and reports DISCONNECT."""
         server = FakeServer()
         asyncio.get_running_loop().call_later(0.02, server.gone.set)
-        outcomes, elapsed = await run(frames(10_000, delay=0.001), server)
-        assert [Outcome.DISCONNECT] == outcomes and elapsed < 2.0
+        outcomes, _ = await run(frames(10_000, delay=0.001), server)
+        assert [Outcome.DISCONNECT] == outcomes
+        # Ended by the disconnect, not by the frames running out: however slowly the machine
+        # ran, the writer stopped short of them.
+        assert server.body.count(b"event: token") < 10_000
 
     async def test_failed_send_is_a_disconnect(self) -> None:
         """A send that raises counts as the client going away."""
@@ -115,7 +118,7 @@ class TestSseResponse:
         server = FakeServer(block_after=2)
         outcomes, elapsed = await run(frames(100), server, stall_limit_s=0.05)
         assert [Outcome.STALL] == outcomes
-        assert 0.05 <= elapsed < 2.0
+        assert 0.05 <= elapsed  # not before the limit; the blocked send never returns by itself
 
     async def test_slow_producer_is_not_a_stall(self) -> None:
         """Waiting for frames is not a stall; only a blocked send is."""
