@@ -287,27 +287,32 @@ def test_a_bad_max_tokens_beside_max_completion_tokens_is_still_refused(
     assert "max_tokens" == answer.json()["error"]["param"]
 
 
-@pytest.mark.parametrize(
-    ("path", "body", "field"),
-    [
-        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 5000}, "max_tokens"),
+def _lengths(n: int) -> list[tuple[str, dict[str, object], str]]:
+    """A length of ``n`` at each door, with the name that door gives the field."""
+    return [
+        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": n}, "max_tokens"),
         (
             "/v1/chat/completions",
-            {"messages": CHAT, "max_completion_tokens": 5000},
+            {"messages": CHAT, "max_completion_tokens": n},
             "max_completion_tokens",
         ),
-        ("/v1/completions", {"prompt": "hi", "max_tokens": 5000}, "max_tokens"),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": n}, "max_tokens"),
         (
             "/api/chat",
-            {"messages": CHAT, "stream": False, "options": {"num_predict": 5000}},
+            {"messages": CHAT, "stream": False, "options": {"num_predict": n}},
             "options.num_predict",
         ),
         (
             "/api/generate",
-            {"prompt": "hi", "stream": False, "options": {"num_predict": 5000}},
+            {"prompt": "hi", "stream": False, "options": {"num_predict": n}},
             "options.num_predict",
         ),
-    ],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    _lengths(5000),
 )
 def test_a_length_past_the_context_names_the_field_the_client_sent(
     server: ServeProcess, path: str, body: dict[str, object], field: str
@@ -330,25 +335,7 @@ def _refusal(answer: httpx.Response) -> str:
 
 @pytest.mark.parametrize(
     ("path", "body", "field"),
-    [
-        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 31}, "max_tokens"),
-        (
-            "/v1/chat/completions",
-            {"messages": CHAT, "max_completion_tokens": 31},
-            "max_completion_tokens",
-        ),
-        ("/v1/completions", {"prompt": "hi", "max_tokens": 31}, "max_tokens"),
-        (
-            "/api/chat",
-            {"messages": CHAT, "stream": False, "options": {"num_predict": 31}},
-            "options.num_predict",
-        ),
-        (
-            "/api/generate",
-            {"prompt": "hi", "stream": False, "options": {"num_predict": 31}},
-            "options.num_predict",
-        ),
-    ],
+    _lengths(31),
 )
 def test_a_length_past_the_session_budget_names_the_field_the_client_sent(
     server: ServeProcess, path: str, body: dict[str, object], field: str
