@@ -384,14 +384,17 @@ class RayEngine:
                 self._last_tail = await self.actor.log_tail.remote(20)
             self._finish(code, ExitKind.EXITED)
         except RayActorError as exc:
-            self._finish(-signal.SIGKILL, self._classify(exc))
+            self._finish(-signal.SIGKILL, await self._classify(exc))
         # A detached actor outlives its engine until killed, and holds the mask's GPUs.
         self._release()
         return self._returncode if self._returncode is not None else -signal.SIGKILL
 
-    def _classify(self, exc: RayActorError) -> ExitKind:
+    async def _classify(self, exc: RayActorError) -> ExitKind:
         text = str(exc).lower()
-        if ("node" in text and ("died" in text or "dead" in text)) or not self._alive(self.node_id):
+        if "node" in text and ("died" in text or "dead" in text):
+            return ExitKind.NODE_LOST
+        # The node table is Ray's to answer, and asking blocks: off the event loop.
+        if not await asyncio.to_thread(self._alive, self.node_id):
             return ExitKind.NODE_LOST
         return ExitKind.ACTOR_DIED
 
@@ -422,7 +425,7 @@ class RayEngine:
                 code = int(await self.actor.stop.remote(timeout_s))
                 self._finish(code, ExitKind.EXITED)
             except RayActorError as exc:
-                self._finish(-signal.SIGKILL, self._classify(exc))
+                self._finish(-signal.SIGKILL, await self._classify(exc))
         self._release()
         return self._returncode if self._returncode is not None else -signal.SIGKILL
 
@@ -433,7 +436,7 @@ class RayEngine:
             try:
                 self._finish(int(await self.actor.kill.remote()), ExitKind.EXITED)
             except RayActorError as exc:
-                self._finish(-signal.SIGKILL, self._classify(exc))
+                self._finish(-signal.SIGKILL, await self._classify(exc))
         self._release()
 
     def _release(self) -> None:
@@ -578,11 +581,10 @@ class RayLauncher:
         adopted = await self._adopt(spec)
         if adopted is not None:
             return adopted
-        host, node_id = self.choose_host(spec.node, spec.devices)
+        # Asking Ray for its node table and actors blocks (for as long as the head is away).
+        host, node_id = await asyncio.to_thread(self.choose_host, spec.node, spec.devices)
         name = ENGINE_PREFIX + spec.key
-        with contextlib.suppress(ValueError):
-            # A leftover of an earlier life of this replica (its stop never finished).
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        await asyncio.to_thread(_kill_leftover, name)
         actor: Any = _RemoteEngine.options(
             name=name,
             namespace=NAMESPACE,
@@ -615,7 +617,7 @@ class RayLauncher:
             # The host left between choosing it and placing the actor: wait for the cluster.
             with contextlib.suppress(RayError):
                 ray.kill(actor, no_restart=True)
-            gone = not self._alive(node_id)
+            gone = not await asyncio.to_thread(self._alive, node_id)
             raise (NoLiveHost if gone else LaunchError)(
                 f"{spec.pool_id}/{spec.replica_id} cannot be placed on host {host}"
                 + (": the host left the cluster" if gone else f": {exc}")
@@ -708,7 +710,8 @@ class RayLauncher:
         if survivor is None:
             return None
         actor, found = survivor
-        hosts = {node: host for host, node in self.live_nodes().items()}
+        live = await asyncio.to_thread(self.live_nodes)
+        hosts = {node: host for host, node in live.items()}
         current = await _describe(actor)
         why = None
         if found.get("identity") != identity_of(spec):
@@ -849,6 +852,13 @@ def identity_of(spec: LaunchSpec) -> str:
         "env": sorted(spec.env.items()),
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _kill_leftover(name: str) -> None:
+    """Kill the engine actor ``name`` an earlier life of its replica left (a stop that never
+    finished), if there is one."""
+    with contextlib.suppress(ValueError):
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
 
 
 def _nodes() -> list[dict[str, Any]]:
