@@ -710,14 +710,20 @@ class RayLauncher:
         if survivor is None:
             return None
         actor, found = survivor
-        live = await asyncio.to_thread(self.live_nodes)
-        hosts = {node: host for host, node in live.items()}
+        live = await asyncio.to_thread(self._live_hosts)
+        hosts = {h.node_id: name for name, h in live.items()}
+        releases = {h.node_id: h.release for h in live.values()}
         current = await _describe(actor)
         why = None
         if found.get("identity") != identity_of(spec):
             why = "its command, environment or mask differ from the configured replica's"
         elif found["node_id"] not in hosts:
             why = "its host is not live"
+        elif releases[found["node_id"]] not in (None, release_label()):
+            why = (
+                f"its host runs llama-orch {releases[found['node_id']]}, this server "
+                f"{release_label()}"
+            )
         elif current is None or not current["alive"]:
             why = "its engine is gone"
         if why is not None:
