@@ -142,7 +142,10 @@ class SessionStore:
 
     def affinity(self, session_id: str, now: float) -> Affinity | None:
         """Where the session should go back to, while the soft TTL lasts."""
-        session = self.get(session_id, now)
+        return self.affinity_of(self.get(session_id, now))
+
+    def affinity_of(self, session: Session | None) -> Affinity | None:
+        """The same for a session object (a task's own: its id may name a newer session)."""
         if session is None or session.last_replica is None:
             return None
         pool_id, replica_id = session.last_replica

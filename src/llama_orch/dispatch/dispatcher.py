@@ -357,7 +357,7 @@ class Dispatcher:
                 self._disarm_deadline(task.id)
                 self.endings.expire(task)
                 continue
-            job = self._job_at_dispatch(task, now)
+            job = self._job_at_dispatch(task)
             snapshot = lane.snapshot(self._pools)
             decision = self.decide(
                 PlacementInput(
@@ -376,10 +376,11 @@ class Dispatcher:
             self._start(task, lane, replica, decision)
         self._refresh_depth(lane)
 
-    def _job_at_dispatch(self, task: Task, now: float) -> JobSpec:
+    def _job_at_dispatch(self, task: Task) -> JobSpec:
         """The admission-time job with the session's affinity as it stands now."""
         assert task.job is not None
-        return replace(task.job, affinity=self.sessions.affinity(task.session_id, now))
+        # The session the task was admitted under: after a DELETE its id may name a new one.
+        return replace(task.job, affinity=self.sessions.affinity_of(task.session))
 
     def _start(self, task: Task, lane: PoolLane, replica: Replica, decision: Assigned) -> None:
         now = self.now()

@@ -65,3 +65,34 @@ class TestTurns:
             assert 1 == h.service.session_info(SESSION).turns
             with pytest.raises(AdmissionRejected):
                 h.admit(session_id=SESSION)
+
+
+class TestAffinity:
+    async def test_an_evicted_sessions_queued_task_keeps_its_own_affinity(self) -> None:
+        """The old session was served on one replica, the new session of the same id on the
+        other; the old session's queued task, dispatched with both replicas free, goes back
+        to its own session's replica, not to the new session's."""
+        async with harness(slots=1, replicas=2) as h:
+            first = h.admit(session_id=SESSION)
+            blocker = h.admit(session_id=OTHER)
+            await h.settle()
+            home = h.service.task_status(first).replica_id
+            away = h.service.task_status(blocker).replica_id
+            assert {home, away} == {"r0", "r1"}
+            h.engine.end(first)
+            await h.settle()
+            holder = h.admit(session_id=OTHER)  # takes home again, so the next task waits
+            await h.settle()
+            assert home == h.service.task_status(holder).replica_id
+            queued = h.admit(session_id=SESSION, priority="batch")
+            assert h.service.evict_session(SESSION)
+            # The new session runs on the other replica, ahead of the batch task.
+            h.engine.end(blocker)
+            new = h.admit(session_id=SESSION)
+            await h.settle()
+            assert away == h.service.task_status(new).replica_id
+            assert "queued" == h.service.task_status(queued).state.value
+            h.engine.end(new)
+            h.engine.end(holder)
+            await h.settle()
+            assert home == h.service.task_status(queued).replica_id
