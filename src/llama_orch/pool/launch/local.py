@@ -329,11 +329,9 @@ def _rotate(log_path: Path) -> None:
     """Each launch appends to the replica's log; an engine that writes heaps of output and is
     restarted again and again would grow it without end. Past ``LOG_ROTATE_BYTES`` the log
     moves to ``.log.1`` (replacing the previous one) and the launch starts a fresh one."""
-    try:
+    with contextlib.suppress(FileNotFoundError):
         if log_path.stat().st_size > LOG_ROTATE_BYTES:
             log_path.replace(log_path.with_name(log_path.name + ".1"))
-    except FileNotFoundError:
-        pass
 
 
 def _gone(pid: int) -> bool:
