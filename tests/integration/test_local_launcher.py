@@ -7,6 +7,7 @@ import dataclasses
 import os
 import signal
 import tracemalloc
+import uuid
 from pathlib import Path
 
 import pytest
@@ -122,10 +123,16 @@ class TestEngineLog:
         the file, and the engine it started is stopped."""
         launcher = LocalLauncher(tmp_path / "run")
         (tmp_path / "run/pids/p0-r0.tmp").mkdir(parents=True)
-        marker = f"engine-of-{tmp_path.name}"
+        marker = f"engine-of-{uuid.uuid4().hex}"  # tmp_path's name repeats across runs
         argv = ("sh", "-c", f"sleep 60; : {marker}")
         with pytest.raises(LaunchError, match="pid file"):
             await launcher.launch(LaunchSpec("p0", "r0", argv, free_port()))
+        # The kill is sent; a loaded machine may take a moment to end the process. An engine
+        # left running would still be there after the bound.
+        for _ in range(200):
+            if not _running_with(marker):
+                break
+            await asyncio.sleep(0.05)
         assert [] == _running_with(marker)
 
 
