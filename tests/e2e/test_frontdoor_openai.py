@@ -14,6 +14,7 @@ import openai
 import pytest
 from prometheus_client import Counter
 
+from llama_orch.dispatch.service import SERVER_STOPS
 from llama_orch.testing.fake_engines import Behaviour, generate, start_fake
 from tests.e2e.test_engines import ENV, engine_pool, fake_options, wait_until
 from tests.support.frontdoor import MESSAGES, chat_prompt, mock_text
@@ -341,6 +342,28 @@ class TestCancel:
         assert any('"code":"canceled"' in line for line in rest)
         assert "end" == frames[-1][0]
         assert frames[-1][1]["canceled"] is True
+
+    @pytest.mark.parametrize("reason", sorted(SERVER_STOPS))
+    async def test_a_server_stop_is_a_retriable_error(self, reason: str) -> None:
+        """A task the server stops (each of dispatch's stop reasons) ends the stream with a
+        retriable error, not a final-looking answer."""
+        async with (
+            mock_server(mock={"tokens_per_s": 50.0}) as (srv, client),
+            client.chat.completions.with_streaming_response.create(
+                model="m0",
+                messages=MESSAGES,  # type: ignore[arg-type]
+                max_tokens=500,
+                stream=True,
+            ) as raw,
+        ):
+            lines = raw.iter_lines()
+            async for line in lines:
+                if '"content":"' in line and '"content":""' not in line:
+                    break
+            srv.deps.service.cancel(raw.headers["x-task-id"], reason=reason)
+            rest = [line async for line in lines]
+        assert any('"code":"pool_unavailable"' in line for line in rest), rest
+        assert any(SERVER_STOPS[reason] in line for line in rest), rest
 
 
 @pytest.mark.parametrize("kind", ["vllm", "openai", "tgi", "llamacpp"])

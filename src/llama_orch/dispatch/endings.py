@@ -10,6 +10,7 @@ client receives (and the task's log line) carries the trace's id.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -25,8 +26,11 @@ from llama_orch.pool.manager import Replica
 from llama_orch.vocab import Priority
 
 #: Cancel reasons that are the server's own stop (a drain's deadline, a reload or a retired
-#: model, which stop tasks as a drain does, and shutdown): such a task costs its session no turn.
-SERVER_STOPS = frozenset({"drain", "shutdown"})
+#: model, which stop tasks as a drain does, and shutdown), each with why, as a client is told:
+#: such a task costs its session no turn, and the front doors fail it retriably.
+SERVER_STOPS: Mapping[str, str] = MappingProxyType(
+    {"drain": "its pool was drained", "shutdown": "the server is shutting down"}
+)
 
 #: Stores a finished stream's transcript and returns its artifact id (or None when disabled):
 #: called with the task's log fields, its transcript so far as SSE bytes, and its terminal

@@ -22,6 +22,7 @@ from llama_orch.core.model import AffinityOutcome
 from llama_orch.dispatch.admission import Admission, Admitted
 from llama_orch.dispatch.board import Board, PoolQueueView, read_board
 from llama_orch.dispatch.dispatcher import Dispatcher
+from llama_orch.dispatch.endings import SERVER_STOPS
 from llama_orch.dispatch.streams import TaskStream
 from llama_orch.dispatch.tasks import TERMINAL_STATES, RegistryStats, Task, TaskState
 from llama_orch.errors import Conflict, NotFound, OrchError
@@ -29,6 +30,7 @@ from llama_orch.observability.narration import narrate
 from llama_orch.vocab import Priority
 
 __all__ = [
+    "SERVER_STOPS",
     "Admitted",
     "Board",
     "PoolQueueView",

@@ -20,7 +20,7 @@ from llama_orch.contracts.api import Sampling, TaskRequest
 from llama_orch.contracts.engine import ChatMessage
 from llama_orch.core.budgets import FieldNames
 from llama_orch.core.guardrails import estimate_prompt_tokens
-from llama_orch.dispatch.service import TaskState
+from llama_orch.dispatch.service import SERVER_STOPS, TaskState
 from llama_orch.dispatch.streams import TaskStream
 from llama_orch.errors import ErrorKind, InvalidParams
 from llama_orch.server.data_plane import budget_headers
@@ -408,14 +408,11 @@ def for_peer(kind: ErrorKind, message: str) -> str:
     return message
 
 
-#: Cancel reasons that are the server's doing, not the caller's: the request may be retried.
-_SERVER_STOPS = {"drain": "its pool was drained", "shutdown": "the server is shutting down"}
-
-
-def _stopped(deps: AppDeps, ticket: Ticket) -> Failed | None:
-    """A task the server stopped (a drain's deadline, a shutdown) fails retriably at the front
-    doors: their clients read a cancel as final, and this one was not theirs."""
-    why = _SERVER_STOPS.get(deps.service.task_status(ticket.task_id).cancel_reason or "")
+def stopped_by_server(cancel_reason: str | None) -> Failed | None:
+    """A task the server stopped (dispatch's ``SERVER_STOPS``: a drain's deadline, a shutdown)
+    fails retriably at the front doors: their clients read a cancel as final, and this one was
+    not theirs. None for a cancel that was the caller's."""
+    why = SERVER_STOPS.get(cancel_reason or "")
     if why is None:
         return None
     return Failed(
@@ -432,7 +429,10 @@ def _terminal(frame: tuple[str, bytes], ticket: Ticket, deps: AppDeps) -> Finish
         payload = orjson.loads(data)
         tokens_out = int(payload.get("tokens_out", 0))
         canceled = bool(payload.get("canceled", False))
-        return (canceled and _stopped(deps, ticket)) or Finished(
+        stopped = canceled and stopped_by_server(
+            deps.service.task_status(ticket.task_id).cancel_reason
+        )
+        return stopped or Finished(
             tokens_in=int(payload.get("tokens_in", 0)),
             tokens_out=tokens_out,
             canceled=canceled,
