@@ -173,3 +173,26 @@ def test_a_waited_task_reports_the_budget_left_after_it(server: ServeProcess) ->
     used = answer.json()["tokens_out"]
     assert used < 10
     assert str(SMALL - used) == answer.headers["X-Budget-Tokens-Remaining"]
+
+
+def test_a_pool_with_an_unlimited_budget_is_free_of_the_servers(tmp_path: Path) -> None:
+    """``unlimited`` in a pool switches off a budget the server sets for every other pool;
+    null would inherit it."""
+    config: dict[str, Any] = serve_config(
+        mock_pool("free", "m-free", budgets={"tokens": "unlimited"}),
+        artifacts_dir=str(tmp_path / "artifacts"),
+    )
+    config["pools"].append(mock_pool("capped", "m-capped", budgets={"tokens": None}))
+    config["budgets"] = {"tokens": SMALL}
+    session = str(uuid.uuid4())
+    with (
+        serve_process(config, tmp_path) as served,
+        httpx.Client(base_url=served.url, timeout=30) as client,
+    ):
+        free = [_chat(client, session, "m-free", LARGE) for _ in range(2)]
+        capped = _chat(client, str(uuid.uuid4()), "m-capped", LARGE)
+    for answer in free:
+        assert 200 == answer.status_code, answer.text
+        assert "x-budget-tokens-remaining" not in answer.headers
+    assert 429 == capped.status_code, capped.text
+    assert f"{SMALL} tokens left" in capped.json()["error"]["message"]

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -170,14 +171,42 @@ class SessionsConfig(_Strict):
     affinity_ttl_ms: PositiveInt = 120_000
 
 
-class BudgetsConfig(_Strict):
-    """Per-session budgets; ``null`` disables a budget (or, in a pool, inherits the server's)."""
+#: A budget key's value that switches the budget off, where ``null`` would inherit the server's.
+UNLIMITED = "unlimited"
+Unlimited = Literal["unlimited"]
 
-    tokens: PositiveInt | None = None
-    time_ms: PositiveInt | None = None
-    cost: Annotated[float, Field(gt=0)] | None = None
+
+class BudgetsConfig(_Strict):
+    """Per-session budgets; ``null`` disables a budget (in a pool: inherits the server's), and
+    ``unlimited`` disables it anywhere (in a pool: even when the server sets one)."""
+
+    tokens: PositiveInt | Unlimited | None = None
+    time_ms: PositiveInt | Unlimited | None = None
+    cost: Annotated[float, Field(gt=0)] | Unlimited | None = None
     #: Price of one generated token in the units of ``cost``; null inherits (server: 0).
     cost_per_token: Annotated[float, Field(ge=0)] | None = None
+
+    @field_validator("tokens", "time_ms", "cost", mode="before")
+    @classmethod
+    def _limit_or_unlimited(cls, value: object, info: ValidationInfo) -> object:
+        """Zero, a negative number, ``false``/``off`` or another word might each mean "no
+        budget" or "no allowance": say which two spellings exist instead of guessing."""
+        whole = info.field_name != "cost"
+        forms = (
+            f"{'a whole' if whole else 'a'} number above 0, {UNLIMITED} (no budget) or null "
+            "(in a pool: the server's)"
+        )
+        if value is None or value == UNLIMITED:
+            return value
+        if isinstance(value, bool):
+            raise ValueError(f"expected {forms}; YAML read it as the bool {value!r}")
+        if (
+            not isinstance(value, int | float)
+            or value <= 0
+            or (whole and isinstance(value, float) and not value.is_integer())
+        ):
+            raise ValueError(f"expected {forms}, got {value!r}")
+        return value
 
 
 class NetworkPolicyConfig(_Strict):

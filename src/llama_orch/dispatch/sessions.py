@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from llama_orch.config import BudgetsConfig, SessionsConfig
+from typing import TypeVar
+
+from llama_orch.config import BudgetsConfig, SessionsConfig, Unlimited
 from llama_orch.core.budgets import BudgetLimits
 from llama_orch.core.sessions import Session, SessionRules, SessionStore
 
@@ -19,12 +21,21 @@ def session_rules(config: SessionsConfig) -> SessionRules:
 
 
 def budget_limits(server: BudgetsConfig, pool: BudgetsConfig | None) -> BudgetLimits:
-    """A pool's ``budgets:`` overrides the server's key by key; null keys inherit."""
+    """A pool's ``budgets:`` overrides the server's key by key; null keys inherit, and
+    ``unlimited`` switches a budget off."""
     own = pool or BudgetsConfig()
     price = own.cost_per_token if own.cost_per_token is not None else server.cost_per_token
     return BudgetLimits(
-        tokens=own.tokens if own.tokens is not None else server.tokens,
-        time_ms=own.time_ms if own.time_ms is not None else server.time_ms,
-        cost=own.cost if own.cost is not None else server.cost,
+        tokens=_limit(own.tokens, server.tokens),
+        time_ms=_limit(own.time_ms, server.time_ms),
+        cost=_limit(own.cost, server.cost),
         cost_per_token=price or 0.0,
     )
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _limit(own: _N | Unlimited | None, server: _N | Unlimited | None) -> _N | None:
+    value = server if own is None else own
+    return None if isinstance(value, str) else value

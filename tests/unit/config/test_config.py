@@ -184,6 +184,27 @@ pools:
         short = MINIMAL.replace("model: m0}", "model: m0, slots: 8, http: {max_connections: 4}}")
         assert any("is below slots" in p for p in issues_of(short))
 
+    def test_a_pool_budget_is_a_limit_unlimited_or_inherited(self) -> None:
+        """A pool's budget key is a limit, ``unlimited`` (off, whatever the server sets) or
+        null (the server's); the ambiguous spellings are refused with the two that exist."""
+        pool = "model: m0, budgets: {%s}}"
+        for value, expected in (("unlimited", "unlimited"), ("null", None), ("30", 30)):
+            text = MINIMAL.replace("model: m0}", pool % f"tokens: {value}")
+            budgets = parse_config_text(text, "t.yaml").pools[0].budgets
+            assert budgets is not None and expected == budgets.tokens
+        for key, value in (
+            ("tokens", "0"),
+            ("tokens", "off"),
+            ("tokens", "none"),
+            ("tokens", "2.5"),
+            ("time_ms", "-1"),
+            ("cost", "no"),
+        ):
+            text = MINIMAL.replace("model: m0}", pool % f"{key}: {value}")
+            [problem] = issues_of(text)
+            assert problem.startswith(f"pools.0.budgets.{key}: expected ")
+            assert "unlimited (no budget) or null" in problem
+
     def test_yaml_syntax_error_has_position(self) -> None:
         """Broken YAML reports the line and column, not a traceback."""
         problems = issues_of("pools: [\n  {id: p0,\n")

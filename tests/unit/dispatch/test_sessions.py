@@ -96,3 +96,13 @@ class TestBudgetLimits:
         assert BudgetLimits(100, None, 5.0, 0.01) == budget_limits(server, pool)
         assert BudgetLimits(1000, None, 5.0, 0.01) == budget_limits(server, None)
         assert 0.0 == budget_limits(BudgetsConfig(), None).cost_per_token
+
+    def test_unlimited_switches_a_server_budget_off(self) -> None:
+        """``unlimited`` in a pool disables the server's budget where null would inherit it;
+        at the server it is the same as null."""
+        server = BudgetsConfig(tokens=1000, time_ms=60_000, cost=5.0)
+        pool = BudgetsConfig(tokens="unlimited", cost="unlimited")
+        assert BudgetLimits(None, 60_000, None, 0.0) == budget_limits(server, pool)
+        assert BudgetLimits(None, None, None, 0.0) == budget_limits(
+            BudgetsConfig(tokens="unlimited"), BudgetsConfig()
+        )
