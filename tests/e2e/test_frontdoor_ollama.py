@@ -182,3 +182,23 @@ class TestFakeEngine:
                 await client.close()
         prompt = "\n".join(m["content"] for m in MESSAGES)
         assert "".join(generate(prompt, 5, 10).tokens) == reply.message.content
+
+    async def test_sampling_options_reach_the_engine(self) -> None:
+        """Ollama's sampling options that the task API carries reach the engine in its own
+        terms: repeat_penalty is llama.cpp's repeat_penalty, as temperature and top_k are."""
+        kind = "llamacpp"
+        async with (
+            start_fake(kind, **fake_options(kind)) as fake,
+            running_server(config_of(engine_pool(kind, fake)), ENV) as srv,
+        ):
+            client = ollama.AsyncClient(host=srv.url)
+            try:
+                await client.generate(
+                    model=fake.model,
+                    prompt="hi",
+                    options={"num_predict": 3, "repeat_penalty": 1.3, "top_k": 7},
+                )
+            finally:
+                await client.close()
+            body = fake.requests[-1].body
+        assert (1.3, 7, 3) == (body["repeat_penalty"], body["top_k"], body["n_predict"])

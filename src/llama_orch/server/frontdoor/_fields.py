@@ -73,17 +73,21 @@ def number(
     name: str,
     *,
     low: float,
-    high: float,
+    high: float | None,
     low_open: bool = False,
 ) -> float | None:
+    """A number within [low, high] (``low_open``: above ``low``); ``high`` None: unbounded."""
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadField(f"{name} must be a number, got {_kind(value)}", param=name)
-    if value > high or value < low or (low_open and value == low):
-        bound = "(" if low_open else "["
-        raise BadField(f"{name} must be within {bound}{low}, {high}], got {value}", param=name)
+    if (high is not None and value > high) or value < low or (low_open and value == low):
+        if high is None:
+            bounds = f"{'above' if low_open else 'at least'} {low}"
+        else:
+            bounds = f"within {'(' if low_open else '['}{low}, {high}]"
+        raise BadField(f"{name} must be {bounds}, got {value}", param=name)
     return float(value)
 
 

@@ -123,6 +123,7 @@ class Submission:
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
+    repeat_penalty: float | None = None
     stop: tuple[str, ...] = ()
     #: The request field that set ``max_tokens``, as a refusal names it to the client.
     length_field: str = "max_tokens"
@@ -188,13 +189,13 @@ def admit(
             param=field,
         )
     sampling = None
-    if any(v is not None for v in (submission.temperature, submission.top_p, submission.top_k)) or (
-        submission.stop
-    ):
+    knobs = (submission.temperature, submission.top_p, submission.top_k, submission.repeat_penalty)
+    if any(v is not None for v in knobs) or submission.stop:
         sampling = Sampling(
             temperature=submission.temperature,
             top_p=submission.top_p,
             top_k=submission.top_k,
+            repeat_penalty=submission.repeat_penalty,
             stop=list(submission.stop) or None,
         )
     request = TaskRequest(

@@ -60,7 +60,6 @@ _REFUSED_OPTIONS = frozenset(
         "min_p",
         "typical_p",
         "repeat_last_n",
-        "repeat_penalty",
         "presence_penalty",
         "frequency_penalty",
         "penalize_newline",
@@ -70,7 +69,6 @@ _REFUSED_OPTIONS = frozenset(
         "tfs_z",
     }
 )
-_OPTIONS = frozenset({"temperature", "top_p", "top_k", "seed", "num_predict", "stop"})
 # Neutral-valued top-level fields; others are refused by name.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "format": (None, ""),
@@ -168,6 +166,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
         temperature=f.number(options, "temperature", low=0, high=10),
         top_p=f.number(options, "top_p", low=0, high=1, low_open=True),
         top_k=f.integer(options, "top_k", low=0),
+        repeat_penalty=f.number(options, "repeat_penalty", low=0, high=None, low_open=True),
         stop=f.stops(options, "stop", most=16),
         length_field="options.num_predict",
     )
