@@ -120,6 +120,28 @@ class TestOllamaClient:
         assert 4096 == shown.modelinfo["mock.context_length"]
         assert "version" in version
 
+    async def test_options_at_their_off_value_are_accepted(self) -> None:
+        """An option this server cannot honour is accepted at the value that switches it off,
+        as the OpenAI door accepts presence_penalty 0; any other value is refused by name."""
+        off = {
+            "presence_penalty": 0,
+            "frequency_penalty": 0.0,
+            "mirostat": 0,
+            "typical_p": 1.0,
+            "tfs_z": 1,
+            "penalize_newline": False,
+        }
+        async with ollama_stack() as (_, client):
+            plain = await client.generate(model="m0", prompt="hi", options={"num_predict": 4})
+            neutral = await client.generate(
+                model="m0", prompt="hi", options={"num_predict": 4, **off}
+            )
+            with pytest.raises(ollama.ResponseError) as refused:
+                await client.generate(model="m0", prompt="hi", options={"presence_penalty": 0.5})
+        assert plain.response == neutral.response
+        assert 400 == refused.value.status_code
+        assert "options.presence_penalty" in refused.value.error
+
     async def test_errors_in_ollama_shape(self) -> None:
         """Unknown model, bad options and bad JSON raise ResponseError with Ollama's shape."""
         async with ollama_stack() as (srv, client):

@@ -109,15 +109,19 @@ def stops(body: Mapping[str, Any], name: str, *, most: int) -> tuple[str, ...]:
     return tuple(s for s in items if s)
 
 
-def refuse_unless_default(body: Mapping[str, Any], defaults: Mapping[str, tuple[Any, ...]]) -> None:
-    """Fields this server cannot honour are accepted only at a value that changes nothing."""
+def refuse_unless_default(
+    body: Mapping[str, Any], defaults: Mapping[str, tuple[Any, ...]], *, prefix: str = ""
+) -> None:
+    """Fields this server cannot honour are accepted only at a value that changes nothing;
+    ``prefix`` is where ``body`` sits in the request (``options.``)."""
     for name, neutral in defaults.items():
         if name in body and body[name] not in neutral:
+            # In JSON, as the client wrote it: null and false, not Python's None and False.
+            accepted = " or ".join(json.dumps(v) for v in neutral)
             raise BadField(
-                # In JSON, as the client wrote it: null and false, not Python's None and False.
-                f"{name} is not supported by this server (only {json.dumps(neutral[0])} is "
+                f"{prefix}{name} is not supported by this server (only {accepted} is "
                 "accepted); remove it from the request",
-                param=name,
+                param=prefix + name,
             )
 
 

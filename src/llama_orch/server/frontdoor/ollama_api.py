@@ -54,21 +54,22 @@ OLLAMA_API_VERSION = "0.12.0"
 DEFAULT_NUM_PREDICT = 1024
 _STARTED = datetime.now(UTC)
 
-# Options that shape sampling but that no adapter takes: refused rather than dropped.
-_REFUSED_OPTIONS = frozenset(
-    {
-        "min_p",
-        "typical_p",
-        "repeat_last_n",
-        "presence_penalty",
-        "frequency_penalty",
-        "penalize_newline",
-        "mirostat",
-        "mirostat_tau",
-        "mirostat_eta",
-        "tfs_z",
-    }
-)
+# Options that shape sampling but that no adapter takes: refused rather than dropped, except at
+# the value that switches them off on every engine. min_p and repeat_last_n have none (llama.cpp's
+# defaults, 0.05 and 64, differ from other engines'), and mirostat's tau and eta count only
+# while mirostat is on, so their defaults change nothing.
+_NEUTRAL_OPTIONS: dict[str, tuple[Any, ...]] = {
+    "min_p": (None,),
+    "typical_p": (None, 1),
+    "repeat_last_n": (None,),
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+    "penalize_newline": (None, False),
+    "mirostat": (None, 0),
+    "mirostat_tau": (None, 5),
+    "mirostat_eta": (None, 0.1),
+    "tfs_z": (None, 1),
+}
 # Neutral-valued top-level fields; others are refused by name.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "format": (None, ""),
@@ -127,12 +128,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
     options = {} if options is None else options
     if not isinstance(options, dict):
         raise BadField("options must be an object", param="options")
-    for key in options:
-        if key in _REFUSED_OPTIONS and options[key] is not None:
-            raise BadField(
-                f"options.{key} is not supported by this server; remove it",
-                param=f"options.{key}",
-            )
+    f.refuse_unless_default(options, _NEUTRAL_OPTIONS, prefix="options.")
     messages: tuple[ChatMessage, ...] | None
     prompt: str | None = None
     if chat:
