@@ -120,6 +120,23 @@ class TestOllamaClient:
         assert 4096 == shown.modelinfo["mock.context_length"]
         assert "version" in version
 
+    @pytest.mark.parametrize(
+        ("workloads", "capabilities"),
+        [
+            (["completion"], ["completion"]),
+            (["embedding"], ["embedding"]),
+            (["completion", "embedding"], ["completion", "embedding"]),
+        ],
+    )
+    async def test_show_lists_what_the_model_serves(
+        self, workloads: list[str], capabilities: list[str]
+    ) -> None:
+        """/api/show's capabilities follow the pool's workloads: an embedding model is not
+        offered for generation."""
+        async with ollama_stack(supported_workloads=workloads) as (_, client):
+            shown = await client.show("m0")
+        assert capabilities == shown.capabilities
+
     async def test_options_at_their_off_value_are_accepted(self) -> None:
         """An option this server cannot honour is accepted at the value that switches it off,
         as the OpenAI door accepts presence_penalty 0; any other value is refused by name."""

@@ -44,7 +44,7 @@ from llama_orch.server.frontdoor._http import (
     ticket_headers,
 )
 from llama_orch.server.sse import Outcome, SseResponse
-from llama_orch.vocab import Engine
+from llama_orch.vocab import Engine, Workload
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
@@ -385,10 +385,25 @@ async def show(request: Request) -> Response:
         "template": model.chat_template or DEFAULT_TEMPLATE,
         "details": _details(model, _quant(deps, model)),
         "model_info": {"general.architecture": arch, f"{arch}.context_length": model.ctx},
-        "capabilities": ["completion"],
+        "capabilities": _capabilities(deps, model.name),
         "modified_at": _STARTED.isoformat(),
     }
     return Response(orjson.dumps(answer), media_type=JSON)
+
+
+#: Ollama's capability for each workload it has one for (rerank has none).
+_CAPABILITIES = ((Workload.COMPLETION, "completion"), (Workload.EMBEDDING, "embedding"))
+
+
+def _capabilities(deps: AppDeps, name: str) -> list[str]:
+    """What the pools serving the model ``name`` take, in Ollama's words."""
+    served = {
+        workload
+        for model in _tasks.served_models(deps)
+        if model.name == name
+        for workload in deps.pools.pools[model.pool_id].config.supported_workloads
+    }
+    return [capability for workload, capability in _CAPABILITIES if workload in served]
 
 
 async def version(_request: Request) -> Response:
