@@ -137,6 +137,14 @@ class TestOllamaClient:
             shown = await client.show("m0")
         assert capabilities == shown.capabilities
 
+    async def test_num_predict_past_the_context_is_cut_to_fit(self) -> None:
+        """num_predict is a most, as Ollama reads it (it never refuses a large one): past what
+        the model's context leaves, the answer stops there with done_reason "length"."""
+        async with ollama_stack(ctx=256, mock={"tokens_per_s": 20_000.0}) as (_, client):
+            reply = await client.generate(model="m0", prompt="hi", options={"num_predict": 100_000})
+        assert "length" == reply.done_reason
+        assert reply.eval_count is not None and 0 < reply.eval_count < 256
+
     async def test_options_at_their_off_value_are_accepted(self) -> None:
         """An option this server cannot honour is accepted at the value that switches it off,
         as the OpenAI door accepts presence_penalty 0; any other value is refused by name."""

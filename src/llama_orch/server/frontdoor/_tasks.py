@@ -127,6 +127,9 @@ class Submission:
     stop: tuple[str, ...] = ()
     #: The request field that set ``max_tokens``, as a refusal names it to the client.
     length_field: str = "max_tokens"
+    #: ``max_tokens`` is a most, cut to what the context leaves (Ollama's ``num_predict``), not
+    #: a length to refuse when it does not fit (OpenAI's).
+    fit_to_context: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,8 @@ def admit(
     if max_tokens is None:
         # Leave the prompt room within ctx; admission's own guardrail still has the last word.
         max_tokens = max(1, min(default_max_tokens, room))
+    elif max_tokens > room and submission.fit_to_context:
+        max_tokens = room
     elif max_tokens > room:
         field = submission.length_field
         raise PromptTooLong(

@@ -165,6 +165,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
         repeat_penalty=f.number(options, "repeat_penalty", low=0, high=None, low_open=True),
         stop=f.stops(options, "stop", most=16),
         length_field="options.num_predict",
+        fit_to_context=True,
     )
     return _Call(model.name, chat, stream, submission, keep_alive_zero)
 
