@@ -489,7 +489,7 @@ class TestBadInput:
                 "stream": True,
                 "stream_options": {"include_usage": "yes"},
             },
-            "include_usage",
+            "stream_options.include_usage",
         ),
     ]
 

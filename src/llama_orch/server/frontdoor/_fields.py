@@ -34,21 +34,30 @@ def string(body: Mapping[str, Any], name: str, *, required: bool = False) -> str
     return value
 
 
-def boolean(body: Mapping[str, Any], name: str, default: bool) -> bool:
+def boolean(body: Mapping[str, Any], name: str, default: bool, *, prefix: str = "") -> bool:
+    """``prefix``, here and below: where ``body`` sits in the request (``options.``), as a
+    refusal names the field."""
     value = body.get(name)
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise BadField(f"{name} must be a boolean, got {_kind(value)}", param=name)
+        field = prefix + name
+        raise BadField(f"{field} must be a boolean, got {_kind(value)}", param=field)
     return value
 
 
 def integer(
-    body: Mapping[str, Any], name: str, *, low: int | None = None, high: int | None = None
+    body: Mapping[str, Any],
+    name: str,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    prefix: str = "",
 ) -> int | None:
     value = body.get(name)
     if value is None:
         return None
+    name = prefix + name
     if isinstance(value, float) and value.is_integer() and not -(2**63) <= value < 2**64:
         # The JSON parser reads an integer past 64 bits as a float: too large, not a fraction.
         bounds = _range(low, high) if low is not None or high is not None else "within 64 bits"
@@ -75,11 +84,13 @@ def number(
     low: float,
     high: float | None,
     low_open: bool = False,
+    prefix: str = "",
 ) -> float | None:
     """A number within [low, high] (``low_open``: above ``low``); ``high`` None: unbounded."""
     value = body.get(name)
     if value is None:
         return None
+    name = prefix + name
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadField(f"{name} must be a number, got {_kind(value)}", param=name)
     if (high is not None and value > high) or value < low or (low_open and value == low):
@@ -91,10 +102,11 @@ def number(
     return float(value)
 
 
-def stops(body: Mapping[str, Any], name: str, *, most: int) -> tuple[str, ...]:
+def stops(body: Mapping[str, Any], name: str, *, most: int, prefix: str = "") -> tuple[str, ...]:
     value = body.get(name)
     if value is None:
         return ()
+    name = prefix + name
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
         raise BadField(f"{name} must be a string or a list of strings", param=name)

@@ -149,7 +149,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
             # Ollama applies the model's template to a generate prompt too: one user turn.
             turns = [ChatMessage("system", system)] if system else []
             messages = (*turns, ChatMessage("user", prompt))
-    num_predict = f.integer(options, "num_predict", low=-2, high=INT32_MAX)
+    num_predict = f.integer(options, "num_predict", low=-2, high=INT32_MAX, prefix="options.")
     submission = _tasks.Submission(
         model=model,
         prompt=prompt,
@@ -158,12 +158,14 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
         priority=priority_of(request),
         session_id=session_of(request),
         deadline_ms=deadline_of(request),
-        seed=f.integer(options, "seed", low=-(2**63), high=INT64_MAX),
-        temperature=f.number(options, "temperature", low=0, high=10),
-        top_p=f.number(options, "top_p", low=0, high=1, low_open=True),
-        top_k=f.integer(options, "top_k", low=0),
-        repeat_penalty=f.number(options, "repeat_penalty", low=0, high=None, low_open=True),
-        stop=f.stops(options, "stop", most=16),
+        seed=f.integer(options, "seed", low=-(2**63), high=INT64_MAX, prefix="options."),
+        temperature=f.number(options, "temperature", low=0, high=10, prefix="options."),
+        top_p=f.number(options, "top_p", low=0, high=1, low_open=True, prefix="options."),
+        top_k=f.integer(options, "top_k", low=0, prefix="options."),
+        repeat_penalty=f.number(
+            options, "repeat_penalty", low=0, high=None, low_open=True, prefix="options."
+        ),
+        stop=f.stops(options, "stop", most=16, prefix="options."),
         length_field="options.num_predict",
         fit_to_context=True,
     )

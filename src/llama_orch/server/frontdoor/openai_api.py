@@ -153,7 +153,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
         raise BadField("stream_options must be an object", param="stream_options")
     if options is not None and not stream:
         raise BadField("stream_options is only allowed with stream: true", param="stream_options")
-    include_usage = f.boolean(options or {}, "include_usage", False)
+    include_usage = f.boolean(options or {}, "include_usage", False, prefix="stream_options.")
     messages = f.messages(body) if chat else None
     prompt = None if chat else _prompt(body)
     most = INT32_MAX
