@@ -15,6 +15,7 @@ from llama_orch.server.frontdoor._chat import render_chat
 from llama_orch.testing.fake_engines import Behaviour, generate, start_fake
 from tests.e2e.test_engines import ENV, engine_pool, fake_options, wait_until
 from tests.support.frontdoor import MESSAGES, chat_prompt, mock_text
+from tests.support.narration import NarrationLog
 from tests.support.server import RunningServer, config_of, mock_pool, running_server
 
 
@@ -166,6 +167,22 @@ class TestOllamaClient:
         assert plain.response == neutral.response
         assert 400 == refused.value.status_code
         assert "options.presence_penalty" in refused.value.error
+
+    async def test_an_unknown_option_is_ignored_with_a_warning(
+        self, narration: NarrationLog
+    ) -> None:
+        """As Ollama does: an option it does not know (a typo, a newer option) is ignored and
+        the server log says which; runner options are pool settings and ignored quietly."""
+        async with ollama_stack() as (_, client):
+            reply = await client.generate(
+                model="m0",
+                prompt="hi",
+                options={"num_predict": 2, "temprature": 0.1, "num_ctx": 8192},
+            )
+        assert reply.done
+        [warning] = narration.events("ignore-options")
+        assert ["temprature"] == warning["options"]
+        assert "temprature" in warning["human"]
 
     async def test_errors_in_ollama_shape(self) -> None:
         """Unknown model, bad options and bad JSON raise ResponseError with Ollama's shape."""

@@ -25,6 +25,7 @@ from starlette.routing import Route
 from llama_orch.contracts.api import INT32_MAX, INT64_MAX
 from llama_orch.contracts.engine import ChatMessage
 from llama_orch.errors import OrchError
+from llama_orch.observability.narration import narrate
 from llama_orch.server.deps import AppDeps, deps_of
 from llama_orch.server.errors import KEPT_HEADERS, STATUS, render_error
 from llama_orch.server.frontdoor import _fields as f
@@ -70,6 +71,35 @@ _NEUTRAL_OPTIONS: dict[str, tuple[Any, ...]] = {
     "mirostat_eta": (None, 0.1),
     "tfs_z": (None, 1),
 }
+# Options taken as they are (sampling and length) or that are the pool's to set (runner options,
+# num_keep): every other key Ollama's clients know. A key outside all of these is ignored with a
+# warning, as Ollama does with an option it does not know.
+_MAPPED_OPTIONS = frozenset(
+    {"temperature", "top_p", "top_k", "seed", "num_predict", "stop", "repeat_penalty"}
+)
+_RUNNER_OPTIONS = frozenset(
+    {
+        "num_ctx",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "use_mmap",
+        "use_mlock",
+        "num_thread",
+        "num_keep",
+        "numa",
+        "low_vram",
+        "f16_kv",
+        "logits_all",
+        "vocab_only",
+        "embedding_only",
+        "num_gqa",
+        "rope_frequency_base",
+        "rope_frequency_scale",
+    }
+)
+_KNOWN_OPTIONS = _MAPPED_OPTIONS | _RUNNER_OPTIONS | set(_NEUTRAL_OPTIONS)
+
 # Neutral-valued top-level fields; others are refused by name.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "format": (None, ""),
@@ -129,6 +159,16 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
     if not isinstance(options, dict):
         raise BadField("options must be an object", param="options")
     f.refuse_unless_default(options, _NEUTRAL_OPTIONS, prefix="options.")
+    unknown = [name[:64] for name in sorted(set(options) - _KNOWN_OPTIONS)[:8]]
+    if unknown:
+        narrate(
+            "server",
+            "ignore-options",
+            model.pool_id,
+            f"Ignores Ollama options it does not know: {', '.join(unknown)}.",
+            level="warning",
+            options=unknown,
+        )
     messages: tuple[ChatMessage, ...] | None
     prompt: str | None = None
     if chat:
