@@ -472,6 +472,8 @@ async def test_tgi_chat_with_top_k_keeps_the_native_route() -> None:
 class TestBadInput:
     BAD: list[tuple[dict[str, Any], str | None]] = [
         ({"model": "m0", "messages": MESSAGES, "n": 3}, "n"),
+        ({"model": "m0", "messages": MESSAGES, "n": True}, "n"),
+        ({"model": "m0", "messages": MESSAGES, "presence_penalty": False}, "presence_penalty"),
         ({"model": "m0", "messages": []}, "messages"),
         ({"model": "m0", "messages": MESSAGES, "temperature": "hot"}, "temperature"),
         ({"model": "m0", "messages": "hello"}, "messages"),

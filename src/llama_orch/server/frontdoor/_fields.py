@@ -127,7 +127,7 @@ def refuse_unless_default(
     """Fields this server cannot honour are accepted only at a value that changes nothing;
     ``prefix`` is where ``body`` sits in the request (``options.``)."""
     for name, neutral in defaults.items():
-        if name in body and body[name] not in neutral:
+        if name in body and not _among(body[name], neutral):
             # In JSON, as the client wrote it: null and false, not Python's None and False.
             accepted = " or ".join(json.dumps(v) for v in neutral)
             raise BadField(
@@ -135,6 +135,15 @@ def refuse_unless_default(
                 "accepted); remove it from the request",
                 param=prefix + name,
             )
+
+
+def _among(value: Any, choices: tuple[Any, ...]) -> bool:
+    """``value in choices`` as JSON sees it: true is not 1, nor false 0 (Python's bool is an
+    int), while 0 and 0.0 are the same number."""
+    return any(
+        isinstance(value, bool) == isinstance(choice, bool) and value == choice
+        for choice in choices
+    )
 
 
 def refuse_unknown(body: Mapping[str, Any], known: frozenset[str]) -> None:
