@@ -16,7 +16,7 @@ from prometheus_client import Counter
 
 from llama_orch.dispatch.service import SERVER_STOPS
 from llama_orch.testing.fake_engines import Behaviour, generate, start_fake
-from tests.e2e.test_engines import ENV, engine_pool, fake_options, wait_until
+from tests.e2e.test_engines import ENV, engine_pool, engine_stack, fake_options, wait_until
 from tests.support.frontdoor import MESSAGES, chat_prompt, mock_text
 from tests.support.server import RunningServer, config_of, mock_pool, running_server
 
@@ -469,10 +469,30 @@ async def test_tgi_chat_with_top_k_keeps_the_native_route() -> None:
     assert 5 == record.body["parameters"]["top_k"]
 
 
+@pytest.mark.parametrize("name", ["repetition_penalty", "repeat_penalty"])
+async def test_a_repetition_penalty_extra_reaches_the_engine(name: str) -> None:
+    """The repetition penalty clients pass with extra_body, under vLLM's name or llama.cpp's,
+    reaches the engine as its own field, as top_k does."""
+    async with engine_stack("vllm") as (fake, srv), sdk(srv) as client:
+        await client.chat.completions.create(
+            model=fake.model,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            max_tokens=3,
+            extra_body={name: 1.2},
+        )
+        body = fake.requests[-1].body
+    assert 1.2 == body["repetition_penalty"]
+
+
 class TestBadInput:
     BAD: list[tuple[dict[str, Any], str | None]] = [
         ({"model": "m0", "messages": MESSAGES, "n": 3}, "n"),
         ({"model": "m0", "messages": MESSAGES, "n": True}, "n"),
+        (
+            {"model": "m0", "messages": MESSAGES, "repetition_penalty": 1.1, "repeat_penalty": 1.3},
+            "repeat_penalty",
+        ),
+        ({"model": "m0", "messages": MESSAGES, "repeat_penalty": 0}, "repeat_penalty"),
         ({"model": "m0", "messages": MESSAGES, "presence_penalty": False}, "presence_penalty"),
         ({"model": "m0", "messages": []}, "messages"),
         ({"model": "m0", "messages": MESSAGES, "temperature": "hot"}, "temperature"),

@@ -65,10 +65,20 @@ _SAMPLING: dict[str, Any] = {
         "minimum": 0,
         "description": "Engine extra (extra_body)",
     },
+    "repetition_penalty": {
+        "type": ["number", "null"],
+        "exclusiveMinimum": 0,
+        "description": "Engine extra (extra_body); repeat_penalty is the same setting",
+    },
+    "repeat_penalty": {
+        "type": ["number", "null"],
+        "exclusiveMinimum": 0,
+        "description": "Engine extra (extra_body); repetition_penalty is the same setting",
+    },
     "n": {"anyOf": [{"const": 1}, {"type": "null"}]},
     "user": {
         "type": ["string", "null"],
-        "description": "Names a session when X-Session-Id is absent",
+        "description": "Accepted and ignored: it names no session (X-Session-Id does)",
     },
 }
 _MESSAGE = {

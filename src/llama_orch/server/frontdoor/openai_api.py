@@ -103,8 +103,9 @@ _SAMPLING = frozenset(
 )
 _CHAT_KNOWN = _SAMPLING | _IGNORED | set(_CHAT_NEUTRAL) | {"messages", "max_completion_tokens"}
 _COMPLETION_KNOWN = _SAMPLING | _IGNORED | set(_COMPLETION_NEUTRAL) | {"prompt"}
-# Engine extras clients pass with ``extra_body``; mapped where the engines take them.
-_EXTRAS = frozenset({"top_k"})
+# Engine extras clients pass with ``extra_body``; mapped where the engines take them. The
+# repetition penalty goes by vLLM's and TGI's name and by llama.cpp's.
+_EXTRAS = frozenset({"top_k", "repetition_penalty", "repeat_penalty"})
 
 
 def error_body(message: str, kind: str, param: str | None, code: str | None) -> bytes:
@@ -175,10 +176,27 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
         temperature=f.number(body, "temperature", low=0, high=2),
         top_p=f.number(body, "top_p", low=0, high=1, low_open=True),
         top_k=f.integer(body, "top_k", low=0),
+        repeat_penalty=_repeat_penalty(body),
         stop=f.stops(body, "stop", most=4),
         length_field=length_field,
     )
     return _Call(chat, stream, include_usage, submission)
+
+
+def _repeat_penalty(body: dict[str, Any]) -> float | None:
+    """``repetition_penalty`` or ``repeat_penalty``, the same setting under two engines' names;
+    both at different values is a contradiction to refuse, not to settle."""
+    found = {
+        name: f.number(body, name, low=0, high=None, low_open=True)
+        for name in ("repetition_penalty", "repeat_penalty")
+    }
+    values = {value for value in found.values() if value is not None}
+    if len(values) > 1:
+        raise BadField(
+            "repetition_penalty and repeat_penalty are the same setting and differ; send one",
+            param="repeat_penalty",
+        )
+    return values.pop() if values else None
 
 
 def _prompt(body: dict[str, Any]) -> str:
