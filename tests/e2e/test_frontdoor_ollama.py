@@ -146,6 +146,14 @@ class TestOllamaClient:
         assert "length" == reply.done_reason
         assert reply.eval_count is not None and 0 < reply.eval_count < 256
 
+    async def test_num_predict_minus_two_fills_the_context(self) -> None:
+        """num_predict -2 is Ollama's "until the context is full": past the 1024 tokens an
+        answer gets by default, up to what the context leaves after the prompt."""
+        async with ollama_stack(ctx=2048, mock={"tokens_per_s": 50_000.0}) as (_, client):
+            filled = await client.generate(model="m0", prompt="hi", options={"num_predict": -2})
+        assert "length" == filled.done_reason
+        assert filled.eval_count is not None and 1024 < filled.eval_count < 2048
+
     async def test_options_at_their_off_value_are_accepted(self) -> None:
         """An option this server cannot honour is accepted at the value that switches it off,
         as the OpenAI door accepts presence_penalty 0; any other value is refused by name."""

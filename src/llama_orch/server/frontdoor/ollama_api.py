@@ -51,7 +51,8 @@ JSON = "application/json"
 NDJSON = "application/x-ndjson"
 #: The Ollama API release whose routes and shapes this front door follows.
 OLLAMA_API_VERSION = "0.12.0"
-#: ``num_predict`` when the request sets none (or -1/-2, "until the context is full").
+#: ``num_predict`` when the request sets none, 0 or -1 (Ollama's "no limit"); -2, "until the
+#: context is full", is what the context leaves after the prompt.
 DEFAULT_NUM_PREDICT = 1024
 _STARTED = datetime.now(UTC)
 
@@ -142,6 +143,8 @@ class _Call:
     stream: bool
     submission: _tasks.Submission | None
     keep_alive_zero: bool
+    #: ``num_predict`` -2: as many tokens as the context leaves, not the default.
+    fill_context: bool = False
 
 
 def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool) -> _Call:
@@ -209,7 +212,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
         length_field="options.num_predict",
         fit_to_context=True,
     )
-    return _Call(model.name, chat, stream, submission, keep_alive_zero)
+    return _Call(model.name, chat, stream, submission, keep_alive_zero, num_predict == -2)
 
 
 async def generate(request: Request) -> Response | SseResponse | BufferedAnswer:
@@ -230,7 +233,8 @@ async def _answer(request: Request, *, chat: bool) -> Response | SseResponse | B
         ticket = _tasks.admit(
             deps,
             call.submission,
-            default_max_tokens=DEFAULT_NUM_PREDICT,
+            # Admission cuts a default to what the context (and the session's budget) leaves.
+            default_max_tokens=INT32_MAX if call.fill_context else DEFAULT_NUM_PREDICT,
             correlation_id=correlation_of(request),
             identity=identity_of(request),
         )
