@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -219,6 +220,34 @@ class TestOllamaClient:
         assert 400 == malformed.status_code
         assert {"error"} == set(malformed.json())
         assert after.done
+
+
+async def test_a_full_queue_is_ollamas_server_busy() -> None:
+    """Ollama answers a full queue with 503 "server busy" (429 is its rate limit): the door
+    does the same, with the retry advice kept."""
+    async with ollama_stack(mock={"tokens_per_s": 10.0}, queue={"capacity": 1}) as (srv, client):
+        service = srv.deps.service
+        body = {"model": "m0", "prompt": "hi", "stream": False, "options": {"num_predict": 8}}
+        busy = []
+        for running, queued in ((1, 0), (1, 1)):
+            busy.append(asyncio.create_task(srv.client.post("/api/generate", json=body)))
+            await wait_until(
+                lambda r=running, q=queued: (
+                    (service.pool_status("p0").running, service.pool_status("p0").queue_depth)
+                    == (r, q)
+                ),
+                "a running task and a full queue",
+            )
+        refused = await srv.client.post("/api/generate", json=body)
+        with pytest.raises(ollama.ResponseError) as raised:
+            await client.generate(model="m0", prompt="hi", options={"num_predict": 8})
+        for task in busy:
+            task.cancel()
+        await asyncio.gather(*busy, return_exceptions=True)
+    assert 503 == refused.status_code, refused.text
+    assert int(refused.headers["retry-after"]) >= 1
+    assert "queue is full" in refused.json()["error"]
+    assert 503 == raised.value.status_code
 
 
 class TestFakeEngine:

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from llama_orch.contracts.api import INT32_MAX, INT64_MAX
 from llama_orch.contracts.engine import ChatMessage
-from llama_orch.errors import OrchError
+from llama_orch.errors import ErrorKind, OrchError, PayloadTooLarge
 from llama_orch.observability.narration import narrate
 from llama_orch.server.deps import AppDeps, deps_of
 from llama_orch.server.errors import KEPT_HEADERS, STATUS, render_error
@@ -122,9 +122,24 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+#: Refusals Ollama answers with 503 "server busy" (a full queue), where the task API says 429;
+#: a rate limit or a spent budget stays 429, which is Ollama's rate limit.
+_BUSY = frozenset({"reject", "drop-lru", "server-capacity"})
+
+
+def _status(kind: ErrorKind, policy_label: str | None = None) -> int:
+    if kind is ErrorKind.QUEUE_FULL_DROP_LRU or (
+        kind is ErrorKind.ADMISSION_REJECT and policy_label in _BUSY
+    ):
+        return 503
+    return STATUS.get(kind, 500)
+
+
 def ollama_error(exc: OrchError, *, status: int | None = None) -> Response:
     """The task API's status and headers (retry advice, ``WWW-Authenticate``), with Ollama's
-    ``{"error": ...}`` body; ``status`` as ``render_error`` takes it."""
+    ``{"error": ...}`` body; ``status`` as ``render_error`` takes it (a full queue: 503)."""
+    if status is None and not isinstance(exc, PayloadTooLarge):
+        status = _status(exc.kind, exc.policy_label)
     rendered = render_error(exc, status=status)
     status = rendered.status
     headers = {k: v for k, v in rendered.headers.items() if k.lower() in KEPT_HEADERS}
@@ -348,7 +363,7 @@ class _Reply:
                 body = orjson.dumps(self._final(event, "".join(texts)))
                 return Response(body, 200, headers, media_type=JSON)
             elif isinstance(event, _tasks.Failed):
-                status = STATUS.get(event.kind, 500)
+                status = _status(event.kind)
                 failed = dict(headers)
                 if event.retry_after_ms is not None and status in (429, 503):
                     failed["Retry-After"] = str(max(1, math.ceil(event.retry_after_ms / 1000)))
