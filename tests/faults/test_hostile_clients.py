@@ -312,7 +312,9 @@ def _lengths(n: int) -> list[tuple[str, dict[str, object], str]]:
 
 @pytest.mark.parametrize(
     ("path", "body", "field"),
-    _lengths(5000),
+    # Only the OpenAI door refuses such a length: Ollama's num_predict is a most, cut to what
+    # the context leaves (tests/e2e/test_frontdoor_ollama.py).
+    [case for case in _lengths(5000) if case[0].startswith("/v1/")],
 )
 def test_a_length_past_the_context_names_the_field_the_client_sent(
     server: ServeProcess, path: str, body: dict[str, object], field: str
