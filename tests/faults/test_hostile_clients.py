@@ -337,7 +337,8 @@ def _refusal(answer: httpx.Response) -> str:
 
 @pytest.mark.parametrize(
     ("path", "body", "field"),
-    _lengths(31),
+    # The OpenAI door's lengths; Ollama's num_predict is a most (the test below).
+    [case for case in _lengths(31) if case[0].startswith("/v1/")],
 )
 def test_a_length_past_the_session_budget_names_the_field_the_client_sent(
     server: ServeProcess, path: str, body: dict[str, object], field: str
@@ -349,6 +350,23 @@ def test_a_length_past_the_session_budget_names_the_field_the_client_sent(
     assert f"{field} is 31; lower {field} to at most {TOKEN_BUDGET}" in message
     if field != "max_tokens":
         assert "max_tokens" not in message
+
+
+@pytest.mark.parametrize("num_predict", [TOKEN_BUDGET + 1, 100_000])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [(path, body) for path, body, _ in _lengths(0) if path.startswith("/api/")],
+)
+def test_an_ollama_num_predict_past_the_budget_is_cut_to_it(
+    server: ServeProcess, path: str, body: dict[str, object], num_predict: int
+) -> None:
+    """num_predict is a most, as Ollama reads it: past what the session's budget (or the
+    context) leaves, the answer stops there with done_reason "length", never refused with a
+    length the client did not send."""
+    fields = {**body, "options": {"num_predict": num_predict}}
+    answer = httpx.post(f"{server.url}{path}", json={"model": "m1", **fields}, timeout=30)
+    assert 200 == answer.status_code, answer.text
+    assert ("length", TOKEN_BUDGET) == (answer.json()["done_reason"], answer.json()["eval_count"])
 
 
 @pytest.mark.parametrize(

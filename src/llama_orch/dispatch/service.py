@@ -152,8 +152,8 @@ class TaskService:
     ) -> Admitted:
         """Queue a task or raise the typed refusal; ``messages`` is a chat for the engine,
         ``names`` what the caller calls the task's length and session; with ``fit_to_budget``
-        (the caller set no length) ``max_tokens`` is cut to what the session's budget affords
-        on the pool the task lands on (``Admitted.max_tokens``)."""
+        (the caller set no length, or only a most) ``max_tokens`` is cut to what the session's
+        budget affords on the pool the task lands on (``Admitted.max_tokens``)."""
         return self._admission.admit(
             request,
             correlation_id=correlation_id,

@@ -127,9 +127,9 @@ class Submission:
     stop: tuple[str, ...] = ()
     #: The request field that set ``max_tokens``, as a refusal names it to the client.
     length_field: str = "max_tokens"
-    #: ``max_tokens`` is a most, cut to what the context leaves (Ollama's ``num_predict``), not
-    #: a length to refuse when it does not fit (OpenAI's).
-    fit_to_context: bool = False
+    #: ``max_tokens`` is a most (Ollama's ``num_predict``), cut to what the context and the
+    #: session's budget leave, not a length to refuse when it does not fit (OpenAI's).
+    at_most: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +184,7 @@ def admit(
     if max_tokens is None:
         # Leave the prompt room within ctx; admission's own guardrail still has the last word.
         max_tokens = max(1, min(default_max_tokens, room))
-    elif max_tokens > room and submission.fit_to_context:
+    elif max_tokens > room and submission.at_most:
         max_tokens = room
     elif max_tokens > room:
         field = submission.length_field
@@ -225,9 +225,9 @@ def admit(
         messages=submission.messages,
         names=FieldNames(length=submission.length_field, session=SESSION_HEADER),
         # Nor more than the session's budget admits on the pool the task lands on: the client
-        # asked for no length, so the answer stops at the budget (finish_reason "length")
-        # rather than being refused.
-        fit_to_budget=submission.max_tokens is None,
+        # asked for no length, or for a most, so the answer stops at the budget
+        # (finish_reason "length") rather than being refused.
+        fit_to_budget=submission.max_tokens is None or submission.at_most,
     )
     return Ticket(
         task_id=admitted.task_id,

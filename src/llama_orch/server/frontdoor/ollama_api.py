@@ -225,7 +225,7 @@ def _parse(request: Request, deps: AppDeps, body: dict[str, Any], *, chat: bool)
         ),
         stop=f.stops(options, "stop", most=16, prefix="options."),
         length_field="options.num_predict",
-        fit_to_context=True,
+        at_most=True,
     )
     return _Call(model.name, chat, stream, submission, keep_alive_zero, num_predict == -2)
 
