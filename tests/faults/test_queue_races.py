@@ -1,0 +1,79 @@
+"""A careless or hostile client and operator against a full queue: backoff advice, drains and
+cancels racing admissions, and the gauges and counters once it is all over (``llorch serve``,
+simulated mock pool)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.faults._raw import serve_config
+from tests.support.serve_process import serve_process
+from tests.support.server import mock_pool, task_body
+
+#: 20 tokens a second: a 400-token task holds the pool's one slot for 20 s.
+SLOW = {"ttft_ms": 5, "tokens_per_s": 20.0}
+LONG_DEADLINE_MS = 600_000
+
+
+async def _wait_health(
+    client: httpx.AsyncClient, predicate: Any, timeout_s: float = 30.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    health: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        health = (await client.get("/v1/pools/p0/health")).json()
+        if predicate(health):
+            return health
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"pool p0 health never matched: {health}")
+
+
+def _advice(response: httpx.Response) -> int:
+    """A 429's retry advice, checked to say the same in the body and both headers."""
+    assert 429 == response.status_code, response.text
+    body = response.json()
+    retry_ms = body["retry_after_ms"]
+    assert isinstance(retry_ms, int) and retry_ms > 0
+    assert str(retry_ms) == response.headers["x-backoff-ms"]
+    assert str(max(1, math.ceil(retry_ms / 1000))) == response.headers["retry-after"]
+    assert f"retry in about {retry_ms} ms" in body["message"]
+    return retry_ms
+
+
+class TestFullQueueAdvice:
+    def test_the_advice_is_when_a_place_frees_whatever_the_refused_task(
+        self, tmp_path: Path
+    ) -> None:
+        """A full queue frees a place when its head starts, 20 s away here: advice to retry
+        within a second (what a small task was told) sends every client back 20 times for
+        nothing, and the refused task's own size (a big one was told minutes) has no bearing
+        on when the place frees."""
+        pool = mock_pool(mock=SLOW, queue={"capacity": 2, "full_policy": "reject"})
+        with serve_process(serve_config(pool), tmp_path) as srv:
+            asyncio.run(self._advice_under_a_full_queue(srv.url))
+
+    async def _advice_under_a_full_queue(self, url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            blocker = task_body(max_tokens=400, deadline_ms=LONG_DEADLINE_MS)
+            assert 202 == (await client.post("/v1/tasks", json=blocker)).status_code
+            await _wait_health(client, lambda h: h["active_leases"] == 1)
+            head = await client.post(
+                "/v1/tasks", json=task_body(max_tokens=2, deadline_ms=LONG_DEADLINE_MS)
+            )
+            assert (202, 0) == (head.status_code, head.json()["queue_position"])
+            head_starts_ms = head.json()["predicted_start_ms"]
+            second = task_body(max_tokens=2, deadline_ms=LONG_DEADLINE_MS)
+            assert 202 == (await client.post("/v1/tasks", json=second)).status_code
+            small = task_body(max_tokens=1, deadline_ms=LONG_DEADLINE_MS)
+            big = task_body(max_tokens=3000, ctx=4096, deadline_ms=LONG_DEADLINE_MS)
+            small_ms = _advice(await client.post("/v1/tasks", json=small))
+            big_ms = _advice(await client.post("/v1/tasks", json=big))
+            # The head's start only comes nearer as time passes.
+            assert head_starts_ms / 2 <= small_ms <= head_starts_ms
+            assert head_starts_ms / 2 <= big_ms <= small_ms
