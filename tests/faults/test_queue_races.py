@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.faults._raw import serve_config
 from tests.support.serve_process import serve_process
@@ -77,3 +78,58 @@ class TestFullQueueAdvice:
             # The head's start only comes nearer as time passes.
             assert head_starts_ms / 2 <= small_ms <= head_starts_ms
             assert head_starts_ms / 2 <= big_ms <= small_ms
+
+
+def _scrape(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total
+
+
+async def _settled(client: httpx.AsyncClient) -> str:
+    """Once the pool holds no lease and queues nothing, the metrics scrape."""
+    await _wait_health(
+        client, lambda h: h["active_leases"] == 0 and h["metrics"]["queue_depth"] == 0
+    )
+    return (await client.get("/metrics")).text
+
+
+def _every_enqueued_task_accounted(scrape: str) -> None:
+    """A task leaves the queue by starting, or by ending there (canceled, expired, drained:
+    counted with ``replica_id="none"``), or by eviction (a drop-lru rejection)."""
+    enqueued = _scrape(scrape, "tasks_enqueued_total")
+    started = _scrape(scrape, "tasks_started_total")
+    ended_queued = _scrape(scrape, "tasks_canceled_total", replica_id="none")
+    evicted = _scrape(scrape, "tasks_rejected_total", reason="QUEUE_FULL_DROP_LRU")
+    assert enqueued == started + ended_queued + evicted, (enqueued, started, ended_queued, evicted)
+    assert 0 == _scrape(scrape, "queue_depth")
+    assert 0 == _scrape(scrape, "active_leases")
+
+
+class TestDrainCounts:
+    def test_queued_tasks_a_drain_ends_are_counted(self, tmp_path: Path) -> None:
+        """The tasks a drain ends in the queue are counted as canceled for the drain, as the
+        running ones it stops are: they used to be counted nowhere, so tasks_enqueued_total
+        could not be reconciled with what started and what ended."""
+        pool = mock_pool(mock=SLOW, queue={"capacity": 8, "full_policy": "reject"})
+        with serve_process(serve_config(pool), tmp_path) as srv:
+            asyncio.run(self._drain_with_queued_tasks(srv.url))
+
+    async def _drain_with_queued_tasks(self, url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            blocker = task_body(max_tokens=400, deadline_ms=LONG_DEADLINE_MS)
+            assert 202 == (await client.post("/v1/tasks", json=blocker)).status_code
+            await _wait_health(client, lambda h: h["active_leases"] == 1)
+            for _ in range(3):
+                queued = task_body(max_tokens=2, deadline_ms=LONG_DEADLINE_MS)
+                assert 202 == (await client.post("/v1/tasks", json=queued)).status_code
+            drain = await client.post("/v1/pools/p0/drain", json={"deadline_ms": 200})
+            assert (202, 3) == (drain.status_code, drain.json()["queued_ended"])
+            scrape = await _settled(client)
+        assert 3 == _scrape(scrape, "tasks_canceled_total", reason="drain", replica_id="none")
+        assert 1 == _scrape(scrape, "tasks_canceled_total", reason="drain", replica_id="r0")
+        _every_enqueued_task_accounted(scrape)

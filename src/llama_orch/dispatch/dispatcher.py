@@ -501,7 +501,11 @@ class Dispatcher:
             timer.cancel()
 
     def end_queued(self, pool_id: str, error: OrchError) -> int:
-        """End every task still queued on the pool with ``error`` (a drain); how many."""
+        """End every task still queued on the pool with ``error`` (a drain, a reload's switch,
+        a retired model, a restart storm: each drains the pool); how many.
+
+        Each counts as canceled for the drain, as the running tasks a drain stops do: a task
+        that left the queue without starting is counted in one place or another."""
         queued = [
             t
             for t in self.tasks.live_tasks()
@@ -509,6 +513,9 @@ class Dispatcher:
         ]
         for task in queued:
             self._disarm_deadline(task.id)
+            self._metrics.tasks_canceled_total.labels(
+                task.engine.value, "unknown", pool_id, "none", "drain"
+            ).inc()
             self.endings.fail(task, error, server_stop=True)
         self._refresh_depth(self.lanes[pool_id])
         return len(queued)
