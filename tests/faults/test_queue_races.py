@@ -5,6 +5,7 @@ simulated mock pool)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from pathlib import Path
@@ -35,6 +36,17 @@ async def _wait_health(
     raise AssertionError(f"pool p0 health never matched: {health}")
 
 
+async def _submit(client: httpx.AsyncClient, **overrides: Any) -> httpx.Response:
+    body = task_body(**{"deadline_ms": LONG_DEADLINE_MS, **overrides})
+    return await client.post("/v1/tasks", json=body)
+
+
+async def _occupy(client: httpx.AsyncClient) -> None:
+    """Start a task that holds the pool's one slot for 20 s."""
+    assert 202 == (await _submit(client, max_tokens=400)).status_code
+    await _wait_health(client, lambda h: h["active_leases"] == 1)
+
+
 def _advice(response: httpx.Response) -> int:
     """A 429's retry advice, checked to say the same in the body and both headers."""
     assert 429 == response.status_code, response.text
@@ -48,7 +60,7 @@ def _advice(response: httpx.Response) -> int:
 
 
 class TestFullQueueAdvice:
-    def test_the_advice_is_when_a_place_frees_whatever_the_refused_task(
+    async def test_the_advice_is_when_a_place_frees_whatever_the_refused_task(
         self, tmp_path: Path
     ) -> None:
         """A full queue frees a place when its head starts, 20 s away here: advice to retry
@@ -57,24 +69,14 @@ class TestFullQueueAdvice:
         on when the place frees."""
         pool = mock_pool(mock=SLOW, queue={"capacity": 2, "full_policy": "reject"})
         with serve_process(serve_config(pool), tmp_path) as srv:
-            asyncio.run(self._advice_under_a_full_queue(srv.url))
-
-    async def _advice_under_a_full_queue(self, url: str) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            blocker = task_body(max_tokens=400, deadline_ms=LONG_DEADLINE_MS)
-            assert 202 == (await client.post("/v1/tasks", json=blocker)).status_code
-            await _wait_health(client, lambda h: h["active_leases"] == 1)
-            head = await client.post(
-                "/v1/tasks", json=task_body(max_tokens=2, deadline_ms=LONG_DEADLINE_MS)
-            )
-            assert (202, 0) == (head.status_code, head.json()["queue_position"])
-            head_starts_ms = head.json()["predicted_start_ms"]
-            second = task_body(max_tokens=2, deadline_ms=LONG_DEADLINE_MS)
-            assert 202 == (await client.post("/v1/tasks", json=second)).status_code
-            small = task_body(max_tokens=1, deadline_ms=LONG_DEADLINE_MS)
-            big = task_body(max_tokens=3000, ctx=4096, deadline_ms=LONG_DEADLINE_MS)
-            small_ms = _advice(await client.post("/v1/tasks", json=small))
-            big_ms = _advice(await client.post("/v1/tasks", json=big))
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+                await _occupy(client)
+                head = await _submit(client, max_tokens=2)
+                assert (202, 0) == (head.status_code, head.json()["queue_position"])
+                head_starts_ms = head.json()["predicted_start_ms"]
+                assert 202 == (await _submit(client, max_tokens=2)).status_code
+                small_ms = _advice(await _submit(client, max_tokens=1))
+                big_ms = _advice(await _submit(client, max_tokens=3000, ctx=4096))
             # The head's start only comes nearer as time passes.
             assert head_starts_ms / 2 <= small_ms <= head_starts_ms
             assert head_starts_ms / 2 <= big_ms <= small_ms
@@ -111,25 +113,74 @@ def _every_enqueued_task_accounted(scrape: str) -> None:
 
 
 class TestDrainCounts:
-    def test_queued_tasks_a_drain_ends_are_counted(self, tmp_path: Path) -> None:
+    async def test_queued_tasks_a_drain_ends_are_counted(self, tmp_path: Path) -> None:
         """The tasks a drain ends in the queue are counted as canceled for the drain, as the
         running ones it stops are: they used to be counted nowhere, so tasks_enqueued_total
         could not be reconciled with what started and what ended."""
-        pool = mock_pool(mock=SLOW, queue={"capacity": 8, "full_policy": "reject"})
-        with serve_process(serve_config(pool), tmp_path) as srv:
-            asyncio.run(self._drain_with_queued_tasks(srv.url))
-
-    async def _drain_with_queued_tasks(self, url: str) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            blocker = task_body(max_tokens=400, deadline_ms=LONG_DEADLINE_MS)
-            assert 202 == (await client.post("/v1/tasks", json=blocker)).status_code
-            await _wait_health(client, lambda h: h["active_leases"] == 1)
-            for _ in range(3):
-                queued = task_body(max_tokens=2, deadline_ms=LONG_DEADLINE_MS)
-                assert 202 == (await client.post("/v1/tasks", json=queued)).status_code
-            drain = await client.post("/v1/pools/p0/drain", json={"deadline_ms": 200})
-            assert (202, 3) == (drain.status_code, drain.json()["queued_ended"])
-            scrape = await _settled(client)
+        with serve_process(serve_config(mock_pool(mock=SLOW)), tmp_path) as srv:
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+                await _occupy(client)
+                for _ in range(3):
+                    assert 202 == (await _submit(client, max_tokens=2)).status_code
+                drain = await client.post("/v1/pools/p0/drain", json={"deadline_ms": 200})
+                assert (202, 3) == (drain.status_code, drain.json()["queued_ended"])
+                scrape = await _settled(client)
         assert 3 == _scrape(scrape, "tasks_canceled_total", reason="drain", replica_id="none")
         assert 1 == _scrape(scrape, "tasks_canceled_total", reason="drain", replica_id="r0")
+        _every_enqueued_task_accounted(scrape)
+
+
+async def _terminal(client: httpx.AsyncClient, task_id: str) -> tuple[str, dict[str, Any]]:
+    """The terminal frame of a task's stream (bounded by the client's timeout)."""
+    response = await client.get(f"/v1/tasks/{task_id}/stream")
+    assert 200 == response.status_code, response.text
+    frames = [
+        line.split(": ", 1)[1]
+        for line in response.text.splitlines()
+        if line.startswith(("event", "data"))
+    ]
+    return frames[-2], json.loads(frames[-1])
+
+
+class TestDrainRacingAdmissions:
+    async def test_every_task_admitted_around_a_drain_ends_and_is_counted(
+        self, tmp_path: Path
+    ) -> None:
+        """Forty submissions, a drain and cancels of half the tasks, all at once: each task is
+        refused (503 POOL_UNAVAILABLE), or admitted and then ends (run, canceled, or ended
+        by the drain with a retriable POOL_UNAVAILABLE); none is left queued, and the gauges
+        and counters add up."""
+        pool = mock_pool(mock=SLOW, slots=2, queue={"capacity": 64, "full_policy": "reject"})
+        with serve_process(serve_config(pool), tmp_path) as srv:
+            limits = httpx.Limits(max_connections=128)
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30, limits=limits) as client:
+                bodies = [
+                    task_body(max_tokens=(2, 40, 400)[i % 3], deadline_ms=LONG_DEADLINE_MS)
+                    for i in range(40)
+                ]
+                submits = [client.post("/v1/tasks", json=body) for body in bodies]
+                cancels = [client.post(f"/v1/tasks/{b['task_id']}/cancel") for b in bodies[::2]]
+                drain = client.post("/v1/pools/p0/drain", json={"deadline_ms": 300})
+                answers = await asyncio.gather(*submits[:20], drain, *cancels, *submits[20:])
+                drained = answers.pop(20)
+                submitted = answers[:20] + answers[-20:]
+                admitted = [
+                    body["task_id"]
+                    for body, answer in zip(bodies, submitted, strict=True)
+                    if answer.status_code == 202
+                ]
+                ends = [await _terminal(client, task_id) for task_id in admitted]
+                scrape = await _settled(client)
+        refused = [answer for answer in submitted if answer.status_code != 202]
+        assert {(503, "POOL_UNAVAILABLE", True)} >= {
+            (r.status_code, r.json()["code"], r.json()["retriable"]) for r in refused
+        }
+        assert {204, 404} >= {r.status_code for r in answers[20:-20]}
+        assert 202 == drained.status_code
+        for event, data in ends:
+            assert event == "end" or (data["code"], data["retriable"]) == ("POOL_UNAVAILABLE", True)
+        drain_ended = sum(1 for event, _ in ends if event == "error")
+        assert drain_ended == drained.json()["queued_ended"]
+        assert len(admitted) == _scrape(scrape, "tasks_enqueued_total")
+        assert len(refused) == _scrape(scrape, "tasks_rejected_total", reason="POOL_UNAVAILABLE")
         _every_enqueued_task_accounted(scrape)
