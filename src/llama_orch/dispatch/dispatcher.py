@@ -224,7 +224,10 @@ class Dispatcher:
         if isinstance(outcome, Rejected):
             policy = lane.queue.policy.value
             self._metrics.admission_backpressure_events_total.labels(engine, policy).inc()
-            retry_ms = self._retry_after_ms(lane)
+            # A class at its own queue_capacity frees a place when its own head starts.
+            head = lane.queue.peek(task.priority) if outcome.reason == "class_full" else None
+            position = (lane.queue.position(head) or 0) if head is not None else 0
+            retry_ms = self._retry_after_ms(lane, position)
             message = (
                 f"pool {task.pool_id} queue is full ({lane.queue.capacity()} tasks, "
                 f"policy {policy}); retry in about {retry_ms} ms"
@@ -254,10 +257,11 @@ class Dispatcher:
         self._refresh_depth(lane)
         return outcome.position
 
-    def _retry_after_ms(self, lane: PoolLane) -> int:
-        """When the full queue should have a place again: when its head starts. The refused
-        task's own size has no bearing on that; a retry before then is refused again."""
-        head_ms = self.predicted_start_ms(lane, 0)
+    def _retry_after_ms(self, lane: PoolLane, head: int = 0) -> int:
+        """When the full queue should have a place again: when the task at position ``head``
+        (its head, or its full class's) starts. The refused task's own size has no bearing on
+        that; a retry before then is refused again."""
+        head_ms = self.predicted_start_ms(lane, head)
         return max(RETRY_FLOOR_MS, min(head_ms, RETRY_CEILING_MS))
 
     def _evict(self, victim_id: str, *, by: Task) -> None:
