@@ -75,6 +75,39 @@ class TestReloadWithQueuedTasks:
             assert "end" == frames[-1][0]
 
 
+class TestReloadArrivals:
+    def test_a_task_for_the_model_a_reload_brings_is_told_to_retry(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """While a reload starts the pool's new model, a task for that model finds no pool
+        serving it yet: a retriable 503 POOL_UNREADY naming the reload, not the non-retriable
+        'no pool serves' that tells a client to give up on a model about to be served."""
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        pool = setup.pool(env={"FAKE_ENGINE_LOAD_MS": "2000"})
+        config = json.loads(
+            setup.config(pool).model_dump_json(exclude_none=True, exclude_unset=True)
+        )
+        workdir = setup.tmp / "serve"
+        workdir.mkdir()
+        with serve_process(config, workdir) as server:
+            _engine_pid(server.url)
+            with httpx.Client(base_url=server.url, timeout=10.0) as client:
+                body = {"new_model_ref": str(new_model)}
+                assert 202 == client.post("/v1/pools/lp/reload", json=body).status_code
+                # The new engine takes 2 s to load: the pool still serves the old model.
+                early = client.post("/v1/tasks", json=llama_task(new_model, max_tokens=2))
+                for _ in range(800):
+                    if client.get("/v1/pools/lp/health").json()["model_id"] == str(new_model):
+                        break
+                    time.sleep(0.05)
+                later = client.post("/v1/tasks", json=llama_task(new_model, max_tokens=2))
+        error = early.json()
+        assert (503, "POOL_UNREADY", True) == (early.status_code, error["code"], error["retriable"])
+        assert "reloading" in error["message"] and str(new_model) in error["message"]
+        assert str(max(1, -(-error["retry_after_ms"] // 1000))) == early.headers["retry-after"]
+        assert 202 == later.status_code, later.text
+
+
 def _done(health: dict[str, Any]) -> bool:
     return (health.get("last_operation") or {}).get("state") in ("done", "rolled_back")
 
