@@ -4,6 +4,7 @@ metrics see across the switch (launched fake llama.cpp engines, simulated GPU in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_pool_drain_reload import _state
+from tests.faults.test_queue_races import every_enqueued_task_accounted, settled, terminal
 from tests.support.engines import tiny_gguf
 from tests.support.launched import (
     LaunchedSetup,
@@ -26,7 +28,7 @@ from tests.support.launched import (
     process_of,
     wait_health,
 )
-from tests.support.serve_process import serve_process
+from tests.support.serve_process import ServeProcess, serve_process
 from tests.support.server import running_server
 
 
@@ -84,23 +86,19 @@ class TestReloadArrivals:
         'no pool serves' that tells a client to give up on a model about to be served."""
         new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
         pool = setup.pool(env={"FAKE_ENGINE_LOAD_MS": "2000"})
-        config = json.loads(
-            setup.config(pool).model_dump_json(exclude_none=True, exclude_unset=True)
-        )
-        workdir = setup.tmp / "serve"
-        workdir.mkdir()
-        with serve_process(config, workdir) as server:
-            _engine_pid(server.url)
-            with httpx.Client(base_url=server.url, timeout=10.0) as client:
-                body = {"new_model_ref": str(new_model)}
-                assert 202 == client.post("/v1/pools/lp/reload", json=body).status_code
-                # The new engine takes 2 s to load: the pool still serves the old model.
-                early = client.post("/v1/tasks", json=llama_task(new_model, max_tokens=2))
-                for _ in range(800):
-                    if client.get("/v1/pools/lp/health").json()["model_id"] == str(new_model):
-                        break
-                    time.sleep(0.05)
-                later = client.post("/v1/tasks", json=llama_task(new_model, max_tokens=2))
+        with (
+            _serving(setup, pool) as server,
+            httpx.Client(base_url=server.url, timeout=10.0) as client,
+        ):
+            body = {"new_model_ref": str(new_model)}
+            assert 202 == client.post("/v1/pools/lp/reload", json=body).status_code
+            # The new engine takes 2 s to load: the pool still serves the old model.
+            early = client.post("/v1/tasks", json=llama_task(new_model, max_tokens=2))
+            for _ in range(800):
+                if client.get("/v1/pools/lp/health").json()["model_id"] == str(new_model):
+                    break
+                time.sleep(0.05)
+            later = client.post("/v1/tasks", json=llama_task(new_model, max_tokens=2))
         error = early.json()
         assert (503, "POOL_UNREADY", True) == (early.status_code, error["code"], error["retriable"])
         assert "reloading" in error["message"] and str(new_model) in error["message"]
@@ -110,6 +108,54 @@ class TestReloadArrivals:
 
 def _done(health: dict[str, Any]) -> bool:
     return (health.get("last_operation") or {}).get("state") in ("done", "rolled_back")
+
+
+async def _models_seen(client: httpx.AsyncClient) -> tuple[str, str, str]:
+    """The model pool lp serves, as capabilities, status and health say, in that order."""
+    caps = (await client.get("/v1/capabilities")).json()["pools"][0]["model_id"]
+    status = (await client.get("/v1/status")).json()["pool"]["pools"][0]["model"]
+    health = (await client.get("/v1/pools/lp/health")).json()["model_id"]
+    return caps, status, health
+
+
+class TestReloadWithAFullQueue:
+    async def test_the_switch_is_seen_once_and_every_task_is_accounted(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """Reload while a task runs and the queue is full: each of capabilities, status and
+        health names the old model, then the new one, never the old again; the queued tasks
+        end with a retriable POOL_UNAVAILABLE at the switch, the running one finishes; then
+        nothing is queued or leased and every enqueued task is counted."""
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        full = {"capacity": 2, "full_policy": "reject"}
+        pool = setup.pool(slots=1, env={"FAKE_ENGINE_TOKENS_PER_S": "20"}, queue=full)
+        with _serving(setup, pool) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                running = llama_task(setup.model, max_tokens=40, deadline_ms=600_000)
+                queued = [llama_task(setup.model, max_tokens=2, deadline_ms=600_000) for _ in "ab"]
+                for body in (running, *queued):
+                    assert 202 == (await client.post("/v1/tasks", json=body)).status_code
+                over = llama_task(setup.model, max_tokens=2, deadline_ms=600_000)
+                assert 429 == (await client.post("/v1/tasks", json=over)).status_code
+                reload = {"new_model_ref": str(new_model)}
+                assert 202 == (await client.post("/v1/pools/lp/reload", json=reload)).status_code
+                seen = [await _models_seen(client)]
+                while not _done((await client.get("/v1/pools/lp/health")).json()):
+                    assert len(seen) < 2000, "the reload never ended"
+                    seen.append(await _models_seen(client))
+                    await asyncio.sleep(0.02)
+                seen.append(await _models_seen(client))
+                ends = [await terminal(client, body["task_id"]) for body in (running, *queued)]
+                scrape = await settled(client, "lp")
+        old = str(setup.model)
+        for view in range(3):
+            names = [models[view] for models in seen]
+            switched = names.index(str(new_model))
+            assert {old} >= set(names[:switched]) and {str(new_model)} == set(names[switched:])
+        assert "end" == ends[0][0]
+        for event, data in ends[1:]:
+            assert ("error", "POOL_UNAVAILABLE", True) == (event, data["code"], data["retriable"])
+        every_enqueued_task_accounted(scrape)
 
 
 #: Gauges with a replica_id label: a replica a reload stopped must not leave them behind.
@@ -167,11 +213,21 @@ class TestReloadMetrics:
             assert 'pool_restart_storm{pool_id="lp",replica_id="r0-g1"} 0.0' in scrape
 
 
-def _serve_config(setup: LaunchedSetup, **engines: Any) -> dict[str, Any]:
+def _serve_config(setup: LaunchedSetup, *pools: dict[str, Any], **engines: Any) -> dict[str, Any]:
     config: dict[str, Any] = json.loads(
-        setup.config(**engines).model_dump_json(exclude_none=True, exclude_unset=True)
+        setup.config(*pools, **engines).model_dump_json(exclude_none=True, exclude_unset=True)
     )
     return config
+
+
+@contextlib.contextmanager
+def _serving(setup: LaunchedSetup, pool: dict[str, Any]) -> Iterator[ServeProcess]:
+    """``llorch serve`` of ``pool`` in a folder of its own, once the pool is Ready."""
+    workdir = setup.tmp / "serve"
+    workdir.mkdir()
+    with serve_process(_serve_config(setup, pool), workdir) as server:
+        _engine_pid(server.url)
+        yield server
 
 
 def _engine_pid(url: str) -> int:

@@ -26,16 +26,16 @@ REVISION_MS = 1000
 
 
 async def _wait_health(
-    client: httpx.AsyncClient, predicate: Any, timeout_s: float = 30.0
+    client: httpx.AsyncClient, predicate: Any, pool_id: str = "p0", timeout_s: float = 30.0
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     health: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        health = (await client.get("/v1/pools/p0/health")).json()
+        health = (await client.get(f"/v1/pools/{pool_id}/health")).json()
         if predicate(health):
             return health
         await asyncio.sleep(0.05)
-    raise AssertionError(f"pool p0 health never matched: {health}")
+    raise AssertionError(f"pool {pool_id} health never matched: {health}")
 
 
 async def _submit(client: httpx.AsyncClient, **overrides: Any) -> httpx.Response:
@@ -122,15 +122,15 @@ def _scrape(text: str, name: str, **labels: str) -> float:
     return total
 
 
-async def _settled(client: httpx.AsyncClient) -> str:
+async def settled(client: httpx.AsyncClient, pool_id: str = "p0") -> str:
     """Once the pool holds no lease and queues nothing, the metrics scrape."""
     await _wait_health(
-        client, lambda h: h["active_leases"] == 0 and h["metrics"]["queue_depth"] == 0
+        client, lambda h: h["active_leases"] == 0 and h["metrics"]["queue_depth"] == 0, pool_id
     )
     return (await client.get("/metrics")).text
 
 
-def _every_enqueued_task_accounted(scrape: str) -> None:
+def every_enqueued_task_accounted(scrape: str) -> None:
     """A task leaves the queue by starting, or by ending there (canceled, expired, drained:
     counted with ``replica_id="none"``), or by eviction (a drop-lru rejection)."""
     enqueued = _scrape(scrape, "tasks_enqueued_total")
@@ -154,13 +154,13 @@ class TestDrainCounts:
                     assert 202 == (await _submit(client, max_tokens=2)).status_code
                 drain = await client.post("/v1/pools/p0/drain", json={"deadline_ms": 200})
                 assert (202, 3) == (drain.status_code, drain.json()["queued_ended"])
-                scrape = await _settled(client)
+                scrape = await settled(client)
         assert 3 == _scrape(scrape, "tasks_canceled_total", reason="drain", replica_id="none")
         assert 1 == _scrape(scrape, "tasks_canceled_total", reason="drain", replica_id="r0")
-        _every_enqueued_task_accounted(scrape)
+        every_enqueued_task_accounted(scrape)
 
 
-async def _terminal(client: httpx.AsyncClient, task_id: str) -> tuple[str, dict[str, Any]]:
+async def terminal(client: httpx.AsyncClient, task_id: str) -> tuple[str, dict[str, Any]]:
     """The terminal frame of a task's stream (bounded by the client's timeout)."""
     response = await client.get(f"/v1/tasks/{task_id}/stream")
     assert 200 == response.status_code, response.text
@@ -199,8 +199,8 @@ class TestDrainRacingAdmissions:
                     for body, answer in zip(bodies, submitted, strict=True)
                     if answer.status_code == 202
                 ]
-                ends = [await _terminal(client, task_id) for task_id in admitted]
-                scrape = await _settled(client)
+                ends = [await terminal(client, task_id) for task_id in admitted]
+                scrape = await settled(client)
         refused = [answer for answer in submitted if answer.status_code != 202]
         assert {(503, "POOL_UNAVAILABLE", True)} >= {
             (r.status_code, r.json()["code"], r.json()["retriable"]) for r in refused
@@ -213,4 +213,4 @@ class TestDrainRacingAdmissions:
         assert drain_ended == drained.json()["queued_ended"]
         assert len(admitted) == _scrape(scrape, "tasks_enqueued_total")
         assert len(refused) == _scrape(scrape, "tasks_rejected_total", reason="POOL_UNAVAILABLE")
-        _every_enqueued_task_accounted(scrape)
+        every_enqueued_task_accounted(scrape)
