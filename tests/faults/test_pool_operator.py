@@ -124,14 +124,15 @@ class TestReloadWithAFullQueue:
     ) -> None:
         """Reload while a task runs and the queue is full: each of capabilities, status and
         health names the old model, then the new one, never the old again; the queued tasks
-        end with a retriable POOL_UNAVAILABLE at the switch, the running one finishes; then
-        nothing is queued or leased and every enqueued task is counted."""
+        end with a retriable POOL_UNAVAILABLE at the switch, the running one is canceled on the
+        old replica; then nothing is queued or leased and every enqueued task is counted."""
         new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
         full = {"capacity": 2, "full_policy": "reject"}
         pool = setup.pool(slots=1, env={"FAKE_ENGINE_TOKENS_PER_S": "20"}, queue=full)
         with _serving(setup, pool) as server:
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-                running = llama_task(setup.model, max_tokens=40, deadline_ms=600_000)
+                # 20 s of tokens: the slot stays taken until the switch, whatever the load.
+                running = llama_task(setup.model, max_tokens=400, deadline_ms=600_000)
                 queued = [llama_task(setup.model, max_tokens=2, deadline_ms=600_000) for _ in "ab"]
                 for body in (running, *queued):
                     assert 202 == (await client.post("/v1/tasks", json=body)).status_code
@@ -140,9 +141,14 @@ class TestReloadWithAFullQueue:
                 reload = {"new_model_ref": str(new_model)}
                 assert 202 == (await client.post("/v1/pools/lp/reload", json=reload)).status_code
                 seen = [await _models_seen(client)]
+                canceled = False
                 while not _done((await client.get("/v1/pools/lp/health")).json()):
                     assert len(seen) < 2000, "the reload never ended"
                     seen.append(await _models_seen(client))
+                    if seen[-1][2] == str(new_model) and not canceled:
+                        # Switched: the old replica's stream need not run out its 20 s.
+                        cancel = await client.post(f"/v1/tasks/{running['task_id']}/cancel")
+                        canceled = 204 == cancel.status_code
                     await asyncio.sleep(0.02)
                 seen.append(await _models_seen(client))
                 ends = [await terminal(client, body["task_id"]) for body in (running, *queued)]
@@ -152,7 +158,7 @@ class TestReloadWithAFullQueue:
             names = [models[view] for models in seen]
             switched = names.index(str(new_model))
             assert {old} >= set(names[:switched]) and {str(new_model)} == set(names[switched:])
-        assert "end" == ends[0][0]
+        assert ("end", True) == (ends[0][0], ends[0][1].get("canceled"))
         for event, data in ends[1:]:
             assert ("error", "POOL_UNAVAILABLE", True) == (event, data["code"], data["retriable"])
         every_enqueued_task_accounted(scrape)
