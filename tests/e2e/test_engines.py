@@ -231,6 +231,17 @@ def _cyclic_garbage() -> set[str]:
     return names & (_PER_REQUEST | _PER_REQUEST_CODE)
 
 
+def _runs_and_requests_ended() -> bool:
+    """No task runner (``task-<id>``) and no HTTP request cycle is still running."""
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        if task.get_name().startswith("task-") or getattr(coro, "__qualname__", "").endswith(
+            "run_asgi"
+        ):
+            return False
+    return True
+
+
 class TestNoReferenceCycles:
     async def test_finished_streams_are_freed_without_the_garbage_collector(self) -> None:
         """Streams through the task API and the OpenAI front door, read to their end, leave
@@ -257,7 +268,8 @@ class TestNoReferenceCycles:
                 await wait_until(
                     lambda: srv.deps.pools.get_active_leases("openai-pool") == 0, "leases"
                 )
-                await asyncio.sleep(0.05)  # the runners' and responses' last steps
+                # Until their last steps ran, runs and responses are alive, not garbage.
+                await wait_until(_runs_and_requests_ended, "the runs' and requests' ends")
                 assert set() == _cyclic_garbage()
             finally:
                 gc.enable()

@@ -49,16 +49,29 @@ def status_of(response: bytes) -> int:
     return int(line.split()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used, from /proc (not the wall clock)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+def _schedstat(pid: int) -> dict[str, int]:
+    """Per thread of ``pid``: nanoseconds on a CPU plus nanoseconds waiting for one."""
+    times = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as stat:
+                on_cpu, waiting, _ = stat.read().split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        times[tid] = int(on_cpu) + int(waiting)
+    return times
 
 
-def cpu_share(pid: int, window_s: float) -> float:
-    """Share of one core the process used over a window of ``window_s`` wall seconds."""
-    before, started = cpu_seconds(pid), time.monotonic()
+def busiest_thread_runnable(pid: int, window_s: float) -> float:
+    """Share of ``window_s`` during which the busiest thread of ``pid`` wanted a CPU.
+
+    A thread that spins is runnable all the time, on a CPU or waiting for one: near 1.0 however
+    loaded the machine is, where a share of CPU time would fall with the load. A thread that
+    sleeps between events is runnable only for their handling. Linux schedstat (the kernel's
+    sched_info accounting) gives both parts, per thread.
+    """
+    before, started = _schedstat(pid), time.monotonic()
     time.sleep(window_s)
-    return (cpu_seconds(pid) - before) / (time.monotonic() - started)
+    after, elapsed = _schedstat(pid), time.monotonic() - started
+    busiest = max(after[tid] - before.get(tid, 0) for tid in after)
+    return busiest / 1e9 / elapsed

@@ -153,11 +153,10 @@ class TestEngineDies:
                 other_frames = await _frames(client, other["task_id"])
         event, error = frames[-1]
         assert ("error", True) == (event, error["retriable"]), frames[-1]
+        # The code tells a noticed death from a hang, not the time it took: a stream the
+        # server did not see break ends only at the 30 s idle watchdog, with DECODE_TIMEOUT.
         assert error["code"] in ("WORKER_RESET", "POOL_UNAVAILABLE")
         print(f"error frame {error_after_s * 1000:.0f} ms after the engine was killed")
-        # A hang would last until the read timeout (30 s); this tells the two apart with room
-        # for a loaded machine, without timing the detection itself.
-        assert error_after_s < 20
         assert "end" == other_frames[-1][0]
 
     @pytest.mark.timeout(120)

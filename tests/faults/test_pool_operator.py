@@ -4,6 +4,7 @@ metrics see across the switch (launched fake llama.cpp engines, simulated GPU in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_pool_drain_reload import _state
+from tests.faults.test_queue_races import every_enqueued_task_accounted, settled, terminal
 from tests.support.engines import tiny_gguf
 from tests.support.launched import (
     LaunchedSetup,
@@ -26,7 +28,7 @@ from tests.support.launched import (
     process_of,
     wait_health,
 )
-from tests.support.serve_process import serve_process
+from tests.support.serve_process import ServeProcess, serve_process
 from tests.support.server import running_server
 
 
@@ -75,8 +77,91 @@ class TestReloadWithQueuedTasks:
             assert "end" == frames[-1][0]
 
 
+class TestReloadArrivals:
+    def test_a_task_for_the_model_a_reload_brings_is_told_to_retry(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """While a reload starts the pool's new model, a task for that model finds no pool
+        serving it yet: a retriable 503 POOL_UNREADY naming the reload, not the non-retriable
+        'no pool serves' that tells a client to give up on a model about to be served."""
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        pool = setup.pool(env={"FAKE_ENGINE_LOAD_MS": "2000"})
+        with (
+            _serving(setup, pool) as server,
+            httpx.Client(base_url=server.url, timeout=10.0) as client,
+        ):
+            body = {"new_model_ref": str(new_model)}
+            assert 202 == client.post("/v1/pools/lp/reload", json=body).status_code
+            # The new engine takes 2 s to load: the pool still serves the old model.
+            early = client.post("/v1/tasks", json=llama_task(new_model, max_tokens=2))
+            for _ in range(800):
+                if client.get("/v1/pools/lp/health").json()["model_id"] == str(new_model):
+                    break
+                time.sleep(0.05)
+            later = client.post("/v1/tasks", json=llama_task(new_model, max_tokens=2))
+        error = early.json()
+        assert (503, "POOL_UNREADY", True) == (early.status_code, error["code"], error["retriable"])
+        assert "reloading" in error["message"] and str(new_model) in error["message"]
+        assert str(max(1, -(-error["retry_after_ms"] // 1000))) == early.headers["retry-after"]
+        assert 202 == later.status_code, later.text
+
+
 def _done(health: dict[str, Any]) -> bool:
     return (health.get("last_operation") or {}).get("state") in ("done", "rolled_back")
+
+
+async def _models_seen(client: httpx.AsyncClient) -> tuple[str, str, str]:
+    """The model pool lp serves, as capabilities, status and health say, in that order."""
+    caps = (await client.get("/v1/capabilities")).json()["pools"][0]["model_id"]
+    status = (await client.get("/v1/status")).json()["pool"]["pools"][0]["model"]
+    health = (await client.get("/v1/pools/lp/health")).json()["model_id"]
+    return caps, status, health
+
+
+class TestReloadWithAFullQueue:
+    async def test_the_switch_is_seen_once_and_every_task_is_accounted(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """Reload while a task runs and the queue is full: each of capabilities, status and
+        health names the old model, then the new one, never the old again; the queued tasks
+        end with a retriable POOL_UNAVAILABLE at the switch, the running one is canceled on the
+        old replica; then nothing is queued or leased and every enqueued task is counted."""
+        new_model = tiny_gguf(setup.tmp / "models2", "tiny-next")
+        full = {"capacity": 2, "full_policy": "reject"}
+        pool = setup.pool(slots=1, env={"FAKE_ENGINE_TOKENS_PER_S": "20"}, queue=full)
+        with _serving(setup, pool) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                # 20 s of tokens: the slot stays taken until the switch, whatever the load.
+                running = llama_task(setup.model, max_tokens=400, deadline_ms=600_000)
+                queued = [llama_task(setup.model, max_tokens=2, deadline_ms=600_000) for _ in "ab"]
+                for body in (running, *queued):
+                    assert 202 == (await client.post("/v1/tasks", json=body)).status_code
+                over = llama_task(setup.model, max_tokens=2, deadline_ms=600_000)
+                assert 429 == (await client.post("/v1/tasks", json=over)).status_code
+                reload = {"new_model_ref": str(new_model)}
+                assert 202 == (await client.post("/v1/pools/lp/reload", json=reload)).status_code
+                seen = [await _models_seen(client)]
+                canceled = False
+                while not _done((await client.get("/v1/pools/lp/health")).json()):
+                    assert len(seen) < 2000, "the reload never ended"
+                    seen.append(await _models_seen(client))
+                    if seen[-1][2] == str(new_model) and not canceled:
+                        # Switched: the old replica's stream need not run out its 20 s.
+                        cancel = await client.post(f"/v1/tasks/{running['task_id']}/cancel")
+                        canceled = 204 == cancel.status_code
+                    await asyncio.sleep(0.02)
+                seen.append(await _models_seen(client))
+                ends = [await terminal(client, body["task_id"]) for body in (running, *queued)]
+                scrape = await settled(client, "lp")
+        old = str(setup.model)
+        for view in range(3):
+            names = [models[view] for models in seen]
+            switched = names.index(str(new_model))
+            assert {old} >= set(names[:switched]) and {str(new_model)} == set(names[switched:])
+        assert ("end", True) == (ends[0][0], ends[0][1].get("canceled"))
+        for event, data in ends[1:]:
+            assert ("error", "POOL_UNAVAILABLE", True) == (event, data["code"], data["retriable"])
+        every_enqueued_task_accounted(scrape)
 
 
 #: Gauges with a replica_id label: a replica a reload stopped must not leave them behind.
@@ -134,11 +219,21 @@ class TestReloadMetrics:
             assert 'pool_restart_storm{pool_id="lp",replica_id="r0-g1"} 0.0' in scrape
 
 
-def _serve_config(setup: LaunchedSetup, **engines: Any) -> dict[str, Any]:
+def _serve_config(setup: LaunchedSetup, *pools: dict[str, Any], **engines: Any) -> dict[str, Any]:
     config: dict[str, Any] = json.loads(
-        setup.config(**engines).model_dump_json(exclude_none=True, exclude_unset=True)
+        setup.config(*pools, **engines).model_dump_json(exclude_none=True, exclude_unset=True)
     )
     return config
+
+
+@contextlib.contextmanager
+def _serving(setup: LaunchedSetup, pool: dict[str, Any]) -> Iterator[ServeProcess]:
+    """``llorch serve`` of ``pool`` in a folder of its own, once the pool is Ready."""
+    workdir = setup.tmp / "serve"
+    workdir.mkdir()
+    with serve_process(_serve_config(setup, pool), workdir) as server:
+        _engine_pid(server.url)
+        yield server
 
 
 def _engine_pid(url: str) -> int:
@@ -190,6 +285,26 @@ class TestRunDir:
                 assert os.path.exists(setup.tmp / "run" / "pids" / "lp-r0.pid")
 
 
+def _probes(log: Path, pid: int) -> int:
+    """Health probes the engine ``pid`` answered, from its FAKE_ENGINE_HEALTH_LOG."""
+    try:
+        lines = log.read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    return sum(1 for line in lines if line.split(" ", 1)[0] == str(pid))
+
+
+async def _answered_probes(log: Path, pid: int, count: int, timeout_s: float = 30.0) -> None:
+    """Wait (bounded) until the engine ``pid`` answered ``count`` health probes in all."""
+    deadline = time.monotonic() + timeout_s
+    while _probes(log, pid) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"engine {pid} answered {_probes(log, pid)} of {count} probes: stopped?"
+            )
+        await asyncio.sleep(0.05)
+
+
 class TestRetiredModel:
     async def test_retiring_the_served_model_does_not_kill_its_engine(
         self, setup: LaunchedSetup
@@ -198,8 +313,9 @@ class TestRetiredModel:
         engine still answers its health checks. It is not killed as hung (nor restarted, nor
         counted toward the storm breaker): the running stream ends normally, and activating
         the model again makes the same engine Ready."""
-        pool = setup.pool(env={"FAKE_ENGINE_TOKENS_PER_S": "20"})
-        async with running_server(setup.config(pool)) as server:
+        probes = setup.tmp / "probes.log"
+        env = {"FAKE_ENGINE_TOKENS_PER_S": "20", "FAKE_ENGINE_HEALTH_LOG": str(probes)}
+        async with running_server(setup.config(setup.pool(env=env))) as server:
             health = await wait_health(server, "lp", lambda h: h["ready"])
             pid = process_of(health)["pid"]
             running = llama_task(setup.model, max_tokens=40)
@@ -211,8 +327,9 @@ class TestRetiredModel:
             assert 202 == retired.status_code
             await wait_health(server, "lp", lambda h: "Retired" in (h["last_error"] or ""))
             assert "end" == (await asyncio.wait_for(stream, 20))[-1][0]
-            # Many probe intervals (0.2 s here), well past hang_after_failed_probes (3).
-            await asyncio.sleep(1.5)
+            # Probes of the closed gate, counted by the engine itself, well past
+            # hang_after_failed_probes (3): an engine taken for hung is stopped before then.
+            await _answered_probes(probes, pid, _probes(probes, pid) + 6)
             health = (await server.client.get("/v1/pools/lp/health")).json()
             assert (pid, 0) == (process_of(health)["pid"], process_of(health)["restarts"])
             assert 202 == (await server.client.post(state, json={"state": "Active"})).status_code
@@ -277,6 +394,17 @@ class TestShutdownDuringReload:
             assert not _alive(old)
 
 
+def _hangup_disposition(pid: int) -> tuple[bool, bool]:
+    """Whether process ``pid`` ignores SIGHUP, and whether it catches it (/proc status)."""
+    masks = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("SigIgn", "SigCgt"):
+            masks[name] = int(value.strip(), 16)
+    bit = 1 << (signal.SIGHUP - 1)
+    return bool(masks["SigIgn"] & bit), bool(masks["SigCgt"] & bit)
+
+
 class TestHangup:
     def test_sighup_stops_the_server_and_its_engines(self, setup: LaunchedSetup) -> None:
         """Closing the terminal (or the SSH session) that runs ``llorch serve`` sends SIGHUP:
@@ -302,8 +430,10 @@ class TestHangup:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
         with serve_process(config, tmp_path, preexec_fn=nohup) as server:
+            # The kernel discards a signal its receiver ignores when it is sent: with SIGHUP
+            # still ignored (not caught) once the server runs, the one sent next cannot stop it.
+            assert (True, False) == _hangup_disposition(server.process.pid)
             server.process.send_signal(signal.SIGHUP)
-            time.sleep(0.5)  # a stop would have closed the listener by now
             with httpx.Client(base_url=server.url, timeout=5.0) as client:
                 assert 200 == client.get("/v1/capabilities").status_code
             assert server.process.poll() is None

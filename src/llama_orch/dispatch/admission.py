@@ -54,6 +54,9 @@ from llama_orch.observability.narration import narrate
 from llama_orch.pool.manager import PoolManager, PoolRuntime
 from llama_orch.vocab import PlacementMode, Priority, Workload
 
+#: Retry advice for a task whose model a reload is bringing: new replicas start in seconds.
+RELOAD_RETRY_AFTER_MS = 2000
+
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
@@ -403,6 +406,15 @@ class Admission:
             if p.config.engine is request.engine and p.config.model == request.model_ref
         ]
         if not matching:
+            reloading = self._pools.lifecycle.reloading_to(request.engine, request.model_ref)
+            if reloading is not None:
+                raise PoolUnready(
+                    f"pool {reloading} is reloading to {request.model_ref!r} and serves it once "
+                    "its new replicas are Ready; retry shortly",
+                    retry_after_ms=RELOAD_RETRY_AFTER_MS,
+                    pool_id=reloading,
+                    engine=request.engine.value,
+                )
             served = sorted(
                 {f"{p.config.engine.value}:{p.config.model}" for p in self._pools.pools.values()}
             )

@@ -60,6 +60,10 @@ from llama_orch.vocab import Priority
 
 #: Retry advice for queued tasks a restart storm ends: about what a reload of the pool takes.
 STRANDED_RETRY_AFTER_MS = 5000
+#: Bounds of the retry advice for a full queue: no sooner than a quarter second, and no later
+#: than a minute (a prediction is no promise, and the pool may not be Ready to make one: a
+#: client asking again then gets fresh advice).
+RETRY_FLOOR_MS, RETRY_CEILING_MS = 250, 60_000
 
 
 class Dispatcher:
@@ -220,7 +224,10 @@ class Dispatcher:
         if isinstance(outcome, Rejected):
             policy = lane.queue.policy.value
             self._metrics.admission_backpressure_events_total.labels(engine, policy).inc()
-            retry_ms = self._retry_after_ms(lane, task.expected_tokens)
+            # A class at its own queue_capacity frees a place when its own head starts.
+            head = lane.queue.peek(task.priority) if outcome.reason == "class_full" else None
+            position = (lane.queue.position(head) or 0) if head is not None else 0
+            retry_ms = self._retry_after_ms(lane, position)
             message = (
                 f"pool {task.pool_id} queue is full ({lane.queue.capacity()} tasks, "
                 f"policy {policy}); retry in about {retry_ms} ms"
@@ -250,11 +257,12 @@ class Dispatcher:
         self._refresh_depth(lane)
         return outcome.position
 
-    def _retry_after_ms(self, lane: PoolLane, tokens: int) -> int:
-        slots = max(1, lane.pool.slots_total)
-        perf = [lane.perf_of(r.replica_id) for r in lane.pool.replicas]
-        service = min((p.service_s(tokens) for p in perf), default=1.0)
-        return max(250, int(service * 1000 / slots))
+    def _retry_after_ms(self, lane: PoolLane, head: int = 0) -> int:
+        """When the full queue should have a place again: when the task at position ``head``
+        (its head, or its full class's) starts. The refused task's own size has no bearing on
+        that; a retry before then is refused again."""
+        head_ms = self.predicted_start_ms(lane, head)
+        return max(RETRY_FLOOR_MS, min(head_ms, RETRY_CEILING_MS))
 
     def _evict(self, victim_id: str, *, by: Task) -> None:
         victim = self.tasks.get(victim_id)
@@ -270,7 +278,7 @@ class Dispatcher:
             QueueFullDropLru(
                 f"evicted from the full queue of pool {victim.pool_id} to admit a newer "
                 f"{by.priority.value} task; resubmit later",
-                retry_after_ms=self._retry_after_ms(lane, victim.expected_tokens),
+                retry_after_ms=self._retry_after_ms(lane),
                 policy_label="drop-lru",
                 pool_id=victim.pool_id,
                 engine=victim.engine.value,
@@ -497,7 +505,11 @@ class Dispatcher:
             timer.cancel()
 
     def end_queued(self, pool_id: str, error: OrchError) -> int:
-        """End every task still queued on the pool with ``error`` (a drain); how many."""
+        """End every task still queued on the pool with ``error`` (a drain, a reload's switch,
+        a retired model, a restart storm: each drains the pool); how many.
+
+        Each counts as canceled for the drain, as the running tasks a drain stops do: a task
+        that left the queue without starting is counted in one place or another."""
         queued = [
             t
             for t in self.tasks.live_tasks()
@@ -505,6 +517,9 @@ class Dispatcher:
         ]
         for task in queued:
             self._disarm_deadline(task.id)
+            self._metrics.tasks_canceled_total.labels(
+                task.engine.value, "unknown", pool_id, "none", "drain"
+            ).inc()
             self.endings.fail(task, error, server_stop=True)
         self._refresh_depth(self.lanes[pool_id])
         return len(queued)

@@ -38,6 +38,7 @@ from llama_orch.pool.engine_process import (
     is_launched,
 )
 from llama_orch.supervisor import Supervisor
+from llama_orch.vocab import Engine
 
 if TYPE_CHECKING:
     from llama_orch.pool.manager import PoolManager, PoolRuntime, Replica
@@ -113,6 +114,20 @@ class PoolLifecycle:
     @property
     def enabled(self) -> bool:
         return self._sup is not None
+
+    def reloading_to(self, engine: Engine, model: str) -> str | None:
+        """The pool whose running reload brings ``model`` on ``engine``, before it switched
+        (from then on the pool serves it), if any."""
+        for pool_id, op in self.busy.items():
+            pool = self._manager.pools[pool_id]
+            if (
+                op.kind == "reload"
+                and op.detail.get("to_model") == model
+                and pool.config.engine is engine
+                and pool.config.model != model
+            ):
+                return pool_id
+        return None
 
     # -- start and stop ----------------------------------------------------------------------
 

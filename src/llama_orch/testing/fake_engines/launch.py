@@ -20,7 +20,9 @@ exactly as it launches the real engine:
   (an engine slow to shut down: only SIGINT or SIGKILL ends it), or ``exit_echoing:NAME``
   (exit 1 with a last log line quoting the value of the variable NAME, as an engine refusing
   a setting does). Tests rewrite the file between launches to script crash loops and
-  recoveries.
+  recoveries;
+- ``FAKE_ENGINE_HEALTH_LOG``: a file to which each health probe the engine answers appends a
+  line ``PID PATH``, so a test can wait for a number of probes instead of sleeping.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llama_orch.testing.fake_engines._gguf import GgufError, is_gguf, read_metadata
 from llama_orch.testing.fake_engines._server import Behaviour, FakeEngine
@@ -175,6 +179,29 @@ def build(program: str, argv: list[str]) -> tuple[FakeEngine, int, list[str]]:
     return fake, int(getattr(a, "port", 0) or getattr(a, "http_port", 0)), rest
 
 
+#: The health routes of every simulated engine (what ``FAKE_ENGINE_HEALTH_LOG`` records).
+_HEALTH_PATHS = frozenset({"/health", "/v1/health", "/ping", "/v2/health/live", "/v2/health/ready"})
+
+
+class _HealthLog:
+    """Appends ``PID PATH`` to a file for every health request the engine answers."""
+
+    def __init__(self, app: ASGIApp, path: str) -> None:
+        self._app = app
+        self._path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+        if scope["type"] == "http" and scope["path"] in _HEALTH_PATHS:
+            # One short line after the answer: a probe's own timing is not what it measures.
+            _append(self._path, f"{os.getpid()} {scope['path']}\n")
+
+
+def _append(path: str, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(line)
+
+
 def _fault() -> str:
     path = os.environ.get("FAKE_ENGINE_FAULTS")
     if not path:
@@ -231,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         name = fault.removeprefix("exit_echoing:")
         _fail(f"simulated fault: {name} is {os.environ.get(name, '')}, which is not accepted")
     fake, port, ignored = build(program, rest_argv)
+    health_log = os.environ.get("FAKE_ENGINE_HEALTH_LOG")
+    if health_log:
+        fake.app = _HealthLog(fake.app, health_log)  # type: ignore[assignment]
     if ignored:
         print(f"simulated: ignoring flags {ignored}", file=sys.stderr, flush=True)
     runner: Callable[[Any], Any] = asyncio.run
