@@ -41,7 +41,7 @@ from llama_orch.catalog.refs import FileRef, ModelRef, looks_like_ref, parse_ref
 from llama_orch.clock import SystemClock
 from llama_orch.config import EnginesConfig, PoolConfig
 from llama_orch.core.clock import Clock
-from llama_orch.errors import InvalidModelRef
+from llama_orch.errors import DigestMismatch, InvalidModelRef
 from llama_orch.observability.metrics import RESTART_REASONS, Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.launch import (
@@ -109,6 +109,15 @@ class ModelMissing(Exception):
     """The pool's model is not present locally (the model gate)."""
 
 
+class ModelChanged(ModelMissing):
+    """The pool's model is in the catalog, but its file is no longer the one registered (the
+    message says why and what to do; ``error`` is the typed error)."""
+
+    def __init__(self, error: DigestMismatch) -> None:
+        super().__init__(f"{error.message}; {error.hint}")
+        self.error = error
+
+
 class ModelPending(ModelMissing):
     """The pool's model is being pulled into the catalog: the engine waits for it, which is not
     an engine failure (no restart is counted, the storm breaker does not see it)."""
@@ -161,13 +170,24 @@ def catalog_model_locator(models: PoolModels, base_dir: Path) -> ModelLocator:
     """
     local = local_model_locator(base_dir)
 
+    def confirm(model_id: str) -> None:
+        try:
+            models.provisioner.confirm(model_id)
+        except DigestMismatch as exc:
+            raise ModelChanged(exc) from exc
+
     def locate(cfg: PoolConfig) -> str:
         ref = remote_ref(cfg.model, base_dir)
         if ref is None:
-            return local(cfg)
+            path = local(cfg)
+            registered = models.registered_local(cfg)
+            if registered is not None:
+                confirm(registered)
+            return path
         provisioner = models.provisioner
         resolved = provisioner.store.locate(ref)
         if resolved is not None:
+            confirm(resolved.id)
             return _model_file(Path(resolved.local_path))
         model_id = ref_id(ref)
         progress = provisioner.progress.get(model_id)
@@ -445,10 +465,14 @@ class ReplicaEngine:
             self._fail(f"engine not ensured: {exc}", False, state.model_path is not None)
             return "provision_failed"
         try:
-            state.model_path = self._sup.locate_model(cfg)
+            # In a thread: a model file that changed since it was hashed is hashed again.
+            state.model_path = await asyncio.to_thread(self._sup.locate_model, cfg)
         except ModelPending as exc:
             self._lost(f"model not present yet: {exc}", True, False)
             return MODEL_PENDING
+        except ModelChanged as exc:
+            self._fail(f"model refused: {exc}", True, False)
+            return "model_changed"
         except ModelMissing as exc:
             self._fail(f"model not present: {exc}", True, False)
             return "model_missing"

@@ -118,6 +118,13 @@ class PoolModels:
         if self.provisioner.store.locate(ref) is None:
             self.provisioner.ensure_present(ref, model.expected)
 
+    def registered_local(self, cfg: PoolConfig) -> str | None:
+        """The catalog id of ``cfg``'s model when it is a local one the catalog holds."""
+        model = _pool_model(cfg, self._base_dir)
+        if not isinstance(model.ref, FileRef) or self.provisioner.store.get(model.model_id) is None:
+            return None
+        return model.model_id
+
     def entry(self, pool_id: str) -> ModelEntry | None:
         model = self.by_pool.get(pool_id)
         return self._entry_of(model) if model is not None else None
@@ -241,6 +248,12 @@ class PoolModels:
             )
         if entry.lifecycle is Lifecycle.RETIRED:
             return f"model {model.model_id} is Retired; `llorch models activate {model.model_id}`"
+        if entry.verification == "fail":
+            return (
+                f"model {model.model_id} failed its last verification: {entry.local_path} is "
+                f"not the file registered with digest {entry.digest}; put that file back and "
+                f"run `llorch models verify {model.model_id}`"
+            )
         if model.expected is not None and entry.digest != str(model.expected):
             return (
                 f"model {model.model_id} in the catalog has digest {entry.digest}, not "
