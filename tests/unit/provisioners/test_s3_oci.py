@@ -543,3 +543,38 @@ def test_a_trickling_s3_object_fails_the_pull_naming_its_rate(store: CatalogStor
             prov.ensure_present_str("s3://models/m.gguf")
     assert (4, []) == (len(gets), finished)  # each try was given up, not read to its end
     assert [] == store.list()
+
+
+def misplaced_range_source(path: str, data: bytes, gets: list[str | None]) -> Starlette:
+    """An S3-compatible store (or a cache in front of it) that drops the first GET halfway,
+    then answers the resume with a 206 of the right length taken from byte 0."""
+    headers = {"Content-Length": str(len(data)), "ETag": '"v1"'}
+
+    async def serve(request: Request) -> Response:
+        if request.method == "HEAD":
+            return Response(b"", 200, headers)
+        wanted = request.headers.get("range")
+        gets.append(wanted)
+        if wanted is None and len(gets) == 1:
+            return Response(data[: len(data) // 2], 200, {"ETag": '"v1"'})
+        if wanted is None:
+            return Response(data, 200, headers)
+        rest = len(data) - int(wanted.removeprefix("bytes=").rstrip("-"))
+        stray = {"ETag": '"v1"', "Content-Range": f"bytes 0-{rest - 1}/{len(data)}"}
+        return Response(data[:rest], 206, stray)
+
+    return Starlette(routes=[Route(path, serve, methods=["GET", "HEAD"])])
+
+
+def test_an_s3_resume_answered_from_another_offset_is_not_appended(store: CatalogStore) -> None:
+    """The resumed bytes were appended whatever range the store said they were, so a 206 of
+    the right length from the wrong place registered a file that never existed."""
+    data = bytes(i % 251 for i in range(16384))  # no half equals the other
+    gets: list[str | None] = []
+    with serve_in_thread(misplaced_range_source("/models/m.gguf", data, gets)) as port:
+        endpoint = f"http://127.0.0.1:{port}"
+        fetcher = S3Fetcher(endpoint_url=endpoint, client=s3_client(endpoint), backoff_s=0.0)
+        prov = ModelProvisioner(store, {"s3": fetcher}, outbound=OPEN)
+        entry = prov.ensure_present_str("s3://models/m.gguf")
+    assert (gets[1] or "").startswith("bytes=")
+    assert data == Path(entry.local_path).read_bytes()
