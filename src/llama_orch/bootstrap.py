@@ -208,14 +208,25 @@ def supervision_of(settings: Settings, inventory: GpuInventory, models: PoolMode
 def recover_catalog(store: CatalogStore) -> None:
     """Undo what a crash left in the catalog: a damaged model index is set aside, the files
     of an interrupted delete are removed; each is said in the log."""
-    for kept, why in store.recover():
+    for recovery in store.recover():
+        kept = recovery.kept
+        if recovery.restored_from is not None:
+            done = (
+                f"Restores the model index from its copy {recovery.restored_from.name}: every "
+                "model registered is kept"
+            )
+        else:
+            done = (
+                "Starts an empty model index (its copy could not be read either); the files "
+                "under models/ are kept: pull or register those models again"
+            )
         narrate(
             "catalog",
             "recover",
             str(kept),
-            f"Sets the damaged index aside as {kept} and starts an empty one ({why}); the "
-            "files under models/ are kept: pull or register those models again.",
+            f"{done}. The damaged index is set aside as {kept}.",
             level="warning",
+            last_error=recovery.why,
         )
     if removed := store.empty_trash():
         narrate(

@@ -3,6 +3,7 @@
 Layout (``catalog.root``)::
 
     models.json        {"version": 1, "models": [ModelEntry, ...]}
+    models.json.bak    a copy of the index, written after it (restores a damaged one at start)
     engines.json       the engine index, the engine provisioner's own (provisioners/engine)
     .lock              writers hold an exclusive flock for a read-modify-write
     models/<slug>/     the bytes of each model the catalog owns
@@ -37,6 +38,7 @@ from pydantic import BaseModel, ValidationError
 from llama_orch.catalog.entries import Lifecycle, ModelEntry, ResolvedModel
 from llama_orch.catalog.refs import ModelRef, parse_ref, ref_id, safe_relative
 from llama_orch.errors import (
+    CatalogError,
     IndexCorrupt,
     IndexVersionError,
     InvalidModelRef,
@@ -196,9 +198,15 @@ class _Index(Generic[E]):
             "the file from a backup",
         )
 
-    def set_aside_if_corrupt(self) -> tuple[Path, str] | None:
-        """Rename a damaged index to ``<name>.corrupt-<ms>`` (the caller holds the lock); an
-        index of another schema version is left alone, a newer build may still read it."""
+    @property
+    def backup(self) -> Path:
+        """The copy of the index written after it, for when the index itself is damaged."""
+        return self.path.with_name(f"{self.path.name}.bak")
+
+    def set_aside_if_corrupt(self) -> Recovery | None:
+        """Rename a damaged index to ``<name>.corrupt-<ms>`` (the caller holds the lock) and
+        put its backup copy in its place when that one reads; an index of another schema
+        version is left alone, a newer build may still read it."""
         try:
             self.read()
         except IndexCorrupt as exc:
@@ -206,13 +214,42 @@ class _Index(Generic[E]):
             os.replace(self.path, kept)
             fsync_dir(self.path.parent)
             self._cache = None
-            return kept, exc.message
+            return Recovery(kept, exc.message, self._restore_backup())
         return None
+
+    def _restore_backup(self) -> Path | None:
+        try:
+            data = self.backup.read_bytes()
+            self._parse(data)
+        except (OSError, CatalogError):
+            return None
+        write_atomic(self.path, data)
+        return self.backup
 
     def write(self, entries: dict[str, E]) -> None:
         items = [entries[key].model_dump(mode="json") for key in sorted(entries)]
-        body = {"version": self.version, self.field: items}
-        write_atomic(self.path, orjson.dumps(body, option=orjson.OPT_INDENT_2))
+        data = orjson.dumps(
+            {"version": self.version, self.field: items}, option=orjson.OPT_INDENT_2
+        )
+        write_atomic(self.path, data)
+        # Written after the index, so it is never newer than an index that reads. The change
+        # is made once the index is written: a copy the disk refuses is dropped rather than
+        # left stale (restored, it would undo changes made since).
+        try:
+            write_atomic(self.backup, data)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.backup.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """A damaged index set aside at start."""
+
+    kept: Path
+    why: str
+    #: The backup copy put in its place (None: none could be read; the index starts empty).
+    restored_from: Path | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +274,7 @@ class CatalogStore:
         for directory in (self.models_dir, self.staging_dir, self.trash_dir, self.locks_dir):
             directory.mkdir(parents=True, exist_ok=True)
 
-    def recover(self) -> builtins.list[tuple[Path, str]]:
+    def recover(self) -> builtins.list[Recovery]:
         """Set aside a model index that cannot be read, so the catalog starts with an empty
         one instead of failing each request; returns where the damaged copy went, and why.
 
