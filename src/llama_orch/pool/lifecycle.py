@@ -335,15 +335,19 @@ class PoolLifecycle:
                 pool_id=pool_id,
             )
         new_cfg = _with_model(pool.config, new_model_ref)
+        if self._sup.confirm_model is not None:
+            try:
+                # In a thread: a model file that changed since it was hashed is hashed again.
+                await asyncio.to_thread(self._sup.confirm_model, new_cfg)
+            except ModelChanged as exc:
+                raise DigestMismatch(
+                    f"cannot reload pool {pool_id}: {exc.error.message}",
+                    hint=exc.error.hint,
+                    pool_id=pool_id,
+                ) from exc
+        # From here to the reload's start nothing awaits: a delete cannot come in between.
         try:
-            # In a thread: a model file that changed since it was hashed is hashed again.
-            await asyncio.to_thread(self._sup.locate_model, new_cfg)
-        except ModelChanged as exc:
-            raise DigestMismatch(
-                f"cannot reload pool {pool_id}: {exc.error.message}",
-                hint=exc.error.hint,
-                pool_id=pool_id,
-            ) from exc
+            self._sup.locate_model(new_cfg)
         except ModelMissing as exc:
             raise InvalidParams(f"cannot reload pool {pool_id}: {exc}", pool_id=pool_id) from exc
         if self._manager.models is not None:
