@@ -9,6 +9,8 @@ Layout (``catalog.root``)::
     models/<slug>/     the bytes of each model the catalog owns
     .staging/<slug>/   downloads in progress (never visible as a model)
     .trash/            artifacts being deleted
+    .locks/<slug>.lock a model's single-flight pull lock (provisioners/models)
+    .locks/<slug>.use  shared by each process serving the model; a delete needs it exclusive
 
 Writers replace an index by writing a temporary file, fsync, rename over the index and fsync
 the directory, so a reader (which takes no lock) sees the old index or the new one, never a torn
@@ -30,7 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -39,6 +41,7 @@ from llama_orch.catalog.entries import Lifecycle, ModelEntry, ResolvedModel
 from llama_orch.catalog.refs import ModelRef, parse_ref, ref_id, safe_relative
 from llama_orch.errors import (
     CatalogError,
+    Conflict,
     IndexCorrupt,
     IndexVersionError,
     InvalidModelRef,
@@ -343,9 +346,20 @@ class CatalogStore:
     def set_state(self, model_id: str, state: Lifecycle) -> ModelEntry:
         return self.update(model_id, lambda entry: entry.model_copy(update={"lifecycle": state}))
 
+    def hold(self, model_id: str) -> BinaryIO:
+        """A shared lock on ``model_id`` for as long as the returned file stays open: while a
+        process serves the model, a delete from any other process sharing this root (a
+        second server, ``llorch models --local rm``) is refused."""
+        with writing(self.root):
+            self.locks_dir.mkdir(parents=True, exist_ok=True)
+            handle = self.use_path(model_id).open("a+b")
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+        return handle
+
     def delete(self, model_id: str) -> DeleteOutcome:
-        """Remove the entry, then (best effort) the artifacts the catalog owns."""
-        with self._locked():
+        """Remove the entry, then (best effort) the artifacts the catalog owns; Conflict while
+        another process holds the model (``hold``)."""
+        with self._locked(), self._unheld(model_id):
             entries = dict(self._models.read())
             entry = entries.pop(model_id, None)
             if entry is None:
@@ -376,6 +390,27 @@ class CatalogStore:
             except OSError as exc:
                 problem = f"could not remove {trash}: {exc.strerror or exc}"
         return DeleteOutcome(found=True, problem=problem)
+
+    @contextlib.contextmanager
+    def _unheld(self, model_id: str) -> Iterator[None]:
+        path = self.use_path(model_id)
+        if not path.exists():
+            yield
+            return
+        with path.open("a+b") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Conflict(
+                    f"model {model_id} is in use by another llama-orch process sharing the "
+                    f"catalog {self.root} (a server whose pool serves it); nothing was deleted",
+                    hint="reload that server's pool to another model, or stop that server, "
+                    "then delete the model",
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _artifact_dir(self, local: Path) -> Path:
         """The ``models/<slug>`` directory holding ``local``."""
@@ -411,3 +446,6 @@ class CatalogStore:
 
     def lock_path(self, model_id: str) -> Path:
         return self.locks_dir / f"{slug_of(model_id)}.lock"
+
+    def use_path(self, model_id: str) -> Path:
+        return self.locks_dir / f"{slug_of(model_id)}.use"
