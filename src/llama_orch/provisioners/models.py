@@ -141,7 +141,8 @@ class ModelProvisioner:
     def _hit(self, ref: ModelRef, model_id: str, expected: Digest | None) -> ModelEntry | None:
         if self.store.locate(ref) is None:
             return None
-        entry = self.store.get(model_id)
+        # The answer states the model's digest and size: they must be those of its bytes now.
+        entry = self.confirm(model_id)
         if entry is None:
             return None
         if expected is not None and entry.digest is not None and entry.digest != str(expected):
@@ -511,8 +512,9 @@ class ModelProvisioner:
             f"model {model_id} is not the file registered: {problem}; no engine is started on "
             "it (it would serve other bytes under the registered digest)",
             hint=f"put the registered file back, then `llorch models verify {model_id}`; to "
-            f"serve the new file instead, stop the server, run `llorch models rm {model_id}` "
-            "and start it again (a pool's local model is registered anew at start)",
+            f"use the new file instead, `llorch models rm {model_id}` (with the server stopped "
+            "when its pools serve the model) and register it again (a pool's local model is "
+            "registered anew when the server starts)",
         )
 
     def _record(self, model_id: str, result: VerifyResult, check: Recheck) -> ModelEntry:

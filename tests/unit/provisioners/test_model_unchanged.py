@@ -165,3 +165,16 @@ class TestDirectoryAndStaged:
         replace(Path(entry.local_path), PAYLOAD[::-1])
         with pytest.raises(DigestMismatch):
             prov.confirm(entry.id)
+
+
+class TestRegisteringAgain:
+    def test_a_changed_file_is_not_answered_with_its_old_digest(
+        self, tmp_path: Path, prov: ModelProvisioner
+    ) -> None:
+        """Registering a file again took the catalog's word for it and answered with the
+        digest and size of bytes no longer there; it is now checked like a launch."""
+        model, entry = register(tmp_path, prov)
+        assert entry == prov.ensure_present_str(f"file:{model}")
+        replace(model, PAYLOAD[: len(PAYLOAD) // 2])
+        with pytest.raises(DigestMismatch, match="not the file registered"):
+            prov.ensure_present_str(f"file:{model}")
