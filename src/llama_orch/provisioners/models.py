@@ -61,7 +61,7 @@ from llama_orch.errors import (
 )
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
-from llama_orch.provisioners.fetch.base import Fetched, Fetcher
+from llama_orch.provisioners.fetch.base import Fetched, Fetcher, translate_disk_full
 from llama_orch.provisioners.fetch.file import open_checked
 from llama_orch.provisioners.policy import OutboundPolicy, TrustPolicy
 from llama_orch.provisioners.progress import PullBoard, PullProgress, PullState
@@ -207,12 +207,19 @@ class ModelProvisioner:
             stage.mkdir(parents=True, exist_ok=True)
         try:
             fetched = fetcher.fetch(ref, stage, progress, self.outbound)
-        except BaseException:
+        except BaseException as exc:
             if not local_file:
                 # What a later try resumes from stays; an empty folder per failed ref would
                 # only pile up.
                 with contextlib.suppress(OSError):
                     stage.rmdir()
+                # A disk that fills under a client library's own writes (hf, oci, an archive
+                # unpacked) fails the pull as the fetchers' own writes do.
+                if (
+                    isinstance(exc, OSError)
+                    and (full := translate_disk_full(exc, stage)) is not exc
+                ):
+                    raise full from exc
             raise
         with fetched.opened or contextlib.nullcontext():
             return self._register(model_id, expected, fetched, stage, local_file, started)

@@ -578,3 +578,25 @@ def test_an_s3_resume_answered_from_another_offset_is_not_appended(store: Catalo
         entry = prov.ensure_present_str("s3://models/m.gguf")
     assert (gets[1] or "").startswith("bytes=")
     assert data == Path(entry.local_path).read_bytes()
+
+
+def test_a_disk_that_fills_during_an_oci_pull_is_a_typed_failure(tmp_path, registry) -> None:
+    """The space check trusts the free space the disk reports; a disk that fills anyway (a
+    thin volume, another writer) failed an oci:// pull with the untyped OSError of the
+    library's write, which the API reported as INTERNAL. It is InsufficientSpace."""
+    from tests.support.disks import small_tmpfs
+
+    blob = tmp_path / "big.gguf"
+    blob.write_bytes(bytes(i % 251 for i in range(2 * 1024 * 1024)))
+    oras_push(registry, "models/big:v1", [blob])
+    with small_tmpfs(tmp_path / "disk") as disk:
+        store = CatalogStore(disk / "catalog")
+        prov = ModelProvisioner(
+            store,
+            {"oci": OciFetcher(insecure_registries=(registry,))},
+            outbound=OPEN,
+            free_bytes=lambda _path: 1 << 40,  # what a thin volume may well report
+        )
+        with pytest.raises(InsufficientSpace, match="full"):
+            prov.ensure_present_str(f"oci://{registry}/models/big:v1")
+        assert [] == store.list()
