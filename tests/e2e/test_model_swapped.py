@@ -16,7 +16,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.engines import tiny_gguf
-from tests.support.launched import LaunchedSetup, launched_setup, process_of, wait_health
+from tests.support.launched import (
+    LaunchedSetup,
+    launched_setup,
+    llama_task,
+    process_of,
+    wait_health,
+)
 from tests.support.server import RunningServer, running_server
 
 REFUSED = "not the file registered"
@@ -76,8 +82,10 @@ class TestSwappedModelFile:
             assert REFUSED in body["message"]
             assert f"llorch models verify file:{model}" in body["hint"]
             assert {"fail": 1.0} == await rehashes(server)
-            # The running engine was started on the registered bytes and keeps serving.
-            assert (await server.client.get("/v1/pools/lp/health")).json()["ready"]
+            # The running engine was started on the registered bytes and keeps serving them.
+            task = llama_task(model, max_tokens=3)
+            assert 202 == (await server.submit(task)).status_code
+            assert "end" == (await server.stream(task["task_id"]))[-1][0]
             catalog = (await server.client.get(f"/v1/catalog/models/file:{model}")).json()
             assert "fail" == catalog["verification"]
         async with running_server(setup.config()) as server:

@@ -279,12 +279,6 @@ class PoolModels:
             )
         if entry.lifecycle is Lifecycle.RETIRED:
             return f"model {model.model_id} is Retired; `llorch models activate {model.model_id}`"
-        if entry.verification == "fail":
-            return (
-                f"model {model.model_id} failed its last verification: {entry.local_path} is "
-                f"not the file registered with digest {entry.digest}; put that file back and "
-                f"run `llorch models verify {model.model_id}`"
-            )
         if model.expected is not None and entry.digest != str(model.expected):
             return (
                 f"model {model.model_id} in the catalog has digest {entry.digest}, not "
