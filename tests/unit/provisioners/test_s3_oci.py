@@ -431,6 +431,20 @@ class TestHostileRegistry:
                 prov.ensure_present_str(f"oci://{registry}/h/x:v1")
         assert [] == store.list()
 
+    @pytest.mark.parametrize("media", [DIR_TYPE, "application/vnd.oci.image.layer.v1.tar"])
+    def test_a_blob_that_is_not_its_layer_digest_registers_nothing(self, store, media) -> None:
+        """A manifest naming one digest while the registry serves other bytes for it."""
+        layer = {**tar_layer("sha256:" + "ab" * 32), "mediaType": media}
+        layer["annotations"] = {"org.opencontainers.image.title": "m.gguf"}
+        with serve_in_thread(hostile_registry({"v1": {"layers": [layer]}}, [])) as port:
+            registry = f"127.0.0.1:{port}"
+            prov = oci_provisioner(store, registry)
+            with pytest.raises(DigestMismatch):
+                prov.ensure_present_str(f"oci://{registry}/h/x:v1")
+        assert [] == store.list()
+        stage = store.staging_for(f"oci://{registry}/h/x:v1")
+        assert [] == [p.name for p in stage.rglob("*") if p.is_file()]
+
 
 def sending_elsewhere(elsewhere: str, *, realm: bool) -> Starlette:
     """A registry that sends the client to ``elsewhere``: as its token realm, or by
