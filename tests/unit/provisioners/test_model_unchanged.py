@@ -12,9 +12,12 @@ from llama_orch.catalog import CatalogStore, ModelEntry
 from llama_orch.errors import DigestMismatch
 from llama_orch.observability.metrics import Metrics
 from llama_orch.provisioners.fetch.file import FileFetcher
+from llama_orch.provisioners.fetch.hf import HfFetcher
 from llama_orch.provisioners.models import ModelProvisioner
+from tests.support.fake_hf_hub import HubRepo, HubState, fake_hf_hub
 from tests.support.https_site import HttpsSite
-from tests.unit.provisioners.conftest import https_provisioner
+from tests.support.threaded_server import serve_in_thread
+from tests.unit.provisioners.conftest import OPEN, https_provisioner
 
 PAYLOAD = bytes(range(256)) * 64
 
@@ -178,3 +181,22 @@ class TestRegisteringAgain:
         replace(model, PAYLOAD[: len(PAYLOAD) // 2])
         with pytest.raises(DigestMismatch, match="not the file registered"):
             prov.ensure_present_str(f"file:{model}")
+
+    def test_a_pulled_repo_is_confirmed_without_a_hash(
+        self, store: CatalogStore, metrics: Metrics
+    ) -> None:
+        """The identities a pull records survive the move into models/: no launch re-reads
+        a repo it just downloaded; a file replaced there is refused."""
+        state = HubState()
+        files = {"config.json": b"{}", "w/model.safetensors": PAYLOAD}
+        state.repos["org/full"] = HubRepo(files=files, lfs={"w/model.safetensors"})
+        with serve_in_thread(fake_hf_hub(state)) as port:
+            fetcher = HfFetcher(endpoint=f"http://127.0.0.1:{port}")
+            prov = ModelProvisioner(store, {"hf": fetcher}, outbound=OPEN, metrics=metrics)
+            entry = prov.ensure_present_str("hf:org/full")
+        assert 2 == len(entry.files) and entry.managed
+        prov.confirm(entry.id)
+        assert (0, 0) == (rehashes(metrics, "pass"), rehashes(metrics, "fail"))
+        replace(Path(entry.local_path) / "w" / "model.safetensors", PAYLOAD[::-1])
+        with pytest.raises(DigestMismatch, match=r"model\.safetensors"):
+            prov.confirm(entry.id)
