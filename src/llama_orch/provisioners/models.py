@@ -104,6 +104,8 @@ class ModelProvisioner:
         #: model id -> its single-flight lock and how many threads hold or wait for it.
         self._flights: dict[str, tuple[threading.Lock, int]] = {}
         self._flights_lock = threading.Lock()
+        #: model id -> the lock its launch-time confirmations take (one per model served).
+        self._confirming: dict[str, threading.Lock] = {}
 
     # -- the interface of SPEC §10 -------------------------------------------------------------
 
@@ -489,6 +491,10 @@ class ModelProvisioner:
         a file whose identity changed is hashed again (once: the result is recorded with the
         new identity, so a refused model is not re-read on every restart). None when the
         model is not in the catalog."""
+        with self._confirm_lock(model_id):
+            return self._confirm(model_id)
+
+    def _confirm(self, model_id: str) -> ModelEntry | None:
         entry = self.store.get(model_id)
         if entry is None or (entry.digest is None and not entry.files):
             return entry
@@ -523,6 +529,12 @@ class ModelProvisioner:
             "when its pools serve the model) and register it again (a pool's local model is "
             "registered anew when the server starts)",
         )
+
+    def _confirm_lock(self, model_id: str) -> threading.Lock:
+        """One confirmation of a model at a time: the replicas of a pool launching together
+        after its file changed hash it once, the others find the identity recorded."""
+        with self._flights_lock:
+            return self._confirming.setdefault(model_id, threading.Lock())
 
     def _record(self, model_id: str, result: VerifyResult, check: Recheck) -> ModelEntry:
         """Store a verification's result with the identities of the files it looked at."""

@@ -200,3 +200,29 @@ class TestRegisteringAgain:
         replace(Path(entry.local_path) / "w" / "model.safetensors", PAYLOAD[::-1])
         with pytest.raises(DigestMismatch, match=r"model\.safetensors"):
             prov.confirm(entry.id)
+
+
+def test_replicas_launching_together_hash_a_changed_file_once(
+    tmp_path: Path, prov: ModelProvisioner, metrics: Metrics
+) -> None:
+    """Each replica of a pool confirms its model before its launch; after a change they all
+    hashed the whole file at once. The first hashes it; the others find the identity it
+    recorded."""
+    import threading
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"\1" * (16 << 20))
+    entry = prov.ensure_present_str(f"file:{model}")
+    os.utime(model, ns=(1_000_000_000, 1_000_000_000))
+    start = threading.Barrier(4)
+
+    def launch() -> None:
+        start.wait()
+        prov.confirm(entry.id)
+
+    threads = [threading.Thread(target=launch) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (1, 0) == (rehashes(metrics, "pass"), rehashes(metrics, "fail"))
