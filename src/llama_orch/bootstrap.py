@@ -22,7 +22,12 @@ from llama_orch.dispatch.service import TaskService
 from llama_orch.errors import ConfigError, ConfigIssue
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
-from llama_orch.pool.engine_process import Supervision, catalog_model_locator, is_launched
+from llama_orch.pool.engine_process import (
+    Supervision,
+    catalog_model_confirmer,
+    catalog_model_locator,
+    is_launched,
+)
 from llama_orch.pool.gpus import GpuInventory, nvml_inventory, simulated_inventory
 from llama_orch.pool.launch import Launcher, LocalLauncher, RunDirBusy, hold_run_dir
 from llama_orch.pool.launch.routing import HostRouting
@@ -198,6 +203,7 @@ def supervision_of(settings: Settings, inventory: GpuInventory, models: PoolMode
         engines=engines,
         # A remote ref (hf:, https, s3, oci) is the catalog's copy; a path is read where it is.
         locate_model=catalog_model_locator(models, settings.base_dir),
+        confirm_model=catalog_model_confirmer(models, settings.base_dir),
         vram_of=lambda devices: sum(
             gpu.vram_total_bytes for i in devices if (gpu := inventory.by_index(i)) is not None
         ),
@@ -208,14 +214,25 @@ def supervision_of(settings: Settings, inventory: GpuInventory, models: PoolMode
 def recover_catalog(store: CatalogStore) -> None:
     """Undo what a crash left in the catalog: a damaged model index is set aside, the files
     of an interrupted delete are removed; each is said in the log."""
-    for kept, why in store.recover():
+    for recovery in store.recover():
+        kept = recovery.kept
+        if recovery.restored_from is not None:
+            done = (
+                f"Restores the model index from its copy {recovery.restored_from.name}: every "
+                "model registered is kept"
+            )
+        else:
+            done = (
+                "Starts an empty model index (its copy could not be read either); the files "
+                "under models/ are kept: pull or register those models again"
+            )
         narrate(
             "catalog",
             "recover",
             str(kept),
-            f"Sets the damaged index aside as {kept} and starts an empty one ({why}); the "
-            "files under models/ are kept: pull or register those models again.",
+            f"{done}. The damaged index is set aside as {kept}.",
             level="warning",
+            last_error=recovery.why,
         )
     if removed := store.empty_trash():
         narrate(

@@ -417,6 +417,28 @@ class TestDamagedIndex:
         assert b"bytes of a model" == (root / "models" / "kept" / "m.gguf").read_bytes()
         assert "Traceback" not in log
 
+    def test_models_registered_before_the_damage_are_kept(self, tmp_path: Path) -> None:
+        """models.json cut short between two runs: the server started with an empty index,
+        so every model registered before (hashes, GGUF headers, the files under models/ it
+        owns) was forgotten. The copy of the index written beside it brings them back."""
+        root = tmp_path / "catalog"
+        models = [tiny_llama_gguf(tmp_path / f"{name}.gguf") for name in ("a", "b")]
+        config = {"catalog": {"root": str(root)}, "pools": [mock_pool()]}
+        with serve_process(config, tmp_path) as served, httpx.Client(base_url=served.url) as c:
+            for model in models:
+                assert (
+                    201 == c.post("/v1/catalog/models", json={"ref": f"file:{model}"}).status_code
+                )
+        index = root / "models.json"
+        index.write_bytes(index.read_bytes()[:40])
+        with serve_process(config, tmp_path) as served, httpx.Client(base_url=served.url) as c:
+            listed = c.get("/v1/catalog/models").json()["models"]
+            log = served.log_path.read_text()
+        assert [f"file:{m}" for m in models] == [m["id"] for m in listed]
+        assert all(m["digest"].startswith("sha256:") for m in listed)
+        assert 1 == len(list(root.glob("models.json.corrupt-*")))
+        assert "models.json.bak" in log and "Traceback" not in log
+
     def test_files_of_an_interrupted_delete_are_removed_at_start(self, tmp_path: Path) -> None:
         """A delete moves the model's files to .trash, writes the index, then removes them; a
         server killed in between used to leave those bytes (gigabytes) there for good."""

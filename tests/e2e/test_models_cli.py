@@ -10,6 +10,7 @@ import yaml
 from llama_orch.cli.models import render_progress
 from tests.e2e.test_cli import run
 from tests.support.gguf_files import tiny_llama_gguf
+from tests.support.launched import wait_health
 from tests.support.server import config_of, mock_pool, running_server
 
 
@@ -104,3 +105,27 @@ def test_progress_line() -> None:
     )
     assert "1.0/4.0 MiB" in line and "2.0 MiB/s" in line and "ETA 2s" in line
     assert line.startswith("[" + "#" * 7 + "-")
+
+
+class TestSharedCatalog:
+    async def test_rm_on_disk_refuses_a_model_a_running_server_serves(self, tmp_path: Path) -> None:
+        """`llorch models --local rm` (or a second server on the same catalog.root) removed
+        the entry of a model a running server's pool serves: that pool turned Unready, and a
+        catalog-owned model lost its files under the running engine. The server holds a
+        shared lock on each model its pools serve; a delete elsewhere is refused naming it."""
+        model = tiny_llama_gguf(tmp_path / "m.gguf")
+        cfg = config_file(tmp_path)
+        body = yaml.safe_load(cfg.read_text())
+        body["pools"] = [mock_pool(model=f"file:{model}")]
+        cfg.write_text(yaml.safe_dump(body))
+        local = ["models", "--local", "--config", str(cfg)]
+        config = config_of(*body["pools"], catalog=body["catalog"])
+        async with running_server(config) as server:
+            await wait_health(server, "p0", lambda h: h["ready"])
+            code, _, err = await run(*local, "rm", f"file:{model}")
+            assert 1 == code
+            assert "in use by another llama-orch process" in err
+            listed = (await server.client.get("/v1/catalog/models")).json()["models"]
+            assert [f"file:{model}"] == [m["id"] for m in listed]
+        # Once no server serves it, it goes.
+        assert 0 == (await run(*local, "rm", f"file:{model}"))[0]

@@ -33,12 +33,27 @@ class GgufInfo(_Frozen):
     tensor_bytes: int = 0
 
 
+class FileIdentity(_Frozen):
+    """Which file a path named when its bytes were last hashed (its ``fstat``).
+
+    A launch compares it with the file it opens: the same identity means the same bytes (every
+    write moves ``ctime``, which no caller can set back), so the digest holds without a re-hash.
+    """
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
 class ModelFile(_Frozen):
     """One file of a model, relative to its entry's ``local_path`` (directories only)."""
 
     path: str
     size_bytes: int
     sha256: str
+    identity: FileIdentity | None = None
 
 
 class ModelEntry(_Frozen):
@@ -54,6 +69,8 @@ class ModelEntry(_Frozen):
     #: Where the bytes came from: HF revision/commit, ETag, S3 version, OCI manifest digest.
     source: dict[str, str] = Field(default_factory=dict)
     files: list[ModelFile] = Field(default_factory=list)
+    #: The single file's identity when it was last hashed (directories: per file in ``files``).
+    identity: FileIdentity | None = None
     gguf: GgufInfo | None = None
     #: True when the catalog owns ``local_path`` (it lives under the root and goes on delete).
     managed: bool = True

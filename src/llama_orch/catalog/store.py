@@ -3,11 +3,14 @@
 Layout (``catalog.root``)::
 
     models.json        {"version": 1, "models": [ModelEntry, ...]}
+    models.json.bak    a copy of the index, written after it (restores a damaged one at start)
     engines.json       the engine index, the engine provisioner's own (provisioners/engine)
     .lock              writers hold an exclusive flock for a read-modify-write
     models/<slug>/     the bytes of each model the catalog owns
     .staging/<slug>/   downloads in progress (never visible as a model)
     .trash/            artifacts being deleted
+    .locks/<slug>.lock a model's single-flight pull lock (provisioners/models)
+    .locks/<slug>.use  shared by each process serving the model; a delete needs it exclusive
 
 Writers replace an index by writing a temporary file, fsync, rename over the index and fsync
 the directory, so a reader (which takes no lock) sees the old index or the new one, never a torn
@@ -29,7 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -37,6 +40,8 @@ from pydantic import BaseModel, ValidationError
 from llama_orch.catalog.entries import Lifecycle, ModelEntry, ResolvedModel
 from llama_orch.catalog.refs import ModelRef, parse_ref, ref_id, safe_relative
 from llama_orch.errors import (
+    CatalogError,
+    Conflict,
     IndexCorrupt,
     IndexVersionError,
     InvalidModelRef,
@@ -196,9 +201,15 @@ class _Index(Generic[E]):
             "the file from a backup",
         )
 
-    def set_aside_if_corrupt(self) -> tuple[Path, str] | None:
-        """Rename a damaged index to ``<name>.corrupt-<ms>`` (the caller holds the lock); an
-        index of another schema version is left alone, a newer build may still read it."""
+    @property
+    def backup(self) -> Path:
+        """The copy of the index written after it, for when the index itself is damaged."""
+        return self.path.with_name(f"{self.path.name}.bak")
+
+    def set_aside_if_corrupt(self) -> Recovery | None:
+        """Rename a damaged index to ``<name>.corrupt-<ms>`` (the caller holds the lock) and
+        put its backup copy in its place when that one reads; an index of another schema
+        version is left alone, a newer build may still read it."""
         try:
             self.read()
         except IndexCorrupt as exc:
@@ -206,13 +217,42 @@ class _Index(Generic[E]):
             os.replace(self.path, kept)
             fsync_dir(self.path.parent)
             self._cache = None
-            return kept, exc.message
+            return Recovery(kept, exc.message, self._restore_backup())
         return None
+
+    def _restore_backup(self) -> Path | None:
+        try:
+            data = self.backup.read_bytes()
+            self._parse(data)
+        except (OSError, CatalogError):
+            return None
+        write_atomic(self.path, data)
+        return self.backup
 
     def write(self, entries: dict[str, E]) -> None:
         items = [entries[key].model_dump(mode="json") for key in sorted(entries)]
-        body = {"version": self.version, self.field: items}
-        write_atomic(self.path, orjson.dumps(body, option=orjson.OPT_INDENT_2))
+        data = orjson.dumps(
+            {"version": self.version, self.field: items}, option=orjson.OPT_INDENT_2
+        )
+        write_atomic(self.path, data)
+        # Written after the index, so it is never newer than an index that reads. The change
+        # is made once the index is written: a copy the disk refuses is dropped rather than
+        # left stale (restored, it would undo changes made since).
+        try:
+            write_atomic(self.backup, data)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.backup.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """A damaged index set aside at start."""
+
+    kept: Path
+    why: str
+    #: The backup copy put in its place (None: none could be read; the index starts empty).
+    restored_from: Path | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +277,7 @@ class CatalogStore:
         for directory in (self.models_dir, self.staging_dir, self.trash_dir, self.locks_dir):
             directory.mkdir(parents=True, exist_ok=True)
 
-    def recover(self) -> builtins.list[tuple[Path, str]]:
+    def recover(self) -> builtins.list[Recovery]:
         """Set aside a model index that cannot be read, so the catalog starts with an empty
         one instead of failing each request; returns where the damaged copy went, and why.
 
@@ -306,9 +346,20 @@ class CatalogStore:
     def set_state(self, model_id: str, state: Lifecycle) -> ModelEntry:
         return self.update(model_id, lambda entry: entry.model_copy(update={"lifecycle": state}))
 
+    def hold(self, model_id: str) -> BinaryIO:
+        """A shared lock on ``model_id`` for as long as the returned file stays open: while a
+        process serves the model, a delete from any other process sharing this root (a
+        second server, ``llorch models --local rm``) is refused."""
+        with writing(self.root):
+            self.locks_dir.mkdir(parents=True, exist_ok=True)
+            handle = self.use_path(model_id).open("a+b")
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+        return handle
+
     def delete(self, model_id: str) -> DeleteOutcome:
-        """Remove the entry, then (best effort) the artifacts the catalog owns."""
-        with self._locked():
+        """Remove the entry, then (best effort) the artifacts the catalog owns; Conflict while
+        another process holds the model (``hold``)."""
+        with self._locked(), self._unheld(model_id):
             entries = dict(self._models.read())
             entry = entries.pop(model_id, None)
             if entry is None:
@@ -339,6 +390,27 @@ class CatalogStore:
             except OSError as exc:
                 problem = f"could not remove {trash}: {exc.strerror or exc}"
         return DeleteOutcome(found=True, problem=problem)
+
+    @contextlib.contextmanager
+    def _unheld(self, model_id: str) -> Iterator[None]:
+        path = self.use_path(model_id)
+        if not path.exists():
+            yield
+            return
+        with path.open("a+b") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Conflict(
+                    f"model {model_id} is in use by another llama-orch process sharing the "
+                    f"catalog {self.root} (a server whose pool serves it); nothing was deleted",
+                    hint="reload that server's pool to another model, or stop that server, "
+                    "then delete the model",
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _artifact_dir(self, local: Path) -> Path:
         """The ``models/<slug>`` directory holding ``local``."""
@@ -374,3 +446,6 @@ class CatalogStore:
 
     def lock_path(self, model_id: str) -> Path:
         return self.locks_dir / f"{slug_of(model_id)}.lock"
+
+    def use_path(self, model_id: str) -> Path:
+        return self.locks_dir / f"{slug_of(model_id)}.use"

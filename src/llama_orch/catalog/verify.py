@@ -46,6 +46,12 @@ def parse_digest(text: str) -> Digest:
     return Digest(match.group(1), match.group(2).lower())
 
 
+def descriptor_path(fd: int) -> Path:
+    """A path to the file open at ``fd`` itself: opening it opens that same file (Linux),
+    whatever its name points at by now."""
+    return Path(f"/proc/self/fd/{fd}")
+
+
 def sha256_file(
     path: Path, *, chunk_bytes: int = CHUNK_BYTES, stop: threading.Event | None = None
 ) -> Digest:

@@ -41,7 +41,7 @@ from llama_orch.catalog.refs import FileRef, ModelRef, looks_like_ref, parse_ref
 from llama_orch.clock import SystemClock
 from llama_orch.config import EnginesConfig, PoolConfig
 from llama_orch.core.clock import Clock
-from llama_orch.errors import InvalidModelRef
+from llama_orch.errors import DigestMismatch, InvalidModelRef
 from llama_orch.observability.metrics import RESTART_REASONS, Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.launch import (
@@ -109,12 +109,24 @@ class ModelMissing(Exception):
     """The pool's model is not present locally (the model gate)."""
 
 
+class ModelChanged(ModelMissing):
+    """The pool's model is in the catalog, but its file is no longer the one registered (the
+    message says why and what to do; ``error`` is the typed error)."""
+
+    def __init__(self, error: DigestMismatch) -> None:
+        super().__init__(f"{error.message}; {error.hint}")
+        self.error = error
+
+
 class ModelPending(ModelMissing):
     """The pool's model is being pulled into the catalog: the engine waits for it, which is not
     an engine failure (no restart is counted, the storm breaker does not see it)."""
 
 
 ModelLocator = Callable[[PoolConfig], str]
+#: Raises ModelChanged when the pool's model files are not those the catalog hashed; may read
+#: them whole (run it in a thread).
+ModelConfirmer = Callable[[PoolConfig], None]
 
 
 def local_model_locator(base_dir: Path) -> ModelLocator:
@@ -184,6 +196,28 @@ def catalog_model_locator(models: PoolModels, base_dir: Path) -> ModelLocator:
     return locate
 
 
+def catalog_model_confirmer(models: PoolModels, base_dir: Path) -> ModelConfirmer:
+    """Before a launch: the files of the pool's model in the catalog (a local model or one the
+    catalog fetched) are still those it hashed; ModelChanged when they are not. A model the
+    catalog does not hold is the locator's to report."""
+
+    def confirm(cfg: PoolConfig) -> None:
+        ref = remote_ref(cfg.model, base_dir)
+        if ref is None:
+            model_id = models.registered_local(cfg)
+        else:
+            resolved = models.provisioner.store.locate(ref)
+            model_id = resolved.id if resolved is not None else None
+        if model_id is None:
+            return
+        try:
+            models.provisioner.confirm(model_id)
+        except DigestMismatch as exc:
+            raise ModelChanged(exc) from exc
+
+    return confirm
+
+
 def remote_ref(model: str, base_dir: Path) -> ModelRef | None:
     """The ref of a model the catalog fetches; None for local paths and plain names."""
     if not looks_like_ref(model):
@@ -213,6 +247,8 @@ class Supervision:
     provision: ProvisionContext
     engines: EnginesConfig
     locate_model: ModelLocator
+    #: None: models are launched as the locator finds them, unchecked.
+    confirm_model: ModelConfirmer | None = None
     rng: random.Random = field(default_factory=random.Random)
     #: Picks each launch's port (a port taken meanwhile makes the engine exit; it restarts).
     allocate_port: Callable[[], int] = free_port
@@ -444,14 +480,10 @@ class ReplicaEngine:
         except ProvisionError as exc:
             self._fail(f"engine not ensured: {exc}", False, state.model_path is not None)
             return "provision_failed"
-        try:
-            state.model_path = self._sup.locate_model(cfg)
-        except ModelPending as exc:
-            self._lost(f"model not present yet: {exc}", True, False)
-            return MODEL_PENDING
-        except ModelMissing as exc:
-            self._fail(f"model not present: {exc}", True, False)
-            return "model_missing"
+        ended = await self._find_model(cfg)
+        if ended is not None:
+            return ended
+        assert state.model_path is not None
         too_big = self._misfit(state.model_path)
         if too_big is not None:
             self._fail(too_big, True, False)
@@ -519,6 +551,25 @@ class ReplicaEngine:
         state.last_exit = f"{reason} (status {code}){last}"
         self._lost(f"engine {reason} (status {code}){last}", True, True)
         return reason
+
+    async def _find_model(self, cfg: PoolConfig) -> str | None:
+        """Set the state's model path to what the engine is to load; else why the life ends."""
+        try:
+            path = self._sup.locate_model(cfg)
+            if self._sup.confirm_model is not None:
+                # In a thread: a model file that changed since it was hashed is hashed again.
+                await asyncio.to_thread(self._sup.confirm_model, cfg)
+            self.state.model_path = path
+        except ModelPending as exc:
+            self._lost(f"model not present yet: {exc}", True, False)
+            return MODEL_PENDING
+        except ModelChanged as exc:
+            self._fail(f"model refused: {exc}", True, False)
+            return "model_changed"
+        except ModelMissing as exc:
+            self._fail(f"model not present: {exc}", True, False)
+            return "model_missing"
+        return None
 
     def _fail(self, error: str, engine_ensured: bool, model_present: bool) -> None:
         """A life that ended before an engine ran: kept as the last exit, which the storm

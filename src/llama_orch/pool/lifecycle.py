@@ -25,11 +25,19 @@ from typing import TYPE_CHECKING, Any
 from llama_orch.adapters.host import AdapterHost, BreakerPolicy, RetryPolicy
 from llama_orch.config import PoolConfig
 from llama_orch.contracts.engine import EngineAdapter
-from llama_orch.errors import Conflict, InvalidParams, WorkerError, WorkerReset, WorkerUnavailable
+from llama_orch.errors import (
+    Conflict,
+    DigestMismatch,
+    InvalidParams,
+    WorkerError,
+    WorkerReset,
+    WorkerUnavailable,
+)
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.engine_process import (
     EngineCache,
+    ModelChanged,
     ModelMissing,
     ProbeResult,
     ProcessState,
@@ -317,7 +325,7 @@ class PoolLifecycle:
 
     # -- reload ------------------------------------------------------------------------------
 
-    def reload(
+    async def reload(
         self,
         pool_id: str,
         new_model_ref: str,
@@ -342,6 +350,17 @@ class PoolLifecycle:
                 pool_id=pool_id,
             )
         new_cfg = _with_model(pool.config, new_model_ref)
+        if self._sup.confirm_model is not None:
+            try:
+                # In a thread: a model file that changed since it was hashed is hashed again.
+                await asyncio.to_thread(self._sup.confirm_model, new_cfg)
+            except ModelChanged as exc:
+                raise DigestMismatch(
+                    f"cannot reload pool {pool_id}: {exc.error.message}",
+                    hint=exc.error.hint,
+                    pool_id=pool_id,
+                ) from exc
+        # From here to the reload's start nothing awaits: a delete cannot come in between.
         try:
             self._sup.locate_model(new_cfg)
         except ModelMissing as exc:

@@ -382,6 +382,7 @@ class PoolManager:
 
     async def start(self) -> None:
         if self.models is not None:
+            self.models.hold_served()
             self.models.stage_missing()
         self._host.on_engine_fault(self._on_engine_fault)
         await self.lifecycle.start()
@@ -440,6 +441,8 @@ class PoolManager:
         self._probe_loops = []
         await self.lifecycle.stop()
         await self._host.aclose()
+        if self.models is not None:
+            self.models.release()
 
     async def _probe_loop(
         self, pool: PoolRuntime, replica: Replica, after: asyncio.Task[None] | None = None

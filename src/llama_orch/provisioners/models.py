@@ -40,10 +40,11 @@ from llama_orch.catalog.store import (
     now_ms,
     writing,
 )
+from llama_orch.catalog.unchanged import Recheck, identity_of, recheck
 from llama_orch.catalog.verify import (
     Digest,
     VerifyResult,
-    digest_of,
+    descriptor_path,
     parse_digest,
     sha256_file,
     tree_digest,
@@ -60,7 +61,7 @@ from llama_orch.errors import (
 )
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
-from llama_orch.provisioners.fetch.base import Fetched, Fetcher, descriptor_path
+from llama_orch.provisioners.fetch.base import Fetched, Fetcher, translate_disk_full
 from llama_orch.provisioners.fetch.file import open_checked
 from llama_orch.provisioners.policy import OutboundPolicy, TrustPolicy
 from llama_orch.provisioners.progress import PullBoard, PullProgress, PullState
@@ -103,6 +104,8 @@ class ModelProvisioner:
         #: model id -> its single-flight lock and how many threads hold or wait for it.
         self._flights: dict[str, tuple[threading.Lock, int]] = {}
         self._flights_lock = threading.Lock()
+        #: model id -> the lock its launch-time confirmations take (one per model served).
+        self._confirming: dict[str, threading.Lock] = {}
 
     # -- the interface of SPEC §10 -------------------------------------------------------------
 
@@ -140,7 +143,8 @@ class ModelProvisioner:
     def _hit(self, ref: ModelRef, model_id: str, expected: Digest | None) -> ModelEntry | None:
         if self.store.locate(ref) is None:
             return None
-        entry = self.store.get(model_id)
+        # The answer states the model's digest and size: they must be those of its bytes now.
+        entry = self.confirm(model_id)
         if entry is None:
             return None
         if expected is not None and entry.digest is not None and entry.digest != str(expected):
@@ -205,12 +209,19 @@ class ModelProvisioner:
             stage.mkdir(parents=True, exist_ok=True)
         try:
             fetched = fetcher.fetch(ref, stage, progress, self.outbound)
-        except BaseException:
+        except BaseException as exc:
             if not local_file:
                 # What a later try resumes from stays; an empty folder per failed ref would
                 # only pile up.
                 with contextlib.suppress(OSError):
                     stage.rmdir()
+                # A disk that fills under a client library's own writes (hf, oci, an archive
+                # unpacked) fails the pull as the fetchers' own writes do.
+                if (
+                    isinstance(exc, OSError)
+                    and (full := translate_disk_full(exc, stage)) is not exc
+                ):
+                    raise full from exc
             raise
         with fetched.opened or contextlib.nullcontext():
             return self._register(model_id, expected, fetched, stage, local_file, started)
@@ -264,6 +275,8 @@ class ModelProvisioner:
         # A local file is read through the descriptor it was checked on, never by its path again.
         read = fetched.readable if local_file else local_path
         size = sum(f.size_bytes for f in files) if files else read.stat().st_size
+        # What a launch compares with the file it opens (a rename into models/ moves ctime).
+        identity = None if files else identity_of(read.stat())
         entry = ModelEntry(
             id=model_id,
             ref=model_id,
@@ -275,6 +288,7 @@ class ModelProvisioner:
             verification=decision.result.value,
             source=fetched.source,
             files=files,
+            identity=identity,
             gguf=_gguf_of(read),
             managed=not local_file,
         )
@@ -302,11 +316,11 @@ class ModelProvisioner:
         if fetched.path.is_dir():
             for path in sorted(p for p in fetched.path.rglob("*") if p.is_file()):
                 rel = path.relative_to(fetched.path).as_posix()
-                sha, size = self._hash_member(path, fetched.within)
+                member = self._hash_member(path, fetched.within).model_copy(update={"path": rel})
                 claim = fetched.claimed_sha256.get(rel)
-                self._compare(model_id, rel, claim, sha, fetched)
+                self._compare(model_id, rel, claim, member.sha256, fetched)
                 checked = checked or claim is not None
-                files.append(ModelFile(path=rel, size_bytes=size, sha256=sha))
+                files.append(member)
             # From the hashes just taken: reading every file again could meet other bytes.
             digest = tree_digest((f.path, f.sha256) for f in files)
         else:
@@ -324,13 +338,17 @@ class ModelProvisioner:
             checked = True
         return (VerifyResult.PASS if checked else VerifyResult.WARN), digest, files
 
-    def _hash_member(self, path: Path, within: tuple[str, ...] | None) -> tuple[str, int]:
-        """sha256 and size of a directory model's file, read through one checked descriptor."""
+    def _hash_member(self, path: Path, within: tuple[str, ...] | None) -> ModelFile:
+        """sha256, size and identity of a directory model's file, read through one checked
+        descriptor (``path`` is set by the caller)."""
         try:
             with open_checked(path, within) as handle:
                 fd = handle.fileno()
                 sha = sha256_file(descriptor_path(fd), stop=self.stopping)
-                return sha.value, os.fstat(fd).st_size
+                info = os.fstat(fd)
+                return ModelFile(
+                    path="", size_bytes=info.st_size, sha256=sha.value, identity=identity_of(info)
+                )
         except OSError as exc:
             exc.filename = str(path)  # not the descriptor's name
             raise
@@ -452,23 +470,80 @@ class ModelProvisioner:
         entry = self.store.get(model_id)
         if entry is None:
             raise NotFound(f"model {model_id!r} is not in the catalog; see llorch models ls")
-        path = Path(entry.local_path)
         try:
-            actual = digest_of(path) if path.exists() else None
-        except OSError:  # bytes that can no longer be read fail their verification
-            actual = None
-        if entry.digest is None or actual is None:
-            result = VerifyResult.FAIL if actual is None else VerifyResult.WARN
+            check = recheck(entry, force=True, stop=self.stopping)
+        except OSError as exc:  # bytes that can no longer be read fail their verification
+            check = Recheck(False, False, f"{entry.local_path} cannot be read: {exc}")
+        if entry.digest is None and not entry.files:
+            result = VerifyResult.WARN if check.rehashed else VerifyResult.FAIL
         else:
-            result = VerifyResult.PASS if str(actual) == entry.digest else VerifyResult.FAIL
+            result = VerifyResult.PASS if check.ok else VerifyResult.FAIL
         self._count(result, "reverify")
         narrate("catalog", "verify", model_id, f"Verifies {model_id}: {result.value}.")
-        return self.store.update(
-            model_id,
-            lambda e: e.model_copy(
-                update={"verification": result.value, "last_verified_ms": now_ms()}
-            ),
+        return self._record(model_id, result, check)
+
+    def confirm(self, model_id: str) -> ModelEntry | None:
+        """Before an engine is launched on ``model_id``: its files are still the ones the
+        catalog hashed, else DigestMismatch (the engine opens the path itself, and would load
+        whatever lies there now under the registered digest).
+
+        Costs an open and an ``fstat`` per file while their identities are the recorded ones;
+        a file whose identity changed is hashed again (once: the result is recorded with the
+        new identity, so a refused model is not re-read on every restart). None when the
+        model is not in the catalog."""
+        with self._confirm_lock(model_id):
+            return self._confirm(model_id)
+
+    def _confirm(self, model_id: str) -> ModelEntry | None:
+        entry = self.store.get(model_id)
+        if entry is None or (entry.digest is None and not entry.files):
+            return entry
+        try:
+            check = recheck(entry, stop=self.stopping)
+        except OSError as exc:
+            check = Recheck(False, False, f"{entry.local_path} cannot be read: {exc}")
+        if check.rehashed or not check.ok:
+            result = VerifyResult.PASS if check.ok else VerifyResult.FAIL
+            self._count(result, "changed on disk")
+            narrate(
+                "catalog",
+                "verify",
+                model_id,
+                f"Verifies {model_id} again before a launch, since its files changed on disk "
+                f"after they were hashed: {result.value}"
+                + (f" ({check.problem})." if check.problem else "."),
+                level="info" if check.ok else "warning",
+            )
+            with contextlib.suppress(OrchError):  # unrecorded: the next launch hashes again
+                entry = self._record(model_id, result, check)
+        problem = check.problem
+        if check.ok and not check.rehashed and entry.verification == VerifyResult.FAIL.value:
+            problem = f"{entry.local_path} failed its last verification"
+        if problem is None:
+            return entry
+        raise DigestMismatch(
+            f"model {model_id} is not the file registered: {problem}; no engine is started on "
+            "it (it would serve other bytes under the registered digest)",
+            hint=f"put the registered file back, then `llorch models verify {model_id}`; to "
+            f"use the new file instead, `llorch models rm {model_id}` (with the server stopped "
+            "when its pools serve the model) and register it again (a pool's local model is "
+            "registered anew when the server starts)",
         )
+
+    def _confirm_lock(self, model_id: str) -> threading.Lock:
+        """One confirmation of a model at a time: the replicas of a pool launching together
+        after its file changed hash it once, the others find the identity recorded."""
+        with self._flights_lock:
+            return self._confirming.setdefault(model_id, threading.Lock())
+
+    def _record(self, model_id: str, result: VerifyResult, check: Recheck) -> ModelEntry:
+        """Store a verification's result with the identities of the files it looked at."""
+        update: dict[str, object] = {"verification": result.value, "last_verified_ms": now_ms()}
+        if check.identity is not None:
+            update["identity"] = check.identity
+        if check.files:
+            update["files"] = check.files
+        return self.store.update(model_id, lambda e: e.model_copy(update=update))
 
     def set_state(self, model_id: str, state: Lifecycle) -> ModelEntry:
         entry = self.store.set_state(model_id, state)

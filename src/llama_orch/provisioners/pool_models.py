@@ -12,9 +12,11 @@ model must be present, Active, and fit the free VRAM of the pool's GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from llama_orch.catalog.entries import Lifecycle, ModelEntry
 from llama_orch.catalog.gguf import VramEstimate, estimate_vram
@@ -94,6 +96,9 @@ class PoolModels:
         self._fitted: set[str] = set()
         #: pool id -> the model id a running reload moves the pool to.
         self._incoming: dict[str, str] = {}
+        #: model id -> the shared lock that keeps other processes from deleting it (None:
+        #: not holding, before ``hold_served`` and after ``release``).
+        self._held: dict[str, BinaryIO] | None = None
 
     def rebind(self, cfg: PoolConfig) -> None:
         """A reload switched the pool to ``cfg.model``: gates, estimates and aliases follow it.
@@ -103,6 +108,30 @@ class PoolModels:
         """
         self.by_pool[cfg.id] = _pool_model(cfg, self._base_dir)
         self._fitted.add(cfg.id)
+        self._rehold()
+
+    def hold_served(self) -> None:
+        """Hold the models the pools serve or a running reload moves them to, and let go of
+        the others: a process sharing the catalog root cannot delete a held model."""
+        held = self._held if self._held is not None else {}
+        wanted = {m.model_id for m in self.by_pool.values() if m.gated} | set(
+            self._incoming.values()
+        )
+        for model_id in set(held) - wanted:
+            held.pop(model_id).close()
+        for model_id in wanted - set(held):
+            with contextlib.suppress(OrchError):  # an unwritable root: nothing to delete either
+                held[model_id] = self.provisioner.store.hold(model_id)
+        self._held = held
+
+    def release(self) -> None:
+        for handle in (self._held or {}).values():
+            handle.close()
+        self._held = None
+
+    def _rehold(self) -> None:
+        if self._held is not None:
+            self.hold_served()
 
     def register_local(self, cfg: PoolConfig, within: tuple[str, ...] | None = None) -> None:
         """Put ``cfg``'s model in the catalog when it is a local file or directory the catalog
@@ -117,6 +146,13 @@ class PoolModels:
             ref = dataclasses.replace(ref, within=within)
         if self.provisioner.store.locate(ref) is None:
             self.provisioner.ensure_present(ref, model.expected)
+
+    def registered_local(self, cfg: PoolConfig) -> str | None:
+        """The catalog id of ``cfg``'s model when it is a local one the catalog holds."""
+        model = _pool_model(cfg, self._base_dir)
+        if not isinstance(model.ref, FileRef) or self.provisioner.store.get(model.model_id) is None:
+            return None
+        return model.model_id
 
     def entry(self, pool_id: str) -> ModelEntry | None:
         model = self.by_pool.get(pool_id)
@@ -200,9 +236,11 @@ class PoolModels:
         model = _pool_model(cfg, self._base_dir)
         if model.gated:
             self._incoming[cfg.id] = model.model_id
+            self._rehold()
 
     def end_reload(self, pool_id: str) -> None:
         self._incoming.pop(pool_id, None)
+        self._rehold()
 
     def require_active(self, cfg: PoolConfig) -> None:
         """Refuse a reload to a model the catalog holds as Retired (MODEL_DEPRECATED)."""

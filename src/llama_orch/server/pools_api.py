@@ -98,7 +98,7 @@ async def reload(request: Request) -> Response:
         # Other pools' reloads are refused as such; a plain name is no path to them.
         within = _check_local(body.new_model_ref, deps.settings)
     control = task_control(deps.service)
-    op = deps.pools.lifecycle.reload(pool_id, body.new_model_ref, control, within)
+    op = await deps.pools.lifecycle.reload(pool_id, body.new_model_ref, control, within)
     return _accepted({"pool_id": pool_id, **op.as_dict()})
 
 

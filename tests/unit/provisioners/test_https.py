@@ -441,3 +441,27 @@ def test_a_trickling_source_fails_the_pull_naming_its_rate(store, tmp_path, tls_
             prov.ensure_present_str(f"https://127.0.0.1:{port}/m.bin")
     assert (4, []) == (len(requests), finished)  # each try was given up, not read to its end
     assert [] == store.list()
+
+
+def test_a_source_answering_every_get_with_a_stray_range_fails_typed(store):
+    """A source that answers even a whole-file GET with a 206 from another offset (or with no
+    Content-Range) was asked again and again for byte 0 until Python's recursion limit broke
+    the pull with an untyped RecursionError; it is a FetchFailed naming the answer."""
+    calls: list[str | None] = []
+
+    async def serve(request: Request) -> Response:
+        calls.append(request.headers.get("range"))
+        headers = {"ETag": '"v1"', "Content-Range": f"bytes 100-{len(PAYLOAD) - 1}/{len(PAYLOAD)}"}
+        return Response(PAYLOAD[100:], 206, headers)
+
+    app = Starlette(routes=[Route("/m.bin", serve, methods=["GET"])])
+    with serve_in_thread(app) as port:
+        prov = ModelProvisioner(
+            store,
+            {"http": HttpsFetcher(backoff_s=0.0)},
+            outbound=OutboundPolicy(True, (), ("http",)),
+        )
+        with pytest.raises(FetchFailed, match="206"):
+            prov.ensure_present_str(f"http://127.0.0.1:{port}/m.bin")
+    assert len(calls) <= 2
+    assert [] == store.list()

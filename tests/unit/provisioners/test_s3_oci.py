@@ -431,6 +431,20 @@ class TestHostileRegistry:
                 prov.ensure_present_str(f"oci://{registry}/h/x:v1")
         assert [] == store.list()
 
+    @pytest.mark.parametrize("media", [DIR_TYPE, "application/vnd.oci.image.layer.v1.tar"])
+    def test_a_blob_that_is_not_its_layer_digest_registers_nothing(self, store, media) -> None:
+        """A manifest naming one digest while the registry serves other bytes for it."""
+        layer = {**tar_layer("sha256:" + "ab" * 32), "mediaType": media}
+        layer["annotations"] = {"org.opencontainers.image.title": "m.gguf"}
+        with serve_in_thread(hostile_registry({"v1": {"layers": [layer]}}, [])) as port:
+            registry = f"127.0.0.1:{port}"
+            prov = oci_provisioner(store, registry)
+            with pytest.raises(DigestMismatch):
+                prov.ensure_present_str(f"oci://{registry}/h/x:v1")
+        assert [] == store.list()
+        stage = store.staging_for(f"oci://{registry}/h/x:v1")
+        assert [] == [p.name for p in stage.rglob("*") if p.is_file()]
+
 
 def sending_elsewhere(elsewhere: str, *, realm: bool) -> Starlette:
     """A registry that sends the client to ``elsewhere``: as its token realm, or by
@@ -543,3 +557,60 @@ def test_a_trickling_s3_object_fails_the_pull_naming_its_rate(store: CatalogStor
             prov.ensure_present_str("s3://models/m.gguf")
     assert (4, []) == (len(gets), finished)  # each try was given up, not read to its end
     assert [] == store.list()
+
+
+def misplaced_range_source(path: str, data: bytes, gets: list[str | None]) -> Starlette:
+    """An S3-compatible store (or a cache in front of it) that drops the first GET halfway,
+    then answers the resume with a 206 of the right length taken from byte 0."""
+    headers = {"Content-Length": str(len(data)), "ETag": '"v1"'}
+
+    async def serve(request: Request) -> Response:
+        if request.method == "HEAD":
+            return Response(b"", 200, headers)
+        wanted = request.headers.get("range")
+        gets.append(wanted)
+        if wanted is None and len(gets) == 1:
+            return Response(data[: len(data) // 2], 200, {"ETag": '"v1"'})
+        if wanted is None:
+            return Response(data, 200, headers)
+        rest = len(data) - int(wanted.removeprefix("bytes=").rstrip("-"))
+        stray = {"ETag": '"v1"', "Content-Range": f"bytes 0-{rest - 1}/{len(data)}"}
+        return Response(data[:rest], 206, stray)
+
+    return Starlette(routes=[Route(path, serve, methods=["GET", "HEAD"])])
+
+
+def test_an_s3_resume_answered_from_another_offset_is_not_appended(store: CatalogStore) -> None:
+    """The resumed bytes were appended whatever range the store said they were, so a 206 of
+    the right length from the wrong place registered a file that never existed."""
+    data = bytes(i % 251 for i in range(16384))  # no half equals the other
+    gets: list[str | None] = []
+    with serve_in_thread(misplaced_range_source("/models/m.gguf", data, gets)) as port:
+        endpoint = f"http://127.0.0.1:{port}"
+        fetcher = S3Fetcher(endpoint_url=endpoint, client=s3_client(endpoint), backoff_s=0.0)
+        prov = ModelProvisioner(store, {"s3": fetcher}, outbound=OPEN)
+        entry = prov.ensure_present_str("s3://models/m.gguf")
+    assert (gets[1] or "").startswith("bytes=")
+    assert data == Path(entry.local_path).read_bytes()
+
+
+def test_a_disk_that_fills_during_an_oci_pull_is_a_typed_failure(tmp_path, registry) -> None:
+    """The space check trusts the free space the disk reports; a disk that fills anyway (a
+    thin volume, another writer) failed an oci:// pull with the untyped OSError of the
+    library's write, which the API reported as INTERNAL. It is InsufficientSpace."""
+    from tests.support.disks import small_tmpfs
+
+    blob = tmp_path / "big.gguf"
+    blob.write_bytes(bytes(i % 251 for i in range(2 * 1024 * 1024)))
+    oras_push(registry, "models/big:v1", [blob])
+    with small_tmpfs(tmp_path / "disk") as disk:
+        store = CatalogStore(disk / "catalog")
+        prov = ModelProvisioner(
+            store,
+            {"oci": OciFetcher(insecure_registries=(registry,))},
+            outbound=OPEN,
+            free_bytes=lambda _path: 1 << 40,  # what a thin volume may well report
+        )
+        with pytest.raises(InsufficientSpace, match="full"):
+            prov.ensure_present_str(f"oci://{registry}/models/big:v1")
+        assert [] == store.list()

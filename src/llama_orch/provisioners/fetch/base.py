@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from llama_orch.catalog.refs import ModelRef
+from llama_orch.catalog.verify import descriptor_path
 from llama_orch.errors import InsufficientSpace
 from llama_orch.provisioners.policy import OutboundPolicy
 from llama_orch.provisioners.progress import PullProgress
@@ -46,12 +47,6 @@ class Fetched:
     def readable(self) -> Path:
         """Where the single file's bytes are read: the open descriptor when there is one."""
         return descriptor_path(self.opened.fileno()) if self.opened else self.path
-
-
-def descriptor_path(fd: int) -> Path:
-    """A path to the file open at ``fd`` itself: opening it opens that same file (Linux),
-    whatever its name points at by now."""
-    return Path(f"/proc/self/fd/{fd}")
 
 
 class Fetcher(Protocol):

@@ -95,7 +95,7 @@ class HttpsFetcher:
                 if "etag" in response.headers:
                     etag["etag"] = response.headers["etag"].strip('"')
                 resumed = response.status_code == 206
-                if resumed and _range_start(response) != offset:
+                if resumed and _starts_elsewhere(response, offset, ref.url):
                     # Bytes from elsewhere in the file (a broken cache or mirror): appending
                     # them would register a file that never existed. Fetch it whole instead.
                     response.close()
@@ -158,10 +158,22 @@ def _get(
     )
 
 
-def _range_start(response: httpx.Response) -> int | None:
-    """Where a 206's ``Content-Range: bytes START-END/LENGTH`` says its body starts."""
+def _starts_elsewhere(response: httpx.Response, offset: int, url: str) -> bool:
+    """True when a 206's ``Content-Range: bytes START-END/LENGTH`` does not start at
+    ``offset``; FetchFailed when that offset is 0: a source answering a request for the whole
+    file with part of it would be asked again for ever."""
     match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
-    return int(match.group(1)) if match else None
+    if match is not None and int(match.group(1)) == offset:
+        return False
+    if offset:
+        return True
+    response.close()
+    raise FetchFailed(
+        f"{_shown(url)} answered a request for the whole file with HTTP 206 and "
+        f"Content-Range {response.headers.get('content-range')!r}, not the file from byte 0",
+        hint="pull from another URL; the server or a cache in front of it serves parts of "
+        "files in place of whole ones",
+    )
 
 
 def _shown(url: str) -> str:

@@ -245,4 +245,6 @@ def _check_digest(path: Path, digest: str, what: str) -> None:
         while chunk := handle.read(4 * 1024 * 1024):
             hasher.update(chunk)
     if hasher.hexdigest() != expected.lower():
+        # Wrong bytes are never kept: a layer may be gigabytes, and no later pull uses them.
+        path.unlink(missing_ok=True)
         raise DigestMismatch(f"{what} hashes to {algo}:{hasher.hexdigest()}, expected {digest}")

@@ -111,7 +111,14 @@ class S3Fetcher:
             except (ClientError, BotoCoreError) as exc:
                 raise Transient(str(exc)) from exc
             stream = response["Body"]
-            return Body(size, bool(offset), _chunks(stream), stream.close)
+            resumed = _resumed(response, offset)
+            if resumed is None:
+                # Bytes from elsewhere in the object (a broken store or a cache in front of
+                # it): appended, they would register a file that never existed.
+                stream.close()
+                stale = True
+                return open_body(0)
+            return Body(size, resumed, _chunks(stream), stream.close)
 
         sha = download(
             final,
@@ -124,10 +131,27 @@ class S3Fetcher:
         source = {"etag": str(head.get("ETag", "")).strip('"')}
         if version:
             source["version_id"] = str(version)
-        claimed = {}
-        if head.get("ChecksumSHA256") and "-" not in head["ChecksumSHA256"]:
-            claimed[""] = base64.b64decode(head["ChecksumSHA256"]).hex()
-        return Fetched(path=final, claimed_sha256=claimed, source=source, computed_sha256=sha)
+        return Fetched(
+            path=final, claimed_sha256=_claimed(head), source=source, computed_sha256=sha
+        )
+
+
+def _claimed(head: dict[str, Any]) -> dict[str, str]:
+    """The object's sha256 the store publishes (not a multipart one's checksum of checksums)."""
+    checksum = head.get("ChecksumSHA256")
+    if not checksum or "-" in checksum:
+        return {}
+    return {"": base64.b64decode(checksum).hex()}
+
+
+def _resumed(response: dict[str, Any], offset: int) -> bool | None:
+    """Whether a GET asked from ``offset`` answered from there (True), with the whole object
+    (False: a store that ignores Range answers 200), or from elsewhere (None)."""
+    if not offset:
+        return False
+    if str(response.get("ContentRange", "")).startswith(f"bytes {offset}-"):
+        return True
+    return False if response["ResponseMetadata"]["HTTPStatusCode"] == 200 else None
 
 
 def _chunks(stream: Any) -> Iterator[bytes]:
