@@ -92,7 +92,8 @@ def head_on(port: int, logs: Path) -> Iterator[Head]:
 
 
 def _config(setup: LaunchedSetup, address: str) -> dict[str, Any]:
-    local = setup.pool("local", slots=1)
+    # Paced, so a long task is still streaming when it is canceled.
+    local = setup.pool("local", slots=1, env={"FAKE_ENGINE_TOKENS_PER_S": "50"})
     remote = setup.pool("remote", slots=1, host=HOST)
     config = setup.config().model_dump(mode="json", exclude_unset=True)
     config["pools"] = [local, remote]
@@ -146,6 +147,19 @@ async def _served(client: httpx.AsyncClient, setup: LaunchedSetup) -> None:
     assert "end" == frames[-1], frames
 
 
+async def _canceled(client: httpx.AsyncClient, setup: LaunchedSetup) -> None:
+    """A long task canceled while it streams ends canceled."""
+    task = llama_task(setup.model, max_tokens=400)
+    assert 202 == (await client.post("/v1/tasks", json=task)).status_code
+    frames: list[tuple[str, dict[str, Any]]] = []
+    async for event, data in sse_events(client, task["task_id"]):
+        frames.append((event, data))
+        if event == "token" and sum(1 for e, _ in frames if e == "token") == 1:
+            cancel = await client.post(f"/v1/tasks/{task['task_id']}/cancel")
+            assert cancel.status_code < 300, cancel.text
+    assert ("end", True) == (frames[-1][0], frames[-1][1].get("canceled")), frames[-1]
+
+
 async def _stale(client: httpx.AsyncClient) -> bool:
     hosts = (await client.get("/v1/capabilities")).json()["hosts"]
     return bool({h["name"]: h["stale"] for h in hosts}.get(HOST))
@@ -171,6 +185,7 @@ class TestHeadLoss:
                     await _health(client, "remote", lambda h: not h["ready"])
                     assert await _stale(client)
                     await _served(client, setup)
+                    await _canceled(client, setup)
                     # Past Ray's limit for this server: without letting go of the lost head,
                     # Ray would have ended the process by now.
                     await asyncio.sleep(max(0.0, lost_at + HEAD_EXIT_S + 3 - time.monotonic()))
@@ -190,3 +205,25 @@ class TestHeadLoss:
         assert "SIGTERM received" not in log
         assert "Traceback" not in log
         assert [] == engines_running(tmp_path / "models")
+
+    async def test_a_server_whose_head_is_not_there_starts_and_serves_locally(
+        self, tmp_path: Path
+    ) -> None:
+        """Nothing listens at the head's address: the server starts at once (Ray would wait
+        minutes for a head), says the head is lost, and serves its local pool."""
+        with launched_setup(tmp_path) as setup:
+            work = tmp_path / "serve"
+            work.mkdir()
+            config = _config(setup, f"127.0.0.1:{free_port()}")
+            with serve_process(config, work, start_timeout_s=60) as server:
+                async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as client:
+                    await _logged(server.log_path, '"action":"head-lost","target":"cluster"')
+                    await _health(client, "local", _ready_on(None))
+                    await _served(client, setup)
+                    assert await _stale(client)
+                    remote = (await client.get("/v1/pools/remote/health")).json()
+                    assert not remote["ready"]
+            log = server.log_path.read_text()
+        assert "nothing accepts connections there" in log
+        assert 1 == log.count('"action":"head-lost","target":"cluster"')
+        assert "Traceback" not in log

@@ -652,13 +652,16 @@ class RayLauncher:
             await self.reap_orphans()
 
     async def _head_listens(self) -> bool:
-        if self._gcs_address is None:
+        """Whether something accepts connections at the head's address (True where the address
+        is not known: ``auto`` before the first connection)."""
+        try:
+            host, port = parse_host_port(self._gcs_address or self.address or "")
+        except ValueError:
             return True
         try:
-            host, port = parse_host_port(self._gcs_address)
             async with asyncio.timeout(_ASK_S):
                 _, writer = await asyncio.open_connection(host, port)
-        except (OSError, ValueError, TimeoutError):
+        except (OSError, TimeoutError):
             return False
         writer.close()
         with contextlib.suppress(OSError):
@@ -854,6 +857,10 @@ class RayLauncher:
         """Engine actors a previous server left: one of a configured replica whose engine still
         runs is kept for that replica's first launch to adopt; the others are stopped. A head
         that does not answer is lost: the server starts without its cluster replicas."""
+        if not ray.is_initialized() and not await self._head_listens():
+            # ray.init would wait minutes for a head that is not there.
+            self._lose_head("nothing accepts connections there")
+            return []
         try:
             await self._connected(self.connect)
             names = await _off_loop(self.engine_actors)
