@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import ray
+from ray._private import auto_init_hook
 from ray.exceptions import (
     ActorUnschedulableError,
     AuthenticationError,
@@ -358,6 +359,10 @@ def gpu_inventory(found: Mapping[str, Any]) -> GpuInventory:
     return GpuInventory(gpus, simulated=simulated)
 
 
+# A Ray call made while the server is disconnected (its head lost) must fail, never start a
+# cluster of its own (RAY_ENABLE_AUTO_CONNECT=0 is read only when ray is imported).
+auto_init_hook.enable_auto_connect = False
+
 _RemoteEngine = ray.remote(EngineActor)
 _RemoteAgent = ray.remote(HostAgent)
 
@@ -598,8 +603,6 @@ class RayLauncher:
             # Read when the connection starts: without it Ray ends this whole process (its
             # local pools too) once the head has been away 60 s.
             os.environ[RECONNECT_ENV] = str(max(1, math.ceil(self.head_exit_timeout_s)))
-            # A Ray call made while disconnected must fail, never start a cluster of its own.
-            os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
             with _signals_kept():
                 ray.init(
                     address=self.address,
