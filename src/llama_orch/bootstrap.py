@@ -171,6 +171,7 @@ def cluster_launcher_of(settings: Settings) -> RayLauncher | None:
         address=config.cluster.address,
         log_dir=str(engines_run_dir(settings) / "logs"),
         placement_timeout_s=config.cluster.placement_timeout_ms / 1000,
+        head_exit_timeout_s=config.cluster.head_exit_timeout_ms / 1000,
         token_file=(
             str(Path(config.cluster.token_file).expanduser()) if config.cluster.token_file else None
         ),

@@ -77,7 +77,7 @@ class TestLauncherContract:
         handle = await launched(launcher, tmp_path)
         assert handle.pid is not None and handle.returncode is None and handle.exit_kind is None
         assert handle.host == launcher[1]
-        assert "CUDA_VISIBLE_DEVICES=1," in handle.log_tail(5)
+        assert "CUDA_VISIBLE_DEVICES=1," in await handle.read_log_tail(5)
         assert 0 == await handle.stop(timeout_s=10)
         assert ExitKind.EXITED == handle.exit_kind
 

@@ -52,7 +52,7 @@ class TestPlacement:
             await engine_healthy(handle.endpoint)
             assert "gpu-b" == handle.host
             assert cluster.nodes["gpu-b"].node_id == handle.node_id
-            assert "CUDA_VISIBLE_DEVICES=1," in handle.log_tail(5)
+            assert "CUDA_VISIBLE_DEVICES=1," in await handle.read_log_tail(5)
             available = ray.available_resources()
             # Of the two hosts' GPUs 0 and 1, only the one GPU 1 is booked.
             assert 2.0 == available[gpu_resource(0)]

@@ -307,6 +307,10 @@ class ClusterConfig(_Strict):
     inventory_interval_ms: PositiveInt = 2_000
     #: A host whose agent has not answered within this is stale: its replicas take no new work.
     inventory_deadline_ms: PositiveInt = 2_000
+    #: How long Ray lets this server wait for an unreachable head before it ends the process
+    #: (Ray's own default is 60 s). The server lets go of a lost head well before: this only
+    #: bounds a server that could not.
+    head_exit_timeout_ms: Annotated[int, Field(ge=1_000)] = 86_400_000
 
 
 class MockEngineConfig(_Strict):

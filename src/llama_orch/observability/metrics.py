@@ -27,7 +27,15 @@ _REPLICA = (*_POOL, "replica_id")
 
 
 #: Why the supervisor restarted an engine (``pool_restarts_total{reason}``).
-RESTART_REASONS = ("exited", "hung", "never_ready", "launch_failed", "actor_died", "node_lost")
+RESTART_REASONS = (
+    "exited",
+    "hung",
+    "never_ready",
+    "launch_failed",
+    "actor_died",
+    "node_lost",
+    "head_lost",
+)
 
 
 class Metrics:

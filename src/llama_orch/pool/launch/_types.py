@@ -26,6 +26,8 @@ class ExitKind(StrEnum):
     ACTOR_DIED = "actor_died"
     #: The engine's host left the cluster.
     NODE_LOST = "node_lost"
+    #: The cluster's head became unreachable: the server let go of every cluster replica.
+    HEAD_LOST = "head_lost"
 
 
 class LaunchError(Exception):
@@ -112,7 +114,13 @@ class EngineHandle(Protocol):
         """SIGKILL the process group at once (a hung engine)."""
         ...
 
-    def log_tail(self, lines: int = 20) -> str: ...
+    def log_tail(self, lines: int = 20) -> str:
+        """The log's last lines as last read (a remote engine's log is read when it ends)."""
+        ...
+
+    async def read_log_tail(self, lines: int = 20) -> str:
+        """The log's last lines now (read from the engine's host where it runs elsewhere)."""
+        ...
 
 
 class Launcher(Protocol):

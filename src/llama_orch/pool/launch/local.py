@@ -198,6 +198,9 @@ class LocalProcess:
     def log_tail(self, lines: int = 20) -> str:
         return read_log_tail(self._log_path, lines)
 
+    async def read_log_tail(self, lines: int = 20) -> str:
+        return self.log_tail(lines)
+
 
 class LocalLauncher:
     """Launches replicas as local subprocesses; logs and pid files live under ``run_dir``."""

@@ -16,8 +16,14 @@ One detached, named actor per replica owns the engine process on its node:
 - ``max_restarts=0``: the replica supervisor owns restarts and re-runs placement.
 
 How a replica ended is its ``exit_kind``: ``exited`` (the engine), ``actor_died`` (its actor,
-on a node that is still alive) or ``node_lost`` (its host left the cluster). ``ray`` is imported
-by this module only.
+on a node that is still alive), ``node_lost`` (its host left the cluster) or ``head_lost`` (the
+cluster's head became unreachable). ``ray`` is imported by this module only.
+
+Losing the head costs the cluster replicas, never the server: every Ray call runs in a thread of
+its own pool with a deadline, the head's loss is noticed by the inventory poll, and then the
+server lets go of Ray (``ray.shutdown``), refuses cluster launches, and connects again
+(``ray.init``) once the head answers. Without GCS fault tolerance a restarted head is a new
+cluster: its hosts join it again and the supervisor places the replicas afresh.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
+import math
 import os
 import re
 import signal
@@ -35,10 +43,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
+from ray._private import auto_init_hook
 from ray.exceptions import (
     ActorUnschedulableError,
     AuthenticationError,
@@ -69,6 +79,36 @@ AGENT_PREFIX = "llorch-agent-"
 #: How long a new inventory agent may take to answer first before its host counts as stale.
 AGENT_START_S = 30.0
 _PR_SET_PDEATHSIG = 1
+
+#: Ray ends a driver whose head has been unreachable this long (whole seconds; Ray's default is
+#: 60). Read from the environment when the connection starts.
+RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
+#: How long a Ray call may take before the server stops waiting for it.
+_ASK_S = 5.0
+#: ``ray.shutdown`` with the head away waits for it about 5 s; ``ray.init`` waits for as long as
+#: the head is away.
+_SHUTDOWN_S = 30.0
+_CONNECT_S = 60.0
+#: How often a lost head is knocked on.
+_PROBE_S = 1.0
+#: Ray calls block (on the head, on a node), some for as long as the head is away: they run in
+#: these threads, never on the event loop, and one that hangs takes no thread the rest of the
+#: server needs.
+_RAY_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="llorch-ray")
+_T = TypeVar("_T")
+
+
+async def _off_loop(call: Callable[[], _T], timeout_s: float = _ASK_S) -> _T:
+    """``call()`` in a Ray thread; TimeoutError after ``timeout_s`` (the thread may go on)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout_s):
+        return await loop.run_in_executor(_RAY_THREADS, call)
+
+
+async def _answer(ref: Any, timeout_s: float = _ASK_S) -> Any:
+    """An actor call's answer; TimeoutError when its host or the head is away that long."""
+    async with asyncio.timeout(timeout_s):
+        return await asyncio.wrap_future(ref.future())
 
 
 #: Custom resources a host joins with: its name, and one per GPU index.
@@ -319,6 +359,10 @@ def gpu_inventory(found: Mapping[str, Any]) -> GpuInventory:
     return GpuInventory(gpus, simulated=simulated)
 
 
+# A Ray call made while the server is disconnected (its head lost) must fail, never start a
+# cluster of its own (RAY_ENABLE_AUTO_CONNECT=0 is read only when ray is imported).
+auto_init_hook.enable_auto_connect = False
+
 _RemoteEngine = ray.remote(EngineActor)
 _RemoteAgent = ray.remote(HostAgent)
 
@@ -347,6 +391,8 @@ class RayEngine:
     adopted: bool = False
     _last_tail: str = ""
     _done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set once the cluster's head is lost: the actor is out of reach for good.
+    _head_gone: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def spec(self) -> LaunchSpec:
@@ -376,27 +422,45 @@ class RayEngine:
     async def wait(self) -> int:
         if self._returncode is not None:
             return self._returncode
-        if self._run_ref is None:
+        if self._run_ref is None and not self._head_gone.is_set():
             self._run_ref = self.actor.run.remote()
+        if self._run_ref is not None:
+            run = asyncio.wrap_future(self._run_ref.future())
+            gone = asyncio.ensure_future(self._head_gone.wait())
+            try:
+                await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if run.done():
+                await self._ran(run)
+            else:
+                run.cancel()
+        self._finish(-signal.SIGKILL, ExitKind.HEAD_LOST)
+        # A detached actor outlives its engine until killed, and holds the mask's GPUs.
+        await self._release()
+        return self._returncode if self._returncode is not None else -signal.SIGKILL
+
+    async def _ran(self, run: asyncio.Future[Any]) -> None:
         try:
-            code = int(await self._run_ref)
-            with contextlib.suppress(RayError):
-                self._last_tail = await self.actor.log_tail.remote(20)
-            self._finish(code, ExitKind.EXITED)
+            code = int(run.result())
         except RayActorError as exc:
             self._finish(-signal.SIGKILL, await self._classify(exc))
-        # A detached actor outlives its engine until killed, and holds the mask's GPUs.
-        self._release()
-        return self._returncode if self._returncode is not None else -signal.SIGKILL
+            return
+        with contextlib.suppress(RayError, TimeoutError):
+            self._last_tail = str(await _answer(self.actor.log_tail.remote(20)))
+        self._finish(code, ExitKind.EXITED)
 
     async def _classify(self, exc: RayActorError) -> ExitKind:
         text = str(exc).lower()
         if "node" in text and ("died" in text or "dead" in text):
             return ExitKind.NODE_LOST
-        # The node table is Ray's to answer, and asking blocks: off the event loop.
-        if not await asyncio.to_thread(self._alive, self.node_id):
-            return ExitKind.NODE_LOST
-        return ExitKind.ACTOR_DIED
+        try:
+            alive = await _off_loop(functools.partial(self._alive, self.node_id))
+        except (RayError, TimeoutError):
+            alive = False
+        if alive:
+            return ExitKind.ACTOR_DIED
+        return ExitKind.HEAD_LOST if self._head_gone.is_set() else ExitKind.NODE_LOST
 
     def _finish(self, code: int, kind: ExitKind) -> None:
         if self._returncode is None:
@@ -417,37 +481,44 @@ class RayEngine:
                     exit_kind=kind.value,
                 )
 
-    async def stop(self, timeout_s: float = 10.0) -> int:
-        if self._returncode is None:
-            with contextlib.suppress(RayActorError):
-                self._last_tail = await self.actor.log_tail.remote(20)
+    async def _end(self, call: Callable[[], Any], timeout_s: float) -> None:
+        """Ask the actor to end its engine (``call`` sends the request); without an answer the
+        engine counts as lost with its host, or with the head."""
+        if self._returncode is None and not self._head_gone.is_set():
+            with contextlib.suppress(RayError, TimeoutError):
+                self._last_tail = str(await _answer(self.actor.log_tail.remote(20)))
             try:
-                code = int(await self.actor.stop.remote(timeout_s))
-                self._finish(code, ExitKind.EXITED)
+                self._finish(int(await _answer(call(), timeout_s)), ExitKind.EXITED)
             except RayActorError as exc:
                 self._finish(-signal.SIGKILL, await self._classify(exc))
-        self._release()
+            except (RayError, TimeoutError):
+                pass
+        gone = self._head_gone.is_set()
+        self._finish(-signal.SIGKILL, ExitKind.HEAD_LOST if gone else ExitKind.NODE_LOST)
+        await self._release()
+
+    async def stop(self, timeout_s: float = 10.0) -> int:
+        await self._end(lambda: self.actor.stop.remote(timeout_s), timeout_s + _ASK_S)
         return self._returncode if self._returncode is not None else -signal.SIGKILL
 
     async def kill(self) -> None:
-        if self._returncode is None:
-            with contextlib.suppress(RayActorError):
-                self._last_tail = await self.actor.log_tail.remote(20)
-            try:
-                self._finish(int(await self.actor.kill.remote()), ExitKind.EXITED)
-            except RayActorError as exc:
-                self._finish(-signal.SIGKILL, await self._classify(exc))
-        self._release()
+        await self._end(lambda: self.actor.kill.remote(), _ASK_S)
 
-    def _release(self) -> None:
+    async def _release(self) -> None:
+        if self._head_gone.is_set():
+            return  # the server let go of Ray: the actor went with its head's cluster
         with contextlib.suppress(Exception):
-            ray.kill(self.actor, no_restart=True)
+            await _off_loop(functools.partial(ray.kill, self.actor, no_restart=True))
 
     def log_tail(self, lines: int = 20) -> str:
-        if self._returncode is None or not self._last_tail:
-            with contextlib.suppress(RayActorError, GetTimeoutError):
-                self._last_tail = str(ray.get(self.actor.log_tail.remote(lines), timeout=5))
+        # Read from the actor whenever the engine ends (never here: this runs on the loop).
         return "\n".join(self._last_tail.splitlines()[-lines:])
+
+    async def read_log_tail(self, lines: int = 20) -> str:
+        if self._returncode is None and not self._head_gone.is_set():
+            with contextlib.suppress(RayError, TimeoutError):
+                self._last_tail = str(await _answer(self.actor.log_tail.remote(lines)))
+        return self.log_tail(lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,6 +566,7 @@ class RayLauncher:
         placement_timeout_s: float = 30.0,
         token_file: str | None = None,
         expected: Iterable[str] = (),
+        head_exit_timeout_s: float = 86_400.0,
     ) -> None:
         self.hosts = list(hosts)
         #: Keys (``pool-replica``) of the configured replicas: their engines may be adopted.
@@ -509,12 +581,28 @@ class RayLauncher:
         #: When each agent that has not answered yet was asked for (its process may be starting).
         self._agent_born: dict[str, float] = {}
         self._lost_nodes: set[str] = set()
+        self.head_exit_timeout_s = head_exit_timeout_s
+        #: The head's GCS address once connected (knocked on while the head is lost).
+        self._gcs_address: str | None = None
+        #: While set, the head is lost: no Ray call is made, cluster launches wait.
+        self._head_gone = asyncio.Event()
+        self._head_watch: asyncio.Task[None] | None = None
+        self._connecting = threading.Lock()
+
+    @property
+    def head_lost(self) -> bool:
+        return self._head_gone.is_set()
 
     def connect(self) -> None:
-        if not ray.is_initialized():
+        with self._connecting:
+            if ray.is_initialized():
+                return
             if self.token_file is not None:
                 # Ray reads its token authentication settings from the environment.
                 os.environ.update(auth_env(self.token_file))
+            # Read when the connection starts: without it Ray ends this whole process (its
+            # local pools too) once the head has been away 60 s.
+            os.environ[RECONNECT_ENV] = str(max(1, math.ceil(self.head_exit_timeout_s)))
             with _signals_kept():
                 ray.init(
                     address=self.address,
@@ -523,17 +611,96 @@ class RayLauncher:
                     log_to_driver=False,
                     configure_logging=False,
                 )
+            self._gcs_address = str(ray.get_runtime_context().gcs_address)
+
+    # -- losing the head and finding it again ---------------------------------------------------
+
+    def _lose_head(self, why: str) -> None:
+        """Let go of every cluster replica and of Ray; knock on the head until it answers."""
+        if self._head_gone.is_set():
+            return
+        self._head_gone.set()
+        narrate(
+            "pool-manager",
+            "head-lost",
+            "cluster",
+            f"The Ray head at {self._gcs_address or self.address} is unreachable ({why}): the "
+            "cluster hosts are stale and their replicas down until it answers again; local "
+            "pools serve on.",
+            level="warning",
+        )
+        self._head_watch = asyncio.get_running_loop().create_task(self._find_head())
+
+    async def _find_head(self) -> None:
+        # Disconnected, no call can wait on the old head, and a new one cannot be confused
+        # with it (Ray aborts a process whose pending call meets a restarted head).
+        with contextlib.suppress(Exception):
+            await _off_loop(ray.shutdown, _SHUTDOWN_S)
+        while True:
+            await asyncio.sleep(_PROBE_S)
+            if await self._head_listens() and await self._reconnected():
+                break
+        self._agents.clear()
+        self._agent_born.clear()
+        self._lost_nodes.clear()
+        self._head_gone = asyncio.Event()
+        narrate(
+            "pool-manager",
+            "head-back",
+            "cluster",
+            f"The Ray head at {self._gcs_address or self.address} answers again: cluster "
+            "replicas are placed again as their hosts join it.",
+        )
+        with contextlib.suppress(RayError, TimeoutError, ConnectionError):
+            await self.reap_orphans()
+
+    async def _head_listens(self) -> bool:
+        """Whether something accepts connections at the head's address (True where the address
+        is not known: ``auto`` before the first connection)."""
+        try:
+            host, port = parse_host_port(self._gcs_address or self.address or "")
+        except ValueError:
+            return True
+        try:
+            async with asyncio.timeout(_ASK_S):
+                _, writer = await asyncio.open_connection(host, port)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    @staticmethod
+    async def _connected(connect: Callable[[], None]) -> None:
+        """Run ``connect`` in a Ray thread. ``ray.init`` installs Ray's native SIGTERM handler,
+        which would end the server at once; the loop's handlers are put back from its thread."""
+        with _signals_kept():
+            await _off_loop(connect, _CONNECT_S)
+
+    async def _reconnected(self) -> bool:
+        def again() -> None:
+            ray.shutdown()
+            self.connect()
+
+        try:
+            await self._connected(again)
+        # A head still starting refuses in many ways (ConnectionError, RuntimeError, RpcError):
+        # all mean "not yet".
+        except Exception:
+            return False
+        return True
 
     # -- placement --------------------------------------------------------------------------
 
-    def live_nodes(self) -> dict[str, str]:
+    def live_nodes(self, timeout_s: float = _ASK_S) -> dict[str, str]:
         """host name -> Ray node id of every live node that joined as a llama-orch host."""
-        return {host: live.node_id for host, live in self._live_hosts().items()}
+        return {host: live.node_id for host, live in self._live_hosts(timeout_s).items()}
 
-    def _live_hosts(self) -> dict[str, _LiveHost]:
+    def _live_hosts(self, timeout_s: float = _ASK_S) -> dict[str, _LiveHost]:
         """host name -> what placement needs of every live llama-orch host."""
         out: dict[str, _LiveHost] = {}
-        for node in _nodes():
+        for node in _nodes(timeout_s):
             if not node.get("Alive") or node["NodeID"] in self._lost_nodes:
                 continue
             resources = node.get("Resources", {})
@@ -571,31 +738,27 @@ class RayLauncher:
     # -- the Launcher protocol -----------------------------------------------------------------
 
     async def launch(self, spec: LaunchSpec) -> RayEngine:
-        self.connect()
         leaked = [s for s in spec.secrets if s and any(s in a for a in spec.argv)]
         if leaked:
             raise LaunchError(
                 f"{spec.pool_id}/{spec.replica_id}: a secret is on the engine's command line; "
                 "pass it through the environment (it would show in every process list)"
             )
-        adopted = await self._adopt(spec)
-        if adopted is not None:
-            return adopted
-        # Asking Ray for its node table and actors blocks (for as long as the head is away).
-        host, node_id = await asyncio.to_thread(self.choose_host, spec.node, spec.devices)
-        name = ENGINE_PREFIX + spec.key
-        await asyncio.to_thread(_kill_leftover, name)
-        actor: Any = _RemoteEngine.options(
-            name=name,
-            namespace=NAMESPACE,
-            lifetime="detached",
-            max_restarts=0,
-            # Calls of a server that died may still wait in it (its run) after an adoption.
-            max_concurrency=16,
-            num_cpus=0,
-            resources={gpu_resource(i): 1.0 for i in spec.devices},
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote()
+        if self.head_lost:
+            raise NoLiveHost(
+                f"the Ray head at {self._gcs_address or self.address} is unreachable: the "
+                "replica is placed once it answers again and its host has joined it"
+            )
+        try:
+            await self._connected(self.connect)
+            adopted = await self._adopt(spec)
+            if adopted is not None:
+                return adopted
+            host, node_id, actor = await self._place(spec)
+        except (RayError, ConnectionError, TimeoutError) as exc:
+            raise NoLiveHost(
+                f"the Ray head at {self._gcs_address or self.address} did not answer: {exc!r}"
+            ) from exc
         argv = _templated(spec)
         shown = redact_argv(argv, spec.secrets)
         log_path = os.path.join(self.log_dir, f"{spec.key}.log")
@@ -605,7 +768,7 @@ class RayLauncher:
             async with asyncio.timeout(self.placement_timeout_s):
                 info = await pending
         except TimeoutError:
-            ray.kill(actor, no_restart=True)
+            await self._kill_actor(actor)
             raise LaunchError(
                 f"{spec.pool_id}/{spec.replica_id} stayed pending {self.placement_timeout_s:.0f} s "
                 f"on host {host}: GPUs {list(spec.devices)} are booked by another replica or "
@@ -615,15 +778,17 @@ class RayLauncher:
             raise LaunchError(f"{spec.pool_id}/{spec.replica_id} on host {host}: {exc}") from exc
         except ActorUnschedulableError as exc:
             # The host left between choosing it and placing the actor: wait for the cluster.
-            with contextlib.suppress(RayError):
-                ray.kill(actor, no_restart=True)
-            gone = not await asyncio.to_thread(self._alive, node_id)
+            await self._kill_actor(actor)
+            try:
+                gone = not await _off_loop(functools.partial(self._alive, node_id))
+            except (RayError, TimeoutError):
+                gone = True
             raise (NoLiveHost if gone else LaunchError)(
                 f"{spec.pool_id}/{spec.replica_id} cannot be placed on host {host}"
                 + (": the host left the cluster" if gone else f": {exc}")
             ) from exc
         except OSError as exc:
-            ray.kill(actor, no_restart=True)
+            await self._kill_actor(actor)
             raise LaunchError(f"cannot start {spec.argv[0]} on host {host}: {exc}") from exc
         engine = self._engine(spec, actor, host, node_id, info)
         narrate(
@@ -642,14 +807,45 @@ class RayLauncher:
         )
         return engine
 
+    async def _place(self, spec: LaunchSpec) -> tuple[str, str, Any]:
+        """The host, its node and the replica's new actor (pending until its GPUs are free)."""
+        host, node_id = await _off_loop(
+            functools.partial(self.choose_host, spec.node, spec.devices), 2 * _ASK_S
+        )
+        name = ENGINE_PREFIX + spec.key
+        await _off_loop(functools.partial(_kill_leftover, name))
+
+        def create() -> Any:
+            return _RemoteEngine.options(
+                name=name,
+                namespace=NAMESPACE,
+                lifetime="detached",
+                max_restarts=0,
+                # Calls of a server that died may still wait in it (its run) after an adoption.
+                max_concurrency=16,
+                num_cpus=0,
+                resources={gpu_resource(i): 1.0 for i in spec.devices},
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            ).remote()
+
+        # A named actor is registered with the head before its handle returns.
+        return host, node_id, await _off_loop(create)
+
+    @staticmethod
+    async def _kill_actor(actor: Any) -> None:
+        with contextlib.suppress(Exception):
+            await _off_loop(functools.partial(ray.kill, actor, no_restart=True))
+
     def _engine(
         self, spec: LaunchSpec, actor: Any, host: str, node_id: str, info: Mapping[str, Any]
     ) -> RayEngine:
         endpoint = f"http://{info['host']}:{info['port']}"
         pid, log_path = int(info["pid"]), str(info["log_path"])
-        return RayEngine(
+        engine = RayEngine(
             spec, actor, node_id, host, pid, endpoint, log_path, self._alive, self._lost_nodes
         )
+        engine._head_gone = self._head_gone
+        return engine
 
     def engine_actors(self) -> list[str]:
         """Names of the live engine actors of the cluster (this server's and any leftover)."""
@@ -662,14 +858,24 @@ class RayLauncher:
 
     async def reap_orphans(self) -> list[int]:
         """Engine actors a previous server left: one of a configured replica whose engine still
-        runs is kept for that replica's first launch to adopt; the others are stopped."""
-        self.connect()
+        runs is kept for that replica's first launch to adopt; the others are stopped. A head
+        that does not answer is lost: the server starts without its cluster replicas."""
+        if not ray.is_initialized() and not await self._head_listens():
+            # ray.init would wait minutes for a head that is not there.
+            self._lose_head("nothing accepts connections there")
+            return []
+        try:
+            await self._connected(self.connect)
+            names = await _off_loop(self.engine_actors)
+        except (RayError, ConnectionError, TimeoutError) as exc:
+            self._lose_head(f"it did not answer: {exc!r}")
+            return []
         stopped: list[int] = []
-        for name in self.engine_actors():
+        for name in names:
             key = name.removeprefix(ENGINE_PREFIX)
             try:
-                actor = ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:
+                actor = await _off_loop(functools.partial(ray.get_actor, name, NAMESPACE))
+            except (ValueError, RayError, TimeoutError):
                 continue  # gone meanwhile
             found = await _describe(actor)
             if key in self.expected and found is not None and found["alive"]:
@@ -690,7 +896,11 @@ class RayLauncher:
     async def close(self) -> None:
         """Stop the engines a previous server left that no replica took over (a replica whose
         first launch never came, its model gone, say): a stopped server leaves none."""
+        if self._head_watch is not None:
+            self._head_watch.cancel()
         survivors, self._survivors = self._survivors, {}
+        if self.head_lost:
+            return
         for key, (actor, _) in survivors.items():
             await _stop_actor(actor)
             narrate(
@@ -710,7 +920,7 @@ class RayLauncher:
         if survivor is None:
             return None
         actor, found = survivor
-        live = await asyncio.to_thread(self._live_hosts)
+        live = await _off_loop(self._live_hosts)
         hosts = {h.node_id: name for name, h in live.items()}
         releases = {h.node_id: h.release for h in live.values()}
         current = await _describe(actor)
@@ -762,28 +972,42 @@ class RayLauncher:
         """host -> its agent's inventory, or None when it missed the deadline (stale). A host
         whose new agent has not answered yet (for up to ``AGENT_START_S``) is left out.
 
-        Asking Ray (the node table, the agents) blocks, so the poll runs in a worker thread.
+        Asking Ray (the node table, the agents) blocks, so the poll runs in a Ray thread. A head
+        that does not answer is lost: every host is stale until it answers again.
         """
-        return await asyncio.to_thread(self._poll, deadline_s)
+        if self.head_lost:
+            return {h.name: None for h in self.hosts}
+        try:
+            found, unreachable = await _off_loop(
+                functools.partial(self._poll, deadline_s), deadline_s + 2 * _ASK_S
+            )
+        except TimeoutError:
+            found, unreachable = {h.name: None for h in self.hosts}, "it did not answer in time"
+        if unreachable is not None:
+            self._lose_head(unreachable)
+        return found
 
     async def host_inventories(self, deadline_s: float) -> dict[str, GpuInventory | None]:
         found = await self.inventories(deadline_s)
         return {h: None if f is None else gpu_inventory(f) for h, f in found.items()}
 
-    def _poll(self, deadline_s: float) -> dict[str, dict[str, Any] | None]:
+    def _poll(self, deadline_s: float) -> tuple[dict[str, dict[str, Any] | None], str | None]:
+        """The hosts' inventories, and why the head is unreachable (None: it answered)."""
         out: dict[str, dict[str, Any] | None] = {h.name: None for h in self.hosts}
         try:
             self.connect()
-            live = self.live_nodes()
+            live = self.live_nodes(deadline_s)
+        except (RayError, ConnectionError) as exc:
+            # No host can be vouched for (the pool manager says which hosts turned stale).
+            return out, f"it did not answer: {exc!r}"
+        try:
             refs = {
                 host.name: self._agent(host, live[host.name]).inventory.remote()
                 for host in self.hosts
                 if host.name in live
             }
         except (RayError, ConnectionError):
-            # The head itself is unreachable: no host can be vouched for (the pool manager
-            # says which hosts turned stale).
-            return out
+            return out, None
         if refs:
             # One deadline for all hosts: asked at once, a slow host never delays the others.
             ray.wait(list(refs.values()), num_returns=len(refs), timeout=deadline_s)
@@ -800,7 +1024,7 @@ class RayLauncher:
             except RayError:
                 # Looked up again next time: a host that rejoined gets a new agent.
                 self._agents.pop(name, None)
-        return out
+        return out, None
 
     def _agent(self, host: HostSpec, node_id: str) -> Any:
         agent = self._agents.get(host.name)
@@ -818,16 +1042,10 @@ class RayLauncher:
         return agent
 
 
-#: How long an engine actor left by a previous run gets to describe itself or to stop.
-_ASK_S = 5.0
-
-
 async def _describe(actor: Any) -> dict[str, Any] | None:
     """The actor's ``describe``; None when it does not answer in time."""
     try:
-        ref = actor.describe.remote()
-        async with asyncio.timeout(_ASK_S):
-            found: dict[str, Any] = await asyncio.wrap_future(ref.future())
+        found: dict[str, Any] = await _answer(actor.describe.remote())
     except (RayError, TimeoutError):
         return None
     return found
@@ -837,12 +1055,10 @@ async def _stop_actor(actor: Any) -> int | None:
     """Stop the engine's process group, then the actor; the engine's pid if it answered."""
     pid = None
     with contextlib.suppress(RayError, TimeoutError):
-        ref = actor.pid.remote()
-        async with asyncio.timeout(_ASK_S):
-            pid = int(await asyncio.wrap_future(ref.future()))
-        await actor.stop.remote(_ASK_S)
+        pid = int(await _answer(actor.pid.remote()))
+        await _answer(actor.stop.remote(_ASK_S), 2 * _ASK_S)
     with contextlib.suppress(Exception):
-        ray.kill(actor, no_restart=True)
+        await _off_loop(functools.partial(ray.kill, actor, no_restart=True))
     return pid
 
 
@@ -867,9 +1083,21 @@ def _kill_leftover(name: str) -> None:
         ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
 
 
-def _nodes() -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
-    return found
+def _nodes(timeout_s: float = _ASK_S) -> list[dict[str, Any]]:
+    """The cluster's node table, as ``ray.nodes()`` gives it but read with a deadline:
+    ``ray.nodes()`` waits for as long as the head is away, and aborts the whole process when a
+    restarted head answers it (its cluster id differs)."""
+    gcs = ray._private.worker.global_worker.gcs_client  # type: ignore[attr-defined]
+    found = gcs.get_all_node_info(timeout=timeout_s)
+    return [
+        {
+            "NodeID": node_id.hex(),
+            "Alive": node.state == node.GcsNodeState.ALIVE,
+            "Resources": dict(node.resources_total),
+            "Labels": dict(node.labels),
+        }
+        for node_id, node in found.items()
+    ]
 
 
 def _templated(spec: LaunchSpec) -> tuple[str, ...]:
