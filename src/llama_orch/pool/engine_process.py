@@ -394,6 +394,8 @@ class ReplicaEngine:
         self.retiring = False
         #: Launches in a row that found no live host (reset by a launch that found one).
         self._host_waits = 0
+        #: Ends the current wait for a live host early (None: not waiting for one).
+        self._host_wake: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._backoff_gauge = metrics.pool_restart_backoff_seconds.labels(cfg.id, replica_id)
         self._storm_gauge = metrics.pool_restart_storm.labels(cfg.id, replica_id)
@@ -446,14 +448,24 @@ class ReplicaEngine:
                 continue
             if reason == NO_LIVE_HOST and not self.retiring:
                 self._host_waits += 1
-                await self._pause(self._host_wait())
+                await self._pause(self._host_wait(), host_wait=True)
                 continue
             if self.retiring or not self._failed(reason):
                 return
             await self._pause(self._backoff())
 
-    async def _pause(self, delay: float) -> None:
-        """Wait ``delay`` seconds on the supervision clock, shown as the replica's backoff."""
+    def host_back(self) -> None:
+        """A cluster host answered again (or joined): a launch waiting for a live host tries
+        now, and its waits start over from the shortest, instead of sleeping out a wait that
+        may have grown to minutes while the hosts were away."""
+        wake = self._host_wake
+        if wake is not None:
+            self._host_waits = 0
+            wake()
+
+    async def _pause(self, delay: float, *, host_wait: bool = False) -> None:
+        """Wait ``delay`` seconds on the supervision clock, shown as the replica's backoff;
+        a ``host_wait`` also ends when a host comes back (``host_back``)."""
         self.state.backoff_ms = int(delay * 1000)
         self._backoff_gauge.set(delay)
         clock = self._sup.clock
@@ -464,9 +476,12 @@ class ReplicaEngine:
                 woken.set_result(None)
 
         timer = clock.call_at(clock.now() + delay, wake)
+        if host_wait:
+            self._host_wake = wake
         try:
             await woken
         finally:
+            self._host_wake = None
             timer.cancel()
             self.state.backoff_ms = 0
             self._backoff_gauge.set(0)

@@ -123,6 +123,11 @@ class PoolLifecycle:
     def enabled(self) -> bool:
         return self._sup is not None
 
+    def hosts_back(self) -> None:
+        """A cluster host answered again or joined: replicas waiting for one launch now."""
+        for engine in self.engines.values():
+            engine.host_back()
+
     def reloading_to(self, engine: Engine, model: str) -> str | None:
         """The pool whose running reload brings ``model`` on ``engine``, before it switched
         (from then on the pool serves it), if any."""

@@ -241,8 +241,10 @@ class PoolManager:
     def refresh_hosts(self, readings: Mapping[str, GpuInventory | None]) -> None:
         """Take the cluster hosts' inventories (the sampler's poll); None: the host's agent
         missed its deadline, so its replicas turn stale until it answers again."""
+        back = False
         for host, inventory in readings.items():
             if inventory is not None:
+                back = back or host in self.stale_hosts or host not in self.host_inventories
                 self.host_inventories[host] = inventory
             stale = inventory is None
             if stale is (host in self.stale_hosts):
@@ -270,6 +272,9 @@ class PoolManager:
             for pool in self.pools.values():
                 if any(self.host_of(r) == host for r in pool.replicas):
                     self._notify(pool.id)
+        if back:
+            # Any host will do: a spread pool's replica may land on whichever answers.
+            self.lifecycle.hosts_back()
 
     def host_of(self, replica: Replica) -> str | None:
         """The cluster host a replica runs on (or will run on); None: this machine."""

@@ -161,6 +161,30 @@ class TestNoLiveHost:
             )
             assert restarts in (None, 0.0)
 
+    async def test_a_host_coming_back_ends_the_wait_and_starts_it_over(
+        self, tmp_path: Path
+    ) -> None:
+        """After the hosts were away a while the wait has grown to minutes; a host answering
+        again must not leave the replica sleeping it out (no clock is moved here)."""
+        error = NoLiveHost("no live host has GPUs [1]")
+        async with _supervised(tmp_path, error) as (engine, launcher, clock, _):
+            assert [1000, 2000, 4000, 8000] == await _waits(engine, launcher, clock, 4)
+            await _until(lambda: launcher.calls == 5 and engine.state.backoff_ms == 16000)
+            engine.host_back()
+            await _until(lambda: launcher.calls == 6 and engine.state.backoff_ms)
+            assert 1000 == engine.state.backoff_ms
+
+    async def test_a_host_coming_back_does_not_cut_a_failure_backoff(self, tmp_path: Path) -> None:
+        """Only a wait for a host ends early: a real launch failure's backoff is the breaker's
+        business."""
+        error = LaunchError("GPUs [1] are booked by another replica")
+        async with _supervised(tmp_path, error) as (engine, launcher, _clock, _):
+            await _until(lambda: launcher.calls == 1 and engine.state.backoff_ms)
+            engine.host_back()
+            for _ in range(200):
+                await asyncio.sleep(0)
+            assert (1, 100) == (launcher.calls, engine.state.backoff_ms)
+
     async def test_other_launch_failures_still_open_the_breaker(self, tmp_path: Path) -> None:
         """A launch that fails for another reason backs off as before and counts."""
         error = LaunchError("GPUs [1] are booked by another replica")
