@@ -14,6 +14,7 @@ import pytest
 
 from llama_orch.pool.launch import LaunchError, LaunchSpec, LocalLauncher, free_port, redact_argv
 from llama_orch.pool.launch.local import LOG_ROTATE_BYTES, _cmdline, _gone
+from llama_orch.testing.fake_engines.release import escaping_script
 from tests.support.engines import engine_healthy, fake_executable, tiny_gguf
 
 
@@ -134,6 +135,83 @@ class TestEngineLog:
                 break
             await asyncio.sleep(0.05)
         assert [] == _running_with(marker)
+
+
+def _escaping_spec(tmp_path: Path, marker: str, *, scrub_env: bool = False) -> LaunchSpec:
+    """The fake llama-server behind a wrapper whose helpers leave the engine's process group."""
+    exe = tmp_path / "bin" / "llama-server"
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    exe.write_text(escaping_script("llama-server", marker, scrub_env=scrub_env))
+    exe.chmod(0o755)
+    model = tiny_gguf(tmp_path / "models")
+    port = free_port()
+    return LaunchSpec("p0", "r0", (str(exe), "--model", str(model), "--port", str(port)), port)
+
+
+async def _until(predicate: object, what: str) -> None:
+    """Poll ``predicate`` (bounded: a loaded machine is slow, a leak stays)."""
+    assert callable(predicate)
+    for _ in range(400):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(what)
+
+
+class TestEscapedHelpers:
+    """An engine wrapper that calls ``setsid`` or double-forks leaves helpers outside the
+    engine's process group, which a group kill misses: they would hold the GPU and the port."""
+
+    async def test_stop_ends_the_helpers_that_left_the_group(self, tmp_path: Path) -> None:
+        marker = f"helper-of-{uuid.uuid4().hex}"
+        spec = _escaping_spec(tmp_path, marker, scrub_env=True)
+        handle = await LocalLauncher(tmp_path / "run").launch(spec)
+        try:
+            await engine_healthy(handle.endpoint)
+            await _until(lambda: len(_running_with(marker)) == 3, "the helpers never started")
+        finally:
+            await handle.stop(timeout_s=10)
+        await _until(lambda: not _running_with(marker), f"left running: {_running_with(marker)}")
+
+    async def test_an_engine_that_exits_takes_its_helpers(self, tmp_path: Path) -> None:
+        """A crashed engine's helpers go before it is launched again (they hold its port)."""
+        marker = f"helper-of-{uuid.uuid4().hex}"
+        handle = await LocalLauncher(tmp_path / "run").launch(_escaping_spec(tmp_path, marker))
+        try:
+            await engine_healthy(handle.endpoint)
+            await _until(lambda: len(_running_with(marker)) == 2, "the helpers never started")
+            assert handle.pid is not None
+            os.kill(handle.pid, signal.SIGKILL)
+            assert -signal.SIGKILL == await asyncio.wait_for(handle.wait(), 30)
+        finally:
+            await handle.stop(timeout_s=10)
+        await _until(lambda: not _running_with(marker), f"left running: {_running_with(marker)}")
+
+    async def test_an_orphans_helpers_are_reaped_with_it(self, tmp_path: Path) -> None:
+        """A server that died (SIGKILL) left its engine and the engine's helpers: the next
+        start-up stops all of them."""
+        marker = f"helper-of-{uuid.uuid4().hex}"
+        handle = await LocalLauncher(tmp_path / "run").launch(_escaping_spec(tmp_path, marker))
+        await engine_healthy(handle.endpoint)
+        await _until(lambda: len(_running_with(marker)) == 2, "the helpers never started")
+        assert [handle.pid] == await LocalLauncher(tmp_path / "run").reap_orphans()
+        await asyncio.wait_for(handle.wait(), 10)
+        await _until(lambda: not _running_with(marker), f"left running: {_running_with(marker)}")
+
+    async def test_the_launchs_processes_only(self, tmp_path: Path) -> None:
+        """A process the engine did not start, in a session of its own, is left alone."""
+        marker = f"bystander-{uuid.uuid4().hex}"
+        bystander = await asyncio.create_subprocess_exec(
+            "sh", "-c", f"sleep 600; : {marker}", start_new_session=True
+        )
+        try:
+            handle = await LocalLauncher(tmp_path / "run").launch(_spec(tmp_path))
+            await engine_healthy(handle.endpoint)
+            await handle.stop(timeout_s=10)
+            assert bystander.returncode is None and _running_with(marker)
+        finally:
+            os.killpg(bystander.pid, signal.SIGKILL)
+            await bystander.wait()
 
 
 def _running_with(marker: str) -> list[int]:

@@ -7,8 +7,10 @@
 - ``<run_dir>/pids/<pool>-<replica>.pid`` records the process while it runs. A pid file that
   outlives its server (a crash, a SIGKILL) names an orphan: ``reap_orphans`` stops it at the next
   start-up, after checking the pid still runs the recorded program (pids get reused).
-- ``stop`` sends SIGTERM to the whole group, waits, then SIGKILLs it: no engine helper process
-  survives its replica.
+- ``stop`` sends SIGTERM to the whole group, waits, then SIGKILLs it. Helpers the engine moved
+  out of its group (``setsid``, a double fork) are found through ``_tree`` (its descendants and
+  the launch's environment mark) and stopped with it: no engine helper process survives its
+  replica, whether it was stopped or exited.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import os
 import signal
 import socket
 import time
+import uuid
 from pathlib import Path
 
 from llama_orch.observability.narration import narrate
+from llama_orch.pool.launch._tree import MARK_VAR, sweep, terminate
 from llama_orch.pool.launch._types import (
     ExitKind,
     LaunchError,
@@ -124,11 +128,13 @@ class LocalProcess:
         process: asyncio.subprocess.Process,
         log_path: Path,
         pid_path: Path,
+        mark: str,
     ) -> None:
         self._spec = spec
         self._process = process
         self._log_path = log_path
         self._pid_path = pid_path
+        self._mark = mark
 
     @property
     def spec(self) -> LaunchSpec:
@@ -164,25 +170,30 @@ class LocalProcess:
 
     async def wait(self) -> int:
         code = await self._process.wait()
-        self._forget()
+        await self._forget()
         return code
 
-    def _forget(self) -> None:
-        # Helpers the engine forked may outlive it; the group goes with the replica.
+    async def _forget(self) -> None:
+        # Helpers the engine forked may outlive it; the group goes with the replica, and so do
+        # the helpers that left it (found by the launch's mark: the engine's pid is reaped).
         _signal_group(self._process.pid, signal.SIGKILL)
+        await asyncio.to_thread(sweep, None, self._mark)
         with contextlib.suppress(FileNotFoundError):
             self._pid_path.unlink()
 
     async def stop(self, timeout_s: float = 10.0) -> int:
+        pid = self._process.pid
         if self._process.returncode is None:
-            _signal_group(self._process.pid, signal.SIGTERM)
+            _signal_group(pid, signal.SIGTERM)
             # A stopped (SIGSTOP) engine cannot act on SIGTERM until it is continued.
-            _signal_group(self._process.pid, signal.SIGCONT)
+            _signal_group(pid, signal.SIGCONT)
+            # Helpers outside the group get their SIGTERM too, at the same time.
+            await asyncio.to_thread(terminate, pid, self._mark)
             try:
                 async with asyncio.timeout(timeout_s):
                     await self._process.wait()
             except TimeoutError:
-                _signal_group(self._process.pid, signal.SIGKILL)
+                await self._kill_all()
         code = await self.wait()
         await self._cleanup(timeout_s)
         return code
@@ -191,9 +202,16 @@ class LocalProcess:
         await run_cleanup(self._spec.cleanup, self._log_path, timeout_s)
 
     async def kill(self) -> None:
-        _signal_group(self._process.pid, signal.SIGKILL)
+        await self._kill_all()
         await self.wait()
         await self._cleanup(10.0)
+
+    async def _kill_all(self) -> None:
+        """SIGKILL the engine's helpers while the engine still runs (whatever they became, they
+        are its descendants until then), then its group."""
+        if self._process.returncode is None:
+            await asyncio.to_thread(sweep, self._process.pid, self._mark)
+        _signal_group(self._process.pid, signal.SIGKILL)
 
     def log_tail(self, lines: int = 20) -> str:
         return read_log_tail(self._log_path, lines)
@@ -214,7 +232,14 @@ class LocalLauncher:
         pid_path = self.pids_dir / f"{spec.key}.pid"
         _rotate(log_path)
         shown = redact_argv(spec.argv, spec.secrets)
-        env = {**os.environ, **spec.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.devices))}
+        # Every process the engine starts inherits the mark, wherever it moves (see _tree).
+        mark = uuid.uuid4().hex
+        env = {
+            **os.environ,
+            **spec.env,
+            "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.devices)),
+            MARK_VAR: mark,
+        }
         with log_path.open("ab") as log:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             log.write(f"--- {stamp} launch: {' '.join(shown)}\n".encode())
@@ -243,15 +268,18 @@ class LocalLauncher:
             "started_ms": int(time.time() * 1000),
             # Run again when the engine is reaped as an orphan (its container outlives it).
             "cleanup": list(spec.cleanup),
+            # Finds the helpers of an orphan that left its process group.
+            "mark": mark,
         }
         tmp = pid_path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(record))
             tmp.replace(pid_path)
         except OSError as exc:
-            # Unrecorded, the engine would outlive this server with nothing to stop it.
-            _signal_group(process.pid, signal.SIGKILL)
-            await process.wait()
+            # Unrecorded, the engine would outlive this server with nothing to stop it. Its
+            # group exists already (the child made it before its exec, which create_subprocess_
+            # exec waits for), and what it started by now goes with it.
+            await LocalProcess(spec, process, log_path, pid_path, mark).kill()
             raise LaunchError(
                 f"cannot write the pid file {pid_path} of {spec.pool_id}/{spec.replica_id}: "
                 f"{exc.strerror or exc}; engines.run_dir must be a writable directory with "
@@ -271,7 +299,7 @@ class LocalLauncher:
             argv=shown,
             log_path=str(log_path),
         )
-        return LocalProcess(spec, process, log_path, pid_path)
+        return LocalProcess(spec, process, log_path, pid_path, mark)
 
     async def close(self) -> None:
         """Every process this launcher started belongs to a replica, which stops it."""
@@ -291,6 +319,9 @@ class LocalLauncher:
             cmdline = _cmdline(pid)
             # The recorded program, or the interpreter running it (scripts exec python).
             ours = bool(cmdline) and any(Path(argv0).name in part for part in cmdline)
+            mark = record.get("mark")
+            if ours and isinstance(mark, str) and mark:
+                await asyncio.to_thread(terminate, pid, mark)
             if ours and await self._stop_group(pid):
                 stopped.append(pid)
                 narrate(
@@ -303,6 +334,9 @@ class LocalLauncher:
                     replica_id=record.get("replica_id"),
                     pid=pid,
                 )
+            if isinstance(mark, str) and mark:
+                # Its helpers outside the group; by the mark alone (its pid may be reused).
+                await asyncio.to_thread(sweep, None, mark)
             cleanup = record.get("cleanup")
             if isinstance(cleanup, list) and all(isinstance(a, str) for a in cleanup):
                 # Whether or not its client still ran: the container may live on without it.

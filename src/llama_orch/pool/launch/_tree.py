@@ -1,0 +1,139 @@
+"""The processes one engine launch left behind, found through /proc (Linux).
+
+An engine runs in its own process group, which ``stop`` signals. A helper that calls ``setsid``
+(or double-forks into its own session, as daemons do) leaves that group, and one whose parent
+exited is re-parented away from the engine: a group kill misses both, and they keep the GPU and
+the engine's port. Two facts find them without touching anything else:
+
+- while the engine runs, its descendants are the processes whose parent chain leads to it;
+- every process the engine starts inherits its environment, where the launch put
+  ``LLORCH_ENGINE_MARK=<random token>`` (one token per launch): a process carrying it came from
+  that launch, wherever it was re-parented to.
+
+Signals go through a pidfd opened after the process was identified, so a pid reused meanwhile
+is never signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+#: The environment variable that marks every process of one engine launch.
+MARK_VAR = "LLORCH_ENGINE_MARK"
+#: Rounds of "find, kill" before giving up on a process tree that forks faster than it dies.
+_SWEEP_ROUNDS = 20
+#: How long a sweep waits for the processes it killed to be gone.
+_SWEEP_WAIT_S = 5.0
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, process group) of a process; None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1]), int(fields[2])
+
+
+def _live() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every process that runs (zombies left out)."""
+    found: dict[int, tuple[int, int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        stat = _stat(int(entry.name))
+        if stat is not None and stat[0] != "Z":
+            found[int(entry.name)] = (stat[1], stat[2])
+    return found
+
+
+def carries(pid: int, mark: str) -> bool:
+    """Whether the process's environment holds this launch's mark (unreadable: it does not)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{MARK_VAR}={mark}".encode() in environ.split(b"\0")
+
+
+def leftovers(root: int | None, mark: str) -> dict[int, int]:
+    """pid -> process group of every live process of the launch but ``root`` itself: the
+    descendants of ``root`` and whatever carries ``mark``, with their descendants. ``root`` is
+    the engine's own pid while it is not reaped yet (None after: the pid may be reused)."""
+    live = _live()
+    me = os.getpid()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in live.items():
+        children.setdefault(ppid, []).append(pid)
+    seeds = [root] if root is not None and root in live else []
+    seeds += [pid for pid in live if pid not in (root, me) and carries(pid, mark)]
+    found: set[int] = set()
+    while seeds:
+        pid = seeds.pop()
+        if pid in found:
+            continue
+        found.add(pid)
+        seeds.extend(children.get(pid, ()))
+    found.discard(me)
+    if root is not None:
+        found.discard(root)
+    return {pid: live[pid][1] for pid in found if pid in live}
+
+
+def _signal(pid: int, sig: signal.Signals, root: int | None, mark: str, known: set[int]) -> bool:
+    """Signal one process of the launch; False when it is gone or no longer one of them."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        # Identified again through the pidfd: the pid cannot be reused while the fd is open.
+        stat = _stat(pid)
+        if stat is None or not (stat[1] in known or stat[1] == root or carries(pid, mark)):
+            return False
+        signal.pidfd_send_signal(fd, sig)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def terminate(root: int, mark: str) -> int:
+    """SIGTERM (and SIGCONT) what the launch runs outside ``root``'s own process group, which
+    the caller signals as a whole; how many processes were signalled."""
+    found = leftovers(root, mark)
+    known = set(found)
+    sent = 0
+    for pid, group in found.items():
+        if group != root and _signal(pid, signal.SIGTERM, root, mark, known):
+            _signal(pid, signal.SIGCONT, root, mark, known)
+            sent += 1
+    return sent
+
+
+def sweep(root: int | None, mark: str) -> int:
+    """SIGKILL every process of the launch but ``root`` until none is left (bounded); how many
+    were killed. A killed process forks no more, and the children it had show up as the
+    launch's at the next round (as ``root``'s or carrying the mark)."""
+    killed: set[int] = set()
+    for _ in range(_SWEEP_ROUNDS):
+        found = leftovers(root, mark)
+        if not found:
+            break
+        known = killed | set(found)
+        for pid in found:
+            if _signal(pid, signal.SIGKILL, root, mark, known):
+                killed.add(pid)
+        deadline = time.monotonic() + _SWEEP_WAIT_S
+        while time.monotonic() < deadline and any(_running(pid) for pid in found):
+            time.sleep(0.01)
+    return len(killed)
+
+
+def _running(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"

@@ -1,0 +1,66 @@
+"""Launched engines' processes, end to end, through the binary path (simulated): helpers that
+leave the engine's process group (a wrapper that ``setsid``s one and double-forks another) do
+not outlive a reload or a server stop."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+from llama_orch.testing.fake_engines.release import engine_archive, escaping_script
+from tests.support.engines import tiny_gguf
+from tests.support.https_files import https_files
+from tests.support.launched import LaunchedSetup, process_of, wait_health
+from tests.support.server import running_server
+
+
+def _helpers(marker: str) -> set[int]:
+    """Live processes whose command line holds ``marker`` (zombies have none)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+async def _until(predicate: Any, what: str) -> None:
+    """Bounded: a loaded machine is slow, a leaked helper stays."""
+    for _ in range(600):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(what)
+
+
+def _done(health: dict[str, Any]) -> bool:
+    return (health.get("last_operation") or {}).get("state") == "done"
+
+
+async def test_reload_and_shutdown_leave_no_engine_helper(tmp_path: Path) -> None:
+    marker = f"helper-of-{uuid.uuid4().hex}"
+    archive = engine_archive("llama-server", script_text=escaping_script("llama-server", marker))
+    with https_files({"/llama-b1.tar.gz": archive}, tmp_path) as served:
+        faults = tmp_path / "faults"
+        faults.write_text("")
+        setup = LaunchedSetup(tmp_path, tiny_gguf(tmp_path / "models"), faults, served)
+        new_model = tiny_gguf(tmp_path / "models2", "tiny-next")
+        async with running_server(setup.config()) as server:
+            health = await wait_health(server, "lp", lambda h: h["ready"])
+            await _until(lambda: len(_helpers(marker)) == 2, "the helpers never started")
+            old = _helpers(marker)
+            response = await server.client.post(
+                "/v1/pools/lp/reload", json={"new_model_ref": str(new_model)}
+            )
+            assert 202 == response.status_code
+            health = await wait_health(server, "lp", _done)
+            assert process_of(health)["running"]
+            await _until(lambda: not old & _helpers(marker), f"left by the reload: {old}")
+        await _until(lambda: not _helpers(marker), f"left by the stop: {_helpers(marker)}")
