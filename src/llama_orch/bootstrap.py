@@ -147,7 +147,9 @@ def hold_engines_run_dir(settings: Settings) -> int | None:
 
 def launcher_of(settings: Settings) -> Launcher:
     """Local processes; with ``hosts``, pools naming a host go through the Ray launcher."""
-    local = LocalLauncher(engines_run_dir(settings))
+    local = LocalLauncher(
+        engines_run_dir(settings), log_rotate_bytes=settings.config.engines.log_max_bytes
+    )
     cluster = cluster_launcher_of(settings)
     return local if cluster is None else HostRouting(local, cluster)
 

@@ -1,6 +1,8 @@
-"""Launched engines' processes, end to end, through the binary path (simulated): helpers that
-leave the engine's process group (a wrapper that ``setsid``s one and double-forks another) do
-not outlive a reload or a server stop."""
+"""Launched engines' processes and logs, end to end, through the binary path (simulated):
+
+- helpers that leave the engine's process group (a wrapper that ``setsid``s one and
+  double-forks another) do not outlive a reload or a server stop;
+- a chatty engine's log stays within ``engines.log_max_bytes`` while it runs."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 from llama_orch.testing.fake_engines.release import engine_archive, escaping_script
 from tests.support.engines import tiny_gguf
 from tests.support.https_files import https_files
-from tests.support.launched import LaunchedSetup, process_of, wait_health
+from tests.support.launched import LaunchedSetup, launched_setup, process_of, wait_health
 from tests.support.server import running_server
 
 
@@ -64,3 +66,26 @@ async def test_reload_and_shutdown_leave_no_engine_helper(tmp_path: Path) -> Non
             assert process_of(health)["running"]
             await _until(lambda: not old & _helpers(marker), f"left by the reload: {old}")
         await _until(lambda: not _helpers(marker), f"left by the stop: {_helpers(marker)}")
+
+
+async def test_a_chatty_engines_log_stays_bounded_while_it_runs(tmp_path: Path) -> None:
+    """The engine writes 3 MB of log lines once listening: the supervisor rotates its log on
+    its probe cadence, keeping the last lines, and the engine goes on serving."""
+    limit = 128 * 1024
+    with launched_setup(tmp_path) as setup:
+        setup.faults.write_text("chatty:3000000")
+        log = tmp_path / "run" / "logs" / "lp-r0.log"
+        rotated = log.with_name("lp-r0.log.1")
+
+        def settled() -> bool:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            return "simulated: chatty done" in text and log.stat().st_size <= limit + 9000
+
+        async with running_server(setup.config(log_max_bytes=limit)) as server:
+            await wait_health(server, "lp", lambda h: h["ready"])
+            await _until(settled, "the log was never brought back within its bound")
+            health = await wait_health(server, "lp", lambda h: h["ready"])
+            assert 0 == health["restart_count"]
+        assert rotated.exists()
+        assert b"\0" not in log.read_bytes()
+        assert "log rotated" in log.read_text()

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import sys
 import tracemalloc
 import uuid
 from pathlib import Path
@@ -13,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from llama_orch.pool.launch import LaunchError, LaunchSpec, LocalLauncher, free_port, redact_argv
-from llama_orch.pool.launch.local import LOG_ROTATE_BYTES, _cmdline, _gone
+from llama_orch.pool.launch._types import read_log_tail
+from llama_orch.pool.launch.local import (
+    LOG_ROTATE_BYTES,
+    ROTATE_CARRY_BYTES,
+    _cmdline,
+    _gone,
+)
 from llama_orch.testing.fake_engines.release import escaping_script
 from tests.support.engines import engine_healthy, fake_executable, tiny_gguf
 
@@ -243,3 +250,61 @@ class TestLogGrowth:
         assert LOG_ROTATE_BYTES + 1 == (logs / "p0-r0.log.1").stat().st_size
         assert "fresh" in (logs / "p0-r0.log").read_text()
         assert (logs / "p0-r0.log").stat().st_size < 4096
+
+
+#: Writes 4 MB of numbered lines as fast as it can, then idles; says goodbye on SIGTERM.
+_CHATTY = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: (print("last words", flush=True), sys.exit(0)))
+for i in range(40000):
+    print(f"line {i:06d} " + "x" * 90)
+print("all written", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+class TestLiveLogRotation:
+    async def test_a_running_engines_log_stays_bounded(self, tmp_path: Path) -> None:
+        """A chatty engine that runs for weeks would fill the disk before its next launch:
+        ``tend`` (the supervisor calls it at every probe) rotates the log while the engine
+        writes to it. The engine's descriptor is in append mode, so after the truncation its
+        writes land at the new end (no hole of NULs), and the last lines are kept."""
+        limit = 256 * 1024
+        launcher = LocalLauncher(tmp_path / "run", log_rotate_bytes=limit)
+        spec = LaunchSpec("p0", "r0", (sys.executable, "-c", _CHATTY), free_port())
+        handle = await launcher.launch(spec)
+        log, old = handle.log_path, handle.log_path.with_name("p0-r0.log.1")
+        try:
+            assert handle.pid is not None
+            assert _fd_flags(handle.pid, 1) & os.O_APPEND
+            rotations = 0
+            for _ in range(1500):
+                before = log.stat().st_size
+                await handle.tend()
+                rotations += log.stat().st_size < before
+                # The launch line quotes the program: the line alone says it is done.
+                if "all written" in (handle.log_tail(5) + "\n" + _tail(old)).splitlines():
+                    break
+                await asyncio.sleep(0.02)
+            await handle.tend()  # nothing is written any more: the log is within its bound
+            size = log.stat().st_size
+        finally:
+            assert 0 == await handle.stop(timeout_s=10)
+        assert rotations >= 1
+        assert size <= limit + ROTATE_CARRY_BYTES + 200
+        text = log.read_bytes()
+        assert b"\0" not in text
+        assert "line 039999" in text.decode() and "\nall written\n" in text.decode()
+        assert text.decode().rstrip().endswith("last words")
+        assert "line" in _tail(old)
+
+
+def _fd_flags(pid: int, fd: int) -> int:
+    """The open flags of a process's descriptor."""
+    info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+    return int(info.split("flags:")[1].split()[0], 8)
+
+
+def _tail(path: Path) -> str:
+    return read_log_tail(path, 5)

@@ -587,6 +587,7 @@ class ReplicaEngine:
                 done, _ = await asyncio.wait({exited}, timeout=interval)
                 if done:
                     return "exited"
+                await handle.tend()
                 if not ready_once and not await _loaded(startup, health_url):
                     if time.monotonic() - started > startup_s:
                         return "never_ready"

@@ -114,6 +114,11 @@ class EngineHandle(Protocol):
 
     def log_tail(self, lines: int = 20) -> str: ...
 
+    async def tend(self) -> None:
+        """Housekeeping while the engine runs, called on the supervisor's probe cadence (keeps
+        its log bounded); cheap when there is nothing to do."""
+        ...
+
 
 class Launcher(Protocol):
     async def launch(self, spec: LaunchSpec) -> EngineHandle: ...

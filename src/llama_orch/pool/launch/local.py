@@ -3,7 +3,8 @@
 - ``CUDA_VISIBLE_DEVICES`` is the replica's device mask, so the engine sees only its GPUs.
 - stdout and stderr go to ``<run_dir>/logs/<pool>-<replica>.log``, which starts with the command
   line, secrets redacted; the environment is never written anywhere. A log grown past
-  ``LOG_ROTATE_BYTES`` moves to ``.log.1`` at the next launch.
+  ``LOG_ROTATE_BYTES`` moves to ``.log.1`` at the next launch, and while the engine runs
+  ``tend`` (on the supervisor's probe cadence) copies it there and truncates it in place.
 - ``<run_dir>/pids/<pool>-<replica>.pid`` records the process while it runs. A pid file that
   outlives its server (a crash, a SIGKILL) names an orphan: ``reap_orphans`` stops it at the next
   start-up, after checking the pid still runs the recorded program (pids get reused).
@@ -20,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import time
@@ -42,6 +44,8 @@ ORPHAN_GRACE_S = 5.0
 LOCK_NAME = "serve.lock"
 #: A replica's log past this size is moved to ``.log.1`` when its engine is launched again.
 LOG_ROTATE_BYTES = 64 * 2**20
+#: How much of its end a rotated log hands on to the new one (whole lines).
+ROTATE_CARRY_BYTES = 8 * 1024
 
 
 class RunDirBusy(Exception):
@@ -129,12 +133,14 @@ class LocalProcess:
         log_path: Path,
         pid_path: Path,
         mark: str,
+        log_rotate_bytes: int = LOG_ROTATE_BYTES,
     ) -> None:
         self._spec = spec
         self._process = process
         self._log_path = log_path
         self._pid_path = pid_path
         self._mark = mark
+        self._log_rotate_bytes = log_rotate_bytes
 
     @property
     def spec(self) -> LaunchSpec:
@@ -213,6 +219,16 @@ class LocalProcess:
             await asyncio.to_thread(sweep, self._process.pid, self._mark)
         _signal_group(self._process.pid, signal.SIGKILL)
 
+    async def tend(self) -> None:
+        """Keeps the running engine's log bounded: one stat per probe, the copy off the event
+        loop (the engine's own writes cost nothing more)."""
+        try:
+            size = self._log_path.stat().st_size
+        except OSError:
+            return
+        if size > self._log_rotate_bytes:
+            await asyncio.to_thread(_rotate_live, self._log_path)
+
     def log_tail(self, lines: int = 20) -> str:
         return read_log_tail(self._log_path, lines)
 
@@ -220,17 +236,18 @@ class LocalProcess:
 class LocalLauncher:
     """Launches replicas as local subprocesses; logs and pid files live under ``run_dir``."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, log_rotate_bytes: int = LOG_ROTATE_BYTES) -> None:
         self.run_dir = run_dir.expanduser()
         self.logs_dir = self.run_dir / "logs"
         self.pids_dir = self.run_dir / "pids"
+        self.log_rotate_bytes = log_rotate_bytes
 
     async def launch(self, spec: LaunchSpec) -> LocalProcess:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.pids_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.logs_dir / f"{spec.key}.log"
         pid_path = self.pids_dir / f"{spec.key}.pid"
-        _rotate(log_path)
+        _rotate(log_path, self.log_rotate_bytes)
         shown = redact_argv(spec.argv, spec.secrets)
         # Every process the engine starts inherits the mark, wherever it moves (see _tree).
         mark = uuid.uuid4().hex
@@ -240,6 +257,8 @@ class LocalLauncher:
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.devices)),
             MARK_VAR: mark,
         }
+        # Append mode (O_APPEND), which the engine inherits: after a rotation truncated the log
+        # in place, its next write lands at the new end, not past a hole.
         with log_path.open("ab") as log:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             log.write(f"--- {stamp} launch: {' '.join(shown)}\n".encode())
@@ -299,7 +318,7 @@ class LocalLauncher:
             argv=shown,
             log_path=str(log_path),
         )
-        return LocalProcess(spec, process, log_path, pid_path, mark)
+        return LocalProcess(spec, process, log_path, pid_path, mark, self.log_rotate_bytes)
 
     async def close(self) -> None:
         """Every process this launcher started belongs to a replica, which stops it."""
@@ -359,13 +378,54 @@ class LocalLauncher:
         return True
 
 
-def _rotate(log_path: Path) -> None:
+def _rotate(log_path: Path, limit: int = LOG_ROTATE_BYTES) -> None:
     """Each launch appends to the replica's log; an engine that writes heaps of output and is
-    restarted again and again would grow it without end. Past ``LOG_ROTATE_BYTES`` the log
-    moves to ``.log.1`` (replacing the previous one) and the launch starts a fresh one."""
+    restarted again and again would grow it without end. Past ``limit`` the log moves to
+    ``.log.1`` (replacing the previous one) and the launch starts a fresh one."""
     with contextlib.suppress(FileNotFoundError):
-        if log_path.stat().st_size > LOG_ROTATE_BYTES:
+        if log_path.stat().st_size > limit:
             log_path.replace(log_path.with_name(log_path.name + ".1"))
+
+
+def _rotate_live(log_path: Path) -> None:
+    """Rotate the log of a running engine, which keeps writing through its own descriptor: the
+    log is copied to ``.log.1`` (replacing the previous one) and truncated in place. The
+    engine's descriptor is in append mode, so its next write lands at the new end. The new log
+    starts with the old one's last lines (its tail stays the engine's last words) and what the
+    engine wrote while the copy ran; only what lands between that last read and the truncation
+    (an instant) can be lost. A copy that cannot be written (a full disk) is dropped, and the
+    log is truncated all the same: the bound holds."""
+    rotated = log_path.with_name(log_path.name + ".1")
+    partial = log_path.with_name(log_path.name + ".1.tmp")
+    try:
+        with log_path.open("rb") as src, partial.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 2**20)
+            copied = dst.tell()
+        partial.replace(rotated)
+        where = f"moved to {rotated.name}"
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        copied = 0
+        where = f"dropped ({rotated.name} cannot be written: {exc.strerror or exc})"
+    # Append mode, as the engine writes: no write of ours overwrites one of its own. A log
+    # that cannot be opened or written now is tried again at the next probe.
+    with contextlib.suppress(OSError), open(log_path, "a+b", buffering=0) as log:
+        end = copied or log.seek(0, os.SEEK_END)
+        log.seek(max(0, end - ROTATE_CARRY_BYTES))
+        carried = log.read(min(end, ROTATE_CARRY_BYTES))
+        late = log.read()
+        log.truncate(0)
+        log.write(_rotation_note(end, where, carried) + late)
+
+
+def _rotation_note(size: int, where: str, carried: bytes) -> bytes:
+    """What a rotated log starts with: when and where its content went, and its last lines."""
+    if size > ROTATE_CARRY_BYTES and b"\n" in carried:
+        carried = carried.split(b"\n", 1)[1]  # the first line was cut midway
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    note = f"--- {stamp} log rotated: its {size} bytes {where}; the last lines:\n"
+    return note.encode() + carried + b"--- (end of the carried lines)\n"
 
 
 def _gone(pid: int) -> bool:

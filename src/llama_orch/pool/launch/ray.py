@@ -439,6 +439,10 @@ class RayEngine:
                 self._finish(-signal.SIGKILL, await self._classify(exc))
         self._release()
 
+    async def tend(self) -> None:
+        """The engine's log is on its host, out of reach here: it is not rotated while the
+        engine runs."""
+
     def _release(self) -> None:
         with contextlib.suppress(Exception):
             ray.kill(self.actor, no_restart=True)
