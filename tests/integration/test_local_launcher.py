@@ -175,7 +175,7 @@ class TestEscapedHelpers:
         handle = await LocalLauncher(tmp_path / "run").launch(spec)
         try:
             await engine_healthy(handle.endpoint)
-            await _until(lambda: len(_running_with(marker)) == 3, "the helpers never started")
+            await _until(lambda: len(_running_with(marker)) == 4, "the helpers never started")
         finally:
             await handle.stop(timeout_s=10)
         await _until(lambda: not _running_with(marker), f"left running: {_running_with(marker)}")
@@ -204,6 +204,21 @@ class TestEscapedHelpers:
         assert [handle.pid] == await LocalLauncher(tmp_path / "run").reap_orphans()
         await asyncio.wait_for(handle.wait(), 10)
         await _until(lambda: not _running_with(marker), f"left running: {_running_with(marker)}")
+
+    async def test_a_program_that_cannot_run_is_a_launch_error(self, tmp_path: Path) -> None:
+        """The engine's command is exec'd by a small interpreter (which makes it a child
+        subreaper): a missing or non-executable program is still refused by the launch itself,
+        naming the program, rather than seen later as an exit."""
+        script = tmp_path / "not-executable"
+        script.write_text("#!/bin/sh\n")
+        launcher = LocalLauncher(tmp_path / "run")
+        for argv0, why in (
+            (str(tmp_path / "missing"), "No such file or directory"),
+            ("llorch-no-such-program", "No such file or directory"),
+            (str(script), "Permission denied"),
+        ):
+            with pytest.raises(LaunchError, match=f"cannot start {argv0} for p0/r0: {why}"):
+                await launcher.launch(LaunchSpec("p0", "r0", (argv0,), free_port()))
 
     async def test_the_launchs_processes_only(self, tmp_path: Path) -> None:
         """A process the engine did not start, in a session of its own, is left alone."""

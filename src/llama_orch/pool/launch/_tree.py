@@ -10,6 +10,11 @@ the engine's port. Two facts find them without touching anything else:
   ``LLORCH_ENGINE_MARK=<random token>`` (one token per launch): a process carrying it came from
   that launch, wherever it was re-parented to.
 
+The engine is started as a child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``, set by a few
+lines of Python that then exec the engine's command; the flag survives the exec): a helper
+that double-forks is re-parented to the engine rather than to init, so while the engine runs
+every process it started is its descendant, even one that cleared its environment.
+
 Signals go through a pidfd opened after the process was identified, so a pid reused meanwhile
 is never signalled.
 """
@@ -17,12 +22,46 @@ is never signalled.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
 #: The environment variable that marks every process of one engine launch.
 MARK_VAR = "LLORCH_ENGINE_MARK"
+#: Makes the process a child subreaper, then execs ``sys.argv[1:]`` (the engine's command).
+_SUBREAPER_EXEC = """
+import ctypes, os, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+except (AttributeError, OSError):
+    pass  # not Linux: descendants are found by the mark alone
+try:
+    os.execvp(sys.argv[1], sys.argv[1:])
+except OSError as exc:
+    print(f"cannot start {sys.argv[1]}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+    sys.exit(127)
+"""
+
+
+def as_subreaper(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """The command line that runs ``argv`` as a child subreaper (an isolated interpreter that
+    reads no site or user configuration, then becomes ``argv`` by exec)."""
+    return (sys.executable, "-I", "-S", "-c", _SUBREAPER_EXEC, *argv)
+
+
+def unrunnable(argv0: str, path: str | None, cwd: Path | None) -> str | None:
+    """Why ``argv0`` cannot be executed (as exec would say it), or None: the launch reports it
+    at once rather than as the exit of the interpreter that would exec it."""
+    if "/" not in argv0:
+        return None if shutil.which(argv0, path=path) else "No such file or directory"
+    candidate = Path(argv0) if Path(argv0).is_absolute() else Path(cwd or ".") / argv0
+    if not candidate.exists():
+        return "No such file or directory"
+    return None if candidate.is_file() and os.access(candidate, os.X_OK) else "Permission denied"
+
+
 #: Rounds of "find, kill" before giving up on a process tree that forks faster than it dies.
 _SWEEP_ROUNDS = 20
 #: How long a sweep waits for the processes it killed to be gone.

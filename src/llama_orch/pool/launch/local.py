@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 
 from llama_orch.observability.narration import narrate
-from llama_orch.pool.launch._tree import MARK_VAR, sweep, terminate
+from llama_orch.pool.launch._tree import MARK_VAR, as_subreaper, sweep, terminate, unrunnable
 from llama_orch.pool.launch._types import (
     ExitKind,
     LaunchError,
@@ -183,7 +183,7 @@ class LocalProcess:
         # Helpers the engine forked may outlive it; the group goes with the replica, and so do
         # the helpers that left it (found by the launch's mark: the engine's pid is reaped).
         _signal_group(self._process.pid, signal.SIGKILL)
-        await asyncio.to_thread(sweep, None, self._mark)
+        await self._sweep(None)
         with contextlib.suppress(FileNotFoundError):
             self._pid_path.unlink()
 
@@ -194,7 +194,8 @@ class LocalProcess:
             # A stopped (SIGSTOP) engine cannot act on SIGTERM until it is continued.
             _signal_group(pid, signal.SIGCONT)
             # Helpers outside the group get their SIGTERM too, at the same time.
-            await asyncio.to_thread(terminate, pid, self._mark)
+            if self._mark:
+                await asyncio.to_thread(terminate, pid, self._mark)
             try:
                 async with asyncio.timeout(timeout_s):
                     await self._process.wait()
@@ -216,8 +217,14 @@ class LocalProcess:
         """SIGKILL the engine's helpers while the engine still runs (whatever they became, they
         are its descendants until then), then its group."""
         if self._process.returncode is None:
-            await asyncio.to_thread(sweep, self._process.pid, self._mark)
+            await self._sweep(self._process.pid)
         _signal_group(self._process.pid, signal.SIGKILL)
+
+    async def _sweep(self, root: int | None) -> None:
+        # A container's runtime has processes of its own (its monitor outlives the client):
+        # the replica's cleanup (``rm --force``) removes what the container ran.
+        if self._mark:
+            await asyncio.to_thread(sweep, root, self._mark)
 
     async def tend(self) -> None:
         """Keeps the running engine's log bounded: one stat per probe, the copy off the event
@@ -249,14 +256,19 @@ class LocalLauncher:
         pid_path = self.pids_dir / f"{spec.key}.pid"
         _rotate(log_path, self.log_rotate_bytes)
         shown = redact_argv(spec.argv, spec.secrets)
-        # Every process the engine starts inherits the mark, wherever it moves (see _tree).
-        mark = uuid.uuid4().hex
-        env = {
-            **os.environ,
-            **spec.env,
-            "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.devices)),
-            MARK_VAR: mark,
-        }
+        # Every process the engine starts inherits the mark, wherever it moves, and stays its
+        # descendant while it runs (see _tree); a container's runtime cleans up its own.
+        mark = "" if spec.cleanup else uuid.uuid4().hex
+        env = {**os.environ, **spec.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.devices))}
+        argv = spec.argv
+        if mark:
+            env[MARK_VAR] = mark
+            why = unrunnable(argv[0], env.get("PATH"), spec.cwd)
+            if why is not None:
+                raise LaunchError(
+                    f"cannot start {argv[0]} for {spec.pool_id}/{spec.replica_id}: {why}"
+                )
+            argv = as_subreaper(argv)
         # Append mode (O_APPEND), which the engine inherits: after a rotation truncated the log
         # in place, its next write lands at the new end, not past a hole.
         with log_path.open("ab") as log:
@@ -265,7 +277,7 @@ class LocalLauncher:
             log.flush()
             try:
                 process = await asyncio.create_subprocess_exec(
-                    *spec.argv,
+                    *argv,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,

@@ -26,10 +26,11 @@ def escaping_script(program: str, marker: str, *, scrub_env: bool = False) -> st
     """``fake_script`` behind a launcher wrapper that leaves helpers outside the engine's
     process group, as a careless engine wrapper or a daemonizing helper does: one in a session
     of its own (``setsid``), one double-forked into its own session (its parent exits at once,
-    so it is re-parented away from the engine); with ``scrub_env`` a third, in its own session
-    with an empty environment. Each helper sleeps with ``marker`` on its command line."""
+    so it is re-parented away from the engine); with ``scrub_env`` two more with an empty
+    environment, one of them double-forked. Each helper sleeps with ``marker`` on its command
+    line."""
     sleeper = f'"{sys.executable}" -c "import time; time.sleep(600)" {marker}'
-    scrubbed = f"env -i setsid {sleeper} &\n" if scrub_env else ""
+    scrubbed = f"env -i setsid {sleeper} &\n(env -i setsid {sleeper} &)\n" if scrub_env else ""
     return (
         "#!/bin/sh\n"
         "# simulated engine behind a wrapper whose helpers leave its process group\n"
