@@ -314,6 +314,26 @@ class TestLiveLogRotation:
         assert text.decode().rstrip().endswith("last words")
         assert "line" in _tail(old)
 
+    async def test_a_rotation_keeps_the_engines_last_line_last(self, tmp_path: Path) -> None:
+        """An engine that exits right after its log was rotated is quoted by its own last line,
+        not by a line of the rotation."""
+        code = "import sys, time; print('x' * 80000); print('FATAL: out of memory', flush=True)"
+        code += "; time.sleep(600)"
+        launcher = LocalLauncher(tmp_path / "run", log_rotate_bytes=64 * 1024)
+        handle = await launcher.launch(
+            LaunchSpec("p0", "r0", (sys.executable, "-c", code), free_port())
+        )
+        try:
+            for _ in range(400):
+                if handle.log_tail(1) == "FATAL: out of memory":
+                    break
+                await asyncio.sleep(0.05)
+            await handle.tend()
+            assert "log rotated" in handle.log_path.read_text()
+            assert "FATAL: out of memory" == handle.log_tail(1)
+        finally:
+            await handle.stop(timeout_s=10)
+
 
 def _fd_flags(pid: int, fd: int) -> int:
     """The open flags of a process's descriptor."""

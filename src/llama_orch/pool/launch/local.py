@@ -437,7 +437,8 @@ def _rotation_note(size: int, where: str, carried: bytes) -> bytes:
         carried = carried.split(b"\n", 1)[1]  # the first line was cut midway
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     note = f"--- {stamp} log rotated: its {size} bytes {where}; the last lines:\n"
-    return note.encode() + carried + b"--- (end of the carried lines)\n"
+    # Nothing after them: an engine that exits now is quoted by its own last line.
+    return note.encode() + carried
 
 
 def _gone(pid: int) -> bool:
