@@ -62,9 +62,7 @@ def unrunnable(argv0: str, path: str | None, cwd: Path | None) -> str | None:
     return None if candidate.is_file() and os.access(candidate, os.X_OK) else "Permission denied"
 
 
-#: Rounds of "find, kill" before giving up on a process tree that forks faster than it dies.
-_SWEEP_ROUNDS = 20
-#: How long a sweep waits for the processes it killed to be gone.
+#: How long a sweep waits, in all, for the processes it killed to be gone.
 _SWEEP_WAIT_S = 5.0
 
 
@@ -155,22 +153,26 @@ def terminate(root: int, mark: str) -> int:
 
 
 def sweep(root: int | None, mark: str) -> int:
-    """SIGKILL every process of the launch but ``root`` until none is left (bounded); how many
-    were killed. A killed process forks no more, and the children it had show up as the
-    launch's at the next round (as ``root``'s or carrying the mark)."""
-    killed: set[int] = set()
-    for _ in range(_SWEEP_ROUNDS):
+    """SIGKILL every process of the launch but ``root`` until none is left; how many were
+    killed. A killed process forks no more, and the children it had show up as the launch's at
+    the next round (as ``root``'s or carrying the mark). Bounded by ``_SWEEP_WAIT_S`` in all: a
+    process slow to die (a GPU context torn down in the kernel) is waited for once, not again
+    at every round, and a tree that forks faster than it dies does not hold a stop forever."""
+    acted: set[int] = set()
+    killed = 0
+    deadline = time.monotonic() + _SWEEP_WAIT_S
+    while time.monotonic() < deadline:
         found = leftovers(root, mark)
-        if not found:
+        fresh = [pid for pid in found if pid not in acted]
+        if not fresh:
             break
-        known = killed | set(found)
-        for pid in found:
-            if _signal(pid, signal.SIGKILL, root, mark, known):
-                killed.add(pid)
-        deadline = time.monotonic() + _SWEEP_WAIT_S
-        while time.monotonic() < deadline and any(_running(pid) for pid in found):
+        known = acted | set(found)
+        for pid in fresh:
+            acted.add(pid)
+            killed += _signal(pid, signal.SIGKILL, root, mark, known)
+        while time.monotonic() < deadline and any(_running(pid) for pid in fresh):
             time.sleep(0.01)
-    return len(killed)
+    return killed
 
 
 def _running(pid: int) -> bool:
