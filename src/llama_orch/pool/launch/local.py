@@ -21,12 +21,12 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import signal
 import socket
 import time
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.launch._tree import MARK_VAR, as_subreaper, sweep, terminate, unrunnable
@@ -46,6 +46,8 @@ LOCK_NAME = "serve.lock"
 LOG_ROTATE_BYTES = 64 * 2**20
 #: How much of its end a rotated log hands on to the new one (whole lines).
 ROTATE_CARRY_BYTES = 8 * 1024
+#: The most of what an engine wrote while its log was copied that the new log keeps (its end).
+ROTATE_LATE_BYTES = 2**20
 
 
 class RunDirBusy(Exception):
@@ -411,8 +413,9 @@ def _rotate_live(log_path: Path) -> None:
     partial = log_path.with_name(log_path.name + ".1.tmp")
     try:
         with log_path.open("rb") as src, partial.open("wb") as dst:
-            shutil.copyfileobj(src, dst, 2**20)
-            copied = dst.tell()
+            # What the log holds now, not up to an end an engine writing faster than the copy
+            # runs would keep pushing away.
+            copied = _copy_prefix(src, dst, os.fstat(src.fileno()).st_size)
         partial.replace(rotated)
         where = f"moved to {rotated.name}"
     except OSError as exc:
@@ -426,9 +429,24 @@ def _rotate_live(log_path: Path) -> None:
         end = copied or log.seek(0, os.SEEK_END)
         log.seek(max(0, end - ROTATE_CARRY_BYTES))
         carried = log.read(min(end, ROTATE_CARRY_BYTES))
-        late = log.read()
+        total = log.seek(0, os.SEEK_END)
+        # What came during the copy: its end only, should the engine have written heaps.
+        log.seek(max(end, total - ROTATE_LATE_BYTES))
+        late = log.read(ROTATE_LATE_BYTES)
         log.truncate(0)
         log.write(_rotation_note(end, where, carried) + late)
+
+
+def _copy_prefix(src: BinaryIO, dst: BinaryIO, size: int) -> int:
+    """Copy the first ``size`` bytes of ``src`` (fewer at its end); how many were copied."""
+    copied = 0
+    while copied < size:
+        chunk = src.read(min(2**20, size - copied))
+        if not chunk:
+            break
+        dst.write(chunk)
+        copied += len(chunk)
+    return copied
 
 
 def _rotation_note(size: int, where: str, carried: bytes) -> bytes:
