@@ -7,14 +7,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from llama_orch.testing.fake_engines.release import engine_archive, escaping_script
 from tests.support.engines import tiny_gguf
 from tests.support.https_files import https_files
 from tests.support.launched import LaunchedSetup, launched_setup, process_of, wait_health
+from tests.support.serve_process import serve_process
 from tests.support.server import running_server
 
 
@@ -89,3 +93,43 @@ async def test_a_chatty_engines_log_stays_bounded_while_it_runs(tmp_path: Path) 
         assert rotated.exists()
         assert b"\0" not in log.read_bytes()
         assert "log rotated" in log.read_text()
+
+
+def _wait_sync(predicate: Any, what: str) -> None:
+    """Bounded polling for the synchronous tests (a leaked helper stays)."""
+    for _ in range(600):
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(what)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return bool(httpx.get(f"{url}/v1/pools/lp/health", timeout=5).json().get("ready"))
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_crashed_server_and_its_successor_leave_no_engine_helper(tmp_path: Path) -> None:
+    """``llorch serve`` is SIGKILLed with its engine Ready: the engine and its helpers run on,
+    orphaned. The next ``llorch serve`` on the same run dir stops all of them at start-up, and
+    its own engine's helpers go at its SIGTERM."""
+    marker = f"helper-of-{uuid.uuid4().hex}"
+    archive = engine_archive("llama-server", script_text=escaping_script("llama-server", marker))
+    with https_files({"/llama-b1.tar.gz": archive}, tmp_path) as served:
+        faults = tmp_path / "faults"
+        faults.write_text("")
+        setup = LaunchedSetup(tmp_path, tiny_gguf(tmp_path / "models"), faults, served)
+        config = setup.config().model_dump(mode="json", exclude_unset=True)
+        with serve_process(config, tmp_path) as first:
+            _wait_sync(lambda: _ready(first.url), "the first server's engine never got Ready")
+            _wait_sync(lambda: len(_helpers(marker)) == 2, "the helpers never started")
+            orphans = _helpers(marker)
+            first.process.kill()
+            first.process.wait()
+        assert orphans <= _helpers(marker)  # a crash stops nothing
+        with serve_process(config, tmp_path) as second:
+            _wait_sync(lambda: not orphans & _helpers(marker), f"orphans left: {orphans}")
+            _wait_sync(lambda: _ready(second.url), "the second server's engine never got Ready")
+    _wait_sync(lambda: not _helpers(marker), f"left by the stop: {_helpers(marker)}")
