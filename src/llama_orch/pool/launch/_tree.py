@@ -21,6 +21,7 @@ is never signalled.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -123,20 +124,26 @@ def leftovers(root: int | None, mark: str) -> dict[int, int]:
 def _signal(pid: int, sig: signal.Signals, root: int | None, mark: str, known: set[int]) -> bool:
     """Signal one process of the launch; False when it is gone or no longer one of them."""
     try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return False
+        fd: int | None = os.pidfd_open(pid)
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:
+            return False
+        fd = None  # a kernel before 5.3: identified, then signalled by pid
     try:
         # Identified again through the pidfd: the pid cannot be reused while the fd is open.
         stat = _stat(pid)
         if stat is None or not (stat[1] in known or stat[1] == root or carries(pid, mark)):
             return False
-        signal.pidfd_send_signal(fd, sig)
+        if fd is None:
+            os.kill(pid, sig)
+        else:
+            signal.pidfd_send_signal(fd, sig)
         return True
     except OSError:
         return False
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def terminate(root: int, mark: str) -> int:
