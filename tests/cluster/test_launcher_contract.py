@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from llama_orch.pool.launch import (
     free_port,
 )
 from llama_orch.pool.launch.ray import RayLauncher
+from llama_orch.testing.fake_engines.release import escaping_script
 from tests.support.cluster import HOSTS, engine_actors, engines_running, kill_engine
 from tests.support.engines import engine_healthy, fake_executable, tiny_gguf
 
@@ -100,6 +102,39 @@ class TestLauncherContract:
         await handle.kill()
         assert handle.returncode is not None
         assert [] == engines_running(tmp_path / "models")
+
+    @pytest.mark.parametrize("ending", ["stop", "kill", "exit"])
+    async def test_helpers_that_left_the_group_go_with_the_engine(
+        self, launcher: tuple[Launcher, str | None], tmp_path: Path, ending: str
+    ) -> None:
+        """A wrapper that ``setsid``s one helper and double-forks another: whether the engine
+        is stopped, killed or exits by itself, none of them outlives it."""
+        marker = f"helper-of-{uuid.uuid4().hex}"
+        spec = engine_spec(tmp_path, node=launcher[1])
+        # The fake engine's executable, now behind the escaping wrapper.
+        (tmp_path / "bin" / "llama-server").write_text(escaping_script("llama-server", marker))
+        handle = await launcher[0].launch(spec)
+        await engine_healthy(handle.endpoint)
+        helpers = lambda: engines_running(Path(marker))  # noqa: E731 - read at each poll
+        for _ in range(400):
+            if len(helpers()) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert 2 == len(helpers())
+        if ending == "stop":
+            await handle.stop(timeout_s=10)
+        elif ending == "kill":
+            await handle.kill()
+        else:
+            assert handle.pid is not None
+            kill_engine(handle.pid)
+            await asyncio.wait_for(handle.wait(), 30)
+            await handle.stop(timeout_s=1)
+        for _ in range(400):
+            if not helpers():
+                break
+            await asyncio.sleep(0.05)
+        assert [] == helpers()
 
     async def test_the_next_start_stops_what_a_crashed_run_left(
         self, launcher: tuple[Launcher, str | None], tmp_path: Path

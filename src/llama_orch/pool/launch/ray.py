@@ -34,6 +34,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ from llama_orch import __version__
 from llama_orch.config import parse_host_port
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.gpus import Gpu, GpuInventory
+from llama_orch.pool.launch._tree import MARK_VAR, as_subreaper, sweep, terminate, unrunnable
 from llama_orch.pool.launch._types import (
     ExitKind,
     LaunchError,
@@ -164,6 +166,8 @@ class EngineActor:
         self._proc: asyncio.subprocess.Process | None = None
         self._log_path = ""
         self._info: dict[str, Any] = {}
+        #: The launch's mark: its helpers outside the engine's process group go with it.
+        self._mark = uuid.uuid4().hex
 
     async def start(
         self,
@@ -182,8 +186,13 @@ class EngineActor:
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, devices)),
             "LLORCH_ENGINE_HOST": host,
             "LLORCH_ENGINE_PORT": str(port),
+            MARK_VAR: self._mark,
         }
         argv = [a.replace("{host}", host).replace("{port}", str(port)) for a in argv]
+        if argv and unrunnable(argv[0], full_env.get("PATH"), None) is None:
+            # A child subreaper, as on the local launcher (a program that cannot run is left
+            # to fail the exec below, as before, naming itself).
+            argv = list(as_subreaper(tuple(argv)))
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         self._log_path = log_path
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -224,9 +233,21 @@ class EngineActor:
     async def run(self) -> int:
         assert self._proc is not None
         code = await self._proc.wait()
-        # Helpers the engine forked may outlive it; the group goes with the replica.
-        _signal_group(self._proc.pid, signal.SIGKILL)
+        await self._forget()
         return code
+
+    async def _forget(self) -> None:
+        assert self._proc is not None
+        # Helpers the engine forked may outlive it; the group goes with the replica, and so do
+        # the helpers that left it (by the mark: the engine's pid is reaped).
+        _signal_group(self._proc.pid, signal.SIGKILL)
+        await asyncio.to_thread(sweep, None, self._mark)
+
+    async def _kill_all(self) -> None:
+        assert self._proc is not None
+        if self._proc.returncode is None:
+            await asyncio.to_thread(sweep, self._proc.pid, self._mark)
+        _signal_group(self._proc.pid, signal.SIGKILL)
 
     async def stop(self, timeout_s: float) -> int:
         proc = self._proc
@@ -234,19 +255,22 @@ class EngineActor:
         if proc.returncode is None:
             _signal_group(proc.pid, signal.SIGTERM)
             _signal_group(proc.pid, signal.SIGCONT)
+            await asyncio.to_thread(terminate, proc.pid, self._mark)
             try:
                 async with asyncio.timeout(timeout_s):
                     await proc.wait()
             except TimeoutError:
-                _signal_group(proc.pid, signal.SIGKILL)
+                await self._kill_all()
         code = await proc.wait()
-        _signal_group(proc.pid, signal.SIGKILL)
+        await self._forget()
         return code
 
     async def kill(self) -> int:
         assert self._proc is not None
-        _signal_group(self._proc.pid, signal.SIGKILL)
-        return await self._proc.wait()
+        await self._kill_all()
+        code = await self._proc.wait()
+        await self._forget()
+        return code
 
     def log_tail(self, lines: int) -> str:
         return read_log_tail(self._log_path, lines)
