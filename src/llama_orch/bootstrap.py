@@ -148,7 +148,7 @@ def hold_engines_run_dir(settings: Settings) -> int | None:
 def launcher_of(settings: Settings) -> Launcher:
     """Local processes; with ``hosts``, pools naming a host go through the Ray launcher."""
     local = LocalLauncher(
-        engines_run_dir(settings), log_rotate_bytes=settings.config.engines.log_max_bytes
+        engines_run_dir(settings), log_max_bytes=settings.config.engines.log_max_bytes
     )
     cluster = cluster_launcher_of(settings)
     return local if cluster is None else HostRouting(local, cluster)
@@ -167,6 +167,7 @@ def cluster_launcher_of(settings: Settings) -> RayLauncher | None:
         hosts,
         address=config.cluster.address,
         log_dir=str(engines_run_dir(settings) / "logs"),
+        log_max_bytes=config.engines.log_max_bytes,
         placement_timeout_s=config.cluster.placement_timeout_ms / 1000,
         token_file=(
             str(Path(config.cluster.token_file).expanduser()) if config.cluster.token_file else None

@@ -286,7 +286,7 @@ class TestLiveLogRotation:
         writes to it. The engine's descriptor is in append mode, so after the truncation its
         writes land at the new end (no hole of NULs), and the last lines are kept."""
         limit = 256 * 1024
-        launcher = LocalLauncher(tmp_path / "run", log_rotate_bytes=limit)
+        launcher = LocalLauncher(tmp_path / "run", log_max_bytes=limit)
         spec = LaunchSpec("p0", "r0", (sys.executable, "-c", _CHATTY), free_port())
         handle = await launcher.launch(spec)
         log, old = handle.log_path, handle.log_path.with_name("p0-r0.log.1")
@@ -319,7 +319,7 @@ class TestLiveLogRotation:
         not by a line of the rotation."""
         code = "import sys, time; print('x' * 80000); print('FATAL: out of memory', flush=True)"
         code += "; time.sleep(600)"
-        launcher = LocalLauncher(tmp_path / "run", log_rotate_bytes=64 * 1024)
+        launcher = LocalLauncher(tmp_path / "run", log_max_bytes=64 * 1024)
         handle = await launcher.launch(
             LaunchSpec("p0", "r0", (sys.executable, "-c", code), free_port())
         )

@@ -135,14 +135,14 @@ class LocalProcess:
         log_path: Path,
         pid_path: Path,
         mark: str,
-        log_rotate_bytes: int = LOG_ROTATE_BYTES,
+        log_max_bytes: int = LOG_ROTATE_BYTES,
     ) -> None:
         self._spec = spec
         self._process = process
         self._log_path = log_path
         self._pid_path = pid_path
         self._mark = mark
-        self._log_rotate_bytes = log_rotate_bytes
+        self._log_max_bytes = log_max_bytes
 
     @property
     def spec(self) -> LaunchSpec:
@@ -235,8 +235,8 @@ class LocalProcess:
             size = self._log_path.stat().st_size
         except OSError:
             return
-        if size > self._log_rotate_bytes:
-            await asyncio.to_thread(_rotate_live, self._log_path)
+        if size > self._log_max_bytes:
+            await asyncio.to_thread(rotate_running_log, self._log_path)
 
     def log_tail(self, lines: int = 20) -> str:
         return read_log_tail(self._log_path, lines)
@@ -245,18 +245,18 @@ class LocalProcess:
 class LocalLauncher:
     """Launches replicas as local subprocesses; logs and pid files live under ``run_dir``."""
 
-    def __init__(self, run_dir: Path, *, log_rotate_bytes: int = LOG_ROTATE_BYTES) -> None:
+    def __init__(self, run_dir: Path, *, log_max_bytes: int = LOG_ROTATE_BYTES) -> None:
         self.run_dir = run_dir.expanduser()
         self.logs_dir = self.run_dir / "logs"
         self.pids_dir = self.run_dir / "pids"
-        self.log_rotate_bytes = log_rotate_bytes
+        self.log_max_bytes = log_max_bytes
 
     async def launch(self, spec: LaunchSpec) -> LocalProcess:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.pids_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.logs_dir / f"{spec.key}.log"
         pid_path = self.pids_dir / f"{spec.key}.pid"
-        _rotate(log_path, self.log_rotate_bytes)
+        _rotate(log_path, self.log_max_bytes)
         shown = redact_argv(spec.argv, spec.secrets)
         # Every process the engine starts inherits the mark, wherever it moves, and stays its
         # descendant while it runs (see _tree); a container's runtime cleans up its own.
@@ -332,7 +332,7 @@ class LocalLauncher:
             argv=shown,
             log_path=str(log_path),
         )
-        return LocalProcess(spec, process, log_path, pid_path, mark, self.log_rotate_bytes)
+        return LocalProcess(spec, process, log_path, pid_path, mark, self.log_max_bytes)
 
     async def close(self) -> None:
         """Every process this launcher started belongs to a replica, which stops it."""
@@ -401,7 +401,7 @@ def _rotate(log_path: Path, limit: int = LOG_ROTATE_BYTES) -> None:
             log_path.replace(log_path.with_name(log_path.name + ".1"))
 
 
-def _rotate_live(log_path: Path) -> None:
+def rotate_running_log(log_path: Path) -> None:
     """Rotate the log of a running engine, which keeps writing through its own descriptor: the
     log is copied to ``.log.1`` (replacing the previous one) and truncated in place. The
     engine's descriptor is in append mode, so its next write lands at the new end. The new log

@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -62,7 +63,10 @@ from llama_orch.pool.launch._types import (
     read_log_tail,
     redact_argv,
 )
+from llama_orch.pool.launch.local import LOG_ROTATE_BYTES, rotate_running_log
 
+#: The least time between two requests to an engine's actor to look at its log.
+TEND_EVERY_S = 1.0
 #: Ray namespace of every llama-orch actor (detached actors are found again by name in it).
 NAMESPACE = "llama-orch"
 #: Actor name prefixes: engines (one per replica) and inventory agents (one per host).
@@ -223,6 +227,15 @@ class EngineActor:
     def pid(self) -> int:
         return self._proc.pid if self._proc is not None else -1
 
+    async def tend(self, log_max_bytes: int) -> None:
+        """Rotate the running engine's log past ``log_max_bytes``, as the local launcher does."""
+        try:
+            size = os.stat(self._log_path).st_size
+        except OSError:
+            return
+        if size > log_max_bytes:
+            await asyncio.to_thread(rotate_running_log, Path(self._log_path))
+
     def describe(self) -> dict[str, Any]:
         """What a server that restarted needs to take this engine over (``alive`` False: it
         exited, or never started)."""
@@ -371,6 +384,10 @@ class RayEngine:
     adopted: bool = False
     _last_tail: str = ""
     _done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The engine's log past this size is rotated on its host (engines.log_max_bytes).
+    _log_max_bytes: int = LOG_ROTATE_BYTES
+    #: When the actor was last asked to look at the log (a remote call: not at every probe).
+    _tended: float = 0.0
 
     @property
     def spec(self) -> LaunchSpec:
@@ -464,8 +481,14 @@ class RayEngine:
         self._release()
 
     async def tend(self) -> None:
-        """The engine's log is on its host, out of reach here: it is not rotated while the
-        engine runs."""
+        """The engine's log is on its host: its actor rotates it there, asked at most once per
+        ``TEND_EVERY_S``."""
+        now = time.monotonic()
+        if self._returncode is not None or now - self._tended < TEND_EVERY_S:
+            return
+        self._tended = now
+        with contextlib.suppress(RayActorError):
+            await self.actor.tend.remote(self._log_max_bytes)
 
     def _release(self) -> None:
         with contextlib.suppress(Exception):
@@ -520,6 +543,7 @@ class RayLauncher:
         *,
         address: str | None = None,
         log_dir: str = "/tmp/llama-orch/logs",
+        log_max_bytes: int = LOG_ROTATE_BYTES,
         placement_timeout_s: float = 30.0,
         token_file: str | None = None,
         expected: Iterable[str] = (),
@@ -532,6 +556,7 @@ class RayLauncher:
         self.token_file = token_file
         self.address = address
         self.log_dir = log_dir
+        self.log_max_bytes = log_max_bytes
         self.placement_timeout_s = placement_timeout_s
         self._agents: dict[str, Any] = {}
         #: When each agent that has not answered yet was asked for (its process may be starting).
@@ -676,7 +701,16 @@ class RayLauncher:
         endpoint = f"http://{info['host']}:{info['port']}"
         pid, log_path = int(info["pid"]), str(info["log_path"])
         return RayEngine(
-            spec, actor, node_id, host, pid, endpoint, log_path, self._alive, self._lost_nodes
+            spec,
+            actor,
+            node_id,
+            host,
+            pid,
+            endpoint,
+            log_path,
+            self._alive,
+            self._lost_nodes,
+            _log_max_bytes=self.log_max_bytes,
         )
 
     def engine_actors(self) -> list[str]:
