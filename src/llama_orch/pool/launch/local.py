@@ -3,15 +3,17 @@
 - ``CUDA_VISIBLE_DEVICES`` is the replica's device mask, so the engine sees only its GPUs.
 - stdout and stderr go to ``<run_dir>/logs/<pool>-<replica>.log``, which starts with the command
   line, secrets redacted; the environment is never written anywhere. A log grown past
-  ``LOG_ROTATE_BYTES`` moves to ``.log.1`` at the next launch, and while the engine runs
-  ``tend`` (on the supervisor's probe cadence) copies it there and truncates it in place.
+  ``log_max_bytes`` (``LOG_ROTATE_BYTES`` by default) moves to ``.log.1`` at the next launch,
+  and while the engine runs ``tend`` (on the supervisor's probe cadence) copies it there and
+  truncates it in place.
 - ``<run_dir>/pids/<pool>-<replica>.pid`` records the process while it runs. A pid file that
   outlives its server (a crash, a SIGKILL) names an orphan: ``reap_orphans`` stops it at the next
   start-up, after checking the pid still runs the recorded program (pids get reused).
 - ``stop`` sends SIGTERM to the whole group, waits, then SIGKILLs it. Helpers the engine moved
-  out of its group (``setsid``, a double fork) are found through ``_tree`` (its descendants and
-  the launch's environment mark) and stopped with it: no engine helper process survives its
-  replica, whether it was stopped or exited.
+  out of its group (``setsid``, a double fork) are found through ``_tree`` (the engine runs as
+  a child subreaper, so they stay its descendants while it runs, and they carry the launch's
+  environment mark) and stopped with it: no engine helper process survives its replica,
+  whether it was stopped or exited. Container replicas are left to their runtime's cleanup.
 """
 
 from __future__ import annotations
