@@ -152,7 +152,9 @@ def hold_engines_run_dir(settings: Settings) -> int | None:
 
 def launcher_of(settings: Settings) -> Launcher:
     """Local processes; with ``hosts``, pools naming a host go through the Ray launcher."""
-    local = LocalLauncher(engines_run_dir(settings))
+    local = LocalLauncher(
+        engines_run_dir(settings), log_max_bytes=settings.config.engines.log_max_bytes
+    )
     cluster = cluster_launcher_of(settings)
     return local if cluster is None else HostRouting(local, cluster)
 
@@ -170,6 +172,7 @@ def cluster_launcher_of(settings: Settings) -> RayLauncher | None:
         hosts,
         address=config.cluster.address,
         log_dir=str(engines_run_dir(settings) / "logs"),
+        log_max_bytes=config.engines.log_max_bytes,
         placement_timeout_s=config.cluster.placement_timeout_ms / 1000,
         head_exit_timeout_s=config.cluster.head_exit_timeout_ms / 1000,
         token_file=(

@@ -7,7 +7,9 @@ launched as real processes (simulated).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from llama_orch.pool.launch import (
     free_port,
 )
 from llama_orch.pool.launch.ray import RayLauncher
+from llama_orch.testing.fake_engines.release import escaping_script
 from tests.support.cluster import HOSTS, engine_actors, engines_running, kill_engine
 from tests.support.engines import engine_healthy, fake_executable, tiny_gguf
 
@@ -101,6 +104,67 @@ class TestLauncherContract:
         assert handle.returncode is not None
         assert [] == engines_running(tmp_path / "models")
 
+    @pytest.mark.parametrize("ending", ["stop", "kill", "exit"])
+    async def test_helpers_that_left_the_group_go_with_the_engine(
+        self, launcher: tuple[Launcher, str | None], tmp_path: Path, ending: str
+    ) -> None:
+        """A wrapper that ``setsid``s one helper and double-forks another: whether the engine
+        is stopped, killed or exits by itself, none of them outlives it."""
+        marker = f"helper-of-{uuid.uuid4().hex}"
+        spec = engine_spec(tmp_path, node=launcher[1])
+        # The fake engine's executable, now behind the escaping wrapper.
+        (tmp_path / "bin" / "llama-server").write_text(escaping_script("llama-server", marker))
+        handle = await launcher[0].launch(spec)
+        await engine_healthy(handle.endpoint)
+        helpers = lambda: engines_running(Path(marker))  # noqa: E731 - read at each poll
+        for _ in range(400):
+            if len(helpers()) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert 2 == len(helpers())
+        if ending == "stop":
+            await handle.stop(timeout_s=10)
+        elif ending == "kill":
+            await handle.kill()
+        else:
+            assert handle.pid is not None
+            kill_engine(handle.pid)
+            await asyncio.wait_for(handle.wait(), 30)
+            await handle.stop(timeout_s=1)
+        for _ in range(400):
+            if not helpers():
+                break
+            await asyncio.sleep(0.05)
+        assert [] == helpers()
+
+    async def test_a_chatty_engines_log_is_rotated_while_it_runs(
+        self, launcher: tuple[Launcher, str | None], tmp_path: Path
+    ) -> None:
+        """3 MB of log lines against a 128 KiB bound: ``tend`` (called at every probe) keeps the
+        running engine's log within it, wherever the engine runs."""
+        limit = 128 * 1024
+        first = launcher[0]
+        assert isinstance(first, LocalLauncher | RayLauncher)
+        first.log_max_bytes = limit
+        faults = tmp_path / "faults"
+        faults.write_text("chatty:3000000")
+        spec = engine_spec(tmp_path, node=launcher[1])
+        spec = dataclasses.replace(spec, env={**spec.env, "FAKE_ENGINE_FAULTS": str(faults)})
+        handle = await first.launch(spec)
+        log = handle.log_path or tmp_path / "logs" / "p0-r0.log"
+        try:
+            await engine_healthy(handle.endpoint)
+            for _ in range(600):
+                await handle.tend()
+                if "chatty done" in _text(log) and _size(log) <= limit + 9000:
+                    break
+                await asyncio.sleep(0.05)
+            assert "simulated: chatty done" in _text(log)
+            assert _size(log) <= limit + 9000
+            assert "log rotated" in _text(log)
+        finally:
+            assert 0 == await handle.stop(timeout_s=10)
+
     async def test_the_next_start_stops_what_a_crashed_run_left(
         self, launcher: tuple[Launcher, str | None], tmp_path: Path
     ) -> None:
@@ -120,3 +184,17 @@ class TestLauncherContract:
         assert [] == engines_running(tmp_path / "models")
         await handle.stop(timeout_s=1)
         del host
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import sys
 import tracemalloc
 import uuid
 from pathlib import Path
@@ -13,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from llama_orch.pool.launch import LaunchError, LaunchSpec, LocalLauncher, free_port, redact_argv
-from llama_orch.pool.launch.local import LOG_ROTATE_BYTES, _cmdline, _gone
+from llama_orch.pool.launch._types import read_log_tail
+from llama_orch.pool.launch.local import (
+    LOG_ROTATE_BYTES,
+    ROTATE_CARRY_BYTES,
+    _cmdline,
+    _gone,
+)
+from llama_orch.testing.fake_engines.release import escaping_script
 from tests.support.engines import engine_healthy, fake_executable, tiny_gguf
 
 
@@ -136,6 +144,98 @@ class TestEngineLog:
         assert [] == _running_with(marker)
 
 
+def _escaping_spec(tmp_path: Path, marker: str, *, scrub_env: bool = False) -> LaunchSpec:
+    """The fake llama-server behind a wrapper whose helpers leave the engine's process group."""
+    exe = tmp_path / "bin" / "llama-server"
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    exe.write_text(escaping_script("llama-server", marker, scrub_env=scrub_env))
+    exe.chmod(0o755)
+    model = tiny_gguf(tmp_path / "models")
+    port = free_port()
+    return LaunchSpec("p0", "r0", (str(exe), "--model", str(model), "--port", str(port)), port)
+
+
+async def _until(predicate: object, what: str) -> None:
+    """Poll ``predicate`` (bounded: a loaded machine is slow, a leak stays)."""
+    assert callable(predicate)
+    for _ in range(400):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(what)
+
+
+class TestEscapedHelpers:
+    """An engine wrapper that calls ``setsid`` or double-forks leaves helpers outside the
+    engine's process group, which a group kill misses: they would hold the GPU and the port."""
+
+    async def test_stop_ends_the_helpers_that_left_the_group(self, tmp_path: Path) -> None:
+        marker = f"helper-of-{uuid.uuid4().hex}"
+        spec = _escaping_spec(tmp_path, marker, scrub_env=True)
+        handle = await LocalLauncher(tmp_path / "run").launch(spec)
+        try:
+            await engine_healthy(handle.endpoint)
+            await _until(lambda: len(_running_with(marker)) == 4, "the helpers never started")
+        finally:
+            await handle.stop(timeout_s=10)
+        await _until(lambda: not _running_with(marker), f"left running: {_running_with(marker)}")
+
+    async def test_an_engine_that_exits_takes_its_helpers(self, tmp_path: Path) -> None:
+        """A crashed engine's helpers go before it is launched again (they hold its port)."""
+        marker = f"helper-of-{uuid.uuid4().hex}"
+        handle = await LocalLauncher(tmp_path / "run").launch(_escaping_spec(tmp_path, marker))
+        try:
+            await engine_healthy(handle.endpoint)
+            await _until(lambda: len(_running_with(marker)) == 2, "the helpers never started")
+            assert handle.pid is not None
+            os.kill(handle.pid, signal.SIGKILL)
+            assert -signal.SIGKILL == await asyncio.wait_for(handle.wait(), 30)
+        finally:
+            await handle.stop(timeout_s=10)
+        await _until(lambda: not _running_with(marker), f"left running: {_running_with(marker)}")
+
+    async def test_an_orphans_helpers_are_reaped_with_it(self, tmp_path: Path) -> None:
+        """A server that died (SIGKILL) left its engine and the engine's helpers: the next
+        start-up stops all of them."""
+        marker = f"helper-of-{uuid.uuid4().hex}"
+        handle = await LocalLauncher(tmp_path / "run").launch(_escaping_spec(tmp_path, marker))
+        await engine_healthy(handle.endpoint)
+        await _until(lambda: len(_running_with(marker)) == 2, "the helpers never started")
+        assert [handle.pid] == await LocalLauncher(tmp_path / "run").reap_orphans()
+        await asyncio.wait_for(handle.wait(), 10)
+        await _until(lambda: not _running_with(marker), f"left running: {_running_with(marker)}")
+
+    async def test_a_program_that_cannot_run_is_a_launch_error(self, tmp_path: Path) -> None:
+        """The engine's command is exec'd by a small interpreter (which makes it a child
+        subreaper): a missing or non-executable program is still refused by the launch itself,
+        naming the program, rather than seen later as an exit."""
+        script = tmp_path / "not-executable"
+        script.write_text("#!/bin/sh\n")
+        launcher = LocalLauncher(tmp_path / "run")
+        for argv0, why in (
+            (str(tmp_path / "missing"), "No such file or directory"),
+            ("llorch-no-such-program", "No such file or directory"),
+            (str(script), "Permission denied"),
+        ):
+            with pytest.raises(LaunchError, match=f"cannot start {argv0} for p0/r0: {why}"):
+                await launcher.launch(LaunchSpec("p0", "r0", (argv0,), free_port()))
+
+    async def test_the_launchs_processes_only(self, tmp_path: Path) -> None:
+        """A process the engine did not start, in a session of its own, is left alone."""
+        marker = f"bystander-{uuid.uuid4().hex}"
+        bystander = await asyncio.create_subprocess_exec(
+            "sh", "-c", f"sleep 600; : {marker}", start_new_session=True
+        )
+        try:
+            handle = await LocalLauncher(tmp_path / "run").launch(_spec(tmp_path))
+            await engine_healthy(handle.endpoint)
+            await handle.stop(timeout_s=10)
+            assert bystander.returncode is None and _running_with(marker)
+        finally:
+            os.killpg(bystander.pid, signal.SIGKILL)
+            await bystander.wait()
+
+
 def _running_with(marker: str) -> list[int]:
     """Live processes whose command line holds ``marker``."""
     found = []
@@ -165,3 +265,81 @@ class TestLogGrowth:
         assert LOG_ROTATE_BYTES + 1 == (logs / "p0-r0.log.1").stat().st_size
         assert "fresh" in (logs / "p0-r0.log").read_text()
         assert (logs / "p0-r0.log").stat().st_size < 4096
+
+
+#: Writes 4 MB of numbered lines as fast as it can, then idles; says goodbye on SIGTERM.
+_CHATTY = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: (print("last words", flush=True), sys.exit(0)))
+for i in range(40000):
+    print(f"line {i:06d} " + "x" * 90)
+print("all written", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+class TestLiveLogRotation:
+    async def test_a_running_engines_log_stays_bounded(self, tmp_path: Path) -> None:
+        """A chatty engine that runs for weeks would fill the disk before its next launch:
+        ``tend`` (the supervisor calls it at every probe) rotates the log while the engine
+        writes to it. The engine's descriptor is in append mode, so after the truncation its
+        writes land at the new end (no hole of NULs), and the last lines are kept."""
+        limit = 256 * 1024
+        launcher = LocalLauncher(tmp_path / "run", log_max_bytes=limit)
+        spec = LaunchSpec("p0", "r0", (sys.executable, "-c", _CHATTY), free_port())
+        handle = await launcher.launch(spec)
+        log, old = handle.log_path, handle.log_path.with_name("p0-r0.log.1")
+        try:
+            assert handle.pid is not None
+            assert _fd_flags(handle.pid, 1) & os.O_APPEND
+            rotations = 0
+            for _ in range(1500):
+                before = log.stat().st_size
+                await handle.tend()
+                rotations += log.stat().st_size < before
+                # The launch line quotes the program: the line alone says it is done.
+                if "all written" in (handle.log_tail(5) + "\n" + _tail(old)).splitlines():
+                    break
+                await asyncio.sleep(0.02)
+            await handle.tend()  # nothing is written any more: the log is within its bound
+            size = log.stat().st_size
+        finally:
+            assert 0 == await handle.stop(timeout_s=10)
+        assert rotations >= 1
+        assert size <= limit + ROTATE_CARRY_BYTES + 200
+        text = log.read_bytes()
+        assert b"\0" not in text
+        assert "line 039999" in text.decode() and "\nall written\n" in text.decode()
+        assert text.decode().rstrip().endswith("last words")
+        assert "line" in _tail(old)
+
+    async def test_a_rotation_keeps_the_engines_last_line_last(self, tmp_path: Path) -> None:
+        """An engine that exits right after its log was rotated is quoted by its own last line,
+        not by a line of the rotation."""
+        code = "import sys, time; print('x' * 80000); print('FATAL: out of memory', flush=True)"
+        code += "; time.sleep(600)"
+        launcher = LocalLauncher(tmp_path / "run", log_max_bytes=64 * 1024)
+        handle = await launcher.launch(
+            LaunchSpec("p0", "r0", (sys.executable, "-c", code), free_port())
+        )
+        try:
+            for _ in range(400):
+                if handle.log_tail(1) == "FATAL: out of memory":
+                    break
+                await asyncio.sleep(0.05)
+            await handle.tend()
+            assert "log rotated" in handle.log_path.read_text()
+            assert "FATAL: out of memory" == handle.log_tail(1)
+        finally:
+            await handle.stop(timeout_s=10)
+
+
+def _fd_flags(pid: int, fd: int) -> int:
+    """The open flags of a process's descriptor."""
+    info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+    return int(info.split("flags:")[1].split()[0], 8)
+
+
+def _tail(path: Path) -> str:
+    return read_log_tail(path, 5)

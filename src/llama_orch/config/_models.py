@@ -472,6 +472,9 @@ class EnginesConfig(_Strict):
     #: A provisioning step (clone, fetch, configure, build, pull, install) that prints nothing
     #: for this long is hung: it is killed and the preparation fails (it is tried again).
     provision_idle_timeout_ms: PositiveInt = 3_600_000
+    #: A replica's engine log past this many bytes is moved to ``<log>.1`` (replacing the
+    #: previous one), while the engine runs as at its next launch: a replica keeps two at most.
+    log_max_bytes: int = Field(default=64 * 2**20, ge=64 * 1024)
 
 
 class QueueConfig(_Strict):

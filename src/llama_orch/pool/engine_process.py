@@ -78,6 +78,8 @@ LAUNCHED_MODES = frozenset(
 )
 #: Probe cadence while an engine starts: cold start to Ready is measured in these steps.
 STARTUP_POLL_S = 0.05
+#: The longest one start-up probe of an engine's health endpoint may take.
+STARTUP_PROBE_S = 2.0
 
 
 async def _loaded(client: httpx.AsyncClient, url: str) -> bool:
@@ -85,11 +87,14 @@ async def _loaded(client: httpx.AsyncClient, url: str) -> bool:
 
     Asked directly while an engine starts, so that refusals and "loading" answers (a container
     runtime publishes the port long before the engine inside listens) never count against the
-    adapter's circuit breaker.
+    adapter's circuit breaker. The status says it all: the body is never read (an engine may
+    send one without end), and the whole exchange is bounded in time (httpx bounds each read
+    only, so an answer that drips would hold the start-up timeout off for ever).
     """
     try:
-        return (await client.get(url)).status_code == 200
-    except httpx.HTTPError:
+        async with asyncio.timeout(STARTUP_PROBE_S), client.stream("GET", url) as response:
+            return response.status_code == 200
+    except (httpx.HTTPError, TimeoutError):
         return False
 
 
@@ -653,6 +658,7 @@ class ReplicaEngine:
                 done, _ = await asyncio.wait({exited}, timeout=interval)
                 if done:
                     return "exited"
+                await handle.tend()
                 if not ready_once and not await _loaded(startup, health_url):
                     if time.monotonic() - started > startup_s:
                         return "never_ready"

@@ -122,6 +122,11 @@ class EngineHandle(Protocol):
         """The log's last lines now (read from the engine's host where it runs elsewhere)."""
         ...
 
+    async def tend(self) -> None:
+        """Housekeeping while the engine runs, called on the supervisor's probe cadence (keeps
+        its log bounded); cheap when there is nothing to do."""
+        ...
+
 
 class Launcher(Protocol):
     async def launch(self, spec: LaunchSpec) -> EngineHandle: ...

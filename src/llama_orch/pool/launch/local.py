@@ -3,12 +3,17 @@
 - ``CUDA_VISIBLE_DEVICES`` is the replica's device mask, so the engine sees only its GPUs.
 - stdout and stderr go to ``<run_dir>/logs/<pool>-<replica>.log``, which starts with the command
   line, secrets redacted; the environment is never written anywhere. A log grown past
-  ``LOG_ROTATE_BYTES`` moves to ``.log.1`` at the next launch.
+  ``log_max_bytes`` (``LOG_ROTATE_BYTES`` by default) moves to ``.log.1`` at the next launch,
+  and while the engine runs ``tend`` (on the supervisor's probe cadence) copies it there and
+  truncates it in place.
 - ``<run_dir>/pids/<pool>-<replica>.pid`` records the process while it runs. A pid file that
   outlives its server (a crash, a SIGKILL) names an orphan: ``reap_orphans`` stops it at the next
   start-up, after checking the pid still runs the recorded program (pids get reused).
-- ``stop`` sends SIGTERM to the whole group, waits, then SIGKILLs it: no engine helper process
-  survives its replica.
+- ``stop`` sends SIGTERM to the whole group, waits, then SIGKILLs it. Helpers the engine moved
+  out of its group (``setsid``, a double fork) are found through ``_tree`` (the engine runs as
+  a child subreaper, so they stay its descendants while it runs, and they carry the launch's
+  environment mark) and stopped with it: no engine helper process survives its replica,
+  whether it was stopped or exited. Container replicas are left to their runtime's cleanup.
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ import os
 import signal
 import socket
 import time
+import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 from llama_orch.observability.narration import narrate
+from llama_orch.pool.launch._tree import MARK_VAR, as_subreaper, sweep, terminate, unrunnable
 from llama_orch.pool.launch._types import (
     ExitKind,
     LaunchError,
@@ -38,6 +46,10 @@ ORPHAN_GRACE_S = 5.0
 LOCK_NAME = "serve.lock"
 #: A replica's log past this size is moved to ``.log.1`` when its engine is launched again.
 LOG_ROTATE_BYTES = 64 * 2**20
+#: How much of its end a rotated log hands on to the new one (whole lines).
+ROTATE_CARRY_BYTES = 8 * 1024
+#: The most of what an engine wrote while its log was copied that the new log keeps (its end).
+ROTATE_LATE_BYTES = 2**20
 
 
 class RunDirBusy(Exception):
@@ -124,11 +136,15 @@ class LocalProcess:
         process: asyncio.subprocess.Process,
         log_path: Path,
         pid_path: Path,
+        mark: str,
+        log_max_bytes: int = LOG_ROTATE_BYTES,
     ) -> None:
         self._spec = spec
         self._process = process
         self._log_path = log_path
         self._pid_path = pid_path
+        self._mark = mark
+        self._log_max_bytes = log_max_bytes
 
     @property
     def spec(self) -> LaunchSpec:
@@ -164,25 +180,31 @@ class LocalProcess:
 
     async def wait(self) -> int:
         code = await self._process.wait()
-        self._forget()
+        await self._forget()
         return code
 
-    def _forget(self) -> None:
-        # Helpers the engine forked may outlive it; the group goes with the replica.
+    async def _forget(self) -> None:
+        # Helpers the engine forked may outlive it; the group goes with the replica, and so do
+        # the helpers that left it (found by the launch's mark: the engine's pid is reaped).
         _signal_group(self._process.pid, signal.SIGKILL)
+        await self._sweep(None)
         with contextlib.suppress(FileNotFoundError):
             self._pid_path.unlink()
 
     async def stop(self, timeout_s: float = 10.0) -> int:
+        pid = self._process.pid
         if self._process.returncode is None:
-            _signal_group(self._process.pid, signal.SIGTERM)
+            _signal_group(pid, signal.SIGTERM)
             # A stopped (SIGSTOP) engine cannot act on SIGTERM until it is continued.
-            _signal_group(self._process.pid, signal.SIGCONT)
+            _signal_group(pid, signal.SIGCONT)
+            # Helpers outside the group get their SIGTERM too, at the same time.
+            if self._mark:
+                await asyncio.to_thread(terminate, pid, self._mark)
             try:
                 async with asyncio.timeout(timeout_s):
                     await self._process.wait()
             except TimeoutError:
-                _signal_group(self._process.pid, signal.SIGKILL)
+                await self._kill_all()
         code = await self.wait()
         await self._cleanup(timeout_s)
         return code
@@ -191,9 +213,32 @@ class LocalProcess:
         await run_cleanup(self._spec.cleanup, self._log_path, timeout_s)
 
     async def kill(self) -> None:
-        _signal_group(self._process.pid, signal.SIGKILL)
+        await self._kill_all()
         await self.wait()
         await self._cleanup(10.0)
+
+    async def _kill_all(self) -> None:
+        """SIGKILL the engine's helpers while the engine still runs (whatever they became, they
+        are its descendants until then), then its group."""
+        if self._process.returncode is None:
+            await self._sweep(self._process.pid)
+        _signal_group(self._process.pid, signal.SIGKILL)
+
+    async def _sweep(self, root: int | None) -> None:
+        # A container's runtime has processes of its own (its monitor outlives the client):
+        # the replica's cleanup (``rm --force``) removes what the container ran.
+        if self._mark:
+            await asyncio.to_thread(sweep, root, self._mark)
+
+    async def tend(self) -> None:
+        """Keeps the running engine's log bounded: one stat per probe, the copy off the event
+        loop (the engine's own writes cost nothing more)."""
+        try:
+            size = self._log_path.stat().st_size
+        except OSError:
+            return
+        if size > self._log_max_bytes:
+            await asyncio.to_thread(rotate_running_log, self._log_path)
 
     def log_tail(self, lines: int = 20) -> str:
         return read_log_tail(self._log_path, lines)
@@ -205,26 +250,41 @@ class LocalProcess:
 class LocalLauncher:
     """Launches replicas as local subprocesses; logs and pid files live under ``run_dir``."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, log_max_bytes: int = LOG_ROTATE_BYTES) -> None:
         self.run_dir = run_dir.expanduser()
         self.logs_dir = self.run_dir / "logs"
         self.pids_dir = self.run_dir / "pids"
+        self.log_max_bytes = log_max_bytes
 
     async def launch(self, spec: LaunchSpec) -> LocalProcess:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.pids_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.logs_dir / f"{spec.key}.log"
         pid_path = self.pids_dir / f"{spec.key}.pid"
-        _rotate(log_path)
+        _rotate(log_path, self.log_max_bytes)
         shown = redact_argv(spec.argv, spec.secrets)
+        # Every process the engine starts inherits the mark, wherever it moves, and stays its
+        # descendant while it runs (see _tree); a container's runtime cleans up its own.
+        mark = "" if spec.cleanup else uuid.uuid4().hex
         env = {**os.environ, **spec.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.devices))}
+        argv = spec.argv
+        if mark:
+            env[MARK_VAR] = mark
+            why = unrunnable(argv[0], env.get("PATH"), spec.cwd)
+            if why is not None:
+                raise LaunchError(
+                    f"cannot start {argv[0]} for {spec.pool_id}/{spec.replica_id}: {why}"
+                )
+            argv = as_subreaper(argv)
+        # Append mode (O_APPEND), which the engine inherits: after a rotation truncated the log
+        # in place, its next write lands at the new end, not past a hole.
         with log_path.open("ab") as log:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             log.write(f"--- {stamp} launch: {' '.join(shown)}\n".encode())
             log.flush()
             try:
                 process = await asyncio.create_subprocess_exec(
-                    *spec.argv,
+                    *argv,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
@@ -246,15 +306,18 @@ class LocalLauncher:
             "started_ms": int(time.time() * 1000),
             # Run again when the engine is reaped as an orphan (its container outlives it).
             "cleanup": list(spec.cleanup),
+            # Finds the helpers of an orphan that left its process group.
+            "mark": mark,
         }
         tmp = pid_path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(record))
             tmp.replace(pid_path)
         except OSError as exc:
-            # Unrecorded, the engine would outlive this server with nothing to stop it.
-            _signal_group(process.pid, signal.SIGKILL)
-            await process.wait()
+            # Unrecorded, the engine would outlive this server with nothing to stop it. Its
+            # group exists already (the child made it before its exec, which create_subprocess_
+            # exec waits for), and what it started by now goes with it.
+            await LocalProcess(spec, process, log_path, pid_path, mark).kill()
             raise LaunchError(
                 f"cannot write the pid file {pid_path} of {spec.pool_id}/{spec.replica_id}: "
                 f"{exc.strerror or exc}; engines.run_dir must be a writable directory with "
@@ -274,7 +337,7 @@ class LocalLauncher:
             argv=shown,
             log_path=str(log_path),
         )
-        return LocalProcess(spec, process, log_path, pid_path)
+        return LocalProcess(spec, process, log_path, pid_path, mark, self.log_max_bytes)
 
     async def close(self) -> None:
         """Every process this launcher started belongs to a replica, which stops it."""
@@ -294,6 +357,9 @@ class LocalLauncher:
             cmdline = _cmdline(pid)
             # The recorded program, or the interpreter running it (scripts exec python).
             ours = bool(cmdline) and any(Path(argv0).name in part for part in cmdline)
+            mark = record.get("mark")
+            if ours and isinstance(mark, str) and mark:
+                await asyncio.to_thread(terminate, pid, mark)
             if ours and await self._stop_group(pid):
                 stopped.append(pid)
                 narrate(
@@ -306,6 +372,9 @@ class LocalLauncher:
                     replica_id=record.get("replica_id"),
                     pid=pid,
                 )
+            if isinstance(mark, str) and mark:
+                # Its helpers outside the group; by the mark alone (its pid may be reused).
+                await asyncio.to_thread(sweep, None, mark)
             cleanup = record.get("cleanup")
             if isinstance(cleanup, list) and all(isinstance(a, str) for a in cleanup):
                 # Whether or not its client still ran: the container may live on without it.
@@ -328,13 +397,71 @@ class LocalLauncher:
         return True
 
 
-def _rotate(log_path: Path) -> None:
+def _rotate(log_path: Path, limit: int = LOG_ROTATE_BYTES) -> None:
     """Each launch appends to the replica's log; an engine that writes heaps of output and is
-    restarted again and again would grow it without end. Past ``LOG_ROTATE_BYTES`` the log
-    moves to ``.log.1`` (replacing the previous one) and the launch starts a fresh one."""
+    restarted again and again would grow it without end. Past ``limit`` the log moves to
+    ``.log.1`` (replacing the previous one) and the launch starts a fresh one."""
     with contextlib.suppress(FileNotFoundError):
-        if log_path.stat().st_size > LOG_ROTATE_BYTES:
+        if log_path.stat().st_size > limit:
             log_path.replace(log_path.with_name(log_path.name + ".1"))
+
+
+def rotate_running_log(log_path: Path) -> None:
+    """Rotate the log of a running engine, which keeps writing through its own descriptor: the
+    log is copied to ``.log.1`` (replacing the previous one) and truncated in place. The
+    engine's descriptor is in append mode, so its next write lands at the new end. The new log
+    starts with the old one's last lines (its tail stays the engine's last words) and what the
+    engine wrote while the copy ran; only what lands between that last read and the truncation
+    (an instant) can be lost. A copy that cannot be written (a full disk) is dropped, and the
+    log is truncated all the same: the bound holds."""
+    rotated = log_path.with_name(log_path.name + ".1")
+    partial = log_path.with_name(log_path.name + ".1.tmp")
+    try:
+        with log_path.open("rb") as src, partial.open("wb") as dst:
+            # What the log holds now, not up to an end an engine writing faster than the copy
+            # runs would keep pushing away.
+            copied = _copy_prefix(src, dst, os.fstat(src.fileno()).st_size)
+        partial.replace(rotated)
+        where = f"moved to {rotated.name}"
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        copied = 0
+        where = f"dropped ({rotated.name} cannot be written: {exc.strerror or exc})"
+    # Append mode, as the engine writes: no write of ours overwrites one of its own. A log
+    # that cannot be opened or written now is tried again at the next probe.
+    with contextlib.suppress(OSError), open(log_path, "a+b", buffering=0) as log:
+        end = copied or log.seek(0, os.SEEK_END)
+        log.seek(max(0, end - ROTATE_CARRY_BYTES))
+        carried = log.read(min(end, ROTATE_CARRY_BYTES))
+        total = log.seek(0, os.SEEK_END)
+        # What came during the copy: its end only, should the engine have written heaps.
+        log.seek(max(end, total - ROTATE_LATE_BYTES))
+        late = log.read(ROTATE_LATE_BYTES)
+        log.truncate(0)
+        log.write(_rotation_note(end, where, carried) + late)
+
+
+def _copy_prefix(src: BinaryIO, dst: BinaryIO, size: int) -> int:
+    """Copy the first ``size`` bytes of ``src`` (fewer at its end); how many were copied."""
+    copied = 0
+    while copied < size:
+        chunk = src.read(min(2**20, size - copied))
+        if not chunk:
+            break
+        dst.write(chunk)
+        copied += len(chunk)
+    return copied
+
+
+def _rotation_note(size: int, where: str, carried: bytes) -> bytes:
+    """What a rotated log starts with: when and where its content went, and its last lines."""
+    if size > ROTATE_CARRY_BYTES and b"\n" in carried:
+        carried = carried.split(b"\n", 1)[1]  # the first line was cut midway
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    note = f"--- {stamp} log rotated: its {size} bytes {where}; the last lines:\n"
+    # Nothing after them: an engine that exits now is quoted by its own last line.
+    return note.encode() + carried
 
 
 def _gone(pid: int) -> bool:

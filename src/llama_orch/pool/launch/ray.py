@@ -42,9 +42,11 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import ray
@@ -62,6 +64,7 @@ from llama_orch import __version__
 from llama_orch.config import parse_host_port
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.gpus import Gpu, GpuInventory
+from llama_orch.pool.launch._tree import MARK_VAR, as_subreaper, sweep, terminate, unrunnable
 from llama_orch.pool.launch._types import (
     ExitKind,
     LaunchError,
@@ -70,7 +73,10 @@ from llama_orch.pool.launch._types import (
     read_log_tail,
     redact_argv,
 )
+from llama_orch.pool.launch.local import LOG_ROTATE_BYTES, rotate_running_log
 
+#: The least time between two requests to an engine's actor to look at its log.
+TEND_EVERY_S = 1.0
 #: Ray namespace of every llama-orch actor (detached actors are found again by name in it).
 NAMESPACE = "llama-orch"
 #: Actor name prefixes: engines (one per replica) and inventory agents (one per host).
@@ -204,6 +210,8 @@ class EngineActor:
         self._proc: asyncio.subprocess.Process | None = None
         self._log_path = ""
         self._info: dict[str, Any] = {}
+        #: The launch's mark: its helpers outside the engine's process group go with it.
+        self._mark = uuid.uuid4().hex
 
     async def start(
         self,
@@ -222,8 +230,13 @@ class EngineActor:
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, devices)),
             "LLORCH_ENGINE_HOST": host,
             "LLORCH_ENGINE_PORT": str(port),
+            MARK_VAR: self._mark,
         }
         argv = [a.replace("{host}", host).replace("{port}", str(port)) for a in argv]
+        if argv and unrunnable(argv[0], full_env.get("PATH"), None) is None:
+            # A child subreaper, as on the local launcher (a program that cannot run is left
+            # to fail the exec below, as before, naming itself).
+            argv = list(as_subreaper(tuple(argv)))
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         self._log_path = log_path
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -254,6 +267,15 @@ class EngineActor:
     def pid(self) -> int:
         return self._proc.pid if self._proc is not None else -1
 
+    async def tend(self, log_max_bytes: int) -> None:
+        """Rotate the running engine's log past ``log_max_bytes``, as the local launcher does."""
+        try:
+            size = os.stat(self._log_path).st_size
+        except OSError:
+            return
+        if size > log_max_bytes:
+            await asyncio.to_thread(rotate_running_log, Path(self._log_path))
+
     def describe(self) -> dict[str, Any]:
         """What a server that restarted needs to take this engine over (``alive`` False: it
         exited, or never started)."""
@@ -264,9 +286,21 @@ class EngineActor:
     async def run(self) -> int:
         assert self._proc is not None
         code = await self._proc.wait()
-        # Helpers the engine forked may outlive it; the group goes with the replica.
-        _signal_group(self._proc.pid, signal.SIGKILL)
+        await self._forget()
         return code
+
+    async def _forget(self) -> None:
+        assert self._proc is not None
+        # Helpers the engine forked may outlive it; the group goes with the replica, and so do
+        # the helpers that left it (by the mark: the engine's pid is reaped).
+        _signal_group(self._proc.pid, signal.SIGKILL)
+        await asyncio.to_thread(sweep, None, self._mark)
+
+    async def _kill_all(self) -> None:
+        assert self._proc is not None
+        if self._proc.returncode is None:
+            await asyncio.to_thread(sweep, self._proc.pid, self._mark)
+        _signal_group(self._proc.pid, signal.SIGKILL)
 
     async def stop(self, timeout_s: float) -> int:
         proc = self._proc
@@ -274,19 +308,22 @@ class EngineActor:
         if proc.returncode is None:
             _signal_group(proc.pid, signal.SIGTERM)
             _signal_group(proc.pid, signal.SIGCONT)
+            await asyncio.to_thread(terminate, proc.pid, self._mark)
             try:
                 async with asyncio.timeout(timeout_s):
                     await proc.wait()
             except TimeoutError:
-                _signal_group(proc.pid, signal.SIGKILL)
+                await self._kill_all()
         code = await proc.wait()
-        _signal_group(proc.pid, signal.SIGKILL)
+        await self._forget()
         return code
 
     async def kill(self) -> int:
         assert self._proc is not None
-        _signal_group(self._proc.pid, signal.SIGKILL)
-        return await self._proc.wait()
+        await self._kill_all()
+        code = await self._proc.wait()
+        await self._forget()
+        return code
 
     def log_tail(self, lines: int) -> str:
         return read_log_tail(self._log_path, lines)
@@ -393,6 +430,10 @@ class RayEngine:
     _done: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set once the cluster's head is lost: the actor is out of reach for good.
     _head_gone: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The engine's log past this size is rotated on its host (engines.log_max_bytes).
+    _log_max_bytes: int = LOG_ROTATE_BYTES
+    #: When the actor was last asked to look at the log (a remote call: not at every probe).
+    _tended: float = 0.0
 
     @property
     def spec(self) -> LaunchSpec:
@@ -504,6 +545,20 @@ class RayEngine:
     async def kill(self) -> None:
         await self._end(lambda: self.actor.kill.remote(), _ASK_S)
 
+    async def tend(self) -> None:
+        """The engine's log is on its host: its actor rotates it there, asked at most once per
+        ``TEND_EVERY_S``, never past its host's or the head's absence."""
+        now = time.monotonic()
+        if (
+            self._returncode is not None
+            or self._head_gone.is_set()
+            or now - self._tended < TEND_EVERY_S
+        ):
+            return
+        self._tended = now
+        with contextlib.suppress(RayError, TimeoutError):
+            await _answer(self.actor.tend.remote(self._log_max_bytes))
+
     async def _release(self) -> None:
         if self._head_gone.is_set():
             return  # the server let go of Ray: the actor went with its head's cluster
@@ -563,6 +618,7 @@ class RayLauncher:
         *,
         address: str | None = None,
         log_dir: str = "/tmp/llama-orch/logs",
+        log_max_bytes: int = LOG_ROTATE_BYTES,
         placement_timeout_s: float = 30.0,
         token_file: str | None = None,
         expected: Iterable[str] = (),
@@ -576,6 +632,7 @@ class RayLauncher:
         self.token_file = token_file
         self.address = address
         self.log_dir = log_dir
+        self.log_max_bytes = log_max_bytes
         self.placement_timeout_s = placement_timeout_s
         self._agents: dict[str, Any] = {}
         #: When each agent that has not answered yet was asked for (its process may be starting).
@@ -842,7 +899,16 @@ class RayLauncher:
         endpoint = f"http://{info['host']}:{info['port']}"
         pid, log_path = int(info["pid"]), str(info["log_path"])
         engine = RayEngine(
-            spec, actor, node_id, host, pid, endpoint, log_path, self._alive, self._lost_nodes
+            spec,
+            actor,
+            node_id,
+            host,
+            pid,
+            endpoint,
+            log_path,
+            self._alive,
+            self._lost_nodes,
+            _log_max_bytes=self.log_max_bytes,
         )
         engine._head_gone = self._head_gone
         return engine

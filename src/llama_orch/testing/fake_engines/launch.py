@@ -19,8 +19,9 @@ exactly as it launches the real engine:
   (exit 1 before binding), ``never_healthy`` (health answers 503 forever) or ``ignore_sigterm``
   (an engine slow to shut down: only SIGINT or SIGKILL ends it), or ``exit_echoing:NAME``
   (exit 1 with a last log line quoting the value of the variable NAME, as an engine refusing
-  a setting does). Tests rewrite the file between launches to script crash loops and
-  recoveries;
+  a setting does), or ``chatty:BYTES`` (once listening, writes BYTES of numbered log lines to
+  stderr quickly, then ``simulated: chatty done``). Tests rewrite the file between launches to
+  script crash loops and recoveries;
 - ``FAKE_ENGINE_HEALTH_LOG``: a file to which each health probe the engine answers appends a
   line ``PID PATH``, so a test can wait for a number of probes instead of sleeping.
 """
@@ -231,6 +232,8 @@ async def serve(fake: FakeEngine, port: int, fault: str) -> None:
     except OSError as exc:
         _fail(f"couldn't bind HTTP server socket, port: {port}: {exc.strerror}")
     print(f"simulated {fake.kind} engine listening on {fake.url}", file=sys.stderr, flush=True)
+    if fault.startswith("chatty:"):
+        await _chatter(int(fault.removeprefix("chatty:")))
     try:
         if load_ms > 0 and fault != "never_healthy":
             await asyncio.sleep(load_ms / 1000)
@@ -238,6 +241,17 @@ async def serve(fake: FakeEngine, port: int, fault: str) -> None:
         await stop.wait()
     finally:
         await fake.stop()
+
+
+async def _chatter(total: int) -> None:
+    """Log lines as an engine with verbose logging on writes them, 64 KiB at a time."""
+    line, written = 0, 0
+    while written < total:
+        chunk = "".join(f"simulated log line {line + i:08d} {'.' * 70}\n" for i in range(640))
+        line += 640
+        written += os.write(2, chunk.encode())
+        await asyncio.sleep(0.002)
+    print("simulated: chatty done", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,8 +22,30 @@ def fake_script(program: str) -> str:
     )
 
 
-def engine_archive(program: str, *, fmt: str = "tar.gz", top: str = "engine-b1") -> bytes:
-    script = fake_script(program).encode()
+def escaping_script(program: str, marker: str, *, scrub_env: bool = False) -> str:
+    """``fake_script`` behind a launcher wrapper that leaves helpers outside the engine's
+    process group, as a careless engine wrapper or a daemonizing helper does: one in a session
+    of its own (``setsid``), one double-forked into its own session (its parent exits at once,
+    so it is re-parented away from the engine); with ``scrub_env`` two more with an empty
+    environment, one of them double-forked. Each helper sleeps with ``marker`` on its command
+    line."""
+    sleeper = f'"{sys.executable}" -c "import time; time.sleep(600)" {marker}'
+    scrubbed = f"env -i setsid {sleeper} &\n(env -i setsid {sleeper} &)\n" if scrub_env else ""
+    return (
+        "#!/bin/sh\n"
+        "# simulated engine behind a wrapper whose helpers leave its process group\n"
+        f"setsid {sleeper} &\n"
+        f"(setsid {sleeper} &)\n"
+        f"{scrubbed}"
+        f'exec "{sys.executable}" -m llama_orch.testing.fake_engines.launch {program} "$@"\n'
+    )
+
+
+def engine_archive(
+    program: str, *, fmt: str = "tar.gz", top: str = "engine-b1", script_text: str | None = None
+) -> bytes:
+    """``script_text`` in place of ``fake_script(program)`` (e.g. an ``escaping_script``)."""
+    script = (script_text or fake_script(program)).encode()
     buf = io.BytesIO()
     if fmt == "zip":
         with zipfile.ZipFile(buf, "w") as zf:
