@@ -105,6 +105,21 @@ class TestDrain:
         assert b'"code":"pool_unavailable"' in streamed_body
         assert b'"code":"canceled"' not in streamed_body
 
+    async def test_a_drained_mock_pool_serves_again_after_a_reload_of_its_model(self) -> None:
+        """A pool llama-orch does not launch keeps its model: the reload probes it again and
+        ends the drain once it passes, so the pool serves without a server restart."""
+        async with running_server(config_of(mock_pool("p0", "m0"))) as server:
+            drain = await server.client.post("/v1/pools/p0/drain", json={"deadline_ms": 1})
+            assert 202 == drain.status_code
+            await _drained(server)
+            reload = await server.client.post("/v1/pools/p0/reload", json={"new_model_ref": "m0"})
+            assert 202 == reload.status_code
+            health = await _drained(server, kind="reload")
+            assert (True, False) == (health["ready"], health["draining"]), health
+            task = task_body("m0", max_tokens=2)
+            assert 202 == (await server.submit(task)).status_code
+            assert "end" == (await server.stream(task["task_id"]))[-1][0]
+
     async def test_bad_requests(self) -> None:
         """Unknown pool: 404; a body without deadline_ms: 400 INVALID_PARAMS."""
         async with running_server(config_of(mock_pool())) as server:
@@ -120,13 +135,14 @@ class TestDrain:
             assert "pools[].model" in mock.json()["message"]
 
 
-async def _drained(server: RunningServer) -> dict[str, Any]:
+async def _drained(server: RunningServer, kind: str = "drain") -> dict[str, Any]:
     for _ in range(400):
         health: dict[str, Any] = (await server.client.get("/v1/pools/p0/health")).json()
-        if (health.get("last_operation") or {}).get("state") == "done":
+        op = health.get("last_operation") or {}
+        if (op.get("kind"), op.get("state")) == (kind, "done"):
             return health
         await asyncio.sleep(0.02)
-    raise AssertionError("the drain never finished")
+    raise AssertionError(f"the {kind} never finished")
 
 
 @pytest.fixture
