@@ -77,8 +77,11 @@ class TestExternalPoolReload:
                 assert "reload again" in op["error"]
                 assert (False, True) == (health["ready"], health["draining"]), health
                 refused = await client.post("/v1/tasks", json=_body("llamacpp", MODEL))
-                assert 503 == refused.status_code
-                assert refused.json()["retriable"] is True
+                assert (503, "POOL_UNREADY", True) == (
+                    refused.status_code,
+                    refused.json()["code"],
+                    refused.json()["retriable"],
+                )
 
                 other = await client.post(
                     "/v1/pools/engine/reload", json={"new_model_ref": "another-model"}

@@ -40,7 +40,7 @@ async def _state(server: RunningServer, task_id: str, state: str) -> None:
 
 class TestDrain:
     async def test_drain_refuses_ends_queued_and_stops_at_deadline(self) -> None:
-        """New tasks: 503 POOL_UNAVAILABLE; queued: a retriable POOL_UNAVAILABLE frame; the
+        """New tasks: 503 POOL_UNREADY; queued: a retriable POOL_UNAVAILABLE frame; the
         running one is stopped at the deadline; health and metrics record the drain."""
         config = config_of(mock_pool("p0", "m0", mock=SLOW))
         async with running_server(config) as server:
@@ -67,8 +67,9 @@ class TestDrain:
             )
             refused = await server.submit(task_body("m0"))
             assert 503 == refused.status_code
-            assert "POOL_UNAVAILABLE" == refused.json()["code"]
+            assert ("POOL_UNREADY", True) == (refused.json()["code"], refused.json()["retriable"])
             assert "draining" in refused.json()["message"]
+            assert "5" == refused.headers["retry-after"]
             last = await server.stream(running["task_id"])
             assert last[-1][0] in ("end", "error")
             health = await _drained(server)
@@ -104,6 +105,29 @@ class TestDrain:
         assert "1" == answer.headers["retry-after"]
         assert b'"code":"pool_unavailable"' in streamed_body
         assert b'"code":"canceled"' not in streamed_body
+
+    async def test_each_door_refuses_new_work_for_a_draining_pool_as_not_ready(self) -> None:
+        """A draining pool exists but is not Ready: the task API and both front doors answer
+        a retriable 503 POOL_UNREADY in their own shapes, with Retry-After."""
+        chat = {"model": "m0", "messages": [{"role": "user", "content": "hi"}]}
+        async with running_server(config_of(mock_pool("p0", "m0"))) as server:
+            drain = await server.client.post("/v1/pools/p0/drain", json={"deadline_ms": 1})
+            assert 202 == drain.status_code
+            task = await server.submit(task_body("m0"))
+            openai = await server.client.post("/v1/chat/completions", json=chat)
+            ollama = await server.client.post("/api/chat", json={**chat, "stream": False})
+        assert (503, "POOL_UNREADY", True, 5000) == (
+            task.status_code,
+            task.json()["code"],
+            task.json()["retriable"],
+            task.json()["retry_after_ms"],
+        )
+        assert (503, "pool_unready") == (openai.status_code, openai.json()["error"]["code"])
+        assert "draining" in openai.json()["error"]["message"]
+        assert 503 == ollama.status_code
+        assert "draining" in ollama.json()["error"]
+        for answer in (task, openai, ollama):
+            assert "5" == answer.headers["retry-after"]
 
     async def test_a_drained_mock_pool_serves_again_after_a_reload_of_its_model(self) -> None:
         """A pool llama-orch does not launch keeps its model: the reload probes it again and

@@ -532,8 +532,8 @@ def control_plane() -> dict[str, Any]:
             "drainPool",
             "DrainRequest",
             {"deadline_ms": 30000},
-            "Draining: new tasks are refused with POOL_UNAVAILABLE at once, queued tasks end "
-            "with a retriable POOL_UNAVAILABLE, in-flight tasks run until the deadline",
+            "Draining: new tasks are refused with a retriable POOL_UNREADY at once, queued tasks "
+            "end with a retriable POOL_UNAVAILABLE, in-flight tasks run until the deadline",
             {
                 "pool_id": "gpu0",
                 "draining": True,
