@@ -180,7 +180,8 @@ class TestArgumentMistakes:
             (("models", "--url", url[1], "rm", "\t"), "'MODEL_ID'"),
             (("pools", "drain", "", *url), "'POOL_ID'"),
             (("pools", "reload", "", "m1", *url), "'POOL_ID'"),
-            (("pools", "reload", "p0", " ", *url), "'MODEL_REF'"),
+            # Optional (the pool's own model when left out), but never blank.
+            (("pools", "reload", "p0", " ", *url), "'[MODEL_REF]'"),
         ):
             code, _, err = await run(*args)
             assert 2 == code, (args, err)

@@ -101,7 +101,7 @@ class TestControls:
             health = (await srv.client.get("/v1/pools/p0/health")).json()
             assert (True, "drain") == (health["draining"], health["last_operation"]["kind"])
             refused = await srv.submit(task_body())
-            assert (503, "POOL_UNAVAILABLE") == (refused.status_code, refused.json()["code"])
+            assert (503, "POOL_UNREADY") == (refused.status_code, refused.json()["code"])
 
 
 #: Markup that runs script if it is ever parsed as HTML rather than shown as text.

@@ -40,7 +40,7 @@ async def _state(server: RunningServer, task_id: str, state: str) -> None:
 
 class TestDrain:
     async def test_drain_refuses_ends_queued_and_stops_at_deadline(self) -> None:
-        """New tasks: 503 POOL_UNAVAILABLE; queued: a retriable POOL_UNAVAILABLE frame; the
+        """New tasks: 503 POOL_UNREADY; queued: a retriable POOL_UNAVAILABLE frame; the
         running one is stopped at the deadline; health and metrics record the drain."""
         config = config_of(mock_pool("p0", "m0", mock=SLOW))
         async with running_server(config) as server:
@@ -67,8 +67,9 @@ class TestDrain:
             )
             refused = await server.submit(task_body("m0"))
             assert 503 == refused.status_code
-            assert "POOL_UNAVAILABLE" == refused.json()["code"]
+            assert ("POOL_UNREADY", True) == (refused.json()["code"], refused.json()["retriable"])
             assert "draining" in refused.json()["message"]
+            assert "5" == refused.headers["retry-after"]
             last = await server.stream(running["task_id"])
             assert last[-1][0] in ("end", "error")
             health = await _drained(server)
@@ -105,6 +106,44 @@ class TestDrain:
         assert b'"code":"pool_unavailable"' in streamed_body
         assert b'"code":"canceled"' not in streamed_body
 
+    async def test_each_door_refuses_new_work_for_a_draining_pool_as_not_ready(self) -> None:
+        """A draining pool exists but is not Ready: the task API and both front doors answer
+        a retriable 503 POOL_UNREADY in their own shapes, with Retry-After."""
+        chat = {"model": "m0", "messages": [{"role": "user", "content": "hi"}]}
+        async with running_server(config_of(mock_pool("p0", "m0"))) as server:
+            drain = await server.client.post("/v1/pools/p0/drain", json={"deadline_ms": 1})
+            assert 202 == drain.status_code
+            task = await server.submit(task_body("m0"))
+            openai = await server.client.post("/v1/chat/completions", json=chat)
+            ollama = await server.client.post("/api/chat", json={**chat, "stream": False})
+        assert (503, "POOL_UNREADY", True, 5000) == (
+            task.status_code,
+            task.json()["code"],
+            task.json()["retriable"],
+            task.json()["retry_after_ms"],
+        )
+        assert (503, "pool_unready") == (openai.status_code, openai.json()["error"]["code"])
+        assert "draining" in openai.json()["error"]["message"]
+        assert 503 == ollama.status_code
+        assert "draining" in ollama.json()["error"]
+        for answer in (task, openai, ollama):
+            assert "5" == answer.headers["retry-after"]
+
+    async def test_a_drained_mock_pool_serves_again_after_a_reload_of_its_model(self) -> None:
+        """A pool llama-orch does not launch keeps its model: the reload probes it again and
+        ends the drain once it passes, so the pool serves without a server restart."""
+        async with running_server(config_of(mock_pool("p0", "m0"))) as server:
+            drain = await server.client.post("/v1/pools/p0/drain", json={"deadline_ms": 1})
+            assert 202 == drain.status_code
+            await _drained(server)
+            reload = await server.client.post("/v1/pools/p0/reload", json={"new_model_ref": "m0"})
+            assert 202 == reload.status_code
+            health = await _drained(server, kind="reload")
+            assert (True, False) == (health["ready"], health["draining"]), health
+            task = task_body("m0", max_tokens=2)
+            assert 202 == (await server.submit(task)).status_code
+            assert "end" == (await server.stream(task["task_id"]))[-1][0]
+
     async def test_bad_requests(self) -> None:
         """Unknown pool: 404; a body without deadline_ms: 400 INVALID_PARAMS."""
         async with running_server(config_of(mock_pool())) as server:
@@ -120,13 +159,14 @@ class TestDrain:
             assert "pools[].model" in mock.json()["message"]
 
 
-async def _drained(server: RunningServer) -> dict[str, Any]:
+async def _drained(server: RunningServer, kind: str = "drain") -> dict[str, Any]:
     for _ in range(400):
         health: dict[str, Any] = (await server.client.get("/v1/pools/p0/health")).json()
-        if (health.get("last_operation") or {}).get("state") == "done":
+        op = health.get("last_operation") or {}
+        if (op.get("kind"), op.get("state")) == (kind, "done"):
             return health
         await asyncio.sleep(0.02)
-    raise AssertionError("the drain never finished")
+    raise AssertionError(f"the {kind} never finished")
 
 
 @pytest.fixture

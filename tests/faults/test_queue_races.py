@@ -177,7 +177,7 @@ class TestDrainRacingAdmissions:
         self, tmp_path: Path
     ) -> None:
         """Forty submissions, a drain and cancels of half the tasks, all at once: each task is
-        refused (503 POOL_UNAVAILABLE), or admitted and then ends (run, canceled, or ended
+        refused (a retriable 503 POOL_UNREADY), or admitted and then ends (run, canceled, or ended
         by the drain with a retriable POOL_UNAVAILABLE); none is left queued, and the gauges
         and counters add up."""
         pool = mock_pool(mock=SLOW, slots=2, queue={"capacity": 64, "full_policy": "reject"})
@@ -202,7 +202,7 @@ class TestDrainRacingAdmissions:
                 ends = [await terminal(client, task_id) for task_id in admitted]
                 scrape = await settled(client)
         refused = [answer for answer in submitted if answer.status_code != 202]
-        assert {(503, "POOL_UNAVAILABLE", True)} >= {
+        assert {(503, "POOL_UNREADY", True)} >= {
             (r.status_code, r.json()["code"], r.json()["retriable"]) for r in refused
         }
         assert {204, 404} >= {r.status_code for r in answers[20:-20]}
@@ -212,5 +212,5 @@ class TestDrainRacingAdmissions:
         drain_ended = sum(1 for event, _ in ends if event == "error")
         assert drain_ended == drained.json()["queued_ended"]
         assert len(admitted) == _scrape(scrape, "tasks_enqueued_total")
-        assert len(refused) == _scrape(scrape, "tasks_rejected_total", reason="POOL_UNAVAILABLE")
+        assert len(refused) == _scrape(scrape, "tasks_rejected_total", reason="POOL_UNREADY")
         every_enqueued_task_accounted(scrape)

@@ -363,21 +363,21 @@ def pools_drain(
 
 @pools.command("reload")
 @click.argument("pool_id", type=client_mod.ID)
-@click.argument("model_ref", type=client_mod.ID)
+@click.argument("model_ref", type=client_mod.ID, required=False)
 @_url_option
 @_token_option
 @click.pass_obj
 def pools_reload(
     obj: tuple[str | None, str | None],
     pool_id: str,
-    model_ref: str,
+    model_ref: str | None,
     url: str | None,
     token_file: str | None,
 ) -> None:
-    """Reload POOL_ID with MODEL_REF; `llorch pools` shows the outcome."""
+    """Reload POOL_ID with MODEL_REF (default: the model it serves, which restarts a launched
+    engine and probes an external one again); `llorch pools` shows the outcome."""
     with _client(url or obj[0], token_file or obj[1]) as client:
-        path = f"/v1/pools/{client_mod.segment(pool_id)}/reload"
-        pools_mod.run(pools_mod.post, client, path, {"new_model_ref": model_ref})
+        pools_mod.run(pools_mod.reload, client, pool_id, model_ref)
 
 
 @pools.command("plan")

@@ -101,6 +101,21 @@ def post(client: client_mod.OrchClient, path: str, body: dict[str, Any]) -> int:
     return client_mod.EXIT_OK
 
 
+def reload(client: client_mod.OrchClient, pool_id: str, model_ref: str | None) -> int:
+    """Reload ``pool_id`` with ``model_ref``, or with the model its health says it serves."""
+    segment = client_mod.segment(pool_id)
+    if model_ref is None:
+        health = client.http.get(f"/v1/pools/{segment}/health")
+        if health.status_code != 200:
+            return client_mod.fail(health)
+        with client_mod.reading(health):
+            served = health.json()["model_id"]
+            if not isinstance(served, str):
+                raise TypeError(f"model_id is {served!r}")
+            model_ref = served
+    return post(client, f"/v1/pools/{segment}/reload", {"new_model_ref": model_ref})
+
+
 def print_plan(config_path: str, pool_id: str) -> int:
     try:
         config = read_config_file(config_path)

@@ -244,7 +244,8 @@ class PoolHealth(_Wire):
     restart_count: int = 0
     engine_digest: str | None = None
     provisioning_mode: str | None = None
-    #: The latest drain or reload: kind, state (running, done, rolled_back), timings, error.
+    #: The latest drain or reload: kind, state (running, done, rolled_back, failed), timings,
+    #: error.
     last_operation: dict[str, Any] | None = None
 
 

@@ -65,7 +65,8 @@ class PoolOperation(_Wire):
 
     #: drain or reload.
     kind: str
-    #: running, done, or rolled_back (a reload whose new replicas never became Ready).
+    #: running, done, rolled_back (a reload whose new replicas never became Ready), or failed
+    #: (a reload whose external engine did not pass its gates in time).
     state: str
     error: str | None = None
 

@@ -532,8 +532,8 @@ def control_plane() -> dict[str, Any]:
             "drainPool",
             "DrainRequest",
             {"deadline_ms": 30000},
-            "Draining: new tasks are refused with POOL_UNAVAILABLE at once, queued tasks end "
-            "with a retriable POOL_UNAVAILABLE, in-flight tasks run until the deadline",
+            "Draining: new tasks are refused with a retriable POOL_UNREADY at once, queued tasks "
+            "end with a retriable POOL_UNAVAILABLE, in-flight tasks run until the deadline",
             {
                 "pool_id": "gpu0",
                 "draining": True,
@@ -549,7 +549,10 @@ def control_plane() -> dict[str, Any]:
             {"new_model_ref": "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf"},
             "Reloading: new replicas start with the new model; once all are Ready placement "
             "switches to them and the old ones drain. A failure rolls back, the old replicas "
-            "keep serving; GET /v1/pools/{pool_id}/health shows the outcome (last_operation)",
+            "keep serving; GET /v1/pools/{pool_id}/health shows the outcome (last_operation). "
+            "A pool whose engine llama-orch does not launch (external, mock) keeps its model: "
+            "its reload probes the engine again and ends a drain once every replica passes its "
+            "gates (another model is a 400)",
             {
                 "pool_id": "gpu0",
                 "kind": "reload",

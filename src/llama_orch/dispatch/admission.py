@@ -476,9 +476,11 @@ class Admission:
         filters = ", ".join(decision.log.filters_applied)
         draining = [p.id for p in candidates if p.draining]
         if candidates and len(draining) == len(candidates):
-            raise PoolUnavailable(
+            # The pool exists but is not Ready while it drains (SPEC §6.4): POOL_UNREADY, so
+            # clients retry; POOL_UNAVAILABLE is for tasks a drain ends in the queue.
+            raise PoolUnready(
                 f"pool {draining[0]} for {request.model_ref!r} is draining and takes no new "
-                "tasks; retry later or on another pool",
+                "tasks until it is reloaded; retry later or on another pool",
                 retry_after_ms=5000,
                 pool_id=draining[0],
                 engine=engine,

@@ -8,7 +8,9 @@
   old ones and must all turn Ready; then, in one step, placement sees only the new replicas and
   the pool serves the new model; the old ones finish their streams (bounded by the drain
   deadline) and stop. Any failure before the switch stops the new processes and leaves the old
-  replicas untouched, serving.
+  replicas untouched, serving. A pool whose engine llama-orch does not launch (external, mock)
+  keeps its model: its reload probes the same endpoint again (the operator restarted the
+  engine) and ends the drain once every replica passes its gates.
 
 What happens to tasks is the dispatcher's business: the caller hands in ``TaskControl``.
 """
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llama_orch.adapters.host import AdapterHost, BreakerPolicy, RetryPolicy
-from llama_orch.config import PoolConfig
+from llama_orch.config import EnginesConfig, PoolConfig
 from llama_orch.contracts.engine import EngineAdapter
 from llama_orch.errors import (
     Conflict,
@@ -340,20 +342,8 @@ class PoolLifecycle:
         """``within``: the catalog.local_roots folders a local new model must lie in when it
         is opened to be registered (a client's reload); None: no bound (the operator's)."""
         pool = self._manager.pools[pool_id]
-        if pool.config.provisioning is None:
-            raise InvalidParams(
-                f"pool {pool_id} runs the simulated mock engine in-process, an engine llama-orch "
-                "does not launch, so it has no model to reload; change pools[].model in the "
-                "config and restart llorch serve",
-                pool_id=pool_id,
-            )
         if self._sup is None or not is_launched(pool.config):
-            raise InvalidParams(
-                f"pool {pool_id} runs an engine llama-orch does not launch (provisioning mode "
-                f"{pool.config.provisioning.mode.value}); restart that engine with the new "
-                "model yourself",
-                pool_id=pool_id,
-            )
+            return self._reprobe(pool, new_model_ref)
         new_cfg = _with_model(pool.config, new_model_ref)
         if self._sup.confirm_model is not None:
             try:
@@ -379,6 +369,86 @@ class PoolLifecycle:
             self._manager.models.begin_reload(new_cfg)
         self._spawn(self._reload(pool, new_cfg, op, tasks, within), f"reload-{pool_id}")
         return op
+
+    def _reprobe(self, pool: PoolRuntime, model_ref: str) -> Operation:
+        """Reload a pool whose engine llama-orch does not launch (external, or the in-process
+        mock): its operator restarted the engine behind the same endpoint, so the reload probes
+        it again and the pool turns Ready, and stops draining, once every replica passes the
+        three gates, as at start-up. The model cannot change: llama-orch cannot make an engine
+        it does not run load another one."""
+        if model_ref != pool.config.model:
+            if pool.config.provisioning is None:
+                how = (
+                    "it runs the simulated mock engine in-process; change pools[].model in the "
+                    "config and restart llorch serve"
+                )
+            else:
+                how = (
+                    f"provisioning mode {pool.config.provisioning.mode.value}; to serve "
+                    f"{model_ref!r}, restart that engine with it, change pools[].model in the "
+                    "config and restart llorch serve. After restarting the engine with the same "
+                    f"model, `llorch pools reload {pool.id}` (new_model_ref "
+                    f"{pool.config.model!r}) probes it again"
+                )
+            raise InvalidParams(
+                f"pool {pool.id} serves {pool.config.model!r} from an engine llama-orch does not "
+                f"launch, so a reload cannot switch it to {model_ref!r} ({how})",
+                pool_id=pool.id,
+            )
+        op = self._claim(pool.id, "reload")
+        op.detail.update({"from_model": model_ref, "to_model": model_ref, "reprobe": True})
+        engines = self._sup.engines if self._sup is not None else EnginesConfig()
+        timeout_s = engines.startup_timeout_ms / 1000
+        self._spawn(self._reprobe_until_ready(pool, op, timeout_s), f"reload-{pool.id}")
+        return op
+
+    async def _reprobe_until_ready(
+        self, pool: PoolRuntime, op: Operation, timeout_s: float
+    ) -> None:
+        started = time.monotonic()
+        deadline = started + timeout_s
+        try:
+            while True:
+                # Probes of this reload's own, never a Ready state left from before it: the
+                # engine behind the endpoint may have gone since the last probe.
+                await asyncio.gather(*(self._manager.evaluate(pool, r) for r in pool.replicas))
+                failing = next((r for r in pool.replicas if r.state.value != "ready"), None)
+                if failing is None:
+                    self._manager.set_draining(pool.id, False)
+                    op.state = "done"
+                    narrate(
+                        "pool-manager",
+                        "reloaded",
+                        pool.id,
+                        f"Pool {pool.id}'s engine passes its gates again: it serves "
+                        f"{pool.config.model}.",
+                        pool_id=pool.id,
+                        model_id=pool.config.model,
+                    )
+                    return
+                if time.monotonic() >= deadline:
+                    op.state = "failed"
+                    op.error = (
+                        f"replica {failing.replica_id} did not pass its gates within "
+                        f"engines.startup_timeout_ms ({timeout_s * 1000:.0f} ms): "
+                        f"{failing.last_error or 'not ready'}; the pool stays "
+                        + ("draining" if pool.draining else "unready")
+                        + ": check the engine at its endpoint and reload again"
+                    )
+                    narrate(
+                        "pool-manager",
+                        "reload-failed",
+                        pool.id,
+                        f"Reload of {pool.id} fails: {op.error}",
+                        level="warning",
+                        pool_id=pool.id,
+                        last_error=op.error,
+                    )
+                    return
+                await asyncio.sleep(self._probe_interval_s)
+        finally:
+            op.duration_ms = int((time.monotonic() - started) * 1000)
+            self.busy.pop(pool.id, None)
 
     async def _reload(
         self,
