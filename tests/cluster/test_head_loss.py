@@ -103,6 +103,8 @@ def _config(setup: LaunchedSetup, address: str) -> dict[str, Any]:
         "inventory_interval_ms": 200,
         "inventory_deadline_ms": 2_000,
         "head_exit_timeout_ms": int(HEAD_EXIT_S * 1000),
+        # Below Ray's limit; a killed head is lost at once (nothing accepts connections).
+        "head_lost_after_ms": 3_000,
     }
     config["hosts"] = [{"name": HOST, "gpus": [0], "simulated_vram_bytes": 8 * 2**30}]
     return config
