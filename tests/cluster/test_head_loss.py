@@ -130,11 +130,11 @@ def _ready_on(host: str | None) -> Callable[[dict[str, Any]], bool]:
     return check
 
 
-async def _logged(log: Path, text: str) -> None:
+async def _logged(log: Path, text: str, times: int = 1) -> None:
     found = ""
     for _ in range(1200):
         found = await asyncio.to_thread(log.read_text)
-        if text in found:
+        if found.count(text) >= times:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"the server never logged {text!r}: {found[-3000:]}")

@@ -49,7 +49,9 @@ async def _until(check: Callable[[], Awaitable[bool]], want: bool) -> None:
 
 
 class TestHeadStall:
-    async def test_a_head_that_stalls_briefly_costs_no_replica(self, tmp_path: Path) -> None:
+    async def test_a_stalled_head_costs_no_replica_and_a_replaced_one_is_let_go_at_once(
+        self, tmp_path: Path
+    ) -> None:
         with launched_setup(tmp_path) as setup, head_on(free_port(), tmp_path) as head:
             head.start()
             await head.up()
@@ -76,9 +78,25 @@ class TestHeadStall:
                     await _logged(server.log_path, '"action":"head-answers","target":"cluster"')
                     after = await _health(client, "remote", _ready_on(HOST))
                     await _served(client, setup)
+                    stalled = server.log_path.read_text()
+                    # Stalled again, then replaced by a new head on the same address well
+                    # within the grace: never waited on (a call meeting the new cluster could
+                    # end the server), let go of at once and found again.
+                    os.kill(_gcs_pid(head.process.pid), signal.SIGSTOP)
+                    await _logged(server.log_path, "it counts as lost after 60 s", times=2)
+                    head.kill()
+                    head.start()
+                    await _logged(server.log_path, '"action":"head-back","target":"cluster"')
+                    await _health(client, "remote", _ready_on(HOST))
+                    await _served(client, setup)
             log = server.log_path.read_text()
         # Neither the head nor the replica (its exit narrated as head-lost too) was lost.
-        assert '"action":"head-lost"' not in log
+        assert '"action":"head-lost"' not in stalled
         was, now = (h["metrics"]["replicas"][0]["process"] for h in (before, after))
         assert (was["pid"], was["restarts"], now["last_exit"]) == (now["pid"], 0, None), now
+        lost = [
+            line for line in log.splitlines() if '"action":"head-lost","target":"cluster"' in line
+        ]
+        assert 1 == len(lost), lost
+        assert "nothing accepts connections there" in lost[0] or "another cluster" in lost[0]
         assert "Traceback" not in log
