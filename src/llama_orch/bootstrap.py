@@ -175,6 +175,7 @@ def cluster_launcher_of(settings: Settings) -> RayLauncher | None:
         log_max_bytes=config.engines.log_max_bytes,
         placement_timeout_s=config.cluster.placement_timeout_ms / 1000,
         head_exit_timeout_s=config.cluster.head_exit_timeout_ms / 1000,
+        head_lost_after_s=config.cluster.head_lost_after_ms / 1000,
         token_file=(
             str(Path(config.cluster.token_file).expanduser()) if config.cluster.token_file else None
         ),

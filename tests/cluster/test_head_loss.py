@@ -103,6 +103,8 @@ def _config(setup: LaunchedSetup, address: str) -> dict[str, Any]:
         "inventory_interval_ms": 200,
         "inventory_deadline_ms": 2_000,
         "head_exit_timeout_ms": int(HEAD_EXIT_S * 1000),
+        # Below Ray's limit; a killed head is lost at once (nothing accepts connections).
+        "head_lost_after_ms": 3_000,
     }
     config["hosts"] = [{"name": HOST, "gpus": [0], "simulated_vram_bytes": 8 * 2**30}]
     return config
@@ -128,11 +130,11 @@ def _ready_on(host: str | None) -> Callable[[dict[str, Any]], bool]:
     return check
 
 
-async def _logged(log: Path, text: str) -> None:
+async def _logged(log: Path, text: str, times: int = 1) -> None:
     found = ""
     for _ in range(1200):
         found = await asyncio.to_thread(log.read_text)
-        if text in found:
+        if found.count(text) >= times:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"the server never logged {text!r}: {found[-3000:]}")

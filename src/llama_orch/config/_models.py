@@ -311,6 +311,20 @@ class ClusterConfig(_Strict):
     #: (Ray's own default is 60 s). The server lets go of a lost head well before: this only
     #: bounds a server that could not.
     head_exit_timeout_ms: Annotated[int, Field(ge=1_000)] = 86_400_000
+    #: How long a head that still accepts connections may leave the inventory poll unanswered
+    #: (a pause, a busy machine: its hosts are stale meanwhile) before it counts as lost and
+    #: every cluster replica ends. A head where nothing accepts connections is lost at once.
+    head_lost_after_ms: PositiveInt = 15_000
+
+    @model_validator(mode="after")
+    def _head_lost_before_ray_exits(self) -> ClusterConfig:
+        if self.head_lost_after_ms >= self.head_exit_timeout_ms:
+            raise ValueError(
+                f"cluster.head_lost_after_ms ({self.head_lost_after_ms}) must be below "
+                f"cluster.head_exit_timeout_ms ({self.head_exit_timeout_ms}): Ray would end "
+                "the server before it lets go of the head; lower the first or raise the second"
+            )
+        return self
 
 
 class MockEngineConfig(_Strict):

@@ -641,3 +641,21 @@ class TestClusterToken:
         path = self._load(tmp_path, "t" * 43)
         settings = load_settings({}, tmp_path / "llorch.yaml")
         assert str(path) == settings.config.cluster.token_file
+
+
+class TestHeadGrace:
+    """A head is given up before Ray would end the server for it, never after."""
+
+    def _text(self, cluster: str) -> str:
+        text = CLUSTER.replace("HOST", "gpu-b").replace("DEVICES", "[1]").replace("MODE", "binary")
+        return text + f"cluster: {cluster}\n"
+
+    def test_a_grace_past_rays_limit_is_refused_naming_both_keys(self) -> None:
+        problems = issues_of(self._text("{head_lost_after_ms: 20000, head_exit_timeout_ms: 20000}"))
+        assert 1 == len(problems), problems
+        assert "head_lost_after_ms (20000) must be below" in problems[0]
+        assert "cluster.head_exit_timeout_ms (20000)" in problems[0]
+
+    def test_the_default_grace_rides_out_a_stall(self) -> None:
+        config = parse_config_text(self._text("{head_exit_timeout_ms: 30000}"), "test.yaml")
+        assert 15_000 == config.cluster.head_lost_after_ms

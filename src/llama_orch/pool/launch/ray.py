@@ -577,6 +577,15 @@ class RayEngine:
 
 
 @dataclass(frozen=True, slots=True)
+class _Silence:
+    """Why an inventory poll got no answer from the head."""
+
+    why: str
+    #: Another cluster answered at the head's address: lost at once, with no grace.
+    restarted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class _LiveHost:
     node_id: str
     #: The GPUs the host joined with (its ``llorch_gpu_<i>`` resources).
@@ -623,6 +632,7 @@ class RayLauncher:
         token_file: str | None = None,
         expected: Iterable[str] = (),
         head_exit_timeout_s: float = 86_400.0,
+        head_lost_after_s: float = 10.0,
     ) -> None:
         self.hosts = list(hosts)
         #: Keys (``pool-replica``) of the configured replicas: their engines may be adopted.
@@ -639,6 +649,10 @@ class RayLauncher:
         self._agent_born: dict[str, float] = {}
         self._lost_nodes: set[str] = set()
         self.head_exit_timeout_s = head_exit_timeout_s
+        self.head_lost_after_s = head_lost_after_s
+        #: Since when a head that still accepts connections has missed every poll (None: it
+        #: answered the last one).
+        self._unanswered_since: float | None = None
         #: The head's GCS address once connected (knocked on while the head is lost).
         self._gcs_address: str | None = None
         #: While set, the head is lost: no Ray call is made, cluster launches wait.
@@ -677,6 +691,7 @@ class RayLauncher:
         if self._head_gone.is_set():
             return
         self._head_gone.set()
+        self._unanswered_since = None
         narrate(
             "pool-manager",
             "head-lost",
@@ -1048,24 +1063,71 @@ class RayLauncher:
                 functools.partial(self._poll, deadline_s), deadline_s + 2 * _ASK_S
             )
         except TimeoutError:
-            found, unreachable = {h.name: None for h in self.hosts}, "it did not answer in time"
-        if unreachable is not None:
-            self._lose_head(unreachable)
+            found = {h.name: None for h in self.hosts}
+            unreachable = _Silence("it did not answer in time")
+        if unreachable is None:
+            self._head_answered()
+        else:
+            await self._head_unanswered(unreachable)
         return found
+
+    async def _head_unanswered(self, silence: _Silence) -> None:
+        """A head that misses a poll may only be stalled (a pause, a busy machine): its hosts
+        are stale meanwhile, their replicas keep their engines and streams. It is lost once
+        nothing accepts connections at its address (its GCS is gone: a stopped or busy process
+        still accepts them), once another cluster answers there (a restarted head), or once it
+        has not answered for ``head_lost_after_s``."""
+        why, now = silence.why, time.monotonic()
+        if silence.restarted:
+            self._lose_head(why)
+            return
+        if self._unanswered_since is None:
+            self._unanswered_since = now
+            narrate(
+                "pool-manager",
+                "head-slow",
+                "cluster",
+                f"The Ray head at {self._gcs_address or self.address} did not answer ({why}): "
+                "the cluster hosts are stale until it does; it counts as lost after "
+                f"{self.head_lost_after_s:g} s without an answer.",
+                level="warning",
+            )
+        if not await self._head_listens():
+            # Lost at once: a head restarted there later must never meet a pending call.
+            self._lose_head("nothing accepts connections there")
+        elif now - self._unanswered_since >= self.head_lost_after_s:
+            self._lose_head(f"no answer for {now - self._unanswered_since:.1f} s: {why}")
+
+    def _head_answered(self) -> None:
+        if self._unanswered_since is None:
+            return
+        narrate(
+            "pool-manager",
+            "head-answers",
+            "cluster",
+            f"The Ray head at {self._gcs_address or self.address} answers again after "
+            f"{time.monotonic() - self._unanswered_since:.1f} s: its cluster replicas serve on.",
+        )
+        self._unanswered_since = None
 
     async def host_inventories(self, deadline_s: float) -> dict[str, GpuInventory | None]:
         found = await self.inventories(deadline_s)
         return {h: None if f is None else gpu_inventory(f) for h, f in found.items()}
 
-    def _poll(self, deadline_s: float) -> tuple[dict[str, dict[str, Any] | None], str | None]:
+    def _poll(self, deadline_s: float) -> tuple[dict[str, dict[str, Any] | None], _Silence | None]:
         """The hosts' inventories, and why the head is unreachable (None: it answered)."""
         out: dict[str, dict[str, Any] | None] = {h.name: None for h in self.hosts}
         try:
             self.connect()
             live = self.live_nodes(deadline_s)
+        except AuthenticationError as exc:
+            # WrongClusterID: a head restarted at the address is a new cluster, and any other
+            # call that meets it may abort the process; nothing of the old one is left to wait
+            # for. (A changed cluster token is as final.)
+            return out, _Silence(f"it answered as another cluster: {exc!r}", restarted=True)
         except (RayError, ConnectionError) as exc:
             # No host can be vouched for (the pool manager says which hosts turned stale).
-            return out, f"it did not answer: {exc!r}"
+            return out, _Silence(f"it did not answer: {exc!r}")
         try:
             refs = {
                 host.name: self._agent(host, live[host.name]).inventory.remote()
