@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from llama_orch.cli.main import cli
-from llama_orch.config import Config
+from llama_orch.config import Config, read_config_file
 from llama_orch.errors import ErrorKind
 from llama_orch.server.errors import STATUS
 
@@ -165,3 +165,32 @@ def test_every_command_line_shown_runs(page: Path) -> None:
         if (problems := _option_problems(match.group(1).split()))
     }
     assert {} == wrong
+
+
+#: A fenced block, or an inline code span, of a page.
+CODE = re.compile(r"```.*?```|`[^`\n]+`", re.S)
+#: The model (or engine) an example request names, in JSON or as a Python keyword argument.
+MODEL = re.compile(r"""["']?\bmodel(?:_ref)?["']?\s*[:=]\s*["']([^"']+)["']""")
+ENGINE = re.compile(r"""["']engine["']\s*:\s*["']([^"']+)["']""")
+
+
+def _demo_served() -> tuple[set[str], set[str]]:
+    demo = read_config_file(ROOT / "examples/demo.yaml")
+    return {p.model for p in demo.pools} | {p.id for p in demo.pools}, {
+        p.engine.value for p in demo.pools
+    }
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
+def test_requests_to_the_demo_name_what_it_serves(page: Path) -> None:
+    """An example sent to the demo's address (`make run`: port 8080) names a model and an engine
+    the demo config serves, so it answers as the page says instead of 404 or 503."""
+    models, engines = _demo_served()
+    wrong = []
+    for match in CODE.finditer(page.read_text(encoding="utf-8")):
+        code = match.group(0)
+        if ":8080" not in code:
+            continue
+        wrong += [m for m in MODEL.findall(code) if m not in models]
+        wrong += [e for e in ENGINE.findall(code) if e not in engines]
+    assert [] == wrong
