@@ -192,6 +192,15 @@ class TestCli:
         assert 0o600 == stat.S_IMODE(path.stat().st_mode)
         assert token_identity(path.read_text().strip()) in err_c
 
+    async def test_token_new_creates_the_folder(self, tmp_path: Path) -> None:
+        """`--file ~/.config/llama-orch/token` works on a machine without that folder yet: the
+        folder that holds the token is made private (0700), as the token is."""
+        path = tmp_path / "config" / "llama-orch" / "token"
+        code, _, err = await llorch("token", "new", "--file", str(path))
+        assert 0 == code, err
+        assert 0o600 == stat.S_IMODE(path.stat().st_mode)
+        assert 0o700 == stat.S_IMODE(path.parent.stat().st_mode)
+
     async def test_cli_sends_the_token(self, tmp_path: Path) -> None:
         """submit uses LLORCH_TOKEN or --token-file; without either it reports MISSING_TOKEN."""
         token_file = tmp_path / "token"

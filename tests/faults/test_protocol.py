@@ -79,3 +79,20 @@ def test_a_head_of_a_task_stream_leaves_the_task_running(server: ServeProcess) -
     end = stream.text.rsplit("event: end\ndata: ", 1)[1]
     assert (200, 200) == (json.loads(end)["tokens_out"], stream.status_code)
     assert "canceled" not in json.loads(end)
+
+
+def test_a_head_of_a_watched_task_stream_is_a_conflict_as_a_get_is(server: ServeProcess) -> None:
+    """While a subscriber reads the stream, a GET is 409; a HEAD, which says what a GET would
+    get, is 409 too, instead of a 200 that the GET it announces then contradicts."""
+    # Long enough (seconds at the mock's pace) to be still streaming; it is canceled at the end.
+    body = task_body(max_tokens=2000)
+    url = f"{server.url}/v1/tasks/{body['task_id']}/stream"
+    assert 202 == httpx.post(f"{server.url}/v1/tasks", json=body, timeout=30).status_code
+    with httpx.Client(timeout=30) as reader, reader.stream("GET", url) as live:
+        # Kept: a dropped line iterator closes the response, which would end the subscription.
+        lines = live.iter_lines()
+        assert "event: started" == next(lines)
+        head = httpx.head(url, timeout=30)
+        second = httpx.get(url, timeout=30)
+    httpx.post(f"{server.url}/v1/tasks/{body['task_id']}/cancel", timeout=30)
+    assert (409, 409) == (head.status_code, second.status_code)

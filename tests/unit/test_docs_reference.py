@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
+import jsonschema
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from llama_orch.cli.main import cli
-from llama_orch.config import Config
+from llama_orch.config import Config, read_config_file
 from llama_orch.errors import ErrorKind
 from llama_orch.server.errors import STATUS
 
@@ -165,3 +167,69 @@ def test_every_command_line_shown_runs(page: Path) -> None:
         if (problems := _option_problems(match.group(1).split()))
     }
     assert {} == wrong
+
+
+#: A fenced block, or an inline code span, of a page.
+CODE = re.compile(r"```.*?```|`[^`\n]+`", re.S)
+#: The model (or engine) an example request names, in JSON or as a Python keyword argument.
+MODEL = re.compile(r"""["']?\bmodel(?:_ref)?["']?\s*[:=]\s*["']([^"']+)["']""")
+ENGINE = re.compile(r"""["']engine["']\s*:\s*["']([^"']+)["']""")
+
+
+def _demo_served() -> tuple[set[str], set[str]]:
+    demo = read_config_file(ROOT / "examples/demo.yaml")
+    return {p.model for p in demo.pools} | {p.id for p in demo.pools}, {
+        p.engine.value for p in demo.pools
+    }
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
+def test_requests_to_the_demo_name_what_it_serves(page: Path) -> None:
+    """An example sent to the demo's address (`make run`: port 8080) names a model and an engine
+    the demo config serves, so it answers as the page says instead of 404 or 503."""
+    models, engines = _demo_served()
+    wrong = []
+    for match in CODE.finditer(page.read_text(encoding="utf-8")):
+        code = match.group(0)
+        if ":8080" not in code:
+            continue
+        wrong += [m for m in MODEL.findall(code) if m not in models]
+        wrong += [e for e in ENGINE.findall(code) if e not in engines]
+    assert [] == wrong
+
+
+DATA_PLANE = yaml.safe_load((ROOT / "contracts/openapi/data.yaml").read_text(encoding="utf-8"))
+#: An SSE frame shown on one line: `event: token     {"t":" river","i":1}`.
+FRAME_LINE = re.compile(r"^event: (\w+)\s+(\{.*\})\s*$", re.M)
+FRAME_SCHEMAS = {
+    "started": "Started",
+    "token": "Token",
+    "metrics": "Metrics",
+    "end": "End",
+    "error": "Error",
+}
+
+
+def _check_example(payload: dict[str, object], schema_name: str) -> list[str]:
+    """Problems of a documented JSON example against a data-plane schema: invalid, or a field
+    the schema does not name (frames allow extra fields, so a misspelt one would pass)."""
+    components = DATA_PLANE["components"]
+    schema = {"$ref": f"#/components/schemas/{schema_name}", "components": components}
+    problems = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(payload)]
+    known = components["schemas"][schema_name]["properties"]
+    return problems + [f"{schema_name} has no field {k!r}" for k in payload if k not in known]
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
+def test_json_examples_match_the_contract(page: Path) -> None:
+    """One-line SSE frames and ```json error bodies on a page are valid against the committed
+    data-plane schemas and use only the fields they define."""
+    text = page.read_text(encoding="utf-8")
+    problems = []
+    for event, body in FRAME_LINE.findall(text):
+        problems += _check_example(json.loads(body), FRAME_SCHEMAS[event])
+    for block in re.findall(r"```json\n(.*?)```", text, re.S):
+        payload = json.loads(block)
+        if "code" in payload:
+            problems += _check_example(payload, "ErrorEnvelope")
+    assert [] == problems

@@ -72,7 +72,8 @@ def token() -> None:
     "path",
     default=None,
     type=click.Path(dir_okay=False),
-    help="Write the token to this new file (mode 0600) instead of printing it.",
+    help="Write the token to this new file (mode 0600; a missing folder is made) "
+    "instead of printing it.",
 )
 def token_new(path: str | None) -> None:
     """Mint a strong random token (256 bits, URL-safe)."""
@@ -83,6 +84,9 @@ def token_new(path: str | None) -> None:
         click.echo(minted)
         return
     try:
+        # The documented place (~/.config/llama-orch/) may not exist yet; the folder made to
+        # hold the secret is private like the secret.
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         click.echo(f"llorch: cannot create {path}: {exc.strerror}", err=True)

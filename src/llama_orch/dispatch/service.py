@@ -166,13 +166,9 @@ class TaskService:
     def open_stream(self, task_id: str, options: StreamOptions | None = None) -> StreamView:
         """Claim the task's one live subscription; ``close_stream`` gives it back."""
         dispatcher = self._dispatcher
-        # Retention is enforced on lookup too, not only when another task ends.
-        dispatcher.tasks.evict_expired(dispatcher.now())
-        task = self._task(task_id)
+        task = self._streamable(task_id)
         if not task.stream.subscribe():
-            raise Conflict(
-                f"task {task.id} already has a live subscriber; one stream per task at a time"
-            )
+            raise _watched(task)
         lane = dispatcher.lanes[task.pool_id]
         narrate(
             "server",
@@ -191,6 +187,20 @@ class TaskService:
             settings=stream_settings(self._config.server.sse, lane.pool.config.sse, options),
             budgets=dispatcher.budget_fields(task.session_id),
         )
+
+    def peek_stream(self, task_id: str) -> dict[str, int | float]:
+        """What ``open_stream`` would answer, without subscribing (a HEAD): the session's
+        remaining budgets, or the same refusal."""
+        task = self._streamable(task_id)
+        if task.stream.subscribed:
+            raise _watched(task)
+        return self._dispatcher.budget_fields(task.session_id)
+
+    def _streamable(self, task_id: str) -> Task:
+        dispatcher = self._dispatcher
+        # Retention is enforced on lookup too, not only when another task ends.
+        dispatcher.tasks.evict_expired(dispatcher.now())
+        return self._task(task_id)
 
     def close_stream(self, view: StreamView, how: StreamEnd) -> None:
         """The subscriber is gone; a stall, or a disconnect where configured, cancels the task,
@@ -377,3 +387,7 @@ def stream_settings(
         heartbeat_s=sse.heartbeat_ms / 1000,
         stall_limit_s=sse.stall_limit_ms / 1000,
     )
+
+
+def _watched(task: Task) -> Conflict:
+    return Conflict(f"task {task.id} already has a live subscriber; one stream per task at a time")

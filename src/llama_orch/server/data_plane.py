@@ -121,8 +121,9 @@ async def stream_task(request: Request) -> SseResponse | Response:
     if request.method == "HEAD":
         # A HEAD answer has no body: subscribing would end at once, which reads as the client
         # leaving and cancels the task. Say what a GET would get without subscribing.
-        deps.service.task_status(task_id)
-        return Response(headers=_SSE_HEADERS, media_type="text/event-stream")
+        budgets = deps.service.peek_stream(task_id)
+        headers = {**_SSE_HEADERS, **budget_headers(budgets)}
+        return Response(headers=headers, media_type="text/event-stream")
     view = deps.service.open_stream(task_id, options)
     return view_response(deps, view)
 
