@@ -12,6 +12,7 @@ A malformed answer raises ``KeyError``/``TypeError``/``ValueError``, which the a
 
 from __future__ import annotations
 
+from array import array
 from typing import Any, ClassVar
 
 from llama_orch.contracts.engine import EmbedRequest, EmbedResult
@@ -52,11 +53,22 @@ def _by_index(items: list[Any], count: int, value: str) -> list[Any]:
 
 
 def _vector(raw: Any) -> list[float]:
-    """The engine's list as it is: checking its first value keeps a wrong shape out without
-    paying per dimension (thousands of values a request)."""
-    if type(raw) is not list or (raw and type(raw[0]) not in (float, int)):
-        raise TypeError("an embedding is not a list of numbers")
-    return raw
+    """The engine's list as floats. ``array`` reads every value in C, so a string or a null
+    anywhere in it is refused (it would otherwise reach the client, or break base64) at a
+    small cost per dimension."""
+    if type(raw) is not list or not raw:
+        raise TypeError("an embedding is not a non-empty list of numbers")
+    try:
+        return array("d", raw).tolist()
+    except (TypeError, OverflowError) as exc:
+        raise TypeError("an embedding holds a value that is not a number") from exc
+
+
+def _same_length(vectors: list[list[float]]) -> list[list[float]]:
+    sizes = sorted({len(v) for v in vectors})
+    if len(sizes) > 1:
+        raise ValueError(f"embeddings of {sizes[0]} and {sizes[-1]} values in one answer")
+    return vectors
 
 
 def _tokens(answer: Any, request: EmbedRequest) -> int:
@@ -74,7 +86,8 @@ def estimated_tokens(request: EmbedRequest) -> int:
 
 def openai_embeddings(request: EmbedRequest, answer: Any) -> EmbedResult:
     rows = _by_index(answer["data"], len(request.texts), "embedding")
-    return EmbedResult(vectors=[_vector(r) for r in rows], tokens_in=_tokens(answer, request))
+    vectors = _same_length([_vector(r) for r in rows])
+    return EmbedResult(vectors=vectors, tokens_in=_tokens(answer, request))
 
 
 def rerank_results(request: EmbedRequest, answer: Any) -> EmbedResult:
@@ -85,7 +98,7 @@ def rerank_results(request: EmbedRequest, answer: Any) -> EmbedResult:
 def tei_embed(request: EmbedRequest, answer: Any) -> EmbedResult:
     if not isinstance(answer, list):
         raise TypeError("/embed answered no list")
-    vectors = [_vector(r) for r in answer]
+    vectors = _same_length([_vector(r) for r in answer])
     return EmbedResult(vectors=vectors, tokens_in=estimated_tokens(request))
 
 

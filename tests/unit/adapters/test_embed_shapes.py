@@ -34,6 +34,10 @@ def test_openai_list_is_put_in_index_order_with_usage() -> None:
         [{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [2.0]}],
         [{"index": 0, "embedding": [1.0]}, {"index": 2, "embedding": [2.0]}],
         [{"index": 0, "embedding": "AAAA"}, {"index": 1, "embedding": [2.0]}],
+        [{"index": 0, "embedding": [1.0, "2"]}, {"index": 1, "embedding": [2.0, 1.0]}],
+        [{"index": 0, "embedding": [1.0, 2.0]}, {"index": 1, "embedding": [2.0, None]}],
+        [{"index": 0, "embedding": [1.0, 2.0]}, {"index": 1, "embedding": [2.0]}],
+        [{"index": 0, "embedding": []}, {"index": 1, "embedding": []}],
     ],
 )
 def test_a_misaligned_answer_is_refused(data: list[dict[str, Any]]) -> None:
