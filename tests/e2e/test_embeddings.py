@@ -334,6 +334,28 @@ class TestSchedulingAndBudgets:
         assert named in message
         assert "inputs" not in message
 
+    async def test_a_text_over_the_context_is_named_as_its_client_sent_it(self) -> None:
+        """A text longer than the model's context is a 400 naming the field and position the
+        client sent (``input[1]``, ``documents[2]``, ``prompt``), not the task API's ``inputs``."""
+        long = "w " * 10_000
+        requests = [
+            ("/v1/embeddings", {"input": ["ok", long]}, "input[1] is about"),
+            ("/v1/rerank", {"query": "q", "documents": ["a", "b", long]}, "documents[2] is about"),
+            ("/api/embed", {"input": long}, "input is about"),
+            ("/api/embeddings", {"prompt": long}, "prompt is about"),
+        ]
+        async with server() as (srv, _):
+            answers = [
+                (await srv.client.post(path, json={"model": "m0", **body}), named)
+                for path, body, named in requests
+            ]
+        for answer, named in answers:
+            assert 400 == answer.status_code, answer.text
+            message = str(answer.json())
+            assert named in message, message
+            assert "over the context of" in message, message
+            assert "inputs" not in message, message
+
     async def test_capabilities_list_each_pools_workloads(self) -> None:
         async with server(embed_pool(), mock_pool("p1", "m1", devices=[1])) as (srv, _):
             caps = (await srv.client.get("/v1/capabilities")).json()
