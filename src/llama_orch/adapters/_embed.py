@@ -64,6 +64,14 @@ def _vector(raw: Any) -> list[float]:
         raise TypeError("an embedding holds a value that is not a number") from exc
 
 
+def _scores(raw: list[Any]) -> tuple[float, ...]:
+    """JSON numbers only: ``float()`` would also take ``"NaN"`` or ``true``, and a NaN score
+    sorts anywhere and goes out as null."""
+    if any(type(s) is not float and type(s) is not int for s in raw):
+        raise TypeError("a relevance score is not a number")
+    return tuple(float(s) for s in raw)
+
+
 def _same_length(vectors: list[list[float]]) -> list[list[float]]:
     sizes = sorted({len(v) for v in vectors})
     if len(sizes) > 1:
@@ -92,7 +100,7 @@ def openai_embeddings(request: EmbedRequest, answer: Any) -> EmbedResult:
 
 def rerank_results(request: EmbedRequest, answer: Any) -> EmbedResult:
     scores = _by_index(answer["results"], len(request.texts), "relevance_score")
-    return EmbedResult(scores=tuple(float(s) for s in scores), tokens_in=_tokens(answer, request))
+    return EmbedResult(scores=_scores(scores), tokens_in=_tokens(answer, request))
 
 
 def tei_embed(request: EmbedRequest, answer: Any) -> EmbedResult:
@@ -106,7 +114,7 @@ def tei_rerank(request: EmbedRequest, answer: Any) -> EmbedResult:
     if not isinstance(answer, list):
         raise TypeError("/rerank answered no list")
     scores = _by_index(answer, len(request.texts), "score")
-    return EmbedResult(scores=tuple(float(s) for s in scores), tokens_in=estimated_tokens(request))
+    return EmbedResult(scores=_scores(scores), tokens_in=estimated_tokens(request))
 
 
 class OpenAIEmbedRoutes:

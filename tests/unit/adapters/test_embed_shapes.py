@@ -62,3 +62,16 @@ def test_tei_embed_is_a_bare_list() -> None:
     assert 2 == len(tei_embed(REQUEST, [[1.0], [2.0]]).vectors)
     with pytest.raises(TypeError):
         tei_embed(REQUEST, {"error": "x"})
+
+
+@pytest.mark.parametrize("score", ["NaN", "inf", "0.5", None, True, [0.5]])
+def test_a_rerank_score_that_is_no_json_number_is_refused(score: Any) -> None:
+    """A string such as ``"NaN"`` would become a float the answer cannot carry (it went out as
+    null and sorted anywhere); only JSON numbers are scores."""
+    results = [{"index": i, "relevance_score": 0.5} for i in range(3)]
+    results[1]["relevance_score"] = score
+    with pytest.raises((ValueError, TypeError)):
+        rerank_results(RERANK, {"results": results})
+    tei = [{"index": i, "score": 0.5 if i != 1 else score} for i in range(3)]
+    with pytest.raises((ValueError, TypeError)):
+        tei_rerank(RERANK, tei)
