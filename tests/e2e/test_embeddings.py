@@ -294,6 +294,26 @@ class TestSchedulingAndBudgets:
         assert "result" not in frames[-1][1]
         assert 1 == calls
 
+    async def test_a_client_leaving_a_long_batch_cancels_it(self) -> None:
+        """An OpenAI client that goes away during the first of ten engine calls cancels its
+        task: no further call is sent, the task ends canceled and the slot is free."""
+        async with start_fake("vllm", behaviour=Behaviour(ttft_ms=300)) as fake:
+            pool = engine_pool("vllm", fake, supported_workloads=WORKLOADS, embedding_batch=2)
+            async with running_server(config_of(pool), ENV) as srv:
+                body = {"model": fake.model, "input": [f"t{i}" for i in range(20)]}
+                request = asyncio.create_task(srv.client.post("/v1/embeddings", json=body))
+                await wait_until(lambda: len(fake.requests) == 1, "the first engine call")
+                request.cancel()  # closes the client's connection
+                with contextlib.suppress(asyncio.CancelledError):
+                    await request
+                service = srv.deps.service
+                await wait_until(lambda: service.pool_status(pool["id"]).running == 0, "freed")
+                calls = len(fake.requests)
+                (task,) = service.list_tasks()
+                ended = await srv.stream(task.task_id)
+        assert 1 == calls
+        assert ended[-1][1].get("canceled") is True, ended[-1]
+
     async def test_input_tokens_count_against_the_session_budget(self) -> None:
         """The token budget is charged the tokens read; a request larger than what is left is
         refused before it is queued."""
