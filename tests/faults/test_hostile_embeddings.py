@@ -35,6 +35,7 @@ def _embeddings(*vectors: list[object]) -> bytes:
 HOSTILE = {
     "a-string-inside-a-vector": _json_answer(_embeddings([0.5, "0.5", 0.25], [0.1, 0.2, 0.3])),
     "a-null-inside-a-vector": _json_answer(_embeddings([0.5, 0.5, 0.25], [0.1, None, 0.3])),
+    "a-value-past-float32": _json_answer(_embeddings([0.5, 1e39, 0.25], [0.1, 0.2, 0.3])),
     "vectors-of-two-lengths": _json_answer(_embeddings([0.5, 0.5, 0.25], [0.1, 0.2])),
     "an-html-page": _json_answer(b"<html><body>502 Bad Gateway</body></html>", b"text/html"),
 }
@@ -42,6 +43,7 @@ HOSTILE = {
 EXPECTED = {
     "a-string-inside-a-vector": "holds a value that is not a number",
     "a-null-inside-a-vector": "holds a value that is not a number",
+    "a-value-past-float32": "beyond the float32 range",
     "vectors-of-two-lengths": "embeddings of 2 and 3 values in one answer",
     "an-html-page": "the answer is not JSON (text/html, 41 bytes)",
 }
@@ -53,6 +55,7 @@ EXPECTED = {
     [
         ("a-string-inside-a-vector", "float"),
         ("a-null-inside-a-vector", "base64"),
+        ("a-value-past-float32", "base64"),
         ("vectors-of-two-lengths", "float"),
         ("an-html-page", "float"),
     ],

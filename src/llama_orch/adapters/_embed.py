@@ -13,11 +13,14 @@ A malformed answer raises ``KeyError``/``TypeError``/``ValueError``, which the a
 from __future__ import annotations
 
 from array import array
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from llama_orch.contracts.engine import EmbedRequest, EmbedResult
 from llama_orch.core.embedding import estimate_tokens
 from llama_orch.vocab import Workload
+
+#: The largest finite float32.
+FLOAT32_MAX: Final = 3.4028234663852886e38
 
 
 def openai_embeddings_body(request: EmbedRequest, *, dimensions: bool) -> dict[str, Any]:
@@ -59,9 +62,13 @@ def _vector(raw: Any) -> list[float]:
     if type(raw) is not list or not raw:
         raise TypeError("an embedding is not a non-empty list of numbers")
     try:
-        return array("d", raw).tolist()
+        values = array("d", raw)
     except (TypeError, OverflowError) as exc:
         raise TypeError("an embedding holds a value that is not a number") from exc
+    # Embeddings are float32: a larger value is no vector, and cannot be sent as base64.
+    if max(values) > FLOAT32_MAX or min(values) < -FLOAT32_MAX:
+        raise ValueError("an embedding holds a value beyond the float32 range")
+    return values.tolist()
 
 
 def _scores(raw: list[Any]) -> tuple[float, ...]:

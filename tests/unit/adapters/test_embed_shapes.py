@@ -38,6 +38,7 @@ def test_openai_list_is_put_in_index_order_with_usage() -> None:
         [{"index": 0, "embedding": [1.0, 2.0]}, {"index": 1, "embedding": [2.0, None]}],
         [{"index": 0, "embedding": [1.0, 2.0]}, {"index": 1, "embedding": [2.0]}],
         [{"index": 0, "embedding": []}, {"index": 1, "embedding": []}],
+        [{"index": 0, "embedding": [1.0, -1e39]}, {"index": 1, "embedding": [2.0, 1.0]}],
     ],
 )
 def test_a_misaligned_answer_is_refused(data: list[dict[str, Any]]) -> None:
