@@ -356,6 +356,12 @@ class ArtifactStore:
         else:
             self._unlink(ident)
 
+    def batched(self, ident: str) -> bool:
+        """Whether ``ident`` was stored with ``background`` (a stream trace the server wrote),
+        not through the API."""
+        self._index()  # the segments on disk are indexed with the refs
+        return self._segments.holds(ident)
+
     def refs(self, tag: str | None = None) -> Iterator[dict[str, Any]]:
         """Refs in creation order, optionally only those carrying ``tag``."""
         refs = self._index()
