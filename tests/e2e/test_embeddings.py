@@ -141,11 +141,15 @@ class TestOpenAISdk:
         assert expected("single") == pytest.approx(one.data[0].embedding, abs=1e-7)
 
     async def test_dimensions_shorten(self) -> None:
+        """Shortened vectors are float32 values, so the float list and the SDK's base64 form
+        carry the very same numbers, as unshortened ones do."""
         async with server() as (_srv, client):
             short = await client.embeddings.create(
                 model="m0", input="x", dimensions=4, encoding_format="float"
             )
+            packed = await client.embeddings.create(model="m0", input="x", dimensions=4)
         assert pytest.approx(l2_normalize(expected("x")[:4])) == short.data[0].embedding
+        assert short.data[0].embedding == packed.data[0].embedding
 
     async def test_dimensions_above_the_model_are_refused(self) -> None:
         """Asking for more values than the model's vectors have is a 400 that says how many
