@@ -216,6 +216,31 @@ class TestStreamTraces:
         assert [404, 200, 200] == statuses
         assert ids[1:] == [r["id"] for r in listed]
 
+    async def test_retention_never_prunes_a_posted_trace(self, tmp_path: Path) -> None:
+        """A client may POST a document of kind trace; retention bounds the stream traces the
+        server writes, so the posted one stays, whether it was posted before the first stream
+        ended or after, and after a restart."""
+        config = artifact_config(tmp_path, trace_retention=1)
+        posted = {"kind": "trace", "tags": ["mine"], "content": {"transcript": "by hand"}}
+        later = {**posted, "content": {"transcript": "later"}}
+        async with running_server(config) as srv:
+            ids = [(await srv.client.post("/v1/artifacts", json=posted)).json()["id"]]
+            for n in range(3):
+                body = task_body(max_tokens=1)
+                await srv.submit(body)
+                await srv.stream(body["task_id"])
+                if n == 0:
+                    ids.append((await srv.client.post("/v1/artifacts", json=later)).json()["id"])
+            running = [(await srv.client.get(f"/v1/artifacts/{i}")).status_code for i in ids]
+        async with running_server(config) as srv:
+            body = task_body(max_tokens=1)
+            await srv.submit(body)
+            await srv.stream(body["task_id"])
+            restarted = [(await srv.client.get(f"/v1/artifacts/{i}")).status_code for i in ids]
+            traces = (await srv.client.get("/v1/artifacts?tag=sse")).json()["items"]
+        assert ([200, 200], [200, 200]) == (running, restarted)
+        assert 1 == len(traces)
+
     async def test_paging_goes_on_when_retention_prunes_the_cursor(self, tmp_path: Path) -> None:
         """Paging through traces oldest first while new ones push the oldest out: the page's
         `next` was pruned before the client asked for the following page, which used to be a

@@ -141,11 +141,15 @@ class TestOpenAISdk:
         assert expected("single") == pytest.approx(one.data[0].embedding, abs=1e-7)
 
     async def test_dimensions_shorten(self) -> None:
+        """Shortened vectors are float32 values, so the float list and the SDK's base64 form
+        carry the very same numbers, as unshortened ones do."""
         async with server() as (_srv, client):
             short = await client.embeddings.create(
                 model="m0", input="x", dimensions=4, encoding_format="float"
             )
+            packed = await client.embeddings.create(model="m0", input="x", dimensions=4)
         assert pytest.approx(l2_normalize(expected("x")[:4])) == short.data[0].embedding
+        assert short.data[0].embedding == packed.data[0].embedding
 
     async def test_dimensions_above_the_model_are_refused(self) -> None:
         """Asking for more values than the model's vectors have is a 400 that says how many
@@ -294,6 +298,26 @@ class TestSchedulingAndBudgets:
         assert "result" not in frames[-1][1]
         assert 1 == calls
 
+    async def test_a_client_leaving_a_long_batch_cancels_it(self) -> None:
+        """An OpenAI client that goes away during the first of ten engine calls cancels its
+        task: no further call is sent, the task ends canceled and the slot is free."""
+        async with start_fake("vllm", behaviour=Behaviour(ttft_ms=300)) as fake:
+            pool = engine_pool("vllm", fake, supported_workloads=WORKLOADS, embedding_batch=2)
+            async with running_server(config_of(pool), ENV) as srv:
+                body = {"model": fake.model, "input": [f"t{i}" for i in range(20)]}
+                request = asyncio.create_task(srv.client.post("/v1/embeddings", json=body))
+                await wait_until(lambda: len(fake.requests) == 1, "the first engine call")
+                request.cancel()  # closes the client's connection
+                with contextlib.suppress(asyncio.CancelledError):
+                    await request
+                service = srv.deps.service
+                await wait_until(lambda: service.pool_status(pool["id"]).running == 0, "freed")
+                calls = len(fake.requests)
+                (task,) = service.list_tasks()
+                ended = await srv.stream(task.task_id)
+        assert 1 == calls
+        assert ended[-1][1].get("canceled") is True, ended[-1]
+
     async def test_input_tokens_count_against_the_session_budget(self) -> None:
         """The token budget is charged the tokens read; a request larger than what is left is
         refused before it is queued."""
@@ -333,6 +357,28 @@ class TestSchedulingAndBudgets:
         message = str(refused.json())
         assert named in message
         assert "inputs" not in message
+
+    async def test_a_text_over_the_context_is_named_as_its_client_sent_it(self) -> None:
+        """A text longer than the model's context is a 400 naming the field and position the
+        client sent (``input[1]``, ``documents[2]``, ``prompt``), not the task API's ``inputs``."""
+        long = "w " * 10_000
+        requests = [
+            ("/v1/embeddings", {"input": ["ok", long]}, "input[1] is about"),
+            ("/v1/rerank", {"query": "q", "documents": ["a", "b", long]}, "documents[2] is about"),
+            ("/api/embed", {"input": long}, "input is about"),
+            ("/api/embeddings", {"prompt": long}, "prompt is about"),
+        ]
+        async with server() as (srv, _):
+            answers = [
+                (await srv.client.post(path, json={"model": "m0", **body}), named)
+                for path, body, named in requests
+            ]
+        for answer, named in answers:
+            assert 400 == answer.status_code, answer.text
+            message = str(answer.json())
+            assert named in message, message
+            assert "over the context of" in message, message
+            assert "inputs" not in message, message
 
     async def test_capabilities_list_each_pools_workloads(self) -> None:
         async with server(embed_pool(), mock_pool("p1", "m1", devices=[1])) as (srv, _):

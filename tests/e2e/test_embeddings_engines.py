@@ -71,7 +71,7 @@ async def test_sdk_vectors_equal_the_engines_in_order(kind: str) -> None:
         sizes = [len(r.body.get("input") or r.body.get("inputs")) for r in fake.requests[:5]]
     assert [4, 4, 4, 4, 3] == sizes
     assert direct == [d.embedding for d in floats.data]
-    assert [pytest.approx(v, abs=1e-7) for v in direct] == [d.embedding for d in packed.data]
+    assert direct == [d.embedding for d in packed.data]
     assert packed.usage.prompt_tokens > 0
 
 

@@ -294,10 +294,21 @@ class HttpAdapter:
                 raise await self._answered_error(response, where)
             content = await self._embed_answer(response, where, len(request.texts))
             try:
-                result = self.embed_result(request, loads(content, engine))
+                answer = orjson.loads(content)
+            except orjson.JSONDecodeError as exc:
+                kind = (response.headers.get("content-type") or "no content-type")[:80]
+                raise WorkerInternal(
+                    self._error(f"{where}: the answer is not JSON ({kind}, {len(content)} bytes)"),
+                    engine=engine,
+                    pool_id=self.pool_id,
+                ) from exc
+            try:
+                result = self.embed_result(request, answer)
             except (KeyError, TypeError, ValueError, IndexError) as exc:
                 raise WorkerInternal(
-                    self._error(f"{where}: unexpected answer shape ({type(exc).__name__})"),
+                    self._error(
+                        f"{where}: unexpected answer shape ({type(exc).__name__}: {str(exc)[:200]})"
+                    ),
                     engine=engine,
                     pool_id=self.pool_id,
                 ) from exc

@@ -12,11 +12,15 @@ A malformed answer raises ``KeyError``/``TypeError``/``ValueError``, which the a
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from array import array
+from typing import Any, ClassVar, Final
 
 from llama_orch.contracts.engine import EmbedRequest, EmbedResult
 from llama_orch.core.embedding import estimate_tokens
 from llama_orch.vocab import Workload
+
+#: The largest finite float32.
+FLOAT32_MAX: Final = 3.4028234663852886e38
 
 
 def openai_embeddings_body(request: EmbedRequest, *, dimensions: bool) -> dict[str, Any]:
@@ -52,11 +56,34 @@ def _by_index(items: list[Any], count: int, value: str) -> list[Any]:
 
 
 def _vector(raw: Any) -> list[float]:
-    """The engine's list as it is: checking its first value keeps a wrong shape out without
-    paying per dimension (thousands of values a request)."""
-    if type(raw) is not list or (raw and type(raw[0]) not in (float, int)):
-        raise TypeError("an embedding is not a list of numbers")
-    return raw
+    """The engine's list as floats. ``array`` reads every value in C, so a string or a null
+    anywhere in it is refused (it would otherwise reach the client, or break base64) at a
+    small cost per dimension."""
+    if type(raw) is not list or not raw:
+        raise TypeError("an embedding is not a non-empty list of numbers")
+    try:
+        values = array("d", raw)
+    except (TypeError, OverflowError) as exc:
+        raise TypeError("an embedding holds a value that is not a number") from exc
+    # Embeddings are float32: a larger value is no vector, and cannot be sent as base64.
+    if max(values) > FLOAT32_MAX or min(values) < -FLOAT32_MAX:
+        raise ValueError("an embedding holds a value beyond the float32 range")
+    return values.tolist()
+
+
+def _scores(raw: list[Any]) -> tuple[float, ...]:
+    """JSON numbers only: ``float()`` would also take ``"NaN"`` or ``true``, and a NaN score
+    sorts anywhere and goes out as null."""
+    if any(type(s) is not float and type(s) is not int for s in raw):
+        raise TypeError("a relevance score is not a number")
+    return tuple(float(s) for s in raw)
+
+
+def _same_length(vectors: list[list[float]]) -> list[list[float]]:
+    sizes = sorted({len(v) for v in vectors})
+    if len(sizes) > 1:
+        raise ValueError(f"embeddings of {sizes[0]} and {sizes[-1]} values in one answer")
+    return vectors
 
 
 def _tokens(answer: Any, request: EmbedRequest) -> int:
@@ -74,18 +101,19 @@ def estimated_tokens(request: EmbedRequest) -> int:
 
 def openai_embeddings(request: EmbedRequest, answer: Any) -> EmbedResult:
     rows = _by_index(answer["data"], len(request.texts), "embedding")
-    return EmbedResult(vectors=[_vector(r) for r in rows], tokens_in=_tokens(answer, request))
+    vectors = _same_length([_vector(r) for r in rows])
+    return EmbedResult(vectors=vectors, tokens_in=_tokens(answer, request))
 
 
 def rerank_results(request: EmbedRequest, answer: Any) -> EmbedResult:
     scores = _by_index(answer["results"], len(request.texts), "relevance_score")
-    return EmbedResult(scores=tuple(float(s) for s in scores), tokens_in=_tokens(answer, request))
+    return EmbedResult(scores=_scores(scores), tokens_in=_tokens(answer, request))
 
 
 def tei_embed(request: EmbedRequest, answer: Any) -> EmbedResult:
     if not isinstance(answer, list):
         raise TypeError("/embed answered no list")
-    vectors = [_vector(r) for r in answer]
+    vectors = _same_length([_vector(r) for r in answer])
     return EmbedResult(vectors=vectors, tokens_in=estimated_tokens(request))
 
 
@@ -93,7 +121,7 @@ def tei_rerank(request: EmbedRequest, answer: Any) -> EmbedResult:
     if not isinstance(answer, list):
         raise TypeError("/rerank answered no list")
     scores = _by_index(answer, len(request.texts), "score")
-    return EmbedResult(scores=tuple(float(s) for s in scores), tokens_in=estimated_tokens(request))
+    return EmbedResult(scores=_scores(scores), tokens_in=estimated_tokens(request))
 
 
 class OpenAIEmbedRoutes:

@@ -2,7 +2,9 @@
 
 The transcript is the stream as SSE text, token by token, up to and including its terminal frame
 as it was before the trace id was added to it (the id cannot be part of what it hashes). At most
-``retention`` traces are kept; the oldest go first. Other kinds are never pruned.
+``retention`` traces are kept; the oldest go first. Other kinds are never pruned, nor is a
+document of kind ``trace`` that a client stored through the API: retention counts only the
+traces this writer stored (batched into segments), so what a client sent is never lost to it.
 """
 
 from __future__ import annotations
@@ -57,5 +59,9 @@ class TraceWriter:
 
     def _traces(self) -> deque[str]:
         if self._kept is None:
-            self._kept = deque(ref["id"] for ref in self._store.refs() if ref["kind"] == "trace")
+            self._kept = deque(
+                ref["id"]
+                for ref in self._store.refs()
+                if ref["kind"] == "trace" and self._store.batched(ref["id"])
+            )
         return self._kept

@@ -28,10 +28,11 @@ def l2_normalize(vector: Sequence[float]) -> tuple[float, ...]:
 
 
 def shorten(vector: Sequence[float], dimensions: int | None) -> Sequence[float]:
-    """The first ``dimensions`` values, normalised again (how Matryoshka models shorten)."""
+    """The first ``dimensions`` values, normalised again (how Matryoshka models shorten), as
+    float32 values: the float list then carries the numbers the base64 form does."""
     if dimensions is None or dimensions >= len(vector):
         return vector
-    return l2_normalize(vector[:dimensions])
+    return float32(l2_normalize(vector[:dimensions]))
 
 
 def hashed_vector(model: str, text: str, dims: int) -> tuple[float, ...]:

@@ -138,7 +138,7 @@ class Admission:
         now = dispatcher.now()
         self._check_new(request, now)
         prompt = self._prompt_of(request)
-        job = self._job_of(request, prompt, now)
+        job = self._job_of(request, prompt, now, names)
         decision = self._place(request, job, now)
         lane = dispatcher.lanes[decision.pool_id]
         check_sampler_profile(request, lane.pool)
@@ -397,7 +397,7 @@ class Admission:
             )
         return overrides
 
-    def _job_of(self, request: TaskRequest, prompt: str, now: float) -> JobSpec:
+    def _job_of(self, request: TaskRequest, prompt: str, now: float, names: FieldNames) -> JobSpec:
         """Guardrails on the request, then the job ``decide`` places (OC-CTRL-2010)."""
         overrides = self._overrides_of(request)
         matching = [
@@ -435,7 +435,7 @@ class Admission:
                 max_tokens=request.max_tokens,
             )
             if request.workload is Workload.COMPLETION
-            else longest_input(request, requirements)
+            else longest_input(request, requirements, names)
         )
         if violation is not None:
             raise InvalidParams(
@@ -607,17 +607,20 @@ def check_workload(request: TaskRequest, pools: list[PoolRuntime]) -> None:
 
 
 def longest_input(
-    request: TaskRequest, requirements: list[ModelRequirements]
+    request: TaskRequest, requirements: list[ModelRequirements], names: FieldNames
 ) -> GuardViolation | None:
-    """Each text (with the query, for rerank) must fit the model's context on its own."""
+    """Each text (with the query, for rerank) must fit the model's context on its own; the
+    refusal names the text as the client sent it (``input[3]``, ``documents[0]``, ``prompt``)."""
     limit = min(request.ctx, max(r.ctx_max for r in requirements))
     query = estimate_tokens(request.query) if request.query is not None else 0
-    for i, text in enumerate(request.inputs or ()):
+    texts = request.inputs or ()
+    for i, text in enumerate(texts):
         tokens = estimate_tokens(text) + query
         if tokens > limit:
+            where = f"{names.inputs}[{i}]" if len(texts) > 1 else names.inputs
             return GuardViolation(
-                "inputs",
-                f"inputs[{i}] is about {tokens} tokens, over the context of {limit} tokens; "
+                names.inputs,
+                f"{where} is about {tokens} tokens, over the context of {limit} tokens; "
                 "shorten or split it",
             )
     return None

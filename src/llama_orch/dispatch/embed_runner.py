@@ -24,7 +24,7 @@ from llama_orch.core.embedding import batches, encode_base64, shorten
 from llama_orch.dispatch.endings import Endings
 from llama_orch.dispatch.lanes import PoolLane
 from llama_orch.dispatch.tasks import Task
-from llama_orch.errors import DecodeTimeout, InvalidParams, WorkerError
+from llama_orch.errors import DecodeTimeout, InvalidParams, WorkerError, WorkerInternal
 from llama_orch.pool.manager import Replica
 from llama_orch.vocab import Workload
 
@@ -56,9 +56,9 @@ class EmbedRunner:
                     if task.terminal:
                         return
                     task.batch_answered(self._clock.now())
-                    narrower = _narrower(work, result)
-                    if narrower is not None:
-                        self._endings.fail(task, narrower)
+                    refusal = _narrower(work, result) or _changed_size(task, parts, result)
+                    if refusal is not None:
+                        self._endings.fail(task, refusal)
                         return
                     parts.append(result)
             task.engine_started(sum(p.tokens_in for p in parts), None)
@@ -94,6 +94,24 @@ def _narrower(work: EmbedRequest, result: EmbedResult) -> InvalidParams | None:
     return InvalidParams(
         f"dimensions is {wanted}, but this model's embeddings have {size}; ask for at most "
         f"{size}, or leave dimensions out"
+    )
+
+
+def _changed_size(
+    task: Task, parts: list[EmbedResult], result: EmbedResult
+) -> WorkerInternal | None:
+    """Each answer is checked on its own; one task's vectors must also agree across batches
+    (an engine swapped to another model mid-task would otherwise mix two sizes)."""
+    if not parts or not parts[0].vectors or not result.vectors:
+        return None
+    before, now = len(parts[0].vectors[0]), len(result.vectors[0])
+    if before == now:
+        return None
+    return WorkerInternal(
+        f"{task.engine.value}: the engine answered embeddings of {before} values, then of "
+        f"{now} in a later batch of the same task; the task is failed rather than mixing them",
+        engine=task.engine.value,
+        pool_id=task.pool_id,
     )
 
 

@@ -34,6 +34,11 @@ def test_openai_list_is_put_in_index_order_with_usage() -> None:
         [{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [2.0]}],
         [{"index": 0, "embedding": [1.0]}, {"index": 2, "embedding": [2.0]}],
         [{"index": 0, "embedding": "AAAA"}, {"index": 1, "embedding": [2.0]}],
+        [{"index": 0, "embedding": [1.0, "2"]}, {"index": 1, "embedding": [2.0, 1.0]}],
+        [{"index": 0, "embedding": [1.0, 2.0]}, {"index": 1, "embedding": [2.0, None]}],
+        [{"index": 0, "embedding": [1.0, 2.0]}, {"index": 1, "embedding": [2.0]}],
+        [{"index": 0, "embedding": []}, {"index": 1, "embedding": []}],
+        [{"index": 0, "embedding": [1.0, -1e39]}, {"index": 1, "embedding": [2.0, 1.0]}],
     ],
 )
 def test_a_misaligned_answer_is_refused(data: list[dict[str, Any]]) -> None:
@@ -58,3 +63,16 @@ def test_tei_embed_is_a_bare_list() -> None:
     assert 2 == len(tei_embed(REQUEST, [[1.0], [2.0]]).vectors)
     with pytest.raises(TypeError):
         tei_embed(REQUEST, {"error": "x"})
+
+
+@pytest.mark.parametrize("score", ["NaN", "inf", "0.5", None, True, [0.5]])
+def test_a_rerank_score_that_is_no_json_number_is_refused(score: Any) -> None:
+    """A string such as ``"NaN"`` would become a float the answer cannot carry (it went out as
+    null and sorted anywhere); only JSON numbers are scores."""
+    results = [{"index": i, "relevance_score": 0.5} for i in range(3)]
+    results[1]["relevance_score"] = score
+    with pytest.raises((ValueError, TypeError)):
+        rerank_results(RERANK, {"results": results})
+    tei = [{"index": i, "score": 0.5 if i != 1 else score} for i in range(3)]
+    with pytest.raises((ValueError, TypeError)):
+        tei_rerank(RERANK, tei)

@@ -198,3 +198,32 @@ class TestTraceWriter:
         store = store_at(tmp_path)
         assert TraceWriter(store, retention=0)(self.FIELDS, self.TRANSCRIPT, ("end", {})) is None
         assert 0 == len(store)
+
+
+def test_pages_by_tag_match_the_refs_in_order_through_deletes_and_a_reload(
+    tmp_path: Path,
+) -> None:
+    """Pages, with or without a tag, walk exactly the refs in creation order, skipping deleted
+    ones and going on from a deleted cursor, before and after the index is read anew."""
+    store = store_at(tmp_path)
+    ids = [
+        store.put({"kind": "plan", "tags": [f"t{n % 3}", "all", "all"], "content": {"n": n}}).id
+        for n in range(20)
+    ]
+    for gone in ids[4:9]:
+        store.delete(gone)
+
+    def walk(s: ArtifactStore, tag: str | None, cursor: str | None = None) -> list[str]:
+        seen: list[str] = []
+        while True:
+            items, cursor = s.page(tag, limit=2, after=cursor)
+            seen += [r["id"] for r in items]
+            if cursor is None:
+                return seen
+
+    reloaded = store_at(tmp_path, since_ms=500_000)
+    for s in (store, reloaded):
+        for tag in (None, "all", "t0", "t1", "t2", "none"):
+            assert [r["id"] for r in s.refs(tag)] == walk(s, tag)
+    # A cursor deleted meanwhile: the walk goes on after where it stood.
+    assert [r["id"] for r in store.refs("t2")][1:] == walk(store, "t2", ids[5])
