@@ -35,9 +35,16 @@ MODEL = "fault-model"
 @contextlib.contextmanager
 def fake_process(port: int, *, tokens_per_s: float) -> Iterator[subprocess.Popen[str]]:
     """A fake llama.cpp as its own process on ``port`` (so that it can be killed)."""
-    command = [sys.executable, "-m", "llama_orch.testing.fake_engines", "llamacpp"]
-    command += ["--port", str(port), "--model", MODEL, "--slots", "1", "--batch", "1"]
-    command += ["--tokens-per-s", str(tokens_per_s)]
+    args = ["--model", MODEL, "--slots", "1", "--batch", "1", "--tokens-per-s", str(tokens_per_s)]
+    with fake_engine_process("llamacpp", port, *args) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def fake_engine_process(kind: str, port: int, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """A fake engine of ``kind`` as its own process on ``port``, started with ``args``."""
+    command = [sys.executable, "-m", "llama_orch.testing.fake_engines", kind]
+    command += ["--port", str(port), *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     with process.stdout:

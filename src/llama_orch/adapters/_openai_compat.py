@@ -14,6 +14,16 @@ from llama_orch.contracts.engine import GenerateRequest
 from llama_orch.observability.redaction import Redactor
 
 
+def listed_models(answer: Any) -> tuple[list[dict[str, Any]], tuple[str, ...] | None]:
+    """The model cards of a ``GET /v1/models`` answer, and the ids they name; None for the
+    ids when the answer is not a list of models (the engine cannot say what it serves)."""
+    cards = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(cards, list):
+        return [], None
+    kept = [c for c in cards if isinstance(c, dict)]
+    return kept, tuple(c["id"] for c in kept if isinstance(c.get("id"), str))
+
+
 class OpenAIStreamParser(ParserBase):
     """One parser for completions (``choices[0].text``) and chat (``choices[0].delta.content``)."""
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from llama_orch.adapters._base import HttpAdapter, StreamParser
 from llama_orch.adapters._embed import openai_embeddings, openai_embeddings_body
-from llama_orch.adapters._openai_compat import OpenAIStreamParser, openai_body
+from llama_orch.adapters._openai_compat import OpenAIStreamParser, listed_models, openai_body
 from llama_orch.contracts.engine import (
     EmbedRequest,
     EmbedResult,
@@ -56,10 +56,10 @@ class OpenAIAdapter(HttpAdapter):
         return self._version or f"openai-compatible/{self._pool.model}"
 
     async def props(self) -> WorkerProps:
-        models = await self.get_json("/v1/models")
-        cards = models.get("data") if isinstance(models, dict) else None
-        ids = [c.get("id") for c in cards or [] if isinstance(c, dict)]
+        _cards, served = listed_models(await self.get_json("/v1/models"))
+        ids = served or ()
         return WorkerProps(
+            served_models=served,
             model_id=self._pool.model if self._pool.model in ids else None,
             model_digest=None,
             sampler_profile_version=self._pool.sampler_profile_version,

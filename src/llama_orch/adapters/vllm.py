@@ -14,7 +14,7 @@ from typing import Any
 
 from llama_orch.adapters._base import HttpAdapter, StreamParser, version_text
 from llama_orch.adapters._embed import OpenAIEmbedRoutes
-from llama_orch.adapters._openai_compat import OpenAIStreamParser, openai_body
+from llama_orch.adapters._openai_compat import OpenAIStreamParser, listed_models, openai_body
 from llama_orch.adapters._prom import gauge_value
 from llama_orch.contracts.engine import (
     GenerateRequest,
@@ -52,24 +52,21 @@ class VllmAdapter(OpenAIEmbedRoutes, HttpAdapter):
         return self._version
 
     async def props(self) -> WorkerProps:
-        models = await self.get_json("/v1/models")
-        cards = models.get("data") if isinstance(models, dict) else None
-        card = next(
-            (c for c in cards or [] if isinstance(c, dict) and c.get("id") == self._pool.model),
-            None,
-        )
+        cards, served = listed_models(await self.get_json("/v1/models"))
+        card = next((c for c in cards if c.get("id") == self._pool.model), None)
         ctx = card.get("max_model_len") if card else None
         return WorkerProps(
             ctx_max=ctx if isinstance(ctx, int) else None,
             kv_cache_usage_ratio=await self._kv_usage(),
             model_id=card.get("id") if card else None,
+            served_models=served,
             # vLLM has no sampler-profile version of its own; the engine version stands for it.
             sampler_profile_version=self._pool.sampler_profile_version or self._version,
             features={
                 "streaming": True,
                 "api": "chat" if self.chat else "completions",
                 "model_served": card is not None,
-                "served_models": [c.get("id") for c in cards or [] if isinstance(c, dict)],
+                "served_models": [c.get("id") for c in cards],
             },
         )
 

@@ -145,6 +145,9 @@ class WorkerProps:
     first_token_ms: float | None = None
     #: Share of the KV cache in use, 0..1, where the engine reports it (``kv_cache_usage_ratio``).
     kv_cache_usage_ratio: float | None = None
+    #: The model names the engine says it serves, where it lists them (``GET /v1/models``);
+    #: None when it cannot say. A list without the pool's model fails the model gate.
+    served_models: tuple[str, ...] | None = None
     simulated: bool = False
 
 

@@ -64,6 +64,27 @@ class ReplicaState(Enum):
     UNREADY = "unready"
 
 
+#: How many of an engine's served models a model-gate error names, and how much of each.
+SERVED_NAMED = 5
+SERVED_NAME_MAX = 80
+
+
+def unserved_model(model: str, served: tuple[str, ...] | None) -> str | None:
+    """Why the model gate fails when the engine lists what it serves and ``model`` is not
+    among it; None when it is, or when the engine cannot say (no list: not blocked)."""
+    if served is None or model in served:
+        return None
+    # repr escapes what an engine may put in a name to forge a log line or drive a terminal.
+    listing = ", ".join(repr(name[:SERVED_NAME_MAX]) for name in served[:SERVED_NAMED])
+    listing = listing or "no model"
+    if len(served) > SERVED_NAMED:
+        listing += f" and {len(served) - SERVED_NAMED} more"
+    return (
+        f"the engine does not serve model {model!r}; it serves {listing}: "
+        "start it with that model (or point the pool at the model it serves)"
+    )
+
+
 @dataclass(slots=True)
 class Gates:
     model_present: bool = False
@@ -517,6 +538,12 @@ class PoolManager:
                     self._apply_capabilities(
                         pool, replica, snapshot.engine_version, snapshot.props.ctx_max
                     )
+                    unserved = unserved_model(
+                        (serving or pool.config).model, snapshot.props.served_models
+                    )
+                    if unserved is not None:
+                        gates.model_present = False
+                        model_error = model_error or unserved
                     replica.perf_tokens_per_s = snapshot.props.perf_tokens_per_s
                     replica.first_token_ms = snapshot.props.first_token_ms
                     self._set_kv_usage(replica, snapshot.props.kv_cache_usage_ratio)

@@ -13,7 +13,7 @@ from llama_orch.core.model import JobSpec, PlacementInput
 from llama_orch.core.placement import decide
 from llama_orch.observability.metrics import Metrics
 from llama_orch.pool.gpus import simulated_inventory
-from llama_orch.pool.manager import AdapterFactory, PoolManager, ReplicaState
+from llama_orch.pool.manager import AdapterFactory, PoolManager, ReplicaState, unserved_model
 from llama_orch.vocab import Engine, Priority
 from tests.support.narration import NarrationLog
 from tests.support.server import config_of, mock_pool
@@ -124,6 +124,63 @@ class TestReadinessGates:
         finally:
             await manager.stop()
         assert ((1,), 12288 * 2**20) == (snapshot.device_mask, snapshot.vram_total_bytes)
+
+
+class ListingMock(MockEngine):
+    """A mock engine that lists the models it serves, as an OpenAI-compatible one does."""
+
+    def __init__(self, pool: PoolConfig, served: tuple[str, ...] | None) -> None:
+        super().__init__(MockEngineConfig(), slots=pool.slots, model=pool.model)
+        self.served = served
+
+    async def props(self) -> WorkerProps:
+        return replace(await super().props(), served_models=self.served)
+
+
+class TestModelGate:
+    async def test_an_engine_listing_other_models_fails_the_model_gate(self) -> None:
+        """The engine lists its models without the pool's: Unready, and the error names both;
+        once it lists the pool's model, the next probe turns the replica Ready."""
+        engine: list[ListingMock] = []
+
+        def factory(pool: PoolConfig, _index: int) -> EngineAdapter:
+            engine.append(ListingMock(pool, ("other-model",)))
+            return engine[-1]
+
+        manager = manager_for(config_of(mock_pool(model="m0")), factory)
+        await manager.start()
+        try:
+            replica = manager.pools["p0"].replicas[0]
+            assert (ReplicaState.UNREADY, False, True) == (
+                replica.state,
+                replica.gates.model_present,
+                replica.gates.healthy,
+            )
+            assert "'m0'" in (replica.last_error or "")
+            assert "'other-model'" in (replica.last_error or "")
+            engine[0].served = ("other-model", "m0")
+            await manager.probe_all()
+            assert (ReplicaState.READY, None) == (replica.state, replica.last_error)
+        finally:
+            await manager.stop()
+
+    async def test_an_engine_that_cannot_say_is_not_blocked(self) -> None:
+        """No list of models (None): the model gate is not held against the engine."""
+        manager = manager_for(config_of(mock_pool()), lambda pool, _index: ListingMock(pool, None))
+        await manager.start()
+        try:
+            assert ReplicaState.READY == manager.pools["p0"].replicas[0].state
+        finally:
+            await manager.stop()
+
+    def test_the_error_caps_and_escapes_the_engine_names(self) -> None:
+        served = ("evil\x1b[2J\nforged log line", "x" * 500, *(f"m{i}" for i in range(20)))
+        error = unserved_model("wanted", served) or ""
+        assert "\x1b" not in error and "\n" not in error
+        assert "'wanted'" in error and "and 17 more" in error
+        assert "x" * 80 in error and "x" * 81 not in error
+        assert "no model" in (unserved_model("wanted", ()) or "")
+        assert unserved_model("wanted", ("wanted",)) is None
 
 
 class FakeClock:
