@@ -208,6 +208,29 @@ class TestOpenAISdk:
         assert results[:2] == top.json()["results"]
         assert 400 == empty.status_code and "documents" == empty.json()["error"]["param"]
 
+    async def test_bare_rerank_route_is_the_same_front_door(self) -> None:
+        """Jina/Cohere-style clients post to ``/rerank``: same answer, auth and error shapes."""
+        docs = ["alpha", "beta", "gamma"]
+        body = {"model": "m0", "query": "q", "documents": docs, "top_n": 2}
+        config = config_of(embed_pool())
+        async with running_server(config, {"AUTH_TOKEN": "sekret"}) as srv:
+            auth = {"Authorization": "Bearer sekret"}
+            bare = await srv.client.post("/rerank", json=body, headers=auth)
+            versioned = await srv.client.post("/v1/rerank", json=body, headers=auth)
+            no_token = await srv.client.post("/rerank", json=body)
+            unknown = await srv.client.post("/rerank", json={**body, "model": "x"}, headers=auth)
+            bad = await srv.client.post("/rerank", json={**body, "documents": []}, headers=auth)
+            wrong_method = await srv.client.get("/rerank", headers=auth)
+        assert 200 == bare.status_code
+        assert versioned.json()["results"] == bare.json()["results"]
+        assert 2 == len(bare.json()["results"])
+        assert 401 == no_token.status_code
+        assert "authentication_error" == no_token.json()["error"]["type"]
+        assert 404 == unknown.status_code and "model_not_found" == unknown.json()["error"]["code"]
+        assert 400 == bad.status_code and "documents" == bad.json()["error"]["param"]
+        assert 405 == wrong_method.status_code and "POST" in wrong_method.headers["allow"]
+        assert "message" in wrong_method.json()["error"]
+
     async def test_full_queue_is_429_with_retry_headers(self) -> None:
         """The same 429 behaviour as the chat routes: the queue's refusal with retry-after-ms."""
         pool = embed_pool(queue={"capacity": 1}, mock={"embed_batch_ms": 2000})
