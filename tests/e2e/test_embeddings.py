@@ -284,6 +284,38 @@ class TestOllama:
         assert 400 == bad.status_code and "input[1]" in bad.json()["error"]
 
 
+async def test_embedding_tasks_are_not_first_tokens() -> None:
+    """Embedding and rerank batches are not first tokens: they stay out of
+    ``latency_first_token_ms``/``latency_decode_ms`` and out of the speed estimate that
+    predicts chat tasks' starts; a completion on the same pool still counts."""
+    async with server(embed_pool(embedding_batch=2)) as (srv, _):
+        embedded = await srv.client.post(
+            "/v1/embeddings", json={"model": "m0", "input": ["a", "b", "c", "d", "e"]}
+        )
+        ranked = await srv.client.post(
+            "/v1/rerank", json={"model": "m0", "query": "q", "documents": ["x", "y", "z"]}
+        )
+        assert [200, 200] == [embedded.status_code, ranked.status_code]
+        perf = srv.deps.service._dispatcher.lanes["p0"].perf_of("r0")
+        after_embeddings = (await _latency_counts(srv), perf.samples)
+        chat = task_body(max_tokens=3)
+        assert 202 == (await srv.submit(chat)).status_code
+        await srv.stream(chat["task_id"])
+        after_chat = (await _latency_counts(srv), perf.samples)
+    assert ((0, 0), 0) == after_embeddings
+    assert ((1, 1), 1) == after_chat
+
+
+async def _latency_counts(srv: RunningServer) -> tuple[int, int]:
+    """How many tasks ``latency_first_token_ms`` and ``latency_decode_ms`` counted."""
+    text = (await srv.client.get("/metrics")).text
+    totals = []
+    for name in ("latency_first_token_ms_count", "latency_decode_ms_count"):
+        lines = [line for line in text.splitlines() if line.startswith(name + "{")]
+        totals.append(sum(int(float(line.rsplit(" ", 1)[1])) for line in lines))
+    return totals[0], totals[1]
+
+
 async def test_same_bytes_across_replicas() -> None:
     """Determinism: the same input gives the same vector bytes on every replica."""
     slow = {"embed_batch_ms": 100}
