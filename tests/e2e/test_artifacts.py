@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llama_orch.artifacts import OFF_LOOP_BYTES
 from tests.support.narration import NarrationLog
 from tests.support.server import config_of, mock_pool, running_server, task_body
 
@@ -36,6 +37,22 @@ class TestArtifactsApi:
         assert created.json() == again.json()
         assert (expected, f"sha256:{expected}") == (created.json()["id"], created.json()["digest"])
         assert (200, PLAN["content"]) == (found.status_code, found.json()["content"])
+
+    async def test_a_large_artifact_round_trips(self, tmp_path: Path) -> None:
+        """An artifact past the size read off the event loop is served whole, and one whose
+        file was damaged still answers 404 saying so."""
+        big = {**PLAN, "content": {"text": "x" * (2 * OFF_LOOP_BYTES)}}
+        other = {**big, "content": {"text": "y" * (2 * OFF_LOOP_BYTES)}}
+        async with running_server(artifact_config(tmp_path)) as srv:
+            ident = (await srv.client.post("/v1/artifacts", json=big)).json()["id"]
+            damaged = (await srv.client.post("/v1/artifacts", json=other)).json()["id"]
+            path = tmp_path / damaged[:2] / f"{damaged}.json"
+            path.write_bytes(path.read_bytes().replace(b"yyyy", b"zzzz", 1))
+            found = await srv.client.get(f"/v1/artifacts/{ident}")
+            refused = await srv.client.get(f"/v1/artifacts/{damaged}")
+        assert (200, big["content"]) == (found.status_code, found.json()["content"])
+        assert (ident, "plan") == (found.json()["id"], found.json()["kind"])
+        assert 404 == refused.status_code and "damaged on disk" in refused.json()["message"]
 
     async def test_size_limit_is_a_clear_413(self, tmp_path: Path) -> None:
         """An artifact over server.artifact_max_bytes gets 413 naming the setting."""

@@ -208,6 +208,29 @@ class TestOpenAISdk:
         assert results[:2] == top.json()["results"]
         assert 400 == empty.status_code and "documents" == empty.json()["error"]["param"]
 
+    async def test_bare_rerank_route_is_the_same_front_door(self) -> None:
+        """Jina/Cohere-style clients post to ``/rerank``: same answer, auth and error shapes."""
+        docs = ["alpha", "beta", "gamma"]
+        body = {"model": "m0", "query": "q", "documents": docs, "top_n": 2}
+        config = config_of(embed_pool())
+        async with running_server(config, {"AUTH_TOKEN": "sekret"}) as srv:
+            auth = {"Authorization": "Bearer sekret"}
+            bare = await srv.client.post("/rerank", json=body, headers=auth)
+            versioned = await srv.client.post("/v1/rerank", json=body, headers=auth)
+            no_token = await srv.client.post("/rerank", json=body)
+            unknown = await srv.client.post("/rerank", json={**body, "model": "x"}, headers=auth)
+            bad = await srv.client.post("/rerank", json={**body, "documents": []}, headers=auth)
+            wrong_method = await srv.client.get("/rerank", headers=auth)
+        assert 200 == bare.status_code
+        assert versioned.json()["results"] == bare.json()["results"]
+        assert 2 == len(bare.json()["results"])
+        assert 401 == no_token.status_code
+        assert "authentication_error" == no_token.json()["error"]["type"]
+        assert 404 == unknown.status_code and "model_not_found" == unknown.json()["error"]["code"]
+        assert 400 == bad.status_code and "documents" == bad.json()["error"]["param"]
+        assert 405 == wrong_method.status_code and "POST" in wrong_method.headers["allow"]
+        assert "message" in wrong_method.json()["error"]
+
     async def test_full_queue_is_429_with_retry_headers(self) -> None:
         """The same 429 behaviour as the chat routes: the queue's refusal with retry-after-ms."""
         pool = embed_pool(queue={"capacity": 1}, mock={"embed_batch_ms": 2000})
@@ -259,6 +282,38 @@ class TestOllama:
         assert expected("a") == list(legacy.embedding)
         assert [] == empty.json()["embeddings"]
         assert 400 == bad.status_code and "input[1]" in bad.json()["error"]
+
+
+async def test_embedding_tasks_are_not_first_tokens() -> None:
+    """Embedding and rerank batches are not first tokens: they stay out of
+    ``latency_first_token_ms``/``latency_decode_ms`` and out of the speed estimate that
+    predicts chat tasks' starts; a completion on the same pool still counts."""
+    async with server(embed_pool(embedding_batch=2)) as (srv, _):
+        embedded = await srv.client.post(
+            "/v1/embeddings", json={"model": "m0", "input": ["a", "b", "c", "d", "e"]}
+        )
+        ranked = await srv.client.post(
+            "/v1/rerank", json={"model": "m0", "query": "q", "documents": ["x", "y", "z"]}
+        )
+        assert [200, 200] == [embedded.status_code, ranked.status_code]
+        perf = srv.deps.service._dispatcher.lanes["p0"].perf_of("r0")
+        after_embeddings = (await _latency_counts(srv), perf.samples)
+        chat = task_body(max_tokens=3)
+        assert 202 == (await srv.submit(chat)).status_code
+        await srv.stream(chat["task_id"])
+        after_chat = (await _latency_counts(srv), perf.samples)
+    assert ((0, 0), 0) == after_embeddings
+    assert ((1, 1), 1) == after_chat
+
+
+async def _latency_counts(srv: RunningServer) -> tuple[int, int]:
+    """How many tasks ``latency_first_token_ms`` and ``latency_decode_ms`` counted."""
+    text = (await srv.client.get("/metrics")).text
+    totals = []
+    for name in ("latency_first_token_ms_count", "latency_decode_ms_count"):
+        lines = [line for line in text.splitlines() if line.startswith(name + "{")]
+        totals.append(sum(int(float(line.rsplit(" ", 1)[1])) for line in lines))
+    return totals[0], totals[1]
 
 
 async def test_same_bytes_across_replicas() -> None:

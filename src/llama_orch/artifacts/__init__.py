@@ -2,6 +2,7 @@
 
 from llama_orch.artifacts._store import (
     ARTIFACT_KINDS,
+    OFF_LOOP_BYTES,
     ArtifactStore,
     Stored,
     artifact_id,
@@ -13,6 +14,7 @@ from llama_orch.artifacts._traces import TraceWriter
 
 __all__ = [
     "ARTIFACT_KINDS",
+    "OFF_LOOP_BYTES",
     "ArtifactStore",
     "Stored",
     "TraceWriter",

@@ -106,6 +106,15 @@ class Segments:
             elif len(self._queue) == 1:
                 self._cond.notify()
 
+    def size(self, ident: str) -> int | None:
+        """The record's length in bytes, without reading it; None when not held."""
+        with self._cond:
+            record = self._pending.get(ident)
+            place = self._where.get(ident) if record is None else None
+        if record is not None:
+            return len(record)
+        return None if place is None else place[2]
+
     def read(self, ident: str) -> bytes | None:
         with self._cond:
             record = self._pending.get(ident)

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -38,6 +38,12 @@ from llama_orch.errors import InvalidParams, NotFound, PayloadTooLarge, StorageU
 ARTIFACT_KINDS: Final = ("plan", "summary", "diff", "trace", "other")
 #: How many deleted artifacts' places are remembered for paging cursors.
 _GONE_KEPT: Final = 10_000
+#: A stored record at least this large is read, re-hashed and rendered by ``fetch`` in a worker
+#: thread: on the event loop a few MiB stall every stream for tens of milliseconds, while a
+#: thread hop costs more than reading a small one inline.
+OFF_LOOP_BYTES: Final = 64 * 1024
+#: What a read hands back: the artifact itself, or what ``fetch`` rendered of it.
+_Read = TypeVar("_Read", dict[str, Any], bytes)
 _ID: Final = re.compile(r"^[0-9a-f]{64}$")
 _TAG: Final = re.compile(TAG_PATTERN)
 
@@ -328,27 +334,70 @@ class ArtifactStore:
 
     def get(self, ident: str) -> dict[str, Any]:
         """The stored artifact: its ref fields, then kind, content, tags, parent, metadata."""
+        self._known(ident)
+        return self._found(ident, self._load(ident))
+
+    async def fetch(self, ident: str, render: Callable[[dict[str, Any]], bytes]) -> bytes:
+        """``render`` of ``get(ident)``; a record of ``OFF_LOOP_BYTES`` or more is read,
+        checked against its id and rendered in a worker thread, so the loop keeps serving."""
+        self._known(ident)
+
+        def read_and_render() -> bytes | str | None:
+            loaded = self._load(ident)
+            return render(loaded) if isinstance(loaded, dict) else loaded
+
+        if self._size(ident) < OFF_LOOP_BYTES:
+            return self._found(ident, read_and_render())
+        # The index is changed only here, on the loop (a damaged record is set aside).
+        return self._found(ident, await asyncio.to_thread(read_and_render))
+
+    def _known(self, ident: str) -> None:
         check_artifact_id(ident)
-        missing = NotFound(f"artifact {ident} is unknown (or was pruned)")
         if ident not in self._index():
-            raise missing
+            raise self._missing(ident)
+
+    @staticmethod
+    def _missing(ident: str) -> NotFound:
+        return NotFound(f"artifact {ident} is unknown (or was pruned)")
+
+    def _size(self, ident: str) -> int:
+        """The stored record's size in bytes, without reading it (0: gone)."""
+        size = self._segments.size(ident)
+        if size is not None:
+            return size
+        try:
+            return self._paths(ident)[0].stat().st_size
+        except OSError:
+            return 0
+
+    def _load(self, ident: str) -> dict[str, Any] | str | None:
+        """The stored artifact, why its record is damaged, or None when the record is gone.
+        Only reads: safe in a worker thread."""
         try:
             if self._segments.holds(ident):
                 raw = self._segments.read(ident)
                 if raw is None:
-                    raise FileNotFoundError(ident)
+                    return None
             else:
                 raw = self._paths(ident)[0].read_bytes()
         except FileNotFoundError:
-            raise missing from None
+            return None
         stored = _decode(ident, raw)
         if isinstance(stored, str):
+            return stored
+        return {**stored["ref"], **stored["document"]}
+
+    def _found(self, ident: str, loaded: _Read | str | None) -> _Read:
+        """``loaded``, or the not-found error for a gone or damaged record (set aside)."""
+        if loaded is None:
+            raise self._missing(ident)
+        if isinstance(loaded, str):
             self._set_aside(ident)
             raise NotFound(
-                f"artifact {ident} was damaged on disk ({stored}) and is set aside; POST it "
+                f"artifact {ident} was damaged on disk ({loaded}) and is set aside; POST it "
                 "again to store it anew"
             )
-        return {**stored["ref"], **stored["document"]}
+        return loaded
 
     def _set_aside(self, ident: str) -> None:
         """Drop a damaged artifact from the index; its files stay, renamed, for a look."""

@@ -437,6 +437,14 @@ def openai_document() -> dict[str, Any]:
             "RerankList",
             stream=False,
         ),
+        # Jina- and Cohere-style clients post to the bare path.
+        "/rerank": _completion_route(
+            "createRerankUnversioned",
+            "The same as POST /v1/rerank, at the path Jina- and Cohere-style clients use",
+            "RerankRequest",
+            "RerankList",
+            stream=False,
+        ),
         "/v1/models": {
             "get": {
                 "operationId": "listModels",

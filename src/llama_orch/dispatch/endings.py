@@ -23,7 +23,7 @@ from llama_orch.errors import DeadlineUnmet, OrchError
 from llama_orch.observability.metrics import Metrics
 from llama_orch.observability.narration import narrate
 from llama_orch.pool.manager import Replica
-from llama_orch.vocab import Priority
+from llama_orch.vocab import Priority, Workload
 
 #: Cancel reasons that are the server's own stop (a drain's deadline, a reload or a retired
 #: model, which stop tasks as a drain does, and shutdown), each with why, as a client is told:
@@ -89,13 +89,14 @@ class Endings:
         decode_ms = task.decode_ms(now)
         self._settle(task, now, decode_ms, served=True)
         self._count(task, replica, decode_ms)
-        if task.started_at is not None:
+        # The estimate predicts token streams; an embedding batch's time and the tokens it read
+        # say nothing about how fast the replica decodes, and would skew chat predictions.
+        if task.started_at is not None and task.workload is Workload.COMPLETION:
             self._lanes[task.pool_id].perf_of(replica.replica_id).observe(
                 first_token_s=(task.first_token_at - task.started_at)
                 if task.first_token_at
                 else None,
-                # An embedding task's work is the tokens it read.
-                tokens=task.charged_tokens,
+                tokens=task.tokens_out,
                 decode_s=decode_ms / 1000,
                 expected=task.expected_tokens,
             )
@@ -200,7 +201,10 @@ class Endings:
         m.tokens_out.inc(task.tokens_out)
         m.tokens_in.inc(task.tokens_in)
         interactive = task.priority is Priority.INTERACTIVE
-        if task.first_token_at is not None:
+        # latency_first_token_ms and latency_decode_ms time token streams; an embedding or
+        # rerank task's first answered batch is no first token, and the contract has no
+        # workload label to tell the two apart.
+        if task.first_token_at is not None and task.workload is Workload.COMPLETION:
             (m.first_token_interactive if interactive else m.first_token_batch).observe(
                 (task.first_token_at - task.admitted_at) * 1000
             )

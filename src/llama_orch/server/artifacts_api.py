@@ -72,10 +72,15 @@ async def create_artifact(request: Request) -> Response:
     return json_response(body, status=201 if stored.created else 200)
 
 
+def _render(found: dict[str, Any]) -> bytes:
+    return StoredArtifact.model_validate(found).model_dump_json().encode()
+
+
 async def get_artifact(request: Request) -> Response:
     store = deps_of(request).artifacts
-    found = store.get(check_artifact_id(request.path_params["artifact_id"]))
-    return json_response(StoredArtifact.model_validate(found).model_dump_json().encode())
+    # A large artifact is read, re-hashed and rendered off the event loop.
+    body = await store.fetch(check_artifact_id(request.path_params["artifact_id"]), _render)
+    return json_response(body)
 
 
 def _limit(raw: str | None) -> int:

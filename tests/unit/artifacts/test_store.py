@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
-from llama_orch.artifacts import ArtifactStore, TraceWriter, artifact_id, canonical_json
+from llama_orch.artifacts import (
+    OFF_LOOP_BYTES,
+    ArtifactStore,
+    TraceWriter,
+    artifact_id,
+    canonical_json,
+)
 from llama_orch.errors import InvalidParams, NotFound, PayloadTooLarge
 
 PLAN = {"kind": "plan", "tags": ["project:demo"], "content": {"steps": ["a", "b"]}}
@@ -117,6 +124,40 @@ class TestArtifactStore:
         later.close()
         names = sorted(p.name for p in tmp_path.rglob("*.seg"))
         assert ["000000000001.seg", "000000000002.seg"] == names
+
+    async def test_fetch_reads_large_artifacts_off_the_event_loop(self, tmp_path: Path) -> None:
+        """A large artifact is read, re-hashed and rendered in a worker thread, whether its
+        file or a trace segment holds it; a small one stays on the loop's thread."""
+        store = store_at(tmp_path, max_bytes=4 * OFF_LOOP_BYTES)
+        big = {"kind": "trace", "content": {"text": "x" * OFF_LOOP_BYTES}}
+        small = store.put(PLAN).id
+        in_file = store.put(big).id
+        in_segment = store.put({**big, "tags": ["s"]}, background=True).id
+        threads: list[int] = []
+
+        def render(found: dict[str, object]) -> bytes:
+            threads.append(threading.get_ident())
+            return json.dumps(found["content"]).encode()
+
+        small_body = await store.fetch(small, render)
+        bodies = [await store.fetch(ident, render) for ident in (in_file, in_segment)]
+        loop_thread = threading.get_ident()
+        assert [True, False, False] == [t == loop_thread for t in threads]
+        assert json.loads(small_body) == PLAN["content"]
+        assert all(json.loads(b) == big["content"] for b in bodies)
+        store.close()
+
+    async def test_fetch_sets_a_damaged_large_artifact_aside(self, tmp_path: Path) -> None:
+        """A large artifact whose file no longer hashes to its id answers not found, saying
+        so, and leaves the index, as a small one does."""
+        store = store_at(tmp_path, max_bytes=4 * OFF_LOOP_BYTES)
+        ident = store.put({"kind": "trace", "content": {"text": "x" * OFF_LOOP_BYTES}}).id
+        path = tmp_path / ident[:2] / f"{ident}.json"
+        path.write_bytes(path.read_bytes().replace(b"xxxx", b"yyyy", 1))
+        with pytest.raises(NotFound, match="damaged on disk"):
+            await store.fetch(ident, lambda found: b"")
+        with pytest.raises(NotFound, match="unknown"):
+            store.get(ident)
 
     def test_unknown_id_is_not_found(self, tmp_path: Path) -> None:
         with pytest.raises(NotFound):

@@ -1,5 +1,6 @@
 """OpenAI-compatible ``POST /v1/embeddings`` and the common ``POST /v1/rerank`` (Jina/Cohere
-shape), admitted as embedding and rerank tasks on the same queues as everything else.
+shape; also at ``/rerank``, where Jina- and Cohere-style clients post), admitted as embedding and
+rerank tasks on the same queues as everything else.
 
 The answer comes when the task ends; errors use OpenAI's body and statuses (a full queue is a
 429 with ``retry-after-ms``), as on the chat routes.
@@ -177,4 +178,5 @@ def _answer(
 routes = [
     Route("/v1/embeddings", embeddings, methods=["POST"]),
     Route("/v1/rerank", rerank, methods=["POST"]),
+    Route("/rerank", rerank, methods=["POST"]),
 ]

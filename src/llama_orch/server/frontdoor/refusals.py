@@ -20,7 +20,14 @@ from llama_orch.server.frontdoor.openai_api import openai_error
 
 #: The OpenAI-compatible routes this server serves (``/v1`` is shared with the task API).
 _OPENAI = frozenset(
-    {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings", "/v1/rerank"}
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/v1/embeddings",
+        "/v1/rerank",
+        "/rerank",
+    }
 )
 
 
