@@ -169,6 +169,7 @@ class LocalProcess:
         pid_path: Path,
         mark: str,
         log_max_bytes: int = LOG_ROTATE_BYTES,
+        log_id: tuple[int, int] | None = None,
     ) -> None:
         self._spec = spec
         self._process = process
@@ -176,6 +177,10 @@ class LocalProcess:
         self._pid_path = pid_path
         self._mark = mark
         self._log_max_bytes = log_max_bytes
+        #: (device, inode) of the file the engine writes its output to.
+        self._log_id = log_id
+        #: The engine's log file left its path (deleted or replaced); said once.
+        self._log_detached = False
 
     @property
     def spec(self) -> LaunchSpec:
@@ -265,11 +270,43 @@ class LocalProcess:
         """Keeps the running engine's log bounded: one stat per probe, the copy off the event
         loop (the engine's own writes cost nothing more)."""
         try:
-            size = self._log_path.stat().st_size
+            info = self._log_path.stat()
+        except FileNotFoundError:
+            info = None
         except OSError:
             return
-        if size > self._log_max_bytes:
+        if self._log_id is not None and (
+            info is None or (info.st_dev, info.st_ino) != self._log_id
+        ):
+            self._detached()
+            return
+        if info is not None and info.st_size > self._log_max_bytes:
             await asyncio.to_thread(rotate_running_log, self._log_path)
+
+    def _detached(self) -> None:
+        """The engine writes on to a file no longer at its log's path (it deleted the log, or
+        something replaced it): rotation cannot reach it, its space is freed only when the
+        engine stops, and its output is lost to the log. The engine holds that descriptor, so
+        no new file can be put under it; the operator is told once."""
+        if self._log_detached:
+            return
+        self._log_detached = True
+        spec = self._spec
+        narrate(
+            "pool-manager",
+            "log-detached",
+            spec.pool_id,
+            f"The engine of {spec.pool_id}/{spec.replica_id} (pid {self._process.pid}) writes "
+            f"to a file no longer at {self._log_path}: it was deleted or replaced, so its output "
+            "is lost to the log and its disk space is freed only when the engine stops; "
+            f"restart the replica (reload pool {spec.pool_id}) to give it a new log (until "
+            f"then /proc/{self._process.pid}/fd/1 still reads it).",
+            level="warning",
+            pool_id=spec.pool_id,
+            replica_id=spec.replica_id,
+            pid=self._process.pid,
+            log_path=str(self._log_path),
+        )
 
     def log_tail(self, lines: int = 20) -> str:
         return read_log_tail(self._log_path, lines)
@@ -325,6 +362,7 @@ class LocalLauncher:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             log.write(f"--- {stamp} launch: {' '.join(shown)}\n".encode())
             log.flush()
+            opened = os.fstat(log.fileno())
             try:
                 process = await asyncio.create_subprocess_exec(
                     *argv,
@@ -367,7 +405,8 @@ class LocalLauncher:
             argv=shown,
             log_path=str(log_path),
         )
-        return LocalProcess(spec, process, log_path, pid_path, mark, self.log_max_bytes)
+        log_id = (opened.st_dev, opened.st_ino)
+        return LocalProcess(spec, process, log_path, pid_path, mark, self.log_max_bytes, log_id)
 
     async def close(self) -> None:
         """Every process this launcher started belongs to a replica, which stops it."""
