@@ -9,6 +9,7 @@ import dataclasses
 import os
 import signal
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ import pytest
 
 from llama_orch.pool.engine_process import Supervision
 from llama_orch.pool.launch import LaunchSpec, LocalLauncher
-from llama_orch.pool.launch.local import LOCK_NAME
-from tests.support.engines import fake_executable
+from llama_orch.pool.launch._tree import MARK_VAR, as_subreaper, marked_roots
+from llama_orch.pool.launch.local import LOCK_NAME, launch_record, write_record
+from tests.support.engines import engine_healthy, fake_executable
 from tests.support.launched import (
     LaunchedSetup,
     launched_setup,
@@ -97,6 +99,41 @@ class TestLaunch:
         async with running_server(setup.config()) as server:
             await wait_health(server, "lp", _ready)
             assert await asyncio.wait_for(orphan.wait(), 10) in (0, -signal.SIGTERM)
+
+    async def test_an_engine_started_before_its_pid_was_recorded_is_stopped(
+        self, setup: LaunchedSetup
+    ) -> None:
+        """A server killed between starting an engine and recording its pid leaves a record
+        without a pid: the next server finds the engine by its launch's mark and stops it.
+        (The crash is reproduced exactly: the record is written, then the engine started with
+        the launch's mark and environment, and no pid is ever recorded.)"""
+        exe = fake_executable(setup.tmp / "old-bin", "llama-server")
+        port = free_port()
+        spec = LaunchSpec(
+            "lp", "r0", (str(exe), "--model", str(setup.model), "--port", str(port)), port
+        )
+        mark = uuid.uuid4().hex
+        pids = setup.tmp / "run" / "pids"
+        pids.mkdir(parents=True)
+        write_record(pids / "lp-r0.pid", launch_record(spec, mark, None))
+        orphan = await asyncio.create_subprocess_exec(
+            *as_subreaper(spec.argv),
+            env={**os.environ, MARK_VAR: mark},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            await engine_healthy(spec.endpoint)
+            async with running_server(setup.config()) as server:
+                await wait_health(server, "lp", _ready)
+                async with asyncio.timeout(10):
+                    assert await orphan.wait() in (0, -signal.SIGTERM)
+        finally:
+            if orphan.returncode is None:
+                orphan.kill()
+                await orphan.wait()
+        assert not marked_roots(mark)
 
     async def test_model_missing_keeps_the_gate_closed(self, setup: LaunchedSetup) -> None:
         """A model path that does not exist: Unready, and health names the model gate."""

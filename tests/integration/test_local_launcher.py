@@ -23,6 +23,7 @@ from llama_orch.pool.launch.local import (
 )
 from llama_orch.testing.fake_engines.release import escaping_script
 from tests.support.engines import engine_healthy, fake_executable, tiny_gguf
+from tests.support.narration import NarrationLog
 
 
 def _spec(tmp_path: Path, *, api_key: str = "sk-secret-value-123456") -> LaunchSpec:
@@ -343,3 +344,39 @@ def _fd_flags(pid: int, fd: int) -> int:
 
 def _tail(path: Path) -> str:
     return read_log_tail(path, 5)
+
+
+class TestDeletedLog:
+    async def test_an_engine_that_deleted_its_log_is_reported_once(
+        self, tmp_path: Path, narration: NarrationLog
+    ) -> None:
+        """An engine that removes its own log writes on to a deleted file: rotation cannot see
+        it, its space is not freed and its output is lost. ``tend`` says so once, naming the
+        replica and the path, with what the operator can do."""
+        token = uuid.uuid4().hex
+        marker = f"gone-{token}"  # printed as two pieces: the launch line quotes the code
+        log = tmp_path / "run" / "logs" / "p0-r0.log"
+        code = (
+            "import os, sys, time\n"
+            f"os.unlink({str(log)!r})\n"
+            f"print('gone-' + {token!r}, flush=True)\n"
+            "time.sleep(600)\n"
+        )
+        handle = await LocalLauncher(tmp_path / "run").launch(
+            LaunchSpec("p0", "r0", (sys.executable, "-c", code), free_port())
+        )
+        try:
+            assert handle.pid is not None
+            stdout = Path(f"/proc/{handle.pid}/fd/1")
+            for _ in range(400):  # until the engine removed its log and wrote past it
+                if marker in _tail(stdout):
+                    break
+                await asyncio.sleep(0.05)
+            await handle.tend()
+            await handle.tend()
+        finally:
+            await handle.stop(timeout_s=10)
+        [event] = narration.events("log-detached", pool_id="p0", replica_id="r0")
+        assert str(log) == event["log_path"]
+        assert str(log) in event["human"] and "p0/r0" in event["human"]
+        assert "restart" in event["human"]

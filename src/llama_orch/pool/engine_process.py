@@ -652,7 +652,10 @@ class ReplicaEngine:
         try:
             while True:
                 if self.retiring:
-                    await exited
+                    # A reload's wind-down lasts up to the drain deadline: the engine still
+                    # writes, so its log is still kept bounded until it stops.
+                    while not (await asyncio.wait({exited}, timeout=self._probe_interval_s))[0]:
+                        await handle.tend()
                     return "retired"
                 interval = self._probe_interval_s if ready_once or answered else STARTUP_POLL_S
                 done, _ = await asyncio.wait({exited}, timeout=interval)

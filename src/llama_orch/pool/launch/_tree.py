@@ -97,6 +97,15 @@ def carries(pid: int, mark: str) -> bool:
     return f"{MARK_VAR}={mark}".encode() in environ.split(b"\0")
 
 
+def marked_roots(mark: str) -> list[int]:
+    """The live processes that carry ``mark`` and whose parent does not: the engine of a launch
+    whose pid was never recorded (its server died first); its helpers are its descendants."""
+    live = _live()
+    me = os.getpid()
+    ours = {pid for pid in live if pid != me and carries(pid, mark)}
+    return sorted(pid for pid in ours if live[pid][0] not in ours)
+
+
 def leftovers(root: int | None, mark: str) -> dict[int, int]:
     """pid -> process group of every live process of the launch but ``root`` itself: the
     descendants of ``root`` and whatever carries ``mark``, with their descendants. ``root`` is

@@ -6,9 +6,10 @@
   ``log_max_bytes`` (``LOG_ROTATE_BYTES`` by default) moves to ``.log.1`` at the next launch,
   and while the engine runs ``tend`` (on the supervisor's probe cadence) copies it there and
   truncates it in place.
-- ``<run_dir>/pids/<pool>-<replica>.pid`` records the process while it runs. A pid file that
-  outlives its server (a crash, a SIGKILL) names an orphan: ``reap_orphans`` stops it at the next
-  start-up, after checking the pid still runs the recorded program (pids get reused).
+- ``<run_dir>/pids/<pool>-<replica>.pid`` records the process while it runs, written before it
+  starts (its pid added once it runs). A pid file that outlives its server (a crash, a SIGKILL)
+  names an orphan: ``reap_orphans`` stops it at the next start-up, after checking the pid still
+  runs the recorded program (pids get reused); one without a pid, by the launch's mark.
 - ``stop`` sends SIGTERM to the whole group, waits, then SIGKILLs it. Helpers the engine moved
   out of its group (``setsid``, a double fork) are found through ``_tree`` (the engine runs as
   a child subreaper, so they stay its descendants while it runs, and they carry the launch's
@@ -31,7 +32,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from llama_orch.observability.narration import narrate
-from llama_orch.pool.launch._tree import MARK_VAR, as_subreaper, sweep, terminate, unrunnable
+from llama_orch.pool.launch._tree import (
+    MARK_VAR,
+    as_subreaper,
+    marked_roots,
+    sweep,
+    terminate,
+    unrunnable,
+)
 from llama_orch.pool.launch._types import (
     ExitKind,
     LaunchError,
@@ -127,6 +135,29 @@ def _cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def launch_record(spec: LaunchSpec, mark: str, pid: int | None) -> dict[str, object]:
+    """What a pid file holds: enough for a later server to find and stop the engine."""
+    return {
+        "pid": pid,
+        "argv0": spec.argv[0],
+        "pool_id": spec.pool_id,
+        "replica_id": spec.replica_id,
+        "endpoint": spec.endpoint,
+        "started_ms": int(time.time() * 1000),
+        # Run again when the engine is reaped as an orphan (its container outlives it).
+        "cleanup": list(spec.cleanup),
+        # Finds the engine when no pid was recorded, and the helpers that left its group.
+        "mark": mark,
+    }
+
+
+def write_record(pid_path: Path, record: dict[str, object]) -> None:
+    """Replace the pid file at once: a reader finds the old record or the new one, whole."""
+    tmp = pid_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(pid_path)
+
+
 class LocalProcess:
     """The handle of one replica subprocess."""
 
@@ -138,6 +169,7 @@ class LocalProcess:
         pid_path: Path,
         mark: str,
         log_max_bytes: int = LOG_ROTATE_BYTES,
+        log_id: tuple[int, int] | None = None,
     ) -> None:
         self._spec = spec
         self._process = process
@@ -145,6 +177,10 @@ class LocalProcess:
         self._pid_path = pid_path
         self._mark = mark
         self._log_max_bytes = log_max_bytes
+        #: (device, inode) of the file the engine writes its output to.
+        self._log_id = log_id
+        #: The engine's log file left its path (deleted or replaced); said once.
+        self._log_detached = False
 
     @property
     def spec(self) -> LaunchSpec:
@@ -234,11 +270,43 @@ class LocalProcess:
         """Keeps the running engine's log bounded: one stat per probe, the copy off the event
         loop (the engine's own writes cost nothing more)."""
         try:
-            size = self._log_path.stat().st_size
+            info = self._log_path.stat()
+        except FileNotFoundError:
+            info = None
         except OSError:
             return
-        if size > self._log_max_bytes:
+        if self._log_id is not None and (
+            info is None or (info.st_dev, info.st_ino) != self._log_id
+        ):
+            self._detached()
+            return
+        if info is not None and info.st_size > self._log_max_bytes:
             await asyncio.to_thread(rotate_running_log, self._log_path)
+
+    def _detached(self) -> None:
+        """The engine writes on to a file no longer at its log's path (it deleted the log, or
+        something replaced it): rotation cannot reach it, its space is freed only when the
+        engine stops, and its output is lost to the log. The engine holds that descriptor, so
+        no new file can be put under it; the operator is told once."""
+        if self._log_detached:
+            return
+        self._log_detached = True
+        spec = self._spec
+        narrate(
+            "pool-manager",
+            "log-detached",
+            spec.pool_id,
+            f"The engine of {spec.pool_id}/{spec.replica_id} (pid {self._process.pid}) writes "
+            f"to a file no longer at {self._log_path}: it was deleted or replaced, so its output "
+            "is lost to the log and its disk space is freed only when the engine stops; "
+            f"restart the replica (reload pool {spec.pool_id}) to give it a new log (until "
+            f"then /proc/{self._process.pid}/fd/1 still reads it).",
+            level="warning",
+            pool_id=spec.pool_id,
+            replica_id=spec.replica_id,
+            pid=self._process.pid,
+            log_path=str(self._log_path),
+        )
 
     def log_tail(self, lines: int = 20) -> str:
         return read_log_tail(self._log_path, lines)
@@ -276,12 +344,25 @@ class LocalLauncher:
                     f"cannot start {argv[0]} for {spec.pool_id}/{spec.replica_id}: {why}"
                 )
             argv = as_subreaper(argv)
+        # Recorded before the engine starts: a server killed between the start and the pid's
+        # record would leave an engine no later server knows of. A record without a pid names
+        # its engine by the mark (found through /proc) or its cleanup (a container's name).
+        record = launch_record(spec, mark, None)
+        try:
+            write_record(pid_path, record)
+        except OSError as exc:
+            raise LaunchError(
+                f"cannot write the pid file {pid_path} of {spec.pool_id}/{spec.replica_id}: "
+                f"{exc.strerror or exc}; engines.run_dir must be a writable directory with "
+                "free space (the engine was not started)"
+            ) from exc
         # Append mode (O_APPEND), which the engine inherits: after a rotation truncated the log
         # in place, its next write lands at the new end, not past a hole.
         with log_path.open("ab") as log:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             log.write(f"--- {stamp} launch: {' '.join(shown)}\n".encode())
             log.flush()
+            opened = os.fstat(log.fileno())
             try:
                 process = await asyncio.create_subprocess_exec(
                     *argv,
@@ -293,30 +374,17 @@ class LocalLauncher:
                     start_new_session=True,
                 )
             except OSError as exc:
+                pid_path.unlink(missing_ok=True)
                 raise LaunchError(
                     f"cannot start {spec.argv[0]} for {spec.pool_id}/{spec.replica_id}: "
                     f"{exc.strerror or exc}"
                 ) from exc
-        record = {
-            "pid": process.pid,
-            "argv0": spec.argv[0],
-            "pool_id": spec.pool_id,
-            "replica_id": spec.replica_id,
-            "endpoint": spec.endpoint,
-            "started_ms": int(time.time() * 1000),
-            # Run again when the engine is reaped as an orphan (its container outlives it).
-            "cleanup": list(spec.cleanup),
-            # Finds the helpers of an orphan that left its process group.
-            "mark": mark,
-        }
-        tmp = pid_path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(record))
-            tmp.replace(pid_path)
+            write_record(pid_path, {**record, "pid": process.pid})
         except OSError as exc:
-            # Unrecorded, the engine would outlive this server with nothing to stop it. Its
-            # group exists already (the child made it before its exec, which create_subprocess_
-            # exec waits for), and what it started by now goes with it.
+            # The record without its pid still names the engine (by its mark) should this
+            # server die now; stopped here, it unlinks the record. Its group exists already
+            # (the child made it before its exec, which create_subprocess_exec waits for).
             await LocalProcess(spec, process, log_path, pid_path, mark).kill()
             raise LaunchError(
                 f"cannot write the pid file {pid_path} of {spec.pool_id}/{spec.replica_id}: "
@@ -337,7 +405,8 @@ class LocalLauncher:
             argv=shown,
             log_path=str(log_path),
         )
-        return LocalProcess(spec, process, log_path, pid_path, mark, self.log_max_bytes)
+        log_id = (opened.st_dev, opened.st_ino)
+        return LocalProcess(spec, process, log_path, pid_path, mark, self.log_max_bytes, log_id)
 
     async def close(self) -> None:
         """Every process this launcher started belongs to a replica, which stops it."""
@@ -349,30 +418,25 @@ class LocalLauncher:
         for pid_path in sorted(self.pids_dir.glob("*.pid")):
             try:
                 record = json.loads(pid_path.read_text())
-                pid = int(record["pid"])
+                recorded = record["pid"]
+                pid = None if recorded is None else int(recorded)
                 argv0 = str(record["argv0"])
             except (OSError, ValueError, KeyError, TypeError):
                 pid_path.unlink(missing_ok=True)
                 continue
-            cmdline = _cmdline(pid)
-            # The recorded program, or the interpreter running it (scripts exec python).
-            ours = bool(cmdline) and any(Path(argv0).name in part for part in cmdline)
             mark = record.get("mark")
-            if ours and isinstance(mark, str) and mark:
-                await asyncio.to_thread(terminate, pid, mark)
-            if ours and await self._stop_group(pid):
-                stopped.append(pid)
-                narrate(
-                    "pool-manager",
-                    "reap",
-                    str(record.get("pool_id", "?")),
-                    f"Stops orphaned engine pid {pid} left by a previous run.",
-                    level="warning",
-                    pool_id=record.get("pool_id"),
-                    replica_id=record.get("replica_id"),
-                    pid=pid,
-                )
-            if isinstance(mark, str) and mark:
+            mark = mark if isinstance(mark, str) else ""
+            if pid is not None:
+                cmdline = _cmdline(pid)
+                # The recorded program, or the interpreter running it (scripts exec python).
+                if cmdline and any(Path(argv0).name in part for part in cmdline):
+                    stopped += await self._reap(pid, mark, record)
+            elif mark:
+                # Its server died before the pid was recorded: the engine is the process that
+                # carries the launch's mark and whose parent does not (the mark proves it ours).
+                for root in await asyncio.to_thread(marked_roots, mark):
+                    stopped += await self._reap(root, mark, record)
+            if mark:
                 # Its helpers outside the group; by the mark alone (its pid may be reused).
                 await asyncio.to_thread(sweep, None, mark)
             cleanup = record.get("cleanup")
@@ -383,6 +447,24 @@ class LocalLauncher:
                 await run_cleanup(tuple(cleanup), log_path, ORPHAN_GRACE_S * 2)
             pid_path.unlink(missing_ok=True)
         return stopped
+
+    async def _reap(self, pid: int, mark: str, record: dict[str, object]) -> list[int]:
+        """Stop an orphaned engine's group and its helpers outside it; [pid] when it ran."""
+        if mark:
+            await asyncio.to_thread(terminate, pid, mark)
+        if not await self._stop_group(pid):
+            return []
+        narrate(
+            "pool-manager",
+            "reap",
+            str(record.get("pool_id", "?")),
+            f"Stops orphaned engine pid {pid} left by a previous run.",
+            level="warning",
+            pool_id=record.get("pool_id"),
+            replica_id=record.get("replica_id"),
+            pid=pid,
+        )
+        return [pid]
 
     async def _stop_group(self, pgid: int) -> bool:
         if not _signal_group(pgid, signal.SIGTERM):
