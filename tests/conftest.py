@@ -49,12 +49,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The real llama.cpp checks are opt-in: they need a built llama-server (make test-real).
 
     The Ray cluster tests share one worker when the suite runs in parallel (`make test`): each
     starts a cluster of three Ray nodes, and two such clusters at once would fight over two
-    cores for no gain."""
+    cores for no gain. It runs first: xdist's own hook names each item's group from its marks,
+    and would not see a mark added after it."""
     for item in items:
         if "cluster" in item.keywords:
             item.add_marker(pytest.mark.xdist_group("ray"))
