@@ -88,7 +88,9 @@ class TestClusterServer:
                     cluster.remove("gpu-a")
             assert "error" == frames[-1][0] and frames[-1][1]["retriable"] is True
             assert 1 == sum(1 for event, _ in frames if event == "error")
-            rest = await server.stream(second["task_id"])
+            # The queued task waits for the replica's relaunch on gpu-b: a new Ray worker and
+            # engine, which on a loaded two-core machine took more than the client's 10 s once.
+            rest = await server.stream(second["task_id"], timeout=60.0)
             assert "end" == rest[-1][0]
             health = await wait_health(server, "lp", _on("gpu-b"))
             process = process_of(health)
