@@ -9,7 +9,6 @@ import asyncio
 import os
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -23,6 +22,7 @@ from tests.cluster.test_head_loss import (
     _ready_on,
     _served,
     _stale,
+    _until,
     head_on,
 )
 from tests.support.launched import launched_setup
@@ -38,14 +38,6 @@ def _gcs_pid(head_pid: int) -> int:
     ).stdout.split()
     assert len(found) == 1, found
     return int(found[0])
-
-
-async def _until(check: Callable[[], Awaitable[bool]], want: bool) -> None:
-    for _ in range(600):
-        if await check() == want:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never became {want}")
 
 
 class TestHeadStall:

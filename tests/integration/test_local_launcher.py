@@ -180,6 +180,7 @@ class TestEscapedHelpers:
         finally:
             await handle.stop(timeout_s=10)
         await _until(lambda: not _running_with(marker), f"left running: {_running_with(marker)}")
+        assert [] == _running_with(marker)
 
     async def test_an_engine_that_exits_takes_its_helpers(self, tmp_path: Path) -> None:
         """A crashed engine's helpers go before it is launched again (they hold its port)."""
